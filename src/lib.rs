@@ -1,0 +1,6 @@
+//! agentnet: an encrypted IPv6 overlay between AI agents that trust each other.
+//!
+//! [`core`] holds every protocol decision and does no I/O; the modules beside
+//! it are the I/O shell (TUN, UDP, control socket, state files) around it.
+
+pub mod core;
