@@ -3,3 +3,7 @@
 
 pub mod address;
 pub mod identity;
+pub mod node;
+pub mod policy;
+pub mod status;
+pub mod trust;

@@ -1,0 +1,98 @@
+//! What the core reports about itself and its peers, for `agentnet status`.
+
+use std::net::{Ipv6Addr, SocketAddr};
+
+use serde::Serialize;
+
+use super::identity::AgentId;
+
+/// Which way a peer's packets currently travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// Straight to the peer's endpoint.
+    Direct,
+    /// Through a rendezvous relay.
+    Relay,
+    /// No working path (no session).
+    None,
+}
+
+/// One peer as the core sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    /// The peer's agent ID.
+    pub id: AgentId,
+    /// Local name from the trust store.
+    pub name: String,
+    /// The peer's agent address.
+    pub address: Ipv6Addr,
+    /// The peer's node prefix, `addr/112`.
+    pub node_prefix: String,
+    /// Current underlay endpoint, if known.
+    pub endpoint: Option<SocketAddr>,
+    /// Current path.
+    pub path: PathKind,
+    /// Whether a session with the peer is established.
+    pub session_established: bool,
+    /// Seconds since the last completed handshake.
+    pub last_handshake_age_s: Option<f64>,
+    /// Inner bytes received from the peer (delivered or not).
+    pub rx_bytes: u64,
+    /// Inner bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// Inner packets received.
+    pub rx_packets: u64,
+    /// Inner packets sent.
+    pub tx_packets: u64,
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Inbound packets dropped by the peer's allow-policy.
+    pub dropped_policy: u64,
+    /// Packets dropped as replays or duplicates.
+    pub dropped_replay: u64,
+    /// Packets whose source was outside the peer's node prefix.
+    pub dropped_spoofed: u64,
+    /// The peer's allow-policy.
+    pub allow: String,
+}
+
+/// Counters of traffic dropped before any peer was identified.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DropCounters {
+    /// Datagrams too short or of an unknown type.
+    pub malformed: u64,
+    /// Handshake messages whose mac1 did not verify.
+    pub bad_mac1: u64,
+    /// Handshakes that failed Noise (wrong key, wrong network, garbage).
+    pub handshake_failed: u64,
+    /// Valid handshakes from keys that are not trusted.
+    pub untrusted: u64,
+    /// Replayed handshake initiations (old TAI64N timestamp).
+    pub replayed_initiation: u64,
+    /// Transport packets for an unknown session index.
+    pub unknown_session: u64,
+    /// Transport packets that failed authentication.
+    pub decrypt_failed: u64,
+    /// Packets from the TUN to an address no trusted peer owns.
+    pub no_route: u64,
+    /// Packets from the TUN over the tunnel MTU (answered with Packet Too Big).
+    pub too_big: u64,
+}
+
+/// The core's whole state, for display.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// This agent's ID.
+    pub id: AgentId,
+    /// This agent's overlay address.
+    pub address: Ipv6Addr,
+    /// This agent's node prefix.
+    pub node_prefix: String,
+    /// Inner MTU of the tunnel.
+    pub mtu: u16,
+    /// Peers, in trust-store order.
+    pub peers: Vec<PeerStatus>,
+    /// Traffic dropped before a peer was identified.
+    pub dropped: DropCounters,
+}
