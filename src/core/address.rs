@@ -172,7 +172,9 @@ mod tests {
                 .expect("hex")
             })
             .collect();
-        Identity::from_secret_bytes(&secret).expect("32 bytes").agent_id()
+        Identity::from_secret_bytes(&secret)
+            .expect("32 bytes")
+            .agent_id()
     }
 
     #[test]

@@ -196,7 +196,10 @@ mod tests {
         let id = identity(7).agent_id();
         let text = id.to_string();
         assert_eq!(text.len(), AGENT_ID_TEXT_LEN);
-        assert!(text.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
+        assert!(
+            text.chars()
+                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
+        );
         assert_eq!(text.parse::<AgentId>(), Ok(id));
         assert_eq!(text.to_ascii_uppercase().parse::<AgentId>(), Ok(id));
     }
@@ -207,7 +210,10 @@ mod tests {
         let too_long = "a".repeat(53);
         assert!(too_long.parse::<AgentId>().is_err());
         let bad_char = "1".repeat(52);
-        assert_eq!(bad_char.parse::<AgentId>(), Err(IdentityError::BadAgentIdText));
+        assert_eq!(
+            bad_char.parse::<AgentId>(),
+            Err(IdentityError::BadAgentIdText)
+        );
     }
 
     #[test]
@@ -259,7 +265,11 @@ mod tests {
     #[test]
     fn debug_never_prints_secret() {
         let identity = identity(9);
-        let secret_hex: String = identity.secret_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let secret_hex: String = identity
+            .secret_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert!(!format!("{identity:?}").contains(&secret_hex[..16]));
     }
 

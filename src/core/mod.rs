@@ -2,8 +2,16 @@
 //! randomness. Packets and `now` go in; packets, timers and events come out.
 
 pub mod address;
+pub mod codec;
+pub mod handshake;
 pub mod identity;
+pub mod mac;
 pub mod node;
 pub mod policy;
+pub mod replay;
+pub mod rng;
+pub mod session;
 pub mod status;
+pub mod tai64n;
 pub mod trust;
+pub mod wire;

@@ -94,12 +94,14 @@ impl Policy {
             (_, Policy::All) => true,
             (Policy::All, Policy::Only(_)) => false,
             (Policy::Only(rules), Policy::Only(wider_rules)) => rules.iter().all(|rule| {
-                wider_rules.iter().any(|wider_rule| match (rule, wider_rule) {
-                    (AllowRule::Tcp(a), AllowRule::Tcp(b)) => a.is_within(b),
-                    (AllowRule::Udp(a), AllowRule::Udp(b)) => a.is_within(b),
-                    (AllowRule::Icmp, AllowRule::Icmp) => true,
-                    _ => false,
-                })
+                wider_rules
+                    .iter()
+                    .any(|wider_rule| match (rule, wider_rule) {
+                        (AllowRule::Tcp(a), AllowRule::Tcp(b)) => a.is_within(b),
+                        (AllowRule::Udp(a), AllowRule::Udp(b)) => a.is_within(b),
+                        (AllowRule::Icmp, AllowRule::Icmp) => true,
+                        _ => false,
+                    })
             }),
         }
     }
@@ -131,7 +133,11 @@ impl FromStr for Policy {
             return Ok(Policy::All);
         }
         let mut rules = Vec::new();
-        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        for item in text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
             let lower = item.to_ascii_lowercase();
             let rule = if lower == "icmp" || lower == "icmpv6" {
                 AllowRule::Icmp
@@ -222,10 +228,22 @@ mod tests {
     #[test]
     fn rejects_bad_text_with_a_reason() {
         assert_eq!("".parse::<Policy>(), Err(PolicyError::Empty));
-        assert!(matches!("sctp:1".parse::<Policy>(), Err(PolicyError::UnknownProtocol(_))));
-        assert!(matches!("tcp:0".parse::<Policy>(), Err(PolicyError::BadPorts(_))));
-        assert!(matches!("tcp:90-80".parse::<Policy>(), Err(PolicyError::BadPorts(_))));
-        assert!(matches!("tcp:70000".parse::<Policy>(), Err(PolicyError::BadPorts(_))));
+        assert!(matches!(
+            "sctp:1".parse::<Policy>(),
+            Err(PolicyError::UnknownProtocol(_))
+        ));
+        assert!(matches!(
+            "tcp:0".parse::<Policy>(),
+            Err(PolicyError::BadPorts(_))
+        ));
+        assert!(matches!(
+            "tcp:90-80".parse::<Policy>(),
+            Err(PolicyError::BadPorts(_))
+        ));
+        assert!(matches!(
+            "tcp:70000".parse::<Policy>(),
+            Err(PolicyError::BadPorts(_))
+        ));
     }
 
     #[test]

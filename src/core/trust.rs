@@ -15,7 +15,9 @@ pub const MAX_NAME_LEN: usize = 63;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrustError {
     /// The local name is not a DNS label.
-    #[error("bad name `{0}`: use 1-63 characters a-z, 0-9 and `-`, not starting or ending with `-`")]
+    #[error(
+        "bad name `{0}`: use 1-63 characters a-z, 0-9 and `-`, not starting or ending with `-`"
+    )]
     BadName(String),
     /// Another peer already has this local name.
     #[error("the name `{name}` is already used by {other}")]
@@ -114,7 +116,11 @@ impl TrustStore {
                 other: other.id,
             });
         }
-        match self.peers.iter_mut().find(|existing| existing.id == entry.id) {
+        match self
+            .peers
+            .iter_mut()
+            .find(|existing| existing.id == entry.id)
+        {
             Some(existing) => *existing = entry,
             None => self.peers.push(entry),
         }
@@ -138,7 +144,9 @@ mod tests {
     use crate::core::identity::Identity;
 
     fn id(seed: u8) -> AgentId {
-        Identity::from_secret_bytes(&[seed; 32]).expect("32 bytes").agent_id()
+        Identity::from_secret_bytes(&[seed; 32])
+            .expect("32 bytes")
+            .agent_id()
     }
 
     fn entry(seed: u8, name: &str) -> TrustEntry {
