@@ -1,12 +1,19 @@
 //! The sans-IO protocol core: no sockets, no tokio, no clock, no OS
 //! randomness. Packets and `now` go in; packets, timers and events come out.
+//!
+//! [`node::Node`] is the entry point; everything else is a piece of it.
 
 pub mod address;
 pub mod codec;
+pub mod conntrack;
+pub mod context;
+pub mod control_frame;
 pub mod handshake;
 pub mod identity;
 pub mod mac;
 pub mod node;
+pub mod packet;
+pub mod peer;
 pub mod policy;
 pub mod replay;
 pub mod rng;

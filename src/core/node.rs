@@ -8,13 +8,29 @@
 //!    [`Node::poll_tun_packet`] (to the TUN) and [`Node::poll_event`];
 //! 3. sleep until the next [`Node::poll_timeout`] or input.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::address::NetworkId;
+use super::address::{NetworkId, NodePrefix};
+use super::conntrack::InboundVerdict;
+use super::context::Context;
+use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
+use super::handshake::{HandshakeError, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
+use super::mac::Mac1Key;
+use super::packet::{self, Ipv6Packet};
+use super::peer::{MIN_INITIATION_INTERVAL, Peer, Slot};
 use super::policy::Policy;
-use super::status::NodeStatus;
+use super::rng::core_rng;
+use super::session::{Session, SessionError};
+use super::status::{DropCounters, NodeStatus};
+use super::wire::{self, Datagram};
+
+/// How often idle connection-tracking entries are swept.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// Domain-separation label of a revocation notice signature.
+const REVOCATION_LABEL: &[u8] = b"agentnet revocation v1";
 
 /// Static configuration of a node.
 #[derive(Debug, Clone)]
@@ -76,78 +92,473 @@ pub enum Event {
 /// One agent: its peers, sessions and timers. See the module docs for the
 /// call order.
 pub struct Node {
-    config: NodeConfig,
+    ctx: Context,
+    identity: Identity,
+    peers: HashMap<AgentId, Peer>,
+    /// Peer order as added (status lists peers in this order).
+    peer_order: Vec<AgentId>,
+    by_noise_key: HashMap<[u8; 32], AgentId>,
+    by_prefix: HashMap<NodePrefix, AgentId>,
+    next_housekeeping: Instant,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.ctx.own_id)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a revocation notice from `revoker` to `revoked` signs.
+fn revocation_context(revoker: &AgentId, revoked: &AgentId) -> Vec<u8> {
+    let mut message = REVOCATION_LABEL.to_vec();
+    message.extend_from_slice(revoker.as_bytes());
+    message.extend_from_slice(revoked.as_bytes());
+    message
 }
 
 impl Node {
     /// Creates a node. `rng_seed` must come from the OS's secure RNG; the core
     /// derives every random value (ephemeral keys, session indices, jitter)
-    /// from it, which makes simulations reproducible.
-    pub fn new(config: NodeConfig, rng_seed: [u8; 32], now: Instant) -> Self {
-        let _ = (rng_seed, now);
-        Self { config }
+    /// from it, which makes simulations reproducible. `unix_now` is the wall
+    /// clock at `now` (for the TAI64N timestamps of initiations).
+    pub fn new(config: NodeConfig, rng_seed: [u8; 32], now: Instant, unix_now: Duration) -> Self {
+        let own_id = config.identity.agent_id();
+        let ctx = Context {
+            network: config.network,
+            own_id,
+            own_prefix: NodePrefix::of_agent(config.network, &own_id),
+            name: config.name.clone(),
+            noise_secret: config.identity.noise_secret_key(),
+            own_mac1: Mac1Key::for_responder(config.network, &own_id.noise_public_key()),
+            tunnel_mtu: config.tunnel_mtu,
+            rng: core_rng(rng_seed),
+            started: now,
+            unix_at_start: unix_now,
+            by_index: HashMap::new(),
+            transmits: VecDeque::new(),
+            tun_out: VecDeque::new(),
+            events: VecDeque::new(),
+            dropped: DropCounters::default(),
+            local_candidates: Vec::new(),
+        };
+        Self {
+            ctx,
+            identity: config.identity,
+            peers: HashMap::new(),
+            peer_order: Vec::new(),
+            by_noise_key: HashMap::new(),
+            by_prefix: HashMap::new(),
+            next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+        }
     }
 
     /// This agent's ID.
     pub fn agent_id(&self) -> AgentId {
-        self.config.identity.agent_id()
+        self.ctx.own_id
+    }
+
+    /// This agent's node prefix.
+    pub fn node_prefix(&self) -> NodePrefix {
+        self.ctx.own_prefix
+    }
+
+    /// Sets the endpoints announced to peers in handshakes.
+    pub fn set_local_candidates(&mut self, candidates: Vec<SocketAddr>) {
+        self.ctx.local_candidates = candidates;
     }
 
     /// Adds a trusted peer, or updates its name, endpoint and policy.
     pub fn upsert_peer(&mut self, now: Instant, peer: PeerConfig) {
-        let _ = (now, peer);
+        let _ = now;
+        if peer.id == self.ctx.own_id {
+            return;
+        }
+        if let Some(existing) = self.peers.get_mut(&peer.id) {
+            if peer.endpoint.is_some() && existing.endpoint.is_none() {
+                existing.endpoint = peer.endpoint;
+            }
+            if existing.config.endpoint != peer.endpoint && peer.endpoint.is_some() {
+                existing.endpoint = peer.endpoint;
+            }
+            existing.config = peer;
+            return;
+        }
+        let id = peer.id;
+        let state = Peer::new(&self.ctx, peer);
+        self.by_noise_key.insert(state.noise_public, id);
+        self.by_prefix.insert(state.prefix, id);
+        self.peers.insert(id, state);
+        self.peer_order.push(id);
     }
 
     /// Removes a peer and destroys its sessions and keys at once. Returns
     /// whether it was known.
     pub fn remove_peer(&mut self, id: &AgentId) -> bool {
-        let _ = id;
-        false
+        let Some(mut peer) = self.peers.remove(id) else {
+            return false;
+        };
+        let was_up = peer.current.is_some();
+        peer.clear_sessions(&mut self.ctx);
+        self.by_noise_key.remove(&peer.noise_public);
+        self.by_prefix.remove(&peer.prefix);
+        self.peer_order.retain(|other| other != id);
+        // Packets of this peer may still be queued for the TUN; they were
+        // accepted before the removal, so they may go out.
+        if was_up {
+            self.ctx.events.push_back(Event::PeerDown { id: *id });
+        }
+        true
+    }
+
+    /// Revokes a peer: sends it a signed revocation notice over its session
+    /// (if one is up), then removes it as [`Node::remove_peer`] does.
+    pub fn revoke_peer(&mut self, now: Instant, id: &AgentId) -> bool {
+        let signature = self
+            .identity
+            .sign(&revocation_context(&self.ctx.own_id, id));
+        if let Some(peer) = self.peers.get_mut(id)
+            && peer.is_up(now)
+        {
+            peer.send(
+                &mut self.ctx,
+                now,
+                ControlFrame::Revoked { signature }.encode(),
+            );
+        }
+        self.remove_peer(id)
     }
 
     /// Starts a handshake with a peer now (if none is under way).
     pub fn connect(&mut self, now: Instant, id: &AgentId) {
-        let _ = (now, id);
+        if let Some(peer) = self.peers.get_mut(id)
+            && !peer.is_up(now)
+        {
+            peer.start_handshake_if_idle(&mut self.ctx, now);
+        }
     }
 
     /// Feeds one UDP datagram received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        let _ = (now, from, datagram);
+        match Datagram::parse(datagram) {
+            Ok(Datagram::Initiation(initiation)) => self.handle_initiation(now, from, &initiation),
+            Ok(Datagram::Response(response)) => self.handle_response(now, from, &response),
+            Ok(Datagram::Data(data)) => self.handle_data(now, from, &data),
+            Ok(Datagram::CookieReply(_) | Datagram::Relay(_) | Datagram::TrustRequest(_)) => {
+                // Not spoken by this build; silence, like anything else we
+                // do not understand.
+                self.ctx.dropped.malformed += 1;
+            }
+            Err(_) => self.ctx.dropped.malformed += 1,
+        }
+    }
+
+    fn handle_initiation(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        initiation: &wire::Initiation<'_>,
+    ) {
+        let ctx = &mut self.ctx;
+        let received = match ReceivedInitiation::read(
+            &mut ctx.rng,
+            ctx.network,
+            &ctx.noise_secret,
+            &ctx.own_mac1,
+            initiation,
+        ) {
+            Ok(received) => received,
+            Err(HandshakeError::BadMac1) => {
+                ctx.dropped.bad_mac1 += 1;
+                return;
+            }
+            Err(_) => {
+                ctx.dropped.handshake_failed += 1;
+                return;
+            }
+        };
+        let Some(id) = self.by_noise_key.get(&received.remote_static).copied() else {
+            ctx.dropped.untrusted += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            ctx.dropped.untrusted += 1;
+            return;
+        };
+        if peer
+            .last_initiation_timestamp
+            .is_some_and(|last| received.payload.timestamp <= last)
+        {
+            ctx.dropped.replayed_initiation += 1;
+            return;
+        }
+        if peer
+            .last_initiation_accepted
+            .is_some_and(|at| now.saturating_duration_since(at) < MIN_INITIATION_INTERVAL)
+        {
+            ctx.dropped.initiation_flood += 1;
+            return;
+        }
+        let Some(version) = choose_version(&received.payload.versions) else {
+            ctx.dropped.handshake_failed += 1;
+            return;
+        };
+        let sender_index = received.sender_index;
+        let timestamp = received.payload.timestamp;
+        let remote_name = received.payload.name.clone();
+        let remote_candidates = received.payload.candidates.clone();
+        let local_index = ctx.allocate_index(id);
+        let payload = ResponsePayload {
+            version,
+            name: ctx.name.clone(),
+            candidates: ctx.local_candidates.clone(),
+        };
+        let (datagram, keys) = match received.respond(ctx.network, local_index, &payload) {
+            Ok(answer) => answer,
+            Err(_) => {
+                ctx.release_index(local_index);
+                ctx.dropped.handshake_failed += 1;
+                return;
+            }
+        };
+        tracing::debug!(peer = %id, %from, local_index, "answering handshake initiation");
+        peer.last_initiation_timestamp = Some(timestamp);
+        peer.last_initiation_accepted = Some(now);
+        peer.remote_name = Some(remote_name);
+        peer.remote_candidates = remote_candidates;
+        peer.last_handshake = Some(now);
+        peer.counters.handshakes += 1;
+        peer.observe_endpoint(ctx, from);
+        peer.install_next(
+            ctx,
+            Session::new(&keys, local_index, sender_index, false, now),
+        );
+        ctx.transmit(from, datagram);
+    }
+
+    fn handle_response(&mut self, now: Instant, from: SocketAddr, response: &wire::Response<'_>) {
+        let ctx = &mut self.ctx;
+        if !ctx.own_mac1.verify(response.bytes()) {
+            ctx.dropped.bad_mac1 += 1;
+            return;
+        }
+        let local_index = response.receiver_index();
+        let Some(peer) = ctx
+            .by_index
+            .get(&local_index)
+            .and_then(|id| self.peers.get_mut(id))
+        else {
+            ctx.dropped.unknown_session += 1;
+            return;
+        };
+        if !peer.is_pending_initiation(local_index) {
+            ctx.dropped.unknown_session += 1;
+            return;
+        }
+        let Some(handshake) = peer.take_pending_initiation() else {
+            return;
+        };
+        let (payload, keys) = match handshake.finish(response.noise()) {
+            Ok(done) => done,
+            Err(_) => {
+                // The retry timer starts a fresh initiation.
+                ctx.release_index(local_index);
+                ctx.dropped.handshake_failed += 1;
+                return;
+            }
+        };
+        tracing::debug!(peer = %peer.config.id, %from, local_index, "handshake complete");
+        peer.remote_name = Some(payload.name);
+        peer.remote_candidates = payload.candidates;
+        peer.last_handshake = Some(now);
+        peer.counters.handshakes += 1;
+        peer.observe_endpoint(ctx, from);
+        peer.observe_receive(now, false);
+        let session = Session::new(&keys, local_index, response.sender_index(), true, now);
+        peer.install_current(ctx, now, session);
+    }
+
+    fn handle_data(&mut self, now: Instant, from: SocketAddr, data: &wire::Data<'_>) {
+        let ctx = &mut self.ctx;
+        let local_index = data.receiver_index();
+        let Some(peer) = ctx
+            .by_index
+            .get(&local_index)
+            .and_then(|id| self.peers.get_mut(id))
+        else {
+            ctx.dropped.unknown_session += 1;
+            return;
+        };
+        let Some(slot) = peer.slot_of(local_index) else {
+            ctx.dropped.unknown_session += 1;
+            return;
+        };
+        let Some(session) = peer.session_mut(slot) else {
+            return;
+        };
+        let counter = data.counter();
+        if session.check_replay(counter).is_err() {
+            peer.counters.dropped_replay += 1;
+            return;
+        }
+        let mut buffer = data.ciphertext().to_vec();
+        let len = match session.open(now, counter, &mut buffer) {
+            Ok(len) => len,
+            Err(SessionError::Replay) => {
+                peer.counters.dropped_replay += 1;
+                return;
+            }
+            Err(SessionError::Decrypt) => {
+                ctx.dropped.decrypt_failed += 1;
+                return;
+            }
+            Err(SessionError::Expired) => {
+                ctx.dropped.unknown_session += 1;
+                return;
+            }
+        };
+        buffer.truncate(len);
+        if slot == Slot::Next {
+            peer.confirm_next(ctx, now);
+        }
+        peer.observe_endpoint(ctx, from);
+        peer.observe_receive(now, len > 0);
+        if peer.wants_rekey_on_receive(now) {
+            peer.start_handshake_if_idle(ctx, now);
+        }
+        let Some(&first) = buffer.first() else {
+            return; // keepalive
+        };
+        if first < CONTROL_FRAME_LIMIT {
+            let Some(frame) = ControlFrame::decode(&buffer) else {
+                return;
+            };
+            match frame {
+                ControlFrame::PathPing { id } => {
+                    peer.send(ctx, now, ControlFrame::PathPong { id }.encode());
+                }
+                ControlFrame::Revoked { signature } => {
+                    let revoker = peer.config.id;
+                    if revoker.verify(&revocation_context(&revoker, &ctx.own_id), &signature) {
+                        tracing::info!(peer = %revoker, "peer revoked its trust; dropping its sessions");
+                        let was_up = peer.current.is_some();
+                        peer.clear_sessions(ctx);
+                        if was_up {
+                            ctx.events.push_back(Event::PeerDown { id: revoker });
+                        }
+                    }
+                }
+                ControlFrame::PathPong { .. } | ControlFrame::Candidates(_) => {}
+            }
+            return;
+        }
+        peer.counters.rx_bytes += len as u64;
+        peer.counters.rx_packets += 1;
+        let Some(packet) = Ipv6Packet::new_checked(&buffer) else {
+            // IPv4 or a malformed packet: the overlay carries IPv6.
+            peer.counters.dropped_spoofed += 1;
+            return;
+        };
+        if !peer.prefix.contains(&packet.source_addr())
+            || NodePrefix::of_octets(&packet.destination()) != ctx.own_prefix
+        {
+            peer.counters.dropped_spoofed += 1;
+            return;
+        }
+        if peer.config.allow != Policy::All
+            && peer
+                .conntrack
+                .check_inbound(now, &peer.config.allow, &packet)
+                == InboundVerdict::Deny
+        {
+            peer.counters.dropped_policy += 1;
+            return;
+        }
+        ctx.tun_out.push_back(buffer);
     }
 
     /// Feeds one IP packet read from the TUN.
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) {
-        let _ = (now, packet);
+        let Some(parsed) = Ipv6Packet::new_checked(packet) else {
+            self.ctx.dropped.no_route += 1;
+            return;
+        };
+        let Some(peer) = self
+            .by_prefix
+            .get(&NodePrefix::of_octets(&parsed.destination()))
+            .and_then(|id| self.peers.get_mut(id))
+        else {
+            self.ctx.dropped.no_route += 1;
+            return;
+        };
+        if packet.len() > usize::from(self.ctx.tunnel_mtu) {
+            self.ctx.dropped.too_big += 1;
+            let source = self.ctx.own_prefix.agent_address().octets();
+            let reply = packet::packet_too_big(source, &parsed, u32::from(self.ctx.tunnel_mtu));
+            self.ctx.tun_out.push_back(reply);
+            return;
+        }
+        peer.track_outbound(now, &parsed);
+        peer.send(&mut self.ctx, now, packet.to_vec());
     }
 
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        for id in &self.peer_order {
+            if let Some(peer) = self.peers.get_mut(id)
+                && peer.next_deadline().is_some_and(|deadline| deadline <= now)
+            {
+                peer.on_timeout(&mut self.ctx, now);
+            }
+        }
+        if now >= self.next_housekeeping {
+            for peer in self.peers.values_mut() {
+                peer.conntrack.expire(now);
+            }
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+        }
     }
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        None
+        self.ctx.transmits.pop_front()
     }
 
     /// The next IP packet to write to the TUN.
     pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
-        None
+        self.ctx.tun_out.pop_front()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.ctx.events.pop_front()
     }
 
     /// When [`Node::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.peers
+            .values()
+            .filter_map(Peer::next_deadline)
+            .chain(std::iter::once(self.next_housekeeping))
+            .min()
     }
 
     /// A snapshot of the node's state.
     pub fn status(&self, now: Instant) -> NodeStatus {
-        let _ = now;
-        todo!()
+        NodeStatus {
+            id: self.ctx.own_id,
+            address: self.ctx.own_prefix.agent_address(),
+            node_prefix: self.ctx.own_prefix.to_string(),
+            mtu: self.ctx.tunnel_mtu,
+            peers: self
+                .peer_order
+                .iter()
+                .filter_map(|id| self.peers.get(id))
+                .map(|peer| peer.status(now))
+                .collect(),
+            dropped: self.ctx.dropped,
+        }
     }
 }

@@ -70,6 +70,8 @@ pub struct DropCounters {
     pub untrusted: u64,
     /// Replayed handshake initiations (old TAI64N timestamp).
     pub replayed_initiation: u64,
+    /// Initiations from a trusted peer arriving faster than allowed.
+    pub initiation_flood: u64,
     /// Transport packets for an unknown session index.
     pub unknown_session: u64,
     /// Transport packets that failed authentication.

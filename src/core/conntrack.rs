@@ -1,0 +1,278 @@
+//! Connection tracking for allow-policies (DESIGN.md §3): a flow this agent
+//! opened towards a peer lets the peer's replies in whatever the policy says;
+//! a flow the peer opens must be allowed by its policy.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::packet::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, Ipv6Packet, Transport};
+use super::policy::{InboundKind, Policy};
+
+/// How long an idle TCP flow is remembered.
+const TCP_IDLE: Duration = Duration::from_secs(600);
+/// How long an idle UDP flow is remembered.
+const UDP_IDLE: Duration = Duration::from_secs(120);
+/// How long an echo request waits for its reply.
+const ICMP_IDLE: Duration = Duration::from_secs(30);
+/// Most flows remembered per peer; the oldest goes first when full.
+pub const MAX_FLOWS_PER_PEER: usize = 4096;
+
+/// A flow seen from this agent's side: local address and port, remote
+/// address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    protocol: u8,
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlowEntry {
+    last_seen: Instant,
+    idle_limit: Duration,
+}
+
+/// Why an inbound packet is let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundVerdict {
+    /// Allowed (by policy or as part of a tracked flow).
+    Accept,
+    /// Dropped by the policy.
+    Deny,
+}
+
+/// The flows of one peer.
+#[derive(Debug, Default)]
+pub struct ConnectionTracker {
+    flows: HashMap<FlowKey, FlowEntry>,
+}
+
+fn flow_of(packet: &Ipv6Packet<'_>, outbound: bool) -> Option<(FlowKey, Duration)> {
+    let (local, remote) = if outbound {
+        (packet.source(), packet.destination())
+    } else {
+        (packet.destination(), packet.source())
+    };
+    let (protocol, source_port, destination_port, idle) = match packet.transport() {
+        Transport::Tcp {
+            source_port,
+            destination_port,
+            ..
+        } => (6, source_port, destination_port, TCP_IDLE),
+        Transport::Udp {
+            source_port,
+            destination_port,
+        } => (17, source_port, destination_port, UDP_IDLE),
+        Transport::Icmp {
+            icmp_type,
+            identifier,
+        } => {
+            // An echo request out and its reply in share the identifier.
+            let expected = if outbound {
+                ICMPV6_ECHO_REQUEST
+            } else {
+                ICMPV6_ECHO_REPLY
+            };
+            if icmp_type != expected {
+                return None;
+            }
+            (58, identifier, identifier, ICMP_IDLE)
+        }
+        Transport::Other => return None,
+    };
+    let (local_port, remote_port) = if outbound {
+        (source_port, destination_port)
+    } else {
+        (destination_port, source_port)
+    };
+    Some((
+        FlowKey {
+            protocol,
+            local,
+            remote,
+            local_port,
+            remote_port,
+        },
+        idle,
+    ))
+}
+
+/// How the policy sees an inbound packet.
+pub fn inbound_kind(packet: &Ipv6Packet<'_>) -> InboundKind {
+    match packet.transport() {
+        Transport::Tcp {
+            destination_port, ..
+        } => InboundKind::Tcp(destination_port),
+        Transport::Udp {
+            destination_port, ..
+        } => InboundKind::Udp(destination_port),
+        Transport::Icmp {
+            icmp_type: ICMPV6_ECHO_REQUEST,
+            ..
+        } => InboundKind::IcmpEcho,
+        Transport::Icmp { .. } | Transport::Other => InboundKind::Other,
+    }
+}
+
+impl ConnectionTracker {
+    /// Records a packet this agent sends to the peer.
+    pub fn track_outbound(&mut self, now: Instant, packet: &Ipv6Packet<'_>) {
+        let Some((key, idle_limit)) = flow_of(packet, true) else {
+            return;
+        };
+        if !self.flows.contains_key(&key) && self.flows.len() >= MAX_FLOWS_PER_PEER {
+            self.expire(now);
+            if self.flows.len() >= MAX_FLOWS_PER_PEER
+                && let Some(oldest) = self
+                    .flows
+                    .iter()
+                    .min_by_key(|(_, entry)| entry.last_seen)
+                    .map(|(key, _)| *key)
+            {
+                self.flows.remove(&oldest);
+            }
+        }
+        self.flows.insert(
+            key,
+            FlowEntry {
+                last_seen: now,
+                idle_limit,
+            },
+        );
+    }
+
+    /// Judges a packet the peer sends to this agent.
+    pub fn check_inbound(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+        packet: &Ipv6Packet<'_>,
+    ) -> InboundVerdict {
+        if let Some((key, _)) = flow_of(packet, false)
+            && let Some(entry) = self.flows.get_mut(&key)
+            && now.saturating_duration_since(entry.last_seen) < entry.idle_limit
+        {
+            entry.last_seen = now;
+            return InboundVerdict::Accept;
+        }
+        if policy.allows(inbound_kind(packet)) {
+            InboundVerdict::Accept
+        } else {
+            InboundVerdict::Deny
+        }
+    }
+
+    /// Forgets idle flows.
+    pub fn expire(&mut self, now: Instant) {
+        self.flows
+            .retain(|_, entry| now.saturating_duration_since(entry.last_seen) < entry.idle_limit);
+    }
+
+    /// Number of flows remembered.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::packet::tests::{ipv6, tcp};
+    use crate::core::packet::{PROTO_ICMPV6, PROTO_TCP};
+    use std::net::Ipv6Addr;
+
+    fn addresses() -> (Ipv6Addr, Ipv6Addr) {
+        (
+            "fd00::1".parse().expect("addr"),
+            "fd00::2".parse().expect("addr"),
+        )
+    }
+
+    fn only_http() -> Policy {
+        "tcp:80".parse().expect("policy")
+    }
+
+    #[test]
+    fn replies_to_own_connections_pass_a_closed_policy() {
+        let (me, peer) = addresses();
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        let syn = ipv6(me, peer, PROTO_TCP, &tcp(40000, 22, 0x02));
+        tracker.track_outbound(now, &Ipv6Packet::new_checked(&syn).expect("valid"));
+        let reply = ipv6(peer, me, PROTO_TCP, &tcp(22, 40000, 0x12));
+        let verdict = tracker.check_inbound(
+            now,
+            &only_http(),
+            &Ipv6Packet::new_checked(&reply).expect("valid"),
+        );
+        assert_eq!(verdict, InboundVerdict::Accept);
+    }
+
+    #[test]
+    fn new_inbound_connection_needs_the_policy() {
+        let (me, peer) = addresses();
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        let to_ssh = ipv6(peer, me, PROTO_TCP, &tcp(40000, 22, 0x02));
+        let to_http = ipv6(peer, me, PROTO_TCP, &tcp(40000, 80, 0x02));
+        let check = |tracker: &mut ConnectionTracker, bytes: &[u8]| {
+            tracker.check_inbound(
+                now,
+                &only_http(),
+                &Ipv6Packet::new_checked(bytes).expect("valid"),
+            )
+        };
+        assert_eq!(check(&mut tracker, &to_ssh), InboundVerdict::Deny);
+        assert_eq!(check(&mut tracker, &to_http), InboundVerdict::Accept);
+    }
+
+    #[test]
+    fn echo_reply_passes_only_after_own_request_and_expires() {
+        let (me, peer) = addresses();
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        let echo = |kind: u8, source, destination| {
+            ipv6(
+                source,
+                destination,
+                PROTO_ICMPV6,
+                &[kind, 0, 0, 0, 0, 7, 0, 1],
+            )
+        };
+        let reply = echo(ICMPV6_ECHO_REPLY, peer, me);
+        let reply = Ipv6Packet::new_checked(&reply).expect("valid");
+        assert_eq!(
+            tracker.check_inbound(now, &only_http(), &reply),
+            InboundVerdict::Deny
+        );
+        let request = echo(ICMPV6_ECHO_REQUEST, me, peer);
+        tracker.track_outbound(now, &Ipv6Packet::new_checked(&request).expect("valid"));
+        assert_eq!(
+            tracker.check_inbound(now, &only_http(), &reply),
+            InboundVerdict::Accept
+        );
+        assert_eq!(
+            tracker.check_inbound(now + ICMP_IDLE * 3, &only_http(), &reply),
+            InboundVerdict::Deny
+        );
+    }
+
+    #[test]
+    fn flow_table_is_bounded() {
+        let (me, peer) = addresses();
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        for port in 0..(MAX_FLOWS_PER_PEER as u16 + 100) {
+            let syn = ipv6(me, peer, PROTO_TCP, &tcp(port, 22, 0x02));
+            tracker.track_outbound(now, &Ipv6Packet::new_checked(&syn).expect("valid"));
+        }
+        assert_eq!(tracker.len(), MAX_FLOWS_PER_PEER);
+    }
+}

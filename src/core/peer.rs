@@ -1,0 +1,488 @@
+//! One trusted peer: its sessions, handshake retries, queue and timers.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::address::NodePrefix;
+use super::conntrack::ConnectionTracker;
+use super::context::Context;
+use super::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
+use super::node::{Event, PeerConfig};
+use super::packet::Ipv6Packet;
+use super::policy::Policy;
+use super::session::{REJECT_AFTER_TIME, Session};
+use super::status::{PathKind, PeerStatus};
+
+/// Send a keepalive when we received but sent nothing for this long.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Base of the wait before a handshake is retried.
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// First retry of an unanswered initiation.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between retries (backoff cap).
+const MAX_RETRY: Duration = Duration::from_secs(8);
+/// Stop retrying a handshake after this long; new traffic starts again.
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+/// Initiations from one peer closer together than this are dropped.
+pub const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(20);
+/// Packets held while a session is being set up.
+pub const MAX_QUEUED_PACKETS: usize = 128;
+/// Start a handshake when a session we initiated is this old on receive.
+const REKEY_ON_RECEIVE_AGE: Duration = Duration::from_secs(180 - 10 - 5);
+
+/// Which of a peer's session slots holds a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The session used for sending.
+    Current,
+    /// The session before it, still accepted while packets drain.
+    Previous,
+    /// A session we answered, used once the initiator confirms it.
+    Next,
+}
+
+/// State of the handshakes this side initiates.
+#[derive(Debug)]
+struct Retry {
+    first_attempt: Instant,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+/// Per-peer counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub handshakes: u64,
+    pub dropped_policy: u64,
+    pub dropped_replay: u64,
+    pub dropped_spoofed: u64,
+}
+
+/// A trusted peer.
+pub struct Peer {
+    pub config: PeerConfig,
+    pub noise_public: [u8; 32],
+    pub prefix: NodePrefix,
+    pub endpoint: Option<SocketAddr>,
+    pub current: Option<Session>,
+    pub previous: Option<Session>,
+    pub next: Option<Session>,
+    handshake: Option<InitiatorHandshake>,
+    retry: Option<Retry>,
+    pub last_initiation_timestamp: Option<super::tai64n::Tai64N>,
+    pub last_initiation_accepted: Option<Instant>,
+    queue: VecDeque<Vec<u8>>,
+    pub conntrack: ConnectionTracker,
+    last_sent: Option<Instant>,
+    last_received: Option<Instant>,
+    unanswered_since: Option<Instant>,
+    pub last_handshake: Option<Instant>,
+    pub remote_name: Option<String>,
+    pub remote_candidates: Vec<SocketAddr>,
+    pub counters: PeerCounters,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.config.id)
+            .field("endpoint", &self.endpoint)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl Peer {
+    /// A peer with no session yet.
+    pub fn new(ctx: &Context, config: PeerConfig) -> Self {
+        let noise_public = config.id.noise_public_key();
+        Self {
+            prefix: NodePrefix::of_agent(ctx.network, &config.id),
+            endpoint: config.endpoint,
+            noise_public,
+            config,
+            current: None,
+            previous: None,
+            next: None,
+            handshake: None,
+            retry: None,
+            last_initiation_timestamp: None,
+            last_initiation_accepted: None,
+            queue: VecDeque::new(),
+            conntrack: ConnectionTracker::default(),
+            last_sent: None,
+            last_received: None,
+            unanswered_since: None,
+            last_handshake: None,
+            remote_name: None,
+            remote_candidates: Vec::new(),
+            counters: PeerCounters::default(),
+        }
+    }
+
+    /// Whether a session can carry packets now.
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|session| session.is_usable(now))
+    }
+
+    /// The slot holding the session with this local index.
+    pub fn slot_of(&self, local_index: u32) -> Option<Slot> {
+        let holds = |session: &Option<Session>| {
+            session
+                .as_ref()
+                .is_some_and(|s| s.local_index == local_index)
+        };
+        if holds(&self.current) {
+            Some(Slot::Current)
+        } else if holds(&self.next) {
+            Some(Slot::Next)
+        } else if holds(&self.previous) {
+            Some(Slot::Previous)
+        } else {
+            None
+        }
+    }
+
+    /// The session in a slot.
+    pub fn session_mut(&mut self, slot: Slot) -> Option<&mut Session> {
+        match slot {
+            Slot::Current => self.current.as_mut(),
+            Slot::Previous => self.previous.as_mut(),
+            Slot::Next => self.next.as_mut(),
+        }
+    }
+
+    /// Whether this local index belongs to our in-flight initiation.
+    pub fn is_pending_initiation(&self, local_index: u32) -> bool {
+        self.handshake
+            .as_ref()
+            .is_some_and(|h| h.local_index() == local_index)
+    }
+
+    /// Takes the in-flight initiation (to finish it).
+    pub fn take_pending_initiation(&mut self) -> Option<InitiatorHandshake> {
+        self.handshake.take()
+    }
+
+    /// Makes a new session current, keeping the old one as previous.
+    pub fn install_current(&mut self, ctx: &mut Context, now: Instant, session: Session) {
+        let was_up = self.is_up(now);
+        if let Some(old) = self.previous.take() {
+            ctx.release_index(old.local_index);
+        }
+        self.previous = self.current.take();
+        self.current = Some(session);
+        self.retry = None;
+        if !was_up {
+            ctx.events.push_back(Event::PeerUp { id: self.config.id });
+        }
+        self.flush_queue(ctx, now);
+    }
+
+    /// Holds an answered session until the initiator confirms it.
+    pub fn install_next(&mut self, ctx: &mut Context, session: Session) {
+        if let Some(old) = self.next.replace(session) {
+            ctx.release_index(old.local_index);
+        }
+    }
+
+    /// Promotes the confirmed `next` session to current.
+    pub fn confirm_next(&mut self, ctx: &mut Context, now: Instant) {
+        if let Some(session) = self.next.take() {
+            self.install_current(ctx, now, session);
+        }
+    }
+
+    /// Notes the source of an authenticated packet (roaming).
+    pub fn observe_endpoint(&mut self, ctx: &mut Context, from: SocketAddr) {
+        if self.endpoint != Some(from) {
+            self.endpoint = Some(from);
+            ctx.events.push_back(Event::EndpointChanged {
+                id: self.config.id,
+                endpoint: from,
+            });
+        }
+    }
+
+    /// Notes an authenticated packet from the peer. Only packets with a
+    /// payload call for a keepalive back; keepalives themselves do not, or
+    /// two idle peers would keep each other awake forever.
+    pub fn observe_receive(&mut self, now: Instant, has_payload: bool) {
+        if has_payload {
+            self.last_received = Some(now);
+        }
+        self.unanswered_since = None;
+    }
+
+    /// Whether we should start a handshake after receiving on the current
+    /// session (it is ours and about to expire).
+    pub fn wants_rekey_on_receive(&self, now: Instant) -> bool {
+        self.handshake.is_none()
+            && self.current.as_ref().is_some_and(|session| {
+                session.is_initiator
+                    && now.saturating_duration_since(session.created) >= REKEY_ON_RECEIVE_AGE
+            })
+    }
+
+    /// Sends an IP packet (already accepted for this peer) or a control
+    /// payload; queues it and starts a handshake when no session is up.
+    pub fn send(&mut self, ctx: &mut Context, now: Instant, payload: Vec<u8>) {
+        if self.is_up(now) && self.endpoint.is_some() {
+            self.seal_and_transmit(ctx, now, &payload);
+        } else {
+            if self.queue.len() >= MAX_QUEUED_PACKETS {
+                self.queue.pop_front();
+            }
+            self.queue.push_back(payload);
+            self.start_handshake_if_idle(ctx, now);
+        }
+    }
+
+    /// Tracks an outbound packet for the connection table when the policy
+    /// needs it.
+    pub fn track_outbound(&mut self, now: Instant, packet: &Ipv6Packet<'_>) {
+        if self.config.allow != Policy::All {
+            self.conntrack.track_outbound(now, packet);
+        }
+    }
+
+    fn seal_and_transmit(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
+        let Some(endpoint) = self.endpoint else {
+            return;
+        };
+        let Some(session) = self.current.as_mut() else {
+            return;
+        };
+        let mut datagram = Vec::with_capacity(payload.len() + super::wire::DATA_OVERHEAD);
+        if session.seal(now, payload, &mut datagram).is_err() {
+            return;
+        }
+        let wants_rekey = session.wants_rekey(now);
+        ctx.transmit(endpoint, datagram);
+        self.last_sent = Some(now);
+        if !payload.is_empty() {
+            self.counters.tx_bytes += payload.len() as u64;
+            self.counters.tx_packets += 1;
+            if self.unanswered_since.is_none() {
+                self.unanswered_since = Some(now);
+            }
+        }
+        if wants_rekey {
+            self.start_handshake_if_idle(ctx, now);
+        }
+    }
+
+    fn flush_queue(&mut self, ctx: &mut Context, now: Instant) {
+        let queued = std::mem::take(&mut self.queue);
+        let was_empty = queued.is_empty();
+        for payload in queued {
+            self.seal_and_transmit(ctx, now, &payload);
+        }
+        if was_empty
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|s| s.is_initiator && s.sent() == 0)
+        {
+            // Confirm the session to the responder, which waits for our
+            // first packet before it sends on it.
+            self.seal_and_transmit(ctx, now, &[]);
+        }
+    }
+
+    /// Starts a handshake unless one is in flight.
+    pub fn start_handshake_if_idle(&mut self, ctx: &mut Context, now: Instant) {
+        if self.retry.is_none() {
+            self.retry = Some(Retry {
+                first_attempt: now,
+                attempts: 0,
+                retry_at: now,
+            });
+            self.send_initiation(ctx, now);
+        }
+    }
+
+    fn send_initiation(&mut self, ctx: &mut Context, now: Instant) {
+        let Some(retry) = self.retry.as_mut() else {
+            return;
+        };
+        retry.attempts += 1;
+        // 1, 1, 2, 2, 4, 4, 8, 8, ... seconds: quick retries for a lossy
+        // first exchange, then exponential backoff to the cap.
+        let doublings = ((retry.attempts - 1) / 2).min(8);
+        let backoff = FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY);
+        let jitter = ctx.rng.gen_range(0.8..1.2);
+        retry.retry_at = now + backoff.mul_f64(jitter);
+        if let Some(old) = self.handshake.take() {
+            ctx.release_index(old.local_index());
+        }
+        let Some(endpoint) = self.endpoint else {
+            // Nowhere to send yet; the retry timer tries again (an endpoint
+            // may be learnt from the peer's own initiation meanwhile).
+            return;
+        };
+        let local_index = ctx.allocate_index(self.config.id);
+        let payload = InitiationPayload {
+            timestamp: ctx.timestamp(now),
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            name: ctx.name.clone(),
+            candidates: ctx.local_candidates.clone(),
+        };
+        match InitiatorHandshake::start(
+            &mut ctx.rng,
+            ctx.network,
+            &ctx.noise_secret,
+            &self.noise_public,
+            local_index,
+            &payload,
+        ) {
+            Ok((handshake, datagram)) => {
+                tracing::debug!(peer = %self.config.id, local_index, attempt = self.retry.as_ref().map_or(0, |r| r.attempts), "sending handshake initiation");
+                self.handshake = Some(handshake);
+                ctx.transmit(endpoint, datagram);
+            }
+            Err(error) => {
+                tracing::warn!(peer = %self.config.id, %error, "could not build handshake initiation");
+                ctx.release_index(local_index);
+            }
+        }
+    }
+
+    /// Destroys every session and pending handshake (keys are dropped).
+    pub fn clear_sessions(&mut self, ctx: &mut Context) {
+        for session in [self.current.take(), self.previous.take(), self.next.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.release_index(session.local_index);
+        }
+        if let Some(handshake) = self.handshake.take() {
+            ctx.release_index(handshake.local_index());
+        }
+        self.retry = None;
+        self.queue.clear();
+        self.unanswered_since = None;
+    }
+
+    /// The earliest time [`Peer::on_timeout`] has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut deadline = self.retry.as_ref().map(|retry| retry.retry_at);
+        if let Some(received) = self.last_received
+            && self.current.is_some()
+            && self.last_sent.is_none_or(|sent| sent < received)
+        {
+            deadline = earliest(deadline, Some(received + KEEPALIVE_TIMEOUT));
+        }
+        if let Some(since) = self.unanswered_since {
+            deadline = earliest(deadline, Some(since + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT));
+        }
+        for session in [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+        {
+            deadline = earliest(deadline, Some(session.created + REJECT_AFTER_TIME));
+        }
+        deadline
+    }
+
+    /// Runs the peer's timers.
+    pub fn on_timeout(&mut self, ctx: &mut Context, now: Instant) {
+        let was_up = self.current.is_some();
+        for slot in [Slot::Current, Slot::Previous, Slot::Next] {
+            let expired = match slot {
+                Slot::Current => &mut self.current,
+                Slot::Previous => &mut self.previous,
+                Slot::Next => &mut self.next,
+            };
+            if expired
+                .as_ref()
+                .is_some_and(|session| !session.is_usable(now))
+                && let Some(session) = expired.take()
+            {
+                ctx.release_index(session.local_index);
+            }
+        }
+        if was_up && self.current.is_none() {
+            ctx.events.push_back(Event::PeerDown { id: self.config.id });
+        }
+
+        if let Some(retry) = &self.retry
+            && retry.retry_at <= now
+        {
+            if now.saturating_duration_since(retry.first_attempt) >= REKEY_ATTEMPT_TIME {
+                tracing::debug!(peer = %self.config.id, "giving up handshake until new traffic");
+                if let Some(handshake) = self.handshake.take() {
+                    ctx.release_index(handshake.local_index());
+                }
+                self.retry = None;
+                self.queue.clear();
+            } else {
+                self.send_initiation(ctx, now);
+            }
+        }
+
+        if let Some(since) = self.unanswered_since
+            && now >= since + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+        {
+            // We sent data and heard nothing back: the session may be dead
+            // on the other side.
+            self.unanswered_since = None;
+            self.start_handshake_if_idle(ctx, now);
+        }
+
+        if let Some(received) = self.last_received
+            && self.is_up(now)
+            && self.last_sent.is_none_or(|sent| sent < received)
+            && now >= received + KEEPALIVE_TIMEOUT
+        {
+            self.seal_and_transmit(ctx, now, &[]);
+        }
+    }
+
+    /// A snapshot for `status`.
+    pub fn status(&self, now: Instant) -> PeerStatus {
+        let up = self.is_up(now);
+        PeerStatus {
+            id: self.config.id,
+            name: self.config.name.clone(),
+            address: self.prefix.agent_address(),
+            node_prefix: self.prefix.to_string(),
+            endpoint: self.endpoint,
+            path: if up && self.endpoint.is_some() {
+                PathKind::Direct
+            } else {
+                PathKind::None
+            },
+            session_established: up,
+            last_handshake_age_s: self
+                .last_handshake
+                .map(|at| now.saturating_duration_since(at).as_secs_f64()),
+            rx_bytes: self.counters.rx_bytes,
+            tx_bytes: self.counters.tx_bytes,
+            rx_packets: self.counters.rx_packets,
+            tx_packets: self.counters.tx_packets,
+            handshakes: self.counters.handshakes,
+            dropped_policy: self.counters.dropped_policy,
+            dropped_replay: self.counters.dropped_replay,
+            dropped_spoofed: self.counters.dropped_spoofed,
+            allow: self.config.allow.to_string(),
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Protocol behaviour of whole nodes on the deterministic simulated network.
+
+mod simnet;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentnet::core::node::Event;
+use agentnet::core::policy::Policy;
+use agentnet::core::status::PathKind;
+use simnet::{LinkConfig, SimNet, TUNNEL_MTU, tag_of, tcp_packet, udp_packet};
+
+fn lossy_reordering_link() -> LinkConfig {
+    LinkConfig {
+        loss: 0.20,
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(30),
+        duplicate: 0.05,
+    }
+}
+
+/// Sends `count` tagged packets from `a` to `b`, one every `spacing`.
+fn stream(net: &mut SimNet, a: usize, b: usize, tags: std::ops::Range<u32>, spacing: Duration) {
+    let (source, destination) = (net.overlay_address(a), net.overlay_address(b));
+    for tag in tags {
+        net.send_from_tun(a, &udp_packet(source, destination, 9000, tag, 200));
+        net.run_for(spacing);
+    }
+}
+
+fn delivered_tags(net: &SimNet, host: usize) -> Vec<u32> {
+    net.hosts[host]
+        .tun
+        .iter()
+        .filter_map(|packet| tag_of(packet))
+        .collect()
+}
+
+#[test]
+fn handshake_completes_and_data_flows_at_20_percent_loss_with_reordering() {
+    for seed in 0..5 {
+        let mut net = SimNet::new(seed, lossy_reordering_link());
+        let (a, b) = (net.add_host(1), net.add_host(2));
+        net.trust_both(a, b);
+        stream(&mut net, a, b, 0..300, Duration::from_millis(20));
+        net.run_for(Duration::from_secs(2));
+        assert!(net.is_connected(a, b), "seed {seed}: a has no session");
+        let tags = delivered_tags(&net, b);
+        let unique: HashSet<u32> = tags.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            tags.len(),
+            "seed {seed}: a packet was delivered twice"
+        );
+        // Packets queued while handshakes were lost may overflow the queue,
+        // but once connected, data flows at the link's 80%.
+        assert!(
+            tags.len() >= 120,
+            "seed {seed}: only {} of 300 delivered",
+            tags.len()
+        );
+        let before = tags.len();
+        stream(&mut net, a, b, 1000..1200, Duration::from_millis(20));
+        net.run_for(Duration::from_secs(2));
+        let tags = delivered_tags(&net, b);
+        let unique: HashSet<u32> = tags.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            tags.len(),
+            "seed {seed}: a packet was delivered twice"
+        );
+        let connected_phase = tags.len() - before;
+        assert!(
+            connected_phase >= 140,
+            "seed {seed}: only {connected_phase} of 200 delivered once connected"
+        );
+        let reordered = tags.windows(2).any(|pair| pair[0] > pair[1]);
+        assert!(
+            reordered,
+            "seed {seed}: the link should have reordered packets"
+        );
+    }
+}
+
+#[test]
+fn no_packet_is_delivered_twice_under_heavy_duplication() {
+    let mut net = SimNet::new(
+        7,
+        LinkConfig {
+            duplicate: 0.5,
+            jitter: Duration::from_millis(15),
+            ..LinkConfig::default()
+        },
+    );
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    stream(&mut net, a, b, 0..200, Duration::from_millis(5));
+    net.run_for(Duration::from_secs(1));
+    let tags = delivered_tags(&net, b);
+    let unique: HashSet<u32> = tags.iter().copied().collect();
+    assert_eq!(unique.len(), 200, "every packet arrives on a lossless link");
+    assert_eq!(tags.len(), 200, "duplicates were delivered");
+}
+
+#[test]
+fn untrusted_initiator_gets_no_reply() {
+    let mut net = SimNet::new(3, LinkConfig::default());
+    let (b, c) = (net.add_host(2), net.add_host(3));
+    // C trusts B and knows its endpoint; B does not trust C.
+    net.trust(c, b, true, Policy::All);
+    let (source, destination) = (net.overlay_address(c), net.overlay_address(b));
+    for tag in 0..20 {
+        net.send_from_tun(c, &udp_packet(source, destination, 80, tag, 100));
+        net.run_for(Duration::from_secs(3));
+    }
+    let c_address = net.hosts[c].address;
+    assert!(
+        net.wire_log
+            .iter()
+            .filter(|(from, _, _)| *from == c_address)
+            .count()
+            > 5,
+        "C should have sent several initiations"
+    );
+    assert!(
+        net.hosts[c].received_from.is_empty(),
+        "B answered an untrusted initiator"
+    );
+    assert!(net.hosts[b].tun.is_empty());
+    let dropped = net.hosts[b].node.status(net.now).dropped;
+    assert!(
+        dropped.untrusted > 0,
+        "untrusted initiations are counted: {dropped:?}"
+    );
+}
+
+#[test]
+fn garbage_and_forged_handshakes_get_no_reply() {
+    let mut net = SimNet::new(4, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let attacker: SocketAddr = "10.0.0.99:5555".parse().expect("addr");
+    let b_address = net.hosts[b].address;
+    let mut junk = vec![
+        vec![],
+        vec![1],
+        vec![1, 0, 0, 0],
+        vec![4, 0, 0, 0, 1, 2, 3, 4],
+        vec![9; 200],
+    ];
+    for kind in 1..=6u8 {
+        let mut datagram = vec![kind, 0, 0, 0];
+        datagram.extend((0..300u32).map(|i| (i * 7 + u32::from(kind)) as u8));
+        junk.push(datagram);
+    }
+    for datagram in junk {
+        net.inject(attacker, b_address, datagram);
+    }
+    net.run_for(Duration::from_secs(5));
+    let answered_attacker = net.wire_log.iter().any(|(_, to, _)| *to == attacker);
+    assert!(!answered_attacker, "B answered garbage");
+    let dropped = net.hosts[b].node.status(net.now).dropped;
+    assert!(
+        dropped.malformed + dropped.bad_mac1 + dropped.unknown_session >= 10,
+        "{dropped:?}"
+    );
+}
+
+#[test]
+fn replayed_initiation_is_dropped_without_reply() {
+    let mut net = SimNet::new(5, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (source, destination) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(a, &udp_packet(source, destination, 80, 1, 10));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.is_connected(a, b));
+    let a_address = net.hosts[a].address;
+    let b_address = net.hosts[b].address;
+    let initiation = net
+        .wire_log
+        .iter()
+        .find(|(from, _, bytes)| *from == a_address && bytes.first() == Some(&1))
+        .map(|(_, _, bytes)| bytes.clone())
+        .expect("a sent an initiation");
+    let attacker: SocketAddr = "10.0.0.66:7400".parse().expect("addr");
+    let sent_before = net.wire_log.len();
+    net.inject(attacker, b_address, initiation);
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.wire_log[sent_before..]
+            .iter()
+            .all(|(from, _, _)| *from != b_address),
+        "B answered a replayed initiation"
+    );
+    assert_eq!(
+        net.hosts[b]
+            .node
+            .status(net.now)
+            .dropped
+            .replayed_initiation,
+        1
+    );
+    // The replay did not move B's idea of A's endpoint.
+    let endpoint = net.hosts[b].node.status(net.now).peers[0].endpoint;
+    assert_eq!(endpoint, Some(a_address));
+}
+
+#[test]
+fn sessions_rekey_under_steady_traffic_without_loss() {
+    let mut net = SimNet::new(6, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    // 10 minutes of one packet a second each way.
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    for tag in 0..600 {
+        net.send_from_tun(a, &udp_packet(address_a, address_b, 80, tag, 50));
+        net.send_from_tun(b, &udp_packet(address_b, address_a, 80, tag, 50));
+        net.run_for(Duration::from_secs(1));
+    }
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        delivered_tags(&net, b).len(),
+        600,
+        "a->b lost packets across rekeys"
+    );
+    assert_eq!(
+        delivered_tags(&net, a).len(),
+        600,
+        "b->a lost packets across rekeys"
+    );
+    let handshakes: u64 = [a, b]
+        .iter()
+        .map(|&host| net.hosts[host].node.status(net.now).peers[0].handshakes)
+        .sum();
+    assert!(
+        handshakes >= 4,
+        "10 minutes need a rekey every 2 minutes; saw {handshakes} handshakes"
+    );
+}
+
+#[test]
+fn idle_session_expires_and_traffic_brings_it_back() {
+    let mut net = SimNet::new(8, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(a, &udp_packet(address_a, address_b, 80, 1, 10));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.is_connected(a, b));
+    net.run_for(Duration::from_secs(200));
+    assert!(
+        !net.is_connected(a, b),
+        "session outlived REJECT_AFTER_TIME"
+    );
+    assert!(
+        net.hosts[a]
+            .events
+            .iter()
+            .any(|event| matches!(event, Event::PeerDown { .. }))
+    );
+    net.send_from_tun(a, &udp_packet(address_a, address_b, 80, 2, 10));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, b), vec![1, 2]);
+}
+
+#[test]
+fn only_one_side_needs_the_endpoint() {
+    let mut net = SimNet::new(9, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust(a, b, false, Policy::All); // A does not know where B is
+    net.trust(b, a, true, Policy::All);
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 80, 1, 10));
+    net.run_for(Duration::from_secs(1));
+    net.send_from_tun(a, &udp_packet(address_a, address_b, 80, 2, 10));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, a), vec![1]);
+    assert_eq!(delivered_tags(&net, b), vec![2]);
+}
+
+#[test]
+fn endpoint_follows_a_roaming_peer() {
+    let mut net = SimNet::new(10, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    stream(&mut net, a, b, 0..10, Duration::from_millis(50));
+    // A's underlay address changes (NAT rebinding, new network).
+    let roamed: SocketAddr = "10.0.9.1:4000".parse().expect("addr");
+    net.hosts[a].address = roamed;
+    stream(&mut net, a, b, 10..20, Duration::from_millis(50));
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 80, 99, 10));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, b).len(), 20);
+    assert_eq!(
+        delivered_tags(&net, a),
+        vec![99],
+        "B's reply reached A at its new address"
+    );
+    assert_eq!(
+        net.hosts[b].node.status(net.now).peers[0].endpoint,
+        Some(roamed)
+    );
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped() {
+    let mut net = SimNet::new(11, LinkConfig::default());
+    let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
+    net.trust_both(a, b);
+    net.trust_both(b, c);
+    // A sends a packet claiming to come from C's address.
+    let spoofed = udp_packet(net.overlay_address(c), net.overlay_address(b), 80, 5, 10);
+    // It goes out through A's TUN only if addressed to B; A encrypts it.
+    net.send_from_tun(a, &spoofed);
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.hosts[b].tun.is_empty(),
+        "B delivered a packet with a source outside A's prefix"
+    );
+    assert_eq!(
+        net.hosts[b].node.status(net.now).peers[0].dropped_spoofed,
+        1
+    );
+}
+
+#[test]
+fn policy_limits_inbound_but_replies_to_own_connections_pass() {
+    let mut net = SimNet::new(12, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    // B lets A open only tcp:80; A lets B open anything.
+    net.trust(a, b, true, Policy::All);
+    net.trust(b, a, true, "tcp:80".parse().expect("policy"));
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 40000, 22, 0x02));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 40001, 80, 0x02));
+    net.run_for(Duration::from_secs(1));
+    let ports: Vec<u16> = net.hosts[b]
+        .tun
+        .iter()
+        .map(|p| u16::from_be_bytes([p[42], p[43]]))
+        .collect();
+    assert_eq!(ports, vec![80], "only the allowed port got through");
+    // B opens a connection to A's port 22; A's reply must pass B's policy.
+    net.send_from_tun(b, &tcp_packet(address_b, address_a, 50000, 22, 0x02));
+    net.run_for(Duration::from_secs(1));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 22, 50000, 0x12));
+    net.run_for(Duration::from_secs(1));
+    let from_ports: Vec<u16> = net.hosts[b]
+        .tun
+        .iter()
+        .map(|p| u16::from_be_bytes([p[40], p[41]]))
+        .collect();
+    assert_eq!(from_ports, vec![40001, 22]);
+    assert_eq!(net.hosts[b].node.status(net.now).peers[0].dropped_policy, 1);
+}
+
+#[test]
+fn oversized_packet_gets_packet_too_big_and_is_not_sent() {
+    let mut net = SimNet::new(13, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let big = udp_packet(
+        net.overlay_address(a),
+        net.overlay_address(b),
+        80,
+        1,
+        usize::from(TUNNEL_MTU),
+    );
+    assert!(big.len() > usize::from(TUNNEL_MTU));
+    net.send_from_tun(a, &big);
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.wire_log.is_empty(),
+        "nothing may go on the wire for an oversized packet"
+    );
+    let reply = net.hosts[a].tun.first().expect("an ICMPv6 reply");
+    assert_eq!(reply[6], 58, "ICMPv6");
+    assert_eq!(reply[40], 2, "Packet Too Big");
+    assert_eq!(
+        u32::from_be_bytes([reply[44], reply[45], reply[46], reply[47]]),
+        u32::from(TUNNEL_MTU)
+    );
+}
+
+#[test]
+fn revoked_peer_is_told_and_its_packets_are_dropped() {
+    let mut net = SimNet::new(14, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(a, &udp_packet(address_a, address_b, 80, 1, 10));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.is_connected(b, a));
+    // B sends a packet that is in flight when A revokes B.
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 80, 2, 10));
+    let now = net.now;
+    let id_b = net.id(b);
+    assert!(net.hosts[a].node.revoke_peer(now, &id_b));
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        delivered_tags(&net, a).is_empty(),
+        "a packet of the revoked peer was delivered"
+    );
+    assert!(
+        !net.is_connected(b, a),
+        "B did not drop the session on the notice"
+    );
+    // B keeps trying; A stays silent.
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 80, 3, 10));
+    let a_address = net.hosts[a].address;
+    let sent_before = net.wire_log.len();
+    net.run_for(Duration::from_secs(20));
+    assert!(
+        net.wire_log[sent_before..]
+            .iter()
+            .all(|(from, _, _)| *from != a_address)
+    );
+    assert!(delivered_tags(&net, a).is_empty());
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let transcript = |seed| {
+        let mut net = SimNet::new(seed, lossy_reordering_link());
+        let (a, b) = (net.add_host(1), net.add_host(2));
+        net.trust_both(a, b);
+        stream(&mut net, a, b, 0..50, Duration::from_millis(10));
+        net.wire_log.clone()
+    };
+    assert_eq!(transcript(42), transcript(42));
+    assert_ne!(transcript(42), transcript(43));
+}
+
+#[test]
+fn status_reports_direct_path_and_counters() {
+    let mut net = SimNet::new(15, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    stream(&mut net, a, b, 0..10, Duration::from_millis(10));
+    net.run_for(Duration::from_secs(1));
+    let status = net.hosts[a].node.status(net.now);
+    let peer = &status.peers[0];
+    assert_eq!(peer.path, PathKind::Direct);
+    assert_eq!(peer.tx_packets, 10);
+    assert!(peer.tx_bytes >= 10 * 200);
+    assert!(peer.last_handshake_age_s.is_some_and(|age| age < 2.0));
+    assert_eq!(status.address, net.overlay_address(a));
+}

@@ -1,0 +1,337 @@
+//! A deterministic simulated network for driving several `Node`s: a virtual
+//! clock that jumps to the next event, and links with seeded loss, delay,
+//! jitter (hence reordering) and duplication. No sockets, no sleeping.
+
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::node::{Event, Node, NodeConfig, PeerConfig, Transmit};
+use agentnet::core::policy::Policy;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// Wall clock given to nodes (any fixed value: the simulation is closed).
+const UNIX_EPOCH_OFFSET: Duration = Duration::from_secs(1_800_000_000);
+
+/// Impairments of the simulated network.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Base one-way delay.
+    pub delay: Duration,
+    /// Uniform extra delay in [0, jitter) (reorders packets).
+    pub jitter: Duration,
+    /// Probability a datagram is delivered twice.
+    pub duplicate: f64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            delay: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// One simulated host.
+pub struct SimHost {
+    pub node: Node,
+    pub identity: Identity,
+    pub address: SocketAddr,
+    /// Packets the node wrote to its TUN.
+    pub tun: Vec<Vec<u8>>,
+    /// Events the node reported.
+    pub events: Vec<Event>,
+    /// Datagrams the host received from the network (for "no reply" checks).
+    pub received_from: Vec<SocketAddr>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Instant,
+    sequence: u64,
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: Vec<u8>,
+}
+
+/// The simulated network.
+pub struct SimNet {
+    pub now: Instant,
+    pub link: LinkConfig,
+    pub network: NetworkId,
+    pub hosts: Vec<SimHost>,
+    rng: ChaCha20Rng,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
+    sequence: u64,
+    /// Every datagram put on the wire: (from, to, bytes).
+    pub wire_log: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+pub const TUNNEL_MTU: u16 = 1408;
+
+impl SimNet {
+    /// An empty network with a seeded RNG.
+    pub fn new(seed: u64, link: LinkConfig) -> Self {
+        Self {
+            now: Instant::now(),
+            link,
+            network: NetworkId::from_name("agentnet"),
+            hosts: Vec::new(),
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            in_flight: BinaryHeap::new(),
+            sequence: 0,
+            wire_log: Vec::new(),
+        }
+    }
+
+    /// Adds a host with a key derived from `key_seed`, at `10.0.0.N:7400`.
+    pub fn add_host(&mut self, key_seed: u8) -> usize {
+        let identity = Identity::from_secret_bytes(&[key_seed; 32]).expect("32 bytes");
+        let index = self.hosts.len();
+        let address: SocketAddr = format!("10.0.0.{}:7400", index + 1).parse().expect("addr");
+        let mut node_seed = [0u8; 32];
+        self.rng.fill(&mut node_seed);
+        let node = Node::new(
+            NodeConfig {
+                identity: identity.clone(),
+                network: self.network,
+                name: format!("host{index}"),
+                tunnel_mtu: TUNNEL_MTU,
+            },
+            node_seed,
+            self.now,
+            UNIX_EPOCH_OFFSET,
+        );
+        self.hosts.push(SimHost {
+            node,
+            identity,
+            address,
+            tun: Vec::new(),
+            events: Vec::new(),
+            received_from: Vec::new(),
+        });
+        index
+    }
+
+    pub fn id(&self, host: usize) -> AgentId {
+        self.hosts[host].identity.agent_id()
+    }
+
+    pub fn overlay_address(&self, host: usize) -> Ipv6Addr {
+        NodePrefix::of_agent(self.network, &self.id(host)).agent_address()
+    }
+
+    /// `host` trusts `peer`, optionally knowing its endpoint.
+    pub fn trust(&mut self, host: usize, peer: usize, with_endpoint: bool, allow: Policy) {
+        let config = PeerConfig {
+            id: self.id(peer),
+            name: format!("host{peer}"),
+            endpoint: with_endpoint.then_some(self.hosts[peer].address),
+            allow,
+        };
+        let now = self.now;
+        self.hosts[host].node.upsert_peer(now, config);
+    }
+
+    /// Both trust each other with all ports; both know endpoints.
+    pub fn trust_both(&mut self, a: usize, b: usize) {
+        self.trust(a, b, true, Policy::All);
+        self.trust(b, a, true, Policy::All);
+    }
+
+    /// Puts a datagram on the wire from an arbitrary source (an attacker).
+    pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+        self.schedule(from, to, payload);
+    }
+
+    fn schedule(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+        self.wire_log.push((from, to, payload.clone()));
+        if self.rng.gen_bool(self.link.loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.link.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = if self.link.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                self.link.jitter.mul_f64(self.rng.gen_range(0.0..1.0))
+            };
+            self.sequence += 1;
+            self.in_flight.push(Reverse(InFlight {
+                at: self.now + self.link.delay + jitter,
+                sequence: self.sequence,
+                from,
+                to,
+                payload: payload.clone(),
+            }));
+        }
+    }
+
+    /// Moves every pending output of every node onto the wire / TUN log.
+    fn drain_outputs(&mut self) {
+        for index in 0..self.hosts.len() {
+            let from = self.hosts[index].address;
+            let mut transmits: Vec<Transmit> = Vec::new();
+            let host = &mut self.hosts[index];
+            while let Some(transmit) = host.node.poll_transmit() {
+                transmits.push(transmit);
+            }
+            while let Some(packet) = host.node.poll_tun_packet() {
+                host.tun.push(packet);
+            }
+            while let Some(event) = host.node.poll_event() {
+                host.events.push(event);
+            }
+            for transmit in transmits {
+                self.schedule(from, transmit.destination, transmit.payload);
+            }
+        }
+    }
+
+    /// Feeds a packet into a host's TUN side.
+    pub fn send_from_tun(&mut self, host: usize, packet: &[u8]) {
+        let now = self.now;
+        self.hosts[host].node.handle_tun_packet(now, packet);
+        self.drain_outputs();
+    }
+
+    /// Runs the simulation until `until` (virtual time).
+    pub fn run_until(&mut self, until: Instant) {
+        loop {
+            self.drain_outputs();
+            let next_delivery = self.in_flight.peek().map(|Reverse(flight)| flight.at);
+            let next_timer = self
+                .hosts
+                .iter()
+                .filter_map(|host| host.node.poll_timeout())
+                .min();
+            let next = [next_delivery, next_timer].into_iter().flatten().min();
+            let Some(next) = next.filter(|next| *next <= until) else {
+                self.now = until.max(self.now);
+                return;
+            };
+            self.now = next.max(self.now);
+            let now = self.now;
+            while self
+                .in_flight
+                .peek()
+                .is_some_and(|Reverse(flight)| flight.at <= now)
+            {
+                let Some(Reverse(flight)) = self.in_flight.pop() else {
+                    break;
+                };
+                if let Some(host) = self.hosts.iter_mut().find(|host| host.address == flight.to) {
+                    host.received_from.push(flight.from);
+                    host.node.handle_datagram(now, flight.from, &flight.payload);
+                }
+            }
+            for host in &mut self.hosts {
+                if host
+                    .node
+                    .poll_timeout()
+                    .is_some_and(|deadline| deadline <= now)
+                {
+                    host.node.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    /// Runs for a duration.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        self.run_until(until);
+    }
+
+    /// Whether `host` has an established session with `peer`.
+    pub fn is_connected(&self, host: usize, peer: usize) -> bool {
+        let id = self.id(peer);
+        self.hosts[host]
+            .node
+            .status(self.now)
+            .peers
+            .iter()
+            .any(|status| status.id == id && status.session_established)
+    }
+
+    /// Runs in steps until `condition` holds or `limit` of virtual time passes.
+    pub fn run_until_condition(
+        &mut self,
+        limit: Duration,
+        mut condition: impl FnMut(&SimNet) -> bool,
+    ) -> bool {
+        let deadline = self.now + limit;
+        while self.now < deadline {
+            if condition(self) {
+                return true;
+            }
+            self.run_for(Duration::from_millis(5));
+        }
+        condition(self)
+    }
+}
+
+/// A UDP-in-IPv6 packet from `source` to `destination` carrying `tag`.
+pub fn udp_packet(
+    source: Ipv6Addr,
+    destination: Ipv6Addr,
+    destination_port: u16,
+    tag: u32,
+    len: usize,
+) -> Vec<u8> {
+    let payload_len = 8 + len.max(4);
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&(payload_len as u16).to_be_bytes());
+    packet.push(17);
+    packet.push(64);
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&destination.octets());
+    packet.extend_from_slice(&40000u16.to_be_bytes());
+    packet.extend_from_slice(&destination_port.to_be_bytes());
+    packet.extend_from_slice(&(payload_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(&tag.to_be_bytes());
+    packet.resize(40 + payload_len, 0xab);
+    packet
+}
+
+/// A TCP-in-IPv6 packet with ports and flags.
+pub fn tcp_packet(
+    source: Ipv6Addr,
+    destination: Ipv6Addr,
+    source_port: u16,
+    destination_port: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut packet = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&destination.octets());
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&destination_port.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    packet.extend_from_slice(&tcp);
+    packet
+}
+
+/// The tag of a packet made by [`udp_packet`].
+pub fn tag_of(packet: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = packet.get(48..52)?.try_into().ok()?;
+    Some(u32::from_be_bytes(bytes))
+}
