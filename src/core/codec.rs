@@ -71,6 +71,11 @@ impl<'a> Reader<'a> {
         (0..count).map(|_| self.socket_addr()).collect()
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     /// Whether everything was read.
     pub fn is_empty(&self) -> bool {
         self.rest.is_empty()

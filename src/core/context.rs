@@ -66,9 +66,14 @@ impl Context {
         self.by_index.remove(&index);
     }
 
+    /// Wall-clock time at `now`, as the duration since the Unix epoch.
+    pub fn unix_now(&self, now: Instant) -> Duration {
+        self.unix_at_start + now.saturating_duration_since(self.started)
+    }
+
     /// The TAI64N label of `now`.
     pub fn timestamp(&self, now: Instant) -> Tai64N {
-        Tai64N::from_unix(self.unix_at_start + now.saturating_duration_since(self.started))
+        Tai64N::from_unix(self.unix_now(now))
     }
 
     /// Queues a datagram.

@@ -21,11 +21,14 @@ use super::identity::{AgentId, Identity};
 use super::mac::Mac1Key;
 use super::packet::{self, Ipv6Packet};
 use super::peer::{MIN_INITIATION_INTERVAL, Peer, Slot};
+use super::pending::{Admission, PendingRequest, PendingRequests, PendingStatus};
 use super::policy::Policy;
 use super::rng::core_rng;
 use super::session::{Session, SessionError};
 use super::status::{DropCounters, NodeStatus};
+use super::trust_request::{Endorsement, TrustRequest, TrustRequestError};
 use super::wire::{self, Datagram};
+use rand::RngCore;
 
 /// How often idle connection-tracking entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
@@ -80,6 +83,14 @@ pub enum Event {
         /// The peer.
         id: AgentId,
     },
+    /// A verified trust request arrived and waits in the pending list.
+    TrustRequested {
+        /// The requester.
+        id: AgentId,
+        /// Whether the auto-approval rules accept it (the shell approves it
+        /// through the same path as an operator would).
+        auto_approve: bool,
+    },
     /// The peer's endpoint moved (roaming).
     EndpointChanged {
         /// The peer.
@@ -87,6 +98,27 @@ pub enum Event {
         /// Its new endpoint.
         endpoint: SocketAddr,
     },
+}
+
+/// Requesters trusted without an operator (orchestrated fleets). Off (empty)
+/// by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoApprove {
+    /// Agents whose requests are approved as they arrive.
+    pub agents: Vec<AgentId>,
+    /// Fleet keys whose endorsement of a requester approves it.
+    pub fleet_keys: Vec<AgentId>,
+}
+
+impl AutoApprove {
+    /// Whether a verified request is approved by these rules.
+    pub fn approves(&self, request: &TrustRequest) -> bool {
+        self.agents.contains(&request.requester)
+            || request.endorsement.is_some_and(|endorsement| {
+                self.fleet_keys.contains(&endorsement.fleet_key)
+                    && endorsement.is_valid_for(&request.requester)
+            })
+    }
 }
 
 /// One agent: its peers, sessions and timers. See the module docs for the
@@ -100,6 +132,8 @@ pub struct Node {
     by_noise_key: HashMap<[u8; 32], AgentId>,
     by_prefix: HashMap<NodePrefix, AgentId>,
     next_housekeeping: Instant,
+    pending: PendingRequests,
+    auto_approve: AutoApprove,
 }
 
 impl std::fmt::Debug for Node {
@@ -152,7 +186,56 @@ impl Node {
             by_noise_key: HashMap::new(),
             by_prefix: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            pending: PendingRequests::default(),
+            auto_approve: AutoApprove::default(),
         }
+    }
+
+    /// Sets who is trusted without an operator.
+    pub fn set_auto_approve(&mut self, rules: AutoApprove) {
+        self.auto_approve = rules;
+    }
+
+    /// Builds a sealed trust request to `target` and, given an endpoint,
+    /// sends it there. Returns the datagram so the shell can also hand it
+    /// to rendezvous mailboxes unchanged.
+    pub fn send_trust_request(
+        &mut self,
+        now: Instant,
+        target: AgentId,
+        justification: &str,
+        requested: Policy,
+        endpoint: Option<SocketAddr>,
+        endorsement: Option<Endorsement>,
+    ) -> Result<Vec<u8>, TrustRequestError> {
+        let mut nonce = [0u8; 16];
+        self.ctx.rng.fill_bytes(&mut nonce);
+        let request = TrustRequest {
+            requester: self.ctx.own_id,
+            target,
+            unix_time: self.ctx.unix_now(now).as_secs(),
+            nonce,
+            name: self.ctx.name.clone(),
+            justification: justification.to_string(),
+            requested,
+            candidates: self.ctx.local_candidates.clone(),
+            endorsement,
+        };
+        let datagram = request.seal(&mut self.ctx.rng, self.ctx.network, &self.identity)?;
+        if let Some(endpoint) = endpoint {
+            self.ctx.transmit(endpoint, datagram.clone());
+        }
+        Ok(datagram)
+    }
+
+    /// Trust requests waiting for an operator, oldest first.
+    pub fn pending_requests(&self, now: Instant) -> Vec<PendingStatus> {
+        self.pending.list(now)
+    }
+
+    /// Removes a pending request (to approve or deny it).
+    pub fn take_pending_request(&mut self, id: &AgentId) -> Option<PendingRequest> {
+        self.pending.take(id)
     }
 
     /// This agent's ID.
@@ -246,12 +329,57 @@ impl Node {
             Ok(Datagram::Initiation(initiation)) => self.handle_initiation(now, from, &initiation),
             Ok(Datagram::Response(response)) => self.handle_response(now, from, &response),
             Ok(Datagram::Data(data)) => self.handle_data(now, from, &data),
-            Ok(Datagram::CookieReply(_) | Datagram::Relay(_) | Datagram::TrustRequest(_)) => {
+            Ok(Datagram::TrustRequest(bytes)) => self.handle_trust_request(now, from, bytes),
+            Ok(Datagram::CookieReply(_) | Datagram::Relay(_)) => {
                 // Not spoken by this build; silence, like anything else we
                 // do not understand.
                 self.ctx.dropped.malformed += 1;
             }
             Err(_) => self.ctx.dropped.malformed += 1,
+        }
+    }
+
+    fn handle_trust_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let unix_now = self.ctx.unix_now(now);
+        let dropped = &mut self.ctx.dropped;
+        if !self.pending.allow_source(now, from) {
+            dropped.trust_requests_rate_limited += 1;
+            return;
+        }
+        let request = match TrustRequest::open(
+            datagram,
+            self.ctx.network,
+            &self.identity,
+            &self.ctx.own_mac1,
+            unix_now,
+        ) {
+            Ok(request) => request,
+            Err(TrustRequestError::BadMac1) => {
+                dropped.bad_mac1 += 1;
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%from, %error, "dropping trust request");
+                dropped.trust_requests_rejected += 1;
+                return;
+            }
+        };
+        if self.peers.contains_key(&request.requester) || request.requester == self.ctx.own_id {
+            dropped.trust_requests_rejected += 1;
+            return;
+        }
+        match self.pending.check(now, &request) {
+            Admission::Replayed => dropped.trust_requests_replayed += 1,
+            Admission::RateLimited => dropped.trust_requests_rate_limited += 1,
+            Admission::Queued => {
+                let id = request.requester;
+                let auto_approve = self.auto_approve.approves(&request);
+                tracing::info!(requester = %id, name = %request.name, %from, auto_approve, "trust request received");
+                self.pending.insert(now, request, from);
+                self.ctx
+                    .events
+                    .push_back(Event::TrustRequested { id, auto_approve });
+            }
         }
     }
 
@@ -517,6 +645,7 @@ impl Node {
             for peer in self.peers.values_mut() {
                 peer.conntrack.expire(now);
             }
+            self.pending.expire(now);
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
         }
     }

@@ -80,6 +80,13 @@ pub struct DropCounters {
     pub no_route: u64,
     /// Packets from the TUN over the tunnel MTU (answered with Packet Too Big).
     pub too_big: u64,
+    /// Trust requests that failed to open or verify (bad seal, signature,
+    /// stale timestamp, oversized, from an already trusted agent).
+    pub trust_requests_rejected: u64,
+    /// Trust requests whose nonce was seen before.
+    pub trust_requests_replayed: u64,
+    /// Trust requests over the per-source or per-requester rate.
+    pub trust_requests_rate_limited: u64,
 }
 
 /// The core's whole state, for display.

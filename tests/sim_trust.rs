@@ -1,0 +1,224 @@
+//! Trust requests, approval, denial and auto-approval on the simulated network.
+
+mod simnet;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentnet::core::identity::Identity;
+use agentnet::core::node::{AutoApprove, Event, PeerConfig};
+use agentnet::core::policy::Policy;
+use agentnet::core::trust_request::Endorsement;
+use simnet::{LinkConfig, SimNet, tag_of, udp_packet};
+
+/// `requester` trusts `target` (as "requested") and sends it a request.
+fn request(
+    net: &mut SimNet,
+    requester: usize,
+    target: usize,
+    justification: &str,
+    allow: &str,
+) -> Vec<u8> {
+    net.trust(requester, target, true, Policy::All);
+    let now = net.now;
+    let target_id = net.id(target);
+    let endpoint = net.hosts[target].address;
+    let datagram = net.hosts[requester]
+        .node
+        .send_trust_request(
+            now,
+            target_id,
+            justification,
+            allow.parse().expect("policy"),
+            Some(endpoint),
+            None,
+        )
+        .expect("request seals");
+    net.run_for(Duration::from_millis(100));
+    datagram
+}
+
+/// The operator of `target` approves the request of `requester`.
+fn approve(net: &mut SimNet, target: usize, requester: usize) {
+    let requester_id = net.id(requester);
+    let now = net.now;
+    let pending = net.hosts[target]
+        .node
+        .take_pending_request(&requester_id)
+        .expect("request is pending");
+    let node = &mut net.hosts[target].node;
+    node.upsert_peer(
+        now,
+        PeerConfig {
+            id: requester_id,
+            name: pending.request.name.clone(),
+            endpoint: Some(pending.from),
+            allow: pending.request.requested.clone(),
+        },
+    );
+    node.connect(now, &requester_id);
+}
+
+#[test]
+fn request_then_approval_connects_within_one_round_trip() {
+    let mut net = SimNet::new(1, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    request(&mut net, a, b, "nightly log summaries", "tcp:8080");
+    let pending = net.hosts[b].node.pending_requests(net.now);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, net.id(a));
+    assert_eq!(pending[0].name, "host0");
+    assert_eq!(pending[0].justification, "nightly log summaries");
+    assert_eq!(pending[0].requested, "tcp:8080");
+    assert_eq!(pending[0].from, net.hosts[a].address);
+    assert!(
+        net.hosts[a].received_from.is_empty(),
+        "the target answered a trust request"
+    );
+    assert!(net.hosts[b].events.contains(&Event::TrustRequested {
+        id: net.id(a),
+        auto_approve: false
+    }));
+
+    approve(&mut net, b, a);
+    // One round trip on a 10 ms link: 20 ms, plus the confirming keepalive.
+    net.run_for(Duration::from_millis(40));
+    assert!(net.is_connected(a, b) && net.is_connected(b, a));
+    assert!(net.hosts[b].node.pending_requests(net.now).is_empty());
+}
+
+#[test]
+fn denied_request_leaves_no_trace_and_no_reply() {
+    let mut net = SimNet::new(2, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    request(&mut net, a, b, "please", "all");
+    let id_a = net.id(a);
+    assert!(net.hosts[b].node.take_pending_request(&id_a).is_some());
+    let (source, destination) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(a, &udp_packet(source, destination, 80, 1, 10));
+    net.run_for(Duration::from_secs(30));
+    assert!(
+        net.hosts[a].received_from.is_empty(),
+        "a denied requester must hear nothing"
+    );
+    assert!(net.hosts[b].tun.is_empty());
+}
+
+#[test]
+fn replayed_altered_and_foreign_requests_are_dropped() {
+    let mut net = SimNet::new(3, LinkConfig::default());
+    let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
+    let datagram = request(&mut net, a, b, "first", "all");
+    let id_a = net.id(a);
+    assert!(net.hosts[b].node.take_pending_request(&id_a).is_some());
+    let attacker: SocketAddr = "10.0.0.77:7400".parse().expect("addr");
+    let b_address = net.hosts[b].address;
+    // Replay of the same datagram.
+    net.inject(attacker, b_address, datagram.clone());
+    // Altered copies.
+    for position in [8, 40, datagram.len() / 2, datagram.len() - 33] {
+        let mut altered = datagram.clone();
+        altered[position] ^= 0x01;
+        net.inject(attacker, b_address, altered);
+    }
+    // The same request delivered to someone else.
+    let c_address = net.hosts[c].address;
+    net.inject(attacker, c_address, datagram);
+    net.run_for(Duration::from_secs(1));
+    assert!(net.hosts[b].node.pending_requests(net.now).is_empty());
+    assert!(net.hosts[c].node.pending_requests(net.now).is_empty());
+    let dropped = net.hosts[b].node.status(net.now).dropped;
+    assert_eq!(dropped.trust_requests_replayed, 1, "{dropped:?}");
+    assert_eq!(
+        dropped.trust_requests_rejected + dropped.bad_mac1,
+        4,
+        "{dropped:?}"
+    );
+    assert!(
+        net.wire_log.iter().all(|(_, to, _)| *to != attacker),
+        "nobody answers"
+    );
+}
+
+#[test]
+fn requests_are_rate_limited_per_source() {
+    let mut net = SimNet::new(4, LinkConfig::default());
+    let b = net.add_host(2);
+    let requesters: Vec<usize> = (10..20).map(|seed| net.add_host(seed)).collect();
+    for &requester in &requesters {
+        request(&mut net, requester, b, "hi", "all");
+    }
+    // All ten come from different addresses: all queue.
+    assert_eq!(net.hosts[b].node.pending_requests(net.now).len(), 10);
+    // One source sending many distinct requesters' datagrams is limited.
+    let attacker: SocketAddr = "10.0.0.88:7400".parse().expect("addr");
+    let b_address = net.hosts[b].address;
+    let b_id = net.id(b);
+    for seed in 30..40u8 {
+        let requester = net.add_host(seed);
+        let now = net.now;
+        let datagram = net.hosts[requester]
+            .node
+            .send_trust_request(now, b_id, "flood", Policy::All, None, None)
+            .expect("seals");
+        net.inject(attacker, b_address, datagram);
+    }
+    net.run_for(Duration::from_secs(1));
+    let dropped = net.hosts[b].node.status(net.now).dropped;
+    assert_eq!(dropped.trust_requests_rate_limited, 5, "{dropped:?}");
+    assert_eq!(net.hosts[b].node.pending_requests(net.now).len(), 15);
+}
+
+#[test]
+fn fleet_endorsed_request_is_flagged_for_auto_approval() {
+    let mut net = SimNet::new(5, LinkConfig::default());
+    let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
+    let fleet = Identity::from_secret_bytes(&[77; 32]).expect("key");
+    net.hosts[b].node.set_auto_approve(AutoApprove {
+        agents: vec![],
+        fleet_keys: vec![fleet.agent_id()],
+    });
+    // A carries the fleet's endorsement; C carries an endorsement of A (stolen).
+    let endorsement_a = Endorsement::sign(&fleet, &net.id(a));
+    for (requester, endorsement) in [(a, endorsement_a), (c, endorsement_a)] {
+        net.trust(requester, b, true, Policy::All);
+        let now = net.now;
+        let (b_id, endpoint) = (net.id(b), net.hosts[b].address);
+        net.hosts[requester]
+            .node
+            .send_trust_request(
+                now,
+                b_id,
+                "fleet member",
+                Policy::All,
+                Some(endpoint),
+                Some(endorsement),
+            )
+            .expect("seals");
+    }
+    net.run_for(Duration::from_millis(100));
+    let events = &net.hosts[b].events;
+    assert!(events.contains(&Event::TrustRequested {
+        id: net.id(a),
+        auto_approve: true
+    }));
+    assert!(events.contains(&Event::TrustRequested {
+        id: net.id(c),
+        auto_approve: false
+    }));
+}
+
+#[test]
+fn approved_policy_limits_what_the_requester_may_open() {
+    let mut net = SimNet::new(6, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    request(&mut net, a, b, "web only", "udp:8080");
+    approve(&mut net, b, a);
+    net.run_for(Duration::from_millis(100));
+    let (source, destination) = (net.overlay_address(a), net.overlay_address(b));
+    net.send_from_tun(a, &udp_packet(source, destination, 8080, 1, 10));
+    net.send_from_tun(a, &udp_packet(source, destination, 22, 2, 10));
+    net.run_for(Duration::from_millis(100));
+    let tags: Vec<u32> = net.hosts[b].tun.iter().filter_map(|p| tag_of(p)).collect();
+    assert_eq!(tags, vec![1]);
+}
