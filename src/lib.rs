@@ -3,4 +3,7 @@
 //! [`core`] holds every protocol decision and does no I/O; the modules beside
 //! it are the I/O shell (TUN, UDP, control socket, state files) around it.
 
+pub mod control;
 pub mod core;
+pub mod daemon;
+pub mod state;

@@ -1,0 +1,262 @@
+//! How the CLI shows things: the status report, tables, human units.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+/// What `status` shows, read leniently from the daemon's JSON so a CLI and a
+/// daemon of different versions still get along.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct StatusView {
+    id: String,
+    address: String,
+    node_prefix: String,
+    name: String,
+    network: String,
+    interface: String,
+    port: u64,
+    mtu: u64,
+    pid: u64,
+    uptime_s: u64,
+    peers: Vec<PeerView>,
+    dropped: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PeerView {
+    id: String,
+    name: String,
+    address: String,
+    endpoint: Option<String>,
+    path: String,
+    session_established: bool,
+    last_handshake_age_s: Option<f64>,
+    rx_bytes: u64,
+    tx_bytes: u64,
+    dropped_policy: u64,
+    dropped_replay: u64,
+    dropped_spoofed: u64,
+    allow: String,
+}
+
+pub(super) fn render_status(status: &StatusView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "agent      {} (network {})",
+        status.name, status.network
+    );
+    let _ = writeln!(out, "id         {}", status.id);
+    let _ = writeln!(
+        out,
+        "address    {}  (node prefix {})",
+        status.address, status.node_prefix
+    );
+    let _ = writeln!(
+        out,
+        "interface  {}  mtu {}  udp port {}  pid {}  up {}",
+        status.interface,
+        status.mtu,
+        status.port,
+        status.pid,
+        human_duration(status.uptime_s as f64)
+    );
+    let _ = writeln!(out);
+    if status.peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "no trusted agents; add one with `agentnet trust add ID --name NAME`"
+        );
+    } else {
+        let rows: Vec<Vec<String>> = status
+            .peers
+            .iter()
+            .map(|peer| {
+                let path = if peer.session_established || peer.path != "none" {
+                    peer.path.clone()
+                } else {
+                    "-".to_string()
+                };
+                vec![
+                    peer.name.clone(),
+                    peer.address.clone(),
+                    peer.endpoint.clone().unwrap_or_else(|| "-".into()),
+                    path,
+                    peer.last_handshake_age_s
+                        .map(|age| format!("{} ago", human_duration(age)))
+                        .unwrap_or_else(|| "never".into()),
+                    human_bytes(peer.rx_bytes),
+                    human_bytes(peer.tx_bytes),
+                    peer.allow.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "PEER",
+                "ADDRESS",
+                "ENDPOINT",
+                "PATH",
+                "HANDSHAKE",
+                "RX",
+                "TX",
+                "ALLOW",
+            ],
+            &rows,
+        ));
+        for peer in &status.peers {
+            let drops = [
+                ("policy", peer.dropped_policy),
+                ("replay", peer.dropped_replay),
+                ("spoofed", peer.dropped_spoofed),
+            ];
+            let text = counters(drops.iter().map(|(k, v)| (*k, *v)));
+            if !text.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {} ({}…): dropped {text}",
+                    peer.name,
+                    short(&peer.id)
+                );
+            }
+        }
+    }
+    let dropped = counters(
+        status
+            .dropped
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_u64().unwrap_or(0))),
+    );
+    let _ = writeln!(out);
+    if dropped.is_empty() {
+        let _ = writeln!(out, "dropped    nothing");
+    } else {
+        let _ = writeln!(out, "dropped    {dropped}");
+    }
+    out
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// "name count, ..." for the nonzero counters.
+fn counters<'a>(counters: impl Iterator<Item = (&'a str, u64)>) -> String {
+    counters
+        .filter(|(_, count)| *count > 0)
+        .map(|(name, count)| format!("{} {count}", name.replace('_', " ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Left-aligned columns separated by two spaces.
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, width) in cells.zip(&widths) {
+            let _ = write!(text, "{cell:<width$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Bytes with binary units: `512 B`, `1.5 KiB`, `3.2 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
+}
+
+/// Seconds as `42s`, `3m05s`, `2h10m`, `4d03h`.
+fn human_duration(seconds: f64) -> String {
+    let total = if seconds.is_finite() && seconds > 0.0 {
+        seconds as u64
+    } else {
+        0
+    };
+    let (days, hours, minutes, secs) = (
+        total / 86_400,
+        total / 3600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
+    if days > 0 {
+        format!("{days}d{hours:02}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{secs:02}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(human_duration(42.7), "42s");
+        assert_eq!(human_duration(185.0), "3m05s");
+        assert_eq!(human_duration(7800.0), "2h10m");
+        assert_eq!(human_duration(-1.0), "0s");
+    }
+
+    #[test]
+    fn status_text_shows_peers_and_nonzero_drops() {
+        let value = json!({
+            "id": "abc", "address": "fd00::1", "node_prefix": "fd00::/112", "mtu": 1408,
+            "interface": "agentnet0", "port": 7400, "pid": 9, "name": "alice",
+            "network": "agentnet", "uptime_s": 65,
+            "peers": [{
+                "id": "bobbobbobbobbobbob", "name": "bob", "address": "fd00::2:1",
+                "endpoint": "192.0.2.7:7400", "path": "direct", "session_established": true,
+                "last_handshake_age_s": 12.5, "rx_bytes": 2048, "tx_bytes": 10,
+                "dropped_policy": 3, "allow": "all", "future_field": 1
+            }],
+            "dropped": {"untrusted": 2, "malformed": 0}
+        });
+        let view: StatusView = serde_json::from_value(value).expect("parses");
+        let text = render_status(&view);
+        assert!(text.contains("bob"), "{text}");
+        assert!(text.contains("direct"), "{text}");
+        assert!(text.contains("12s ago"), "{text}");
+        assert!(text.contains("2.0 KiB"), "{text}");
+        assert!(text.contains("dropped policy 3"), "{text}");
+        assert!(text.contains("untrusted 2"), "{text}");
+        assert!(!text.contains("malformed"), "{text}");
+        assert!(text.contains("up 1m05s"), "{text}");
+    }
+}

@@ -1,0 +1,345 @@
+//! The control protocol between the CLI and the daemon.
+//!
+//! Transport: a Unix stream socket (default `STATE_DIR/agentnet.sock`, mode
+//! 0660). Framing: JSON lines, one request object per line, answered by one
+//! response object per line, in order; a client may send several requests on
+//! one connection.
+//!
+//! Requests carry their kind in `"cmd"`:
+//!
+//! ```text
+//! {"cmd":"hello"}
+//! {"cmd":"status"}
+//! {"cmd":"trust_add","id":"<agent id>","name":"bob","endpoint":"host:7400","allow":"tcp:80,icmp"}
+//! {"cmd":"trust_list"}
+//! {"cmd":"trust_remove","peer":"<agent id or name>"}
+//! {"cmd":"down"}
+//! ```
+//!
+//! (`endpoint` and `allow` of `trust_add` are optional; `allow` defaults to
+//! `"all"`.) Each response is an object with exactly one key naming its kind:
+//!
+//! ```text
+//! {"hello":{"pid":..,"id":..,"address":..,"name":..,"network":..,"interface":..,"port":..,"mtu":..,"state_dir":..,"version":..}}
+//! {"status":{ NodeStatus fields.., "interface":..,"port":..,"pid":..,"name":..,"network":..,"uptime_s":.. }}
+//! {"trust_added":{"peer":{TrustEntry fields.., "address":..},"change":"added"|"updated"}}
+//! {"trust_list":{"peers":[{TrustEntry fields.., "address":..}, ..]}}
+//! {"trust_removed":{"peer":{TrustEntry fields.., "address":..}}}
+//! {"stopping":{"pid":..}}
+//! {"error":"human-readable message"}
+//! ```
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Ipv6Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::identity::AgentId;
+use crate::core::policy::Policy;
+use crate::core::trust::TrustEntry;
+use crate::state::TrustChange;
+
+/// Longest request line the daemon accepts.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+/// Longest response line the client accepts (a status with many peers).
+pub const MAX_RESPONSE_LEN: usize = 16 * 1024 * 1024;
+/// How long the client waits for a response.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request from the CLI to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the daemon up, and who is it? Answered with [`Response::Hello`].
+    Hello,
+    /// The node's full state. Answered with [`Response::Status`].
+    Status,
+    /// Trust a peer (or update it): store it and apply it to the node.
+    TrustAdd {
+        /// The peer's agent ID.
+        id: AgentId,
+        /// Its local name.
+        name: String,
+        /// Optional underlay endpoint, `HOST:PORT`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// What it may open towards this agent.
+        #[serde(default)]
+        allow: Policy,
+    },
+    /// The trust store's peers. Answered with [`Response::TrustList`].
+    TrustList,
+    /// Stop trusting a peer, named by agent ID or local name.
+    TrustRemove {
+        /// Agent ID or local name.
+        peer: String,
+    },
+    /// Stop the daemon. Answered with [`Response::Stopping`] before it exits.
+    Down,
+}
+
+/// The daemon's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Who the daemon is.
+    Hello(DaemonInfo),
+    /// The node's status: `NodeStatus` fields plus the shell's own
+    /// (`interface`, `port`, `pid`, `name`, `network`, `uptime_s`). Kept as
+    /// JSON so the CLI shows fields it does not know yet.
+    Status(serde_json::Value),
+    /// A peer was added or updated.
+    TrustAdded {
+        /// The stored entry.
+        peer: TrustedPeer,
+        /// Whether it was new.
+        change: TrustChange,
+    },
+    /// The trust store.
+    TrustList {
+        /// Its peers, in the order they were added.
+        peers: Vec<TrustedPeer>,
+    },
+    /// A peer was removed; its sessions are gone.
+    TrustRemoved {
+        /// The entry that was removed.
+        peer: TrustedPeer,
+    },
+    /// The daemon is shutting down.
+    Stopping {
+        /// Its PID, to wait for.
+        pid: u32,
+    },
+    /// The request failed.
+    Error(String),
+}
+
+/// Identity and configuration of a running daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// The daemon's PID.
+    pub pid: u32,
+    /// This agent's ID.
+    pub id: AgentId,
+    /// This agent's overlay address.
+    pub address: Ipv6Addr,
+    /// This agent's name.
+    pub name: String,
+    /// The overlay network's name.
+    pub network: String,
+    /// The TUN interface.
+    pub interface: String,
+    /// The UDP port.
+    pub port: u16,
+    /// The tunnel MTU.
+    pub mtu: u16,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// A trust-store entry with the peer's overlay address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedPeer {
+    /// The stored entry.
+    #[serde(flatten)]
+    pub entry: TrustEntry,
+    /// The peer's agent address in this network.
+    pub address: Ipv6Addr,
+}
+
+impl TrustedPeer {
+    /// Adds the peer's address in `network` to a trust entry.
+    pub fn new(entry: TrustEntry, network: NetworkId) -> Self {
+        let address = NodePrefix::of_agent(network, &entry.id).agent_address();
+        Self { entry, address }
+    }
+}
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Nothing listens on the socket.
+    #[error("agentnet is not running (nothing answers on {})", socket.display())]
+    NotRunning {
+        /// The control socket path.
+        socket: PathBuf,
+    },
+    /// The socket exists but may not be opened.
+    #[error("permission denied on {}: run as root or as a member of the socket's group", socket.display())]
+    PermissionDenied {
+        /// The control socket path.
+        socket: PathBuf,
+    },
+    /// Reading or writing the socket failed.
+    #[error("control socket {}: {source}", socket.display())]
+    Io {
+        /// The control socket path.
+        socket: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon did not answer in time (stopped or overloaded?).
+    #[error("the daemon on {} did not answer within {} s", socket.display(), CLIENT_TIMEOUT.as_secs())]
+    Timeout {
+        /// The control socket path.
+        socket: PathBuf,
+    },
+    /// The daemon closed the connection without answering.
+    #[error("the daemon closed the connection without answering")]
+    Closed,
+    /// The daemon's answer is not a valid response.
+    #[error("the daemon sent an unreadable response: {0}")]
+    BadResponse(String),
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// A blocking connection to the daemon's control socket (the CLI side).
+#[derive(Debug)]
+pub struct ControlClient {
+    socket: PathBuf,
+    stream: BufReader<UnixStream>,
+}
+
+impl ControlClient {
+    /// Connects to the daemon. A missing socket file or a refused connection
+    /// is [`ControlError::NotRunning`].
+    pub fn connect(socket: &Path) -> Result<Self, ControlError> {
+        let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ControlError::NotRunning {
+                    socket: socket.to_path_buf(),
+                }
+            }
+            io::ErrorKind::PermissionDenied => ControlError::PermissionDenied {
+                socket: socket.to_path_buf(),
+            },
+            _ => ControlError::Io {
+                socket: socket.to_path_buf(),
+                source,
+            },
+        })?;
+        let io_error = |source| ControlError::Io {
+            socket: socket.to_path_buf(),
+            source,
+        };
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(io_error)?;
+        stream
+            .set_write_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(io_error)?;
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request and reads its response. An error response becomes
+    /// [`ControlError::Daemon`].
+    pub fn request(&mut self, request: &Request) -> Result<Response, ControlError> {
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        line.push(b'\n');
+        let io_error = |source| ControlError::Io {
+            socket: self.socket.clone(),
+            source,
+        };
+        self.stream.get_mut().write_all(&line).map_err(io_error)?;
+        let mut answer = Vec::new();
+        (&mut self.stream)
+            .take(MAX_RESPONSE_LEN as u64)
+            .read_until(b'\n', &mut answer)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ControlError::Timeout {
+                    socket: self.socket.clone(),
+                },
+                _ => ControlError::Io {
+                    socket: self.socket.clone(),
+                    source,
+                },
+            })?;
+        if answer.is_empty() {
+            return Err(ControlError::Closed);
+        }
+        match serde_json::from_slice(&answer) {
+            Ok(Response::Error(message)) => Err(ControlError::Daemon(message)),
+            Ok(response) => Ok(response),
+            Err(e) => Err(ControlError::BadResponse(e.to_string())),
+        }
+    }
+
+    /// Connects, sends one request and returns its response.
+    pub fn call(socket: &Path, request: &Request) -> Result<Response, ControlError> {
+        Self::connect(socket)?.request(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::Identity;
+    use crate::core::trust::TrustState;
+
+    fn id() -> AgentId {
+        Identity::from_secret_bytes(&[1; 32])
+            .expect("key")
+            .agent_id()
+    }
+
+    #[test]
+    fn requests_use_a_cmd_tag() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).expect("json"),
+            r#"{"cmd":"status"}"#
+        );
+        let text = format!(r#"{{"cmd":"trust_add","id":"{}","name":"bob"}}"#, id());
+        let request: Request = serde_json::from_str(&text).expect("parses");
+        assert_eq!(
+            request,
+            Request::TrustAdd {
+                id: id(),
+                name: "bob".into(),
+                endpoint: None,
+                allow: Policy::All
+            }
+        );
+    }
+
+    #[test]
+    fn errors_are_a_single_error_key() {
+        let text = serde_json::to_string(&Response::Error("nope".into())).expect("json");
+        assert_eq!(text, r#"{"error":"nope"}"#);
+        assert_eq!(
+            serde_json::to_string(&Response::Stopping { pid: 7 }).expect("json"),
+            r#"{"stopping":{"pid":7}}"#
+        );
+    }
+
+    #[test]
+    fn trusted_peer_flattens_the_entry_and_round_trips() {
+        let entry = TrustEntry {
+            id: id(),
+            name: "bob".into(),
+            endpoint: Some("10.0.0.2:7400".into()),
+            allow: "tcp:80".parse().expect("policy"),
+            state: TrustState::Trusted,
+            added_unix: 42,
+        };
+        let peer = TrustedPeer::new(entry, NetworkId::from_name("agentnet"));
+        let response = Response::TrustList { peers: vec![peer] };
+        let text = serde_json::to_string(&response).expect("json");
+        assert!(text.contains(r#""name":"bob""#), "{text}");
+        assert!(text.contains(r#""address":"fd"#), "{text}");
+        let back: Response = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, response);
+    }
+}

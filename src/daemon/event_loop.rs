@@ -1,0 +1,501 @@
+//! The event loop: one task owns the node and feeds it from the UDP socket,
+//! the TUN, the control socket and its timer, then drains its outputs (the
+//! call order documented on [`Node`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tun_rs::AsyncDevice;
+
+use super::control_server::{Command, ControlRequest};
+use super::udp::{Underlay, resolve_endpoint};
+use super::{DaemonError, DaemonOptions};
+use crate::control::{DaemonInfo, Response, TrustedPeer};
+use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::identity::AgentId;
+use crate::core::node::{Event, Node, PeerConfig};
+use crate::core::trust::{TrustEntry, TrustState, TrustStore};
+use crate::state::AgentConfig;
+
+/// Buffer size for one datagram or packet: the largest IP packet.
+const BUFFER_LEN: usize = 65_536;
+/// How many extra datagrams or packets one wake-up takes before the outputs
+/// are drained (amortizes the loop without starving the other inputs).
+const BATCH: usize = 64;
+/// Least time between two warnings about the same kind of send failure.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the local addresses announced to peers are re-read (addresses
+/// come and go with DHCP, roaming and interfaces).
+const CANDIDATE_REFRESH: Duration = Duration::from_secs(30);
+
+/// Why the loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Down,
+    Signal(&'static str),
+}
+
+/// Allows a warning once per [`WARN_INTERVAL`], counting the rest.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// Returns how many warnings were suppressed since the last one if a
+    /// warning may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < WARN_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The signals the daemon handles: SIGTERM and SIGINT stop it, SIGHUP
+/// reloads the trust store. Installed before anything is created, so a
+/// signal during start-up still leads to a clean exit.
+pub(crate) struct Signals {
+    sigterm: Signal,
+    sigint: Signal,
+    sighup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    pub(crate) fn install() -> io::Result<Self> {
+        Ok(Self {
+            sigterm: signal(SignalKind::terminate())?,
+            sigint: signal(SignalKind::interrupt())?,
+            sighup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The running daemon: the node and everything around it.
+pub(crate) struct Daemon {
+    options: DaemonOptions,
+    config: AgentConfig,
+    network: NetworkId,
+    own_id: AgentId,
+    node: Node,
+    tun: AsyncDevice,
+    interface: String,
+    mtu: u16,
+    underlay: Underlay,
+    /// The trust store as last applied to the node.
+    trust: TrustStore,
+    /// The endpoints last handed to the node to announce.
+    candidates: Vec<SocketAddr>,
+    started: Instant,
+    stop: Option<Stop>,
+    udp_send_warnings: Throttle,
+    tun_send_warnings: Throttle,
+    udp_recv_warnings: Throttle,
+}
+
+impl Daemon {
+    /// Wraps the parts [`super::run`] created.
+    pub(crate) fn new(
+        options: DaemonOptions,
+        config: AgentConfig,
+        node: Node,
+        tun: AsyncDevice,
+        mtu: u16,
+        underlay: Underlay,
+    ) -> Self {
+        let network = NetworkId::from_name(&config.network);
+        let own_id = node.agent_id();
+        let interface = tun.name().unwrap_or_else(|_| options.interface.clone());
+        Self {
+            options,
+            config,
+            network,
+            own_id,
+            node,
+            tun,
+            interface,
+            mtu,
+            underlay,
+            trust: TrustStore::default(),
+            candidates: Vec::new(),
+            started: Instant::now(),
+            stop: None,
+            udp_send_warnings: Throttle::default(),
+            tun_send_warnings: Throttle::default(),
+            udp_recv_warnings: Throttle::default(),
+        }
+    }
+
+    /// Loads the trust store into the node, then serves until told to stop.
+    pub(crate) async fn run(
+        &mut self,
+        mut requests: mpsc::Receiver<ControlRequest>,
+        signals: Signals,
+    ) -> Result<(), DaemonError> {
+        let Signals {
+            mut sigterm,
+            mut sigint,
+            mut sighup,
+        } = signals;
+        self.refresh_candidates();
+        self.reload_trust_store(Instant::now());
+        self.flush().await;
+        let mut candidate_refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + CANDIDATE_REFRESH,
+            CANDIDATE_REFRESH,
+        );
+        candidate_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
+        tracing::info!(
+            id = %self.own_id,
+            %address,
+            name = %self.config.name,
+            network = %self.config.network,
+            interface = %self.interface,
+            port = self.underlay.port(),
+            mtu = self.mtu,
+            peers = self.trust.peers.len(),
+            "agentnet is up"
+        );
+
+        let mut udp_buf = vec![0u8; BUFFER_LEN];
+        let mut tun_buf = vec![0u8; BUFFER_LEN];
+        while self.stop.is_none() {
+            let deadline = self.node.poll_timeout();
+            let timer = async {
+                match deadline {
+                    Some(deadline) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = self.underlay.recv_from(&mut udp_buf) => {
+                    self.on_datagram(received, &udp_buf);
+                    self.drain_underlay(&mut udp_buf);
+                }
+                read = self.tun.recv(&mut tun_buf) => {
+                    self.on_tun_read(read, &tun_buf)?;
+                    self.drain_tun(&mut tun_buf)?;
+                }
+                Some(request) = requests.recv() => {
+                    let response = self.on_command(request.command);
+                    // The client may have gone; its answer is then moot.
+                    let _ = request.reply.send(response);
+                }
+                () = timer => self.node.handle_timeout(Instant::now()),
+                _ = candidate_refresh.tick() => self.refresh_candidates(),
+                _ = sigterm.recv() => self.stop = Some(Stop::Signal("SIGTERM")),
+                _ = sigint.recv() => self.stop = Some(Stop::Signal("SIGINT")),
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP: reloading the trust store");
+                    self.reload_trust_store(Instant::now());
+                }
+            }
+            self.flush().await;
+        }
+        match self.stop {
+            Some(Stop::Signal(name)) => tracing::info!(signal = name, "shutting down"),
+            _ => tracing::info!("shutting down on request"),
+        }
+        Ok(())
+    }
+
+    /// Tells the node the endpoints it may announce, when they changed.
+    fn refresh_candidates(&mut self) {
+        let candidates = self
+            .underlay
+            .local_candidates(&self.interface, self.network);
+        if candidates != self.candidates {
+            tracing::debug!(?candidates, "local candidates");
+            self.candidates = candidates.clone();
+            self.node.set_local_candidates(candidates);
+        }
+    }
+
+    fn on_datagram(&mut self, received: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+        match received {
+            Ok((len, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..len]),
+            Err(error) => {
+                if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {
+                    tracing::warn!(%error, suppressed, "UDP receive failed");
+                }
+            }
+        }
+    }
+
+    fn drain_underlay(&mut self, buf: &mut [u8]) {
+        for _ in 0..BATCH {
+            match self.underlay.try_recv_from(buf) {
+                Ok((len, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..len]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => self.on_datagram(Err(error), buf),
+            }
+        }
+    }
+
+    fn on_tun_read(&mut self, read: io::Result<usize>, buf: &[u8]) -> Result<(), DaemonError> {
+        match read {
+            Ok(len) => {
+                self.node.handle_tun_packet(Instant::now(), &buf[..len]);
+                Ok(())
+            }
+            Err(error) if is_transient(&error) => Ok(()),
+            Err(source) => Err(DaemonError::TunIo {
+                interface: self.interface.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn drain_tun(&mut self, buf: &mut [u8]) -> Result<(), DaemonError> {
+        for _ in 0..BATCH {
+            match self.tun.try_recv(buf) {
+                Ok(len) => self.node.handle_tun_packet(Instant::now(), &buf[..len]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return self.on_tun_read(Err(error), buf),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the node's outputs: datagrams, TUN packets, events.
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            if let Err(error) = self
+                .underlay
+                .send_to(&transmit.payload, transmit.destination)
+                .await
+                && let Some(suppressed) = self.udp_send_warnings.allow(Instant::now())
+            {
+                tracing::warn!(%error, destination = %transmit.destination, suppressed, "UDP send failed");
+            }
+        }
+        while let Some(packet) = self.node.poll_tun_packet() {
+            if let Err(error) = self.tun.send(&packet).await
+                && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
+            {
+                tracing::warn!(%error, suppressed, "TUN write failed");
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            self.log_event(event);
+        }
+    }
+
+    fn peer_name(&self, id: &AgentId) -> &str {
+        self.trust.get(id).map_or("?", |entry| entry.name.as_str())
+    }
+
+    fn log_event(&self, event: Event) {
+        match event {
+            Event::PeerUp { id } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, "session established");
+            }
+            Event::PeerDown { id } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, "session closed");
+            }
+            Event::TrustRequested { id, auto_approve } => {
+                // Approval (by the operator or the auto-approval rules) is not
+                // wired into the shell yet; the request waits in the core.
+                tracing::info!(%id, auto_approve, "trust request received");
+            }
+            Event::EndpointChanged { id, endpoint } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, %endpoint, "endpoint changed");
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) -> Response {
+        let now = Instant::now();
+        match command {
+            Command::Hello => Response::Hello(self.info()),
+            Command::Status => self.status(now),
+            Command::TrustList => match self.options.state.load_trust() {
+                Ok(store) => Response::TrustList {
+                    peers: store
+                        .peers
+                        .into_iter()
+                        .map(|entry| TrustedPeer::new(entry, self.network))
+                        .collect(),
+                },
+                Err(error) => Response::Error(error.to_string()),
+            },
+            Command::TrustAdd { entry, endpoint } => self.trust_add(now, entry, endpoint),
+            Command::TrustRemove { peer } => self.trust_remove(&peer),
+            Command::Down => {
+                self.stop = Some(Stop::Down);
+                Response::Stopping {
+                    pid: std::process::id(),
+                }
+            }
+        }
+    }
+
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            pid: std::process::id(),
+            id: self.own_id,
+            address: NodePrefix::of_agent(self.network, &self.own_id).agent_address(),
+            name: self.config.name.clone(),
+            network: self.config.network.clone(),
+            interface: self.interface.clone(),
+            port: self.underlay.port(),
+            mtu: self.mtu,
+            state_dir: self.options.state.root().to_path_buf(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn status(&self, now: Instant) -> Response {
+        let status = self.node.status(now);
+        let mut map = match serde_json::to_value(&status) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Response::Error("node status is not a JSON object".to_string()),
+            Err(error) => return Response::Error(format!("cannot encode node status: {error}")),
+        };
+        let extra = [
+            ("interface", serde_json::json!(self.interface)),
+            ("port", serde_json::json!(self.underlay.port())),
+            ("pid", serde_json::json!(std::process::id())),
+            ("name", serde_json::json!(self.config.name)),
+            ("network", serde_json::json!(self.config.network)),
+            (
+                "uptime_s",
+                serde_json::json!(now.duration_since(self.started).as_secs()),
+            ),
+        ];
+        for (key, value) in extra {
+            map.insert(key.to_string(), value);
+        }
+        Response::Status(serde_json::Value::Object(map))
+    }
+
+    fn trust_add(
+        &mut self,
+        now: Instant,
+        entry: TrustEntry,
+        endpoint: Option<SocketAddr>,
+    ) -> Response {
+        let (stored, change) = match self.options.state.trust_upsert(&self.own_id, entry) {
+            Ok(result) => result,
+            Err(error) => return Response::Error(error.to_string()),
+        };
+        self.apply_entry(now, &stored, endpoint, true);
+        tracing::info!(peer = %stored.name, id = %stored.id, allow = %stored.allow, ?change, "trusted");
+        self.remember(stored.clone());
+        Response::TrustAdded {
+            peer: TrustedPeer::new(stored, self.network),
+            change,
+        }
+    }
+
+    fn trust_remove(&mut self, peer: &str) -> Response {
+        // Name lookups use the file: it is the authority, and the same the
+        // CLI would edit with the daemon stopped.
+        let removed = self.options.state.trust_remove(peer);
+        let removed = match removed {
+            Ok(entry) => entry,
+            Err(error) => return Response::Error(error.to_string()),
+        };
+        // Revoke, not just forget: the peer gets a signed notice over its
+        // session (sent by the flush after this command) and loses it.
+        self.node.revoke_peer(Instant::now(), &removed.id);
+        // Log its events while its name is still known.
+        while let Some(event) = self.node.poll_event() {
+            self.log_event(event);
+        }
+        self.trust.peers.retain(|entry| entry.id != removed.id);
+        tracing::info!(peer = %removed.name, id = %removed.id, "trust removed; sessions destroyed");
+        Response::TrustRemoved {
+            peer: TrustedPeer::new(removed, self.network),
+        }
+    }
+
+    fn remember(&mut self, entry: TrustEntry) {
+        match self.trust.peers.iter_mut().find(|e| e.id == entry.id) {
+            Some(existing) => *existing = entry,
+            None => self.trust.peers.push(entry),
+        }
+    }
+
+    /// Hands one trust entry to the node. Requested-only entries are not
+    /// peers yet; `connect` starts a handshake if there is an endpoint.
+    fn apply_entry(
+        &mut self,
+        now: Instant,
+        entry: &TrustEntry,
+        endpoint: Option<SocketAddr>,
+        connect: bool,
+    ) {
+        if entry.state != TrustState::Trusted {
+            self.node.remove_peer(&entry.id);
+            return;
+        }
+        self.node.upsert_peer(
+            now,
+            PeerConfig {
+                id: entry.id,
+                name: entry.name.clone(),
+                endpoint,
+                allow: entry.allow.clone(),
+            },
+        );
+        if connect && endpoint.is_some() {
+            self.node.connect(now, &entry.id);
+        }
+    }
+
+    /// Makes the node match the trust-store file: removes peers that are
+    /// gone, adds new and changed ones and connects to those with an
+    /// endpoint; unchanged peers are left alone. Used at start and on SIGHUP.
+    fn reload_trust_store(&mut self, now: Instant) {
+        let store = match self.options.state.load_trust() {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(%error, "cannot load the trust store; keeping the peers as they are");
+                return;
+            }
+        };
+        let previous = std::mem::take(&mut self.trust);
+        for old in &previous.peers {
+            if store.get(&old.id).is_none() {
+                self.node.remove_peer(&old.id);
+                tracing::info!(peer = %old.name, id = %old.id, "no longer trusted");
+            }
+        }
+        for entry in &store.peers {
+            if previous.get(&entry.id) == Some(entry) {
+                continue;
+            }
+            let endpoint = entry.endpoint.as_deref().and_then(|text| {
+                resolve_endpoint(text)
+                    .map_err(|error| {
+                        tracing::warn!(peer = %entry.name, %error, "ignoring the endpoint");
+                    })
+                    .ok()
+            });
+            self.apply_entry(now, entry, endpoint, true);
+        }
+        self.trust = store;
+    }
+}
+
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}

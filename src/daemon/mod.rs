@@ -1,0 +1,186 @@
+//! The I/O shell around [`crate::core::node::Node`]: TUN, UDP, control
+//! socket and signals on one tokio task.
+//!
+//! [`run`] sets everything up in this order: state directory and identity,
+//! instance lock (PID file), TUN interface, UDP socket, node and trust store,
+//! and last the control socket, so a client that gets an answer knows the
+//! interface is ready. It then runs the event loop until SIGTERM, SIGINT or
+//! a `down` request, and removes what it created: the control socket, the
+//! PID file, and the TUN interface (it goes when its descriptor closes).
+
+mod control_server;
+mod event_loop;
+mod sys;
+pub mod tun;
+pub mod udp;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use self::control_server::ControlServer;
+use self::event_loop::{Daemon, Signals};
+use self::tun::TunError;
+use self::udp::{Underlay, UnderlayError};
+use crate::control::{ControlClient, ControlError, Request, Response};
+use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::node::{Node, NodeConfig};
+use crate::state::{StateDir, StateError};
+
+/// Default UDP port.
+pub const DEFAULT_PORT: u16 = 7400;
+
+/// What `agentnet up --foreground` was asked to do.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The instance's state directory.
+    pub state: StateDir,
+    /// The control socket path.
+    pub socket: PathBuf,
+    /// The TUN interface name.
+    pub interface: String,
+    /// The UDP port (0: any free port).
+    pub port: u16,
+    /// The tunnel MTU; `None` derives it from the underlay.
+    pub mtu: Option<u16>,
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The TUN interface could not be created.
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    /// The UDP socket could not be bound.
+    #[error(transparent)]
+    Underlay(#[from] UnderlayError),
+    /// Another daemon answers on the control socket.
+    #[error(
+        "agentnet is already running on control socket {} (pid {pid}); stop it with `agentnet down`",
+        socket.display()
+    )]
+    SocketInUse {
+        /// The control socket.
+        socket: PathBuf,
+        /// The PID that answered.
+        pid: u32,
+    },
+    /// The control socket could not be created.
+    #[error("cannot create control socket {}: {source}", socket.display())]
+    ControlSocket {
+        /// The control socket.
+        socket: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The MTU asked for is below the IPv6 minimum.
+    #[error("bad MTU {0}: the tunnel MTU must be at least 1280 (the IPv6 minimum)")]
+    BadMtu(u16),
+    /// The async runtime or signal handlers could not be set up.
+    #[error("cannot start the event loop: {0}")]
+    Runtime(#[source] io::Error),
+    /// The TUN interface failed while running (deleted from outside?).
+    #[error("the TUN interface {interface} failed: {source}")]
+    TunIo {
+        /// The interface.
+        interface: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs the daemon in this process until it is told to stop. See the module
+/// docs for what it creates and removes.
+pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    if let Some(mtu) = options.mtu
+        && mtu < tun::MIN_TUNNEL_MTU
+    {
+        return Err(DaemonError::BadMtu(mtu));
+    }
+    tun::validate_interface_name(&options.interface)?;
+    let state = &options.state;
+    state.create()?;
+    let (identity, created) = state.load_or_create_identity()?;
+    if created {
+        tracing::info!(id = %identity.agent_id(), "created a new identity");
+    }
+    let config = match state.load_config()? {
+        Some(config) => config,
+        None => {
+            let config = crate::state::AgentConfig::default_for_host();
+            state.write_config(&config)?;
+            config
+        }
+    };
+    refuse_if_socket_answers(&options)?;
+    let lock = state.lock_instance()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime);
+    let result = runtime.and_then(|runtime| {
+        runtime.block_on(async {
+            let signals = Signals::install().map_err(DaemonError::Runtime)?;
+            let network = NetworkId::from_name(&config.network);
+            let address = NodePrefix::of_agent(network, &identity.agent_id()).agent_address();
+            let mtu = options
+                .mtu
+                .unwrap_or_else(|| tun::tunnel_mtu(tun::underlay_mtu()));
+            let device = tun::create(&options.interface, address, mtu)?;
+            let underlay = Underlay::bind(options.port)?;
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
+            let unix_now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let node_config = NodeConfig {
+                identity,
+                network,
+                name: config.name.clone(),
+                tunnel_mtu: mtu,
+            };
+            let node = Node::new(node_config, *seed, Instant::now(), unix_now);
+            // Last: once the socket answers, the interface is ready.
+            let (server, requests) = ControlServer::bind(&options.socket).map_err(|source| {
+                DaemonError::ControlSocket {
+                    socket: options.socket.clone(),
+                    source,
+                }
+            })?;
+            let mut daemon = Daemon::new(options.clone(), config, node, device, mtu, underlay);
+            let outcome = daemon.run(requests, signals).await;
+            server.shutdown().await;
+            // Closing the TUN descriptor removes the interface.
+            drop(daemon);
+            outcome
+        })
+    });
+    lock.release();
+    // A failure is reported once, by the caller (the CLI prints it).
+    if result.is_ok() {
+        tracing::info!("agentnet stopped");
+    }
+    result
+}
+
+fn refuse_if_socket_answers(options: &DaemonOptions) -> Result<(), DaemonError> {
+    match ControlClient::call(&options.socket, &Request::Hello) {
+        Ok(Response::Hello(info)) => Err(DaemonError::SocketInUse {
+            socket: options.socket.clone(),
+            pid: info.pid,
+        }),
+        Ok(_) | Err(ControlError::Daemon(_)) => Err(DaemonError::SocketInUse {
+            socket: options.socket.clone(),
+            pid: 0,
+        }),
+        Err(_) => Ok(()),
+    }
+}

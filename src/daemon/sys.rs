@@ -1,0 +1,78 @@
+//! The few system calls nix does not wrap. The only module of the shell with
+//! `unsafe`; each block says why it is sound.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+
+/// The MTU of a network interface in the current network namespace
+/// (`SIOCGIFMTU`).
+pub(crate) fn interface_mtu(name: &str) -> io::Result<u32> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name `{name}`"),
+        ));
+    }
+    let probe = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .or_else(|_| {
+        socket(
+            AddressFamily::Inet6,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+    })?;
+    // SAFETY: `ifreq` is plain data (byte arrays, integers and a union of
+    // such, one of them a raw pointer that is never dereferenced here); the
+    // all-zero bit pattern is a valid value of every field.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: `probe` is an open socket for the whole call; SIOCGIFMTU reads
+    // `ifr_name` (NUL-terminated: zeroed and the name is shorter than
+    // IFNAMSIZ) and writes only `ifr_ifru.ifru_mtu` inside `request`, which
+    // is a live, exclusively borrowed `ifreq`.
+    let rc = unsafe {
+        libc::ioctl(
+            probe.as_raw_fd(),
+            libc::SIOCGIFMTU as _,
+            &mut request as *mut libc::ifreq,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a successful SIOCGIFMTU has written `ifru_mtu`, a plain
+    // integer; every bit pattern is a valid `c_int`.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative MTU"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_mtu() {
+        let mtu = interface_mtu("lo").expect("lo exists");
+        assert!(mtu >= 1280, "{mtu}");
+    }
+
+    #[test]
+    fn unknown_or_bad_names_are_errors() {
+        assert!(interface_mtu("no-such-if0").is_err());
+        assert!(interface_mtu("").is_err());
+        assert!(interface_mtu(&"x".repeat(16)).is_err());
+    }
+}

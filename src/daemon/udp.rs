@@ -1,0 +1,331 @@
+//! The underlay: one UDP socket on `[::]:PORT`, dual-stack, so IPv4 and IPv6
+//! peers share it. The kernel shows IPv4 peers as v4-mapped IPv6 addresses;
+//! the core only ever sees plain IPv4 ones ([`normalize`]), and they are
+//! mapped back when sending.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::ifaddrs::getifaddrs;
+use nix::net::if_::InterfaceFlags;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn6, setsockopt, sockopt};
+use tokio::net::UdpSocket;
+
+use crate::core::address::NetworkId;
+
+/// Socket buffer size asked for (the kernel caps it at `net.core.*mem_max`).
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Errors setting up the underlay or resolving endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum UnderlayError {
+    /// The socket could not be created or bound.
+    #[error("cannot bind UDP port {port}: {source}")]
+    Bind {
+        /// The port asked for.
+        port: u16,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An endpoint is not `HOST:PORT`.
+    #[error("bad endpoint `{0}`: expected HOST:PORT, e.g. 192.0.2.7:7400 or [2001:db8::7]:7400")]
+    BadEndpoint(String),
+    /// An endpoint's host name does not resolve.
+    #[error("cannot resolve endpoint `{endpoint}`: {reason}")]
+    Unresolved {
+        /// The endpoint text.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The bound underlay socket.
+#[derive(Debug)]
+pub struct Underlay {
+    socket: UdpSocket,
+    dual_stack: bool,
+    port: u16,
+}
+
+impl Underlay {
+    /// Binds `[::]:port` dual-stack, or `0.0.0.0:port` where the host has no
+    /// IPv6. Port 0 picks a free port (see [`Underlay::port`]). Must be
+    /// called inside a tokio runtime.
+    pub fn bind(port: u16) -> Result<Self, UnderlayError> {
+        let bind_error = |source: io::Error| UnderlayError::Bind { port, source };
+        let (std_socket, dual_stack) = match bind_dual_stack(port) {
+            Ok(socket) => (socket, true),
+            Err(Errno::EAFNOSUPPORT) => {
+                tracing::warn!("no IPv6 on this host; the underlay is IPv4 only");
+                let socket =
+                    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(bind_error)?;
+                socket.set_nonblocking(true).map_err(bind_error)?;
+                (socket, false)
+            }
+            Err(errno) => return Err(bind_error(io::Error::from(errno))),
+        };
+        for (option, name) in [(Buffer::Receive, "receive"), (Buffer::Send, "send")] {
+            if let Err(errno) = option.set(&std_socket) {
+                tracing::debug!(%errno, buffer = name, "cannot enlarge socket buffer");
+            }
+        }
+        let socket = UdpSocket::from_std(std_socket).map_err(bind_error)?;
+        let port = socket.local_addr().map_err(bind_error)?.port();
+        Ok(Self {
+            socket,
+            dual_stack,
+            port,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The addresses peers may reach this socket at directly: every address
+    /// of an up, non-loopback interface of this network namespace (IPv6 only
+    /// if the socket is dual-stack), with the socket's port. Leaves out
+    /// link-local addresses and the overlay itself (`overlay_interface` and
+    /// any address inside `network`).
+    pub fn local_candidates(&self, overlay_interface: &str, network: NetworkId) -> Vec<SocketAddr> {
+        let interfaces = match getifaddrs() {
+            Ok(interfaces) => interfaces,
+            Err(errno) => {
+                tracing::debug!(%errno, "cannot list local addresses");
+                return Vec::new();
+            }
+        };
+        let mut candidates: Vec<SocketAddr> = interfaces
+            .filter(|ifa| {
+                ifa.interface_name != overlay_interface
+                    && ifa.flags.contains(InterfaceFlags::IFF_UP)
+                    && !ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+            })
+            .filter_map(|ifa| {
+                let address = ifa.address?;
+                if let Some(v4) = address.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                }
+            })
+            .filter(|ip| is_candidate(ip, self.dual_stack, network))
+            .map(|ip| SocketAddr::new(ip, self.port))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        candidates
+    }
+
+    /// Waits for a datagram; the source is normalized.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (len, from) = self.socket.recv_from(buf).await?;
+        Ok((len, normalize(from)))
+    }
+
+    /// Takes a datagram if one is queued (`WouldBlock` if not).
+    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (len, from) = self.socket.try_recv_from(buf)?;
+        Ok((len, normalize(from)))
+    }
+
+    /// Sends a datagram to a normalized address.
+    pub async fn send_to(&self, payload: &[u8], destination: SocketAddr) -> io::Result<usize> {
+        let destination = self.socket_address(destination)?;
+        self.socket.send_to(payload, destination).await
+    }
+
+    /// The address the socket needs for a normalized destination.
+    fn socket_address(&self, destination: SocketAddr) -> io::Result<SocketAddr> {
+        match (destination, self.dual_stack) {
+            (SocketAddr::V4(v4), true) => Ok(SocketAddr::V6(SocketAddrV6::new(
+                v4.ip().to_ipv6_mapped(),
+                v4.port(),
+                0,
+                0,
+            ))),
+            (SocketAddr::V6(_), false) => Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "IPv6 destination on an IPv4-only underlay",
+            )),
+            (destination, _) => Ok(destination),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Buffer {
+    Receive,
+    Send,
+}
+
+impl Buffer {
+    fn set(self, socket: &std::net::UdpSocket) -> Result<(), Errno> {
+        match self {
+            Buffer::Receive => setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES),
+            Buffer::Send => setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER_BYTES),
+        }
+    }
+}
+
+fn bind_dual_stack(port: u16) -> Result<std::net::UdpSocket, Errno> {
+    let fd = socket::socket(
+        AddressFamily::Inet6,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    // Explicit, whatever net.ipv6.bindv6only says: one socket for both
+    // families.
+    setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    let address = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+    socket::bind(fd.as_raw_fd(), &address)?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+fn is_candidate(ip: &IpAddr, dual_stack: bool, network: NetworkId) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local()),
+        IpAddr::V6(v6) => {
+            dual_stack
+                && !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_unicast_link_local()
+                    || v6.is_multicast()
+                    || network.contains(v6))
+        }
+    }
+}
+
+/// Turns a v4-mapped IPv6 socket address into a plain IPv4 one; everything
+/// else is returned unchanged (scope and flow info dropped).
+pub fn normalize(address: SocketAddr) -> SocketAddr {
+    match address {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => address,
+        },
+        SocketAddr::V4(_) => address,
+    }
+}
+
+/// Resolves an endpoint `HOST:PORT` (blocking DNS for names) to the first
+/// address, normalized.
+pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, UnderlayError> {
+    let endpoint = endpoint.trim();
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| UnderlayError::BadEndpoint(endpoint.to_string()))?;
+    let port_ok = port.parse::<u16>().is_ok_and(|port| port != 0);
+    if host.is_empty() || !port_ok {
+        return Err(UnderlayError::BadEndpoint(endpoint.to_string()));
+    }
+    let unresolved = |reason: String| UnderlayError::Unresolved {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let mut addresses = endpoint
+        .to_socket_addrs()
+        .map_err(|e| unresolved(e.to_string()))?;
+    addresses
+        .next()
+        .map(normalize)
+        .ok_or_else(|| unresolved("no addresses".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_sources_become_plain_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:7400".parse().expect("addr");
+        assert_eq!(normalize(mapped), "192.0.2.7:7400".parse().expect("addr"));
+        let v6: SocketAddr = "[2001:db8::7]:7400".parse().expect("addr");
+        assert_eq!(normalize(v6), v6);
+    }
+
+    #[test]
+    fn endpoints_need_host_and_port() {
+        assert_eq!(
+            resolve_endpoint("127.0.0.1:7400").expect("resolves"),
+            "127.0.0.1:7400".parse().expect("addr")
+        );
+        assert_eq!(
+            resolve_endpoint("[::1]:7400").expect("resolves"),
+            "[::1]:7400".parse().expect("addr")
+        );
+        assert!(matches!(
+            resolve_endpoint("127.0.0.1"),
+            Err(UnderlayError::BadEndpoint(_))
+        ));
+        assert!(matches!(
+            resolve_endpoint("127.0.0.1:0"),
+            Err(UnderlayError::BadEndpoint(_))
+        ));
+        assert!(matches!(
+            resolve_endpoint(":7400"),
+            Err(UnderlayError::BadEndpoint(_))
+        ));
+    }
+
+    #[test]
+    fn candidates_leave_out_loopback_link_local_and_the_overlay() {
+        let network = NetworkId::from_name("agentnet");
+        let overlay = std::net::IpAddr::V6(network.prefix());
+        assert!(!is_candidate(&overlay, true, network));
+        assert!(!is_candidate(
+            &"fe80::1".parse().expect("ip"),
+            true,
+            network
+        ));
+        assert!(!is_candidate(
+            &"127.0.0.1".parse().expect("ip"),
+            true,
+            network
+        ));
+        assert!(!is_candidate(
+            &"2001:db8::1".parse().expect("ip"),
+            false,
+            network
+        ));
+        assert!(is_candidate(
+            &"2001:db8::1".parse().expect("ip"),
+            true,
+            network
+        ));
+        assert!(is_candidate(
+            &"192.0.2.7".parse().expect("ip"),
+            false,
+            network
+        ));
+    }
+
+    #[tokio::test]
+    async fn dual_stack_socket_talks_to_ipv4_and_ipv6_peers() {
+        let underlay = Underlay::bind(0).expect("bind");
+        let port = underlay.port();
+        for (peer_bind, target) in [
+            ("127.0.0.1:0", SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            ("[::1]:0", SocketAddr::from((Ipv6Addr::LOCALHOST, port))),
+        ] {
+            let Ok(peer) = std::net::UdpSocket::bind(peer_bind) else {
+                continue; // no such loopback family here
+            };
+            let peer_address = peer.local_addr().expect("addr");
+            peer.send_to(b"ping", target).expect("send");
+            let mut buf = [0u8; 16];
+            let (len, from) = underlay.recv_from(&mut buf).await.expect("recv");
+            assert_eq!(&buf[..len], b"ping");
+            assert_eq!(from, peer_address, "source must be normalized");
+            underlay.send_to(b"pong", from).await.expect("send back");
+            let (len, _) = peer.recv_from(&mut buf).expect("reply");
+            assert_eq!(&buf[..len], b"pong");
+        }
+    }
+}
