@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# =============================================================================
+# scripts/bench.sh — what the agentnet tunnel costs, against the raw link
+# under it (as root).
+#
+# Two network namespaces joined by one veth pair (MTU 1500, 10.210.0.1/.2).
+# First the raw veth is measured, then agentnet runs in both namespaces (they
+# trust each other, each knows the other's endpoint) and the same is measured
+# between the two agent addresses:
+#
+#   * iperf3 TCP A -> B, 1 stream and $PARALLEL streams, $DURATION s each
+#     (receiver-side Mbit/s)
+#   * ping RTT A -> B: $PINGS pings at 10 ms interval (avg, loss)
+#   * connect time: from the trust being in place to the first echo reply
+#   * tunnel CPU: utime+stime (/proc/PID/stat, all threads) of both daemons
+#     during each iperf3 run, per GB (1e9 B) received
+#   * peak RSS (VmHWM) of each daemon
+#
+# Usage:   sudo scripts/bench.sh
+# Env:     DURATION=10  PARALLEL=4  PINGS=100  CONNECT_TIMEOUT=30
+#          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet)
+#          OUTDIR=/tmp/agentnet-bench/<timestamp>
+# Output:  the markdown table (also $OUTDIR/table.md), raw/ (iperf3 JSON,
+#          ping logs), logs/ (daemon logs)
+#
+# Traffic goes only to addresses inside the two namespaces, which have no
+# link to the host's network. On exit (trap) only the processes started
+# here are stopped, by PID, and the namespaces are deleted.
+# =============================================================================
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+# shellcheck source=scripts/lab.sh
+source scripts/lab.sh
+
+DURATION=${DURATION:-10}
+PARALLEL=${PARALLEL:-4}
+PINGS=${PINGS:-100}
+CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-30}
+OUTDIR=${OUTDIR:-/tmp/agentnet-bench/$(date +%Y%m%d-%H%M%S)}
+IP_A=10.210.0.1 IP_B=10.210.0.2
+PORT=7400 IPERF_PORT=5201
+
+[[ $EUID -eq 0 ]] || { echo "bench: must run as root" >&2; exit 1; }
+for t in ip iperf3 jq ping awk; do
+    command -v "$t" >/dev/null || { echo "bench: missing $t (scripts/test.sh installs it)" >&2; exit 1; }
+done
+
+RAW=$OUTDIR/raw LOGS=$OUTDIR/logs WORK=$OUTDIR/work
+mkdir -p "$RAW" "$LOGS" || exit 1
+mkdir -m 700 "$WORK" || exit 1
+CLK_TCK=$(getconf CLK_TCK)
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUTDIR/run.log" >&2; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+fail() { log "FAILED: $*"; exit 1; }
+
+if [[ -n ${AGENTNET:-} ]]; then
+    BIN=$AGENTNET
+else
+    log "building release binary"
+    cargo build --release --bin agentnet >"$LOGS/build.log" 2>&1 || { tail -20 "$LOGS/build.log"; fail "cargo build --release"; }
+    BIN=$PWD/target/release/agentnet
+fi
+[[ -x $BIN ]] || fail "no agentnet binary at $BIN"
+
+lab_init "anb-$$"
+trap 'lab_cleanup' EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+lab_ns a || fail "cannot create namespace a"; NS_A=$LAB_LAST_NS
+lab_ns b || fail "cannot create namespace b"; NS_B=$LAB_LAST_NS
+lab_veth "$NS_A" "$NS_B" "$IP_A/24" "$IP_B/24" 1500 || fail "cannot create the veth pair"
+wait_for 5 ip netns exec "$NS_A" ping -c1 -W1 "$IP_B" || fail "veth does not pass a ping"
+
+# ------------------------------------------------------------- measuring ----
+# ping_rtt LABEL TARGET : sets RTT_AVG (ms) and LOSS (%).
+ping_rtt() {
+    local f=$RAW/$1.ping.txt
+    lab_run "$f" "$f" "$NS_A" ping -n -c "$PINGS" -i 0.01 -W 1 "$2"
+    RTT_AVG=$(awk -F'/' '/^rtt|^round-trip/ { print $5 }' "$f"); RTT_AVG=${RTT_AVG:-NA}
+    LOSS=$(grep -oP '[0-9.]+(?=% packet loss)' "$f"); LOSS=${LOSS:-NA}
+}
+
+# iperf_run LABEL TARGET STREAMS : sets MBPS, BYTES, CPU_S (tunnel daemons'
+# CPU seconds during the run, NA without daemons).
+iperf_run() {
+    local label=$1 target=$2 par=$3 json=$RAW/$1.iperf-P$3.json pid t0=0 t1=0
+    for pid in "${DAEMONS[@]}"; do t0=$((t0 + $(proc_ticks "$pid"))); done
+    lab_run "$json" "$LOGS/iperf3-client.log" "$NS_A" timeout $((DURATION + 30)) \
+        iperf3 -c "$target" -p "$IPERF_PORT" -t "$DURATION" -P "$par" -J
+    for pid in "${DAEMONS[@]}"; do t1=$((t1 + $(proc_ticks "$pid"))); done
+    MBPS=$(jq -r '.end.sum_received.bits_per_second / 1e6 | floor' "$json" 2>/dev/null) || MBPS=
+    BYTES=$(jq -r '.end.sum_received.bytes' "$json" 2>/dev/null) || BYTES=
+    [[ $MBPS =~ ^[0-9]+$ ]] || MBPS=NA
+    [[ $BYTES =~ ^[0-9]+$ ]] || BYTES=NA
+    CPU_S=NA
+    ((${#DAEMONS[@]})) && CPU_S=$(awk -v t=$((t1 - t0)) -v k="$CLK_TCK" 'BEGIN { printf "%.2f", t / k }')
+}
+
+# measure LABEL TARGET : ping, iperf3 x1 and xPARALLEL; fills ROW_<LABEL>.
+declare -A R=()
+measure() {
+    local label=$1 target=$2 server
+    ping_rtt "$label" "$target"
+    log "  $label: ping avg $RTT_AVG ms, loss $LOSS%"
+    R[$label.rtt]=$RTT_AVG R[$label.loss]=$LOSS
+    lab_bg "$LOGS/iperf3-server-$label.log" "$NS_B" iperf3 -s -p "$IPERF_PORT"
+    server=$LAB_LAST_PID
+    wait_for 5 ip netns exec "$NS_B" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
+        log "  $label: iperf3 server did not start"
+    iperf_run "$label" "$target" 1
+    R[$label.tcp1]=$MBPS R[$label.bytes1]=$BYTES R[$label.cpu1]=$CPU_S
+    log "  $label: TCP x1 $MBPS Mbit/s (tunnel CPU $CPU_S s)"
+    iperf_run "$label" "$target" "$PARALLEL"
+    R[$label.tcp4]=$MBPS R[$label.bytes4]=$BYTES R[$label.cpu4]=$CPU_S
+    log "  $label: TCP x$PARALLEL $MBPS Mbit/s (tunnel CPU $CPU_S s)"
+    lab_stop "$server"
+}
+
+if_mtu() { ip -n "$1" -o link show dev "$2" | grep -oP 'mtu \K[0-9]+'; }
+
+log "agentnet bench: $BIN; output in $OUTDIR"
+log "machine: $(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1)"
+log "iperf3 ${DURATION}s x1 and x$PARALLEL; $PINGS pings at 10 ms"
+
+# ----------------------------------------------------------- raw veth -------
+DAEMONS=()
+log "== raw veth $IP_A -> $IP_B"
+measure veth "$IP_B"
+R[veth.mtu]=$(if_mtu "$NS_A" eth0)
+
+# ------------------------------------------------------------- agentnet -----
+log "== agentnet"
+declare -A ADDR=() ID=()
+for side in a b; do
+    ns=NS_${side^^}
+    mkdir -m 700 "$WORK/$side" || fail "state dir"
+    "$BIN" --state-dir "$WORK/$side" init --name "bench-$side" >>"$LOGS/cli.log" 2>&1 || fail "init $side (see logs/cli.log)"
+    # --foreground keeps the daemon a child of this shell: its PID is known
+    lab_bg "$LOGS/agentnet-$side.out" "${!ns}" "$BIN" --state-dir "$WORK/$side" up --foreground \
+        --interface "anb-$side" --port "$PORT"
+    DAEMONS+=("$LAB_LAST_PID")
+    ID[$side]=$("$BIN" --state-dir "$WORK/$side" id --json | jq -r .id)
+    ADDR[$side]=$("$BIN" --state-dir "$WORK/$side" id --json | jq -r .address)
+    [[ -n ${ID[$side]} && ${ADDR[$side]} == *:* ]] || fail "agentnet id --json ($side)"
+    wait_for 15 has_addr "${!ns}" "anb-$side" "${ADDR[$side]}" ||
+        fail "agentnet $side: interface anb-$side has no ${ADDR[$side]} (see $LOGS/agentnet-$side.out)"
+done
+t_trust=$(now_ms)
+"$BIN" --state-dir "$WORK/a" trust add "${ID[b]}" --name bench-b --endpoint "$IP_B:$PORT" \
+    >>"$LOGS/cli.log" 2>&1 || fail "trust add on a (see logs/cli.log)"
+"$BIN" --state-dir "$WORK/b" trust add "${ID[a]}" --name bench-a --endpoint "$IP_A:$PORT" \
+    >>"$LOGS/cli.log" 2>&1 || fail "trust add on b (see logs/cli.log)"
+wait_for "$CONNECT_TIMEOUT" ip netns exec "$NS_A" ping -n -c 1 -W 1 "${ADDR[b]}" ||
+    fail "no ping through the overlay within ${CONNECT_TIMEOUT}s"
+R[agentnet.connect]=$(($(now_ms) - t_trust))
+log "  agentnet: first reply ${R[agentnet.connect]} ms after trust add; ${ADDR[a]} <-> ${ADDR[b]}"
+measure agentnet "${ADDR[b]}"
+R[agentnet.mtu]=$(if_mtu "$NS_A" anb-a)
+R[agentnet.rss]="$(peak_rss_mib "${DAEMONS[0]}") / $(peak_rss_mib "${DAEMONS[1]}")"
+for side in a b; do
+    cp "$WORK/$side/agentnet.log" "$LOGS/agentnet-$side.log" 2>/dev/null
+    ns=NS_${side^^}
+    ip netns exec "${!ns}" "$BIN" --state-dir "$WORK/$side" down >>"$LOGS/cli.log" 2>&1 ||
+        log "  agentnet down ($side) failed (see logs/cli.log)"
+done
+for pid in "${DAEMONS[@]}"; do lab_stop "$pid"; done
+
+# ----------------------------------------------------------------- table ----
+ratio() { awk -v x="$1" -v b="$2" 'BEGIN { if (x == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f", x / b }'; }
+pergb() { awk -v c="$1" -v y="$2" 'BEGIN { if (c == "NA" || y == "NA" || y == 0) print "NA"; else printf "%.2f", c / (y / 1e9) }'; }
+{
+    echo "| path | TCP 1x Mbit/s | 1x vs veth | TCP ${PARALLEL}x Mbit/s | ${PARALLEL}x vs veth | RTT avg ms | RTT vs veth | ping loss % | connect ms | tunnel CPU-s/GB 1x | tunnel CPU-s/GB ${PARALLEL}x | peak RSS MiB A / B | MTU |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for p in veth agentnet; do
+        name=$p; [[ $p == veth ]] && name="raw veth"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+            "${R[$p.tcp1]}" "$(ratio "${R[$p.tcp1]}" "${R[veth.tcp1]}")" \
+            "${R[$p.tcp4]}" "$(ratio "${R[$p.tcp4]}" "${R[veth.tcp4]}")" \
+            "${R[$p.rtt]}" "$(ratio "${R[$p.rtt]}" "${R[veth.rtt]}")" "${R[$p.loss]}" \
+            "${R[$p.connect]:--}" \
+            "$(pergb "${R[$p.cpu1]}" "${R[$p.bytes1]}")" "$(pergb "${R[$p.cpu4]}" "${R[$p.bytes4]}")" \
+            "${R[$p.rss]:--}" "${R[$p.mtu]:-NA}"
+    done
+    echo
+    echo "iperf3 A -> B, ${DURATION} s per run, receiver-side rate; RTT over $PINGS pings at 10 ms."
+    echo "Tunnel CPU = utime+stime of both daemons during the run / GB received (1 GB = 1e9 B)."
+    echo "$(nproc) CPUs, kernel $(uname -r), $("$BIN" --version 2>/dev/null | head -1)."
+} | tee "$OUTDIR/table.md"
+log "results: $OUTDIR/table.md (raw: $RAW, logs: $LOGS)"
