@@ -219,8 +219,15 @@ if [[ -s $LOGDIR/skipped ]]; then
     while read -r line; do SKIPPED+=("test ${line#SKIPPED }"); done <"$LOGDIR/skipped"
 fi
 for s in "${SKIPPED[@]}"; do say "  skipped: $s"; done
+# One closing line with the totals of every libtest run above.
+read -r PASSED_TOTAL FAILED_TOTAL < <(
+    grep -hoE 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$LOGDIR/cargo-test.log" 2>/dev/null |
+        awk '{ p += $4; f += $6 } END { print p + 0, f + 0 }'
+)
 if ((${#FAILED[@]})); then
     say "FAILED: ${FAILED[*]}"
+    say "tests: ${PASSED_TOTAL} passed, ${FAILED_TOTAL} failed"
     exit 1
 fi
-say "all passed"
+say "all steps passed"
+say "tests: ${PASSED_TOTAL} passed, ${FAILED_TOTAL} failed"
