@@ -38,6 +38,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     iproute2:ip nftables:nft curl:curl python3-venv:python3 tcpdump:tcpdump
     iperf3:iperf3 jq:jq iputils-ping:ping procps:ps util-linux:unshare
+    bind9-dnsutils:dig
 )
 
 T0=$SECONDS
@@ -116,8 +117,9 @@ install_rust_components() {
     say "rust: $(cargo --version); $(cargo fmt --version); $(cargo clippy --version)"
 }
 
-# The venv holds the pinned Python packages the tests use (none yet beyond
-# the standard library). It is rebuilt when the requirements file changes.
+# The venv holds the pinned Python packages the tests use (grpcio, mcp,
+# a2a-sdk for tests/netns_apps.rs). It is rebuilt when the requirements
+# file changes.
 setup_venv() {
     local want have=
     want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
@@ -140,7 +142,7 @@ setup_venv() {
 netns_reason() {
     is_root || { echo "not running as root"; return; }
     local t
-    for t in ip ping tcpdump curl python3 ss; do
+    for t in ip ping tcpdump curl python3 ss dig; do
         command -v "$t" >/dev/null || { echo "$t is not installed"; return; }
     done
     [[ -e /dev/net/tun ]] || { echo "/dev/net/tun does not exist"; return; }

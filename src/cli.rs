@@ -21,12 +21,16 @@ use serde_json::json;
 
 mod render;
 
+use self::attach::{AttachArgs, DetachArgs};
 use self::render::{StatusView, render_status, table};
+use self::trust::{ApproveArgs, FleetCommand, RequestArgs, TRUST_LONG_ABOUT};
 use agentnet::control::{ControlClient, ControlError, DaemonInfo, Request, Response, TrustedPeer};
 use agentnet::core::address::{NetworkId, NodePrefix};
 use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
 use agentnet::core::trust::{TrustEntry, TrustState, validate_name};
+use agentnet::daemon::rendezvous_link::RendezvousSpec;
+use agentnet::daemon::resolver_config::HostResolverMode;
 use agentnet::daemon::tun::DEFAULT_INTERFACE;
 use agentnet::daemon::udp::resolve_endpoint;
 use agentnet::daemon::{self, DEFAULT_PORT, DaemonOptions};
@@ -43,6 +47,11 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
+
+// After `say!`, which it uses.
+mod attach;
+mod rendezvous;
+mod trust;
 
 /// Help heading of the options every command takes.
 const GLOBAL: &str = "Global options";
@@ -176,9 +185,42 @@ pub(crate) enum Command {
         json: bool,
     },
 
-    /// Manage the agents this agent will talk to (works with or without the daemon).
-    #[command(subcommand)]
+    /// Manage the agents this agent will talk to: add, request, approve, revoke.
+    #[command(subcommand, long_about = TRUST_LONG_ABOUT)]
     Trust(TrustCommand),
+
+    /// Fleet keys and endorsements, for approving a fleet's agents without an operator.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+
+    /// Give a network namespace (a container) an address of this node, routed through it.
+    #[command(
+        long_about = "Give a network namespace (a container) an address of this node.\n\n\
+        Creates a veth pair between the daemon's namespace and the target (by `ip netns` name \
+        or by the PID of a process in it, e.g. a Docker container's), gives the target an \
+        address from this node's prefix (::2 to ::fffe) and a route for the overlay through \
+        this host, and turns on IPv6 forwarding here. Peers accept its traffic as this node's, \
+        under their policy for this agent. The daemon lists the trusted names in the target's \
+        hosts file (/etc/netns/NAME/hosts, or the container's /etc/hosts). Run it in the \
+        daemon's network namespace; needs root and iproute2."
+    )]
+    Attach(AttachArgs),
+
+    /// Undo `attach`: remove the namespace's veth pair, address and route.
+    Detach(DetachArgs),
+
+    /// Run a rendezvous/relay server (own identity from --state-dir).
+    #[command(
+        long_about = "Run a rendezvous/relay server.\n\n        Agents register with it over a Noise session (`agentnet up --rendezvous \
+        HOST:PORT=ID`), learn the address it sees them at, find each other through it to \
+        punch holes through NATs, and relay through it where no direct path exists. It \
+        forwards only ciphertext and has no list or lookup call: it cannot tell anyone which \
+        agents exist. Its identity lives in --state-dir like an agent's."
+    )]
+    Rendezvous(self::rendezvous::RendezvousArgs),
+
+    /// Check UDP, TCP and NAT behaviour towards rendezvous servers.
+    Netcheck(self::rendezvous::NetcheckArgs),
 }
 
 /// Arguments of `init`.
@@ -214,6 +256,21 @@ pub(crate) struct UpArgs {
     /// Start a new session first (used by the detaching `up` for its child).
     #[arg(long, hide = true)]
     pub(crate) setsid: bool,
+    /// How this host resolves NAME.agent.internal: `auto` (the namespace's
+    /// /etc/netns/NAME/hosts in a named network namespace, else
+    /// systemd-resolved if it serves the host, else /etc/hosts), `resolved`,
+    /// `hosts`, or `off` (only the resolver at PREFIX::53 answers).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub(crate) names: HostResolverMode,
+    /// A rendezvous/relay server to register with, as HOST:PORT=ID
+    /// (repeatable; added to the config file's `rendezvous` list). Through
+    /// it, agents behind NATs find each other, punch holes, or relay.
+    #[arg(long = "rendezvous", value_name = "HOST:PORT=ID")]
+    pub(crate) rendezvous: Vec<RendezvousSpec>,
+    /// Seconds between registration refreshes (they also hold NAT mappings
+    /// open; keep it below the NAT's UDP timeout).
+    #[arg(long, value_name = "SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) register_interval: u64,
 }
 
 /// The `trust` subcommands.
@@ -248,10 +305,40 @@ pub(crate) enum TrustCommand {
         json: bool,
     },
     /// Stop trusting an agent: its sessions and keys are destroyed at once.
+    #[command(
+        visible_alias = "revoke",
+        long_about = "Stop trusting an agent (`trust revoke` is the same command).\n\n\
+        With the daemon running, the peer's sessions and keys are destroyed before the \
+        command returns, the peer gets a signed revocation notice over its session, and no \
+        packet of the peer is delivered afterwards. Without the daemon, the entry is removed \
+        from STATE_DIR/trust.toml."
+    )]
     Remove {
         /// The agent's ID (or its local name).
         #[arg(value_name = "ID")]
         peer: String,
+    },
+    /// Ask an agent for trust with a signed justification (needs the daemon).
+    #[command(long_about = "Ask an agent for trust with a signed justification.\n\n\
+        Sends a sealed trust request (only the target can open it; it is signed by this \
+        agent) to the target's endpoint, and trusts the target here at once (state \
+        \"requested\"), so that its handshake after approval is accepted. The target never \
+        answers; when its operator approves, it connects. Needs the running daemon.")]
+    Request(RequestArgs),
+    /// List the trust requests waiting for approval.
+    Pending {
+        /// Print a JSON array: id, name (claimed), justification, requested, age_s,
+        /// from, endorsed_by.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a trust request: trust the requester and connect to it at once.
+    Approve(ApproveArgs),
+    /// Deny a trust request: drop it; the requester is not told.
+    Deny {
+        /// The requester's agent ID.
+        #[arg(value_name = "ID")]
+        id: AgentId,
     },
 }
 
@@ -272,6 +359,15 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         }) => trust_add(&context, id, name, endpoint, allow),
         Command::Trust(TrustCommand::List { json }) => trust_list(&context, json),
         Command::Trust(TrustCommand::Remove { peer }) => trust_remove(&context, &peer),
+        Command::Trust(TrustCommand::Request(args)) => trust::request(&context, args),
+        Command::Trust(TrustCommand::Pending { json }) => trust::pending(&context, json),
+        Command::Trust(TrustCommand::Approve(args)) => trust::approve(&context, args),
+        Command::Trust(TrustCommand::Deny { id }) => trust::deny(&context, id),
+        Command::Fleet(command) => trust::fleet(command),
+        Command::Attach(args) => attach::attach(&context, args),
+        Command::Detach(args) => attach::detach(&context, args),
+        Command::Rendezvous(args) => rendezvous::rendezvous(&context, args),
+        Command::Netcheck(args) => rendezvous::netcheck(&context, args),
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -279,7 +375,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
 /// Installs the tracing subscriber: `info` for the daemon, `warn` for the
 /// other commands, unless AGENTNET_LOG or RUST_LOG say otherwise.
 pub(crate) fn init_logging(cli: &Cli) {
-    let is_daemon = matches!(&cli.command, Command::Up(args) if args.foreground);
+    let is_daemon = matches!(&cli.command, Command::Up(args) if args.foreground)
+        || matches!(&cli.command, Command::Rendezvous(args) if args.foreground);
     let default = if is_daemon { "info" } else { "warn" };
     let filter = std::env::var("AGENTNET_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -391,6 +488,10 @@ fn init(context: &Instance, args: InitArgs) -> Result<()> {
             .network
             .or_else(|| existing.as_ref().map(|c| c.network.clone()))
             .unwrap_or_else(|| AgentConfig::default_for_host().network),
+        rendezvous: existing
+            .as_ref()
+            .map(|c| c.rendezvous.clone())
+            .unwrap_or_default(),
     };
     state.write_config(&config)?;
     let id = identity.agent_id();
@@ -443,6 +544,9 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
             interface: args.interface,
             port: args.port,
             mtu: args.mtu,
+            names: args.names,
+            rendezvous: args.rendezvous,
+            register_interval: Some(std::time::Duration::from_secs(args.register_interval)),
         })?);
     }
     let state = &context.state;
@@ -478,6 +582,11 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     if let Some(mtu) = args.mtu {
         command.args(["--mtu", &mtu.to_string()]);
     }
+    command.args(["--names", &args.names.to_string()]);
+    for spec in &args.rendezvous {
+        command.args(["--rendezvous", &spec.to_string()]);
+    }
+    command.args(["--register-interval", &args.register_interval.to_string()]);
     let log_err = log
         .try_clone()
         .with_context(|| format!("cannot open {}", log_path.display()))?;
@@ -786,20 +895,28 @@ fn trust_list(context: &Instance, json: bool) -> Result<()> {
 }
 
 fn trust_remove(context: &Instance, peer: &str) -> Result<()> {
-    let removed = match context.daemon()? {
+    let (removed, live) = match context.daemon()? {
         Some(mut client) => match client.request(&Request::TrustRemove {
             peer: peer.to_string(),
         })? {
-            Response::TrustRemoved { peer } => peer,
+            Response::TrustRemoved { peer } => (peer, true),
             other => bail!("unexpected answer to `trust remove`: {other:?}"),
         },
         None => {
             let (_, network) = context.network()?;
-            TrustedPeer::new(context.state.trust_remove(peer)?, network)
+            (
+                TrustedPeer::new(context.state.trust_remove(peer)?, network),
+                false,
+            )
         }
     };
+    let effect = if live {
+        "sessions and keys destroyed, peer notified"
+    } else {
+        "agentnet is not running"
+    };
     say!(
-        "removed {} ({}, {})",
+        "removed {} ({}, {}): {effect}",
         removed.entry.name,
         removed.entry.id,
         removed.address

@@ -13,11 +13,19 @@
 //! {"cmd":"trust_add","id":"<agent id>","name":"bob","endpoint":"host:7400","allow":"tcp:80,icmp"}
 //! {"cmd":"trust_list"}
 //! {"cmd":"trust_remove","peer":"<agent id or name>"}
+//! {"cmd":"trust_request","id":"<agent id>","justification":"why","allow":"tcp:8080","endpoint":"host:7400","name":"bob","endorsement":"<token>"}
+//! {"cmd":"trust_pending"}
+//! {"cmd":"trust_approve","id":"<agent id>","name":"alice","allow":"tcp:8080"}
+//! {"cmd":"trust_deny","id":"<agent id>"}
+//! {"cmd":"reload_attachments"}
 //! {"cmd":"down"}
 //! ```
 //!
 //! (`endpoint` and `allow` of `trust_add` are optional; `allow` defaults to
-//! `"all"`.) Each response is an object with exactly one key naming its kind:
+//! `"all"`. In `trust_request` only `id` and `justification` are required,
+//! `allow` being the ports asked for; in `trust_approve`, `name` and `allow`
+//! default to the claimed name and the requested ports.) Each response is an
+//! object with exactly one key naming its kind:
 //!
 //! ```text
 //! {"hello":{"pid":..,"id":..,"address":..,"name":..,"network":..,"interface":..,"port":..,"mtu":..,"state_dir":..,"version":..}}
@@ -25,12 +33,17 @@
 //! {"trust_added":{"peer":{TrustEntry fields.., "address":..},"change":"added"|"updated"}}
 //! {"trust_list":{"peers":[{TrustEntry fields.., "address":..}, ..]}}
 //! {"trust_removed":{"peer":{TrustEntry fields.., "address":..}}}
+//! {"trust_request_sent":{"peer":{TrustEntry fields.., "address":..},"to":"host:port"|null,"rendezvous":0}}
+//! {"trust_pending":{"requests":[{"id":..,"name":..,"justification":..,"requested":..,"age_s":..,"from":..,"endorsed_by":..}, ..]}}
+//! {"trust_approved":{"peer":{TrustEntry fields.., "address":..}}}
+//! {"trust_denied":{"id":..,"name":..}}
+//! {"attachments_reloaded":{"attachments":[{"target":{"netns":..}|{"pid":..},"address":..,"hosts_file":..,"note":..}, ..]}}
 //! {"stopping":{"pid":..}}
 //! {"error":"human-readable message"}
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
+use crate::core::pending::PendingStatus;
 use crate::core::policy::Policy;
 use crate::core::trust::TrustEntry;
 use crate::state::TrustChange;
@@ -78,6 +92,52 @@ pub enum Request {
         /// Agent ID or local name.
         peer: String,
     },
+    /// Ask an agent for trust: store it as "requested" (this agent trusts
+    /// it already) and send it a sealed trust request. Answered with
+    /// [`Response::TrustRequestSent`].
+    TrustRequest {
+        /// The target's agent ID.
+        id: AgentId,
+        /// Local name for the target [default: `peer-` and its ID's start].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Why this agent asks (at most 1 KiB), shown to the target's operator.
+        justification: String,
+        /// The ports this agent asks to open towards the target.
+        #[serde(default)]
+        allow: Policy,
+        /// The target's underlay endpoint, `HOST:PORT`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// A fleet endorsement token for this agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endorsement: Option<String>,
+    },
+    /// Trust requests waiting for approval. Answered with
+    /// [`Response::TrustPending`].
+    TrustPending,
+    /// Approve a pending request: trust the requester and connect to it.
+    /// Answered with [`Response::TrustApproved`].
+    TrustApprove {
+        /// The requester's agent ID.
+        id: AgentId,
+        /// Local name [default: the claimed name, made a unique DNS label].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// What it may open [default: what it asked for; never wider].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allow: Option<Policy>,
+    },
+    /// Drop a pending request; the requester is not told. Answered with
+    /// [`Response::TrustDenied`].
+    TrustDeny {
+        /// The requester's agent ID.
+        id: AgentId,
+    },
+    /// Re-read `attachments.json` (after `attach`/`detach`) and update the
+    /// names in the attached namespaces. Answered with
+    /// [`Response::AttachmentsReloaded`].
+    ReloadAttachments,
     /// Stop the daemon. Answered with [`Response::Stopping`] before it exits.
     Down,
 }
@@ -108,6 +168,37 @@ pub enum Response {
     TrustRemoved {
         /// The entry that was removed.
         peer: TrustedPeer,
+    },
+    /// A trust request was sent.
+    TrustRequestSent {
+        /// The target's entry, as stored here.
+        peer: TrustedPeer,
+        /// The endpoint the sealed request went to, if one is known.
+        to: Option<SocketAddr>,
+        /// Through how many registered rendezvous servers it also went.
+        rendezvous: usize,
+    },
+    /// The trust requests waiting for approval, oldest first.
+    TrustPending {
+        /// The requests.
+        requests: Vec<PendingStatus>,
+    },
+    /// A request was approved; the handshake is under way.
+    TrustApproved {
+        /// The requester's new entry.
+        peer: TrustedPeer,
+    },
+    /// A request was dropped.
+    TrustDenied {
+        /// The requester.
+        id: AgentId,
+        /// The name it claimed.
+        name: String,
+    },
+    /// The attachments as the daemon now knows them.
+    AttachmentsReloaded {
+        /// Each attached namespace and where its names go.
+        attachments: Vec<crate::attach::AttachmentNames>,
     },
     /// The daemon is shutting down.
     Stopping {
@@ -311,6 +402,40 @@ mod tests {
                 endpoint: None,
                 allow: Policy::All
             }
+        );
+    }
+
+    #[test]
+    fn trust_request_commands_fill_in_their_defaults() {
+        let text = format!(
+            r#"{{"cmd":"trust_request","id":"{}","justification":"why"}}"#,
+            id()
+        );
+        let request: Request = serde_json::from_str(&text).expect("parses");
+        assert_eq!(
+            request,
+            Request::TrustRequest {
+                id: id(),
+                name: None,
+                justification: "why".into(),
+                allow: Policy::All,
+                endpoint: None,
+                endorsement: None,
+            }
+        );
+        let text = format!(r#"{{"cmd":"trust_approve","id":"{}"}}"#, id());
+        let request: Request = serde_json::from_str(&text).expect("parses");
+        assert_eq!(
+            request,
+            Request::TrustApprove {
+                id: id(),
+                name: None,
+                allow: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::TrustPending).expect("json"),
+            r#"{"cmd":"trust_pending"}"#
         );
     }
 

@@ -3,7 +3,14 @@
 //! [`core`] holds every protocol decision and does no I/O; the modules beside
 //! it are the I/O shell (TUN, UDP, control socket, state files) around it.
 
+pub mod attach;
 pub mod control;
 pub mod core;
 pub mod daemon;
+pub mod fleet;
+pub mod netcheck;
+pub mod netns;
+pub mod rendezvous_server;
 pub mod state;
+pub mod tcp_frames;
+pub mod trust_requests;

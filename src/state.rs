@@ -6,8 +6,10 @@
 //! | file | contents |
 //! |---|---|
 //! | `identity.key` | the 32-byte Ed25519 secret seed as 64 lowercase hex digits and a newline, mode 0600. Loading also accepts the 32 raw bytes. A key file that group or others may read or write is refused. |
-//! | `config.toml` | `name` (this agent's name, one DNS label) and `network` (the overlay network's name) |
+//! | `config.toml` | `name` (this agent's name, one DNS label) and `network` (the overlay network's name); the `[auto_approve]` table is read by [`crate::fleet`] |
 //! | `trust.toml` | the trust store ([`TrustStore`]), edited under an exclusive `flock` on `trust.lock` and replaced atomically |
+//! | `pending.toml` | trust requests waiting for approval, written by the daemon ([`crate::trust_requests`]) |
+//! | `attachments.json` | namespaces given addresses of this node by `agentnet attach` ([`crate::attach`]), edited under an exclusive `flock` on `attachments.lock` |
 //! | `agentnet.pid` | the daemon's PID; the daemon holds an exclusive `flock` on it while it runs |
 //! | `agentnet.log` | the detached daemon's stdout and stderr |
 //! | `agentnet.sock` | the daemon's control socket (default path) |
@@ -188,6 +190,9 @@ pub struct AgentConfig {
     /// The overlay network's name; agents in different networks never talk.
     #[serde(default = "default_network_name")]
     pub network: String,
+    /// Rendezvous servers to register with, as `HOST:PORT=ID`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rendezvous: Vec<String>,
 }
 
 fn default_network_name() -> String {
@@ -201,6 +206,7 @@ impl AgentConfig {
         Self {
             name: default_agent_name(),
             network: default_network_name(),
+            rendezvous: Vec::new(),
         }
     }
 }
@@ -1031,6 +1037,7 @@ mod tests {
         let config = AgentConfig {
             name: "alice".into(),
             network: "lab".into(),
+            rendezvous: Vec::new(),
         };
         state.write_config(&config).expect("written");
         assert_eq!(state.load_config().expect("read"), Some(config));

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agentnet::core::identity::Identity;
-use agentnet::core::node::{AutoApprove, Event, PeerConfig};
+use agentnet::core::node::{AutoApprove, Event, Node, NodeConfig, PeerConfig};
 use agentnet::core::policy::Policy;
 use agentnet::core::trust_request::Endorsement;
+use agentnet::trust_requests::PendingRecord;
 use simnet::{LinkConfig, SimNet, tag_of, udp_packet};
 
 /// `requester` trusts `target` (as "requested") and sends it a request.
@@ -221,4 +222,54 @@ fn approved_policy_limits_what_the_requester_may_open() {
     net.run_for(Duration::from_millis(100));
     let tags: Vec<u32> = net.hosts[b].tun.iter().filter_map(|p| tag_of(p)).collect();
     assert_eq!(tags, vec![1]);
+}
+
+#[test]
+fn pending_request_saved_and_restored_across_a_restart_is_approvable_and_not_replayable() {
+    let mut net = SimNet::new(7, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    let datagram = request(&mut net, a, b, "survives restarts", "tcp:8080");
+    // Saved the way the daemon saves them: as records with wall-clock times.
+    let now = net.now;
+    let unix = Duration::from_secs(1_800_000_000);
+    let records: Vec<PendingRecord> = net.hosts[b]
+        .node
+        .pending_request_details()
+        .map(|pending| PendingRecord::of(pending, now, unix))
+        .collect();
+    assert_eq!(records.len(), 1);
+
+    // B restarts: a fresh node with the same key, the requests put back.
+    let mut fresh = Node::new(
+        NodeConfig {
+            identity: net.hosts[b].identity.clone(),
+            network: net.network,
+            name: "host1".into(),
+            tunnel_mtu: simnet::TUNNEL_MTU,
+        },
+        [9; 32],
+        now,
+        unix,
+    );
+    for record in &records {
+        let pending = record.restore(net.id(b), now, unix).expect("not expired");
+        fresh.restore_pending_request(now, pending);
+    }
+    net.hosts[b].node = fresh;
+    let pending = net.hosts[b].node.pending_requests(net.now);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, net.id(a));
+    assert_eq!(pending[0].justification, "survives restarts");
+    assert_eq!(pending[0].requested, "tcp:8080");
+
+    // The original datagram, replayed to the restarted node, is a replay.
+    let b_address = net.hosts[b].address;
+    net.inject("10.0.0.77:7400".parse().expect("addr"), b_address, datagram);
+    net.run_for(Duration::from_millis(100));
+    let dropped = net.hosts[b].node.status(net.now).dropped;
+    assert_eq!(dropped.trust_requests_replayed, 1, "{dropped:?}");
+
+    approve(&mut net, b, a);
+    net.run_for(Duration::from_millis(40));
+    assert!(net.is_connected(a, b) && net.is_connected(b, a));
 }

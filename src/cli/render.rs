@@ -195,7 +195,7 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// Seconds as `42s`, `3m05s`, `2h10m`, `4d03h`.
-fn human_duration(seconds: f64) -> String {
+pub(super) fn human_duration(seconds: f64) -> String {
     let total = if seconds.is_finite() && seconds > 0.0 {
         seconds as u64
     } else {

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::address::{NetworkId, NodePrefix};
+use super::address::{NetworkId, NodeId, NodePrefix};
 use super::identity::AgentId;
 use super::mac::Mac1Key;
 use super::node::{Event, Transmit};
+use super::path::{PathAddr, relay_envelope};
 use super::rng::CoreRng;
 use super::status::DropCounters;
 use super::tai64n::Tai64N;
@@ -37,7 +38,40 @@ pub struct Context {
     pub tun_out: VecDeque<Vec<u8>>,
     pub events: VecDeque<Event>,
     pub dropped: DropCounters,
+    /// Endpoints announced to peers: local addresses and reflexive ones.
     pub local_candidates: Vec<SocketAddr>,
+    /// Addresses of this host's interfaces (from the shell).
+    pub interface_candidates: Vec<SocketAddr>,
+    /// This agent's registrations with rendezvous servers.
+    pub rendezvous: Vec<RendezvousLink>,
+    /// How often registrations are refreshed (also holds NAT mappings open).
+    pub register_interval: Duration,
+}
+
+/// This agent's link to one rendezvous server.
+#[derive(Debug, Clone)]
+pub struct RendezvousLink {
+    /// The server's agent ID.
+    pub id: AgentId,
+    /// Its UDP endpoint.
+    pub endpoint: SocketAddr,
+    /// Until when the registration holds (none: not registered).
+    pub registered_until: Option<Instant>,
+    /// Our endpoint as the server sees it.
+    pub reflexive: Option<SocketAddr>,
+    /// When the next registration refresh is due.
+    pub next_register: Instant,
+    /// When the last registration was acknowledged.
+    pub last_registered: Option<Instant>,
+    /// When the last registration was sent and not yet acknowledged.
+    pub register_unanswered_since: Option<Instant>,
+}
+
+impl RendezvousLink {
+    /// Whether the registration holds now.
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.registered_until.is_some_and(|until| until > now)
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -74,6 +108,53 @@ impl Context {
     /// The TAI64N label of `now`.
     pub fn timestamp(&self, now: Instant) -> Tai64N {
         Tai64N::from_unix(self.unix_now(now))
+    }
+
+    /// Rendezvous servers whose registration holds now, in configured order.
+    pub fn live_relays(&self, now: Instant) -> Vec<SocketAddr> {
+        self.rendezvous
+            .iter()
+            .filter(|link| link.is_live(now))
+            .map(|link| link.endpoint)
+            .collect()
+    }
+
+    /// Whether a relay path through `rendezvous` is usable now.
+    pub fn relay_is_live(&self, now: Instant, rendezvous: SocketAddr) -> bool {
+        self.rendezvous
+            .iter()
+            .any(|link| link.endpoint == rendezvous && link.is_live(now))
+    }
+
+    /// Whether `address` is one of our rendezvous servers.
+    pub fn is_rendezvous_endpoint(&self, address: SocketAddr) -> bool {
+        self.rendezvous.iter().any(|link| link.endpoint == address)
+    }
+
+    /// Recomputes the announced candidates: interface addresses, then the
+    /// reflexive endpoints the rendezvous servers saw. Returns whether they
+    /// changed.
+    pub fn refresh_candidates(&mut self) -> bool {
+        let mut candidates = self.interface_candidates.clone();
+        for link in &self.rendezvous {
+            if let Some(reflexive) = link.reflexive
+                && !candidates.contains(&reflexive)
+            {
+                candidates.push(reflexive);
+            }
+        }
+        candidates.truncate(super::handshake::MAX_CANDIDATES);
+        let changed = candidates != self.local_candidates;
+        self.local_candidates = candidates;
+        changed
+    }
+
+    /// Sends a datagram for the peer with node ID `node` along `path`.
+    pub fn send_on(&mut self, path: PathAddr, node: NodeId, datagram: Vec<u8>) {
+        match path {
+            PathAddr::Direct(address) => self.transmit(address, datagram),
+            PathAddr::Relay(rendezvous) => self.transmit(rendezvous, relay_envelope(node, &datagram)),
+        }
     }
 
     /// Queues a datagram.

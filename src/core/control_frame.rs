@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use super::codec::{Reader, Writer};
 use super::handshake::MAX_CANDIDATES;
+use super::identity::AgentId;
 
 /// First byte of a path ping.
 const FRAME_PATH_PING: u8 = 0x01;
@@ -14,6 +15,10 @@ const FRAME_PATH_PONG: u8 = 0x02;
 const FRAME_CANDIDATES: u8 = 0x03;
 /// First byte of a revocation notice.
 const FRAME_REVOKED: u8 = 0x04;
+/// First byte of a registration with a rendezvous.
+const FRAME_REGISTER: u8 = 0x10;
+/// First byte of a rendezvous's answer to a registration.
+const FRAME_REGISTERED: u8 = 0x11;
 /// Payloads starting below this are control frames.
 pub const CONTROL_FRAME_LIMIT: u8 = 0x40;
 
@@ -38,6 +43,20 @@ pub enum ControlFrame {
         /// Ed25519 signature.
         signature: [u8; 64],
     },
+    /// Agent → rendezvous: register (or refresh) this agent's endpoint. It
+    /// names the agent's Ed25519 key, which must match the session's Noise
+    /// key (the rendezvous derives the node ID from it).
+    Register {
+        /// The registering agent.
+        agent: AgentId,
+    },
+    /// Rendezvous → agent: registered; the source address it saw.
+    Registered {
+        /// The agent's reflexive endpoint (as the rendezvous sees it).
+        reflexive: SocketAddr,
+        /// Seconds the registration lasts without a refresh.
+        lifetime_s: u16,
+    },
 }
 
 impl ControlFrame {
@@ -61,6 +80,15 @@ impl ControlFrame {
                 out.push(FRAME_REVOKED);
                 out.extend_from_slice(signature);
             }
+            ControlFrame::Register { agent } => {
+                out.push(FRAME_REGISTER);
+                out.extend_from_slice(agent.as_bytes());
+            }
+            ControlFrame::Registered { reflexive, lifetime_s } => {
+                out.push(FRAME_REGISTERED);
+                out.put_socket_addr(reflexive);
+                out.extend_from_slice(&lifetime_s.to_le_bytes());
+            }
         }
         out
     }
@@ -77,6 +105,13 @@ impl ControlFrame {
             )),
             FRAME_REVOKED => Some(ControlFrame::Revoked {
                 signature: reader.array()?,
+            }),
+            FRAME_REGISTER => Some(ControlFrame::Register {
+                agent: AgentId::from_bytes(reader.array()?).ok()?,
+            }),
+            FRAME_REGISTERED => Some(ControlFrame::Registered {
+                reflexive: reader.socket_addr()?,
+                lifetime_s: reader.u16()?,
             }),
             _ => None,
         }
@@ -95,6 +130,15 @@ mod tests {
             ControlFrame::PathPong { id: u64::MAX },
             ControlFrame::Candidates(vec!["10.0.0.1:1".parse().expect("addr")]),
             ControlFrame::Revoked { signature: [9; 64] },
+            ControlFrame::Register {
+                agent: crate::core::identity::Identity::from_secret_bytes(&[1; 32])
+                    .expect("key")
+                    .agent_id(),
+            },
+            ControlFrame::Registered {
+                reflexive: "[2001:db8::1]:4444".parse().expect("addr"),
+                lifetime_s: 75,
+            },
         ];
         for frame in frames {
             let bytes = frame.encode();

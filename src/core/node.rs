@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::address::{NetworkId, NodePrefix};
+use super::address::{NetworkId, NodeId, NodePrefix};
 use super::conntrack::InboundVerdict;
 use super::context::Context;
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
@@ -25,11 +25,19 @@ use super::pending::{Admission, PendingRequest, PendingRequests, PendingStatus};
 use super::policy::Policy;
 use super::rng::core_rng;
 use super::session::{Session, SessionError};
-use super::status::{DropCounters, NodeStatus};
+use super::context::RendezvousLink;
+use super::path::PathAddr;
+use super::status::{DropCounters, NodeStatus, PathKind, RendezvousStatus};
 use super::trust_request::{Endorsement, TrustRequest, TrustRequestError};
 use super::wire::{self, Datagram};
 use rand::RngCore;
 
+/// How often registrations with rendezvous servers are refreshed: below
+/// the 30 s UDP timeout of common NATs.
+pub const DEFAULT_REGISTER_INTERVAL: Duration = Duration::from_secs(25);
+/// A registration not acknowledged within this long means the rendezvous
+/// is unreachable.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often idle connection-tracking entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 /// Domain-separation label of a revocation notice signature.
@@ -90,6 +98,20 @@ pub enum Event {
         /// Whether the auto-approval rules accept it (the shell approves it
         /// through the same path as an operator would).
         auto_approve: bool,
+    },
+    /// The peer's traffic moved to another path (direct ↔ relay).
+    PathChanged {
+        /// The peer.
+        id: AgentId,
+        /// The new path.
+        path: PathKind,
+    },
+    /// A rendezvous server acknowledged (or lost) our registration.
+    RendezvousRegistered {
+        /// The server.
+        id: AgentId,
+        /// Our endpoint as it sees it.
+        reflexive: SocketAddr,
     },
     /// The peer's endpoint moved (roaming).
     EndpointChanged {
@@ -177,6 +199,9 @@ impl Node {
             events: VecDeque::new(),
             dropped: DropCounters::default(),
             local_candidates: Vec::new(),
+            interface_candidates: Vec::new(),
+            rendezvous: Vec::new(),
+            register_interval: DEFAULT_REGISTER_INTERVAL,
         };
         Self {
             ctx,
@@ -196,9 +221,9 @@ impl Node {
         self.auto_approve = rules;
     }
 
-    /// Builds a sealed trust request to `target` and, given an endpoint,
-    /// sends it there. Returns the datagram so the shell can also hand it
-    /// to rendezvous mailboxes unchanged.
+    /// Builds a sealed trust request to `target` and sends it to the
+    /// endpoint hint (if any) and through every registered rendezvous.
+    /// Returns the datagram.
     pub fn send_trust_request(
         &mut self,
         now: Instant,
@@ -225,6 +250,11 @@ impl Node {
         if let Some(endpoint) = endpoint {
             self.ctx.transmit(endpoint, datagram.clone());
         }
+        // And through every rendezvous: it forwards the request unchanged to
+        // a registered target, or keeps it in the target's mailbox.
+        for relay in self.ctx.live_relays(now) {
+            self.ctx.send_on(PathAddr::Relay(relay), NodeId::of(&target), datagram.clone());
+        }
         Ok(datagram)
     }
 
@@ -236,6 +266,22 @@ impl Node {
     /// Removes a pending request (to approve or deny it).
     pub fn take_pending_request(&mut self, id: &AgentId) -> Option<PendingRequest> {
         self.pending.take(id)
+    }
+
+    /// Pending trust requests with all they carry, oldest first (the shell
+    /// saves them so they survive a restart).
+    pub fn pending_request_details(&self) -> impl Iterator<Item = &PendingRequest> {
+        self.pending.iter()
+    }
+
+    /// Puts back a pending request saved before a restart; ignored if the
+    /// requester is a peer by now.
+    pub fn restore_pending_request(&mut self, now: Instant, pending: PendingRequest) {
+        let requester = pending.request.requester;
+        if requester == self.ctx.own_id || self.peers.contains_key(&requester) {
+            return;
+        }
+        self.pending.restore(now, pending);
     }
 
     /// This agent's ID.
@@ -250,7 +296,8 @@ impl Node {
 
     /// Sets the endpoints announced to peers in handshakes.
     pub fn set_local_candidates(&mut self, candidates: Vec<SocketAddr>) {
-        self.ctx.local_candidates = candidates;
+        self.ctx.interface_candidates = candidates;
+        self.ctx.refresh_candidates();
     }
 
     /// Adds a trusted peer, or updates its name, endpoint and policy.
@@ -326,20 +373,155 @@ impl Node {
     /// Feeds one UDP datagram received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match Datagram::parse(datagram) {
-            Ok(Datagram::Initiation(initiation)) => self.handle_initiation(now, from, &initiation),
-            Ok(Datagram::Response(response)) => self.handle_response(now, from, &response),
-            Ok(Datagram::Data(data)) => self.handle_data(now, from, &data),
-            Ok(Datagram::TrustRequest(bytes)) => self.handle_trust_request(now, from, bytes),
-            Ok(Datagram::CookieReply(_) | Datagram::Relay(_)) => {
-                // Not spoken by this build; silence, like anything else we
-                // do not understand.
-                self.ctx.dropped.malformed += 1;
+            Ok(Datagram::Relay(relay)) if self.ctx.is_rendezvous_endpoint(from) => {
+                // A rendezvous delivers a datagram from the node it names.
+                let source = NodeId(relay.destination());
+                match Datagram::parse(relay.inner()) {
+                    Ok(Datagram::Relay(_)) | Err(_) => self.ctx.dropped.malformed += 1,
+                    Ok(inner) => self.dispatch(now, PathAddr::Relay(from), Some(source), inner),
+                }
             }
+            Ok(Datagram::Relay(_)) => self.ctx.dropped.malformed += 1,
+            Ok(parsed) => self.dispatch(now, PathAddr::Direct(from), None, parsed),
             Err(_) => self.ctx.dropped.malformed += 1,
         }
     }
 
-    fn handle_trust_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+    fn dispatch(&mut self, now: Instant, from: PathAddr, relayed_by: Option<NodeId>, datagram: Datagram<'_>) {
+        match datagram {
+            Datagram::Initiation(initiation) => self.handle_initiation(now, from, relayed_by, &initiation),
+            Datagram::Response(response) => self.handle_response(now, from, relayed_by, &response),
+            Datagram::Data(data) => self.handle_data(now, from, relayed_by, &data),
+            Datagram::TrustRequest(bytes) => self.handle_trust_request(now, from, bytes),
+            Datagram::CookieReply(_) | Datagram::Relay(_) => {
+                // Cookies are not spoken by this build; silence, like
+                // anything else we do not understand.
+                self.ctx.dropped.malformed += 1;
+            }
+        }
+    }
+
+    /// Adds a rendezvous server: this agent registers with it, learns its
+    /// reflexive endpoint and relays through it.
+    pub fn add_rendezvous(&mut self, now: Instant, id: AgentId, endpoint: SocketAddr) {
+        if self.ctx.rendezvous.iter().any(|link| link.id == id) || id == self.ctx.own_id {
+            return;
+        }
+        self.ctx.rendezvous.push(RendezvousLink {
+            id,
+            endpoint,
+            registered_until: None,
+            reflexive: None,
+            next_register: now,
+            last_registered: None,
+            register_unanswered_since: None,
+        });
+        if !self.peers.contains_key(&id) {
+            let mut peer = Peer::new(
+                &self.ctx,
+                PeerConfig { id, name: "rendezvous".into(), endpoint: Some(endpoint), allow: Policy::All },
+            );
+            peer.is_rendezvous = true;
+            self.peers.insert(id, peer);
+        }
+    }
+
+    /// Registers with a rendezvous now and, if its session is down, starts a
+    /// fresh handshake at once (the shell calls this after switching the
+    /// server's transport, e.g. from UDP to TCP).
+    pub fn reconnect_rendezvous(&mut self, now: Instant, id: &AgentId) {
+        if let Some(link) = self.ctx.rendezvous.iter_mut().find(|link| link.id == *id) {
+            link.next_register = now;
+        }
+        if let Some(peer) = self.peers.get_mut(id)
+            && !peer.is_up(now)
+        {
+            peer.restart_handshake(&mut self.ctx, now);
+        }
+        self.run_registrations(now);
+    }
+
+    /// This agent's registrations (cheap; for the shell's transport choice).
+    pub fn rendezvous_status(&self, now: Instant) -> Vec<RendezvousStatus> {
+        self.ctx
+            .rendezvous
+            .iter()
+            .map(|link| RendezvousStatus {
+                id: link.id,
+                endpoint: link.endpoint,
+                registered: link.is_live(now),
+                reflexive: link.reflexive,
+                last_registered_age_s: link
+                    .last_registered
+                    .map(|at| now.saturating_duration_since(at).as_secs_f64()),
+            })
+            .collect()
+    }
+
+    /// Sets how often registrations are refreshed (default 25 s).
+    pub fn set_register_interval(&mut self, interval: Duration) {
+        self.ctx.register_interval = interval.max(Duration::from_secs(1));
+    }
+
+    fn run_registrations(&mut self, now: Instant) {
+        for index in 0..self.ctx.rendezvous.len() {
+            let link = &mut self.ctx.rendezvous[index];
+            if let Some(since) = link.register_unanswered_since
+                && now.saturating_duration_since(since) >= REGISTER_TIMEOUT
+                && link.registered_until.is_some()
+            {
+                // The server stopped answering (gone, or the path to it is
+                // blocked): do not relay through it any more.
+                tracing::info!(rendezvous = %link.id, "rendezvous stopped answering");
+                link.registered_until = None;
+            }
+            if link.next_register > now {
+                continue;
+            }
+            link.next_register = now + self.ctx.register_interval;
+            if link.register_unanswered_since.is_none() {
+                link.register_unanswered_since = Some(now);
+            }
+            let id = link.id;
+            let frame = ControlFrame::Register { agent: self.ctx.own_id }.encode();
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.send(&mut self.ctx, now, frame);
+            }
+        }
+    }
+
+    fn handle_registered(&mut self, now: Instant, rendezvous: AgentId, reflexive: SocketAddr, lifetime_s: u16) {
+        let Some(link) = self.ctx.rendezvous.iter_mut().find(|link| link.id == rendezvous) else {
+            return;
+        };
+        let was_live = link.is_live(now);
+        link.registered_until = Some(now + Duration::from_secs(u64::from(lifetime_s)));
+        link.last_registered = Some(now);
+        link.register_unanswered_since = None;
+        let reflexive_changed = link.reflexive != Some(reflexive);
+        link.reflexive = Some(reflexive);
+        if !was_live || reflexive_changed {
+            tracing::info!(rendezvous = %rendezvous, %reflexive, "registered with rendezvous");
+            self.ctx.events.push_back(Event::RendezvousRegistered { id: rendezvous, reflexive });
+        }
+        if self.ctx.refresh_candidates() {
+            self.announce_candidates(now);
+        }
+    }
+
+    /// Tells every connected peer our current candidates (roaming, NAT
+    /// rebinding), so it can punch towards the new ones.
+    fn announce_candidates(&mut self, now: Instant) {
+        let frame = ControlFrame::Candidates(self.ctx.local_candidates.clone()).encode();
+        for peer in self.peers.values_mut() {
+            if !peer.is_rendezvous && peer.is_up(now) {
+                peer.send(&mut self.ctx, now, frame.clone());
+            }
+        }
+    }
+
+    fn handle_trust_request(&mut self, now: Instant, path: PathAddr, datagram: &[u8]) {
+        let from = path.underlay();
         let unix_now = self.ctx.unix_now(now);
         let dropped = &mut self.ctx.dropped;
         if !self.pending.allow_source(now, from) {
@@ -375,7 +557,7 @@ impl Node {
                 let id = request.requester;
                 let auto_approve = self.auto_approve.approves(&request);
                 tracing::info!(requester = %id, name = %request.name, %from, auto_approve, "trust request received");
-                self.pending.insert(now, request, from);
+                self.pending.insert(now, request, from, path.is_relay());
                 self.ctx
                     .events
                     .push_back(Event::TrustRequested { id, auto_approve });
@@ -386,7 +568,8 @@ impl Node {
     fn handle_initiation(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: PathAddr,
+        relayed_by: Option<NodeId>,
         initiation: &wire::Initiation<'_>,
     ) {
         let ctx = &mut self.ctx;
@@ -411,10 +594,14 @@ impl Node {
             ctx.dropped.untrusted += 1;
             return;
         };
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(&id).filter(|peer| !peer.is_rendezvous) else {
             ctx.dropped.untrusted += 1;
             return;
         };
+        if relayed_by.is_some_and(|node| node != peer.node_id) {
+            ctx.dropped.handshake_failed += 1;
+            return;
+        }
         if peer
             .last_initiation_timestamp
             .is_some_and(|last| received.payload.timestamp <= last)
@@ -455,18 +642,27 @@ impl Node {
         peer.last_initiation_timestamp = Some(timestamp);
         peer.last_initiation_accepted = Some(now);
         peer.remote_name = Some(remote_name);
-        peer.remote_candidates = remote_candidates;
+        peer.set_remote_candidates(now, remote_candidates);
         peer.last_handshake = Some(now);
         peer.counters.handshakes += 1;
-        peer.observe_endpoint(ctx, from);
+        if from.is_relay() {
+            peer.forget_direct_path(now);
+        }
+        peer.observe_path(ctx, now, from, false);
         peer.install_next(
             ctx,
             Session::new(&keys, local_index, sender_index, false, now),
         );
-        ctx.transmit(from, datagram);
+        ctx.send_on(from, peer.node_id, datagram);
     }
 
-    fn handle_response(&mut self, now: Instant, from: SocketAddr, response: &wire::Response<'_>) {
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        from: PathAddr,
+        relayed_by: Option<NodeId>,
+        response: &wire::Response<'_>,
+    ) {
         let ctx = &mut self.ctx;
         if !ctx.own_mac1.verify(response.bytes()) {
             ctx.dropped.bad_mac1 += 1;
@@ -481,7 +677,7 @@ impl Node {
             ctx.dropped.unknown_session += 1;
             return;
         };
-        if !peer.is_pending_initiation(local_index) {
+        if !peer.is_pending_initiation(local_index) || relayed_by.is_some_and(|node| node != peer.node_id) {
             ctx.dropped.unknown_session += 1;
             return;
         }
@@ -499,16 +695,19 @@ impl Node {
         };
         tracing::debug!(peer = %peer.config.id, %from, local_index, "handshake complete");
         peer.remote_name = Some(payload.name);
-        peer.remote_candidates = payload.candidates;
+        peer.set_remote_candidates(now, payload.candidates);
         peer.last_handshake = Some(now);
         peer.counters.handshakes += 1;
-        peer.observe_endpoint(ctx, from);
+        if from.is_relay() {
+            peer.forget_direct_path(now);
+        }
+        peer.observe_path(ctx, now, from, true);
         peer.observe_receive(now, false);
         let session = Session::new(&keys, local_index, response.sender_index(), true, now);
         peer.install_current(ctx, now, session);
     }
 
-    fn handle_data(&mut self, now: Instant, from: SocketAddr, data: &wire::Data<'_>) {
+    fn handle_data(&mut self, now: Instant, from: PathAddr, relayed_by: Option<NodeId>, data: &wire::Data<'_>) {
         let ctx = &mut self.ctx;
         let local_index = data.receiver_index();
         let Some(peer) = ctx
@@ -523,6 +722,10 @@ impl Node {
             ctx.dropped.unknown_session += 1;
             return;
         };
+        if relayed_by.is_some_and(|node| node != peer.node_id) {
+            ctx.dropped.unknown_session += 1;
+            return;
+        }
         let Some(session) = peer.session_mut(slot) else {
             return;
         };
@@ -551,7 +754,14 @@ impl Node {
         if slot == Slot::Next {
             peer.confirm_next(ctx, now);
         }
-        peer.observe_endpoint(ctx, from);
+        let frame = match buffer.first() {
+            Some(&first) if first < CONTROL_FRAME_LIMIT => ControlFrame::decode(&buffer),
+            _ => None,
+        };
+        // A ping only proves the way here; anything else answers something
+        // we sent along a path we already use.
+        let is_ping = matches!(frame, Some(ControlFrame::PathPing { .. }));
+        peer.observe_path(ctx, now, from, !is_ping);
         peer.observe_receive(now, len > 0);
         if peer.wants_rekey_on_receive(now) {
             peer.start_handshake_if_idle(ctx, now);
@@ -560,12 +770,18 @@ impl Node {
             return; // keepalive
         };
         if first < CONTROL_FRAME_LIMIT {
-            let Some(frame) = ControlFrame::decode(&buffer) else {
+            let Some(frame) = frame else {
                 return;
             };
+            let mut registered = None;
             match frame {
-                ControlFrame::PathPing { id } => {
-                    peer.send(ctx, now, ControlFrame::PathPong { id }.encode());
+                ControlFrame::PathPing { id } => peer.answer_ping(ctx, now, id, from),
+                ControlFrame::PathPong { id } => peer.handle_pong(ctx, now, id, from),
+                ControlFrame::Candidates(candidates) if !peer.is_rendezvous => {
+                    peer.set_remote_candidates(now, candidates);
+                }
+                ControlFrame::Registered { reflexive, lifetime_s } if peer.is_rendezvous => {
+                    registered = Some((peer.config.id, reflexive, lifetime_s));
                 }
                 ControlFrame::Revoked { signature } => {
                     let revoker = peer.config.id;
@@ -578,8 +794,16 @@ impl Node {
                         }
                     }
                 }
-                ControlFrame::PathPong { .. } | ControlFrame::Candidates(_) => {}
+                ControlFrame::Candidates(_) | ControlFrame::Register { .. } | ControlFrame::Registered { .. } => {}
             }
+            if let Some((rendezvous, reflexive, lifetime_s)) = registered {
+                self.handle_registered(now, rendezvous, reflexive, lifetime_s);
+            }
+            return;
+        }
+        if peer.is_rendezvous {
+            // A rendezvous carries no IP traffic of its own.
+            peer.counters.dropped_spoofed += 1;
             return;
         }
         peer.counters.rx_bytes += len as u64;
@@ -634,7 +858,11 @@ impl Node {
 
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for id in &self.peer_order {
+        self.run_registrations(now);
+        // Rendezvous links first, then peers in the order they were added
+        // (a fixed order keeps simulations reproducible).
+        let rendezvous_ids: Vec<AgentId> = self.ctx.rendezvous.iter().map(|link| link.id).collect();
+        for id in rendezvous_ids.iter().chain(self.peer_order.iter()) {
             if let Some(peer) = self.peers.get_mut(id)
                 && peer.next_deadline().is_some_and(|deadline| deadline <= now)
             {
@@ -670,6 +898,10 @@ impl Node {
         self.peers
             .values()
             .filter_map(Peer::next_deadline)
+            .chain(self.ctx.rendezvous.iter().map(|link| link.next_register))
+            .chain(self.ctx.rendezvous.iter().filter(|link| link.registered_until.is_some()).filter_map(
+                |link| link.register_unanswered_since.map(|since| since + REGISTER_TIMEOUT),
+            ))
             .chain(std::iter::once(self.next_housekeeping))
             .min()
     }
@@ -685,9 +917,12 @@ impl Node {
                 .peer_order
                 .iter()
                 .filter_map(|id| self.peers.get(id))
-                .map(|peer| peer.status(now))
+                .filter(|peer| !peer.is_rendezvous)
+                .map(|peer| peer.status(&self.ctx, now))
                 .collect(),
             dropped: self.ctx.dropped,
+            rendezvous: self.rendezvous_status(now),
+            candidates: self.ctx.local_candidates.clone(),
         }
     }
 }

@@ -4,10 +4,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 
-use super::address::NodePrefix;
+use super::address::{NodeId, NodePrefix};
 use super::conntrack::ConnectionTracker;
+use super::control_frame::ControlFrame;
+use super::path::PathAddr;
 use super::context::Context;
 use super::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use super::node::{Event, PeerConfig};
@@ -30,6 +32,25 @@ pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 pub const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(20);
 /// Packets held while a session is being set up.
 pub const MAX_QUEUED_PACKETS: usize = 128;
+/// A direct path that has not answered for this long while we send on it is
+/// given up for the relay.
+pub const DIRECT_PATH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Probe an unanswered direct path after this long.
+const DIRECT_PROBE_AFTER: Duration = Duration::from_secs(1);
+/// Hole-punching rounds: waits between rounds of pings to every candidate.
+const PROBE_SCHEDULE: [Duration; 7] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+];
+/// A relay that failed a peer is tried again for it after this long.
+const RELAY_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Pings remembered for matching their pongs.
+const MAX_OUTSTANDING_PINGS: usize = 32;
 /// Start a handshake when a session we initiated is this old on receive.
 const REKEY_ON_RECEIVE_AGE: Duration = Duration::from_secs(180 - 10 - 5);
 
@@ -87,6 +108,31 @@ pub struct Peer {
     pub remote_name: Option<String>,
     pub remote_candidates: Vec<SocketAddr>,
     pub counters: PeerCounters,
+    /// The peer's node ID (relay envelopes name it).
+    pub node_id: NodeId,
+    /// Whether this "peer" is a rendezvous server (no IP traffic).
+    pub is_rendezvous: bool,
+    /// The direct endpoint answered a round trip recently.
+    direct_confirmed: bool,
+    /// First direct send not yet followed by a direct receive.
+    direct_unanswered_since: Option<Instant>,
+    /// Last ping sent to check the path in use (not a hole-punching probe).
+    last_ping_sent: Option<Instant>,
+    pings: VecDeque<(u64, PathAddr, Instant)>,
+    next_probe: Option<Instant>,
+    probe_round: usize,
+    /// The rendezvous we last heard the peer through.
+    heard_via: Option<SocketAddr>,
+    /// First relayed send not yet followed by any receive from the peer.
+    relay_unanswered_since: Option<Instant>,
+    /// Relays that stopped carrying this peer's traffic, and since when.
+    failed_relays: Vec<(SocketAddr, Instant)>,
+    /// The path last reported in an event.
+    reported_path: PathKind,
+    /// Round-trip time of the last answered path ping.
+    pub last_rtt: Option<Duration>,
+    /// When the path last changed.
+    pub path_changed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -112,6 +158,7 @@ impl Peer {
     pub fn new(ctx: &Context, config: PeerConfig) -> Self {
         let noise_public = config.id.noise_public_key();
         Self {
+            node_id: NodeId::of(&config.id),
             prefix: NodePrefix::of_agent(ctx.network, &config.id),
             endpoint: config.endpoint,
             noise_public,
@@ -132,6 +179,19 @@ impl Peer {
             remote_name: None,
             remote_candidates: Vec::new(),
             counters: PeerCounters::default(),
+            is_rendezvous: false,
+            direct_confirmed: false,
+            direct_unanswered_since: None,
+            last_ping_sent: None,
+            pings: VecDeque::new(),
+            next_probe: None,
+            probe_round: 0,
+            heard_via: None,
+            relay_unanswered_since: None,
+            failed_relays: Vec::new(),
+            reported_path: PathKind::None,
+            last_rtt: None,
+            path_changed_at: None,
         }
     }
 
@@ -194,6 +254,10 @@ impl Peer {
             ctx.events.push_back(Event::PeerUp { id: self.config.id });
         }
         self.flush_queue(ctx, now);
+        if !self.direct_confirmed && self.relay_route(ctx, now).is_some() {
+            self.start_probing(now);
+        }
+        self.report_path(ctx, now);
     }
 
     /// Holds an answered session until the initiator confirms it.
@@ -210,15 +274,33 @@ impl Peer {
         }
     }
 
-    /// Notes the source of an authenticated packet (roaming).
-    pub fn observe_endpoint(&mut self, ctx: &mut Context, from: SocketAddr) {
-        if self.endpoint != Some(from) {
-            self.endpoint = Some(from);
-            ctx.events.push_back(Event::EndpointChanged {
-                id: self.config.id,
-                endpoint: from,
-            });
+    /// Notes the path of an authenticated packet. A direct source is the
+    /// peer's endpoint from now on (roaming); `proves_round_trip` says the
+    /// packet answers something we sent there (pong, response, data sent
+    /// only on a confirmed path), which confirms the direct path.
+    pub fn observe_path(&mut self, ctx: &mut Context, now: Instant, from: PathAddr, proves_round_trip: bool) {
+        match from {
+            PathAddr::Direct(address) => {
+                let relay_alternative = self.relay_route(ctx, now).is_some();
+                // While a confirmed endpoint works, an unconfirmed source
+                // (a probe to another candidate) does not take its place.
+                if !(self.direct_confirmed && !proves_round_trip && relay_alternative) && self.endpoint != Some(address) {
+                    self.endpoint = Some(address);
+                    ctx.events.push_back(Event::EndpointChanged { id: self.config.id, endpoint: address });
+                }
+                if self.endpoint == Some(address) && (proves_round_trip || !relay_alternative) {
+                    self.direct_confirmed = true;
+                    self.direct_unanswered_since = None;
+                    self.next_probe = None;
+                }
+            }
+            PathAddr::Relay(rendezvous) => {
+                self.heard_via = Some(rendezvous);
+                self.failed_relays.retain(|(relay, _)| *relay != rendezvous);
+            }
         }
+        self.relay_unanswered_since = None;
+        self.report_path(ctx, now);
     }
 
     /// Notes an authenticated packet from the peer. Only packets with a
@@ -244,7 +326,7 @@ impl Peer {
     /// Sends an IP packet (already accepted for this peer) or a control
     /// payload; queues it and starts a handshake when no session is up.
     pub fn send(&mut self, ctx: &mut Context, now: Instant, payload: Vec<u8>) {
-        if self.is_up(now) && self.endpoint.is_some() {
+        if self.is_up(now) && self.send_path(ctx, now).is_some() {
             self.seal_and_transmit(ctx, now, &payload);
         } else {
             if self.queue.len() >= MAX_QUEUED_PACKETS {
@@ -263,19 +345,97 @@ impl Peer {
         }
     }
 
-    fn seal_and_transmit(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
-        let Some(endpoint) = self.endpoint else {
-            return;
+    /// The rendezvous to relay through: the one we last heard the peer
+    /// through if it is live, else the first live one.
+    pub fn relay_route(&self, ctx: &Context, now: Instant) -> Option<SocketAddr> {
+        if self.is_rendezvous {
+            return None;
+        }
+        let failed = |relay: &SocketAddr| {
+            self.failed_relays.iter().any(|(failed, since)| {
+                failed == relay && now.saturating_duration_since(*since) < RELAY_RETRY_AFTER
+            })
         };
-        let Some(session) = self.current.as_mut() else {
+        if let Some(via) = self.heard_via
+            && ctx.relay_is_live(now, via)
+            && !failed(&via)
+        {
+            return Some(via);
+        }
+        let live = ctx.live_relays(now);
+        live.iter().find(|relay| !failed(relay)).or(live.first()).copied()
+    }
+
+    /// Whether the direct path is usable: confirmed and not silent for
+    /// longer than [`DIRECT_PATH_TIMEOUT`] while we send on it.
+    fn direct_is_alive(&self, now: Instant) -> bool {
+        self.direct_confirmed
+            && self
+                .direct_unanswered_since
+                .is_none_or(|since| now.saturating_duration_since(since) < DIRECT_PATH_TIMEOUT)
+    }
+
+    /// The path packets take now.
+    pub fn send_path(&self, ctx: &Context, now: Instant) -> Option<PathAddr> {
+        let relay = self.relay_route(ctx, now);
+        match (self.endpoint, relay) {
+            (Some(endpoint), Some(relay)) => Some(if self.direct_is_alive(now) {
+                PathAddr::Direct(endpoint)
+            } else {
+                PathAddr::Relay(relay)
+            }),
+            (Some(endpoint), None) => Some(PathAddr::Direct(endpoint)),
+            (None, Some(relay)) => Some(PathAddr::Relay(relay)),
+            (None, None) => None,
+        }
+    }
+
+    fn path_kind(&self, ctx: &Context, now: Instant) -> PathKind {
+        if !self.is_up(now) {
+            return PathKind::None;
+        }
+        match self.send_path(ctx, now) {
+            Some(PathAddr::Direct(_)) => PathKind::Direct,
+            Some(PathAddr::Relay(_)) => PathKind::Relay,
+            None => PathKind::None,
+        }
+    }
+
+    /// Emits a path-change event when the path differs from the last one
+    /// reported.
+    fn report_path(&mut self, ctx: &mut Context, now: Instant) {
+        if self.is_rendezvous {
             return;
+        }
+        let path = self.path_kind(ctx, now);
+        if path != self.reported_path {
+            self.reported_path = path;
+            self.path_changed_at = Some(now);
+            ctx.events.push_back(Event::PathChanged { id: self.config.id, path });
+        }
+    }
+
+    /// Seals a payload on the current session and sends it along `path`.
+    fn seal_to(&mut self, ctx: &mut Context, now: Instant, path: PathAddr, payload: &[u8]) -> bool {
+        let Some(session) = self.current.as_mut() else {
+            return false;
         };
         let mut datagram = Vec::with_capacity(payload.len() + super::wire::DATA_OVERHEAD);
         if session.seal(now, payload, &mut datagram).is_err() {
+            return false;
+        }
+        ctx.send_on(path, self.node_id, datagram);
+        true
+    }
+
+    fn seal_and_transmit(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
+        let Some(path) = self.send_path(ctx, now) else {
+            return;
+        };
+        if !self.seal_to(ctx, now, path, payload) {
             return;
         }
-        let wants_rekey = session.wants_rekey(now);
-        ctx.transmit(endpoint, datagram);
+        let wants_rekey = self.current.as_ref().is_some_and(|session| session.wants_rekey(now));
         self.last_sent = Some(now);
         if !payload.is_empty() {
             self.counters.tx_bytes += payload.len() as u64;
@@ -283,10 +443,98 @@ impl Peer {
             if self.unanswered_since.is_none() {
                 self.unanswered_since = Some(now);
             }
+            match path {
+                PathAddr::Direct(_) => {
+                    if self.relay_route(ctx, now).is_some() && self.direct_unanswered_since.is_none() {
+                        self.direct_unanswered_since = Some(now);
+                    }
+                }
+                PathAddr::Relay(_) => {
+                    if self.relay_unanswered_since.is_none() {
+                        self.relay_unanswered_since = Some(now);
+                    }
+                }
+            }
         }
         if wants_rekey {
             self.start_handshake_if_idle(ctx, now);
         }
+    }
+
+    /// Sends a path ping along `path`, remembering it for its pong. A
+    /// liveness ping checks the path in use; a probe punches a candidate.
+    fn send_ping(&mut self, ctx: &mut Context, now: Instant, path: PathAddr, liveness: bool) {
+        let id = ctx.rng.next_u64();
+        if self.seal_to(ctx, now, path, &ControlFrame::PathPing { id }.encode()) {
+            if self.pings.len() >= MAX_OUTSTANDING_PINGS {
+                self.pings.pop_front();
+            }
+            self.pings.push_back((id, path, now));
+            if liveness {
+                self.last_ping_sent = Some(now);
+            }
+        }
+    }
+
+    /// Answers a path ping on the path it came by (a direct answer is what
+    /// opens this side's NAT for the peer).
+    pub fn answer_ping(&mut self, ctx: &mut Context, now: Instant, id: u64, from: PathAddr) {
+        self.seal_to(ctx, now, from, &ControlFrame::PathPong { id }.encode());
+    }
+
+    /// Handles a pong: measures RTT; a direct pong confirms the direct path.
+    pub fn handle_pong(&mut self, ctx: &mut Context, now: Instant, id: u64, from: PathAddr) {
+        let Some(position) = self.pings.iter().position(|(ping, _, _)| *ping == id) else {
+            return;
+        };
+        let Some((_, sent_to, sent_at)) = self.pings.remove(position) else {
+            return;
+        };
+        self.last_rtt = Some(now.saturating_duration_since(sent_at));
+        if let (PathAddr::Direct(target), PathAddr::Direct(source)) = (sent_to, from) {
+            // The answer may come from another address than the one probed
+            // (a NAT that rewrote it); where it came from is what works.
+            let _ = target;
+            self.observe_path(ctx, now, PathAddr::Direct(source), true);
+        }
+    }
+
+    /// A handshake came through a relay: the direct path is not proven for
+    /// the new session, so probe it again before using it.
+    pub fn forget_direct_path(&mut self, now: Instant) {
+        if self.direct_confirmed {
+            self.direct_confirmed = false;
+            self.direct_unanswered_since = None;
+            self.start_probing(now);
+        }
+    }
+
+    /// Starts hole punching: rounds of pings to every candidate.
+    pub fn start_probing(&mut self, now: Instant) {
+        if !self.is_rendezvous && self.next_probe.is_none() {
+            self.probe_round = 0;
+            self.next_probe = Some(now);
+        }
+    }
+
+    /// Learns the peer's candidate endpoints (from a handshake or update).
+    pub fn set_remote_candidates(&mut self, now: Instant, candidates: Vec<SocketAddr>) {
+        if candidates != self.remote_candidates {
+            self.remote_candidates = candidates;
+            if !self.direct_confirmed {
+                self.start_probing(now);
+            }
+        }
+    }
+
+    fn probe_targets(&self) -> Vec<SocketAddr> {
+        let mut targets: Vec<SocketAddr> = self.endpoint.into_iter().collect();
+        for candidate in &self.remote_candidates {
+            if !targets.contains(candidate) {
+                targets.push(*candidate);
+            }
+        }
+        targets
     }
 
     fn flush_queue(&mut self, ctx: &mut Context, now: Instant) {
@@ -305,6 +553,15 @@ impl Peer {
             // first packet before it sends on it.
             self.seal_and_transmit(ctx, now, &[]);
         }
+    }
+
+    /// Abandons any handshake in flight and starts a new one now.
+    pub fn restart_handshake(&mut self, ctx: &mut Context, now: Instant) {
+        if let Some(handshake) = self.handshake.take() {
+            ctx.release_index(handshake.local_index());
+        }
+        self.retry = None;
+        self.start_handshake_if_idle(ctx, now);
     }
 
     /// Starts a handshake unless one is in flight.
@@ -333,11 +590,18 @@ impl Peer {
         if let Some(old) = self.handshake.take() {
             ctx.release_index(old.local_index());
         }
-        let Some(endpoint) = self.endpoint else {
+        // Direct and through every live relay, in parallel: whichever path
+        // answers first carries the session (a duplicate arriving later is
+        // dropped by the responder as a replayed initiation).
+        let mut paths: Vec<PathAddr> = self.endpoint.map(PathAddr::Direct).into_iter().collect();
+        if !self.is_rendezvous {
+            paths.extend(ctx.live_relays(now).into_iter().map(PathAddr::Relay));
+        }
+        if paths.is_empty() {
             // Nowhere to send yet; the retry timer tries again (an endpoint
             // may be learnt from the peer's own initiation meanwhile).
             return;
-        };
+        }
         let local_index = ctx.allocate_index(self.config.id);
         let payload = InitiationPayload {
             timestamp: ctx.timestamp(now),
@@ -356,7 +620,9 @@ impl Peer {
             Ok((handshake, datagram)) => {
                 tracing::debug!(peer = %self.config.id, local_index, attempt = self.retry.as_ref().map_or(0, |r| r.attempts), "sending handshake initiation");
                 self.handshake = Some(handshake);
-                ctx.transmit(endpoint, datagram);
+                for path in paths {
+                    ctx.send_on(path, self.node_id, datagram.clone());
+                }
             }
             Err(error) => {
                 tracing::warn!(peer = %self.config.id, %error, "could not build handshake initiation");
@@ -398,6 +664,25 @@ impl Peer {
             .flatten()
         {
             deadline = earliest(deadline, Some(session.created + REJECT_AFTER_TIME));
+        }
+        if self.current.is_some() {
+            deadline = earliest(deadline, self.next_probe);
+            if let Some(since) = self.relay_unanswered_since {
+                deadline = earliest(deadline, Some(since + DIRECT_PATH_TIMEOUT));
+                if self.last_ping_sent.is_none_or(|ping| ping < since) {
+                    deadline = earliest(deadline, Some(since + DIRECT_PROBE_AFTER));
+                }
+            }
+            if let Some(since) = self.direct_unanswered_since
+                && self.direct_confirmed
+            {
+                let probe_at = since + DIRECT_PROBE_AFTER;
+                let probe_due = self.last_ping_sent.is_none_or(|ping| ping < since);
+                deadline = earliest(deadline, Some(since + DIRECT_PATH_TIMEOUT));
+                if probe_due {
+                    deadline = earliest(deadline, Some(probe_at));
+                }
+            }
         }
         deadline
     }
@@ -454,10 +739,68 @@ impl Peer {
         {
             self.seal_and_transmit(ctx, now, &[]);
         }
+        self.run_path_timers(ctx, now);
+    }
+
+    /// Direct-path liveness and hole punching.
+    fn run_path_timers(&mut self, ctx: &mut Context, now: Instant) {
+        if !self.is_up(now) || self.is_rendezvous {
+            return;
+        }
+        if let Some(since) = self.direct_unanswered_since
+            && self.direct_confirmed
+        {
+            let silent = now.saturating_duration_since(since);
+            if silent >= DIRECT_PATH_TIMEOUT {
+                tracing::debug!(peer = %self.config.id, "direct path stopped answering; using the relay");
+                self.direct_confirmed = false;
+                self.direct_unanswered_since = None;
+                self.start_probing(now);
+            } else if silent >= DIRECT_PROBE_AFTER
+                && self.last_ping_sent.is_none_or(|ping| ping < since)
+                && let Some(endpoint) = self.endpoint
+            {
+                // Traffic went out and nothing came back yet: ask.
+                self.send_ping(ctx, now, PathAddr::Direct(endpoint), true);
+            }
+        }
+        if let Some(since) = self.relay_unanswered_since
+            && let Some(PathAddr::Relay(relay)) = self.send_path(ctx, now)
+        {
+            let silent = now.saturating_duration_since(since);
+            if silent >= DIRECT_PATH_TIMEOUT {
+                // This relay stopped carrying the peer's traffic (server
+                // gone, or the peer registered elsewhere): try the next.
+                tracing::debug!(peer = %self.config.id, %relay, "relay stopped answering; trying another");
+                self.failed_relays.retain(|(failed, _)| *failed != relay);
+                self.failed_relays.push((relay, now));
+                if self.heard_via == Some(relay) {
+                    self.heard_via = None;
+                }
+                self.relay_unanswered_since = None;
+            } else if silent >= DIRECT_PROBE_AFTER && self.last_ping_sent.is_none_or(|ping| ping < since) {
+                self.send_ping(ctx, now, PathAddr::Relay(relay), true);
+            }
+        }
+        if let Some(probe_at) = self.next_probe
+            && probe_at <= now
+        {
+            if self.direct_confirmed || self.relay_route(ctx, now).is_none() {
+                self.next_probe = None;
+            } else {
+                for target in self.probe_targets() {
+                    self.send_ping(ctx, now, PathAddr::Direct(target), false);
+                }
+                let wait = PROBE_SCHEDULE[self.probe_round.min(PROBE_SCHEDULE.len() - 1)];
+                self.probe_round += 1;
+                self.next_probe = Some(now + wait);
+            }
+        }
+        self.report_path(ctx, now);
     }
 
     /// A snapshot for `status`.
-    pub fn status(&self, now: Instant) -> PeerStatus {
+    pub fn status(&self, ctx: &Context, now: Instant) -> PeerStatus {
         let up = self.is_up(now);
         PeerStatus {
             id: self.config.id,
@@ -465,11 +808,13 @@ impl Peer {
             address: self.prefix.agent_address(),
             node_prefix: self.prefix.to_string(),
             endpoint: self.endpoint,
-            path: if up && self.endpoint.is_some() {
-                PathKind::Direct
-            } else {
-                PathKind::None
+            path: self.path_kind(ctx, now),
+            relay: match self.send_path(ctx, now) {
+                Some(PathAddr::Relay(rendezvous)) if up => Some(rendezvous),
+                _ => None,
             },
+            rtt_ms: self.last_rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+            candidates: self.remote_candidates.clone(),
             session_established: up,
             last_handshake_age_s: self
                 .last_handshake

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::identity::AgentId;
 use super::trust_request::{MAX_CLOCK_SKEW, TrustRequest};
@@ -27,14 +27,17 @@ const MAX_TRACKED: usize = 8192;
 pub struct PendingRequest {
     /// The verified request.
     pub request: TrustRequest,
-    /// Where the datagram came from.
+    /// Where the datagram came from (a rendezvous when `via_relay`).
     pub from: SocketAddr,
+    /// Whether it came through a rendezvous (then `from` is not the
+    /// requester's endpoint).
+    pub via_relay: bool,
     /// When it arrived.
     pub received: Instant,
 }
 
 /// A pending request as shown to the operator.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingStatus {
     /// Requester's agent ID.
     pub id: AgentId,
@@ -48,6 +51,8 @@ pub struct PendingStatus {
     pub age_s: f64,
     /// Where it came from.
     pub from: SocketAddr,
+    /// Whether it came through a rendezvous.
+    pub via_relay: bool,
     /// Fleet key that endorsed it, if any.
     pub endorsed_by: Option<AgentId>,
 }
@@ -157,7 +162,7 @@ impl PendingRequests {
 
     /// Queues a verified request, replacing an older one from the same
     /// requester and evicting the oldest when full.
-    pub fn insert(&mut self, now: Instant, request: TrustRequest, from: SocketAddr) {
+    pub fn insert(&mut self, now: Instant, request: TrustRequest, from: SocketAddr, via_relay: bool) {
         self.expire(now);
         self.requests
             .retain(|pending| pending.request.requester != request.requester);
@@ -167,6 +172,7 @@ impl PendingRequests {
         self.requests.push(PendingRequest {
             request,
             from,
+            via_relay,
             received: now,
         });
     }
@@ -175,6 +181,35 @@ impl PendingRequests {
     pub fn expire(&mut self, now: Instant) {
         self.requests
             .retain(|pending| now.saturating_duration_since(pending.received) < PENDING_TTL);
+    }
+
+    /// Puts back a request saved before a restart (it was verified when it
+    /// arrived). Its nonce joins the replay set; the bound and the TTL apply
+    /// as to a new one.
+    pub fn restore(&mut self, now: Instant, pending: PendingRequest) {
+        if now.saturating_duration_since(pending.received) >= PENDING_TTL {
+            return;
+        }
+        if self.nonces.len() < MAX_TRACKED {
+            self.nonces.insert(
+                (pending.request.requester, pending.request.nonce),
+                pending.received,
+            );
+        }
+        self.requests
+            .retain(|queued| queued.request.requester != pending.request.requester);
+        if self.requests.len() >= MAX_PENDING {
+            self.requests.remove(0);
+        }
+        let position = self
+            .requests
+            .partition_point(|queued| queued.received <= pending.received);
+        self.requests.insert(position, pending);
+    }
+
+    /// The waiting requests with all they carry, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &PendingRequest> {
+        self.requests.iter()
     }
 
     /// Removes and returns the request of `requester`.
@@ -200,6 +235,7 @@ impl PendingRequests {
                     .saturating_duration_since(pending.received)
                     .as_secs_f64(),
                 from: pending.from,
+                via_relay: pending.via_relay,
                 endorsed_by: pending
                     .request
                     .endorsement

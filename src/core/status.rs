@@ -33,6 +33,12 @@ pub struct PeerStatus {
     pub endpoint: Option<SocketAddr>,
     /// Current path.
     pub path: PathKind,
+    /// The rendezvous relaying the traffic, when the path is "relay".
+    pub relay: Option<SocketAddr>,
+    /// Round-trip time of the last answered path ping, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Endpoints the peer announced (local and reflexive).
+    pub candidates: Vec<SocketAddr>,
     /// Whether a session with the peer is established.
     pub session_established: bool,
     /// Seconds since the last completed handshake.
@@ -102,6 +108,25 @@ pub struct NodeStatus {
     pub mtu: u16,
     /// Peers, in trust-store order.
     pub peers: Vec<PeerStatus>,
+    /// Registrations with rendezvous servers.
+    pub rendezvous: Vec<RendezvousStatus>,
+    /// Endpoints announced to peers.
+    pub candidates: Vec<SocketAddr>,
     /// Traffic dropped before a peer was identified.
     pub dropped: DropCounters,
+}
+
+/// This agent's registration with one rendezvous server.
+#[derive(Debug, Clone, Serialize)]
+pub struct RendezvousStatus {
+    /// The server's agent ID.
+    pub id: AgentId,
+    /// Its endpoint.
+    pub endpoint: SocketAddr,
+    /// Whether the registration holds.
+    pub registered: bool,
+    /// Our endpoint as the server sees it.
+    pub reflexive: Option<SocketAddr>,
+    /// Seconds since the server last acknowledged us.
+    pub last_registered_age_s: Option<f64>,
 }

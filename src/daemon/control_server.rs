@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::event_loop::{TrustOp, trust_op_of};
 use super::udp::resolve_endpoint;
 use crate::control::{MAX_REQUEST_LEN, Request, Response};
 use crate::core::trust::{TrustEntry, TrustState, validate_name};
@@ -50,6 +51,10 @@ pub(crate) enum Command {
     },
     /// See [`Request::Down`].
     Down,
+    /// See [`Request::ReloadAttachments`].
+    ReloadAttachments,
+    /// The trust-request workflow: see [`TrustOp`].
+    TrustOp(TrustOp),
 }
 
 /// A command and where its answer goes.
@@ -216,6 +221,11 @@ async fn command_of(request: Request) -> Result<Command, String> {
         Request::TrustList => Command::TrustList,
         Request::TrustRemove { peer } => Command::TrustRemove { peer },
         Request::Down => Command::Down,
+        Request::ReloadAttachments => Command::ReloadAttachments,
+        request @ (Request::TrustRequest { .. }
+        | Request::TrustPending
+        | Request::TrustApprove { .. }
+        | Request::TrustDeny { .. }) => Command::TrustOp(trust_op_of(request).await?),
         Request::TrustAdd {
             id,
             name,

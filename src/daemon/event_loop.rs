@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
 use super::control_server::{Command, ControlRequest};
+use super::names::NameService;
+use super::rendezvous_link::{RendezvousLinks, TcpLinkEvent};
 use super::udp::{Underlay, resolve_endpoint};
 use super::{DaemonError, DaemonOptions};
 use crate::control::{DaemonInfo, Response, TrustedPeer};
@@ -20,11 +22,17 @@ use crate::core::node::{Event, Node, PeerConfig};
 use crate::core::trust::{TrustEntry, TrustState, TrustStore};
 use crate::state::AgentConfig;
 
+mod trust_ops;
+
+pub(crate) use self::trust_ops::{TrustOp, trust_op_of};
+
 /// Buffer size for one datagram or packet: the largest IP packet.
 const BUFFER_LEN: usize = 65_536;
 /// How many extra datagrams or packets one wake-up takes before the outputs
 /// are drained (amortizes the loop without starving the other inputs).
 const BATCH: usize = 64;
+/// How often the transports to rendezvous servers are reconsidered.
+const LINK_TICK: Duration = Duration::from_secs(1);
 /// Least time between two warnings about the same kind of send failure.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the local addresses announced to peers are re-read (addresses
@@ -102,6 +110,12 @@ pub(crate) struct Daemon {
     udp_send_warnings: Throttle,
     tun_send_warnings: Throttle,
     udp_recv_warnings: Throttle,
+    /// Trust requests: auto-approval rules, saving the pending ones.
+    trust_flow: trust_ops::TrustFlow,
+    /// `NAME.agent.internal`: the resolver at `PREFIX::53` and host config.
+    names: NameService,
+    /// How each rendezvous is reached (UDP, or TCP where UDP is blocked).
+    links: RendezvousLinks,
 }
 
 impl Daemon {
@@ -113,10 +127,18 @@ impl Daemon {
         tun: AsyncDevice,
         mtu: u16,
         underlay: Underlay,
+        links: RendezvousLinks,
     ) -> Self {
         let network = NetworkId::from_name(&config.network);
         let own_id = node.agent_id();
         let interface = tun.name().unwrap_or_else(|_| options.interface.clone());
+        let names = NameService::start(
+            network,
+            own_id,
+            &interface,
+            options.state.clone(),
+            options.names,
+        );
         Self {
             options,
             config,
@@ -134,6 +156,9 @@ impl Daemon {
             udp_send_warnings: Throttle::default(),
             tun_send_warnings: Throttle::default(),
             udp_recv_warnings: Throttle::default(),
+            trust_flow: trust_ops::TrustFlow::default(),
+            names,
+            links,
         }
     }
 
@@ -142,6 +167,7 @@ impl Daemon {
         &mut self,
         mut requests: mpsc::Receiver<ControlRequest>,
         signals: Signals,
+        mut link_events: mpsc::Receiver<TcpLinkEvent>,
     ) -> Result<(), DaemonError> {
         let Signals {
             mut sigterm,
@@ -150,12 +176,15 @@ impl Daemon {
         } = signals;
         self.refresh_candidates();
         self.reload_trust_store(Instant::now());
+        self.start_trust_flow(Instant::now())?;
         self.flush().await;
         let mut candidate_refresh = tokio::time::interval_at(
             tokio::time::Instant::now() + CANDIDATE_REFRESH,
             CANDIDATE_REFRESH,
         );
         candidate_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut link_tick = tokio::time::interval(LINK_TICK);
+        link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
         tracing::info!(
             id = %self.own_id,
@@ -172,7 +201,8 @@ impl Daemon {
         let mut udp_buf = vec![0u8; BUFFER_LEN];
         let mut tun_buf = vec![0u8; BUFFER_LEN];
         while self.stop.is_none() {
-            let deadline = self.node.poll_timeout();
+            let deadline =
+                trust_ops::earliest(self.node.poll_timeout(), self.trust_flow_deadline());
             let timer = async {
                 match deadline {
                     Some(deadline) => {
@@ -192,11 +222,24 @@ impl Daemon {
                 }
                 Some(request) = requests.recv() => {
                     let response = self.on_command(request.command);
+                    // Names follow the trust store before the client hears back.
+                    self.names.sync(&self.trust);
                     // The client may have gone; its answer is then moot.
                     let _ = request.reply.send(response);
                 }
-                () = timer => self.node.handle_timeout(Instant::now()),
+                () = timer => {
+                    let now = Instant::now();
+                    self.node.handle_timeout(now);
+                    self.on_trust_flow_timer(now);
+                }
                 _ = candidate_refresh.tick() => self.refresh_candidates(),
+                _ = link_tick.tick() => self.links.tick(Instant::now(), &mut self.node),
+                Some(event) = link_events.recv() => {
+                    let now = Instant::now();
+                    if let Some((from, datagram)) = self.links.on_event(now, event, &mut self.node) {
+                        self.node.handle_datagram(now, from, &datagram);
+                    }
+                }
                 _ = sigterm.recv() => self.stop = Some(Stop::Signal("SIGTERM")),
                 _ = sigint.recv() => self.stop = Some(Stop::Signal("SIGINT")),
                 _ = sighup.recv() => {
@@ -206,6 +249,8 @@ impl Daemon {
             }
             self.flush().await;
         }
+        self.save_pending_if_changed();
+        self.names.shutdown();
         match self.stop {
             Some(Stop::Signal(name)) => tracing::info!(signal = name, "shutting down"),
             _ => tracing::info!("shutting down on request"),
@@ -227,7 +272,7 @@ impl Daemon {
 
     fn on_datagram(&mut self, received: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
         match received {
-            Ok((len, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..len]),
+            Ok((len, from)) => self.on_udp_datagram(from, &buf[..len]),
             Err(error) => {
                 if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {
                     tracing::warn!(%error, suppressed, "UDP receive failed");
@@ -239,17 +284,23 @@ impl Daemon {
     fn drain_underlay(&mut self, buf: &mut [u8]) {
         for _ in 0..BATCH {
             match self.underlay.try_recv_from(buf) {
-                Ok((len, from)) => self.node.handle_datagram(Instant::now(), from, &buf[..len]),
+                Ok((len, from)) => self.on_udp_datagram(from, &buf[..len]),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => self.on_datagram(Err(error), buf),
             }
         }
     }
 
+    fn on_udp_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let now = Instant::now();
+        self.links.on_udp_datagram(now, from, &mut self.node);
+        self.node.handle_datagram(now, from, datagram);
+    }
+
     fn on_tun_read(&mut self, read: io::Result<usize>, buf: &[u8]) -> Result<(), DaemonError> {
         match read {
             Ok(len) => {
-                self.node.handle_tun_packet(Instant::now(), &buf[..len]);
+                self.on_tun_packet(&buf[..len]);
                 Ok(())
             }
             Err(error) if is_transient(&error) => Ok(()),
@@ -260,10 +311,17 @@ impl Daemon {
         }
     }
 
+    /// A packet from the TUN: the resolver's (`PREFIX::53`) or the node's.
+    fn on_tun_packet(&mut self, packet: &[u8]) {
+        if !self.names.handle_tun_packet(packet) {
+            self.node.handle_tun_packet(Instant::now(), packet);
+        }
+    }
+
     fn drain_tun(&mut self, buf: &mut [u8]) -> Result<(), DaemonError> {
         for _ in 0..BATCH {
             match self.tun.try_recv(buf) {
-                Ok(len) => self.node.handle_tun_packet(Instant::now(), &buf[..len]),
+                Ok(len) => self.on_tun_packet(&buf[..len]),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => return self.on_tun_read(Err(error), buf),
             }
@@ -271,9 +329,22 @@ impl Daemon {
         Ok(())
     }
 
-    /// Drains the node's outputs: datagrams, TUN packets, events.
+    /// Drains the node's outputs: events first (acting on one, such as an
+    /// auto-approval, may queue datagrams), then datagrams and TUN packets.
     async fn flush(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            self.on_trust_event(Instant::now(), &event);
+            self.log_event(event);
+        }
         while let Some(transmit) = self.node.poll_transmit() {
+            let (tcp, also_udp) = self.links.route(transmit.destination);
+            if let Some(tcp) = tcp {
+                // A full queue drops the datagram, as a full socket would.
+                let _ = tcp.try_send(transmit.payload.clone());
+                if !also_udp {
+                    continue;
+                }
+            }
             if let Err(error) = self
                 .underlay
                 .send_to(&transmit.payload, transmit.destination)
@@ -283,6 +354,7 @@ impl Daemon {
                 tracing::warn!(%error, destination = %transmit.destination, suppressed, "UDP send failed");
             }
         }
+        self.links.probes_sent();
         while let Some(packet) = self.node.poll_tun_packet() {
             if let Err(error) = self.tun.send(&packet).await
                 && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
@@ -290,8 +362,14 @@ impl Daemon {
                 tracing::warn!(%error, suppressed, "TUN write failed");
             }
         }
-        while let Some(event) = self.node.poll_event() {
-            self.log_event(event);
+        // Events may have changed the trust store; then the resolver's replies.
+        self.names.sync(&self.trust);
+        while let Some(packet) = self.names.poll_tun_packet() {
+            if let Err(error) = self.tun.send(&packet).await
+                && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
+            {
+                tracing::warn!(%error, suppressed, "TUN write failed");
+            }
         }
     }
 
@@ -308,12 +386,17 @@ impl Daemon {
                 tracing::info!(peer = %self.peer_name(&id), %id, "session closed");
             }
             Event::TrustRequested { id, auto_approve } => {
-                // Approval (by the operator or the auto-approval rules) is not
-                // wired into the shell yet; the request waits in the core.
+                // Acted on (saved, auto-approved) by `on_trust_event`.
                 tracing::info!(%id, auto_approve, "trust request received");
             }
             Event::EndpointChanged { id, endpoint } => {
                 tracing::info!(peer = %self.peer_name(&id), %id, %endpoint, "endpoint changed");
+            }
+            Event::PathChanged { id, path } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, ?path, "path changed");
+            }
+            Event::RendezvousRegistered { id, reflexive } => {
+                tracing::info!(rendezvous = %id, %reflexive, "registered with rendezvous");
             }
         }
     }
@@ -335,6 +418,11 @@ impl Daemon {
             },
             Command::TrustAdd { entry, endpoint } => self.trust_add(now, entry, endpoint),
             Command::TrustRemove { peer } => self.trust_remove(&peer),
+            Command::TrustOp(op) => self.trust_op(now, op),
+            Command::ReloadAttachments => match self.names.reload_attachments() {
+                Ok(attachments) => Response::AttachmentsReloaded { attachments },
+                Err(error) => Response::Error(error),
+            },
             Command::Down => {
                 self.stop = Some(Stop::Down);
                 Response::Stopping {
@@ -379,6 +467,15 @@ impl Daemon {
         ];
         for (key, value) in extra {
             map.insert(key.to_string(), value);
+        }
+        if let Some(serde_json::Value::Array(links)) = map.get_mut("rendezvous") {
+            for link in links.iter_mut() {
+                let endpoint = link.get("endpoint").and_then(|e| e.as_str()).and_then(|e| e.parse().ok());
+                if let (Some(endpoint), serde_json::Value::Object(fields)) = (endpoint, link) {
+                    let transport = self.links.transport_of(endpoint).unwrap_or("udp");
+                    fields.insert("transport".to_string(), serde_json::json!(transport));
+                }
+            }
         }
         Response::Status(serde_json::Value::Object(map))
     }
@@ -431,8 +528,10 @@ impl Daemon {
         }
     }
 
-    /// Hands one trust entry to the node. Requested-only entries are not
-    /// peers yet; `connect` starts a handshake if there is an endpoint.
+    /// Hands one trust entry to the node. A "requested" entry is a peer too:
+    /// this agent trusts the agent it asked, so that agent's handshake after
+    /// its approval is accepted. `connect` starts a handshake if there is an
+    /// endpoint.
     fn apply_entry(
         &mut self,
         now: Instant,
@@ -440,10 +539,6 @@ impl Daemon {
         endpoint: Option<SocketAddr>,
         connect: bool,
     ) {
-        if entry.state != TrustState::Trusted {
-            self.node.remove_peer(&entry.id);
-            return;
-        }
         self.node.upsert_peer(
             now,
             PeerConfig {
@@ -487,7 +582,9 @@ impl Daemon {
                     })
                     .ok()
             });
-            self.apply_entry(now, entry, endpoint, true);
+            // An agent we asked waits for its operator: it connects to us.
+            let connect = entry.state == TrustState::Trusted;
+            self.apply_entry(now, entry, endpoint, connect);
         }
         self.trust = store;
     }

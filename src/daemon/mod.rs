@@ -9,7 +9,11 @@
 //! PID file, and the TUN interface (it goes when its descriptor closes).
 
 mod control_server;
+pub mod dns;
 mod event_loop;
+mod names;
+pub mod rendezvous_link;
+pub mod resolver_config;
 mod sys;
 pub mod tun;
 pub mod udp;
@@ -46,6 +50,12 @@ pub struct DaemonOptions {
     pub port: u16,
     /// The tunnel MTU; `None` derives it from the underlay.
     pub mtu: Option<u16>,
+    /// How the host's resolver learns `NAME.agent.internal`.
+    pub names: resolver_config::HostResolverMode,
+    /// Rendezvous servers to register with (besides the config file's).
+    pub rendezvous: Vec<rendezvous_link::RendezvousSpec>,
+    /// How often registrations are refreshed (default 25 s).
+    pub register_interval: Option<std::time::Duration>,
 }
 
 /// Errors that stop the daemon.
@@ -80,6 +90,9 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// A rendezvous entry in the config file is malformed.
+    #[error("bad rendezvous in config.toml: {0}")]
+    BadRendezvous(String),
     /// The MTU asked for is below the IPv6 minimum.
     #[error("bad MTU {0}: the tunnel MTU must be at least 1280 (the IPv6 minimum)")]
     BadMtu(u16),
@@ -147,7 +160,15 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
                 name: config.name.clone(),
                 tunnel_mtu: mtu,
             };
-            let node = Node::new(node_config, *seed, Instant::now(), unix_now);
+            let mut node = Node::new(node_config, *seed, Instant::now(), unix_now);
+            let rendezvous = resolve_rendezvous(&options, &config)?;
+            if let Some(interval) = options.register_interval {
+                node.set_register_interval(interval);
+            }
+            for (id, endpoint) in &rendezvous {
+                node.add_rendezvous(Instant::now(), *id, *endpoint);
+            }
+            let (links, link_events) = rendezvous_link::RendezvousLinks::new(Instant::now(), &rendezvous);
             // Last: once the socket answers, the interface is ready.
             let (server, requests) = ControlServer::bind(&options.socket).map_err(|source| {
                 DaemonError::ControlSocket {
@@ -155,8 +176,8 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
                     source,
                 }
             })?;
-            let mut daemon = Daemon::new(options.clone(), config, node, device, mtu, underlay);
-            let outcome = daemon.run(requests, signals).await;
+            let mut daemon = Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
+            let outcome = daemon.run(requests, signals, link_events).await;
             server.shutdown().await;
             // Closing the TUN descriptor removes the interface.
             drop(daemon);
@@ -169,6 +190,27 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         tracing::info!("agentnet stopped");
     }
     result
+}
+
+/// The rendezvous servers of `--rendezvous` and the config file, resolved.
+fn resolve_rendezvous(
+    options: &DaemonOptions,
+    config: &crate::state::AgentConfig,
+) -> Result<Vec<(crate::core::identity::AgentId, std::net::SocketAddr)>, DaemonError> {
+    let mut specs = options.rendezvous.clone();
+    for text in &config.rendezvous {
+        let spec: rendezvous_link::RendezvousSpec =
+            text.parse().map_err(DaemonError::BadRendezvous)?;
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
+    }
+    let mut resolved = Vec::new();
+    for spec in specs {
+        let endpoint = udp::resolve_endpoint(&spec.endpoint)?;
+        resolved.push((spec.id, endpoint));
+    }
+    Ok(resolved)
 }
 
 fn refuse_if_socket_answers(options: &DaemonOptions) -> Result<(), DaemonError> {

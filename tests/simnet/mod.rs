@@ -5,14 +5,15 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodePrefix};
 use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::node::{Event, Node, NodeConfig, PeerConfig, Transmit};
 use agentnet::core::policy::Policy;
+use agentnet::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -43,6 +44,70 @@ impl Default for LinkConfig {
     }
 }
 
+/// How a simulated NAT maps and filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping (port-preserving), address-and-port
+    /// dependent filtering: Linux `masquerade`.
+    Easy,
+    /// Endpoint-dependent mapping (a random port per destination),
+    /// address-and-port dependent filtering: `masquerade random`.
+    Hard,
+}
+
+struct NatMapping {
+    private: SocketAddr,
+    /// Remote endpoints the mapping has sent to (the filter).
+    remotes: HashSet<SocketAddr>,
+}
+
+/// A NAT router with one public address.
+pub struct SimNat {
+    pub public_ip: IpAddr,
+    pub kind: NatKind,
+    /// Drops every outbound UDP datagram.
+    pub udp_blocked: bool,
+    by_flow: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
+    by_port: HashMap<u16, NatMapping>,
+}
+
+impl SimNat {
+    fn map_outbound(&mut self, rng: &mut ChaCha20Rng, private: SocketAddr, remote: SocketAddr) -> SocketAddr {
+        let key = match self.kind {
+            NatKind::Easy => (private, None),
+            NatKind::Hard => (private, Some(remote)),
+        };
+        let port = match self.by_flow.get(&key) {
+            Some(port) => *port,
+            None => {
+                let mut port = if self.kind == NatKind::Easy { private.port() } else { rng.gen_range(1024..=65535) };
+                while self.by_port.contains_key(&port) {
+                    port = rng.gen_range(1024..=65535);
+                }
+                self.by_flow.insert(key, port);
+                self.by_port.insert(port, NatMapping { private, remotes: HashSet::new() });
+                port
+            }
+        };
+        if let Some(mapping) = self.by_port.get_mut(&port) {
+            mapping.remotes.insert(remote);
+        }
+        SocketAddr::new(self.public_ip, port)
+    }
+
+    fn map_inbound(&self, port: u16, remote: SocketAddr) -> Option<SocketAddr> {
+        let mapping = self.by_port.get(&port)?;
+        mapping.remotes.contains(&remote).then_some(mapping.private)
+    }
+}
+
+/// A simulated rendezvous server (public address, no NAT).
+pub struct SimRendezvous {
+    pub server: RendezvousServer,
+    pub address: SocketAddr,
+    pub up: bool,
+}
+
 /// One simulated host.
 pub struct SimHost {
     pub node: Node,
@@ -54,6 +119,8 @@ pub struct SimHost {
     pub events: Vec<Event>,
     /// Datagrams the host received from the network (for "no reply" checks).
     pub received_from: Vec<SocketAddr>,
+    /// The NAT the host sits behind, if any.
+    pub nat: Option<usize>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -76,6 +143,10 @@ pub struct SimNet {
     sequence: u64,
     /// Every datagram put on the wire: (from, to, bytes).
     pub wire_log: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    pub nats: Vec<SimNat>,
+    pub rendezvous: Vec<SimRendezvous>,
+    /// Pairs of public IPs that cannot reach each other (a cut path).
+    pub cuts: HashSet<(IpAddr, IpAddr)>,
 }
 
 pub const TUNNEL_MTU: u16 = 1408;
@@ -92,7 +163,78 @@ impl SimNet {
             in_flight: BinaryHeap::new(),
             sequence: 0,
             wire_log: Vec::new(),
+            nats: Vec::new(),
+            rendezvous: Vec::new(),
+            cuts: HashSet::new(),
         }
+    }
+
+    /// Adds a NAT router with public address 10.0.1.N.
+    pub fn add_nat(&mut self, kind: NatKind) -> usize {
+        let index = self.nats.len();
+        self.nats.push(SimNat {
+            public_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)),
+            kind,
+            udp_blocked: false,
+            by_flow: HashMap::new(),
+            by_port: HashMap::new(),
+        });
+        index
+    }
+
+    /// Adds a host behind `nat`, at `192.168.<nat>.<n>:7400`.
+    pub fn add_host_behind(&mut self, key_seed: u8, nat: usize) -> usize {
+        let index = self.add_host(key_seed);
+        let behind = self.hosts.iter().filter(|host| host.nat == Some(nat)).count();
+        self.hosts[index].address = format!("192.168.{}.{}:7400", nat + 1, behind + 2).parse().expect("addr");
+        self.hosts[index].nat = Some(nat);
+        index
+    }
+
+    /// Adds a rendezvous server at `10.0.2.N:7400`.
+    pub fn add_rendezvous(&mut self, key_seed: u8) -> usize {
+        let identity = Identity::from_secret_bytes(&[key_seed; 32]).expect("32 bytes");
+        let index = self.rendezvous.len();
+        let mut seed = [0u8; 32];
+        self.rng.fill(&mut seed);
+        let server = RendezvousServer::new(RendezvousConfig::new(identity, self.network), seed, self.now);
+        let address = format!("10.0.2.{}:7400", index + 1).parse().expect("addr");
+        self.rendezvous.push(SimRendezvous { server, address, up: true });
+        index
+    }
+
+    /// Points `host` at every rendezvous server.
+    pub fn use_rendezvous(&mut self, host: usize) {
+        let now = self.now;
+        for index in 0..self.rendezvous.len() {
+            let (id, address) = (self.rendezvous[index].server.agent_id(), self.rendezvous[index].address);
+            self.hosts[host].node.add_rendezvous(now, id, address);
+        }
+    }
+
+    /// Cuts (or heals) the path between two NATs' public addresses.
+    pub fn set_cut(&mut self, nat_a: usize, nat_b: usize, cut: bool) {
+        let (a, b) = (self.nats[nat_a].public_ip, self.nats[nat_b].public_ip);
+        if cut {
+            self.cuts.insert((a, b));
+            self.cuts.insert((b, a));
+        } else {
+            self.cuts.remove(&(a, b));
+            self.cuts.remove(&(b, a));
+        }
+    }
+
+    /// The path a host reports for a peer ("direct", "relay" or "none").
+    pub fn path(&self, host: usize, peer: usize) -> String {
+        let id = self.id(peer);
+        self.hosts[host]
+            .node
+            .status(self.now)
+            .peers
+            .iter()
+            .find(|status| status.id == id)
+            .map(|status| format!("{:?}", status.path).to_lowercase())
+            .unwrap_or_else(|| "none".into())
     }
 
     /// Adds a host with a key derived from `key_seed`, at `10.0.0.N:7400`.
@@ -120,6 +262,7 @@ impl SimNet {
             tun: Vec::new(),
             events: Vec::new(),
             received_from: Vec::new(),
+            nat: None,
         });
         index
     }
@@ -155,8 +298,26 @@ impl SimNet {
         self.schedule(from, to, payload);
     }
 
+    fn nat_of_address(&self, address: SocketAddr) -> Option<usize> {
+        self.hosts.iter().find(|host| host.address == address).and_then(|host| host.nat)
+    }
+
     fn schedule(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
         self.wire_log.push((from, to, payload.clone()));
+        // Outbound NAT: unless both ends sit behind the same NAT, the source
+        // is translated to the NAT's public address.
+        let from = match self.nat_of_address(from) {
+            Some(nat) if self.nat_of_address(to) != Some(nat) => {
+                if self.nats[nat].udp_blocked {
+                    return;
+                }
+                self.nats[nat].map_outbound(&mut self.rng, from, to)
+            }
+            _ => from,
+        };
+        if self.cuts.contains(&(from.ip(), to.ip())) {
+            return;
+        }
         if self.rng.gen_bool(self.link.loss) {
             return;
         }
@@ -201,6 +362,21 @@ impl SimNet {
                 self.schedule(from, transmit.destination, transmit.payload);
             }
         }
+        for index in 0..self.rendezvous.len() {
+            let from = self.rendezvous[index].address;
+            let mut out = Vec::new();
+            while let Some(transmit) = self.rendezvous[index].server.poll_transmit() {
+                out.push(transmit);
+            }
+            if !self.rendezvous[index].up {
+                continue;
+            }
+            for (to, payload) in out {
+                if let ClientAddr::Udp(address) = to {
+                    self.schedule(from, address, payload);
+                }
+            }
+        }
     }
 
     /// Feeds a packet into a host's TUN side.
@@ -208,6 +384,28 @@ impl SimNet {
         let now = self.now;
         self.hosts[host].node.handle_tun_packet(now, packet);
         self.drain_outputs();
+    }
+
+    fn deliver(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+        // Inbound NAT: a datagram to a NAT's public address reaches the host
+        // behind it only through a mapping that sent to this source.
+        let to = match self.nats.iter().find(|nat| nat.public_ip == to.ip()) {
+            Some(nat) => match nat.map_inbound(to.port(), from) {
+                Some(private) => private,
+                None => return,
+            },
+            None => to,
+        };
+        if let Some(rendezvous) = self.rendezvous.iter_mut().find(|r| r.address == to) {
+            if rendezvous.up {
+                rendezvous.server.handle_datagram(now, ClientAddr::Udp(from), payload);
+            }
+            return;
+        }
+        if let Some(host) = self.hosts.iter_mut().find(|host| host.address == to) {
+            host.received_from.push(from);
+            host.node.handle_datagram(now, from, payload);
+        }
     }
 
     /// Runs the simulation until `until` (virtual time).
@@ -219,6 +417,7 @@ impl SimNet {
                 .hosts
                 .iter()
                 .filter_map(|host| host.node.poll_timeout())
+                .chain(self.rendezvous.iter().map(|r| r.server.poll_timeout()))
                 .min();
             let next = [next_delivery, next_timer].into_iter().flatten().min();
             let Some(next) = next.filter(|next| *next <= until) else {
@@ -235,22 +434,21 @@ impl SimNet {
                 let Some(Reverse(flight)) = self.in_flight.pop() else {
                     break;
                 };
-                if let Some(host) = self.hosts.iter_mut().find(|host| host.address == flight.to) {
-                    host.received_from.push(flight.from);
-                    host.node.handle_datagram(now, flight.from, &flight.payload);
-                }
+                self.deliver(now, flight.from, flight.to, &flight.payload);
             }
             for host in &mut self.hosts {
-                if host
-                    .node
-                    .poll_timeout()
-                    .is_some_and(|deadline| deadline <= now)
-                {
+                if host.node.poll_timeout().is_some_and(|deadline| deadline <= now) {
                     host.node.handle_timeout(now);
+                }
+            }
+            for rendezvous in &mut self.rendezvous {
+                if rendezvous.server.poll_timeout() <= now {
+                    rendezvous.server.handle_timeout(now);
                 }
             }
         }
     }
+
 
     /// Runs for a duration.
     pub fn run_for(&mut self, duration: Duration) {

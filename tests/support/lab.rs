@@ -344,6 +344,9 @@ impl Drop for Lab {
                 terminate_pid(pid, STOP_GRACE);
             }
             let _ = ip(&["netns", "del", ns]);
+            // What an agent or attachment left for `ip netns exec` (its
+            // hosts file), should a daemon have died before removing it.
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
     }
 }

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod capture;
 pub mod lab;
 pub mod pcap;
 pub mod watch;

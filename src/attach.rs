@@ -1,0 +1,614 @@
+//! `agentnet attach`: a network namespace (a container) gets a veth pair to
+//! the daemon's namespace, an address from this node's prefix (DESIGN.md
+//! §1: `::2` … `::fffe`), and a route for the overlay `/48` through the host.
+//!
+//! The plumbing, for attachment address `A` in network `N/48`:
+//!
+//! ```text
+//! daemon's namespace                      attached namespace
+//!   HOST (veth) fe80::1/64  <---------->  IFACE (veth) A/128
+//!   route A/128 dev HOST                  route N/48 via fe80::1 dev IFACE
+//!   net.ipv6.conf.all.forwarding=1
+//!   N/48 dev agentnet0 (the TUN, from `up`)
+//! ```
+//!
+//! The host forwards between the veth and the TUN; no proxy NDP is needed
+//! because the host routes `A/128` onto the veth and the attached side
+//! routes the overlay to the host's fixed link-local address. A packet
+//! from `A` leaves through the TUN, and a peer accepts it as this node's
+//! (its source lies in our node prefix) under that peer's policy for us.
+//!
+//! The commands are run with iproute2 (`ip`), the way `wg-quick` does; the
+//! attached side's ones from a thread that entered the target namespace
+//! (`setns`), so a namespace known only by a PID (a container) works too.
+//! What is attached is recorded in `STATE_DIR/attachments.json`, which the
+//! daemon reads to keep names in the attached namespaces up to date.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::Ipv6Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sched::{CloneFlags, setns};
+use serde::{Deserialize, Serialize};
+
+use crate::core::address::{NETWORK_PREFIX_LEN, NetworkId, NodePrefix};
+use crate::netns::{self, NetnsId};
+use crate::state::{StateDir, StateError, atomic_write};
+
+/// The record of attachments in the state directory.
+pub const ATTACHMENTS_FILE: &str = "attachments.json";
+/// Serializes `attach` and `detach` (and the daemon's reads).
+const ATTACHMENTS_LOCK: &str = "attachments.lock";
+/// Default name of the interface inside the attached namespace.
+pub const DEFAULT_INTERFACE: &str = "agentnet0";
+/// The host side's link-local address: the attached side's next hop.
+pub const HOST_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Lowest interface ID an attachment may use (`::1` is the agent).
+pub const FIRST_ATTACHMENT_ID: u16 = 2;
+/// Highest interface ID an attachment may use.
+pub const LAST_ATTACHMENT_ID: u16 = 0xfffe;
+/// The IPv6 forwarding switch of the daemon's namespace.
+const FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Errors attaching or detaching a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The state directory could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The target namespace cannot be opened.
+    #[error("cannot open the network namespace of {target}: {source}")]
+    NoSuchNamespace {
+        /// The target as given.
+        target: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The target is the daemon's own namespace.
+    #[error("{0} is the daemon's own network namespace: nothing to attach")]
+    OwnNamespace(String),
+    /// The target is attached already.
+    #[error("{target} is attached already, as {address}; `agentnet detach` it first")]
+    AlreadyAttached {
+        /// The target as given.
+        target: String,
+        /// Its address.
+        address: Ipv6Addr,
+    },
+    /// The address asked for is not one an attachment can have.
+    #[error(
+        "bad attachment address `{0}`: give `::N` with N from 2 to fffe, or a full address in this node's prefix"
+    )]
+    BadAddress(String),
+    /// Another attachment has the address.
+    #[error("{address} is attached already (to {target})")]
+    AddressTaken {
+        /// The address.
+        address: Ipv6Addr,
+        /// Who has it.
+        target: String,
+    },
+    /// Every address of the node prefix is in use.
+    #[error("no free address is left in this node's prefix")]
+    NoFreeAddress,
+    /// Nothing matches what `detach` was given.
+    #[error("nothing is attached as {0}")]
+    NotAttached(String),
+    /// An `ip` command failed.
+    #[error("`{command}` failed: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it said, or why it did not run.
+        message: String,
+    },
+    /// Another system call failed.
+    #[error("cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The namespace to attach: by `ip netns` name or by the PID of a process in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachTarget {
+    /// A named namespace (`/run/netns/NAME`).
+    Netns(String),
+    /// The namespace of a process (a container's, by its PID).
+    Pid(u32),
+}
+
+impl AttachTarget {
+    /// The nsfs file of the namespace.
+    pub fn netns_path(&self) -> io::Result<PathBuf> {
+        match self {
+            Self::Netns(name) => netns::named_netns_path(name),
+            Self::Pid(pid) => Ok(netns::pid_netns_path(*pid)),
+        }
+    }
+
+    /// The identity of the namespace.
+    pub fn netns_id(&self) -> Result<NetnsId, AttachError> {
+        self.netns_path()
+            .and_then(|path| NetnsId::of_path(&path))
+            .map_err(|source| AttachError::NoSuchNamespace {
+                target: self.to_string(),
+                source,
+            })
+    }
+
+    /// How `ip link ... netns X` names it.
+    fn ip_netns_arg(&self) -> String {
+        match self {
+            Self::Netns(name) => name.clone(),
+            Self::Pid(pid) => pid.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for AttachTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Netns(name) => write!(f, "netns {name}"),
+            Self::Pid(pid) => write!(f, "pid {pid}"),
+        }
+    }
+}
+
+/// One attached namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// How it was named.
+    pub target: AttachTarget,
+    /// The namespace's identity when it was attached (a PID can be reused;
+    /// the namespace inode tells whether it is still the same one).
+    pub netns: NetnsId,
+    /// Its address in this node's prefix.
+    pub address: Ipv6Addr,
+    /// The veth end in the daemon's namespace.
+    pub host_interface: String,
+    /// The veth end inside the attached namespace.
+    pub interface: String,
+}
+
+impl Attachment {
+    /// Whether the attached namespace is still the one recorded.
+    pub fn namespace_is_current(&self) -> bool {
+        self.target.netns_id().is_ok_and(|id| id == self.netns)
+    }
+}
+
+/// Where the daemon publishes the names of one attached namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentNames {
+    /// The attached namespace.
+    pub target: AttachTarget,
+    /// Its address.
+    pub address: Ipv6Addr,
+    /// The hosts file that lists the trusted names for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
+    /// Why it has no hosts file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What `attachments.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachments {
+    /// The attached namespaces, in the order they were attached.
+    #[serde(default)]
+    pub attached: Vec<Attachment>,
+    /// Whether `attach` turned IPv6 forwarding on (so the last `detach`
+    /// turns it off again).
+    #[serde(default)]
+    pub enabled_forwarding: bool,
+}
+
+impl Attachments {
+    /// The record in `state`, empty if there is none.
+    pub fn load(state: &StateDir) -> Result<Self, StateError> {
+        let path = state.root().join(ATTACHMENTS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Io {
+                action: "parse",
+                path,
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(StateError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Runs `edit` on the record under an exclusive lock and saves the
+    /// result (also when `edit` fails: what it already did to the system
+    /// must stay recorded).
+    pub fn edit<T>(
+        state: &StateDir,
+        edit: impl FnOnce(&mut Self) -> Result<T, AttachError>,
+    ) -> Result<T, AttachError> {
+        state.create()?;
+        let lock_path = state.root().join(ATTACHMENTS_LOCK);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| StateError::Io {
+                action: "open",
+                path: lock_path.clone(),
+                source,
+            })?;
+        let _lock = lock(lock_file).map_err(|source| StateError::Io {
+            action: "lock",
+            path: lock_path.clone(),
+            source,
+        })?;
+        let mut record = Self::load(state)?;
+        let before = record.clone();
+        let result = edit(&mut record);
+        if record != before {
+            let mut text = serde_json::to_vec_pretty(&record).map_err(|e| StateError::Io {
+                action: "encode",
+                path: state.root().join(ATTACHMENTS_FILE),
+                source: io::Error::other(e),
+            })?;
+            text.push(b'\n');
+            atomic_write(&state.root().join(ATTACHMENTS_FILE), &text, 0o600)?;
+        }
+        result
+    }
+
+    /// The attachment of the namespace `id`, if any.
+    pub fn find_netns(&self, id: NetnsId) -> Option<&Attachment> {
+        self.attached.iter().find(|a| a.netns == id)
+    }
+
+    /// The lowest free interface ID.
+    pub fn free_address(&self, prefix: NodePrefix) -> Result<Ipv6Addr, AttachError> {
+        (FIRST_ATTACHMENT_ID..=LAST_ATTACHMENT_ID)
+            .map(|id| prefix.address(id))
+            .find(|address| self.attached.iter().all(|a| a.address != *address))
+            .ok_or(AttachError::NoFreeAddress)
+    }
+}
+
+fn lock(file: File) -> io::Result<Flock<File>> {
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(locked) => return Ok(locked),
+            Err((returned, nix::errno::Errno::EINTR)) => file = returned,
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Parses `--address`: `::N` (N from 2 to fffe) or a full address inside
+/// `prefix` with such an interface ID.
+pub fn parse_address(text: &str, prefix: NodePrefix) -> Result<Ipv6Addr, AttachError> {
+    let bad = || AttachError::BadAddress(text.to_string());
+    let address: Ipv6Addr = text.trim().parse().map_err(|_| bad())?;
+    let segments = address.segments();
+    let id = segments[7];
+    let is_suffix = segments[..7].iter().all(|s| *s == 0);
+    if !(is_suffix || prefix.contains(&address))
+        || !(FIRST_ATTACHMENT_ID..=LAST_ATTACHMENT_ID).contains(&id)
+    {
+        return Err(bad());
+    }
+    Ok(prefix.address(id))
+}
+
+/// The host-side veth name for an attachment: `an` + the first 32 bits of
+/// the node ID + `-` + the interface ID, so that agents of several
+/// networks in one namespace never pick the same name (at most 15 bytes).
+pub fn host_interface_name(address: Ipv6Addr) -> String {
+    let s = address.segments();
+    format!("an{:04x}{:04x}-{:x}", s[3], s[4], s[7])
+}
+
+/// What [`attach`] needs.
+#[derive(Debug, Clone)]
+pub struct AttachPlan {
+    /// The namespace.
+    pub target: AttachTarget,
+    /// Its identity, checked by the caller.
+    pub netns: NetnsId,
+    /// The address to give it.
+    pub address: Ipv6Addr,
+    /// The overlay network (its `/48` is routed through the host).
+    pub network: NetworkId,
+    /// The interface name inside the namespace.
+    pub interface: String,
+    /// MTU of the veth pair: the tunnel MTU.
+    pub mtu: u16,
+}
+
+/// Builds the veth pair, addresses and routes of `plan` (see the module
+/// docs) and turns on IPv6 forwarding. Returns the attachment and whether
+/// forwarding was off before. On failure nothing stays behind.
+pub fn attach(plan: &AttachPlan) -> Result<(Attachment, bool), AttachError> {
+    let host = host_interface_name(plan.address);
+    let mtu = plan.mtu.to_string();
+    let target = plan.target.ip_netns_arg();
+    ip(&[
+        "link",
+        "add",
+        &host,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &plan.interface,
+        "mtu",
+        &mtu,
+        "netns",
+        &target,
+    ])?;
+    let attachment = Attachment {
+        target: plan.target.clone(),
+        netns: plan.netns,
+        address: plan.address,
+        host_interface: host.clone(),
+        interface: plan.interface.clone(),
+    };
+    match configure(plan, &attachment) {
+        Ok(enabled_forwarding) => Ok((attachment, enabled_forwarding)),
+        Err(error) => {
+            // Deleting one end deletes the pair, and the routes with it.
+            if let Err(cleanup) = ip(&["link", "del", &host]) {
+                tracing::warn!(%cleanup, "cannot remove the half-built attachment");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn configure(plan: &AttachPlan, attachment: &Attachment) -> Result<bool, AttachError> {
+    let host = attachment.host_interface.as_str();
+    let address = format!("{}/128", plan.address);
+    let link_local = format!("{HOST_LINK_LOCAL}/64");
+    // Host side: a fixed next hop for the namespace, and the route to it.
+    set_sysctl(&format!("/proc/sys/net/ipv6/conf/{host}/accept_ra"), "0");
+    ip(&["-6", "addr", "add", &link_local, "dev", host, "nodad"])?;
+    ip(&["link", "set", host, "up"])?;
+    ip(&["-6", "route", "replace", &address, "dev", host])?;
+    let enabled_forwarding = enable_forwarding()?;
+
+    // Inside: the address, and the overlay through the host.
+    let network = format!("{}/{NETWORK_PREFIX_LEN}", plan.network.prefix());
+    let gateway = HOST_LINK_LOCAL.to_string();
+    let inside = plan.interface.as_str();
+    let path = plan
+        .target
+        .netns_path()
+        .map_err(|source| AttachError::NoSuchNamespace {
+            target: plan.target.to_string(),
+            source,
+        })?;
+    in_netns(&path, plan.netns, || {
+        // Docker turns IPv6 off in containers on IPv4-only networks; this
+        // thread's /proc/sys/net is the target's.
+        set_sysctl(
+            &format!("/proc/sys/net/ipv6/conf/{inside}/disable_ipv6"),
+            "0",
+        );
+        ip(&["link", "set", "lo", "up"])?;
+        ip(&["-6", "addr", "add", &address, "dev", inside, "nodad"])?;
+        ip(&["link", "set", inside, "up"])?;
+        ip(&[
+            "-6", "route", "replace", &network, "via", &gateway, "dev", inside, "onlink",
+        ])
+        .map(drop)
+    })?;
+    Ok(enabled_forwarding)
+}
+
+/// Removes an attachment's veth pair (and so its addresses and routes).
+/// A pair that is gone already (its namespace was deleted) is no error.
+pub fn detach(attachment: &Attachment) -> Result<(), AttachError> {
+    if !link_exists(&attachment.host_interface) {
+        return Ok(());
+    }
+    ip(&["link", "del", &attachment.host_interface]).map(drop)
+}
+
+/// Whether a link exists in this namespace.
+pub fn link_exists(name: &str) -> bool {
+    // Not /sys/class/net: sysfs shows the namespace it was mounted in.
+    ip(&["link", "show", "dev", name]).is_ok()
+}
+
+/// Turns IPv6 forwarding on; returns whether it was off.
+fn enable_forwarding() -> Result<bool, AttachError> {
+    let current = std::fs::read_to_string(FORWARDING_SYSCTL).map_err(|source| AttachError::Io {
+        action: format!("read {FORWARDING_SYSCTL}"),
+        source,
+    })?;
+    if current.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(FORWARDING_SYSCTL, "1").map_err(|source| AttachError::Io {
+        action: format!("enable IPv6 forwarding ({FORWARDING_SYSCTL})"),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Turns IPv6 forwarding off again (after the last attachment that needed it).
+pub fn restore_forwarding() -> Result<(), AttachError> {
+    std::fs::write(FORWARDING_SYSCTL, "0").map_err(|source| AttachError::Io {
+        action: format!("disable IPv6 forwarding ({FORWARDING_SYSCTL})"),
+        source,
+    })
+}
+
+fn set_sysctl(path: &str, value: &str) {
+    if let Err(error) = std::fs::write(path, value) {
+        tracing::debug!(%error, path, "cannot set sysctl");
+    }
+}
+
+/// Runs `work` on a thread that entered the network namespace at `path`
+/// (checked to still be `expected`); processes it starts live there too.
+fn in_netns<T: Send>(
+    path: &Path,
+    expected: NetnsId,
+    work: impl FnOnce() -> Result<T, AttachError> + Send,
+) -> Result<T, AttachError> {
+    let io_error = |action: &str, source: io::Error| AttachError::Io {
+        action: format!("{action} {}", path.display()),
+        source,
+    };
+    let file = File::open(path).map_err(|e| io_error("open", e))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // Only this thread changes namespace; it ends with `work`.
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| io_error("enter", io::Error::from(e)))?;
+                if NetnsId::current().map_err(|e| io_error("identify", e))? != expected {
+                    return Err(io_error(
+                        "enter",
+                        io::Error::other("the namespace changed since it was checked"),
+                    ));
+                }
+                work()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(AttachError::Io {
+                    action: "configure the namespace".into(),
+                    source: io::Error::other("the worker thread panicked"),
+                })
+            })
+    })
+}
+
+/// Runs `ip ARGS` and requires success.
+fn ip(args: &[&str]) -> Result<String, AttachError> {
+    let command = format!("ip {}", args.join(" "));
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| AttachError::Command {
+            command: command.clone(),
+            message: format!("{e} (attach needs iproute2)"),
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(AttachError::Command {
+            command,
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::Identity;
+
+    fn prefix() -> NodePrefix {
+        let id = Identity::from_secret_bytes(&[5; 32])
+            .expect("key")
+            .agent_id();
+        NodePrefix::of_agent(NetworkId::from_name("agentnet"), &id)
+    }
+
+    #[test]
+    fn addresses_are_suffixes_or_inside_the_node_prefix() {
+        let prefix = prefix();
+        assert_eq!(
+            parse_address("::2", prefix).expect("::2"),
+            prefix.address(2)
+        );
+        assert_eq!(
+            parse_address("::fffe", prefix).expect("::fffe"),
+            prefix.address(0xfffe)
+        );
+        let full = prefix.address(0x42).to_string();
+        assert_eq!(
+            parse_address(&full, prefix).expect("full"),
+            prefix.address(0x42)
+        );
+        for bad in ["::1", "::0", "::ffff", "fd00::2", "2", "nonsense"] {
+            assert!(parse_address(bad, prefix).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn free_address_is_the_lowest_unused() {
+        let prefix = prefix();
+        let mut record = Attachments::default();
+        assert_eq!(
+            record.free_address(prefix).expect("free"),
+            prefix.address(2)
+        );
+        for id in [2, 3, 5] {
+            record.attached.push(Attachment {
+                target: AttachTarget::Pid(u32::from(id)),
+                netns: NetnsId {
+                    dev: 0,
+                    ino: u64::from(id),
+                },
+                address: prefix.address(id),
+                host_interface: host_interface_name(prefix.address(id)),
+                interface: DEFAULT_INTERFACE.into(),
+            });
+        }
+        assert_eq!(
+            record.free_address(prefix).expect("free"),
+            prefix.address(4)
+        );
+    }
+
+    #[test]
+    fn host_interface_names_fit_the_kernel_limit() {
+        let name = host_interface_name(prefix().address(0xfffe));
+        assert!(name.len() <= 15, "{name}");
+        assert!(name.starts_with("an") && name.ends_with("-fffe"), "{name}");
+    }
+
+    #[test]
+    fn the_record_round_trips_as_json() {
+        let prefix = prefix();
+        let record = Attachments {
+            attached: vec![Attachment {
+                target: AttachTarget::Netns("web".into()),
+                netns: NetnsId {
+                    dev: 4,
+                    ino: 4026532,
+                },
+                address: prefix.address(2),
+                host_interface: host_interface_name(prefix.address(2)),
+                interface: DEFAULT_INTERFACE.into(),
+            }],
+            enabled_forwarding: true,
+        };
+        let text = serde_json::to_string(&record).expect("json");
+        assert!(text.contains(r#""target":{"netns":"web"}"#), "{text}");
+        let back: Attachments = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, record);
+    }
+}

@@ -1,0 +1,288 @@
+//! `agentnet attach` and `agentnet detach`: the plumbing is in
+//! [`agentnet::attach`]; this file checks the arguments against the running
+//! daemon, records the result and tells the daemon, which then publishes
+//! the trusted names inside the attached namespace.
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args};
+
+use super::Instance;
+use super::render::table;
+use agentnet::attach::{
+    self, AttachPlan, AttachTarget, Attachment, AttachmentNames, Attachments, DEFAULT_INTERFACE,
+};
+use agentnet::control::{Request, Response};
+use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::netns::NetnsId;
+
+/// Arguments of `attach`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").args(["netns", "pid", "list"]).required(true)))]
+pub(crate) struct AttachArgs {
+    /// The network namespace to attach, by its `ip netns` name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) netns: Option<String>,
+    /// The network namespace to attach, by the PID of a process in it (for a
+    /// Docker container: `docker inspect -f '{{.State.Pid}}' NAME`).
+    #[arg(long, value_name = "PID")]
+    pub(crate) pid: Option<u32>,
+    /// Its address: `::N` in this node's prefix, N from 2 to fffe [default:
+    /// the lowest free one].
+    #[arg(long, value_name = "::N")]
+    pub(crate) address: Option<String>,
+    /// Name of the interface inside the namespace.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_INTERFACE)]
+    pub(crate) interface: String,
+    /// List the attached namespaces instead.
+    #[arg(long)]
+    pub(crate) list: bool,
+}
+
+/// Arguments of `detach`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").args(["netns", "pid", "address"]).required(true)))]
+pub(crate) struct DetachArgs {
+    /// The namespace, by its `ip netns` name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) netns: Option<String>,
+    /// The namespace, by the PID given to `attach`.
+    #[arg(long, value_name = "PID")]
+    pub(crate) pid: Option<u32>,
+    /// The namespace, by its address (`::N` or the full address).
+    #[arg(long, value_name = "::N")]
+    pub(crate) address: Option<String>,
+}
+
+/// `agentnet attach`.
+pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
+    if args.list {
+        return list(context);
+    }
+    agentnet::daemon::tun::validate_interface_name(&args.interface)?;
+    let target = match (&args.netns, args.pid) {
+        (Some(name), _) => AttachTarget::Netns(name.clone()),
+        (None, Some(pid)) => AttachTarget::Pid(pid),
+        (None, None) => bail!("give --netns NAME or --pid PID"),
+    };
+    let mut client = context.require_daemon()?;
+    let info = match client.request(&Request::Hello)? {
+        Response::Hello(info) => info,
+        other => bail!("unexpected answer to `hello`: {other:?}"),
+    };
+    let own = NetnsId::current().context("cannot identify this network namespace")?;
+    let daemon = NetnsId::of_pid(info.pid).context("cannot identify the daemon's namespace")?;
+    if own != daemon {
+        bail!(
+            "the daemon (pid {}) runs in another network namespace: run `agentnet attach` in its \
+             namespace (e.g. `ip netns exec NAME agentnet attach ...` or `nsenter -t {} -n ...`)",
+            info.pid,
+            info.pid
+        );
+    }
+    let netns = target.netns_id()?;
+    if netns == own {
+        return Err(attach::AttachError::OwnNamespace(target.to_string()).into());
+    }
+    let prefix = NodePrefix::of_address(&info.address);
+    let network = NetworkId::from_name(&info.network);
+    let attachment = Attachments::edit(&context.state, |record| {
+        // A namespace that was deleted took its veth pair along.
+        record
+            .attached
+            .retain(|a| attach::link_exists(&a.host_interface));
+        if let Some(existing) = record.find_netns(netns) {
+            return Err(attach::AttachError::AlreadyAttached {
+                target: target.to_string(),
+                address: existing.address,
+            });
+        }
+        let address = match &args.address {
+            Some(text) => attach::parse_address(text, prefix)?,
+            None => record.free_address(prefix)?,
+        };
+        if let Some(other) = record.attached.iter().find(|a| a.address == address) {
+            return Err(attach::AttachError::AddressTaken {
+                address,
+                target: other.target.to_string(),
+            });
+        }
+        let (attachment, enabled_forwarding) = attach::attach(&AttachPlan {
+            target: target.clone(),
+            netns,
+            address,
+            network,
+            interface: args.interface.clone(),
+            mtu: info.mtu,
+        })?;
+        record.enabled_forwarding |= enabled_forwarding;
+        record.attached.push(attachment.clone());
+        Ok(attachment)
+    })?;
+    say_attached(&attachment, &info.interface);
+    let names = reload(&mut client)?;
+    say_names(&names, &attachment);
+    Ok(())
+}
+
+fn say_attached(attachment: &Attachment, tun: &str) {
+    say!(
+        "attached {}: address {} on {} (host side {}, routed through {tun})",
+        attachment.target,
+        attachment.address,
+        attachment.interface,
+        attachment.host_interface,
+    );
+}
+
+fn say_names(names: &[AttachmentNames], attachment: &Attachment) {
+    match names.iter().find(|n| n.address == attachment.address) {
+        Some(AttachmentNames {
+            hosts_file: Some(file),
+            ..
+        }) => say!("names of trusted agents: {}", file.display()),
+        Some(AttachmentNames {
+            note: Some(note), ..
+        }) => say!("names of trusted agents: not managed ({note})"),
+        _ => {}
+    }
+}
+
+fn reload(client: &mut agentnet::control::ControlClient) -> Result<Vec<AttachmentNames>> {
+    match client.request(&Request::ReloadAttachments)? {
+        Response::AttachmentsReloaded { attachments } => Ok(attachments),
+        other => bail!("unexpected answer to `reload_attachments`: {other:?}"),
+    }
+}
+
+/// `agentnet detach`.
+pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
+    let mut client = context.daemon()?;
+    if let Some(client) = &mut client
+        && let Response::Hello(info) = client.request(&Request::Hello)?
+        && NetnsId::of_pid(info.pid).ok() != NetnsId::current().ok()
+    {
+        bail!(
+            "the daemon (pid {}) runs in another network namespace: run `agentnet detach` in its namespace",
+            info.pid
+        );
+    }
+    let address = match &args.address {
+        Some(text) => {
+            let (_, network) = context.network()?;
+            let own = context.state.load_identity()?.agent_id();
+            Some(attach::parse_address(
+                text,
+                NodePrefix::of_agent(network, &own),
+            )?)
+        }
+        None => None,
+    };
+    // The namespace may be gone already: then only its name or PID matches.
+    let target = match (&args.netns, args.pid) {
+        (Some(name), _) => Some(AttachTarget::Netns(name.clone())),
+        (None, Some(pid)) => Some(AttachTarget::Pid(pid)),
+        _ => None,
+    };
+    let netns = target.as_ref().and_then(|t| t.netns_id().ok());
+    let description = target
+        .as_ref()
+        .map(ToString::to_string)
+        .or_else(|| address.map(|a| a.to_string()))
+        .unwrap_or_default();
+    let (removed, restore_forwarding) = Attachments::edit(&context.state, |record| {
+        let index = record
+            .attached
+            .iter()
+            .position(|a| {
+                Some(a.address) == address
+                    || target.as_ref() == Some(&a.target)
+                    || netns.is_some_and(|id| id == a.netns)
+            })
+            .ok_or_else(|| attach::AttachError::NotAttached(description.clone()))?;
+        attach::detach(&record.attached[index])?;
+        let removed = record.attached.remove(index);
+        let restore = record.enabled_forwarding && record.attached.is_empty();
+        if restore {
+            record.enabled_forwarding = false;
+        }
+        Ok((removed, restore))
+    })?;
+    if restore_forwarding {
+        attach::restore_forwarding()?;
+    }
+    if let Some(client) = &mut client {
+        reload(client)?;
+    }
+    say!("detached {} ({})", removed.target, removed.address);
+    Ok(())
+}
+
+fn list(context: &Instance) -> Result<()> {
+    let record = Attachments::load(&context.state)?;
+    if record.attached.is_empty() {
+        say!("nothing is attached; attach a namespace with `agentnet attach --netns NAME`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = record
+        .attached
+        .iter()
+        .map(|a| {
+            vec![
+                a.target.to_string(),
+                a.address.to_string(),
+                a.interface.clone(),
+                a.host_interface.clone(),
+                if a.namespace_is_current() {
+                    "attached"
+                } else {
+                    "gone"
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    say!(
+        "{}",
+        table(
+            &["TARGET", "ADDRESS", "INTERFACE", "HOST SIDE", "STATE"],
+            &rows
+        )
+        .trim_end()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use agentnet::daemon::resolver_config::HostResolverMode;
+
+    #[test]
+    fn attach_needs_exactly_one_target() {
+        let cli = Cli::try_parse_from(["agentnet", "attach", "--pid", "42", "--address", "::5"])
+            .expect("parses");
+        let Command::Attach(args) = cli.command else {
+            panic!("not attach");
+        };
+        assert_eq!((args.pid, args.address.as_deref()), (Some(42), Some("::5")));
+        assert_eq!(args.interface, "agentnet0");
+        assert!(Cli::try_parse_from(["agentnet", "attach"]).is_err());
+        assert!(Cli::try_parse_from(["agentnet", "attach", "--netns", "a", "--pid", "1"]).is_err());
+        assert!(Cli::try_parse_from(["agentnet", "detach"]).is_err());
+        assert!(Cli::try_parse_from(["agentnet", "detach", "--address", "::2"]).is_ok());
+    }
+
+    #[test]
+    fn up_names_defaults_to_auto() {
+        let cli = Cli::try_parse_from(["agentnet", "up"]).expect("parses");
+        let Command::Up(args) = cli.command else {
+            panic!("not up");
+        };
+        assert_eq!(args.names, HostResolverMode::Auto);
+        let off = Cli::try_parse_from(["agentnet", "up", "--names", "off"]).expect("parses");
+        assert!(matches!(off.command, Command::Up(args) if args.names == HostResolverMode::Off));
+        assert!(Cli::try_parse_from(["agentnet", "up", "--names", "dns"]).is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! Paths a datagram can take to a peer: straight to its endpoint, or through
+//! a rendezvous relay in a type-5 envelope (DESIGN.md §5).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::address::NodeId;
+use super::wire::{self, RELAY_HEADER_LEN, TYPE_RELAY};
+
+/// Where a datagram came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathAddr {
+    /// Straight to or from this underlay endpoint.
+    Direct(SocketAddr),
+    /// Through the rendezvous at this endpoint.
+    Relay(SocketAddr),
+}
+
+impl PathAddr {
+    /// The underlay address the datagram actually goes to or came from.
+    pub fn underlay(&self) -> SocketAddr {
+        match self {
+            PathAddr::Direct(address) | PathAddr::Relay(address) => *address,
+        }
+    }
+
+    /// Whether this is a relayed path.
+    pub fn is_relay(&self) -> bool {
+        matches!(self, PathAddr::Relay(_))
+    }
+}
+
+impl fmt::Display for PathAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathAddr::Direct(address) => write!(f, "direct {address}"),
+            PathAddr::Relay(address) => write!(f, "relay via {address}"),
+        }
+    }
+}
+
+/// Wraps a datagram in a relay envelope naming `node` (the destination when
+/// sent to a rendezvous, the source when a rendezvous delivers it).
+pub fn relay_envelope(node: NodeId, inner: &[u8]) -> Vec<u8> {
+    let mut datagram = Vec::with_capacity(RELAY_HEADER_LEN + inner.len());
+    datagram.extend_from_slice(&[TYPE_RELAY, 0, 0, 0]);
+    datagram.extend_from_slice(&node.0);
+    datagram.extend_from_slice(inner);
+    datagram
+}
+
+/// Rewrites the node ID of a relay envelope in place (the rendezvous turns
+/// the destination into the source before forwarding).
+pub fn rewrite_relay_node(datagram: &mut [u8], node: NodeId) {
+    if datagram.len() >= RELAY_HEADER_LEN && datagram[0] == TYPE_RELAY {
+        datagram[wire::HEADER_LEN..RELAY_HEADER_LEN].copy_from_slice(&node.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::wire::Datagram;
+
+    #[test]
+    fn envelope_round_trips_and_rewrites() {
+        let inner = [4u8, 0, 0, 0, 1, 2, 3];
+        let mut datagram = relay_envelope(NodeId([7; 8]), &inner);
+        rewrite_relay_node(&mut datagram, NodeId([9; 8]));
+        match Datagram::parse(&datagram) {
+            Ok(Datagram::Relay(relay)) => {
+                assert_eq!(relay.destination(), [9; 8]);
+                assert_eq!(relay.inner(), inner);
+            }
+            other => panic!("not a relay envelope: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The rendezvous and relay server, sans-IO (DESIGN.md §5).
+//!
+//! Agents hold a Noise session with it (same handshake and transport as
+//! between agents; any key may register) and send `Register` frames; it
+//! answers with the reflexive endpoint it saw and keeps the registration as
+//! soft state. Relay envelopes (type 5) from a registered agent are forwarded
+//! to the registered endpoint of the node they name, with the node field
+//! rewritten to the sender's node: the relay sees which nodes talk, never
+//! what. Sealed trust requests for an agent that is not registered wait in a
+//! bounded mailbox until it registers. There is no list, lookup or search
+//! call: an unknown destination and one that ignores the sender look alike.
+//!
+//! Call order as for [`super::node::Node`]: `handle_datagram` /
+//! `handle_timeout`, then drain `poll_transmit`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::address::{NetworkId, NodeId};
+use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
+use super::handshake::{ReceivedInitiation, ResponsePayload, choose_version};
+use super::identity::{AgentId, Identity};
+use super::mac::Mac1Key;
+use super::path::rewrite_relay_node;
+use super::rng::{CoreRng, core_rng};
+use super::session::Session;
+use super::tai64n::Tai64N;
+use super::wire::{self, Datagram, TYPE_TRUST_REQUEST};
+use rand::RngCore;
+
+/// Where a client is reached: a UDP endpoint or a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ClientAddr {
+    /// A UDP source endpoint.
+    Udp(SocketAddr),
+    /// A TCP connection (id chosen by the shell) from this peer address.
+    Tcp(u64, SocketAddr),
+}
+
+impl ClientAddr {
+    /// The underlay address of the client.
+    pub fn socket_addr(&self) -> SocketAddr {
+        match self {
+            ClientAddr::Udp(address) | ClientAddr::Tcp(_, address) => *address,
+        }
+    }
+}
+
+/// Tunables of the server.
+#[derive(Debug, Clone)]
+pub struct RendezvousConfig {
+    /// The server's own identity.
+    pub identity: Identity,
+    /// The overlay network it serves.
+    pub network: NetworkId,
+    /// How long a registration lasts without a refresh.
+    pub registration_lifetime: Duration,
+    /// Relayed datagrams one source may send per second (sustained).
+    pub relay_packets_per_second: u32,
+    /// Burst allowance on top of the rate.
+    pub relay_burst: u32,
+    /// Trust requests kept per offline target.
+    pub mailbox_per_target: usize,
+    /// How long a stored trust request waits.
+    pub mailbox_ttl: Duration,
+}
+
+impl RendezvousConfig {
+    /// Defaults for a server with this identity in this network.
+    pub fn new(identity: Identity, network: NetworkId) -> Self {
+        Self {
+            identity,
+            network,
+            registration_lifetime: Duration::from_secs(90),
+            relay_packets_per_second: 100_000,
+            relay_burst: 20_000,
+            mailbox_per_target: 16,
+            mailbox_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Most clients with sessions at once.
+const MAX_CLIENTS: usize = 200_000;
+/// Most mailboxes (offline targets with stored requests).
+const MAX_MAILBOXES: usize = 20_000;
+/// Most rate-limit buckets (sources).
+const MAX_BUCKETS: usize = 200_000;
+/// A client that sent nothing for this long is forgotten.
+const CLIENT_IDLE: Duration = Duration::from_secs(200);
+/// How often soft state is swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Initiations from one client closer than this are dropped.
+const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Counters of the server, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RelayCounters {
+    /// Registrations accepted (including refreshes).
+    pub registrations: u64,
+    /// Agents registered now.
+    pub registered_now: u64,
+    /// Datagrams forwarded.
+    pub relayed_packets: u64,
+    /// Bytes forwarded.
+    pub relayed_bytes: u64,
+    /// Relay envelopes from sources that are not registered.
+    pub dropped_unregistered: u64,
+    /// Relay envelopes over the source's rate.
+    pub dropped_rate_limited: u64,
+    /// Relay envelopes for a node that is not registered (not requests).
+    pub dropped_unknown_destination: u64,
+    /// Trust requests stored for offline targets.
+    pub mailbox_stored: u64,
+    /// Stored trust requests delivered at registration.
+    pub mailbox_delivered: u64,
+    /// Stored trust requests dropped (full mailbox, expiry).
+    pub mailbox_dropped: u64,
+    /// Handshakes completed with clients.
+    pub handshakes: u64,
+    /// Datagrams that failed mac1, Noise or parsing.
+    pub rejected: u64,
+}
+
+struct Client {
+    sessions: [Option<Session>; 2],
+    last_timestamp: Option<Tai64N>,
+    last_initiation: Option<Instant>,
+    addr: ClientAddr,
+    last_seen: Instant,
+}
+
+struct Registration {
+    agent: AgentId,
+    addr: ClientAddr,
+    expires: Instant,
+}
+
+struct StoredRequest {
+    from_node: NodeId,
+    datagram: Vec<u8>,
+    stored: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// The rendezvous/relay server state machine.
+pub struct RendezvousServer {
+    config: RendezvousConfig,
+    own_mac1: Mac1Key,
+    noise_secret: zeroize::Zeroizing<[u8; 32]>,
+    rng: CoreRng,
+    /// Clients by their Noise static key.
+    clients: HashMap<[u8; 32], Client>,
+    by_index: HashMap<u32, [u8; 32]>,
+    registrations: HashMap<NodeId, Registration>,
+    by_addr: HashMap<ClientAddr, NodeId>,
+    mailbox: HashMap<NodeId, VecDeque<StoredRequest>>,
+    buckets: HashMap<IpAddr, TokenBucket>,
+    transmits: VecDeque<(ClientAddr, Vec<u8>)>,
+    counters: RelayCounters,
+    next_sweep: Instant,
+}
+
+impl std::fmt::Debug for RendezvousServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RendezvousServer")
+            .field("id", &self.config.identity.agent_id())
+            .field("clients", &self.clients.len())
+            .field("registrations", &self.registrations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RendezvousServer {
+    /// A server; `rng_seed` from the OS's secure RNG.
+    pub fn new(config: RendezvousConfig, rng_seed: [u8; 32], now: Instant) -> Self {
+        let id = config.identity.agent_id();
+        Self {
+            own_mac1: Mac1Key::for_responder(config.network, &id.noise_public_key()),
+            noise_secret: config.identity.noise_secret_key(),
+            config,
+            rng: core_rng(rng_seed),
+            clients: HashMap::new(),
+            by_index: HashMap::new(),
+            registrations: HashMap::new(),
+            by_addr: HashMap::new(),
+            mailbox: HashMap::new(),
+            buckets: HashMap::new(),
+            transmits: VecDeque::new(),
+            counters: RelayCounters::default(),
+            next_sweep: now + SWEEP_INTERVAL,
+        }
+    }
+
+    /// The server's agent ID (what agents configure).
+    pub fn agent_id(&self) -> AgentId {
+        self.config.identity.agent_id()
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> RelayCounters {
+        RelayCounters {
+            registered_now: self.registrations.len() as u64,
+            ..self.counters
+        }
+    }
+
+    /// The next datagram to send, and to whom.
+    pub fn poll_transmit(&mut self) -> Option<(ClientAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`RendezvousServer::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// A TCP connection closed: its registrations are gone.
+    pub fn connection_closed(&mut self, addr: ClientAddr) {
+        if let Some(node) = self.by_addr.remove(&addr)
+            && self.registrations.get(&node).is_some_and(|registration| registration.addr == addr)
+        {
+            self.registrations.remove(&node);
+        }
+    }
+
+    /// Sweeps expired registrations, idle clients and old mail.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_INTERVAL;
+        let by_addr = &mut self.by_addr;
+        self.registrations.retain(|_, registration| {
+            let live = registration.expires > now;
+            if !live {
+                by_addr.remove(&registration.addr);
+            }
+            live
+        });
+        let by_index = &mut self.by_index;
+        self.clients.retain(|_, client| {
+            let live = now.saturating_duration_since(client.last_seen) < CLIENT_IDLE;
+            if !live {
+                for session in client.sessions.iter().flatten() {
+                    by_index.remove(&session.local_index);
+                }
+            }
+            live
+        });
+        let ttl = self.config.mailbox_ttl;
+        let mut dropped = 0;
+        self.mailbox.retain(|_, queue| {
+            let before = queue.len();
+            queue.retain(|stored| now.saturating_duration_since(stored.stored) < ttl);
+            dropped += (before - queue.len()) as u64;
+            !queue.is_empty()
+        });
+        self.counters.mailbox_dropped += dropped;
+        self.buckets
+            .retain(|_, bucket| now.saturating_duration_since(bucket.updated) < Duration::from_secs(10));
+    }
+
+    /// Feeds one datagram from a client.
+    pub fn handle_datagram(&mut self, now: Instant, from: ClientAddr, datagram: &[u8]) {
+        match Datagram::parse(datagram) {
+            Ok(Datagram::Initiation(initiation)) => self.handle_initiation(now, from, &initiation),
+            Ok(Datagram::Data(data)) => self.handle_data(now, from, &data),
+            Ok(Datagram::Relay(_)) => self.handle_relay(now, from, datagram),
+            _ => self.counters.rejected += 1,
+        }
+    }
+
+    fn allocate_index(&mut self, agent: [u8; 32]) -> u32 {
+        loop {
+            let index = self.rng.next_u32();
+            if index != 0 && !self.by_index.contains_key(&index) {
+                self.by_index.insert(index, agent);
+                return index;
+            }
+        }
+    }
+
+    fn handle_initiation(&mut self, now: Instant, from: ClientAddr, initiation: &wire::Initiation<'_>) {
+        let received = match ReceivedInitiation::read(
+            &mut self.rng,
+            self.config.network,
+            &self.noise_secret,
+            &self.own_mac1,
+            initiation,
+        ) {
+            Ok(received) => received,
+            Err(_) => {
+                self.counters.rejected += 1;
+                return;
+            }
+        };
+        // Any agent may register: clients are keyed by their Noise key; the
+        // Register frame later names the Ed25519 key it derives from.
+        let agent = received.remote_static;
+        if let Some(client) = self.clients.get(&agent) {
+            if client.last_timestamp.is_some_and(|last| received.payload.timestamp <= last)
+                || client
+                    .last_initiation
+                    .is_some_and(|at| now.saturating_duration_since(at) < MIN_INITIATION_INTERVAL)
+            {
+                self.counters.rejected += 1;
+                return;
+            }
+        } else if self.clients.len() >= MAX_CLIENTS {
+            self.counters.rejected += 1;
+            return;
+        }
+        let Some(version) = choose_version(&received.payload.versions) else {
+            self.counters.rejected += 1;
+            return;
+        };
+        let sender_index = received.sender_index;
+        let timestamp = received.payload.timestamp;
+        let local_index = self.allocate_index(agent);
+        let payload = ResponsePayload { version, name: "rendezvous".into(), candidates: Vec::new() };
+        let (response, keys) = match received.respond(self.config.network, local_index, &payload) {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.by_index.remove(&local_index);
+                self.counters.rejected += 1;
+                return;
+            }
+        };
+        let session = Session::new(&keys, local_index, sender_index, false, now);
+        let client = self.clients.entry(agent).or_insert(Client {
+            sessions: [None, None],
+            last_timestamp: None,
+            last_initiation: None,
+            addr: from,
+            last_seen: now,
+        });
+        if let Some(old) = client.sessions[1].take() {
+            self.by_index.remove(&old.local_index);
+        }
+        client.sessions[1] = client.sessions[0].take();
+        client.sessions[0] = Some(session);
+        client.last_timestamp = Some(timestamp);
+        client.last_initiation = Some(now);
+        client.addr = from;
+        client.last_seen = now;
+        self.counters.handshakes += 1;
+        self.transmits.push_back((from, response));
+    }
+
+    fn handle_data(&mut self, now: Instant, from: ClientAddr, data: &wire::Data<'_>) {
+        let Some(noise_key) = self.by_index.get(&data.receiver_index()).copied() else {
+            self.counters.rejected += 1;
+            return;
+        };
+        let Some(client) = self.clients.get_mut(&noise_key) else {
+            self.counters.rejected += 1;
+            return;
+        };
+        let local_index = data.receiver_index();
+        let Some(slot) = client
+            .sessions
+            .iter()
+            .position(|session| session.as_ref().is_some_and(|s| s.local_index == local_index))
+        else {
+            self.counters.rejected += 1;
+            return;
+        };
+        let mut buffer = data.ciphertext().to_vec();
+        let Some(session) = client.sessions[slot].as_mut() else {
+            return;
+        };
+        let Ok(len) = session.open(now, data.counter(), &mut buffer) else {
+            self.counters.rejected += 1;
+            return;
+        };
+        buffer.truncate(len);
+        client.addr = from;
+        client.last_seen = now;
+        if buffer.first().is_none_or(|first| *first >= CONTROL_FRAME_LIMIT) {
+            return; // keepalive, or something a rendezvous does not carry
+        }
+        let Some(ControlFrame::Register { agent }) = ControlFrame::decode(&buffer) else {
+            return;
+        };
+        if agent.noise_public_key() != noise_key {
+            // A session may only register the key it was made with.
+            self.counters.rejected += 1;
+            return;
+        }
+        let lifetime = self.config.registration_lifetime;
+        let answer = ControlFrame::Registered {
+            reflexive: from.socket_addr(),
+            lifetime_s: u16::try_from(lifetime.as_secs()).unwrap_or(u16::MAX),
+        }
+        .encode();
+        let mut sealed = Vec::with_capacity(answer.len() + wire::DATA_OVERHEAD);
+        if session.seal(now, &answer, &mut sealed).is_err() {
+            return;
+        }
+        self.transmits.push_back((from, sealed));
+        let node = NodeId::of(&agent);
+        if let Some(previous) = self.registrations.insert(node, Registration { agent, addr: from, expires: now + lifetime })
+            && previous.addr != from
+        {
+            self.by_addr.remove(&previous.addr);
+        }
+        self.by_addr.insert(from, node);
+        self.counters.registrations += 1;
+        if let Some(mail) = self.mailbox.remove(&node) {
+            for stored in mail {
+                let mut datagram = stored.datagram;
+                rewrite_relay_node(&mut datagram, stored.from_node);
+                self.counters.mailbox_delivered += 1;
+                self.transmits.push_back((from, datagram));
+            }
+        }
+    }
+
+    fn take_token(&mut self, now: Instant, source: IpAddr) -> bool {
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_BUCKETS {
+            return false;
+        }
+        let rate = f64::from(self.config.relay_packets_per_second);
+        let burst = f64::from(self.config.relay_burst);
+        let bucket = self
+            .buckets
+            .entry(source)
+            .or_insert(TokenBucket { tokens: burst, updated: now });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn handle_relay(&mut self, now: Instant, from: ClientAddr, datagram: &[u8]) {
+        let Some(source_node) = self.by_addr.get(&from).copied() else {
+            self.counters.dropped_unregistered += 1;
+            return;
+        };
+        if !self.take_token(now, from.socket_addr().ip()) {
+            self.counters.dropped_rate_limited += 1;
+            return;
+        }
+        let Ok(Datagram::Relay(relay)) = Datagram::parse(datagram) else {
+            self.counters.rejected += 1;
+            return;
+        };
+        let destination = NodeId(relay.destination());
+        let is_trust_request = relay.inner().first() == Some(&TYPE_TRUST_REQUEST);
+        match self.registrations.get(&destination) {
+            Some(registration) if registration.expires > now => {
+                let mut forwarded = datagram.to_vec();
+                rewrite_relay_node(&mut forwarded, source_node);
+                self.counters.relayed_packets += 1;
+                self.counters.relayed_bytes += forwarded.len() as u64;
+                let to = registration.addr;
+                let _ = registration.agent;
+                self.transmits.push_back((to, forwarded));
+            }
+            _ if is_trust_request => self.store_request(now, destination, source_node, datagram),
+            _ => self.counters.dropped_unknown_destination += 1,
+        }
+    }
+
+    fn store_request(&mut self, now: Instant, target: NodeId, from_node: NodeId, datagram: &[u8]) {
+        if !self.mailbox.contains_key(&target) && self.mailbox.len() >= MAX_MAILBOXES {
+            self.counters.mailbox_dropped += 1;
+            return;
+        }
+        let per_target = self.config.mailbox_per_target;
+        let queue = self.mailbox.entry(target).or_default();
+        if queue.len() >= per_target {
+            queue.pop_front();
+            self.counters.mailbox_dropped += 1;
+        }
+        queue.push_back(StoredRequest { from_node, datagram: datagram.to_vec(), stored: now });
+        self.counters.mailbox_stored += 1;
+    }
+}

@@ -1,0 +1,295 @@
+//! The daemon's name service: keeps `NAME.agent.internal` for every trusted
+//! peer answerable everywhere this node serves — the responder at
+//! `PREFIX::53` ([`super::dns`]), the host's resolver configuration
+//! ([`super::resolver_config`]) and the hosts files of attached namespaces
+//! ([`crate::attach`]) — and takes it all back on shutdown.
+//!
+//! The event loop calls [`NameService::sync`] with the trust store after
+//! anything that may have changed it; only a change of the trusted names
+//! causes any write.
+
+use std::collections::VecDeque;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+
+use super::dns::{DnsResponder, NameTable, ResolverPacket};
+use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
+use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
+use crate::core::address::NetworkId;
+use crate::core::identity::AgentId;
+use crate::core::trust::{TrustState, TrustStore};
+use crate::state::StateDir;
+
+/// Resolver replies waiting for the TUN; more are dropped (a query flood
+/// must not grow memory).
+const MAX_QUEUED_REPLIES: usize = 256;
+
+/// The names of one attached namespace.
+#[derive(Debug)]
+struct AttachedNames {
+    attachment: Attachment,
+    /// Where its names go, or why they cannot.
+    hosts: Result<HostsFile, String>,
+}
+
+/// Names for trusted peers: responder, host resolver, attached namespaces.
+#[derive(Debug)]
+pub(crate) struct NameService {
+    network: NetworkId,
+    owner: String,
+    state: StateDir,
+    responder: DnsResponder,
+    host: Option<HostResolver>,
+    attached: Vec<AttachedNames>,
+    /// The trust store's `(id, name, state)` as last applied.
+    applied: Option<Vec<(AgentId, String, TrustState)>>,
+    /// Whether names were published at least once.
+    published: bool,
+    replies: VecDeque<Vec<u8>>,
+}
+
+impl NameService {
+    /// Sets up the host resolver for `mode` (a failure leaves only the
+    /// responder, with a warning) and reads the attachments. Names are
+    /// published by the first [`NameService::sync`].
+    pub(crate) fn start(
+        network: NetworkId,
+        owner: AgentId,
+        interface: &str,
+        state: StateDir,
+        mode: HostResolverMode,
+    ) -> Self {
+        let responder = DnsResponder::new(network);
+        let owner = owner.to_string();
+        let host = match HostResolver::configure(mode, &owner, interface, responder.address()) {
+            Ok(host) => host,
+            Err(error) => {
+                tracing::warn!(%error, "names: cannot configure the host resolver; only the responder answers");
+                None
+            }
+        };
+        tracing::info!(
+            resolver = %responder.address(),
+            host = %host.as_ref().map_or_else(|| "off".to_string(), HostResolver::describe),
+            "names: NAME.agent.internal for trusted peers"
+        );
+        let mut service = Self {
+            network,
+            owner,
+            state,
+            responder,
+            host,
+            attached: Vec::new(),
+            applied: None,
+            published: false,
+            replies: VecDeque::new(),
+        };
+        // A failure is logged; attached namespaces then get names after the next reload.
+        let _ = service.load_attachments();
+        service
+    }
+
+    /// Answers a TUN packet addressed to the resolver (the reply is queued
+    /// for [`NameService::poll_tun_packet`]). Returns `false` for packets
+    /// that are not the resolver's: those belong to the node.
+    pub(crate) fn handle_tun_packet(&mut self, packet: &[u8]) -> bool {
+        match self.responder.handle_tun_packet(packet) {
+            ResolverPacket::NotForResolver => false,
+            ResolverPacket::Dropped => true,
+            ResolverPacket::Reply(reply) => {
+                if self.replies.len() < MAX_QUEUED_REPLIES {
+                    self.replies.push_back(reply);
+                }
+                true
+            }
+        }
+    }
+
+    /// The next resolver reply to write to the TUN.
+    pub(crate) fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.replies.pop_front()
+    }
+
+    /// Publishes the trusted names of `trust` if they changed since the
+    /// last call.
+    pub(crate) fn sync(&mut self, trust: &TrustStore) {
+        let unchanged = self.applied.as_ref().is_some_and(|applied| {
+            applied.len() == trust.peers.len()
+                && applied
+                    .iter()
+                    .zip(&trust.peers)
+                    .all(|((id, name, state), entry)| {
+                        *id == entry.id && *name == entry.name && *state == entry.state
+                    })
+        });
+        if unchanged {
+            return;
+        }
+        self.applied = Some(
+            trust
+                .peers
+                .iter()
+                .map(|entry| (entry.id, entry.name.clone(), entry.state))
+                .collect(),
+        );
+        let names = NameTable::from_trust(trust, self.network);
+        // The first sync always writes, even no names: that removes a block
+        // a killed daemon of this agent left behind.
+        if self.published && self.responder.names() == &names {
+            return;
+        }
+        tracing::debug!(names = names.len(), "names: publishing");
+        self.responder.set_names(names);
+        self.publish_all();
+        self.published = true;
+    }
+
+    fn publish_all(&self) {
+        let names = self.responder.names();
+        if let Some(host) = &self.host
+            && let Err(error) = host.update(names)
+        {
+            tracing::warn!(%error, "names: cannot update the host resolver");
+        }
+        for attached in &self.attached {
+            publish_attached(attached, names);
+        }
+    }
+
+    /// Re-reads `attachments.json` (after `attach` or `detach`): removes the
+    /// names of namespaces no longer attached, publishes them in new ones.
+    /// Returns where each attachment's names go.
+    pub(crate) fn reload_attachments(&mut self) -> Result<Vec<AttachmentNames>, String> {
+        let before: Vec<AttachedNames> = std::mem::take(&mut self.attached);
+        let loaded = self.load_attachments();
+        for old in before {
+            let still = self
+                .attached
+                .iter()
+                .any(|now| now.attachment == old.attachment);
+            if !still
+                && let Ok(file) = &old.hosts
+                && old.attachment.namespace_is_current()
+                && let Err(error) = file.remove()
+            {
+                tracing::warn!(%error, target = %old.attachment.target, "names: cannot remove from the detached namespace");
+            }
+        }
+        for attached in &self.attached {
+            publish_attached(attached, self.responder.names());
+        }
+        loaded.map(|()| self.attachment_names())
+    }
+
+    /// Where each attachment's names go.
+    pub(crate) fn attachment_names(&self) -> Vec<AttachmentNames> {
+        self.attached
+            .iter()
+            .map(|attached| AttachmentNames {
+                target: attached.attachment.target.clone(),
+                address: attached.attachment.address,
+                hosts_file: attached.hosts.as_ref().ok().map(|f| f.path().to_path_buf()),
+                note: attached.hosts.as_ref().err().cloned(),
+            })
+            .collect()
+    }
+
+    fn load_attachments(&mut self) -> Result<(), String> {
+        let record = match Attachments::load(&self.state) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(%error, "names: cannot read the attachments");
+                return Err(error.to_string());
+            }
+        };
+        let own = match &self.host {
+            Some(HostResolver::Hosts(file)) => Some(file.path().to_path_buf()),
+            _ => None,
+        };
+        self.attached = record
+            .attached
+            .into_iter()
+            .map(|attachment| {
+                let hosts = attachment_hosts(
+                    &attachment,
+                    &self.owner,
+                    own.as_deref(),
+                    self.responder.address(),
+                );
+                AttachedNames { attachment, hosts }
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Removes every name this daemon published. Idempotent.
+    pub(crate) fn shutdown(&mut self) {
+        for attached in std::mem::take(&mut self.attached) {
+            if let Ok(file) = &attached.hosts
+                && attached.attachment.namespace_is_current()
+                && let Err(error) = file.remove()
+            {
+                tracing::warn!(%error, "names: cannot remove from an attached namespace");
+            }
+        }
+        if let Some(host) = self.host.take()
+            && let Err(error) = host.remove()
+        {
+            tracing::warn!(%error, "names: cannot undo the host resolver configuration");
+        }
+    }
+}
+
+impl Drop for NameService {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn publish_attached(attached: &AttachedNames, names: &NameTable) {
+    let Ok(file) = &attached.hosts else {
+        return;
+    };
+    // A PID may have been reused by now: write only into the namespace
+    // that was attached.
+    if !attached.attachment.namespace_is_current() {
+        tracing::debug!(target = %attached.attachment.target, "names: attached namespace is gone");
+        return;
+    }
+    if let Err(error) = file.write(names) {
+        tracing::warn!(%error, target = %attached.attachment.target, "names: cannot update an attached namespace");
+    }
+}
+
+/// Where the names of an attached namespace go: `/etc/netns/NAME/hosts`
+/// for a named namespace (read by `ip netns exec`), the container's own
+/// `/etc/hosts` for one attached by PID — unless that is this host's file.
+fn attachment_hosts(
+    attachment: &Attachment,
+    owner: &str,
+    own: Option<&Path>,
+    resolver: Ipv6Addr,
+) -> Result<HostsFile, String> {
+    match &attachment.target {
+        AttachTarget::Netns(name) => {
+            HostsFile::for_named_netns(name, owner).map_err(|e| e.to_string())
+        }
+        AttachTarget::Pid(pid) => {
+            let path = PathBuf::from(format!("/proc/{pid}/root{ETC_HOSTS}"));
+            if !path.exists() {
+                return Err(format!("{} does not exist", path.display()));
+            }
+            let file = HostsFile::in_container(path, owner);
+            let shared = [Path::new(ETC_HOSTS), Path::new("/proc/1/root/etc/hosts")]
+                .into_iter()
+                .chain(own)
+                .any(|other| file.same_file_as(other));
+            if shared {
+                return Err(format!(
+                    "it shares this host's /etc/hosts; its programs can ask the resolver at {resolver}"
+                ));
+            }
+            Ok(file)
+        }
+    }
+}

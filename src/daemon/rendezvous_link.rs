@@ -1,0 +1,262 @@
+//! How the agent reaches each rendezvous: UDP by default, TCP (framed
+//! datagrams) when UDP gets no answer, and back to UDP as soon as a probe
+//! over UDP is answered (DESIGN.md §5). The node never knows which: it
+//! addresses the rendezvous by its UDP endpoint either way.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::core::identity::AgentId;
+use crate::core::node::Node;
+use crate::tcp_frames::{read_frame, write_frame};
+
+/// UDP silence after which the agent tries TCP.
+const UDP_GIVE_UP: Duration = Duration::from_secs(5);
+/// How often a TCP-connected agent probes UDP again.
+const UDP_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Time allowed for a TCP connect.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued towards one rendezvous before new ones are dropped.
+const TCP_QUEUE: usize = 4096;
+
+/// A rendezvous as configured: `HOST:PORT=ID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RendezvousSpec {
+    /// `HOST:PORT` (UDP; TCP uses the same port number).
+    pub endpoint: String,
+    /// The server's agent ID.
+    pub id: AgentId,
+}
+
+impl FromStr for RendezvousSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (endpoint, id) = text
+            .rsplit_once('=')
+            .ok_or_else(|| format!("`{text}`: expected HOST:PORT=ID (the rendezvous's agent ID after `=`)"))?;
+        let id = id.parse().map_err(|error| format!("`{text}`: {error}"))?;
+        if endpoint.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(format!("`{text}`: expected HOST:PORT before `=`"));
+        }
+        Ok(Self { endpoint: endpoint.to_string(), id })
+    }
+}
+
+impl std::fmt::Display for RendezvousSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.endpoint, self.id)
+    }
+}
+
+/// Which transport carries a rendezvous's datagrams.
+#[derive(Debug)]
+enum Transport {
+    Udp { since: Instant },
+    Connecting,
+    Tcp { sender: mpsc::Sender<Vec<u8>>, next_udp_probe: Instant },
+}
+
+#[derive(Debug)]
+struct Link {
+    id: AgentId,
+    endpoint: SocketAddr,
+    transport: Transport,
+}
+
+/// Something a TCP connection task reports.
+#[derive(Debug)]
+pub enum TcpLinkEvent {
+    /// Connected; datagrams go through `sender`.
+    Connected(SocketAddr, mpsc::Sender<Vec<u8>>),
+    /// The connection could not be made or closed.
+    Closed(SocketAddr),
+    /// A datagram arrived from the rendezvous at this (UDP) endpoint.
+    Datagram(SocketAddr, Vec<u8>),
+}
+
+/// The transports of every configured rendezvous.
+#[derive(Debug)]
+pub struct RendezvousLinks {
+    links: Vec<Link>,
+    events: mpsc::Sender<TcpLinkEvent>,
+    /// Rendezvous endpoints whose next datagrams are also sent over UDP
+    /// (a probe while on TCP).
+    probing_udp: Vec<SocketAddr>,
+}
+
+impl RendezvousLinks {
+    /// Links for these resolved rendezvous; TCP events arrive on the
+    /// returned receiver.
+    pub fn new(now: Instant, rendezvous: &[(AgentId, SocketAddr)]) -> (Self, mpsc::Receiver<TcpLinkEvent>) {
+        let (events, receiver) = mpsc::channel(TCP_QUEUE);
+        let links = rendezvous
+            .iter()
+            .map(|(id, endpoint)| Link { id: *id, endpoint: *endpoint, transport: Transport::Udp { since: now } })
+            .collect();
+        (Self { links, events, probing_udp: Vec::new() }, receiver)
+    }
+
+    /// The transport name of a rendezvous, for status.
+    pub fn transport_of(&self, endpoint: SocketAddr) -> Option<&'static str> {
+        self.links.iter().find(|link| link.endpoint == endpoint).map(|link| match link.transport {
+            Transport::Udp { .. } | Transport::Connecting => "udp",
+            Transport::Tcp { .. } => "tcp",
+        })
+    }
+
+    /// Where a datagram for `destination` goes: `Some(sender)` for a TCP
+    /// link; `None` means UDP. `also_udp` asks for a UDP copy (a probe).
+    pub fn route(&self, destination: SocketAddr) -> (Option<&mpsc::Sender<Vec<u8>>>, bool) {
+        let also_udp = self.probing_udp.contains(&destination);
+        match self.links.iter().find(|link| link.endpoint == destination) {
+            Some(Link { transport: Transport::Tcp { sender, .. }, .. }) => (Some(sender), also_udp),
+            _ => (None, false),
+        }
+    }
+
+    /// Ends the UDP probes of this flush.
+    pub fn probes_sent(&mut self) {
+        self.probing_udp.clear();
+    }
+
+    /// A UDP datagram came from `from`: if it is a rendezvous reached over
+    /// TCP, UDP works again, so go back to it.
+    pub fn on_udp_datagram(&mut self, now: Instant, from: SocketAddr, node: &mut Node) {
+        let Some(link) = self.links.iter_mut().find(|link| link.endpoint == from) else {
+            return;
+        };
+        if matches!(link.transport, Transport::Tcp { .. }) {
+            tracing::info!(rendezvous = %link.id, endpoint = %from, "UDP answers again; leaving TCP");
+            // Dropping the sender closes the connection.
+            link.transport = Transport::Udp { since: now };
+            node.reconnect_rendezvous(now, &link.id);
+        }
+    }
+
+    /// A connection task reported; returns a datagram to feed to the node.
+    pub fn on_event(&mut self, now: Instant, event: TcpLinkEvent, node: &mut Node) -> Option<(SocketAddr, Vec<u8>)> {
+        match event {
+            TcpLinkEvent::Datagram(from, datagram) => return Some((from, datagram)),
+            TcpLinkEvent::Connected(endpoint, sender) => {
+                if let Some(link) = self.links.iter_mut().find(|link| link.endpoint == endpoint)
+                    && matches!(link.transport, Transport::Connecting)
+                {
+                    tracing::info!(rendezvous = %link.id, %endpoint, "reaching rendezvous over TCP");
+                    link.transport = Transport::Tcp { sender, next_udp_probe: now + UDP_PROBE_INTERVAL };
+                    node.reconnect_rendezvous(now, &link.id);
+                }
+            }
+            TcpLinkEvent::Closed(endpoint) => {
+                if let Some(link) = self.links.iter_mut().find(|link| link.endpoint == endpoint)
+                    && !matches!(link.transport, Transport::Udp { .. })
+                {
+                    tracing::info!(rendezvous = %link.id, %endpoint, "TCP to rendezvous closed; trying UDP");
+                    link.transport = Transport::Udp { since: now };
+                    node.reconnect_rendezvous(now, &link.id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Once a second: gives up on silent UDP links (TCP instead) and probes
+    /// UDP from TCP links.
+    pub fn tick(&mut self, now: Instant, node: &mut Node) {
+        let registered: Vec<(SocketAddr, bool)> = node
+            .rendezvous_status(now)
+            .into_iter()
+            .map(|status| (status.endpoint, status.registered))
+            .collect();
+        for link in &mut self.links {
+            let is_registered = registered.iter().any(|(endpoint, live)| *endpoint == link.endpoint && *live);
+            match &mut link.transport {
+                Transport::Udp { since } => {
+                    if is_registered {
+                        *since = now;
+                    } else if now.saturating_duration_since(*since) >= UDP_GIVE_UP {
+                        tracing::info!(rendezvous = %link.id, endpoint = %link.endpoint, "no answer over UDP; trying TCP");
+                        link.transport = Transport::Connecting;
+                        spawn_connection(link.endpoint, self.events.clone());
+                    }
+                }
+                Transport::Tcp { next_udp_probe, .. } if *next_udp_probe <= now => {
+                    *next_udp_probe = now + UDP_PROBE_INTERVAL;
+                    self.probing_udp.push(link.endpoint);
+                    node.reconnect_rendezvous(now, &link.id);
+                }
+                Transport::Tcp { .. } | Transport::Connecting => {}
+            }
+        }
+    }
+}
+
+fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
+    tokio::spawn(async move {
+        let stream = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%endpoint, %error, "TCP connect to rendezvous failed");
+                let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%endpoint, "TCP connect to rendezvous timed out");
+                let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+        if events.send(TcpLinkEvent::Connected(endpoint, sender)).await.is_err() {
+            return;
+        }
+        let mut writer_task = tokio::spawn(async move {
+            while let Some(datagram) = outgoing.recv().await {
+                if write_frame(&mut writer, &datagram).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut frame = Vec::new();
+        loop {
+            tokio::select! {
+                read = read_frame(&mut reader, &mut frame) => match read {
+                    Ok(Some(())) => {
+                        if events.send(TcpLinkEvent::Datagram(endpoint, std::mem::take(&mut frame))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                // The writer ends when the daemon drops our sender (back to
+                // UDP) or a write fails: either way the connection is done.
+                _ = &mut writer_task => break,
+            }
+        }
+        writer_task.abort();
+        let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_host_port_and_id() {
+        let id = crate::core::identity::Identity::from_secret_bytes(&[1; 32]).expect("key").agent_id();
+        let spec: RendezvousSpec = format!("rv.example:7300={id}").parse().expect("valid");
+        assert_eq!(spec.endpoint, "rv.example:7300");
+        assert_eq!(spec.id, id);
+        assert_eq!(spec.to_string().parse::<RendezvousSpec>(), Ok(spec));
+        assert!("rv.example:7300".parse::<RendezvousSpec>().is_err());
+        assert!(format!("rv.example={id}").parse::<RendezvousSpec>().is_err());
+        assert!("rv.example:7300=nope".parse::<RendezvousSpec>().is_err());
+    }
+}

@@ -1,0 +1,789 @@
+//! Unmodified software over the overlay, by name: curl, gRPC (grpcio), MCP
+//! (the official `mcp` SDK) and A2A (the official `a2a-sdk`) between two
+//! agents in network namespaces that trust each other, reaching each other
+//! as `NAME.agent.internal`; an untrusted agent that can neither resolve
+//! nor reach them; and a container namespace attached to one agent that
+//! reaches the other by name under the other's policy.
+//!
+//! The Python programs are in `tests/apps/`; their packages are pinned in
+//! `scripts/requirements-test.txt` and installed into `.venv` by
+//! `scripts/test.sh`. Like the other namespace tests these need root; they
+//! skip with a reason otherwise, unless `AGENTNET_REQUIRE_NETNS=1`. All
+//! traffic stays inside the lab's namespaces.
+
+mod support;
+
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::agent::Identity;
+use support::{Agent, Lab, Output, step, wait_until};
+
+/// Programs run inside the namespaces.
+const TOOLS: &[&str] = &["ping", "curl", "ss", "dig", "getent"];
+/// Python modules the apps need (from the venv).
+const PYTHON_MODULES: &[&str] = &["grpc", "mcp", "a2a", "uvicorn", "httpx"];
+/// Underlay subnet: `10.78.0.0/24`.
+const UNDERLAY: [u8; 2] = [78, 0];
+/// What B lets A (and so A's containers) open.
+const B_ALLOWS_A: &str = "tcp:8080,tcp:8001,tcp:8002,tcp:50051,icmp";
+const HTTP_PORT: u16 = 8080;
+const MCP_PORT: u16 = 8001;
+const A2A_PORT: u16 = 8002;
+const GRPC_PORT: u16 = 50051;
+/// A port B listens on but does not allow A to open.
+const CLOSED_PORT: u16 = 9090;
+/// Size of the file fetched by name.
+const BLOB_LEN: usize = 50 << 20;
+/// First contact: the handshake and the first packet.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server may take to listen (Python imports included).
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect timeout for attempts that must fail: a dropped SYN is
+/// retransmitted after 1 s and 3 s, so 4 s shows nothing comes back.
+const BLOCKED_CONNECT_TIMEOUT: &str = "4";
+
+/// The scenario. One lab for all checks keeps the run short; every check
+/// runs and reports, and the test fails with all failures listed.
+#[test]
+fn unmodified_apps_reach_trusted_peers_by_name() {
+    let test = "unmodified_apps_reach_trusted_peers_by_name";
+    if !support::require_root_or_skip(test, TOOLS) {
+        return;
+    }
+    let python = match python_with_modules() {
+        Ok(python) => python,
+        Err(reason) => {
+            if std::env::var(support::REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
+                panic!("{test}: {reason}");
+            }
+            support::say(&format!("SKIPPED {test}: {reason}"));
+            return;
+        }
+    };
+    let hosts_before = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let lab = Lab::new().expect("lab");
+    let world = World::build(&lab, python).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut failures = Vec::new();
+    let mut check = |phase: &str, result: Result<(), String>| match result {
+        Ok(()) => step(&format!("{phase}: ok")),
+        Err(e) => {
+            step(&format!("{phase}: FAILED"));
+            failures.push(format!("== {phase} ==\n{e}"));
+        }
+    };
+    check("names resolve and the responder answers", world.names());
+    check("curl by name: 50 MiB intact", world.http_by_name());
+    check("grpc by name: unary and streaming", world.grpc_by_name());
+    check("mcp sdk by name: list and call a tool", world.mcp_by_name());
+    check("a2a sdk by name: card and message", world.a2a_by_name());
+    check(
+        "untrusted agent cannot resolve or reach b",
+        world.untrusted_cannot_resolve_or_reach(),
+    );
+    check(
+        "attached container reaches b by name under b's policy",
+        world.container(),
+    );
+    check(
+        "container attached by pid: both directions",
+        world.container_by_pid(),
+    );
+    check(
+        "one agent's down leaves the others' names",
+        world.down_keeps_other_names(),
+    );
+    // The lab's agents live in named namespaces: the host's own file is
+    // never theirs to edit.
+    let hosts_after = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    check(
+        "the host's /etc/hosts is untouched",
+        if hosts_after == hosts_before {
+            Ok(())
+        } else {
+            Err(format!("/etc/hosts changed:\n{hosts_after}"))
+        },
+    );
+    assert!(
+        failures.is_empty(),
+        "{} check(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The Python interpreter that has the apps' packages: the repo's `.venv`
+/// (where `scripts/test.sh` installs them) or `python3` on `PATH`.
+fn python_with_modules() -> Result<PathBuf, String> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    let python = if venv.is_file() {
+        venv
+    } else {
+        support::which("python3").ok_or("python3 is not installed")?
+    };
+    let import = format!("import {}", PYTHON_MODULES.join(", "));
+    let mut cmd = std::process::Command::new(&python);
+    cmd.args(["-c", &import]);
+    let out = support::run(cmd, Duration::from_secs(60))?;
+    if out.ok() {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} cannot import the apps' packages (scripts/test.sh installs scripts/requirements-test.txt into .venv): {}",
+            python.display(),
+            out.stderr.trim()
+        ))
+    }
+}
+
+fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// A and B trust each other (B allows A only [`B_ALLOWS_A`]); C runs but
+/// nobody trusts it.
+struct World<'l> {
+    lab: &'l Lab,
+    python: PathBuf,
+    a: Agent<'l>,
+    b: Agent<'l>,
+    c: Agent<'l>,
+    id_b: Identity,
+    /// `PREFIX::53` of the network.
+    resolver: Ipv6Addr,
+}
+
+impl<'l> World<'l> {
+    fn build(lab: &'l Lab, python: PathBuf) -> Result<Self, String> {
+        step(&format!(
+            "lab {}: hosts a, b, c on one bridge",
+            lab.prefix()
+        ));
+        let hosts = lab.bridge_segment(UNDERLAY, &["a", "b", "c"])?;
+        let a = Agent::new(lab, &hosts[0], "alice")?;
+        let b = Agent::new(lab, &hosts[1], "bob")?;
+        let c = Agent::new(lab, &hosts[2], "carol")?;
+        for agent in [&a, &b, &c] {
+            agent.init()?;
+            agent.up()?;
+        }
+        let (id_a, id_b) = (a.id()?, b.id()?);
+        step("trust: a -> b as bob (with endpoint), b -> a as alice allowing only some ports");
+        a.trust_add(&id_b, "bob", Some(b.endpoint()))?;
+        b.cli_ok(&[
+            "trust", "add", &id_a.id, "--name", "alice", "--allow", B_ALLOWS_A,
+        ])?;
+        let s = id_b.address.segments();
+        let resolver = Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0x53);
+        let world = Self {
+            lab,
+            python,
+            a,
+            b,
+            c,
+            id_b,
+            resolver,
+        };
+        // By name from the start: the hosts file is in place when `trust
+        // add` returns, and the first ping opens the session.
+        wait_until("ping -6 bob.agent.internal from a", CONNECT_TIMEOUT, || {
+            world
+                .exec(
+                    &world.a,
+                    &[
+                        "ping",
+                        "-6",
+                        "-n",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                        "bob.agent.internal",
+                    ],
+                )
+                .is_ok_and(|o| o.ok())
+        })?;
+        Ok(world)
+    }
+
+    fn exec(&self, agent: &Agent, args: &[&str]) -> Result<Output, String> {
+        self.lab.exec(&agent.host.ns, args)
+    }
+
+    fn python_args<'a>(&'a self, script: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec![path_str(&self.python), "-u", path_str(script)];
+        all.extend_from_slice(args);
+        all
+    }
+
+    /// Starts a Python app on `ns` and waits until something listens on
+    /// TCP `port` there.
+    fn serve(
+        &self,
+        ns: &str,
+        name: &str,
+        script: &str,
+        args: &[&str],
+        port: u16,
+    ) -> Result<u32, String> {
+        let script = apps_dir().join(script);
+        let pid = self.lab.spawn(ns, name, &self.python_args(&script, args))?;
+        self.wait_listening(ns, port, pid)?;
+        Ok(pid)
+    }
+
+    fn wait_listening(&self, ns: &str, port: u16, pid: u32) -> Result<(), String> {
+        let sport = format!(":{port}");
+        let listening = wait_until(&format!("a server on port {port}"), LISTEN_TIMEOUT, || {
+            !self.lab.spawn_running(pid)
+                || self
+                    .lab
+                    .exec(ns, &["ss", "-Hltn", "sport", "=", &sport])
+                    .is_ok_and(|o| o.stdout.contains("LISTEN"))
+        });
+        if listening.is_err() || !self.lab.spawn_running(pid) {
+            let (out, err) = self.lab.stop(pid);
+            return Err(format!(
+                "the server did not listen on {port}:\n{out}\n{err}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `getent ahostsv6 NAME` inside an agent's namespace: the addresses
+    /// the system resolver (getaddrinfo) gives programs.
+    fn getaddrinfo(&self, agent: &Agent, name: &str) -> Result<Vec<Ipv6Addr>, String> {
+        let out = self.exec(agent, &["getent", "ahostsv6", name])?;
+        // One line per socket type (STREAM, DGRAM, RAW): one address each.
+        let mut addresses: Vec<Ipv6Addr> = Vec::new();
+        for address in out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        {
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+        Ok(addresses)
+    }
+
+    /// `dig @PREFIX::53 NAME TYPE` from an agent's namespace: (status, answers).
+    fn dig(&self, agent: &Agent, name: &str, kind: &str) -> Result<(String, Vec<String>), String> {
+        let server = format!("@{}", self.resolver);
+        let out = self
+            .exec(
+                agent,
+                &[
+                    "dig",
+                    "+tries=1",
+                    "+time=3",
+                    "+nocookie",
+                    &server,
+                    name,
+                    kind,
+                ],
+            )?
+            .check()?;
+        let status = out
+            .stdout
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .ok_or_else(|| format!("no status in dig's output:\n{}", out.stdout))?
+            .to_string();
+        let answers = out
+            .stdout
+            .split(";; ANSWER SECTION:\n")
+            .nth(1)
+            .map(|section| {
+                section
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((status, answers))
+    }
+
+    fn names(&self) -> Result<(), String> {
+        let got = self.getaddrinfo(&self.a, "bob.agent.internal")?;
+        if !got.contains(&self.id_b.address) {
+            return Err(format!(
+                "getaddrinfo(bob.agent.internal) in a = {got:?}, expected {}",
+                self.id_b.address
+            ));
+        }
+        let b_address = self.id_b.address.to_string();
+        let expect = [
+            (
+                "bob.agent.internal",
+                "AAAA",
+                "NOERROR",
+                vec![b_address.clone()],
+            ),
+            ("BOB.agent.internal", "AAAA", "NOERROR", vec![b_address]),
+            ("bob.agent.internal", "A", "NOERROR", vec![]),
+            ("nobody.agent.internal", "AAAA", "NXDOMAIN", vec![]),
+            ("example.com", "AAAA", "REFUSED", vec![]),
+        ];
+        for (name, kind, status, answers) in expect {
+            let got = self.dig(&self.a, name, kind)?;
+            if got != (status.to_string(), answers.clone()) {
+                return Err(format!(
+                    "dig {name} {kind} at {}: {got:?}, expected ({status}, {answers:?})",
+                    self.resolver
+                ));
+            }
+        }
+        let ping = self.exec(
+            &self.a,
+            &[
+                "ping",
+                "-6",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                &self.resolver.to_string(),
+            ],
+        )?;
+        if !ping.ok() {
+            return Err(format!(
+                "the resolver address does not answer ping:\n{}",
+                ping.describe()
+            ));
+        }
+        Ok(())
+    }
+
+    fn http_by_name(&self) -> Result<(), String> {
+        let www = self.lab.dir().join("www");
+        std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+        let blob = support::random_bytes(BLOB_LEN);
+        std::fs::write(www.join("blob.bin"), &blob).map_err(|e| e.to_string())?;
+        std::fs::write(www.join("hello.txt"), "hello from bob\n").map_err(|e| e.to_string())?;
+        let port = HTTP_PORT.to_string();
+        let server = self.lab.spawn(
+            &self.b.host.ns,
+            "http-server",
+            &[
+                path_str(&self.python),
+                "-m",
+                "http.server",
+                &port,
+                "--bind",
+                "::",
+                "--directory",
+                path_str(&www),
+            ],
+        )?;
+        self.wait_listening(&self.b.host.ns, HTTP_PORT, server)?;
+        let fetched = self.lab.dir().join("fetched.bin");
+        let started = std::time::Instant::now();
+        let curl = self.exec(
+            &self.a,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "120",
+                "-o",
+                path_str(&fetched),
+                &format!("http://bob.agent.internal:{port}/blob.bin"),
+            ],
+        )?;
+        curl.check()?;
+        let got = std::fs::read(&fetched).map_err(|e| e.to_string())?;
+        if got != blob {
+            return Err(format!(
+                "downloaded {} bytes that differ from the {} served",
+                got.len(),
+                blob.len()
+            ));
+        }
+        step(&format!(
+            "50 MiB by name in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        // The server keeps running: the untrusted and container checks use it.
+        Ok(())
+    }
+
+    fn grpc_by_name(&self) -> Result<(), String> {
+        let listen = format!("[::]:{GRPC_PORT}");
+        let server = self.serve(
+            &self.b.host.ns,
+            "grpc-server",
+            "grpc_echo.py",
+            &["serve", &listen],
+            GRPC_PORT,
+        )?;
+        let script = apps_dir().join("grpc_echo.py");
+        let target = format!("bob.agent.internal:{GRPC_PORT}");
+        let out = self.lab.exec(
+            &self.a.host.ns,
+            &self.python_args(&script, &["call", &target]),
+        );
+        let (_, log) = self.lab.stop(server);
+        let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
+        expect_lines(&out, &["echo: hello", "stream: 5 items, last item 4"])
+    }
+
+    fn mcp_by_name(&self) -> Result<(), String> {
+        let port = MCP_PORT.to_string();
+        let server = self.serve(
+            &self.b.host.ns,
+            "mcp-server",
+            "mcp_server.py",
+            &["::", &port],
+            MCP_PORT,
+        )?;
+        let script = apps_dir().join("mcp_client.py");
+        let url = format!("http://bob.agent.internal:{port}/mcp");
+        let out = self
+            .lab
+            .exec(&self.a.host.ns, &self.python_args(&script, &[&url]));
+        let (_, log) = self.lab.stop(server);
+        let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
+        expect_lines(&out, &["tools: add", "add: 42"])
+    }
+
+    fn a2a_by_name(&self) -> Result<(), String> {
+        let port = A2A_PORT.to_string();
+        let public = format!("http://bob.agent.internal:{port}/");
+        let server = self.serve(
+            &self.b.host.ns,
+            "a2a-server",
+            "a2a_server.py",
+            &["::", &port, &public],
+            A2A_PORT,
+        )?;
+        let script = apps_dir().join("a2a_client.py");
+        let base = format!("http://bob.agent.internal:{port}");
+        let out = self.lab.exec(
+            &self.a.host.ns,
+            &self.python_args(&script, &[&base, "hello over agentnet"]),
+        );
+        let (_, log) = self.lab.stop(server);
+        let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
+        expect_lines(
+            &out,
+            &[
+                &format!("card: echo at {public}"),
+                "reply: echo: hello over agentnet",
+            ],
+        )
+    }
+
+    /// C does not trust B: no name (getaddrinfo fails, the responder says
+    /// NXDOMAIN, curl cannot resolve). C then trusts B on its own: the name
+    /// resolves, but B does not trust C, so the connection times out.
+    fn untrusted_cannot_resolve_or_reach(&self) -> Result<(), String> {
+        let c = &self.c;
+        let got = self.getaddrinfo(c, "bob.agent.internal")?;
+        if !got.is_empty() {
+            return Err(format!("c resolved bob.agent.internal to {got:?}"));
+        }
+        let dig = self.dig(c, "bob.agent.internal", "AAAA")?;
+        if dig.0 != "NXDOMAIN" {
+            return Err(format!("c's responder: {dig:?}, expected NXDOMAIN"));
+        }
+        let url = format!("http://bob.agent.internal:{HTTP_PORT}/hello.txt");
+        let curl = self.exec(
+            c,
+            &["curl", "-sS", "--noproxy", "*", "--max-time", "10", &url],
+        )?;
+        if curl.status.code() != Some(6) {
+            return Err(format!(
+                "curl from c: expected exit 6 (cannot resolve):\n{}",
+                curl.describe()
+            ));
+        }
+
+        c.trust_add(&self.id_b, "bob", Some(self.b.endpoint()))?;
+        let got = self.getaddrinfo(c, "bob.agent.internal")?;
+        if got != [self.id_b.address] {
+            return Err(format!(
+                "after c trusts b, c resolves bob.agent.internal to {got:?}"
+            ));
+        }
+        let curl = self.exec(
+            c,
+            &[
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--connect-timeout",
+                BLOCKED_CONNECT_TIMEOUT,
+                &url,
+            ],
+        )?;
+        if curl.status.code() != Some(28) {
+            return Err(format!(
+                "curl from c to b (b does not trust c): expected a timeout (28):\n{}",
+                curl.describe()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A namespace attached to A: it gets an address of A's node prefix and
+    /// B's name; it reaches B's HTTP server (allowed for A) but not a port B
+    /// does not allow A; `detach` undoes it.
+    fn container(&self) -> Result<(), String> {
+        let ct = self.lab.add_namespace("ct")?;
+        let attach = self.a.cli_ok(&["attach", "--netns", &ct])?;
+        step(attach.stdout.trim());
+        let address: Ipv6Addr = attach
+            .stdout
+            .split("address ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no address in `attach` output:\n{}", attach.stdout))?;
+        let a_prefix = self.a.id()?.address.segments();
+        if address.segments()[..7] != a_prefix[..7] || address.segments()[7] != 2 {
+            return Err(format!(
+                "attached address {address} is not ::2 of a's node prefix"
+            ));
+        }
+        let hosts = Path::new("/etc/netns").join(&ct).join("hosts");
+        if !attach.stdout.contains(path_str(&hosts)) {
+            return Err(format!(
+                "`attach` does not name {}:\n{}",
+                hosts.display(),
+                attach.stdout
+            ));
+        }
+
+        let url = format!("http://bob.agent.internal:{HTTP_PORT}/hello.txt");
+        let curl = self
+            .lab
+            .exec(
+                &ct,
+                &[
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "20",
+                    &url,
+                ],
+            )?
+            .check()?;
+        if curl.stdout != "hello from bob\n" {
+            return Err(format!("container fetched {:?}", curl.stdout));
+        }
+
+        // B's policy for A applies: a port B does not allow stays closed,
+        // though B listens there (as B itself shows).
+        let closed = CLOSED_PORT.to_string();
+        let server = self.lab.spawn(
+            &self.b.host.ns,
+            "closed-port",
+            &[
+                path_str(&self.python),
+                "-m",
+                "http.server",
+                &closed,
+                "--bind",
+                "::",
+                "--directory",
+                path_str(self.lab.dir()),
+            ],
+        )?;
+        self.wait_listening(&self.b.host.ns, CLOSED_PORT, server)?;
+        let local = format!("http://[::1]:{closed}/");
+        self.exec(
+            &self.b,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                &local,
+            ],
+        )?
+        .check()?;
+        let blocked = self.lab.exec(
+            &ct,
+            &[
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--connect-timeout",
+                BLOCKED_CONNECT_TIMEOUT,
+                &format!("http://bob.agent.internal:{closed}/"),
+            ],
+        )?;
+        self.lab.stop(server);
+        if blocked.status.code() != Some(28) {
+            return Err(format!(
+                "the container reached a port b does not allow a:\n{}",
+                blocked.describe()
+            ));
+        }
+
+        self.a.cli_ok(&["detach", "--netns", &ct])?;
+        let host_side = attach
+            .stdout
+            .split("host side ")
+            .nth(1)
+            .and_then(|s| s.split([',', ')']).next())
+            .unwrap_or_default()
+            .to_string();
+        if host_side.is_empty() || self.lab.link_exists(&self.a.host.ns, &host_side) {
+            return Err(format!(
+                "after detach, host side `{host_side}` still exists (or was not named)"
+            ));
+        }
+        if hosts.exists() {
+            return Err(format!("after detach, {} still exists", hosts.display()));
+        }
+        let forwarding = self.exec(&self.a, &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])?;
+        if forwarding.stdout.trim() != "0" {
+            return Err("after the last detach, IPv6 forwarding is still on in a".into());
+        }
+        Ok(())
+    }
+
+    /// A namespace attached by the PID of the process in it, as a Docker
+    /// container is: B reaches the web server inside it, and it reaches B.
+    /// Its `/etc/hosts` is this host's (the process was not started with
+    /// `ip netns exec` of a hosts file), so its names are not managed.
+    fn container_by_pid(&self) -> Result<(), String> {
+        let ct = self.lab.add_namespace("pid")?;
+        let www = self.lab.dir().join("ct-www");
+        std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+        std::fs::write(www.join("inside.txt"), "hello from the container\n")
+            .map_err(|e| e.to_string())?;
+        let server = self.lab.spawn(
+            &ct,
+            "container-http",
+            &[
+                path_str(&self.python),
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "::",
+                "--directory",
+                path_str(&www),
+            ],
+        )?;
+        self.wait_listening(&ct, 8080, server)?;
+        let pid = server.to_string();
+        let attach = self
+            .a
+            .cli_ok(&["attach", "--pid", &pid, "--address", "::7"])?;
+        step(attach.stdout.trim());
+        if !attach.stdout.contains("not managed") {
+            return Err(format!(
+                "names were managed in a namespace that shares this host's /etc/hosts:\n{}",
+                attach.stdout
+            ));
+        }
+        let mut address = self.a.id()?.address.segments();
+        address[7] = 7;
+        let address = Ipv6Addr::from(address);
+        let from_b = self
+            .exec(
+                &self.b,
+                &[
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "-g",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "20",
+                    &format!("http://[{address}]:8080/inside.txt"),
+                ],
+            )?
+            .check()?;
+        if from_b.stdout != "hello from the container\n" {
+            return Err(format!("b fetched {:?} from the container", from_b.stdout));
+        }
+        let to_b = self
+            .lab
+            .exec(
+                &ct,
+                &[
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "-g",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "20",
+                    &format!("http://[{}]:{HTTP_PORT}/hello.txt", self.id_b.address),
+                ],
+            )?
+            .check()?;
+        if to_b.stdout != "hello from bob\n" {
+            return Err(format!("the container fetched {:?} from b", to_b.stdout));
+        }
+        self.a.cli_ok(&["detach", "--pid", &pid])?;
+        self.lab.stop(server);
+        Ok(())
+    }
+
+    /// C (which has a hosts file naming bob now) goes down: A still resolves
+    /// bob; when A goes down its namespace hosts file is gone.
+    fn down_keeps_other_names(&self) -> Result<(), String> {
+        let hosts = |agent: &Agent| Path::new("/etc/netns").join(&agent.host.ns).join("hosts");
+        self.c.down()?;
+        if hosts(&self.c).exists() {
+            return Err(format!(
+                "{} is still there after c's down",
+                hosts(&self.c).display()
+            ));
+        }
+        let got = self.getaddrinfo(&self.a, "bob.agent.internal")?;
+        if got != [self.id_b.address] {
+            return Err(format!(
+                "after c's down, a resolves bob.agent.internal to {got:?}"
+            ));
+        }
+        self.a.down()?;
+        if hosts(&self.a).exists() {
+            return Err(format!(
+                "{} is still there after a's down",
+                hosts(&self.a).display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every `want` line must be among the output's lines.
+fn expect_lines(out: &Output, want: &[&str]) -> Result<(), String> {
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    for line in want {
+        if !lines.contains(line) {
+            return Err(format!("expected the line {line:?} in:\n{}", out.stdout));
+        }
+    }
+    Ok(())
+}

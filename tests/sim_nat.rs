@@ -1,0 +1,218 @@
+//! NAT traversal on the simulated network: rendezvous registration, relayed
+//! handshakes, hole punching, fallback to the relay and back, several
+//! rendezvous servers, and the trust-request mailbox.
+
+mod simnet;
+
+use std::time::Duration;
+
+use agentnet::core::policy::Policy;
+use simnet::{LinkConfig, NatKind, SimNet, tag_of, udp_packet};
+
+/// A world with one rendezvous and two agents behind NATs of these kinds
+/// (`None` = public address), trusting each other without endpoints.
+fn world(seed: u64, kind_a: Option<NatKind>, kind_b: Option<NatKind>) -> (SimNet, usize, usize) {
+    let mut net = SimNet::new(seed, LinkConfig::default());
+    net.add_rendezvous(100);
+    let place = |net: &mut SimNet, key: u8, kind: Option<NatKind>| match kind {
+        Some(kind) => {
+            let nat = net.add_nat(kind);
+            net.add_host_behind(key, nat)
+        }
+        None => net.add_host(key),
+    };
+    let a = place(&mut net, 1, kind_a);
+    let b = place(&mut net, 2, kind_b);
+    for host in [a, b] {
+        let address = net.hosts[host].address;
+        net.hosts[host].node.set_local_candidates(vec![address]);
+        net.use_rendezvous(host);
+    }
+    net.trust(a, b, false, Policy::All);
+    net.trust(b, a, false, Policy::All);
+    // Let both register.
+    net.run_for(Duration::from_secs(1));
+    (net, a, b)
+}
+
+fn send(net: &mut SimNet, from: usize, to: usize, tag: u32) {
+    let packet = udp_packet(net.overlay_address(from), net.overlay_address(to), 9000, tag, 100);
+    net.send_from_tun(from, &packet);
+}
+
+fn delivered(net: &SimNet, host: usize) -> Vec<u32> {
+    net.hosts[host].tun.iter().filter_map(|packet| tag_of(packet)).collect()
+}
+
+/// Sends a packet every 100 ms until both sides report `path` or the time
+/// runs out; returns the virtual time it took.
+fn time_to_path(net: &mut SimNet, a: usize, b: usize, path: &str, limit: Duration) -> Option<Duration> {
+    let start = net.now;
+    let mut tag = 10_000;
+    while net.now - start < limit {
+        send(net, a, b, tag);
+        tag += 1;
+        net.run_for(Duration::from_millis(100));
+        if net.path(a, b) == path && net.path(b, a) == path {
+            return Some(net.now - start);
+        }
+    }
+    None
+}
+
+#[test]
+fn agents_register_and_learn_their_reflexive_endpoint() {
+    let (net, a, _) = world(1, Some(NatKind::Easy), None);
+    let status = net.hosts[a].node.status(net.now);
+    assert_eq!(status.rendezvous.len(), 1);
+    assert!(status.rendezvous[0].registered);
+    let reflexive = status.rendezvous[0].reflexive.expect("reflexive endpoint");
+    assert_eq!(reflexive.ip(), net.nats[0].public_ip, "the rendezvous saw the NAT's address");
+    assert!(status.candidates.contains(&reflexive), "the reflexive endpoint is announced");
+}
+
+#[test]
+fn easy_to_easy_goes_direct_after_hole_punching() {
+    let (mut net, a, b) = world(2, Some(NatKind::Easy), Some(NatKind::Easy));
+    let took = time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct within 5 s");
+    println!("easy <-> easy: direct after {took:?}");
+    assert!(!delivered(&net, b).is_empty());
+}
+
+#[test]
+fn public_to_public_is_direct_at_once() {
+    let (mut net, a, b) = world(3, None, None);
+    let took = time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct");
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn hard_to_hard_relays_and_traffic_flows() {
+    let (mut net, a, b) = world(4, Some(NatKind::Hard), Some(NatKind::Hard));
+    for tag in 0..50 {
+        send(&mut net, a, b, tag);
+        net.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(net.path(a, b), "relay");
+    assert_eq!(net.path(b, a), "relay");
+    let got = delivered(&net, b);
+    assert!(got.len() >= 45, "only {} of 50 relayed packets arrived", got.len());
+    let counters = net.rendezvous[0].server.counters();
+    assert!(counters.relayed_packets >= 45, "{counters:?}");
+}
+
+#[test]
+fn agents_behind_the_same_nat_talk_over_local_addresses() {
+    let mut net = SimNet::new(5, LinkConfig::default());
+    net.add_rendezvous(100);
+    let nat = net.add_nat(NatKind::Hard);
+    let a = net.add_host_behind(1, nat);
+    let b = net.add_host_behind(2, nat);
+    for host in [a, b] {
+        let address = net.hosts[host].address;
+        net.hosts[host].node.set_local_candidates(vec![address]);
+        net.use_rendezvous(host);
+    }
+    net.trust(a, b, false, Policy::All);
+    net.trust(b, a, false, Policy::All);
+    net.run_for(Duration::from_secs(1));
+    time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct");
+    let endpoint = net.hosts[a].node.status(net.now).peers[0].endpoint.expect("endpoint");
+    assert_eq!(endpoint, net.hosts[b].address, "the direct path uses B's local address");
+}
+
+#[test]
+fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
+    let (mut net, a, b) = world(6, Some(NatKind::Easy), Some(NatKind::Easy));
+    time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct first");
+    net.set_cut(0, 1, true);
+    let cut_at = net.now;
+    let mut tag = 0;
+    let mut relayed_at = None;
+    while net.now - cut_at < Duration::from_secs(6) {
+        send(&mut net, a, b, tag);
+        tag += 1;
+        net.run_for(Duration::from_millis(100));
+        if relayed_at.is_none() && net.path(a, b) == "relay" {
+            relayed_at = Some(net.now - cut_at);
+        }
+    }
+    let relayed_at = relayed_at.expect("fell back to the relay");
+    assert!(relayed_at <= Duration::from_millis(3_200), "fallback took {relayed_at:?}");
+    let before = delivered(&net, b).len();
+    for _ in 0..10 {
+        send(&mut net, a, b, tag);
+        tag += 1;
+        net.run_for(Duration::from_millis(100));
+    }
+    assert!(delivered(&net, b).len() >= before + 9, "traffic does not flow on the relay");
+    net.set_cut(0, 1, false);
+    let back = time_to_path(&mut net, a, b, "direct", Duration::from_secs(40)).expect("back to direct");
+    println!("fallback after {relayed_at:?}, direct again {back:?} after healing");
+}
+
+#[test]
+fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
+    let mut net = SimNet::new(7, LinkConfig::default());
+    net.add_rendezvous(100);
+    net.add_rendezvous(101);
+    let mut hosts = Vec::new();
+    for key in 1..=4 {
+        let nat = net.add_nat(NatKind::Hard);
+        let host = net.add_host_behind(key, nat);
+        net.use_rendezvous(host);
+        hosts.push(host);
+    }
+    let (a, b, c, d) = (hosts[0], hosts[1], hosts[2], hosts[3]);
+    net.trust(a, b, false, Policy::All);
+    net.trust(b, a, false, Policy::All);
+    net.run_for(Duration::from_secs(1));
+    send(&mut net, a, b, 1);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, b), vec![1]);
+    // The first rendezvous dies.
+    net.rendezvous[0].up = false;
+    for tag in 2..40 {
+        send(&mut net, a, b, tag);
+        net.run_for(Duration::from_millis(250));
+    }
+    assert!(delivered(&net, b).len() >= 30, "existing session disturbed: {:?}", delivered(&net, b));
+    // A new pair forms through the survivor.
+    net.trust(c, d, false, Policy::All);
+    net.trust(d, c, false, Policy::All);
+    net.run_for(Duration::from_secs(100)); // registrations with the dead one expire
+    send(&mut net, c, d, 7);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(delivered(&net, d), vec![7]);
+}
+
+#[test]
+fn trust_request_reaches_an_offline_agent_when_it_registers() {
+    let mut net = SimNet::new(8, LinkConfig::default());
+    net.add_rendezvous(100);
+    let nat = net.add_nat(NatKind::Easy);
+    let a = net.add_host_behind(1, nat);
+    let b = net.add_host(2);
+    net.use_rendezvous(a);
+    net.run_for(Duration::from_secs(1));
+    // B is offline (not registered yet). A asks through the rendezvous.
+    net.trust(a, b, false, Policy::All);
+    let now = net.now;
+    let b_id = net.id(b);
+    let datagram = net.hosts[a]
+        .node
+        .send_trust_request(now, b_id, "offline delivery", Policy::All, None, None)
+        .expect("seals");
+    assert!(!datagram.is_empty());
+    net.run_for(Duration::from_secs(1));
+    assert!(net.hosts[b].node.pending_requests(net.now).is_empty());
+    assert_eq!(net.rendezvous[0].server.counters().mailbox_stored, 1);
+    // B comes online.
+    net.use_rendezvous(b);
+    net.run_for(Duration::from_secs(1));
+    let pending = net.hosts[b].node.pending_requests(net.now);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].justification, "offline delivery");
+    assert!(pending[0].via_relay);
+}
+

@@ -1,0 +1,836 @@
+//! The NAT lab (issue 4): an "internet" of benchmarking addresses with
+//! rendezvous servers on it, NAT routers (nftables) with agents behind them,
+//! and agents straight on the internet.
+//!
+//! ```text
+//!             198.18.0.0/24 ("internet": bridge br0 in namespace <prefix>-inet)
+//!   ┌───────────┬────────────┬──────────────┬──────────────┐
+//!  rv1         rv2        public host    router rt-X (wan)    ...
+//! (rendezvous servers)                     │ masquerade / firewall
+//!                                     10.77.N.0/24 (bridge "lan" in the router)
+//!                                      ┌───┴───┐
+//!                                   host a   host b
+//! ```
+//!
+//! Router kinds ([`NatKind`]):
+//!
+//! - `Easy`: `masquerade` (Linux keeps the source port: endpoint-independent
+//!   mapping; conntrack filters by address and port).
+//! - `Hard`: `masquerade random,fully-random` (a fresh random port for every
+//!   new destination: endpoint-dependent mapping, "symmetric NAT").
+//! - `UdpBlocked`: like `Easy`, and the router forwards no UDP at all.
+//!
+//! Every router also runs the stateful firewall of any home router: nothing
+//! new comes in from the WAN (`ct state new drop` on input and forward).
+//! That is not only realism: without it a hole-punching packet that reaches
+//! a router before its own agent has sent anything would leave a conntrack
+//! entry for the router itself, which then clashes with the agent's mapping
+//! and makes the router pick another port — every Linux-NAT punch would
+//! become a race.
+//!
+//! The underlay is IPv4 only (IPv6 is off on every lab interface except the
+//! agents' TUNs), so candidates and endpoints are predictable.
+//!
+//! Network hygiene as for [`Lab`]: every address lives in namespaces the lab
+//! created, which have no link to the host's network, and everything is
+//! removed when the lab is dropped (also when a test panics).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::agent::{Agent, Identity, agentnet_bin, peer_in_status};
+use super::lab::{Host, Lab, next_serial};
+use super::{Output, run, step, wait_for, wait_until};
+
+/// The programs a NAT-lab test runs inside the namespaces (besides `ip`).
+pub const NATLAB_TOOLS: &[&str] = &["nft", "ping", "python3", "ss", "sysctl"];
+
+/// Port the rendezvous servers listen on (UDP and TCP).
+pub const RENDEZVOUS_PORT: u16 = 3478;
+
+/// Port of the UDP/TCP reflector a lab self-check runs on public hosts.
+pub const REFLECTOR_PORT: u16 = 3479;
+
+/// Registration interval the lab's agents use (`up --register-interval`):
+/// short, so that a lost rendezvous is noticed within seconds.
+pub const REGISTER_INTERVAL_S: u32 = 5;
+
+/// How long an agent may take to register with its rendezvous servers.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The internet's first three octets (198.18.0.0/15 is reserved for
+/// benchmarking, RFC 2544; it is used only inside the lab's namespaces).
+const INTERNET: [u8; 3] = [198, 18, 0];
+
+/// How a site's router treats its agents' traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// `masquerade`: endpoint-independent mapping.
+    Easy,
+    /// `masquerade random,fully-random`: endpoint-dependent mapping.
+    Hard,
+    /// `masquerade`, and no UDP is forwarded.
+    UdpBlocked,
+}
+
+impl NatKind {
+    /// A short label for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            NatKind::Easy => "easy",
+            NatKind::Hard => "hard",
+            NatKind::UdpBlocked => "udp-blocked",
+        }
+    }
+}
+
+/// A NAT'd site: a router with a WAN address on the internet and a LAN
+/// bridge its hosts hang off.
+#[derive(Debug)]
+pub struct Site {
+    /// The site's name (its router's role is `rt-<name>`).
+    pub name: String,
+    /// What the router does.
+    pub kind: NatKind,
+    /// The router's namespace.
+    pub router_ns: String,
+    /// The router's address on the internet (every host's public address).
+    pub wan: Ipv4Addr,
+    /// The router's LAN address (`10.77.N.1`), the hosts' gateway.
+    pub gateway: Ipv4Addr,
+    next_host: AtomicU8,
+}
+
+/// A rendezvous server running in a lab host.
+#[derive(Debug)]
+pub struct Rendezvous {
+    /// Its host on the internet.
+    pub host: Host,
+    /// Its agent ID.
+    pub id: String,
+    /// PID of `agentnet rendezvous --foreground`, while it runs.
+    pub pid: Mutex<Option<u32>>,
+    state: tempfile::TempDir,
+}
+
+impl Rendezvous {
+    /// Its UDP (and TCP) endpoint.
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.host.ip, RENDEZVOUS_PORT))
+    }
+
+    /// The `up --rendezvous` value: `HOST:PORT=ID`.
+    pub fn flag(&self) -> String {
+        format!("{}={}", self.endpoint(), self.id)
+    }
+
+    /// Its state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
+    }
+}
+
+/// The lab: a [`Lab`] plus the internet, its sites and rendezvous servers.
+pub struct NatLab {
+    /// The namespaces and processes (agents borrow it).
+    pub lab: Lab,
+    inet_ns: String,
+    next_public: AtomicU8,
+    next_site: AtomicU8,
+    cuts: Mutex<Vec<(Ipv4Addr, Ipv4Addr)>>,
+}
+
+impl NatLab {
+    /// An empty internet: namespace `<prefix>-inet` with bridge `br0`, and a
+    /// bridge-family nftables table for path cuts.
+    pub fn new() -> Result<Self, String> {
+        let lab = Lab::new()?;
+        let inet_ns = lab.add_namespace("inet")?;
+        let nat = Self {
+            lab,
+            inet_ns,
+            next_public: AtomicU8::new(1),
+            next_site: AtomicU8::new(1),
+            cuts: Mutex::new(Vec::new()),
+        };
+        nat.sysctl(&nat.inet_ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+        nat.sysctl(&nat.inet_ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+        ip(&["-n", &nat.inet_ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &nat.inet_ns, "link", "set", "br0", "up"])?;
+        nat.nft(
+            &nat.inet_ns,
+            "table bridge natcut {\n\
+             \x20 chain forward { type filter hook forward priority filter; policy accept; }\n\
+             }\n",
+        )?;
+        Ok(nat)
+    }
+
+    /// The lab's namespace prefix.
+    pub fn prefix(&self) -> &str {
+        self.lab.prefix()
+    }
+
+    /// A host straight on the internet (no NAT): namespace `<prefix>-<role>`,
+    /// `eth0` = `198.18.0.N/24`.
+    pub fn public_host(&self, role: &str) -> Result<Host, String> {
+        let n = self.next_public.fetch_add(1, Ordering::Relaxed);
+        if n >= 250 {
+            return Err("too many public hosts".into());
+        }
+        let address = Ipv4Addr::new(INTERNET[0], INTERNET[1], INTERNET[2], n);
+        let ns = self.lab.add_namespace(role)?;
+        self.sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+        self.plug(&self.inet_ns, "br0", &format!("p-{role}"), &ns, "eth0")?;
+        self.sysctl(&ns, "net.ipv6.conf.eth0.disable_ipv6", "1")?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(Host {
+            role: role.to_string(),
+            ns,
+            iface: "eth0".into(),
+            ip: address,
+        })
+    }
+
+    /// A NAT router `rt-<name>` of `kind`: WAN on the internet, a LAN
+    /// bridge with `10.77.N.1/24`, forwarding on, nftables table `ip natlab`.
+    pub fn site(&self, name: &str, kind: NatKind) -> Result<Site, String> {
+        let n = self.next_site.fetch_add(1, Ordering::Relaxed);
+        let role = format!("rt-{name}");
+        let wan_host = self.public_host(&role)?;
+        // The public host helper named its interface eth0; a router calls it wan.
+        let ns = wan_host.ns.clone();
+        ip(&["-n", &ns, "link", "set", "eth0", "down"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "name", "wan"])?;
+        ip(&["-n", &ns, "link", "set", "wan", "up"])?;
+        self.sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+        self.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+        ip(&["-n", &ns, "link", "add", "lan", "type", "bridge"])?;
+        let gateway = Ipv4Addr::new(10, 77, n, 1);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            "lan",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "lan", "up"])?;
+        let masquerade = match kind {
+            NatKind::Easy | NatKind::UdpBlocked => "masquerade",
+            NatKind::Hard => "masquerade random,fully-random",
+        };
+        let block_udp = match kind {
+            NatKind::UdpBlocked => "meta l4proto udp drop",
+            _ => "",
+        };
+        self.nft(
+            &ns,
+            &format!(
+                "table ip natlab {{\n\
+                 \x20 chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
+                 \x20   oifname \"wan\" {masquerade}\n\
+                 \x20 }}\n\
+                 \x20 chain input {{ type filter hook input priority filter; policy accept;\n\
+                 \x20   iifname \"wan\" ct state new drop\n\
+                 \x20 }}\n\
+                 \x20 chain forward {{ type filter hook forward priority filter; policy accept;\n\
+                 \x20   iifname \"wan\" ct state new drop\n\
+                 \x20   {block_udp}\n\
+                 \x20 }}\n\
+                 }}\n"
+            ),
+        )?;
+        Ok(Site {
+            name: name.to_string(),
+            kind,
+            router_ns: ns,
+            wan: wan_host.ip,
+            gateway,
+            next_host: AtomicU8::new(2),
+        })
+    }
+
+    /// A host on `site`'s LAN: namespace `<prefix>-<role>`, `eth0` =
+    /// `10.77.N.M/24`, default route via the router.
+    pub fn host_behind(&self, site: &Site, role: &str) -> Result<Host, String> {
+        let m = site.next_host.fetch_add(1, Ordering::Relaxed);
+        let o = site.gateway.octets();
+        let address = Ipv4Addr::new(o[0], o[1], o[2], m);
+        let ns = self.lab.add_namespace(role)?;
+        self.sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+        self.plug(&site.router_ns, "lan", &format!("l-{role}"), &ns, "eth0")?;
+        self.sysctl(&ns, "net.ipv6.conf.eth0.disable_ipv6", "1")?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &site.gateway.to_string(),
+        ])?;
+        Ok(Host {
+            role: role.to_string(),
+            ns,
+            iface: "eth0".into(),
+            ip: address,
+        })
+    }
+
+    /// A public host `role` running `agentnet rendezvous --foreground` on
+    /// UDP and TCP port [`RENDEZVOUS_PORT`]; returns once both listen and
+    /// the server's ID is known.
+    pub fn rendezvous(&self, role: &str) -> Result<Rendezvous, String> {
+        let host = self.public_host(role)?;
+        let state = tempfile::Builder::new()
+            .prefix("an-rv-")
+            .tempdir()
+            .map_err(|e| format!("rendezvous state tempdir: {e}"))?;
+        let bin = agentnet_bin();
+        let dir = state.path().join("state");
+        let dir_text = dir.to_str().ok_or("non-UTF-8 temp path")?.to_string();
+        let listen = format!("{}:{RENDEZVOUS_PORT}", host.ip);
+        let pid = self.lab.spawn(
+            &host.ns,
+            &format!("rendezvous-{role}"),
+            &[
+                bin.to_str().ok_or("non-UTF-8 binary path")?,
+                "--state-dir",
+                &dir_text,
+                "rendezvous",
+                "--listen",
+                &listen,
+                "--tcp-listen",
+                &listen,
+                "--foreground",
+            ],
+        )?;
+        let port = format!(":{RENDEZVOUS_PORT}");
+        let listening = wait_until(
+            &format!("rendezvous {role} to listen on UDP and TCP {listen}"),
+            Duration::from_secs(15),
+            || {
+                if !self.lab.spawn_running(pid) {
+                    return true;
+                }
+                let udp = self
+                    .lab
+                    .exec(&host.ns, &["ss", "-Hlun", "sport", "=", &port])
+                    .is_ok_and(|o| !o.stdout.trim().is_empty());
+                let tcp = self
+                    .lab
+                    .exec(&host.ns, &["ss", "-Hltn", "sport", "=", &port])
+                    .is_ok_and(|o| o.stdout.contains("LISTEN"));
+                udp && tcp
+            },
+        );
+        if let Err(e) = listening.and_then(|()| {
+            if self.lab.spawn_running(pid) {
+                Ok(())
+            } else {
+                Err("it exited".into())
+            }
+        }) {
+            let (out, err) = self.lab.stop(pid);
+            return Err(format!(
+                "rendezvous {role} did not start: {e}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+            ));
+        }
+        let cmd = self.lab.command(
+            &host.ns,
+            &[
+                bin.to_str().ok_or("non-UTF-8 binary path")?,
+                "--state-dir",
+                &dir_text,
+                "id",
+                "--json",
+            ],
+        );
+        let out = run(cmd, Duration::from_secs(30))?.check()?;
+        let json: Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| format!("rendezvous `id --json` is not JSON ({e}): {}", out.stdout))?;
+        let id = json["id"]
+            .as_str()
+            .ok_or_else(|| format!("rendezvous `id --json` has no \"id\": {json}"))?
+            .to_string();
+        step(&format!("rendezvous {role} at {listen} is {id}"));
+        Ok(Rendezvous {
+            host,
+            id,
+            pid: Mutex::new(Some(pid)),
+            state,
+        })
+    }
+
+    /// Kills a rendezvous server with SIGKILL (a crash, not a shutdown) and
+    /// returns its output.
+    pub fn kill_rendezvous(&self, rv: &Rendezvous) -> (String, String) {
+        let Some(pid) = rv.pid.lock().unwrap().take() else {
+            return (String::new(), String::new());
+        };
+        super::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+        self.lab.stop(pid)
+    }
+
+    /// The output of a rendezvous server so far.
+    pub fn rendezvous_output(&self, rv: &Rendezvous) -> (String, String) {
+        match *rv.pid.lock().unwrap() {
+            Some(pid) => self.lab.spawn_output(pid),
+            None => (String::new(), String::new()),
+        }
+    }
+
+    /// Drops every packet between the public addresses `a` and `b` (both
+    /// ways) on the internet's bridge: the path between two routers is cut.
+    pub fn cut(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<(), String> {
+        for (s, d) in [(a, b), (b, a)] {
+            let rule = format!("ip saddr {s} ip daddr {d} drop");
+            self.lab.exec_ok(
+                &self.inet_ns,
+                &["nft", "add", "rule", "bridge", "natcut", "forward", &rule],
+            )?;
+        }
+        self.cuts.lock().unwrap().push((a, b));
+        Ok(())
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) -> Result<(), String> {
+        self.lab.exec_ok(
+            &self.inet_ns,
+            &["nft", "flush", "chain", "bridge", "natcut", "forward"],
+        )?;
+        self.cuts.lock().unwrap().clear();
+        Ok(())
+    }
+
+    /// Waits until `host` reaches `target` with a ping (the underlay works).
+    pub fn wait_reachable(&self, host: &Host, target: Ipv4Addr) -> Result<(), String> {
+        let target_text = target.to_string();
+        wait_until(
+            &format!("underlay {} ({}) -> {target}", host.role, host.ip),
+            Duration::from_secs(10),
+            || {
+                self.lab
+                    .exec(&host.ns, &["ping", "-n", "-c", "1", "-W", "1", &target_text])
+                    .is_ok_and(|o| o.ok())
+            },
+        )
+    }
+
+    /// Starts a reflector on public host `host`: it answers every UDP
+    /// datagram on [`REFLECTOR_PORT`] with the source `ip:port` it saw, and
+    /// accepts TCP on the same port (and answers likewise). Returns its
+    /// endpoint once it listens.
+    pub fn reflector(&self, host: &Host) -> Result<SocketAddr, String> {
+        const REFLECTOR: &str = r#"
+import socket, sys, threading
+port = int(sys.argv[1])
+def tcp():
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", port)); t.listen(16)
+    while True:
+        c, src = t.accept()
+        c.sendall(("%s:%d" % src).encode()); c.close()
+threading.Thread(target=tcp, daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", port))
+while True:
+    data, src = u.recvfrom(2048)
+    u.sendto(("%s:%d" % src).encode(), src)
+"#;
+        let port = REFLECTOR_PORT.to_string();
+        self.lab.spawn(
+            &host.ns,
+            &format!("reflector-{}", host.role),
+            &["python3", "-c", REFLECTOR, &port],
+        )?;
+        let filter = format!(":{REFLECTOR_PORT}");
+        wait_until(
+            &format!("the reflector on {}", host.role),
+            Duration::from_secs(10),
+            || {
+                let udp = self
+                    .lab
+                    .exec(&host.ns, &["ss", "-Hlun", "sport", "=", &filter])
+                    .is_ok_and(|o| !o.stdout.trim().is_empty());
+                let tcp = self
+                    .lab
+                    .exec(&host.ns, &["ss", "-Hltn", "sport", "=", &filter])
+                    .is_ok_and(|o| o.stdout.contains("LISTEN"));
+                udp && tcp
+            },
+        )?;
+        Ok(SocketAddr::V4(SocketAddrV4::new(host.ip, REFLECTOR_PORT)))
+    }
+
+    /// From `host`, one UDP socket bound to `local_port` asks each reflector
+    /// which source endpoint it sees. `None` where no answer came (3 tries
+    /// of 1 s).
+    pub fn udp_mappings(
+        &self,
+        host: &Host,
+        local_port: u16,
+        reflectors: &[SocketAddr],
+    ) -> Result<Vec<Option<SocketAddr>>, String> {
+        const PROBE: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(1.0)
+for target in sys.argv[2:]:
+    host, port = target.rsplit(":", 1)
+    seen = "-"
+    for _ in range(3):
+        s.sendto(b"probe", (host, int(port)))
+        try:
+            while True:
+                data, src = s.recvfrom(2048)
+                if src == (host, int(port)):
+                    seen = data.decode()
+                    break
+            break
+        except socket.timeout:
+            pass
+    print(seen)
+"#;
+        let port = local_port.to_string();
+        let targets: Vec<String> = reflectors.iter().map(ToString::to_string).collect();
+        let mut args = vec!["python3", "-c", PROBE, &port];
+        args.extend(targets.iter().map(String::as_str));
+        let out = self.lab.exec_ok(&host.ns, &args)?;
+        Ok(out
+            .stdout
+            .lines()
+            .map(|l| l.trim().parse::<SocketAddr>().ok())
+            .collect())
+    }
+
+    /// From `host`, the source endpoint a TCP reflector sees (`None` when
+    /// the connection fails within 3 s).
+    pub fn tcp_mapping(&self, host: &Host, reflector: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        const PROBE: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+try:
+    c = socket.create_connection((host, int(port)), timeout=3)
+    print(c.recv(100).decode())
+except OSError:
+    print("-")
+"#;
+        let target = reflector.to_string();
+        let out = self
+            .lab
+            .exec_ok(&host.ns, &["python3", "-c", PROBE, &target])?;
+        Ok(out.stdout.trim().parse().ok())
+    }
+
+    fn plug(
+        &self,
+        switch_ns: &str,
+        bridge: &str,
+        port: &str,
+        ns: &str,
+        iface: &str,
+    ) -> Result<(), String> {
+        // Created inside the switch namespace, straight into the host's: no
+        // interface ever appears in the test machine's own namespace.
+        ip(&[
+            "-n", switch_ns, "link", "add", port, "type", "veth", "peer", "name", iface, "netns",
+            ns,
+        ])?;
+        ip(&["-n", switch_ns, "link", "set", port, "master", bridge, "up"])?;
+        Ok(())
+    }
+
+    fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<(), String> {
+        self.lab
+            .exec_ok(ns, &["sysctl", "-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    fn nft(&self, ns: &str, ruleset: &str) -> Result<(), String> {
+        let file = self.lab.dir().join(format!("nft-{}.conf", next_serial()));
+        std::fs::write(&file, ruleset).map_err(|e| format!("{}: {e}", file.display()))?;
+        let path = file.to_str().ok_or("non-UTF-8 lab path")?;
+        self.lab
+            .exec_ok(ns, &["nft", "-f", path])
+            .map(drop)
+            .map_err(|e| format!("{e}\nruleset:\n{ruleset}"))
+    }
+}
+
+// ----------------------------------------------------------------- agents ----
+
+/// `init`, then `up --rendezvous HOST:PORT=ID ... --register-interval N`
+/// (detached); returns the identity.
+pub fn start_agent(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<Identity, String> {
+    agent.init()?;
+    up_with_rendezvous(agent, rendezvous)?;
+    agent.id()
+}
+
+/// `up` with the lab's rendezvous servers.
+pub fn up_with_rendezvous(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<(), String> {
+    let port = agent.port.to_string();
+    let interval = REGISTER_INTERVAL_S.to_string();
+    let flags: Vec<String> = rendezvous.iter().map(|r| r.flag()).collect();
+    let mut args = vec![
+        "up",
+        "--interface",
+        &agent.iface,
+        "--port",
+        &port,
+        "--register-interval",
+        &interval,
+    ];
+    for flag in &flags {
+        args.extend(["--rendezvous", flag.as_str()]);
+    }
+    agent.cli_ok(&args).map(drop)
+}
+
+/// The entries of `status["rendezvous"]`.
+pub fn rendezvous_entries(status: &Value) -> Vec<Value> {
+    status["rendezvous"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `status["rendezvous"]` entry of the server `rv`.
+pub fn rendezvous_entry(status: &Value, rv: &Rendezvous) -> Option<Value> {
+    rendezvous_entries(status)
+        .into_iter()
+        .find(|r| r["id"].as_str() == Some(rv.id.as_str()))
+}
+
+/// Waits until `agent` reports `registered: true` with `count` rendezvous
+/// servers; returns the status.
+pub fn wait_registered(agent: &Agent, count: usize) -> Result<Value, String> {
+    wait_for(
+        &format!("{} registered with {count} rendezvous", agent.name),
+        REGISTER_TIMEOUT,
+        || {
+            let status = agent.status().ok()?;
+            let registered = rendezvous_entries(&status)
+                .iter()
+                .filter(|r| r["registered"] == true)
+                .count();
+            (registered >= count).then_some(status)
+        },
+    )
+    .map_err(|e| {
+        let last = agent
+            .status()
+            .map(|s| s["rendezvous"].to_string())
+            .unwrap_or_else(|e| e);
+        format!("{e}; rendezvous in status: {last}\n{}", agent.log_excerpt(40))
+    })
+}
+
+/// What `status --json` says about one peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerPath {
+    /// `path`: "direct", "relay" or "none".
+    pub path: String,
+    /// `endpoint`, when known.
+    pub endpoint: Option<SocketAddr>,
+    /// `relay`, when relayed.
+    pub relay: Option<SocketAddr>,
+    /// `rtt_ms`, when measured.
+    pub rtt_ms: Option<f64>,
+    /// `session_established`.
+    pub established: bool,
+    /// `handshakes`.
+    pub handshakes: u64,
+    /// The whole entry.
+    pub json: Value,
+}
+
+/// The path `agent` reports for `peer` (`None` when the peer is not listed
+/// or the status cannot be read).
+pub fn peer_path(agent: &Agent, peer: &Identity) -> Option<PeerPath> {
+    let status = agent.status().ok()?;
+    let entry = peer_in_status(&status, &peer.id)?.clone();
+    let addr = |v: &Value| v.as_str().and_then(|s| s.parse().ok());
+    Some(PeerPath {
+        path: entry["path"].as_str().unwrap_or("").to_string(),
+        endpoint: addr(&entry["endpoint"]),
+        relay: addr(&entry["relay"]),
+        rtt_ms: entry["rtt_ms"].as_f64(),
+        established: entry["session_established"] == true,
+        handshakes: entry["handshakes"].as_u64().unwrap_or(0),
+        json: entry,
+    })
+}
+
+/// Waits until `agent` reports `path` for `peer`; returns the entry.
+pub fn wait_path(
+    agent: &Agent,
+    peer: &Identity,
+    path: &str,
+    timeout: Duration,
+) -> Result<PeerPath, String> {
+    wait_for(
+        &format!("{} to report path \"{path}\" to its peer", agent.name),
+        timeout,
+        || peer_path(agent, peer).filter(|p| p.path == path),
+    )
+    .map_err(|e| {
+        let now = peer_path(agent, peer)
+            .map(|p| p.json.to_string())
+            .unwrap_or_else(|| "-".into());
+        format!("{e}; peer entry now: {now}")
+    })
+}
+
+/// Both agents trust each other by ID only (no endpoint: they find each
+/// other through the rendezvous).
+pub fn trust_each_other(
+    a: &Agent,
+    id_a: &Identity,
+    b: &Agent,
+    id_b: &Identity,
+) -> Result<(), String> {
+    a.trust_add(id_b, &b.name, None)?;
+    b.trust_add(id_a, &a.name, None)
+}
+
+/// One ping over the overlay from `agent` to `to` (1 s deadline).
+pub fn overlay_ping(lab: &Lab, agent: &Agent, to: &Identity) -> bool {
+    let target = to.address.to_string();
+    lab.exec(
+        &agent.host.ns,
+        &["ping", "-6", "-n", "-c", "1", "-W", "1", &target],
+    )
+    .is_ok_and(|o| o.ok())
+}
+
+/// Pings `to` from `agent` until one answers; returns how long it took.
+pub fn time_to_first_packet(
+    lab: &Lab,
+    agent: &Agent,
+    to: &Identity,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    wait_until(
+        &format!("a first ping reply {} -> {}", agent.name, to.address),
+        timeout,
+        || overlay_ping(lab, agent, to),
+    )
+    .map(|()| start.elapsed())
+}
+
+/// A background `ping -i INTERVAL` over the overlay: keeps traffic on a
+/// path and counts the answers.
+pub struct Pinger<'l> {
+    lab: &'l Lab,
+    pid: Option<u32>,
+}
+
+impl<'l> Pinger<'l> {
+    /// Starts pinging `to` from `agent` every `interval_s` seconds.
+    pub fn start(lab: &'l Lab, agent: &Agent, to: &Identity, interval_s: &str) -> Result<Self, String> {
+        let target = to.address.to_string();
+        let pid = lab.spawn(
+            &agent.host.ns,
+            &format!("ping-{}", agent.host.role),
+            &["ping", "-6", "-n", "-O", "-i", interval_s, "-W", "1", &target],
+        )?;
+        Ok(Self {
+            lab,
+            pid: Some(pid),
+        })
+    }
+
+    /// `(answered, unanswered)` so far.
+    pub fn counts(&self) -> (usize, usize) {
+        let Some(pid) = self.pid else {
+            return (0, 0);
+        };
+        let (out, _) = self.lab.spawn_output(pid);
+        count_replies(&out)
+    }
+
+    /// The longest run of unanswered pings so far.
+    pub fn longest_gap(&self) -> usize {
+        let Some(pid) = self.pid else {
+            return 0;
+        };
+        let (out, _) = self.lab.spawn_output(pid);
+        longest_gap(&out)
+    }
+
+    /// Stops it; returns `(answered, unanswered, longest run unanswered)`.
+    pub fn stop(mut self) -> (usize, usize, usize) {
+        let Some(pid) = self.pid.take() else {
+            return (0, 0, 0);
+        };
+        let (out, _) = self.lab.stop(pid);
+        let (ok, lost) = count_replies(&out);
+        (ok, lost, longest_gap(&out))
+    }
+}
+
+impl Drop for Pinger<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            self.lab.stop(pid);
+        }
+    }
+}
+
+fn count_replies(out: &str) -> (usize, usize) {
+    let ok = out.lines().filter(|l| l.contains("bytes from")).count();
+    let lost = out
+        .lines()
+        .filter(|l| l.starts_with("no answer yet"))
+        .count();
+    (ok, lost)
+}
+
+fn longest_gap(out: &str) -> usize {
+    let (mut run, mut longest) = (0, 0);
+    for line in out.lines() {
+        if line.starts_with("no answer yet") {
+            run += 1;
+            longest = longest.max(run);
+        } else if line.contains("bytes from") {
+            run = 0;
+        }
+    }
+    longest
+}
+
+/// Runs `ip ARGS` in the test's own namespace (only `-n NS` forms are used:
+/// they act inside the lab's namespaces) and requires success.
+fn ip(args: &[&str]) -> Result<Output, String> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(args);
+    run(cmd, super::lab::COMMAND_TIMEOUT)?.check()
+}
