@@ -15,9 +15,11 @@
 #   * tunnel CPU: utime+stime (/proc/PID/stat, all threads) of both daemons
 #     during each iperf3 run, per GB (1e9 B) received
 #   * peak RSS (VmHWM) of each daemon
+#   * all of it again between two agents whose direct path is blocked, so
+#     their traffic goes through a rendezvous relay (section "relay path")
 #
 # Usage:   sudo scripts/bench.sh
-# Env:     DURATION=10  PARALLEL=4  PINGS=100  CONNECT_TIMEOUT=30
+# Env:     DURATION=10  PARALLEL=4  PINGS=100  CONNECT_TIMEOUT=30  RELAY=1 (0: no relay row)
 #          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet)
 #          OUTDIR=/tmp/agentnet-bench/<timestamp>
 # Output:  the markdown table (also $OUTDIR/table.md), raw/ (iperf3 JSON,
@@ -165,14 +167,86 @@ for side in a b; do
 done
 for pid in "${DAEMONS[@]}"; do lab_stop "$pid"; done
 
+# ======================================================= relay path ==========
+# (NAT traversal, issue 4; this section and the RELAY_ROWS entry of the table
+# loop are all it adds.) The same measurements between two agents that can
+# only reach each other through a rendezvous relay: three namespaces on one
+# bridge (10.211.0.1 ra, .2 rb, .3 the rendezvous rr); ra drops every packet
+# to and from rb (nftables), so the direct path never answers and the data
+# goes A -> rendezvous -> B. The row's tunnel CPU counts both agents and the
+# rendezvous server. RELAY=0 skips it.
+RELAY=${RELAY:-1}
+RELAY_ROWS=()
+RV_PORT=3478
+RV_PID=
+relay_bench() {
+    local ns_ra ns_rb ns_rr rv_id side ns t0 path
+    local ip_rb=10.211.0.2 ip_rr=10.211.0.3
+    lab_segment 10.211.0 ra rb rr || { log "relay: cannot build the segment"; return 1; }
+    ns_ra=${LAB_NS[ra]} ns_rb=${LAB_NS[rb]} ns_rr=${LAB_NS[rr]}
+    wait_for 5 ip netns exec "$ns_ra" ping -c1 -W1 "$ip_rr" || { log "relay: the segment does not pass a ping"; return 1; }
+    printf '%s\n' "table ip benchcut {" \
+        "  chain input { type filter hook input priority filter; policy accept; ip saddr $ip_rb drop; }" \
+        "  chain output { type filter hook output priority filter; policy accept; ip daddr $ip_rb drop; }" \
+        "}" | ip netns exec "$ns_ra" nft -f - || { log "relay: nft failed"; return 1; }
+    mkdir -m 700 "$WORK/rv" || return 1
+    lab_bg "$LOGS/rendezvous.out" "$ns_rr" "$BIN" --state-dir "$WORK/rv" rendezvous --foreground \
+        --listen "$ip_rr:$RV_PORT" --tcp-listen "$ip_rr:$RV_PORT"
+    RV_PID=$LAB_LAST_PID
+    wait_for 10 ip netns exec "$ns_rr" sh -c "ss -Hlun 'sport = :$RV_PORT' | grep -q ." ||
+        { log "relay: the rendezvous did not start (see $LOGS/rendezvous.out)"; return 1; }
+    rv_id=$("$BIN" --state-dir "$WORK/rv" id --json | jq -r .id)
+    [[ -n $rv_id && $rv_id != null ]] || { log "relay: no rendezvous id"; return 1; }
+    DAEMONS=()
+    for side in ra rb; do
+        ns=${LAB_NS[$side]}
+        mkdir -m 700 "$WORK/$side" || return 1
+        "$BIN" --state-dir "$WORK/$side" init --name "bench-$side" >>"$LOGS/cli.log" 2>&1 || return 1
+        lab_bg "$LOGS/agentnet-$side.out" "$ns" "$BIN" --state-dir "$WORK/$side" up --foreground \
+            --interface "anb-$side" --port "$PORT" --rendezvous "$ip_rr:$RV_PORT=$rv_id"
+        DAEMONS+=("$LAB_LAST_PID")
+        ID[$side]=$("$BIN" --state-dir "$WORK/$side" id --json | jq -r .id)
+        ADDR[$side]=$("$BIN" --state-dir "$WORK/$side" id --json | jq -r .address)
+        wait_for 15 has_addr "$ns" "anb-$side" "${ADDR[$side]}" ||
+            { log "relay: agent $side has no address (see $LOGS/agentnet-$side.out)"; return 1; }
+    done
+    t0=$(now_ms)
+    "$BIN" --state-dir "$WORK/ra" trust add "${ID[rb]}" --name bench-rb >>"$LOGS/cli.log" 2>&1 || return 1
+    "$BIN" --state-dir "$WORK/rb" trust add "${ID[ra]}" --name bench-ra >>"$LOGS/cli.log" 2>&1 || return 1
+    wait_for "$CONNECT_TIMEOUT" ip netns exec "$ns_ra" ping -n -c 1 -W 1 "${ADDR[rb]}" ||
+        { log "relay: no ping through the relay within ${CONNECT_TIMEOUT}s"; return 1; }
+    R[relay.connect]=$(($(now_ms) - t0))
+    path=$(ip netns exec "$ns_ra" "$BIN" --state-dir "$WORK/ra" status --json |
+        jq -r --arg id "${ID[rb]}" '.peers[] | select(.id == $id) | "\(.path) \(.relay)"')
+    log "  relay: first reply ${R[relay.connect]} ms after trust add; A's path to B: $path"
+    [[ $path == relay* ]] || { log "relay: the path is not the relay ($path)"; return 1; }
+    DAEMONS+=("$RV_PID")
+    NS_A=$ns_ra NS_B=$ns_rb # measure() runs the client in NS_A, the server in NS_B
+    measure relay "${ADDR[rb]}"
+    R[relay.mtu]=$(if_mtu "$ns_ra" anb-ra)
+    R[relay.rss]="$(peak_rss_mib "${DAEMONS[0]}") / $(peak_rss_mib "${DAEMONS[1]}") (rv $(peak_rss_mib "$RV_PID"))"
+    path=$(ip netns exec "$ns_ra" "$BIN" --state-dir "$WORK/ra" status --json |
+        jq -r --arg id "${ID[rb]}" '.peers[] | select(.id == $id) | .path')
+    [[ $path == relay ]] || log "  relay: WARNING: the path changed to '$path' during the measurement"
+    RELAY_ROWS=(relay)
+}
+if [[ $RELAY == 1 ]]; then
+    log "== agentnet through a rendezvous relay (direct path blocked)"
+    relay_bench || log "relay: no relay row in the table (see above)"
+    for side in ra rb; do cp "$WORK/$side/agentnet.log" "$LOGS/agentnet-$side.log" 2>/dev/null; done
+    for pid in "${DAEMONS[@]}" $RV_PID; do lab_stop "$pid"; done
+    DAEMONS=()
+fi
+# ================================================ end of the relay path ======
+
 # ----------------------------------------------------------------- table ----
 ratio() { awk -v x="$1" -v b="$2" 'BEGIN { if (x == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f", x / b }'; }
 pergb() { awk -v c="$1" -v y="$2" 'BEGIN { if (c == "NA" || y == "NA" || y == 0) print "NA"; else printf "%.2f", c / (y / 1e9) }'; }
 {
     echo "| path | TCP 1x Mbit/s | 1x vs veth | TCP ${PARALLEL}x Mbit/s | ${PARALLEL}x vs veth | RTT avg ms | RTT vs veth | ping loss % | connect ms | tunnel CPU-s/GB 1x | tunnel CPU-s/GB ${PARALLEL}x | peak RSS MiB A / B | MTU |"
     echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-    for p in veth agentnet; do
-        name=$p; [[ $p == veth ]] && name="raw veth"
+    for p in veth agentnet "${RELAY_ROWS[@]}"; do
+        name=$p; [[ $p == veth ]] && name="raw veth"; [[ $p == relay ]] && name="agentnet via relay"
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
             "${R[$p.tcp1]}" "$(ratio "${R[$p.tcp1]}" "${R[veth.tcp1]}")" \
             "${R[$p.tcp4]}" "$(ratio "${R[$p.tcp4]}" "${R[veth.tcp4]}")" \
@@ -184,6 +258,7 @@ pergb() { awk -v c="$1" -v y="$2" 'BEGIN { if (c == "NA" || y == "NA" || y == 0)
     echo
     echo "iperf3 A -> B, ${DURATION} s per run, receiver-side rate; RTT over $PINGS pings at 10 ms."
     echo "Tunnel CPU = utime+stime of both daemons during the run / GB received (1 GB = 1e9 B)."
+    ((${#RELAY_ROWS[@]})) && echo "Relay row: direct path blocked, A -> rendezvous -> B on one bridge; its tunnel CPU includes the rendezvous server."
     echo "$(nproc) CPUs, kernel $(uname -r), $("$BIN" --version 2>/dev/null | head -1)."
 } | tee "$OUTDIR/table.md"
 log "results: $OUTDIR/table.md (raw: $RAW, logs: $LOGS)"

@@ -34,6 +34,7 @@ use agentnet::daemon::resolver_config::HostResolverMode;
 use agentnet::daemon::tun::DEFAULT_INTERFACE;
 use agentnet::daemon::udp::resolve_endpoint;
 use agentnet::daemon::{self, DEFAULT_PORT, DaemonOptions};
+use agentnet::metrics::MetricsListen;
 use agentnet::state::{
     AgentConfig, DEFAULT_STATE_DIR, StateDir, TrustChange, default_agent_name,
     validate_network_name,
@@ -50,6 +51,7 @@ macro_rules! say {
 
 // After `say!`, which it uses.
 mod attach;
+mod ping;
 mod rendezvous;
 mod trust;
 
@@ -178,12 +180,31 @@ pub(crate) enum Command {
     /// Stop the daemon and wait until it has exited.
     Down,
 
-    /// Show the daemon's state: identity, interface, peers, sessions, traffic, drops.
+    /// Show the daemon's state: identity, peers, paths, RTT, loss, traffic, drops.
+    #[command(long_about = "Show the daemon's state: identity, interface, and one line per peer \
+        with its path (direct endpoint or relay), smoothed RTT, loss and reordering of what it \
+        sends us (last 10 s, from the transport counters), traffic and last handshake; then \
+        drops by reason.\n\n\
+        --json prints the full structure: per peer RTT (last, smoothed, min, max, variation; \
+        per path), receive loss, reordering and duplicates (window and totals), ping loss, \
+        bytes and packets each way, drops by reason, handshakes and their durations, path \
+        changes with timestamps, MTU.")]
     Status {
         /// Print the node's status as JSON (with "interface" and "port" at top level).
         #[arg(long)]
         json: bool,
+        /// Refresh every SECS seconds [default: 2] until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
+
+    /// Ping a peer over the overlay and say whether each reply came direct or relayed.
+    #[command(long_about = "Ping a peer over the overlay, by local name, agent ID or address.\n\n\
+        Each ping is a path ping inside the peer's encrypted session, sent along the path its \
+        traffic takes now; the reply line says how the answer came back (direct ENDPOINT or \
+        relay via RENDEZVOUS) and the round-trip time. The summary gives the loss, like \
+        ping(8). No ICMP is involved: the peer's policy does not matter, only its session.")]
+    Ping(self::ping::PingArgs),
 
     /// Manage the agents this agent will talk to: add, request, approve, revoke.
     #[command(subcommand, long_about = TRUST_LONG_ABOUT)]
@@ -271,6 +292,13 @@ pub(crate) struct UpArgs {
     /// open; keep it below the NAT's UDP timeout).
     #[arg(long, value_name = "SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) register_interval: u64,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (per-peer RTT,
+    /// loss, traffic, drops); loopback only unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on an address other than loopback.
+    #[arg(long, requires = "metrics")]
+    pub(crate) metrics_allow_remote: bool,
 }
 
 /// The `trust` subcommands.
@@ -350,7 +378,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Id { json } => id(&context, json),
         Command::Up(args) => up(&context, cli.log_format, args),
         Command::Down => down(&context),
-        Command::Status { json } => status(&context, json),
+        Command::Status { json, watch } => status(&context, json, watch),
+        Command::Ping(args) => ping::ping(&context, args),
         Command::Trust(TrustCommand::Add {
             id,
             name,
@@ -534,6 +563,13 @@ fn id(context: &Instance, json: bool) -> Result<()> {
 }
 
 fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
+    let metrics = args.metrics.map(|address| MetricsListen {
+        address,
+        allow_remote: args.metrics_allow_remote,
+    });
+    if let Some(metrics) = &metrics {
+        metrics.check()?;
+    }
     if args.foreground {
         if args.setsid {
             detach_from_terminal();
@@ -547,6 +583,7 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
             names: args.names,
             rendezvous: args.rendezvous,
             register_interval: Some(std::time::Duration::from_secs(args.register_interval)),
+            metrics,
         })?);
     }
     let state = &context.state;
@@ -587,6 +624,12 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
         command.args(["--rendezvous", &spec.to_string()]);
     }
     command.args(["--register-interval", &args.register_interval.to_string()]);
+    if let Some(address) = args.metrics {
+        command.args(["--metrics", &address.to_string()]);
+        if args.metrics_allow_remote {
+            command.arg("--metrics-allow-remote");
+        }
+    }
     let log_err = log
         .try_clone()
         .with_context(|| format!("cannot open {}", log_path.display()))?;
@@ -603,6 +646,9 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     say!("  port       {}/udp", info.port);
     say!("  mtu        {}", info.mtu);
     say!("  log        {}", log_path.display());
+    if let Some(address) = args.metrics {
+        say!("  metrics    http://{address}/metrics");
+    }
     Ok(())
 }
 
@@ -770,8 +816,37 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn status(context: &Instance, json: bool) -> Result<()> {
+fn status(context: &Instance, json: bool, watch: Option<f64>) -> Result<()> {
     let mut client = context.require_daemon()?;
+    let Some(every) = watch else {
+        return show_status(&mut client, json);
+    };
+    if !(0.1..=3600.0).contains(&every) {
+        bail!("--watch takes 0.1 to 3600 seconds");
+    }
+    let terminal = std::io::stdout().is_terminal();
+    // Until interrupted (Ctrl-C ends the process).
+    loop {
+        if terminal {
+            // Home and clear, as watch(1) does.
+            say!("\x1b[H\x1b[2J");
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if !json {
+            say!("every {every}s (unix time {now}); Ctrl-C to stop\n");
+        }
+        show_status(&mut client, json)?;
+        if !terminal {
+            say!("");
+        }
+        thread::sleep(Duration::from_secs_f64(every));
+    }
+}
+
+fn show_status(client: &mut ControlClient, json: bool) -> Result<()> {
     let value = match client.request(&Request::Status)? {
         Response::Status(value) => value,
         other => bail!("unexpected answer to `status`: {other:?}"),
@@ -939,7 +1014,11 @@ mod tests {
         let cli = Cli::try_parse_from(["agentnet", "status", "--state-dir", "/tmp/x", "--json"])
             .expect("parses");
         assert_eq!(cli.state_dir, PathBuf::from("/tmp/x"));
-        assert!(matches!(cli.command, Command::Status { json: true }));
+        assert!(matches!(cli.command, Command::Status { json: true, watch: None }));
+        let cli = Cli::try_parse_from(["agentnet", "status", "--watch"]).expect("parses");
+        assert!(matches!(cli.command, Command::Status { watch: Some(2.0), .. }));
+        let cli = Cli::try_parse_from(["agentnet", "ping", "bob", "-c", "5"]).expect("parses");
+        assert!(matches!(cli.command, Command::Ping(ref args) if args.count == Some(5)));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! {"cmd":"trust_deny","id":"<agent id>"}
 //! {"cmd":"reload_attachments"}
 //! {"cmd":"down"}
+//! {"cmd":"ping","peer":"<name, agent id or address>","timeout_ms":2000}
 //! ```
 //!
 //! (`endpoint` and `allow` of `trust_add` are optional; `allow` defaults to
@@ -39,6 +40,7 @@
 //! {"trust_denied":{"id":..,"name":..}}
 //! {"attachments_reloaded":{"attachments":[{"target":{"netns":..}|{"pid":..},"address":..,"hosts_file":..,"note":..}, ..]}}
 //! {"stopping":{"pid":..}}
+//! {"ping":{"name":..,"id":..,"address":..,"sent_on":{"path":"direct"|"relay","via":..},"reply":{"rtt_ms":..,"from":{..}}|null}}
 //! {"error":"human-readable message"}
 //! ```
 
@@ -138,6 +140,16 @@ pub enum Request {
     /// names in the attached namespaces. Answered with
     /// [`Response::AttachmentsReloaded`].
     ReloadAttachments,
+    /// Send one overlay-level path ping to a peer along its current path.
+    /// Answered with [`Response::Ping`] when the pong arrives or the timeout
+    /// passes (`reply` is then null).
+    Ping {
+        /// Local name, agent ID or overlay address of the peer.
+        peer: String,
+        /// How long to wait for the pong [default: 2000, at most 30000].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
     /// Stop the daemon. Answered with [`Response::Stopping`] before it exits.
     Down,
 }
@@ -200,6 +212,8 @@ pub enum Response {
         /// Each attached namespace and where its names go.
         attachments: Vec<crate::attach::AttachmentNames>,
     },
+    /// The outcome of one ping.
+    Ping(crate::ping::PingOutcome),
     /// The daemon is shutting down.
     Stopping {
         /// Its PID, to wait for.

@@ -52,10 +52,17 @@ fn throwaway_node(network: NetworkId, rendezvous: &[(AgentId, SocketAddr)]) -> O
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
     let identity = Identity::from_secret_bytes(secret.as_slice()).ok()?;
-    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let now = Instant::now();
     let mut node = Node::new(
-        NodeConfig { identity, network, name: "netcheck".into(), tunnel_mtu: 1280 },
+        NodeConfig {
+            identity,
+            network,
+            name: "netcheck".into(),
+            tunnel_mtu: 1280,
+        },
         *seed,
         now,
         unix_now,
@@ -67,11 +74,19 @@ fn throwaway_node(network: NetworkId, rendezvous: &[(AgentId, SocketAddr)]) -> O
 }
 
 fn all_registered(node: &Node) -> bool {
-    node.rendezvous_status(Instant::now()).iter().all(|status| status.registered)
+    node.rendezvous_status(Instant::now())
+        .iter()
+        .all(|status| status.registered)
 }
 
-async fn check_udp(network: NetworkId, rendezvous: &[(AgentId, SocketAddr)]) -> Vec<Option<SocketAddr>> {
-    let (Ok(socket), Some(mut node)) = (UdpSocket::bind("[::]:0").await, throwaway_node(network, rendezvous)) else {
+async fn check_udp(
+    network: NetworkId,
+    rendezvous: &[(AgentId, SocketAddr)],
+) -> Vec<Option<SocketAddr>> {
+    let (Ok(socket), Some(mut node)) = (
+        UdpSocket::bind("[::]:0").await,
+        throwaway_node(network, rendezvous),
+    ) else {
         return vec![None; rendezvous.len()];
     };
     let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
@@ -138,19 +153,34 @@ async fn check_tcp(network: NetworkId, rendezvous: (AgentId, SocketAddr)) -> boo
             }
         }
     };
-    matches!(tokio::time::timeout(CHECK_TIMEOUT, attempt).await, Ok(Some(())))
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, attempt).await,
+        Ok(Some(()))
+    )
 }
 
 /// Runs every check against these rendezvous servers.
-pub async fn run(network: NetworkId, rendezvous: &[(AgentId, SocketAddr)], local: &[SocketAddr]) -> NetcheckReport {
+pub async fn run(
+    network: NetworkId,
+    rendezvous: &[(AgentId, SocketAddr)],
+    local: &[SocketAddr],
+) -> NetcheckReport {
     let reflexive = check_udp(network, rendezvous).await;
     let mut checks = Vec::new();
     for (index, (id, endpoint)) in rendezvous.iter().enumerate() {
         let tcp = check_tcp(network, (*id, *endpoint)).await;
-        checks.push(RendezvousCheck { id: *id, endpoint: *endpoint, reflexive: reflexive.get(index).copied().flatten(), tcp });
+        checks.push(RendezvousCheck {
+            id: *id,
+            endpoint: *endpoint,
+            reflexive: reflexive.get(index).copied().flatten(),
+            tcp,
+        });
     }
     let seen: Vec<SocketAddr> = checks.iter().filter_map(|check| check.reflexive).collect();
-    let nat = if seen.iter().any(|address| local.iter().any(|local| local.ip() == address.ip())) {
+    let nat = if seen
+        .iter()
+        .any(|address| local.iter().any(|local| local.ip() == address.ip()))
+    {
         "none"
     } else if seen.len() < 2 {
         "unknown"

@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::core::address::NetworkId;
-use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
+use crate::core::rendezvous::{ClientAddr, RelayCounters, RendezvousConfig, RendezvousServer};
 use crate::state::{StateDir, StateError};
 use crate::tcp_frames::{read_frame, write_frame};
 
@@ -31,6 +31,8 @@ pub struct RendezvousOptions {
     pub listen: SocketAddr,
     /// TCP address to listen on (the fallback), if any.
     pub tcp_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<crate::metrics::MetricsListen>,
 }
 
 /// Errors that stop the server.
@@ -51,6 +53,9 @@ pub enum RendezvousError {
     /// The runtime could not start.
     #[error("cannot start the event loop: {0}")]
     Runtime(#[source] io::Error),
+    /// The metrics endpoint could not be served.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 enum TcpEvent {
@@ -80,7 +85,9 @@ async fn serve(
     network: NetworkId,
 ) -> Result<(), RendezvousError> {
     let bind = |address: SocketAddr| move |source| RendezvousError::Bind { address, source };
-    let udp = UdpSocket::bind(options.listen).await.map_err(bind(options.listen))?;
+    let udp = UdpSocket::bind(options.listen)
+        .await
+        .map_err(bind(options.listen))?;
     let listener = match options.tcp_listen {
         Some(address) => Some(TcpListener::bind(address).await.map_err(bind(address))?),
         None => None,
@@ -88,15 +95,42 @@ async fn serve(
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
     let id = identity.agent_id();
-    let mut server = RendezvousServer::new(RendezvousConfig::new(identity, network), *seed, Instant::now());
+    let (counters_tx, counters_rx) = tokio::sync::watch::channel(RelayCounters::default());
+    if let Some(listen) = options.metrics {
+        let metrics = listen.bind().await?;
+        tracing::info!(address = %listen.address, "serving metrics on /metrics");
+        let (id_text, started) = (std::sync::Arc::<str>::from(id.to_string()), Instant::now());
+        tokio::spawn(crate::metrics::serve(metrics, move || {
+            let counters = *counters_rx.borrow();
+            let id_text = std::sync::Arc::clone(&id_text);
+            async move {
+                Ok(crate::metrics::rendezvous_metrics(
+                    &id_text,
+                    &counters,
+                    started.elapsed(),
+                ))
+            }
+        }));
+    }
+    let mut server = RendezvousServer::new(
+        RendezvousConfig::new(identity, network),
+        *seed,
+        Instant::now(),
+    );
     let mut sigterm = signal(SignalKind::terminate()).map_err(RendezvousError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RendezvousError::Runtime)?;
     let (tcp_events, mut tcp_rx) = mpsc::channel::<TcpEvent>(4096);
     let mut tcp_clients: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut next_connection: u64 = 1;
     tracing::info!(%id, udp = %options.listen, tcp = ?options.tcp_listen, "rendezvous is up");
-    println!("rendezvous {id} listening on {} (udp){}", options.listen,
-        options.tcp_listen.map(|a| format!(" and {a} (tcp)")).unwrap_or_default());
+    println!(
+        "rendezvous {id} listening on {} (udp){}",
+        options.listen,
+        options
+            .tcp_listen
+            .map(|a| format!(" and {a} (tcp)"))
+            .unwrap_or_default()
+    );
 
     let mut buf = vec![0u8; BUFFER_LEN];
     loop {
@@ -146,6 +180,9 @@ async fn serve(
                 }
             }
         }
+        if options.metrics.is_some() {
+            counters_tx.send_replace(server.counters());
+        }
     }
     let counters = server.counters();
     tracing::info!(?counters, "rendezvous stopped");
@@ -159,12 +196,21 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
     }
 }
 
-fn spawn_client(stream: TcpStream, connection: u64, peer: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+fn spawn_client(
+    stream: TcpStream,
+    connection: u64,
+    peer: SocketAddr,
+    events: mpsc::Sender<TcpEvent>,
+) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
     tokio::spawn(async move {
-        if events.send(TcpEvent::Opened(connection, sender)).await.is_err() {
+        if events
+            .send(TcpEvent::Opened(connection, sender))
+            .await
+            .is_err()
+        {
             return;
         }
         let writer_task = tokio::spawn(async move {
@@ -176,7 +222,15 @@ fn spawn_client(stream: TcpStream, connection: u64, peer: SocketAddr, events: mp
         });
         let mut frame = Vec::new();
         while let Ok(Some(())) = read_frame(&mut reader, &mut frame).await {
-            if events.send(TcpEvent::Frame(connection, peer, std::mem::take(&mut frame))).await.is_err() {
+            if events
+                .send(TcpEvent::Frame(
+                    connection,
+                    peer,
+                    std::mem::take(&mut frame),
+                ))
+                .await
+                .is_err()
+            {
                 break;
             }
         }

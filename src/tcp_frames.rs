@@ -10,7 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const MAX_FRAME_LEN: usize = 65_535;
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<()>> {
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<()>> {
     let mut header = [0u8; 2];
     match reader.read_exact(&mut header).await {
         Ok(_) => {}
@@ -24,9 +27,16 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R, buf: &mut Vec<u
 }
 
 /// Writes one frame.
-pub async fn write_frame<W: AsyncWriteExt + Unpin>(writer: &mut W, datagram: &[u8]) -> io::Result<()> {
-    let len = u16::try_from(datagram.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "datagram too large for a frame"))?;
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    datagram: &[u8],
+) -> io::Result<()> {
+    let len = u16::try_from(datagram.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "datagram too large for a frame",
+        )
+    })?;
     let mut frame = Vec::with_capacity(2 + datagram.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(datagram);
@@ -54,6 +64,10 @@ mod tests {
     #[tokio::test]
     async fn oversized_datagram_is_refused() {
         let (mut a, _b) = tokio::io::duplex(16);
-        assert!(write_frame(&mut a, &vec![0; MAX_FRAME_LEN + 1]).await.is_err());
+        assert!(
+            write_frame(&mut a, &vec![0; MAX_FRAME_LEN + 1])
+                .await
+                .is_err()
+        );
     }
 }

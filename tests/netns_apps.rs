@@ -36,6 +36,10 @@ const GRPC_PORT: u16 = 50051;
 const CLOSED_PORT: u16 = 9090;
 /// Size of the file fetched by name.
 const BLOB_LEN: usize = 50 << 20;
+/// Limit for that download. The test binary is a debug build (about
+/// 10 Mbit/s through the tunnel on a 2-core machine, ~40 times slower than
+/// release): 50 MiB takes 30-45 s, more on a busy machine.
+const BLOB_TIMEOUT: Duration = Duration::from_secs(150);
 /// First contact: the handshake and the first packet.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server may take to listen (Python imports included).
@@ -389,8 +393,9 @@ impl<'l> World<'l> {
         self.wait_listening(&self.b.host.ns, HTTP_PORT, server)?;
         let fetched = self.lab.dir().join("fetched.bin");
         let started = std::time::Instant::now();
-        let curl = self.exec(
-            &self.a,
+        let max_time = BLOB_TIMEOUT.as_secs().to_string();
+        let curl = self.lab.command(
+            &self.a.host.ns,
             &[
                 "curl",
                 "-sS",
@@ -398,13 +403,13 @@ impl<'l> World<'l> {
                 "--noproxy",
                 "*",
                 "--max-time",
-                "120",
+                &max_time,
                 "-o",
                 path_str(&fetched),
                 &format!("http://bob.agent.internal:{port}/blob.bin"),
             ],
-        )?;
-        curl.check()?;
+        );
+        support::run(curl, BLOB_TIMEOUT + Duration::from_secs(10))?.check()?;
         let got = std::fs::read(&fetched).map_err(|e| e.to_string())?;
         if got != blob {
             return Err(format!(

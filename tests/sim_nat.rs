@@ -36,17 +36,33 @@ fn world(seed: u64, kind_a: Option<NatKind>, kind_b: Option<NatKind>) -> (SimNet
 }
 
 fn send(net: &mut SimNet, from: usize, to: usize, tag: u32) {
-    let packet = udp_packet(net.overlay_address(from), net.overlay_address(to), 9000, tag, 100);
+    let packet = udp_packet(
+        net.overlay_address(from),
+        net.overlay_address(to),
+        9000,
+        tag,
+        100,
+    );
     net.send_from_tun(from, &packet);
 }
 
 fn delivered(net: &SimNet, host: usize) -> Vec<u32> {
-    net.hosts[host].tun.iter().filter_map(|packet| tag_of(packet)).collect()
+    net.hosts[host]
+        .tun
+        .iter()
+        .filter_map(|packet| tag_of(packet))
+        .collect()
 }
 
 /// Sends a packet every 100 ms until both sides report `path` or the time
 /// runs out; returns the virtual time it took.
-fn time_to_path(net: &mut SimNet, a: usize, b: usize, path: &str, limit: Duration) -> Option<Duration> {
+fn time_to_path(
+    net: &mut SimNet,
+    a: usize,
+    b: usize,
+    path: &str,
+    limit: Duration,
+) -> Option<Duration> {
     let start = net.now;
     let mut tag = 10_000;
     while net.now - start < limit {
@@ -67,14 +83,22 @@ fn agents_register_and_learn_their_reflexive_endpoint() {
     assert_eq!(status.rendezvous.len(), 1);
     assert!(status.rendezvous[0].registered);
     let reflexive = status.rendezvous[0].reflexive.expect("reflexive endpoint");
-    assert_eq!(reflexive.ip(), net.nats[0].public_ip, "the rendezvous saw the NAT's address");
-    assert!(status.candidates.contains(&reflexive), "the reflexive endpoint is announced");
+    assert_eq!(
+        reflexive.ip(),
+        net.nats[0].public_ip,
+        "the rendezvous saw the NAT's address"
+    );
+    assert!(
+        status.candidates.contains(&reflexive),
+        "the reflexive endpoint is announced"
+    );
 }
 
 #[test]
 fn easy_to_easy_goes_direct_after_hole_punching() {
     let (mut net, a, b) = world(2, Some(NatKind::Easy), Some(NatKind::Easy));
-    let took = time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct within 5 s");
+    let took =
+        time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct within 5 s");
     println!("easy <-> easy: direct after {took:?}");
     assert!(!delivered(&net, b).is_empty());
 }
@@ -96,7 +120,11 @@ fn hard_to_hard_relays_and_traffic_flows() {
     assert_eq!(net.path(a, b), "relay");
     assert_eq!(net.path(b, a), "relay");
     let got = delivered(&net, b);
-    assert!(got.len() >= 45, "only {} of 50 relayed packets arrived", got.len());
+    assert!(
+        got.len() >= 45,
+        "only {} of 50 relayed packets arrived",
+        got.len()
+    );
     let counters = net.rendezvous[0].server.counters();
     assert!(counters.relayed_packets >= 45, "{counters:?}");
 }
@@ -117,8 +145,13 @@ fn agents_behind_the_same_nat_talk_over_local_addresses() {
     net.trust(b, a, false, Policy::All);
     net.run_for(Duration::from_secs(1));
     time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct");
-    let endpoint = net.hosts[a].node.status(net.now).peers[0].endpoint.expect("endpoint");
-    assert_eq!(endpoint, net.hosts[b].address, "the direct path uses B's local address");
+    let endpoint = net.hosts[a].node.status(net.now).peers[0]
+        .endpoint
+        .expect("endpoint");
+    assert_eq!(
+        endpoint, net.hosts[b].address,
+        "the direct path uses B's local address"
+    );
 }
 
 #[test]
@@ -138,16 +171,23 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
         }
     }
     let relayed_at = relayed_at.expect("fell back to the relay");
-    assert!(relayed_at <= Duration::from_millis(3_200), "fallback took {relayed_at:?}");
+    assert!(
+        relayed_at <= Duration::from_millis(3_200),
+        "fallback took {relayed_at:?}"
+    );
     let before = delivered(&net, b).len();
     for _ in 0..10 {
         send(&mut net, a, b, tag);
         tag += 1;
         net.run_for(Duration::from_millis(100));
     }
-    assert!(delivered(&net, b).len() >= before + 9, "traffic does not flow on the relay");
+    assert!(
+        delivered(&net, b).len() >= before + 9,
+        "traffic does not flow on the relay"
+    );
     net.set_cut(0, 1, false);
-    let back = time_to_path(&mut net, a, b, "direct", Duration::from_secs(40)).expect("back to direct");
+    let back =
+        time_to_path(&mut net, a, b, "direct", Duration::from_secs(40)).expect("back to direct");
     println!("fallback after {relayed_at:?}, direct again {back:?} after healing");
 }
 
@@ -176,7 +216,11 @@ fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
         send(&mut net, a, b, tag);
         net.run_for(Duration::from_millis(250));
     }
-    assert!(delivered(&net, b).len() >= 30, "existing session disturbed: {:?}", delivered(&net, b));
+    assert!(
+        delivered(&net, b).len() >= 30,
+        "existing session disturbed: {:?}",
+        delivered(&net, b)
+    );
     // A new pair forms through the survivor.
     net.trust(c, d, false, Policy::All);
     net.trust(d, c, false, Policy::All);
@@ -216,3 +260,68 @@ fn trust_request_reaches_an_offline_agent_when_it_registers() {
     assert!(pending[0].via_relay);
 }
 
+/// Like `world`, but with two rendezvous servers (so each agent can tell an
+/// easy NAT from a hard one).
+fn world_with_two_rendezvous(
+    seed: u64,
+    kind_a: NatKind,
+    kind_b: NatKind,
+) -> (SimNet, usize, usize) {
+    let mut net = SimNet::new(seed, LinkConfig::default());
+    net.add_rendezvous(100);
+    net.add_rendezvous(101);
+    let nat_a = net.add_nat(kind_a);
+    let a = net.add_host_behind(1, nat_a);
+    let nat_b = net.add_nat(kind_b);
+    let b = net.add_host_behind(2, nat_b);
+    for host in [a, b] {
+        let address = net.hosts[host].address;
+        net.hosts[host].node.set_local_candidates(vec![address]);
+        net.use_rendezvous(host);
+    }
+    net.trust(a, b, false, Policy::All);
+    net.trust(b, a, false, Policy::All);
+    net.run_for(Duration::from_secs(1));
+    (net, a, b)
+}
+
+#[test]
+fn easy_to_hard_goes_direct_with_birthday_probing() {
+    let mut successes = 0;
+    for seed in 0..10 {
+        let (mut net, a, b) = world_with_two_rendezvous(seed, NatKind::Easy, NatKind::Hard);
+        let kinds: Vec<String> = [a, b]
+            .iter()
+            .map(|&host| format!("{:?}", net.hosts[host].node.status(net.now).nat))
+            .collect();
+        assert_eq!(kinds, ["Easy", "Hard"], "agents classify their NATs");
+        match time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)) {
+            Some(took) => {
+                successes += 1;
+                println!("seed {seed}: easy <-> hard direct after {took:?}");
+                // Traffic flows on the punched path both ways.
+                let before = delivered(&net, a).len();
+                send(&mut net, b, a, 77);
+                net.run_for(Duration::from_millis(100));
+                assert_eq!(delivered(&net, a).len(), before + 1);
+            }
+            None => println!("seed {seed}: still relayed after 5 s"),
+        }
+    }
+    // Two rounds of 256 x 512 probes hit with ~98% probability.
+    assert!(successes >= 8, "only {successes} of 10 runs went direct");
+}
+
+#[test]
+fn hard_to_hard_stays_on_the_relay_without_probe_storms() {
+    let (mut net, a, b) = world_with_two_rendezvous(21, NatKind::Hard, NatKind::Hard);
+    let sent_before = net.wire_log.len();
+    for tag in 0..100 {
+        send(&mut net, a, b, tag);
+        net.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(net.path(a, b), "relay");
+    // No birthday probing between two hard NATs: it cannot work.
+    let datagrams = net.wire_log.len() - sent_before;
+    assert!(datagrams < 1_000, "{datagrams} datagrams for 100 packets");
+}

@@ -29,8 +29,8 @@ pub(super) struct StatusView {
 struct PeerView {
     id: String,
     name: String,
-    address: String,
     endpoint: Option<String>,
+    relay: Option<String>,
     path: String,
     session_established: bool,
     last_handshake_age_s: Option<f64>,
@@ -39,7 +39,29 @@ struct PeerView {
     dropped_policy: u64,
     dropped_replay: u64,
     dropped_spoofed: u64,
-    allow: String,
+    rtt: Option<RttView>,
+    receive: ReceiveView,
+    drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RttView {
+    smoothed_ms: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ReceiveView {
+    loss: Option<f64>,
+    reordering: Option<f64>,
+    window: WindowView,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WindowView {
+    duplicates: u64,
 }
 
 pub(super) fn render_status(status: &StatusView) -> String {
@@ -75,45 +97,56 @@ pub(super) fn render_status(status: &StatusView) -> String {
             .peers
             .iter()
             .map(|peer| {
-                let path = if peer.session_established || peer.path != "none" {
-                    peer.path.clone()
-                } else {
-                    "-".to_string()
+                let (path, via) = match peer.path.as_str() {
+                    "relay" => ("relay", peer.relay.clone()),
+                    "direct" => ("direct", peer.endpoint.clone()),
+                    _ => ("-", peer.endpoint.clone()),
                 };
                 vec![
                     peer.name.clone(),
-                    peer.address.clone(),
-                    peer.endpoint.clone().unwrap_or_else(|| "-".into()),
-                    path,
+                    path.to_string(),
+                    via.unwrap_or_else(|| "-".into()),
+                    peer.rtt
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |rtt| human_ms(rtt.smoothed_ms)),
+                    percent(peer.receive.loss),
+                    percent(peer.receive.reordering),
+                    human_bytes(peer.rx_bytes),
+                    human_bytes(peer.tx_bytes),
                     peer.last_handshake_age_s
                         .map(|age| format!("{} ago", human_duration(age)))
                         .unwrap_or_else(|| "never".into()),
-                    human_bytes(peer.rx_bytes),
-                    human_bytes(peer.tx_bytes),
-                    peer.allow.clone(),
                 ]
             })
             .collect();
         out.push_str(&table(
             &[
                 "PEER",
-                "ADDRESS",
-                "ENDPOINT",
                 "PATH",
-                "HANDSHAKE",
+                "VIA",
+                "RTT",
+                "LOSS",
+                "REORDER",
                 "RX",
                 "TX",
-                "ALLOW",
+                "HANDSHAKE",
             ],
             &rows,
         ));
         for peer in &status.peers {
-            let drops = [
+            // Older daemons have only the flat counters.
+            let mut drops: BTreeMap<&str, u64> = [
                 ("policy", peer.dropped_policy),
                 ("replay", peer.dropped_replay),
                 ("spoofed", peer.dropped_spoofed),
-            ];
-            let text = counters(drops.iter().map(|(k, v)| (*k, *v)));
+            ]
+            .into_iter()
+            .collect();
+            for (reason, count) in &peer.drops {
+                drops.insert(reason.as_str(), *count);
+            }
+            drops.insert("duplicates (10 s)", peer.receive.window.duplicates);
+            let text = counters(drops.into_iter());
             if !text.is_empty() {
                 let _ = writeln!(
                     out,
@@ -176,6 +209,28 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Milliseconds with 3 significant digits: `0.412 ms`, `12.5 ms`, `230 ms`, `1.20 s`.
+fn human_ms(ms: f64) -> String {
+    if !ms.is_finite() || ms < 0.0 {
+        "-".to_string()
+    } else if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms >= 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.3} ms")
+    }
+}
+
+/// A ratio as a percentage with one decimal, `-` when unknown.
+fn percent(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "-".into(), |ratio| format!("{:.1}%", ratio * 100.0))
+}
+
 /// Bytes with binary units: `512 B`, `1.5 KiB`, `3.2 MiB`.
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -232,6 +287,11 @@ mod tests {
         assert_eq!(human_duration(185.0), "3m05s");
         assert_eq!(human_duration(7800.0), "2h10m");
         assert_eq!(human_duration(-1.0), "0s");
+        assert_eq!(human_ms(0.4123), "0.412 ms");
+        assert_eq!(human_ms(12.54), "12.5 ms");
+        assert_eq!(human_ms(1234.0), "1.23 s");
+        assert_eq!(percent(Some(0.05)), "5.0%");
+        assert_eq!(percent(None), "-");
     }
 
     #[test]
@@ -244,7 +304,9 @@ mod tests {
                 "id": "bobbobbobbobbobbob", "name": "bob", "address": "fd00::2:1",
                 "endpoint": "192.0.2.7:7400", "path": "direct", "session_established": true,
                 "last_handshake_age_s": 12.5, "rx_bytes": 2048, "tx_bytes": 10,
-                "dropped_policy": 3, "allow": "all", "future_field": 1
+                "dropped_policy": 3, "allow": "all", "future_field": 1,
+                "rtt": {"smoothed_ms": 20.04}, "receive": {"loss": 0.051, "reordering": 0.0},
+                "drops": {"policy": 3, "decrypt": 2}
             }],
             "dropped": {"untrusted": 2, "malformed": 0}
         });
@@ -254,7 +316,10 @@ mod tests {
         assert!(text.contains("direct"), "{text}");
         assert!(text.contains("12s ago"), "{text}");
         assert!(text.contains("2.0 KiB"), "{text}");
-        assert!(text.contains("dropped policy 3"), "{text}");
+        assert!(text.contains("dropped decrypt 2, policy 3"), "{text}");
+        assert!(text.contains("20.0 ms"), "{text}");
+        assert!(text.contains("5.1%"), "{text}");
+        assert!(text.contains("192.0.2.7:7400"), "{text}");
         assert!(text.contains("untrusted 2"), "{text}");
         assert!(!text.contains("malformed"), "{text}");
         assert!(text.contains("up 1m05s"), "{text}");

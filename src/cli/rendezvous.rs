@@ -13,6 +13,7 @@ use super::Instance;
 use agentnet::core::address::NetworkId;
 use agentnet::daemon::rendezvous_link::RendezvousSpec;
 use agentnet::daemon::udp::resolve_endpoint;
+use agentnet::metrics::MetricsListen;
 use agentnet::rendezvous_server::{self, RendezvousOptions};
 
 /// How long a detaching `rendezvous` waits for the server to listen.
@@ -31,6 +32,14 @@ pub(crate) struct RendezvousArgs {
     /// Stay attached (systemd, containers, tests) instead of detaching.
     #[arg(long)]
     pub(crate) foreground: bool,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (registrations,
+    /// relayed bytes, drops, rate-limit hits); loopback only unless
+    /// --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<SocketAddr>,
+    /// Allow --metrics on an address other than loopback.
+    #[arg(long, requires = "metrics")]
+    pub(crate) metrics_allow_remote: bool,
 }
 
 /// Arguments of `netcheck`.
@@ -50,11 +59,19 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
     let state = &context.state;
     state.create()?;
     let (identity, _) = state.load_or_create_identity()?;
+    let metrics = args.metrics.map(|address| MetricsListen {
+        address,
+        allow_remote: args.metrics_allow_remote,
+    });
+    if let Some(metrics) = &metrics {
+        metrics.check()?;
+    }
     if args.foreground {
         return Ok(rendezvous_server::run(RendezvousOptions {
             state: state.clone(),
             listen: args.listen,
             tcp_listen: args.tcp_listen,
+            metrics,
         })?);
     }
     let log_path = state.root().join("rendezvous.log");
@@ -65,12 +82,20 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut command = Process::new(std::env::current_exe().context("cannot find own executable")?);
-    command
-        .arg("--state-dir")
-        .arg(state.root())
-        .args(["rendezvous", "--foreground", "--listen", &args.listen.to_string()]);
+    command.arg("--state-dir").arg(state.root()).args([
+        "rendezvous",
+        "--foreground",
+        "--listen",
+        &args.listen.to_string(),
+    ]);
     if let Some(tcp) = args.tcp_listen {
         command.args(["--tcp-listen", &tcp.to_string()]);
+    }
+    if let Some(address) = args.metrics {
+        command.args(["--metrics", &address.to_string()]);
+        if args.metrics_allow_remote {
+            command.arg("--metrics-allow-remote");
+        }
     }
     use std::os::unix::process::CommandExt;
     command
@@ -78,31 +103,51 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
-    let mut child = command.spawn().context("cannot start the rendezvous server")?;
+    let mut child = command
+        .spawn()
+        .context("cannot start the rendezvous server")?;
     let started = Instant::now();
     loop {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
-        let fresh = text.get(usize::try_from(log_start).unwrap_or(0)..).unwrap_or("");
+        let fresh = text
+            .get(usize::try_from(log_start).unwrap_or(0)..)
+            .unwrap_or("");
         if fresh.contains("listening on") {
             break;
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the rendezvous server exited ({status}):\n{}", fresh.trim_end());
+            bail!(
+                "the rendezvous server exited ({status}):\n{}",
+                fresh.trim_end()
+            );
         }
         if started.elapsed() > START_TIMEOUT {
-            bail!("the rendezvous server did not start within {START_TIMEOUT:?}; see {}", log_path.display());
+            bail!(
+                "the rendezvous server did not start within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    fs::write(state.root().join("rendezvous.pid"), format!("{}\n", child.id()))?;
+    fs::write(
+        state.root().join("rendezvous.pid"),
+        format!("{}\n", child.id()),
+    )?;
     println!("rendezvous is up (pid {})", child.id());
     println!("  id       {}", identity.agent_id());
     println!("  udp      {}", args.listen);
     if let Some(tcp) = args.tcp_listen {
         println!("  tcp      {tcp}");
     }
+    if let Some(address) = args.metrics {
+        println!("  metrics  http://{address}/metrics");
+    }
     println!("  log      {}", log_path.display());
-    println!("agents use it with: agentnet up --rendezvous HOST:{}={}", args.listen.port(), identity.agent_id());
+    println!(
+        "agents use it with: agentnet up --rendezvous HOST:{}={}",
+        args.listen.port(),
+        identity.agent_id()
+    );
     Ok(())
 }
 
@@ -114,37 +159,72 @@ pub(crate) fn netcheck(context: &Instance, args: NetcheckArgs) -> Result<()> {
         && let Some(config) = &config
     {
         for text in &config.rendezvous {
-            specs.push(text.parse().map_err(anyhow::Error::msg).context("bad rendezvous in config.toml")?);
+            specs.push(
+                text.parse()
+                    .map_err(anyhow::Error::msg)
+                    .context("bad rendezvous in config.toml")?,
+            );
         }
     }
     if specs.is_empty() {
-        bail!("no rendezvous to check: pass --rendezvous HOST:PORT=ID (twice to tell easy from hard NAT)");
+        bail!(
+            "no rendezvous to check: pass --rendezvous HOST:PORT=ID (twice to tell easy from hard NAT)"
+        );
     }
     let mut rendezvous = Vec::new();
     for spec in &specs {
         rendezvous.push((spec.id, resolve_endpoint(&spec.endpoint)?));
     }
     let network = NetworkId::from_name(
-        config.as_ref().map_or(agentnet::core::address::DEFAULT_NETWORK_NAME, |c| c.network.as_str()),
+        config
+            .as_ref()
+            .map_or(agentnet::core::address::DEFAULT_NETWORK_NAME, |c| {
+                c.network.as_str()
+            }),
     );
     let local = local_addresses();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(agentnet::netcheck::run(network, &rendezvous, &local));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("udp      {}", if report.udp { "works" } else { "blocked (no answer)" });
-    println!("tcp      {}", if report.tcp { "works (fallback available)" } else { "no answer" });
-    println!("nat      {}", match report.nat.as_str() {
-        "none" => "none (public address)",
-        "easy" => "easy (same mapping for every destination: direct paths likely)",
-        "hard" => "hard (new port per destination: relay or birthday probing)",
-        _ => "unknown (needs answers from two rendezvous over UDP)",
-    });
+    println!(
+        "udp      {}",
+        if report.udp {
+            "works"
+        } else {
+            "blocked (no answer)"
+        }
+    );
+    println!(
+        "tcp      {}",
+        if report.tcp {
+            "works (fallback available)"
+        } else {
+            "no answer"
+        }
+    );
+    println!(
+        "nat      {}",
+        match report.nat.as_str() {
+            "none" => "none (public address)",
+            "easy" => "easy (same mapping for every destination: direct paths likely)",
+            "hard" => "hard (new port per destination: relay or birthday probing)",
+            _ => "unknown (needs answers from two rendezvous over UDP)",
+        }
+    );
     for check in &report.rendezvous {
-        let reflexive = check.reflexive.map_or("-".to_string(), |address| address.to_string());
-        println!("  {}  reflexive {reflexive}  tcp {}", check.endpoint, if check.tcp { "ok" } else { "-" });
+        let reflexive = check
+            .reflexive
+            .map_or("-".to_string(), |address| address.to_string());
+        println!(
+            "  {}  reflexive {reflexive}  tcp {}",
+            check.endpoint,
+            if check.tcp { "ok" } else { "-" }
+        );
     }
     Ok(())
 }
@@ -159,7 +239,9 @@ fn local_addresses() -> Vec<SocketAddr> {
             if let Some(v4) = address.as_sockaddr_in() {
                 return Some(SocketAddr::from((v4.ip(), 0)));
             }
-            address.as_sockaddr_in6().map(|v6| SocketAddr::from((v6.ip(), 0)))
+            address
+                .as_sockaddr_in6()
+                .map(|v6| SocketAddr::from((v6.ip(), 0)))
         })
         .collect()
 }

@@ -131,6 +131,49 @@ impl Context {
         self.rendezvous.iter().any(|link| link.endpoint == address)
     }
 
+    /// What the rendezvous servers' answers say about our NAT.
+    pub fn nat_kind(&self) -> super::path::NatKind {
+        use super::path::NatKind;
+        let seen: Vec<SocketAddr> = self
+            .rendezvous
+            .iter()
+            .filter_map(|link| link.reflexive)
+            .collect();
+        if seen
+            .iter()
+            .any(|address| self.interface_candidates.contains(address))
+        {
+            return NatKind::None;
+        }
+        match seen.as_slice() {
+            [] | [_] => NatKind::Unknown,
+            [first, rest @ ..] if rest.iter().all(|address| address == first) => NatKind::Easy,
+            [first, rest @ ..] if rest.iter().all(|address| address.ip() == first.ip()) => {
+                NatKind::Hard
+            }
+            _ => NatKind::Unknown,
+        }
+    }
+
+    /// The NAT hint announced to peers.
+    pub fn nat_hint(&self) -> super::handshake::NatHint {
+        super::handshake::NatHint {
+            kind: self.nat_kind(),
+            reflexive: self.reflexive_endpoints(),
+        }
+    }
+
+    /// Our reflexive endpoints (as rendezvous servers saw us).
+    pub fn reflexive_endpoints(&self) -> Vec<SocketAddr> {
+        let mut seen = Vec::new();
+        for address in self.rendezvous.iter().filter_map(|link| link.reflexive) {
+            if !seen.contains(&address) {
+                seen.push(address);
+            }
+        }
+        seen
+    }
+
     /// Recomputes the announced candidates: interface addresses, then the
     /// reflexive endpoints the rendezvous servers saw. Returns whether they
     /// changed.
@@ -153,7 +196,14 @@ impl Context {
     pub fn send_on(&mut self, path: PathAddr, node: NodeId, datagram: Vec<u8>) {
         match path {
             PathAddr::Direct(address) => self.transmit(address, datagram),
-            PathAddr::Relay(rendezvous) => self.transmit(rendezvous, relay_envelope(node, &datagram)),
+            PathAddr::Relay(rendezvous) => {
+                self.transmit(rendezvous, relay_envelope(node, &datagram))
+            }
+            PathAddr::Probe(socket, address) => self.transmits.push_back(Transmit {
+                destination: address,
+                payload: datagram,
+                source: Some(socket),
+            }),
         }
     }
 
@@ -162,6 +212,7 @@ impl Context {
         self.transmits.push_back(Transmit {
             destination,
             payload,
+            source: None,
         });
     }
 }

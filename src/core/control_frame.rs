@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::codec::{Reader, Writer};
-use super::handshake::MAX_CANDIDATES;
+use super::handshake::{MAX_CANDIDATES, NatHint};
 use super::identity::AgentId;
 
 /// First byte of a path ping.
@@ -35,8 +35,13 @@ pub enum ControlFrame {
         /// The ping's id.
         id: u64,
     },
-    /// The sender's current candidate endpoints.
-    Candidates(Vec<SocketAddr>),
+    /// The sender's current candidate endpoints and NAT hint.
+    Candidates {
+        /// Local and reflexive endpoints.
+        candidates: Vec<SocketAddr>,
+        /// NAT kind and reflexive endpoints (optional on the wire).
+        nat: NatHint,
+    },
     /// The sender no longer trusts the receiver; the signature is the
     /// sender's Ed25519 signature over the revocation context.
     Revoked {
@@ -72,9 +77,10 @@ impl ControlFrame {
                 out.push(FRAME_PATH_PONG);
                 out.extend_from_slice(&id.to_le_bytes());
             }
-            ControlFrame::Candidates(candidates) => {
+            ControlFrame::Candidates { candidates, nat } => {
                 out.push(FRAME_CANDIDATES);
                 out.put_socket_addrs(candidates, MAX_CANDIDATES);
+                nat.encode_into(&mut out);
             }
             ControlFrame::Revoked { signature } => {
                 out.push(FRAME_REVOKED);
@@ -84,7 +90,10 @@ impl ControlFrame {
                 out.push(FRAME_REGISTER);
                 out.extend_from_slice(agent.as_bytes());
             }
-            ControlFrame::Registered { reflexive, lifetime_s } => {
+            ControlFrame::Registered {
+                reflexive,
+                lifetime_s,
+            } => {
                 out.push(FRAME_REGISTERED);
                 out.put_socket_addr(reflexive);
                 out.extend_from_slice(&lifetime_s.to_le_bytes());
@@ -100,9 +109,11 @@ impl ControlFrame {
         match reader.u8()? {
             FRAME_PATH_PING => Some(ControlFrame::PathPing { id: reader.u64()? }),
             FRAME_PATH_PONG => Some(ControlFrame::PathPong { id: reader.u64()? }),
-            FRAME_CANDIDATES => Some(ControlFrame::Candidates(
-                reader.socket_addrs(MAX_CANDIDATES)?,
-            )),
+            FRAME_CANDIDATES => {
+                let candidates = reader.socket_addrs(MAX_CANDIDATES)?;
+                let nat = NatHint::decode_from(&mut reader);
+                Some(ControlFrame::Candidates { candidates, nat })
+            }
             FRAME_REVOKED => Some(ControlFrame::Revoked {
                 signature: reader.array()?,
             }),
@@ -128,7 +139,13 @@ mod tests {
         let frames = [
             ControlFrame::PathPing { id: 7 },
             ControlFrame::PathPong { id: u64::MAX },
-            ControlFrame::Candidates(vec!["10.0.0.1:1".parse().expect("addr")]),
+            ControlFrame::Candidates {
+                candidates: vec!["10.0.0.1:1".parse().expect("addr")],
+                nat: NatHint {
+                    kind: crate::core::path::NatKind::Easy,
+                    reflexive: vec!["192.0.2.9:7400".parse().expect("addr")],
+                },
+            },
             ControlFrame::Revoked { signature: [9; 64] },
             ControlFrame::Register {
                 agent: crate::core::identity::Identity::from_secret_bytes(&[1; 32])

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use super::address::NetworkId;
 use super::codec::{Reader, Writer};
 use super::mac::Mac1Key;
+use super::path::NatKind;
 use super::rng::{CoreRng, SeededResolver};
 use super::tai64n::Tai64N;
 use super::wire::{self, MACS_LEN, TYPE_INITIATION, TYPE_RESPONSE};
@@ -63,6 +64,39 @@ pub struct InitiationPayload {
     pub name: String,
     /// Endpoints where the initiator may be reached.
     pub candidates: Vec<SocketAddr>,
+    /// What the initiator knows of its NAT and its reflexive endpoints
+    /// (trailing, optional on the wire: older peers omit it).
+    pub nat: NatHint,
+}
+
+/// A peer's NAT kind and reflexive endpoints, for choosing how to punch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatHint {
+    /// Mapping behaviour of its NAT.
+    pub kind: NatKind,
+    /// Where rendezvous servers saw it.
+    pub reflexive: Vec<SocketAddr>,
+}
+
+impl NatHint {
+    /// Appends the hint.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.kind.to_byte());
+        out.put_socket_addrs(&self.reflexive, MAX_CANDIDATES);
+    }
+
+    /// Reads a hint if present; missing or malformed trailing data is
+    /// "unknown" (older peers, or fields this build does not know).
+    pub fn decode_from(reader: &mut Reader<'_>) -> Self {
+        let Some(kind) = reader.u8() else {
+            return Self::default();
+        };
+        let reflexive = reader.socket_addrs(MAX_CANDIDATES).unwrap_or_default();
+        Self {
+            kind: NatKind::from_byte(kind),
+            reflexive,
+        }
+    }
 }
 
 impl InitiationPayload {
@@ -75,6 +109,7 @@ impl InitiationPayload {
         out.extend_from_slice(versions);
         out.put_short_str(&self.name);
         out.put_socket_addrs(&self.candidates, MAX_CANDIDATES);
+        self.nat.encode_into(&mut out);
         out
     }
 
@@ -89,12 +124,15 @@ impl InitiationPayload {
         let versions = reader.bytes(count)?.to_vec();
         let name = reader.short_str()?.to_string();
         let candidates = reader.socket_addrs(MAX_CANDIDATES)?;
-        // Trailing bytes are allowed: later versions may append fields.
+        // Trailing fields are optional and further bytes allowed: later
+        // versions may append fields.
+        let nat = NatHint::decode_from(&mut reader);
         Some(Self {
             timestamp,
             versions,
             name,
             candidates,
+            nat,
         })
     }
 }
@@ -108,6 +146,8 @@ pub struct ResponsePayload {
     pub name: String,
     /// Endpoints where the responder may be reached.
     pub candidates: Vec<SocketAddr>,
+    /// What the responder knows of its NAT.
+    pub nat: NatHint,
 }
 
 impl ResponsePayload {
@@ -117,6 +157,7 @@ impl ResponsePayload {
         out.push(self.version);
         out.put_short_str(&self.name);
         out.put_socket_addrs(&self.candidates, MAX_CANDIDATES);
+        self.nat.encode_into(&mut out);
         out
     }
 
@@ -126,10 +167,12 @@ impl ResponsePayload {
         let version = reader.u8()?;
         let name = reader.short_str()?.to_string();
         let candidates = reader.socket_addrs(MAX_CANDIDATES)?;
+        let nat = NatHint::decode_from(&mut reader);
         Some(Self {
             version,
             name,
             candidates,
+            nat,
         })
     }
 }
@@ -344,6 +387,7 @@ mod tests {
             versions: vec![1],
             name: "alice".into(),
             candidates: vec!["192.0.2.1:7400".parse().expect("addr")],
+            nat: NatHint::default(),
         }
     }
 
@@ -401,6 +445,10 @@ mod tests {
             version: 1,
             name: "bob".into(),
             candidates: vec![],
+            nat: NatHint {
+                kind: NatKind::Hard,
+                reflexive: vec!["198.51.100.1:4000".parse().expect("addr")],
+            },
         };
         let (response, bob_keys) = received
             .respond(pair.network, 22, &response_payload)
@@ -503,6 +551,7 @@ mod tests {
                 versions,
                 name,
                 candidates: vec![SocketAddr::from(([10, 0, 0, 1], port))],
+                nat: NatHint::default(),
             };
             prop_assert_eq!(InitiationPayload::decode(&payload.encode()), Some(payload));
         }

@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 use super::address::{NetworkId, NodeId, NodePrefix};
 use super::conntrack::InboundVerdict;
 use super::context::Context;
+use super::context::RendezvousLink;
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use super::handshake::{HandshakeError, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
 use super::mac::Mac1Key;
 use super::packet::{self, Ipv6Packet};
+use super::path::PathAddr;
 use super::peer::{MIN_INITIATION_INTERVAL, Peer, Slot};
 use super::pending::{Admission, PendingRequest, PendingRequests, PendingStatus};
 use super::policy::Policy;
 use super::rng::core_rng;
 use super::session::{Session, SessionError};
-use super::context::RendezvousLink;
-use super::path::PathAddr;
 use super::status::{DropCounters, NodeStatus, PathKind, RendezvousStatus};
 use super::trust_request::{Endorsement, TrustRequest, TrustRequestError};
 use super::wire::{self, Datagram};
@@ -76,6 +76,9 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// The whole UDP payload.
     pub payload: Vec<u8>,
+    /// Which local socket sends it: `None` the main one, `Some(n)` probe
+    /// socket n (opened on demand by the shell, see [`PathAddr::Probe`]).
+    pub source: Option<u16>,
 }
 
 /// Something the shell may want to log or act on.
@@ -119,6 +122,17 @@ pub enum Event {
         id: AgentId,
         /// Its new endpoint.
         endpoint: SocketAddr,
+    },
+    /// The pong of a ping sent by [`Node::ping`] arrived.
+    PingReply {
+        /// The peer.
+        id: AgentId,
+        /// The ping's id, as [`Node::ping`] returned it.
+        ping: u64,
+        /// Round-trip time.
+        rtt: Duration,
+        /// The path the pong came along.
+        path: PathAddr,
     },
 }
 
@@ -253,7 +267,11 @@ impl Node {
         // And through every rendezvous: it forwards the request unchanged to
         // a registered target, or keeps it in the target's mailbox.
         for relay in self.ctx.live_relays(now) {
-            self.ctx.send_on(PathAddr::Relay(relay), NodeId::of(&target), datagram.clone());
+            self.ctx.send_on(
+                PathAddr::Relay(relay),
+                NodeId::of(&target),
+                datagram.clone(),
+            );
         }
         Ok(datagram)
     }
@@ -387,9 +405,40 @@ impl Node {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, from: PathAddr, relayed_by: Option<NodeId>, datagram: Datagram<'_>) {
+    /// Feeds one datagram received on probe socket `socket` (see
+    /// [`PathAddr::Probe`]): only direct traffic of a peer uses those.
+    pub fn handle_datagram_on_probe(
+        &mut self,
+        now: Instant,
+        socket: u16,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
+        match Datagram::parse(datagram) {
+            Ok(Datagram::Data(data)) => {
+                self.handle_data(now, PathAddr::Probe(socket, from), None, &data)
+            }
+            Ok(Datagram::Initiation(initiation)) => {
+                self.handle_initiation(now, PathAddr::Probe(socket, from), None, &initiation)
+            }
+            Ok(Datagram::Response(response)) => {
+                self.handle_response(now, PathAddr::Probe(socket, from), None, &response)
+            }
+            _ => self.ctx.dropped.malformed += 1,
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        from: PathAddr,
+        relayed_by: Option<NodeId>,
+        datagram: Datagram<'_>,
+    ) {
         match datagram {
-            Datagram::Initiation(initiation) => self.handle_initiation(now, from, relayed_by, &initiation),
+            Datagram::Initiation(initiation) => {
+                self.handle_initiation(now, from, relayed_by, &initiation)
+            }
             Datagram::Response(response) => self.handle_response(now, from, relayed_by, &response),
             Datagram::Data(data) => self.handle_data(now, from, relayed_by, &data),
             Datagram::TrustRequest(bytes) => self.handle_trust_request(now, from, bytes),
@@ -419,7 +468,12 @@ impl Node {
         if !self.peers.contains_key(&id) {
             let mut peer = Peer::new(
                 &self.ctx,
-                PeerConfig { id, name: "rendezvous".into(), endpoint: Some(endpoint), allow: Policy::All },
+                PeerConfig {
+                    id,
+                    name: "rendezvous".into(),
+                    endpoint: Some(endpoint),
+                    allow: Policy::All,
+                },
             );
             peer.is_rendezvous = true;
             self.peers.insert(id, peer);
@@ -483,15 +537,29 @@ impl Node {
                 link.register_unanswered_since = Some(now);
             }
             let id = link.id;
-            let frame = ControlFrame::Register { agent: self.ctx.own_id }.encode();
+            let frame = ControlFrame::Register {
+                agent: self.ctx.own_id,
+            }
+            .encode();
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.send(&mut self.ctx, now, frame);
             }
         }
     }
 
-    fn handle_registered(&mut self, now: Instant, rendezvous: AgentId, reflexive: SocketAddr, lifetime_s: u16) {
-        let Some(link) = self.ctx.rendezvous.iter_mut().find(|link| link.id == rendezvous) else {
+    fn handle_registered(
+        &mut self,
+        now: Instant,
+        rendezvous: AgentId,
+        reflexive: SocketAddr,
+        lifetime_s: u16,
+    ) {
+        let Some(link) = self
+            .ctx
+            .rendezvous
+            .iter_mut()
+            .find(|link| link.id == rendezvous)
+        else {
             return;
         };
         let was_live = link.is_live(now);
@@ -502,7 +570,10 @@ impl Node {
         link.reflexive = Some(reflexive);
         if !was_live || reflexive_changed {
             tracing::info!(rendezvous = %rendezvous, %reflexive, "registered with rendezvous");
-            self.ctx.events.push_back(Event::RendezvousRegistered { id: rendezvous, reflexive });
+            self.ctx.events.push_back(Event::RendezvousRegistered {
+                id: rendezvous,
+                reflexive,
+            });
         }
         if self.ctx.refresh_candidates() {
             self.announce_candidates(now);
@@ -512,7 +583,11 @@ impl Node {
     /// Tells every connected peer our current candidates (roaming, NAT
     /// rebinding), so it can punch towards the new ones.
     fn announce_candidates(&mut self, now: Instant) {
-        let frame = ControlFrame::Candidates(self.ctx.local_candidates.clone()).encode();
+        let frame = ControlFrame::Candidates {
+            candidates: self.ctx.local_candidates.clone(),
+            nat: self.ctx.nat_hint(),
+        }
+        .encode();
         for peer in self.peers.values_mut() {
             if !peer.is_rendezvous && peer.is_up(now) {
                 peer.send(&mut self.ctx, now, frame.clone());
@@ -624,11 +699,13 @@ impl Node {
         let timestamp = received.payload.timestamp;
         let remote_name = received.payload.name.clone();
         let remote_candidates = received.payload.candidates.clone();
+        let remote_nat = received.payload.nat.clone();
         let local_index = ctx.allocate_index(id);
         let payload = ResponsePayload {
             version,
             name: ctx.name.clone(),
             candidates: ctx.local_candidates.clone(),
+            nat: ctx.nat_hint(),
         };
         let (datagram, keys) = match received.respond(ctx.network, local_index, &payload) {
             Ok(answer) => answer,
@@ -643,6 +720,7 @@ impl Node {
         peer.last_initiation_accepted = Some(now);
         peer.remote_name = Some(remote_name);
         peer.set_remote_candidates(now, remote_candidates);
+        peer.set_remote_nat(remote_nat);
         peer.last_handshake = Some(now);
         peer.counters.handshakes += 1;
         if from.is_relay() {
@@ -677,7 +755,9 @@ impl Node {
             ctx.dropped.unknown_session += 1;
             return;
         };
-        if !peer.is_pending_initiation(local_index) || relayed_by.is_some_and(|node| node != peer.node_id) {
+        if !peer.is_pending_initiation(local_index)
+            || relayed_by.is_some_and(|node| node != peer.node_id)
+        {
             ctx.dropped.unknown_session += 1;
             return;
         }
@@ -696,6 +776,7 @@ impl Node {
         tracing::debug!(peer = %peer.config.id, %from, local_index, "handshake complete");
         peer.remote_name = Some(payload.name);
         peer.set_remote_candidates(now, payload.candidates);
+        peer.set_remote_nat(payload.nat);
         peer.last_handshake = Some(now);
         peer.counters.handshakes += 1;
         if from.is_relay() {
@@ -707,7 +788,13 @@ impl Node {
         peer.install_current(ctx, now, session);
     }
 
-    fn handle_data(&mut self, now: Instant, from: PathAddr, relayed_by: Option<NodeId>, data: &wire::Data<'_>) {
+    fn handle_data(
+        &mut self,
+        now: Instant,
+        from: PathAddr,
+        relayed_by: Option<NodeId>,
+        data: &wire::Data<'_>,
+    ) {
         let ctx = &mut self.ctx;
         let local_index = data.receiver_index();
         let Some(peer) = ctx
@@ -731,7 +818,9 @@ impl Node {
         };
         let counter = data.counter();
         if session.check_replay(counter).is_err() {
+            let verdict = session.replay_window().check(counter);
             peer.counters.dropped_replay += 1;
+            peer.stats.receive.on_refused(now, verdict);
             return;
         }
         let mut buffer = data.ciphertext().to_vec();
@@ -743,6 +832,7 @@ impl Node {
             }
             Err(SessionError::Decrypt) => {
                 ctx.dropped.decrypt_failed += 1;
+                peer.stats.decrypt_failed += 1;
                 return;
             }
             Err(SessionError::Expired) => {
@@ -751,6 +841,7 @@ impl Node {
             }
         };
         buffer.truncate(len);
+        peer.stats.receive.on_accepted(now, local_index, counter);
         if slot == Slot::Next {
             peer.confirm_next(ctx, now);
         }
@@ -775,12 +866,19 @@ impl Node {
             };
             let mut registered = None;
             match frame {
-                ControlFrame::PathPing { id } => peer.answer_ping(ctx, now, id, from),
-                ControlFrame::PathPong { id } => peer.handle_pong(ctx, now, id, from),
-                ControlFrame::Candidates(candidates) if !peer.is_rendezvous => {
-                    peer.set_remote_candidates(now, candidates);
+                ControlFrame::PathPing { id } => {
+                    peer.answer_ping(ctx, now, id, from);
+                    peer.ping_back(ctx, now, from);
                 }
-                ControlFrame::Registered { reflexive, lifetime_s } if peer.is_rendezvous => {
+                ControlFrame::PathPong { id } => peer.handle_pong(ctx, now, id, from),
+                ControlFrame::Candidates { candidates, nat } if !peer.is_rendezvous => {
+                    peer.set_remote_candidates(now, candidates);
+                    peer.set_remote_nat(nat);
+                }
+                ControlFrame::Registered {
+                    reflexive,
+                    lifetime_s,
+                } if peer.is_rendezvous => {
                     registered = Some((peer.config.id, reflexive, lifetime_s));
                 }
                 ControlFrame::Revoked { signature } => {
@@ -794,7 +892,9 @@ impl Node {
                         }
                     }
                 }
-                ControlFrame::Candidates(_) | ControlFrame::Register { .. } | ControlFrame::Registered { .. } => {}
+                ControlFrame::Candidates { .. }
+                | ControlFrame::Register { .. }
+                | ControlFrame::Registered { .. } => {}
             }
             if let Some((rendezvous, reflexive, lifetime_s)) = registered {
                 self.handle_registered(now, rendezvous, reflexive, lifetime_s);
@@ -847,6 +947,7 @@ impl Node {
         };
         if packet.len() > usize::from(self.ctx.tunnel_mtu) {
             self.ctx.dropped.too_big += 1;
+            peer.stats.too_big += 1;
             let source = self.ctx.own_prefix.agent_address().octets();
             let reply = packet::packet_too_big(source, &parsed, u32::from(self.ctx.tunnel_mtu));
             self.ctx.tun_out.push_back(reply);
@@ -899,11 +1000,39 @@ impl Node {
             .values()
             .filter_map(Peer::next_deadline)
             .chain(self.ctx.rendezvous.iter().map(|link| link.next_register))
-            .chain(self.ctx.rendezvous.iter().filter(|link| link.registered_until.is_some()).filter_map(
-                |link| link.register_unanswered_since.map(|since| since + REGISTER_TIMEOUT),
-            ))
+            .chain(
+                self.ctx
+                    .rendezvous
+                    .iter()
+                    .filter(|link| link.registered_until.is_some())
+                    .filter_map(|link| {
+                        link.register_unanswered_since
+                            .map(|since| since + REGISTER_TIMEOUT)
+                    }),
+            )
             .chain(std::iter::once(self.next_housekeeping))
             .min()
+    }
+
+    /// Sends a path ping to a peer along the path its traffic takes now
+    /// (`agentnet ping`); the pong comes back as [`Event::PingReply`].
+    /// Returns the ping's id and path. Without a session, a handshake
+    /// starts and the error says so.
+    pub fn ping(
+        &mut self,
+        now: Instant,
+        id: &AgentId,
+    ) -> Result<(u64, PathAddr), super::stats::PingError> {
+        use super::stats::PingError;
+        let Some(peer) = self.peers.get_mut(id).filter(|peer| !peer.is_rendezvous) else {
+            return Err(PingError::UnknownPeer);
+        };
+        if !peer.is_up(now) {
+            peer.start_handshake_if_idle(&mut self.ctx, now);
+            return Err(PingError::NoSession);
+        }
+        peer.request_ping(&mut self.ctx, now)
+            .ok_or(PingError::NoPath)
     }
 
     /// A snapshot of the node's state.
@@ -923,6 +1052,7 @@ impl Node {
             dropped: self.ctx.dropped,
             rendezvous: self.rendezvous_status(now),
             candidates: self.ctx.local_candidates.clone(),
+            nat: self.ctx.nat_kind(),
         }
     }
 }

@@ -14,13 +14,66 @@ pub enum PathAddr {
     Direct(SocketAddr),
     /// Through the rendezvous at this endpoint.
     Relay(SocketAddr),
+    /// Straight to or from this endpoint, through probe socket N (an extra
+    /// local UDP socket the shell opens on demand for birthday hole
+    /// punching behind a hard NAT).
+    Probe(u16, SocketAddr),
+}
+
+/// What this agent knows about its own NAT, from what rendezvous servers
+/// saw (announced to peers so both sides pick a punching strategy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatKind {
+    /// Not known (fewer than two rendezvous answers).
+    #[default]
+    Unknown,
+    /// A public address: what rendezvous servers see is a local address.
+    None,
+    /// Endpoint-independent mapping: the same public port for every
+    /// destination.
+    Easy,
+    /// Endpoint-dependent mapping: a new public port per destination.
+    Hard,
+}
+
+impl NatKind {
+    /// Wire encoding.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            NatKind::Unknown => 0,
+            NatKind::None => 1,
+            NatKind::Easy => 2,
+            NatKind::Hard => 3,
+        }
+    }
+
+    /// Wire decoding (unknown values are `Unknown`).
+    pub fn from_byte(byte: u8) -> Self {
+        match byte {
+            1 => NatKind::None,
+            2 => NatKind::Easy,
+            3 => NatKind::Hard,
+            _ => NatKind::Unknown,
+        }
+    }
 }
 
 impl PathAddr {
     /// The underlay address the datagram actually goes to or came from.
     pub fn underlay(&self) -> SocketAddr {
         match self {
-            PathAddr::Direct(address) | PathAddr::Relay(address) => *address,
+            PathAddr::Direct(address) | PathAddr::Relay(address) | PathAddr::Probe(_, address) => {
+                *address
+            }
+        }
+    }
+
+    /// The remote endpoint of a direct path (main or probe socket).
+    pub fn direct_endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            PathAddr::Direct(address) | PathAddr::Probe(_, address) => Some(*address),
+            PathAddr::Relay(_) => None,
         }
     }
 
@@ -35,6 +88,9 @@ impl fmt::Display for PathAddr {
         match self {
             PathAddr::Direct(address) => write!(f, "direct {address}"),
             PathAddr::Relay(address) => write!(f, "relay via {address}"),
+            PathAddr::Probe(socket, address) => {
+                write!(f, "direct {address} (probe socket {socket})")
+            }
         }
     }
 }

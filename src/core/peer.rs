@@ -8,14 +8,15 @@ use rand::{Rng, RngCore};
 
 use super::address::{NodeId, NodePrefix};
 use super::conntrack::ConnectionTracker;
-use super::control_frame::ControlFrame;
-use super::path::PathAddr;
 use super::context::Context;
+use super::control_frame::ControlFrame;
 use super::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use super::node::{Event, PeerConfig};
 use super::packet::Ipv6Packet;
+use super::path::{NatKind, PathAddr};
 use super::policy::Policy;
 use super::session::{REJECT_AFTER_TIME, Session};
+use super::stats::{PeerStats, ReportContext};
 use super::status::{PathKind, PeerStatus};
 
 /// Send a keepalive when we received but sent nothing for this long.
@@ -49,6 +50,14 @@ const PROBE_SCHEDULE: [Duration; 7] = [
 ];
 /// A relay that failed a peer is tried again for it after this long.
 const RELAY_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Least time between two ping-backs to a peer.
+const PING_BACK_INTERVAL: Duration = Duration::from_millis(50);
+/// Probe sockets a hard-NAT side punches from in one birthday round.
+pub const BIRTHDAY_SOCKETS: u16 = 256;
+/// Random ports an easy-NAT side probes in one birthday round.
+const BIRTHDAY_PORTS: usize = 512;
+/// Birthday rounds per relay episode.
+const MAX_BIRTHDAY_ROUNDS: u32 = 4;
 /// Pings remembered for matching their pongs.
 const MAX_OUTSTANDING_PINGS: usize = 32;
 /// Start a handshake when a session we initiated is this old on receive.
@@ -92,6 +101,15 @@ pub struct Peer {
     pub noise_public: [u8; 32],
     pub prefix: NodePrefix,
     pub endpoint: Option<SocketAddr>,
+    /// The probe socket the direct endpoint is reached through (`None`: the
+    /// main socket).
+    pub endpoint_socket: Option<u16>,
+    /// What the peer said about its NAT.
+    pub remote_nat: NatKind,
+    /// The peer's reflexive endpoints (what rendezvous servers saw).
+    pub remote_reflexive: Vec<SocketAddr>,
+    birthday_rounds: u32,
+    last_ping_back: Option<Instant>,
     pub current: Option<Session>,
     pub previous: Option<Session>,
     pub next: Option<Session>,
@@ -133,6 +151,8 @@ pub struct Peer {
     pub last_rtt: Option<Duration>,
     /// When the path last changed.
     pub path_changed_at: Option<Instant>,
+    /// Measurements for status and metrics: RTT, loss, handshakes, paths.
+    pub stats: PeerStats,
 }
 
 impl std::fmt::Debug for Peer {
@@ -161,6 +181,11 @@ impl Peer {
             node_id: NodeId::of(&config.id),
             prefix: NodePrefix::of_agent(ctx.network, &config.id),
             endpoint: config.endpoint,
+            endpoint_socket: None,
+            remote_nat: NatKind::Unknown,
+            remote_reflexive: Vec::new(),
+            birthday_rounds: 0,
+            last_ping_back: None,
             noise_public,
             config,
             current: None,
@@ -192,6 +217,7 @@ impl Peer {
             reported_path: PathKind::None,
             last_rtt: None,
             path_changed_at: None,
+            stats: PeerStats::default(),
         }
     }
 
@@ -248,6 +274,13 @@ impl Peer {
             ctx.release_index(old.local_index);
         }
         self.previous = self.current.take();
+        // Initiator: since the first initiation; responder: since answering.
+        let started = self
+            .retry
+            .as_ref()
+            .map_or(session.created, |retry| retry.first_attempt);
+        self.stats
+            .on_handshake_completed(now, now.saturating_duration_since(started));
         self.current = Some(session);
         self.retry = None;
         if !was_up {
@@ -278,17 +311,35 @@ impl Peer {
     /// peer's endpoint from now on (roaming); `proves_round_trip` says the
     /// packet answers something we sent there (pong, response, data sent
     /// only on a confirmed path), which confirms the direct path.
-    pub fn observe_path(&mut self, ctx: &mut Context, now: Instant, from: PathAddr, proves_round_trip: bool) {
+    pub fn observe_path(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        from: PathAddr,
+        proves_round_trip: bool,
+    ) {
         match from {
-            PathAddr::Direct(address) => {
+            PathAddr::Direct(address) | PathAddr::Probe(_, address) => {
+                let socket = match from {
+                    PathAddr::Probe(socket, _) => Some(socket),
+                    _ => None,
+                };
                 let relay_alternative = self.relay_route(ctx, now).is_some();
                 // While a confirmed endpoint works, an unconfirmed source
                 // (a probe to another candidate) does not take its place.
-                if !(self.direct_confirmed && !proves_round_trip && relay_alternative) && self.endpoint != Some(address) {
+                let same = self.endpoint == Some(address) && self.endpoint_socket == socket;
+                let keep_confirmed =
+                    self.direct_confirmed && !proves_round_trip && relay_alternative;
+                if !same && !keep_confirmed {
                     self.endpoint = Some(address);
-                    ctx.events.push_back(Event::EndpointChanged { id: self.config.id, endpoint: address });
+                    self.endpoint_socket = socket;
+                    ctx.events.push_back(Event::EndpointChanged {
+                        id: self.config.id,
+                        endpoint: address,
+                    });
                 }
-                if self.endpoint == Some(address) && (proves_round_trip || !relay_alternative) {
+                let same = self.endpoint == Some(address) && self.endpoint_socket == socket;
+                if same && (proves_round_trip || !relay_alternative) {
                     self.direct_confirmed = true;
                     self.direct_unanswered_since = None;
                     self.next_probe = None;
@@ -363,7 +414,10 @@ impl Peer {
             return Some(via);
         }
         let live = ctx.live_relays(now);
-        live.iter().find(|relay| !failed(relay)).or(live.first()).copied()
+        live.iter()
+            .find(|relay| !failed(relay))
+            .or(live.first())
+            .copied()
     }
 
     /// Whether the direct path is usable: confirmed and not silent for
@@ -378,16 +432,28 @@ impl Peer {
     /// The path packets take now.
     pub fn send_path(&self, ctx: &Context, now: Instant) -> Option<PathAddr> {
         let relay = self.relay_route(ctx, now);
-        match (self.endpoint, relay) {
-            (Some(endpoint), Some(relay)) => Some(if self.direct_is_alive(now) {
-                PathAddr::Direct(endpoint)
+        let direct = self.endpoint.map(|endpoint| match self.endpoint_socket {
+            Some(socket) => PathAddr::Probe(socket, endpoint),
+            None => PathAddr::Direct(endpoint),
+        });
+        match (direct, relay) {
+            (Some(direct), Some(relay)) => Some(if self.direct_is_alive(now) {
+                direct
             } else {
                 PathAddr::Relay(relay)
             }),
-            (Some(endpoint), None) => Some(PathAddr::Direct(endpoint)),
+            (Some(direct), None) => Some(direct),
             (None, Some(relay)) => Some(PathAddr::Relay(relay)),
             (None, None) => None,
         }
+    }
+
+    /// The direct path in use or to be confirmed (main or probe socket).
+    fn direct_path(&self) -> Option<PathAddr> {
+        self.endpoint.map(|endpoint| match self.endpoint_socket {
+            Some(socket) => PathAddr::Probe(socket, endpoint),
+            None => PathAddr::Direct(endpoint),
+        })
     }
 
     fn path_kind(&self, ctx: &Context, now: Instant) -> PathKind {
@@ -395,7 +461,7 @@ impl Peer {
             return PathKind::None;
         }
         match self.send_path(ctx, now) {
-            Some(PathAddr::Direct(_)) => PathKind::Direct,
+            Some(PathAddr::Direct(_) | PathAddr::Probe(..)) => PathKind::Direct,
             Some(PathAddr::Relay(_)) => PathKind::Relay,
             None => PathKind::None,
         }
@@ -411,7 +477,12 @@ impl Peer {
         if path != self.reported_path {
             self.reported_path = path;
             self.path_changed_at = Some(now);
-            ctx.events.push_back(Event::PathChanged { id: self.config.id, path });
+            let via = self.send_path(ctx, now).filter(|_| path != PathKind::None);
+            self.stats.on_path_changed(now, path, via);
+            ctx.events.push_back(Event::PathChanged {
+                id: self.config.id,
+                path,
+            });
         }
     }
 
@@ -435,7 +506,10 @@ impl Peer {
         if !self.seal_to(ctx, now, path, payload) {
             return;
         }
-        let wants_rekey = self.current.as_ref().is_some_and(|session| session.wants_rekey(now));
+        let wants_rekey = self
+            .current
+            .as_ref()
+            .is_some_and(|session| session.wants_rekey(now));
         self.last_sent = Some(now);
         if !payload.is_empty() {
             self.counters.tx_bytes += payload.len() as u64;
@@ -444,8 +518,10 @@ impl Peer {
                 self.unanswered_since = Some(now);
             }
             match path {
-                PathAddr::Direct(_) => {
-                    if self.relay_route(ctx, now).is_some() && self.direct_unanswered_since.is_none() {
+                PathAddr::Direct(_) | PathAddr::Probe(..) => {
+                    if self.relay_route(ctx, now).is_some()
+                        && self.direct_unanswered_since.is_none()
+                    {
                         self.direct_unanswered_since = Some(now);
                     }
                 }
@@ -463,7 +539,13 @@ impl Peer {
 
     /// Sends a path ping along `path`, remembering it for its pong. A
     /// liveness ping checks the path in use; a probe punches a candidate.
-    fn send_ping(&mut self, ctx: &mut Context, now: Instant, path: PathAddr, liveness: bool) {
+    fn send_ping(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        path: PathAddr,
+        liveness: bool,
+    ) -> Option<u64> {
         let id = ctx.rng.next_u64();
         if self.seal_to(ctx, now, path, &ControlFrame::PathPing { id }.encode()) {
             if self.pings.len() >= MAX_OUTSTANDING_PINGS {
@@ -473,7 +555,9 @@ impl Peer {
             if liveness {
                 self.last_ping_sent = Some(now);
             }
+            return Some(id);
         }
+        None
     }
 
     /// Answers a path ping on the path it came by (a direct answer is what
@@ -490,12 +574,91 @@ impl Peer {
         let Some((_, sent_to, sent_at)) = self.pings.remove(position) else {
             return;
         };
-        self.last_rtt = Some(now.saturating_duration_since(sent_at));
-        if let (PathAddr::Direct(target), PathAddr::Direct(source)) = (sent_to, from) {
-            // The answer may come from another address than the one probed
-            // (a NAT that rewrote it); where it came from is what works.
-            let _ = target;
-            self.observe_path(ctx, now, PathAddr::Direct(source), true);
+        let rtt = now.saturating_duration_since(sent_at);
+        self.last_rtt = Some(rtt);
+        if self.stats.on_pong(now, id, rtt, from) {
+            ctx.events.push_back(Event::PingReply {
+                id: self.config.id,
+                ping: id,
+                rtt,
+                path: from,
+            });
+        }
+        let _ = sent_to;
+        // The answer may come from another address than the one probed (a
+        // NAT rewrote it); where it came from is what works.
+        if from.direct_endpoint().is_some() {
+            self.observe_path(ctx, now, from, true);
+        }
+    }
+
+    /// A ping arrived on a direct path we have not confirmed: ping back on
+    /// it at once, so our side confirms it too (after a birthday hit only
+    /// that exact socket pair works).
+    pub fn ping_back(&mut self, ctx: &mut Context, now: Instant, from: PathAddr) {
+        if self.direct_confirmed || from.direct_endpoint().is_none() {
+            return;
+        }
+        if self
+            .last_ping_back
+            .is_some_and(|at| now.saturating_duration_since(at) < PING_BACK_INTERVAL)
+        {
+            return;
+        }
+        self.last_ping_back = Some(now);
+        self.send_ping(ctx, now, from, false);
+    }
+
+    /// One round of birthday probing (DESIGN.md §5 and issue 4): behind a
+    /// hard NAT, ping the peer's reflexive endpoint from many fresh probe
+    /// sockets; behind an easy NAT facing a hard one, ping many random
+    /// ports of the peer's public address. A few hundred each make a hit
+    /// likely in one round; rounds are few and spaced.
+    fn birthday_round(&mut self, ctx: &mut Context, now: Instant) {
+        if self.birthday_rounds >= MAX_BIRTHDAY_ROUNDS || self.remote_reflexive.is_empty() {
+            return;
+        }
+        let ours = ctx.nat_kind();
+        let id = ctx.rng.next_u64();
+        let mut sent = 0usize;
+        match (ours, self.remote_nat) {
+            (NatKind::Hard, NatKind::Easy) => {
+                for target in self.remote_reflexive.clone() {
+                    for socket in 0..BIRTHDAY_SOCKETS {
+                        sent += usize::from(self.seal_to(
+                            ctx,
+                            now,
+                            PathAddr::Probe(socket, target),
+                            &ControlFrame::PathPing { id }.encode(),
+                        ));
+                    }
+                }
+            }
+            (NatKind::Easy, NatKind::Hard) => {
+                let addresses: Vec<std::net::IpAddr> =
+                    self.remote_reflexive.iter().map(SocketAddr::ip).collect();
+                for address in addresses {
+                    for _ in 0..BIRTHDAY_PORTS {
+                        let port = ctx.rng.gen_range(1024..=u16::MAX);
+                        let target = SocketAddr::new(address, port);
+                        sent += usize::from(self.seal_to(
+                            ctx,
+                            now,
+                            PathAddr::Direct(target),
+                            &ControlFrame::PathPing { id }.encode(),
+                        ));
+                    }
+                }
+            }
+            _ => return,
+        }
+        tracing::debug!(peer = %self.config.id, ?ours, theirs = ?self.remote_nat, sent, "birthday probing round");
+        self.birthday_rounds += 1;
+        if self.pings.len() >= MAX_OUTSTANDING_PINGS {
+            self.pings.pop_front();
+        }
+        if let Some(&target) = self.remote_reflexive.first() {
+            self.pings.push_back((id, PathAddr::Direct(target), now));
         }
     }
 
@@ -513,6 +676,7 @@ impl Peer {
     pub fn start_probing(&mut self, now: Instant) {
         if !self.is_rendezvous && self.next_probe.is_none() {
             self.probe_round = 0;
+            self.birthday_rounds = 0;
             self.next_probe = Some(now);
         }
     }
@@ -525,6 +689,12 @@ impl Peer {
                 self.start_probing(now);
             }
         }
+    }
+
+    /// Learns the peer's NAT kind and reflexive endpoints.
+    pub fn set_remote_nat(&mut self, hint: super::handshake::NatHint) {
+        self.remote_nat = hint.kind;
+        self.remote_reflexive = hint.reflexive;
     }
 
     fn probe_targets(&self) -> Vec<SocketAddr> {
@@ -608,6 +778,7 @@ impl Peer {
             versions: SUPPORTED_VERSIONS.to_vec(),
             name: ctx.name.clone(),
             candidates: ctx.local_candidates.clone(),
+            nat: ctx.nat_hint(),
         };
         match InitiatorHandshake::start(
             &mut ctx.rng,
@@ -620,6 +791,7 @@ impl Peer {
             Ok((handshake, datagram)) => {
                 tracing::debug!(peer = %self.config.id, local_index, attempt = self.retry.as_ref().map_or(0, |r| r.attempts), "sending handshake initiation");
                 self.handshake = Some(handshake);
+                self.stats.on_initiation_sent();
                 for path in paths {
                     ctx.send_on(path, self.node_id, datagram.clone());
                 }
@@ -650,6 +822,7 @@ impl Peer {
     /// The earliest time [`Peer::on_timeout`] has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut deadline = self.retry.as_ref().map(|retry| retry.retry_at);
+        deadline = earliest(deadline, self.rtt_ping_deadline());
         if let Some(received) = self.last_received
             && self.current.is_some()
             && self.last_sent.is_none_or(|sent| sent < received)
@@ -740,6 +913,7 @@ impl Peer {
             self.seal_and_transmit(ctx, now, &[]);
         }
         self.run_path_timers(ctx, now);
+        self.run_rtt_ping(ctx, now);
     }
 
     /// Direct-path liveness and hole punching.
@@ -758,10 +932,10 @@ impl Peer {
                 self.start_probing(now);
             } else if silent >= DIRECT_PROBE_AFTER
                 && self.last_ping_sent.is_none_or(|ping| ping < since)
-                && let Some(endpoint) = self.endpoint
+                && let Some(direct) = self.direct_path()
             {
                 // Traffic went out and nothing came back yet: ask.
-                self.send_ping(ctx, now, PathAddr::Direct(endpoint), true);
+                self.send_ping(ctx, now, direct, true);
             }
         }
         if let Some(since) = self.relay_unanswered_since
@@ -778,7 +952,9 @@ impl Peer {
                     self.heard_via = None;
                 }
                 self.relay_unanswered_since = None;
-            } else if silent >= DIRECT_PROBE_AFTER && self.last_ping_sent.is_none_or(|ping| ping < since) {
+            } else if silent >= DIRECT_PROBE_AFTER
+                && self.last_ping_sent.is_none_or(|ping| ping < since)
+            {
                 self.send_ping(ctx, now, PathAddr::Relay(relay), true);
             }
         }
@@ -791,12 +967,58 @@ impl Peer {
                 for target in self.probe_targets() {
                     self.send_ping(ctx, now, PathAddr::Direct(target), false);
                 }
+                if self.probe_round >= 2 {
+                    self.birthday_round(ctx, now);
+                }
                 let wait = PROBE_SCHEDULE[self.probe_round.min(PROBE_SCHEDULE.len() - 1)];
                 self.probe_round += 1;
                 self.next_probe = Some(now + wait);
             }
         }
         self.report_path(ctx, now);
+    }
+
+    /// IP packets sent and received so far (what makes a peer active).
+    fn traffic(&self) -> u64 {
+        self.counters.rx_packets + self.counters.tx_packets
+    }
+
+    /// When the periodic RTT ping is due (only while IP traffic flows).
+    fn rtt_ping_deadline(&self) -> Option<Instant> {
+        if self.is_rendezvous {
+            return None;
+        }
+        let session = self.current.as_ref()?;
+        self.stats
+            .rtt_ping_deadline(self.traffic(), session.created)
+    }
+
+    /// Sends the periodic RTT ping on the path in use when it is due.
+    fn run_rtt_ping(&mut self, ctx: &mut Context, now: Instant) {
+        if self.is_rendezvous || self.current.is_none() {
+            return;
+        }
+        // Asked first: it moves the schedule on even when nothing is sent.
+        if !self.stats.rtt_ping_due(now, self.traffic()) || !self.is_up(now) {
+            return;
+        }
+        if let Some(path) = self.send_path(ctx, now)
+            && let Some(id) = self.send_ping(ctx, now, path, false)
+        {
+            self.stats.on_ping_sent(now, id, false);
+        }
+    }
+
+    /// Sends a path ping on the path in use for `agentnet ping`; its pong
+    /// comes back as [`Event::PingReply`]. Returns the ping's id and path.
+    pub fn request_ping(&mut self, ctx: &mut Context, now: Instant) -> Option<(u64, PathAddr)> {
+        if self.is_rendezvous || !self.is_up(now) {
+            return None;
+        }
+        let path = self.send_path(ctx, now)?;
+        let id = self.send_ping(ctx, now, path, false)?;
+        self.stats.on_ping_sent(now, id, true);
+        Some((id, path))
     }
 
     /// A snapshot for `status`.
@@ -828,6 +1050,25 @@ impl Peer {
             dropped_replay: self.counters.dropped_replay,
             dropped_spoofed: self.counters.dropped_spoofed,
             allow: self.config.allow.to_string(),
+            stats: self.stats.report(
+                now,
+                |at| ctx.unix_now(at),
+                ReportContext {
+                    path: self.path_kind(ctx, now),
+                    relay_id: match self.send_path(ctx, now) {
+                        Some(PathAddr::Relay(relay)) if up => ctx
+                            .rendezvous
+                            .iter()
+                            .find(|link| link.endpoint == relay)
+                            .map(|link| link.id),
+                        _ => None,
+                    },
+                    mtu: ctx.tunnel_mtu,
+                    policy: self.counters.dropped_policy,
+                    replay: self.counters.dropped_replay,
+                    spoofed: self.counters.dropped_spoofed,
+                },
+            ),
         }
     }
 }

@@ -162,7 +162,13 @@ impl PendingRequests {
 
     /// Queues a verified request, replacing an older one from the same
     /// requester and evicting the oldest when full.
-    pub fn insert(&mut self, now: Instant, request: TrustRequest, from: SocketAddr, via_relay: bool) {
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        request: TrustRequest,
+        from: SocketAddr,
+        via_relay: bool,
+    ) {
         self.expire(now);
         self.requests
             .retain(|pending| pending.request.requester != request.requester);

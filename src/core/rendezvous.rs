@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::address::{NetworkId, NodeId};
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
-use super::handshake::{ReceivedInitiation, ResponsePayload, choose_version};
+use super::handshake::{NatHint, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
 use super::mac::Mac1Key;
 use super::path::rewrite_relay_node;
@@ -226,7 +226,10 @@ impl RendezvousServer {
     /// A TCP connection closed: its registrations are gone.
     pub fn connection_closed(&mut self, addr: ClientAddr) {
         if let Some(node) = self.by_addr.remove(&addr)
-            && self.registrations.get(&node).is_some_and(|registration| registration.addr == addr)
+            && self
+                .registrations
+                .get(&node)
+                .is_some_and(|registration| registration.addr == addr)
         {
             self.registrations.remove(&node);
         }
@@ -265,8 +268,9 @@ impl RendezvousServer {
             !queue.is_empty()
         });
         self.counters.mailbox_dropped += dropped;
-        self.buckets
-            .retain(|_, bucket| now.saturating_duration_since(bucket.updated) < Duration::from_secs(10));
+        self.buckets.retain(|_, bucket| {
+            now.saturating_duration_since(bucket.updated) < Duration::from_secs(10)
+        });
     }
 
     /// Feeds one datagram from a client.
@@ -289,7 +293,12 @@ impl RendezvousServer {
         }
     }
 
-    fn handle_initiation(&mut self, now: Instant, from: ClientAddr, initiation: &wire::Initiation<'_>) {
+    fn handle_initiation(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        initiation: &wire::Initiation<'_>,
+    ) {
         let received = match ReceivedInitiation::read(
             &mut self.rng,
             self.config.network,
@@ -307,7 +316,9 @@ impl RendezvousServer {
         // Register frame later names the Ed25519 key it derives from.
         let agent = received.remote_static;
         if let Some(client) = self.clients.get(&agent) {
-            if client.last_timestamp.is_some_and(|last| received.payload.timestamp <= last)
+            if client
+                .last_timestamp
+                .is_some_and(|last| received.payload.timestamp <= last)
                 || client
                     .last_initiation
                     .is_some_and(|at| now.saturating_duration_since(at) < MIN_INITIATION_INTERVAL)
@@ -326,7 +337,12 @@ impl RendezvousServer {
         let sender_index = received.sender_index;
         let timestamp = received.payload.timestamp;
         let local_index = self.allocate_index(agent);
-        let payload = ResponsePayload { version, name: "rendezvous".into(), candidates: Vec::new() };
+        let payload = ResponsePayload {
+            version,
+            name: "rendezvous".into(),
+            candidates: Vec::new(),
+            nat: NatHint::default(),
+        };
         let (response, keys) = match received.respond(self.config.network, local_index, &payload) {
             Ok(answer) => answer,
             Err(_) => {
@@ -366,11 +382,11 @@ impl RendezvousServer {
             return;
         };
         let local_index = data.receiver_index();
-        let Some(slot) = client
-            .sessions
-            .iter()
-            .position(|session| session.as_ref().is_some_and(|s| s.local_index == local_index))
-        else {
+        let Some(slot) = client.sessions.iter().position(|session| {
+            session
+                .as_ref()
+                .is_some_and(|s| s.local_index == local_index)
+        }) else {
             self.counters.rejected += 1;
             return;
         };
@@ -385,7 +401,10 @@ impl RendezvousServer {
         buffer.truncate(len);
         client.addr = from;
         client.last_seen = now;
-        if buffer.first().is_none_or(|first| *first >= CONTROL_FRAME_LIMIT) {
+        if buffer
+            .first()
+            .is_none_or(|first| *first >= CONTROL_FRAME_LIMIT)
+        {
             return; // keepalive, or something a rendezvous does not carry
         }
         let Some(ControlFrame::Register { agent }) = ControlFrame::decode(&buffer) else {
@@ -408,8 +427,14 @@ impl RendezvousServer {
         }
         self.transmits.push_back((from, sealed));
         let node = NodeId::of(&agent);
-        if let Some(previous) = self.registrations.insert(node, Registration { agent, addr: from, expires: now + lifetime })
-            && previous.addr != from
+        if let Some(previous) = self.registrations.insert(
+            node,
+            Registration {
+                agent,
+                addr: from,
+                expires: now + lifetime,
+            },
+        ) && previous.addr != from
         {
             self.by_addr.remove(&previous.addr);
         }
@@ -431,10 +456,10 @@ impl RendezvousServer {
         }
         let rate = f64::from(self.config.relay_packets_per_second);
         let burst = f64::from(self.config.relay_burst);
-        let bucket = self
-            .buckets
-            .entry(source)
-            .or_insert(TokenBucket { tokens: burst, updated: now });
+        let bucket = self.buckets.entry(source).or_insert(TokenBucket {
+            tokens: burst,
+            updated: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.updated = now;
@@ -487,7 +512,11 @@ impl RendezvousServer {
             queue.pop_front();
             self.counters.mailbox_dropped += 1;
         }
-        queue.push_back(StoredRequest { from_node, datagram: datagram.to_vec(), stored: now });
+        queue.push_back(StoredRequest {
+            from_node,
+            datagram: datagram.to_vec(),
+            stored: now,
+        });
         self.counters.mailbox_stored += 1;
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::identity::AgentId;
 
 /// Which way a peer's packets currently travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
     /// Straight to the peer's endpoint.
@@ -61,6 +61,9 @@ pub struct PeerStatus {
     pub dropped_spoofed: u64,
     /// The peer's allow-policy.
     pub allow: String,
+    /// RTT, loss, reordering, handshakes, path history (issue 6).
+    #[serde(flatten)]
+    pub stats: super::stats::PeerStatsReport,
 }
 
 /// Counters of traffic dropped before any peer was identified.
@@ -112,6 +115,8 @@ pub struct NodeStatus {
     pub rendezvous: Vec<RendezvousStatus>,
     /// Endpoints announced to peers.
     pub candidates: Vec<SocketAddr>,
+    /// What the rendezvous answers say about this agent's NAT.
+    pub nat: super::path::NatKind,
     /// Traffic dropped before a peer was identified.
     pub dropped: DropCounters,
 }

@@ -55,6 +55,13 @@ pub(crate) enum Command {
     ReloadAttachments,
     /// The trust-request workflow: see [`TrustOp`].
     TrustOp(TrustOp),
+    /// See [`Request::Ping`]: send the ping; the pong goes to `pong`.
+    Ping {
+        /// Local name, agent ID or overlay address.
+        peer: String,
+        /// Where the pong goes.
+        pong: oneshot::Sender<crate::ping::PingReply>,
+    },
 }
 
 /// A command and where its answer goes.
@@ -195,6 +202,9 @@ async fn answer(line: &[u8], requests: &mpsc::Sender<ControlRequest>) -> Respons
         Ok(request) => request,
         Err(error) => return Response::Error(format!("bad request: {error}")),
     };
+    if let Request::Ping { peer, timeout_ms } = request {
+        return super::ping::answer(peer, timeout_ms, requests).await;
+    }
     let command = match command_of(request).await {
         Ok(command) => command,
         Err(message) => return Response::Error(message),
@@ -222,6 +232,7 @@ async fn command_of(request: Request) -> Result<Command, String> {
         Request::TrustRemove { peer } => Command::TrustRemove { peer },
         Request::Down => Command::Down,
         Request::ReloadAttachments => Command::ReloadAttachments,
+        Request::Ping { .. } => return Err("ping requests are served by ping::answer".to_string()),
         request @ (Request::TrustRequest { .. }
         | Request::TrustPending
         | Request::TrustApprove { .. }

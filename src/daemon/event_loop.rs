@@ -12,6 +12,7 @@ use tun_rs::AsyncDevice;
 
 use super::control_server::{Command, ControlRequest};
 use super::names::NameService;
+use super::probe_sockets::{ProbeDatagram, ProbeSockets};
 use super::rendezvous_link::{RendezvousLinks, TcpLinkEvent};
 use super::udp::{Underlay, resolve_endpoint};
 use super::{DaemonError, DaemonOptions};
@@ -116,6 +117,11 @@ pub(crate) struct Daemon {
     names: NameService,
     /// How each rendezvous is reached (UDP, or TCP where UDP is blocked).
     links: RendezvousLinks,
+    /// `agentnet ping`s waiting for their pongs.
+    pings: super::ping::PendingPings,
+    /// Extra sockets for birthday hole punching, opened on demand.
+    probes: ProbeSockets,
+    probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
 }
 
 impl Daemon {
@@ -129,6 +135,7 @@ impl Daemon {
         underlay: Underlay,
         links: RendezvousLinks,
     ) -> Self {
+        let (probes, probe_datagrams) = ProbeSockets::new();
         let network = NetworkId::from_name(&config.network);
         let own_id = node.agent_id();
         let interface = tun.name().unwrap_or_else(|_| options.interface.clone());
@@ -159,6 +166,9 @@ impl Daemon {
             trust_flow: trust_ops::TrustFlow::default(),
             names,
             links,
+            pings: super::ping::PendingPings::default(),
+            probes,
+            probe_datagrams: Some(probe_datagrams),
         }
     }
 
@@ -183,6 +193,9 @@ impl Daemon {
             CANDIDATE_REFRESH,
         );
         candidate_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe_datagrams = self.probe_datagrams.take().ok_or(DaemonError::Runtime(
+            io::Error::other("the event loop runs only once"),
+        ))?;
         let mut link_tick = tokio::time::interval(LINK_TICK);
         link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
@@ -233,7 +246,16 @@ impl Daemon {
                     self.on_trust_flow_timer(now);
                 }
                 _ = candidate_refresh.tick() => self.refresh_candidates(),
-                _ = link_tick.tick() => self.links.tick(Instant::now(), &mut self.node),
+                _ = link_tick.tick() => {
+                    let now = Instant::now();
+                    self.links.tick(now, &mut self.node);
+                    self.probes.sweep(now);
+                }
+                Some((socket, from, datagram)) = probe_datagrams.recv() => {
+                    let now = Instant::now();
+                    self.probes.touch(now, socket);
+                    self.node.handle_datagram_on_probe(now, socket, from, &datagram);
+                }
                 Some(event) = link_events.recv() => {
                     let now = Instant::now();
                     if let Some((from, datagram)) = self.links.on_event(now, event, &mut self.node) {
@@ -334,9 +356,20 @@ impl Daemon {
     async fn flush(&mut self) {
         while let Some(event) = self.node.poll_event() {
             self.on_trust_event(Instant::now(), &event);
+            self.pings.on_event(&event);
             self.log_event(event);
         }
         while let Some(transmit) = self.node.poll_transmit() {
+            if let Some(socket) = transmit.source {
+                if let Err(error) = self
+                    .probes
+                    .send(Instant::now(), socket, &transmit.payload, transmit.destination)
+                    .await
+                {
+                    tracing::debug!(%error, socket, "probe socket send failed");
+                }
+                continue;
+            }
             let (tcp, also_udp) = self.links.route(transmit.destination);
             if let Some(tcp) = tcp {
                 // A full queue drops the datagram, as a full socket would.
@@ -398,6 +431,9 @@ impl Daemon {
             Event::RendezvousRegistered { id, reflexive } => {
                 tracing::info!(rendezvous = %id, %reflexive, "registered with rendezvous");
             }
+            Event::PingReply { id, rtt, path, .. } => {
+                tracing::debug!(peer = %self.peer_name(&id), %id, rtt_ms = rtt.as_secs_f64() * 1000.0, %path, "ping answered");
+            }
         }
     }
 
@@ -419,6 +455,10 @@ impl Daemon {
             Command::TrustAdd { entry, endpoint } => self.trust_add(now, entry, endpoint),
             Command::TrustRemove { peer } => self.trust_remove(&peer),
             Command::TrustOp(op) => self.trust_op(now, op),
+            Command::Ping { peer, pong } => {
+                self.pings
+                    .start(&mut self.node, now, &self.trust, self.network, &peer, pong)
+            }
             Command::ReloadAttachments => match self.names.reload_attachments() {
                 Ok(attachments) => Response::AttachmentsReloaded { attachments },
                 Err(error) => Response::Error(error),

@@ -12,6 +12,8 @@ mod control_server;
 pub mod dns;
 mod event_loop;
 mod names;
+mod ping;
+mod probe_sockets;
 pub mod rendezvous_link;
 pub mod resolver_config;
 mod sys;
@@ -56,6 +58,8 @@ pub struct DaemonOptions {
     pub rendezvous: Vec<rendezvous_link::RendezvousSpec>,
     /// How often registrations are refreshed (default 25 s).
     pub register_interval: Option<std::time::Duration>,
+    /// Where to serve Prometheus metrics (`None`: not at all).
+    pub metrics: Option<crate::metrics::MetricsListen>,
 }
 
 /// Errors that stop the daemon.
@@ -99,6 +103,9 @@ pub enum DaemonError {
     /// The async runtime or signal handlers could not be set up.
     #[error("cannot start the event loop: {0}")]
     Runtime(#[source] io::Error),
+    /// The metrics endpoint could not be served.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The TUN interface failed while running (deleted from outside?).
     #[error("the TUN interface {interface} failed: {source}")]
     TunIo {
@@ -169,6 +176,12 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
                 node.add_rendezvous(Instant::now(), *id, *endpoint);
             }
             let (links, link_events) = rendezvous_link::RendezvousLinks::new(Instant::now(), &rendezvous);
+            // Before the control socket: an address that cannot be served
+            // fails the start. Scrapes read the status over that socket.
+            let _metrics = match options.metrics {
+                Some(listen) => Some(crate::metrics::spawn_agent(listen, options.socket.clone()).await?),
+                None => None,
+            };
             // Last: once the socket answers, the interface is ready.
             let (server, requests) = ControlServer::bind(&options.socket).map_err(|source| {
                 DaemonError::ControlSocket {

@@ -36,14 +36,20 @@ impl FromStr for RendezvousSpec {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (endpoint, id) = text
-            .rsplit_once('=')
-            .ok_or_else(|| format!("`{text}`: expected HOST:PORT=ID (the rendezvous's agent ID after `=`)"))?;
+        let (endpoint, id) = text.rsplit_once('=').ok_or_else(|| {
+            format!("`{text}`: expected HOST:PORT=ID (the rendezvous's agent ID after `=`)")
+        })?;
         let id = id.parse().map_err(|error| format!("`{text}`: {error}"))?;
-        if endpoint.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        if endpoint
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
             return Err(format!("`{text}`: expected HOST:PORT before `=`"));
         }
-        Ok(Self { endpoint: endpoint.to_string(), id })
+        Ok(Self {
+            endpoint: endpoint.to_string(),
+            id,
+        })
     }
 }
 
@@ -56,9 +62,14 @@ impl std::fmt::Display for RendezvousSpec {
 /// Which transport carries a rendezvous's datagrams.
 #[derive(Debug)]
 enum Transport {
-    Udp { since: Instant },
+    Udp {
+        since: Instant,
+    },
     Connecting,
-    Tcp { sender: mpsc::Sender<Vec<u8>>, next_udp_probe: Instant },
+    Tcp {
+        sender: mpsc::Sender<Vec<u8>>,
+        next_udp_probe: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -92,21 +103,38 @@ pub struct RendezvousLinks {
 impl RendezvousLinks {
     /// Links for these resolved rendezvous; TCP events arrive on the
     /// returned receiver.
-    pub fn new(now: Instant, rendezvous: &[(AgentId, SocketAddr)]) -> (Self, mpsc::Receiver<TcpLinkEvent>) {
+    pub fn new(
+        now: Instant,
+        rendezvous: &[(AgentId, SocketAddr)],
+    ) -> (Self, mpsc::Receiver<TcpLinkEvent>) {
         let (events, receiver) = mpsc::channel(TCP_QUEUE);
         let links = rendezvous
             .iter()
-            .map(|(id, endpoint)| Link { id: *id, endpoint: *endpoint, transport: Transport::Udp { since: now } })
+            .map(|(id, endpoint)| Link {
+                id: *id,
+                endpoint: *endpoint,
+                transport: Transport::Udp { since: now },
+            })
             .collect();
-        (Self { links, events, probing_udp: Vec::new() }, receiver)
+        (
+            Self {
+                links,
+                events,
+                probing_udp: Vec::new(),
+            },
+            receiver,
+        )
     }
 
     /// The transport name of a rendezvous, for status.
     pub fn transport_of(&self, endpoint: SocketAddr) -> Option<&'static str> {
-        self.links.iter().find(|link| link.endpoint == endpoint).map(|link| match link.transport {
-            Transport::Udp { .. } | Transport::Connecting => "udp",
-            Transport::Tcp { .. } => "tcp",
-        })
+        self.links
+            .iter()
+            .find(|link| link.endpoint == endpoint)
+            .map(|link| match link.transport {
+                Transport::Udp { .. } | Transport::Connecting => "udp",
+                Transport::Tcp { .. } => "tcp",
+            })
     }
 
     /// Where a datagram for `destination` goes: `Some(sender)` for a TCP
@@ -114,7 +142,10 @@ impl RendezvousLinks {
     pub fn route(&self, destination: SocketAddr) -> (Option<&mpsc::Sender<Vec<u8>>>, bool) {
         let also_udp = self.probing_udp.contains(&destination);
         match self.links.iter().find(|link| link.endpoint == destination) {
-            Some(Link { transport: Transport::Tcp { sender, .. }, .. }) => (Some(sender), also_udp),
+            Some(Link {
+                transport: Transport::Tcp { sender, .. },
+                ..
+            }) => (Some(sender), also_udp),
             _ => (None, false),
         }
     }
@@ -139,7 +170,12 @@ impl RendezvousLinks {
     }
 
     /// A connection task reported; returns a datagram to feed to the node.
-    pub fn on_event(&mut self, now: Instant, event: TcpLinkEvent, node: &mut Node) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn on_event(
+        &mut self,
+        now: Instant,
+        event: TcpLinkEvent,
+        node: &mut Node,
+    ) -> Option<(SocketAddr, Vec<u8>)> {
         match event {
             TcpLinkEvent::Datagram(from, datagram) => return Some((from, datagram)),
             TcpLinkEvent::Connected(endpoint, sender) => {
@@ -147,7 +183,10 @@ impl RendezvousLinks {
                     && matches!(link.transport, Transport::Connecting)
                 {
                     tracing::info!(rendezvous = %link.id, %endpoint, "reaching rendezvous over TCP");
-                    link.transport = Transport::Tcp { sender, next_udp_probe: now + UDP_PROBE_INTERVAL };
+                    link.transport = Transport::Tcp {
+                        sender,
+                        next_udp_probe: now + UDP_PROBE_INTERVAL,
+                    };
                     node.reconnect_rendezvous(now, &link.id);
                 }
             }
@@ -173,7 +212,9 @@ impl RendezvousLinks {
             .map(|status| (status.endpoint, status.registered))
             .collect();
         for link in &mut self.links {
-            let is_registered = registered.iter().any(|(endpoint, live)| *endpoint == link.endpoint && *live);
+            let is_registered = registered
+                .iter()
+                .any(|(endpoint, live)| *endpoint == link.endpoint && *live);
             match &mut link.transport {
                 Transport::Udp { since } => {
                     if is_registered {
@@ -197,23 +238,28 @@ impl RendezvousLinks {
 
 fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
     tokio::spawn(async move {
-        let stream = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(%endpoint, %error, "TCP connect to rendezvous failed");
-                let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%endpoint, "TCP connect to rendezvous timed out");
-                let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
-                return;
-            }
-        };
+        let stream =
+            match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%endpoint, %error, "TCP connect to rendezvous failed");
+                    let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%endpoint, "TCP connect to rendezvous timed out");
+                    let _ = events.send(TcpLinkEvent::Closed(endpoint)).await;
+                    return;
+                }
+            };
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-        if events.send(TcpLinkEvent::Connected(endpoint, sender)).await.is_err() {
+        if events
+            .send(TcpLinkEvent::Connected(endpoint, sender))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut writer_task = tokio::spawn(async move {
@@ -250,13 +296,19 @@ mod tests {
 
     #[test]
     fn spec_parses_host_port_and_id() {
-        let id = crate::core::identity::Identity::from_secret_bytes(&[1; 32]).expect("key").agent_id();
+        let id = crate::core::identity::Identity::from_secret_bytes(&[1; 32])
+            .expect("key")
+            .agent_id();
         let spec: RendezvousSpec = format!("rv.example:7300={id}").parse().expect("valid");
         assert_eq!(spec.endpoint, "rv.example:7300");
         assert_eq!(spec.id, id);
         assert_eq!(spec.to_string().parse::<RendezvousSpec>(), Ok(spec));
         assert!("rv.example:7300".parse::<RendezvousSpec>().is_err());
-        assert!(format!("rv.example={id}").parse::<RendezvousSpec>().is_err());
+        assert!(
+            format!("rv.example={id}")
+                .parse::<RendezvousSpec>()
+                .is_err()
+        );
         assert!("rv.example:7300=nope".parse::<RendezvousSpec>().is_err());
     }
 }

@@ -72,7 +72,12 @@ pub struct SimNat {
 }
 
 impl SimNat {
-    fn map_outbound(&mut self, rng: &mut ChaCha20Rng, private: SocketAddr, remote: SocketAddr) -> SocketAddr {
+    fn map_outbound(
+        &mut self,
+        rng: &mut ChaCha20Rng,
+        private: SocketAddr,
+        remote: SocketAddr,
+    ) -> SocketAddr {
         let key = match self.kind {
             NatKind::Easy => (private, None),
             NatKind::Hard => (private, Some(remote)),
@@ -80,12 +85,22 @@ impl SimNat {
         let port = match self.by_flow.get(&key) {
             Some(port) => *port,
             None => {
-                let mut port = if self.kind == NatKind::Easy { private.port() } else { rng.gen_range(1024..=65535) };
+                let mut port = if self.kind == NatKind::Easy {
+                    private.port()
+                } else {
+                    rng.gen_range(1024..=65535)
+                };
                 while self.by_port.contains_key(&port) {
                     port = rng.gen_range(1024..=65535);
                 }
                 self.by_flow.insert(key, port);
-                self.by_port.insert(port, NatMapping { private, remotes: HashSet::new() });
+                self.by_port.insert(
+                    port,
+                    NatMapping {
+                        private,
+                        remotes: HashSet::new(),
+                    },
+                );
                 port
             }
         };
@@ -150,6 +165,8 @@ pub struct SimNet {
 }
 
 pub const TUNNEL_MTU: u16 = 1408;
+/// Local port of a host's probe socket N: this base plus N.
+pub const PROBE_PORT_BASE: u16 = 50_000;
 
 impl SimNet {
     /// An empty network with a seeded RNG.
@@ -185,8 +202,14 @@ impl SimNet {
     /// Adds a host behind `nat`, at `192.168.<nat>.<n>:7400`.
     pub fn add_host_behind(&mut self, key_seed: u8, nat: usize) -> usize {
         let index = self.add_host(key_seed);
-        let behind = self.hosts.iter().filter(|host| host.nat == Some(nat)).count();
-        self.hosts[index].address = format!("192.168.{}.{}:7400", nat + 1, behind + 2).parse().expect("addr");
+        let behind = self
+            .hosts
+            .iter()
+            .filter(|host| host.nat == Some(nat))
+            .count();
+        self.hosts[index].address = format!("192.168.{}.{}:7400", nat + 1, behind + 2)
+            .parse()
+            .expect("addr");
         self.hosts[index].nat = Some(nat);
         index
     }
@@ -197,9 +220,17 @@ impl SimNet {
         let index = self.rendezvous.len();
         let mut seed = [0u8; 32];
         self.rng.fill(&mut seed);
-        let server = RendezvousServer::new(RendezvousConfig::new(identity, self.network), seed, self.now);
+        let server = RendezvousServer::new(
+            RendezvousConfig::new(identity, self.network),
+            seed,
+            self.now,
+        );
         let address = format!("10.0.2.{}:7400", index + 1).parse().expect("addr");
-        self.rendezvous.push(SimRendezvous { server, address, up: true });
+        self.rendezvous.push(SimRendezvous {
+            server,
+            address,
+            up: true,
+        });
         index
     }
 
@@ -207,7 +238,10 @@ impl SimNet {
     pub fn use_rendezvous(&mut self, host: usize) {
         let now = self.now;
         for index in 0..self.rendezvous.len() {
-            let (id, address) = (self.rendezvous[index].server.agent_id(), self.rendezvous[index].address);
+            let (id, address) = (
+                self.rendezvous[index].server.agent_id(),
+                self.rendezvous[index].address,
+            );
             self.hosts[host].node.add_rendezvous(now, id, address);
         }
     }
@@ -299,7 +333,10 @@ impl SimNet {
     }
 
     fn nat_of_address(&self, address: SocketAddr) -> Option<usize> {
-        self.hosts.iter().find(|host| host.address == address).and_then(|host| host.nat)
+        self.hosts
+            .iter()
+            .find(|host| host.address.ip() == address.ip())
+            .and_then(|host| host.nat)
     }
 
     fn schedule(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
@@ -359,7 +396,11 @@ impl SimNet {
                 host.events.push(event);
             }
             for transmit in transmits {
-                self.schedule(from, transmit.destination, transmit.payload);
+                let source = match transmit.source {
+                    Some(socket) => SocketAddr::new(from.ip(), PROBE_PORT_BASE + socket),
+                    None => from,
+                };
+                self.schedule(source, transmit.destination, transmit.payload);
             }
         }
         for index in 0..self.rendezvous.len() {
@@ -398,13 +439,23 @@ impl SimNet {
         };
         if let Some(rendezvous) = self.rendezvous.iter_mut().find(|r| r.address == to) {
             if rendezvous.up {
-                rendezvous.server.handle_datagram(now, ClientAddr::Udp(from), payload);
+                rendezvous
+                    .server
+                    .handle_datagram(now, ClientAddr::Udp(from), payload);
             }
             return;
         }
         if let Some(host) = self.hosts.iter_mut().find(|host| host.address == to) {
             host.received_from.push(from);
             host.node.handle_datagram(now, from, payload);
+        } else if let Some(host) = self
+            .hosts
+            .iter_mut()
+            .find(|host| host.address.ip() == to.ip() && to.port() >= PROBE_PORT_BASE)
+        {
+            host.received_from.push(from);
+            host.node
+                .handle_datagram_on_probe(now, to.port() - PROBE_PORT_BASE, from, payload);
         }
     }
 
@@ -437,7 +488,11 @@ impl SimNet {
                 self.deliver(now, flight.from, flight.to, &flight.payload);
             }
             for host in &mut self.hosts {
-                if host.node.poll_timeout().is_some_and(|deadline| deadline <= now) {
+                if host
+                    .node
+                    .poll_timeout()
+                    .is_some_and(|deadline| deadline <= now)
+                {
                     host.node.handle_timeout(now);
                 }
             }
@@ -448,7 +503,6 @@ impl SimNet {
             }
         }
     }
-
 
     /// Runs for a duration.
     pub fn run_for(&mut self, duration: Duration) {

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod capture;
 pub mod lab;
+pub mod natlab;
 pub mod pcap;
 pub mod watch;
 

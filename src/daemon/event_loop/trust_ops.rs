@@ -126,8 +126,6 @@ pub(crate) async fn trust_op_of(request: Request) -> Result<TrustOp, String> {
 /// The daemon's trust-request state beside the node.
 #[derive(Debug, Default)]
 pub(super) struct TrustFlow {
-    /// The `[auto_approve]` rules (also handed to the node).
-    auto_approve: AutoApproveConfig,
     /// Pending requests changed since the pending file was written.
     unsaved: bool,
     /// When the pending file was last written.
@@ -160,9 +158,8 @@ impl Daemon {
                 "auto-approval of trust requests is on"
             );
         }
-        self.node.set_auto_approve(config.rules());
         let rules = config.rules();
-        self.trust_flow.auto_approve = config;
+        self.node.set_auto_approve(rules.clone());
 
         let records = match load_pending(&self.options.state) {
             Ok(records) => records,
