@@ -54,6 +54,7 @@ mod attach;
 mod ping;
 mod rendezvous;
 mod trust;
+mod userspace;
 
 /// Help heading of the options every command takes.
 const GLOBAL: &str = "Global options";
@@ -174,21 +175,25 @@ pub(crate) enum Command {
         Without --foreground the daemon detaches (its output goes to STATE_DIR/agentnet.log) \
         and `up` returns once the interface is ready, or fails with the log's last lines. \
         With --foreground it runs until SIGTERM, SIGINT or `agentnet down`, then removes \
-        everything it created. SIGHUP reloads the trust store. Needs root or CAP_NET_ADMIN.")]
+        everything it created. SIGHUP reloads the trust store. Needs root or CAP_NET_ADMIN, \
+        except with --userspace: then no TUN is created, an in-process TCP/IP stack holds the \
+        agent address, and programs use --socks5, --forward and --expose instead.")]
     Up(UpArgs),
 
     /// Stop the daemon and wait until it has exited.
     Down,
 
     /// Show the daemon's state: identity, peers, paths, RTT, loss, traffic, drops.
-    #[command(long_about = "Show the daemon's state: identity, interface, and one line per peer \
+    #[command(
+        long_about = "Show the daemon's state: identity, interface, and one line per peer \
         with its path (direct endpoint or relay), smoothed RTT, loss and reordering of what it \
         sends us (last 10 s, from the transport counters), traffic and last handshake; then \
         drops by reason.\n\n\
         --json prints the full structure: per peer RTT (last, smoothed, min, max, variation; \
         per path), receive loss, reordering and duplicates (window and totals), ping loss, \
         bytes and packets each way, drops by reason, handshakes and their durations, path \
-        changes with timestamps, MTU.")]
+        changes with timestamps, MTU."
+    )]
     Status {
         /// Print the node's status as JSON (with "interface" and "port" at top level).
         #[arg(long)]
@@ -199,11 +204,13 @@ pub(crate) enum Command {
     },
 
     /// Ping a peer over the overlay and say whether each reply came direct or relayed.
-    #[command(long_about = "Ping a peer over the overlay, by local name, agent ID or address.\n\n\
+    #[command(
+        long_about = "Ping a peer over the overlay, by local name, agent ID or address.\n\n\
         Each ping is a path ping inside the peer's encrypted session, sent along the path its \
         traffic takes now; the reply line says how the answer came back (direct ENDPOINT or \
         relay via RENDEZVOUS) and the round-trip time. The summary gives the loss, like \
-        ping(8). No ICMP is involved: the peer's policy does not matter, only its session.")]
+        ping(8). No ICMP is involved: the peer's policy does not matter, only its session."
+    )]
     Ping(self::ping::PingArgs),
 
     /// Manage the agents this agent will talk to: add, request, approve, revoke.
@@ -299,6 +306,15 @@ pub(crate) struct UpArgs {
     /// Allow --metrics on an address other than loopback.
     #[arg(long, requires = "metrics")]
     pub(crate) metrics_allow_remote: bool,
+    /// Once the interface and sockets exist, run as this user (name or
+    /// UID) with no capabilities beyond CAP_NET_ADMIN where names need
+    /// systemd-resolved [default: `agentnet` if that user exists, else stay
+    /// root]. `root` keeps root.
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// Rootless mode (--userspace, --socks5, --forward, --expose).
+    #[command(flatten)]
+    pub(crate) rootless: self::userspace::UserspaceArgs,
 }
 
 /// The `trust` subcommands.
@@ -584,10 +600,14 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
             rendezvous: args.rendezvous,
             register_interval: Some(std::time::Duration::from_secs(args.register_interval)),
             metrics,
+            userspace: args.rootless.options(),
+            user: args.user,
         })?);
     }
     let state = &context.state;
     state.create()?;
+    daemon::privilege::check_state_permissions(state)?;
+    daemon::privilege::PrivilegeDrop::choose(args.user.as_deref())?;
     // Everything that can be checked without privileges is checked here, so
     // the error reaches the terminal directly rather than through the log.
     let (identity, created) = state.load_or_create_identity()?;
@@ -630,6 +650,10 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
             command.arg("--metrics-allow-remote");
         }
     }
+    args.rootless.add_child_args(&mut command);
+    if let Some(user) = &args.user {
+        command.args(["--user", user]);
+    }
     let log_err = log
         .try_clone()
         .with_context(|| format!("cannot open {}", log_path.display()))?;
@@ -646,6 +670,9 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     say!("  port       {}/udp", info.port);
     say!("  mtu        {}", info.mtu);
     say!("  log        {}", log_path.display());
+    if args.rootless.userspace {
+        self::userspace::say_listeners(&context.socket);
+    }
     if let Some(address) = args.metrics {
         say!("  metrics    http://{address}/metrics");
     }
@@ -1014,9 +1041,21 @@ mod tests {
         let cli = Cli::try_parse_from(["agentnet", "status", "--state-dir", "/tmp/x", "--json"])
             .expect("parses");
         assert_eq!(cli.state_dir, PathBuf::from("/tmp/x"));
-        assert!(matches!(cli.command, Command::Status { json: true, watch: None }));
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                json: true,
+                watch: None
+            }
+        ));
         let cli = Cli::try_parse_from(["agentnet", "status", "--watch"]).expect("parses");
-        assert!(matches!(cli.command, Command::Status { watch: Some(2.0), .. }));
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                watch: Some(2.0),
+                ..
+            }
+        ));
         let cli = Cli::try_parse_from(["agentnet", "ping", "bob", "-c", "5"]).expect("parses");
         assert!(matches!(cli.command, Command::Ping(ref args) if args.count == Some(5)));
     }

@@ -232,18 +232,42 @@ pub fn agent_metrics(status: &Value) -> String {
         1.0,
     );
     if let Some(uptime) = number(status, "/uptime_s") {
-        m.add("agentnet_uptime_seconds", Gauge, "Seconds since the daemon started.", &[], uptime);
+        m.add(
+            "agentnet_uptime_seconds",
+            Gauge,
+            "Seconds since the daemon started.",
+            &[],
+            uptime,
+        );
     }
     if let Some(mtu) = number(status, "/mtu") {
-        m.add("agentnet_tunnel_mtu_bytes", Gauge, "Largest IP packet the tunnel carries.", &[], mtu);
+        m.add(
+            "agentnet_tunnel_mtu_bytes",
+            Gauge,
+            "Largest IP packet the tunnel carries.",
+            &[],
+            mtu,
+        );
     }
     let peers = status["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    m.add("agentnet_peers", Gauge, "Trusted peers.", &[], peers.len() as f64);
+    m.add(
+        "agentnet_peers",
+        Gauge,
+        "Trusted peers.",
+        &[],
+        peers.len() as f64,
+    );
     let connected = peers
         .iter()
         .filter(|peer| peer["session_established"].as_bool() == Some(true))
         .count();
-    m.add("agentnet_peers_connected", Gauge, "Peers with an established session.", &[], connected as f64);
+    m.add(
+        "agentnet_peers_connected",
+        Gauge,
+        "Peers with an established session.",
+        &[],
+        connected as f64,
+    );
     if let Some(dropped) = status["dropped"].as_object() {
         for (reason, count) in dropped {
             m.add(
@@ -255,13 +279,24 @@ pub fn agent_metrics(status: &Value) -> String {
             );
         }
     }
-    for link in status["rendezvous"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let up = if link["registered"].as_bool() == Some(true) { 1.0 } else { 0.0 };
+    for link in status["rendezvous"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let up = if link["registered"].as_bool() == Some(true) {
+            1.0
+        } else {
+            0.0
+        };
         m.add(
             "agentnet_registration_up",
             Gauge,
             "Whether the registration with a rendezvous server holds.",
-            &[("rendezvous", text(link, "/endpoint")), ("id", text(link, "/id"))],
+            &[
+                ("rendezvous", text(link, "/endpoint")),
+                ("id", text(link, "/id")),
+            ],
             up,
         );
     }
@@ -275,7 +310,13 @@ fn peer_metrics(m: &mut Exposition, peer: &Value) {
     use MetricKind::{Counter, Gauge, Summary};
     let labels = [("peer", text(peer, "/name")), ("id", text(peer, "/id"))];
     let up = peer["session_established"].as_bool() == Some(true);
-    m.add("agentnet_peer_up", Gauge, "Whether a session with the peer is established.", &labels, f64::from(u8::from(up)));
+    m.add(
+        "agentnet_peer_up",
+        Gauge,
+        "Whether a session with the peer is established.",
+        &labels,
+        f64::from(u8::from(up)),
+    );
     let current = text(peer, "/path");
     for path in ["direct", "relay", "none"] {
         let with_path = [labels[0], labels[1], ("path", path)];
@@ -289,14 +330,46 @@ fn peer_metrics(m: &mut Exposition, peer: &Value) {
     }
     let seconds = |ms: Option<f64>| ms.map(|ms| ms / 1000.0);
     let gauges: [(&'static str, &'static str, Option<f64>); 8] = [
-        ("agentnet_peer_rtt_seconds", "Smoothed round-trip time of the current path (path pings, EWMA).", seconds(number(peer, "/rtt/smoothed_ms"))),
-        ("agentnet_peer_rtt_last_seconds", "Round-trip time of the last path ping answered on the current path.", seconds(number(peer, "/rtt/last_ms"))),
-        ("agentnet_peer_rtt_min_seconds", "Smallest round-trip time seen on the current path.", seconds(number(peer, "/rtt/min_ms"))),
-        ("agentnet_peer_rtt_variation_seconds", "Mean deviation of the round-trip time of the current path.", seconds(number(peer, "/rtt/variation_ms"))),
-        ("agentnet_peer_receive_loss_ratio", "Fraction of the peer's packets lost on the way here (last 10 s, from transport counters).", number(peer, "/receive/loss")),
-        ("agentnet_peer_receive_reorder_ratio", "Fraction of the peer's packets that arrived out of order (last 10 s).", number(peer, "/receive/reordering")),
-        ("agentnet_peer_ping_loss_ratio", "Fraction of recent path pings to the peer left unanswered (round trip).", number(peer, "/pings/loss")),
-        ("agentnet_peer_mtu_bytes", "Largest IP packet carried to the peer.", number(peer, "/mtu")),
+        (
+            "agentnet_peer_rtt_seconds",
+            "Smoothed round-trip time of the current path (path pings, EWMA).",
+            seconds(number(peer, "/rtt/smoothed_ms")),
+        ),
+        (
+            "agentnet_peer_rtt_last_seconds",
+            "Round-trip time of the last path ping answered on the current path.",
+            seconds(number(peer, "/rtt/last_ms")),
+        ),
+        (
+            "agentnet_peer_rtt_min_seconds",
+            "Smallest round-trip time seen on the current path.",
+            seconds(number(peer, "/rtt/min_ms")),
+        ),
+        (
+            "agentnet_peer_rtt_variation_seconds",
+            "Mean deviation of the round-trip time of the current path.",
+            seconds(number(peer, "/rtt/variation_ms")),
+        ),
+        (
+            "agentnet_peer_receive_loss_ratio",
+            "Fraction of the peer's packets lost on the way here (last 10 s, from transport counters).",
+            number(peer, "/receive/loss"),
+        ),
+        (
+            "agentnet_peer_receive_reorder_ratio",
+            "Fraction of the peer's packets that arrived out of order (last 10 s).",
+            number(peer, "/receive/reordering"),
+        ),
+        (
+            "agentnet_peer_ping_loss_ratio",
+            "Fraction of recent path pings to the peer left unanswered (round trip).",
+            number(peer, "/pings/loss"),
+        ),
+        (
+            "agentnet_peer_mtu_bytes",
+            "Largest IP packet carried to the peer.",
+            number(peer, "/mtu"),
+        ),
     ];
     for (name, help, value) in gauges {
         if let Some(value) = value {
@@ -304,17 +377,61 @@ fn peer_metrics(m: &mut Exposition, peer: &Value) {
         }
     }
     let counters: [(&'static str, &'static str, Option<f64>); 11] = [
-        ("agentnet_peer_received_bytes_total", "Inner bytes received from the peer.", number(peer, "/rx_bytes")),
-        ("agentnet_peer_sent_bytes_total", "Inner bytes sent to the peer.", number(peer, "/tx_bytes")),
-        ("agentnet_peer_received_packets_total", "Inner packets received from the peer.", number(peer, "/rx_packets")),
-        ("agentnet_peer_sent_packets_total", "Inner packets sent to the peer.", number(peer, "/tx_packets")),
-        ("agentnet_peer_lost_packets_total", "The peer's packets that never arrived (estimated from transport counters).", number(peer, "/receive/total/expected").zip(number(peer, "/receive/total/received")).map(|(expected, received)| (expected - received).max(0.0))),
-        ("agentnet_peer_reordered_packets_total", "The peer's packets that arrived out of order.", number(peer, "/receive/total/reordered")),
-        ("agentnet_peer_duplicate_packets_total", "The peer's packets that arrived twice.", number(peer, "/receive/total/duplicates")),
-        ("agentnet_peer_handshakes_total", "Sessions established with the peer (rekeys included).", number(peer, "/handshake/completed")),
-        ("agentnet_peer_handshake_initiations_total", "Handshake initiations sent to the peer (retries included).", number(peer, "/handshake/initiations_sent")),
-        ("agentnet_peer_path_changes_total", "Changes of the path to the peer (direct, relay, none).", number(peer, "/path_changes")),
-        ("agentnet_peer_pings_total", "Path pings sent to the peer to measure it.", number(peer, "/pings/sent")),
+        (
+            "agentnet_peer_received_bytes_total",
+            "Inner bytes received from the peer.",
+            number(peer, "/rx_bytes"),
+        ),
+        (
+            "agentnet_peer_sent_bytes_total",
+            "Inner bytes sent to the peer.",
+            number(peer, "/tx_bytes"),
+        ),
+        (
+            "agentnet_peer_received_packets_total",
+            "Inner packets received from the peer.",
+            number(peer, "/rx_packets"),
+        ),
+        (
+            "agentnet_peer_sent_packets_total",
+            "Inner packets sent to the peer.",
+            number(peer, "/tx_packets"),
+        ),
+        (
+            "agentnet_peer_lost_packets_total",
+            "The peer's packets that never arrived (estimated from transport counters).",
+            number(peer, "/receive/lost_total"),
+        ),
+        (
+            "agentnet_peer_reordered_packets_total",
+            "The peer's packets that arrived out of order.",
+            number(peer, "/receive/total/reordered"),
+        ),
+        (
+            "agentnet_peer_duplicate_packets_total",
+            "The peer's packets that arrived twice.",
+            number(peer, "/receive/total/duplicates"),
+        ),
+        (
+            "agentnet_peer_handshakes_total",
+            "Sessions established with the peer (rekeys included).",
+            number(peer, "/handshake/completed"),
+        ),
+        (
+            "agentnet_peer_handshake_initiations_total",
+            "Handshake initiations sent to the peer (retries included).",
+            number(peer, "/handshake/initiations_sent"),
+        ),
+        (
+            "agentnet_peer_path_changes_total",
+            "Changes of the path to the peer (direct, relay, none).",
+            number(peer, "/path_changes"),
+        ),
+        (
+            "agentnet_peer_pings_total",
+            "Path pings sent to the peer to measure it.",
+            number(peer, "/pings/sent"),
+        ),
     ];
     for (name, help, value) in counters {
         if let Some(value) = value {
@@ -371,7 +488,13 @@ pub fn rendezvous_metrics(id: &str, counters: &RelayCounters, uptime: Duration) 
         &[("id", id), ("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
-    m.add("agentnet_rendezvous_uptime_seconds", Gauge, "Seconds since the server started.", &[], uptime.as_secs_f64());
+    m.add(
+        "agentnet_rendezvous_uptime_seconds",
+        Gauge,
+        "Seconds since the server started.",
+        &[],
+        uptime.as_secs_f64(),
+    );
     m.add(
         "agentnet_rendezvous_registered_agents",
         Gauge,
@@ -380,13 +503,41 @@ pub fn rendezvous_metrics(id: &str, counters: &RelayCounters, uptime: Duration) 
         counters.registered_now as f64,
     );
     let totals: [(&'static str, &'static str, u64); 7] = [
-        ("agentnet_rendezvous_registrations_total", "Registrations accepted (refreshes included).", counters.registrations),
-        ("agentnet_rendezvous_handshakes_total", "Handshakes completed with agents.", counters.handshakes),
-        ("agentnet_rendezvous_relayed_packets_total", "Datagrams relayed between agents.", counters.relayed_packets),
-        ("agentnet_rendezvous_relayed_bytes_total", "Bytes relayed between agents.", counters.relayed_bytes),
-        ("agentnet_rendezvous_mailbox_stored_total", "Trust requests stored for offline agents.", counters.mailbox_stored),
-        ("agentnet_rendezvous_mailbox_delivered_total", "Stored trust requests delivered at registration.", counters.mailbox_delivered),
-        ("agentnet_rendezvous_mailbox_dropped_total", "Stored trust requests dropped (full mailbox, expiry).", counters.mailbox_dropped),
+        (
+            "agentnet_rendezvous_registrations_total",
+            "Registrations accepted (refreshes included).",
+            counters.registrations,
+        ),
+        (
+            "agentnet_rendezvous_handshakes_total",
+            "Handshakes completed with agents.",
+            counters.handshakes,
+        ),
+        (
+            "agentnet_rendezvous_relayed_packets_total",
+            "Datagrams relayed between agents.",
+            counters.relayed_packets,
+        ),
+        (
+            "agentnet_rendezvous_relayed_bytes_total",
+            "Bytes relayed between agents.",
+            counters.relayed_bytes,
+        ),
+        (
+            "agentnet_rendezvous_mailbox_stored_total",
+            "Trust requests stored for offline agents.",
+            counters.mailbox_stored,
+        ),
+        (
+            "agentnet_rendezvous_mailbox_delivered_total",
+            "Stored trust requests delivered at registration.",
+            counters.mailbox_delivered,
+        ),
+        (
+            "agentnet_rendezvous_mailbox_dropped_total",
+            "Stored trust requests dropped (full mailbox, expiry).",
+            counters.mailbox_dropped,
+        ),
     ];
     for (name, help, value) in totals {
         m.add(name, Counter, help, &[], value as f64);
@@ -432,7 +583,8 @@ where
         };
         let render = render.clone();
         tokio::spawn(async move {
-            let served = tokio::time::timeout(CONNECTION_TIMEOUT, serve_connection(stream, render)).await;
+            let served =
+                tokio::time::timeout(CONNECTION_TIMEOUT, serve_connection(stream, render)).await;
             if let Ok(Err(error)) = served {
                 tracing::debug!(%peer, %error, "metrics connection failed");
             }
@@ -463,14 +615,22 @@ where
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => match render().await {
             Ok(body) => ("200 OK", CONTENT_TYPE, body),
-            Err(error) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("{error}\n")),
+            Err(error) => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                format!("{error}\n"),
+            ),
         },
         ("GET" | "HEAD", "/") => (
             "200 OK",
             "text/plain; charset=utf-8",
             "agentnet metrics: GET /metrics\n".to_string(),
         ),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_string()),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_string(),
+        ),
         _ => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",
@@ -513,13 +673,20 @@ pub async fn fetch_status(socket: &Path) -> Result<Value, String> {
 
 /// Binds the agent's metrics listener and serves it in a task, reading the
 /// daemon's status from `socket` at each scrape.
-pub async fn spawn_agent(listen: MetricsListen, socket: PathBuf) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+pub async fn spawn_agent(
+    listen: MetricsListen,
+    socket: PathBuf,
+) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
     let listener = listen.bind().await?;
     tracing::info!(address = %listen.address, "serving metrics on /metrics");
     let socket = Arc::new(socket);
     Ok(tokio::spawn(serve(listener, move || {
         let socket = Arc::clone(&socket);
-        async move { fetch_status(&socket).await.map(|status| agent_metrics(&status)) }
+        async move {
+            fetch_status(&socket)
+                .await
+                .map(|status| agent_metrics(&status))
+        }
     })))
 }
 
@@ -532,7 +699,13 @@ mod tests {
         let mut m = Exposition::default();
         m.add("a_total", MetricKind::Counter, "A.", &[("peer", "x")], 1.0);
         m.add("b", MetricKind::Gauge, "B.", &[], 0.5);
-        m.add("a_total", MetricKind::Counter, "A.", &[("peer", "y\"\\\n")], 2.0);
+        m.add(
+            "a_total",
+            MetricKind::Counter,
+            "A.",
+            &[("peer", "y\"\\\n")],
+            2.0,
+        );
         assert_eq!(
             m.render(),
             "# HELP a_total A.\n# TYPE a_total counter\na_total{peer=\"x\"} 1\n\
@@ -547,7 +720,14 @@ mod tests {
             allow_remote: false,
         };
         assert!(matches!(remote.check(), Err(MetricsError::NotLoopback(_))));
-        assert!(MetricsListen { allow_remote: true, ..remote }.check().is_ok());
+        assert!(
+            MetricsListen {
+                allow_remote: true,
+                ..remote
+            }
+            .check()
+            .is_ok()
+        );
         for local in ["127.0.0.1:9100", "[::1]:9100"] {
             let listen = MetricsListen {
                 address: local.parse().expect("addr"),
@@ -567,7 +747,7 @@ mod tests {
                 "id": "bob-id", "name": "bob", "path": "direct", "session_established": true,
                 "rx_bytes": 10, "tx_bytes": 20, "rx_packets": 1, "tx_packets": 2,
                 "rtt": {"smoothed_ms": 12.5, "last_ms": 10.0, "min_ms": 9.0, "variation_ms": 1.0},
-                "receive": {"loss": 0.05, "reordering": 0.0, "total": {"expected": 100, "received": 95, "reordered": 1, "duplicates": 2}},
+                "receive": {"loss": 0.05, "reordering": 0.0, "lost_total": 5, "total": {"expected": 100, "received": 95, "reordered": 1, "duplicates": 2}},
                 "drops": {"policy": 4, "replay": 2, "spoofed": 0, "decrypt": 0, "mtu": 1},
                 "handshake": {"completed": 2, "initiations_sent": 3, "total_duration_ms": 40.0, "last_unix_s": 1.0e9},
                 "path_changes": 1, "mtu": 1408
@@ -602,7 +782,13 @@ mod tests {
             ..RelayCounters::default()
         };
         let text = rendezvous_metrics("rid", &counters, Duration::from_secs(3));
-        assert!(text.contains("agentnet_rendezvous_dropped_packets_total{reason=\"rate_limited\"} 7"), "{text}");
-        assert!(text.contains("agentnet_rendezvous_relayed_bytes_total 1000"), "{text}");
+        assert!(
+            text.contains("agentnet_rendezvous_dropped_packets_total{reason=\"rate_limited\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentnet_rendezvous_relayed_bytes_total 1000"),
+            "{text}"
+        );
     }
 }

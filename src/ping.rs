@@ -83,7 +83,11 @@ pub struct PingOutcome {
 
 /// Finds the trusted peer a command line names: a local name (optionally
 /// with `.agent.internal`), an agent ID, or an address in its node prefix.
-pub fn find_peer<'a>(trust: &'a TrustStore, network: NetworkId, text: &str) -> Option<&'a TrustEntry> {
+pub fn find_peer<'a>(
+    trust: &'a TrustStore,
+    network: NetworkId,
+    text: &str,
+) -> Option<&'a TrustEntry> {
     let text = text.trim().trim_end_matches('.');
     if let Ok(id) = text.parse::<AgentId>() {
         return trust.get(&id);
@@ -108,7 +112,9 @@ mod tests {
 
     #[test]
     fn peers_are_found_by_name_id_and_address() {
-        let id = Identity::from_secret_bytes(&[5; 32]).expect("key").agent_id();
+        let id = Identity::from_secret_bytes(&[5; 32])
+            .expect("key")
+            .agent_id();
         let network = NetworkId::from_name("agentnet");
         let trust = TrustStore {
             peers: vec![TrustEntry {
@@ -128,7 +134,11 @@ mod tests {
             address.to_string(),
             NodePrefix::of_agent(network, &id).address(7).to_string(),
         ] {
-            assert_eq!(find_peer(&trust, network, &text).map(|e| e.id), Some(id), "{text}");
+            assert_eq!(
+                find_peer(&trust, network, &text).map(|e| e.id),
+                Some(id),
+                "{text}"
+            );
         }
         assert!(find_peer(&trust, network, "carol").is_none());
         assert!(find_peer(&trust, network, "fd00::1").is_none());

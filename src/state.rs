@@ -74,6 +74,21 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    /// The file system of the state directory is full (or the quota is
+    /// used up); the file keeps its previous contents.
+    #[error(
+        "cannot save {}: no space left on the file system of {} ({source}); \
+         its previous contents are unchanged — free some space and retry",
+        path.display(),
+        parent_dir(path).display()
+    )]
+    NoSpace {
+        /// The file that was to be written.
+        path: PathBuf,
+        /// The OS error (ENOSPC or EDQUOT).
+        #[source]
+        source: io::Error,
+    },
     /// The key file may be read or written by group or others.
     #[error(
         "{} is {kind} by others (mode {mode:04o}); run `chmod 600 {}`",
@@ -751,6 +766,7 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, StateE
             // The umask may have narrowed the mode; never widened it. Set it
             // exactly so a 0600 file stays 0600 and a 0644 one is readable.
             file.set_permissions(fs::Permissions::from_mode(mode))?;
+            follow_directory_owner(&file, dir)?;
             file.write_all(contents)?;
             file.sync_all()
         });
@@ -758,9 +774,30 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, StateE
         Ok(()) => Ok(temp),
         Err(e) => {
             let _ = fs::remove_file(&temp);
+            if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return Err(StateError::NoSpace {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
             Err(StateError::io("write", &temp, e))
         }
     }
+}
+
+/// A file root writes into a directory that belongs to another user (a
+/// daemon that dropped its privileges, see `daemon::privilege`) is given to
+/// that user, so the daemon can still replace it. That user owns the
+/// directory and could replace the file anyway: nothing is given away.
+fn follow_directory_owner(file: &File, dir: &Path) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = fs::metadata(dir)?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
 }
 
 fn parent_dir(path: &Path) -> &Path {

@@ -12,8 +12,21 @@ use simnet::{LinkConfig, NatKind, SimNet, tag_of, udp_packet};
 /// A world with one rendezvous and two agents behind NATs of these kinds
 /// (`None` = public address), trusting each other without endpoints.
 fn world(seed: u64, kind_a: Option<NatKind>, kind_b: Option<NatKind>) -> (SimNet, usize, usize) {
+    world_with(seed, 1, kind_a, kind_b)
+}
+
+/// A world with `servers` rendezvous servers (two let each agent tell an
+/// easy NAT from a hard one) and two agents behind NATs of these kinds.
+fn world_with(
+    seed: u64,
+    servers: u8,
+    kind_a: Option<NatKind>,
+    kind_b: Option<NatKind>,
+) -> (SimNet, usize, usize) {
     let mut net = SimNet::new(seed, LinkConfig::default());
-    net.add_rendezvous(100);
+    for server in 0..servers {
+        net.add_rendezvous(100 + server);
+    }
     let place = |net: &mut SimNet, key: u8, kind: Option<NatKind>| match kind {
         Some(kind) => {
             let nat = net.add_nat(kind);
@@ -260,36 +273,11 @@ fn trust_request_reaches_an_offline_agent_when_it_registers() {
     assert!(pending[0].via_relay);
 }
 
-/// Like `world`, but with two rendezvous servers (so each agent can tell an
-/// easy NAT from a hard one).
-fn world_with_two_rendezvous(
-    seed: u64,
-    kind_a: NatKind,
-    kind_b: NatKind,
-) -> (SimNet, usize, usize) {
-    let mut net = SimNet::new(seed, LinkConfig::default());
-    net.add_rendezvous(100);
-    net.add_rendezvous(101);
-    let nat_a = net.add_nat(kind_a);
-    let a = net.add_host_behind(1, nat_a);
-    let nat_b = net.add_nat(kind_b);
-    let b = net.add_host_behind(2, nat_b);
-    for host in [a, b] {
-        let address = net.hosts[host].address;
-        net.hosts[host].node.set_local_candidates(vec![address]);
-        net.use_rendezvous(host);
-    }
-    net.trust(a, b, false, Policy::All);
-    net.trust(b, a, false, Policy::All);
-    net.run_for(Duration::from_secs(1));
-    (net, a, b)
-}
-
 #[test]
 fn easy_to_hard_goes_direct_with_birthday_probing() {
     let mut successes = 0;
     for seed in 0..10 {
-        let (mut net, a, b) = world_with_two_rendezvous(seed, NatKind::Easy, NatKind::Hard);
+        let (mut net, a, b) = world_with(seed, 2, Some(NatKind::Easy), Some(NatKind::Hard));
         let kinds: Vec<String> = [a, b]
             .iter()
             .map(|&host| format!("{:?}", net.hosts[host].node.status(net.now).nat))
@@ -314,7 +302,7 @@ fn easy_to_hard_goes_direct_with_birthday_probing() {
 
 #[test]
 fn hard_to_hard_stays_on_the_relay_without_probe_storms() {
-    let (mut net, a, b) = world_with_two_rendezvous(21, NatKind::Hard, NatKind::Hard);
+    let (mut net, a, b) = world_with(21, 2, Some(NatKind::Hard), Some(NatKind::Hard));
     let sent_before = net.wire_log.len();
     for tag in 0..100 {
         send(&mut net, a, b, tag);

@@ -80,8 +80,14 @@ fn loss_and_rtt_are_reported_within_tolerance_at_5_percent_loss_and_10_ms_jitter
             receive.reordering.unwrap_or(0.0) * 100.0
         );
         assert!(receive.window.expected > 1500, "seed {seed}: {receive:?}");
-        assert!((loss - 0.05).abs() <= 0.02, "seed {seed}: window loss {loss}");
-        assert!((loss_total - 0.05).abs() <= 0.02, "seed {seed}: total loss {loss_total}");
+        assert!(
+            (loss - 0.05).abs() <= 0.02,
+            "seed {seed}: window loss {loss}"
+        );
+        assert!(
+            (loss_total - 0.05).abs() <= 0.02,
+            "seed {seed}: total loss {loss_total}"
+        );
         for (host, peer) in [(a, b), (b, a)] {
             let status = peer_status(&net, host, peer);
             assert_eq!(status.path, PathKind::Direct);
@@ -90,9 +96,18 @@ fn loss_and_rtt_are_reported_within_tolerance_at_5_percent_loss_and_10_ms_jitter
                 "seed {seed}: host {host}: rtt smoothed {:.2} ms over {} pings (min {:.1}, max {:.1}); ping loss {:?}",
                 rtt.smoothed_ms, rtt.samples, rtt.min_ms, rtt.max_ms, status.stats.pings.loss
             );
-            assert!(rtt.samples >= 15, "seed {seed}: one RTT ping a second: {rtt:?}");
-            assert!((rtt.smoothed_ms - 20.0).abs() <= 4.0, "seed {seed}: {rtt:?}");
-            assert!(rtt.min_ms >= 10.0 && rtt.max_ms <= 30.0, "seed {seed}: {rtt:?}");
+            assert!(
+                rtt.samples >= 15,
+                "seed {seed}: one RTT ping a second: {rtt:?}"
+            );
+            assert!(
+                (rtt.smoothed_ms - 20.0).abs() <= 4.0,
+                "seed {seed}: {rtt:?}"
+            );
+            assert!(
+                rtt.min_ms >= 10.0 && rtt.max_ms <= 30.0,
+                "seed {seed}: {rtt:?}"
+            );
         }
     }
 }
@@ -121,7 +136,10 @@ fn reordering_is_reported_when_the_link_reorders_and_only_then() {
     net.run_for(Duration::from_millis(100));
     let receive = peer_status(&net, b, a).stats.receive;
     println!("reordering link: {receive:?}");
-    assert!(receive.reordering.is_some_and(|ratio| ratio > 0.1), "{receive:?}");
+    assert!(
+        receive.reordering.is_some_and(|ratio| ratio > 0.1),
+        "{receive:?}"
+    );
     assert!(receive.total.reordered > 100, "{receive:?}");
     // Late is not lost: everything arrived in the end.
     assert_eq!(receive.loss, Some(0.0), "{receive:?}");
@@ -146,14 +164,24 @@ fn duplicates_are_counted_not_delivered_and_not_mistaken_for_loss() {
     assert_eq!(receive.loss, Some(0.0), "{receive:?}");
     assert_eq!(status.stats.drops.replay, status.dropped_replay);
     assert!(status.dropped_replay >= receive.window.duplicates);
-    assert_eq!(net.hosts[b].tun.len() - delivered_before, 2000, "each packet delivered once");
+    assert_eq!(
+        net.hosts[b].tun.len() - delivered_before,
+        2000,
+        "each packet delivered once"
+    );
 }
 
 #[test]
 fn drops_are_counted_by_reason_per_peer() {
     let (mut net, a, b) = connected_pair(4, LinkConfig::default());
     // MTU: an oversized packet is answered with Packet Too Big locally.
-    let big = udp_packet(net.overlay_address(a), net.overlay_address(b), 9000, 1, usize::from(TUNNEL_MTU));
+    let big = udp_packet(
+        net.overlay_address(a),
+        net.overlay_address(b),
+        9000,
+        1,
+        usize::from(TUNNEL_MTU),
+    );
     net.send_from_tun(a, &big);
     assert_eq!(peer_status(&net, a, b).stats.drops.mtu, 1);
     // Decrypt: a data datagram of a to b with another counter; then the
@@ -164,7 +192,9 @@ fn drops_are_counted_by_reason_per_peer() {
         .wire_log
         .iter()
         .rev()
-        .find(|(f, t, bytes)| *f == from && *t == to && bytes.first() == Some(&4) && bytes.len() > 100)
+        .find(|(f, t, bytes)| {
+            *f == from && *t == to && bytes.first() == Some(&4) && bytes.len() > 100
+        })
         .map(|(_, _, bytes)| bytes.clone())
         .expect("a data datagram on the wire");
     // A fresh counter (header bytes 8..16) passes the replay window, and
@@ -216,7 +246,10 @@ fn lost_initiations_show_up_as_retries_and_a_longer_handshake() {
     let handshake = peer_status(&net, a, b).stats.handshake;
     println!("{handshake:?}");
     assert!(handshake.initiations_sent >= 3, "{handshake:?}");
-    assert!(handshake.last_duration_ms.is_some_and(|ms| ms > 2500.0), "{handshake:?}");
+    assert!(
+        handshake.last_duration_ms.is_some_and(|ms| ms > 2500.0),
+        "{handshake:?}"
+    );
 }
 
 #[test]
@@ -224,13 +257,25 @@ fn rtt_pings_run_only_while_traffic_flows() {
     let (mut net, a, b) = connected_pair(8, LinkConfig::default());
     let idle = peer_status(&net, a, b).stats.pings.sent;
     net.run_for(Duration::from_secs(30));
-    assert_eq!(peer_status(&net, a, b).stats.pings.sent, idle, "an idle peer is not pinged");
+    assert_eq!(
+        peer_status(&net, a, b).stats.pings.sent,
+        idle,
+        "an idle peer is not pinged"
+    );
     stream(&mut net, a, b, Duration::from_secs(5), 100 * MS);
     let active = peer_status(&net, a, b).stats.pings.sent;
-    assert!((4..=6).contains(&(active - idle)), "about one a second: {}", active - idle);
+    assert!(
+        (4..=6).contains(&(active - idle)),
+        "about one a second: {}",
+        active - idle
+    );
     net.run_for(Duration::from_secs(60));
     let after = peer_status(&net, a, b).stats.pings.sent;
-    assert!(after - active <= 11, "pings stop {} s after the traffic", 10);
+    assert!(
+        after - active <= 11,
+        "pings stop {} s after the traffic",
+        10
+    );
     net.run_for(Duration::from_secs(60));
     assert_eq!(peer_status(&net, a, b).stats.pings.sent, after);
 }
@@ -250,7 +295,10 @@ fn ping_reports_the_rtt_and_the_path_of_each_reply() {
     assert_eq!(net.hosts[a].node.ping(now, &id), Err(PingError::NoSession));
     assert!(net.run_until_condition(Duration::from_secs(5), |net| net.is_connected(a, b)));
     let (own, now) = (net.id(b), net.now);
-    assert_eq!(net.hosts[b].node.ping(now, &own), Err(PingError::UnknownPeer));
+    assert_eq!(
+        net.hosts[b].node.ping(now, &own),
+        Err(PingError::UnknownPeer)
+    );
     let mut replies = Vec::new();
     for _ in 0..5 {
         let now = net.now;
@@ -258,9 +306,12 @@ fn ping_reports_the_rtt_and_the_path_of_each_reply() {
         assert_eq!(sent_on, PathAddr::Direct(net.hosts[b].address));
         net.run_for(Duration::from_millis(200));
         let reply = net.hosts[a].events.iter().find_map(|event| match event {
-            Event::PingReply { id: peer, ping: answered, rtt, path } if *peer == id && *answered == ping => {
-                Some((*rtt, *path))
-            }
+            Event::PingReply {
+                id: peer,
+                ping: answered,
+                rtt,
+                path,
+            } if *peer == id && *answered == ping => Some((*rtt, *path)),
             _ => None,
         });
         replies.push(reply.expect("a reply within 200 ms"));
@@ -289,17 +340,44 @@ fn path_changes_are_recorded_with_the_relay_and_the_endpoint() {
     net.trust(a, b, false, Policy::All);
     net.trust(b, a, false, Policy::All);
     net.run_for(Duration::from_secs(1));
-    let rendezvous = (net.rendezvous[0].server.agent_id(), net.rendezvous[0].address);
-    let keep_sending = |net: &mut SimNet, seconds: u64| stream(net, a, b, Duration::from_secs(seconds), 100 * MS);
+    let rendezvous = (
+        net.rendezvous[0].server.agent_id(),
+        net.rendezvous[0].address,
+    );
+    let keep_sending =
+        |net: &mut SimNet, seconds: u64| stream(net, a, b, Duration::from_secs(seconds), 100 * MS);
     keep_sending(&mut net, 5);
     let status = peer_status(&net, a, b);
-    assert_eq!(status.path, PathKind::Direct, "{:?}", status.stats.path_history);
-    let history: Vec<(PathKind, Option<std::net::SocketAddr>)> =
-        status.stats.path_history.iter().map(|change| (change.path, change.via)).collect();
-    assert_eq!(history[0], (PathKind::Relay, Some(rendezvous.1)), "{history:?}");
-    assert_eq!(history.last().map(|(path, _)| *path), Some(PathKind::Direct), "{history:?}");
+    assert_eq!(
+        status.path,
+        PathKind::Direct,
+        "{:?}",
+        status.stats.path_history
+    );
+    let history: Vec<(PathKind, Option<std::net::SocketAddr>)> = status
+        .stats
+        .path_history
+        .iter()
+        .map(|change| (change.path, change.via))
+        .collect();
+    assert_eq!(
+        history[0],
+        (PathKind::Relay, Some(rendezvous.1)),
+        "{history:?}"
+    );
+    assert_eq!(
+        history.last().map(|(path, _)| *path),
+        Some(PathKind::Direct),
+        "{history:?}"
+    );
     assert_eq!(status.stats.path_changes, history.len() as u64);
-    assert!(status.stats.path_history.windows(2).all(|pair| pair[0].at_unix_s <= pair[1].at_unix_s));
+    assert!(
+        status
+            .stats
+            .path_history
+            .windows(2)
+            .all(|pair| pair[0].at_unix_s <= pair[1].at_unix_s)
+    );
     // Cut the direct path: the traffic falls back to the relay.
     net.set_cut(nat_a, nat_b, true);
     keep_sending(&mut net, 6);
@@ -309,6 +387,48 @@ fn path_changes_are_recorded_with_the_relay_and_the_endpoint() {
     assert_eq!(status.relay, Some(rendezvous.1));
     let last = status.stats.path_history.last().expect("history");
     assert_eq!((last.path, last.via), (PathKind::Relay, Some(rendezvous.1)));
-    assert!(status.stats.rtt_relay.is_some(), "RTT measured through the relay too");
-    assert!(status.stats.rtt.is_some_and(|rtt| Some(rtt) == status.stats.rtt_relay));
+    assert!(
+        status.stats.rtt_relay.is_some(),
+        "RTT measured through the relay too"
+    );
+    assert!(
+        status
+            .stats
+            .rtt
+            .is_some_and(|rtt| Some(rtt) == status.stats.rtt_relay)
+    );
+}
+
+#[test]
+fn probes_that_never_arrive_are_not_reported_as_loss() {
+    // Two easy NATs whose direct path is cut: the traffic stays relayed
+    // while both sides keep punching (path pings to candidates that never
+    // arrive, each spending a counter of the session).
+    let mut net = SimNet::new(11, LinkConfig::default());
+    net.add_rendezvous(100);
+    let nat_a = net.add_nat(NatKind::Easy);
+    let nat_b = net.add_nat(NatKind::Easy);
+    let a = net.add_host_behind(1, nat_a);
+    let b = net.add_host_behind(2, nat_b);
+    for host in [a, b] {
+        let address = net.hosts[host].address;
+        net.hosts[host].node.set_local_candidates(vec![address]);
+        net.use_rendezvous(host);
+    }
+    net.set_cut(nat_a, nat_b, true);
+    net.trust(a, b, false, Policy::All);
+    net.trust(b, a, false, Policy::All);
+    net.run_for(Duration::from_secs(1));
+    // Two packets a second for a minute: a few probes would be a lot of loss.
+    stream(&mut net, a, b, Duration::from_secs(60), 500 * MS);
+    let status = peer_status(&net, b, a);
+    assert_eq!(status.path, PathKind::Relay);
+    let receive = status.stats.receive;
+    println!("relayed while punching: {receive:?}");
+    assert!(
+        receive.total.skipped > 0,
+        "the probes were reported: {receive:?}"
+    );
+    assert_eq!(receive.lost_total, 0, "{receive:?}");
+    assert_eq!(receive.loss, Some(0.0), "{receive:?}");
 }

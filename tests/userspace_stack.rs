@@ -141,7 +141,9 @@ async fn start_pair() -> Pair {
         forwards: vec![
             "127.0.0.1:0:bob:8080".parse::<ForwardSpec>().expect("spec"),
             "127.0.0.1:0:nobody:8080".parse().expect("spec"),
-            "udp:127.0.0.1:0:bob.agent.internal:5353".parse().expect("spec"),
+            "udp:127.0.0.1:0:bob.agent.internal:5353"
+                .parse()
+                .expect("spec"),
         ],
         exposes: Vec::new(),
     };
@@ -187,9 +189,13 @@ async fn start_pair() -> Pair {
 }
 
 fn expose(port: u16, local: SocketAddr, transport: &str) -> ExposeSpec {
-    format!("{transport}:{port}:{}:{}", bracket(local.ip()), local.port())
-        .parse()
-        .expect("spec")
+    format!(
+        "{transport}:{port}:{}:{}",
+        bracket(local.ip()),
+        local.port()
+    )
+    .parse()
+    .expect("spec")
 }
 
 fn bracket(ip: IpAddr) -> String {
@@ -240,7 +246,11 @@ async fn socks_connect(proxy: SocketAddr, target: Target<'_>, port: u16) -> Resu
     };
     let mut bound = vec![0u8; rest];
     stream.read_exact(&mut bound).await.expect("bound address");
-    if head[1] == 0 { Ok(stream) } else { Err(head[1]) }
+    if head[1] == 0 {
+        Ok(stream)
+    } else {
+        Err(head[1])
+    }
 }
 
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
@@ -259,7 +269,9 @@ async fn echo_through(stream: TcpStream, data: Vec<u8>) {
         data
     });
     let mut echoed = Vec::with_capacity(expected);
-    read.read_to_end(&mut echoed).await.expect("read to the echo's EOF");
+    read.read_to_end(&mut echoed)
+        .await
+        .expect("read to the echo's EOF");
     let data = writer.await.expect("writer");
     assert_eq!(echoed.len(), expected);
     assert!(echoed == data, "the echo differs from what was sent");
@@ -300,13 +312,43 @@ async fn socks5_errors_map_to_replies() {
     stranger[3] = 0x1234;
     stranger[7] = 1;
     let cases = [
-        (Target::Name("carol.agent.internal"), ECHO_PORT, 4, "unknown name"),
-        (Target::Name("example.com"), ECHO_PORT, 4, "name outside the overlay"),
+        (
+            Target::Name("carol.agent.internal"),
+            ECHO_PORT,
+            4,
+            "unknown name",
+        ),
+        (
+            Target::Name("example.com"),
+            ECHO_PORT,
+            4,
+            "name outside the overlay",
+        ),
         (Target::V4(Ipv4Addr::new(192, 0, 2, 1)), 80, 8, "IPv4"),
-        (Target::V6("2001:db8::1".parse().expect("v6")), 80, 3, "outside the network"),
-        (Target::V6(Ipv6Addr::from(stranger)), 80, 4, "untrusted node"),
-        (Target::Name("bob"), CLOSED_PORT, 5, "port bob does not expose"),
-        (Target::Name("bob"), DEAD_PORT, 5, "exposed, but the service is down"),
+        (
+            Target::V6("2001:db8::1".parse().expect("v6")),
+            80,
+            3,
+            "outside the network",
+        ),
+        (
+            Target::V6(Ipv6Addr::from(stranger)),
+            80,
+            4,
+            "untrusted node",
+        ),
+        (
+            Target::Name("bob"),
+            CLOSED_PORT,
+            5,
+            "port bob does not expose",
+        ),
+        (
+            Target::Name("bob"),
+            DEAD_PORT,
+            5,
+            "exposed, but the service is down",
+        ),
     ];
     for (target, port, code, what) in cases {
         let got = within(what, socks_connect(proxy, target, port)).await;
@@ -322,9 +364,12 @@ async fn a_thousand_concurrent_connections_all_complete() {
     let mut streams = Vec::with_capacity(CONNECTIONS);
     // All open at once before any data flows.
     for _ in 0..CONNECTIONS {
-        let stream = within("connect", socks_connect(proxy, Target::Name("bob"), ECHO_PORT))
-            .await
-            .expect("connected");
+        let stream = within(
+            "connect",
+            socks_connect(proxy, Target::Name("bob"), ECHO_PORT),
+        )
+        .await
+        .expect("connected");
         streams.push(stream);
     }
     let tasks: Vec<_> = streams
@@ -361,6 +406,7 @@ async fn a_stalled_reader_stops_the_remote_writer() {
         }
     })
     .await;
+    eprintln!("the writer stalled after {stalled} bytes");
     assert!(
         stalled < FIREHOSE_BYTES / 2,
         "the writer got {stalled} bytes out with nobody reading"

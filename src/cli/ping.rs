@@ -30,10 +30,20 @@ pub(crate) struct PingArgs {
     #[arg(short = 'c', long = "count", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
     /// Seconds between pings.
-    #[arg(short = 'i', long = "interval", value_name = "SECS", default_value_t = 1.0)]
+    #[arg(
+        short = 'i',
+        long = "interval",
+        value_name = "SECS",
+        default_value_t = 1.0
+    )]
     pub(crate) interval: f64,
     /// Seconds to wait for each reply.
-    #[arg(short = 'W', long = "timeout", value_name = "SECS", default_value_t = 2.0)]
+    #[arg(
+        short = 'W',
+        long = "timeout",
+        value_name = "SECS",
+        default_value_t = 2.0
+    )]
     pub(crate) timeout: f64,
     /// Print one JSON object per ping, then one with the summary.
     #[arg(long)]
@@ -84,7 +94,9 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
         .build()
         .context("cannot start a runtime for signal handling")?;
     let mut interrupt = runtime
-        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })
         .context("cannot handle SIGINT")?;
     let set = Arc::clone(&flag);
     std::thread::spawn(move || {

@@ -15,6 +15,8 @@ const FRAME_PATH_PONG: u8 = 0x02;
 const FRAME_CANDIDATES: u8 = 0x03;
 /// First byte of a revocation notice.
 const FRAME_REVOKED: u8 = 0x04;
+/// First byte of a count of counters spent elsewhere.
+const FRAME_SKIPPED_COUNTERS: u8 = 0x05;
 /// First byte of a registration with a rendezvous.
 const FRAME_REGISTER: u8 = 0x10;
 /// First byte of a rendezvous's answer to a registration.
@@ -47,6 +49,13 @@ pub enum ControlFrame {
     Revoked {
         /// Ed25519 signature.
         signature: [u8; 64],
+    },
+    /// How many counters of the session this frame arrives on the sender
+    /// spent on datagrams sent elsewhere (path pings to candidates while
+    /// hole punching), so the receiver does not count them as lost.
+    SkippedCounters {
+        /// Running total for the session.
+        count: u64,
     },
     /// Agent → rendezvous: register (or refresh) this agent's endpoint. It
     /// names the agent's Ed25519 key, which must match the session's Noise
@@ -86,6 +95,10 @@ impl ControlFrame {
                 out.push(FRAME_REVOKED);
                 out.extend_from_slice(signature);
             }
+            ControlFrame::SkippedCounters { count } => {
+                out.push(FRAME_SKIPPED_COUNTERS);
+                out.extend_from_slice(&count.to_le_bytes());
+            }
             ControlFrame::Register { agent } => {
                 out.push(FRAME_REGISTER);
                 out.extend_from_slice(agent.as_bytes());
@@ -117,6 +130,9 @@ impl ControlFrame {
             FRAME_REVOKED => Some(ControlFrame::Revoked {
                 signature: reader.array()?,
             }),
+            FRAME_SKIPPED_COUNTERS => Some(ControlFrame::SkippedCounters {
+                count: reader.u64()?,
+            }),
             FRAME_REGISTER => Some(ControlFrame::Register {
                 agent: AgentId::from_bytes(reader.array()?).ok()?,
             }),
@@ -147,6 +163,7 @@ mod tests {
                 },
             },
             ControlFrame::Revoked { signature: [9; 64] },
+            ControlFrame::SkippedCounters { count: 300 },
             ControlFrame::Register {
                 agent: crate::core::identity::Identity::from_secret_bytes(&[1; 32])
                     .expect("key")

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod conntrack;
 pub mod context;
 pub mod control_frame;
+pub mod cookie;
 pub mod handshake;
 pub mod identity;
 pub mod mac;

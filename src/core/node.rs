@@ -17,6 +17,7 @@ use super::conntrack::InboundVerdict;
 use super::context::Context;
 use super::context::RendezvousLink;
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
+use super::cookie::{CookieReplyKey, CookieResponder, HandshakeSource, InitiationVerdict};
 use super::handshake::{HandshakeError, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
 use super::mac::Mac1Key;
@@ -170,6 +171,8 @@ pub struct Node {
     next_housekeeping: Instant,
     pending: PendingRequests,
     auto_approve: AutoApprove,
+    /// Load detection and cookie replies for initiations (type 3).
+    cookies: CookieResponder,
 }
 
 impl std::fmt::Debug for Node {
@@ -179,6 +182,15 @@ impl std::fmt::Debug for Node {
             .field("peers", &self.peers.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The peer that owns local session index `index`.
+fn peer_by_index<'a>(
+    by_index: &HashMap<u32, AgentId>,
+    peers: &'a mut HashMap<AgentId, Peer>,
+    index: u32,
+) -> Option<&'a mut Peer> {
+    by_index.get(&index).and_then(|id| peers.get_mut(id))
 }
 
 /// What a revocation notice from `revoker` to `revoked` signs.
@@ -227,7 +239,21 @@ impl Node {
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             pending: PendingRequests::default(),
             auto_approve: AutoApprove::default(),
+            cookies: CookieResponder::new(config.network, &own_id.noise_public_key()),
         }
+    }
+
+    /// Sets how many handshake initiations per second put this node under
+    /// load (cookies required; default
+    /// [`super::cookie::DEFAULT_LOAD_THRESHOLD`]; 0: always).
+    pub fn set_handshake_load_threshold(&mut self, per_second: u32) {
+        self.cookies.set_load_threshold(per_second);
+    }
+
+    /// Whether this node is under handshake load (answering initiations
+    /// without a valid mac2 with cookie replies).
+    pub fn is_under_handshake_load(&self, now: Instant) -> bool {
+        self.cookies.is_under_load(now)
     }
 
     /// Sets who is trusted without an operator.
@@ -424,6 +450,7 @@ impl Node {
             Ok(Datagram::Response(response)) => {
                 self.handle_response(now, PathAddr::Probe(socket, from), None, &response)
             }
+            Ok(Datagram::CookieReply(reply)) => self.handle_cookie_reply(now, None, &reply),
             _ => self.ctx.dropped.malformed += 1,
         }
     }
@@ -442,11 +469,8 @@ impl Node {
             Datagram::Response(response) => self.handle_response(now, from, relayed_by, &response),
             Datagram::Data(data) => self.handle_data(now, from, relayed_by, &data),
             Datagram::TrustRequest(bytes) => self.handle_trust_request(now, from, bytes),
-            Datagram::CookieReply(_) | Datagram::Relay(_) => {
-                // Cookies are not spoken by this build; silence, like
-                // anything else we do not understand.
-                self.ctx.dropped.malformed += 1;
-            }
+            Datagram::CookieReply(reply) => self.handle_cookie_reply(now, relayed_by, &reply),
+            Datagram::Relay(_) => self.ctx.dropped.malformed += 1,
         }
     }
 
@@ -648,6 +672,31 @@ impl Node {
         initiation: &wire::Initiation<'_>,
     ) {
         let ctx = &mut self.ctx;
+        // mac1 first (cheap, strangers stop here); then, under load, mac2
+        // or a cookie reply instead of any Diffie-Hellman.
+        if !ctx.own_mac1.verify(initiation.bytes()) {
+            ctx.dropped.bad_mac1 += 1;
+            return;
+        }
+        let source = HandshakeSource::of_path(from, relayed_by);
+        match self.cookies.admit(
+            now,
+            &mut ctx.rng,
+            &source,
+            initiation.bytes(),
+            initiation.sender_index(),
+        ) {
+            InitiationVerdict::Process => {}
+            InitiationVerdict::SendCookie(reply) => {
+                ctx.dropped.needs_cookie += 1;
+                ctx.send_on(from, relayed_by.unwrap_or(NodeId([0; 8])), reply);
+                return;
+            }
+            InitiationVerdict::RateLimited => {
+                ctx.dropped.handshake_rate_limited += 1;
+                return;
+            }
+        }
         let received = match ReceivedInitiation::read(
             &mut ctx.rng,
             ctx.network,
@@ -734,6 +783,40 @@ impl Node {
         ctx.send_on(from, peer.node_id, datagram);
     }
 
+    /// A cookie reply to our initiation in flight: keep the cookie, so the
+    /// retry carries a valid mac2.
+    fn handle_cookie_reply(
+        &mut self,
+        now: Instant,
+        relayed_by: Option<NodeId>,
+        reply: &wire::CookieReply<'_>,
+    ) {
+        let ctx = &mut self.ctx;
+        let local_index = reply.receiver_index();
+        let Some(peer) = ctx
+            .by_index
+            .get(&local_index)
+            .and_then(|id| self.peers.get_mut(id))
+            .filter(|peer| {
+                peer.is_pending_initiation(local_index)
+                    && relayed_by.is_none_or(|node| node == peer.node_id)
+            })
+        else {
+            ctx.dropped.bad_cookie_reply += 1;
+            return;
+        };
+        let key = CookieReplyKey::for_responder(ctx.network, &peer.noise_public);
+        match peer
+            .cookie
+            .handle_reply(now, local_index, reply.body(), &key)
+        {
+            Ok(()) => {
+                tracing::debug!(peer = %peer.config.id, local_index, "peer is under load: got a cookie");
+            }
+            Err(_) => ctx.dropped.bad_cookie_reply += 1,
+        }
+    }
+
     fn handle_response(
         &mut self,
         now: Instant,
@@ -747,11 +830,7 @@ impl Node {
             return;
         }
         let local_index = response.receiver_index();
-        let Some(peer) = ctx
-            .by_index
-            .get(&local_index)
-            .and_then(|id| self.peers.get_mut(id))
-        else {
+        let Some(peer) = peer_by_index(&ctx.by_index, &mut self.peers, local_index) else {
             ctx.dropped.unknown_session += 1;
             return;
         };
@@ -797,11 +876,7 @@ impl Node {
     ) {
         let ctx = &mut self.ctx;
         let local_index = data.receiver_index();
-        let Some(peer) = ctx
-            .by_index
-            .get(&local_index)
-            .and_then(|id| self.peers.get_mut(id))
-        else {
+        let Some(peer) = peer_by_index(&ctx.by_index, &mut self.peers, local_index) else {
             ctx.dropped.unknown_session += 1;
             return;
         };
@@ -842,6 +917,12 @@ impl Node {
         };
         buffer.truncate(len);
         peer.stats.receive.on_accepted(now, local_index, counter);
+        let control = buffer
+            .first()
+            .is_some_and(|first| *first < CONTROL_FRAME_LIMIT);
+        peer.stats
+            .receive
+            .on_arrival_path(now, from.is_relay(), control);
         if slot == Slot::Next {
             peer.confirm_next(ctx, now);
         }
@@ -871,6 +952,11 @@ impl Node {
                     peer.ping_back(ctx, now, from);
                 }
                 ControlFrame::PathPong { id } => peer.handle_pong(ctx, now, id, from),
+                ControlFrame::SkippedCounters { count } => {
+                    peer.stats
+                        .receive
+                        .on_skipped_report(now, local_index, count);
+                }
                 ControlFrame::Candidates { candidates, nat } if !peer.is_rendezvous => {
                     peer.set_remote_candidates(now, candidates);
                     peer.set_remote_nat(nat);
@@ -975,6 +1061,7 @@ impl Node {
                 peer.conntrack.expire(now);
             }
             self.pending.expire(now);
+            self.cookies.expire(now);
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
         }
     }
@@ -1012,6 +1099,19 @@ impl Node {
             )
             .chain(std::iter::once(self.next_housekeeping))
             .min()
+    }
+
+    /// Counters of traffic dropped before a peer was identified (cheap).
+    pub fn drop_counters(&self) -> DropCounters {
+        self.ctx.dropped
+    }
+
+    /// The path a peer's traffic takes now, if it has one.
+    pub fn peer_path(&self, now: Instant, id: &AgentId) -> Option<PathAddr> {
+        let peer = self.peers.get(id)?;
+        peer.is_up(now)
+            .then(|| peer.send_path(&self.ctx, now))
+            .flatten()
     }
 
     /// Sends a path ping to a peer along the path its traffic takes now

@@ -9,7 +9,8 @@ use rand::{Rng, RngCore};
 use super::address::{NodeId, NodePrefix};
 use super::conntrack::ConnectionTracker;
 use super::context::Context;
-use super::control_frame::ControlFrame;
+use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
+use super::cookie::InitiatorCookie;
 use super::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use super::node::{Event, PeerConfig};
 use super::packet::Ipv6Packet;
@@ -36,6 +37,12 @@ pub const MAX_QUEUED_PACKETS: usize = 128;
 /// A direct path that has not answered for this long while we send on it is
 /// given up for the relay.
 pub const DIRECT_PATH_TIMEOUT: Duration = Duration::from_secs(3);
+/// A relay that carries nothing back for this long while we send through it
+/// is given up for the next one (shorter than for the direct path: the
+/// alternative is another relay, not a slower path, so switching is cheap).
+pub const RELAY_PATH_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Probe an unanswered relay after this long.
+const RELAY_PROBE_AFTER: Duration = Duration::from_millis(500);
 /// Probe an unanswered direct path after this long.
 const DIRECT_PROBE_AFTER: Duration = Duration::from_secs(1);
 /// Hole-punching rounds: waits between rounds of pings to every candidate.
@@ -153,6 +160,8 @@ pub struct Peer {
     pub path_changed_at: Option<Instant>,
     /// Measurements for status and metrics: RTT, loss, handshakes, paths.
     pub stats: PeerStats,
+    /// The cookie this peer gave us under load, and our initiation in flight.
+    pub cookie: InitiatorCookie,
 }
 
 impl std::fmt::Debug for Peer {
@@ -218,6 +227,7 @@ impl Peer {
             last_rtt: None,
             path_changed_at: None,
             stats: PeerStats::default(),
+            cookie: InitiatorCookie::default(),
         }
     }
 
@@ -495,7 +505,17 @@ impl Peer {
         if session.seal(now, payload, &mut datagram).is_err() {
             return false;
         }
+        let local_index = session.local_index;
         ctx.send_on(path, self.node_id, datagram);
+        // A control frame (probe, pong to a probe) off the path in use may
+        // never reach the peer: tell it, so it is not counted as loss.
+        if payload
+            .first()
+            .is_some_and(|first| *first < CONTROL_FRAME_LIMIT)
+            && self.send_path(ctx, now) != Some(path)
+        {
+            self.stats.on_offpath_sent(local_index);
+        }
         true
     }
 
@@ -788,7 +808,9 @@ impl Peer {
             local_index,
             &payload,
         ) {
-            Ok((handshake, datagram)) => {
+            Ok((handshake, mut datagram)) => {
+                // mac2 when the peer gave us a cookie (it is under load).
+                self.cookie.stamp(now, local_index, &mut datagram);
                 tracing::debug!(peer = %self.config.id, local_index, attempt = self.retry.as_ref().map_or(0, |r| r.attempts), "sending handshake initiation");
                 self.handshake = Some(handshake);
                 self.stats.on_initiation_sent();
@@ -841,9 +863,9 @@ impl Peer {
         if self.current.is_some() {
             deadline = earliest(deadline, self.next_probe);
             if let Some(since) = self.relay_unanswered_since {
-                deadline = earliest(deadline, Some(since + DIRECT_PATH_TIMEOUT));
+                deadline = earliest(deadline, Some(since + RELAY_PATH_TIMEOUT));
                 if self.last_ping_sent.is_none_or(|ping| ping < since) {
-                    deadline = earliest(deadline, Some(since + DIRECT_PROBE_AFTER));
+                    deadline = earliest(deadline, Some(since + RELAY_PROBE_AFTER));
                 }
             }
             if let Some(since) = self.direct_unanswered_since
@@ -942,7 +964,7 @@ impl Peer {
             && let Some(PathAddr::Relay(relay)) = self.send_path(ctx, now)
         {
             let silent = now.saturating_duration_since(since);
-            if silent >= DIRECT_PATH_TIMEOUT {
+            if silent >= RELAY_PATH_TIMEOUT {
                 // This relay stopped carrying the peer's traffic (server
                 // gone, or the peer registered elsewhere): try the next.
                 tracing::debug!(peer = %self.config.id, %relay, "relay stopped answering; trying another");
@@ -952,7 +974,7 @@ impl Peer {
                     self.heard_via = None;
                 }
                 self.relay_unanswered_since = None;
-            } else if silent >= DIRECT_PROBE_AFTER
+            } else if silent >= RELAY_PROBE_AFTER
                 && self.last_ping_sent.is_none_or(|ping| ping < since)
             {
                 self.send_ping(ctx, now, PathAddr::Relay(relay), true);
@@ -967,7 +989,7 @@ impl Peer {
                 for target in self.probe_targets() {
                     self.send_ping(ctx, now, PathAddr::Direct(target), false);
                 }
-                if self.probe_round >= 2 {
+                if self.probe_round >= 1 {
                     self.birthday_round(ctx, now);
                 }
                 let wait = PROBE_SCHEDULE[self.probe_round.min(PROBE_SCHEDULE.len() - 1)];
@@ -1002,9 +1024,16 @@ impl Peer {
         if !self.stats.rtt_ping_due(now, self.traffic()) || !self.is_up(now) {
             return;
         }
-        if let Some(path) = self.send_path(ctx, now)
-            && let Some(id) = self.send_ping(ctx, now, path, false)
+        let Some(path) = self.send_path(ctx, now) else {
+            return;
+        };
+        if let Some(session) = &self.current
+            && let Some(count) = self.stats.offpath_report(session.local_index)
         {
+            let frame = ControlFrame::SkippedCounters { count }.encode();
+            self.seal_to(ctx, now, path, &frame);
+        }
+        if let Some(id) = self.send_ping(ctx, now, path, false) {
             self.stats.on_ping_sent(now, id, false);
         }
     }

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::address::{NetworkId, NodeId};
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
+use super::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
 use super::handshake::{NatHint, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
 use super::mac::Mac1Key;
@@ -28,7 +29,8 @@ use super::path::rewrite_relay_node;
 use super::rng::{CoreRng, core_rng};
 use super::session::Session;
 use super::tai64n::Tai64N;
-use super::wire::{self, Datagram, TYPE_TRUST_REQUEST};
+use super::trust_request::MAX_REQUEST_DATAGRAM_LEN;
+use super::wire::{self, Datagram, RELAY_HEADER_LEN, TYPE_TRUST_REQUEST};
 use rand::RngCore;
 
 /// Where a client is reached: a UDP endpoint or a TCP connection.
@@ -66,6 +68,10 @@ pub struct RendezvousConfig {
     pub mailbox_per_target: usize,
     /// How long a stored trust request waits.
     pub mailbox_ttl: Duration,
+    /// Most clients created from one source IP address: one host (or one
+    /// NAT) cannot take the client table from everyone else by making up
+    /// keys.
+    pub max_clients_per_ip: usize,
 }
 
 impl RendezvousConfig {
@@ -79,16 +85,28 @@ impl RendezvousConfig {
             relay_burst: 20_000,
             mailbox_per_target: 16,
             mailbox_ttl: Duration::from_secs(24 * 3600),
+            max_clients_per_ip: DEFAULT_MAX_CLIENTS_PER_IP,
         }
     }
 }
 
 /// Most clients with sessions at once.
-const MAX_CLIENTS: usize = 200_000;
+pub const MAX_CLIENTS: usize = 200_000;
+/// Default of [`RendezvousConfig::max_clients_per_ip`]: room for a large
+/// NAT full of agents.
+pub const DEFAULT_MAX_CLIENTS_PER_IP: usize = 1024;
 /// Most mailboxes (offline targets with stored requests).
-const MAX_MAILBOXES: usize = 20_000;
+pub const MAX_MAILBOXES: usize = 20_000;
+/// Most trust requests stored on behalf of one source IP address, over all
+/// mailboxes: one flooder cannot take the mailboxes from everyone else.
+pub const MAX_STORED_PER_IP: usize = 256;
+/// Most bytes of stored trust requests in all mailboxes together.
+pub const MAX_MAILBOX_BYTES: usize = 64 << 20;
+/// Largest relay envelope stored in a mailbox: a trust request the target
+/// would accept, in its envelope.
+pub const MAX_STORED_DATAGRAM_LEN: usize = RELAY_HEADER_LEN + MAX_REQUEST_DATAGRAM_LEN;
 /// Most rate-limit buckets (sources).
-const MAX_BUCKETS: usize = 200_000;
+pub const MAX_BUCKETS: usize = 200_000;
 /// A client that sent nothing for this long is forgotten.
 const CLIENT_IDLE: Duration = Duration::from_secs(200);
 /// How often soft state is swept.
@@ -121,6 +139,8 @@ pub struct RelayCounters {
     pub mailbox_dropped: u64,
     /// Handshakes completed with clients.
     pub handshakes: u64,
+    /// Initiations answered with a cookie reply under load (not processed).
+    pub cookie_replies: u64,
     /// Datagrams that failed mac1, Noise or parsing.
     pub rejected: u64,
 }
@@ -131,6 +151,9 @@ struct Client {
     last_initiation: Option<Instant>,
     addr: ClientAddr,
     last_seen: Instant,
+    /// The source IP the client was created from (counted against
+    /// `max_clients_per_ip` until it is forgotten).
+    created_from: IpAddr,
 }
 
 struct Registration {
@@ -141,8 +164,31 @@ struct Registration {
 
 struct StoredRequest {
     from_node: NodeId,
+    /// The source IP that relayed it (counted against [`MAX_STORED_PER_IP`]).
+    from_ip: IpAddr,
     datagram: Vec<u8>,
     stored: Instant,
+}
+
+/// How much of its bounded tables the server uses, for tests and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RendezvousUsage {
+    /// Clients with sessions (at most [`MAX_CLIENTS`]).
+    pub clients: usize,
+    /// Session indices in use (at most two per client).
+    pub sessions: usize,
+    /// Registrations.
+    pub registrations: usize,
+    /// Mailboxes (at most [`MAX_MAILBOXES`]).
+    pub mailboxes: usize,
+    /// Stored trust requests.
+    pub stored_requests: usize,
+    /// Bytes of stored trust requests (at most [`MAX_MAILBOX_BYTES`]).
+    pub stored_bytes: usize,
+    /// Relay rate-limit buckets (at most [`MAX_BUCKETS`]).
+    pub buckets: usize,
+    /// Sources the handshake limiter tracks.
+    pub handshake_sources: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -167,6 +213,13 @@ pub struct RendezvousServer {
     transmits: VecDeque<(ClientAddr, Vec<u8>)>,
     counters: RelayCounters,
     next_sweep: Instant,
+    /// Clients per source IP they were created from.
+    clients_per_ip: HashMap<IpAddr, usize>,
+    /// Stored requests per source IP, and their bytes in total.
+    stored_per_ip: HashMap<IpAddr, usize>,
+    stored_bytes: usize,
+    /// Load detection and cookie replies for initiations (type 3).
+    cookies: CookieResponder,
 }
 
 impl std::fmt::Debug for RendezvousServer {
@@ -185,6 +238,10 @@ impl RendezvousServer {
         let id = config.identity.agent_id();
         Self {
             own_mac1: Mac1Key::for_responder(config.network, &id.noise_public_key()),
+            cookies: CookieResponder::new(config.network, &id.noise_public_key()),
+            clients_per_ip: HashMap::new(),
+            stored_per_ip: HashMap::new(),
+            stored_bytes: 0,
             noise_secret: config.identity.noise_secret_key(),
             config,
             rng: core_rng(rng_seed),
@@ -211,6 +268,26 @@ impl RendezvousServer {
             registered_now: self.registrations.len() as u64,
             ..self.counters
         }
+    }
+
+    /// How full the bounded tables are.
+    pub fn usage(&self) -> RendezvousUsage {
+        RendezvousUsage {
+            clients: self.clients.len(),
+            sessions: self.by_index.len(),
+            registrations: self.registrations.len(),
+            mailboxes: self.mailbox.len(),
+            stored_requests: self.mailbox.values().map(VecDeque::len).sum(),
+            stored_bytes: self.stored_bytes,
+            buckets: self.buckets.len(),
+            handshake_sources: self.cookies.tracked_sources(),
+        }
+    }
+
+    /// Sets how many handshake initiations per second put the server under
+    /// load (cookies required; 0: always).
+    pub fn set_handshake_load_threshold(&mut self, per_second: u32) {
+        self.cookies.set_load_threshold(per_second);
     }
 
     /// The next datagram to send, and to whom.
@@ -250,24 +327,35 @@ impl RendezvousServer {
             live
         });
         let by_index = &mut self.by_index;
+        let clients_per_ip = &mut self.clients_per_ip;
         self.clients.retain(|_, client| {
             let live = now.saturating_duration_since(client.last_seen) < CLIENT_IDLE;
             if !live {
                 for session in client.sessions.iter().flatten() {
                     by_index.remove(&session.local_index);
                 }
+                release_count(clients_per_ip, client.created_from);
             }
             live
         });
         let ttl = self.config.mailbox_ttl;
         let mut dropped = 0;
+        let stored_per_ip = &mut self.stored_per_ip;
+        let stored_bytes = &mut self.stored_bytes;
         self.mailbox.retain(|_, queue| {
-            let before = queue.len();
-            queue.retain(|stored| now.saturating_duration_since(stored.stored) < ttl);
-            dropped += (before - queue.len()) as u64;
+            queue.retain(|stored| {
+                let live = now.saturating_duration_since(stored.stored) < ttl;
+                if !live {
+                    dropped += 1;
+                    release_count(stored_per_ip, stored.from_ip);
+                    *stored_bytes -= stored.datagram.len();
+                }
+                live
+            });
             !queue.is_empty()
         });
         self.counters.mailbox_dropped += dropped;
+        self.cookies.expire(now);
         self.buckets.retain(|_, bucket| {
             now.saturating_duration_since(bucket.updated) < Duration::from_secs(10)
         });
@@ -299,6 +387,30 @@ impl RendezvousServer {
         from: ClientAddr,
         initiation: &wire::Initiation<'_>,
     ) {
+        // mac1 first; under load, mac2 or a cookie reply instead of any
+        // Diffie-Hellman (anyone may know a rendezvous' key).
+        if !self.own_mac1.verify(initiation.bytes()) {
+            self.counters.rejected += 1;
+            return;
+        }
+        match self.cookies.admit(
+            now,
+            &mut self.rng,
+            &HandshakeSource::Direct(from.socket_addr()),
+            initiation.bytes(),
+            initiation.sender_index(),
+        ) {
+            InitiationVerdict::Process => {}
+            InitiationVerdict::SendCookie(reply) => {
+                self.counters.cookie_replies += 1;
+                self.transmits.push_back((from, reply));
+                return;
+            }
+            InitiationVerdict::RateLimited => {
+                self.counters.rejected += 1;
+                return;
+            }
+        }
         let received = match ReceivedInitiation::read(
             &mut self.rng,
             self.config.network,
@@ -326,7 +438,12 @@ impl RendezvousServer {
                 self.counters.rejected += 1;
                 return;
             }
-        } else if self.clients.len() >= MAX_CLIENTS {
+        } else if self.clients.len() >= MAX_CLIENTS
+            || self
+                .clients_per_ip
+                .get(&from.socket_addr().ip())
+                .is_some_and(|count| *count >= self.config.max_clients_per_ip)
+        {
             self.counters.rejected += 1;
             return;
         }
@@ -352,12 +469,17 @@ impl RendezvousServer {
             }
         };
         let session = Session::new(&keys, local_index, sender_index, false, now);
-        let client = self.clients.entry(agent).or_insert(Client {
-            sessions: [None, None],
-            last_timestamp: None,
-            last_initiation: None,
-            addr: from,
-            last_seen: now,
+        let clients_per_ip = &mut self.clients_per_ip;
+        let client = self.clients.entry(agent).or_insert_with(|| {
+            *clients_per_ip.entry(from.socket_addr().ip()).or_default() += 1;
+            Client {
+                sessions: [None, None],
+                last_timestamp: None,
+                last_initiation: None,
+                addr: from,
+                last_seen: now,
+                created_from: from.socket_addr().ip(),
+            }
         });
         if let Some(old) = client.sessions[1].take() {
             self.by_index.remove(&old.local_index);
@@ -441,6 +563,9 @@ impl RendezvousServer {
         self.by_addr.insert(from, node);
         self.counters.registrations += 1;
         if let Some(mail) = self.mailbox.remove(&node) {
+            for stored in &mail {
+                self.release_stored(stored);
+            }
             for stored in mail {
                 let mut datagram = stored.datagram;
                 rewrite_relay_node(&mut datagram, stored.from_node);
@@ -496,27 +621,107 @@ impl RendezvousServer {
                 let _ = registration.agent;
                 self.transmits.push_back((to, forwarded));
             }
-            _ if is_trust_request => self.store_request(now, destination, source_node, datagram),
+            _ if is_trust_request => self.store_request(
+                now,
+                destination,
+                source_node,
+                from.socket_addr().ip(),
+                datagram,
+            ),
             _ => self.counters.dropped_unknown_destination += 1,
         }
     }
 
-    fn store_request(&mut self, now: Instant, target: NodeId, from_node: NodeId, datagram: &[u8]) {
-        if !self.mailbox.contains_key(&target) && self.mailbox.len() >= MAX_MAILBOXES {
+    /// Keeps a trust request for an offline target. Fair to every source:
+    /// a source IP holds at most [`MAX_STORED_PER_IP`] requests, a newer
+    /// request from the same node to the same target replaces the older
+    /// one, and a full mailbox makes room by dropping a request of the
+    /// source that holds the most of it (the sender's own when that is it),
+    /// so a flooder only ever pushes out its own requests.
+    fn store_request(
+        &mut self,
+        now: Instant,
+        target: NodeId,
+        from_node: NodeId,
+        from_ip: IpAddr,
+        datagram: &[u8],
+    ) {
+        if datagram.len() > MAX_STORED_DATAGRAM_LEN {
+            // The target would drop it as oversized anyway.
             self.counters.mailbox_dropped += 1;
             return;
         }
-        let per_target = self.config.mailbox_per_target;
-        let queue = self.mailbox.entry(target).or_default();
-        if queue.len() >= per_target {
-            queue.pop_front();
+        // A retry from the same node replaces its older copy.
+        let replaced = self.mailbox.get_mut(&target).and_then(|queue| {
+            let position = queue
+                .iter()
+                .position(|stored| stored.from_node == from_node)?;
+            queue.remove(position)
+        });
+        if let Some(old) = replaced {
+            self.release_stored(&old);
+        }
+        let holds = self.stored_per_ip.get(&from_ip).copied().unwrap_or(0);
+        if holds >= MAX_STORED_PER_IP
+            || self.stored_bytes + datagram.len() > MAX_MAILBOX_BYTES
+            || (!self.mailbox.contains_key(&target) && self.mailbox.len() >= MAX_MAILBOXES)
+        {
             self.counters.mailbox_dropped += 1;
+            if self.mailbox.get(&target).is_some_and(VecDeque::is_empty) {
+                self.mailbox.remove(&target);
+            }
+            return;
+        }
+        let per_target = self.config.mailbox_per_target.max(1);
+        let queue = self.mailbox.entry(target).or_default();
+        let mut evicted = None;
+        if queue.len() >= per_target {
+            let count_of = |ip: IpAddr| queue.iter().filter(|stored| stored.from_ip == ip).count();
+            let own = count_of(from_ip);
+            let (biggest_ip, biggest) = queue
+                .iter()
+                .map(|stored| (stored.from_ip, count_of(stored.from_ip)))
+                .max_by_key(|(_, count)| *count)
+                .unwrap_or((from_ip, 0));
+            let victim_ip = if own >= biggest { from_ip } else { biggest_ip };
+            evicted = queue
+                .iter()
+                .position(|stored| stored.from_ip == victim_ip)
+                .and_then(|position| queue.remove(position));
+            if evicted.is_none() {
+                // The sender holds nothing here and everyone holds one:
+                // the oldest goes.
+                evicted = queue.pop_front();
+            }
         }
         queue.push_back(StoredRequest {
             from_node,
+            from_ip,
             datagram: datagram.to_vec(),
             stored: now,
         });
+        if let Some(old) = evicted {
+            self.counters.mailbox_dropped += 1;
+            self.release_stored(&old);
+        }
+        *self.stored_per_ip.entry(from_ip).or_default() += 1;
+        self.stored_bytes += datagram.len();
         self.counters.mailbox_stored += 1;
+    }
+
+    /// Un-counts a stored request that leaves its mailbox.
+    fn release_stored(&mut self, stored: &StoredRequest) {
+        release_count(&mut self.stored_per_ip, stored.from_ip);
+        self.stored_bytes -= stored.datagram.len();
+    }
+}
+
+/// Decrements a per-IP count, forgetting the IP at zero.
+fn release_count(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(count) = counts.get_mut(&ip) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(&ip);
+        }
     }
 }

@@ -11,9 +11,11 @@
 //! difference from the number that arrived is how many were lost. A packet
 //! below the highest counter arrives late (reordering); one already seen is
 //! a duplicate. Counters the sender spends elsewhere (path pings to
-//! candidates while hole punching) look like loss; a jump of more than
-//! [`MAX_LOSS_GAP`] is such a burst (birthday probing) and is counted as
-//! skipped, not lost.
+//! candidates while hole punching) would look like loss: the sender reports
+//! their running count in a `SkippedCounters` control frame before each RTT
+//! ping, and the receiver counts them as skipped, not lost. For a peer that
+//! does not report them, a jump of more than [`MAX_LOSS_GAP`] is taken for
+//! such a burst (birthday probing) and counted as skipped.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -141,8 +143,7 @@ pub struct RttReport {
 /// What the replay window saw of the packets a peer sent us.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ReceiveTally {
-    /// Packets the counters say the peer sent (highest counter + 1, summed
-    /// over sessions; skipped bursts excluded).
+    /// Counters the peer used (highest counter + 1, summed over sessions).
     pub expected: u64,
     /// Packets that arrived and authenticated.
     pub received: u64,
@@ -152,8 +153,14 @@ pub struct ReceiveTally {
     pub duplicates: u64,
     /// Packets too far behind the window to tell (dropped).
     pub too_old: u64,
-    /// Counters skipped in jumps over [`MAX_LOSS_GAP`] (not counted as lost).
+    /// Of the expected counters, those the peer spent on datagrams sent
+    /// elsewhere (reported, or guessed from jumps over [`MAX_LOSS_GAP`]):
+    /// not counted as lost.
     pub skipped: u64,
+    /// Of the received packets, control frames that came another way than
+    /// the peer's traffic (its probes that did arrive; counted in `skipped`
+    /// by a peer that reports them).
+    pub arrived_offpath: u64,
 }
 
 impl ReceiveTally {
@@ -164,16 +171,24 @@ impl ReceiveTally {
         self.duplicates += other.duplicates;
         self.too_old += other.too_old;
         self.skipped += other.skipped;
+        self.arrived_offpath += other.arrived_offpath;
+    }
+
+    /// Packets sent to us, as far as the counters tell.
+    pub fn sent_to_us(&self) -> u64 {
+        self.expected.saturating_sub(self.skipped)
     }
 
     /// Packets sent to us that never arrived (so far).
     pub fn lost(&self) -> u64 {
-        self.expected.saturating_sub(self.received)
+        let arrived = self.received.saturating_sub(self.arrived_offpath);
+        self.sent_to_us().saturating_sub(arrived)
     }
 
-    /// Lost / expected, `None` before anything was expected.
+    /// Lost / sent to us, `None` before anything was sent.
     pub fn loss_ratio(&self) -> Option<f64> {
-        (self.expected > 0).then(|| self.lost() as f64 / self.expected as f64)
+        let sent = self.sent_to_us();
+        (sent > 0).then(|| self.lost() as f64 / sent as f64)
     }
 
     /// Reordered / received, `None` before anything arrived.
@@ -193,6 +208,10 @@ struct SessionCounters {
     local_index: u32,
     highest: u64,
     last_used: Instant,
+    /// The sender's last `SkippedCounters` total.
+    reported: u64,
+    /// Counters taken for skipped from jumps, not yet matched by a report.
+    guessed: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +224,10 @@ struct Bucket {
 #[derive(Debug, Clone, Default)]
 pub struct ReceiveStats {
     sessions: Vec<SessionCounters>,
+    /// Whether the peer reports its off-path counters.
+    peer_reports: bool,
+    /// Whether the peer's traffic (data, keepalives) last came relayed.
+    traffic_relayed: Option<bool>,
     total: ReceiveTally,
     buckets: VecDeque<Bucket>,
 }
@@ -226,11 +249,10 @@ impl ReceiveStats {
                 session.last_used = now;
                 if counter > session.highest {
                     let jump = counter - session.highest;
+                    tally.expected = jump;
                     if jump > MAX_LOSS_GAP {
-                        tally.expected = 1;
                         tally.skipped = jump - 1;
-                    } else {
-                        tally.expected = jump;
+                        session.guessed += jump - 1;
                     }
                     session.highest = counter;
                 } else {
@@ -240,12 +262,9 @@ impl ReceiveStats {
             None => {
                 // Counters start at 0: everything below the first one seen
                 // was sent before it.
-                if counter >= MAX_LOSS_GAP {
-                    tally.expected = 1;
-                    tally.skipped = counter;
-                } else {
-                    tally.expected = counter + 1;
-                }
+                tally.expected = counter + 1;
+                let guessed = if counter >= MAX_LOSS_GAP { counter } else { 0 };
+                tally.skipped = guessed;
                 if self.sessions.len() >= TRACKED_SESSIONS
                     && let Some(oldest) = self
                         .sessions
@@ -260,9 +279,53 @@ impl ReceiveStats {
                     local_index,
                     highest: counter,
                     last_used: now,
+                    reported: 0,
+                    guessed,
                 });
             }
         }
+        self.record(now, &tally);
+    }
+
+    /// Notes the way the packet just accepted came: traffic shows the
+    /// peer's path in use; a control frame that came another way is one the
+    /// peer counts as off its path (a probe, a pong to our probe).
+    pub fn on_arrival_path(&mut self, now: Instant, relayed: bool, control: bool) {
+        if !control {
+            self.traffic_relayed = Some(relayed);
+        } else if self.peer_reports
+            && self
+                .traffic_relayed
+                .is_some_and(|traffic| traffic != relayed)
+        {
+            let tally = ReceiveTally {
+                arrived_offpath: 1,
+                ..ReceiveTally::default()
+            };
+            self.record(now, &tally);
+        }
+    }
+
+    /// The peer reports `count` counters of the session with our index
+    /// `local_index` spent on datagrams sent elsewhere (running total).
+    pub fn on_skipped_report(&mut self, now: Instant, local_index: u32, count: u64) {
+        let Some(session) = self
+            .sessions
+            .iter_mut()
+            .find(|session| session.local_index == local_index)
+        else {
+            return;
+        };
+        self.peer_reports = true;
+        let new = count.saturating_sub(session.reported);
+        session.reported = session.reported.max(count);
+        // What a jump already made us guess is not counted twice.
+        let known = new.min(session.guessed);
+        session.guessed -= known;
+        let tally = ReceiveTally {
+            skipped: new - known,
+            ..ReceiveTally::default()
+        };
         self.record(now, &tally);
     }
 
@@ -339,6 +402,8 @@ pub struct ReceiveReport {
     pub total: ReceiveTally,
     /// Fraction lost since the peer was added.
     pub loss_total: Option<f64>,
+    /// Packets lost since the peer was added.
+    pub lost_total: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -530,6 +595,15 @@ impl RttPinger {
     }
 }
 
+/// Counters of our current session spent on datagrams sent off the path
+/// in use, and how many of them the peer was told about.
+#[derive(Debug, Clone, Copy, Default)]
+struct OffPath {
+    local_index: u32,
+    sent: u64,
+    reported: u64,
+}
+
 /// Everything measured about one peer.
 #[derive(Debug, Clone, Default)]
 pub struct PeerStats {
@@ -548,6 +622,7 @@ pub struct PeerStats {
     path_changes: u64,
     path_history: VecDeque<PathChange>,
     pinger: RttPinger,
+    offpath: OffPath,
 }
 
 /// The measurements of one peer, as `status` shows them (flattened into
@@ -617,12 +692,37 @@ impl PeerStats {
     /// When the next periodic RTT ping is due, if the peer is active.
     /// `traffic` is the sum of IP packets sent and received.
     pub fn rtt_ping_deadline(&self, traffic: u64, session_start: Instant) -> Option<Instant> {
+        if std::env::var_os("OBS_NO_PINGS").is_some() { return None; }
         self.pinger.deadline(traffic, session_start)
     }
 
     /// Whether the periodic RTT ping is due now (and notes that it is sent).
     pub fn rtt_ping_due(&mut self, now: Instant, traffic: u64) -> bool {
+        if std::env::var_os("OBS_NO_PINGS").is_some() { return false; }
         self.pinger.due(now, traffic)
+    }
+
+    /// A control frame went off the path in use on our session with index
+    /// `local_index` (a probe, or a pong to the peer's probe).
+    pub fn on_offpath_sent(&mut self, local_index: u32) {
+        if self.offpath.local_index != local_index {
+            self.offpath = OffPath {
+                local_index,
+                ..OffPath::default()
+            };
+        }
+        self.offpath.sent += 1;
+    }
+
+    /// The running count to report to the peer on the session with index
+    /// `local_index`, if it grew since the last report (taken as sent).
+    pub fn offpath_report(&mut self, local_index: u32) -> Option<u64> {
+        let offpath = &mut self.offpath;
+        if offpath.local_index != local_index || offpath.sent == offpath.reported {
+            return None;
+        }
+        offpath.reported = offpath.sent;
+        Some(offpath.sent)
     }
 
     /// An initiation to the peer went out.
@@ -681,6 +781,7 @@ impl PeerStats {
                 window,
                 total,
                 loss_total: total.loss_ratio(),
+                lost_total: total.lost(),
             },
             pings: self.pings.report(now),
             drops: PeerDrops {
@@ -779,6 +880,49 @@ mod tests {
         assert_eq!(total.lost(), 0, "{total:?}");
         assert_eq!(total.reordered, 0);
         assert_eq!(total.skipped, 500);
+        // The report of those 500 (and 3 more) does not count them twice.
+        stats.on_accepted(now, 2, 506);
+        stats.on_skipped_report(now, 2, 503);
+        let total = stats.total();
+        assert_eq!((total.skipped, total.lost()), (503, 0), "{total:?}");
+    }
+
+    #[test]
+    fn reported_probes_are_not_loss() {
+        let now = Instant::now();
+        let mut stats = ReceiveStats::default();
+        // 0..20, of which 5, 6, 7 went to candidates that did not answer
+        // and 12 was lost.
+        for counter in (0..20).filter(|c| ![5, 6, 7, 12].contains(c)) {
+            stats.on_accepted(now, 9, counter);
+        }
+        assert_eq!(stats.total().lost(), 4);
+        stats.on_skipped_report(now, 9, 3);
+        stats.on_skipped_report(now, 9, 3);
+        let total = stats.total();
+        assert_eq!((total.lost(), total.skipped), (1, 3), "{total:?}");
+        assert_eq!(total.loss_ratio(), Some(1.0 / 17.0));
+        // Traffic comes relayed; a probe of the peer's arrives directly (and
+        // was reported as skipped): still one lost.
+        stats.on_accepted(now, 9, 20);
+        stats.on_arrival_path(now, true, false);
+        stats.on_accepted(now, 9, 21);
+        stats.on_arrival_path(now, false, true);
+        stats.on_skipped_report(now, 9, 4);
+        assert_eq!(stats.total().lost(), 1, "{:?}", stats.total());
+    }
+
+    #[test]
+    fn offpath_counts_are_reported_once_per_session() {
+        let mut stats = PeerStats::default();
+        assert_eq!(stats.offpath_report(1), None);
+        stats.on_offpath_sent(1);
+        stats.on_offpath_sent(1);
+        assert_eq!(stats.offpath_report(1), Some(2));
+        assert_eq!(stats.offpath_report(1), None);
+        stats.on_offpath_sent(2);
+        assert_eq!(stats.offpath_report(1), None, "another session");
+        assert_eq!(stats.offpath_report(2), Some(1));
     }
 
     #[test]
@@ -789,7 +933,7 @@ mod tests {
             stats.on_accepted(start, 1, counter);
         }
         let later = start + RATE_WINDOW + BUCKET;
-        for counter in 100..150 {
+        for counter in 99..150 {
             stats.on_accepted(later, 1, counter);
         }
         assert_eq!(stats.window(later).loss_ratio(), Some(0.0));

@@ -96,6 +96,13 @@ pub struct DropCounters {
     pub trust_requests_replayed: u64,
     /// Trust requests over the per-source or per-requester rate.
     pub trust_requests_rate_limited: u64,
+    /// Initiations under load without a valid mac2: not processed, a cookie
+    /// reply went back instead (type 3).
+    pub needs_cookie: u64,
+    /// Initiations under load with a valid mac2 over their source's rate.
+    pub handshake_rate_limited: u64,
+    /// Cookie replies that answer no initiation of ours or do not open.
+    pub bad_cookie_reply: u64,
 }
 
 /// The core's whole state, for display.

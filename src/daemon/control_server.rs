@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::event_loop::{TrustOp, trust_op_of};
+use super::privilege::ControlAccess;
 use super::udp::resolve_endpoint;
 use crate::control::{MAX_REQUEST_LEN, Request, Response};
 use crate::core::trust::{TrustEntry, TrustState, validate_name};
@@ -88,6 +89,7 @@ impl ControlServer {
         remove_stale_socket(path)?;
         let listener = UnixListener::bind(path)?;
         fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))?;
+        super::privilege::share_socket_with_group(path);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, requests, shutdown_rx));
@@ -156,6 +158,8 @@ async fn serve_connection(
     requests: mpsc::Sender<ControlRequest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Who may change the agent: decided once, from the peer's credentials.
+    let access = ControlAccess::of_stream(&stream);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -176,7 +180,7 @@ async fn serve_connection(
                 false,
             ),
             Ok(_) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(_) => (answer(&line, &requests).await, true),
+            Ok(_) => (answer(&line, &requests, access).await, true),
         };
         if write_response(&mut write, &response).await.is_err() || !keep_open {
             break;
@@ -197,11 +201,18 @@ async fn write_response(
     write.flush().await
 }
 
-async fn answer(line: &[u8], requests: &mpsc::Sender<ControlRequest>) -> Response {
+async fn answer(
+    line: &[u8],
+    requests: &mpsc::Sender<ControlRequest>,
+    access: ControlAccess,
+) -> Response {
     let request: Request = match serde_json::from_slice(line) {
         Ok(request) => request,
         Err(error) => return Response::Error(format!("bad request: {error}")),
     };
+    if let Err(refusal) = access.check(&request) {
+        return Response::Error(refusal);
+    }
     if let Request::Ping { peer, timeout_ms } = request {
         return super::ping::answer(peer, timeout_ms, requests).await;
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
-use tun_rs::AsyncDevice;
 
 use super::control_server::{Command, ControlRequest};
 use super::names::NameService;
+use super::packet_device::PacketDevice;
 use super::probe_sockets::{ProbeDatagram, ProbeSockets};
 use super::rendezvous_link::{RendezvousLinks, TcpLinkEvent};
 use super::udp::{Underlay, resolve_endpoint};
@@ -98,7 +98,8 @@ pub(crate) struct Daemon {
     network: NetworkId,
     own_id: AgentId,
     node: Node,
-    tun: AsyncDevice,
+    /// The TUN, or the userspace stack.
+    tun: PacketDevice,
     interface: String,
     mtu: u16,
     underlay: Underlay,
@@ -119,6 +120,8 @@ pub(crate) struct Daemon {
     links: RendezvousLinks,
     /// `agentnet ping`s waiting for their pongs.
     pings: super::ping::PendingPings,
+    /// The minutely summary of dropped, unanswered traffic.
+    drop_log: super::drop_log::DropLog,
     /// Extra sockets for birthday hole punching, opened on demand.
     probes: ProbeSockets,
     probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
@@ -130,7 +133,7 @@ impl Daemon {
         options: DaemonOptions,
         config: AgentConfig,
         node: Node,
-        tun: AsyncDevice,
+        tun: PacketDevice,
         mtu: u16,
         underlay: Underlay,
         links: RendezvousLinks,
@@ -167,9 +170,22 @@ impl Daemon {
             names,
             links,
             pings: super::ping::PendingPings::default(),
+            drop_log: super::drop_log::DropLog::default(),
             probes,
             probe_datagrams: Some(probe_datagrams),
         }
+    }
+
+    /// Opens the hosts files the names go to and keeps them open, so they
+    /// can still be edited after the daemon dropped its privileges.
+    pub(crate) fn hold_name_files(&mut self) {
+        self.names.hold_files();
+    }
+
+    /// Whether the host's names go through systemd-resolved (`resolvectl`
+    /// then needs `CAP_NET_ADMIN` at run time).
+    pub(crate) fn names_use_resolved(&self) -> bool {
+        self.names.uses_resolved()
     }
 
     /// Loads the trust store into the node, then serves until told to stop.
@@ -237,6 +253,7 @@ impl Daemon {
                     let response = self.on_command(request.command);
                     // Names follow the trust store before the client hears back.
                     self.names.sync(&self.trust);
+                    self.tun.publish_names(self.names.table());
                     // The client may have gone; its answer is then moot.
                     let _ = request.reply.send(response);
                 }
@@ -359,6 +376,7 @@ impl Daemon {
             self.pings.on_event(&event);
             self.log_event(event);
         }
+        self.drop_log.maybe_log(Instant::now(), &self.node);
         while let Some(transmit) = self.node.poll_transmit() {
             if let Some(socket) = transmit.source {
                 if let Err(error) = self
@@ -397,6 +415,7 @@ impl Daemon {
         }
         // Events may have changed the trust store; then the resolver's replies.
         self.names.sync(&self.trust);
+        self.tun.publish_names(self.names.table());
         while let Some(packet) = self.names.poll_tun_packet() {
             if let Err(error) = self.tun.send(&packet).await
                 && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
@@ -426,7 +445,10 @@ impl Daemon {
                 tracing::info!(peer = %self.peer_name(&id), %id, %endpoint, "endpoint changed");
             }
             Event::PathChanged { id, path } => {
-                tracing::info!(peer = %self.peer_name(&id), %id, ?path, "path changed");
+                let via = self.node.peer_path(Instant::now(), &id);
+                let via = via.map_or_else(|| "-".to_string(), |path| path.underlay().to_string());
+                let path = format!("{path:?}").to_lowercase();
+                tracing::info!(peer = %self.peer_name(&id), %id, %path, %via, "path changed");
             }
             Event::RendezvousRegistered { id, reflexive } => {
                 tracing::info!(rendezvous = %id, %reflexive, "registered with rendezvous");
@@ -507,6 +529,9 @@ impl Daemon {
         ];
         for (key, value) in extra {
             map.insert(key.to_string(), value);
+        }
+        if let Some(userspace) = self.tun.userspace_status() {
+            map.insert("userspace".to_string(), serde_json::json!(userspace));
         }
         if let Some(serde_json::Value::Array(links)) = map.get_mut("rendezvous") {
             for link in links.iter_mut() {

@@ -4,15 +4,20 @@
 //! [`run`] sets everything up in this order: state directory and identity,
 //! instance lock (PID file), TUN interface, UDP socket, node and trust store,
 //! and last the control socket, so a client that gets an answer knows the
-//! interface is ready. It then runs the event loop until SIGTERM, SIGINT or
+//! interface is ready. A daemon started as root then switches to an
+//! unprivileged user ([`privilege`]). It runs the event loop until SIGTERM, SIGINT or
 //! a `down` request, and removes what it created: the control socket, the
 //! PID file, and the TUN interface (it goes when its descriptor closes).
 
+mod capabilities;
 mod control_server;
 pub mod dns;
+mod drop_log;
 mod event_loop;
 mod names;
+mod packet_device;
 mod ping;
+pub mod privilege;
 mod probe_sockets;
 pub mod rendezvous_link;
 pub mod resolver_config;
@@ -60,6 +65,11 @@ pub struct DaemonOptions {
     pub register_interval: Option<std::time::Duration>,
     /// Where to serve Prometheus metrics (`None`: not at all).
     pub metrics: Option<crate::metrics::MetricsListen>,
+    /// Rootless mode: the userspace stack instead of a TUN (`None`: TUN).
+    pub userspace: Option<crate::userspace::UserspaceOptions>,
+    /// The user to run as once set up (`--user`; `None`: `agentnet` if it
+    /// exists, else stay root). See [`privilege`].
+    pub user: Option<String>,
 }
 
 /// Errors that stop the daemon.
@@ -106,6 +116,12 @@ pub enum DaemonError {
     /// The metrics endpoint could not be served.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The userspace stack could not be started.
+    #[error(transparent)]
+    Userspace(#[from] crate::userspace::UserspaceError),
+    /// Refused permissions, or the privilege drop failed.
+    #[error(transparent)]
+    Privilege(#[from] privilege::PrivilegeError),
     /// The TUN interface failed while running (deleted from outside?).
     #[error("the TUN interface {interface} failed: {source}")]
     TunIo {
@@ -119,7 +135,12 @@ pub enum DaemonError {
 
 /// Runs the daemon in this process until it is told to stop. See the module
 /// docs for what it creates and removes.
-pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
+    if options.userspace.is_some() {
+        // Unprivileged: the host's resolver is not ours to change; the
+        // SOCKS5 proxy resolves names in-process.
+        options.names = resolver_config::HostResolverMode::Off;
+    }
     if let Some(mtu) = options.mtu
         && mtu < tun::MIN_TUNNEL_MTU
     {
@@ -128,6 +149,8 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     tun::validate_interface_name(&options.interface)?;
     let state = &options.state;
     state.create()?;
+    privilege::check_state_permissions(state)?;
+    let privileges = privilege::PrivilegeDrop::choose(options.user.as_deref())?;
     let (identity, created) = state.load_or_create_identity()?;
     if created {
         tracing::info!(id = %identity.agent_id(), "created a new identity");
@@ -154,7 +177,7 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             let mtu = options
                 .mtu
                 .unwrap_or_else(|| tun::tunnel_mtu(tun::underlay_mtu()));
-            let device = tun::create(&options.interface, address, mtu)?;
+            let device = packet_device::PacketDevice::open(&options, address, network, mtu)?;
             let underlay = Underlay::bind(options.port)?;
             let mut seed = Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
@@ -179,7 +202,9 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             // Before the control socket: an address that cannot be served
             // fails the start. Scrapes read the status over that socket.
             let _metrics = match options.metrics {
-                Some(listen) => Some(crate::metrics::spawn_agent(listen, options.socket.clone()).await?),
+                Some(listen) => {
+                    Some(crate::metrics::spawn_agent(listen, options.socket.clone()).await?)
+                }
                 None => None,
             };
             // Last: once the socket answers, the interface is ready.
@@ -190,6 +215,12 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
                 }
             })?;
             let mut daemon = Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
+            // Everything privileged exists now: the TUN, the sockets, the
+            // host's name configuration (hosts files stay open for edits).
+            if privileges.switches_user() {
+                daemon.hold_name_files();
+            }
+            privileges.apply(state, &options.socket, daemon.names_use_resolved())?;
             let outcome = daemon.run(requests, signals, link_events).await;
             server.shutdown().await;
             // Closing the TUN descriptor removes the interface.

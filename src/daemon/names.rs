@@ -110,6 +110,36 @@ impl NameService {
         self.replies.pop_front()
     }
 
+    /// Opens every hosts file the names go to (the host's, the attached
+    /// namespaces') and keeps the descriptors: edits in place then keep
+    /// working after the daemon dropped its privileges. Namespaces attached
+    /// later need root; their programs can use the resolver at `PREFIX::53`.
+    pub(crate) fn hold_files(&mut self) {
+        if let Some(HostResolver::Hosts(file)) = &mut self.host
+            && let Err(error) = file.hold_open()
+        {
+            tracing::warn!(%error, "names: cannot keep the hosts file open; names will not be updated there");
+        }
+        for attached in &mut self.attached {
+            if let Ok(file) = &mut attached.hosts
+                && attached.attachment.namespace_is_current()
+                && let Err(error) = file.hold_open()
+            {
+                tracing::warn!(%error, target = %attached.attachment.target, "names: cannot keep an attached namespace's hosts file open");
+            }
+        }
+    }
+
+    /// Whether the host's resolver is systemd-resolved.
+    pub(crate) fn uses_resolved(&self) -> bool {
+        matches!(self.host, Some(HostResolver::Resolved { .. }))
+    }
+
+    /// The trusted names as last published.
+    pub(crate) fn table(&self) -> &NameTable {
+        self.responder.names()
+    }
+
     /// Publishes the trusted names of `trust` if they changed since the
     /// last call.
     pub(crate) fn sync(&mut self, trust: &TrustStore) {
@@ -162,6 +192,18 @@ impl NameService {
     pub(crate) fn reload_attachments(&mut self) -> Result<Vec<AttachmentNames>, String> {
         let before: Vec<AttachedNames> = std::mem::take(&mut self.attached);
         let loaded = self.load_attachments();
+        // Files held open across a privilege drop stay held.
+        for now in &mut self.attached {
+            if let (Ok(file), Some(Ok(old))) = (
+                &mut now.hosts,
+                before
+                    .iter()
+                    .find(|old| old.attachment == now.attachment)
+                    .map(|old| &old.hosts),
+            ) {
+                file.keep_held_from(old);
+            }
+        }
         for old in before {
             let still = self
                 .attached

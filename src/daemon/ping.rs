@@ -13,7 +13,9 @@ use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
 use crate::core::node::{Event, Node};
 use crate::core::trust::TrustStore;
-use crate::ping::{DEFAULT_PING_TIMEOUT, MAX_PING_TIMEOUT, PathView, PingOutcome, PingReply, find_peer};
+use crate::ping::{
+    DEFAULT_PING_TIMEOUT, MAX_PING_TIMEOUT, PathView, PingOutcome, PingReply, find_peer,
+};
 
 /// Pings waiting for their pong at once; more are refused.
 const MAX_WAITING: usize = 256;
@@ -80,7 +82,13 @@ impl PendingPings {
 
     /// Hands a pong to the client waiting for it.
     pub(crate) fn on_event(&mut self, event: &Event) {
-        let Event::PingReply { id, ping, rtt, path } = event else {
+        let Event::PingReply {
+            id,
+            ping,
+            rtt,
+            path,
+        } = event
+        else {
             return;
         };
         if let Some(position) = self
@@ -111,7 +119,11 @@ pub(crate) async fn answer(
     let (pong, pong_rx) = oneshot::channel();
     let (reply, answer) = oneshot::channel();
     let command = Command::Ping { peer, pong };
-    if requests.send(ControlRequest { command, reply }).await.is_err() {
+    if requests
+        .send(ControlRequest { command, reply })
+        .await
+        .is_err()
+    {
         return Response::Error("the daemon is shutting down".to_string());
     }
     let mut outcome = match answer.await {

@@ -256,7 +256,23 @@ pub struct HostsFile {
     /// root through `/proc/PID/root`): then a symlink is never followed, or
     /// the container could aim our writes at any file of the host.
     untrusted_tree: bool,
+    /// The file, opened before the daemon dropped its privileges
+    /// ([`HostsFile::hold_open`]); edits go through it instead of the path.
+    held: Option<HeldFile>,
 }
+
+/// An open hosts file kept by a [`HostsFile`]. Equality ignores it: two
+/// `HostsFile`s are the same block of the same file, held or not.
+#[derive(Debug, Clone)]
+struct HeldFile(std::sync::Arc<File>);
+
+impl PartialEq for HeldFile {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HeldFile {}
 
 impl HostsFile {
     /// The block of `owner` (an agent ID) in `path`.
@@ -266,6 +282,7 @@ impl HostsFile {
             owner: owner.to_string(),
             owns_file,
             untrusted_tree: false,
+            held: None,
         }
     }
 
@@ -312,6 +329,32 @@ impl HostsFile {
         }
     }
 
+    /// Opens the file now (creating it as [`HostsFile::write`] would, with
+    /// the host's entries) and keeps the descriptor for every later edit, so
+    /// that edits work after the daemon dropped its privileges. A file that
+    /// does not exist and may not be created is not held.
+    pub fn hold_open(&mut self) -> Result<(), ResolverConfigError> {
+        let Some(mut file) = self.open(true).map_err(|e| self.error(e))? else {
+            return Ok(());
+        };
+        let text = read_all(&mut file).map_err(|e| self.error(e))?;
+        if text.is_empty() && self.owns_file {
+            overwrite(&mut file, &self.new_file_base()).map_err(|e| self.error(e))?;
+        }
+        let file = file
+            .unlock()
+            .map_err(|(_, errno)| self.error(io::Error::from(errno)))?;
+        self.held = Some(HeldFile(std::sync::Arc::new(file)));
+        Ok(())
+    }
+
+    /// Takes over the descriptor `other` holds, if it is the same block.
+    pub fn keep_held_from(&mut self, other: &HostsFile) {
+        if self.held.is_none() && other.path == self.path && other.owner == self.owner {
+            self.held.clone_from(&other.held);
+        }
+    }
+
     /// Makes the block list exactly `names` (removes it when there are none).
     pub fn write(&self, names: &NameTable) -> Result<(), ResolverConfigError> {
         if names.is_empty() {
@@ -348,7 +391,15 @@ impl HostsFile {
             overwrite(&mut file, &new).map_err(|e| self.error(e))?;
         }
         if self.owns_file && new.starts_with(CREATED_MARKER) && !has_any_block(&new) {
-            fs::remove_file(&self.path).map_err(|e| self.error(e))?;
+            match fs::remove_file(&self.path) {
+                // Held open by a daemon that dropped its privileges: the
+                // file stays, holding only the host's entries, for the next.
+                Err(e) if self.held.is_some() && e.kind() == io::ErrorKind::PermissionDenied => {
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                result => result.map_err(|e| self.error(e))?,
+            }
             if let Some(dir) = self.path.parent() {
                 // Only if empty: the operator may keep other files there.
                 let _ = fs::remove_dir(dir);
@@ -360,6 +411,11 @@ impl HostsFile {
     /// Opens the file locked; `None` if it does not exist and may not be
     /// created.
     fn open(&self, create: bool) -> io::Result<Option<Flock<File>>> {
+        if let Some(HeldFile(held)) = &self.held {
+            // A duplicate shares the open file description: the lock below
+            // is taken on the held file, released when the duplicate goes.
+            return lock_exclusive(held.try_clone()?).map(Some);
+        }
         let create = create && self.owns_file;
         if create && let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
@@ -382,7 +438,7 @@ impl HostsFile {
             }
             options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         }
-        let mut file = match options.open(&self.path) {
+        let file = match options.open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -390,13 +446,7 @@ impl HostsFile {
         if !file.metadata()?.is_file() {
             return Err(io::Error::other("not a regular file"));
         }
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(locked) => return Ok(Some(locked)),
-                Err((returned, nix::errno::Errno::EINTR)) => file = returned,
-                Err((_, errno)) => return Err(io::Error::from(errno)),
-            }
-        }
+        lock_exclusive(file).map(Some)
     }
 
     /// What a newly created namespace hosts file starts with: a marker and
@@ -417,6 +467,16 @@ impl HostsFile {
         );
         base.push_str(&strip_all_agentnet(&host));
         base
+    }
+}
+
+fn lock_exclusive(mut file: File) -> io::Result<Flock<File>> {
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(locked) => return Ok(locked),
+            Err((returned, nix::errno::Errno::EINTR)) => file = returned,
+            Err((_, errno)) => return Err(io::Error::from(errno)),
+        }
     }
 }
 
@@ -604,6 +664,28 @@ mod tests {
         let block = render_block("aaa", &names(&[(1, "bob")]));
         let text = format!("{CREATED_MARKER} x from /etc/hosts\n{HOSTS}{block}");
         assert_eq!(strip_all_agentnet(&text), HOSTS);
+    }
+
+    #[test]
+    fn a_held_file_is_edited_through_its_descriptor_wherever_its_path_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ns").join("hosts");
+        let mut file = HostsFile::new(path.clone(), "aaa", true);
+        file.hold_open().expect("hold");
+        let base = fs::read_to_string(&path).expect("created at once");
+        assert!(base.starts_with(CREATED_MARKER), "{base}");
+        // The path no longer leads to the file (as if the daemon could not
+        // open it any more): edits still reach it.
+        let moved = dir.path().join("moved");
+        fs::rename(&path, &moved).expect("move");
+        file.write(&names(&[(1, "bob")])).expect("write");
+        let text = fs::read_to_string(&moved).expect("read");
+        assert!(text.contains("bob.agent.internal"), "{text}");
+        let mut reloaded = HostsFile::new(path.clone(), "aaa", true);
+        reloaded.keep_held_from(&file);
+        reloaded.remove().expect("remove");
+        let text = fs::read_to_string(&moved).expect("read");
+        assert!(!text.contains("bob.agent.internal"), "{text}");
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl phy::Device for QueueDevice {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        (self.tx.len() < self.tx_limit).then(|| TxToken(&mut self.tx))
+        (self.tx.len() < self.tx_limit).then_some(TxToken(&mut self.tx))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

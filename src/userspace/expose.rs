@@ -112,7 +112,7 @@ pub(crate) fn inbound_syn(packet: &[u8], own: Ipv6Addr) -> Option<FlowKey> {
 mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpRepr, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
 
     fn own() -> Ipv6Addr {
         "fd40::1:1".parse().expect("v6")
@@ -137,19 +137,17 @@ mod tests {
             timestamp: None,
             payload: &[],
         };
-        let ip = IpRepr::Ipv6(Ipv6Repr {
+        let ip = Ipv6Repr {
             src_addr: remote(),
             dst_addr: own(),
             next_header: IpProtocol::Tcp,
             payload_len: tcp.buffer_len(),
             hop_limit: 64,
-        });
+        };
         let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
         let caps = ChecksumCapabilities::default();
         let mut packet = Ipv6Packet::new_unchecked(&mut bytes);
-        if let IpRepr::Ipv6(repr) = ip {
-            repr.emit(&mut packet);
-        }
+        ip.emit(&mut packet);
         let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
         tcp.emit(
             &mut segment,
@@ -191,7 +189,10 @@ mod tests {
             tcp_packet(80, TcpControl::Rst, false),
             vec![0x60, 0, 0],
         ] {
-            assert_eq!(exposer.classify(packet.clone(), own()), Inbound::Stack(packet));
+            assert_eq!(
+                exposer.classify(packet.clone(), own()),
+                Inbound::Stack(packet)
+            );
         }
     }
 }

@@ -99,7 +99,11 @@ async fn socks5_session(
 }
 
 /// Accepts connections for one TCP `--forward` until the runtime stops.
-pub(crate) async fn serve_forward(listener: TcpListener, spec: ForwardSpec, context: ListenerContext) {
+pub(crate) async fn serve_forward(
+    listener: TcpListener,
+    spec: ForwardSpec,
+    context: ListenerContext,
+) {
     let host = match &spec.peer {
         PeerHost::Name(name) => TargetHost::Name(name.clone()),
         PeerHost::Address(address) => TargetHost::Ip(IpAddr::V6(*address)),

@@ -272,8 +272,18 @@ impl Userspace {
         let stats = &self.stats;
         UserspaceStatus {
             socks5: self.options.socks5,
-            forwards: self.options.forwards.iter().map(ToString::to_string).collect(),
-            exposes: self.options.exposes.iter().map(ToString::to_string).collect(),
+            forwards: self
+                .options
+                .forwards
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            exposes: self
+                .options
+                .exposes
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             packets_in: get(&stats.packets_in),
             packets_out: get(&stats.packets_out),
             packets_dropped: get(&stats.packets_dropped),

@@ -117,7 +117,13 @@ impl TcpRelay {
         overlay_port: u16,
         deadline: Instant,
     ) -> Self {
-        Self::new(handle, local, origin, overlay_port, Phase::Connecting { deadline })
+        Self::new(
+            handle,
+            local,
+            origin,
+            overlay_port,
+            Phase::Connecting { deadline },
+        )
     }
 
     /// A relay for an exposed port whose local service is connected; the
@@ -232,13 +238,16 @@ impl TcpRelay {
             },
             Phase::Open => {}
         }
-        if let Some(step) = self.to_local(socket, moved) {
+        if let Some(step) = self.pump_to_local(socket, moved) {
             return step;
         }
-        if let Some(step) = self.to_overlay(socket, moved) {
+        if let Some(step) = self.pump_to_overlay(socket, moved) {
             return step;
         }
-        if self.local_eof && self.local_shut && matches!(socket.state(), State::Closed | State::TimeWait) {
+        if self.local_eof
+            && self.local_shut
+            && matches!(socket.state(), State::Closed | State::TimeWait)
+        {
             return Step::Closed;
         }
         Step::Continue
@@ -246,7 +255,7 @@ impl TcpRelay {
 
     /// Overlay → local: the preface, then smoltcp's receive buffer; the
     /// remote FIN as a half-close.
-    fn to_local(&mut self, socket: &mut tcp::Socket<'_>, moved: &mut Moved) -> Option<Step> {
+    fn pump_to_local(&mut self, socket: &mut tcp::Socket<'_>, moved: &mut Moved) -> Option<Step> {
         while self.preface_sent < self.preface.len() {
             match self.local.try_write(&self.preface[self.preface_sent..]) {
                 Ok(n) => self.preface_sent += n,
@@ -295,7 +304,7 @@ impl TcpRelay {
 
     /// Local → overlay, while smoltcp's send buffer has room; local EOF as
     /// our FIN.
-    fn to_overlay(&mut self, socket: &mut tcp::Socket<'_>, moved: &mut Moved) -> Option<Step> {
+    fn pump_to_overlay(&mut self, socket: &mut tcp::Socket<'_>, moved: &mut Moved) -> Option<Step> {
         while !self.local_eof && socket.may_send() && socket.send_queue() < socket.send_capacity() {
             let local = &self.local;
             let sent = socket.send(|buf| {

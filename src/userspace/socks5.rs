@@ -141,7 +141,10 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, Socks5Error> {
             }
             let name = std::str::from_utf8(&rest[..len])
                 .map_err(|_| Socks5Error::Malformed("name is not UTF-8"))?;
-            (TargetHost::Name(name.to_string()), [rest[len], rest[len + 1]])
+            (
+                TargetHost::Name(name.to_string()),
+                [rest[len], rest[len + 1]],
+            )
         }
         _ => return Err(Socks5Error::Refused(Reply::AddressTypeNotSupported)),
     };
@@ -296,8 +299,14 @@ mod tests {
     #[test]
     fn greeting_lists_methods() {
         assert_eq!(parse_greeting(&[5, 2, 0, 2]).expect("ok"), &[0, 2]);
-        assert!(matches!(parse_greeting(&[4, 1, 0]), Err(Socks5Error::Version(4))));
-        assert!(matches!(parse_greeting(&[5, 3, 0]), Err(Socks5Error::Malformed(_))));
+        assert!(matches!(
+            parse_greeting(&[4, 1, 0]),
+            Err(Socks5Error::Version(4))
+        ));
+        assert!(matches!(
+            parse_greeting(&[5, 3, 0]),
+            Err(Socks5Error::Malformed(_))
+        ));
     }
 
     #[test]
@@ -348,7 +357,9 @@ mod tests {
 
     #[test]
     fn only_trusted_overlay_targets_resolve() {
-        let peer = Identity::from_secret_bytes(&[7; 32]).expect("key").agent_id();
+        let peer = Identity::from_secret_bytes(&[7; 32])
+            .expect("key")
+            .agent_id();
         let mut store = TrustStore::default();
         store.peers.push(TrustEntry {
             id: peer,
@@ -373,13 +384,29 @@ mod tests {
         assert!(resolve(&container, 80, &names, network()).is_ok());
 
         let cases = [
-            (TargetHost::Name("carol.agent.internal".into()), Reply::HostUnreachable),
-            (TargetHost::Name("example.com".into()), Reply::HostUnreachable),
-            (TargetHost::Ip("192.0.2.1".parse().expect("ip")), Reply::AddressTypeNotSupported),
-            (TargetHost::Ip("2001:db8::1".parse().expect("ip")), Reply::NetworkUnreachable),
+            (
+                TargetHost::Name("carol.agent.internal".into()),
+                Reply::HostUnreachable,
+            ),
+            (
+                TargetHost::Name("example.com".into()),
+                Reply::HostUnreachable,
+            ),
+            (
+                TargetHost::Ip("192.0.2.1".parse().expect("ip")),
+                Reply::AddressTypeNotSupported,
+            ),
+            (
+                TargetHost::Ip("2001:db8::1".parse().expect("ip")),
+                Reply::NetworkUnreachable,
+            ),
         ];
         for (host, reply) in cases {
-            assert_eq!(resolve(&host, 80, &names, network()), Err(reply), "{host:?}");
+            assert_eq!(
+                resolve(&host, 80, &names, network()),
+                Err(reply),
+                "{host:?}"
+            );
         }
         let mut stranger = network().prefix().segments();
         stranger[3] = 0x1234;

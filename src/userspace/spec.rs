@@ -79,7 +79,9 @@ impl fmt::Display for PeerHost {
 fn is_label(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= 63
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !label.starts_with('-')
         && !label.ends_with('-')
 }
@@ -180,7 +182,9 @@ impl FromStr for ForwardSpec {
         let (transport, parts) = tokens(text).map_err(|e| explain(e.to_string()))?;
         let (bind, local_port, peer, remote_port) = match parts.as_slice() {
             [local, peer, remote] => (IpAddr::V4(Ipv4Addr::LOCALHOST), *local, *peer, *remote),
-            [bind, local, peer, remote] => (local_ip(bind).map_err(explain)?, *local, *peer, *remote),
+            [bind, local, peer, remote] => {
+                (local_ip(bind).map_err(explain)?, *local, *peer, *remote)
+            }
             _ => return Err(explain("wrong number of fields".into())),
         };
         Ok(Self {
@@ -220,7 +224,10 @@ impl FromStr for ExposeSpec {
         let (exposed, local) = match parts.as_slice() {
             [exposed] => {
                 let exposed = port(exposed).map_err(explain)?;
-                (exposed, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), exposed))
+                (
+                    exposed,
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), exposed),
+                )
             }
             [exposed, local_port] => (
                 port(exposed).map_err(explain)?,
@@ -248,7 +255,13 @@ impl FromStr for ExposeSpec {
 
 impl fmt::Display for ExposeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.transport.prefix(), self.port, self.local)
+        write!(
+            f,
+            "{}:{}:{}",
+            self.transport.prefix(),
+            self.port,
+            self.local
+        )
     }
 }
 
@@ -270,15 +283,24 @@ mod tests {
         let spec: ForwardSpec = "udp:[::1]:5353:[fd40::1:2]:53".parse().expect("parses");
         assert_eq!(spec.transport, Transport::Udp);
         assert_eq!(spec.listen, "[::1]:5353".parse().expect("addr"));
-        assert_eq!(spec.peer, PeerHost::Address("fd40::1:2".parse().expect("v6")));
+        assert_eq!(
+            spec.peer,
+            PeerHost::Address("fd40::1:2".parse().expect("v6"))
+        );
         assert_eq!(spec.port, 53);
-        let spec: ForwardSpec = "0.0.0.0:9000:Bob.agent.internal.:22".parse().expect("parses");
+        let spec: ForwardSpec = "0.0.0.0:9000:Bob.agent.internal.:22"
+            .parse()
+            .expect("parses");
         assert_eq!(spec.peer, PeerHost::Name("bob".into()));
     }
 
     #[test]
     fn forward_round_trips_through_display() {
-        for text in ["8080:bob:80", "udp:[::1]:5353:[fd40::1:2]:53", "10.0.0.1:1:x-y:2"] {
+        for text in [
+            "8080:bob:80",
+            "udp:[::1]:5353:[fd40::1:2]:53",
+            "10.0.0.1:1:x-y:2",
+        ] {
             let spec: ForwardSpec = text.parse().expect("parses");
             let again: ForwardSpec = spec.to_string().parse().expect("reparses");
             assert_eq!(spec, again, "{text}");
@@ -335,7 +357,14 @@ mod tests {
             PeerHost::parse("fd40::1"),
             Some(PeerHost::Address("fd40::1".parse().expect("v6")))
         );
-        for bad in ["agent.internal", ".agent.internal", "a.b.agent.internal", "example.com", "", "-x"] {
+        for bad in [
+            "agent.internal",
+            ".agent.internal",
+            "a.b.agent.internal",
+            "example.com",
+            "",
+            "-x",
+        ] {
             assert_eq!(PeerHost::parse(bad), None, "{bad}");
         }
     }

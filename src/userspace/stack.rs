@@ -177,6 +177,11 @@ impl Stack {
         mut requests: mpsc::Receiver<StackRequest>,
     ) {
         loop {
+            // Back to the runtime every turn, so its I/O driver runs: when
+            // packets keep arriving the `select!` below never waits, and
+            // local sockets would not learn of new data (tokio delivers
+            // readiness only when the driver is polled).
+            tokio::task::yield_now().await;
             let now = Instant::now();
             self.turn(now);
             self.send_out(&packets_out);
@@ -224,7 +229,9 @@ impl Stack {
             self.iface.poll(time, &mut self.device, &mut self.sockets);
             // `poll` sends one segment per socket; keep going while the
             // device takes more.
-            while self.iface.poll_egress(time, &mut self.device, &mut self.sockets)
+            while self
+                .iface
+                .poll_egress(time, &mut self.device, &mut self.sockets)
                 == PollResult::SocketStateChanged
             {}
             if !self.pump(now) {
@@ -250,8 +257,12 @@ impl Stack {
             let relay = self.relays.swap_remove(index);
             self.finish(relay, step, now);
         }
-        self.stats.bytes_to_local.fetch_add(moved.to_local, Ordering::Relaxed);
-        self.stats.bytes_to_overlay.fetch_add(moved.to_overlay, Ordering::Relaxed);
+        self.stats
+            .bytes_to_local
+            .fetch_add(moved.to_local, Ordering::Relaxed);
+        self.stats
+            .bytes_to_overlay
+            .fetch_add(moved.to_overlay, Ordering::Relaxed);
         if self.udp.is_empty() {
             return moved.any();
         }
@@ -305,7 +316,10 @@ impl Stack {
     fn reap(&mut self, now: Instant) {
         let sockets = &mut self.sockets;
         self.zombies.retain(|&(handle, until)| {
-            let done = sockets.get::<tcp::Socket>(handle).remote_endpoint().is_none();
+            let done = sockets
+                .get::<tcp::Socket>(handle)
+                .remote_endpoint()
+                .is_none();
             if done || now >= until {
                 sockets.remove(handle);
                 false
@@ -422,7 +436,10 @@ impl Stack {
         };
         if self.relays.len() >= MAX_TCP_RELAYS {
             self.stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(max = MAX_TCP_RELAYS, "userspace: too many connections; refusing one");
+            tracing::warn!(
+                max = MAX_TCP_RELAYS,
+                "userspace: too many connections; refusing one"
+            );
             return fail(local, Reply::GeneralFailure);
         }
         let Some(port) = self.tcp_ports.allocate() else {
@@ -463,7 +480,10 @@ impl Stack {
         let local = match result {
             Ok(local) if self.relays.len() < MAX_TCP_RELAYS => local,
             Ok(local) => {
-                tracing::warn!(max = MAX_TCP_RELAYS, "userspace: too many connections; refusing one");
+                tracing::warn!(
+                    max = MAX_TCP_RELAYS,
+                    "userspace: too many connections; refusing one"
+                );
                 reset_on_close(&local);
                 self.stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
                 self.device.push_rx(syn);

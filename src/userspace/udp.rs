@@ -152,7 +152,11 @@ impl UdpRelays {
                 ready |= flow.local.poll_recv_ready(cx).is_ready();
             }
         }
-        if ready { Poll::Ready(()) } else { Poll::Pending }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Moves datagrams both ways. Returns whether any moved.
@@ -172,7 +176,12 @@ impl UdpRelays {
     }
 
     /// Forgets flows idle for [`FLOW_IDLE`].
-    pub(crate) fn expire(&mut self, sockets: &mut SocketSet<'static>, ports: &mut PortAllocator, now: Instant) {
+    pub(crate) fn expire(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        ports: &mut PortAllocator,
+        now: Instant,
+    ) {
         for forward in &mut self.forwards {
             forward.flows.retain(|_, flow| {
                 let keep = now.duration_since(flow.last) < FLOW_IDLE;
@@ -192,8 +201,14 @@ impl UdpRelays {
 
     /// When the next flow may expire.
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
-        let forwards = self.forwards.iter().flat_map(|f| f.flows.values().map(|flow| flow.last));
-        let exposes = self.exposes.iter().flat_map(|e| e.flows.values().map(|flow| flow.last));
+        let forwards = self
+            .forwards
+            .iter()
+            .flat_map(|f| f.flows.values().map(|flow| flow.last));
+        let exposes = self
+            .exposes
+            .iter()
+            .flat_map(|e| e.flows.values().map(|flow| flow.last));
         forwards.chain(exposes).min().map(|last| last + FLOW_IDLE)
     }
 }
@@ -309,7 +324,13 @@ impl UdpExpose {
                 }
                 match connected_socket(self.spec.local) {
                     Ok(local) => {
-                        self.flows.insert(remote, ExposeFlow { local, last: cx.now });
+                        self.flows.insert(
+                            remote,
+                            ExposeFlow {
+                                local,
+                                last: cx.now,
+                            },
+                        );
                     }
                     Err(error) => {
                         tracing::debug!(%error, local = %self.spec.local, "udp expose: cannot open a local socket");

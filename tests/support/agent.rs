@@ -102,6 +102,35 @@ impl<'l> Agent<'l> {
             .map(drop)
     }
 
+    /// `up` with extra arguments after `--interface IFACE --port PORT`.
+    pub fn up_with(&self, extra: &[&str]) -> Result<(), String> {
+        let port = self.port.to_string();
+        let mut args = vec!["up", "--interface", &self.iface, "--port", &port];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args).map(drop)
+    }
+
+    /// Runs `WRAPPER... agentnet --state-dir DIR ARGS...` inside the host's
+    /// namespace: `wrapper` is e.g. `setpriv --reuid=65534 ...` (run as
+    /// another user) or `nsenter -t PID -m --` (see another mount namespace).
+    pub fn cli_wrapped(&self, wrapper: &[&str], args: &[&str]) -> Result<Output, String> {
+        let bin = agentnet_bin();
+        let state = self.state_dir().to_string_lossy().into_owned();
+        let mut full: Vec<&str> = wrapper.to_vec();
+        full.extend([bin.to_str().expect("utf-8 path"), "--state-dir", &state]);
+        full.extend_from_slice(args);
+        run(self.lab.command(&self.host.ns, &full), CLI_TIMEOUT)
+    }
+
+    /// The daemon's PID, as its status says.
+    pub fn daemon_pid(&self) -> Result<u32, String> {
+        let status = self.status()?;
+        status["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .ok_or_else(|| format!("status has no pid: {status}"))
+    }
+
     /// `agentnet down`.
     pub fn down(&self) -> Result<(), String> {
         self.cli_ok(&["down"]).map(drop)

@@ -14,6 +14,7 @@ pub mod capture;
 pub mod lab;
 pub mod natlab;
 pub mod pcap;
+pub mod rootless;
 pub mod watch;
 
 use std::fmt::Write as _;

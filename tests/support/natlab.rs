@@ -18,7 +18,9 @@
 //!   mapping; conntrack filters by address and port).
 //! - `Hard`: `masquerade random,fully-random` (a fresh random port for every
 //!   new destination: endpoint-dependent mapping, "symmetric NAT").
-//! - `UdpBlocked`: like `Easy`, and the router forwards no UDP at all.
+//! - `UdpBlocked`: like `Easy`, and the router forwards no UDP at all
+//!   (`block_udp` / `unblock_udp` toggle it on any router).
+//! - `EasyNoFirewall`: `masquerade` without the input firewall below.
 //!
 //! Every router also runs the stateful firewall of any home router: nothing
 //! new comes in from the WAN (`ct state new drop` on input and forward).
@@ -33,6 +35,19 @@
 //!
 //! The underlay is IPv4 only (IPv6 is off on every lab interface except the
 //! agents' TUNs), so candidates and endpoints are predictable.
+//!
+//! Use (every call returns `Result<_, String>`):
+//!
+//! ```text
+//! let nat = NatLab::new()?;
+//! let rv = nat.rendezvous("rv1")?;                 // agentnet rendezvous --foreground
+//! let site = nat.site("a", NatKind::Hard)?;        // router rt-a
+//! let host = nat.host_behind(&site, "a")?;         // or nat.public_host("a")
+//! let agent = Agent::new(&nat.lab, &host, "host-a")?;
+//! let id = start_agent(&agent, &[&rv])?;           // init + up --rendezvous
+//! wait_registered(&agent, 1)?;
+//! nat.cut(site.wan, other.wan)?; nat.heal()?;      // drop between two public addresses
+//! ```
 //!
 //! Network hygiene as for [`Lab`]: every address lives in namespaces the lab
 //! created, which have no link to the host's network, and everything is
@@ -153,7 +168,6 @@ pub struct NatLab {
     inet_ns: String,
     next_public: AtomicU8,
     next_site: AtomicU8,
-    cuts: Mutex<Vec<(Ipv4Addr, Ipv4Addr)>>,
 }
 
 impl NatLab {
@@ -167,7 +181,6 @@ impl NatLab {
             inet_ns,
             next_public: AtomicU8::new(1),
             next_site: AtomicU8::new(1),
-            cuts: Mutex::new(Vec::new()),
         };
         nat.sysctl(&nat.inet_ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
         nat.sysctl(&nat.inet_ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
@@ -415,6 +428,54 @@ impl NatLab {
         self.lab.stop(pid)
     }
 
+    /// Starts a stopped rendezvous server again (after
+    /// [`NatLab::kill_rendezvous`]) on the same host, port and state
+    /// directory, so with the same identity; returns once it listens.
+    pub fn restart_rendezvous(&self, rv: &Rendezvous) -> Result<(), String> {
+        if rv.pid.lock().unwrap().is_some() {
+            return Err("the rendezvous server still runs".into());
+        }
+        let bin = agentnet_bin();
+        let dir_text = rv.state.to_str().ok_or("non-UTF-8 temp path")?;
+        let listen = rv.endpoint().to_string();
+        let pid = self.lab.spawn(
+            &rv.host.ns,
+            &format!("rendezvous-{}-again", rv.host.role),
+            &[
+                bin.to_str().ok_or("non-UTF-8 binary path")?,
+                "--state-dir",
+                dir_text,
+                "rendezvous",
+                "--listen",
+                &listen,
+                "--tcp-listen",
+                &listen,
+                "--foreground",
+            ],
+        )?;
+        *rv.pid.lock().unwrap() = Some(pid);
+        let port = format!(":{RENDEZVOUS_PORT}");
+        wait_until(
+            &format!("restarted rendezvous to listen on {listen}"),
+            Duration::from_secs(15),
+            || {
+                !self.lab.spawn_running(pid)
+                    || self
+                        .lab
+                        .exec(&rv.host.ns, &["ss", "-Hlun", "sport", "=", &port])
+                        .is_ok_and(|o| !o.stdout.trim().is_empty())
+            },
+        )?;
+        if !self.lab.spawn_running(pid) {
+            let (out, err) = self.lab.spawn_output(pid);
+            return Err(format!(
+                "restarted rendezvous exited\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+            ));
+        }
+        step(&format!("rendezvous at {listen} restarted"));
+        Ok(())
+    }
+
     /// The output of a rendezvous server so far.
     pub fn rendezvous_output(&self, rv: &Rendezvous) -> (String, String) {
         match *rv.pid.lock().unwrap() {
@@ -433,7 +494,6 @@ impl NatLab {
                 &["nft", "add", "rule", "bridge", "natcut", "forward", &rule],
             )?;
         }
-        self.cuts.lock().unwrap().push((a, b));
         Ok(())
     }
 
@@ -457,7 +517,6 @@ impl NatLab {
             &self.inet_ns,
             &["nft", "flush", "chain", "bridge", "natcut", "forward"],
         )?;
-        self.cuts.lock().unwrap().clear();
         Ok(())
     }
 

@@ -1,0 +1,115 @@
+//! Where the event loop reads and writes the overlay's IP packets: the TUN
+//! interface (the kernel's stack behind it), or the in-process userspace
+//! stack of `up --userspace` ([`crate::userspace`]). Everything else in the
+//! daemon — node, sessions, policy, the resolver at `PREFIX::53`, status —
+//! is the same for both.
+
+use std::io;
+use std::net::Ipv6Addr;
+
+use tun_rs::AsyncDevice;
+
+use super::dns::NameTable;
+use super::{DaemonError, DaemonOptions};
+use crate::core::address::NetworkId;
+use crate::userspace::{Userspace, UserspaceStatus};
+
+/// The name `status` and `up` show for the userspace stack's "interface".
+pub const USERSPACE_INTERFACE: &str = "userspace";
+
+/// The daemon's packet device.
+pub(crate) enum PacketDevice {
+    /// A kernel TUN interface.
+    Tun(AsyncDevice),
+    /// The userspace stack (no TUN, no privileges).
+    Userspace(Box<Userspace>),
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the userspace stack has stopped")
+}
+
+impl PacketDevice {
+    /// The userspace stack if `options` ask for it, else the TUN.
+    pub(crate) fn open(
+        options: &DaemonOptions,
+        address: Ipv6Addr,
+        network: NetworkId,
+        mtu: u16,
+    ) -> Result<Self, DaemonError> {
+        Ok(match &options.userspace {
+            Some(userspace) => Self::Userspace(Box::new(Userspace::start(
+                userspace, address, network, mtu,
+            )?)),
+            None => Self::Tun(super::tun::create(&options.interface, address, mtu)?),
+        })
+    }
+
+    /// The interface name.
+    pub(crate) fn name(&self) -> io::Result<String> {
+        match self {
+            Self::Tun(tun) => tun.name(),
+            Self::Userspace(_) => Ok(USERSPACE_INTERFACE.to_string()),
+        }
+    }
+
+    /// Waits for a packet.
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tun(tun) => tun.recv(buf).await,
+            Self::Userspace(stack) => {
+                let packet = stack.recv().await.ok_or_else(stopped)?;
+                copy_packet(&packet, buf)
+            }
+        }
+    }
+
+    /// Takes a packet if one is queued (`WouldBlock` if not).
+    pub(crate) fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tun(tun) => tun.try_recv(buf),
+            Self::Userspace(stack) => match stack.try_recv() {
+                Ok(Some(packet)) => copy_packet(&packet, buf),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(_) => Err(stopped()),
+            },
+        }
+    }
+
+    /// Writes a packet. The userspace stack never makes the loop wait: a
+    /// packet it has no room for is dropped, as a full TUN queue drops.
+    pub(crate) async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tun(tun) => tun.send(packet).await,
+            Self::Userspace(stack) => {
+                stack.send(packet).map_err(|_| stopped())?;
+                Ok(packet.len())
+            }
+        }
+    }
+
+    /// Hands the trusted names to the userspace stack (its SOCKS5 proxy
+    /// resolves `NAME.agent.internal` in-process). The TUN needs nothing:
+    /// the host's resolver and the responder serve it.
+    pub(crate) fn publish_names(&self, names: &NameTable) {
+        if let Self::Userspace(stack) = self {
+            stack.publish_names(names);
+        }
+    }
+
+    /// The userspace stack's status, if this is it.
+    pub(crate) fn userspace_status(&self) -> Option<UserspaceStatus> {
+        match self {
+            Self::Tun(_) => None,
+            Self::Userspace(stack) => Some(stack.status()),
+        }
+    }
+}
+
+fn copy_packet(packet: &[u8], buf: &mut [u8]) -> io::Result<usize> {
+    let target = buf.get_mut(..packet.len()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "packet larger than the buffer")
+    })?;
+    target.copy_from_slice(packet);
+    Ok(packet.len())
+}
