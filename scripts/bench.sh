@@ -239,14 +239,102 @@ if [[ $RELAY == 1 ]]; then
 fi
 # ================================================ end of the relay path ======
 
+# ===================================================== userspace path ========
+# (Rootless mode, issue 8; this section and the USERSPACE_ROWS entries of the
+# table loop are all it adds.) A TUN agent T and an agent U in rootless mode
+# (`up --userspace`, run as nobody through setpriv: no TUN, no capabilities),
+# on one veth pair (10.214.0.1 T, .2 U). iperf3 in U's namespace connects to
+# U's `--forward 127.0.0.1:5201:T:5201`; U's in-process smoltcp stack carries
+# it over the overlay to T's iperf3 server (row "userspace -> TUN"), and -R
+# measures the other direction ("TUN -> userspace"). RTT: T pings U's agent
+# address (answered by smoltcp). Tunnel CPU and RSS: both daemons.
+# USERSPACE=0 skips it.
+USERSPACE=${USERSPACE:-1}
+USERSPACE_ROWS=()
+us_as_nobody() { setpriv --reuid nobody --regid nogroup --clear-groups "$@"; }
+# us_iperf LABEL STREAMS [iperf3 args] : like iperf_run, client in U to the
+# local forward.
+us_iperf() {
+    local label=$1 par=$2 json=$RAW/$1.iperf-P$2.json pid t0=0 t1=0; shift 2
+    for pid in "${DAEMONS[@]}"; do t0=$((t0 + $(proc_ticks "$pid"))); done
+    lab_run "$json" "$LOGS/iperf3-client.log" "$NS_U" timeout $((DURATION + 30)) \
+        iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t "$DURATION" -P "$par" -J "$@"
+    for pid in "${DAEMONS[@]}"; do t1=$((t1 + $(proc_ticks "$pid"))); done
+    MBPS=$(jq -r '.end.sum_received.bits_per_second / 1e6 | floor' "$json" 2>/dev/null) || MBPS=
+    BYTES=$(jq -r '.end.sum_received.bytes' "$json" 2>/dev/null) || BYTES=
+    [[ $MBPS =~ ^[0-9]+$ ]] || MBPS=NA
+    [[ $BYTES =~ ^[0-9]+$ ]] || BYTES=NA
+    CPU_S=$(awk -v t=$((t1 - t0)) -v k="$CLK_TCK" 'BEGIN { printf "%.2f", t / k }')
+}
+userspace_bench() {
+    local ns_t ns_u side t0 server id_t id_u addr_u row args
+    lab_ns ust || return 1; ns_t=$LAB_LAST_NS
+    lab_ns usu || return 1; ns_u=$LAB_LAST_NS; NS_U=$ns_u
+    lab_veth "$ns_t" "$ns_u" 10.214.0.1/24 10.214.0.2/24 1500 || return 1
+    wait_for 5 ip netns exec "$ns_t" ping -c1 -W1 10.214.0.2 || { log "userspace: the veth does not pass a ping"; return 1; }
+    mkdir -m 700 "$WORK/ut" "$WORK/uu" || return 1
+    chown nobody:nogroup "$WORK/uu" && chmod 711 "$WORK" || return 1
+    "$BIN" --state-dir "$WORK/ut" init --name bench-t >>"$LOGS/cli.log" 2>&1 || return 1
+    us_as_nobody "$BIN" --state-dir "$WORK/uu" init --name bench-u >>"$LOGS/cli.log" 2>&1 || return 1
+    id_t=$("$BIN" --state-dir "$WORK/ut" id --json | jq -r .id)
+    id_u=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
+    addr_u=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
+    DAEMONS=()
+    lab_bg "$LOGS/agentnet-ut.out" "$ns_t" "$BIN" --state-dir "$WORK/ut" up --foreground \
+        --interface anb-ut --port "$PORT"
+    DAEMONS+=("$LAB_LAST_PID")
+    lab_bg "$LOGS/agentnet-uu.out" "$ns_u" setpriv --reuid nobody --regid nogroup --clear-groups \
+        "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
+        --forward "127.0.0.1:$IPERF_PORT:bench-t:$IPERF_PORT"
+    DAEMONS+=("$LAB_LAST_PID")
+    wait_for 15 ip netns exec "$ns_u" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
+        { log "userspace: the rootless agent did not start (see $LOGS/agentnet-uu.out)"; return 1; }
+    t0=$(now_ms)
+    ip netns exec "$ns_u" setpriv --reuid nobody --regid nogroup --clear-groups \
+        "$BIN" --state-dir "$WORK/uu" trust add "$id_t" --name bench-t --endpoint "10.214.0.1:$PORT" >>"$LOGS/cli.log" 2>&1 || return 1
+    ip netns exec "$ns_t" "$BIN" --state-dir "$WORK/ut" trust add "$id_u" --name bench-u >>"$LOGS/cli.log" 2>&1 || return 1
+    lab_bg "$LOGS/iperf3-server-userspace.log" "$ns_t" iperf3 -s -p "$IPERF_PORT"
+    server=$LAB_LAST_PID
+    wait_for 5 ip netns exec "$ns_t" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
+        log "  userspace: iperf3 server did not start"
+    wait_for "$CONNECT_TIMEOUT" ip netns exec "$ns_t" ping -n -c 1 -W 1 "$addr_u" ||
+        { log "userspace: no ping from T to the rootless agent within ${CONNECT_TIMEOUT}s"; return 1; }
+    R[usup.connect]=$(($(now_ms) - t0))
+    NS_A=$ns_t ping_rtt userspace "$addr_u"
+    for row in usup usdown; do
+        R[$row.rtt]=$RTT_AVG R[$row.loss]=$LOSS
+        R[$row.mtu]=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" status --json 2>/dev/null | jq -r .mtu)
+        args=(); [[ $row == usdown ]] && args=(-R)
+        us_iperf "$row" 1 "${args[@]}"
+        R[$row.tcp1]=$MBPS R[$row.bytes1]=$BYTES R[$row.cpu1]=$CPU_S
+        log "  $row: TCP x1 $MBPS Mbit/s (tunnel CPU $CPU_S s)"
+        us_iperf "$row" "$PARALLEL" "${args[@]}"
+        R[$row.tcp4]=$MBPS R[$row.bytes4]=$BYTES R[$row.cpu4]=$CPU_S
+        log "  $row: TCP x$PARALLEL $MBPS Mbit/s (tunnel CPU $CPU_S s)"
+        R[$row.rss]="$(peak_rss_mib "${DAEMONS[1]}") / $(peak_rss_mib "${DAEMONS[0]}")"
+    done
+    log "  userspace: ping T -> U avg $RTT_AVG ms, loss $LOSS%; first reply ${R[usup.connect]} ms after trust add"
+    lab_stop "$server"
+    USERSPACE_ROWS=(usup usdown)
+}
+if [[ $USERSPACE == 1 ]]; then
+    log "== agentnet rootless (--userspace, as nobody) <-> TUN agent"
+    userspace_bench || log "userspace: no userspace rows in the table (see above)"
+    for side in ut uu; do cp "$WORK/$side/agentnet.log" "$LOGS/agentnet-$side.log" 2>/dev/null; done
+    for pid in "${DAEMONS[@]}"; do lab_stop "$pid"; done
+    DAEMONS=()
+fi
+# ============================================== end of the userspace path ====
+
 # ----------------------------------------------------------------- table ----
 ratio() { awk -v x="$1" -v b="$2" 'BEGIN { if (x == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f", x / b }'; }
 pergb() { awk -v c="$1" -v y="$2" 'BEGIN { if (c == "NA" || y == "NA" || y == 0) print "NA"; else printf "%.2f", c / (y / 1e9) }'; }
 {
     echo "| path | TCP 1x Mbit/s | 1x vs veth | TCP ${PARALLEL}x Mbit/s | ${PARALLEL}x vs veth | RTT avg ms | RTT vs veth | ping loss % | connect ms | tunnel CPU-s/GB 1x | tunnel CPU-s/GB ${PARALLEL}x | peak RSS MiB A / B | MTU |"
     echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-    for p in veth agentnet "${RELAY_ROWS[@]}"; do
+    for p in veth agentnet "${RELAY_ROWS[@]}" "${USERSPACE_ROWS[@]}"; do
         name=$p; [[ $p == veth ]] && name="raw veth"; [[ $p == relay ]] && name="agentnet via relay"
+        [[ $p == usup ]] && name="rootless userspace -> TUN"; [[ $p == usdown ]] && name="TUN -> rootless userspace"
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
             "${R[$p.tcp1]}" "$(ratio "${R[$p.tcp1]}" "${R[veth.tcp1]}")" \
             "${R[$p.tcp4]}" "$(ratio "${R[$p.tcp4]}" "${R[veth.tcp4]}")" \
@@ -259,6 +347,7 @@ pergb() { awk -v c="$1" -v y="$2" 'BEGIN { if (c == "NA" || y == "NA" || y == 0)
     echo "iperf3 A -> B, ${DURATION} s per run, receiver-side rate; RTT over $PINGS pings at 10 ms."
     echo "Tunnel CPU = utime+stime of both daemons during the run / GB received (1 GB = 1e9 B)."
     ((${#RELAY_ROWS[@]})) && echo "Relay row: direct path blocked, A -> rendezvous -> B on one bridge; its tunnel CPU includes the rendezvous server."
+    ((${#USERSPACE_ROWS[@]})) && echo "Rootless rows: iperf3 through a --forward of an agent in --userspace mode (smoltcp, run as nobody) to a TUN agent; RTT is the TUN agent pinging the rootless one; RSS rootless / TUN."
     echo "$(nproc) CPUs, kernel $(uname -r), $("$BIN" --version 2>/dev/null | head -1)."
 } | tee "$OUTDIR/table.md"
 log "results: $OUTDIR/table.md (raw: $RAW, logs: $LOGS)"

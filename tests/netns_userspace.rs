@@ -25,7 +25,7 @@ use support::rootless::{RootlessAgent, python_with, uid_and_capabilities};
 use support::{Agent, Lab, Output, step, wait_until};
 
 /// Programs the test runs inside the namespaces.
-const TOOLS: &[&str] = &["curl", "ss", "setpriv", "sha256sum"];
+const TOOLS: &[&str] = &["curl", "ss", "setpriv", "sha256sum", "dig", "ping"];
 /// Python modules the MCP check needs (socksio: httpx's SOCKS support).
 const PYTHON_MODULES: &[&str] = &["mcp", "httpx", "socksio"];
 /// Underlay subnet: `10.79.0.0/24`.
@@ -40,6 +40,8 @@ const MCP_PORT: u16 = 8001;
 const UDP_PORT: u16 = 5300;
 /// The rootless agent's local UDP forward to it.
 const UDP_FORWARD: &str = "udp:127.0.0.1:5300:tunny:5300";
+/// A local DNS port forwarded to the network's resolver (`PREFIX::53`).
+const DNS_FORWARD_PORT: u16 = 5353;
 /// The exposed port on the rootless agent, and its local web server.
 const EXPOSED_PORT: u16 = 8000;
 /// A port the rootless agent does not expose (but its policy allows).
@@ -92,7 +94,15 @@ fn rootless_agent_reaches_and_serves_a_tun_agent() {
         "the tun agent reaches an exposed port; others refuse",
         world.exposed(),
     );
+    check(
+        "the tun agent pings the rootless agent by name",
+        world.ping(),
+    );
     check("udp forward: DNS-sized datagrams", world.udp_forward());
+    check(
+        "names through a forwarded resolver port",
+        world.names_through_forward(),
+    );
     check("status shows the userspace stack", world.status());
     check("down stops it", world.down());
     assert!(
@@ -157,11 +167,16 @@ impl<'l> World<'l> {
             "tcp:8080,tcp:8001,udp:5300",
         ])?;
         let exposed = EXPOSED_PORT.to_string();
+        let s = id_u.address.segments();
+        let resolver = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0x53);
+        let dns_forward = format!("udp:127.0.0.1:{DNS_FORWARD_PORT}:[{resolver}]:53");
         let up = u.up(&[
             "--socks5",
             SOCKS5,
             "--forward",
             UDP_FORWARD,
+            "--forward",
+            &dns_forward,
             "--expose",
             &exposed,
         ])?;
@@ -315,7 +330,14 @@ impl<'l> World<'l> {
         let all_proxy = format!("ALL_PROXY={proxy}");
         let out = self.lab.exec(
             &self.u.host.ns,
-            &["env", &all_proxy, &self.python, "-u", path_str(&client), &url],
+            &[
+                "env",
+                &all_proxy,
+                &self.python,
+                "-u",
+                path_str(&client),
+                &url,
+            ],
         );
         let (_, log) = self.lab.stop(server);
         let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
@@ -417,6 +439,27 @@ impl<'l> World<'l> {
         Ok(())
     }
 
+    fn ping(&self) -> Result<(), String> {
+        self.lab
+            .exec(
+                &self.t.host.ns,
+                &[
+                    "ping",
+                    "-6",
+                    "-n",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "2",
+                    "rootless.agent.internal",
+                ],
+            )?
+            .check()
+            .map(drop)
+    }
+
     fn udp_forward(&self) -> Result<(), String> {
         let echo = "import socket\n\
             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
@@ -440,7 +483,9 @@ impl<'l> World<'l> {
             \x20           got = None\n\
             \x20   assert got == data, (size, got and len(got))\n\
             \x20   print('echoed', size)\n";
-        let out = self.lab.exec(&self.u.host.ns, &[&self.python, "-c", client]);
+        let out = self
+            .lab
+            .exec(&self.u.host.ns, &[&self.python, "-c", client]);
         self.lab.stop(server);
         let out = out?.check()?;
         if out
@@ -451,6 +496,37 @@ impl<'l> World<'l> {
             != 3
         {
             return Err(format!("udp echo:\n{}", out.stdout));
+        }
+        Ok(())
+    }
+
+    /// `dig` (as nobody) at the local port forwarded to `PREFIX::53`: the
+    /// daemon's own responder answers.
+    fn names_through_forward(&self) -> Result<(), String> {
+        let port = DNS_FORWARD_PORT.to_string();
+        let out = self
+            .u
+            .exec(
+                &[],
+                &[
+                    "dig",
+                    "+short",
+                    "+tries=3",
+                    "+time=2",
+                    "@127.0.0.1",
+                    "-p",
+                    &port,
+                    "tunny.agent.internal",
+                    "AAAA",
+                ],
+            )?
+            .check()?;
+        let want = self.t.id()?.address.to_string();
+        if out.stdout.trim() != want {
+            return Err(format!(
+                "dig answered {:?}, expected {want}",
+                out.stdout.trim()
+            ));
         }
         Ok(())
     }

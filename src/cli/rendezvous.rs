@@ -58,6 +58,7 @@ pub(crate) struct NetcheckArgs {
 pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()> {
     let state = &context.state;
     state.create()?;
+    agentnet::daemon::privilege::check_state_permissions(state)?;
     let (identity, _) = state.load_or_create_identity()?;
     let metrics = args.metrics.map(|address| MetricsListen {
         address,

@@ -27,9 +27,9 @@
 //! switch back to root is verified to fail. A daemon started unprivileged
 //! with capabilities (systemd `AmbientCapabilities=`) trims them the same way.
 //!
-//! The control socket is mode 0660, owned by the daemon's user and, when the
-//! group exists, by the group `agentnet`: the file mode decides who may
-//! connect. On each connection the daemon reads the peer's credentials
+//! The control socket is mode 0660; its group is `agentnet` when that group
+//! exists (else the daemon's group), its owner whoever created it (root,
+//! when the daemon switched users): the file mode decides who may connect. On each connection the daemon reads the peer's credentials
 //! (`SO_PEERCRED`, `SO_PEERGROUPS`): root, the daemon's own user and members
 //! of the `agentnet` group may do everything ([`ControlAccess::Full`]);
 //! anyone else who can connect (an operator may open the socket to everyone
@@ -61,11 +61,13 @@ pub enum PrivilegeError {
     /// The state directory or one of its files is writable by every user.
     #[error(
         "{} is writable by every user (mode {mode:04o}): anyone could replace {what}; \
-         agentnet refuses to run with it. Run `chmod o-w {}`",
+         agentnet refuses to run with it. Run `chmod {fix} {}`",
         path.display(),
         path.display()
     )]
     WorldWritable {
+        /// The `chmod` mode that fixes it.
+        fix: &'static str,
         /// The directory or file.
         path: PathBuf,
         /// Its permission bits.
@@ -140,6 +142,7 @@ pub fn check_state_permissions(state: &StateDir) -> Result<(), PrivilegeError> {
         && mode & 0o002 != 0
     {
         return Err(PrivilegeError::WorldWritable {
+            fix: "o-w",
             path: root.to_path_buf(),
             mode,
             what: "the identity, the trust store or the control socket",
@@ -150,12 +153,17 @@ pub fn check_state_permissions(state: &StateDir) -> Result<(), PrivilegeError> {
         if let Some(mode) = inspect(&path)?
             && mode & 0o002 != 0
         {
-            let what = if *name == IDENTITY_FILE {
-                "this agent's key"
+            let (what, fix) = if *name == IDENTITY_FILE {
+                ("this agent's key", "600")
             } else {
-                "what this agent trusts"
+                ("what this agent trusts", "o-w")
             };
-            return Err(PrivilegeError::WorldWritable { path, mode, what });
+            return Err(PrivilegeError::WorldWritable {
+                fix,
+                path,
+                mode,
+                what,
+            });
         }
     }
     Ok(())
@@ -306,11 +314,16 @@ fn switch_user(
             continue;
         }
         match capabilities::drop_bounding(cap) {
+            Ok(()) => {}
             // EINVAL: a capability this kernel does not have.
-            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
-                return Err(failed("shrink the bounding set")(e));
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            // EPERM: no CAP_SETPCAP (a container without it). no_new_privs,
+            // set below, already keeps execve from granting anything.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                tracing::debug!("no CAP_SETPCAP: the bounding set stays as it is");
+                break;
             }
-            _ => {}
+            Err(e) => return Err(failed("shrink the bounding set")(e)),
         }
     }
     nix::unistd::setgroups(&target.groups)
@@ -361,9 +374,9 @@ fn switch_user(
     Ok(())
 }
 
-/// Gives the state directory, the files directly in it and the control
-/// socket to the target user (the socket's group: `agentnet` if it exists),
-/// so the daemon can still write its state. Only plain files and sockets:
+/// Gives the state directory and the files directly in it to the target
+/// user, so the daemon can still write its state, and the control socket to
+/// its group (`agentnet` if it exists). Only plain files and sockets:
 /// symbolic links and subdirectories are left alone.
 fn hand_over_state(target: &TargetUser, state: &StateDir, socket: &Path) -> io::Result<()> {
     let (uid, gid) = (Some(target.uid.as_raw()), Some(target.gid.as_raw()));
@@ -379,12 +392,17 @@ fn hand_over_state(target: &TargetUser, state: &StateDir, socket: &Path) -> io::
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let kind = entry.file_type()?;
-        if kind.is_file() || std::os::unix::fs::FileTypeExt::is_socket(&kind) {
+        if (kind.is_file() || std::os::unix::fs::FileTypeExt::is_socket(&kind))
+            && entry.path() != socket
+        {
             std::os::unix::fs::lchown(entry.path(), uid, gid)?;
         }
     }
+    // The socket keeps its owner (root): root reaches it even without
+    // CAP_DAC_OVERRIDE (a container's `kubectl exec`), the daemon through
+    // the group.
     let socket_gid = control_gid().map_or(gid, |g| Some(g.as_raw()));
-    std::os::unix::fs::lchown(socket, uid, socket_gid)?;
+    std::os::unix::fs::lchown(socket, None, socket_gid)?;
     Ok(())
 }
 
@@ -408,6 +426,10 @@ fn trim_capabilities(keep: u64) {
     match capabilities::set(trimmed) {
         Ok(()) => tracing::info!(capabilities = describe(permitted), "dropped capabilities"),
         Err(error) => tracing::warn!(%error, "cannot drop capabilities"),
+    }
+    // Nothing it runs later may gain privileges through execve either.
+    if let Err(errno) = nix::sys::prctl::set_no_new_privs() {
+        tracing::debug!(%errno, "cannot set no_new_privs");
     }
 }
 

@@ -28,6 +28,15 @@ pub const DEFAULT_INTERFACE: &str = "agentnet0";
 /// Errors creating the TUN interface.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
+    /// IPv6 is disabled in this network namespace, so the overlay address
+    /// cannot be assigned.
+    #[error(
+        "cannot set up TUN interface {interface}: IPv6 is disabled here (sysctl net.ipv6.conf.all.disable_ipv6 or .default.disable_ipv6 is 1); the overlay is IPv6, enable it with `sysctl -w net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0`"
+    )]
+    Ipv6Disabled {
+        /// The interface name.
+        interface: String,
+    },
     /// The process may not create interfaces.
     #[error(
         "cannot create TUN interface {interface}: {source} (needs root or CAP_NET_ADMIN, and /dev/net/tun)"
@@ -119,6 +128,9 @@ pub fn create(name: &str, address: Ipv6Addr, mtu: u16) -> Result<AsyncDevice, Tu
     let classify = |source: io::Error| {
         let interface = name.to_string();
         match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) if ipv6_disabled() => {
+                TunError::Ipv6Disabled { interface }
+            }
             Some(libc::EPERM) | Some(libc::EACCES) => TunError::NotPermitted { interface, source },
             Some(libc::ENOENT) if source.kind() == io::ErrorKind::NotFound => {
                 TunError::NotPermitted { interface, source }
@@ -142,6 +154,15 @@ pub fn create(name: &str, address: Ipv6Addr, mtu: u16) -> Result<AsyncDevice, Tu
     quiet_ipv6_autoconf(name);
     device.enabled(true).map_err(classify)?;
     Ok(device)
+}
+
+/// Whether IPv6 is switched off in this network namespace (then assigning
+/// the overlay address fails with a permission error that would mislead).
+fn ipv6_disabled() -> bool {
+    ["all", "default"].iter().any(|scope| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"))
+            .is_ok_and(|value| value.trim() == "1")
+    })
 }
 
 /// Turns off IPv6 router solicitation and autoconfiguration on the overlay

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use super::ports::PortAllocator;
 use super::socks5::{self, TargetHost};
 use super::spec::{ExposeSpec, ForwardSpec, PeerHost};
 use crate::core::address::NetworkId;
-use crate::daemon::dns::NameTable;
+use crate::daemon::dns::{NameTable, resolver_address};
 
 /// A flow without traffic for this long is forgotten.
 pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(60);
@@ -231,7 +231,7 @@ impl UdpForward {
                 PeerHost::Name(name) => TargetHost::Name(name.clone()),
                 PeerHost::Address(address) => TargetHost::Ip(IpAddr::V6(*address)),
             };
-            let target = match socks5::resolve(&host, self.spec.port, cx.names, cx.network) {
+            let target = match resolve_forward(&self.spec, &host, cx) {
                 Ok(target) => target,
                 Err(reply) => {
                     tracing::debug!(peer = %self.spec.peer, ?reply, "udp forward: peer not reachable");
@@ -368,6 +368,22 @@ impl UdpExpose {
         }
         moved
     }
+}
+
+/// Where a UDP forward's datagrams go: a trusted peer (as for SOCKS5), or
+/// the network's resolver at `PREFIX::53`, which the daemon answers itself
+/// (so a local port can serve `NAME.agent.internal` to any DNS client).
+fn resolve_forward(
+    spec: &ForwardSpec,
+    host: &TargetHost,
+    cx: &UdpContext<'_>,
+) -> Result<SocketAddrV6, socks5::Reply> {
+    if let PeerHost::Address(address) = &spec.peer
+        && *address == resolver_address(cx.network)
+    {
+        return Ok(SocketAddrV6::new(*address, spec.port, 0, 0));
+    }
+    socks5::resolve(host, spec.port, cx.names, cx.network)
 }
 
 /// A non-blocking UDP socket connected to `target`, bound to the

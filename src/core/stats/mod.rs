@@ -1,0 +1,451 @@
+//! Per-peer measurements taken on the data path itself: round-trip time from
+//! path pings (`rtt`), loss, reordering and duplicates from the counters
+//! the replay window sees (`receive`), handshake durations, drops by
+//! reason, and the history of path changes (issue 6).
+//!
+//! Sans-IO like the rest of the core: every method takes `now`.
+
+mod receive;
+mod rtt;
+
+pub use self::receive::{MAX_LOSS_GAP, RATE_WINDOW, ReceiveReport, ReceiveStats, ReceiveTally};
+pub use self::rtt::{ACTIVE_WINDOW, RTT_PING_INTERVAL, RttEstimator, RttReport};
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use self::rtt::{RttPinger, millis};
+use super::identity::AgentId;
+use super::path::PathAddr;
+use super::status::PathKind;
+
+/// A ping of ours not answered within this long counts as lost.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Path changes remembered.
+const PATH_HISTORY: usize = 16;
+/// Own pings (RTT and `agentnet ping`) remembered for the ping loss.
+const OWN_PINGS: usize = 32;
+
+/// Why a ping could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    /// No trusted peer has this ID.
+    #[error("not a trusted peer")]
+    UnknownPeer,
+    /// No session is up; a handshake was started.
+    #[error("no session with the peer yet (handshake started)")]
+    NoSession,
+    /// A session is up but no path leads to the peer.
+    #[error("no path to the peer")]
+    NoPath,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OwnPing {
+    id: u64,
+    sent: Instant,
+    answered: bool,
+    requested: bool,
+}
+
+/// The pings this side sent to measure the path (periodic RTT pings and
+/// `agentnet ping`), for the round-trip loss.
+#[derive(Debug, Clone, Default)]
+struct OwnPings {
+    recent: VecDeque<OwnPing>,
+    sent: u64,
+    answered: u64,
+}
+
+impl OwnPings {
+    fn sent(&mut self, now: Instant, id: u64, requested: bool) {
+        if self.recent.len() >= OWN_PINGS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(OwnPing {
+            id,
+            sent: now,
+            answered: false,
+            requested,
+        });
+        self.sent += 1;
+    }
+
+    /// Marks a ping answered; returns whether it was one of ours and
+    /// whether the shell asked for it.
+    fn answered(&mut self, id: u64) -> Option<bool> {
+        let ping = self
+            .recent
+            .iter_mut()
+            .find(|ping| ping.id == id && !ping.answered)?;
+        ping.answered = true;
+        self.answered += 1;
+        Some(ping.requested)
+    }
+
+    fn report(&self, now: Instant) -> PingReport {
+        let settled: Vec<&OwnPing> = self
+            .recent
+            .iter()
+            .filter(|ping| {
+                ping.answered || now.saturating_duration_since(ping.sent) >= PING_TIMEOUT
+            })
+            .collect();
+        let lost = settled.iter().filter(|ping| !ping.answered).count() as u64;
+        PingReport {
+            sent: self.sent,
+            answered: self.answered,
+            recent: settled.len() as u64,
+            recent_lost: lost,
+            loss: (!settled.is_empty()).then(|| lost as f64 / settled.len() as f64),
+        }
+    }
+}
+
+/// This side's path pings and their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PingReport {
+    /// Pings sent (periodic RTT pings and `agentnet ping`).
+    pub sent: u64,
+    /// Pongs received for them.
+    pub answered: u64,
+    /// Recent pings that are answered or overdue.
+    pub recent: u64,
+    /// Of those, how many went unanswered.
+    pub recent_lost: u64,
+    /// Round-trip loss over the recent pings (both directions).
+    pub loss: Option<f64>,
+}
+
+/// Completed handshakes and how long they took.
+#[derive(Debug, Clone, Copy, Default)]
+struct HandshakeStats {
+    completed: u64,
+    initiations_sent: u64,
+    last: Duration,
+    total: Duration,
+    max: Duration,
+    last_at: Option<Instant>,
+}
+
+/// Handshakes with the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HandshakeReport {
+    /// Sessions established (both roles, rekeys included).
+    pub completed: u64,
+    /// Initiations this side sent (retries included).
+    pub initiations_sent: u64,
+    /// How long the last one took: from the first initiation to the
+    /// response (initiator), or from the response to the confirmation
+    /// (responder).
+    pub last_duration_ms: Option<f64>,
+    /// Mean duration.
+    pub mean_duration_ms: Option<f64>,
+    /// Longest duration.
+    pub max_duration_ms: Option<f64>,
+    /// Sum of all durations.
+    pub total_duration_ms: f64,
+    /// When the last session was established (Unix seconds).
+    pub last_unix_s: Option<f64>,
+}
+
+/// Packets of this peer dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PeerDrops {
+    /// Inbound packets the allow-policy refused.
+    pub policy: u64,
+    /// Replays and duplicates refused by the replay window.
+    pub replay: u64,
+    /// Inner packets from outside the peer's node prefix (or not IPv6).
+    pub spoofed: u64,
+    /// Packets with this peer's session index that failed authentication.
+    pub decrypt: u64,
+    /// Packets to the peer over the tunnel MTU (answered with Packet Too Big).
+    pub mtu: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PathChange {
+    at: Instant,
+    path: PathKind,
+    via: Option<SocketAddr>,
+}
+
+/// One change of the path a peer's traffic takes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PathChangeReport {
+    /// When (Unix seconds).
+    pub at_unix_s: f64,
+    /// How long ago, in seconds.
+    pub age_s: f64,
+    /// The new path.
+    pub path: PathKind,
+    /// The peer's endpoint (direct) or the rendezvous relaying (relay).
+    pub via: Option<SocketAddr>,
+}
+
+/// Counters of our current session spent on datagrams sent off the path
+/// in use, and how many of them the peer was told about.
+#[derive(Debug, Clone, Copy, Default)]
+struct OffPath {
+    local_index: u32,
+    sent: u64,
+    reported: u64,
+}
+
+/// Everything measured about one peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStats {
+    /// RTT of the direct path.
+    pub rtt_direct: RttEstimator,
+    /// RTT of the relayed path.
+    pub rtt_relay: RttEstimator,
+    /// Loss, reordering and duplicates of what the peer sent us.
+    pub receive: ReceiveStats,
+    /// Authentication failures on this peer's sessions.
+    pub decrypt_failed: u64,
+    /// Packets to the peer refused for the tunnel MTU.
+    pub too_big: u64,
+    pings: OwnPings,
+    handshakes: HandshakeStats,
+    path_changes: u64,
+    path_history: VecDeque<PathChange>,
+    pinger: RttPinger,
+    offpath: OffPath,
+}
+
+/// The measurements of one peer, as `status` shows them (flattened into
+/// [`super::status::PeerStatus`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerStatsReport {
+    /// RTT of the path in use (`None` until a ping was answered on it).
+    pub rtt: Option<RttReport>,
+    /// RTT of the direct path.
+    pub rtt_direct: Option<RttReport>,
+    /// RTT of the relayed path.
+    pub rtt_relay: Option<RttReport>,
+    /// Loss, reordering and duplicates of what the peer sent us.
+    pub receive: ReceiveReport,
+    /// Our path pings and their answers (round-trip loss).
+    pub pings: PingReport,
+    /// Dropped packets by reason.
+    pub drops: PeerDrops,
+    /// Handshakes and their durations.
+    pub handshake: HandshakeReport,
+    /// How often the path changed.
+    pub path_changes: u64,
+    /// When the path last changed (Unix seconds).
+    pub path_since_unix_s: Option<f64>,
+    /// The last path changes, oldest first.
+    pub path_history: Vec<PathChangeReport>,
+    /// The rendezvous relaying the traffic, when the path is "relay".
+    pub relay_id: Option<AgentId>,
+    /// Largest inner packet carried to this peer (the tunnel MTU).
+    pub mtu: u16,
+}
+
+/// What the peer knows that the report needs besides the stats.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportContext {
+    /// The path in use.
+    pub path: PathKind,
+    /// The rendezvous relaying, if the path is "relay".
+    pub relay_id: Option<AgentId>,
+    /// The tunnel MTU.
+    pub mtu: u16,
+    /// Drops counted by the peer's own counters.
+    pub policy: u64,
+    /// Replays counted by the peer's own counters.
+    pub replay: u64,
+    /// Spoofed packets counted by the peer's own counters.
+    pub spoofed: u64,
+}
+
+impl PeerStats {
+    /// A pong arrived for ping `id` of ours after `rtt`, along `from`.
+    /// Returns whether the shell asked for that ping (`agentnet ping`).
+    pub fn on_pong(&mut self, now: Instant, id: u64, rtt: Duration, from: PathAddr) -> bool {
+        if from.is_relay() {
+            self.rtt_relay.sample(now, rtt);
+        } else {
+            self.rtt_direct.sample(now, rtt);
+        }
+        self.pings.answered(id).unwrap_or(false)
+    }
+
+    /// A ping of ours (RTT or requested) went out.
+    pub fn on_ping_sent(&mut self, now: Instant, id: u64, requested: bool) {
+        self.pings.sent(now, id, requested);
+    }
+
+    /// When the next periodic RTT ping is due, if the peer is active.
+    /// `traffic` is the sum of IP packets sent and received.
+    pub fn rtt_ping_deadline(&self, traffic: u64, session_start: Instant) -> Option<Instant> {
+        self.pinger.deadline(traffic, session_start)
+    }
+
+    /// Whether the periodic RTT ping is due now (and notes that it is sent).
+    pub fn rtt_ping_due(&mut self, now: Instant, traffic: u64) -> bool {
+        self.pinger.due(now, traffic)
+    }
+
+    /// A control frame went off the path in use on our session with index
+    /// `local_index` (a probe, or a pong to the peer's probe).
+    pub fn on_offpath_sent(&mut self, local_index: u32) {
+        if self.offpath.local_index != local_index {
+            self.offpath = OffPath {
+                local_index,
+                ..OffPath::default()
+            };
+        }
+        self.offpath.sent += 1;
+    }
+
+    /// The running count to report to the peer on the session with index
+    /// `local_index`, if it grew since the last report (taken as sent).
+    pub fn offpath_report(&mut self, local_index: u32) -> Option<u64> {
+        let offpath = &mut self.offpath;
+        if offpath.local_index != local_index || offpath.sent == offpath.reported {
+            return None;
+        }
+        offpath.reported = offpath.sent;
+        Some(offpath.sent)
+    }
+
+    /// An initiation to the peer went out.
+    pub fn on_initiation_sent(&mut self) {
+        self.handshakes.initiations_sent += 1;
+    }
+
+    /// A session was established after `duration`.
+    pub fn on_handshake_completed(&mut self, now: Instant, duration: Duration) {
+        let handshakes = &mut self.handshakes;
+        handshakes.completed += 1;
+        handshakes.last = duration;
+        handshakes.total += duration;
+        handshakes.max = handshakes.max.max(duration);
+        handshakes.last_at = Some(now);
+    }
+
+    /// The path changed to `path` (through `via`).
+    pub fn on_path_changed(&mut self, now: Instant, path: PathKind, via: Option<PathAddr>) {
+        self.path_changes += 1;
+        if self.path_history.len() >= PATH_HISTORY {
+            self.path_history.pop_front();
+        }
+        self.path_history.push_back(PathChange {
+            at: now,
+            path,
+            via: via.map(|via| via.underlay()),
+        });
+    }
+
+    /// A snapshot for status; `unix` turns an instant into Unix time.
+    pub fn report(
+        &self,
+        now: Instant,
+        unix: impl Fn(Instant) -> Duration,
+        context: ReportContext,
+    ) -> PeerStatsReport {
+        let window = self.receive.window(now);
+        let total = self.receive.total();
+        let handshakes = &self.handshakes;
+        let completed = u32::try_from(handshakes.completed).unwrap_or(u32::MAX);
+        let rtt = match context.path {
+            PathKind::Direct => self.rtt_direct.report(now),
+            PathKind::Relay => self.rtt_relay.report(now),
+            PathKind::None => None,
+        };
+        PeerStatsReport {
+            rtt,
+            rtt_direct: self.rtt_direct.report(now),
+            rtt_relay: self.rtt_relay.report(now),
+            receive: ReceiveReport {
+                window_s: RATE_WINDOW.as_secs_f64(),
+                loss: window.loss_ratio(),
+                reordering: window.reorder_ratio(),
+                duplication: window.duplicate_ratio(),
+                window,
+                total,
+                loss_total: total.loss_ratio(),
+                lost_total: total.lost(),
+            },
+            pings: self.pings.report(now),
+            drops: PeerDrops {
+                policy: context.policy,
+                replay: context.replay,
+                spoofed: context.spoofed,
+                decrypt: self.decrypt_failed,
+                mtu: self.too_big,
+            },
+            handshake: HandshakeReport {
+                completed: handshakes.completed,
+                initiations_sent: handshakes.initiations_sent,
+                last_duration_ms: (completed > 0).then(|| millis(handshakes.last)),
+                mean_duration_ms: (completed > 0).then(|| millis(handshakes.total / completed)),
+                max_duration_ms: (completed > 0).then(|| millis(handshakes.max)),
+                total_duration_ms: millis(handshakes.total),
+                last_unix_s: handshakes.last_at.map(|at| unix(at).as_secs_f64()),
+            },
+            path_changes: self.path_changes,
+            path_since_unix_s: self
+                .path_history
+                .back()
+                .map(|change| unix(change.at).as_secs_f64()),
+            path_history: self
+                .path_history
+                .iter()
+                .map(|change| PathChangeReport {
+                    at_unix_s: unix(change.at).as_secs_f64(),
+                    age_s: now.saturating_duration_since(change.at).as_secs_f64(),
+                    path: change.path,
+                    via: change.via,
+                })
+                .collect(),
+            relay_id: context.relay_id,
+            mtu: context.mtu,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offpath_counts_are_reported_once_per_session() {
+        let mut stats = PeerStats::default();
+        assert_eq!(stats.offpath_report(1), None);
+        stats.on_offpath_sent(1);
+        stats.on_offpath_sent(1);
+        assert_eq!(stats.offpath_report(1), Some(2));
+        assert_eq!(stats.offpath_report(1), None);
+        stats.on_offpath_sent(2);
+        assert_eq!(stats.offpath_report(1), None, "another session");
+        assert_eq!(stats.offpath_report(2), Some(1));
+    }
+
+    #[test]
+    fn own_pings_give_round_trip_loss() {
+        let now = Instant::now();
+        let mut pings = OwnPings::default();
+        pings.sent(now, 1, false);
+        pings.sent(now, 2, true);
+        pings.sent(now, 3, false);
+        assert_eq!(pings.answered(2), Some(true));
+        assert_eq!(pings.answered(2), None, "a second pong is not counted");
+        assert_eq!(pings.answered(9), None);
+        let report = pings.report(now);
+        assert_eq!((report.recent, report.loss), (1, Some(0.0)));
+        let report = pings.report(now + PING_TIMEOUT);
+        assert_eq!(report.recent_lost, 2);
+        assert!(
+            report
+                .loss
+                .is_some_and(|loss| (loss - 2.0 / 3.0).abs() < 1e-9)
+        );
+    }
+}
