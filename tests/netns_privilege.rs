@@ -371,3 +371,66 @@ fn daemon_started_unprivileged_with_net_admin_gives_it_up_after_setup() {
     must(a.down());
     assert!(!lab.link_exists(&a.host.ns, &a.iface), "the TUN is gone");
 }
+
+/// A namespace attached before the daemon starts (and switches to nobody)
+/// keeps getting the trusted names, through the hosts file the daemon
+/// opened as root; one attached after the switch is told that its names
+/// are not managed (its programs can ask the resolver at PREFIX::53).
+#[test]
+fn attached_namespaces_keep_their_names_across_the_switch_or_are_told_why_not() {
+    let test = "attached_namespaces_keep_their_names_across_the_switch_or_are_told_why_not";
+    if !require(test) {
+        return;
+    }
+    let lab = must(Lab::new());
+    let hosts = must(lab.bridge_segment([92, 5], &["a", "b"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let b = must(Agent::new(&lab, &hosts[1], "bravo"));
+    must(a.init());
+    must(b.init());
+    let id_b = must(b.id());
+    let early = must(lab.add_namespace("early"));
+    let late = must(lab.add_namespace("late"));
+    let early_hosts = std::path::Path::new("/etc/netns")
+        .join(&early)
+        .join("hosts");
+
+    // Attached while a root daemon runs; then restarted as nobody.
+    must(a.up_with(&["--user", "root"]));
+    must(a.cli_ok(&["attach", "--netns", &early]));
+    must(a.down());
+    must(a.up_with(&["--user", "nobody"]));
+    assert_eq!(
+        proc_status(must(a.daemon_pid()), "Uid"),
+        "65534 65534 65534 65534"
+    );
+    must(a.trust_add(&id_b, "bravo", None));
+    must(wait_until(
+        "bravo's name in the early namespace",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(&early_hosts)
+                .is_ok_and(|text| text.contains("bravo.agent.internal"))
+        },
+    ));
+    let resolved = must(lab.exec_ok(&early, &["getent", "hosts", "bravo.agent.internal"]));
+    assert!(
+        resolved.stdout.contains(&id_b.address.to_string()),
+        "{}",
+        resolved.stdout
+    );
+
+    let out = must(a.cli_ok(&["attach", "--netns", &late]));
+    say(&format!(
+        "privilege | attach after the switch: {}",
+        out.stdout.trim()
+    ));
+    assert!(
+        out.stdout.contains("not managed") && out.stdout.contains("unprivileged"),
+        "{}",
+        out.stdout
+    );
+    must(a.cli_ok(&["detach", "--netns", &late]));
+    must(a.cli_ok(&["detach", "--netns", &early]));
+    must(a.down());
+}

@@ -86,6 +86,7 @@ impl NameService {
         };
         // A failure is logged; attached namespaces then get names after the next reload.
         let _ = service.load_attachments();
+        service.mark_unwritable_attachments();
         service
     }
 
@@ -110,10 +111,11 @@ impl NameService {
         self.replies.pop_front()
     }
 
-    /// Opens every hosts file the names go to (the host's, the attached
-    /// namespaces') and keeps the descriptors: edits in place then keep
-    /// working after the daemon dropped its privileges. Namespaces attached
-    /// later need root; their programs can use the resolver at `PREFIX::53`.
+    /// Opens the hosts files the names go to (the host's, those of
+    /// namespaces attached by name) and keeps the descriptors: edits in
+    /// place then keep working after the daemon dropped its privileges.
+    /// Namespaces attached later or by PID need root; their programs can
+    /// use the resolver at `PREFIX::53`.
     pub(crate) fn hold_files(&mut self) {
         if let Some(HostResolver::Hosts(file)) = &mut self.host
             && let Err(error) = file.hold_open()
@@ -121,11 +123,36 @@ impl NameService {
             tracing::warn!(%error, "names: cannot keep the hosts file open; names will not be updated there");
         }
         for attached in &mut self.attached {
+            // Not a container's file (by PID): an open file would pin its
+            // root file system, and once unprivileged the daemon can no
+            // longer check that the PID is still that container.
             if let Ok(file) = &mut attached.hosts
+                && matches!(attached.attachment.target, AttachTarget::Netns(_))
                 && attached.attachment.namespace_is_current()
                 && let Err(error) = file.hold_open()
             {
                 tracing::warn!(%error, target = %attached.attachment.target, "names: cannot keep an attached namespace's hosts file open");
+            }
+        }
+    }
+
+    /// Without root, a hosts file not held open since before the privilege
+    /// drop cannot be written (`/etc/netns`, `/proc/PID/root` are root's):
+    /// say so in the attachment's note instead of failing at every update.
+    fn mark_unwritable_attachments(&mut self) {
+        if nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let resolver = self.responder.address();
+        for attached in &mut self.attached {
+            if let Ok(file) = &attached.hosts
+                && !file.is_held()
+            {
+                attached.hosts = Err(format!(
+                    "the daemon runs unprivileged and cannot write {}; programs there can ask \
+                     the resolver at {resolver}",
+                    file.path().display()
+                ));
             }
         }
     }
@@ -204,6 +231,7 @@ impl NameService {
                 file.keep_held_from(old);
             }
         }
+        self.mark_unwritable_attachments();
         for old in before {
             let still = self
                 .attached

@@ -29,9 +29,10 @@
 //!
 //! The control socket is mode 0660; its group is `agentnet` when that group
 //! exists (else the daemon's group), its owner whoever created it (root,
-//! when the daemon switched users): the file mode decides who may connect. On each connection the daemon reads the peer's credentials
+//! when the daemon switched users): the file mode decides who may connect.
+//! On each connection the daemon reads the peer's credentials
 //! (`SO_PEERCRED`, `SO_PEERGROUPS`): root, the daemon's own user and members
-//! of the `agentnet` group may do everything ([`ControlAccess::Full`]);
+//! of the `agentnet` group may do everything (`ControlAccess::Full`);
 //! anyone else who can connect (an operator may open the socket to everyone
 //! with `chmod 666` for monitoring) gets only the commands that change
 //! nothing: `hello`, `status`, `trust list`, `trust pending`, `ping`.

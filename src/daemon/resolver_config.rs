@@ -348,6 +348,11 @@ impl HostsFile {
         Ok(())
     }
 
+    /// Whether the file is held open ([`HostsFile::hold_open`]).
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Takes over the descriptor `other` holds, if it is the same block.
     pub fn keep_held_from(&mut self, other: &HostsFile) {
         if self.held.is_none() && other.path == self.path && other.owner == self.owner {
