@@ -289,10 +289,11 @@ userspace_bench() {
     DAEMONS+=("$LAB_LAST_PID")
     wait_for 15 ip netns exec "$ns_u" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
         { log "userspace: the rootless agent did not start (see $LOGS/agentnet-uu.out)"; return 1; }
+    # T first, then U with T's endpoint: U's first handshake is answered.
     t0=$(now_ms)
+    ip netns exec "$ns_t" "$BIN" --state-dir "$WORK/ut" trust add "$id_u" --name bench-u >>"$LOGS/cli.log" 2>&1 || return 1
     ip netns exec "$ns_u" setpriv --reuid nobody --regid nogroup --clear-groups \
         "$BIN" --state-dir "$WORK/uu" trust add "$id_t" --name bench-t --endpoint "10.214.0.1:$PORT" >>"$LOGS/cli.log" 2>&1 || return 1
-    ip netns exec "$ns_t" "$BIN" --state-dir "$WORK/ut" trust add "$id_u" --name bench-u >>"$LOGS/cli.log" 2>&1 || return 1
     lab_bg "$LOGS/iperf3-server-userspace.log" "$ns_t" iperf3 -s -p "$IPERF_PORT"
     server=$LAB_LAST_PID
     wait_for 5 ip netns exec "$ns_t" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||

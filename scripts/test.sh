@@ -10,6 +10,8 @@
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo test --all-targets, then the doc tests
 #   5. checks that no test left a lab namespace (an-<pid>-<n>-*) behind
+#   6. a short run of every fuzz target (fuzz/), when cargo-fuzz is
+#      installed (never installed from here: it takes minutes to compile)
 #
 # Every step runs even when an earlier one failed (one run shows all that is
 # wrong); the exit status is non-zero if any failed. What is skipped, and
@@ -20,6 +22,7 @@
 #                              cannot is a failure, not a skip (.ci/run sets it)
 #   AGENTNET_NO_INSTALL=1      install nothing, only report what is missing
 #   AGENTNET_TEST_TIMEOUT=900  seconds allowed for the cargo test step
+#   AGENTNET_FUZZ_SECONDS=20   seconds per fuzz target (0: no fuzzing)
 # =============================================================================
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REQUIRE_NETNS=${AGENTNET_REQUIRE_NETNS:-0}
 NO_INSTALL=${AGENTNET_NO_INSTALL:-0}
 TEST_TIMEOUT=${AGENTNET_TEST_TIMEOUT:-900}
+FUZZ_SECONDS=${AGENTNET_FUZZ_SECONDS:-20}
 REQUIREMENTS=scripts/requirements-test.txt
 VENV=.venv
 export AGENTNET_REQUIRE_NETNS=$REQUIRE_NETNS
@@ -175,6 +179,28 @@ run_tests() {
     return "$rc"
 }
 
+# Every fuzz target for FUZZ_SECONDS; a crash fails the step and leaves its
+# input in fuzz/artifacts/TARGET/. cargo-fuzz needs nightly flags: on a
+# stable toolchain RUSTC_BOOTSTRAP=1 allows them.
+run_fuzz() {
+    local targets t log rc=0
+    mapfile -t targets < <(cargo fuzz list 2>/dev/null)
+    ((${#targets[@]})) || { say "cargo fuzz list found no targets"; return 1; }
+    RUSTC_BOOTSTRAP=1 cargo fuzz build -a || return 1
+    for t in "${targets[@]}"; do
+        log=$LOGDIR/fuzz-$t.log
+        if RUSTC_BOOTSTRAP=1 cargo fuzz run -a "$t" -- -max_total_time="$FUZZ_SECONDS" \
+            -rss_limit_mb=2048 -max_len=4096 >"$log" 2>&1; then
+            say "fuzz $t: clean, $(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1)s"
+        else
+            tail -40 "$log"
+            say "fuzz $t: FAILED (the input is under fuzz/artifacts/$t/)"
+            rc=1
+        fi
+    done
+    return "$rc"
+}
+
 check_no_leaks() {
     local leaked
     leaked=$(comm -13 <(printf '%s\n' "$LEAKED_BEFORE") <(leaked_lab_namespaces) | grep . || true)
@@ -207,6 +233,13 @@ step "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -
 LEAKED_BEFORE=$(leaked_lab_namespaces)
 step "cargo test --all-targets" run_tests
 step "cargo test --doc" cargo test --doc
+if [[ $FUZZ_SECONDS == 0 ]]; then
+    skip "fuzzing (AGENTNET_FUZZ_SECONDS=0)"
+elif cargo fuzz --version >/dev/null 2>&1; then
+    step "fuzz (${FUZZ_SECONDS}s per target)" run_fuzz
+else
+    skip "fuzzing: cargo-fuzz is not installed (cargo install cargo-fuzz; README \"Fuzzing\")"
+fi
 if is_root; then
     step "no leftover lab namespaces" check_no_leaks
 fi

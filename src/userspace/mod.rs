@@ -150,13 +150,25 @@ pub struct Userspace {
     options: UserspaceOptions,
     /// Dropping it stops the stack.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Starts the stack's thread (taken at the first receive).
+    launch: Option<Launch>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Spawns the stack's thread.
+struct Launch(Box<dyn FnOnce() -> io::Result<JoinHandle<()>> + Send>);
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Launch")
+    }
 }
 
 impl Userspace {
     /// Binds the local listeners (errors such as a port in use come back
-    /// here) and starts the stack on its own thread with the agent
-    /// `address` of `network` and the tunnel `mtu`.
+    /// here) and prepares the stack with the agent `address` of `network`
+    /// and the tunnel `mtu`; its thread starts at the first receive (see
+    /// [`Userspace::recv`]).
     pub fn start(
         options: &UserspaceOptions,
         address: Ipv6Addr,
@@ -184,30 +196,31 @@ impl Userspace {
         };
         let exposes = options.exposes.clone();
         let thread_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("agentnet-userspace".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let (stack, requests) =
-                        match listeners.start(config, exposes, names_rx, thread_stats) {
-                            Ok(started) => started,
-                            Err(error) => {
-                                tracing::error!(%error, "userspace stack failed to start");
-                                return;
-                            }
-                        };
-                    tokio::select! {
-                        () = stack.run(packets_in, packets_out, requests) => {}
-                        _ = stop_rx => {}
-                    }
-                });
-            })
-            .map_err(UserspaceError::Thread)?;
+        let launch = move || {
+            std::thread::Builder::new()
+                .name("agentnet-userspace".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let (stack, requests) =
+                            match listeners.start(config, exposes, names_rx, thread_stats) {
+                                Ok(started) => started,
+                                Err(error) => {
+                                    tracing::error!(%error, "userspace stack failed to start");
+                                    return;
+                                }
+                            };
+                        tokio::select! {
+                            () = stack.run(packets_in, packets_out, requests) => {}
+                            _ = stop_rx => {}
+                        }
+                    });
+                })
+        };
         tracing::info!(
             socks5 = ?options.socks5,
             forwards = options.forwards.len(),
             exposes = options.exposes.len(),
-            "userspace stack started (no TUN)"
+            "userspace stack ready (no TUN)"
         );
         Ok(Self {
             to_stack,
@@ -216,8 +229,29 @@ impl Userspace {
             stats,
             options,
             stop: Some(stop),
-            thread: Some(thread),
+            launch: Some(Launch(Box::new(launch))),
+            thread: None,
         })
+    }
+
+    /// Starts the stack's thread if it has not started yet. It starts at
+    /// the first receive, i.e. once the event loop runs: after the daemon
+    /// dropped its privileges, which must happen while the process has a
+    /// single thread. Until then packets wait in the channel.
+    fn launch(&mut self) -> Result<(), StackStopped> {
+        let Some(Launch(launch)) = self.launch.take() else {
+            return Ok(());
+        };
+        match launch() {
+            Ok(thread) => {
+                self.thread = Some(thread);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the userspace stack's thread");
+                Err(StackStopped)
+            }
+        }
     }
 
     /// What the stack serves, with the ports the OS chose for port 0.
@@ -226,14 +260,16 @@ impl Userspace {
     }
 
     /// The next packet the stack sends to the overlay; `None` once the
-    /// stack has stopped.
+    /// stack has stopped. The first call starts the stack's thread.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.launch().ok()?;
         self.from_stack.recv().await
     }
 
     /// A packet if one is queued: `Ok(None)` if not, `Err` once the stack
     /// has stopped.
     pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>, StackStopped> {
+        self.launch()?;
         match self.from_stack.try_recv() {
             Ok(packet) => Ok(Some(packet)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
@@ -247,6 +283,7 @@ impl Userspace {
         match self.to_stack.try_send(packet.to_vec()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                if std::env::var("US_DEBUG").is_ok() { eprintln!("DROP"); }
                 self.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

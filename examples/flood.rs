@@ -1,0 +1,179 @@
+//! Handshake flood generator for `scripts/flood.sh` (issue 9): sends
+//! handshake initiations (type 1) to an agent at a fixed rate.
+//!
+//! - `--mode garbage`: initiation-shaped random bytes; mac1 does not verify
+//!   (a stranger who does not know the target's key).
+//! - `--mode mac1`: real Noise IK initiations from random, untrusted keys
+//!   with a valid mac1 (someone who knows the target's public key). A pool
+//!   of distinct initiations is made once; each send takes the next one,
+//!   gives it a fresh sender index and seals mac1 again (one BLAKE2s), so
+//!   the generator can go far faster than the target could do the
+//!   Diffie-Hellman they ask for.
+//!
+//! ```text
+//! cargo run --release --example flood -- --target 10.0.0.2:7400 \
+//!     --id <AGENT_ID> --mode mac1 --rate 100000 --seconds 30
+//! ```
+//!
+//! Prints one line of totals at the end (sent, send errors, achieved rate).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use agentnet::core::address::NetworkId;
+use agentnet::core::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
+use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::mac::Mac1Key;
+use agentnet::core::rng::core_rng;
+use agentnet::core::tai64n::Tai64N;
+use agentnet::core::wire::TYPE_INITIATION;
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use rand::{Rng, RngCore};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Bad mac1: dropped after one BLAKE2s.
+    Garbage,
+    /// Valid mac1, untrusted key.
+    Mac1,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Flood an agent with handshake initiations (benchmark tool)")]
+struct Args {
+    /// The agent's UDP endpoint.
+    #[arg(long)]
+    target: SocketAddr,
+    /// The agent's ID (mac1 is keyed by it).
+    #[arg(long)]
+    id: AgentId,
+    /// The overlay network's name.
+    #[arg(long, default_value = "agentnet")]
+    network: String,
+    /// What to send.
+    #[arg(long, value_enum, default_value = "mac1")]
+    mode: Mode,
+    /// Initiations per second.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// How long to flood.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Distinct initiations made in advance (`mac1`).
+    #[arg(long, default_value_t = 1024)]
+    pool: usize,
+}
+
+/// Distinct valid-mac1 initiations from random keys.
+fn mac1_pool(network: NetworkId, target: &AgentId, size: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut seed = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut seed);
+    let mut rng = core_rng(seed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("clock before 1970")?;
+    (0..size)
+        .map(|i| {
+            let mut secret = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            let stranger = Identity::from_secret_bytes(&secret)?;
+            let payload = InitiationPayload {
+                timestamp: Tai64N::from_unix(now + Duration::from_millis(i as u64)),
+                versions: vec![1],
+                name: format!("flood-{i}"),
+                candidates: Vec::new(),
+                nat: NatHint::default(),
+            };
+            let (_, datagram) = InitiatorHandshake::start(
+                &mut rng,
+                network,
+                &stranger.noise_secret_key(),
+                &target.noise_public_key(),
+                rng.r#gen(),
+                &payload,
+            )?;
+            Ok(datagram)
+        })
+        .collect()
+}
+
+/// Initiation-shaped random bytes (right type and length, wrong mac1).
+fn garbage_pool(size: usize) -> Vec<Vec<u8>> {
+    let mut rng = rand::thread_rng();
+    (0..size)
+        .map(|_| {
+            let mut datagram = vec![0u8; 180];
+            rng.fill_bytes(&mut datagram);
+            datagram[..4].copy_from_slice(&[TYPE_INITIATION, 0, 0, 0]);
+            datagram
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.rate == 0 || args.pool == 0 {
+        bail!("--rate and --pool must be positive");
+    }
+    let network = NetworkId::from_name(&args.network);
+    let mac1 = Mac1Key::for_responder(network, &args.id.noise_public_key());
+    let made = Instant::now();
+    let mut pool = match args.mode {
+        Mode::Mac1 => mac1_pool(network, &args.id, args.pool)?,
+        Mode::Garbage => garbage_pool(args.pool),
+    };
+    eprintln!(
+        "flood: {} {:?} initiations made in {:?}; {} /s to {} for {} s",
+        pool.len(),
+        args.mode,
+        made.elapsed(),
+        args.rate,
+        args.target,
+        args.seconds
+    );
+    let bind: SocketAddr = if args.target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = UdpSocket::bind(bind).context("bind")?;
+    socket.connect(args.target).context("connect")?;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.seconds);
+    let mut sent: u64 = 0;
+    let mut errors: u64 = 0;
+    let mut index: u32 = rand::random();
+    let mut next = 0usize;
+    // Pace in 1 ms slices: after each slice, send up to what the rate allows
+    // by now, then sleep to the next slice.
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let due = (now - start).as_secs_f64() * args.rate as f64;
+        while (sent + errors) as f64 <= due {
+            let datagram = &mut pool[next];
+            next = (next + 1) % pool.len();
+            index = index.wrapping_add(1);
+            datagram[4..8].copy_from_slice(&index.to_le_bytes());
+            if matches!(args.mode, Mode::Mac1) {
+                mac1.seal(datagram);
+            }
+            match socket.send(datagram) {
+                Ok(_) => sent += 1,
+                Err(_) => errors += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "flood: mode={:?} sent={sent} errors={errors} seconds={elapsed:.1} rate={:.0}/s",
+        args.mode,
+        sent as f64 / elapsed
+    );
+    Ok(())
+}
