@@ -85,12 +85,13 @@ fn mac1_pool(network: NetworkId, target: &AgentId, size: usize) -> anyhow::Resul
                 candidates: Vec::new(),
                 nat: NatHint::default(),
             };
+            let index = rng.r#gen();
             let (_, datagram) = InitiatorHandshake::start(
                 &mut rng,
                 network,
                 &stranger.noise_secret_key(),
                 &target.noise_public_key(),
-                rng.r#gen(),
+                index,
                 &payload,
             )?;
             Ok(datagram)
@@ -155,8 +156,9 @@ fn main() -> anyhow::Result<()> {
         }
         let due = (now - start).as_secs_f64() * args.rate as f64;
         while (sent + errors) as f64 <= due {
-            let datagram = &mut pool[next];
+            let slot = next;
             next = (next + 1) % pool.len();
+            let datagram = &mut pool[slot];
             index = index.wrapping_add(1);
             datagram[4..8].copy_from_slice(&index.to_le_bytes());
             if matches!(args.mode, Mode::Mac1) {

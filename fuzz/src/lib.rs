@@ -19,6 +19,8 @@ use agentnet::core::session::Session;
 use agentnet::core::tai64n::Tai64N;
 use agentnet::core::wire::Datagram;
 
+pub mod node_world;
+
 /// Wall clock of every simulated agent at its start.
 pub const UNIX_START: Duration = Duration::from_secs(1_800_000_000);
 

@@ -283,7 +283,6 @@ impl Userspace {
         match self.to_stack.try_send(packet.to_vec()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if std::env::var("US_DEBUG").is_ok() { eprintln!("DROP"); }
                 self.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

@@ -184,10 +184,6 @@ impl Stack {
             tokio::task::yield_now().await;
             let now = Instant::now();
             self.turn(now);
-            if std::env::var("US_DEBUG").is_ok() && now.duration_since(self.epoch).as_secs() > 20 && self.relays.len() < 20 {
-                for r in &self.relays { let sk = self.sockets.get::<tcp::Socket>(r.handle); eprintln!("STUCK {:?} state {} sq {} rq {} can_recv {} may_recv {} {:?}", r.origin, sk.state(), sk.send_queue(), sk.recv_queue(), sk.can_recv(), sk.may_recv(), r); }
-                eprintln!("--- held {} zombies {}", 0, self.zombies.len());
-            }
             self.send_out(&packets_out);
             let wake = self.next_wake(now);
             let relays = &self.relays;

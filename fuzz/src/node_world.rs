@@ -1,0 +1,696 @@
+//! The core `Node` fed arbitrary sequences of datagrams, TUN packets, timer
+//! jumps and trust changes on a virtual clock. A remote agent that the node
+//! trusts takes part for real (handshakes both ways, cookies, sessions), so
+//! arbitrary control frames and IP packets reach the node inside valid
+//! sessions, directly and through a rendezvous relay.
+//!
+//! Checked on every step, besides "no panic": only packets that pass
+//! cryptokey routing reach the TUN (source in the peer's prefix,
+//! destination in ours; or our own ICMPv6 errors), and every timer moves
+//! forward when it is run (no busy loop in the daemon).
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::{InitiationShape, RemoteAgent, UNIX_START, identity, nat_kind, network};
+use agentnet::core::address::{NodeId, NodePrefix};
+use agentnet::core::control_frame::ControlFrame;
+use agentnet::core::handshake::NatHint;
+use agentnet::core::node::{AutoApprove, Node, NodeConfig, PeerConfig};
+use agentnet::core::path::relay_envelope;
+use agentnet::core::policy::Policy;
+use agentnet::core::rng::core_rng;
+use agentnet::core::trust_request::TrustRequest;
+use agentnet::core::wire::{Datagram, TYPE_RELAY};
+use arbitrary::Arbitrary;
+
+const NODE_ADDR: &str = "10.0.0.1:7400";
+const PEER_ADDR: &str = "10.0.0.2:7400";
+const RENDEZVOUS_ADDR: &str = "10.0.0.100:7400";
+const STRANGER_ADDR: &str = "10.0.9.9:4444";
+const PEER_SEED: u8 = 2;
+const RENDEZVOUS_SEED: u8 = 100;
+const STRANGER_SEED: u8 = 50;
+
+fn addr(text: &str) -> SocketAddr {
+    match text.parse() {
+        Ok(address) => address,
+        Err(_) => unreachable!("constant addresses parse"),
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+/// Where a raw datagram comes from.
+pub enum Source {
+    Peer,
+    Rendezvous,
+    Stranger,
+    Port(u16),
+}
+
+#[derive(Arbitrary, Debug)]
+/// A control frame the peer sends inside its session.
+pub enum Frame {
+    Ping(u64),
+    Pong(u64),
+    Candidates(Vec<([u8; 4], u16)>, u8),
+    Revoked { valid: bool },
+    Skipped(u64),
+    Register,
+    Registered([u8; 4], u16, u16),
+    Raw(Vec<u8>),
+}
+
+#[derive(Arbitrary, Debug)]
+/// An IPv6 packet, well formed, with fuzzed fields.
+pub struct IpShape {
+    source_low: u16,
+    to_resolver: bool,
+    next_header: u8,
+    source_port: u16,
+    destination_port: u16,
+    flags: u8,
+    payload_len: u16,
+}
+
+#[derive(Arbitrary, Debug)]
+/// The peer's allow-policy.
+pub enum PolicyChoice {
+    All,
+    Text(String),
+}
+
+#[derive(Arbitrary, Debug)]
+/// One step of the sequence.
+pub enum Op {
+    Raw {
+        from: Source,
+        bytes: Vec<u8>,
+    },
+    ProbeRaw {
+        socket: u16,
+        bytes: Vec<u8>,
+    },
+    Relayed {
+        from_peer: bool,
+        bytes: Vec<u8>,
+    },
+    PeerInitiate {
+        relayed: bool,
+        shape: InitiationShape,
+    },
+    PeerPayload {
+        relayed: bool,
+        payload: Vec<u8>,
+    },
+    PeerFrame {
+        relayed: bool,
+        frame: Frame,
+    },
+    PeerIp {
+        relayed: bool,
+        shape: IpShape,
+    },
+    Replay {
+        index: u8,
+        from: Source,
+    },
+    Reflect {
+        index: u8,
+    },
+    Tun {
+        bytes: Vec<u8>,
+    },
+    TunToPeer {
+        shape: IpShape,
+    },
+    Advance {
+        millis: u16,
+    },
+    Connect,
+    Ping,
+    Remove,
+    Revoke,
+    Upsert {
+        endpoint: bool,
+        policy: PolicyChoice,
+    },
+    Load {
+        threshold: u8,
+    },
+    TrustRequest {
+        name: String,
+        justification: String,
+        skew: i16,
+        auto: bool,
+    },
+    TakePending,
+    Candidates(Vec<([u8; 4], u16)>),
+}
+
+/// The node under test and the peer that talks to it.
+pub struct World {
+    /// The node.
+    pub node: Node,
+    /// The trusted remote agent.
+    pub peer: RemoteAgent,
+    start: Instant,
+    /// Virtual time.
+    pub now: Instant,
+    node_key: [u8; 32],
+    own_prefix: NodePrefix,
+    peer_prefix: NodePrefix,
+    peer_node: NodeId,
+    /// Datagrams the peer sent to the node (for replays).
+    peer_sent: Vec<Vec<u8>>,
+    /// Datagrams the node sent (for reflections).
+    node_sent: Vec<Vec<u8>>,
+    /// Packets from the peer the node delivered to its TUN.
+    pub delivered: usize,
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        let node_identity = identity(1);
+        let mut node = Node::new(
+            NodeConfig {
+                identity: node_identity.clone(),
+                network: network(),
+                name: "node".into(),
+                tunnel_mtu: 1408,
+            },
+            [9; 32],
+            now,
+            UNIX_START,
+        );
+        let peer = RemoteAgent::new(PEER_SEED);
+        let peer_id = peer.identity.agent_id();
+        node.upsert_peer(
+            now,
+            PeerConfig {
+                id: peer_id,
+                name: "peer".into(),
+                endpoint: Some(addr(PEER_ADDR)),
+                allow: Policy::All,
+            },
+        );
+        node.add_rendezvous(
+            now,
+            identity(RENDEZVOUS_SEED).agent_id(),
+            addr(RENDEZVOUS_ADDR),
+        );
+        node.set_local_candidates(vec![addr(NODE_ADDR)]);
+        let node_id = node_identity.agent_id();
+        Self {
+            node,
+            peer,
+            start: now,
+            now,
+            node_key: node_id.noise_public_key(),
+            own_prefix: NodePrefix::of_agent(network(), &node_id),
+            peer_prefix: NodePrefix::of_agent(network(), &peer_id),
+            peer_node: NodeId::of(&peer_id),
+            peer_sent: Vec::new(),
+            node_sent: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    fn source_addr(source: Source) -> SocketAddr {
+        match source {
+            Source::Peer => addr(PEER_ADDR),
+            Source::Rendezvous => addr(RENDEZVOUS_ADDR),
+            Source::Stranger => addr(STRANGER_ADDR),
+            Source::Port(port) => SocketAddr::from(([10, 0, 0, 2], port)),
+        }
+    }
+
+    /// Sends a datagram of the peer to the node, directly or relayed.
+    fn from_peer(&mut self, relayed: bool, datagram: Vec<u8>) {
+        if self.peer_sent.len() < 64 {
+            self.peer_sent.push(datagram.clone());
+        }
+        if relayed {
+            let envelope = relay_envelope(self.peer_node, &datagram);
+            self.deliver(addr(RENDEZVOUS_ADDR), &envelope);
+        } else {
+            self.deliver(addr(PEER_ADDR), &datagram);
+        }
+    }
+
+    fn deliver(&mut self, from: SocketAddr, datagram: &[u8]) {
+        self.node.handle_datagram(self.now, from, datagram);
+        self.drain();
+    }
+
+    /// Moves the node's output: datagrams for the peer (direct or through
+    /// the relay) go to it and its answers come back; TUN packets are
+    /// checked.
+    fn drain(&mut self) {
+        for _ in 0..64 {
+            let mut answers = Vec::new();
+            while let Some(transmit) = self.node.poll_transmit() {
+                if self.node_sent.len() < 64 {
+                    self.node_sent.push(transmit.payload.clone());
+                }
+                let (inner, relayed) = if transmit.destination == addr(RENDEZVOUS_ADDR) {
+                    match Datagram::parse(&transmit.payload) {
+                        Ok(Datagram::Relay(relay))
+                            if NodeId(relay.destination()) == self.peer_node =>
+                        {
+                            (relay.inner().to_vec(), true)
+                        }
+                        _ => continue,
+                    }
+                } else if transmit.destination == addr(PEER_ADDR) {
+                    (transmit.payload, false)
+                } else {
+                    continue;
+                };
+                if let Some(answer) = self.peer.receive(self.now, &self.node_key, &inner) {
+                    answers.push((relayed, answer));
+                }
+            }
+            while let Some(packet) = self.node.poll_tun_packet() {
+                self.check_tun_packet(&packet);
+            }
+            while self.node.poll_event().is_some() {}
+            if answers.is_empty() {
+                return;
+            }
+            for (relayed, answer) in answers {
+                let from = if relayed {
+                    addr(RENDEZVOUS_ADDR)
+                } else {
+                    addr(PEER_ADDR)
+                };
+                let datagram = if relayed {
+                    relay_envelope(self.peer_node, &answer)
+                } else {
+                    answer
+                };
+                self.node.handle_datagram(self.now, from, &datagram);
+            }
+        }
+    }
+
+    fn check_tun_packet(&mut self, packet: &[u8]) {
+        assert!(
+            packet.len() >= 40 && packet[0] >> 4 == 6,
+            "non-IPv6 to the TUN"
+        );
+        let mut source = [0u8; 16];
+        source.copy_from_slice(&packet[8..24]);
+        let mut destination = [0u8; 16];
+        destination.copy_from_slice(&packet[24..40]);
+        let own_address = self.own_prefix.agent_address().octets();
+        let delivered = self.peer_prefix.contains(&Ipv6Addr::from(source))
+            && NodePrefix::of_octets(&destination) == self.own_prefix;
+        let own_error = source == own_address;
+        self.delivered += usize::from(delivered);
+        assert!(
+            delivered || own_error,
+            "cryptokey routing let {} -> {} through",
+            Ipv6Addr::from(source),
+            Ipv6Addr::from(destination)
+        );
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        for _ in 0..10_000 {
+            match self.node.poll_timeout() {
+                Some(deadline) if deadline <= until => {
+                    self.now = self.now.max(deadline);
+                    let now = self.now;
+                    self.node.handle_timeout(now);
+                    if let Some(next) = self.node.poll_timeout() {
+                        assert!(next > now, "a timer did not move past {now:?}");
+                    }
+                    self.drain();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    fn ip_packet(&self, shape: &IpShape, source: Ipv6Addr, destination: Ipv6Addr) -> Vec<u8> {
+        let payload_len = usize::from(shape.payload_len % 2048);
+        let transport_len = match shape.next_header {
+            6 => 20,
+            17 => 8,
+            58 => 8,
+            _ => 0,
+        };
+        let length = transport_len + payload_len;
+        let mut packet = vec![0x60, 0, 0, 0];
+        packet.extend_from_slice(&(length as u16).to_be_bytes());
+        packet.push(shape.next_header);
+        packet.push(64);
+        packet.extend_from_slice(&source.octets());
+        packet.extend_from_slice(&destination.octets());
+        match shape.next_header {
+            6 => {
+                let mut tcp = [0u8; 20];
+                tcp[0..2].copy_from_slice(&shape.source_port.to_be_bytes());
+                tcp[2..4].copy_from_slice(&shape.destination_port.to_be_bytes());
+                tcp[12] = 5 << 4;
+                tcp[13] = shape.flags;
+                packet.extend_from_slice(&tcp);
+            }
+            17 => {
+                packet.extend_from_slice(&shape.source_port.to_be_bytes());
+                packet.extend_from_slice(&shape.destination_port.to_be_bytes());
+                packet.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+                packet.extend_from_slice(&[0, 0]);
+            }
+            58 => {
+                packet.extend_from_slice(&[shape.flags, 0, 0, 0]);
+                packet.extend_from_slice(&shape.source_port.to_be_bytes());
+                packet.extend_from_slice(&shape.destination_port.to_be_bytes());
+            }
+            _ => {}
+        }
+        packet.resize(40 + length, 0xab);
+        packet
+    }
+
+    fn in_prefix(prefix: NodePrefix, low: u16) -> Ipv6Addr {
+        let mut segments = prefix.agent_address().segments();
+        segments[7] = low;
+        Ipv6Addr::from(segments)
+    }
+
+    fn frame_bytes(&self, frame: Frame) -> Vec<u8> {
+        let addrs = |list: Vec<([u8; 4], u16)>| -> Vec<SocketAddr> {
+            list.into_iter()
+                .take(12)
+                .map(|(ip, port)| SocketAddr::from((ip, port)))
+                .collect()
+        };
+        match frame {
+            Frame::Ping(id) => ControlFrame::PathPing { id }.encode(),
+            Frame::Pong(id) => ControlFrame::PathPong { id }.encode(),
+            Frame::Candidates(list, nat) => ControlFrame::Candidates {
+                candidates: addrs(list),
+                nat: NatHint {
+                    kind: nat_kind(nat),
+                    reflexive: Vec::new(),
+                },
+            }
+            .encode(),
+            Frame::Revoked { valid } => {
+                let mut message = b"agentnet revocation v1".to_vec();
+                message.extend_from_slice(self.peer.identity.agent_id().as_bytes());
+                message.extend_from_slice(identity(1).agent_id().as_bytes());
+                let mut signature = self.peer.identity.sign(&message);
+                if !valid {
+                    signature[0] ^= 1;
+                }
+                ControlFrame::Revoked { signature }.encode()
+            }
+            Frame::Skipped(count) => ControlFrame::SkippedCounters { count }.encode(),
+            Frame::Register => ControlFrame::Register {
+                agent: self.peer.identity.agent_id(),
+            }
+            .encode(),
+            Frame::Registered(ip, port, lifetime_s) => ControlFrame::Registered {
+                reflexive: SocketAddr::from((ip, port)),
+                lifetime_s,
+            }
+            .encode(),
+            Frame::Raw(mut bytes) => {
+                if let Some(first) = bytes.first_mut() {
+                    *first %= 0x40;
+                }
+                bytes
+            }
+        }
+    }
+
+    fn peer_config(&self, endpoint: bool, policy: PolicyChoice) -> PeerConfig {
+        PeerConfig {
+            id: self.peer.identity.agent_id(),
+            name: "peer".into(),
+            endpoint: endpoint.then(|| addr(PEER_ADDR)),
+            allow: match policy {
+                PolicyChoice::All => Policy::All,
+                PolicyChoice::Text(text) => text.parse().unwrap_or(Policy::All),
+            },
+        }
+    }
+}
+
+/// Runs one sequence of operations (the fuzz target).
+pub fn run(ops: Vec<Op>) -> World {
+    let mut world = World::new();
+    for op in ops.into_iter().take(128) {
+        match op {
+            Op::Raw { from, bytes } => world.deliver(World::source_addr(from), &bytes),
+            Op::ProbeRaw { socket, bytes } => {
+                let now = world.now;
+                world
+                    .node
+                    .handle_datagram_on_probe(now, socket % 512, addr(PEER_ADDR), &bytes);
+                world.drain();
+            }
+            Op::Relayed { from_peer, bytes } => {
+                let node = if from_peer {
+                    world.peer_node
+                } else {
+                    NodeId([7; 8])
+                };
+                let envelope = relay_envelope(node, &bytes);
+                world.deliver(addr(RENDEZVOUS_ADDR), &envelope);
+            }
+            Op::PeerInitiate { relayed, shape } => {
+                let now = world.now;
+                let key = world.node_key;
+                if let Some(datagram) = world.peer.initiation(now, &key, &shape) {
+                    world.from_peer(relayed, datagram);
+                }
+            }
+            Op::PeerPayload { relayed, payload } => {
+                let now = world.now;
+                if let Some(datagram) = world.peer.seal(now, &payload) {
+                    world.from_peer(relayed, datagram);
+                }
+            }
+            Op::PeerFrame { relayed, frame } => {
+                let payload = world.frame_bytes(frame);
+                let now = world.now;
+                if let Some(datagram) = world.peer.seal(now, &payload) {
+                    world.from_peer(relayed, datagram);
+                }
+            }
+            Op::PeerIp { relayed, shape } => {
+                let source = World::in_prefix(world.peer_prefix, shape.source_low);
+                let destination = if shape.to_resolver {
+                    World::in_prefix(world.own_prefix, 0x53)
+                } else {
+                    world.own_prefix.agent_address()
+                };
+                let packet = world.ip_packet(&shape, source, destination);
+                let now = world.now;
+                if let Some(datagram) = world.peer.seal(now, &packet) {
+                    world.from_peer(relayed, datagram);
+                }
+            }
+            Op::Replay { index, from } => {
+                if !world.peer_sent.is_empty() {
+                    let datagram =
+                        world.peer_sent[usize::from(index) % world.peer_sent.len()].clone();
+                    world.deliver(World::source_addr(from), &datagram);
+                }
+            }
+            Op::Reflect { index } => {
+                if !world.node_sent.is_empty() {
+                    let datagram =
+                        world.node_sent[usize::from(index) % world.node_sent.len()].clone();
+                    let from = if datagram.first() == Some(&TYPE_RELAY) {
+                        addr(RENDEZVOUS_ADDR)
+                    } else {
+                        addr(PEER_ADDR)
+                    };
+                    world.deliver(from, &datagram);
+                }
+            }
+            Op::Tun { bytes } => {
+                let now = world.now;
+                world.node.handle_tun_packet(now, &bytes);
+                world.drain();
+            }
+            Op::TunToPeer { shape } => {
+                let source = world.own_prefix.agent_address();
+                let destination = World::in_prefix(world.peer_prefix, shape.source_low);
+                let packet = world.ip_packet(&shape, source, destination);
+                let now = world.now;
+                world.node.handle_tun_packet(now, &packet);
+                world.drain();
+            }
+            Op::Advance { millis } => {
+                // Up to ~3 minutes per step: keepalives, retries, rekeys,
+                // expiry and registration timers all get their turn.
+                world.advance(Duration::from_millis(u64::from(millis) * 3));
+            }
+            Op::Connect => {
+                let now = world.now;
+                let id = world.peer.identity.agent_id();
+                world.node.connect(now, &id);
+                world.drain();
+            }
+            Op::Ping => {
+                let now = world.now;
+                let id = world.peer.identity.agent_id();
+                let _ = world.node.ping(now, &id);
+                world.drain();
+            }
+            Op::Remove => {
+                let id = world.peer.identity.agent_id();
+                world.node.remove_peer(&id);
+                world.drain();
+            }
+            Op::Revoke => {
+                let now = world.now;
+                let id = world.peer.identity.agent_id();
+                world.node.revoke_peer(now, &id);
+                world.drain();
+            }
+            Op::Upsert { endpoint, policy } => {
+                let config = world.peer_config(endpoint, policy);
+                let now = world.now;
+                world.node.upsert_peer(now, config);
+                world.drain();
+            }
+            Op::Load { threshold } => {
+                let threshold = match threshold {
+                    0 => 0,
+                    255 => u32::MAX,
+                    other => u32::from(other),
+                };
+                world.node.set_handshake_load_threshold(threshold);
+            }
+            Op::TrustRequest {
+                name,
+                justification,
+                skew,
+                auto,
+            } => {
+                let stranger = identity(STRANGER_SEED);
+                if auto {
+                    world.node.set_auto_approve(AutoApprove {
+                        agents: vec![stranger.agent_id()],
+                        fleet_keys: Vec::new(),
+                    });
+                }
+                let request = TrustRequest {
+                    requester: stranger.agent_id(),
+                    target: identity(1).agent_id(),
+                    unix_time: (UNIX_START + (world.now - world.start))
+                        .as_secs()
+                        .saturating_add_signed(i64::from(skew)),
+                    nonce: [skew as u8; 16],
+                    name,
+                    justification,
+                    requested: Policy::All,
+                    candidates: Vec::new(),
+                    endorsement: None,
+                };
+                let mut rng = core_rng([skew as u8; 32]);
+                if let Ok(datagram) = request.seal(&mut rng, network(), &stranger) {
+                    world.deliver(addr(STRANGER_ADDR), &datagram);
+                }
+            }
+            Op::TakePending => {
+                let id = identity(STRANGER_SEED).agent_id();
+                let now = world.now;
+                let _ = world.node.pending_requests(now);
+                let _ = world.node.take_pending_request(&id);
+            }
+            Op::Candidates(list) => {
+                let candidates = list
+                    .into_iter()
+                    .take(16)
+                    .map(|(ip, port)| SocketAddr::from((ip, port)))
+                    .collect();
+                world.node.set_local_candidates(candidates);
+            }
+        }
+        let now = world.now;
+        let _ = world.node.status(now);
+    }
+    world
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp_from_peer(relayed: bool) -> Op {
+        Op::PeerIp {
+            relayed,
+            shape: IpShape {
+                source_low: 1,
+                to_resolver: false,
+                next_header: 17,
+                source_port: 4000,
+                destination_port: 53,
+                flags: 0,
+                payload_len: 20,
+            },
+        }
+    }
+
+    fn initiate(relayed: bool, step: i16) -> Op {
+        Op::PeerInitiate {
+            relayed,
+            shape: InitiationShape {
+                timestamp_step: step,
+                ..InitiationShape::default()
+            },
+        }
+    }
+
+    #[test]
+    fn peer_handshake_lets_packets_reach_the_tun() {
+        let world = run(vec![initiate(false, 0), udp_from_peer(false)]);
+        assert_eq!(world.delivered, 1);
+    }
+
+    #[test]
+    fn relayed_handshake_lets_packets_reach_the_tun() {
+        let world = run(vec![initiate(true, 0), udp_from_peer(true)]);
+        assert_eq!(world.delivered, 1);
+    }
+
+    #[test]
+    fn node_under_load_takes_the_peer_after_a_cookie() {
+        let world = run(vec![
+            Op::Load { threshold: 0 },
+            initiate(false, 0),
+            udp_from_peer(false),
+            initiate(false, 1),
+            udp_from_peer(false),
+        ]);
+        assert_eq!(world.delivered, 1, "only the retry with mac2 was answered");
+        assert_eq!(world.node.status(world.now).dropped.needs_cookie, 1);
+    }
+
+    #[test]
+    fn node_initiates_to_the_peer() {
+        let shape = IpShape {
+            source_low: 1,
+            to_resolver: false,
+            next_header: 17,
+            source_port: 53,
+            destination_port: 4000,
+            flags: 0,
+            payload_len: 20,
+        };
+        let world = run(vec![Op::TunToPeer { shape }, udp_from_peer(false)]);
+        assert!(world.peer.session.is_some(), "the peer answered the node");
+        assert_eq!(world.delivered, 1);
+    }
+}
