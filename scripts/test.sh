@@ -190,7 +190,7 @@ run_fuzz() {
     for t in "${targets[@]}"; do
         log=$LOGDIR/fuzz-$t.log
         if RUSTC_BOOTSTRAP=1 cargo fuzz run -a "$t" -- -max_total_time="$FUZZ_SECONDS" \
-            -rss_limit_mb=2048 -max_len=4096 >"$log" 2>&1; then
+            -rss_limit_mb=2048 -max_len=4096 -len_control=0 >"$log" 2>&1; then
             say "fuzz $t: clean, $(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1)s"
         else
             tail -40 "$log"

@@ -22,6 +22,11 @@
 //!   and at most [`SOURCE_RATE`] per second (burst [`SOURCE_BURST`]) from one
 //!   source: a flood from spoofed addresses costs one BLAKE2s and one
 //!   XChaCha20 per datagram, never a Diffie-Hellman.
+//! - Cookie replies themselves are limited: [`COOKIE_REPLY_RATE`] per
+//!   second from each of [`COOKIE_REPLY_BUCKETS`] buckets a source hashes
+//!   to. A flood from one address gets a handful of replies, a flood from
+//!   spoofed addresses at most ~20,000 a second in all, and the responder
+//!   spends its time on the traffic of its peers instead of answering.
 //!
 //! Without load nothing changes: mac2 is ignored and no cookie reply is ever
 //! sent. Responses (type 2) need no cookie: they are matched to one of our
@@ -71,6 +76,15 @@ pub const SOURCE_BURST: f64 = 5.0;
 pub const MAX_LIMITED_SOURCES: usize = 4096;
 /// A limiter entry idle this long is full again and may be forgotten.
 const SOURCE_IDLE: Duration = Duration::from_secs(1);
+/// Buckets of the cookie-reply limiter. A source (IP address, or relayed
+/// node) maps to one by a secret hash; sources that share a bucket share its
+/// rate. Fixed size: no state per source, so spoofed addresses cost nothing.
+pub const COOKIE_REPLY_BUCKETS: usize = 4096;
+/// Cookie replies per second from one bucket (burst as many). A legitimate
+/// initiator needs one cookie per two minutes; a flood from one address gets
+/// this many replies, and all buckets together bound the replies a spoofed
+/// flood gets to 20,480 per second.
+pub const COOKIE_REPLY_RATE: f32 = 5.0;
 
 /// A cookie: what mac2 is keyed with.
 pub type Cookie = [u8; MAC_LEN];
@@ -222,6 +236,45 @@ pub enum InitiationVerdict {
     SendCookie(Vec<u8>),
     /// Under load, valid mac2, but the source is over its rate: drop.
     RateLimited,
+    /// Under load, no valid mac2, and the source got its share of cookie
+    /// replies: drop without a reply (a flood is not answered at its rate).
+    CookieRateLimited,
+}
+
+/// The cookie-reply limiter: token buckets indexed by a keyed hash of the
+/// source, allocated on first use under load.
+struct ReplyLimiter {
+    key: [u8; 16],
+    /// (tokens, last refill) per bucket.
+    buckets: Vec<(f32, Instant)>,
+}
+
+impl ReplyLimiter {
+    fn bucket_of(&self, key: &LimiterKey) -> usize {
+        use std::hash::{Hash, Hasher};
+        // A secret prefix makes the bucket of an address unpredictable, so
+        // a flood cannot aim at the bucket of a victim's address.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.key.hash(&mut hasher);
+        key.hash(&mut hasher);
+        (hasher.finish() % COOKIE_REPLY_BUCKETS as u64) as usize
+    }
+
+    fn take(&mut self, now: Instant, key: &LimiterKey) -> bool {
+        let index = self.bucket_of(key);
+        let Some((tokens, updated)) = self.buckets.get_mut(index) else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(*updated).as_secs_f32();
+        *tokens = (*tokens + elapsed * COOKIE_REPLY_RATE).min(COOKIE_REPLY_RATE);
+        *updated = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -242,6 +295,7 @@ pub struct CookieResponder {
     under_load_until: Option<Instant>,
     sources: HashMap<LimiterKey, SourceBucket>,
     last_source_sweep: Option<Instant>,
+    replies: Option<ReplyLimiter>,
 }
 
 impl std::fmt::Debug for CookieResponder {
@@ -265,6 +319,7 @@ impl CookieResponder {
             under_load_until: None,
             sources: HashMap::new(),
             last_source_sweep: None,
+            replies: None,
         }
     }
 
@@ -336,16 +391,24 @@ impl CookieResponder {
         if !self.is_under_load(now) {
             return InitiationVerdict::Process;
         }
-        let cookie = self.cookie_for(now, rng, source);
-        let received_mac2 = message.get(message.len().saturating_sub(MAC_LEN)..);
-        let mac2_valid = match (compute_mac2(&cookie, message), received_mac2) {
-            (Some(expected), Some(received)) => constant_time_eq(&expected, received),
-            _ => false,
-        };
+        // An all-zero mac2 is "no cookie": a flood without cookies costs
+        // one hash for its bucket here, and no BLAKE2s at all.
+        let received_mac2 = message
+            .get(message.len().saturating_sub(MAC_LEN)..)
+            .filter(|mac2| mac2.len() == MAC_LEN && mac2.iter().any(|byte| *byte != 0));
+        let mac2_valid = received_mac2.is_some_and(|received| {
+            let cookie = self.cookie_for(now, rng, source);
+            compute_mac2(&cookie, message)
+                .is_some_and(|expected| constant_time_eq(&expected, received))
+        });
         if !mac2_valid {
+            if !self.take_reply_token(now, rng, source) {
+                return InitiationVerdict::CookieRateLimited;
+            }
+            let cookie = self.cookie_for(now, rng, source);
             return match self.cookie_reply(rng, &cookie, message, sender_index) {
                 Some(reply) => InitiationVerdict::SendCookie(reply),
-                None => InitiationVerdict::RateLimited,
+                None => InitiationVerdict::CookieRateLimited,
             };
         }
         if self.take_source_token(now, source.limiter_key()) {
@@ -378,6 +441,23 @@ impl CookieResponder {
         reply.extend_from_slice(&sealed);
         reply.extend_from_slice(&tag);
         Some(reply)
+    }
+
+    fn take_reply_token(
+        &mut self,
+        now: Instant,
+        rng: &mut impl RngCore,
+        source: &HandshakeSource,
+    ) -> bool {
+        let limiter = self.replies.get_or_insert_with(|| {
+            let mut key = [0u8; 16];
+            rng.fill_bytes(&mut key);
+            ReplyLimiter {
+                key,
+                buckets: vec![(COOKIE_REPLY_RATE, now); COOKIE_REPLY_BUCKETS],
+            }
+        });
+        limiter.take(now, &source.limiter_key())
     }
 
     fn take_source_token(&mut self, now: Instant, key: LimiterKey) -> bool {
@@ -779,6 +859,60 @@ mod tests {
             Datagram::parse(&reply),
             Ok(Datagram::CookieReply(_))
         ));
+    }
+
+    #[test]
+    fn cookie_replies_to_one_source_are_limited_and_others_still_get_theirs() {
+        let mut responder = CookieResponder::new(network(), &responder_key());
+        responder.set_load_threshold(0);
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        let replies = |responder: &mut CookieResponder, rng: &mut _, at, source| {
+            (0..100)
+                .filter(|i| {
+                    matches!(
+                        responder.admit(at, rng, &source, &initiation(1), *i),
+                        InitiationVerdict::SendCookie(_)
+                    )
+                })
+                .count()
+        };
+        let flooder = source();
+        assert_eq!(
+            replies(&mut responder, &mut rng, t0, flooder),
+            COOKIE_REPLY_RATE as usize
+        );
+        let other = HandshakeSource::Direct("198.51.100.1:7400".parse().expect("addr"));
+        assert!(replies(&mut responder, &mut rng, t0, other) >= 1);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(
+            replies(&mut responder, &mut rng, later, flooder),
+            COOKIE_REPLY_RATE as usize
+        );
+    }
+
+    #[test]
+    fn spoofed_flood_gets_a_bounded_number_of_cookie_replies() {
+        let mut responder = CookieResponder::new(network(), &responder_key());
+        responder.set_load_threshold(0);
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        let message = initiation(1);
+        let mut replies = 0;
+        for i in 0..60_000u32 {
+            let source = HandshakeSource::Direct(SocketAddr::from((i.to_be_bytes(), 7400)));
+            if matches!(
+                responder.admit(t0, &mut rng, &source, &message, i),
+                InitiationVerdict::SendCookie(_)
+            ) {
+                replies += 1;
+            }
+        }
+        assert!(
+            replies <= COOKIE_REPLY_BUCKETS * COOKIE_REPLY_RATE as usize,
+            "{replies} replies"
+        );
+        assert!(replies > COOKIE_REPLY_BUCKETS, "{replies} replies");
     }
 
     #[test]

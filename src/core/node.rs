@@ -696,6 +696,10 @@ impl Node {
                 ctx.dropped.handshake_rate_limited += 1;
                 return;
             }
+            InitiationVerdict::CookieRateLimited => {
+                ctx.dropped.cookie_rate_limited += 1;
+                return;
+            }
         }
         let received = match ReceivedInitiation::read(
             &mut ctx.rng,

@@ -406,7 +406,7 @@ impl RendezvousServer {
                 self.transmits.push_back((from, reply));
                 return;
             }
-            InitiationVerdict::RateLimited => {
+            InitiationVerdict::RateLimited | InitiationVerdict::CookieRateLimited => {
                 self.counters.rejected += 1;
                 return;
             }

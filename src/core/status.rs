@@ -101,6 +101,9 @@ pub struct DropCounters {
     pub needs_cookie: u64,
     /// Initiations under load with a valid mac2 over their source's rate.
     pub handshake_rate_limited: u64,
+    /// Initiations under load without a valid mac2 from a source that got
+    /// its share of cookie replies: dropped without a reply.
+    pub cookie_rate_limited: u64,
     /// Cookie replies that answer no initiation of ours or do not open.
     pub bad_cookie_reply: u64,
 }

@@ -209,9 +209,12 @@ impl Daemon {
             CANDIDATE_REFRESH,
         );
         candidate_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probe_datagrams = self.probe_datagrams.take().ok_or(DaemonError::Runtime(
-            io::Error::other("the event loop runs only once"),
-        ))?;
+        let mut probe_datagrams =
+            self.probe_datagrams
+                .take()
+                .ok_or(DaemonError::Runtime(io::Error::other(
+                    "the event loop runs only once",
+                )))?;
         let mut link_tick = tokio::time::interval(LINK_TICK);
         link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
@@ -381,7 +384,12 @@ impl Daemon {
             if let Some(socket) = transmit.source {
                 if let Err(error) = self
                     .probes
-                    .send(Instant::now(), socket, &transmit.payload, transmit.destination)
+                    .send(
+                        Instant::now(),
+                        socket,
+                        &transmit.payload,
+                        transmit.destination,
+                    )
                     .await
                 {
                     tracing::debug!(%error, socket, "probe socket send failed");
@@ -535,7 +543,10 @@ impl Daemon {
         }
         if let Some(serde_json::Value::Array(links)) = map.get_mut("rendezvous") {
             for link in links.iter_mut() {
-                let endpoint = link.get("endpoint").and_then(|e| e.as_str()).and_then(|e| e.parse().ok());
+                let endpoint = link
+                    .get("endpoint")
+                    .and_then(|e| e.as_str())
+                    .and_then(|e| e.parse().ok());
                 if let (Some(endpoint), serde_json::Value::Object(fields)) = (endpoint, link) {
                     let transport = self.links.transport_of(endpoint).unwrap_or("udp");
                     fields.insert("transport".to_string(), serde_json::json!(transport));

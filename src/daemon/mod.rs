@@ -198,7 +198,8 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             for (id, endpoint) in &rendezvous {
                 node.add_rendezvous(Instant::now(), *id, *endpoint);
             }
-            let (links, link_events) = rendezvous_link::RendezvousLinks::new(Instant::now(), &rendezvous);
+            let (links, link_events) =
+                rendezvous_link::RendezvousLinks::new(Instant::now(), &rendezvous);
             // Before the control socket: an address that cannot be served
             // fails the start. Scrapes read the status over that socket.
             let _metrics = match options.metrics {
@@ -214,7 +215,8 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                     source,
                 }
             })?;
-            let mut daemon = Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
+            let mut daemon =
+                Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
             // Everything privileged exists now: the TUN, the sockets, the
             // host's name configuration (hosts files stay open for edits).
             if privileges.switches_user() {
