@@ -227,7 +227,7 @@ impl World {
     }
 
     /// Sends a datagram of the peer to the node, directly or relayed.
-    fn from_peer(&mut self, relayed: bool, datagram: Vec<u8>) {
+    fn send_from_peer(&mut self, relayed: bool, datagram: Vec<u8>) {
         if self.peer_sent.len() < 64 {
             self.peer_sent.push(datagram.clone());
         }
@@ -469,20 +469,20 @@ pub fn run(ops: Vec<Op>) -> World {
                 let now = world.now;
                 let key = world.node_key;
                 if let Some(datagram) = world.peer.initiation(now, &key, &shape) {
-                    world.from_peer(relayed, datagram);
+                    world.send_from_peer(relayed, datagram);
                 }
             }
             Op::PeerPayload { relayed, payload } => {
                 let now = world.now;
                 if let Some(datagram) = world.peer.seal(now, &payload) {
-                    world.from_peer(relayed, datagram);
+                    world.send_from_peer(relayed, datagram);
                 }
             }
             Op::PeerFrame { relayed, frame } => {
                 let payload = world.frame_bytes(frame);
                 let now = world.now;
                 if let Some(datagram) = world.peer.seal(now, &payload) {
-                    world.from_peer(relayed, datagram);
+                    world.send_from_peer(relayed, datagram);
                 }
             }
             Op::PeerIp { relayed, shape } => {
@@ -495,7 +495,7 @@ pub fn run(ops: Vec<Op>) -> World {
                 let packet = world.ip_packet(&shape, source, destination);
                 let now = world.now;
                 if let Some(datagram) = world.peer.seal(now, &packet) {
-                    world.from_peer(relayed, datagram);
+                    world.send_from_peer(relayed, datagram);
                 }
             }
             Op::Replay { index, from } => {
