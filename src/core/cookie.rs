@@ -36,15 +36,16 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use blake2::Blake2sMac;
 use blake2::digest::Mac as _;
 use blake2::digest::consts::U16;
-use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::address::{NetworkId, NodeId};
+use super::mac::{constant_time_eq, responder_key};
 use super::path::PathAddr;
 use super::wire::{self, COOKIE_REPLY_LEN, MAC_LEN, MACS_LEN, TAG_LEN, TYPE_COOKIE_REPLY};
 
@@ -104,14 +105,6 @@ fn keyed_mac(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
     out
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .fold(0u8, |difference, (x, y)| difference | (x ^ y))
-            == 0
-}
-
 /// The key cookie replies *from* the agent with this Noise static key are
 /// sealed with. Public knowledge for whoever knows the key, like mac1's.
 #[derive(Clone)]
@@ -126,14 +119,7 @@ impl std::fmt::Debug for CookieReplyKey {
 impl CookieReplyKey {
     /// The reply key of the responder with this Noise static public key.
     pub fn for_responder(network: NetworkId, noise_public_key: &[u8; 32]) -> Self {
-        let digest = Blake2s256::new()
-            .chain_update(COOKIE_KEY_LABEL)
-            .chain_update(network.as_bytes())
-            .chain_update(noise_public_key)
-            .finalize();
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&digest);
-        Self(key)
+        Self(responder_key(COOKIE_KEY_LABEL, network, noise_public_key))
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

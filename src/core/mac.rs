@@ -25,17 +25,37 @@ impl std::fmt::Debug for Mac1Key {
     }
 }
 
+/// A key bound to one responder in one network: BLAKE2s-256(label ‖
+/// network ID ‖ the responder's Noise static public key). Public knowledge
+/// for whoever knows the key (mac1, cookie replies).
+pub(crate) fn responder_key(
+    label: &[u8],
+    network: NetworkId,
+    noise_public_key: &[u8; 32],
+) -> [u8; 32] {
+    let digest = Blake2s256::new()
+        .chain_update(label)
+        .chain_update(network.as_bytes())
+        .chain_update(noise_public_key)
+        .finalize();
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&digest);
+    key
+}
+
+/// Compares two byte strings in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .fold(0u8, |difference, (x, y)| difference | (x ^ y))
+            == 0
+}
+
 impl Mac1Key {
     /// The mac1 key of the agent with this Noise static public key.
     pub fn for_responder(network: NetworkId, noise_public_key: &[u8; 32]) -> Self {
-        let digest = Blake2s256::new()
-            .chain_update(MAC1_LABEL)
-            .chain_update(network.as_bytes())
-            .chain_update(noise_public_key)
-            .finalize();
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&digest);
-        Self(key)
+        Self(responder_key(MAC1_LABEL, network, noise_public_key))
     }
 
     fn compute(&self, covered: &[u8]) -> [u8; MAC_LEN] {
@@ -65,12 +85,7 @@ impl Mac1Key {
         }
         let mac1_at = message.len() - MACS_LEN;
         let expected = self.compute(&message[..mac1_at]);
-        let received = &message[mac1_at..mac1_at + MAC_LEN];
-        expected
-            .iter()
-            .zip(received)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
+        constant_time_eq(&expected, &message[mac1_at..mac1_at + MAC_LEN])
     }
 }
 
