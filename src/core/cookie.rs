@@ -744,24 +744,34 @@ mod tests {
         assert!(!initiator.has_fresh_cookie(t0 + COOKIE_LIFETIME));
     }
 
-    #[test]
-    fn secret_rotates_and_old_cookies_stop_working() {
-        let mut responder = CookieResponder::new(network(), &responder_key());
-        responder.set_load_threshold(0);
-        let mut rng = core_rng([1; 32]);
-        let t0 = Instant::now();
+    /// An initiator that sent initiation 1 to a responder always under
+    /// load and opened the cookie reply it got.
+    fn fetch_cookie(
+        responder: &mut CookieResponder,
+        rng: &mut crate::core::rng::CoreRng,
+        t0: Instant,
+    ) -> InitiatorCookie {
         let key = CookieReplyKey::for_responder(network(), &responder_key());
         let mut initiator = InitiatorCookie::default();
         let mut message = initiation(1);
         initiator.stamp(t0, 1, &mut message);
-        let InitiationVerdict::SendCookie(reply) =
-            responder.admit(t0, &mut rng, &source(), &message, 1)
+        let InitiationVerdict::SendCookie(reply) = responder.admit(t0, rng, &source(), &message, 1)
         else {
             panic!("always under load");
         };
         initiator
             .handle_reply(t0, 1, body_of(&reply), &key)
             .expect("opens");
+        initiator
+    }
+
+    #[test]
+    fn secret_rotates_and_old_cookies_stop_working() {
+        let mut responder = CookieResponder::new(network(), &responder_key());
+        responder.set_load_threshold(0);
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        let mut initiator = fetch_cookie(&mut responder, &mut rng, t0);
         // The initiator uses its cookie only while fresh; force one past the
         // secret's lifetime to see the responder no longer accepts it.
         let later = t0 + COOKIE_SECRET_LIFETIME;
@@ -779,18 +789,7 @@ mod tests {
         responder.set_load_threshold(0);
         let mut rng = core_rng([1; 32]);
         let t0 = Instant::now();
-        let key = CookieReplyKey::for_responder(network(), &responder_key());
-        let mut initiator = InitiatorCookie::default();
-        let mut message = initiation(1);
-        initiator.stamp(t0, 1, &mut message);
-        let InitiationVerdict::SendCookie(reply) =
-            responder.admit(t0, &mut rng, &source(), &message, 1)
-        else {
-            panic!("always under load");
-        };
-        initiator
-            .handle_reply(t0, 1, body_of(&reply), &key)
-            .expect("opens");
+        let mut initiator = fetch_cookie(&mut responder, &mut rng, t0);
         let mut processed = 0;
         for i in 0..100 {
             let mut retry = initiation(2);

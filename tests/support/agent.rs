@@ -138,25 +138,12 @@ impl<'l> Agent<'l> {
 
     /// `agentnet id --json`.
     pub fn id(&self) -> Result<Identity, String> {
-        let out = self.cli_ok(&["id", "--json"])?;
-        let json: Value = serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("`id --json` is not JSON ({e}): {}", out.stdout))?;
-        let id = json["id"]
-            .as_str()
-            .ok_or_else(|| format!("`id --json` has no string \"id\": {json}"))?
-            .to_string();
-        let address = json["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("`id --json` has no IPv6 \"address\": {json}"))?;
-        Ok(Identity { id, address, json })
+        parse_id_json(&self.cli_ok(&["id", "--json"])?.stdout)
     }
 
     /// `agentnet status --json`.
     pub fn status(&self) -> Result<Value, String> {
-        let out = self.cli_ok(&["status", "--json"])?;
-        serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("`status --json` is not JSON ({e}): {}", out.stdout))
+        parse_status_json(&self.cli_ok(&["status", "--json"])?.stdout)
     }
 
     /// `agentnet trust add ID --name NAME [--endpoint HOST:PORT]`.
@@ -235,4 +222,24 @@ pub fn dropped_total(status: &Value) -> u64 {
         }
     }
     sum(&status["dropped"])
+}
+
+/// Parses the output of `agentnet id --json`.
+pub fn parse_id_json(stdout: &str) -> Result<Identity, String> {
+    let json: Value = serde_json::from_str(stdout)
+        .map_err(|e| format!("`id --json` is not JSON ({e}): {stdout}"))?;
+    let id = json["id"]
+        .as_str()
+        .ok_or_else(|| format!("`id --json` has no string \"id\": {json}"))?
+        .to_string();
+    let address = json["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("`id --json` has no IPv6 \"address\": {json}"))?;
+    Ok(Identity { id, address, json })
+}
+
+/// Parses the output of `agentnet status --json`.
+pub fn parse_status_json(stdout: &str) -> Result<Value, String> {
+    serde_json::from_str(stdout).map_err(|e| format!("`status --json` is not JSON ({e}): {stdout}"))
 }

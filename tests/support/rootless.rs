@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::agent::{AGENT_PORT, Identity, agentnet_bin};
+use super::agent::{AGENT_PORT, Identity, agentnet_bin, parse_id_json, parse_status_json};
 use super::lab::{Host, Lab};
 use super::{Output, run, tail};
 
@@ -148,25 +148,12 @@ impl<'l> RootlessAgent<'l> {
 
     /// `agentnet id --json`.
     pub fn id(&self) -> Result<Identity, String> {
-        let out = self.cli_ok(&["id", "--json"])?;
-        let json: Value = serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("`id --json` is not JSON ({e}): {}", out.stdout))?;
-        let id = json["id"]
-            .as_str()
-            .ok_or_else(|| format!("`id --json` has no string \"id\": {json}"))?
-            .to_string();
-        let address = json["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("`id --json` has no IPv6 \"address\": {json}"))?;
-        Ok(Identity { id, address, json })
+        parse_id_json(&self.cli_ok(&["id", "--json"])?.stdout)
     }
 
     /// `agentnet status --json`.
     pub fn status(&self) -> Result<Value, String> {
-        let out = self.cli_ok(&["status", "--json"])?;
-        serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("`status --json` is not JSON ({e}): {}", out.stdout))
+        parse_status_json(&self.cli_ok(&["status", "--json"])?.stdout)
     }
 
     /// The daemon's PID, from `status`.
