@@ -312,6 +312,10 @@ pub(crate) struct UpArgs {
     /// root]. `root` keeps root.
     #[arg(long, value_name = "USER")]
     pub(crate) user: Option<String>,
+    /// Move one packet per system call: no TUN segmentation offload, no UDP
+    /// GSO/GRO (for kernels or devices where they misbehave; slower).
+    #[arg(long, env = "AGENTNET_NO_OFFLOAD")]
+    pub(crate) no_offload: bool,
     /// Rootless mode (--userspace, --socks5, --forward, --expose).
     #[command(flatten)]
     pub(crate) rootless: self::userspace::UserspaceArgs,
@@ -602,6 +606,7 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
             metrics,
             userspace: args.rootless.options(),
             user: args.user,
+            offload: !args.no_offload,
         })?);
     }
     let state = &context.state;
@@ -644,6 +649,9 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
         command.args(["--rendezvous", &spec.to_string()]);
     }
     command.args(["--register-interval", &args.register_interval.to_string()]);
+    if args.no_offload {
+        command.arg("--no-offload");
+    }
     if let Some(address) = args.metrics {
         command.args(["--metrics", &address.to_string()]);
         if args.metrics_allow_remote {

@@ -239,71 +239,16 @@ fn expect_established(peer: &Value, who: &str) -> Result<(), String> {
 /// `python3 -m http.server` bound to B's agent address; `curl` in A fetches
 /// 1 MiB of random bytes, which must arrive intact.
 fn http_over_overlay(lab: &Lab, a: &Agent, b: &Agent, id_b: &Identity) -> Result<(), String> {
-    let www = lab.dir().join("www");
-    std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
-    let blob = support::random_bytes(HTTP_BLOB_LEN);
-    std::fs::write(www.join("blob.bin"), &blob).map_err(|e| e.to_string())?;
-
-    let port = HTTP_PORT.to_string();
-    let bind = id_b.address.to_string();
-    let server = lab.spawn(
-        &b.host.ns,
-        "http-server",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            &port,
-            "--bind",
-            &bind,
-            "--directory",
-            path(&www),
-        ],
-    )?;
-    let listening = wait_until("the http server on b", Duration::from_secs(15), || {
-        lab.exec(
-            &b.host.ns,
-            &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
-        )
-        .is_ok_and(|o| o.stdout.contains("LISTEN"))
-    });
-    if let Err(e) = listening {
-        let (_, err) = lab.stop(server);
-        return Err(format!("{e}; server stderr:\n{err}"));
-    }
-
-    let fetched = lab.dir().join("fetched.bin");
-    let url = format!("http://[{bind}]:{port}/blob.bin");
-    let curl = lab.exec(
-        &a.host.ns,
-        &[
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "60",
-            "-o",
-            path(&fetched),
-            &url,
-        ],
-    );
-    let (_, server_log) = lab.stop(server);
-    let curl = curl?;
-    if !curl.ok() {
-        return Err(format!("{}\nserver log:\n{server_log}", curl.describe()));
-    }
-    let got = std::fs::read(&fetched).map_err(|e| format!("{}: {e}", fetched.display()))?;
-    if got != blob {
-        return Err(format!(
-            "downloaded {} bytes that differ from the {} served",
-            got.len(),
-            blob.len()
-        ));
-    }
-    Ok(())
+    support::http::fetch_over_overlay(
+        lab,
+        a,
+        b,
+        id_b.address,
+        HTTP_PORT,
+        HTTP_BLOB_LEN,
+        Duration::from_secs(60),
+    )
+    .map(drop)
 }
 
 /// C trusts B, B does not trust C. C's daemon sends B handshake initiations;
@@ -757,8 +702,4 @@ fn set_modes(paths: &[PathBuf], mode: u32) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
             .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, p.display()));
     }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }

@@ -14,7 +14,9 @@ use super::names::NameService;
 use super::packet_device::PacketDevice;
 use super::probe_sockets::{ProbeDatagram, ProbeSockets};
 use super::rendezvous_link::{RendezvousLinks, TcpLinkEvent};
-use super::udp::{Underlay, resolve_endpoint};
+use super::tun_batch::{self, TunReadBatch, TunWriteBatch};
+use super::udp::{Underlay, normalize, resolve_endpoint};
+use super::udp_batch::ReceivedRun;
 use super::{DaemonError, DaemonOptions};
 use crate::control::{DaemonInfo, Response, TrustedPeer};
 use crate::core::address::{NetworkId, NodePrefix};
@@ -27,11 +29,10 @@ mod trust_ops;
 
 pub(crate) use self::trust_ops::{TrustOp, trust_op_of};
 
-/// Buffer size for one datagram or packet: the largest IP packet.
-const BUFFER_LEN: usize = 65_536;
-/// How many extra datagrams or packets one wake-up takes before the outputs
-/// are drained (amortizes the loop without starving the other inputs).
-const BATCH: usize = 64;
+/// How many extra reads (a datagram run, or a TUN read) one wake-up takes
+/// before the outputs are drained (amortizes the loop without starving the
+/// other inputs).
+const BATCH: usize = 16;
 /// How often the transports to rendezvous servers are reconsidered.
 const LINK_TICK: Duration = Duration::from_secs(1);
 /// Least time between two warnings about the same kind of send failure.
@@ -125,6 +126,10 @@ pub(crate) struct Daemon {
     /// Extra sockets for birthday hole punching, opened on demand.
     probes: ProbeSockets,
     probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
+    /// Datagrams the node queued for the UDP socket, reused between flushes.
+    udp_out: Vec<crate::core::node::Transmit>,
+    /// Packets on their way to the TUN.
+    tun_out: TunWriteBatch,
 }
 
 impl Daemon {
@@ -173,6 +178,8 @@ impl Daemon {
             drop_log: super::drop_log::DropLog::default(),
             probes,
             probe_datagrams: Some(probe_datagrams),
+            udp_out: Vec::new(),
+            tun_out: TunWriteBatch::default(),
         }
     }
 
@@ -227,11 +234,14 @@ impl Daemon {
             port = self.underlay.port(),
             mtu = self.mtu,
             peers = self.trust.peers.len(),
+            tun_offload = self.tun.offload(),
+            udp_gso = self.underlay.offload().gso,
+            udp_gro = self.underlay.offload().gro,
             "agentnet is up"
         );
 
-        let mut udp_buf = vec![0u8; BUFFER_LEN];
-        let mut tun_buf = vec![0u8; BUFFER_LEN];
+        let mut udp_run = ReceivedRun::default();
+        let mut tun_read = TunReadBatch::new(self.mtu, self.tun.offload());
         while self.stop.is_none() {
             let deadline =
                 trust_ops::earliest(self.node.poll_timeout(), self.trust_flow_deadline());
@@ -244,13 +254,13 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                received = self.underlay.recv_from(&mut udp_buf) => {
-                    self.on_datagram(received, &udp_buf);
-                    self.drain_underlay(&mut udp_buf);
+                received = self.underlay.recv_run(&mut udp_run) => {
+                    self.on_udp_run(received, &udp_run);
+                    self.drain_underlay(&mut udp_run);
                 }
-                read = self.tun.recv(&mut tun_buf) => {
-                    self.on_tun_read(read, &tun_buf)?;
-                    self.drain_tun(&mut tun_buf)?;
+                read = self.tun.recv_batch(&mut tun_read) => {
+                    self.on_tun_read(read, &tun_read)?;
+                    self.drain_tun(&mut tun_read)?;
                 }
                 Some(request) = requests.recv() => {
                     let response = self.on_command(request.command);
@@ -312,9 +322,19 @@ impl Daemon {
         }
     }
 
-    fn on_datagram(&mut self, received: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+    fn on_udp_run(&mut self, received: io::Result<()>, run: &ReceivedRun) {
         match received {
-            Ok((len, from)) => self.on_udp_datagram(from, &buf[..len]),
+            Ok(()) => {
+                // A source the socket cannot name cannot be answered either.
+                let Some(from) = run.source().map(normalize) else {
+                    return;
+                };
+                let now = Instant::now();
+                self.links.on_udp_datagram(now, from, &mut self.node);
+                for datagram in run.datagrams() {
+                    self.node.handle_datagram(now, from, datagram);
+                }
+            }
             Err(error) => {
                 if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {
                     tracing::warn!(%error, suppressed, "UDP receive failed");
@@ -323,29 +343,36 @@ impl Daemon {
         }
     }
 
-    fn drain_underlay(&mut self, buf: &mut [u8]) {
+    fn drain_underlay(&mut self, run: &mut ReceivedRun) {
         for _ in 0..BATCH {
-            match self.underlay.try_recv_from(buf) {
-                Ok((len, from)) => self.on_udp_datagram(from, &buf[..len]),
+            match self.underlay.try_recv_run(run) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => self.on_datagram(Err(error), buf),
+                received => self.on_udp_run(received, run),
             }
         }
     }
 
-    fn on_udp_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let now = Instant::now();
-        self.links.on_udp_datagram(now, from, &mut self.node);
-        self.node.handle_datagram(now, from, datagram);
-    }
-
-    fn on_tun_read(&mut self, read: io::Result<usize>, buf: &[u8]) -> Result<(), DaemonError> {
+    fn on_tun_read(
+        &mut self,
+        read: io::Result<()>,
+        batch: &TunReadBatch,
+    ) -> Result<(), DaemonError> {
         match read {
-            Ok(len) => {
-                self.on_tun_packet(&buf[..len]);
+            Ok(()) => {
+                let now = Instant::now();
+                for packet in batch.packets() {
+                    // The resolver's (`PREFIX::53`), or the node's.
+                    if !self.names.handle_tun_packet(packet) {
+                        self.node.handle_tun_packet(now, packet);
+                    }
+                }
                 Ok(())
             }
             Err(error) if is_transient(&error) => Ok(()),
+            Err(error) if tun_batch::is_bad_packet(&error) => {
+                tracing::debug!(%error, "dropped a TUN read that could not be cut into packets");
+                Ok(())
+            }
             Err(source) => Err(DaemonError::TunIo {
                 interface: self.interface.clone(),
                 source,
@@ -353,19 +380,11 @@ impl Daemon {
         }
     }
 
-    /// A packet from the TUN: the resolver's (`PREFIX::53`) or the node's.
-    fn on_tun_packet(&mut self, packet: &[u8]) {
-        if !self.names.handle_tun_packet(packet) {
-            self.node.handle_tun_packet(Instant::now(), packet);
-        }
-    }
-
-    fn drain_tun(&mut self, buf: &mut [u8]) -> Result<(), DaemonError> {
+    fn drain_tun(&mut self, batch: &mut TunReadBatch) -> Result<(), DaemonError> {
         for _ in 0..BATCH {
-            match self.tun.try_recv(buf) {
-                Ok(len) => self.on_tun_packet(&buf[..len]),
+            match self.tun.try_recv_batch(batch) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => return self.on_tun_read(Err(error), buf),
+                read => self.on_tun_read(read, batch)?,
             }
         }
         Ok(())
@@ -380,6 +399,7 @@ impl Daemon {
             self.log_event(event);
         }
         self.drop_log.maybe_log(Instant::now(), &self.node);
+        let mut udp_out = std::mem::take(&mut self.udp_out);
         while let Some(transmit) = self.node.poll_transmit() {
             if let Some(socket) = transmit.source {
                 if let Err(error) = self
@@ -404,32 +424,51 @@ impl Daemon {
                     continue;
                 }
             }
-            if let Err(error) = self
-                .underlay
-                .send_to(&transmit.payload, transmit.destination)
-                .await
-                && let Some(suppressed) = self.udp_send_warnings.allow(Instant::now())
-            {
-                tracing::warn!(%error, destination = %transmit.destination, suppressed, "UDP send failed");
+            udp_out.push(transmit);
+        }
+        if !udp_out.is_empty() {
+            let datagrams: Vec<(SocketAddr, &[u8])> = udp_out
+                .iter()
+                .map(|transmit| (transmit.destination, transmit.payload.as_slice()))
+                .collect();
+            for (destination, error) in self.underlay.send_batch(&datagrams).await {
+                if let Some(suppressed) = self.udp_send_warnings.allow(Instant::now()) {
+                    tracing::warn!(%error, %destination, suppressed, "UDP send failed");
+                }
             }
         }
+        udp_out.clear();
+        self.udp_out = udp_out;
         self.links.probes_sent();
         while let Some(packet) = self.node.poll_tun_packet() {
-            if let Err(error) = self.tun.send(&packet).await
-                && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
-            {
-                tracing::warn!(%error, suppressed, "TUN write failed");
-            }
+            self.queue_for_tun(&packet).await;
         }
         // Events may have changed the trust store; then the resolver's replies.
         self.names.sync(&self.trust);
         self.tun.publish_names(self.names.table());
         while let Some(packet) = self.names.poll_tun_packet() {
-            if let Err(error) = self.tun.send(&packet).await
-                && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
-            {
-                tracing::warn!(%error, suppressed, "TUN write failed");
-            }
+            self.queue_for_tun(&packet).await;
+        }
+        self.write_tun().await;
+    }
+
+    /// Queues a packet for the TUN, writing the batch when it is full.
+    async fn queue_for_tun(&mut self, packet: &[u8]) {
+        self.tun_out.push(packet);
+        if self.tun_out.is_full() {
+            self.write_tun().await;
+        }
+    }
+
+    /// Writes the queued packets to the TUN.
+    async fn write_tun(&mut self) {
+        if self.tun_out.is_empty() {
+            return;
+        }
+        if let Err(error) = self.tun.send_batch(&mut self.tun_out).await
+            && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
+        {
+            tracing::warn!(%error, suppressed, "TUN write failed");
         }
     }
 
@@ -528,6 +567,14 @@ impl Daemon {
             ("interface", serde_json::json!(self.interface)),
             ("port", serde_json::json!(self.underlay.port())),
             ("pid", serde_json::json!(std::process::id())),
+            (
+                "offload",
+                serde_json::json!({
+                    "tun": self.tun.offload(),
+                    "udp_gso": self.underlay.offload().gso,
+                    "udp_gro": self.underlay.offload().gro,
+                }),
+            ),
             ("name", serde_json::json!(self.config.name)),
             ("network", serde_json::json!(self.config.network)),
             (

@@ -23,7 +23,9 @@ pub mod rendezvous_link;
 pub mod resolver_config;
 mod sys;
 pub mod tun;
+mod tun_batch;
 pub mod udp;
+mod udp_batch;
 
 use std::io;
 use std::path::PathBuf;
@@ -70,6 +72,9 @@ pub struct DaemonOptions {
     /// The user to run as once set up (`--user`; `None`: `agentnet` if it
     /// exists, else stay root). See [`privilege`].
     pub user: Option<String>,
+    /// Use TUN and UDP offloads (segments of up to 64 KiB through the TUN,
+    /// GSO and GRO on the socket) where the kernel has them.
+    pub offload: bool,
 }
 
 /// Errors that stop the daemon.
@@ -178,7 +183,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 .mtu
                 .unwrap_or_else(|| tun::tunnel_mtu(tun::underlay_mtu()));
             let device = packet_device::PacketDevice::open(&options, address, network, mtu)?;
-            let underlay = Underlay::bind(options.port)?;
+            let underlay = Underlay::bind(options.port, options.offload)?;
             let mut seed = Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
             let unix_now = SystemTime::now()

@@ -10,6 +10,7 @@ use std::net::Ipv6Addr;
 use tun_rs::AsyncDevice;
 
 use super::dns::NameTable;
+use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::core::address::NetworkId;
 use crate::userspace::{Userspace, UserspaceStatus};
@@ -41,7 +42,12 @@ impl PacketDevice {
             Some(userspace) => Self::Userspace(Box::new(Userspace::start(
                 userspace, address, network, mtu,
             )?)),
-            None => Self::Tun(super::tun::create(&options.interface, address, mtu)?),
+            None => Self::Tun(super::tun::create(
+                &options.interface,
+                address,
+                mtu,
+                options.offload,
+            )?),
         })
     }
 
@@ -88,6 +94,72 @@ impl PacketDevice {
         }
     }
 
+    /// Whether reads and writes use TUN offloads (segments of up to 64 KiB).
+    pub(crate) fn offload(&self) -> bool {
+        match self {
+            Self::Tun(tun) => tun.tcp_gso(),
+            Self::Userspace(_) => false,
+        }
+    }
+
+    /// Waits for a read and cuts it into packets.
+    pub(crate) async fn recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
+        batch.count = 0;
+        let count = match self {
+            Self::Tun(tun) => {
+                tun.recv_multiple(&mut batch.raw, &mut batch.packets, &mut batch.sizes, 0)
+                    .await?
+            }
+            Self::Userspace(_) => {
+                let buffer = batch.packets.first_mut().ok_or_else(no_buffer)?;
+                batch.sizes[0] = self.recv(buffer).await?;
+                1
+            }
+        };
+        batch.count = count;
+        Ok(())
+    }
+
+    /// Takes a read if one is queued (`WouldBlock` if not).
+    pub(crate) fn try_recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
+        batch.count = 0;
+        let count = match self {
+            Self::Tun(tun) => {
+                tun.try_recv_multiple(&mut batch.raw, &mut batch.packets, &mut batch.sizes, 0)?
+            }
+            Self::Userspace(_) => {
+                let buffer = batch.packets.first_mut().ok_or_else(no_buffer)?;
+                batch.sizes[0] = self.try_recv(buffer)?;
+                1
+            }
+        };
+        batch.count = count;
+        Ok(())
+    }
+
+    /// Writes the queued packets (merged where offloads allow) and empties
+    /// the batch. A packet the device refuses is dropped; the error returned
+    /// is the last one.
+    pub(crate) async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+        let result = match self {
+            Self::Tun(tun) => tun
+                .send_multiple(&mut batch.gro, &mut batch.buffers[..batch.used], HEADROOM)
+                .await
+                .map(drop),
+            Self::Userspace(_) => {
+                let mut result = Ok(());
+                for buffer in batch.queued() {
+                    if let Err(error) = self.send(&buffer[HEADROOM..]).await {
+                        result = Err(error);
+                    }
+                }
+                result
+            }
+        };
+        batch.clear();
+        result
+    }
+
     /// Hands the trusted names to the userspace stack (its SOCKS5 proxy
     /// resolves `NAME.agent.internal` in-process). The TUN needs nothing:
     /// the host's resolver and the responder serve it.
@@ -104,6 +176,10 @@ impl PacketDevice {
             Self::Userspace(stack) => Some(stack.status()),
         }
     }
+}
+
+fn no_buffer() -> io::Error {
+    io::Error::other("no packet buffer")
 }
 
 fn copy_packet(packet: &[u8], buf: &mut [u8]) -> io::Result<usize> {

@@ -122,8 +122,14 @@ pub fn tunnel_mtu(underlay_mtu: u16) -> u16 {
 }
 
 /// Creates the TUN interface `name` with `address/48` and `mtu`, and brings
-/// it up.
-pub fn create(name: &str, address: Ipv6Addr, mtu: u16) -> Result<AsyncDevice, TunError> {
+/// it up. With `offload`, TCP segmentation offloads are asked for (see
+/// [`super::tun_batch`]); a kernel that refuses them gets a plain TUN.
+pub fn create(
+    name: &str,
+    address: Ipv6Addr,
+    mtu: u16,
+    offload: bool,
+) -> Result<AsyncDevice, TunError> {
     validate_interface_name(name)?;
     let classify = |source: io::Error| {
         let interface = name.to_string();
@@ -139,18 +145,28 @@ pub fn create(name: &str, address: Ipv6Addr, mtu: u16) -> Result<AsyncDevice, Tu
             _ => TunError::Other { interface, source },
         }
     };
-    let device = DeviceBuilder::new()
-        .name(name)
-        .mtu(mtu)
-        .ipv6(address, NETWORK_PREFIX_LEN)
-        // The kernel queues packets here while the daemon is busy; the tun
-        // default (500) drops bursts a single-threaded loop can absorb.
-        .tx_queue_len(TX_QUEUE_LEN)
-        // Up only after the IPv6 knobs below are set, so the kernel never
-        // starts router solicitation on an overlay that has no routers.
-        .enable(false)
-        .build_async()
-        .map_err(classify)?;
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .ipv6(address, NETWORK_PREFIX_LEN)
+            // The kernel queues packets here while the daemon is busy; the
+            // tun default (500) drops bursts a single-threaded loop can absorb.
+            .tx_queue_len(TX_QUEUE_LEN)
+            .offload(offload)
+            // Up only after the IPv6 knobs below are set, so the kernel never
+            // starts router solicitation on an overlay that has no routers.
+            .enable(false)
+            .build_async()
+    };
+    let device = match build(offload) {
+        Ok(device) => device,
+        Err(error) if offload && error.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(%error, "this kernel refuses TUN offloads; one packet per read and write");
+            build(false).map_err(classify)?
+        }
+        Err(error) => return Err(classify(error)),
+    };
     quiet_ipv6_autoconf(name);
     device.enabled(true).map_err(classify)?;
     Ok(device)

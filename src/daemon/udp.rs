@@ -3,7 +3,7 @@
 //! the core only ever sees plain IPv4 ones ([`normalize`]), and they are
 //! mapped back when sending.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 
@@ -11,7 +11,10 @@ use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn6, setsockopt, sockopt};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use super::udp_batch::{self, ReceivedRun, UdpOffload};
 
 use crate::core::address::NetworkId;
 
@@ -49,13 +52,15 @@ pub struct Underlay {
     socket: UdpSocket,
     dual_stack: bool,
     port: u16,
+    offload: UdpOffload,
 }
 
 impl Underlay {
     /// Binds `[::]:port` dual-stack, or `0.0.0.0:port` where the host has no
-    /// IPv6. Port 0 picks a free port (see [`Underlay::port`]). Must be
-    /// called inside a tokio runtime.
-    pub fn bind(port: u16) -> Result<Self, UnderlayError> {
+    /// IPv6. Port 0 picks a free port (see [`Underlay::port`]). With
+    /// `offload`, UDP GSO and GRO are used where the kernel has them. Must
+    /// be called inside a tokio runtime.
+    pub fn bind(port: u16, offload: bool) -> Result<Self, UnderlayError> {
         let bind_error = |source: io::Error| UnderlayError::Bind { port, source };
         let (std_socket, dual_stack) = match bind_dual_stack(port) {
             Ok(socket) => (socket, true),
@@ -73,13 +78,95 @@ impl Underlay {
                 tracing::debug!(%errno, buffer = name, "cannot enlarge socket buffer");
             }
         }
+        let offload = UdpOffload::enable(&std_socket, offload);
         let socket = UdpSocket::from_std(std_socket).map_err(bind_error)?;
         let port = socket.local_addr().map_err(bind_error)?.port();
         Ok(Self {
             socket,
             dual_stack,
             port,
+            offload,
         })
+    }
+
+    /// The offloads in use.
+    pub fn offload(&self) -> UdpOffload {
+        self.offload
+    }
+
+    /// Waits for a run of datagrams (one, without GRO).
+    pub async fn recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
+        self.socket
+            .async_io(Interest::READABLE, || run.receive(&self.socket))
+            .await
+    }
+
+    /// Takes a run of datagrams if one is queued (`WouldBlock` if not).
+    pub fn try_recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
+        self.socket
+            .try_io(Interest::READABLE, || run.receive(&self.socket))
+    }
+
+    /// Sends datagrams to normalized addresses, as few system calls as GSO
+    /// allows, waiting while the socket buffer is full. Returns the
+    /// failures (usually none).
+    pub async fn send_batch(
+        &mut self,
+        datagrams: &[(SocketAddr, &[u8])],
+    ) -> Vec<(SocketAddr, io::Error)> {
+        let mut failures = Vec::new();
+        let lengths: Vec<(SocketAddr, usize)> = datagrams
+            .iter()
+            .map(|(destination, payload)| (*destination, payload.len()))
+            .collect();
+        for run in udp_batch::runs(&lengths, self.offload.gso) {
+            let destination = datagrams[run.start].0;
+            let address = match self.socket_address(destination) {
+                Ok(address) => address,
+                Err(error) => {
+                    failures.push((destination, error));
+                    continue;
+                }
+            };
+            let parts: Vec<IoSlice<'_>> = datagrams[run.start..run.end]
+                .iter()
+                .map(|(_, payload)| IoSlice::new(payload))
+                .collect();
+            let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
+            let sent = self.send_run(address, &parts, segment).await;
+            match sent {
+                Ok(_) => {}
+                Err(error) if parts.len() > 1 => {
+                    if udp_batch::gso_unsupported(&error) {
+                        tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
+                        self.offload.gso = false;
+                    }
+                    // Each on its own, so one bad datagram costs only itself.
+                    for part in &parts {
+                        if let Err(error) =
+                            self.send_run(address, std::slice::from_ref(part), 0).await
+                        {
+                            failures.push((destination, error));
+                        }
+                    }
+                }
+                Err(error) => failures.push((destination, error)),
+            }
+        }
+        failures
+    }
+
+    async fn send_run(
+        &self,
+        address: SocketAddr,
+        parts: &[IoSlice<'_>],
+        segment: u16,
+    ) -> io::Result<usize> {
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                udp_batch::send_run(&self.socket, address, parts, segment)
+            })
+            .await
     }
 
     /// The bound port.
@@ -308,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn dual_stack_socket_talks_to_ipv4_and_ipv6_peers() {
-        let underlay = Underlay::bind(0).expect("bind");
+        let underlay = Underlay::bind(0, true).expect("bind");
         let port = underlay.port();
         for (peer_bind, target) in [
             ("127.0.0.1:0", SocketAddr::from((Ipv4Addr::LOCALHOST, port))),

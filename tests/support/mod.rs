@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod http;
 pub mod lab;
 pub mod natlab;
 pub mod pcap;

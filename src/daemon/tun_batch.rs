@@ -1,0 +1,180 @@
+//! Many packets per TUN read and write.
+//!
+//! With TUN offloads (Linux `IFF_VNET_HDR` and `TUNSETOFFLOAD`; tun-rs does
+//! the virtio-net header work) the kernel hands the daemon one TCP segment
+//! of up to 64 KiB per read, which is cut into MTU-sized packets here
+//! (checksums included) before the node sees them; on the way in, packets of
+//! one TCP flow decrypted together are merged back into one large segment
+//! per write (GRO). Without offloads every read and write is one packet,
+//! through the same types.
+
+use std::io;
+
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// Room kept before every packet written, for the virtio-net header.
+pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+/// One read with offloads: the header and the largest segment.
+const RAW_READ_LEN: usize = VIRTIO_NET_HDR_LEN + 65_535;
+/// Packets cut from one read at most (a 64 KiB segment at an MSS of 512).
+pub const MAX_PACKETS_PER_READ: usize = IDEAL_BATCH_SIZE;
+/// Packets written in one go at most.
+pub const MAX_PACKETS_PER_WRITE: usize = IDEAL_BATCH_SIZE;
+/// A write buffer that grew past this while merging is given back.
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
+
+/// The packets of one TUN read.
+pub struct TunReadBatch {
+    /// The raw read: virtio-net header and segment (offloads only).
+    pub(crate) raw: Vec<u8>,
+    pub(crate) packets: Vec<Vec<u8>>,
+    pub(crate) sizes: Vec<usize>,
+    pub(crate) count: usize,
+}
+
+impl TunReadBatch {
+    /// Buffers for packets of up to `mtu` bytes; `offload` adds the buffer
+    /// for whole segments.
+    pub fn new(mtu: u16, offload: bool) -> Self {
+        // Headroom for a packet a little over the MTU (the kernel's own
+        // packets, such as an ICMPv6 error, respect it anyway).
+        let packet_len = usize::from(mtu) + 256;
+        let (slots, raw) = if offload {
+            (MAX_PACKETS_PER_READ, vec![0; RAW_READ_LEN])
+        } else {
+            (1, Vec::new())
+        };
+        Self {
+            raw,
+            packets: vec![vec![0; packet_len]; slots],
+            sizes: vec![0; slots],
+            count: 0,
+        }
+    }
+
+    /// The packets read last.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.packets[..self.count]
+            .iter()
+            .zip(&self.sizes)
+            .map(|(buffer, &len)| &buffer[..len.min(buffer.len())])
+    }
+}
+
+/// Packets waiting to be written to the TUN, each behind [`HEADROOM`].
+pub struct TunWriteBatch {
+    pub(crate) buffers: Vec<Vec<u8>>,
+    pub(crate) used: usize,
+    pub(crate) gro: GROTable,
+}
+
+impl Default for TunWriteBatch {
+    fn default() -> Self {
+        Self {
+            buffers: Vec::new(),
+            used: 0,
+            gro: GROTable::new(),
+        }
+    }
+}
+
+impl TunWriteBatch {
+    /// Queues a copy of `packet`.
+    pub fn push(&mut self, packet: &[u8]) {
+        if self.used == self.buffers.len() {
+            self.buffers
+                .push(Vec::with_capacity(HEADROOM + packet.len()));
+        }
+        let buffer = &mut self.buffers[self.used];
+        buffer.clear();
+        buffer.resize(HEADROOM, 0);
+        buffer.extend_from_slice(packet);
+        self.used += 1;
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Whether the batch should be written before more is queued.
+    pub fn is_full(&self) -> bool {
+        self.used >= MAX_PACKETS_PER_WRITE
+    }
+
+    /// The queued packets, with their headroom.
+    pub(crate) fn queued(&mut self) -> &mut [Vec<u8>] {
+        &mut self.buffers[..self.used]
+    }
+
+    /// Empties the batch, keeping small buffers for reuse.
+    pub(crate) fn clear(&mut self) {
+        for buffer in &mut self.buffers[..self.used] {
+            if buffer.capacity() > KEEP_WRITE_BUFFER {
+                *buffer = Vec::new();
+            }
+        }
+        self.used = 0;
+    }
+}
+
+/// Whether a failed batch read or write concerns the packet (dropped, the
+/// device carries on) rather than the device.
+pub fn is_bad_packet(error: &io::Error) -> bool {
+    error.raw_os_error().is_none()
+        && matches!(
+            error.kind(),
+            io::ErrorKind::Other | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_batch_keeps_headroom_and_reuses_buffers() {
+        let mut batch = TunWriteBatch::default();
+        assert!(batch.is_empty());
+        batch.push(&[6, 1, 2]);
+        batch.push(&[6, 3]);
+        let queued = batch.queued();
+        assert_eq!(queued.len(), 2);
+        assert_eq!(&queued[0][HEADROOM..], &[6, 1, 2]);
+        assert_eq!(&queued[1][HEADROOM..], &[6, 3]);
+        batch.clear();
+        assert!(batch.is_empty());
+        batch.push(&[6, 9]);
+        assert_eq!(&batch.queued()[0][HEADROOM..], &[6, 9]);
+        assert_eq!(batch.buffers.len(), 2, "buffers are reused");
+    }
+
+    #[test]
+    fn grown_buffers_are_given_back() {
+        let mut batch = TunWriteBatch::default();
+        batch.push(&vec![0u8; 60_000]);
+        batch.clear();
+        assert!(batch.buffers[0].capacity() <= KEEP_WRITE_BUFFER);
+    }
+
+    #[test]
+    fn read_batch_yields_only_the_packets_read() {
+        let mut batch = TunReadBatch::new(1280, true);
+        assert_eq!(batch.packets().count(), 0);
+        batch.packets[0][..2].copy_from_slice(&[6, 0]);
+        batch.sizes[0] = 2;
+        batch.sizes[1] = 3;
+        batch.count = 2;
+        let packets: Vec<&[u8]> = batch.packets().collect();
+        assert_eq!(packets.len(), 2);
+        assert_eq!(packets[0], &[6, 0]);
+        assert_eq!(TunReadBatch::new(1280, false).packets.len(), 1);
+    }
+
+    #[test]
+    fn packet_errors_are_told_from_device_errors() {
+        assert!(is_bad_packet(&io::Error::other("bufs error")));
+        assert!(!is_bad_packet(&io::Error::from_raw_os_error(libc::EBADFD)));
+        assert!(!is_bad_packet(&io::Error::from(io::ErrorKind::WouldBlock)));
+    }
+}

@@ -1,0 +1,335 @@
+//! Many datagrams per system call on the underlay socket.
+//!
+//! Sending, UDP generic segmentation offload (`UDP_SEGMENT`, Linux 4.18):
+//! one `sendmsg` hands the kernel a run of datagrams for one destination,
+//! all of one size except a shorter last one, gathered from the separate
+//! buffers the node produced; the kernel (or the NIC) cuts them apart.
+//! Receiving, UDP generic receive offload (`UDP_GRO`, Linux 5.0): one
+//! `recvmsg` returns a run of datagrams from one source that arrived back to
+//! back, concatenated, with their size in a control message.
+//!
+//! Both are optional: without them every `sendmsg` carries one datagram and
+//! every `recvmsg` returns one, through the same code. Sending gives GSO up
+//! for good when the kernel says the device cannot do it (`EIO`), as
+//! wireguard-go does.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, setsockopt, sockopt,
+};
+
+/// Most datagrams the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
+pub const MAX_SEGMENTS: usize = 64;
+/// Most payload bytes of one GSO send: what fits one UDP/IP datagram
+/// (65,535 minus the largest IPv6 and UDP headers).
+pub const MAX_RUN_BYTES: usize = 65_535 - 40 - 8;
+/// Receive buffer: the largest coalesced run.
+pub const RECEIVE_BUFFER_LEN: usize = 65_536;
+
+/// What the socket does beyond one datagram per call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UdpOffload {
+    /// Sends use `UDP_SEGMENT`.
+    pub gso: bool,
+    /// Receives are coalesced (`UDP_GRO`).
+    pub gro: bool,
+}
+
+impl UdpOffload {
+    /// Turns on what `wanted` allows and the kernel supports.
+    pub fn enable(socket: &impl AsFd, wanted: bool) -> Self {
+        if !wanted {
+            return Self::default();
+        }
+        // Setting the default segment size of 0 only asks whether the
+        // kernel knows the option.
+        let gso = setsockopt(socket, sockopt::UdpGsoSegment, &0).is_ok();
+        let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
+        Self { gso, gro }
+    }
+}
+
+/// One `recvmsg`'s worth: a run of datagrams from one source.
+#[derive(Debug)]
+pub struct ReceivedRun {
+    buffer: Vec<u8>,
+    len: usize,
+    segment: usize,
+    source: Option<SocketAddr>,
+}
+
+impl Default for ReceivedRun {
+    fn default() -> Self {
+        Self {
+            buffer: vec![0; RECEIVE_BUFFER_LEN],
+            len: 0,
+            segment: 0,
+            source: None,
+        }
+    }
+}
+
+impl ReceivedRun {
+    /// The sender (`None` for a source the socket could not name, which the
+    /// caller drops).
+    pub fn source(&self) -> Option<SocketAddr> {
+        self.source
+    }
+
+    /// The datagrams, in the order they arrived.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        let segment = if self.segment == 0 {
+            self.len.max(1)
+        } else {
+            self.segment
+        };
+        self.buffer[..self.len].chunks(segment)
+    }
+
+    /// How many datagrams the run holds.
+    pub fn count(&self) -> usize {
+        self.datagrams().count()
+    }
+
+    /// Reads one run from `socket` (non-blocking: `WouldBlock` if none).
+    pub fn receive(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
+        let mut cmsg_space = nix::cmsg_space!(i32);
+        let mut iov = [IoSliceMut::new(&mut self.buffer)];
+        let message = socket::recvmsg::<SockaddrStorage>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        let mut segment = 0;
+        if let Ok(cmsgs) = message.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
+                    segment = usize::try_from(size).unwrap_or(0);
+                }
+            }
+        }
+        let truncated = message.flags.contains(MsgFlags::MSG_TRUNC);
+        self.len = if truncated { 0 } else { message.bytes };
+        self.segment = segment;
+        self.source = message.address.as_ref().and_then(socket_address);
+        Ok(())
+    }
+}
+
+fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v6) = address.as_sockaddr_in6() {
+        Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+            v6.ip(),
+            v6.port(),
+            v6.flowinfo(),
+            v6.scope_id(),
+        )))
+    } else {
+        address
+            .as_sockaddr_in()
+            .map(|v4| SocketAddr::V4(std::net::SocketAddrV4::new(v4.ip(), v4.port())))
+    }
+}
+
+/// A run of datagrams one GSO send can carry: indexes `start..end` into the
+/// caller's list, all `segment` bytes long but the last, which may be
+/// shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start: usize,
+    pub end: usize,
+    pub segment: usize,
+}
+
+/// Cuts a list of (destination, length) into the longest runs GSO allows:
+/// same destination, same length but a shorter last one, at most
+/// [`MAX_SEGMENTS`] and [`MAX_RUN_BYTES`]. Without `gso` every datagram is
+/// a run of its own.
+pub fn runs(datagrams: &[(SocketAddr, usize)], gso: bool) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < datagrams.len() {
+        let (destination, segment) = datagrams[start];
+        let mut end = start + 1;
+        let mut bytes = segment;
+        if gso && segment > 0 {
+            while end < datagrams.len() && end - start < MAX_SEGMENTS {
+                let (next_destination, len) = datagrams[end];
+                if next_destination != destination
+                    || len > segment
+                    || len == 0
+                    || bytes + len > MAX_RUN_BYTES
+                {
+                    break;
+                }
+                bytes += len;
+                end += 1;
+                if len < segment {
+                    break; // a shorter datagram ends the run
+                }
+            }
+        }
+        runs.push(Run {
+            start,
+            end,
+            segment,
+        });
+        start = end;
+    }
+    runs
+}
+
+/// Sends one run (non-blocking): `parts` are its datagrams, `segment` their
+/// size when there is more than one.
+pub fn send_run(
+    socket: &impl AsRawFd,
+    destination: SocketAddr,
+    parts: &[IoSlice<'_>],
+    segment: u16,
+) -> io::Result<usize> {
+    let destination = SockaddrStorage::from(destination);
+    let gso = [ControlMessage::UdpGsoSegments(&segment)];
+    let cmsgs: &[ControlMessage<'_>] = if parts.len() > 1 { &gso } else { &[] };
+    socket::sendmsg(
+        socket.as_raw_fd(),
+        parts,
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+        Some(&destination),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Whether a failed GSO send means the device cannot segment UDP (then
+/// GSO is given up).
+pub fn gso_unsupported(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(Errno::EIO as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn runs_group_equal_sizes_to_one_destination() {
+        let list = [
+            (at(1), 100),
+            (at(1), 100),
+            (at(1), 60), // shorter: ends the run
+            (at(1), 100),
+            (at(2), 100), // other destination
+            (at(2), 120), // longer: a new run
+        ];
+        let got = runs(&list, true);
+        assert_eq!(
+            got,
+            vec![
+                Run {
+                    start: 0,
+                    end: 3,
+                    segment: 100
+                },
+                Run {
+                    start: 3,
+                    end: 4,
+                    segment: 100
+                },
+                Run {
+                    start: 4,
+                    end: 5,
+                    segment: 100
+                },
+                Run {
+                    start: 5,
+                    end: 6,
+                    segment: 120
+                },
+            ]
+        );
+        let single = runs(&list, false);
+        assert_eq!(single.len(), list.len());
+        assert!(single.iter().all(|run| run.end == run.start + 1));
+    }
+
+    #[test]
+    fn runs_respect_the_segment_and_byte_limits() {
+        let many = vec![(at(1), 100); 150];
+        let got = runs(&many, true);
+        assert_eq!(
+            got.iter()
+                .map(|run| run.end - run.start)
+                .collect::<Vec<_>>(),
+            vec![64, 64, 22]
+        );
+        let big = vec![(at(1), 1500); 64];
+        let got = runs(&big, true);
+        assert!(
+            got.iter()
+                .all(|run| (run.end - run.start) * 1500 <= MAX_RUN_BYTES)
+        );
+        assert_eq!(got.iter().map(|run| run.end - run.start).sum::<usize>(), 64);
+    }
+
+    #[test]
+    fn a_received_run_splits_into_its_datagrams() {
+        let mut run = ReceivedRun::default();
+        run.buffer[..250].fill(7);
+        run.len = 250;
+        run.segment = 100;
+        let lens: Vec<usize> = run.datagrams().map(<[u8]>::len).collect();
+        assert_eq!(lens, vec![100, 100, 50]);
+        run.segment = 0;
+        assert_eq!(run.count(), 1);
+        run.len = 0;
+        assert_eq!(run.count(), 0);
+    }
+
+    /// Over loopback (which segments in software), a GSO send arrives as
+    /// separate datagrams, and with GRO on they may come back coalesced:
+    /// either way the receiver sees the same datagrams in order.
+    #[test]
+    fn gso_send_and_gro_receive_round_trip_over_loopback() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let offload = UdpOffload::enable(&receiver, true);
+        let sender_offload = UdpOffload::enable(&sender, true);
+        let datagrams: Vec<Vec<u8>> = (0..10u8)
+            .map(|i| vec![i; if i == 9 { 300 } else { 1000 }])
+            .collect();
+        let parts: Vec<IoSlice<'_>> = datagrams.iter().map(|d| IoSlice::new(d)).collect();
+        let destination = receiver.local_addr().expect("addr");
+        if sender_offload.gso {
+            send_run(&sender, destination, &parts, 1000).expect("gso send");
+        } else {
+            for part in &parts {
+                send_run(&sender, destination, std::slice::from_ref(part), 0).expect("send");
+            }
+        }
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut run = ReceivedRun::default();
+        while got.len() < datagrams.len() {
+            // Block until readable, then take what is there.
+            let mut peek = [0u8; 1];
+            receiver
+                .peek_from(&mut peek)
+                .expect("a datagram within 5 s");
+            run.receive(&receiver).expect("receive");
+            assert_eq!(run.source(), Some(sender.local_addr().expect("addr")));
+            got.extend(run.datagrams().map(<[u8]>::to_vec));
+        }
+        assert_eq!(got, datagrams, "offload {offload:?}/{sender_offload:?}");
+    }
+}

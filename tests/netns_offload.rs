@@ -1,0 +1,170 @@
+//! The data path with and without offloads, on real hosts: two namespaces
+//! on one veth pair, agents that trust each other, and large HTTP downloads
+//! through the overlay checked byte for byte.
+//!
+//! With offloads the kernel hands the sender's daemon TCP segments of up to
+//! 64 KiB through the TUN, which it cuts into packets, encrypts and sends
+//! with UDP GSO; the receiver takes coalesced runs (UDP GRO), decrypts them
+//! and merges TCP packets back before writing them to its TUN. Without
+//! (`--no-offload`) every system call moves one packet. Both must deliver
+//! every byte, and so must a pair where only one side has offloads.
+//!
+//! Needs root; skips with a reason otherwise (fails under
+//! `AGENTNET_REQUIRE_NETNS=1`).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::agent::Identity;
+use support::{Agent, Lab, step};
+
+const TOOLS: &[&str] = &["curl", "python3", "ss"];
+/// Each transfer.
+const LARGE: usize = 50 << 20;
+/// Debug builds (this crate optimized, see Cargo.toml) move 100-500 Mbit/s
+/// through the tunnel on a busy 2-core machine.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
+const UNDERLAY: [u8; 2] = [78, 0];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Offload,
+    Plain,
+}
+
+impl Mode {
+    fn up_args(self) -> &'static [&'static str] {
+        match self {
+            Mode::Offload => &[],
+            Mode::Plain => &["--no-offload"],
+        }
+    }
+
+    /// What `status --json` must say about the offloads in this mode. The
+    /// lab's kernel (and CI's) has all of them: a daemon that silently fell
+    /// back would not test the offload path.
+    fn expect_status(self, agent: &Agent) -> Result<(), String> {
+        let status = agent.status()?;
+        let on = self == Mode::Offload;
+        let offload = &status["offload"];
+        for key in ["tun", "udp_gso", "udp_gro"] {
+            if offload[key] != Value::Bool(on) {
+                return Err(format!(
+                    "{}: status.offload.{key} = {}, expected {on} in mode {self:?} ({offload})",
+                    agent.name, offload[key]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn large_transfers_are_intact_with_and_without_offloads() {
+    if !support::require_root_or_skip(
+        "large_transfers_are_intact_with_and_without_offloads",
+        TOOLS,
+    ) {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let [host_a, host_b] = lab
+        .veth_pair(UNDERLAY, ["a", "b"], 1500)
+        .expect("veth pair");
+    let a = Agent::new(&lab, &host_a, "off-a").expect("agent a");
+    let b = Agent::new(&lab, &host_b, "off-b").expect("agent b");
+    a.init().expect("init a");
+    b.init().expect("init b");
+    let id_a = a.id().expect("id a");
+    let id_b = b.id().expect("id b");
+    // The trust is written with the daemons stopped and read at each `up`.
+    a.trust_add(&id_b, "b", Some(b.endpoint()))
+        .expect("a trusts b");
+    b.trust_add(&id_a, "a", None).expect("b trusts a");
+
+    let mut failures = Vec::new();
+    for (mode_a, mode_b) in [
+        (Mode::Offload, Mode::Offload),
+        (Mode::Plain, Mode::Plain),
+        (Mode::Offload, Mode::Plain),
+    ] {
+        let label = format!("a {mode_a:?}, b {mode_b:?}");
+        step(&label);
+        let result = run_mode(&lab, (&a, mode_a), (&b, mode_b), (&id_a, &id_b));
+        match result {
+            Ok(report) => step(&format!("{label}: ok, {report}")),
+            Err(e) => {
+                step(&format!("{label}: FAILED"));
+                failures.push(format!("== {label} ==\n{e}"));
+            }
+        }
+        let _ = a.down();
+        let _ = b.down();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mode(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// Brings both agents up in their modes and moves the data: B serves A in
+/// uniform modes; both ways when the modes differ.
+fn run_mode(
+    lab: &Lab,
+    (a, mode_a): (&Agent, Mode),
+    (b, mode_b): (&Agent, Mode),
+    (id_a, id_b): (&Identity, &Identity),
+) -> Result<String, String> {
+    a.up_with(mode_a.up_args())?;
+    b.up_with(mode_b.up_args())?;
+    mode_a.expect_status(a)?;
+    mode_b.expect_status(b)?;
+    let mib = |bytes: usize| bytes >> 20;
+    let rate = |bytes: usize, took: Duration| bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
+    if mode_a == mode_b {
+        let took = support::http::fetch_over_overlay(
+            lab,
+            a,
+            b,
+            id_b.address,
+            8080,
+            LARGE,
+            TRANSFER_TIMEOUT,
+        )?;
+        Ok(format!(
+            "{} MiB b -> a intact in {:.1} s ({:.0} Mbit/s)",
+            mib(LARGE),
+            took.as_secs_f64(),
+            rate(LARGE, took)
+        ))
+    } else {
+        let to_a = support::http::fetch_over_overlay(
+            lab,
+            a,
+            b,
+            id_b.address,
+            8081,
+            LARGE,
+            TRANSFER_TIMEOUT,
+        )?;
+        let to_b = support::http::fetch_over_overlay(
+            lab,
+            b,
+            a,
+            id_a.address,
+            8082,
+            LARGE,
+            TRANSFER_TIMEOUT,
+        )?;
+        Ok(format!(
+            "{} MiB each way intact ({:.0} / {:.0} Mbit/s)",
+            mib(LARGE),
+            rate(LARGE, to_a),
+            rate(LARGE, to_b)
+        ))
+    }
+}

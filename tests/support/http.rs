@@ -1,0 +1,95 @@
+//! A file served by `python3 -m http.server` on one agent's overlay address
+//! and fetched with curl from another: real programs, checked byte for byte.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Agent, Lab, random_bytes, wait_until};
+
+/// Serves `len` random bytes from `server` on `[bind]:port`, fetches them
+/// from `client` with curl within `timeout`, and compares. Returns how long
+/// the download took.
+pub fn fetch_over_overlay(
+    lab: &Lab,
+    client: &Agent,
+    server: &Agent,
+    bind: std::net::Ipv6Addr,
+    port: u16,
+    len: usize,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let www = lab.dir().join(format!("www-{}-{port}", server.name));
+    std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+    let blob = random_bytes(len);
+    std::fs::write(www.join("blob.bin"), &blob).map_err(|e| e.to_string())?;
+
+    let port = port.to_string();
+    let bind = bind.to_string();
+    let pid = lab.spawn(
+        &server.host.ns,
+        "http-server",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &port,
+            "--bind",
+            &bind,
+            "--directory",
+            path(&www),
+        ],
+    )?;
+    let listening = wait_until("the http server", Duration::from_secs(15), || {
+        lab.exec(
+            &server.host.ns,
+            &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
+        )
+        .is_ok_and(|o| o.stdout.contains("LISTEN"))
+    });
+    if let Err(e) = listening {
+        let (_, err) = lab.stop(pid);
+        return Err(format!("{e}; server stderr:\n{err}"));
+    }
+
+    let fetched = www.join("fetched.bin");
+    let url = format!("http://[{bind}]:{port}/blob.bin");
+    let started = Instant::now();
+    let curl = lab.exec(
+        &client.host.ns,
+        &[
+            "curl",
+            "-g",
+            "-sS",
+            "--fail",
+            "--noproxy",
+            "*",
+            "--max-time",
+            &timeout.as_secs().to_string(),
+            "-o",
+            path(&fetched),
+            &url,
+        ],
+    );
+    let took = started.elapsed();
+    let (_, server_log) = lab.stop(pid);
+    let curl = curl?;
+    if !curl.ok() {
+        return Err(format!("{}\nserver log:\n{server_log}", curl.describe()));
+    }
+    let got = std::fs::read(&fetched).map_err(|e| format!("{}: {e}", fetched.display()))?;
+    // Free the lab directory of the two copies at once.
+    let _ = std::fs::remove_dir_all(&www);
+    if got != blob {
+        let differs_at = got.iter().zip(&blob).position(|(a, b)| a != b);
+        return Err(format!(
+            "downloaded {} bytes that differ from the {} served (first difference at {differs_at:?})",
+            got.len(),
+            blob.len()
+        ));
+    }
+    Ok(took)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
