@@ -1,6 +1,7 @@
 //! `agentnet rendezvous`: the I/O shell around
 //! [`crate::core::rendezvous::RendezvousServer`] — one UDP socket, an
-//! optional TCP listener for agents whose UDP is blocked, signals.
+//! optional TCP listener for agents whose UDP is blocked, signals. Relayed
+//! datagrams move in runs (UDP GRO in, GSO out) where the kernel allows.
 
 use std::collections::HashMap;
 use std::io;
@@ -8,19 +9,22 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use rand::RngCore;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::core::address::NetworkId;
 use crate::core::rendezvous::{ClientAddr, RelayCounters, RendezvousConfig, RendezvousServer};
+use crate::daemon::udp::{enlarge_buffers, normalize};
+use crate::daemon::udp_batch::{BatchedSocket, ReceivedRun};
 use crate::state::{StateDir, StateError};
 use crate::tcp_frames::{read_frame, write_frame};
 
 /// Frames queued per TCP client before new ones are dropped.
 const TCP_QUEUE: usize = 1024;
-/// Largest datagram received.
-const BUFFER_LEN: usize = 65_536;
+/// How many extra datagram runs one wake-up takes before the answers and
+/// relayed datagrams go out.
+const BATCH: usize = 16;
 
 /// What `agentnet rendezvous` was asked to do.
 #[derive(Debug, Clone)]
@@ -85,8 +89,12 @@ async fn serve(
     network: NetworkId,
 ) -> Result<(), RendezvousError> {
     let bind = |address: SocketAddr| move |source| RendezvousError::Bind { address, source };
-    let udp = UdpSocket::bind(options.listen)
-        .await
+    let mut udp = std::net::UdpSocket::bind(options.listen)
+        .and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            enlarge_buffers(&socket);
+            BatchedSocket::new(socket, true)
+        })
         .map_err(bind(options.listen))?;
     let listener = match options.tcp_listen {
         Some(address) => Some(TcpListener::bind(address).await.map_err(bind(address))?),
@@ -132,22 +140,25 @@ async fn serve(
             .unwrap_or_default()
     );
 
-    let mut buf = vec![0u8; BUFFER_LEN];
+    let mut run = ReceivedRun::default();
+    let mut udp_out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     loop {
         let deadline = tokio::time::Instant::from_std(server.poll_timeout());
         tokio::select! {
-            received = udp.recv_from(&mut buf) => match received {
-                Ok((len, from)) => {
-                    let from = crate::daemon::udp::normalize(from);
-                    server.handle_datagram(Instant::now(), ClientAddr::Udp(from), &buf[..len]);
+            received = udp.recv_run(&mut run) => {
+                on_udp_run(&mut server, received, &run);
+                for _ in 0..BATCH {
+                    match udp.try_recv_run(&mut run) {
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        received => on_udp_run(&mut server, received, &run),
+                    }
                 }
-                Err(error) => tracing::debug!(%error, "UDP receive failed"),
-            },
+            }
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     let connection = next_connection;
                     next_connection += 1;
-                    spawn_client(stream, connection, crate::daemon::udp::normalize(peer), tcp_events.clone());
+                    spawn_client(stream, connection, normalize(peer), tcp_events.clone());
                 }
                 Err(error) => tracing::debug!(%error, "TCP accept failed"),
             },
@@ -167,11 +178,7 @@ async fn serve(
         }
         while let Some((to, datagram)) = server.poll_transmit() {
             match to {
-                ClientAddr::Udp(address) => {
-                    if let Err(error) = udp.send_to(&datagram, address).await {
-                        tracing::debug!(%error, %address, "UDP send failed");
-                    }
-                }
+                ClientAddr::Udp(address) => udp_out.push((address, datagram)),
                 ClientAddr::Tcp(connection, _) => {
                     // A full queue drops the datagram: never grow without bound.
                     if let Some(sender) = tcp_clients.get(&connection) {
@@ -180,6 +187,17 @@ async fn serve(
                 }
             }
         }
+        if !udp_out.is_empty() {
+            let datagrams: Vec<(SocketAddr, &[u8])> = udp_out
+                .iter()
+                .map(|(address, datagram)| (*address, datagram.as_slice()))
+                .collect();
+            // The socket's own family takes plain IPv4 destinations too.
+            for (address, error) in udp.send_batch(&datagrams, Ok).await {
+                tracing::debug!(%error, %address, "UDP send failed");
+            }
+            udp_out.clear();
+        }
         if options.metrics.is_some() {
             counters_tx.send_replace(server.counters());
         }
@@ -187,6 +205,22 @@ async fn serve(
     let counters = server.counters();
     tracing::info!(?counters, "rendezvous stopped");
     Ok(())
+}
+
+/// Feeds a received run of datagrams to the server.
+fn on_udp_run(server: &mut RendezvousServer, received: io::Result<()>, run: &ReceivedRun) {
+    match received {
+        Ok(()) => {
+            let Some(from) = run.source().map(normalize) else {
+                return;
+            };
+            let now = Instant::now();
+            for datagram in run.datagrams() {
+                server.handle_datagram(now, ClientAddr::Udp(from), datagram);
+            }
+        }
+        Err(error) => tracing::debug!(%error, "UDP receive failed"),
+    }
 }
 
 async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {

@@ -25,7 +25,7 @@ mod sys;
 pub mod tun;
 mod tun_batch;
 pub mod udp;
-mod udp_batch;
+pub mod udp_batch;
 
 use std::io;
 use std::path::PathBuf;

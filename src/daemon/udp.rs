@@ -3,18 +3,15 @@
 //! the core only ever sees plain IPv4 ones ([`normalize`]), and they are
 //! mapped back when sending.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 
+use super::udp_batch::{BatchedSocket, ReceivedRun, UdpOffload};
 use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn6, setsockopt, sockopt};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-
-use super::udp_batch::{self, ReceivedRun, UdpOffload};
 
 use crate::core::address::NetworkId;
 
@@ -49,10 +46,9 @@ pub enum UnderlayError {
 /// The bound underlay socket.
 #[derive(Debug)]
 pub struct Underlay {
-    socket: UdpSocket,
+    socket: BatchedSocket,
     dual_stack: bool,
     port: u16,
-    offload: UdpOffload,
 }
 
 impl Underlay {
@@ -73,105 +69,48 @@ impl Underlay {
             }
             Err(errno) => return Err(bind_error(io::Error::from(errno))),
         };
-        for (option, name) in [(Buffer::Receive, "receive"), (Buffer::Send, "send")] {
-            if let Err(errno) = option.set(&std_socket) {
-                tracing::debug!(%errno, buffer = name, "cannot enlarge socket buffer");
-            }
-        }
-        let offload = UdpOffload::enable(&std_socket, offload);
-        let socket = UdpSocket::from_std(std_socket).map_err(bind_error)?;
+        enlarge_buffers(&std_socket);
+        let socket = BatchedSocket::new(std_socket, offload).map_err(bind_error)?;
         let port = socket.local_addr().map_err(bind_error)?.port();
         Ok(Self {
             socket,
             dual_stack,
             port,
-            offload,
         })
-    }
-
-    /// The offloads in use.
-    pub fn offload(&self) -> UdpOffload {
-        self.offload
-    }
-
-    /// Waits for a run of datagrams (one, without GRO).
-    pub async fn recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
-        self.socket
-            .async_io(Interest::READABLE, || run.receive(&self.socket))
-            .await
-    }
-
-    /// Takes a run of datagrams if one is queued (`WouldBlock` if not).
-    pub fn try_recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
-        self.socket
-            .try_io(Interest::READABLE, || run.receive(&self.socket))
-    }
-
-    /// Sends datagrams to normalized addresses, as few system calls as GSO
-    /// allows, waiting while the socket buffer is full. Returns the
-    /// failures (usually none).
-    pub async fn send_batch(
-        &mut self,
-        datagrams: &[(SocketAddr, &[u8])],
-    ) -> Vec<(SocketAddr, io::Error)> {
-        let mut failures = Vec::new();
-        let lengths: Vec<(SocketAddr, usize)> = datagrams
-            .iter()
-            .map(|(destination, payload)| (*destination, payload.len()))
-            .collect();
-        for run in udp_batch::runs(&lengths, self.offload.gso) {
-            let destination = datagrams[run.start].0;
-            let address = match self.socket_address(destination) {
-                Ok(address) => address,
-                Err(error) => {
-                    failures.push((destination, error));
-                    continue;
-                }
-            };
-            let parts: Vec<IoSlice<'_>> = datagrams[run.start..run.end]
-                .iter()
-                .map(|(_, payload)| IoSlice::new(payload))
-                .collect();
-            let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
-            let sent = self.send_run(address, &parts, segment).await;
-            match sent {
-                Ok(_) => {}
-                Err(error) if parts.len() > 1 => {
-                    if udp_batch::gso_unsupported(&error) {
-                        tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
-                        self.offload.gso = false;
-                    }
-                    // Each on its own, so one bad datagram costs only itself.
-                    for part in &parts {
-                        if let Err(error) =
-                            self.send_run(address, std::slice::from_ref(part), 0).await
-                        {
-                            failures.push((destination, error));
-                        }
-                    }
-                }
-                Err(error) => failures.push((destination, error)),
-            }
-        }
-        failures
-    }
-
-    async fn send_run(
-        &self,
-        address: SocketAddr,
-        parts: &[IoSlice<'_>],
-        segment: u16,
-    ) -> io::Result<usize> {
-        self.socket
-            .async_io(Interest::WRITABLE, || {
-                udp_batch::send_run(&self.socket, address, parts, segment)
-            })
-            .await
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The offloads in use.
+    pub fn offload(&self) -> UdpOffload {
+        self.socket.offload()
+    }
+
+    /// Waits for a run of datagrams (one, without GRO).
+    pub async fn recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
+        self.socket.recv_run(run).await
+    }
+
+    /// Takes a run of datagrams if one is queued (`WouldBlock` if not).
+    pub fn try_recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
+        self.socket.try_recv_run(run)
+    }
+
+    /// Sends datagrams to normalized addresses (see
+    /// [`BatchedSocket::send_batch`]). Returns the failures (usually none).
+    pub async fn send_batch(
+        &mut self,
+        datagrams: &[(SocketAddr, &[u8])],
+    ) -> Vec<(SocketAddr, io::Error)> {
+        let dual_stack = self.dual_stack;
+        self.socket
+            .send_batch(datagrams, |destination| {
+                socket_address(destination, dual_stack)
+            })
+            .await
     }
 
     /// The addresses peers may reach this socket at directly: every address
@@ -208,40 +147,33 @@ impl Underlay {
         candidates.dedup();
         candidates
     }
+}
 
-    /// Waits for a datagram; the source is normalized.
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (len, from) = self.socket.recv_from(buf).await?;
-        Ok((len, normalize(from)))
-    }
-
-    /// Takes a datagram if one is queued (`WouldBlock` if not).
-    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (len, from) = self.socket.try_recv_from(buf)?;
-        Ok((len, normalize(from)))
-    }
-
-    /// Sends a datagram to a normalized address.
-    pub async fn send_to(&self, payload: &[u8], destination: SocketAddr) -> io::Result<usize> {
-        let destination = self.socket_address(destination)?;
-        self.socket.send_to(payload, destination).await
-    }
-
-    /// The address the socket needs for a normalized destination.
-    fn socket_address(&self, destination: SocketAddr) -> io::Result<SocketAddr> {
-        match (destination, self.dual_stack) {
-            (SocketAddr::V4(v4), true) => Ok(SocketAddr::V6(SocketAddrV6::new(
-                v4.ip().to_ipv6_mapped(),
-                v4.port(),
-                0,
-                0,
-            ))),
-            (SocketAddr::V6(_), false) => Err(io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                "IPv6 destination on an IPv4-only underlay",
-            )),
-            (destination, _) => Ok(destination),
+/// Asks for larger socket buffers (best effort: the kernel caps them at
+/// `net.core.rmem_max`/`wmem_max`).
+pub fn enlarge_buffers(socket: &std::net::UdpSocket) {
+    for (option, name) in [(Buffer::Receive, "receive"), (Buffer::Send, "send")] {
+        if let Err(errno) = option.set(socket) {
+            tracing::debug!(%errno, buffer = name, "cannot enlarge socket buffer");
         }
+    }
+}
+
+/// The address a socket (dual-stack or not) needs for a normalized
+/// destination.
+fn socket_address(destination: SocketAddr, dual_stack: bool) -> io::Result<SocketAddr> {
+    match (destination, dual_stack) {
+        (SocketAddr::V4(v4), true) => Ok(SocketAddr::V6(SocketAddrV6::new(
+            v4.ip().to_ipv6_mapped(),
+            v4.port(),
+            0,
+            0,
+        ))),
+        (SocketAddr::V6(_), false) => Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            "IPv6 destination on an IPv4-only underlay",
+        )),
+        (destination, _) => Ok(destination),
     }
 }
 
@@ -395,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn dual_stack_socket_talks_to_ipv4_and_ipv6_peers() {
-        let underlay = Underlay::bind(0, true).expect("bind");
+        let mut underlay = Underlay::bind(0, true).expect("bind");
         let port = underlay.port();
         for (peer_bind, target) in [
             ("127.0.0.1:0", SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
@@ -406,11 +338,14 @@ mod tests {
             };
             let peer_address = peer.local_addr().expect("addr");
             peer.send_to(b"ping", target).expect("send");
-            let mut buf = [0u8; 16];
-            let (len, from) = underlay.recv_from(&mut buf).await.expect("recv");
-            assert_eq!(&buf[..len], b"ping");
+            let mut run = ReceivedRun::default();
+            underlay.recv_run(&mut run).await.expect("recv");
+            let from = run.source().map(normalize).expect("a source");
+            assert_eq!(run.datagrams().collect::<Vec<_>>(), vec![b"ping"]);
             assert_eq!(from, peer_address, "source must be normalized");
-            underlay.send_to(b"pong", from).await.expect("send back");
+            let failures = underlay.send_batch(&[(from, b"pong")]).await;
+            assert!(failures.is_empty(), "{failures:?}");
+            let mut buf = [0u8; 16];
             let (len, _) = peer.recv_from(&mut buf).expect("reply");
             assert_eq!(&buf[..len], b"pong");
         }

@@ -21,6 +21,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{
     self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, setsockopt, sockopt,
 };
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
 
 /// Most datagrams the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
 pub const MAX_SEGMENTS: usize = 64;
@@ -50,6 +52,113 @@ impl UdpOffload {
         let gso = setsockopt(socket, sockopt::UdpGsoSegment, &0).is_ok();
         let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
         Self { gso, gro }
+    }
+}
+
+/// A UDP socket that moves runs of datagrams (see the module comment).
+#[derive(Debug)]
+pub struct BatchedSocket {
+    socket: UdpSocket,
+    offload: UdpOffload,
+}
+
+impl BatchedSocket {
+    /// Wraps a bound, non-blocking socket, turning on the offloads if
+    /// `offload` and the kernel has them. Must be called inside a tokio
+    /// runtime.
+    pub fn new(socket: std::net::UdpSocket, offload: bool) -> io::Result<Self> {
+        let offload = UdpOffload::enable(&socket, offload);
+        Ok(Self {
+            socket: UdpSocket::from_std(socket)?,
+            offload,
+        })
+    }
+
+    /// The offloads in use.
+    pub fn offload(&self) -> UdpOffload {
+        self.offload
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Waits for a run of datagrams (one, without GRO).
+    pub async fn recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
+        self.socket
+            .async_io(Interest::READABLE, || run.receive(&self.socket))
+            .await
+    }
+
+    /// Takes a run of datagrams if one is queued (`WouldBlock` if not).
+    pub fn try_recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
+        self.socket
+            .try_io(Interest::READABLE, || run.receive(&self.socket))
+    }
+
+    /// Sends datagrams, in as few system calls as GSO allows, waiting while
+    /// the socket buffer is full; `address` gives the socket address for a
+    /// destination (or why there is none). Returns the failures (usually
+    /// none).
+    pub async fn send_batch(
+        &mut self,
+        datagrams: &[(SocketAddr, &[u8])],
+        address: impl Fn(SocketAddr) -> io::Result<SocketAddr>,
+    ) -> Vec<(SocketAddr, io::Error)> {
+        let mut failures = Vec::new();
+        let lengths: Vec<(SocketAddr, usize)> = datagrams
+            .iter()
+            .map(|(destination, payload)| (*destination, payload.len()))
+            .collect();
+        for run in runs(&lengths, self.offload.gso) {
+            let destination = datagrams[run.start].0;
+            let socket_address = match address(destination) {
+                Ok(socket_address) => socket_address,
+                Err(error) => {
+                    failures.push((destination, error));
+                    continue;
+                }
+            };
+            let parts: Vec<IoSlice<'_>> = datagrams[run.start..run.end]
+                .iter()
+                .map(|(_, payload)| IoSlice::new(payload))
+                .collect();
+            let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
+            match self.send_run(socket_address, &parts, segment).await {
+                Ok(_) => {}
+                Err(error) if parts.len() > 1 => {
+                    if gso_unsupported(&error) {
+                        tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
+                        self.offload.gso = false;
+                    }
+                    // Each on its own, so one bad datagram costs only itself.
+                    for part in &parts {
+                        if let Err(error) = self
+                            .send_run(socket_address, std::slice::from_ref(part), 0)
+                            .await
+                        {
+                            failures.push((destination, error));
+                        }
+                    }
+                }
+                Err(error) => failures.push((destination, error)),
+            }
+        }
+        failures
+    }
+
+    async fn send_run(
+        &self,
+        address: SocketAddr,
+        parts: &[IoSlice<'_>],
+        segment: u16,
+    ) -> io::Result<usize> {
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                send_run(&self.socket, address, parts, segment)
+            })
+            .await
     }
 }
 
