@@ -399,7 +399,7 @@ impl Node {
             peer.send(
                 &mut self.ctx,
                 now,
-                ControlFrame::Revoked { signature }.encode(),
+                &ControlFrame::Revoked { signature }.encode(),
             );
         }
         self.remove_peer(id)
@@ -566,7 +566,7 @@ impl Node {
             }
             .encode();
             if let Some(peer) = self.peers.get_mut(&id) {
-                peer.send(&mut self.ctx, now, frame);
+                peer.send(&mut self.ctx, now, &frame);
             }
         }
     }
@@ -614,7 +614,7 @@ impl Node {
         .encode();
         for peer in self.peers.values_mut() {
             if !peer.is_rendezvous && peer.is_up(now) {
-                peer.send(&mut self.ctx, now, frame.clone());
+                peer.send(&mut self.ctx, now, &frame);
             }
         }
     }
@@ -1044,7 +1044,7 @@ impl Node {
             return;
         }
         peer.track_outbound(now, &parsed);
-        peer.send(&mut self.ctx, now, packet.to_vec());
+        peer.send(&mut self.ctx, now, packet);
     }
 
     /// Runs every timer whose deadline is at or before `now`.

@@ -386,14 +386,14 @@ impl Peer {
 
     /// Sends an IP packet (already accepted for this peer) or a control
     /// payload; queues it and starts a handshake when no session is up.
-    pub fn send(&mut self, ctx: &mut Context, now: Instant, payload: Vec<u8>) {
+    pub fn send(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
         if self.is_up(now) && self.send_path(ctx, now).is_some() {
-            self.seal_and_transmit(ctx, now, &payload);
+            self.seal_and_transmit(ctx, now, payload);
         } else {
             if self.queue.len() >= MAX_QUEUED_PACKETS {
                 self.queue.pop_front();
             }
-            self.queue.push_back(payload);
+            self.queue.push_back(payload.to_vec());
             self.start_handshake_if_idle(ctx, now);
         }
     }

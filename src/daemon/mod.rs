@@ -22,6 +22,7 @@ mod probe_sockets;
 pub mod rendezvous_link;
 pub mod resolver_config;
 mod sys;
+mod tcp_gro;
 pub mod tun;
 mod tun_batch;
 pub mod udp;

@@ -141,21 +141,24 @@ impl PacketDevice {
     /// the batch. A packet the device refuses is dropped; the error returned
     /// is the last one.
     pub(crate) async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
-        let result = match self {
-            Self::Tun(tun) => tun
-                .send_multiple(&mut batch.gro, &mut batch.buffers[..batch.used], HEADROOM)
-                .await
-                .map(drop),
-            Self::Userspace(_) => {
-                let mut result = Ok(());
+        let mut result = Ok(());
+        match self {
+            // With offloads every write starts with a virtio-net header.
+            Self::Tun(tun) if tun.tcp_gso() => {
+                for buffer in batch.merged() {
+                    if let Err(error) = tun.send(buffer).await {
+                        result = Err(error);
+                    }
+                }
+            }
+            _ => {
                 for buffer in batch.queued() {
                     if let Err(error) = self.send(&buffer[HEADROOM..]).await {
                         result = Err(error);
                     }
                 }
-                result
             }
-        };
+        }
         batch.clear();
         result
     }

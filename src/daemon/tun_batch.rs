@@ -5,12 +5,12 @@
 //! of up to 64 KiB per read, which is cut into MTU-sized packets here
 //! (checksums included) before the node sees them; on the way in, packets of
 //! one TCP flow decrypted together are merged back into one large segment
-//! per write (GRO). Without offloads every read and write is one packet,
-//! through the same types.
+//! per write ([`super::tcp_gro`]). Without offloads every read and write is
+//! one packet, through the same types.
 
 use std::io;
 
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Room kept before every packet written, for the virtio-net header.
 pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
@@ -62,20 +62,12 @@ impl TunReadBatch {
 }
 
 /// Packets waiting to be written to the TUN, each behind [`HEADROOM`].
+#[derive(Default)]
 pub struct TunWriteBatch {
     pub(crate) buffers: Vec<Vec<u8>>,
     pub(crate) used: usize,
-    pub(crate) gro: GROTable,
-}
-
-impl Default for TunWriteBatch {
-    fn default() -> Self {
-        Self {
-            buffers: Vec::new(),
-            used: 0,
-            gro: GROTable::new(),
-        }
-    }
+    /// Which buffers go out after merging, in order.
+    pub(crate) to_write: Vec<usize>,
 }
 
 impl TunWriteBatch {
@@ -105,6 +97,15 @@ impl TunWriteBatch {
     /// The queued packets, with their headroom.
     pub(crate) fn queued(&mut self) -> &mut [Vec<u8>] {
         &mut self.buffers[..self.used]
+    }
+
+    /// For a TUN with offloads: merges TCP packets and writes the virtio-net
+    /// headers; returns the buffers to write whole, header included.
+    pub(crate) fn merged(&mut self) -> impl Iterator<Item = &[u8]> {
+        super::tcp_gro::coalesce(&mut self.buffers[..self.used], &mut self.to_write);
+        self.to_write
+            .iter()
+            .map(|&index| self.buffers[index].as_slice())
     }
 
     /// Empties the batch, keeping small buffers for reuse.

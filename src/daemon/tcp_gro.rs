@@ -1,0 +1,422 @@
+//! Merging the TCP packets of one write batch back into large segments
+//! before they go to a TUN with offloads (generic receive offload done in
+//! the daemon): the kernel's TCP then handles one 64 KiB segment where it
+//! would have handled forty-five 1.4 KiB packets.
+//!
+//! Only what the overlay carries is merged: IPv6 (no extension headers)
+//! with TCP, data segments with just ACK (and PSH, which ends a segment),
+//! in sequence, with the same acknowledgement, options, traffic class, flow
+//! label and hop limit, all of one payload size but a shorter last one.
+//! Everything else is written as it came, in order: a packet that cannot
+//! join its flow's segment closes that segment, so no byte of a flow
+//! overtakes another.
+//!
+//! Every buffer starts with [`VIRTIO_NET_HDR_LEN`] bytes of room for the
+//! virtio-net header the TUN expects in front of each packet; [`coalesce`]
+//! fills it in (all zero for a packet as it came; GSO type, sizes and a
+//! partial checksum for a merged segment).
+
+use tun_rs::VIRTIO_NET_HDR_LEN;
+
+const IPV6_HEADER_LEN: usize = 40;
+const NEXT_HEADER_TCP: u8 = 6;
+const TCP_MIN_HEADER_LEN: usize = 20;
+/// Largest IPv6 payload (the payload length field is 16 bits).
+const MAX_IPV6_PAYLOAD: usize = 65_535;
+
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+
+/// virtio-net header: the checksum is partial, from `csum_start`.
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// virtio-net header: a TCP over IPv6 segment to be cut at `gso_size`.
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+/// Offset of the checksum in the TCP header.
+const TCP_CHECKSUM_OFFSET: u16 = 16;
+
+/// The parts of an IPv6/TCP data packet merging looks at.
+#[derive(Debug, Clone, Copy)]
+struct TcpSegment {
+    /// Addresses and ports.
+    flow: [u8; 36],
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    /// IPv6 plus TCP header.
+    header_len: usize,
+    payload_len: usize,
+}
+
+fn parse(packet: &[u8]) -> Option<TcpSegment> {
+    if packet.len() < IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN
+        || packet[0] >> 4 != 6
+        || packet[6] != NEXT_HEADER_TCP
+    {
+        return None;
+    }
+    let ip_payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+    if IPV6_HEADER_LEN + ip_payload != packet.len() {
+        return None;
+    }
+    let tcp = &packet[IPV6_HEADER_LEN..];
+    let tcp_header_len = usize::from(tcp[12] >> 4) * 4;
+    if tcp_header_len < TCP_MIN_HEADER_LEN || tcp_header_len > tcp.len() {
+        return None;
+    }
+    let mut flow = [0u8; 36];
+    flow[..32].copy_from_slice(&packet[8..40]);
+    flow[32..].copy_from_slice(&tcp[..4]);
+    let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
+    Some(TcpSegment {
+        flow,
+        seq: word(4),
+        ack: word(8),
+        flags: tcp[13],
+        header_len: IPV6_HEADER_LEN + tcp_header_len,
+        payload_len: tcp.len() - tcp_header_len,
+    })
+}
+
+/// A segment being built in the buffer of its first packet.
+struct OpenSegment {
+    head: usize,
+    first: TcpSegment,
+    next_seq: u32,
+    merged: usize,
+}
+
+/// Merges what can be merged among `buffers` (each a packet behind
+/// [`VIRTIO_NET_HDR_LEN`] bytes of room), fills in every virtio-net header,
+/// and puts into `to_write` the indexes of the buffers to write, in order.
+/// Merged packets are left out: their bytes are in their segment's buffer.
+pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
+    to_write.clear();
+    let mut open: Vec<OpenSegment> = Vec::new();
+    for index in 0..buffers.len() {
+        let Some(segment) = buffers[index].get(VIRTIO_NET_HDR_LEN..).and_then(parse) else {
+            to_write.push(index);
+            continue;
+        };
+        let position = open.iter().position(|o| o.first.flow == segment.flow);
+        let mergeable = segment.flags & !(TCP_ACK | TCP_PSH) == 0
+            && segment.flags & TCP_ACK != 0
+            && segment.payload_len > 0;
+        if let Some(position) = position
+            && mergeable
+            && fits(
+                &open[position],
+                &segment,
+                &buffers[open[position].head][VIRTIO_NET_HDR_LEN..],
+                &buffers[index][VIRTIO_NET_HDR_LEN..],
+            )
+        {
+            let (head, rest) = split_two(buffers, open[position].head, index);
+            let packet = &rest[VIRTIO_NET_HDR_LEN..];
+            if head.capacity() < VIRTIO_NET_HDR_LEN + IPV6_HEADER_LEN + MAX_IPV6_PAYLOAD {
+                head.reserve_exact(
+                    VIRTIO_NET_HDR_LEN + IPV6_HEADER_LEN + MAX_IPV6_PAYLOAD - head.len(),
+                );
+            }
+            head.extend_from_slice(&packet[segment.header_len..]);
+            let tcp_flags_at = VIRTIO_NET_HDR_LEN + IPV6_HEADER_LEN + 13;
+            head[tcp_flags_at] |= segment.flags & TCP_PSH;
+            let entry = &mut open[position];
+            entry.merged += 1;
+            entry.next_seq = entry.next_seq.wrapping_add(segment.payload_len as u32);
+            // A shorter packet or a push ends the segment.
+            if segment.payload_len < entry.first.payload_len || segment.flags & TCP_PSH != 0 {
+                let closed = open.swap_remove(position);
+                finish(&mut buffers[closed.head], &closed);
+            }
+            continue;
+        }
+        // It starts a segment of its own, or goes as it is; either way the
+        // flow's open segment (if any) is complete.
+        if let Some(position) = position {
+            let closed = open.swap_remove(position);
+            finish(&mut buffers[closed.head], &closed);
+        }
+        to_write.push(index);
+        if mergeable && segment.flags & TCP_PSH == 0 {
+            open.push(OpenSegment {
+                head: index,
+                first: segment,
+                next_seq: segment.seq.wrapping_add(segment.payload_len as u32),
+                merged: 0,
+            });
+        } else {
+            plain_header(&mut buffers[index]);
+        }
+    }
+    for closed in open {
+        finish(&mut buffers[closed.head], &closed);
+    }
+}
+
+/// Whether `segment` (in `packet`) may be appended to `open`'s segment
+/// (in `head`).
+fn fits(open: &OpenSegment, segment: &TcpSegment, head: &[u8], packet: &[u8]) -> bool {
+    let first = &open.first;
+    let options = IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN..first.header_len;
+    segment.seq == open.next_seq
+        && segment.ack == first.ack
+        && segment.header_len == first.header_len
+        && segment.payload_len <= first.payload_len
+        && head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD
+        // Version, traffic class (ECN included) and flow label; hop limit.
+        && head[..4] == packet[..4]
+        && head[7] == packet[7]
+        && head[options.clone()] == packet[options]
+}
+
+/// Two distinct buffers, mutably: the head and (read only) the packet.
+fn split_two(buffers: &mut [Vec<u8>], head: usize, other: usize) -> (&mut Vec<u8>, &[u8]) {
+    debug_assert!(head < other);
+    let (left, right) = buffers.split_at_mut(other);
+    (&mut left[head], &right[0])
+}
+
+/// Writes the virtio-net header of a packet that goes as it came.
+fn plain_header(buffer: &mut [u8]) {
+    buffer[..VIRTIO_NET_HDR_LEN].fill(0);
+}
+
+/// Completes a segment: a plain header if nothing joined it; else the IPv6
+/// payload length, the GSO header and the partial checksum (the pseudo
+/// header's sum; the kernel adds the rest, or trusts it for local delivery).
+fn finish(buffer: &mut [u8], segment: &OpenSegment) {
+    if segment.merged == 0 {
+        plain_header(buffer);
+        return;
+    }
+    let (header, packet) = buffer.split_at_mut(VIRTIO_NET_HDR_LEN);
+    let ip_payload = packet.len() - IPV6_HEADER_LEN;
+    // `fits` kept it within 16 bits.
+    let ip_payload_field = u16::try_from(ip_payload).unwrap_or(u16::MAX);
+    packet[4..6].copy_from_slice(&ip_payload_field.to_be_bytes());
+    let checksum_at = IPV6_HEADER_LEN + usize::from(TCP_CHECKSUM_OFFSET);
+    let pseudo = pseudo_header_sum(&packet[8..24], &packet[24..40], ip_payload as u32);
+    packet[checksum_at..checksum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
+    let header_len = u16::try_from(segment.first.header_len).unwrap_or(u16::MAX);
+    let gso_size = u16::try_from(segment.first.payload_len).unwrap_or(u16::MAX);
+    header[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    header[1] = VIRTIO_NET_HDR_GSO_TCPV6;
+    header[2..4].copy_from_slice(&header_len.to_le_bytes());
+    header[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    header[6..8].copy_from_slice(&(IPV6_HEADER_LEN as u16).to_le_bytes());
+    header[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_le_bytes());
+}
+
+/// The folded (not complemented) one's-complement sum of the IPv6 pseudo
+/// header for TCP.
+fn pseudo_header_sum(source: &[u8], destination: &[u8], tcp_len: u32) -> u16 {
+    let mut sum: u64 = 0;
+    for pair in source.chunks_exact(2).chain(destination.chunks_exact(2)) {
+        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    sum += u64::from(tcp_len >> 16) + u64::from(tcp_len & 0xffff);
+    sum += u64::from(NEXT_HEADER_TCP);
+    while sum > 0xffff {
+        sum = (sum >> 16) + (sum & 0xffff);
+    }
+    sum as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const A: [u8; 16] = [0xfd, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const B: [u8; 16] = [0xfd, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    struct Segment {
+        port: u16,
+        seq: u32,
+        payload: Vec<u8>,
+        psh: bool,
+        fin: bool,
+    }
+
+    fn data(port: u16, seq: u32, len: usize) -> Segment {
+        Segment {
+            port,
+            seq,
+            payload: (0..len).map(|i| (seq as usize + i) as u8).collect(),
+            psh: false,
+            fin: false,
+        }
+    }
+
+    /// A packet as the node hands it over: IPv6/TCP with a full checksum,
+    /// behind the header room.
+    fn buffer(segment: &Segment) -> Vec<u8> {
+        let mut builder = PacketBuilder::ipv6(A, B, 64)
+            .tcp(segment.port, 80, segment.seq, 1000)
+            .ack(77)
+            .options(&[etherparse::TcpOptionElement::Timestamp(5, 6)])
+            .expect("options");
+        if segment.psh {
+            builder = builder.psh();
+        }
+        if segment.fin {
+            builder = builder.fin();
+        }
+        let mut buffer = vec![0xaa; VIRTIO_NET_HDR_LEN];
+        builder
+            .write(&mut buffer, &segment.payload)
+            .expect("builds");
+        buffer
+    }
+
+    fn run(segments: &[Segment]) -> (Vec<Vec<u8>>, Vec<usize>) {
+        let mut buffers: Vec<Vec<u8>> = segments.iter().map(buffer).collect();
+        let mut to_write = Vec::new();
+        coalesce(&mut buffers, &mut to_write);
+        (buffers, to_write)
+    }
+
+    /// What the kernel does with a partial checksum: sum the TCP bytes
+    /// from `csum_start` (the field holding the pseudo header's sum) and
+    /// store the complement. The result must be the packet's real checksum.
+    fn complete_checksum(packet: &mut [u8]) {
+        let mut sum: u64 = 0;
+        for pair in packet[IPV6_HEADER_LEN..].chunks(2) {
+            let high = u64::from(pair[0]) << 8;
+            sum += high | pair.get(1).map_or(0, |low| u64::from(*low));
+        }
+        while sum > 0xffff {
+            sum = (sum >> 16) + (sum & 0xffff);
+        }
+        let at = IPV6_HEADER_LEN + 16;
+        packet[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
+
+    fn tcp_of(packet: &[u8]) -> (etherparse::Ipv6Header, etherparse::TcpHeader, Vec<u8>) {
+        let (ip, rest) = etherparse::Ipv6Header::from_slice(packet).expect("ipv6");
+        let (tcp, payload) = etherparse::TcpHeader::from_slice(rest).expect("tcp");
+        (ip, tcp, payload.to_vec())
+    }
+
+    #[test]
+    fn consecutive_segments_merge_into_one_with_a_gso_header() {
+        let segments = [data(1, 100, 1000), data(1, 1100, 1000), data(1, 2100, 400)];
+        let (mut buffers, to_write) = run(&segments);
+        assert_eq!(to_write, vec![0]);
+        let header = &buffers[0][..VIRTIO_NET_HDR_LEN];
+        assert_eq!(header[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(header[1], VIRTIO_NET_HDR_GSO_TCPV6);
+        let tcp_header_len = 20 + 12; // timestamps, padded
+        assert_eq!(
+            u16::from_le_bytes([header[2], header[3]]),
+            40 + tcp_header_len
+        );
+        assert_eq!(u16::from_le_bytes([header[4], header[5]]), 1000);
+        assert_eq!(u16::from_le_bytes([header[6], header[7]]), 40);
+        assert_eq!(u16::from_le_bytes([header[8], header[9]]), 16);
+        let packet = &mut buffers[0][VIRTIO_NET_HDR_LEN..];
+        complete_checksum(packet);
+        let (ip, tcp, payload) = tcp_of(packet);
+        let want: Vec<u8> = segments.iter().flat_map(|s| s.payload.clone()).collect();
+        assert_eq!(payload, want);
+        assert_eq!(
+            usize::from(ip.payload_length),
+            usize::from(tcp_header_len) + 2400
+        );
+        assert_eq!(tcp.sequence_number, 100);
+        assert_eq!(
+            tcp.checksum,
+            tcp.calc_checksum_ipv6(&ip, &payload).expect("checksum"),
+            "the partial checksum completes to the real one"
+        );
+    }
+
+    #[test]
+    fn a_lone_packet_goes_as_it_came_with_an_empty_header() {
+        let (buffers, to_write) = run(&[data(1, 100, 1000)]);
+        assert_eq!(to_write, vec![0]);
+        assert_eq!(&buffers[0][..VIRTIO_NET_HDR_LEN], &[0; VIRTIO_NET_HDR_LEN]);
+        assert_eq!(buffers[0], {
+            let mut original = buffer(&data(1, 100, 1000));
+            original[..VIRTIO_NET_HDR_LEN].fill(0);
+            original
+        });
+    }
+
+    #[test]
+    fn gaps_other_flows_and_non_tcp_are_kept_apart_in_order() {
+        let mut udp = vec![0u8; VIRTIO_NET_HDR_LEN];
+        PacketBuilder::ipv6(A, B, 64)
+            .udp(53, 53)
+            .write(&mut udp, b"query")
+            .expect("udp");
+        let mut buffers = vec![
+            buffer(&data(1, 100, 1000)),
+            buffer(&data(2, 5000, 1000)),
+            buffer(&data(1, 1100, 1000)), // joins 0
+            udp,
+            buffer(&data(1, 3100, 1000)), // gap: a new segment
+            buffer(&data(2, 6000, 1000)), // joins 1
+        ];
+        let mut to_write = Vec::new();
+        coalesce(&mut buffers, &mut to_write);
+        assert_eq!(to_write, vec![0, 1, 3, 4]);
+        let payload_len = |index: usize| tcp_of(&buffers[index][VIRTIO_NET_HDR_LEN..]).2.len();
+        assert_eq!(payload_len(0), 2000);
+        assert_eq!(payload_len(1), 2000);
+        assert_eq!(payload_len(4), 1000);
+        assert_eq!(&buffers[3][..VIRTIO_NET_HDR_LEN], &[0; VIRTIO_NET_HDR_LEN]);
+    }
+
+    #[test]
+    fn a_fin_ends_the_segment_and_keeps_its_place() {
+        let mut fin = data(1, 2100, 0);
+        fin.fin = true;
+        let (buffers, to_write) = run(&[
+            data(1, 100, 1000),
+            data(1, 1100, 1000),
+            fin,
+            data(1, 2101, 1000), // after the FIN: never merged before it
+        ]);
+        assert_eq!(to_write, vec![0, 2, 3]);
+        assert_eq!(tcp_of(&buffers[0][VIRTIO_NET_HDR_LEN..]).2.len(), 2000);
+        assert!(tcp_of(&buffers[2][VIRTIO_NET_HDR_LEN..]).1.fin);
+    }
+
+    #[test]
+    fn a_push_joins_and_closes_the_segment() {
+        let mut push = data(1, 1100, 1000);
+        push.psh = true;
+        let (buffers, to_write) = run(&[data(1, 100, 1000), push, data(1, 2100, 1000)]);
+        assert_eq!(to_write, vec![0, 2]);
+        let (_, tcp, payload) = tcp_of(&buffers[0][VIRTIO_NET_HDR_LEN..]);
+        assert!(tcp.psh);
+        assert_eq!(payload.len(), 2000);
+    }
+
+    #[test]
+    fn segments_stop_below_the_ipv6_payload_limit() {
+        let segments: Vec<Segment> = (0..80).map(|i| data(1, i * 1400, 1400)).collect();
+        let (buffers, to_write) = run(&segments);
+        assert!(to_write.len() >= 2);
+        let mut total = 0;
+        for &index in &to_write {
+            let packet = &buffers[index][VIRTIO_NET_HDR_LEN..];
+            assert!(packet.len() - IPV6_HEADER_LEN <= MAX_IPV6_PAYLOAD);
+            total += tcp_of(packet).2.len();
+        }
+        assert_eq!(total, 80 * 1400);
+    }
+
+    #[test]
+    fn garbage_passes_through_untouched_but_for_the_header() {
+        let mut buffers = vec![
+            vec![0x55; VIRTIO_NET_HDR_LEN + 3],
+            vec![0x66; VIRTIO_NET_HDR_LEN],
+        ];
+        let mut to_write = Vec::new();
+        coalesce(&mut buffers, &mut to_write);
+        assert_eq!(to_write, vec![0, 1]);
+        assert_eq!(&buffers[0][VIRTIO_NET_HDR_LEN..], &[0x55; 3]);
+    }
+}
