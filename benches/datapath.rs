@@ -1,0 +1,246 @@
+//! Per-packet costs of the data path (issue 7): outer datagram
+//! classification, the inner IPv6 parse and route lookup, and whole
+//! `Node` calls between two nodes with a session up.
+
+mod support;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use agentnet::core::address::NodePrefix;
+use agentnet::core::identity::AgentId;
+use agentnet::core::node::Node;
+use agentnet::core::packet::Ipv6Packet;
+use agentnet::core::path::relay_envelope;
+use agentnet::core::wire::{self, Datagram};
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use support::cpu_time::ThreadCpuTime;
+use support::{LARGE, SMALL};
+
+/// Datagrams sealed ahead of a timed run of the receive side.
+const CHUNK: u64 = 256;
+
+/// One datagram of every kind the outer dispatch tells apart, as the
+/// node's own traffic makes them.
+fn datagram_mix(now: Instant) -> Vec<Vec<u8>> {
+    let mut world = support::connected_pair(now);
+    let b_id = world.nodes[1].1.agent_id();
+    let a_id = world.nodes[0].1.agent_id();
+    let packet = support::udp_packet(
+        support::overlay_address(&a_id),
+        support::overlay_address(&b_id),
+        LARGE,
+    );
+    let (_, a) = &mut world.nodes[0];
+    a.handle_tun_packet(now, &packet);
+    let data = a.poll_transmit().expect("a sends data").payload;
+    // A fresh initiation (and its response) from a third node to b.
+    let mut third = support::World {
+        now,
+        nodes: vec![
+            (support::endpoint(3), support::node(3, now)),
+            (support::endpoint(2), support::node(2, now)),
+        ],
+        server: None,
+    };
+    support::trust(&mut third, 0, b_id, Some(support::endpoint(2)));
+    let third_id = third.nodes[0].1.agent_id();
+    support::trust(&mut third, 1, third_id, Some(support::endpoint(3)));
+    third.nodes[0].1.connect(now, &b_id);
+    let initiation = third.nodes[0]
+        .1
+        .poll_transmit()
+        .expect("initiation")
+        .payload;
+    third.nodes[1]
+        .1
+        .handle_datagram(now, support::endpoint(3), &initiation);
+    let response = third.nodes[1].1.poll_transmit().expect("response").payload;
+    let relay = relay_envelope(agentnet::core::address::NodeId([9; 8]), &data);
+    let mut garbage = data.clone();
+    garbage[0] = 0x42;
+    vec![data, initiation, response, relay, garbage]
+}
+
+fn classify(c: &mut Criterion<ThreadCpuTime>) {
+    let now = Instant::now();
+    let mix = datagram_mix(now);
+    let mut group = c.benchmark_group("classify");
+
+    group.throughput(Throughput::Elements(1));
+    let data = &mix[0];
+    group.bench_function("outer_parse_data", |b| {
+        b.iter(|| match Datagram::parse(black_box(data)) {
+            Ok(Datagram::Data(data)) => black_box((data.receiver_index(), data.counter())),
+            _ => panic!("data"),
+        })
+    });
+
+    group.throughput(Throughput::Elements(mix.len() as u64));
+    group.bench_function("outer_parse_mix5", |b| {
+        b.iter(|| {
+            for datagram in &mix {
+                let kind = match Datagram::parse(black_box(datagram)) {
+                    Ok(Datagram::Initiation(m)) => u64::from(m.sender_index()),
+                    Ok(Datagram::Response(m)) => u64::from(m.receiver_index()),
+                    Ok(Datagram::CookieReply(m)) => u64::from(m.receiver_index()),
+                    Ok(Datagram::Data(m)) => m.counter(),
+                    Ok(Datagram::Relay(m)) => m.inner().len() as u64,
+                    Ok(Datagram::TrustRequest(bytes)) => bytes.len() as u64,
+                    Err(_) => 0,
+                };
+                black_box(kind);
+            }
+        })
+    });
+
+    // What `Node::handle_tun_packet` does before sealing: check the IPv6
+    // header, take the destination's /112 and look it up among the peers
+    // (the same map type as the node's `by_prefix`).
+    group.throughput(Throughput::Elements(1));
+    for peers in [1u32, 10_000] {
+        let ids: Vec<AgentId> = (0..peers)
+            .map(|number| support::identity(number).agent_id())
+            .collect();
+        let by_prefix: HashMap<NodePrefix, AgentId> = ids
+            .iter()
+            .map(|id| (NodePrefix::of_agent(support::network(), id), *id))
+            .collect();
+        let source = support::overlay_address(&support::identity(u32::MAX).agent_id());
+        let destination = support::overlay_address(&ids[ids.len() / 2]);
+        let packet = support::udp_packet(source, destination, LARGE);
+        group.bench_function(format!("ipv6_route_lookup_{peers}_peers"), |b| {
+            b.iter(|| {
+                let parsed = Ipv6Packet::new_checked(black_box(&packet)).expect("ipv6");
+                let prefix = NodePrefix::of_octets(&parsed.destination());
+                black_box(by_prefix.get(&prefix))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Node 0 of a connected pair, its peer's ID and the packet it sends.
+struct Pair {
+    world: support::World,
+    a_address: SocketAddr,
+    packet: Vec<u8>,
+}
+
+impl Pair {
+    fn new(now: Instant, size: usize) -> Self {
+        let world = support::connected_pair(now);
+        let a_id = world.nodes[0].1.agent_id();
+        let b_id = world.nodes[1].1.agent_id();
+        let packet = support::udp_packet(
+            support::overlay_address(&a_id),
+            support::overlay_address(&b_id),
+            size,
+        );
+        Self {
+            a_address: world.nodes[0].0,
+            world,
+            packet,
+        }
+    }
+
+    fn nodes(&mut self) -> (&mut Node, &mut Node) {
+        let (a, b) = self.world.nodes.split_at_mut(1);
+        (&mut a[0].1, &mut b[0].1)
+    }
+}
+
+fn node_size(group: &mut BenchmarkGroup<'_, ThreadCpuTime>, size: usize) {
+    let now = Instant::now();
+    group.throughput(Throughput::Bytes(size as u64));
+
+    // TUN → UDP: parse, route, seal, queue; then take the datagram.
+    let mut pair = Pair::new(now, size);
+    group.bench_function(format!("send_tun_to_udp_{size}B"), |b| {
+        let packet = pair.packet.clone();
+        let (a, _) = pair.nodes();
+        b.iter(|| {
+            a.handle_tun_packet(now, black_box(&packet));
+            black_box(a.poll_transmit().expect("sealed datagram"))
+        })
+    });
+
+    // UDP → TUN: classify, find the session, check, decrypt, mark, check
+    // the inner addresses, queue; then take the packet. The datagrams are
+    // sealed by the peer outside the timed part.
+    let mut pair = Pair::new(now, size);
+    group.bench_function(format!("receive_udp_to_tun_{size}B"), |b| {
+        let packet = pair.packet.clone();
+        let from = pair.a_address;
+        let (a, node_b) = pair.nodes();
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(CHUNK);
+                let sealed: Vec<Vec<u8>> = (0..chunk)
+                    .map(|_| {
+                        a.handle_tun_packet(now, &packet);
+                        a.poll_transmit().expect("sealed datagram").payload
+                    })
+                    .collect();
+                let start = support::cpu_time::now();
+                for datagram in &sealed {
+                    node_b.handle_datagram(now, from, black_box(datagram));
+                    black_box(node_b.poll_tun_packet().expect("delivered to the TUN"));
+                }
+                elapsed += support::cpu_time::now().saturating_sub(start);
+                left -= chunk;
+            }
+            elapsed
+        })
+    });
+
+    // Both ends on one core: TUN → a → wire → b → TUN.
+    let mut pair = Pair::new(now, size);
+    group.bench_function(format!("tun_to_tun_{size}B"), |b| {
+        let packet = pair.packet.clone();
+        let from = pair.a_address;
+        let (a, node_b) = pair.nodes();
+        b.iter(|| {
+            a.handle_tun_packet(now, black_box(&packet));
+            let datagram = a.poll_transmit().expect("sealed datagram");
+            node_b.handle_datagram(now, from, &datagram.payload);
+            black_box(node_b.poll_tun_packet().expect("delivered to the TUN"))
+        })
+    });
+}
+
+fn node(c: &mut Criterion<ThreadCpuTime>) {
+    let mut group = c.benchmark_group("node");
+    node_size(&mut group, LARGE);
+    node_size(&mut group, SMALL);
+
+    // Drops before any cryptography beyond one BLAKE2s: an initiation
+    // whose mac1 does not verify (a stranger), and an unknown type.
+    let now = Instant::now();
+    let mut pair = Pair::new(now, SMALL);
+    let from: SocketAddr = SocketAddr::from(([192, 0, 2, 1], 4000));
+    let mut bad_mac1 = vec![0x33u8; 148];
+    wire::write_header(&mut bad_mac1, wire::TYPE_INITIATION);
+    let mut unknown = vec![0x33u8; 148];
+    unknown[..4].copy_from_slice(&[0x42, 0, 0, 0]);
+    group.throughput(Throughput::Elements(1));
+    let (_, node_b) = pair.nodes();
+    group.bench_function("drop_initiation_bad_mac1", |b| {
+        b.iter(|| node_b.handle_datagram(now, from, black_box(&bad_mac1)))
+    });
+    group.bench_function("drop_unknown_type", |b| {
+        b.iter(|| node_b.handle_datagram(now, from, black_box(&unknown)))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = classify, node
+}
+criterion_main!(benches);
