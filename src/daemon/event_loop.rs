@@ -29,10 +29,11 @@ mod trust_ops;
 
 pub(crate) use self::trust_ops::{TrustOp, trust_op_of};
 
-/// How many extra reads (a datagram run, or a TUN read) one wake-up takes
-/// before the outputs are drained (amortizes the loop without starving the
-/// other inputs).
-const BATCH: usize = 16;
+/// How many packets (datagrams, or TUN packets) one wake-up takes at most
+/// before the outputs are drained: amortizes the loop without starving the
+/// other inputs, and bounds what waits in the queues (with offloads one read
+/// brings up to 64 packets, so a count of reads would not).
+const PACKETS_PER_WAKE: usize = 256;
 /// How often the transports to rendezvous servers are reconsidered.
 const LINK_TICK: Duration = Duration::from_secs(1);
 /// Least time between two warnings about the same kind of send failure.
@@ -344,10 +345,14 @@ impl Daemon {
     }
 
     fn drain_underlay(&mut self, run: &mut ReceivedRun) {
-        for _ in 0..BATCH {
+        let mut taken = run.count();
+        while taken < PACKETS_PER_WAKE {
             match self.underlay.try_recv_run(run) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                received => self.on_udp_run(received, run),
+                received => {
+                    self.on_udp_run(received, run);
+                    taken += run.count().max(1);
+                }
             }
         }
     }
@@ -381,10 +386,14 @@ impl Daemon {
     }
 
     fn drain_tun(&mut self, batch: &mut TunReadBatch) -> Result<(), DaemonError> {
-        for _ in 0..BATCH {
+        let mut taken = batch.packets().count();
+        while taken < PACKETS_PER_WAKE {
             match self.tun.try_recv_batch(batch) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                read => self.on_tun_read(read, batch)?,
+                read => {
+                    self.on_tun_read(read, batch)?;
+                    taken += batch.packets().count().max(1);
+                }
             }
         }
         Ok(())
