@@ -332,7 +332,14 @@ relay_bench() {
         jq -r --arg id "${id[rb]}" '.peers[] | select(.id == $id) | "\(.path) \(.relay)"')
     log "  relay: first reply ${R[relay.connect]} ms after trust add; A's path to B: $path"
     [[ $path == relay* ]] || { row_failed relay "the path is not the relay ($path)"; return; }
+    local rv_ticks=$(proc_ticks "$rv_pid")
     measure relay "$ns_ra" "$ns_rb" "${addr[rb]}"
+    rv_ticks=$(($(proc_ticks "$rv_pid") - rv_ticks))
+    # What one rendezvous core forwards: relayed bits per second of its CPU.
+    [[ ${R[relay.bytes]} =~ ^[0-9]+$ ]] && ((rv_ticks > 0)) &&
+        R[relay.per_core]=$(awk -v b="${R[relay.bytes]}" -v t="$rv_ticks" -v k="$CLK_TCK" \
+            'BEGIN { printf "%.2f Gbit/s per CPU-second of the rendezvous (%.2f CPU-s for %.2f GB)", b * 8 / (t / k) / 1e9, t / k, b / 1e9 }')
+    log "  relay: ${R[relay.per_core]:-rendezvous CPU not measured}"
     R[relay.mtu]=$(addr_mtu "$ns_ra" "${addr[ra]}")
     record_rss relay "${DAEMONS[@]}"
     path=$(ip netns exec "$ns_ra" "$BIN" --state-dir "$WORK/ra" status --json |
@@ -464,6 +471,7 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [relay]="
     echo "added -> first reply)."
     [[ " ${ROWS[*]} " == *" relay "* ]] &&
         echo "Relay: the direct path blocked; its CPU includes the rendezvous server (RSS +rv)."
+    [[ -n ${R[relay.per_core]:-} ]] && echo "Relay forwarding: ${R[relay.per_core]}."
     [[ " ${ROWS[*]} " == *" usup "* ]] &&
         echo "Rootless: iperf3 through a --forward of an agent in --userspace mode (smoltcp, as nobody); RSS rootless / TUN; RTT the TUN agent pinging the rootless one."
     if ((${#SKIPPED[@]})); then
