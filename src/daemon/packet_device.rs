@@ -105,14 +105,11 @@ impl PacketDevice {
     /// Waits for a read and cuts it into packets.
     pub(crate) async fn recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
         batch.count = 0;
+        let (raw, mut slots, sizes) = batch.parts();
         let count = match self {
-            Self::Tun(tun) => {
-                tun.recv_multiple(&mut batch.raw, &mut batch.packets, &mut batch.sizes, 0)
-                    .await?
-            }
+            Self::Tun(tun) => tun.recv_multiple(raw, &mut slots, sizes, 0).await?,
             Self::Userspace(_) => {
-                let buffer = batch.packets.first_mut().ok_or_else(no_buffer)?;
-                batch.sizes[0] = self.recv(buffer).await?;
+                sizes[0] = self.recv(slots[0]).await?;
                 1
             }
         };
@@ -123,13 +120,11 @@ impl PacketDevice {
     /// Takes a read if one is queued (`WouldBlock` if not).
     pub(crate) fn try_recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
         batch.count = 0;
+        let (raw, mut slots, sizes) = batch.parts();
         let count = match self {
-            Self::Tun(tun) => {
-                tun.try_recv_multiple(&mut batch.raw, &mut batch.packets, &mut batch.sizes, 0)?
-            }
+            Self::Tun(tun) => tun.try_recv_multiple(raw, &mut slots, sizes, 0)?,
             Self::Userspace(_) => {
-                let buffer = batch.packets.first_mut().ok_or_else(no_buffer)?;
-                batch.sizes[0] = self.try_recv(buffer)?;
+                sizes[0] = self.try_recv(slots[0])?;
                 1
             }
         };
@@ -179,10 +174,6 @@ impl PacketDevice {
             Self::Userspace(stack) => Some(stack.status()),
         }
     }
-}
-
-fn no_buffer() -> io::Error {
-    io::Error::other("no packet buffer")
 }
 
 fn copy_packet(packet: &[u8], buf: &mut [u8]) -> io::Result<usize> {

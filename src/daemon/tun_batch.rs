@@ -26,9 +26,12 @@ const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 /// The packets of one TUN read.
 pub struct TunReadBatch {
     /// The raw read: virtio-net header and segment (offloads only).
-    pub(crate) raw: Vec<u8>,
-    pub(crate) packets: Vec<Vec<u8>>,
-    pub(crate) sizes: Vec<usize>,
+    raw: Vec<u8>,
+    /// One slot of `packet_len` bytes per packet, in one allocation: the
+    /// allocator maps it lazily, so slots never written cost no memory.
+    storage: Vec<u8>,
+    packet_len: usize,
+    sizes: [usize; MAX_PACKETS_PER_READ],
     pub(crate) count: usize,
 }
 
@@ -36,7 +39,7 @@ impl TunReadBatch {
     /// Buffers for packets of up to `mtu` bytes; `offload` adds the buffer
     /// for whole segments.
     pub fn new(mtu: u16, offload: bool) -> Self {
-        // Headroom for a packet a little over the MTU (the kernel's own
+        // Room for a packet a little over the MTU (the kernel's own
         // packets, such as an ICMPv6 error, respect it anyway).
         let packet_len = usize::from(mtu) + 256;
         let (slots, raw) = if offload {
@@ -46,18 +49,35 @@ impl TunReadBatch {
         };
         Self {
             raw,
-            packets: vec![vec![0; packet_len]; slots],
-            sizes: vec![0; slots],
+            storage: vec![0; slots * packet_len],
+            packet_len,
+            sizes: [0; MAX_PACKETS_PER_READ],
             count: 0,
         }
     }
 
+    /// What a read fills: the raw buffer, the packet slots (empty ones
+    /// beyond those allocated) and their sizes.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn parts(
+        &mut self,
+    ) -> (
+        &mut Vec<u8>,
+        [&mut [u8]; MAX_PACKETS_PER_READ],
+        &mut [usize; MAX_PACKETS_PER_READ],
+    ) {
+        let mut chunks = self.storage.chunks_mut(self.packet_len);
+        let slots = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+        (&mut self.raw, slots, &mut self.sizes)
+    }
+
     /// The packets read last.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.packets[..self.count]
-            .iter()
+        self.storage
+            .chunks(self.packet_len)
             .zip(&self.sizes)
-            .map(|(buffer, &len)| &buffer[..len.min(buffer.len())])
+            .take(self.count)
+            .map(|(slot, &len)| &slot[..len.min(slot.len())])
     }
 }
 
@@ -162,14 +182,18 @@ mod tests {
     fn read_batch_yields_only_the_packets_read() {
         let mut batch = TunReadBatch::new(1280, true);
         assert_eq!(batch.packets().count(), 0);
-        batch.packets[0][..2].copy_from_slice(&[6, 0]);
-        batch.sizes[0] = 2;
-        batch.sizes[1] = 3;
+        let (_, mut slots, sizes) = batch.parts();
+        slots[0][..2].copy_from_slice(&[6, 0]);
+        sizes[0] = 2;
+        sizes[1] = 3;
         batch.count = 2;
         let packets: Vec<&[u8]> = batch.packets().collect();
         assert_eq!(packets.len(), 2);
         assert_eq!(packets[0], &[6, 0]);
-        assert_eq!(TunReadBatch::new(1280, false).packets.len(), 1);
+        let mut plain = TunReadBatch::new(1280, false);
+        let (_, slots, _) = plain.parts();
+        assert!(slots[0].len() >= 1280);
+        assert!(slots[1].is_empty(), "one slot without offloads");
     }
 
     #[test]
