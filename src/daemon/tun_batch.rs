@@ -182,7 +182,7 @@ mod tests {
     fn read_batch_yields_only_the_packets_read() {
         let mut batch = TunReadBatch::new(1280, true);
         assert_eq!(batch.packets().count(), 0);
-        let (_, mut slots, sizes) = batch.parts();
+        let (_, slots, sizes) = batch.parts();
         slots[0][..2].copy_from_slice(&[6, 0]);
         sizes[0] = 2;
         sizes[1] = 3;
