@@ -1074,7 +1074,7 @@ impl Node {
         if now >= self.next_housekeeping {
             for peer in self.peers.values_mut() {
                 peer.conntrack.expire(now);
-                peer.release_idle_keys(now);
+                peer.release_idle_memory(now);
             }
             self.pending.expire(now);
             self.cookies.expire(now);

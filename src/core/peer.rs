@@ -843,16 +843,18 @@ impl Peer {
         self.unanswered_since = None;
     }
 
-    /// Drops the expanded AEAD keys of sessions idle for
-    /// [`super::session::KEEP_EXPANDED_KEY_FOR`] (an idle peer keeps only
-    /// the raw keys; see [`Session::release_idle_keys`]).
-    pub fn release_idle_keys(&mut self, now: Instant) {
+    /// Frees what only traffic needs once it stopped: the expanded AEAD
+    /// keys of sessions idle for [`super::session::KEEP_EXPANDED_KEY_FOR`]
+    /// (see [`Session::release_idle_keys`]) and the expired receive-rate
+    /// window. Called by the node's housekeeping.
+    pub fn release_idle_memory(&mut self, now: Instant) {
         for session in [&mut self.current, &mut self.previous, &mut self.next]
             .into_iter()
             .flatten()
         {
             session.release_idle_keys(now);
         }
+        self.stats.release_idle_memory(now);
     }
 
     /// The earliest time [`Peer::on_timeout`] has work to do.
