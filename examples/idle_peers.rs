@@ -243,47 +243,54 @@ fn table_bytes_per_entry(entry: usize, entries: usize) -> f64 {
 fn print_sizes(peers: usize) {
     use std::mem::size_of;
     println!("-- sizes (bytes) --");
-    let rows: [(&str, usize); 16] = [
+    let rows: [(&str, usize); 17] = [
         (
             "Node (inline, wherever the shell keeps it)",
             size_of::<Node>(),
         ),
-        ("Peer (inline, per peer)", size_of::<Peer>()),
+        ("Peer (boxed, per peer)", size_of::<Peer>()),
         (
-            "  3 x Option<Session> slots",
-            3 * size_of::<Option<Session>>(),
-        ),
-        ("    Session", size_of::<Session>()),
-        ("    of which ReplayWindow", size_of::<ReplayWindow>()),
-        (
-            "    of which 2 x ring LessSafeKey",
-            2 * size_of::<ring::aead::LessSafeKey>(),
+            "  3 x Option<Box<Session>> slots",
+            3 * size_of::<Option<Box<Session>>>(),
         ),
         ("  PeerStats", size_of::<PeerStats>()),
         ("    of which ReceiveStats", size_of::<ReceiveStats>()),
-        (
-            "    of which 2 x RttEstimator",
-            2 * size_of::<RttEstimator>(),
-        ),
         ("  PeerConfig", size_of::<PeerConfig>()),
-        (
-            "  Option<InitiatorHandshake>",
-            size_of::<Option<InitiatorHandshake>>(),
-        ),
         ("  InitiatorCookie", size_of::<InitiatorCookie>()),
         ("  ConnectionTracker", size_of::<ConnectionTracker>()),
         ("  PeerCounters", size_of::<PeerCounters>()),
-        ("(AgentId, Peer) table entry", size_of::<(AgentId, Peer)>()),
+        ("Session (boxed, per session)", size_of::<Session>()),
+        ("  of which ReplayWindow", size_of::<ReplayWindow>()),
+        (
+            "    + its full bitmap (boxed, past counter 63)",
+            32 * size_of::<u64>(),
+        ),
+        (
+            "  + ring LessSafeKey (boxed, per busy direction)",
+            size_of::<ring::aead::LessSafeKey>(),
+        ),
+        (
+            "InitiatorHandshake (boxed, while in flight)",
+            size_of::<InitiatorHandshake>(),
+        ),
+        (
+            "2 x RttEstimator (boxed with the pings, once pinged)",
+            2 * size_of::<RttEstimator>(),
+        ),
+        (
+            "(AgentId, Box<Peer>) table entry",
+            size_of::<(AgentId, Box<Peer>)>(),
+        ),
         ("NodePrefix", size_of::<NodePrefix>()),
     ];
     for (name, bytes) in rows {
-        println!("{name:<44} {bytes:>6}");
+        println!("{name:<52} {bytes:>6}");
     }
     println!("-- node tables at {peers} peers (bytes per peer, with hash-table slack) --");
     let tables: [(&str, usize); 4] = [
         (
-            "peers: HashMap<AgentId, Peer>",
-            size_of::<(AgentId, Peer)>(),
+            "peers: HashMap<AgentId, Box<Peer>>",
+            size_of::<(AgentId, Box<Peer>)>(),
         ),
         ("by_noise_key: HashMap<[u8; 32], AgentId>", 64),
         (
@@ -296,9 +303,9 @@ fn print_sizes(peers: usize) {
         ),
     ];
     for (name, entry) in tables {
-        println!("{name:<44} {:>8.0}", table_bytes_per_entry(entry, peers));
+        println!("{name:<52} {:>8.0}", table_bytes_per_entry(entry, peers));
     }
-    println!("{:<44} {:>8}", "peer_order: Vec<AgentId>", "32-64");
+    println!("{:<52} {:>8}", "peer_order: Vec<AgentId>", "32-64");
 }
 
 fn main() -> anyhow::Result<()> {

@@ -163,7 +163,9 @@ impl AutoApprove {
 pub struct Node {
     ctx: Context,
     identity: Identity,
-    peers: HashMap<AgentId, Peer>,
+    /// Boxed: a table of inline peers keeps ~60 % slack of the whole
+    /// `Peer` per entry (issue 7).
+    peers: HashMap<AgentId, Box<Peer>>,
     /// Peer order as added (status lists peers in this order).
     peer_order: Vec<AgentId>,
     by_noise_key: HashMap<[u8; 32], AgentId>,
@@ -187,10 +189,13 @@ impl std::fmt::Debug for Node {
 /// The peer that owns local session index `index`.
 fn peer_by_index<'a>(
     by_index: &HashMap<u32, AgentId>,
-    peers: &'a mut HashMap<AgentId, Peer>,
+    peers: &'a mut HashMap<AgentId, Box<Peer>>,
     index: u32,
 ) -> Option<&'a mut Peer> {
-    by_index.get(&index).and_then(|id| peers.get_mut(id))
+    by_index
+        .get(&index)
+        .and_then(|id| peers.get_mut(id))
+        .map(Box::as_mut)
 }
 
 /// What a revocation notice from `revoker` to `revoked` signs.
@@ -364,7 +369,7 @@ impl Node {
         let state = Peer::new(&self.ctx, peer);
         self.by_noise_key.insert(state.noise_public, id);
         self.by_prefix.insert(state.prefix, id);
-        self.peers.insert(id, state);
+        self.peers.insert(id, Box::new(state));
         self.peer_order.push(id);
     }
 
@@ -500,7 +505,7 @@ impl Node {
                 },
             );
             peer.is_rendezvous = true;
-            self.peers.insert(id, peer);
+            self.peers.insert(id, Box::new(peer));
         }
     }
 
@@ -782,7 +787,7 @@ impl Node {
         peer.observe_path(ctx, now, from, false);
         peer.install_next(
             ctx,
-            Session::new(&keys, local_index, sender_index, false, now),
+            Box::new(Session::new(&keys, local_index, sender_index, false, now)),
         );
         ctx.send_on(from, peer.node_id, datagram);
     }
@@ -867,7 +872,13 @@ impl Node {
         }
         peer.observe_path(ctx, now, from, true);
         peer.observe_receive(now, false);
-        let session = Session::new(&keys, local_index, response.sender_index(), true, now);
+        let session = Box::new(Session::new(
+            &keys,
+            local_index,
+            response.sender_index(),
+            true,
+            now,
+        ));
         peer.install_current(ctx, now, session);
     }
 
@@ -1063,6 +1074,7 @@ impl Node {
         if now >= self.next_housekeeping {
             for peer in self.peers.values_mut() {
                 peer.conntrack.expire(now);
+                peer.release_idle_memory(now);
             }
             self.pending.expire(now);
             self.cookies.expire(now);
@@ -1089,7 +1101,7 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peers
             .values()
-            .filter_map(Peer::next_deadline)
+            .filter_map(|peer| peer.next_deadline())
             .chain(self.ctx.rendezvous.iter().map(|link| link.next_register))
             .chain(
                 self.ctx

@@ -13,7 +13,34 @@ pub const WINDOW_SIZE: u64 = (BLOCKS as u64 - 1) * BLOCK_BITS;
 pub struct ReplayWindow {
     /// Highest counter marked so far, plus one (0 = nothing seen).
     next: u64,
-    bitmap: [u64; BLOCKS],
+    bitmap: Bitmap,
+}
+
+/// The bits of the window. A session that never got past its first 64
+/// counters (an idle peer's: the handshake confirmation and a few
+/// keepalives) keeps one block inline; the whole 256-byte bitmap is
+/// allocated when a counter beyond it is marked (issue 7).
+#[derive(Clone)]
+enum Bitmap {
+    /// Block 0, while every counter marked is below [`BLOCK_BITS`].
+    FirstBlock(u64),
+    /// All blocks; counter `c` is bit `c % 64` of block `c / 64 % BLOCKS`.
+    Blocks(Box<[u64; BLOCKS]>),
+}
+
+impl Bitmap {
+    /// All blocks, allocated from the first one the first time.
+    fn blocks_mut(&mut self) -> &mut [u64; BLOCKS] {
+        match self {
+            Bitmap::Blocks(blocks) => blocks,
+            Bitmap::FirstBlock(bits) => {
+                let mut blocks = Box::new([0; BLOCKS]);
+                blocks[0] = *bits;
+                *self = Bitmap::Blocks(blocks);
+                self.blocks_mut()
+            }
+        }
+    }
 }
 
 impl Default for ReplayWindow {
@@ -46,7 +73,7 @@ impl ReplayWindow {
     pub fn new() -> Self {
         Self {
             next: 0,
-            bitmap: [0; BLOCKS],
+            bitmap: Bitmap::FirstBlock(0),
         }
     }
 
@@ -73,7 +100,12 @@ impl ReplayWindow {
             return ReplayVerdict::TooOld;
         }
         let (block, bit) = Self::position(counter);
-        if self.bitmap[block] & bit == 0 {
+        let bits = match &self.bitmap {
+            Bitmap::Blocks(blocks) => blocks[block],
+            // Every counter marked is below 64, so is `counter` (< next).
+            Bitmap::FirstBlock(bits) => *bits,
+        };
+        if bits & bit == 0 {
             ReplayVerdict::Fresh
         } else {
             ReplayVerdict::Duplicate
@@ -86,22 +118,32 @@ impl ReplayWindow {
         if self.check(counter) != ReplayVerdict::Fresh {
             return false;
         }
+        let (block, bit) = Self::position(counter);
+        if let Bitmap::FirstBlock(bits) = &mut self.bitmap
+            && counter < BLOCK_BITS
+        {
+            // Nothing slides: the highest counter is in block 0 too.
+            *bits |= bit;
+            self.next = self.next.max(counter + 1);
+            return true;
+        }
+        let highest = self.highest();
+        let blocks = self.bitmap.blocks_mut();
         if counter >= self.next {
             // Clear the blocks the window slides over: those after the
             // highest counter's block, up to and including the new one.
-            if let Some(highest) = self.highest() {
+            if let Some(highest) = highest {
                 let highest_block = highest / BLOCK_BITS;
                 let new_block = counter / BLOCK_BITS;
                 let to_clear = (new_block - highest_block).min(BLOCKS as u64);
                 for step in 1..=to_clear {
                     let block = ((highest_block + step) % BLOCKS as u64) as usize;
-                    self.bitmap[block] = 0;
+                    blocks[block] = 0;
                 }
             }
             self.next = counter + 1;
         }
-        let (block, bit) = Self::position(counter);
-        self.bitmap[block] |= bit;
+        blocks[block] |= bit;
         true
     }
 }
@@ -150,23 +192,50 @@ mod tests {
         assert_eq!(window.highest(), None);
     }
 
+    #[test]
+    fn first_block_is_kept_inline_until_a_counter_passes_it() {
+        let mut window = ReplayWindow::new();
+        for counter in (0..BLOCK_BITS).filter(|counter| *counter != 5) {
+            assert!(window.mark(counter));
+        }
+        assert!(matches!(window.bitmap, Bitmap::FirstBlock(_)));
+        assert!(window.mark(BLOCK_BITS * 3));
+        assert!(matches!(window.bitmap, Bitmap::Blocks(_)));
+        assert_eq!(window.check(5), ReplayVerdict::Fresh);
+        assert_eq!(window.check(4), ReplayVerdict::Duplicate);
+        assert_eq!(window.check(BLOCK_BITS), ReplayVerdict::Fresh);
+    }
+
+    /// Against a model: a counter is accepted iff it was never accepted
+    /// and is not more than WINDOW_SIZE behind the highest accepted one.
+    fn check_against_set_model(counters: Vec<u64>) -> Result<(), TestCaseError> {
+        let mut window = ReplayWindow::new();
+        let mut seen = HashSet::new();
+        let mut highest: Option<u64> = None;
+        for counter in counters {
+            let too_old = highest.is_some_and(|h| h >= counter && h - counter >= WINDOW_SIZE);
+            let expected = !too_old && !seen.contains(&counter);
+            prop_assert_eq!(window.mark(counter), expected, "counter {}", counter);
+            if expected {
+                seen.insert(counter);
+                highest = Some(highest.map_or(counter, |h| h.max(counter)));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
-        // Against a model: a counter is accepted iff it was never accepted
-        // and is not more than WINDOW_SIZE behind the highest accepted one.
         #[test]
         fn matches_a_set_model(counters in proptest::collection::vec(0u64..6000, 1..400)) {
-            let mut window = ReplayWindow::new();
-            let mut seen = HashSet::new();
-            let mut highest: Option<u64> = None;
-            for counter in counters {
-                let too_old = highest.is_some_and(|h| h >= counter && h - counter >= WINDOW_SIZE);
-                let expected = !too_old && !seen.contains(&counter);
-                prop_assert_eq!(window.mark(counter), expected, "counter {}", counter);
-                if expected {
-                    seen.insert(counter);
-                    highest = Some(highest.map_or(counter, |h| h.max(counter)));
-                }
-            }
+            check_against_set_model(counters)?;
+        }
+
+        // Mostly inside the first block, then past it.
+        #[test]
+        fn matches_a_set_model_around_the_first_block(
+            counters in proptest::collection::vec(0u64..160, 1..200)
+        ) {
+            check_against_set_model(counters)?;
         }
     }
 }

@@ -6,10 +6,17 @@
 //! exactly Noise's transport encryption; done here in place to avoid copies,
 //! with ring's assembly implementation (about 3x the throughput of the
 //! portable Rust one on the project's machine; the hot path of the tunnel).
+//!
+//! ring's expanded key (`LessSafeKey`) takes 544 bytes whatever the
+//! algorithm (it is sized for AES-GCM's key schedule) against 32 bytes of
+//! ChaCha20 key, so a session keeps the raw keys and holds the expanded
+//! form of a direction only while that direction carries traffic (issue 7:
+//! memory per idle peer). See [`KEEP_EXPANDED_KEY_FOR`].
 
 use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use zeroize::Zeroizing;
 
 use super::handshake::SessionKeys;
 use super::replay::{ReplayVerdict, ReplayWindow};
@@ -23,6 +30,11 @@ pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 /// Never send or accept a counter at or beyond this.
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
+/// A direction's expanded key is kept while packets follow each other
+/// closer than this; a lone packet (keepalive, registration, handshake
+/// confirmation) expands the key on the stack for itself only, and
+/// [`Session::release_idle_keys`] drops a kept key unused this long.
+pub const KEEP_EXPANDED_KEY_FOR: Duration = Duration::from_secs(10);
 
 /// Why a packet could not be sealed or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,8 +60,8 @@ pub struct Session {
     pub is_initiator: bool,
     /// When the handshake completed.
     pub created: Instant,
-    sealing: LessSafeKey,
-    opening: LessSafeKey,
+    sealing: DirectionKey,
+    opening: DirectionKey,
     next_send_counter: u64,
     replay: ReplayWindow,
 }
@@ -71,11 +83,56 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(nonce)
 }
 
-fn key(bytes: &[u8; 32]) -> LessSafeKey {
+fn expand(bytes: &[u8; 32]) -> LessSafeKey {
     // Only a key of the wrong length is refused; ours are 32 bytes.
     let key =
         UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("ChaCha20-Poly1305 takes a 32-byte key");
     LessSafeKey::new(key)
+}
+
+/// The key of one direction: always the raw 32 bytes (zeroed on drop);
+/// ring's expanded form, on the heap, only while the direction is busy.
+struct DirectionKey {
+    raw: Zeroizing<[u8; 32]>,
+    expanded: Option<Box<LessSafeKey>>,
+    last_used: Option<Instant>,
+}
+
+impl DirectionKey {
+    fn new(raw: &[u8; 32]) -> Self {
+        Self {
+            raw: Zeroizing::new(*raw),
+            expanded: None,
+            last_used: None,
+        }
+    }
+
+    /// Runs `operation` with the expanded key. A busy direction expands
+    /// once and keeps the key (the data path pays only the pointer); the
+    /// first use after a quiet spell expands it on the stack and drops it.
+    fn with<R>(&mut self, now: Instant, operation: impl FnOnce(&LessSafeKey) -> R) -> R {
+        let previous_use = self.last_used.replace(now);
+        if let Some(expanded) = self.expanded.as_deref() {
+            return operation(expanded);
+        }
+        let busy = previous_use
+            .is_some_and(|at| now.saturating_duration_since(at) < KEEP_EXPANDED_KEY_FOR);
+        if busy {
+            operation(self.expanded.insert(Box::new(expand(&self.raw))))
+        } else {
+            operation(&expand(&self.raw))
+        }
+    }
+
+    /// Drops the expanded key when unused for [`KEEP_EXPANDED_KEY_FOR`].
+    fn release_if_idle(&mut self, now: Instant) {
+        if self
+            .last_used
+            .is_none_or(|at| now.saturating_duration_since(at) >= KEEP_EXPANDED_KEY_FOR)
+        {
+            self.expanded = None;
+        }
+    }
 }
 
 impl Session {
@@ -92,8 +149,8 @@ impl Session {
             remote_index,
             is_initiator,
             created: now,
-            sealing: key(&keys.send),
-            opening: key(&keys.receive),
+            sealing: DirectionKey::new(&keys.send),
+            opening: DirectionKey::new(&keys.receive),
             next_send_counter: 0,
             replay: ReplayWindow::new(),
         }
@@ -133,10 +190,12 @@ impl Session {
         out.resize(start + DATA_HEADER_LEN, 0);
         wire::write_data_header(&mut out[start..], self.remote_index, counter);
         out.extend_from_slice(payload);
-        let body_start = start + DATA_HEADER_LEN;
+        let body = &mut out[start + DATA_HEADER_LEN..];
         let tag = self
             .sealing
-            .seal_in_place_separate_tag(nonce(counter), Aad::empty(), &mut out[body_start..])
+            .with(now, |key| {
+                key.seal_in_place_separate_tag(nonce(counter), Aad::empty(), body)
+            })
             .map_err(|_| SessionError::Expired)?;
         out.extend_from_slice(tag.as_ref());
         Ok(())
@@ -171,13 +230,33 @@ impl Session {
         }
         let payload_len = self
             .opening
-            .open_in_place(nonce(counter), Aad::empty(), ciphertext)
-            .map_err(|_| SessionError::Decrypt)?
-            .len();
+            .with(now, |key| {
+                key.open_in_place(nonce(counter), Aad::empty(), ciphertext)
+                    .map(|payload| payload.len())
+            })
+            .map_err(|_| SessionError::Decrypt)?;
         if !self.replay.mark(counter) {
             return Err(SessionError::Replay);
         }
         Ok(payload_len)
+    }
+
+    /// Drops the expanded keys of directions idle for
+    /// [`KEEP_EXPANDED_KEY_FOR`] (they are rebuilt from the raw keys when
+    /// traffic resumes).
+    pub fn release_idle_keys(&mut self, now: Instant) {
+        self.sealing.release_if_idle(now);
+        self.opening.release_if_idle(now);
+    }
+
+    /// Whether the sealing and the opening direction hold their expanded
+    /// keys.
+    #[cfg(test)]
+    fn holds_expanded_keys(&self) -> (bool, bool) {
+        (
+            self.sealing.expanded.is_some(),
+            self.opening.expanded.is_some(),
+        )
     }
 
     /// The receive-side replay window (for loss and reorder statistics).
@@ -190,7 +269,6 @@ impl Session {
 mod tests {
     use super::*;
     use crate::core::wire::Datagram;
-    use zeroize::Zeroizing;
 
     fn pair(now: Instant) -> (Session, Session) {
         let a_to_b = [1u8; 32];
@@ -250,6 +328,38 @@ mod tests {
         tampered[last] ^= 1;
         assert_eq!(open(&mut bob, now, &tampered), Err(SessionError::Decrypt));
         assert_eq!(open(&mut bob, now, &datagram), Ok(b"hello".to_vec()));
+    }
+
+    #[test]
+    fn expanded_keys_are_kept_only_while_traffic_flows() {
+        let start = Instant::now();
+        let (mut alice, mut bob) = pair(start);
+        let exchange = |at: Instant, alice: &mut Session, bob: &mut Session| {
+            let mut datagram = Vec::new();
+            alice.seal(at, b"payload", &mut datagram).expect("seals");
+            assert_eq!(open(bob, at, &datagram), Ok(b"payload".to_vec()));
+        };
+        // A lone packet (the handshake confirmation) keeps nothing.
+        exchange(start, &mut alice, &mut bob);
+        assert_eq!(alice.holds_expanded_keys(), (false, false));
+        assert_eq!(bob.holds_expanded_keys(), (false, false));
+        // The next one soon after keeps the keys for the data path.
+        let busy = start + KEEP_EXPANDED_KEY_FOR / 2;
+        exchange(busy, &mut alice, &mut bob);
+        assert_eq!(alice.holds_expanded_keys(), (true, false));
+        assert_eq!(bob.holds_expanded_keys(), (false, true));
+        alice.release_idle_keys(busy + KEEP_EXPANDED_KEY_FOR / 2);
+        assert_eq!(alice.holds_expanded_keys(), (true, false), "still busy");
+        // Idle: dropped, and rebuilt from the raw keys when traffic resumes.
+        let idle = busy + KEEP_EXPANDED_KEY_FOR;
+        alice.release_idle_keys(idle);
+        bob.release_idle_keys(idle);
+        assert_eq!(alice.holds_expanded_keys(), (false, false));
+        assert_eq!(bob.holds_expanded_keys(), (false, false));
+        exchange(idle, &mut alice, &mut bob);
+        exchange(idle, &mut alice, &mut bob);
+        assert_eq!(alice.holds_expanded_keys(), (true, false));
+        assert_eq!(bob.holds_expanded_keys(), (false, true));
     }
 
     #[test]

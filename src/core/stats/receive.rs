@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::push_back_sparing;
 use crate::core::replay::ReplayVerdict;
 
 /// The sliding window the loss and reordering rates cover.
@@ -166,6 +167,11 @@ impl ReceiveStats {
                 {
                     self.sessions.swap_remove(oldest);
                 }
+                if self.sessions.capacity() == 0 {
+                    // Room for one: an idle peer keeps the session it was
+                    // confirmed on, and only a rekey brings a second.
+                    self.sessions.reserve_exact(1);
+                }
                 self.sessions.push(SessionCounters {
                     local_index,
                     highest: counter,
@@ -242,10 +248,11 @@ impl ReceiveStats {
             .back()
             .is_none_or(|bucket| now >= bucket.start + BUCKET);
         if fresh {
-            self.buckets.push_back(Bucket {
+            let bucket = Bucket {
                 start: now,
                 tally: ReceiveTally::default(),
-            });
+            };
+            push_back_sparing(&mut self.buckets, bucket);
             while self
                 .buckets
                 .front()
@@ -256,6 +263,19 @@ impl ReceiveStats {
         }
         if let Some(bucket) = self.buckets.back_mut() {
             bucket.tally.add(tally);
+        }
+    }
+
+    /// Frees the rate window once all its buckets are older than
+    /// [`RATE_WINDOW`] (they count for nothing then, and [`Self::record`]
+    /// would drop them at the next packet): an idle peer keeps no buckets.
+    pub fn release_expired(&mut self, now: Instant) {
+        if self
+            .buckets
+            .back()
+            .is_some_and(|bucket| bucket.start + RATE_WINDOW <= now)
+        {
+            self.buckets = VecDeque::new();
         }
     }
 
@@ -365,6 +385,29 @@ mod tests {
         stats.on_arrival_path(now, false, true);
         stats.on_skipped_report(now, 9, 4);
         assert_eq!(stats.total().lost(), 1, "{:?}", stats.total());
+    }
+
+    #[test]
+    fn releasing_an_expired_window_changes_no_report() {
+        let start = Instant::now();
+        let mut kept = ReceiveStats::default();
+        for counter in [0, 2, 3] {
+            kept.on_accepted(start, 1, counter);
+        }
+        let mut released = kept.clone();
+        released.release_expired(start + RATE_WINDOW - BUCKET);
+        assert_eq!(released.buckets.len(), 1, "still in the window");
+        let idle = start + RATE_WINDOW;
+        released.release_expired(idle);
+        assert_eq!(released.buckets.capacity(), 0);
+        for at in [idle, idle + BUCKET / 2, idle + RATE_WINDOW] {
+            kept.on_accepted(at, 1, 10);
+            released.on_accepted(at, 1, 10);
+            kept.on_refused(at, ReplayVerdict::Duplicate);
+            released.on_refused(at, ReplayVerdict::Duplicate);
+            assert_eq!(kept.window(at), released.window(at));
+            assert_eq!(kept.total(), released.total());
+        }
     }
 
     #[test]
