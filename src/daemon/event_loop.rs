@@ -210,6 +210,7 @@ impl Daemon {
         } = signals;
         self.refresh_candidates();
         self.reload_trust_store(Instant::now());
+        self.sync_names();
         self.start_trust_flow(Instant::now())?;
         self.flush().await;
         let mut candidate_refresh = tokio::time::interval_at(
@@ -266,8 +267,7 @@ impl Daemon {
                 Some(request) = requests.recv() => {
                     let response = self.on_command(request.command);
                     // Names follow the trust store before the client hears back.
-                    self.names.sync(&self.trust);
-                    self.tun.publish_names(self.names.table());
+                    self.sync_names();
                     // The client may have gone; its answer is then moot.
                     let _ = request.reply.send(response);
                 }
@@ -298,6 +298,7 @@ impl Daemon {
                 _ = sighup.recv() => {
                     tracing::info!("SIGHUP: reloading the trust store");
                     self.reload_trust_store(Instant::now());
+                    self.sync_names();
                 }
             }
             self.flush().await;
@@ -402,7 +403,9 @@ impl Daemon {
     /// Drains the node's outputs: events first (acting on one, such as an
     /// auto-approval, may queue datagrams), then datagrams and TUN packets.
     async fn flush(&mut self) {
+        let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
+            had_events = true;
             self.on_trust_event(Instant::now(), &event);
             self.pings.on_event(&event);
             self.log_event(event);
@@ -452,13 +455,22 @@ impl Daemon {
         while let Some(packet) = self.node.poll_tun_packet() {
             self.queue_for_tun(&packet).await;
         }
-        // Events may have changed the trust store; then the resolver's replies.
-        self.names.sync(&self.trust);
-        self.tun.publish_names(self.names.table());
+        // Events may have changed the trust store (comparing it on every
+        // wake would cost O(peers) per packet); then the resolver's replies.
+        if had_events {
+            self.sync_names();
+        }
         while let Some(packet) = self.names.poll_tun_packet() {
             self.queue_for_tun(&packet).await;
         }
         self.write_tun().await;
+    }
+
+    /// Makes the names (resolver, host files, userspace stack) follow the
+    /// trust store.
+    fn sync_names(&mut self) {
+        self.names.sync(&self.trust);
+        self.tun.publish_names(self.names.table());
     }
 
     /// Queues a packet for the TUN, writing the batch when it is full.
