@@ -302,16 +302,8 @@ fn underlay_address_change_mid_download_roams_and_the_transfer_completes() {
     let body = support::random_bytes(DOWNLOAD_BYTES);
     std::fs::write(www.join("big.bin"), &body).expect("big file");
     http_server(&lab, &b, &id_b, &www);
-    // The move must happen mid-download: B's underlay sends at 8 Mbit/s
-    // (the tunnel itself would finish 6 MiB in well under a second, and
-    // curl's --limit-rate does not hold back a fast start).
-    must(lab.exec_ok(
-        &b.host.ns,
-        &[
-            "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "8mbit", "burst", "64kb",
-            "latency", "400ms",
-        ],
-    ));
+    // The move must happen mid-download: 6 MiB at 8 Mbit/s take 6 s.
+    must(lab.shape_egress(&b.host, "8mbit"));
     let out_file = lab.dir().join("download.bin");
     let url = format!("http://[{}]:{HTTP_PORT}/big.bin", id_b.address);
     let curl = must(lab.spawn(

@@ -31,7 +31,7 @@ use support::natlab::{
 use support::{Lab, say, step, wait_for, wait_until};
 
 /// Programs these tests run inside the namespaces.
-const TOOLS: &[&str] = &["nft", "ping", "python3", "ss", "sysctl", "curl"];
+const TOOLS: &[&str] = &["nft", "tc", "ping", "python3", "ss", "sysctl", "curl"];
 
 /// The bound for easy ↔ easy (and no NAT, and easy ↔ hard): the
 /// status says "direct" within this long of the first packet sent.
@@ -555,6 +555,8 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
     let body = support::random_bytes(DOWNLOAD_BYTES);
     std::fs::write(www.join("big.bin"), &body).expect("big file");
     http_server(lab, &b, &id_b, &www);
+    // 8 MiB at 4 Mbit/s take 16 s: the cut lands mid-download.
+    must(lab.shape_egress(&b.host, "4mbit"));
     let out_file = lab.dir().join("download.bin");
     let url = format!("http://[{}]:{HTTP_PORT}/big.bin", id_b.address);
     let curl = must(lab.spawn(

@@ -221,6 +221,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Limits what `host` sends on its underlay interface to `rate` (tc
+    /// syntax, e.g. `8mbit`): a download from it then takes a known time.
+    /// The tunnel is far faster than any test needs, and curl's
+    /// `--limit-rate` does not hold back a fast start.
+    pub fn shape_egress(&self, host: &Host, rate: &str) -> Result<(), String> {
+        self.exec_ok(
+            &host.ns,
+            &[
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &host.iface,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "64kb",
+                "latency",
+                "400ms",
+            ],
+        )
+        .map(drop)
+    }
+
     /// A command that runs `args` inside namespace `ns`, without proxies.
     pub fn command(&self, ns: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
