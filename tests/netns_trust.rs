@@ -497,7 +497,10 @@ fn revoked_peer_gets_nothing_delivered_after_revoke_returns() {
     );
 
     // Proof of life after the revoke: b's own packets to a cross its TUN
-    // (and go nowhere); and a keeps sending, which b drops and counts.
+    // (and go nowhere, counted as having no route); and whatever a still
+    // sends (data in flight, handshake initiations) b drops and counts. a
+    // may fall silent at once: the revocation notice reaches it within a
+    // round trip and it drops the session.
     let _ = lab.exec(
         &b.host.ns,
         &[
@@ -518,7 +521,7 @@ fn revoked_peer_gets_nothing_delivered_after_revoke_returns() {
         Duration::from_secs(10),
         || {
             b.status()
-                .is_ok_and(|status| dropped_total(&status) > dropped_before + 10)
+                .is_ok_and(|status| dropped_total(&status) >= dropped_before + 3)
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
