@@ -31,6 +31,7 @@ use agentnet::core::handshake::InitiatorHandshake;
 use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::node::{Node, NodeConfig, PeerConfig};
 use agentnet::core::peer::{Peer, PeerCounters};
+use agentnet::core::peer_table::PeerSlot;
 use agentnet::core::policy::Policy;
 use agentnet::core::replay::ReplayWindow;
 use agentnet::core::session::Session;
@@ -243,7 +244,7 @@ fn table_bytes_per_entry(entry: usize, entries: usize) -> f64 {
 fn print_sizes(peers: usize) {
     use std::mem::size_of;
     println!("-- sizes (bytes) --");
-    let rows: [(&str, usize); 17] = [
+    let rows: [(&str, usize); 16] = [
         (
             "Node (inline, wherever the shell keeps it)",
             size_of::<Node>(),
@@ -277,10 +278,6 @@ fn print_sizes(peers: usize) {
             "2 x RttEstimator (boxed with the pings, once pinged)",
             2 * size_of::<RttEstimator>(),
         ),
-        (
-            "(AgentId, Box<Peer>) table entry",
-            size_of::<(AgentId, Box<Peer>)>(),
-        ),
         ("NodePrefix", size_of::<NodePrefix>()),
     ];
     for (name, bytes) in rows {
@@ -289,23 +286,31 @@ fn print_sizes(peers: usize) {
     println!("-- node tables at {peers} peers (bytes per peer, with hash-table slack) --");
     let tables: [(&str, usize); 4] = [
         (
-            "peers: HashMap<AgentId, Box<Peer>>",
-            size_of::<(AgentId, Box<Peer>)>(),
-        ),
-        ("by_noise_key: HashMap<[u8; 32], AgentId>", 64),
-        (
-            "by_prefix: HashMap<NodePrefix, AgentId>",
-            size_of::<(NodePrefix, AgentId)>(),
+            "peers by ID: HashMap<AgentId, PeerSlot>",
+            size_of::<(AgentId, PeerSlot)>(),
         ),
         (
-            "by_index: HashMap<u32, AgentId> (1 session)",
-            size_of::<(u32, AgentId)>(),
+            "by_noise_key: HashMap<[u8; 32], PeerSlot>",
+            size_of::<([u8; 32], PeerSlot)>(),
+        ),
+        (
+            "by_prefix: HashMap<NodePrefix, PeerSlot>",
+            size_of::<(NodePrefix, PeerSlot)>(),
+        ),
+        (
+            "by_index: HashMap<u32, PeerSlot> (1 session)",
+            size_of::<(u32, PeerSlot)>(),
         ),
     ];
     for (name, entry) in tables {
         println!("{name:<52} {:>8.0}", table_bytes_per_entry(entry, peers));
     }
-    println!("{:<52} {:>8}", "peer_order: Vec<AgentId>", "32-64");
+    println!(
+        "{:<52} {:>8}",
+        "peer slab: Vec<Option<Box<Peer>>>",
+        format!("{}-16", size_of::<Option<Box<Peer>>>())
+    );
+    println!("{:<52} {:>8}", "peer_order: Vec<PeerSlot>", "4-8");
 }
 
 fn main() -> anyhow::Result<()> {

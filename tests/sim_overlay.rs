@@ -425,6 +425,37 @@ fn revoked_peer_is_told_and_its_packets_are_dropped() {
 }
 
 #[test]
+fn a_peer_added_after_a_removal_gets_only_its_own_traffic() {
+    // C takes the place B left in A's peer table; B still holds its old
+    // session with A and keeps sending on it.
+    let mut net = SimNet::new(15, LinkConfig::default());
+    let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
+    net.trust_both(a, b);
+    let (address_a, address_b, address_c) = (
+        net.overlay_address(a),
+        net.overlay_address(b),
+        net.overlay_address(c),
+    );
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 80, 1, 10));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, a), vec![1]);
+    let id_b = net.id(b);
+    assert!(net.hosts[a].node.remove_peer(&id_b));
+    net.trust_both(a, c);
+    net.send_from_tun(c, &udp_packet(address_c, address_a, 80, 2, 10));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.is_connected(a, c));
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 80, 3, 10));
+    net.send_from_tun(c, &udp_packet(address_c, address_a, 80, 4, 10));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, a), vec![1, 2, 4]);
+    let status = net.hosts[a].node.status(net.now);
+    let ids: Vec<_> = status.peers.iter().map(|peer| peer.id).collect();
+    assert_eq!(ids, vec![net.id(c)]);
+    assert_eq!(status.peers[0].rx_packets, 2);
+}
+
+#[test]
 fn the_same_seed_replays_the_same_run() {
     let transcript = |seed| {
         let mut net = SimNet::new(seed, lossy_reordering_link());

@@ -14,6 +14,7 @@ use super::identity::AgentId;
 use super::mac::Mac1Key;
 use super::node::{Event, Transmit};
 use super::path::{PathAddr, relay_envelope};
+use super::peer_table::PeerSlot;
 use super::rng::CoreRng;
 use super::status::DropCounters;
 use super::tai64n::Tai64N;
@@ -32,8 +33,8 @@ pub struct Context {
     pub started: Instant,
     /// Wall-clock time when the node started, for TAI64N timestamps.
     pub unix_at_start: Duration,
-    /// Local session index → the peer it belongs to.
-    pub by_index: HashMap<u32, AgentId>,
+    /// Local session index → the slot of the peer it was given to.
+    pub by_index: HashMap<u32, PeerSlot>,
     pub transmits: VecDeque<Transmit>,
     pub tun_out: VecDeque<Vec<u8>>,
     pub events: VecDeque<Event>,
@@ -84,8 +85,9 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A fresh random local session index, registered to `peer`.
-    pub fn allocate_index(&mut self, peer: AgentId) -> u32 {
+    /// A fresh random local session index, registered to the peer in
+    /// `peer`.
+    pub fn allocate_index(&mut self, peer: PeerSlot) -> u32 {
         loop {
             let index = self.rng.next_u32();
             if index != 0 && !self.by_index.contains_key(&index) {

@@ -16,6 +16,7 @@ pub mod node;
 pub mod packet;
 pub mod path;
 pub mod peer;
+pub mod peer_table;
 pub mod pending;
 pub mod policy;
 pub mod rendezvous;

@@ -24,6 +24,7 @@ use super::mac::Mac1Key;
 use super::packet::{self, Ipv6Packet};
 use super::path::PathAddr;
 use super::peer::{MIN_INITIATION_INTERVAL, Peer, Slot};
+use super::peer_table::{PeerSlot, PeerTable};
 use super::pending::{Admission, PendingRequest, PendingRequests, PendingStatus};
 use super::policy::Policy;
 use super::rng::core_rng;
@@ -163,13 +164,11 @@ impl AutoApprove {
 pub struct Node {
     ctx: Context,
     identity: Identity,
-    /// Boxed: a table of inline peers keeps ~60 % slack of the whole
-    /// `Peer` per entry (issue 7).
-    peers: HashMap<AgentId, Box<Peer>>,
+    peers: PeerTable,
     /// Peer order as added (status lists peers in this order).
-    peer_order: Vec<AgentId>,
-    by_noise_key: HashMap<[u8; 32], AgentId>,
-    by_prefix: HashMap<NodePrefix, AgentId>,
+    peer_order: Vec<PeerSlot>,
+    by_noise_key: HashMap<[u8; 32], PeerSlot>,
+    by_prefix: HashMap<NodePrefix, PeerSlot>,
     next_housekeeping: Instant,
     pending: PendingRequests,
     auto_approve: AutoApprove,
@@ -186,16 +185,14 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// The peer that owns local session index `index`.
+/// The peer that local session index `index` was given to (which must
+/// still be asked whether it holds that session: see [`PeerSlot`]).
 fn peer_by_index<'a>(
-    by_index: &HashMap<u32, AgentId>,
-    peers: &'a mut HashMap<AgentId, Box<Peer>>,
+    by_index: &HashMap<u32, PeerSlot>,
+    peers: &'a mut PeerTable,
     index: u32,
 ) -> Option<&'a mut Peer> {
-    by_index
-        .get(&index)
-        .and_then(|id| peers.get_mut(id))
-        .map(Box::as_mut)
+    by_index.get(&index).and_then(|slot| peers.at_mut(*slot))
 }
 
 /// What a revocation notice from `revoker` to `revoked` signs.
@@ -237,7 +234,7 @@ impl Node {
         Self {
             ctx,
             identity: config.identity,
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
             peer_order: Vec::new(),
             by_noise_key: HashMap::new(),
             by_prefix: HashMap::new(),
@@ -327,7 +324,7 @@ impl Node {
     /// requester is a peer by now.
     pub fn restore_pending_request(&mut self, now: Instant, pending: PendingRequest) {
         let requester = pending.request.requester;
-        if requester == self.ctx.own_id || self.peers.contains_key(&requester) {
+        if requester == self.ctx.own_id || self.peers.contains(&requester) {
             return;
         }
         self.pending.restore(now, pending);
@@ -365,12 +362,13 @@ impl Node {
             existing.config = peer;
             return;
         }
-        let id = peer.id;
-        let state = Peer::new(&self.ctx, peer);
-        self.by_noise_key.insert(state.noise_public, id);
-        self.by_prefix.insert(state.prefix, id);
-        self.peers.insert(id, Box::new(state));
-        self.peer_order.push(id);
+        let ctx = &self.ctx;
+        let state = self
+            .peers
+            .insert(peer.id, |slot| Peer::new(ctx, peer, slot));
+        self.by_noise_key.insert(state.noise_public, state.slot);
+        self.by_prefix.insert(state.prefix, state.slot);
+        self.peer_order.push(state.slot);
     }
 
     /// Removes a peer and destroys its sessions and keys at once. Returns
@@ -383,7 +381,7 @@ impl Node {
         peer.clear_sessions(&mut self.ctx);
         self.by_noise_key.remove(&peer.noise_public);
         self.by_prefix.remove(&peer.prefix);
-        self.peer_order.retain(|other| other != id);
+        self.peer_order.retain(|slot| *slot != peer.slot);
         // Packets of this peer may still be queued for the TUN; they were
         // accepted before the removal, so they may go out.
         if was_up {
@@ -494,18 +492,19 @@ impl Node {
             last_registered: None,
             register_unanswered_since: None,
         });
-        if !self.peers.contains_key(&id) {
-            let mut peer = Peer::new(
-                &self.ctx,
-                PeerConfig {
+        if !self.peers.contains(&id) {
+            let ctx = &self.ctx;
+            self.peers.insert(id, |slot| {
+                let config = PeerConfig {
                     id,
                     name: "rendezvous".into(),
                     endpoint: Some(endpoint),
                     allow: Policy::All,
-                },
-            );
-            peer.is_rendezvous = true;
-            self.peers.insert(id, Box::new(peer));
+                };
+                let mut peer = Peer::new(ctx, config, slot);
+                peer.is_rendezvous = true;
+                peer
+            });
         }
     }
 
@@ -617,7 +616,7 @@ impl Node {
             nat: self.ctx.nat_hint(),
         }
         .encode();
-        for peer in self.peers.values_mut() {
+        for peer in self.peers.iter_mut() {
             if !peer.is_rendezvous && peer.is_up(now) {
                 peer.send(&mut self.ctx, now, &frame);
             }
@@ -650,7 +649,7 @@ impl Node {
                 return;
             }
         };
-        if self.peers.contains_key(&request.requester) || request.requester == self.ctx.own_id {
+        if self.peers.contains(&request.requester) || request.requester == self.ctx.own_id {
             dropped.trust_requests_rejected += 1;
             return;
         }
@@ -723,14 +722,15 @@ impl Node {
                 return;
             }
         };
-        let Some(id) = self.by_noise_key.get(&received.remote_static).copied() else {
+        let Some(slot) = self.by_noise_key.get(&received.remote_static).copied() else {
             ctx.dropped.untrusted += 1;
             return;
         };
-        let Some(peer) = self.peers.get_mut(&id).filter(|peer| !peer.is_rendezvous) else {
+        let Some(peer) = self.peers.at_mut(slot).filter(|peer| !peer.is_rendezvous) else {
             ctx.dropped.untrusted += 1;
             return;
         };
+        let id = peer.config.id;
         if relayed_by.is_some_and(|node| node != peer.node_id) {
             ctx.dropped.handshake_failed += 1;
             return;
@@ -758,7 +758,7 @@ impl Node {
         let remote_name = received.payload.name.clone();
         let remote_candidates = received.payload.candidates.clone();
         let remote_nat = received.payload.nat.clone();
-        let local_index = ctx.allocate_index(id);
+        let local_index = ctx.allocate_index(slot);
         let payload = ResponsePayload {
             version,
             name: ctx.name.clone(),
@@ -805,7 +805,7 @@ impl Node {
         let Some(peer) = ctx
             .by_index
             .get(&local_index)
-            .and_then(|id| self.peers.get_mut(id))
+            .and_then(|slot| self.peers.at_mut(*slot))
             .filter(|peer| {
                 peer.is_pending_initiation(local_index)
                     && relayed_by.is_none_or(|node| node == peer.node_id)
@@ -1041,7 +1041,7 @@ impl Node {
         let Some(peer) = self
             .by_prefix
             .get(&NodePrefix::of_octets(&parsed.destination()))
-            .and_then(|id| self.peers.get_mut(id))
+            .and_then(|slot| self.peers.at_mut(*slot))
         else {
             self.ctx.dropped.no_route += 1;
             return;
@@ -1063,16 +1063,21 @@ impl Node {
         self.run_registrations(now);
         // Rendezvous links first, then peers in the order they were added
         // (a fixed order keeps simulations reproducible).
-        let rendezvous_ids: Vec<AgentId> = self.ctx.rendezvous.iter().map(|link| link.id).collect();
-        for id in rendezvous_ids.iter().chain(self.peer_order.iter()) {
-            if let Some(peer) = self.peers.get_mut(id)
+        let rendezvous_slots: Vec<PeerSlot> = self
+            .ctx
+            .rendezvous
+            .iter()
+            .filter_map(|link| self.peers.slot_of(&link.id))
+            .collect();
+        for slot in rendezvous_slots.iter().chain(self.peer_order.iter()) {
+            if let Some(peer) = self.peers.at_mut(*slot)
                 && peer.next_deadline().is_some_and(|deadline| deadline <= now)
             {
                 peer.on_timeout(&mut self.ctx, now);
             }
         }
         if now >= self.next_housekeeping {
-            for peer in self.peers.values_mut() {
+            for peer in self.peers.iter_mut() {
                 peer.conntrack.expire(now);
                 peer.release_idle_memory(now);
             }
@@ -1100,7 +1105,7 @@ impl Node {
     /// When [`Node::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peers
-            .values()
+            .iter()
             .filter_map(|peer| peer.next_deadline())
             .chain(self.ctx.rendezvous.iter().map(|link| link.next_register))
             .chain(
@@ -1161,7 +1166,7 @@ impl Node {
             peers: self
                 .peer_order
                 .iter()
-                .filter_map(|id| self.peers.get(id))
+                .filter_map(|slot| self.peers.at(*slot))
                 .filter(|peer| !peer.is_rendezvous)
                 .map(|peer| peer.status(&self.ctx, now))
                 .collect(),

@@ -15,6 +15,7 @@ use super::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS
 use super::node::{Event, PeerConfig};
 use super::packet::Ipv6Packet;
 use super::path::{NatKind, PathAddr};
+use super::peer_table::PeerSlot;
 use super::policy::Policy;
 use super::session::{REJECT_AFTER_TIME, Session};
 use super::stats::{PeerStats, ReportContext};
@@ -137,6 +138,8 @@ pub struct Peer {
     pub counters: PeerCounters,
     /// The peer's node ID (relay envelopes name it).
     pub node_id: NodeId,
+    /// Where the node's table keeps this peer (its session indices name it).
+    pub slot: PeerSlot,
     /// Whether this "peer" is a rendezvous server (no IP traffic).
     pub is_rendezvous: bool,
     /// The direct endpoint answered a round trip recently.
@@ -185,11 +188,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 impl Peer {
-    /// A peer with no session yet.
-    pub fn new(ctx: &Context, config: PeerConfig) -> Self {
+    /// A peer with no session yet, kept in `slot` of the node's table.
+    pub fn new(ctx: &Context, config: PeerConfig, slot: PeerSlot) -> Self {
         let noise_public = config.id.noise_public_key();
         Self {
             node_id: NodeId::of(&config.id),
+            slot,
             prefix: NodePrefix::of_agent(ctx.network, &config.id),
             endpoint: config.endpoint,
             endpoint_socket: None,
@@ -794,7 +798,7 @@ impl Peer {
             // may be learnt from the peer's own initiation meanwhile).
             return;
         }
-        let local_index = ctx.allocate_index(self.config.id);
+        let local_index = ctx.allocate_index(self.slot);
         let payload = InitiationPayload {
             timestamp: ctx.timestamp(now),
             versions: SUPPORTED_VERSIONS.to_vec(),

@@ -9,38 +9,28 @@ const BLOCKS: usize = 32;
 pub const WINDOW_SIZE: u64 = (BLOCKS as u64 - 1) * BLOCK_BITS;
 
 /// Counters seen on one receiving session.
+///
+/// A session that never got past its first 64 counters (an idle peer's:
+/// the handshake confirmation and a few keepalives) keeps one block of the
+/// bitmap inline; the whole bitmap (256 bytes) is allocated when a counter
+/// beyond that block is marked (issue 7: memory per idle peer).
 #[derive(Clone)]
 pub struct ReplayWindow {
     /// Highest counter marked so far, plus one (0 = nothing seen).
     next: u64,
-    bitmap: Bitmap,
-}
-
-/// The bits of the window. A session that never got past its first 64
-/// counters (an idle peer's: the handshake confirmation and a few
-/// keepalives) keeps one block inline; the whole 256-byte bitmap is
-/// allocated when a counter beyond it is marked (issue 7).
-#[derive(Clone)]
-enum Bitmap {
-    /// Block 0, while every counter marked is below [`BLOCK_BITS`].
-    FirstBlock(u64),
+    /// Block 0 while `blocks` is not allocated (every counter marked is
+    /// below [`BLOCK_BITS`]); unused after.
+    first_block: u64,
     /// All blocks; counter `c` is bit `c % 64` of block `c / 64 % BLOCKS`.
-    Blocks(Box<[u64; BLOCKS]>),
+    blocks: Option<Box<[u64; BLOCKS]>>,
 }
 
-impl Bitmap {
-    /// All blocks, allocated from the first one the first time.
-    fn blocks_mut(&mut self) -> &mut [u64; BLOCKS] {
-        match self {
-            Bitmap::Blocks(blocks) => blocks,
-            Bitmap::FirstBlock(bits) => {
-                let mut blocks = Box::new([0; BLOCKS]);
-                blocks[0] = *bits;
-                *self = Bitmap::Blocks(blocks);
-                self.blocks_mut()
-            }
-        }
-    }
+/// The whole bitmap, holding the first block's bits.
+#[cold]
+fn all_blocks(first_block: u64) -> Box<[u64; BLOCKS]> {
+    let mut blocks = Box::new([0; BLOCKS]);
+    blocks[0] = first_block;
+    blocks
 }
 
 impl Default for ReplayWindow {
@@ -73,7 +63,8 @@ impl ReplayWindow {
     pub fn new() -> Self {
         Self {
             next: 0,
-            bitmap: Bitmap::FirstBlock(0),
+            first_block: 0,
+            blocks: None,
         }
     }
 
@@ -88,6 +79,7 @@ impl ReplayWindow {
     }
 
     /// Checks a counter without changing the window.
+    #[inline]
     pub fn check(&self, counter: u64) -> ReplayVerdict {
         if counter == u64::MAX {
             // Never valid (the sender rejects far earlier); keeps `next` from overflowing.
@@ -100,10 +92,10 @@ impl ReplayWindow {
             return ReplayVerdict::TooOld;
         }
         let (block, bit) = Self::position(counter);
-        let bits = match &self.bitmap {
-            Bitmap::Blocks(blocks) => blocks[block],
+        let bits = match &self.blocks {
+            Some(blocks) => blocks[block],
             // Every counter marked is below 64, so is `counter` (< next).
-            Bitmap::FirstBlock(bits) => *bits,
+            None => self.first_block,
         };
         if bits & bit == 0 {
             ReplayVerdict::Fresh
@@ -114,21 +106,21 @@ impl ReplayWindow {
 
     /// Marks a counter as seen (call only after authentication). Returns
     /// false, changing nothing, if the counter is not fresh.
+    #[inline]
     pub fn mark(&mut self, counter: u64) -> bool {
         if self.check(counter) != ReplayVerdict::Fresh {
             return false;
         }
         let (block, bit) = Self::position(counter);
-        if let Bitmap::FirstBlock(bits) = &mut self.bitmap
-            && counter < BLOCK_BITS
-        {
+        if self.blocks.is_none() && counter < BLOCK_BITS {
             // Nothing slides: the highest counter is in block 0 too.
-            *bits |= bit;
+            self.first_block |= bit;
             self.next = self.next.max(counter + 1);
             return true;
         }
         let highest = self.highest();
-        let blocks = self.bitmap.blocks_mut();
+        let first_block = self.first_block;
+        let blocks = self.blocks.get_or_insert_with(|| all_blocks(first_block));
         if counter >= self.next {
             // Clear the blocks the window slides over: those after the
             // highest counter's block, up to and including the new one.
@@ -198,9 +190,9 @@ mod tests {
         for counter in (0..BLOCK_BITS).filter(|counter| *counter != 5) {
             assert!(window.mark(counter));
         }
-        assert!(matches!(window.bitmap, Bitmap::FirstBlock(_)));
+        assert!(window.blocks.is_none());
         assert!(window.mark(BLOCK_BITS * 3));
-        assert!(matches!(window.bitmap, Bitmap::Blocks(_)));
+        assert!(window.blocks.is_some());
         assert_eq!(window.check(5), ReplayVerdict::Fresh);
         assert_eq!(window.check(4), ReplayVerdict::Duplicate);
         assert_eq!(window.check(BLOCK_BITS), ReplayVerdict::Fresh);

@@ -112,15 +112,29 @@ impl DirectionKey {
     /// first use after a quiet spell expands it on the stack and drops it.
     fn with<R>(&mut self, now: Instant, operation: impl FnOnce(&LessSafeKey) -> R) -> R {
         let previous_use = self.last_used.replace(now);
-        if let Some(expanded) = self.expanded.as_deref() {
-            return operation(expanded);
+        match self.expanded.as_deref() {
+            Some(expanded) => operation(expanded),
+            None => self.expand_for(now, previous_use, operation),
         }
+    }
+
+    /// [`Self::with`] without an expanded key: expands it, and keeps it if
+    /// the previous use was less than [`KEEP_EXPANDED_KEY_FOR`] ago.
+    #[cold]
+    #[inline(never)]
+    fn expand_for<R>(
+        &mut self,
+        now: Instant,
+        previous_use: Option<Instant>,
+        operation: impl FnOnce(&LessSafeKey) -> R,
+    ) -> R {
+        let expanded = expand(&self.raw);
         let busy = previous_use
             .is_some_and(|at| now.saturating_duration_since(at) < KEEP_EXPANDED_KEY_FOR);
         if busy {
-            operation(self.expanded.insert(Box::new(expand(&self.raw))))
+            operation(self.expanded.insert(Box::new(expanded)))
         } else {
-            operation(&expand(&self.raw))
+            operation(&expanded)
         }
     }
 
