@@ -906,29 +906,7 @@ fn assert_reflexive(agent: &Agent, rv: &Rendezvous, site: &Site) {
 
 /// `python3 -m http.server` on B's overlay address, serving `dir`.
 fn http_server(lab: &Lab, agent: &Agent, id: &Identity, dir: &Path) {
-    let port = HTTP_PORT.to_string();
-    let bind = id.address.to_string();
-    must(lab.spawn(
-        &agent.host.ns,
-        "http",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            &port,
-            "--bind",
-            &bind,
-            "--directory",
-            dir.to_str().expect("utf-8 path"),
-        ],
-    ));
-    let filter = format!(":{HTTP_PORT}");
-    must(wait_until(
-        "the HTTP server to listen",
-        Duration::from_secs(15),
-        || {
-            lab.exec(&agent.host.ns, &["ss", "-Hltn", "sport", "=", &filter])
-                .is_ok_and(|o| o.stdout.contains("LISTEN"))
-        },
+    must(support::http::serve_directory(
+        lab, agent, id.address, HTTP_PORT, dir,
     ));
 }

@@ -134,39 +134,11 @@ fn trust_entry(agent: &Agent, id: &Identity) -> Option<Value> {
 /// `python3 -m http.server PORT` bound to `address` in `agent`'s namespace,
 /// serving `dir`; returns its PID once it listens.
 fn http_server(lab: &Lab, agent: &Agent, address: Ipv6Addr, port: u16, dir: &Path) -> u32 {
-    let port_text = port.to_string();
-    let bind = address.to_string();
-    let pid = lab
-        .spawn(
-            &agent.host.ns,
-            &format!("http-{port}"),
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                &port_text,
-                "--bind",
-                &bind,
-                "--directory",
-                dir.to_str().expect("utf-8 path"),
-            ],
-        )
-        .expect("http server");
-    wait_until_listening(lab, agent, port);
-    pid
+    support::http::serve_directory(lab, agent, address, port, dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn wait_until_listening(lab: &Lab, agent: &Agent, port: u16) {
-    let filter = format!(":{port}");
-    wait_until(
-        &format!("a listener on port {port}"),
-        Duration::from_secs(15),
-        || {
-            lab.exec(&agent.host.ns, &["ss", "-Hltn", "sport", "=", &filter])
-                .is_ok_and(|o| o.stdout.contains("LISTEN"))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    support::http::wait_listening(lab, agent, port).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A directory with `index.txt` holding `text`.

@@ -6,6 +6,52 @@ use std::time::{Duration, Instant};
 
 use super::{Agent, Lab, random_bytes, wait_until};
 
+/// `python3 -m http.server PORT` bound to `bind` in `agent`'s namespace,
+/// serving `dir`; returns its PID once it listens (stopped again if it
+/// never does).
+pub fn serve_directory(
+    lab: &Lab,
+    agent: &Agent,
+    bind: std::net::Ipv6Addr,
+    port: u16,
+    dir: &Path,
+) -> Result<u32, String> {
+    let port_text = port.to_string();
+    let bind = bind.to_string();
+    let pid = lab.spawn(
+        &agent.host.ns,
+        &format!("http-{port}"),
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &port_text,
+            "--bind",
+            &bind,
+            "--directory",
+            path(dir),
+        ],
+    )?;
+    if let Err(e) = wait_listening(lab, agent, port) {
+        let (_, err) = lab.stop(pid);
+        return Err(format!("{e}; server stderr:\n{err}"));
+    }
+    Ok(pid)
+}
+
+/// Waits until something in `agent`'s namespace listens on TCP `port`.
+pub fn wait_listening(lab: &Lab, agent: &Agent, port: u16) -> Result<(), String> {
+    let filter = format!(":{port}");
+    wait_until(
+        &format!("a listener on port {port}"),
+        Duration::from_secs(15),
+        || {
+            lab.exec(&agent.host.ns, &["ss", "-Hltn", "sport", "=", &filter])
+                .is_ok_and(|o| o.stdout.contains("LISTEN"))
+        },
+    )
+}
+
 /// Serves `len` random bytes from `server` on `[bind]:port`, fetches them
 /// from `client` with curl within `timeout`, and compares. Returns how long
 /// the download took.
@@ -23,34 +69,8 @@ pub fn fetch_over_overlay(
     let blob = random_bytes(len);
     std::fs::write(www.join("blob.bin"), &blob).map_err(|e| e.to_string())?;
 
-    let port = port.to_string();
+    let pid = serve_directory(lab, server, bind, port, &www)?;
     let bind = bind.to_string();
-    let pid = lab.spawn(
-        &server.host.ns,
-        "http-server",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            &port,
-            "--bind",
-            &bind,
-            "--directory",
-            path(&www),
-        ],
-    )?;
-    let listening = wait_until("the http server", Duration::from_secs(15), || {
-        lab.exec(
-            &server.host.ns,
-            &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
-        )
-        .is_ok_and(|o| o.stdout.contains("LISTEN"))
-    });
-    if let Err(e) = listening {
-        let (_, err) = lab.stop(pid);
-        return Err(format!("{e}; server stderr:\n{err}"));
-    }
-
     let fetched = www.join("fetched.bin");
     let url = format!("http://[{bind}]:{port}/blob.bin");
     let started = Instant::now();
