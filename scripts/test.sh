@@ -10,8 +10,12 @@
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo test --all-targets, then the doc tests
 #   5. checks that no test left a lab namespace (an-<pid>-<n>-*) behind
-#   6. a short run of every fuzz target (fuzz/), when cargo-fuzz is
-#      installed (never installed from here: it takes minutes to compile)
+#   6. a short run of every fuzz target (fuzz/) with cargo-fuzz, which it
+#      installs (pinned, about a minute to compile) when CI=true or
+#      AGENTNET_FUZZ_INSTALL=1; the saved corpora replay in step 4 anyway
+#      (tests/fuzz_corpus.rs), fuzzer or not. The short run builds without
+#      a sanitizer (the harness reaches no unsafe code; it compiles in half
+#      the time); long runs (README "Fuzzing") keep AddressSanitizer
 #
 # Every step runs even when an earlier one failed (one run shows all that is
 # wrong); the exit status is non-zero if any failed. What is skipped, and
@@ -23,6 +27,8 @@
 #   AGENTNET_NO_INSTALL=1      install nothing, only report what is missing
 #   AGENTNET_TEST_TIMEOUT=900  seconds allowed for the cargo test step
 #   AGENTNET_FUZZ_SECONDS=20   seconds per fuzz target (0: no fuzzing)
+#   AGENTNET_FUZZ_INSTALL=1    install cargo-fuzz when missing (default: 1
+#                              when CI=true, else 0)
 # =============================================================================
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,6 +37,8 @@ REQUIRE_NETNS=${AGENTNET_REQUIRE_NETNS:-0}
 NO_INSTALL=${AGENTNET_NO_INSTALL:-0}
 TEST_TIMEOUT=${AGENTNET_TEST_TIMEOUT:-900}
 FUZZ_SECONDS=${AGENTNET_FUZZ_SECONDS:-20}
+CARGO_FUZZ_VERSION=0.13.1
+if [[ ${CI:-} == true ]]; then FUZZ_INSTALL=${AGENTNET_FUZZ_INSTALL:-1}; else FUZZ_INSTALL=${AGENTNET_FUZZ_INSTALL:-0}; fi
 REQUIREMENTS=scripts/requirements-test.txt
 VENV=.venv
 export AGENTNET_REQUIRE_NETNS=$REQUIRE_NETNS
@@ -179,17 +187,30 @@ run_tests() {
     return "$rc"
 }
 
-# Every fuzz target for FUZZ_SECONDS; a crash fails the step and leaves its
-# input in fuzz/artifacts/TARGET/. cargo-fuzz needs nightly flags: on a
-# stable toolchain RUSTC_BOOTSTRAP=1 allows them.
+# cargo-fuzz at the pinned version, when it is missing and installing is on.
+install_cargo_fuzz() {
+    if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+        say "cargo-fuzz $CARGO_FUZZ_VERSION: present"
+        return 0
+    fi
+    cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
+# Every fuzz target for FUZZ_SECONDS, starting from its saved corpus
+# (fuzz/corpus/TARGET, read only: what the run finds goes to a scratch
+# directory, so the work tree stays clean); a crash fails the step and
+# leaves its input in fuzz/artifacts/TARGET/. cargo-fuzz needs nightly
+# flags: on a stable toolchain RUSTC_BOOTSTRAP=1 allows them.
 run_fuzz() {
-    local targets t log rc=0
+    local targets t log scratch rc=0
     mapfile -t targets < <(cargo fuzz list 2>/dev/null)
     ((${#targets[@]})) || { say "cargo fuzz list found no targets"; return 1; }
-    RUSTC_BOOTSTRAP=1 cargo fuzz build -a || return 1
+    RUSTC_BOOTSTRAP=1 cargo fuzz build -a -s none || return 1
     for t in "${targets[@]}"; do
-        log=$LOGDIR/fuzz-$t.log
-        if RUSTC_BOOTSTRAP=1 cargo fuzz run -a "$t" -- -max_total_time="$FUZZ_SECONDS" \
+        log=$LOGDIR/fuzz-$t.log scratch=$LOGDIR/corpus-$t
+        mkdir -p "$scratch"
+        if RUSTC_BOOTSTRAP=1 cargo fuzz run -a -s none "$t" "$scratch" "fuzz/corpus/$t" -- \
+            -max_total_time="$FUZZ_SECONDS" \
             -rss_limit_mb=2048 -max_len=4096 -len_control=0 >"$log" 2>&1; then
             say "fuzz $t: clean, $(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1)s"
         else
@@ -235,10 +256,15 @@ step "cargo test --all-targets" run_tests
 step "cargo test --doc" cargo test --doc
 if [[ $FUZZ_SECONDS == 0 ]]; then
     skip "fuzzing (AGENTNET_FUZZ_SECONDS=0)"
-elif cargo fuzz --version >/dev/null 2>&1; then
-    step "fuzz (${FUZZ_SECONDS}s per target)" run_fuzz
 else
-    skip "fuzzing: cargo-fuzz is not installed (cargo install cargo-fuzz; README \"Fuzzing\")"
+    if [[ $FUZZ_INSTALL == 1 && $NO_INSTALL != 1 ]]; then
+        step "install cargo-fuzz $CARGO_FUZZ_VERSION" install_cargo_fuzz
+    fi
+    if cargo fuzz --version >/dev/null 2>&1; then
+        step "fuzz (${FUZZ_SECONDS}s per target)" run_fuzz
+    else
+        skip "fuzzing: cargo-fuzz is not installed (AGENTNET_FUZZ_INSTALL=1 installs it; the corpora replayed in cargo test)"
+    fi
 fi
 if is_root; then
     step "no leftover lab namespaces" check_no_leaks

@@ -1,17 +1,7 @@
-//! Control frames (inside sessions): decode never panics, and whatever
-//! decodes encodes back to the same frame.
 #![no_main]
+//! libFuzzer entry of the `control_frame` target; the harness is
+//! `agentnet_fuzz::targets::control_frame` (also replayed by `cargo test`).
 
-use agentnet::core::control_frame::ControlFrame;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|bytes: &[u8]| {
-    if let Some(frame) = ControlFrame::decode(bytes) {
-        let encoded = frame.encode();
-        assert_eq!(
-            ControlFrame::decode(&encoded).as_ref(),
-            Some(&frame),
-            "control frame round trip"
-        );
-    }
-});
+fuzz_target!(|data: &[u8]| agentnet_fuzz::targets::control_frame::run(data));

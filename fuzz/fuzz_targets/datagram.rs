@@ -1,33 +1,7 @@
-//! Outer datagrams of every type: `Datagram::parse` and every accessor of
-//! what it returns, including the inner datagram of a relay envelope.
 #![no_main]
+//! libFuzzer entry of the `datagram` target; the harness is
+//! `agentnet_fuzz::targets::datagram` (also replayed by `cargo test`).
 
-use agentnet::core::wire::Datagram;
 use libfuzzer_sys::fuzz_target;
 
-fn touch(bytes: &[u8], depth: u8) {
-    match Datagram::parse(bytes) {
-        Ok(Datagram::Initiation(m)) => {
-            let _ = (m.sender_index(), m.noise().len(), m.bytes().len());
-        }
-        Ok(Datagram::Response(m)) => {
-            let _ = (m.sender_index(), m.receiver_index(), m.noise().len());
-        }
-        Ok(Datagram::CookieReply(m)) => {
-            let _ = (m.receiver_index(), m.body().len());
-        }
-        Ok(Datagram::Data(m)) => {
-            let _ = (m.receiver_index(), m.counter(), m.ciphertext().len());
-        }
-        Ok(Datagram::Relay(m)) => {
-            let _ = m.destination();
-            if depth < 2 {
-                touch(m.inner(), depth + 1);
-            }
-        }
-        Ok(Datagram::TrustRequest(body)) => assert_eq!(body.len(), bytes.len()),
-        Err(_) => {}
-    }
-}
-
-fuzz_target!(|bytes: &[u8]| touch(bytes, 0));
+fuzz_target!(|data: &[u8]| agentnet_fuzz::targets::datagram::run(data));

@@ -1,59 +1,7 @@
-//! The name responder at `PREFIX::53`: arbitrary DNS messages, and arbitrary
-//! packets read from the TUN (the responder looks at every one first).
 #![no_main]
+//! libFuzzer entry of the `dns` target; the harness is
+//! `agentnet_fuzz::targets::dns` (also replayed by `cargo test`).
 
-use std::sync::OnceLock;
-
-use agentnet::core::identity::AgentId;
-use agentnet::core::trust::{TrustEntry, TrustState, TrustStore};
-use agentnet::daemon::dns::{DnsResponder, NameTable, ResolverPacket};
-use agentnet_fuzz::{identity, network};
 use libfuzzer_sys::fuzz_target;
 
-fn responder() -> &'static DnsResponder {
-    static RESPONDER: OnceLock<DnsResponder> = OnceLock::new();
-    RESPONDER.get_or_init(|| {
-        let mut store = TrustStore::default();
-        for (seed, name, state) in [
-            (2, "alice", TrustState::Trusted),
-            (3, "bob", TrustState::Trusted),
-            (4, "carol", TrustState::Requested),
-        ] {
-            let id: AgentId = identity(seed).agent_id();
-            store.peers.push(TrustEntry {
-                id,
-                name: name.into(),
-                endpoint: None,
-                allow: Default::default(),
-                state,
-                added_unix: 0,
-            });
-        }
-        let mut responder = DnsResponder::new(network());
-        responder.set_names(NameTable::from_trust(&store, network()));
-        responder
-    })
-}
-
-fuzz_target!(|bytes: &[u8]| {
-    let responder = responder();
-    let _ = responder.answer(bytes);
-    let _ = responder.handle_tun_packet(bytes);
-    // The same bytes as the UDP payload of a query to the resolver, so the
-    // DNS parser is reached through the packet path too.
-    let address = responder.address().octets();
-    let mut packet = vec![0x60, 0, 0, 0];
-    let udp_len = (8 + bytes.len()).min(usize::from(u16::MAX)) as u16;
-    packet.extend_from_slice(&udp_len.to_be_bytes());
-    packet.extend_from_slice(&[17, 64]);
-    packet.extend_from_slice(&[0xfd; 16]);
-    packet.extend_from_slice(&address);
-    packet.extend_from_slice(&5353u16.to_be_bytes());
-    packet.extend_from_slice(&53u16.to_be_bytes());
-    packet.extend_from_slice(&udp_len.to_be_bytes());
-    packet.extend_from_slice(&[0, 0]);
-    packet.extend_from_slice(bytes);
-    if let ResolverPacket::Reply(reply) = responder.handle_tun_packet(&packet) {
-        assert_eq!(reply[0] >> 4, 6, "replies are IPv6");
-    }
-});
+fuzz_target!(|data: &[u8]| agentnet_fuzz::targets::dns::run(data));

@@ -1,18 +1,7 @@
-//! The core `Node` fed arbitrary sequences of datagrams, TUN packets, timer
-//! jumps and trust changes on a virtual clock. A remote agent that the node
-//! trusts takes part for real (handshakes both ways, cookies, sessions), so
-//! arbitrary control frames and IP packets reach the node inside valid
-//! sessions, directly and through a rendezvous relay.
-//!
-//! Checked on every step, besides "no panic": only packets that pass
-//! cryptokey routing reach the TUN (source in the peer's prefix,
-//! destination in ours; or our own ICMPv6 errors), and every timer moves
-//! forward when it is run (no busy loop in the daemon).
 #![no_main]
+//! libFuzzer entry of the `node` target; the harness is
+//! `agentnet_fuzz::targets::node` (also replayed by `cargo test`).
 
-use agentnet_fuzz::node_world::{Op, run};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|ops: Vec<Op>| {
-    run(ops);
-});
+fuzz_target!(|data: &[u8]| agentnet_fuzz::targets::node::run(data));

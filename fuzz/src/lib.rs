@@ -20,6 +20,19 @@ use agentnet::core::tai64n::Tai64N;
 use agentnet::core::wire::Datagram;
 
 pub mod node_world;
+pub mod targets;
+
+/// Decodes `data` into `T` the way libFuzzer's `fuzz_target!(|input: T| …)`
+/// does (`arbitrary_take_rest`) and runs `body` on it; inputs that do not
+/// decode are skipped, as there.
+pub fn structured<T>(data: &[u8], body: impl FnOnce(T))
+where
+    T: for<'a> arbitrary::Arbitrary<'a>,
+{
+    if let Ok(input) = T::arbitrary_take_rest(arbitrary::Unstructured::new(data)) {
+        body(input);
+    }
+}
 
 /// Wall clock of every simulated agent at its start.
 pub const UNIX_START: Duration = Duration::from_secs(1_800_000_000);
