@@ -14,8 +14,8 @@
 #      installs (pinned, about a minute to compile) when CI=true or
 #      AGENTNET_FUZZ_INSTALL=1; the saved corpora replay in step 4 anyway
 #      (tests/fuzz_corpus.rs), fuzzer or not. The short run builds without
-#      a sanitizer (the harness reaches no unsafe code; it compiles in half
-#      the time); long runs (README "Fuzzing") keep AddressSanitizer
+#      a sanitizer (the harness reaches no unsafe code, and it compiles
+#      faster); long runs (README "Fuzzing") keep AddressSanitizer
 #
 # Every step runs even when an earlier one failed (one run shows all that is
 # wrong); the exit status is non-zero if any failed. What is skipped, and
