@@ -590,6 +590,7 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     if let Some(metrics) = &metrics {
         metrics.check()?;
     }
+    args.rootless.check()?;
     if args.foreground {
         if args.setsid {
             detach_from_terminal();
@@ -1079,6 +1080,38 @@ mod tests {
         assert!(!args.foreground);
         assert_eq!(args.mtu, None);
         assert!(Cli::try_parse_from(["agentnet", "up", "--mtu", "1000"]).is_err());
+    }
+
+    #[test]
+    fn up_refuses_remote_socks5_and_forward_binds_without_allow_remote() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["agentnet", "up", "--userspace"];
+            argv.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            let Command::Up(args) = cli.command else {
+                panic!("not up");
+            };
+            args.rootless
+        };
+        let refused = parse(&["--socks5", "0.0.0.0:1080"]).check().expect_err("refused");
+        assert!(refused.to_string().contains("--allow-remote"), "{refused}");
+        assert!(
+            parse(&["--forward", "[::]:8080:bob:80"])
+                .check()
+                .is_err()
+        );
+        parse(&["--socks5", "127.0.0.1:1080", "--forward", "8080:bob:80"])
+            .check()
+            .expect("loopback");
+        let allowed = parse(&["--socks5", "0.0.0.0:1080", "--allow-remote"]);
+        allowed.check().expect("--allow-remote");
+        let mut child = Process::new("agentnet");
+        allowed.add_child_args(&mut child);
+        assert!(
+            child.get_args().any(|arg| arg == "--allow-remote"),
+            "the detached daemon gets --allow-remote too"
+        );
+        assert!(Cli::try_parse_from(["agentnet", "up", "--allow-remote"]).is_err());
     }
 
     #[test]
