@@ -24,10 +24,9 @@
 //! What is attached is recorded in `STATE_DIR/attachments.json`, which the
 //! daemon reads to keep names in the attached namespaces up to date.
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::net::Ipv6Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -37,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::address::{NETWORK_PREFIX_LEN, NetworkId, NodePrefix};
 use crate::netns::{self, NetnsId};
+use crate::nofollow::{OpenFor, open_in_dir};
 use crate::state::{StateDir, StateError, atomic_write};
 
 /// The record of attachments in the state directory.
@@ -219,19 +219,30 @@ impl Attachments {
     /// The record in `state`, empty if there is none.
     pub fn load(state: &StateDir) -> Result<Self, StateError> {
         let path = state.root().join(ATTACHMENTS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Io {
-                action: "parse",
-                path,
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(StateError::Io {
+        // The daemon's user owns the directory: never follow a link there.
+        let mut file = match open_in_dir(state.root(), ATTACHMENTS_FILE, OpenFor::Read) {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return Ok(Self::default()),
+            Err(e) => {
+                return Err(StateError::Io {
+                    action: "open",
+                    path,
+                    source: e.into(),
+                });
+            }
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|source| StateError::Io {
                 action: "read",
-                path,
+                path: path.clone(),
                 source,
-            }),
-        }
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| StateError::Io {
+            action: "parse",
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })
     }
 
     /// Runs `edit` on the record under an exclusive lock and saves the
@@ -243,17 +254,7 @@ impl Attachments {
     ) -> Result<T, AttachError> {
         state.create()?;
         let lock_path = state.root().join(ATTACHMENTS_LOCK);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|source| StateError::Io {
-                action: "open",
-                path: lock_path.clone(),
-                source,
-            })?;
+        let lock_file = state.open_file(ATTACHMENTS_LOCK, OpenFor::ReadWrite(0o600))?;
         let _lock = lock(lock_file).map_err(|source| StateError::Io {
             action: "lock",
             path: lock_path.clone(),

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod netcheck;
 pub mod netns;
+pub mod nofollow;
 pub mod ping;
 pub mod rendezvous_server;
 pub mod state;
