@@ -34,6 +34,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
+use crate::attach_filter::{self, FilterError, FilteredVeth};
 use crate::core::address::{NETWORK_PREFIX_LEN, NetworkId, NodePrefix};
 use crate::netns::{self, NetnsId};
 use crate::nofollow::{OpenFor, open_in_dir};
@@ -60,6 +61,9 @@ pub enum AttachError {
     /// The state directory could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The forwarding filter could not be installed or removed.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     /// The target namespace cannot be opened.
     #[error("cannot open the network namespace of {target}: {source}")]
     NoSuchNamespace {
@@ -213,6 +217,11 @@ pub struct Attachments {
     /// turns it off again).
     #[serde(default)]
     pub enabled_forwarding: bool,
+    /// The daemon's TUN when the record was last changed: the forwarding
+    /// filter ([`crate::attach_filter`]) lets only it exchange packets
+    /// with the attachments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun_interface: Option<String>,
 }
 
 impl Attachments {
@@ -273,6 +282,34 @@ impl Attachments {
             atomic_write(&state.root().join(ATTACHMENTS_FILE), &text, 0o600)?;
         }
         result
+    }
+
+    /// Installs the forwarding filter for these attachments and `planned`
+    /// (one about to be made), or, with none left and `forwarding_off`
+    /// (this record turned forwarding on and the last detach turns it
+    /// off), removes it. See [`crate::attach_filter`].
+    pub fn apply_filter(
+        &self,
+        planned: Option<FilteredVeth>,
+        forwarding_off: bool,
+    ) -> Result<(), AttachError> {
+        let mut veths: Vec<FilteredVeth> = self
+            .attached
+            .iter()
+            .map(|a| FilteredVeth {
+                host_interface: a.host_interface.clone(),
+                address: a.address,
+            })
+            .collect();
+        veths.extend(planned);
+        if veths.is_empty() && forwarding_off {
+            return Ok(attach_filter::remove()?);
+        }
+        let tun = self
+            .tun_interface
+            .as_deref()
+            .unwrap_or(crate::daemon::tun::DEFAULT_INTERFACE);
+        Ok(attach_filter::install(tun, &veths)?)
     }
 
     /// The attachment of the namespace `id`, if any.

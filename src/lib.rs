@@ -4,6 +4,7 @@
 //! it are the I/O shell (TUN, UDP, control socket, state files) around it.
 
 pub mod attach;
+pub mod attach_filter;
 pub mod control;
 pub mod core;
 pub mod daemon;
