@@ -21,6 +21,10 @@
 //! The commands are run with iproute2 (`ip`), the way `wg-quick` does; the
 //! attached side's ones from a thread that entered the target namespace
 //! (`setns`), so a namespace known only by a PID (a container) works too.
+//! Forwarding is one switch for every interface on Linux, so before it is
+//! turned on an nftables table ([`crate::attach_filter`]) confines it to
+//! the TUN and the attachments' veths, each veth admitting only its own
+//! address as source.
 //! What is attached is recorded in `STATE_DIR/attachments.json`, which the
 //! daemon reads to keep names in the attached namespaces up to date.
 
@@ -643,6 +647,7 @@ mod tests {
                 interface: DEFAULT_INTERFACE.into(),
             }],
             enabled_forwarding: true,
+            tun_interface: Some("agentnet0".into()),
         };
         let text = serde_json::to_string(&record).expect("json");
         assert!(text.contains(r#""target":{"netns":"web"}"#), "{text}");

@@ -80,7 +80,10 @@ pub fn ruleset(tun: &str, veths: &[FilteredVeth]) -> Result<String, FilterError>
     for veth in veths {
         let name = &veth.host_interface;
         line(format!("iifname \"{name}\" meta nfproto != ipv6 drop"));
-        line(format!("iifname \"{name}\" ip6 saddr != {} drop", veth.address));
+        line(format!(
+            "iifname \"{name}\" ip6 saddr != {} drop",
+            veth.address
+        ));
         line(format!("iifname \"{name}\" oifname != \"{tun}\" drop"));
         line(format!("oifname \"{name}\" iifname != \"{tun}\" drop"));
     }

@@ -1095,13 +1095,11 @@ mod tests {
             };
             args.rootless
         };
-        let refused = parse(&["--socks5", "0.0.0.0:1080"]).check().expect_err("refused");
+        let refused = parse(&["--socks5", "0.0.0.0:1080"])
+            .check()
+            .expect_err("refused");
         assert!(refused.to_string().contains("--allow-remote"), "{refused}");
-        assert!(
-            parse(&["--forward", "[::]:8080:bob:80"])
-                .check()
-                .is_err()
-        );
+        assert!(parse(&["--forward", "[::]:8080:bob:80"]).check().is_err());
         parse(&["--socks5", "127.0.0.1:1080", "--forward", "8080:bob:80"])
             .check()
             .expect("loopback");

@@ -175,7 +175,11 @@ mod tests {
         let canary = temp.path().join("canary");
         fs::write(&canary, "secret\n").expect("canary");
         std::os::unix::fs::symlink(&canary, dir.join("agentnet.pid")).expect("symlink");
-        for how in [OpenFor::Read, OpenFor::Append(0o600), OpenFor::ReadWrite(0o644)] {
+        for how in [
+            OpenFor::Read,
+            OpenFor::Append(0o600),
+            OpenFor::ReadWrite(0o644),
+        ] {
             let error = open_in_dir(&dir, "agentnet.pid", how).expect_err("symlink");
             assert!(
                 matches!(error, NoFollowError::SymbolicLink { .. }),
@@ -191,11 +195,17 @@ mod tests {
         let error = open_in_dir(&dir, "agentnet.log", OpenFor::Append(0o600)).expect_err("link");
         assert!(matches!(error, NoFollowError::HardLinked { .. }), "{error}");
 
-        nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("fifo");
+        nix::unistd::mkfifo(
+            &dir.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("fifo");
         for how in [OpenFor::Read, OpenFor::Append(0o600)] {
             let error = open_in_dir(&dir, "fifo", how).expect_err("fifo");
-            assert!(matches!(error, NoFollowError::NotRegular { .. }), "{how:?}: {error}");
+            assert!(
+                matches!(error, NoFollowError::NotRegular { .. }),
+                "{how:?}: {error}"
+            );
         }
         assert!(matches!(
             open_in_dir(&dir, "../canary", OpenFor::Read),

@@ -39,8 +39,8 @@ use zeroize::Zeroizing;
 
 use crate::core::address::DEFAULT_NETWORK_NAME;
 use crate::core::identity::{AgentId, Identity, IdentityError};
-use crate::nofollow::{OpenFor, open_in_dir};
 use crate::core::trust::{MAX_NAME_LEN, TrustEntry, TrustError, TrustStore, validate_name};
+use crate::nofollow::{OpenFor, open_in_dir};
 
 /// Where the state lives when neither `--state-dir` nor `AGENTNET_STATE_DIR`
 /// says otherwise.
@@ -1077,6 +1077,7 @@ mod tests {
     #[test]
     fn links_planted_in_the_state_directory_are_not_followed() {
         let (temp, state) = state();
+        state.create().expect("create");
         let canary = temp.path().join("canary");
         fs::write(&canary, "root's file\n").expect("canary");
         for name in [PID_FILE, TRUST_LOCK_FILE, TRUST_FILE, CONFIG_FILE, LOG_FILE] {
@@ -1092,7 +1093,10 @@ mod tests {
         assert!(state.load_trust().is_err());
         assert!(state.load_config().is_err());
         assert!(state.open_file(LOG_FILE, OpenFor::Append(0o600)).is_err());
-        assert_eq!(fs::read_to_string(&canary).expect("canary"), "root's file\n");
+        assert_eq!(
+            fs::read_to_string(&canary).expect("canary"),
+            "root's file\n"
+        );
     }
 
     #[test]

@@ -137,11 +137,29 @@ fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overl
     step("a LAN neighbour routes the overlay through a");
     must(lab.exec_ok(
         &a.host.ns,
-        &["ip", "-6", "addr", "add", "fd99:93:3::1/64", "dev", "eth0", "nodad"],
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd99:93:3::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
     ));
     must(lab.exec_ok(
         &lan.ns,
-        &["ip", "-6", "addr", "add", "fd99:93:3::3/64", "dev", "eth0", "nodad"],
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd99:93:3::3/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
     ));
     must(lab.exec_ok(
         &lan.ns,

@@ -165,7 +165,10 @@ fn links_planted_by_the_daemon_user_are_not_followed_by_root() {
     step("a link at attachments.lock: `attach` refuses it");
     plant(&state, "attachments.lock", &canary.path);
     let out = must(a.cli(&["attach", "--netns", &attached]));
-    say(&format!("host-files | attachments.lock link: {}", out.stderr.trim()));
+    say(&format!(
+        "host-files | attachments.lock link: {}",
+        out.stderr.trim()
+    ));
     assert!(!out.ok(), "attach followed the link: {}", out.describe());
     assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
     canary.assert_untouched("attach with an attachments.lock link");
@@ -181,7 +184,10 @@ fn links_planted_by_the_daemon_user_are_not_followed_by_root() {
     step("a link at trust.lock: `trust add` (no daemon) refuses it");
     plant(&state, "trust.lock", &canary.path);
     let out = must(a.cli(&["trust", "add", &id_b.id, "--name", "bravo"]));
-    say(&format!("host-files | trust.lock link: {}", out.stderr.trim()));
+    say(&format!(
+        "host-files | trust.lock link: {}",
+        out.stderr.trim()
+    ));
     assert!(!out.ok(), "trust add followed the link: {}", out.describe());
     assert!(
         out.stderr.contains("trust.lock") && out.stderr.contains("symbolic link"),
@@ -237,13 +243,19 @@ fn hostile_justification_is_shown_and_logged_inertly() {
     ));
     say(&format!("host-files | trust pending:\n{shown}"));
     for bad in ['\u{1b}', '\r', '\u{7}', '\u{202e}', '\0'] {
-        assert!(!shown.contains(bad), "{bad:?} reached the terminal: {shown:?}");
+        assert!(
+            !shown.contains(bad),
+            "{bad:?} reached the terminal: {shown:?}"
+        );
     }
     assert!(
         !shown.lines().any(|line| line.starts_with("2026-12-02")),
         "the justification started a line of its own: {shown}"
     );
-    assert!(shown.contains("\\u{a}") && shown.contains("\\u{1b}[2J"), "{shown}");
+    assert!(
+        shown.contains("\\u{a}") && shown.contains("\\u{1b}[2J"),
+        "{shown}"
+    );
     // `--json` carries it as data (JSON escapes it).
     let json = must(b.cli_ok(&["trust", "pending", "--json"]));
     assert!(!json.stdout.contains('\u{1b}'), "{}", json.stdout);

@@ -8,10 +8,10 @@ use clap::{ArgGroup, Args};
 
 use super::Instance;
 use super::render::table;
-use agentnet::attach_filter::FilteredVeth;
 use agentnet::attach::{
     self, AttachPlan, AttachTarget, Attachment, AttachmentNames, Attachments, DEFAULT_INTERFACE,
 };
+use agentnet::attach_filter::FilteredVeth;
 use agentnet::control::{Request, Response};
 use agentnet::core::address::{NetworkId, NodePrefix};
 use agentnet::netns::NetnsId;

@@ -24,14 +24,12 @@ pub struct Untrusted<'a>(pub &'a str);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = 0usize;
         let mut chars = self.0.chars();
-        for c in chars.by_ref() {
+        for (shown, c) in chars.by_ref().enumerate() {
             if shown == MAX_SHOWN_CHARS {
                 let rest = 1 + chars.count();
                 return write!(f, "…(+{rest} chars)");
             }
-            shown += 1;
             if c == '\\' {
                 f.write_str("\\\\")?;
             } else if needs_escape(c) {
@@ -76,7 +74,8 @@ mod tests {
 
     #[test]
     fn newlines_escapes_nul_del_and_bidi_controls_are_shown_inertly() {
-        let hostile = "bob\n2026-01-01 INFO trust added\r\x1b[2J\0\x7f\u{9b}\u{202e}txt.exe\u{2066}";
+        let hostile =
+            "bob\n2026-01-01 INFO trust added\r\x1b[2J\0\x7f\u{9b}\u{202e}txt.exe\u{2066}";
         let shown = escape_untrusted(hostile);
         for c in shown.chars() {
             assert!(!needs_escape(c), "{c:?} survived in {shown:?}");
@@ -102,6 +101,9 @@ mod tests {
         let shown = escape_untrusted(&long);
         assert!(shown.starts_with(&"x".repeat(MAX_SHOWN_CHARS)));
         assert!(shown.ends_with("…(+10 chars)"), "{shown}");
-        assert_eq!(escape_untrusted(&"y".repeat(MAX_SHOWN_CHARS)).len(), MAX_SHOWN_CHARS);
+        assert_eq!(
+            escape_untrusted(&"y".repeat(MAX_SHOWN_CHARS)).len(),
+            MAX_SHOWN_CHARS
+        );
     }
 }

@@ -414,11 +414,20 @@ mod tests {
     fn claimed_names_with_control_characters_are_refused_at_intake() {
         let world = world();
         let mut hostile = request(&world);
-        for name in ["alice\nINFO trust added peer=mallory", "a\x1b[2Jb", "nul\0", "\u{202e}exe"] {
+        for name in [
+            "alice\nINFO trust added peer=mallory",
+            "a\x1b[2Jb",
+            "nul\0",
+            "\u{202e}exe",
+        ] {
             hostile.name = name.into();
             // A sender that skips our own check is refused by the receiver.
             let decoded = TrustRequest::decode(&hostile.encode_unsigned()).map(|(r, _)| r);
-            assert_eq!(decoded, Err(TrustRequestError::ControlCharsInName), "{name:?}");
+            assert_eq!(
+                decoded,
+                Err(TrustRequestError::ControlCharsInName),
+                "{name:?}"
+            );
             let mut rng = core_rng([0; 32]);
             assert_eq!(
                 hostile.seal(&mut rng, world.network, &world.alice),
