@@ -21,13 +21,16 @@
 //! The commands are run with iproute2 (`ip`), the way `wg-quick` does; the
 //! attached side's ones from a thread that entered the target namespace
 //! (`setns`), so a namespace known only by a PID (a container) works too.
+//! Forwarding is one switch for every interface on Linux, so before it is
+//! turned on an nftables table ([`crate::attach_filter`]) confines it to
+//! the TUN and the attachments' veths, each veth admitting only its own
+//! address as source.
 //! What is attached is recorded in `STATE_DIR/attachments.json`, which the
 //! daemon reads to keep names in the attached namespaces up to date.
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::net::Ipv6Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -35,8 +38,10 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
+use crate::attach_filter::{self, FilterError, FilteredVeth};
 use crate::core::address::{NETWORK_PREFIX_LEN, NetworkId, NodePrefix};
 use crate::netns::{self, NetnsId};
+use crate::nofollow::{OpenFor, open_in_dir};
 use crate::state::{StateDir, StateError, atomic_write};
 
 /// The record of attachments in the state directory.
@@ -60,6 +65,9 @@ pub enum AttachError {
     /// The state directory could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The forwarding filter could not be installed or removed.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     /// The target namespace cannot be opened.
     #[error("cannot open the network namespace of {target}: {source}")]
     NoSuchNamespace {
@@ -213,25 +221,41 @@ pub struct Attachments {
     /// turns it off again).
     #[serde(default)]
     pub enabled_forwarding: bool,
+    /// The daemon's TUN when the record was last changed: the forwarding
+    /// filter ([`crate::attach_filter`]) lets only it exchange packets
+    /// with the attachments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun_interface: Option<String>,
 }
 
 impl Attachments {
     /// The record in `state`, empty if there is none.
     pub fn load(state: &StateDir) -> Result<Self, StateError> {
         let path = state.root().join(ATTACHMENTS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Io {
-                action: "parse",
-                path,
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(StateError::Io {
+        // The daemon's user owns the directory: never follow a link there.
+        let mut file = match open_in_dir(state.root(), ATTACHMENTS_FILE, OpenFor::Read) {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return Ok(Self::default()),
+            Err(e) => {
+                return Err(StateError::Io {
+                    action: "open",
+                    path,
+                    source: e.into(),
+                });
+            }
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|source| StateError::Io {
                 action: "read",
-                path,
+                path: path.clone(),
                 source,
-            }),
-        }
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| StateError::Io {
+            action: "parse",
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })
     }
 
     /// Runs `edit` on the record under an exclusive lock and saves the
@@ -243,17 +267,7 @@ impl Attachments {
     ) -> Result<T, AttachError> {
         state.create()?;
         let lock_path = state.root().join(ATTACHMENTS_LOCK);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|source| StateError::Io {
-                action: "open",
-                path: lock_path.clone(),
-                source,
-            })?;
+        let lock_file = state.open_file(ATTACHMENTS_LOCK, OpenFor::ReadWrite(0o600))?;
         let _lock = lock(lock_file).map_err(|source| StateError::Io {
             action: "lock",
             path: lock_path.clone(),
@@ -272,6 +286,34 @@ impl Attachments {
             atomic_write(&state.root().join(ATTACHMENTS_FILE), &text, 0o600)?;
         }
         result
+    }
+
+    /// Installs the forwarding filter for these attachments and `planned`
+    /// (one about to be made), or, with none left and `forwarding_off`
+    /// (this record turned forwarding on and the last detach turns it
+    /// off), removes it. See [`crate::attach_filter`].
+    pub fn apply_filter(
+        &self,
+        planned: Option<FilteredVeth>,
+        forwarding_off: bool,
+    ) -> Result<(), AttachError> {
+        let mut veths: Vec<FilteredVeth> = self
+            .attached
+            .iter()
+            .map(|a| FilteredVeth {
+                host_interface: a.host_interface.clone(),
+                address: a.address,
+            })
+            .collect();
+        veths.extend(planned);
+        if veths.is_empty() && forwarding_off {
+            return Ok(attach_filter::remove()?);
+        }
+        let tun = self
+            .tun_interface
+            .as_deref()
+            .unwrap_or(crate::daemon::tun::DEFAULT_INTERFACE);
+        Ok(attach_filter::install(tun, &veths)?)
     }
 
     /// The attachment of the namespace `id`, if any.
@@ -605,6 +647,7 @@ mod tests {
                 interface: DEFAULT_INTERFACE.into(),
             }],
             enabled_forwarding: true,
+            tun_interface: Some("agentnet0".into()),
         };
         let text = serde_json::to_string(&record).expect("json");
         assert!(text.contains(r#""target":{"netns":"web"}"#), "{text}");

@@ -5,9 +5,8 @@
 //! alone, and the `trust` commands edit the store file directly when no
 //! daemon runs.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitCode, Stdio};
 use std::thread;
@@ -35,6 +34,7 @@ use agentnet::daemon::tun::DEFAULT_INTERFACE;
 use agentnet::daemon::udp::resolve_endpoint;
 use agentnet::daemon::{self, DEFAULT_PORT, DaemonOptions};
 use agentnet::metrics::MetricsListen;
+use agentnet::nofollow::{OpenFor, open_in_dir};
 use agentnet::state::{
     AgentConfig, DEFAULT_STATE_DIR, StateDir, TrustChange, default_agent_name,
     validate_network_name,
@@ -590,6 +590,7 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     if let Some(metrics) = &metrics {
         metrics.check()?;
     }
+    args.rootless.check()?;
     if args.foreground {
         if args.setsid {
             detach_from_terminal();
@@ -630,7 +631,7 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     refuse_second_instance(context)?;
 
     let log_path = state.log_path();
-    let (log, log_start) = open_log(&log_path)?;
+    let (log, log_start) = open_log(state)?;
     let mut command = Process::new(std::env::current_exe().context("cannot find own executable")?);
     command
         .arg("--state-dir")
@@ -726,16 +727,14 @@ fn refuse_second_instance(context: &Instance) -> Result<()> {
     Ok(())
 }
 
-fn open_log(path: &Path) -> Result<(File, u64)> {
-    if fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
-        let _ = fs::rename(path, path.with_extension("log.old"));
+/// Opens the daemon's log for appending. The daemon's user owns the state
+/// directory: a link planted at the log's name is refused, not followed.
+fn open_log(state: &StateDir) -> Result<(File, u64)> {
+    let path = state.log_path();
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() > LOG_ROTATE_BYTES) {
+        let _ = fs::rename(&path, path.with_extension("log.old"));
     }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let log = state.open_file(agentnet::state::LOG_FILE, OpenFor::Append(0o600))?;
     let start = log.metadata().map(|m| m.len()).unwrap_or(0);
     Ok((log, start))
 }
@@ -783,7 +782,11 @@ fn wait_until_ready(
 /// The last lines written to the log since `start`.
 fn log_tail(path: &Path, start: u64) -> String {
     let mut text = String::new();
-    if let Ok(mut file) = File::open(path)
+    let opened = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => open_in_dir(dir, name, OpenFor::Read).ok(),
+        _ => None,
+    };
+    if let Some(mut file) = opened
         && file.seek(SeekFrom::Start(start)).is_ok()
     {
         let mut bytes = Vec::new();
@@ -1079,6 +1082,36 @@ mod tests {
         assert!(!args.foreground);
         assert_eq!(args.mtu, None);
         assert!(Cli::try_parse_from(["agentnet", "up", "--mtu", "1000"]).is_err());
+    }
+
+    #[test]
+    fn up_refuses_remote_socks5_and_forward_binds_without_allow_remote() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["agentnet", "up", "--userspace"];
+            argv.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            let Command::Up(args) = cli.command else {
+                panic!("not up");
+            };
+            args.rootless
+        };
+        let refused = parse(&["--socks5", "0.0.0.0:1080"])
+            .check()
+            .expect_err("refused");
+        assert!(refused.to_string().contains("--allow-remote"), "{refused}");
+        assert!(parse(&["--forward", "[::]:8080:bob:80"]).check().is_err());
+        parse(&["--socks5", "127.0.0.1:1080", "--forward", "8080:bob:80"])
+            .check()
+            .expect("loopback");
+        let allowed = parse(&["--socks5", "0.0.0.0:1080", "--allow-remote"]);
+        allowed.check().expect("--allow-remote");
+        let mut child = Process::new("agentnet");
+        allowed.add_child_args(&mut child);
+        assert!(
+            child.get_args().any(|arg| arg == "--allow-remote"),
+            "the detached daemon gets --allow-remote too"
+        );
+        assert!(Cli::try_parse_from(["agentnet", "up", "--allow-remote"]).is_err());
     }
 
     #[test]

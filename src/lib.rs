@@ -4,6 +4,7 @@
 //! it are the I/O shell (TUN, UDP, control socket, state files) around it.
 
 pub mod attach;
+pub mod attach_filter;
 pub mod control;
 pub mod core;
 pub mod daemon;
@@ -11,6 +12,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod netcheck;
 pub mod netns;
+pub mod nofollow;
 pub mod ping;
 pub mod rendezvous_server;
 pub mod state;

@@ -14,6 +14,12 @@
 //! | `agentnet.log` | the detached daemon's stdout and stderr |
 //! | `agentnet.sock` | the daemon's control socket (default path) |
 //!
+//! After `up` the directory belongs to the daemon's user, so root never
+//! follows a name in it: files are opened through [`StateDir::open_file`]
+//! ([`crate::nofollow`]: `O_NOFOLLOW`, regular file, one link, expected
+//! owner), and replaced by creating a new temp file (`O_EXCL`) and renaming
+//! it over the name (a planted link is replaced, not followed).
+//!
 //! Every file written here is replaced atomically: temp file in the same
 //! directory, `fsync`, `rename`, `fsync` of the directory. A crash leaves the
 //! old or the new contents, never a mix.
@@ -34,6 +40,7 @@ use zeroize::Zeroizing;
 use crate::core::address::DEFAULT_NETWORK_NAME;
 use crate::core::identity::{AgentId, Identity, IdentityError};
 use crate::core::trust::{MAX_NAME_LEN, TrustEntry, TrustError, TrustStore, validate_name};
+use crate::nofollow::{OpenFor, open_in_dir};
 
 /// Where the state lives when neither `--state-dir` nor `AGENTNET_STATE_DIR`
 /// says otherwise.
@@ -333,6 +340,32 @@ impl StateDir {
         self.root.join(SOCKET_FILE)
     }
 
+    /// Opens the file `name` of the directory without following a link
+    /// there (see [`crate::nofollow`]): after `up` the directory belongs to
+    /// the daemon's user, who must not be able to aim root's opens at
+    /// another file.
+    pub fn open_file(&self, name: &str, how: OpenFor) -> Result<File, StateError> {
+        open_in_dir(&self.root, name, how).map_err(|e| {
+            let path = self.root.join(name);
+            StateError::io("open", &path, io::Error::from(e))
+        })
+    }
+
+    /// Reads the file `name` as text (not following a link), or `None` if
+    /// there is none.
+    fn read_file(&self, name: &str) -> Result<Option<String>, StateError> {
+        let path = self.root.join(name);
+        let mut file = match open_in_dir(&self.root, name, OpenFor::Read) {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(StateError::io("open", &path, io::Error::from(e))),
+        };
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| StateError::io("read", &path, e))?;
+        Ok(Some(text))
+    }
+
     /// Creates the directory (and its parents) with mode 0700 if missing.
     pub fn create(&self) -> Result<(), StateError> {
         if self.root.is_dir() {
@@ -353,14 +386,14 @@ impl StateDir {
     /// Loads the identity, refusing a key file others may access.
     pub fn load_identity(&self) -> Result<Identity, StateError> {
         let path = self.identity_path();
-        let mut file = match File::open(&path) {
+        let mut file = match open_in_dir(&self.root, IDENTITY_FILE, OpenFor::Read) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 return Err(StateError::NoIdentity {
                     dir: self.root.clone(),
                 });
             }
-            Err(e) => return Err(StateError::io("open", &path, e)),
+            Err(e) => return Err(StateError::io("open", &path, io::Error::from(e))),
         };
         let metadata = file
             .metadata()
@@ -432,10 +465,8 @@ impl StateDir {
     /// Reads `config.toml`, or `None` if there is none.
     pub fn load_config(&self) -> Result<Option<AgentConfig>, StateError> {
         let path = self.config_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StateError::io("read", &path, e)),
+        let Some(text) = self.read_file(CONFIG_FILE)? else {
+            return Ok(None);
         };
         let config: AgentConfig = toml::from_str(&text).map_err(|source| StateError::BadToml {
             path: path.clone(),
@@ -478,10 +509,8 @@ impl StateDir {
     /// writers replace the file atomically.
     pub fn load_trust(&self) -> Result<TrustStore, StateError> {
         let path = self.trust_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TrustStore::default()),
-            Err(e) => return Err(StateError::io("read", &path, e)),
+        let Some(text) = self.read_file(TRUST_FILE)? else {
+            return Ok(TrustStore::default());
         };
         toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })
     }
@@ -495,13 +524,7 @@ impl StateDir {
     ) -> Result<T, StateError> {
         self.create()?;
         let lock_path = self.trust_lock_path();
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| StateError::io("open", &lock_path, e))?;
+        let lock_file = self.open_file(TRUST_LOCK_FILE, OpenFor::ReadWrite(0o600))?;
         let _lock = lock_retrying_eintr(lock_file, FlockArg::LockExclusive).map_err(|source| {
             StateError::Lock {
                 path: lock_path.clone(),
@@ -563,14 +586,7 @@ impl StateDir {
         let path = self.pid_path();
         let deadline = Instant::now() + PID_LOCK_PATIENCE;
         loop {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .mode(0o644)
-                .open(&path)
-                .map_err(|e| StateError::io("open", &path, e))?;
+            let file = self.open_file(PID_FILE, OpenFor::ReadWrite(0o644))?;
             match lock_retrying_eintr(file, FlockArg::LockExclusiveNonblock) {
                 Ok(mut locked) => {
                     // A previous owner may have unlinked the file between our
@@ -593,7 +609,7 @@ impl StateDir {
                 Err(Errno::EWOULDBLOCK) => {
                     return Err(StateError::AlreadyRunning {
                         dir: self.root.clone(),
-                        pid: read_pid(&path).unwrap_or(0),
+                        pid: self.read_pid().unwrap_or(0),
                     });
                 }
                 Err(source) => return Err(StateError::Lock { path, source }),
@@ -604,14 +620,17 @@ impl StateDir {
     /// The PID of the daemon holding this state directory, if one runs
     /// (judged by the lock on the PID file, not by the file's presence).
     pub fn running_pid(&self) -> Option<u32> {
-        let path = self.pid_path();
-        let file = File::open(&path).ok()?;
+        let file = open_in_dir(&self.root, PID_FILE, OpenFor::Read).ok()?;
         match Flock::lock(file, FlockArg::LockSharedNonblock) {
             // Nobody holds it: a stale file from a crashed daemon.
             Ok(_unlocked_on_drop) => None,
-            Err((_, Errno::EWOULDBLOCK)) => Some(read_pid(&path).unwrap_or(0)),
+            Err((_, Errno::EWOULDBLOCK)) => Some(self.read_pid().unwrap_or(0)),
             Err(_) => None,
         }
+    }
+
+    fn read_pid(&self) -> Option<u32> {
+        self.read_file(PID_FILE).ok()??.trim().parse().ok()
     }
 }
 
@@ -634,14 +653,10 @@ impl InstanceLock {
 }
 
 fn same_file(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::metadata(path)) {
+    match (file.metadata(), fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn lock_retrying_eintr(file: File, arg: FlockArg) -> Result<Flock<File>, Errno> {
@@ -1057,6 +1072,31 @@ mod tests {
         assert!(!state.pid_path().exists());
         assert_eq!(state.running_pid(), None);
         state.lock_instance().expect("again").release();
+    }
+
+    #[test]
+    fn links_planted_in_the_state_directory_are_not_followed() {
+        let (temp, state) = state();
+        state.create().expect("create");
+        let canary = temp.path().join("canary");
+        fs::write(&canary, "root's file\n").expect("canary");
+        for name in [PID_FILE, TRUST_LOCK_FILE, TRUST_FILE, CONFIG_FILE, LOG_FILE] {
+            std::os::unix::fs::symlink(&canary, state.root().join(name)).expect("symlink");
+        }
+        let error = state.lock_instance().expect_err("pid link refused");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        assert_eq!(state.running_pid(), None);
+        let error = state
+            .edit_trust(|_| Ok(()))
+            .expect_err("trust.lock link refused");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        assert!(state.load_trust().is_err());
+        assert!(state.load_config().is_err());
+        assert!(state.open_file(LOG_FILE, OpenFor::Append(0o600)).is_err());
+        assert_eq!(
+            fs::read_to_string(&canary).expect("canary"),
+            "root's file\n"
+        );
     }
 
     #[test]

@@ -434,3 +434,55 @@ fn attached_namespaces_keep_their_names_across_the_switch_or_are_told_why_not() 
     must(a.cli_ok(&["detach", "--netns", &early]));
     must(a.down());
 }
+
+/// A daemon that stays root (`--user root`, or no `agentnet` user) keeps
+/// only `CAP_NET_ADMIN` after the start: effective, permitted and bounding
+/// sets hold nothing else, no_new_privs is set, and it still trusts peers
+/// and connects (issue 17 item 16).
+#[test]
+fn daemon_that_stays_root_keeps_only_net_admin() {
+    let test = "daemon_that_stays_root_keeps_only_net_admin";
+    if !require(test) {
+        return;
+    }
+    let lab = must(Lab::new());
+    let hosts = must(lab.bridge_segment([92, 6], &["a", "b"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let b = must(Agent::new(&lab, &hosts[1], "bravo"));
+    must(a.init());
+    must(b.init());
+    let (id_a, id_b) = (must(a.id()), must(b.id()));
+    must(a.up_with(&["--user", "root"]));
+    must(b.up());
+    let pid = must(a.daemon_pid());
+    let caps: Vec<String> = ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"]
+        .iter()
+        .map(|field| format!("{field} {}", proc_status(pid, field)))
+        .collect();
+    say(&format!(
+        "privilege | root daemon {pid}: Uid {}, {}, NoNewPrivs {}",
+        proc_status(pid, "Uid"),
+        caps.join(", "),
+        proc_status(pid, "NoNewPrivs")
+    ));
+    assert_eq!(proc_status(pid, "Uid"), "0 0 0 0", "it stays root");
+    // CAP_NET_ADMIN is capability 12.
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            proc_status(pid, field),
+            "0000000000001000",
+            "{field}: only CAP_NET_ADMIN is kept"
+        );
+    }
+    for field in ["CapInh", "CapAmb"] {
+        assert_eq!(proc_status(pid, field), "0000000000000000", "{field}");
+    }
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
+    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(wait_until("a ping A -> B", Duration::from_secs(15), || {
+        overlay_ping(&lab, &a, &id_b)
+    }));
+    must(a.down());
+    must(b.down());
+}

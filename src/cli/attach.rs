@@ -11,6 +11,7 @@ use super::render::table;
 use agentnet::attach::{
     self, AttachPlan, AttachTarget, Attachment, AttachmentNames, Attachments, DEFAULT_INTERFACE,
 };
+use agentnet::attach_filter::FilteredVeth;
 use agentnet::control::{Request, Response};
 use agentnet::core::address::{NetworkId, NodePrefix};
 use agentnet::netns::NetnsId;
@@ -106,14 +107,30 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
                 target: other.target.to_string(),
             });
         }
-        let (attachment, enabled_forwarding) = attach::attach(&AttachPlan {
+        // The filter first: forwarding is never on without it.
+        record.tun_interface = Some(info.interface.clone());
+        let planned = FilteredVeth {
+            host_interface: attach::host_interface_name(address),
+            address,
+        };
+        record.apply_filter(Some(planned), false)?;
+        let made = attach::attach(&AttachPlan {
             target: target.clone(),
             netns,
             address,
             network,
             interface: args.interface.clone(),
             mtu: info.mtu,
-        })?;
+        });
+        let (attachment, enabled_forwarding) = match made {
+            Ok(made) => made,
+            Err(error) => {
+                if let Err(filter) = record.apply_filter(None, false) {
+                    tracing::warn!(%filter, "cannot restore the forwarding filter");
+                }
+                return Err(error);
+            }
+        };
         record.enabled_forwarding |= enabled_forwarding;
         record.attached.push(attachment.clone());
         Ok(attachment)
@@ -204,11 +221,15 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
         let restore = record.enabled_forwarding && record.attached.is_empty();
         if restore {
             record.enabled_forwarding = false;
+        } else {
+            record.apply_filter(None, false)?;
         }
         Ok((removed, restore))
     })?;
     if restore_forwarding {
         attach::restore_forwarding()?;
+        // Forwarding is off: nothing is left for the filter to confine.
+        Attachments::load(&context.state)?.apply_filter(None, true)?;
     }
     if let Some(client) = &mut client {
         reload(client)?;

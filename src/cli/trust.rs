@@ -13,6 +13,7 @@ use agentnet::control::{Request, Response};
 use agentnet::core::identity::AgentId;
 use agentnet::core::pending::PendingStatus;
 use agentnet::core::policy::Policy;
+use agentnet::core::text::escape_untrusted;
 use agentnet::core::trust::{TrustState, validate_name};
 use agentnet::core::trust_request::{Endorsement, MAX_JUSTIFICATION_LEN};
 use agentnet::fleet::{
@@ -205,30 +206,16 @@ fn render_pending(request: &PendingStatus) -> String {
     };
     let mut text = format!(
         "{} asks for {}  ({} ago, {from})\n  id             {}\n  justification  {}\n",
-        printable(&request.name),
+        escape_untrusted(&request.name),
         request.requested,
         human_duration(request.age_s),
         request.id,
-        printable(&request.justification)
+        escape_untrusted(&request.justification)
     );
     if let Some(fleet) = &request.endorsed_by {
         text.push_str(&format!("  endorsed by    fleet {fleet}\n"));
     }
     text
-}
-
-/// `text` with control and bidirectional-override characters escaped.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if c.is_control() || bidi {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// `agentnet trust approve`.
@@ -265,7 +252,7 @@ pub(super) fn deny(context: &Instance, id: AgentId) -> Result<()> {
     };
     say!(
         "denied the trust request of {} ({id}); it is not told",
-        printable(&name)
+        escape_untrusted(&name)
     );
     Ok(())
 }
@@ -296,8 +283,8 @@ mod tests {
 
     #[test]
     fn requester_text_cannot_drive_the_terminal() {
-        assert_eq!(printable("plain text"), "plain text");
-        let escaped = printable("a\u{1b}[2Jb\nc\u{202e}d");
+        assert_eq!(escape_untrusted("plain text"), "plain text");
+        let escaped = escape_untrusted("a\u{1b}[2Jb\nc\u{202e}d");
         assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
         assert!(!escaped.contains('\u{202e}'), "{escaped}");
         assert!(escaped.contains("\\u{1b}"), "{escaped}");

@@ -10,7 +10,7 @@ use clap::Args;
 
 use agentnet::control::{ControlClient, Request, Response};
 use agentnet::userspace::UserspaceOptions;
-use agentnet::userspace::spec::{ExposeSpec, ForwardSpec};
+use agentnet::userspace::spec::{ExposeSpec, ForwardSpec, RemoteBindRefused, check_local_binds};
 
 /// `up`'s rootless mode.
 #[derive(Debug, Clone, Args)]
@@ -45,6 +45,10 @@ pub(crate) struct UserspaceArgs {
         requires = "userspace"
     )]
     pub(crate) exposes: Vec<ExposeSpec>,
+    /// Allow --socks5 and --forward to listen on an address other than
+    /// loopback (anyone who reaches it reaches the overlay as this agent).
+    #[arg(long, requires = "userspace")]
+    pub(crate) allow_remote: bool,
 }
 
 impl UserspaceArgs {
@@ -57,12 +61,21 @@ impl UserspaceArgs {
         })
     }
 
+    /// Refuses non-loopback `--socks5`/`--forward` listeners without
+    /// `--allow-remote`.
+    pub(crate) fn check(&self) -> Result<(), RemoteBindRefused> {
+        check_local_binds(self.socks5, &self.forwards, self.allow_remote)
+    }
+
     /// Passes the options on to the detached daemon.
     pub(crate) fn add_child_args(&self, command: &mut Process) {
         if !self.userspace {
             return;
         }
         command.arg("--userspace");
+        if self.allow_remote {
+            command.arg("--allow-remote");
+        }
         if let Some(address) = self.socks5 {
             command.args(["--socks5", &address.to_string()]);
         }

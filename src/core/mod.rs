@@ -26,6 +26,7 @@ pub mod session;
 pub mod stats;
 pub mod status;
 pub mod tai64n;
+pub mod text;
 pub mod trust;
 pub mod trust_request;
 pub mod wire;

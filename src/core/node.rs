@@ -659,7 +659,7 @@ impl Node {
             Admission::Queued => {
                 let id = request.requester;
                 let auto_approve = self.auto_approve.approves(&request);
-                tracing::info!(requester = %id, name = %request.name, %from, auto_approve, "trust request received");
+                tracing::info!(requester = %id, name = %super::text::Untrusted(&request.name), %from, auto_approve, "trust request received");
                 self.pending.insert(now, request, from, path.is_relay());
                 self.ctx
                     .events
@@ -755,7 +755,8 @@ impl Node {
         };
         let sender_index = received.sender_index;
         let timestamp = received.payload.timestamp;
-        let remote_name = received.payload.name.clone();
+        // The name a peer announces is shown in `status`: stored inert.
+        let remote_name = super::text::escape_untrusted(&received.payload.name);
         let remote_candidates = received.payload.candidates.clone();
         let remote_nat = received.payload.nat.clone();
         let local_index = ctx.allocate_index(slot);
@@ -862,7 +863,7 @@ impl Node {
             }
         };
         tracing::debug!(peer = %peer.config.id, %from, local_index, "handshake complete");
-        peer.remote_name = Some(payload.name);
+        peer.remote_name = Some(super::text::escape_untrusted(&payload.name));
         peer.set_remote_candidates(now, payload.candidates);
         peer.set_remote_nat(payload.nat);
         peer.last_handshake = Some(now);

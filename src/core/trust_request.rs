@@ -54,6 +54,10 @@ pub enum TrustRequestError {
     /// The content is malformed.
     #[error("trust request content is malformed")]
     Malformed,
+    /// The claimed name holds control or bidirectional-format characters
+    /// (it would forge log lines or drive a terminal).
+    #[error("trust request name holds control characters")]
+    ControlCharsInName,
     /// The justification is over 1 KiB.
     #[error("justification longer than {MAX_JUSTIFICATION_LEN} bytes")]
     JustificationTooLong,
@@ -157,6 +161,9 @@ impl TrustRequest {
         if self.justification.len() > MAX_JUSTIFICATION_LEN {
             return Err(TrustRequestError::JustificationTooLong);
         }
+        if super::text::has_control_chars(&self.name) {
+            return Err(TrustRequestError::ControlCharsInName);
+        }
         let mut content = self.encode_unsigned();
         let signature = requester.sign(&Self::signed_message(&content));
         content.extend_from_slice(&signature);
@@ -254,6 +261,9 @@ impl TrustRequest {
         let unix_time = reader.u64().ok_or(malformed)?;
         let nonce = reader.array().ok_or(malformed)?;
         let name = reader.short_str().ok_or(malformed)?.to_string();
+        if super::text::has_control_chars(&name) {
+            return Err(TrustRequestError::ControlCharsInName);
+        }
         let justification_len = usize::from(reader.u16().ok_or(malformed)?);
         if justification_len > MAX_JUSTIFICATION_LEN {
             return Err(TrustRequestError::JustificationTooLong);
@@ -398,6 +408,37 @@ mod tests {
             open(&world, &datagram),
             Err(TrustRequestError::BadSignature)
         );
+    }
+
+    #[test]
+    fn claimed_names_with_control_characters_are_refused_at_intake() {
+        let world = world();
+        let mut hostile = request(&world);
+        for name in [
+            "alice\nINFO trust added peer=mallory",
+            "a\x1b[2Jb",
+            "nul\0",
+            "\u{202e}exe",
+        ] {
+            hostile.name = name.into();
+            // A sender that skips our own check is refused by the receiver.
+            let decoded = TrustRequest::decode(&hostile.encode_unsigned()).map(|(r, _)| r);
+            assert_eq!(
+                decoded,
+                Err(TrustRequestError::ControlCharsInName),
+                "{name:?}"
+            );
+            let mut rng = core_rng([0; 32]);
+            assert_eq!(
+                hostile.seal(&mut rng, world.network, &world.alice),
+                Err(TrustRequestError::ControlCharsInName)
+            );
+        }
+        // A justification may hold newlines: it is escaped where shown.
+        let mut wordy = request(&world);
+        wordy.justification = "line one\nline two".into();
+        let (decoded, _) = TrustRequest::decode(&wordy.encode_unsigned()).expect("decodes");
+        assert_eq!(decoded.justification, "line one\nline two");
     }
 
     #[test]

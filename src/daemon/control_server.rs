@@ -6,10 +6,10 @@
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::stat::Mode;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -87,8 +87,7 @@ impl ControlServer {
     /// starts accepting. Returns the server and the queue of requests.
     pub(crate) fn bind(path: &Path) -> io::Result<(Self, mpsc::Receiver<ControlRequest>)> {
         remove_stale_socket(path)?;
-        let listener = UnixListener::bind(path)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))?;
+        let listener = bind_with_mode(path)?;
         super::privilege::share_socket_with_group(path);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -111,6 +110,18 @@ impl ControlServer {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(DRAIN_TIMEOUT * 2, self.task).await;
     }
+}
+
+/// Binds the socket so that it is born with [`SOCKET_MODE`]: the umask
+/// decides the mode `bind` gives it, so there is no moment when it exists
+/// with a looser one, and no `chmod` by path afterwards (which would follow
+/// a link planted in its place).
+fn bind_with_mode(path: &Path) -> io::Result<UnixListener> {
+    let umask = Mode::from_bits_truncate(0o777 & !SOCKET_MODE);
+    let previous = nix::sys::stat::umask(umask);
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    bound
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {

@@ -18,7 +18,10 @@
 //! So after creating the TUN, the sockets and the host's name configuration,
 //! a daemon started as root switches to an unprivileged user ([`PrivilegeDrop`]):
 //! `--user NAME`, by default the user `agentnet` when it exists (otherwise it
-//! stays root and logs why). Before switching it hands the state directory
+//! stays root and logs why; a daemon that stays root still keeps no
+//! capability but `CAP_NET_ADMIN`, bounding set included, with
+//! `no_new_privs`, and takes back a state directory an earlier run gave
+//! away). Before switching it hands the state directory
 //! to that user and opens the hosts files it keeps editing (they are edited
 //! in place through the open descriptors), then keeps no capability at all
 //! — except `CAP_NET_ADMIN` (effective, permitted and ambient, for
@@ -252,7 +255,9 @@ impl PrivilegeDrop {
                 trim_capabilities(keep);
                 Ok(())
             }
-            None => Ok(()),
+            // Root without a user to become: still no capability beyond
+            // CAP_NET_ADMIN (the TUN's knobs, `resolvectl`).
+            None => stay_root_with(state, socket, keep | bit(CAP_NET_ADMIN)),
         }
     }
 }
@@ -310,23 +315,7 @@ fn switch_user(
     nix::sys::prctl::set_keepcaps(true)
         .map_err(errno)
         .map_err(failed("keep capabilities across the switch"))?;
-    for cap in 0..=capabilities::last_cap() {
-        if keep & bit(cap) != 0 {
-            continue;
-        }
-        match capabilities::drop_bounding(cap) {
-            Ok(()) => {}
-            // EINVAL: a capability this kernel does not have.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            // EPERM: no CAP_SETPCAP (a container without it). no_new_privs,
-            // set below, already keeps execve from granting anything.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                tracing::debug!("no CAP_SETPCAP: the bounding set stays as it is");
-                break;
-            }
-            Err(e) => return Err(failed("shrink the bounding set")(e)),
-        }
-    }
+    shrink_bounding_set(keep).map_err(failed("shrink the bounding set"))?;
     nix::unistd::setgroups(&target.groups)
         .map_err(errno)
         .map_err(failed("set the groups"))?;
@@ -371,6 +360,76 @@ fn switch_user(
         gid = target.gid.as_raw(),
         capabilities = describe(keep),
         "dropped privileges"
+    );
+    Ok(())
+}
+
+/// Removes every capability but `keep` from the bounding set, so nothing
+/// this process runs can get it back. Without `CAP_SETPCAP` (a container
+/// that lacks it) the set stays as it is: no_new_privs, set by the caller,
+/// already keeps execve from granting anything.
+fn shrink_bounding_set(keep: u64) -> io::Result<()> {
+    for cap in 0..=capabilities::last_cap() {
+        if keep & bit(cap) != 0 {
+            continue;
+        }
+        match capabilities::drop_bounding(cap) {
+            Ok(()) => {}
+            // EINVAL: a capability this kernel does not have.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                tracing::debug!("no CAP_SETPCAP: the bounding set stays as it is");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// For a root daemon with no user to switch to: takes the state directory
+/// back from a user an earlier run handed it to (uid 0 without
+/// `CAP_DAC_OVERRIDE` could not write in it otherwise), then keeps only
+/// `keep` in every capability set, bounding set included, and sets
+/// no_new_privs. A capability still held afterwards stops the start.
+fn stay_root_with(state: &StateDir, socket: &Path, keep: u64) -> Result<(), PrivilegeError> {
+    let failed = |step: &'static str| {
+        move |source: io::Error| PrivilegeError::Drop {
+            user: "root".into(),
+            step,
+            source,
+        }
+    };
+    let root = TargetUser {
+        name: "root".into(),
+        uid: Uid::from_raw(0),
+        gid: Gid::from_raw(0),
+        groups: Vec::new(),
+    };
+    if state.root().join(IDENTITY_FILE).is_file() {
+        hand_over_state(&root, state, socket).map_err(failed("take the state directory back"))?;
+    }
+    shrink_bounding_set(keep).map_err(failed("shrink the bounding set"))?;
+    capabilities::clear_ambient().map_err(failed("clear the ambient set"))?;
+    capabilities::set(CapabilitySets {
+        effective: keep,
+        permitted: keep,
+        inheritable: 0,
+    })
+    .map_err(failed("set the capabilities"))?;
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(io::Error::from)
+        .map_err(failed("set no_new_privs"))?;
+    let now = capabilities::current().map_err(failed("read the capabilities back"))?;
+    if now.permitted & !keep != 0 || now.effective & !keep != 0 {
+        return Err(failed("verify")(io::Error::other(format!(
+            "permitted capabilities are {:#x}, expected at most {keep:#x}",
+            now.permitted
+        ))));
+    }
+    tracing::info!(
+        capabilities = describe(now.permitted),
+        "staying root with only the capabilities it needs"
     );
     Ok(())
 }

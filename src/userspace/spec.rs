@@ -265,9 +265,71 @@ impl fmt::Display for ExposeSpec {
     }
 }
 
+/// A local listener of `--socks5` or `--forward` that binds outside
+/// loopback without `--allow-remote`: anyone who can reach that address
+/// would reach the overlay in this agent's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to listen for {option} on {address}: not a loopback address, so other hosts \
+     could reach the overlay through this agent (bind 127.0.0.1 or [::1], or add --allow-remote)"
+)]
+pub struct RemoteBindRefused {
+    /// The option that asked for it (`--socks5` or `--forward`).
+    pub option: &'static str,
+    /// The address it asked for.
+    pub address: SocketAddr,
+}
+
+/// Refuses a SOCKS5 or forward listener on an address other than loopback
+/// unless `allow_remote` (`--allow-remote`), as `--metrics` does.
+pub fn check_local_binds(
+    socks5: Option<SocketAddr>,
+    forwards: &[ForwardSpec],
+    allow_remote: bool,
+) -> Result<(), RemoteBindRefused> {
+    if allow_remote {
+        return Ok(());
+    }
+    let listeners = socks5
+        .map(|address| ("--socks5", address))
+        .into_iter()
+        .chain(forwards.iter().map(|spec| ("--forward", spec.listen)));
+    for (option, address) in listeners {
+        if !address.ip().is_loopback() {
+            return Err(RemoteBindRefused { option, address });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_loopback_socks5_and_forward_binds_need_allow_remote() {
+        let local: ForwardSpec = "8080:bob:80".parse().expect("parses");
+        let local6: ForwardSpec = "[::1]:8081:bob:80".parse().expect("parses");
+        let open: ForwardSpec = "0.0.0.0:9000:bob:22".parse().expect("parses");
+        let loopback = "127.0.0.1:1080".parse().ok();
+        check_local_binds(loopback, &[local.clone(), local6], false).expect("loopback is fine");
+
+        let error = check_local_binds(loopback, &[local.clone(), open.clone()], false)
+            .expect_err("0.0.0.0 refused");
+        assert_eq!(error.option, "--forward");
+        let message = error.to_string();
+        assert!(message.contains("0.0.0.0:9000"), "{message}");
+        assert!(message.contains("--allow-remote"), "{message}");
+
+        let everywhere = "[::]:1080".parse().ok();
+        let error = check_local_binds(everywhere, &[], false).expect_err("[::] refused");
+        assert_eq!(error.option, "--socks5");
+        assert!(error.to_string().contains("[::]:1080"), "{error}");
+        let lan = "192.168.1.5:1080".parse().ok();
+        assert!(check_local_binds(lan, &[], false).is_err());
+
+        check_local_binds(everywhere, &[open], true).expect("--allow-remote allows it");
+    }
 
     #[test]
     fn forward_defaults_to_tcp_on_loopback() {

@@ -11,6 +11,7 @@ use crate::control::{Request, Response, TrustedPeer};
 use crate::core::identity::AgentId;
 use crate::core::node::Event;
 use crate::core::policy::Policy;
+use crate::core::text::Untrusted;
 use crate::core::trust::{TrustEntry, TrustState, validate_name};
 use crate::core::trust_request::{Endorsement, MAX_JUSTIFICATION_LEN};
 use crate::daemon::DaemonError;
@@ -502,7 +503,7 @@ impl Daemon {
             .take_pending_request(&id)
             .ok_or_else(|| format!("no pending trust request from {id}"))?;
         self.save_pending(now);
-        tracing::info!(%id, claimed = %pending.request.name, "trust request denied");
+        tracing::info!(%id, claimed = %Untrusted(&pending.request.name), "trust request denied");
         Ok(Response::TrustDenied {
             id,
             name: pending.request.name,

@@ -1,0 +1,109 @@
+//! Text another agent chose (a claimed name, a justification, an endpoint
+//! it announced), made inert before it reaches a log line, a terminal or a
+//! control-socket answer.
+//!
+//! A remote party must not be able to start a new log line (`\n`, `\r`),
+//! drive the operator's terminal (ESC sequences), cut a line short (NUL) or
+//! reorder what is shown (Unicode bidirectional controls). [`Untrusted`]
+//! shows such text with every one of those characters as a visible escape
+//! (`\u{1b}`), a backslash doubled (so an escape cannot be forged), and at
+//! most [`MAX_SHOWN_CHARS`] characters.
+
+use std::fmt;
+
+/// The most characters of one untrusted string that are shown; the rest is
+/// summed up as `…(+N chars)`.
+pub const MAX_SHOWN_CHARS: usize = 1024;
+
+/// Displays untrusted text inertly: control characters (C0, DEL, C1),
+/// Unicode format characters that reorder or hide text, and backslashes
+/// become escapes; the length is capped. Use it as `%Untrusted(&name)` in
+/// `tracing` fields and in `format!`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untrusted<'a>(pub &'a str);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chars = self.0.chars();
+        for (shown, c) in chars.by_ref().enumerate() {
+            if shown == MAX_SHOWN_CHARS {
+                let rest = 1 + chars.count();
+                return write!(f, "…(+{rest} chars)");
+            }
+            if c == '\\' {
+                f.write_str("\\\\")?;
+            } else if needs_escape(c) {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `text` made inert (see [`Untrusted`]).
+pub fn escape_untrusted(text: &str) -> String {
+    Untrusted(text).to_string()
+}
+
+/// Whether `text` holds a character [`Untrusted`] would escape (other than
+/// a backslash): such names are refused where they enter.
+pub fn has_control_chars(text: &str) -> bool {
+    text.chars().any(needs_escape)
+}
+
+/// Control characters, and format characters that reorder, hide or join
+/// text on a terminal (bidirectional marks, embeddings, overrides and
+/// isolates, zero-width characters, the byte-order mark).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newlines_escapes_nul_del_and_bidi_controls_are_shown_inertly() {
+        let hostile =
+            "bob\n2026-01-01 INFO trust added\r\x1b[2J\0\x7f\u{9b}\u{202e}txt.exe\u{2066}";
+        let shown = escape_untrusted(hostile);
+        for c in shown.chars() {
+            assert!(!needs_escape(c), "{c:?} survived in {shown:?}");
+        }
+        assert_eq!(
+            shown,
+            "bob\\u{a}2026-01-01 INFO trust added\\u{d}\\u{1b}[2J\\u{0}\\u{7f}\\u{9b}\\u{202e}txt.exe\\u{2066}"
+        );
+        assert!(has_control_chars(hostile));
+        assert!(!has_control_chars("bob-01 ünïcode ok"));
+        assert_eq!(escape_untrusted("bob-01 ünïcode ok"), "bob-01 ünïcode ok");
+    }
+
+    #[test]
+    fn a_backslash_cannot_forge_an_escape() {
+        assert_eq!(escape_untrusted("a\\u{a}b"), "a\\\\u{a}b");
+        assert_ne!(escape_untrusted("a\\u{a}b"), escape_untrusted("a\nb"));
+    }
+
+    #[test]
+    fn long_text_is_capped() {
+        let long = "x".repeat(MAX_SHOWN_CHARS + 10);
+        let shown = escape_untrusted(&long);
+        assert!(shown.starts_with(&"x".repeat(MAX_SHOWN_CHARS)));
+        assert!(shown.ends_with("…(+10 chars)"), "{shown}");
+        assert_eq!(
+            escape_untrusted(&"y".repeat(MAX_SHOWN_CHARS)).len(),
+            MAX_SHOWN_CHARS
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! What `attach` lets the host forward (issue 17 item 3). Attaching turns
+//! on IPv6 forwarding, which on Linux is one switch for every interface;
+//! agentnet's nftables table (`table inet agentnet`) confines it: an
+//! attached namespace may send only with its own address and only into the
+//! TUN, and nothing else forwards into or out of the overlay.
+//!
+//! They need root (namespaces, TUN, nft). Without it they say why and pass
+//! as skipped, unless `AGENTNET_REQUIRE_NETNS=1` (CI).
+
+mod support;
+
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use support::agent::Agent;
+use support::capture::TunCapture;
+use support::natlab::overlay_ping;
+use support::{Lab, say, step, wait_until};
+
+/// Programs these tests run.
+const TOOLS: &[&str] = &["ping", "tcpdump", "nft"];
+
+fn must<T>(result: Result<T, String>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `address` with its last 16 bits replaced by `last`.
+fn with_suffix(address: Ipv6Addr, last: u16) -> Ipv6Addr {
+    let mut segments = address.segments();
+    segments[7] = last;
+    Ipv6Addr::from(segments)
+}
+
+/// The network's resolver address `PREFIX::53` (the /48 of `address`).
+fn resolver_of(address: Ipv6Addr) -> Ipv6Addr {
+    let s = address.segments();
+    Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0x53)
+}
+
+/// The overlay network's /48 route (`fdXX:XXXX:XXXX::/48`) of `address`.
+fn network_of(address: Ipv6Addr) -> String {
+    let s = address.segments();
+    format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+}
+
+fn ping_from(lab: &Lab, ns: &str, source: Option<Ipv6Addr>, to: Ipv6Addr) -> bool {
+    let to = to.to_string();
+    let source = source.map(|s| s.to_string());
+    let mut args = vec!["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "1"];
+    if let Some(source) = &source {
+        args.extend(["-I", source.as_str()]);
+    }
+    args.push(&to);
+    lab.exec(ns, &args).is_ok_and(|o| o.ok())
+}
+
+/// An attached namespace that sends with the host's own agent address is
+/// dropped at its veth (b never sees the packets), while its own address
+/// still reaches b; a LAN neighbour that routes the overlay's /48 through
+/// the host reaches neither b nor the name responder at PREFIX::53.
+#[test]
+fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overlay() {
+    let test = "attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overlay";
+    if !support::require_root_or_skip(test, TOOLS) {
+        return;
+    }
+    let lab = must(Lab::new());
+    let hosts = must(lab.bridge_segment([93, 3], &["a", "b", "lan"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let b = must(Agent::new(&lab, &hosts[1], "bravo"));
+    let lan = hosts[2].clone();
+    must(a.init());
+    must(b.init());
+    let (id_a, id_b) = (must(a.id()), must(b.id()));
+    must(a.up());
+    must(b.up());
+    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
+    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(wait_until("a ping A -> B", Duration::from_secs(15), || {
+        overlay_ping(&lab, &a, &id_b)
+    }));
+
+    step("attach a namespace to a");
+    let ctr = must(lab.add_namespace("ctr"));
+    must(a.cli_ok(&["attach", "--netns", &ctr, "--address", "::2"]));
+    let own = with_suffix(id_a.address, 2);
+    let table = must(lab.exec_ok(&a.host.ns, &["nft", "list", "table", "inet", "agentnet"]));
+    say(&format!("forwarding | a's filter:\n{}", table.stdout));
+    assert!(
+        ping_from(&lab, &ctr, None, id_b.address),
+        "the attachment reaches b with its own address"
+    );
+
+    step("the attachment spoofs a's agent address");
+    must(lab.exec_ok(
+        &ctr,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", id_a.address),
+            "dev",
+            "agentnet0",
+            "nodad",
+        ],
+    ));
+    let capture = must(TunCapture::start(&lab, &b.host.ns, &b.iface, "icmp6"));
+    let _ = ping_from(&lab, &ctr, Some(id_a.address), id_b.address);
+    assert!(
+        ping_from(&lab, &ctr, Some(own), id_b.address),
+        "its own address still works"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = must(capture.finish()).packets;
+    let from = |source: Ipv6Addr| -> Vec<String> {
+        seen.iter()
+            .filter(|p| p.src == source && p.dst == id_b.address)
+            .map(|p| p.summary())
+            .collect()
+    };
+    let (spoofed, genuine) = (from(id_a.address), from(own));
+    say(&format!(
+        "forwarding | b saw {} ICMPv6 packets: {} from a's agent address, {} from the \
+         attachment's own",
+        seen.len(),
+        spoofed.len(),
+        genuine.len()
+    ));
+    assert!(!genuine.is_empty(), "the capture at b works");
+    assert!(
+        spoofed.is_empty(),
+        "packets the attachment sent as a's agent address reached b:\n{}",
+        spoofed.join("\n")
+    );
+
+    step("a LAN neighbour routes the overlay through a");
+    must(lab.exec_ok(
+        &a.host.ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd99:93:3::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    ));
+    must(lab.exec_ok(
+        &lan.ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd99:93:3::3/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    ));
+    must(lab.exec_ok(
+        &lan.ns,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &network_of(id_a.address),
+            "via",
+            "fd99:93:3::1",
+            "dev",
+            "eth0",
+        ],
+    ));
+    assert!(
+        ping_from(&lab, &lan.ns, None, "fd99:93:3::1".parse().expect("addr")),
+        "the LAN neighbour reaches a on the LAN"
+    );
+    let responder = resolver_of(id_a.address);
+    assert!(
+        ping_from(&lab, &a.host.ns, None, responder),
+        "a itself gets an echo from its responder {responder}"
+    );
+    assert!(
+        !ping_from(&lab, &lan.ns, None, responder),
+        "the LAN neighbour got an answer from a's responder {responder}"
+    );
+    assert!(
+        !ping_from(&lab, &lan.ns, None, id_b.address),
+        "the LAN neighbour reached b through a"
+    );
+    assert!(
+        !ping_from(&lab, &lan.ns, None, own),
+        "the LAN neighbour reached the attachment through a"
+    );
+
+    step("the last detach removes the filter with forwarding");
+    must(a.cli_ok(&["detach", "--netns", &ctr]));
+    let listed = must(lab.exec(&a.host.ns, &["nft", "list", "table", "inet", "agentnet"]));
+    assert!(!listed.ok(), "the table is gone: {}", listed.stdout);
+    must(a.down());
+    must(b.down());
+}
