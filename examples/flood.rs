@@ -150,7 +150,10 @@ fn trust_request_flood(args: &Args, mac1: &Mac1Key) -> anyhow::Result<()> {
         let due = (now - start).as_secs_f64() * args.rate as f64;
         while (sent + errors) as f64 <= due {
             next = (next + 1) % size;
-            let source = SocketAddrV4::new(Ipv4Addr::from(first + next), 40_000 + (next % 20_000) as u16);
+            let source = SocketAddrV4::new(
+                Ipv4Addr::from(first + next),
+                40_000 + (next % 20_000) as u16,
+            );
             let packet = ipv4_udp(source, target, &payload);
             match sendto(socket.as_raw_fd(), &packet, &destination, MsgFlags::empty()) {
                 Ok(_) => sent += 1,

@@ -280,11 +280,9 @@ pub fn save_pending(
         requests: records,
         seen,
     };
-    let body = toml::to_string(&file).map_err(|source| {
-        StateError::Serialize {
-            what: "the pending trust requests",
-            source,
-        }
+    let body = toml::to_string(&file).map_err(|source| StateError::Serialize {
+        what: "the pending trust requests",
+        source,
     })?;
     let text = format!(
         "# agentnet: trust requests waiting for `agentnet trust approve` or `deny`.\n\
@@ -493,7 +491,12 @@ mod tests {
         let request = pending(start).request;
         let mut before = PendingRequests::default();
         assert_eq!(before.check(start, &request, &mut rng), Admission::Queued);
-        before.insert(start, request.clone(), "10.0.0.1:7400".parse().expect("addr"), false);
+        before.insert(
+            start,
+            request.clone(),
+            "10.0.0.1:7400".parse().expect("addr"),
+            false,
+        );
         // Approved: it leaves the queue; the daemon saves what is left.
         assert!(before.take(&request.requester).is_some());
         let seen: Vec<SeenNonceRecord> = before
@@ -511,11 +514,18 @@ mod tests {
             let seen = record.restore(unix_restart).expect("still live");
             after.restore_seen_nonce(restart, seen);
         }
-        assert_eq!(after.check(restart, &request, &mut rng), Admission::Replayed);
+        assert_eq!(
+            after.check(restart, &request, &mut rng),
+            Admission::Replayed
+        );
 
         // Once the lifetime is over the record is not restored at all.
         let records = load_seen_nonces(&state).expect("loaded");
-        assert!(records[0].restore(unix_start + NONCE_LIFETIME + Duration::from_secs(2)).is_none());
+        assert!(
+            records[0]
+                .restore(unix_start + NONCE_LIFETIME + Duration::from_secs(2))
+                .is_none()
+        );
         let mut damaged = records[0].clone();
         damaged.nonce = "zz".into();
         assert!(damaged.restore(unix_restart).is_none());

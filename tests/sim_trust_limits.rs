@@ -93,5 +93,8 @@ fn garbage_relayed_by_one_sender_does_not_block_others_through_that_rendezvous()
     let pending = net.hosts[target].node.pending_requests(net.now);
     let dropped = net.hosts[target].node.status(net.now).dropped;
     assert_eq!(pending.len(), 2, "{dropped:?}");
-    assert!(dropped.trust_requests_rejected + dropped.malformed >= 10, "{dropped:?}");
+    assert!(
+        dropped.trust_requests_rejected + dropped.malformed >= 10,
+        "{dropped:?}"
+    );
 }

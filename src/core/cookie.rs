@@ -742,9 +742,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..100_000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
-            responder
-                .sources
-                .take(t0, &LimiterKey::Ip(ip), &mut rng);
+            responder.sources.take(t0, &LimiterKey::Ip(ip), &mut rng);
         }
         assert_eq!(responder.tracked_sources(), MAX_LIMITED_SOURCES);
         assert_eq!(responder.sources.cells_touched(), 100_000);

@@ -184,7 +184,9 @@ impl KeyedLimiter {
 
     /// Buckets allocated (0 before the first use, then the fixed count).
     pub fn buckets(&self) -> usize {
-        self.buckets.as_ref().map_or(0, |buckets| buckets.cells.len())
+        self.buckets
+            .as_ref()
+            .map_or(0, |buckets| buckets.cells.len())
     }
 
     /// Buckets read or written since the limiter was made: the work done.
@@ -263,7 +265,9 @@ mod tests {
         let mut limiter = KeyedLimiter::new(Rate::per(5, Duration::from_secs(60), 5), 16);
         let t0 = Instant::now();
         assert_eq!(
-            (0..10).filter(|_| limiter.take(t0, &7u32, &mut rng)).count(),
+            (0..10)
+                .filter(|_| limiter.take(t0, &7u32, &mut rng))
+                .count(),
             5
         );
         assert!(!limiter.take(t0 + Duration::from_secs(11), &7u32, &mut rng));
@@ -325,7 +329,9 @@ mod tests {
     fn secret_decides_the_bucket() {
         let keys: Vec<u32> = (0..64).collect();
         let spread = |secret: [u8; 16]| -> Vec<usize> {
-            keys.iter().map(|key| bucket_of(&secret, key, 1024)).collect()
+            keys.iter()
+                .map(|key| bucket_of(&secret, key, 1024))
+                .collect()
         };
         assert_ne!(spread([1; 16]), spread([2; 16]));
     }

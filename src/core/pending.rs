@@ -410,7 +410,10 @@ mod tests {
     use crate::core::rng::core_rng;
 
     fn direct(i: u32) -> RequestSender {
-        RequestSender::of_path(PathAddr::Direct(SocketAddr::from((i.to_be_bytes(), 7400))), None)
+        RequestSender::of_path(
+            PathAddr::Direct(SocketAddr::from((i.to_be_bytes(), 7400))),
+            None,
+        )
     }
 
     fn request(seed: u8, nonce: u8) -> TrustRequest {
@@ -442,7 +445,10 @@ mod tests {
         // The global budget is spent by now; a second later a newcomer goes.
         let later = t0 + Duration::from_secs(1);
         let newcomer = RequestSender::Address("198.51.100.7".parse().expect("ip"));
-        assert_eq!(pending.allow_verification(later, &newcomer, &mut rng), Ok(()));
+        assert_eq!(
+            pending.allow_verification(later, &newcomer, &mut rng),
+            Ok(())
+        );
     }
 
     #[test]
@@ -475,7 +481,11 @@ mod tests {
         assert_eq!(passed, REQUESTS_PER_MINUTE as usize);
         // Many senders at one instant: at most the budget is verified.
         let passed = (100..10_000)
-            .filter(|i| pending.allow_verification(t0, &direct(*i), &mut rng).is_ok())
+            .filter(|i| {
+                pending
+                    .allow_verification(t0, &direct(*i), &mut rng)
+                    .is_ok()
+            })
             .count();
         assert!(passed <= VERIFICATIONS_PER_SECOND as usize, "{passed}");
         assert!(passed >= VERIFICATIONS_PER_SECOND as usize - 10, "{passed}");
@@ -539,7 +549,10 @@ mod tests {
         for seen in saved {
             restarted.restore_seen_nonce(t1, seen);
         }
-        assert_eq!(restarted.check(t1, &approved, &mut rng), Admission::Replayed);
+        assert_eq!(
+            restarted.check(t1, &approved, &mut rng),
+            Admission::Replayed
+        );
         assert!(restarted.seen_nonces(t1 + NONCE_LIFETIME).next().is_none());
     }
 }

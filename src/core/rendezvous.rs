@@ -572,8 +572,7 @@ impl RendezvousServer {
     }
 
     fn take_token(&mut self, now: Instant, source: IpAddr) -> bool {
-        self.buckets
-            .take(now, &address_key(source), &mut self.rng)
+        self.buckets.take(now, &address_key(source), &mut self.rng)
     }
 
     fn handle_relay(&mut self, now: Instant, from: ClientAddr, datagram: &[u8]) {
