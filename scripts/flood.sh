@@ -11,6 +11,11 @@
 #   mac1           $RATE/s real initiations with a valid mac1 from untrusted
 #                  keys (someone who knows B's public key): B is under load,
 #                  answers with cookie replies and does no Diffie-Hellman
+#   trust6         $RATE/s type-6 datagrams (trust requests) with a valid
+#                  mac1, each from a new spoofed source of $SPOOF_RANGE
+#                  (issue #17 item 1): the limiters cost O(1) per new
+#                  source, and at most the verification budget reaches
+#                  Diffie-Hellman
 #
 # For each: A -> B throughput and its ratio to unloaded (the goal: >= 50%),
 # the rate F achieved, B's CPU seconds, B's RSS before and after (the goal:
@@ -41,6 +46,7 @@ CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-30}
 OUTDIR=${OUTDIR:-/tmp/agentnet-flood/$(date +%Y%m%d-%H%M%S)}
 PORT=7400 IPERF_PORT=5201
 SUBNET=10.212.0
+SPOOF_RANGE=10.213.0.0/16
 
 [[ $EUID -eq 0 ]] || { echo "flood: must run as root" >&2; exit 1; }
 for t in ip iperf3 jq ping awk; do
@@ -114,7 +120,7 @@ run() {
     counters=$(dropped_now)
     if [[ $mode != none ]]; then
         lab_bg "$RAW/$label.flood.txt" "$NS_F" "$FLOOD_BIN" --target "$IP_B:$PORT" --id "${ID[b]}" \
-            --mode "$mode" --rate "$RATE" --seconds $((DURATION + 4))
+            --mode "$mode" --rate "$RATE" --seconds $((DURATION + 4)) --spoof-from "$SPOOF_RANGE"
         flood_pid=$LAB_LAST_PID
         sleep 2
     fi
@@ -141,6 +147,11 @@ run unloaded none
 run garbage garbage
 sleep 2 # the load state of B ends 1 s after the flood
 run mac1 mac1
+# B routes the spoofed range back towards F (so its reverse-path filter
+# takes the datagrams; nothing is ever answered).
+ip -n "$NS_B" route add "$SPOOF_RANGE" via "$SUBNET.3" || fail "route for the spoofed range"
+sleep 2
+run trust6 trust-request
 
 # A new handshake through B under load: restart A during a mac1 flood.
 log "== reconnect under a mac1 flood"
@@ -165,7 +176,7 @@ ratio() { awk -v x="$1" -v b="$2" 'BEGIN { if (x == "NA" || b == "NA" || b == 0)
 {
     echo "| flood | A->B TCP Mbit/s | vs unloaded | flood rate achieved | B CPU s | B RSS MiB before -> after | B drop counters (growth during the run and the rest of the flood) |"
     echo "|---|--:|--:|--:|--:|--:|---|"
-    for l in unloaded garbage mac1; do
+    for l in unloaded garbage mac1 trust6; do
         printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$l" "${R[$l.mbps]}" \
             "$(ratio "${R[$l.mbps]}" "${R[unloaded.mbps]}")" "${R[$l.flood]}" "${R[$l.cpu]}" \
             "${R[$l.rss]}" "${R[$l.drops]}"

@@ -6,7 +6,10 @@
 //! `STATE_DIR/pending.toml` holds one `[[request]]` table per waiting
 //! request, everything it carried plus where and when it arrived. Only the
 //! daemon writes it (it holds the instance lock), atomically like every state
-//! file; the requests in it were verified when they arrived.
+//! file; the requests in it were verified when they arrived. One `[[seen]]`
+//! table per nonce of a request seen in the last minutes (waiting, approved
+//! or denied) keeps the replay set across restarts, so a captured request
+//! replayed after a restart is still a replay.
 
 use std::fs;
 use std::io;
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::core::identity::AgentId;
-use crate::core::pending::{PENDING_TTL, PendingRequest};
+use crate::core::pending::{NONCE_LIFETIME, PENDING_TTL, PendingRequest, SeenNonce};
 use crate::core::policy::Policy;
 use crate::core::trust::{MAX_NAME_LEN, TrustError, TrustStore, validate_name};
 use crate::core::trust_request::TrustRequest;
@@ -157,7 +160,7 @@ impl PendingRecord {
             via_relay: pending.via_relay,
             received_unix: unix_now.saturating_sub(age).as_secs(),
             sent_unix: request.unix_time,
-            nonce: request.nonce.iter().map(|b| format!("{b:02x}")).collect(),
+            nonce: encode_nonce(&request.nonce),
             candidates: request.candidates.clone(),
             endorsement: request.endorsement.as_ref().map(endorsement_token),
         }
@@ -200,6 +203,47 @@ impl PendingRecord {
     }
 }
 
+/// A nonce of the replay set as saved in the pending file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenNonceRecord {
+    /// Who sent the request.
+    pub requester: AgentId,
+    /// Its nonce, hex.
+    pub nonce: String,
+    /// When it may be forgotten (seconds since the Unix epoch).
+    pub expires_unix: u64,
+}
+
+impl SeenNonceRecord {
+    /// Saves a nonce; `unix_now` is the wall clock now.
+    pub fn of(seen: &SeenNonce, unix_now: Duration) -> Self {
+        Self {
+            requester: seen.requester,
+            nonce: encode_nonce(&seen.nonce),
+            expires_unix: unix_now.saturating_add(seen.remaining).as_secs() + 1,
+        }
+    }
+
+    /// The nonce again; `None` when it has expired or the record is
+    /// damaged. What remains is at most [`NONCE_LIFETIME`] (a clock set back
+    /// cannot make it live longer).
+    pub fn restore(&self, unix_now: Duration) -> Option<SeenNonce> {
+        let remaining = Duration::from_secs(self.expires_unix).checked_sub(unix_now)?;
+        if remaining.is_zero() {
+            return None;
+        }
+        Some(SeenNonce {
+            requester: self.requester,
+            nonce: decode_nonce(&self.nonce)?,
+            remaining: remaining.min(NONCE_LIFETIME),
+        })
+    }
+}
+
+fn encode_nonce(nonce: &[u8; 16]) -> String {
+    nonce.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn decode_nonce(text: &str) -> Option<[u8; 16]> {
     if text.len() != 32 || !text.is_ascii() {
         return None;
@@ -216,6 +260,8 @@ fn decode_nonce(text: &str) -> Option<[u8; 16]> {
 struct PendingFile {
     #[serde(default, rename = "request")]
     requests: Vec<PendingRecord>,
+    #[serde(default, rename = "seen", skip_serializing_if = "Vec::is_empty")]
+    seen: Vec<SeenNonceRecord>,
 }
 
 /// Where the pending file of `state` lives.
@@ -223,13 +269,20 @@ pub fn pending_path(state: &StateDir) -> PathBuf {
     state.root().join(PENDING_FILE)
 }
 
-/// Replaces the pending file atomically with `records`.
-pub fn save_pending(state: &StateDir, records: Vec<PendingRecord>) -> Result<(), StateError> {
-    let body = toml::to_string(&PendingFile { requests: records }).map_err(|source| {
-        StateError::Serialize {
-            what: "the pending trust requests",
-            source,
-        }
+/// Replaces the pending file atomically with `records` and the replay set
+/// `seen`.
+pub fn save_pending(
+    state: &StateDir,
+    records: Vec<PendingRecord>,
+    seen: Vec<SeenNonceRecord>,
+) -> Result<(), StateError> {
+    let file = PendingFile {
+        requests: records,
+        seen,
+    };
+    let body = toml::to_string(&file).map_err(|source| StateError::Serialize {
+        what: "the pending trust requests",
+        source,
     })?;
     let text = format!(
         "# agentnet: trust requests waiting for `agentnet trust approve` or `deny`.\n\
@@ -240,11 +293,13 @@ pub fn save_pending(state: &StateDir, records: Vec<PendingRecord>) -> Result<(),
 }
 
 /// Reads the pending file (empty if there is none).
-pub fn load_pending(state: &StateDir) -> Result<Vec<PendingRecord>, StateError> {
+fn load_pending_file(state: &StateDir) -> Result<PendingFile, StateError> {
     let path = pending_path(state);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok(PendingFile::default());
+        }
         Err(source) => {
             return Err(StateError::Io {
                 action: "read",
@@ -253,9 +308,17 @@ pub fn load_pending(state: &StateDir) -> Result<Vec<PendingRecord>, StateError> 
             });
         }
     };
-    let file: PendingFile =
-        toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })?;
-    Ok(file.requests)
+    toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })
+}
+
+/// Reads the waiting requests of the pending file (empty if there is none).
+pub fn load_pending(state: &StateDir) -> Result<Vec<PendingRecord>, StateError> {
+    Ok(load_pending_file(state)?.requests)
+}
+
+/// Reads the saved replay set of the pending file (empty if there is none).
+pub fn load_seen_nonces(state: &StateDir) -> Result<Vec<SeenNonceRecord>, StateError> {
+    Ok(load_pending_file(state)?.seen)
 }
 
 #[cfg(test)]
@@ -393,7 +456,7 @@ mod tests {
         let later = start + Duration::from_secs(30);
         let record = PendingRecord::of(&original, later, unix_start + Duration::from_secs(30));
         assert_eq!(record.received_unix, 1_800_000_100);
-        save_pending(&state, vec![record.clone()]).expect("saved");
+        save_pending(&state, vec![record.clone()], Vec::new()).expect("saved");
         assert_eq!(load_pending(&state).expect("loaded"), vec![record.clone()]);
 
         // After a restart an hour later the age carries on.
@@ -414,5 +477,57 @@ mod tests {
         let mut damaged = record;
         damaged.nonce = "zz".into();
         assert!(damaged.restore(id(2), restart, unix_start).is_none());
+    }
+
+    #[test]
+    fn approved_request_replayed_after_a_restart_is_still_a_replay() {
+        use crate::core::pending::{Admission, PendingRequests};
+        use crate::core::rng::core_rng;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().join("state"));
+        let mut rng = core_rng([1; 32]);
+        let start = Instant::now();
+        let unix_start = Duration::from_secs(1_800_000_000);
+        let request = pending(start).request;
+        let mut before = PendingRequests::default();
+        assert_eq!(before.check(start, &request, &mut rng), Admission::Queued);
+        before.insert(
+            start,
+            request.clone(),
+            "10.0.0.1:7400".parse().expect("addr"),
+            false,
+        );
+        // Approved: it leaves the queue; the daemon saves what is left.
+        assert!(before.take(&request.requester).is_some());
+        let seen: Vec<SeenNonceRecord> = before
+            .seen_nonces(start)
+            .map(|seen| SeenNonceRecord::of(&seen, unix_start))
+            .collect();
+        save_pending(&state, Vec::new(), seen).expect("saved");
+
+        // Restart a minute later: the store is reloaded from the file.
+        let restart = Instant::now();
+        let unix_restart = unix_start + Duration::from_secs(60);
+        assert!(load_pending(&state).expect("loaded").is_empty());
+        let mut after = PendingRequests::default();
+        for record in load_seen_nonces(&state).expect("loaded") {
+            let seen = record.restore(unix_restart).expect("still live");
+            after.restore_seen_nonce(restart, seen);
+        }
+        assert_eq!(
+            after.check(restart, &request, &mut rng),
+            Admission::Replayed
+        );
+
+        // Once the lifetime is over the record is not restored at all.
+        let records = load_seen_nonces(&state).expect("loaded");
+        assert!(
+            records[0]
+                .restore(unix_start + NONCE_LIFETIME + Duration::from_secs(2))
+                .is_none()
+        );
+        let mut damaged = records[0].clone();
+        damaged.nonce = "zz".into();
+        assert!(damaged.restore(unix_restart).is_none());
     }
 }

@@ -32,7 +32,6 @@
 //! sent. Responses (type 2) need no cookie: they are matched to one of our
 //! own in-flight session indices before any cryptography.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::address::{NetworkId, NodeId};
+use super::limit::{KeyedLimiter, Rate};
 use super::mac::{constant_time_eq, responder_key};
 use super::path::PathAddr;
 use super::wire::{self, COOKIE_REPLY_LEN, MAC_LEN, MACS_LEN, TAG_LEN, TYPE_COOKIE_REPLY};
@@ -72,11 +72,9 @@ const LOAD_WINDOW: Duration = Duration::from_secs(1);
 pub const SOURCE_RATE: f64 = 20.0;
 /// Burst allowance of [`SOURCE_RATE`].
 pub const SOURCE_BURST: f64 = 5.0;
-/// Most sources the per-source limiter tracks (bounded memory; a source
-/// beyond it is refused until old entries age out).
+/// Buckets of the per-source limiter ([`KeyedLimiter`]: fixed memory, O(1)
+/// per initiation; sources that hash to one bucket share its rate).
 pub const MAX_LIMITED_SOURCES: usize = 4096;
-/// A limiter entry idle this long is full again and may be forgotten.
-const SOURCE_IDLE: Duration = Duration::from_secs(1);
 /// Buckets of the cookie-reply limiter. A source (IP address, or relayed
 /// node) maps to one by a secret hash; sources that share a bucket share its
 /// rate. Fixed size: no state per source, so spoofed addresses cost nothing.
@@ -227,51 +225,10 @@ pub enum InitiationVerdict {
     CookieRateLimited,
 }
 
-/// The cookie-reply limiter: token buckets indexed by a keyed hash of the
-/// source, allocated on first use under load.
-struct ReplyLimiter {
-    key: [u8; 16],
-    /// (tokens, last refill) per bucket.
-    buckets: Vec<(f32, Instant)>,
-}
-
-impl ReplyLimiter {
-    fn bucket_of(&self, key: &LimiterKey) -> usize {
-        use std::hash::{Hash, Hasher};
-        // A secret prefix makes the bucket of an address unpredictable, so
-        // a flood cannot aim at the bucket of a victim's address.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.key.hash(&mut hasher);
-        key.hash(&mut hasher);
-        (hasher.finish() % COOKIE_REPLY_BUCKETS as u64) as usize
-    }
-
-    fn take(&mut self, now: Instant, key: &LimiterKey) -> bool {
-        let index = self.bucket_of(key);
-        let Some((tokens, updated)) = self.buckets.get_mut(index) else {
-            return false;
-        };
-        let elapsed = now.saturating_duration_since(*updated).as_secs_f32();
-        *tokens = (*tokens + elapsed * COOKIE_REPLY_RATE).min(COOKIE_REPLY_RATE);
-        *updated = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SourceBucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// The responder side: load detection, cookie secret, mac2 checks, cookie
-/// replies and the per-source limiter. Memory is bounded
-/// ([`MAX_LIMITED_SOURCES`]).
+/// replies and the per-source limiter. Memory is bounded: both limiters are
+/// fixed arrays of hashed buckets ([`KeyedLimiter`]), so no initiation does
+/// work that grows with the number of sources.
 pub struct CookieResponder {
     reply_key: CookieReplyKey,
     secret: Option<(Zeroizing<[u8; 32]>, Instant)>,
@@ -279,16 +236,15 @@ pub struct CookieResponder {
     window_start: Option<Instant>,
     window_count: u32,
     under_load_until: Option<Instant>,
-    sources: HashMap<LimiterKey, SourceBucket>,
-    last_source_sweep: Option<Instant>,
-    replies: Option<ReplyLimiter>,
+    sources: KeyedLimiter,
+    replies: KeyedLimiter,
 }
 
 impl std::fmt::Debug for CookieResponder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CookieResponder")
             .field("threshold", &self.threshold)
-            .field("sources", &self.sources.len())
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -303,9 +259,15 @@ impl CookieResponder {
             window_start: None,
             window_count: 0,
             under_load_until: None,
-            sources: HashMap::new(),
-            last_source_sweep: None,
-            replies: None,
+            sources: KeyedLimiter::new(
+                // Whole numbers: the casts are exact.
+                Rate::per_second(SOURCE_RATE as u32, SOURCE_BURST as u32),
+                MAX_LIMITED_SOURCES,
+            ),
+            replies: KeyedLimiter::new(
+                Rate::per_second(COOKIE_REPLY_RATE as u32, COOKIE_REPLY_RATE as u32),
+                COOKIE_REPLY_BUCKETS,
+            ),
         }
     }
 
@@ -320,9 +282,10 @@ impl CookieResponder {
         self.threshold == 0 || self.under_load_until.is_some_and(|until| now < until)
     }
 
-    /// Sources the limiter tracks now.
+    /// Buckets of the per-source limiter allocated (0 until first used
+    /// under load, then [`MAX_LIMITED_SOURCES`]).
     pub fn tracked_sources(&self) -> usize {
-        self.sources.len()
+        self.sources.buckets()
     }
 
     /// Counts one initiation with a valid mac1 towards the load.
@@ -397,7 +360,7 @@ impl CookieResponder {
                 None => InitiationVerdict::CookieRateLimited,
             };
         }
-        if self.take_source_token(now, source.limiter_key()) {
+        if self.sources.take(now, &source.limiter_key(), rng) {
             InitiationVerdict::Process
         } else {
             InitiationVerdict::RateLimited
@@ -435,54 +398,12 @@ impl CookieResponder {
         rng: &mut impl RngCore,
         source: &HandshakeSource,
     ) -> bool {
-        let limiter = self.replies.get_or_insert_with(|| {
-            let mut key = [0u8; 16];
-            rng.fill_bytes(&mut key);
-            ReplyLimiter {
-                key,
-                buckets: vec![(COOKIE_REPLY_RATE, now); COOKIE_REPLY_BUCKETS],
-            }
-        });
-        limiter.take(now, &source.limiter_key())
+        self.replies.take(now, &source.limiter_key(), rng)
     }
 
-    fn take_source_token(&mut self, now: Instant, key: LimiterKey) -> bool {
-        if !self.sources.contains_key(&key) && self.sources.len() >= MAX_LIMITED_SOURCES {
-            // Forget sources whose bucket is full again, at most once a
-            // second (a sweep is linear in the table).
-            if self
-                .last_source_sweep
-                .is_none_or(|at| now.saturating_duration_since(at) >= SOURCE_IDLE)
-            {
-                self.last_source_sweep = Some(now);
-                self.sources.retain(|_, bucket| {
-                    now.saturating_duration_since(bucket.updated) < SOURCE_IDLE
-                });
-            }
-            if self.sources.len() >= MAX_LIMITED_SOURCES {
-                return false;
-            }
-        }
-        let bucket = self.sources.entry(key).or_insert(SourceBucket {
-            tokens: SOURCE_BURST,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * SOURCE_RATE).min(SOURCE_BURST);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Forgets idle limiter entries (housekeeping; also done on demand).
-    pub fn expire(&mut self, now: Instant) {
-        self.sources
-            .retain(|_, bucket| now.saturating_duration_since(bucket.updated) < SOURCE_IDLE);
-    }
+    /// Housekeeping: nothing to forget any more (the limiters are fixed
+    /// arrays); kept so callers need not know.
+    pub fn expire(&mut self, _now: Instant) {}
 }
 
 /// The initiator side, one per peer: the cookie last received from it and
@@ -815,18 +736,24 @@ mod tests {
     }
 
     #[test]
-    fn limiter_memory_is_bounded() {
+    fn limiter_memory_is_bounded_and_work_per_source_constant() {
         let mut responder = CookieResponder::new(network(), &responder_key());
+        let mut rng = core_rng([1; 32]);
         let t0 = Instant::now();
-        for i in 0..(MAX_LIMITED_SOURCES as u32 + 1000) {
+        for i in 0..100_000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
-            responder.take_source_token(t0, LimiterKey::Ip(ip));
+            responder.sources.take(t0, &LimiterKey::Ip(ip), &mut rng);
         }
         assert_eq!(responder.tracked_sources(), MAX_LIMITED_SOURCES);
-        // Idle entries make room again.
-        let later = t0 + SOURCE_IDLE;
-        assert!(responder.take_source_token(later, LimiterKey::Ip([10, 0, 0, 1].into())));
-        assert_eq!(responder.tracked_sources(), 1);
+        assert_eq!(responder.sources.cells_touched(), 100_000);
+        // The flood drained the buckets at once; a moment later a newcomer
+        // is served again (no table to sweep, nothing to wait for).
+        let later = t0 + Duration::from_secs(1);
+        assert!(
+            responder
+                .sources
+                .take(later, &LimiterKey::Ip([10, 0, 0, 1].into()), &mut rng)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod control_frame;
 pub mod cookie;
 pub mod handshake;
 pub mod identity;
+pub mod limit;
 pub mod mac;
 pub mod node;
 pub mod packet;

@@ -25,7 +25,9 @@ use super::packet::{self, Ipv6Packet};
 use super::path::PathAddr;
 use super::peer::{MIN_INITIATION_INTERVAL, Peer, Slot};
 use super::peer_table::{PeerSlot, PeerTable};
-use super::pending::{Admission, PendingRequest, PendingRequests, PendingStatus};
+use super::pending::{
+    Admission, PendingRequest, PendingRequests, PendingStatus, RequestSender, SeenNonce,
+};
 use super::policy::Policy;
 use super::rng::core_rng;
 use super::session::{Session, SessionError};
@@ -330,6 +332,18 @@ impl Node {
         self.pending.restore(now, pending);
     }
 
+    /// Nonces of trust requests seen recently (waiting, approved or
+    /// denied), with how long each must still be remembered: the shell saves
+    /// them so a replay after a restart is still a replay.
+    pub fn seen_trust_request_nonces(&self, now: Instant) -> impl Iterator<Item = SeenNonce> + '_ {
+        self.pending.seen_nonces(now)
+    }
+
+    /// Remembers a trust-request nonce saved before a restart.
+    pub fn restore_seen_trust_request_nonce(&mut self, now: Instant, seen: SeenNonce) {
+        self.pending.restore_seen_nonce(now, seen);
+    }
+
     /// This agent's ID.
     pub fn agent_id(&self) -> AgentId {
         self.ctx.own_id
@@ -471,7 +485,9 @@ impl Node {
             }
             Datagram::Response(response) => self.handle_response(now, from, relayed_by, &response),
             Datagram::Data(data) => self.handle_data(now, from, relayed_by, &data),
-            Datagram::TrustRequest(bytes) => self.handle_trust_request(now, from, bytes),
+            Datagram::TrustRequest(bytes) => {
+                self.handle_trust_request(now, from, relayed_by, bytes)
+            }
             Datagram::CookieReply(reply) => self.handle_cookie_reply(now, relayed_by, &reply),
             Datagram::Relay(_) => self.ctx.dropped.malformed += 1,
         }
@@ -623,14 +639,38 @@ impl Node {
         }
     }
 
-    fn handle_trust_request(&mut self, now: Instant, path: PathAddr, datagram: &[u8]) {
+    fn handle_trust_request(
+        &mut self,
+        now: Instant,
+        path: PathAddr,
+        relayed_by: Option<NodeId>,
+        datagram: &[u8],
+    ) {
         let from = path.underlay();
         let unix_now = self.ctx.unix_now(now);
-        let dropped = &mut self.ctx.dropped;
-        if !self.pending.allow_source(now, from) {
-            dropped.trust_requests_rate_limited += 1;
+        // Cheap checks first (no table is touched for garbage), then the
+        // sender's rate and the verification budget (see `core::pending`).
+        match TrustRequest::check_envelope(datagram, &self.ctx.own_mac1) {
+            Ok(()) => {}
+            Err(TrustRequestError::BadMac1) => {
+                self.ctx.dropped.bad_mac1 += 1;
+                return;
+            }
+            Err(_) => {
+                self.ctx.dropped.trust_requests_rejected += 1;
+                return;
+            }
+        }
+        let sender = RequestSender::of_path(path, relayed_by);
+        if self
+            .pending
+            .allow_verification(now, &sender, &mut self.ctx.rng)
+            .is_err()
+        {
+            self.ctx.dropped.trust_requests_rate_limited += 1;
             return;
         }
+        let dropped = &mut self.ctx.dropped;
         let request = match TrustRequest::open(
             datagram,
             self.ctx.network,
@@ -653,7 +693,7 @@ impl Node {
             dropped.trust_requests_rejected += 1;
             return;
         }
-        match self.pending.check(now, &request) {
+        match self.pending.check(now, &request, &mut self.ctx.rng) {
             Admission::Replayed => dropped.trust_requests_replayed += 1,
             Admission::RateLimited => dropped.trust_requests_rate_limited += 1,
             Admission::Queued => {

@@ -24,6 +24,7 @@ use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use super::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
 use super::handshake::{NatHint, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
+use super::limit::{KeyedLimiter, Rate, address_key};
 use super::mac::Mac1Key;
 use super::path::rewrite_relay_node;
 use super::rng::{CoreRng, core_rng};
@@ -105,8 +106,9 @@ pub const MAX_MAILBOX_BYTES: usize = 64 << 20;
 /// Largest relay envelope stored in a mailbox: a trust request the target
 /// would accept, in its envelope.
 pub const MAX_STORED_DATAGRAM_LEN: usize = RELAY_HEADER_LEN + MAX_REQUEST_DATAGRAM_LEN;
-/// Most rate-limit buckets (sources).
-pub const MAX_BUCKETS: usize = 200_000;
+/// Relay rate-limit buckets (a fixed array, 8 bytes each, allocated at the
+/// first relayed datagram; source IPs that hash to one bucket share it).
+pub const MAX_BUCKETS: usize = 65_536;
 /// A client that sent nothing for this long is forgotten.
 const CLIENT_IDLE: Duration = Duration::from_secs(200);
 /// How often soft state is swept.
@@ -185,16 +187,11 @@ pub struct RendezvousUsage {
     pub stored_requests: usize,
     /// Bytes of stored trust requests (at most [`MAX_MAILBOX_BYTES`]).
     pub stored_bytes: usize,
-    /// Relay rate-limit buckets (at most [`MAX_BUCKETS`]).
+    /// Relay rate-limit buckets allocated (0 until the first relayed
+    /// datagram, then [`MAX_BUCKETS`]).
     pub buckets: usize,
     /// Sources the handshake limiter tracks.
     pub handshake_sources: usize,
-}
-
-#[derive(Clone, Copy)]
-struct TokenBucket {
-    tokens: f64,
-    updated: Instant,
 }
 
 /// The rendezvous/relay server state machine.
@@ -209,7 +206,8 @@ pub struct RendezvousServer {
     registrations: HashMap<NodeId, Registration>,
     by_addr: HashMap<ClientAddr, NodeId>,
     mailbox: HashMap<NodeId, VecDeque<StoredRequest>>,
-    buckets: HashMap<IpAddr, TokenBucket>,
+    /// Relay rate per source IP (fixed hashed buckets: O(1) per datagram).
+    buckets: KeyedLimiter,
     transmits: VecDeque<(ClientAddr, Vec<u8>)>,
     counters: RelayCounters,
     next_sweep: Instant,
@@ -236,6 +234,7 @@ impl RendezvousServer {
     /// A server; `rng_seed` from the OS's secure RNG.
     pub fn new(config: RendezvousConfig, rng_seed: [u8; 32], now: Instant) -> Self {
         let id = config.identity.agent_id();
+        let relay_rate = Rate::per_second(config.relay_packets_per_second, config.relay_burst);
         Self {
             own_mac1: Mac1Key::for_responder(config.network, &id.noise_public_key()),
             cookies: CookieResponder::new(config.network, &id.noise_public_key()),
@@ -250,7 +249,7 @@ impl RendezvousServer {
             registrations: HashMap::new(),
             by_addr: HashMap::new(),
             mailbox: HashMap::new(),
-            buckets: HashMap::new(),
+            buckets: KeyedLimiter::new(relay_rate, MAX_BUCKETS),
             transmits: VecDeque::new(),
             counters: RelayCounters::default(),
             next_sweep: now + SWEEP_INTERVAL,
@@ -279,7 +278,7 @@ impl RendezvousServer {
             mailboxes: self.mailbox.len(),
             stored_requests: self.mailbox.values().map(VecDeque::len).sum(),
             stored_bytes: self.stored_bytes,
-            buckets: self.buckets.len(),
+            buckets: self.buckets.buckets(),
             handshake_sources: self.cookies.tracked_sources(),
         }
     }
@@ -356,9 +355,6 @@ impl RendezvousServer {
         });
         self.counters.mailbox_dropped += dropped;
         self.cookies.expire(now);
-        self.buckets.retain(|_, bucket| {
-            now.saturating_duration_since(bucket.updated) < Duration::from_secs(10)
-        });
     }
 
     /// Feeds one datagram from a client.
@@ -576,24 +572,7 @@ impl RendezvousServer {
     }
 
     fn take_token(&mut self, now: Instant, source: IpAddr) -> bool {
-        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_BUCKETS {
-            return false;
-        }
-        let rate = f64::from(self.config.relay_packets_per_second);
-        let burst = f64::from(self.config.relay_burst);
-        let bucket = self.buckets.entry(source).or_insert(TokenBucket {
-            tokens: burst,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets.take(now, &address_key(source), &mut self.rng)
     }
 
     fn handle_relay(&mut self, now: Instant, from: ClientAddr, datagram: &[u8]) {

@@ -193,6 +193,20 @@ impl TrustRequest {
         Ok(datagram)
     }
 
+    /// The cheap checks of a type-6 datagram, before any table or
+    /// cryptography: its length, and mac1 (one BLAKE2s).
+    pub fn check_envelope(datagram: &[u8], own_mac1: &Mac1Key) -> Result<(), TrustRequestError> {
+        if datagram.len() < wire::HEADER_LEN + NOISE_X_OVERHEAD + MACS_LEN
+            || datagram.len() > MAX_REQUEST_DATAGRAM_LEN
+        {
+            return Err(TrustRequestError::BadLength);
+        }
+        if !own_mac1.verify(datagram) {
+            return Err(TrustRequestError::BadMac1);
+        }
+        Ok(())
+    }
+
     /// Opens a type-6 datagram addressed to `own` and checks everything but
     /// freshness of the nonce (the caller keeps the replay set).
     pub fn open(
@@ -202,14 +216,7 @@ impl TrustRequest {
         own_mac1: &Mac1Key,
         unix_now: Duration,
     ) -> Result<Self, TrustRequestError> {
-        if datagram.len() < wire::HEADER_LEN + NOISE_X_OVERHEAD + MACS_LEN
-            || datagram.len() > MAX_REQUEST_DATAGRAM_LEN
-        {
-            return Err(TrustRequestError::BadLength);
-        }
-        if !own_mac1.verify(datagram) {
-            return Err(TrustRequestError::BadMac1);
-        }
+        Self::check_envelope(datagram, own_mac1)?;
         let prologue = prologue(network);
         let params = NOISE_PARAMS.parse().map_err(|_| TrustRequestError::Noise)?;
         let secret = own.noise_secret_key();

@@ -71,7 +71,7 @@ impl OwnPings {
             answered: false,
             requested,
         });
-        self.sent += 1;
+        self.sent = self.sent.saturating_add(1);
     }
 
     /// Marks a ping answered; returns whether it was one of ours and
@@ -82,7 +82,7 @@ impl OwnPings {
             .iter_mut()
             .find(|ping| ping.id == id && !ping.answered)?;
         ping.answered = true;
-        self.answered += 1;
+        self.answered = self.answered.saturating_add(1);
         Some(ping.requested)
     }
 
@@ -326,7 +326,7 @@ impl PeerStats {
                 ..OffPath::default()
             };
         }
-        offpath.sent += 1;
+        offpath.sent = offpath.sent.saturating_add(1);
     }
 
     /// The running count to report to the peer on the session with index
@@ -342,15 +342,15 @@ impl PeerStats {
 
     /// An initiation to the peer went out.
     pub fn on_initiation_sent(&mut self) {
-        self.handshakes.initiations_sent += 1;
+        self.handshakes.initiations_sent = self.handshakes.initiations_sent.saturating_add(1);
     }
 
     /// A session was established after `duration`.
     pub fn on_handshake_completed(&mut self, now: Instant, duration: Duration) {
         let handshakes = &mut self.handshakes;
-        handshakes.completed += 1;
+        handshakes.completed = handshakes.completed.saturating_add(1);
         handshakes.last = duration;
-        handshakes.total += duration;
+        handshakes.total = handshakes.total.saturating_add(duration);
         handshakes.max = handshakes.max.max(duration);
         handshakes.last_at = Some(now);
     }
@@ -362,7 +362,7 @@ impl PeerStats {
 
     /// The path changed to `path` (through `via`).
     pub fn on_path_changed(&mut self, now: Instant, path: PathKind, via: Option<PathAddr>) {
-        self.path_changes += 1;
+        self.path_changes = self.path_changes.saturating_add(1);
         if self.path_history.len() >= PATH_HISTORY {
             self.path_history.pop_front();
         }

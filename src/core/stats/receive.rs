@@ -56,14 +56,16 @@ pub struct ReceiveTally {
 }
 
 impl ReceiveTally {
+    /// Adds `other` (saturating: counts from a peer may be absurd, and a
+    /// counter that sticks at the maximum is better than a panic or a wrap).
     fn add(&mut self, other: &ReceiveTally) {
-        self.expected += other.expected;
-        self.received += other.received;
-        self.reordered += other.reordered;
-        self.duplicates += other.duplicates;
-        self.too_old += other.too_old;
-        self.skipped += other.skipped;
-        self.arrived_offpath += other.arrived_offpath;
+        self.expected = self.expected.saturating_add(other.expected);
+        self.received = self.received.saturating_add(other.received);
+        self.reordered = self.reordered.saturating_add(other.reordered);
+        self.duplicates = self.duplicates.saturating_add(other.duplicates);
+        self.too_old = self.too_old.saturating_add(other.too_old);
+        self.skipped = self.skipped.saturating_add(other.skipped);
+        self.arrived_offpath = self.arrived_offpath.saturating_add(other.arrived_offpath);
     }
 
     /// Packets sent to us, as far as the counters tell.
@@ -90,7 +92,7 @@ impl ReceiveTally {
 
     /// Duplicates / (received + duplicates), `None` before anything arrived.
     pub fn duplicate_ratio(&self) -> Option<f64> {
-        let seen = self.received + self.duplicates;
+        let seen = self.received.saturating_add(self.duplicates);
         (seen > 0).then(|| self.duplicates as f64 / seen as f64)
     }
 }
@@ -144,7 +146,7 @@ impl ReceiveStats {
                     tally.expected = jump;
                     if jump > MAX_LOSS_GAP {
                         tally.skipped = jump - 1;
-                        session.guessed += jump - 1;
+                        session.guessed = session.guessed.saturating_add(jump - 1);
                     }
                     session.highest = counter;
                 } else {
@@ -154,7 +156,7 @@ impl ReceiveStats {
             None => {
                 // Counters start at 0: everything below the first one seen
                 // was sent before it.
-                tally.expected = counter + 1;
+                tally.expected = counter.saturating_add(1);
                 let guessed = if counter >= MAX_LOSS_GAP { counter } else { 0 };
                 tally.skipped = guessed;
                 if self.sessions.len() >= TRACKED_SESSIONS
@@ -320,6 +322,24 @@ pub struct ReceiveReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_counts_from_a_peer_saturate_instead_of_overflowing() {
+        let now = Instant::now();
+        let mut stats = ReceiveStats::default();
+        // A peer reports absurd skipped totals on two sessions, and a first
+        // packet with the highest counter there is.
+        stats.on_accepted(now, 1, 0);
+        stats.on_accepted(now, 2, 0);
+        stats.on_skipped_report(now, 1, u64::MAX);
+        stats.on_skipped_report(now, 2, u64::MAX);
+        stats.on_accepted(now, 3, u64::MAX);
+        stats.on_accepted(now, 4, u64::MAX);
+        let total = stats.total();
+        assert_eq!(total.skipped, u64::MAX);
+        assert_eq!(total.expected, u64::MAX);
+        assert_eq!(stats.window(now).skipped, u64::MAX);
+    }
 
     #[test]
     fn gaps_are_loss_and_late_arrivals_are_reordering() {

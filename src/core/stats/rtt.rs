@@ -34,13 +34,13 @@ impl RttEstimator {
             self.max = rtt;
         } else {
             let error = self.smoothed.abs_diff(rtt);
-            self.variation = (self.variation * 3 + error) / 4;
-            self.smoothed = (self.smoothed * 7 + rtt) / 8;
+            self.variation = self.variation.saturating_mul(3).saturating_add(error) / 4;
+            self.smoothed = self.smoothed.saturating_mul(7).saturating_add(rtt) / 8;
             self.min = self.min.min(rtt);
             self.max = self.max.max(rtt);
         }
         self.last = rtt;
-        self.samples += 1;
+        self.samples = self.samples.saturating_add(1);
         self.last_at = Some(now);
     }
 

@@ -19,7 +19,8 @@ use crate::daemon::udp::resolve_endpoint;
 use crate::fleet::{AutoApproveConfig, parse_endorsement_token};
 use crate::state::unix_now;
 use crate::trust_requests::{
-    PendingRecord, approval_name, default_target_name, granted_policy, load_pending, save_pending,
+    PendingRecord, SeenNonceRecord, approval_name, default_target_name, granted_policy,
+    load_pending, load_seen_nonces, save_pending,
 };
 
 /// Least time between two writes of the pending file when requests arrive:
@@ -171,6 +172,15 @@ impl Daemon {
             }
         };
         let unix = unix_clock();
+        // The replay set first: a replay after the restart stays a replay.
+        match load_seen_nonces(&self.options.state) {
+            Ok(seen) => {
+                for seen in seen.iter().filter_map(|record| record.restore(unix)) {
+                    self.node.restore_seen_trust_request_nonce(now, seen);
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot read the saved trust-request nonces"),
+        }
         let mut auto_approved = Vec::new();
         let mut restored = 0usize;
         for record in records {
@@ -244,8 +254,13 @@ impl Daemon {
             .pending_request_details()
             .map(|pending| PendingRecord::of(pending, now, unix))
             .collect();
+        let seen: Vec<SeenNonceRecord> = self
+            .node
+            .seen_trust_request_nonces(now)
+            .map(|seen| SeenNonceRecord::of(&seen, unix))
+            .collect();
         let count = records.len();
-        match save_pending(&self.options.state, records) {
+        match save_pending(&self.options.state, records, seen) {
             Ok(()) => {
                 tracing::debug!(count, "saved the pending trust requests");
                 self.trust_flow.unsaved = false;

@@ -1,0 +1,100 @@
+//! The abuse limits of trust requests that arrive through a rendezvous
+//! (issue #17 item 9): keyed by the sending node the rendezvous names, not by
+//! the rendezvous' address, so one sender's garbage cannot block everyone
+//! else's requests, and a mailbox delivered in one burst lands whole.
+
+mod simnet;
+
+use std::time::Duration;
+
+use agentnet::core::address::NodeId;
+use agentnet::core::mac::Mac1Key;
+use agentnet::core::policy::Policy;
+use agentnet::core::wire::{TYPE_RELAY, TYPE_TRUST_REQUEST};
+use simnet::{LinkConfig, SimNet};
+
+/// Sends a trust request from `requester` to `target` through the
+/// rendezvous only (no endpoint hint).
+fn request_via_rendezvous(net: &mut SimNet, requester: usize, target: usize, justification: &str) {
+    net.trust(requester, target, false, Policy::All);
+    let now = net.now;
+    let target_id = net.id(target);
+    net.hosts[requester]
+        .node
+        .send_trust_request(now, target_id, justification, Policy::All, None, None)
+        .expect("request seals");
+}
+
+#[test]
+fn mailbox_burst_of_sixteen_requests_all_land_in_pending() {
+    let mut net = SimNet::new(21, LinkConfig::default());
+    net.add_rendezvous(100);
+    let target = net.add_host(2);
+    let requesters: Vec<usize> = (10..26).map(|seed| net.add_host(seed)).collect();
+    for &requester in &requesters {
+        net.use_rendezvous(requester);
+    }
+    net.run_for(Duration::from_secs(1));
+    // The target is offline: every request waits in its mailbox.
+    for (n, &requester) in requesters.iter().enumerate() {
+        request_via_rendezvous(&mut net, requester, target, &format!("request {n}"));
+    }
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.rendezvous[0].server.counters().mailbox_stored, 16);
+    // It registers: all sixteen arrive at once, from the rendezvous' address.
+    net.use_rendezvous(target);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.rendezvous[0].server.counters().mailbox_delivered, 16);
+    let pending = net.hosts[target].node.pending_requests(net.now);
+    let dropped = net.hosts[target].node.status(net.now).dropped;
+    assert_eq!(pending.len(), 16, "{dropped:?}");
+    assert!(pending.iter().all(|request| request.via_relay));
+}
+
+#[test]
+fn garbage_relayed_by_one_sender_does_not_block_others_through_that_rendezvous() {
+    let mut net = SimNet::new(22, LinkConfig::default());
+    net.add_rendezvous(100);
+    let target = net.add_host(2);
+    let attacker = net.add_host(3);
+    let honest = net.add_host(4);
+    for host in [target, attacker, honest] {
+        net.use_rendezvous(host);
+    }
+    net.run_for(Duration::from_secs(1));
+    let rendezvous = net.rendezvous[0].address;
+    let attacker_address = net.hosts[attacker].address;
+    let target_node = NodeId::of(&net.id(target));
+    let mac1 = Mac1Key::for_responder(net.network, &net.id(target).noise_public_key());
+    // The attacker (a registered client) relays garbage "trust requests" to
+    // the target: tiny ones, and ones with a valid mac1 that do not open.
+    for n in 0..20u8 {
+        let mut envelope = vec![TYPE_RELAY, 0, 0, 0];
+        envelope.extend_from_slice(&target_node.0);
+        if n % 2 == 0 {
+            envelope.extend_from_slice(&[TYPE_TRUST_REQUEST, 0, 0, 0]);
+        } else {
+            let mut inner = vec![n; 400];
+            inner[..4].copy_from_slice(&[TYPE_TRUST_REQUEST, 0, 0, 0]);
+            mac1.seal(&mut inner);
+            envelope.extend_from_slice(&inner);
+        }
+        net.inject(attacker_address, rendezvous, envelope);
+    }
+    net.run_for(Duration::from_millis(200));
+    // An honest requester asks through the same rendezvous in the same
+    // minute, and a second one too.
+    request_via_rendezvous(&mut net, honest, target, "honest");
+    let second = net.add_host(5);
+    net.use_rendezvous(second);
+    net.run_for(Duration::from_secs(1));
+    request_via_rendezvous(&mut net, second, target, "second");
+    net.run_for(Duration::from_secs(1));
+    let pending = net.hosts[target].node.pending_requests(net.now);
+    let dropped = net.hosts[target].node.status(net.now).dropped;
+    assert_eq!(pending.len(), 2, "{dropped:?}");
+    assert!(
+        dropped.trust_requests_rejected + dropped.malformed >= 10,
+        "{dropped:?}"
+    );
+}
