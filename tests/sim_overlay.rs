@@ -314,19 +314,46 @@ fn spoofed_inner_source_is_dropped() {
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     net.trust_both(a, b);
     net.trust_both(b, c);
-    // A sends a packet claiming to come from C's address.
+    // A's TUN carries a packet claiming to come from C's address: A does not
+    // send it (and B, were it sent, would drop it as spoofed).
     let spoofed = udp_packet(net.overlay_address(c), net.overlay_address(b), 80, 5, 10);
-    // It goes out through A's TUN only if addressed to B; A encrypts it.
     net.send_from_tun(a, &spoofed);
     net.run_for(Duration::from_secs(1));
     assert!(
         net.hosts[b].tun.is_empty(),
         "B delivered a packet with a source outside A's prefix"
     );
-    assert_eq!(
-        net.hosts[b].node.status(net.now).peers[0].dropped_spoofed,
-        1
+    assert_eq!(net.hosts[a].node.drop_counters().foreign_source, 1);
+}
+
+#[test]
+fn tun_packet_with_foreign_source_is_not_sent_and_is_counted() {
+    let mut net = SimNet::new(16, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let destination = net.overlay_address(b);
+    // A LAN neighbour routing into the overlay through A, and a source in
+    // the overlay's /48 but outside A's node prefix.
+    let lan: std::net::Ipv6Addr = "fd12:3456::99".parse().expect("address");
+    let mut elsewhere = net.overlay_address(a).segments();
+    elsewhere[6] ^= 1;
+    for source in [lan, elsewhere.into()] {
+        net.send_from_tun(a, &udp_packet(source, destination, 80, 1, 20));
+    }
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        net.wire_log.is_empty(),
+        "a packet with a foreign source went on the wire (or started a handshake)"
     );
+    assert_eq!(net.hosts[a].node.drop_counters().foreign_source, 2);
+    let status = serde_json::to_value(net.hosts[a].node.status(net.now)).expect("json");
+    assert_eq!(status["dropped"]["foreign_source"], 2);
+    // An attached namespace's address (in A's node prefix) is ours.
+    let mut attached = net.overlay_address(a).segments();
+    attached[7] = 2;
+    net.send_from_tun(a, &udp_packet(attached.into(), destination, 80, 7, 20));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, b), vec![7]);
 }
 
 #[test]

@@ -1046,6 +1046,13 @@ impl Node {
             self.ctx.dropped.no_route += 1;
             return;
         };
+        // Only this node's own addresses (the agent address and attached
+        // namespaces, all in its node prefix) may send into the overlay:
+        // not a LAN neighbour routing through the host, nor a spoofer.
+        if NodePrefix::of_octets(&parsed.source()) != self.ctx.own_prefix {
+            self.ctx.dropped.foreign_source += 1;
+            return;
+        }
         if packet.len() > usize::from(self.ctx.tunnel_mtu) {
             self.ctx.dropped.too_big += 1;
             peer.stats.too_big += 1;

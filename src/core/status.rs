@@ -89,6 +89,9 @@ pub struct DropCounters {
     pub no_route: u64,
     /// Packets from the TUN over the tunnel MTU (answered with Packet Too Big).
     pub too_big: u64,
+    /// Packets from the TUN whose source is not this node's (outside its
+    /// node prefix: routed in from a LAN, or spoofed): never sent.
+    pub foreign_source: u64,
     /// Trust requests that failed to open or verify (bad seal, signature,
     /// stale timestamp, oversized, from an already trusted agent).
     pub trust_requests_rejected: u64,
