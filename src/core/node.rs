@@ -849,13 +849,25 @@ impl Node {
             ctx.dropped.unknown_session += 1;
             return;
         }
-        let Some(handshake) = peer.take_pending_initiation() else {
+        let Some(handshake) = peer.pending_initiation_mut() else {
             return;
         };
         let (payload, keys) = match handshake.finish(response.noise()) {
-            Ok(done) => done,
+            Ok(done) => {
+                peer.take_pending_initiation();
+                done
+            }
+            Err(HandshakeError::Noise) => {
+                // Not from the responder (anyone who saw our index on the
+                // path can forge mac1): the initiation stays in flight for
+                // the real response.
+                ctx.dropped.handshake_failed += 1;
+                return;
+            }
             Err(_) => {
-                // The retry timer starts a fresh initiation.
+                // The responder's answer opened but is unusable: the retry
+                // timer starts a fresh initiation.
+                peer.take_pending_initiation();
                 ctx.release_index(local_index);
                 ctx.dropped.handshake_failed += 1;
                 return;

@@ -278,7 +278,14 @@ impl Peer {
             .is_some_and(|h| h.local_index() == local_index)
     }
 
-    /// Takes the in-flight initiation (to finish it).
+    /// The in-flight initiation (to finish it in place: a forged response
+    /// must not spend it).
+    pub fn pending_initiation_mut(&mut self) -> Option<&mut InitiatorHandshake> {
+        self.handshake.as_deref_mut()
+    }
+
+    /// Drops the in-flight initiation (finished, or spent by a response that
+    /// opened but was unusable).
     pub fn take_pending_initiation(&mut self) -> Option<InitiatorHandshake> {
         self.handshake.take().map(|handshake| *handshake)
     }
