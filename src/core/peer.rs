@@ -415,7 +415,8 @@ impl Peer {
     /// needs it.
     pub fn track_outbound(&mut self, now: Instant, packet: &Ipv6Packet<'_>) {
         if self.config.allow != Policy::All {
-            self.conntrack.track_outbound(now, packet);
+            self.conntrack
+                .track_outbound(now, &self.config.allow, packet);
         }
     }
 
