@@ -11,6 +11,7 @@ pub mod control_frame;
 pub mod cookie;
 pub mod handshake;
 pub mod identity;
+pub mod known_sources;
 pub mod mac;
 pub mod node;
 pub mod packet;

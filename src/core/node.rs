@@ -20,6 +20,7 @@ use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use super::cookie::{CookieReplyKey, CookieResponder, HandshakeSource, InitiationVerdict};
 use super::handshake::{HandshakeError, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
+use super::known_sources::KnownSources;
 use super::mac::Mac1Key;
 use super::packet::{self, Ipv6Packet};
 use super::path::PathAddr;
@@ -174,6 +175,8 @@ pub struct Node {
     auto_approve: AutoApprove,
     /// Load detection and cookie replies for initiations (type 3).
     cookies: CookieResponder,
+    /// Where a cookie reply may go: trusted peers' addresses and nodes.
+    known_sources: KnownSources,
 }
 
 impl std::fmt::Debug for Node {
@@ -242,6 +245,7 @@ impl Node {
             pending: PendingRequests::default(),
             auto_approve: AutoApprove::default(),
             cookies: CookieResponder::new(config.network, &own_id.noise_public_key()),
+            known_sources: KnownSources::default(),
         }
     }
 
@@ -352,6 +356,7 @@ impl Node {
         if peer.id == self.ctx.own_id {
             return;
         }
+        self.known_sources.invalidate();
         if let Some(existing) = self.peers.get_mut(&peer.id) {
             if peer.endpoint.is_some() && existing.endpoint.is_none() {
                 existing.endpoint = peer.endpoint;
@@ -377,6 +382,7 @@ impl Node {
         let Some(mut peer) = self.peers.remove(id) else {
             return false;
         };
+        self.known_sources.invalidate();
         let was_up = peer.current.is_some();
         peer.clear_sessions(&mut self.ctx);
         self.by_noise_key.remove(&peer.noise_public);
@@ -683,12 +689,16 @@ impl Node {
             return;
         }
         let source = HandshakeSource::of_path(from, relayed_by);
-        match self.cookies.admit(
+        // Under load, a cookie reply goes only where a trusted peer is: a
+        // stranger gets no reply of any kind (issue #17, item 5).
+        let (known_sources, peers) = (&mut self.known_sources, &self.peers);
+        match self.cookies.admit_replying_only_to(
             now,
             &mut ctx.rng,
             &source,
             initiation.bytes(),
             initiation.sender_index(),
+            || known_sources.admits(now, &source, peers),
         ) {
             InitiationVerdict::Process => {}
             InitiationVerdict::SendCookie(reply) => {
@@ -702,6 +712,10 @@ impl Node {
             }
             InitiationVerdict::CookieRateLimited => {
                 ctx.dropped.cookie_rate_limited += 1;
+                return;
+            }
+            InitiationVerdict::UnknownSource => {
+                ctx.dropped.under_load_unknown_source += 1;
                 return;
             }
         }
