@@ -4,6 +4,7 @@
 //! [`node::Node`] is the entry point; everything else is a piece of it.
 
 pub mod address;
+pub mod birthday;
 pub mod codec;
 pub mod conntrack;
 pub mod context;
