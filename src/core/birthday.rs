@@ -5,8 +5,8 @@
 //! endpoints, which the peer itself announced. A trusted peer that lies in
 //! its NAT hint could aim those bursts at a third party. So a burst goes
 //! only to one IP address the peer could plausibly own: the address its
-//! authenticated direct traffic came from, when we saw any, else the first
-//! address it claims (a NAT has one public address; endpoints at other
+//! authenticated direct traffic came from, when we saw any lately, else the
+//! first address it claims (a NAT has one public address; endpoints at other
 //! addresses get nothing). And a peer gets at most
 //! [`MAX_BIRTHDAY_ROUNDS`] rounds per [`BIRTHDAY_WINDOW`], however often
 //! it makes us start probing again.

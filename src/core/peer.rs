@@ -65,6 +65,10 @@ const PING_BACK_INTERVAL: Duration = Duration::from_millis(50);
 pub const BIRTHDAY_SOCKETS: u16 = 256;
 /// Random ports an easy-NAT side probes in one birthday round.
 const BIRTHDAY_PORTS: usize = 512;
+/// How long the address a peer was last seen at directly bounds where its
+/// birthday bursts go (after that, a peer that moved behind another NAT is
+/// punched at the one address it claims).
+const OBSERVED_IP_LIFETIME: Duration = Duration::from_secs(600);
 /// Pings remembered for matching their pongs.
 const MAX_OUTSTANDING_PINGS: usize = 32;
 /// Start a handshake when a session we initiated is this old on receive.
@@ -117,9 +121,10 @@ pub struct Peer {
     pub remote_reflexive: Vec<SocketAddr>,
     /// Birthday rounds this peer caused lately (bounded per window).
     birthday_budget: BurstBudget,
-    /// The address the peer's last authenticated direct packet came from:
-    /// the only one its birthday bursts may aim at once known.
-    observed_ip: Option<IpAddr>,
+    /// The address the peer's last authenticated direct packet came from,
+    /// and when: for [`OBSERVED_IP_LIFETIME`] the only one its birthday
+    /// bursts may aim at.
+    observed_ip: Option<(IpAddr, Instant)>,
     last_ping_back: Option<Instant>,
     // The session slots and the handshake in flight are boxed: empty most
     // of the time, and inline they made every peer ~5 KiB (issue 7).
@@ -365,7 +370,7 @@ impl Peer {
                         endpoint: address,
                     });
                 }
-                self.observed_ip = Some(address.ip());
+                self.observed_ip = Some((address.ip(), now));
                 let same = self.endpoint == Some(address) && self.endpoint_socket == socket;
                 if same && (proves_round_trip || !relay_alternative) {
                     self.direct_confirmed = true;
@@ -663,7 +668,11 @@ impl Peer {
         }
         // Only at an address the peer could own, and a few rounds per
         // window: a lying hint must not aim bursts at a third party.
-        let targets = burst_targets(&self.remote_reflexive, self.observed_ip);
+        let observed = self
+            .observed_ip
+            .filter(|(_, at)| now.saturating_duration_since(*at) < OBSERVED_IP_LIFETIME)
+            .map(|(address, _)| address);
+        let targets = burst_targets(&self.remote_reflexive, observed);
         if targets.is_empty() || !self.birthday_budget.take(now) {
             return;
         }
