@@ -80,7 +80,7 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("ik_complete", |b| {
         b.iter(|| {
-            let (initiator, initiation) = InitiatorHandshake::start(
+            let (mut initiator, initiation) = InitiatorHandshake::start(
                 &mut rng,
                 network,
                 &alice_secret,

@@ -1,7 +1,9 @@
 //! Cookies (DESIGN.md §2, type 3) on the simulated network: they engage only
 //! under load, a flood of valid-mac1 initiations costs the responder no
-//! Diffie-Hellman once they do, and a trusted peer still connects through
-//! the flood (directly and through a relay).
+//! Diffie-Hellman once they do, a stranger never gets a reply of any kind
+//! (cookie replies go only to trusted peers' addresses and nodes), and a
+//! trusted peer still connects through the flood (directly and through a
+//! relay).
 
 mod simnet;
 
@@ -9,8 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agentnet::core::cookie::{
-    COOKIE_REPLY_RATE, CookieReplyKey, DEFAULT_LOAD_THRESHOLD, InitiatorCookie, SOURCE_BURST,
-    SOURCE_RATE,
+    CookieReplyKey, DEFAULT_LOAD_THRESHOLD, InitiatorCookie, SOURCE_BURST, SOURCE_RATE,
 };
 use agentnet::core::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
 use agentnet::core::identity::{AgentId, Identity};
@@ -176,17 +177,20 @@ fn flood_of_valid_mac1_initiations_costs_no_handshakes_and_peer_still_connects()
         "{handshakes} initiations were processed: {dropped:?}"
     );
     assert!(
-        (dropped.needs_cookie + dropped.cookie_rate_limited) as usize
+        (dropped.needs_cookie + dropped.cookie_rate_limited + dropped.under_load_unknown_source)
+            as usize
             >= flooded - DEFAULT_LOAD_THRESHOLD as usize - 1,
         "{dropped:?}"
     );
-    // The flooder gets cookies, but only a handful a second: B does not
-    // answer a flood at its rate.
-    let cookies_to_flooder = sent(&net, b_address, attacker(), TYPE_COOKIE_REPLY);
-    assert!(cookies_to_flooder > 0, "the flooder got no cookie");
-    assert!(
-        cookies_to_flooder as f32 <= COOKIE_REPLY_RATE * 5.0 + 1.0,
-        "{cookies_to_flooder} cookie replies to one source in 4 s"
+    // The flooder is a stranger: not one datagram goes back to it.
+    assert!(dropped.under_load_unknown_source > 0, "{dropped:?}");
+    assert_eq!(
+        net.wire_log
+            .iter()
+            .filter(|(_, to, _)| *to == attacker())
+            .count(),
+        0,
+        "B answered the flooder"
     );
     assert!(
         net.wire_log
@@ -242,23 +246,27 @@ fn garbage_flood_does_not_engage_cookies() {
 #[test]
 fn valid_mac2_flood_from_one_source_is_rate_limited() {
     let mut net = SimNet::new(5, LinkConfig::default());
-    let b = net.add_host(2);
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
     net.hosts[b].node.set_handshake_load_threshold(0);
     let target = net.id(b);
     let b_address = net.hosts[b].address;
+    // The flood comes from a trusted peer's address (the peer itself gone
+    // bad, or someone who reads its traffic), the only kind of source that
+    // can get a cookie.
+    let source = net.hosts[a].address;
     let stranger = Identity::from_secret_bytes(&[99; 32]).expect("32 bytes");
     let mut rng = core_rng([5; 32]);
-    // The attacker gets a cookie the honest way: it receives at its address.
     let mut jar = InitiatorCookie::default();
     let (_, mut first) = stranger_initiation(&net, &mut rng, &stranger, &target, 1);
     jar.stamp(net.now, 1, &mut first);
-    net.inject(attacker(), b_address, first);
+    net.inject(source, b_address, first);
     net.run_for(Duration::from_millis(50));
     let reply = net
         .wire_log
         .iter()
         .find(|(from, to, bytes)| {
-            *from == b_address && *to == attacker() && bytes.first() == Some(&TYPE_COOKIE_REPLY)
+            *from == b_address && *to == source && bytes.first() == Some(&TYPE_COOKIE_REPLY)
         })
         .map(|(_, _, bytes)| bytes.clone())
         .expect("a cookie reply");
@@ -273,7 +281,7 @@ fn valid_mac2_flood_from_one_source_is_rate_limited() {
     for ms in 0..2_000usize {
         let mut initiation = pool[ms % pool.len()].clone();
         jar.stamp(net.now, 10 + (ms % 16) as u32, &mut initiation);
-        net.inject(attacker(), b_address, initiation);
+        net.inject(source, b_address, initiation);
         net.run_for(Duration::from_millis(1));
     }
     let elapsed = (net.now - start).as_secs_f64();
@@ -348,5 +356,47 @@ fn relayed_handshake_under_load_gets_its_cookie_through_the_relay() {
     assert_eq!(
         net.hosts[a].node.status(net.now).dropped.bad_cookie_reply,
         0
+    );
+}
+
+#[test]
+fn stranger_under_load_gets_nothing_while_trusted_peer_gets_cookie_and_session() {
+    let mut net = SimNet::new(8, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (a_address, b_address) = (net.hosts[a].address, net.hosts[b].address);
+    let pool = flood_pool(&net, &net.id(b), 32);
+    // Past the load threshold in 100 ms, then more while under load.
+    let threshold = DEFAULT_LOAD_THRESHOLD as usize;
+    for (sent_so_far, initiation) in pool.iter().cycle().take(threshold + 200).enumerate() {
+        net.inject(attacker(), b_address, initiation.clone());
+        if sent_so_far % 4 == 0 {
+            net.run_for(Duration::from_millis(1));
+        }
+    }
+    net.run_for(Duration::from_millis(20));
+    assert!(net.hosts[b].node.is_under_handshake_load(net.now));
+    let dropped = net.hosts[b].node.status(net.now).dropped;
+    assert!(dropped.under_load_unknown_source >= 190, "{dropped:?}");
+    assert_eq!(dropped.needs_cookie, 0, "{dropped:?}");
+    // A spoofer of the trusted peer's address makes B answer the peer, not
+    // itself.
+    net.inject(a_address, b_address, pool[0].clone());
+    // The trusted peer, at its known endpoint, gets a cookie, then a session.
+    connect(&mut net, a, b);
+    net.hosts[b].node.set_handshake_load_threshold(0); // the load goes on
+    assert!(
+        net.run_until_condition(Duration::from_secs(5), |net| net.is_connected(a, b)),
+        "the trusted peer did not connect under load"
+    );
+    assert!(sent(&net, b_address, a_address, TYPE_COOKIE_REPLY) >= 1);
+    assert!(sent(&net, b_address, a_address, TYPE_RESPONSE) >= 1);
+    assert_eq!(
+        net.wire_log
+            .iter()
+            .filter(|(_, to, _)| *to == attacker())
+            .count(),
+        0,
+        "B sent something to the stranger"
     );
 }

@@ -314,19 +314,46 @@ fn spoofed_inner_source_is_dropped() {
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     net.trust_both(a, b);
     net.trust_both(b, c);
-    // A sends a packet claiming to come from C's address.
+    // A's TUN carries a packet claiming to come from C's address: A does not
+    // send it (and B, were it sent, would drop it as spoofed).
     let spoofed = udp_packet(net.overlay_address(c), net.overlay_address(b), 80, 5, 10);
-    // It goes out through A's TUN only if addressed to B; A encrypts it.
     net.send_from_tun(a, &spoofed);
     net.run_for(Duration::from_secs(1));
     assert!(
         net.hosts[b].tun.is_empty(),
         "B delivered a packet with a source outside A's prefix"
     );
-    assert_eq!(
-        net.hosts[b].node.status(net.now).peers[0].dropped_spoofed,
-        1
+    assert_eq!(net.hosts[a].node.drop_counters().foreign_source, 1);
+}
+
+#[test]
+fn tun_packet_with_foreign_source_is_not_sent_and_is_counted() {
+    let mut net = SimNet::new(16, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let destination = net.overlay_address(b);
+    // A LAN neighbour routing into the overlay through A, and a source in
+    // the overlay's /48 but outside A's node prefix.
+    let lan: std::net::Ipv6Addr = "fd12:3456::99".parse().expect("address");
+    let mut elsewhere = net.overlay_address(a).segments();
+    elsewhere[6] ^= 1;
+    for source in [lan, elsewhere.into()] {
+        net.send_from_tun(a, &udp_packet(source, destination, 80, 1, 20));
+    }
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        net.wire_log.is_empty(),
+        "a packet with a foreign source went on the wire (or started a handshake)"
     );
+    assert_eq!(net.hosts[a].node.drop_counters().foreign_source, 2);
+    let status = serde_json::to_value(net.hosts[a].node.status(net.now)).expect("json");
+    assert_eq!(status["dropped"]["foreign_source"], 2);
+    // An attached namespace's address (in A's node prefix) is ours.
+    let mut attached = net.overlay_address(a).segments();
+    attached[7] = 2;
+    net.send_from_tun(a, &udp_packet(attached.into(), destination, 80, 7, 20));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, b), vec![7]);
 }
 
 #[test]
@@ -482,4 +509,100 @@ fn status_reports_direct_path_and_counters() {
     assert!(peer.tx_bytes >= 10 * 200);
     assert!(peer.last_handshake_age_s.is_some_and(|age| age < 2.0));
     assert_eq!(status.address, net.overlay_address(a));
+}
+
+#[test]
+fn forged_response_does_not_kill_the_handshake_in_flight() {
+    use agentnet::core::mac::Mac1Key;
+    use agentnet::core::wire::{MACS_LEN, TYPE_INITIATION, TYPE_RESPONSE};
+    let mut net = SimNet::new(17, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (address_a, address_b) = (net.hosts[a].address, net.hosts[b].address);
+    net.send_from_tun(
+        a,
+        &udp_packet(net.overlay_address(a), net.overlay_address(b), 80, 1, 20),
+    );
+    // A relay on the path saw A's initiation: it knows A's index, and mac1
+    // keys are public. Its garbage response arrives before B's real one.
+    let index = net
+        .wire_log
+        .iter()
+        .find(|(from, _, bytes)| *from == address_a && bytes.first() == Some(&TYPE_INITIATION))
+        .map(|(_, _, bytes)| [bytes[4], bytes[5], bytes[6], bytes[7]])
+        .expect("A initiated");
+    let mut forged = vec![TYPE_RESPONSE, 0, 0, 0, 9, 9, 9, 9];
+    forged.extend_from_slice(&index);
+    forged.extend_from_slice(&[0x5a; 32 + 16 + 40]);
+    forged.extend_from_slice(&[0; MACS_LEN]);
+    Mac1Key::for_responder(net.network, &net.id(a).noise_public_key()).seal(&mut forged);
+    net.inject(address_b, address_a, forged);
+    // The first exchange takes 20 ms; the first retry would come after ~1 s.
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.hosts[a].node.drop_counters().handshake_failed, 1);
+    assert!(
+        net.is_connected(a, b),
+        "the real response did not complete the handshake"
+    );
+    let initiations = net
+        .wire_log
+        .iter()
+        .filter(|(from, _, bytes)| *from == address_a && bytes.first() == Some(&TYPE_INITIATION))
+        .count();
+    assert_eq!(initiations, 1, "the session needed a retry");
+    assert_eq!(delivered_tags(&net, b), vec![1]);
+}
+
+#[test]
+fn narrowing_policy_closes_old_inbound_flows_but_keeps_own() {
+    let mut net = SimNet::new(18, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust(a, b, true, Policy::All);
+    net.trust(b, a, true, "tcp:22".parse().expect("policy"));
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+    let ports_delivered_to_b = |net: &SimNet| -> Vec<(u16, u16)> {
+        net.hosts[b]
+            .tun
+            .iter()
+            .map(|p| {
+                (
+                    u16::from_be_bytes([p[40], p[41]]),
+                    u16::from_be_bytes([p[42], p[43]]),
+                )
+            })
+            .collect()
+    };
+    // A opens B's ssh (allowed); B answers; A goes on.
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 40000, 22, 0x02));
+    net.run_for(Duration::from_secs(1));
+    net.send_from_tun(b, &tcp_packet(address_b, address_a, 22, 40000, 0x12));
+    net.run_for(Duration::from_millis(100));
+    // B opens a connection of its own to A's port 9000.
+    net.send_from_tun(b, &tcp_packet(address_b, address_a, 50000, 9000, 0x02));
+    net.run_for(Duration::from_millis(100));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 9000, 50000, 0x12));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 40000, 22, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        ports_delivered_to_b(&net),
+        vec![(40000, 22), (9000, 50000), (40000, 22)]
+    );
+    // B narrows A's policy to tcp:8080 while the ssh connection is open.
+    net.trust(b, a, true, "tcp:8080".parse().expect("policy"));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 40000, 22, 0x10));
+    // B's own connection keeps working both ways.
+    net.send_from_tun(b, &tcp_packet(address_b, address_a, 50000, 9000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 9000, 50000, 0x10));
+    // B's server still answering on the old connection opens nothing.
+    net.send_from_tun(b, &tcp_packet(address_b, address_a, 22, 40000, 0x10));
+    net.run_for(Duration::from_millis(100));
+    net.send_from_tun(a, &tcp_packet(address_a, address_b, 40000, 22, 0x10));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        ports_delivered_to_b(&net),
+        vec![(40000, 22), (9000, 50000), (40000, 22), (9000, 50000)],
+        "the old ssh connection stayed open after the policy was narrowed"
+    );
+    assert_eq!(net.hosts[b].node.status(net.now).peers[0].dropped_policy, 2);
 }

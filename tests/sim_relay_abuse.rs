@@ -97,7 +97,7 @@ impl Client {
         for answer in drain_to(server, self.addr) {
             match Datagram::parse(&answer) {
                 Ok(Datagram::Response(response)) if response.receiver_index() == index => {
-                    let Some(pending) = handshake.take() else {
+                    let Some(mut pending) = handshake.take() else {
                         continue;
                     };
                     let (_, keys) = pending.finish(response.noise()).expect("response");

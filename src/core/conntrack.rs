@@ -1,6 +1,7 @@
 //! Connection tracking for allow-policies (DESIGN.md §3): a flow this agent
 //! opened towards a peer lets the peer's replies in whatever the policy says;
-//! a flow the peer opens must be allowed by its policy.
+//! a flow the peer opens must be allowed by its policy, on every packet, so
+//! narrowing the policy closes the peer's open flows at once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,6 +33,19 @@ struct FlowKey {
 struct FlowEntry {
     last_seen: Instant,
     idle_limit: Duration,
+    /// Who opened the flow: only flows this agent opened let the peer's
+    /// packets past the policy.
+    opened_by: Opener,
+}
+
+/// Which side opened a tracked flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opener {
+    /// This agent: the peer's replies pass whatever the policy says.
+    Us,
+    /// The peer (our packet answered a flow its policy let in): the policy
+    /// as it is now judges each of the peer's packets.
+    Peer,
 }
 
 /// Why an inbound packet is let in.
@@ -116,12 +130,36 @@ pub fn inbound_kind(packet: &Ipv6Packet<'_>) -> InboundKind {
     }
 }
 
+/// Who opened the flow whose first packet we see going out: a TCP SYN is
+/// ours; anything else is an answer to the peer when the policy lets the
+/// peer reach our end of the flow (the flow then stays under the policy).
+fn opener_of_outbound(key: &FlowKey, packet: &Ipv6Packet<'_>, policy: &Policy) -> Opener {
+    let reverse = match packet.transport() {
+        Transport::Tcp { is_syn: true, .. } => return Opener::Us,
+        Transport::Tcp { .. } => InboundKind::Tcp(key.local_port),
+        Transport::Udp { .. } => InboundKind::Udp(key.local_port),
+        Transport::Icmp { .. } | Transport::Other => return Opener::Us,
+    };
+    if policy.allows(reverse) {
+        Opener::Peer
+    } else {
+        Opener::Us
+    }
+}
+
 impl ConnectionTracker {
-    /// Records a packet this agent sends to the peer.
-    pub fn track_outbound(&mut self, now: Instant, packet: &Ipv6Packet<'_>) {
+    /// Records a packet this agent sends to the peer (`policy`: what the
+    /// peer may open, to tell our flows from answers to the peer's).
+    pub fn track_outbound(&mut self, now: Instant, policy: &Policy, packet: &Ipv6Packet<'_>) {
         let Some((key, idle_limit)) = flow_of(packet, true) else {
             return;
         };
+        if let Some(entry) = self.flows.get_mut(&key)
+            && now.saturating_duration_since(entry.last_seen) < entry.idle_limit
+        {
+            entry.last_seen = now;
+            return;
+        }
         if !self.flows.contains_key(&key) && self.flows.len() >= MAX_FLOWS_PER_PEER {
             self.expire(now);
             if self.flows.len() >= MAX_FLOWS_PER_PEER
@@ -134,30 +172,35 @@ impl ConnectionTracker {
                 self.flows.remove(&oldest);
             }
         }
+        let opened_by = opener_of_outbound(&key, packet, policy);
         self.flows.insert(
             key,
             FlowEntry {
                 last_seen: now,
                 idle_limit,
+                opened_by,
             },
         );
     }
 
-    /// Judges a packet the peer sends to this agent.
+    /// Judges a packet the peer sends to this agent under its policy as it
+    /// is now.
     pub fn check_inbound(
         &mut self,
         now: Instant,
         policy: &Policy,
         packet: &Ipv6Packet<'_>,
     ) -> InboundVerdict {
+        let allowed = policy.allows(inbound_kind(packet));
         if let Some((key, _)) = flow_of(packet, false)
             && let Some(entry) = self.flows.get_mut(&key)
             && now.saturating_duration_since(entry.last_seen) < entry.idle_limit
+            && (entry.opened_by == Opener::Us || allowed)
         {
             entry.last_seen = now;
             return InboundVerdict::Accept;
         }
-        if policy.allows(inbound_kind(packet)) {
+        if allowed {
             InboundVerdict::Accept
         } else {
             InboundVerdict::Deny
@@ -205,7 +248,11 @@ mod tests {
         let now = Instant::now();
         let mut tracker = ConnectionTracker::default();
         let syn = ipv6(me, peer, PROTO_TCP, &tcp(40000, 22, 0x02));
-        tracker.track_outbound(now, &Ipv6Packet::new_checked(&syn).expect("valid"));
+        tracker.track_outbound(
+            now,
+            &only_http(),
+            &Ipv6Packet::new_checked(&syn).expect("valid"),
+        );
         let reply = ipv6(peer, me, PROTO_TCP, &tcp(22, 40000, 0x12));
         let verdict = tracker.check_inbound(
             now,
@@ -253,7 +300,11 @@ mod tests {
             InboundVerdict::Deny
         );
         let request = echo(ICMPV6_ECHO_REQUEST, me, peer);
-        tracker.track_outbound(now, &Ipv6Packet::new_checked(&request).expect("valid"));
+        tracker.track_outbound(
+            now,
+            &only_http(),
+            &Ipv6Packet::new_checked(&request).expect("valid"),
+        );
         assert_eq!(
             tracker.check_inbound(now, &only_http(), &reply),
             InboundVerdict::Accept
@@ -271,8 +322,76 @@ mod tests {
         let mut tracker = ConnectionTracker::default();
         for port in 0..(MAX_FLOWS_PER_PEER as u16 + 100) {
             let syn = ipv6(me, peer, PROTO_TCP, &tcp(port, 22, 0x02));
-            tracker.track_outbound(now, &Ipv6Packet::new_checked(&syn).expect("valid"));
+            tracker.track_outbound(
+                now,
+                &only_http(),
+                &Ipv6Packet::new_checked(&syn).expect("valid"),
+            );
         }
         assert_eq!(tracker.len(), MAX_FLOWS_PER_PEER);
+    }
+
+    #[test]
+    fn narrowed_policy_closes_the_peers_flows_but_not_ours() {
+        let (me, peer) = addresses();
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        let ssh: Policy = "tcp:22".parse().expect("policy");
+        let narrowed: Policy = "tcp:8080".parse().expect("policy");
+        let packet = |source, destination, ports: (u16, u16), flags| {
+            ipv6(
+                source,
+                destination,
+                PROTO_TCP,
+                &tcp(ports.0, ports.1, flags),
+            )
+        };
+        let inbound = |tracker: &mut ConnectionTracker, policy: &Policy, bytes: &[u8]| {
+            tracker.check_inbound(now, policy, &Ipv6Packet::new_checked(bytes).expect("valid"))
+        };
+        // The peer's connection to our ssh, answered; ours to its 9000.
+        let peer_syn = packet(peer, me, (40000, 22), 0x02);
+        assert_eq!(
+            inbound(&mut tracker, &ssh, &peer_syn),
+            InboundVerdict::Accept
+        );
+        let answer = packet(me, peer, (22, 40000), 0x12);
+        tracker.track_outbound(now, &ssh, &Ipv6Packet::new_checked(&answer).expect("valid"));
+        let our_syn = packet(me, peer, (50000, 9000), 0x02);
+        tracker.track_outbound(
+            now,
+            &ssh,
+            &Ipv6Packet::new_checked(&our_syn).expect("valid"),
+        );
+        let peer_ack = packet(peer, me, (40000, 22), 0x10);
+        let peer_reply = packet(peer, me, (9000, 50000), 0x12);
+        assert_eq!(
+            inbound(&mut tracker, &ssh, &peer_ack),
+            InboundVerdict::Accept
+        );
+        assert_eq!(
+            inbound(&mut tracker, &ssh, &peer_reply),
+            InboundVerdict::Accept
+        );
+        // Narrowed: the peer's flow is closed, ours still answers, and our
+        // server's next packet on the old flow opens nothing.
+        assert_eq!(
+            inbound(&mut tracker, &narrowed, &peer_ack),
+            InboundVerdict::Deny
+        );
+        assert_eq!(
+            inbound(&mut tracker, &narrowed, &peer_reply),
+            InboundVerdict::Accept
+        );
+        let more = packet(me, peer, (22, 40000), 0x10);
+        tracker.track_outbound(
+            now,
+            &narrowed,
+            &Ipv6Packet::new_checked(&more).expect("valid"),
+        );
+        assert_eq!(
+            inbound(&mut tracker, &narrowed, &peer_ack),
+            InboundVerdict::Deny
+        );
     }
 }

@@ -28,6 +28,13 @@
 //!   spoofed addresses at most ~20,000 a second in all, and the responder
 //!   spends its time on the traffic of its peers instead of answering.
 //!
+//! - A cookie reply goes only where a trusted peer already is (the node
+//!   decides, see [`super::known_sources`]): a relayed initiation whose
+//!   envelope names a trusted peer's node, or a direct one from a trusted
+//!   peer's endpoint or candidate. Anything else is dropped without a reply
+//!   ([`InitiationVerdict::UnknownSource`]), so a stranger that pushes the
+//!   node under load still learns nothing about where the agent is.
+//!
 //! Without load nothing changes: mac2 is ignored and no cookie reply is ever
 //! sent. Responses (type 2) need no cookie: they are matched to one of our
 //! own in-flight session indices before any cryptography.
@@ -223,6 +230,10 @@ pub enum InitiationVerdict {
     /// Under load, no valid mac2, and the source got its share of cookie
     /// replies: drop without a reply (a flood is not answered at its rate).
     CookieRateLimited,
+    /// Under load, no valid mac2, and the source is no trusted peer's
+    /// address or node: drop without a reply (a reply would tell a stranger
+    /// that this address holds the agent).
+    UnknownSource,
 }
 
 /// The responder side: load detection, cookie secret, mac2 checks, cookie
@@ -327,7 +338,9 @@ impl CookieResponder {
 
     /// Decides about an initiation (`message`: the whole datagram) whose mac1
     /// the caller verified. Counts it towards the load; under load, checks
-    /// mac2 and the source's rate, or builds the cookie reply.
+    /// mac2 and the source's rate, or builds the cookie reply. A cookie
+    /// reply may go to any source: the node uses
+    /// [`CookieResponder::admit_replying_only_to`] instead.
     pub fn admit(
         &mut self,
         now: Instant,
@@ -335,6 +348,22 @@ impl CookieResponder {
         source: &HandshakeSource,
         message: &[u8],
         sender_index: u32,
+    ) -> InitiationVerdict {
+        self.admit_replying_only_to(now, rng, source, message, sender_index, || true)
+    }
+
+    /// [`CookieResponder::admit`], but a cookie reply goes back only when
+    /// `may_reply` (asked only then) says its source belongs to a trusted
+    /// identity; otherwise the initiation is dropped without any reply
+    /// ([`InitiationVerdict::UnknownSource`]), before it costs a reply token.
+    pub fn admit_replying_only_to(
+        &mut self,
+        now: Instant,
+        rng: &mut impl RngCore,
+        source: &HandshakeSource,
+        message: &[u8],
+        sender_index: u32,
+        may_reply: impl FnOnce() -> bool,
     ) -> InitiationVerdict {
         self.count_initiation(now);
         if !self.is_under_load(now) {
@@ -351,6 +380,9 @@ impl CookieResponder {
                 .is_some_and(|expected| constant_time_eq(&expected, received))
         });
         if !mac2_valid {
+            if !may_reply() {
+                return InitiationVerdict::UnknownSource;
+            }
             if !self.take_reply_token(now, rng, source) {
                 return InitiationVerdict::CookieRateLimited;
             }

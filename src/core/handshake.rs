@@ -269,9 +269,13 @@ impl InitiatorHandshake {
     }
 
     /// Completes the handshake with the response's Noise message (mac1
-    /// already checked by the caller).
+    /// already checked by the caller). A message Noise rejects
+    /// ([`HandshakeError::Noise`]: forged, corrupted) leaves the handshake
+    /// as it was (snow restores its state on a failed read), so the real
+    /// response can still finish it; after any other error, or success, the
+    /// handshake is spent and must be dropped.
     pub fn finish(
-        mut self,
+        &mut self,
         noise: &[u8],
     ) -> Result<(ResponsePayload, SessionKeys), HandshakeError> {
         let mut payload = [0u8; wire::MAX_HANDSHAKE_LEN];
@@ -421,7 +425,7 @@ mod tests {
     fn handshake_completes_with_matching_keys() {
         let pair = pair();
         let mut rng = core_rng([0; 32]);
-        let (initiator, datagram) = initiation(&pair, &mut rng);
+        let (mut initiator, datagram) = initiation(&pair, &mut rng);
         let Ok(Datagram::Initiation(parsed)) = Datagram::parse(&datagram) else {
             panic!("not an initiation");
         };
@@ -460,6 +464,15 @@ mod tests {
         let alice_mac1 =
             Mac1Key::for_responder(pair.network, &pair.alice.agent_id().noise_public_key());
         assert!(alice_mac1.verify(parsed.bytes()));
+        // A forged response (anyone on the path sees the index; mac1 keys
+        // are public) fails and leaves the handshake for the real one.
+        let mut forged = parsed.noise().to_vec();
+        forged[40] ^= 1;
+        assert_eq!(initiator.finish(&forged).err(), Some(HandshakeError::Noise));
+        assert_eq!(
+            initiator.finish(&[7u8; 64]).err(),
+            Some(HandshakeError::Noise)
+        );
         let (back, alice_keys) = initiator.finish(parsed.noise()).expect("finishes");
         assert_eq!(back, response_payload);
         assert_eq!(*alice_keys.send, *bob_keys.receive);

@@ -4,6 +4,7 @@
 //! [`node::Node`] is the entry point; everything else is a piece of it.
 
 pub mod address;
+pub mod birthday;
 pub mod codec;
 pub mod conntrack;
 pub mod context;
@@ -11,6 +12,7 @@ pub mod control_frame;
 pub mod cookie;
 pub mod handshake;
 pub mod identity;
+pub mod known_sources;
 pub mod limit;
 pub mod mac;
 pub mod node;

@@ -20,6 +20,7 @@ use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use super::cookie::{CookieReplyKey, CookieResponder, HandshakeSource, InitiationVerdict};
 use super::handshake::{HandshakeError, ReceivedInitiation, ResponsePayload, choose_version};
 use super::identity::{AgentId, Identity};
+use super::known_sources::KnownSources;
 use super::mac::Mac1Key;
 use super::packet::{self, Ipv6Packet};
 use super::path::PathAddr;
@@ -176,6 +177,8 @@ pub struct Node {
     auto_approve: AutoApprove,
     /// Load detection and cookie replies for initiations (type 3).
     cookies: CookieResponder,
+    /// Where a cookie reply may go: trusted peers' addresses and nodes.
+    known_sources: KnownSources,
 }
 
 impl std::fmt::Debug for Node {
@@ -244,6 +247,7 @@ impl Node {
             pending: PendingRequests::default(),
             auto_approve: AutoApprove::default(),
             cookies: CookieResponder::new(config.network, &own_id.noise_public_key()),
+            known_sources: KnownSources::default(),
         }
     }
 
@@ -366,6 +370,7 @@ impl Node {
         if peer.id == self.ctx.own_id {
             return;
         }
+        self.known_sources.invalidate();
         if let Some(existing) = self.peers.get_mut(&peer.id) {
             if peer.endpoint.is_some() && existing.endpoint.is_none() {
                 existing.endpoint = peer.endpoint;
@@ -391,6 +396,7 @@ impl Node {
         let Some(mut peer) = self.peers.remove(id) else {
             return false;
         };
+        self.known_sources.invalidate();
         let was_up = peer.current.is_some();
         peer.clear_sessions(&mut self.ctx);
         self.by_noise_key.remove(&peer.noise_public);
@@ -723,12 +729,16 @@ impl Node {
             return;
         }
         let source = HandshakeSource::of_path(from, relayed_by);
-        match self.cookies.admit(
+        // Under load, a cookie reply goes only where a trusted peer is: a
+        // stranger gets no reply of any kind (issue #17, item 5).
+        let (known_sources, peers) = (&mut self.known_sources, &self.peers);
+        match self.cookies.admit_replying_only_to(
             now,
             &mut ctx.rng,
             &source,
             initiation.bytes(),
             initiation.sender_index(),
+            || known_sources.admits(now, &source, peers),
         ) {
             InitiationVerdict::Process => {}
             InitiationVerdict::SendCookie(reply) => {
@@ -742,6 +752,10 @@ impl Node {
             }
             InitiationVerdict::CookieRateLimited => {
                 ctx.dropped.cookie_rate_limited += 1;
+                return;
+            }
+            InitiationVerdict::UnknownSource => {
+                ctx.dropped.under_load_unknown_source += 1;
                 return;
             }
         }
@@ -890,13 +904,25 @@ impl Node {
             ctx.dropped.unknown_session += 1;
             return;
         }
-        let Some(handshake) = peer.take_pending_initiation() else {
+        let Some(handshake) = peer.pending_initiation_mut() else {
             return;
         };
         let (payload, keys) = match handshake.finish(response.noise()) {
-            Ok(done) => done,
+            Ok(done) => {
+                peer.take_pending_initiation();
+                done
+            }
+            Err(HandshakeError::Noise) => {
+                // Not from the responder (anyone who saw our index on the
+                // path can forge mac1): the initiation stays in flight for
+                // the real response.
+                ctx.dropped.handshake_failed += 1;
+                return;
+            }
             Err(_) => {
-                // The retry timer starts a fresh initiation.
+                // The responder's answer opened but is unusable: the retry
+                // timer starts a fresh initiation.
+                peer.take_pending_initiation();
                 ctx.release_index(local_index);
                 ctx.dropped.handshake_failed += 1;
                 return;
@@ -1087,6 +1113,13 @@ impl Node {
             self.ctx.dropped.no_route += 1;
             return;
         };
+        // Only this node's own addresses (the agent address and attached
+        // namespaces, all in its node prefix) may send into the overlay:
+        // not a LAN neighbour routing through the host, nor a spoofer.
+        if NodePrefix::of_octets(&parsed.source()) != self.ctx.own_prefix {
+            self.ctx.dropped.foreign_source += 1;
+            return;
+        }
         if packet.len() > usize::from(self.ctx.tunnel_mtu) {
             self.ctx.dropped.too_big += 1;
             peer.stats.too_big += 1;

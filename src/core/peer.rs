@@ -1,12 +1,13 @@
 //! One trusted peer: its sessions, handshake retries, queue and timers.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore};
 
 use super::address::{NodeId, NodePrefix};
+use super::birthday::{BurstBudget, burst_targets};
 use super::conntrack::ConnectionTracker;
 use super::context::Context;
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
@@ -64,8 +65,10 @@ const PING_BACK_INTERVAL: Duration = Duration::from_millis(50);
 pub const BIRTHDAY_SOCKETS: u16 = 256;
 /// Random ports an easy-NAT side probes in one birthday round.
 const BIRTHDAY_PORTS: usize = 512;
-/// Birthday rounds per relay episode.
-const MAX_BIRTHDAY_ROUNDS: u32 = 4;
+/// How long the address a peer was last seen at directly bounds where its
+/// birthday bursts go (after that, a peer that moved behind another NAT is
+/// punched at the one address it claims).
+const OBSERVED_IP_LIFETIME: Duration = Duration::from_secs(600);
 /// Pings remembered for matching their pongs.
 const MAX_OUTSTANDING_PINGS: usize = 32;
 /// Start a handshake when a session we initiated is this old on receive.
@@ -116,7 +119,12 @@ pub struct Peer {
     pub remote_nat: NatKind,
     /// The peer's reflexive endpoints (what rendezvous servers saw).
     pub remote_reflexive: Vec<SocketAddr>,
-    birthday_rounds: u32,
+    /// Birthday rounds this peer caused lately (bounded per window).
+    birthday_budget: BurstBudget,
+    /// The address the peer's last authenticated direct packet came from,
+    /// and when: for [`OBSERVED_IP_LIFETIME`] the only one its birthday
+    /// bursts may aim at.
+    observed_ip: Option<(IpAddr, Instant)>,
     last_ping_back: Option<Instant>,
     // The session slots and the handshake in flight are boxed: empty most
     // of the time, and inline they made every peer ~5 KiB (issue 7).
@@ -199,7 +207,8 @@ impl Peer {
             endpoint_socket: None,
             remote_nat: NatKind::Unknown,
             remote_reflexive: Vec::new(),
-            birthday_rounds: 0,
+            birthday_budget: BurstBudget::default(),
+            observed_ip: None,
             last_ping_back: None,
             noise_public,
             config,
@@ -278,7 +287,14 @@ impl Peer {
             .is_some_and(|h| h.local_index() == local_index)
     }
 
-    /// Takes the in-flight initiation (to finish it).
+    /// The in-flight initiation (to finish it in place: a forged response
+    /// must not spend it).
+    pub fn pending_initiation_mut(&mut self) -> Option<&mut InitiatorHandshake> {
+        self.handshake.as_deref_mut()
+    }
+
+    /// Drops the in-flight initiation (finished, or spent by a response that
+    /// opened but was unusable).
     pub fn take_pending_initiation(&mut self) -> Option<InitiatorHandshake> {
         self.handshake.take().map(|handshake| *handshake)
     }
@@ -354,6 +370,7 @@ impl Peer {
                         endpoint: address,
                     });
                 }
+                self.observed_ip = Some((address.ip(), now));
                 let same = self.endpoint == Some(address) && self.endpoint_socket == socket;
                 if same && (proves_round_trip || !relay_alternative) {
                     self.direct_confirmed = true;
@@ -408,7 +425,8 @@ impl Peer {
     /// needs it.
     pub fn track_outbound(&mut self, now: Instant, packet: &Ipv6Packet<'_>) {
         if self.config.allow != Policy::All {
-            self.conntrack.track_outbound(now, packet);
+            self.conntrack
+                .track_outbound(now, &self.config.allow, packet);
         }
     }
 
@@ -641,15 +659,28 @@ impl Peer {
     /// ports of the peer's public address. A few hundred each make a hit
     /// likely in one round; rounds are few and spaced.
     fn birthday_round(&mut self, ctx: &mut Context, now: Instant) {
-        if self.birthday_rounds >= MAX_BIRTHDAY_ROUNDS || self.remote_reflexive.is_empty() {
+        let ours = ctx.nat_kind();
+        if !matches!(
+            (ours, self.remote_nat),
+            (NatKind::Hard, NatKind::Easy) | (NatKind::Easy, NatKind::Hard)
+        ) {
             return;
         }
-        let ours = ctx.nat_kind();
+        // Only at an address the peer could own, and a few rounds per
+        // window: a lying hint must not aim bursts at a third party.
+        let observed = self
+            .observed_ip
+            .filter(|(_, at)| now.saturating_duration_since(*at) < OBSERVED_IP_LIFETIME)
+            .map(|(address, _)| address);
+        let targets = burst_targets(&self.remote_reflexive, observed);
+        if targets.is_empty() || !self.birthday_budget.take(now) {
+            return;
+        }
         let id = ctx.rng.next_u64();
         let mut sent = 0usize;
         match (ours, self.remote_nat) {
             (NatKind::Hard, NatKind::Easy) => {
-                for target in self.remote_reflexive.clone() {
+                for target in targets.iter().copied() {
                     for socket in 0..BIRTHDAY_SOCKETS {
                         sent += usize::from(self.seal_to(
                             ctx,
@@ -661,9 +692,8 @@ impl Peer {
                 }
             }
             (NatKind::Easy, NatKind::Hard) => {
-                let addresses: Vec<std::net::IpAddr> =
-                    self.remote_reflexive.iter().map(SocketAddr::ip).collect();
-                for address in addresses {
+                // One address (see `burst_targets`).
+                if let Some(address) = targets.first().map(SocketAddr::ip) {
                     for _ in 0..BIRTHDAY_PORTS {
                         let port = ctx.rng.gen_range(1024..=u16::MAX);
                         let target = SocketAddr::new(address, port);
@@ -679,11 +709,10 @@ impl Peer {
             _ => return,
         }
         tracing::debug!(peer = %self.config.id, ?ours, theirs = ?self.remote_nat, sent, "birthday probing round");
-        self.birthday_rounds += 1;
         if self.pings.len() >= MAX_OUTSTANDING_PINGS {
             self.pings.pop_front();
         }
-        if let Some(&target) = self.remote_reflexive.first() {
+        if let Some(&target) = targets.first() {
             self.pings.push_back((id, PathAddr::Direct(target), now));
         }
     }
@@ -702,7 +731,6 @@ impl Peer {
     pub fn start_probing(&mut self, now: Instant) {
         if !self.is_rendezvous && self.next_probe.is_none() {
             self.probe_round = 0;
-            self.birthday_rounds = 0;
             self.next_probe = Some(now);
         }
     }

@@ -402,7 +402,11 @@ impl RendezvousServer {
                 self.transmits.push_back((from, reply));
                 return;
             }
-            InitiationVerdict::RateLimited | InitiationVerdict::CookieRateLimited => {
+            // `admit` replies to any source (agents register from anywhere),
+            // so `UnknownSource` does not happen here.
+            InitiationVerdict::RateLimited
+            | InitiationVerdict::CookieRateLimited
+            | InitiationVerdict::UnknownSource => {
                 self.counters.rejected += 1;
                 return;
             }

@@ -89,6 +89,9 @@ pub struct DropCounters {
     pub no_route: u64,
     /// Packets from the TUN over the tunnel MTU (answered with Packet Too Big).
     pub too_big: u64,
+    /// Packets from the TUN whose source is not this node's (outside its
+    /// node prefix: routed in from a LAN, or spoofed): never sent.
+    pub foreign_source: u64,
     /// Trust requests that failed to open or verify (bad seal, signature,
     /// stale timestamp, oversized, from an already trusted agent).
     pub trust_requests_rejected: u64,
@@ -104,6 +107,10 @@ pub struct DropCounters {
     /// Initiations under load without a valid mac2 from a source that got
     /// its share of cookie replies: dropped without a reply.
     pub cookie_rate_limited: u64,
+    /// Initiations under load without a valid mac2 whose source is no
+    /// trusted peer's address or node: dropped without a reply, so a
+    /// stranger never learns that this address holds the agent.
+    pub under_load_unknown_source: u64,
     /// Cookie replies that answer no initiation of ours or do not open.
     pub bad_cookie_reply: u64,
 }

@@ -10,7 +10,10 @@
 //! the same resolver address, answered by the daemon that owns its TUN
 //! (Tailscale does the same with 100.100.100.100). No socket is bound, so
 //! nothing on the underlay or from a peer can reach it: the core delivers
-//! peers' packets only to our own node prefix, never to `::53`.
+//! peers' packets only to our own node prefix, never to `::53`. Only this
+//! node's own addresses (its node prefix: the host and attached namespaces)
+//! are answered; a LAN neighbour routing a query through the host gets
+//! nothing.
 //!
 //! Answers: `AAAA` for trusted names (their agent address), an empty answer
 //! (NODATA) for other types of a known name, `NXDOMAIN` for unknown names
@@ -119,14 +122,17 @@ pub enum ResolverPacket {
 #[derive(Debug, Clone)]
 pub struct DnsResponder {
     address: Ipv6Addr,
+    /// The only sources answered: this node's own addresses.
+    local_prefix: NodePrefix,
     zone: Name,
     soa: Record,
     names: NameTable,
 }
 
 impl DnsResponder {
-    /// A responder for `network` with no names yet.
-    pub fn new(network: NetworkId) -> Self {
+    /// A responder for `network` with no names yet, answering the node
+    /// whose prefix is `local_prefix` (its host and attached namespaces).
+    pub fn new(network: NetworkId, local_prefix: NodePrefix) -> Self {
         let zone = zone_name();
         let soa = Record::from_rdata(
             zone.clone(),
@@ -143,6 +149,7 @@ impl DnsResponder {
         );
         Self {
             address: resolver_address(network),
+            local_prefix,
             zone,
             soa,
             names: NameTable::default(),
@@ -180,6 +187,10 @@ impl DnsResponder {
             return ResolverPacket::Dropped;
         };
         let source = ip.header().source();
+        if NodePrefix::of_octets(&source) != self.local_prefix {
+            // Not from this node: a neighbour routing through the host.
+            return ResolverPacket::Dropped;
+        }
         let reply = match &sliced.transport {
             Some(TransportSlice::Udp(udp)) if udp.destination_port() == DNS_PORT => {
                 let Some(answer) = self.answer(udp.payload()) else {
@@ -332,9 +343,36 @@ mod tests {
             ],
         };
         let bob = NodePrefix::of_agent(network(), &store.peers[0].id).agent_address();
-        let mut responder = DnsResponder::new(network());
+        let mut responder = DnsResponder::new(network(), local_prefix());
         responder.set_names(NameTable::from_trust(&store, network()));
         (responder, bob)
+    }
+
+    /// The node the responder serves.
+    fn local_prefix() -> NodePrefix {
+        let own = Identity::from_secret_bytes(&[9; 32])
+            .expect("key")
+            .agent_id();
+        NodePrefix::of_agent(network(), &own)
+    }
+
+    /// An address of the node (an attached namespace's).
+    fn local_client() -> Ipv6Addr {
+        local_prefix().address(0x1234)
+    }
+
+    fn query_packet(client: Ipv6Addr, responder: &DnsResponder) -> Vec<u8> {
+        let mut query = Message::new();
+        query.set_id(7).add_query(Query::query(
+            Name::from_ascii("bob.agent.internal.").expect("name"),
+            RecordType::AAAA,
+        ));
+        let payload = query.to_vec().expect("encode");
+        let builder =
+            PacketBuilder::ipv6(client.octets(), responder.address().octets(), 64).udp(40000, 53);
+        let mut packet = Vec::new();
+        builder.write(&mut packet, &payload).expect("packet");
+        packet
     }
 
     fn ask(responder: &DnsResponder, name: &str, kind: RecordType) -> Message {
@@ -427,9 +465,33 @@ mod tests {
     }
 
     #[test]
+    fn query_from_outside_the_node_prefix_gets_no_answer() {
+        let (responder, _) = responder();
+        let mut elsewhere = local_client().segments();
+        elsewhere[6] ^= 1;
+        for client in [
+            "fd00::1234".parse().expect("address"),
+            "2001:db8::7".parse().expect("address"),
+            Ipv6Addr::from(elsewhere),
+        ] {
+            let packet = query_packet(client, &responder);
+            assert_eq!(
+                responder.handle_tun_packet(&packet),
+                ResolverPacket::Dropped,
+                "{client} got an answer"
+            );
+        }
+        let packet = query_packet(local_client(), &responder);
+        assert!(matches!(
+            responder.handle_tun_packet(&packet),
+            ResolverPacket::Reply(_)
+        ));
+    }
+
+    #[test]
     fn udp_query_packet_to_the_resolver_gets_a_udp_reply_packet() {
         let (responder, bob) = responder();
-        let client: Ipv6Addr = "fd00::1234".parse().expect("address");
+        let client = local_client();
         let mut query = Message::new();
         query.set_id(7).add_query(Query::query(
             Name::from_ascii("bob.agent.internal.").expect("name"),
@@ -470,7 +532,7 @@ mod tests {
     #[test]
     fn echo_request_to_the_resolver_gets_an_echo_reply() {
         let (responder, _) = responder();
-        let client: Ipv6Addr = "fd00::1234".parse().expect("address");
+        let client = local_client();
         let builder = PacketBuilder::ipv6(client.octets(), responder.address().octets(), 64)
             .icmpv6_echo_request(9, 3);
         let mut packet = Vec::new();

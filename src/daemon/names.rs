@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use super::dns::{DnsResponder, NameTable, ResolverPacket};
 use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
 use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
-use crate::core::address::NetworkId;
+use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
 use crate::core::trust::{TrustState, TrustStore};
 use crate::state::StateDir;
@@ -59,7 +59,7 @@ impl NameService {
         state: StateDir,
         mode: HostResolverMode,
     ) -> Self {
-        let responder = DnsResponder::new(network);
+        let responder = DnsResponder::new(network, NodePrefix::of_agent(network, &owner));
         let owner = owner.to_string();
         let host = match HostResolver::configure(mode, &owner, interface, responder.address()) {
             Ok(host) => host,

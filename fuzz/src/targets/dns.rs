@@ -4,9 +4,15 @@
 use std::sync::OnceLock;
 
 use crate::{identity, network};
+use agentnet::core::address::NodePrefix;
 use agentnet::core::identity::AgentId;
 use agentnet::core::trust::{TrustEntry, TrustState, TrustStore};
 use agentnet::daemon::dns::{DnsResponder, NameTable, ResolverPacket};
+
+/// The node the responder serves (queries from elsewhere are dropped).
+fn local_prefix() -> NodePrefix {
+    NodePrefix::of_agent(network(), &identity(1).agent_id())
+}
 
 fn responder() -> &'static DnsResponder {
     static RESPONDER: OnceLock<DnsResponder> = OnceLock::new();
@@ -27,7 +33,7 @@ fn responder() -> &'static DnsResponder {
                 added_unix: 0,
             });
         }
-        let mut responder = DnsResponder::new(network());
+        let mut responder = DnsResponder::new(network(), local_prefix());
         responder.set_names(NameTable::from_trust(&store, network()));
         responder
     })
@@ -45,7 +51,7 @@ pub fn run(bytes: &[u8]) {
     let udp_len = (8 + bytes.len()).min(usize::from(u16::MAX)) as u16;
     packet.extend_from_slice(&udp_len.to_be_bytes());
     packet.extend_from_slice(&[17, 64]);
-    packet.extend_from_slice(&[0xfd; 16]);
+    packet.extend_from_slice(&local_prefix().address(2).octets());
     packet.extend_from_slice(&address);
     packet.extend_from_slice(&5353u16.to_be_bytes());
     packet.extend_from_slice(&53u16.to_be_bytes());
