@@ -837,6 +837,7 @@ mod tests {
             allow: Policy::All,
             state: TrustState::Trusted,
             added_unix: 0,
+            expires_unix: None,
         }
     }
 

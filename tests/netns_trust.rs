@@ -182,6 +182,15 @@ fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
     );
     let requested = trust_entry(&a, &id_b).expect("a stores b");
     assert_eq!(requested["state"], "requested", "{requested:#}");
+    assert_eq!(requested["allow"], "none", "{requested:#}");
+    let expires = requested["expires_unix"].as_u64().expect("expires_unix");
+    let in_a_week = agentnet::state::unix_now() + 7 * 24 * 3600;
+    assert!(
+        (in_a_week - 60..=in_a_week).contains(&expires),
+        "{requested:#}"
+    );
+    let listed = ok(&a, &["trust", "list"]).stdout;
+    assert!(listed.contains("(requested, expires in 6d 23h"), "{listed}");
 
     step("b: trust pending --json");
     let pending = wait_pending(&b, &id_a);
@@ -254,15 +263,21 @@ fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
         trust_entry(&a, &id_b).is_some_and(|e| e["state"] == "trusted")
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    let approved = trust_entry(&a, &id_b).expect("a stores b");
+    assert_eq!(approved["allow"], "none", "{approved:#}");
+    assert!(approved.get("expires_unix").is_none(), "{approved:#}");
 }
 
 /// After approval with `tcp:8080`, A reaches B's port 8080 but a connection
 /// to port 22 times out: nothing comes back, no SYN-ACK, no RST, no ICMP
-/// (a capture on A's TUN proves it), and B counts the drop against A. B can
-/// still open connections to A: the policy limits what A may open.
+/// (a capture on A's TUN proves it), and B counts the drop against A. B, the
+/// agent A asked, may open nothing on A (A counts the drop) while A's own
+/// connections to B get their replies; once A's operator allows a port
+/// (`trust add --allow`), B reaches it.
 #[test]
-fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_way() {
-    let test = "approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_way";
+fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens_nothing_on_the_requester()
+ {
+    let test = "approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens_nothing_on_the_requester";
     if !support::require_root_or_skip(test, TOOLS) {
         return;
     }
@@ -306,14 +321,32 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_wa
         denied.describe()
     );
 
-    step("b -> a works (the policy limits what a may open, not b)");
-    let fetched = curl(&lab, &b, id_a.address, REQUESTER_PORT, &["--max-time", "5"]);
-    assert!(fetched.ok(), "b could not reach a: {}", fetched.describe());
-    assert_eq!(fetched.stdout, "served by a\n");
-    // B's pings to A are the capture's proof of life (ICMPv6 from B).
+    step("b -> a:9090 times out: a asked b for access, b may open nothing on a");
+    let reverse_drops_before = policy_drops(&a, &id_b);
+    let reverse = curl(
+        &lab,
+        &b,
+        id_a.address,
+        REQUESTER_PORT,
+        &["--connect-timeout", "3"],
+    );
+    assert_eq!(
+        reverse.status.code(),
+        Some(28),
+        "the agent a asked opened a connection on a: {}",
+        reverse.describe()
+    );
+    let reverse_drops_after = policy_drops(&a, &id_b);
+    assert!(
+        reverse_drops_after > reverse_drops_before,
+        "a did not count b's SYNs ({reverse_drops_before} -> {reverse_drops_after})"
+    );
+
+    // A's pings to B: their replies pass (replies to A's own flows) and
+    // are the capture's proof of life.
     let ping = lab
         .exec(
-            &b.host.ns,
+            &a.host.ns,
             &[
                 "ping",
                 "-6",
@@ -324,23 +357,27 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_wa
                 "0.2",
                 "-W",
                 "2",
-                &id_a.address.to_string(),
+                &id_b.address.to_string(),
             ],
         )
         .expect("ping runs");
-    assert!(ping.ok(), "b could not ping a: {}", ping.describe());
-    wait_until("b's pings in the capture", Duration::from_secs(5), || {
-        capture.packets().is_ok_and(|p| {
-            p.iter()
-                .any(|r| r.next_header == NEXT_ICMPV6 && is_echo_request(r))
-        })
-    })
+    assert!(ping.ok(), "a could not ping b: {}", ping.describe());
+    wait_until(
+        "b's echo replies in the capture",
+        Duration::from_secs(5),
+        || {
+            capture.packets().is_ok_and(|p| {
+                p.iter()
+                    .any(|r| r.next_header == NEXT_ICMPV6 && is_echo_reply(r))
+            })
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let seen = capture.finish().expect("capture");
     let answers: Vec<String> = seen
         .packets
         .iter()
-        .filter(|r| !(r.next_header == NEXT_ICMPV6 && is_echo_request(r)))
+        .filter(|r| !(r.next_header == NEXT_ICMPV6 && is_echo_reply(r)))
         .map(|r| r.summary())
         .collect();
     assert!(
@@ -353,10 +390,30 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_wa
         policy_drops_after > policy_drops_before,
         "b did not count the denied SYNs against a ({policy_drops_before} -> {policy_drops_after})"
     );
+
+    step("a allows b tcp:9090; b -> a:9090 works");
+    let endpoint = b.endpoint().to_string();
+    ok(
+        &a,
+        &[
+            "trust",
+            "add",
+            &id_b.id,
+            "--name",
+            "b",
+            "--endpoint",
+            &endpoint,
+            "--allow",
+            &format!("tcp:{REQUESTER_PORT}"),
+        ],
+    );
+    let fetched = curl(&lab, &b, id_a.address, REQUESTER_PORT, &["--max-time", "5"]);
+    assert!(fetched.ok(), "b could not reach a: {}", fetched.describe());
+    assert_eq!(fetched.stdout, "served by a\n");
 }
 
-fn is_echo_request(record: &support::capture::Ipv6Record) -> bool {
-    record.payload.first() == Some(&128)
+fn is_echo_reply(record: &support::capture::Ipv6Record) -> bool {
+    record.payload.first() == Some(&129)
 }
 
 fn policy_drops(agent: &Agent, peer: &Identity) -> u64 {
