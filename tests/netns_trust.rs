@@ -20,7 +20,7 @@ use agentnet::core::identity::Identity as KeyPair;
 use agentnet::state::StateDir;
 use serde_json::Value;
 use support::agent::{Identity, agentnet_bin, dropped_total, peer_in_status};
-use support::capture::{NEXT_ICMPV6, TunCapture, parse_date_nanos, wall_clock};
+use support::capture::{TunCapture, parse_date_nanos, wall_clock};
 use support::{Agent, Host, Lab, Output, step, wait_for, wait_until};
 
 /// Programs these tests run inside the namespaces.
@@ -190,7 +190,7 @@ fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
         "{requested:#}"
     );
     let listed = ok(&a, &["trust", "list"]).stdout;
-    assert!(listed.contains("(requested, expires in 6d 23h"), "{listed}");
+    assert!(listed.contains("(requested, expires in "), "{listed}");
 
     step("b: trust pending --json");
     let pending = wait_pending(&b, &id_a);
@@ -301,7 +301,7 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
 
     step("a -> b:22 times out with nothing answered");
     let filter = format!(
-        "ip6 src {} and (tcp src port {DENIED_PORT} or icmp6)",
+        "ip6 src {} and (tcp src port {DENIED_PORT} or tcp src port {ALLOWED_PORT} or icmp6)",
         id_b.address
     );
     let capture = TunCapture::start(&lab, &a.host.ns, &a.iface, &filter).expect("capture");
@@ -342,42 +342,23 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
         "a did not count b's SYNs ({reverse_drops_before} -> {reverse_drops_after})"
     );
 
-    // A's pings to B: their replies pass (replies to A's own flows) and
-    // are the capture's proof of life.
-    let ping = lab
-        .exec(
-            &a.host.ns,
-            &[
-                "ping",
-                "-6",
-                "-n",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &id_b.address.to_string(),
-            ],
-        )
-        .expect("ping runs");
-    assert!(ping.ok(), "a could not ping b: {}", ping.describe());
-    wait_until(
-        "b's echo replies in the capture",
-        Duration::from_secs(5),
-        || {
-            capture.packets().is_ok_and(|p| {
-                p.iter()
-                    .any(|r| r.next_header == NEXT_ICMPV6 && is_echo_reply(r))
-            })
-        },
-    )
+    // A's own connection to B's 8080: B's answers pass (replies to A's
+    // flow) and are the capture's proof of life.
+    let fetched = curl(&lab, &a, id_b.address, ALLOWED_PORT, &["--max-time", "5"]);
+    assert!(fetched.ok(), "a could not reach b: {}", fetched.describe());
+    let from_allowed_port =
+        |r: &support::capture::Ipv6Record| r.ports().is_some_and(|(src, _)| src == ALLOWED_PORT);
+    wait_until("b's answers on 8080 in the capture", Duration::from_secs(5), || {
+        capture
+            .packets()
+            .is_ok_and(|p| p.iter().any(from_allowed_port))
+    })
     .unwrap_or_else(|e| panic!("{e}"));
     let seen = capture.finish().expect("capture");
     let answers: Vec<String> = seen
         .packets
         .iter()
-        .filter(|r| !(r.next_header == NEXT_ICMPV6 && is_echo_reply(r)))
+        .filter(|r| !from_allowed_port(r))
         .map(|r| r.summary())
         .collect();
     assert!(
@@ -410,10 +391,6 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
     let fetched = curl(&lab, &b, id_a.address, REQUESTER_PORT, &["--max-time", "5"]);
     assert!(fetched.ok(), "b could not reach a: {}", fetched.describe());
     assert_eq!(fetched.stdout, "served by a\n");
-}
-
-fn is_echo_reply(record: &support::capture::Ipv6Record) -> bool {
-    record.payload.first() == Some(&129)
 }
 
 fn policy_drops(agent: &Agent, peer: &Identity) -> u64 {
