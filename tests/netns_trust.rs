@@ -348,11 +348,15 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
     assert!(fetched.ok(), "a could not reach b: {}", fetched.describe());
     let from_allowed_port =
         |r: &support::capture::Ipv6Record| r.ports().is_some_and(|(src, _)| src == ALLOWED_PORT);
-    wait_until("b's answers on 8080 in the capture", Duration::from_secs(5), || {
-        capture
-            .packets()
-            .is_ok_and(|p| p.iter().any(from_allowed_port))
-    })
+    wait_until(
+        "b's answers on 8080 in the capture",
+        Duration::from_secs(5),
+        || {
+            capture
+                .packets()
+                .is_ok_and(|p| p.iter().any(from_allowed_port))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let seen = capture.finish().expect("capture");
     let answers: Vec<String> = seen

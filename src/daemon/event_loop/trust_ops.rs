@@ -50,8 +50,8 @@ pub(crate) struct OutgoingRequest {
 /// A trust-request command, validated.
 #[derive(Debug)]
 pub(crate) enum TrustOp {
-    /// See [`Request::TrustRequest`].
-    Request(OutgoingRequest),
+    /// See [`Request::TrustRequest`] (boxed: by far the largest).
+    Request(Box<OutgoingRequest>),
     /// See [`Request::TrustPending`].
     Pending,
     /// See [`Request::TrustApprove`].
@@ -106,14 +106,14 @@ pub(crate) async fn trust_op_of(request: Request) -> Result<TrustOp, String> {
                 }
                 None => None,
             };
-            TrustOp::Request(OutgoingRequest {
+            TrustOp::Request(Box::new(OutgoingRequest {
                 id,
                 name,
                 justification,
                 allow,
                 endpoint,
                 endorsement,
-            })
+            }))
         }
         Request::TrustPending => TrustOp::Pending,
         Request::TrustApprove { id, name, allow } => {
@@ -402,7 +402,11 @@ impl Daemon {
     }
 
     /// Trusts the target here ("requested") and sends it the sealed request.
-    fn send_request(&mut self, now: Instant, request: OutgoingRequest) -> Result<Response, String> {
+    fn send_request(
+        &mut self,
+        now: Instant,
+        request: Box<OutgoingRequest>,
+    ) -> Result<Response, String> {
         let OutgoingRequest {
             id,
             name,
@@ -410,7 +414,7 @@ impl Daemon {
             allow,
             endpoint,
             endorsement,
-        } = request;
+        } = *request;
         if id == self.own_id {
             return Err("an agent cannot ask itself for trust".to_string());
         }
