@@ -357,6 +357,27 @@ mod tests {
     }
 
     #[test]
+    fn requested_ttl_defaults_to_a_week_and_is_read_from_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        let default = TrustRequestsConfig::load(&state).expect("no file");
+        assert_eq!(default.requested_ttl(), DEFAULT_REQUESTED_TTL);
+        fs::write(
+            state.config_path(),
+            "name = \"a\"\n\n[trust_requests]\nrequested_ttl_s = 60\n",
+        )
+        .expect("write");
+        let config = TrustRequestsConfig::load(&state).expect("parses");
+        assert_eq!(config.requested_ttl(), Duration::from_secs(60));
+        fs::write(
+            state.config_path(),
+            "[trust_requests]\nrequested_ttl_s = \"soon\"\n",
+        )
+        .expect("write");
+        assert!(TrustRequestsConfig::load(&state).is_err());
+    }
+
+    #[test]
     fn granted_policy_defaults_to_the_request_and_never_widens_it() {
         let requested = policy("tcp:8000-8100,icmp");
         assert_eq!(granted_policy(&requested, None), Ok(requested.clone()));

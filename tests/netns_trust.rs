@@ -586,6 +586,55 @@ fn revoked_peer_gets_nothing_delivered_after_revoke_returns() {
     assert!(trust_entry(&b, &id_a).is_none(), "b still stores a");
 }
 
+/// An agent asked for trust that never approves lapses: with
+/// `[trust_requests] requested_ttl_s = 2`, A's requested entry for B is
+/// gone from `trust list` and from the daemon's peers soon after, and B's
+/// later approval finds no way in.
+#[test]
+fn unapproved_trust_request_expires_from_the_requesters_store() {
+    let test = "unapproved_trust_request_expires_from_the_requesters_store";
+    if !support::require_root_or_skip(test, TOOLS) {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let [host_a, host_b] = lab.veth_pair([78, 5], ["a", "b"], 1500).expect("veth pair");
+    let a = Agent::new(&lab, &host_a, "host-a").expect("agent a");
+    let b = Agent::new(&lab, &host_b, "host-b").expect("agent b");
+    a.init().unwrap_or_else(|e| panic!("{e}"));
+    let config = a.state_dir().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).expect("a's config");
+    text.push_str("\n[trust_requests]\nrequested_ttl_s = 2\n");
+    std::fs::write(&config, text).expect("a's config");
+    a.up().unwrap_or_else(|e| panic!("{e}"));
+    let id_a = a.id().unwrap_or_else(|e| panic!("{e}"));
+    let id_b = start(&b);
+
+    step("a asks b; b does not answer");
+    request_trust(&a, &b, &id_b, "tcp:8080");
+    let requested = trust_entry(&a, &id_b).expect("a stores b");
+    assert_eq!(requested["state"], "requested", "{requested:#}");
+    wait_pending(&b, &id_a);
+    wait_until(
+        "a's requested entry to expire",
+        Duration::from_secs(15),
+        || trust_entry(&a, &id_b).is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = a.status().expect("status");
+    assert!(
+        peer_in_status(&status, &id_b.id).is_none(),
+        "a still has b as a peer: {status:#}"
+    );
+    assert!(a.log().contains("did not approve in time"), "a's log");
+
+    step("b approves late: no session forms");
+    ok(&b, &["trust", "approve", &id_a.id]);
+    std::thread::sleep(Duration::from_secs(2));
+    let status = b.status().expect("status");
+    let peer_a = peer_in_status(&status, &id_a.id).expect("b lists a");
+    assert_eq!(peer_a["session_established"], false, "{peer_a:#}");
+}
+
 /// One planned trust-store change of the kill test.
 #[derive(Debug, Clone)]
 enum Change {
