@@ -931,6 +931,7 @@ fn trust_add(
                 allow,
                 state: TrustState::Trusted,
                 added_unix: 0,
+                expires_unix: None,
             };
             let (stored, change) = context.state.trust_upsert(&own, entry)?;
             (TrustedPeer::new(stored, network), change)
@@ -988,8 +989,11 @@ fn trust_list(context: &Instance, json: bool) -> Result<()> {
         .iter()
         .map(|peer| {
             let state = match peer.entry.state {
-                TrustState::Trusted => "",
-                TrustState::Requested => " (requested)",
+                TrustState::Trusted => String::new(),
+                TrustState::Requested => format!(
+                    " (requested{})",
+                    trust::expiry_note(&peer.entry, agentnet::state::unix_now())
+                ),
             };
             vec![
                 format!("{}{state}", peer.entry.name),

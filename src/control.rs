@@ -472,6 +472,7 @@ mod tests {
             allow: "tcp:80".parse().expect("policy"),
             state: TrustState::Trusted,
             added_unix: 42,
+            expires_unix: None,
         };
         let peer = TrustedPeer::new(entry, NetworkId::from_name("agentnet"));
         let response = Response::TrustList { peers: vec![peer] };

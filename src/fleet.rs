@@ -6,11 +6,15 @@
 //! format as `identity.key` (64 hex digits, mode 0600) by whoever deploys the
 //! fleet. Its public half (the *fleet ID*, written like an agent ID) goes into
 //! the `fleet_keys` of the agents that should trust the fleet's members. An
-//! endorsement is the fleet key's signature over one agent's ID, handed to
-//! that agent as a token and carried inside its sealed trust requests:
+//! endorsement is the fleet key's signature over one agent's ID, the
+//! network, an expiry and a policy cap (the most auto-approval grants),
+//! handed to that agent as a token and carried inside its sealed trust
+//! requests:
 //!
 //! ```text
-//! token = FLEET_ID "." base32(signature)      (lowercase, no padding)
+//! token = FLEET_ID "." EXPIRES_UNIX "." CAP "." base32(signature)
+//!         (CAP a policy such as `all` or `tcp:8080,icmp`; base32 lowercase,
+//!         no padding)
 //! ```
 //!
 //! Auto-approval is off unless `config.toml` names agents or fleet keys:
@@ -31,9 +35,11 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::core::address::NetworkId;
 use crate::core::identity::{AgentId, Identity};
 use crate::core::node::AutoApprove;
-use crate::core::trust_request::Endorsement;
+use crate::core::policy::Policy;
+use crate::core::trust_request::{Endorsement, EndorsementError};
 use crate::state::{StateDir, StateError};
 
 /// Separates the fleet ID from the signature in an endorsement token.
@@ -42,16 +48,21 @@ const TOKEN_SEPARATOR: char = '.';
 /// Errors with fleet keys and endorsement tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// The token is not `FLEET_ID.SIGNATURE`.
-    #[error("not an endorsement token: expected FLEET_ID.SIGNATURE from `agentnet fleet endorse`")]
+    /// The token is not `FLEET_ID.EXPIRES.CAP.SIGNATURE`.
+    #[error(
+        "not an endorsement token: expected FLEET_ID.EXPIRES.CAP.SIGNATURE from `agentnet fleet endorse`"
+    )]
     BadToken,
-    /// The token's signature is not over this agent's ID.
-    #[error("the endorsement by fleet {fleet} is for another agent than {agent}")]
+    /// The token's signature is not over this agent's ID in this network,
+    /// or its time ran out.
+    #[error("the endorsement by fleet {fleet} does not hold for {agent} in this network: {reason}")]
     NotForThisAgent {
         /// The fleet key that signed it.
         fleet: AgentId,
         /// The agent that would carry it.
         agent: AgentId,
+        /// Why not.
+        reason: EndorsementError,
     },
     /// The key file exists and `--force` was not given.
     #[error("{} already exists; remove it first to create a new fleet key", path.display())]
@@ -95,22 +106,32 @@ fn base32() -> data_encoding::Encoding {
         .unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
 }
 
-/// The text form of an endorsement, `FLEET_ID.SIGNATURE`.
+/// The text form of an endorsement, `FLEET_ID.EXPIRES.CAP.SIGNATURE`.
 pub fn endorsement_token(endorsement: &Endorsement) -> String {
     format!(
-        "{}{TOKEN_SEPARATOR}{}",
+        "{}{TOKEN_SEPARATOR}{}{TOKEN_SEPARATOR}{}{TOKEN_SEPARATOR}{}",
         endorsement.fleet_key,
+        endorsement.expires_unix,
+        endorsement.cap,
         base32().encode(&endorsement.signature)
     )
 }
 
 /// Reads an endorsement token (not yet checked against any agent).
 pub fn parse_endorsement_token(text: &str) -> Result<Endorsement, FleetError> {
-    let (fleet, signature) = text
-        .trim()
-        .split_once(TOKEN_SEPARATOR)
-        .ok_or(FleetError::BadToken)?;
+    let mut parts = text.trim().split(TOKEN_SEPARATOR);
+    let (Some(fleet), Some(expires), Some(cap), Some(signature), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(FleetError::BadToken);
+    };
     let fleet_key: AgentId = fleet.parse().map_err(|_| FleetError::BadToken)?;
+    let expires_unix: u64 = expires.parse().map_err(|_| FleetError::BadToken)?;
+    let cap: Policy = cap.parse().map_err(|_| FleetError::BadToken)?;
     let signature: [u8; 64] = base32()
         .decode(signature.to_ascii_lowercase().as_bytes())
         .ok()
@@ -118,19 +139,28 @@ pub fn parse_endorsement_token(text: &str) -> Result<Endorsement, FleetError> {
         .ok_or(FleetError::BadToken)?;
     Ok(Endorsement {
         fleet_key,
+        expires_unix,
+        cap,
         signature,
     })
 }
 
-/// Reads a token and checks that it endorses `agent`.
-pub fn endorsement_for(text: &str, agent: &AgentId) -> Result<Endorsement, FleetError> {
+/// Reads a token and checks that it endorses `agent` in `network` at
+/// `unix_now` (seconds since the Unix epoch).
+pub fn endorsement_for(
+    text: &str,
+    agent: &AgentId,
+    network: NetworkId,
+    unix_now: u64,
+) -> Result<Endorsement, FleetError> {
     let endorsement = parse_endorsement_token(text)?;
-    if !endorsement.is_valid_for(agent) {
-        return Err(FleetError::NotForThisAgent {
+    endorsement
+        .check(agent, network, unix_now)
+        .map_err(|reason| FleetError::NotForThisAgent {
             fleet: endorsement.fleet_key,
             agent: *agent,
-        });
-    }
+            reason,
+        })?;
     Ok(endorsement)
 }
 
@@ -274,29 +304,47 @@ mod tests {
     }
 
     #[test]
-    fn endorsement_token_round_trips_and_binds_the_agent() {
+    fn endorsement_token_round_trips_and_binds_agent_network_and_time() {
         let fleet = identity(5);
         let agent = identity(1).agent_id();
-        let endorsement = Endorsement::sign(&fleet, &agent);
+        let network = NetworkId::from_name("fleet-net");
+        let cap: Policy = "tcp:8080,icmp".parse().expect("policy");
+        let endorsement = Endorsement::sign(&fleet, &agent, network, 2_000, cap);
         let token = endorsement_token(&endorsement);
         assert!(
-            token.starts_with(&format!("{}.", fleet.agent_id())),
+            token.starts_with(&format!("{}.2000.tcp:8080,icmp.", fleet.agent_id())),
             "{token}"
         );
         assert_eq!(
             parse_endorsement_token(&token).expect("parses"),
             endorsement
         );
-        assert_eq!(endorsement_for(&token, &agent).expect("valid"), endorsement);
-        assert!(matches!(
-            endorsement_for(&token, &identity(2).agent_id()),
-            Err(FleetError::NotForThisAgent { .. })
-        ));
+        assert_eq!(
+            endorsement_for(&token, &agent, network, 1_999).expect("valid"),
+            endorsement
+        );
+        for (who, net, now) in [
+            (identity(2).agent_id(), network, 1_999),
+            (agent, NetworkId::from_name("agentnet"), 1_999),
+            (agent, network, 2_000),
+        ] {
+            assert!(
+                matches!(
+                    endorsement_for(&token, &who, net, now),
+                    Err(FleetError::NotForThisAgent { .. })
+                ),
+                "accepted for {who} at {now}"
+            );
+        }
+        let widened = token.replace("tcp:8080,icmp", "all");
+        assert!(endorsement_for(&widened, &agent, network, 1_999).is_err());
         for bad in [
             "",
             "x.y",
             &token[..token.len() - 3],
-            &token.replace('.', ""),
+            &token.replacen('.', "", 1),
+            &token.replace("2000", "soon"),
+            &format!("{token}.extra"),
         ] {
             assert!(parse_endorsement_token(bad).is_err(), "{bad:?} accepted");
         }

@@ -124,6 +124,7 @@ mod tests {
                 allow: Policy::All,
                 state: TrustState::Trusted,
                 added_unix: 0,
+                expires_unix: None,
             }],
         };
         let address = NodePrefix::of_agent(network, &id).agent_address();

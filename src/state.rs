@@ -852,6 +852,7 @@ mod tests {
             allow: Policy::All,
             state: TrustState::Trusted,
             added_unix: 0,
+            expires_unix: None,
         }
     }
 

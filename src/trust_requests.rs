@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::core::identity::AgentId;
 use crate::core::pending::{NONCE_LIFETIME, PENDING_TTL, PendingRequest, SeenNonce};
 use crate::core::policy::Policy;
-use crate::core::trust::{MAX_NAME_LEN, TrustError, TrustStore, validate_name};
+use crate::core::trust::{
+    DEFAULT_REQUESTED_TTL, MAX_NAME_LEN, TrustError, TrustStore, validate_name,
+};
 use crate::core::trust_request::TrustRequest;
 use crate::fleet::{endorsement_token, parse_endorsement_token};
 use crate::state::{StateDir, StateError, atomic_write, sanitize_label};
@@ -33,6 +35,64 @@ pub const PENDING_FILE: &str = "pending.toml";
 const TARGET_NAME_PREFIX: &str = "peer-";
 /// Characters of the target's ID in that default name.
 const TARGET_NAME_ID_CHARS: usize = 8;
+
+/// The `[trust_requests]` table of `config.toml`:
+///
+/// ```toml
+/// [trust_requests]
+/// requested_ttl_s = 604800   # how long an agent we asked may take to approve
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TrustRequestsConfig {
+    /// Seconds an agent this agent asked for trust stays in the store
+    /// ("requested") without approving; then its entry is removed.
+    #[serde(default = "default_requested_ttl_s")]
+    pub requested_ttl_s: u64,
+}
+
+fn default_requested_ttl_s() -> u64 {
+    DEFAULT_REQUESTED_TTL.as_secs()
+}
+
+impl Default for TrustRequestsConfig {
+    fn default() -> Self {
+        Self {
+            requested_ttl_s: default_requested_ttl_s(),
+        }
+    }
+}
+
+impl TrustRequestsConfig {
+    /// Reads `[trust_requests]` from the state directory's `config.toml`
+    /// (the defaults if the file or the table is missing).
+    pub fn load(state: &StateDir) -> Result<Self, StateError> {
+        #[derive(Deserialize)]
+        struct ConfigFile {
+            #[serde(default)]
+            trust_requests: TrustRequestsConfig,
+        }
+        let path = state.config_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let file: ConfigFile =
+            toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })?;
+        Ok(file.trust_requests)
+    }
+
+    /// How long a requested entry lives.
+    pub fn requested_ttl(&self) -> Duration {
+        Duration::from_secs(self.requested_ttl_s)
+    }
+}
 
 /// Why an approval is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -347,6 +407,7 @@ mod tests {
                         allow: Policy::All,
                         state: TrustState::Trusted,
                         added_unix: 0,
+                        expires_unix: None,
                     },
                 )
                 .expect("upsert");
@@ -356,6 +417,27 @@ mod tests {
 
     fn policy(text: &str) -> Policy {
         text.parse().expect("policy")
+    }
+
+    #[test]
+    fn requested_ttl_defaults_to_a_week_and_is_read_from_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        let default = TrustRequestsConfig::load(&state).expect("no file");
+        assert_eq!(default.requested_ttl(), DEFAULT_REQUESTED_TTL);
+        fs::write(
+            state.config_path(),
+            "name = \"a\"\n\n[trust_requests]\nrequested_ttl_s = 60\n",
+        )
+        .expect("write");
+        let config = TrustRequestsConfig::load(&state).expect("parses");
+        assert_eq!(config.requested_ttl(), Duration::from_secs(60));
+        fs::write(
+            state.config_path(),
+            "[trust_requests]\nrequested_ttl_s = \"soon\"\n",
+        )
+        .expect("write");
+        assert!(TrustRequestsConfig::load(&state).is_err());
     }
 
     #[test]
@@ -437,6 +519,9 @@ mod tests {
                 endorsement: Some(Endorsement::sign(
                     &Identity::from_secret_bytes(&[5; 32]).expect("key"),
                     &id(1),
+                    crate::core::address::NetworkId::from_name("agentnet"),
+                    2_000_000_000,
+                    "tcp:8080".parse().expect("policy"),
                 )),
             },
             from: "10.0.0.1:7400".parse().expect("addr"),

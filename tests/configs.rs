@@ -27,10 +27,24 @@ use agentnet::fleet::AutoApproveConfig;
 use agentnet::state::StateDir;
 
 /// Keys of `config.toml` and of its `[auto_approve]` table.
-const CONFIG_KEYS: &[&str] = &["name", "network", "rendezvous", "auto_approve"];
+const CONFIG_KEYS: &[&str] = &[
+    "name",
+    "network",
+    "rendezvous",
+    "auto_approve",
+    "trust_requests",
+];
 const AUTO_APPROVE_KEYS: &[&str] = &["agents", "fleet_keys"];
 /// Keys of one `[[peer]]` of `trust.toml`.
-const PEER_KEYS: &[&str] = &["id", "name", "endpoint", "allow", "state", "added_unix"];
+const PEER_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "endpoint",
+    "allow",
+    "state",
+    "added_unix",
+    "expires_unix",
+];
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

@@ -20,7 +20,7 @@ use agentnet::core::identity::Identity as KeyPair;
 use agentnet::state::StateDir;
 use serde_json::Value;
 use support::agent::{Identity, agentnet_bin, dropped_total, peer_in_status};
-use support::capture::{NEXT_ICMPV6, TunCapture, parse_date_nanos, wall_clock};
+use support::capture::{TunCapture, parse_date_nanos, wall_clock};
 use support::{Agent, Host, Lab, Output, step, wait_for, wait_until};
 
 /// Programs these tests run inside the namespaces.
@@ -182,6 +182,15 @@ fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
     );
     let requested = trust_entry(&a, &id_b).expect("a stores b");
     assert_eq!(requested["state"], "requested", "{requested:#}");
+    assert_eq!(requested["allow"], "none", "{requested:#}");
+    let expires = requested["expires_unix"].as_u64().expect("expires_unix");
+    let in_a_week = agentnet::state::unix_now() + 7 * 24 * 3600;
+    assert!(
+        (in_a_week - 60..=in_a_week).contains(&expires),
+        "{requested:#}"
+    );
+    let listed = ok(&a, &["trust", "list"]).stdout;
+    assert!(listed.contains("(requested, expires in "), "{listed}");
 
     step("b: trust pending --json");
     let pending = wait_pending(&b, &id_a);
@@ -254,15 +263,21 @@ fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
         trust_entry(&a, &id_b).is_some_and(|e| e["state"] == "trusted")
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    let approved = trust_entry(&a, &id_b).expect("a stores b");
+    assert_eq!(approved["allow"], "none", "{approved:#}");
+    assert!(approved.get("expires_unix").is_none(), "{approved:#}");
 }
 
 /// After approval with `tcp:8080`, A reaches B's port 8080 but a connection
 /// to port 22 times out: nothing comes back, no SYN-ACK, no RST, no ICMP
-/// (a capture on A's TUN proves it), and B counts the drop against A. B can
-/// still open connections to A: the policy limits what A may open.
+/// (a capture on A's TUN proves it), and B counts the drop against A. B, the
+/// agent A asked, may open nothing on A (A counts the drop) while A's own
+/// connections to B get their replies; once A's operator allows a port
+/// (`trust add --allow`), B reaches it.
 #[test]
-fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_way() {
-    let test = "approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_way";
+fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens_nothing_on_the_requester()
+ {
+    let test = "approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens_nothing_on_the_requester";
     if !support::require_root_or_skip(test, TOOLS) {
         return;
     }
@@ -286,7 +301,7 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_wa
 
     step("a -> b:22 times out with nothing answered");
     let filter = format!(
-        "ip6 src {} and (tcp src port {DENIED_PORT} or icmp6)",
+        "ip6 src {} and (tcp src port {DENIED_PORT} or tcp src port {ALLOWED_PORT} or icmp6)",
         id_b.address
     );
     let capture = TunCapture::start(&lab, &a.host.ns, &a.iface, &filter).expect("capture");
@@ -306,41 +321,48 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_wa
         denied.describe()
     );
 
-    step("b -> a works (the policy limits what a may open, not b)");
-    let fetched = curl(&lab, &b, id_a.address, REQUESTER_PORT, &["--max-time", "5"]);
-    assert!(fetched.ok(), "b could not reach a: {}", fetched.describe());
-    assert_eq!(fetched.stdout, "served by a\n");
-    // B's pings to A are the capture's proof of life (ICMPv6 from B).
-    let ping = lab
-        .exec(
-            &b.host.ns,
-            &[
-                "ping",
-                "-6",
-                "-n",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &id_a.address.to_string(),
-            ],
-        )
-        .expect("ping runs");
-    assert!(ping.ok(), "b could not ping a: {}", ping.describe());
-    wait_until("b's pings in the capture", Duration::from_secs(5), || {
-        capture.packets().is_ok_and(|p| {
-            p.iter()
-                .any(|r| r.next_header == NEXT_ICMPV6 && is_echo_request(r))
-        })
-    })
+    step("b -> a:9090 times out: a asked b for access, b may open nothing on a");
+    let reverse_drops_before = policy_drops(&a, &id_b);
+    let reverse = curl(
+        &lab,
+        &b,
+        id_a.address,
+        REQUESTER_PORT,
+        &["--connect-timeout", "3"],
+    );
+    assert_eq!(
+        reverse.status.code(),
+        Some(28),
+        "the agent a asked opened a connection on a: {}",
+        reverse.describe()
+    );
+    let reverse_drops_after = policy_drops(&a, &id_b);
+    assert!(
+        reverse_drops_after > reverse_drops_before,
+        "a did not count b's SYNs ({reverse_drops_before} -> {reverse_drops_after})"
+    );
+
+    // A's own connection to B's 8080: B's answers pass (replies to A's
+    // flow) and are the capture's proof of life.
+    let fetched = curl(&lab, &a, id_b.address, ALLOWED_PORT, &["--max-time", "5"]);
+    assert!(fetched.ok(), "a could not reach b: {}", fetched.describe());
+    let from_allowed_port =
+        |r: &support::capture::Ipv6Record| r.ports().is_some_and(|(src, _)| src == ALLOWED_PORT);
+    wait_until(
+        "b's answers on 8080 in the capture",
+        Duration::from_secs(5),
+        || {
+            capture
+                .packets()
+                .is_ok_and(|p| p.iter().any(from_allowed_port))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let seen = capture.finish().expect("capture");
     let answers: Vec<String> = seen
         .packets
         .iter()
-        .filter(|r| !(r.next_header == NEXT_ICMPV6 && is_echo_request(r)))
+        .filter(|r| !from_allowed_port(r))
         .map(|r| r.summary())
         .collect();
     assert!(
@@ -353,10 +375,26 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_not_the_other_wa
         policy_drops_after > policy_drops_before,
         "b did not count the denied SYNs against a ({policy_drops_before} -> {policy_drops_after})"
     );
-}
 
-fn is_echo_request(record: &support::capture::Ipv6Record) -> bool {
-    record.payload.first() == Some(&128)
+    step("a allows b tcp:9090; b -> a:9090 works");
+    let endpoint = b.endpoint().to_string();
+    ok(
+        &a,
+        &[
+            "trust",
+            "add",
+            &id_b.id,
+            "--name",
+            "b",
+            "--endpoint",
+            &endpoint,
+            "--allow",
+            &format!("tcp:{REQUESTER_PORT}"),
+        ],
+    );
+    let fetched = curl(&lab, &b, id_a.address, REQUESTER_PORT, &["--max-time", "5"]);
+    assert!(fetched.ok(), "b could not reach a: {}", fetched.describe());
+    assert_eq!(fetched.stdout, "served by a\n");
 }
 
 fn policy_drops(agent: &Agent, peer: &Identity) -> u64 {
@@ -546,6 +584,55 @@ fn revoked_peer_gets_nothing_delivered_after_revoke_returns() {
         after.join("\n")
     );
     assert!(trust_entry(&b, &id_a).is_none(), "b still stores a");
+}
+
+/// An agent asked for trust that never approves lapses: with
+/// `[trust_requests] requested_ttl_s = 2`, A's requested entry for B is
+/// gone from `trust list` and from the daemon's peers soon after, and B's
+/// later approval finds no way in.
+#[test]
+fn unapproved_trust_request_expires_from_the_requesters_store() {
+    let test = "unapproved_trust_request_expires_from_the_requesters_store";
+    if !support::require_root_or_skip(test, TOOLS) {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let [host_a, host_b] = lab.veth_pair([78, 5], ["a", "b"], 1500).expect("veth pair");
+    let a = Agent::new(&lab, &host_a, "host-a").expect("agent a");
+    let b = Agent::new(&lab, &host_b, "host-b").expect("agent b");
+    a.init().unwrap_or_else(|e| panic!("{e}"));
+    let config = a.state_dir().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).expect("a's config");
+    text.push_str("\n[trust_requests]\nrequested_ttl_s = 2\n");
+    std::fs::write(&config, text).expect("a's config");
+    a.up().unwrap_or_else(|e| panic!("{e}"));
+    let id_a = a.id().unwrap_or_else(|e| panic!("{e}"));
+    let id_b = start(&b);
+
+    step("a asks b; b does not answer");
+    request_trust(&a, &b, &id_b, "tcp:8080");
+    let requested = trust_entry(&a, &id_b).expect("a stores b");
+    assert_eq!(requested["state"], "requested", "{requested:#}");
+    wait_pending(&b, &id_a);
+    wait_until(
+        "a's requested entry to expire",
+        Duration::from_secs(15),
+        || trust_entry(&a, &id_b).is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = a.status().expect("status");
+    assert!(
+        peer_in_status(&status, &id_b.id).is_none(),
+        "a still has b as a peer: {status:#}"
+    );
+    assert!(a.log().contains("did not approve in time"), "a's log");
+
+    step("b approves late: no session forms");
+    ok(&b, &["trust", "approve", &id_a.id]);
+    std::thread::sleep(Duration::from_secs(2));
+    let status = b.status().expect("status");
+    let peer_a = peer_in_status(&status, &id_a.id).expect("b lists a");
+    assert_eq!(peer_a["session_established"], false, "{peer_a:#}");
 }
 
 /// One planned trust-store change of the kill test.

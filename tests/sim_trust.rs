@@ -8,11 +8,18 @@ use std::time::Duration;
 use agentnet::core::identity::Identity;
 use agentnet::core::node::{AutoApprove, Event, Node, NodeConfig, PeerConfig};
 use agentnet::core::policy::Policy;
+use agentnet::core::trust::{DEFAULT_REQUESTED_TTL, TrustEntry};
 use agentnet::core::trust_request::Endorsement;
 use agentnet::trust_requests::PendingRecord;
 use simnet::{LinkConfig, SimNet, tag_of, udp_packet};
 
-/// `requester` trusts `target` (as "requested") and sends it a request.
+/// The simulated nodes' wall clock at the start (see `simnet`).
+const SIM_UNIX_START: u64 = 1_800_000_000;
+/// A day later: when the endorsements of these tests expire.
+const ENDORSED_UNTIL: u64 = SIM_UNIX_START + 24 * 3600;
+
+/// `requester` trusts `target` (as "requested": with the policy of a
+/// requested entry, as the daemon stores it) and sends it a request.
 fn request(
     net: &mut SimNet,
     requester: usize,
@@ -20,7 +27,14 @@ fn request(
     justification: &str,
     allow: &str,
 ) -> Vec<u8> {
-    net.trust(requester, target, true, Policy::All);
+    let requested = TrustEntry::requested(
+        net.id(target),
+        format!("host{target}"),
+        None,
+        SIM_UNIX_START,
+        DEFAULT_REQUESTED_TTL,
+    );
+    net.trust(requester, target, true, requested.allow);
     let now = net.now;
     let target_id = net.id(target);
     let endpoint = net.hosts[target].address;
@@ -174,15 +188,29 @@ fn requests_are_rate_limited_per_source() {
 fn fleet_endorsed_request_is_flagged_for_auto_approval() {
     let mut net = SimNet::new(5, LinkConfig::default());
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
+    let (d, e) = (net.add_host(4), net.add_host(6));
     let fleet = Identity::from_secret_bytes(&[77; 32]).expect("key");
     net.hosts[b].node.set_auto_approve(AutoApprove {
         agents: vec![],
         fleet_keys: vec![fleet.agent_id()],
     });
-    // A carries the fleet's endorsement; C carries an endorsement of A (stolen).
-    let endorsement_a = Endorsement::sign(&fleet, &net.id(a));
-    for (requester, endorsement) in [(a, endorsement_a), (c, endorsement_a)] {
-        net.trust(requester, b, true, Policy::All);
+    let network = net.network;
+    let in_a_day = ENDORSED_UNTIL;
+    let endorse = |net: &SimNet, host: usize, network, expires| {
+        Endorsement::sign(&fleet, &net.id(host), network, expires, Policy::All)
+    };
+    // A carries the fleet's endorsement; C carries an endorsement of A
+    // (stolen); D one for another network; E an expired one.
+    let endorsement_a = endorse(&net, a, network, in_a_day);
+    let other_network = agentnet::core::address::NetworkId::from_name("elsewhere");
+    let endorsements = [
+        (a, endorsement_a.clone()),
+        (c, endorsement_a),
+        (d, endorse(&net, d, other_network, in_a_day)),
+        (e, endorse(&net, e, network, SIM_UNIX_START - 1)),
+    ];
+    for (requester, endorsement) in endorsements {
+        net.trust(requester, b, true, Policy::none());
         let now = net.now;
         let (b_id, endpoint) = (net.id(b), net.hosts[b].address);
         net.hosts[requester]
@@ -203,10 +231,67 @@ fn fleet_endorsed_request_is_flagged_for_auto_approval() {
         id: net.id(a),
         auto_approve: true
     }));
-    assert!(events.contains(&Event::TrustRequested {
-        id: net.id(c),
-        auto_approve: false
-    }));
+    for (host, why) in [(c, "stolen"), (d, "another network's"), (e, "expired")] {
+        assert!(
+            events.contains(&Event::TrustRequested {
+                id: net.id(host),
+                auto_approve: false
+            }),
+            "a request with an {why} endorsement was auto-approved or lost"
+        );
+    }
+}
+
+#[test]
+fn auto_approval_grants_the_request_within_the_endorsement_cap() {
+    let mut net = SimNet::new(9, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    let fleet = Identity::from_secret_bytes(&[77; 32]).expect("key");
+    let rules = AutoApprove {
+        agents: vec![],
+        fleet_keys: vec![fleet.agent_id()],
+    };
+    net.hosts[b].node.set_auto_approve(rules.clone());
+    let cap: Policy = "tcp:8000-8100,icmp".parse().expect("policy");
+    let endorsement = Endorsement::sign(&fleet, &net.id(a), net.network, ENDORSED_UNTIL, cap);
+    net.trust(a, b, true, Policy::none());
+    let now = net.now;
+    let (b_id, endpoint) = (net.id(b), net.hosts[b].address);
+    net.hosts[a]
+        .node
+        .send_trust_request(
+            now,
+            b_id,
+            "more than the cap",
+            "tcp:22,tcp:8080,udp:53".parse().expect("policy"),
+            Some(endpoint),
+            Some(endorsement),
+        )
+        .expect("seals");
+    net.run_for(Duration::from_millis(100));
+    let id_a = net.id(a);
+    let pending = net.hosts[b]
+        .node
+        .pending_request_details()
+        .find(|pending| pending.request.requester == id_a)
+        .expect("pending")
+        .request
+        .clone();
+    let grant = rules
+        .grant(&pending, net.network, SIM_UNIX_START)
+        .expect("approved");
+    assert_eq!(grant.to_string(), "tcp:8080");
+    // Past the endorsement's expiry the rules no longer grant anything.
+    assert_eq!(rules.grant(&pending, net.network, ENDORSED_UNTIL), None);
+    // A listed agent gets what it asked for.
+    let listed = AutoApprove {
+        agents: vec![id_a],
+        fleet_keys: vec![],
+    };
+    assert_eq!(
+        listed.grant(&pending, net.network, SIM_UNIX_START),
+        Some(pending.requested.clone())
+    );
 }
 
 #[test]
@@ -222,6 +307,55 @@ fn approved_policy_limits_what_the_requester_may_open() {
     net.run_for(Duration::from_millis(100));
     let tags: Vec<u32> = net.hosts[b].tun.iter().filter_map(|p| tag_of(p)).collect();
     assert_eq!(tags, vec![1]);
+}
+
+/// A UDP packet from `source`:`source_port` to `destination`:40000, the
+/// reply direction of a [`udp_packet`] (whose source port is 40000).
+fn udp_reply(
+    source: std::net::Ipv6Addr,
+    destination: std::net::Ipv6Addr,
+    source_port: u16,
+    tag: u32,
+) -> Vec<u8> {
+    let mut packet = udp_packet(source, destination, 40000, tag, 10);
+    packet[40..42].copy_from_slice(&source_port.to_be_bytes());
+    packet
+}
+
+#[test]
+fn requested_target_cannot_open_ports_on_the_requester_but_answers_its_flows() {
+    let mut net = SimNet::new(8, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    request(&mut net, a, b, "web only", "udp:8080");
+    // B trusts A (an approval, or a `trust add` without one): a session forms.
+    approve(&mut net, b, a);
+    net.run_for(Duration::from_millis(100));
+    assert!(net.is_connected(a, b) && net.is_connected(b, a));
+    let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
+
+    // B opens flows towards A: A asked B for access, not the other way.
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 22, 1, 10));
+    net.send_from_tun(b, &udp_packet(address_b, address_a, 8080, 2, 10));
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.hosts[a]
+            .tun
+            .iter()
+            .filter_map(|p| tag_of(p))
+            .next()
+            .is_none(),
+        "the target opened a flow on the requester"
+    );
+
+    // A's own flow to B works, and B's replies on it reach A.
+    net.send_from_tun(a, &udp_packet(address_a, address_b, 8080, 3, 10));
+    net.run_for(Duration::from_millis(100));
+    let at_b: Vec<u32> = net.hosts[b].tun.iter().filter_map(|p| tag_of(p)).collect();
+    assert_eq!(at_b, vec![3]);
+    net.send_from_tun(b, &udp_reply(address_b, address_a, 8080, 4));
+    net.run_for(Duration::from_millis(100));
+    let at_a: Vec<u32> = net.hosts[a].tun.iter().filter_map(|p| tag_of(p)).collect();
+    assert_eq!(at_a, vec![4]);
 }
 
 #[test]

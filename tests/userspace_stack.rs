@@ -53,6 +53,7 @@ fn names(peer: &Identity, name: &str) -> NameTable {
             allow: Default::default(),
             state: TrustState::Trusted,
             added_unix: 0,
+            expires_unix: None,
         }],
     };
     NameTable::from_trust(&store, network())

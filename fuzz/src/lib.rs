@@ -154,7 +154,7 @@ impl RemoteAgent {
     pub fn receive(&mut self, now: Instant, target: &[u8; 32], datagram: &[u8]) -> Option<Vec<u8>> {
         match Datagram::parse(datagram).ok()? {
             Datagram::Response(response) => {
-                let pending = self.pending.take()?;
+                let mut pending = self.pending.take()?;
                 if pending.local_index() != response.receiver_index() {
                     self.pending = Some(pending);
                     return None;

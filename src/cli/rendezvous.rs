@@ -73,6 +73,7 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
             listen: args.listen,
             tcp_listen: args.tcp_listen,
             metrics,
+            tcp_limits: rendezvous_server::TcpLimits::default(),
         })?);
     }
     let log_path = state.root().join("rendezvous.log");

@@ -10,15 +10,17 @@ use clap::{Args, Subcommand};
 use super::Instance;
 use super::render::human_duration;
 use agentnet::control::{Request, Response};
+use agentnet::core::address::{DEFAULT_NETWORK_NAME, NetworkId};
 use agentnet::core::identity::AgentId;
 use agentnet::core::pending::PendingStatus;
 use agentnet::core::policy::Policy;
 use agentnet::core::text::escape_untrusted;
-use agentnet::core::trust::{TrustState, validate_name};
+use agentnet::core::trust::{TrustEntry, TrustState, validate_name};
 use agentnet::core::trust_request::{Endorsement, MAX_JUSTIFICATION_LEN};
 use agentnet::fleet::{
     create_fleet_key, endorsement_token, load_fleet_key, parse_endorsement_token,
 };
+use agentnet::state::unix_now;
 
 /// Help text of `agentnet trust`: the whole workflow in a few lines.
 pub(super) const TRUST_LONG_ABOUT: &str = "\
@@ -34,8 +36,12 @@ and the other approves:
   bob$   agentnet trust approve ALICE_ID       # or: agentnet trust deny ALICE_ID
 
 The request is sealed to Bob's key and signed by Alice; Bob never answers it. Alice \
-trusts Bob from the moment she asks (state \"requested\"). Approving trusts Alice with \
-the ports she asked for (--allow may narrow them, never widen them) and connects at once.
+trusts Bob from the moment she asks (state \"requested\"), but only so far that his \
+approval can connect: he may answer her connections and open none of his own (allow \
+\"none\"; `trust add BOB_ID --allow ...` widens it), and the entry lapses after 7 days \
+([trust_requests] requested_ttl_s in config.toml) unless Bob approves. Approving trusts \
+Alice with the ports she asked for (--allow may narrow them, never widen them) and \
+connects at once.
 
 `agentnet trust revoke ID` ends trust immediately: the peer's sessions and keys are \
 destroyed before the command returns and the peer gets a signed notice. Fleets can \
@@ -96,10 +102,11 @@ pub(crate) enum FleetCommand {
     },
     /// Endorse an agent: print a token for its `trust request --endorsement`.
     #[command(long_about = "Endorse an agent as a member of the fleet.\n\n\
-        Prints a token (the fleet ID, a dot, the fleet key's signature over the agent's ID) \
-        that the agent passes to `agentnet trust request --endorsement TOKEN`. A target \
-        whose config.toml lists the fleet ID under [auto_approve] fleet_keys approves \
-        such a request at once, with the ports it asks for.")]
+        Prints a token (the fleet ID, the expiry, the cap and the fleet key's signature over \
+        the agent's ID, the network, the expiry and the cap) that the agent passes to \
+        `agentnet trust request --endorsement TOKEN`. A target in that network whose \
+        config.toml lists the fleet ID under [auto_approve] fleet_keys approves such a \
+        request at once, until the expiry, with the ports it asks for within the cap.")]
     Endorse {
         /// The fleet key file (from `agentnet fleet keygen`).
         #[arg(long, value_name = "FILE")]
@@ -107,6 +114,16 @@ pub(crate) enum FleetCommand {
         /// The agent to endorse.
         #[arg(value_name = "ID")]
         id: AgentId,
+        /// The overlay network the endorsement holds in.
+        #[arg(long, value_name = "NAME", default_value = DEFAULT_NETWORK_NAME)]
+        network: String,
+        /// Days the endorsement holds.
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        valid_days: u64,
+        /// The most auto-approval grants on its strength: `all`, or a list
+        /// such as `tcp:8080,icmp`.
+        #[arg(long, value_name = "POLICY", default_value = "all")]
+        allow: Policy,
     },
 }
 
@@ -158,17 +175,37 @@ pub(super) fn request(context: &Instance, args: RequestArgs) -> Result<()> {
         peer.entry.name,
         peer.entry.id
     );
-    let state = match peer.entry.state {
-        TrustState::Requested => "requested",
-        TrustState::Trusted => "trusted",
-    };
-    say!(
-        "{} is trusted here (state {state}, allow {}); once its operator approves, it \
-         connects to this agent (see `agentnet trust list`)",
-        peer.entry.name,
-        peer.entry.allow
-    );
+    match peer.entry.state {
+        TrustState::Requested => say!(
+            "{} is trusted here as requested (allow {}: it may open only what this lists; \
+             replies to this agent's own connections pass){}; once its operator approves, \
+             it connects to this agent (see `agentnet trust list`)",
+            peer.entry.name,
+            peer.entry.allow,
+            expiry_note(&peer.entry, unix_now())
+        ),
+        TrustState::Trusted => say!(
+            "{} was already trusted here (allow {})",
+            peer.entry.name,
+            peer.entry.allow
+        ),
+    }
     Ok(())
+}
+
+/// `, expires in 6d 23h` for a requested entry (`, expired` once past),
+/// nothing for a trusted one.
+pub(super) fn expiry_note(entry: &TrustEntry, now_unix: u64) -> String {
+    match (entry.state, entry.expires_unix) {
+        (TrustState::Requested, Some(expires)) if expires > now_unix => {
+            format!(
+                ", expires in {}",
+                human_duration((expires - now_unix) as f64)
+            )
+        }
+        (TrustState::Requested, Some(_)) => ", expired".to_string(),
+        _ => String::new(),
+    }
 }
 
 /// `agentnet trust pending`.
@@ -269,9 +306,23 @@ pub(super) fn fleet(command: FleetCommand) -> Result<()> {
             say!("  [auto_approve]");
             say!("  fleet_keys = [\"{id}\"]");
         }
-        FleetCommand::Endorse { fleet_key, id } => {
+        FleetCommand::Endorse {
+            fleet_key,
+            id,
+            network,
+            valid_days,
+            allow,
+        } => {
+            if valid_days == 0 {
+                bail!("--valid-days must be at least 1");
+            }
             let key = load_fleet_key(&fleet_key)?;
-            say!("{}", endorsement_token(&Endorsement::sign(&key, &id)));
+            let expires = unix_now().saturating_add(valid_days.saturating_mul(24 * 3600));
+            let network = NetworkId::from_name(&network);
+            say!(
+                "{}",
+                endorsement_token(&Endorsement::sign(&key, &id, network, expires, allow))
+            );
         }
     }
     Ok(())

@@ -152,13 +152,31 @@ pub struct AutoApprove {
 }
 
 impl AutoApprove {
-    /// Whether a verified request is approved by these rules.
-    pub fn approves(&self, request: &TrustRequest) -> bool {
-        self.agents.contains(&request.requester)
-            || request.endorsement.is_some_and(|endorsement| {
-                self.fleet_keys.contains(&endorsement.fleet_key)
-                    && endorsement.is_valid_for(&request.requester)
-            })
+    /// What these rules grant a verified request in `network` at `unix_now`
+    /// (seconds since the Unix epoch), if they approve it: a listed agent
+    /// gets what it asked for; an agent endorsed by a listed fleet key (for
+    /// this network, not expired) gets what it asked for within the
+    /// endorsement's cap.
+    pub fn grant(
+        &self,
+        request: &TrustRequest,
+        network: NetworkId,
+        unix_now: u64,
+    ) -> Option<Policy> {
+        if self.agents.contains(&request.requester) {
+            return Some(request.requested.clone());
+        }
+        let endorsement = request.endorsement.as_ref()?;
+        let holds = self.fleet_keys.contains(&endorsement.fleet_key)
+            && endorsement
+                .check(&request.requester, network, unix_now)
+                .is_ok();
+        holds.then(|| request.requested.intersection(&endorsement.cap))
+    }
+
+    /// Whether these rules approve a verified request (see [`Self::grant`]).
+    pub fn approves(&self, request: &TrustRequest, network: NetworkId, unix_now: u64) -> bool {
+        self.grant(request, network, unix_now).is_some()
     }
 }
 
@@ -704,7 +722,9 @@ impl Node {
             Admission::RateLimited => dropped.trust_requests_rate_limited += 1,
             Admission::Queued => {
                 let id = request.requester;
-                let auto_approve = self.auto_approve.approves(&request);
+                let auto_approve =
+                    self.auto_approve
+                        .approves(&request, self.ctx.network, unix_now.as_secs());
                 tracing::info!(requester = %id, name = %super::text::Untrusted(&request.name), %from, auto_approve, "trust request received");
                 self.pending.insert(now, request, from, path.is_relay());
                 self.ctx

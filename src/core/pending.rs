@@ -396,6 +396,7 @@ impl PendingRequests {
                 endorsed_by: pending
                     .request
                     .endorsement
+                    .as_ref()
                     .map(|endorsement| endorsement.fleet_key),
             })
             .collect()

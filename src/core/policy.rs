@@ -1,5 +1,6 @@
 //! Allow-policies: which inbound connections a peer may open to this agent
-//! (DESIGN.md §3). `all`, or a list such as `tcp:22,tcp:8000-8100,udp:53,icmp`.
+//! (DESIGN.md §3). `all`, `none` (only replies to this agent's own flows),
+//! or a list such as `tcp:22,tcp:8000-8100,udp:53,icmp`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,7 +9,7 @@ use std::str::FromStr;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     /// The policy text is empty.
-    #[error("empty policy: use `all` or a list such as tcp:80,udp:53,icmp")]
+    #[error("empty policy: use `all`, `none` or a list such as tcp:80,udp:53,icmp")]
     Empty,
     /// An item does not name tcp, udp or icmp.
     #[error("unknown protocol in `{0}`: expected tcp:PORT[-PORT], udp:PORT[-PORT] or icmp")]
@@ -55,7 +56,7 @@ pub enum Policy {
     /// Every port and protocol.
     #[default]
     All,
-    /// Only what the rules list.
+    /// Only what the rules list; no rules is `none`.
     Only(Vec<AllowRule>),
 }
 
@@ -74,6 +75,11 @@ pub enum InboundKind {
 }
 
 impl Policy {
+    /// Nothing inbound but replies to flows this agent opened (`none`).
+    pub fn none() -> Self {
+        Policy::Only(Vec::new())
+    }
+
     /// Whether the policy allows a new inbound flow of this kind.
     pub fn allows(&self, kind: InboundKind) -> bool {
         let rules = match self {
@@ -86,6 +92,38 @@ impl Policy {
             (AllowRule::Icmp, InboundKind::IcmpEcho) => true,
             _ => false,
         })
+    }
+
+    /// What both policies allow (the narrower of a request and a cap).
+    pub fn intersection(&self, other: &Policy) -> Policy {
+        let (mine, theirs) = match (self, other) {
+            (Policy::All, other) | (other, Policy::All) => return other.clone(),
+            (Policy::Only(mine), Policy::Only(theirs)) => (mine, theirs),
+        };
+        let overlap = |a: &PortRange, b: &PortRange| {
+            let range = PortRange {
+                first: a.first.max(b.first),
+                last: a.last.min(b.last),
+            };
+            (range.first <= range.last).then_some(range)
+        };
+        let mut rules = Vec::new();
+        for rule in mine {
+            for other_rule in theirs {
+                let common = match (rule, other_rule) {
+                    (AllowRule::Tcp(a), AllowRule::Tcp(b)) => overlap(a, b).map(AllowRule::Tcp),
+                    (AllowRule::Udp(a), AllowRule::Udp(b)) => overlap(a, b).map(AllowRule::Udp),
+                    (AllowRule::Icmp, AllowRule::Icmp) => Some(AllowRule::Icmp),
+                    _ => None,
+                };
+                if let Some(common) = common
+                    && !rules.contains(&common)
+                {
+                    rules.push(common);
+                }
+            }
+        }
+        Policy::Only(rules)
     }
 
     /// Whether everything this policy allows is also allowed by `wider`.
@@ -132,6 +170,9 @@ impl FromStr for Policy {
         if text.eq_ignore_ascii_case("all") {
             return Ok(Policy::All);
         }
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(Policy::none());
+        }
         let mut rules = Vec::new();
         for item in text
             .split(',')
@@ -163,6 +204,7 @@ impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rules = match self {
             Policy::All => return f.write_str("all"),
+            Policy::Only(rules) if rules.is_empty() => return f.write_str("none"),
             Policy::Only(rules) => rules,
         };
         for (position, rule) in rules.iter().enumerate() {
@@ -244,6 +286,32 @@ mod tests {
             "tcp:70000".parse::<Policy>(),
             Err(PolicyError::BadPorts(_))
         ));
+    }
+
+    #[test]
+    fn none_allows_nothing_and_round_trips() {
+        let none: Policy = "none".parse().expect("valid");
+        assert_eq!(none, Policy::none());
+        assert_eq!(none.to_string(), "none");
+        assert!(!none.allows(InboundKind::Tcp(22)));
+        assert!(!none.allows(InboundKind::IcmpEcho));
+        assert!(none.is_within(&"tcp:80".parse().expect("valid")));
+    }
+
+    #[test]
+    fn intersection_is_what_both_allow() {
+        let request: Policy = "tcp:22,tcp:8000-8100,udp:53,icmp".parse().expect("valid");
+        let cap: Policy = "tcp:8080-9000,udp:53-54".parse().expect("valid");
+        let both = request.intersection(&cap);
+        assert_eq!(both.to_string(), "tcp:8080-8100,udp:53");
+        assert_eq!(cap.intersection(&request), both);
+        assert_eq!(request.intersection(&Policy::All), request);
+        assert_eq!(Policy::All.intersection(&cap), cap);
+        assert_eq!(
+            request.intersection(&"tcp:443".parse().expect("valid")),
+            Policy::none()
+        );
+        assert!(both.is_within(&request) && both.is_within(&cap));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! file is the shell's job (`crate::state`); this module is the data and its
 //! rules.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::identity::AgentId;
@@ -10,6 +12,11 @@ use super::policy::Policy;
 
 /// Longest local name: one DNS label, so `NAME.agent.internal` resolves.
 pub const MAX_NAME_LEN: usize = 63;
+
+/// How long an agent we asked for trust stays in the store without
+/// answering (its approval shows as a session): as long as our request
+/// waits in its pending list.
+pub const DEFAULT_REQUESTED_TTL: Duration = super::pending::PENDING_TTL;
 
 /// Errors in trust-store edits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,7 +65,9 @@ pub enum TrustState {
     /// Trusted: sessions may form.
     #[default]
     Trusted,
-    /// This agent asked the peer for trust and trusts it already.
+    /// This agent asked the peer for trust and waits for its approval: the
+    /// peer's handshake is accepted, but it may open nothing here (policy
+    /// `none` unless set otherwise), and the entry expires.
     Requested,
 }
 
@@ -81,6 +90,46 @@ pub struct TrustEntry {
     /// When the entry was added (seconds since the Unix epoch).
     #[serde(default)]
     pub added_unix: u64,
+    /// When a requested entry lapses unless the peer approved by then
+    /// (seconds since the Unix epoch). Trusted entries do not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix: Option<u64>,
+}
+
+impl TrustEntry {
+    /// The entry of an agent this agent asks for trust at `now_unix`: it may
+    /// open nothing here (replies to our own flows pass), and it lapses
+    /// after `ttl` unless it approves.
+    pub fn requested(
+        id: AgentId,
+        name: String,
+        endpoint: Option<String>,
+        now_unix: u64,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            endpoint,
+            allow: Policy::none(),
+            state: TrustState::Requested,
+            added_unix: now_unix,
+            expires_unix: Some(now_unix.saturating_add(ttl.as_secs())),
+        }
+    }
+
+    /// Whether this is a requested entry whose time ran out at `now_unix`.
+    pub fn is_expired(&self, now_unix: u64) -> bool {
+        self.state == TrustState::Requested
+            && self.expires_unix.is_some_and(|expires| expires <= now_unix)
+    }
+
+    /// The peer approved (a session formed): an ordinary trusted entry with
+    /// the same policy, no longer expiring.
+    pub fn mark_approved(&mut self) {
+        self.state = TrustState::Trusted;
+        self.expires_unix = None;
+    }
 }
 
 /// The whole trust store.
@@ -127,6 +176,25 @@ impl TrustStore {
         Ok(())
     }
 
+    /// Removes the requested entries whose time ran out at `now_unix`,
+    /// returning them.
+    pub fn remove_expired(&mut self, now_unix: u64) -> Vec<TrustEntry> {
+        let (expired, kept) = std::mem::take(&mut self.peers)
+            .into_iter()
+            .partition(|entry| entry.is_expired(now_unix));
+        self.peers = kept;
+        expired
+    }
+
+    /// When the next requested entry expires, if any does.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.peers
+            .iter()
+            .filter(|entry| entry.state == TrustState::Requested)
+            .filter_map(|entry| entry.expires_unix)
+            .min()
+    }
+
     /// Removes an entry, returning it.
     pub fn remove(&mut self, id: &AgentId) -> Result<TrustEntry, TrustError> {
         let position = self
@@ -142,6 +210,7 @@ impl TrustStore {
 mod tests {
     use super::*;
     use crate::core::identity::Identity;
+    use crate::core::policy::InboundKind;
 
     fn id(seed: u8) -> AgentId {
         Identity::from_secret_bytes(&[seed; 32])
@@ -157,6 +226,7 @@ mod tests {
             allow: Policy::All,
             state: TrustState::Trusted,
             added_unix: 0,
+            expires_unix: None,
         }
     }
 
@@ -194,6 +264,47 @@ mod tests {
         let text = toml::to_string(&store).expect("serializes");
         let back: TrustStore = toml::from_str(&text).expect("parses");
         assert_eq!(back, store);
+    }
+
+    #[test]
+    fn requested_entry_allows_nothing_inbound_and_expires() {
+        let ttl = Duration::from_secs(3600);
+        let requested = TrustEntry::requested(id(1), "bob".into(), None, 1_000, ttl);
+        assert_eq!(requested.state, TrustState::Requested);
+        assert_eq!(requested.allow, Policy::none());
+        for kind in [
+            InboundKind::Tcp(22),
+            InboundKind::Udp(53),
+            InboundKind::IcmpEcho,
+            InboundKind::Other,
+        ] {
+            assert!(!requested.allow.allows(kind), "{kind:?} allowed");
+        }
+        assert_eq!(requested.expires_unix, Some(4_600));
+        assert!(!requested.is_expired(4_599));
+        assert!(requested.is_expired(4_600));
+
+        let mut store = TrustStore::default();
+        store.upsert(&id(0), requested.clone()).expect("added");
+        store.upsert(&id(0), entry(2, "carol")).expect("added");
+        assert_eq!(store.next_expiry(), Some(4_600));
+        assert!(store.remove_expired(4_599).is_empty());
+        assert_eq!(store.remove_expired(4_600), vec![requested.clone()]);
+        assert_eq!(store.peers.len(), 1, "the trusted entry stays");
+        assert_eq!(store.next_expiry(), None);
+
+        // Approved: trusted, same (empty) policy, no expiry.
+        let mut approved = requested;
+        approved.mark_approved();
+        assert_eq!(approved.state, TrustState::Trusted);
+        assert_eq!(approved.allow, Policy::none());
+        assert!(!approved.is_expired(u64::MAX));
+        let text = toml::to_string(&TrustStore {
+            peers: vec![approved.clone()],
+        })
+        .expect("serializes");
+        assert!(!text.contains("expires_unix"), "{text}");
+        assert!(text.contains("allow = \"none\""), "{text}");
     }
 
     #[test]

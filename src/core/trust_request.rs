@@ -6,9 +6,11 @@
 //! Datagram (type 6): header (4) ‖ Noise_X message ‖ mac1 ‖ mac2 (zero).
 //! Sealed content: requester key (32) ‖ target key (32) ‖ unix time (u64) ‖
 //! nonce (16) ‖ name (u8 len) ‖ justification (u16 len) ‖ policy text (u16
-//! len) ‖ candidates ‖ endorsement flag (u8) [‖ fleet key (32) ‖ fleet
-//! signature over the requester key (64)] ‖ signature (64) over everything
-//! before it, prefixed by the signature label.
+//! len) ‖ candidates ‖ endorsement flag (u8: 0 none, 2 one) [‖ fleet key
+//! (32) ‖ expiry (u64, unix seconds) ‖ cap (u16 len + policy text) ‖ fleet
+//! signature (64) over the requester key, network ID, expiry and cap] ‖
+//! signature (64) over everything before it, prefixed by the signature
+//! label.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,8 +30,12 @@ const NOISE_PARAMS: &str = "Noise_X_25519_ChaChaPoly_BLAKE2s";
 const PROLOGUE_LABEL: &[u8] = b"agentnet trust request v1";
 /// Label in front of what the requester signs.
 const SIGNATURE_LABEL: &[u8] = b"agentnet trust request signature v1";
-/// Label in front of what a fleet key signs (the requester's key).
-const ENDORSEMENT_LABEL: &[u8] = b"agentnet fleet endorsement v1";
+/// Label in front of what a fleet key signs (the requester's key, the
+/// network, the expiry, the cap).
+const ENDORSEMENT_LABEL: &[u8] = b"agentnet fleet endorsement v2";
+/// The endorsement flag of a request carrying one (v2: bound to network,
+/// expiry and cap; the unbound v1, flag 1, is refused).
+const ENDORSEMENT_FLAG: u8 = 2;
 /// Longest justification accepted.
 pub const MAX_JUSTIFICATION_LEN: usize = 1024;
 /// Largest sealed-request datagram accepted.
@@ -69,34 +75,87 @@ pub enum TrustRequestError {
     Stale,
 }
 
-/// A fleet key's endorsement of a requester, for auto-approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an endorsement does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EndorsementError {
+    /// The fleet key did not sign this agent in this network.
+    #[error("the endorsement is not signed for this agent in this network")]
+    BadSignature,
+    /// Its time ran out.
+    #[error("the endorsement expired at {expired_unix} (seconds since 1970)")]
+    Expired {
+        /// When it expired.
+        expired_unix: u64,
+    },
+}
+
+/// A fleet key's endorsement of a requester, for auto-approval: bound to
+/// the requester, the network and an expiry, and capping what
+/// auto-approval may grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endorsement {
     /// The fleet's public signing key.
     pub fleet_key: AgentId,
-    /// Its signature over the requester's key.
+    /// When it stops holding (seconds since the Unix epoch).
+    pub expires_unix: u64,
+    /// The most an auto-approval on its strength grants (`all`: no cap).
+    pub cap: Policy,
+    /// The fleet key's signature over the requester's key, the network,
+    /// the expiry and the cap.
     pub signature: [u8; 64],
 }
 
 impl Endorsement {
-    /// The fleet key `fleet` endorses `requester`.
-    pub fn sign(fleet: &Identity, requester: &AgentId) -> Self {
+    /// The fleet key `fleet` endorses `requester` in `network` until
+    /// `expires_unix`, for at most `cap`.
+    pub fn sign(
+        fleet: &Identity,
+        requester: &AgentId,
+        network: NetworkId,
+        expires_unix: u64,
+        cap: Policy,
+    ) -> Self {
+        let signature = fleet.sign(&endorsement_message(requester, network, expires_unix, &cap));
         Self {
             fleet_key: fleet.agent_id(),
-            signature: fleet.sign(&endorsement_message(requester)),
+            expires_unix,
+            cap,
+            signature,
         }
     }
 
-    /// Whether the endorsement is valid for `requester`.
-    pub fn is_valid_for(&self, requester: &AgentId) -> bool {
-        self.fleet_key
-            .verify(&endorsement_message(requester), &self.signature)
+    /// Whether the endorsement holds for `requester` in `network` at
+    /// `unix_now` (seconds since the Unix epoch).
+    pub fn check(
+        &self,
+        requester: &AgentId,
+        network: NetworkId,
+        unix_now: u64,
+    ) -> Result<(), EndorsementError> {
+        let message = endorsement_message(requester, network, self.expires_unix, &self.cap);
+        if !self.fleet_key.verify(&message, &self.signature) {
+            return Err(EndorsementError::BadSignature);
+        }
+        if self.expires_unix <= unix_now {
+            return Err(EndorsementError::Expired {
+                expired_unix: self.expires_unix,
+            });
+        }
+        Ok(())
     }
 }
 
-fn endorsement_message(requester: &AgentId) -> Vec<u8> {
+fn endorsement_message(
+    requester: &AgentId,
+    network: NetworkId,
+    expires_unix: u64,
+    cap: &Policy,
+) -> Vec<u8> {
     let mut message = ENDORSEMENT_LABEL.to_vec();
     message.extend_from_slice(requester.as_bytes());
+    message.extend_from_slice(network.as_bytes());
+    message.extend_from_slice(&expires_unix.to_le_bytes());
+    put_long_str(&mut message, &cap.to_string());
     message
 }
 
@@ -137,8 +196,10 @@ impl TrustRequest {
         match &self.endorsement {
             None => out.push(0),
             Some(endorsement) => {
-                out.push(1);
+                out.push(ENDORSEMENT_FLAG);
                 out.extend_from_slice(endorsement.fleet_key.as_bytes());
+                out.extend_from_slice(&endorsement.expires_unix.to_le_bytes());
+                put_long_str(&mut out, &endorsement.cap.to_string());
                 out.extend_from_slice(&endorsement.signature);
             }
         }
@@ -286,11 +347,22 @@ impl TrustRequest {
         let candidates = reader.socket_addrs(MAX_CANDIDATES).ok_or(malformed)?;
         let endorsement = match reader.u8().ok_or(malformed)? {
             0 => None,
-            1 => Some(Endorsement {
-                fleet_key: AgentId::from_bytes(reader.array().ok_or(malformed)?)
-                    .map_err(|_| malformed)?,
-                signature: reader.array().ok_or(malformed)?,
-            }),
+            ENDORSEMENT_FLAG => {
+                let fleet_key =
+                    AgentId::from_bytes(reader.array().ok_or(malformed)?).map_err(|_| malformed)?;
+                let expires_unix = reader.u64().ok_or(malformed)?;
+                let cap_len = usize::from(reader.u16().ok_or(malformed)?);
+                let cap = std::str::from_utf8(reader.bytes(cap_len).ok_or(malformed)?)
+                    .map_err(|_| malformed)?
+                    .parse()
+                    .map_err(|_| malformed)?;
+                Some(Endorsement {
+                    fleet_key,
+                    expires_unix,
+                    cap,
+                    signature: reader.array().ok_or(malformed)?,
+                })
+            }
             _ => return Err(malformed),
         };
         let signed_len = content.len() - reader.remaining();
@@ -467,14 +539,48 @@ mod tests {
     }
 
     #[test]
-    fn fleet_endorsement_verifies_only_for_its_requester() {
+    fn fleet_endorsement_holds_only_for_its_requester_network_and_time() {
         let world = world();
         let fleet = Identity::from_secret_bytes(&[5; 32]).expect("key");
-        let endorsement = Endorsement::sign(&fleet, &world.alice.agent_id());
-        assert!(endorsement.is_valid_for(&world.alice.agent_id()));
-        assert!(!endorsement.is_valid_for(&world.bob.agent_id()));
+        let expires = NOW.as_secs() + 3600;
+        let cap: Policy = "tcp:8080".parse().expect("policy");
+        let alice = world.alice.agent_id();
+        let endorsement = Endorsement::sign(&fleet, &alice, world.network, expires, cap);
+        let now = NOW.as_secs();
+        assert_eq!(endorsement.check(&alice, world.network, now), Ok(()));
+        assert_eq!(
+            endorsement.check(&world.bob.agent_id(), world.network, now),
+            Err(EndorsementError::BadSignature)
+        );
+        let other_network = NetworkId::from_name("another");
+        assert_eq!(
+            endorsement.check(&alice, other_network, now),
+            Err(EndorsementError::BadSignature),
+            "an endorsement for another network was accepted"
+        );
+        assert_eq!(
+            endorsement.check(&alice, world.network, expires),
+            Err(EndorsementError::Expired {
+                expired_unix: expires
+            }),
+            "an expired endorsement was accepted"
+        );
+        // Neither the expiry nor the cap can be changed without the key.
+        let mut extended = endorsement.clone();
+        extended.expires_unix += 3600;
+        assert_eq!(
+            extended.check(&alice, world.network, now),
+            Err(EndorsementError::BadSignature)
+        );
+        let mut widened = endorsement.clone();
+        widened.cap = Policy::All;
+        assert_eq!(
+            widened.check(&alice, world.network, now),
+            Err(EndorsementError::BadSignature)
+        );
+
         let mut endorsed = request(&world);
-        endorsed.endorsement = Some(endorsement);
+        endorsed.endorsement = Some(endorsement.clone());
         let mut rng = core_rng([0; 32]);
         let datagram = endorsed
             .seal(&mut rng, world.network, &world.alice)

@@ -285,6 +285,7 @@ async fn command_of(request: Request) -> Result<Command, String> {
                     allow,
                     state: TrustState::Trusted,
                     added_unix: 0,
+                    expires_unix: None,
                 },
                 endpoint: resolved,
             }

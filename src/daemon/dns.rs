@@ -332,6 +332,7 @@ mod tests {
             allow: Default::default(),
             state,
             added_unix: 0,
+            expires_unix: None,
         }
     }
 

@@ -332,10 +332,8 @@ impl Daemon {
                     return;
                 };
                 let now = Instant::now();
-                self.links.on_udp_datagram(now, from, &mut self.node);
-                for datagram in run.datagrams() {
-                    self.node.handle_datagram(now, from, datagram);
-                }
+                self.links
+                    .handle_udp_run(now, from, run.datagrams(), &mut self.node);
             }
             Err(error) => {
                 if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {

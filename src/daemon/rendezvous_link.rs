@@ -155,18 +155,43 @@ impl RendezvousLinks {
         self.probing_udp.clear();
     }
 
-    /// A UDP datagram came from `from`: if it is a rendezvous reached over
-    /// TCP, UDP works again, so go back to it.
-    pub fn on_udp_datagram(&mut self, now: Instant, from: SocketAddr, node: &mut Node) {
+    /// Feeds a run of UDP datagrams from `from` to the node. If `from` is a
+    /// rendezvous reached over TCP and the run carried its authenticated
+    /// answer (a registration acknowledged inside its session: a probe of
+    /// ours came through), UDP works again and the link goes back to it. A
+    /// datagram that merely comes from the server's address proves nothing
+    /// (anyone can forge the source) and changes nothing.
+    pub fn handle_udp_run<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagrams: impl IntoIterator<Item = &'d [u8]>,
+        node: &mut Node,
+    ) {
+        let on_tcp = self
+            .links
+            .iter()
+            .any(|link| link.endpoint == from && matches!(link.transport, Transport::Tcp { .. }));
+        let before = on_tcp.then(|| registration_mark(node, now, from));
+        for datagram in datagrams {
+            node.handle_datagram(now, from, datagram);
+        }
+        let Some(before) = before else {
+            return;
+        };
+        // The node stamps an acknowledged registration with `now`: its age
+        // at `now` became zero during this run only if one was in it.
+        let after = registration_mark(node, now, from);
+        if after == before || after != Some(0.0) {
+            return;
+        }
         let Some(link) = self.links.iter_mut().find(|link| link.endpoint == from) else {
             return;
         };
-        if matches!(link.transport, Transport::Tcp { .. }) {
-            tracing::info!(rendezvous = %link.id, endpoint = %from, "UDP answers again; leaving TCP");
-            // Dropping the sender closes the connection.
-            link.transport = Transport::Udp { since: now };
-            node.reconnect_rendezvous(now, &link.id);
-        }
+        tracing::info!(rendezvous = %link.id, endpoint = %from, "UDP answers again; leaving TCP");
+        // Dropping the sender closes the connection.
+        link.transport = Transport::Udp { since: now };
+        node.reconnect_rendezvous(now, &link.id);
     }
 
     /// A connection task reported; returns a datagram to feed to the node.
@@ -236,6 +261,15 @@ impl RendezvousLinks {
     }
 }
 
+/// How long ago, at `now`, the rendezvous at `endpoint` last acknowledged
+/// our registration (an authenticated frame inside its session).
+fn registration_mark(node: &Node, now: Instant, endpoint: SocketAddr) -> Option<f64> {
+    node.rendezvous_status(now)
+        .into_iter()
+        .find(|status| status.endpoint == endpoint)
+        .and_then(|status| status.last_registered_age_s)
+}
+
 fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
     tokio::spawn(async move {
         let stream =
@@ -293,6 +327,124 @@ fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::address::NetworkId;
+    use crate::core::identity::Identity;
+    use crate::core::node::NodeConfig;
+    use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
+
+    const SERVER: &str = "192.0.2.1:7300";
+    const AGENT: &str = "192.0.2.2:40000";
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    /// Delivers what the server sends to the agent, as `deliver` does.
+    fn server_to_agent(server: &mut RendezvousServer, mut deliver: impl FnMut(Vec<u8>)) -> usize {
+        let mut count = 0;
+        while let Some((_, datagram)) = server.poll_transmit() {
+            deliver(datagram);
+            count += 1;
+        }
+        count
+    }
+
+    fn agent_to_server(agent: &mut Node, server: &mut RendezvousServer, now: Instant) -> usize {
+        let mut count = 0;
+        while let Some(transmit) = agent.poll_transmit() {
+            server.handle_datagram(now, ClientAddr::Udp(addr(AGENT)), &transmit.payload);
+            count += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn only_an_authenticated_udp_answer_moves_a_tcp_link_back_to_udp() {
+        let network = NetworkId::from_name("link-test");
+        let server_identity = Identity::from_secret_bytes(&[1; 32]).expect("key");
+        let server_id = server_identity.agent_id();
+        let start = Instant::now();
+        let mut server = RendezvousServer::new(
+            RendezvousConfig::new(server_identity, network),
+            [3; 32],
+            start,
+        );
+        let mut agent = Node::new(
+            NodeConfig {
+                identity: Identity::from_secret_bytes(&[2; 32]).expect("key"),
+                network,
+                name: "agent".into(),
+                tunnel_mtu: 1280,
+            },
+            [4; 32],
+            start,
+            Duration::from_secs(1_800_000_000),
+        );
+        agent.add_rendezvous(start, server_id, addr(SERVER));
+        let (mut links, _events) = RendezvousLinks::new(start, &[(server_id, addr(SERVER))]);
+
+        // Handshake and registration over UDP.
+        let mut now = start;
+        agent.handle_timeout(now);
+        for _ in 0..8 {
+            now += Duration::from_millis(5);
+            agent_to_server(&mut agent, &mut server, now);
+            server_to_agent(&mut server, |datagram| {
+                links.handle_udp_run(now, addr(SERVER), [datagram.as_slice()], &mut agent)
+            });
+        }
+        assert!(
+            agent.rendezvous_status(now)[0].registered,
+            "the agent did not register"
+        );
+
+        // UDP went silent and the link moved to TCP.
+        let (sender, _outgoing) = mpsc::channel(1);
+        links.links[0].transport = Transport::Tcp {
+            sender,
+            next_udp_probe: now + UDP_PROBE_INTERVAL,
+        };
+        assert_eq!(links.transport_of(addr(SERVER)), Some("tcp"));
+
+        // Anyone can send datagrams with the server's source address: junk,
+        // and a data header with a plausible receiver index.
+        now += Duration::from_millis(5);
+        let mut forged_data = vec![4u8, 0, 0, 0];
+        forged_data.extend_from_slice(&[0x55; 60]);
+        let junk: [&[u8]; 3] = [b"", b"\x01garbage", &forged_data];
+        links.handle_udp_run(now, addr(SERVER), junk, &mut agent);
+        assert_eq!(
+            links.transport_of(addr(SERVER)),
+            Some("tcp"),
+            "an unauthenticated datagram tore down the TCP link"
+        );
+
+        // An authenticated answer that arrives over TCP does not count either.
+        agent.reconnect_rendezvous(now, &server_id);
+        now += Duration::from_millis(5);
+        agent_to_server(&mut agent, &mut server, now);
+        let answered = server_to_agent(&mut server, |datagram| {
+            if let Some((from, datagram)) = links.on_event(
+                now,
+                TcpLinkEvent::Datagram(addr(SERVER), datagram),
+                &mut agent,
+            ) {
+                agent.handle_datagram(now, from, &datagram);
+            }
+        });
+        assert!(answered > 0, "the server did not answer the registration");
+        assert_eq!(links.transport_of(addr(SERVER)), Some("tcp"));
+
+        // The server's authenticated answer to a probe over UDP does.
+        now += Duration::from_millis(5);
+        agent.reconnect_rendezvous(now, &server_id);
+        agent_to_server(&mut agent, &mut server, now);
+        now += Duration::from_millis(5);
+        server_to_agent(&mut server, |datagram| {
+            links.handle_udp_run(now, addr(SERVER), [datagram.as_slice()], &mut agent)
+        });
+        assert_eq!(links.transport_of(addr(SERVER)), Some("udp"));
+    }
 
     #[test]
     fn spec_parses_host_port_and_id() {

@@ -615,6 +615,7 @@ mod tests {
                     allow: Default::default(),
                     state: TrustState::Trusted,
                     added_unix: 0,
+                    expires_unix: None,
                 })
                 .collect(),
         };

@@ -368,6 +368,7 @@ mod tests {
             allow: Default::default(),
             state: TrustState::Trusted,
             added_unix: 0,
+            expires_unix: None,
         });
         let names = NameTable::from_trust(&store, network());
         let bob = NodePrefix::of_agent(network(), &peer).agent_address();

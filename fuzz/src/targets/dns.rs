@@ -31,6 +31,7 @@ fn responder() -> &'static DnsResponder {
                 allow: Default::default(),
                 state,
                 added_unix: 0,
+                expires_unix: None,
             });
         }
         let mut responder = DnsResponder::new(network(), local_prefix());

@@ -105,7 +105,15 @@ pub fn run(data: &[u8]) {
                         .collect(),
                     endorsement: fields
                         .endorsed
-                        .then(|| Endorsement::sign(&identity(9), &requester.agent_id())),
+                        .then(|| {
+                        Endorsement::sign(
+                            &identity(9),
+                            &requester.agent_id(),
+                            network(),
+                            UNIX_START.as_secs() + 3600,
+                            fields.policy.parse().unwrap_or(Policy::All),
+                        )
+                    }),
                 };
                 let mut rng = core_rng([4; 32]);
                 let Ok(datagram) = request.seal(&mut rng, network(), &requester) else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::Daemon;
 use crate::control::{Request, Response, TrustedPeer};
 use crate::core::identity::AgentId;
-use crate::core::node::Event;
+use crate::core::node::{AutoApprove, Event};
 use crate::core::policy::Policy;
 use crate::core::text::Untrusted;
 use crate::core::trust::{TrustEntry, TrustState, validate_name};
@@ -19,14 +19,17 @@ use crate::daemon::udp::resolve_endpoint;
 use crate::fleet::{AutoApproveConfig, parse_endorsement_token};
 use crate::state::unix_now;
 use crate::trust_requests::{
-    PendingRecord, SeenNonceRecord, approval_name, default_target_name, granted_policy,
-    load_pending, load_seen_nonces, save_pending,
+    PendingRecord, SeenNonceRecord, TrustRequestsConfig, approval_name, default_target_name,
+    granted_policy, load_pending, load_seen_nonces, save_pending,
 };
 
 /// Least time between two writes of the pending file when requests arrive:
 /// a flood of requests costs at most one write per interval. Operator
 /// decisions are written at once.
 const PENDING_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest time between two looks for expired requested entries (entries
+/// added by a hand edit and SIGHUP are found by the next look).
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A trust request to send, validated, its endpoint resolved.
 #[derive(Debug)]
@@ -48,8 +51,8 @@ pub(crate) struct OutgoingRequest {
 /// A trust-request command, validated.
 #[derive(Debug)]
 pub(crate) enum TrustOp {
-    /// See [`Request::TrustRequest`].
-    Request(OutgoingRequest),
+    /// See [`Request::TrustRequest`] (boxed: by far the largest).
+    Request(Box<OutgoingRequest>),
     /// See [`Request::TrustPending`].
     Pending,
     /// See [`Request::TrustApprove`].
@@ -104,14 +107,14 @@ pub(crate) async fn trust_op_of(request: Request) -> Result<TrustOp, String> {
                 }
                 None => None,
             };
-            TrustOp::Request(OutgoingRequest {
+            TrustOp::Request(Box::new(OutgoingRequest {
                 id,
                 name,
                 justification,
                 allow,
                 endpoint,
                 endorsement,
-            })
+            }))
         }
         Request::TrustPending => TrustOp::Pending,
         Request::TrustApprove { id, name, allow } => {
@@ -132,6 +135,12 @@ pub(super) struct TrustFlow {
     unsaved: bool,
     /// When the pending file was last written.
     last_saved: Option<Instant>,
+    /// `[trust_requests]` of `config.toml`.
+    config: TrustRequestsConfig,
+    /// When to look for expired requested entries next.
+    next_expiry_sweep: Option<Instant>,
+    /// `[auto_approve]` of `config.toml`, as the node applies it.
+    rules: AutoApprove,
 }
 
 /// The earlier of two optional deadlines.
@@ -162,6 +171,10 @@ impl Daemon {
         }
         let rules = config.rules();
         self.node.set_auto_approve(rules.clone());
+        self.trust_flow.rules = rules.clone();
+        self.trust_flow.config = TrustRequestsConfig::load(&self.options.state)?;
+        // Agents asked before the stop that never approved go now.
+        self.expire_requested(now);
 
         let records = match load_pending(&self.options.state) {
             Ok(records) => records,
@@ -187,7 +200,7 @@ impl Daemon {
             let Some(pending) = record.restore(self.own_id, now, unix) else {
                 continue;
             };
-            if rules.approves(&pending.request) {
+            if rules.approves(&pending.request, self.network, unix.as_secs()) {
                 auto_approved.push(pending.request.requester);
             }
             self.node.restore_pending_request(now, pending);
@@ -205,26 +218,74 @@ impl Daemon {
         Ok(())
     }
 
-    /// When the pending file is due to be written, if it is.
+    /// When the pending file is due to be written or requested entries
+    /// are due to expire, whichever comes first.
     pub(super) fn trust_flow_deadline(&self) -> Option<Instant> {
-        if !self.trust_flow.unsaved {
-            return None;
-        }
-        Some(
+        let save = self.trust_flow.unsaved.then(|| {
             self.trust_flow
                 .last_saved
-                .map_or_else(Instant::now, |at| at + PENDING_SAVE_INTERVAL),
-        )
+                .map_or_else(Instant::now, |at| at + PENDING_SAVE_INTERVAL)
+        });
+        earliest(save, self.trust_flow.next_expiry_sweep)
     }
 
-    /// Writes the pending file if it is due.
+    /// Writes the pending file and removes expired requested entries, if
+    /// either is due.
     pub(super) fn on_trust_flow_timer(&mut self, now: Instant) {
-        if self
-            .trust_flow_deadline()
-            .is_some_and(|deadline| deadline <= now)
-        {
+        let save_due = self.trust_flow.unsaved
+            && self
+                .trust_flow
+                .last_saved
+                .is_none_or(|at| at + PENDING_SAVE_INTERVAL <= now);
+        if save_due {
             self.save_pending(now);
         }
+        if self
+            .trust_flow
+            .next_expiry_sweep
+            .is_some_and(|due| due <= now)
+        {
+            self.expire_requested(now);
+        }
+    }
+
+    /// Removes the agents we asked for trust that did not approve in time
+    /// (from the store and the node), then schedules the next look.
+    fn expire_requested(&mut self, now: Instant) {
+        let unix = unix_now();
+        let mut expired = self.trust.remove_expired(unix);
+        if !expired.is_empty() {
+            match self
+                .options
+                .state
+                .edit_trust(|store| Ok(store.remove_expired(unix)))
+            {
+                Ok(from_file) => expired.extend(from_file),
+                // Kept out of the node all the same; the next look retries.
+                Err(error) => tracing::warn!(%error, "cannot remove expired trust requests"),
+            }
+        }
+        expired.sort_by_key(|entry| entry.id.to_string());
+        expired.dedup_by_key(|entry| entry.id);
+        for entry in expired {
+            self.node.remove_peer(&entry.id);
+            tracing::info!(
+                peer = %entry.name,
+                id = %entry.id,
+                "the agent we asked for trust did not approve in time; no longer trusted"
+            );
+        }
+        self.schedule_expiry(now, unix);
+    }
+
+    /// Sets the next look for expired entries: at the earliest expiry, and
+    /// at least once per [`EXPIRY_SWEEP_INTERVAL`].
+    fn schedule_expiry(&mut self, now: Instant, unix: u64) {
+        let next = self
+            .trust
+            .next_expiry()
+            .map(|expires| now + Duration::from_secs(expires.saturating_sub(unix)));
+        self.trust_flow.next_expiry_sweep = earliest(next, Some(now + EXPIRY_SWEEP_INTERVAL));
     }
 
     /// Writes the pending file if anything changed (at shutdown).
@@ -285,8 +346,24 @@ impl Daemon {
         }
     }
 
+    /// Approves a request the rules accept, granting what they allow: the
+    /// request, within the endorsement's cap. Checked again now: an
+    /// endorsement may have expired while the request waited.
     fn auto_approve(&mut self, now: Instant, id: AgentId) {
-        match self.approve(now, id, None, None) {
+        let grant = self
+            .node
+            .pending_request_details()
+            .find(|pending| pending.request.requester == id)
+            .and_then(|pending| {
+                self.trust_flow
+                    .rules
+                    .grant(&pending.request, self.network, unix_now())
+            });
+        let Some(grant) = grant else {
+            tracing::info!(%id, "the auto-approval rules no longer accept the request; it stays pending");
+            return;
+        };
+        match self.approve(now, id, None, Some(grant)) {
             Ok(peer) => tracing::info!(
                 peer = %peer.entry.name,
                 %id,
@@ -300,7 +377,7 @@ impl Daemon {
     }
 
     /// A session with a peer we asked for trust proves that it approved:
-    /// the entry becomes an ordinary trusted one.
+    /// the entry becomes an ordinary trusted one (same policy, no expiry).
     fn mark_request_accepted(&mut self, id: AgentId) {
         if self
             .trust
@@ -312,13 +389,13 @@ impl Daemon {
         let updated = self.options.state.edit_trust(|store| {
             let entry = store.peers.iter_mut().find(|entry| entry.id == id);
             Ok(entry.map(|entry| {
-                entry.state = TrustState::Trusted;
+                entry.mark_approved();
                 entry.clone()
             }))
         });
         match updated {
             Ok(Some(entry)) => {
-                tracing::info!(peer = %entry.name, %id, "our trust request was approved: session up");
+                tracing::info!(peer = %entry.name, %id, allow = %entry.allow, "our trust request was approved: session up");
                 self.remember(entry);
             }
             Ok(None) => {}
@@ -340,7 +417,11 @@ impl Daemon {
     }
 
     /// Trusts the target here ("requested") and sends it the sealed request.
-    fn send_request(&mut self, now: Instant, request: OutgoingRequest) -> Result<Response, String> {
+    fn send_request(
+        &mut self,
+        now: Instant,
+        request: Box<OutgoingRequest>,
+    ) -> Result<Response, String> {
         let OutgoingRequest {
             id,
             name,
@@ -348,15 +429,16 @@ impl Daemon {
             allow,
             endpoint,
             endorsement,
-        } = request;
+        } = *request;
         if id == self.own_id {
             return Err("an agent cannot ask itself for trust".to_string());
         }
         if let Some(endorsement) = &endorsement
-            && !endorsement.is_valid_for(&self.own_id)
+            && let Err(reason) = endorsement.check(&self.own_id, self.network, unix_now())
         {
             return Err(format!(
-                "the endorsement by fleet {} is for another agent than this one ({})",
+                "the endorsement by fleet {} does not hold for this agent ({}) in this network: {reason} \
+                 (an endorsement of another agent or network, or an expired one, is refused)",
                 endorsement.fleet_key, self.own_id
             ));
         }
@@ -384,28 +466,32 @@ impl Daemon {
         }
         let own = self.own_id;
         let endpoint_text = endpoint.map(|(text, _)| text);
+        let unix = unix_now();
+        let ttl = self.trust_flow.config.requested_ttl();
         let entry = self
             .options
             .state
             .edit_trust(|store| {
                 let entry = match store.get(&id) {
                     // Already trusted (or asked before): keep its state and
-                    // policy, take a new name or endpoint if given.
+                    // policy, take a new name or endpoint if given; asking
+                    // again restarts the wait.
                     Some(existing) => TrustEntry {
                         name: name.clone().unwrap_or_else(|| existing.name.clone()),
                         endpoint: endpoint_text.clone().or_else(|| existing.endpoint.clone()),
+                        expires_unix: (existing.state == TrustState::Requested)
+                            .then(|| unix.saturating_add(ttl.as_secs())),
                         ..existing.clone()
                     },
-                    None => TrustEntry {
+                    // It may open nothing here until our operator says so.
+                    None => TrustEntry::requested(
                         id,
-                        name: name
-                            .clone()
+                        name.clone()
                             .unwrap_or_else(|| default_target_name(store, &id)),
-                        endpoint: endpoint_text.clone(),
-                        allow: Policy::All,
-                        state: TrustState::Requested,
-                        added_unix: unix_now(),
-                    },
+                        endpoint_text.clone(),
+                        unix,
+                        ttl,
+                    ),
                 };
                 store.upsert(&own, entry.clone())?;
                 Ok(entry)
@@ -415,7 +501,9 @@ impl Daemon {
         // is accepted; no handshake of ours until then.
         self.apply_entry(now, &entry, destination, false);
         self.remember(entry.clone());
+        self.schedule_expiry(now, unix);
         let requested = allow.to_string();
+        let endorsed = endorsement.is_some();
         self.node
             .send_trust_request(now, id, &justification, allow, destination, endorsement)
             .map_err(|e| format!("cannot seal the trust request: {e}"))?;
@@ -425,7 +513,7 @@ impl Daemon {
             to = ?destination,
             rendezvous,
             requested = %requested,
-            endorsed = endorsement.is_some(),
+            endorsed,
             "trust request sent"
         );
         Ok(Response::TrustRequestSent {
@@ -490,6 +578,7 @@ impl Daemon {
                     allow: granted,
                     state: TrustState::Trusted,
                     added_unix: store.get(&id).map_or_else(unix_now, |e| e.added_unix),
+                    expires_unix: None,
                 };
                 store.upsert(&own, entry.clone())?;
                 Ok(entry)
