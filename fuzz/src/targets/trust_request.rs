@@ -103,9 +103,7 @@ pub fn run(data: &[u8]) {
                         .take(8)
                         .map(|(ip, port)| SocketAddr::from((*ip, *port)))
                         .collect(),
-                    endorsement: fields
-                        .endorsed
-                        .then(|| {
+                    endorsement: fields.endorsed.then(|| {
                         Endorsement::sign(
                             &identity(9),
                             &requester.agent_id(),
