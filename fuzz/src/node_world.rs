@@ -679,6 +679,35 @@ mod tests {
     }
 
     #[test]
+    fn peer_packet_from_outside_its_own_prefix_is_dropped_as_spoofed() {
+        let mut world = run(vec![initiate(false, 0), udp_from_peer(false)]);
+        assert_eq!(world.delivered, 1, "the session carries honest packets");
+        let shape = IpShape {
+            source_low: 1,
+            to_resolver: false,
+            next_header: 17,
+            source_port: 4000,
+            destination_port: 53,
+            flags: 0,
+            payload_len: 20,
+        };
+        // A trusted peer sends, inside its own session, packets that claim
+        // our own prefix and a neighbour of its prefix as their source.
+        let destination = world.own_prefix.agent_address();
+        let mut neighbour = World::in_prefix(world.peer_prefix, 1).segments();
+        neighbour[6] ^= 1;
+        for source in [World::in_prefix(world.own_prefix, 7), neighbour.into()] {
+            let packet = world.ip_packet(&shape, source, destination);
+            let now = world.now;
+            let datagram = world.peer.seal(now, &packet).expect("a session is up");
+            world.send_from_peer(false, datagram);
+        }
+        assert_eq!(world.delivered, 1, "a spoofed packet reached the TUN");
+        let status = world.node.status(world.now);
+        assert_eq!(status.peers[0].stats.drops.spoofed, 2);
+    }
+
+    #[test]
     fn node_initiates_to_the_peer() {
         let shape = IpShape {
             source_low: 1,

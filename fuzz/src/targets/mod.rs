@@ -10,6 +10,7 @@ pub mod handshake_payload;
 pub mod node;
 pub mod rendezvous;
 pub mod state_files;
+pub mod tcp_frames;
 pub mod trust_request;
 
 /// A fuzz target's harness.
@@ -24,5 +25,6 @@ pub const ALL: &[(&str, Harness)] = &[
     ("node", node::run),
     ("rendezvous", rendezvous::run),
     ("state_files", state_files::run),
+    ("tcp_frames", tcp_frames::run),
     ("trust_request", trust_request::run),
 ];

@@ -14,6 +14,7 @@ use agentnet::control::Request;
 use agentnet::core::identity::AgentId;
 use agentnet::core::node::{Node, NodeConfig};
 use agentnet::core::policy::Policy;
+use agentnet::core::text::{escape_untrusted, has_control_chars};
 use agentnet::daemon::rendezvous_link::RendezvousSpec;
 use agentnet::fleet::{AutoApproveConfig, parse_endorsement_token};
 use agentnet::state::StateDir;
@@ -116,6 +117,9 @@ pub fn run(data: &[u8]) {
                 });
                 let _ = text.parse::<AgentId>();
                 let _ = parse_endorsement_token(&text);
+                // Text from other agents is made inert before it is shown.
+                let escaped = escape_untrusted(&text);
+                assert!(!has_control_chars(&escaped), "escaped text is inert");
                 let _ = text.parse::<RendezvousSpec>();
             }
         }
