@@ -10,7 +10,8 @@
 #   garbage        $RATE/s initiation-shaped garbage (bad mac1: a stranger)
 #   mac1           $RATE/s real initiations with a valid mac1 from untrusted
 #                  keys (someone who knows B's public key): B is under load,
-#                  answers with cookie replies and does no Diffie-Hellman
+#                  does no Diffie-Hellman, and answers nothing (cookie
+#                  replies go only to trusted peers' addresses)
 #   trust6         $RATE/s type-6 datagrams (trust requests) with a valid
 #                  mac1, each from a new spoofed source of $SPOOF_RANGE
 #                  (issue #17 item 1): the limiters cost O(1) per new
