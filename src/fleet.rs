@@ -26,7 +26,7 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -263,21 +263,10 @@ impl AutoApproveConfig {
     /// Reads `[auto_approve]` from the state directory's `config.toml`
     /// (off if the file or the table is missing).
     pub fn load(state: &StateDir) -> Result<Self, StateError> {
-        let path = state.config_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(StateError::Io {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
-        };
-        let file: ConfigFile =
-            toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })?;
-        Ok(file.auto_approve)
+        Ok(state
+            .load_config_tables::<ConfigFile>()?
+            .map(|file| file.auto_approve)
+            .unwrap_or_default())
     }
 
     /// Whether any rule is set.
@@ -297,6 +286,7 @@ impl AutoApproveConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     fn identity(seed: u8) -> Identity {

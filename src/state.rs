@@ -480,6 +480,22 @@ impl StateDir {
         Ok(Some(config))
     }
 
+    /// Reads `config.toml` as a `T` that picks the tables it wants (other
+    /// keys are ignored); `None` when there is no `config.toml`.
+    pub fn load_config_tables<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<T>, StateError> {
+        let Some(text) = self.read_file(CONFIG_FILE)? else {
+            return Ok(None);
+        };
+        toml::from_str(&text)
+            .map(Some)
+            .map_err(|source| StateError::BadToml {
+                path: self.config_path(),
+                source,
+            })
+    }
+
     /// Reads `config.toml`, or the host defaults if there is none.
     pub fn config_or_default(&self) -> Result<AgentConfig, StateError> {
         Ok(self

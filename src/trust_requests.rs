@@ -71,21 +71,10 @@ impl TrustRequestsConfig {
             #[serde(default)]
             trust_requests: TrustRequestsConfig,
         }
-        let path = state.config_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(StateError::Io {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
-        };
-        let file: ConfigFile =
-            toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })?;
-        Ok(file.trust_requests)
+        Ok(state
+            .load_config_tables::<ConfigFile>()?
+            .map(|file| file.trust_requests)
+            .unwrap_or_default())
     }
 
     /// How long a requested entry lives.
