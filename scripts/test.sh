@@ -178,7 +178,7 @@ leaked_lab_namespaces() {
 run_tests() {
     local log=$LOGDIR/cargo-test.log rc
     set +e
-    timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --all-targets 2>&1 | tee "$log"
+    timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --all-targets --no-fail-fast 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     # a skip notice may share a line with libtest's own output

@@ -794,12 +794,14 @@ fn trust_request_to_an_offline_agent_is_delivered_when_it_comes_up() {
     assert_eq!(pending["justification"], justification, "{pending}");
 
     must(b.cli_ok(&["trust", "approve", &id_a.id]));
-    let first = time_to_first_packet(lab, &b, &id_a, CONNECT_TIMEOUT)
+    // The requester reaches the target it asked (asking opens nothing the
+    // other way: A's entry for B stays policy `none`, SECURITY.md).
+    let first = time_to_first_packet(lab, &a, &id_b, CONNECT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.log_excerpt(40), b.log_excerpt(40)));
-    let path = peer_path(&b, &id_a).unwrap_or_default();
+    let path = peer_path(&a, &id_b).unwrap_or_default();
     say(&format!(
         "NAT lab | trust request to an offline agent: pending on B {} after it came up; \
-         after approval, path B->A {} ({}) | first packet {} after approval",
+         after approval, path A->B {} ({}) | first packet {} after approval",
         secs(delivered),
         path.path,
         show(path.relay.or(path.endpoint)),
