@@ -369,9 +369,13 @@ pub(crate) enum TrustCommand {
     /// Ask an agent for trust with a signed justification (needs the daemon).
     #[command(long_about = "Ask an agent for trust with a signed justification.\n\n\
         Sends a sealed trust request (only the target can open it; it is signed by this \
-        agent) to the target's endpoint, and trusts the target here at once (state \
-        \"requested\"), so that its handshake after approval is accepted. The target never \
-        answers; when its operator approves, it connects. Needs the running daemon.")]
+        agent) to the target's endpoint and through every rendezvous, and records the target \
+        here at once (state \"requested\", policy `none`, expiring after \
+        `[trust_requests] requested_ttl_s`, 7 days by default), so that its handshake after \
+        approval is accepted. Asking opens nothing on this agent: the target may only answer \
+        this agent's own connections, also after approval, until `trust add ID --allow ...` \
+        here says otherwise. The target never answers the request; when its operator \
+        approves, it connects. Needs the running daemon.")]
     Request(RequestArgs),
     /// List the trust requests waiting for approval.
     Pending {
