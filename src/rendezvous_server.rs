@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::core::address::NetworkId;
+use crate::core::limit::address_key;
 use crate::core::rendezvous::{ClientAddr, RelayCounters, RendezvousConfig, RendezvousServer};
 use crate::daemon::udp::{enlarge_buffers, normalize};
 use crate::daemon::udp_batch::{BatchedSocket, ReceivedRun};
@@ -47,7 +48,8 @@ pub struct RendezvousOptions {
 /// idle or slow ones are closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpLimits {
-    /// Connections open at once from one source IP address.
+    /// Connections open at once from one source (an IPv4 address or an
+    /// IPv6 /64).
     pub per_source: usize,
     /// Connections open at once in all.
     pub total: usize,
@@ -70,7 +72,11 @@ impl Default for TcpLimits {
     }
 }
 
-/// Open TCP connections, per source address and in all.
+/// How long the listener rests after a failed accept.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Open TCP connections by source (an IPv4 address or an IPv6 /64: one
+/// host commonly holds a whole /64) and in all.
 #[derive(Debug, Default)]
 struct OpenConnections {
     per_source: HashMap<IpAddr, usize>,
@@ -143,7 +149,10 @@ impl TcpFallback {
         let (stream, peer) = match self.listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
+                // Out of descriptors (or another failure that repeats at
+                // once): wait a little instead of spinning on it.
                 tracing::debug!(%error, "TCP accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 return;
             }
         };
@@ -151,14 +160,14 @@ impl TcpFallback {
         let admitted = self
             .open
             .lock()
-            .is_ok_and(|mut open| open.admit(&self.limits, peer.ip()));
+            .is_ok_and(|mut open| open.admit(&self.limits, address_key(peer.ip())));
         if !admitted {
             tracing::debug!(%peer, "TCP connection over the limits; closed");
             return;
         }
         let slot = ConnectionSlot {
             open: Arc::clone(&self.open),
-            source: peer.ip(),
+            source: address_key(peer.ip()),
         };
         let connection = self.next_connection;
         self.next_connection += 1;
@@ -480,6 +489,29 @@ mod tests {
                 _ => panic!("no frame arrived"),
             }
         }
+    }
+
+    #[test]
+    fn one_ipv6_slash_64_is_one_source_for_the_connection_cap() {
+        let limits = TcpLimits {
+            per_source: 2,
+            ..TcpLimits::default()
+        };
+        let mut open = OpenConnections::default();
+        let host: Vec<IpAddr> = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::9"]
+            .iter()
+            .map(|text| text.parse().expect("address"))
+            .collect();
+        assert!(open.admit(&limits, address_key(host[0])));
+        assert!(open.admit(&limits, address_key(host[1])));
+        assert!(
+            !open.admit(&limits, address_key(host[2])),
+            "a third address of the same /64 got past the per-source cap"
+        );
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("address");
+        assert!(open.admit(&limits, address_key(elsewhere)));
+        open.release(address_key(host[0]));
+        assert!(open.admit(&limits, address_key(host[2])));
     }
 
     #[tokio::test]

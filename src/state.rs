@@ -353,7 +353,7 @@ impl StateDir {
 
     /// Reads the file `name` as text (not following a link), or `None` if
     /// there is none.
-    fn read_file(&self, name: &str) -> Result<Option<String>, StateError> {
+    pub fn read_file(&self, name: &str) -> Result<Option<String>, StateError> {
         let path = self.root.join(name);
         let mut file = match open_in_dir(&self.root, name, OpenFor::Read) {
             Ok(file) => file,

@@ -11,8 +11,6 @@
 //! or denied) keeps the replay set across restarts, so a captured request
 //! replayed after a restart is still a replay.
 
-use std::fs;
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -343,21 +341,15 @@ pub fn save_pending(
 
 /// Reads the pending file (empty if there is none).
 fn load_pending_file(state: &StateDir) -> Result<PendingFile, StateError> {
-    let path = pending_path(state);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            return Ok(PendingFile::default());
-        }
-        Err(source) => {
-            return Err(StateError::Io {
-                action: "read",
-                path,
-                source,
-            });
-        }
+    // Not following a link, as every state file (the daemon user owns the
+    // directory).
+    let Some(text) = state.read_file(PENDING_FILE)? else {
+        return Ok(PendingFile::default());
     };
-    toml::from_str(&text).map_err(|source| StateError::BadToml { path, source })
+    toml::from_str(&text).map_err(|source| StateError::BadToml {
+        path: pending_path(state),
+        source,
+    })
 }
 
 /// Reads the waiting requests of the pending file (empty if there is none).
@@ -414,14 +406,14 @@ mod tests {
         let state = StateDir::new(dir.path());
         let default = TrustRequestsConfig::load(&state).expect("no file");
         assert_eq!(default.requested_ttl(), DEFAULT_REQUESTED_TTL);
-        fs::write(
+        std::fs::write(
             state.config_path(),
             "name = \"a\"\n\n[trust_requests]\nrequested_ttl_s = 60\n",
         )
         .expect("write");
         let config = TrustRequestsConfig::load(&state).expect("parses");
         assert_eq!(config.requested_ttl(), Duration::from_secs(60));
-        fs::write(
+        std::fs::write(
             state.config_path(),
             "[trust_requests]\nrequested_ttl_s = \"soon\"\n",
         )

@@ -61,6 +61,10 @@ pub enum InboundVerdict {
 #[derive(Debug, Default)]
 pub struct ConnectionTracker {
     flows: HashMap<FlowKey, FlowEntry>,
+    /// When the peer's policy last changed: a TCP flow first seen (not by
+    /// its SYN) within [`TCP_IDLE`] of that may predate the change, and is
+    /// judged as the peer's.
+    policy_changed_at: Option<Instant>,
 }
 
 fn flow_of(packet: &Ipv6Packet<'_>, outbound: bool) -> Option<(FlowKey, Duration)> {
@@ -133,9 +137,19 @@ pub fn inbound_kind(packet: &Ipv6Packet<'_>) -> InboundKind {
 /// Who opened the flow whose first packet we see going out: a TCP SYN is
 /// ours; anything else is an answer to the peer when the policy lets the
 /// peer reach our end of the flow (the flow then stays under the policy).
-fn opener_of_outbound(key: &FlowKey, packet: &Ipv6Packet<'_>, policy: &Policy) -> Opener {
+/// A TCP flow met mid-stream shortly after the policy changed may have been
+/// opened by the peer before the change (untracked under `all`, or gone
+/// idle), so it is the peer's too: it fails closed rather than turning a
+/// flow the new policy forbids into "ours".
+fn opener_of_outbound(
+    key: &FlowKey,
+    packet: &Ipv6Packet<'_>,
+    policy: &Policy,
+    recently_changed: bool,
+) -> Opener {
     let reverse = match packet.transport() {
         Transport::Tcp { is_syn: true, .. } => return Opener::Us,
+        Transport::Tcp { .. } if recently_changed => return Opener::Peer,
         Transport::Tcp { .. } => InboundKind::Tcp(key.local_port),
         Transport::Udp { .. } => InboundKind::Udp(key.local_port),
         Transport::Icmp { .. } | Transport::Other => return Opener::Us,
@@ -148,6 +162,12 @@ fn opener_of_outbound(key: &FlowKey, packet: &Ipv6Packet<'_>, policy: &Policy) -
 }
 
 impl ConnectionTracker {
+    /// The peer's policy changed at `now` (see `opener_of_outbound`). Flows
+    /// the peer opened are judged by the policy as it is at each packet.
+    pub fn policy_changed(&mut self, now: Instant) {
+        self.policy_changed_at = Some(now);
+    }
+
     /// Records a packet this agent sends to the peer (`policy`: what the
     /// peer may open, to tell our flows from answers to the peer's).
     pub fn track_outbound(&mut self, now: Instant, policy: &Policy, packet: &Ipv6Packet<'_>) {
@@ -172,7 +192,10 @@ impl ConnectionTracker {
                 self.flows.remove(&oldest);
             }
         }
-        let opened_by = opener_of_outbound(&key, packet, policy);
+        let recently_changed = self
+            .policy_changed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < TCP_IDLE);
+        let opened_by = opener_of_outbound(&key, packet, policy, recently_changed);
         self.flows.insert(
             key,
             FlowEntry {
@@ -329,6 +352,53 @@ mod tests {
             );
         }
         assert_eq!(tracker.len(), MAX_FLOWS_PER_PEER);
+    }
+
+    #[test]
+    fn narrowing_from_all_closes_the_peers_untracked_connection() {
+        let (me, peer) = addresses();
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        let packet = |source, destination, ports: (u16, u16), flags| {
+            ipv6(
+                source,
+                destination,
+                PROTO_TCP,
+                &tcp(ports.0, ports.1, flags),
+            )
+        };
+        // Under `all` nothing was tracked; the peer has an ssh session open.
+        // The policy narrows to tcp:80, and our server's next segment on it
+        // is the first the tracker sees.
+        tracker.policy_changed(now);
+        let later = now + Duration::from_secs(5);
+        let ours_mid_stream = packet(me, peer, (22, 40000), 0x18);
+        tracker.track_outbound(
+            later,
+            &only_http(),
+            &Ipv6Packet::new_checked(&ours_mid_stream).expect("valid"),
+        );
+        let peer_segment = packet(peer, me, (40000, 22), 0x18);
+        let verdict = tracker.check_inbound(
+            later,
+            &only_http(),
+            &Ipv6Packet::new_checked(&peer_segment).expect("valid"),
+        );
+        assert_eq!(verdict, InboundVerdict::Deny, "the old ssh flow stays open");
+        // Our own new connection still gets its answers.
+        let our_syn = packet(me, peer, (50000, 22), 0x02);
+        tracker.track_outbound(
+            later,
+            &only_http(),
+            &Ipv6Packet::new_checked(&our_syn).expect("valid"),
+        );
+        let answer = packet(peer, me, (22, 50000), 0x12);
+        let verdict = tracker.check_inbound(
+            later,
+            &only_http(),
+            &Ipv6Packet::new_checked(&answer).expect("valid"),
+        );
+        assert_eq!(verdict, InboundVerdict::Accept);
     }
 
     #[test]

@@ -384,7 +384,6 @@ impl Node {
 
     /// Adds a trusted peer, or updates its name, endpoint and policy.
     pub fn upsert_peer(&mut self, now: Instant, peer: PeerConfig) {
-        let _ = now;
         if peer.id == self.ctx.own_id {
             return;
         }
@@ -395,6 +394,9 @@ impl Node {
             }
             if existing.config.endpoint != peer.endpoint && peer.endpoint.is_some() {
                 existing.endpoint = peer.endpoint;
+            }
+            if existing.config.allow != peer.allow {
+                existing.conntrack.policy_changed(now);
             }
             existing.config = peer;
             return;

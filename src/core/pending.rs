@@ -187,18 +187,23 @@ impl SeenNonces {
         }
     }
 
-    /// Remembers `key` until `expires`; false when the set is full.
-    fn insert(&mut self, now: Instant, key: NonceKey, expires: Instant) -> bool {
+    /// Remembers `key` until `expires`. A full set forgets its oldest
+    /// nonce: a flood of validly signed requests from fresh keys then
+    /// shortens how long a nonce is remembered (a replay of a request older
+    /// than that could queue it again while the flood lasts) instead of
+    /// locking every requester out.
+    fn insert(&mut self, now: Instant, key: NonceKey, expires: Instant) {
         self.sweep(now, NONCE_SWEEP_STEPS);
         if self.expiry.contains_key(&key) {
-            return true;
+            return;
         }
-        if self.order.len() >= MAX_NONCES {
-            return false;
+        if self.order.len() >= MAX_NONCES
+            && let Some((oldest, _)) = self.order.pop_front()
+        {
+            self.expiry.remove(&oldest);
         }
         self.order.push_back((key, expires));
         self.expiry.insert(key, expires);
-        true
     }
 
     fn iter(&self, now: Instant) -> impl Iterator<Item = SeenNonce> + '_ {
@@ -272,9 +277,7 @@ impl PendingRequests {
         if !self.by_requester.take(now, &request.requester, rng) {
             return Admission::RateLimited;
         }
-        if !self.nonces.insert(now, key, now + NONCE_LIFETIME) {
-            return Admission::RateLimited;
-        }
+        self.nonces.insert(now, key, now + NONCE_LIFETIME);
         Admission::Queued
     }
 
@@ -524,7 +527,17 @@ mod tests {
             }
         }
         assert!(pending.nonces.order.len() <= MAX_NONCES);
+        assert!(pending.nonces.expiry.len() <= MAX_NONCES);
         assert!(queued > 0);
+        // A full set does not lock the next requester out.
+        let next = t0 + Duration::from_millis(u64::from(MAX_NONCES as u32 + 100) * 50);
+        assert_eq!(pending.nonces.order.len(), MAX_NONCES);
+        assert_eq!(
+            pending.check(next, &request(77, 9), &mut rng),
+            Admission::Queued,
+            "a full replay set refused a fresh request"
+        );
+        assert_eq!(pending.nonces.order.len(), MAX_NONCES);
         // Long after, every insertion sweeps at most a few entries.
         let later = t0 + Duration::from_secs(3600);
         let before = pending.nonce_sweep_steps();

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::core::identity::AgentId;
 use crate::core::node::Node;
-use crate::tcp_frames::{read_frame, write_frame};
+use crate::tcp_frames::{read_frame_within, write_frame};
 
 /// UDP silence after which the agent tries TCP.
 const UDP_GIVE_UP: Duration = Duration::from_secs(5);
@@ -22,6 +22,12 @@ const UDP_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued towards one rendezvous before new ones are dropped.
 const TCP_QUEUE: usize = 4096;
+/// A TCP link on which nothing arrives for this long is dead (blackholed,
+/// NAT state lost): the server answers every registration, sent every 25 s,
+/// and registrations lapse after 90 s.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest time one frame may take to arrive, or to be written out.
+const TCP_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A rendezvous as configured: `HOST:PORT=ID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +304,11 @@ fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
         }
         let mut writer_task = tokio::spawn(async move {
             while let Some(datagram) = outgoing.recv().await {
-                if write_frame(&mut writer, &datagram).await.is_err() {
+                let write = write_frame(&mut writer, &datagram);
+                if !matches!(
+                    tokio::time::timeout(TCP_FRAME_TIMEOUT, write).await,
+                    Ok(Ok(()))
+                ) {
                     break;
                 }
             }
@@ -306,7 +316,7 @@ fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
         let mut frame = Vec::new();
         loop {
             tokio::select! {
-                read = read_frame(&mut reader, &mut frame) => match read {
+                read = read_frame_within(&mut reader, &mut frame, TCP_IDLE_TIMEOUT, TCP_FRAME_TIMEOUT) => match read {
                     Ok(Some(())) => {
                         if events.send(TcpLinkEvent::Datagram(endpoint, std::mem::take(&mut frame))).await.is_err() {
                             break;
