@@ -354,51 +354,47 @@ mod tests {
         assert_eq!(tracker.len(), MAX_FLOWS_PER_PEER);
     }
 
+    /// Our packet `bytes` going out, seen by the tracker.
+    fn send(tracker: &mut ConnectionTracker, now: Instant, policy: &Policy, bytes: &[u8]) {
+        tracker.track_outbound(now, policy, &Ipv6Packet::new_checked(bytes).expect("valid"));
+    }
+
+    /// The tracker's verdict on the peer's packet `bytes`.
+    fn receive(
+        tracker: &mut ConnectionTracker,
+        now: Instant,
+        policy: &Policy,
+        bytes: &[u8],
+    ) -> InboundVerdict {
+        tracker.check_inbound(now, policy, &Ipv6Packet::new_checked(bytes).expect("valid"))
+    }
+
     #[test]
     fn narrowing_from_all_closes_the_peers_untracked_connection() {
         let (me, peer) = addresses();
         let now = Instant::now();
         let mut tracker = ConnectionTracker::default();
-        let packet = |source, destination, ports: (u16, u16), flags| {
-            ipv6(
-                source,
-                destination,
-                PROTO_TCP,
-                &tcp(ports.0, ports.1, flags),
-            )
-        };
         // Under `all` nothing was tracked; the peer has an ssh session open.
         // The policy narrows to tcp:80, and our server's next segment on it
         // is the first the tracker sees.
         tracker.policy_changed(now);
         let later = now + Duration::from_secs(5);
-        let ours_mid_stream = packet(me, peer, (22, 40000), 0x18);
-        tracker.track_outbound(
-            later,
-            &only_http(),
-            &Ipv6Packet::new_checked(&ours_mid_stream).expect("valid"),
+        let ours_mid_stream = ipv6(me, peer, PROTO_TCP, &tcp(22, 40000, 0x18));
+        send(&mut tracker, later, &only_http(), &ours_mid_stream);
+        let peer_segment = ipv6(peer, me, PROTO_TCP, &tcp(40000, 22, 0x18));
+        assert_eq!(
+            receive(&mut tracker, later, &only_http(), &peer_segment),
+            InboundVerdict::Deny,
+            "the old ssh flow stays open"
         );
-        let peer_segment = packet(peer, me, (40000, 22), 0x18);
-        let verdict = tracker.check_inbound(
-            later,
-            &only_http(),
-            &Ipv6Packet::new_checked(&peer_segment).expect("valid"),
-        );
-        assert_eq!(verdict, InboundVerdict::Deny, "the old ssh flow stays open");
         // Our own new connection still gets its answers.
-        let our_syn = packet(me, peer, (50000, 22), 0x02);
-        tracker.track_outbound(
-            later,
-            &only_http(),
-            &Ipv6Packet::new_checked(&our_syn).expect("valid"),
+        let our_syn = ipv6(me, peer, PROTO_TCP, &tcp(50000, 22, 0x02));
+        send(&mut tracker, later, &only_http(), &our_syn);
+        let answer = ipv6(peer, me, PROTO_TCP, &tcp(22, 50000, 0x12));
+        assert_eq!(
+            receive(&mut tracker, later, &only_http(), &answer),
+            InboundVerdict::Accept
         );
-        let answer = packet(peer, me, (22, 50000), 0x12);
-        let verdict = tracker.check_inbound(
-            later,
-            &only_http(),
-            &Ipv6Packet::new_checked(&answer).expect("valid"),
-        );
-        assert_eq!(verdict, InboundVerdict::Accept);
     }
 
     #[test]
