@@ -628,18 +628,23 @@ pub fn run(ops: Vec<Op>) -> World {
 mod tests {
     use super::*;
 
+    /// A UDP datagram from the peer's port 4000 to our port 53.
+    fn udp_shape() -> IpShape {
+        IpShape {
+            source_low: 1,
+            to_resolver: false,
+            next_header: 17,
+            source_port: 4000,
+            destination_port: 53,
+            flags: 0,
+            payload_len: 20,
+        }
+    }
+
     fn udp_from_peer(relayed: bool) -> Op {
         Op::PeerIp {
             relayed,
-            shape: IpShape {
-                source_low: 1,
-                to_resolver: false,
-                next_header: 17,
-                source_port: 4000,
-                destination_port: 53,
-                flags: 0,
-                payload_len: 20,
-            },
+            shape: udp_shape(),
         }
     }
 
@@ -682,15 +687,7 @@ mod tests {
     fn peer_packet_from_outside_its_own_prefix_is_dropped_as_spoofed() {
         let mut world = run(vec![initiate(false, 0), udp_from_peer(false)]);
         assert_eq!(world.delivered, 1, "the session carries honest packets");
-        let shape = IpShape {
-            source_low: 1,
-            to_resolver: false,
-            next_header: 17,
-            source_port: 4000,
-            destination_port: 53,
-            flags: 0,
-            payload_len: 20,
-        };
+        let shape = udp_shape();
         // A trusted peer sends, inside its own session, packets that claim
         // our own prefix and a neighbour of its prefix as their source.
         let destination = world.own_prefix.agent_address();
