@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agentnet::core::address::NodePrefix;
 use agentnet::core::identity::AgentId;
 use agentnet::core::node::Node;
-use agentnet::core::packet::Ipv6Packet;
+use agentnet::core::packet::IpPacket;
 use agentnet::core::path::relay_envelope;
 use agentnet::core::wire::{self, Datagram};
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
@@ -113,7 +113,7 @@ fn classify(c: &mut Criterion<ThreadCpuTime>) {
         let packet = support::udp_packet(source, destination, LARGE);
         group.bench_function(format!("ipv6_route_lookup_{peers}_peers"), |b| {
             b.iter(|| {
-                let parsed = Ipv6Packet::new_checked(black_box(&packet)).expect("ipv6");
+                let parsed = IpPacket::new_checked(black_box(&packet)).expect("ipv6");
                 let prefix = NodePrefix::of_octets(&parsed.destination());
                 black_box(by_prefix.get(&prefix))
             })

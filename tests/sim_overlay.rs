@@ -9,7 +9,9 @@ use std::time::Duration;
 use agentnet::core::node::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::status::PathKind;
-use simnet::{LinkConfig, SimNet, TUNNEL_MTU, tag_of, tcp_packet, udp_packet};
+use simnet::{
+    LinkConfig, SimNet, TUNNEL_MTU, tag_of, tcp_packet, tcp4_packet, udp_packet, udp4_packet,
+};
 
 fn lossy_reordering_link() -> LinkConfig {
     LinkConfig {
@@ -605,4 +607,132 @@ fn narrowing_policy_closes_old_inbound_flows_but_keeps_own() {
         "the old ssh connection stayed open after the policy was narrowed"
     );
     assert_eq!(net.hosts[b].node.status(net.now).peers[0].dropped_policy, 2);
+}
+
+#[test]
+fn ipv4_packets_ride_the_same_sessions_both_ways() {
+    let mut net = SimNet::new(41, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (a4, b4) = (net.overlay_address4(a), net.overlay_address4(b));
+    assert_ne!(a4, b4);
+    net.send_from_tun(a, &udp4_packet(a4, b4, 9000, 1, 100));
+    net.send_from_tun(
+        a,
+        &udp_packet(net.overlay_address(a), net.overlay_address(b), 9000, 2, 100),
+    );
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, b), vec![1, 2]);
+    assert_eq!(net.hosts[b].tun[0], udp4_packet(a4, b4, 9000, 1, 100));
+    net.send_from_tun(b, &udp4_packet(b4, a4, 40000, 3, 100));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered_tags(&net, a), vec![3]);
+    let status = net.hosts[a].node.status(net.now);
+    assert_eq!(status.address4, Some(a4));
+    assert_eq!(status.peers[0].address4, Some(b4));
+    assert_eq!(status.peers[0].address4_conflict, None);
+}
+
+#[test]
+fn ipv4_policy_is_the_ipv6_policy() {
+    let mut net = SimNet::new(42, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust(a, b, true, Policy::All);
+    net.trust(b, a, true, "tcp:8080".parse().expect("policy"));
+    let (a4, b4) = (net.overlay_address4(a), net.overlay_address4(b));
+    net.send_from_tun(a, &tcp4_packet(a4, b4, 40000, 8080, 0x02));
+    net.send_from_tun(a, &tcp4_packet(a4, b4, 40001, 22, 0x02));
+    net.send_from_tun(a, &udp4_packet(a4, b4, 8080, 9, 20));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        net.hosts[b].tun,
+        vec![tcp4_packet(a4, b4, 40000, 8080, 0x02)]
+    );
+    assert_eq!(net.hosts[b].node.status(net.now).peers[0].dropped_policy, 2);
+    // B's own connection to A's port 22 over IPv4 gets its replies.
+    net.send_from_tun(b, &tcp4_packet(b4, a4, 50000, 22, 0x02));
+    net.run_for(Duration::from_secs(1));
+    net.send_from_tun(a, &tcp4_packet(a4, b4, 22, 50000, 0x12));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        net.hosts[b].tun.len(),
+        2,
+        "the reply to B's own flow passed"
+    );
+}
+
+#[test]
+fn oversized_ipv4_with_df_gets_fragmentation_needed_and_nothing_goes_out() {
+    let mut net = SimNet::new(43, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    let (a4, b4) = (net.overlay_address4(a), net.overlay_address4(b));
+    let big = udp4_packet(a4, b4, 9000, 5, usize::from(TUNNEL_MTU));
+    net.send_from_tun(a, &big);
+    net.run_for(Duration::from_secs(1));
+    assert!(net.wire_log.is_empty(), "an oversized packet went out");
+    let [reply] = net.hosts[a].tun.as_slice() else {
+        panic!("expected one ICMP reply, got {:?}", net.hosts[a].tun.len());
+    };
+    let parsed = etherparse::SlicedPacket::from_ip(reply).expect("parses");
+    match parsed.transport {
+        Some(etherparse::TransportSlice::Icmpv4(icmp)) => assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: TUNNEL_MTU
+                }
+            )
+        ),
+        other => panic!("not ICMPv4: {other:?}"),
+    }
+    assert_eq!(net.hosts[a].node.drop_counters().too_big, 1);
+}
+
+#[test]
+fn ipv4_from_a_foreign_source_or_to_an_unknown_address_is_not_sent() {
+    let mut net = SimNet::new(44, LinkConfig::default());
+    let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
+    net.trust_both(a, b);
+    let (a4, b4, c4) = (
+        net.overlay_address4(a),
+        net.overlay_address4(b),
+        net.overlay_address4(c),
+    );
+    // A LAN address and an untrusted agent's address as source; an
+    // untrusted agent's address as destination.
+    net.send_from_tun(
+        a,
+        &udp4_packet("192.168.1.9".parse().expect("ip"), b4, 80, 1, 20),
+    );
+    net.send_from_tun(a, &udp4_packet(c4, b4, 80, 2, 20));
+    net.send_from_tun(a, &udp4_packet(a4, c4, 80, 3, 20));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.wire_log.is_empty());
+    let dropped = net.hosts[a].node.drop_counters();
+    assert_eq!((dropped.foreign_source, dropped.no_route), (2, 1));
+}
+
+#[test]
+fn ipv4_off_carries_ipv6_only() {
+    let mut net = SimNet::new(45, LinkConfig::default());
+    let (a, b) = (net.add_host(1), net.add_host(2));
+    net.trust_both(a, b);
+    net.hosts[b].node.set_ipv4(false);
+    let (a4, b4) = (net.overlay_address4(a), net.overlay_address4(b));
+    net.send_from_tun(a, &udp4_packet(a4, b4, 9000, 1, 20));
+    net.send_from_tun(
+        a,
+        &udp_packet(net.overlay_address(a), net.overlay_address(b), 9000, 2, 20),
+    );
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        delivered_tags(&net, b),
+        vec![2],
+        "B took IPv4 with IPv4 off"
+    );
+    let status = net.hosts[b].node.status(net.now);
+    assert_eq!(status.address4, None);
+    assert_eq!(status.peers[0].address4, None);
+    assert_eq!(status.peers[0].dropped_spoofed, 1);
 }

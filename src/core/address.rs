@@ -3,7 +3,7 @@
 //! anyone who knows a key can verify an address.
 
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use blake2::{Blake2s256, Digest};
 
@@ -13,6 +13,13 @@ use super::identity::AgentId;
 const NETWORK_LABEL: &[u8] = b"agentnet network v1";
 /// Domain-separation label of the node ID.
 const NODE_LABEL: &[u8] = b"agentnet node v1";
+/// Domain-separation label of the IPv4 address.
+const IPV4_LABEL: &[u8] = b"agentnet ipv4 v1";
+/// The IPv4 overlay block (RFC 6598 shared address space), routed into the
+/// TUN next to the IPv6 network.
+pub const IPV4_NETWORK: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+/// Prefix length of the IPv4 overlay block.
+pub const IPV4_PREFIX_LEN: u8 = 10;
 /// Name of the network when none is given.
 pub const DEFAULT_NETWORK_NAME: &str = "agentnet";
 /// Prefix length of the whole network, routed into the TUN.
@@ -156,6 +163,29 @@ impl fmt::Debug for NodePrefix {
     }
 }
 
+/// The agent's IPv4 address: 22 bits of BLAKE2s(label ‖ network ID ‖ key)
+/// inside `100.64.0.0/10`, the same on every host (DESIGN.md §1). The
+/// block's first and last addresses are never given out. 22 bits can
+/// collide: the node that trusts both agents decides (`Node`).
+pub fn agent_address4(network: NetworkId, agent: &AgentId) -> Ipv4Addr {
+    let digest = Blake2s256::new()
+        .chain_update(IPV4_LABEL)
+        .chain_update(network.as_bytes())
+        .chain_update(agent.as_bytes())
+        .finalize();
+    let host_bits = 32 - u32::from(IPV4_PREFIX_LEN);
+    let last = (1u32 << host_bits) - 1;
+    let host = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) >> (32 - host_bits);
+    let host = host.clamp(1, last - 1);
+    Ipv4Addr::from(u32::from(IPV4_NETWORK) | host)
+}
+
+/// Whether an address lies in the IPv4 overlay block.
+pub fn in_ipv4_overlay(address: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - u32::from(IPV4_PREFIX_LEN));
+    u32::from(address) & mask == u32::from(IPV4_NETWORK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +246,39 @@ mod tests {
         assert_eq!(address.segments()[7], AGENT_INTERFACE_ID);
     }
 
-    // Computed independently with Python's hashlib.blake2s.
+    #[test]
+    fn pinned_ipv4_addresses_of_rfc8032_key() {
+        let agent = rfc8032_agent();
+        let default = agent_address4(NetworkId::from_name(DEFAULT_NETWORK_NAME), &agent);
+        let lab = agent_address4(NetworkId::from_name("lab"), &agent);
+        assert_eq!(default.to_string(), PINNED_AGENT_ADDRESS4);
+        assert_eq!(lab.to_string(), PINNED_LAB_ADDRESS4);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_addresses_stay_inside_the_block_and_skip_its_ends(secret in proptest::prelude::any::<[u8; 32]>()) {
+            let agent = Identity::from_secret_bytes(&secret).expect("32 bytes").agent_id();
+            let address = agent_address4(NetworkId::from_name("agentnet"), &agent);
+            proptest::prop_assert!(in_ipv4_overlay(address));
+            proptest::prop_assert_ne!(address, IPV4_NETWORK);
+            proptest::prop_assert_ne!(address, Ipv4Addr::new(100, 127, 255, 255));
+        }
+    }
+
+    #[test]
+    fn ipv4_block_membership() {
+        assert!(in_ipv4_overlay(Ipv4Addr::new(100, 64, 0, 1)));
+        assert!(in_ipv4_overlay(Ipv4Addr::new(100, 127, 255, 254)));
+        assert!(!in_ipv4_overlay(Ipv4Addr::new(100, 128, 0, 1)));
+        assert!(!in_ipv4_overlay(Ipv4Addr::new(100, 63, 255, 255)));
+        assert!(!in_ipv4_overlay(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    // Computed independently with Python's hashlib.blake2s (the IPv4 ones:
+    // blake2s(b"agentnet ipv4 v1" + network_id + key), first 22 bits).
+    const PINNED_AGENT_ADDRESS4: &str = "100.123.36.93";
+    const PINNED_LAB_ADDRESS4: &str = "100.64.76.4";
     const PINNED_DEFAULT_PREFIX: &str = "fd40:37b1:4f8d::";
     const PINNED_AGENT_ADDRESS: &str = "fd40:37b1:4f8d:7180:a717:5a39:cece:1";
     const PINNED_NODE_PREFIX: &str = "fd40:37b1:4f8d:7180:a717:5a39:cece:0/112";

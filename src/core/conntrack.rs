@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::packet::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, Ipv6Packet, Transport};
+use super::packet::{IcmpKind, IpPacket, Transport};
 use super::policy::{InboundKind, Policy};
 
 /// How long an idle TCP flow is remembered.
@@ -67,7 +67,7 @@ pub struct ConnectionTracker {
     policy_changed_at: Option<Instant>,
 }
 
-fn flow_of(packet: &Ipv6Packet<'_>, outbound: bool) -> Option<(FlowKey, Duration)> {
+fn flow_of(packet: &IpPacket<'_>, outbound: bool) -> Option<(FlowKey, Duration)> {
     let (local, remote) = if outbound {
         (packet.source(), packet.destination())
     } else {
@@ -83,17 +83,15 @@ fn flow_of(packet: &Ipv6Packet<'_>, outbound: bool) -> Option<(FlowKey, Duration
             source_port,
             destination_port,
         } => (17, source_port, destination_port, UDP_IDLE),
-        Transport::Icmp {
-            icmp_type,
-            identifier,
-        } => {
-            // An echo request out and its reply in share the identifier.
+        Transport::Icmp { kind, identifier } => {
+            // An echo request out and its reply in share the identifier
+            // (the mapped addresses keep ICMPv4 and ICMPv6 apart).
             let expected = if outbound {
-                ICMPV6_ECHO_REQUEST
+                IcmpKind::EchoRequest
             } else {
-                ICMPV6_ECHO_REPLY
+                IcmpKind::EchoReply
             };
-            if icmp_type != expected {
+            if kind != expected {
                 return None;
             }
             (58, identifier, identifier, ICMP_IDLE)
@@ -118,7 +116,7 @@ fn flow_of(packet: &Ipv6Packet<'_>, outbound: bool) -> Option<(FlowKey, Duration
 }
 
 /// How the policy sees an inbound packet.
-pub fn inbound_kind(packet: &Ipv6Packet<'_>) -> InboundKind {
+pub fn inbound_kind(packet: &IpPacket<'_>) -> InboundKind {
     match packet.transport() {
         Transport::Tcp {
             destination_port, ..
@@ -127,7 +125,7 @@ pub fn inbound_kind(packet: &Ipv6Packet<'_>) -> InboundKind {
             destination_port, ..
         } => InboundKind::Udp(destination_port),
         Transport::Icmp {
-            icmp_type: ICMPV6_ECHO_REQUEST,
+            kind: IcmpKind::EchoRequest,
             ..
         } => InboundKind::IcmpEcho,
         Transport::Icmp { .. } | Transport::Other => InboundKind::Other,
@@ -143,7 +141,7 @@ pub fn inbound_kind(packet: &Ipv6Packet<'_>) -> InboundKind {
 /// flow the new policy forbids into "ours".
 fn opener_of_outbound(
     key: &FlowKey,
-    packet: &Ipv6Packet<'_>,
+    packet: &IpPacket<'_>,
     policy: &Policy,
     recently_changed: bool,
 ) -> Opener {
@@ -170,7 +168,7 @@ impl ConnectionTracker {
 
     /// Records a packet this agent sends to the peer (`policy`: what the
     /// peer may open, to tell our flows from answers to the peer's).
-    pub fn track_outbound(&mut self, now: Instant, policy: &Policy, packet: &Ipv6Packet<'_>) {
+    pub fn track_outbound(&mut self, now: Instant, policy: &Policy, packet: &IpPacket<'_>) {
         let Some((key, idle_limit)) = flow_of(packet, true) else {
             return;
         };
@@ -212,7 +210,7 @@ impl ConnectionTracker {
         &mut self,
         now: Instant,
         policy: &Policy,
-        packet: &Ipv6Packet<'_>,
+        packet: &IpPacket<'_>,
     ) -> InboundVerdict {
         let allowed = policy.allows(inbound_kind(packet));
         if let Some((key, _)) = flow_of(packet, false)
@@ -250,9 +248,12 @@ impl ConnectionTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::packet::tests::{ipv6, tcp};
-    use crate::core::packet::{PROTO_ICMPV6, PROTO_TCP};
-    use std::net::Ipv6Addr;
+    use crate::core::packet::tests::{ipv4, ipv6, tcp};
+    use crate::core::packet::{
+        ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+        PROTO_ICMPV4, PROTO_ICMPV6, PROTO_TCP,
+    };
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn addresses() -> (Ipv6Addr, Ipv6Addr) {
         (
@@ -274,13 +275,13 @@ mod tests {
         tracker.track_outbound(
             now,
             &only_http(),
-            &Ipv6Packet::new_checked(&syn).expect("valid"),
+            &IpPacket::new_checked(&syn).expect("valid"),
         );
         let reply = ipv6(peer, me, PROTO_TCP, &tcp(22, 40000, 0x12));
         let verdict = tracker.check_inbound(
             now,
             &only_http(),
-            &Ipv6Packet::new_checked(&reply).expect("valid"),
+            &IpPacket::new_checked(&reply).expect("valid"),
         );
         assert_eq!(verdict, InboundVerdict::Accept);
     }
@@ -296,7 +297,7 @@ mod tests {
             tracker.check_inbound(
                 now,
                 &only_http(),
-                &Ipv6Packet::new_checked(bytes).expect("valid"),
+                &IpPacket::new_checked(bytes).expect("valid"),
             )
         };
         assert_eq!(check(&mut tracker, &to_ssh), InboundVerdict::Deny);
@@ -317,7 +318,7 @@ mod tests {
             )
         };
         let reply = echo(ICMPV6_ECHO_REPLY, peer, me);
-        let reply = Ipv6Packet::new_checked(&reply).expect("valid");
+        let reply = IpPacket::new_checked(&reply).expect("valid");
         assert_eq!(
             tracker.check_inbound(now, &only_http(), &reply),
             InboundVerdict::Deny
@@ -326,7 +327,7 @@ mod tests {
         tracker.track_outbound(
             now,
             &only_http(),
-            &Ipv6Packet::new_checked(&request).expect("valid"),
+            &IpPacket::new_checked(&request).expect("valid"),
         );
         assert_eq!(
             tracker.check_inbound(now, &only_http(), &reply),
@@ -339,6 +340,56 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_flows_follow_the_same_policy_and_tracking() {
+        let me = Ipv4Addr::new(100, 64, 0, 1);
+        let peer = Ipv4Addr::new(100, 99, 0, 2);
+        let now = Instant::now();
+        let mut tracker = ConnectionTracker::default();
+        let check = |tracker: &mut ConnectionTracker, bytes: &[u8]| {
+            tracker.check_inbound(
+                now,
+                &only_http(),
+                &IpPacket::new_checked(bytes).expect("valid"),
+            )
+        };
+        // `tcp:80` lets the peer open port 80 over IPv4, and nothing else.
+        let to_http = ipv4(peer, me, PROTO_TCP, &tcp(40000, 80, 0x02));
+        let to_ssh = ipv4(peer, me, PROTO_TCP, &tcp(40000, 22, 0x02));
+        assert_eq!(check(&mut tracker, &to_http), InboundVerdict::Accept);
+        assert_eq!(check(&mut tracker, &to_ssh), InboundVerdict::Deny);
+        // Our own IPv4 connection's replies pass.
+        let syn = ipv4(me, peer, PROTO_TCP, &tcp(40001, 22, 0x02));
+        tracker.track_outbound(
+            now,
+            &only_http(),
+            &IpPacket::new_checked(&syn).expect("valid"),
+        );
+        let answer = ipv4(peer, me, PROTO_TCP, &tcp(22, 40001, 0x12));
+        assert_eq!(check(&mut tracker, &answer), InboundVerdict::Accept);
+        // ICMPv4 echo: the reply to our ping passes, their ping does not.
+        let echo = |kind: u8, source, destination| {
+            ipv4(
+                source,
+                destination,
+                PROTO_ICMPV4,
+                &[kind, 0, 0, 0, 0, 9, 0, 1],
+            )
+        };
+        assert_eq!(
+            check(&mut tracker, &echo(ICMPV4_ECHO_REQUEST, peer, me)),
+            InboundVerdict::Deny
+        );
+        let reply = echo(ICMPV4_ECHO_REPLY, peer, me);
+        assert_eq!(check(&mut tracker, &reply), InboundVerdict::Deny);
+        tracker.track_outbound(
+            now,
+            &only_http(),
+            &IpPacket::new_checked(&echo(ICMPV4_ECHO_REQUEST, me, peer)).expect("valid"),
+        );
+        assert_eq!(check(&mut tracker, &reply), InboundVerdict::Accept);
+    }
+
+    #[test]
     fn flow_table_is_bounded() {
         let (me, peer) = addresses();
         let now = Instant::now();
@@ -348,7 +399,7 @@ mod tests {
             tracker.track_outbound(
                 now,
                 &only_http(),
-                &Ipv6Packet::new_checked(&syn).expect("valid"),
+                &IpPacket::new_checked(&syn).expect("valid"),
             );
         }
         assert_eq!(tracker.len(), MAX_FLOWS_PER_PEER);
@@ -356,7 +407,7 @@ mod tests {
 
     /// Our packet `bytes` going out, seen by the tracker.
     fn send(tracker: &mut ConnectionTracker, now: Instant, policy: &Policy, bytes: &[u8]) {
-        tracker.track_outbound(now, policy, &Ipv6Packet::new_checked(bytes).expect("valid"));
+        tracker.track_outbound(now, policy, &IpPacket::new_checked(bytes).expect("valid"));
     }
 
     /// The tracker's verdict on the peer's packet `bytes`.
@@ -366,7 +417,7 @@ mod tests {
         policy: &Policy,
         bytes: &[u8],
     ) -> InboundVerdict {
-        tracker.check_inbound(now, policy, &Ipv6Packet::new_checked(bytes).expect("valid"))
+        tracker.check_inbound(now, policy, &IpPacket::new_checked(bytes).expect("valid"))
     }
 
     #[test]
@@ -413,7 +464,7 @@ mod tests {
             )
         };
         let inbound = |tracker: &mut ConnectionTracker, policy: &Policy, bytes: &[u8]| {
-            tracker.check_inbound(now, policy, &Ipv6Packet::new_checked(bytes).expect("valid"))
+            tracker.check_inbound(now, policy, &IpPacket::new_checked(bytes).expect("valid"))
         };
         // The peer's connection to our ssh, answered; ours to its 9000.
         let peer_syn = packet(peer, me, (40000, 22), 0x02);
@@ -422,13 +473,9 @@ mod tests {
             InboundVerdict::Accept
         );
         let answer = packet(me, peer, (22, 40000), 0x12);
-        tracker.track_outbound(now, &ssh, &Ipv6Packet::new_checked(&answer).expect("valid"));
+        tracker.track_outbound(now, &ssh, &IpPacket::new_checked(&answer).expect("valid"));
         let our_syn = packet(me, peer, (50000, 9000), 0x02);
-        tracker.track_outbound(
-            now,
-            &ssh,
-            &Ipv6Packet::new_checked(&our_syn).expect("valid"),
-        );
+        tracker.track_outbound(now, &ssh, &IpPacket::new_checked(&our_syn).expect("valid"));
         let peer_ack = packet(peer, me, (40000, 22), 0x10);
         let peer_reply = packet(peer, me, (9000, 50000), 0x12);
         assert_eq!(
@@ -453,7 +500,7 @@ mod tests {
         tracker.track_outbound(
             now,
             &narrowed,
-            &Ipv6Packet::new_checked(&more).expect("valid"),
+            &IpPacket::new_checked(&more).expect("valid"),
         );
         assert_eq!(
             inbound(&mut tracker, &narrowed, &peer_ack),

@@ -24,6 +24,8 @@ pub struct Context {
     pub network: NetworkId,
     pub own_id: AgentId,
     pub own_prefix: NodePrefix,
+    /// This agent's IPv4 address (`None`: IPv4 is off on this node).
+    pub own_address4: Option<std::net::Ipv4Addr>,
     pub name: String,
     pub noise_secret: Zeroizing<[u8; 32]>,
     pub own_mac1: Mac1Key,

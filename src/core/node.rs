@@ -9,10 +9,10 @@
 //! 3. sleep until the next [`Node::poll_timeout`] or input.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::address::{NetworkId, NodeId, NodePrefix};
+use super::address::{NetworkId, NodeId, NodePrefix, agent_address4};
 use super::conntrack::InboundVerdict;
 use super::context::Context;
 use super::context::RendezvousLink;
@@ -22,7 +22,7 @@ use super::handshake::{HandshakeError, ReceivedInitiation, ResponsePayload, choo
 use super::identity::{AgentId, Identity};
 use super::known_sources::KnownSources;
 use super::mac::Mac1Key;
-use super::packet::{self, Ipv6Packet};
+use super::packet::{self, IpPacket, IpVersion};
 use super::path::PathAddr;
 use super::peer::{MIN_INITIATION_INTERVAL, Peer, Slot};
 use super::peer_table::{PeerSlot, PeerTable};
@@ -190,6 +190,9 @@ pub struct Node {
     peer_order: Vec<PeerSlot>,
     by_noise_key: HashMap<[u8; 32], PeerSlot>,
     by_prefix: HashMap<NodePrefix, PeerSlot>,
+    /// IPv4 cryptokey routing: each routed peer's derived IPv4 address. On
+    /// a collision the peer trusted first keeps it (see `route_ipv4`).
+    by_address4: HashMap<Ipv4Addr, PeerSlot>,
     next_housekeeping: Instant,
     pending: PendingRequests,
     auto_approve: AutoApprove,
@@ -237,6 +240,7 @@ impl Node {
             network: config.network,
             own_id,
             own_prefix: NodePrefix::of_agent(config.network, &own_id),
+            own_address4: Some(agent_address4(config.network, &own_id)),
             name: config.name.clone(),
             noise_secret: config.identity.noise_secret_key(),
             own_mac1: Mac1Key::for_responder(config.network, &own_id.noise_public_key()),
@@ -261,6 +265,7 @@ impl Node {
             peer_order: Vec::new(),
             by_noise_key: HashMap::new(),
             by_prefix: HashMap::new(),
+            by_address4: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             pending: PendingRequests::default(),
             auto_approve: AutoApprove::default(),
@@ -382,6 +387,74 @@ impl Node {
         self.ctx.refresh_candidates();
     }
 
+    /// This agent's IPv4 overlay address, unless IPv4 is off.
+    pub fn address4(&self) -> Option<Ipv4Addr> {
+        self.ctx.own_address4
+    }
+
+    /// Turns the IPv4 overlay on (the default) or off. Off, IPv4 packets
+    /// are neither sent nor accepted and no peer has an IPv4 route.
+    pub fn set_ipv4(&mut self, enabled: bool) {
+        self.ctx.own_address4 = enabled.then(|| agent_address4(self.ctx.network, &self.ctx.own_id));
+        self.by_address4.clear();
+        for index in 0..self.peer_order.len() {
+            self.route_ipv4(self.peer_order[index]);
+        }
+    }
+
+    /// Gives the peer in `slot` its IPv4 route unless the address is taken:
+    /// by this agent, or by a peer trusted earlier (which keeps it; the
+    /// later one is reachable over IPv6 only, and status says why).
+    fn route_ipv4(&mut self, slot: PeerSlot) {
+        let own = self.ctx.own_address4;
+        let own_id = self.ctx.own_id;
+        let Some(peer) = self.peers.at(slot) else {
+            return;
+        };
+        if peer.is_rendezvous {
+            return;
+        }
+        let address = peer.address4;
+        let conflict = match own {
+            None => None,
+            Some(own) if own == address => Some(Some(own_id)),
+            Some(_) => match self.by_address4.get(&address) {
+                Some(holder) if *holder != slot => {
+                    Some(self.peers.at(*holder).map(|holder| holder.config.id))
+                }
+                _ => {
+                    self.by_address4.insert(address, slot);
+                    None
+                }
+            },
+        };
+        if let Some(peer) = self.peers.at_mut(slot) {
+            peer.ipv4_routed = own.is_some() && conflict.is_none();
+            peer.ipv4_conflict = conflict.flatten();
+            if let Some(holder) = peer.ipv4_conflict {
+                tracing::warn!(
+                    peer = %peer.config.id,
+                    address = %address,
+                    holder = %holder,
+                    "two agents derive the same IPv4 address: the later one is reachable over IPv6 only"
+                );
+            }
+        }
+    }
+
+    /// The trusted peer an overlay address belongs to (its agent address,
+    /// an address in its node prefix, or its routed IPv4 address).
+    pub fn peer_of_address(&self, address: IpAddr) -> Option<AgentId> {
+        let slot = match address {
+            IpAddr::V6(v6) => self.by_prefix.get(&NodePrefix::of_address(&v6)),
+            IpAddr::V4(v4) => self.by_address4.get(&v4),
+        }?;
+        self.peers
+            .at(*slot)
+            .filter(|peer| !peer.is_rendezvous)
+            .map(|peer| peer.config.id)
+    }
+
     /// Adds a trusted peer, or updates its name, endpoint and policy.
     pub fn upsert_peer(&mut self, now: Instant, peer: PeerConfig) {
         if peer.id == self.ctx.own_id {
@@ -407,7 +480,9 @@ impl Node {
             .insert(peer.id, |slot| Peer::new(ctx, peer, slot));
         self.by_noise_key.insert(state.noise_public, state.slot);
         self.by_prefix.insert(state.prefix, state.slot);
-        self.peer_order.push(state.slot);
+        let slot = state.slot;
+        self.peer_order.push(slot);
+        self.route_ipv4(slot);
     }
 
     /// Removes a peer and destroys its sessions and keys at once. Returns
@@ -422,6 +497,23 @@ impl Node {
         self.by_noise_key.remove(&peer.noise_public);
         self.by_prefix.remove(&peer.prefix);
         self.peer_order.retain(|slot| *slot != peer.slot);
+        if self.by_address4.get(&peer.address4) == Some(&peer.slot) {
+            // The address is free: the earliest peer that wanted it gets it.
+            self.by_address4.remove(&peer.address4);
+            let waiting: Vec<PeerSlot> = self
+                .peer_order
+                .iter()
+                .copied()
+                .filter(|slot| {
+                    self.peers
+                        .at(*slot)
+                        .is_some_and(|other| other.address4 == peer.address4)
+                })
+                .collect();
+            for slot in waiting {
+                self.route_ipv4(slot);
+            }
+        }
         // Packets of this peer may still be queued for the TUN; they were
         // accepted before the removal, so they may go out.
         if was_up {
@@ -1098,14 +1190,25 @@ impl Node {
         }
         peer.counters.rx_bytes += len as u64;
         peer.counters.rx_packets += 1;
-        let Some(packet) = Ipv6Packet::new_checked(&buffer) else {
-            // IPv4 or a malformed packet: the overlay carries IPv6.
+        let Some(packet) = IpPacket::new_checked(&buffer) else {
             peer.counters.dropped_spoofed += 1;
             return;
         };
-        if !peer.prefix.contains(&packet.source_addr())
-            || NodePrefix::of_octets(&packet.destination()) != ctx.own_prefix
-        {
+        // Cryptokey routing inbound: the source must be the sending peer's
+        // (its node prefix, or its routed IPv4 address) and the destination
+        // ours.
+        let genuine = match packet.version() {
+            IpVersion::V6 => {
+                peer.prefix.contains(&Ipv6Addr::from(packet.source()))
+                    && NodePrefix::of_octets(&packet.destination()) == ctx.own_prefix
+            }
+            IpVersion::V4 => {
+                peer.ipv4_routed
+                    && packet.source_ip() == IpAddr::V4(peer.address4)
+                    && ctx.own_address4.map(IpAddr::V4) == Some(packet.destination_ip())
+            }
+        };
+        if !genuine {
             peer.counters.dropped_spoofed += 1;
             return;
         }
@@ -1123,31 +1226,56 @@ impl Node {
 
     /// Feeds one IP packet read from the TUN.
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) {
-        let Some(parsed) = Ipv6Packet::new_checked(packet) else {
+        let Some(parsed) = IpPacket::new_checked(packet) else {
             self.ctx.dropped.no_route += 1;
             return;
         };
-        let Some(peer) = self
-            .by_prefix
-            .get(&NodePrefix::of_octets(&parsed.destination()))
-            .and_then(|slot| self.peers.at_mut(*slot))
-        else {
+        // Cryptokey routing outbound: the destination names the peer. Only
+        // this node's own addresses may send into the overlay (the agent
+        // address and attached namespaces, all in its node prefix; over
+        // IPv4 the agent's address, which attachments are masqueraded
+        // behind): not a LAN neighbour routing through the host, nor a
+        // spoofer.
+        let (slot, own_source) = match parsed.version() {
+            IpVersion::V6 => (
+                self.by_prefix
+                    .get(&NodePrefix::of_octets(&parsed.destination())),
+                NodePrefix::of_octets(&parsed.source()) == self.ctx.own_prefix,
+            ),
+            IpVersion::V4 => match (parsed.destination_ip(), self.ctx.own_address4) {
+                (IpAddr::V4(destination), Some(own)) => (
+                    self.by_address4.get(&destination),
+                    parsed.source_ip() == IpAddr::V4(own),
+                ),
+                _ => (None, false),
+            },
+        };
+        let Some(peer) = slot.and_then(|slot| self.peers.at_mut(*slot)) else {
             self.ctx.dropped.no_route += 1;
             return;
         };
-        // Only this node's own addresses (the agent address and attached
-        // namespaces, all in its node prefix) may send into the overlay:
-        // not a LAN neighbour routing through the host, nor a spoofer.
-        if NodePrefix::of_octets(&parsed.source()) != self.ctx.own_prefix {
+        if !own_source {
             self.ctx.dropped.foreign_source += 1;
             return;
         }
         if packet.len() > usize::from(self.ctx.tunnel_mtu) {
             self.ctx.dropped.too_big += 1;
             peer.stats.too_big += 1;
-            let source = self.ctx.own_prefix.agent_address().octets();
-            let reply = packet::packet_too_big(source, &parsed, u32::from(self.ctx.tunnel_mtu));
-            self.ctx.tun_out.push_back(reply);
+            // Never fragment outer packets: the sender learns the tunnel MTU
+            // (IPv4 without DF is dropped; the kernel fragments those before
+            // the TUN, so only forged ones get here).
+            let reply = match (parsed.version(), self.ctx.own_address4) {
+                (IpVersion::V6, _) => Some(packet::packet_too_big(
+                    self.ctx.own_prefix.agent_address().octets(),
+                    &parsed,
+                    u32::from(self.ctx.tunnel_mtu),
+                )),
+                (IpVersion::V4, Some(own)) if parsed.dont_fragment() => Some(
+                    packet::fragmentation_needed(own, &parsed, self.ctx.tunnel_mtu),
+                ),
+                (IpVersion::V4, _) => None,
+            };
+            self.ctx.tun_out.extend(reply);
             return;
         }
         peer.track_outbound(now, &parsed);
@@ -1257,6 +1385,7 @@ impl Node {
         NodeStatus {
             id: self.ctx.own_id,
             address: self.ctx.own_prefix.agent_address(),
+            address4: self.ctx.own_address4,
             node_prefix: self.ctx.own_prefix.to_string(),
             mtu: self.ctx.tunnel_mtu,
             peers: self
@@ -1273,3 +1402,6 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,20 +1,21 @@
 //! One trusted peer: its sessions, handshake retries, queue and timers.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore};
 
-use super::address::{NodeId, NodePrefix};
+use super::address::{NodeId, NodePrefix, agent_address4};
 use super::birthday::{BurstBudget, burst_targets};
 use super::conntrack::ConnectionTracker;
 use super::context::Context;
 use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use super::cookie::InitiatorCookie;
 use super::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
+use super::identity::AgentId;
 use super::node::{Event, PeerConfig};
-use super::packet::Ipv6Packet;
+use super::packet::IpPacket;
 use super::path::{NatKind, PathAddr};
 use super::peer_table::PeerSlot;
 use super::policy::Policy;
@@ -111,6 +112,14 @@ pub struct Peer {
     pub config: PeerConfig,
     pub noise_public: [u8; 32],
     pub prefix: NodePrefix,
+    /// The peer's derived IPv4 address.
+    pub address4: Ipv4Addr,
+    /// Whether IPv4 to and from this peer is routed: not when IPv4 is off
+    /// here, nor when another trusted agent (or this one) holds the address
+    /// (`ipv4_conflict` says which).
+    pub ipv4_routed: bool,
+    /// The agent that holds this peer's IPv4 address here, if not it.
+    pub ipv4_conflict: Option<AgentId>,
     pub endpoint: Option<SocketAddr>,
     /// The probe socket the direct endpoint is reached through (`None`: the
     /// main socket).
@@ -203,6 +212,9 @@ impl Peer {
             node_id: NodeId::of(&config.id),
             slot,
             prefix: NodePrefix::of_agent(ctx.network, &config.id),
+            address4: agent_address4(ctx.network, &config.id),
+            ipv4_routed: false,
+            ipv4_conflict: None,
             endpoint: config.endpoint,
             endpoint_socket: None,
             remote_nat: NatKind::Unknown,
@@ -423,7 +435,7 @@ impl Peer {
 
     /// Tracks an outbound packet for the connection table when the policy
     /// needs it.
-    pub fn track_outbound(&mut self, now: Instant, packet: &Ipv6Packet<'_>) {
+    pub fn track_outbound(&mut self, now: Instant, packet: &IpPacket<'_>) {
         if self.config.allow != Policy::All {
             self.conntrack
                 .track_outbound(now, &self.config.allow, packet);
@@ -1105,6 +1117,9 @@ impl Peer {
             id: self.config.id,
             name: self.config.name.clone(),
             address: self.prefix.agent_address(),
+            address4: self.ipv4_routed.then_some(self.address4),
+            derived_address4: self.address4,
+            address4_conflict: self.ipv4_conflict,
             node_prefix: self.prefix.to_string(),
             endpoint: self.endpoint,
             path: self.path_kind(ctx, now),

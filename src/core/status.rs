@@ -1,6 +1,6 @@
 //! What the core reports about itself and its peers, for `agentnet status`.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
 
@@ -27,6 +27,13 @@ pub struct PeerStatus {
     pub name: String,
     /// The peer's agent address.
     pub address: Ipv6Addr,
+    /// The peer's IPv4 address when IPv4 to it is routed.
+    pub address4: Option<Ipv4Addr>,
+    /// The IPv4 address derived from its key (routed or not).
+    pub derived_address4: Ipv4Addr,
+    /// Who holds that IPv4 address here instead (this agent, or a peer
+    /// trusted before it): IPv4 to this peer is off, IPv6 works.
+    pub address4_conflict: Option<AgentId>,
     /// The peer's node prefix, `addr/112`.
     pub node_prefix: String,
     /// Current underlay endpoint, if known.
@@ -122,6 +129,8 @@ pub struct NodeStatus {
     pub id: AgentId,
     /// This agent's overlay address.
     pub address: Ipv6Addr,
+    /// This agent's IPv4 overlay address (`None`: IPv4 is off).
+    pub address4: Option<Ipv4Addr>,
     /// This agent's node prefix.
     pub node_prefix: String,
     /// Inner MTU of the tunnel.

@@ -309,6 +309,11 @@ impl SimNet {
         NodePrefix::of_agent(self.network, &self.id(host)).agent_address()
     }
 
+    /// The host's IPv4 overlay address.
+    pub fn overlay_address4(&self, host: usize) -> Ipv4Addr {
+        agentnet::core::address::agent_address4(self.network, &self.id(host))
+    }
+
     /// `host` trusts `peer`, optionally knowing its endpoint.
     pub fn trust(&mut self, host: usize, peer: usize, with_endpoint: bool, allow: Policy) {
         let config = PeerConfig {
@@ -582,8 +587,62 @@ pub fn tcp_packet(
     packet
 }
 
-/// The tag of a packet made by [`udp_packet`].
+/// A UDP-in-IPv4 packet (DF set) from `source` to `destination` carrying
+/// `tag`, `len` bytes of UDP payload.
+pub fn udp4_packet(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    destination_port: u16,
+    tag: u32,
+    len: usize,
+) -> Vec<u8> {
+    let udp_len = 8 + len.max(4);
+    let mut packet = ipv4_header(source, destination, 17, 20 + udp_len);
+    packet.extend_from_slice(&40000u16.to_be_bytes());
+    packet.extend_from_slice(&destination_port.to_be_bytes());
+    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(&tag.to_be_bytes());
+    packet.resize(20 + udp_len, 0xab);
+    packet
+}
+
+/// A TCP-in-IPv4 packet (DF set) with ports and flags.
+pub fn tcp4_packet(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    source_port: u16,
+    destination_port: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut packet = ipv4_header(source, destination, 6, 40);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&destination_port.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    packet.extend_from_slice(&tcp);
+    packet
+}
+
+/// An IPv4 header (no options, DF, TTL 64) with its checksum.
+fn ipv4_header(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, total: usize) -> Vec<u8> {
+    let mut header = etherparse::Ipv4Header::new(
+        (total - 20) as u16,
+        64,
+        etherparse::IpNumber(protocol),
+        source.octets(),
+        destination.octets(),
+    )
+    .expect("header");
+    header.dont_fragment = true;
+    header.header_checksum = header.calc_header_checksum();
+    header.to_bytes().to_vec()
+}
+
+/// The tag of a packet made by [`udp_packet`] or [`udp4_packet`].
 pub fn tag_of(packet: &[u8]) -> Option<u32> {
-    let bytes: [u8; 4] = packet.get(48..52)?.try_into().ok()?;
+    let at = if packet.first()? >> 4 == 4 { 28 } else { 48 };
+    let bytes: [u8; 4] = packet.get(at..at + 4)?.try_into().ok()?;
     Some(u32::from_be_bytes(bytes))
 }

@@ -1,0 +1,184 @@
+//! IPv4 routing decisions that need the node's insides: derived-address
+//! collisions, and a peer (running modified software) that forges sources.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::core::packet::PROTO_UDP;
+use crate::core::packet::tests::ipv4;
+
+const MTU: u16 = 1408;
+
+fn network() -> NetworkId {
+    NetworkId::from_name("agentnet")
+}
+
+fn identity(seed: u32) -> Identity {
+    let mut secret = [0u8; 32];
+    secret[..4].copy_from_slice(&seed.to_le_bytes());
+    Identity::from_secret_bytes(&secret).expect("32 bytes")
+}
+
+fn node(identity: &Identity, now: Instant) -> Node {
+    let config = NodeConfig {
+        identity: identity.clone(),
+        network: network(),
+        name: "node".into(),
+        tunnel_mtu: MTU,
+    };
+    Node::new(config, [7; 32], now, Duration::from_secs(1_700_000_000))
+}
+
+fn peer_config(identity: &Identity, endpoint: Option<SocketAddr>) -> PeerConfig {
+    PeerConfig {
+        id: identity.agent_id(),
+        name: "peer".into(),
+        endpoint,
+        allow: Policy::All,
+    }
+}
+
+/// Three keys, found by search (22 bits: about 3000 tries), where the last
+/// two derive the same IPv4 address and the first does not.
+fn colliding_identities() -> (Identity, Identity, Identity) {
+    let mut seen: HashMap<Ipv4Addr, Identity> = HashMap::new();
+    for seed in 1.. {
+        let candidate = identity(seed);
+        let address = agent_address4(network(), &candidate.agent_id());
+        if let Some(first) = seen.remove(&address) {
+            let other = seen.into_values().next().expect("another key");
+            return (other, first, candidate);
+        }
+        seen.insert(address, candidate);
+    }
+    unreachable!("the search is unbounded")
+}
+
+#[test]
+fn the_peer_trusted_first_keeps_a_colliding_ipv4_address() {
+    let (me, first, second) = colliding_identities();
+    let shared = agent_address4(network(), &first.agent_id());
+    assert_eq!(shared, agent_address4(network(), &second.agent_id()));
+    let now = Instant::now();
+    let mut node = node(&me, now);
+    node.upsert_peer(now, peer_config(&first, None));
+    node.upsert_peer(now, peer_config(&second, None));
+
+    let status = node.status(now);
+    let (a, b) = (&status.peers[0], &status.peers[1]);
+    assert_eq!((a.address4, a.address4_conflict), (Some(shared), None));
+    assert_eq!(b.address4, None, "the later peer got an IPv4 route");
+    assert_eq!(b.derived_address4, shared);
+    assert_eq!(b.address4_conflict, Some(first.agent_id()));
+    assert_eq!(
+        node.peer_of_address(IpAddr::V4(shared)),
+        Some(first.agent_id())
+    );
+    // IPv6 still names each of them.
+    assert_eq!(
+        node.peer_of_address(IpAddr::V6(b.address)),
+        Some(second.agent_id())
+    );
+    // Updating the later peer (a policy change) does not move the address.
+    node.upsert_peer(now, peer_config(&second, None));
+    assert_eq!(node.status(now).peers[1].address4, None);
+
+    // When the holder goes, the waiting peer gets the address.
+    assert!(node.remove_peer(&first.agent_id()));
+    let status = node.status(now);
+    assert_eq!(status.peers[0].id, second.agent_id());
+    assert_eq!(status.peers[0].address4, Some(shared));
+    assert_eq!(status.peers[0].address4_conflict, None);
+    assert_eq!(
+        node.peer_of_address(IpAddr::V4(shared)),
+        Some(second.agent_id())
+    );
+}
+
+#[test]
+fn a_peer_with_this_agents_ipv4_address_gets_no_ipv4_route() {
+    let (_, me, twin) = colliding_identities();
+    let now = Instant::now();
+    let mut node = node(&me, now);
+    node.upsert_peer(now, peer_config(&twin, None));
+    let status = node.status(now);
+    assert_eq!(status.peers[0].address4, None);
+    assert_eq!(status.peers[0].address4_conflict, Some(me.agent_id()));
+    assert_eq!(
+        node.peer_of_address(IpAddr::V4(status.peers[0].derived_address4)),
+        None
+    );
+}
+
+/// Moves datagrams between two nodes until both are quiet.
+fn exchange(a: &mut Node, a_at: SocketAddr, b: &mut Node, b_at: SocketAddr, now: Instant) {
+    for _ in 0..16 {
+        let mut moved = false;
+        while let Some(transmit) = a.poll_transmit() {
+            moved = true;
+            if transmit.destination == b_at {
+                b.handle_datagram(now, a_at, &transmit.payload);
+            }
+        }
+        while let Some(transmit) = b.poll_transmit() {
+            moved = true;
+            if transmit.destination == a_at {
+                a.handle_datagram(now, b_at, &transmit.payload);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
+    let (alice, bob, carol) = (identity(1), identity(2), identity(3));
+    let (a_at, b_at): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:7400".parse().expect("addr"),
+        "10.0.0.2:7400".parse().expect("addr"),
+    );
+    let now = Instant::now();
+    let (mut a, mut b) = (node(&alice, now), node(&bob, now));
+    a.upsert_peer(now, peer_config(&bob, Some(b_at)));
+    b.upsert_peer(now, peer_config(&alice, Some(a_at)));
+    b.upsert_peer(now, peer_config(&carol, None));
+    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
+    let c4 = agent_address4(network(), &carol.agent_id());
+
+    let genuine = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    a.handle_tun_packet(now, &genuine);
+    exchange(&mut a, a_at, &mut b, b_at, now);
+    assert_eq!(b.poll_tun_packet(), Some(genuine.clone()));
+
+    // Alice's modified software seals what its own node would refuse to:
+    // a source of another trusted agent, of the LAN, and a packet to an
+    // address that is not Bob's.
+    let forged = [
+        ipv4(c4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]),
+        ipv4(
+            Ipv4Addr::new(192, 168, 1, 2),
+            b4,
+            PROTO_UDP,
+            &[0, 1, 0, 2, 0, 8, 0, 0],
+        ),
+        ipv4(a4, c4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]),
+    ];
+    let slot = *a.by_prefix.values().next().expect("bob");
+    for packet in &forged {
+        let peer = a.peers.at_mut(slot).expect("bob");
+        peer.send(&mut a.ctx, now, packet);
+    }
+    exchange(&mut a, a_at, &mut b, b_at, now);
+    assert_eq!(
+        b.poll_tun_packet(),
+        None,
+        "a forged IPv4 packet was delivered"
+    );
+    let from_alice = &b.status(now).peers[0];
+    assert_eq!(from_alice.id, alice.agent_id());
+    assert_eq!(from_alice.dropped_spoofed, 3);
+}
