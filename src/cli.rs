@@ -24,7 +24,7 @@ use self::attach::{AttachArgs, DetachArgs};
 use self::render::{StatusView, render_status, table};
 use self::trust::{ApproveArgs, FleetCommand, RequestArgs, TRUST_LONG_ABOUT};
 use agentnet::control::{ControlClient, ControlError, DaemonInfo, Request, Response, TrustedPeer};
-use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::core::address::{NetworkId, NodePrefix, agent_address4};
 use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
 use agentnet::core::trust::{TrustEntry, TrustState, validate_name};
@@ -312,6 +312,11 @@ pub(crate) struct UpArgs {
     /// root]. `root` keeps root.
     #[arg(long, value_name = "USER")]
     pub(crate) user: Option<String>,
+    /// IPv6 only: no IPv4 overlay address, route or A records (config.toml:
+    /// `ipv4 = false`). By default every agent also has a key-derived
+    /// address in 100.64.0.0/10 for software that speaks only IPv4.
+    #[arg(long)]
+    pub(crate) no_ipv4: bool,
     /// Move one packet per system call: no TUN segmentation offload, no UDP
     /// GSO/GRO (for kernels or devices where they misbehave; slower).
     #[arg(long, env = "AGENTNET_NO_OFFLOAD")]
@@ -545,13 +550,18 @@ fn init(context: &Instance, args: InitArgs) -> Result<()> {
             .as_ref()
             .map(|c| c.rendezvous.clone())
             .unwrap_or_default(),
+        ipv4: existing.as_ref().is_none_or(|c| c.ipv4),
     };
     state.write_config(&config)?;
     let id = identity.agent_id();
-    let prefix = NodePrefix::of_agent(NetworkId::from_name(&config.network), &id);
+    let network = NetworkId::from_name(&config.network);
+    let prefix = NodePrefix::of_agent(network, &id);
     say!("created identity in {}", state.root().display());
     say!("id       {id}");
     say!("address  {}", prefix.agent_address());
+    if config.ipv4 {
+        say!("address4 {}", agent_address4(network, &id));
+    }
     say!("name     {}", config.name);
     say!("network  {}", config.network);
     say!("");
@@ -565,10 +575,12 @@ fn id(context: &Instance, json: bool) -> Result<()> {
     let (config, network) = context.network()?;
     let id = identity.agent_id();
     let prefix = NodePrefix::of_agent(network, &id);
+    let address4 = config.ipv4.then(|| agent_address4(network, &id));
     if json {
         let value = json!({
             "id": id.to_string(),
             "address": prefix.agent_address().to_string(),
+            "address4": address4.map(|address| address.to_string()),
             "node_prefix": prefix.to_string(),
             "did": id.to_did_key(),
             "name": config.name,
@@ -578,6 +590,10 @@ fn id(context: &Instance, json: bool) -> Result<()> {
     } else {
         say!("id           {id}");
         say!("address      {}", prefix.agent_address());
+        match address4 {
+            Some(address4) => say!("address4     {address4}"),
+            None => say!("address4     none (ipv4 = false in config.toml)"),
+        }
         say!("node prefix  {prefix}");
         say!("did          {}", id.to_did_key());
         say!("name         {}", config.name);
@@ -612,6 +628,7 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
             userspace: args.rootless.options(),
             user: args.user,
             offload: !args.no_offload,
+            ipv4: !args.no_ipv4,
         })?);
     }
     let state = &context.state;
@@ -937,8 +954,14 @@ fn trust_add(
                 added_unix: 0,
                 expires_unix: None,
             };
+            let (config, _) = context.network()?;
             let (stored, change) = context.state.trust_upsert(&own, entry)?;
-            (TrustedPeer::new(stored, network), change)
+            let store = context.state.load_trust()?;
+            let peer = TrustedPeer::list_offline(store.peers, network, &own, config.ipv4)
+                .into_iter()
+                .find(|peer| peer.entry.id == stored.id)
+                .unwrap_or_else(|| TrustedPeer::new(stored, network));
+            (peer, change)
         }
     };
     let verb = match change {
@@ -952,12 +975,25 @@ fn trust_add(
         .map(|e| format!(", endpoint {e}"))
         .unwrap_or_default();
     say!(
-        "{verb} {} ({}): address {}, allow {}{endpoint}",
+        "{verb} {} ({}): address {}{}, allow {}{endpoint}",
         peer.entry.name,
         peer.entry.id,
         peer.address,
+        match peer.address4 {
+            Some(address4) => format!(" and {address4}"),
+            None => String::new(),
+        },
         peer.entry.allow
     );
+    if let Some(holder) = peer.address4_taken_by {
+        say!(
+            "note: {}'s IPv4 address {} is already {}; {} is reachable over IPv6 only (its name resolves to AAAA only)",
+            peer.entry.name,
+            agent_address4(context.network()?.1, &peer.entry.id),
+            ipv4_holder_text(context, &holder),
+            peer.entry.name
+        );
+    }
     if context.state.running_pid().is_none() {
         say!("agentnet is not running; this applies at the next `agentnet up`");
     }
@@ -971,14 +1007,10 @@ fn trust_list(context: &Instance, json: bool) -> Result<()> {
             other => bail!("unexpected answer to `trust list`: {other:?}"),
         },
         None => {
-            let (_, network) = context.network()?;
-            context
-                .state
-                .load_trust()?
-                .peers
-                .into_iter()
-                .map(|entry| TrustedPeer::new(entry, network))
-                .collect()
+            let (config, network) = context.network()?;
+            let own = context.state.load_identity()?.agent_id();
+            let entries = context.state.load_trust()?.peers;
+            TrustedPeer::list_offline(entries, network, &own, config.ipv4)
         }
     };
     if json {
@@ -999,9 +1031,15 @@ fn trust_list(context: &Instance, json: bool) -> Result<()> {
                     trust::expiry_note(&peer.entry, agentnet::state::unix_now())
                 ),
             };
+            let address4 = match (peer.address4, peer.address4_taken_by) {
+                (Some(address4), _) => address4.to_string(),
+                (None, Some(_)) => "- (IPv4 address taken)".into(),
+                (None, None) => "-".into(),
+            };
             vec![
                 format!("{}{state}", peer.entry.name),
                 peer.address.to_string(),
+                address4,
                 peer.entry.allow.to_string(),
                 peer.entry.endpoint.clone().unwrap_or_else(|| "-".into()),
                 peer.entry.id.to_string(),
@@ -1010,9 +1048,32 @@ fn trust_list(context: &Instance, json: bool) -> Result<()> {
         .collect();
     say!(
         "{}",
-        table(&["NAME", "ADDRESS", "ALLOW", "ENDPOINT", "ID"], &rows).trim_end()
+        table(
+            &["NAME", "ADDRESS", "IPV4", "ALLOW", "ENDPOINT", "ID"],
+            &rows
+        )
+        .trim_end()
     );
     Ok(())
+}
+
+/// "this agent's own" or "held by NAME (ID)", for an IPv4 collision.
+fn ipv4_holder_text(context: &Instance, holder: &AgentId) -> String {
+    let own = context
+        .state
+        .load_identity()
+        .map(|identity| identity.agent_id());
+    if own.as_ref().ok() == Some(holder) {
+        return "this agent's own".into();
+    }
+    let name = context
+        .state
+        .load_trust()
+        .ok()
+        .and_then(|store| store.peers.into_iter().find(|entry| entry.id == *holder))
+        .map(|entry| entry.name)
+        .unwrap_or_else(|| "another agent".into());
+    format!("held by {name} ({holder}), trusted earlier")
 }
 
 fn trust_remove(context: &Instance, peer: &str) -> Result<()> {

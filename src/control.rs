@@ -44,16 +44,18 @@
 //! {"error":"human-readable message"}
 //! ```
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::address::{NetworkId, NodePrefix, agent_address4};
 use crate::core::identity::AgentId;
+use crate::core::node::Ipv4Route;
 use crate::core::pending::PendingStatus;
 use crate::core::policy::Policy;
 use crate::core::trust::TrustEntry;
@@ -256,13 +258,71 @@ pub struct TrustedPeer {
     pub entry: TrustEntry,
     /// The peer's agent address in this network.
     pub address: Ipv6Addr,
+    /// The peer's IPv4 address, when IPv4 to it is routed here.
+    #[serde(default)]
+    pub address4: Option<Ipv4Addr>,
+    /// The agent that holds the peer's derived IPv4 address here instead
+    /// (this one, or a peer trusted earlier): the peer is reachable over
+    /// IPv6 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address4_taken_by: Option<AgentId>,
 }
 
 impl TrustedPeer {
-    /// Adds the peer's address in `network` to a trust entry.
+    /// Adds the peer's addresses in `network` to a trust entry (IPv4 as
+    /// derived; [`Self::with_ipv4_route`] says whether it is routed).
     pub fn new(entry: TrustEntry, network: NetworkId) -> Self {
         let address = NodePrefix::of_agent(network, &entry.id).agent_address();
-        Self { entry, address }
+        let address4 = Some(agent_address4(network, &entry.id));
+        Self {
+            entry,
+            address,
+            address4,
+            address4_taken_by: None,
+        }
+    }
+
+    /// Sets the IPv4 route as the node decided it.
+    pub fn with_ipv4_route(mut self, route: Ipv4Route) -> Self {
+        (self.address4, self.address4_taken_by) = match route {
+            Ipv4Route::Routed(address) => (Some(address), None),
+            Ipv4Route::Off => (None, None),
+            Ipv4Route::TakenBy(holder) => (None, Some(holder)),
+        };
+        self
+    }
+
+    /// The trust store's entries as the daemon would route them, without
+    /// one (the CLI while agentnet is down): a derived IPv4 address goes to
+    /// the first entry that has it, unless it is this agent's own.
+    pub fn list_offline(
+        entries: Vec<TrustEntry>,
+        network: NetworkId,
+        own: &AgentId,
+        ipv4: bool,
+    ) -> Vec<Self> {
+        let mut holders: HashMap<Ipv4Addr, AgentId> = HashMap::new();
+        if ipv4 {
+            holders.insert(agent_address4(network, own), *own);
+        }
+        entries
+            .into_iter()
+            .map(|entry| {
+                let derived = agent_address4(network, &entry.id);
+                let route = if !ipv4 {
+                    Ipv4Route::Off
+                } else {
+                    match holders.get(&derived) {
+                        Some(holder) if *holder != entry.id => Ipv4Route::TakenBy(*holder),
+                        _ => {
+                            holders.insert(derived, entry.id);
+                            Ipv4Route::Routed(derived)
+                        }
+                    }
+                };
+                Self::new(entry, network).with_ipv4_route(route)
+            })
+            .collect()
     }
 }
 

@@ -215,10 +215,22 @@ pub struct AgentConfig {
     /// Rendezvous servers to register with, as `HOST:PORT=ID`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rendezvous: Vec<String>,
+    /// Whether the agent has an IPv4 overlay address next to its IPv6 one
+    /// (`ipv4 = false`: IPv6 only; `up --no-ipv4` does the same once).
+    #[serde(default = "enabled", skip_serializing_if = "is_enabled")]
+    pub ipv4: bool,
 }
 
 fn default_network_name() -> String {
     DEFAULT_NETWORK_NAME.to_string()
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn is_enabled(value: &bool) -> bool {
+    *value
 }
 
 impl AgentConfig {
@@ -229,6 +241,7 @@ impl AgentConfig {
             name: default_agent_name(),
             network: default_network_name(),
             rendezvous: Vec::new(),
+            ipv4: true,
         }
     }
 }
@@ -1132,12 +1145,14 @@ mod tests {
             name: "alice".into(),
             network: "lab".into(),
             rendezvous: Vec::new(),
+            ipv4: false,
         };
         state.write_config(&config).expect("written");
         assert_eq!(state.load_config().expect("read"), Some(config));
         fs::write(state.config_path(), "name = \"bob\"\n").expect("write");
         let config = state.load_config().expect("read").expect("some");
         assert_eq!(config.network, DEFAULT_NETWORK_NAME);
+        assert!(config.ipv4, "IPv4 is on unless the file says otherwise");
     }
 
     #[test]

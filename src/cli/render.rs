@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub(super) struct StatusView {
     id: String,
     address: String,
+    address4: Option<String>,
     node_prefix: String,
     name: String,
     network: String,
@@ -29,6 +30,9 @@ pub(super) struct StatusView {
 struct PeerView {
     id: String,
     name: String,
+    address4: Option<String>,
+    derived_address4: Option<String>,
+    address4_conflict: Option<String>,
     endpoint: Option<String>,
     relay: Option<String>,
     path: String,
@@ -79,6 +83,14 @@ pub(super) fn render_status(status: &StatusView) -> String {
     );
     let _ = writeln!(
         out,
+        "address4   {}",
+        status
+            .address4
+            .as_deref()
+            .unwrap_or("none (IPv4 is off: --no-ipv4 or ipv4 = false)")
+    );
+    let _ = writeln!(
+        out,
         "interface  {}  mtu {}  udp port {}  pid {}  up {}",
         status.interface,
         status.mtu,
@@ -104,6 +116,7 @@ pub(super) fn render_status(status: &StatusView) -> String {
                 };
                 vec![
                     peer.name.clone(),
+                    peer.address4.clone().unwrap_or_else(|| "-".into()),
                     path.to_string(),
                     via.unwrap_or_else(|| "-".into()),
                     peer.rtt
@@ -122,6 +135,7 @@ pub(super) fn render_status(status: &StatusView) -> String {
         out.push_str(&table(
             &[
                 "PEER",
+                "IPV4",
                 "PATH",
                 "VIA",
                 "RTT",
@@ -146,6 +160,25 @@ pub(super) fn render_status(status: &StatusView) -> String {
                 drops.insert(reason.as_str(), *count);
             }
             drops.insert("duplicates (10 s)", peer.receive.window.duplicates);
+            if let Some(holder) = &peer.address4_conflict {
+                let holder_name = if *holder == status.id {
+                    "this agent".to_string()
+                } else {
+                    status
+                        .peers
+                        .iter()
+                        .find(|other| other.id == *holder)
+                        .map_or_else(|| short(holder).to_string(), |other| other.name.clone())
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} ({}…): IPv4 off, reachable over IPv6 only: its address {} is also {}'s",
+                    peer.name,
+                    short(&peer.id),
+                    peer.derived_address4.as_deref().unwrap_or("?"),
+                    holder_name
+                );
+            }
             let text = counters(drops.into_iter());
             if !text.is_empty() {
                 let _ = writeln!(
@@ -298,15 +331,21 @@ mod tests {
     fn status_text_shows_peers_and_nonzero_drops() {
         let value = json!({
             "id": "abc", "address": "fd00::1", "node_prefix": "fd00::/112", "mtu": 1408,
+            "address4": "100.64.0.1",
             "interface": "agentnet0", "port": 7400, "pid": 9, "name": "alice",
             "network": "agentnet", "uptime_s": 65,
             "peers": [{
                 "id": "bobbobbobbobbobbob", "name": "bob", "address": "fd00::2:1",
+                "address4": "100.64.0.2",
                 "endpoint": "192.0.2.7:7400", "path": "direct", "session_established": true,
                 "last_handshake_age_s": 12.5, "rx_bytes": 2048, "tx_bytes": 10,
                 "dropped_policy": 3, "allow": "all", "future_field": 1,
                 "rtt": {"smoothed_ms": 20.04}, "receive": {"loss": 0.051, "reordering": 0.0},
                 "drops": {"policy": 3, "decrypt": 2}
+            }, {
+                "id": "carolcarolcarol", "name": "carol", "address": "fd00::3:1",
+                "address4": null, "derived_address4": "100.64.0.2",
+                "address4_conflict": "bobbobbobbobbobbob", "path": "none"
             }],
             "dropped": {"untrusted": 2, "malformed": 0}
         });
@@ -323,5 +362,11 @@ mod tests {
         assert!(text.contains("untrusted 2"), "{text}");
         assert!(!text.contains("malformed"), "{text}");
         assert!(text.contains("up 1m05s"), "{text}");
+        assert!(text.contains("address4   100.64.0.1"), "{text}");
+        assert!(text.contains("100.64.0.2"), "{text}");
+        assert!(
+            text.contains("carol (carolcarolca…): IPv4 off, reachable over IPv6 only: its address 100.64.0.2 is also bob's"),
+            "{text}"
+        );
     }
 }

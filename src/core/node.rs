@@ -74,6 +74,18 @@ pub struct PeerConfig {
     pub allow: Policy,
 }
 
+/// Whether IPv4 reaches a trusted peer, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Route {
+    /// Packets to this IPv4 address go to the peer.
+    Routed(Ipv4Addr),
+    /// IPv4 is off on this agent.
+    Off,
+    /// Another agent (this one, or a peer trusted earlier) derives the same
+    /// address and keeps it; the peer is reachable over IPv6 only.
+    TakenBy(AgentId),
+}
+
 /// A datagram to send on the UDP socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -440,6 +452,16 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// How IPv4 reaches a trusted peer (`None`: not a peer).
+    pub fn peer_ipv4_route(&self, id: &AgentId) -> Option<Ipv4Route> {
+        let peer = self.peers.get(id).filter(|peer| !peer.is_rendezvous)?;
+        Some(match (peer.ipv4_routed, peer.ipv4_conflict) {
+            (true, _) => Ipv4Route::Routed(peer.address4),
+            (false, Some(holder)) => Ipv4Route::TakenBy(holder),
+            (false, None) => Ipv4Route::Off,
+        })
     }
 
     /// The trusted peer an overlay address belongs to (its agent address,

@@ -21,7 +21,7 @@ use super::{DaemonError, DaemonOptions};
 use crate::control::{DaemonInfo, Response, TrustedPeer};
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, Node, PeerConfig};
+use crate::core::node::{Event, Ipv4Route, Node, PeerConfig};
 use crate::core::trust::{TrustEntry, TrustState, TrustStore};
 use crate::state::AgentConfig;
 
@@ -535,7 +535,7 @@ impl Daemon {
                     peers: store
                         .peers
                         .into_iter()
-                        .map(|entry| TrustedPeer::new(entry, self.network))
+                        .map(|entry| self.trusted_peer(entry))
                         .collect(),
                 },
                 Err(error) => Response::Error(error.to_string()),
@@ -636,8 +636,19 @@ impl Daemon {
         tracing::info!(peer = %stored.name, id = %stored.id, allow = %stored.allow, ?change, "trusted");
         self.remember(stored.clone());
         Response::TrustAdded {
-            peer: TrustedPeer::new(stored, self.network),
+            peer: self.trusted_peer(stored),
             change,
+        }
+    }
+
+    /// A trust entry with the addresses the node routes to it.
+    pub(super) fn trusted_peer(&self, entry: TrustEntry) -> TrustedPeer {
+        let route = self.node.peer_ipv4_route(&entry.id);
+        let peer = TrustedPeer::new(entry, self.network);
+        match route {
+            Some(route) => peer.with_ipv4_route(route),
+            None if self.node.address4().is_none() => peer.with_ipv4_route(Ipv4Route::Off),
+            None => peer,
         }
     }
 

@@ -40,7 +40,7 @@ use self::event_loop::{Daemon, Signals};
 use self::tun::TunError;
 use self::udp::{Underlay, UnderlayError};
 use crate::control::{ControlClient, ControlError, Request, Response};
-use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::address::{NetworkId, NodePrefix, agent_address4};
 use crate::core::node::{Node, NodeConfig};
 use crate::state::{StateDir, StateError};
 
@@ -76,6 +76,9 @@ pub struct DaemonOptions {
     /// Use TUN and UDP offloads (segments of up to 64 KiB through the TUN,
     /// GSO and GRO on the socket) where the kernel has them.
     pub offload: bool,
+    /// Whether the IPv4 overlay may be on (`--no-ipv4` turns it off; so
+    /// does `ipv4 = false` in config.toml).
+    pub ipv4: bool,
 }
 
 /// Errors that stop the daemon.
@@ -180,10 +183,20 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             let signals = Signals::install().map_err(DaemonError::Runtime)?;
             let network = NetworkId::from_name(&config.network);
             let address = NodePrefix::of_agent(network, &identity.agent_id()).agent_address();
+            let address4 = (options.ipv4 && config.ipv4)
+                .then(|| agent_address4(network, &identity.agent_id()));
             let mtu = options
                 .mtu
                 .unwrap_or_else(|| tun::tunnel_mtu(tun::underlay_mtu()));
-            let device = packet_device::PacketDevice::open(&options, address, network, mtu)?;
+            let device = packet_device::PacketDevice::open(
+                &options,
+                packet_device::OverlayAddresses {
+                    v6: address,
+                    v4: address4,
+                },
+                network,
+                mtu,
+            )?;
             let underlay = Underlay::bind(options.port, options.offload)?;
             let mut seed = Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
@@ -197,6 +210,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 tunnel_mtu: mtu,
             };
             let mut node = Node::new(node_config, *seed, Instant::now(), unix_now);
+            node.set_ipv4(address4.is_some());
             let rendezvous = resolve_rendezvous(&options, &config)?;
             if let Some(interval) = options.register_interval {
                 node.set_register_interval(interval);

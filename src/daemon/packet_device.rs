@@ -5,7 +5,7 @@
 //! is the same for both.
 
 use std::io;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use tun_rs::AsyncDevice;
 
@@ -14,6 +14,15 @@ use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::core::address::NetworkId;
 use crate::userspace::{Userspace, UserspaceStatus};
+
+/// The agent's overlay addresses, as the device gets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayAddresses {
+    /// The agent address (`::1` of its node prefix).
+    pub v6: Ipv6Addr,
+    /// The IPv4 address, unless IPv4 is off.
+    pub v4: Option<Ipv4Addr>,
+}
 
 /// The name `status` and `up` show for the userspace stack's "interface".
 pub const USERSPACE_INTERFACE: &str = "userspace";
@@ -34,17 +43,20 @@ impl PacketDevice {
     /// The userspace stack if `options` ask for it, else the TUN.
     pub(crate) fn open(
         options: &DaemonOptions,
-        address: Ipv6Addr,
+        addresses: OverlayAddresses,
         network: NetworkId,
         mtu: u16,
     ) -> Result<Self, DaemonError> {
         Ok(match &options.userspace {
             Some(userspace) => Self::Userspace(Box::new(Userspace::start(
-                userspace, address, network, mtu,
+                userspace,
+                addresses.v6,
+                network,
+                mtu,
             )?)),
             None => Self::Tun(super::tun::create(
                 &options.interface,
-                address,
+                addresses,
                 mtu,
                 options.offload,
             )?),

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv6Addr;
 
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
+use super::packet_device::OverlayAddresses;
 use super::sys;
-use crate::core::address::NETWORK_PREFIX_LEN;
+use crate::core::address::{IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN};
 
 /// Outer overhead per inner packet: IPv6 header 40 + UDP 8 + our transport
 /// header 32 + relay envelope 12.
@@ -121,12 +121,13 @@ pub fn tunnel_mtu(underlay_mtu: u16) -> u16 {
         .max(MIN_TUNNEL_MTU)
 }
 
-/// Creates the TUN interface `name` with `address/48` and `mtu`, and brings
-/// it up. With `offload`, TCP segmentation offloads are asked for (see
+/// Creates the TUN interface `name` with the agent address at `/48` (the
+/// IPv6 network routes into it), the IPv4 address at `/10` when IPv4 is on
+/// (`100.64.0.0/10` routes into it) and `mtu`, and brings it up. With `offload`, TCP segmentation offloads are asked for (see
 /// [`super::tun_batch`]); a kernel that refuses them gets a plain TUN.
-pub fn create(
+pub(crate) fn create(
     name: &str,
-    address: Ipv6Addr,
+    addresses: OverlayAddresses,
     mtu: u16,
     offload: bool,
 ) -> Result<AsyncDevice, TunError> {
@@ -146,10 +147,15 @@ pub fn create(
         }
     };
     let build = |offload: bool| {
-        DeviceBuilder::new()
+        let builder = DeviceBuilder::new()
             .name(name)
             .mtu(mtu)
-            .ipv6(address, NETWORK_PREFIX_LEN)
+            .ipv6(addresses.v6, NETWORK_PREFIX_LEN);
+        let builder = match addresses.v4 {
+            Some(v4) => builder.ipv4(v4, IPV4_PREFIX_LEN, None),
+            None => builder,
+        };
+        builder
             // The kernel queues packets here while the daemon is busy; the
             // tun default (500) drops bursts a single-threaded loop can absorb.
             .tx_queue_len(TX_QUEUE_LEN)

@@ -517,7 +517,7 @@ impl Daemon {
             "trust request sent"
         );
         Ok(Response::TrustRequestSent {
-            peer: TrustedPeer::new(entry, self.network),
+            peer: self.trusted_peer(entry),
             to: destination,
             rendezvous,
         })
@@ -598,7 +598,7 @@ impl Daemon {
             endpoint = ?endpoint,
             "trust request approved; connecting"
         );
-        Ok(TrustedPeer::new(entry, self.network))
+        Ok(self.trusted_peer(entry))
     }
 
     fn deny(&mut self, now: Instant, id: AgentId) -> Result<Response, String> {
