@@ -8,6 +8,8 @@
 #
 #   raw veth       the link itself
 #   agentnet       two agents, TUN, direct path, tunnel MTU 1420 (--mtu)
+#   agentnet IPv4  the same agents, iperf3 and ping to the peer's IPv4
+#                  overlay address (100.64.0.0/10) instead of its IPv6 one
 #   the peers      wireguard-go, boringtun, gotatun, nebula, fastd, each with
 #                  tunnel MTU 1420 (scripts/bench/peers.sh); a peer that is
 #                  not installed is skipped with a printed line
@@ -234,6 +236,8 @@ agentnet_prepare() {
     done
     TUN_IP_A=$("$BIN" --state-dir "$WORK/a" id --json | jq -r .address)
     TUN_IP_B=$("$BIN" --state-dir "$WORK/b" id --json | jq -r .address)
+    TUN_IP4_A=$("$BIN" --state-dir "$WORK/a" id --json | jq -r .address4)
+    TUN_IP4_B=$("$BIN" --state-dir "$WORK/b" id --json | jq -r .address4)
     "$BIN" --state-dir "$WORK/a" trust add "$("$BIN" --state-dir "$WORK/b" id --json | jq -r .id)" \
         --name bench-b || return 1
     "$BIN" --state-dir "$WORK/b" trust add "$("$BIN" --state-dir "$WORK/a" id --json | jq -r .id)" \
@@ -243,6 +247,21 @@ agentnet_start() {
     # --foreground keeps the daemon a child of this shell: its PID is known
     start_node agentnet "$1" "anb-$1" "$BIN" --state-dir "$WORK/$1" up --foreground \
         --interface "anb-$1" --port "$PORT" --mtu "$TUN_MTU"
+}
+
+# agentnet_extra : while both agents run, the same measurements over IPv4
+# (row agentnet4: inner IPv4 packets on the same sessions).
+agentnet_extra() {
+    ROWS+=(agentnet4)
+    R[agentnet4.version]=${R[agentnet.version]}
+    log "== agentnet over IPv4: $TUN_IP4_A <-> $TUN_IP4_B"
+    if ! first_reply "$NS_B" "$TUN_IP4_A"; then
+        log "  agentnet4: FAILED: no IPv4 ping B -> A"
+        R[agentnet4.status]="FAILED: no IPv4 ping B -> A within ${CONNECT_TIMEOUT}s"
+        return
+    fi
+    R[agentnet4.mtu]=$(addr_mtu "$NS_A" "$TUN_IP4_A")
+    measure agentnet4 "$NS_A" "$NS_B" "$TUN_IP4_B"
 }
 
 # bench_tunnel P : node A up, then B; connect = B started -> first reply B -> A.
@@ -262,6 +281,7 @@ bench_tunnel() {
     R[$p.mtu]=$(addr_mtu "$NS_A" "$TUN_IP_A")
     log "  $p: first reply ${R[$p.connect]} ms after starting B; $TUN_IP_A <-> $TUN_IP_B, MTU ${R[$p.mtu]}"
     measure "$p" "$NS_A" "$NS_B" "$TUN_IP_B"
+    [[ $(type -t "${p}_extra") == function ]] && "${p}_extra"
     record_rss "$p" "${DAEMONS[0]}" "${DAEMONS[1]}"
     stop_daemons
 }
@@ -444,7 +464,8 @@ for row in "${ROWS[@]}"; do
         if (c == "NA" || y == "NA" || y == 0) print "NA"; else printf "%.2f", c / (y / 1e9) }')
     [[ -n ${R[$row.rss_a]:-} ]] && R[$row.rss]=$(awk -v a="${R[$row.rss_a]}" -v b="${R[$row.rss_b]}" 'BEGIN { print a + b }')
 done
-declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [relay]="agentnet via relay"
+declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet4]="agentnet over IPv4"
+    [relay]="agentnet via relay"
     [usup]="agentnet rootless → TUN" [usdown]="agentnet TUN → rootless" [wggo]=wireguard-go
     [boringtun]=boringtun [gotatun]=gotatun [nebula]=nebula [fastd]=fastd)
 {

@@ -135,11 +135,28 @@ fn run_mode(
             LARGE,
             TRANSFER_TIMEOUT,
         )?;
+        // The same over IPv4: a server on 0.0.0.0, fetched at B's IPv4
+        // overlay address (TCPv4 segments through both TUNs).
+        let address4: std::net::Ipv4Addr = id_b.json["address4"]
+            .as_str()
+            .and_then(|text| text.parse().ok())
+            .ok_or("`agentnet id --json` has no address4")?;
+        let took4 = support::http::fetch_from(
+            lab,
+            a,
+            b,
+            (std::net::Ipv4Addr::UNSPECIFIED.into(), address4.into()),
+            8083,
+            LARGE,
+            TRANSFER_TIMEOUT,
+        )?;
         Ok(format!(
-            "{} MiB b -> a intact in {:.1} s ({:.0} Mbit/s)",
+            "{} MiB b -> a intact in {:.1} s ({:.0} Mbit/s), over IPv4 in {:.1} s ({:.0} Mbit/s)",
             mib(LARGE),
             took.as_secs_f64(),
-            rate(LARGE, took)
+            rate(LARGE, took),
+            took4.as_secs_f64(),
+            rate(LARGE, took4)
         ))
     } else {
         let to_a = support::http::fetch_over_overlay(

@@ -3,10 +3,11 @@
 //! the daemon): the kernel's TCP then handles one 64 KiB segment where it
 //! would have handled forty-five 1.4 KiB packets.
 //!
-//! Only what the overlay carries is merged: IPv6 (no extension headers)
-//! with TCP, data segments with just ACK (and PSH, which ends a segment),
-//! in sequence, with the same acknowledgement, options, traffic class, flow
-//! label and hop limit, all of one payload size but a shorter last one.
+//! Only what the overlay carries is merged: IPv6 (no extension headers) or
+//! IPv4 (no options, not a fragment) with TCP, data segments with just ACK
+//! (and PSH, which ends a segment), in sequence, with the same
+//! acknowledgement, options, traffic class / TOS, flow label, hop limit /
+//! TTL and DF bit, all of one payload size but a shorter last one.
 //! Everything else is written as it came, in order: a packet that cannot
 //! join its flow's segment closes that segment, so no byte of a flow
 //! overtakes another.
@@ -19,60 +20,92 @@
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
 const IPV6_HEADER_LEN: usize = 40;
+const IPV4_HEADER_LEN: usize = 20;
 const NEXT_HEADER_TCP: u8 = 6;
 const TCP_MIN_HEADER_LEN: usize = 20;
 /// Largest IPv6 payload (the payload length field is 16 bits).
 const MAX_IPV6_PAYLOAD: usize = 65_535;
+/// Largest IPv4 packet (the total length field is 16 bits).
+const MAX_IPV4_PACKET: usize = 65_535;
 
 const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 
 /// virtio-net header: the checksum is partial, from `csum_start`.
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// virtio-net header: a TCP over IPv4 segment to be cut at `gso_size`.
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 /// virtio-net header: a TCP over IPv6 segment to be cut at `gso_size`.
 const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 /// Offset of the checksum in the TCP header.
 const TCP_CHECKSUM_OFFSET: u16 = 16;
 
-/// The parts of an IPv6/TCP data packet merging looks at.
+/// The parts of an IPv4 or IPv6 TCP data packet merging looks at.
 #[derive(Debug, Clone, Copy)]
 struct TcpSegment {
-    /// Addresses and ports.
-    flow: [u8; 36],
+    /// Version, addresses and ports.
+    flow: [u8; 37],
+    /// Length of the IP header (40 for IPv6, 20 for IPv4).
+    ip_header_len: usize,
     seq: u32,
     ack: u32,
     flags: u8,
-    /// IPv6 plus TCP header.
+    /// IP plus TCP header.
     header_len: usize,
     payload_len: usize,
 }
 
+impl TcpSegment {
+    fn is_ipv4(&self) -> bool {
+        self.ip_header_len == IPV4_HEADER_LEN
+    }
+}
+
 fn parse(packet: &[u8]) -> Option<TcpSegment> {
-    if packet.len() < IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN
-        || packet[0] >> 4 != 6
-        || packet[6] != NEXT_HEADER_TCP
-    {
+    let mut flow = [0u8; 37];
+    let ip_header_len = match packet.first()? >> 4 {
+        6 if packet.len() >= IPV6_HEADER_LEN && packet[6] == NEXT_HEADER_TCP => {
+            let ip_payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+            if IPV6_HEADER_LEN + ip_payload != packet.len() {
+                return None;
+            }
+            flow[0] = 6;
+            flow[1..33].copy_from_slice(&packet[8..40]);
+            IPV6_HEADER_LEN
+        }
+        // No options (IHL 5), not a fragment (no MF, offset 0).
+        4 if packet.len() >= IPV4_HEADER_LEN
+            && packet[0] == 0x45
+            && packet[9] == NEXT_HEADER_TCP
+            && u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff == 0 =>
+        {
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            if total != packet.len() {
+                return None;
+            }
+            flow[0] = 4;
+            flow[1..9].copy_from_slice(&packet[12..20]);
+            IPV4_HEADER_LEN
+        }
+        _ => return None,
+    };
+    let tcp = packet.get(ip_header_len..)?;
+    if tcp.len() < TCP_MIN_HEADER_LEN {
         return None;
     }
-    let ip_payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
-    if IPV6_HEADER_LEN + ip_payload != packet.len() {
-        return None;
-    }
-    let tcp = &packet[IPV6_HEADER_LEN..];
     let tcp_header_len = usize::from(tcp[12] >> 4) * 4;
     if tcp_header_len < TCP_MIN_HEADER_LEN || tcp_header_len > tcp.len() {
         return None;
     }
-    let mut flow = [0u8; 36];
-    flow[..32].copy_from_slice(&packet[8..40]);
-    flow[32..].copy_from_slice(&tcp[..4]);
+    flow[33..].copy_from_slice(&tcp[..4]);
     let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
     Some(TcpSegment {
         flow,
+        ip_header_len,
         seq: word(4),
         ack: word(8),
         flags: tcp[13],
-        header_len: IPV6_HEADER_LEN + tcp_header_len,
+        header_len: ip_header_len + tcp_header_len,
         payload_len: tcp.len() - tcp_header_len,
     })
 }
@@ -94,6 +127,9 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
     let mut open: Vec<OpenSegment> = Vec::new();
     for index in 0..buffers.len() {
         let Some(segment) = buffers[index].get(VIRTIO_NET_HDR_LEN..).and_then(parse) else {
+            if buffers[index].len() >= VIRTIO_NET_HDR_LEN {
+                plain_header(&mut buffers[index]);
+            }
             to_write.push(index);
             continue;
         };
@@ -118,7 +154,7 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
                 );
             }
             head.extend_from_slice(&packet[segment.header_len..]);
-            let tcp_flags_at = VIRTIO_NET_HDR_LEN + IPV6_HEADER_LEN + 13;
+            let tcp_flags_at = VIRTIO_NET_HDR_LEN + segment.ip_header_len + 13;
             head[tcp_flags_at] |= segment.flags & TCP_PSH;
             let entry = &mut open[position];
             entry.merged += 1;
@@ -157,15 +193,24 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
 /// (in `head`).
 fn fits(open: &OpenSegment, segment: &TcpSegment, head: &[u8], packet: &[u8]) -> bool {
     let first = &open.first;
-    let options = IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN..first.header_len;
+    let options = first.ip_header_len + TCP_MIN_HEADER_LEN..first.header_len;
+    let same_ip_fields = if first.is_ipv4() {
+        // TOS (ECN included), DF, TTL; the IDs the kernel renumbers.
+        head.len() + segment.payload_len <= MAX_IPV4_PACKET
+            && head[1] == packet[1]
+            && head[6] & 0x40 == packet[6] & 0x40
+            && head[8] == packet[8]
+    } else {
+        // Version, traffic class (ECN included) and flow label; hop limit.
+        head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD
+            && head[..4] == packet[..4]
+            && head[7] == packet[7]
+    };
     segment.seq == open.next_seq
         && segment.ack == first.ack
         && segment.header_len == first.header_len
         && segment.payload_len <= first.payload_len
-        && head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD
-        // Version, traffic class (ECN included) and flow label; hop limit.
-        && head[..4] == packet[..4]
-        && head[7] == packet[7]
+        && same_ip_fields
         && head[options.clone()] == packet[options]
 }
 
@@ -181,45 +226,72 @@ fn plain_header(buffer: &mut [u8]) {
     buffer[..VIRTIO_NET_HDR_LEN].fill(0);
 }
 
-/// Completes a segment: a plain header if nothing joined it; else the IPv6
-/// payload length, the GSO header and the partial checksum (the pseudo
-/// header's sum; the kernel adds the rest, or trusts it for local delivery).
+/// Completes a segment: a plain header if nothing joined it; else the IP
+/// length (and for IPv4 the header checksum), the GSO header and the
+/// partial checksum (the pseudo header's sum; the kernel adds the rest, or
+/// trusts it for local delivery).
 fn finish(buffer: &mut [u8], segment: &OpenSegment) {
     if segment.merged == 0 {
         plain_header(buffer);
         return;
     }
     let (header, packet) = buffer.split_at_mut(VIRTIO_NET_HDR_LEN);
-    let ip_payload = packet.len() - IPV6_HEADER_LEN;
-    // `fits` kept it within 16 bits.
-    let ip_payload_field = u16::try_from(ip_payload).unwrap_or(u16::MAX);
-    packet[4..6].copy_from_slice(&ip_payload_field.to_be_bytes());
-    let checksum_at = IPV6_HEADER_LEN + usize::from(TCP_CHECKSUM_OFFSET);
-    let pseudo = pseudo_header_sum(&packet[8..24], &packet[24..40], ip_payload as u32);
+    let ip_header_len = segment.first.ip_header_len;
+    let tcp_len = packet.len() - ip_header_len;
+    let (gso_type, pseudo) = if segment.first.is_ipv4() {
+        // `fits` kept it within 16 bits.
+        let total = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
+        packet[10..12].fill(0);
+        let checksum = !fold(ones_complement_sum(&packet[..IPV4_HEADER_LEN]));
+        packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+        let pseudo = pseudo_header_sum(&packet[12..16], &packet[16..20], tcp_len as u32);
+        (VIRTIO_NET_HDR_GSO_TCPV4, pseudo)
+    } else {
+        // `fits` kept it within 16 bits.
+        let ip_payload_field = u16::try_from(tcp_len).unwrap_or(u16::MAX);
+        packet[4..6].copy_from_slice(&ip_payload_field.to_be_bytes());
+        let pseudo = pseudo_header_sum(&packet[8..24], &packet[24..40], tcp_len as u32);
+        (VIRTIO_NET_HDR_GSO_TCPV6, pseudo)
+    };
+    let checksum_at = ip_header_len + usize::from(TCP_CHECKSUM_OFFSET);
     packet[checksum_at..checksum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
     let header_len = u16::try_from(segment.first.header_len).unwrap_or(u16::MAX);
     let gso_size = u16::try_from(segment.first.payload_len).unwrap_or(u16::MAX);
     header[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    header[1] = VIRTIO_NET_HDR_GSO_TCPV6;
+    header[1] = gso_type;
     header[2..4].copy_from_slice(&header_len.to_le_bytes());
     header[4..6].copy_from_slice(&gso_size.to_le_bytes());
-    header[6..8].copy_from_slice(&(IPV6_HEADER_LEN as u16).to_le_bytes());
+    header[6..8].copy_from_slice(&(ip_header_len as u16).to_le_bytes());
     header[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_le_bytes());
 }
 
-/// The folded (not complemented) one's-complement sum of the IPv6 pseudo
-/// header for TCP.
-fn pseudo_header_sum(source: &[u8], destination: &[u8], tcp_len: u32) -> u16 {
-    let mut sum: u64 = 0;
-    for pair in source.chunks_exact(2).chain(destination.chunks_exact(2)) {
-        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    sum += u64::from(tcp_len >> 16) + u64::from(tcp_len & 0xffff);
-    sum += u64::from(NEXT_HEADER_TCP);
+/// The one's-complement sum of 16-bit words (not folded).
+fn ones_complement_sum(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks_exact(2)
+        .map(|pair| u64::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum()
+}
+
+/// Folds a sum to 16 bits.
+fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum >> 16) + (sum & 0xffff);
     }
     sum as u16
+}
+
+/// The folded (not complemented) one's-complement sum of the IPv4 or IPv6
+/// pseudo header for TCP.
+fn pseudo_header_sum(source: &[u8], destination: &[u8], tcp_len: u32) -> u16 {
+    fold(
+        ones_complement_sum(source)
+            + ones_complement_sum(destination)
+            + u64::from(tcp_len >> 16)
+            + u64::from(tcp_len & 0xffff)
+            + u64::from(NEXT_HEADER_TCP),
+    )
 }
 
 #[cfg(test)]
@@ -406,6 +478,84 @@ mod tests {
             total += tcp_of(packet).2.len();
         }
         assert_eq!(total, 80 * 1400);
+    }
+
+    /// An IPv4/TCP packet (DF, no options) as the node hands it over.
+    fn buffer4(segment: &Segment, identification: u16) -> Vec<u8> {
+        let mut buffer = vec![0xaa; VIRTIO_NET_HDR_LEN];
+        PacketBuilder::ipv4([100, 64, 0, 1], [100, 64, 0, 2], 64)
+            .tcp(segment.port, 80, segment.seq, 1000)
+            .ack(77)
+            .write(&mut buffer, &segment.payload)
+            .expect("builds");
+        // The sender's kernel numbers its packets; merging ignores that.
+        let at = VIRTIO_NET_HDR_LEN + 4;
+        buffer[at..at + 2].copy_from_slice(&identification.to_be_bytes());
+        buffer[VIRTIO_NET_HDR_LEN + 6] |= 0x40;
+        let (mut ip, _) =
+            etherparse::Ipv4Header::from_slice(&buffer[VIRTIO_NET_HDR_LEN..]).expect("ipv4");
+        ip.header_checksum = ip.calc_header_checksum();
+        buffer[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + 20].copy_from_slice(&ip.to_bytes());
+        buffer
+    }
+
+    #[test]
+    fn consecutive_ipv4_segments_merge_with_a_tcpv4_gso_header() {
+        let segments = [data(1, 100, 1000), data(1, 1100, 1000), data(1, 2100, 300)];
+        let mut buffers: Vec<Vec<u8>> = segments
+            .iter()
+            .enumerate()
+            .map(|(i, segment)| buffer4(segment, 7 + i as u16))
+            .collect();
+        let mut to_write = Vec::new();
+        coalesce(&mut buffers, &mut to_write);
+        assert_eq!(to_write, vec![0]);
+        let header = &buffers[0][..VIRTIO_NET_HDR_LEN];
+        assert_eq!(header[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(header[1], VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(u16::from_le_bytes([header[2], header[3]]), 40);
+        assert_eq!(u16::from_le_bytes([header[4], header[5]]), 1000);
+        assert_eq!(u16::from_le_bytes([header[6], header[7]]), 20);
+        assert_eq!(u16::from_le_bytes([header[8], header[9]]), 16);
+        let packet = &mut buffers[0][VIRTIO_NET_HDR_LEN..];
+        // Complete the partial checksum as the kernel would.
+        let mut sum: u64 = packet[20..]
+            .chunks(2)
+            .map(|pair| (u64::from(pair[0]) << 8) | pair.get(1).map_or(0, |low| u64::from(*low)))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum >> 16) + (sum & 0xffff);
+        }
+        packet[36..38].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let (ip, rest) = etherparse::Ipv4Header::from_slice(packet).expect("ipv4");
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert_eq!(usize::from(ip.total_len), packet.len());
+        assert!(ip.dont_fragment);
+        let (tcp, payload) = etherparse::TcpHeader::from_slice(rest).expect("tcp");
+        let want: Vec<u8> = segments.iter().flat_map(|s| s.payload.clone()).collect();
+        assert_eq!(payload, &want[..]);
+        assert_eq!(
+            tcp.checksum,
+            tcp.calc_checksum_ipv4(&ip, payload).expect("checksum"),
+            "the partial checksum completes to the real one"
+        );
+    }
+
+    #[test]
+    fn ipv4_fragments_options_and_other_families_stay_apart() {
+        let first = buffer4(&data(1, 100, 1000), 1);
+        let mut fragment = buffer4(&data(1, 1100, 1000), 2);
+        fragment[VIRTIO_NET_HDR_LEN + 6] |= 0x20; // more fragments
+        let mut not_df = buffer4(&data(1, 2100, 1000), 3);
+        not_df[VIRTIO_NET_HDR_LEN + 6] &= !0x40;
+        let same_ports_ipv6 = buffer(&data(1, 1100, 1000));
+        let mut buffers = vec![first, fragment, not_df, same_ports_ipv6];
+        let mut to_write = Vec::new();
+        coalesce(&mut buffers, &mut to_write);
+        assert_eq!(to_write, vec![0, 1, 2, 3]);
+        for buffer in &buffers {
+            assert_eq!(buffer[1], 0, "nothing was merged");
+        }
     }
 
     #[test]

@@ -12,12 +12,12 @@ use super::{Agent, Lab, random_bytes, wait_until};
 pub fn serve_directory(
     lab: &Lab,
     agent: &Agent,
-    bind: std::net::Ipv6Addr,
+    bind: impl Into<std::net::IpAddr>,
     port: u16,
     dir: &Path,
 ) -> Result<u32, String> {
     let port_text = port.to_string();
-    let bind = bind.to_string();
+    let bind = bind.into().to_string();
     let pid = lab.spawn(
         &agent.host.ns,
         &format!("http-{port}"),
@@ -64,15 +64,40 @@ pub fn fetch_over_overlay(
     len: usize,
     timeout: Duration,
 ) -> Result<Duration, String> {
+    fetch_from(
+        lab,
+        client,
+        server,
+        (bind.into(), bind.into()),
+        port,
+        len,
+        timeout,
+    )
+}
+
+/// As [`fetch_over_overlay`], the server bound to `bind` and the client
+/// fetching from `target` (e.g. bound to `0.0.0.0`, fetched from the
+/// agent's IPv4 overlay address).
+pub fn fetch_from(
+    lab: &Lab,
+    client: &Agent,
+    server: &Agent,
+    (bind, target): (std::net::IpAddr, std::net::IpAddr),
+    port: u16,
+    len: usize,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let www = lab.dir().join(format!("www-{}-{port}", server.name));
     std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
     let blob = random_bytes(len);
     std::fs::write(www.join("blob.bin"), &blob).map_err(|e| e.to_string())?;
 
     let pid = serve_directory(lab, server, bind, port, &www)?;
-    let bind = bind.to_string();
     let fetched = www.join("fetched.bin");
-    let url = format!("http://[{bind}]:{port}/blob.bin");
+    let url = format!(
+        "http://{}/blob.bin",
+        std::net::SocketAddr::new(target, port)
+    );
     let started = Instant::now();
     let curl = lab.exec(
         &client.host.ns,
