@@ -5,18 +5,20 @@
 //! sessions, directly and through a rendezvous relay.
 //!
 //! Checked on every step, besides "no panic": only packets that pass
-//! cryptokey routing reach the TUN (source in the peer's prefix,
-//! destination in ours; or our own ICMPv6 errors), and every timer moves
-//! forward when it is run (no busy loop in the daemon).
+//! cryptokey routing reach the TUN (IPv6: source in the peer's prefix,
+//! destination in ours; IPv4: the peer's derived address to ours; or our
+//! own ICMP errors), and every timer moves forward when it is run (no busy
+//! loop in the daemon).
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::{InitiationShape, RemoteAgent, UNIX_START, identity, nat_kind, network};
-use agentnet::core::address::{NodeId, NodePrefix};
+use agentnet::core::address::{NodeId, NodePrefix, agent_address4};
 use agentnet::core::control_frame::ControlFrame;
 use agentnet::core::handshake::NatHint;
 use agentnet::core::node::{AutoApprove, Node, NodeConfig, PeerConfig};
+use agentnet::core::packet::IpPacket;
 use agentnet::core::path::relay_envelope;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;
@@ -62,7 +64,7 @@ pub enum Frame {
 }
 
 #[derive(Arbitrary, Debug)]
-/// An IPv6 packet, well formed, with fuzzed fields.
+/// An IPv6 or IPv4 packet, well formed, with fuzzed fields.
 pub struct IpShape {
     source_low: u16,
     to_resolver: bool,
@@ -71,6 +73,9 @@ pub struct IpShape {
     destination_port: u16,
     flags: u8,
     payload_len: u16,
+    /// IPv4 between the two agents' derived addresses instead (`source_low`
+    /// nonzero: a forged source next to the real one).
+    ipv4: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -160,6 +165,8 @@ pub struct World {
     node_key: [u8; 32],
     own_prefix: NodePrefix,
     peer_prefix: NodePrefix,
+    own_address4: Ipv4Addr,
+    peer_address4: Ipv4Addr,
     peer_node: NodeId,
     /// Datagrams the peer sent to the node (for replays).
     peer_sent: Vec<Vec<u8>>,
@@ -210,6 +217,8 @@ impl World {
             node_key: node_id.noise_public_key(),
             own_prefix: NodePrefix::of_agent(network(), &node_id),
             peer_prefix: NodePrefix::of_agent(network(), &peer_id),
+            own_address4: agent_address4(network(), &node_id),
+            peer_address4: agent_address4(network(), &peer_id),
             peer_node: NodeId::of(&peer_id),
             peer_sent: Vec::new(),
             node_sent: Vec::new(),
@@ -296,24 +305,24 @@ impl World {
     }
 
     fn check_tun_packet(&mut self, packet: &[u8]) {
-        assert!(
-            packet.len() >= 40 && packet[0] >> 4 == 6,
-            "non-IPv6 to the TUN"
-        );
-        let mut source = [0u8; 16];
-        source.copy_from_slice(&packet[8..24]);
-        let mut destination = [0u8; 16];
-        destination.copy_from_slice(&packet[24..40]);
-        let own_address = self.own_prefix.agent_address().octets();
-        let delivered = self.peer_prefix.contains(&Ipv6Addr::from(source))
-            && NodePrefix::of_octets(&destination) == self.own_prefix;
-        let own_error = source == own_address;
+        let parsed = IpPacket::new_checked(packet).expect("a whole IP packet to the TUN");
+        let (source, destination) = (parsed.source_ip(), parsed.destination_ip());
+        let (delivered, own_error) = match (source, destination) {
+            (IpAddr::V6(source), IpAddr::V6(destination)) => (
+                self.peer_prefix.contains(&source)
+                    && NodePrefix::of_address(&destination) == self.own_prefix,
+                source == self.own_prefix.agent_address(),
+            ),
+            (IpAddr::V4(source), IpAddr::V4(destination)) => (
+                source == self.peer_address4 && destination == self.own_address4,
+                source == self.own_address4,
+            ),
+            _ => (false, false),
+        };
         self.delivered += usize::from(delivered);
         assert!(
             delivered || own_error,
-            "cryptokey routing let {} -> {} through",
-            Ipv6Addr::from(source),
-            Ipv6Addr::from(destination)
+            "cryptokey routing let {source} -> {destination} through"
         );
     }
 
@@ -334,6 +343,24 @@ impl World {
             }
         }
         self.now = until;
+    }
+
+    /// An IPv4 packet between the two agents as `shape` says: the real
+    /// source when `source_low` is 1 (as `::1` is the agent in IPv6), else
+    /// one that many addresses away.
+    fn ipv4_packet(&self, shape: &IpShape, source: Ipv4Addr, destination: Ipv4Addr) -> Vec<u8> {
+        let offset = u32::from(shape.source_low.wrapping_sub(1));
+        let source = Ipv4Addr::from(u32::from(source).wrapping_add(offset));
+        let mut v6 = self.ip_packet(shape, Ipv6Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED);
+        let transport = v6.split_off(40);
+        let total = (20 + transport.len()) as u16;
+        let mut packet = vec![0x45, 0];
+        packet.extend_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0x40, 0, 64, shape.next_header, 0, 0]);
+        packet.extend_from_slice(&source.octets());
+        packet.extend_from_slice(&destination.octets());
+        packet.extend_from_slice(&transport);
+        packet
     }
 
     fn ip_packet(&self, shape: &IpShape, source: Ipv6Addr, destination: Ipv6Addr) -> Vec<u8> {
@@ -492,7 +519,11 @@ pub fn run(ops: Vec<Op>) -> World {
                 } else {
                     world.own_prefix.agent_address()
                 };
-                let packet = world.ip_packet(&shape, source, destination);
+                let packet = if shape.ipv4 {
+                    world.ipv4_packet(&shape, world.peer_address4, world.own_address4)
+                } else {
+                    world.ip_packet(&shape, source, destination)
+                };
                 let now = world.now;
                 if let Some(datagram) = world.peer.seal(now, &packet) {
                     world.send_from_peer(relayed, datagram);
@@ -525,7 +556,11 @@ pub fn run(ops: Vec<Op>) -> World {
             Op::TunToPeer { shape } => {
                 let source = world.own_prefix.agent_address();
                 let destination = World::in_prefix(world.peer_prefix, shape.source_low);
-                let packet = world.ip_packet(&shape, source, destination);
+                let packet = if shape.ipv4 {
+                    world.ipv4_packet(&shape, world.own_address4, world.peer_address4)
+                } else {
+                    world.ip_packet(&shape, source, destination)
+                };
                 let now = world.now;
                 world.node.handle_tun_packet(now, &packet);
                 world.drain();
@@ -638,6 +673,7 @@ mod tests {
             destination_port: 53,
             flags: 0,
             payload_len: 20,
+            ipv4: false,
         }
     }
 
@@ -705,6 +741,32 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_from_the_peer_reaches_the_tun_only_from_its_own_address() {
+        let genuine = IpShape {
+            ipv4: true,
+            ..udp_shape()
+        };
+        let forged = IpShape {
+            ipv4: true,
+            source_low: 2,
+            ..udp_shape()
+        };
+        let world = run(vec![
+            initiate(false, 0),
+            Op::PeerIp {
+                relayed: false,
+                shape: genuine,
+            },
+            Op::PeerIp {
+                relayed: false,
+                shape: forged,
+            },
+        ]);
+        assert_eq!(world.delivered, 1);
+        assert_eq!(world.node.status(world.now).peers[0].dropped_spoofed, 1);
+    }
+
+    #[test]
     fn node_initiates_to_the_peer() {
         let shape = IpShape {
             source_low: 1,
@@ -714,6 +776,7 @@ mod tests {
             destination_port: 4000,
             flags: 0,
             payload_len: 20,
+            ipv4: false,
         };
         let world = run(vec![Op::TunToPeer { shape }, udp_from_peer(false)]);
         assert!(world.peer.session.is_some(), "the peer answered the node");
