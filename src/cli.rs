@@ -24,7 +24,7 @@ use self::attach::{AttachArgs, DetachArgs};
 use self::render::{StatusView, render_status, table};
 use self::trust::{ApproveArgs, FleetCommand, RequestArgs, TRUST_LONG_ABOUT};
 use agentnet::control::{ControlClient, ControlError, DaemonInfo, Request, Response, TrustedPeer};
-use agentnet::core::address::{NetworkId, NodePrefix, agent_address4};
+use agentnet::core::address::{IPV4_PREFIX_LEN, NetworkId, NodePrefix, agent_address4};
 use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
 use agentnet::core::trust::{TrustEntry, TrustState, validate_name};
@@ -696,6 +696,13 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
     say!("agentnet is up (pid {})", info.pid);
     say!("  id         {}", info.id);
     say!("  address    {}/48 on {}", info.address, info.interface);
+    match info.address4 {
+        Some(address4) => say!(
+            "  address4   {address4}/{IPV4_PREFIX_LEN} on {}",
+            info.interface
+        ),
+        None => say!("  address4   none (IPv4 is off)"),
+    }
     say!("  name       {} (network {})", info.name, info.network);
     say!("  port       {}/udp", info.port);
     say!("  mtu        {}", info.mtu);

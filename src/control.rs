@@ -234,6 +234,9 @@ pub struct DaemonInfo {
     pub id: AgentId,
     /// This agent's overlay address.
     pub address: Ipv6Addr,
+    /// This agent's IPv4 overlay address (`None`: IPv4 is off).
+    #[serde(default)]
+    pub address4: Option<Ipv4Addr>,
     /// This agent's name.
     pub name: String,
     /// The overlay network's name.

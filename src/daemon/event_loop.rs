@@ -565,6 +565,7 @@ impl Daemon {
             pid: std::process::id(),
             id: self.own_id,
             address: NodePrefix::of_agent(self.network, &self.own_id).agent_address(),
+            address4: self.node.address4(),
             name: self.config.name.clone(),
             network: self.config.network.clone(),
             interface: self.interface.clone(),
