@@ -15,21 +15,25 @@
 //! are answered; a LAN neighbour routing a query through the host gets
 //! nothing.
 //!
-//! Answers: `AAAA` for trusted names (their agent address), an empty answer
-//! (NODATA) for other types of a known name, `NXDOMAIN` for unknown names
-//! under `agent.internal`, and `REFUSED` for every other name: the
-//! responder is authoritative for its zone and never forwards.
+//! Answers: `AAAA` for trusted names (their agent address), `A` for those
+//! whose IPv4 address is routed to them here (not when IPv4 is off, nor
+//! when the address collides with one another agent keeps: such a peer is
+//! reachable over IPv6 only), an empty answer (NODATA) for other types of
+//! a known name, `NXDOMAIN` for unknown names under `agent.internal`, and
+//! `REFUSED` for every other name: the responder is authoritative for its
+//! zone and never forwards. Untrusted names get nothing, in either family.
 
 use std::collections::BTreeMap;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use etherparse::{Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{AAAA, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::identity::AgentId;
 use crate::core::trust::{TrustState, TrustStore};
 
 /// The zone every peer name lives in.
@@ -61,39 +65,96 @@ pub fn peer_fqdn(name: &str) -> String {
     format!("{name}.{DOMAIN}")
 }
 
+/// The addresses of one trusted name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameAddresses {
+    /// Its agent address (always).
+    address: Ipv6Addr,
+    /// Its IPv4 address, when IPv4 to it is routed here.
+    address4: Option<Ipv4Addr>,
+}
+
 /// Trusted names and their agent addresses (names are lowercase DNS labels,
-/// as the trust store requires).
+/// as the trust store requires): the IPv6 agent address of each, and its
+/// IPv4 address where IPv4 reaches it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NameTable {
-    names: BTreeMap<String, Ipv6Addr>,
+    names: BTreeMap<String, NameAddresses>,
 }
 
 impl NameTable {
-    /// The names of the trusted peers of `store` in `network`. Requested-only
-    /// entries are not peers yet and get no name.
+    /// The names of the trusted peers of `store` in `network`, IPv6 only.
+    /// Requested-only entries are not peers yet and get no name.
     pub fn from_trust(store: &TrustStore, network: NetworkId) -> Self {
+        Self::from_trust_with_ipv4(store, network, |_| None)
+    }
+
+    /// Like [`NameTable::from_trust`], and each name also gets the IPv4
+    /// address `routed_ipv4` gives its agent: the node's routed address
+    /// (`None` when IPv4 is off or the address is another agent's).
+    pub fn from_trust_with_ipv4(
+        store: &TrustStore,
+        network: NetworkId,
+        routed_ipv4: impl Fn(&AgentId) -> Option<Ipv4Addr>,
+    ) -> Self {
         let names = store
             .peers
             .iter()
             .filter(|entry| entry.state == TrustState::Trusted)
             .map(|entry| {
-                let address = NodePrefix::of_agent(network, &entry.id).agent_address();
-                (entry.name.to_ascii_lowercase(), address)
+                let addresses = NameAddresses {
+                    address: NodePrefix::of_agent(network, &entry.id).agent_address(),
+                    address4: routed_ipv4(&entry.id),
+                };
+                (entry.name.to_ascii_lowercase(), addresses)
             })
             .collect();
         Self { names }
     }
 
-    /// The address of a name (one label, any case).
+    /// The agent address of a name (one label, any case).
     pub fn lookup(&self, label: &str) -> Option<Ipv6Addr> {
-        self.names.get(&label.to_ascii_lowercase()).copied()
+        self.get(label).map(|addresses| addresses.address)
     }
 
-    /// `(address, fully qualified name)` pairs in name order, for hosts files.
+    /// The IPv4 address of a name (one label, any case), if IPv4 reaches it.
+    pub fn lookup4(&self, label: &str) -> Option<Ipv4Addr> {
+        self.get(label).and_then(|addresses| addresses.address4)
+    }
+
+    fn get(&self, label: &str) -> Option<&NameAddresses> {
+        self.names.get(&label.to_ascii_lowercase())
+    }
+
+    /// `(agent address, fully qualified name)` pairs in name order.
     pub fn entries(&self) -> impl Iterator<Item = (Ipv6Addr, String)> + '_ {
         self.names
             .iter()
-            .map(|(name, address)| (*address, peer_fqdn(name)))
+            .map(|(name, addresses)| (addresses.address, peer_fqdn(name)))
+    }
+
+    /// `(IPv4 address, fully qualified name)` pairs in name order, for the
+    /// names IPv4 reaches.
+    pub fn entries4(&self) -> impl Iterator<Item = (Ipv4Addr, String)> + '_ {
+        self.names.iter().filter_map(|(name, addresses)| {
+            addresses
+                .address4
+                .map(|address4| (address4, peer_fqdn(name)))
+        })
+    }
+
+    /// Every `(address, fully qualified name)` pair in name order, the
+    /// IPv6 address of a name before its IPv4 one: the lines of a hosts
+    /// file.
+    pub fn host_entries(&self) -> impl Iterator<Item = (IpAddr, String)> + '_ {
+        self.names.iter().flat_map(|(name, addresses)| {
+            let fqdn = peer_fqdn(name);
+            std::iter::once((IpAddr::V6(addresses.address), fqdn.clone())).chain(
+                addresses
+                    .address4
+                    .map(|address4| (IpAddr::V4(address4), fqdn)),
+            )
+        })
     }
 
     /// How many names there are.
@@ -269,7 +330,7 @@ impl DnsResponder {
     fn answer_in_zone(&self, question: &Query, response: &mut Message) {
         let name = question.name();
         let depth = name.num_labels().saturating_sub(self.zone.num_labels());
-        let address = match depth {
+        let addresses = match depth {
             0 => {
                 // The apex exists (it has an SOA) but holds no address.
                 if question.query_type() == RecordType::SOA {
@@ -283,26 +344,31 @@ impl DnsResponder {
                 .iter()
                 .next()
                 .and_then(|label| std::str::from_utf8(label).ok())
-                .and_then(|label| self.names.lookup(label)),
+                .and_then(|label| self.names.get(label)),
             _ => None,
         };
-        let Some(address) = address else {
+        let Some(addresses) = addresses else {
             response.set_response_code(ResponseCode::NXDomain);
             response.add_name_server(self.soa.clone());
             return;
         };
-        match question.query_type() {
-            RecordType::AAAA | RecordType::ANY => {
-                response.add_answer(Record::from_rdata(
-                    name.clone(),
-                    ANSWER_TTL,
-                    RData::AAAA(AAAA(address)),
-                ));
-            }
-            // The name exists, with no record of this type (NODATA).
-            _ => {
-                response.add_name_server(self.soa.clone());
-            }
+        let kind = question.query_type();
+        let mut answers = Vec::new();
+        if matches!(kind, RecordType::AAAA | RecordType::ANY) {
+            answers.push(RData::AAAA(AAAA(addresses.address)));
+        }
+        if matches!(kind, RecordType::A | RecordType::ANY)
+            && let Some(address4) = addresses.address4
+        {
+            answers.push(RData::A(A(address4)));
+        }
+        if answers.is_empty() {
+            // The name exists, with no record of this type (NODATA): an A
+            // query too when IPv4 does not reach the peer.
+            response.add_name_server(self.soa.clone());
+        }
+        for data in answers {
+            response.add_answer(Record::from_rdata(name.clone(), ANSWER_TTL, data));
         }
     }
 }
@@ -336,16 +402,26 @@ mod tests {
         }
     }
 
+    /// An IPv4 address inside the overlay, for the names that have one.
+    const BOB4: Ipv4Addr = Ipv4Addr::new(100, 70, 1, 2);
+
+    /// Bob trusted with IPv4 routed to him, dave trusted without (his
+    /// address collides with another agent's, or IPv4 is off), carol only
+    /// requested.
     fn responder() -> (DnsResponder, Ipv6Addr) {
         let store = TrustStore {
             peers: vec![
                 entry(1, "bob", TrustState::Trusted),
                 entry(2, "carol", TrustState::Requested),
+                entry(3, "dave", TrustState::Trusted),
             ],
         };
-        let bob = NodePrefix::of_agent(network(), &store.peers[0].id).agent_address();
+        let bob_id = store.peers[0].id;
+        let bob = NodePrefix::of_agent(network(), &bob_id).agent_address();
         let mut responder = DnsResponder::new(network(), local_prefix());
-        responder.set_names(NameTable::from_trust(&store, network()));
+        responder.set_names(NameTable::from_trust_with_ipv4(&store, network(), |id| {
+            (*id == bob_id).then_some(BOB4)
+        }));
         (responder, bob)
     }
 
@@ -398,6 +474,17 @@ mod tests {
             .collect()
     }
 
+    fn addresses4(message: &Message) -> Vec<Ipv4Addr> {
+        message
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn resolver_address_is_prefix_53() {
         let address = resolver_address(network());
@@ -423,12 +510,89 @@ mod tests {
     #[test]
     fn other_types_of_a_trusted_name_are_empty_noerror() {
         let (responder, _) = responder();
-        for kind in [RecordType::A, RecordType::MX, RecordType::TXT] {
+        for kind in [RecordType::MX, RecordType::TXT] {
             let reply = ask(&responder, "bob.agent.internal.", kind);
             assert_eq!(reply.response_code(), ResponseCode::NoError, "{kind}");
             assert!(reply.answers().is_empty(), "{kind}");
             assert_eq!(reply.name_servers().len(), 1, "SOA for negative caching");
         }
+    }
+
+    #[test]
+    fn trusted_name_routed_over_ipv4_answers_a_with_its_ipv4_address() {
+        let (responder, bob) = responder();
+        for name in ["bob.agent.internal.", "BOB.Agent.Internal."] {
+            let reply = ask(&responder, name, RecordType::A);
+            assert_eq!(reply.response_code(), ResponseCode::NoError);
+            assert!(reply.authoritative());
+            assert_eq!(addresses4(&reply), vec![BOB4], "{name}");
+            assert!(addresses(&reply).is_empty(), "A query answered with AAAA");
+            assert_eq!(reply.answers()[0].ttl(), ANSWER_TTL);
+        }
+        let any = ask(&responder, "bob.agent.internal.", RecordType::ANY);
+        assert_eq!(addresses(&any), vec![bob]);
+        assert_eq!(addresses4(&any), vec![BOB4]);
+    }
+
+    #[test]
+    fn trusted_name_without_ipv4_route_answers_aaaa_only() {
+        let (responder, _) = responder();
+        let dave = responder.names().lookup("dave").expect("dave is trusted");
+        let aaaa = ask(&responder, "dave.agent.internal.", RecordType::AAAA);
+        assert_eq!(addresses(&aaaa), vec![dave]);
+        let a = ask(&responder, "dave.agent.internal.", RecordType::A);
+        assert_eq!(a.response_code(), ResponseCode::NoError, "the name exists");
+        assert!(a.answers().is_empty(), "{:?}", a.answers());
+        assert_eq!(a.name_servers().len(), 1, "SOA for negative caching");
+        let any = ask(&responder, "dave.agent.internal.", RecordType::ANY);
+        assert_eq!(addresses(&any), vec![dave]);
+        assert!(addresses4(&any).is_empty());
+    }
+
+    #[test]
+    fn untrusted_names_get_nothing_in_either_family() {
+        let (responder, _) = responder();
+        for name in ["carol.agent.internal.", "nobody.agent.internal."] {
+            for kind in [RecordType::A, RecordType::AAAA, RecordType::ANY] {
+                let reply = ask(&responder, name, kind);
+                assert_eq!(
+                    reply.response_code(),
+                    ResponseCode::NXDomain,
+                    "{name} {kind}"
+                );
+                assert!(reply.answers().is_empty(), "{name} {kind}");
+            }
+        }
+        assert_eq!(responder.names().lookup4("carol"), None);
+    }
+
+    #[test]
+    fn table_lists_ipv4_only_for_names_it_reaches() {
+        let (responder, bob) = responder();
+        let names = responder.names();
+        assert_eq!(names.len(), 2, "requested carol has no name");
+        assert_eq!(names.lookup4("BOB"), Some(BOB4));
+        assert_eq!(names.lookup4("dave"), None);
+        assert_eq!(
+            names.entries4().collect::<Vec<_>>(),
+            vec![(BOB4, "bob.agent.internal".to_string())]
+        );
+        let dave = names.lookup("dave").expect("dave");
+        assert_eq!(
+            names.host_entries().collect::<Vec<_>>(),
+            vec![
+                (IpAddr::V6(bob), "bob.agent.internal".to_string()),
+                (IpAddr::V4(BOB4), "bob.agent.internal".to_string()),
+                (IpAddr::V6(dave), "dave.agent.internal".to_string()),
+            ]
+        );
+        // Without IPv4 routes (IPv4 off), IPv6 only.
+        let store = TrustStore {
+            peers: vec![entry(1, "bob", TrustState::Trusted)],
+        };
+        let plain = NameTable::from_trust(&store, network());
+        assert_eq!(plain.lookup4("bob"), None);
+        assert_eq!(plain.host_entries().count(), 1);
     }
 
     #[test]

@@ -467,7 +467,7 @@ impl Daemon {
     /// Makes the names (resolver, host files, userspace stack) follow the
     /// trust store.
     fn sync_names(&mut self) {
-        self.names.sync(&self.trust);
+        self.names.sync(&self.trust, &self.node);
         self.tun.publish_names(self.names.table());
     }
 

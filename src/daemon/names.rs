@@ -4,12 +4,16 @@
 //! ([`super::resolver_config`]) and the hosts files of attached namespaces
 //! ([`crate::attach`]) — and takes it all back on shutdown.
 //!
-//! The event loop calls [`NameService::sync`] with the trust store after
-//! anything that may have changed it; only a change of the trusted names
-//! causes any write.
+//! The event loop calls [`NameService::sync`] with the trust store and the
+//! node after anything that may have changed them; only a change of the
+//! trusted names or of their addresses causes any write. A name carries
+//! its agent's IPv6 address always, and its IPv4 address when the node
+//! routes IPv4 to it ([`Ipv4Route::Routed`]): with IPv4 off, or for a peer
+//! whose derived IPv4 address another agent keeps, the name answers AAAA
+//! only and hosts files list only the IPv6 line.
 
 use std::collections::VecDeque;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use super::dns::{DnsResponder, NameTable, ResolverPacket};
@@ -17,12 +21,26 @@ use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFil
 use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
+use crate::core::node::{Ipv4Route, Node};
 use crate::core::trust::{TrustState, TrustStore};
 use crate::state::StateDir;
 
 /// Resolver replies waiting for the TUN; more are dropped (a query flood
 /// must not grow memory).
 const MAX_QUEUED_REPLIES: usize = 256;
+
+/// One trust store entry as last published: `(id, name, state, IPv4)`.
+type AppliedEntry = (AgentId, String, TrustState, Option<Ipv4Addr>);
+
+/// The IPv4 address `node` routes to `id`, if any: `None` when IPv4 is off
+/// or another agent keeps the address (a collision), so the name gets no A
+/// record.
+pub(crate) fn routed_ipv4(node: &Node, id: &AgentId) -> Option<Ipv4Addr> {
+    match node.peer_ipv4_route(id)? {
+        Ipv4Route::Routed(address) => Some(address),
+        Ipv4Route::Off | Ipv4Route::TakenBy(_) => None,
+    }
+}
 
 /// The names of one attached namespace.
 #[derive(Debug)]
@@ -41,8 +59,9 @@ pub(crate) struct NameService {
     responder: DnsResponder,
     host: Option<HostResolver>,
     attached: Vec<AttachedNames>,
-    /// The trust store's `(id, name, state)` as last applied.
-    applied: Option<Vec<(AgentId, String, TrustState)>>,
+    /// The trust store's `(id, name, state)` and each peer's routed IPv4
+    /// address, as last applied.
+    applied: Option<Vec<AppliedEntry>>,
     /// Whether names were published at least once.
     published: bool,
     replies: VecDeque<Vec<u8>>,
@@ -167,16 +186,20 @@ impl NameService {
         self.responder.names()
     }
 
-    /// Publishes the trusted names of `trust` if they changed since the
-    /// last call.
-    pub(crate) fn sync(&mut self, trust: &TrustStore) {
+    /// Publishes the trusted names of `trust`, with the IPv4 addresses
+    /// `node` routes to them, if they changed since the last call.
+    pub(crate) fn sync(&mut self, trust: &TrustStore, node: &Node) {
+        let routed = |id: &AgentId| routed_ipv4(node, id);
         let unchanged = self.applied.as_ref().is_some_and(|applied| {
             applied.len() == trust.peers.len()
                 && applied
                     .iter()
                     .zip(&trust.peers)
-                    .all(|((id, name, state), entry)| {
-                        *id == entry.id && *name == entry.name && *state == entry.state
+                    .all(|((id, name, state, address4), entry)| {
+                        *id == entry.id
+                            && *name == entry.name
+                            && *state == entry.state
+                            && *address4 == routed(&entry.id)
                     })
         });
         if unchanged {
@@ -186,10 +209,10 @@ impl NameService {
             trust
                 .peers
                 .iter()
-                .map(|entry| (entry.id, entry.name.clone(), entry.state))
+                .map(|entry| (entry.id, entry.name.clone(), entry.state, routed(&entry.id)))
                 .collect(),
         );
-        let names = NameTable::from_trust(trust, self.network);
+        let names = NameTable::from_trust_with_ipv4(trust, self.network, routed);
         // The first sync always writes, even no names: that removes a block
         // a killed daemon of this agent left behind.
         if self.published && self.responder.names() == &names {
@@ -361,5 +384,130 @@ fn attachment_hosts(
             }
             Ok(file)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::core::address::agent_address4;
+    use crate::core::identity::Identity;
+    use crate::core::node::{NodeConfig, PeerConfig};
+    use crate::core::policy::Policy;
+    use crate::core::trust::TrustEntry;
+
+    fn network() -> NetworkId {
+        NetworkId::from_name("agentnet")
+    }
+
+    fn identity(seed: u32) -> Identity {
+        let mut secret = [0u8; 32];
+        secret[..4].copy_from_slice(&seed.to_le_bytes());
+        Identity::from_secret_bytes(&secret).expect("32 bytes")
+    }
+
+    /// Three keys whose last two derive the same IPv4 address (found by
+    /// search: 22 bits, a few thousand tries) and the first another one.
+    fn colliding_identities() -> (Identity, Identity, Identity) {
+        let mut seen: HashMap<Ipv4Addr, Identity> = HashMap::new();
+        for seed in 1.. {
+            let candidate = identity(seed);
+            let address = agent_address4(network(), &candidate.agent_id());
+            if let Some(first) = seen.remove(&address) {
+                let other = seen.into_values().next().expect("another key");
+                return (other, first, candidate);
+            }
+            seen.insert(address, candidate);
+        }
+        unreachable!("the search is unbounded")
+    }
+
+    fn trusted(identity: &Identity, name: &str) -> TrustEntry {
+        TrustEntry {
+            id: identity.agent_id(),
+            name: name.into(),
+            endpoint: None,
+            allow: Default::default(),
+            state: TrustState::Trusted,
+            added_unix: 0,
+            expires_unix: None,
+        }
+    }
+
+    /// A node (its own key `me`) that trusted the entries of `store` in order.
+    fn node_trusting(me: &Identity, store: &TrustStore) -> Node {
+        let now = Instant::now();
+        let config = NodeConfig {
+            identity: me.clone(),
+            network: network(),
+            name: "me".into(),
+            tunnel_mtu: 1408,
+        };
+        let mut node = Node::new(config, [7; 32], now, Duration::from_secs(1_700_000_000));
+        for entry in &store.peers {
+            node.upsert_peer(
+                now,
+                PeerConfig {
+                    id: entry.id,
+                    name: entry.name.clone(),
+                    endpoint: None,
+                    allow: Policy::All,
+                },
+            );
+        }
+        node
+    }
+
+    fn table(store: &TrustStore, node: &Node) -> NameTable {
+        NameTable::from_trust_with_ipv4(store, network(), |id| routed_ipv4(node, id))
+    }
+
+    #[test]
+    fn a_peer_whose_ipv4_address_collides_gets_aaaa_only() {
+        let (me, first, second) = colliding_identities();
+        let store = TrustStore {
+            peers: vec![trusted(&first, "first"), trusted(&second, "second")],
+        };
+        let mut node = node_trusting(&me, &store);
+        let names = table(&store, &node);
+        let shared = agent_address4(network(), &first.agent_id());
+        assert_eq!(
+            names.lookup4("first"),
+            Some(shared),
+            "trusted first keeps it"
+        );
+        assert_eq!(names.lookup4("second"), None, "the later one gets no A");
+        let second6 = NodePrefix::of_agent(network(), &second.agent_id()).agent_address();
+        assert_eq!(names.lookup("second"), Some(second6), "AAAA stays");
+        let hosts: Vec<_> = names.host_entries().map(|(a, _)| a).collect();
+        assert_eq!(hosts.len(), 3, "two lines for first, one for second");
+
+        // IPv4 off: no name has an A record.
+        node.set_ipv4(false);
+        let names = table(&store, &node);
+        assert_eq!(names.entries4().count(), 0);
+        assert_eq!(names.entries().count(), 2);
+    }
+
+    #[test]
+    fn a_peer_sharing_this_agents_ipv4_address_gets_aaaa_only() {
+        let (_, me, twin) = colliding_identities();
+        let store = TrustStore {
+            peers: vec![trusted(&twin, "twin")],
+        };
+        let node = node_trusting(&me, &store);
+        let names = table(&store, &node);
+        assert_eq!(names.lookup4("twin"), None);
+        assert!(names.lookup("twin").is_some());
+    }
+
+    #[test]
+    fn an_unknown_agent_has_no_ipv4_route() {
+        let (me, stranger, _) = colliding_identities();
+        let node = node_trusting(&me, &TrustStore::default());
+        assert_eq!(routed_ipv4(&node, &stranger.agent_id()), None);
     }
 }

@@ -13,9 +13,12 @@
 //! 2. systemd-resolved serves this host's lookups: the TUN link gets the
 //!    resolver address as its DNS server and `~agent.internal` as its only
 //!    routing domain (`resolvectl dns/domain/default-route`), so only that
-//!    domain goes to the daemon's responder. The link's settings go with
-//!    the link.
+//!    domain goes to the daemon's responder, which answers AAAA and A
+//!    itself. The link's settings go with the link.
 //! 3. Otherwise: a managed block in `/etc/hosts`.
+//!
+//! A hosts block lists each trusted name with its IPv6 address and, when
+//! IPv4 reaches that peer, its IPv4 address on a second line.
 //!
 //! A hosts block belongs to one agent (its ID is in the markers), so agents
 //! sharing one file never touch each other's block. Files are edited in
@@ -507,13 +510,14 @@ fn end_marker(owner: &str) -> String {
     format!("# END agentnet {owner}")
 }
 
-/// The block of `owner` listing `names`.
+/// The block of `owner` listing `names`: a line for each name's IPv6
+/// address and, where IPv4 reaches it, one for its IPv4 address.
 pub fn render_block(owner: &str, names: &NameTable) -> String {
     let mut block = format!(
         "{} (managed by agentnet: rewritten as trust changes, removed by `agentnet down`)\n",
         begin_marker(owner)
     );
-    for (address, fqdn) in names.entries() {
+    for (address, fqdn) in names.host_entries() {
         block.push_str(&format!("{address}\t{fqdn}\n"));
     }
     block.push_str(&end_marker(owner));
@@ -635,6 +639,49 @@ mod tests {
         assert_eq!(replaced.matches("# BEGIN agentnet aaa").count(), 1);
         assert!(replaced.contains("carol.agent.internal"));
         assert_eq!(replace_block(&replaced, "aaa", None), HOSTS);
+    }
+
+    #[test]
+    fn block_lists_ipv6_and_routed_ipv4_lines_for_each_name() {
+        let store = TrustStore {
+            peers: [(1, "bob"), (2, "carol")]
+                .iter()
+                .map(|(seed, name)| TrustEntry {
+                    id: Identity::from_secret_bytes(&[*seed; 32])
+                        .expect("key")
+                        .agent_id(),
+                    name: (*name).into(),
+                    endpoint: None,
+                    allow: Default::default(),
+                    state: TrustState::Trusted,
+                    added_unix: 0,
+                    expires_unix: None,
+                })
+                .collect(),
+        };
+        let network = NetworkId::from_name("agentnet");
+        let bob = store.peers[0].id;
+        let bob4 = std::net::Ipv4Addr::new(100, 64, 7, 9);
+        // Carol has no IPv4 route (her address collides, or IPv4 is off).
+        let table =
+            NameTable::from_trust_with_ipv4(&store, network, |id| (*id == bob).then_some(bob4));
+        let bob6 = table.lookup("bob").expect("bob");
+        let carol6 = table.lookup("carol").expect("carol");
+        let block = render_block("aaa", &table);
+        let lines: Vec<&str> = block.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                format!("{bob6}\tbob.agent.internal").as_str(),
+                "100.64.7.9\tbob.agent.internal",
+                format!("{carol6}\tcarol.agent.internal").as_str(),
+                "# END agentnet aaa",
+            ],
+            "{block}"
+        );
+        // Both kinds of line go with the block.
+        let text = replace_block(HOSTS, "aaa", Some(&block));
+        assert_eq!(replace_block(&text, "aaa", None), HOSTS);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 "echo: <text>". Its Agent Card, at the well-known path, advertises the
 overlay URL it is reached at (a NAME.agent.internal URL).
 
-usage: a2a_server.py HOST PORT PUBLIC_URL
+It is served the way the A2A samples serve theirs: uvicorn on
+host="0.0.0.0" (IPv4, all interfaces), with uvicorn's access log on, so
+the caller's address shows.
+
+usage: a2a_server.py PORT PUBLIC_URL
 """
 
 import sys
@@ -30,7 +34,7 @@ class EchoExecutor(AgentExecutor):
 
 
 def main() -> None:
-    host, port, public_url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    port, public_url = int(sys.argv[1]), sys.argv[2]
     card = AgentCard(
         name="echo",
         description="Echoes messages over agentnet",
@@ -49,7 +53,7 @@ def main() -> None:
         agent_executor=EchoExecutor(), task_store=InMemoryTaskStore(), agent_card=card
     )
     routes = create_agent_card_routes(card) + create_jsonrpc_routes(handler, rpc_url="/")
-    uvicorn.run(Starlette(routes=routes), host=host, port=port, log_level="warning")
+    uvicorn.run(Starlette(routes=routes), host="0.0.0.0", port=port)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 a server-streaming method `Count` (returns N messages for request "N"),
 raw bytes on the wire.
 
-usage: grpc_echo.py serve HOST:PORT
-       grpc_echo.py call TARGET     (e.g. dns:///bob.agent.internal:50051)
+The server prints the peer of every unary call (grpc's `context.peer()`,
+e.g. `ipv4:100.64.1.2:41234`), so a test can see which family and which
+source address reached it.
+
+usage: grpc_echo.py serve HOST:PORT  (e.g. 0.0.0.0:50051, as servers bind)
+       grpc_echo.py call TARGET      (e.g. dns:///bob.agent.internal:50051)
 """
 
 import sys
@@ -16,6 +20,7 @@ SERVICE = "agentnet.Echo"
 
 
 def say(request: bytes, context) -> bytes:
+    print(f"call from {context.peer()}", flush=True)
     return b"echo: " + request
 
 
