@@ -237,6 +237,14 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             })?;
             let mut daemon =
                 Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
+            // Served ports below 1024 need root: bound before the drop.
+            if options.userspace.is_none() {
+                let (lookup, queries) = crate::serve::CallerLookup::new();
+                let mut addresses = vec![std::net::IpAddr::V6(address)];
+                addresses.extend(address4.map(std::net::IpAddr::V4));
+                let services = crate::serve::Services::start(state.clone(), addresses, lookup);
+                daemon.attach_services(services, queries);
+            }
             // Everything privileged exists now: the TUN, the sockets, the
             // host's name configuration (hosts files stay open for edits).
             if privileges.switches_user() {
