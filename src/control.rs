@@ -540,8 +540,8 @@ mod tests {
 
     #[test]
     fn serve_requests_carry_port_mode_and_target() {
-        let spec = crate::serve::ServeSpec::new(8000, crate::serve::ServeMode::Http, None)
-            .expect("spec");
+        let spec =
+            crate::serve::ServeSpec::new(8000, crate::serve::ServeMode::Http, None).expect("spec");
         assert_eq!(
             serde_json::to_string(&Request::ServeAdd(spec)).expect("json"),
             r#"{"cmd":"serve_add","port":8000,"mode":"http","target":"127.0.0.1:8000"}"#

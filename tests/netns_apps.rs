@@ -1,5 +1,5 @@
-//! Unmodified software over the overlay, by name: curl, gRPC (grpcio), MCP
-//! (the official `mcp` SDK) and A2A (the official `a2a-sdk`) between two
+//! Unmodified software over the overlay, by name: curl, gRPC (grpcio) and
+//! A2A (the official `a2a-sdk`) between two
 //! agents in network namespaces that trust each other, reaching each other
 //! as `NAME.agent.internal`; an untrusted agent that can neither resolve
 //! nor reach them; and a container namespace attached to one agent that
@@ -29,7 +29,6 @@ const UNDERLAY: [u8; 2] = [78, 0];
 /// What B lets A (and so A's containers) open.
 const B_ALLOWS_A: &str = "tcp:8080,tcp:8001,tcp:8002,tcp:50051,icmp";
 const HTTP_PORT: u16 = 8080;
-const MCP_PORT: u16 = 8001;
 const A2A_PORT: u16 = 8002;
 const GRPC_PORT: u16 = 50051;
 /// A port B listens on but does not allow A to open.
@@ -81,7 +80,6 @@ fn unmodified_apps_reach_trusted_peers_by_name() {
     check("names resolve and the responder answers", world.names());
     check("curl by name: 50 MiB intact", world.http_by_name());
     check("grpc by name: unary and streaming", world.grpc_by_name());
-    check("mcp sdk by name: list and call a tool", world.mcp_by_name());
     check("a2a sdk by name: card and message", world.a2a_by_name());
     check(
         "untrusted agent cannot resolve or reach b",
@@ -444,25 +442,6 @@ impl<'l> World<'l> {
         let (_, log) = self.lab.stop(server);
         let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
         expect_lines(&out, &["echo: hello", "stream: 5 items, last item 4"])
-    }
-
-    fn mcp_by_name(&self) -> Result<(), String> {
-        let port = MCP_PORT.to_string();
-        let server = self.serve(
-            &self.b.host.ns,
-            "mcp-server",
-            "mcp_server.py",
-            &["::", &port],
-            MCP_PORT,
-        )?;
-        let script = apps_dir().join("mcp_client.py");
-        let url = format!("http://bob.agent.internal:{port}/mcp");
-        let out = self
-            .lab
-            .exec(&self.a.host.ns, &self.python_args(&script, &[&url]));
-        let (_, log) = self.lab.stop(server);
-        let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
-        expect_lines(&out, &["tools: add", "add: 42"])
     }
 
     fn a2a_by_name(&self) -> Result<(), String> {

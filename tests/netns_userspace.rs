@@ -313,15 +313,21 @@ impl<'l> World<'l> {
         Ok(())
     }
 
+    /// The MCP server runs on the SDK's defaults (127.0.0.1, Host checks
+    /// on) behind `agentnet serve --http` on the TUN agent.
     fn mcp_through_socks5(&self) -> Result<(), String> {
         let port = MCP_PORT.to_string();
         let script = apps_dir().join("mcp_server.py");
         let server = self.lab.spawn(
             &self.t.host.ns,
             "mcp-server",
-            &[&self.python, "-u", path_str(&script), "::", &port],
+            &[&self.python, "-u", path_str(&script), &port],
         )?;
         self.wait_listening(&self.t.host.ns, MCP_PORT, server, true)?;
+        if let Err(e) = self.t.cli_ok(&["serve", "--http", &port]) {
+            self.lab.stop(server);
+            return Err(e);
+        }
         let client = apps_dir().join("mcp_client.py");
         let url = format!("http://tunny.agent.internal:{port}/mcp");
         // httpx takes the proxy from the environment (socksio speaks SOCKS5);
@@ -340,6 +346,7 @@ impl<'l> World<'l> {
             ],
         );
         let (_, log) = self.lab.stop(server);
+        self.t.cli_ok(&["serve", "--off", &port])?;
         let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
         for line in ["tools: add", "add: 42"] {
             if !out.stdout.lines().any(|l| l.trim() == line) {

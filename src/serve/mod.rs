@@ -246,9 +246,7 @@ impl CallerLookup {
     pub async fn identify(&self, address: IpAddr) -> Option<Caller> {
         let address = address.to_canonical();
         let (reply, answer) = oneshot::channel();
-        self.queries
-            .try_send(CallerQuery { address, reply })
-            .ok()?;
+        self.queries.try_send(CallerQuery { address, reply }).ok()?;
         let (id, name) = answer.await.ok()??;
         Some(Caller { id, name, address })
     }
@@ -450,7 +448,9 @@ impl Handler {
         let _ = stream.set_nodelay(true);
         match self.spec.mode {
             ServeMode::Tcp => splice::splice(stream, &caller, &self.spec).await,
-            ServeMode::Http => proxy::serve_connection(stream, caller, &self.spec, &self.proxy).await,
+            ServeMode::Http => {
+                proxy::serve_connection(stream, caller, &self.spec, &self.proxy).await
+            }
         }
     }
 }
@@ -485,18 +485,35 @@ mod tests {
     #[test]
     fn target_defaults_to_loopback_on_the_same_port() {
         let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
-        assert_eq!(spec.target, "127.0.0.1:8000".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            spec.target,
+            "127.0.0.1:8000".parse::<SocketAddr>().expect("addr")
+        );
         let spec = ServeSpec::new(8000, ServeMode::Tcp, Some("[::1]:9000")).expect("spec");
-        assert_eq!(spec.target, "[::1]:9000".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            spec.target,
+            "[::1]:9000".parse::<SocketAddr>().expect("addr")
+        );
         let spec = ServeSpec::new(80, ServeMode::Tcp, Some("10.1.2.3:8080")).expect("spec");
         assert_eq!(spec.target.port(), 8080);
     }
 
     #[test]
     fn bad_targets_are_refused_with_the_expected_form() {
-        for text in ["localhost:80", "127.0.0.1", "::1:80", "[::1]", "8080", "", "1.2.3.4:99999"] {
+        for text in [
+            "localhost:80",
+            "127.0.0.1",
+            "::1:80",
+            "[::1]",
+            "8080",
+            "",
+            "1.2.3.4:99999",
+        ] {
             let error = parse_target(text).expect_err(text).to_string();
-            assert!(error.contains("IPV4:PORT or [IPV6]:PORT"), "{text}: {error}");
+            assert!(
+                error.contains("IPV4:PORT or [IPV6]:PORT"),
+                "{text}: {error}"
+            );
         }
         for (text, why) in [
             ("0.0.0.0:80", "unspecified"),

@@ -140,7 +140,10 @@ impl Forwarding {
         let uri: Uri = match format!("http://{}{path}", self.spec.target).parse() {
             Ok(uri) => uri,
             Err(_) => {
-                return short_response(StatusCode::BAD_REQUEST, "agentnet serve: bad request path\n");
+                return short_response(
+                    StatusCode::BAD_REQUEST,
+                    "agentnet serve: bad request path\n",
+                );
             }
         };
         // HTTP/2 carries the host in the URI's authority, not in `Host`.
@@ -326,11 +329,20 @@ mod tests {
             "127.0.0.1:8000".parse().expect("target"),
             Some(HeaderValue::from_static("bob.agent.internal:8000")),
         );
-        assert_eq!(all(&headers, "agentnet-peer-id"), vec![alice.id.to_string()]);
+        assert_eq!(
+            all(&headers, "agentnet-peer-id"),
+            vec![alice.id.to_string()]
+        );
         assert_eq!(all(&headers, "agentnet-peer-name"), vec!["alice"]);
         assert!(headers.get("agentnet-peer-role").is_none());
-        assert_eq!(all(&headers, "x-forwarded-for"), vec!["fd12:3456:789a:1::1"]);
-        assert_eq!(all(&headers, "x-forwarded-host"), vec!["bob.agent.internal:8000"]);
+        assert_eq!(
+            all(&headers, "x-forwarded-for"),
+            vec!["fd12:3456:789a:1::1"]
+        );
+        assert_eq!(
+            all(&headers, "x-forwarded-host"),
+            vec!["bob.agent.internal:8000"]
+        );
         assert_eq!(all(&headers, "x-forwarded-proto"), vec!["http"]);
         assert_eq!(
             all(&headers, "forwarded"),
@@ -352,7 +364,10 @@ mod tests {
             Some(HeaderValue::from_static("100.64.1.2:8000")),
         );
         assert_eq!(all(&headers, "host"), vec!["[::1]:9000"]);
-        assert_eq!(all(&headers, "forwarded"), vec!["for=100.64.9.9;proto=http"]);
+        assert_eq!(
+            all(&headers, "forwarded"),
+            vec!["for=100.64.9.9;proto=http"]
+        );
         assert_eq!(all(&headers, "x-forwarded-for"), vec!["100.64.9.9"]);
     }
 

@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn served_file_round_trips_and_starts_empty() {
         let (_dir, state) = state();
-        assert_eq!(ServedStore::load(&state).expect("empty"), ServedStore::default());
+        assert_eq!(
+            ServedStore::load(&state).expect("empty"),
+            ServedStore::default()
+        );
         let spec = ServeSpec {
             port: 8000,
             mode: ServeMode::Http,
@@ -181,9 +184,18 @@ mod tests {
         state.create().expect("dir");
         let cases: [(&str, &str); 6] = [
             ("not json", "expected"),
-            (r#"{"served":[{"port":0,"mode":"http","target":"127.0.0.1:80"}]}"#, "port 0"),
-            (r#"{"served":[{"port":80,"mode":"ftp","target":"127.0.0.1:80"}]}"#, "unknown variant"),
-            (r#"{"served":[{"port":80,"mode":"tcp","target":"0.0.0.0:80"}]}"#, "unspecified"),
+            (
+                r#"{"served":[{"port":0,"mode":"http","target":"127.0.0.1:80"}]}"#,
+                "port 0",
+            ),
+            (
+                r#"{"served":[{"port":80,"mode":"ftp","target":"127.0.0.1:80"}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"served":[{"port":80,"mode":"tcp","target":"0.0.0.0:80"}]}"#,
+                "unspecified",
+            ),
             (
                 r#"{"served":[{"port":80,"mode":"tcp","target":"127.0.0.1:80"},{"port":80,"mode":"http","target":"127.0.0.1:81"}]}"#,
                 "served twice",
