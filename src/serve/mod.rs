@@ -413,12 +413,7 @@ impl Running {
 
 /// Binds one overlay socket, turning the usual failures into clear errors.
 fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
-    let bound = std::net::TcpListener::bind(address)
-        .and_then(|listener| {
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })
-        .and_then(tokio::net::TcpListener::from_std);
+    let bound = listen_freebind(address).and_then(tokio::net::TcpListener::from_std);
     bound.map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => ServeError::PortTaken {
             port: address.port(),
@@ -429,6 +424,31 @@ fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
         },
         _ => ServeError::Bind { address, source },
     })
+}
+
+/// A listening socket on `address` with `IP_FREEBIND`: a TUN address just
+/// assigned is still tentative for a moment (duplicate address detection),
+/// and a plain bind would fail with `EADDRNOTAVAIL`; this one binds and
+/// accepts once the address is usable.
+fn listen_freebind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, setsockopt, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let family = match address {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let socket = nix::sys::socket::socket(family, SockType::Stream, flags, None)?;
+    setsockopt(&socket, sockopt::ReuseAddr, &true)?;
+    setsockopt(&socket, sockopt::IpFreebind, &true)?;
+    if address.is_ipv6() {
+        setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
+    }
+    nix::sys::socket::bind(socket.as_raw_fd(), &SockaddrStorage::from(address))?;
+    nix::sys::socket::listen(&socket, Backlog::MAXCONN)?;
+    Ok(std::net::TcpListener::from(socket))
 }
 
 /// What an accepted connection needs.
