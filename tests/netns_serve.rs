@@ -449,11 +449,13 @@ impl<'l> World<'l> {
             self.exec(&self.b, &["ss", "-Hltn", "sport", "=", &sport])
                 .is_ok_and(|o| o.stdout.contains("LISTEN"))
         })?;
-        let cases: [(Vec<&str>, &str); 4] = [
+        let cases: [(Vec<&str>, &str); 5] = [
             (vec!["serve", &echo], "is already served"),
             (vec!["serve", &taken], "is taken on the overlay address"),
             (vec!["serve", "9006", "localhost:80"], "bad TARGET"),
             (vec!["serve", "9006", "0.0.0.0:80"], "unspecified"),
+            // The running daemon kept no privilege to bind it.
+            (vec!["serve", "80"], "below 1024"),
         ];
         let mut result = Ok(());
         for (args, why) in cases {
@@ -520,10 +522,13 @@ impl<'l> World<'l> {
         if !out.stdout.contains("applies at the next `agentnet up`") {
             return Err(format!("serve while down says:\n{}", out.stdout));
         }
+        // Bound at start-up, before the daemon drops its privileges.
+        let echo_target = format!("127.0.0.1:{ECHO_PORT}");
+        self.b.cli_ok(&["serve", "80", &echo_target])?;
         self.b.up()?;
         let list = self.b.cli_ok(&["serve", "--list"])?.stdout;
         step(&format!("serve --list after up:\n{list}"));
-        for port in [ECHO_PORT, TCP_PORT, OFFLINE_PORT] {
+        for port in [80, ECHO_PORT, TCP_PORT, OFFLINE_PORT] {
             let line = list
                 .lines()
                 .find(|l| l.starts_with(&format!("{port} ")))
@@ -532,20 +537,25 @@ impl<'l> World<'l> {
                 return Err(format!("port {port} does not listen after restart: {line}"));
             }
         }
-        let url = format!("http://bob.agent.internal:{ECHO_PORT}/");
-        let mut last = String::new();
-        wait_until(
-            "the echo service after B's restart",
-            CONNECT_TIMEOUT,
-            || match self.echoed_headers(&["--max-time", "3", &url]) {
-                Ok(seen) => seen["agentnet-peer-name"] == serde_json::json!(["alice"]),
-                Err(e) => {
-                    last = e;
-                    false
-                }
-            },
-        )
-        .map_err(|e| format!("{e}: {last}"))
+        for url in [
+            format!("http://bob.agent.internal:{ECHO_PORT}/"),
+            "http://bob.agent.internal/".to_string(),
+        ] {
+            let mut last = String::new();
+            wait_until(
+                &format!("{url} after B's restart"),
+                CONNECT_TIMEOUT,
+                || match self.echoed_headers(&["--max-time", "3", &url]) {
+                    Ok(seen) => seen["agentnet-peer-name"] == serde_json::json!(["alice"]),
+                    Err(e) => {
+                        last = e;
+                        false
+                    }
+                },
+            )
+            .map_err(|e| format!("{e}: {last}"))?;
+        }
+        Ok(())
     }
 }
 

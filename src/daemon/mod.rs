@@ -244,6 +244,13 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 addresses.extend(address4.map(std::net::IpAddr::V4));
                 let services = crate::serve::Services::start(state.clone(), addresses, lookup);
                 daemon.attach_services(services, queries);
+            } else if let Ok(stored) = crate::serve::ServedStore::load(state)
+                && !stored.served.is_empty()
+            {
+                tracing::warn!(
+                    ports = stored.served.len(),
+                    "served.json lists ports, but `agentnet serve` is not available with --userspace; use --expose"
+                );
             }
             // Everything privileged exists now: the TUN, the sockets, the
             // host's name configuration (hosts files stay open for edits).
