@@ -321,6 +321,10 @@ impl<'l> World<'l> {
         ];
         for (case, args, from) in cases {
             let seen = self.echoed_headers(&args)?;
+            step(&format!(
+                "{case}: curl {} -> the service saw {seen}",
+                args.join(" ")
+            ));
             let want = [
                 ("agentnet-peer-id", self.id_a.id.clone()),
                 ("agentnet-peer-name", "alice".to_string()),

@@ -30,7 +30,7 @@ pub(crate) const SERVE_LONG_ABOUT: &str = "Publish a local service to trusted pe
     bound at start-up only (before the daemon drops its privileges). Not available with \
     `up --userspace` (use --expose there).\n\n\
     Examples:\n  \
-    agentnet serve 8000                       # http://127.0.0.1:8000 as PORT 8000\n  \
+    agentnet serve 8000                    # 127.0.0.1:8000, to peers on port 8000\n  \
     agentnet serve --tcp 5432 [::1]:5432\n  \
     agentnet serve --list\n  \
     agentnet serve --off 8000";
@@ -202,4 +202,38 @@ fn off(context: &Instance, port: u16) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    #[test]
+    fn serve_defaults_to_http_and_refuses_mixed_actions() {
+        let cli = Cli::try_parse_from(["agentnet", "serve", "8000"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.port, Some(8000));
+        assert!(!args.tcp && !args.list && args.target.is_none());
+        let cli = Cli::try_parse_from(["agentnet", "serve", "--tcp", "5432", "[::1]:5432"])
+            .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert!(args.tcp);
+        assert_eq!(args.target.as_deref(), Some("[::1]:5432"));
+        for bad in [
+            &["agentnet", "serve"][..],
+            &["agentnet", "serve", "--tcp", "--http", "80"],
+            &["agentnet", "serve", "--list", "80"],
+            &["agentnet", "serve", "--off", "80", "--tcp"],
+            &["agentnet", "serve", "--json"],
+            &["agentnet", "serve", "70000"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 }
