@@ -27,8 +27,9 @@ pub(crate) const SERVE_LONG_ABOUT: &str = "Publish a local service to trusted pe
     --tcp splices bytes both ways (half-close passed on); if TARGET does not accept, the \
     peer's connection is reset. In both cases the daemon's log says why.\n\n\
     What is served is kept in STATE_DIR/served.json across restarts. Ports below 1024 are \
-    bound at start-up only (before the daemon drops its privileges). Not available with \
-    `up --userspace` (use --expose there).\n\n\
+    bound at start-up only (before the daemon drops its privileges). With `up --userspace` \
+    the served ports are read at start (the stack hands their connections to the proxy), \
+    so change them while agentnet is down.\n\n\
     Examples:\n  \
     agentnet serve 8000                    # 127.0.0.1:8000, to peers on port 8000\n  \
     agentnet serve --tcp 5432 [::1]:5432\n  \

@@ -592,11 +592,7 @@ impl Daemon {
     fn serve(&mut self, request: crate::control::Request) -> Response {
         use crate::control::Request;
         let Some(services) = self.services.as_mut() else {
-            return Response::Error(
-                "`agentnet serve` is not available in this daemon (--userspace mode: use \
-                 `up --userspace --expose PORT=127.0.0.1:PORT` instead)"
-                    .to_string(),
-            );
+            return Response::Error("`agentnet serve` is not available in this daemon".to_string());
         };
         let answer = match request {
             Request::ServeAdd(spec) => services.add(spec).map(Response::Serving),

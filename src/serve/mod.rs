@@ -20,11 +20,12 @@ pub mod proxy;
 pub mod splice;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +42,8 @@ pub const MAX_SERVED: usize = 256;
 const MAX_CONNECTIONS_PER_PORT: usize = 1024;
 /// Caller questions that may wait for the event loop.
 const CALLER_QUEUE: usize = 256;
+/// Userspace connections to served ports waiting to be accepted, at most.
+const MAX_PENDING_SOURCES: usize = 4096;
 
 /// How a served port talks to its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +158,12 @@ pub enum ServeError {
     /// The target is the served port itself: connections would loop.
     #[error("TARGET {0} is the served port itself; connections would loop")]
     Loop(SocketAddr),
+    /// `--userspace`: the served ports are fixed at start.
+    #[error(
+        "with `up --userspace` the served ports are set at start: `agentnet down`, then \
+         `agentnet serve ...` (saved for the next start), then `agentnet up --userspace ...`"
+    )]
+    FixedInUserspace,
     /// Binding failed for another reason.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -258,6 +267,9 @@ pub struct Services {
     state: StateDir,
     addresses: Vec<IpAddr>,
     lookup: CallerLookup,
+    /// `--userspace`: who stands behind each loopback connection from
+    /// the stack (`None`: the kernel's overlay sockets say it themselves).
+    sources: Option<SourceBook>,
     proxy: proxy::Upstream,
     running: BTreeMap<u16, Running>,
 }
@@ -288,6 +300,7 @@ impl Services {
             state,
             addresses,
             lookup,
+            sources: None,
             proxy: proxy::Upstream::new(),
             running: BTreeMap::new(),
         };
@@ -319,9 +332,59 @@ impl Services {
         services
     }
 
+    /// `--userspace`: serves the loopback fronts [`UserspaceFronts::bind`]
+    /// made (the stack hands them the connections to the served ports);
+    /// `address` is the agent address the peers use.
+    pub fn start_userspace(
+        state: StateDir,
+        address: IpAddr,
+        fronts: UserspaceFronts,
+        lookup: CallerLookup,
+    ) -> Self {
+        let mut services = Self {
+            state,
+            addresses: vec![address],
+            lookup,
+            sources: Some(fronts.sources.clone()),
+            proxy: proxy::Upstream::new(),
+            running: BTreeMap::new(),
+        };
+        for (spec, listener) in fronts.listeners {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(port = spec.port, %error, "cannot serve");
+                    continue;
+                }
+            };
+            tracing::info!(port = spec.port, mode = %spec.mode, target = %spec.target, "serving through the userspace stack");
+            let handler = services.handler(&spec);
+            let running = Running {
+                spec: spec.clone(),
+                listening: vec![SocketAddr::new(address, spec.port)],
+                problem: None,
+                accept_loops: vec![tokio::spawn(accept_loop(listener, handler))],
+            };
+            services.running.insert(spec.port, running);
+        }
+        services
+    }
+
+    fn handler(&self, spec: &ServeSpec) -> Handler {
+        Handler {
+            spec: spec.clone(),
+            lookup: self.lookup.clone(),
+            proxy: self.proxy.clone(),
+            sources: self.sources.clone(),
+        }
+    }
+
     /// Starts serving `spec` and records it in `served.json`.
     pub fn add(&mut self, spec: ServeSpec) -> Result<ServeStatus, ServeError> {
         spec.validate()?;
+        if self.sources.is_some() {
+            return Err(ServeError::FixedInUserspace);
+        }
         if let Some(existing) = self.running.get(&spec.port) {
             // A stored port that failed to bind may be retried as it was.
             if existing.problem.is_none() || existing.spec != spec {
@@ -349,6 +412,9 @@ impl Services {
     /// Stops serving `port` (open connections end) and removes it from
     /// `served.json`.
     pub fn remove(&mut self, port: u16) -> Result<ServeSpec, ServeError> {
+        if self.sources.is_some() {
+            return Err(ServeError::FixedInUserspace);
+        }
         let spec = ServedStore::edit(&self.state, |store| {
             let Some(index) = store.served.iter().position(|spec| spec.port == port) else {
                 return Err(ServeError::NotServed(port));
@@ -388,11 +454,7 @@ impl Services {
         };
         for listener in listeners {
             running.listening.extend(listener.local_addr().ok());
-            let handler = Handler {
-                spec: spec.clone(),
-                lookup: self.lookup.clone(),
-                proxy: self.proxy.clone(),
-            };
+            let handler = self.handler(spec);
             running
                 .accept_loops
                 .push(tokio::spawn(accept_loop(listener, handler)));
@@ -457,11 +519,20 @@ struct Handler {
     spec: ServeSpec,
     lookup: CallerLookup,
     proxy: proxy::Upstream,
+    sources: Option<SourceBook>,
 }
 
 impl Handler {
     async fn handle(self, stream: tokio::net::TcpStream, from: SocketAddr) {
-        let Some(caller) = self.lookup.identify(from.ip()).await else {
+        let overlay = match &self.sources {
+            None => Some(from.ip()),
+            Some(book) => book.take(from),
+        };
+        let Some(overlay) = overlay else {
+            tracing::debug!(port = self.spec.port, %from, "a loopback connection the userspace stack did not make; closed");
+            return;
+        };
+        let Some(caller) = self.lookup.identify(overlay).await else {
             tracing::debug!(port = self.spec.port, %from, "connection from an address no trusted peer holds; closed");
             return;
         };
@@ -495,6 +566,109 @@ async fn accept_loop(listener: tokio::net::TcpListener, handler: Handler) {
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+/// `--userspace`: which overlay peer stands behind each loopback
+/// connection the stack makes to a served port's front. The stack binds
+/// its socket first and records the local address, then connects: the
+/// entry is there before the front can accept.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBook {
+    fronts: Arc<HashSet<SocketAddr>>,
+    pending: Arc<Mutex<HashMap<SocketAddr, IpAddr>>>,
+}
+
+impl PartialEq for SourceBook {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pending, &other.pending)
+    }
+}
+
+impl Eq for SourceBook {}
+
+impl SourceBook {
+    /// The peer behind a connection from `local`, forgotten once told.
+    fn take(&self, local: SocketAddr) -> Option<IpAddr> {
+        self.pending.lock().ok()?.remove(&local)
+    }
+
+    /// Connects to `target` for the overlay peer at `remote`. A served
+    /// port's front learns who that is; any other target is connected
+    /// as it is.
+    pub async fn connect(
+        &self,
+        target: SocketAddr,
+        remote: IpAddr,
+    ) -> io::Result<tokio::net::TcpStream> {
+        if !self.fronts.contains(&target) {
+            return tokio::net::TcpStream::connect(target).await;
+        }
+        let socket = match target {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(target.ip(), 0))?;
+        let local = socket.local_addr()?;
+        {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| io::Error::other("source book poisoned"))?;
+            if pending.len() >= MAX_PENDING_SOURCES {
+                return Err(io::Error::other(
+                    "too many connections waiting for a served port",
+                ));
+            }
+            pending.insert(local, remote.to_canonical());
+        }
+        let connected = socket.connect(target).await;
+        if connected.is_err() {
+            self.take(local);
+        }
+        connected
+    }
+}
+
+/// `--userspace`: a loopback listener per served port, exposed on the
+/// stack in its place, and the book that ties their connections to peers.
+#[derive(Debug, Default)]
+pub struct UserspaceFronts {
+    sources: SourceBook,
+    listeners: Vec<(ServeSpec, std::net::TcpListener)>,
+}
+
+impl UserspaceFronts {
+    /// Binds a front on 127.0.0.1 for each port in `served.json` and
+    /// returns them with the `(port, front)` pairs to expose on the stack.
+    pub fn bind(state: &StateDir) -> Result<(Self, Vec<(u16, SocketAddr)>), ServeError> {
+        let stored = ServedStore::load(state)?;
+        let mut listeners = Vec::new();
+        let mut exposes = Vec::new();
+        for spec in stored.served {
+            let address = SocketAddr::from(([127, 0, 0, 1], 0));
+            let listener = std::net::TcpListener::bind(address)
+                .and_then(|listener| {
+                    listener.set_nonblocking(true)?;
+                    Ok(listener)
+                })
+                .map_err(|source| ServeError::Bind { address, source })?;
+            let front = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { address, source })?;
+            exposes.push((spec.port, front));
+            listeners.push((spec, listener));
+        }
+        let sources = SourceBook {
+            fronts: Arc::new(exposes.iter().map(|(_, front)| *front).collect()),
+            pending: Arc::default(),
+        };
+        Ok((Self { sources, listeners }, exposes))
+    }
+
+    /// The book the stack records its connections in.
+    pub fn sources(&self) -> SourceBook {
+        self.sources.clone()
     }
 }
 
