@@ -53,6 +53,7 @@ macro_rules! say {
 mod attach;
 mod ping;
 mod rendezvous;
+mod serve;
 mod trust;
 mod userspace;
 
@@ -236,6 +237,10 @@ pub(crate) enum Command {
 
     /// Undo `attach`: remove the namespace's veth pair, address and route.
     Detach(DetachArgs),
+
+    /// Publish a local service (e.g. on 127.0.0.1:PORT) to trusted peers on this agent's addresses.
+    #[command(long_about = self::serve::SERVE_LONG_ABOUT)]
+    Serve(self::serve::ServeArgs),
 
     /// Run a rendezvous/relay server (own identity from --state-dir).
     #[command(
@@ -424,6 +429,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fleet(command) => trust::fleet(command),
         Command::Attach(args) => attach::attach(&context, args),
         Command::Detach(args) => attach::detach(&context, args),
+        Command::Serve(args) => serve::serve(&context, args),
         Command::Rendezvous(args) => rendezvous::rendezvous(&context, args),
         Command::Netcheck(args) => rendezvous::netcheck(&context, args),
     }?;

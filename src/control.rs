@@ -18,6 +18,9 @@
 //! {"cmd":"trust_approve","id":"<agent id>","name":"alice","allow":"tcp:8080"}
 //! {"cmd":"trust_deny","id":"<agent id>"}
 //! {"cmd":"reload_attachments"}
+//! {"cmd":"serve_add","port":8000,"mode":"http","target":"127.0.0.1:8000"}
+//! {"cmd":"serve_list"}
+//! {"cmd":"serve_off","port":8000}
 //! {"cmd":"down"}
 //! {"cmd":"ping","peer":"<name, agent id or address>","timeout_ms":2000}
 //! ```
@@ -39,6 +42,9 @@
 //! {"trust_approved":{"peer":{TrustEntry fields.., "address":..}}}
 //! {"trust_denied":{"id":..,"name":..}}
 //! {"attachments_reloaded":{"attachments":[{"target":{"netns":..}|{"pid":..},"address":..,"hosts_file":..,"note":..}, ..]}}
+//! {"serving":{"port":..,"mode":"http"|"tcp","target":..,"listening":[..]}}
+//! {"serve_list":{"services":[{"port":..,"mode":..,"target":..,"listening":[..],"problem":..}, ..]}}
+//! {"serve_off":{"port":..,"mode":..,"target":..}}
 //! {"stopping":{"pid":..}}
 //! {"ping":{"name":..,"id":..,"address":..,"sent_on":{"path":"direct"|"relay","via":..},"reply":{"rtt_ms":..,"from":{..}}|null}}
 //! {"error":"human-readable message"}
@@ -152,6 +158,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// Publish a local service on the overlay addresses (`agentnet serve`).
+    /// Answered with [`Response::Serving`].
+    ServeAdd(crate::serve::ServeSpec),
+    /// The served ports. Answered with [`Response::ServeList`].
+    ServeList,
+    /// Stop serving a port. Answered with [`Response::ServeOff`].
+    ServeOff {
+        /// The overlay port.
+        port: u16,
+    },
     /// Stop the daemon. Answered with [`Response::Stopping`] before it exits.
     Down,
 }
@@ -216,6 +232,15 @@ pub enum Response {
     },
     /// The outcome of one ping.
     Ping(crate::ping::PingOutcome),
+    /// A port is served now.
+    Serving(crate::serve::ServeStatus),
+    /// The served ports.
+    ServeList {
+        /// By port.
+        services: Vec<crate::serve::ServeStatus>,
+    },
+    /// A port is no longer served.
+    ServeOff(crate::serve::ServeSpec),
     /// The daemon is shutting down.
     Stopping {
         /// Its PID, to wait for.
@@ -514,6 +539,19 @@ mod tests {
             serde_json::to_string(&Request::TrustPending).expect("json"),
             r#"{"cmd":"trust_pending"}"#
         );
+    }
+
+    #[test]
+    fn serve_requests_carry_port_mode_and_target() {
+        let spec =
+            crate::serve::ServeSpec::new(8000, crate::serve::ServeMode::Http, None).expect("spec");
+        assert_eq!(
+            serde_json::to_string(&Request::ServeAdd(spec)).expect("json"),
+            r#"{"cmd":"serve_add","port":8000,"mode":"http","target":"127.0.0.1:8000"}"#
+        );
+        let request: Request =
+            serde_json::from_str(r#"{"cmd":"serve_off","port":8000}"#).expect("parses");
+        assert_eq!(request, Request::ServeOff { port: 8000 });
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod nofollow;
 pub mod ping;
 pub mod rendezvous_server;
+pub mod serve;
 pub mod state;
 pub mod tcp_frames;
 pub mod trust_requests;

@@ -9,6 +9,7 @@
 //! | `config.toml` | `name` (this agent's name, one DNS label) and `network` (the overlay network's name); the `[auto_approve]` table is read by [`crate::fleet`] |
 //! | `trust.toml` | the trust store ([`TrustStore`]), edited under an exclusive `flock` on `trust.lock` and replaced atomically |
 //! | `pending.toml` | trust requests waiting for approval, written by the daemon ([`crate::trust_requests`]) |
+//! | `served.json` | the local services `agentnet serve` publishes to peers ([`crate::serve::store`]), edited under an exclusive `flock` on `served.lock` |
 //! | `attachments.json` | namespaces given addresses of this node by `agentnet attach` ([`crate::attach`]), edited under an exclusive `flock` on `attachments.lock` |
 //! | `agentnet.pid` | the daemon's PID; the daemon holds an exclusive `flock` on it while it runs |
 //! | `agentnet.log` | the detached daemon's stdout and stderr |

@@ -1,6 +1,5 @@
 //! Unmodified software on its defaults over the overlay, by name: curl,
-//! gRPC (grpcio), MCP (the official `mcp` SDK) and A2A (the official
-//! `a2a-sdk`) between two agents in network namespaces that trust each
+//! gRPC (grpcio) and A2A (the official `a2a-sdk`) between two agents in network namespaces that trust each
 //! other, reaching each other as `NAME.agent.internal`; an untrusted agent
 //! that can neither resolve nor reach them, in either family; and a
 //! container namespace attached to one agent that reaches the other by name
@@ -11,6 +10,7 @@
 //! samples do, grpcio on `0.0.0.0:PORT`. Nothing binds `::` for us, so
 //! every one of them is reached over IPv4: names answer A (and AAAA), and
 //! the clients (`curl -4`, httpx, grpc) take the A record.
+//! (MCP on its defaults, behind `agentnet serve`, is in `netns_serve.rs`.)
 //!
 //! The Python programs are in `tests/apps/`; their packages are pinned in
 //! `scripts/requirements-test.txt` and installed into `.venv` by
@@ -30,13 +30,12 @@ use support::{Agent, Lab, Output, step, wait_until};
 /// Programs run inside the namespaces.
 const TOOLS: &[&str] = &["ping", "curl", "ss", "dig", "getent"];
 /// Python modules the apps need (from the venv).
-const PYTHON_MODULES: &[&str] = &["grpc", "mcp", "a2a", "uvicorn", "httpx"];
+const PYTHON_MODULES: &[&str] = &["grpc", "a2a", "uvicorn", "httpx"];
 /// Underlay subnet: `10.78.0.0/24`.
 const UNDERLAY: [u8; 2] = [78, 0];
 /// What B lets A (and so A's containers) open.
 const B_ALLOWS_A: &str = "tcp:8080,tcp:8001,tcp:8002,tcp:50051,icmp";
 const HTTP_PORT: u16 = 8080;
-const MCP_PORT: u16 = 8001;
 const A2A_PORT: u16 = 8002;
 const GRPC_PORT: u16 = 50051;
 /// A port B listens on but does not allow A to open.
@@ -97,7 +96,6 @@ fn unmodified_apps_reach_trusted_peers_by_name() {
         world.http_by_name(),
     );
     check("grpc by name: unary and streaming", world.grpc_by_name());
-    check("mcp sdk by name: list and call a tool", world.mcp_by_name());
     check("a2a sdk by name: card and message", world.a2a_by_name());
     check(
         "untrusted agent gets no A or AAAA and reaches b in neither family",
@@ -562,25 +560,6 @@ impl<'l> World<'l> {
             ));
         }
         expect_lines(&out, &["echo: hello", "stream: 5 items, last item 4"])
-    }
-
-    fn mcp_by_name(&self) -> Result<(), String> {
-        let port = MCP_PORT.to_string();
-        let server = self.serve(
-            &self.b.host.ns,
-            "mcp-server",
-            "mcp_server.py",
-            &["::", &port],
-            MCP_PORT,
-        )?;
-        let script = apps_dir().join("mcp_client.py");
-        let url = format!("http://bob.agent.internal:{port}/mcp");
-        let out = self
-            .lab
-            .exec(&self.a.host.ns, &self.python_args(&script, &[&url]));
-        let (_, log) = self.lab.stop(server);
-        let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
-        expect_lines(&out, &["tools: add", "add: 42"])
     }
 
     /// An A2A server on uvicorn's `host="0.0.0.0"`, its card advertising

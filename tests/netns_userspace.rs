@@ -44,6 +44,8 @@ const UDP_FORWARD: &str = "udp:127.0.0.1:5300:tunny:5300";
 const DNS_FORWARD_PORT: u16 = 5353;
 /// The exposed port on the rootless agent, and its local web server.
 const EXPOSED_PORT: u16 = 8000;
+/// A port the rootless agent serves (`agentnet serve`, set before `up`).
+const SERVED_PORT: u16 = 8070;
 /// A port the rootless agent does not expose (but its policy allows).
 const UNEXPOSED_PORT: u16 = 8090;
 /// Size of the file fetched through SOCKS5.
@@ -93,6 +95,10 @@ fn rootless_agent_reaches_and_serves_a_tun_agent() {
     check(
         "the tun agent reaches an exposed port; others refuse",
         world.exposed(),
+    );
+    check(
+        "serve through the userspace stack: the caller's identity",
+        world.served(),
     );
     check(
         "the tun agent pings the rootless agent by name",
@@ -170,6 +176,7 @@ impl<'l> World<'l> {
         let s = id_u.address.segments();
         let resolver = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0x53);
         let dns_forward = format!("udp:127.0.0.1:{DNS_FORWARD_PORT}:[{resolver}]:53");
+        u.cli_ok(&["serve", &SERVED_PORT.to_string()])?;
         let up = u.up(&[
             "--socks5",
             SOCKS5,
@@ -313,15 +320,21 @@ impl<'l> World<'l> {
         Ok(())
     }
 
+    /// The MCP server runs on the SDK's defaults (127.0.0.1, Host checks
+    /// on) behind `agentnet serve --http` on the TUN agent.
     fn mcp_through_socks5(&self) -> Result<(), String> {
         let port = MCP_PORT.to_string();
         let script = apps_dir().join("mcp_server.py");
         let server = self.lab.spawn(
             &self.t.host.ns,
             "mcp-server",
-            &[&self.python, "-u", path_str(&script), "::", &port],
+            &[&self.python, "-u", path_str(&script), &port],
         )?;
         self.wait_listening(&self.t.host.ns, MCP_PORT, server, true)?;
+        if let Err(e) = self.t.cli_ok(&["serve", "--http", &port]) {
+            self.lab.stop(server);
+            return Err(e);
+        }
         let client = apps_dir().join("mcp_client.py");
         let url = format!("http://tunny.agent.internal:{port}/mcp");
         // httpx takes the proxy from the environment (socksio speaks SOCKS5);
@@ -340,6 +353,7 @@ impl<'l> World<'l> {
             ],
         );
         let (_, log) = self.lab.stop(server);
+        self.t.cli_ok(&["serve", "--off", &port])?;
         let out = out?.check().map_err(|e| format!("{e}\nserver:\n{log}"))?;
         for line in ["tools: add", "add: 42"] {
             if !out.stdout.lines().any(|l| l.trim() == line) {
@@ -348,6 +362,62 @@ impl<'l> World<'l> {
                     out.stdout
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A service on the rootless agent's loopback, published with
+    /// `agentnet serve` before `up`, sees who calls (forged headers gone).
+    fn served(&self) -> Result<(), String> {
+        let port = SERVED_PORT.to_string();
+        let script = apps_dir().join("echo_headers.py");
+        let release = self.lab.dir().join("release-served");
+        let server = self.lab.spawn(
+            &self.u.host.ns,
+            "echo-headers",
+            &[
+                &self.python,
+                "-u",
+                path_str(&script),
+                &port,
+                path_str(&release),
+            ],
+        )?;
+        self.wait_listening(&self.u.host.ns, SERVED_PORT, server, true)?;
+        let url = format!("http://rootless.agent.internal:{port}/");
+        let got = self.lab.exec(
+            &self.t.host.ns,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "20",
+                "-H",
+                "Agentnet-Peer-Id: forged",
+                &url,
+            ],
+        );
+        let changed = self.u.cli(&["serve", "8071"]);
+        self.lab.stop(server);
+        let got = got?.check()?;
+        let seen: serde_json::Value = serde_json::from_str(&got.stdout)
+            .map_err(|e| format!("not JSON ({e}): {}", got.stdout))?;
+        let id_t = self.t.id()?;
+        if seen["agentnet-peer-id"] != serde_json::json!([id_t.id])
+            || seen["agentnet-peer-name"] != serde_json::json!(["tunny"])
+            || seen["x-forwarded-for"] != serde_json::json!([id_t.address.to_string()])
+        {
+            return Err(format!("the served service saw {seen}"));
+        }
+        let changed = changed?;
+        if changed.ok() || !changed.stderr.contains("set at start") {
+            return Err(format!(
+                "serve while the rootless agent runs should say the ports are set at start:\n{}",
+                changed.describe()
+            ));
         }
         Ok(())
     }

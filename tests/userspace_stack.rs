@@ -147,6 +147,7 @@ async fn start_pair() -> Pair {
                 .expect("spec"),
         ],
         exposes: Vec::new(),
+        served_sources: None,
     };
     let bob_options = UserspaceOptions {
         socks5: None,
@@ -157,6 +158,7 @@ async fn start_pair() -> Pair {
             expose(FIREHOSE_PORT, services.firehose, "tcp"),
             expose(UDP_PORT, services.udp_echo, "udp"),
         ],
+        served_sources: None,
     };
     let mut alice = Userspace::start(&alice_options, address_of(&alice_id), network(), MTU)
         .expect("alice's stack");

@@ -58,6 +58,7 @@ impl UserspaceArgs {
             socks5: self.socks5,
             forwards: self.forwards.clone(),
             exposes: self.exposes.clone(),
+            served_sources: None,
         })
     }
 

@@ -54,6 +54,9 @@ pub(crate) enum Command {
     Down,
     /// See [`Request::ReloadAttachments`].
     ReloadAttachments,
+    /// `agentnet serve`: see [`Request::ServeAdd`], [`Request::ServeList`]
+    /// and [`Request::ServeOff`].
+    Serve(Request),
     /// The trust-request workflow: see [`TrustOp`].
     TrustOp(TrustOp),
     /// See [`Request::Ping`]: send the ping; the pong goes to `pong`.
@@ -254,6 +257,9 @@ async fn command_of(request: Request) -> Result<Command, String> {
         Request::TrustRemove { peer } => Command::TrustRemove { peer },
         Request::Down => Command::Down,
         Request::ReloadAttachments => Command::ReloadAttachments,
+        request @ (Request::ServeAdd(_) | Request::ServeList | Request::ServeOff { .. }) => {
+            Command::Serve(request)
+        }
         Request::Ping { .. } => return Err("ping requests are served by ping::answer".to_string()),
         request @ (Request::TrustRequest { .. }
         | Request::TrustPending

@@ -131,6 +131,10 @@ pub(crate) struct Daemon {
     udp_out: Vec<crate::core::node::Transmit>,
     /// Packets on their way to the TUN.
     tun_out: TunWriteBatch,
+    /// `agentnet serve`: the published ports (`None`: not available).
+    services: Option<crate::serve::Services>,
+    /// Served connections asking who their caller is.
+    caller_queries: Option<mpsc::Receiver<crate::serve::CallerQuery>>,
 }
 
 impl Daemon {
@@ -181,7 +185,20 @@ impl Daemon {
             probe_datagrams: Some(probe_datagrams),
             udp_out: Vec::new(),
             tun_out: TunWriteBatch::default(),
+            services: None,
+            caller_queries: None,
         }
+    }
+
+    /// Hands the daemon the served ports and the questions of their
+    /// connections (answered from the node and the trust store).
+    pub(crate) fn attach_services(
+        &mut self,
+        services: crate::serve::Services,
+        queries: mpsc::Receiver<crate::serve::CallerQuery>,
+    ) {
+        self.services = Some(services);
+        self.caller_queries = Some(queries);
     }
 
     /// Opens the hosts files the names go to and keeps them open, so they
@@ -224,6 +241,8 @@ impl Daemon {
                 .ok_or(DaemonError::Runtime(io::Error::other(
                     "the event loop runs only once",
                 )))?;
+        let (_idle_queries, idle) = mpsc::channel(1);
+        let mut caller_queries = self.caller_queries.take().unwrap_or(idle);
         let mut link_tick = tokio::time::interval(LINK_TICK);
         link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
@@ -275,6 +294,14 @@ impl Daemon {
                     let now = Instant::now();
                     self.node.handle_timeout(now);
                     self.on_trust_flow_timer(now);
+                }
+                Some(query) = caller_queries.recv() => {
+                    let caller = self
+                        .node
+                        .peer_of_address(query.address)
+                        .map(|id| (id, self.peer_name(&id).to_string()));
+                    // The connection may have gone; its answer is then moot.
+                    let _ = query.reply.send(caller);
                 }
                 _ = candidate_refresh.tick() => self.refresh_candidates(),
                 _ = link_tick.tick() => {
@@ -551,6 +578,7 @@ impl Daemon {
                 Ok(attachments) => Response::AttachmentsReloaded { attachments },
                 Err(error) => Response::Error(error),
             },
+            Command::Serve(request) => self.serve(request),
             Command::Down => {
                 self.stop = Some(Stop::Down);
                 Response::Stopping {
@@ -558,6 +586,23 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// `agentnet serve`: publish, list or withdraw a port.
+    fn serve(&mut self, request: crate::control::Request) -> Response {
+        use crate::control::Request;
+        let Some(services) = self.services.as_mut() else {
+            return Response::Error("`agentnet serve` is not available in this daemon".to_string());
+        };
+        let answer = match request {
+            Request::ServeAdd(spec) => services.add(spec).map(Response::Serving),
+            Request::ServeList => Ok(Response::ServeList {
+                services: services.list(),
+            }),
+            Request::ServeOff { port } => services.remove(port).map(Response::ServeOff),
+            other => return Response::Error(format!("not a serve request: {other:?}")),
+        };
+        answer.unwrap_or_else(|error| Response::Error(error.to_string()))
     }
 
     fn info(&self) -> DaemonInfo {

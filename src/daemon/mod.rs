@@ -156,6 +156,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
         return Err(DaemonError::BadMtu(mtu));
     }
     tun::validate_interface_name(&options.interface)?;
+    let fronts = userspace_fronts(&mut options);
     let state = &options.state;
     state.create()?;
     privilege::check_state_permissions(state)?;
@@ -237,6 +238,22 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             })?;
             let mut daemon =
                 Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
+            // Served ports below 1024 need root: bound before the drop.
+            let (lookup, queries) = crate::serve::CallerLookup::new();
+            let services = match fronts {
+                Some(fronts) => crate::serve::Services::start_userspace(
+                    state.clone(),
+                    std::net::IpAddr::V6(address),
+                    fronts,
+                    lookup,
+                ),
+                None => {
+                    let mut addresses = vec![std::net::IpAddr::V6(address)];
+                    addresses.extend(address4.map(std::net::IpAddr::V4));
+                    crate::serve::Services::start(state.clone(), addresses, lookup)
+                }
+            };
+            daemon.attach_services(services, queries);
             // Everything privileged exists now: the TUN, the sockets, the
             // host's name configuration (hosts files stay open for edits).
             if privileges.switches_user() {
@@ -256,6 +273,29 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
         tracing::info!("agentnet stopped");
     }
     result
+}
+
+/// Rootless mode: a loopback front for each port in `served.json`, exposed
+/// on the stack in its place (`None` in TUN mode).
+fn userspace_fronts(options: &mut DaemonOptions) -> Option<crate::serve::UserspaceFronts> {
+    let userspace = options.userspace.as_mut()?;
+    match crate::serve::UserspaceFronts::bind(&options.state) {
+        Ok((fronts, exposes)) => {
+            for (port, local) in exposes {
+                userspace.exposes.push(crate::userspace::spec::ExposeSpec {
+                    transport: crate::userspace::spec::Transport::Tcp,
+                    port,
+                    local,
+                });
+            }
+            userspace.served_sources = Some(fronts.sources());
+            Some(fronts)
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot serve the ports in served.json");
+            Some(crate::serve::UserspaceFronts::default())
+        }
+    }
 }
 
 /// The rendezvous servers of `--rendezvous` and the config file, resolved.

@@ -587,7 +587,7 @@ impl ControlAccess {
                 Err(format!(
                     "permission denied: `{command}` changes this agent; it needs root, the \
                      daemon's user or membership in the `{CONTROL_GROUP}` group (you are uid \
-                     {uid}). Read-only commands (status, trust list, trust pending, ping) are \
+                     {uid}). Read-only commands (status, trust list, trust pending, ping, serve --list) are \
                      allowed."
                 ))
             }
@@ -617,6 +617,7 @@ pub(crate) fn changes_state(request: &Request) -> bool {
             | Request::TrustList
             | Request::TrustPending
             | Request::Ping { .. }
+            | Request::ServeList
     )
 }
 

@@ -53,6 +53,9 @@ pub struct UserspaceOptions {
     pub forwards: Vec<ForwardSpec>,
     /// Ports of the agent address handed to local services.
     pub exposes: Vec<ExposeSpec>,
+    /// `agentnet serve`: the book in which connections to served ports'
+    /// fronts record their peer ([`crate::serve::SourceBook`]).
+    pub served_sources: Option<crate::serve::SourceBook>,
 }
 
 /// Errors starting the userspace stack.
@@ -193,6 +196,7 @@ impl Userspace {
             network,
             mtu,
             seed: rand::random(),
+            sources: options.served_sources.clone(),
         };
         let exposes = options.exposes.clone();
         let thread_stats = stats.clone();

@@ -90,6 +90,8 @@ pub(crate) struct StackConfig {
     pub(crate) network: NetworkId,
     pub(crate) mtu: u16,
     pub(crate) seed: u64,
+    /// Where connections to `agentnet serve` fronts record their peer.
+    pub(crate) sources: Option<crate::serve::SourceBook>,
 }
 
 /// The stack's state; see the module docs.
@@ -384,13 +386,16 @@ impl Stack {
             Inbound::Drop => {}
             Inbound::Connect { key, target } => {
                 let requests = self.requests.clone();
+                let sources = self.config.sources.clone();
                 tokio::spawn(async move {
-                    let result = match tokio::time::timeout(
-                        LOCAL_CONNECT_TIMEOUT,
-                        TcpStream::connect(target),
-                    )
-                    .await
-                    {
+                    // A served port's front learns which peer connects.
+                    let connect = async {
+                        match sources {
+                            Some(book) => book.connect(target, key.0.addr.into()).await,
+                            None => TcpStream::connect(target).await,
+                        }
+                    };
+                    let result = match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, connect).await {
                         Ok(result) => result,
                         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
                     };

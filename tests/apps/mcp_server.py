@@ -1,7 +1,10 @@
 """An MCP server (official `mcp` SDK) with one tool, `add`, over
-Streamable HTTP at http://HOST:PORT/mcp.
+Streamable HTTP, started exactly as the SDK's docs start it: on its
+defaults, so it listens on 127.0.0.1:PORT/mcp and accepts only localhost
+Host headers (DNS-rebinding protection on). Peers reach it through
+`agentnet serve --http PORT`.
 
-usage: mcp_server.py HOST PORT
+usage: mcp_server.py PORT
 """
 
 import sys
@@ -18,4 +21,4 @@ def add(a: int, b: int) -> int:
 
 
 if __name__ == "__main__":
-    server.run("streamable-http", host=sys.argv[1], port=int(sys.argv[2]))
+    server.run("streamable-http", port=int(sys.argv[1]))

@@ -1,0 +1,735 @@
+//! `agentnet serve`: publishing a loopback service to trusted peers.
+//!
+//! For each served port the daemon listens on its overlay addresses (the
+//! IPv6 agent address, and the IPv4 one when IPv4 is on), port PORT. A
+//! peer reaches the service there or at `NAME.agent.internal:PORT`, under
+//! this agent's packet policy for it (the node enforces that before a SYN
+//! reaches the kernel). Each accepted connection is first tied to a caller:
+//! its source address goes to the event loop, which asks the node whose it
+//! is ([`crate::core::node::Node::peer_of_address`]: the peer's node prefix
+//! for IPv6, its routed address for IPv4) and names it from the trust
+//! store. A source no trusted peer holds (a local program dialling the
+//! overlay address, say) is closed at once.
+//!
+//! Then, by mode: `--tcp` splices bytes both ways ([`splice`]), `--http`
+//! is a reverse proxy ([`proxy`]) that tells the service who calls in
+//! `Agentnet-Peer-Id` and `Agentnet-Peer-Name`. What is served is kept in
+//! `STATE_DIR/served.json` ([`store`]).
+
+pub mod proxy;
+pub mod splice;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::core::identity::AgentId;
+use crate::state::{StateDir, StateError};
+
+pub use self::store::{SERVED_FILE, ServedStore};
+
+/// Most services one agent serves (bounds `served.json`).
+pub const MAX_SERVED: usize = 256;
+/// Most connections open at once to one served port; more are closed.
+const MAX_CONNECTIONS_PER_PORT: usize = 1024;
+/// Caller questions that may wait for the event loop.
+const CALLER_QUEUE: usize = 256;
+/// Userspace connections to served ports waiting to be accepted, at most.
+const MAX_PENDING_SOURCES: usize = 4096;
+
+/// How a served port talks to its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeMode {
+    /// A reverse proxy for HTTP/1.1 and h2c that adds the caller's identity.
+    Http,
+    /// Bytes spliced both ways.
+    Tcp,
+}
+
+impl fmt::Display for ServeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServeMode::Http => "http",
+            ServeMode::Tcp => "tcp",
+        })
+    }
+}
+
+/// One published service: overlay port, mode and local target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSpec {
+    /// The port on the overlay addresses.
+    pub port: u16,
+    /// HTTP proxy or TCP splice.
+    pub mode: ServeMode,
+    /// Where connections go, e.g. `127.0.0.1:8000`.
+    pub target: SocketAddr,
+}
+
+impl ServeSpec {
+    /// A spec for `port`, the target defaulting to `127.0.0.1:PORT`.
+    pub fn new(port: u16, mode: ServeMode, target: Option<&str>) -> Result<Self, ServeError> {
+        let target = match target {
+            Some(text) => parse_target(text)?,
+            None => SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let spec = Self { port, mode, target };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Refuses port 0 and targets no connection can go to.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        if self.port == 0 {
+            return Err(ServeError::BadPort);
+        }
+        check_target(self.target)
+    }
+}
+
+/// Why a service cannot be served (or the request about it failed).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Port 0 cannot be served.
+    #[error("port 0 cannot be served; give a port from 1 to 65535")]
+    BadPort,
+    /// TARGET is not `HOST:PORT` with an IP address.
+    #[error(
+        "bad TARGET {0:?}: expected IPV4:PORT or [IPV6]:PORT, e.g. 127.0.0.1:8000 or [::1]:8000"
+    )]
+    BadTarget(String),
+    /// TARGET is an address no connection can go to.
+    #[error("bad TARGET {target}: {why}")]
+    UnusableTarget {
+        /// The target.
+        target: SocketAddr,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The port is already served.
+    #[error(
+        "port {port} is already served ({mode} to {target}); `agentnet serve --off {port}` first"
+    )]
+    AlreadyServed {
+        /// The port.
+        port: u16,
+        /// Its mode.
+        mode: ServeMode,
+        /// Its target.
+        target: SocketAddr,
+    },
+    /// The port is not served.
+    #[error("port {0} is not served (see `agentnet serve --list`)")]
+    NotServed(u16),
+    /// Too many services.
+    #[error("at most {MAX_SERVED} ports may be served")]
+    TooMany,
+    /// Another program holds the port on an overlay address.
+    #[error(
+        "port {port} is taken on the overlay address {address}: another program listens there; \
+         stop it, or serve another port"
+    )]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// The overlay address.
+        address: IpAddr,
+    },
+    /// A port below 1024 after the daemon dropped its privileges.
+    #[error(
+        "port {port} is below 1024 and the running daemon has dropped the privilege to bind it; \
+         stop agentnet (`agentnet down`), run this `agentnet serve` again (it is then saved for \
+         the next start) and `agentnet up`: ports in served.json are bound before the drop"
+    )]
+    PrivilegedPort {
+        /// The port.
+        port: u16,
+    },
+    /// The target is the served port itself: connections would loop.
+    #[error("TARGET {0} is the served port itself; connections would loop")]
+    Loop(SocketAddr),
+    /// `--userspace`: the served ports are fixed at start.
+    #[error(
+        "with `up --userspace` the served ports are set at start: `agentnet down`, then \
+         `agentnet serve ...` (saved for the next start), then `agentnet up --userspace ...`"
+    )]
+    FixedInUserspace,
+    /// Binding failed for another reason.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `served.json` could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Parses TARGET: `IPV4:PORT` or `[IPV6]:PORT`.
+pub fn parse_target(text: &str) -> Result<SocketAddr, ServeError> {
+    let target =
+        SocketAddr::from_str(text.trim()).map_err(|_| ServeError::BadTarget(text.to_string()))?;
+    check_target(target)?;
+    Ok(target)
+}
+
+fn check_target(target: SocketAddr) -> Result<(), ServeError> {
+    let why = if target.port() == 0 {
+        Some("port 0")
+    } else if target.ip().is_unspecified() {
+        Some("an unspecified address (0.0.0.0 or ::) is no place to connect to; use 127.0.0.1")
+    } else if target.ip().is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(ServeError::UnusableTarget { target, why }),
+        None => Ok(()),
+    }
+}
+
+/// A served port as the daemon runs it (`serve --list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServeStatus {
+    /// The service.
+    #[serde(flatten)]
+    pub spec: ServeSpec,
+    /// The overlay sockets it listens on (empty when the daemon is down
+    /// or binding failed).
+    #[serde(default)]
+    pub listening: Vec<SocketAddr>,
+    /// Why it does not listen, if it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Who opened a connection to a served port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The peer's agent ID.
+    pub id: AgentId,
+    /// Its name in this agent's trust store.
+    pub name: String,
+    /// The overlay address the connection came from.
+    pub address: IpAddr,
+}
+
+/// A question for the event loop: which trusted peer holds `address`?
+#[derive(Debug)]
+pub struct CallerQuery {
+    /// The connection's source address.
+    pub address: IpAddr,
+    /// Where the answer goes: the peer's ID and local name, or `None`.
+    pub reply: oneshot::Sender<Option<(AgentId, String)>>,
+}
+
+/// Asks the event loop (which owns the node) who is behind an address.
+#[derive(Debug, Clone)]
+pub struct CallerLookup {
+    queries: mpsc::Sender<CallerQuery>,
+}
+
+impl CallerLookup {
+    /// A lookup and the queue of its questions, for the event loop.
+    pub fn new() -> (Self, mpsc::Receiver<CallerQuery>) {
+        let (queries, receiver) = mpsc::channel(CALLER_QUEUE);
+        (Self { queries }, receiver)
+    }
+
+    /// The trusted peer behind `address`, or `None` (also when the event
+    /// loop is gone or too busy to ask).
+    pub async fn identify(&self, address: IpAddr) -> Option<Caller> {
+        let address = address.to_canonical();
+        let (reply, answer) = oneshot::channel();
+        self.queries.try_send(CallerQuery { address, reply }).ok()?;
+        let (id, name) = answer.await.ok()??;
+        Some(Caller { id, name, address })
+    }
+}
+
+/// The served ports of a running daemon and their listeners.
+#[derive(Debug)]
+pub struct Services {
+    state: StateDir,
+    addresses: Vec<IpAddr>,
+    lookup: CallerLookup,
+    /// `--userspace`: who stands behind each loopback connection from
+    /// the stack (`None`: the kernel's overlay sockets say it themselves).
+    sources: Option<SourceBook>,
+    proxy: proxy::Upstream,
+    running: BTreeMap<u16, Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    spec: ServeSpec,
+    listening: Vec<SocketAddr>,
+    problem: Option<String>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.accept_loops {
+            task.abort();
+        }
+    }
+}
+
+impl Services {
+    /// Starts serving what `served.json` lists, on `addresses` (the
+    /// overlay addresses on this host's interface). A port that cannot be
+    /// bound is logged and listed with its problem; the others run. Must
+    /// run inside the tokio runtime, before privileges are dropped.
+    pub fn start(state: StateDir, addresses: Vec<IpAddr>, lookup: CallerLookup) -> Self {
+        let mut services = Self {
+            state,
+            addresses,
+            lookup,
+            sources: None,
+            proxy: proxy::Upstream::new(),
+            running: BTreeMap::new(),
+        };
+        let stored = match ServedStore::load(&services.state) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the served services; serving none");
+                return services;
+            }
+        };
+        for spec in stored.served {
+            let running = match services.listen(&spec) {
+                Ok(running) => {
+                    tracing::info!(port = spec.port, mode = %spec.mode, target = %spec.target, "serving");
+                    running
+                }
+                Err(error) => {
+                    tracing::error!(port = spec.port, %error, "cannot serve");
+                    Running {
+                        spec: spec.clone(),
+                        listening: Vec::new(),
+                        problem: Some(error.to_string()),
+                        accept_loops: Vec::new(),
+                    }
+                }
+            };
+            services.running.insert(spec.port, running);
+        }
+        services
+    }
+
+    /// `--userspace`: serves the loopback fronts [`UserspaceFronts::bind`]
+    /// made (the stack hands them the connections to the served ports);
+    /// `address` is the agent address the peers use.
+    pub fn start_userspace(
+        state: StateDir,
+        address: IpAddr,
+        fronts: UserspaceFronts,
+        lookup: CallerLookup,
+    ) -> Self {
+        let mut services = Self {
+            state,
+            addresses: vec![address],
+            lookup,
+            sources: Some(fronts.sources.clone()),
+            proxy: proxy::Upstream::new(),
+            running: BTreeMap::new(),
+        };
+        for (spec, listener) in fronts.listeners {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(port = spec.port, %error, "cannot serve");
+                    continue;
+                }
+            };
+            tracing::info!(port = spec.port, mode = %spec.mode, target = %spec.target, "serving through the userspace stack");
+            let handler = services.handler(&spec);
+            let running = Running {
+                spec: spec.clone(),
+                listening: vec![SocketAddr::new(address, spec.port)],
+                problem: None,
+                accept_loops: vec![tokio::spawn(accept_loop(listener, handler))],
+            };
+            services.running.insert(spec.port, running);
+        }
+        services
+    }
+
+    fn handler(&self, spec: &ServeSpec) -> Handler {
+        Handler {
+            spec: spec.clone(),
+            lookup: self.lookup.clone(),
+            proxy: self.proxy.clone(),
+            sources: self.sources.clone(),
+        }
+    }
+
+    /// Starts serving `spec` and records it in `served.json`.
+    pub fn add(&mut self, spec: ServeSpec) -> Result<ServeStatus, ServeError> {
+        spec.validate()?;
+        if self.sources.is_some() {
+            return Err(ServeError::FixedInUserspace);
+        }
+        if let Some(existing) = self.running.get(&spec.port) {
+            // A stored port that failed to bind may be retried as it was.
+            if existing.problem.is_none() || existing.spec != spec {
+                return Err(ServeError::AlreadyServed {
+                    port: spec.port,
+                    mode: existing.spec.mode,
+                    target: existing.spec.target,
+                });
+            }
+        } else if self.running.len() >= MAX_SERVED {
+            return Err(ServeError::TooMany);
+        }
+        let running = self.listen(&spec)?;
+        ServedStore::edit(&self.state, |store| {
+            store.served.retain(|stored| stored.port != spec.port);
+            store.served.push(spec.clone());
+            Ok::<_, ServeError>(())
+        })?;
+        tracing::info!(port = spec.port, mode = %spec.mode, target = %spec.target, "serving");
+        let status = running.status();
+        self.running.insert(spec.port, running);
+        Ok(status)
+    }
+
+    /// Stops serving `port` (open connections end) and removes it from
+    /// `served.json`.
+    pub fn remove(&mut self, port: u16) -> Result<ServeSpec, ServeError> {
+        if self.sources.is_some() {
+            return Err(ServeError::FixedInUserspace);
+        }
+        let spec = ServedStore::edit(&self.state, |store| {
+            let Some(index) = store.served.iter().position(|spec| spec.port == port) else {
+                return Err(ServeError::NotServed(port));
+            };
+            Ok(store.served.remove(index))
+        });
+        let running = self.running.remove(&port);
+        let spec = match (spec, running) {
+            (Ok(spec), _) => spec,
+            (Err(ServeError::NotServed(_)), Some(running)) => running.spec.clone(),
+            (Err(error), _) => return Err(error),
+        };
+        tracing::info!(port, target = %spec.target, "no longer serving");
+        Ok(spec)
+    }
+
+    /// The served ports, by port.
+    pub fn list(&self) -> Vec<ServeStatus> {
+        self.running.values().map(Running::status).collect()
+    }
+
+    /// Binds the listeners of `spec` and starts accepting.
+    fn listen(&self, spec: &ServeSpec) -> Result<Running, ServeError> {
+        let mut listeners = Vec::new();
+        for address in &self.addresses {
+            let local = SocketAddr::new(*address, spec.port);
+            if local == spec.target {
+                return Err(ServeError::Loop(spec.target));
+            }
+            listeners.push(bind(local)?);
+        }
+        let mut running = Running {
+            spec: spec.clone(),
+            listening: Vec::new(),
+            problem: None,
+            accept_loops: Vec::new(),
+        };
+        for listener in listeners {
+            running.listening.extend(listener.local_addr().ok());
+            let handler = self.handler(spec);
+            running
+                .accept_loops
+                .push(tokio::spawn(accept_loop(listener, handler)));
+        }
+        Ok(running)
+    }
+}
+
+impl Running {
+    fn status(&self) -> ServeStatus {
+        ServeStatus {
+            spec: self.spec.clone(),
+            listening: self.listening.clone(),
+            problem: self.problem.clone(),
+        }
+    }
+}
+
+/// Binds one overlay socket, turning the usual failures into clear errors.
+fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    let bound = listen_freebind(address).and_then(tokio::net::TcpListener::from_std);
+    bound.map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => ServeError::PortTaken {
+            port: address.port(),
+            address: address.ip(),
+        },
+        io::ErrorKind::PermissionDenied if address.port() < 1024 => ServeError::PrivilegedPort {
+            port: address.port(),
+        },
+        _ => ServeError::Bind { address, source },
+    })
+}
+
+/// A listening socket on `address` with `IP_FREEBIND`: a TUN address just
+/// assigned is still tentative for a moment (duplicate address detection),
+/// and a plain bind would fail with `EADDRNOTAVAIL`; this one binds and
+/// accepts once the address is usable.
+fn listen_freebind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, setsockopt, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let family = match address {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let socket = nix::sys::socket::socket(family, SockType::Stream, flags, None)?;
+    setsockopt(&socket, sockopt::ReuseAddr, &true)?;
+    setsockopt(&socket, sockopt::IpFreebind, &true)?;
+    if address.is_ipv6() {
+        setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
+    }
+    nix::sys::socket::bind(socket.as_raw_fd(), &SockaddrStorage::from(address))?;
+    nix::sys::socket::listen(&socket, Backlog::MAXCONN)?;
+    Ok(std::net::TcpListener::from(socket))
+}
+
+/// What an accepted connection needs.
+#[derive(Debug, Clone)]
+struct Handler {
+    spec: ServeSpec,
+    lookup: CallerLookup,
+    proxy: proxy::Upstream,
+    sources: Option<SourceBook>,
+}
+
+impl Handler {
+    async fn handle(self, stream: tokio::net::TcpStream, from: SocketAddr) {
+        let overlay = match &self.sources {
+            None => Some(from.ip()),
+            Some(book) => book.take(from),
+        };
+        let Some(overlay) = overlay else {
+            tracing::debug!(port = self.spec.port, %from, "a loopback connection the userspace stack did not make; closed");
+            return;
+        };
+        let Some(caller) = self.lookup.identify(overlay).await else {
+            tracing::debug!(port = self.spec.port, %from, "connection from an address no trusted peer holds; closed");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        match self.spec.mode {
+            ServeMode::Tcp => splice::splice(stream, &caller, &self.spec).await,
+            ServeMode::Http => {
+                proxy::serve_connection(stream, caller, &self.spec, &self.proxy).await
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, handler: Handler) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    if connections.len() >= MAX_CONNECTIONS_PER_PORT {
+                        tracing::warn!(port = handler.spec.port, %from, "too many connections to a served port; closed one");
+                        continue;
+                    }
+                    connections.spawn(handler.clone().handle(stream, from));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(port = handler.spec.port, %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// `--userspace`: which overlay peer stands behind each loopback
+/// connection the stack makes to a served port's front. The stack binds
+/// its socket first and records the local address, then connects: the
+/// entry is there before the front can accept.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBook {
+    fronts: Arc<HashSet<SocketAddr>>,
+    pending: Arc<Mutex<HashMap<SocketAddr, IpAddr>>>,
+}
+
+impl PartialEq for SourceBook {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pending, &other.pending)
+    }
+}
+
+impl Eq for SourceBook {}
+
+impl SourceBook {
+    /// The peer behind a connection from `local`, forgotten once told.
+    fn take(&self, local: SocketAddr) -> Option<IpAddr> {
+        self.pending.lock().ok()?.remove(&local)
+    }
+
+    /// Connects to `target` for the overlay peer at `remote`. A served
+    /// port's front learns who that is; any other target is connected
+    /// as it is.
+    pub async fn connect(
+        &self,
+        target: SocketAddr,
+        remote: IpAddr,
+    ) -> io::Result<tokio::net::TcpStream> {
+        if !self.fronts.contains(&target) {
+            return tokio::net::TcpStream::connect(target).await;
+        }
+        let socket = match target {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(target.ip(), 0))?;
+        let local = socket.local_addr()?;
+        {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| io::Error::other("source book poisoned"))?;
+            if pending.len() >= MAX_PENDING_SOURCES {
+                return Err(io::Error::other(
+                    "too many connections waiting for a served port",
+                ));
+            }
+            pending.insert(local, remote.to_canonical());
+        }
+        let connected = socket.connect(target).await;
+        if connected.is_err() {
+            self.take(local);
+        }
+        connected
+    }
+}
+
+/// `--userspace`: a loopback listener per served port, exposed on the
+/// stack in its place, and the book that ties their connections to peers.
+#[derive(Debug, Default)]
+pub struct UserspaceFronts {
+    sources: SourceBook,
+    listeners: Vec<(ServeSpec, std::net::TcpListener)>,
+}
+
+impl UserspaceFronts {
+    /// Binds a front on 127.0.0.1 for each port in `served.json` and
+    /// returns them with the `(port, front)` pairs to expose on the stack.
+    pub fn bind(state: &StateDir) -> Result<(Self, Vec<(u16, SocketAddr)>), ServeError> {
+        let stored = ServedStore::load(state)?;
+        let mut listeners = Vec::new();
+        let mut exposes = Vec::new();
+        for spec in stored.served {
+            let address = SocketAddr::from(([127, 0, 0, 1], 0));
+            let listener = std::net::TcpListener::bind(address)
+                .and_then(|listener| {
+                    listener.set_nonblocking(true)?;
+                    Ok(listener)
+                })
+                .map_err(|source| ServeError::Bind { address, source })?;
+            let front = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { address, source })?;
+            exposes.push((spec.port, front));
+            listeners.push((spec, listener));
+        }
+        let sources = SourceBook {
+            fronts: Arc::new(exposes.iter().map(|(_, front)| *front).collect()),
+            pending: Arc::default(),
+        };
+        Ok((Self { sources, listeners }, exposes))
+    }
+
+    /// The book the stack records its connections in.
+    pub fn sources(&self) -> SourceBook {
+        self.sources.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_defaults_to_loopback_on_the_same_port() {
+        let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
+        assert_eq!(
+            spec.target,
+            "127.0.0.1:8000".parse::<SocketAddr>().expect("addr")
+        );
+        let spec = ServeSpec::new(8000, ServeMode::Tcp, Some("[::1]:9000")).expect("spec");
+        assert_eq!(
+            spec.target,
+            "[::1]:9000".parse::<SocketAddr>().expect("addr")
+        );
+        let spec = ServeSpec::new(80, ServeMode::Tcp, Some("10.1.2.3:8080")).expect("spec");
+        assert_eq!(spec.target.port(), 8080);
+    }
+
+    #[test]
+    fn bad_targets_are_refused_with_the_expected_form() {
+        for text in [
+            "localhost:80",
+            "127.0.0.1",
+            "::1:80",
+            "[::1]",
+            "8080",
+            "",
+            "1.2.3.4:99999",
+        ] {
+            let error = parse_target(text).expect_err(text).to_string();
+            assert!(
+                error.contains("IPV4:PORT or [IPV6]:PORT"),
+                "{text}: {error}"
+            );
+        }
+        for (text, why) in [
+            ("0.0.0.0:80", "unspecified"),
+            ("[::]:80", "unspecified"),
+            ("127.0.0.1:0", "port 0"),
+            ("224.0.0.1:80", "multicast"),
+        ] {
+            let error = parse_target(text).expect_err(text).to_string();
+            assert!(error.contains(why), "{text}: {error}");
+        }
+        assert!(matches!(
+            ServeSpec::new(0, ServeMode::Http, None),
+            Err(ServeError::BadPort)
+        ));
+    }
+
+    #[test]
+    fn specs_serialize_as_port_mode_and_target() {
+        let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
+        assert_eq!(
+            serde_json::to_string(&spec).expect("json"),
+            r#"{"port":8000,"mode":"http","target":"127.0.0.1:8000"}"#
+        );
+    }
+}
