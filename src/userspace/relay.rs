@@ -12,7 +12,7 @@
 //! reset on the other side.
 
 use std::io;
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
 
@@ -196,7 +196,6 @@ impl TcpRelay {
         &mut self,
         socket: &mut tcp::Socket<'_>,
         now: Instant,
-        own_address: Ipv6Addr,
         moved: &mut Moved,
     ) -> Step {
         self.want_read = false;
@@ -215,7 +214,11 @@ impl TcpRelay {
                 _ => {
                     self.phase = Phase::Open;
                     if self.origin == Origin::Socks {
-                        let bound = (own_address, self.overlay_port).into();
+                        // Our end on the overlay, in the target's family.
+                        let bound = socket.local_endpoint().map_or_else(
+                            || SocketAddr::from((Ipv6Addr::UNSPECIFIED, self.overlay_port)),
+                            SocketAddr::from,
+                        );
                         self.preface = socks5::encode_reply(Reply::Succeeded, bound);
                     }
                 }

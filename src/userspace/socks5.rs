@@ -1,21 +1,23 @@
 //! SOCKS5 (RFC 1928), the part a local proxy for the overlay needs: no
-//! authentication, `CONNECT` only, targets by IPv6 address or by name with
-//! remote resolution (`curl --socks5-hostname`, `ALL_PROXY=socks5h://`),
-//! names resolved in-process from the trust store.
+//! authentication, `CONNECT` only, targets by IPv6 or IPv4 overlay address
+//! or by name with remote resolution (`curl --socks5-hostname`,
+//! `ALL_PROXY=socks5h://`), names resolved in-process from the trust store
+//! (to the peer's IPv6 agent address: both families reach the same agent).
 //!
 //! The wire formats are plain functions on byte slices ([`parse_greeting`],
 //! [`parse_request`], [`encode_reply`]); [`negotiate`] reads them off a
 //! stream with exact reads, so bytes a client pipelines after its request
 //! stay in the socket for the relay.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::spec::PeerHost;
-use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::address::{NetworkId, NodePrefix, in_ipv4_overlay};
 use crate::daemon::dns::NameTable;
 
 /// Protocol version byte.
@@ -56,7 +58,7 @@ pub enum Reply {
     TtlExpired = 0x06,
     /// Command not supported (only CONNECT is).
     CommandNotSupported = 0x07,
-    /// Address type not supported (IPv4: the overlay is IPv6 only).
+    /// Address type not supported (neither IPv4, IPv6 nor a name).
     AddressTypeNotSupported = 0x08,
 }
 
@@ -186,26 +188,45 @@ pub fn error_reply(reply: Reply) -> Vec<u8> {
     encode_reply(reply, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
 }
 
+/// Who the proxy and the forwards can reach: the trusted names, and the
+/// IPv4 addresses routed to trusted peers (an address another agent keeps
+/// after a collision, or any with IPv4 off, is not among them). The daemon
+/// publishes both after every trust change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayPeers {
+    /// `NAME.agent.internal` of the trusted peers.
+    pub names: NameTable,
+    /// The trusted peers' routed IPv4 addresses.
+    pub ipv4: BTreeSet<Ipv4Addr>,
+}
+
 /// Where a request's target is on the overlay, or the reply that says why
-/// it is not: names are trusted peers' (`NAME.agent.internal`), addresses
-/// must be in a trusted peer's node prefix.
+/// it is not: names are trusted peers' (`NAME.agent.internal`, answered
+/// with the IPv6 agent address), IPv6 addresses must be in a trusted
+/// peer's node prefix, IPv4 addresses routed to a trusted peer.
 pub fn resolve(
     host: &TargetHost,
     port: u16,
-    names: &NameTable,
+    peers: &OverlayPeers,
     network: NetworkId,
-) -> Result<SocketAddrV6, Reply> {
+) -> Result<SocketAddr, Reply> {
     let address = match host {
-        TargetHost::Ip(IpAddr::V4(_)) => return Err(Reply::AddressTypeNotSupported),
-        TargetHost::Ip(IpAddr::V6(address)) => *address,
+        TargetHost::Ip(address) => *address,
         TargetHost::Name(name) => match PeerHost::parse(name) {
             Some(PeerHost::Address(address)) => address,
-            Some(PeerHost::Name(label)) => names.lookup(&label).ok_or(Reply::HostUnreachable)?,
+            Some(PeerHost::Name(label)) => peers
+                .names
+                .lookup(&label)
+                .map(IpAddr::V6)
+                .ok_or(Reply::HostUnreachable)?,
             None => return Err(Reply::HostUnreachable),
         },
     };
-    check_overlay_target(address, names, network)?;
-    Ok(SocketAddrV6::new(address, port, 0, 0))
+    match address {
+        IpAddr::V6(v6) => check_overlay_target(v6, &peers.names, network)?,
+        IpAddr::V4(v4) => check_ipv4_target(v4, peers)?,
+    }
+    Ok(SocketAddr::new(address, port))
 }
 
 /// Whether `address` can be reached: inside the network and in the node
@@ -222,6 +243,18 @@ pub fn check_overlay_target(
         .entries()
         .any(|(peer, _)| NodePrefix::of_address(&peer) == NodePrefix::of_address(&address));
     if trusted {
+        Ok(())
+    } else {
+        Err(Reply::HostUnreachable)
+    }
+}
+
+/// Whether an IPv4 `address` can be reached: inside `100.64.0.0/10` and
+/// routed to a trusted peer.
+pub fn check_ipv4_target(address: Ipv4Addr, peers: &OverlayPeers) -> Result<(), Reply> {
+    if !in_ipv4_overlay(address) {
+        Err(Reply::NetworkUnreachable)
+    } else if peers.ipv4.contains(&address) {
         Ok(())
     } else {
         Err(Reply::HostUnreachable)
@@ -370,19 +403,35 @@ mod tests {
             added_unix: 0,
             expires_unix: None,
         });
-        let names = NameTable::from_trust(&store, network());
+        let bob4 = crate::core::address::agent_address4(network(), &peer);
+        let peers = OverlayPeers {
+            names: NameTable::from_trust(&store, network()),
+            ipv4: BTreeSet::from([bob4]),
+        };
         let bob = NodePrefix::of_agent(network(), &peer).agent_address();
 
         let name = TargetHost::Name("Bob.Agent.Internal".into());
         assert_eq!(
-            resolve(&name, 80, &names, network()),
-            Ok(SocketAddrV6::new(bob, 80, 0, 0))
+            resolve(&name, 80, &peers, network()),
+            Ok(SocketAddr::from((bob, 80)))
         );
         // Another address in bob's node prefix (an attached container).
         let mut container = bob.segments();
         container[7] = 2;
         let container = TargetHost::Ip(IpAddr::V6(Ipv6Addr::from(container)));
-        assert!(resolve(&container, 80, &names, network()).is_ok());
+        assert!(resolve(&container, 80, &peers, network()).is_ok());
+        // Bob's IPv4 address, as an address or as a literal in a name.
+        for host in [
+            TargetHost::Ip(IpAddr::V4(bob4)),
+            TargetHost::Name(bob4.to_string()),
+        ] {
+            assert_eq!(
+                resolve(&host, 8080, &peers, network()),
+                Ok(SocketAddr::from((bob4, 8080))),
+                "{host:?}"
+            );
+        }
+        let other4 = Ipv4Addr::from(u32::from(bob4) ^ 1);
 
         let cases = [
             (
@@ -395,8 +444,9 @@ mod tests {
             ),
             (
                 TargetHost::Ip("192.0.2.1".parse().expect("ip")),
-                Reply::AddressTypeNotSupported,
+                Reply::NetworkUnreachable,
             ),
+            (TargetHost::Ip(IpAddr::V4(other4)), Reply::HostUnreachable),
             (
                 TargetHost::Ip("2001:db8::1".parse().expect("ip")),
                 Reply::NetworkUnreachable,
@@ -404,7 +454,7 @@ mod tests {
         ];
         for (host, reply) in cases {
             assert_eq!(
-                resolve(&host, 80, &names, network()),
+                resolve(&host, 80, &peers, network()),
                 Err(reply),
                 "{host:?}"
             );
@@ -414,8 +464,19 @@ mod tests {
         stranger[7] = 1;
         let stranger = TargetHost::Ip(IpAddr::V6(Ipv6Addr::from(stranger)));
         assert_eq!(
-            resolve(&stranger, 80, &names, network()),
+            resolve(&stranger, 80, &peers, network()),
             Err(Reply::HostUnreachable)
         );
+        // Without its IPv4 route (IPv4 off, or a collision) bob's IPv4
+        // address is refused; his name and IPv6 address still work.
+        let ipv6_only = OverlayPeers {
+            ipv4: BTreeSet::new(),
+            ..peers
+        };
+        assert_eq!(
+            resolve(&TargetHost::Ip(IpAddr::V4(bob4)), 80, &ipv6_only, network()),
+            Err(Reply::HostUnreachable)
+        );
+        assert!(resolve(&name, 80, &ipv6_only, network()).is_ok());
     }
 }
