@@ -4,7 +4,7 @@
 //! the loopback interface around them. Alice's SOCKS5 proxy and forwards
 //! reach the services bob exposes, over IPv6 and over IPv4.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,8 +184,11 @@ async fn start_pair() -> Pair {
         .expect("bob's stack");
     alice.publish_names(&names(&bob_id, "bob"));
     bob.publish_names(&names(&alice_id, "alice"));
-    alice.publish_ipv4_routes(&BTreeSet::from([bob4]));
-    bob.publish_ipv4_routes(&BTreeSet::from([address4_of(&alice_id)]));
+    alice.publish_ipv4_routes(&BTreeMap::from([("bob".to_string(), bob4)]));
+    bob.publish_ipv4_routes(&BTreeMap::from([(
+        "alice".to_string(),
+        address4_of(&alice_id),
+    )]));
     let alice_bound = alice.options().clone();
     // The wire between the two stacks: what the daemons and their session
     // would carry, with the daemons' drop-when-full behaviour.

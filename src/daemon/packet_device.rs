@@ -4,7 +4,7 @@
 //! daemon — node, sessions, policy, the resolver at `PREFIX::53`, status —
 //! is the same for both.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -15,7 +15,7 @@ use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::core::address::NetworkId;
 use crate::core::node::{Ipv4Route, Node};
-use crate::core::trust::TrustStore;
+use crate::core::trust::{TrustState, TrustStore};
 use crate::userspace::{Userspace, UserspaceStatus};
 
 /// The agent's overlay addresses, as the device gets them.
@@ -180,15 +180,19 @@ impl PacketDevice {
     }
 
     /// Hands the userspace stack the IPv4 addresses `node` routes to the
-    /// trusted peers of `trust` (the SOCKS5 proxy and the forwards accept
-    /// only those). The TUN needs nothing: the kernel routes the /10.
+    /// trusted peers of `trust`, by name (the SOCKS5 proxy and the forwards
+    /// accept only those, and resolve names to them). The TUN needs
+    /// nothing: the kernel routes the /10.
     pub(crate) fn publish_ipv4_routes(&self, node: &Node, trust: &TrustStore) {
         if let Self::Userspace(stack) = self {
-            let routes: BTreeSet<Ipv4Addr> = trust
+            let routes: BTreeMap<String, Ipv4Addr> = trust
                 .peers
                 .iter()
+                .filter(|entry| entry.state == TrustState::Trusted)
                 .filter_map(|entry| match node.peer_ipv4_route(&entry.id) {
-                    Some(Ipv4Route::Routed(address)) => Some(address),
+                    Some(Ipv4Route::Routed(address)) => {
+                        Some((entry.name.to_ascii_lowercase(), address))
+                    }
                     _ => None,
                 })
                 .collect();

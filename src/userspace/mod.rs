@@ -26,7 +26,7 @@ pub mod spec;
 mod stack;
 mod udp;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -308,8 +308,9 @@ impl Userspace {
     }
 
     /// Tells the SOCKS5 proxy and the forwards the IPv4 addresses routed to
-    /// trusted peers (the only IPv4 targets they accept).
-    pub fn publish_ipv4_routes(&self, routes: &BTreeSet<Ipv4Addr>) {
+    /// trusted peers, by lowercase name: the only IPv4 targets they accept,
+    /// and what those names resolve to.
+    pub fn publish_ipv4_routes(&self, routes: &BTreeMap<String, Ipv4Addr>) {
         self.peers.send_if_modified(|current| {
             if current.ipv4 == *routes {
                 false

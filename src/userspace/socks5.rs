@@ -1,15 +1,17 @@
 //! SOCKS5 (RFC 1928), the part a local proxy for the overlay needs: no
 //! authentication, `CONNECT` only, targets by IPv6 or IPv4 overlay address
 //! or by name with remote resolution (`curl --socks5-hostname`,
-//! `ALL_PROXY=socks5h://`), names resolved in-process from the trust store
-//! (to the peer's IPv6 agent address: both families reach the same agent).
+//! `ALL_PROXY=socks5h://`), names resolved in-process from the trust store:
+//! to the peer's IPv4 address when it is routed (so servers on their
+//! default `0.0.0.0` answer, as a TUN agent's getaddrinfo picks it too),
+//! else to its IPv6 agent address.
 //!
 //! The wire formats are plain functions on byte slices ([`parse_greeting`],
 //! [`parse_request`], [`encode_reply`]); [`negotiate`] reads them off a
 //! stream with exact reads, so bytes a client pipelines after its request
 //! stay in the socket for the relay.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -188,22 +190,24 @@ pub fn error_reply(reply: Reply) -> Vec<u8> {
     encode_reply(reply, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
 }
 
-/// Who the proxy and the forwards can reach: the trusted names, and the
-/// IPv4 addresses routed to trusted peers (an address another agent keeps
-/// after a collision, or any with IPv4 off, is not among them). The daemon
-/// publishes both after every trust change.
+/// Who the proxy and the forwards can reach: the trusted names with their
+/// IPv6 addresses, and the IPv4 addresses routed to trusted peers, by
+/// name (a peer whose address another agent keeps after a collision, or
+/// every peer with IPv4 off, has none). The daemon publishes both after
+/// every trust change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlayPeers {
     /// `NAME.agent.internal` of the trusted peers.
     pub names: NameTable,
-    /// The trusted peers' routed IPv4 addresses.
-    pub ipv4: BTreeSet<Ipv4Addr>,
+    /// The trusted peers' routed IPv4 addresses, by lowercase name.
+    pub ipv4: BTreeMap<String, Ipv4Addr>,
 }
 
 /// Where a request's target is on the overlay, or the reply that says why
 /// it is not: names are trusted peers' (`NAME.agent.internal`, answered
-/// with the IPv6 agent address), IPv6 addresses must be in a trusted
-/// peer's node prefix, IPv4 addresses routed to a trusted peer.
+/// with the routed IPv4 address, else the IPv6 agent address), IPv6
+/// addresses must be in a trusted peer's node prefix, IPv4 addresses
+/// routed to a trusted peer.
 pub fn resolve(
     host: &TargetHost,
     port: u16,
@@ -214,11 +218,13 @@ pub fn resolve(
         TargetHost::Ip(address) => *address,
         TargetHost::Name(name) => match PeerHost::parse(name) {
             Some(PeerHost::Address(address)) => address,
-            Some(PeerHost::Name(label)) => peers
-                .names
-                .lookup(&label)
-                .map(IpAddr::V6)
-                .ok_or(Reply::HostUnreachable)?,
+            Some(PeerHost::Name(label)) => {
+                let v6 = peers.names.lookup(&label).ok_or(Reply::HostUnreachable)?;
+                match peers.ipv4.get(&label) {
+                    Some(v4) => IpAddr::V4(*v4),
+                    None => IpAddr::V6(v6),
+                }
+            }
             None => return Err(Reply::HostUnreachable),
         },
     };
@@ -254,7 +260,7 @@ pub fn check_overlay_target(
 pub fn check_ipv4_target(address: Ipv4Addr, peers: &OverlayPeers) -> Result<(), Reply> {
     if !in_ipv4_overlay(address) {
         Err(Reply::NetworkUnreachable)
-    } else if peers.ipv4.contains(&address) {
+    } else if peers.ipv4.values().any(|routed| *routed == address) {
         Ok(())
     } else {
         Err(Reply::HostUnreachable)
@@ -406,13 +412,18 @@ mod tests {
         let bob4 = crate::core::address::agent_address4(network(), &peer);
         let peers = OverlayPeers {
             names: NameTable::from_trust(&store, network()),
-            ipv4: BTreeSet::from([bob4]),
+            ipv4: BTreeMap::from([("bob".to_string(), bob4)]),
         };
         let bob = NodePrefix::of_agent(network(), &peer).agent_address();
 
+        // By name: the routed IPv4 address.
         let name = TargetHost::Name("Bob.Agent.Internal".into());
         assert_eq!(
             resolve(&name, 80, &peers, network()),
+            Ok(SocketAddr::from((bob4, 80)))
+        );
+        assert_eq!(
+            resolve(&TargetHost::Ip(IpAddr::V6(bob)), 80, &peers, network()),
             Ok(SocketAddr::from((bob, 80)))
         );
         // Another address in bob's node prefix (an attached container).
@@ -468,15 +479,18 @@ mod tests {
             Err(Reply::HostUnreachable)
         );
         // Without its IPv4 route (IPv4 off, or a collision) bob's IPv4
-        // address is refused; his name and IPv6 address still work.
+        // address is refused, and his name resolves to his IPv6 address.
         let ipv6_only = OverlayPeers {
-            ipv4: BTreeSet::new(),
+            ipv4: BTreeMap::new(),
             ..peers
         };
         assert_eq!(
             resolve(&TargetHost::Ip(IpAddr::V4(bob4)), 80, &ipv6_only, network()),
             Err(Reply::HostUnreachable)
         );
-        assert!(resolve(&name, 80, &ipv6_only, network()).is_ok());
+        assert_eq!(
+            resolve(&name, 80, &ipv6_only, network()),
+            Ok(SocketAddr::from((bob, 80)))
+        );
     }
 }
