@@ -57,19 +57,29 @@ fn addresses_of(identity: &Identity) -> OverlayAddresses {
     }
 }
 
-fn names(peer: &Identity, name: &str) -> NameTable {
+fn names(peer: &Identity, names: &[&str]) -> NameTable {
     let store = TrustStore {
-        peers: vec![TrustEntry {
-            id: peer.agent_id(),
-            name: name.into(),
-            endpoint: None,
-            allow: Default::default(),
-            state: TrustState::Trusted,
-            added_unix: 0,
-            expires_unix: None,
-        }],
+        peers: names
+            .iter()
+            .map(|name| TrustEntry {
+                id: peer.agent_id(),
+                name: (*name).into(),
+                endpoint: None,
+                allow: Default::default(),
+                state: TrustState::Trusted,
+                added_unix: 0,
+                expires_unix: None,
+            })
+            .collect(),
     };
     NameTable::from_trust(&store, network())
+}
+
+/// An IPv4 address alice believes is bob's under the name `bob-v6only`
+/// (it is nobody's: bob's stack never answers it), so connections by that
+/// name must fall back to bob's IPv6 address.
+fn unanswered4(bob4: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(bob4) ^ 1)
 }
 
 /// Local services behind bob's exposed ports.
@@ -182,9 +192,12 @@ async fn start_pair() -> Pair {
         .expect("alice's stack");
     let mut bob = Userspace::start(&bob_options, addresses_of(&bob_id), network(), MTU)
         .expect("bob's stack");
-    alice.publish_names(&names(&bob_id, "bob"));
-    bob.publish_names(&names(&alice_id, "alice"));
-    alice.publish_ipv4_routes(&BTreeMap::from([("bob".to_string(), bob4)]));
+    alice.publish_names(&names(&bob_id, &["bob", "bob-v6only"]));
+    bob.publish_names(&names(&alice_id, &["alice"]));
+    alice.publish_ipv4_routes(&BTreeMap::from([
+        ("bob".to_string(), bob4),
+        ("bob-v6only".to_string(), unanswered4(bob4)),
+    ]));
     bob.publish_ipv4_routes(&BTreeMap::from([(
         "alice".to_string(),
         address4_of(&alice_id),
@@ -401,6 +414,22 @@ async fn socks5_and_forwards_reach_an_exposed_port_over_ipv4() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_ipv4_address_does_not_answer_falls_back_to_ipv6() {
+    let pair = start_pair().await;
+    let proxy = pair.alice.socks5.expect("socks5");
+    let started = std::time::Instant::now();
+    let (stream, bound) = within(
+        "connect by name",
+        socks_connect_bound(proxy, Target::Name("bob-v6only.agent.internal"), ECHO_PORT),
+    )
+    .await
+    .expect("connected over IPv6 after IPv4 got no answer");
+    eprintln!("connected after {:?}", started.elapsed());
+    assert!(bound.is_ipv6(), "bound {bound}");
+    within("echo", echo_through(stream, b"over IPv6".to_vec())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_errors_map_to_replies() {
     let pair = start_pair().await;
     let proxy = pair.alice.socks5.expect("socks5");
@@ -427,7 +456,7 @@ async fn socks5_errors_map_to_replies() {
             "IPv4 outside the overlay",
         ),
         (
-            Target::V4(Ipv4Addr::from(u32::from(pair.bob_address4) ^ 1)),
+            Target::V4(Ipv4Addr::from(u32::from(pair.bob_address4) ^ 2)),
             80,
             4,
             "IPv4 of no trusted peer",

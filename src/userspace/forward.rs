@@ -75,14 +75,15 @@ async fn socks5_session(
     };
     let target = {
         let peers = context.peers.borrow();
-        socks5::resolve(&request.host, request.port, &peers, context.network)
+        socks5::resolve_with_fallback(&request.host, request.port, &peers, context.network)
     };
     match target {
-        Ok(target) => {
-            tracing::debug!(%client, host = ?request.host, %target, "socks5: connect");
+        Ok((target, fallback)) => {
+            tracing::debug!(%client, host = ?request.host, %target, ?fallback, "socks5: connect");
             let connect = StackRequest::Connect {
                 local: stream,
                 target,
+                fallback,
                 origin: Origin::Socks,
             };
             // Closed: the stack is stopping, and the client with it.
@@ -119,13 +120,14 @@ pub(crate) async fn serve_forward(
         // Resolved per connection: trust changes apply at once.
         let target = {
             let peers = context.peers.borrow();
-            socks5::resolve(&host, spec.port, &peers, context.network)
+            socks5::resolve_with_fallback(&host, spec.port, &peers, context.network)
         };
         match target {
-            Ok(target) => {
+            Ok((target, fallback)) => {
                 let connect = StackRequest::Connect {
                     local: stream,
                     target,
+                    fallback,
                     origin: Origin::Forward,
                 };
                 if context.requests.send(connect).await.is_err() {

@@ -4,7 +4,8 @@
 //! `ALL_PROXY=socks5h://`), names resolved in-process from the trust store:
 //! to the peer's IPv4 address when it is routed (so servers on their
 //! default `0.0.0.0` answer, as a TUN agent's getaddrinfo picks it too),
-//! else to its IPv6 agent address.
+//! with its IPv6 agent address as the fallback when IPv4 is refused (a
+//! server on an IPv6-only socket), else to the IPv6 address alone.
 //!
 //! The wire formats are plain functions on byte slices ([`parse_greeting`],
 //! [`parse_request`], [`encode_reply`]); [`negotiate`] reads them off a
@@ -214,15 +215,27 @@ pub fn resolve(
     peers: &OverlayPeers,
     network: NetworkId,
 ) -> Result<SocketAddr, Reply> {
-    let address = match host {
-        TargetHost::Ip(address) => *address,
+    resolve_with_fallback(host, port, peers, network).map(|(target, _)| target)
+}
+
+/// As [`resolve`], with the address to try next if the first refuses: a
+/// name with both families resolves to IPv4 first and IPv6 next (both
+/// reach the same agent).
+pub fn resolve_with_fallback(
+    host: &TargetHost,
+    port: u16,
+    peers: &OverlayPeers,
+    network: NetworkId,
+) -> Result<(SocketAddr, Option<SocketAddr>), Reply> {
+    let (address, fallback) = match host {
+        TargetHost::Ip(address) => (*address, None),
         TargetHost::Name(name) => match PeerHost::parse(name) {
-            Some(PeerHost::Address(address)) => address,
+            Some(PeerHost::Address(address)) => (address, None),
             Some(PeerHost::Name(label)) => {
                 let v6 = peers.names.lookup(&label).ok_or(Reply::HostUnreachable)?;
                 match peers.ipv4.get(&label) {
-                    Some(v4) => IpAddr::V4(*v4),
-                    None => IpAddr::V6(v6),
+                    Some(v4) => (IpAddr::V4(*v4), Some(IpAddr::V6(v6))),
+                    None => (IpAddr::V6(v6), None),
                 }
             }
             None => return Err(Reply::HostUnreachable),
@@ -232,7 +245,10 @@ pub fn resolve(
         IpAddr::V6(v6) => check_overlay_target(v6, &peers.names, network)?,
         IpAddr::V4(v4) => check_ipv4_target(v4, peers)?,
     }
-    Ok(SocketAddr::new(address, port))
+    Ok((
+        SocketAddr::new(address, port),
+        fallback.map(|fallback| SocketAddr::new(fallback, port)),
+    ))
 }
 
 /// Whether `address` can be reached: inside the network and in the node
@@ -419,8 +435,8 @@ mod tests {
         // By name: the routed IPv4 address.
         let name = TargetHost::Name("Bob.Agent.Internal".into());
         assert_eq!(
-            resolve(&name, 80, &peers, network()),
-            Ok(SocketAddr::from((bob4, 80)))
+            resolve_with_fallback(&name, 80, &peers, network()),
+            Ok((SocketAddr::from((bob4, 80)), Some(SocketAddr::from((bob, 80)))))
         );
         assert_eq!(
             resolve(&TargetHost::Ip(IpAddr::V6(bob)), 80, &peers, network()),

@@ -72,6 +72,8 @@ pub(crate) enum StackRequest {
         local: TcpStream,
         /// Where to (either family).
         target: SocketAddr,
+        /// Where to try next if `target` refuses or never answers.
+        fallback: Option<SocketAddr>,
         /// SOCKS5 (reply on the outcome) or forward.
         origin: Origin,
     },
@@ -305,12 +307,27 @@ impl Stack {
             None => self.tcp_ports.release(relay.overlay_port),
         }
         let pending_reset = socket.state() == tcp::State::Closed && remote.is_some();
-        relay.finish(step);
+        let retry = match step {
+            Step::Failed(Reply::ConnectionRefused | Reply::HostUnreachable) => relay.fallback,
+            _ => None,
+        };
+        let origin = relay.origin;
+        let local = match retry {
+            Some(_) => Some(relay.into_local()),
+            None => {
+                relay.finish(step);
+                None
+            }
+        };
         self.stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
         if pending_reset {
             self.zombies.push((handle, now + ZOMBIE_TIME));
         } else {
             self.sockets.remove(handle);
+        }
+        if let (Some(fallback), Some(local)) = (retry, local) {
+            tracing::debug!(%fallback, "userspace: trying the other address");
+            self.connect(now, local, fallback, None, origin);
         }
     }
 
@@ -408,8 +425,9 @@ impl Stack {
             StackRequest::Connect {
                 local,
                 target,
+                fallback,
                 origin,
-            } => self.connect(now, local, target, origin),
+            } => self.connect(now, local, target, fallback, origin),
             StackRequest::Exposed { key, result } => self.exposed(now, key, result),
         }
     }
@@ -436,8 +454,16 @@ impl Stack {
         socket
     }
 
-    /// Opens an overlay connection for a local client.
-    fn connect(&mut self, now: Instant, local: TcpStream, target: SocketAddr, origin: Origin) {
+    /// Opens an overlay connection for a local client; `fallback` is tried
+    /// if `target` refuses or never answers.
+    fn connect(
+        &mut self,
+        now: Instant,
+        local: TcpStream,
+        target: SocketAddr,
+        fallback: Option<SocketAddr>,
+        origin: Origin,
+    ) {
         let fail = |local: TcpStream, reply: Reply| {
             if origin == Origin::Socks {
                 let _ = local.try_write(&super::socks5::error_reply(reply));
@@ -475,13 +501,9 @@ impl Stack {
             return fail(local, Reply::GeneralFailure);
         }
         let handle = self.sockets.add(socket);
-        self.relays.push(TcpRelay::outbound(
-            handle,
-            local,
-            origin,
-            port,
-            now + CONNECT_TIMEOUT,
-        ));
+        let mut relay = TcpRelay::outbound(handle, local, origin, port, now + CONNECT_TIMEOUT);
+        relay.fallback = fallback;
+        self.relays.push(relay);
         self.stats.tcp_opened.fetch_add(1, Ordering::Relaxed);
         self.stats.tcp_active.fetch_add(1, Ordering::Relaxed);
     }
