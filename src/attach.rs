@@ -59,7 +59,9 @@ use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
 use crate::attach_filter::{self, FilterError, FilteredVeth};
-use crate::core::address::{IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix};
+use crate::core::address::{
+    IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix,
+};
 use crate::netns::{self, NetnsId};
 use crate::nofollow::{OpenFor, open_in_dir};
 use crate::state::{StateDir, StateError, atomic_write};
@@ -498,10 +500,7 @@ pub fn attach(plan: &AttachPlan) -> Result<(Attachment, EnabledForwarding), Atta
     }
 }
 
-fn configure(
-    plan: &AttachPlan,
-    attachment: &Attachment,
-) -> Result<EnabledForwarding, AttachError> {
+fn configure(plan: &AttachPlan, attachment: &Attachment) -> Result<EnabledForwarding, AttachError> {
     let host = attachment.host_interface.as_str();
     let address = format!("{}/128", plan.address);
     let link_local = format!("{HOST_LINK_LOCAL}/64");

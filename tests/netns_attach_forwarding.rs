@@ -271,10 +271,14 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
             www.to_str().expect("UTF-8"),
         ],
     ));
-    must(wait_until("http.server listens", Duration::from_secs(20), || {
-        lab.exec(&b.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
-            .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
-    }));
+    must(wait_until(
+        "http.server listens",
+        Duration::from_secs(20),
+        || {
+            lab.exec(&b.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
+                .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
+        },
+    ));
 
     step("attach a namespace to a");
     let ctr = must(lab.add_namespace("ctr4"));
@@ -315,14 +319,23 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
     must(lab.exec_ok(
         &a.host.ns,
         &[
-            "ip", "link", "add", &host_side, "type", "veth", "peer", "name", "eth1", "netns", &rogue,
+            "ip", "link", "add", &host_side, "type", "veth", "peer", "name", "eth1", "netns",
+            &rogue,
         ],
     ));
     for (ns, args) in [
         (&a.host.ns, vec!["ip", "link", "set", &host_side, "up"]),
         (
             &a.host.ns,
-            vec!["ip", "-4", "route", "add", "198.19.0.200/32", "dev", &host_side],
+            vec![
+                "ip",
+                "-4",
+                "route",
+                "add",
+                "198.19.0.200/32",
+                "dev",
+                &host_side,
+            ],
         ),
         (
             &rogue,
@@ -332,7 +345,15 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
         (
             &rogue,
             vec![
-                "ip", "-4", "route", "add", "100.64.0.0/10", "via", "198.19.0.1", "dev", "eth1",
+                "ip",
+                "-4",
+                "route",
+                "add",
+                "100.64.0.0/10",
+                "via",
+                "198.19.0.1",
+                "dev",
+                "eth1",
                 "onlink",
             ],
         ),

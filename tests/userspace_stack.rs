@@ -190,8 +190,8 @@ async fn start_pair() -> Pair {
     };
     let mut alice = Userspace::start(&alice_options, addresses_of(&alice_id), network(), MTU)
         .expect("alice's stack");
-    let mut bob = Userspace::start(&bob_options, addresses_of(&bob_id), network(), MTU)
-        .expect("bob's stack");
+    let mut bob =
+        Userspace::start(&bob_options, addresses_of(&bob_id), network(), MTU).expect("bob's stack");
     alice.publish_names(&names(&bob_id, &["bob", "bob-v6only"]));
     bob.publish_names(&names(&alice_id, &["alice"]));
     alice.publish_ipv4_routes(&BTreeMap::from([

@@ -288,7 +288,8 @@ fn list(context: &Instance) -> Result<()> {
             vec![
                 a.target.to_string(),
                 a.address.to_string(),
-                a.address4.map_or_else(|| "-".to_string(), |a| a.to_string()),
+                a.address4
+                    .map_or_else(|| "-".to_string(), |a| a.to_string()),
                 a.interface.clone(),
                 a.host_interface.clone(),
                 if a.namespace_is_current() {
@@ -303,7 +304,14 @@ fn list(context: &Instance) -> Result<()> {
     say!(
         "{}",
         table(
-            &["TARGET", "ADDRESS", "IPV4", "INTERFACE", "HOST SIDE", "STATE"],
+            &[
+                "TARGET",
+                "ADDRESS",
+                "IPV4",
+                "INTERFACE",
+                "HOST SIDE",
+                "STATE"
+            ],
             &rows
         )
         .trim_end()

@@ -151,7 +151,13 @@ mod tests {
     }
 
     fn tcp_packet(dst_port: u16, control: TcpControl, ack: bool) -> Vec<u8> {
-        tcp_packet_between(IpAddr::V6(remote()), IpAddr::V6(own().v6), dst_port, control, ack)
+        tcp_packet_between(
+            IpAddr::V6(remote()),
+            IpAddr::V6(own().v6),
+            dst_port,
+            control,
+            ack,
+        )
     }
 
     fn tcp_packet_between(

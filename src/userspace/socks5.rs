@@ -436,7 +436,10 @@ mod tests {
         let name = TargetHost::Name("Bob.Agent.Internal".into());
         assert_eq!(
             resolve_with_fallback(&name, 80, &peers, network()),
-            Ok((SocketAddr::from((bob4, 80)), Some(SocketAddr::from((bob, 80)))))
+            Ok((
+                SocketAddr::from((bob4, 80)),
+                Some(SocketAddr::from((bob, 80)))
+            ))
         );
         assert_eq!(
             resolve(&TargetHost::Ip(IpAddr::V6(bob)), 80, &peers, network()),

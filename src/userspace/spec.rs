@@ -195,9 +195,7 @@ impl FromStr for ForwardSpec {
             transport,
             listen: SocketAddr::new(bind, listen_port(local_port).map_err(explain)?),
             peer: PeerHost::parse(peer).ok_or_else(|| {
-                explain(format!(
-                    "`{peer}` is neither a peer name nor an IP address"
-                ))
+                explain(format!("`{peer}` is neither a peer name nor an IP address"))
             })?,
             port: port(remote_port).map_err(explain)?,
         })

@@ -284,10 +284,7 @@ impl UdpForward {
             let mut socket = new_socket();
             // Any of the agent's addresses: smoltcp sends from the one of
             // the target's family.
-            if socket
-                .bind(IpListenEndpoint { addr: None, port })
-                .is_err()
-            {
+            if socket.bind(IpListenEndpoint { addr: None, port }).is_err() {
                 cx.ports.release(port);
                 return None;
             }
