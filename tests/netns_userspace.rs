@@ -366,6 +366,10 @@ impl<'l> World<'l> {
         if out.stdout.trim() != BLOB_LEN.to_string() {
             return Err(format!("fetched {} bytes from {url}", out.stdout.trim()));
         }
+        step(&format!(
+            "curl --socks5 {SOCKS5} {url} -> {} bytes",
+            out.stdout.trim()
+        ));
         Ok(())
     }
 
@@ -471,6 +475,7 @@ impl<'l> World<'l> {
         if got.stdout != page {
             return Err(format!("the tun agent fetched {:?} over IPv4", got.stdout));
         }
+        step(&format!("tunny: curl -4 {by_ipv4} -> {:?}", got.stdout));
         // Not exposed: the stack answers with a reset (curl: 7, refused), at once.
         let started = Instant::now();
         let refused = self.lab.exec(
