@@ -1,16 +1,36 @@
 //! `agentnet attach`: a network namespace (a container) gets a veth pair to
 //! the daemon's namespace, an address from this node's prefix (DESIGN.md
 //! §1: `::2` … `::fffe`), and a route for the overlay `/48` through the host.
+//! When the agent has IPv4 on the overlay, the namespace also gets an IPv4
+//! address from [`IPV4_BLOCK`] and a route for `100.64.0.0/10` through the
+//! host, which masquerades its packets into the TUN as the agent's own
+//! IPv4 address (the node sends IPv4 only from that address, and peers
+//! accept IPv4 only from it).
 //!
-//! The plumbing, for attachment address `A` in network `N/48`:
+//! The plumbing, for attachment addresses `A` in network `N/48` and `X`
+//! in [`IPV4_BLOCK`]:
 //!
 //! ```text
 //! daemon's namespace                      attached namespace
 //!   HOST (veth) fe80::1/64  <---------->  IFACE (veth) A/128
+//!               198.19.0.1/32                          X/32
 //!   route A/128 dev HOST                  route N/48 via fe80::1 dev IFACE
-//!   net.ipv6.conf.all.forwarding=1
-//!   N/48 dev agentnet0 (the TUN, from `up`)
+//!   route X/32 dev HOST                   route 100.64.0.0/10 via 198.19.0.1
+//!   net.ipv6.conf.all.forwarding=1              dev IFACE onlink
+//!   net.ipv4.ip_forward=1
+//!   N/48 and 100.64.0.0/10 dev agentnet0 (the TUN, from `up`)
+//!   masquerade X -> the agent's IPv4 address on the way into the TUN
 //! ```
+//!
+//! The IPv4 block is `198.19.0.0/24`, in the benchmarking range of RFC 2544
+//! (`198.18.0.0/15`, never routed on the internet): not the overlay's
+//! `100.64.0.0/10`, not the link-local `169.254.0.0/16` that clouds use for
+//! their metadata service (169.254.169.254) and that routers must not
+//! forward, not the RFC 1918 ranges LANs, Docker and Kubernetes use, and
+//! away from `198.18.0.0/16`, which some VPN clients use for fake-IP DNS.
+//! The addresses never leave the host: every packet is masqueraded. A peer
+//! reaches a service inside an attached namespace over IPv4 through
+//! `agentnet serve --tcp PORT X:PORT` on the host.
 //!
 //! The host forwards between the veth and the TUN; no proxy NDP is needed
 //! because the host routes `A/128` onto the veth and the attached side
@@ -30,7 +50,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -39,7 +59,9 @@ use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
 use crate::attach_filter::{self, FilterError, FilteredVeth};
-use crate::core::address::{NETWORK_PREFIX_LEN, NetworkId, NodePrefix};
+use crate::core::address::{
+    IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix,
+};
 use crate::netns::{self, NetnsId};
 use crate::nofollow::{OpenFor, open_in_dir};
 use crate::state::{StateDir, StateError, atomic_write};
@@ -58,6 +80,15 @@ pub const FIRST_ATTACHMENT_ID: u16 = 2;
 pub const LAST_ATTACHMENT_ID: u16 = 0xfffe;
 /// The IPv6 forwarding switch of the daemon's namespace.
 const FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+/// The IPv4 forwarding switch of the daemon's namespace.
+const FORWARDING4_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+/// The block attachments' IPv4 addresses come from (see the module docs).
+pub const IPV4_BLOCK: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
+/// Its prefix length: 253 attachments with IPv4 per host.
+pub const IPV4_BLOCK_LEN: u8 = 24;
+/// The host side's IPv4 address on every attachment veth: the attached
+/// side's next hop for `100.64.0.0/10`.
+pub const HOST_IPV4_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 
 /// Errors attaching or detaching a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +135,12 @@ pub enum AttachError {
     /// Every address of the node prefix is in use.
     #[error("no free address is left in this node's prefix")]
     NoFreeAddress,
+    /// Every IPv4 address of [`IPV4_BLOCK`] is in use on this host.
+    #[error(
+        "no free IPv4 address is left in 198.19.0.0/24 for attachments on this host; \
+         detach one, or turn IPv4 off (`up --no-ipv4`)"
+    )]
+    NoFreeAddress4,
     /// Nothing matches what `detach` was given.
     #[error("nothing is attached as {0}")]
     NotAttached(String),
@@ -183,6 +220,10 @@ pub struct Attachment {
     pub netns: NetnsId,
     /// Its address in this node's prefix.
     pub address: Ipv6Addr,
+    /// Its IPv4 address (in [`IPV4_BLOCK`], masqueraded into the overlay),
+    /// if the agent had IPv4 on when it was attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address4: Option<Ipv4Addr>,
     /// The veth end in the daemon's namespace.
     pub host_interface: String,
     /// The veth end inside the attached namespace.
@@ -221,6 +262,9 @@ pub struct Attachments {
     /// turns it off again).
     #[serde(default)]
     pub enabled_forwarding: bool,
+    /// Whether `attach` turned IPv4 forwarding on (likewise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enabled_forwarding4: bool,
     /// The daemon's TUN when the record was last changed: the forwarding
     /// filter ([`crate::attach_filter`]) lets only it exchange packets
     /// with the attachments.
@@ -303,6 +347,7 @@ impl Attachments {
             .map(|a| FilteredVeth {
                 host_interface: a.host_interface.clone(),
                 address: a.address,
+                address4: a.address4,
             })
             .collect();
         veths.extend(planned);
@@ -327,6 +372,24 @@ impl Attachments {
             .map(|id| prefix.address(id))
             .find(|address| self.attached.iter().all(|a| a.address != *address))
             .ok_or(AttachError::NoFreeAddress)
+    }
+
+    /// The lowest IPv4 address of [`IPV4_BLOCK`] that no attachment has
+    /// and `in_use` (e.g. a route of another agent's attachment on this
+    /// host) does not rule out.
+    pub fn free_address4(
+        &self,
+        in_use: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Ipv4Addr, AttachError> {
+        let base = u32::from(IPV4_BLOCK);
+        let size = 1u32 << (32 - u32::from(IPV4_BLOCK_LEN));
+        (2..size - 1)
+            .map(|host| Ipv4Addr::from(base | host))
+            .filter(|address| *address != HOST_IPV4_GATEWAY)
+            .find(|address| {
+                self.attached.iter().all(|a| a.address4 != Some(*address)) && !in_use(*address)
+            })
+            .ok_or(AttachError::NoFreeAddress4)
     }
 }
 
@@ -374,6 +437,8 @@ pub struct AttachPlan {
     pub netns: NetnsId,
     /// The address to give it.
     pub address: Ipv6Addr,
+    /// The IPv4 address to give it, if the agent has IPv4 on.
+    pub address4: Option<Ipv4Addr>,
     /// The overlay network (its `/48` is routed through the host).
     pub network: NetworkId,
     /// The interface name inside the namespace.
@@ -382,10 +447,20 @@ pub struct AttachPlan {
     pub mtu: u16,
 }
 
+/// Whether `attach` turned forwarding on, per family (so the last
+/// `detach` turns it off again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnabledForwarding {
+    /// IPv6 forwarding was off.
+    pub ipv6: bool,
+    /// IPv4 forwarding was off.
+    pub ipv4: bool,
+}
+
 /// Builds the veth pair, addresses and routes of `plan` (see the module
-/// docs) and turns on IPv6 forwarding. Returns the attachment and whether
+/// docs) and turns on forwarding. Returns the attachment and which
 /// forwarding was off before. On failure nothing stays behind.
-pub fn attach(plan: &AttachPlan) -> Result<(Attachment, bool), AttachError> {
+pub fn attach(plan: &AttachPlan) -> Result<(Attachment, EnabledForwarding), AttachError> {
     let host = host_interface_name(plan.address);
     let mtu = plan.mtu.to_string();
     let target = plan.target.ip_netns_arg();
@@ -409,6 +484,7 @@ pub fn attach(plan: &AttachPlan) -> Result<(Attachment, bool), AttachError> {
         target: plan.target.clone(),
         netns: plan.netns,
         address: plan.address,
+        address4: plan.address4,
         host_interface: host.clone(),
         interface: plan.interface.clone(),
     };
@@ -424,16 +500,31 @@ pub fn attach(plan: &AttachPlan) -> Result<(Attachment, bool), AttachError> {
     }
 }
 
-fn configure(plan: &AttachPlan, attachment: &Attachment) -> Result<bool, AttachError> {
+fn configure(plan: &AttachPlan, attachment: &Attachment) -> Result<EnabledForwarding, AttachError> {
     let host = attachment.host_interface.as_str();
     let address = format!("{}/128", plan.address);
     let link_local = format!("{HOST_LINK_LOCAL}/64");
+    let address4 = plan.address4.map(|a| format!("{a}/32"));
     // Host side: a fixed next hop for the namespace, and the route to it.
     set_sysctl(&format!("/proc/sys/net/ipv6/conf/{host}/accept_ra"), "0");
     ip(&["-6", "addr", "add", &link_local, "dev", host, "nodad"])?;
+    if address4.is_some() {
+        let gateway = format!("{HOST_IPV4_GATEWAY}/32");
+        ip(&["-4", "addr", "add", &gateway, "dev", host])?;
+    }
     ip(&["link", "set", host, "up"])?;
     ip(&["-6", "route", "replace", &address, "dev", host])?;
-    let enabled_forwarding = enable_forwarding()?;
+    if let Some(address4) = &address4 {
+        // `add`, not `replace`: another agent's attachment may have it.
+        ip(&["-4", "route", "add", address4, "dev", host])?;
+    }
+    let mut enabled = EnabledForwarding {
+        ipv6: enable_forwarding(FORWARDING_SYSCTL)?,
+        ipv4: false,
+    };
+    if address4.is_some() {
+        enabled.ipv4 = enable_forwarding(FORWARDING4_SYSCTL)?;
+    }
 
     // Inside: the address, and the overlay through the host.
     let network = format!("{}/{NETWORK_PREFIX_LEN}", plan.network.prefix());
@@ -455,13 +546,23 @@ fn configure(plan: &AttachPlan, attachment: &Attachment) -> Result<bool, AttachE
         );
         ip(&["link", "set", "lo", "up"])?;
         ip(&["-6", "addr", "add", &address, "dev", inside, "nodad"])?;
+        if let Some(address4) = &address4 {
+            ip(&["-4", "addr", "add", address4, "dev", inside])?;
+        }
         ip(&["link", "set", inside, "up"])?;
         ip(&[
             "-6", "route", "replace", &network, "via", &gateway, "dev", inside, "onlink",
-        ])
-        .map(drop)
+        ])?;
+        if address4.is_some() {
+            let overlay4 = format!("{IPV4_NETWORK}/{IPV4_PREFIX_LEN}");
+            let gateway4 = HOST_IPV4_GATEWAY.to_string();
+            ip(&[
+                "-4", "route", "replace", &overlay4, "via", &gateway4, "dev", inside, "onlink",
+            ])?;
+        }
+        Ok(())
     })?;
-    Ok(enabled_forwarding)
+    Ok(enabled)
 }
 
 /// Removes an attachment's veth pair (and so its addresses and routes).
@@ -479,28 +580,43 @@ pub fn link_exists(name: &str) -> bool {
     ip(&["link", "show", "dev", name]).is_ok()
 }
 
-/// Turns IPv6 forwarding on; returns whether it was off.
-fn enable_forwarding() -> Result<bool, AttachError> {
-    let current = std::fs::read_to_string(FORWARDING_SYSCTL).map_err(|source| AttachError::Io {
-        action: format!("read {FORWARDING_SYSCTL}"),
+/// Turns the forwarding switch `sysctl` on; returns whether it was off.
+fn enable_forwarding(sysctl: &str) -> Result<bool, AttachError> {
+    let current = std::fs::read_to_string(sysctl).map_err(|source| AttachError::Io {
+        action: format!("read {sysctl}"),
         source,
     })?;
     if current.trim() == "1" {
         return Ok(false);
     }
-    std::fs::write(FORWARDING_SYSCTL, "1").map_err(|source| AttachError::Io {
-        action: format!("enable IPv6 forwarding ({FORWARDING_SYSCTL})"),
+    std::fs::write(sysctl, "1").map_err(|source| AttachError::Io {
+        action: format!("enable forwarding ({sysctl})"),
         source,
     })?;
     Ok(true)
 }
 
-/// Turns IPv6 forwarding off again (after the last attachment that needed it).
-pub fn restore_forwarding() -> Result<(), AttachError> {
-    std::fs::write(FORWARDING_SYSCTL, "0").map_err(|source| AttachError::Io {
-        action: format!("disable IPv6 forwarding ({FORWARDING_SYSCTL})"),
-        source,
-    })
+/// Turns forwarding off again (after the last attachment that needed it),
+/// for the families `enabled` says `attach` turned on.
+pub fn restore_forwarding(enabled: EnabledForwarding) -> Result<(), AttachError> {
+    let switches = [
+        (enabled.ipv6, FORWARDING_SYSCTL),
+        (enabled.ipv4, FORWARDING4_SYSCTL),
+    ];
+    for (_, sysctl) in switches.into_iter().filter(|(on, _)| *on) {
+        std::fs::write(sysctl, "0").map_err(|source| AttachError::Io {
+            action: format!("disable forwarding ({sysctl})"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether the host has a route for exactly `address/32` (another agent's
+/// attachment, or anything else that uses it).
+pub fn host_route4_exists(address: Ipv4Addr) -> bool {
+    let target = format!("{address}/32");
+    ip(&["-4", "route", "show", "exact", &target]).is_ok_and(|out| !out.trim().is_empty())
 }
 
 fn set_sysctl(path: &str, value: &str) {
@@ -615,6 +731,7 @@ mod tests {
                     ino: u64::from(id),
                 },
                 address: prefix.address(id),
+                address4: None,
                 host_interface: host_interface_name(prefix.address(id)),
                 interface: DEFAULT_INTERFACE.into(),
             });
@@ -643,15 +760,55 @@ mod tests {
                     ino: 4026532,
                 },
                 address: prefix.address(2),
+                address4: Some(Ipv4Addr::new(198, 19, 0, 2)),
                 host_interface: host_interface_name(prefix.address(2)),
                 interface: DEFAULT_INTERFACE.into(),
             }],
             enabled_forwarding: true,
+            enabled_forwarding4: true,
             tun_interface: Some("agentnet0".into()),
         };
         let text = serde_json::to_string(&record).expect("json");
         assert!(text.contains(r#""target":{"netns":"web"}"#), "{text}");
+        assert!(text.contains(r#""address4":"198.19.0.2""#), "{text}");
         let back: Attachments = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, record);
+        // A record written before IPv4 reads as IPv6-only attachments.
+        let old = text
+            .replace(r#","address4":"198.19.0.2""#, "")
+            .replace(r#","enabled_forwarding4":true"#, "");
+        let back: Attachments = serde_json::from_str(&old).expect("parses");
+        assert_eq!(back.attached[0].address4, None);
+        assert!(!back.enabled_forwarding4);
+    }
+
+    #[test]
+    fn ipv4_addresses_come_from_the_block_skip_the_gateway_and_used_ones() {
+        let mut record = Attachments::default();
+        let first = record.free_address4(|_| false).expect("free");
+        assert_eq!(first, Ipv4Addr::new(198, 19, 0, 2));
+        assert!(!crate::core::address::in_ipv4_overlay(first));
+        record.attached.push(Attachment {
+            target: AttachTarget::Pid(1),
+            netns: NetnsId { dev: 0, ino: 1 },
+            address: prefix().address(2),
+            address4: Some(first),
+            host_interface: host_interface_name(prefix().address(2)),
+            interface: DEFAULT_INTERFACE.into(),
+        });
+        // 198.19.0.3 is routed already (another agent's attachment).
+        let taken = Ipv4Addr::new(198, 19, 0, 3);
+        assert_eq!(
+            record.free_address4(|a| a == taken).expect("free"),
+            Ipv4Addr::new(198, 19, 0, 4)
+        );
+        assert!(matches!(
+            record.free_address4(|_| true),
+            Err(AttachError::NoFreeAddress4)
+        ));
+        let last = record
+            .free_address4(|a| a.octets()[3] < 254)
+            .expect("the last");
+        assert_eq!(last, Ipv4Addr::new(198, 19, 0, 254));
     }
 }

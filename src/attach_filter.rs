@@ -1,6 +1,7 @@
 //! The forwarding filter of attachments: an nftables table owned by
 //! agentnet (`table inet agentnet`) that confines what the host forwards
-//! once `attach` has turned IPv6 forwarding on.
+//! once `attach` has turned IPv6 (and IPv4) forwarding on, and masquerades
+//! attachments' IPv4 into the overlay.
 //!
 //! Linux has no per-interface IPv6 forwarding switch: `ip6_forward` looks
 //! only at `net.ipv6.conf.all.forwarding`, and `conf.<if>.forwarding` only
@@ -10,11 +11,19 @@
 //! included, whose flows connection tracking would then treat as the
 //! host's). The table's forward chain drops:
 //!
-//! - on each attachment's veth: anything whose source is not the
-//!   attachment's own address, anything not IPv6, and anything not going
-//!   to the TUN; towards the veth, anything not coming from the TUN;
+//! - on each attachment's veth: anything whose source is not one of the
+//!   attachment's own addresses (IPv6, and IPv4 if it has one; IPv4 at all
+//!   if it has none), and anything not going to the TUN; towards the veth,
+//!   anything not coming from the TUN;
 //! - on the TUN: anything forwarded in from, or out to, an interface that
 //!   is not an attachment's veth.
+//!
+//! Its postrouting chain masquerades IPv4 from each attachment (its veth
+//! and its own address, both) leaving through the TUN: the packets take
+//! the agent's IPv4 address, the only IPv4 source the node sends and the
+//! peers accept, and replies are translated back by connection tracking.
+//! Nothing else is translated: a namespace or veth that is not an
+//! attachment is dropped by the forward chain before it gets there.
 //!
 //! It is rebuilt from the record at every `attach` and `detach` (one `nft
 //! -f` transaction: the old table goes and the new one comes atomically)
@@ -25,7 +34,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 /// The nftables table (family `inet`) agentnet owns.
@@ -50,8 +59,11 @@ pub enum FilterError {
 pub struct FilteredVeth {
     /// The host side of its veth pair.
     pub host_interface: String,
-    /// The only source address allowed in from it.
+    /// The only IPv6 source address allowed in from it.
     pub address: Ipv6Addr,
+    /// The only IPv4 source address allowed in from it (masqueraded into
+    /// the TUN); without one, no IPv4 is.
+    pub address4: Option<Ipv4Addr>,
 }
 
 /// The `nft -f` script that replaces the table with one for `tun` and
@@ -77,9 +89,19 @@ pub fn ruleset(tun: &str, veths: &[FilteredVeth]) -> Result<String, FilterError>
         line(format!("iifname \"{tun}\" oifname != {{ {set} }} drop"));
         line(format!("oifname \"{tun}\" iifname != {{ {set} }} drop"));
     }
+    let mut masquerade = String::new();
     for veth in veths {
         let name = &veth.host_interface;
-        line(format!("iifname \"{name}\" meta nfproto != ipv6 drop"));
+        match veth.address4 {
+            Some(address4) => {
+                line(format!("iifname \"{name}\" ip saddr != {address4} drop"));
+                let _ = writeln!(
+                    masquerade,
+                    "    iifname \"{name}\" oifname \"{tun}\" ip saddr {address4} masquerade"
+                );
+            }
+            None => line(format!("iifname \"{name}\" meta nfproto != ipv6 drop")),
+        }
         line(format!(
             "iifname \"{name}\" ip6 saddr != {} drop",
             veth.address
@@ -87,10 +109,18 @@ pub fn ruleset(tun: &str, veths: &[FilteredVeth]) -> Result<String, FilterError>
         line(format!("iifname \"{name}\" oifname != \"{tun}\" drop"));
         line(format!("oifname \"{name}\" iifname != \"{tun}\" drop"));
     }
+    let nat = if masquerade.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  chain postrouting {{\n    \
+             type nat hook postrouting priority srcnat; policy accept;\n{masquerade}  }}\n"
+        )
+    };
     Ok(format!(
         "table inet {TABLE}\ndelete table inet {TABLE}\n\
          table inet {TABLE} {{\n  chain forward {{\n    \
-         type filter hook forward priority filter - 5; policy accept;\n{rules}  }}\n}}\n"
+         type filter hook forward priority filter - 5; policy accept;\n{rules}  }}\n{nat}}}\n"
     ))
 }
 
@@ -150,7 +180,34 @@ mod tests {
         FilteredVeth {
             host_interface: name.into(),
             address: address.parse().expect("address"),
+            address4: None,
         }
+    }
+
+    #[test]
+    fn ipv4_of_an_attachment_is_confined_to_its_address_and_masqueraded_into_the_tun() {
+        let mut with_v4 = veth("an-2", "fd40::2");
+        with_v4.address4 = Some(Ipv4Addr::new(198, 19, 0, 2));
+        let script = ruleset("agentnet0", &[with_v4, veth("an-3", "fd40::3")]).expect("ruleset");
+        for rule in [
+            "iifname \"an-2\" ip saddr != 198.19.0.2 drop",
+            "iifname \"an-2\" ip6 saddr != fd40::2 drop",
+            "iifname \"an-2\" oifname != \"agentnet0\" drop",
+            // The IPv6-only attachment still may not send IPv4.
+            "iifname \"an-3\" meta nfproto != ipv6 drop",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            "iifname \"an-2\" oifname \"agentnet0\" ip saddr 198.19.0.2 masquerade",
+        ] {
+            assert!(script.contains(rule), "missing {rule:?} in\n{script}");
+        }
+        assert_eq!(
+            script.matches("masquerade").count(),
+            1,
+            "only the IPv4 attachment is masqueraded:\n{script}"
+        );
+        // Without IPv4 attachments there is no NAT chain at all.
+        let script = ruleset("agentnet0", &[veth("an-3", "fd40::3")]).expect("ruleset");
+        assert!(!script.contains("postrouting"), "{script}");
     }
 
     #[test]

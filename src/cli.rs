@@ -228,7 +228,9 @@ pub(crate) enum Command {
         Creates a veth pair between the daemon's namespace and the target (by `ip netns` name \
         or by the PID of a process in it, e.g. a Docker container's), gives the target an \
         address from this node's prefix (::2 to ::fffe) and a route for the overlay through \
-        this host, and turns on IPv6 forwarding here. Peers accept its traffic as this node's, \
+        this host, and turns on IPv6 forwarding here. With IPv4 on, it also gets an address \
+        from 198.19.0.0/24 and a route for 100.64.0.0/10; the host masquerades that IPv4 as the \
+        agent's own IPv4 address (IPv4 forwarding on). Peers accept its traffic as this node's, \
         under their policy for this agent. The daemon lists the trusted names in the target's \
         hosts file (/etc/netns/NAME/hosts, or the container's /etc/hosts). Run it in the \
         daemon's network namespace; needs root and iproute2."

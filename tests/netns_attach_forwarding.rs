@@ -4,12 +4,16 @@
 //! attached namespace may send only with its own address and only into the
 //! TUN, and nothing else forwards into or out of the overlay.
 //!
+//! Over IPv4 an attached namespace gets an address of its own
+//! (`198.19.0.0/24`) that the host masquerades as the agent's IPv4 address
+//! on the way into the TUN; only attachments' veths are masqueraded.
+//!
 //! They need root (namespaces, TUN, nft). Without it they say why and pass
 //! as skipped, unless `AGENTNET_REQUIRE_NETNS=1` (CI).
 
 mod support;
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use support::agent::Agent;
@@ -19,6 +23,8 @@ use support::{Lab, say, step, wait_until};
 
 /// Programs these tests run.
 const TOOLS: &[&str] = &["ping", "tcpdump", "nft"];
+/// Programs the IPv4 test runs.
+const TOOLS4: &[&str] = &["ping", "nft", "curl", "python3", "ss"];
 
 fn must<T>(result: Result<T, String>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
@@ -201,6 +207,184 @@ fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overl
     must(a.cli_ok(&["detach", "--netns", &ctr]));
     let listed = must(lab.exec(&a.host.ns, &["nft", "list", "table", "inet", "agentnet"]));
     assert!(!listed.ok(), "the table is gone: {}", listed.stdout);
+    must(a.down());
+    must(b.down());
+}
+
+/// The IPv4 address `id --json` shows.
+fn address4(id: &support::agent::Identity) -> Ipv4Addr {
+    id.json["address4"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("`id --json` has no \"address4\": {}", id.json))
+}
+
+/// `curl -4` from `ns` to `url`: the body, or why not.
+fn curl4(lab: &Lab, ns: &str, url: &str) -> Result<String, String> {
+    lab.exec(ns, &["curl", "-4", "-sS", "--fail", "--max-time", "5", url])?
+        .check()
+        .map(|o| o.stdout)
+}
+
+/// A process in an attached namespace fetches from a peer's server on its
+/// default `0.0.0.0` with `curl -4` at the peer's IPv4 address; the peer
+/// sees the agent's IPv4 address as the client. A namespace on a veth of
+/// its own (not an attachment) that routes the overlay through the host is
+/// neither forwarded nor masqueraded, and detach removes the masquerade.
+#[test]
+fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
+    let test = "attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address";
+    if !support::require_root_or_skip(test, TOOLS4) {
+        return;
+    }
+    let lab = must(Lab::new());
+    let hosts = must(lab.bridge_segment([93, 4], &["a", "b"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let b = must(Agent::new(&lab, &hosts[1], "bravo"));
+    must(a.init());
+    must(b.init());
+    let (id_a, id_b) = (must(a.id()), must(b.id()));
+    let (a4, b4) = (address4(&id_a), address4(&id_b));
+    must(a.up());
+    must(b.up());
+    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
+    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(wait_until("a ping A -> B", Duration::from_secs(15), || {
+        overlay_ping(&lab, &a, &id_b)
+    }));
+
+    step("b serves a page with python's http.server on its default (0.0.0.0)");
+    let www = lab.dir().join("www4");
+    std::fs::create_dir_all(&www).expect("www");
+    let page = "hello over IPv4\n";
+    std::fs::write(www.join("hello.txt"), page).expect("page");
+    let server = must(lab.spawn(
+        &b.host.ns,
+        "http4",
+        &[
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            "8080",
+            "--directory",
+            www.to_str().expect("UTF-8"),
+        ],
+    ));
+    must(wait_until(
+        "http.server listens",
+        Duration::from_secs(20),
+        || {
+            lab.exec(&b.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
+                .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
+        },
+    ));
+
+    step("attach a namespace to a");
+    let ctr = must(lab.add_namespace("ctr4"));
+    let attached = must(a.cli_ok(&["attach", "--netns", &ctr]));
+    say(&format!("attach4 | {}", attached.stdout.trim_end()));
+    assert!(
+        attached.stdout.contains("198.19.0.2"),
+        "attach shows the IPv4 address:\n{}",
+        attached.stdout
+    );
+    let table = must(lab.exec_ok(&a.host.ns, &["nft", "list", "table", "inet", "agentnet"]));
+    say(&format!("attach4 | a's table:\n{}", table.stdout));
+    assert!(
+        table.stdout.contains("masquerade"),
+        "a masquerade rule while attached:\n{}",
+        table.stdout
+    );
+
+    step("the attached namespace fetches from b with curl -4");
+    let url = format!("http://{b4}:8080/hello.txt");
+    let got = must(curl4(&lab, &ctr, &url));
+    assert_eq!(got, page, "the page, byte for byte");
+    let (log, errors) = lab.spawn_output(server);
+    let requests: Vec<&str> = log
+        .lines()
+        .chain(errors.lines())
+        .filter(|l| l.contains("GET /hello.txt"))
+        .collect();
+    say(&format!("attach4 | b's server logged: {requests:?}"));
+    assert!(
+        requests.len() == 1 && requests[0].starts_with(&format!("{a4} ")),
+        "b sees the agent's IPv4 address {a4} as the client: {requests:?}"
+    );
+
+    step("a namespace on a veth of its own routes 100.64.0.0/10 through a");
+    let rogue = must(lab.add_namespace("rogue"));
+    let host_side = lab.iface_name("rg");
+    must(lab.exec_ok(
+        &a.host.ns,
+        &[
+            "ip", "link", "add", &host_side, "type", "veth", "peer", "name", "eth1", "netns",
+            &rogue,
+        ],
+    ));
+    for (ns, args) in [
+        (&a.host.ns, vec!["ip", "link", "set", &host_side, "up"]),
+        (
+            &a.host.ns,
+            vec![
+                "ip",
+                "-4",
+                "route",
+                "add",
+                "198.19.0.200/32",
+                "dev",
+                &host_side,
+            ],
+        ),
+        (
+            &rogue,
+            vec!["ip", "-4", "addr", "add", "198.19.0.200/32", "dev", "eth1"],
+        ),
+        (&rogue, vec!["ip", "link", "set", "eth1", "up"]),
+        (
+            &rogue,
+            vec![
+                "ip",
+                "-4",
+                "route",
+                "add",
+                "100.64.0.0/10",
+                "via",
+                "198.19.0.1",
+                "dev",
+                "eth1",
+                "onlink",
+            ],
+        ),
+    ] {
+        must(lab.exec_ok(ns, &args));
+    }
+    assert!(
+        curl4(&lab, &rogue, &url).is_err(),
+        "a namespace that is not attached reached b over IPv4 through a"
+    );
+    let (log, errors) = lab.spawn_output(server);
+    let count = log
+        .lines()
+        .chain(errors.lines())
+        .filter(|l| l.contains("GET /hello.txt"))
+        .count();
+    assert_eq!(count, 1, "b served nobody but the attachment");
+    assert!(
+        must(curl4(&lab, &ctr, &url)) == page,
+        "the attachment still reaches b"
+    );
+
+    step("detach removes the masquerade");
+    must(a.cli_ok(&["detach", "--netns", &ctr]));
+    let listed = must(lab.exec(&a.host.ns, &["nft", "list", "ruleset"]));
+    assert!(
+        !listed.stdout.contains("masquerade"),
+        "a masquerade rule is left after detach:\n{}",
+        listed.stdout
+    );
+    lab.stop(server);
     must(a.down());
     must(b.down());
 }

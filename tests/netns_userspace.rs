@@ -1,10 +1,12 @@
 //! Rootless mode end to end: an agent run by `nobody` with `up --userspace`
 //! (no TUN, no capabilities) and an ordinary TUN agent, in two lab
 //! namespaces on one bridge. The rootless agent fetches 50 MiB from the TUN
-//! agent's HTTP server through its SOCKS5 proxy by name (remote DNS), runs
+//! agent's HTTP server (Python's http.server on its default `0.0.0.0`)
+//! through its SOCKS5 proxy by name (remote DNS) and by IPv4 address, runs
 //! the official MCP SDK client through the proxy, and relays UDP through a
 //! forward; the TUN agent reaches a web server on the rootless agent
-//! through an exposed port, and a port that is not exposed refuses.
+//! through an exposed port, by name and with `curl -4` at its IPv4
+//! address, and a port that is not exposed refuses.
 //!
 //! The agent (every CLI call and the daemon) and curl run as `nobody`;
 //! the Python programs run as root, because the venv's interpreter may live
@@ -17,6 +19,7 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -91,6 +94,10 @@ fn rootless_agent_reaches_and_serves_a_tun_agent() {
         "50 MiB through SOCKS5 by name, sha256 intact",
         world.socks5_download(),
     );
+    check(
+        "SOCKS5 to the tun agent's IPv4 address",
+        world.socks5_ipv4(),
+    );
     check("mcp sdk client through SOCKS5", world.mcp_through_socks5());
     check(
         "the tun agent reaches an exposed port; others refuse",
@@ -101,7 +108,7 @@ fn rootless_agent_reaches_and_serves_a_tun_agent() {
         world.served(),
     );
     check(
-        "the tun agent pings the rootless agent by name",
+        "the tun agent pings the rootless agent by name and over IPv4",
         world.ping(),
     );
     check("udp forward: DNS-sized datagrams", world.udp_forward());
@@ -127,6 +134,18 @@ struct World<'l> {
     t: Agent<'l>,
     u: RootlessAgent<'l>,
     id_u: Identity,
+    /// The TUN agent's IPv4 address.
+    t4: Ipv4Addr,
+    /// The rootless agent's IPv4 address.
+    u4: Ipv4Addr,
+}
+
+/// The IPv4 address `id --json` shows.
+fn address4(id: &Identity) -> Result<Ipv4Addr, String> {
+    id.json["address4"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("`id --json` has no IPv4 \"address4\": {}", id.json))
 }
 
 fn apps_dir() -> std::path::PathBuf {
@@ -194,12 +213,15 @@ impl<'l> World<'l> {
                 up.stdout
             ));
         }
+        let (t4, u4) = (address4(&id_t)?, address4(&id_u)?);
         Ok(Self {
             lab,
             python,
             t,
             u,
             id_u,
+            t4,
+            u4,
         })
     }
 
@@ -269,18 +291,22 @@ impl<'l> World<'l> {
         let server = self.lab.spawn(
             &self.t.host.ns,
             "http-server",
+            // On its default: 0.0.0.0 (IPv4 only).
             &[
                 &self.python,
+                "-u",
                 "-m",
                 "http.server",
                 &port,
-                "--bind",
-                "::",
                 "--directory",
                 path_str(&www),
             ],
         )?;
         self.wait_listening(&self.t.host.ns, HTTP_PORT, server, true)?;
+        let banner = self.lab.spawn_output(server).0;
+        if !banner.is_empty() && !banner.contains("0.0.0.0") {
+            return Err(format!("http.server does not serve on 0.0.0.0: {banner}"));
+        }
         let fetched = self.u.scratch().join("fetched.bin");
         // The first connection starts the handshake: wait for it by name.
         let url = format!("http://tunny.agent.internal:{port}/");
@@ -316,6 +342,40 @@ impl<'l> World<'l> {
         step(&format!(
             "50 MiB through SOCKS5 in {seconds:.1} s ({:.0} Mbit/s)",
             BLOB_LEN as f64 * 8.0 / seconds / 1e6
+        ));
+        Ok(())
+    }
+
+    /// The TUN agent's IPv4 address through SOCKS5 (curl sends it as an
+    /// IPv4 address, ATYP 1), to the server left running by the download.
+    fn socks5_ipv4(&self) -> Result<(), String> {
+        let url = format!("http://{}:{HTTP_PORT}/blob.bin", self.t4);
+        let out = self
+            .u
+            .exec(
+                &[],
+                &[
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "--max-time",
+                    "60",
+                    "--socks5",
+                    SOCKS5,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    &url,
+                ],
+            )?
+            .check()?;
+        if out.stdout.trim() != BLOB_LEN.to_string() {
+            return Err(format!("fetched {} bytes from {url}", out.stdout.trim()));
+        }
+        step(&format!(
+            "curl --socks5 {SOCKS5} {url} -> {} bytes",
+            out.stdout.trim()
         ));
         Ok(())
     }
@@ -437,8 +497,6 @@ impl<'l> World<'l> {
                 "-m",
                 "http.server",
                 &port,
-                "--bind",
-                "127.0.0.1",
                 "--directory",
                 path_str(&www),
             ],
@@ -465,6 +523,29 @@ impl<'l> World<'l> {
         if got.stdout != page {
             return Err(format!("the tun agent fetched {:?}", got.stdout));
         }
+        // Over IPv4, at the rootless agent's IPv4 address.
+        let by_ipv4 = format!("http://{}:{port}/hello.txt", self.u4);
+        let got = self
+            .lab
+            .exec(
+                &self.t.host.ns,
+                &[
+                    "curl",
+                    "-4",
+                    "-sS",
+                    "--fail",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "20",
+                    &by_ipv4,
+                ],
+            )?
+            .check()?;
+        if got.stdout != page {
+            return Err(format!("the tun agent fetched {:?} over IPv4", got.stdout));
+        }
+        step(&format!("tunny: curl -4 {by_ipv4} -> {:?}", got.stdout));
         // Not exposed: the stack answers with a reset (curl: 7, refused), at once.
         let started = Instant::now();
         let refused = self.lab.exec(
@@ -510,30 +591,24 @@ impl<'l> World<'l> {
     }
 
     fn ping(&self) -> Result<(), String> {
-        self.lab
-            .exec(
-                &self.t.host.ns,
-                &[
-                    "ping",
-                    "-6",
-                    "-n",
-                    "-c",
-                    "3",
-                    "-i",
-                    "0.2",
-                    "-W",
-                    "2",
-                    "rootless.agent.internal",
-                ],
-            )?
-            .check()
-            .map(drop)
+        let u4 = self.u4.to_string();
+        for (family, target) in [("-6", "rootless.agent.internal"), ("-4", u4.as_str())] {
+            self.lab
+                .exec(
+                    &self.t.host.ns,
+                    &[
+                        "ping", family, "-n", "-c", "3", "-i", "0.2", "-W", "2", target,
+                    ],
+                )?
+                .check()?;
+        }
+        Ok(())
     }
 
     fn udp_forward(&self) -> Result<(), String> {
         let echo = "import socket\n\
-            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
-            s.bind(('::', 5300))\n\
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+            s.bind(('0.0.0.0', 5300))\n\
             while True:\n    data, peer = s.recvfrom(65535)\n    s.sendto(data, peer)\n";
         let server = self
             .lab

@@ -2,16 +2,18 @@
 //! namespaces: two stacks, alice's and bob's, wired packet to packet (as
 //! two daemons with a session would carry them), and real local sockets on
 //! the loopback interface around them. Alice's SOCKS5 proxy and forwards
-//! reach the services bob exposes.
+//! reach the services bob exposes, over IPv6 and over IPv4.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::core::address::{NetworkId, NodePrefix, agent_address4};
 use agentnet::core::identity::Identity;
 use agentnet::core::trust::{TrustEntry, TrustState, TrustStore};
+use agentnet::daemon::OverlayAddresses;
 use agentnet::daemon::dns::NameTable;
 use agentnet::userspace::spec::{ExposeSpec, ForwardSpec};
 use agentnet::userspace::{Userspace, UserspaceOptions};
@@ -44,19 +46,40 @@ fn address_of(identity: &Identity) -> Ipv6Addr {
     NodePrefix::of_agent(network(), &identity.agent_id()).agent_address()
 }
 
-fn names(peer: &Identity, name: &str) -> NameTable {
+fn address4_of(identity: &Identity) -> Ipv4Addr {
+    agent_address4(network(), &identity.agent_id())
+}
+
+fn addresses_of(identity: &Identity) -> OverlayAddresses {
+    OverlayAddresses {
+        v6: address_of(identity),
+        v4: Some(address4_of(identity)),
+    }
+}
+
+fn names(peer: &Identity, names: &[&str]) -> NameTable {
     let store = TrustStore {
-        peers: vec![TrustEntry {
-            id: peer.agent_id(),
-            name: name.into(),
-            endpoint: None,
-            allow: Default::default(),
-            state: TrustState::Trusted,
-            added_unix: 0,
-            expires_unix: None,
-        }],
+        peers: names
+            .iter()
+            .map(|name| TrustEntry {
+                id: peer.agent_id(),
+                name: (*name).into(),
+                endpoint: None,
+                allow: Default::default(),
+                state: TrustState::Trusted,
+                added_unix: 0,
+                expires_unix: None,
+            })
+            .collect(),
     };
     NameTable::from_trust(&store, network())
+}
+
+/// An IPv4 address alice believes is bob's under the name `bob-v6only`
+/// (it is nobody's: bob's stack never answers it), so connections by that
+/// name must fall back to bob's IPv6 address.
+fn unanswered4(bob4: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(bob4) ^ 1)
 }
 
 /// Local services behind bob's exposed ports.
@@ -129,13 +152,16 @@ async fn start_services() -> Services {
 /// Alice (SOCKS5, forwards) and bob (exposed ports), wired together.
 struct Pair {
     alice: UserspaceOptions,
+    alice_address4: Ipv4Addr,
     bob_address: Ipv6Addr,
+    bob_address4: Ipv4Addr,
     services: Services,
 }
 
 async fn start_pair() -> Pair {
     let services = start_services().await;
     let (alice_id, bob_id) = (identity(1), identity(2));
+    let bob4 = address4_of(&bob_id);
     let loopback = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     let alice_options = UserspaceOptions {
         socks5: Some(loopback(0)),
@@ -143,6 +169,10 @@ async fn start_pair() -> Pair {
             "127.0.0.1:0:bob:8080".parse::<ForwardSpec>().expect("spec"),
             "127.0.0.1:0:nobody:8080".parse().expect("spec"),
             "udp:127.0.0.1:0:bob.agent.internal:5353"
+                .parse()
+                .expect("spec"),
+            format!("127.0.0.1:0:{bob4}:8080").parse().expect("spec"),
+            format!("udp:127.0.0.1:0:{bob4}:5353")
                 .parse()
                 .expect("spec"),
         ],
@@ -160,12 +190,20 @@ async fn start_pair() -> Pair {
         ],
         served_sources: None,
     };
-    let mut alice = Userspace::start(&alice_options, address_of(&alice_id), network(), MTU)
+    let mut alice = Userspace::start(&alice_options, addresses_of(&alice_id), network(), MTU)
         .expect("alice's stack");
     let mut bob =
-        Userspace::start(&bob_options, address_of(&bob_id), network(), MTU).expect("bob's stack");
-    alice.publish_names(&names(&bob_id, "bob"));
-    bob.publish_names(&names(&alice_id, "alice"));
+        Userspace::start(&bob_options, addresses_of(&bob_id), network(), MTU).expect("bob's stack");
+    alice.publish_names(&names(&bob_id, &["bob", "bob-v6only"]));
+    bob.publish_names(&names(&alice_id, &["alice"]));
+    alice.publish_ipv4_routes(&BTreeMap::from([
+        ("bob".to_string(), bob4),
+        ("bob-v6only".to_string(), unanswered4(bob4)),
+    ]));
+    bob.publish_ipv4_routes(&BTreeMap::from([(
+        "alice".to_string(),
+        address4_of(&alice_id),
+    )]));
     let alice_bound = alice.options().clone();
     // The wire between the two stacks: what the daemons and their session
     // would carry, with the daemons' drop-when-full behaviour.
@@ -186,7 +224,9 @@ async fn start_pair() -> Pair {
     });
     Pair {
         alice: alice_bound,
+        alice_address4: address4_of(&alice_id),
         bob_address: address_of(&bob_id),
+        bob_address4: bob4,
         services,
     }
 }
@@ -217,6 +257,18 @@ enum Target<'a> {
 
 /// Connects through the SOCKS5 proxy: the stream, or the reply code.
 async fn socks_connect(proxy: SocketAddr, target: Target<'_>, port: u16) -> Result<TcpStream, u8> {
+    socks_connect_bound(proxy, target, port)
+        .await
+        .map(|(stream, _)| stream)
+}
+
+/// Connects through the SOCKS5 proxy: the stream and the bound address
+/// the proxy reported, or the reply code.
+async fn socks_connect_bound(
+    proxy: SocketAddr,
+    target: Target<'_>,
+    port: u16,
+) -> Result<(TcpStream, SocketAddr), u8> {
     let mut stream = TcpStream::connect(proxy).await.expect("proxy reachable");
     stream.write_all(&[5, 1, 0]).await.expect("greeting");
     let mut choice = [0u8; 2];
@@ -249,8 +301,14 @@ async fn socks_connect(proxy: SocketAddr, target: Target<'_>, port: u16) -> Resu
     };
     let mut bound = vec![0u8; rest];
     stream.read_exact(&mut bound).await.expect("bound address");
+    let (address, port) = bound.split_at(rest - 2);
+    let ip = match <[u8; 4]>::try_from(address) {
+        Ok(v4) => IpAddr::from(v4),
+        Err(_) => IpAddr::from(<[u8; 16]>::try_from(address).expect("16 bytes")),
+    };
+    let bound = SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]]));
     if head[1] == 0 {
-        Ok(stream)
+        Ok((stream, bound))
     } else {
         Err(head[1])
     }
@@ -308,6 +366,72 @@ async fn socks5_by_name_relays_both_ways_with_half_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_and_forwards_reach_an_exposed_port_over_ipv4() {
+    let pair = start_pair().await;
+    let proxy = pair.alice.socks5.expect("socks5");
+    let (stream, bound) = within(
+        "connect to bob's IPv4 address",
+        socks_connect_bound(proxy, Target::V4(pair.bob_address4), ECHO_PORT),
+    )
+    .await
+    .expect("connected");
+    assert_eq!(
+        bound.ip(),
+        IpAddr::V4(pair.alice_address4),
+        "the proxy binds alice's IPv4 address"
+    );
+    within(
+        "1 MiB echoed over IPv4",
+        echo_through(stream, pattern(1 << 20, 5)),
+    )
+    .await;
+
+    let tcp = pair.alice.forwards[3].listen;
+    let stream = within("IPv4 forward connect", TcpStream::connect(tcp))
+        .await
+        .expect("connect");
+    within(
+        "IPv4 forward echo",
+        echo_through(stream, pattern(64 * 1024, 4)),
+    )
+    .await;
+
+    let udp = pair.alice.forwards[4].listen;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.connect(udp).await.expect("connect");
+    let datagram = pattern(1232, 8);
+    let mut buf = vec![0u8; 2048];
+    let echoed = within("udp echo over IPv4", async {
+        loop {
+            socket.send(&datagram).await.expect("send");
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
+            {
+                return buf[..n].to_vec();
+            }
+        }
+    })
+    .await;
+    assert_eq!(echoed, datagram);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_ipv4_address_does_not_answer_falls_back_to_ipv6() {
+    let pair = start_pair().await;
+    let proxy = pair.alice.socks5.expect("socks5");
+    let started = std::time::Instant::now();
+    let (stream, bound) = within(
+        "connect by name",
+        socks_connect_bound(proxy, Target::Name("bob-v6only.agent.internal"), ECHO_PORT),
+    )
+    .await
+    .expect("connected over IPv6 after IPv4 got no answer");
+    eprintln!("connected after {:?}", started.elapsed());
+    assert!(bound.is_ipv6(), "bound {bound}");
+    within("echo", echo_through(stream, b"over IPv6".to_vec())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_errors_map_to_replies() {
     let pair = start_pair().await;
     let proxy = pair.alice.socks5.expect("socks5");
@@ -327,7 +451,24 @@ async fn socks5_errors_map_to_replies() {
             4,
             "name outside the overlay",
         ),
-        (Target::V4(Ipv4Addr::new(192, 0, 2, 1)), 80, 8, "IPv4"),
+        (
+            Target::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            80,
+            3,
+            "IPv4 outside the overlay",
+        ),
+        (
+            Target::V4(Ipv4Addr::from(u32::from(pair.bob_address4) ^ 2)),
+            80,
+            4,
+            "IPv4 of no trusted peer",
+        ),
+        (
+            Target::V4(pair.bob_address4),
+            CLOSED_PORT,
+            5,
+            "a port bob does not expose, over IPv4",
+        ),
         (
             Target::V6("2001:db8::1".parse().expect("v6")),
             80,

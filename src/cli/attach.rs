@@ -3,6 +3,8 @@
 //! daemon, records the result and tells the daemon, which then publishes
 //! the trusted names inside the attached namespace.
 
+use std::net::Ipv4Addr;
+
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 
@@ -18,6 +20,12 @@ use agentnet::netns::NetnsId;
 
 /// Arguments of `attach`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+The namespace gets an IPv6 address in this node's prefix and, when the agent has IPv4 on, an IPv4
+address from 198.19.0.0/24 (RFC 2544 benchmarking range: not the overlay, not link-local, not a LAN
+range). It reaches trusted peers over both: IPv6 from its own address, IPv4 masqueraded as the
+agent's IPv4 address (peers see the agent). Peers reach a service inside it at its IPv6 address, or
+over IPv4 (and by the agent's name) through `agentnet serve --tcp PORT 198.19.0.N:PORT` on this host.")]
 #[command(group(ArgGroup::new("target").args(["netns", "pid", "list"]).required(true)))]
 pub(crate) struct AttachArgs {
     /// The network namespace to attach, by its `ip netns` name.
@@ -86,6 +94,7 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
     }
     let prefix = NodePrefix::of_address(&info.address);
     let network = NetworkId::from_name(&info.network);
+    let ipv4 = daemon_ipv4(&mut client)?.is_some();
     let attachment = Attachments::edit(&context.state, |record| {
         // A namespace that was deleted took its veth pair along.
         record
@@ -107,17 +116,24 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
                 target: other.target.to_string(),
             });
         }
+        let address4 = if ipv4 {
+            Some(record.free_address4(attach::host_route4_exists)?)
+        } else {
+            None
+        };
         // The filter first: forwarding is never on without it.
         record.tun_interface = Some(info.interface.clone());
         let planned = FilteredVeth {
             host_interface: attach::host_interface_name(address),
             address,
+            address4,
         };
         record.apply_filter(Some(planned), false)?;
         let made = attach::attach(&AttachPlan {
             target: target.clone(),
             netns,
             address,
+            address4,
             network,
             interface: args.interface.clone(),
             mtu: info.mtu,
@@ -131,7 +147,8 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
                 return Err(error);
             }
         };
-        record.enabled_forwarding |= enabled_forwarding;
+        record.enabled_forwarding |= enabled_forwarding.ipv6;
+        record.enabled_forwarding4 |= enabled_forwarding.ipv4;
         record.attached.push(attachment.clone());
         Ok(attachment)
     })?;
@@ -142,13 +159,25 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
 }
 
 fn say_attached(attachment: &Attachment, tun: &str) {
+    let address4 = attachment
+        .address4
+        .map(|a| format!(" and {a} (IPv4, masqueraded as the agent's)"))
+        .unwrap_or_default();
     say!(
-        "attached {}: address {} on {} (host side {}, routed through {tun})",
+        "attached {}: address {}{address4} on {} (host side {}, routed through {tun})",
         attachment.target,
         attachment.address,
         attachment.interface,
         attachment.host_interface,
     );
+}
+
+/// The daemon's IPv4 overlay address, if IPv4 is on.
+fn daemon_ipv4(client: &mut agentnet::control::ControlClient) -> Result<Option<Ipv4Addr>> {
+    match client.request(&Request::Status)? {
+        Response::Status(value) => Ok(value["address4"].as_str().and_then(|a| a.parse().ok())),
+        other => bail!("unexpected answer to `status`: {other:?}"),
+    }
 }
 
 fn say_names(names: &[AttachmentNames], attachment: &Attachment) {
@@ -206,7 +235,7 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
         .map(ToString::to_string)
         .or_else(|| address.map(|a| a.to_string()))
         .unwrap_or_default();
-    let (removed, restore_forwarding) = Attachments::edit(&context.state, |record| {
+    let (removed, restore) = Attachments::edit(&context.state, |record| {
         let index = record
             .attached
             .iter()
@@ -218,16 +247,24 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
             .ok_or_else(|| attach::AttachError::NotAttached(description.clone()))?;
         attach::detach(&record.attached[index])?;
         let removed = record.attached.remove(index);
-        let restore = record.enabled_forwarding && record.attached.is_empty();
-        if restore {
+        let last = record.attached.is_empty();
+        let restore = attach::EnabledForwarding {
+            ipv6: last && record.enabled_forwarding,
+            ipv4: last && record.enabled_forwarding4,
+        };
+        if restore.ipv6 {
             record.enabled_forwarding = false;
-        } else {
+        }
+        if restore.ipv4 {
+            record.enabled_forwarding4 = false;
+        }
+        if !restore.ipv6 {
             record.apply_filter(None, false)?;
         }
         Ok((removed, restore))
     })?;
-    if restore_forwarding {
-        attach::restore_forwarding()?;
+    attach::restore_forwarding(restore)?;
+    if restore.ipv6 {
         // Forwarding is off: nothing is left for the filter to confine.
         Attachments::load(&context.state)?.apply_filter(None, true)?;
     }
@@ -251,6 +288,8 @@ fn list(context: &Instance) -> Result<()> {
             vec![
                 a.target.to_string(),
                 a.address.to_string(),
+                a.address4
+                    .map_or_else(|| "-".to_string(), |a| a.to_string()),
                 a.interface.clone(),
                 a.host_interface.clone(),
                 if a.namespace_is_current() {
@@ -265,7 +304,14 @@ fn list(context: &Instance) -> Result<()> {
     say!(
         "{}",
         table(
-            &["TARGET", "ADDRESS", "INTERFACE", "HOST SIDE", "STATE"],
+            &[
+                "TARGET",
+                "ADDRESS",
+                "IPV4",
+                "INTERFACE",
+                "HOST SIDE",
+                "STATE"
+            ],
             &rows
         )
         .trim_end()

@@ -27,7 +27,8 @@ pub(crate) struct UserspaceArgs {
     #[arg(long, value_name = "ADDR:PORT", requires = "userspace")]
     pub(crate) socks5: Option<SocketAddr>,
     /// Forward a local port to a peer: [tcp:|udp:][BIND_ADDR:]LOCAL_PORT:PEER:PORT,
-    /// PEER a trusted name or [overlay address]; BIND_ADDR defaults to
+    /// PEER a trusted name, an [IPv6 overlay address] or a peer's IPv4 address
+    /// (100.64.0.0/10); a name tries IPv4 first, then IPv6; BIND_ADDR defaults to
     /// 127.0.0.1 (repeatable; needs --userspace).
     #[arg(
         long = "forward",

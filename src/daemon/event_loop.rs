@@ -496,6 +496,7 @@ impl Daemon {
     fn sync_names(&mut self) {
         self.names.sync(&self.trust, &self.node);
         self.tun.publish_names(self.names.table());
+        self.tun.publish_ipv4_routes(&self.node, &self.trust);
     }
 
     /// Queues a packet for the TUN, writing the batch when it is full.

@@ -16,6 +16,7 @@ mod drop_log;
 mod event_loop;
 mod names;
 mod packet_device;
+pub use packet_device::OverlayAddresses;
 mod ping;
 pub mod privilege;
 mod probe_sockets;

@@ -4,6 +4,7 @@
 //! daemon — node, sessions, policy, the resolver at `PREFIX::53`, status —
 //! is the same for both.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -13,6 +14,8 @@ use super::dns::NameTable;
 use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::core::address::NetworkId;
+use crate::core::node::{Ipv4Route, Node};
+use crate::core::trust::{TrustState, TrustStore};
 use crate::userspace::{Userspace, UserspaceStatus};
 
 /// The agent's overlay addresses, as the device gets them.
@@ -49,10 +52,7 @@ impl PacketDevice {
     ) -> Result<Self, DaemonError> {
         Ok(match &options.userspace {
             Some(userspace) => Self::Userspace(Box::new(Userspace::start(
-                userspace,
-                addresses.v6,
-                network,
-                mtu,
+                userspace, addresses, network, mtu,
             )?)),
             None => Self::Tun(super::tun::create(
                 &options.interface,
@@ -176,6 +176,27 @@ impl PacketDevice {
     pub(crate) fn publish_names(&self, names: &NameTable) {
         if let Self::Userspace(stack) = self {
             stack.publish_names(names);
+        }
+    }
+
+    /// Hands the userspace stack the IPv4 addresses `node` routes to the
+    /// trusted peers of `trust`, by name (the SOCKS5 proxy and the forwards
+    /// accept only those, and resolve names to them). The TUN needs
+    /// nothing: the kernel routes the /10.
+    pub(crate) fn publish_ipv4_routes(&self, node: &Node, trust: &TrustStore) {
+        if let Self::Userspace(stack) = self {
+            let routes: BTreeMap<String, Ipv4Addr> = trust
+                .peers
+                .iter()
+                .filter(|entry| entry.state == TrustState::Trusted)
+                .filter_map(|entry| match node.peer_ipv4_route(&entry.id) {
+                    Some(Ipv4Route::Routed(address)) => {
+                        Some((entry.name.to_ascii_lowercase(), address))
+                    }
+                    _ => None,
+                })
+                .collect();
+            stack.publish_ipv4_routes(&routes);
         }
     }
 

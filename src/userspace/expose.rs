@@ -9,9 +9,11 @@
 //! of a held flow are dropped (the held one stands for them).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use smoltcp::wire::{IpAddress, IpEndpoint, IpProtocol, Ipv6Packet, TcpPacket};
+use smoltcp::wire::{IpAddress, IpEndpoint, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+
+use crate::daemon::OverlayAddresses;
 
 /// Flows held while their local connection is made; more are dropped
 /// (the remote retransmits its SYN), as with a full listen backlog.
@@ -52,7 +54,7 @@ impl TcpExposer {
     }
 
     /// Sorts a packet from the overlay.
-    pub(crate) fn classify(&mut self, packet: Vec<u8>, own: Ipv6Addr) -> Inbound {
+    pub(crate) fn classify(&mut self, packet: Vec<u8>, own: OverlayAddresses) -> Inbound {
         let Some(key) = inbound_syn(&packet, own) else {
             return Inbound::Stack(packet);
         };
@@ -92,37 +94,79 @@ impl TcpExposer {
     }
 }
 
-/// The flow of a TCP SYN (without ACK) to `own`, if `packet` is one.
-pub(crate) fn inbound_syn(packet: &[u8], own: Ipv6Addr) -> Option<FlowKey> {
-    let ip = Ipv6Packet::new_checked(packet).ok()?;
-    // Extension headers before TCP are not followed: such a SYN goes to
-    // smoltcp, which treats it as it would any other.
-    if ip.next_header() != IpProtocol::Tcp || ip.dst_addr() != own {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+/// The flow of a TCP SYN (without ACK) to one of our addresses (`own`, of
+/// the packet's family), if `packet` is one.
+pub(crate) fn inbound_syn(packet: &[u8], own: OverlayAddresses) -> Option<FlowKey> {
+    let (source, segment) = match packet.first()? >> 4 {
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            // Extension headers before TCP are not followed: such a SYN goes
+            // to smoltcp, which treats it as it would any other.
+            if ip.next_header() != IpProtocol::Tcp || ip.dst_addr() != own.v6 {
+                return None;
+            }
+            (IpAddress::Ipv6(ip.src_addr()), ip.payload())
+        }
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            // A fragment is not a whole SYN: smoltcp drops it.
+            if ip.next_header() != IpProtocol::Tcp
+                || Some(ip.dst_addr()) != own.v4
+                || ip.more_frags()
+                || ip.frag_offset() != 0
+            {
+                return None;
+            }
+            (IpAddress::Ipv4(ip.src_addr()), ip.payload())
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(segment).ok()?;
     if !tcp.syn() || tcp.ack() || tcp.rst() {
         return None;
     }
-    let remote = IpEndpoint::new(IpAddress::Ipv6(ip.src_addr()), tcp.src_port());
-    Some((remote, tcp.dst_port()))
+    Some((IpEndpoint::new(source, tcp.src_port()), tcp.dst_port()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{Ipv4Repr, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    fn own() -> Ipv6Addr {
-        "fd40::1:1".parse().expect("v6")
+    fn own() -> OverlayAddresses {
+        OverlayAddresses {
+            v6: "fd40::1:1".parse().expect("v6"),
+            v4: Some(Ipv4Addr::new(100, 64, 1, 1)),
+        }
     }
 
     fn remote() -> Ipv6Addr {
         "fd40::2:1".parse().expect("v6")
     }
 
+    fn remote4() -> Ipv4Addr {
+        Ipv4Addr::new(100, 64, 2, 1)
+    }
+
     fn tcp_packet(dst_port: u16, control: TcpControl, ack: bool) -> Vec<u8> {
+        tcp_packet_between(
+            IpAddr::V6(remote()),
+            IpAddr::V6(own().v6),
+            dst_port,
+            control,
+            ack,
+        )
+    }
+
+    fn tcp_packet_between(
+        src: IpAddr,
+        dst: IpAddr,
+        dst_port: u16,
+        control: TcpControl,
+        ack: bool,
+    ) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: 40000,
             dst_port,
@@ -137,24 +181,36 @@ mod tests {
             timestamp: None,
             payload: &[],
         };
-        let ip = Ipv6Repr {
-            src_addr: remote(),
-            dst_addr: own(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
         let caps = ChecksumCapabilities::default();
-        let mut packet = Ipv6Packet::new_unchecked(&mut bytes);
-        ip.emit(&mut packet);
-        let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
-        tcp.emit(
-            &mut segment,
-            &IpAddress::Ipv6(remote()),
-            &IpAddress::Ipv6(own()),
-            &caps,
-        );
+        let (header_len, mut bytes) = match (src, dst) {
+            (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+                let ip = Ipv6Repr {
+                    src_addr,
+                    dst_addr,
+                    next_header: IpProtocol::Tcp,
+                    payload_len: tcp.buffer_len(),
+                    hop_limit: 64,
+                };
+                let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+                ip.emit(&mut Ipv6Packet::new_unchecked(&mut bytes));
+                (ip.buffer_len(), bytes)
+            }
+            (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+                let ip = Ipv4Repr {
+                    src_addr,
+                    dst_addr,
+                    next_header: IpProtocol::Tcp,
+                    payload_len: tcp.buffer_len(),
+                    hop_limit: 64,
+                };
+                let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+                ip.emit(&mut Ipv4Packet::new_unchecked(&mut bytes), &caps);
+                (ip.buffer_len(), bytes)
+            }
+            _ => panic!("mixed families"),
+        };
+        let mut segment = TcpPacket::new_unchecked(&mut bytes[header_len..]);
+        tcp.emit(&mut segment, &src.into(), &dst.into(), &caps);
         bytes
     }
 
@@ -179,6 +235,44 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv4_syn_to_the_agents_ipv4_address_is_held_too() {
+        let mut exposer = TcpExposer::default();
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        exposer.add(80, local);
+        let own4 = own().v4.expect("v4");
+        let syn = tcp_packet_between(
+            IpAddr::V4(remote4()),
+            IpAddr::V4(own4),
+            80,
+            TcpControl::Syn,
+            false,
+        );
+        let key = (IpEndpoint::new(IpAddress::Ipv4(remote4()), 40000), 80);
+        assert_eq!(
+            exposer.classify(syn.clone(), own()),
+            Inbound::Connect { key, target: local }
+        );
+        assert_eq!(exposer.take_held(&key), Some(syn.clone()));
+        // With IPv4 off, or to another IPv4 address, it is no exposed flow.
+        let ipv6_only = OverlayAddresses { v4: None, ..own() };
+        assert_eq!(
+            exposer.classify(syn.clone(), ipv6_only),
+            Inbound::Stack(syn)
+        );
+        let elsewhere = tcp_packet_between(
+            IpAddr::V4(remote4()),
+            IpAddr::V4(Ipv4Addr::new(100, 64, 9, 9)),
+            80,
+            TcpControl::Syn,
+            false,
+        );
+        assert_eq!(
+            exposer.classify(elsewhere.clone(), own()),
+            Inbound::Stack(elsewhere)
+        );
+    }
+
+    #[test]
     fn other_packets_go_straight_to_the_stack() {
         let mut exposer = TcpExposer::default();
         exposer.add(80, "127.0.0.1:80".parse().expect("addr"));
@@ -188,6 +282,8 @@ mod tests {
             tcp_packet(80, TcpControl::None, true),
             tcp_packet(80, TcpControl::Rst, false),
             vec![0x60, 0, 0],
+            vec![0x45, 0, 0],
+            vec![],
         ] {
             assert_eq!(
                 exposer.classify(packet.clone(), own()),

@@ -3,7 +3,6 @@
 //! target (names from the trust store, in-process) and handed to the stack
 //! as a [`StackRequest::Connect`].
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,11 +13,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Stats;
 use super::relay::Origin;
-use super::socks5::{self, TargetHost};
+use super::socks5::{self, OverlayPeers, TargetHost};
 use super::spec::{ForwardSpec, PeerHost};
 use super::stack::StackRequest;
 use crate::core::address::NetworkId;
-use crate::daemon::dns::NameTable;
 
 /// SOCKS5 negotiations in progress at most; more clients wait in the
 /// kernel's accept queue.
@@ -30,7 +28,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What the listeners share.
 #[derive(Clone)]
 pub(crate) struct ListenerContext {
-    pub(crate) names: watch::Receiver<NameTable>,
+    pub(crate) peers: watch::Receiver<OverlayPeers>,
     pub(crate) network: NetworkId,
     pub(crate) requests: mpsc::Sender<StackRequest>,
     pub(crate) stats: Arc<Stats>,
@@ -76,15 +74,16 @@ async fn socks5_session(
         }
     };
     let target = {
-        let names = context.names.borrow();
-        socks5::resolve(&request.host, request.port, &names, context.network)
+        let peers = context.peers.borrow();
+        socks5::resolve_with_fallback(&request.host, request.port, &peers, context.network)
     };
     match target {
-        Ok(target) => {
-            tracing::debug!(%client, host = ?request.host, %target, "socks5: connect");
+        Ok((target, fallback)) => {
+            tracing::debug!(%client, host = ?request.host, %target, ?fallback, "socks5: connect");
             let connect = StackRequest::Connect {
                 local: stream,
                 target,
+                fallback,
                 origin: Origin::Socks,
             };
             // Closed: the stack is stopping, and the client with it.
@@ -106,7 +105,7 @@ pub(crate) async fn serve_forward(
 ) {
     let host = match &spec.peer {
         PeerHost::Name(name) => TargetHost::Name(name.clone()),
-        PeerHost::Address(address) => TargetHost::Ip(IpAddr::V6(*address)),
+        PeerHost::Address(address) => TargetHost::Ip(*address),
     };
     loop {
         let (stream, client) = match listener.accept().await {
@@ -120,14 +119,15 @@ pub(crate) async fn serve_forward(
         let _ = stream.set_nodelay(true);
         // Resolved per connection: trust changes apply at once.
         let target = {
-            let names = context.names.borrow();
-            socks5::resolve(&host, spec.port, &names, context.network)
+            let peers = context.peers.borrow();
+            socks5::resolve_with_fallback(&host, spec.port, &peers, context.network)
         };
         match target {
-            Ok(target) => {
+            Ok((target, fallback)) => {
                 let connect = StackRequest::Connect {
                     local: stream,
                     target,
+                    fallback,
                     origin: Origin::Forward,
                 };
                 if context.requests.send(connect).await.is_err() {

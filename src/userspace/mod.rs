@@ -1,14 +1,16 @@
 //! Rootless mode (`agentnet up --userspace`, DESIGN.md §6): the overlay
 //! without a TUN and without privileges. An in-process TCP/IP stack
-//! (smoltcp, `Medium::Ip`) holds the agent address and stands where the
-//! kernel stands in TUN mode; the daemon's event loop, node, sessions,
+//! (smoltcp, `Medium::Ip`) holds the agent's addresses (IPv6, and IPv4 in
+//! `100.64.0.0/10` unless IPv4 is off) and stands where the kernel stands
+//! in TUN mode; the daemon's event loop, node, sessions,
 //! policy, names and status are the same. Local programs reach the overlay
 //! through a SOCKS5 proxy (`--socks5`, with remote DNS for
-//! `NAME.agent.internal`) and port forwards (`--forward`); peers reach
-//! local services through exposed ports (`--expose`).
+//! `NAME.agent.internal`, or a peer's IPv6 or IPv4 address) and port
+//! forwards (`--forward`); peers reach local services through exposed
+//! ports (`--expose`), over either family.
 //!
 //! The stack runs on its own thread with its own tokio runtime and talks
-//! to the daemon through two bounded channels of IPv6 packets: the daemon
+//! to the daemon through two bounded channels of IP packets: the daemon
 //! sees [`Userspace`] as its packet device, as it sees a TUN. The daemon
 //! never waits for the stack (a full channel drops the packet, as a full
 //! TUN queue does; TCP recovers), and the stack waits for the daemon only
@@ -24,8 +26,9 @@ pub mod spec;
 mod stack;
 mod udp;
 
+use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -34,9 +37,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use self::forward::ListenerContext;
+use self::socks5::OverlayPeers;
 use self::spec::{ExposeSpec, ForwardSpec, Transport};
 use self::stack::{Stack, StackConfig};
 use crate::core::address::NetworkId;
+use crate::daemon::OverlayAddresses;
 use crate::daemon::dns::NameTable;
 
 /// Packets queued between the daemon and the stack, each way.
@@ -148,7 +153,7 @@ pub struct UserspaceStatus {
 pub struct Userspace {
     to_stack: mpsc::Sender<Vec<u8>>,
     from_stack: mpsc::Receiver<Vec<u8>>,
-    names: watch::Sender<NameTable>,
+    peers: watch::Sender<OverlayPeers>,
     stats: Arc<Stats>,
     options: UserspaceOptions,
     /// Dropping it stops the stack.
@@ -169,12 +174,12 @@ impl std::fmt::Debug for Launch {
 
 impl Userspace {
     /// Binds the local listeners (errors such as a port in use come back
-    /// here) and prepares the stack with the agent `address` of `network`
-    /// and the tunnel `mtu`; its thread starts at the first receive (see
-    /// [`Userspace::recv`]).
+    /// here) and prepares the stack with the agent's `addresses` in
+    /// `network` and the tunnel `mtu`; its thread starts at the first
+    /// receive (see [`Userspace::recv`]).
     pub fn start(
         options: &UserspaceOptions,
-        address: Ipv6Addr,
+        addresses: OverlayAddresses,
         network: NetworkId,
         mtu: u16,
     ) -> Result<Self, UserspaceError> {
@@ -188,11 +193,11 @@ impl Userspace {
             .map_err(UserspaceError::Thread)?;
         let (to_stack, packets_in) = mpsc::channel(CHANNEL_PACKETS);
         let (packets_out, from_stack) = mpsc::channel(CHANNEL_PACKETS);
-        let (names, names_rx) = watch::channel(NameTable::default());
+        let (peers, peers_rx) = watch::channel(OverlayPeers::default());
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
         let stats = Arc::new(Stats::default());
         let config = StackConfig {
-            address,
+            addresses,
             network,
             mtu,
             seed: rand::random(),
@@ -206,7 +211,7 @@ impl Userspace {
                 .spawn(move || {
                     runtime.block_on(async move {
                         let (stack, requests) =
-                            match listeners.start(config, exposes, names_rx, thread_stats) {
+                            match listeners.start(config, exposes, peers_rx, thread_stats) {
                                 Ok(started) => started,
                                 Err(error) => {
                                     tracing::error!(%error, "userspace stack failed to start");
@@ -229,7 +234,7 @@ impl Userspace {
         Ok(Self {
             to_stack,
             from_stack,
-            names,
+            peers,
             stats,
             options,
             stop: Some(stop),
@@ -296,11 +301,25 @@ impl Userspace {
 
     /// Tells the SOCKS5 proxy and the forwards the trusted names.
     pub fn publish_names(&self, names: &NameTable) {
-        self.names.send_if_modified(|current| {
-            if current == names {
+        self.peers.send_if_modified(|current| {
+            if current.names == *names {
                 false
             } else {
-                *current = names.clone();
+                current.names = names.clone();
+                true
+            }
+        });
+    }
+
+    /// Tells the SOCKS5 proxy and the forwards the IPv4 addresses routed to
+    /// trusted peers, by lowercase name: the only IPv4 targets they accept,
+    /// and what those names resolve to.
+    pub fn publish_ipv4_routes(&self, routes: &BTreeMap<String, Ipv4Addr>) {
+        self.peers.send_if_modified(|current| {
+            if current.ipv4 == *routes {
+                false
+            } else {
+                current.ipv4 = routes.clone();
                 true
             }
         });
@@ -457,24 +476,24 @@ impl Listeners {
         self,
         config: StackConfig,
         exposes: Vec<ExposeSpec>,
-        names: watch::Receiver<NameTable>,
+        peers: watch::Receiver<OverlayPeers>,
         stats: Arc<Stats>,
     ) -> io::Result<(Stack, mpsc::Receiver<stack::StackRequest>)> {
         let (requests, requests_rx) = mpsc::channel(CHANNEL_REQUESTS);
         let context = ListenerContext {
-            names: names.clone(),
+            peers: peers.clone(),
             network: config.network,
             requests: requests.clone(),
             stats: stats.clone(),
         };
         let reserved: Vec<u16> = exposes.iter().map(|e| e.port).collect();
-        let mut stack = Stack::new(config, names, requests, stats, &reserved);
+        let mut stack = Stack::new(config, peers, requests, stats, &reserved);
         for expose in exposes {
             match expose.transport {
                 Transport::Tcp => stack.expose_tcp(expose.port, expose.local),
                 Transport::Udp => {
-                    let (udp, sockets, own) = stack.udp_mut();
-                    udp.add_expose(expose.clone(), sockets, own)
+                    let (udp, sockets) = stack.udp_mut();
+                    udp.add_expose(expose.clone(), sockets)
                         .map_err(|error| io::Error::other(format!("expose {expose}: {error}")))?;
                 }
             }

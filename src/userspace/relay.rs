@@ -12,7 +12,7 @@
 //! reset on the other side.
 
 use std::io;
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
 
@@ -92,6 +92,9 @@ pub(crate) struct TcpRelay {
     pub(crate) overlay_port: u16,
     /// The remote endpoint and exposed port (inbound connections).
     pub(crate) flow: Option<(IpEndpoint, u16)>,
+    /// Outbound: where to try next if the target refuses or never
+    /// answers (a name's IPv6 address after its IPv4 one).
+    pub(crate) fallback: Option<SocketAddr>,
     pub(crate) origin: Origin,
     pub(crate) phase: Phase,
     local: TcpStream,
@@ -159,6 +162,7 @@ impl TcpRelay {
             handle,
             overlay_port,
             flow: None,
+            fallback: None,
             origin,
             phase,
             local,
@@ -196,7 +200,6 @@ impl TcpRelay {
         &mut self,
         socket: &mut tcp::Socket<'_>,
         now: Instant,
-        own_address: Ipv6Addr,
         moved: &mut Moved,
     ) -> Step {
         self.want_read = false;
@@ -215,7 +218,11 @@ impl TcpRelay {
                 _ => {
                     self.phase = Phase::Open;
                     if self.origin == Origin::Socks {
-                        let bound = (own_address, self.overlay_port).into();
+                        // Our end on the overlay, in the target's family.
+                        let bound = socket.local_endpoint().map_or_else(
+                            || SocketAddr::from((Ipv6Addr::UNSPECIFIED, self.overlay_port)),
+                            SocketAddr::from,
+                        );
                         self.preface = socks5::encode_reply(Reply::Succeeded, bound);
                     }
                 }
@@ -337,6 +344,12 @@ impl TcpRelay {
     fn local_failed(&mut self, socket: &mut tcp::Socket<'_>) -> Step {
         socket.abort();
         Step::Reset
+    }
+
+    /// The local connection, to be connected again elsewhere (the
+    /// fallback) without telling the local side anything yet.
+    pub(crate) fn into_local(self) -> TcpStream {
+        self.local
     }
 
     /// Ends the local side after `step`: a SOCKS5 error reply, a reset,

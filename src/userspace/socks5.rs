@@ -1,21 +1,26 @@
 //! SOCKS5 (RFC 1928), the part a local proxy for the overlay needs: no
-//! authentication, `CONNECT` only, targets by IPv6 address or by name with
-//! remote resolution (`curl --socks5-hostname`, `ALL_PROXY=socks5h://`),
-//! names resolved in-process from the trust store.
+//! authentication, `CONNECT` only, targets by IPv6 or IPv4 overlay address
+//! or by name with remote resolution (`curl --socks5-hostname`,
+//! `ALL_PROXY=socks5h://`), names resolved in-process from the trust store:
+//! to the peer's IPv4 address when it is routed (so servers on their
+//! default `0.0.0.0` answer, as a TUN agent's getaddrinfo picks it too),
+//! with its IPv6 agent address as the fallback when IPv4 is refused (a
+//! server on an IPv6-only socket), else to the IPv6 address alone.
 //!
 //! The wire formats are plain functions on byte slices ([`parse_greeting`],
 //! [`parse_request`], [`encode_reply`]); [`negotiate`] reads them off a
 //! stream with exact reads, so bytes a client pipelines after its request
 //! stay in the socket for the relay.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::spec::PeerHost;
-use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::address::{NetworkId, NodePrefix, in_ipv4_overlay};
 use crate::daemon::dns::NameTable;
 
 /// Protocol version byte.
@@ -56,7 +61,7 @@ pub enum Reply {
     TtlExpired = 0x06,
     /// Command not supported (only CONNECT is).
     CommandNotSupported = 0x07,
-    /// Address type not supported (IPv4: the overlay is IPv6 only).
+    /// Address type not supported (neither IPv4, IPv6 nor a name).
     AddressTypeNotSupported = 0x08,
 }
 
@@ -186,26 +191,64 @@ pub fn error_reply(reply: Reply) -> Vec<u8> {
     encode_reply(reply, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
 }
 
+/// Who the proxy and the forwards can reach: the trusted names with their
+/// IPv6 addresses, and the IPv4 addresses routed to trusted peers, by
+/// name (a peer whose address another agent keeps after a collision, or
+/// every peer with IPv4 off, has none). The daemon publishes both after
+/// every trust change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayPeers {
+    /// `NAME.agent.internal` of the trusted peers.
+    pub names: NameTable,
+    /// The trusted peers' routed IPv4 addresses, by lowercase name.
+    pub ipv4: BTreeMap<String, Ipv4Addr>,
+}
+
 /// Where a request's target is on the overlay, or the reply that says why
-/// it is not: names are trusted peers' (`NAME.agent.internal`), addresses
-/// must be in a trusted peer's node prefix.
+/// it is not: names are trusted peers' (`NAME.agent.internal`, answered
+/// with the routed IPv4 address, else the IPv6 agent address), IPv6
+/// addresses must be in a trusted peer's node prefix, IPv4 addresses
+/// routed to a trusted peer.
 pub fn resolve(
     host: &TargetHost,
     port: u16,
-    names: &NameTable,
+    peers: &OverlayPeers,
     network: NetworkId,
-) -> Result<SocketAddrV6, Reply> {
-    let address = match host {
-        TargetHost::Ip(IpAddr::V4(_)) => return Err(Reply::AddressTypeNotSupported),
-        TargetHost::Ip(IpAddr::V6(address)) => *address,
+) -> Result<SocketAddr, Reply> {
+    resolve_with_fallback(host, port, peers, network).map(|(target, _)| target)
+}
+
+/// As [`resolve`], with the address to try next if the first refuses: a
+/// name with both families resolves to IPv4 first and IPv6 next (both
+/// reach the same agent).
+pub fn resolve_with_fallback(
+    host: &TargetHost,
+    port: u16,
+    peers: &OverlayPeers,
+    network: NetworkId,
+) -> Result<(SocketAddr, Option<SocketAddr>), Reply> {
+    let (address, fallback) = match host {
+        TargetHost::Ip(address) => (*address, None),
         TargetHost::Name(name) => match PeerHost::parse(name) {
-            Some(PeerHost::Address(address)) => address,
-            Some(PeerHost::Name(label)) => names.lookup(&label).ok_or(Reply::HostUnreachable)?,
+            Some(PeerHost::Address(address)) => (address, None),
+            Some(PeerHost::Name(label)) => {
+                let v6 = peers.names.lookup(&label).ok_or(Reply::HostUnreachable)?;
+                match peers.ipv4.get(&label) {
+                    Some(v4) => (IpAddr::V4(*v4), Some(IpAddr::V6(v6))),
+                    None => (IpAddr::V6(v6), None),
+                }
+            }
             None => return Err(Reply::HostUnreachable),
         },
     };
-    check_overlay_target(address, names, network)?;
-    Ok(SocketAddrV6::new(address, port, 0, 0))
+    match address {
+        IpAddr::V6(v6) => check_overlay_target(v6, &peers.names, network)?,
+        IpAddr::V4(v4) => check_ipv4_target(v4, peers)?,
+    }
+    Ok((
+        SocketAddr::new(address, port),
+        fallback.map(|fallback| SocketAddr::new(fallback, port)),
+    ))
 }
 
 /// Whether `address` can be reached: inside the network and in the node
@@ -222,6 +265,18 @@ pub fn check_overlay_target(
         .entries()
         .any(|(peer, _)| NodePrefix::of_address(&peer) == NodePrefix::of_address(&address));
     if trusted {
+        Ok(())
+    } else {
+        Err(Reply::HostUnreachable)
+    }
+}
+
+/// Whether an IPv4 `address` can be reached: inside `100.64.0.0/10` and
+/// routed to a trusted peer.
+pub fn check_ipv4_target(address: Ipv4Addr, peers: &OverlayPeers) -> Result<(), Reply> {
+    if !in_ipv4_overlay(address) {
+        Err(Reply::NetworkUnreachable)
+    } else if peers.ipv4.values().any(|routed| *routed == address) {
         Ok(())
     } else {
         Err(Reply::HostUnreachable)
@@ -370,19 +425,43 @@ mod tests {
             added_unix: 0,
             expires_unix: None,
         });
-        let names = NameTable::from_trust(&store, network());
+        let bob4 = crate::core::address::agent_address4(network(), &peer);
+        let peers = OverlayPeers {
+            names: NameTable::from_trust(&store, network()),
+            ipv4: BTreeMap::from([("bob".to_string(), bob4)]),
+        };
         let bob = NodePrefix::of_agent(network(), &peer).agent_address();
 
+        // By name: the routed IPv4 address.
         let name = TargetHost::Name("Bob.Agent.Internal".into());
         assert_eq!(
-            resolve(&name, 80, &names, network()),
-            Ok(SocketAddrV6::new(bob, 80, 0, 0))
+            resolve_with_fallback(&name, 80, &peers, network()),
+            Ok((
+                SocketAddr::from((bob4, 80)),
+                Some(SocketAddr::from((bob, 80)))
+            ))
+        );
+        assert_eq!(
+            resolve(&TargetHost::Ip(IpAddr::V6(bob)), 80, &peers, network()),
+            Ok(SocketAddr::from((bob, 80)))
         );
         // Another address in bob's node prefix (an attached container).
         let mut container = bob.segments();
         container[7] = 2;
         let container = TargetHost::Ip(IpAddr::V6(Ipv6Addr::from(container)));
-        assert!(resolve(&container, 80, &names, network()).is_ok());
+        assert!(resolve(&container, 80, &peers, network()).is_ok());
+        // Bob's IPv4 address, as an address or as a literal in a name.
+        for host in [
+            TargetHost::Ip(IpAddr::V4(bob4)),
+            TargetHost::Name(bob4.to_string()),
+        ] {
+            assert_eq!(
+                resolve(&host, 8080, &peers, network()),
+                Ok(SocketAddr::from((bob4, 8080))),
+                "{host:?}"
+            );
+        }
+        let other4 = Ipv4Addr::from(u32::from(bob4) ^ 1);
 
         let cases = [
             (
@@ -395,8 +474,9 @@ mod tests {
             ),
             (
                 TargetHost::Ip("192.0.2.1".parse().expect("ip")),
-                Reply::AddressTypeNotSupported,
+                Reply::NetworkUnreachable,
             ),
+            (TargetHost::Ip(IpAddr::V4(other4)), Reply::HostUnreachable),
             (
                 TargetHost::Ip("2001:db8::1".parse().expect("ip")),
                 Reply::NetworkUnreachable,
@@ -404,7 +484,7 @@ mod tests {
         ];
         for (host, reply) in cases {
             assert_eq!(
-                resolve(&host, 80, &names, network()),
+                resolve(&host, 80, &peers, network()),
                 Err(reply),
                 "{host:?}"
             );
@@ -414,8 +494,22 @@ mod tests {
         stranger[7] = 1;
         let stranger = TargetHost::Ip(IpAddr::V6(Ipv6Addr::from(stranger)));
         assert_eq!(
-            resolve(&stranger, 80, &names, network()),
+            resolve(&stranger, 80, &peers, network()),
             Err(Reply::HostUnreachable)
+        );
+        // Without its IPv4 route (IPv4 off, or a collision) bob's IPv4
+        // address is refused, and his name resolves to his IPv6 address.
+        let ipv6_only = OverlayPeers {
+            ipv4: BTreeMap::new(),
+            ..peers
+        };
+        assert_eq!(
+            resolve(&TargetHost::Ip(IpAddr::V4(bob4)), 80, &ipv6_only, network()),
+            Err(Reply::HostUnreachable)
+        );
+        assert_eq!(
+            resolve(&name, 80, &ipv6_only, network()),
+            Ok(SocketAddr::from((bob, 80)))
         );
     }
 }

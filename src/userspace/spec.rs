@@ -6,7 +6,7 @@
 //! - `--forward [tcp:|udp:][BIND_ADDR:]LOCAL_PORT:PEER:PORT`: listen on
 //!   `BIND_ADDR:LOCAL_PORT` (default `127.0.0.1`), connect to `PEER:PORT` on
 //!   the overlay; `PEER` is a trusted name (`bob` or `bob.agent.internal`)
-//!   or an overlay address (`[fd40:…:1]`).
+//!   or an overlay address (`[fd40:…:1]`, or IPv4 `100.64.…`).
 //! - `--expose [tcp:|udp:]PORT[:LOCAL_ADDR:LOCAL_PORT]`: accept overlay
 //!   traffic to the agent address on `PORT` and hand it to
 //!   `LOCAL_ADDR:LOCAL_PORT` (default `127.0.0.1:PORT`).
@@ -36,26 +36,29 @@ impl Transport {
 }
 
 /// Where a forward goes on the overlay: a trusted peer's name, or an
-/// overlay address.
+/// overlay address (IPv6, or the peer's IPv4 address in `100.64.0.0/10`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerHost {
     /// A trusted peer's local name (one DNS label, as in the trust store).
     Name(String),
     /// An overlay address.
-    Address(Ipv6Addr),
+    Address(IpAddr),
 }
 
 impl PeerHost {
     /// Parses a peer as given on the command line or in a SOCKS5 request:
-    /// `bob`, `bob.agent.internal` (with or without a final dot), or an
-    /// IPv6 literal (bracketed or not). Names are lowercased.
+    /// `bob`, `bob.agent.internal` (with or without a final dot), an IPv6
+    /// literal (bracketed or not) or an IPv4 literal. Names are lowercased.
     pub fn parse(text: &str) -> Option<Self> {
         let unbracketed = text
             .strip_prefix('[')
             .and_then(|t| t.strip_suffix(']'))
             .unwrap_or(text);
         if let Ok(address) = unbracketed.parse::<Ipv6Addr>() {
-            return Some(Self::Address(address));
+            return Some(Self::Address(IpAddr::V6(address)));
+        }
+        if let Ok(address) = text.parse::<Ipv4Addr>() {
+            return Some(Self::Address(IpAddr::V4(address)));
         }
         let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
         let label = match name.strip_suffix(DOMAIN) {
@@ -70,7 +73,8 @@ impl fmt::Display for PeerHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Name(name) => write!(f, "{name}"),
-            Self::Address(address) => write!(f, "[{address}]"),
+            Self::Address(IpAddr::V6(address)) => write!(f, "[{address}]"),
+            Self::Address(IpAddr::V4(address)) => write!(f, "{address}"),
         }
     }
 }
@@ -191,9 +195,7 @@ impl FromStr for ForwardSpec {
             transport,
             listen: SocketAddr::new(bind, listen_port(local_port).map_err(explain)?),
             peer: PeerHost::parse(peer).ok_or_else(|| {
-                explain(format!(
-                    "`{peer}` is neither a peer name nor an IPv6 address"
-                ))
+                explain(format!("`{peer}` is neither a peer name nor an IP address"))
             })?,
             port: port(remote_port).map_err(explain)?,
         })

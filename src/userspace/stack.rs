@@ -1,4 +1,5 @@
-//! The userspace TCP/IP stack: a smoltcp interface with the agent address,
+//! The userspace TCP/IP stack: a smoltcp interface with the agent's
+//! addresses (IPv6 `/48` and IPv4 `100.64.0.0/10`, both on-link),
 //! the relays between its sockets and local sockets, and the loop that
 //! drives them on the stack's own thread.
 //!
@@ -9,7 +10,7 @@
 //! blocked, or smoltcp's next deadline.
 
 use std::future::poll_fn;
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -27,10 +28,10 @@ use super::device::QueueDevice;
 use super::expose::{FlowKey, Inbound, TcpExposer};
 use super::ports::PortAllocator;
 use super::relay::{Moved, Origin, Step, TcpRelay, reset_on_close};
-use super::socks5::Reply;
+use super::socks5::{OverlayPeers, Reply};
 use super::udp::{UdpContext, UdpRelays};
-use crate::core::address::{NETWORK_PREFIX_LEN, NetworkId};
-use crate::daemon::dns::NameTable;
+use crate::core::address::{IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId};
+use crate::daemon::OverlayAddresses;
 
 /// Receive buffer of each TCP socket: the window the remote sender sees.
 pub(crate) const TCP_RX_BUFFER: usize = 256 * 1024;
@@ -69,8 +70,10 @@ pub(crate) enum StackRequest {
     Connect {
         /// The local connection.
         local: TcpStream,
-        /// Where to.
-        target: SocketAddrV6,
+        /// Where to (either family).
+        target: SocketAddr,
+        /// Where to try next if `target` refuses or never answers.
+        fallback: Option<SocketAddr>,
         /// SOCKS5 (reply on the outcome) or forward.
         origin: Origin,
     },
@@ -86,7 +89,7 @@ pub(crate) enum StackRequest {
 /// What the stack is built from.
 #[derive(Debug, Clone)]
 pub(crate) struct StackConfig {
-    pub(crate) address: Ipv6Addr,
+    pub(crate) addresses: OverlayAddresses,
     pub(crate) network: NetworkId,
     pub(crate) mtu: u16,
     pub(crate) seed: u64,
@@ -107,18 +110,18 @@ pub(crate) struct Stack {
     udp_ports: PortAllocator,
     exposer: TcpExposer,
     udp: UdpRelays,
-    names: watch::Receiver<NameTable>,
+    peers: watch::Receiver<OverlayPeers>,
     requests: mpsc::Sender<StackRequest>,
     stats: Arc<Stats>,
     epoch: Instant,
 }
 
 impl Stack {
-    /// A stack with the agent address; `requests` is where its own
+    /// A stack with the agent's addresses; `requests` is where its own
     /// local-connect tasks report.
     pub(crate) fn new(
         config: StackConfig,
-        names: watch::Receiver<NameTable>,
+        peers: watch::Receiver<OverlayPeers>,
         requests: mpsc::Sender<StackRequest>,
         stats: Arc<Stats>,
         reserved_ports: &[u16],
@@ -132,9 +135,13 @@ impl Stack {
             // The whole network is on-link: with Medium::Ip there is no
             // neighbour discovery, every packet goes to the daemon.
             let _ = addrs.push(IpCidr::new(
-                IpAddress::Ipv6(config.address),
+                IpAddress::Ipv6(config.addresses.v6),
                 NETWORK_PREFIX_LEN,
             ));
+            // Likewise the IPv4 overlay: 100.64.0.0/10 goes to the daemon.
+            if let Some(v4) = config.addresses.v4 {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(v4), IPV4_PREFIX_LEN));
+            }
         });
         let tcp_ports = PortAllocator::new(config.seed, reserved_ports.iter().copied());
         let udp_ports = PortAllocator::new(config.seed >> 16, reserved_ports.iter().copied());
@@ -149,7 +156,7 @@ impl Stack {
             udp_ports,
             exposer: TcpExposer::default(),
             udp: UdpRelays::default(),
-            names,
+            peers,
             requests,
             stats,
             epoch,
@@ -162,8 +169,8 @@ impl Stack {
     }
 
     /// The UDP relays, to add forwards and exposed ports to.
-    pub(crate) fn udp_mut(&mut self) -> (&mut UdpRelays, &mut SocketSet<'static>, Ipv6Addr) {
-        (&mut self.udp, &mut self.sockets, self.config.address)
+    pub(crate) fn udp_mut(&mut self) -> (&mut UdpRelays, &mut SocketSet<'static>) {
+        (&mut self.udp, &mut self.sockets)
     }
 
     fn smol_time(&self, now: Instant) -> smoltcp::time::Instant {
@@ -246,12 +253,11 @@ impl Stack {
     /// Pumps every relay; returns whether bytes moved.
     fn pump(&mut self, now: Instant) -> bool {
         let mut moved = Moved::default();
-        let own = self.config.address;
         let mut index = 0;
         while index < self.relays.len() {
             let relay = &mut self.relays[index];
             let socket = self.sockets.get_mut::<tcp::Socket>(relay.handle);
-            let step = relay.pump(socket, now, own, &mut moved);
+            let step = relay.pump(socket, now, &mut moved);
             if step == Step::Continue {
                 index += 1;
                 continue;
@@ -268,13 +274,12 @@ impl Stack {
         if self.udp.is_empty() {
             return moved.any();
         }
-        let names = self.names.borrow();
+        let peers = self.peers.borrow();
         let mut cx = UdpContext {
             sockets: &mut self.sockets,
             ports: &mut self.udp_ports,
-            names: &names,
+            peers: &peers,
             network: self.config.network,
-            own,
             mtu: usize::from(self.config.mtu),
             now,
             stats: &self.stats,
@@ -304,12 +309,27 @@ impl Stack {
             None => self.tcp_ports.release(relay.overlay_port),
         }
         let pending_reset = socket.state() == tcp::State::Closed && remote.is_some();
-        relay.finish(step);
+        let retry = match step {
+            Step::Failed(Reply::ConnectionRefused | Reply::HostUnreachable) => relay.fallback,
+            _ => None,
+        };
+        let origin = relay.origin;
+        let local = match retry {
+            Some(_) => Some(relay.into_local()),
+            None => {
+                relay.finish(step);
+                None
+            }
+        };
         self.stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
         if pending_reset {
             self.zombies.push((handle, now + ZOMBIE_TIME));
         } else {
             self.sockets.remove(handle);
+        }
+        if let (Some(fallback), Some(local)) = (retry, local) {
+            tracing::debug!(%fallback, "userspace: trying the other address");
+            self.connect(now, local, fallback, None, origin);
         }
     }
 
@@ -377,7 +397,7 @@ impl Stack {
 
     fn on_packet(&mut self, packet: Vec<u8>) {
         self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
-        match self.exposer.classify(packet, self.config.address) {
+        match self.exposer.classify(packet, self.config.addresses) {
             // The queue is drained every turn; the bound is a safety net.
             Inbound::Stack(_) if self.device.rx_len() >= 4 * RX_BATCH => {
                 self.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
@@ -410,9 +430,18 @@ impl Stack {
             StackRequest::Connect {
                 local,
                 target,
+                fallback,
                 origin,
-            } => self.connect(now, local, target, origin),
+            } => self.connect(now, local, target, fallback, origin),
             StackRequest::Exposed { key, result } => self.exposed(now, key, result),
+        }
+    }
+
+    /// The agent's address of `peer`'s family, if it has one.
+    fn own_address(&self, peer: IpAddr) -> Option<IpAddress> {
+        match peer {
+            IpAddr::V6(_) => Some(IpAddress::Ipv6(self.config.addresses.v6)),
+            IpAddr::V4(_) => self.config.addresses.v4.map(IpAddress::Ipv4),
         }
     }
 
@@ -430,8 +459,16 @@ impl Stack {
         socket
     }
 
-    /// Opens an overlay connection for a local client.
-    fn connect(&mut self, now: Instant, local: TcpStream, target: SocketAddrV6, origin: Origin) {
+    /// Opens an overlay connection for a local client; `fallback` is tried
+    /// if `target` refuses or never answers.
+    fn connect(
+        &mut self,
+        now: Instant,
+        local: TcpStream,
+        target: SocketAddr,
+        fallback: Option<SocketAddr>,
+        origin: Origin,
+    ) {
         let fail = |local: TcpStream, reply: Reply| {
             if origin == Origin::Socks {
                 let _ = local.try_write(&super::socks5::error_reply(reply));
@@ -447,14 +484,19 @@ impl Stack {
             );
             return fail(local, Reply::GeneralFailure);
         }
+        // The agent's address of the target's family (IPv4 may be off).
+        let Some(own) = self.own_address(target.ip()) else {
+            self.stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
+            return fail(local, Reply::NetworkUnreachable);
+        };
         let Some(port) = self.tcp_ports.allocate() else {
             self.stats.tcp_failed.fetch_add(1, Ordering::Relaxed);
             return fail(local, Reply::GeneralFailure);
         };
         let mut socket = Self::new_tcp_socket();
-        let remote = IpEndpoint::new(IpAddress::Ipv6(*target.ip()), target.port());
+        let remote = IpEndpoint::from(target);
         let local_endpoint = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv6(self.config.address)),
+            addr: Some(own),
             port,
         };
         if let Err(error) = socket.connect(self.iface.context(), remote, local_endpoint) {
@@ -464,13 +506,9 @@ impl Stack {
             return fail(local, Reply::GeneralFailure);
         }
         let handle = self.sockets.add(socket);
-        self.relays.push(TcpRelay::outbound(
-            handle,
-            local,
-            origin,
-            port,
-            now + CONNECT_TIMEOUT,
-        ));
+        let mut relay = TcpRelay::outbound(handle, local, origin, port, now + CONNECT_TIMEOUT);
+        relay.fallback = fallback;
+        self.relays.push(relay);
         self.stats.tcp_opened.fetch_add(1, Ordering::Relaxed);
         self.stats.tcp_active.fetch_add(1, Ordering::Relaxed);
     }
@@ -502,8 +540,9 @@ impl Stack {
             }
         };
         let mut socket = Self::new_tcp_socket();
+        // The SYN was checked to be for our address of its family.
         let listen = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv6(self.config.address)),
+            addr: self.own_address(IpAddr::from(remote.addr)),
             port,
         };
         if let Err(error) = socket.listen(listen) {

@@ -3,29 +3,30 @@
 //! replies find it) and `--expose udp:…` (datagrams to an exposed port go
 //! to a local service, each remote sender with its own local socket).
 //!
-//! Datagrams up to the tunnel MTU less the IPv6 and UDP headers pass (DNS
+//! Datagrams up to the tunnel MTU less the IPv6 and UDP headers pass, over
+//! either family (DNS
 //! and most request/response protocols); larger ones, and datagrams that
 //! find a full buffer, are dropped and counted, as UDP allows.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::udp;
-use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
+use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::Stats;
 use super::ports::PortAllocator;
-use super::socks5::{self, TargetHost};
+use super::socks5::{self, OverlayPeers, TargetHost};
 use super::spec::{ExposeSpec, ForwardSpec, PeerHost};
 use crate::core::address::NetworkId;
-use crate::daemon::dns::{NameTable, resolver_address};
+use crate::daemon::dns::resolver_address;
 
 /// A flow without traffic for this long is forgotten.
 pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(60);
@@ -83,9 +84,8 @@ struct UdpExpose {
 pub(crate) struct UdpContext<'a> {
     pub(crate) sockets: &'a mut SocketSet<'static>,
     pub(crate) ports: &'a mut PortAllocator,
-    pub(crate) names: &'a NameTable,
+    pub(crate) peers: &'a OverlayPeers,
     pub(crate) network: NetworkId,
-    pub(crate) own: Ipv6Addr,
     pub(crate) mtu: usize,
     pub(crate) now: Instant,
     pub(crate) stats: &'a Stats,
@@ -109,16 +109,16 @@ impl UdpRelays {
         });
     }
 
-    /// Exposes a UDP port: binds a smoltcp socket on the agent address.
+    /// Exposes a UDP port: binds a smoltcp socket on the agent's
+    /// addresses (both families; the node delivers only datagrams to them).
     pub(crate) fn add_expose(
         &mut self,
         spec: ExposeSpec,
         sockets: &mut SocketSet<'static>,
-        own: Ipv6Addr,
     ) -> Result<(), udp::BindError> {
         let mut socket = new_socket();
         socket.bind(IpListenEndpoint {
-            addr: Some(IpAddress::Ipv6(own)),
+            addr: None,
             port: spec.port,
         })?;
         let handle = sockets.add(socket);
@@ -229,7 +229,7 @@ impl UdpForward {
             moved = true;
             let host = match &self.spec.peer {
                 PeerHost::Name(name) => TargetHost::Name(name.clone()),
-                PeerHost::Address(address) => TargetHost::Ip(IpAddr::V6(*address)),
+                PeerHost::Address(address) => TargetHost::Ip(*address),
             };
             let target = match resolve_forward(&self.spec, &host, cx) {
                 Ok(target) => target,
@@ -249,7 +249,7 @@ impl UdpForward {
             };
             flow.last = cx.now;
             let socket = cx.sockets.get_mut::<udp::Socket>(flow.handle);
-            let remote = IpEndpoint::new(IpAddress::Ipv6(*target.ip()), target.port());
+            let remote = IpEndpoint::from(target);
             if socket.send_slice(&buf[..len], remote).is_ok() {
                 cx.stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -282,13 +282,9 @@ impl UdpForward {
             }
             let port = cx.ports.allocate()?;
             let mut socket = new_socket();
-            if socket
-                .bind(IpListenEndpoint {
-                    addr: Some(IpAddress::Ipv6(cx.own)),
-                    port,
-                })
-                .is_err()
-            {
+            // Any of the agent's addresses: smoltcp sends from the one of
+            // the target's family.
+            if socket.bind(IpListenEndpoint { addr: None, port }).is_err() {
                 cx.ports.release(port);
                 return None;
             }
@@ -377,13 +373,13 @@ fn resolve_forward(
     spec: &ForwardSpec,
     host: &TargetHost,
     cx: &UdpContext<'_>,
-) -> Result<SocketAddrV6, socks5::Reply> {
-    if let PeerHost::Address(address) = &spec.peer
+) -> Result<SocketAddr, socks5::Reply> {
+    if let PeerHost::Address(IpAddr::V6(address)) = &spec.peer
         && *address == resolver_address(cx.network)
     {
-        return Ok(SocketAddrV6::new(*address, spec.port, 0, 0));
+        return Ok(SocketAddr::new(IpAddr::V6(*address), spec.port));
     }
-    socks5::resolve(host, spec.port, cx.names, cx.network)
+    socks5::resolve(host, spec.port, cx.peers, cx.network)
 }
 
 /// A non-blocking UDP socket connected to `target`, bound to the
