@@ -490,6 +490,8 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
     echo "iperf3 runs / GB received (1 GB = 1e9 B). RSS = VmHWM of each daemon; its ratio compares A + B."
     echo "Connect: B started (A up, both configured) -> first echo reply B -> A (relay and rootless rows: trust"
     echo "added -> first reply)."
+    [[ " ${ROWS[*]} " == *" agentnet4 "* ]] &&
+        echo "IPv4: the agentnet row's two agents, measured to B's IPv4 overlay address (100.64.0.0/10) while up; their RSS is in that row."
     [[ " ${ROWS[*]} " == *" relay "* ]] &&
         echo "Relay: the direct path blocked; its CPU includes the rendezvous server (RSS +rv)."
     [[ -n ${R[relay.per_core]:-} ]] && echo "Relay forwarding: ${R[relay.per_core]}."
