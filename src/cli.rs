@@ -679,6 +679,9 @@ fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Result<()> {
         command.args(["--rendezvous", &spec.to_string()]);
     }
     command.args(["--register-interval", &args.register_interval.to_string()]);
+    if args.no_ipv4 {
+        command.arg("--no-ipv4");
+    }
     if args.no_offload {
         command.arg("--no-offload");
     }

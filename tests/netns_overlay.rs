@@ -67,8 +67,14 @@ fn trusted_pair_talks_while_untrusted_host_gets_no_reply() {
 
     let mut ids = Vec::new();
     for agent in &agents {
-        step(&format!("{}: init, up", agent.name));
-        ids.push(start_agent(&lab, agent).unwrap_or_else(|e| panic!("{e}")));
+        // The bystander runs IPv6 only (`--no-ipv4`).
+        let ipv4 = !std::ptr::eq(agent, c);
+        step(&format!(
+            "{}: init, up{}",
+            agent.name,
+            if ipv4 { "" } else { " --no-ipv4" }
+        ));
+        ids.push(start_agent(&lab, agent, ipv4).unwrap_or_else(|e| panic!("{e}")));
     }
     let [id_a, id_b, id_c] = &ids[..] else {
         unreachable!()
@@ -118,11 +124,16 @@ fn trusted_pair_talks_while_untrusted_host_gets_no_reply() {
     );
 }
 
-/// `init` + `up`, then checks that the interface is ready as soon as `up`
-/// returns, and that `id`/`status` agree with it.
-fn start_agent(lab: &Lab, agent: &Agent) -> Result<Identity, String> {
+/// `init` + `up` (with `--no-ipv4` unless `ipv4`), then checks that the
+/// interface is ready as soon as `up` returns, with the IPv4 address at /10
+/// or none, and that `id`/`status` agree with it.
+fn start_agent(lab: &Lab, agent: &Agent, ipv4: bool) -> Result<Identity, String> {
     agent.init()?;
-    agent.up()?;
+    if ipv4 {
+        agent.up()?;
+    } else {
+        agent.up_with(&["--no-ipv4"])?;
+    }
     let ns = &agent.host.ns;
     if !lab.link_exists(ns, &agent.iface) {
         return Err(format!(
@@ -145,7 +156,35 @@ fn start_agent(lab: &Lab, agent: &Agent) -> Result<Identity, String> {
             agent.name, agent.iface
         ));
     }
+    let have4 = lab
+        .exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", &agent.iface])?
+        .stdout;
+    let address4 = id.json["address4"].as_str().unwrap_or_default().to_string();
+    let want4 = format!("inet {address4}/10 ");
+    if ipv4 != have4.contains(&want4) || (!ipv4 && have4.contains("inet ")) {
+        return Err(format!(
+            "{}: {} carries IPv4 {have4:?}; expected {}",
+            agent.name,
+            agent.iface,
+            if ipv4 {
+                want4.as_str()
+            } else {
+                "none (--no-ipv4)"
+            }
+        ));
+    }
     let status = agent.status()?;
+    let status4 = if ipv4 {
+        Value::from(address4)
+    } else {
+        Value::Null
+    };
+    if status["address4"] != status4 {
+        return Err(format!(
+            "{}: status.address4 = {}, expected {status4}",
+            agent.name, status["address4"]
+        ));
+    }
     let field = |k: &str| status[k].clone();
     let expect = [
         ("id", Value::from(id.id.clone())),
