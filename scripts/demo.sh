@@ -25,9 +25,20 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "demo.sh needs root (network namespaces, TUN): sudo $0" >&2
     exit 1
 fi
-for tool in ip nft curl python3; do
-    command -v "$tool" >/dev/null || { echo "demo.sh needs $tool (apt-get install iproute2 nftables curl python3)" >&2; exit 1; }
+# What the demo runs, by the Debian package that has it; what is missing is
+# installed the way scripts/test.sh does (apt-get update once, then install).
+declare -A PACKAGE_OF=([ip]=iproute2 [nft]=nftables [curl]=curl [python3]=python3)
+missing=()
+for tool in "${!PACKAGE_OF[@]}"; do
+    command -v "$tool" >/dev/null || missing+=("${PACKAGE_OF[$tool]}")
 done
+if ((${#missing[@]})); then
+    command -v apt-get >/dev/null ||
+        { echo "demo.sh needs ${missing[*]} and this is not a Debian-like system (no apt-get)" >&2; exit 1; }
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+        { echo "demo.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
+fi
 
 P=an-demo-$$
 WORK=$(mktemp -d /tmp/agentnet-demo.XXXXXX)
@@ -56,6 +67,10 @@ trap 'exit 130' INT TERM
 
 ns() { ip netns add "$P-$1"; NAMESPACES+=("$P-$1"); ip -n "$P-$1" link set lo up; }
 inx() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
+# bg NS LOG CMD... : CMD in the background in namespace NS; its PID (that of
+# `ip netns exec`, which execs into CMD: the process itself, not a subshell)
+# goes to PIDS for cleanup.
+bg() { local n=$1 log=$2; shift 2; ip netns exec "$P-$n" "$@" >"$log" 2>&1 & PIDS+=($!); }
 
 bold "building agentnet"
 if [[ -z ${AGENTNET:-} ]]; then
@@ -103,9 +118,8 @@ say "alice 192.168.1.2 behind NAT 198.18.0.1; bob 192.168.2.2 behind NAT 198.18.
 bold "starting the rendezvous (it relays ciphertext only and lists nobody)"
 an rv init --name rendezvous >/dev/null
 RV_ID=$(an rv id --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-inx rv "$AGENTNET" --state-dir "$STATE_RV" rendezvous --listen 0.0.0.0:7300 --tcp-listen 0.0.0.0:7300 --foreground \
-    >"$WORK/rendezvous.log" 2>&1 &
-PIDS+=($!)
+bg rv "$WORK/rendezvous.log" "$AGENTNET" --state-dir "$STATE_RV" rendezvous --listen 0.0.0.0:7300 \
+    --tcp-listen 0.0.0.0:7300 --foreground
 for _ in $(seq 100); do grep -q "listening on" "$WORK/rendezvous.log" 2>/dev/null && break; sleep 0.05; done
 say "rendezvous $RV_ID at 198.18.0.10:7300"
 
@@ -114,7 +128,6 @@ an a init --name alice >/dev/null
 an b init --name bob >/dev/null
 ID_A=$(an a id --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 ID_B=$(an b id --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-ADDR_B=$(an b id --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')
 run an a up --interface agentnet0 --rendezvous "198.18.0.10:7300=$RV_ID"
 run an b up --interface agentnet0 --rendezvous "198.18.0.10:7300=$RV_ID"
 for _ in $(seq 100); do
@@ -134,11 +147,11 @@ run an b trust pending
 bold "bob approves: alice may open tcp:8080 to him, nothing else"
 run an b trust approve "$ID_A"
 
-bold "bob serves HTTP on his overlay address"
+bold "bob serves HTTP on its defaults (0.0.0.0: reached over the IPv4 overlay)"
 mkdir -p "$WORK/www" && echo "hello from bob, over agentnet" >"$WORK/www/index.html"
-inx b python3 -m http.server --bind "$ADDR_B" --directory "$WORK/www" 8080 >"$WORK/http.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do inx b python3 -c "import socket; socket.create_connection(('$ADDR_B', 8080), 1)" 2>/dev/null && break; sleep 0.05; done
+bg b "$WORK/http.log" python3 -u -m http.server --directory "$WORK/www" 8080
+for _ in $(seq 100); do grep -q "Serving HTTP" "$WORK/http.log" 2>/dev/null && break; sleep 0.05; done
+say "$(head -1 "$WORK/http.log")"
 
 bold "alice fetches it by name"
 run inx a curl -sS --max-time 10 http://bob.agent.internal:8080/
