@@ -270,13 +270,22 @@ pub(super) fn approve(context: &Instance, args: ApproveArgs) -> Result<()> {
         bail!("unexpected answer to `trust approve`: {answer:?}");
     };
     say!(
-        "approved {} ({}): address {}, allow {}, endpoint {}; connecting",
+        "approved {} ({}): address {}{}, allow {}, endpoint {}; connecting",
         peer.entry.name,
         peer.entry.id,
         peer.address,
+        peer.address4
+            .map(|address4| format!(" and {address4}"))
+            .unwrap_or_default(),
         peer.entry.allow,
         peer.entry.endpoint.as_deref().unwrap_or("-")
     );
+    if peer.address4_taken_by.is_some() {
+        say!(
+            "note: {}'s IPv4 address is taken by an agent trusted earlier; it is reachable over IPv6 only",
+            peer.entry.name
+        );
+    }
     Ok(())
 }
 
