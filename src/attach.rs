@@ -332,6 +332,23 @@ impl Attachments {
         result
     }
 
+    /// Installs the forwarding filter for these attachments on `tun` (the
+    /// daemon at `up`: from then on nothing forwarded by the host, such as
+    /// a Docker bridge masqueraded by Docker's own rules, reaches the TUN
+    /// except from an attachment).
+    pub fn install_filter_on(&self, tun: &str) -> Result<(), AttachError> {
+        let veths: Vec<FilteredVeth> = self
+            .attached
+            .iter()
+            .map(|a| FilteredVeth {
+                host_interface: a.host_interface.clone(),
+                address: a.address,
+                address4: a.address4,
+            })
+            .collect();
+        Ok(attach_filter::install(tun, &veths)?)
+    }
+
     /// Installs the forwarding filter for these attachments and `planned`
     /// (one about to be made), or, with none left and `forwarding_off`
     /// (this record turned forwarding on and the last detach turns it
@@ -594,6 +611,15 @@ fn enable_forwarding(sysctl: &str) -> Result<bool, AttachError> {
         source,
     })?;
     Ok(true)
+}
+
+/// Whether this namespace forwards IPv4 or IPv6 (whoever turned it on:
+/// `attach`, Docker, a router config). While it does, the forwarding
+/// filter must stay, or other interfaces could forward into the TUN.
+pub fn forwarding_on() -> bool {
+    [FORWARDING_SYSCTL, FORWARDING4_SYSCTL]
+        .iter()
+        .any(|sysctl| std::fs::read_to_string(sysctl).is_ok_and(|value| value.trim() != "0"))
 }
 
 /// Turns forwarding off again (after the last attachment that needed it),

@@ -26,10 +26,14 @@
 //! attachment is dropped by the forward chain before it gets there.
 //!
 //! It is rebuilt from the record at every `attach` and `detach` (one `nft
-//! -f` transaction: the old table goes and the new one comes atomically)
-//! and removed by the `detach` that turns forwarding off again. With
-//! forwarding left on by someone else it stays, without attachments, and
-//! keeps the TUN out of forwarding entirely. The chain's policy is accept:
+//! -f` transaction: the old table goes and the new one comes atomically).
+//! The daemon installs it at `up` when IPv4 is on (a host that forwards and
+//! masquerades IPv4 for its own containers, as Docker does, would
+//! otherwise hand their packets to the TUN as the agent's own). It is
+//! removed only by a `detach` that turns forwarding off while no daemon
+//! runs; otherwise it stays, without attachments, and keeps the TUN out of
+//! forwarding entirely (also after `down`, which runs without the
+//! privilege to remove it; it names only agentnet's interfaces). The chain's policy is accept:
 //! forwarding between other interfaces (containers, VMs) is not ours.
 
 use std::fmt::Write as _;

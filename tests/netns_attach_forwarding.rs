@@ -203,12 +203,26 @@ fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overl
         "the LAN neighbour reached the attachment through a"
     );
 
-    step("the last detach removes the filter with forwarding");
+    step("the last detach leaves a filter that forwards nothing into the TUN");
+    let veth = attached_veth(&table.stdout);
     must(a.cli_ok(&["detach", "--netns", &ctr]));
-    let listed = must(lab.exec(&a.host.ns, &["nft", "list", "table", "inet", "agentnet"]));
-    assert!(!listed.ok(), "the table is gone: {}", listed.stdout);
+    let listed = must(lab.exec_ok(&a.host.ns, &["nft", "list", "table", "inet", "agentnet"]));
+    assert!(
+        !listed.stdout.contains(&veth) && listed.stdout.contains("drop"),
+        "after the last detach the table names no veth and still drops into the TUN:\n{}",
+        listed.stdout
+    );
     must(a.down());
     must(b.down());
+}
+
+/// The host side of the (one) attachment veth a filter names.
+fn attached_veth(table: &str) -> String {
+    table
+        .split('"')
+        .find(|word| word.starts_with("an") && word.contains('-'))
+        .unwrap_or_else(|| panic!("no attachment veth in:\n{table}"))
+        .to_string()
 }
 
 /// The IPv4 address `id --json` shows.
@@ -383,6 +397,108 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
         !listed.stdout.contains("masquerade"),
         "a masquerade rule is left after detach:\n{}",
         listed.stdout
+    );
+    lab.stop(server);
+    must(a.down());
+    must(b.down());
+}
+
+/// A host that forwards IPv4 and masquerades its own containers out of
+/// every other interface (Docker's default bridge does:
+/// `-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE`, and `ip_forward=1`)
+/// before agentnet starts: its containers must not reach peers as the
+/// agent. The daemon installs the forwarding filter at `up`, so the TUN
+/// takes nothing forwarded from an interface that is not an attachment,
+/// while the agent's own IPv4 traffic flows.
+#[test]
+fn a_hosts_own_masqueraded_containers_do_not_reach_peers_over_ipv4() {
+    let test = "a_hosts_own_masqueraded_containers_do_not_reach_peers_over_ipv4";
+    if !support::require_root_or_skip(test, TOOLS4) {
+        return;
+    }
+    let lab = must(Lab::new());
+    let hosts = must(lab.bridge_segment([93, 5], &["a", "b"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let b = must(Agent::new(&lab, &hosts[1], "bravo"));
+    must(a.init());
+    must(b.init());
+    let (id_a, id_b) = (must(a.id()), must(b.id()));
+    let b4 = address4(&id_b);
+
+    step("a's host runs a docker-like bridge: forwarding on, masquerade out of everything else");
+    let dock = must(lab.add_namespace("dock"));
+    let bridge = lab.iface_name("dk");
+    must(lab.exec_ok(
+        &a.host.ns,
+        &[
+            "ip", "link", "add", &bridge, "type", "veth", "peer", "name", "eth1", "netns", &dock,
+        ],
+    ));
+    let masquerade = format!(
+        "table ip dockerlike {{ chain postrouting {{ type nat hook postrouting priority srcnat; \
+         ip saddr 172.31.99.0/24 oifname != \"{bridge}\" masquerade; }}; }}"
+    );
+    for (ns, args) in [
+        (&a.host.ns, vec!["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+        (
+            &a.host.ns,
+            vec!["ip", "addr", "add", "172.31.99.1/24", "dev", &bridge],
+        ),
+        (&a.host.ns, vec!["ip", "link", "set", &bridge, "up"]),
+        (&a.host.ns, vec!["nft", &masquerade]),
+        (
+            &dock,
+            vec!["ip", "addr", "add", "172.31.99.2/24", "dev", "eth1"],
+        ),
+        (&dock, vec!["ip", "link", "set", "eth1", "up"]),
+        (
+            &dock,
+            vec!["ip", "route", "add", "default", "via", "172.31.99.1"],
+        ),
+    ] {
+        must(lab.exec_ok(ns, &args));
+    }
+
+    step("then agentnet comes up on a and b");
+    must(a.up());
+    must(b.up());
+    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
+    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(wait_until("a ping A -> B", Duration::from_secs(15), || {
+        overlay_ping(&lab, &a, &id_b)
+    }));
+    let www = lab.dir().join("www-dock");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("hello.txt"), "hello\n").expect("page");
+    let server = must(lab.spawn(
+        &b.host.ns,
+        "http-dock",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--directory",
+            www.to_str().expect("UTF-8"),
+        ],
+    ));
+    must(wait_until(
+        "http.server listens",
+        Duration::from_secs(20),
+        || {
+            lab.exec(&b.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
+                .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
+        },
+    ));
+    let url = format!("http://{b4}:8080/hello.txt");
+    assert_eq!(
+        must(curl4(&lab, &a.host.ns, &url)),
+        "hello\n",
+        "the agent itself reaches b over IPv4"
+    );
+    assert!(
+        curl4(&lab, &dock, &url).is_err(),
+        "a container the host masquerades reached b over IPv4 as the agent"
     );
     lab.stop(server);
     must(a.down());

@@ -264,9 +264,15 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
         Ok((removed, restore))
     })?;
     attach::restore_forwarding(restore)?;
-    if restore.ipv6 {
-        // Forwarding is off: nothing is left for the filter to confine.
+    if restore.ipv6 && !attach::forwarding_on() && client.is_none() {
+        // Forwarding is off in both families and no daemon runs: nothing
+        // is left for the filter to confine. Otherwise it stays, without
+        // attachments: it keeps the TUN out of whatever the host forwards
+        // (a running daemon installed it at `up` for that; see
+        // `daemon::guard_tun_forwarding`).
         Attachments::load(&context.state)?.apply_filter(None, true)?;
+    } else if restore.ipv6 || restore.ipv4 {
+        Attachments::load(&context.state)?.apply_filter(None, false)?;
     }
     if let Some(client) = &mut client {
         reload(client)?;

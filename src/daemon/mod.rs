@@ -199,6 +199,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 network,
                 mtu,
             )?;
+            let ipv4_guarded = address4.is_some() && guard_tun_forwarding(&options, &device);
             let underlay = Underlay::bind(options.port, options.offload)?;
             let mut seed = Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
@@ -212,7 +213,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 tunnel_mtu: mtu,
             };
             let mut node = Node::new(node_config, *seed, Instant::now(), unix_now);
-            node.set_ipv4(address4.is_some());
+            node.set_ipv4(ipv4_guarded);
             let rendezvous = resolve_rendezvous(&options, &config)?;
             if let Some(interval) = options.register_interval {
                 node.set_register_interval(interval);
@@ -295,6 +296,45 @@ fn userspace_fronts(options: &mut DaemonOptions) -> Option<crate::serve::Userspa
         Err(error) => {
             tracing::error!(%error, "cannot serve the ports in served.json");
             Some(crate::serve::UserspaceFronts::default())
+        }
+    }
+}
+
+/// Keeps the host's forwarding out of the TUN (TUN mode with IPv4 on):
+/// installs the attachments' nftables filter (`inet agentnet`, see
+/// [`crate::attach_filter`]) while still root. Without it, a host that
+/// forwards and masquerades IPv4 (Docker's default bridge:
+/// `! -o docker0 -j MASQUERADE`) would send its containers' packets into
+/// the TUN as this agent's own address. Returns whether IPv4 may be on:
+/// not when the filter cannot be installed and the host forwards; then
+/// IPv4 stays off (IPv6 works) and the log says why.
+fn guard_tun_forwarding(options: &DaemonOptions, device: &packet_device::PacketDevice) -> bool {
+    if options.userspace.is_some() {
+        return true;
+    }
+    let interface = device.name().unwrap_or_else(|_| options.interface.clone());
+    let installed = crate::attach::Attachments::load(&options.state)
+        .map_err(|error| error.to_string())
+        .and_then(|record| {
+            record
+                .install_filter_on(&interface)
+                .map_err(|error| error.to_string())
+        });
+    match installed {
+        Ok(()) => true,
+        Err(error) if crate::attach::forwarding_on() => {
+            tracing::warn!(
+                %error,
+                "this host forwards packets and the forwarding filter cannot be installed: \
+                 IPv4 on the overlay stays off (containers masqueraded by the host could \
+                 otherwise reach peers as this agent); install nftables (`nft`) or run \
+                 with --no-ipv4"
+            );
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, "no forwarding filter (this host does not forward)");
+            true
         }
     }
 }
