@@ -675,6 +675,13 @@ fn oversized_ipv4_with_df_gets_fragmentation_needed_and_nothing_goes_out() {
         panic!("expected one ICMP reply, got {:?}", net.hosts[a].tun.len());
     };
     let parsed = etherparse::SlicedPacket::from_ip(reply).expect("parses");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &parsed.net else {
+        panic!("not IPv4");
+    };
+    // From the peer's address (the kernel drops IPv4 from its own address
+    // arriving on the TUN), to the sender.
+    assert_eq!(ip.header().source_addr(), b4);
+    assert_eq!(ip.header().destination_addr(), a4);
     match parsed.transport {
         Some(etherparse::TransportSlice::Icmpv4(icmp)) => assert_eq!(
             icmp.icmp_type(),

@@ -1292,9 +1292,17 @@ impl Node {
                     &parsed,
                     u32::from(self.ctx.tunnel_mtu),
                 )),
-                (IpVersion::V4, Some(own)) if parsed.dont_fragment() => Some(
-                    packet::fragmentation_needed(own, &parsed, self.ctx.tunnel_mtu),
-                ),
+                // From the peer's address, as an on-path router would: the
+                // kernel drops IPv4 from its own address arriving on a
+                // non-loopback device.
+                (IpVersion::V4, Some(_)) if parsed.dont_fragment() => match parsed.destination_ip() {
+                    IpAddr::V4(peer) => Some(packet::fragmentation_needed(
+                        peer,
+                        &parsed,
+                        self.ctx.tunnel_mtu,
+                    )),
+                    IpAddr::V6(_) => None,
+                },
                 (IpVersion::V4, _) => None,
             };
             self.ctx.tun_out.extend(reply);

@@ -279,7 +279,7 @@ fn internet_checksum(mut sum: u32, bytes: &[u8]) -> u16 {
 
 /// Builds an ICMPv4 "fragmentation needed" (type 3 code 4) for `original`,
 /// an IPv4 packet with DF set that does not fit the tunnel, from `source`
-/// (this agent) to its sender, quoting its header and the first 8 bytes
+/// (the peer it was for, as an on-path router would send it) to its sender, quoting its header and the first 8 bytes
 /// after it (RFC 792, RFC 1191 next-hop MTU).
 pub fn fragmentation_needed(source: Ipv4Addr, original: &IpPacket<'_>, mtu: u16) -> Vec<u8> {
     let quoted_len = original.bytes().len().min(original.header_len + 8);

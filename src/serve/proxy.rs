@@ -10,7 +10,8 @@
 //!   `Keep-Alive`, `TE`, `Upgrade`, ...) are removed, as a proxy must;
 //! - every header the client sent that a service might take as the
 //!   proxy's word is removed, in every spelling and every copy:
-//!   `Agentnet-*`, `Forwarded`, `X-Forwarded-*`, `X-Real-IP`;
+//!   `Agentnet-*`, `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, and any name
+//!   with an underscore (which CGI-style servers read as a dash);
 //! - `Host` becomes the target (`127.0.0.1:8000`), as nginx's `proxy_pass`
 //!   sets it, which servers with localhost-only Host checks accept;
 //! - the proxy adds `X-Forwarded-For`, `X-Forwarded-Host`,
@@ -226,9 +227,13 @@ pub fn prepare_request_headers(
 }
 
 /// Whether a header, sent by a client, would claim what only the proxy may
-/// say (names arrive lowercased).
+/// say (names arrive lowercased). Any name with an underscore counts: CGI,
+/// WSGI/ASGI, Rack and PHP map `_` and `-` to the same variable, so
+/// `Agentnet_Peer_Id` would join the real `Agentnet-Peer-Id` there (nginx
+/// drops such headers by default for the same reason).
 fn claims_to_be_from_the_proxy(name: &str) -> bool {
-    name.starts_with("agentnet-")
+    name.contains('_')
+        || name.starts_with("agentnet-")
         || name.starts_with("x-forwarded-")
         || name == "forwarded"
         || name == "x-real-ip"
@@ -315,6 +320,9 @@ mod tests {
             ("X-Forwarded-Proto", "https"),
             ("Forwarded", "for=10.0.0.1"),
             ("X-Real-IP", "10.0.0.1"),
+            ("Agentnet_Peer_Id", "forged-underscored"),
+            ("X_Forwarded_For", "10.0.0.3"),
+            ("Some_Other_Header", "dropped too"),
             ("Accept", "text/event-stream"),
         ] {
             headers.append(
@@ -349,6 +357,10 @@ mod tests {
             vec![r#"for="[fd12:3456:789a:1::1]";proto=http"#]
         );
         assert!(headers.get("x-real-ip").is_none());
+        assert!(
+            headers.keys().all(|name| !name.as_str().contains('_')),
+            "underscored names are gone: {headers:?}"
+        );
         assert_eq!(all(&headers, "host"), vec!["127.0.0.1:8000"]);
         assert_eq!(all(&headers, "accept"), vec!["text/event-stream"]);
     }
