@@ -1295,7 +1295,8 @@ impl Node {
                 // From the peer's address, as an on-path router would: the
                 // kernel drops IPv4 from its own address arriving on a
                 // non-loopback device.
-                (IpVersion::V4, Some(_)) if parsed.dont_fragment() => match parsed.destination_ip() {
+                (IpVersion::V4, Some(_)) if parsed.dont_fragment() => match parsed.destination_ip()
+                {
                     IpAddr::V4(peer) => Some(packet::fragmentation_needed(
                         peer,
                         &parsed,

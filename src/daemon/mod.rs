@@ -22,7 +22,7 @@ pub mod privilege;
 mod probe_sockets;
 pub mod rendezvous_link;
 pub mod resolver_config;
-mod sys;
+pub(crate) mod sys;
 mod tcp_gro;
 pub mod tun;
 mod tun_batch;
@@ -175,6 +175,9 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
         }
     };
     refuse_if_socket_answers(&options)?;
+    // Served ports and relays hold sockets by the thousand (rootless mode
+    // raises it again when its stack starts; harmless).
+    sys::raise_fd_limit();
     let lock = state.lock_instance()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

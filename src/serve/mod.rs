@@ -553,6 +553,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, handler: Handler) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
                     if connections.len() >= MAX_CONNECTIONS_PER_PORT {
+                        // Its entry in the source book goes too: a later
+                        // connection from the same loopback port must not
+                        // inherit this caller.
+                        if let Some(book) = &handler.sources {
+                            book.take(from);
+                        }
                         tracing::warn!(port = handler.spec.port, %from, "too many connections to a served port; closed one");
                         continue;
                     }
@@ -576,7 +582,31 @@ async fn accept_loop(listener: tokio::net::TcpListener, handler: Handler) {
 #[derive(Debug, Clone, Default)]
 pub struct SourceBook {
     fronts: Arc<HashSet<SocketAddr>>,
-    pending: Arc<Mutex<HashMap<SocketAddr, IpAddr>>>,
+    /// Loopback source → the overlay peer, and when it was written: an
+    /// entry older than [`SOURCE_TTL`] names nobody (a local program that
+    /// later binds the same port must not inherit the peer).
+    pending: Arc<Mutex<HashMap<SocketAddr, (IpAddr, std::time::Instant)>>>,
+}
+
+/// How long a source-book entry waits for the front to accept its
+/// connection (on loopback, microseconds; the rest is a lost connection).
+const SOURCE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Removes a source-book entry unless the connect it stands for completed
+/// (a connect whose future is dropped, e.g. by the stack's timeout, must
+/// not leave its entry behind).
+struct PendingEntry<'a> {
+    book: &'a SourceBook,
+    local: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.book.take(self.local);
+        }
+    }
 }
 
 impl PartialEq for SourceBook {
@@ -588,9 +618,11 @@ impl PartialEq for SourceBook {
 impl Eq for SourceBook {}
 
 impl SourceBook {
-    /// The peer behind a connection from `local`, forgotten once told.
+    /// The peer behind a connection from `local`, forgotten once told
+    /// (nobody, if the entry is older than [`SOURCE_TTL`]).
     fn take(&self, local: SocketAddr) -> Option<IpAddr> {
-        self.pending.lock().ok()?.remove(&local)
+        let (peer, written) = self.pending.lock().ok()?.remove(&local)?;
+        (written.elapsed() < SOURCE_TTL).then_some(peer)
     }
 
     /// Connects to `target` for the overlay peer at `remote`. A served
@@ -616,16 +648,24 @@ impl SourceBook {
                 .lock()
                 .map_err(|_| io::Error::other("source book poisoned"))?;
             if pending.len() >= MAX_PENDING_SOURCES {
+                // Only when full: forget what outlived its time.
+                pending.retain(|_, (_, written)| written.elapsed() < SOURCE_TTL);
+            }
+            if pending.len() >= MAX_PENDING_SOURCES {
                 return Err(io::Error::other(
                     "too many connections waiting for a served port",
                 ));
             }
-            pending.insert(local, remote.to_canonical());
+            pending.insert(local, (remote.to_canonical(), std::time::Instant::now()));
         }
+        let mut entry = PendingEntry {
+            book: self,
+            local,
+            armed: true,
+        };
         let connected = socket.connect(target).await;
-        if connected.is_err() {
-            self.take(local);
-        }
+        // Connected: the front takes the entry when it accepts.
+        entry.armed = connected.is_err();
         connected
     }
 }
@@ -675,6 +715,42 @@ impl UserspaceFronts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_book_entries_are_told_once_and_name_nobody_once_stale() {
+        let book = SourceBook::default();
+        let fresh: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        let stale: SocketAddr = "127.0.0.1:40002".parse().expect("addr");
+        let peer: IpAddr = "fd00::1".parse().expect("ip");
+        let now = std::time::Instant::now();
+        let long_ago = now
+            .checked_sub(SOURCE_TTL + std::time::Duration::from_secs(1))
+            .expect("the clock is past the TTL");
+        {
+            let mut pending = book.pending.lock().expect("lock");
+            pending.insert(fresh, (peer, now));
+            pending.insert(stale, (peer, long_ago));
+        }
+        assert_eq!(book.take(fresh), Some(peer));
+        assert_eq!(book.take(fresh), None, "told once");
+        assert_eq!(book.take(stale), None, "a stale entry names nobody");
+        assert!(book.pending.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_leaves_no_entry() {
+        // A front nobody listens on: the connect is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let front = closed.local_addr().expect("addr");
+        drop(closed);
+        let book = SourceBook {
+            fronts: Arc::new([front].into_iter().collect()),
+            pending: Arc::default(),
+        };
+        let peer: IpAddr = "fd00::1".parse().expect("ip");
+        assert!(book.connect(front, peer).await.is_err());
+        assert!(book.pending.lock().expect("lock").is_empty());
+    }
 
     #[test]
     fn target_defaults_to_loopback_on_the_same_port() {

@@ -67,10 +67,45 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Bodies the proxy returns: the target's, streamed, or its own.
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Requests in flight to targets at once, over every served port and
+/// peer connection (each may hold a connection, i.e. a file descriptor,
+/// until its response body ends): beyond it, peers get 503.
+const MAX_UPSTREAM_REQUESTS: usize = 1024;
+/// HTTP/2 streams one peer connection may open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
 /// The connections to targets, shared by all served ports.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
     client: Client<HttpConnector, Incoming>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// A target's response body that holds its place among the requests in
+/// flight until it ends.
+struct PermitBody {
+    inner: Incoming,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstream {
@@ -84,7 +119,10 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE)
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_UPSTREAM_REQUESTS)),
+        }
     }
 }
 
@@ -117,7 +155,10 @@ pub(crate) async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     if let Err(error) = builder
         .serve_connection(TokioIo::new(stream), service)
         .await
@@ -160,10 +201,25 @@ impl Forwarding {
             self.spec.target,
             original_host,
         );
+        let Ok(permit) = Arc::clone(&self.upstream.in_flight).try_acquire_owned() else {
+            tracing::warn!(
+                port = self.spec.port,
+                peer = %self.caller.name,
+                "too many requests in flight to served targets; sent 503 to the peer"
+            );
+            return short_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agentnet serve: too many requests in flight\n",
+            );
+        };
         match self.upstream.client.request(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
+                let body = PermitBody {
+                    inner: body,
+                    _permit: permit,
+                };
                 Response::from_parts(parts, body.boxed())
             }
             Err(error) => {

@@ -184,7 +184,7 @@ impl Userspace {
         mtu: u16,
     ) -> Result<Self, UserspaceError> {
         check_exposes(&options.exposes)?;
-        raise_fd_limit();
+        crate::daemon::sys::raise_fd_limit();
         let mut options = options.clone();
         let listeners = Listeners::bind(&mut options)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -378,22 +378,6 @@ impl Drop for Userspace {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the userspace stack has stopped")]
 pub struct StackStopped;
-
-/// Raises the soft limit of open files to the hard limit: every relayed
-/// connection holds a local socket, and the usual soft limit (1024) is
-/// below the thousand connections a proxy should carry. Unprivileged.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(errno) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::debug!(%errno, soft, hard, "cannot raise the open-file limit");
-            }
-        }
-        Ok(_) => {}
-        Err(errno) => tracing::debug!(%errno, "cannot read the open-file limit"),
-    }
-}
 
 fn check_exposes(exposes: &[ExposeSpec]) -> Result<(), UserspaceError> {
     let mut seen = std::collections::HashSet::new();
