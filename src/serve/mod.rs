@@ -421,11 +421,18 @@ impl Services {
             };
             Ok(store.served.remove(index))
         });
-        let running = self.running.remove(&port);
-        let spec = match (spec, running) {
-            (Ok(spec), _) => spec,
-            (Err(ServeError::NotServed(_)), Some(running)) => running.spec.clone(),
-            (Err(error), _) => return Err(error),
+        // The listeners stop only once the file says so (or never said
+        // otherwise): a failed write leaves the port served, as listed.
+        let spec = match spec {
+            Ok(spec) => {
+                self.running.remove(&port);
+                spec
+            }
+            Err(ServeError::NotServed(_)) => match self.running.remove(&port) {
+                Some(running) => running.spec.clone(),
+                None => return Err(ServeError::NotServed(port)),
+            },
+            Err(error) => return Err(error),
         };
         tracing::info!(port, target = %spec.target, "no longer serving");
         Ok(spec)
