@@ -49,7 +49,7 @@
 //! daemon reads to keep names in the attached namespaces up to date.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,7 +63,7 @@ use crate::core::address::{
     IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix,
 };
 use crate::netns::{self, NetnsId};
-use crate::nofollow::{OpenFor, open_in_dir};
+use crate::nofollow::OpenFor;
 use crate::state::{StateDir, StateError, atomic_write};
 
 /// The record of attachments in the state directory.
@@ -275,30 +275,18 @@ pub struct Attachments {
 impl Attachments {
     /// The record in `state`, empty if there is none.
     pub fn load(state: &StateDir) -> Result<Self, StateError> {
-        let path = state.root().join(ATTACHMENTS_FILE);
-        // The daemon's user owns the directory: never follow a link there.
-        let mut file = match open_in_dir(state.root(), ATTACHMENTS_FILE, OpenFor::Read) {
-            Ok(file) => file,
-            Err(e) if e.is_not_found() => return Ok(Self::default()),
-            Err(e) => {
-                return Err(StateError::Io {
-                    action: "open",
-                    path,
-                    source: e.into(),
-                });
-            }
+        // The daemon's user owns the directory: `read_file` never follows
+        // a link there.
+        let Some(text) = state.read_file(ATTACHMENTS_FILE)? else {
+            return Ok(Self::default());
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|source| StateError::Io {
-                action: "read",
-                path: path.clone(),
-                source,
-            })?;
-        serde_json::from_slice(&bytes).map_err(|e| StateError::Io {
-            action: "parse",
-            path,
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        serde_json::from_str(&text).map_err(|e| {
+            let path = state.root().join(ATTACHMENTS_FILE);
+            StateError::io(
+                "parse",
+                &path,
+                io::Error::new(io::ErrorKind::InvalidData, e),
+            )
         })
     }
 

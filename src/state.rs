@@ -196,7 +196,8 @@ pub enum StateError {
 }
 
 impl StateError {
-    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+    /// An I/O error while doing `action` to `path`.
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
         StateError::Io {
             action,
             path: path.to_path_buf(),

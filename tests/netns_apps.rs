@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::agent::Identity;
+use support::apps::{apps_dir, path_str, python_with};
 use support::{Agent, Lab, Output, step, wait_until};
 
 /// Programs run inside the namespaces.
@@ -64,7 +65,7 @@ fn unmodified_apps_reach_trusted_peers_by_name() {
     if !support::require_root_or_skip(test, TOOLS) {
         return;
     }
-    let python = match python_with_modules() {
+    let python = match python_with(PYTHON_MODULES) {
         Ok(python) => python,
         Err(reason) => {
             if std::env::var(support::REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
@@ -134,38 +135,6 @@ fn unmodified_apps_reach_trusted_peers_by_name() {
         failures.len(),
         failures.join("\n\n")
     );
-}
-
-/// The Python interpreter that has the apps' packages: the repo's `.venv`
-/// (where `scripts/test.sh` installs them) or `python3` on `PATH`.
-fn python_with_modules() -> Result<PathBuf, String> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
-    let python = if venv.is_file() {
-        venv
-    } else {
-        support::which("python3").ok_or("python3 is not installed")?
-    };
-    let import = format!("import {}", PYTHON_MODULES.join(", "));
-    let mut cmd = std::process::Command::new(&python);
-    cmd.args(["-c", &import]);
-    let out = support::run(cmd, Duration::from_secs(60))?;
-    if out.ok() {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import the apps' packages (scripts/test.sh installs scripts/requirements-test.txt into .venv): {}",
-            python.display(),
-            out.stderr.trim()
-        ))
-    }
-}
-
-fn apps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
 }
 
 /// A and B trust each other (B allows A only [`B_ALLOWS_A`]); C runs but

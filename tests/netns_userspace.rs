@@ -20,11 +20,11 @@
 mod support;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::agent::Identity;
-use support::rootless::{RootlessAgent, python_with, uid_and_capabilities};
+use support::apps::{apps_dir, path_str, python_with};
+use support::rootless::{RootlessAgent, uid_and_capabilities};
 use support::{Agent, Lab, Output, step, wait_until};
 
 /// Programs the test runs inside the namespaces.
@@ -146,14 +146,6 @@ fn address4(id: &Identity) -> Result<Ipv4Addr, String> {
         .as_str()
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("`id --json` has no IPv4 \"address4\": {}", id.json))
-}
-
-fn apps_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
 }
 
 impl<'l> World<'l> {

@@ -9,13 +9,13 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_SERVED, ServeSpec};
-use crate::nofollow::{OpenFor, open_in_dir};
+use crate::nofollow::OpenFor;
 use crate::state::{StateDir, StateError, atomic_write};
 
 /// File name of the served services.
@@ -36,29 +36,16 @@ impl ServedStore {
     /// The record in `state` (empty if there is none). Bad content is an
     /// error that names the file and the problem.
     pub fn load(state: &StateDir) -> Result<Self, StateError> {
-        let path = state.root().join(SERVED_FILE);
-        let mut file = match open_in_dir(state.root(), SERVED_FILE, OpenFor::Read) {
-            Ok(file) => file,
-            Err(e) if e.is_not_found() => return Ok(Self::default()),
-            Err(e) => {
-                return Err(StateError::Io {
-                    action: "open",
-                    path,
-                    source: e.into(),
-                });
-            }
+        let Some(text) = state.read_file(SERVED_FILE)? else {
+            return Ok(Self::default());
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|source| StateError::Io {
-                action: "read",
-                path: path.clone(),
-                source,
-            })?;
-        Self::parse(&bytes).map_err(|problem| StateError::Io {
-            action: "parse",
-            path,
-            source: io::Error::new(io::ErrorKind::InvalidData, problem),
+        Self::parse(text.as_bytes()).map_err(|problem| {
+            let path = state.root().join(SERVED_FILE);
+            StateError::io(
+                "parse",
+                &path,
+                io::Error::new(io::ErrorKind::InvalidData, problem),
+            )
         })
     }
 

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod apps;
 pub mod capture;
 pub mod http;
 pub mod lab;

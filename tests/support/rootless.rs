@@ -4,7 +4,7 @@
 //! user owns. Nothing of it needs root: the namespace is only the lab's
 //! stand-in for another machine.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -202,29 +202,4 @@ pub fn uid_and_capabilities(pid: u32) -> Option<(u32, u64)> {
     let uid = field("Uid:")?.split_whitespace().nth(1)?.parse().ok()?;
     let caps = u64::from_str_radix(&field("CapEff:")?, 16).ok()?;
     Some((uid, caps))
-}
-
-/// The Python interpreter with `modules`: the repo's `.venv` (where
-/// `scripts/test.sh` installs `scripts/requirements-test.txt`) or
-/// `python3` on `PATH`.
-pub fn python_with(modules: &[&str]) -> Result<PathBuf, String> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
-    let python = if venv.is_file() {
-        venv
-    } else {
-        super::which("python3").ok_or("python3 is not installed")?
-    };
-    let import = format!("import {}", modules.join(", "));
-    let mut cmd = std::process::Command::new(&python);
-    cmd.args(["-c", &import]);
-    let out = run(cmd, Duration::from_secs(60))?;
-    if out.ok() {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import {modules:?} (scripts/test.sh installs scripts/requirements-test.txt into .venv): {}",
-            python.display(),
-            out.stderr.trim()
-        ))
-    }
 }
