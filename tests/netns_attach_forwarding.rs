@@ -240,6 +240,37 @@ fn curl4(lab: &Lab, ns: &str, url: &str) -> Result<String, String> {
         .map(|o| o.stdout)
 }
 
+/// `python3 -m http.server 8080` on its default bind (`0.0.0.0`) in
+/// `agent`'s namespace, serving `page` as `/hello.txt` from the lab
+/// directory `dir`; its PID once it listens.
+fn serve_page_on_defaults(lab: &Lab, agent: &Agent, dir: &str, page: &str) -> u32 {
+    let www = lab.dir().join(dir);
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("hello.txt"), page).expect("page");
+    let server = must(lab.spawn(
+        &agent.host.ns,
+        dir,
+        &[
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            "8080",
+            "--directory",
+            www.to_str().expect("UTF-8"),
+        ],
+    ));
+    must(wait_until(
+        "http.server listens",
+        Duration::from_secs(20),
+        || {
+            lab.exec(&agent.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
+                .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
+        },
+    ));
+    server
+}
+
 /// A process in an attached namespace fetches from a peer's server on its
 /// default `0.0.0.0` with `curl -4` at the peer's IPv4 address; the peer
 /// sees the agent's IPv4 address as the client. A namespace on a veth of
@@ -268,31 +299,8 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
     }));
 
     step("b serves a page with python's http.server on its default (0.0.0.0)");
-    let www = lab.dir().join("www4");
-    std::fs::create_dir_all(&www).expect("www");
     let page = "hello over IPv4\n";
-    std::fs::write(www.join("hello.txt"), page).expect("page");
-    let server = must(lab.spawn(
-        &b.host.ns,
-        "http4",
-        &[
-            "python3",
-            "-u",
-            "-m",
-            "http.server",
-            "8080",
-            "--directory",
-            www.to_str().expect("UTF-8"),
-        ],
-    ));
-    must(wait_until(
-        "http.server listens",
-        Duration::from_secs(20),
-        || {
-            lab.exec(&b.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
-                .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
-        },
-    ));
+    let server = serve_page_on_defaults(&lab, &b, "www4", page);
 
     step("attach a namespace to a");
     let ctr = must(lab.add_namespace("ctr4"));
@@ -467,29 +475,7 @@ fn a_hosts_own_masqueraded_containers_do_not_reach_peers_over_ipv4() {
     must(wait_until("a ping A -> B", Duration::from_secs(15), || {
         overlay_ping(&lab, &a, &id_b)
     }));
-    let www = lab.dir().join("www-dock");
-    std::fs::create_dir_all(&www).expect("www");
-    std::fs::write(www.join("hello.txt"), "hello\n").expect("page");
-    let server = must(lab.spawn(
-        &b.host.ns,
-        "http-dock",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "8080",
-            "--directory",
-            www.to_str().expect("UTF-8"),
-        ],
-    ));
-    must(wait_until(
-        "http.server listens",
-        Duration::from_secs(20),
-        || {
-            lab.exec(&b.host.ns, &["ss", "-Hltn", "sport", "=", ":8080"])
-                .is_ok_and(|o| o.stdout.contains("0.0.0.0:8080"))
-        },
-    ));
+    let server = serve_page_on_defaults(&lab, &b, "www-dock", "hello\n");
     let url = format!("http://{b4}:8080/hello.txt");
     assert_eq!(
         must(curl4(&lab, &a.host.ns, &url)),
