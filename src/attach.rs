@@ -325,16 +325,19 @@ impl Attachments {
     /// a Docker bridge masqueraded by Docker's own rules, reaches the TUN
     /// except from an attachment).
     pub fn install_filter_on(&self, tun: &str) -> Result<(), AttachError> {
-        let veths: Vec<FilteredVeth> = self
-            .attached
+        Ok(attach_filter::install(tun, &self.filtered_veths())?)
+    }
+
+    /// The attachments as the filter sees them.
+    fn filtered_veths(&self) -> Vec<FilteredVeth> {
+        self.attached
             .iter()
             .map(|a| FilteredVeth {
                 host_interface: a.host_interface.clone(),
                 address: a.address,
                 address4: a.address4,
             })
-            .collect();
-        Ok(attach_filter::install(tun, &veths)?)
+            .collect()
     }
 
     /// Installs the forwarding filter for these attachments and `planned`
@@ -346,15 +349,7 @@ impl Attachments {
         planned: Option<FilteredVeth>,
         forwarding_off: bool,
     ) -> Result<(), AttachError> {
-        let mut veths: Vec<FilteredVeth> = self
-            .attached
-            .iter()
-            .map(|a| FilteredVeth {
-                host_interface: a.host_interface.clone(),
-                address: a.address,
-                address4: a.address4,
-            })
-            .collect();
+        let mut veths = self.filtered_veths();
         veths.extend(planned);
         if veths.is_empty() && forwarding_off {
             return Ok(attach_filter::remove()?);

@@ -186,6 +186,40 @@ pub fn in_ipv4_overlay(address: Ipv4Addr) -> bool {
     u32::from(address) & mask == u32::from(IPV4_NETWORK)
 }
 
+/// Keys for tests that need particular addresses.
+#[cfg(test)]
+pub(crate) mod test_keys {
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+
+    use super::{NetworkId, agent_address4};
+    use crate::core::identity::Identity;
+
+    /// The key whose secret starts with `seed` (little endian), zeros after.
+    pub(crate) fn identity(seed: u32) -> Identity {
+        let mut secret = [0u8; 32];
+        secret[..4].copy_from_slice(&seed.to_le_bytes());
+        Identity::from_secret_bytes(&secret).expect("32 bytes")
+    }
+
+    /// Three keys, found by search (22 bits: a few thousand tries), whose
+    /// last two derive the same IPv4 address in `network` and the first
+    /// another one.
+    pub(crate) fn colliding_identities(network: NetworkId) -> (Identity, Identity, Identity) {
+        let mut seen: HashMap<Ipv4Addr, Identity> = HashMap::new();
+        for seed in 1.. {
+            let candidate = identity(seed);
+            let address = agent_address4(network, &candidate.agent_id());
+            if let Some(first) = seen.remove(&address) {
+                let other = seen.into_values().next().expect("another key");
+                return (other, first, candidate);
+            }
+            seen.insert(address, candidate);
+        }
+        unreachable!("the search is unbounded")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

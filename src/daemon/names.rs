@@ -389,11 +389,11 @@ fn attachment_hosts(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::core::address::agent_address4;
+    use crate::core::address::test_keys::colliding_identities;
     use crate::core::identity::Identity;
     use crate::core::node::{NodeConfig, PeerConfig};
     use crate::core::policy::Policy;
@@ -401,28 +401,6 @@ mod tests {
 
     fn network() -> NetworkId {
         NetworkId::from_name("agentnet")
-    }
-
-    fn identity(seed: u32) -> Identity {
-        let mut secret = [0u8; 32];
-        secret[..4].copy_from_slice(&seed.to_le_bytes());
-        Identity::from_secret_bytes(&secret).expect("32 bytes")
-    }
-
-    /// Three keys whose last two derive the same IPv4 address (found by
-    /// search: 22 bits, a few thousand tries) and the first another one.
-    fn colliding_identities() -> (Identity, Identity, Identity) {
-        let mut seen: HashMap<Ipv4Addr, Identity> = HashMap::new();
-        for seed in 1.. {
-            let candidate = identity(seed);
-            let address = agent_address4(network(), &candidate.agent_id());
-            if let Some(first) = seen.remove(&address) {
-                let other = seen.into_values().next().expect("another key");
-                return (other, first, candidate);
-            }
-            seen.insert(address, candidate);
-        }
-        unreachable!("the search is unbounded")
     }
 
     fn trusted(identity: &Identity, name: &str) -> TrustEntry {
@@ -467,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_peer_whose_ipv4_address_collides_gets_aaaa_only() {
-        let (me, first, second) = colliding_identities();
+        let (me, first, second) = colliding_identities(network());
         let store = TrustStore {
             peers: vec![trusted(&first, "first"), trusted(&second, "second")],
         };
@@ -494,7 +472,7 @@ mod tests {
 
     #[test]
     fn a_peer_sharing_this_agents_ipv4_address_gets_aaaa_only() {
-        let (_, me, twin) = colliding_identities();
+        let (_, me, twin) = colliding_identities(network());
         let store = TrustStore {
             peers: vec![trusted(&twin, "twin")],
         };
@@ -506,7 +484,7 @@ mod tests {
 
     #[test]
     fn an_unknown_agent_has_no_ipv4_route() {
-        let (me, stranger, _) = colliding_identities();
+        let (me, stranger, _) = colliding_identities(network());
         let node = node_trusting(&me, &TrustStore::default());
         assert_eq!(routed_ipv4(&node, &stranger.agent_id()), None);
     }

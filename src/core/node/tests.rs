@@ -1,11 +1,11 @@
 //! IPv4 routing decisions that need the node's insides: derived-address
 //! collisions, and a peer (running modified software) that forges sources.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::core::address::test_keys::{colliding_identities, identity};
 use crate::core::packet::PROTO_UDP;
 use crate::core::packet::tests::ipv4;
 
@@ -13,12 +13,6 @@ const MTU: u16 = 1408;
 
 fn network() -> NetworkId {
     NetworkId::from_name("agentnet")
-}
-
-fn identity(seed: u32) -> Identity {
-    let mut secret = [0u8; 32];
-    secret[..4].copy_from_slice(&seed.to_le_bytes());
-    Identity::from_secret_bytes(&secret).expect("32 bytes")
 }
 
 fn node(identity: &Identity, now: Instant) -> Node {
@@ -40,25 +34,9 @@ fn peer_config(identity: &Identity, endpoint: Option<SocketAddr>) -> PeerConfig 
     }
 }
 
-/// Three keys, found by search (22 bits: about 3000 tries), where the last
-/// two derive the same IPv4 address and the first does not.
-fn colliding_identities() -> (Identity, Identity, Identity) {
-    let mut seen: HashMap<Ipv4Addr, Identity> = HashMap::new();
-    for seed in 1.. {
-        let candidate = identity(seed);
-        let address = agent_address4(network(), &candidate.agent_id());
-        if let Some(first) = seen.remove(&address) {
-            let other = seen.into_values().next().expect("another key");
-            return (other, first, candidate);
-        }
-        seen.insert(address, candidate);
-    }
-    unreachable!("the search is unbounded")
-}
-
 #[test]
 fn the_peer_trusted_first_keeps_a_colliding_ipv4_address() {
-    let (me, first, second) = colliding_identities();
+    let (me, first, second) = colliding_identities(network());
     let shared = agent_address4(network(), &first.agent_id());
     assert_eq!(shared, agent_address4(network(), &second.agent_id()));
     let now = Instant::now();
@@ -99,7 +77,7 @@ fn the_peer_trusted_first_keeps_a_colliding_ipv4_address() {
 
 #[test]
 fn a_peer_with_this_agents_ipv4_address_gets_no_ipv4_route() {
-    let (_, me, twin) = colliding_identities();
+    let (_, me, twin) = colliding_identities(network());
     let now = Instant::now();
     let mut node = node(&me, now);
     node.upsert_peer(now, peer_config(&twin, None));
