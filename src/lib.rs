@@ -1,22 +1,18 @@
-//! agentnet: an encrypted IPv6 overlay between AI agents that trust each other.
+//! agentnet: an encrypted overlay between AI agents that trust each other.
 //!
 //! [`core`] holds every protocol decision and does no I/O; the modules beside
 //! it are the I/O shell (TUN, UDP, control socket, state files) around it.
+//! [`sys`] holds every system call and the only `unsafe` code; every other
+//! module forbids `unsafe`.
 
+pub mod agent;
 pub mod attach;
-pub mod attach_filter;
 pub mod control;
 pub mod core;
-pub mod daemon;
-pub mod fleet;
 pub mod metrics;
-pub mod netcheck;
-pub mod netns;
-pub mod nofollow;
-pub mod ping;
-pub mod rendezvous_server;
+pub mod names;
+pub mod rendezvous;
 pub mod serve;
 pub mod state;
-pub mod tcp_frames;
-pub mod trust_requests;
+pub mod sys;
 pub mod userspace;

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use agentnet::core::identity::Identity;
-use agentnet::core::trust::TrustStore;
-use agentnet::daemon::rendezvous_link::RendezvousSpec;
-use agentnet::fleet::AutoApproveConfig;
+use agentnet::core::trust::store::TrustStore;
+use agentnet::rendezvous::link::RendezvousSpec;
 use agentnet::state::StateDir;
+use agentnet::state::fleet::AutoApproveConfig;
 
 /// Keys of `config.toml` and of its `[auto_approve]` table.
 const CONFIG_KEYS: &[&str] = &[

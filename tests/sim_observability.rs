@@ -7,10 +7,10 @@ mod simnet;
 use std::time::Duration;
 
 use agentnet::core::node::Event;
-use agentnet::core::path::PathAddr;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::PingError;
-use agentnet::core::status::{PathKind, PeerStatus};
+use agentnet::core::stats::status::{PathKind, PeerStatus};
+use agentnet::core::wire::path::PathAddr;
 use simnet::{LinkConfig, NatKind, SimNet, TUNNEL_MTU, udp_packet};
 
 const MS: Duration = Duration::from_millis(1);

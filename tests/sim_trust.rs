@@ -8,9 +8,9 @@ use std::time::Duration;
 use agentnet::core::identity::Identity;
 use agentnet::core::node::{AutoApprove, Event, Node, NodeConfig, PeerConfig};
 use agentnet::core::policy::Policy;
-use agentnet::core::trust::{DEFAULT_REQUESTED_TTL, TrustEntry};
-use agentnet::core::trust_request::Endorsement;
-use agentnet::trust_requests::PendingRecord;
+use agentnet::core::trust::request::Endorsement;
+use agentnet::core::trust::store::{DEFAULT_REQUESTED_TTL, TrustEntry};
+use agentnet::state::pending::PendingRecord;
 use simnet::{LinkConfig, SimNet, tag_of, udp_packet};
 
 /// The simulated nodes' wall clock at the start (see `simnet`).

@@ -8,7 +8,7 @@ mod simnet;
 use std::time::Duration;
 
 use agentnet::core::address::NodeId;
-use agentnet::core::mac::Mac1Key;
+use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::policy::Policy;
 use agentnet::core::wire::{TYPE_RELAY, TYPE_TRUST_REQUEST};
 use simnet::{LinkConfig, SimNet};

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use agentnet::core::address::OverlayAddresses;
 use agentnet::core::address::{NetworkId, NodePrefix, agent_address4};
 use agentnet::core::identity::Identity;
-use agentnet::core::trust::{TrustEntry, TrustState, TrustStore};
-use agentnet::daemon::OverlayAddresses;
-use agentnet::daemon::dns::NameTable;
+use agentnet::core::trust::store::{TrustEntry, TrustState, TrustStore};
+use agentnet::names::dns::NameTable;
 use agentnet::userspace::spec::{ExposeSpec, ForwardSpec};
 use agentnet::userspace::{Userspace, UserspaceOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use crate::{InitiationShape, RemoteAgent, UNIX_START, identity, nat_kind, network};
 use agentnet::core::address::{NodeId, NodePrefix, agent_address4};
-use agentnet::core::control_frame::ControlFrame;
-use agentnet::core::handshake::NatHint;
 use agentnet::core::node::{AutoApprove, Node, NodeConfig, PeerConfig};
-use agentnet::core::packet::IpPacket;
-use agentnet::core::path::relay_envelope;
+use agentnet::core::noise::handshake::NatHint;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;
-use agentnet::core::trust_request::TrustRequest;
+use agentnet::core::trust::request::TrustRequest;
+use agentnet::core::wire::control_frame::ControlFrame;
+use agentnet::core::wire::packet::IpPacket;
+use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::wire::{Datagram, TYPE_RELAY};
 use arbitrary::Arbitrary;
 

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use blake2::{Blake2s256, Digest};
 
-use super::identity::AgentId;
+use crate::core::identity::AgentId;
 
 /// Domain-separation label of the network global ID.
 const NETWORK_LABEL: &[u8] = b"agentnet network v1";
@@ -187,6 +187,15 @@ pub fn in_ipv4_overlay(address: Ipv4Addr) -> bool {
 }
 
 /// Keys for tests that need particular addresses.
+/// The agent's overlay addresses, as the TUN or the userspace stack gets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayAddresses {
+    /// The agent address (`::1` of its node prefix).
+    pub v6: Ipv6Addr,
+    /// The IPv4 address, unless IPv4 is off.
+    pub v4: Option<Ipv4Addr>,
+}
+
 #[cfg(test)]
 pub(crate) mod test_keys {
     use std::collections::HashMap;

@@ -10,7 +10,7 @@
 //! bounded mailbox until it registers. There is no list, lookup or search
 //! call: an unknown destination and one that ignores the sender look alike.
 //!
-//! Call order as for [`super::node::Node`]: `handle_datagram` /
+//! Call order as for [`crate::core::node::Node`]: `handle_datagram` /
 //! `handle_timeout`, then drain `poll_transmit`.
 
 use std::collections::{HashMap, VecDeque};
@@ -19,19 +19,19 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::address::{NetworkId, NodeId};
-use super::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
-use super::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
-use super::handshake::{NatHint, ReceivedInitiation, ResponsePayload, choose_version};
-use super::identity::{AgentId, Identity};
-use super::limit::{KeyedLimiter, Rate, address_key};
-use super::mac::Mac1Key;
-use super::path::rewrite_relay_node;
-use super::rng::{CoreRng, core_rng};
-use super::session::Session;
-use super::tai64n::Tai64N;
-use super::trust_request::MAX_REQUEST_DATAGRAM_LEN;
-use super::wire::{self, Datagram, RELAY_HEADER_LEN, TYPE_TRUST_REQUEST};
+use crate::core::address::{NetworkId, NodeId};
+use crate::core::identity::{AgentId, Identity};
+use crate::core::limit::{KeyedLimiter, Rate, address_key};
+use crate::core::noise::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
+use crate::core::noise::handshake::{NatHint, ReceivedInitiation, ResponsePayload, choose_version};
+use crate::core::noise::mac::Mac1Key;
+use crate::core::noise::session::Session;
+use crate::core::noise::tai64n::Tai64N;
+use crate::core::rng::{CoreRng, core_rng};
+use crate::core::trust::request::MAX_REQUEST_DATAGRAM_LEN;
+use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
+use crate::core::wire::path::rewrite_relay_node;
+use crate::core::wire::{self, Datagram, RELAY_HEADER_LEN, TYPE_TRUST_REQUEST};
 use rand::RngCore;
 
 /// Where a client is reached: a UDP endpoint or a TCP connection.

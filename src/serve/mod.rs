@@ -18,7 +18,6 @@
 
 pub mod proxy;
 pub mod splice;
-pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -34,7 +33,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::core::identity::AgentId;
 use crate::state::{StateDir, StateError};
 
-pub use self::store::{SERVED_FILE, ServedStore};
+pub use crate::state::served::{SERVED_FILE, ServedStore};
 
 /// Most services one agent serves (bounds `served.json`).
 pub const MAX_SERVED: usize = 256;

@@ -5,6 +5,8 @@
 //!
 //! Sans-IO like the rest of the core: every method takes `now`.
 
+pub mod status;
+
 mod receive;
 mod rtt;
 
@@ -18,9 +20,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use self::rtt::{RttPinger, millis};
-use super::identity::AgentId;
-use super::path::PathAddr;
-use super::status::PathKind;
+use crate::core::identity::AgentId;
+use crate::core::stats::status::PathKind;
+use crate::core::wire::path::PathAddr;
 
 /// A ping of ours not answered within this long counts as lost.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -237,7 +239,7 @@ fn push_back_sparing<T>(deque: &mut VecDeque<T>, item: T) {
 }
 
 /// The measurements of one peer, as `status` shows them (flattened into
-/// [`super::status::PeerStatus`]).
+/// [`crate::core::stats::status::PeerStatus`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerStatsReport {
     /// RTT of the path in use (`None` until a ping was answered on it).

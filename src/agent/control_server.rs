@@ -1,0 +1,300 @@
+//! The daemon's side of the control socket: accepts connections, reads JSON
+//! lines, turns each request into a [`Command`] for the event loop (which owns
+//! the node) and writes back the loop's answer. See [`crate::control`] for
+//! the protocol.
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::stat::Mode;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::event_loop::{TrustOp, trust_op_of};
+use super::privilege::ControlAccess;
+use crate::control::{MAX_REQUEST_LEN, Request, Response};
+use crate::core::trust::store::{TrustEntry, TrustState, validate_name};
+use crate::sys::udp::resolve_endpoint;
+
+/// Permission bits of the control socket: owner and group may control the
+/// daemon.
+pub(crate) const SOCKET_MODE: u32 = 0o660;
+/// How long shutdown waits for connections to finish writing their answer.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many requests may wait for the event loop at once.
+const QUEUE_DEPTH: usize = 64;
+
+/// A request as the event loop handles it: validated, endpoint resolved.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// See [`Request::Hello`].
+    Hello,
+    /// See [`Request::Status`].
+    Status,
+    /// See [`Request::TrustAdd`].
+    TrustAdd {
+        /// The entry to store (`added_unix` filled in by the store).
+        entry: TrustEntry,
+        /// The entry's endpoint, resolved.
+        endpoint: Option<SocketAddr>,
+    },
+    /// See [`Request::TrustList`].
+    TrustList,
+    /// See [`Request::TrustRemove`].
+    TrustRemove {
+        /// Agent ID or local name.
+        peer: String,
+    },
+    /// See [`Request::Down`].
+    Down,
+    /// See [`Request::ReloadAttachments`].
+    ReloadAttachments,
+    /// `agentnet serve`: see [`Request::ServeAdd`], [`Request::ServeList`]
+    /// and [`Request::ServeOff`].
+    Serve(Request),
+    /// The trust-request workflow: see [`TrustOp`].
+    TrustOp(TrustOp),
+    /// See [`Request::Ping`]: send the ping; the pong goes to `pong`.
+    Ping {
+        /// Local name, agent ID or overlay address.
+        peer: String,
+        /// Where the pong goes.
+        pong: oneshot::Sender<crate::control::ping::PingReply>,
+    },
+}
+
+/// A command and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct ControlRequest {
+    /// What to do.
+    pub(crate) command: Command,
+    /// Where the event loop sends the answer.
+    pub(crate) reply: oneshot::Sender<Response>,
+}
+
+/// The listening control socket and its connections.
+#[derive(Debug)]
+pub(crate) struct ControlServer {
+    path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Binds the socket (replacing a stale socket file nobody answers on) and
+    /// starts accepting. Returns the server and the queue of requests.
+    pub(crate) fn bind(path: &Path) -> io::Result<(Self, mpsc::Receiver<ControlRequest>)> {
+        remove_stale_socket(path)?;
+        let listener = bind_with_mode(path)?;
+        super::privilege::share_socket_with_group(path);
+        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, requests, shutdown_rx));
+        let server = Self {
+            path: path.to_path_buf(),
+            shutdown,
+            task,
+        };
+        Ok((server, queue))
+    }
+
+    /// Removes the socket file (new clients see "not running"), stops
+    /// accepting, and gives open connections a moment to write the answers
+    /// they already have.
+    pub(crate) async fn shutdown(self) {
+        if let Err(error) = fs::remove_file(&self.path) {
+            tracing::warn!(%error, path = %self.path.display(), "cannot remove control socket");
+        }
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT * 2, self.task).await;
+    }
+}
+
+/// Binds the socket so that it is born with [`SOCKET_MODE`]: the umask
+/// decides the mode `bind` gives it, so there is no moment when it exists
+/// with a looser one, and no `chmod` by path afterwards (which would follow
+/// a link planted in its place).
+fn bind_with_mode(path: &Path) -> io::Result<UnixListener> {
+    let umask = Mode::from_bits_truncate(0o777 & !SOCKET_MODE);
+    let previous = nix::sys::stat::umask(umask);
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    bound
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process answers on this socket",
+        ));
+    }
+    fs::remove_file(path)
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    requests: mpsc::Sender<ControlRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, requests.clone(), shutdown.clone()));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(%error, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    requests: mpsc::Sender<ControlRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Who may change the agent: decided once, from the peer's credentials.
+    let access = ControlAccess::of_stream(&stream);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let mut line = Vec::new();
+        // One byte over the limit tells an over-long line from a full one.
+        let mut limited = (&mut reader).take(MAX_REQUEST_LEN as u64 + 1);
+        let read = tokio::select! {
+            read = limited.read_until(b'\n', &mut line) => read,
+            _ = shutdown.changed() => break,
+        };
+        let (response, keep_open) = match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.len() > MAX_REQUEST_LEN => (
+                Response::Error(format!("request longer than {MAX_REQUEST_LEN} bytes")),
+                false,
+            ),
+            Ok(_) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(_) => (answer(&line, &requests, access).await, true),
+        };
+        if write_response(&mut write, &response).await.is_err() || !keep_open {
+            break;
+        }
+    }
+}
+
+async fn write_response(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(response).unwrap_or_else(|error| {
+        // Only non-string map keys fail; none of ours has them.
+        format!(r#"{{"error":"cannot encode response: {error}"}}"#).into_bytes()
+    });
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.flush().await
+}
+
+async fn answer(
+    line: &[u8],
+    requests: &mpsc::Sender<ControlRequest>,
+    access: ControlAccess,
+) -> Response {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(request) => request,
+        Err(error) => return Response::Error(format!("bad request: {error}")),
+    };
+    if let Err(refusal) = access.check(&request) {
+        return Response::Error(refusal);
+    }
+    if let Request::Ping { peer, timeout_ms } = request {
+        return super::ping::answer(peer, timeout_ms, requests).await;
+    }
+    let command = match command_of(request).await {
+        Ok(command) => command,
+        Err(message) => return Response::Error(message),
+    };
+    let (reply, answer) = oneshot::channel();
+    if requests
+        .send(ControlRequest { command, reply })
+        .await
+        .is_err()
+    {
+        return Response::Error("the daemon is shutting down".to_string());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_string()))
+}
+
+/// Validates a request and does its slow parts (DNS) here, off the event
+/// loop.
+async fn command_of(request: Request) -> Result<Command, String> {
+    Ok(match request {
+        Request::Hello => Command::Hello,
+        Request::Status => Command::Status,
+        Request::TrustList => Command::TrustList,
+        Request::TrustRemove { peer } => Command::TrustRemove { peer },
+        Request::Down => Command::Down,
+        Request::ReloadAttachments => Command::ReloadAttachments,
+        request @ (Request::ServeAdd(_) | Request::ServeList | Request::ServeOff { .. }) => {
+            Command::Serve(request)
+        }
+        Request::Ping { .. } => return Err("ping requests are served by ping::answer".to_string()),
+        request @ (Request::TrustRequest { .. }
+        | Request::TrustPending
+        | Request::TrustApprove { .. }
+        | Request::TrustDeny { .. }) => Command::TrustOp(trust_op_of(request).await?),
+        Request::TrustAdd {
+            id,
+            name,
+            endpoint,
+            allow,
+        } => {
+            validate_name(&name).map_err(|e| e.to_string())?;
+            let resolved = match &endpoint {
+                Some(text) => {
+                    let text = text.clone();
+                    let resolved = tokio::task::spawn_blocking(move || resolve_endpoint(&text))
+                        .await
+                        .map_err(|e| format!("endpoint resolution failed: {e}"))?
+                        .map_err(|e| e.to_string())?;
+                    Some(resolved)
+                }
+                None => None,
+            };
+            Command::TrustAdd {
+                entry: TrustEntry {
+                    id,
+                    name,
+                    endpoint,
+                    allow,
+                    state: TrustState::Trusted,
+                    added_unix: 0,
+                    expires_unix: None,
+                },
+                endpoint: resolved,
+            }
+        }
+    })
+}

@@ -1,0 +1,798 @@
+//! The event loop: one task owns the node and feeds it from the UDP socket,
+//! the TUN, the control socket and its timer, then drains its outputs (the
+//! call order documented on [`Node`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::control_server::{Command, ControlRequest};
+use super::packet_device::PacketDevice;
+use super::tun_batch::{self, TunReadBatch, TunWriteBatch};
+use super::{DaemonError, DaemonOptions};
+use crate::control::{DaemonInfo, Response, TrustedPeer};
+use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::identity::AgentId;
+use crate::core::node::{Event, Ipv4Route, Node, PeerConfig};
+use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
+use crate::names::service::NameService;
+use crate::rendezvous::link::{RendezvousLinks, TcpLinkEvent};
+use crate::state::AgentConfig;
+use crate::sys::probe_sockets::{ProbeDatagram, ProbeSockets};
+use crate::sys::udp::{Underlay, normalize, resolve_endpoint};
+use crate::sys::udp_batch::ReceivedRun;
+
+mod trust_ops;
+
+pub(crate) use self::trust_ops::{TrustOp, trust_op_of};
+
+/// How many packets (datagrams, or TUN packets) one wake-up takes at most
+/// before the outputs are drained: amortizes the loop without starving the
+/// other inputs, and bounds what waits in the queues (with offloads one read
+/// brings up to 64 packets, so a count of reads would not).
+const PACKETS_PER_WAKE: usize = 256;
+/// How often the transports to rendezvous servers are reconsidered.
+const LINK_TICK: Duration = Duration::from_secs(1);
+/// Least time between two warnings about the same kind of send failure.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the local addresses announced to peers are re-read (addresses
+/// come and go with DHCP, roaming and interfaces).
+const CANDIDATE_REFRESH: Duration = Duration::from_secs(30);
+
+/// Why the loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Down,
+    Signal(&'static str),
+}
+
+/// Allows a warning once per [`WARN_INTERVAL`], counting the rest.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// Returns how many warnings were suppressed since the last one if a
+    /// warning may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < WARN_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The signals the daemon handles: SIGTERM and SIGINT stop it, SIGHUP
+/// reloads the trust store. Installed before anything is created, so a
+/// signal during start-up still leads to a clean exit.
+pub(crate) struct Signals {
+    sigterm: Signal,
+    sigint: Signal,
+    sighup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    pub(crate) fn install() -> io::Result<Self> {
+        Ok(Self {
+            sigterm: signal(SignalKind::terminate())?,
+            sigint: signal(SignalKind::interrupt())?,
+            sighup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The running daemon: the node and everything around it.
+pub(crate) struct Daemon {
+    options: DaemonOptions,
+    config: AgentConfig,
+    network: NetworkId,
+    own_id: AgentId,
+    node: Node,
+    /// The TUN, or the userspace stack.
+    tun: PacketDevice,
+    interface: String,
+    mtu: u16,
+    underlay: Underlay,
+    /// The trust store as last applied to the node.
+    trust: TrustStore,
+    /// The endpoints last handed to the node to announce.
+    candidates: Vec<SocketAddr>,
+    started: Instant,
+    stop: Option<Stop>,
+    udp_send_warnings: Throttle,
+    tun_send_warnings: Throttle,
+    udp_recv_warnings: Throttle,
+    /// Trust requests: auto-approval rules, saving the pending ones.
+    trust_flow: trust_ops::TrustFlow,
+    /// `NAME.agent.internal`: the resolver at `PREFIX::53` and host config.
+    names: NameService,
+    /// How each rendezvous is reached (UDP, or TCP where UDP is blocked).
+    links: RendezvousLinks,
+    /// `agentnet ping`s waiting for their pongs.
+    pings: super::ping::PendingPings,
+    /// The minutely summary of dropped, unanswered traffic.
+    drop_log: super::drop_log::DropLog,
+    /// Extra sockets for birthday hole punching, opened on demand.
+    probes: ProbeSockets,
+    probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
+    /// Datagrams the node queued for the UDP socket, reused between flushes.
+    udp_out: Vec<crate::core::node::Transmit>,
+    /// Packets on their way to the TUN.
+    tun_out: TunWriteBatch,
+    /// `agentnet serve`: the published ports (`None`: not available).
+    services: Option<crate::serve::Services>,
+    /// Served connections asking who their caller is.
+    caller_queries: Option<mpsc::Receiver<crate::serve::CallerQuery>>,
+}
+
+impl Daemon {
+    /// Wraps the parts [`super::run`] created.
+    pub(crate) fn new(
+        options: DaemonOptions,
+        config: AgentConfig,
+        node: Node,
+        tun: PacketDevice,
+        mtu: u16,
+        underlay: Underlay,
+        links: RendezvousLinks,
+    ) -> Self {
+        let (probes, probe_datagrams) = ProbeSockets::new();
+        let network = NetworkId::from_name(&config.network);
+        let own_id = node.agent_id();
+        let interface = tun.name().unwrap_or_else(|_| options.interface.clone());
+        let names = NameService::start(
+            network,
+            own_id,
+            &interface,
+            options.state.clone(),
+            options.names,
+        );
+        Self {
+            options,
+            config,
+            network,
+            own_id,
+            node,
+            tun,
+            interface,
+            mtu,
+            underlay,
+            trust: TrustStore::default(),
+            candidates: Vec::new(),
+            started: Instant::now(),
+            stop: None,
+            udp_send_warnings: Throttle::default(),
+            tun_send_warnings: Throttle::default(),
+            udp_recv_warnings: Throttle::default(),
+            trust_flow: trust_ops::TrustFlow::default(),
+            names,
+            links,
+            pings: super::ping::PendingPings::default(),
+            drop_log: super::drop_log::DropLog::default(),
+            probes,
+            probe_datagrams: Some(probe_datagrams),
+            udp_out: Vec::new(),
+            tun_out: TunWriteBatch::default(),
+            services: None,
+            caller_queries: None,
+        }
+    }
+
+    /// Hands the daemon the served ports and the questions of their
+    /// connections (answered from the node and the trust store).
+    pub(crate) fn attach_services(
+        &mut self,
+        services: crate::serve::Services,
+        queries: mpsc::Receiver<crate::serve::CallerQuery>,
+    ) {
+        self.services = Some(services);
+        self.caller_queries = Some(queries);
+    }
+
+    /// Opens the hosts files the names go to and keeps them open, so they
+    /// can still be edited after the daemon dropped its privileges.
+    pub(crate) fn hold_name_files(&mut self) {
+        self.names.hold_files();
+    }
+
+    /// Whether the host's names go through systemd-resolved (`resolvectl`
+    /// then needs `CAP_NET_ADMIN` at run time).
+    pub(crate) fn names_use_resolved(&self) -> bool {
+        self.names.uses_resolved()
+    }
+
+    /// Loads the trust store into the node, then serves until told to stop.
+    pub(crate) async fn run(
+        &mut self,
+        mut requests: mpsc::Receiver<ControlRequest>,
+        signals: Signals,
+        mut link_events: mpsc::Receiver<TcpLinkEvent>,
+    ) -> Result<(), DaemonError> {
+        let Signals {
+            mut sigterm,
+            mut sigint,
+            mut sighup,
+        } = signals;
+        self.refresh_candidates();
+        self.reload_trust_store(Instant::now());
+        self.sync_names();
+        self.start_trust_flow(Instant::now())?;
+        self.flush().await;
+        let mut candidate_refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + CANDIDATE_REFRESH,
+            CANDIDATE_REFRESH,
+        );
+        candidate_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe_datagrams =
+            self.probe_datagrams
+                .take()
+                .ok_or(DaemonError::Runtime(io::Error::other(
+                    "the event loop runs only once",
+                )))?;
+        let (_idle_queries, idle) = mpsc::channel(1);
+        let mut caller_queries = self.caller_queries.take().unwrap_or(idle);
+        let mut link_tick = tokio::time::interval(LINK_TICK);
+        link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
+        tracing::info!(
+            id = %self.own_id,
+            %address,
+            name = %self.config.name,
+            network = %self.config.network,
+            interface = %self.interface,
+            port = self.underlay.port(),
+            mtu = self.mtu,
+            peers = self.trust.peers.len(),
+            tun_offload = self.tun.offload(),
+            udp_gso = self.underlay.offload().gso,
+            udp_gro = self.underlay.offload().gro,
+            "agentnet is up"
+        );
+
+        let mut udp_run = ReceivedRun::default();
+        let mut tun_read = TunReadBatch::new(self.mtu, self.tun.offload());
+        while self.stop.is_none() {
+            let deadline =
+                trust_ops::earliest(self.node.poll_timeout(), self.trust_flow_deadline());
+            let timer = async {
+                match deadline {
+                    Some(deadline) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = self.underlay.recv_run(&mut udp_run) => {
+                    self.on_udp_run(received, &udp_run);
+                    self.drain_underlay(&mut udp_run);
+                }
+                read = self.tun.recv_batch(&mut tun_read) => {
+                    self.on_tun_read(read, &tun_read)?;
+                    self.drain_tun(&mut tun_read)?;
+                }
+                Some(request) = requests.recv() => {
+                    let response = self.on_command(request.command);
+                    // Names follow the trust store before the client hears back.
+                    self.sync_names();
+                    // The client may have gone; its answer is then moot.
+                    let _ = request.reply.send(response);
+                }
+                () = timer => {
+                    let now = Instant::now();
+                    self.node.handle_timeout(now);
+                    self.on_trust_flow_timer(now);
+                }
+                Some(query) = caller_queries.recv() => {
+                    let caller = self
+                        .node
+                        .peer_of_address(query.address)
+                        .map(|id| (id, self.peer_name(&id).to_string()));
+                    // The connection may have gone; its answer is then moot.
+                    let _ = query.reply.send(caller);
+                }
+                _ = candidate_refresh.tick() => self.refresh_candidates(),
+                _ = link_tick.tick() => {
+                    let now = Instant::now();
+                    self.links.tick(now, &mut self.node);
+                    self.probes.sweep(now);
+                }
+                Some((socket, from, datagram)) = probe_datagrams.recv() => {
+                    let now = Instant::now();
+                    self.probes.touch(now, socket);
+                    self.node.handle_datagram_on_probe(now, socket, from, &datagram);
+                }
+                Some(event) = link_events.recv() => {
+                    let now = Instant::now();
+                    if let Some((from, datagram)) = self.links.on_event(now, event, &mut self.node) {
+                        self.node.handle_datagram(now, from, &datagram);
+                    }
+                }
+                _ = sigterm.recv() => self.stop = Some(Stop::Signal("SIGTERM")),
+                _ = sigint.recv() => self.stop = Some(Stop::Signal("SIGINT")),
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP: reloading the trust store");
+                    self.reload_trust_store(Instant::now());
+                    self.sync_names();
+                }
+            }
+            self.flush().await;
+        }
+        self.save_pending_if_changed();
+        self.names.shutdown();
+        match self.stop {
+            Some(Stop::Signal(name)) => tracing::info!(signal = name, "shutting down"),
+            _ => tracing::info!("shutting down on request"),
+        }
+        Ok(())
+    }
+
+    /// Tells the node the endpoints it may announce, when they changed.
+    fn refresh_candidates(&mut self) {
+        let candidates = self
+            .underlay
+            .local_candidates(&self.interface, self.network);
+        if candidates != self.candidates {
+            tracing::debug!(?candidates, "local candidates");
+            self.candidates = candidates.clone();
+            self.node.set_local_candidates(candidates);
+        }
+    }
+
+    fn on_udp_run(&mut self, received: io::Result<()>, run: &ReceivedRun) {
+        match received {
+            Ok(()) => {
+                // A source the socket cannot name cannot be answered either.
+                let Some(from) = run.source().map(normalize) else {
+                    return;
+                };
+                let now = Instant::now();
+                self.links
+                    .handle_udp_run(now, from, run.datagrams(), &mut self.node);
+            }
+            Err(error) => {
+                if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {
+                    tracing::warn!(%error, suppressed, "UDP receive failed");
+                }
+            }
+        }
+    }
+
+    fn drain_underlay(&mut self, run: &mut ReceivedRun) {
+        let mut taken = run.count();
+        while taken < PACKETS_PER_WAKE {
+            match self.underlay.try_recv_run(run) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                received => {
+                    self.on_udp_run(received, run);
+                    taken += run.count().max(1);
+                }
+            }
+        }
+    }
+
+    fn on_tun_read(
+        &mut self,
+        read: io::Result<()>,
+        batch: &TunReadBatch,
+    ) -> Result<(), DaemonError> {
+        match read {
+            Ok(()) => {
+                let now = Instant::now();
+                for packet in batch.packets() {
+                    // The resolver's (`PREFIX::53`), or the node's.
+                    if !self.names.handle_tun_packet(packet) {
+                        self.node.handle_tun_packet(now, packet);
+                    }
+                }
+                Ok(())
+            }
+            Err(error) if is_transient(&error) => Ok(()),
+            Err(error) if tun_batch::is_bad_packet(&error) => {
+                tracing::debug!(%error, "dropped a TUN read that could not be cut into packets");
+                Ok(())
+            }
+            Err(source) => Err(DaemonError::TunIo {
+                interface: self.interface.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn drain_tun(&mut self, batch: &mut TunReadBatch) -> Result<(), DaemonError> {
+        let mut taken = batch.packets().count();
+        while taken < PACKETS_PER_WAKE {
+            match self.tun.try_recv_batch(batch) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                read => {
+                    self.on_tun_read(read, batch)?;
+                    taken += batch.packets().count().max(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the node's outputs: events first (acting on one, such as an
+    /// auto-approval, may queue datagrams), then datagrams and TUN packets.
+    async fn flush(&mut self) {
+        let mut had_events = false;
+        while let Some(event) = self.node.poll_event() {
+            had_events = true;
+            self.on_trust_event(Instant::now(), &event);
+            self.pings.on_event(&event);
+            self.log_event(event);
+        }
+        self.drop_log.maybe_log(Instant::now(), &self.node);
+        let mut udp_out = std::mem::take(&mut self.udp_out);
+        while let Some(transmit) = self.node.poll_transmit() {
+            if let Some(socket) = transmit.source {
+                if let Err(error) = self
+                    .probes
+                    .send(
+                        Instant::now(),
+                        socket,
+                        &transmit.payload,
+                        transmit.destination,
+                    )
+                    .await
+                {
+                    tracing::debug!(%error, socket, "probe socket send failed");
+                }
+                continue;
+            }
+            let (tcp, also_udp) = self.links.route(transmit.destination);
+            if let Some(tcp) = tcp {
+                // A full queue drops the datagram, as a full socket would.
+                let _ = tcp.try_send(transmit.payload.clone());
+                if !also_udp {
+                    continue;
+                }
+            }
+            udp_out.push(transmit);
+        }
+        if !udp_out.is_empty() {
+            let datagrams: Vec<(SocketAddr, &[u8])> = udp_out
+                .iter()
+                .map(|transmit| (transmit.destination, transmit.payload.as_slice()))
+                .collect();
+            for (destination, error) in self.underlay.send_batch(&datagrams).await {
+                if let Some(suppressed) = self.udp_send_warnings.allow(Instant::now()) {
+                    tracing::warn!(%error, %destination, suppressed, "UDP send failed");
+                }
+            }
+        }
+        udp_out.clear();
+        self.udp_out = udp_out;
+        self.links.probes_sent();
+        while let Some(packet) = self.node.poll_tun_packet() {
+            self.queue_for_tun(&packet).await;
+        }
+        // Events may have changed the trust store (comparing it on every
+        // wake would cost O(peers) per packet); then the resolver's replies.
+        if had_events {
+            self.sync_names();
+        }
+        while let Some(packet) = self.names.poll_tun_packet() {
+            self.queue_for_tun(&packet).await;
+        }
+        self.write_tun().await;
+    }
+
+    /// Makes the names (resolver, host files, userspace stack) follow the
+    /// trust store.
+    fn sync_names(&mut self) {
+        self.names.sync(&self.trust, &self.node);
+        self.tun.publish_names(self.names.table());
+        self.tun.publish_ipv4_routes(&self.node, &self.trust);
+    }
+
+    /// Queues a packet for the TUN, writing the batch when it is full.
+    async fn queue_for_tun(&mut self, packet: &[u8]) {
+        self.tun_out.push(packet);
+        if self.tun_out.is_full() {
+            self.write_tun().await;
+        }
+    }
+
+    /// Writes the queued packets to the TUN.
+    async fn write_tun(&mut self) {
+        if self.tun_out.is_empty() {
+            return;
+        }
+        if let Err(error) = self.tun.send_batch(&mut self.tun_out).await
+            && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
+        {
+            tracing::warn!(%error, suppressed, "TUN write failed");
+        }
+    }
+
+    fn peer_name(&self, id: &AgentId) -> &str {
+        self.trust.get(id).map_or("?", |entry| entry.name.as_str())
+    }
+
+    fn log_event(&self, event: Event) {
+        match event {
+            Event::PeerUp { id } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, "session established");
+            }
+            Event::PeerDown { id } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, "session closed");
+            }
+            Event::TrustRequested { id, auto_approve } => {
+                // Acted on (saved, auto-approved) by `on_trust_event`.
+                tracing::info!(%id, auto_approve, "trust request received");
+            }
+            Event::EndpointChanged { id, endpoint } => {
+                tracing::info!(peer = %self.peer_name(&id), %id, %endpoint, "endpoint changed");
+            }
+            Event::PathChanged { id, path } => {
+                let via = self.node.peer_path(Instant::now(), &id);
+                let via = via.map_or_else(|| "-".to_string(), |path| path.underlay().to_string());
+                let path = format!("{path:?}").to_lowercase();
+                tracing::info!(peer = %self.peer_name(&id), %id, %path, %via, "path changed");
+            }
+            Event::RendezvousRegistered { id, reflexive } => {
+                tracing::info!(rendezvous = %id, %reflexive, "registered with rendezvous");
+            }
+            Event::PingReply { id, rtt, path, .. } => {
+                tracing::debug!(peer = %self.peer_name(&id), %id, rtt_ms = rtt.as_secs_f64() * 1000.0, %path, "ping answered");
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) -> Response {
+        let now = Instant::now();
+        match command {
+            Command::Hello => Response::Hello(self.info()),
+            Command::Status => self.status(now),
+            Command::TrustList => match self.options.state.load_trust() {
+                Ok(store) => Response::TrustList {
+                    peers: store
+                        .peers
+                        .into_iter()
+                        .map(|entry| self.trusted_peer(entry))
+                        .collect(),
+                },
+                Err(error) => Response::Error(error.to_string()),
+            },
+            Command::TrustAdd { entry, endpoint } => self.trust_add(now, entry, endpoint),
+            Command::TrustRemove { peer } => self.trust_remove(&peer),
+            Command::TrustOp(op) => self.trust_op(now, op),
+            Command::Ping { peer, pong } => {
+                self.pings
+                    .start(&mut self.node, now, &self.trust, self.network, &peer, pong)
+            }
+            Command::ReloadAttachments => match self.names.reload_attachments() {
+                Ok(attachments) => Response::AttachmentsReloaded { attachments },
+                Err(error) => Response::Error(error),
+            },
+            Command::Serve(request) => self.serve(request),
+            Command::Down => {
+                self.stop = Some(Stop::Down);
+                Response::Stopping {
+                    pid: std::process::id(),
+                }
+            }
+        }
+    }
+
+    /// `agentnet serve`: publish, list or withdraw a port.
+    fn serve(&mut self, request: crate::control::Request) -> Response {
+        use crate::control::Request;
+        let Some(services) = self.services.as_mut() else {
+            return Response::Error("`agentnet serve` is not available in this daemon".to_string());
+        };
+        let answer = match request {
+            Request::ServeAdd(spec) => services.add(spec).map(Response::Serving),
+            Request::ServeList => Ok(Response::ServeList {
+                services: services.list(),
+            }),
+            Request::ServeOff { port } => services.remove(port).map(Response::ServeOff),
+            other => return Response::Error(format!("not a serve request: {other:?}")),
+        };
+        answer.unwrap_or_else(|error| Response::Error(error.to_string()))
+    }
+
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            pid: std::process::id(),
+            id: self.own_id,
+            address: NodePrefix::of_agent(self.network, &self.own_id).agent_address(),
+            address4: self.node.address4(),
+            name: self.config.name.clone(),
+            network: self.config.network.clone(),
+            interface: self.interface.clone(),
+            port: self.underlay.port(),
+            mtu: self.mtu,
+            state_dir: self.options.state.root().to_path_buf(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn status(&self, now: Instant) -> Response {
+        let status = self.node.status(now);
+        let mut map = match serde_json::to_value(&status) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Response::Error("node status is not a JSON object".to_string()),
+            Err(error) => return Response::Error(format!("cannot encode node status: {error}")),
+        };
+        let extra = [
+            ("interface", serde_json::json!(self.interface)),
+            ("port", serde_json::json!(self.underlay.port())),
+            ("pid", serde_json::json!(std::process::id())),
+            (
+                "offload",
+                serde_json::json!({
+                    "tun": self.tun.offload(),
+                    "udp_gso": self.underlay.offload().gso,
+                    "udp_gro": self.underlay.offload().gro,
+                }),
+            ),
+            ("name", serde_json::json!(self.config.name)),
+            ("network", serde_json::json!(self.config.network)),
+            (
+                "uptime_s",
+                serde_json::json!(now.duration_since(self.started).as_secs()),
+            ),
+        ];
+        for (key, value) in extra {
+            map.insert(key.to_string(), value);
+        }
+        if let Some(userspace) = self.tun.userspace_status() {
+            map.insert("userspace".to_string(), serde_json::json!(userspace));
+        }
+        if let Some(serde_json::Value::Array(links)) = map.get_mut("rendezvous") {
+            for link in links.iter_mut() {
+                let endpoint = link
+                    .get("endpoint")
+                    .and_then(|e| e.as_str())
+                    .and_then(|e| e.parse().ok());
+                if let (Some(endpoint), serde_json::Value::Object(fields)) = (endpoint, link) {
+                    let transport = self.links.transport_of(endpoint).unwrap_or("udp");
+                    fields.insert("transport".to_string(), serde_json::json!(transport));
+                }
+            }
+        }
+        Response::Status(serde_json::Value::Object(map))
+    }
+
+    fn trust_add(
+        &mut self,
+        now: Instant,
+        entry: TrustEntry,
+        endpoint: Option<SocketAddr>,
+    ) -> Response {
+        let (stored, change) = match self.options.state.trust_upsert(&self.own_id, entry) {
+            Ok(result) => result,
+            Err(error) => return Response::Error(error.to_string()),
+        };
+        self.apply_entry(now, &stored, endpoint, true);
+        tracing::info!(peer = %stored.name, id = %stored.id, allow = %stored.allow, ?change, "trusted");
+        self.remember(stored.clone());
+        Response::TrustAdded {
+            peer: self.trusted_peer(stored),
+            change,
+        }
+    }
+
+    /// A trust entry with the addresses the node routes to it.
+    pub(super) fn trusted_peer(&self, entry: TrustEntry) -> TrustedPeer {
+        let route = self.node.peer_ipv4_route(&entry.id);
+        let peer = TrustedPeer::new(entry, self.network);
+        match route {
+            Some(route) => peer.with_ipv4_route(route),
+            None if self.node.address4().is_none() => peer.with_ipv4_route(Ipv4Route::Off),
+            None => peer,
+        }
+    }
+
+    fn trust_remove(&mut self, peer: &str) -> Response {
+        // Name lookups use the file: it is the authority, and the same the
+        // CLI would edit with the daemon stopped.
+        let removed = self.options.state.trust_remove(peer);
+        let removed = match removed {
+            Ok(entry) => entry,
+            Err(error) => return Response::Error(error.to_string()),
+        };
+        // Revoke, not just forget: the peer gets a signed notice over its
+        // session (sent by the flush after this command) and loses it.
+        self.node.revoke_peer(Instant::now(), &removed.id);
+        // Log its events while its name is still known.
+        while let Some(event) = self.node.poll_event() {
+            self.log_event(event);
+        }
+        self.trust.peers.retain(|entry| entry.id != removed.id);
+        tracing::info!(peer = %removed.name, id = %removed.id, "trust removed; sessions destroyed");
+        Response::TrustRemoved {
+            peer: TrustedPeer::new(removed, self.network),
+        }
+    }
+
+    fn remember(&mut self, entry: TrustEntry) {
+        match self.trust.peers.iter_mut().find(|e| e.id == entry.id) {
+            Some(existing) => *existing = entry,
+            None => self.trust.peers.push(entry),
+        }
+    }
+
+    /// Hands one trust entry to the node. A "requested" entry is a peer too:
+    /// this agent trusts the agent it asked, so that agent's handshake after
+    /// its approval is accepted. `connect` starts a handshake if there is an
+    /// endpoint.
+    fn apply_entry(
+        &mut self,
+        now: Instant,
+        entry: &TrustEntry,
+        endpoint: Option<SocketAddr>,
+        connect: bool,
+    ) {
+        self.node.upsert_peer(
+            now,
+            PeerConfig {
+                id: entry.id,
+                name: entry.name.clone(),
+                endpoint,
+                allow: entry.allow.clone(),
+            },
+        );
+        if connect && endpoint.is_some() {
+            self.node.connect(now, &entry.id);
+        }
+    }
+
+    /// Makes the node match the trust-store file: removes peers that are
+    /// gone, adds new and changed ones and connects to those with an
+    /// endpoint; unchanged peers are left alone. Used at start and on SIGHUP.
+    fn reload_trust_store(&mut self, now: Instant) {
+        let store = match self.options.state.load_trust() {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(%error, "cannot load the trust store; keeping the peers as they are");
+                return;
+            }
+        };
+        let previous = std::mem::take(&mut self.trust);
+        for old in &previous.peers {
+            if store.get(&old.id).is_none() {
+                self.node.remove_peer(&old.id);
+                tracing::info!(peer = %old.name, id = %old.id, "no longer trusted");
+            }
+        }
+        for entry in &store.peers {
+            if previous.get(&entry.id) == Some(entry) {
+                continue;
+            }
+            let endpoint = entry.endpoint.as_deref().and_then(|text| {
+                resolve_endpoint(text)
+                    .map_err(|error| {
+                        tracing::warn!(peer = %entry.name, %error, "ignoring the endpoint");
+                    })
+                    .ok()
+            });
+            // An agent we asked waits for its operator: it connects to us.
+            let connect = entry.state == TrustState::Trusted;
+            self.apply_entry(now, entry, endpoint, connect);
+        }
+        self.trust = store;
+    }
+}
+
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,209 @@
+//! Where the event loop reads and writes the overlay's IP packets: the TUN
+//! interface (the kernel's stack behind it), or the in-process userspace
+//! stack of `up --userspace` ([`crate::userspace`]). Everything else in the
+//! daemon — node, sessions, policy, the resolver at `PREFIX::53`, status —
+//! is the same for both.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::Ipv4Addr;
+
+use tun_rs::AsyncDevice;
+
+use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
+use super::{DaemonError, DaemonOptions};
+use crate::core::address::{NetworkId, OverlayAddresses};
+use crate::core::node::{Ipv4Route, Node};
+use crate::core::trust::store::{TrustState, TrustStore};
+use crate::names::dns::NameTable;
+use crate::userspace::{Userspace, UserspaceStatus};
+
+/// The name `status` and `up` show for the userspace stack's "interface".
+pub const USERSPACE_INTERFACE: &str = "userspace";
+
+/// The daemon's packet device.
+pub(crate) enum PacketDevice {
+    /// A kernel TUN interface.
+    Tun(AsyncDevice),
+    /// The userspace stack (no TUN, no privileges).
+    Userspace(Box<Userspace>),
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the userspace stack has stopped")
+}
+
+impl PacketDevice {
+    /// The userspace stack if `options` ask for it, else the TUN.
+    pub(crate) fn open(
+        options: &DaemonOptions,
+        addresses: OverlayAddresses,
+        network: NetworkId,
+        mtu: u16,
+    ) -> Result<Self, DaemonError> {
+        Ok(match &options.userspace {
+            Some(userspace) => Self::Userspace(Box::new(Userspace::start(
+                userspace, addresses, network, mtu,
+            )?)),
+            None => Self::Tun(crate::sys::tun::create(
+                &options.interface,
+                addresses,
+                mtu,
+                options.offload,
+            )?),
+        })
+    }
+
+    /// The interface name.
+    pub(crate) fn name(&self) -> io::Result<String> {
+        match self {
+            Self::Tun(tun) => tun.name(),
+            Self::Userspace(_) => Ok(USERSPACE_INTERFACE.to_string()),
+        }
+    }
+
+    /// Waits for a packet.
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tun(tun) => tun.recv(buf).await,
+            Self::Userspace(stack) => {
+                let packet = stack.recv().await.ok_or_else(stopped)?;
+                copy_packet(&packet, buf)
+            }
+        }
+    }
+
+    /// Takes a packet if one is queued (`WouldBlock` if not).
+    pub(crate) fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tun(tun) => tun.try_recv(buf),
+            Self::Userspace(stack) => match stack.try_recv() {
+                Ok(Some(packet)) => copy_packet(&packet, buf),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(_) => Err(stopped()),
+            },
+        }
+    }
+
+    /// Writes a packet. The userspace stack never makes the loop wait: a
+    /// packet it has no room for is dropped, as a full TUN queue drops.
+    pub(crate) async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tun(tun) => tun.send(packet).await,
+            Self::Userspace(stack) => {
+                stack.send(packet).map_err(|_| stopped())?;
+                Ok(packet.len())
+            }
+        }
+    }
+
+    /// Whether reads and writes use TUN offloads (segments of up to 64 KiB).
+    pub(crate) fn offload(&self) -> bool {
+        match self {
+            Self::Tun(tun) => tun.tcp_gso(),
+            Self::Userspace(_) => false,
+        }
+    }
+
+    /// Waits for a read and cuts it into packets.
+    pub(crate) async fn recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
+        batch.count = 0;
+        let (raw, mut slots, sizes) = batch.parts();
+        let count = match self {
+            Self::Tun(tun) => tun.recv_multiple(raw, &mut slots, sizes, 0).await?,
+            Self::Userspace(_) => {
+                sizes[0] = self.recv(slots[0]).await?;
+                1
+            }
+        };
+        batch.count = count;
+        Ok(())
+    }
+
+    /// Takes a read if one is queued (`WouldBlock` if not).
+    pub(crate) fn try_recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
+        batch.count = 0;
+        let (raw, mut slots, sizes) = batch.parts();
+        let count = match self {
+            Self::Tun(tun) => tun.try_recv_multiple(raw, &mut slots, sizes, 0)?,
+            Self::Userspace(_) => {
+                sizes[0] = self.try_recv(slots[0])?;
+                1
+            }
+        };
+        batch.count = count;
+        Ok(())
+    }
+
+    /// Writes the queued packets (merged where offloads allow) and empties
+    /// the batch. A packet the device refuses is dropped; the error returned
+    /// is the last one.
+    pub(crate) async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+        let mut result = Ok(());
+        match self {
+            // With offloads every write starts with a virtio-net header.
+            Self::Tun(tun) if tun.tcp_gso() => {
+                for buffer in batch.merged() {
+                    if let Err(error) = tun.send(buffer).await {
+                        result = Err(error);
+                    }
+                }
+            }
+            _ => {
+                for buffer in batch.queued() {
+                    if let Err(error) = self.send(&buffer[HEADROOM..]).await {
+                        result = Err(error);
+                    }
+                }
+            }
+        }
+        batch.clear();
+        result
+    }
+
+    /// Hands the trusted names to the userspace stack (its SOCKS5 proxy
+    /// resolves `NAME.agent.internal` in-process). The TUN needs nothing:
+    /// the host's resolver and the responder serve it.
+    pub(crate) fn publish_names(&self, names: &NameTable) {
+        if let Self::Userspace(stack) = self {
+            stack.publish_names(names);
+        }
+    }
+
+    /// Hands the userspace stack the IPv4 addresses `node` routes to the
+    /// trusted peers of `trust`, by name (the SOCKS5 proxy and the forwards
+    /// accept only those, and resolve names to them). The TUN needs
+    /// nothing: the kernel routes the /10.
+    pub(crate) fn publish_ipv4_routes(&self, node: &Node, trust: &TrustStore) {
+        if let Self::Userspace(stack) = self {
+            let routes: BTreeMap<String, Ipv4Addr> = trust
+                .peers
+                .iter()
+                .filter(|entry| entry.state == TrustState::Trusted)
+                .filter_map(|entry| match node.peer_ipv4_route(&entry.id) {
+                    Some(Ipv4Route::Routed(address)) => {
+                        Some((entry.name.to_ascii_lowercase(), address))
+                    }
+                    _ => None,
+                })
+                .collect();
+            stack.publish_ipv4_routes(&routes);
+        }
+    }
+
+    /// The userspace stack's status, if this is it.
+    pub(crate) fn userspace_status(&self) -> Option<UserspaceStatus> {
+        match self {
+            Self::Tun(_) => None,
+            Self::Userspace(stack) => Some(stack.status()),
+        }
+    }
+}
+
+fn copy_packet(packet: &[u8], buf: &mut [u8]) -> io::Result<usize> {
+    let target = buf.get_mut(..packet.len()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "packet larger than the buffer")
+    })?;
+    target.copy_from_slice(packet);
+    Ok(packet.len())
+}

@@ -1,0 +1,572 @@
+//! Trust requests received and waiting for an operator (DESIGN.md §4), with
+//! the abuse limits around them.
+//!
+//! In the order a datagram meets them (`Node::handle_trust_request`), after
+//! the cheap checks of length and mac1:
+//!
+//! 1. **Per sender** ([`RequestSender`]): the source address (IPv4, or the
+//!    /64 of IPv6) for a direct request; for one through a rendezvous, the
+//!    node the rendezvous names as its sender (which it takes from that
+//!    sender's authenticated registration), never the rendezvous' own
+//!    address, so one sender's garbage cannot block everyone who asks
+//!    through the same rendezvous, and a mailbox delivered at once (up to
+//!    16 requests from different senders) lands whole.
+//! 2. **A global budget** of verifications per second: the Diffie-Hellman
+//!    and signature check of a request cost ~100 µs, so a flood from many
+//!    addresses costs at most a few percent of a core.
+//! 3. After the request verified: the **replay set** of nonces, then **per
+//!    requester key**.
+//!
+//! Every limiter is a [`KeyedLimiter`] (fixed hashed buckets, O(1) per
+//! datagram); the replay set is a bounded FIFO swept a few entries per
+//! insertion. No datagram does work that grows with the number of sources.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::core::address::NodeId;
+use crate::core::identity::AgentId;
+use crate::core::limit::{KeyedLimiter, Rate, TokenBucket, address_key};
+use crate::core::trust::request::{MAX_CLOCK_SKEW, TrustRequest};
+use crate::core::wire::path::PathAddr;
+
+/// Most requests waiting at once; the oldest goes first.
+pub const MAX_PENDING: usize = 256;
+/// How long a request waits before it expires.
+pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Requests accepted per requester key or sender per minute (and at once).
+pub const REQUESTS_PER_MINUTE: u32 = 5;
+/// Buckets of each keyed limiter (8 bytes each, allocated on first use).
+pub const LIMITER_BUCKETS: usize = 16_384;
+/// Requests verified per second at most, over all senders: the budget of
+/// the expensive checks (Noise_X and Ed25519, ~100 µs together).
+pub const VERIFICATIONS_PER_SECOND: u32 = 200;
+/// Most nonces remembered (a request's nonce is kept as long as its
+/// timestamp could pass the skew check: [`NONCE_LIFETIME`]).
+pub const MAX_NONCES: usize = 8192;
+/// How long a nonce is remembered: a request is stale once its timestamp is
+/// more than [`MAX_CLOCK_SKEW`] off, so a replay later than twice that is
+/// refused as stale anyway.
+pub const NONCE_LIFETIME: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs());
+/// Expired nonces forgotten per insertion at most (more than one, so the
+/// set drains faster than it fills; a constant, so no insertion sweeps).
+const NONCE_SWEEP_STEPS: usize = 4;
+
+/// The rate of each sender and each requester.
+const REQUEST_RATE: Rate = Rate::per(
+    REQUESTS_PER_MINUTE,
+    Duration::from_secs(60),
+    REQUESTS_PER_MINUTE,
+);
+
+/// A request waiting for approval.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    /// The verified request.
+    pub request: TrustRequest,
+    /// Where the datagram came from (a rendezvous when `via_relay`).
+    pub from: SocketAddr,
+    /// Whether it came through a rendezvous (then `from` is not the
+    /// requester's endpoint).
+    pub via_relay: bool,
+    /// When it arrived.
+    pub received: Instant,
+}
+
+/// A pending request as shown to the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// Requester's agent ID.
+    pub id: AgentId,
+    /// Name the requester claims.
+    pub name: String,
+    /// Why it asks.
+    pub justification: String,
+    /// Ports it asks for.
+    pub requested: String,
+    /// Seconds since it arrived.
+    pub age_s: f64,
+    /// Where it came from.
+    pub from: SocketAddr,
+    /// Whether it came through a rendezvous.
+    pub via_relay: bool,
+    /// Fleet key that endorsed it, if any.
+    pub endorsed_by: Option<AgentId>,
+}
+
+/// Who sent a trust request, as something the sender cannot share with
+/// others: what the per-sender limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestSender {
+    /// Straight from this address (IPv4; the /64 of IPv6; ports are free).
+    Address(IpAddr),
+    /// Through the rendezvous at `relay`, from the node it named.
+    RelayedNode {
+        /// The rendezvous.
+        relay: SocketAddr,
+        /// The sending node, as the rendezvous stamped it.
+        node: NodeId,
+    },
+}
+
+impl RequestSender {
+    /// The sender of a request that arrived along `path` (`relayed_by`: the
+    /// node a rendezvous named).
+    pub fn of_path(path: PathAddr, relayed_by: Option<NodeId>) -> Self {
+        match (path, relayed_by) {
+            (PathAddr::Relay(relay), Some(node)) => RequestSender::RelayedNode { relay, node },
+            (path, _) => RequestSender::Address(address_key(path.underlay().ip())),
+        }
+    }
+}
+
+/// Why a request was refused before verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttled {
+    /// Its sender is over its rate.
+    Sender,
+    /// The global verification budget is spent for now.
+    Budget,
+}
+
+/// Outcome of offering a verified request to the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued (or replaced an older request from the same requester).
+    Queued,
+    /// The nonce was seen before.
+    Replayed,
+    /// The requester is over its rate (or the replay set is full).
+    RateLimited,
+}
+
+/// A nonce of a request seen recently, as the shell saves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenNonce {
+    /// Who sent the request.
+    pub requester: AgentId,
+    /// Its nonce.
+    pub nonce: [u8; 16],
+    /// How much longer it must be remembered.
+    pub remaining: Duration,
+}
+
+type NonceKey = (AgentId, [u8; 16]);
+
+/// The replay set: nonces with their expiry, in a FIFO that insertions
+/// sweep a few entries at a time (expiries are nearly in insertion order;
+/// one out of order only delays the forgetting behind it).
+#[derive(Debug, Default)]
+struct SeenNonces {
+    order: VecDeque<(NonceKey, Instant)>,
+    expiry: HashMap<NonceKey, Instant>,
+    /// Entries looked at by sweeps so far (the work done, for tests).
+    sweep_steps: u64,
+}
+
+impl SeenNonces {
+    fn contains(&self, key: &NonceKey) -> bool {
+        self.expiry.contains_key(key)
+    }
+
+    /// Forgets at most `steps` expired nonces from the front.
+    fn sweep(&mut self, now: Instant, steps: usize) {
+        for _ in 0..steps {
+            match self.order.front() {
+                Some((key, expires)) if *expires <= now => {
+                    self.expiry.remove(key);
+                    self.order.pop_front();
+                    self.sweep_steps = self.sweep_steps.saturating_add(1);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Remembers `key` until `expires`. A full set forgets its oldest
+    /// nonce: a flood of validly signed requests from fresh keys then
+    /// shortens how long a nonce is remembered (a replay of a request older
+    /// than that could queue it again while the flood lasts) instead of
+    /// locking every requester out.
+    fn insert(&mut self, now: Instant, key: NonceKey, expires: Instant) {
+        self.sweep(now, NONCE_SWEEP_STEPS);
+        if self.expiry.contains_key(&key) {
+            return;
+        }
+        if self.order.len() >= MAX_NONCES
+            && let Some((oldest, _)) = self.order.pop_front()
+        {
+            self.expiry.remove(&oldest);
+        }
+        self.order.push_back((key, expires));
+        self.expiry.insert(key, expires);
+    }
+
+    fn iter(&self, now: Instant) -> impl Iterator<Item = SeenNonce> + '_ {
+        self.order
+            .iter()
+            .filter(move |(_, expires)| *expires > now)
+            .map(move |((requester, nonce), expires)| SeenNonce {
+                requester: *requester,
+                nonce: *nonce,
+                remaining: expires.saturating_duration_since(now),
+            })
+    }
+}
+
+/// Pending requests and their limits.
+#[derive(Debug)]
+pub struct PendingRequests {
+    requests: Vec<PendingRequest>,
+    by_sender: KeyedLimiter,
+    verifications: TokenBucket,
+    by_requester: KeyedLimiter,
+    nonces: SeenNonces,
+}
+
+impl Default for PendingRequests {
+    fn default() -> Self {
+        Self {
+            requests: Vec::new(),
+            by_sender: KeyedLimiter::new(REQUEST_RATE, LIMITER_BUCKETS),
+            verifications: TokenBucket::new(Rate::per_second(
+                VERIFICATIONS_PER_SECOND,
+                VERIFICATIONS_PER_SECOND,
+            )),
+            by_requester: KeyedLimiter::new(REQUEST_RATE, LIMITER_BUCKETS),
+            nonces: SeenNonces::default(),
+        }
+    }
+}
+
+impl PendingRequests {
+    /// Before any cryptography (after the cheap checks of length and mac1):
+    /// may a request of `sender` be verified now? Counts it against the
+    /// sender's rate, then the global budget. O(1).
+    pub fn allow_verification(
+        &mut self,
+        now: Instant,
+        sender: &RequestSender,
+        rng: &mut impl RngCore,
+    ) -> Result<(), Throttled> {
+        if !self.by_sender.take(now, sender, rng) {
+            return Err(Throttled::Sender);
+        }
+        if !self.verifications.take(now) {
+            return Err(Throttled::Budget);
+        }
+        Ok(())
+    }
+
+    /// Checks replay and per-requester rate of a verified request,
+    /// remembering its nonce.
+    pub fn check(
+        &mut self,
+        now: Instant,
+        request: &TrustRequest,
+        rng: &mut impl RngCore,
+    ) -> Admission {
+        let key = (request.requester, request.nonce);
+        if self.nonces.contains(&key) {
+            return Admission::Replayed;
+        }
+        if !self.by_requester.take(now, &request.requester, rng) {
+            return Admission::RateLimited;
+        }
+        self.nonces.insert(now, key, now + NONCE_LIFETIME);
+        Admission::Queued
+    }
+
+    /// The nonces still remembered (of waiting, approved and denied
+    /// requests alike), for the shell to save across restarts.
+    pub fn seen_nonces(&self, now: Instant) -> impl Iterator<Item = SeenNonce> + '_ {
+        self.nonces.iter(now)
+    }
+
+    /// Remembers a nonce saved before a restart (for what remains of its
+    /// lifetime, at most [`NONCE_LIFETIME`]).
+    pub fn restore_seen_nonce(&mut self, now: Instant, seen: SeenNonce) {
+        if seen.remaining.is_zero() {
+            return;
+        }
+        let expires = now + seen.remaining.min(NONCE_LIFETIME);
+        self.nonces
+            .insert(now, (seen.requester, seen.nonce), expires);
+    }
+
+    /// Sweep steps of the replay set so far (work done, for tests).
+    pub fn nonce_sweep_steps(&self) -> u64 {
+        self.nonces.sweep_steps
+    }
+
+    /// Buckets the per-sender limiter touched so far (work done, for tests
+    /// and benches).
+    pub fn sender_buckets_touched(&self) -> u64 {
+        self.by_sender.cells_touched()
+    }
+
+    /// Queues a verified request, replacing an older one from the same
+    /// requester and evicting the oldest when full.
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        request: TrustRequest,
+        from: SocketAddr,
+        via_relay: bool,
+    ) {
+        self.expire(now);
+        self.requests
+            .retain(|pending| pending.request.requester != request.requester);
+        if self.requests.len() >= MAX_PENDING {
+            self.requests.remove(0);
+        }
+        self.requests.push(PendingRequest {
+            request,
+            from,
+            via_relay,
+            received: now,
+        });
+    }
+
+    /// Drops requests older than the TTL and forgets expired nonces
+    /// (housekeeping; each nonce is swept once, so this is O(1) amortised).
+    pub fn expire(&mut self, now: Instant) {
+        self.requests
+            .retain(|pending| now.saturating_duration_since(pending.received) < PENDING_TTL);
+        self.nonces.sweep(now, MAX_NONCES);
+    }
+
+    /// Puts back a request saved before a restart (it was verified when it
+    /// arrived). Its nonce joins the replay set; the bound and the TTL apply
+    /// as to a new one.
+    pub fn restore(&mut self, now: Instant, pending: PendingRequest) {
+        if now.saturating_duration_since(pending.received) >= PENDING_TTL {
+            return;
+        }
+        // Its nonce matters while its timestamp could still pass.
+        let nonce_expires = pending.received + NONCE_LIFETIME;
+        if nonce_expires > now {
+            self.nonces.insert(
+                now,
+                (pending.request.requester, pending.request.nonce),
+                nonce_expires,
+            );
+        }
+        self.requests
+            .retain(|queued| queued.request.requester != pending.request.requester);
+        if self.requests.len() >= MAX_PENDING {
+            self.requests.remove(0);
+        }
+        let position = self
+            .requests
+            .partition_point(|queued| queued.received <= pending.received);
+        self.requests.insert(position, pending);
+    }
+
+    /// The waiting requests with all they carry, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &PendingRequest> {
+        self.requests.iter()
+    }
+
+    /// Removes and returns the request of `requester`.
+    pub fn take(&mut self, requester: &AgentId) -> Option<PendingRequest> {
+        let position = self
+            .requests
+            .iter()
+            .position(|pending| pending.request.requester == *requester)?;
+        Some(self.requests.remove(position))
+    }
+
+    /// The waiting requests, oldest first.
+    pub fn list(&self, now: Instant) -> Vec<PendingStatus> {
+        self.requests
+            .iter()
+            .filter(|pending| now.saturating_duration_since(pending.received) < PENDING_TTL)
+            .map(|pending| PendingStatus {
+                id: pending.request.requester,
+                name: pending.request.name.clone(),
+                justification: pending.request.justification.clone(),
+                requested: pending.request.requested.to_string(),
+                age_s: now
+                    .saturating_duration_since(pending.received)
+                    .as_secs_f64(),
+                from: pending.from,
+                via_relay: pending.via_relay,
+                endorsed_by: pending
+                    .request
+                    .endorsement
+                    .as_ref()
+                    .map(|endorsement| endorsement.fleet_key),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::Identity;
+    use crate::core::policy::Policy;
+    use crate::core::rng::core_rng;
+
+    fn direct(i: u32) -> RequestSender {
+        RequestSender::of_path(
+            PathAddr::Direct(SocketAddr::from((i.to_be_bytes(), 7400))),
+            None,
+        )
+    }
+
+    fn request(seed: u8, nonce: u8) -> TrustRequest {
+        TrustRequest {
+            requester: Identity::from_secret_bytes(&[seed; 32])
+                .expect("key")
+                .agent_id(),
+            target: Identity::from_secret_bytes(&[1; 32])
+                .expect("key")
+                .agent_id(),
+            unix_time: 1_800_000_000,
+            nonce: [nonce; 16],
+            name: "r".into(),
+            justification: String::new(),
+            requested: Policy::All,
+            candidates: Vec::new(),
+            endorsement: None,
+        }
+    }
+
+    #[test]
+    fn new_source_is_admitted_while_many_fresh_sources_are_tracked() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        for i in 0..20_000u32 {
+            let _ = pending.allow_verification(t0, &direct(i), &mut rng);
+        }
+        // The global budget is spent by now; a second later a newcomer goes.
+        let later = t0 + Duration::from_secs(1);
+        let newcomer = RequestSender::Address("198.51.100.7".parse().expect("ip"));
+        assert_eq!(
+            pending.allow_verification(later, &newcomer, &mut rng),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn flood_of_new_sources_costs_one_bucket_per_datagram() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        // Fill far past the old 8,192-entry table, then 100,000 more.
+        for i in 0..50_000u32 {
+            let _ = pending.allow_verification(t0, &direct(i), &mut rng);
+        }
+        let before = pending.sender_buckets_touched();
+        for i in 50_000..150_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i));
+            let _ = pending.allow_verification(now, &direct(i), &mut rng);
+        }
+        assert_eq!(pending.sender_buckets_touched() - before, 100_000);
+        assert_eq!(pending.by_sender.buckets(), LIMITER_BUCKETS);
+    }
+
+    #[test]
+    fn one_sender_is_limited_and_the_global_budget_caps_verifications() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        let one = direct(1);
+        let passed = (0..20)
+            .filter(|_| pending.allow_verification(t0, &one, &mut rng).is_ok())
+            .count();
+        assert_eq!(passed, REQUESTS_PER_MINUTE as usize);
+        // Many senders at one instant: at most the budget is verified.
+        let passed = (100..10_000)
+            .filter(|i| {
+                pending
+                    .allow_verification(t0, &direct(*i), &mut rng)
+                    .is_ok()
+            })
+            .count();
+        assert!(passed <= VERIFICATIONS_PER_SECOND as usize, "{passed}");
+        assert!(passed >= VERIFICATIONS_PER_SECOND as usize - 10, "{passed}");
+    }
+
+    #[test]
+    fn relayed_senders_are_told_apart_by_node_not_by_rendezvous() {
+        let relay: SocketAddr = "10.0.2.1:7400".parse().expect("addr");
+        let a = RequestSender::of_path(PathAddr::Relay(relay), Some(NodeId([1; 8])));
+        let b = RequestSender::of_path(PathAddr::Relay(relay), Some(NodeId([2; 8])));
+        assert_ne!(a, b);
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        while pending.allow_verification(t0, &a, &mut rng).is_ok() {}
+        assert_eq!(pending.allow_verification(t0, &b, &mut rng), Ok(()));
+    }
+
+    #[test]
+    fn replay_set_is_bounded_and_swept_a_few_entries_at_a_time() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        let mut queued = 0;
+        for i in 0..(MAX_NONCES as u32 + 100) {
+            let mut request = request(2, 0);
+            request.nonce[..4].copy_from_slice(&i.to_be_bytes());
+            request.requester = Identity::from_secret_bytes(&[(i % 251) as u8 + 2; 32])
+                .expect("key")
+                .agent_id();
+            // Each requester's own rate: spread over time.
+            let now = t0 + Duration::from_millis(u64::from(i) * 50);
+            if pending.check(now, &request, &mut rng) == Admission::Queued {
+                queued += 1;
+            }
+        }
+        assert!(pending.nonces.order.len() <= MAX_NONCES);
+        assert!(pending.nonces.expiry.len() <= MAX_NONCES);
+        assert!(queued > 0);
+        // A full set does not lock the next requester out.
+        let next = t0 + Duration::from_millis(u64::from(MAX_NONCES as u32 + 100) * 50);
+        assert_eq!(pending.nonces.order.len(), MAX_NONCES);
+        assert_eq!(
+            pending.check(next, &request(77, 9), &mut rng),
+            Admission::Queued,
+            "a full replay set refused a fresh request"
+        );
+        assert_eq!(pending.nonces.order.len(), MAX_NONCES);
+        // Long after, every insertion sweeps at most a few entries.
+        let later = t0 + Duration::from_secs(3600);
+        let before = pending.nonce_sweep_steps();
+        pending.check(later, &request(99, 1), &mut rng);
+        assert!(pending.nonce_sweep_steps() - before <= NONCE_SWEEP_STEPS as u64);
+        pending.expire(later);
+        assert_eq!(pending.nonces.order.len(), 1);
+    }
+
+    #[test]
+    fn seen_nonces_survive_a_restart() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        let approved = request(3, 7);
+        assert_eq!(pending.check(t0, &approved, &mut rng), Admission::Queued);
+        // The operator approves: the request leaves the queue, its nonce
+        // stays; the shell saves it.
+        let saved: Vec<SeenNonce> = pending.seen_nonces(t0).collect();
+        assert_eq!(saved.len(), 1);
+        let mut restarted = PendingRequests::default();
+        let t1 = t0 + Duration::from_secs(1);
+        for seen in saved {
+            restarted.restore_seen_nonce(t1, seen);
+        }
+        assert_eq!(
+            restarted.check(t1, &approved, &mut rng),
+            Admission::Replayed
+        );
+        assert!(restarted.seen_nonces(t1 + NONCE_LIFETIME).next().is_none());
+    }
+}

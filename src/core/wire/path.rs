@@ -1,0 +1,134 @@
+//! Paths a datagram can take to a peer: straight to its endpoint, or through
+//! a rendezvous relay in a type-5 envelope (DESIGN.md §5).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::core::address::NodeId;
+use crate::core::wire::{self, RELAY_HEADER_LEN, TYPE_RELAY};
+
+/// Where a datagram came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathAddr {
+    /// Straight to or from this underlay endpoint.
+    Direct(SocketAddr),
+    /// Through the rendezvous at this endpoint.
+    Relay(SocketAddr),
+    /// Straight to or from this endpoint, through probe socket N (an extra
+    /// local UDP socket the shell opens on demand for birthday hole
+    /// punching behind a hard NAT).
+    Probe(u16, SocketAddr),
+}
+
+/// What this agent knows about its own NAT, from what rendezvous servers
+/// saw (announced to peers so both sides pick a punching strategy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatKind {
+    /// Not known (fewer than two rendezvous answers).
+    #[default]
+    Unknown,
+    /// A public address: what rendezvous servers see is a local address.
+    None,
+    /// Endpoint-independent mapping: the same public port for every
+    /// destination.
+    Easy,
+    /// Endpoint-dependent mapping: a new public port per destination.
+    Hard,
+}
+
+impl NatKind {
+    /// Wire encoding.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            NatKind::Unknown => 0,
+            NatKind::None => 1,
+            NatKind::Easy => 2,
+            NatKind::Hard => 3,
+        }
+    }
+
+    /// Wire decoding (unknown values are `Unknown`).
+    pub fn from_byte(byte: u8) -> Self {
+        match byte {
+            1 => NatKind::None,
+            2 => NatKind::Easy,
+            3 => NatKind::Hard,
+            _ => NatKind::Unknown,
+        }
+    }
+}
+
+impl PathAddr {
+    /// The underlay address the datagram actually goes to or came from.
+    pub fn underlay(&self) -> SocketAddr {
+        match self {
+            PathAddr::Direct(address) | PathAddr::Relay(address) | PathAddr::Probe(_, address) => {
+                *address
+            }
+        }
+    }
+
+    /// The remote endpoint of a direct path (main or probe socket).
+    pub fn direct_endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            PathAddr::Direct(address) | PathAddr::Probe(_, address) => Some(*address),
+            PathAddr::Relay(_) => None,
+        }
+    }
+
+    /// Whether this is a relayed path.
+    pub fn is_relay(&self) -> bool {
+        matches!(self, PathAddr::Relay(_))
+    }
+}
+
+impl fmt::Display for PathAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathAddr::Direct(address) => write!(f, "direct {address}"),
+            PathAddr::Relay(address) => write!(f, "relay via {address}"),
+            PathAddr::Probe(socket, address) => {
+                write!(f, "direct {address} (probe socket {socket})")
+            }
+        }
+    }
+}
+
+/// Wraps a datagram in a relay envelope naming `node` (the destination when
+/// sent to a rendezvous, the source when a rendezvous delivers it).
+pub fn relay_envelope(node: NodeId, inner: &[u8]) -> Vec<u8> {
+    let mut datagram = Vec::with_capacity(RELAY_HEADER_LEN + inner.len());
+    datagram.extend_from_slice(&[TYPE_RELAY, 0, 0, 0]);
+    datagram.extend_from_slice(&node.0);
+    datagram.extend_from_slice(inner);
+    datagram
+}
+
+/// Rewrites the node ID of a relay envelope in place (the rendezvous turns
+/// the destination into the source before forwarding).
+pub fn rewrite_relay_node(datagram: &mut [u8], node: NodeId) {
+    if datagram.len() >= RELAY_HEADER_LEN && datagram[0] == TYPE_RELAY {
+        datagram[wire::HEADER_LEN..RELAY_HEADER_LEN].copy_from_slice(&node.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::wire::Datagram;
+
+    #[test]
+    fn envelope_round_trips_and_rewrites() {
+        let inner = [4u8, 0, 0, 0, 1, 2, 3];
+        let mut datagram = relay_envelope(NodeId([7; 8]), &inner);
+        rewrite_relay_node(&mut datagram, NodeId([9; 8]));
+        match Datagram::parse(&datagram) {
+            Ok(Datagram::Relay(relay)) => {
+                assert_eq!(relay.destination(), [9; 8]);
+                assert_eq!(relay.inner(), inner);
+            }
+            other => panic!("not a relay envelope: {other:?}"),
+        }
+    }
+}

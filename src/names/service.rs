@@ -1,0 +1,491 @@
+//! The daemon's name service: keeps `NAME.agent.internal` for every trusted
+//! peer answerable everywhere this node serves — the responder at
+//! `PREFIX::53` ([`super::dns`]), the host's resolver configuration
+//! ([`super::resolver_config`]) and the hosts files of attached namespaces
+//! ([`crate::attach`]) — and takes it all back on shutdown.
+//!
+//! The event loop calls [`NameService::sync`] with the trust store and the
+//! node after anything that may have changed them; only a change of the
+//! trusted names or of their addresses causes any write. A name carries
+//! its agent's IPv6 address always, and its IPv4 address when the node
+//! routes IPv4 to it ([`Ipv4Route::Routed`]): with IPv4 off, or for a peer
+//! whose derived IPv4 address another agent keeps, the name answers AAAA
+//! only and hosts files list only the IPv6 line.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use super::dns::{DnsResponder, NameTable, ResolverPacket};
+use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
+use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
+use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::identity::AgentId;
+use crate::core::node::{Ipv4Route, Node};
+use crate::core::trust::store::{TrustState, TrustStore};
+use crate::state::StateDir;
+
+/// Resolver replies waiting for the TUN; more are dropped (a query flood
+/// must not grow memory).
+const MAX_QUEUED_REPLIES: usize = 256;
+
+/// One trust store entry as last published: `(id, name, state, IPv4)`.
+type AppliedEntry = (AgentId, String, TrustState, Option<Ipv4Addr>);
+
+/// The IPv4 address `node` routes to `id`, if any: `None` when IPv4 is off
+/// or another agent keeps the address (a collision), so the name gets no A
+/// record.
+pub(crate) fn routed_ipv4(node: &Node, id: &AgentId) -> Option<Ipv4Addr> {
+    match node.peer_ipv4_route(id)? {
+        Ipv4Route::Routed(address) => Some(address),
+        Ipv4Route::Off | Ipv4Route::TakenBy(_) => None,
+    }
+}
+
+/// The names of one attached namespace.
+#[derive(Debug)]
+struct AttachedNames {
+    attachment: Attachment,
+    /// Where its names go, or why they cannot.
+    hosts: Result<HostsFile, String>,
+}
+
+/// Names for trusted peers: responder, host resolver, attached namespaces.
+#[derive(Debug)]
+pub(crate) struct NameService {
+    network: NetworkId,
+    owner: String,
+    state: StateDir,
+    responder: DnsResponder,
+    host: Option<HostResolver>,
+    attached: Vec<AttachedNames>,
+    /// The trust store's `(id, name, state)` and each peer's routed IPv4
+    /// address, as last applied.
+    applied: Option<Vec<AppliedEntry>>,
+    /// Whether names were published at least once.
+    published: bool,
+    replies: VecDeque<Vec<u8>>,
+}
+
+impl NameService {
+    /// Sets up the host resolver for `mode` (a failure leaves only the
+    /// responder, with a warning) and reads the attachments. Names are
+    /// published by the first [`NameService::sync`].
+    pub(crate) fn start(
+        network: NetworkId,
+        owner: AgentId,
+        interface: &str,
+        state: StateDir,
+        mode: HostResolverMode,
+    ) -> Self {
+        let responder = DnsResponder::new(network, NodePrefix::of_agent(network, &owner));
+        let owner = owner.to_string();
+        let host = match HostResolver::configure(mode, &owner, interface, responder.address()) {
+            Ok(host) => host,
+            Err(error) => {
+                tracing::warn!(%error, "names: cannot configure the host resolver; only the responder answers");
+                None
+            }
+        };
+        tracing::info!(
+            resolver = %responder.address(),
+            host = %host.as_ref().map_or_else(|| "off".to_string(), HostResolver::describe),
+            "names: NAME.agent.internal for trusted peers"
+        );
+        let mut service = Self {
+            network,
+            owner,
+            state,
+            responder,
+            host,
+            attached: Vec::new(),
+            applied: None,
+            published: false,
+            replies: VecDeque::new(),
+        };
+        // A failure is logged; attached namespaces then get names after the next reload.
+        let _ = service.load_attachments();
+        service.mark_unwritable_attachments();
+        service
+    }
+
+    /// Answers a TUN packet addressed to the resolver (the reply is queued
+    /// for [`NameService::poll_tun_packet`]). Returns `false` for packets
+    /// that are not the resolver's: those belong to the node.
+    pub(crate) fn handle_tun_packet(&mut self, packet: &[u8]) -> bool {
+        match self.responder.handle_tun_packet(packet) {
+            ResolverPacket::NotForResolver => false,
+            ResolverPacket::Dropped => true,
+            ResolverPacket::Reply(reply) => {
+                if self.replies.len() < MAX_QUEUED_REPLIES {
+                    self.replies.push_back(reply);
+                }
+                true
+            }
+        }
+    }
+
+    /// The next resolver reply to write to the TUN.
+    pub(crate) fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.replies.pop_front()
+    }
+
+    /// Opens the hosts files the names go to (the host's, those of
+    /// namespaces attached by name) and keeps the descriptors: edits in
+    /// place then keep working after the daemon dropped its privileges.
+    /// Namespaces attached later or by PID need root; their programs can
+    /// use the resolver at `PREFIX::53`.
+    pub(crate) fn hold_files(&mut self) {
+        if let Some(HostResolver::Hosts(file)) = &mut self.host
+            && let Err(error) = file.hold_open()
+        {
+            tracing::warn!(%error, "names: cannot keep the hosts file open; names will not be updated there");
+        }
+        for attached in &mut self.attached {
+            // Not a container's file (by PID): an open file would pin its
+            // root file system, and once unprivileged the daemon can no
+            // longer check that the PID is still that container.
+            if let Ok(file) = &mut attached.hosts
+                && matches!(attached.attachment.target, AttachTarget::Netns(_))
+                && attached.attachment.namespace_is_current()
+                && let Err(error) = file.hold_open()
+            {
+                tracing::warn!(%error, target = %attached.attachment.target, "names: cannot keep an attached namespace's hosts file open");
+            }
+        }
+    }
+
+    /// Without root, a hosts file not held open since before the privilege
+    /// drop cannot be written (`/etc/netns`, `/proc/PID/root` are root's):
+    /// say so in the attachment's note instead of failing at every update.
+    fn mark_unwritable_attachments(&mut self) {
+        if nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let resolver = self.responder.address();
+        for attached in &mut self.attached {
+            if let Ok(file) = &attached.hosts
+                && !file.is_held()
+            {
+                attached.hosts = Err(format!(
+                    "the daemon runs unprivileged and cannot write {}; programs there can ask \
+                     the resolver at {resolver}",
+                    file.path().display()
+                ));
+            }
+        }
+    }
+
+    /// Whether the host's resolver is systemd-resolved.
+    pub(crate) fn uses_resolved(&self) -> bool {
+        matches!(self.host, Some(HostResolver::Resolved { .. }))
+    }
+
+    /// The trusted names as last published.
+    pub(crate) fn table(&self) -> &NameTable {
+        self.responder.names()
+    }
+
+    /// Publishes the trusted names of `trust`, with the IPv4 addresses
+    /// `node` routes to them, if they changed since the last call.
+    pub(crate) fn sync(&mut self, trust: &TrustStore, node: &Node) {
+        let routed = |id: &AgentId| routed_ipv4(node, id);
+        let unchanged = self.applied.as_ref().is_some_and(|applied| {
+            applied.len() == trust.peers.len()
+                && applied
+                    .iter()
+                    .zip(&trust.peers)
+                    .all(|((id, name, state, address4), entry)| {
+                        *id == entry.id
+                            && *name == entry.name
+                            && *state == entry.state
+                            && *address4 == routed(&entry.id)
+                    })
+        });
+        if unchanged {
+            return;
+        }
+        self.applied = Some(
+            trust
+                .peers
+                .iter()
+                .map(|entry| (entry.id, entry.name.clone(), entry.state, routed(&entry.id)))
+                .collect(),
+        );
+        let names = NameTable::from_trust_with_ipv4(trust, self.network, routed);
+        // The first sync always writes, even no names: that removes a block
+        // a killed daemon of this agent left behind.
+        if self.published && self.responder.names() == &names {
+            return;
+        }
+        tracing::debug!(names = names.len(), "names: publishing");
+        self.responder.set_names(names);
+        self.publish_all();
+        self.published = true;
+    }
+
+    fn publish_all(&self) {
+        let names = self.responder.names();
+        if let Some(host) = &self.host
+            && let Err(error) = host.update(names)
+        {
+            tracing::warn!(%error, "names: cannot update the host resolver");
+        }
+        for attached in &self.attached {
+            publish_attached(attached, names);
+        }
+    }
+
+    /// Re-reads `attachments.json` (after `attach` or `detach`): removes the
+    /// names of namespaces no longer attached, publishes them in new ones.
+    /// Returns where each attachment's names go.
+    pub(crate) fn reload_attachments(&mut self) -> Result<Vec<AttachmentNames>, String> {
+        let before: Vec<AttachedNames> = std::mem::take(&mut self.attached);
+        let loaded = self.load_attachments();
+        // Files held open across a privilege drop stay held.
+        for now in &mut self.attached {
+            if let (Ok(file), Some(Ok(old))) = (
+                &mut now.hosts,
+                before
+                    .iter()
+                    .find(|old| old.attachment == now.attachment)
+                    .map(|old| &old.hosts),
+            ) {
+                file.keep_held_from(old);
+            }
+        }
+        self.mark_unwritable_attachments();
+        for old in before {
+            let still = self
+                .attached
+                .iter()
+                .any(|now| now.attachment == old.attachment);
+            if !still
+                && let Ok(file) = &old.hosts
+                && old.attachment.namespace_is_current()
+                && let Err(error) = file.remove()
+            {
+                tracing::warn!(%error, target = %old.attachment.target, "names: cannot remove from the detached namespace");
+            }
+        }
+        for attached in &self.attached {
+            publish_attached(attached, self.responder.names());
+        }
+        loaded.map(|()| self.attachment_names())
+    }
+
+    /// Where each attachment's names go.
+    pub(crate) fn attachment_names(&self) -> Vec<AttachmentNames> {
+        self.attached
+            .iter()
+            .map(|attached| AttachmentNames {
+                target: attached.attachment.target.clone(),
+                address: attached.attachment.address,
+                hosts_file: attached.hosts.as_ref().ok().map(|f| f.path().to_path_buf()),
+                note: attached.hosts.as_ref().err().cloned(),
+            })
+            .collect()
+    }
+
+    fn load_attachments(&mut self) -> Result<(), String> {
+        let record = match Attachments::load(&self.state) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(%error, "names: cannot read the attachments");
+                return Err(error.to_string());
+            }
+        };
+        let own = match &self.host {
+            Some(HostResolver::Hosts(file)) => Some(file.path().to_path_buf()),
+            _ => None,
+        };
+        self.attached = record
+            .attached
+            .into_iter()
+            .map(|attachment| {
+                let hosts = attachment_hosts(
+                    &attachment,
+                    &self.owner,
+                    own.as_deref(),
+                    self.responder.address(),
+                );
+                AttachedNames { attachment, hosts }
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Removes every name this daemon published. Idempotent.
+    pub(crate) fn shutdown(&mut self) {
+        for attached in std::mem::take(&mut self.attached) {
+            if let Ok(file) = &attached.hosts
+                && attached.attachment.namespace_is_current()
+                && let Err(error) = file.remove()
+            {
+                tracing::warn!(%error, "names: cannot remove from an attached namespace");
+            }
+        }
+        if let Some(host) = self.host.take()
+            && let Err(error) = host.remove()
+        {
+            tracing::warn!(%error, "names: cannot undo the host resolver configuration");
+        }
+    }
+}
+
+impl Drop for NameService {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn publish_attached(attached: &AttachedNames, names: &NameTable) {
+    let Ok(file) = &attached.hosts else {
+        return;
+    };
+    // A PID may have been reused by now: write only into the namespace
+    // that was attached.
+    if !attached.attachment.namespace_is_current() {
+        tracing::debug!(target = %attached.attachment.target, "names: attached namespace is gone");
+        return;
+    }
+    if let Err(error) = file.write(names) {
+        tracing::warn!(%error, target = %attached.attachment.target, "names: cannot update an attached namespace");
+    }
+}
+
+/// Where the names of an attached namespace go: `/etc/netns/NAME/hosts`
+/// for a named namespace (read by `ip netns exec`), the container's own
+/// `/etc/hosts` for one attached by PID — unless that is this host's file.
+fn attachment_hosts(
+    attachment: &Attachment,
+    owner: &str,
+    own: Option<&Path>,
+    resolver: Ipv6Addr,
+) -> Result<HostsFile, String> {
+    match &attachment.target {
+        AttachTarget::Netns(name) => {
+            HostsFile::for_named_netns(name, owner).map_err(|e| e.to_string())
+        }
+        AttachTarget::Pid(pid) => {
+            let path = PathBuf::from(format!("/proc/{pid}/root{ETC_HOSTS}"));
+            if !path.exists() {
+                return Err(format!("{} does not exist", path.display()));
+            }
+            let file = HostsFile::in_container(path, owner);
+            let shared = [Path::new(ETC_HOSTS), Path::new("/proc/1/root/etc/hosts")]
+                .into_iter()
+                .chain(own)
+                .any(|other| file.same_file_as(other));
+            if shared {
+                return Err(format!(
+                    "it shares this host's /etc/hosts; its programs can ask the resolver at {resolver}"
+                ));
+            }
+            Ok(file)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::core::address::agent_address4;
+    use crate::core::address::test_keys::colliding_identities;
+    use crate::core::identity::Identity;
+    use crate::core::node::{NodeConfig, PeerConfig};
+    use crate::core::policy::Policy;
+    use crate::core::trust::store::TrustEntry;
+
+    fn network() -> NetworkId {
+        NetworkId::from_name("agentnet")
+    }
+
+    fn trusted(identity: &Identity, name: &str) -> TrustEntry {
+        TrustEntry {
+            id: identity.agent_id(),
+            name: name.into(),
+            endpoint: None,
+            allow: Default::default(),
+            state: TrustState::Trusted,
+            added_unix: 0,
+            expires_unix: None,
+        }
+    }
+
+    /// A node (its own key `me`) that trusted the entries of `store` in order.
+    fn node_trusting(me: &Identity, store: &TrustStore) -> Node {
+        let now = Instant::now();
+        let config = NodeConfig {
+            identity: me.clone(),
+            network: network(),
+            name: "me".into(),
+            tunnel_mtu: 1408,
+        };
+        let mut node = Node::new(config, [7; 32], now, Duration::from_secs(1_700_000_000));
+        for entry in &store.peers {
+            node.upsert_peer(
+                now,
+                PeerConfig {
+                    id: entry.id,
+                    name: entry.name.clone(),
+                    endpoint: None,
+                    allow: Policy::All,
+                },
+            );
+        }
+        node
+    }
+
+    fn table(store: &TrustStore, node: &Node) -> NameTable {
+        NameTable::from_trust_with_ipv4(store, network(), |id| routed_ipv4(node, id))
+    }
+
+    #[test]
+    fn a_peer_whose_ipv4_address_collides_gets_aaaa_only() {
+        let (me, first, second) = colliding_identities(network());
+        let store = TrustStore {
+            peers: vec![trusted(&first, "first"), trusted(&second, "second")],
+        };
+        let mut node = node_trusting(&me, &store);
+        let names = table(&store, &node);
+        let shared = agent_address4(network(), &first.agent_id());
+        assert_eq!(
+            names.lookup4("first"),
+            Some(shared),
+            "trusted first keeps it"
+        );
+        assert_eq!(names.lookup4("second"), None, "the later one gets no A");
+        let second6 = NodePrefix::of_agent(network(), &second.agent_id()).agent_address();
+        assert_eq!(names.lookup("second"), Some(second6), "AAAA stays");
+        let hosts: Vec<_> = names.host_entries().map(|(a, _)| a).collect();
+        assert_eq!(hosts.len(), 3, "two lines for first, one for second");
+
+        // IPv4 off: no name has an A record.
+        node.set_ipv4(false);
+        let names = table(&store, &node);
+        assert_eq!(names.entries4().count(), 0);
+        assert_eq!(names.entries().count(), 2);
+    }
+
+    #[test]
+    fn a_peer_sharing_this_agents_ipv4_address_gets_aaaa_only() {
+        let (_, me, twin) = colliding_identities(network());
+        let store = TrustStore {
+            peers: vec![trusted(&twin, "twin")],
+        };
+        let node = node_trusting(&me, &store);
+        let names = table(&store, &node);
+        assert_eq!(names.lookup4("twin"), None);
+        assert!(names.lookup("twin").is_some());
+    }
+
+    #[test]
+    fn an_unknown_agent_has_no_ipv4_route() {
+        let (me, stranger, _) = colliding_identities(network());
+        let node = node_trusting(&me, &TrustStore::default());
+        assert_eq!(routed_ipv4(&node, &stranger.agent_id()), None);
+    }
+}
