@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::identity::AgentId;
 use agentnet::core::noise::handshake::{
-    InitiationPayload, InitiatorHandshake, NatHint, ReceivedInitiation, ResponsePayload,
+    InitiationPayload, InitiatorHandshake, ReceivedInitiation, ResponsePayload,
 };
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rng::core_rng;
 use agentnet::core::wire::Datagram;
+use agentnet::core::wire::path::NatHint;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use support::cpu_time::ThreadCpuTime;

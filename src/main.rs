@@ -2,6 +2,8 @@
 //! file only sets up logging and turns errors into a message and an exit
 //! status.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -14,10 +14,11 @@ use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::noise::cookie::{
     CookieReplyKey, DEFAULT_LOAD_THRESHOLD, InitiatorCookie, SOURCE_BURST, SOURCE_RATE,
 };
-use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
+use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::{CoreRng, core_rng};
+use agentnet::core::wire::path::NatHint;
 use agentnet::core::wire::{COOKIE_REPLY_LEN, TYPE_COOKIE_REPLY, TYPE_RESPONSE};
 use simnet::{LinkConfig, NatKind, SimNet, udp_packet};
 

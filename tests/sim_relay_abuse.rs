@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agentnet::core::address::{NetworkId, NodeId};
 use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
-use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
+use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::session::Session;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rendezvous::{
@@ -23,6 +23,7 @@ use agentnet::core::rendezvous::{
 };
 use agentnet::core::rng::{CoreRng, core_rng};
 use agentnet::core::wire::control_frame::ControlFrame;
+use agentnet::core::wire::path::NatHint;
 use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::wire::{Datagram, TYPE_COOKIE_REPLY, TYPE_RELAY, TYPE_TRUST_REQUEST};
 use rand::{Rng, SeedableRng};

@@ -10,14 +10,14 @@ use agentnet::core::address::NetworkId;
 use agentnet::core::identity::Identity;
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
 use agentnet::core::noise::handshake::{
-    InitiationPayload, InitiatorHandshake, NatHint, ReceivedInitiation, ResponsePayload,
+    InitiationPayload, InitiatorHandshake, ReceivedInitiation, ResponsePayload,
 };
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::noise::session::Session;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rng::{CoreRng, core_rng};
 use agentnet::core::wire::Datagram;
-use agentnet::core::wire::path::NatKind;
+use agentnet::core::wire::path::{NatHint, NatKind};
 
 pub mod node_world;
 pub mod targets;

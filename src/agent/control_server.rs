@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::event_loop::{TrustOp, trust_op_of};
+use super::commands::{Command, ControlRequest, trust_op_of};
 use super::privilege::ControlAccess;
 use crate::control::{MAX_REQUEST_LEN, Request, Response};
 use crate::core::trust::store::{TrustEntry, TrustState, validate_name};
@@ -28,54 +27,6 @@ pub(crate) const SOCKET_MODE: u32 = 0o660;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many requests may wait for the event loop at once.
 const QUEUE_DEPTH: usize = 64;
-
-/// A request as the event loop handles it: validated, endpoint resolved.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// See [`Request::Hello`].
-    Hello,
-    /// See [`Request::Status`].
-    Status,
-    /// See [`Request::TrustAdd`].
-    TrustAdd {
-        /// The entry to store (`added_unix` filled in by the store).
-        entry: TrustEntry,
-        /// The entry's endpoint, resolved.
-        endpoint: Option<SocketAddr>,
-    },
-    /// See [`Request::TrustList`].
-    TrustList,
-    /// See [`Request::TrustRemove`].
-    TrustRemove {
-        /// Agent ID or local name.
-        peer: String,
-    },
-    /// See [`Request::Down`].
-    Down,
-    /// See [`Request::ReloadAttachments`].
-    ReloadAttachments,
-    /// `agentnet serve`: see [`Request::ServeAdd`], [`Request::ServeList`]
-    /// and [`Request::ServeOff`].
-    Serve(Request),
-    /// The trust-request workflow: see [`TrustOp`].
-    TrustOp(TrustOp),
-    /// See [`Request::Ping`]: send the ping; the pong goes to `pong`.
-    Ping {
-        /// Local name, agent ID or overlay address.
-        peer: String,
-        /// Where the pong goes.
-        pong: oneshot::Sender<crate::control::ping::PingReply>,
-    },
-}
-
-/// A command and where its answer goes.
-#[derive(Debug)]
-pub(crate) struct ControlRequest {
-    /// What to do.
-    pub(crate) command: Command,
-    /// Where the event loop sends the answer.
-    pub(crate) reply: oneshot::Sender<Response>,
-}
 
 /// The listening control socket and its connections.
 #[derive(Debug)]

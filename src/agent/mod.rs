@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod commands;
 mod control_server;
 mod drop_log;
 mod event_loop;

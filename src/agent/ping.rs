@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::control_server::{Command, ControlRequest};
+use super::commands::{Command, ControlRequest};
 use crate::control::Response;
 use crate::control::ping::{
     DEFAULT_PING_TIMEOUT, MAX_PING_TIMEOUT, PathView, PingOutcome, PingReply, find_peer,

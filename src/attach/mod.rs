@@ -48,6 +48,8 @@
 //! What is attached is recorded in `STATE_DIR/attachments.json`, which the
 //! daemon reads to keep names in the attached namespaces up to date.
 
+#![forbid(unsafe_code)]
+
 pub mod filter;
 
 use std::fs::File;

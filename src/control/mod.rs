@@ -50,6 +50,8 @@
 //! {"error":"human-readable message"}
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod ping;
 
 use std::collections::HashMap;

@@ -23,14 +23,14 @@ use crate::core::address::{NetworkId, NodeId};
 use crate::core::identity::{AgentId, Identity};
 use crate::core::limit::{KeyedLimiter, Rate, address_key};
 use crate::core::noise::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
-use crate::core::noise::handshake::{NatHint, ReceivedInitiation, ResponsePayload, choose_version};
+use crate::core::noise::handshake::{ReceivedInitiation, ResponsePayload, choose_version};
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::session::Session;
 use crate::core::noise::tai64n::Tai64N;
 use crate::core::rng::{CoreRng, core_rng};
 use crate::core::trust::request::MAX_REQUEST_DATAGRAM_LEN;
 use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
-use crate::core::wire::path::rewrite_relay_node;
+use crate::core::wire::path::{NatHint, rewrite_relay_node};
 use crate::core::wire::{self, Datagram, RELAY_HEADER_LEN, TYPE_TRUST_REQUEST};
 use rand::RngCore;
 

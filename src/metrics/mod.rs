@@ -9,6 +9,8 @@
 //! `agentnet_` prefix, base units (seconds, bytes, ratios 0..1), counters
 //! end in `_total`, one series per label set.
 
+#![forbid(unsafe_code)]
+
 mod server;
 
 pub use self::server::{MetricsError, MetricsListen, fetch_status, serve, spawn_agent};

@@ -16,6 +16,8 @@
 //! `Agentnet-Peer-Id` and `Agentnet-Peer-Name`. What is served is kept in
 //! `STATE_DIR/served.json` ([`store`]).
 
+#![forbid(unsafe_code)]
+
 pub mod proxy;
 pub mod splice;
 

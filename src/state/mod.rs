@@ -25,6 +25,8 @@
 //! directory, `fsync`, `rename`, `fsync` of the directory. A crash leaves the
 //! old or the new contents, never a mix.
 
+#![forbid(unsafe_code)]
+
 pub mod fleet;
 pub mod pending;
 pub mod served;

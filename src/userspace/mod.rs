@@ -16,6 +16,8 @@
 //! TUN queue does; TCP recovers), and the stack waits for the daemon only
 //! through smoltcp's own flow control.
 
+#![forbid(unsafe_code)]
+
 mod device;
 mod expose;
 mod forward;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::control_server::{Command, ControlRequest};
+use super::commands::{Command, ControlRequest};
 use super::packet_device::PacketDevice;
 use super::tun_batch::{self, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
@@ -26,8 +26,6 @@ use crate::sys::udp::{Underlay, normalize, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
 
 mod trust_ops;
-
-pub(crate) use self::trust_ops::{TrustOp, trust_op_of};
 
 /// How many packets (datagrams, or TUN packets) one wake-up takes at most
 /// before the outputs are drained: amortizes the loop without starving the

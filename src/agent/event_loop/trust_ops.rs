@@ -8,20 +8,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Daemon;
 use crate::agent::DaemonError;
-use crate::control::{Request, Response, TrustedPeer};
+use crate::agent::commands::{OutgoingRequest, TrustOp};
+use crate::control::{Response, TrustedPeer};
 use crate::core::identity::AgentId;
 use crate::core::node::{AutoApprove, Event};
 use crate::core::policy::Policy;
 use crate::core::text::Untrusted;
-use crate::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN};
-use crate::core::trust::store::{TrustEntry, TrustState, validate_name};
-use crate::state::fleet::{AutoApproveConfig, parse_endorsement_token};
+use crate::core::trust::store::{TrustEntry, TrustState};
+use crate::state::fleet::AutoApproveConfig;
 use crate::state::pending::{
     PendingRecord, SeenNonceRecord, TrustRequestsConfig, approval_name, default_target_name,
     granted_policy, load_pending, load_seen_nonces, save_pending,
 };
 use crate::state::unix_now;
-use crate::sys::udp::resolve_endpoint;
 
 /// Least time between two writes of the pending file when requests arrive:
 /// a flood of requests costs at most one write per interval. Operator
@@ -30,103 +29,6 @@ const PENDING_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time between two looks for expired requested entries (entries
 /// added by a hand edit and SIGHUP are found by the next look).
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// A trust request to send, validated, its endpoint resolved.
-#[derive(Debug)]
-pub(crate) struct OutgoingRequest {
-    /// The target.
-    id: AgentId,
-    /// Local name for the target.
-    name: Option<String>,
-    /// Why we ask.
-    justification: String,
-    /// Ports we ask for.
-    allow: Policy,
-    /// The endpoint as given and as resolved.
-    endpoint: Option<(String, SocketAddr)>,
-    /// A fleet endorsement to carry.
-    endorsement: Option<Endorsement>,
-}
-
-/// A trust-request command, validated.
-#[derive(Debug)]
-pub(crate) enum TrustOp {
-    /// See [`Request::TrustRequest`] (boxed: by far the largest).
-    Request(Box<OutgoingRequest>),
-    /// See [`Request::TrustPending`].
-    Pending,
-    /// See [`Request::TrustApprove`].
-    Approve {
-        /// The requester.
-        id: AgentId,
-        /// Local name to give it.
-        name: Option<String>,
-        /// Policy to grant.
-        allow: Option<Policy>,
-    },
-    /// See [`Request::TrustDeny`].
-    Deny {
-        /// The requester.
-        id: AgentId,
-    },
-}
-
-/// Validates a trust-request command and resolves its endpoint (blocking
-/// DNS, off the event loop).
-pub(crate) async fn trust_op_of(request: Request) -> Result<TrustOp, String> {
-    Ok(match request {
-        Request::TrustRequest {
-            id,
-            name,
-            justification,
-            allow,
-            endpoint,
-            endorsement,
-        } => {
-            if let Some(name) = &name {
-                validate_name(name).map_err(|e| e.to_string())?;
-            }
-            if justification.len() > MAX_JUSTIFICATION_LEN {
-                return Err(format!(
-                    "the justification is {} bytes; at most {MAX_JUSTIFICATION_LEN} are sent",
-                    justification.len()
-                ));
-            }
-            let endorsement = endorsement
-                .map(|token| parse_endorsement_token(&token))
-                .transpose()
-                .map_err(|e| e.to_string())?;
-            let endpoint = match endpoint {
-                Some(text) => {
-                    let lookup = text.clone();
-                    let resolved = tokio::task::spawn_blocking(move || resolve_endpoint(&lookup))
-                        .await
-                        .map_err(|e| format!("endpoint resolution failed: {e}"))?
-                        .map_err(|e| e.to_string())?;
-                    Some((text, resolved))
-                }
-                None => None,
-            };
-            TrustOp::Request(Box::new(OutgoingRequest {
-                id,
-                name,
-                justification,
-                allow,
-                endpoint,
-                endorsement,
-            }))
-        }
-        Request::TrustPending => TrustOp::Pending,
-        Request::TrustApprove { id, name, allow } => {
-            if let Some(name) = &name {
-                validate_name(name).map_err(|e| e.to_string())?;
-            }
-            TrustOp::Approve { id, name, allow }
-        }
-        Request::TrustDeny { id } => TrustOp::Deny { id },
-        other => return Err(format!("not a trust-request command: {other:?}")),
-    })
-}
 
 /// The daemon's trust-request state beside the node.
 #[derive(Debug, Default)]

@@ -14,7 +14,7 @@ use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::tai64n::Tai64N;
 use crate::core::rng::{CoreRng, SeededResolver};
 use crate::core::wire::codec::{Reader, Writer};
-use crate::core::wire::path::NatKind;
+use crate::core::wire::path::{MAX_CANDIDATES, NatHint};
 use crate::core::wire::{self, MACS_LEN, TYPE_INITIATION, TYPE_RESPONSE};
 
 /// The Noise protocol name.
@@ -25,8 +25,6 @@ const PROLOGUE_LABEL: &[u8] = b"agentnet v1";
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Every version this build speaks, best first.
 pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
-/// Most candidate endpoints carried in a handshake.
-pub const MAX_CANDIDATES: usize = 8;
 /// Most versions listed in an initiation.
 const MAX_VERSIONS: usize = 16;
 
@@ -67,36 +65,6 @@ pub struct InitiationPayload {
     /// What the initiator knows of its NAT and its reflexive endpoints
     /// (trailing, optional on the wire: older peers omit it).
     pub nat: NatHint,
-}
-
-/// A peer's NAT kind and reflexive endpoints, for choosing how to punch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NatHint {
-    /// Mapping behaviour of its NAT.
-    pub kind: NatKind,
-    /// Where rendezvous servers saw it.
-    pub reflexive: Vec<SocketAddr>,
-}
-
-impl NatHint {
-    /// Appends the hint.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.push(self.kind.to_byte());
-        out.put_socket_addrs(&self.reflexive, MAX_CANDIDATES);
-    }
-
-    /// Reads a hint if present; missing or malformed trailing data is
-    /// "unknown" (older peers, or fields this build does not know).
-    pub fn decode_from(reader: &mut Reader<'_>) -> Self {
-        let Some(kind) = reader.u8() else {
-            return Self::default();
-        };
-        let reflexive = reader.socket_addrs(MAX_CANDIDATES).unwrap_or_default();
-        Self {
-            kind: NatKind::from_byte(kind),
-            reflexive,
-        }
-    }
 }
 
 impl InitiationPayload {
@@ -450,7 +418,7 @@ mod tests {
             name: "bob".into(),
             candidates: vec![],
             nat: NatHint {
-                kind: NatKind::Hard,
+                kind: crate::core::wire::path::NatKind::Hard,
                 reflexive: vec!["198.51.100.1:4000".parse().expect("addr")],
             },
         };

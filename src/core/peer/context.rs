@@ -160,8 +160,8 @@ impl Context {
     }
 
     /// The NAT hint announced to peers.
-    pub fn nat_hint(&self) -> crate::core::noise::handshake::NatHint {
-        crate::core::noise::handshake::NatHint {
+    pub fn nat_hint(&self) -> crate::core::wire::path::NatHint {
+        crate::core::wire::path::NatHint {
             kind: self.nat_kind(),
             reflexive: self.reflexive_endpoints(),
         }
@@ -190,7 +190,7 @@ impl Context {
                 candidates.push(reflexive);
             }
         }
-        candidates.truncate(crate::core::noise::handshake::MAX_CANDIDATES);
+        candidates.truncate(crate::core::wire::path::MAX_CANDIDATES);
         let changed = candidates != self.local_candidates;
         self.local_candidates = candidates;
         changed

@@ -762,7 +762,7 @@ impl Peer {
     }
 
     /// Learns the peer's NAT kind and reflexive endpoints.
-    pub fn set_remote_nat(&mut self, hint: crate::core::noise::handshake::NatHint) {
+    pub fn set_remote_nat(&mut self, hint: crate::core::wire::path::NatHint) {
         self.remote_nat = hint.kind;
         self.remote_reflexive = hint.reflexive;
     }

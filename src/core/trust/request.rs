@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use crate::core::address::NetworkId;
 use crate::core::identity::{AgentId, Identity};
-use crate::core::noise::handshake::MAX_CANDIDATES;
 use crate::core::noise::mac::Mac1Key;
 use crate::core::policy::Policy;
 use crate::core::rng::{CoreRng, SeededResolver};
 use crate::core::wire::codec::{Reader, Writer};
+use crate::core::wire::path::MAX_CANDIDATES;
 use crate::core::wire::{self, MACS_LEN, TYPE_TRUST_REQUEST};
 
 /// Noise pattern of sealed requests.

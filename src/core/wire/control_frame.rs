@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use crate::core::identity::AgentId;
-use crate::core::noise::handshake::{MAX_CANDIDATES, NatHint};
 use crate::core::wire::codec::{Reader, Writer};
+use crate::core::wire::path::{MAX_CANDIDATES, NatHint};
 
 /// First byte of a path ping.
 const FRAME_PATH_PING: u8 = 0x01;

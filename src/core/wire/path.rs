@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::core::address::NodeId;
+use crate::core::wire::codec::{Reader, Writer};
 use crate::core::wire::{self, RELAY_HEADER_LEN, TYPE_RELAY};
 
 /// Where a datagram came from or goes to.
@@ -110,6 +111,39 @@ pub fn relay_envelope(node: NodeId, inner: &[u8]) -> Vec<u8> {
 pub fn rewrite_relay_node(datagram: &mut [u8], node: NodeId) {
     if datagram.len() >= RELAY_HEADER_LEN && datagram[0] == TYPE_RELAY {
         datagram[wire::HEADER_LEN..RELAY_HEADER_LEN].copy_from_slice(&node.0);
+    }
+}
+
+/// Most candidate endpoints carried in a handshake or a control frame.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// A peer's NAT kind and reflexive endpoints, for choosing how to punch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatHint {
+    /// Mapping behaviour of its NAT.
+    pub kind: NatKind,
+    /// Where rendezvous servers saw it.
+    pub reflexive: Vec<SocketAddr>,
+}
+
+impl NatHint {
+    /// Appends the hint.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.kind.to_byte());
+        out.put_socket_addrs(&self.reflexive, MAX_CANDIDATES);
+    }
+
+    /// Reads a hint if present; missing or malformed trailing data is
+    /// "unknown" (older peers, or fields this build does not know).
+    pub fn decode_from(reader: &mut Reader<'_>) -> Self {
+        let Some(kind) = reader.u8() else {
+            return Self::default();
+        };
+        let reflexive = reader.socket_addrs(MAX_CANDIDATES).unwrap_or_default();
+        Self {
+            kind: NatKind::from_byte(kind),
+            reflexive,
+        }
     }
 }
 
