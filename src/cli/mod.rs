@@ -963,15 +963,7 @@ fn trust_add(
             }
             let own = context.state.load_identity()?.agent_id();
             let (_, network) = context.network()?;
-            let entry = TrustEntry {
-                id,
-                name,
-                endpoint,
-                allow,
-                state: TrustState::Trusted,
-                added_unix: 0,
-                expires_unix: None,
-            };
+            let entry = TrustEntry::trusted(id, name, endpoint, allow, 0);
             let (config, _) = context.network()?;
             let (stored, change) = context.state.trust_upsert(&own, entry)?;
             let store = context.state.load_trust()?;

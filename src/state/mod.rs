@@ -185,7 +185,7 @@ pub(crate) mod test_support {
     use super::StateDir;
     use crate::core::identity::Identity;
     use crate::core::policy::Policy;
-    use crate::core::trust::store::{TrustEntry, TrustState};
+    use crate::core::trust::store::TrustEntry;
 
     /// A state directory (not created yet) in a fresh temp directory.
     pub(crate) fn state() -> (tempfile::TempDir, StateDir) {
@@ -196,17 +196,10 @@ pub(crate) mod test_support {
 
     /// A trusted peer with the key of `seed`.
     pub(crate) fn peer(seed: u8, name: &str) -> TrustEntry {
-        TrustEntry {
-            id: Identity::from_secret_bytes(&[seed; 32])
-                .expect("32 bytes")
-                .agent_id(),
-            name: name.to_string(),
-            endpoint: None,
-            allow: Policy::All,
-            state: TrustState::Trusted,
-            added_unix: 0,
-            expires_unix: None,
-        }
+        let id = Identity::from_secret_bytes(&[seed; 32])
+            .expect("32 bytes")
+            .agent_id();
+        TrustEntry::trusted(id, name.to_string(), None, Policy::All, 0)
     }
 
     /// The permission bits of `path`.
