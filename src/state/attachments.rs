@@ -131,19 +131,9 @@ impl LockedFile for Attachments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::address::{NetworkId, NodePrefix};
-    use crate::core::identity::Identity;
-
-    fn prefix() -> NodePrefix {
-        let id = Identity::from_secret_bytes(&[5; 32])
-            .expect("key")
-            .agent_id();
-        NodePrefix::of_agent(NetworkId::from_name("agentnet"), &id)
-    }
 
     #[test]
     fn the_record_round_trips_as_json() {
-        let prefix = prefix();
         let record = Attachments {
             attached: vec![Attachment {
                 target: AttachTarget::Netns("web".into()),
@@ -151,7 +141,7 @@ mod tests {
                     dev: 4,
                     ino: 4026532,
                 },
-                address: prefix.address(2),
+                address: "fd12:3456:789a:bcde:f012::2".parse().expect("address"),
                 address4: Some(Ipv4Addr::new(198, 19, 0, 2)),
                 host_interface: "an12345678-2".into(),
                 interface: "agentnet0".into(),

@@ -84,16 +84,8 @@ pub enum FleetError {
         path: PathBuf,
     },
     /// Reading or writing the key file failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// The text form of an endorsement, `FLEET_ID.EXPIRES.CAP.SIGNATURE`.
@@ -161,11 +153,7 @@ pub fn create_fleet_key(path: &Path) -> Result<Identity, FleetError> {
         path: path.to_path_buf(),
     })?;
     let text = encode_secret(&key.secret_bytes());
-    let io_error = |action, source| FleetError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_error = |action, source| FleetError::from(StateError::io(action, path, source));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -185,11 +173,7 @@ pub fn create_fleet_key(path: &Path) -> Result<Identity, FleetError> {
 
 /// Loads a fleet key, refusing a file others may access.
 pub fn load_fleet_key(path: &Path) -> Result<Identity, FleetError> {
-    let io_error = |action, source| FleetError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_error = |action, source| FleetError::from(StateError::io(action, path, source));
     let mut file = File::open(path).map_err(|source| io_error("open", source))?;
     let mode = file
         .metadata()

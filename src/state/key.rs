@@ -247,4 +247,27 @@ mod tests {
         let message = state.load_identity().expect_err("none").to_string();
         assert!(message.contains("agentnet init"), "{message}");
     }
+
+    #[test]
+    fn hex_key_file_may_be_uppercase_and_padded_but_not_short_or_foreign() {
+        let (_temp, state) = state();
+        state.create().expect("dir");
+        let text = format!("  {}\n\n", "AB".repeat(32));
+        atomic_write(&state.identity_path(), text.as_bytes(), 0o600).expect("written");
+        let expected = Identity::from_secret_bytes(&[0xab; 32]).expect("key");
+        assert_eq!(
+            state.load_identity().expect("loaded").agent_id(),
+            expected.agent_id()
+        );
+        for bad in [
+            format!("{}\n", "a".repeat(62)),
+            format!("{}g\n", "a".repeat(63)),
+        ] {
+            atomic_write(&state.identity_path(), bad.as_bytes(), 0o600).expect("written");
+            assert!(matches!(
+                state.load_identity(),
+                Err(StateError::BadKeyFile { .. })
+            ));
+        }
+    }
 }
