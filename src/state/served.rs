@@ -1,6 +1,6 @@
 //! `STATE_DIR/served.json`: the services `agentnet serve` publishes, kept
 //! across restarts, and their spec ([`ServeSpec`]: overlay port, mode, local
-//! target), which [`crate::serve`] runs.
+//! target), which the `serve` module runs.
 //!
 //! Written atomically (temp file, `fsync`, `rename`) under an exclusive
 //! `flock` on `served.lock`, by the daemon while it runs and by the CLI
