@@ -17,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::commands::{Command, ControlRequest, trust_op_of};
 use super::privilege::ControlAccess;
 use crate::control::{MAX_REQUEST_LEN, Request, Response};
-use crate::core::trust::store::{TrustEntry, TrustState, validate_name};
+use crate::core::trust::store::{TrustEntry, validate_name};
 use crate::sys::udp::resolve_endpoint;
 
 /// Permission bits of the control socket: owner and group may control the
@@ -235,15 +235,7 @@ async fn command_of(request: Request) -> Result<Command, String> {
                 None => None,
             };
             Command::TrustAdd {
-                entry: TrustEntry {
-                    id,
-                    name,
-                    endpoint,
-                    allow,
-                    state: TrustState::Trusted,
-                    added_unix: 0,
-                    expires_unix: None,
-                },
+                entry: TrustEntry::trusted(id, name, endpoint, allow, 0),
                 endpoint: resolved,
             }
         }

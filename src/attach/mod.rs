@@ -45,8 +45,9 @@
 //! turned on an nftables table ([`crate::attach::filter`]) confines it to
 //! the TUN and the attachments' veths, each veth admitting only its own
 //! address as source.
-//! What is attached is recorded in `STATE_DIR/attachments.json`, which the
-//! daemon reads to keep names in the attached namespaces up to date.
+//! What is attached is recorded in `STATE_DIR/attachments.json`
+//! ([`crate::state::attachments`]), which the daemon reads to keep names in
+//! the attached namespaces up to date.
 
 #![forbid(unsafe_code)]
 
@@ -58,7 +59,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
@@ -66,14 +66,10 @@ use self::filter::{FilterError, FilteredVeth};
 use crate::core::address::{
     IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix,
 };
-use crate::state::{StateDir, StateError, atomic_write};
-use crate::sys::netns::{self, NetnsId};
-use crate::sys::nofollow::OpenFor;
+use crate::state::StateError;
+pub use crate::state::attachments::{ATTACHMENTS_FILE, AttachTarget, Attachment, Attachments};
+use crate::sys::netns::NetnsId;
 
-/// The record of attachments in the state directory.
-pub const ATTACHMENTS_FILE: &str = "attachments.json";
-/// Serializes `attach` and `detach` (and the daemon's reads).
-const ATTACHMENTS_LOCK: &str = "attachments.lock";
 /// Default name of the interface inside the attached namespace.
 pub const DEFAULT_INTERFACE: &str = "agentnet0";
 /// The host side's link-local address: the attached side's next hop.
@@ -167,25 +163,22 @@ pub enum AttachError {
     },
 }
 
-/// The namespace to attach: by `ip netns` name or by the PID of a process in it.
+/// Where the daemon publishes the names of one attached namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachTarget {
-    /// A named namespace (`/run/netns/NAME`).
-    Netns(String),
-    /// The namespace of a process (a container's, by its PID).
-    Pid(u32),
+pub struct AttachmentNames {
+    /// The attached namespace.
+    pub target: AttachTarget,
+    /// Its address.
+    pub address: Ipv6Addr,
+    /// The hosts file that lists the trusted names for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
+    /// Why it has no hosts file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl AttachTarget {
-    /// The nsfs file of the namespace.
-    pub fn netns_path(&self) -> io::Result<PathBuf> {
-        match self {
-            Self::Netns(name) => netns::named_netns_path(name),
-            Self::Pid(pid) => Ok(netns::pid_netns_path(*pid)),
-        }
-    }
-
     /// The identity of the namespace.
     pub fn netns_id(&self) -> Result<NetnsId, AttachError> {
         self.netns_path()
@@ -205,35 +198,6 @@ impl AttachTarget {
     }
 }
 
-impl std::fmt::Display for AttachTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Netns(name) => write!(f, "netns {name}"),
-            Self::Pid(pid) => write!(f, "pid {pid}"),
-        }
-    }
-}
-
-/// One attached namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    /// How it was named.
-    pub target: AttachTarget,
-    /// The namespace's identity when it was attached (a PID can be reused;
-    /// the namespace inode tells whether it is still the same one).
-    pub netns: NetnsId,
-    /// Its address in this node's prefix.
-    pub address: Ipv6Addr,
-    /// Its IPv4 address (in [`IPV4_BLOCK`], masqueraded into the overlay),
-    /// if the agent had IPv4 on when it was attached.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address4: Option<Ipv4Addr>,
-    /// The veth end in the daemon's namespace.
-    pub host_interface: String,
-    /// The veth end inside the attached namespace.
-    pub interface: String,
-}
-
 impl Attachment {
     /// Whether the attached namespace is still the one recorded.
     pub fn namespace_is_current(&self) -> bool {
@@ -241,89 +205,9 @@ impl Attachment {
     }
 }
 
-/// Where the daemon publishes the names of one attached namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttachmentNames {
-    /// The attached namespace.
-    pub target: AttachTarget,
-    /// Its address.
-    pub address: Ipv6Addr,
-    /// The hosts file that lists the trusted names for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hosts_file: Option<PathBuf>,
-    /// Why it has no hosts file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// What `attachments.json` holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachments {
-    /// The attached namespaces, in the order they were attached.
-    #[serde(default)]
-    pub attached: Vec<Attachment>,
-    /// Whether `attach` turned IPv6 forwarding on (so the last `detach`
-    /// turns it off again).
-    #[serde(default)]
-    pub enabled_forwarding: bool,
-    /// Whether `attach` turned IPv4 forwarding on (likewise).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub enabled_forwarding4: bool,
-    /// The daemon's TUN when the record was last changed: the forwarding
-    /// filter ([`crate::attach::filter`]) lets only it exchange packets
-    /// with the attachments.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tun_interface: Option<String>,
-}
-
+/// The plumbing side of the record (its file is [`crate::state::attachments`]):
+/// the forwarding filter and free addresses.
 impl Attachments {
-    /// The record in `state`, empty if there is none.
-    pub fn load(state: &StateDir) -> Result<Self, StateError> {
-        // The daemon's user owns the directory: `read_file` never follows
-        // a link there.
-        let Some(text) = state.read_file(ATTACHMENTS_FILE)? else {
-            return Ok(Self::default());
-        };
-        serde_json::from_str(&text).map_err(|e| {
-            let path = state.root().join(ATTACHMENTS_FILE);
-            StateError::io(
-                "parse",
-                &path,
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
-        })
-    }
-
-    /// Runs `edit` on the record under an exclusive lock and saves the
-    /// result (also when `edit` fails: what it already did to the system
-    /// must stay recorded).
-    pub fn edit<T>(
-        state: &StateDir,
-        edit: impl FnOnce(&mut Self) -> Result<T, AttachError>,
-    ) -> Result<T, AttachError> {
-        state.create()?;
-        let lock_path = state.root().join(ATTACHMENTS_LOCK);
-        let lock_file = state.open_file(ATTACHMENTS_LOCK, OpenFor::ReadWrite(0o600))?;
-        let _lock = lock(lock_file).map_err(|source| StateError::Io {
-            action: "lock",
-            path: lock_path.clone(),
-            source,
-        })?;
-        let mut record = Self::load(state)?;
-        let before = record.clone();
-        let result = edit(&mut record);
-        if record != before {
-            let mut text = serde_json::to_vec_pretty(&record).map_err(|e| StateError::Io {
-                action: "encode",
-                path: state.root().join(ATTACHMENTS_FILE),
-                source: io::Error::other(e),
-            })?;
-            text.push(b'\n');
-            atomic_write(&state.root().join(ATTACHMENTS_FILE), &text, 0o600)?;
-        }
-        result
-    }
-
     /// Installs the forwarding filter for these attachments on `tun` (the
     /// daemon at `up`: from then on nothing forwarded by the host, such as
     /// a Docker bridge masqueraded by Docker's own rules, reaches the TUN
@@ -365,11 +249,6 @@ impl Attachments {
         Ok(filter::install(tun, &veths)?)
     }
 
-    /// The attachment of the namespace `id`, if any.
-    pub fn find_netns(&self, id: NetnsId) -> Option<&Attachment> {
-        self.attached.iter().find(|a| a.netns == id)
-    }
-
     /// The lowest free interface ID.
     pub fn free_address(&self, prefix: NodePrefix) -> Result<Ipv6Addr, AttachError> {
         (FIRST_ATTACHMENT_ID..=LAST_ATTACHMENT_ID)
@@ -394,17 +273,6 @@ impl Attachments {
                 self.attached.iter().all(|a| a.address4 != Some(*address)) && !in_use(*address)
             })
             .ok_or(AttachError::NoFreeAddress4)
-    }
-}
-
-fn lock(file: File) -> io::Result<Flock<File>> {
-    let mut file = file;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(locked) => return Ok(locked),
-            Err((returned, nix::errno::Errno::EINTR)) => file = returned,
-            Err((_, errno)) => return Err(errno.into()),
-        }
     }
 }
 
@@ -760,39 +628,6 @@ mod tests {
         let name = host_interface_name(prefix().address(0xfffe));
         assert!(name.len() <= 15, "{name}");
         assert!(name.starts_with("an") && name.ends_with("-fffe"), "{name}");
-    }
-
-    #[test]
-    fn the_record_round_trips_as_json() {
-        let prefix = prefix();
-        let record = Attachments {
-            attached: vec![Attachment {
-                target: AttachTarget::Netns("web".into()),
-                netns: NetnsId {
-                    dev: 4,
-                    ino: 4026532,
-                },
-                address: prefix.address(2),
-                address4: Some(Ipv4Addr::new(198, 19, 0, 2)),
-                host_interface: host_interface_name(prefix.address(2)),
-                interface: DEFAULT_INTERFACE.into(),
-            }],
-            enabled_forwarding: true,
-            enabled_forwarding4: true,
-            tun_interface: Some("agentnet0".into()),
-        };
-        let text = serde_json::to_string(&record).expect("json");
-        assert!(text.contains(r#""target":{"netns":"web"}"#), "{text}");
-        assert!(text.contains(r#""address4":"198.19.0.2""#), "{text}");
-        let back: Attachments = serde_json::from_str(&text).expect("parses");
-        assert_eq!(back, record);
-        // A record written before IPv4 reads as IPv6-only attachments.
-        let old = text
-            .replace(r#","address4":"198.19.0.2""#, "")
-            .replace(r#","enabled_forwarding4":true"#, "");
-        let back: Attachments = serde_json::from_str(&old).expect("parses");
-        assert_eq!(back.attached[0].address4, None);
-        assert!(!back.enabled_forwarding4);
     }
 
     #[test]

@@ -235,34 +235,35 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
         .map(ToString::to_string)
         .or_else(|| address.map(|a| a.to_string()))
         .unwrap_or_default();
-    let (removed, restore) = Attachments::edit(&context.state, |record| {
-        let index = record
-            .attached
-            .iter()
-            .position(|a| {
-                Some(a.address) == address
-                    || target.as_ref() == Some(&a.target)
-                    || netns.is_some_and(|id| id == a.netns)
-            })
-            .ok_or_else(|| attach::AttachError::NotAttached(description.clone()))?;
-        attach::detach(&record.attached[index])?;
-        let removed = record.attached.remove(index);
-        let last = record.attached.is_empty();
-        let restore = attach::EnabledForwarding {
-            ipv6: last && record.enabled_forwarding,
-            ipv4: last && record.enabled_forwarding4,
-        };
-        if restore.ipv6 {
-            record.enabled_forwarding = false;
-        }
-        if restore.ipv4 {
-            record.enabled_forwarding4 = false;
-        }
-        if !restore.ipv6 {
-            record.apply_filter(None, false)?;
-        }
-        Ok((removed, restore))
-    })?;
+    let (removed, restore) =
+        Attachments::edit::<_, attach::AttachError>(&context.state, |record| {
+            let index = record
+                .attached
+                .iter()
+                .position(|a| {
+                    Some(a.address) == address
+                        || target.as_ref() == Some(&a.target)
+                        || netns.is_some_and(|id| id == a.netns)
+                })
+                .ok_or_else(|| attach::AttachError::NotAttached(description.clone()))?;
+            attach::detach(&record.attached[index])?;
+            let removed = record.attached.remove(index);
+            let last = record.attached.is_empty();
+            let restore = attach::EnabledForwarding {
+                ipv6: last && record.enabled_forwarding,
+                ipv4: last && record.enabled_forwarding4,
+            };
+            if restore.ipv6 {
+                record.enabled_forwarding = false;
+            }
+            if restore.ipv4 {
+                record.enabled_forwarding4 = false;
+            }
+            if !restore.ipv6 {
+                record.apply_filter(None, false)?;
+            }
+            Ok((removed, restore))
+        })?;
     attach::restore_forwarding(restore)?;
     if restore.ipv6 && !attach::forwarding_on() && client.is_none() {
         // Forwarding is off in both families and no daemon runs: nothing

@@ -1,26 +1,24 @@
-//! The trust-request workflow on the command line: `trust request`,
-//! `pending`, `approve`, `deny`, and the fleet commands that create a fleet
-//! key and its endorsements.
-
-use std::path::PathBuf;
+//! `agentnet trust`: the agents this agent will talk to. `add`, `list` and
+//! `remove` go through the daemon when it runs and edit `trust.toml`
+//! otherwise; the trust-request workflow (`request`, `pending`, `approve`,
+//! `deny`) needs the daemon.
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 
 use super::Instance;
-use super::render::human_duration;
-use agentnet::control::{Request, Response};
-use agentnet::core::address::{DEFAULT_NETWORK_NAME, NetworkId};
+use super::render::{human_duration, table};
+use agentnet::control::{Request, Response, TrustedPeer};
+use agentnet::core::address::agent_address4;
 use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
 use agentnet::core::text::escape_untrusted;
 use agentnet::core::trust::pending::PendingStatus;
-use agentnet::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN};
+use agentnet::core::trust::request::MAX_JUSTIFICATION_LEN;
 use agentnet::core::trust::store::{TrustEntry, TrustState, validate_name};
-use agentnet::state::fleet::{
-    create_fleet_key, endorsement_token, load_fleet_key, parse_endorsement_token,
-};
-use agentnet::state::unix_now;
+use agentnet::state::fleet::parse_endorsement_token;
+use agentnet::state::{TrustChange, unix_now};
+use agentnet::sys::udp::resolve_endpoint;
 
 /// Help text of `agentnet trust`: the whole workflow in a few lines.
 pub(super) const TRUST_LONG_ABOUT: &str = "\
@@ -46,6 +44,79 @@ connects at once.
 `agentnet trust revoke ID` ends trust immediately: the peer's sessions and keys are \
 destroyed before the command returns and the peer gets a signed notice. Fleets can \
 skip the operator: `agentnet fleet endorse` plus `[auto_approve]` in config.toml.";
+
+/// The `trust` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrustCommand {
+    /// Trust an agent (or update its name, endpoint and policy).
+    #[command(
+        long_about = "Trust an agent, or update the entry of one already trusted.\n\n\
+        A session forms only when both agents trust each other. With the daemon running the \
+        change applies at once (and a handshake starts if an endpoint is known); otherwise \
+        it is written to STATE_DIR/trust.toml for the next `up`."
+    )]
+    Add {
+        /// The agent's ID (from its `agentnet id`).
+        #[arg(value_name = "ID")]
+        id: AgentId,
+        /// Local name for it (a DNS label), reachable as NAME.agent.internal.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Where to reach it on the underlay, e.g. 192.0.2.7:7400 or [2001:db8::7]:7400.
+        #[arg(long, value_name = "HOST:PORT")]
+        endpoint: Option<String>,
+        /// What it may open towards this agent: `all`, or a list such as
+        /// `tcp:22,tcp:8000-8100,udp:53,icmp`.
+        #[arg(long, value_name = "POLICY", default_value = "all")]
+        allow: Policy,
+    },
+    /// List the trusted agents.
+    List {
+        /// Print a JSON array of entries (with each agent's address).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop trusting an agent: its sessions and keys are destroyed at once.
+    #[command(
+        visible_alias = "revoke",
+        long_about = "Stop trusting an agent (`trust revoke` is the same command).\n\n\
+        With the daemon running, the peer's sessions and keys are destroyed before the \
+        command returns, the peer gets a signed revocation notice over its session, and no \
+        packet of the peer is delivered afterwards. Without the daemon, the entry is removed \
+        from STATE_DIR/trust.toml."
+    )]
+    Remove {
+        /// The agent's ID (or its local name).
+        #[arg(value_name = "ID")]
+        peer: String,
+    },
+    /// Ask an agent for trust with a signed justification (needs the daemon).
+    #[command(long_about = "Ask an agent for trust with a signed justification.\n\n\
+        Sends a sealed trust request (only the target can open it; it is signed by this \
+        agent) to the target's endpoint and through every rendezvous, and records the target \
+        here at once (state \"requested\", policy `none`, expiring after \
+        `[trust_requests] requested_ttl_s`, 7 days by default), so that its handshake after \
+        approval is accepted. Asking opens nothing on this agent: the target may only answer \
+        this agent's own connections, also after approval, until `trust add ID --allow ...` \
+        here says otherwise. The target never answers the request; when its operator \
+        approves, it connects. Needs the running daemon.")]
+    Request(RequestArgs),
+    /// List the trust requests waiting for approval.
+    Pending {
+        /// Print a JSON array: id, name (claimed), justification, requested, age_s,
+        /// from, endorsed_by.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a trust request: trust the requester and connect to it at once.
+    Approve(ApproveArgs),
+    /// Deny a trust request: drop it; the requester is not told.
+    Deny {
+        /// The requester's agent ID.
+        #[arg(value_name = "ID")]
+        id: AgentId,
+    },
+}
 
 /// Arguments of `trust request`.
 #[derive(Debug, Args)]
@@ -87,48 +158,206 @@ pub(crate) struct ApproveArgs {
     pub(crate) allow: Option<Policy>,
 }
 
-/// The `fleet` subcommands.
-#[derive(Debug, Subcommand)]
-pub(crate) enum FleetCommand {
-    /// Create a fleet signing key (mode 0600) and print its fleet ID.
-    #[command(long_about = "Create a fleet signing key and print its fleet ID.\n\n\
-        The fleet ID goes into `fleet_keys` of the `[auto_approve]` table in the \
-        config.toml of every agent that should accept the fleet's members without an \
-        operator. Keep the key file where the fleet is deployed from, not on the agents.")]
-    Keygen {
-        /// Where to create the key file (never overwritten).
-        #[arg(long, value_name = "FILE")]
-        fleet_key: PathBuf,
-    },
-    /// Endorse an agent: print a token for its `trust request --endorsement`.
-    #[command(long_about = "Endorse an agent as a member of the fleet.\n\n\
-        Prints a token (the fleet ID, the expiry, the cap and the fleet key's signature over \
-        the agent's ID, the network, the expiry and the cap) that the agent passes to \
-        `agentnet trust request --endorsement TOKEN`. A target in that network whose \
-        config.toml lists the fleet ID under [auto_approve] fleet_keys approves such a \
-        request at once, until the expiry, with the ports it asks for within the cap.")]
-    Endorse {
-        /// The fleet key file (from `agentnet fleet keygen`).
-        #[arg(long, value_name = "FILE")]
-        fleet_key: PathBuf,
-        /// The agent to endorse.
-        #[arg(value_name = "ID")]
-        id: AgentId,
-        /// The overlay network the endorsement holds in.
-        #[arg(long, value_name = "NAME", default_value = DEFAULT_NETWORK_NAME)]
-        network: String,
-        /// Days the endorsement holds.
-        #[arg(long, value_name = "DAYS", default_value_t = 30)]
-        valid_days: u64,
-        /// The most auto-approval grants on its strength: `all`, or a list
-        /// such as `tcp:8080,icmp`.
-        #[arg(long, value_name = "POLICY", default_value = "all")]
-        allow: Policy,
-    },
+/// Runs a `trust` subcommand.
+pub(super) fn run(context: &Instance, command: TrustCommand) -> Result<()> {
+    match command {
+        TrustCommand::Add {
+            id,
+            name,
+            endpoint,
+            allow,
+        } => add(context, id, name, endpoint, allow),
+        TrustCommand::List { json } => list(context, json),
+        TrustCommand::Remove { peer } => remove(context, &peer),
+        TrustCommand::Request(args) => request(context, args),
+        TrustCommand::Pending { json } => pending(context, json),
+        TrustCommand::Approve(args) => approve(context, args),
+        TrustCommand::Deny { id } => deny(context, id),
+    }
+}
+
+/// `agentnet trust add`.
+fn add(
+    context: &Instance,
+    id: AgentId,
+    name: String,
+    endpoint: Option<String>,
+    allow: Policy,
+) -> Result<()> {
+    validate_name(&name)?;
+    let running = context.daemon()?;
+    let (peer, change) = match running {
+        Some(mut client) => match client.request(&Request::TrustAdd {
+            id,
+            name,
+            endpoint,
+            allow,
+        })? {
+            Response::TrustAdded { peer, change } => (peer, change),
+            other => bail!("unexpected answer to `trust add`: {other:?}"),
+        },
+        None => {
+            if let Some(text) = &endpoint {
+                resolve_endpoint(text)?;
+            }
+            let own = context.state.load_identity()?.agent_id();
+            let (_, network) = context.network()?;
+            let entry = TrustEntry::trusted(id, name, endpoint, allow, 0);
+            let (config, _) = context.network()?;
+            let (stored, change) = context.state.trust_upsert(&own, entry)?;
+            let store = context.state.load_trust()?;
+            let peer = TrustedPeer::list_offline(store.peers, network, &own, config.ipv4)
+                .into_iter()
+                .find(|peer| peer.entry.id == stored.id)
+                .unwrap_or_else(|| TrustedPeer::new(stored, network));
+            (peer, change)
+        }
+    };
+    let verb = match change {
+        TrustChange::Added => "trusted",
+        TrustChange::Updated => "updated",
+    };
+    let endpoint = peer
+        .entry
+        .endpoint
+        .as_deref()
+        .map(|e| format!(", endpoint {e}"))
+        .unwrap_or_default();
+    say!(
+        "{verb} {} ({}): address {}{}, allow {}{endpoint}",
+        peer.entry.name,
+        peer.entry.id,
+        peer.address,
+        match peer.address4 {
+            Some(address4) => format!(" and {address4}"),
+            None => String::new(),
+        },
+        peer.entry.allow
+    );
+    if let Some(holder) = peer.address4_taken_by {
+        say!(
+            "note: {}'s IPv4 address {} is already {}; {} is reachable over IPv6 only (its name resolves to AAAA only)",
+            peer.entry.name,
+            agent_address4(context.network()?.1, &peer.entry.id),
+            ipv4_holder_text(context, &holder),
+            peer.entry.name
+        );
+    }
+    if context.state.running_pid().is_none() {
+        say!("agentnet is not running; this applies at the next `agentnet up`");
+    }
+    Ok(())
+}
+
+/// `agentnet trust list`.
+fn list(context: &Instance, json: bool) -> Result<()> {
+    let peers = match context.daemon()? {
+        Some(mut client) => match client.request(&Request::TrustList)? {
+            Response::TrustList { peers } => peers,
+            other => bail!("unexpected answer to `trust list`: {other:?}"),
+        },
+        None => {
+            let (config, network) = context.network()?;
+            let own = context.state.load_identity()?.agent_id();
+            let entries = context.state.load_trust()?.peers;
+            TrustedPeer::list_offline(entries, network, &own, config.ipv4)
+        }
+    };
+    if json {
+        say!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    if peers.is_empty() {
+        say!("no trusted agents; add one with `agentnet trust add ID --name NAME`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|peer| {
+            let state = match peer.entry.state {
+                TrustState::Trusted => String::new(),
+                TrustState::Requested => {
+                    format!(" (requested{})", expiry_note(&peer.entry, unix_now()))
+                }
+            };
+            let address4 = match (peer.address4, peer.address4_taken_by) {
+                (Some(address4), _) => address4.to_string(),
+                (None, Some(_)) => "- (IPv4 address taken)".into(),
+                (None, None) => "-".into(),
+            };
+            vec![
+                format!("{}{state}", peer.entry.name),
+                peer.address.to_string(),
+                address4,
+                peer.entry.allow.to_string(),
+                peer.entry.endpoint.clone().unwrap_or_else(|| "-".into()),
+                peer.entry.id.to_string(),
+            ]
+        })
+        .collect();
+    say!(
+        "{}",
+        table(
+            &["NAME", "ADDRESS", "IPV4", "ALLOW", "ENDPOINT", "ID"],
+            &rows
+        )
+        .trim_end()
+    );
+    Ok(())
+}
+
+/// "this agent's own" or "held by NAME (ID)", for an IPv4 collision.
+fn ipv4_holder_text(context: &Instance, holder: &AgentId) -> String {
+    let own = context
+        .state
+        .load_identity()
+        .map(|identity| identity.agent_id());
+    if own.as_ref().ok() == Some(holder) {
+        return "this agent's own".into();
+    }
+    let name = context
+        .state
+        .load_trust()
+        .ok()
+        .and_then(|store| store.peers.into_iter().find(|entry| entry.id == *holder))
+        .map(|entry| entry.name)
+        .unwrap_or_else(|| "another agent".into());
+    format!("held by {name} ({holder}), trusted earlier")
+}
+
+/// `agentnet trust remove`.
+fn remove(context: &Instance, peer: &str) -> Result<()> {
+    let (removed, live) = match context.daemon()? {
+        Some(mut client) => match client.request(&Request::TrustRemove {
+            peer: peer.to_string(),
+        })? {
+            Response::TrustRemoved { peer } => (peer, true),
+            other => bail!("unexpected answer to `trust remove`: {other:?}"),
+        },
+        None => {
+            let (_, network) = context.network()?;
+            (
+                TrustedPeer::new(context.state.trust_remove(peer)?, network),
+                false,
+            )
+        }
+    };
+    let effect = if live {
+        "sessions and keys destroyed, peer notified"
+    } else {
+        "agentnet is not running"
+    };
+    say!(
+        "removed {} ({}, {}): {effect}",
+        removed.entry.name,
+        removed.entry.id,
+        removed.address
+    );
+    Ok(())
 }
 
 /// `agentnet trust request`.
-pub(super) fn request(context: &Instance, args: RequestArgs) -> Result<()> {
+fn request(context: &Instance, args: RequestArgs) -> Result<()> {
     if let Some(name) = &args.name {
         validate_name(name)?;
     }
@@ -195,7 +424,7 @@ pub(super) fn request(context: &Instance, args: RequestArgs) -> Result<()> {
 
 /// `, expires in 6d 23h` for a requested entry (`, expired` once past),
 /// nothing for a trusted one.
-pub(super) fn expiry_note(entry: &TrustEntry, now_unix: u64) -> String {
+fn expiry_note(entry: &TrustEntry, now_unix: u64) -> String {
     match (entry.state, entry.expires_unix) {
         (TrustState::Requested, Some(expires)) if expires > now_unix => {
             format!(
@@ -209,7 +438,7 @@ pub(super) fn expiry_note(entry: &TrustEntry, now_unix: u64) -> String {
 }
 
 /// `agentnet trust pending`.
-pub(super) fn pending(context: &Instance, json: bool) -> Result<()> {
+fn pending(context: &Instance, json: bool) -> Result<()> {
     let mut client = context.require_daemon()?;
     let answer = client.request(&Request::TrustPending)?;
     let Response::TrustPending { requests } = answer else {
@@ -256,7 +485,7 @@ fn render_pending(request: &PendingStatus) -> String {
 }
 
 /// `agentnet trust approve`.
-pub(super) fn approve(context: &Instance, args: ApproveArgs) -> Result<()> {
+fn approve(context: &Instance, args: ApproveArgs) -> Result<()> {
     if let Some(name) = &args.name {
         validate_name(name)?;
     }
@@ -290,7 +519,7 @@ pub(super) fn approve(context: &Instance, args: ApproveArgs) -> Result<()> {
 }
 
 /// `agentnet trust deny`.
-pub(super) fn deny(context: &Instance, id: AgentId) -> Result<()> {
+fn deny(context: &Instance, id: AgentId) -> Result<()> {
     let mut client = context.require_daemon()?;
     let answer = client.request(&Request::TrustDeny { id })?;
     let Response::TrustDenied { id, name } = answer else {
@@ -303,43 +532,12 @@ pub(super) fn deny(context: &Instance, id: AgentId) -> Result<()> {
     Ok(())
 }
 
-/// `agentnet fleet ...`.
-pub(super) fn fleet(command: FleetCommand) -> Result<()> {
-    match command {
-        FleetCommand::Keygen { fleet_key } => {
-            let key = create_fleet_key(&fleet_key)?;
-            let id = key.agent_id();
-            say!("created fleet key {} (mode 0600)", fleet_key.display());
-            say!("fleet id  {id}");
-            say!("agents that accept this fleet's members add to their config.toml:");
-            say!("  [auto_approve]");
-            say!("  fleet_keys = [\"{id}\"]");
-        }
-        FleetCommand::Endorse {
-            fleet_key,
-            id,
-            network,
-            valid_days,
-            allow,
-        } => {
-            if valid_days == 0 {
-                bail!("--valid-days must be at least 1");
-            }
-            let key = load_fleet_key(&fleet_key)?;
-            let expires = unix_now().saturating_add(valid_days.saturating_mul(24 * 3600));
-            let network = NetworkId::from_name(&network);
-            say!(
-                "{}",
-                endorsement_token(&Endorsement::sign(&key, &id, network, expires, allow))
-            );
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::args::{Cli, Command};
 
     #[test]
     fn requester_text_cannot_drive_the_terminal() {
@@ -348,5 +546,41 @@ mod tests {
         assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
         assert!(!escaped.contains('\u{202e}'), "{escaped}");
         assert!(escaped.contains("\\u{1b}"), "{escaped}");
+    }
+
+    #[test]
+    fn trust_add_parses_id_and_policy() {
+        let id = agentnet::core::identity::Identity::from_secret_bytes(&[3; 32])
+            .expect("key")
+            .agent_id()
+            .to_string();
+        let cli = Cli::try_parse_from([
+            "agentnet",
+            "trust",
+            "add",
+            &id,
+            "--name",
+            "bob",
+            "--allow",
+            "tcp:80,icmp",
+        ])
+        .expect("parses");
+        let Command::Trust(TrustCommand::Add {
+            allow, endpoint, ..
+        }) = cli.command
+        else {
+            panic!("not trust add");
+        };
+        assert_eq!(allow.to_string(), "tcp:80,icmp");
+        assert_eq!(endpoint, None);
+        assert!(
+            Cli::try_parse_from(["agentnet", "trust", "add", "nope", "--name", "bob"]).is_err()
+        );
+        let default =
+            Cli::try_parse_from(["agentnet", "trust", "add", &id, "--name", "b"]).expect("parses");
+        let Command::Trust(TrustCommand::Add { allow, .. }) = default.command else {
+            panic!("not trust add");
+        };
+        assert_eq!(allow, Policy::All);
     }
 }

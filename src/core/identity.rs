@@ -80,7 +80,9 @@ impl AgentId {
     }
 }
 
-fn base32() -> data_encoding::Encoding {
+/// The lowercase, unpadded base32 of agent IDs (and of the other binary
+/// values agentnet writes as text, such as endorsement signatures).
+pub fn base32() -> data_encoding::Encoding {
     let mut spec = data_encoding::Specification::new();
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
     // The alphabet is a constant; a failure here is a programming error that

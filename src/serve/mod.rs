@@ -14,7 +14,7 @@
 //! Then, by mode: `--tcp` splices bytes both ways ([`splice`]), `--http`
 //! is a reverse proxy ([`proxy`]) that tells the service who calls in
 //! `Agentnet-Peer-Id` and `Agentnet-Peer-Name`. What is served is kept in
-//! `STATE_DIR/served.json` ([`store`]).
+//! `STATE_DIR/served.json` ([`crate::state::served`]).
 
 #![forbid(unsafe_code)]
 
@@ -22,10 +22,8 @@ pub mod proxy;
 pub mod splice;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -35,10 +33,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::core::identity::AgentId;
 use crate::state::{StateDir, StateError};
 
-pub use crate::state::served::{SERVED_FILE, ServedStore};
-
-/// Most services one agent serves (bounds `served.json`).
-pub const MAX_SERVED: usize = 256;
+pub use crate::state::served::{
+    MAX_SERVED, SERVED_FILE, ServeMode, ServeSpec, ServeSpecError, ServedStore, parse_target,
+};
 /// Most connections open at once to one served port; more are closed.
 const MAX_CONNECTIONS_PER_PORT: usize = 1024;
 /// Caller questions that may wait for the event loop.
@@ -46,77 +43,12 @@ const CALLER_QUEUE: usize = 256;
 /// Userspace connections to served ports waiting to be accepted, at most.
 const MAX_PENDING_SOURCES: usize = 4096;
 
-/// How a served port talks to its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServeMode {
-    /// A reverse proxy for HTTP/1.1 and h2c that adds the caller's identity.
-    Http,
-    /// Bytes spliced both ways.
-    Tcp,
-}
-
-impl fmt::Display for ServeMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServeMode::Http => "http",
-            ServeMode::Tcp => "tcp",
-        })
-    }
-}
-
-/// One published service: overlay port, mode and local target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeSpec {
-    /// The port on the overlay addresses.
-    pub port: u16,
-    /// HTTP proxy or TCP splice.
-    pub mode: ServeMode,
-    /// Where connections go, e.g. `127.0.0.1:8000`.
-    pub target: SocketAddr,
-}
-
-impl ServeSpec {
-    /// A spec for `port`, the target defaulting to `127.0.0.1:PORT`.
-    pub fn new(port: u16, mode: ServeMode, target: Option<&str>) -> Result<Self, ServeError> {
-        let target = match target {
-            Some(text) => parse_target(text)?,
-            None => SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let spec = Self { port, mode, target };
-        spec.validate()?;
-        Ok(spec)
-    }
-
-    /// Refuses port 0 and targets no connection can go to.
-    pub fn validate(&self) -> Result<(), ServeError> {
-        if self.port == 0 {
-            return Err(ServeError::BadPort);
-        }
-        check_target(self.target)
-    }
-}
-
 /// Why a service cannot be served (or the request about it failed).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Port 0 cannot be served.
-    #[error("port 0 cannot be served; give a port from 1 to 65535")]
-    BadPort,
-    /// TARGET is not `HOST:PORT` with an IP address.
-    #[error(
-        "bad TARGET {0:?}: expected IPV4:PORT or [IPV6]:PORT, e.g. 127.0.0.1:8000 or [::1]:8000"
-    )]
-    BadTarget(String),
-    /// TARGET is an address no connection can go to.
-    #[error("bad TARGET {target}: {why}")]
-    UnusableTarget {
-        /// The target.
-        target: SocketAddr,
-        /// What is wrong with it.
-        why: &'static str,
-    },
+    /// The spec is not one that can be served.
+    #[error(transparent)]
+    Spec(#[from] ServeSpecError),
     /// The port is already served.
     #[error(
         "port {port} is already served ({mode} to {target}); `agentnet serve --off {port}` first"
@@ -177,30 +109,6 @@ pub enum ServeError {
     /// `served.json` could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
-}
-
-/// Parses TARGET: `IPV4:PORT` or `[IPV6]:PORT`.
-pub fn parse_target(text: &str) -> Result<SocketAddr, ServeError> {
-    let target =
-        SocketAddr::from_str(text.trim()).map_err(|_| ServeError::BadTarget(text.to_string()))?;
-    check_target(target)?;
-    Ok(target)
-}
-
-fn check_target(target: SocketAddr) -> Result<(), ServeError> {
-    let why = if target.port() == 0 {
-        Some("port 0")
-    } else if target.ip().is_unspecified() {
-        Some("an unspecified address (0.0.0.0 or ::) is no place to connect to; use 127.0.0.1")
-    } else if target.ip().is_multicast() {
-        Some("a multicast address")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(ServeError::UnusableTarget { target, why }),
-        None => Ok(()),
-    }
 }
 
 /// A served port as the daemon runs it (`serve --list`).
@@ -758,62 +666,5 @@ mod tests {
         let peer: IpAddr = "fd00::1".parse().expect("ip");
         assert!(book.connect(front, peer).await.is_err());
         assert!(book.pending.lock().expect("lock").is_empty());
-    }
-
-    #[test]
-    fn target_defaults_to_loopback_on_the_same_port() {
-        let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
-        assert_eq!(
-            spec.target,
-            "127.0.0.1:8000".parse::<SocketAddr>().expect("addr")
-        );
-        let spec = ServeSpec::new(8000, ServeMode::Tcp, Some("[::1]:9000")).expect("spec");
-        assert_eq!(
-            spec.target,
-            "[::1]:9000".parse::<SocketAddr>().expect("addr")
-        );
-        let spec = ServeSpec::new(80, ServeMode::Tcp, Some("10.1.2.3:8080")).expect("spec");
-        assert_eq!(spec.target.port(), 8080);
-    }
-
-    #[test]
-    fn bad_targets_are_refused_with_the_expected_form() {
-        for text in [
-            "localhost:80",
-            "127.0.0.1",
-            "::1:80",
-            "[::1]",
-            "8080",
-            "",
-            "1.2.3.4:99999",
-        ] {
-            let error = parse_target(text).expect_err(text).to_string();
-            assert!(
-                error.contains("IPV4:PORT or [IPV6]:PORT"),
-                "{text}: {error}"
-            );
-        }
-        for (text, why) in [
-            ("0.0.0.0:80", "unspecified"),
-            ("[::]:80", "unspecified"),
-            ("127.0.0.1:0", "port 0"),
-            ("224.0.0.1:80", "multicast"),
-        ] {
-            let error = parse_target(text).expect_err(text).to_string();
-            assert!(error.contains(why), "{text}: {error}");
-        }
-        assert!(matches!(
-            ServeSpec::new(0, ServeMode::Http, None),
-            Err(ServeError::BadPort)
-        ));
-    }
-
-    #[test]
-    fn specs_serialize_as_port_mode_and_target() {
-        let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
-        assert_eq!(
-            serde_json::to_string(&spec).expect("json"),
-            r#"{"port":8000,"mode":"http","target":"127.0.0.1:8000"}"#
-        );
     }
 }

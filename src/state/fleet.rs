@@ -25,21 +25,20 @@
 //! fleet_keys = ["<fleet id>"]    # requests endorsed by these keys are approved
 //! ```
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::core::address::NetworkId;
-use crate::core::identity::{AgentId, Identity};
+use crate::core::identity::{AgentId, Identity, base32};
 use crate::core::node::AutoApprove;
 use crate::core::policy::Policy;
 use crate::core::trust::request::{Endorsement, EndorsementError};
+use crate::state::key::{KEY_FILE_READ_LIMIT, decode_hex_secret, encode_secret, random_identity};
 use crate::state::{StateDir, StateError};
 
 /// Separates the fleet ID from the signature in an endorsement token.
@@ -85,25 +84,8 @@ pub enum FleetError {
         path: PathBuf,
     },
     /// Reading or writing the key file failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn base32() -> data_encoding::Encoding {
-    let mut spec = data_encoding::Specification::new();
-    spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    // A constant alphabet: failure would be a programming error that the
-    // tests catch; fall back rather than panic.
-    spec.encoding()
-        .unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// The text form of an endorsement, `FLEET_ID.EXPIRES.CAP.SIGNATURE`.
@@ -167,23 +149,11 @@ pub fn endorsement_for(
 /// Creates a new random fleet key at `path` (mode 0600); never replaces a
 /// file.
 pub fn create_fleet_key(path: &Path) -> Result<Identity, FleetError> {
-    let mut secret = Zeroizing::new([0u8; 32]);
-    rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
-    let key =
-        Identity::from_secret_bytes(secret.as_slice()).map_err(|_| FleetError::BadKeyFile {
-            path: path.to_path_buf(),
-        })?;
-    let mut text = Zeroizing::new(String::with_capacity(65));
-    for byte in key.secret_bytes().iter() {
-        // Straight into the zeroized buffer: no copies of the key linger.
-        let _ = write!(text, "{byte:02x}");
-    }
-    text.push('\n');
-    let io_error = |action, source| FleetError::Io {
-        action,
+    let key = random_identity().map_err(|_| FleetError::BadKeyFile {
         path: path.to_path_buf(),
-        source,
-    };
+    })?;
+    let text = encode_secret(&key.secret_bytes());
+    let io_error = |action, source| FleetError::from(StateError::io(action, path, source));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -203,11 +173,7 @@ pub fn create_fleet_key(path: &Path) -> Result<Identity, FleetError> {
 
 /// Loads a fleet key, refusing a file others may access.
 pub fn load_fleet_key(path: &Path) -> Result<Identity, FleetError> {
-    let io_error = |action, source| FleetError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_error = |action, source| FleetError::from(StateError::io(action, path, source));
     let mut file = File::open(path).map_err(|source| io_error("open", source))?;
     let mode = file
         .metadata()
@@ -222,21 +188,13 @@ pub fn load_fleet_key(path: &Path) -> Result<Identity, FleetError> {
     }
     let mut contents = Zeroizing::new(Vec::with_capacity(65));
     (&mut file)
-        .take(256)
+        .take(KEY_FILE_READ_LIMIT)
         .read_to_end(&mut contents)
         .map_err(|source| io_error("read", source))?;
     let bad = || FleetError::BadKeyFile {
         path: path.to_path_buf(),
     };
-    let hex = contents.trim_ascii();
-    if hex.len() != 64 {
-        return Err(bad());
-    }
-    let mut secret = Zeroizing::new([0u8; 32]);
-    for (byte, pair) in secret.iter_mut().zip(hex.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).map_err(|_| bad())?;
-        *byte = u8::from_str_radix(text, 16).map_err(|_| bad())?;
-    }
+    let secret = decode_hex_secret(&contents).ok_or_else(bad)?;
     Identity::from_secret_bytes(secret.as_slice()).map_err(|_| bad())
 }
 

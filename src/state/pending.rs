@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
 use serde::{Deserialize, Serialize};
 
 use crate::core::identity::AgentId;
@@ -25,10 +26,13 @@ use crate::core::trust::store::{
     DEFAULT_REQUESTED_TTL, MAX_NAME_LEN, TrustError, TrustStore, validate_name,
 };
 use crate::state::fleet::{endorsement_token, parse_endorsement_token};
-use crate::state::{StateDir, StateError, atomic_write, sanitize_label};
+use crate::state::{StateDir, StateError, sanitize_label};
 
 /// File name of the saved pending requests.
 pub const PENDING_FILE: &str = "pending.toml";
+/// The comment at the top of the pending file.
+const PENDING_FILE_HEADER: &str = "# agentnet: trust requests waiting for `agentnet trust approve` or `deny`.\n\
+     # Written by the daemon; approve or deny with the CLI, not by editing.\n\n";
 /// Prefix of the local name a requester gives its target by default.
 const TARGET_NAME_PREFIX: &str = "peer-";
 /// Characters of the target's ID in that default name.
@@ -288,17 +292,17 @@ impl SeenNonceRecord {
 }
 
 fn encode_nonce(nonce: &[u8; 16]) -> String {
-    nonce.iter().map(|b| format!("{b:02x}")).collect()
+    HEXLOWER.encode(nonce)
 }
 
 fn decode_nonce(text: &str) -> Option<[u8; 16]> {
-    if text.len() != 32 || !text.is_ascii() {
+    let mut nonce = [0u8; 16];
+    if text.len() != 2 * nonce.len() {
         return None;
     }
-    let mut nonce = [0u8; 16];
-    for (byte, pair) in nonce.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    HEXLOWER_PERMISSIVE
+        .decode_mut(text.as_bytes(), &mut nonce)
+        .ok()?;
     Some(nonce)
 }
 
@@ -327,29 +331,20 @@ pub fn save_pending(
         requests: records,
         seen,
     };
-    let body = toml::to_string(&file).map_err(|source| StateError::Serialize {
-        what: "the pending trust requests",
-        source,
-    })?;
-    let text = format!(
-        "# agentnet: trust requests waiting for `agentnet trust approve` or `deny`.\n\
-         # Written by the daemon; approve or deny with the CLI, not by editing.\n\n{body}"
-    );
     state.create()?;
-    atomic_write(&pending_path(state), text.as_bytes(), 0o600)
+    state.replace_toml(
+        PENDING_FILE,
+        "the pending trust requests",
+        PENDING_FILE_HEADER,
+        &file,
+    )
 }
 
 /// Reads the pending file (empty if there is none).
 fn load_pending_file(state: &StateDir) -> Result<PendingFile, StateError> {
     // Not following a link, as every state file (the daemon user owns the
     // directory).
-    let Some(text) = state.read_file(PENDING_FILE)? else {
-        return Ok(PendingFile::default());
-    };
-    toml::from_str(&text).map_err(|source| StateError::BadToml {
-        path: pending_path(state),
-        source,
-    })
+    Ok(state.read_toml(PENDING_FILE)?.unwrap_or_default())
 }
 
 /// Reads the waiting requests of the pending file (empty if there is none).

@@ -1,5 +1,6 @@
 //! `STATE_DIR/served.json`: the services `agentnet serve` publishes, kept
-//! across restarts.
+//! across restarts, and their spec ([`ServeSpec`]: overlay port, mode, local
+//! target), which the `serve` module runs.
 //!
 //! Written atomically (temp file, `fsync`, `rename`) under an exclusive
 //! `flock` on `served.lock`, by the daemon while it runs and by the CLI
@@ -8,20 +9,118 @@
 //! names a port twice, is refused with the file's path in the error.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::serve::{MAX_SERVED, ServeSpec};
-use crate::state::{StateDir, StateError, atomic_write};
-use crate::sys::nofollow::OpenFor;
+use super::lock::LockedFile;
+use super::{StateDir, StateError};
 
 /// File name of the served services.
 pub const SERVED_FILE: &str = "served.json";
 /// File name of the lock that serializes edits of [`SERVED_FILE`].
 const SERVED_LOCK: &str = "served.lock";
+/// Most services one agent serves (bounds `served.json`).
+pub const MAX_SERVED: usize = 256;
+
+/// How a served port talks to its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeMode {
+    /// A reverse proxy for HTTP/1.1 and h2c that adds the caller's identity.
+    Http,
+    /// Bytes spliced both ways.
+    Tcp,
+}
+
+impl fmt::Display for ServeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServeMode::Http => "http",
+            ServeMode::Tcp => "tcp",
+        })
+    }
+}
+
+/// One published service: overlay port, mode and local target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSpec {
+    /// The port on the overlay addresses.
+    pub port: u16,
+    /// HTTP proxy or TCP splice.
+    pub mode: ServeMode,
+    /// Where connections go, e.g. `127.0.0.1:8000`.
+    pub target: SocketAddr,
+}
+
+impl ServeSpec {
+    /// A spec for `port`, the target defaulting to `127.0.0.1:PORT`.
+    pub fn new(port: u16, mode: ServeMode, target: Option<&str>) -> Result<Self, ServeSpecError> {
+        let target = match target {
+            Some(text) => parse_target(text)?,
+            None => SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let spec = Self { port, mode, target };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Refuses port 0 and targets no connection can go to.
+    pub fn validate(&self) -> Result<(), ServeSpecError> {
+        if self.port == 0 {
+            return Err(ServeSpecError::BadPort);
+        }
+        check_target(self.target)
+    }
+}
+
+/// Why a [`ServeSpec`] cannot be served.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServeSpecError {
+    /// Port 0 cannot be served.
+    #[error("port 0 cannot be served; give a port from 1 to 65535")]
+    BadPort,
+    /// TARGET is not `HOST:PORT` with an IP address.
+    #[error(
+        "bad TARGET {0:?}: expected IPV4:PORT or [IPV6]:PORT, e.g. 127.0.0.1:8000 or [::1]:8000"
+    )]
+    BadTarget(String),
+    /// TARGET is an address no connection can go to.
+    #[error("bad TARGET {target}: {why}")]
+    UnusableTarget {
+        /// The target.
+        target: SocketAddr,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Parses TARGET: `IPV4:PORT` or `[IPV6]:PORT`.
+pub fn parse_target(text: &str) -> Result<SocketAddr, ServeSpecError> {
+    let target = SocketAddr::from_str(text.trim())
+        .map_err(|_| ServeSpecError::BadTarget(text.to_string()))?;
+    check_target(target)?;
+    Ok(target)
+}
+
+fn check_target(target: SocketAddr) -> Result<(), ServeSpecError> {
+    let why = if target.port() == 0 {
+        Some("port 0")
+    } else if target.ip().is_unspecified() {
+        Some("an unspecified address (0.0.0.0 or ::) is no place to connect to; use 127.0.0.1")
+    } else if target.ip().is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(ServeSpecError::UnusableTarget { target, why }),
+        None => Ok(()),
+    }
+}
 
 /// What `served.json` holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,17 +135,9 @@ impl ServedStore {
     /// The record in `state` (empty if there is none). Bad content is an
     /// error that names the file and the problem.
     pub fn load(state: &StateDir) -> Result<Self, StateError> {
-        let Some(text) = state.read_file(SERVED_FILE)? else {
-            return Ok(Self::default());
-        };
-        Self::parse(text.as_bytes()).map_err(|problem| {
-            let path = state.root().join(SERVED_FILE);
-            StateError::io(
-                "parse",
-                &path,
-                io::Error::new(io::ErrorKind::InvalidData, problem),
-            )
-        })
+        Ok(state
+            .read_json(SERVED_FILE, Self::parse)?
+            .unwrap_or_default())
     }
 
     /// Parses and checks the file's content.
@@ -85,54 +176,27 @@ impl ServedStore {
         state: &StateDir,
         edit: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, E> {
-        state.create()?;
-        let lock_file = state.open_file(SERVED_LOCK, OpenFor::ReadWrite(0o600))?;
-        let _lock = lock(lock_file).map_err(|source| StateError::Io {
-            action: "lock",
-            path: state.root().join(SERVED_LOCK),
-            source,
-        })?;
-        let mut record = Self::load(state)?;
-        let before = record.clone();
-        let result = edit(&mut record)?;
-        if record != before {
-            record.save(state)?;
-        }
-        Ok(result)
-    }
-
-    fn save(&self, state: &StateDir) -> Result<(), StateError> {
-        let path = state.root().join(SERVED_FILE);
-        let mut text = serde_json::to_vec_pretty(self).map_err(|e| StateError::Io {
-            action: "encode",
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
-        text.push(b'\n');
-        atomic_write(&path, &text, 0o600)
+        state.edit_locked(edit)
     }
 }
 
-fn lock(mut file: File) -> io::Result<Flock<File>> {
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(locked) => return Ok(locked),
-            Err((returned, nix::errno::Errno::EINTR)) => file = returned,
-            Err((_, errno)) => return Err(errno.into()),
-        }
+impl LockedFile for ServedStore {
+    const LOCK_FILE: &'static str = SERVED_LOCK;
+
+    fn load(state: &StateDir) -> Result<Self, StateError> {
+        ServedStore::load(state)
+    }
+
+    fn save(&self, state: &StateDir) -> Result<(), StateError> {
+        state.replace_json(SERVED_FILE, self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::ServeMode;
-
-    fn state() -> (tempfile::TempDir, StateDir) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = StateDir::new(dir.path().join("state"));
-        (dir, state)
-    }
+    use crate::state::atomic_write;
+    use crate::state::test_support::state;
 
     #[test]
     fn served_file_round_trips_and_starts_empty() {
@@ -207,5 +271,62 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, state.root().join(SERVED_FILE)).expect("link");
         let error = ServedStore::load(&state).expect_err("refused").to_string();
         assert!(error.contains("symbolic link"), "{error}");
+    }
+
+    #[test]
+    fn target_defaults_to_loopback_on_the_same_port() {
+        let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
+        assert_eq!(
+            spec.target,
+            "127.0.0.1:8000".parse::<SocketAddr>().expect("addr")
+        );
+        let spec = ServeSpec::new(8000, ServeMode::Tcp, Some("[::1]:9000")).expect("spec");
+        assert_eq!(
+            spec.target,
+            "[::1]:9000".parse::<SocketAddr>().expect("addr")
+        );
+        let spec = ServeSpec::new(80, ServeMode::Tcp, Some("10.1.2.3:8080")).expect("spec");
+        assert_eq!(spec.target.port(), 8080);
+    }
+
+    #[test]
+    fn bad_targets_are_refused_with_the_expected_form() {
+        for text in [
+            "localhost:80",
+            "127.0.0.1",
+            "::1:80",
+            "[::1]",
+            "8080",
+            "",
+            "1.2.3.4:99999",
+        ] {
+            let error = parse_target(text).expect_err(text).to_string();
+            assert!(
+                error.contains("IPV4:PORT or [IPV6]:PORT"),
+                "{text}: {error}"
+            );
+        }
+        for (text, why) in [
+            ("0.0.0.0:80", "unspecified"),
+            ("[::]:80", "unspecified"),
+            ("127.0.0.1:0", "port 0"),
+            ("224.0.0.1:80", "multicast"),
+        ] {
+            let error = parse_target(text).expect_err(text).to_string();
+            assert!(error.contains(why), "{text}: {error}");
+        }
+        assert!(matches!(
+            ServeSpec::new(0, ServeMode::Http, None),
+            Err(ServeSpecError::BadPort)
+        ));
+    }
+
+    #[test]
+    fn specs_serialize_as_port_mode_and_target() {
+        let spec = ServeSpec::new(8000, ServeMode::Http, None).expect("spec");
+        assert_eq!(
+            serde_json::to_string(&spec).expect("json"),
+            r#"{"port":8000,"mode":"http","target":"127.0.0.1:8000"}"#
+        );
     }
 }

@@ -473,15 +473,13 @@ impl Daemon {
             .options
             .state
             .edit_trust(|store| {
-                let entry = TrustEntry {
+                let entry = TrustEntry::trusted(
                     id,
-                    name: approval_name(store, &id, name.as_deref(), claimed)?,
-                    endpoint: endpoint.map(|endpoint| endpoint.to_string()),
-                    allow: granted,
-                    state: TrustState::Trusted,
-                    added_unix: store.get(&id).map_or_else(unix_now, |e| e.added_unix),
-                    expires_unix: None,
-                };
+                    approval_name(store, &id, name.as_deref(), claimed)?,
+                    endpoint.map(|endpoint| endpoint.to_string()),
+                    granted,
+                    store.get(&id).map_or_else(unix_now, |e| e.added_unix),
+                );
                 store.upsert(&own, entry.clone())?;
                 Ok(entry)
             })

@@ -97,6 +97,26 @@ pub struct TrustEntry {
 }
 
 impl TrustEntry {
+    /// The entry of an agent trusted to open what `allow` lists, added at
+    /// `added_unix` (0: stamped with the time `trust.toml` first stores it).
+    pub fn trusted(
+        id: AgentId,
+        name: String,
+        endpoint: Option<String>,
+        allow: Policy,
+        added_unix: u64,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            endpoint,
+            allow,
+            state: TrustState::Trusted,
+            added_unix,
+            expires_unix: None,
+        }
+    }
+
     /// The entry of an agent this agent asks for trust at `now_unix`: it may
     /// open nothing here (replies to our own flows pass), and it lapses
     /// after `ttl` unless it approves.
