@@ -37,7 +37,7 @@ mod trust;
 mod up;
 mod userspace;
 
-pub(crate) use self::args::{Cli, Command, LogFormat};
+pub(crate) use self::args::{Cli, Command};
 use self::instance::Instance;
 
 /// Runs the parsed command line.
@@ -80,4 +80,22 @@ pub(crate) fn init_logging(cli: &Cli) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format` that selects this format.
+    pub(crate) fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }

@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Instance;
-use super::args::LogFormat;
+use super::LogFormat;
 use agentnet::agent::{self, DEFAULT_PORT, DaemonOptions};
 use agentnet::control::{ControlClient, ControlError, DaemonInfo, Request, Response};
 use agentnet::core::address::IPV4_PREFIX_LEN;
