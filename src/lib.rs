@@ -16,6 +16,8 @@ pub mod nofollow;
 pub mod ping;
 pub mod rendezvous_server;
 pub mod serve;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state;
 pub mod tcp_frames;
 pub mod trust_requests;
