@@ -49,10 +49,6 @@ fn tools() -> Vec<&'static str> {
     all
 }
 
-fn require(test: &str) -> bool {
-    support::require_root_or_skip(test, &tools())
-}
-
 fn must<T>(result: Result<T, String>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -97,10 +93,9 @@ fn session_up(agent: &Agent, peer: &Identity) -> bool {
 /// must not trip over them, and the session must be back within 5 s.
 #[test]
 fn killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s() {
-    let test = "killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let (a, id_a, b, id_b) = connected_pair(&lab, [91, 1], true);
     let pid = must(a.daemon_pid());
@@ -175,10 +170,9 @@ fn killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s() {
 /// ping, no new handshake), and both agents register again.
 #[test]
 fn rendezvous_restart_keeps_direct_sessions_and_agents_register_again() {
-    let test = "rendezvous_restart_keeps_direct_sessions_and_agents_register_again";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
@@ -291,10 +285,9 @@ fn rendezvous_restart_keeps_direct_sessions_and_agents_register_again() {
 /// B follows A's new endpoint and the download completes intact.
 #[test]
 fn underlay_address_change_mid_download_roams_and_the_transfer_completes() {
-    let test = "underlay_address_change_mid_download_roams_and_the_transfer_completes";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let (a, id_a, b, id_b) = connected_pair(&lab, [91, 3], true);
     let www = lab.dir().join("www");
@@ -404,10 +397,9 @@ fn underlay_address_change_mid_download_roams_and_the_transfer_completes() {
 /// trust.toml keeps its old, parseable contents with no temp file left.
 #[test]
 fn full_state_disk_fails_trust_add_clearly_and_never_corrupts_the_store() {
-    let test = "full_state_disk_fails_trust_add_clearly_and_never_corrupts_the_store";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([91, 5], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));

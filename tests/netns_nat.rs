@@ -72,10 +72,6 @@ fn tools() -> Vec<&'static str> {
     all
 }
 
-fn require(test: &str) -> bool {
-    support::require_root_or_skip(test, &tools())
-}
-
 fn must<T>(result: Result<T, String>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -236,10 +232,9 @@ fn assert_path(c: &Connection, want: &str, a: &Agent, b: &Agent) {
 /// the traffic between two addresses until it heals.
 #[test]
 fn lab_routers_map_and_filter_as_specified() {
-    let test = "lab_routers_map_and_filter_as_specified";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let r1 = must(nat.public_host("r1"));
     let r2 = must(nat.public_host("r2"));
@@ -315,10 +310,9 @@ fn lab_routers_map_and_filter_as_specified() {
 /// Two agents with public addresses go direct at once.
 #[test]
 fn no_nat_to_no_nat_is_direct() {
-    let test = "no_nat_to_no_nat_is_direct";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let (a, id_a) = agent(&nat, Place::Public, "a", &[&rv]);
@@ -336,10 +330,9 @@ fn no_nat_to_no_nat_is_direct() {
 /// Behind two easy NATs the agents punch through and go direct within 5 s.
 #[test]
 fn easy_to_easy_goes_direct_within_5_s() {
-    let test = "easy_to_easy_goes_direct_within_5_s";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let sa = must(nat.site("a", NatKind::Easy));
@@ -361,10 +354,9 @@ fn easy_to_easy_goes_direct_within_5_s() {
 /// agent implements it) a working relay with a note.
 #[test]
 fn easy_to_hard_goes_direct_by_birthday_probing_or_relays() {
-    let test = "easy_to_hard_goes_direct_by_birthday_probing_or_relays";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     // Two rendezvous: an agent tells an easy NAT from a hard one by
     // comparing the reflexive endpoints they report.
@@ -411,10 +403,9 @@ fn easy_to_hard_goes_direct_by_birthday_probing_or_relays() {
 /// Behind two hard NATs there is no direct path: the relay carries it.
 #[test]
 fn hard_to_hard_relays_and_traffic_flows() {
-    let test = "hard_to_hard_relays_and_traffic_flows";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let sa = must(nat.site("a", NatKind::Hard));
@@ -456,10 +447,9 @@ fn hard_to_hard_relays_and_traffic_flows() {
 /// the pair talks through the TCP relay.
 #[test]
 fn udp_blocked_side_connects_through_the_tcp_relay() {
-    let test = "udp_blocked_side_connects_through_the_tcp_relay";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let su = must(nat.site("u", NatKind::UdpBlocked));
@@ -505,10 +495,9 @@ fn udp_blocked_side_connects_through_the_tcp_relay() {
 /// Two agents behind one (hard) NAT find each other on their LAN.
 #[test]
 fn agents_behind_the_same_nat_go_direct_over_local_addresses() {
-    let test = "agents_behind_the_same_nat_go_direct_over_local_addresses";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let site = must(nat.site("s", NatKind::Hard));
@@ -535,10 +524,9 @@ fn agents_behind_the_same_nat_go_direct_over_local_addresses() {
 /// completes intact.
 #[test]
 fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
-    let test = "direct_path_cut_mid_transfer_falls_back_to_relay_and_returns";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
@@ -670,10 +658,9 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
 /// still connects.
 #[test]
 fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
-    let test = "losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv1 = must(nat.rendezvous("rv1"));
@@ -751,10 +738,9 @@ fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
 /// request; B comes up and finds it pending; once approved, they connect.
 #[test]
 fn trust_request_to_an_offline_agent_is_delivered_when_it_comes_up() {
-    let test = "trust_request_to_an_offline_agent_is_delivered_when_it_comes_up";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
@@ -813,10 +799,9 @@ fn trust_request_to_an_offline_agent_is_delivered_when_it_comes_up() {
 /// `netcheck` tells the NAT kinds apart with two rendezvous servers.
 #[test]
 fn netcheck_reports_reflexive_endpoints_and_nat_kind() {
-    let test = "netcheck_reports_reflexive_endpoints_and_nat_kind";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv1 = must(nat.rendezvous("rv1"));
     let rv2 = must(nat.rendezvous("rv2"));
