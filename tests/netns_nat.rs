@@ -18,11 +18,11 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::{AGENT_PORT, Agent, Identity};
+use support::http::BackgroundDownload;
 use support::natlab::{
     NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path, rendezvous_entry,
     start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous, wait_path,
@@ -538,35 +538,17 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
     assert_path(&c, "direct", &a, &b);
 
     // B serves a big file over the overlay; A downloads it slowly.
-    let www = lab.dir().join("www");
-    std::fs::create_dir_all(&www).expect("www dir");
-    let body = support::random_bytes(DOWNLOAD_BYTES);
-    std::fs::write(www.join("big.bin"), &body).expect("big file");
-    http_server(lab, &b, &id_b, &www);
     // 8 MiB at 4 Mbit/s take 16 s: the cut lands mid-download.
     must(lab.shape_egress(&b.host, "4mbit"));
-    let out_file = lab.dir().join("download.bin");
-    let url = format!("http://[{}]:{HTTP_PORT}/big.bin", id_b.address);
-    let curl = must(lab.spawn(
-        &a.host.ns,
-        "curl",
-        &[
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--limit-rate",
-            DOWNLOAD_RATE,
-            "--max-time",
-            "120",
-            "-o",
-            out_file.to_str().expect("utf-8 path"),
-            &url,
-        ],
+    let download = must(BackgroundDownload::start(
+        lab,
+        &a,
+        (&b, id_b.address, HTTP_PORT),
+        DOWNLOAD_BYTES,
+        DOWNLOAD_RATE,
+        Duration::from_secs(120),
     ));
-    let size = || std::fs::metadata(&out_file).map(|m| m.len()).unwrap_or(0);
+    let size = || download.size();
     must(wait_until(
         "the download to pass 1 MiB",
         Duration::from_secs(10),
@@ -600,7 +582,7 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
         Duration::from_secs(20),
         || size() >= at_fallback + (512 << 10),
     ));
-    assert!(lab.spawn_running(curl), "curl ended during the cut");
+    assert!(download.running(), "curl ended during the cut");
     let on_relay_bytes = size() - at_fallback;
 
     must(nat.heal());
@@ -617,13 +599,7 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
         )
         .map(|()| healed_at.elapsed()),
     );
-    must(wait_until(
-        "the download to finish",
-        Duration::from_secs(60),
-        || !lab.spawn_running(curl),
-    ));
-    let (_, curl_err) = lab.stop(curl);
-    let got = std::fs::read(&out_file).unwrap_or_default();
+    let (body, got, curl_err) = must(download.finish(Duration::from_secs(60)));
     report(
         "easy <-> easy, cut mid-transfer",
         &c,
@@ -889,11 +865,4 @@ fn assert_reflexive(agent: &Agent, rv: &Rendezvous, site: &Site) {
         candidates.contains(&reflexive.expect("reflexive").to_string()),
         "the reflexive endpoint is among the candidates: {candidates}"
     );
-}
-
-/// `python3 -m http.server` on B's overlay address, serving `dir`.
-fn http_server(lab: &Lab, agent: &Agent, id: &Identity, dir: &Path) {
-    must(support::http::serve_directory(
-        lab, agent, id.address, HTTP_PORT, dir,
-    ));
 }
