@@ -16,6 +16,7 @@ use crate::core::identity::{AgentId, Identity};
 use crate::core::node::{Event, Node, PeerConfig, Transmit};
 use crate::core::policy::Policy;
 use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
+use crate::core::status::PeerStatus;
 
 /// Local port of a host's probe socket N: this base plus N.
 pub const PROBE_PORT_BASE: u16 = 50_000;
@@ -188,15 +189,20 @@ impl SimNet {
 
     /// The path a host reports for a peer ("direct", "relay" or "none").
     pub fn path(&self, host: usize, peer: usize) -> String {
+        self.peer_status(host, peer)
+            .map(|status| format!("{:?}", status.path).to_lowercase())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    /// What `host` reports about `peer`, if it knows it.
+    pub fn peer_status(&self, host: usize, peer: usize) -> Option<PeerStatus> {
         let id = self.id(peer);
         self.hosts[host]
             .node
             .status(self.now)
             .peers
-            .iter()
+            .into_iter()
             .find(|status| status.id == id)
-            .map(|status| format!("{:?}", status.path).to_lowercase())
-            .unwrap_or_else(|| "none".into())
     }
 
     /// Adds a host with a key derived from `key_seed`, at `10.0.0.N:7400`.
@@ -490,13 +496,8 @@ impl SimNet {
 
     /// Whether `host` has an established session with `peer`.
     pub fn is_connected(&self, host: usize, peer: usize) -> bool {
-        let id = self.id(peer);
-        self.hosts[host]
-            .node
-            .status(self.now)
-            .peers
-            .iter()
-            .any(|status| status.id == id && status.session_established)
+        self.peer_status(host, peer)
+            .is_some_and(|status| status.session_established)
     }
 
     /// Runs in steps until `condition` holds or `limit` of virtual time passes.

@@ -2,7 +2,7 @@
 //! UDP or ICMP header and filler, built from plain fields. Checksums of the
 //! transport headers are left zero (the overlay does not look at them).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Source port of the packets made by [`udp_packet`] and [`udp4_packet`].
 const TAGGED_SOURCE_PORT: u16 = 40000;
@@ -102,27 +102,43 @@ pub fn ipv4_packet(source: Ipv4Addr, destination: Ipv4Addr, transport: &Transpor
     packet
 }
 
-/// A UDP-in-IPv6 packet from `source` to `destination` carrying `tag`.
-pub fn udp_packet(
-    source: Ipv6Addr,
-    destination: Ipv6Addr,
+/// An IPv6 or IPv4 packet, as the addresses are; both must be of one
+/// version.
+pub fn ip_packet(source: IpAddr, destination: IpAddr, transport: &Transport) -> Vec<u8> {
+    match (source, destination) {
+        (IpAddr::V6(source), IpAddr::V6(destination)) => {
+            ipv6_packet(source, destination, transport)
+        }
+        (IpAddr::V4(source), IpAddr::V4(destination)) => {
+            ipv4_packet(source, destination, transport)
+        }
+        _ => panic!("a packet from {source} to {destination} mixes IP versions"),
+    }
+}
+
+/// A UDP packet (IPv6, or IPv4 with DF set) from `source` to `destination`
+/// carrying `tag`, `len` (at least 4) bytes of UDP payload.
+pub fn udp_packet<A: Into<IpAddr>>(
+    source: A,
+    destination: A,
     destination_port: u16,
     tag: u32,
     len: usize,
 ) -> Vec<u8> {
-    let mut packet = ipv6_packet(
-        source,
-        destination,
+    let mut packet = ip_packet(
+        source.into(),
+        destination.into(),
         &Transport::tagged_udp(destination_port, len),
     );
-    packet[48..52].copy_from_slice(&tag.to_be_bytes());
+    let at = tag_offset(&packet);
+    packet[at..at + 4].copy_from_slice(&tag.to_be_bytes());
     packet
 }
 
-/// A TCP-in-IPv6 packet with ports and flags.
-pub fn tcp_packet(
-    source: Ipv6Addr,
-    destination: Ipv6Addr,
+/// A TCP packet (IPv6, or IPv4 with DF set) with ports and flags.
+pub fn tcp_packet<A: Into<IpAddr>>(
+    source: A,
+    destination: A,
     source_port: u16,
     destination_port: u16,
     flags: u8,
@@ -134,48 +150,26 @@ pub fn tcp_packet(
         flags,
         payload_len: 0,
     };
-    ipv6_packet(source, destination, &transport)
+    ip_packet(source.into(), destination.into(), &transport)
 }
 
-/// A UDP-in-IPv4 packet (DF set) from `source` to `destination` carrying
-/// `tag`, `len` bytes of UDP payload.
-pub fn udp4_packet(
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    destination_port: u16,
-    tag: u32,
-    len: usize,
-) -> Vec<u8> {
-    let mut packet = ipv4_packet(
-        source,
-        destination,
-        &Transport::tagged_udp(destination_port, len),
-    );
-    packet[28..32].copy_from_slice(&tag.to_be_bytes());
-    packet
-}
+/// [`tcp_packet`] under the name the IPv4 tests use.
+pub use tcp_packet as tcp4_packet;
+/// [`udp_packet`] under the name the IPv4 tests use.
+pub use udp_packet as udp4_packet;
 
-/// A TCP-in-IPv4 packet (DF set) with ports and flags.
-pub fn tcp4_packet(
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    source_port: u16,
-    destination_port: u16,
-    flags: u8,
-) -> Vec<u8> {
-    let transport = Transport {
-        protocol: 6,
-        source_port,
-        destination_port,
-        flags,
-        payload_len: 0,
-    };
-    ipv4_packet(source, destination, &transport)
+/// Where the tag of a tagged UDP packet sits: after the IP and UDP headers.
+fn tag_offset(packet: &[u8]) -> usize {
+    if packet.first().is_some_and(|byte| byte >> 4 == 4) {
+        28
+    } else {
+        48
+    }
 }
 
 /// The tag of a packet made by [`udp_packet`] or [`udp4_packet`].
 pub fn tag_of(packet: &[u8]) -> Option<u32> {
-    let at = if packet.first()? >> 4 == 4 { 28 } else { 48 };
+    let at = tag_offset(packet);
     let bytes: [u8; 4] = packet.get(at..at + 4)?.try_into().ok()?;
     Some(u32::from_be_bytes(bytes))
 }

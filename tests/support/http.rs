@@ -101,19 +101,7 @@ pub fn fetch_from(
     let started = Instant::now();
     let curl = lab.exec(
         &client.host.ns,
-        &[
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--max-time",
-            &timeout.as_secs().to_string(),
-            "-o",
-            path(&fetched),
-            &url,
-        ],
+        &as_strs(&download_args(&url, &fetched, timeout, &[])),
     );
     let took = started.elapsed();
     let (_, server_log) = lab.stop(pid);
@@ -133,6 +121,30 @@ pub fn fetch_from(
         ));
     }
     Ok(took)
+}
+
+/// The command line of curl downloading `url` into `out` within
+/// `max_time`: IPv6 literals as they are, no proxy, an HTTP error fails,
+/// `extra` options before the URL.
+fn download_args(url: &str, out: &Path, max_time: Duration, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["curl", "-g", "-sS", "--fail", "--noproxy", "*"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(String::from)
+        .collect();
+    args.extend([
+        "--max-time".into(),
+        max_time.as_secs().to_string(),
+        "-o".into(),
+        path(out).into(),
+        url.into(),
+    ]);
+    args
+}
+
+/// Borrowed views of owned arguments.
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn path(p: &Path) -> &str {
@@ -169,25 +181,8 @@ impl<'l> BackgroundDownload<'l> {
         serve_directory(lab, server, address, port, &www)?;
         let out_file = lab.dir().join("download.bin");
         let url = format!("http://[{address}]:{port}/big.bin");
-        let curl = lab.spawn(
-            &client.host.ns,
-            "curl",
-            &[
-                "curl",
-                "-g",
-                "-sS",
-                "--fail",
-                "--noproxy",
-                "*",
-                "--limit-rate",
-                rate,
-                "--max-time",
-                &max_time.as_secs().to_string(),
-                "-o",
-                path(&out_file),
-                &url,
-            ],
-        )?;
+        let args = download_args(&url, &out_file, max_time, &["--limit-rate", rate]);
+        let curl = lab.spawn(&client.host.ns, "curl", &as_strs(&args))?;
         Ok(Self {
             lab,
             curl,
