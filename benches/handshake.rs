@@ -17,13 +17,13 @@ mod support;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use agentnet::core::handshake::{
+use agentnet::core::noise::handshake::{
     InitiationPayload, InitiatorHandshake, NatHint, ReceivedInitiation, ResponsePayload,
 };
 use agentnet::core::identity::AgentId;
-use agentnet::core::mac::Mac1Key;
+use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::rng::core_rng;
-use agentnet::core::tai64n::Tai64N;
+use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::wire::Datagram;
 use agentnet::sim::SimNet;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

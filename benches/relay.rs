@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use agentnet::core::address::NodeId;
-use agentnet::core::path::relay_envelope;
+use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::rendezvous::ClientAddr;
 use agentnet::core::wire::DATA_OVERHEAD;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -7,9 +7,9 @@ mod support;
 use std::hint::black_box;
 use std::time::Instant;
 
-use agentnet::core::handshake::SessionKeys;
-use agentnet::core::replay::{ReplayVerdict, ReplayWindow};
-use agentnet::core::session::Session;
+use agentnet::core::noise::handshake::SessionKeys;
+use agentnet::core::noise::replay::{ReplayVerdict, ReplayWindow};
+use agentnet::core::noise::session::Session;
 use agentnet::core::wire::{DATA_OVERHEAD, Datagram};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};

@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentnet::core::mac::Mac1Key;
+use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::wire::TYPE_TRUST_REQUEST;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use support::cpu_time::ThreadCpuTime;

@@ -28,11 +28,11 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::NetworkId;
-use agentnet::core::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
+use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::mac::Mac1Key;
+use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::rng::core_rng;
-use agentnet::core::tai64n::Tai64N;
+use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::wire::{TYPE_INITIATION, TYPE_TRUST_REQUEST};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};

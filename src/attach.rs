@@ -42,7 +42,7 @@
 //! attached side's ones from a thread that entered the target namespace
 //! (`setns`), so a namespace known only by a PID (a container) works too.
 //! Forwarding is one switch for every interface on Linux, so before it is
-//! turned on an nftables table ([`crate::attach_filter`]) confines it to
+//! turned on an nftables table ([`crate::attach::filter`]) confines it to
 //! the TUN and the attachments' veths, each veth admitting only its own
 //! address as source.
 //! What is attached is recorded in `STATE_DIR/attachments.json`, which the
@@ -58,12 +58,12 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
-use crate::attach_filter::{self, FilterError, FilteredVeth};
+use crate::attach::filter::{self, FilterError, FilteredVeth};
 use crate::core::address::{
     IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix,
 };
-use crate::netns::{self, NetnsId};
-use crate::nofollow::OpenFor;
+use crate::sys::netns::{self, NetnsId};
+use crate::sys::nofollow::OpenFor;
 use crate::state::{StateDir, StateError, atomic_write};
 
 /// The record of attachments in the state directory.
@@ -266,7 +266,7 @@ pub struct Attachments {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enabled_forwarding4: bool,
     /// The daemon's TUN when the record was last changed: the forwarding
-    /// filter ([`crate::attach_filter`]) lets only it exchange packets
+    /// filter ([`crate::attach::filter`]) lets only it exchange packets
     /// with the attachments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tun_interface: Option<String>,
@@ -343,7 +343,7 @@ impl Attachments {
     /// Installs the forwarding filter for these attachments and `planned`
     /// (one about to be made), or, with none left and `forwarding_off`
     /// (this record turned forwarding on and the last detach turns it
-    /// off), removes it. See [`crate::attach_filter`].
+    /// off), removes it. See [`crate::attach::filter`].
     pub fn apply_filter(
         &self,
         planned: Option<FilteredVeth>,
@@ -357,7 +357,7 @@ impl Attachments {
         let tun = self
             .tun_interface
             .as_deref()
-            .unwrap_or(crate::daemon::tun::DEFAULT_INTERFACE);
+            .unwrap_or(crate::sys::tun::DEFAULT_INTERFACE);
         Ok(attach_filter::install(tun, &veths)?)
     }
 

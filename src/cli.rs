@@ -27,14 +27,14 @@ use agentnet::control::{ControlClient, ControlError, DaemonInfo, Request, Respon
 use agentnet::core::address::{IPV4_PREFIX_LEN, NetworkId, NodePrefix, agent_address4};
 use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
-use agentnet::core::trust::{TrustEntry, TrustState, validate_name};
-use agentnet::daemon::rendezvous_link::RendezvousSpec;
-use agentnet::daemon::resolver_config::HostResolverMode;
-use agentnet::daemon::tun::DEFAULT_INTERFACE;
-use agentnet::daemon::udp::resolve_endpoint;
-use agentnet::daemon::{self, DEFAULT_PORT, DaemonOptions};
+use agentnet::core::trust::store::{TrustEntry, TrustState, validate_name};
+use agentnet::rendezvous::link::RendezvousSpec;
+use agentnet::names::resolver_config::HostResolverMode;
+use agentnet::sys::tun::DEFAULT_INTERFACE;
+use agentnet::sys::udp::resolve_endpoint;
+use agentnet::agent::{self, DEFAULT_PORT, DaemonOptions};
 use agentnet::metrics::MetricsListen;
-use agentnet::nofollow::{OpenFor, open_in_dir};
+use agentnet::sys::nofollow::{OpenFor, open_in_dir};
 use agentnet::state::{
     AgentConfig, DEFAULT_STATE_DIR, StateDir, TrustChange, default_agent_name,
     validate_network_name,

@@ -62,9 +62,9 @@ use serde::{Deserialize, Serialize};
 use crate::core::address::{NetworkId, NodePrefix, agent_address4};
 use crate::core::identity::AgentId;
 use crate::core::node::Ipv4Route;
-use crate::core::pending::PendingStatus;
+use crate::core::trust::pending::PendingStatus;
 use crate::core::policy::Policy;
-use crate::core::trust::TrustEntry;
+use crate::core::trust::store::TrustEntry;
 use crate::state::TrustChange;
 
 /// Longest request line the daemon accepts.
@@ -231,7 +231,7 @@ pub enum Response {
         attachments: Vec<crate::attach::AttachmentNames>,
     },
     /// The outcome of one ping.
-    Ping(crate::ping::PingOutcome),
+    Ping(crate::control::ping::PingOutcome),
     /// A port is served now.
     Serving(crate::serve::ServeStatus),
     /// The served ports.
@@ -480,7 +480,7 @@ impl ControlClient {
 mod tests {
     use super::*;
     use crate::core::identity::Identity;
-    use crate::core::trust::TrustState;
+    use crate::core::trust::store::TrustState;
 
     fn id() -> AgentId {
         Identity::from_secret_bytes(&[1; 32])

@@ -39,7 +39,7 @@ use crate::core::address::NetworkId;
 use crate::core::identity::{AgentId, Identity};
 use crate::core::node::AutoApprove;
 use crate::core::policy::Policy;
-use crate::core::trust_request::{Endorsement, EndorsementError};
+use crate::core::trust::request::{Endorsement, EndorsementError};
 use crate::state::{StateDir, StateError};
 
 /// Separates the fleet ID from the signature in an endorsement token.

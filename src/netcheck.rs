@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::core::address::NetworkId;
 use crate::core::identity::{AgentId, Identity};
 use crate::core::node::{Node, NodeConfig};
-use crate::tcp_frames::{read_frame, write_frame};
+use crate::sys::tcp_frames::{read_frame, write_frame};
 
 /// How long each check waits for answers.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -110,7 +110,7 @@ async fn check_udp(
             .min(deadline);
         tokio::select! {
             received = socket.recv_from(&mut buf) => if let Ok((len, from)) = received {
-                node.handle_datagram(Instant::now(), crate::daemon::udp::normalize(from), &buf[..len]);
+                node.handle_datagram(Instant::now(), crate::sys::udp::normalize(from), &buf[..len]);
             },
             () = tokio::time::sleep_until(wake) => node.handle_timeout(Instant::now()),
         }

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
-use crate::core::path::PathAddr;
-use crate::core::status::PathKind;
-use crate::core::trust::{TrustEntry, TrustStore};
+use crate::core::wire::path::PathAddr;
+use crate::core::stats::status::PathKind;
+use crate::core::trust::store::{TrustEntry, TrustStore};
 
 /// How long the daemon waits for a pong unless told otherwise.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -108,7 +108,7 @@ mod tests {
     use super::*;
     use crate::core::identity::Identity;
     use crate::core::policy::Policy;
-    use crate::core::trust::TrustState;
+    use crate::core::trust::store::TrustState;
 
     #[test]
     fn peers_are_found_by_name_id_and_address() {

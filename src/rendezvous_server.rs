@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use crate::core::address::NetworkId;
 use crate::core::limit::address_key;
 use crate::core::rendezvous::{ClientAddr, RelayCounters, RendezvousConfig, RendezvousServer};
-use crate::daemon::udp::{enlarge_buffers, normalize};
-use crate::daemon::udp_batch::{BatchedSocket, ReceivedRun};
+use crate::sys::udp::{enlarge_buffers, normalize};
+use crate::sys::udp_batch::{BatchedSocket, ReceivedRun};
 use crate::state::{StateDir, StateError};
-use crate::tcp_frames::{read_frame_within, write_frame};
+use crate::sys::tcp_frames::{read_frame_within, write_frame};
 
 /// Frames queued per TCP client before new ones are dropped.
 const TCP_QUEUE: usize = 1024;

@@ -6,10 +6,10 @@
 //! | file | contents |
 //! |---|---|
 //! | `identity.key` | the 32-byte Ed25519 secret seed as 64 lowercase hex digits and a newline, mode 0600. Loading also accepts the 32 raw bytes. A key file that group or others may read or write is refused. |
-//! | `config.toml` | `name` (this agent's name, one DNS label) and `network` (the overlay network's name); the `[auto_approve]` table is read by [`crate::fleet`] |
+//! | `config.toml` | `name` (this agent's name, one DNS label) and `network` (the overlay network's name); the `[auto_approve]` table is read by [`crate::state::fleet`] |
 //! | `trust.toml` | the trust store ([`TrustStore`]), edited under an exclusive `flock` on `trust.lock` and replaced atomically |
-//! | `pending.toml` | trust requests waiting for approval, written by the daemon ([`crate::trust_requests`]) |
-//! | `served.json` | the local services `agentnet serve` publishes to peers ([`crate::serve::store`]), edited under an exclusive `flock` on `served.lock` |
+//! | `pending.toml` | trust requests waiting for approval, written by the daemon ([`crate::state::pending`]) |
+//! | `served.json` | the local services `agentnet serve` publishes to peers ([`crate::state::served`]), edited under an exclusive `flock` on `served.lock` |
 //! | `attachments.json` | namespaces given addresses of this node by `agentnet attach` ([`crate::attach`]), edited under an exclusive `flock` on `attachments.lock` |
 //! | `agentnet.pid` | the daemon's PID; the daemon holds an exclusive `flock` on it while it runs |
 //! | `agentnet.log` | the detached daemon's stdout and stderr |
@@ -17,7 +17,7 @@
 //!
 //! After `up` the directory belongs to the daemon's user, so root never
 //! follows a name in it: files are opened through [`StateDir::open_file`]
-//! ([`crate::nofollow`]: `O_NOFOLLOW`, regular file, one link, expected
+//! ([`crate::sys::nofollow`]: `O_NOFOLLOW`, regular file, one link, expected
 //! owner), and replaced by creating a new temp file (`O_EXCL`) and renaming
 //! it over the name (a planted link is replaced, not followed).
 //!
@@ -40,8 +40,8 @@ use zeroize::Zeroizing;
 
 use crate::core::address::DEFAULT_NETWORK_NAME;
 use crate::core::identity::{AgentId, Identity, IdentityError};
-use crate::core::trust::{MAX_NAME_LEN, TrustEntry, TrustError, TrustStore, validate_name};
-use crate::nofollow::{OpenFor, open_in_dir};
+use crate::core::trust::store::{MAX_NAME_LEN, TrustEntry, TrustError, TrustStore, validate_name};
+use crate::sys::nofollow::{OpenFor, open_in_dir};
 
 /// Where the state lives when neither `--state-dir` nor `AGENTNET_STATE_DIR`
 /// says otherwise.
@@ -356,7 +356,7 @@ impl StateDir {
     }
 
     /// Opens the file `name` of the directory without following a link
-    /// there (see [`crate::nofollow`]): after `up` the directory belongs to
+    /// there (see [`crate::sys::nofollow`]): after `up` the directory belongs to
     /// the daemon's user, who must not be able to aim root's opens at
     /// another file.
     pub fn open_file(&self, name: &str, how: OpenFor) -> Result<File, StateError> {
@@ -864,7 +864,7 @@ fn sync_parent(path: &Path) -> Result<(), StateError> {
 mod tests {
     use super::*;
     use crate::core::policy::Policy;
-    use crate::core::trust::TrustState;
+    use crate::core::trust::store::TrustState;
     use std::sync::Arc;
 
     fn state() -> (tempfile::TempDir, StateDir) {

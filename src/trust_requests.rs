@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::core::identity::AgentId;
-use crate::core::pending::{NONCE_LIFETIME, PENDING_TTL, PendingRequest, SeenNonce};
+use crate::core::trust::pending::{NONCE_LIFETIME, PENDING_TTL, PendingRequest, SeenNonce};
 use crate::core::policy::Policy;
-use crate::core::trust::{
+use crate::core::trust::store::{
     DEFAULT_REQUESTED_TTL, MAX_NAME_LEN, TrustError, TrustStore, validate_name,
 };
-use crate::core::trust_request::TrustRequest;
-use crate::fleet::{endorsement_token, parse_endorsement_token};
+use crate::core::trust::request::TrustRequest;
+use crate::state::fleet::{endorsement_token, parse_endorsement_token};
 use crate::state::{StateDir, StateError, atomic_write, sanitize_label};
 
 /// File name of the saved pending requests.
@@ -366,8 +366,8 @@ pub fn load_seen_nonces(state: &StateDir) -> Result<Vec<SeenNonceRecord>, StateE
 mod tests {
     use super::*;
     use crate::core::identity::Identity;
-    use crate::core::trust::{TrustEntry, TrustState};
-    use crate::core::trust_request::Endorsement;
+    use crate::core::trust::store::{TrustEntry, TrustState};
+    use crate::core::trust::request::Endorsement;
 
     fn id(seed: u8) -> AgentId {
         Identity::from_secret_bytes(&[seed; 32])
@@ -547,7 +547,7 @@ mod tests {
 
     #[test]
     fn approved_request_replayed_after_a_restart_is_still_a_replay() {
-        use crate::core::pending::{Admission, PendingRequests};
+        use crate::core::trust::pending::{Admission, PendingRequests};
         use crate::core::rng::core_rng;
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path().join("state"));

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use agentnet::core::identity::Identity;
-use agentnet::core::trust::TrustStore;
-use agentnet::daemon::rendezvous_link::RendezvousSpec;
-use agentnet::fleet::AutoApproveConfig;
+use agentnet::core::trust::store::TrustStore;
+use agentnet::rendezvous::link::RendezvousSpec;
+use agentnet::state::fleet::AutoApproveConfig;
 use agentnet::state::StateDir;
 
 /// Keys of `config.toml` and of its `[auto_approve]` table.

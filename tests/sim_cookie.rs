@@ -8,14 +8,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentnet::core::cookie::{
+use agentnet::core::noise::cookie::{
     CookieReplyKey, DEFAULT_LOAD_THRESHOLD, InitiatorCookie, SOURCE_BURST, SOURCE_RATE,
 };
-use agentnet::core::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
+use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
 use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::{CoreRng, core_rng};
-use agentnet::core::tai64n::Tai64N;
+use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::wire::{COOKIE_REPLY_LEN, TYPE_COOKIE_REPLY, TYPE_RESPONSE};
 use agentnet::sim::{LinkConfig, NatKind, SimNet, udp_packet};
 

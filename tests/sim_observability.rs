@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use agentnet::core::node::Event;
-use agentnet::core::path::PathAddr;
+use agentnet::core::wire::path::PathAddr;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::PingError;
-use agentnet::core::status::{PathKind, PeerStatus};
+use agentnet::core::stats::status::{PathKind, PeerStatus};
 use agentnet::sim::{LinkConfig, NatKind, SimNet, TUNNEL_MTU, udp_packet};
 
 const MS: Duration = Duration::from_millis(1);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::node::Event;
 use agentnet::core::policy::Policy;
-use agentnet::core::status::PathKind;
+use agentnet::core::stats::status::PathKind;
 use agentnet::sim::{
     LinkConfig, SimNet, TUNNEL_MTU, tag_of, tcp_packet, tcp4_packet, udp_packet, udp4_packet,
 };
@@ -514,7 +514,7 @@ fn status_reports_direct_path_and_counters() {
 
 #[test]
 fn forged_response_does_not_kill_the_handshake_in_flight() {
-    use agentnet::core::mac::Mac1Key;
+    use agentnet::core::noise::mac::Mac1Key;
     use agentnet::core::wire::{MACS_LEN, TYPE_INITIATION, TYPE_RESPONSE};
     let mut net = SimNet::new(17, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));

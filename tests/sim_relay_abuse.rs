@@ -10,18 +10,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodeId};
-use agentnet::core::control_frame::ControlFrame;
-use agentnet::core::cookie::{CookieReplyKey, InitiatorCookie};
-use agentnet::core::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
+use agentnet::core::wire::control_frame::ControlFrame;
+use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
+use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, NatHint};
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::path::relay_envelope;
+use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::rendezvous::{
     ClientAddr, MAX_MAILBOX_BYTES, MAX_MAILBOXES, MAX_STORED_DATAGRAM_LEN, MAX_STORED_PER_IP,
     RendezvousConfig, RendezvousServer,
 };
 use agentnet::core::rng::{CoreRng, core_rng};
-use agentnet::core::session::Session;
-use agentnet::core::tai64n::Tai64N;
+use agentnet::core::noise::session::Session;
+use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::wire::{Datagram, TYPE_COOKIE_REPLY, TYPE_RELAY, TYPE_TRUST_REQUEST};
 use agentnet::sim::{LinkConfig, SimNet};
 use rand::{Rng, SeedableRng};

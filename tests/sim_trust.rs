@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use agentnet::core::identity::Identity;
 use agentnet::core::node::{AutoApprove, Event, Node, NodeConfig, PeerConfig};
 use agentnet::core::policy::Policy;
-use agentnet::core::trust::{DEFAULT_REQUESTED_TTL, TrustEntry};
-use agentnet::core::trust_request::Endorsement;
+use agentnet::core::trust::store::{DEFAULT_REQUESTED_TTL, TrustEntry};
+use agentnet::core::trust::request::Endorsement;
 use agentnet::sim::{LinkConfig, SimNet, tag_of, udp_packet};
-use agentnet::trust_requests::PendingRecord;
+use agentnet::state::pending::PendingRecord;
 
 /// The simulated nodes' wall clock at the start (see `agentnet::sim`).
 const SIM_UNIX_START: u64 = 1_800_000_000;

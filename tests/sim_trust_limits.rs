@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::NodeId;
-use agentnet::core::mac::Mac1Key;
+use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::policy::Policy;
 use agentnet::core::wire::{TYPE_RELAY, TYPE_TRUST_REQUEST};
 use agentnet::sim::{LinkConfig, SimNet};

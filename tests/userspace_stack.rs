@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use agentnet::core::address::{NetworkId, NodePrefix, agent_address4};
 use agentnet::core::identity::Identity;
-use agentnet::core::trust::{TrustEntry, TrustState, TrustStore};
-use agentnet::daemon::OverlayAddresses;
-use agentnet::daemon::dns::NameTable;
+use agentnet::core::trust::store::{TrustEntry, TrustState, TrustStore};
+use agentnet::core::address::OverlayAddresses;
+use agentnet::names::dns::NameTable;
 use agentnet::userspace::spec::{ExposeSpec, ForwardSpec};
 use agentnet::userspace::{Userspace, UserspaceOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

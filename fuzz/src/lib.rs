@@ -6,16 +6,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentnet::core::cookie::{CookieReplyKey, InitiatorCookie};
-use agentnet::core::handshake::{
+use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
+use agentnet::core::noise::handshake::{
     InitiationPayload, InitiatorHandshake, NatHint, ReceivedInitiation, ResponsePayload,
 };
 use agentnet::core::identity::Identity;
-use agentnet::core::mac::Mac1Key;
-use agentnet::core::path::NatKind;
+use agentnet::core::noise::mac::Mac1Key;
+use agentnet::core::wire::path::NatKind;
 use agentnet::core::rng::{CoreRng, core_rng};
-use agentnet::core::session::Session;
-use agentnet::core::tai64n::Tai64N;
+use agentnet::core::noise::session::Session;
+use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::wire::Datagram;
 
 pub mod node_world;

@@ -13,10 +13,10 @@ use super::render::table;
 use agentnet::attach::{
     self, AttachPlan, AttachTarget, Attachment, AttachmentNames, Attachments, DEFAULT_INTERFACE,
 };
-use agentnet::attach_filter::FilteredVeth;
+use agentnet::attach::filter::FilteredVeth;
 use agentnet::control::{Request, Response};
 use agentnet::core::address::{NetworkId, NodePrefix};
-use agentnet::netns::NetnsId;
+use agentnet::sys::netns::NetnsId;
 
 /// Arguments of `attach`.
 #[derive(Debug, Args)]
@@ -67,7 +67,7 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
     if args.list {
         return list(context);
     }
-    agentnet::daemon::tun::validate_interface_name(&args.interface)?;
+    agentnet::sys::tun::validate_interface_name(&args.interface)?;
     let target = match (&args.netns, args.pid) {
         (Some(name), _) => AttachTarget::Netns(name.clone()),
         (None, Some(pid)) => AttachTarget::Pid(pid),
@@ -330,7 +330,7 @@ mod tests {
     use clap::Parser;
 
     use super::super::{Cli, Command};
-    use agentnet::daemon::resolver_config::HostResolverMode;
+    use agentnet::names::resolver_config::HostResolverMode;
 
     #[test]
     fn attach_needs_exactly_one_target() {

@@ -11,9 +11,9 @@ use clap::Args;
 use super::Instance;
 use agentnet::control::{ControlError, Request, Response};
 use agentnet::core::address::{NetworkId, NodePrefix};
-use agentnet::core::status::PathKind;
-use agentnet::core::trust::TrustStore;
-use agentnet::ping::{PingOutcome, find_peer};
+use agentnet::core::stats::status::PathKind;
+use agentnet::core::trust::store::TrustStore;
+use agentnet::control::ping::{PingOutcome, find_peer};
 
 /// Shortest interval between pings.
 const MIN_INTERVAL: f64 = 0.01;

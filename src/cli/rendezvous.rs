@@ -11,10 +11,10 @@ use clap::Args;
 
 use super::Instance;
 use agentnet::core::address::NetworkId;
-use agentnet::daemon::rendezvous_link::RendezvousSpec;
-use agentnet::daemon::udp::resolve_endpoint;
+use agentnet::rendezvous::link::RendezvousSpec;
+use agentnet::sys::udp::resolve_endpoint;
 use agentnet::metrics::MetricsListen;
-use agentnet::rendezvous_server::{self, RendezvousOptions};
+use agentnet::rendezvous::server::{self, RendezvousOptions};
 
 /// How long a detaching `rendezvous` waits for the server to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ pub(crate) struct NetcheckArgs {
 pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()> {
     let state = &context.state;
     state.create()?;
-    agentnet::daemon::privilege::check_state_permissions(state)?;
+    agentnet::agent::privilege::check_state_permissions(state)?;
     let (identity, _) = state.load_or_create_identity()?;
     let metrics = args.metrics.map(|address| MetricsListen {
         address,
@@ -188,7 +188,7 @@ pub(crate) fn netcheck(context: &Instance, args: NetcheckArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(agentnet::netcheck::run(network, &rendezvous, &local));
+    let report = runtime.block_on(agentnet::rendezvous::netcheck::run(network, &rendezvous, &local));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

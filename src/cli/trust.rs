@@ -12,12 +12,12 @@ use super::render::human_duration;
 use agentnet::control::{Request, Response};
 use agentnet::core::address::{DEFAULT_NETWORK_NAME, NetworkId};
 use agentnet::core::identity::AgentId;
-use agentnet::core::pending::PendingStatus;
+use agentnet::core::trust::pending::PendingStatus;
 use agentnet::core::policy::Policy;
 use agentnet::core::text::escape_untrusted;
-use agentnet::core::trust::{TrustEntry, TrustState, validate_name};
-use agentnet::core::trust_request::{Endorsement, MAX_JUSTIFICATION_LEN};
-use agentnet::fleet::{
+use agentnet::core::trust::store::{TrustEntry, TrustState, validate_name};
+use agentnet::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN};
+use agentnet::state::fleet::{
     create_fleet_key, endorsement_token, load_fleet_key, parse_endorsement_token,
 };
 use agentnet::state::unix_now;

@@ -248,8 +248,8 @@ impl ConnectionTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::packet::tests::{ipv4, ipv6, tcp};
-    use crate::core::packet::{
+    use crate::core::wire::packet::tests::{ipv4, ipv6, tcp};
+    use crate::core::wire::packet::{
         ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
         PROTO_ICMPV4, PROTO_ICMPV6, PROTO_TCP,
     };

@@ -158,7 +158,7 @@ mod tests {
             ControlFrame::Candidates {
                 candidates: vec!["10.0.0.1:1".parse().expect("addr")],
                 nat: NatHint {
-                    kind: crate::core::path::NatKind::Easy,
+                    kind: crate::core::wire::path::NatKind::Easy,
                     reflexive: vec!["192.0.2.9:7400".parse().expect("addr")],
                 },
             },

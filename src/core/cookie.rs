@@ -541,7 +541,7 @@ pub fn is_cookie_reply(datagram: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::mac::Mac1Key;
+    use crate::core::noise::mac::Mac1Key;
     use crate::core::rng::core_rng;
     use crate::core::wire::Datagram;
 

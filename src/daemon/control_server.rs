@@ -19,7 +19,7 @@ use super::event_loop::{TrustOp, trust_op_of};
 use super::privilege::ControlAccess;
 use super::udp::resolve_endpoint;
 use crate::control::{MAX_REQUEST_LEN, Request, Response};
-use crate::core::trust::{TrustEntry, TrustState, validate_name};
+use crate::core::trust::store::{TrustEntry, TrustState, validate_name};
 
 /// Permission bits of the control socket: owner and group may control the
 /// daemon.
@@ -64,7 +64,7 @@ pub(crate) enum Command {
         /// Local name, agent ID or overlay address.
         peer: String,
         /// Where the pong goes.
-        pong: oneshot::Sender<crate::ping::PingReply>,
+        pong: oneshot::Sender<crate::control::ping::PingReply>,
     },
 }
 

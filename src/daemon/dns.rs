@@ -34,7 +34,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
-use crate::core::trust::{TrustState, TrustStore};
+use crate::core::trust::store::{TrustState, TrustStore};
 
 /// The zone every peer name lives in.
 pub const DOMAIN: &str = "agent.internal";
@@ -382,7 +382,7 @@ fn zone_name() -> Name {
 mod tests {
     use super::*;
     use crate::core::identity::Identity;
-    use crate::core::trust::TrustEntry;
+    use crate::core::trust::store::TrustEntry;
 
     fn network() -> NetworkId {
         NetworkId::from_name("agentnet")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::core::node::Node;
-use crate::core::status::DropCounters;
+use crate::core::stats::status::DropCounters;
 
 /// How often the counts are compared and logged.
 const INTERVAL: Duration = Duration::from_secs(60);

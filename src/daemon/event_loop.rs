@@ -22,7 +22,7 @@ use crate::control::{DaemonInfo, Response, TrustedPeer};
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
 use crate::core::node::{Event, Ipv4Route, Node, PeerConfig};
-use crate::core::trust::{TrustEntry, TrustState, TrustStore};
+use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
 use crate::state::AgentConfig;
 
 mod trust_ops;

@@ -305,7 +305,7 @@ fn userspace_fronts(options: &mut DaemonOptions) -> Option<crate::serve::Userspa
 
 /// Keeps the host's forwarding out of the TUN (TUN mode with IPv4 on):
 /// installs the attachments' nftables filter (`inet agentnet`, see
-/// [`crate::attach_filter`]) while still root. Without it, a host that
+/// [`crate::attach::filter`]) while still root. Without it, a host that
 /// forwards and masquerades IPv4 (Docker's default bridge:
 /// `! -o docker0 -j MASQUERADE`) would send its containers' packets into
 /// the TUN as this agent's own address. Returns whether IPv4 may be on:

@@ -22,7 +22,7 @@ use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
 use crate::core::node::{Ipv4Route, Node};
-use crate::core::trust::{TrustState, TrustStore};
+use crate::core::trust::store::{TrustState, TrustStore};
 use crate::state::StateDir;
 
 /// Resolver replies waiting for the TUN; more are dropped (a query flood
@@ -397,7 +397,7 @@ mod tests {
     use crate::core::identity::Identity;
     use crate::core::node::{NodeConfig, PeerConfig};
     use crate::core::policy::Policy;
-    use crate::core::trust::TrustEntry;
+    use crate::core::trust::store::TrustEntry;
 
     fn network() -> NetworkId {
         NetworkId::from_name("agentnet")

@@ -15,7 +15,7 @@ use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::core::address::NetworkId;
 use crate::core::node::{Ipv4Route, Node};
-use crate::core::trust::{TrustState, TrustStore};
+use crate::core::trust::store::{TrustState, TrustStore};
 use crate::userspace::{Userspace, UserspaceStatus};
 
 /// The agent's overlay addresses, as the device gets them.

@@ -12,8 +12,8 @@ use crate::control::Response;
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
 use crate::core::node::{Event, Node};
-use crate::core::trust::TrustStore;
-use crate::ping::{
+use crate::core::trust::store::TrustStore;
+use crate::control::ping::{
     DEFAULT_PING_TIMEOUT, MAX_PING_TIMEOUT, PathView, PingOutcome, PingReply, find_peer,
 };
 

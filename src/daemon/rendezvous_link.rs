@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::core::identity::AgentId;
 use crate::core::node::Node;
-use crate::tcp_frames::{read_frame_within, write_frame};
+use crate::sys::tcp_frames::{read_frame_within, write_frame};
 
 /// UDP silence after which the agent tries TCP.
 const UDP_GIVE_UP: Duration = Duration::from_secs(5);

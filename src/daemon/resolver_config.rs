@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::dns::{DOMAIN, NameTable};
-use crate::netns;
+use crate::sys::netns;
 
 /// The host's own hosts file.
 pub const ETC_HOSTS: &str = "/etc/hosts";
@@ -604,7 +604,7 @@ mod tests {
     use super::*;
     use crate::core::address::NetworkId;
     use crate::core::identity::Identity;
-    use crate::core::trust::{TrustEntry, TrustState, TrustStore};
+    use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
 
     fn names(list: &[(u8, &str)]) -> NameTable {
         let store = TrustStore {

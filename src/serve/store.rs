@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_SERVED, ServeSpec};
-use crate::nofollow::OpenFor;
+use crate::sys::nofollow::OpenFor;
 use crate::state::{StateDir, StateError, atomic_write};
 
 /// File name of the served services.

@@ -16,7 +16,7 @@ use crate::core::identity::{AgentId, Identity};
 use crate::core::node::{Event, Node, PeerConfig, Transmit};
 use crate::core::policy::Policy;
 use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
-use crate::core::status::PeerStatus;
+use crate::core::stats::status::PeerStatus;
 
 /// Local port of a host's probe socket N: this base plus N.
 pub const PROBE_PORT_BASE: u16 = 50_000;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use smoltcp::wire::{IpAddress, IpEndpoint, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
-use crate::daemon::OverlayAddresses;
+use crate::core::address::OverlayAddresses;
 
 /// Flows held while their local connection is made; more are dropped
 /// (the remote retransmits its SYN), as with a full listen backlog.

@@ -41,8 +41,8 @@ use self::socks5::OverlayPeers;
 use self::spec::{ExposeSpec, ForwardSpec, Transport};
 use self::stack::{Stack, StackConfig};
 use crate::core::address::NetworkId;
-use crate::daemon::OverlayAddresses;
-use crate::daemon::dns::NameTable;
+use crate::core::address::OverlayAddresses;
+use crate::names::dns::NameTable;
 
 /// Packets queued between the daemon and the stack, each way.
 const CHANNEL_PACKETS: usize = 1024;
@@ -184,7 +184,7 @@ impl Userspace {
         mtu: u16,
     ) -> Result<Self, UserspaceError> {
         check_exposes(&options.exposes)?;
-        crate::daemon::sys::raise_fd_limit();
+        crate::sys::calls::raise_fd_limit();
         let mut options = options.clone();
         let listeners = Listeners::bind(&mut options)?;
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 use super::spec::PeerHost;
 use crate::core::address::{NetworkId, NodePrefix, in_ipv4_overlay};
-use crate::daemon::dns::NameTable;
+use crate::names::dns::NameTable;
 
 /// Protocol version byte.
 pub const VERSION: u8 = 5;
@@ -345,7 +345,7 @@ async fn negotiate_inner(stream: &mut TcpStream) -> Result<Request, Socks5Error>
 mod tests {
     use super::*;
     use crate::core::identity::Identity;
-    use crate::core::trust::{TrustEntry, TrustState, TrustStore};
+    use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
 
     fn network() -> NetworkId {
         NetworkId::from_name("agentnet")

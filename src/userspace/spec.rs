@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use crate::daemon::dns::DOMAIN;
+use crate::names::dns::DOMAIN;
 
 /// The transport a forward or an exposed port carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

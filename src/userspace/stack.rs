@@ -31,7 +31,7 @@ use super::relay::{Moved, Origin, Step, TcpRelay, reset_on_close};
 use super::socks5::{OverlayPeers, Reply};
 use super::udp::{UdpContext, UdpRelays};
 use crate::core::address::{IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId};
-use crate::daemon::OverlayAddresses;
+use crate::core::address::OverlayAddresses;
 
 /// Receive buffer of each TCP socket: the window the remote sender sees.
 pub(crate) const TCP_RX_BUFFER: usize = 256 * 1024;

@@ -26,7 +26,7 @@ use super::ports::PortAllocator;
 use super::socks5::{self, OverlayPeers, TargetHost};
 use super::spec::{ExposeSpec, ForwardSpec, PeerHost};
 use crate::core::address::NetworkId;
-use crate::daemon::dns::resolver_address;
+use crate::names::dns::resolver_address;
 
 /// A flow without traffic for this long is forgotten.
 pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(60);

@@ -1,7 +1,7 @@
 //! Control frames (inside sessions): decode never panics, and whatever
 //! decodes encodes back to the same frame.
 
-use agentnet::core::control_frame::ControlFrame;
+use agentnet::core::wire::control_frame::ControlFrame;
 
 /// Runs the target on one input.
 pub fn run(bytes: &[u8]) {

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use crate::{identity, network};
 use agentnet::core::address::NodePrefix;
 use agentnet::core::identity::AgentId;
-use agentnet::core::trust::{TrustEntry, TrustState, TrustStore};
-use agentnet::daemon::dns::{DnsResponder, NameTable, ResolverPacket};
+use agentnet::core::trust::store::{TrustEntry, TrustState, TrustStore};
+use agentnet::names::dns::{DnsResponder, NameTable, ResolverPacket};
 
 /// The node the responder serves (queries from elsewhere are dropped).
 fn local_prefix() -> NodePrefix {

@@ -1,7 +1,7 @@
 //! Handshake payloads (the plaintext inside Noise messages 1 and 2): decode
 //! never panics, and whatever decodes encodes back to the same value.
 
-use agentnet::core::handshake::{InitiationPayload, ResponsePayload};
+use agentnet::core::noise::handshake::{InitiationPayload, ResponsePayload};
 
 /// Runs the target on one input.
 pub fn run(bytes: &[u8]) {

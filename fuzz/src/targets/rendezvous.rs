@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::{InitiationShape, RemoteAgent, identity, network};
 use agentnet::core::address::NodeId;
-use agentnet::core::control_frame::ControlFrame;
-use agentnet::core::path::relay_envelope;
+use agentnet::core::wire::control_frame::ControlFrame;
+use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::rendezvous::{
     ClientAddr, MAX_BUCKETS, MAX_CLIENTS, MAX_MAILBOX_BYTES, MAX_MAILBOXES, RendezvousConfig,
     RendezvousServer,

@@ -15,10 +15,10 @@ use agentnet::core::identity::AgentId;
 use agentnet::core::node::{Node, NodeConfig};
 use agentnet::core::policy::Policy;
 use agentnet::core::text::{escape_untrusted, has_control_chars};
-use agentnet::daemon::rendezvous_link::RendezvousSpec;
-use agentnet::fleet::{AutoApproveConfig, parse_endorsement_token};
+use agentnet::rendezvous::link::RendezvousSpec;
+use agentnet::state::fleet::{AutoApproveConfig, parse_endorsement_token};
 use agentnet::state::StateDir;
-use agentnet::trust_requests::{load_pending, pending_path};
+use agentnet::state::pending::{load_pending, pending_path};
 use arbitrary::Arbitrary;
 
 #[derive(Arbitrary, Debug)]

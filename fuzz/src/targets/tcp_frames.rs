@@ -4,7 +4,7 @@
 //! every frame holds exactly the bytes its header announced, and no more
 //! is taken from the stream than it carried.
 
-use agentnet::tcp_frames::{MAX_FRAME_LEN, read_frame, write_frame};
+use agentnet::sys::tcp_frames::{MAX_FRAME_LEN, read_frame, write_frame};
 
 /// Runs the target on one input.
 pub fn run(bytes: &[u8]) {

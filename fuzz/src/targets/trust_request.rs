@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 
 use crate::{UNIX_START, identity, network};
 use agentnet::core::identity::Identity;
-use agentnet::core::mac::Mac1Key;
+use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;
-use agentnet::core::trust_request::{Endorsement, MAX_JUSTIFICATION_LEN, TrustRequest};
+use agentnet::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN, TrustRequest};
 use agentnet::core::wire::MACS_LEN;
 use arbitrary::Arbitrary;
 

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::core::address::test_keys::{colliding_identities, identity};
-use crate::core::packet::PROTO_UDP;
-use crate::core::packet::tests::ipv4;
+use crate::core::wire::packet::PROTO_UDP;
+use crate::core::wire::packet::tests::ipv4;
 
 const MTU: u16 = 1408;
 

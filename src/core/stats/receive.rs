@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::push_back_sparing;
-use crate::core::replay::ReplayVerdict;
+use crate::core::noise::replay::ReplayVerdict;
 
 /// The sliding window the loss and reordering rates cover.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);

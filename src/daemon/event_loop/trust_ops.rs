@@ -12,13 +12,13 @@ use crate::core::identity::AgentId;
 use crate::core::node::{AutoApprove, Event};
 use crate::core::policy::Policy;
 use crate::core::text::Untrusted;
-use crate::core::trust::{TrustEntry, TrustState, validate_name};
-use crate::core::trust_request::{Endorsement, MAX_JUSTIFICATION_LEN};
-use crate::daemon::DaemonError;
-use crate::daemon::udp::resolve_endpoint;
-use crate::fleet::{AutoApproveConfig, parse_endorsement_token};
+use crate::core::trust::store::{TrustEntry, TrustState, validate_name};
+use crate::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN};
+use crate::agent::DaemonError;
+use crate::sys::udp::resolve_endpoint;
+use crate::state::fleet::{AutoApproveConfig, parse_endorsement_token};
 use crate::state::unix_now;
-use crate::trust_requests::{
+use crate::state::pending::{
     PendingRecord, SeenNonceRecord, TrustRequestsConfig, approval_name, default_target_name,
     granted_policy, load_pending, load_seen_nonces, save_pending,
 };
