@@ -15,6 +15,7 @@ use agentnet::core::node::Node;
 use agentnet::core::wire::packet::IpPacket;
 use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::wire::{self, Datagram};
+use agentnet::sim::SimNet;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use support::cpu_time::ThreadCpuTime;
 use support::{LARGE, SMALL};
@@ -26,38 +27,36 @@ const CHUNK: u64 = 256;
 /// node's own traffic makes them.
 fn datagram_mix(now: Instant) -> Vec<Vec<u8>> {
     let mut world = support::connected_pair(now);
-    let b_id = world.nodes[1].1.agent_id();
-    let a_id = world.nodes[0].1.agent_id();
+    let b_id = world.id(1);
+    let a_id = world.id(0);
     let packet = support::udp_packet(
         support::overlay_address(&a_id),
         support::overlay_address(&b_id),
         LARGE,
     );
-    let (_, a) = &mut world.nodes[0];
+    let a = &mut world.hosts[0].node;
     a.handle_tun_packet(now, &packet);
     let data = a.poll_transmit().expect("a sends data").payload;
     // A fresh initiation (and its response) from a third node to b.
-    let mut third = support::World {
-        now,
-        nodes: vec![
-            (support::endpoint(3), support::node(3, now)),
-            (support::endpoint(2), support::node(2, now)),
-        ],
-        server: None,
-    };
-    support::trust(&mut third, 0, b_id, Some(support::endpoint(2)));
-    let third_id = third.nodes[0].1.agent_id();
-    support::trust(&mut third, 1, third_id, Some(support::endpoint(3)));
-    third.nodes[0].1.connect(now, &b_id);
-    let initiation = third.nodes[0]
-        .1
+    let mut third = support::world(now);
+    let (c, b) = (
+        support::add_node(&mut third, 3),
+        support::add_node(&mut third, 2),
+    );
+    third.trust_both(c, b);
+    third.hosts[c].node.connect(now, &b_id);
+    let initiation = third.hosts[c]
+        .node
         .poll_transmit()
         .expect("initiation")
         .payload;
-    third.nodes[1]
-        .1
-        .handle_datagram(now, support::endpoint(3), &initiation);
-    let response = third.nodes[1].1.poll_transmit().expect("response").payload;
+    let from = third.hosts[c].address;
+    third.hosts[b].node.handle_datagram(now, from, &initiation);
+    let response = third.hosts[b]
+        .node
+        .poll_transmit()
+        .expect("response")
+        .payload;
     let relay = relay_envelope(agentnet::core::address::NodeId([9; 8]), &data);
     let mut garbage = data.clone();
     garbage[0] = 0x42;
@@ -124,7 +123,7 @@ fn classify(c: &mut Criterion<ThreadCpuTime>) {
 
 /// Node 0 of a connected pair, its peer's ID and the packet it sends.
 struct Pair {
-    world: support::World,
+    world: SimNet,
     a_address: SocketAddr,
     packet: Vec<u8>,
 }
@@ -132,23 +131,22 @@ struct Pair {
 impl Pair {
     fn new(now: Instant, size: usize) -> Self {
         let world = support::connected_pair(now);
-        let a_id = world.nodes[0].1.agent_id();
-        let b_id = world.nodes[1].1.agent_id();
+        let (a_id, b_id) = (world.id(0), world.id(1));
         let packet = support::udp_packet(
             support::overlay_address(&a_id),
             support::overlay_address(&b_id),
             size,
         );
         Self {
-            a_address: world.nodes[0].0,
+            a_address: world.hosts[0].address,
             world,
             packet,
         }
     }
 
     fn nodes(&mut self) -> (&mut Node, &mut Node) {
-        let (a, b) = self.world.nodes.split_at_mut(1);
-        (&mut a[0].1, &mut b[0].1)
+        let (a, b) = self.world.hosts.split_at_mut(1);
+        (&mut a[0].node, &mut b[0].node)
     }
 }
 

@@ -26,6 +26,7 @@ use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rng::core_rng;
 use agentnet::core::wire::Datagram;
 use agentnet::core::wire::path::NatHint;
+use agentnet::sim::SimNet;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use support::cpu_time::ThreadCpuTime;
@@ -35,9 +36,9 @@ use support::cpu_time::ThreadCpuTime;
 const REKEY_STEP: Duration = Duration::from_secs(121);
 
 /// Handshakes node 0 of the world completed with `peer`.
-fn completed_handshakes(world: &support::World, peer: AgentId) -> u64 {
-    world.nodes[0]
-        .1
+fn completed_handshakes(world: &SimNet, peer: AgentId) -> u64 {
+    world.hosts[0]
+        .node
         .status(world.now)
         .peers
         .iter()
@@ -47,7 +48,7 @@ fn completed_handshakes(world: &support::World, peer: AgentId) -> u64 {
 
 fn initiation_payload() -> InitiationPayload {
     InitiationPayload {
-        timestamp: Tai64N::from_unix(support::UNIX_NOW),
+        timestamp: Tai64N::from_unix(support::UNIX_START),
         versions: vec![1],
         name: "alice".into(),
         candidates: vec!["192.0.2.1:7400".parse().expect("address")],
@@ -154,8 +155,7 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
     // and starts the handshake; the packet, the initiation, the response
     // and the confirming keepalive are delivered.
     let mut world = support::connected_pair(Instant::now());
-    let a_id = world.nodes[0].1.agent_id();
-    let b_id = world.nodes[1].1.agent_id();
+    let (a_id, b_id) = (world.id(0), world.id(1));
     let packet = support::udp_packet(
         support::overlay_address(&a_id),
         support::overlay_address(&b_id),
@@ -167,7 +167,9 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
         b.iter(|| {
             world.now += REKEY_STEP;
             let now = world.now;
-            world.nodes[0].1.handle_tun_packet(now, black_box(&packet));
+            world.hosts[0]
+                .node
+                .handle_tun_packet(now, black_box(&packet));
             world.settle();
             rekeys += 1;
         })

@@ -22,9 +22,9 @@ use support::{LARGE, SMALL};
 fn relay(c: &mut Criterion<ThreadCpuTime>) {
     let now = Instant::now();
     let mut world = support::registered_pair(now);
-    let from = ClientAddr::Udp(world.nodes[0].0);
-    let destination = NodeId::of(&world.nodes[1].1.agent_id());
-    let (_, server) = world.server.as_mut().expect("the world has a server");
+    let from = ClientAddr::Udp(world.hosts[0].address);
+    let destination = NodeId::of(&world.id(1));
+    let server = &mut world.rendezvous[0].server;
     let mut group = c.benchmark_group("relay");
     for size in [LARGE, SMALL] {
         // The server never looks inside: any data datagram of the right

@@ -13,6 +13,8 @@ pub mod metrics;
 pub mod names;
 pub mod rendezvous;
 pub mod serve;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state;
 pub mod sys;
 pub mod userspace;

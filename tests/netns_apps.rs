@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::agent::Identity;
-use support::apps::{apps_dir, path_str, python_with};
+use support::apps::{Python, apps_dir, path_str};
 use support::{Agent, Lab, Output, step, wait_until};
 
 /// Programs run inside the namespaces.
@@ -61,19 +61,8 @@ const BLOCKED_CONNECT_TIMEOUT: &str = "4";
 /// runs and reports, and the test fails with all failures listed.
 #[test]
 fn unmodified_apps_reach_trusted_peers_by_name() {
-    let test = "unmodified_apps_reach_trusted_peers_by_name";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(python) = support::netns_ready!(TOOLS, Python(PYTHON_MODULES)) else {
         return;
-    }
-    let python = match python_with(PYTHON_MODULES) {
-        Ok(python) => python,
-        Err(reason) => {
-            if std::env::var(support::REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason}");
-            }
-            support::say(&format!("SKIPPED {test}: {reason}"));
-            return;
-        }
     };
     let hosts_before = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     let lab = Lab::new().expect("lab");

@@ -66,10 +66,9 @@ fn ping_from(lab: &Lab, ns: &str, source: Option<Ipv6Addr>, to: Ipv6Addr) -> boo
 /// the host reaches neither b nor the name responder at PREFIX::53.
 #[test]
 fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overlay() {
-    let test = "attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overlay";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([93, 3], &["a", "b", "lan"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -278,10 +277,9 @@ fn serve_page_on_defaults(lab: &Lab, agent: &Agent, dir: &str, page: &str) -> u3
 /// neither forwarded nor masqueraded, and detach removes the masquerade.
 #[test]
 fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
-    let test = "attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address";
-    if !support::require_root_or_skip(test, TOOLS4) {
+    let Some(()) = support::netns_ready!(TOOLS4) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([93, 4], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -420,10 +418,9 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
 /// while the agent's own IPv4 traffic flows.
 #[test]
 fn a_hosts_own_masqueraded_containers_do_not_reach_peers_over_ipv4() {
-    let test = "a_hosts_own_masqueraded_containers_do_not_reach_peers_over_ipv4";
-    if !support::require_root_or_skip(test, TOOLS4) {
+    let Some(()) = support::netns_ready!(TOOLS4) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([93, 5], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));

@@ -16,10 +16,9 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn demo_tells_the_story_and_leaves_nothing_behind() {
-    let test = "demo_tells_the_story_and_leaves_nothing_behind";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut demo = Command::new("bash");
     demo.arg(root.join("scripts/demo.sh"))

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::state::StateDir;
 use support::agent::{Agent, Identity, peer_in_status};
+use support::http::BackgroundDownload;
 use support::natlab::{
     NATLAB_TOOLS, NatLab, Pinger, overlay_ping, peer_path, rendezvous_entry, start_agent,
     trust_each_other, wait_path, wait_registered,
@@ -47,10 +48,6 @@ fn tools() -> Vec<&'static str> {
     let mut all: Vec<&str> = NATLAB_TOOLS.to_vec();
     all.extend(TOOLS.iter().filter(|t| !NATLAB_TOOLS.contains(t)));
     all
-}
-
-fn require(test: &str) -> bool {
-    support::require_root_or_skip(test, &tools())
 }
 
 fn must<T>(result: Result<T, String>) -> T {
@@ -97,10 +94,9 @@ fn session_up(agent: &Agent, peer: &Identity) -> bool {
 /// must not trip over them, and the session must be back within 5 s.
 #[test]
 fn killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s() {
-    let test = "killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let (a, id_a, b, id_b) = connected_pair(&lab, [91, 1], true);
     let pid = must(a.daemon_pid());
@@ -175,10 +171,9 @@ fn killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s() {
 /// ping, no new handshake), and both agents register again.
 #[test]
 fn rendezvous_restart_keeps_direct_sessions_and_agents_register_again() {
-    let test = "rendezvous_restart_keeps_direct_sessions_and_agents_register_again";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
@@ -291,41 +286,22 @@ fn rendezvous_restart_keeps_direct_sessions_and_agents_register_again() {
 /// B follows A's new endpoint and the download completes intact.
 #[test]
 fn underlay_address_change_mid_download_roams_and_the_transfer_completes() {
-    let test = "underlay_address_change_mid_download_roams_and_the_transfer_completes";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let (a, id_a, b, id_b) = connected_pair(&lab, [91, 3], true);
-    let www = lab.dir().join("www");
-    std::fs::create_dir_all(&www).expect("www dir");
-    let body = support::random_bytes(DOWNLOAD_BYTES);
-    std::fs::write(www.join("big.bin"), &body).expect("big file");
-    http_server(&lab, &b, &id_b, &www);
     // The move must happen mid-download: 6 MiB at 8 Mbit/s take 6 s.
     must(lab.shape_egress(&b.host, "8mbit"));
-    let out_file = lab.dir().join("download.bin");
-    let url = format!("http://[{}]:{HTTP_PORT}/big.bin", id_b.address);
-    let curl = must(lab.spawn(
-        &a.host.ns,
-        "curl",
-        &[
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--limit-rate",
-            DOWNLOAD_RATE,
-            "--max-time",
-            "90",
-            "-o",
-            out_file.to_str().expect("utf-8 path"),
-            &url,
-        ],
+    let download = must(BackgroundDownload::start(
+        &lab,
+        &a,
+        (&b, id_b.address, HTTP_PORT),
+        DOWNLOAD_BYTES,
+        DOWNLOAD_RATE,
+        Duration::from_secs(90),
     ));
-    let size = || std::fs::metadata(&out_file).map(|m| m.len()).unwrap_or(0);
+    let size = || download.size();
     must(wait_until(
         "the download to pass 1 MiB",
         Duration::from_secs(15),
@@ -378,13 +354,7 @@ fn underlay_address_change_mid_download_roams_and_the_transfer_completes() {
         Duration::from_secs(10),
         || size() >= at_move + (512 << 10),
     ));
-    must(wait_until(
-        "the download to finish",
-        Duration::from_secs(60),
-        || !lab.spawn_running(curl),
-    ));
-    let (_, curl_err) = lab.stop(curl);
-    let got = std::fs::read(&out_file).unwrap_or_default();
+    let (body, got, curl_err) = must(download.finish(Duration::from_secs(60)));
     say(&format!(
         "faults | roaming: B saw A's new endpoint {expected} after {}, download {} of {} bytes",
         secs(roamed),
@@ -404,10 +374,9 @@ fn underlay_address_change_mid_download_roams_and_the_transfer_completes() {
 /// trust.toml keeps its old, parseable contents with no temp file left.
 #[test]
 fn full_state_disk_fails_trust_add_clearly_and_never_corrupts_the_store() {
-    let test = "full_state_disk_fails_trust_add_clearly_and_never_corrupts_the_store";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([91, 5], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -540,11 +509,4 @@ fn check_store(dir: &Path, before: &[u8], one: &Identity) {
         .filter(|name| name.contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
-}
-
-/// `python3 -m http.server` on the agent's overlay address, serving `dir`.
-fn http_server(lab: &Lab, agent: &Agent, id: &Identity, dir: &Path) {
-    must(support::http::serve_directory(
-        lab, agent, id.address, HTTP_PORT, dir,
-    ));
 }

@@ -27,21 +27,6 @@ fn must<T>(result: Result<T, String>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn require(test: &str) -> bool {
-    if !support::require_root_or_skip(test, TOOLS) {
-        return false;
-    }
-    if nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(NOBODY))
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        say(&format!("SKIPPED {test}: no user with UID {NOBODY}"));
-        return false;
-    }
-    true
-}
-
 /// A root-owned file outside the state directory that planted links aim
 /// at, and what it looked like.
 struct Canary {
@@ -104,10 +89,9 @@ fn unplant(state: &Path, name: &str) {
 /// its contents, modification time, inode and owner.
 #[test]
 fn links_planted_by_the_daemon_user_are_not_followed_by_root() {
-    let test = "links_planted_by_the_daemon_user_are_not_followed_by_root";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([93, 1], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -206,10 +190,9 @@ fn links_planted_by_the_daemon_user_are_not_followed_by_root() {
 /// target's log holds none of those bytes.
 #[test]
 fn hostile_justification_is_shown_and_logged_inertly() {
-    let test = "hostile_justification_is_shown_and_logged_inertly";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([93, 2], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));

@@ -18,11 +18,11 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::{AGENT_PORT, Agent, Identity};
+use support::http::BackgroundDownload;
 use support::natlab::{
     NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path, rendezvous_entry,
     start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous, wait_path,
@@ -70,10 +70,6 @@ fn tools() -> Vec<&'static str> {
     let mut all: Vec<&str> = NATLAB_TOOLS.to_vec();
     all.extend(TOOLS.iter().filter(|t| !NATLAB_TOOLS.contains(t)));
     all
-}
-
-fn require(test: &str) -> bool {
-    support::require_root_or_skip(test, &tools())
 }
 
 fn must<T>(result: Result<T, String>) -> T {
@@ -236,10 +232,9 @@ fn assert_path(c: &Connection, want: &str, a: &Agent, b: &Agent) {
 /// the traffic between two addresses until it heals.
 #[test]
 fn lab_routers_map_and_filter_as_specified() {
-    let test = "lab_routers_map_and_filter_as_specified";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let r1 = must(nat.public_host("r1"));
     let r2 = must(nat.public_host("r2"));
@@ -315,10 +310,9 @@ fn lab_routers_map_and_filter_as_specified() {
 /// Two agents with public addresses go direct at once.
 #[test]
 fn no_nat_to_no_nat_is_direct() {
-    let test = "no_nat_to_no_nat_is_direct";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let (a, id_a) = agent(&nat, Place::Public, "a", &[&rv]);
@@ -336,10 +330,9 @@ fn no_nat_to_no_nat_is_direct() {
 /// Behind two easy NATs the agents punch through and go direct within 5 s.
 #[test]
 fn easy_to_easy_goes_direct_within_5_s() {
-    let test = "easy_to_easy_goes_direct_within_5_s";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let sa = must(nat.site("a", NatKind::Easy));
@@ -361,10 +354,9 @@ fn easy_to_easy_goes_direct_within_5_s() {
 /// agent implements it) a working relay with a note.
 #[test]
 fn easy_to_hard_goes_direct_by_birthday_probing_or_relays() {
-    let test = "easy_to_hard_goes_direct_by_birthday_probing_or_relays";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     // Two rendezvous: an agent tells an easy NAT from a hard one by
     // comparing the reflexive endpoints they report.
@@ -411,10 +403,9 @@ fn easy_to_hard_goes_direct_by_birthday_probing_or_relays() {
 /// Behind two hard NATs there is no direct path: the relay carries it.
 #[test]
 fn hard_to_hard_relays_and_traffic_flows() {
-    let test = "hard_to_hard_relays_and_traffic_flows";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let sa = must(nat.site("a", NatKind::Hard));
@@ -456,10 +447,9 @@ fn hard_to_hard_relays_and_traffic_flows() {
 /// the pair talks through the TCP relay.
 #[test]
 fn udp_blocked_side_connects_through_the_tcp_relay() {
-    let test = "udp_blocked_side_connects_through_the_tcp_relay";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let su = must(nat.site("u", NatKind::UdpBlocked));
@@ -505,10 +495,9 @@ fn udp_blocked_side_connects_through_the_tcp_relay() {
 /// Two agents behind one (hard) NAT find each other on their LAN.
 #[test]
 fn agents_behind_the_same_nat_go_direct_over_local_addresses() {
-    let test = "agents_behind_the_same_nat_go_direct_over_local_addresses";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv = must(nat.rendezvous("rv1"));
     let site = must(nat.site("s", NatKind::Hard));
@@ -535,10 +524,9 @@ fn agents_behind_the_same_nat_go_direct_over_local_addresses() {
 /// completes intact.
 #[test]
 fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
-    let test = "direct_path_cut_mid_transfer_falls_back_to_relay_and_returns";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
@@ -550,35 +538,17 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
     assert_path(&c, "direct", &a, &b);
 
     // B serves a big file over the overlay; A downloads it slowly.
-    let www = lab.dir().join("www");
-    std::fs::create_dir_all(&www).expect("www dir");
-    let body = support::random_bytes(DOWNLOAD_BYTES);
-    std::fs::write(www.join("big.bin"), &body).expect("big file");
-    http_server(lab, &b, &id_b, &www);
     // 8 MiB at 4 Mbit/s take 16 s: the cut lands mid-download.
     must(lab.shape_egress(&b.host, "4mbit"));
-    let out_file = lab.dir().join("download.bin");
-    let url = format!("http://[{}]:{HTTP_PORT}/big.bin", id_b.address);
-    let curl = must(lab.spawn(
-        &a.host.ns,
-        "curl",
-        &[
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--limit-rate",
-            DOWNLOAD_RATE,
-            "--max-time",
-            "120",
-            "-o",
-            out_file.to_str().expect("utf-8 path"),
-            &url,
-        ],
+    let download = must(BackgroundDownload::start(
+        lab,
+        &a,
+        (&b, id_b.address, HTTP_PORT),
+        DOWNLOAD_BYTES,
+        DOWNLOAD_RATE,
+        Duration::from_secs(120),
     ));
-    let size = || std::fs::metadata(&out_file).map(|m| m.len()).unwrap_or(0);
+    let size = || download.size();
     must(wait_until(
         "the download to pass 1 MiB",
         Duration::from_secs(10),
@@ -612,7 +582,7 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
         Duration::from_secs(20),
         || size() >= at_fallback + (512 << 10),
     ));
-    assert!(lab.spawn_running(curl), "curl ended during the cut");
+    assert!(download.running(), "curl ended during the cut");
     let on_relay_bytes = size() - at_fallback;
 
     must(nat.heal());
@@ -629,13 +599,7 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
         )
         .map(|()| healed_at.elapsed()),
     );
-    must(wait_until(
-        "the download to finish",
-        Duration::from_secs(60),
-        || !lab.spawn_running(curl),
-    ));
-    let (_, curl_err) = lab.stop(curl);
-    let got = std::fs::read(&out_file).unwrap_or_default();
+    let (body, got, curl_err) = must(download.finish(Duration::from_secs(60)));
     report(
         "easy <-> easy, cut mid-transfer",
         &c,
@@ -670,10 +634,9 @@ fn direct_path_cut_mid_transfer_falls_back_to_relay_and_returns() {
 /// still connects.
 #[test]
 fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
-    let test = "losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv1 = must(nat.rendezvous("rv1"));
@@ -751,10 +714,9 @@ fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
 /// request; B comes up and finds it pending; once approved, they connect.
 #[test]
 fn trust_request_to_an_offline_agent_is_delivered_when_it_comes_up() {
-    let test = "trust_request_to_an_offline_agent_is_delivered_when_it_comes_up";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
@@ -813,10 +775,9 @@ fn trust_request_to_an_offline_agent_is_delivered_when_it_comes_up() {
 /// `netcheck` tells the NAT kinds apart with two rendezvous servers.
 #[test]
 fn netcheck_reports_reflexive_endpoints_and_nat_kind() {
-    let test = "netcheck_reports_reflexive_endpoints_and_nat_kind";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(&tools()) else {
         return;
-    }
+    };
     let nat = must(NatLab::new());
     let rv1 = must(nat.rendezvous("rv1"));
     let rv2 = must(nat.rendezvous("rv2"));
@@ -904,11 +865,4 @@ fn assert_reflexive(agent: &Agent, rv: &Rendezvous, site: &Site) {
         candidates.contains(&reflexive.expect("reflexive").to_string()),
         "the reflexive endpoint is among the candidates: {candidates}"
     );
-}
-
-/// `python3 -m http.server` on B's overlay address, serving `dir`.
-fn http_server(lab: &Lab, agent: &Agent, id: &Identity, dir: &Path) {
-    must(support::http::serve_directory(
-        lab, agent, id.address, HTTP_PORT, dir,
-    ));
 }

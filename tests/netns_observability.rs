@@ -29,10 +29,9 @@ const LOSS_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
 #[test]
 fn status_metrics_ping_and_injected_loss_are_visible() {
-    let test = "status_metrics_ping_and_injected_loss_are_visible";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     step(&format!("lab {}: veth pair a <-> b", lab.prefix()));
     let [host_a, host_b] = lab.veth_pair(UNDERLAY, ["a", "b"], 1500).expect("hosts");

@@ -63,12 +63,9 @@ impl Mode {
 
 #[test]
 fn large_transfers_are_intact_with_and_without_offloads() {
-    if !support::require_root_or_skip(
-        "large_transfers_are_intact_with_and_without_offloads",
-        TOOLS,
-    ) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     let [host_a, host_b] = lab
         .veth_pair(UNDERLAY, ["a", "b"], 1500)

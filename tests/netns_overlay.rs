@@ -48,10 +48,9 @@ const MSG_HANDSHAKE_INITIATION: u8 = 1;
 /// interface and no daemon behind.
 #[test]
 fn trusted_pair_talks_while_untrusted_host_gets_no_reply() {
-    let test = "trusted_pair_talks_while_untrusted_host_gets_no_reply";
-    if !support::require_root_or_skip(test, SCENARIO_TOOLS) {
+    let Some(()) = support::netns_ready!(SCENARIO_TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     step(&format!("lab {}: bridge with hosts a, b, c", lab.prefix()));
     let hosts = lab
@@ -502,10 +501,9 @@ fn junk_datagrams(initiation: &[u8]) -> Vec<Vec<u8>> {
 /// has to find a type-1 datagram C sends from the agent port.
 #[test]
 fn reply_watch_catches_any_packet_from_the_watched_host() {
-    let test = "reply_watch_catches_any_packet_from_the_watched_host";
-    if !support::require_root_or_skip(test, &["ping", "tcpdump", "python3"]) {
+    let Some(()) = support::netns_ready!(&["ping", "tcpdump", "python3"]) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     let hosts = lab
         .bridge_segment(UNDERLAY, &["a", "b", "c"])
@@ -627,9 +625,9 @@ fn up_refuses_key_file_readable_by_others() {
     set_modes(&private, 0o644);
 
     if support::is_root() {
-        if !support::require_root_or_skip("up_refuses_key_file_readable_by_others", &[]) {
+        let Some(()) = support::netns_ready!(&[]) else {
             return;
-        }
+        };
         let lab = Lab::new().expect("lab");
         let ns = lab.add_namespace("k").expect("namespace");
         let iface = lab.iface_name("k");

@@ -23,22 +23,6 @@ const TOOLS: &[&str] = &["ping", "setpriv", "getent"];
 /// The unprivileged user of these tests.
 const NOBODY: u32 = 65534;
 
-fn require(test: &str) -> bool {
-    if !support::require_root_or_skip(test, TOOLS) {
-        return false;
-    }
-    // The unprivileged user must exist to be switched to.
-    if nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(NOBODY))
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        support::say(&format!("SKIPPED {test}: no user with UID {NOBODY}"));
-        return false;
-    }
-    true
-}
-
 fn must<T>(result: Result<T, String>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -71,10 +55,9 @@ fn proc_status(pid: u32, field: &str) -> String {
 /// (writing its state), connects, publishes names, and stops cleanly.
 #[test]
 fn daemon_runs_as_the_given_user_without_capabilities_and_keeps_working() {
-    let test = "daemon_runs_as_the_given_user_without_capabilities_and_keeps_working";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([92, 1], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -156,10 +139,9 @@ fn daemon_runs_as_the_given_user_without_capabilities_and_keeps_working() {
 /// daemon: the daemon checks the peer's credentials.
 #[test]
 fn unprivileged_client_may_read_status_but_not_change_trust() {
-    let test = "unprivileged_client_may_read_status_but_not_change_trust";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([92, 2], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -233,10 +215,9 @@ fn unprivileged_client_may_read_status_but_not_change_trust() {
 /// write, and an unknown `--user`, before it creates anything.
 #[test]
 fn unsafe_state_permissions_and_unknown_users_are_refused_before_start() {
-    let test = "unsafe_state_permissions_and_unknown_users_are_refused_before_start";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let ns = must(lab.add_namespace("a"));
     let host = support::Host {
@@ -315,10 +296,9 @@ fn unsafe_state_permissions_and_unknown_users_are_refused_before_start() {
 /// makes it on common distributions.
 #[test]
 fn daemon_started_unprivileged_with_net_admin_gives_it_up_after_setup() {
-    let test = "daemon_started_unprivileged_with_net_admin_gives_it_up_after_setup";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([92, 4], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -378,10 +358,9 @@ fn daemon_started_unprivileged_with_net_admin_gives_it_up_after_setup() {
 /// are not managed (its programs can ask the resolver at PREFIX::53).
 #[test]
 fn attached_namespaces_keep_their_names_across_the_switch_or_are_told_why_not() {
-    let test = "attached_namespaces_keep_their_names_across_the_switch_or_are_told_why_not";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([92, 5], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));
@@ -441,10 +420,9 @@ fn attached_namespaces_keep_their_names_across_the_switch_or_are_told_why_not() 
 /// and connects (issue 17 item 16).
 #[test]
 fn daemon_that_stays_root_keeps_only_net_admin() {
-    let test = "daemon_that_stays_root_keeps_only_net_admin";
-    if !require(test) {
+    let Some(()) = support::netns_ready!(TOOLS, support::UserExists(NOBODY)) else {
         return;
-    }
+    };
     let lab = must(Lab::new());
     let hosts = must(lab.bridge_segment([92, 6], &["a", "b"]));
     let a = must(Agent::new(&lab, &hosts[0], "alpha"));

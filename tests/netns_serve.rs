@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agent::Identity;
-use support::apps::{apps_dir, path_str, python_with};
+use support::apps::{Python, apps_dir, path_str};
 use support::{Agent, Lab, Output, step, wait_until};
 
 /// Programs run inside the namespaces.
@@ -52,19 +52,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn served_loopback_services_reach_trusted_peers_with_their_identity() {
-    let test = "served_loopback_services_reach_trusted_peers_with_their_identity";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(python) = support::netns_ready!(TOOLS, Python(PYTHON_MODULES)) else {
         return;
-    }
-    let python = match python_with(PYTHON_MODULES) {
-        Ok(python) => python,
-        Err(reason) => {
-            if std::env::var(support::REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason}");
-            }
-            support::say(&format!("SKIPPED {test}: {reason}"));
-            return;
-        }
     };
     let lab = Lab::new().expect("lab");
     let world = World::build(&lab, python).unwrap_or_else(|e| panic!("{e}"));

@@ -164,10 +164,9 @@ fn curl(lab: &Lab, agent: &Agent, address: Ipv6Addr, port: u16, limit: &[&str]) 
 /// A fetches a page from B's HTTP server within 2 s of the approval.
 #[test]
 fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
-    let test = "requested_trust_once_approved_lets_the_requester_curl_within_two_seconds";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     let Pair { a, b, id_a, id_b } = pair(&lab, [78, 1]);
     let page = www(&lab, "b-www", "hello from b\n");
@@ -277,10 +276,9 @@ fn requested_trust_once_approved_lets_the_requester_curl_within_two_seconds() {
 #[test]
 fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens_nothing_on_the_requester()
  {
-    let test = "approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens_nothing_on_the_requester";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     let Pair { a, b, id_a, id_b } = pair(&lab, [78, 2]);
     let page = www(&lab, "b-www", "port 8080\n");
@@ -411,10 +409,9 @@ fn policy_drops(agent: &Agent, peer: &Identity) -> u64 {
 /// A drops its session on B's signed notice.
 #[test]
 fn revoked_peer_gets_nothing_delivered_after_revoke_returns() {
-    let test = "revoked_peer_gets_nothing_delivered_after_revoke_returns";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     let Pair { a, b, id_a, id_b } = pair(&lab, [78, 3]);
     a.trust_add(&id_b, "b", Some(b.endpoint()))
@@ -592,10 +589,9 @@ fn revoked_peer_gets_nothing_delivered_after_revoke_returns() {
 /// later approval finds no way in.
 #[test]
 fn unapproved_trust_request_expires_from_the_requesters_store() {
-    let test = "unapproved_trust_request_expires_from_the_requesters_store";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     let [host_a, host_b] = lab.veth_pair([78, 5], ["a", "b"], 1500).expect("veth pair");
     let a = Agent::new(&lab, &host_a, "host-a").expect("agent a");
@@ -648,10 +644,9 @@ enum Change {
 /// least every change the CLI saw succeed, at most the one in flight.
 #[test]
 fn daemon_killed_during_trust_writes_leaves_the_old_or_the_new_store() {
-    let test = "daemon_killed_during_trust_writes_leaves_the_old_or_the_new_store";
-    if !support::require_root_or_skip(test, &[]) {
+    let Some(()) = support::netns_ready!(&[]) else {
         return;
-    }
+    };
     const ROUNDS: usize = 40;
     const CHANGES: usize = 400;
     let lab = Lab::new().expect("lab");
@@ -802,10 +797,9 @@ fn daemon_killed_during_trust_writes_leaves_the_old_or_the_new_store() {
 /// refused at the requester.
 #[test]
 fn pending_requests_survive_restarts_and_fleet_members_are_auto_approved() {
-    let test = "pending_requests_survive_restarts_and_fleet_members_are_auto_approved";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(()) = support::netns_ready!(TOOLS) else {
         return;
-    }
+    };
     let lab = Lab::new().expect("lab");
     step(&format!("lab {}: a, b, c on a bridge", lab.prefix()));
     let hosts = lab

@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use support::agent::Identity;
-use support::apps::{apps_dir, path_str, python_with};
+use support::apps::{Python, apps_dir, path_str};
 use support::rootless::{RootlessAgent, uid_and_capabilities};
 use support::{Agent, Lab, Output, step, wait_until};
 
@@ -60,19 +60,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn rootless_agent_reaches_and_serves_a_tun_agent() {
-    let test = "rootless_agent_reaches_and_serves_a_tun_agent";
-    if !support::require_root_or_skip(test, TOOLS) {
+    let Some(python) = support::netns_ready!(TOOLS, Python(PYTHON_MODULES)) else {
         return;
-    }
-    let python = match python_with(PYTHON_MODULES) {
-        Ok(python) => python,
-        Err(reason) => {
-            if std::env::var(support::REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason}");
-            }
-            support::say(&format!("SKIPPED {test}: {reason}"));
-            return;
-        }
     };
     let lab = Lab::new().expect("lab");
     let world =

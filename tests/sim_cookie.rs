@@ -5,10 +5,8 @@
 //! trusted peer still connects through the flood (directly and through a
 //! relay).
 
-mod simnet;
-
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::noise::cookie::{
@@ -20,7 +18,7 @@ use agentnet::core::policy::Policy;
 use agentnet::core::rng::{CoreRng, core_rng};
 use agentnet::core::wire::path::NatHint;
 use agentnet::core::wire::{COOKIE_REPLY_LEN, TYPE_COOKIE_REPLY, TYPE_RESPONSE};
-use simnet::{LinkConfig, NatKind, SimNet, udp_packet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet, udp_packet};
 
 const ATTACKER: &str = "10.0.9.9:4444";
 
@@ -81,7 +79,7 @@ fn connect(net: &mut SimNet, a: usize, b: usize) {
 
 #[test]
 fn handshakes_without_load_see_no_cookie() {
-    let mut net = SimNet::new(1, LinkConfig::default());
+    let mut net = SimNet::new(1, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     connect(&mut net, a, b);
@@ -99,7 +97,7 @@ fn handshakes_without_load_see_no_cookie() {
 
 #[test]
 fn trusted_peer_connects_through_a_responder_under_load_with_a_cookie() {
-    let mut net = SimNet::new(2, LinkConfig::default());
+    let mut net = SimNet::new(2, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     net.hosts[b].node.set_handshake_load_threshold(0); // always under load
@@ -138,7 +136,7 @@ fn trusted_peer_connects_through_a_responder_under_load_with_a_cookie() {
 
 #[test]
 fn flood_of_valid_mac1_initiations_costs_no_handshakes_and_peer_still_connects() {
-    let mut net = SimNet::new(3, LinkConfig::default());
+    let mut net = SimNet::new(3, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let target = net.id(b);
@@ -207,7 +205,7 @@ fn flood_of_valid_mac1_initiations_costs_no_handshakes_and_peer_still_connects()
 
 #[test]
 fn garbage_flood_does_not_engage_cookies() {
-    let mut net = SimNet::new(4, LinkConfig::default());
+    let mut net = SimNet::new(4, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let b_address = net.hosts[b].address;
@@ -246,7 +244,7 @@ fn garbage_flood_does_not_engage_cookies() {
 
 #[test]
 fn valid_mac2_flood_from_one_source_is_rate_limited() {
-    let mut net = SimNet::new(5, LinkConfig::default());
+    let mut net = SimNet::new(5, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     net.hosts[b].node.set_handshake_load_threshold(0);
@@ -298,7 +296,7 @@ fn valid_mac2_flood_from_one_source_is_rate_limited() {
 
 #[test]
 fn forged_cookie_reply_is_ignored_and_not_answered() {
-    let mut net = SimNet::new(6, LinkConfig::default());
+    let mut net = SimNet::new(6, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     net.hosts[b].node.set_handshake_load_threshold(0);
@@ -332,7 +330,7 @@ fn forged_cookie_reply_is_ignored_and_not_answered() {
 
 #[test]
 fn relayed_handshake_under_load_gets_its_cookie_through_the_relay() {
-    let mut net = SimNet::new(7, LinkConfig::default());
+    let mut net = SimNet::new(7, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let (nat_a, nat_b) = (net.add_nat(NatKind::Hard), net.add_nat(NatKind::Hard));
     let a = net.add_host_behind(1, nat_a);
@@ -362,7 +360,7 @@ fn relayed_handshake_under_load_gets_its_cookie_through_the_relay() {
 
 #[test]
 fn stranger_under_load_gets_nothing_while_trusted_peer_gets_cookie_and_session() {
-    let mut net = SimNet::new(8, LinkConfig::default());
+    let mut net = SimNet::new(8, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (a_address, b_address) = (net.hosts[a].address, net.hosts[b].address);

@@ -2,12 +2,10 @@
 //! handshakes, hole punching, fallback to the relay and back, several
 //! rendezvous servers, and the trust-request mailbox.
 
-mod simnet;
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::policy::Policy;
-use simnet::{LinkConfig, NatKind, SimNet, tag_of, udp_packet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet, tag_of, udp_packet};
 
 /// A world with one rendezvous and two agents behind NATs of these kinds
 /// (`None` = public address), trusting each other without endpoints.
@@ -23,7 +21,7 @@ fn world_with(
     kind_a: Option<NatKind>,
     kind_b: Option<NatKind>,
 ) -> (SimNet, usize, usize) {
-    let mut net = SimNet::new(seed, LinkConfig::default());
+    let mut net = SimNet::new(seed, LinkConfig::default(), Instant::now());
     for server in 0..servers {
         net.add_rendezvous(100 + server);
     }
@@ -144,7 +142,7 @@ fn hard_to_hard_relays_and_traffic_flows() {
 
 #[test]
 fn agents_behind_the_same_nat_talk_over_local_addresses() {
-    let mut net = SimNet::new(5, LinkConfig::default());
+    let mut net = SimNet::new(5, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let nat = net.add_nat(NatKind::Hard);
     let a = net.add_host_behind(1, nat);
@@ -206,7 +204,7 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
 
 #[test]
 fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
-    let mut net = SimNet::new(7, LinkConfig::default());
+    let mut net = SimNet::new(7, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     net.add_rendezvous(101);
     let mut hosts = Vec::new();
@@ -245,7 +243,7 @@ fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
 
 #[test]
 fn trust_request_reaches_an_offline_agent_when_it_registers() {
-    let mut net = SimNet::new(8, LinkConfig::default());
+    let mut net = SimNet::new(8, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let nat = net.add_nat(NatKind::Easy);
     let a = net.add_host_behind(1, nat);

@@ -2,16 +2,14 @@
 //! impairments of the simulated link: loss, RTT and jitter, reordering,
 //! duplication, drops by reason, handshakes, path changes and `ping`.
 
-mod simnet;
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::node::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::PingError;
 use agentnet::core::stats::status::{PathKind, PeerStatus};
 use agentnet::core::wire::path::PathAddr;
-use simnet::{LinkConfig, NatKind, SimNet, TUNNEL_MTU, udp_packet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet, TUNNEL_MTU, udp_packet};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -40,7 +38,7 @@ fn stream(net: &mut SimNet, a: usize, b: usize, duration: Duration, spacing: Dur
 }
 
 fn connected_pair(seed: u64, link: LinkConfig) -> (SimNet, usize, usize) {
-    let mut net = SimNet::new(seed, link);
+    let mut net = SimNet::new(seed, link, Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     // a starts the handshake; wait (virtual time) until both sides are up.
@@ -233,7 +231,7 @@ fn handshakes_report_their_duration() {
 
 #[test]
 fn lost_initiations_show_up_as_retries_and_a_longer_handshake() {
-    let mut net = SimNet::new(6, LinkConfig::default());
+    let mut net = SimNet::new(6, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust(a, b, true, Policy::All);
     // b does not trust a yet: the first initiations go unanswered.
@@ -286,7 +284,7 @@ fn ping_reports_the_rtt_and_the_path_of_each_reply() {
         delay: 15 * MS,
         ..LinkConfig::default()
     };
-    let mut net = SimNet::new(9, link);
+    let mut net = SimNet::new(9, link, Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let id = net.id(b);
@@ -326,7 +324,7 @@ fn ping_reports_the_rtt_and_the_path_of_each_reply() {
 
 #[test]
 fn path_changes_are_recorded_with_the_relay_and_the_endpoint() {
-    let mut net = SimNet::new(10, LinkConfig::default());
+    let mut net = SimNet::new(10, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let nat_a = net.add_nat(NatKind::Easy);
     let nat_b = net.add_nat(NatKind::Easy);
@@ -404,7 +402,7 @@ fn probes_that_never_arrive_are_not_reported_as_loss() {
     // Two easy NATs whose direct path is cut: the traffic stays relayed
     // while both sides keep punching (path pings to candidates that never
     // arrive, each spending a counter of the session).
-    let mut net = SimNet::new(11, LinkConfig::default());
+    let mut net = SimNet::new(11, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let nat_a = net.add_nat(NatKind::Easy);
     let nat_b = net.add_nat(NatKind::Easy);

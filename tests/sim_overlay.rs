@@ -1,15 +1,13 @@
 //! Protocol behaviour of whole nodes on the deterministic simulated network.
 
-mod simnet;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::node::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::status::PathKind;
-use simnet::{
+use agentnet::sim::{
     LinkConfig, SimNet, TUNNEL_MTU, tag_of, tcp_packet, tcp4_packet, udp_packet, udp4_packet,
 };
 
@@ -42,7 +40,7 @@ fn delivered_tags(net: &SimNet, host: usize) -> Vec<u32> {
 #[test]
 fn handshake_completes_and_data_flows_at_20_percent_loss_with_reordering() {
     for seed in 0..5 {
-        let mut net = SimNet::new(seed, lossy_reordering_link());
+        let mut net = SimNet::new(seed, lossy_reordering_link(), Instant::now());
         let (a, b) = (net.add_host(1), net.add_host(2));
         net.trust_both(a, b);
         stream(&mut net, a, b, 0..300, Duration::from_millis(20));
@@ -94,6 +92,7 @@ fn no_packet_is_delivered_twice_under_heavy_duplication() {
             jitter: Duration::from_millis(15),
             ..LinkConfig::default()
         },
+        Instant::now(),
     );
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
@@ -107,7 +106,7 @@ fn no_packet_is_delivered_twice_under_heavy_duplication() {
 
 #[test]
 fn untrusted_initiator_gets_no_reply() {
-    let mut net = SimNet::new(3, LinkConfig::default());
+    let mut net = SimNet::new(3, LinkConfig::default(), Instant::now());
     let (b, c) = (net.add_host(2), net.add_host(3));
     // C trusts B and knows its endpoint; B does not trust C.
     net.trust(c, b, true, Policy::All);
@@ -139,7 +138,7 @@ fn untrusted_initiator_gets_no_reply() {
 
 #[test]
 fn garbage_and_forged_handshakes_get_no_reply() {
-    let mut net = SimNet::new(4, LinkConfig::default());
+    let mut net = SimNet::new(4, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let attacker: SocketAddr = "10.0.0.99:5555".parse().expect("addr");
@@ -171,7 +170,7 @@ fn garbage_and_forged_handshakes_get_no_reply() {
 
 #[test]
 fn replayed_initiation_is_dropped_without_reply() {
-    let mut net = SimNet::new(5, LinkConfig::default());
+    let mut net = SimNet::new(5, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (source, destination) = (net.overlay_address(a), net.overlay_address(b));
@@ -214,7 +213,7 @@ fn replayed_initiation_is_dropped_without_reply() {
 
 #[test]
 fn sessions_rekey_under_steady_traffic_without_loss() {
-    let mut net = SimNet::new(6, LinkConfig::default());
+    let mut net = SimNet::new(6, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     // 10 minutes of one packet a second each way.
@@ -247,7 +246,7 @@ fn sessions_rekey_under_steady_traffic_without_loss() {
 
 #[test]
 fn idle_session_expires_and_traffic_brings_it_back() {
-    let mut net = SimNet::new(8, LinkConfig::default());
+    let mut net = SimNet::new(8, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
@@ -272,7 +271,7 @@ fn idle_session_expires_and_traffic_brings_it_back() {
 
 #[test]
 fn only_one_side_needs_the_endpoint() {
-    let mut net = SimNet::new(9, LinkConfig::default());
+    let mut net = SimNet::new(9, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust(a, b, false, Policy::All); // A does not know where B is
     net.trust(b, a, true, Policy::All);
@@ -287,7 +286,7 @@ fn only_one_side_needs_the_endpoint() {
 
 #[test]
 fn endpoint_follows_a_roaming_peer() {
-    let mut net = SimNet::new(10, LinkConfig::default());
+    let mut net = SimNet::new(10, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
@@ -312,7 +311,7 @@ fn endpoint_follows_a_roaming_peer() {
 
 #[test]
 fn spoofed_inner_source_is_dropped() {
-    let mut net = SimNet::new(11, LinkConfig::default());
+    let mut net = SimNet::new(11, LinkConfig::default(), Instant::now());
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     net.trust_both(a, b);
     net.trust_both(b, c);
@@ -330,7 +329,7 @@ fn spoofed_inner_source_is_dropped() {
 
 #[test]
 fn tun_packet_with_foreign_source_is_not_sent_and_is_counted() {
-    let mut net = SimNet::new(16, LinkConfig::default());
+    let mut net = SimNet::new(16, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let destination = net.overlay_address(b);
@@ -360,7 +359,7 @@ fn tun_packet_with_foreign_source_is_not_sent_and_is_counted() {
 
 #[test]
 fn policy_limits_inbound_but_replies_to_own_connections_pass() {
-    let mut net = SimNet::new(12, LinkConfig::default());
+    let mut net = SimNet::new(12, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     // B lets A open only tcp:80; A lets B open anything.
     net.trust(a, b, true, Policy::All);
@@ -391,7 +390,7 @@ fn policy_limits_inbound_but_replies_to_own_connections_pass() {
 
 #[test]
 fn oversized_packet_gets_packet_too_big_and_is_not_sent() {
-    let mut net = SimNet::new(13, LinkConfig::default());
+    let mut net = SimNet::new(13, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let big = udp_packet(
@@ -419,7 +418,7 @@ fn oversized_packet_gets_packet_too_big_and_is_not_sent() {
 
 #[test]
 fn revoked_peer_is_told_and_its_packets_are_dropped() {
-    let mut net = SimNet::new(14, LinkConfig::default());
+    let mut net = SimNet::new(14, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (address_a, address_b) = (net.overlay_address(a), net.overlay_address(b));
@@ -457,7 +456,7 @@ fn revoked_peer_is_told_and_its_packets_are_dropped() {
 fn a_peer_added_after_a_removal_gets_only_its_own_traffic() {
     // C takes the place B left in A's peer table; B still holds its old
     // session with A and keeps sending on it.
-    let mut net = SimNet::new(15, LinkConfig::default());
+    let mut net = SimNet::new(15, LinkConfig::default(), Instant::now());
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     net.trust_both(a, b);
     let (address_a, address_b, address_c) = (
@@ -487,7 +486,7 @@ fn a_peer_added_after_a_removal_gets_only_its_own_traffic() {
 #[test]
 fn the_same_seed_replays_the_same_run() {
     let transcript = |seed| {
-        let mut net = SimNet::new(seed, lossy_reordering_link());
+        let mut net = SimNet::new(seed, lossy_reordering_link(), Instant::now());
         let (a, b) = (net.add_host(1), net.add_host(2));
         net.trust_both(a, b);
         stream(&mut net, a, b, 0..50, Duration::from_millis(10));
@@ -499,7 +498,7 @@ fn the_same_seed_replays_the_same_run() {
 
 #[test]
 fn status_reports_direct_path_and_counters() {
-    let mut net = SimNet::new(15, LinkConfig::default());
+    let mut net = SimNet::new(15, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     stream(&mut net, a, b, 0..10, Duration::from_millis(10));
@@ -517,7 +516,7 @@ fn status_reports_direct_path_and_counters() {
 fn forged_response_does_not_kill_the_handshake_in_flight() {
     use agentnet::core::noise::mac::Mac1Key;
     use agentnet::core::wire::{MACS_LEN, TYPE_INITIATION, TYPE_RESPONSE};
-    let mut net = SimNet::new(17, LinkConfig::default());
+    let mut net = SimNet::new(17, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (address_a, address_b) = (net.hosts[a].address, net.hosts[b].address);
@@ -557,7 +556,7 @@ fn forged_response_does_not_kill_the_handshake_in_flight() {
 
 #[test]
 fn narrowing_policy_closes_old_inbound_flows_but_keeps_own() {
-    let mut net = SimNet::new(18, LinkConfig::default());
+    let mut net = SimNet::new(18, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust(a, b, true, Policy::All);
     net.trust(b, a, true, "tcp:22".parse().expect("policy"));
@@ -611,7 +610,7 @@ fn narrowing_policy_closes_old_inbound_flows_but_keeps_own() {
 
 #[test]
 fn ipv4_packets_ride_the_same_sessions_both_ways() {
-    let mut net = SimNet::new(41, LinkConfig::default());
+    let mut net = SimNet::new(41, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (a4, b4) = (net.overlay_address4(a), net.overlay_address4(b));
@@ -635,7 +634,7 @@ fn ipv4_packets_ride_the_same_sessions_both_ways() {
 
 #[test]
 fn ipv4_policy_is_the_ipv6_policy() {
-    let mut net = SimNet::new(42, LinkConfig::default());
+    let mut net = SimNet::new(42, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust(a, b, true, Policy::All);
     net.trust(b, a, true, "tcp:8080".parse().expect("policy"));
@@ -663,7 +662,7 @@ fn ipv4_policy_is_the_ipv6_policy() {
 
 #[test]
 fn oversized_ipv4_with_df_gets_fragmentation_needed_and_nothing_goes_out() {
-    let mut net = SimNet::new(43, LinkConfig::default());
+    let mut net = SimNet::new(43, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     let (a4, b4) = (net.overlay_address4(a), net.overlay_address4(b));
@@ -698,7 +697,7 @@ fn oversized_ipv4_with_df_gets_fragmentation_needed_and_nothing_goes_out() {
 
 #[test]
 fn ipv4_from_a_foreign_source_or_to_an_unknown_address_is_not_sent() {
-    let mut net = SimNet::new(44, LinkConfig::default());
+    let mut net = SimNet::new(44, LinkConfig::default(), Instant::now());
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     net.trust_both(a, b);
     let (a4, b4, c4) = (
@@ -722,7 +721,7 @@ fn ipv4_from_a_foreign_source_or_to_an_unknown_address_is_not_sent() {
 
 #[test]
 fn ipv4_off_carries_ipv6_only() {
-    let mut net = SimNet::new(45, LinkConfig::default());
+    let mut net = SimNet::new(45, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     net.trust_both(a, b);
     net.hosts[b].node.set_ipv4(false);

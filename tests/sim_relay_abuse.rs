@@ -5,8 +5,6 @@
 //! from the library's handshake and session types, so floods of hundreds of
 //! thousands of datagrams run in a second or two.
 
-mod simnet;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -26,9 +24,9 @@ use agentnet::core::wire::control_frame::ControlFrame;
 use agentnet::core::wire::path::NatHint;
 use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::wire::{Datagram, TYPE_COOKIE_REPLY, TYPE_RELAY, TYPE_TRUST_REQUEST};
+use agentnet::sim::{LinkConfig, SimNet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use simnet::{LinkConfig, SimNet};
 
 const UNIX_BASE: u64 = 1_800_000_000;
 
@@ -482,7 +480,7 @@ fn initiation_flood_engages_cookies_and_clients_still_register() {
 
 #[test]
 fn agents_register_with_a_rendezvous_under_load() {
-    let mut net = SimNet::new(11, LinkConfig::default());
+    let mut net = SimNet::new(11, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     net.rendezvous[0].server.set_handshake_load_threshold(0);
     let (a, b) = (net.add_host(1), net.add_host(2));

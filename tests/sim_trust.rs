@@ -1,19 +1,17 @@
 //! Trust requests, approval, denial and auto-approval on the simulated network.
 
-mod simnet;
-
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::identity::Identity;
 use agentnet::core::node::{AutoApprove, Event, Node, NodeConfig, PeerConfig};
 use agentnet::core::policy::Policy;
 use agentnet::core::trust::request::Endorsement;
 use agentnet::core::trust::store::{DEFAULT_REQUESTED_TTL, TrustEntry};
+use agentnet::sim::{LinkConfig, SimNet, tag_of, udp_packet};
 use agentnet::state::pending::PendingRecord;
-use simnet::{LinkConfig, SimNet, tag_of, udp_packet};
 
-/// The simulated nodes' wall clock at the start (see `simnet`).
+/// The simulated nodes' wall clock at the start (see `agentnet::sim`).
 const SIM_UNIX_START: u64 = 1_800_000_000;
 /// A day later: when the endorsements of these tests expire.
 const ENDORSED_UNTIL: u64 = SIM_UNIX_START + 24 * 3600;
@@ -76,7 +74,7 @@ fn approve(net: &mut SimNet, target: usize, requester: usize) {
 
 #[test]
 fn request_then_approval_connects_within_one_round_trip() {
-    let mut net = SimNet::new(1, LinkConfig::default());
+    let mut net = SimNet::new(1, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     request(&mut net, a, b, "nightly log summaries", "tcp:8080");
     let pending = net.hosts[b].node.pending_requests(net.now);
@@ -104,7 +102,7 @@ fn request_then_approval_connects_within_one_round_trip() {
 
 #[test]
 fn denied_request_leaves_no_trace_and_no_reply() {
-    let mut net = SimNet::new(2, LinkConfig::default());
+    let mut net = SimNet::new(2, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     request(&mut net, a, b, "please", "all");
     let id_a = net.id(a);
@@ -121,7 +119,7 @@ fn denied_request_leaves_no_trace_and_no_reply() {
 
 #[test]
 fn replayed_altered_and_foreign_requests_are_dropped() {
-    let mut net = SimNet::new(3, LinkConfig::default());
+    let mut net = SimNet::new(3, LinkConfig::default(), Instant::now());
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     let datagram = request(&mut net, a, b, "first", "all");
     let id_a = net.id(a);
@@ -157,7 +155,7 @@ fn replayed_altered_and_foreign_requests_are_dropped() {
 
 #[test]
 fn requests_are_rate_limited_per_source() {
-    let mut net = SimNet::new(4, LinkConfig::default());
+    let mut net = SimNet::new(4, LinkConfig::default(), Instant::now());
     let b = net.add_host(2);
     let requesters: Vec<usize> = (10..20).map(|seed| net.add_host(seed)).collect();
     for &requester in &requesters {
@@ -186,7 +184,7 @@ fn requests_are_rate_limited_per_source() {
 
 #[test]
 fn fleet_endorsed_request_is_flagged_for_auto_approval() {
-    let mut net = SimNet::new(5, LinkConfig::default());
+    let mut net = SimNet::new(5, LinkConfig::default(), Instant::now());
     let (a, b, c) = (net.add_host(1), net.add_host(2), net.add_host(3));
     let (d, e) = (net.add_host(4), net.add_host(6));
     let fleet = Identity::from_secret_bytes(&[77; 32]).expect("key");
@@ -244,7 +242,7 @@ fn fleet_endorsed_request_is_flagged_for_auto_approval() {
 
 #[test]
 fn auto_approval_grants_the_request_within_the_endorsement_cap() {
-    let mut net = SimNet::new(9, LinkConfig::default());
+    let mut net = SimNet::new(9, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     let fleet = Identity::from_secret_bytes(&[77; 32]).expect("key");
     let rules = AutoApprove {
@@ -296,7 +294,7 @@ fn auto_approval_grants_the_request_within_the_endorsement_cap() {
 
 #[test]
 fn approved_policy_limits_what_the_requester_may_open() {
-    let mut net = SimNet::new(6, LinkConfig::default());
+    let mut net = SimNet::new(6, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     request(&mut net, a, b, "web only", "udp:8080");
     approve(&mut net, b, a);
@@ -324,7 +322,7 @@ fn udp_reply(
 
 #[test]
 fn requested_target_cannot_open_ports_on_the_requester_but_answers_its_flows() {
-    let mut net = SimNet::new(8, LinkConfig::default());
+    let mut net = SimNet::new(8, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     request(&mut net, a, b, "web only", "udp:8080");
     // B trusts A (an approval, or a `trust add` without one): a session forms.
@@ -360,7 +358,7 @@ fn requested_target_cannot_open_ports_on_the_requester_but_answers_its_flows() {
 
 #[test]
 fn pending_request_saved_and_restored_across_a_restart_is_approvable_and_not_replayable() {
-    let mut net = SimNet::new(7, LinkConfig::default());
+    let mut net = SimNet::new(7, LinkConfig::default(), Instant::now());
     let (a, b) = (net.add_host(1), net.add_host(2));
     let datagram = request(&mut net, a, b, "survives restarts", "tcp:8080");
     // Saved the way the daemon saves them: as records with wall-clock times.
@@ -379,7 +377,7 @@ fn pending_request_saved_and_restored_across_a_restart_is_approvable_and_not_rep
             identity: net.hosts[b].identity.clone(),
             network: net.network,
             name: "host1".into(),
-            tunnel_mtu: simnet::TUNNEL_MTU,
+            tunnel_mtu: agentnet::sim::TUNNEL_MTU,
         },
         [9; 32],
         now,

@@ -3,15 +3,13 @@
 //! the rendezvous' address, so one sender's garbage cannot block everyone
 //! else's requests, and a mailbox delivered in one burst lands whole.
 
-mod simnet;
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::address::NodeId;
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::policy::Policy;
 use agentnet::core::wire::{TYPE_RELAY, TYPE_TRUST_REQUEST};
-use simnet::{LinkConfig, SimNet};
+use agentnet::sim::{LinkConfig, SimNet};
 
 /// Sends a trust request from `requester` to `target` through the
 /// rendezvous only (no endpoint hint).
@@ -27,7 +25,7 @@ fn request_via_rendezvous(net: &mut SimNet, requester: usize, target: usize, jus
 
 #[test]
 fn mailbox_burst_of_sixteen_requests_all_land_in_pending() {
-    let mut net = SimNet::new(21, LinkConfig::default());
+    let mut net = SimNet::new(21, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let target = net.add_host(2);
     let requesters: Vec<usize> = (10..26).map(|seed| net.add_host(seed)).collect();
@@ -53,7 +51,7 @@ fn mailbox_burst_of_sixteen_requests_all_land_in_pending() {
 
 #[test]
 fn garbage_relayed_by_one_sender_does_not_block_others_through_that_rendezvous() {
-    let mut net = SimNet::new(22, LinkConfig::default());
+    let mut net = SimNet::new(22, LinkConfig::default(), Instant::now());
     net.add_rendezvous(100);
     let target = net.add_host(2);
     let attacker = net.add_host(3);

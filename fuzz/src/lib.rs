@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentnet::core::address::NetworkId;
 use agentnet::core::identity::Identity;
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
 use agentnet::core::noise::handshake::{
@@ -34,21 +33,8 @@ where
     }
 }
 
-/// Wall clock of every simulated agent at its start.
-pub const UNIX_START: Duration = Duration::from_secs(1_800_000_000);
-
-/// The network every target uses.
-pub fn network() -> NetworkId {
-    NetworkId::from_name("agentnet")
-}
-
-/// A fixed identity.
-pub fn identity(seed: u8) -> Identity {
-    match Identity::from_secret_bytes(&[seed; 32]) {
-        Ok(identity) => identity,
-        Err(_) => unreachable!("32 bytes are a valid secret"),
-    }
-}
+// The simulator's fixed network, identities and start of the wall clock.
+pub use agentnet::sim::{UNIX_START, identity, network};
 
 /// A NAT kind from a byte.
 pub fn nat_kind(byte: u8) -> NatKind {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::{InitiationShape, RemoteAgent, UNIX_START, identity, nat_kind, network};
 use agentnet::core::address::{NodeId, NodePrefix, agent_address4};
-use agentnet::core::node::{AutoApprove, Node, NodeConfig, PeerConfig};
+use agentnet::core::node::{AutoApprove, Node, PeerConfig};
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;
 use agentnet::core::trust::request::TrustRequest;
@@ -24,6 +24,8 @@ use agentnet::core::wire::packet::IpPacket;
 use agentnet::core::wire::path::NatHint;
 use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::wire::{Datagram, TYPE_RELAY};
+use agentnet::sim::packets::{self, Transport};
+use agentnet::sim::{LinkConfig, PROBE_PORT_BASE, SimNet};
 use arbitrary::Arbitrary;
 
 const NODE_ADDR: &str = "10.0.0.1:7400";
@@ -76,6 +78,19 @@ pub struct IpShape {
     /// IPv4 between the two agents' derived addresses instead (`source_low`
     /// nonzero: a forged source next to the real one).
     ipv4: bool,
+}
+
+impl IpShape {
+    /// The transport header and payload length it asks for.
+    fn transport(&self) -> Transport {
+        Transport {
+            protocol: self.next_header,
+            source_port: self.source_port,
+            destination_port: self.destination_port,
+            flags: self.flags,
+            payload_len: usize::from(self.payload_len % 2048),
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -155,13 +170,12 @@ pub enum Op {
 
 /// The node under test and the peer that talks to it.
 pub struct World {
-    /// The node.
-    pub node: Node,
+    /// The simulated network: the node is its only host; the peer and the
+    /// rendezvous answer from outside it.
+    net: SimNet,
     /// The trusted remote agent.
     pub peer: RemoteAgent,
     start: Instant,
-    /// Virtual time.
-    pub now: Instant,
     node_key: [u8; 32],
     own_prefix: NodePrefix,
     peer_prefix: NodePrefix,
@@ -170,29 +184,27 @@ pub struct World {
     peer_node: NodeId,
     /// Datagrams the peer sent to the node (for replays).
     peer_sent: Vec<Vec<u8>>,
-    /// Datagrams the node sent (for reflections).
-    node_sent: Vec<Vec<u8>>,
     /// Packets from the peer the node delivered to its TUN.
     pub delivered: usize,
 }
 
+/// The node's index among the simulated hosts.
+const NODE: usize = 0;
+
 impl World {
     fn new() -> Self {
         let now = Instant::now();
+        let mut net = SimNet::new(0, LinkConfig::INSTANT, now);
         let node_identity = identity(1);
-        let mut node = Node::new(
-            NodeConfig {
-                identity: node_identity.clone(),
-                network: network(),
-                name: "node".into(),
-                tunnel_mtu: 1408,
-            },
+        net.add_host_with(
+            node_identity.clone(),
+            "node".into(),
             [9; 32],
-            now,
-            UNIX_START,
+            addr(NODE_ADDR),
         );
         let peer = RemoteAgent::new(PEER_SEED);
         let peer_id = peer.identity.agent_id();
+        let node = &mut net.hosts[NODE].node;
         node.upsert_peer(
             now,
             PeerConfig {
@@ -210,10 +222,9 @@ impl World {
         node.set_local_candidates(vec![addr(NODE_ADDR)]);
         let node_id = node_identity.agent_id();
         Self {
-            node,
+            net,
             peer,
             start: now,
-            now,
             node_key: node_id.noise_public_key(),
             own_prefix: NodePrefix::of_agent(network(), &node_id),
             peer_prefix: NodePrefix::of_agent(network(), &peer_id),
@@ -221,9 +232,22 @@ impl World {
             peer_address4: agent_address4(network(), &peer_id),
             peer_node: NodeId::of(&peer_id),
             peer_sent: Vec::new(),
-            node_sent: Vec::new(),
             delivered: 0,
         }
+    }
+
+    /// The node under test.
+    pub fn node(&self) -> &Node {
+        &self.net.hosts[NODE].node
+    }
+
+    fn node_mut(&mut self) -> &mut Node {
+        &mut self.net.hosts[NODE].node
+    }
+
+    /// Virtual time.
+    pub fn now(&self) -> Instant {
+        self.net.now
     }
 
     fn source_addr(source: Source) -> SocketAddr {
@@ -233,6 +257,18 @@ impl World {
             Source::Stranger => addr(STRANGER_ADDR),
             Source::Port(port) => SocketAddr::from(([10, 0, 0, 2], port)),
         }
+    }
+
+    /// Datagrams the node sent (for reflections): the first 64.
+    fn node_sent(&self) -> Vec<Vec<u8>> {
+        let node_ip = addr(NODE_ADDR).ip();
+        self.net
+            .wire_log
+            .iter()
+            .filter(|(from, _, _)| from.ip() == node_ip)
+            .take(64)
+            .map(|(_, _, payload)| payload.clone())
+            .collect()
     }
 
     /// Sends a datagram of the peer to the node, directly or relayed.
@@ -249,58 +285,45 @@ impl World {
     }
 
     fn deliver(&mut self, from: SocketAddr, datagram: &[u8]) {
-        self.node.handle_datagram(self.now, from, datagram);
+        self.deliver_to(from, addr(NODE_ADDR), datagram);
+    }
+
+    fn deliver_to(&mut self, from: SocketAddr, to: SocketAddr, datagram: &[u8]) {
+        self.net.inject(from, to, datagram.to_vec());
         self.drain();
     }
 
-    /// Moves the node's output: datagrams for the peer (direct or through
-    /// the relay) go to it and its answers come back; TUN packets are
-    /// checked.
+    /// Runs the network at the current time: datagrams for the peer
+    /// (direct or through the relay) go to it and its answers come back;
+    /// TUN packets are checked.
     fn drain(&mut self) {
-        for _ in 0..64 {
-            let mut answers = Vec::new();
-            while let Some(transmit) = self.node.poll_transmit() {
-                if self.node_sent.len() < 64 {
-                    self.node_sent.push(transmit.payload.clone());
-                }
-                let (inner, relayed) = if transmit.destination == addr(RENDEZVOUS_ADDR) {
-                    match Datagram::parse(&transmit.payload) {
-                        Ok(Datagram::Relay(relay))
-                            if NodeId(relay.destination()) == self.peer_node =>
-                        {
-                            (relay.inner().to_vec(), true)
+        let now = self.now();
+        self.run_until(now);
+    }
+
+    /// Runs the network (timers and datagrams) until `until`.
+    fn run_until(&mut self, until: Instant) {
+        let (peer, peer_node, node_key) = (&mut self.peer, self.peer_node, self.node_key);
+        self.net
+            .run_until_with(until, &mut |now, _from, to, payload: &[u8]| {
+                if to == addr(PEER_ADDR) {
+                    peer.receive(now, &node_key, payload)
+                } else if to == addr(RENDEZVOUS_ADDR) {
+                    match Datagram::parse(payload) {
+                        Ok(Datagram::Relay(relay)) if NodeId(relay.destination()) == peer_node => {
+                            let answer = peer.receive(now, &node_key, relay.inner())?;
+                            Some(relay_envelope(peer_node, &answer))
                         }
-                        _ => continue,
+                        _ => None,
                     }
-                } else if transmit.destination == addr(PEER_ADDR) {
-                    (transmit.payload, false)
                 } else {
-                    continue;
-                };
-                if let Some(answer) = self.peer.receive(self.now, &self.node_key, &inner) {
-                    answers.push((relayed, answer));
+                    None
                 }
-            }
-            while let Some(packet) = self.node.poll_tun_packet() {
-                self.check_tun_packet(&packet);
-            }
-            while self.node.poll_event().is_some() {}
-            if answers.is_empty() {
-                return;
-            }
-            for (relayed, answer) in answers {
-                let from = if relayed {
-                    addr(RENDEZVOUS_ADDR)
-                } else {
-                    addr(PEER_ADDR)
-                };
-                let datagram = if relayed {
-                    relay_envelope(self.peer_node, &answer)
-                } else {
-                    answer
-                };
-                self.node.handle_datagram(self.now, from, &datagram);
-            }
+            });
+        let host = &mut self.net.hosts[NODE];
+        host.events.clear();
+        for packet in std::mem::take(&mut host.tun) {
+            self.check_tun_packet(&packet);
         }
     }
 
@@ -326,23 +349,11 @@ impl World {
         );
     }
 
+    /// Moves virtual time on by `by`, running every timer that falls due
+    /// (the simulator checks each one moves forward).
     fn advance(&mut self, by: Duration) {
-        let until = self.now + by;
-        for _ in 0..10_000 {
-            match self.node.poll_timeout() {
-                Some(deadline) if deadline <= until => {
-                    self.now = self.now.max(deadline);
-                    let now = self.now;
-                    self.node.handle_timeout(now);
-                    if let Some(next) = self.node.poll_timeout() {
-                        assert!(next > now, "a timer did not move past {now:?}");
-                    }
-                    self.drain();
-                }
-                _ => break,
-            }
-        }
-        self.now = until;
+        let until = self.now() + by;
+        self.run_until(until);
     }
 
     /// An IPv4 packet between the two agents as `shape` says: the real
@@ -351,57 +362,11 @@ impl World {
     fn ipv4_packet(&self, shape: &IpShape, source: Ipv4Addr, destination: Ipv4Addr) -> Vec<u8> {
         let offset = u32::from(shape.source_low.wrapping_sub(1));
         let source = Ipv4Addr::from(u32::from(source).wrapping_add(offset));
-        let mut v6 = self.ip_packet(shape, Ipv6Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED);
-        let transport = v6.split_off(40);
-        let total = (20 + transport.len()) as u16;
-        let mut packet = vec![0x45, 0];
-        packet.extend_from_slice(&total.to_be_bytes());
-        packet.extend_from_slice(&[0, 0, 0x40, 0, 64, shape.next_header, 0, 0]);
-        packet.extend_from_slice(&source.octets());
-        packet.extend_from_slice(&destination.octets());
-        packet.extend_from_slice(&transport);
-        packet
+        packets::ipv4_packet(source, destination, &shape.transport())
     }
 
     fn ip_packet(&self, shape: &IpShape, source: Ipv6Addr, destination: Ipv6Addr) -> Vec<u8> {
-        let payload_len = usize::from(shape.payload_len % 2048);
-        let transport_len = match shape.next_header {
-            6 => 20,
-            17 => 8,
-            58 => 8,
-            _ => 0,
-        };
-        let length = transport_len + payload_len;
-        let mut packet = vec![0x60, 0, 0, 0];
-        packet.extend_from_slice(&(length as u16).to_be_bytes());
-        packet.push(shape.next_header);
-        packet.push(64);
-        packet.extend_from_slice(&source.octets());
-        packet.extend_from_slice(&destination.octets());
-        match shape.next_header {
-            6 => {
-                let mut tcp = [0u8; 20];
-                tcp[0..2].copy_from_slice(&shape.source_port.to_be_bytes());
-                tcp[2..4].copy_from_slice(&shape.destination_port.to_be_bytes());
-                tcp[12] = 5 << 4;
-                tcp[13] = shape.flags;
-                packet.extend_from_slice(&tcp);
-            }
-            17 => {
-                packet.extend_from_slice(&shape.source_port.to_be_bytes());
-                packet.extend_from_slice(&shape.destination_port.to_be_bytes());
-                packet.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-                packet.extend_from_slice(&[0, 0]);
-            }
-            58 => {
-                packet.extend_from_slice(&[shape.flags, 0, 0, 0]);
-                packet.extend_from_slice(&shape.source_port.to_be_bytes());
-                packet.extend_from_slice(&shape.destination_port.to_be_bytes());
-            }
-            _ => {}
-        }
-        packet.resize(40 + length, 0xab);
-        packet
+        packets::ipv6_packet(source, destination, &shape.transport())
     }
 
     fn in_prefix(prefix: NodePrefix, low: u16) -> Ipv6Addr {
@@ -477,11 +442,8 @@ pub fn run(ops: Vec<Op>) -> World {
         match op {
             Op::Raw { from, bytes } => world.deliver(World::source_addr(from), &bytes),
             Op::ProbeRaw { socket, bytes } => {
-                let now = world.now;
-                world
-                    .node
-                    .handle_datagram_on_probe(now, socket % 512, addr(PEER_ADDR), &bytes);
-                world.drain();
+                let probe = SocketAddr::new(addr(NODE_ADDR).ip(), PROBE_PORT_BASE + socket % 512);
+                world.deliver_to(addr(PEER_ADDR), probe, &bytes);
             }
             Op::Relayed { from_peer, bytes } => {
                 let node = if from_peer {
@@ -493,21 +455,21 @@ pub fn run(ops: Vec<Op>) -> World {
                 world.deliver(addr(RENDEZVOUS_ADDR), &envelope);
             }
             Op::PeerInitiate { relayed, shape } => {
-                let now = world.now;
+                let now = world.now();
                 let key = world.node_key;
                 if let Some(datagram) = world.peer.initiation(now, &key, &shape) {
                     world.send_from_peer(relayed, datagram);
                 }
             }
             Op::PeerPayload { relayed, payload } => {
-                let now = world.now;
+                let now = world.now();
                 if let Some(datagram) = world.peer.seal(now, &payload) {
                     world.send_from_peer(relayed, datagram);
                 }
             }
             Op::PeerFrame { relayed, frame } => {
                 let payload = world.frame_bytes(frame);
-                let now = world.now;
+                let now = world.now();
                 if let Some(datagram) = world.peer.seal(now, &payload) {
                     world.send_from_peer(relayed, datagram);
                 }
@@ -524,7 +486,7 @@ pub fn run(ops: Vec<Op>) -> World {
                 } else {
                     world.ip_packet(&shape, source, destination)
                 };
-                let now = world.now;
+                let now = world.now();
                 if let Some(datagram) = world.peer.seal(now, &packet) {
                     world.send_from_peer(relayed, datagram);
                 }
@@ -537,9 +499,9 @@ pub fn run(ops: Vec<Op>) -> World {
                 }
             }
             Op::Reflect { index } => {
-                if !world.node_sent.is_empty() {
-                    let datagram =
-                        world.node_sent[usize::from(index) % world.node_sent.len()].clone();
+                let node_sent = world.node_sent();
+                if !node_sent.is_empty() {
+                    let datagram = node_sent[usize::from(index) % node_sent.len()].clone();
                     let from = if datagram.first() == Some(&TYPE_RELAY) {
                         addr(RENDEZVOUS_ADDR)
                     } else {
@@ -549,8 +511,8 @@ pub fn run(ops: Vec<Op>) -> World {
                 }
             }
             Op::Tun { bytes } => {
-                let now = world.now;
-                world.node.handle_tun_packet(now, &bytes);
+                let now = world.now();
+                world.node_mut().handle_tun_packet(now, &bytes);
                 world.drain();
             }
             Op::TunToPeer { shape } => {
@@ -561,8 +523,8 @@ pub fn run(ops: Vec<Op>) -> World {
                 } else {
                     world.ip_packet(&shape, source, destination)
                 };
-                let now = world.now;
-                world.node.handle_tun_packet(now, &packet);
+                let now = world.now();
+                world.node_mut().handle_tun_packet(now, &packet);
                 world.drain();
             }
             Op::Advance { millis } => {
@@ -571,32 +533,32 @@ pub fn run(ops: Vec<Op>) -> World {
                 world.advance(Duration::from_millis(u64::from(millis) * 3));
             }
             Op::Connect => {
-                let now = world.now;
+                let now = world.now();
                 let id = world.peer.identity.agent_id();
-                world.node.connect(now, &id);
+                world.node_mut().connect(now, &id);
                 world.drain();
             }
             Op::Ping => {
-                let now = world.now;
+                let now = world.now();
                 let id = world.peer.identity.agent_id();
-                let _ = world.node.ping(now, &id);
+                let _ = world.node_mut().ping(now, &id);
                 world.drain();
             }
             Op::Remove => {
                 let id = world.peer.identity.agent_id();
-                world.node.remove_peer(&id);
+                world.node_mut().remove_peer(&id);
                 world.drain();
             }
             Op::Revoke => {
-                let now = world.now;
+                let now = world.now();
                 let id = world.peer.identity.agent_id();
-                world.node.revoke_peer(now, &id);
+                world.node_mut().revoke_peer(now, &id);
                 world.drain();
             }
             Op::Upsert { endpoint, policy } => {
                 let config = world.peer_config(endpoint, policy);
-                let now = world.now;
-                world.node.upsert_peer(now, config);
+                let now = world.now();
+                world.node_mut().upsert_peer(now, config);
                 world.drain();
             }
             Op::Load { threshold } => {
@@ -605,7 +567,7 @@ pub fn run(ops: Vec<Op>) -> World {
                     255 => u32::MAX,
                     other => u32::from(other),
                 };
-                world.node.set_handshake_load_threshold(threshold);
+                world.node_mut().set_handshake_load_threshold(threshold);
             }
             Op::TrustRequest {
                 name,
@@ -615,7 +577,7 @@ pub fn run(ops: Vec<Op>) -> World {
             } => {
                 let stranger = identity(STRANGER_SEED);
                 if auto {
-                    world.node.set_auto_approve(AutoApprove {
+                    world.node_mut().set_auto_approve(AutoApprove {
                         agents: vec![stranger.agent_id()],
                         fleet_keys: Vec::new(),
                     });
@@ -623,7 +585,7 @@ pub fn run(ops: Vec<Op>) -> World {
                 let request = TrustRequest {
                     requester: stranger.agent_id(),
                     target: identity(1).agent_id(),
-                    unix_time: (UNIX_START + (world.now - world.start))
+                    unix_time: (UNIX_START + (world.now() - world.start))
                         .as_secs()
                         .saturating_add_signed(i64::from(skew)),
                     nonce: [skew as u8; 16],
@@ -640,9 +602,9 @@ pub fn run(ops: Vec<Op>) -> World {
             }
             Op::TakePending => {
                 let id = identity(STRANGER_SEED).agent_id();
-                let now = world.now;
-                let _ = world.node.pending_requests(now);
-                let _ = world.node.take_pending_request(&id);
+                let now = world.now();
+                let _ = world.node_mut().pending_requests(now);
+                let _ = world.node_mut().take_pending_request(&id);
             }
             Op::Candidates(list) => {
                 let candidates = list
@@ -650,11 +612,11 @@ pub fn run(ops: Vec<Op>) -> World {
                     .take(16)
                     .map(|(ip, port)| SocketAddr::from((ip, port)))
                     .collect();
-                world.node.set_local_candidates(candidates);
+                world.node_mut().set_local_candidates(candidates);
             }
         }
-        let now = world.now;
-        let _ = world.node.status(now);
+        let now = world.now();
+        let _ = world.node().status(now);
     }
     world
 }
@@ -716,7 +678,7 @@ mod tests {
             udp_from_peer(false),
         ]);
         assert_eq!(world.delivered, 1, "only the retry with mac2 was answered");
-        assert_eq!(world.node.status(world.now).dropped.needs_cookie, 1);
+        assert_eq!(world.node().status(world.now()).dropped.needs_cookie, 1);
     }
 
     #[test]
@@ -731,12 +693,12 @@ mod tests {
         neighbour[6] ^= 1;
         for source in [World::in_prefix(world.own_prefix, 7), neighbour.into()] {
             let packet = world.ip_packet(&shape, source, destination);
-            let now = world.now;
+            let now = world.now();
             let datagram = world.peer.seal(now, &packet).expect("a session is up");
             world.send_from_peer(false, datagram);
         }
         assert_eq!(world.delivered, 1, "a spoofed packet reached the TUN");
-        let status = world.node.status(world.now);
+        let status = world.node().status(world.now());
         assert_eq!(status.peers[0].stats.drops.spoofed, 2);
     }
 
@@ -763,7 +725,7 @@ mod tests {
             },
         ]);
         assert_eq!(world.delivered, 1);
-        assert_eq!(world.node.status(world.now).peers[0].dropped_spoofed, 1);
+        assert_eq!(world.node().status(world.now()).peers[0].dropped_spoofed, 1);
     }
 
     #[test]

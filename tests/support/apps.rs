@@ -31,6 +31,17 @@ pub fn python_with(modules: &[&str]) -> Result<PathBuf, String> {
     }
 }
 
+/// A namespace test's [`Requirement`](super::Requirement): a Python with
+/// these modules (found: the interpreter's path, see [`python_with`]).
+pub struct Python(pub &'static [&'static str]);
+
+impl super::Requirement for Python {
+    type Found = PathBuf;
+    fn check(&self) -> Result<PathBuf, String> {
+        python_with(self.0)
+    }
+}
+
 /// The directory of the apps' scripts.
 pub fn apps_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")

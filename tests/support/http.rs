@@ -101,19 +101,7 @@ pub fn fetch_from(
     let started = Instant::now();
     let curl = lab.exec(
         &client.host.ns,
-        &[
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--max-time",
-            &timeout.as_secs().to_string(),
-            "-o",
-            path(&fetched),
-            &url,
-        ],
+        &as_strs(&download_args(&url, &fetched, timeout, &[])),
     );
     let took = started.elapsed();
     let (_, server_log) = lab.stop(pid);
@@ -135,6 +123,90 @@ pub fn fetch_from(
     Ok(took)
 }
 
+/// The command line of curl downloading `url` into `out` within
+/// `max_time`: IPv6 literals as they are, no proxy, an HTTP error fails,
+/// `extra` options before the URL.
+fn download_args(url: &str, out: &Path, max_time: Duration, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["curl", "-g", "-sS", "--fail", "--noproxy", "*"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(String::from)
+        .collect();
+    args.extend([
+        "--max-time".into(),
+        max_time.as_secs().to_string(),
+        "-o".into(),
+        path(out).into(),
+        url.into(),
+    ]);
+    args
+}
+
+/// Borrowed views of owned arguments.
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A slow download running in the background while a test breaks
+/// something: `server` serves random bytes on its overlay address with
+/// `python3 -m http.server`, `client` fetches them with curl at a capped
+/// rate into the lab directory.
+pub struct BackgroundDownload<'l> {
+    lab: &'l Lab,
+    curl: u32,
+    out_file: std::path::PathBuf,
+    body: Vec<u8>,
+}
+
+impl<'l> BackgroundDownload<'l> {
+    /// Serves `len` random bytes from `server` on `[address]:port` and
+    /// starts curl in `client`'s namespace on them at `rate` (curl's
+    /// `--limit-rate`), giving up after `max_time`.
+    pub fn start(
+        lab: &'l Lab,
+        client: &Agent,
+        (server, address, port): (&Agent, std::net::Ipv6Addr, u16),
+        len: usize,
+        rate: &str,
+        max_time: Duration,
+    ) -> Result<Self, String> {
+        let www = lab.dir().join("www");
+        std::fs::create_dir_all(&www).map_err(|e| format!("www dir: {e}"))?;
+        let body = random_bytes(len);
+        std::fs::write(www.join("big.bin"), &body).map_err(|e| format!("big file: {e}"))?;
+        serve_directory(lab, server, address, port, &www)?;
+        let out_file = lab.dir().join("download.bin");
+        let url = format!("http://[{address}]:{port}/big.bin");
+        let args = download_args(&url, &out_file, max_time, &["--limit-rate", rate]);
+        let curl = lab.spawn(&client.host.ns, "curl", &as_strs(&args))?;
+        Ok(Self {
+            lab,
+            curl,
+            out_file,
+            body,
+        })
+    }
+
+    /// Bytes downloaded so far.
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.out_file).map_or(0, |m| m.len())
+    }
+
+    /// Whether curl is still at it.
+    pub fn running(&self) -> bool {
+        self.lab.spawn_running(self.curl)
+    }
+
+    /// Waits up to `within` for curl to finish; returns the bytes served,
+    /// the bytes downloaded and what curl wrote to stderr.
+    pub fn finish(self, within: Duration) -> Result<(Vec<u8>, Vec<u8>, String), String> {
+        wait_until("the download to finish", within, || !self.running())?;
+        let (_, curl_err) = self.lab.stop(self.curl);
+        let got = std::fs::read(&self.out_file).unwrap_or_default();
+        Ok((self.body, got, curl_err))
+    }
 }

@@ -40,10 +40,80 @@ pub const REQUIRE_NETNS_ENV: &str = "AGENTNET_REQUIRE_NETNS";
 /// How often the wait helpers re-check their condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// At the top of a namespace test: whether it may run, and what its
+/// further [`Requirement`] found. Evaluates to `Some(found)`, or says why it
+/// cannot run and gives `None` (the test returns and counts as skipped; with
+/// `AGENTNET_REQUIRE_NETNS=1` it fails instead). The test's name comes from
+/// the function it is written in.
+///
+/// ```text
+/// let Some(()) = support::netns_ready!(TOOLS) else { return };
+/// let Some(python) = support::netns_ready!(TOOLS, Python(MODULES)) else { return };
+/// ```
+///
+/// `TOOLS` are the programs the test runs inside the namespaces (`ip` is
+/// always checked).
+macro_rules! netns_ready {
+    ($tools:expr) => {
+        $crate::support::netns_ready!($tools, ())
+    };
+    ($tools:expr, $need:expr) => {{
+        fn this_test() {}
+        $crate::support::netns_ready_for(::std::any::type_name_of_val(&this_test), $tools, &$need)
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use netns_ready;
+
+/// Something a namespace test needs besides root, `ip` and its tools.
+pub trait Requirement {
+    /// What the check found (a path, say), for the test to use.
+    type Found;
+    /// What was found, or why the test cannot run.
+    fn check(&self) -> Result<Self::Found, String>;
+}
+
+/// No further requirement.
+impl Requirement for () {
+    type Found = ();
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A user with this UID exists (to switch to).
+pub struct UserExists(pub u32);
+
+impl Requirement for UserExists {
+    type Found = ();
+    fn check(&self) -> Result<(), String> {
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(self.0)) {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(format!("no user with UID {}", self.0)),
+        }
+    }
+}
+
+/// What [`netns_ready!`] does: `here` is the type name of a function item
+/// inside the test (`crate::path::test::this_test`).
+pub fn netns_ready_for<R: Requirement>(here: &str, tools: &[&str], need: &R) -> Option<R::Found> {
+    let path = here.strip_suffix("::this_test").unwrap_or(here);
+    let test = path.split_once("::").map_or(path, |(_, test)| test);
+    if !require_root_or_skip(test, tools) {
+        return None;
+    }
+    match need.check() {
+        Ok(found) => Some(found),
+        Err(reason) => {
+            skip_or_fail(test, &reason);
+            None
+        }
+    }
+}
+
 /// Returns whether this test may build network namespaces; if not, says why
-/// on the real stderr (not swallowed by the test harness) and returns false,
-/// so the test can `return` and count as skipped. With
-/// `AGENTNET_REQUIRE_NETNS=1` it panics instead.
+/// (see [`skip_or_fail`]) and returns false, so the test can `return` and
+/// count as skipped.
 ///
 /// `tools` are the programs the test runs inside the namespaces (`ip` is
 /// always checked).
@@ -51,15 +121,21 @@ pub fn require_root_or_skip(test: &str, tools: &[&str]) -> bool {
     match netns_unavailable_reason(tools) {
         None => true,
         Some(reason) => {
-            if std::env::var(REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {reason}, and {REQUIRE_NETNS_ENV}=1 forbids skipping");
-            }
-            say(&format!(
-                "SKIPPED {test}: {reason} (set {REQUIRE_NETNS_ENV}=1 to make this a failure)"
-            ));
+            skip_or_fail(test, &reason);
             false
         }
     }
+}
+
+/// Says on the real stderr (not swallowed by the test harness) that `test`
+/// is skipped and why; with `AGENTNET_REQUIRE_NETNS=1` panics instead.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var(REQUIRE_NETNS_ENV).as_deref() == Ok("1") {
+        panic!("{test}: {reason}, and {REQUIRE_NETNS_ENV}=1 forbids skipping");
+    }
+    say(&format!(
+        "SKIPPED {test}: {reason} (set {REQUIRE_NETNS_ENV}=1 to make this a failure)"
+    ));
 }
 
 /// Why namespace tests cannot run here, or `None` if they can.

@@ -1,132 +1,46 @@
-//! A deterministic simulated network for driving several `Node`s: a virtual
-//! clock that jumps to the next event, and links with seeded loss, delay,
-//! jitter (hence reordering) and duplication. No sockets, no sleeping.
-
-#![allow(dead_code)]
+//! The simulated network: hosts (each a [`Node`] at an underlay address,
+//! maybe behind a NAT), rendezvous servers, and the datagrams in flight
+//! between them, on a virtual clock that jumps to the next event.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use agentnet::core::address::{NetworkId, NodePrefix};
-use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::node::{Event, Node, NodeConfig, PeerConfig, Transmit};
-use agentnet::core::policy::Policy;
-use agentnet::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-/// Wall clock given to nodes (any fixed value: the simulation is closed).
-const UNIX_EPOCH_OFFSET: Duration = Duration::from_secs(1_800_000_000);
+use super::{LinkConfig, NatKind, SimNat, TUNNEL_MTU, identity, network};
+use crate::core::address::{NetworkId, NodePrefix, agent_address4};
+use crate::core::identity::{AgentId, Identity};
+use crate::core::node::{Event, Node, PeerConfig, Transmit};
+use crate::core::policy::Policy;
+use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
+use crate::core::stats::status::PeerStatus;
 
-/// Impairments of the simulated network.
-#[derive(Debug, Clone, Copy)]
-pub struct LinkConfig {
-    /// Probability a datagram is lost.
-    pub loss: f64,
-    /// Base one-way delay.
-    pub delay: Duration,
-    /// Uniform extra delay in [0, jitter) (reorders packets).
-    pub jitter: Duration,
-    /// Probability a datagram is delivered twice.
-    pub duplicate: f64,
-}
+/// Local port of a host's probe socket N: this base plus N.
+pub const PROBE_PORT_BASE: u16 = 50_000;
 
-impl Default for LinkConfig {
-    fn default() -> Self {
-        Self {
-            loss: 0.0,
-            delay: Duration::from_millis(10),
-            jitter: Duration::ZERO,
-            duplicate: 0.0,
-        }
-    }
-}
-
-/// How a simulated NAT maps and filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NatKind {
-    /// Endpoint-independent mapping (port-preserving), address-and-port
-    /// dependent filtering: Linux `masquerade`.
-    Easy,
-    /// Endpoint-dependent mapping (a random port per destination),
-    /// address-and-port dependent filtering: `masquerade random`.
-    Hard,
-}
-
-struct NatMapping {
-    private: SocketAddr,
-    /// Remote endpoints the mapping has sent to (the filter).
-    remotes: HashSet<SocketAddr>,
-}
-
-/// A NAT router with one public address.
-pub struct SimNat {
-    pub public_ip: IpAddr,
-    pub kind: NatKind,
-    /// Drops every outbound UDP datagram.
-    pub udp_blocked: bool,
-    by_flow: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
-    by_port: HashMap<u16, NatMapping>,
-}
-
-impl SimNat {
-    fn map_outbound(
-        &mut self,
-        rng: &mut ChaCha20Rng,
-        private: SocketAddr,
-        remote: SocketAddr,
-    ) -> SocketAddr {
-        let key = match self.kind {
-            NatKind::Easy => (private, None),
-            NatKind::Hard => (private, Some(remote)),
-        };
-        let port = match self.by_flow.get(&key) {
-            Some(port) => *port,
-            None => {
-                let mut port = if self.kind == NatKind::Easy {
-                    private.port()
-                } else {
-                    rng.gen_range(1024..=65535)
-                };
-                while self.by_port.contains_key(&port) {
-                    port = rng.gen_range(1024..=65535);
-                }
-                self.by_flow.insert(key, port);
-                self.by_port.insert(
-                    port,
-                    NatMapping {
-                        private,
-                        remotes: HashSet::new(),
-                    },
-                );
-                port
-            }
-        };
-        if let Some(mapping) = self.by_port.get_mut(&port) {
-            mapping.remotes.insert(remote);
-        }
-        SocketAddr::new(self.public_ip, port)
-    }
-
-    fn map_inbound(&self, port: u16, remote: SocketAddr) -> Option<SocketAddr> {
-        let mapping = self.by_port.get(&port)?;
-        mapping.remotes.contains(&remote).then_some(mapping.private)
-    }
-}
+/// How long [`SimNet::run_until_condition`] runs between two looks.
+const CONDITION_STEP: Duration = Duration::from_millis(5);
 
 /// A simulated rendezvous server (public address, no NAT).
 pub struct SimRendezvous {
+    /// The server.
     pub server: RendezvousServer,
+    /// Where it listens.
     pub address: SocketAddr,
+    /// Whether it is running (a stopped server neither hears nor answers).
     pub up: bool,
 }
 
 /// One simulated host.
 pub struct SimHost {
+    /// Its node.
     pub node: Node,
+    /// The node's identity.
     pub identity: Identity,
+    /// Its underlay address (private when behind a NAT).
     pub address: SocketAddr,
     /// Packets the node wrote to its TUN.
     pub tun: Vec<Vec<u8>>,
@@ -138,6 +52,7 @@ pub struct SimHost {
     pub nat: Option<usize>,
 }
 
+/// A datagram on the wire, ordered by arrival.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     at: Instant,
@@ -149,36 +64,48 @@ struct InFlight {
 
 /// The simulated network.
 pub struct SimNet {
+    /// Virtual time.
     pub now: Instant,
+    /// Impairments of every link.
     pub link: LinkConfig,
+    /// The network of every host.
     pub network: NetworkId,
+    /// Tunnel MTU of the hosts added from now on.
+    pub tunnel_mtu: u16,
+    /// The hosts, by index.
     pub hosts: Vec<SimHost>,
     rng: ChaCha20Rng,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     sequence: u64,
+    /// Whether datagrams are copied into [`Self::wire_log`].
+    pub record_wire: bool,
     /// Every datagram put on the wire: (from, to, bytes).
     pub wire_log: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// The NAT routers, by index.
     pub nats: Vec<SimNat>,
+    /// The rendezvous servers, by index.
     pub rendezvous: Vec<SimRendezvous>,
     /// Pairs of public IPs that cannot reach each other (a cut path).
     pub cuts: HashSet<(IpAddr, IpAddr)>,
 }
 
-pub const TUNNEL_MTU: u16 = 1408;
-/// Local port of a host's probe socket N: this base plus N.
-pub const PROBE_PORT_BASE: u16 = 50_000;
+/// Something outside the simulation that datagrams to unknown addresses
+/// reach: given (now, from, to, bytes), it may answer from `to` to `from`.
+pub type Outside<'a> = dyn FnMut(Instant, SocketAddr, SocketAddr, &[u8]) -> Option<Vec<u8>> + 'a;
 
 impl SimNet {
-    /// An empty network with a seeded RNG.
-    pub fn new(seed: u64, link: LinkConfig) -> Self {
+    /// An empty network starting at `start`, its randomness seeded by `seed`.
+    pub fn new(seed: u64, link: LinkConfig, start: Instant) -> Self {
         Self {
-            now: Instant::now(),
+            now: start,
             link,
-            network: NetworkId::from_name("agentnet"),
+            network: network(),
+            tunnel_mtu: TUNNEL_MTU,
             hosts: Vec::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             in_flight: BinaryHeap::new(),
             sequence: 0,
+            record_wire: true,
             wire_log: Vec::new(),
             nats: Vec::new(),
             rendezvous: Vec::new(),
@@ -189,13 +116,8 @@ impl SimNet {
     /// Adds a NAT router with public address 10.0.1.N.
     pub fn add_nat(&mut self, kind: NatKind) -> usize {
         let index = self.nats.len();
-        self.nats.push(SimNat {
-            public_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1)),
-            kind,
-            udp_blocked: false,
-            by_flow: HashMap::new(),
-            by_port: HashMap::new(),
-        });
+        let public_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, index as u8 + 1));
+        self.nats.push(SimNat::new(public_ip, kind));
         index
     }
 
@@ -207,25 +129,32 @@ impl SimNet {
             .iter()
             .filter(|host| host.nat == Some(nat))
             .count();
-        self.hosts[index].address = format!("192.168.{}.{}:7400", nat + 1, behind + 2)
-            .parse()
-            .expect("addr");
+        let octet = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+        self.hosts[index].address =
+            SocketAddr::from(([192, 168, octet(nat + 1), octet(behind + 2)], 7400));
         self.hosts[index].nat = Some(nat);
         index
     }
 
     /// Adds a rendezvous server at `10.0.2.N:7400`.
     pub fn add_rendezvous(&mut self, key_seed: u8) -> usize {
-        let identity = Identity::from_secret_bytes(&[key_seed; 32]).expect("32 bytes");
+        self.add_rendezvous_with(key_seed, |_| {})
+    }
+
+    /// Adds a rendezvous server at `10.0.2.N:7400` whose configuration
+    /// `tune` adjusts first.
+    pub fn add_rendezvous_with(
+        &mut self,
+        key_seed: u8,
+        tune: impl FnOnce(&mut RendezvousConfig),
+    ) -> usize {
         let index = self.rendezvous.len();
+        let mut config = RendezvousConfig::new(identity(key_seed), self.network);
+        tune(&mut config);
         let mut seed = [0u8; 32];
         self.rng.fill(&mut seed);
-        let server = RendezvousServer::new(
-            RendezvousConfig::new(identity, self.network),
-            seed,
-            self.now,
-        );
-        let address = format!("10.0.2.{}:7400", index + 1).parse().expect("addr");
+        let server = RendezvousServer::new(config, seed, self.now);
+        let address = SocketAddr::from(([10, 0, 2, index as u8 + 1], 7400));
         self.rendezvous.push(SimRendezvous {
             server,
             address,
@@ -260,35 +189,46 @@ impl SimNet {
 
     /// The path a host reports for a peer ("direct", "relay" or "none").
     pub fn path(&self, host: usize, peer: usize) -> String {
+        self.peer_status(host, peer)
+            .map(|status| format!("{:?}", status.path).to_lowercase())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    /// What `host` reports about `peer`, if it knows it.
+    pub fn peer_status(&self, host: usize, peer: usize) -> Option<PeerStatus> {
         let id = self.id(peer);
         self.hosts[host]
             .node
             .status(self.now)
             .peers
-            .iter()
+            .into_iter()
             .find(|status| status.id == id)
-            .map(|status| format!("{:?}", status.path).to_lowercase())
-            .unwrap_or_else(|| "none".into())
     }
 
     /// Adds a host with a key derived from `key_seed`, at `10.0.0.N:7400`.
     pub fn add_host(&mut self, key_seed: u8) -> usize {
-        let identity = Identity::from_secret_bytes(&[key_seed; 32]).expect("32 bytes");
         let index = self.hosts.len();
-        let address: SocketAddr = format!("10.0.0.{}:7400", index + 1).parse().expect("addr");
+        let address = SocketAddr::from(([10, 0, 0, index as u8 + 1], 7400));
         let mut node_seed = [0u8; 32];
         self.rng.fill(&mut node_seed);
-        let node = Node::new(
-            NodeConfig {
-                identity: identity.clone(),
-                network: self.network,
-                name: format!("host{index}"),
-                tunnel_mtu: TUNNEL_MTU,
-            },
+        self.add_host_with(
+            identity(key_seed),
+            format!("host{index}"),
             node_seed,
-            self.now,
-            UNIX_EPOCH_OFFSET,
-        );
+            address,
+        )
+    }
+
+    /// Adds a host with this identity and name at `address`, its node's
+    /// randomness seeded by `node_seed`.
+    pub fn add_host_with(
+        &mut self,
+        identity: Identity,
+        name: String,
+        node_seed: [u8; 32],
+        address: SocketAddr,
+    ) -> usize {
+        let node = super::node(identity.clone(), name, self.tunnel_mtu, node_seed, self.now);
         self.hosts.push(SimHost {
             node,
             identity,
@@ -298,20 +238,22 @@ impl SimNet {
             received_from: Vec::new(),
             nat: None,
         });
-        index
+        self.hosts.len() - 1
     }
 
+    /// The agent ID of `host`.
     pub fn id(&self, host: usize) -> AgentId {
         self.hosts[host].identity.agent_id()
     }
 
+    /// The host's IPv6 overlay address.
     pub fn overlay_address(&self, host: usize) -> Ipv6Addr {
         NodePrefix::of_agent(self.network, &self.id(host)).agent_address()
     }
 
     /// The host's IPv4 overlay address.
     pub fn overlay_address4(&self, host: usize) -> Ipv4Addr {
-        agentnet::core::address::agent_address4(self.network, &self.id(host))
+        agent_address4(self.network, &self.id(host))
     }
 
     /// `host` trusts `peer`, optionally knowing its endpoint.
@@ -332,7 +274,8 @@ impl SimNet {
         self.trust(b, a, true, Policy::All);
     }
 
-    /// Puts a datagram on the wire from an arbitrary source (an attacker).
+    /// Puts a datagram on the wire from an arbitrary source (an attacker,
+    /// or an endpoint outside the simulation).
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
         self.schedule(from, to, payload);
     }
@@ -345,7 +288,9 @@ impl SimNet {
     }
 
     fn schedule(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
-        self.wire_log.push((from, to, payload.clone()));
+        if self.record_wire {
+            self.wire_log.push((from, to, payload.clone()));
+        }
         // Outbound NAT: unless both ends sit behind the same NAT, the source
         // is translated to the NAT's public address.
         let from = match self.nat_of_address(from) {
@@ -432,7 +377,11 @@ impl SimNet {
         self.drain_outputs();
     }
 
-    fn deliver(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    fn deliver(&mut self, flight: InFlight, outside: &mut Outside<'_>) {
+        let InFlight {
+            from, to, payload, ..
+        } = flight;
+        let now = self.now;
         // Inbound NAT: a datagram to a NAT's public address reaches the host
         // behind it only through a mapping that sent to this source.
         let to = match self.nats.iter().find(|nat| nat.public_ip == to.ip()) {
@@ -446,13 +395,13 @@ impl SimNet {
             if rendezvous.up {
                 rendezvous
                     .server
-                    .handle_datagram(now, ClientAddr::Udp(from), payload);
+                    .handle_datagram(now, ClientAddr::Udp(from), &payload);
             }
             return;
         }
         if let Some(host) = self.hosts.iter_mut().find(|host| host.address == to) {
             host.received_from.push(from);
-            host.node.handle_datagram(now, from, payload);
+            host.node.handle_datagram(now, from, &payload);
         } else if let Some(host) = self
             .hosts
             .iter_mut()
@@ -460,12 +409,24 @@ impl SimNet {
         {
             host.received_from.push(from);
             host.node
-                .handle_datagram_on_probe(now, to.port() - PROBE_PORT_BASE, from, payload);
+                .handle_datagram_on_probe(now, to.port() - PROBE_PORT_BASE, from, &payload);
+        } else if let Some(answer) = outside(now, from, to, &payload) {
+            self.schedule(to, from, answer);
         }
     }
 
-    /// Runs the simulation until `until` (virtual time).
+    /// Runs the simulation until `until` (virtual time); datagrams to
+    /// addresses nobody holds are lost.
     pub fn run_until(&mut self, until: Instant) {
+        self.run_until_with(until, &mut |_, _, _, _| None);
+    }
+
+    /// Runs the simulation until `until` (virtual time); datagrams to
+    /// addresses nobody in the simulation holds go to `outside`.
+    ///
+    /// Panics if a node's timer, once run, is still due: the daemon would
+    /// spin on it.
+    pub fn run_until_with(&mut self, until: Instant, outside: &mut Outside<'_>) {
         loop {
             self.drain_outputs();
             let next_delivery = self.in_flight.peek().map(|Reverse(flight)| flight.at);
@@ -490,7 +451,7 @@ impl SimNet {
                 let Some(Reverse(flight)) = self.in_flight.pop() else {
                     break;
                 };
-                self.deliver(now, flight.from, flight.to, &flight.payload);
+                self.deliver(flight, outside);
             }
             for host in &mut self.hosts {
                 if host
@@ -499,6 +460,9 @@ impl SimNet {
                     .is_some_and(|deadline| deadline <= now)
                 {
                     host.node.handle_timeout(now);
+                    if let Some(next) = host.node.poll_timeout() {
+                        assert!(next > now, "a timer did not move past {now:?}");
+                    }
                 }
             }
             for rendezvous in &mut self.rendezvous {
@@ -515,15 +479,25 @@ impl SimNet {
         self.run_until(until);
     }
 
+    /// Delivers every datagram in flight, and what they cause, at the
+    /// current time, running no timer (the benches' lossless instant
+    /// network: a handshake completes within one call).
+    pub fn settle(&mut self) {
+        loop {
+            self.drain_outputs();
+            if self.in_flight.is_empty() {
+                return;
+            }
+            while let Some(Reverse(flight)) = self.in_flight.pop() {
+                self.deliver(flight, &mut |_, _, _, _| None);
+            }
+        }
+    }
+
     /// Whether `host` has an established session with `peer`.
     pub fn is_connected(&self, host: usize, peer: usize) -> bool {
-        let id = self.id(peer);
-        self.hosts[host]
-            .node
-            .status(self.now)
-            .peers
-            .iter()
-            .any(|status| status.id == id && status.session_established)
+        self.peer_status(host, peer)
+            .is_some_and(|status| status.session_established)
     }
 
     /// Runs in steps until `condition` holds or `limit` of virtual time passes.
@@ -537,112 +511,8 @@ impl SimNet {
             if condition(self) {
                 return true;
             }
-            self.run_for(Duration::from_millis(5));
+            self.run_for(CONDITION_STEP);
         }
         condition(self)
     }
-}
-
-/// A UDP-in-IPv6 packet from `source` to `destination` carrying `tag`.
-pub fn udp_packet(
-    source: Ipv6Addr,
-    destination: Ipv6Addr,
-    destination_port: u16,
-    tag: u32,
-    len: usize,
-) -> Vec<u8> {
-    let payload_len = 8 + len.max(4);
-    let mut packet = vec![0x60, 0, 0, 0];
-    packet.extend_from_slice(&(payload_len as u16).to_be_bytes());
-    packet.push(17);
-    packet.push(64);
-    packet.extend_from_slice(&source.octets());
-    packet.extend_from_slice(&destination.octets());
-    packet.extend_from_slice(&40000u16.to_be_bytes());
-    packet.extend_from_slice(&destination_port.to_be_bytes());
-    packet.extend_from_slice(&(payload_len as u16).to_be_bytes());
-    packet.extend_from_slice(&[0, 0]);
-    packet.extend_from_slice(&tag.to_be_bytes());
-    packet.resize(40 + payload_len, 0xab);
-    packet
-}
-
-/// A TCP-in-IPv6 packet with ports and flags.
-pub fn tcp_packet(
-    source: Ipv6Addr,
-    destination: Ipv6Addr,
-    source_port: u16,
-    destination_port: u16,
-    flags: u8,
-) -> Vec<u8> {
-    let mut packet = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
-    packet.extend_from_slice(&source.octets());
-    packet.extend_from_slice(&destination.octets());
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&destination_port.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    packet.extend_from_slice(&tcp);
-    packet
-}
-
-/// A UDP-in-IPv4 packet (DF set) from `source` to `destination` carrying
-/// `tag`, `len` bytes of UDP payload.
-pub fn udp4_packet(
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    destination_port: u16,
-    tag: u32,
-    len: usize,
-) -> Vec<u8> {
-    let udp_len = 8 + len.max(4);
-    let mut packet = ipv4_header(source, destination, 17, 20 + udp_len);
-    packet.extend_from_slice(&40000u16.to_be_bytes());
-    packet.extend_from_slice(&destination_port.to_be_bytes());
-    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    packet.extend_from_slice(&[0, 0]);
-    packet.extend_from_slice(&tag.to_be_bytes());
-    packet.resize(20 + udp_len, 0xab);
-    packet
-}
-
-/// A TCP-in-IPv4 packet (DF set) with ports and flags.
-pub fn tcp4_packet(
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    source_port: u16,
-    destination_port: u16,
-    flags: u8,
-) -> Vec<u8> {
-    let mut packet = ipv4_header(source, destination, 6, 40);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&destination_port.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    packet.extend_from_slice(&tcp);
-    packet
-}
-
-/// An IPv4 header (no options, DF, TTL 64) with its checksum.
-fn ipv4_header(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, total: usize) -> Vec<u8> {
-    let mut header = etherparse::Ipv4Header::new(
-        (total - 20) as u16,
-        64,
-        etherparse::IpNumber(protocol),
-        source.octets(),
-        destination.octets(),
-    )
-    .expect("header");
-    header.dont_fragment = true;
-    header.header_checksum = header.calc_header_checksum();
-    header.to_bytes().to_vec()
-}
-
-/// The tag of a packet made by [`udp_packet`] or [`udp4_packet`].
-pub fn tag_of(packet: &[u8]) -> Option<u32> {
-    let at = if packet.first()? >> 4 == 4 { 28 } else { 48 };
-    let bytes: [u8; 4] = packet.get(at..at + 4)?.try_into().ok()?;
-    Some(u32::from_be_bytes(bytes))
 }

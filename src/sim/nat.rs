@@ -1,0 +1,98 @@
+//! Simulated NAT routers: how they map outbound flows to public ports and
+//! which inbound datagrams they let through.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use rand::Rng;
+use rand_chacha::ChaCha20Rng;
+
+/// How a simulated NAT maps and filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping (port-preserving), address-and-port
+    /// dependent filtering: Linux `masquerade`.
+    Easy,
+    /// Endpoint-dependent mapping (a random port per destination),
+    /// address-and-port dependent filtering: `masquerade random`.
+    Hard,
+}
+
+/// One public port of a NAT.
+struct NatMapping {
+    private: SocketAddr,
+    /// Remote endpoints the mapping has sent to (the filter).
+    remotes: HashSet<SocketAddr>,
+}
+
+/// A NAT router with one public address.
+pub struct SimNat {
+    /// Its public address.
+    pub public_ip: IpAddr,
+    /// How it maps and filters.
+    pub kind: NatKind,
+    /// Drops every outbound UDP datagram.
+    pub udp_blocked: bool,
+    by_flow: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
+    by_port: HashMap<u16, NatMapping>,
+}
+
+impl SimNat {
+    /// A router of `kind` at `public_ip` with no mappings yet.
+    pub fn new(public_ip: IpAddr, kind: NatKind) -> Self {
+        Self {
+            public_ip,
+            kind,
+            udp_blocked: false,
+            by_flow: HashMap::new(),
+            by_port: HashMap::new(),
+        }
+    }
+
+    /// The public source of a datagram from `private` to `remote` (making
+    /// a mapping if the flow has none); the remote may answer through it.
+    pub(crate) fn map_outbound(
+        &mut self,
+        rng: &mut ChaCha20Rng,
+        private: SocketAddr,
+        remote: SocketAddr,
+    ) -> SocketAddr {
+        let key = match self.kind {
+            NatKind::Easy => (private, None),
+            NatKind::Hard => (private, Some(remote)),
+        };
+        let port = match self.by_flow.get(&key) {
+            Some(port) => *port,
+            None => {
+                let mut port = if self.kind == NatKind::Easy {
+                    private.port()
+                } else {
+                    rng.gen_range(1024..=65535)
+                };
+                while self.by_port.contains_key(&port) {
+                    port = rng.gen_range(1024..=65535);
+                }
+                self.by_flow.insert(key, port);
+                self.by_port.insert(
+                    port,
+                    NatMapping {
+                        private,
+                        remotes: HashSet::new(),
+                    },
+                );
+                port
+            }
+        };
+        if let Some(mapping) = self.by_port.get_mut(&port) {
+            mapping.remotes.insert(remote);
+        }
+        SocketAddr::new(self.public_ip, port)
+    }
+
+    /// The private destination of a datagram from `remote` to public
+    /// `port`, if a mapping sent to that remote.
+    pub(crate) fn map_inbound(&self, port: u16, remote: SocketAddr) -> Option<SocketAddr> {
+        let mapping = self.by_port.get(&port)?;
+        mapping.remotes.contains(&remote).then_some(mapping.private)
+    }
+}
