@@ -21,7 +21,7 @@ use tun_rs::VIRTIO_NET_HDR_LEN;
 
 use crate::core::wire::emit::{add_tcp_flags, finish_grown_tcp};
 use crate::core::wire::packet::{IPV6_HEADER_LEN, IpPacket, IpVersion, MAX_IP_LENGTH};
-use crate::core::wire::transport::{TCP_MAX_HEADER_LEN, TCP_MIN_HEADER_LEN, TcpFlags, tcp_field};
+use crate::core::wire::transport::{TcpFlags, TcpSegment, tcp_field};
 
 /// Largest IPv6 payload (the payload length field is 16 bits).
 const MAX_IPV6_PAYLOAD: usize = MAX_IP_LENGTH;
@@ -57,27 +57,10 @@ struct SharedIpFields {
     dont_fragment: bool,
 }
 
-/// The TCP options of a packet (padding included), which every packet of a
-/// segment must repeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TcpOptions {
-    len: usize,
-    bytes: [u8; TCP_MAX_HEADER_LEN - TCP_MIN_HEADER_LEN],
-}
-
-impl TcpOptions {
-    fn of(options: &[u8]) -> Self {
-        let mut bytes = [0u8; TCP_MAX_HEADER_LEN - TCP_MIN_HEADER_LEN];
-        let len = options.len().min(bytes.len());
-        bytes[..len].copy_from_slice(&options[..len]);
-        Self { len, bytes }
-    }
-}
-
 /// The parts of an IPv4 or IPv6 TCP data packet merging looks at, read
 /// through the checked view of `core::wire`.
 #[derive(Debug, Clone, Copy)]
-struct TcpSegment {
+struct SegmentInfo {
     flow: FlowKey,
     ip: SharedIpFields,
     /// Length of the IP header (40 for IPv6, 20 for IPv4).
@@ -85,7 +68,6 @@ struct TcpSegment {
     seq: u32,
     ack: u32,
     flags: TcpFlags,
-    options: TcpOptions,
     /// IP plus TCP header.
     header_len: usize,
     payload_len: usize,
@@ -93,13 +75,13 @@ struct TcpSegment {
 
 /// The TCP segment of a whole packet merging may consider: IPv6 without
 /// extension headers or IPv4 without options, not a fragment.
-fn parse(bytes: &[u8]) -> Option<TcpSegment> {
+fn parse(bytes: &[u8]) -> Option<SegmentInfo> {
     let packet = IpPacket::new_checked(bytes)?;
     if packet.has_options() {
         return None;
     }
     let tcp = packet.tcp()?;
-    Some(TcpSegment {
+    Some(SegmentInfo {
         flow: FlowKey {
             version: packet.version(),
             source: packet.source(),
@@ -117,7 +99,6 @@ fn parse(bytes: &[u8]) -> Option<TcpSegment> {
         seq: tcp.sequence(),
         ack: tcp.acknowledgement(),
         flags: tcp.flags(),
-        options: TcpOptions::of(tcp.options()),
         header_len: packet.header_len() + tcp.header_len(),
         payload_len: tcp.payload().len(),
     })
@@ -126,7 +107,7 @@ fn parse(bytes: &[u8]) -> Option<TcpSegment> {
 /// A segment being built in the buffer of its first packet.
 struct OpenSegment {
     head: usize,
-    first: TcpSegment,
+    first: SegmentInfo,
     next_seq: u32,
     merged: usize,
 }
@@ -155,7 +136,8 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
             && fits(
                 &open[position],
                 &segment,
-                buffers[open[position].head].len() - VIRTIO_NET_HDR_LEN,
+                &buffers[open[position].head][VIRTIO_NET_HDR_LEN..],
+                &buffers[index][VIRTIO_NET_HDR_LEN..],
             )
         {
             let (head, rest) = split_two(buffers, open[position].head, index);
@@ -204,13 +186,13 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
     }
 }
 
-/// Whether `segment` may be appended to `open`'s segment, which is
-/// `head_len` bytes long so far.
-fn fits(open: &OpenSegment, segment: &TcpSegment, head_len: usize) -> bool {
+/// Whether `segment` (in `packet`) may be appended to `open`'s segment
+/// (in `head`, grown so far).
+fn fits(open: &OpenSegment, segment: &SegmentInfo, head: &[u8], packet: &[u8]) -> bool {
     let first = &open.first;
     let within_length_field = match first.flow.version {
-        IpVersion::V4 => head_len + segment.payload_len <= MAX_IPV4_PACKET,
-        IpVersion::V6 => head_len - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD,
+        IpVersion::V4 => head.len() + segment.payload_len <= MAX_IPV4_PACKET,
+        IpVersion::V6 => head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD,
     };
     within_length_field
         && segment.seq == open.next_seq
@@ -218,7 +200,14 @@ fn fits(open: &OpenSegment, segment: &TcpSegment, head_len: usize) -> bool {
         && segment.header_len == first.header_len
         && segment.payload_len <= first.payload_len
         && segment.ip == first.ip
-        && segment.options == first.options
+        && tcp_options(head, first.ip_header_len) == tcp_options(packet, segment.ip_header_len)
+}
+
+/// The TCP options of a packet whose IP header is `ip_header_len` long (the
+/// head of a segment too: payload appended, its TCP header unchanged).
+fn tcp_options(packet: &[u8], ip_header_len: usize) -> Option<&[u8]> {
+    let tcp = TcpSegment::new_checked(packet.get(ip_header_len..)?)?;
+    Some(tcp.options())
 }
 
 /// Two distinct buffers, mutably: the head and (read only) the packet.
