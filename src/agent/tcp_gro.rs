@@ -19,17 +19,14 @@
 
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
-const IPV6_HEADER_LEN: usize = 40;
-const IPV4_HEADER_LEN: usize = 20;
-const NEXT_HEADER_TCP: u8 = 6;
-const TCP_MIN_HEADER_LEN: usize = 20;
-/// Largest IPv6 payload (the payload length field is 16 bits).
-const MAX_IPV6_PAYLOAD: usize = 65_535;
-/// Largest IPv4 packet (the total length field is 16 bits).
-const MAX_IPV4_PACKET: usize = 65_535;
+use crate::core::wire::emit::{add_tcp_flags, finish_grown_tcp};
+use crate::core::wire::packet::{IPV6_HEADER_LEN, IpPacket, IpVersion, MAX_IP_LENGTH};
+use crate::core::wire::transport::{TcpFlags, TcpSegment, tcp_field};
 
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
+/// Largest IPv6 payload (the payload length field is 16 bits).
+const MAX_IPV6_PAYLOAD: usize = MAX_IP_LENGTH;
+/// Largest IPv4 packet (the total length field is 16 bits).
+const MAX_IPV4_PACKET: usize = MAX_IP_LENGTH;
 
 /// virtio-net header: the checksum is partial, from `csum_start`.
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
@@ -37,83 +34,80 @@ const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 /// virtio-net header: a TCP over IPv6 segment to be cut at `gso_size`.
 const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
-/// Offset of the checksum in the TCP header.
-const TCP_CHECKSUM_OFFSET: u16 = 16;
 
-/// The parts of an IPv4 or IPv6 TCP data packet merging looks at.
+/// What identifies a TCP flow: family, addresses (IPv4-mapped for IPv4)
+/// and ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowKey {
+    version: IpVersion,
+    source: [u8; 16],
+    destination: [u8; 16],
+    source_port: u16,
+    destination_port: u16,
+}
+
+/// The IP fields every packet of a segment must share: traffic class / TOS
+/// (ECN included), flow label, hop limit / TTL and DF. The IDs the kernel
+/// renumbers are not compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SharedIpFields {
+    traffic_class: u8,
+    flow_label: u32,
+    hop_limit: u8,
+    dont_fragment: bool,
+}
+
+/// The parts of an IPv4 or IPv6 TCP data packet merging looks at, read
+/// through the checked view of `core::wire`.
 #[derive(Debug, Clone, Copy)]
-struct TcpSegment {
-    /// Version, addresses and ports.
-    flow: [u8; 37],
+struct SegmentInfo {
+    flow: FlowKey,
+    ip: SharedIpFields,
     /// Length of the IP header (40 for IPv6, 20 for IPv4).
     ip_header_len: usize,
     seq: u32,
     ack: u32,
-    flags: u8,
+    flags: TcpFlags,
     /// IP plus TCP header.
     header_len: usize,
     payload_len: usize,
 }
 
-impl TcpSegment {
-    fn is_ipv4(&self) -> bool {
-        self.ip_header_len == IPV4_HEADER_LEN
-    }
-}
-
-fn parse(packet: &[u8]) -> Option<TcpSegment> {
-    let mut flow = [0u8; 37];
-    let ip_header_len = match packet.first()? >> 4 {
-        6 if packet.len() >= IPV6_HEADER_LEN && packet[6] == NEXT_HEADER_TCP => {
-            let ip_payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
-            if IPV6_HEADER_LEN + ip_payload != packet.len() {
-                return None;
-            }
-            flow[0] = 6;
-            flow[1..33].copy_from_slice(&packet[8..40]);
-            IPV6_HEADER_LEN
-        }
-        // No options (IHL 5), not a fragment (no MF, offset 0).
-        4 if packet.len() >= IPV4_HEADER_LEN
-            && packet[0] == 0x45
-            && packet[9] == NEXT_HEADER_TCP
-            && u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff == 0 =>
-        {
-            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-            if total != packet.len() {
-                return None;
-            }
-            flow[0] = 4;
-            flow[1..9].copy_from_slice(&packet[12..20]);
-            IPV4_HEADER_LEN
-        }
-        _ => return None,
-    };
-    let tcp = packet.get(ip_header_len..)?;
-    if tcp.len() < TCP_MIN_HEADER_LEN {
+/// The TCP segment of a whole packet merging may consider: IPv6 without
+/// extension headers or IPv4 without options, not a fragment.
+fn parse(bytes: &[u8]) -> Option<SegmentInfo> {
+    let packet = IpPacket::new_checked(bytes)?;
+    if packet.has_options() {
         return None;
     }
-    let tcp_header_len = usize::from(tcp[12] >> 4) * 4;
-    if tcp_header_len < TCP_MIN_HEADER_LEN || tcp_header_len > tcp.len() {
-        return None;
-    }
-    flow[33..].copy_from_slice(&tcp[..4]);
-    let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
-    Some(TcpSegment {
-        flow,
-        ip_header_len,
-        seq: word(4),
-        ack: word(8),
-        flags: tcp[13],
-        header_len: ip_header_len + tcp_header_len,
-        payload_len: tcp.len() - tcp_header_len,
+    let tcp = packet.tcp()?;
+    Some(SegmentInfo {
+        flow: FlowKey {
+            version: packet.version(),
+            source: packet.source(),
+            destination: packet.destination(),
+            source_port: tcp.source_port(),
+            destination_port: tcp.destination_port(),
+        },
+        ip: SharedIpFields {
+            traffic_class: packet.traffic_class(),
+            flow_label: packet.flow_label(),
+            hop_limit: packet.hop_limit(),
+            dont_fragment: packet.dont_fragment(),
+        },
+        ip_header_len: packet.header_len(),
+        seq: tcp.sequence(),
+        ack: tcp.acknowledgement(),
+        flags: tcp.flags(),
+        header_len: packet.header_len() + tcp.header_len(),
+        payload_len: tcp.payload().len(),
     })
 }
 
 /// A segment being built in the buffer of its first packet.
 struct OpenSegment {
     head: usize,
-    first: TcpSegment,
+    first: SegmentInfo,
     next_seq: u32,
     merged: usize,
 }
@@ -134,8 +128,8 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
             continue;
         };
         let position = open.iter().position(|o| o.first.flow == segment.flow);
-        let mergeable = segment.flags & !(TCP_ACK | TCP_PSH) == 0
-            && segment.flags & TCP_ACK != 0
+        let mergeable = segment.flags.only(TcpFlags::ACK.union(TcpFlags::PSH))
+            && segment.flags.contains(TcpFlags::ACK)
             && segment.payload_len > 0;
         if let Some(position) = position
             && mergeable
@@ -154,13 +148,16 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
                 );
             }
             head.extend_from_slice(&packet[segment.header_len..]);
-            let tcp_flags_at = VIRTIO_NET_HDR_LEN + segment.ip_header_len + 13;
-            head[tcp_flags_at] |= segment.flags & TCP_PSH;
+            let push = segment.flags.intersection(TcpFlags::PSH);
+            // The head's headers were checked when it was parsed.
+            let _ = add_tcp_flags(&mut head[VIRTIO_NET_HDR_LEN..], segment.ip_header_len, push);
             let entry = &mut open[position];
             entry.merged += 1;
             entry.next_seq = entry.next_seq.wrapping_add(segment.payload_len as u32);
             // A shorter packet or a push ends the segment.
-            if segment.payload_len < entry.first.payload_len || segment.flags & TCP_PSH != 0 {
+            if segment.payload_len < entry.first.payload_len
+                || segment.flags.contains(TcpFlags::PSH)
+            {
                 let closed = open.swap_remove(position);
                 finish(&mut buffers[closed.head], &closed);
             }
@@ -173,7 +170,7 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
             finish(&mut buffers[closed.head], &closed);
         }
         to_write.push(index);
-        if mergeable && segment.flags & TCP_PSH == 0 {
+        if mergeable && !segment.flags.contains(TcpFlags::PSH) {
             open.push(OpenSegment {
                 head: index,
                 first: segment,
@@ -190,28 +187,27 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
 }
 
 /// Whether `segment` (in `packet`) may be appended to `open`'s segment
-/// (in `head`).
-fn fits(open: &OpenSegment, segment: &TcpSegment, head: &[u8], packet: &[u8]) -> bool {
+/// (in `head`, grown so far).
+fn fits(open: &OpenSegment, segment: &SegmentInfo, head: &[u8], packet: &[u8]) -> bool {
     let first = &open.first;
-    let options = first.ip_header_len + TCP_MIN_HEADER_LEN..first.header_len;
-    let same_ip_fields = if first.is_ipv4() {
-        // TOS (ECN included), DF, TTL; the IDs the kernel renumbers.
-        head.len() + segment.payload_len <= MAX_IPV4_PACKET
-            && head[1] == packet[1]
-            && head[6] & 0x40 == packet[6] & 0x40
-            && head[8] == packet[8]
-    } else {
-        // Version, traffic class (ECN included) and flow label; hop limit.
-        head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD
-            && head[..4] == packet[..4]
-            && head[7] == packet[7]
+    let within_length_field = match first.flow.version {
+        IpVersion::V4 => head.len() + segment.payload_len <= MAX_IPV4_PACKET,
+        IpVersion::V6 => head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD,
     };
-    segment.seq == open.next_seq
+    within_length_field
+        && segment.seq == open.next_seq
         && segment.ack == first.ack
         && segment.header_len == first.header_len
         && segment.payload_len <= first.payload_len
-        && same_ip_fields
-        && head[options.clone()] == packet[options]
+        && segment.ip == first.ip
+        && tcp_options(head, first.ip_header_len) == tcp_options(packet, segment.ip_header_len)
+}
+
+/// The TCP options of a packet whose IP header is `ip_header_len` long (the
+/// head of a segment too: payload appended, its TCP header unchanged).
+fn tcp_options(packet: &[u8], ip_header_len: usize) -> Option<&[u8]> {
+    let tcp = TcpSegment::new_checked(packet.get(ip_header_len..)?)?;
+    Some(tcp.options())
 }
 
 /// Two distinct buffers, mutably: the head and (read only) the packet.
@@ -227,71 +223,34 @@ fn plain_header(buffer: &mut [u8]) {
 }
 
 /// Completes a segment: a plain header if nothing joined it; else the IP
-/// length (and for IPv4 the header checksum), the GSO header and the
-/// partial checksum (the pseudo header's sum; the kernel adds the rest, or
-/// trusts it for local delivery).
+/// length (and for IPv4 the header checksum) and the partial checksum (the
+/// pseudo header's sum; the kernel adds the rest, or trusts it for local
+/// delivery), then the GSO header.
 fn finish(buffer: &mut [u8], segment: &OpenSegment) {
     if segment.merged == 0 {
         plain_header(buffer);
         return;
     }
     let (header, packet) = buffer.split_at_mut(VIRTIO_NET_HDR_LEN);
-    let ip_header_len = segment.first.ip_header_len;
-    let tcp_len = packet.len() - ip_header_len;
-    let (gso_type, pseudo) = if segment.first.is_ipv4() {
-        // `fits` kept it within 16 bits.
-        let total = u16::try_from(packet.len()).unwrap_or(u16::MAX);
-        packet[2..4].copy_from_slice(&total.to_be_bytes());
-        packet[10..12].fill(0);
-        let checksum = !fold(ones_complement_sum(&packet[..IPV4_HEADER_LEN]));
-        packet[10..12].copy_from_slice(&checksum.to_be_bytes());
-        let pseudo = pseudo_header_sum(&packet[12..16], &packet[16..20], tcp_len as u32);
-        (VIRTIO_NET_HDR_GSO_TCPV4, pseudo)
-    } else {
-        // `fits` kept it within 16 bits.
-        let ip_payload_field = u16::try_from(tcp_len).unwrap_or(u16::MAX);
-        packet[4..6].copy_from_slice(&ip_payload_field.to_be_bytes());
-        let pseudo = pseudo_header_sum(&packet[8..24], &packet[24..40], tcp_len as u32);
-        (VIRTIO_NET_HDR_GSO_TCPV6, pseudo)
+    let first = &segment.first;
+    // `fits` kept the lengths within 16 bits; should that ever fail, the
+    // packet goes without offload rather than with wrong lengths.
+    if finish_grown_tcp(packet, first.flow.version, first.ip_header_len).is_none() {
+        tracing::debug!(len = packet.len(), "merged TCP segment cannot be finished");
+        header.fill(0);
+        return;
+    }
+    let gso_type = match first.flow.version {
+        IpVersion::V4 => VIRTIO_NET_HDR_GSO_TCPV4,
+        IpVersion::V6 => VIRTIO_NET_HDR_GSO_TCPV6,
     };
-    let checksum_at = ip_header_len + usize::from(TCP_CHECKSUM_OFFSET);
-    packet[checksum_at..checksum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
-    let header_len = u16::try_from(segment.first.header_len).unwrap_or(u16::MAX);
-    let gso_size = u16::try_from(segment.first.payload_len).unwrap_or(u16::MAX);
+    let as_u16 = |value: usize| u16::try_from(value).unwrap_or(u16::MAX);
     header[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
     header[1] = gso_type;
-    header[2..4].copy_from_slice(&header_len.to_le_bytes());
-    header[4..6].copy_from_slice(&gso_size.to_le_bytes());
-    header[6..8].copy_from_slice(&(ip_header_len as u16).to_le_bytes());
-    header[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_le_bytes());
-}
-
-/// The one's-complement sum of 16-bit words (not folded).
-fn ones_complement_sum(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks_exact(2)
-        .map(|pair| u64::from(u16::from_be_bytes([pair[0], pair[1]])))
-        .sum()
-}
-
-/// Folds a sum to 16 bits.
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum >> 16) + (sum & 0xffff);
-    }
-    sum as u16
-}
-
-/// The folded (not complemented) one's-complement sum of the IPv4 or IPv6
-/// pseudo header for TCP.
-fn pseudo_header_sum(source: &[u8], destination: &[u8], tcp_len: u32) -> u16 {
-    fold(
-        ones_complement_sum(source)
-            + ones_complement_sum(destination)
-            + u64::from(tcp_len >> 16)
-            + u64::from(tcp_len & 0xffff)
-            + u64::from(NEXT_HEADER_TCP),
-    )
+    header[2..4].copy_from_slice(&as_u16(first.header_len).to_le_bytes());
+    header[4..6].copy_from_slice(&as_u16(first.payload_len).to_le_bytes());
+    header[6..8].copy_from_slice(&as_u16(first.ip_header_len).to_le_bytes());
+    header[8..10].copy_from_slice(&as_u16(tcp_field::CHECKSUM).to_le_bytes());
 }
 
 #[cfg(test)]

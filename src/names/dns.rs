@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use etherparse::{Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -35,6 +34,8 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::identity::AgentId;
 use crate::core::trust::store::{TrustState, TrustStore};
+use crate::core::wire::emit::{self, Route};
+use crate::core::wire::packet::{ICMPV6_ECHO_REQUEST, IpPacket, peek_ipv6_destination};
 
 /// The zone every peer name lives in.
 pub const DOMAIN: &str = "agent.internal";
@@ -236,48 +237,46 @@ impl DnsResponder {
     /// address gets a DNS reply, an echo request an echo reply; anything
     /// else for the resolver is dropped, and everything else is not ours.
     pub fn handle_tun_packet(&self, packet: &[u8]) -> ResolverPacket {
-        // Cheap test first: the destination address (bytes 24..40).
-        match packet.get(24..40) {
-            Some(destination) if packet[0] >> 4 == 6 && destination == self.address.octets() => {}
-            _ => return ResolverPacket::NotForResolver,
+        // Cheap test first: the destination address.
+        if peek_ipv6_destination(packet) != Some(self.address) {
+            return ResolverPacket::NotForResolver;
         }
-        let Ok(sliced) = SlicedPacket::from_ip(packet) else {
+        let Some(packet) = IpPacket::new_checked(packet) else {
             return ResolverPacket::Dropped;
         };
-        let Some(NetSlice::Ipv6(ip)) = &sliced.net else {
-            return ResolverPacket::Dropped;
-        };
-        let source = ip.header().source();
-        if NodePrefix::of_octets(&source) != self.local_prefix {
+        let source = packet.source_ip();
+        if NodePrefix::of_octets(&packet.source()) != self.local_prefix {
             // Not from this node: a neighbour routing through the host.
             return ResolverPacket::Dropped;
         }
-        let reply = match &sliced.transport {
-            Some(TransportSlice::Udp(udp)) if udp.destination_port() == DNS_PORT => {
-                let Some(answer) = self.answer(udp.payload()) else {
-                    return ResolverPacket::Dropped;
-                };
-                let builder = PacketBuilder::ipv6(self.address.octets(), source, HOP_LIMIT)
-                    .udp(DNS_PORT, udp.source_port());
-                let mut out = Vec::with_capacity(builder.size(answer.len()));
-                builder.write(&mut out, &answer).map(|()| out)
+        let route = Route {
+            source: IpAddr::V6(self.address),
+            destination: source,
+            hop_limit: HOP_LIMIT,
+        };
+        let reply = if let Some(udp) = packet.udp() {
+            if udp.destination_port() != DNS_PORT {
+                return ResolverPacket::Dropped;
             }
-            Some(TransportSlice::Icmpv6(icmp)) => match icmp.icmp_type() {
-                Icmpv6Type::EchoRequest(echo) => {
-                    let builder = PacketBuilder::ipv6(self.address.octets(), source, HOP_LIMIT)
-                        .icmpv6_echo_reply(echo.id, echo.seq);
-                    let payload = icmp.payload();
-                    let mut out = Vec::with_capacity(builder.size(payload.len()));
-                    builder.write(&mut out, payload).map(|()| out)
-                }
-                _ => return ResolverPacket::Dropped,
-            },
-            _ => return ResolverPacket::Dropped,
+            let Some(answer) = self.answer(udp.payload()) else {
+                return ResolverPacket::Dropped;
+            };
+            emit::udp_packet(route, DNS_PORT, udp.source_port(), &answer)
+        } else if let Some(icmp) = packet.icmp()
+            && icmp.message_type() == ICMPV6_ECHO_REQUEST
+            && icmp.code() == 0
+        {
+            emit::icmpv6_echo_reply(route, icmp.identifier(), icmp.sequence(), icmp.body())
+        } else {
+            return ResolverPacket::Dropped;
         };
         match reply {
-            Ok(out) => ResolverPacket::Reply(out),
-            Err(error) => {
-                tracing::debug!(%error, "cannot build a resolver reply");
+            Some(out) => ResolverPacket::Reply(out),
+            None => {
+                tracing::debug!(
+                    to = %source,
+                    "cannot build a resolver reply: too long"
+                );
                 ResolverPacket::Dropped
             }
         }
@@ -383,6 +382,7 @@ mod tests {
     use super::*;
     use crate::core::identity::Identity;
     use crate::core::trust::store::TrustEntry;
+    use etherparse::{Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
     fn network() -> NetworkId {
         NetworkId::from_name("agentnet")

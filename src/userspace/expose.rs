@@ -9,11 +9,13 @@
 //! of a held flow are dropped (the held one stands for them).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use smoltcp::wire::{IpAddress, IpEndpoint, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+use smoltcp::wire::IpEndpoint;
 
 use crate::core::address::OverlayAddresses;
+use crate::core::wire::packet::IpPacket;
+use crate::core::wire::transport::TcpFlags;
 
 /// Flows held while their local connection is made; more are dropped
 /// (the remote retransmits its SYN), as with a full listen backlog.
@@ -95,45 +97,37 @@ impl TcpExposer {
 }
 
 /// The flow of a TCP SYN (without ACK) to one of our addresses (`own`, of
-/// the packet's family), if `packet` is one.
+/// the packet's family), if `packet` is one. Read through the checked view
+/// of `core::wire`: extension headers before TCP are not followed (such a
+/// SYN goes to smoltcp, which treats it as it would any other), and a
+/// fragment is not a whole SYN (smoltcp drops it).
 pub(crate) fn inbound_syn(packet: &[u8], own: OverlayAddresses) -> Option<FlowKey> {
-    let (source, segment) = match packet.first()? >> 4 {
-        6 => {
-            let ip = Ipv6Packet::new_checked(packet).ok()?;
-            // Extension headers before TCP are not followed: such a SYN goes
-            // to smoltcp, which treats it as it would any other.
-            if ip.next_header() != IpProtocol::Tcp || ip.dst_addr() != own.v6 {
-                return None;
-            }
-            (IpAddress::Ipv6(ip.src_addr()), ip.payload())
-        }
-        4 => {
-            let ip = Ipv4Packet::new_checked(packet).ok()?;
-            // A fragment is not a whole SYN: smoltcp drops it.
-            if ip.next_header() != IpProtocol::Tcp
-                || Some(ip.dst_addr()) != own.v4
-                || ip.more_frags()
-                || ip.frag_offset() != 0
-            {
-                return None;
-            }
-            (IpAddress::Ipv4(ip.src_addr()), ip.payload())
-        }
-        _ => return None,
+    let packet = IpPacket::new_checked(packet)?;
+    let to_us = match packet.destination_ip() {
+        IpAddr::V6(destination) => destination == own.v6,
+        IpAddr::V4(destination) => Some(destination) == own.v4,
     };
-    let tcp = TcpPacket::new_checked(segment).ok()?;
-    if !tcp.syn() || tcp.ack() || tcp.rst() {
+    if !to_us {
         return None;
     }
-    Some((IpEndpoint::new(source, tcp.src_port()), tcp.dst_port()))
+    let tcp = packet.tcp()?;
+    let flags = tcp.flags();
+    if !flags.is_bare_syn() || flags.contains(TcpFlags::RST) {
+        return None;
+    }
+    let source = IpEndpoint::new(packet.source_ip().into(), tcp.source_port());
+    Some((source, tcp.destination_port()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{Ipv4Repr, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use smoltcp::wire::{
+        IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
+        TcpRepr, TcpSeqNumber,
+    };
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn own() -> OverlayAddresses {
         OverlayAddresses {

@@ -25,7 +25,10 @@ use crate::sys::probe_sockets::{ProbeDatagram, ProbeSockets};
 use crate::sys::udp::{Underlay, normalize, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
 
+mod throttle;
 mod trust_ops;
+
+use self::throttle::Throttle;
 
 /// How many packets (datagrams, or TUN packets) one wake-up takes at most
 /// before the outputs are drained: amortizes the loop without starving the
@@ -34,8 +37,6 @@ mod trust_ops;
 const PACKETS_PER_WAKE: usize = 256;
 /// How often the transports to rendezvous servers are reconsidered.
 const LINK_TICK: Duration = Duration::from_secs(1);
-/// Least time between two warnings about the same kind of send failure.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the local addresses announced to peers are re-read (addresses
 /// come and go with DHCP, roaming and interfaces).
 const CANDIDATE_REFRESH: Duration = Duration::from_secs(30);
@@ -45,30 +46,6 @@ const CANDIDATE_REFRESH: Duration = Duration::from_secs(30);
 enum Stop {
     Down,
     Signal(&'static str),
-}
-
-/// Allows a warning once per [`WARN_INTERVAL`], counting the rest.
-#[derive(Debug, Default)]
-struct Throttle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// Returns how many warnings were suppressed since the last one if a
-    /// warning may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < WARN_INTERVAL => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 /// The signals the daemon handles: SIGTERM and SIGINT stop it, SIGHUP

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::core::policy::{InboundKind, Policy};
-use crate::core::wire::packet::{IcmpKind, IpPacket, Transport};
+use crate::core::wire::packet::{
+    IcmpKind, IpPacket, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Transport,
+};
 
 /// How long an idle TCP flow is remembered.
 const TCP_IDLE: Duration = Duration::from_secs(600);
@@ -67,22 +69,28 @@ pub struct ConnectionTracker {
     policy_changed_at: Option<Instant>,
 }
 
-fn flow_of(packet: &IpPacket<'_>, outbound: bool) -> Option<(FlowKey, Duration)> {
+/// The flow of `packet`, whose ports or ICMP type are `transport` (read
+/// once per packet), from this agent's side.
+fn flow_of(
+    packet: &IpPacket<'_>,
+    transport: Transport,
+    outbound: bool,
+) -> Option<(FlowKey, Duration)> {
     let (local, remote) = if outbound {
         (packet.source(), packet.destination())
     } else {
         (packet.destination(), packet.source())
     };
-    let (protocol, source_port, destination_port, idle) = match packet.transport() {
+    let (protocol, source_port, destination_port, idle) = match transport {
         Transport::Tcp {
             source_port,
             destination_port,
             ..
-        } => (6, source_port, destination_port, TCP_IDLE),
+        } => (PROTO_TCP, source_port, destination_port, TCP_IDLE),
         Transport::Udp {
             source_port,
             destination_port,
-        } => (17, source_port, destination_port, UDP_IDLE),
+        } => (PROTO_UDP, source_port, destination_port, UDP_IDLE),
         Transport::Icmp { kind, identifier } => {
             // An echo request out and its reply in share the identifier
             // (the mapped addresses keep ICMPv4 and ICMPv6 apart).
@@ -94,7 +102,7 @@ fn flow_of(packet: &IpPacket<'_>, outbound: bool) -> Option<(FlowKey, Duration)>
             if kind != expected {
                 return None;
             }
-            (58, identifier, identifier, ICMP_IDLE)
+            (PROTO_ICMPV6, identifier, identifier, ICMP_IDLE)
         }
         Transport::Other => return None,
     };
@@ -117,7 +125,12 @@ fn flow_of(packet: &IpPacket<'_>, outbound: bool) -> Option<(FlowKey, Duration)>
 
 /// How the policy sees an inbound packet.
 pub fn inbound_kind(packet: &IpPacket<'_>) -> InboundKind {
-    match packet.transport() {
+    inbound_kind_of(packet.transport())
+}
+
+/// How the policy sees an inbound packet of `transport`.
+fn inbound_kind_of(transport: Transport) -> InboundKind {
+    match transport {
         Transport::Tcp {
             destination_port, ..
         } => InboundKind::Tcp(destination_port),
@@ -141,11 +154,11 @@ pub fn inbound_kind(packet: &IpPacket<'_>) -> InboundKind {
 /// flow the new policy forbids into "ours".
 fn opener_of_outbound(
     key: &FlowKey,
-    packet: &IpPacket<'_>,
+    transport: Transport,
     policy: &Policy,
     recently_changed: bool,
 ) -> Opener {
-    let reverse = match packet.transport() {
+    let reverse = match transport {
         Transport::Tcp { is_syn: true, .. } => return Opener::Us,
         Transport::Tcp { .. } if recently_changed => return Opener::Peer,
         Transport::Tcp { .. } => InboundKind::Tcp(key.local_port),
@@ -169,7 +182,8 @@ impl ConnectionTracker {
     /// Records a packet this agent sends to the peer (`policy`: what the
     /// peer may open, to tell our flows from answers to the peer's).
     pub fn track_outbound(&mut self, now: Instant, policy: &Policy, packet: &IpPacket<'_>) {
-        let Some((key, idle_limit)) = flow_of(packet, true) else {
+        let transport = packet.transport();
+        let Some((key, idle_limit)) = flow_of(packet, transport, true) else {
             return;
         };
         if let Some(entry) = self.flows.get_mut(&key)
@@ -193,7 +207,7 @@ impl ConnectionTracker {
         let recently_changed = self
             .policy_changed_at
             .is_some_and(|at| now.saturating_duration_since(at) < TCP_IDLE);
-        let opened_by = opener_of_outbound(&key, packet, policy, recently_changed);
+        let opened_by = opener_of_outbound(&key, transport, policy, recently_changed);
         self.flows.insert(
             key,
             FlowEntry {
@@ -212,8 +226,9 @@ impl ConnectionTracker {
         policy: &Policy,
         packet: &IpPacket<'_>,
     ) -> InboundVerdict {
-        let allowed = policy.allows(inbound_kind(packet));
-        if let Some((key, _)) = flow_of(packet, false)
+        let transport = packet.transport();
+        let allowed = policy.allows(inbound_kind_of(transport));
+        if let Some((key, _)) = flow_of(packet, transport, false)
             && let Some(entry) = self.flows.get_mut(&key)
             && now.saturating_duration_since(entry.last_seen) < entry.idle_limit
             && (entry.opened_by == Opener::Us || allowed)

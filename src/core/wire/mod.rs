@@ -3,10 +3,13 @@
 //! built with `parse`, the only constructor used on untrusted bytes, which
 //! checks the length so the accessors cannot go out of bounds.
 
+pub mod checksum;
 pub mod codec;
 pub mod control_frame;
+pub mod emit;
 pub mod packet;
 pub mod path;
+pub mod transport;
 
 /// Handshake initiation.
 pub const TYPE_INITIATION: u8 = 1;

@@ -1,15 +1,25 @@
-//! The few facts the core reads from inner IP packets: version, addresses,
-//! transport protocol and ports. One checked view, [`IpPacket`], over
-//! untrusted bytes of either family. Only IPv6 without extension headers and
-//! unfragmented IPv4 are looked into for ports (anything else is classified
-//! as "other" and judged conservatively by the policy).
+//! The few facts the core and the shell read from inner IP packets:
+//! version, addresses, header fields, transport protocol and ports. One
+//! checked view, [`IpPacket`], over untrusted bytes of either family, with
+//! the transport views of [`super::transport`] inside it. Only IPv6 without
+//! extension headers and unfragmented IPv4 are looked into for ports
+//! (anything else is classified as "other" and judged conservatively by the
+//! policy). The writers of inner packets are in [`super::emit`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use super::emit::{fragmentation_needed, icmpv6_checksum, packet_too_big};
+use super::transport::{
+    IcmpMessage, TcpSegment, UDP_HEADER_LEN, UdpDatagram, be16, icmp_field, tcp_ports_and_flags,
+    udp_field,
+};
 
 /// Length of the fixed IPv6 header.
 pub const IPV6_HEADER_LEN: usize = 40;
 /// Length of an IPv4 header without options.
 pub const IPV4_HEADER_LEN: usize = 20;
+/// Largest IPv6 payload and largest IPv4 packet (16-bit length fields).
+pub const MAX_IP_LENGTH: usize = 65_535;
 /// IPv6 minimum link MTU.
 pub const IPV6_MIN_MTU: usize = 1280;
 /// Protocol number of ICMPv4.
@@ -36,8 +46,55 @@ pub const ICMPV4_DESTINATION_UNREACHABLE: u8 = 3;
 /// ICMPv4 "fragmentation needed and DF set" code.
 pub const ICMPV4_FRAGMENTATION_NEEDED: u8 = 4;
 
+/// Byte offsets of the fields of the IPv6 header (RFC 8200 §3).
+pub mod ipv6_field {
+    use std::ops::Range;
+    /// Version (4 bits), traffic class (8 bits), flow label (20 bits).
+    pub const VERSION_CLASS_FLOW: Range<usize> = 0..4;
+    /// Payload length (16 bits).
+    pub const PAYLOAD_LENGTH: usize = 4;
+    /// Next header.
+    pub const NEXT_HEADER: usize = 6;
+    /// Hop limit.
+    pub const HOP_LIMIT: usize = 7;
+    /// Source address.
+    pub const SOURCE: Range<usize> = 8..24;
+    /// Destination address.
+    pub const DESTINATION: Range<usize> = 24..40;
+}
+
+/// Byte offsets of the fields of the IPv4 header (RFC 791 §3.1).
+pub mod ipv4_field {
+    use std::ops::Range;
+    /// Version (4 bits) and header length in words (4 bits).
+    pub const VERSION_IHL: usize = 0;
+    /// Type of service: DSCP and ECN.
+    pub const TOS: usize = 1;
+    /// Total length (16 bits).
+    pub const TOTAL_LENGTH: usize = 2;
+    /// Identification (16 bits).
+    pub const IDENTIFICATION: usize = 4;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FLAGS_FRAGMENT: usize = 6;
+    /// Time to live.
+    pub const TTL: usize = 8;
+    /// Protocol.
+    pub const PROTOCOL: usize = 9;
+    /// Header checksum (16 bits).
+    pub const CHECKSUM: usize = 10;
+    /// Source address.
+    pub const SOURCE: Range<usize> = 12..16;
+    /// Destination address.
+    pub const DESTINATION: Range<usize> = 16..20;
+}
+
+/// IPv4 "don't fragment" in the flags-and-offset field.
+const IPV4_DONT_FRAGMENT: u16 = 0x4000;
+/// IPv4 "more fragments" and the fragment offset.
+const IPV4_FRAGMENT_BITS: u16 = 0x3fff;
+
 /// Which IP version a packet is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IpVersion {
     /// IPv4.
     V4,
@@ -102,6 +159,17 @@ pub fn mapped(address: Ipv4Addr) -> [u8; 16] {
     address.to_ipv6_mapped().octets()
 }
 
+/// The destination of what looks like an IPv6 packet (version 6 and a whole
+/// fixed header), before the rest is checked: a cheap test of whom a packet
+/// is for. `None` for anything else.
+pub fn peek_ipv6_destination(bytes: &[u8]) -> Option<Ipv6Addr> {
+    if bytes.first()? >> 4 != 6 {
+        return None;
+    }
+    let destination: [u8; 16] = bytes.get(ipv6_field::DESTINATION)?.try_into().ok()?;
+    Some(Ipv6Addr::from(destination))
+}
+
 impl<'a> IpPacket<'a> {
     /// Checks version, header and length; `None` when not one whole IPv4
     /// or IPv6 packet.
@@ -111,7 +179,7 @@ impl<'a> IpPacket<'a> {
                 if bytes.len() < IPV6_HEADER_LEN {
                     return None;
                 }
-                let payload_len = usize::from(u16::from_be_bytes([bytes[4], bytes[5]]));
+                let payload_len = usize::from(be16(bytes, ipv6_field::PAYLOAD_LENGTH));
                 (IPV6_HEADER_LEN + payload_len == bytes.len()).then_some(Self {
                     bytes,
                     version: IpVersion::V6,
@@ -122,8 +190,8 @@ impl<'a> IpPacket<'a> {
                 if bytes.len() < IPV4_HEADER_LEN {
                     return None;
                 }
-                let header_len = usize::from(bytes[0] & 0x0f) * 4;
-                let total_len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+                let header_len = usize::from(bytes[ipv4_field::VERSION_IHL] & 0x0f) * 4;
+                let total_len = usize::from(be16(bytes, ipv4_field::TOTAL_LENGTH));
                 (header_len >= IPV4_HEADER_LEN
                     && header_len <= total_len
                     && total_len == bytes.len())
@@ -147,19 +215,36 @@ impl<'a> IpPacket<'a> {
         self.version
     }
 
+    /// Length of the IP header (IPv4 options included): where the transport
+    /// header starts.
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
+    /// The bytes after the IP header.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.bytes[self.header_len..]
+    }
+
+    /// Whether an IPv4 header carries options (IPv6: never, extension
+    /// headers are not followed).
+    pub fn has_options(&self) -> bool {
+        self.header_len > IPV4_HEADER_LEN && self.version == IpVersion::V4
+    }
+
     /// The source address as 16 bytes (IPv4-mapped for IPv4).
     pub fn source(&self) -> [u8; 16] {
         match self.version {
-            IpVersion::V6 => octets16(&self.bytes[8..24]),
-            IpVersion::V4 => mapped(self.v4_at(12)),
+            IpVersion::V6 => octets16(&self.bytes[ipv6_field::SOURCE]),
+            IpVersion::V4 => mapped(self.v4_at(ipv4_field::SOURCE.start)),
         }
     }
 
     /// The destination address as 16 bytes (IPv4-mapped for IPv4).
     pub fn destination(&self) -> [u8; 16] {
         match self.version {
-            IpVersion::V6 => octets16(&self.bytes[24..40]),
-            IpVersion::V4 => mapped(self.v4_at(16)),
+            IpVersion::V6 => octets16(&self.bytes[ipv6_field::DESTINATION]),
+            IpVersion::V4 => mapped(self.v4_at(ipv4_field::DESTINATION.start)),
         }
     }
 
@@ -167,7 +252,7 @@ impl<'a> IpPacket<'a> {
     pub fn source_ip(&self) -> IpAddr {
         match self.version {
             IpVersion::V6 => IpAddr::V6(Ipv6Addr::from(self.source())),
-            IpVersion::V4 => IpAddr::V4(self.v4_at(12)),
+            IpVersion::V4 => IpAddr::V4(self.v4_at(ipv4_field::SOURCE.start)),
         }
     }
 
@@ -175,7 +260,7 @@ impl<'a> IpPacket<'a> {
     pub fn destination_ip(&self) -> IpAddr {
         match self.version {
             IpVersion::V6 => IpAddr::V6(Ipv6Addr::from(self.destination())),
-            IpVersion::V4 => IpAddr::V4(self.v4_at(16)),
+            IpVersion::V4 => IpAddr::V4(self.v4_at(ipv4_field::DESTINATION.start)),
         }
     }
 
@@ -191,67 +276,134 @@ impl<'a> IpPacket<'a> {
     /// The transport protocol number (IPv6 next header, IPv4 protocol).
     pub fn protocol(&self) -> u8 {
         match self.version {
-            IpVersion::V6 => self.bytes[6],
-            IpVersion::V4 => self.bytes[9],
+            IpVersion::V6 => self.bytes[ipv6_field::NEXT_HEADER],
+            IpVersion::V4 => self.bytes[ipv4_field::PROTOCOL],
         }
+    }
+
+    /// The IPv6 hop limit or IPv4 time to live.
+    pub fn hop_limit(&self) -> u8 {
+        match self.version {
+            IpVersion::V6 => self.bytes[ipv6_field::HOP_LIMIT],
+            IpVersion::V4 => self.bytes[ipv4_field::TTL],
+        }
+    }
+
+    /// The IPv6 traffic class or IPv4 type of service (DSCP and ECN).
+    pub fn traffic_class(&self) -> u8 {
+        match self.version {
+            IpVersion::V6 => {
+                let word = self.version_class_flow();
+                // Bits 20..28 of the first word.
+                (word >> 20) as u8
+            }
+            IpVersion::V4 => self.bytes[ipv4_field::TOS],
+        }
+    }
+
+    /// The IPv6 flow label (0 for IPv4).
+    pub fn flow_label(&self) -> u32 {
+        match self.version {
+            IpVersion::V6 => self.version_class_flow() & 0x000f_ffff,
+            IpVersion::V4 => 0,
+        }
+    }
+
+    fn version_class_flow(&self) -> u32 {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&self.bytes[ipv6_field::VERSION_CLASS_FLOW]);
+        u32::from_be_bytes(word)
     }
 
     /// Whether an IPv4 packet forbids fragmentation (IPv6: always).
     pub fn dont_fragment(&self) -> bool {
         match self.version {
             IpVersion::V6 => true,
-            IpVersion::V4 => self.bytes[6] & 0x40 != 0,
+            IpVersion::V4 => self.ipv4_flags_fragment() & IPV4_DONT_FRAGMENT != 0,
         }
     }
 
     /// Whether this is a fragment of an IPv4 packet (more fragments or a
-    /// non-zero offset): its ports are not looked at.
-    fn is_ipv4_fragment(&self) -> bool {
-        self.version == IpVersion::V4
-            && u16::from_be_bytes([self.bytes[6], self.bytes[7]]) & 0x3fff != 0
+    /// non-zero offset): its ports are not looked at. IPv6 fragments carry
+    /// an extension header, which is not followed, so never.
+    pub fn is_fragment(&self) -> bool {
+        self.version == IpVersion::V4 && self.ipv4_flags_fragment() & IPV4_FRAGMENT_BITS != 0
     }
 
-    /// Ports or ICMP type of the packet.
+    fn ipv4_flags_fragment(&self) -> u16 {
+        be16(self.bytes, ipv4_field::FLAGS_FRAGMENT)
+    }
+
+    /// The TCP segment of a whole (unfragmented) TCP packet with a valid
+    /// data offset; `None` otherwise.
+    pub fn tcp(&self) -> Option<TcpSegment<'a>> {
+        if self.protocol() != PROTO_TCP || self.is_fragment() {
+            return None;
+        }
+        TcpSegment::new_checked(self.payload())
+    }
+
+    /// The UDP datagram of a whole UDP packet with a valid length field;
+    /// `None` otherwise.
+    pub fn udp(&self) -> Option<UdpDatagram<'a>> {
+        if self.protocol() != PROTO_UDP || self.is_fragment() {
+            return None;
+        }
+        UdpDatagram::new_checked(self.payload())
+    }
+
+    /// The ICMP message (ICMPv4 in IPv4, ICMPv6 in IPv6) of a whole packet;
+    /// `None` otherwise.
+    pub fn icmp(&self) -> Option<IcmpMessage<'a>> {
+        let icmp = match self.version {
+            IpVersion::V6 => PROTO_ICMPV6,
+            IpVersion::V4 => PROTO_ICMPV4,
+        };
+        if self.protocol() != icmp || self.is_fragment() {
+            return None;
+        }
+        IcmpMessage::new_checked(self.payload())
+    }
+
+    /// Ports or ICMP type of the packet. TCP and UDP ports are read from any
+    /// fixed header (lengths inside it unchecked), as the policy judges them.
     pub fn transport(&self) -> Transport {
-        if self.is_ipv4_fragment() {
+        if self.is_fragment() {
             return Transport::Other;
         }
-        let payload = &self.bytes[self.header_len..];
-        let port = |at: usize| u16::from_be_bytes([payload[at], payload[at + 1]]);
-        let icmp = |echo_request: u8, echo_reply: u8| {
-            let icmp_type = payload[0];
-            let kind = match icmp_type {
-                t if t == echo_request => IcmpKind::EchoRequest,
-                t if t == echo_reply => IcmpKind::EchoReply,
-                t => IcmpKind::Other(t),
-            };
-            let identifier = if matches!(kind, IcmpKind::Other(_)) {
-                0
-            } else {
-                port(4)
-            };
-            Transport::Icmp { kind, identifier }
-        };
-        match (self.version, self.protocol()) {
-            (_, PROTO_TCP) if payload.len() >= 20 => {
-                let flags = payload[13];
-                Transport::Tcp {
-                    source_port: port(0),
-                    destination_port: port(2),
-                    is_syn: flags & 0x02 != 0 && flags & 0x10 == 0,
-                }
-            }
-            (_, PROTO_UDP) if payload.len() >= 8 => Transport::Udp {
-                source_port: port(0),
-                destination_port: port(2),
+        let payload = self.payload();
+        match self.protocol() {
+            PROTO_TCP => match tcp_ports_and_flags(payload) {
+                Some((source_port, destination_port, flags)) => Transport::Tcp {
+                    source_port,
+                    destination_port,
+                    is_syn: flags.is_bare_syn(),
+                },
+                None => Transport::Other,
             },
-            (IpVersion::V6, PROTO_ICMPV6) if payload.len() >= 8 => {
-                icmp(ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
-            }
-            (IpVersion::V4, PROTO_ICMPV4) if payload.len() >= 8 => {
-                icmp(ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY)
-            }
-            _ => Transport::Other,
+            PROTO_UDP if payload.len() >= UDP_HEADER_LEN => Transport::Udp {
+                source_port: be16(payload, udp_field::SOURCE_PORT),
+                destination_port: be16(payload, udp_field::DESTINATION_PORT),
+            },
+            _ => match self.icmp() {
+                Some(icmp) => {
+                    let (echo_request, echo_reply) = match self.version {
+                        IpVersion::V6 => (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY),
+                        IpVersion::V4 => (ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY),
+                    };
+                    let kind = match icmp.message_type() {
+                        t if t == echo_request => IcmpKind::EchoRequest,
+                        t if t == echo_reply => IcmpKind::EchoReply,
+                        t => IcmpKind::Other(t),
+                    };
+                    let identifier = match kind {
+                        IcmpKind::Other(_) => 0,
+                        _ => be16(payload, icmp_field::IDENTIFIER),
+                    };
+                    Transport::Icmp { kind, identifier }
+                }
+                None => Transport::Other,
+            },
         }
     }
 }
@@ -260,83 +412,6 @@ fn octets16(bytes: &[u8]) -> [u8; 16] {
     let mut octets = [0u8; 16];
     octets.copy_from_slice(bytes);
     octets
-}
-
-/// The Internet checksum (RFC 1071) of `bytes` added to `sum`, folded.
-fn internet_checksum(mut sum: u32, bytes: &[u8]) -> u16 {
-    let mut chunks = bytes.chunks_exact(2);
-    for chunk in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([chunk[0], chunk[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Builds an ICMPv4 "fragmentation needed" (type 3 code 4) for `original`,
-/// an IPv4 packet with DF set that does not fit the tunnel, from `source`
-/// (the peer it was for, as an on-path router would send it) to its sender, quoting its header and the first 8 bytes
-/// after it (RFC 792, RFC 1191 next-hop MTU).
-pub fn fragmentation_needed(source: Ipv4Addr, original: &IpPacket<'_>, mtu: u16) -> Vec<u8> {
-    let quoted_len = original.bytes().len().min(original.header_len + 8);
-    let total_len = IPV4_HEADER_LEN + 8 + quoted_len;
-    let IpAddr::V4(destination) = original.source_ip() else {
-        return Vec::new();
-    };
-    let mut packet = Vec::with_capacity(total_len);
-    packet.extend_from_slice(&[0x45, 0]);
-    packet.extend_from_slice(&(total_len as u16).to_be_bytes());
-    packet.extend_from_slice(&[0, 0, 0, 0, 64, PROTO_ICMPV4, 0, 0]);
-    packet.extend_from_slice(&source.octets());
-    packet.extend_from_slice(&destination.octets());
-    let header_checksum = internet_checksum(0, &packet[..IPV4_HEADER_LEN]);
-    packet[10..12].copy_from_slice(&header_checksum.to_be_bytes());
-    packet.extend_from_slice(&[ICMPV4_DESTINATION_UNREACHABLE, ICMPV4_FRAGMENTATION_NEEDED]);
-    packet.extend_from_slice(&[0, 0, 0, 0]);
-    packet.extend_from_slice(&mtu.to_be_bytes());
-    packet.extend_from_slice(&original.bytes()[..quoted_len]);
-    let icmp_checksum = internet_checksum(0, &packet[IPV4_HEADER_LEN..]);
-    packet[IPV4_HEADER_LEN + 2..IPV4_HEADER_LEN + 4].copy_from_slice(&icmp_checksum.to_be_bytes());
-    packet
-}
-
-/// The Internet checksum of ICMPv6 over the pseudo-header and `body`.
-pub fn icmpv6_checksum(source: &[u8; 16], destination: &[u8; 16], body: &[u8]) -> u16 {
-    let mut pseudo = [0u8; 40];
-    pseudo[..16].copy_from_slice(source);
-    pseudo[16..32].copy_from_slice(destination);
-    pseudo[32..36].copy_from_slice(&(body.len() as u32).to_be_bytes());
-    pseudo[39] = PROTO_ICMPV6;
-    let folded = !internet_checksum(0, &pseudo);
-    internet_checksum(u32::from(folded), body)
-}
-
-/// Builds an ICMPv6 Packet Too Big for `original`, from `source` (this
-/// agent) to the original sender, as long as fits in the IPv6 minimum MTU.
-pub fn packet_too_big(source: [u8; 16], original: &IpPacket<'_>, mtu: u32) -> Vec<u8> {
-    let quoted_len = original
-        .bytes()
-        .len()
-        .min(IPV6_MIN_MTU - IPV6_HEADER_LEN - 8);
-    let body_len = 8 + quoted_len;
-    let destination = original.source();
-    let mut packet = Vec::with_capacity(IPV6_HEADER_LEN + body_len);
-    packet.extend_from_slice(&[0x60, 0, 0, 0]);
-    packet.extend_from_slice(&(body_len as u16).to_be_bytes());
-    packet.push(PROTO_ICMPV6);
-    packet.push(64);
-    packet.extend_from_slice(&source);
-    packet.extend_from_slice(&destination);
-    packet.extend_from_slice(&[ICMPV6_PACKET_TOO_BIG, 0, 0, 0]);
-    packet.extend_from_slice(&mtu.to_be_bytes());
-    packet.extend_from_slice(&original.bytes()[..quoted_len]);
-    let checksum = icmpv6_checksum(&source, &destination, &packet[IPV6_HEADER_LEN..]);
-    packet[IPV6_HEADER_LEN + 2..IPV6_HEADER_LEN + 4].copy_from_slice(&checksum.to_be_bytes());
-    packet
 }
 
 #[cfg(test)]
@@ -375,7 +450,7 @@ pub(crate) mod tests {
         packet.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
         packet.extend_from_slice(&source.octets());
         packet.extend_from_slice(&destination.octets());
-        let checksum = super::internet_checksum(0, &packet);
+        let checksum = super::super::checksum::internet_checksum(&packet);
         packet[10..12].copy_from_slice(&checksum.to_be_bytes());
         packet.extend_from_slice(payload);
         packet
@@ -407,6 +482,48 @@ pub(crate) mod tests {
         );
         assert_eq!(packet.source_ip(), IpAddr::V6(a));
         assert_eq!(packet.version(), IpVersion::V6);
+    }
+
+    #[test]
+    fn reads_header_fields_and_transport_views_of_both_families() {
+        let a: Ipv6Addr = "fd00::1".parse().expect("addr");
+        let b: Ipv6Addr = "fd00::2".parse().expect("addr");
+        let mut bytes = ipv6(a, b, PROTO_TCP, &tcp(1234, 80, 0x18));
+        bytes[0..4].copy_from_slice(&0x6ab1_2345u32.to_be_bytes());
+        bytes[7] = 9;
+        let packet = IpPacket::new_checked(&bytes).expect("valid");
+        assert_eq!(
+            (packet.traffic_class(), packet.flow_label()),
+            (0xab, 0x1_2345)
+        );
+        assert_eq!(
+            (packet.hop_limit(), packet.header_len()),
+            (9, IPV6_HEADER_LEN)
+        );
+        assert!(!packet.is_fragment() && !packet.has_options());
+        let segment = packet.tcp().expect("tcp");
+        assert_eq!(
+            (segment.source_port(), segment.destination_port()),
+            (1234, 80)
+        );
+        assert!(packet.udp().is_none() && packet.icmp().is_none());
+        assert_eq!(peek_ipv6_destination(&bytes), Some(b));
+        assert_eq!(peek_ipv6_destination(&bytes[..39]), None);
+
+        let a4 = Ipv4Addr::new(100, 64, 0, 1);
+        let b4 = Ipv4Addr::new(100, 64, 0, 2);
+        let mut bytes = ipv4(a4, b4, PROTO_UDP, &[0, 53, 0, 54, 0, 9, 0, 0, b'x']);
+        bytes[1] = 0x2e;
+        let packet = IpPacket::new_checked(&bytes).expect("valid");
+        assert_eq!((packet.traffic_class(), packet.flow_label()), (0x2e, 0));
+        assert_eq!(packet.hop_limit(), 64);
+        assert_eq!(packet.udp().expect("udp").payload(), b"x");
+        assert!(packet.tcp().is_none());
+        assert_eq!(peek_ipv6_destination(&bytes), None);
+        // A fragment has no transport view.
+        bytes[6] |= 0x20;
+        let fragment = IpPacket::new_checked(&bytes).expect("valid");
+        assert!(fragment.is_fragment() && fragment.udp().is_none());
     }
 
     #[test]
@@ -501,71 +618,31 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn fragmentation_needed_is_valid_icmpv4_with_the_mtu() {
-        let me = Ipv4Addr::new(100, 64, 0, 1);
-        let app = Ipv4Addr::new(100, 64, 0, 1);
-        let peer = Ipv4Addr::new(100, 99, 0, 2);
-        let big = ipv4(app, peer, PROTO_TCP, &[0u8; 1500]);
-        let original = IpPacket::new_checked(&big).expect("valid");
-        let reply = fragmentation_needed(me, &original, 1408);
-        let parsed = etherparse::SlicedPacket::from_ip(&reply).expect("parses");
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &parsed.net else {
-            panic!("not ipv4");
-        };
-        assert_eq!(ip.header().destination_addr(), app);
-        assert_eq!(
-            ip.header().to_header().calc_header_checksum(),
-            ip.header().header_checksum()
-        );
-        match parsed.transport {
-            Some(etherparse::TransportSlice::Icmpv4(icmp)) => {
-                assert_eq!(
-                    icmp.icmp_type(),
-                    etherparse::Icmpv4Type::DestinationUnreachable(
-                        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
-                            next_hop_mtu: 1408
-                        }
-                    )
-                );
-                assert_eq!(super::internet_checksum(0, icmp.slice()), 0);
-                // The original header and 8 bytes of its payload are quoted.
-                assert_eq!(icmp.payload(), &big[..28]);
-            }
-            other => panic!("not icmpv4: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn packet_too_big_is_valid_icmpv6_within_minimum_mtu() {
-        let a: Ipv6Addr = "fd00::1".parse().expect("addr");
-        let b: Ipv6Addr = "fd00::2".parse().expect("addr");
-        let big = ipv6(a, b, PROTO_UDP, &vec![0u8; 1500]);
-        let original = IpPacket::new_checked(&big).expect("valid");
-        let reply = packet_too_big(b.octets(), &original, 1408);
-        assert_eq!(reply.len(), IPV6_MIN_MTU);
-        let parsed = etherparse::SlicedPacket::from_ip(&reply).expect("parses");
-        match parsed.transport {
-            Some(etherparse::TransportSlice::Icmpv6(icmp)) => {
-                assert_eq!(
-                    icmp.icmp_type(),
-                    etherparse::Icmpv6Type::PacketTooBig { mtu: 1408 }
-                );
-                let (source, destination) = (b.octets(), a.octets());
-                assert_eq!(icmpv6_checksum(&source, &destination, icmp.slice()), 0);
-            }
-            other => panic!("not icmpv6: {other:?}"),
-        }
-    }
-
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(
             version in prop_oneof![Just(0x45u8), Just(0x4fu8), Just(0x60u8), any::<u8>()],
             mut bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            tcp_or_udp in any::<bool>(),
         ) {
             if let Some(first) = bytes.first_mut() {
                 *first = version;
+            }
+            if bytes.len() >= 6 && version >> 4 == 6 {
+                // Often a consistent payload length, to get past the check.
+                let len = (bytes.len().max(40) - 40) as u16;
+                bytes[4..6].copy_from_slice(&len.to_be_bytes());
+            }
+            if bytes.len() >= 20 && tcp_or_udp {
+                // Often an unfragmented TCP or UDP packet, to reach their views.
+                let protocol = if bytes[1] & 1 == 0 { PROTO_TCP } else { PROTO_UDP };
+                if version >> 4 == 6 {
+                    bytes[6] = protocol;
+                } else {
+                    bytes[9] = protocol;
+                    bytes[6] &= 0x40;
+                    bytes[7] = 0;
+                }
             }
             if bytes.len() >= 4 && version >> 4 == 4 {
                 // Often a consistent total length, to get past the check.
@@ -575,6 +652,25 @@ pub(crate) mod tests {
             if let Some(packet) = IpPacket::new_checked(&bytes) {
                 let _ = (packet.transport(), packet.source_ip(), packet.destination_ip());
                 let _ = (packet.dont_fragment(), packet.protocol());
+                let _ = (packet.hop_limit(), packet.traffic_class(), packet.flow_label());
+                let _ = (packet.is_fragment(), packet.has_options(), packet.header_len());
+                if let Some(tcp) = packet.tcp() {
+                    let _ = (tcp.source_port(), tcp.destination_port(), tcp.flags());
+                    let _ = (tcp.sequence(), tcp.acknowledgement());
+                    prop_assert_eq!(
+                        tcp.header_len() + tcp.payload().len(),
+                        packet.payload().len()
+                    );
+                    prop_assert_eq!(tcp.options().len(), tcp.header_len() - 20);
+                }
+                if let Some(udp) = packet.udp() {
+                    let _ = (udp.source_port(), udp.destination_port());
+                    prop_assert!(udp.payload().len() + 8 <= packet.payload().len());
+                }
+                if let Some(icmp) = packet.icmp() {
+                    let _ = (icmp.message_type(), icmp.code(), icmp.identifier());
+                    let _ = (icmp.sequence(), icmp.body());
+                }
                 if packet.version() == IpVersion::V4 {
                     let reply = fragmentation_needed(Ipv4Addr::new(100, 64, 0, 1), &packet, 1280);
                     prop_assert!(IpPacket::new_checked(&reply).is_some());
