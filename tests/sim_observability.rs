@@ -6,7 +6,7 @@ mod simnet;
 
 use std::time::Duration;
 
-use agentnet::core::node::Event;
+use agentnet::core::api::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::PingError;
 use agentnet::core::stats::status::{PathKind, PeerStatus};

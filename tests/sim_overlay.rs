@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentnet::core::node::Event;
+use agentnet::core::api::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::status::PathKind;
 use simnet::{

@@ -11,8 +11,9 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::core::api::{NodeConfig, PeerConfig};
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::node::{Node, NodeConfig, PeerConfig};
+use agentnet::core::node::Node;
 use agentnet::core::policy::Policy;
 use agentnet::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 use criterion::Criterion;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::{InitiationShape, RemoteAgent, UNIX_START, identity, nat_kind, network};
 use agentnet::core::address::{NodeId, NodePrefix, agent_address4};
-use agentnet::core::node::{AutoApprove, Node, NodeConfig, PeerConfig};
+use agentnet::core::api::{AutoApprove, NodeConfig, PeerConfig};
+use agentnet::core::node::Node;
 use agentnet::core::noise::handshake::NatHint;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;

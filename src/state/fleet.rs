@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::core::address::NetworkId;
+use crate::core::api::AutoApprove;
 use crate::core::identity::{AgentId, Identity};
-use crate::core::node::AutoApprove;
 use crate::core::policy::Policy;
 use crate::core::trust::request::{Endorsement, EndorsementError};
 use crate::state::{StateDir, StateError};

@@ -10,8 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::core::api::{Event, NodeConfig, PeerConfig, Transmit};
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::node::{Event, Node, NodeConfig, PeerConfig, Transmit};
+use agentnet::core::node::Node;
 use agentnet::core::policy::Policy;
 use agentnet::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 use rand::{Rng, SeedableRng};

@@ -15,8 +15,9 @@ use super::tun_batch::{self, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::control::{DaemonInfo, Response, TrustedPeer};
 use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::api::{Event, Ipv4Route, PeerConfig};
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, Ipv4Route, Node, PeerConfig};
+use crate::core::node::Node;
 use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
 use crate::names::service::NameService;
 use crate::rendezvous::link::{RendezvousLinks, TcpLinkEvent};
@@ -128,7 +129,7 @@ pub(crate) struct Daemon {
     probes: ProbeSockets,
     probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
     /// Datagrams the node queued for the UDP socket, reused between flushes.
-    udp_out: Vec<crate::core::node::Transmit>,
+    udp_out: Vec<crate::core::api::Transmit>,
     /// Packets on their way to the TUN.
     tun_out: TunWriteBatch,
     /// `agentnet serve`: the published ports (`None`: not available).

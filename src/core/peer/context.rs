@@ -10,11 +10,11 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::core::address::{NetworkId, NodeId, NodePrefix};
+use crate::core::api::PeerSlot;
+use crate::core::api::{Event, Transmit};
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, Transmit};
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::tai64n::Tai64N;
-use crate::core::peer::table::PeerSlot;
 use crate::core::rng::CoreRng;
 use crate::core::stats::status::DropCounters;
 use crate::core::wire::path::{PathAddr, relay_envelope};

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore};
 
 use crate::core::address::{NodeId, NodePrefix, agent_address4};
+use crate::core::api::PeerSlot;
+use crate::core::api::{Event, PeerConfig};
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, PeerConfig};
 use crate::core::noise::cookie::InitiatorCookie;
 use crate::core::noise::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use crate::core::noise::session::{REJECT_AFTER_TIME, Session};
 use crate::core::peer::birthday::{BurstBudget, burst_targets};
 use crate::core::peer::context::Context;
-use crate::core::peer::table::PeerSlot;
 use crate::core::policy::Policy;
 use crate::core::policy::conntrack::ConnectionTracker;
 use crate::core::stats::status::{PathKind, PeerStatus};
