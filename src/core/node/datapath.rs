@@ -2,15 +2,12 @@
 //! inbound cryptokey routing and policy) and TUN packets out (outbound
 //! cryptokey routing, MTU, sealing).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::core::address::{NodeId, NodePrefix};
 use crate::core::api::Event;
-use crate::core::noise::session::SessionError;
 use crate::core::peer::Slot;
-use crate::core::policy::Policy;
-use crate::core::policy::conntrack::InboundVerdict;
 use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use crate::core::wire::packet::{self, IpPacket, IpVersion};
 use crate::core::wire::path::PathAddr;
@@ -94,49 +91,20 @@ impl Node {
             ctx.dropped.unknown_session += 1;
             return;
         };
-        let Some(slot) = peer.slot_of(local_index) else {
-            ctx.dropped.unknown_session += 1;
-            return;
-        };
-        if relayed_by.is_some_and(|node| node != peer.node_id) {
+        if relayed_by.is_some_and(|node| node != peer.node_id()) {
             ctx.dropped.unknown_session += 1;
             return;
         }
-        let Some(session) = peer.session_mut(slot) else {
-            return;
-        };
         let counter = data.counter();
-        if session.check_replay(counter).is_err() {
-            let verdict = session.replay_window().check(counter);
-            peer.counters.dropped_replay += 1;
-            peer.stats.receive.on_refused(now, verdict);
-            return;
-        }
         let mut buffer = data.ciphertext().to_vec();
-        let len = match session.open(now, counter, &mut buffer) {
-            Ok(len) => len,
-            Err(SessionError::Replay) => {
-                peer.counters.dropped_replay += 1;
-                return;
-            }
-            Err(SessionError::Decrypt) => {
-                ctx.dropped.decrypt_failed += 1;
-                peer.stats.decrypt_failed += 1;
-                return;
-            }
-            Err(SessionError::Expired) => {
-                ctx.dropped.unknown_session += 1;
-                return;
-            }
+        let Some((slot, len)) = peer.open_data(ctx, now, local_index, counter, &mut buffer) else {
+            return;
         };
         buffer.truncate(len);
-        peer.stats.receive.on_accepted(now, local_index, counter);
         let control = buffer
             .first()
             .is_some_and(|first| *first < CONTROL_FRAME_LIMIT);
-        peer.stats
-            .receive
-            .on_arrival_path(now, from.is_relay(), control);
+        peer.note_arrival(now, from.is_relay(), control);
         if slot == Slot::Next {
             peer.confirm_next(ctx, now);
         }
@@ -167,25 +135,23 @@ impl Node {
                 }
                 ControlFrame::PathPong { id } => peer.handle_pong(ctx, now, id, from),
                 ControlFrame::SkippedCounters { count } => {
-                    peer.stats
-                        .receive
-                        .on_skipped_report(now, local_index, count);
+                    peer.note_skipped_counters(now, local_index, count);
                 }
-                ControlFrame::Candidates { candidates, nat } if !peer.is_rendezvous => {
+                ControlFrame::Candidates { candidates, nat } if !peer.is_rendezvous() => {
                     peer.set_remote_candidates(now, candidates);
                     peer.set_remote_nat(nat);
                 }
                 ControlFrame::Registered {
                     reflexive,
                     lifetime_s,
-                } if peer.is_rendezvous => {
-                    registered = Some((peer.config.id, reflexive, lifetime_s));
+                } if peer.is_rendezvous() => {
+                    registered = Some((peer.id(), reflexive, lifetime_s));
                 }
                 ControlFrame::Revoked { signature } => {
-                    let revoker = peer.config.id;
+                    let revoker = peer.id();
                     if revoker.verify(&revocation_context(&revoker, &ctx.own_id), &signature) {
                         tracing::info!(peer = %revoker, "peer revoked its trust; dropping its sessions");
-                        let was_up = peer.current.is_some();
+                        let was_up = peer.has_session();
                         peer.clear_sessions(ctx);
                         if was_up {
                             ctx.events.push_back(Event::PeerDown { id: revoker });
@@ -201,45 +167,9 @@ impl Node {
             }
             return;
         }
-        if peer.is_rendezvous {
-            // A rendezvous carries no IP traffic of its own.
-            peer.counters.dropped_spoofed += 1;
-            return;
+        if peer.accept_inbound(ctx, now, &buffer) {
+            ctx.tun_out.push_back(buffer);
         }
-        peer.counters.rx_bytes += len as u64;
-        peer.counters.rx_packets += 1;
-        let Some(packet) = IpPacket::new_checked(&buffer) else {
-            peer.counters.dropped_spoofed += 1;
-            return;
-        };
-        // Cryptokey routing inbound: the source must be the sending peer's
-        // (its node prefix, or its routed IPv4 address) and the destination
-        // ours.
-        let genuine = match packet.version() {
-            IpVersion::V6 => {
-                peer.prefix.contains(&Ipv6Addr::from(packet.source()))
-                    && NodePrefix::of_octets(&packet.destination()) == ctx.own_prefix
-            }
-            IpVersion::V4 => {
-                peer.ipv4_routed
-                    && packet.source_ip() == IpAddr::V4(peer.address4)
-                    && ctx.own_address4.map(IpAddr::V4) == Some(packet.destination_ip())
-            }
-        };
-        if !genuine {
-            peer.counters.dropped_spoofed += 1;
-            return;
-        }
-        if peer.config.allow != Policy::All
-            && peer
-                .conntrack
-                .check_inbound(now, &peer.config.allow, &packet)
-                == InboundVerdict::Deny
-        {
-            peer.counters.dropped_policy += 1;
-            return;
-        }
-        ctx.tun_out.push_back(buffer);
     }
 
     /// Feeds one IP packet read from the TUN.
@@ -278,7 +208,7 @@ impl Node {
         }
         if packet.len() > usize::from(self.ctx.tunnel_mtu) {
             self.ctx.dropped.too_big += 1;
-            peer.stats.too_big += 1;
+            peer.count_too_big();
             // Never fragment outer packets: the sender learns the tunnel MTU
             // (IPv4 without DF is dropped; the kernel fragments those before
             // the TUN, so only forged ones get here).

@@ -9,9 +9,9 @@ use crate::core::noise::handshake::{
     HandshakeError, ReceivedInitiation, ResponsePayload, choose_version,
 };
 use crate::core::noise::session::Session;
-use crate::core::peer::MIN_INITIATION_INTERVAL;
+use crate::core::peer::HandshakeNews;
+use crate::core::wire;
 use crate::core::wire::path::PathAddr;
-use crate::core::wire::{self};
 
 use super::{Node, peer_by_index};
 
@@ -95,26 +95,20 @@ impl Node {
             ctx.dropped.untrusted += 1;
             return;
         };
-        let Some(peer) = self.peers.at_mut(slot).filter(|peer| !peer.is_rendezvous) else {
+        let Some(peer) = self.peers.at_mut(slot).filter(|peer| !peer.is_rendezvous()) else {
             ctx.dropped.untrusted += 1;
             return;
         };
-        let id = peer.config.id;
-        if relayed_by.is_some_and(|node| node != peer.node_id) {
+        let id = peer.id();
+        if relayed_by.is_some_and(|node| node != peer.node_id()) {
             ctx.dropped.handshake_failed += 1;
             return;
         }
-        if peer
-            .last_initiation_timestamp
-            .is_some_and(|last| received.payload.timestamp <= last)
-        {
+        if peer.is_replayed_initiation(received.payload.timestamp) {
             ctx.dropped.replayed_initiation += 1;
             return;
         }
-        if peer
-            .last_initiation_accepted
-            .is_some_and(|at| now.saturating_duration_since(at) < MIN_INITIATION_INTERVAL)
-        {
+        if peer.is_initiation_flood(now) {
             ctx.dropped.initiation_flood += 1;
             return;
         }
@@ -125,9 +119,11 @@ impl Node {
         let sender_index = received.sender_index;
         let timestamp = received.payload.timestamp;
         // The name a peer announces is shown in `status`: stored inert.
-        let remote_name = crate::core::text::escape_untrusted(&received.payload.name);
-        let remote_candidates = received.payload.candidates.clone();
-        let remote_nat = received.payload.nat.clone();
+        let news = HandshakeNews {
+            name: crate::core::text::escape_untrusted(&received.payload.name),
+            candidates: received.payload.candidates.clone(),
+            nat: received.payload.nat.clone(),
+        };
         let local_index = ctx.allocate_index(slot);
         let payload = ResponsePayload {
             version,
@@ -144,22 +140,15 @@ impl Node {
             }
         };
         tracing::debug!(peer = %id, %from, local_index, "answering handshake initiation");
-        peer.last_initiation_timestamp = Some(timestamp);
-        peer.last_initiation_accepted = Some(now);
-        peer.remote_name = Some(remote_name);
-        peer.set_remote_candidates(now, remote_candidates);
-        peer.set_remote_nat(remote_nat);
-        peer.last_handshake = Some(now);
-        peer.counters.handshakes += 1;
-        if from.is_relay() {
-            peer.forget_direct_path(now);
-        }
-        peer.observe_path(ctx, now, from, false);
-        peer.install_next(
+        peer.accept_initiation(
             ctx,
+            now,
+            from,
+            timestamp,
+            news,
             Box::new(Session::new(&keys, local_index, sender_index, false, now)),
         );
-        ctx.send_on(from, peer.node_id, datagram);
+        ctx.send_on(from, peer.node_id(), datagram);
     }
 
     /// A cookie reply to our initiation in flight: keep the cookie, so the
@@ -178,19 +167,16 @@ impl Node {
             .and_then(|slot| self.peers.at_mut(*slot))
             .filter(|peer| {
                 peer.is_pending_initiation(local_index)
-                    && relayed_by.is_none_or(|node| node == peer.node_id)
+                    && relayed_by.is_none_or(|node| node == peer.node_id())
             })
         else {
             ctx.dropped.bad_cookie_reply += 1;
             return;
         };
-        let key = CookieReplyKey::for_responder(ctx.network, &peer.noise_public);
-        match peer
-            .cookie
-            .handle_reply(now, local_index, reply.body(), &key)
-        {
+        let key = CookieReplyKey::for_responder(ctx.network, peer.noise_public());
+        match peer.accept_cookie_reply(now, local_index, reply.body(), &key) {
             Ok(()) => {
-                tracing::debug!(peer = %peer.config.id, local_index, "peer is under load: got a cookie");
+                tracing::debug!(peer = %peer.id(), local_index, "peer is under load: got a cookie");
             }
             Err(_) => ctx.dropped.bad_cookie_reply += 1,
         }
@@ -214,7 +200,7 @@ impl Node {
             return;
         };
         if !peer.is_pending_initiation(local_index)
-            || relayed_by.is_some_and(|node| node != peer.node_id)
+            || relayed_by.is_some_and(|node| node != peer.node_id())
         {
             ctx.dropped.unknown_session += 1;
             return;
@@ -243,17 +229,12 @@ impl Node {
                 return;
             }
         };
-        tracing::debug!(peer = %peer.config.id, %from, local_index, "handshake complete");
-        peer.remote_name = Some(crate::core::text::escape_untrusted(&payload.name));
-        peer.set_remote_candidates(now, payload.candidates);
-        peer.set_remote_nat(payload.nat);
-        peer.last_handshake = Some(now);
-        peer.counters.handshakes += 1;
-        if from.is_relay() {
-            peer.forget_direct_path(now);
-        }
-        peer.observe_path(ctx, now, from, true);
-        peer.observe_receive(now, false);
+        tracing::debug!(peer = %peer.id(), %from, local_index, "handshake complete");
+        let news = HandshakeNews {
+            name: crate::core::text::escape_untrusted(&payload.name),
+            candidates: payload.candidates,
+            nat: payload.nat,
+        };
         let session = Box::new(Session::new(
             &keys,
             local_index,
@@ -261,6 +242,6 @@ impl Node {
             true,
             now,
         ));
-        peer.install_current(ctx, now, session);
+        peer.accept_response(ctx, now, from, news, session);
     }
 }

@@ -192,7 +192,7 @@ impl Node {
         id: &AgentId,
     ) -> Result<(u64, PathAddr), crate::core::stats::PingError> {
         use crate::core::stats::PingError;
-        let Some(peer) = self.peers.get_mut(id).filter(|peer| !peer.is_rendezvous) else {
+        let Some(peer) = self.peers.get_mut(id).filter(|peer| !peer.is_rendezvous()) else {
             return Err(PingError::UnknownPeer);
         };
         if !peer.is_up(now) {
@@ -215,7 +215,7 @@ impl Node {
                 .peer_order
                 .iter()
                 .filter_map(|slot| self.peers.at(*slot))
-                .filter(|peer| !peer.is_rendezvous)
+                .filter(|peer| !peer.is_rendezvous())
                 .map(|peer| peer.status(&self.ctx, now))
                 .collect(),
             dropped: self.ctx.dropped,

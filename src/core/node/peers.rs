@@ -37,16 +37,16 @@ impl Node {
         let Some(peer) = self.peers.at(slot) else {
             return;
         };
-        if peer.is_rendezvous {
+        if peer.is_rendezvous() {
             return;
         }
-        let address = peer.address4;
+        let address = peer.address4();
         let conflict = match own {
             None => None,
             Some(own) if own == address => Some(Some(own_id)),
             Some(_) => match self.by_address4.get(&address) {
                 Some(holder) if *holder != slot => {
-                    Some(self.peers.at(*holder).map(|holder| holder.config.id))
+                    Some(self.peers.at(*holder).map(|holder| holder.id()))
                 }
                 _ => {
                     self.by_address4.insert(address, slot);
@@ -55,11 +55,10 @@ impl Node {
             },
         };
         if let Some(peer) = self.peers.at_mut(slot) {
-            peer.ipv4_routed = own.is_some() && conflict.is_none();
-            peer.ipv4_conflict = conflict.flatten();
-            if let Some(holder) = peer.ipv4_conflict {
+            peer.set_ipv4_route(own.is_some() && conflict.is_none(), conflict.flatten());
+            if let Some(holder) = peer.ipv4_conflict() {
                 tracing::warn!(
-                    peer = %peer.config.id,
+                    peer = %peer.id(),
                     address = %address,
                     holder = %holder,
                     "two agents derive the same IPv4 address: the later one is reachable over IPv6 only"
@@ -70,9 +69,9 @@ impl Node {
 
     /// How IPv4 reaches a trusted peer (`None`: not a peer).
     pub fn peer_ipv4_route(&self, id: &AgentId) -> Option<Ipv4Route> {
-        let peer = self.peers.get(id).filter(|peer| !peer.is_rendezvous)?;
-        Some(match (peer.ipv4_routed, peer.ipv4_conflict) {
-            (true, _) => Ipv4Route::Routed(peer.address4),
+        let peer = self.peers.get(id).filter(|peer| !peer.is_rendezvous())?;
+        Some(match (peer.ipv4_routed(), peer.ipv4_conflict()) {
+            (true, _) => Ipv4Route::Routed(peer.address4()),
             (false, Some(holder)) => Ipv4Route::TakenBy(holder),
             (false, None) => Ipv4Route::Off,
         })
@@ -87,8 +86,8 @@ impl Node {
         }?;
         self.peers
             .at(*slot)
-            .filter(|peer| !peer.is_rendezvous)
-            .map(|peer| peer.config.id)
+            .filter(|peer| !peer.is_rendezvous())
+            .map(|peer| peer.id())
     }
 
     /// Adds a trusted peer, or updates its name, endpoint and policy.
@@ -98,25 +97,16 @@ impl Node {
         }
         self.known_sources.invalidate();
         if let Some(existing) = self.peers.get_mut(&peer.id) {
-            if peer.endpoint.is_some() && existing.endpoint.is_none() {
-                existing.endpoint = peer.endpoint;
-            }
-            if existing.config.endpoint != peer.endpoint && peer.endpoint.is_some() {
-                existing.endpoint = peer.endpoint;
-            }
-            if existing.config.allow != peer.allow {
-                existing.conntrack.policy_changed(now);
-            }
-            existing.config = peer;
+            existing.reconfigure(now, peer);
             return;
         }
         let ctx = &self.ctx;
         let state = self
             .peers
             .insert(peer.id, |slot| Peer::new(ctx, peer, slot));
-        self.by_noise_key.insert(state.noise_public, state.slot);
-        self.by_prefix.insert(state.prefix, state.slot);
-        let slot = state.slot;
+        let slot = state.slot();
+        self.by_noise_key.insert(*state.noise_public(), slot);
+        self.by_prefix.insert(state.prefix(), slot);
         self.peer_order.push(slot);
         self.route_ipv4(slot);
     }
@@ -128,14 +118,15 @@ impl Node {
             return false;
         };
         self.known_sources.invalidate();
-        let was_up = peer.current.is_some();
+        let was_up = peer.has_session();
         peer.clear_sessions(&mut self.ctx);
-        self.by_noise_key.remove(&peer.noise_public);
-        self.by_prefix.remove(&peer.prefix);
-        self.peer_order.retain(|slot| *slot != peer.slot);
-        if self.by_address4.get(&peer.address4) == Some(&peer.slot) {
+        self.by_noise_key.remove(peer.noise_public());
+        self.by_prefix.remove(&peer.prefix());
+        self.peer_order.retain(|slot| *slot != peer.slot());
+        let address4 = peer.address4();
+        if self.by_address4.get(&address4) == Some(&peer.slot()) {
             // The address is free: the earliest peer that wanted it gets it.
-            self.by_address4.remove(&peer.address4);
+            self.by_address4.remove(&address4);
             let waiting: Vec<PeerSlot> = self
                 .peer_order
                 .iter()
@@ -143,7 +134,7 @@ impl Node {
                 .filter(|slot| {
                     self.peers
                         .at(*slot)
-                        .is_some_and(|other| other.address4 == peer.address4)
+                        .is_some_and(|other| other.address4() == address4)
                 })
                 .collect();
             for slot in waiting {

@@ -39,9 +39,7 @@ impl Node {
                     endpoint: Some(endpoint),
                     allow: Policy::All,
                 };
-                let mut peer = Peer::new(ctx, config, slot);
-                peer.is_rendezvous = true;
-                peer
+                Peer::new_rendezvous(ctx, config, slot)
             });
         }
     }
@@ -155,7 +153,7 @@ impl Node {
         }
         .encode();
         for peer in self.peers.iter_mut() {
-            if !peer.is_rendezvous && peer.is_up(now) {
+            if !peer.is_rendezvous() && peer.is_up(now) {
                 peer.send(&mut self.ctx, now, &frame);
             }
         }

@@ -28,7 +28,7 @@ impl Node {
         }
         if now >= self.next_housekeeping {
             for peer in self.peers.iter_mut() {
-                peer.conntrack.expire(now);
+                peer.expire_connections(now);
                 peer.release_idle_memory(now);
             }
             self.pending.expire(now);

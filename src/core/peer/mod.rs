@@ -9,7 +9,7 @@ pub mod table;
 mod timers;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::core::address::{NodeId, NodePrefix, agent_address4};
@@ -17,15 +17,15 @@ use crate::core::api::PeerConfig;
 use crate::core::api::PeerSlot;
 use crate::core::identity::AgentId;
 use crate::core::noise::cookie::InitiatorCookie;
-use crate::core::noise::handshake::InitiatorHandshake;
+use crate::core::noise::handshake::{InitiatorHandshake, NatHint};
 use crate::core::noise::session::Session;
 use crate::core::peer::birthday::BurstBudget;
 use crate::core::peer::context::Context;
 use crate::core::policy::Policy;
-use crate::core::policy::conntrack::ConnectionTracker;
+use crate::core::policy::conntrack::{ConnectionTracker, InboundVerdict};
 use crate::core::stats::status::{PathKind, PeerStatus};
 use crate::core::stats::{PeerStats, ReportContext};
-use crate::core::wire::packet::IpPacket;
+use crate::core::wire::packet::{IpPacket, IpVersion};
 use crate::core::wire::path::{NatKind, PathAddr};
 
 /// Send a keepalive when we received but sent nothing for this long.
@@ -99,6 +99,17 @@ struct Retry {
     retry_at: Instant,
 }
 
+/// What a completed handshake told about the peer.
+#[derive(Debug)]
+pub struct HandshakeNews {
+    /// The name it announced (escaped: it is shown in `status`).
+    pub name: String,
+    /// Its candidate endpoints.
+    pub candidates: Vec<SocketAddr>,
+    /// Its NAT kind and reflexive endpoints.
+    pub nat: NatHint,
+}
+
 /// Per-peer counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PeerCounters {
@@ -114,25 +125,25 @@ pub struct PeerCounters {
 
 /// A trusted peer.
 pub struct Peer {
-    pub config: PeerConfig,
-    pub noise_public: [u8; 32],
-    pub prefix: NodePrefix,
+    config: PeerConfig,
+    noise_public: [u8; 32],
+    prefix: NodePrefix,
     /// The peer's derived IPv4 address.
-    pub address4: Ipv4Addr,
+    address4: Ipv4Addr,
     /// Whether IPv4 to and from this peer is routed: not when IPv4 is off
     /// here, nor when another trusted agent (or this one) holds the address
     /// (`ipv4_conflict` says which).
-    pub ipv4_routed: bool,
+    ipv4_routed: bool,
     /// The agent that holds this peer's IPv4 address here, if not it.
-    pub ipv4_conflict: Option<AgentId>,
-    pub endpoint: Option<SocketAddr>,
+    ipv4_conflict: Option<AgentId>,
+    endpoint: Option<SocketAddr>,
     /// The probe socket the direct endpoint is reached through (`None`: the
     /// main socket).
-    pub endpoint_socket: Option<u16>,
+    endpoint_socket: Option<u16>,
     /// What the peer said about its NAT.
-    pub remote_nat: NatKind,
+    remote_nat: NatKind,
     /// The peer's reflexive endpoints (what rendezvous servers saw).
-    pub remote_reflexive: Vec<SocketAddr>,
+    remote_reflexive: Vec<SocketAddr>,
     /// Birthday rounds this peer caused lately (bounded per window).
     birthday_budget: BurstBudget,
     /// The address the peer's last authenticated direct packet came from,
@@ -142,28 +153,28 @@ pub struct Peer {
     last_ping_back: Option<Instant>,
     // The session slots and the handshake in flight are boxed: empty most
     // of the time, and inline they made every peer ~5 KiB (issue 7).
-    pub current: Option<Box<Session>>,
-    pub previous: Option<Box<Session>>,
-    pub next: Option<Box<Session>>,
+    current: Option<Box<Session>>,
+    previous: Option<Box<Session>>,
+    next: Option<Box<Session>>,
     handshake: Option<Box<InitiatorHandshake>>,
     retry: Option<Retry>,
-    pub last_initiation_timestamp: Option<crate::core::noise::tai64n::Tai64N>,
-    pub last_initiation_accepted: Option<Instant>,
+    last_initiation_timestamp: Option<crate::core::noise::tai64n::Tai64N>,
+    last_initiation_accepted: Option<Instant>,
     queue: VecDeque<Vec<u8>>,
-    pub conntrack: ConnectionTracker,
+    conntrack: ConnectionTracker,
     last_sent: Option<Instant>,
     last_received: Option<Instant>,
     unanswered_since: Option<Instant>,
-    pub last_handshake: Option<Instant>,
-    pub remote_name: Option<String>,
-    pub remote_candidates: Vec<SocketAddr>,
-    pub counters: PeerCounters,
+    last_handshake: Option<Instant>,
+    remote_name: Option<String>,
+    remote_candidates: Vec<SocketAddr>,
+    counters: PeerCounters,
     /// The peer's node ID (relay envelopes name it).
-    pub node_id: NodeId,
+    node_id: NodeId,
     /// Where the node's table keeps this peer (its session indices name it).
-    pub slot: PeerSlot,
+    slot: PeerSlot,
     /// Whether this "peer" is a rendezvous server (no IP traffic).
-    pub is_rendezvous: bool,
+    is_rendezvous: bool,
     /// The direct endpoint answered a round trip recently.
     direct_confirmed: bool,
     /// First direct send not yet followed by a direct receive.
@@ -182,13 +193,13 @@ pub struct Peer {
     /// The path last reported in an event.
     reported_path: PathKind,
     /// Round-trip time of the last answered path ping.
-    pub last_rtt: Option<Duration>,
+    last_rtt: Option<Duration>,
     /// When the path last changed.
-    pub path_changed_at: Option<Instant>,
+    path_changed_at: Option<Instant>,
     /// Measurements for status and metrics: RTT, loss, handshakes, paths.
-    pub stats: PeerStats,
+    stats: PeerStats,
     /// The cookie this peer gave us under load, and our initiation in flight.
-    pub cookie: InitiatorCookie,
+    cookie: InitiatorCookie,
 }
 
 impl std::fmt::Debug for Peer {
@@ -270,6 +281,157 @@ impl Peer {
             self.conntrack
                 .track_outbound(now, &self.config.allow, packet);
         }
+    }
+
+    /// A rendezvous server kept as a peer: sessions and registrations, no
+    /// IP traffic, no IPv4 route, no hole punching.
+    pub fn new_rendezvous(ctx: &Context, config: PeerConfig, slot: PeerSlot) -> Self {
+        Self {
+            is_rendezvous: true,
+            ..Self::new(ctx, config, slot)
+        }
+    }
+
+    /// The peer's agent ID.
+    pub fn id(&self) -> AgentId {
+        self.config.id
+    }
+
+    /// What the operator configured for this peer.
+    pub fn config(&self) -> &PeerConfig {
+        &self.config
+    }
+
+    /// The peer's static Noise key (X25519 form of its ID).
+    pub fn noise_public(&self) -> &[u8; 32] {
+        &self.noise_public
+    }
+
+    /// The peer's node prefix.
+    pub fn prefix(&self) -> NodePrefix {
+        self.prefix
+    }
+
+    /// The peer's derived IPv4 address (routed or not).
+    pub fn address4(&self) -> Ipv4Addr {
+        self.address4
+    }
+
+    /// Whether IPv4 to and from this peer is routed.
+    pub fn ipv4_routed(&self) -> bool {
+        self.ipv4_routed
+    }
+
+    /// The agent that holds this peer's IPv4 address here, if not it.
+    pub fn ipv4_conflict(&self) -> Option<AgentId> {
+        self.ipv4_conflict
+    }
+
+    /// Sets whether the peer's IPv4 address is routed to it, and who holds
+    /// it when not (the node decides, from the order peers were trusted).
+    pub fn set_ipv4_route(&mut self, routed: bool, conflict: Option<AgentId>) {
+        self.ipv4_routed = routed;
+        self.ipv4_conflict = conflict;
+    }
+
+    /// The peer's node ID (relay envelopes name it).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Where the node's table keeps this peer.
+    pub fn slot(&self) -> PeerSlot {
+        self.slot
+    }
+
+    /// Whether this "peer" is a rendezvous server (no IP traffic).
+    pub fn is_rendezvous(&self) -> bool {
+        self.is_rendezvous
+    }
+
+    /// Whether a current session exists (usable or not).
+    pub fn has_session(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The peer's direct endpoint as last seen (or configured).
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// The endpoints the peer announced.
+    pub fn remote_candidates(&self) -> &[SocketAddr] {
+        &self.remote_candidates
+    }
+
+    /// Takes a new configuration (name, endpoint, policy) for the peer: a
+    /// configured endpoint replaces the one in use when it changed, a
+    /// changed policy re-checks the tracked connections.
+    pub fn reconfigure(&mut self, now: Instant, config: PeerConfig) {
+        if config.endpoint.is_some() && self.endpoint.is_none() {
+            self.endpoint = config.endpoint;
+        }
+        if self.config.endpoint != config.endpoint && config.endpoint.is_some() {
+            self.endpoint = config.endpoint;
+        }
+        if self.config.allow != config.allow {
+            self.conntrack.policy_changed(now);
+        }
+        self.config = config;
+    }
+
+    /// Drops idle connection-tracking entries (housekeeping).
+    pub fn expire_connections(&mut self, now: Instant) {
+        self.conntrack.expire(now);
+    }
+
+    /// Counts a packet from the TUN too big for the tunnel.
+    pub fn count_too_big(&mut self) {
+        self.stats.too_big += 1;
+    }
+
+    /// Whether an IP packet that came out of this peer's session may go to
+    /// the TUN: a rendezvous carries none; the source must be the peer's
+    /// (its node prefix, or its routed IPv4 address) and the destination
+    /// ours (inbound cryptokey routing); then its policy, with connection
+    /// tracking, decides. Counts what it refuses.
+    pub fn accept_inbound(&mut self, ctx: &Context, now: Instant, packet: &[u8]) -> bool {
+        if self.is_rendezvous {
+            // A rendezvous carries no IP traffic of its own.
+            self.counters.dropped_spoofed += 1;
+            return false;
+        }
+        self.counters.rx_bytes += packet.len() as u64;
+        self.counters.rx_packets += 1;
+        let Some(packet) = IpPacket::new_checked(packet) else {
+            self.counters.dropped_spoofed += 1;
+            return false;
+        };
+        let genuine = match packet.version() {
+            IpVersion::V6 => {
+                self.prefix.contains(&Ipv6Addr::from(packet.source()))
+                    && NodePrefix::of_octets(&packet.destination()) == ctx.own_prefix
+            }
+            IpVersion::V4 => {
+                self.ipv4_routed
+                    && packet.source_ip() == IpAddr::V4(self.address4)
+                    && ctx.own_address4.map(IpAddr::V4) == Some(packet.destination_ip())
+            }
+        };
+        if !genuine {
+            self.counters.dropped_spoofed += 1;
+            return false;
+        }
+        if self.config.allow != Policy::All
+            && self
+                .conntrack
+                .check_inbound(now, &self.config.allow, &packet)
+                == InboundVerdict::Deny
+        {
+            self.counters.dropped_policy += 1;
+            return false;
+        }
+        true
     }
 
     /// A snapshot for `status`.

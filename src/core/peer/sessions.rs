@@ -7,13 +7,18 @@ use std::time::Instant;
 use rand::Rng;
 
 use crate::core::api::Event;
+use crate::core::noise::cookie::{CookieReplyError, CookieReplyKey};
 use crate::core::noise::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
-use crate::core::noise::session::Session;
+use crate::core::noise::session::{Session, SessionError};
+use crate::core::noise::tai64n::Tai64N;
 use crate::core::peer::context::Context;
 use crate::core::wire::control_frame::CONTROL_FRAME_LIMIT;
 use crate::core::wire::path::PathAddr;
 
-use super::{FIRST_RETRY, MAX_QUEUED_PACKETS, MAX_RETRY, Peer, REKEY_ON_RECEIVE_AGE, Retry, Slot};
+use super::{
+    FIRST_RETRY, HandshakeNews, MAX_QUEUED_PACKETS, MAX_RETRY, MIN_INITIATION_INTERVAL, Peer,
+    REKEY_ON_RECEIVE_AGE, Retry, Slot,
+};
 
 impl Peer {
     /// Whether a session can carry packets now.
@@ -336,5 +341,135 @@ impl Peer {
             session.release_idle_keys(now);
         }
         self.stats.release_idle_memory(now);
+    }
+
+    /// Whether an initiation with this timestamp replays one already
+    /// accepted (TAI64N not newer).
+    pub fn is_replayed_initiation(&self, timestamp: Tai64N) -> bool {
+        self.last_initiation_timestamp
+            .is_some_and(|last| timestamp <= last)
+    }
+
+    /// Whether an initiation now would follow the last accepted one too
+    /// closely ([`MIN_INITIATION_INTERVAL`]).
+    pub fn is_initiation_flood(&self, now: Instant) -> bool {
+        self.last_initiation_accepted
+            .is_some_and(|at| now.saturating_duration_since(at) < MIN_INITIATION_INTERVAL)
+    }
+
+    /// Takes the session of an initiation we answered (from `from`, stamped
+    /// `timestamp`): it waits in the `next` slot until the initiator
+    /// confirms it.
+    pub fn accept_initiation(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        from: PathAddr,
+        timestamp: Tai64N,
+        news: HandshakeNews,
+        session: Box<Session>,
+    ) {
+        self.last_initiation_timestamp = Some(timestamp);
+        self.last_initiation_accepted = Some(now);
+        self.learn_from_handshake(now, from, news);
+        self.observe_path(ctx, now, from, false);
+        self.install_next(ctx, session);
+    }
+
+    /// Takes the session our initiation built once the response came (from
+    /// `from`): it is current at once.
+    pub fn accept_response(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        from: PathAddr,
+        news: HandshakeNews,
+        session: Box<Session>,
+    ) {
+        self.learn_from_handshake(now, from, news);
+        self.observe_path(ctx, now, from, true);
+        self.observe_receive(now, false);
+        self.install_current(ctx, now, session);
+    }
+
+    /// What every completed handshake tells about the peer.
+    fn learn_from_handshake(&mut self, now: Instant, from: PathAddr, news: HandshakeNews) {
+        self.remote_name = Some(news.name);
+        self.set_remote_candidates(now, news.candidates);
+        self.set_remote_nat(news.nat);
+        self.last_handshake = Some(now);
+        self.counters.handshakes += 1;
+        if from.is_relay() {
+            self.forget_direct_path(now);
+        }
+    }
+
+    /// Takes a cookie reply to our initiation in flight (the peer is under
+    /// load): the retry carries a valid mac2.
+    pub fn accept_cookie_reply(
+        &mut self,
+        now: Instant,
+        local_index: u32,
+        body: &[u8],
+        key: &CookieReplyKey,
+    ) -> Result<(), CookieReplyError> {
+        self.cookie.handle_reply(now, local_index, body, key)
+    }
+
+    /// Opens a data packet for session `local_index` in place: the replay
+    /// window is checked before decryption and marked after the tag
+    /// verified. Returns the slot that held the session and the plaintext
+    /// length; counts what it refuses.
+    pub fn open_data(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        local_index: u32,
+        counter: u64,
+        buffer: &mut [u8],
+    ) -> Option<(Slot, usize)> {
+        let Some(slot) = self.slot_of(local_index) else {
+            ctx.dropped.unknown_session += 1;
+            return None;
+        };
+        let session = self.session_mut(slot)?;
+        if session.check_replay(counter).is_err() {
+            let verdict = session.replay_window().check(counter);
+            self.counters.dropped_replay += 1;
+            self.stats.receive.on_refused(now, verdict);
+            return None;
+        }
+        let len = match session.open(now, counter, buffer) {
+            Ok(len) => len,
+            Err(SessionError::Replay) => {
+                self.counters.dropped_replay += 1;
+                return None;
+            }
+            Err(SessionError::Decrypt) => {
+                ctx.dropped.decrypt_failed += 1;
+                self.stats.decrypt_failed += 1;
+                return None;
+            }
+            Err(SessionError::Expired) => {
+                ctx.dropped.unknown_session += 1;
+                return None;
+            }
+        };
+        self.stats.receive.on_accepted(now, local_index, counter);
+        Some((slot, len))
+    }
+
+    /// Notes which path an opened packet came by (relayed or not) and
+    /// whether it was a control frame, for the receive statistics.
+    pub fn note_arrival(&mut self, now: Instant, relayed: bool, control: bool) {
+        self.stats.receive.on_arrival_path(now, relayed, control);
+    }
+
+    /// The peer reports counters it skipped on session `local_index`
+    /// (control frames it sent off the path in use).
+    pub fn note_skipped_counters(&mut self, now: Instant, local_index: u32, count: u64) {
+        self.stats
+            .receive
+            .on_skipped_report(now, local_index, count);
     }
 }
