@@ -28,6 +28,8 @@ use crate::core::stats::{PeerStats, ReportContext};
 use crate::core::wire::packet::{IpPacket, IpVersion};
 use crate::core::wire::path::{NatKind, PathAddr};
 
+use path::{PathState, RelayState};
+
 /// Send a keepalive when we received but sent nothing for this long.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Base of the wait before a handshake is retried.
@@ -175,21 +177,13 @@ pub struct Peer {
     slot: PeerSlot,
     /// Whether this "peer" is a rendezvous server (no IP traffic).
     is_rendezvous: bool,
-    /// The direct endpoint answered a round trip recently.
-    direct_confirmed: bool,
-    /// First direct send not yet followed by a direct receive.
-    direct_unanswered_since: Option<Instant>,
+    /// Where the direct path stands (proven, or unproven and probed).
+    path: PathState,
     /// Last ping sent to check the path in use (not a hole-punching probe).
     last_ping_sent: Option<Instant>,
     pings: VecDeque<(u64, PathAddr, Instant)>,
-    next_probe: Option<Instant>,
-    probe_round: usize,
-    /// The rendezvous we last heard the peer through.
-    heard_via: Option<SocketAddr>,
-    /// First relayed send not yet followed by any receive from the peer.
-    relay_unanswered_since: Option<Instant>,
-    /// Relays that stopped carrying this peer's traffic, and since when.
-    failed_relays: Vec<(SocketAddr, Instant)>,
+    /// The relay side of the path: where the peer was heard, what failed.
+    relay: RelayState,
     /// The path last reported in an event.
     reported_path: PathKind,
     /// Round-trip time of the last answered path ping.
@@ -257,15 +251,10 @@ impl Peer {
             remote_candidates: Vec::new(),
             counters: PeerCounters::default(),
             is_rendezvous: false,
-            direct_confirmed: false,
-            direct_unanswered_since: None,
+            path: PathState::Unproven { probing: None },
             last_ping_sent: None,
             pings: VecDeque::new(),
-            next_probe: None,
-            probe_round: 0,
-            heard_via: None,
-            relay_unanswered_since: None,
-            failed_relays: Vec::new(),
+            relay: RelayState::default(),
             reported_path: PathKind::None,
             last_rtt: None,
             path_changed_at: None,

@@ -72,7 +72,7 @@ impl Peer {
     /// it at once, so our side confirms it too (after a birthday hit only
     /// that exact socket pair works).
     pub fn ping_back(&mut self, ctx: &mut Context, now: Instant, from: PathAddr) {
-        if self.direct_confirmed || from.direct_endpoint().is_none() {
+        if self.direct_proven() || from.direct_endpoint().is_none() {
             return;
         }
         if self

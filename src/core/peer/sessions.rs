@@ -15,6 +15,7 @@ use crate::core::peer::context::Context;
 use crate::core::wire::control_frame::CONTROL_FRAME_LIMIT;
 use crate::core::wire::path::PathAddr;
 
+use super::path::Route;
 use super::{
     FIRST_RETRY, HandshakeNews, MAX_QUEUED_PACKETS, MAX_RETRY, MIN_INITIATION_INTERVAL, Peer,
     REKEY_ON_RECEIVE_AGE, Retry, Slot,
@@ -94,7 +95,11 @@ impl Peer {
             ctx.events.push_back(Event::PeerUp { id: self.config.id });
         }
         self.flush_queue(ctx, now);
-        if !self.direct_confirmed && self.relay_route(ctx, now).is_some() {
+        if !self.direct_proven()
+            && self
+                .route(ctx, now)
+                .is_some_and(|route| route.relay_alternative)
+        {
             self.start_probing(now);
         }
         self.report_path(ctx, now);
@@ -137,8 +142,10 @@ impl Peer {
     /// Sends an IP packet (already accepted for this peer) or a control
     /// payload; queues it and starts a handshake when no session is up.
     pub fn send(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
-        if self.is_up(now) && self.send_path(ctx, now).is_some() {
-            self.seal_and_transmit(ctx, now, payload);
+        if self.is_up(now)
+            && let Some(route) = self.route(ctx, now)
+        {
+            self.seal_and_transmit_on(ctx, now, route, payload);
         } else {
             if self.queue.len() >= MAX_QUEUED_PACKETS {
                 self.queue.pop_front();
@@ -177,11 +184,22 @@ impl Peer {
         true
     }
 
+    /// Seals a payload and sends it the way packets go now.
     pub(super) fn seal_and_transmit(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
-        let Some(path) = self.send_path(ctx, now) else {
-            return;
-        };
-        if !self.seal_to(ctx, now, path, payload) {
+        if let Some(route) = self.route(ctx, now) {
+            self.seal_and_transmit_on(ctx, now, route, payload);
+        }
+    }
+
+    /// Seals a payload and sends it along `route` (decided once for it).
+    fn seal_and_transmit_on(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        route: Route,
+        payload: &[u8],
+    ) {
+        if !self.seal_to(ctx, now, route.path, payload) {
             return;
         }
         let wants_rekey = self
@@ -195,20 +213,7 @@ impl Peer {
             if self.unanswered_since.is_none() {
                 self.unanswered_since = Some(now);
             }
-            match path {
-                PathAddr::Direct(_) | PathAddr::Probe(..) => {
-                    if self.relay_route(ctx, now).is_some()
-                        && self.direct_unanswered_since.is_none()
-                    {
-                        self.direct_unanswered_since = Some(now);
-                    }
-                }
-                PathAddr::Relay(_) => {
-                    if self.relay_unanswered_since.is_none() {
-                        self.relay_unanswered_since = Some(now);
-                    }
-                }
-            }
+            self.note_sent_on(now, route);
         }
         if wants_rekey {
             self.start_handshake_if_idle(ctx, now);

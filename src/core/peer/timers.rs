@@ -6,10 +6,7 @@ use crate::core::api::Event;
 use crate::core::noise::session::REJECT_AFTER_TIME;
 use crate::core::peer::context::Context;
 
-use super::{
-    DIRECT_PATH_TIMEOUT, DIRECT_PROBE_AFTER, KEEPALIVE_TIMEOUT, Peer, REKEY_ATTEMPT_TIME,
-    REKEY_TIMEOUT, RELAY_PATH_TIMEOUT, RELAY_PROBE_AFTER, Slot, earliest,
-};
+use super::{KEEPALIVE_TIMEOUT, Peer, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Slot, earliest};
 
 impl Peer {
     /// The earliest time [`Peer::on_timeout`] has work to do.
@@ -32,23 +29,7 @@ impl Peer {
             deadline = earliest(deadline, Some(session.created + REJECT_AFTER_TIME));
         }
         if self.current.is_some() {
-            deadline = earliest(deadline, self.next_probe);
-            if let Some(since) = self.relay_unanswered_since {
-                deadline = earliest(deadline, Some(since + RELAY_PATH_TIMEOUT));
-                if self.last_ping_sent.is_none_or(|ping| ping < since) {
-                    deadline = earliest(deadline, Some(since + RELAY_PROBE_AFTER));
-                }
-            }
-            if let Some(since) = self.direct_unanswered_since
-                && self.direct_confirmed
-            {
-                let probe_at = since + DIRECT_PROBE_AFTER;
-                let probe_due = self.last_ping_sent.is_none_or(|ping| ping < since);
-                deadline = earliest(deadline, Some(since + DIRECT_PATH_TIMEOUT));
-                if probe_due {
-                    deadline = earliest(deadline, Some(probe_at));
-                }
-            }
+            deadline = earliest(deadline, self.path_deadline());
         }
         deadline
     }
