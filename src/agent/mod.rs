@@ -209,6 +209,9 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             };
             let mut node = Node::new(node_config, *seed, Instant::now(), unix_now);
             node.set_ipv4(ipv4_guarded);
+            // Received packets are decrypted behind the room the TUN's write
+            // batch keeps for the virtio-net header (no copy on the way out).
+            node.set_tun_headroom(tun_batch::HEADROOM);
             let rendezvous = resolve_rendezvous(&options, &config)?;
             if let Some(interval) = options.register_interval {
                 node.set_register_interval(interval);

@@ -478,8 +478,14 @@ impl Daemon {
         udp_out.clear();
         self.udp_out = udp_out;
         self.links.probes_sent();
+        // The node decrypted each packet behind the TUN's headroom: it is
+        // queued as it is, and the buffer it replaces goes back to the node.
         while let Some(packet) = self.node.poll_tun_packet() {
-            self.queue_for_tun(&packet).await;
+            let spare = self.tun_out.push_with_headroom(packet);
+            self.node.recycle_buffer(spare);
+            if self.tun_out.is_full() {
+                self.write_tun().await;
+            }
         }
         // Events may have changed the trust store (comparing it on every
         // wake would cost O(peers) per packet); then the resolver's replies.

@@ -96,20 +96,30 @@ impl Node {
             return;
         }
         let counter = data.counter();
-        let mut buffer = data.ciphertext().to_vec();
-        let Some((slot, len)) = peer.open_data(ctx, now, local_index, counter, &mut buffer) else {
+        // Decrypted in place in a reused buffer, behind the room the shell
+        // asked for: the packet goes to the TUN as it is, no copy.
+        let headroom = ctx.tun_headroom;
+        let mut buffer = ctx.take_buffer();
+        buffer.resize(headroom, 0);
+        buffer.extend_from_slice(data.ciphertext());
+        let Some((slot, len)) =
+            peer.open_data(ctx, now, local_index, counter, &mut buffer[headroom..])
+        else {
+            ctx.recycle_buffer(buffer);
             return;
         };
-        buffer.truncate(len);
+        buffer.truncate(headroom + len);
         let control = buffer
-            .first()
+            .get(headroom)
             .is_some_and(|first| *first < CONTROL_FRAME_LIMIT);
         peer.note_arrival(now, from.is_relay(), control);
         if slot == Slot::Next {
             peer.confirm_next(ctx, now);
         }
-        let frame = match buffer.first() {
-            Some(&first) if first < CONTROL_FRAME_LIMIT => ControlFrame::decode(&buffer),
+        let frame = match buffer.get(headroom) {
+            Some(&first) if first < CONTROL_FRAME_LIMIT => {
+                ControlFrame::decode(&buffer[headroom..])
+            }
             _ => None,
         };
         // A ping only proves the way here; anything else answers something
@@ -120,10 +130,12 @@ impl Node {
         if peer.wants_rekey_on_receive(now) {
             peer.start_handshake_if_idle(ctx, now);
         }
-        let Some(&first) = buffer.first() else {
+        let Some(&first) = buffer.get(headroom) else {
+            ctx.recycle_buffer(buffer);
             return; // keepalive
         };
         if first < CONTROL_FRAME_LIMIT {
+            ctx.recycle_buffer(buffer);
             let Some(frame) = frame else {
                 return;
             };
@@ -167,8 +179,10 @@ impl Node {
             }
             return;
         }
-        if peer.accept_inbound(ctx, now, &buffer) {
+        if peer.accept_inbound(ctx, now, &buffer[headroom..]) {
             ctx.tun_out.push_back(buffer);
+        } else {
+            ctx.recycle_buffer(buffer);
         }
     }
 
@@ -232,7 +246,9 @@ impl Node {
                 },
                 (IpVersion::V4, _) => None,
             };
-            self.ctx.tun_out.extend(reply);
+            if let Some(reply) = reply {
+                self.ctx.queue_tun_packet(&reply);
+            }
             return;
         }
         peer.track_outbound(now, &parsed);

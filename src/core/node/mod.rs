@@ -115,6 +115,8 @@ impl Node {
             by_index: HashMap::new(),
             transmits: VecDeque::new(),
             tun_out: VecDeque::new(),
+            tun_headroom: 0,
+            spare_buffers: Vec::new(),
             events: VecDeque::new(),
             dropped: DropCounters::default(),
             local_candidates: Vec::new(),
@@ -159,9 +161,27 @@ impl Node {
         self.ctx.transmits.pop_front()
     }
 
-    /// The next IP packet to write to the TUN.
+    /// The next IP packet to write to the TUN, behind the room asked for
+    /// with [`Node::set_tun_headroom`] (none by default). Give the buffer
+    /// back with [`Node::recycle_buffer`] once written: the data path then
+    /// receives without allocating.
     pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
         self.ctx.tun_out.pop_front()
+    }
+
+    /// Keeps `bytes` of room (zeros) before every packet
+    /// [`Node::poll_tun_packet`] returns, for a header the shell writes
+    /// there (the virtio-net header of a TUN with offloads): the packet is
+    /// decrypted where it is written from.
+    pub fn set_tun_headroom(&mut self, bytes: usize) {
+        self.ctx.tun_headroom = bytes;
+    }
+
+    /// Gives a buffer back for reuse (one [`Node::poll_tun_packet`]
+    /// returned, or any other): received packets are decrypted into such
+    /// buffers instead of fresh ones. Large or surplus buffers are dropped.
+    pub fn recycle_buffer(&mut self, buffer: Vec<u8>) {
+        self.ctx.recycle_buffer(buffer);
     }
 
     /// The next event.

@@ -234,6 +234,8 @@ impl Peer {
         self.remote_reflexive = hint.reflexive;
     }
 
+    /// Where a hole-punching round pings: the endpoint, then every
+    /// candidate the peer announced.
     pub(super) fn probe_targets(&self) -> Vec<SocketAddr> {
         let mut targets: Vec<SocketAddr> = self.endpoint.into_iter().collect();
         for candidate in &self.remote_candidates {
@@ -263,6 +265,7 @@ impl Peer {
         }
     }
 
+    /// Direct, relay or none (no usable session), as status reports it.
     pub(super) fn path_kind(&self, ctx: &Context, now: Instant) -> PathKind {
         if !self.is_up(now) {
             return PathKind::None;
