@@ -187,7 +187,9 @@ fn node_size(group: &mut BenchmarkGroup<'_, ThreadCpuTime>, size: usize) {
                 let start = support::cpu_time::now();
                 for datagram in &sealed {
                     node_b.handle_datagram(now, from, black_box(datagram));
-                    black_box(node_b.poll_tun_packet().expect("delivered to the TUN"));
+                    // As the daemon does: the buffer goes back once written.
+                    let packet = node_b.poll_tun_packet().expect("delivered to the TUN");
+                    node_b.recycle_buffer(black_box(packet));
                 }
                 elapsed += support::cpu_time::now().saturating_sub(start);
                 left -= chunk;
@@ -206,7 +208,8 @@ fn node_size(group: &mut BenchmarkGroup<'_, ThreadCpuTime>, size: usize) {
             a.handle_tun_packet(now, black_box(&packet));
             let datagram = a.poll_transmit().expect("sealed datagram");
             node_b.handle_datagram(now, from, &datagram.payload);
-            black_box(node_b.poll_tun_packet().expect("delivered to the TUN"))
+            let packet = node_b.poll_tun_packet().expect("delivered to the TUN");
+            node_b.recycle_buffer(black_box(packet));
         })
     });
 }

@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodePrefix};
+use agentnet::core::api::PeerSlot;
+use agentnet::core::api::{NodeConfig, PeerConfig};
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::node::{Node, NodeConfig, PeerConfig};
+use agentnet::core::node::Node;
 use agentnet::core::noise::cookie::InitiatorCookie;
 use agentnet::core::noise::handshake::InitiatorHandshake;
 use agentnet::core::noise::replay::ReplayWindow;
 use agentnet::core::noise::session::Session;
-use agentnet::core::peer::table::PeerSlot;
 use agentnet::core::peer::{Peer, PeerCounters};
 use agentnet::core::policy::Policy;
 use agentnet::core::policy::conntrack::ConnectionTracker;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentnet::core::node::Event;
+use agentnet::core::api::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::PingError;
 use agentnet::core::stats::status::{PathKind, PeerStatus};

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentnet::core::node::Event;
+use agentnet::core::api::Event;
 use agentnet::core::policy::Policy;
 use agentnet::core::stats::status::PathKind;
 use agentnet::sim::{

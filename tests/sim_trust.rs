@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use agentnet::core::api::{AutoApprove, Event, NodeConfig, PeerConfig};
 use agentnet::core::identity::Identity;
-use agentnet::core::node::{AutoApprove, Event, Node, NodeConfig, PeerConfig};
+use agentnet::core::node::Node;
 use agentnet::core::policy::Policy;
 use agentnet::core::trust::request::Endorsement;
 use agentnet::core::trust::store::{DEFAULT_REQUESTED_TTL, TrustEntry};

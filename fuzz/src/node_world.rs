@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::{InitiationShape, RemoteAgent, UNIX_START, identity, nat_kind, network};
 use agentnet::core::address::{NodeId, NodePrefix, agent_address4};
-use agentnet::core::node::{AutoApprove, Node, PeerConfig};
+use agentnet::core::api::{AutoApprove, PeerConfig};
+use agentnet::core::node::Node;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;
 use agentnet::core::trust::request::TrustRequest;

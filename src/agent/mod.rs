@@ -32,7 +32,8 @@ use self::control_server::ControlServer;
 use self::event_loop::{Daemon, Signals};
 use crate::control::{ControlClient, ControlError, Request, Response};
 use crate::core::address::{NetworkId, NodePrefix, agent_address4};
-use crate::core::node::{Node, NodeConfig};
+use crate::core::api::NodeConfig;
+use crate::core::node::Node;
 use crate::state::{StateDir, StateError};
 use crate::sys::tun::TunError;
 use crate::sys::udp::{Underlay, UnderlayError};
@@ -209,6 +210,9 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             };
             let mut node = Node::new(node_config, *seed, Instant::now(), unix_now);
             node.set_ipv4(ipv4_guarded);
+            // Received packets are decrypted behind the room the TUN's write
+            // batch keeps for the virtio-net header (no copy on the way out).
+            node.set_tun_headroom(tun_batch::HEADROOM);
             let rendezvous = resolve_rendezvous(&options, &config)?;
             if let Some(interval) = options.register_interval {
                 node.set_register_interval(interval);

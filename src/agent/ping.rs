@@ -13,8 +13,9 @@ use crate::control::ping::{
     DEFAULT_PING_TIMEOUT, MAX_PING_TIMEOUT, PathView, PingOutcome, PingReply, find_peer,
 };
 use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::api::Event;
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, Node};
+use crate::core::node::Node;
 use crate::core::trust::store::TrustStore;
 
 /// Pings waiting for their pong at once; more are refused.

@@ -104,6 +104,22 @@ impl TunWriteBatch {
         self.used += 1;
     }
 
+    /// Queues a buffer that already holds its packet behind [`HEADROOM`]
+    /// bytes (the node decrypts into such buffers, see
+    /// `Node::set_tun_headroom`), without copying it. Returns a spare
+    /// buffer for the caller to reuse.
+    pub fn push_with_headroom(&mut self, buffer: Vec<u8>) -> Vec<u8> {
+        debug_assert!(buffer.len() >= HEADROOM, "a packet behind its headroom");
+        let spare = if self.used == self.buffers.len() {
+            self.buffers.push(buffer);
+            Vec::new()
+        } else {
+            std::mem::replace(&mut self.buffers[self.used], buffer)
+        };
+        self.used += 1;
+        spare
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.used == 0
@@ -168,6 +184,25 @@ mod tests {
         batch.push(&[6, 9]);
         assert_eq!(&batch.queued()[0][HEADROOM..], &[6, 9]);
         assert_eq!(batch.buffers.len(), 2, "buffers are reused");
+    }
+
+    #[test]
+    fn buffers_with_headroom_are_queued_without_a_copy() {
+        let mut batch = TunWriteBatch::default();
+        batch.push(&[6, 1]);
+        batch.clear();
+        let mut owned = vec![0u8; HEADROOM];
+        owned.extend_from_slice(&[6, 7, 8]);
+        let address = owned.as_ptr();
+        let spare = batch.push_with_headroom(owned);
+        assert!(spare.capacity() > 0, "the batch's old buffer comes back");
+        let queued = batch.queued();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(&queued[0][HEADROOM..], &[6, 7, 8]);
+        assert_eq!(queued[0].as_ptr(), address, "the same allocation");
+        let spare = batch.push_with_headroom(vec![0u8; HEADROOM]);
+        assert_eq!(spare.capacity(), 0, "nothing to give back past the end");
+        assert_eq!(batch.queued().len(), 2);
     }
 
     #[test]

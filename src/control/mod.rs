@@ -64,8 +64,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::core::address::{NetworkId, NodePrefix, agent_address4};
+use crate::core::api::Ipv4Route;
 use crate::core::identity::AgentId;
-use crate::core::node::Ipv4Route;
 use crate::core::policy::Policy;
 use crate::core::trust::pending::PendingStatus;
 use crate::core::trust::store::TrustEntry;

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod api;
 pub mod identity;
 pub mod limit;
 pub mod node;

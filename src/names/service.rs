@@ -20,8 +20,9 @@ use super::dns::{DnsResponder, NameTable, ResolverPacket};
 use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
 use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
 use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::api::Ipv4Route;
 use crate::core::identity::AgentId;
-use crate::core::node::{Ipv4Route, Node};
+use crate::core::node::Node;
 use crate::core::trust::store::{TrustState, TrustStore};
 use crate::state::StateDir;
 
@@ -394,8 +395,8 @@ mod tests {
     use super::*;
     use crate::core::address::agent_address4;
     use crate::core::address::test_keys::colliding_identities;
+    use crate::core::api::{NodeConfig, PeerConfig};
     use crate::core::identity::Identity;
-    use crate::core::node::{NodeConfig, PeerConfig};
     use crate::core::policy::Policy;
     use crate::core::trust::store::TrustEntry;
 

@@ -338,8 +338,8 @@ fn spawn_connection(endpoint: SocketAddr, events: mpsc::Sender<TcpLinkEvent>) {
 mod tests {
     use super::*;
     use crate::core::address::NetworkId;
+    use crate::core::api::NodeConfig;
     use crate::core::identity::Identity;
-    use crate::core::node::NodeConfig;
     use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 
     const SERVER: &str = "192.0.2.1:7300";

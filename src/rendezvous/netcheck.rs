@@ -11,8 +11,9 @@ use serde::Serialize;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::core::address::NetworkId;
+use crate::core::api::NodeConfig;
 use crate::core::identity::{AgentId, Identity};
-use crate::core::node::{Node, NodeConfig};
+use crate::core::node::Node;
 use crate::sys::tcp_frames::{read_frame, write_frame};
 
 /// How long each check waits for answers.

@@ -24,8 +24,9 @@ pub mod packets;
 use std::time::{Duration, Instant};
 
 use crate::core::address::NetworkId;
+use crate::core::api::NodeConfig;
 use crate::core::identity::Identity;
-use crate::core::node::{Node, NodeConfig};
+use crate::core::node::Node;
 
 pub use link::LinkConfig;
 pub use nat::{NatKind, SimNat};

@@ -12,8 +12,9 @@ use rand_chacha::ChaCha20Rng;
 
 use super::{LinkConfig, NatKind, SimNat, TUNNEL_MTU, identity, network};
 use crate::core::address::{NetworkId, NodePrefix, agent_address4};
+use crate::core::api::{Event, PeerConfig, Transmit};
 use crate::core::identity::{AgentId, Identity};
-use crate::core::node::{Event, Node, PeerConfig, Transmit};
+use crate::core::node::Node;
 use crate::core::policy::Policy;
 use crate::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 use crate::core::stats::status::PeerStatus;

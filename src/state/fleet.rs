@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::core::address::NetworkId;
+use crate::core::api::AutoApprove;
 use crate::core::identity::{AgentId, Identity, base32};
-use crate::core::node::AutoApprove;
 use crate::core::policy::Policy;
 use crate::core::trust::request::{Endorsement, EndorsementError};
 use crate::state::key::{KEY_FILE_READ_LIMIT, decode_hex_secret, encode_secret, random_identity};

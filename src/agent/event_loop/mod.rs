@@ -15,8 +15,9 @@ use super::tun_batch::{self, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::control::{DaemonInfo, Response, TrustedPeer};
 use crate::core::address::{NetworkId, NodePrefix};
+use crate::core::api::{Event, Ipv4Route, PeerConfig};
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, Ipv4Route, Node, PeerConfig};
+use crate::core::node::Node;
 use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
 use crate::names::service::NameService;
 use crate::rendezvous::link::{RendezvousLinks, TcpLinkEvent};
@@ -103,7 +104,7 @@ pub(crate) struct Daemon {
     probes: ProbeSockets,
     probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
     /// Datagrams the node queued for the UDP socket, reused between flushes.
-    udp_out: Vec<crate::core::node::Transmit>,
+    udp_out: Vec<crate::core::api::Transmit>,
     /// Packets on their way to the TUN.
     tun_out: TunWriteBatch,
     /// `agentnet serve`: the published ports (`None`: not available).
@@ -452,8 +453,14 @@ impl Daemon {
         udp_out.clear();
         self.udp_out = udp_out;
         self.links.probes_sent();
+        // The node decrypted each packet behind the TUN's headroom: it is
+        // queued as it is, and the buffer it replaces goes back to the node.
         while let Some(packet) = self.node.poll_tun_packet() {
-            self.queue_for_tun(&packet).await;
+            let spare = self.tun_out.push_with_headroom(packet);
+            self.node.recycle_buffer(spare);
+            if self.tun_out.is_full() {
+                self.write_tun().await;
+            }
         }
         // Events may have changed the trust store (comparing it on every
         // wake would cost O(peers) per packet); then the resolver's replies.

@@ -69,14 +69,14 @@ impl KnownSources {
         self.nodes.clear();
         self.addresses.clear();
         // Rendezvous servers never initiate to an agent: not a source.
-        for peer in peers.iter().filter(|peer| !peer.is_rendezvous) {
-            self.nodes.insert(peer.node_id);
+        for peer in peers.iter().filter(|peer| !peer.is_rendezvous()) {
+            self.nodes.insert(peer.node_id());
             let addresses = peer
-                .endpoint
-                .iter()
-                .chain(peer.config.endpoint.iter())
-                .chain(peer.remote_candidates.iter());
-            self.addresses.extend(addresses.copied().map(canonical));
+                .endpoint()
+                .into_iter()
+                .chain(peer.config().endpoint)
+                .chain(peer.remote_candidates().iter().copied());
+            self.addresses.extend(addresses.map(canonical));
         }
     }
 }

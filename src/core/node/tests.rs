@@ -5,9 +5,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::core::address::NetworkId;
 use crate::core::address::test_keys::{colliding_identities, identity};
+use crate::core::api::PeerConfig;
+use crate::core::policy::Policy;
 use crate::core::wire::packet::PROTO_UDP;
 use crate::core::wire::packet::tests::ipv4;
+use std::net::IpAddr;
 
 const MTU: u16 = 1408;
 

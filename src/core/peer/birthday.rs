@@ -14,6 +14,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand::{Rng, RngCore};
+
+use crate::core::peer::context::Context;
+use crate::core::wire::control_frame::ControlFrame;
+use crate::core::wire::path::{NatKind, PathAddr};
+
+use super::{BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, MAX_OUTSTANDING_PINGS, OBSERVED_IP_LIFETIME, Peer};
+
 /// Birthday rounds one peer may cause per [`BIRTHDAY_WINDOW`].
 pub const MAX_BIRTHDAY_ROUNDS: u32 = 4;
 /// The window over which birthday rounds are counted.
@@ -64,6 +72,72 @@ impl BurstBudget {
         }
         self.used += 1;
         true
+    }
+}
+
+impl Peer {
+    /// One round of birthday probing (DESIGN.md §5 and issue 4): behind a
+    /// hard NAT, ping the peer's reflexive endpoint from many fresh probe
+    /// sockets; behind an easy NAT facing a hard one, ping many random
+    /// ports of the peer's public address. A few hundred each make a hit
+    /// likely in one round; rounds are few and spaced.
+    pub(super) fn birthday_round(&mut self, ctx: &mut Context, now: Instant) {
+        let ours = ctx.nat_kind();
+        if !matches!(
+            (ours, self.remote_nat),
+            (NatKind::Hard, NatKind::Easy) | (NatKind::Easy, NatKind::Hard)
+        ) {
+            return;
+        }
+        // Only at an address the peer could own, and a few rounds per
+        // window: a lying hint must not aim bursts at a third party.
+        let observed = self
+            .observed_ip
+            .filter(|(_, at)| now.saturating_duration_since(*at) < OBSERVED_IP_LIFETIME)
+            .map(|(address, _)| address);
+        let targets = burst_targets(&self.remote_reflexive, observed);
+        if targets.is_empty() || !self.birthday_budget.take(now) {
+            return;
+        }
+        let id = ctx.rng.next_u64();
+        let mut sent = 0usize;
+        match (ours, self.remote_nat) {
+            (NatKind::Hard, NatKind::Easy) => {
+                for target in targets.iter().copied() {
+                    for socket in 0..BIRTHDAY_SOCKETS {
+                        sent += usize::from(self.seal_to(
+                            ctx,
+                            now,
+                            PathAddr::Probe(socket, target),
+                            &ControlFrame::PathPing { id }.encode(),
+                        ));
+                    }
+                }
+            }
+            (NatKind::Easy, NatKind::Hard) => {
+                // One address (see `burst_targets`).
+                if let Some(address) = targets.first().map(SocketAddr::ip) {
+                    for _ in 0..BIRTHDAY_PORTS {
+                        let port = ctx.rng.gen_range(1024..=u16::MAX);
+                        let target = SocketAddr::new(address, port);
+                        sent += usize::from(self.seal_to(
+                            ctx,
+                            now,
+                            PathAddr::Direct(target),
+                            &ControlFrame::PathPing { id }.encode(),
+                        ));
+                    }
+                }
+            }
+            _ => return,
+        }
+        tracing::debug!(peer = %self.config.id, ?ours, theirs = ?self.remote_nat, sent, "birthday probing round");
+        if self.pings.len() >= MAX_OUTSTANDING_PINGS {
+            self.pings.pop_front();
+        }
+        if let Some(&target) = targets.first() {
+            self.pings.push_back((id, PathAddr::Direct(target), now));
+        }
     }
 }
 

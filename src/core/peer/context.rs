@@ -10,11 +10,11 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::core::address::{NetworkId, NodeId, NodePrefix};
+use crate::core::api::PeerSlot;
+use crate::core::api::{Event, Transmit};
 use crate::core::identity::AgentId;
-use crate::core::node::{Event, Transmit};
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::tai64n::Tai64N;
-use crate::core::peer::table::PeerSlot;
 use crate::core::rng::CoreRng;
 use crate::core::stats::status::DropCounters;
 use crate::core::wire::path::{PathAddr, relay_envelope};
@@ -38,7 +38,13 @@ pub struct Context {
     /// Local session index → the slot of the peer it was given to.
     pub by_index: HashMap<u32, PeerSlot>,
     pub transmits: VecDeque<Transmit>,
+    /// IP packets for the TUN, each behind `tun_headroom` bytes.
     pub tun_out: VecDeque<Vec<u8>>,
+    /// Room kept before every packet for the TUN (the shell's header).
+    pub tun_headroom: usize,
+    /// Buffers given back for reuse: receiving takes one instead of
+    /// allocating (bounded, see [`Context::recycle_buffer`]).
+    pub spare_buffers: Vec<Vec<u8>>,
     pub events: VecDeque<Event>,
     pub dropped: DropCounters,
     /// Endpoints announced to peers: local addresses and reflexive ones.
@@ -86,7 +92,37 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// Spare buffers kept at most (a receive burst's worth).
+const MAX_SPARE_BUFFERS: usize = 256;
+/// A buffer with more capacity than this is not kept for reuse.
+const MAX_SPARE_CAPACITY: usize = 16 * 1024;
+
 impl Context {
+    /// An empty buffer, a spare one when there is one.
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        let mut buffer = self.spare_buffers.pop().unwrap_or_default();
+        buffer.clear();
+        buffer
+    }
+
+    /// Keeps a buffer for reuse, unless enough are kept or it is large.
+    pub fn recycle_buffer(&mut self, buffer: Vec<u8>) {
+        if self.spare_buffers.len() < MAX_SPARE_BUFFERS
+            && buffer.capacity() > 0
+            && buffer.capacity() <= MAX_SPARE_CAPACITY
+        {
+            self.spare_buffers.push(buffer);
+        }
+    }
+
+    /// Queues a copy of an IP packet for the TUN, behind the headroom.
+    pub fn queue_tun_packet(&mut self, packet: &[u8]) {
+        let mut buffer = self.take_buffer();
+        buffer.resize(self.tun_headroom, 0);
+        buffer.extend_from_slice(packet);
+        self.tun_out.push_back(buffer);
+    }
+
     /// A fresh random local session index, registered to the peer in
     /// `peer`.
     pub fn allocate_index(&mut self, peer: PeerSlot) -> u32 {

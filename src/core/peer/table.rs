@@ -7,16 +7,9 @@
 
 use std::collections::HashMap;
 
+use crate::core::api::PeerSlot;
 use crate::core::identity::AgentId;
 use crate::core::peer::Peer;
-
-/// Where a peer sits in its [`PeerTable`].
-///
-/// A slot is reused after its peer is removed, so a slot kept elsewhere may
-/// later name another peer: a lookup by session index must (and does) ask
-/// the peer whether it holds that session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerSlot(u32);
 
 /// The peers, by slot and by agent ID.
 #[derive(Debug, Default)]
@@ -62,12 +55,12 @@ impl PeerTable {
 
     /// The peer in a slot.
     pub fn at(&self, slot: PeerSlot) -> Option<&Peer> {
-        self.slots.get(slot.0 as usize)?.as_deref()
+        self.slots.get(slot.index())?.as_deref()
     }
 
     /// The peer in a slot, to change.
     pub fn at_mut(&mut self, slot: PeerSlot) -> Option<&mut Peer> {
-        self.slots.get_mut(slot.0 as usize)?.as_deref_mut()
+        self.slots.get_mut(slot.index())?.as_deref_mut()
     }
 
     /// Adds a peer with an ID not in the table, built by `make` for the slot
@@ -80,17 +73,17 @@ impl PeerTable {
                 // More than 4 billion peers would not fit in memory first.
                 let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 peers");
                 self.slots.push(None);
-                PeerSlot(index)
+                PeerSlot::from_index(index)
             }
         };
         self.by_id.insert(id, slot);
-        self.slots[slot.0 as usize].insert(Box::new(make(slot)))
+        self.slots[slot.index()].insert(Box::new(make(slot)))
     }
 
     /// Removes the peer with this ID; its slot is free for the next one.
     pub fn remove(&mut self, id: &AgentId) -> Option<Box<Peer>> {
         let slot = self.by_id.remove(id)?;
-        let peer = self.slots.get_mut(slot.0 as usize)?.take();
+        let peer = self.slots.get_mut(slot.index())?.take();
         self.free.push(slot);
         peer
     }

@@ -1,0 +1,408 @@
+//! Which way a peer's packets go: the direct endpoint (proven by a round
+//! trip, given up when it stops answering), a rendezvous relay, and hole
+//! punching towards the peer's candidates.
+//!
+//! The direct path's standing is one state, [`PathState`], changed on
+//! events: a round trip proves it, silence past [`DIRECT_PATH_TIMEOUT`] or
+//! a handshake through a relay unproves it, new candidates start hole
+//! punching. A send reads it once ([`Peer::route`]) together with the
+//! relay choice ([`RelayState`]: the rendezvous the peer was last heard
+//! through, those that failed it).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::core::api::Event;
+use crate::core::peer::context::Context;
+use crate::core::stats::status::PathKind;
+use crate::core::wire::path::PathAddr;
+
+use super::{
+    DIRECT_PATH_TIMEOUT, DIRECT_PROBE_AFTER, PROBE_SCHEDULE, Peer, RELAY_PATH_TIMEOUT,
+    RELAY_PROBE_AFTER, RELAY_RETRY_AFTER, earliest,
+};
+
+/// Where the direct path to a peer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PathState {
+    /// No round trip proved the direct endpoint (yet, or any more): packets
+    /// go through a live relay when there is one, else to the endpoint.
+    /// `probing`: the next hole-punching round, if one is scheduled.
+    Unproven {
+        /// The next round of pings to the peer's candidates.
+        probing: Option<ProbeRound>,
+    },
+    /// A round trip proved the direct endpoint: packets go there while it
+    /// answers.
+    Direct {
+        /// The first direct send (with a relay to fall back to) not
+        /// answered yet.
+        unanswered_since: Option<Instant>,
+    },
+}
+
+/// A scheduled round of hole punching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ProbeRound {
+    /// When it is due.
+    at: Instant,
+    /// How many rounds ran before it (the wait after it, and whether it
+    /// adds a birthday round, follow from this).
+    round: usize,
+}
+
+/// The relay side of a peer's path.
+#[derive(Debug, Default)]
+pub(super) struct RelayState {
+    /// The rendezvous we last heard the peer through.
+    heard_via: Option<SocketAddr>,
+    /// First relayed send not yet followed by any receive from the peer.
+    unanswered_since: Option<Instant>,
+    /// Relays that stopped carrying this peer's traffic, and since when.
+    failed: Vec<(SocketAddr, Instant)>,
+}
+
+impl RelayState {
+    /// Whether `relay` failed this peer less than [`RELAY_RETRY_AFTER`] ago.
+    fn has_failed(&self, now: Instant, relay: SocketAddr) -> bool {
+        self.failed.iter().any(|(failed, since)| {
+            *failed == relay && now.saturating_duration_since(*since) < RELAY_RETRY_AFTER
+        })
+    }
+}
+
+/// The way a packet goes now, decided once per send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Route {
+    /// Where it goes.
+    pub(super) path: PathAddr,
+    /// Whether a live relay could carry it instead (then a direct send
+    /// must be answered to keep the direct path).
+    pub(super) relay_alternative: bool,
+}
+
+impl Peer {
+    /// Notes the path of an authenticated packet. A direct source is the
+    /// peer's endpoint from now on (roaming); `proves_round_trip` says the
+    /// packet answers something we sent there (pong, response, data sent
+    /// only on a proven path), which proves the direct path.
+    pub fn observe_path(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        from: PathAddr,
+        proves_round_trip: bool,
+    ) {
+        match from {
+            PathAddr::Direct(address) | PathAddr::Probe(_, address) => {
+                let socket = match from {
+                    PathAddr::Probe(socket, _) => Some(socket),
+                    _ => None,
+                };
+                let relay_alternative = self.relay_route(ctx, now).is_some();
+                // While a proven endpoint works, an unproven source (a
+                // probe to another candidate) does not take its place.
+                let same = self.endpoint == Some(address) && self.endpoint_socket == socket;
+                let keep_proven = self.direct_proven() && !proves_round_trip && relay_alternative;
+                if !same && !keep_proven {
+                    self.endpoint = Some(address);
+                    self.endpoint_socket = socket;
+                    ctx.events.push_back(Event::EndpointChanged {
+                        id: self.config.id,
+                        endpoint: address,
+                    });
+                }
+                self.observed_ip = Some((address.ip(), now));
+                let same = self.endpoint == Some(address) && self.endpoint_socket == socket;
+                if same && (proves_round_trip || !relay_alternative) {
+                    self.path = PathState::Direct {
+                        unanswered_since: None,
+                    };
+                }
+            }
+            PathAddr::Relay(rendezvous) => {
+                self.relay.heard_via = Some(rendezvous);
+                self.relay.failed.retain(|(relay, _)| *relay != rendezvous);
+            }
+        }
+        self.relay.unanswered_since = None;
+        self.report_path(ctx, now);
+    }
+
+    /// Whether a round trip proved the direct path (and it was not given
+    /// up since).
+    pub(super) fn direct_proven(&self) -> bool {
+        matches!(self.path, PathState::Direct { .. })
+    }
+
+    /// The rendezvous to relay through: the one we last heard the peer
+    /// through if it is live, else the first live one that did not fail the
+    /// peer lately, else the first live one.
+    fn relay_route(&self, ctx: &Context, now: Instant) -> Option<SocketAddr> {
+        if self.is_rendezvous {
+            return None;
+        }
+        if let Some(via) = self.relay.heard_via
+            && ctx.relay_is_live(now, via)
+            && !self.relay.has_failed(now, via)
+        {
+            return Some(via);
+        }
+        let mut live = ctx
+            .rendezvous
+            .iter()
+            .filter(|link| link.is_live(now))
+            .map(|link| link.endpoint);
+        let first = live.next()?;
+        if !self.relay.has_failed(now, first) {
+            return Some(first);
+        }
+        Some(
+            live.find(|relay| !self.relay.has_failed(now, *relay))
+                .unwrap_or(first),
+        )
+    }
+
+    /// Whether the direct path is usable: proven and not silent for longer
+    /// than [`DIRECT_PATH_TIMEOUT`] while we send on it.
+    fn direct_is_alive(&self, now: Instant) -> bool {
+        match self.path {
+            PathState::Direct { unanswered_since } => unanswered_since
+                .is_none_or(|since| now.saturating_duration_since(since) < DIRECT_PATH_TIMEOUT),
+            PathState::Unproven { .. } => false,
+        }
+    }
+
+    /// The way packets go now: the direct path while it is alive (or when
+    /// no relay is live), else the relay.
+    pub(super) fn route(&self, ctx: &Context, now: Instant) -> Option<Route> {
+        let relay = self.relay_route(ctx, now);
+        let path = match (self.direct_path(), relay) {
+            (Some(direct), Some(relay)) => {
+                if self.direct_is_alive(now) {
+                    direct
+                } else {
+                    PathAddr::Relay(relay)
+                }
+            }
+            (Some(direct), None) => direct,
+            (None, Some(relay)) => PathAddr::Relay(relay),
+            (None, None) => return None,
+        };
+        Some(Route {
+            path,
+            relay_alternative: relay.is_some(),
+        })
+    }
+
+    /// The path packets take now.
+    pub fn send_path(&self, ctx: &Context, now: Instant) -> Option<PathAddr> {
+        self.route(ctx, now).map(|route| route.path)
+    }
+
+    /// Notes a packet with a payload sent along `route`: from now on an
+    /// answer is awaited on that path.
+    pub(super) fn note_sent_on(&mut self, now: Instant, route: Route) {
+        match route.path {
+            PathAddr::Direct(_) | PathAddr::Probe(..) => {
+                if route.relay_alternative
+                    && let PathState::Direct { unanswered_since } = &mut self.path
+                    && unanswered_since.is_none()
+                {
+                    *unanswered_since = Some(now);
+                }
+            }
+            PathAddr::Relay(_) => {
+                if self.relay.unanswered_since.is_none() {
+                    self.relay.unanswered_since = Some(now);
+                }
+            }
+        }
+    }
+
+    /// The direct path in use or to be proven (main or probe socket).
+    fn direct_path(&self) -> Option<PathAddr> {
+        self.endpoint.map(|endpoint| match self.endpoint_socket {
+            Some(socket) => PathAddr::Probe(socket, endpoint),
+            None => PathAddr::Direct(endpoint),
+        })
+    }
+
+    /// Learns the peer's NAT kind and reflexive endpoints.
+    pub fn set_remote_nat(&mut self, hint: crate::core::wire::path::NatHint) {
+        self.remote_nat = hint.kind;
+        self.remote_reflexive = hint.reflexive;
+    }
+
+    /// Where a hole-punching round pings: the endpoint, then every
+    /// candidate the peer announced.
+    pub(super) fn probe_targets(&self) -> Vec<SocketAddr> {
+        let mut targets: Vec<SocketAddr> = self.endpoint.into_iter().collect();
+        for candidate in &self.remote_candidates {
+            if !targets.contains(candidate) {
+                targets.push(*candidate);
+            }
+        }
+        targets
+    }
+
+    /// Emits a path-change event when the path differs from the last one
+    /// reported.
+    pub(super) fn report_path(&mut self, ctx: &mut Context, now: Instant) {
+        if self.is_rendezvous {
+            return;
+        }
+        let path = self.path_kind(ctx, now);
+        if path != self.reported_path {
+            self.reported_path = path;
+            self.path_changed_at = Some(now);
+            let via = self.send_path(ctx, now).filter(|_| path != PathKind::None);
+            self.stats.on_path_changed(now, path, via);
+            ctx.events.push_back(Event::PathChanged {
+                id: self.config.id,
+                path,
+            });
+        }
+    }
+
+    /// Direct, relay or none (no usable session), as status reports it.
+    pub(super) fn path_kind(&self, ctx: &Context, now: Instant) -> PathKind {
+        if !self.is_up(now) {
+            return PathKind::None;
+        }
+        match self.send_path(ctx, now) {
+            Some(PathAddr::Direct(_) | PathAddr::Probe(..)) => PathKind::Direct,
+            Some(PathAddr::Relay(_)) => PathKind::Relay,
+            None => PathKind::None,
+        }
+    }
+
+    /// A handshake came through a relay: the direct path is not proven for
+    /// the new session, so probe it again before using it.
+    pub fn forget_direct_path(&mut self, now: Instant) {
+        if self.direct_proven() {
+            self.path = PathState::Unproven { probing: None };
+            self.start_probing(now);
+        }
+    }
+
+    /// Starts hole punching (rounds of pings to every candidate) unless a
+    /// round is scheduled already or the direct path is proven.
+    pub fn start_probing(&mut self, now: Instant) {
+        if !self.is_rendezvous
+            && let PathState::Unproven { probing: None } = self.path
+        {
+            self.path = PathState::Unproven {
+                probing: Some(ProbeRound { at: now, round: 0 }),
+            };
+        }
+    }
+
+    /// Learns the peer's candidate endpoints (from a handshake or update).
+    pub fn set_remote_candidates(&mut self, now: Instant, candidates: Vec<SocketAddr>) {
+        if candidates != self.remote_candidates {
+            self.remote_candidates = candidates;
+            if !self.direct_proven() {
+                self.start_probing(now);
+            }
+        }
+    }
+
+    /// The earliest time the path timers have work to do (while a session
+    /// is up): a probing round, a relay or direct path to check or give up.
+    pub(super) fn path_deadline(&self) -> Option<Instant> {
+        let mut deadline = None;
+        if let PathState::Unproven {
+            probing: Some(probe),
+        } = self.path
+        {
+            deadline = Some(probe.at);
+        }
+        if let Some(since) = self.relay.unanswered_since {
+            deadline = earliest(deadline, Some(since + RELAY_PATH_TIMEOUT));
+            if self.last_ping_sent.is_none_or(|ping| ping < since) {
+                deadline = earliest(deadline, Some(since + RELAY_PROBE_AFTER));
+            }
+        }
+        if let PathState::Direct {
+            unanswered_since: Some(since),
+        } = self.path
+        {
+            let probe_at = since + DIRECT_PROBE_AFTER;
+            let probe_due = self.last_ping_sent.is_none_or(|ping| ping < since);
+            deadline = earliest(deadline, Some(since + DIRECT_PATH_TIMEOUT));
+            if probe_due {
+                deadline = earliest(deadline, Some(probe_at));
+            }
+        }
+        deadline
+    }
+
+    /// Direct-path liveness, relay liveness and hole punching.
+    pub(super) fn run_path_timers(&mut self, ctx: &mut Context, now: Instant) {
+        if !self.is_up(now) || self.is_rendezvous {
+            return;
+        }
+        if let PathState::Direct {
+            unanswered_since: Some(since),
+        } = self.path
+        {
+            let silent = now.saturating_duration_since(since);
+            if silent >= DIRECT_PATH_TIMEOUT {
+                tracing::debug!(peer = %self.config.id, "direct path stopped answering; using the relay");
+                self.path = PathState::Unproven { probing: None };
+                self.start_probing(now);
+            } else if silent >= DIRECT_PROBE_AFTER
+                && self.last_ping_sent.is_none_or(|ping| ping < since)
+                && let Some(direct) = self.direct_path()
+            {
+                // Traffic went out and nothing came back yet: ask.
+                self.send_ping(ctx, now, direct, true);
+            }
+        }
+        if let Some(since) = self.relay.unanswered_since
+            && let Some(PathAddr::Relay(relay)) = self.send_path(ctx, now)
+        {
+            let silent = now.saturating_duration_since(since);
+            if silent >= RELAY_PATH_TIMEOUT {
+                // This relay stopped carrying the peer's traffic (server
+                // gone, or the peer registered elsewhere): try the next.
+                tracing::debug!(peer = %self.config.id, %relay, "relay stopped answering; trying another");
+                self.relay.failed.retain(|(failed, _)| *failed != relay);
+                self.relay.failed.push((relay, now));
+                if self.relay.heard_via == Some(relay) {
+                    self.relay.heard_via = None;
+                }
+                self.relay.unanswered_since = None;
+            } else if silent >= RELAY_PROBE_AFTER
+                && self.last_ping_sent.is_none_or(|ping| ping < since)
+            {
+                self.send_ping(ctx, now, PathAddr::Relay(relay), true);
+            }
+        }
+        if let PathState::Unproven {
+            probing: Some(probe),
+        } = self.path
+            && probe.at <= now
+        {
+            if self.relay_route(ctx, now).is_none() {
+                self.path = PathState::Unproven { probing: None };
+            } else {
+                for target in self.probe_targets() {
+                    self.send_ping(ctx, now, PathAddr::Direct(target), false);
+                }
+                if probe.round >= 1 {
+                    self.birthday_round(ctx, now);
+                }
+                let wait = PROBE_SCHEDULE[probe.round.min(PROBE_SCHEDULE.len() - 1)];
+                self.path = PathState::Unproven {
+                    probing: Some(ProbeRound {
+                        at: now + wait,
+                        round: probe.round + 1,
+                    }),
+                };
+            }
+        }
+        self.report_path(ctx, now);
+    }
+}
