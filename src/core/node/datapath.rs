@@ -9,7 +9,8 @@ use crate::core::address::{NodeId, NodePrefix};
 use crate::core::api::Event;
 use crate::core::peer::Slot;
 use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
-use crate::core::wire::packet::{self, IpPacket, IpVersion};
+use crate::core::wire::emit;
+use crate::core::wire::packet::{IpPacket, IpVersion};
 use crate::core::wire::path::PathAddr;
 use crate::core::wire::{self, Datagram};
 
@@ -227,7 +228,7 @@ impl Node {
             // (IPv4 without DF is dropped; the kernel fragments those before
             // the TUN, so only forged ones get here).
             let reply = match (parsed.version(), self.ctx.own_address4) {
-                (IpVersion::V6, _) => Some(packet::packet_too_big(
+                (IpVersion::V6, _) => Some(emit::packet_too_big(
                     self.ctx.own_prefix.agent_address().octets(),
                     &parsed,
                     u32::from(self.ctx.tunnel_mtu),
@@ -237,7 +238,7 @@ impl Node {
                 // non-loopback device.
                 (IpVersion::V4, Some(_)) if parsed.dont_fragment() => match parsed.destination_ip()
                 {
-                    IpAddr::V4(peer) => Some(packet::fragmentation_needed(
+                    IpAddr::V4(peer) => Some(emit::fragmentation_needed(
                         peer,
                         &parsed,
                         self.ctx.tunnel_mtu,

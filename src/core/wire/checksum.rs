@@ -48,7 +48,7 @@ pub fn pseudo_header_sum(source: IpAddr, destination: IpAddr, protocol: u8, leng
 
 /// The checksum of an upper-layer packet (`body`, its checksum field zero)
 /// over its pseudo header. UDP sends a computed zero as `0xffff`; see
-/// [`udp_checksum`].
+/// [`super::emit::udp_checksum`].
 pub fn upper_layer_checksum(source: IpAddr, destination: IpAddr, protocol: u8, body: &[u8]) -> u16 {
     // `body` is a packet's payload: its length fits the 32-bit field.
     let length = u32::try_from(body.len()).unwrap_or(u32::MAX);
@@ -56,15 +56,6 @@ pub fn upper_layer_checksum(source: IpAddr, destination: IpAddr, protocol: u8, b
         pseudo_header_sum(source, destination, protocol, length),
         body,
     ))
-}
-
-/// The UDP checksum of `datagram` (header with a zero checksum field, and
-/// payload): zero is sent as `0xffff`, zero meaning "none" (RFC 768).
-pub fn udp_checksum(source: IpAddr, destination: IpAddr, datagram: &[u8]) -> u16 {
-    match upper_layer_checksum(source, destination, super::packet::PROTO_UDP, datagram) {
-        0 => 0xffff,
-        checksum => checksum,
-    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::checksum::{
-    fold, internet_checksum, pseudo_header_sum, udp_checksum, upper_layer_checksum,
-};
+use super::checksum::{fold, internet_checksum, pseudo_header_sum, upper_layer_checksum};
 use super::packet::{
     ICMPV4_DESTINATION_UNREACHABLE, ICMPV4_FRAGMENTATION_NEEDED, ICMPV6_ECHO_REPLY,
     ICMPV6_PACKET_TOO_BIG, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IPV6_MIN_MTU, IpPacket, IpVersion,
@@ -317,6 +315,15 @@ pub fn finish_grown_tcp(packet: &mut [u8], version: IpVersion, ip_header_len: us
     let partial = fold(pseudo_header_sum(source, destination, PROTO_TCP, length));
     let at = ip_header_len.checked_add(tcp_field::CHECKSUM)?;
     write_be16(packet, at, partial)
+}
+
+/// The UDP checksum of `datagram` (header with a zero checksum field, and
+/// payload): zero is sent as `0xffff`, zero meaning "none" (RFC 768).
+pub fn udp_checksum(source: IpAddr, destination: IpAddr, datagram: &[u8]) -> u16 {
+    match upper_layer_checksum(source, destination, PROTO_UDP, datagram) {
+        0 => 0xffff,
+        checksum => checksum,
+    }
 }
 
 #[cfg(test)]

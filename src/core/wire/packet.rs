@@ -8,7 +8,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use super::emit::{fragmentation_needed, icmpv6_checksum, packet_too_big};
 use super::transport::{
     IcmpMessage, TcpSegment, UDP_HEADER_LEN, UdpDatagram, be16, icmp_field, tcp_ports_and_flags,
     udp_field,
@@ -417,6 +416,7 @@ fn octets16(bytes: &[u8]) -> [u8; 16] {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::core::wire::emit::fragmentation_needed;
     use proptest::prelude::*;
 
     /// Builds an IPv6 packet with a transport payload (test helper).
