@@ -8,7 +8,9 @@
 #      scripts/requirements-test.txt
 #   2. cargo fmt --check
 #   3. cargo clippy --all-targets -- -D warnings
-#   4. cargo test --all-targets, then the doc tests
+#   4. cargo test --all-targets, then the doc tests; tests/layout.rs holds
+#      the layout rules (sans-IO core, no import cycles, unsafe only in
+#      src/sys/, no file over 800 lines outside its tests)
 #   5. checks that no test left a lab namespace (an-<pid>-<n>-*) behind
 #   6. a short run of every fuzz target (fuzz/) with cargo-fuzz, which it
 #      installs (pinned, about a minute to compile) when CI=true or
