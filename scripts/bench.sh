@@ -341,6 +341,8 @@ relay_bench() {
     for side in ra rb; do
         wait_for 15 has_addr "${LAB_NS[$side]}" "anb-$side" "${addr[$side]}" ||
             { row_failed relay "agent $side has no address (logs/agentnet-$side.log)"; return; }
+        wait_for 15 "$BIN" --state-dir "$WORK/$side" status ||
+            { row_failed relay "agent $side does not answer (logs/agentnet-$side.log)"; return; }
     done
     t0=$(now_ms)
     "$BIN" --state-dir "$WORK/ra" trust add "${id[rb]}" --name bench-rb >>"$LOGS/cli.log" 2>&1 &&
@@ -408,6 +410,12 @@ userspace_bench() {
     DAEMONS+=("$LAB_LAST_PID")
     wait_for 15 ip netns exec "$ns_u" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
         { row_failed usup "the rootless agent did not start (logs/agentnet-uu.log)"; return; }
+    # Both daemons answer on their control sockets before trust is added
+    # (the PID lock is taken before the socket is bound).
+    wait_for 15 "$BIN" --state-dir "$WORK/ut" status ||
+        { row_failed usup "the TUN agent does not answer (logs/agentnet-ut.log)"; return; }
+    wait_for 15 us_as_nobody "$BIN" --state-dir "$WORK/uu" status ||
+        { row_failed usup "the rootless agent does not answer (logs/agentnet-uu.log)"; return; }
     # T first, then U with T's endpoint: U's first handshake is answered.
     t0=$(now_ms)
     ip netns exec "$ns_t" "$BIN" --state-dir "$WORK/ut" trust add "$id_u" --name bench-u >>"$LOGS/cli.log" 2>&1 &&
