@@ -79,8 +79,7 @@ fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overl
     let (id_a, id_b) = (must(a.id()), must(b.id()));
     must(a.up());
     must(b.up());
-    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
-    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(a.trust_each_other_direct(&id_a, &b, &id_b));
     must(wait_until("a ping A -> B", Duration::from_secs(15), || {
         overlay_ping(&lab, &a, &id_b)
     }));
@@ -290,8 +289,7 @@ fn attached_namespace_reaches_a_peer_over_ipv4_as_the_agents_address() {
     let (a4, b4) = (address4(&id_a), address4(&id_b));
     must(a.up());
     must(b.up());
-    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
-    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(a.trust_each_other_direct(&id_a, &b, &id_b));
     must(wait_until("a ping A -> B", Duration::from_secs(15), || {
         overlay_ping(&lab, &a, &id_b)
     }));
@@ -467,8 +465,7 @@ fn a_hosts_own_masqueraded_containers_do_not_reach_peers_over_ipv4() {
     step("then agentnet comes up on a and b");
     must(a.up());
     must(b.up());
-    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
-    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(a.trust_each_other_direct(&id_a, &b, &id_b));
     must(wait_until("a ping A -> B", Duration::from_secs(15), || {
         overlay_ping(&lab, &a, &id_b)
     }));

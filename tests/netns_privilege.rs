@@ -98,8 +98,7 @@ fn daemon_runs_as_the_given_user_without_capabilities_and_keeps_working() {
     );
 
     // Trust changes after the switch: the daemon writes its state as nobody.
-    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
-    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(a.trust_each_other_direct(&id_a, &b, &id_b));
     must(wait_until("a ping A -> B", Duration::from_secs(15), || {
         overlay_ping(&lab, &a, &id_b)
     }));
@@ -456,8 +455,7 @@ fn daemon_that_stays_root_keeps_only_net_admin() {
         assert_eq!(proc_status(pid, field), "0000000000000000", "{field}");
     }
     assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
-    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
-    must(b.trust_add(&id_a, "alpha", Some(a.endpoint())));
+    must(a.trust_each_other_direct(&id_a, &b, &id_b));
     must(wait_until("a ping A -> B", Duration::from_secs(15), || {
         overlay_ping(&lab, &a, &id_b)
     }));

@@ -161,6 +161,18 @@ impl<'l> Agent<'l> {
         self.cli_ok(&args).map(drop)
     }
 
+    /// This agent and `peer` trust each other under their own names, each
+    /// with the other's endpoint (a direct path from the first packet).
+    pub fn trust_each_other_direct(
+        &self,
+        id: &Identity,
+        peer: &Agent,
+        peer_id: &Identity,
+    ) -> Result<(), String> {
+        self.trust_add(peer_id, &peer.name, Some(peer.endpoint()))?;
+        peer.trust_add(id, &self.name, Some(self.endpoint()))
+    }
+
     /// PIDs of this agent's processes: `agentnet` processes in its namespace,
     /// and any process whose command line names its state directory.
     pub fn daemon_pids(&self) -> Vec<u32> {
