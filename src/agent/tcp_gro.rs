@@ -20,8 +20,9 @@
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
 use crate::core::wire::emit::{add_tcp_flags, finish_grown_tcp};
-use crate::core::wire::packet::{IPV6_HEADER_LEN, IpPacket, IpVersion, MAX_IP_LENGTH};
-use crate::core::wire::transport::{TcpFlags, TcpSegment, tcp_field};
+use crate::core::wire::packet::{IPV6_HEADER_LEN, IpVersion, MAX_IP_LENGTH};
+use crate::core::wire::segment::TcpSegmentInfo;
+use crate::core::wire::transport::{TcpFlags, tcp_field};
 
 /// Largest IPv6 payload (the payload length field is 16 bits).
 const MAX_IPV6_PAYLOAD: usize = MAX_IP_LENGTH;
@@ -35,79 +36,10 @@ const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 /// virtio-net header: a TCP over IPv6 segment to be cut at `gso_size`.
 const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 
-/// What identifies a TCP flow: family, addresses (IPv4-mapped for IPv4)
-/// and ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FlowKey {
-    version: IpVersion,
-    source: [u8; 16],
-    destination: [u8; 16],
-    source_port: u16,
-    destination_port: u16,
-}
-
-/// The IP fields every packet of a segment must share: traffic class / TOS
-/// (ECN included), flow label, hop limit / TTL and DF. The IDs the kernel
-/// renumbers are not compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SharedIpFields {
-    traffic_class: u8,
-    flow_label: u32,
-    hop_limit: u8,
-    dont_fragment: bool,
-}
-
-/// The parts of an IPv4 or IPv6 TCP data packet merging looks at, read
-/// through the checked view of `core::wire`.
-#[derive(Debug, Clone, Copy)]
-struct SegmentInfo {
-    flow: FlowKey,
-    ip: SharedIpFields,
-    /// Length of the IP header (40 for IPv6, 20 for IPv4).
-    ip_header_len: usize,
-    seq: u32,
-    ack: u32,
-    flags: TcpFlags,
-    /// IP plus TCP header.
-    header_len: usize,
-    payload_len: usize,
-}
-
-/// The TCP segment of a whole packet merging may consider: IPv6 without
-/// extension headers or IPv4 without options, not a fragment.
-fn parse(bytes: &[u8]) -> Option<SegmentInfo> {
-    let packet = IpPacket::new_checked(bytes)?;
-    if packet.has_options() {
-        return None;
-    }
-    let tcp = packet.tcp()?;
-    Some(SegmentInfo {
-        flow: FlowKey {
-            version: packet.version(),
-            source: packet.source(),
-            destination: packet.destination(),
-            source_port: tcp.source_port(),
-            destination_port: tcp.destination_port(),
-        },
-        ip: SharedIpFields {
-            traffic_class: packet.traffic_class(),
-            flow_label: packet.flow_label(),
-            hop_limit: packet.hop_limit(),
-            dont_fragment: packet.dont_fragment(),
-        },
-        ip_header_len: packet.header_len(),
-        seq: tcp.sequence(),
-        ack: tcp.acknowledgement(),
-        flags: tcp.flags(),
-        header_len: packet.header_len() + tcp.header_len(),
-        payload_len: tcp.payload().len(),
-    })
-}
-
 /// A segment being built in the buffer of its first packet.
 struct OpenSegment {
     head: usize,
-    first: SegmentInfo,
+    first: TcpSegmentInfo,
     next_seq: u32,
     merged: usize,
 }
@@ -116,11 +48,19 @@ struct OpenSegment {
 /// [`VIRTIO_NET_HDR_LEN`] bytes of room), fills in every virtio-net header,
 /// and puts into `to_write` the indexes of the buffers to write, in order.
 /// Merged packets are left out: their bytes are in their segment's buffer.
-pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
+///
+/// `segments[i]` describes the TCP segment in `buffers[i]`, as the core
+/// read it when it checked the packet (`None`: not a segment to merge);
+/// the packets are not parsed again here.
+pub fn coalesce(
+    buffers: &mut [Vec<u8>],
+    segments: &[Option<TcpSegmentInfo>],
+    to_write: &mut Vec<usize>,
+) {
     to_write.clear();
     let mut open: Vec<OpenSegment> = Vec::new();
     for index in 0..buffers.len() {
-        let Some(segment) = buffers[index].get(VIRTIO_NET_HDR_LEN..).and_then(parse) else {
+        let Some(segment) = segments.get(index).copied().flatten() else {
             if buffers[index].len() >= VIRTIO_NET_HDR_LEN {
                 plain_header(&mut buffers[index]);
             }
@@ -188,7 +128,7 @@ pub fn coalesce(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
 
 /// Whether `segment` (in `packet`) may be appended to `open`'s segment
 /// (in `head`, grown so far).
-fn fits(open: &OpenSegment, segment: &SegmentInfo, head: &[u8], packet: &[u8]) -> bool {
+fn fits(open: &OpenSegment, segment: &TcpSegmentInfo, head: &[u8], packet: &[u8]) -> bool {
     let first = &open.first;
     let within_length_field = match first.flow.version {
         IpVersion::V4 => head.len() + segment.payload_len <= MAX_IPV4_PACKET,
@@ -200,14 +140,7 @@ fn fits(open: &OpenSegment, segment: &SegmentInfo, head: &[u8], packet: &[u8]) -
         && segment.header_len == first.header_len
         && segment.payload_len <= first.payload_len
         && segment.ip == first.ip
-        && tcp_options(head, first.ip_header_len) == tcp_options(packet, segment.ip_header_len)
-}
-
-/// The TCP options of a packet whose IP header is `ip_header_len` long (the
-/// head of a segment too: payload appended, its TCP header unchanged).
-fn tcp_options(packet: &[u8], ip_header_len: usize) -> Option<&[u8]> {
-    let tcp = TcpSegment::new_checked(packet.get(ip_header_len..)?)?;
-    Some(tcp.options())
+        && first.options(head) == segment.options(packet)
 }
 
 /// Two distinct buffers, mutably: the head and (read only) the packet.
@@ -256,7 +189,21 @@ fn finish(buffer: &mut [u8], segment: &OpenSegment) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::wire::packet::IpPacket;
     use etherparse::PacketBuilder;
+
+    /// Merges `buffers` with the segment facts the core hands over with
+    /// each received packet.
+    fn coalesce_as_delivered(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
+        let segments: Vec<Option<TcpSegmentInfo>> = buffers
+            .iter()
+            .map(|buffer| {
+                let packet = IpPacket::new_checked(buffer.get(VIRTIO_NET_HDR_LEN..)?)?;
+                TcpSegmentInfo::of(&packet)
+            })
+            .collect();
+        coalesce(buffers, &segments, to_write);
+    }
 
     const A: [u8; 16] = [0xfd, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     const B: [u8; 16] = [0xfd, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -303,7 +250,7 @@ mod tests {
     fn run(segments: &[Segment]) -> (Vec<Vec<u8>>, Vec<usize>) {
         let mut buffers: Vec<Vec<u8>> = segments.iter().map(buffer).collect();
         let mut to_write = Vec::new();
-        coalesce(&mut buffers, &mut to_write);
+        coalesce_as_delivered(&mut buffers, &mut to_write);
         (buffers, to_write)
     }
 
@@ -390,7 +337,7 @@ mod tests {
             buffer(&data(2, 6000, 1000)), // joins 1
         ];
         let mut to_write = Vec::new();
-        coalesce(&mut buffers, &mut to_write);
+        coalesce_as_delivered(&mut buffers, &mut to_write);
         assert_eq!(to_write, vec![0, 1, 3, 4]);
         let payload_len = |index: usize| tcp_of(&buffers[index][VIRTIO_NET_HDR_LEN..]).2.len();
         assert_eq!(payload_len(0), 2000);
@@ -467,7 +414,7 @@ mod tests {
             .map(|(i, segment)| buffer4(segment, 7 + i as u16))
             .collect();
         let mut to_write = Vec::new();
-        coalesce(&mut buffers, &mut to_write);
+        coalesce_as_delivered(&mut buffers, &mut to_write);
         assert_eq!(to_write, vec![0]);
         let header = &buffers[0][..VIRTIO_NET_HDR_LEN];
         assert_eq!(header[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
@@ -510,7 +457,7 @@ mod tests {
         let same_ports_ipv6 = buffer(&data(1, 1100, 1000));
         let mut buffers = vec![first, fragment, not_df, same_ports_ipv6];
         let mut to_write = Vec::new();
-        coalesce(&mut buffers, &mut to_write);
+        coalesce_as_delivered(&mut buffers, &mut to_write);
         assert_eq!(to_write, vec![0, 1, 2, 3]);
         for buffer in &buffers {
             assert_eq!(buffer[1], 0, "nothing was merged");
@@ -524,7 +471,7 @@ mod tests {
             vec![0x66; VIRTIO_NET_HDR_LEN],
         ];
         let mut to_write = Vec::new();
-        coalesce(&mut buffers, &mut to_write);
+        coalesce_as_delivered(&mut buffers, &mut to_write);
         assert_eq!(to_write, vec![0, 1]);
         assert_eq!(&buffers[0][VIRTIO_NET_HDR_LEN..], &[0x55; 3]);
     }

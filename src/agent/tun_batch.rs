@@ -12,6 +12,9 @@ use std::io;
 
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::core::api::TunPacket;
+use crate::core::wire::segment::TcpSegmentInfo;
+
 /// Room kept before every packet written, for the virtio-net header.
 pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
 /// One read with offloads: the header and the largest segment.
@@ -85,6 +88,8 @@ impl TunReadBatch {
 #[derive(Default)]
 pub struct TunWriteBatch {
     pub(crate) buffers: Vec<Vec<u8>>,
+    /// What the core read of the TCP segment in each buffer (same index).
+    segments: Vec<Option<TcpSegmentInfo>>,
     pub(crate) used: usize,
     /// Which buffers go out after merging, in order.
     pub(crate) to_write: Vec<usize>,
@@ -96,7 +101,9 @@ impl TunWriteBatch {
         if self.used == self.buffers.len() {
             self.buffers
                 .push(Vec::with_capacity(HEADROOM + packet.len()));
+            self.segments.push(None);
         }
+        self.segments[self.used] = None;
         let buffer = &mut self.buffers[self.used];
         buffer.clear();
         buffer.resize(HEADROOM, 0);
@@ -104,16 +111,22 @@ impl TunWriteBatch {
         self.used += 1;
     }
 
-    /// Queues a buffer that already holds its packet behind [`HEADROOM`]
-    /// bytes (the node decrypts into such buffers, see
+    /// Queues a packet the node delivered, whose buffer already holds it
+    /// behind [`HEADROOM`] bytes (the node decrypts into such buffers, see
     /// `Node::set_tun_headroom`), without copying it. Returns a spare
     /// buffer for the caller to reuse.
-    pub fn push_with_headroom(&mut self, buffer: Vec<u8>) -> Vec<u8> {
+    pub fn push_with_headroom(&mut self, packet: TunPacket) -> Vec<u8> {
+        let TunPacket {
+            buffer,
+            tcp_segment,
+        } = packet;
         debug_assert!(buffer.len() >= HEADROOM, "a packet behind its headroom");
         let spare = if self.used == self.buffers.len() {
             self.buffers.push(buffer);
+            self.segments.push(tcp_segment);
             Vec::new()
         } else {
+            self.segments[self.used] = tcp_segment;
             std::mem::replace(&mut self.buffers[self.used], buffer)
         };
         self.used += 1;
@@ -138,7 +151,11 @@ impl TunWriteBatch {
     /// For a TUN with offloads: merges TCP packets and writes the virtio-net
     /// headers; returns the buffers to write whole, header included.
     pub(crate) fn merged(&mut self) -> impl Iterator<Item = &[u8]> {
-        super::tcp_gro::coalesce(&mut self.buffers[..self.used], &mut self.to_write);
+        super::tcp_gro::coalesce(
+            &mut self.buffers[..self.used],
+            &self.segments[..self.used],
+            &mut self.to_write,
+        );
         self.to_write
             .iter()
             .map(|&index| self.buffers[index].as_slice())
@@ -186,6 +203,13 @@ mod tests {
         assert_eq!(batch.buffers.len(), 2, "buffers are reused");
     }
 
+    fn delivered(buffer: Vec<u8>) -> TunPacket {
+        TunPacket {
+            buffer,
+            tcp_segment: None,
+        }
+    }
+
     #[test]
     fn buffers_with_headroom_are_queued_without_a_copy() {
         let mut batch = TunWriteBatch::default();
@@ -194,13 +218,13 @@ mod tests {
         let mut owned = vec![0u8; HEADROOM];
         owned.extend_from_slice(&[6, 7, 8]);
         let address = owned.as_ptr();
-        let spare = batch.push_with_headroom(owned);
+        let spare = batch.push_with_headroom(delivered(owned));
         assert!(spare.capacity() > 0, "the batch's old buffer comes back");
         let queued = batch.queued();
         assert_eq!(queued.len(), 1);
         assert_eq!(&queued[0][HEADROOM..], &[6, 7, 8]);
         assert_eq!(queued[0].as_ptr(), address, "the same allocation");
-        let spare = batch.push_with_headroom(vec![0u8; HEADROOM]);
+        let spare = batch.push_with_headroom(delivered(vec![0u8; HEADROOM]));
         assert_eq!(spare.capacity(), 0, "nothing to give back past the end");
         assert_eq!(batch.queued().len(), 2);
     }

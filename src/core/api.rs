@@ -12,6 +12,7 @@ use crate::core::policy::Policy;
 use crate::core::stats::status::PathKind;
 use crate::core::trust::request::TrustRequest;
 use crate::core::wire::path::PathAddr;
+use crate::core::wire::segment::TcpSegmentInfo;
 
 /// How often registrations with rendezvous servers are refreshed: below
 /// the 30 s UDP timeout of common NATs.
@@ -52,6 +53,17 @@ pub enum Ipv4Route {
     /// Another agent (this one, or a peer trusted earlier) derives the same
     /// address and keeps it; the peer is reachable over IPv6 only.
     TakenBy(AgentId),
+}
+
+/// An IP packet for the TUN, behind the room asked for with
+/// `Node::set_tun_headroom`, with what the core read of its TCP segment
+/// when it checked it (for the shell's segment merging: the packet is not
+/// parsed again).
+#[derive(Debug)]
+pub struct TunPacket {
+    pub buffer: Vec<u8>,
+    /// The TCP segment it carries, if one merging may consider.
+    pub tcp_segment: Option<TcpSegmentInfo>,
 }
 
 /// A datagram to send on the UDP socket.

@@ -455,7 +455,7 @@ impl Daemon {
         self.links.probes_sent();
         // The node decrypted each packet behind the TUN's headroom: it is
         // queued as it is, and the buffer it replaces goes back to the node.
-        while let Some(packet) = self.node.poll_tun_packet() {
+        while let Some(packet) = self.node.poll_tun_delivery() {
             let spare = self.tun_out.push_with_headroom(packet);
             self.node.recycle_buffer(spare);
             if self.tun_out.is_full() {

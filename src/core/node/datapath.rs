@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::core::address::{NodeId, NodePrefix};
-use crate::core::api::Event;
-use crate::core::peer::Slot;
+use crate::core::api::{Event, TunPacket};
+use crate::core::peer::{Inbound, Slot};
 use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use crate::core::wire::emit;
 use crate::core::wire::packet::{IpPacket, IpVersion};
@@ -180,10 +180,12 @@ impl Node {
             }
             return;
         }
-        if peer.accept_inbound(ctx, now, &buffer[headroom..]) {
-            ctx.tun_out.push_back(buffer);
-        } else {
-            ctx.recycle_buffer(buffer);
+        match peer.accept_inbound(ctx, now, &buffer[headroom..]) {
+            Inbound::Deliver { tcp_segment } => ctx.tun_out.push_back(TunPacket {
+                buffer,
+                tcp_segment,
+            }),
+            Inbound::Drop => ctx.recycle_buffer(buffer),
         }
     }
 

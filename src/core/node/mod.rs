@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::address::{NodePrefix, agent_address4};
 use crate::core::api::{
-    AutoApprove, DEFAULT_REGISTER_INTERVAL, Event, NodeConfig, PeerSlot, Transmit,
+    AutoApprove, DEFAULT_REGISTER_INTERVAL, Event, NodeConfig, PeerSlot, Transmit, TunPacket,
 };
 use crate::core::identity::{AgentId, Identity};
 use crate::core::node::known_sources::KnownSources;
@@ -166,6 +166,12 @@ impl Node {
     /// back with [`Node::recycle_buffer`] once written: the data path then
     /// receives without allocating.
     pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.ctx.tun_out.pop_front().map(|packet| packet.buffer)
+    }
+
+    /// [`Node::poll_tun_packet`], with what the core read of the packet's
+    /// TCP segment while checking it.
+    pub fn poll_tun_delivery(&mut self) -> Option<TunPacket> {
         self.ctx.tun_out.pop_front()
     }
 

@@ -9,8 +9,8 @@ use crate::core::address::NetworkId;
 use crate::core::address::test_keys::{colliding_identities, identity};
 use crate::core::api::PeerConfig;
 use crate::core::policy::Policy;
-use crate::core::wire::packet::PROTO_UDP;
 use crate::core::wire::packet::tests::ipv4;
+use crate::core::wire::packet::{PROTO_TCP, PROTO_UDP};
 use std::net::IpAddr;
 
 const MTU: u16 = 1408;
@@ -163,4 +163,40 @@ fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
     let from_alice = &b.status(now).peers[0];
     assert_eq!(from_alice.id, alice.agent_id());
     assert_eq!(from_alice.dropped_spoofed, 3);
+}
+
+#[test]
+fn a_delivered_tcp_packet_carries_what_the_check_read_of_its_segment() {
+    let (alice, bob) = (identity(1), identity(2));
+    let (a_at, b_at): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:7400".parse().expect("addr"),
+        "10.0.0.2:7400".parse().expect("addr"),
+    );
+    let now = Instant::now();
+    let (mut a, mut b) = (node(&alice, now), node(&bob, now));
+    a.upsert_peer(now, peer_config(&bob, Some(b_at)));
+    b.upsert_peer(now, peer_config(&alice, Some(a_at)));
+    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
+    // TCP: ports 4000 → 80, seq 7, ack 9, data offset 5, ACK, then 3 bytes.
+    let mut tcp = vec![0x0f, 0xa0, 0, 80, 0, 0, 0, 7, 0, 0, 0, 9, 0x50, 0x10];
+    tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0, b'a', b'b', b'c']);
+    let segment = ipv4(a4, b4, PROTO_TCP, &tcp);
+    let datagram = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    a.handle_tun_packet(now, &segment);
+    exchange(&mut a, a_at, &mut b, b_at, now);
+    a.handle_tun_packet(now, &datagram);
+    exchange(&mut a, a_at, &mut b, b_at, now);
+
+    let delivered = b.poll_tun_delivery().expect("the TCP packet");
+    assert_eq!(delivered.buffer, segment);
+    let info = delivered.tcp_segment.expect("read while checking");
+    assert_eq!(
+        (info.flow.source_port, info.flow.destination_port),
+        (4000, 80)
+    );
+    assert_eq!((info.seq, info.ack, info.payload_len), (7, 9, 3));
+    assert_eq!(info.header_len, 40);
+    let delivered = b.poll_tun_delivery().expect("the UDP packet");
+    assert_eq!(delivered.buffer, datagram);
+    assert_eq!(delivered.tcp_segment, None);
 }

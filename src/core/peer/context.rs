@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::core::address::{NetworkId, NodeId, NodePrefix};
 use crate::core::api::PeerSlot;
-use crate::core::api::{Event, Transmit};
+use crate::core::api::{Event, Transmit, TunPacket};
 use crate::core::identity::AgentId;
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::tai64n::Tai64N;
@@ -39,7 +39,7 @@ pub struct Context {
     pub by_index: HashMap<u32, PeerSlot>,
     pub transmits: VecDeque<Transmit>,
     /// IP packets for the TUN, each behind `tun_headroom` bytes.
-    pub tun_out: VecDeque<Vec<u8>>,
+    pub tun_out: VecDeque<TunPacket>,
     /// Room kept before every packet for the TUN (the shell's header).
     pub tun_headroom: usize,
     /// Buffers given back for reuse: receiving takes one instead of
@@ -120,7 +120,10 @@ impl Context {
         let mut buffer = self.take_buffer();
         buffer.resize(self.tun_headroom, 0);
         buffer.extend_from_slice(packet);
-        self.tun_out.push_back(buffer);
+        self.tun_out.push_back(TunPacket {
+            buffer,
+            tcp_segment: None,
+        });
     }
 
     /// A fresh random local session index, registered to the peer in

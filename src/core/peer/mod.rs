@@ -28,6 +28,7 @@ use crate::core::stats::{PeerStats, ReportContext};
 use crate::core::wire::packet::{IpPacket, IpVersion};
 use crate::core::wire::path::NatHint;
 use crate::core::wire::path::{NatKind, PathAddr};
+use crate::core::wire::segment::TcpSegmentInfo;
 
 use path::{PathState, RelayState};
 
@@ -124,6 +125,16 @@ pub struct PeerCounters {
     pub dropped_policy: u64,
     pub dropped_replay: u64,
     pub dropped_spoofed: u64,
+}
+
+/// What becomes of an IP packet received from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// It goes to the TUN; `tcp_segment` is what the check read of its TCP
+    /// segment (for the shell's segment merging).
+    Deliver { tcp_segment: Option<TcpSegmentInfo> },
+    /// Refused (counted).
+    Drop,
 }
 
 /// A trusted peer.
@@ -381,21 +392,21 @@ impl Peer {
     }
 
     /// Whether an IP packet that came out of this peer's session may go to
-    /// the TUN: a rendezvous carries none; the source must be the peer's
+    /// the TUN (with what was read of its TCP segment on the way): a rendezvous carries none; the source must be the peer's
     /// (its node prefix, or its routed IPv4 address) and the destination
     /// ours (inbound cryptokey routing); then its policy, with connection
     /// tracking, decides. Counts what it refuses.
-    pub fn accept_inbound(&mut self, ctx: &Context, now: Instant, packet: &[u8]) -> bool {
+    pub fn accept_inbound(&mut self, ctx: &Context, now: Instant, packet: &[u8]) -> Inbound {
         if self.is_rendezvous {
             // A rendezvous carries no IP traffic of its own.
             self.counters.dropped_spoofed += 1;
-            return false;
+            return Inbound::Drop;
         }
         self.counters.rx_bytes += packet.len() as u64;
         self.counters.rx_packets += 1;
         let Some(packet) = IpPacket::new_checked(packet) else {
             self.counters.dropped_spoofed += 1;
-            return false;
+            return Inbound::Drop;
         };
         let genuine = match packet.version() {
             IpVersion::V6 => {
@@ -410,7 +421,7 @@ impl Peer {
         };
         if !genuine {
             self.counters.dropped_spoofed += 1;
-            return false;
+            return Inbound::Drop;
         }
         if self.config.allow != Policy::All
             && self
@@ -419,9 +430,11 @@ impl Peer {
                 == InboundVerdict::Deny
         {
             self.counters.dropped_policy += 1;
-            return false;
+            return Inbound::Drop;
         }
-        true
+        Inbound::Deliver {
+            tcp_segment: TcpSegmentInfo::of(&packet),
+        }
     }
 
     /// A snapshot for `status`.

@@ -9,6 +9,7 @@ pub mod control_frame;
 pub mod emit;
 pub mod packet;
 pub mod path;
+pub mod segment;
 pub mod transport;
 
 /// Handshake initiation.
