@@ -51,7 +51,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::core::address::{NetworkId, NodeId};
-use crate::core::limit::{KeyedLimiter, Rate, TokenBucket};
+use crate::core::limit::{KeyedLimiter, Rate};
 use crate::core::noise::mac::{constant_time_eq, responder_key};
 use crate::core::wire::path::PathAddr;
 use crate::core::wire::{self, COOKIE_REPLY_LEN, MAC_LEN, MACS_LEN, TAG_LEN, TYPE_COOKIE_REPLY};
@@ -72,6 +72,8 @@ pub const DEFAULT_LOAD_THRESHOLD: u32 = 128;
 /// How long a responder stays under load after the rate last exceeded the
 /// threshold.
 pub const LOAD_HOLD: Duration = Duration::from_secs(1);
+/// The window over which the rate of initiations is counted.
+const LOAD_WINDOW: Duration = Duration::from_secs(1);
 /// Initiations with a valid mac2 processed per second from one source while
 /// under load (WireGuard's value).
 pub const SOURCE_RATE: f64 = 20.0;
@@ -234,12 +236,6 @@ pub enum InitiationVerdict {
     UnknownSource,
 }
 
-/// The load meter for `per_second` initiations a second: a full second's
-/// worth may come at once, one more means load.
-fn load_meter(per_second: u32) -> TokenBucket {
-    TokenBucket::new(Rate::per_second(per_second, per_second))
-}
-
 /// The responder side: load detection, cookie secret, mac2 checks, cookie
 /// replies and the per-source limiter. Memory is bounded: both limiters are
 /// fixed arrays of hashed buckets ([`KeyedLimiter`]), so no initiation does
@@ -248,9 +244,8 @@ pub struct CookieResponder {
     reply_key: CookieReplyKey,
     secret: Option<(Zeroizing<[u8; 32]>, Instant)>,
     threshold: u32,
-    /// The load meter: a bucket of `threshold` initiations a second; an
-    /// initiation it cannot take puts the responder under load.
-    load: TokenBucket,
+    window_start: Option<Instant>,
+    window_count: u32,
     under_load_until: Option<Instant>,
     sources: KeyedLimiter,
     replies: KeyedLimiter,
@@ -272,7 +267,8 @@ impl CookieResponder {
             reply_key: CookieReplyKey::for_responder(network, own_noise_public_key),
             secret: None,
             threshold: DEFAULT_LOAD_THRESHOLD,
-            load: load_meter(DEFAULT_LOAD_THRESHOLD),
+            window_start: None,
+            window_count: 0,
             under_load_until: None,
             sources: KeyedLimiter::new(
                 // Whole numbers: the casts are exact.
@@ -290,7 +286,6 @@ impl CookieResponder {
     /// under load, for tests; `u32::MAX`: never).
     pub fn set_load_threshold(&mut self, per_second: u32) {
         self.threshold = per_second;
-        self.load = load_meter(per_second);
     }
 
     /// Whether the responder is under load at `now`.
@@ -306,7 +301,16 @@ impl CookieResponder {
 
     /// Counts one initiation with a valid mac1 towards the load.
     fn count_initiation(&mut self, now: Instant) {
-        if !self.load.take(now) {
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < LOAD_WINDOW => {
+                self.window_count = self.window_count.saturating_add(1);
+            }
+            _ => {
+                self.window_start = Some(now);
+                self.window_count = 1;
+            }
+        }
+        if self.window_count > self.threshold {
             self.under_load_until = Some(now + LOAD_HOLD);
         }
     }
