@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::NodePrefix;
 use agentnet::core::identity::AgentId;
+use agentnet::core::api::PeerConfig;
 use agentnet::core::node::Node;
+use agentnet::core::policy::Policy;
 use agentnet::core::wire::packet::IpPacket;
 use agentnet::core::wire::path::relay_envelope;
 use agentnet::core::wire::{self, Datagram};
@@ -236,8 +238,57 @@ fn node(c: &mut Criterion<ThreadCpuTime>) {
     group.bench_function("drop_unknown_type", |b| {
         b.iter(|| node_b.handle_datagram(now, from, black_box(&unknown)))
     });
+
+    // One wake of a node with 10,000 trusted peers for one packet: the
+    // datagram in, the packet out to the TUN, and the next timer asked for,
+    // as the daemon's loop does. The other peers are idle: the wake should
+    // not touch them.
+    let mut pair = Pair::new(now, SMALL);
+    let (_, node_b) = pair.nodes();
+    for number in 0..IDLE_PEERS {
+        node_b.upsert_peer(
+            now,
+            PeerConfig {
+                id: support::identity(1_000 + number).agent_id(),
+                name: format!("idle{number}"),
+                endpoint: Some(support::endpoint(1_000 + number)),
+                allow: Policy::All,
+            },
+        );
+    }
+    let packet = pair.packet.clone();
+    let from = pair.a_address;
+    let (a, node_b) = pair.nodes();
+    group.bench_function(format!("wake_one_packet_{IDLE_PEERS}_idle_peers"), |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(CHUNK);
+                let sealed: Vec<Vec<u8>> = (0..chunk)
+                    .map(|_| {
+                        a.handle_tun_packet(now, &packet);
+                        a.poll_transmit().expect("sealed datagram").payload
+                    })
+                    .collect();
+                let start = support::cpu_time::now();
+                for datagram in &sealed {
+                    node_b.handle_datagram(now, from, black_box(datagram));
+                    let packet = node_b.poll_tun_packet().expect("delivered to the TUN");
+                    node_b.recycle_buffer(black_box(packet));
+                    black_box(node_b.poll_timeout());
+                }
+                elapsed += support::cpu_time::now().saturating_sub(start);
+                left -= chunk;
+            }
+            elapsed
+        })
+    });
     group.finish();
 }
+
+/// Idle peers of the wake bench.
+const IDLE_PEERS: u32 = 10_000;
 
 criterion_group! {
     name = benches;
