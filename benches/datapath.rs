@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::NodePrefix;
-use agentnet::core::identity::AgentId;
 use agentnet::core::api::PeerConfig;
+use agentnet::core::identity::AgentId;
 use agentnet::core::node::Node;
 use agentnet::core::policy::Policy;
 use agentnet::core::wire::packet::IpPacket;

@@ -433,7 +433,7 @@ impl SimNet {
             let next_delivery = self.in_flight.peek().map(|Reverse(flight)| flight.at);
             let next_timer = self
                 .hosts
-                .iter()
+                .iter_mut()
                 .filter_map(|host| host.node.poll_timeout())
                 .chain(self.rendezvous.iter().map(|r| r.server.poll_timeout()))
                 .min();

@@ -52,6 +52,8 @@ pub struct Node {
     peers: PeerTable,
     /// Peer order as added (status lists peers in this order).
     peer_order: Vec<PeerSlot>,
+    /// Reused list of the peers whose timers are due.
+    due_scratch: Vec<PeerSlot>,
     by_noise_key: HashMap<[u8; 32], PeerSlot>,
     by_prefix: HashMap<NodePrefix, PeerSlot>,
     /// IPv4 cryptokey routing: each routed peer's derived IPv4 address. On
@@ -129,6 +131,7 @@ impl Node {
             identity: config.identity,
             peers: PeerTable::default(),
             peer_order: Vec::new(),
+            due_scratch: Vec::new(),
             by_noise_key: HashMap::new(),
             by_prefix: HashMap::new(),
             by_address4: HashMap::new(),

@@ -3,29 +3,29 @@
 
 use std::time::Instant;
 
-use crate::core::api::PeerSlot;
-
 use super::{HOUSEKEEPING_INTERVAL, Node, REGISTER_TIMEOUT};
 
 impl Node {
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.run_registrations(now);
-        // Rendezvous links first, then peers in the order they were added
-        // (a fixed order keeps simulations reproducible).
-        let rendezvous_slots: Vec<PeerSlot> = self
-            .ctx
-            .rendezvous
-            .iter()
-            .filter_map(|link| self.peers.slot_of(&link.id))
-            .collect();
-        for slot in rendezvous_slots.iter().chain(self.peer_order.iter()) {
-            if let Some(peer) = self.peers.at_mut(*slot)
-                && peer.next_deadline().is_some_and(|deadline| deadline <= now)
-            {
+        // Only the peers whose deadline passed (a heap: O(log n) each);
+        // rendezvous links first, then by slot (a fixed order keeps
+        // simulations reproducible).
+        let mut due = std::mem::take(&mut self.due_scratch);
+        self.peers.due(now, &mut due);
+        due.sort_by_key(|slot| {
+            !self
+                .peers
+                .at(*slot)
+                .is_some_and(|peer| peer.is_rendezvous())
+        });
+        for slot in &due {
+            if let Some(peer) = self.peers.at_mut(*slot) {
                 peer.on_timeout(&mut self.ctx, now);
             }
         }
+        self.due_scratch = due;
         if now >= self.next_housekeeping {
             for peer in self.peers.iter_mut() {
                 peer.expire_connections(now);
@@ -37,11 +37,13 @@ impl Node {
         }
     }
 
-    /// When [`Node::handle_timeout`] must be called next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When [`Node::handle_timeout`] must be called next (O(log peers):
+    /// the peers changed since the last call are looked at, no other).
+    /// It may be a little early; calling then is cheap and harmless.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.peers
-            .iter()
-            .filter_map(|peer| peer.next_deadline())
+            .next_deadline()
+            .into_iter()
             .chain(self.ctx.rendezvous.iter().map(|link| link.next_register))
             .chain(
                 self.ctx

@@ -4,6 +4,7 @@ pub mod birthday;
 pub mod context;
 mod path;
 mod pings;
+mod schedule;
 mod sessions;
 pub mod table;
 mod timers;

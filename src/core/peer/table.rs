@@ -6,10 +6,13 @@
 //! and a packet costs one hash lookup, not a second one by ID (issue 7).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use crate::core::api::PeerSlot;
 use crate::core::identity::AgentId;
 use crate::core::peer::Peer;
+
+use super::schedule::Schedule;
 
 /// The peers, by slot and by agent ID.
 #[derive(Debug, Default)]
@@ -20,6 +23,11 @@ pub struct PeerTable {
     /// Empty slots, reused before the slab grows.
     free: Vec<PeerSlot>,
     by_id: HashMap<AgentId, PeerSlot>,
+    /// When each peer's timers are due ([`Schedule`]): every mutable
+    /// access to a peer marks it for a fresh look at its deadline.
+    schedule: Schedule,
+    /// Reused list of the slots to look at.
+    scratch: Vec<PeerSlot>,
 }
 
 impl PeerTable {
@@ -58,9 +66,12 @@ impl PeerTable {
         self.slots.get(slot.index())?.as_deref()
     }
 
-    /// The peer in a slot, to change.
+    /// The peer in a slot, to change (its deadline is looked at again
+    /// before the next [`PeerTable::next_deadline`]).
     pub fn at_mut(&mut self, slot: PeerSlot) -> Option<&mut Peer> {
-        self.slots.get_mut(slot.index())?.as_deref_mut()
+        let peer = self.slots.get_mut(slot.index())?.as_deref_mut()?;
+        self.schedule.touch(slot);
+        Some(peer)
     }
 
     /// Adds a peer with an ID not in the table, built by `make` for the slot
@@ -77,6 +88,7 @@ impl PeerTable {
             }
         };
         self.by_id.insert(id, slot);
+        self.schedule.touch(slot);
         self.slots[slot.index()].insert(Box::new(make(slot)))
     }
 
@@ -84,6 +96,7 @@ impl PeerTable {
     pub fn remove(&mut self, id: &AgentId) -> Option<Box<Peer>> {
         let slot = self.by_id.remove(id)?;
         let peer = self.slots.get_mut(slot.index())?.take();
+        self.schedule.forget(slot);
         self.free.push(slot);
         peer
     }
@@ -93,8 +106,54 @@ impl PeerTable {
         self.slots.iter().filter_map(Option::as_deref)
     }
 
-    /// Every peer, in slot order, to change.
+    /// Every peer, in slot order, to change (all of them get their
+    /// deadlines looked at again: O(peers), for rare events only).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
+        for (index, slot) in self.slots.iter().enumerate() {
+            if slot.is_some() {
+                // Indexes were handed out as u32 (see `insert`).
+                self.schedule.touch(PeerSlot::from_index(index as u32));
+            }
+        }
         self.slots.iter_mut().filter_map(Option::as_deref_mut)
+    }
+
+    /// Looks again at the deadlines of the peers changed since the last
+    /// look: O(changed · log peers).
+    fn refresh_deadlines(&mut self) {
+        let mut touched = std::mem::take(&mut self.scratch);
+        self.schedule.take_touched(&mut touched);
+        for slot in &touched {
+            if let Some(peer) = self.slots.get(slot.index()).and_then(Option::as_deref) {
+                self.schedule.offer(*slot, peer.next_deadline());
+            }
+        }
+        touched.clear();
+        self.scratch = touched;
+        self.schedule.tidy();
+    }
+
+    /// The earliest time some peer's timers are due (possibly a little
+    /// early: asking again then costs one look at that peer).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.refresh_deadlines();
+        self.schedule.earliest()
+    }
+
+    /// Puts into `due` the peers whose timers are due at `now`, in slot
+    /// order. Each is looked at again after (their deadlines move).
+    pub fn due(&mut self, now: Instant, due: &mut Vec<PeerSlot>) {
+        due.clear();
+        self.refresh_deadlines();
+        while let Some(slot) = self.schedule.pop_due(now) {
+            let Some(peer) = self.slots.get(slot.index()).and_then(Option::as_deref) else {
+                continue;
+            };
+            if peer.next_deadline().is_some_and(|deadline| deadline <= now) {
+                due.push(slot);
+            }
+            self.schedule.touch(slot);
+        }
+        due.sort_unstable_by_key(|slot| slot.index());
     }
 }
