@@ -200,3 +200,45 @@ fn a_delivered_tcp_packet_carries_what_the_check_read_of_its_segment() {
     assert_eq!(delivered.buffer, datagram);
     assert_eq!(delivered.tcp_segment, None);
 }
+
+#[test]
+fn a_wake_for_one_packet_looks_at_that_peer_only() {
+    let (alice, bob) = (identity(1), identity(2));
+    let (a_at, b_at): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:7400".parse().expect("addr"),
+        "10.0.0.2:7400".parse().expect("addr"),
+    );
+    let now = Instant::now();
+    let (mut a, mut b) = (node(&alice, now), node(&bob, now));
+    a.upsert_peer(now, peer_config(&bob, Some(b_at)));
+    b.upsert_peer(now, peer_config(&alice, Some(a_at)));
+    for number in 0..2_000u32 {
+        let idle = identity(1_000 + number);
+        b.upsert_peer(now, peer_config(&idle, None));
+    }
+    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
+    let datagram = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    a.handle_tun_packet(now, &datagram);
+    exchange(&mut a, a_at, &mut b, b_at, now);
+    assert_eq!(b.poll_tun_packet(), Some(datagram.clone()));
+    let _ = b.poll_timeout();
+    let before = b.peers.deadline_looks();
+
+    let later = now + Duration::from_millis(5);
+    a.handle_tun_packet(later, &datagram);
+    let sealed = a.poll_transmit().expect("sealed");
+    b.handle_datagram(later, a_at, &sealed.payload);
+    assert_eq!(b.poll_tun_packet(), Some(datagram));
+    let next = b.poll_timeout();
+    assert!(next.is_some(), "the session's timers are scheduled");
+    assert_eq!(
+        b.peers.deadline_looks() - before,
+        1,
+        "one packet from one peer looks at that peer's deadline only"
+    );
+    // Idle peers never get looked at by a timer either.
+    let before = b.peers.deadline_looks();
+    b.handle_timeout(now + Duration::from_secs(1));
+    let _ = b.poll_timeout();
+    assert!(b.peers.deadline_looks() - before <= 2);
+}

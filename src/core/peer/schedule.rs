@@ -36,6 +36,9 @@ pub(super) struct Schedule {
     touched: Vec<PeerSlot>,
     /// Slots with a queued deadline (live heap entries).
     live: usize,
+    /// Deadlines offered so far (the work done, for tests: one per peer
+    /// looked at).
+    offers: u64,
 }
 
 impl Schedule {
@@ -75,6 +78,7 @@ impl Schedule {
     /// that is earlier than what is queued.
     pub(super) fn offer(&mut self, slot: PeerSlot, deadline: Option<Instant>) {
         let index = slot.index();
+        self.offers += 1;
         let Some(deadline) = deadline else {
             return;
         };
@@ -130,8 +134,93 @@ impl Schedule {
         None
     }
 
+    /// Deadlines offered so far: how many times a peer was looked at.
+    pub(super) fn offers(&self) -> u64 {
+        self.offers
+    }
+
     /// Whether `(at, index)` is the slot's live entry.
     fn is_live(&self, at: Instant, index: u32) -> bool {
         self.queued.get(index as usize).copied().flatten() == Some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// What a test does to the schedule.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The peer in slot `.0` now has deadline `.1` ms (or none).
+        Set(u8, Option<u16>),
+        /// The peer in slot `.0` is removed.
+        Remove(u8),
+        /// Time advances to `.0` ms; the due peers run (and get no
+        /// deadline).
+        RunUntil(u16),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..16, proptest::option::of(0u16..1000)).prop_map(|(s, d)| Step::Set(s, d)),
+            (0u8..16).prop_map(Step::Remove),
+            (0u16..1000).prop_map(Step::RunUntil),
+        ]
+    }
+
+    proptest! {
+        /// Against a model (the peers' real deadlines): the earliest queued
+        /// deadline is never later than any real one, and a run at `now`
+        /// pops every peer whose real deadline passed.
+        #[test]
+        fn no_deadline_is_missed_or_late(steps in proptest::collection::vec(step(), 0..200)) {
+            let t0 = Instant::now();
+            let at = |ms: u16| t0 + Duration::from_millis(u64::from(ms));
+            let mut schedule = Schedule::default();
+            let mut real: [Option<Instant>; 16] = [None; 16];
+            for step in steps {
+                match step {
+                    Step::Set(slot, deadline) => {
+                        real[usize::from(slot)] = deadline.map(at);
+                        let slot = PeerSlot::from_index(u32::from(slot));
+                        schedule.touch(slot);
+                    }
+                    Step::Remove(slot) => {
+                        real[usize::from(slot)] = None;
+                        schedule.forget(PeerSlot::from_index(u32::from(slot)));
+                    }
+                    Step::RunUntil(ms) => {
+                        let now = at(ms);
+                        let mut popped = Vec::new();
+                        while let Some(slot) = schedule.pop_due(now) {
+                            popped.push(slot.index());
+                            // Spurious (early) pops are looked at again.
+                            schedule.touch(slot);
+                        }
+                        for (slot, deadline) in real.iter_mut().enumerate() {
+                            if deadline.is_some_and(|deadline| deadline <= now) {
+                                prop_assert!(popped.contains(&slot), "slot {slot} missed");
+                                *deadline = None;
+                            }
+                        }
+                    }
+                }
+                // The table's look at the touched peers.
+                let mut touched = Vec::new();
+                schedule.take_touched(&mut touched);
+                for slot in touched {
+                    schedule.offer(slot, real[slot.index()]);
+                }
+                schedule.tidy();
+                if let Some(earliest_real) = real.iter().flatten().min() {
+                    let earliest = schedule.earliest();
+                    prop_assert!(earliest.is_some_and(|queued| queued <= *earliest_real));
+                }
+                prop_assert!(schedule.heap.len() <= 2 * schedule.live + 64);
+            }
+        }
     }
 }

@@ -140,6 +140,12 @@ impl PeerTable {
         self.schedule.earliest()
     }
 
+    /// How many times a peer's deadline was computed (for tests: the work
+    /// a wake did).
+    pub fn deadline_looks(&self) -> u64 {
+        self.schedule.offers()
+    }
+
     /// Puts into `due` the peers whose timers are due at `now`, in slot
     /// order. Each is looked at again after (their deadlines move).
     pub fn due(&mut self, now: Instant, due: &mut Vec<PeerSlot>) {
