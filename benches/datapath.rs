@@ -175,29 +175,7 @@ fn node_size(group: &mut BenchmarkGroup<'_, ThreadCpuTime>, size: usize) {
         let packet = pair.packet.clone();
         let from = pair.a_address;
         let (a, node_b) = pair.nodes();
-        b.iter_custom(|iters| {
-            let mut elapsed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let chunk = left.min(CHUNK);
-                let sealed: Vec<Vec<u8>> = (0..chunk)
-                    .map(|_| {
-                        a.handle_tun_packet(now, &packet);
-                        a.poll_transmit().expect("sealed datagram").payload
-                    })
-                    .collect();
-                let start = support::cpu_time::now();
-                for datagram in &sealed {
-                    node_b.handle_datagram(now, from, black_box(datagram));
-                    // As the daemon does: the buffer goes back once written.
-                    let packet = node_b.poll_tun_packet().expect("delivered to the TUN");
-                    node_b.recycle_buffer(black_box(packet));
-                }
-                elapsed += support::cpu_time::now().saturating_sub(start);
-                left -= chunk;
-            }
-            elapsed
-        })
+        b.iter_custom(|iters| time_receives(a, node_b, now, from, &packet, iters, |_| {}))
     });
 
     // Both ends on one core: TUN → a → wire → b → TUN.
@@ -261,30 +239,48 @@ fn node(c: &mut Criterion<ThreadCpuTime>) {
     let (a, node_b) = pair.nodes();
     group.bench_function(format!("wake_one_packet_{IDLE_PEERS}_idle_peers"), |b| {
         b.iter_custom(|iters| {
-            let mut elapsed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let chunk = left.min(CHUNK);
-                let sealed: Vec<Vec<u8>> = (0..chunk)
-                    .map(|_| {
-                        a.handle_tun_packet(now, &packet);
-                        a.poll_transmit().expect("sealed datagram").payload
-                    })
-                    .collect();
-                let start = support::cpu_time::now();
-                for datagram in &sealed {
-                    node_b.handle_datagram(now, from, black_box(datagram));
-                    let packet = node_b.poll_tun_packet().expect("delivered to the TUN");
-                    node_b.recycle_buffer(black_box(packet));
-                    black_box(node_b.poll_timeout());
-                }
-                elapsed += support::cpu_time::now().saturating_sub(start);
-                left -= chunk;
-            }
-            elapsed
+            time_receives(a, node_b, now, from, &packet, iters, |node| {
+                black_box(node.poll_timeout());
+            })
         })
     });
     group.finish();
+}
+
+/// Times `iters` receives by `receiver` of `packet` sealed by `sender`
+/// (sealed in chunks outside the timed part): each datagram in, the packet
+/// out to the TUN and its buffer given back, as the daemon does, then
+/// `after_each` (timed too).
+fn time_receives(
+    sender: &mut Node,
+    receiver: &mut Node,
+    now: Instant,
+    from: SocketAddr,
+    packet: &[u8],
+    iters: u64,
+    mut after_each: impl FnMut(&mut Node),
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let chunk = left.min(CHUNK);
+        let sealed: Vec<Vec<u8>> = (0..chunk)
+            .map(|_| {
+                sender.handle_tun_packet(now, packet);
+                sender.poll_transmit().expect("sealed datagram").payload
+            })
+            .collect();
+        let start = support::cpu_time::now();
+        for datagram in &sealed {
+            receiver.handle_datagram(now, from, black_box(datagram));
+            let packet = receiver.poll_tun_packet().expect("delivered to the TUN");
+            receiver.recycle_buffer(black_box(packet));
+            after_each(receiver);
+        }
+        elapsed += support::cpu_time::now().saturating_sub(start);
+        left -= chunk;
+    }
+    elapsed
 }
 
 /// Idle peers of the wake bench.

@@ -116,9 +116,17 @@ fn exchange(a: &mut Node, a_at: SocketAddr, b: &mut Node, b_at: SocketAddr, now:
     }
 }
 
-#[test]
-fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
-    let (alice, bob, carol) = (identity(1), identity(2), identity(3));
+/// Alice and Bob trust each other with endpoints (no session yet).
+struct TwoNodes {
+    a: Node,
+    b: Node,
+    a_at: SocketAddr,
+    b_at: SocketAddr,
+    now: Instant,
+}
+
+fn two_nodes() -> TwoNodes {
+    let (alice, bob) = (identity(1), identity(2));
     let (a_at, b_at): (SocketAddr, SocketAddr) = (
         "10.0.0.1:7400".parse().expect("addr"),
         "10.0.0.2:7400".parse().expect("addr"),
@@ -127,6 +135,25 @@ fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
     let (mut a, mut b) = (node(&alice, now), node(&bob, now));
     a.upsert_peer(now, peer_config(&bob, Some(b_at)));
     b.upsert_peer(now, peer_config(&alice, Some(a_at)));
+    TwoNodes {
+        a,
+        b,
+        a_at,
+        b_at,
+        now,
+    }
+}
+
+#[test]
+fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
+    let TwoNodes {
+        mut a,
+        mut b,
+        a_at,
+        b_at,
+        now,
+    } = two_nodes();
+    let (alice, carol) = (identity(1), identity(3));
     b.upsert_peer(now, peer_config(&carol, None));
     let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
     let c4 = agent_address4(network(), &carol.agent_id());
@@ -167,15 +194,13 @@ fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
 
 #[test]
 fn a_delivered_tcp_packet_carries_what_the_check_read_of_its_segment() {
-    let (alice, bob) = (identity(1), identity(2));
-    let (a_at, b_at): (SocketAddr, SocketAddr) = (
-        "10.0.0.1:7400".parse().expect("addr"),
-        "10.0.0.2:7400".parse().expect("addr"),
-    );
-    let now = Instant::now();
-    let (mut a, mut b) = (node(&alice, now), node(&bob, now));
-    a.upsert_peer(now, peer_config(&bob, Some(b_at)));
-    b.upsert_peer(now, peer_config(&alice, Some(a_at)));
+    let TwoNodes {
+        mut a,
+        mut b,
+        a_at,
+        b_at,
+        now,
+    } = two_nodes();
     let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
     // TCP: ports 4000 → 80, seq 7, ack 9, data offset 5, ACK, then 3 bytes.
     let mut tcp = vec![0x0f, 0xa0, 0, 80, 0, 0, 0, 7, 0, 0, 0, 9, 0x50, 0x10];
@@ -203,15 +228,13 @@ fn a_delivered_tcp_packet_carries_what_the_check_read_of_its_segment() {
 
 #[test]
 fn a_wake_for_one_packet_looks_at_that_peer_only() {
-    let (alice, bob) = (identity(1), identity(2));
-    let (a_at, b_at): (SocketAddr, SocketAddr) = (
-        "10.0.0.1:7400".parse().expect("addr"),
-        "10.0.0.2:7400".parse().expect("addr"),
-    );
-    let now = Instant::now();
-    let (mut a, mut b) = (node(&alice, now), node(&bob, now));
-    a.upsert_peer(now, peer_config(&bob, Some(b_at)));
-    b.upsert_peer(now, peer_config(&alice, Some(a_at)));
+    let TwoNodes {
+        mut a,
+        mut b,
+        a_at,
+        b_at,
+        now,
+    } = two_nodes();
     for number in 0..2_000u32 {
         let idle = identity(1_000 + number);
         b.upsert_peer(now, peer_config(&idle, None));
