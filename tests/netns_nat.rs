@@ -4,7 +4,7 @@
 //! blocked), agents behind them, and the real `agentnet` binary.
 //!
 //! The matrix, one test each: no NAT ↔ no NAT, easy ↔ easy, easy ↔ hard,
-//! hard ↔ hard, UDP blocked on one side (TCP relay), two agents behind the
+//! hard ↔ hard, hard ↔ hard with a port mapping (miniupnpd), UDP blocked on one side (TCP relay), two agents behind the
 //! same NAT, the direct path cut in the middle of a download, one of two
 //! rendezvous servers killed, and a trust request to an offline agent. Also
 //! a self-check of the lab's routers (no agentnet involved) and `netcheck`.
@@ -441,6 +441,136 @@ fn hard_to_hard_relays_and_traffic_flows() {
     assert!(received >= 48, "relay lost pings:\n{}", out.stdout);
     let still = must(wait_path(&a, &id_b, "relay", Duration::from_secs(1)));
     assert_eq!(still.path, "relay");
+}
+
+/// How long an agent may take to get a port mapping from its router
+/// (PCP answers within milliseconds on the LAN).
+const MAPPING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the download checked byte for byte over the mapped path.
+const MAPPED_DOWNLOAD_BYTES: usize = 2 << 20;
+
+/// Behind two hard NATs, one of whose routers runs miniupnpd: the agent
+/// behind it maps its UDP port (PCP), announces the mapping, and the pair
+/// goes direct through it; a download arrives intact on that path, and
+/// `down` deletes the mapping on the router.
+#[test]
+fn hard_to_hard_goes_direct_through_a_port_mapping() {
+    hard_to_hard_through_a_mapping(true, "pcp");
+}
+
+/// The same with a router that speaks only UPnP-IGD (miniupnpd without
+/// PCP and NAT-PMP): the agent falls back to SSDP and SOAP.
+#[test]
+fn hard_to_hard_goes_direct_through_a_upnp_mapping() {
+    hard_to_hard_through_a_mapping(false, "upnp");
+}
+
+/// The port-mapping row: A behind a hard router with miniupnpd (PCP and
+/// NAT-PMP on if `pcp`), B behind a plain hard router; A's mapping must be
+/// made with `protocol`.
+fn hard_to_hard_through_a_mapping(pcp: bool, protocol: &str) {
+    let mut needed = tools();
+    needed.push(support::natlab::MINIUPNPD);
+    let Some(()) = support::netns_ready!(&needed) else {
+        return;
+    };
+    let nat = must(NatLab::new());
+    let lab = &nat.lab;
+    let rv = must(nat.rendezvous("rv1"));
+    let sa = must(nat.site_with_port_mapping("a", NatKind::Hard, pcp));
+    let sb = must(nat.site("b", NatKind::Hard));
+    let (a, id_a) = agent(&nat, Place::Behind(&sa), "a", &[&rv]);
+    let mapping = must(
+        wait_for("A's port mapping", MAPPING_TIMEOUT, || {
+            let mapping = a.status().ok()?["port_mapping"].clone();
+            (mapping["state"] == "mapped").then_some(mapping)
+        })
+        .map_err(|e| format!("{e}\n{}\n{}", a.log_excerpt(30), nat.miniupnpd_log(&sa))),
+    );
+    let external: SocketAddr = mapping["external"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("no external endpoint: {mapping}"));
+    say(&format!(
+        "NAT lab | hard ({protocol} mapping) <-> hard: A's router mapped {external} by {} (expires in {} s); \
+         rules: {}",
+        mapping["protocol"],
+        mapping["expires_in_s"],
+        must(nat.port_mappings(&sa))
+    ));
+    assert_eq!(mapping["protocol"], protocol, "{mapping}");
+    let text = must(a.cli_ok(&["status"])).stdout;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("port map"))
+        .unwrap_or("-");
+    say(&format!("NAT lab | `agentnet status` of A: {line}"));
+    assert!(line.contains(&external.to_string()), "{text}");
+    let log = a.log_excerpt(60);
+    let made = log.lines().find(|l| l.contains("port mapping made"));
+    say(&format!("NAT lab | A's log: {}", made.unwrap_or("-")));
+    assert_eq!(
+        external.ip(),
+        IpAddr::V4(sa.wan),
+        "mapped on the router's address"
+    );
+    assert!(
+        mapping["expires_in_s"].as_u64().is_some_and(|s| s > 60),
+        "{mapping}"
+    );
+    let status = must(a.status());
+    let candidates: Vec<&str> = status["candidates"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        candidates.first().copied(),
+        Some(external.to_string().as_str()),
+        "the mapping is announced first: {candidates:?}"
+    );
+
+    let (b, id_b) = agent(&nat, Place::Behind(&sb), "b", &[&rv]);
+    let c = connect(lab, (&a, &id_a), (&b, &id_b), "direct", DIRECT_WITHIN);
+    report(&format!("hard ({protocol} mapping) <-> hard"), &c, "");
+    assert_path(&c, "direct", &a, &b);
+    assert_eq!(
+        c.ba.endpoint,
+        Some(external),
+        "B reaches A through the mapping"
+    );
+    assert_eq!(
+        c.ab.endpoint.map(|e| e.ip()),
+        Some(IpAddr::V4(sb.wan)),
+        "A answers B at B's router"
+    );
+
+    // A download, byte for byte, on the direct path.
+    let took = must(support::http::fetch_over_overlay(
+        lab,
+        &a,
+        &b,
+        id_b.address,
+        HTTP_PORT,
+        MAPPED_DOWNLOAD_BYTES,
+        Duration::from_secs(60),
+    ));
+    let after = must(wait_path(&a, &id_b, "direct", Duration::from_secs(1)));
+    say(&format!(
+        "NAT lab | hard ({protocol} mapping) <-> hard: {} KiB downloaded intact in {} over {}",
+        MAPPED_DOWNLOAD_BYTES >> 10,
+        secs(took),
+        show(after.endpoint)
+    ));
+
+    // `down` deletes the mapping on the router.
+    assert!(!must(nat.port_mappings(&sa)).is_empty());
+    must(a.down());
+    must(wait_until(
+        "A's mapping to be deleted on the router",
+        Duration::from_secs(5),
+        || nat.port_mappings(&sa).is_ok_and(|rules| rules.is_empty()),
+    ));
 }
 
 /// UDP blocked at one side's router: that agent registers over TCP and

@@ -85,6 +85,17 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
 /// benchmarking, RFC 2544; it is used only inside the lab's namespaces).
 const INTERNET: [u8; 3] = [198, 18, 0];
 
+/// The WAN addresses of routers that run miniupnpd (`192.0.3.N/24`, on the
+/// same internet bridge). miniupnpd 2.3.1 refuses to map ports on an
+/// external address in any reserved range (198.18.0.0/15 included, and
+/// every documentation range), so these routers get an ordinary unicast
+/// address. It exists only on the lab's bridge: no namespace of the lab
+/// has a link to the host's network, so nothing sent to it leaves them.
+const MAPPING_WAN: [u8; 3] = [192, 0, 3];
+
+/// The program a port-mapping router runs.
+pub const MINIUPNPD: &str = "miniupnpd";
+
 /// How a site's router treats its agents' traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -118,6 +129,9 @@ impl NatKind {
 /// bridge its hosts hang off.
 #[derive(Debug)]
 pub struct Site {
+    /// PID of the router's miniupnpd (PCP, NAT-PMP, UPnP-IGD), if it runs
+    /// one ([`NatLab::site_with_port_mapping`]); the lab stops it.
+    pub miniupnpd: Option<u32>,
     /// The site's name (its router's role is `rt-<name>`).
     pub name: String,
     /// What the router does.
@@ -222,6 +236,8 @@ impl NatLab {
             "eth0",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        // The port-mapping routers' addresses share the bridge.
+        ip(&["-n", &ns, "route", "add", &mapping_wan_net(), "dev", "eth0"])?;
         Ok(Host {
             role: role.to_string(),
             ns,
@@ -233,6 +249,33 @@ impl NatLab {
     /// A NAT router `rt-<name>` of `kind`: WAN on the internet, a LAN
     /// bridge with `10.77.N.1/24`, forwarding on, nftables table `ip natlab`.
     pub fn site(&self, name: &str, kind: NatKind) -> Result<Site, String> {
+        self.make_site(name, kind, None)
+    }
+
+    /// A router as [`NatLab::site`] that also runs miniupnpd, as a home
+    /// router with UPnP on does: UPnP-IGD (SSDP and HTTP) on the LAN, and
+    /// with `pcp` PCP and NAT-PMP on the LAN address's UDP port 5351;
+    /// mappings for LAN hosts only (`secure_mode`: each host for itself),
+    /// ports 1024 and up. Its WAN address is `192.0.3.N` (see
+    /// [`MAPPING_WAN`]); the firewall lets in what a mapping forwards
+    /// (`ct status dnat accept`).
+    pub fn site_with_port_mapping(
+        &self,
+        name: &str,
+        kind: NatKind,
+        pcp: bool,
+    ) -> Result<Site, String> {
+        self.make_site(name, kind, Some(pcp))
+    }
+
+    /// A router; `port_mapping`: runs miniupnpd (with PCP and NAT-PMP if
+    /// `Some(true)`).
+    fn make_site(
+        &self,
+        name: &str,
+        kind: NatKind,
+        port_mapping: Option<bool>,
+    ) -> Result<Site, String> {
         let n = self.next_site.fetch_add(1, Ordering::Relaxed);
         let role = format!("rt-{name}");
         let wan_host = self.public_host(&role)?;
@@ -241,6 +284,20 @@ impl NatLab {
         ip(&["-n", &ns, "link", "set", "eth0", "down"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "name", "wan"])?;
         ip(&["-n", &ns, "link", "set", "wan", "up"])?;
+        let mut wan = wan_host.ip;
+        if port_mapping.is_some() {
+            // The address the router masquerades with and maps on is the
+            // only one on its WAN; the internet is reached on-link.
+            wan = Ipv4Addr::new(MAPPING_WAN[0], MAPPING_WAN[1], MAPPING_WAN[2], n);
+            let internet = format!("{}.{}.{}.0/24", INTERNET[0], INTERNET[1], INTERNET[2]);
+            let old = format!("{}/24", wan_host.ip);
+            ip(&["-n", &ns, "addr", "del", &old, "dev", "wan"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{wan}/24"), "dev", "wan"])?;
+            ip(&["-n", &ns, "route", "add", &internet, "dev", "wan"])?;
+        } else {
+            // Taking the link down for the rename dropped this route.
+            ip(&["-n", &ns, "route", "add", &mapping_wan_net(), "dev", "wan"])?;
+        }
         self.sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
         self.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
         ip(&["-n", &ns, "link", "add", "lan", "type", "bridge"])?;
@@ -270,6 +327,13 @@ impl NatLab {
             NatKind::EasyNoFirewall => "",
             _ => "iifname \"wan\" ct state new drop",
         };
+        // What a port mapping forwards passes the firewall (as OpenWrt's
+        // `ct status dnat accept`).
+        let forwarded = if port_mapping.is_some() {
+            "iifname \"wan\" ct status dnat accept"
+        } else {
+            ""
+        };
         let ruleset = [
             "table ip natlab {".to_string(),
             "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;"
@@ -280,6 +344,7 @@ impl NatLab {
             format!("    {input_firewall}"),
             "  }".into(),
             "  chain forward { type filter hook forward priority filter; policy accept;".into(),
+            format!("    {forwarded}"),
             "    iifname \"wan\" ct state new drop".into(),
             "  }".into(),
             "  chain udpblock { type filter hook forward priority filter - 1; policy accept;"
@@ -290,14 +355,139 @@ impl NatLab {
         ]
         .join("\n");
         self.nft(&ns, &ruleset)?;
+        let miniupnpd = match port_mapping {
+            Some(pcp) => Some(self.start_miniupnpd(&ns, name, gateway, pcp)?),
+            None => None,
+        };
         Ok(Site {
+            miniupnpd,
             name: name.to_string(),
             kind,
             router_ns: ns,
-            wan: wan_host.ip,
+            wan,
             gateway,
             next_host: AtomicU8::new(2),
         })
+    }
+
+    /// Starts miniupnpd in router namespace `ns` (WAN `wan`, LAN `lan` with
+    /// `gateway`; PCP and NAT-PMP if `pcp`): its nftables chains (table
+    /// `inet miniupnpd`), a config file and lease file in the lab
+    /// directory, in the foreground (`-d`), tracked by the lab. Returns its
+    /// PID once it listens for SSDP (and PCP/NAT-PMP).
+    fn start_miniupnpd(
+        &self,
+        ns: &str,
+        name: &str,
+        gateway: Ipv4Addr,
+        pcp: bool,
+    ) -> Result<u32, String> {
+        // The chains miniupnpd fills (its defaults, in a table of its own).
+        self.nft(
+            ns,
+            "table inet miniupnpd {\n\
+             \x20 chain miniupnpd { }\n\
+             \x20 chain prerouting_miniupnpd { }\n\
+             \x20 chain postrouting_miniupnpd { }\n\
+             \x20 chain forward { type filter hook forward priority filter; policy accept; jump miniupnpd; }\n\
+             \x20 chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump prerouting_miniupnpd; }\n\
+             \x20 chain postrouting { type nat hook postrouting priority srcnat; policy accept; jump postrouting_miniupnpd; }\n\
+             }\n",
+        )?;
+        let dir = self.lab.dir();
+        let config = dir.join(format!("miniupnpd-{name}.conf"));
+        let leases = dir.join(format!("miniupnpd-{name}.leases"));
+        let pid_file = dir.join(format!("miniupnpd-{name}.pid"));
+        let path = |p: &Path| p.to_str().map(str::to_string).ok_or("non-UTF-8 lab path");
+        let o = gateway.octets();
+        let text = [
+            "ext_ifname=wan".to_string(),
+            "listening_ip=lan".into(),
+            "http_port=0".into(),
+            format!("enable_natpmp={}", if pcp { "yes" } else { "no" }),
+            "enable_upnp=yes".into(),
+            "secure_mode=yes".into(),
+            "upnp_table_name=miniupnpd".into(),
+            "upnp_nat_table_name=miniupnpd".into(),
+            format!("lease_file={}", path(&leases)?),
+            "uuid=8e3c2b1a-4d5e-4f60-8172-93a4b5c6d7e8".into(),
+            format!(
+                "allow 1024-65535 {}.{}.{}.0/24 1024-65535",
+                o[0], o[1], o[2]
+            ),
+            "deny 0-65535 0.0.0.0/0 0-65535".into(),
+        ]
+        .join("\n");
+        std::fs::write(&config, text + "\n").map_err(|e| format!("{}: {e}", config.display()))?;
+        let pid = self.lab.spawn(
+            ns,
+            &format!("miniupnpd-{name}"),
+            &[
+                MINIUPNPD,
+                "-f",
+                &path(&config)?,
+                "-P",
+                &path(&pid_file)?,
+                "-d",
+            ],
+        )?;
+        wait_until(
+            &format!("miniupnpd on rt-{name} to listen on UDP 1900 (and 5351)"),
+            Duration::from_secs(10),
+            || {
+                if !self.lab.spawn_running(pid) {
+                    return true;
+                }
+                let listening = |port: &str| {
+                    self.lab
+                        .exec(ns, &["ss", "-Hlun", "sport", "=", port])
+                        .is_ok_and(|o| !o.stdout.trim().is_empty())
+                };
+                (!pcp || listening(":5351")) && listening(":1900")
+            },
+        )?;
+        if !self.lab.spawn_running(pid) {
+            let (out, err) = self.lab.spawn_output(pid);
+            return Err(format!("miniupnpd on rt-{name} exited:\n{out}{err}"));
+        }
+        Ok(pid)
+    }
+
+    /// The port mappings miniupnpd holds on `site`'s router: the rules of
+    /// its `prerouting_miniupnpd` chain (empty without miniupnpd).
+    pub fn port_mappings(&self, site: &Site) -> Result<String, String> {
+        if site.miniupnpd.is_none() {
+            return Ok(String::new());
+        }
+        let out = self.lab.exec_ok(
+            &site.router_ns,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "miniupnpd",
+                "prerouting_miniupnpd",
+            ],
+        )?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter(|line| line.contains("dnat"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// What `site`'s miniupnpd logged so far.
+    pub fn miniupnpd_log(&self, site: &Site) -> String {
+        match site.miniupnpd {
+            Some(pid) => {
+                let (out, err) = self.lab.spawn_output(pid);
+                format!("{out}{err}")
+            }
+            None => String::new(),
+        }
     }
 
     /// A host on `site`'s LAN: namespace `<prefix>-<role>`, `eth0` =
@@ -933,6 +1123,14 @@ fn longest_gap(out: &str) -> usize {
         }
     }
     longest
+}
+
+/// The port-mapping routers' WAN network, `192.0.3.0/24`.
+fn mapping_wan_net() -> String {
+    format!(
+        "{}.{}.{}.0/24",
+        MAPPING_WAN[0], MAPPING_WAN[1], MAPPING_WAN[2]
+    )
 }
 
 /// Runs `ip ARGS` in the test's own namespace (only `-n NS` forms are used:
