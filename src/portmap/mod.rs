@@ -77,10 +77,10 @@ pub enum PortMapError {
     /// No local address towards the gateway.
     #[error("no local address towards the gateway: {0}")]
     Local(#[source] std::io::Error),
-    /// PCP and NAT-PMP failed (the text is escaped).
+    /// PCP and NAT-PMP failed.
     #[error("PCP/NAT-PMP: {0}")]
     Pmp(String),
-    /// UPnP-IGD failed (the text is escaped).
+    /// UPnP-IGD failed.
     #[error("UPnP-IGD: {0}")]
     Upnp(String),
     /// UPnP-IGD refused to add the mapping.
@@ -106,6 +106,14 @@ pub enum PortMapError {
     },
 }
 
+impl PortMapError {
+    /// The error as text fit for a log line or the status: the gateway's
+    /// own words in it (a UPnP fault's description) are escaped.
+    pub fn shown(&self) -> String {
+        escape_untrusted(&self.to_string())
+    }
+}
+
 impl From<igd_next::AddPortError> for PortMapError {
     fn from(error: igd_next::AddPortError) -> Self {
         PortMapError::UpnpAdd(error)
@@ -116,7 +124,7 @@ macro_rules! upnp_error {
     ($($error:ty),*) => {$(
         impl From<$error> for PortMapError {
             fn from(error: $error) -> Self {
-                PortMapError::Upnp(escape_untrusted(&error.to_string()))
+                PortMapError::Upnp(error.to_string())
             }
         }
     )*};
@@ -137,7 +145,7 @@ pub enum PortMapState {
     Searching,
     /// No mapping; another attempt comes at `retry_at`.
     Unavailable {
-        /// Why (escaped).
+        /// Why ([`PortMapError::shown`]).
         reason: String,
         /// When the next attempt is due.
         retry_at: Instant,
@@ -433,7 +441,7 @@ async fn run(port: u16, state: watch::Sender<PortMapState>, mut stop: oneshot::R
             Err(error) => {
                 failures = failures.saturating_add(1);
                 let wait = schedule::retry_after(failures);
-                let reason = error.to_string();
+                let reason = error.shown();
                 if reason != last_reason {
                     tracing::info!(%reason, retry_in_s = wait.as_secs(), "no port mapping");
                 } else {
@@ -492,7 +500,7 @@ async fn keep(
                     let external = held.external();
                     match tokio::time::timeout(DELETE_TIMEOUT, held.delete()).await {
                         Ok(Ok(())) => tracing::info!(%external, "port mapping deleted"),
-                        Ok(Err(error)) => tracing::info!(%external, %error, "could not delete the port mapping (it lapses on its own)"),
+                        Ok(Err(error)) => tracing::info!(%external, error = %error.shown(), "could not delete the port mapping (it lapses on its own)"),
                         Err(_) => tracing::info!(%external, "the gateway did not answer the deletion (the mapping lapses on its own)"),
                     }
                     return Kept::Stopped;
@@ -517,7 +525,7 @@ async fn keep(
                     let protocol = held.protocol();
                     let external = held.external();
                     let _ = tokio::time::timeout(DELETE_TIMEOUT, held.delete()).await;
-                    return Kept::Lost(PortMapError::Unusable { protocol, external }.to_string());
+                    return Kept::Lost(PortMapError::Unusable { protocol, external }.shown());
                 }
                 Err(error) => {
                     let now = Instant::now();
@@ -525,11 +533,14 @@ async fn keep(
                         expires.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
                     match schedule::renew_retry_after(remaining) {
                         Some(wait) => {
-                            tracing::warn!(%error, retry_in_s = wait.as_secs(), "port mapping renewal failed");
+                            tracing::warn!(error = %error.shown(), retry_in_s = wait.as_secs(), "port mapping renewal failed");
                             renew_at = now + wait;
                         }
                         None => {
-                            return Kept::Lost(format!("renewal failed until it lapsed: {error}"));
+                            return Kept::Lost(format!(
+                                "renewal failed until it lapsed: {}",
+                                error.shown()
+                            ));
                         }
                     }
                 }
@@ -558,6 +569,17 @@ mod tests {
         ] {
             assert!(!usable(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_gateways_words_are_escaped() {
+        let error = PortMapError::Upnp("fault \u{1b}[31mred\u{202e}".into());
+        let shown = error.shown();
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),
+            "{shown}"
+        );
+        assert!(shown.starts_with("UPnP-IGD: fault "), "{shown}");
     }
 
     #[test]
