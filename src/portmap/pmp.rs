@@ -117,3 +117,79 @@ impl PmpMapping {
 fn lifetime_seconds(lifetime: Duration) -> u32 {
     u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Answers every request on 127.0.0.1:5351 with the next of `answers`
+    /// (cycling); `None` when the port is taken.
+    async fn fake_gateway(answers: Vec<Vec<u8>>) -> Option<tokio::task::JoinHandle<()>> {
+        let socket = tokio::net::UdpSocket::bind(("127.0.0.1", crab_nat::GATEWAY_PORT))
+            .await
+            .ok()?;
+        Some(tokio::spawn(async move {
+            let mut buffer = [0u8; 2048];
+            for answer in answers.iter().cycle() {
+                let Ok((_, from)) = socket.recv_from(&mut buffer).await else {
+                    return;
+                };
+                let _ = socket.send_to(answer, from).await;
+            }
+        }))
+    }
+
+    /// Headers that get past the first checks: PCP and NAT-PMP answers
+    /// with success or "unsupported version", then garbage or nothing.
+    fn crafted() -> Vec<Vec<u8>> {
+        let mut answers = vec![Vec::new(), vec![0], vec![2, 0x81, 0, 0]];
+        for (version, opcode, result) in
+            [(2u8, 0x81u8, 0u8), (2, 0x81, 1), (0, 0x81, 0), (0, 0x80, 0)]
+        {
+            for len in [4usize, 8, 12, 16, 23, 24, 36, 59, 60, 61, 1100] {
+                let mut answer = vec![0xee; len];
+                answer[0] = version;
+                answer[1] = opcode;
+                answer[2] = 0;
+                answer[3] = result;
+                answers.push(answer);
+            }
+        }
+        answers
+    }
+
+    /// A gateway that answers arbitrary bytes never panics the client: each
+    /// attempt ends, with an error or (by chance) a mapping.
+    #[tokio::test]
+    async fn any_answer_from_the_gateway_is_safe() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5351);
+        let mut answers = crafted();
+        for _ in 0..300 {
+            let len = rng.gen_range(0..120);
+            let mut answer: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            // Mostly the versions the client looks for.
+            if let Some(first) = answer.first_mut() {
+                *first = [0, 2, *first][rng.gen_range(0..3)];
+            }
+            answers.push(answer);
+        }
+        let count = answers.len();
+        let Some(server) = fake_gateway(answers).await else {
+            eprintln!("127.0.0.1:{} is taken: skipped", crab_nat::GATEWAY_PORT);
+            return;
+        };
+        let loopback = Ipv4Addr::LOCALHOST;
+        for _ in 0..count {
+            let attempt = map(loopback, loopback, 7400);
+            // Every answer arrives at once: no attempt waits for timeouts.
+            let outcome = tokio::time::timeout(Duration::from_secs(10), attempt)
+                .await
+                .expect("an attempt against a fast gateway ends");
+            if let Ok(mapping) = outcome {
+                assert_ne!(mapping.external().port(), 0);
+            }
+        }
+        server.abort();
+    }
+}
