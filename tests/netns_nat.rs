@@ -25,8 +25,8 @@ use support::agent::{AGENT_PORT, Agent, Identity};
 use support::http::BackgroundDownload;
 use support::natlab::{
     NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path, rendezvous_entry,
-    start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous, wait_path,
-    wait_registered,
+    start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous,
+    up_with_rendezvous_and, wait_path, wait_registered,
 };
 use support::{Lab, say, step, wait_for, wait_until};
 
@@ -563,8 +563,36 @@ fn hard_to_hard_through_a_mapping(pcp: bool, protocol: &str) {
         show(after.endpoint)
     ));
 
+    // B's plain router speaks none of the protocols: B says so.
+    let none = must(
+        wait_for("B to give up on a port mapping", MAPPING_TIMEOUT, || {
+            let mapping = b.status().ok()?["port_mapping"].clone();
+            (mapping["state"] == "none").then_some(mapping)
+        })
+        .map_err(|e| format!("{e}\n{}", b.log_excerpt(30))),
+    );
+    say(&format!(
+        "NAT lab | B behind a router without port mapping: {none}"
+    ));
+    assert!(
+        none["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&sb.gateway.to_string())),
+        "{none}"
+    );
+
+    // An agent with `--no-port-mapping` beside A asks nothing of the router.
+    let host_c = must(nat.host_behind(&sa, "c"));
+    let c = must(Agent::new(lab, &host_c, "host-c"));
+    must(c.init());
+    must(up_with_rendezvous_and(&c, &[&rv], &["--no-port-mapping"]));
+    must(wait_registered(&c, 1));
+    let off = must(c.status())["port_mapping"].clone();
+    assert_eq!(off["state"], "off", "{off}");
+    let rules = must(nat.port_mappings(&sa));
+    assert_eq!(rules.lines().count(), 1, "only A's mapping: {rules}");
+
     // `down` deletes the mapping on the router.
-    assert!(!must(nat.port_mappings(&sa)).is_empty());
     must(a.down());
     must(wait_until(
         "A's mapping to be deleted on the router",

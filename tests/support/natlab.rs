@@ -886,6 +886,15 @@ pub fn start_agent(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<Identity
 
 /// `up` with the lab's rendezvous servers.
 pub fn up_with_rendezvous(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<(), String> {
+    up_with_rendezvous_and(agent, rendezvous, &[])
+}
+
+/// `up` with the lab's rendezvous servers and `extra` options.
+pub fn up_with_rendezvous_and(
+    agent: &Agent,
+    rendezvous: &[&Rendezvous],
+    extra: &[&str],
+) -> Result<(), String> {
     let port = agent.port.to_string();
     let interval = REGISTER_INTERVAL_S.to_string();
     let flags: Vec<String> = rendezvous.iter().map(|r| r.flag()).collect();
@@ -901,6 +910,7 @@ pub fn up_with_rendezvous(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<(
     for flag in &flags {
         args.extend(["--rendezvous", flag.as_str()]);
     }
+    args.extend_from_slice(extra);
     agent.cli_ok(&args).map(drop)
 }
 
