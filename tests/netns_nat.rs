@@ -24,8 +24,8 @@ use serde_json::Value;
 use support::agent::{AGENT_PORT, Agent, Identity};
 use support::http::BackgroundDownload;
 use support::natlab::{
-    NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path, rendezvous_entry,
-    start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous,
+    Miniupnpd, NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path,
+    rendezvous_entry, start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous,
     up_with_rendezvous_and, wait_path, wait_registered,
 };
 use support::{Lab, say, step, wait_for, wait_until};
@@ -478,7 +478,14 @@ fn hard_to_hard_through_a_mapping(pcp: bool, protocol: &str) {
     let nat = must(NatLab::new());
     let lab = &nat.lab;
     let rv = must(nat.rendezvous("rv1"));
-    let sa = must(nat.site_with_port_mapping("a", NatKind::Hard, pcp));
+    let sa = must(nat.site_with_port_mapping(
+        "a",
+        NatKind::Hard,
+        Miniupnpd {
+            pcp,
+            ..Miniupnpd::ALL
+        },
+    ));
     let sb = must(nat.site("b", NatKind::Hard));
     let (a, id_a) = agent(&nat, Place::Behind(&sa), "a", &[&rv]);
     let mapping = must(
@@ -599,6 +606,60 @@ fn hard_to_hard_through_a_mapping(pcp: bool, protocol: &str) {
         Duration::from_secs(5),
         || nat.port_mappings(&sa).is_ok_and(|rules| rules.is_empty()),
     ));
+}
+
+/// Lifetime the short-lived router grants (the agent renews at half of it,
+/// and no sooner than 30 s after a grant).
+const SHORT_LIFETIME_S: u32 = 60;
+
+/// A router that grants mappings for only a minute: the agent renews its
+/// mapping before it lapses (at half the lifetime) and keeps the same
+/// external endpoint, and the status follows.
+#[test]
+fn a_short_port_mapping_is_renewed_before_it_lapses() {
+    let mut needed = tools();
+    needed.push(support::natlab::MINIUPNPD);
+    let Some(()) = support::netns_ready!(&needed) else {
+        return;
+    };
+    let nat = must(NatLab::new());
+    let rv = must(nat.rendezvous("rv1"));
+    let config = Miniupnpd {
+        lifetime_s: Some(SHORT_LIFETIME_S),
+        ..Miniupnpd::ALL
+    };
+    let sa = must(nat.site_with_port_mapping("a", NatKind::Hard, config));
+    let (a, _) = agent(&nat, Place::Behind(&sa), "a", &[&rv]);
+    let mapping = |a: &Agent| a.status().ok().map(|s| s["port_mapping"].clone());
+    let first = must(wait_for("A's port mapping", MAPPING_TIMEOUT, || {
+        mapping(&a).filter(|m| m["state"] == "mapped")
+    }));
+    let expires = |m: &Value| m["expires_in_s"].as_u64().unwrap_or(u64::MAX);
+    assert!(expires(&first) <= u64::from(SHORT_LIFETIME_S), "{first}");
+    let made = Instant::now();
+    // Renewed: the time left jumps back up, before it ran out.
+    let mut least = expires(&first);
+    let renewed = must(wait_for(
+        "A to renew its mapping",
+        Duration::from_secs(u64::from(SHORT_LIFETIME_S)),
+        || {
+            let now = mapping(&a)?;
+            least = least.min(expires(&now));
+            (now["state"] == "mapped" && expires(&now) > least + 10).then_some(now)
+        },
+    ));
+    let after = made.elapsed();
+    say(&format!(
+        "NAT lab | short-lived mapping: granted {}, renewed {} later, down to {least} s left: {renewed}",
+        first["expires_in_s"],
+        secs(after)
+    ));
+    assert!(least > 0, "the mapping ran out before its renewal");
+    assert_eq!(renewed["external"], first["external"], "the same endpoint");
+    assert!(
+        !must(nat.port_mappings(&sa)).is_empty(),
+        "the rule is still there"
+    );
 }
 
 /// UDP blocked at one side's router: that agent registers over TCP and

@@ -96,6 +96,24 @@ const MAPPING_WAN: [u8; 3] = [192, 0, 3];
 /// The program a port-mapping router runs.
 pub const MINIUPNPD: &str = "miniupnpd";
 
+/// How a router's miniupnpd is set up ([`NatLab::site_with_port_mapping`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Miniupnpd {
+    /// PCP and NAT-PMP on (UPnP-IGD is always on).
+    pub pcp: bool,
+    /// The longest lifetime it grants a PCP/NAT-PMP mapping, in seconds
+    /// (the agent asks for more, so it gets this).
+    pub lifetime_s: Option<u32>,
+}
+
+impl Miniupnpd {
+    /// PCP, NAT-PMP and UPnP-IGD, miniupnpd's lifetimes.
+    pub const ALL: Miniupnpd = Miniupnpd {
+        pcp: true,
+        lifetime_s: None,
+    };
+}
+
 /// How a site's router treats its agents' traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -263,18 +281,17 @@ impl NatLab {
         &self,
         name: &str,
         kind: NatKind,
-        pcp: bool,
+        miniupnpd: Miniupnpd,
     ) -> Result<Site, String> {
-        self.make_site(name, kind, Some(pcp))
+        self.make_site(name, kind, Some(miniupnpd))
     }
 
-    /// A router; `port_mapping`: runs miniupnpd (with PCP and NAT-PMP if
-    /// `Some(true)`).
+    /// A router; `port_mapping`: runs miniupnpd so.
     fn make_site(
         &self,
         name: &str,
         kind: NatKind,
-        port_mapping: Option<bool>,
+        port_mapping: Option<Miniupnpd>,
     ) -> Result<Site, String> {
         let n = self.next_site.fetch_add(1, Ordering::Relaxed);
         let role = format!("rt-{name}");
@@ -356,7 +373,7 @@ impl NatLab {
         .join("\n");
         self.nft(&ns, &ruleset)?;
         let miniupnpd = match port_mapping {
-            Some(pcp) => Some(self.start_miniupnpd(&ns, name, gateway, pcp)?),
+            Some(config) => Some(self.start_miniupnpd(&ns, name, gateway, config)?),
             None => None,
         };
         Ok(Site {
@@ -371,7 +388,7 @@ impl NatLab {
     }
 
     /// Starts miniupnpd in router namespace `ns` (WAN `wan`, LAN `lan` with
-    /// `gateway`; PCP and NAT-PMP if `pcp`): its nftables chains (table
+    /// `gateway`; set up as `config` says): its nftables chains (table
     /// `inet miniupnpd`), a config file and lease file in the lab
     /// directory, in the foreground (`-d`), tracked by the lab. Returns its
     /// PID once it listens for SSDP (and PCP/NAT-PMP).
@@ -380,8 +397,9 @@ impl NatLab {
         ns: &str,
         name: &str,
         gateway: Ipv4Addr,
-        pcp: bool,
+        config: Miniupnpd,
     ) -> Result<u32, String> {
+        let (pcp, lifetime) = (config.pcp, config.lifetime_s);
         // The chains miniupnpd fills (its defaults, in a table of its own).
         self.nft(
             ns,
@@ -400,7 +418,7 @@ impl NatLab {
         let pid_file = dir.join(format!("miniupnpd-{name}.pid"));
         let path = |p: &Path| p.to_str().map(str::to_string).ok_or("non-UTF-8 lab path");
         let o = gateway.octets();
-        let text = [
+        let mut lines = vec![
             "ext_ifname=wan".to_string(),
             "listening_ip=lan".into(),
             "http_port=0".into(),
@@ -411,13 +429,18 @@ impl NatLab {
             "upnp_nat_table_name=miniupnpd".into(),
             format!("lease_file={}", path(&leases)?),
             "uuid=8e3c2b1a-4d5e-4f60-8172-93a4b5c6d7e8".into(),
-            format!(
-                "allow 1024-65535 {}.{}.{}.0/24 1024-65535",
-                o[0], o[1], o[2]
-            ),
-            "deny 0-65535 0.0.0.0/0 0-65535".into(),
-        ]
-        .join("\n");
+        ];
+        if let Some(seconds) = lifetime {
+            // miniupnpd wants the shortest below the longest.
+            lines.push(format!("min_lifetime={}", seconds / 2));
+            lines.push(format!("max_lifetime={seconds}"));
+        }
+        lines.push(format!(
+            "allow 1024-65535 {}.{}.{}.0/24 1024-65535",
+            o[0], o[1], o[2]
+        ));
+        lines.push("deny 0-65535 0.0.0.0/0 0-65535".into());
+        let text = lines.join("\n");
         std::fs::write(&config, text + "\n").map_err(|e| format!("{}: {e}", config.display()))?;
         let pid = self.lab.spawn(
             ns,
