@@ -4,9 +4,11 @@
 //! blocked), agents behind them, and the real `agentnet` binary.
 //!
 //! The matrix, one test each: no NAT ↔ no NAT, easy ↔ easy, easy ↔ hard,
-//! hard ↔ hard, hard ↔ hard with a port mapping (miniupnpd), UDP blocked on one side (TCP relay), two agents behind the
-//! same NAT, the direct path cut in the middle of a download, one of two
-//! rendezvous servers killed, and a trust request to an offline agent. Also
+//! hard ↔ hard, hard ↔ hard through a port mapping (miniupnpd: PCP, and
+//! UPnP-IGD alone; a short-lived mapping renewed), UDP blocked on one side
+//! (TCP relay), two agents behind the same NAT, the direct path cut in the
+//! middle of a download, one of two rendezvous servers killed, and a trust
+//! request to an offline agent. Also
 //! a self-check of the lab's routers (no agentnet involved) and `netcheck`.
 //! Every test prints (uncaptured) the path it saw and the time to the first
 //! packet.

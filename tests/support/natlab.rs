@@ -22,6 +22,11 @@
 //!   (`block_udp` / `unblock_udp` toggle it on any router).
 //! - `EasyNoFirewall`: `masquerade` without the input firewall below.
 //!
+//! Any kind of router can also run miniupnpd ([`NatLab::site_with_port_mapping`]):
+//! PCP, NAT-PMP and UPnP-IGD for its LAN, as home routers offer them. Its
+//! WAN address is then `192.0.3.N` ([`MAPPING_WAN`] says why), which every
+//! host on the internet reaches on-link.
+//!
 //! Every router also runs the stateful firewall of any home router: nothing
 //! new comes in from the WAN (`ct state new drop` on input and forward).
 //! That is not only realism: without it a hole-punching packet that reaches
