@@ -11,6 +11,7 @@ pub mod control;
 pub mod core;
 pub mod metrics;
 pub mod names;
+pub mod portmap;
 pub mod rendezvous;
 pub mod serve;
 #[cfg(feature = "sim")]

@@ -4,9 +4,11 @@
 //! blocked), agents behind them, and the real `agentnet` binary.
 //!
 //! The matrix, one test each: no NAT ↔ no NAT, easy ↔ easy, easy ↔ hard,
-//! hard ↔ hard, UDP blocked on one side (TCP relay), two agents behind the
-//! same NAT, the direct path cut in the middle of a download, one of two
-//! rendezvous servers killed, and a trust request to an offline agent. Also
+//! hard ↔ hard, hard ↔ hard through a port mapping (miniupnpd: PCP, and
+//! UPnP-IGD alone; a short-lived mapping renewed), UDP blocked on one side
+//! (TCP relay), two agents behind the same NAT, the direct path cut in the
+//! middle of a download, one of two rendezvous servers killed, and a trust
+//! request to an offline agent. Also
 //! a self-check of the lab's routers (no agentnet involved) and `netcheck`.
 //! Every test prints (uncaptured) the path it saw and the time to the first
 //! packet.
@@ -24,9 +26,9 @@ use serde_json::Value;
 use support::agent::{AGENT_PORT, Agent, Identity};
 use support::http::BackgroundDownload;
 use support::natlab::{
-    NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path, rendezvous_entry,
-    start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous, wait_path,
-    wait_registered,
+    Miniupnpd, NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path,
+    rendezvous_entry, start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous,
+    up_with_rendezvous_and, wait_path, wait_registered,
 };
 use support::{Lab, say, step, wait_for, wait_until};
 
@@ -441,6 +443,225 @@ fn hard_to_hard_relays_and_traffic_flows() {
     assert!(received >= 48, "relay lost pings:\n{}", out.stdout);
     let still = must(wait_path(&a, &id_b, "relay", Duration::from_secs(1)));
     assert_eq!(still.path, "relay");
+}
+
+/// How long an agent may take to get a port mapping from its router
+/// (PCP answers within milliseconds on the LAN).
+const MAPPING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the download checked byte for byte over the mapped path.
+const MAPPED_DOWNLOAD_BYTES: usize = 2 << 20;
+
+/// Behind two hard NATs, one of whose routers runs miniupnpd: the agent
+/// behind it maps its UDP port (PCP), announces the mapping, and the pair
+/// goes direct through it; a download arrives intact on that path, and
+/// `down` deletes the mapping on the router.
+#[test]
+fn hard_to_hard_goes_direct_through_a_port_mapping() {
+    hard_to_hard_through_a_mapping(true, "pcp");
+}
+
+/// The same with a router that speaks only UPnP-IGD (miniupnpd without
+/// PCP and NAT-PMP): the agent falls back to SSDP and SOAP.
+#[test]
+fn hard_to_hard_goes_direct_through_a_upnp_mapping() {
+    hard_to_hard_through_a_mapping(false, "upnp");
+}
+
+/// The port-mapping row: A behind a hard router with miniupnpd (PCP and
+/// NAT-PMP on if `pcp`), B behind a plain hard router; A's mapping must be
+/// made with `protocol`.
+fn hard_to_hard_through_a_mapping(pcp: bool, protocol: &str) {
+    let mut needed = tools();
+    needed.push(support::natlab::MINIUPNPD);
+    let Some(()) = support::netns_ready!(&needed) else {
+        return;
+    };
+    let nat = must(NatLab::new());
+    let lab = &nat.lab;
+    let rv = must(nat.rendezvous("rv1"));
+    let sa = must(nat.site_with_port_mapping(
+        "a",
+        NatKind::Hard,
+        Miniupnpd {
+            pcp,
+            ..Miniupnpd::ALL
+        },
+    ));
+    let sb = must(nat.site("b", NatKind::Hard));
+    let (a, id_a) = agent(&nat, Place::Behind(&sa), "a", &[&rv]);
+    let mapping = must(
+        wait_for("A's port mapping", MAPPING_TIMEOUT, || {
+            let mapping = a.status().ok()?["port_mapping"].clone();
+            (mapping["state"] == "mapped").then_some(mapping)
+        })
+        .map_err(|e| format!("{e}\n{}\n{}", a.log_excerpt(30), nat.miniupnpd_log(&sa))),
+    );
+    let external: SocketAddr = mapping["external"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("no external endpoint: {mapping}"));
+    say(&format!(
+        "NAT lab | hard ({protocol} mapping) <-> hard: A's router mapped {external} by {} (expires in {} s); \
+         rules: {}",
+        mapping["protocol"],
+        mapping["expires_in_s"],
+        must(nat.port_mappings(&sa))
+    ));
+    assert_eq!(mapping["protocol"], protocol, "{mapping}");
+    let text = must(a.cli_ok(&["status"])).stdout;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("port map"))
+        .unwrap_or("-");
+    say(&format!("NAT lab | `agentnet status` of A: {line}"));
+    assert!(line.contains(&external.to_string()), "{text}");
+    let log = a.log_excerpt(60);
+    let made = log.lines().find(|l| l.contains("port mapping made"));
+    say(&format!("NAT lab | A's log: {}", made.unwrap_or("-")));
+    assert_eq!(
+        external.ip(),
+        IpAddr::V4(sa.wan),
+        "mapped on the router's address"
+    );
+    assert!(
+        mapping["expires_in_s"].as_u64().is_some_and(|s| s > 60),
+        "{mapping}"
+    );
+    let status = must(a.status());
+    let candidates: Vec<&str> = status["candidates"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        candidates.first().copied(),
+        Some(external.to_string().as_str()),
+        "the mapping is announced first: {candidates:?}"
+    );
+
+    let (b, id_b) = agent(&nat, Place::Behind(&sb), "b", &[&rv]);
+    let c = connect(lab, (&a, &id_a), (&b, &id_b), "direct", DIRECT_WITHIN);
+    report(&format!("hard ({protocol} mapping) <-> hard"), &c, "");
+    assert_path(&c, "direct", &a, &b);
+    assert_eq!(
+        c.ba.endpoint,
+        Some(external),
+        "B reaches A through the mapping"
+    );
+    assert_eq!(
+        c.ab.endpoint.map(|e| e.ip()),
+        Some(IpAddr::V4(sb.wan)),
+        "A answers B at B's router"
+    );
+
+    // A download, byte for byte, on the direct path.
+    let took = must(support::http::fetch_over_overlay(
+        lab,
+        &a,
+        &b,
+        id_b.address,
+        HTTP_PORT,
+        MAPPED_DOWNLOAD_BYTES,
+        Duration::from_secs(60),
+    ));
+    let after = must(wait_path(&a, &id_b, "direct", Duration::from_secs(1)));
+    say(&format!(
+        "NAT lab | hard ({protocol} mapping) <-> hard: {} KiB downloaded intact in {} over {}",
+        MAPPED_DOWNLOAD_BYTES >> 10,
+        secs(took),
+        show(after.endpoint)
+    ));
+
+    // B's plain router speaks none of the protocols: B says so.
+    let none = must(
+        wait_for("B to give up on a port mapping", MAPPING_TIMEOUT, || {
+            let mapping = b.status().ok()?["port_mapping"].clone();
+            (mapping["state"] == "none").then_some(mapping)
+        })
+        .map_err(|e| format!("{e}\n{}", b.log_excerpt(30))),
+    );
+    say(&format!(
+        "NAT lab | B behind a router without port mapping: {none}"
+    ));
+    assert!(
+        none["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&sb.gateway.to_string())),
+        "{none}"
+    );
+
+    // An agent with `--no-port-mapping` beside A asks nothing of the router.
+    let host_c = must(nat.host_behind(&sa, "c"));
+    let c = must(Agent::new(lab, &host_c, "host-c"));
+    must(c.init());
+    must(up_with_rendezvous_and(&c, &[&rv], &["--no-port-mapping"]));
+    must(wait_registered(&c, 1));
+    let off = must(c.status())["port_mapping"].clone();
+    assert_eq!(off["state"], "off", "{off}");
+    let rules = must(nat.port_mappings(&sa));
+    assert_eq!(rules.lines().count(), 1, "only A's mapping: {rules}");
+
+    // `down` deletes the mapping on the router.
+    must(a.down());
+    must(wait_until(
+        "A's mapping to be deleted on the router",
+        Duration::from_secs(5),
+        || nat.port_mappings(&sa).is_ok_and(|rules| rules.is_empty()),
+    ));
+}
+
+/// Lifetime the short-lived router grants (the agent renews at half of it,
+/// and no sooner than 30 s after a grant).
+const SHORT_LIFETIME_S: u32 = 60;
+
+/// A router that grants mappings for only a minute: the agent renews its
+/// mapping before it lapses (at half the lifetime) and keeps the same
+/// external endpoint, and the status follows.
+#[test]
+fn a_short_port_mapping_is_renewed_before_it_lapses() {
+    let mut needed = tools();
+    needed.push(support::natlab::MINIUPNPD);
+    let Some(()) = support::netns_ready!(&needed) else {
+        return;
+    };
+    let nat = must(NatLab::new());
+    let rv = must(nat.rendezvous("rv1"));
+    let config = Miniupnpd {
+        lifetime_s: Some(SHORT_LIFETIME_S),
+        ..Miniupnpd::ALL
+    };
+    let sa = must(nat.site_with_port_mapping("a", NatKind::Hard, config));
+    let (a, _) = agent(&nat, Place::Behind(&sa), "a", &[&rv]);
+    let mapping = |a: &Agent| a.status().ok().map(|s| s["port_mapping"].clone());
+    let first = must(wait_for("A's port mapping", MAPPING_TIMEOUT, || {
+        mapping(&a).filter(|m| m["state"] == "mapped")
+    }));
+    let expires = |m: &Value| m["expires_in_s"].as_u64().unwrap_or(u64::MAX);
+    assert!(expires(&first) <= u64::from(SHORT_LIFETIME_S), "{first}");
+    let made = Instant::now();
+    // Renewed: the time left jumps back up, before it ran out.
+    let mut least = expires(&first);
+    let renewed = must(wait_for(
+        "A to renew its mapping",
+        Duration::from_secs(u64::from(SHORT_LIFETIME_S)),
+        || {
+            let now = mapping(&a)?;
+            least = least.min(expires(&now));
+            (now["state"] == "mapped" && expires(&now) > least + 10).then_some(now)
+        },
+    ));
+    let after = made.elapsed();
+    say(&format!(
+        "NAT lab | short-lived mapping: granted {}, renewed {} later, down to {least} s left: {renewed}",
+        first["expires_in_s"],
+        secs(after)
+    ));
+    assert!(least > 0, "the mapping ran out before its renewal");
+    assert_eq!(renewed["external"], first["external"], "the same endpoint");
+    assert!(
+        !must(nat.port_mappings(&sa)).is_empty(),
+        "the rule is still there"
+    );
 }
 
 /// UDP blocked at one side's router: that agent registers over TCP and

@@ -140,6 +140,57 @@ fn hard_to_hard_relays_and_traffic_flows() {
     assert!(counters.relayed_packets >= 45, "{counters:?}");
 }
 
+/// Host `host` (behind NAT `nat`) gets a port mapping on its router, as
+/// PCP, NAT-PMP or UPnP-IGD would give it, and tells its node.
+fn map_port(net: &mut SimNet, host: usize, nat: usize, public_port: u16) -> std::net::SocketAddr {
+    let private = net.hosts[host].address;
+    let mapped = net.nats[nat].forward_port(public_port, private);
+    let now = net.now;
+    assert!(net.hosts[host].node.set_mapped_candidate(now, Some(mapped)));
+    assert!(
+        !net.hosts[host].node.set_mapped_candidate(now, Some(mapped)),
+        "the same mapping again is no change"
+    );
+    mapped
+}
+
+#[test]
+fn hard_to_hard_goes_direct_through_a_port_mapping() {
+    let (mut net, a, b) = world(14, Some(NatKind::Hard), Some(NatKind::Hard));
+    let mapped = map_port(&mut net, a, 0, 40_000);
+    assert_eq!(
+        net.hosts[a].node.status(net.now).candidates.first(),
+        Some(&mapped),
+        "the mapping is announced first"
+    );
+    let took =
+        time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct within 5 s");
+    println!("hard <-> hard with a port mapping: direct after {took:?}");
+    let endpoint = net.peer_status(b, a).and_then(|peer| peer.endpoint);
+    assert_eq!(endpoint, Some(mapped), "B reaches A through the mapping");
+    let before = delivered(&net, b).len();
+    for tag in 0..20 {
+        send(&mut net, a, b, 20_000 + tag);
+        net.run_for(Duration::from_millis(50));
+    }
+    assert!(delivered(&net, b).len() >= before + 19);
+}
+
+#[test]
+fn a_port_mapping_that_comes_late_moves_a_relayed_pair_direct() {
+    let (mut net, a, b) = world(15, Some(NatKind::Hard), Some(NatKind::Hard));
+    // Relayed for long enough that the probing schedule is far along.
+    for tag in 0..100 {
+        send(&mut net, a, b, tag);
+        net.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(net.path(a, b), "relay");
+    map_port(&mut net, a, 0, 40_001);
+    let took = time_to_path(&mut net, a, b, "direct", Duration::from_secs(3))
+        .expect("direct within 3 s of the mapping");
+    println!("late port mapping: direct after {took:?}");
+}
+
 #[test]
 fn agents_behind_the_same_nat_talk_over_local_addresses() {
     let mut net = SimNet::new(5, LinkConfig::default(), Instant::now());

@@ -70,6 +70,10 @@ pub struct DaemonOptions {
     /// Use TUN and UDP offloads (segments of up to 64 KiB through the TUN,
     /// GSO and GRO on the socket) where the kernel has them.
     pub offload: bool,
+    /// Ask the gateway to forward a public port to the UDP socket (PCP,
+    /// NAT-PMP, UPnP-IGD) and announce it (`--no-port-mapping` turns it
+    /// off).
+    pub port_mapping: bool,
     /// Whether the IPv4 overlay may be on (`--no-ipv4` turns it off; so
     /// does `ipv4 = false` in config.toml).
     pub ipv4: bool,

@@ -21,6 +21,7 @@ pub(super) struct StatusView {
     mtu: u64,
     pid: u64,
     uptime_s: u64,
+    port_mapping: Option<PortMappingView>,
     peers: Vec<PeerView>,
     dropped: BTreeMap<String, serde_json::Value>,
 }
@@ -46,6 +47,53 @@ struct PeerView {
     rtt: Option<RttView>,
     receive: ReceiveView,
     drops: BTreeMap<String, u64>,
+}
+
+/// `port_mapping`: what the gateway forwards to the agent's socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PortMappingView {
+    state: String,
+    protocol: Option<String>,
+    external: Option<String>,
+    internal: Option<String>,
+    gateway: Option<String>,
+    expires_in_s: Option<u64>,
+    renew_in_s: Option<u64>,
+    reason: Option<String>,
+    retry_in_s: Option<u64>,
+}
+
+impl PortMappingView {
+    /// One line: `pcp 198.51.100.7:40000 -> 10.0.0.2:7400 (gateway
+    /// 10.0.0.1, renews in 59m58s, lapses in 1h59m)`, or why there is none.
+    fn line(&self) -> String {
+        let unknown = || "?".to_string();
+        let seconds = |value: Option<u64>| human_duration(value.unwrap_or(0) as f64);
+        match self.state.as_str() {
+            "mapped" => {
+                let lapses = match self.expires_in_s {
+                    Some(expires) => format!("lapses in {}", human_duration(expires as f64)),
+                    None => "permanent".to_string(),
+                };
+                format!(
+                    "{} {} -> {} (gateway {}, renews in {}, {lapses})",
+                    self.protocol.clone().unwrap_or_else(unknown),
+                    self.external.clone().unwrap_or_else(unknown),
+                    self.internal.clone().unwrap_or_else(unknown),
+                    self.gateway.clone().unwrap_or_else(unknown),
+                    seconds(self.renew_in_s),
+                )
+            }
+            "none" => format!(
+                "none: {} (next try in {})",
+                self.reason.clone().unwrap_or_else(unknown),
+                seconds(self.retry_in_s)
+            ),
+            "off" => "off (--no-port-mapping)".to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +146,9 @@ pub(super) fn render_status(status: &StatusView) -> String {
         status.pid,
         human_duration(status.uptime_s as f64)
     );
+    if let Some(mapping) = &status.port_mapping {
+        let _ = writeln!(out, "port map   {}", mapping.line());
+    }
     let _ = writeln!(out);
     if status.peers.is_empty() {
         let _ = writeln!(
@@ -328,12 +379,41 @@ mod tests {
     }
 
     #[test]
+    fn port_mapping_lines_say_why_there_is_none() {
+        let view = |value: serde_json::Value| -> PortMappingView {
+            serde_json::from_value(value).expect("parses")
+        };
+        assert_eq!(
+            view(json!({"state": "none", "reason": "no IPv4 default gateway", "retry_in_s": 30}))
+                .line(),
+            "none: no IPv4 default gateway (next try in 30s)"
+        );
+        assert_eq!(
+            view(json!({"state": "off"})).line(),
+            "off (--no-port-mapping)"
+        );
+        assert_eq!(view(json!({"state": "searching"})).line(), "searching");
+        let permanent = view(
+            json!({"state": "mapped", "protocol": "upnp", "external": "198.51.100.7:7400",
+            "internal": "10.0.0.2:7400", "gateway": "10.0.0.1", "expires_in_s": null, "renew_in_s": 60}),
+        );
+        assert!(
+            permanent.line().ends_with("renews in 1m00s, permanent)"),
+            "{}",
+            permanent.line()
+        );
+    }
+
+    #[test]
     fn status_text_shows_peers_and_nonzero_drops() {
         let value = json!({
             "id": "abc", "address": "fd00::1", "node_prefix": "fd00::/112", "mtu": 1408,
             "address4": "100.64.0.1",
             "interface": "agentnet0", "port": 7400, "pid": 9, "name": "alice",
             "network": "agentnet", "uptime_s": 65,
+            "port_mapping": {"state": "mapped", "protocol": "pcp", "external": "198.51.100.7:7400",
+                "internal": "10.0.0.2:7400", "gateway": "10.0.0.1", "expires_in_s": 7190,
+                "renew_in_s": 3590},
             "peers": [{
                 "id": "bobbobbobbobbobbob", "name": "bob", "address": "fd00::2:1",
                 "address4": "100.64.0.2",
@@ -362,6 +442,10 @@ mod tests {
         assert!(text.contains("untrusted 2"), "{text}");
         assert!(!text.contains("malformed"), "{text}");
         assert!(text.contains("up 1m05s"), "{text}");
+        assert!(
+            text.contains("port map   pcp 198.51.100.7:7400 -> 10.0.0.2:7400 (gateway 10.0.0.1, renews in 59m50s, lapses in 1h59m)"),
+            "{text}"
+        );
         assert!(text.contains("address4   100.64.0.1"), "{text}");
         assert!(text.contains("100.64.0.2"), "{text}");
         assert!(

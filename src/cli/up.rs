@@ -94,6 +94,13 @@ pub(crate) struct UpArgs {
     /// GSO/GRO (for kernels or devices where they misbehave; slower).
     #[arg(long, env = "AGENTNET_NO_OFFLOAD")]
     pub(crate) no_offload: bool,
+    /// Do not ask the router to forward a public UDP port to this agent.
+    /// By default the agent asks the default gateway with PCP, NAT-PMP or
+    /// UPnP-IGD (whichever it speaks), announces the mapped endpoint to
+    /// peers (a direct path even behind NATs that defeat hole punching),
+    /// renews it, and deletes it on `down`.
+    #[arg(long)]
+    pub(crate) no_port_mapping: bool,
     /// Rootless mode (--userspace, --socks5, --forward, --expose).
     #[command(flatten)]
     pub(crate) rootless: super::userspace::UserspaceArgs,
@@ -126,6 +133,7 @@ pub(super) fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Res
             userspace: args.rootless.options(),
             user: args.user,
             offload: !args.no_offload,
+            port_mapping: !args.no_port_mapping,
             ipv4: !args.no_ipv4,
         })?);
     }
@@ -217,6 +225,9 @@ fn daemon_command(
     }
     if args.no_offload {
         command.arg("--no-offload");
+    }
+    if args.no_port_mapping {
+        command.arg("--no-port-mapping");
     }
     if let Some(address) = args.metrics {
         command.args(["--metrics", &address.to_string()]);
@@ -488,6 +499,7 @@ mod tests {
             "nobody",
             "--no-ipv4",
             "--no-offload",
+            "--no-port-mapping",
             "--userspace",
             "--socks5",
             "0.0.0.0:1080",

@@ -23,6 +23,9 @@ struct NatMapping {
     private: SocketAddr,
     /// Remote endpoints the mapping has sent to (the filter).
     remotes: HashSet<SocketAddr>,
+    /// A port mapping the host asked for (PCP, NAT-PMP, UPnP-IGD): lets
+    /// every remote in.
+    forwarded: bool,
 }
 
 /// A NAT router with one public address.
@@ -78,6 +81,7 @@ impl SimNat {
                     NatMapping {
                         private,
                         remotes: HashSet::new(),
+                        forwarded: false,
                     },
                 );
                 port
@@ -89,10 +93,41 @@ impl SimNat {
         SocketAddr::new(self.public_ip, port)
     }
 
+    /// Forwards public `port` to `private` from any remote, as a port
+    /// mapping the host asked the router for (PCP, NAT-PMP, UPnP-IGD)
+    /// does; replies to a remote that came in through it leave from it.
+    /// Returns the public endpoint.
+    pub fn forward_port(&mut self, port: u16, private: SocketAddr) -> SocketAddr {
+        self.by_port.insert(
+            port,
+            NatMapping {
+                private,
+                remotes: HashSet::new(),
+                forwarded: true,
+            },
+        );
+        SocketAddr::new(self.public_ip, port)
+    }
+
     /// The private destination of a datagram from `remote` to public
-    /// `port`, if a mapping sent to that remote.
-    pub(crate) fn map_inbound(&self, port: u16, remote: SocketAddr) -> Option<SocketAddr> {
-        let mapping = self.by_port.get(&port)?;
+    /// `port`, if a mapping sent to that remote (or forwards the port).
+    pub(crate) fn map_inbound(&mut self, port: u16, remote: SocketAddr) -> Option<SocketAddr> {
+        let mapping = self.by_port.get_mut(&port)?;
+        if mapping.forwarded {
+            // Connection tracking: the answers to this remote go back
+            // through the forwarded port.
+            mapping.remotes.insert(remote);
+            let private = mapping.private;
+            match self.kind {
+                NatKind::Hard => {
+                    self.by_flow.insert((private, Some(remote)), port);
+                }
+                NatKind::Easy => {
+                    self.by_flow.entry((private, None)).or_insert(port);
+                }
+            }
+            return Some(private);
+        }
         mapping.remotes.contains(&remote).then_some(mapping.private)
     }
 }

@@ -385,7 +385,7 @@ impl SimNet {
         let now = self.now;
         // Inbound NAT: a datagram to a NAT's public address reaches the host
         // behind it only through a mapping that sent to this source.
-        let to = match self.nats.iter().find(|nat| nat.public_ip == to.ip()) {
+        let to = match self.nats.iter_mut().find(|nat| nat.public_ip == to.ip()) {
             Some(nat) => match nat.map_inbound(to.port(), from) {
                 Some(private) => private,
                 None => return,

@@ -22,6 +22,11 @@
 //!   (`block_udp` / `unblock_udp` toggle it on any router).
 //! - `EasyNoFirewall`: `masquerade` without the input firewall below.
 //!
+//! Any kind of router can also run miniupnpd ([`NatLab::site_with_port_mapping`]):
+//! PCP, NAT-PMP and UPnP-IGD for its LAN, as home routers offer them. Its
+//! WAN address is then `192.0.3.N` ([`MAPPING_WAN`] says why), which every
+//! host on the internet reaches on-link.
+//!
 //! Every router also runs the stateful firewall of any home router: nothing
 //! new comes in from the WAN (`ct state new drop` on input and forward).
 //! That is not only realism: without it a hole-punching packet that reaches
@@ -85,6 +90,35 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
 /// benchmarking, RFC 2544; it is used only inside the lab's namespaces).
 const INTERNET: [u8; 3] = [198, 18, 0];
 
+/// The WAN addresses of routers that run miniupnpd (`192.0.3.N/24`, on the
+/// same internet bridge). miniupnpd 2.3.1 refuses to map ports on an
+/// external address in any reserved range (198.18.0.0/15 included, and
+/// every documentation range), so these routers get an ordinary unicast
+/// address. It exists only on the lab's bridge: no namespace of the lab
+/// has a link to the host's network, so nothing sent to it leaves them.
+const MAPPING_WAN: [u8; 3] = [192, 0, 3];
+
+/// The program a port-mapping router runs.
+pub const MINIUPNPD: &str = "miniupnpd";
+
+/// How a router's miniupnpd is set up ([`NatLab::site_with_port_mapping`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Miniupnpd {
+    /// PCP and NAT-PMP on (UPnP-IGD is always on).
+    pub pcp: bool,
+    /// The longest lifetime it grants a PCP/NAT-PMP mapping, in seconds
+    /// (the agent asks for more, so it gets this).
+    pub lifetime_s: Option<u32>,
+}
+
+impl Miniupnpd {
+    /// PCP, NAT-PMP and UPnP-IGD, miniupnpd's lifetimes.
+    pub const ALL: Miniupnpd = Miniupnpd {
+        pcp: true,
+        lifetime_s: None,
+    };
+}
+
 /// How a site's router treats its agents' traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -118,6 +152,9 @@ impl NatKind {
 /// bridge its hosts hang off.
 #[derive(Debug)]
 pub struct Site {
+    /// PID of the router's miniupnpd (PCP, NAT-PMP, UPnP-IGD), if it runs
+    /// one ([`NatLab::site_with_port_mapping`]); the lab stops it.
+    pub miniupnpd: Option<u32>,
     /// The site's name (its router's role is `rt-<name>`).
     pub name: String,
     /// What the router does.
@@ -222,6 +259,8 @@ impl NatLab {
             "eth0",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        // The port-mapping routers' addresses share the bridge.
+        ip(&["-n", &ns, "route", "add", &mapping_wan_net(), "dev", "eth0"])?;
         Ok(Host {
             role: role.to_string(),
             ns,
@@ -233,6 +272,32 @@ impl NatLab {
     /// A NAT router `rt-<name>` of `kind`: WAN on the internet, a LAN
     /// bridge with `10.77.N.1/24`, forwarding on, nftables table `ip natlab`.
     pub fn site(&self, name: &str, kind: NatKind) -> Result<Site, String> {
+        self.make_site(name, kind, None)
+    }
+
+    /// A router as [`NatLab::site`] that also runs miniupnpd, as a home
+    /// router with UPnP on does: UPnP-IGD (SSDP and HTTP) on the LAN, and
+    /// with `pcp` PCP and NAT-PMP on the LAN address's UDP port 5351;
+    /// mappings for LAN hosts only (`secure_mode`: each host for itself),
+    /// ports 1024 and up. Its WAN address is `192.0.3.N` (see
+    /// [`MAPPING_WAN`]); the firewall lets in what a mapping forwards
+    /// (`ct status dnat accept`).
+    pub fn site_with_port_mapping(
+        &self,
+        name: &str,
+        kind: NatKind,
+        miniupnpd: Miniupnpd,
+    ) -> Result<Site, String> {
+        self.make_site(name, kind, Some(miniupnpd))
+    }
+
+    /// A router; `port_mapping`: runs miniupnpd so.
+    fn make_site(
+        &self,
+        name: &str,
+        kind: NatKind,
+        port_mapping: Option<Miniupnpd>,
+    ) -> Result<Site, String> {
         let n = self.next_site.fetch_add(1, Ordering::Relaxed);
         let role = format!("rt-{name}");
         let wan_host = self.public_host(&role)?;
@@ -241,6 +306,20 @@ impl NatLab {
         ip(&["-n", &ns, "link", "set", "eth0", "down"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "name", "wan"])?;
         ip(&["-n", &ns, "link", "set", "wan", "up"])?;
+        let mut wan = wan_host.ip;
+        if port_mapping.is_some() {
+            // The address the router masquerades with and maps on is the
+            // only one on its WAN; the internet is reached on-link.
+            wan = Ipv4Addr::new(MAPPING_WAN[0], MAPPING_WAN[1], MAPPING_WAN[2], n);
+            let internet = format!("{}.{}.{}.0/24", INTERNET[0], INTERNET[1], INTERNET[2]);
+            let old = format!("{}/24", wan_host.ip);
+            ip(&["-n", &ns, "addr", "del", &old, "dev", "wan"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{wan}/24"), "dev", "wan"])?;
+            ip(&["-n", &ns, "route", "add", &internet, "dev", "wan"])?;
+        } else {
+            // Taking the link down for the rename dropped this route.
+            ip(&["-n", &ns, "route", "add", &mapping_wan_net(), "dev", "wan"])?;
+        }
         self.sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
         self.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
         ip(&["-n", &ns, "link", "add", "lan", "type", "bridge"])?;
@@ -270,6 +349,13 @@ impl NatLab {
             NatKind::EasyNoFirewall => "",
             _ => "iifname \"wan\" ct state new drop",
         };
+        // What a port mapping forwards passes the firewall (as OpenWrt's
+        // `ct status dnat accept`).
+        let forwarded = if port_mapping.is_some() {
+            "iifname \"wan\" ct status dnat accept"
+        } else {
+            ""
+        };
         let ruleset = [
             "table ip natlab {".to_string(),
             "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;"
@@ -280,6 +366,7 @@ impl NatLab {
             format!("    {input_firewall}"),
             "  }".into(),
             "  chain forward { type filter hook forward priority filter; policy accept;".into(),
+            format!("    {forwarded}"),
             "    iifname \"wan\" ct state new drop".into(),
             "  }".into(),
             "  chain udpblock { type filter hook forward priority filter - 1; policy accept;"
@@ -290,14 +377,145 @@ impl NatLab {
         ]
         .join("\n");
         self.nft(&ns, &ruleset)?;
+        let miniupnpd = match port_mapping {
+            Some(config) => Some(self.start_miniupnpd(&ns, name, gateway, config)?),
+            None => None,
+        };
         Ok(Site {
+            miniupnpd,
             name: name.to_string(),
             kind,
             router_ns: ns,
-            wan: wan_host.ip,
+            wan,
             gateway,
             next_host: AtomicU8::new(2),
         })
+    }
+
+    /// Starts miniupnpd in router namespace `ns` (WAN `wan`, LAN `lan` with
+    /// `gateway`; set up as `config` says): its nftables chains (table
+    /// `inet miniupnpd`), a config file and lease file in the lab
+    /// directory, in the foreground (`-d`), tracked by the lab. Returns its
+    /// PID once it listens for SSDP (and PCP/NAT-PMP).
+    fn start_miniupnpd(
+        &self,
+        ns: &str,
+        name: &str,
+        gateway: Ipv4Addr,
+        config: Miniupnpd,
+    ) -> Result<u32, String> {
+        let (pcp, lifetime) = (config.pcp, config.lifetime_s);
+        // The chains miniupnpd fills (its defaults, in a table of its own).
+        self.nft(
+            ns,
+            "table inet miniupnpd {\n\
+             \x20 chain miniupnpd { }\n\
+             \x20 chain prerouting_miniupnpd { }\n\
+             \x20 chain postrouting_miniupnpd { }\n\
+             \x20 chain forward { type filter hook forward priority filter; policy accept; jump miniupnpd; }\n\
+             \x20 chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump prerouting_miniupnpd; }\n\
+             \x20 chain postrouting { type nat hook postrouting priority srcnat; policy accept; jump postrouting_miniupnpd; }\n\
+             }\n",
+        )?;
+        let dir = self.lab.dir();
+        let config = dir.join(format!("miniupnpd-{name}.conf"));
+        let leases = dir.join(format!("miniupnpd-{name}.leases"));
+        let pid_file = dir.join(format!("miniupnpd-{name}.pid"));
+        let path = |p: &Path| p.to_str().map(str::to_string).ok_or("non-UTF-8 lab path");
+        let o = gateway.octets();
+        let mut lines = vec![
+            "ext_ifname=wan".to_string(),
+            "listening_ip=lan".into(),
+            "http_port=0".into(),
+            format!("enable_natpmp={}", if pcp { "yes" } else { "no" }),
+            "enable_upnp=yes".into(),
+            "secure_mode=yes".into(),
+            "upnp_table_name=miniupnpd".into(),
+            "upnp_nat_table_name=miniupnpd".into(),
+            format!("lease_file={}", path(&leases)?),
+            "uuid=8e3c2b1a-4d5e-4f60-8172-93a4b5c6d7e8".into(),
+        ];
+        if let Some(seconds) = lifetime {
+            // miniupnpd wants the shortest below the longest.
+            lines.push(format!("min_lifetime={}", seconds / 2));
+            lines.push(format!("max_lifetime={seconds}"));
+        }
+        lines.push(format!(
+            "allow 1024-65535 {}.{}.{}.0/24 1024-65535",
+            o[0], o[1], o[2]
+        ));
+        lines.push("deny 0-65535 0.0.0.0/0 0-65535".into());
+        let text = lines.join("\n");
+        std::fs::write(&config, text + "\n").map_err(|e| format!("{}: {e}", config.display()))?;
+        let pid = self.lab.spawn(
+            ns,
+            &format!("miniupnpd-{name}"),
+            &[
+                MINIUPNPD,
+                "-f",
+                &path(&config)?,
+                "-P",
+                &path(&pid_file)?,
+                "-d",
+            ],
+        )?;
+        wait_until(
+            &format!("miniupnpd on rt-{name} to listen on UDP 1900 (and 5351)"),
+            Duration::from_secs(10),
+            || {
+                if !self.lab.spawn_running(pid) {
+                    return true;
+                }
+                let listening = |port: &str| {
+                    self.lab
+                        .exec(ns, &["ss", "-Hlun", "sport", "=", port])
+                        .is_ok_and(|o| !o.stdout.trim().is_empty())
+                };
+                (!pcp || listening(":5351")) && listening(":1900")
+            },
+        )?;
+        if !self.lab.spawn_running(pid) {
+            let (out, err) = self.lab.spawn_output(pid);
+            return Err(format!("miniupnpd on rt-{name} exited:\n{out}{err}"));
+        }
+        Ok(pid)
+    }
+
+    /// The port mappings miniupnpd holds on `site`'s router: the rules of
+    /// its `prerouting_miniupnpd` chain (empty without miniupnpd).
+    pub fn port_mappings(&self, site: &Site) -> Result<String, String> {
+        if site.miniupnpd.is_none() {
+            return Ok(String::new());
+        }
+        let out = self.lab.exec_ok(
+            &site.router_ns,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "miniupnpd",
+                "prerouting_miniupnpd",
+            ],
+        )?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter(|line| line.contains("dnat"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// What `site`'s miniupnpd logged so far.
+    pub fn miniupnpd_log(&self, site: &Site) -> String {
+        match site.miniupnpd {
+            Some(pid) => {
+                let (out, err) = self.lab.spawn_output(pid);
+                format!("{out}{err}")
+            }
+            None => String::new(),
+        }
     }
 
     /// A host on `site`'s LAN: namespace `<prefix>-<role>`, `eth0` =
@@ -696,6 +914,15 @@ pub fn start_agent(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<Identity
 
 /// `up` with the lab's rendezvous servers.
 pub fn up_with_rendezvous(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<(), String> {
+    up_with_rendezvous_and(agent, rendezvous, &[])
+}
+
+/// `up` with the lab's rendezvous servers and `extra` options.
+pub fn up_with_rendezvous_and(
+    agent: &Agent,
+    rendezvous: &[&Rendezvous],
+    extra: &[&str],
+) -> Result<(), String> {
     let port = agent.port.to_string();
     let interval = REGISTER_INTERVAL_S.to_string();
     let flags: Vec<String> = rendezvous.iter().map(|r| r.flag()).collect();
@@ -711,6 +938,7 @@ pub fn up_with_rendezvous(agent: &Agent, rendezvous: &[&Rendezvous]) -> Result<(
     for flag in &flags {
         args.extend(["--rendezvous", flag.as_str()]);
     }
+    args.extend_from_slice(extra);
     agent.cli_ok(&args).map(drop)
 }
 
@@ -933,6 +1161,14 @@ fn longest_gap(out: &str) -> usize {
         }
     }
     longest
+}
+
+/// The port-mapping routers' WAN network, `192.0.3.0/24`.
+fn mapping_wan_net() -> String {
+    format!(
+        "{}.{}.{}.0/24",
+        MAPPING_WAN[0], MAPPING_WAN[1], MAPPING_WAN[2]
+    )
 }
 
 /// Runs `ip ARGS` in the test's own namespace (only `-n NS` forms are used:

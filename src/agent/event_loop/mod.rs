@@ -100,6 +100,8 @@ pub(crate) struct Daemon {
     pings: super::ping::PendingPings,
     /// The minutely summary of dropped, unanswered traffic.
     drop_log: super::drop_log::DropLog,
+    /// The gateway's port mapping for our socket (PCP, NAT-PMP, UPnP-IGD).
+    portmap: crate::portmap::PortMapper,
     /// Extra sockets for birthday hole punching, opened on demand.
     probes: ProbeSockets,
     probe_datagrams: Option<mpsc::Receiver<ProbeDatagram>>,
@@ -128,6 +130,7 @@ impl Daemon {
         let network = NetworkId::from_name(&config.network);
         let own_id = node.agent_id();
         let interface = tun.name().unwrap_or_else(|_| options.interface.clone());
+        let portmap = crate::portmap::PortMapper::new(options.port_mapping, underlay.port());
         let names = NameService::start(
             network,
             own_id,
@@ -157,6 +160,7 @@ impl Daemon {
             links,
             pings: super::ping::PendingPings::default(),
             drop_log: super::drop_log::DropLog::default(),
+            portmap,
             probes,
             probe_datagrams: Some(probe_datagrams),
             udp_out: Vec::new(),
@@ -280,6 +284,9 @@ impl Daemon {
                     let _ = query.reply.send(caller);
                 }
                 _ = candidate_refresh.tick() => self.refresh_candidates(),
+                mapped = self.portmap.changed() => {
+                    self.node.set_mapped_candidate(Instant::now(), mapped);
+                }
                 _ = link_tick.tick() => {
                     let now = Instant::now();
                     self.links.tick(now, &mut self.node);
@@ -307,6 +314,7 @@ impl Daemon {
             self.flush().await;
         }
         self.save_pending_if_changed();
+        self.portmap.shutdown().await;
         self.names.shutdown();
         match self.stop {
             Some(Stop::Signal(name)) => tracing::info!(signal = name, "shutting down"),
@@ -623,6 +631,7 @@ impl Daemon {
                     "udp_gro": self.underlay.offload().gro,
                 }),
             ),
+            ("port_mapping", self.portmap.state().to_json(now)),
             ("name", serde_json::json!(self.config.name)),
             ("network", serde_json::json!(self.config.network)),
             (

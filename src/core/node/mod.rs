@@ -123,6 +123,7 @@ impl Node {
             dropped: DropCounters::default(),
             local_candidates: Vec::new(),
             interface_candidates: Vec::new(),
+            mapped_candidate: None,
             rendezvous: Vec::new(),
             register_interval: DEFAULT_REGISTER_INTERVAL,
         };
@@ -157,6 +158,23 @@ impl Node {
     pub fn set_local_candidates(&mut self, candidates: Vec<SocketAddr>) {
         self.ctx.interface_candidates = candidates;
         self.ctx.refresh_candidates();
+    }
+
+    /// Sets the public endpoint a port mapping on the gateway (PCP,
+    /// NAT-PMP, UPnP-IGD) forwards to our socket, or none. Announced as a
+    /// candidate: a peer that pings it gets through this agent's NAT even
+    /// when that NAT maps each destination to a new port. When it changes,
+    /// connected peers hear of it at once (a `Candidates` frame). Returns
+    /// whether it changed.
+    pub fn set_mapped_candidate(&mut self, now: Instant, mapped: Option<SocketAddr>) -> bool {
+        if self.ctx.mapped_candidate == mapped {
+            return false;
+        }
+        self.ctx.mapped_candidate = mapped;
+        if self.ctx.refresh_candidates() {
+            self.announce_candidates(now);
+        }
+        true
     }
 
     /// The next datagram to send.

@@ -51,6 +51,9 @@ pub struct Context {
     pub local_candidates: Vec<SocketAddr>,
     /// Addresses of this host's interfaces (from the shell).
     pub interface_candidates: Vec<SocketAddr>,
+    /// The public endpoint the gateway maps to our socket (PCP, NAT-PMP or
+    /// UPnP-IGD, from the shell), if it gave one.
+    pub mapped_candidate: Option<SocketAddr>,
     /// This agent's registrations with rendezvous servers.
     pub rendezvous: Vec<RendezvousLink>,
     /// How often registrations are refreshed (also holds NAT mappings open).
@@ -217,11 +220,18 @@ impl Context {
         seen
     }
 
-    /// Recomputes the announced candidates: interface addresses, then the
-    /// reflexive endpoints the rendezvous servers saw. Returns whether they
-    /// changed.
+    /// Recomputes the announced candidates: the gateway's port mapping
+    /// (first: it reaches us through any NAT, so it must survive the
+    /// [`MAX_CANDIDATES`](crate::core::wire::path::MAX_CANDIDATES) cut),
+    /// interface addresses, then the reflexive endpoints the rendezvous
+    /// servers saw. Returns whether they changed.
     pub fn refresh_candidates(&mut self) -> bool {
-        let mut candidates = self.interface_candidates.clone();
+        let mut candidates: Vec<SocketAddr> = self.mapped_candidate.into_iter().collect();
+        for address in &self.interface_candidates {
+            if !candidates.contains(address) {
+                candidates.push(*address);
+            }
+        }
         for link in &self.rendezvous {
             if let Some(reflexive) = link.reflexive
                 && !candidates.contains(&reflexive)

@@ -299,9 +299,22 @@ impl Peer {
     }
 
     /// Learns the peer's candidate endpoints (from a handshake or update).
+    /// A candidate not known before (a new port mapping, roaming) is
+    /// pinged at once when the direct path is not proven, rather than at
+    /// the next round of a schedule that may be seconds away.
     pub fn set_remote_candidates(&mut self, now: Instant, candidates: Vec<SocketAddr>) {
         if candidates != self.remote_candidates {
+            let new = candidates
+                .iter()
+                .any(|candidate| !self.remote_candidates.contains(candidate));
             self.remote_candidates = candidates;
+            if let PathState::Unproven {
+                probing: Some(probe),
+            } = &mut self.path
+                && new
+            {
+                probe.at = probe.at.min(now);
+            }
             if !self.direct_proven() {
                 self.start_probing(now);
             }
