@@ -52,7 +52,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     iproute2:ip nftables:nft curl:curl python3-venv:python3 tcpdump:tcpdump
     iperf3:iperf3 jq:jq iputils-ping:ping procps:ps util-linux:unshare
-    bind9-dnsutils:dig miniupnpd-nftables:miniupnpd
+    bind9-dnsutils:dig miniupnpd-nftables:miniupnpd iptables:iptables conntrack:conntrack
 )
 
 T0=$SECONDS

@@ -3,7 +3,8 @@
 //! (easy: `masquerade`; hard: `masquerade random,fully-random`; UDP
 //! blocked), agents behind them, and the real `agentnet` binary.
 //!
-//! The matrix, one test each: no NAT ↔ no NAT, easy ↔ easy, easy ↔ hard,
+//! The matrix, one test each: no NAT ↔ no NAT, easy ↔ easy, bare
+//! masquerade (no inbound firewall) on both sides, easy ↔ hard,
 //! hard ↔ hard, hard ↔ hard through a port mapping (miniupnpd: PCP, and
 //! UPnP-IGD alone; a short-lived mapping renewed), UDP blocked on one side
 //! (TCP relay), two agents behind the same NAT, the direct path cut in the
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::{AGENT_PORT, Agent, Identity};
-use support::http::BackgroundDownload;
+use support::http::{BackgroundDownload, fetch_over_overlay};
 use support::natlab::{
     Miniupnpd, NATLAB_TOOLS, NatKind, NatLab, PeerPath, Pinger, Rendezvous, Site, peer_path,
     rendezvous_entry, start_agent, time_to_first_packet, trust_each_other, up_with_rendezvous,
@@ -55,6 +56,19 @@ const BACK_TO_DIRECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// after ~1.7 s in the lab, 3.7 s when the first round misses). `false`
 /// would accept a working relay with a printed note instead.
 const EASY_HARD_MUST_BE_DIRECT: bool = true;
+
+/// Bare masquerade ↔ bare masquerade: the first punch (timed through the
+/// relay) normally works; one that missed is retried after a pause longer
+/// than the 30 s a router keeps an unanswered entry, so allow two.
+const BARE_MASQUERADE_DIRECT_WITHIN: Duration = Duration::from_secs(60);
+
+/// One-way delay into each router and into the rendezvous in the bare
+/// masquerade row (the relay is farther than the peer, as usual).
+const WAN_DELAY: Duration = Duration::from_millis(10);
+const RENDEZVOUS_DELAY: Duration = Duration::from_millis(5);
+
+/// What the bare masquerade row downloads over the direct path.
+const BARE_MASQUERADE_DOWNLOAD: usize = 4 << 20;
 
 /// How long an agent on the TCP fallback may take to notice that UDP works
 /// again (it probes UDP every 30 s).
@@ -349,6 +363,85 @@ fn easy_to_easy_goes_direct_within_5_s() {
         c.ab.endpoint.map(|e| e.ip()),
         Some(IpAddr::V4(sb.wan)),
         "A reaches B at B's router"
+    );
+}
+
+/// Two agents behind bare `masquerade` (no inbound firewall: a datagram
+/// that matches no flow is delivered to the router and its conntrack entry
+/// moves the agent's own flow to that peer to another port) go direct: the
+/// agents punch at the same moment, timed through the relay. The internet
+/// has distance here (10 ms into each router, 5 ms more into the
+/// rendezvous): with none, "the same moment" would have to be the same few
+/// microseconds, which no timer gives (see `support::natlab`). The relay
+/// carries the first packets; a download over the direct path arrives byte
+/// for byte.
+#[test]
+fn bare_masquerade_to_bare_masquerade_goes_direct() {
+    let mut needed = tools();
+    needed.push("iptables");
+    let Some(()) = support::netns_ready!(&needed) else {
+        return;
+    };
+    let nat = must(NatLab::new());
+    let rv = must(nat.rendezvous("rv1"));
+    let sa = must(nat.site("a", NatKind::EasyNoFirewall));
+    let sb = must(nat.site("b", NatKind::EasyNoFirewall));
+    for site in [&sa, &sb] {
+        must(nat.delay_ingress(&site.router_ns, "wan", WAN_DELAY));
+    }
+    must(nat.delay_ingress(&rv.host.ns, "eth0", RENDEZVOUS_DELAY));
+    let (a, id_a) = agent(&nat, Place::Behind(&sa), "a", &[&rv]);
+    let (b, id_b) = agent(&nat, Place::Behind(&sb), "b", &[&rv]);
+    assert_reflexive(&a, &rv, &sa);
+    let c = connect(
+        &nat.lab,
+        (&a, &id_a),
+        (&b, &id_b),
+        "direct",
+        BARE_MASQUERADE_DIRECT_WITHIN,
+    );
+    let conntrack = || {
+        format!(
+            "router a:\n{}router b:\n{}",
+            nat.conntrack(&sa),
+            nat.conntrack(&sb)
+        )
+    };
+    report("bare masquerade <-> bare masquerade", &c, "");
+    if c.settled.is_none() {
+        say(&format!(
+            "NAT lab | bare masquerade: conntrack\n{}",
+            conntrack()
+        ));
+    }
+    assert_path(&c, "direct", &a, &b);
+    assert_eq!(
+        c.ab.endpoint.map(|e| e.ip()),
+        Some(IpAddr::V4(sb.wan)),
+        "A reaches B at B's router"
+    );
+    let took = must(fetch_over_overlay(
+        &nat.lab,
+        &a,
+        &b,
+        id_b.address,
+        HTTP_PORT,
+        BARE_MASQUERADE_DOWNLOAD,
+        Duration::from_secs(60),
+    ));
+    let after = peer_path(&a, &id_b).unwrap_or_default();
+    say(&format!(
+        "NAT lab | bare masquerade: {} KiB downloaded intact in {}, path A->B {} after it",
+        BARE_MASQUERADE_DOWNLOAD >> 10,
+        secs(took),
+        after.path
+    ));
+    assert_eq!(
+        after.path,
+        "direct",
+        "the download moved the path off direct: {}\n{}",
+        after.json,
+        conntrack()
     );
 }
 

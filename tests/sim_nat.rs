@@ -2,6 +2,7 @@
 //! handshakes, hole punching, fallback to the relay and back, several
 //! rendezvous servers, and the trust-request mailbox.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentnet::core::policy::Policy;
@@ -361,4 +362,153 @@ fn hard_to_hard_stays_on_the_relay_without_probe_storms() {
     // No birthday probing between two hard NATs: it cannot work.
     let datagrams = net.wire_log.len() - sent_before;
     assert!(datagrams < 1_000, "{datagrams} datagrams for 100 packets");
+}
+
+/// Two agents behind Linux `masquerade` without an inbound firewall (the
+/// router keeps an entry for a datagram that matches no flow, which moves
+/// its agent's own flow to that peer to another port): a punch that is not
+/// simultaneous poisons both routers. The agents time their punches
+/// through the relay; the relay carries the traffic until the direct path
+/// works.
+#[test]
+fn bare_masquerade_to_bare_masquerade_goes_direct() {
+    for seed in 0..5 {
+        let (mut net, a, b) = world(
+            40 + seed,
+            Some(NatKind::EasyNoFirewall),
+            Some(NatKind::EasyNoFirewall),
+        );
+        let start = net.now;
+        let mut tag = 0;
+        let mut direct_at = None;
+        while net.now - start < Duration::from_secs(60) {
+            send(&mut net, a, b, tag);
+            tag += 1;
+            net.run_for(Duration::from_millis(100));
+            if net.path(a, b) == "direct" && net.path(b, a) == "direct" {
+                direct_at = Some(net.now - start);
+                break;
+            }
+        }
+        let routers: Vec<usize> = (0..2)
+            .map(|nat| net.nats[nat].router_entries(net.now))
+            .collect();
+        println!("seed {seed}: direct after {direct_at:?}; router-held entries {routers:?}");
+        let got = delivered(&net, b).len();
+        assert!(
+            got + 1 >= tag as usize,
+            "the relay lost traffic: {got} of {tag}"
+        );
+        let took = direct_at.expect("direct within 60 s");
+        assert!(took <= Duration::from_secs(2), "direct after {took:?}");
+    }
+}
+
+/// Bare masquerade on both sides, and A's router already holds an entry
+/// for B's endpoint (a stray datagram from there): the first timed punch
+/// fails, and so do the quick rounds after it (they keep the entries
+/// fresh). The agents then stop punching for longer than the router keeps
+/// an unanswered entry (30 s) and the next punch goes through; the relay
+/// carries the traffic meanwhile.
+#[test]
+fn a_poisoned_bare_masquerade_router_is_punched_through_after_a_pause() {
+    let (mut net, a, b) = world(
+        50,
+        Some(NatKind::EasyNoFirewall),
+        Some(NatKind::EasyNoFirewall),
+    );
+    let (public_a, public_b) = (net.nats[0].public_ip, net.nats[1].public_ip);
+    let (port_a, port_b) = (net.hosts[a].address.port(), net.hosts[b].address.port());
+    net.inject(
+        SocketAddr::new(public_b, port_b),
+        SocketAddr::new(public_a, port_a),
+        vec![0; 32],
+    );
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(net.nats[0].router_entries(net.now), 1, "the stray entry");
+    let start = net.now;
+    let wire_before = net.wire_log.len();
+    let mut tag = 0;
+    let mut direct_at = None;
+    while net.now - start < Duration::from_secs(90) {
+        send(&mut net, a, b, tag);
+        tag += 1;
+        net.run_for(Duration::from_millis(100));
+        if net.path(a, b) == "direct" && net.path(b, a) == "direct" {
+            direct_at = Some(net.now - start);
+            break;
+        }
+    }
+    let took = direct_at.expect("direct within 90 s");
+    let direct_datagrams = net.wire_log[wire_before..]
+        .iter()
+        .filter(|(from, to, _)| {
+            !net.rendezvous
+                .iter()
+                .any(|r| r.address == *from || r.address == *to)
+        })
+        .count();
+    println!(
+        "poisoned bare masquerade: direct after {took:?}, {direct_datagrams} direct datagrams"
+    );
+    assert!(
+        took > Duration::from_secs(30) && took < Duration::from_secs(60),
+        "direct after {took:?}: the first punch should fail, the one after the pause work"
+    );
+    let got = delivered(&net, b).len();
+    assert!(
+        got + 1 >= tag as usize,
+        "the relay lost traffic: {got} of {tag}"
+    );
+    // Seven rounds of a few pings each way (and their answers), no more.
+    assert!(
+        direct_datagrams < 100,
+        "{direct_datagrams} direct datagrams"
+    );
+}
+
+/// Behind bare masquerade, only the follower (the larger agent ID, which
+/// waits for the other side to time the punches) sends; the direct path is
+/// cut for longer than the routers keep even an answered flow (120 s), then
+/// heals: both go direct again. (The leader, which sends no data, sees the
+/// path broken only through the follower: its request for a round, or the
+/// rekey that comes through the relay.)
+#[test]
+fn one_way_traffic_from_the_follower_returns_to_direct_after_a_long_cut() {
+    let (mut net, a, b) = world(
+        51,
+        Some(NatKind::EasyNoFirewall),
+        Some(NatKind::EasyNoFirewall),
+    );
+    let (leader, follower) = if net.id(a) < net.id(b) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let mut tag = 0;
+    let mut run = |net: &mut SimNet, seconds: u64| {
+        for _ in 0..seconds * 10 {
+            send(net, follower, leader, tag);
+            tag += 1;
+            net.run_for(Duration::from_millis(100));
+        }
+    };
+    run(&mut net, 3);
+    assert_eq!(net.path(follower, leader), "direct");
+    assert_eq!(net.path(leader, follower), "direct");
+    net.set_cut(0, 1, true);
+    run(&mut net, 130);
+    assert_eq!(net.path(follower, leader), "relay");
+    net.set_cut(0, 1, false);
+    let healed = net.now;
+    let mut back = None;
+    while net.now - healed < Duration::from_secs(90) {
+        run(&mut net, 1);
+        if net.path(follower, leader) == "direct" && net.path(leader, follower) == "direct" {
+            back = Some(net.now - healed);
+            break;
+        }
+    }
+    let back = back.expect("direct again within 90 s of healing");
+    println!("one-way traffic: direct again {back:?} after healing");
 }

@@ -64,6 +64,7 @@ pub enum Frame {
     Register,
     Registered([u8; 4], u16, u16),
     Raw(Vec<u8>),
+    Punch(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -405,6 +406,7 @@ impl World {
                 ControlFrame::Revoked { signature }.encode()
             }
             Frame::Skipped(count) => ControlFrame::SkippedCounters { count }.encode(),
+            Frame::Punch(round) => ControlFrame::Punch { round }.encode(),
             Frame::Register => ControlFrame::Register {
                 agent: self.peer.identity.agent_id(),
             }

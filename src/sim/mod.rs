@@ -10,12 +10,14 @@
 //! answer through a closure ([`SimNet::run_until_with`]).
 //!
 //! - [`net`]: the network ([`SimNet`]), its hosts and rendezvous servers.
-//! - [`nat`]: the NAT routers' mapping and filtering.
+//! - [`nat`]: the NAT routers' mapping and filtering; [`conntrack`]: the
+//!   connection table of a router without an inbound firewall.
 //! - [`link`]: the impairments of the simulated links.
 //! - [`packets`]: IPv6/IPv4 packets with TCP/UDP headers to feed the TUN side.
 
 #![forbid(unsafe_code)]
 
+pub mod conntrack;
 pub mod link;
 pub mod nat;
 pub mod net;

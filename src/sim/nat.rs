@@ -3,9 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
+
+use super::conntrack::Conntrack;
 
 /// How a simulated NAT maps and filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +19,12 @@ pub enum NatKind {
     /// Endpoint-dependent mapping (a random port per destination),
     /// address-and-port dependent filtering: `masquerade random`.
     Hard,
+    /// Linux `masquerade` with no inbound firewall, modelled on its
+    /// connection tracking ([`Conntrack`]): the private port when it is
+    /// free, but a datagram from a remote that matches no flow stays in the
+    /// router and takes that (remote, port) pair, so the agent's own flow
+    /// to that remote gets another port later.
+    EasyNoFirewall,
 }
 
 /// One public port of a NAT.
@@ -38,6 +47,8 @@ pub struct SimNat {
     pub udp_blocked: bool,
     by_flow: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
     by_port: HashMap<u16, NatMapping>,
+    /// The connection table of an [`NatKind::EasyNoFirewall`] router.
+    conntrack: Conntrack,
 }
 
 impl SimNat {
@@ -49,6 +60,7 @@ impl SimNat {
             udp_blocked: false,
             by_flow: HashMap::new(),
             by_port: HashMap::new(),
+            conntrack: Conntrack::default(),
         }
     }
 
@@ -57,12 +69,17 @@ impl SimNat {
     pub(crate) fn map_outbound(
         &mut self,
         rng: &mut ChaCha20Rng,
+        now: Instant,
         private: SocketAddr,
         remote: SocketAddr,
     ) -> SocketAddr {
         let key = match self.kind {
             NatKind::Easy => (private, None),
             NatKind::Hard => (private, Some(remote)),
+            NatKind::EasyNoFirewall => {
+                let port = self.conntrack.outbound(rng, now, private, remote);
+                return SocketAddr::new(self.public_ip, port);
+            }
         };
         let port = match self.by_flow.get(&key) {
             Some(port) => *port,
@@ -111,7 +128,15 @@ impl SimNat {
 
     /// The private destination of a datagram from `remote` to public
     /// `port`, if a mapping sent to that remote (or forwards the port).
-    pub(crate) fn map_inbound(&mut self, port: u16, remote: SocketAddr) -> Option<SocketAddr> {
+    pub(crate) fn map_inbound(
+        &mut self,
+        now: Instant,
+        port: u16,
+        remote: SocketAddr,
+    ) -> Option<SocketAddr> {
+        if self.kind == NatKind::EasyNoFirewall {
+            return self.conntrack.inbound(now, remote, port);
+        }
         let mapping = self.by_port.get_mut(&port)?;
         if mapping.forwarded {
             // Connection tracking: the answers to this remote go back
@@ -122,12 +147,20 @@ impl SimNat {
                 NatKind::Hard => {
                     self.by_flow.insert((private, Some(remote)), port);
                 }
-                NatKind::Easy => {
+                NatKind::Easy | NatKind::EasyNoFirewall => {
                     self.by_flow.entry((private, None)).or_insert(port);
                 }
             }
             return Some(private);
         }
         mapping.remotes.contains(&remote).then_some(mapping.private)
+    }
+}
+
+impl SimNat {
+    /// Conntrack entries an [`NatKind::EasyNoFirewall`] router holds for
+    /// itself (unsolicited datagrams that clash with its agents' flows).
+    pub fn router_entries(&self, now: Instant) -> usize {
+        self.conntrack.router_entries(now)
     }
 }

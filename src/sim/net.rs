@@ -299,7 +299,8 @@ impl SimNet {
                 if self.nats[nat].udp_blocked {
                     return;
                 }
-                self.nats[nat].map_outbound(&mut self.rng, from, to)
+                let now = self.now;
+                self.nats[nat].map_outbound(&mut self.rng, now, from, to)
             }
             _ => from,
         };
@@ -386,7 +387,7 @@ impl SimNet {
         // Inbound NAT: a datagram to a NAT's public address reaches the host
         // behind it only through a mapping that sent to this source.
         let to = match self.nats.iter_mut().find(|nat| nat.public_ip == to.ip()) {
-            Some(nat) => match nat.map_inbound(to.port(), from) {
+            Some(nat) => match nat.map_inbound(now, to.port(), from) {
                 Some(private) => private,
                 None => return,
             },

@@ -27,16 +27,25 @@
 //! WAN address is then `192.0.3.N` ([`MAPPING_WAN`] says why), which every
 //! host on the internet reaches on-link.
 //!
-//! Every router also runs the stateful firewall of any home router: nothing
-//! new comes in from the WAN (`ct state new drop` on input and forward).
-//! That is not only realism: without it a hole-punching packet that reaches
-//! a router before its own agent has sent anything is delivered to the
-//! router itself and leaves a conntrack entry (peer:port -> wan:port); when
-//! the agent then sends to that peer, the mapping that would keep its port
-//! clashes with that entry and masquerade picks another port, and the
-//! peer's next probes keep refreshing the stale entry. Measured in this lab
-//! with `EasyNoFirewall` on both sides: never direct. (A firewall drop
-//! happens before conntrack confirms the entry, so none is left.)
+//! Every other router also runs the stateful firewall of any home router:
+//! nothing new comes in from the WAN (`ct state new drop` on input and
+//! forward). Without it (`EasyNoFirewall`, a common cloud NAT instance) a
+//! hole-punching datagram that reaches a router before its own agent has
+//! sent anything to that peer is delivered to the router itself and leaves
+//! a conntrack entry (peer:port -> wan:port); when the agent then sends to
+//! that peer, the mapping that would keep its port clashes with that entry
+//! and masquerade picks another port, and the peer's next probes keep
+//! refreshing the stale entry (`conntrack -L` shows both routers holding
+//! such an entry; [`NatLab::conntrack`]). A firewall drop happens before
+//! conntrack confirms the entry, so none is left. Two such routers pass a
+//! direct path only when both agents send before either's datagram
+//! arrives: the agents time their punches through the relay (see
+//! `core::peer::punch`), which works when the routers are some distance
+//! apart. In a lab with no delay at all the window is the few microseconds
+//! a datagram takes from one namespace to the other: measured with two
+//! Python senders busy-waiting for the same instant, 3 of 20 tries passed,
+//! and the agents (timers of a millisecond) stay on the relay. So the bare
+//! masquerade row gives the internet distance ([`NatLab::delay_ingress`]).
 //!
 //! The underlay is IPv4 only (IPv6 is off on every lab interface except the
 //! agents' TUNs), so candidates and endpoints are predictable.
@@ -72,6 +81,46 @@ use super::{Output, run, step, wait_for, wait_until};
 
 /// The programs a NAT-lab test runs inside the namespaces (besides `ip`).
 pub const NATLAB_TOOLS: &[&str] = &["nft", "ping", "python3", "ss", "sysctl"];
+
+/// A delay line (stdlib Python, raw nfnetlink): binds NFQUEUE queue
+/// `argv[1]` of its namespace, and accepts each queued packet `argv[2]`
+/// milliseconds after it came, in order.
+pub const DELAY_LINE: &str = r#"
+import collections, select, socket, struct, sys, time
+queue, delay = int(sys.argv[1]), float(sys.argv[2]) / 1000.0
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+s.bind((0, 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+def send(msg_type, attr_type, payload):
+    nla = struct.pack("=HH", 4 + len(payload), attr_type) + payload
+    body = struct.pack("=BBH", 0, 0, socket.htons(queue)) + nla + b"\0" * (-len(nla) % 4)
+    s.send(struct.pack("=IHHII", 16 + len(body), (3 << 8) | msg_type, 1, 0, 0) + body)
+send(2, 1, struct.pack("!BBH", 1, 0, socket.AF_INET))  # config: bind the queue
+send(2, 2, struct.pack("!IB", 0, 1))                   # config: copy metadata only
+pending = collections.deque()
+print("ready", flush=True)
+while True:
+    wait = max(0.0, pending[0][0] - time.monotonic()) if pending else None
+    if select.select([s], [], [], wait)[0]:
+        data, now, at = s.recv(1 << 16), time.monotonic(), 0
+        while at + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, at)
+            if length < 16:
+                break
+            if kind == 3 << 8:  # a queued packet: find its id
+                attr = at + 20
+                while attr + 4 <= at + length:
+                    attr_len, attr_type = struct.unpack_from("=HH", data, attr)
+                    if attr_len < 4:
+                        break
+                    if attr_type & 0x7FFF == 1:
+                        pending.append((now + delay, struct.unpack_from("!I", data, attr + 4)[0]))
+                    attr += (attr_len + 3) & ~3
+            at += (length + 3) & ~3
+    now = time.monotonic()
+    while pending and pending[0][0] <= now:
+        send(1, 2, struct.pack("!II", 1, pending.popleft()[1]))  # verdict: accept
+"#;
 
 /// Port the rendezvous servers listen on (UDP and TCP).
 pub const RENDEZVOUS_PORT: u16 = 3478;
@@ -131,8 +180,9 @@ pub enum NatKind {
     /// `masquerade` without the stateful input firewall (see the module
     /// documentation): an unsolicited packet to the router leaves a
     /// conntrack entry that clashes with its agent's own mapping later.
-    /// Simultaneous hole punching between two such routers fails in the
-    /// lab (measured: relay, every time); not part of the matrix.
+    /// Two such routers pass a direct path when the agents punch at the
+    /// same moment (timed through the relay) and the routers are some
+    /// milliseconds apart.
     EasyNoFirewall,
 }
 
@@ -700,6 +750,55 @@ impl NatLab {
             Some(pid) => self.lab.spawn_output(pid),
             None => (String::new(), String::new()),
         }
+    }
+
+    /// Delays every IPv4 packet arriving on `iface` in namespace `ns` by
+    /// `delay`, before connection tracking sees it: distance on the
+    /// internet. (The lab's kernel has no `netem`; an `iptables` rule hands
+    /// the packets to a small NFQUEUE program, [`DELAY_LINE`], which lets
+    /// each go `delay` after it came.) On a router's `wan` it delays what
+    /// reaches its agents; on a rendezvous's `eth0`, the relay.
+    pub fn delay_ingress(&self, ns: &str, iface: &str, delay: Duration) -> Result<(), String> {
+        let ms = delay.as_millis().to_string();
+        let pid = self
+            .lab
+            .spawn(ns, "delay-line", &["python3", "-c", DELAY_LINE, "0", &ms])?;
+        wait_until(
+            &format!("the delay line in {ns}"),
+            Duration::from_secs(10),
+            || !self.lab.spawn_running(pid) || self.lab.spawn_output(pid).0.contains("ready"),
+        )?;
+        if !self.lab.spawn_running(pid) {
+            let (out, err) = self.lab.stop(pid);
+            return Err(format!("the delay line exited: {out}{err}"));
+        }
+        self.lab
+            .exec_ok(
+                ns,
+                &[
+                    "iptables",
+                    "-t",
+                    "raw",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    iface,
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    "0",
+                ],
+            )
+            .map(drop)
+    }
+
+    /// The router of `site`'s UDP connection-tracking entries
+    /// (`conntrack -L -p udp`; empty when the tool is missing).
+    pub fn conntrack(&self, site: &Site) -> String {
+        self.lab
+            .exec(&site.router_ns, &["conntrack", "-L", "-p", "udp"])
+            .map(|o| o.stdout)
+            .unwrap_or_default()
     }
 
     /// Drops every packet between the public addresses `a` and `b` (both

@@ -147,6 +147,7 @@ impl Node {
                     peer.ping_back(ctx, now, from);
                 }
                 ControlFrame::PathPong { id } => peer.handle_pong(ctx, now, id, from),
+                ControlFrame::Punch { round } => peer.punch_requested(ctx, now, round),
                 ControlFrame::SkippedCounters { count } => {
                     peer.note_skipped_counters(now, local_index, count);
                 }

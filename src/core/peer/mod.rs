@@ -4,6 +4,7 @@ pub mod birthday;
 pub mod context;
 mod path;
 mod pings;
+mod punch;
 mod schedule;
 mod sessions;
 pub mod table;
@@ -31,7 +32,8 @@ use crate::core::wire::path::NatHint;
 use crate::core::wire::path::{NatKind, PathAddr};
 use crate::core::wire::segment::TcpSegmentInfo;
 
-use path::{PathState, RelayState};
+use path::RelayState;
+use punch::{ProbeRound, PunchState};
 
 /// Send a keepalive when we received but sent nothing for this long.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,14 +61,16 @@ const RELAY_PROBE_AFTER: Duration = Duration::from_millis(500);
 /// Probe an unanswered direct path after this long.
 const DIRECT_PROBE_AFTER: Duration = Duration::from_secs(1);
 /// Hole-punching rounds: waits between rounds of pings to every candidate.
-const PROBE_SCHEDULE: [Duration; 7] = [
+/// The last one, repeated, is longer than the 30 s a Linux router keeps an
+/// unanswered UDP entry: a punch that failed behind a router without an
+/// inbound firewall leaves nothing there for the next (`punch.rs`).
+const PROBE_SCHEDULE: [Duration; 6] = [
     Duration::from_millis(500),
     Duration::from_secs(1),
     Duration::from_secs(2),
     Duration::from_secs(4),
     Duration::from_secs(8),
-    Duration::from_secs(15),
-    Duration::from_secs(30),
+    Duration::from_secs(35),
 ];
 /// A relay that failed a peer is tried again for it after this long.
 const RELAY_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -84,6 +88,26 @@ const OBSERVED_IP_LIFETIME: Duration = Duration::from_secs(600);
 const MAX_OUTSTANDING_PINGS: usize = 32;
 /// Start a handshake when a session we initiated is this old on receive.
 const REKEY_ON_RECEIVE_AGE: Duration = Duration::from_secs(180 - 10 - 5);
+
+/// Where the direct path to a peer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathState {
+    /// No round trip proved the direct endpoint (yet, or any more): packets
+    /// go through a live relay when there is one, else to the endpoint.
+    /// `probing`: the next step of hole punching, if one is scheduled
+    /// (`punch.rs`).
+    Unproven {
+        /// The next step of hole punching.
+        probing: Option<ProbeRound>,
+    },
+    /// A round trip proved the direct endpoint: packets go there while it
+    /// answers.
+    Direct {
+        /// The first direct send (with a relay to fall back to) not
+        /// answered yet.
+        unanswered_since: Option<Instant>,
+    },
+}
 
 /// Which of a peer's session slots holds a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +221,8 @@ pub struct Peer {
     pings: VecDeque<(u64, PathAddr, Instant)>,
     /// The relay side of the path: where the peer was heard, what failed.
     relay: RelayState,
+    /// What times hole punching: the relay's round trip, who leads.
+    punch: PunchState,
     /// The path last reported in an event.
     reported_path: PathKind,
     /// Round-trip time of the last answered path ping.
@@ -268,6 +294,7 @@ impl Peer {
             last_ping_sent: None,
             pings: VecDeque::new(),
             relay: RelayState::default(),
+            punch: PunchState::default(),
             reported_path: PathKind::None,
             last_rtt: None,
             path_changed_at: None,

@@ -1,8 +1,9 @@
 //! Which way a peer's packets go: the direct endpoint (proven by a round
-//! trip, given up when it stops answering), a rendezvous relay, and hole
-//! punching towards the peer's candidates.
+//! trip, given up when it stops answering) or a rendezvous relay, and when
+//! to punch holes towards the peer's candidates (how: `punch.rs`).
 //!
-//! The direct path's standing is one state, [`PathState`], changed on
+//! The direct path's standing is one state, [`PathState`] (kept beside
+//! [`Peer`], as hole punching in `punch.rs` changes it too), changed on
 //! events: a round trip proves it, silence past [`DIRECT_PATH_TIMEOUT`] or
 //! a handshake through a relay unproves it, new candidates start hole
 //! punching. A send reads it once ([`Peer::route`]) together with the
@@ -18,38 +19,9 @@ use crate::core::stats::status::PathKind;
 use crate::core::wire::path::PathAddr;
 
 use super::{
-    DIRECT_PATH_TIMEOUT, DIRECT_PROBE_AFTER, PROBE_SCHEDULE, Peer, RELAY_PATH_TIMEOUT,
+    DIRECT_PATH_TIMEOUT, DIRECT_PROBE_AFTER, PathState, Peer, RELAY_PATH_TIMEOUT,
     RELAY_PROBE_AFTER, RELAY_RETRY_AFTER, earliest,
 };
-
-/// Where the direct path to a peer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PathState {
-    /// No round trip proved the direct endpoint (yet, or any more): packets
-    /// go through a live relay when there is one, else to the endpoint.
-    /// `probing`: the next hole-punching round, if one is scheduled.
-    Unproven {
-        /// The next round of pings to the peer's candidates.
-        probing: Option<ProbeRound>,
-    },
-    /// A round trip proved the direct endpoint: packets go there while it
-    /// answers.
-    Direct {
-        /// The first direct send (with a relay to fall back to) not
-        /// answered yet.
-        unanswered_since: Option<Instant>,
-    },
-}
-
-/// A scheduled round of hole punching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ProbeRound {
-    /// When it is due.
-    at: Instant,
-    /// How many rounds ran before it (the wait after it, and whether it
-    /// adds a birthday round, follow from this).
-    round: usize,
-}
 
 /// The relay side of a peer's path.
 #[derive(Debug, Default)]
@@ -138,7 +110,7 @@ impl Peer {
     /// The rendezvous to relay through: the one we last heard the peer
     /// through if it is live, else the first live one that did not fail the
     /// peer lately, else the first live one.
-    fn relay_route(&self, ctx: &Context, now: Instant) -> Option<SocketAddr> {
+    pub(super) fn relay_route(&self, ctx: &Context, now: Instant) -> Option<SocketAddr> {
         if self.is_rendezvous {
             return None;
         }
@@ -286,15 +258,18 @@ impl Peer {
         }
     }
 
-    /// Starts hole punching (rounds of pings to every candidate) unless a
-    /// round is scheduled already or the direct path is proven.
-    pub fn start_probing(&mut self, now: Instant) {
-        if !self.is_rendezvous
-            && let PathState::Unproven { probing: None } = self.path
+    /// Pings the proven direct path as if traffic on it had gone
+    /// unanswered: without an answer it is given up after
+    /// [`DIRECT_PATH_TIMEOUT`].
+    pub(super) fn check_direct_path(&mut self, ctx: &mut Context, now: Instant) {
+        let direct = self.direct_path();
+        if let PathState::Direct { unanswered_since } = &mut self.path
+            && let Some(direct) = direct
         {
-            self.path = PathState::Unproven {
-                probing: Some(ProbeRound { at: now, round: 0 }),
-            };
+            if unanswered_since.is_none() {
+                *unanswered_since = Some(now);
+            }
+            self.send_ping(ctx, now, direct, true);
         }
     }
 
@@ -393,29 +368,7 @@ impl Peer {
                 self.send_ping(ctx, now, PathAddr::Relay(relay), true);
             }
         }
-        if let PathState::Unproven {
-            probing: Some(probe),
-        } = self.path
-            && probe.at <= now
-        {
-            if self.relay_route(ctx, now).is_none() {
-                self.path = PathState::Unproven { probing: None };
-            } else {
-                for target in self.probe_targets() {
-                    self.send_ping(ctx, now, PathAddr::Direct(target), false);
-                }
-                if probe.round >= 1 {
-                    self.birthday_round(ctx, now);
-                }
-                let wait = PROBE_SCHEDULE[probe.round.min(PROBE_SCHEDULE.len() - 1)];
-                self.path = PathState::Unproven {
-                    probing: Some(ProbeRound {
-                        at: now + wait,
-                        round: probe.round + 1,
-                    }),
-                };
-            }
-        }
+        self.run_probe_round(ctx, now);
         self.report_path(ctx, now);
     }
 }

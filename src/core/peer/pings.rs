@@ -61,6 +61,9 @@ impl Peer {
             });
         }
         let _ = sent_to;
+        if from.is_relay() {
+            self.note_relay_rtt(now, rtt);
+        }
         // The answer may come from another address than the one probed (a
         // NAT rewrote it); where it came from is what works.
         if from.direct_endpoint().is_some() {

@@ -17,6 +17,8 @@ const FRAME_CANDIDATES: u8 = 0x03;
 const FRAME_REVOKED: u8 = 0x04;
 /// First byte of a count of counters spent elsewhere.
 const FRAME_SKIPPED_COUNTERS: u8 = 0x05;
+/// First byte of a request to punch now.
+const FRAME_PUNCH: u8 = 0x06;
 /// First byte of a registration with a rendezvous.
 const FRAME_REGISTER: u8 = 0x10;
 /// First byte of a rendezvous's answer to a registration.
@@ -56,6 +58,16 @@ pub enum ControlFrame {
     SkippedCounters {
         /// Running total for the session.
         count: u64,
+    },
+    /// Sent through a relay: "punch towards my candidates now". The sender
+    /// punches half a relay round trip later, so both sides' first
+    /// datagrams leave together (a router without an inbound firewall keeps
+    /// an entry for a datagram that arrives before its own agent sent
+    /// anything, and that entry blocks the agent's flow to the sender).
+    Punch {
+        /// The sender's round of hole punching (from 1 on, the hard side of
+        /// an easy ↔ hard pair probes birthday-style too).
+        round: u8,
     },
     /// Agent → rendezvous: register (or refresh) this agent's endpoint. It
     /// names the agent's Ed25519 key, which must match the session's Noise
@@ -99,6 +111,10 @@ impl ControlFrame {
                 out.push(FRAME_SKIPPED_COUNTERS);
                 out.extend_from_slice(&count.to_le_bytes());
             }
+            ControlFrame::Punch { round } => {
+                out.push(FRAME_PUNCH);
+                out.push(*round);
+            }
             ControlFrame::Register { agent } => {
                 out.push(FRAME_REGISTER);
                 out.extend_from_slice(agent.as_bytes());
@@ -133,6 +149,9 @@ impl ControlFrame {
             FRAME_SKIPPED_COUNTERS => Some(ControlFrame::SkippedCounters {
                 count: reader.u64()?,
             }),
+            FRAME_PUNCH => Some(ControlFrame::Punch {
+                round: reader.u8()?,
+            }),
             FRAME_REGISTER => Some(ControlFrame::Register {
                 agent: AgentId::from_bytes(reader.array()?).ok()?,
             }),
@@ -164,6 +183,7 @@ mod tests {
             },
             ControlFrame::Revoked { signature: [9; 64] },
             ControlFrame::SkippedCounters { count: 300 },
+            ControlFrame::Punch { round: 3 },
             ControlFrame::Register {
                 agent: crate::core::identity::Identity::from_secret_bytes(&[1; 32])
                     .expect("key")
