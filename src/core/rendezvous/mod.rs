@@ -12,6 +12,11 @@
 //!
 //! Call order as for [`crate::core::node::Node`]: `handle_datagram` /
 //! `handle_timeout`, then drain `poll_transmit`.
+//!
+//! [`choice`] says which of several servers serve an agent (rendezvous
+//! hashing by node ID).
+
+pub mod choice;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
