@@ -53,6 +53,7 @@ PACKAGES=(
     iproute2:ip nftables:nft curl:curl python3-venv:python3 tcpdump:tcpdump
     iperf3:iperf3 jq:jq iputils-ping:ping procps:ps util-linux:unshare
     bind9-dnsutils:dig miniupnpd-nftables:miniupnpd iptables:iptables conntrack:conntrack
+    fping:fping
 )
 
 T0=$SECONDS

@@ -47,10 +47,17 @@ pub struct SimHost {
     pub tun: Vec<Vec<u8>>,
     /// Events the node reported.
     pub events: Vec<Event>,
+    /// When each of [`Self::events`] was reported (virtual time).
+    pub event_times: Vec<Instant>,
     /// Datagrams the host received from the network (for "no reply" checks).
     pub received_from: Vec<SocketAddr>,
     /// The NAT the host sits behind, if any.
     pub nat: Option<usize>,
+    /// Whether its agent runs. A stopped host is a machine whose daemon is
+    /// not running: datagrams to it are lost (as to a closed port), it sends
+    /// nothing and its timers do not run ([`SimNet::stop_host`],
+    /// [`SimNet::restart_host`]).
+    pub up: bool,
 }
 
 /// A datagram on the wire, ordered by arrival.
@@ -67,6 +74,9 @@ struct InFlight {
 pub struct SimNet {
     /// Virtual time.
     pub now: Instant,
+    /// When the simulation started (the wall clock of a restarted host
+    /// counts from it).
+    start: Instant,
     /// Impairments of every link.
     pub link: LinkConfig,
     /// The network of every host.
@@ -99,6 +109,7 @@ impl SimNet {
     pub fn new(seed: u64, link: LinkConfig, start: Instant) -> Self {
         Self {
             now: start,
+            start,
             link,
             network: network(),
             tunnel_mtu: TUNNEL_MTU,
@@ -236,10 +247,38 @@ impl SimNet {
             address,
             tun: Vec::new(),
             events: Vec::new(),
+            event_times: Vec::new(),
             received_from: Vec::new(),
             nat: None,
+            up: true,
         });
         self.hosts.len() - 1
+    }
+
+    /// Stops the agent of `host`: its node keeps its state but hears,
+    /// sends and runs nothing until [`SimNet::restart_host`].
+    pub fn stop_host(&mut self, host: usize) {
+        self.hosts[host].up = false;
+    }
+
+    /// Starts the agent of `host` afresh (as a new daemon would: same
+    /// identity and address, no peers, no sessions, the wall clock of now),
+    /// its randomness seeded by `node_seed`. The caller adds its peers.
+    pub fn restart_host(&mut self, host: usize, node_seed: [u8; 32]) {
+        let unix_now = super::UNIX_START + self.now.saturating_duration_since(self.start);
+        let entry = &mut self.hosts[host];
+        entry.node = Node::new(
+            crate::core::api::NodeConfig {
+                identity: entry.identity.clone(),
+                network: self.network,
+                name: format!("host{host}"),
+                tunnel_mtu: self.tunnel_mtu,
+            },
+            node_seed,
+            self.now,
+            unix_now,
+        );
+        entry.up = true;
     }
 
     /// The agent ID of `host`.
@@ -346,6 +385,10 @@ impl SimNet {
             }
             while let Some(event) = host.node.poll_event() {
                 host.events.push(event);
+                host.event_times.push(self.now);
+            }
+            if !host.up {
+                continue;
             }
             for transmit in transmits {
                 let source = match transmit.source {
@@ -379,7 +422,8 @@ impl SimNet {
         self.drain_outputs();
     }
 
-    fn deliver(&mut self, flight: InFlight, outside: &mut Outside<'_>) {
+    /// Delivers one datagram; returns the host it reached, if any.
+    fn deliver(&mut self, flight: InFlight, outside: &mut Outside<'_>) -> Option<usize> {
         let InFlight {
             from, to, payload, ..
         } = flight;
@@ -387,10 +431,7 @@ impl SimNet {
         // Inbound NAT: a datagram to a NAT's public address reaches the host
         // behind it only through a mapping that sent to this source.
         let to = match self.nats.iter_mut().find(|nat| nat.public_ip == to.ip()) {
-            Some(nat) => match nat.map_inbound(now, to.port(), from) {
-                Some(private) => private,
-                None => return,
-            },
+            Some(nat) => nat.map_inbound(now, to.port(), from)?,
             None => to,
         };
         if let Some(rendezvous) = self.rendezvous.iter_mut().find(|r| r.address == to) {
@@ -399,22 +440,41 @@ impl SimNet {
                     .server
                     .handle_datagram(now, ClientAddr::Udp(from), &payload);
             }
-            return;
+            return None;
         }
-        if let Some(host) = self.hosts.iter_mut().find(|host| host.address == to) {
+        if let Some(index) = self.hosts.iter().position(|host| host.address == to) {
+            let host = &mut self.hosts[index];
+            if !host.up {
+                return None; // nobody listens: lost
+            }
             host.received_from.push(from);
             host.node.handle_datagram(now, from, &payload);
-        } else if let Some(host) = self
+            Some(index)
+        } else if let Some(index) = self
             .hosts
-            .iter_mut()
-            .find(|host| host.address.ip() == to.ip() && to.port() >= PROBE_PORT_BASE)
+            .iter()
+            .position(|host| host.address.ip() == to.ip() && to.port() >= PROBE_PORT_BASE)
         {
+            let host = &mut self.hosts[index];
+            if !host.up {
+                return None;
+            }
             host.received_from.push(from);
             host.node
                 .handle_datagram_on_probe(now, to.port() - PROBE_PORT_BASE, from, &payload);
-        } else if let Some(answer) = outside(now, from, to, &payload) {
-            self.schedule(to, from, answer);
+            Some(index)
+        } else {
+            if let Some(answer) = outside(now, from, to, &payload) {
+                self.schedule(to, from, answer);
+            }
+            None
         }
+    }
+
+    /// When `host`'s timers are due next (never for a stopped host).
+    fn host_deadline(&mut self, host: usize) -> Option<Instant> {
+        let host = &mut self.hosts[host];
+        host.up.then(|| host.node.poll_timeout()).flatten()
     }
 
     /// Runs the simulation until `until` (virtual time); datagrams to
@@ -429,13 +489,20 @@ impl SimNet {
     /// Panics if a node's timer, once run, is still due: the daemon would
     /// spin on it.
     pub fn run_until_with(&mut self, until: Instant, outside: &mut Outside<'_>) {
+        // Each host's next deadline, asked again only of the hosts a step
+        // touched (asking all of them on every step costs O(hosts × peers),
+        // which large meshes cannot afford). The caller may have changed any
+        // node since the last run: all are asked at the start.
+        let mut deadlines: Vec<Option<Instant>> = (0..self.hosts.len())
+            .map(|host| self.host_deadline(host))
+            .collect();
         loop {
             self.drain_outputs();
             let next_delivery = self.in_flight.peek().map(|Reverse(flight)| flight.at);
-            let next_timer = self
-                .hosts
-                .iter_mut()
-                .filter_map(|host| host.node.poll_timeout())
+            let next_timer = deadlines
+                .iter()
+                .flatten()
+                .copied()
                 .chain(self.rendezvous.iter().map(|r| r.server.poll_timeout()))
                 .min();
             let next = [next_delivery, next_timer].into_iter().flatten().min();
@@ -453,16 +520,15 @@ impl SimNet {
                 let Some(Reverse(flight)) = self.in_flight.pop() else {
                     break;
                 };
-                self.deliver(flight, outside);
+                if let Some(host) = self.deliver(flight, outside) {
+                    deadlines[host] = self.host_deadline(host);
+                }
             }
-            for host in &mut self.hosts {
-                if host
-                    .node
-                    .poll_timeout()
-                    .is_some_and(|deadline| deadline <= now)
-                {
-                    host.node.handle_timeout(now);
-                    if let Some(next) = host.node.poll_timeout() {
+            for (index, deadline) in deadlines.iter_mut().enumerate() {
+                if deadline.is_some_and(|deadline| deadline <= now) {
+                    self.hosts[index].node.handle_timeout(now);
+                    *deadline = self.host_deadline(index);
+                    if let Some(next) = *deadline {
                         assert!(next > now, "a timer did not move past {now:?}");
                     }
                 }

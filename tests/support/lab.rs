@@ -154,6 +154,41 @@ impl Lab {
         Ok(hosts)
     }
 
+    /// Gives every host permanent neighbour (ARP) entries for all the
+    /// others, so no ARP runs between them. Needed for large segments: the
+    /// kernel keeps one ARP table for all namespaces, and past
+    /// `net.ipv4.neigh.default.gc_thresh3` (1024) dynamic entries in all it
+    /// drops datagrams ("neighbor table overflow!" in dmesg) until its
+    /// garbage collection, tens of seconds later; a full mesh of N hosts
+    /// needs N·(N-1) entries. Permanent entries do not count.
+    pub fn static_neighbours(&self, hosts: &[Host]) -> Result<(), String> {
+        let mut macs = Vec::new();
+        for host in hosts {
+            let out = self.exec_ok(
+                &host.ns,
+                &["cat", &format!("/sys/class/net/{}/address", host.iface)],
+            )?;
+            macs.push(out.stdout.trim().to_string());
+        }
+        for host in hosts {
+            let batch: String = hosts
+                .iter()
+                .zip(&macs)
+                .filter(|(other, _)| other.ns != host.ns)
+                .map(|(other, mac)| {
+                    format!(
+                        "neigh replace {} lladdr {mac} dev {} nud permanent\n",
+                        other.ip, host.iface
+                    )
+                })
+                .collect();
+            let path = self.dir().join(format!("neigh-{}", host.role));
+            std::fs::write(&path, batch).map_err(|e| format!("{}: {e}", path.display()))?;
+            ip(&["-n", &host.ns, "-batch", &path.to_string_lossy()])?;
+        }
+        Ok(())
+    }
+
     /// Two namespaces joined by one veth pair (`eth0` on both sides,
     /// `10.<net>.<net2>.1/24` and `.2/24`), with the given MTU.
     pub fn veth_pair(&self, net: [u8; 2], roles: [&str; 2], mtu: u16) -> Result<[Host; 2], String> {

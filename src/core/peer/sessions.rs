@@ -112,11 +112,41 @@ impl Peer {
         }
     }
 
-    /// Promotes the confirmed `next` session to current.
+    /// Promotes the confirmed `next` session to current, unless the
+    /// handshakes crossed and ours is the one both sides keep (see
+    /// [`Peer::keeps_own_session`]): then the peer's session becomes the
+    /// previous one, still accepted while the peer moves over to ours.
     pub fn confirm_next(&mut self, ctx: &mut Context, now: Instant) {
-        if let Some(session) = self.next.take() {
-            self.install_current(ctx, now, session);
+        let Some(session) = self.next.take() else {
+            return;
+        };
+        if self.keeps_own_session(ctx, now, &session) {
+            tracing::debug!(peer = %self.config.id, "handshakes crossed: keeping the session we initiated");
+            if let Some(old) = self.previous.replace(session) {
+                ctx.release_index(old.local_index);
+            }
+            return;
         }
+        self.install_current(ctx, now, session);
+    }
+
+    /// Whether, on the peer's confirmation of the session it initiated
+    /// (`answered`), the current session stays. That is so when both sides
+    /// initiated at once and both handshakes completed: the current session
+    /// is ours and no older than the answered one. Each side would
+    /// otherwise promote the other's session, and both would end up sending
+    /// on a session they did not initiate, which neither rekeys (only an
+    /// initiator does): it would expire under the traffic after
+    /// `REJECT_AFTER_TIME`. Both sides decide alike: the session of the
+    /// agent with the lower ID is kept, so one session carries the traffic
+    /// and its initiator keeps it fresh.
+    fn keeps_own_session(&self, ctx: &Context, now: Instant, answered: &Session) -> bool {
+        ctx.own_id < self.config.id
+            && self.current.as_ref().is_some_and(|current| {
+                current.is_initiator
+                    && current.is_usable(now)
+                    && current.created >= answered.created
+            })
     }
 
     /// Notes an authenticated packet from the peer. Only packets with a
@@ -379,6 +409,35 @@ impl Peer {
         self.learn_from_handshake(now, from, news);
         self.observe_path(ctx, now, from, false);
         self.install_next(ctx, session);
+        if !self.is_up(now) {
+            self.retry_soon(ctx, now);
+        }
+    }
+
+    /// The peer just proved it is up (its initiation came) while we have no
+    /// session: our own handshake is retried soon, from the first step of
+    /// the backoff. Without this, a retry that backed off while the peer
+    /// was down (up to [`MAX_RETRY`]), or none at all after
+    /// `REKEY_ATTEMPT_TIME` gave up, would be all that is left should the
+    /// peer's confirmation of the answered session be lost. The peer's
+    /// confirmation, due within a round trip, cancels the retry
+    /// ([`Peer::install_current`]).
+    fn retry_soon(&mut self, ctx: &mut Context, now: Instant) {
+        let retry_at = now + FIRST_RETRY.mul_f64(ctx.rng.gen_range(0.8..1.2));
+        match self.retry.as_mut() {
+            Some(retry) => {
+                retry.first_attempt = now;
+                retry.attempts = 0;
+                retry.retry_at = retry.retry_at.min(retry_at);
+            }
+            None => {
+                self.retry = Some(Retry {
+                    first_attempt: now,
+                    attempts: 0,
+                    retry_at,
+                });
+            }
+        }
     }
 
     /// Takes the session our initiation built once the response came (from
