@@ -234,6 +234,12 @@ impl RendezvousLinks {
         None
     }
 
+    /// Whether there is no rendezvous to look after (then nothing needs
+    /// [`RendezvousLinks::tick`], and an idle daemon need not wake for it).
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
     /// Once a second: gives up on silent UDP links (TCP instead) and probes
     /// UDP from TCP links.
     pub fn tick(&mut self, now: Instant, node: &mut Node) {

@@ -121,6 +121,11 @@ impl ProbeSockets {
         }
     }
 
+    /// Whether no probe socket is open (nothing to sweep).
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
     /// Closes sockets idle for too long.
     pub fn sweep(&mut self, now: Instant) {
         self.sockets.retain(|_, probe| {

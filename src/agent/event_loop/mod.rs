@@ -36,7 +36,8 @@ use self::throttle::Throttle;
 /// other inputs, and bounds what waits in the queues (with offloads one read
 /// brings up to 64 packets, so a count of reads would not).
 const PACKETS_PER_WAKE: usize = 256;
-/// How often the transports to rendezvous servers are reconsidered.
+/// How often the transports to rendezvous servers are reconsidered and
+/// idle probe sockets closed.
 const LINK_TICK: Duration = Duration::from_secs(1);
 /// How often the local addresses announced to peers are re-read (addresses
 /// come and go with DHCP, roaming and interfaces).
@@ -287,7 +288,9 @@ impl Daemon {
                 mapped = self.portmap.changed() => {
                     self.node.set_mapped_candidate(Instant::now(), mapped);
                 }
-                _ = link_tick.tick() => {
+                // Only while there is something to look after: an idle
+                // daemon without rendezvous or probe sockets sleeps.
+                _ = link_tick.tick(), if !self.links.is_empty() || !self.probes.is_empty() => {
                     let now = Instant::now();
                     self.links.tick(now, &mut self.node);
                     self.probes.sweep(now);
