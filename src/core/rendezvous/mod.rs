@@ -161,6 +161,10 @@ struct Client {
     /// The source IP the client was created from (counted against
     /// `max_clients_per_ip` until it is forgotten).
     created_from: IpAddr,
+    /// The Ed25519 key this client last registered (checked against its
+    /// Noise key then) and its node ID: a refresh naming the same key
+    /// skips the point decompressions and the hash.
+    registered_as: Option<([u8; 32], NodeId)>,
 }
 
 struct Registration {
@@ -492,6 +496,7 @@ impl RendezvousServer {
                 addr: from,
                 last_seen: now,
                 created_from: from.socket_addr().ip(),
+                registered_as: None,
             }
         });
         if let Some(old) = client.sessions[1].take() {
@@ -542,14 +547,26 @@ impl RendezvousServer {
         {
             return; // keepalive, or something a rendezvous does not carry
         }
-        let Some(ControlFrame::Register { agent }) = ControlFrame::decode(&buffer) else {
+        let Some(key) = ControlFrame::register_key_bytes(&buffer) else {
             return;
         };
-        if agent.noise_public_key() != noise_key {
-            // A session may only register the key it was made with.
-            self.counters.rejected += 1;
-            return;
-        }
+        let node = match client.registered_as {
+            Some((registered, node)) if registered == key => node,
+            _ => {
+                let Some(agent) = AgentId::from_bytes(key)
+                    .ok()
+                    .filter(|agent| agent.noise_public_key() == noise_key)
+                else {
+                    // Not a key, or not the one the session was made with:
+                    // a session may only register its own key.
+                    self.counters.rejected += 1;
+                    return;
+                };
+                let node = NodeId::of(&agent);
+                client.registered_as = Some((key, node));
+                node
+            }
+        };
         let lifetime = self.config.registration_lifetime;
         let answer = ControlFrame::Registered {
             reflexive: from.socket_addr(),
@@ -561,7 +578,6 @@ impl RendezvousServer {
             return;
         }
         self.transmits.push_back((from, sealed));
-        let node = NodeId::of(&agent);
         if let Some(previous) = self.registrations.insert(
             node,
             Registration {
