@@ -523,7 +523,10 @@ fn a_session_registers_only_its_own_key_refreshes_included() {
     }
     .encode();
     alice.send_sealed(&mut server, now, &other);
-    assert!(drain_to(&mut server, alice.addr).is_empty(), "no answer to a foreign key");
+    assert!(
+        drain_to(&mut server, alice.addr).is_empty(),
+        "no answer to a foreign key"
+    );
     let after = server.counters();
     assert_eq!(after.registrations, 2);
     assert_eq!(after.rejected, before.rejected + 1);

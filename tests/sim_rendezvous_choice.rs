@@ -46,9 +46,13 @@ fn server_ids(net: &SimNet) -> Vec<AgentId> {
 
 /// The servers an agent registers with, by rendezvous hashing.
 fn homes_of(net: &SimNet, host: usize) -> BTreeSet<AgentId> {
-    servers_for(NodeId::of(&net.id(host)), &server_ids(net), SERVERS_PER_AGENT)
-        .into_iter()
-        .collect()
+    servers_for(
+        NodeId::of(&net.id(host)),
+        &server_ids(net),
+        SERVERS_PER_AGENT,
+    )
+    .into_iter()
+    .collect()
 }
 
 /// Each agent trusts its next four (160 pairs), without endpoints.
@@ -131,8 +135,16 @@ fn each_server_holds_only_the_agents_that_rank_it_and_every_pair_talks() {
             .filter(|link| link.registered && link.role == RendezvousRole::Home)
             .map(|link| link.id)
             .collect();
-        assert_eq!(registered, homes_of(&net, host), "host {host} registers with its own servers");
-        assert_eq!(status.rendezvous.len(), SERVERS_PER_AGENT, "no other link before any traffic");
+        assert_eq!(
+            registered,
+            homes_of(&net, host),
+            "host {host} registers with its own servers"
+        );
+        assert_eq!(
+            status.rendezvous.len(),
+            SERVERS_PER_AGENT,
+            "no other link before any traffic"
+        );
     }
     let held: Vec<usize> = net
         .rendezvous
@@ -151,17 +163,29 @@ fn each_server_holds_only_the_agents_that_rank_it_and_every_pair_talks() {
         .iter()
         .filter(|(a, b)| homes_of(&net, *a).is_disjoint(&homes_of(&net, *b)))
         .count();
-    println!("{} pairs, {disjoint} with no home server in common", pairs.len());
+    println!(
+        "{} pairs, {disjoint} with no home server in common",
+        pairs.len()
+    );
     assert!(disjoint > 0, "the test needs pairs homed apart");
     // The first packets wait for the handshakes (and on-demand links).
     let talked = exchange(&mut net, &pairs, 1, Duration::from_secs(6));
-    assert_eq!(talked.len(), pairs.len(), "pairs that could not talk: {:?}", {
-        let mut silent = pairs.clone();
-        silent.retain(|pair| !talked.contains(pair));
-        silent
-    });
+    assert_eq!(
+        talked.len(),
+        pairs.len(),
+        "pairs that could not talk: {:?}",
+        {
+            let mut silent = pairs.clone();
+            silent.retain(|pair| !talked.contains(pair));
+            silent
+        }
+    );
     for &(a, b) in &pairs {
-        assert_eq!(net.path(a, b), "relay", "hard NATs on both sides keep the relay");
+        assert_eq!(
+            net.path(a, b),
+            "relay",
+            "hard NATs on both sides keep the relay"
+        );
         // Relayed through one of the peer's servers, or one of ours that
         // the peer came through.
         let relay = net.peer_status(a, b).and_then(|status| status.relay);
@@ -216,7 +240,10 @@ fn losing_one_of_four_servers_moves_its_pairs_to_the_next_ranked_one() {
         .iter()
         .position(|server| server.address == victim_address)
         .expect("a server");
-    println!("server {victim} dies; it relayed {used_by} of {} pairs", pairs.len());
+    println!(
+        "server {victim} dies; it relayed {used_by} of {} pairs",
+        pairs.len()
+    );
     net.rendezvous[victim].up = false;
     // Traffic keeps flowing; every pair talks again within a bound.
     let killed_at = net.now;
@@ -347,10 +374,17 @@ fn the_order_of_the_configured_servers_does_not_matter() {
                 looked_up,
                 servers_for(NodeId::of(&net.id(b)), &server_ids(&net), SERVERS_PER_AGENT)
             );
-            assert_eq!(looked_up.into_iter().collect::<BTreeSet<_>>(), homes_of(&net, b));
+            assert_eq!(
+                looked_up.into_iter().collect::<BTreeSet<_>>(),
+                homes_of(&net, b)
+            );
         }
     }
-    let pairs = vec![(hosts[0], hosts[1]), (hosts[1], hosts[2]), (hosts[0], hosts[2])];
+    let pairs = vec![
+        (hosts[0], hosts[1]),
+        (hosts[1], hosts[2]),
+        (hosts[0], hosts[2]),
+    ];
     let talked = exchange(&mut net, &pairs, 1, Duration::from_secs(6));
     assert_eq!(talked.len(), pairs.len());
 }
@@ -374,7 +408,11 @@ fn a_trust_request_goes_through_the_targets_own_servers() {
         .expect("seals");
     net.run_for(Duration::from_secs(2));
     let pending = net.hosts[b].node.pending_requests(net.now);
-    assert_eq!(pending.len(), 1, "the request waited for a link to the target's server");
+    assert_eq!(
+        pending.len(),
+        1,
+        "the request waited for a link to the target's server"
+    );
     assert_eq!(pending[0].justification, "homed apart");
     assert!(pending[0].via_relay);
 }

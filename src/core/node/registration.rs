@@ -10,9 +10,7 @@ use crate::core::address::NodeId;
 use crate::core::api::{Event, PeerConfig};
 use crate::core::identity::AgentId;
 use crate::core::peer::Peer;
-use crate::core::peer::context::{
-    LinkRole, MAX_ON_DEMAND_LINKS, ON_DEMAND_LINGER, RendezvousLink,
-};
+use crate::core::peer::context::{LinkRole, MAX_ON_DEMAND_LINKS, ON_DEMAND_LINGER, RendezvousLink};
 use crate::core::policy::Policy;
 use crate::core::rendezvous::choice::SERVERS_PER_AGENT;
 use crate::core::stats::status::{RendezvousRole, RendezvousStatus};
@@ -171,8 +169,7 @@ impl Node {
     /// the others.
     pub(super) fn sweep_links(&mut self, now: Instant) {
         self.next_link_sweep = now + LINK_SWEEP_INTERVAL;
-        if self.ctx.register_with_every
-            || self.ctx.configured_rendezvous.len() <= SERVERS_PER_AGENT
+        if self.ctx.register_with_every || self.ctx.configured_rendezvous.len() <= SERVERS_PER_AGENT
         {
             return; // every server is a home server
         }

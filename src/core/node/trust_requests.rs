@@ -58,7 +58,8 @@ impl Node {
         // server we hold no live link to gets it once one registers.
         let node = NodeId::of(&target);
         for server in self.ctx.servers_of(node) {
-            self.ctx.send_via_server(now, server, node, datagram.clone());
+            self.ctx
+                .send_via_server(now, server, node, datagram.clone());
         }
         self.open_wanted_links(now);
         Ok(datagram)

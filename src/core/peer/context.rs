@@ -307,8 +307,7 @@ impl Context {
             return;
         }
         self.want_link(now, server);
-        self.relay_backlog
-            .retain(|queued| queued.expires > now);
+        self.relay_backlog.retain(|queued| queued.expires > now);
         if self.relay_backlog.len() < MAX_RELAY_BACKLOG {
             self.relay_backlog.push(BackloggedRelay {
                 server,
