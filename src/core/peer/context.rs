@@ -64,10 +64,11 @@ pub struct Context {
     /// This agent's links to rendezvous servers: its home servers and the
     /// on-demand ones that reach peers homed elsewhere.
     pub rendezvous: Vec<RendezvousLink>,
-    /// Servers a peer needs a link to and that have none yet, and since
-    /// when: the node's timer opens them at once (see
-    /// [`Context::want_link`]).
+    /// Servers a peer needs a link to and that have none yet: the node's
+    /// timer opens them at once (see [`Context::want_link`]).
     pub links_wanted: Vec<AgentId>,
+    /// When the first of `links_wanted` was asked for (the timer's due
+    /// time).
     pub links_wanted_since: Option<Instant>,
     /// Datagrams waiting for an on-demand link to register before they go
     /// through it (trust requests to a target homed elsewhere).
@@ -78,15 +79,15 @@ pub struct Context {
 
 /// A registration not acknowledged within this long means the rendezvous
 /// is unreachable.
-pub const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an on-demand link stays after the last peer that needed it.
-pub const ON_DEMAND_LINGER: std::time::Duration = std::time::Duration::from_secs(120);
+pub const ON_DEMAND_LINGER: Duration = Duration::from_secs(120);
 /// Most on-demand links at once (beyond the home servers).
 pub const MAX_ON_DEMAND_LINKS: usize = 16;
 /// Most datagrams waiting for an on-demand link.
 const MAX_RELAY_BACKLOG: usize = 64;
 /// How long a datagram waits for its link.
-const RELAY_BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const RELAY_BACKLOG_WAIT: Duration = Duration::from_secs(30);
 
 /// Why this agent holds a link to a rendezvous server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
