@@ -497,3 +497,43 @@ fn agents_register_with_a_rendezvous_under_load() {
     );
     assert!(net.rendezvous[0].server.counters().cookie_replies >= 2);
 }
+
+#[test]
+fn a_session_registers_only_its_own_key_refreshes_included() {
+    let now = Instant::now();
+    let mut server = server(now, |_| {});
+    let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
+    let bob = Client::new([0xb1; 32], "10.9.0.2:4000");
+    alice.register(&mut server, now);
+    let before = server.counters();
+    assert_eq!(before.registrations, 1);
+    // A refresh naming the key this session registered: accepted (the
+    // server checked that key once, and skips the check now).
+    let own = ControlFrame::Register {
+        agent: alice.identity.agent_id(),
+    }
+    .encode();
+    alice.send_sealed(&mut server, now, &own);
+    drain_to(&mut server, alice.addr);
+    assert_eq!(server.counters().registrations, 2);
+    // Another agent's key over alice's session: refused, before and after
+    // a cached refresh alike; bob stays unregistered.
+    let other = ControlFrame::Register {
+        agent: bob.identity.agent_id(),
+    }
+    .encode();
+    alice.send_sealed(&mut server, now, &other);
+    assert!(
+        drain_to(&mut server, alice.addr).is_empty(),
+        "no answer to a foreign key"
+    );
+    let after = server.counters();
+    assert_eq!(after.registrations, 2);
+    assert_eq!(after.rejected, before.rejected + 1);
+    assert_eq!(server.usage().registrations, 1);
+    alice.relay(&mut server, now, bob.node(), &inner_data(1));
+    assert_eq!(server.counters().dropped_unknown_destination, 1);
+    // And alice's own key still refreshes.
+    alice.send_sealed(&mut server, now, &own);
+    assert_eq!(server.counters().registrations, 3);
+}

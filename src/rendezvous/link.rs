@@ -249,9 +249,20 @@ impl RendezvousLinks {
             .map(|status| (status.endpoint, status.registered))
             .collect();
         for link in &mut self.links {
-            let is_registered = registered
+            let Some(is_registered) = registered
                 .iter()
-                .any(|(endpoint, live)| *endpoint == link.endpoint && *live);
+                .find(|(endpoint, _)| *endpoint == link.endpoint)
+                .map(|(_, live)| *live)
+            else {
+                // The node holds no link to this server (neither one of its
+                // own nor needed by a peer now): its silence says nothing,
+                // and a TCP connection to it has nothing to carry.
+                if !matches!(link.transport, Transport::Udp { .. }) {
+                    tracing::debug!(rendezvous = %link.id, "rendezvous link closed; back to UDP");
+                }
+                link.transport = Transport::Udp { since: now };
+                continue;
+            };
             match &mut link.transport {
                 Transport::Udp { since } => {
                     if is_registered {

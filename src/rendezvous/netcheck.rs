@@ -68,6 +68,8 @@ fn throwaway_node(network: NetworkId, rendezvous: &[(AgentId, SocketAddr)]) -> O
         now,
         unix_now,
     );
+    // Every server is checked, not only the throwaway identity's own.
+    node.register_with_every_rendezvous(now);
     for (id, endpoint) in rendezvous {
         node.add_rendezvous(now, *id, *endpoint);
     }

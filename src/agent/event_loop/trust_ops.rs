@@ -346,7 +346,8 @@ impl Daemon {
         }
         // Without --endpoint, an address literal already in the store will
         // do (no DNS on the event loop). The node also sends the request,
-        // unchanged, through every registered rendezvous.
+        // unchanged, through the target's rendezvous servers (opening a link
+        // to one it is not registered with).
         let known = self
             .trust
             .get(&id)

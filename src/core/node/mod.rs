@@ -29,16 +29,13 @@ use crate::core::node::known_sources::KnownSources;
 use crate::core::noise::cookie::CookieResponder;
 use crate::core::noise::mac::Mac1Key;
 use crate::core::peer::Peer;
-use crate::core::peer::context::Context;
+use crate::core::peer::context::{Context, REGISTER_TIMEOUT};
 use crate::core::peer::table::PeerTable;
 use crate::core::rng::core_rng;
 use crate::core::stats::status::{DropCounters, NodeStatus};
 use crate::core::trust::pending::PendingRequests;
 use crate::core::wire::path::PathAddr;
 
-/// A registration not acknowledged within this long means the rendezvous
-/// is unreachable.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often idle connection-tracking entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 /// Domain-separation label of a revocation notice signature.
@@ -60,6 +57,8 @@ pub struct Node {
     /// a collision the peer trusted first keeps it (see `route_ipv4`).
     by_address4: HashMap<Ipv4Addr, PeerSlot>,
     next_housekeeping: Instant,
+    /// When the on-demand rendezvous links are looked at next.
+    next_link_sweep: Instant,
     pending: PendingRequests,
     auto_approve: AutoApprove,
     /// Load detection and cookie replies for initiations (type 3).
@@ -124,7 +123,12 @@ impl Node {
             local_candidates: Vec::new(),
             interface_candidates: Vec::new(),
             mapped_candidate: None,
+            configured_rendezvous: Vec::new(),
+            register_with_every: false,
             rendezvous: Vec::new(),
+            links_wanted: Vec::new(),
+            links_wanted_since: None,
+            relay_backlog: Vec::new(),
             register_interval: DEFAULT_REGISTER_INTERVAL,
         };
         Self {
@@ -137,6 +141,7 @@ impl Node {
             by_prefix: HashMap::new(),
             by_address4: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            next_link_sweep: now + registration::LINK_SWEEP_INTERVAL,
             pending: PendingRequests::default(),
             auto_approve: AutoApprove::default(),
             cookies: CookieResponder::new(config.network, &own_id.noise_public_key()),
@@ -244,6 +249,7 @@ impl Node {
         };
         if !peer.is_up(now) {
             peer.start_handshake_if_idle(&mut self.ctx, now);
+            self.open_wanted_links(now);
             return Err(PingError::NoSession);
         }
         peer.request_ping(&mut self.ctx, now)

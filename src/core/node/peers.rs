@@ -90,6 +90,14 @@ impl Node {
             .map(|peer| peer.id())
     }
 
+    /// The rendezvous servers a peer is looked for on (its own, by
+    /// rendezvous hashing of its node ID over the configured servers), best
+    /// first; `None` for an unknown peer.
+    pub fn peer_rendezvous(&self, id: &AgentId) -> Option<Vec<AgentId>> {
+        let peer = self.peers.get(id).filter(|peer| !peer.is_rendezvous())?;
+        Some(peer.relay_servers().to_vec())
+    }
+
     /// Adds a trusted peer, or updates its name, endpoint and policy.
     pub fn upsert_peer(&mut self, now: Instant, peer: PeerConfig) {
         if peer.id == self.ctx.own_id {
@@ -174,5 +182,6 @@ impl Node {
         {
             peer.start_handshake_if_idle(&mut self.ctx, now);
         }
+        self.open_wanted_links(now);
     }
 }

@@ -8,6 +8,11 @@ use super::{HOUSEKEEPING_INTERVAL, Node, REGISTER_TIMEOUT};
 impl Node {
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Links first: closing one may announce new candidates to peers,
+        // whose timers then run below.
+        if now >= self.next_link_sweep {
+            self.sweep_links(now);
+        }
         self.run_registrations(now);
         // Only the peers whose deadline passed (a heap: O(log n) each);
         // rendezvous links first, then by slot (a fixed order keeps
@@ -35,6 +40,7 @@ impl Node {
             self.cookies.expire(now);
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
         }
+        self.open_wanted_links(now);
     }
 
     /// When [`Node::handle_timeout`] must be called next (O(log peers):
@@ -55,7 +61,8 @@ impl Node {
                             .map(|since| since + REGISTER_TIMEOUT)
                     }),
             )
-            .chain(std::iter::once(self.next_housekeeping))
+            .chain([self.next_housekeeping, self.next_link_sweep])
+            .chain(self.ctx.links_wanted_since)
             .min()
     }
 }

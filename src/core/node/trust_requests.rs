@@ -24,7 +24,7 @@ impl Node {
     }
 
     /// Builds a sealed trust request to `target` and sends it to the
-    /// endpoint hint (if any) and through every registered rendezvous.
+    /// endpoint hint (if any) and through the target's rendezvous servers.
     /// Returns the datagram.
     pub fn send_trust_request(
         &mut self,
@@ -52,15 +52,16 @@ impl Node {
         if let Some(endpoint) = endpoint {
             self.ctx.transmit(endpoint, datagram.clone());
         }
-        // And through every rendezvous: it forwards the request unchanged to
-        // a registered target, or keeps it in the target's mailbox.
-        for relay in self.ctx.live_relays(now) {
-            self.ctx.send_on(
-                PathAddr::Relay(relay),
-                NodeId::of(&target),
-                datagram.clone(),
-            );
+        // And through the target's own servers (rendezvous hashing of its
+        // node ID), where it registers: each forwards the request unchanged
+        // to the registered target, or keeps it in the target's mailbox. A
+        // server we hold no live link to gets it once one registers.
+        let node = NodeId::of(&target);
+        for server in self.ctx.servers_of(node) {
+            self.ctx
+                .send_via_server(now, server, node, datagram.clone());
         }
+        self.open_wanted_links(now);
         Ok(datagram)
     }
 

@@ -15,6 +15,7 @@ use crate::core::api::{Event, Transmit, TunPacket};
 use crate::core::identity::AgentId;
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::tai64n::Tai64N;
+use crate::core::rendezvous::choice::{SERVERS_PER_AGENT, servers_for};
 use crate::core::rng::CoreRng;
 use crate::core::stats::status::DropCounters;
 use crate::core::wire::path::{PathAddr, relay_envelope};
@@ -54,10 +55,66 @@ pub struct Context {
     /// The public endpoint the gateway maps to our socket (PCP, NAT-PMP or
     /// UPnP-IGD, from the shell), if it gave one.
     pub mapped_candidate: Option<SocketAddr>,
-    /// This agent's registrations with rendezvous servers.
+    /// Every rendezvous server configured, in the order added (the order
+    /// decides nothing: choices rank them by node ID).
+    pub configured_rendezvous: Vec<(AgentId, SocketAddr)>,
+    /// Register with every configured server, not only this agent's own
+    /// (`netcheck`, which checks every server).
+    pub register_with_every: bool,
+    /// This agent's links to rendezvous servers: its home servers and the
+    /// on-demand ones that reach peers homed elsewhere.
     pub rendezvous: Vec<RendezvousLink>,
+    /// Servers a peer needs a link to and that have none yet: the node's
+    /// timer opens them at once (see [`Context::want_link`]).
+    pub links_wanted: Vec<AgentId>,
+    /// When the first of `links_wanted` was asked for (the timer's due
+    /// time).
+    pub links_wanted_since: Option<Instant>,
+    /// Datagrams waiting for an on-demand link to register before they go
+    /// through it (trust requests to a target homed elsewhere).
+    pub relay_backlog: Vec<BackloggedRelay>,
     /// How often registrations are refreshed (also holds NAT mappings open).
     pub register_interval: Duration,
+}
+
+/// A registration not acknowledged within this long means the rendezvous
+/// is unreachable.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an on-demand link stays after the last peer that needed it.
+pub const ON_DEMAND_LINGER: Duration = Duration::from_secs(120);
+/// Most on-demand links at once (beyond the home servers).
+pub const MAX_ON_DEMAND_LINKS: usize = 16;
+/// Most datagrams waiting for an on-demand link.
+const MAX_RELAY_BACKLOG: usize = 64;
+/// How long a datagram waits for its link.
+const RELAY_BACKLOG_WAIT: Duration = Duration::from_secs(30);
+
+/// Why this agent holds a link to a rendezvous server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRole {
+    /// One of this agent's own servers (rendezvous hashing of its node
+    /// ID): registered with for as long as the agent runs, so that peers
+    /// find it there.
+    Home,
+    /// A server of a peer homed elsewhere, opened to relay through it and
+    /// kept until `wanted_until` (refreshed while such a peer is in use).
+    OnDemand {
+        /// When the link is dropped unless wanted again.
+        wanted_until: Instant,
+    },
+}
+
+/// A datagram for a node that waits for the link to `server` to register.
+#[derive(Debug, Clone)]
+pub struct BackloggedRelay {
+    /// The server to relay through.
+    pub server: AgentId,
+    /// The node it is for.
+    pub node: NodeId,
+    /// The datagram (not yet in its envelope).
+    pub datagram: Vec<u8>,
+    /// When it is given up.
+    pub expires: Instant,
 }
 
 /// This agent's link to one rendezvous server.
@@ -65,6 +122,8 @@ pub struct Context {
 pub struct RendezvousLink {
     /// The server's agent ID.
     pub id: AgentId,
+    /// Home server, or opened on demand.
+    pub role: LinkRole,
     /// Its UDP endpoint.
     pub endpoint: SocketAddr,
     /// Until when the registration holds (none: not registered).
@@ -80,9 +139,38 @@ pub struct RendezvousLink {
 }
 
 impl RendezvousLink {
+    /// A link not registered yet, its first registration due now.
+    pub fn new(id: AgentId, endpoint: SocketAddr, role: LinkRole, now: Instant) -> Self {
+        Self {
+            id,
+            role,
+            endpoint,
+            registered_until: None,
+            reflexive: None,
+            next_register: now,
+            last_registered: None,
+            register_unanswered_since: None,
+        }
+    }
+
     /// Whether the registration holds now.
     pub fn is_live(&self, now: Instant) -> bool {
         self.registered_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether the server left a registration unanswered for
+    /// [`REGISTER_TIMEOUT`] (gone, or unreachable from here): a peer homed
+    /// there is looked for on its next server instead.
+    pub fn is_down(&self, now: Instant) -> bool {
+        !self.is_live(now)
+            && self
+                .register_unanswered_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= REGISTER_TIMEOUT)
+    }
+
+    /// Whether this is one of the agent's home servers.
+    pub fn is_home(&self) -> bool {
+        self.role == LinkRole::Home
     }
 }
 
@@ -156,15 +244,6 @@ impl Context {
         Tai64N::from_unix(self.unix_now(now))
     }
 
-    /// Rendezvous servers whose registration holds now, in configured order.
-    pub fn live_relays(&self, now: Instant) -> Vec<SocketAddr> {
-        self.rendezvous
-            .iter()
-            .filter(|link| link.is_live(now))
-            .map(|link| link.endpoint)
-            .collect()
-    }
-
     /// Whether a relay path through `rendezvous` is usable now.
     pub fn relay_is_live(&self, now: Instant, rendezvous: SocketAddr) -> bool {
         self.rendezvous
@@ -172,17 +251,108 @@ impl Context {
             .any(|link| link.endpoint == rendezvous && link.is_live(now))
     }
 
+    /// The link to the server with this ID, if one is open.
+    pub fn link(&self, id: &AgentId) -> Option<&RendezvousLink> {
+        self.rendezvous.iter().find(|link| link.id == *id)
+    }
+
+    /// The ID of the server whose link has this endpoint.
+    pub fn link_id(&self, endpoint: SocketAddr) -> Option<AgentId> {
+        self.rendezvous
+            .iter()
+            .find(|link| link.endpoint == endpoint)
+            .map(|link| link.id)
+    }
+
+    /// The servers that serve `node` (rendezvous hashing over the
+    /// configured servers), best first: where an agent with that node ID
+    /// registers, so where its peers look for it.
+    pub fn servers_of(&self, node: NodeId) -> Vec<AgentId> {
+        let ids: Vec<AgentId> = self
+            .configured_rendezvous
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        servers_for(node, &ids, SERVERS_PER_AGENT)
+    }
+
+    /// A peer needs the link to `server`: an on-demand link is kept for
+    /// [`ON_DEMAND_LINGER`] more; a missing one is asked for (bounded), and
+    /// the node opens it at its next timer, due at once.
+    pub fn want_link(&mut self, now: Instant, server: AgentId) {
+        if let Some(link) = self.rendezvous.iter_mut().find(|link| link.id == server) {
+            if let LinkRole::OnDemand { wanted_until } = &mut link.role {
+                *wanted_until = (*wanted_until).max(now + ON_DEMAND_LINGER);
+            }
+            return;
+        }
+        if !self.links_wanted.contains(&server) && self.links_wanted.len() < MAX_ON_DEMAND_LINKS {
+            self.links_wanted.push(server);
+            self.links_wanted_since.get_or_insert(now);
+        }
+    }
+
+    /// Sends `datagram` for `node` through the server `server` now if its
+    /// link is live, else when it registers (at most
+    /// [`RELAY_BACKLOG_WAIT`] from now; the link is asked for).
+    pub fn send_via_server(
+        &mut self,
+        now: Instant,
+        server: AgentId,
+        node: NodeId,
+        datagram: Vec<u8>,
+    ) {
+        if let Some(link) = self.link(&server).filter(|link| link.is_live(now)) {
+            let endpoint = link.endpoint;
+            self.send_on(PathAddr::Relay(endpoint), node, datagram);
+            return;
+        }
+        self.want_link(now, server);
+        self.relay_backlog.retain(|queued| queued.expires > now);
+        if self.relay_backlog.len() < MAX_RELAY_BACKLOG {
+            self.relay_backlog.push(BackloggedRelay {
+                server,
+                node,
+                datagram,
+                expires: now + RELAY_BACKLOG_WAIT,
+            });
+        }
+    }
+
+    /// Sends what waited for the link to `server`, which registered.
+    pub fn flush_relay_backlog(&mut self, now: Instant, server: AgentId) {
+        let Some(endpoint) = self
+            .link(&server)
+            .filter(|link| link.is_live(now))
+            .map(|link| link.endpoint)
+        else {
+            return;
+        };
+        let backlog = std::mem::take(&mut self.relay_backlog);
+        for queued in backlog {
+            if queued.expires <= now {
+                continue;
+            }
+            if queued.server == server {
+                self.send_on(PathAddr::Relay(endpoint), queued.node, queued.datagram);
+            } else {
+                self.relay_backlog.push(queued);
+            }
+        }
+    }
+
     /// Whether `address` is one of our rendezvous servers.
     pub fn is_rendezvous_endpoint(&self, address: SocketAddr) -> bool {
         self.rendezvous.iter().any(|link| link.endpoint == address)
     }
 
-    /// What the rendezvous servers' answers say about our NAT.
+    /// What the home rendezvous servers' answers say about our NAT.
     pub fn nat_kind(&self) -> crate::core::wire::path::NatKind {
         use crate::core::wire::path::NatKind;
         let seen: Vec<SocketAddr> = self
             .rendezvous
             .iter()
+            .filter(|link| link.is_home())
             .filter_map(|link| link.reflexive)
             .collect();
         if seen
@@ -209,10 +379,17 @@ impl Context {
         }
     }
 
-    /// Our reflexive endpoints (as rendezvous servers saw us).
+    /// Our reflexive endpoints (as our home rendezvous servers saw us: an
+    /// on-demand link comes and goes, and behind a NAT that maps each
+    /// destination apart what its server saw is of no use to a peer).
     pub fn reflexive_endpoints(&self) -> Vec<SocketAddr> {
         let mut seen = Vec::new();
-        for address in self.rendezvous.iter().filter_map(|link| link.reflexive) {
+        for address in self
+            .rendezvous
+            .iter()
+            .filter(|link| link.is_home())
+            .filter_map(|link| link.reflexive)
+        {
             if !seen.contains(&address) {
                 seen.push(address);
             }
@@ -223,8 +400,8 @@ impl Context {
     /// Recomputes the announced candidates: the gateway's port mapping
     /// (first: it reaches us through any NAT, so it must survive the
     /// [`MAX_CANDIDATES`](crate::core::wire::path::MAX_CANDIDATES) cut),
-    /// interface addresses, then the reflexive endpoints the rendezvous
-    /// servers saw. Returns whether they changed.
+    /// interface addresses, then the reflexive endpoints the home
+    /// rendezvous servers saw. Returns whether they changed.
     pub fn refresh_candidates(&mut self) -> bool {
         let mut candidates: Vec<SocketAddr> = self.mapped_candidate.into_iter().collect();
         for address in &self.interface_candidates {
@@ -232,10 +409,8 @@ impl Context {
                 candidates.push(*address);
             }
         }
-        for link in &self.rendezvous {
-            if let Some(reflexive) = link.reflexive
-                && !candidates.contains(&reflexive)
-            {
+        for reflexive in self.reflexive_endpoints() {
+            if !candidates.contains(&reflexive) {
                 candidates.push(reflexive);
             }
         }

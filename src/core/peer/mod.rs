@@ -221,6 +221,10 @@ pub struct Peer {
     pings: VecDeque<(u64, PathAddr, Instant)>,
     /// The relay side of the path: where the peer was heard, what failed.
     relay: RelayState,
+    /// The rendezvous servers the peer registers with (rendezvous hashing
+    /// of its node ID), best first: where it is relayed to. Computed when
+    /// the peer or the server list changes, not per packet.
+    relay_servers: Vec<AgentId>,
     /// What times hole punching: the relay's round trip, who leads.
     punch: PunchState,
     /// The path last reported in an event.
@@ -257,8 +261,9 @@ impl Peer {
     /// A peer with no session yet, kept in `slot` of the node's table.
     pub fn new(ctx: &Context, config: PeerConfig, slot: PeerSlot) -> Self {
         let noise_public = config.id.noise_public_key();
+        let node_id = NodeId::of(&config.id);
         Self {
-            node_id: NodeId::of(&config.id),
+            node_id,
             slot,
             prefix: NodePrefix::of_agent(ctx.network, &config.id),
             address4: agent_address4(ctx.network, &config.id),
@@ -294,6 +299,7 @@ impl Peer {
             last_ping_sent: None,
             pings: VecDeque::new(),
             relay: RelayState::default(),
+            relay_servers: ctx.servers_of(node_id),
             punch: PunchState::default(),
             reported_path: PathKind::None,
             last_rtt: None,
@@ -317,6 +323,7 @@ impl Peer {
     pub fn new_rendezvous(ctx: &Context, config: PeerConfig, slot: PeerSlot) -> Self {
         Self {
             is_rendezvous: true,
+            relay_servers: Vec::new(),
             ..Self::new(ctx, config, slot)
         }
     }
@@ -366,6 +373,18 @@ impl Peer {
     /// The peer's node ID (relay envelopes name it).
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The rendezvous servers the peer registers with, best first.
+    pub fn relay_servers(&self) -> &[AgentId] {
+        &self.relay_servers
+    }
+
+    /// Recomputes the peer's servers (the configured list changed).
+    pub fn refresh_relay_servers(&mut self, ctx: &Context) {
+        if !self.is_rendezvous {
+            self.relay_servers = ctx.servers_of(self.node_id);
+        }
     }
 
     /// Where the node's table keeps this peer.

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::core::api::Event;
-use crate::core::peer::context::Context;
+use crate::core::identity::AgentId;
+use crate::core::peer::context::{Context, RendezvousLink};
 use crate::core::stats::status::PathKind;
 use crate::core::wire::path::PathAddr;
 
@@ -107,32 +108,115 @@ impl Peer {
         matches!(self.path, PathState::Direct { .. })
     }
 
-    /// The rendezvous to relay through: the one we last heard the peer
-    /// through if it is live, else the first live one that did not fail the
-    /// peer lately, else the first live one.
+    /// The rendezvous to relay through. First the one we last heard the
+    /// peer through, if its link is live (the peer is registered there: a
+    /// server relays only for registered agents). Else the peer's own
+    /// servers (rendezvous hashing of its node ID) that we hold a live link
+    /// to, a shared home server first, then in the peer's ranking, so that
+    /// the next-ranked one takes over when one is down. A relay that failed
+    /// the peer lately is passed over while another is live.
     pub(super) fn relay_route(&self, ctx: &Context, now: Instant) -> Option<SocketAddr> {
         if self.is_rendezvous {
             return None;
         }
-        if let Some(via) = self.relay.heard_via
-            && ctx.relay_is_live(now, via)
+        let heard_via = self
+            .relay
+            .heard_via
+            .filter(|via| ctx.relay_is_live(now, *via));
+        if let Some(via) = heard_via
             && !self.relay.has_failed(now, via)
         {
             return Some(via);
         }
-        let mut live = ctx
-            .rendezvous
-            .iter()
+        let mut live = self
+            .ranked_relay_links(ctx)
             .filter(|link| link.is_live(now))
             .map(|link| link.endpoint);
-        let first = live.next()?;
-        if !self.relay.has_failed(now, first) {
+        let first = live.next();
+        if let Some(first) = first
+            && !self.relay.has_failed(now, first)
+        {
             return Some(first);
         }
-        Some(
-            live.find(|relay| !self.relay.has_failed(now, *relay))
-                .unwrap_or(first),
-        )
+        live.find(|relay| !self.relay.has_failed(now, *relay))
+            .or(first)
+            .or(heard_via)
+    }
+
+    /// The links we hold to the peer's servers: shared home servers first,
+    /// then on-demand ones, each in the peer's ranking.
+    fn ranked_relay_links<'c>(
+        &'c self,
+        ctx: &'c Context,
+    ) -> impl Iterator<Item = &'c RendezvousLink> + 'c {
+        let links = |home: bool| {
+            self.relay_servers
+                .iter()
+                .filter_map(|id| ctx.link(id))
+                .filter(move |link| link.is_home() == home)
+        };
+        links(true).chain(links(false))
+    }
+
+    /// Every live relay an initiation goes through (in parallel with the
+    /// direct path): where the peer was last heard and the peer's servers.
+    pub(super) fn initiation_relays(&self, ctx: &Context, now: Instant) -> Vec<SocketAddr> {
+        if self.is_rendezvous {
+            return Vec::new();
+        }
+        let mut relays: Vec<SocketAddr> = self
+            .relay
+            .heard_via
+            .filter(|via| ctx.relay_is_live(now, *via))
+            .into_iter()
+            .collect();
+        for link in self.ranked_relay_links(ctx) {
+            if link.is_live(now) && !relays.contains(&link.endpoint) {
+                relays.push(link.endpoint);
+            }
+        }
+        relays
+    }
+
+    /// The server this peer needs a link to: the relay in use when it
+    /// works for the peer, else the peer's best server (shared home first)
+    /// that is neither down nor failed for the peer, else its first.
+    pub(super) fn wanted_server(&self, ctx: &Context, now: Instant) -> Option<AgentId> {
+        if self.is_rendezvous {
+            return None;
+        }
+        if let Some(relay) = self.relay_route(ctx, now)
+            && !self.relay.has_failed(now, relay)
+        {
+            return ctx.link_id(relay);
+        }
+        let usable = |id: &AgentId| match ctx.link(id) {
+            Some(link) => !link.is_down(now) && !self.relay.has_failed(now, link.endpoint),
+            None => true,
+        };
+        let homes = self
+            .relay_servers
+            .iter()
+            .filter(|id| ctx.link(id).is_some_and(RendezvousLink::is_home));
+        homes
+            .chain(self.relay_servers.iter())
+            .find(|id| usable(id))
+            .or(self.relay_servers.first())
+            .copied()
+    }
+
+    /// Whether the peer may need a relay now: a session is up or a
+    /// handshake is under way.
+    pub fn needs_relay(&self, now: Instant) -> bool {
+        !self.is_rendezvous && (self.is_up(now) || self.retry.is_some())
+    }
+
+    /// Asks for the link this peer needs (see [`Peer::wanted_server`]);
+    /// the node opens it, or keeps it open.
+    pub fn want_relay_link(&self, ctx: &mut Context, now: Instant) {
+        if let Some(server) = self.wanted_server(ctx, now) {
+            ctx.want_link(now, server);
+        }
     }
 
     /// Whether the direct path is usable: proven and not silent for longer
@@ -348,6 +432,13 @@ impl Peer {
                 self.send_ping(ctx, now, direct, true);
             }
         }
+        if self.relay.unanswered_since.is_some()
+            && !matches!(self.send_path(ctx, now), Some(PathAddr::Relay(_)))
+        {
+            // No relay carries the peer's traffic any more (the link to it
+            // closed or lapsed): there is nothing left to watch.
+            self.relay.unanswered_since = None;
+        }
         if let Some(since) = self.relay.unanswered_since
             && let Some(PathAddr::Relay(relay)) = self.send_path(ctx, now)
         {
@@ -362,6 +453,8 @@ impl Peer {
                     self.relay.heard_via = None;
                 }
                 self.relay.unanswered_since = None;
+                // The peer's next server may need a link of its own.
+                self.want_relay_link(ctx, now);
             } else if silent >= RELAY_PROBE_AFTER
                 && self.last_ping_sent.is_none_or(|ping| ping < since)
             {

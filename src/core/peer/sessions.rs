@@ -303,13 +303,16 @@ impl Peer {
         if let Some(old) = self.handshake.take() {
             ctx.release_index(old.local_index());
         }
-        // Direct and through every live relay, in parallel: whichever path
-        // answers first carries the session (a duplicate arriving later is
-        // dropped by the responder as a replayed initiation).
+        // Direct and through each live relay of the peer's, in parallel:
+        // whichever path answers first carries the session (a duplicate
+        // arriving later is dropped by the responder as a replayed initiation).
         let mut paths: Vec<PathAddr> = self.endpoint.map(PathAddr::Direct).into_iter().collect();
-        if !self.is_rendezvous {
-            paths.extend(ctx.live_relays(now).into_iter().map(PathAddr::Relay));
-        }
+        paths.extend(
+            self.initiation_relays(ctx, now)
+                .into_iter()
+                .map(PathAddr::Relay),
+        );
+        self.want_relay_link(ctx, now);
         if paths.is_empty() {
             // Nowhere to send yet; the retry timer tries again (an endpoint
             // may be learnt from the peer's own initiation meanwhile).

@@ -147,11 +147,25 @@ pub struct NodeStatus {
     pub dropped: DropCounters,
 }
 
+/// Why an agent holds a link to a rendezvous server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RendezvousRole {
+    /// One of the agent's own servers (rendezvous hashing of its node ID):
+    /// peers find it there.
+    Home,
+    /// A server of a peer homed elsewhere, kept while that peer is in use.
+    OnDemand,
+}
+
 /// This agent's registration with one rendezvous server.
 #[derive(Debug, Clone, Serialize)]
 pub struct RendezvousStatus {
     /// The server's agent ID.
     pub id: AgentId,
+    /// Why this agent holds the link: one of its own servers, or opened for
+    /// a peer homed there.
+    pub role: RendezvousRole,
     /// Its endpoint.
     pub endpoint: SocketAddr,
     /// Whether the registration holds.

@@ -131,6 +131,16 @@ impl ControlFrame {
         out
     }
 
+    /// The raw key a `Register` frame names, not yet checked to be an
+    /// Ed25519 point (what [`ControlFrame::decode`] would check, at the cost
+    /// of a point decompression): for a rendezvous that already checked
+    /// this key for this session. `None` for any other frame.
+    pub fn register_key_bytes(bytes: &[u8]) -> Option<[u8; 32]> {
+        let mut reader = Reader::new(bytes);
+        (reader.u8()? == FRAME_REGISTER).then_some(())?;
+        reader.array()
+    }
+
     /// Decodes a frame; `None` for unknown or malformed frames (ignored, so
     /// newer peers can add frame types).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
