@@ -101,18 +101,10 @@ fn live_bytes() -> usize {
     LIVE_BYTES.load(Ordering::Relaxed)
 }
 
-/// CPU time of this thread (`CLOCK_THREAD_CPUTIME_ID`): time preempted by
-/// other work on a shared machine does not count.
+/// CPU time of this thread: time preempted by other work on a shared
+/// machine does not count.
 fn cpu_now() -> Duration {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `time` is a valid, writable timespec and the clock ID is one
-    // Linux always has; the call writes nothing else.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
-    assert_eq!(result, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+    agentnet::sys::calls::thread_cpu_time().expect("Linux has CLOCK_THREAD_CPUTIME_ID")
 }
 
 #[derive(Debug, Parser)]

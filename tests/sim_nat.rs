@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentnet::core::policy::Policy;
-use agentnet::sim::{LinkConfig, NatKind, SimNet, tag_of, udp_packet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet};
 
 /// A world with one rendezvous and two agents behind NATs of these kinds
 /// (`None` = public address), trusting each other without endpoints.
@@ -47,25 +47,6 @@ fn world_with(
     (net, a, b)
 }
 
-fn send(net: &mut SimNet, from: usize, to: usize, tag: u32) {
-    let packet = udp_packet(
-        net.overlay_address(from),
-        net.overlay_address(to),
-        9000,
-        tag,
-        100,
-    );
-    net.send_from_tun(from, &packet);
-}
-
-fn delivered(net: &SimNet, host: usize) -> Vec<u32> {
-    net.hosts[host]
-        .tun
-        .iter()
-        .filter_map(|packet| tag_of(packet))
-        .collect()
-}
-
 /// Sends a packet every 100 ms until both sides report `path` or the time
 /// runs out; returns the virtual time it took.
 fn time_to_path(
@@ -78,7 +59,7 @@ fn time_to_path(
     let start = net.now;
     let mut tag = 10_000;
     while net.now - start < limit {
-        send(net, a, b, tag);
+        net.send_tagged(a, b, tag);
         tag += 1;
         net.run_for(Duration::from_millis(100));
         if net.path(a, b) == path && net.path(b, a) == path {
@@ -112,7 +93,7 @@ fn easy_to_easy_goes_direct_after_hole_punching() {
     let took =
         time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct within 5 s");
     println!("easy <-> easy: direct after {took:?}");
-    assert!(!delivered(&net, b).is_empty());
+    assert!(!net.delivered_tags(b).is_empty());
 }
 
 #[test]
@@ -126,12 +107,12 @@ fn public_to_public_is_direct_at_once() {
 fn hard_to_hard_relays_and_traffic_flows() {
     let (mut net, a, b) = world(4, Some(NatKind::Hard), Some(NatKind::Hard));
     for tag in 0..50 {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         net.run_for(Duration::from_millis(100));
     }
     assert_eq!(net.path(a, b), "relay");
     assert_eq!(net.path(b, a), "relay");
-    let got = delivered(&net, b);
+    let got = net.delivered_tags(b);
     assert!(
         got.len() >= 45,
         "only {} of 50 relayed packets arrived",
@@ -169,12 +150,12 @@ fn hard_to_hard_goes_direct_through_a_port_mapping() {
     println!("hard <-> hard with a port mapping: direct after {took:?}");
     let endpoint = net.peer_status(b, a).and_then(|peer| peer.endpoint);
     assert_eq!(endpoint, Some(mapped), "B reaches A through the mapping");
-    let before = delivered(&net, b).len();
+    let before = net.delivered_tags(b).len();
     for tag in 0..20 {
-        send(&mut net, a, b, 20_000 + tag);
+        net.send_tagged(a, b, 20_000 + tag);
         net.run_for(Duration::from_millis(50));
     }
-    assert!(delivered(&net, b).len() >= before + 19);
+    assert!(net.delivered_tags(b).len() >= before + 19);
 }
 
 #[test]
@@ -182,7 +163,7 @@ fn a_port_mapping_that_comes_late_moves_a_relayed_pair_direct() {
     let (mut net, a, b) = world(15, Some(NatKind::Hard), Some(NatKind::Hard));
     // Relayed for long enough that the probing schedule is far along.
     for tag in 0..100 {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         net.run_for(Duration::from_millis(100));
     }
     assert_eq!(net.path(a, b), "relay");
@@ -226,7 +207,7 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
     let mut tag = 0;
     let mut relayed_at = None;
     while net.now - cut_at < Duration::from_secs(6) {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         tag += 1;
         net.run_for(Duration::from_millis(100));
         if relayed_at.is_none() && net.path(a, b) == "relay" {
@@ -238,14 +219,14 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
         relayed_at <= Duration::from_millis(3_200),
         "fallback took {relayed_at:?}"
     );
-    let before = delivered(&net, b).len();
+    let before = net.delivered_tags(b).len();
     for _ in 0..10 {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         tag += 1;
         net.run_for(Duration::from_millis(100));
     }
     assert!(
-        delivered(&net, b).len() >= before + 9,
+        net.delivered_tags(b).len() >= before + 9,
         "traffic does not flow on the relay"
     );
     net.set_cut(0, 1, false);
@@ -270,27 +251,27 @@ fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
     net.trust(a, b, false, Policy::All);
     net.trust(b, a, false, Policy::All);
     net.run_for(Duration::from_secs(1));
-    send(&mut net, a, b, 1);
+    net.send_tagged(a, b, 1);
     net.run_for(Duration::from_secs(1));
-    assert_eq!(delivered(&net, b), vec![1]);
+    assert_eq!(net.delivered_tags(b), vec![1]);
     // The first rendezvous dies.
     net.rendezvous[0].up = false;
     for tag in 2..40 {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         net.run_for(Duration::from_millis(250));
     }
     assert!(
-        delivered(&net, b).len() >= 30,
+        net.delivered_tags(b).len() >= 30,
         "existing session disturbed: {:?}",
-        delivered(&net, b)
+        net.delivered_tags(b)
     );
     // A new pair forms through the survivor.
     net.trust(c, d, false, Policy::All);
     net.trust(d, c, false, Policy::All);
     net.run_for(Duration::from_secs(100)); // registrations with the dead one expire
-    send(&mut net, c, d, 7);
+    net.send_tagged(c, d, 7);
     net.run_for(Duration::from_secs(2));
-    assert_eq!(delivered(&net, d), vec![7]);
+    assert_eq!(net.delivered_tags(d), vec![7]);
 }
 
 #[test]
@@ -338,10 +319,10 @@ fn easy_to_hard_goes_direct_with_birthday_probing() {
                 successes += 1;
                 println!("seed {seed}: easy <-> hard direct after {took:?}");
                 // Traffic flows on the punched path both ways.
-                let before = delivered(&net, a).len();
-                send(&mut net, b, a, 77);
+                let before = net.delivered_tags(a).len();
+                net.send_tagged(b, a, 77);
                 net.run_for(Duration::from_millis(100));
-                assert_eq!(delivered(&net, a).len(), before + 1);
+                assert_eq!(net.delivered_tags(a).len(), before + 1);
             }
             None => println!("seed {seed}: still relayed after 5 s"),
         }
@@ -355,7 +336,7 @@ fn hard_to_hard_stays_on_the_relay_without_probe_storms() {
     let (mut net, a, b) = world_with(21, 2, Some(NatKind::Hard), Some(NatKind::Hard));
     let sent_before = net.wire_log.len();
     for tag in 0..100 {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         net.run_for(Duration::from_millis(100));
     }
     assert_eq!(net.path(a, b), "relay");
@@ -382,7 +363,7 @@ fn bare_masquerade_to_bare_masquerade_goes_direct() {
         let mut tag = 0;
         let mut direct_at = None;
         while net.now - start < Duration::from_secs(60) {
-            send(&mut net, a, b, tag);
+            net.send_tagged(a, b, tag);
             tag += 1;
             net.run_for(Duration::from_millis(100));
             if net.path(a, b) == "direct" && net.path(b, a) == "direct" {
@@ -394,7 +375,7 @@ fn bare_masquerade_to_bare_masquerade_goes_direct() {
             .map(|nat| net.nats[nat].router_entries(net.now))
             .collect();
         println!("seed {seed}: direct after {direct_at:?}; router-held entries {routers:?}");
-        let got = delivered(&net, b).len();
+        let got = net.delivered_tags(b).len();
         assert!(
             got + 1 >= tag as usize,
             "the relay lost traffic: {got} of {tag}"
@@ -431,7 +412,7 @@ fn a_poisoned_bare_masquerade_router_is_punched_through_after_a_pause() {
     let mut tag = 0;
     let mut direct_at = None;
     while net.now - start < Duration::from_secs(90) {
-        send(&mut net, a, b, tag);
+        net.send_tagged(a, b, tag);
         tag += 1;
         net.run_for(Duration::from_millis(100));
         if net.path(a, b) == "direct" && net.path(b, a) == "direct" {
@@ -455,7 +436,7 @@ fn a_poisoned_bare_masquerade_router_is_punched_through_after_a_pause() {
         took > Duration::from_secs(30) && took < Duration::from_secs(60),
         "direct after {took:?}: the first punch should fail, the one after the pause work"
     );
-    let got = delivered(&net, b).len();
+    let got = net.delivered_tags(b).len();
     assert!(
         got + 1 >= tag as usize,
         "the relay lost traffic: {got} of {tag}"
@@ -488,7 +469,7 @@ fn one_way_traffic_from_the_follower_returns_to_direct_after_a_long_cut() {
     let mut tag = 0;
     let mut run = |net: &mut SimNet, seconds: u64| {
         for _ in 0..seconds * 10 {
-            send(net, follower, leader, tag);
+            net.send_tagged(follower, leader, tag);
             tag += 1;
             net.run_for(Duration::from_millis(100));
         }

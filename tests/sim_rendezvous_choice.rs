@@ -13,7 +13,7 @@ use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
 use agentnet::core::rendezvous::choice::{SERVERS_PER_AGENT, servers_for};
 use agentnet::core::stats::status::RendezvousRole;
-use agentnet::sim::{LinkConfig, NatKind, SimNet, tag_of, udp_packet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet};
 
 const SERVERS: u8 = 4;
 const AGENTS: u8 = 40;
@@ -69,25 +69,6 @@ fn trusting_pairs(net: &mut SimNet, hosts: &[usize]) -> Vec<(usize, usize)> {
     pairs
 }
 
-fn send(net: &mut SimNet, from: usize, to: usize, tag: u32) {
-    let packet = udp_packet(
-        net.overlay_address(from),
-        net.overlay_address(to),
-        9000,
-        tag,
-        100,
-    );
-    net.send_from_tun(from, &packet);
-}
-
-fn delivered(net: &SimNet, host: usize) -> BTreeSet<u32> {
-    net.hosts[host]
-        .tun
-        .iter()
-        .filter_map(|packet| tag_of(packet))
-        .collect()
-}
-
 /// A tag unique to (round, pair, direction).
 fn tag(round: u32, pair: usize, backwards: bool) -> u32 {
     round * 10_000 + pair as u32 * 2 + u32::from(backwards)
@@ -102,16 +83,16 @@ fn exchange(
     wait: Duration,
 ) -> Vec<(usize, usize)> {
     for (index, &(a, b)) in pairs.iter().enumerate() {
-        send(net, a, b, tag(round, index, false));
-        send(net, b, a, tag(round, index, true));
+        net.send_tagged(a, b, tag(round, index, false));
+        net.send_tagged(b, a, tag(round, index, true));
     }
     net.run_for(wait);
     pairs
         .iter()
         .enumerate()
         .filter(|(index, (a, b))| {
-            delivered(net, *b).contains(&tag(round, *index, false))
-                && delivered(net, *a).contains(&tag(round, *index, true))
+            net.delivered_tags(*b).contains(&tag(round, *index, false))
+                && net.delivered_tags(*a).contains(&tag(round, *index, true))
         })
         .map(|(_, pair)| *pair)
         .collect()

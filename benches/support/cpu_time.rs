@@ -10,15 +10,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 
 /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
 pub fn now() -> Duration {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `time` is a valid, writable timespec and the clock ID is one
-    // Linux always has; the call writes nothing else.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
-    assert_eq!(result, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+    agentnet::sys::calls::thread_cpu_time().expect("Linux has CLOCK_THREAD_CPUTIME_ID")
 }
 
 /// The measurement: CPU time of the benchmark thread.

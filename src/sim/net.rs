@@ -422,6 +422,29 @@ impl SimNet {
         self.drain_outputs();
     }
 
+    /// Feeds `from`'s TUN a UDP packet to `to`'s overlay address (port
+    /// 9000, 100 bytes) that carries `tag` ([`super::tag_of`] reads it
+    /// back).
+    pub fn send_tagged(&mut self, from: usize, to: usize, tag: u32) {
+        let packet = super::udp_packet(
+            self.overlay_address(from),
+            self.overlay_address(to),
+            9000,
+            tag,
+            100,
+        );
+        self.send_from_tun(from, &packet);
+    }
+
+    /// The tags of the tagged packets `host`'s TUN received, in order.
+    pub fn delivered_tags(&self, host: usize) -> Vec<u32> {
+        self.hosts[host]
+            .tun
+            .iter()
+            .filter_map(|packet| super::tag_of(packet))
+            .collect()
+    }
+
     /// Delivers one datagram; returns the host it reached, if any.
     fn deliver(&mut self, flight: InFlight, outside: &mut Outside<'_>) -> Option<usize> {
         let InFlight {

@@ -76,6 +76,14 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): for
+/// benchmarks on a shared machine, where time spent preempted by other work
+/// must not count.
+pub fn thread_cpu_time() -> io::Result<std::time::Duration> {
+    let time = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+    Ok(std::time::Duration::from(time))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
