@@ -13,6 +13,7 @@ mod handshakes;
 pub mod known_sources;
 mod peers;
 mod registration;
+mod services;
 mod timers;
 mod trust_requests;
 
@@ -126,6 +127,7 @@ impl Node {
             mapped_candidate: None,
             rendezvous: Vec::new(),
             register_interval: DEFAULT_REGISTER_INTERVAL,
+            advertised: Vec::new(),
         };
         Self {
             ctx,

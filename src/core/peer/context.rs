@@ -58,6 +58,9 @@ pub struct Context {
     pub rendezvous: Vec<RendezvousLink>,
     /// How often registrations are refreshed (also holds NAT mappings open).
     pub register_interval: Duration,
+    /// The services this agent advertises (each peer is offered those its
+    /// policy lets it open).
+    pub advertised: Vec<crate::core::services::Service>,
 }
 
 /// This agent's link to one rendezvous server.
