@@ -250,18 +250,29 @@ pub fn check_set(services: &[Service]) -> Result<(), ServiceError> {
 /// Splits `services` (in priority order) into those that fit one frame and
 /// those left out (over [`MAX_SERVICES`] or [`MAX_SERVICES_FRAME_LEN`]).
 pub fn fit_to_frame(services: Vec<Service>) -> (Vec<Service>, Vec<Service>) {
-    let mut kept = Vec::new();
-    let mut left_out = Vec::new();
+    let fits = fitting(&services);
+    let (kept, left_out): (Vec<_>, Vec<_>) =
+        services.into_iter().zip(fits).partition(|(_, fits)| *fits);
+    let strip = |list: Vec<(Service, bool)>| list.into_iter().map(|(s, _)| s).collect();
+    (strip(kept), strip(left_out))
+}
+
+/// For each of `services` (in priority order), whether it fits the frame
+/// after those before it that fit.
+pub fn fitting(services: &[Service]) -> Vec<bool> {
+    let mut count = 0;
     let mut len = SERVICES_FRAME_HEADER_LEN;
-    for service in services {
-        if kept.len() < MAX_SERVICES && len + service.wire_len() <= MAX_SERVICES_FRAME_LEN {
-            len += service.wire_len();
-            kept.push(service);
-        } else {
-            left_out.push(service);
-        }
-    }
-    (kept, left_out)
+    services
+        .iter()
+        .map(|service| {
+            let fits = count < MAX_SERVICES && len + service.wire_len() <= MAX_SERVICES_FRAME_LEN;
+            if fits {
+                count += 1;
+                len += service.wire_len();
+            }
+            fits
+        })
+        .collect()
 }
 
 /// The services a peer with policy `allow` (what it may open here) may
