@@ -190,7 +190,7 @@ mod tests {
         let (_dir, state) = state();
         state.create().expect("dir");
         for (content, reason) in [
-            ("[]", "invalid type"),
+            ("not json", "expected"),
             (r#"{"advertised":[{"kind":"MCP","port":1}]}"#, "bad KIND"),
             (r#"{"advertised":[{"kind":"mcp","port":0}]}"#, "bad PORT"),
             (

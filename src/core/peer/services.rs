@@ -11,7 +11,8 @@
 use std::time::{Duration, Instant};
 
 use crate::core::peer::context::Context;
-use crate::core::services::{LearnedServices, Service, offered_to};
+use crate::core::policy::{InboundKind, Policy};
+use crate::core::services::{LearnedServices, Service};
 use crate::core::wire::control_frame::{ControlFrame, SERVICES_VERSION};
 
 use super::Peer;
@@ -86,7 +87,7 @@ impl Peer {
             generation: self.services.generation,
             entries: self.services.offered.clone(),
         };
-        self.seal_and_transmit(ctx, now, &frame.encode());
+        self.send_quietly(ctx, now, &frame.encode());
         self.services.sends = self.services.sends.saturating_add(1);
         self.services.resend_at = (self.services.sends < MAX_SENDS)
             .then(|| now + FIRST_RESEND * (1 << (self.services.sends - 1)));
@@ -155,7 +156,16 @@ impl Peer {
             }
         }
         let ack = ControlFrame::ServicesAck { generation }.encode();
-        self.seal_and_transmit(ctx, now, &ack);
+        self.send_quietly(ctx, now, &ack);
+    }
+
+    /// Seals a frame on the path in use without counting it as traffic:
+    /// an advertisement keeps no RTT pings, keepalives or rekeys going
+    /// (its acknowledgement, and resends, stand in for all of that).
+    fn send_quietly(&mut self, ctx: &mut Context, now: Instant, payload: &[u8]) {
+        if let Some(path) = self.send_path(ctx, now) {
+            self.seal_to(ctx, now, path, payload);
+        }
     }
 
     /// What the peer advertised, if anything.
@@ -172,5 +182,34 @@ impl Peer {
     pub fn last_seen(&self) -> Option<Instant> {
         self.last_received
             .max(self.services.learned.as_ref().map(|l| l.received_at))
+    }
+}
+
+/// The services a peer with policy `allow` (what it may open here) may
+/// open: the others are not shown to it.
+pub fn offered_to(services: &[Service], allow: &Policy) -> Vec<Service> {
+    services
+        .iter()
+        .filter(|service| allow.allows(InboundKind::Tcp(service.port)))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(text: &str) -> Service {
+        Service::parse(text, None, None).expect(text)
+    }
+
+    #[test]
+    fn a_peer_is_offered_only_the_ports_its_policy_opens() {
+        let set = vec![service("mcp:8000"), service("a2a:9999")];
+        let only_a2a: Policy = "tcp:9999".parse().expect("policy");
+        assert_eq!(offered_to(&set, &only_a2a), vec![service("a2a:9999")]);
+        assert_eq!(offered_to(&set, &Policy::All), set);
+        assert!(offered_to(&set, &Policy::none()).is_empty());
+        assert!(offered_to(&set, &"udp:8000,icmp".parse().expect("policy")).is_empty());
     }
 }

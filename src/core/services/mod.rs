@@ -5,7 +5,7 @@
 //!
 //! The set travels in a `Services` control frame
 //! (`core::wire::control_frame`) inside the sessions, filtered per peer by
-//! the peer's policy ([`offered_to`]); what a peer learned is a
+//! the peer's policy (`core::peer::services`); what a peer learned is a
 //! [`LearnedServices`].
 
 use std::fmt;
@@ -15,7 +15,6 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::core::identity::AgentId;
-use crate::core::policy::{InboundKind, Policy};
 
 /// Most services one agent advertises (and one peer's frame may carry).
 pub const MAX_SERVICES: usize = 32;
@@ -275,16 +274,6 @@ pub fn fitting(services: &[Service]) -> Vec<bool> {
         .collect()
 }
 
-/// The services a peer with policy `allow` (what it may open here) may
-/// open: the others are not shown to it.
-pub fn offered_to(services: &[Service], allow: &Policy) -> Vec<Service> {
-    services
-        .iter()
-        .filter(|service| allow.allows(InboundKind::Tcp(service.port)))
-        .cloned()
-        .collect()
-}
-
 /// What a peer advertised to this agent, as last received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearnedServices {
@@ -364,16 +353,6 @@ mod tests {
                 Err(ServiceError::BadName(_))
             ));
         }
-    }
-
-    #[test]
-    fn a_peer_is_offered_only_the_ports_its_policy_opens() {
-        let set = vec![service("mcp:8000"), service("a2a:9999")];
-        let only_a2a: Policy = "tcp:9999".parse().expect("policy");
-        assert_eq!(offered_to(&set, &only_a2a), vec![service("a2a:9999")]);
-        assert_eq!(offered_to(&set, &Policy::All), set);
-        assert!(offered_to(&set, &Policy::none()).is_empty());
-        assert!(offered_to(&set, &"udp:8000,icmp".parse().expect("policy")).is_empty());
     }
 
     #[test]
