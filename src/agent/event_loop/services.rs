@@ -36,13 +36,17 @@ impl Daemon {
         };
         let answer = match request {
             Request::ServeAdd(spec) => services.add(spec).map(Response::Serving),
-            Request::ServeList => Ok(Response::ServeList {
-                services: services.list(),
-            }),
+            Request::ServeList => {
+                return Response::ServeList {
+                    services: services.list(),
+                };
+            }
             Request::ServeOff { port } => services.remove(port).map(Response::ServeOff),
             other => return Response::Error(format!("not a serve request: {other:?}")),
         };
-        self.refresh_advertised(Instant::now());
+        if answer.is_ok() {
+            self.refresh_advertised(Instant::now());
+        }
         answer.unwrap_or_else(|error| Response::Error(error.to_string()))
     }
 
