@@ -19,6 +19,7 @@ use agentnet::core::api::{AutoApprove, PeerConfig};
 use agentnet::core::node::Node;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::core_rng;
+use agentnet::core::services::Service;
 use agentnet::core::trust::request::TrustRequest;
 use agentnet::core::wire::control_frame::ControlFrame;
 use agentnet::core::wire::packet::IpPacket;
@@ -59,12 +60,21 @@ pub enum Frame {
     Ping(u64),
     Pong(u64),
     Candidates(Vec<([u8; 4], u16)>, u8),
-    Revoked { valid: bool },
+    Revoked {
+        valid: bool,
+    },
     Skipped(u64),
     Register,
     Registered([u8; 4], u16, u16),
     Raw(Vec<u8>),
     Punch(u8),
+    /// An advertisement with any entries (kind, port, path, name), valid
+    /// or not.
+    Services {
+        generation: u64,
+        entries: Vec<(String, u16, String, String)>,
+    },
+    ServicesAck(u64),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -168,6 +178,8 @@ pub enum Op {
     },
     TakePending,
     Candidates(Vec<([u8; 4], u16)>),
+    /// The node advertises `http` services on these ports.
+    Advertise(Vec<u16>),
 }
 
 /// The node under test and the peer that talks to it.
@@ -416,6 +428,11 @@ impl World {
                 lifetime_s,
             }
             .encode(),
+            Frame::Services {
+                generation,
+                entries,
+            } => services_frame(generation, &entries),
+            Frame::ServicesAck(generation) => ControlFrame::ServicesAck { generation }.encode(),
             Frame::Raw(mut bytes) => {
                 if let Some(first) = bytes.first_mut() {
                     *first %= 0x40;
@@ -436,6 +453,26 @@ impl World {
             },
         }
     }
+}
+
+/// A `Services` frame (type 0x07, version 1) with these entries as they
+/// are, each string cut to 255 bytes: the decoder must refuse bad ones.
+pub fn services_frame(generation: u64, entries: &[(String, u16, String, String)]) -> Vec<u8> {
+    let mut out = vec![0x07, 1];
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.push(entries.len().min(255) as u8);
+    let put = |out: &mut Vec<u8>, text: &str| {
+        let bytes = &text.as_bytes()[..text.len().min(255)];
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+    };
+    for (kind, port, path, name) in entries.iter().take(255) {
+        put(&mut out, kind);
+        out.extend_from_slice(&port.to_le_bytes());
+        put(&mut out, path);
+        put(&mut out, name);
+    }
+    out
 }
 
 /// Runs one sequence of operations (the fuzz target).
@@ -545,6 +582,18 @@ pub fn run(ops: Vec<Op>) -> World {
                 let now = world.now();
                 let id = world.peer.identity.agent_id();
                 let _ = world.node_mut().ping(now, &id);
+                world.drain();
+            }
+            Op::Advertise(ports) => {
+                let now = world.now();
+                let services = ports
+                    .iter()
+                    .filter_map(|port| {
+                        let kind = "http".parse().ok()?;
+                        Service::new(kind, *port, None, None).ok()
+                    })
+                    .collect();
+                let _ = world.node_mut().set_advertised_services(now, services);
                 world.drain();
             }
             Op::Remove => {

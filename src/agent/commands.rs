@@ -42,6 +42,11 @@ pub(crate) enum Command {
     /// `agentnet serve`: see [`Request::ServeAdd`], [`Request::ServeList`]
     /// and [`Request::ServeOff`].
     Serve(Request),
+    /// `agentnet advertise`: see [`Request::AdvertiseAdd`],
+    /// [`Request::AdvertiseList`] and [`Request::AdvertiseOff`].
+    Advertise(Request),
+    /// See [`Request::Services`].
+    Services,
     /// The trust-request workflow: see [`TrustOp`].
     TrustOp(TrustOp),
     /// See [`Request::Ping`]: send the ping; the pong goes to `pong`.

@@ -211,6 +211,10 @@ async fn command_of(request: Request) -> Result<Command, String> {
         request @ (Request::ServeAdd(_) | Request::ServeList | Request::ServeOff { .. }) => {
             Command::Serve(request)
         }
+        request @ (Request::AdvertiseAdd(_)
+        | Request::AdvertiseList
+        | Request::AdvertiseOff { .. }) => Command::Advertise(request),
+        Request::Services => Command::Services,
         Request::Ping { .. } => return Err("ping requests are served by ping::answer".to_string()),
         request @ (Request::TrustRequest { .. }
         | Request::TrustPending

@@ -587,7 +587,8 @@ impl ControlAccess {
                 Err(format!(
                     "permission denied: `{command}` changes this agent; it needs root, the \
                      daemon's user or membership in the `{CONTROL_GROUP}` group (you are uid \
-                     {uid}). Read-only commands (status, trust list, trust pending, ping, serve --list) are \
+                     {uid}). Read-only commands (status, trust list, trust pending, ping, serve --list, \
+                     advertise --list, services) are \
                      allowed."
                 ))
             }
@@ -618,6 +619,8 @@ pub(crate) fn changes_state(request: &Request) -> bool {
             | Request::TrustPending
             | Request::Ping { .. }
             | Request::ServeList
+            | Request::AdvertiseList
+            | Request::Services
     )
 }
 
@@ -692,6 +695,8 @@ mod tests {
                 peer: "bob".into(),
                 timeout_ms: None,
             },
+            Request::AdvertiseList,
+            Request::Services,
         ] {
             assert!(reader.check(&request).is_ok(), "{request:?}");
         }
@@ -700,6 +705,13 @@ mod tests {
             Request::TrustRemove { peer: "bob".into() },
             Request::Down,
             Request::ReloadAttachments,
+            Request::AdvertiseAdd(
+                crate::core::services::Service::parse("mcp:8000", None, None).expect("service"),
+            ),
+            Request::AdvertiseOff {
+                kind: "mcp".parse().expect("kind"),
+                port: 8000,
+            },
         ] {
             let refusal = reader.check(&request).expect_err("refused");
             assert!(refusal.starts_with("permission denied"), "{refusal}");

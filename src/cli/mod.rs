@@ -1,5 +1,6 @@
 //! The command line: one file per command group (`init`/`id`, `up`/`down`,
 //! `status`, `ping`, `trust`, `fleet`, `attach`/`detach`, `serve`,
+//! `advertise`/`services`,
 //! `rendezvous`/`netcheck`), each with its clap arguments; the top-level
 //! definitions in [`args`]; here only the dispatch and the logging set-up.
 //!
@@ -32,6 +33,7 @@ mod ping;
 mod render;
 mod rendezvous;
 mod serve;
+mod services;
 mod status;
 mod trust;
 mod up;
@@ -55,6 +57,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Attach(args) => attach::attach(&context, args),
         Command::Detach(args) => attach::detach(&context, args),
         Command::Serve(args) => serve::serve(&context, args),
+        Command::Advertise(args) => services::advertise(&context, args),
+        Command::Services { json } => services::services(&context, json),
         Command::Rendezvous(args) => rendezvous::rendezvous(&context, args),
         Command::Netcheck(args) => rendezvous::netcheck(&context, args),
     }?;

@@ -21,6 +21,10 @@
 //! {"cmd":"serve_add","port":8000,"mode":"http","target":"127.0.0.1:8000"}
 //! {"cmd":"serve_list"}
 //! {"cmd":"serve_off","port":8000}
+//! {"cmd":"advertise_add","kind":"mcp","port":8000,"path":"/mcp","name":"notes"}
+//! {"cmd":"advertise_list"}
+//! {"cmd":"advertise_off","kind":"mcp","port":8000}
+//! {"cmd":"services"}
 //! {"cmd":"down"}
 //! {"cmd":"ping","peer":"<name, agent id or address>","timeout_ms":2000}
 //! ```
@@ -45,6 +49,10 @@
 //! {"serving":{"port":..,"mode":"http"|"tcp","target":..,"listening":[..]}}
 //! {"serve_list":{"services":[{"port":..,"mode":..,"target":..,"listening":[..],"problem":..}, ..]}}
 //! {"serve_off":{"port":..,"mode":..,"target":..}}
+//! {"advertised":{"kind":..,"port":..,"path":..,"name":..,"source":"advertise"|"serve","advertised":true|false}}
+//! {"advertise_list":{"services":[{"kind":..,"port":..,"path":..,"name":..,"source":..,"advertised":..}, ..]}}
+//! {"advertise_off":{"kind":..,"port":..,"path":..,"name":..}}
+//! {"services":{"services":[{"peer":..,"peer_id":..,"address":..,"address4":..,"url":..,"from_peer":{"kind":..,"port":..,"path":..,"name":..},"last_seen_unix":..,"last_seen_age_s":..,"session_up":..}, ..]}}
 //! {"stopping":{"pid":..}}
 //! {"ping":{"name":..,"id":..,"address":..,"sent_on":{"path":"direct"|"relay","via":..},"reply":{"rtt_ms":..,"from":{..}}|null}}
 //! {"error":"human-readable message"}
@@ -53,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ping;
+pub mod services;
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -172,6 +181,23 @@ pub enum Request {
         /// The overlay port.
         port: u16,
     },
+    /// Advertise a service to trusted peers (`agentnet advertise`); the
+    /// same `KIND:PORT` again replaces its path and name. Answered with
+    /// [`Response::Advertised`].
+    AdvertiseAdd(crate::core::services::Service),
+    /// The advertised set (declared and served). Answered with
+    /// [`Response::AdvertiseList`].
+    AdvertiseList,
+    /// Stop advertising `KIND:PORT`. Answered with [`Response::AdvertiseOff`].
+    AdvertiseOff {
+        /// The service's kind.
+        kind: crate::core::services::ServiceKind,
+        /// Its port.
+        port: u16,
+    },
+    /// The services trusted peers advertised here. Answered with
+    /// [`Response::Services`].
+    Services,
     /// Stop the daemon. Answered with [`Response::Stopping`] before it exits.
     Down,
 }
@@ -245,6 +271,20 @@ pub enum Response {
     },
     /// A port is no longer served.
     ServeOff(crate::serve::ServeSpec),
+    /// A service is advertised (or left out: `advertised` false).
+    Advertised(crate::state::advertised::AdvertisedStatus),
+    /// The advertised set, in the order peers get it.
+    AdvertiseList {
+        /// Declared services first, then served ports.
+        services: Vec<crate::state::advertised::AdvertisedStatus>,
+    },
+    /// A service is no longer advertised.
+    AdvertiseOff(crate::core::services::Service),
+    /// What trusted peers advertised.
+    Services {
+        /// One entry per service, by peer.
+        services: Vec<services::PeerService>,
+    },
     /// The daemon is shutting down.
     Stopping {
         /// Its PID, to wait for.
@@ -556,6 +596,30 @@ mod tests {
         let request: Request =
             serde_json::from_str(r#"{"cmd":"serve_off","port":8000}"#).expect("parses");
         assert_eq!(request, Request::ServeOff { port: 8000 });
+    }
+
+    #[test]
+    fn advertise_requests_carry_kind_port_path_and_name() {
+        let service = crate::core::services::Service::parse("mcp:8000", Some("/mcp".into()), None)
+            .expect("service");
+        assert_eq!(
+            serde_json::to_string(&Request::AdvertiseAdd(service)).expect("json"),
+            r#"{"cmd":"advertise_add","kind":"mcp","port":8000,"path":"/mcp"}"#
+        );
+        let request: Request =
+            serde_json::from_str(r#"{"cmd":"advertise_off","kind":"a2a","port":9999}"#)
+                .expect("parses");
+        assert_eq!(
+            request,
+            Request::AdvertiseOff {
+                kind: "a2a".parse().expect("kind"),
+                port: 9999
+            }
+        );
+        assert!(
+            serde_json::from_str::<Request>(r#"{"cmd":"advertise_add","kind":"M","port":1}"#)
+                .is_err()
+        );
     }
 
     #[test]

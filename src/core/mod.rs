@@ -15,6 +15,7 @@ pub mod peer;
 pub mod policy;
 pub mod rendezvous;
 pub mod rng;
+pub mod services;
 pub mod stats;
 pub mod text;
 pub mod trust;

@@ -10,6 +10,7 @@
 //! | `trust.toml` | the trust store ([`trust`]), edited under an exclusive `flock` on `trust.lock` and replaced atomically |
 //! | `pending.toml` | trust requests waiting for approval, written by the daemon ([`crate::state::pending`]) |
 //! | `served.json` | the local services `agentnet serve` publishes to peers ([`crate::state::served`]), edited under an exclusive `flock` on `served.lock` |
+//! | `advertised.json` | the services `agentnet advertise` declares to trusted peers ([`crate::state::advertised`]), edited under an exclusive `flock` on `advertised.lock` |
 //! | `attachments.json` | namespaces given addresses of this node by `agentnet attach` ([`attachments`]), edited under an exclusive `flock` on `attachments.lock` |
 //! | `agentnet.pid` | the daemon's PID; the daemon holds an exclusive `flock` on it while it runs ([`instance`]) |
 //! | `agentnet.log` | the detached daemon's stdout and stderr |
@@ -30,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod advertised;
 pub mod atomic;
 pub mod attachments;
 pub mod config;

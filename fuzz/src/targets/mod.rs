@@ -9,6 +9,7 @@ pub mod dns;
 pub mod handshake_payload;
 pub mod node;
 pub mod rendezvous;
+pub mod services_frame;
 pub mod state_files;
 pub mod tcp_frames;
 pub mod trust_request;
@@ -24,6 +25,7 @@ pub const ALL: &[(&str, Harness)] = &[
     ("handshake_payload", handshake_payload::run),
     ("node", node::run),
     ("rendezvous", rendezvous::run),
+    ("services_frame", services_frame::run),
     ("state_files", state_files::run),
     ("tcp_frames", tcp_frames::run),
     ("trust_request", trust_request::run),

@@ -26,6 +26,7 @@ use crate::sys::probe_sockets::{ProbeDatagram, ProbeSockets};
 use crate::sys::udp::{Underlay, normalize, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
 
+mod services;
 mod throttle;
 mod trust_ops;
 
@@ -573,6 +574,8 @@ impl Daemon {
                 Err(error) => Response::Error(error),
             },
             Command::Serve(request) => self.serve(request),
+            Command::Advertise(request) => self.advertise(request),
+            Command::Services => self.peer_services(now),
             Command::Down => {
                 self.stop = Some(Stop::Down);
                 Response::Stopping {
@@ -580,23 +583,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    /// `agentnet serve`: publish, list or withdraw a port.
-    fn serve(&mut self, request: crate::control::Request) -> Response {
-        use crate::control::Request;
-        let Some(services) = self.services.as_mut() else {
-            return Response::Error("`agentnet serve` is not available in this daemon".to_string());
-        };
-        let answer = match request {
-            Request::ServeAdd(spec) => services.add(spec).map(Response::Serving),
-            Request::ServeList => Ok(Response::ServeList {
-                services: services.list(),
-            }),
-            Request::ServeOff { port } => services.remove(port).map(Response::ServeOff),
-            other => return Response::Error(format!("not a serve request: {other:?}")),
-        };
-        answer.unwrap_or_else(|error| Response::Error(error.to_string()))
     }
 
     fn info(&self) -> DaemonInfo {
@@ -749,7 +735,8 @@ impl Daemon {
 
     /// Makes the node match the trust-store file: removes peers that are
     /// gone, adds new and changed ones and connects to those with an
-    /// endpoint; unchanged peers are left alone. Used at start and on SIGHUP.
+    /// endpoint; unchanged peers are left alone; then re-reads the advertised
+    /// services. Used at start and on SIGHUP.
     fn reload_trust_store(&mut self, now: Instant) {
         let store = match self.options.state.load_trust() {
             Ok(store) => store,
@@ -781,6 +768,7 @@ impl Daemon {
             self.apply_entry(now, entry, endpoint, connect);
         }
         self.trust = store;
+        self.refresh_advertised(now);
     }
 }
 

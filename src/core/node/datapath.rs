@@ -167,11 +167,18 @@ impl Node {
                         tracing::info!(peer = %revoker, "peer revoked its trust; dropping its sessions");
                         let was_up = peer.has_session();
                         peer.clear_sessions(ctx);
+                        peer.forget_learned_services();
                         if was_up {
                             ctx.events.push_back(Event::PeerDown { id: revoker });
                         }
                     }
                 }
+                ControlFrame::Services {
+                    generation,
+                    entries,
+                    ..
+                } => peer.learn_services(ctx, now, generation, entries),
+                ControlFrame::ServicesAck { generation } => peer.services_acknowledged(generation),
                 ControlFrame::Candidates { .. }
                 | ControlFrame::Register { .. }
                 | ControlFrame::Registered { .. } => {}

@@ -13,6 +13,7 @@ mod handshakes;
 pub mod known_sources;
 mod peers;
 mod registration;
+mod services;
 mod timers;
 mod trust_requests;
 
@@ -130,6 +131,7 @@ impl Node {
             links_wanted_since: None,
             relay_backlog: Vec::new(),
             register_interval: DEFAULT_REGISTER_INTERVAL,
+            advertised: Vec::new(),
         };
         Self {
             ctx,

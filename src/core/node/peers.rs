@@ -106,6 +106,8 @@ impl Node {
         self.known_sources.invalidate();
         if let Some(existing) = self.peers.get_mut(&peer.id) {
             existing.reconfigure(now, peer);
+            // A changed policy may show the peer more or fewer services.
+            existing.offer_services(&mut self.ctx, now);
             return;
         }
         let ctx = &self.ctx;

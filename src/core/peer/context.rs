@@ -75,6 +75,9 @@ pub struct Context {
     pub relay_backlog: Vec<BackloggedRelay>,
     /// How often registrations are refreshed (also holds NAT mappings open).
     pub register_interval: Duration,
+    /// The services this agent advertises (each peer is offered those its
+    /// policy lets it open).
+    pub advertised: Vec<crate::core::services::Service>,
 }
 
 /// A registration not acknowledged within this long means the rendezvous

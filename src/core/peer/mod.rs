@@ -6,6 +6,7 @@ mod path;
 mod pings;
 mod punch;
 mod schedule;
+mod services;
 mod sessions;
 pub mod table;
 mod timers;
@@ -34,6 +35,7 @@ use crate::core::wire::segment::TcpSegmentInfo;
 
 use path::RelayState;
 use punch::{ProbeRound, PunchState};
+use services::ServicesExchange;
 
 /// Send a keepalive when we received but sent nothing for this long.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -237,6 +239,8 @@ pub struct Peer {
     stats: PeerStats,
     /// The cookie this peer gave us under load, and our initiation in flight.
     cookie: InitiatorCookie,
+    /// The services offered to the peer and those it advertised here.
+    services: ServicesExchange,
 }
 
 impl std::fmt::Debug for Peer {
@@ -306,6 +310,7 @@ impl Peer {
             path_changed_at: None,
             stats: PeerStats::default(),
             cookie: InitiatorCookie::default(),
+            services: ServicesExchange::default(),
         }
     }
 

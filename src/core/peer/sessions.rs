@@ -95,6 +95,7 @@ impl Peer {
             ctx.events.push_back(Event::PeerUp { id: self.config.id });
         }
         self.flush_queue(ctx, now);
+        self.offer_services_on_new_session(ctx, now);
         if !self.direct_proven()
             && self
                 .route(ctx, now)

@@ -31,7 +31,7 @@ impl Peer {
         if self.current.is_some() {
             deadline = earliest(deadline, self.path_deadline());
         }
-        deadline
+        earliest(deadline, self.services_deadline())
     }
 
     /// Runs the peer's timers.
@@ -88,5 +88,6 @@ impl Peer {
         }
         self.run_path_timers(ctx, now);
         self.run_rtt_ping(ctx, now);
+        self.run_services_timer(ctx, now);
     }
 }

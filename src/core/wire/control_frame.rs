@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 
 use crate::core::identity::AgentId;
+use crate::core::services::{
+    MAX_SERVICES, MAX_SERVICES_FRAME_LEN, Service, ServiceKind, frame_len,
+};
 use crate::core::wire::codec::{Reader, Writer};
 use crate::core::wire::path::{MAX_CANDIDATES, NatHint};
 
@@ -19,6 +22,12 @@ const FRAME_REVOKED: u8 = 0x04;
 const FRAME_SKIPPED_COUNTERS: u8 = 0x05;
 /// First byte of a request to punch now.
 const FRAME_PUNCH: u8 = 0x06;
+/// First byte of an advertisement of services.
+const FRAME_SERVICES: u8 = 0x07;
+/// First byte of the acknowledgement of an advertisement.
+const FRAME_SERVICES_ACK: u8 = 0x08;
+/// The layout of `Services` frames this code writes and reads.
+pub const SERVICES_VERSION: u8 = 1;
 /// First byte of a registration with a rendezvous.
 const FRAME_REGISTER: u8 = 0x10;
 /// First byte of a rendezvous's answer to a registration.
@@ -69,6 +78,25 @@ pub enum ControlFrame {
         /// an easy ↔ hard pair probes birthday-style too).
         round: u8,
     },
+    /// The services the sender offers the receiver (already filtered by
+    /// the receiver's policy at the sender), replacing any of an older
+    /// generation. At most [`MAX_SERVICES`] entries and
+    /// [`MAX_SERVICES_FRAME_LEN`] bytes; every entry is checked on
+    /// decoding. Authenticated by the session it rides.
+    Services {
+        /// Layout version ([`SERVICES_VERSION`]); others are not decoded.
+        version: u8,
+        /// Grows with every change of the set, across restarts (the
+        /// sender's wall clock in milliseconds at least).
+        generation: u64,
+        /// The entries.
+        entries: Vec<Service>,
+    },
+    /// The receiver of `Services` has the set of this generation.
+    ServicesAck {
+        /// The generation received.
+        generation: u64,
+    },
     /// Agent → rendezvous: register (or refresh) this agent's endpoint. It
     /// names the agent's Ed25519 key, which must match the session's Noise
     /// key (the rendezvous derives the node ID from it).
@@ -114,6 +142,27 @@ impl ControlFrame {
             ControlFrame::Punch { round } => {
                 out.push(FRAME_PUNCH);
                 out.push(*round);
+            }
+            ControlFrame::Services {
+                version,
+                generation,
+                entries,
+            } => {
+                out.push(FRAME_SERVICES);
+                out.push(*version);
+                out.extend_from_slice(&generation.to_le_bytes());
+                let entries = &entries[..entries.len().min(MAX_SERVICES)];
+                out.push(entries.len() as u8);
+                for entry in entries {
+                    out.put_short_str(entry.kind.as_str());
+                    out.extend_from_slice(&entry.port.to_le_bytes());
+                    out.put_short_str(entry.path.as_deref().unwrap_or(""));
+                    out.put_short_str(entry.name.as_deref().unwrap_or(""));
+                }
+            }
+            ControlFrame::ServicesAck { generation } => {
+                out.push(FRAME_SERVICES_ACK);
+                out.extend_from_slice(&generation.to_le_bytes());
             }
             ControlFrame::Register { agent } => {
                 out.push(FRAME_REGISTER);
@@ -162,6 +211,10 @@ impl ControlFrame {
             FRAME_PUNCH => Some(ControlFrame::Punch {
                 round: reader.u8()?,
             }),
+            FRAME_SERVICES => decode_services(bytes.len(), &mut reader),
+            FRAME_SERVICES_ACK => Some(ControlFrame::ServicesAck {
+                generation: reader.u64()?,
+            }),
             FRAME_REGISTER => Some(ControlFrame::Register {
                 agent: AgentId::from_bytes(reader.array()?).ok()?,
             }),
@@ -172,6 +225,41 @@ impl ControlFrame {
             _ => None,
         }
     }
+}
+
+/// The rest of a `Services` frame of `len` bytes: refused when it is too
+/// long, of another version, holds too many or bad entries, or has bytes
+/// left over.
+fn decode_services(len: usize, reader: &mut Reader<'_>) -> Option<ControlFrame> {
+    if len > MAX_SERVICES_FRAME_LEN {
+        return None;
+    }
+    let version = reader.u8()?;
+    if version != SERVICES_VERSION {
+        return None;
+    }
+    let generation = reader.u64()?;
+    let count = usize::from(reader.u8()?);
+    if count > MAX_SERVICES {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let kind: ServiceKind = reader.short_str()?.parse().ok()?;
+        let port = reader.u16()?;
+        let optional = |text: &str| (!text.is_empty()).then(|| text.to_string());
+        let path = optional(reader.short_str()?);
+        let name = optional(reader.short_str()?);
+        entries.push(Service::new(kind, port, path, name).ok()?);
+    }
+    if !reader.is_empty() || frame_len(&entries) != len {
+        return None;
+    }
+    Some(ControlFrame::Services {
+        version,
+        generation,
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -211,10 +299,117 @@ mod tests {
         }
     }
 
+    fn services(entries: Vec<Service>) -> ControlFrame {
+        ControlFrame::Services {
+            version: SERVICES_VERSION,
+            generation: 1_800_000_000_000,
+            entries,
+        }
+    }
+
+    fn service(text: &str, path: Option<&str>, name: Option<&str>) -> Service {
+        Service::parse(text, path.map(Into::into), name.map(Into::into)).expect(text)
+    }
+
+    #[test]
+    fn services_frames_round_trip_with_their_exact_length() {
+        for frame in [
+            services(Vec::new()),
+            services(vec![
+                service("mcp:8000", Some("/mcp"), Some("notes")),
+                service("a2a:9999", Some("/.well-known/agent.json"), None),
+                service("my-tool:1", None, None),
+            ]),
+            ControlFrame::ServicesAck { generation: 7 },
+        ] {
+            let bytes = frame.encode();
+            if let ControlFrame::Services { entries, .. } = &frame {
+                assert_eq!(bytes.len(), frame_len(entries));
+            }
+            assert_eq!(ControlFrame::decode(&bytes), Some(frame));
+        }
+    }
+
+    #[test]
+    fn bad_services_frames_are_refused() {
+        let good = services(vec![service("mcp:8000", Some("/mcp"), None)]).encode();
+        let mut other_version = good.clone();
+        other_version[1] = 2;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut bad_kind = good.clone();
+        bad_kind[12] = b'M';
+        let mut port_zero = good.clone();
+        port_zero[15..17].copy_from_slice(&[0, 0]);
+        let mut control_in_path = good.clone();
+        control_in_path[19] = b'\n';
+        let mut too_many = good[..10].to_vec();
+        too_many.push(33);
+        for _ in 0..33 {
+            too_many.extend_from_slice(&[1, b'x', 1, 0, 0, 0]);
+        }
+        let mut oversize = good[..10].to_vec();
+        oversize.push(10);
+        for _ in 0..10 {
+            oversize.push(1);
+            oversize.push(b'x');
+            oversize.extend_from_slice(&[1, 0]);
+            oversize.push(128);
+            oversize.push(b'/');
+            oversize.extend_from_slice(&[b'p'; 127]);
+            oversize.push(0);
+        }
+        for (what, bytes) in [
+            ("other version", other_version),
+            ("trailing byte", trailing),
+            ("bad kind", bad_kind),
+            ("port 0", port_zero),
+            ("control character in the path", control_in_path),
+            ("33 entries", too_many),
+            ("over the size bound", oversize),
+            ("cut short", good[..good.len() - 1].to_vec()),
+        ] {
+            assert_eq!(ControlFrame::decode(&bytes), None, "{what}");
+        }
+    }
+
+    fn any_service() -> impl Strategy<Value = Service> {
+        (
+            "[a-z0-9-]{1,15}",
+            1u16..,
+            proptest::option::of("/[!-~]{0,40}"),
+            proptest::option::of("[ -~]{1,48}"),
+        )
+            .prop_map(|(kind, port, path, name)| {
+                Service::new(kind.parse().expect("kind"), port, path, name).expect("service")
+            })
+    }
+
     proptest! {
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = ControlFrame::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_garbage_after_a_services_byte_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1400)
+        ) {
+            let mut frame = vec![FRAME_SERVICES, SERVICES_VERSION];
+            frame.extend_from_slice(&bytes);
+            let _ = ControlFrame::decode(&frame);
+        }
+
+        #[test]
+        fn every_services_set_that_fits_round_trips(
+            entries in proptest::collection::vec(any_service(), 0..40),
+            generation in any::<u64>(),
+        ) {
+            let (entries, _) = crate::core::services::fit_to_frame(entries);
+            let frame = ControlFrame::Services { version: SERVICES_VERSION, generation, entries };
+            let bytes = frame.encode();
+            prop_assert!(bytes.len() <= MAX_SERVICES_FRAME_LEN);
+            prop_assert_eq!(ControlFrame::decode(&bytes), Some(frame));
         }
     }
 }

@@ -1,0 +1,59 @@
+//! Services among trusted agents (DESIGN.md §8): the set this agent
+//! advertises, offered to each peer as its policy filters it, and what the
+//! peers advertised here. The exchange itself is the peers'
+//! (`core::peer::services`).
+
+use std::time::Instant;
+
+use crate::core::services::{PeerServices, Service, ServiceError, check_set};
+
+use super::Node;
+
+impl Node {
+    /// Sets the services this agent advertises (checked: at most
+    /// `MAX_SERVICES`, one frame's size). Every peer with a session gets
+    /// its filtered set at once if it changed for it; the others get it
+    /// when their session comes up.
+    pub fn set_advertised_services(
+        &mut self,
+        now: Instant,
+        services: Vec<Service>,
+    ) -> Result<(), ServiceError> {
+        check_set(&services)?;
+        if self.ctx.advertised == services {
+            return Ok(());
+        }
+        self.ctx.advertised = services;
+        for index in 0..self.peer_order.len() {
+            if let Some(peer) = self.peers.at_mut(self.peer_order[index]) {
+                peer.offer_services(&mut self.ctx, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// The services this agent advertises.
+    pub fn advertised_services(&self) -> &[Service] {
+        &self.ctx.advertised
+    }
+
+    /// What each peer advertised to this agent (peers that advertised
+    /// nothing yet are left out), in the order the peers were added.
+    pub fn peer_services(&self, now: Instant) -> Vec<PeerServices> {
+        self.peer_order
+            .iter()
+            .filter_map(|slot| self.peers.at(*slot))
+            .filter(|peer| !peer.is_rendezvous())
+            .filter_map(|peer| {
+                let learned = peer.learned_services()?;
+                Some(PeerServices {
+                    id: peer.id(),
+                    name: peer.config().name.clone(),
+                    learned: learned.clone(),
+                    last_seen: peer.last_seen().unwrap_or(learned.received_at),
+                    session_up: peer.is_up(now),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,263 @@
+//! Services advertised among trusted agents (issue 15), end to end in
+//! network namespaces: bravo serves a loopback HTTP server and advertises
+//! it as an MCP service (and an A2A agent); alpha, which trusts bravo and
+//! is trusted fully, finds both with `agentnet services --json` within a
+//! second and fetches the advertised URL by name with curl; delta, allowed
+//! only `tcp:9999` on bravo, sees only the A2A service; charlie, whom bravo
+//! does not trust, sees nothing; revocation removes the services on either
+//! side.
+//!
+//! Needs root (skips with a reason otherwise, unless
+//! `AGENTNET_REQUIRE_NETNS=1`). All traffic stays inside the lab.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::agent::Identity;
+use support::http::wait_listening;
+use support::{Agent, Lab, step, wait_until};
+
+/// Programs run inside the namespaces.
+const TOOLS: &[&str] = &["ping", "curl", "ss", "python3"];
+/// Underlay subnet: `10.76.0.0/24`.
+const UNDERLAY: [u8; 2] = [76, 0];
+const MCP_PORT: u16 = 8000;
+const A2A_PORT: u16 = 9999;
+/// First contact: the handshake and the first packet.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// What the issue promises for a change to reach a peer.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+#[test]
+fn trusted_peers_find_advertised_services_by_policy_and_lose_them_on_revocation() {
+    let Some(()) = support::netns_ready!(TOOLS) else {
+        return;
+    };
+    let lab = Lab::new().expect("lab");
+    if let Err(e) = run(&lab) {
+        panic!("{e}");
+    }
+}
+
+/// `agentnet services --json` of `agent`.
+fn services(agent: &Agent) -> Result<Vec<Value>, String> {
+    let out = agent.cli_ok(&["services", "--json"])?;
+    match serde_json::from_str(&out.stdout) {
+        Ok(Value::Array(list)) => Ok(list),
+        _ => Err(format!(
+            "`services --json` is no JSON array:\n{}",
+            out.stdout
+        )),
+    }
+}
+
+/// The URLs in `agent`'s `services --json`.
+fn urls(agent: &Agent) -> Vec<String> {
+    services(agent)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|service| service["url"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Polls `agent`'s URLs until they are `want`; returns how long it took.
+fn wait_for_urls(agent: &Agent, want: &[&str], within: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let seen = loop {
+        let seen = urls(agent);
+        if seen == want {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Err(format!(
+        "{}: expected the services {want:?} within {within:?}, saw {seen:?}",
+        agent.name
+    ))
+}
+
+fn run(lab: &Lab) -> Result<(), String> {
+    step(&format!(
+        "lab {}: alpha, bravo, charlie, delta on one bridge",
+        lab.prefix()
+    ));
+    let hosts = lab.bridge_segment(UNDERLAY, &["a", "b", "c", "d"])?;
+    let names = ["alpha", "bravo", "charlie", "delta"];
+    let mut agents = Vec::new();
+    for (host, name) in hosts.iter().zip(names) {
+        let agent = Agent::new(lab, host, name)?;
+        agent.init()?;
+        agent.up()?;
+        agents.push(agent);
+    }
+    let [a, b, c, d] = &agents[..] else {
+        return Err("four agents".into());
+    };
+    let ids: Vec<Identity> = agents.iter().map(Agent::id).collect::<Result<_, _>>()?;
+    let (id_a, id_b, id_d) = (&ids[0], &ids[1], &ids[3]);
+
+    // Bravo: a plain HTTP server on loopback, on its defaults, published
+    // with `serve` and advertised as an MCP server at /mcp.
+    let site = lab.dir().join("bravo-site");
+    std::fs::create_dir_all(&site).map_err(|e| e.to_string())?;
+    std::fs::write(site.join("mcp"), "hello from bravo's mcp path\n").map_err(|e| e.to_string())?;
+    let site = site.to_string_lossy().into_owned();
+    let port = MCP_PORT.to_string();
+    let server = lab.spawn(
+        &b.host.ns,
+        "http-server",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            &site,
+        ],
+    )?;
+    wait_listening(lab, b, MCP_PORT)?;
+    b.cli_ok(&["serve", &port])?;
+
+    a.trust_add(id_b, "bravo", Some(b.endpoint()))?;
+    b.trust_add(id_a, "alpha", Some(a.endpoint()))?;
+    d.trust_add(id_b, "bravo", Some(b.endpoint()))?;
+    let allow = format!("tcp:{A2A_PORT}");
+    b.cli_ok(&[
+        "trust",
+        "add",
+        &id_d.id,
+        "--name",
+        "delta",
+        "--endpoint",
+        &d.endpoint().to_string(),
+        "--allow",
+        &allow,
+    ])?;
+    c.trust_add(id_b, "bravo", Some(b.endpoint()))?;
+    for (agent, peer) in [(a, "bravo"), (d, "bravo")] {
+        wait_until(
+            &format!("ping {peer} from {}", agent.name),
+            CONNECT_TIMEOUT,
+            || {
+                agent
+                    .cli(&["ping", peer, "-c", "1"])
+                    .is_ok_and(|out| out.ok())
+            },
+        )?;
+    }
+    // Served ports are advertised as http on their own.
+    let served = format!("http://bravo.agent.internal:{MCP_PORT}/");
+    let took = wait_for_urls(a, &[&served], PROPAGATION)?;
+    step(&format!(
+        "alpha sees bravo's served port as {served} ({took:?})"
+    ));
+
+    let out = b.cli_ok(&[
+        "advertise",
+        &format!("mcp:{MCP_PORT}"),
+        "--path",
+        "/mcp",
+        "--name",
+        "notes",
+    ])?;
+    step(&format!("bravo: {}", out.stdout.trim()));
+    let mcp = format!("http://bravo.agent.internal:{MCP_PORT}/mcp");
+    let took = wait_for_urls(a, &[&mcp], PROPAGATION)?;
+    step(&format!(
+        "alpha lists {mcp} {took:?} after the advertisement"
+    ));
+    let a2a = format!("http://bravo.agent.internal:{A2A_PORT}/.well-known/agent.json");
+    b.cli_ok(&[
+        "advertise",
+        &format!("a2a:{A2A_PORT}"),
+        "--path",
+        "/.well-known/agent.json",
+    ])?;
+    let took = wait_for_urls(a, &[&mcp, &a2a], PROPAGATION)?;
+    step(&format!("alpha lists the a2a service too ({took:?})"));
+    step(&format!(
+        "bravo: agentnet advertise --list\n{}",
+        b.cli_ok(&["advertise", "--list"])?.stdout
+    ));
+    step(&format!(
+        "alpha: agentnet services\n{}",
+        a.cli_ok(&["services"])?.stdout
+    ));
+    let listed = services(a)?;
+    step(&format!(
+        "alpha: agentnet services --json\n{}",
+        serde_json::to_string_pretty(&listed).unwrap_or_default()
+    ));
+    let first = &listed[0];
+    let want = [
+        ("peer", Value::from("bravo")),
+        ("peer_id", Value::from(id_b.id.as_str())),
+        ("address", Value::from(id_b.address.to_string())),
+    ];
+    for (key, value) in want {
+        if first[key] != value {
+            return Err(format!(
+                "services --json: {key} = {}, expected {value}",
+                first[key]
+            ));
+        }
+    }
+    if first["from_peer"]["kind"] != "mcp" || first["from_peer"]["name"] != "notes" {
+        return Err(format!(
+            "from_peer of the mcp service: {}",
+            first["from_peer"]
+        ));
+    }
+    if !first["address4"].is_string() || !first["last_seen_unix"].is_u64() {
+        return Err(format!("addresses and last seen missing: {first}"));
+    }
+
+    // The URL works, by name, from alpha.
+    let out = lab.exec_ok(
+        &a.host.ns,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "10",
+            &mcp,
+        ],
+    )?;
+    if out.stdout != "hello from bravo's mcp path\n" {
+        return Err(format!("curl {mcp}: {}", out.describe()));
+    }
+    step(&format!("alpha: curl {mcp} -> {}", out.stdout.trim()));
+
+    // Delta may open only tcp:9999 on bravo: it sees the A2A agent only.
+    wait_for_urls(d, &[&a2a], PROPAGATION)?;
+    step("delta (allowed tcp:9999 only) sees only the a2a service");
+    // Charlie is not trusted by bravo: no session, nothing learned.
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = services(c)?;
+    if !seen.is_empty() {
+        return Err(format!("charlie, untrusted, sees {seen:?}"));
+    }
+    step("charlie (untrusted by bravo) sees nothing");
+
+    // Revocation, either side.
+    b.cli_ok(&["trust", "remove", "delta"])?;
+    let took = wait_for_urls(d, &[], PROPAGATION)?;
+    step(&format!(
+        "bravo revokes delta: delta forgets bravo's services ({took:?})"
+    ));
+    a.cli_ok(&["trust", "remove", "bravo"])?;
+    wait_for_urls(a, &[], Duration::ZERO)?;
+    step("alpha revokes bravo: bravo's services are gone at once");
+    lab.stop(server);
+    Ok(())
+}
