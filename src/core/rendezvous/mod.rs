@@ -206,15 +206,13 @@ pub struct RendezvousUsage {
 ///
 /// Scale (`examples/rendezvous_load.rs`, release, one core of the
 /// project's 2-core VM, 100,000 agents registered with two sessions each
-/// as after a rekey): 931 bytes of heap per registered agent (89 MiB in
-/// all, hash-table slack included), 16 µs of CPU per registration refresh
-/// (measured while every refresh checked the Ed25519 key the frame names,
-/// most of that time; a refresh naming the key its session already
-/// registered now skips the check for 41 more bytes per client, not yet
-/// re-measured), 300 µs per
-/// handshake and registration, 0.76 M relayed 1400-byte datagrams per
-/// CPU-second (8.5 Gbit/s) among 2,000 relaying pairs, and 2.2 ms per
-/// soft-state sweep (every 5 s).
+/// as after a rekey): 983 bytes of heap per registered agent (94 MiB in
+/// all, hash-table slack included), 3–4 µs of CPU per registration refresh
+/// (a refresh naming the key its session already registered skips the
+/// Ed25519 point check; 16 µs before), 340–410 µs per handshake and
+/// registration, 0.4–0.7 M relayed 1400-byte datagrams per CPU-second
+/// (4.7–7.8 Gbit/s) among 2,000 relaying pairs, and 4–5 ms per soft-state
+/// sweep (every 5 s).
 pub struct RendezvousServer {
     config: RendezvousConfig,
     own_mac1: Mac1Key,
