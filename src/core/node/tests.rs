@@ -265,3 +265,106 @@ fn a_wake_for_one_packet_looks_at_that_peer_only() {
     let _ = b.poll_timeout();
     assert!(b.peers.deadline_looks() - before <= 2);
 }
+
+/// All datagrams `node` wants to send now.
+fn drain_transmits(node: &mut Node) -> Vec<Transmit> {
+    std::iter::from_fn(|| node.poll_transmit()).collect()
+}
+
+/// Crossed handshakes whose messages arrive in an unlucky order leave both
+/// sides on the session the other initiated, which neither rekeys as an
+/// initiator would: the side that sends on it rekeys it itself before it
+/// expires, so traffic both ways for 200 s never sees the peer go down.
+#[test]
+fn sessions_neither_side_initiated_are_rekeyed_before_they_expire() {
+    let TwoNodes {
+        mut a,
+        mut b,
+        a_at,
+        b_at,
+        now: start,
+    } = two_nodes();
+    // L has the lower ID: both keep L's session when handshakes cross.
+    let swap = a.ctx.own_id > b.ctx.own_id;
+    let (l, h, l_at, h_at) = if swap {
+        (&mut b, &mut a, b_at, a_at)
+    } else {
+        (&mut a, &mut b, a_at, b_at)
+    };
+    let (l_id, h_id) = (l.ctx.own_id, h.ctx.own_id);
+    let is_type = |transmit: &Transmit, kind: u8| transmit.payload.first() == Some(&kind);
+
+    // L initiates; H answers (its `next` is L's session) and L takes it as
+    // current, but L's confirmation is lost.
+    l.connect(start, &h_id);
+    for transmit in drain_transmits(l).iter().filter(|t| is_type(t, 1)) {
+        h.handle_datagram(start, l_at, &transmit.payload);
+    }
+    for transmit in drain_transmits(h).iter().filter(|t| is_type(t, 2)) {
+        l.handle_datagram(start, h_at, &transmit.payload);
+    }
+    drain_transmits(l);
+    // H, which saw L is up, retries its own handshake soon; L answers (its
+    // `next` is now H's newer session) and H takes it as current.
+    let now = start + Duration::from_millis(1500);
+    h.handle_timeout(now);
+    l.handle_timeout(now);
+    drain_transmits(l);
+    let initiations: Vec<Transmit> = drain_transmits(h)
+        .into_iter()
+        .filter(|t| is_type(t, 1))
+        .collect();
+    assert!(!initiations.is_empty(), "H did not retry its own handshake");
+    for transmit in &initiations {
+        l.handle_datagram(now, h_at, &transmit.payload);
+    }
+    for transmit in drain_transmits(l).iter().filter(|t| is_type(t, 2)) {
+        h.handle_datagram(now, l_at, &transmit.payload);
+    }
+    // H's confirmation on its session is held back while L's data on L's
+    // session reaches H (which moves to L's session, as the higher ID does);
+    // then H's confirmation reaches L (whose own session is older: it moves
+    // to H's). Each side is now on the session the other initiated.
+    let held: Vec<Transmit> = drain_transmits(h);
+    let (l4, h4) = (l.address4().expect("on"), h.address4().expect("on"));
+    l.handle_tun_packet(now, &ipv4(l4, h4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]));
+    for transmit in drain_transmits(l) {
+        h.handle_datagram(now, l_at, &transmit.payload);
+    }
+    drain_transmits(h);
+    for transmit in &held {
+        l.handle_datagram(now, h_at, &transmit.payload);
+    }
+    drain_transmits(l);
+    while l.poll_event().is_some() {}
+    while h.poll_event().is_some() {}
+
+    // Traffic both ways, a packet a second each, for 200 s.
+    let mut now = now;
+    for _ in 0..200 {
+        now += Duration::from_secs(1);
+        l.handle_timeout(now);
+        h.handle_timeout(now);
+        l.handle_tun_packet(now, &ipv4(l4, h4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]));
+        h.handle_tun_packet(now, &ipv4(h4, l4, PROTO_UDP, &[0, 2, 0, 1, 0, 8, 0, 0]));
+        exchange(l, l_at, h, h_at, now);
+        for (node, peer) in [(&mut *l, h_id), (&mut *h, l_id)] {
+            while let Some(event) = node.poll_event() {
+                assert!(
+                    !matches!(event, Event::PeerDown { id } if id == peer),
+                    "the session went down at {:?}",
+                    now - start
+                );
+            }
+        }
+    }
+    for node in [&*l, &*h] {
+        let status = &node.status(now).peers[0];
+        assert!(status.session_established, "no session at the end");
+        assert!(
+            status.handshakes >= 3,
+            "never rekeyed: {} handshakes",
+            status.handshakes
+        );
+    }
+}

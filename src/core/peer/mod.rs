@@ -90,6 +90,14 @@ const OBSERVED_IP_LIFETIME: Duration = Duration::from_secs(600);
 const MAX_OUTSTANDING_PINGS: usize = 32;
 /// Start a handshake when a session we initiated is this old on receive.
 const REKEY_ON_RECEIVE_AGE: Duration = Duration::from_secs(180 - 10 - 5);
+/// Age at which a session the *peer* initiated is rekeyed by us when we
+/// send on it, the agent with the lower ID first, the other later (so the
+/// two do not cross again). Normally the initiator rekeys it first (at
+/// `REKEY_AFTER_TIME` on send, [`REKEY_ON_RECEIVE_AGE`] on receive); this
+/// is the backstop for a pair whose crossed handshakes, arriving in an
+/// unlucky order, left both sides on sessions neither initiated, which
+/// nobody would rekey before they expire under the traffic.
+const RESPONDER_REKEY_AGE: [Duration; 2] = [Duration::from_secs(130), Duration::from_secs(140)];
 
 /// Where the direct path to a peer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

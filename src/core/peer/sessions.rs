@@ -18,7 +18,7 @@ use crate::core::wire::path::PathAddr;
 use super::path::Route;
 use super::{
     FIRST_RETRY, HandshakeNews, MAX_QUEUED_PACKETS, MAX_RETRY, MIN_INITIATION_INTERVAL, Peer,
-    REKEY_ON_RECEIVE_AGE, Retry, Slot,
+    REKEY_ON_RECEIVE_AGE, RESPONDER_REKEY_AGE, Retry, Slot,
 };
 
 impl Peer {
@@ -233,10 +233,12 @@ impl Peer {
         if !self.seal_to(ctx, now, route.path, payload) {
             return;
         }
-        let wants_rekey = self
-            .current
-            .as_ref()
-            .is_some_and(|session| session.wants_rekey(now));
+        let responder_rekey_age = RESPONDER_REKEY_AGE[usize::from(ctx.own_id > self.config.id)];
+        let wants_rekey = self.current.as_ref().is_some_and(|session| {
+            session.wants_rekey(now)
+                || (!session.is_initiator
+                    && now.saturating_duration_since(session.created) >= responder_rekey_age)
+        });
         self.last_sent = Some(now);
         if !payload.is_empty() {
             self.counters.tx_bytes += payload.len() as u64;
