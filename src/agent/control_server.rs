@@ -211,9 +211,15 @@ async fn command_of(request: Request) -> Result<Command, String> {
         request @ (Request::ServeAdd(_) | Request::ServeList | Request::ServeOff { .. }) => {
             Command::Serve(request)
         }
-        request @ (Request::AdvertiseAdd(_)
-        | Request::AdvertiseList
-        | Request::AdvertiseOff { .. }) => Command::Advertise(request),
+        // Checked here: the client may not be our CLI, and an entry that
+        // fails the state file's own check would lock every later edit out.
+        Request::AdvertiseAdd(service) => {
+            service.validate().map_err(|e| e.to_string())?;
+            Command::Advertise(Request::AdvertiseAdd(service))
+        }
+        request @ (Request::AdvertiseList | Request::AdvertiseOff { .. }) => {
+            Command::Advertise(request)
+        }
         Request::Services => Command::Services,
         Request::Ping { .. } => return Err("ping requests are served by ping::answer".to_string()),
         request @ (Request::TrustRequest { .. }
@@ -244,4 +250,28 @@ async fn command_of(request: Request) -> Result<Command, String> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_advertisement_the_state_file_would_refuse_is_refused_at_once() {
+        for bad in [
+            r#"{"cmd":"advertise_add","kind":"mcp","port":0}"#,
+            r#"{"cmd":"advertise_add","kind":"mcp","port":8000,"path":"/a\nb"}"#,
+            r#"{"cmd":"advertise_add","kind":"mcp","port":8000,"name":"\u001b[31m"}"#,
+        ] {
+            let request: Request = serde_json::from_str(bad).expect("well-formed JSON");
+            assert!(command_of(request).await.is_err(), "accepted {bad}");
+        }
+        let good =
+            r#"{"cmd":"advertise_add","kind":"mcp","port":8000,"path":"/mcp","name":"notes"}"#;
+        let request: Request = serde_json::from_str(good).expect("well-formed JSON");
+        assert!(matches!(
+            command_of(request).await,
+            Ok(Command::Advertise(_))
+        ));
+    }
 }
