@@ -38,10 +38,10 @@ pub(crate) struct AdvertiseArgs {
     #[arg(value_name = "KIND:PORT")]
     pub(crate) service: Option<String>,
     /// The path it answers under, e.g. /mcp (starts with /, printable, at most 128 characters).
-    #[arg(long, value_name = "P", requires = "service")]
+    #[arg(long, value_name = "P", requires = "service", conflicts_with_all = ["list", "off"])]
     pub(crate) path: Option<String>,
     /// A name for it, e.g. notes (printable, at most 48 characters).
-    #[arg(long, value_name = "N", requires = "service")]
+    #[arg(long, value_name = "N", requires = "service", conflicts_with_all = ["list", "off"])]
     pub(crate) name: Option<String>,
     /// List what is advertised (declared services and served ports).
     #[arg(long)]
