@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use support::agent::Identity;
 use support::apps::{Python, apps_dir, path_str};
+use support::http;
 use support::{Agent, Lab, Output, step, wait_until};
 
 /// Programs run inside the namespaces.
@@ -697,16 +698,7 @@ impl<'l> World<'l> {
             .lab
             .exec(
                 &ct,
-                &[
-                    "curl",
-                    "-sS",
-                    "--fail",
-                    "--noproxy",
-                    "*",
-                    "--max-time",
-                    "20",
-                    &url,
-                ],
+                &http::as_strs(&http::get_args(&url, Duration::from_secs(20), &[])),
             )?
             .check()?;
         if curl.stdout != "hello from bob\n" {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::Identity;
-use support::http::wait_listening;
+use support::http::{self, wait_listening};
 use support::{Agent, Lab, step, wait_until};
 
 /// Programs run inside the namespaces.
@@ -222,16 +222,7 @@ fn run(lab: &Lab) -> Result<(), String> {
     // The URL works, by name, from alpha.
     let out = lab.exec_ok(
         &a.host.ns,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            &mcp,
-        ],
+        &http::as_strs(&http::get_args(&mcp, Duration::from_secs(10), &[])),
     )?;
     if out.stdout != "hello from bravo's mcp path\n" {
         return Err(format!("curl {mcp}: {}", out.describe()));

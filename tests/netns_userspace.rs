@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use support::agent::Identity;
 use support::apps::{Python, apps_dir, path_str};
+use support::http;
 use support::rootless::{RootlessAgent, uid_and_capabilities};
 use support::{Agent, Lab, Output, step, wait_until};
 
@@ -428,18 +429,11 @@ impl<'l> World<'l> {
         let url = format!("http://rootless.agent.internal:{port}/");
         let got = self.lab.exec(
             &self.t.host.ns,
-            &[
-                "curl",
-                "-sS",
-                "--fail",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "20",
-                "-H",
-                "Agentnet-Peer-Id: forged",
+            &http::as_strs(&http::get_args(
                 &url,
-            ],
+                Duration::from_secs(20),
+                &["-H", "Agentnet-Peer-Id: forged"],
+            )),
         );
         let changed = self.u.cli(&["serve", "8071"]);
         self.lab.stop(server);

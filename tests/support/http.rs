@@ -143,7 +143,28 @@ fn download_args(url: &str, out: &Path, max_time: Duration, extra: &[&str]) -> V
 }
 
 /// Borrowed views of owned arguments.
-fn as_strs(args: &[String]) -> Vec<&str> {
+/// curl's arguments for a GET of `url` to stdout: no proxy, an error on
+/// an HTTP failure, at most `max_time`; `extra` (headers, …) before the URL.
+pub fn get_args(url: &str, max_time: Duration, extra: &[&str]) -> Vec<String> {
+    let max_time = max_time.as_secs().to_string();
+    [
+        "curl",
+        "-sS",
+        "--fail",
+        "--noproxy",
+        "*",
+        "--max-time",
+        &max_time,
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .chain([url])
+    .map(String::from)
+    .collect()
+}
+
+/// `args` as the `&str`s [`Lab::exec`] takes.
+pub fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
