@@ -9,6 +9,7 @@ pub mod agent;
 pub mod attach;
 pub mod control;
 pub mod core;
+pub mod mcp;
 pub mod metrics;
 pub mod names;
 pub mod portmap;

@@ -192,6 +192,10 @@ pub(crate) enum Command {
         json: bool,
     },
 
+    /// Serve this agent's network as MCP tools on stdio, for an AI agent's MCP host.
+    #[command(long_about = super::mcp::MCP_LONG_ABOUT)]
+    Mcp(super::mcp::McpArgs),
+
     /// Run a rendezvous/relay server (own identity from --state-dir).
     #[command(
         long_about = "Run a rendezvous/relay server.\n\n        Agents register with it over a Noise session (`agentnet up --rendezvous \

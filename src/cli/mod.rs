@@ -1,6 +1,6 @@
 //! The command line: one file per command group (`init`/`id`, `up`/`down`,
 //! `status`, `ping`, `trust`, `fleet`, `attach`/`detach`, `serve`,
-//! `advertise`/`services`,
+//! `advertise`/`services`, `mcp`,
 //! `rendezvous`/`netcheck`), each with its clap arguments; the top-level
 //! definitions in [`args`]; here only the dispatch and the logging set-up.
 //!
@@ -29,6 +29,7 @@ mod attach;
 mod fleet;
 mod init;
 mod instance;
+mod mcp;
 mod ping;
 mod render;
 mod rendezvous;
@@ -59,6 +60,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::serve(&context, args),
         Command::Advertise(args) => services::advertise(&context, args),
         Command::Services { json } => services::services(&context, json),
+        Command::Mcp(args) => mcp::mcp(&context, args),
         Command::Rendezvous(args) => rendezvous::rendezvous(&context, args),
         Command::Netcheck(args) => rendezvous::netcheck(&context, args),
     }?;
