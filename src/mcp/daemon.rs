@@ -8,9 +8,10 @@ use crate::control::{ControlClient, ControlError, Request, Response};
 /// Sends `request` to the daemon at `socket` and returns its answer, or a
 /// message for the agent that says what went wrong and what to do.
 pub(super) async fn call(socket: PathBuf, request: Request) -> Result<Response, String> {
-    let answer =
-        tokio::task::spawn_blocking(move || ControlClient::call(&socket, &request).map_err(describe))
-            .await;
+    let answer = tokio::task::spawn_blocking(move || {
+        ControlClient::call(&socket, &request).map_err(describe)
+    })
+    .await;
     match answer {
         Ok(answer) => answer,
         Err(error) => Err(format!("the request to the daemon did not finish: {error}")),

@@ -341,9 +341,7 @@ impl AgentnetTools {
             Err(error) => return error,
         };
         match self.ask(Request::TrustDeny { id }).await {
-            Ok(Response::TrustDenied { id, .. }) => {
-                structured(json!({ "denied": id.to_string() }))
-            }
+            Ok(Response::TrustDenied { id, .. }) => structured(json!({ "denied": id.to_string() })),
             other => unexpected(other),
         }
     }
