@@ -7,7 +7,10 @@
 //!   on one core.
 //! - `handshake/responder_only`: what a responder spends per handshake
 //!   (same initiation, answered again and again: the core keeps no
-//!   replay state at this level).
+//!   replay state at this level), with the initiator's static-static
+//!   secret precomputed as a node keeps it for trusted peers;
+//!   `responder_only_not_precomputed` the same without it (a stranger's
+//!   initiation costs this much).
 //! - `handshake/node_rekey_complete`: a rekey through two `Node`s, with
 //!   every table, timer and queue they keep (plus one 64-byte packet).
 //! - `x25519/*`: the primitives that bound it.
@@ -22,6 +25,7 @@ use agentnet::core::noise::handshake::{
     InitiationPayload, InitiatorHandshake, ReceivedInitiation, ResponsePayload,
 };
 use agentnet::core::noise::mac::Mac1Key;
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rng::core_rng;
 use agentnet::core::wire::Datagram;
@@ -68,10 +72,16 @@ fn response_payload() -> ResponsePayload {
 fn handshake(c: &mut Criterion<ThreadCpuTime>) {
     let network = support::network();
     let (alice, bob) = (support::identity(1), support::identity(2));
-    let alice_secret = alice.noise_secret_key();
-    let bob_secret = bob.noise_secret_key();
     let alice_public = alice.agent_id().noise_public_key();
     let bob_public = bob.agent_id().noise_public_key();
+    // Each side's static key with the other's static-static secret
+    // precomputed, as a node keeps them for its trusted peers.
+    let alice_secret = NoiseStatic::new(&alice.noise_secret_key());
+    alice_secret.add_peer(&bob_public);
+    let bob_secret = NoiseStatic::new(&bob.noise_secret_key());
+    bob_secret.add_peer(&alice_public);
+    // A responder that has nothing precomputed for the initiator.
+    let bob_uncached = NoiseStatic::new(&bob.noise_secret_key());
     let alice_mac1 = Mac1Key::for_responder(network, &alice_public);
     let bob_mac1 = Mac1Key::for_responder(network, &bob_public);
     let initiation_payload = initiation_payload();
@@ -134,6 +144,27 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
         })
     });
 
+    group.bench_function("responder_only_not_precomputed", |b| {
+        b.iter(|| {
+            let Ok(Datagram::Initiation(initiation)) = Datagram::parse(&initiation) else {
+                panic!("initiation");
+            };
+            let received = ReceivedInitiation::read(
+                &mut rng,
+                network,
+                &bob_uncached,
+                &bob_mac1,
+                &initiation,
+            )
+            .expect("responder reads");
+            black_box(
+                received
+                    .respond(network, 22, &response_payload)
+                    .expect("responds"),
+            )
+        })
+    });
+
     group.bench_function("initiator_start_only", |b| {
         b.iter(|| {
             black_box(
@@ -184,7 +215,7 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
     let mut group = c.benchmark_group("x25519");
     group.throughput(Throughput::Elements(1));
     let point = MontgomeryPoint(bob_public);
-    let scalar = *alice_secret;
+    let scalar = *alice_secret.secret();
     // Variable base: the Montgomery ladder (each DH of Noise).
     group.bench_function("dh_ladder", |b| {
         b.iter(|| black_box(black_box(point).mul_clamped(black_box(scalar))))

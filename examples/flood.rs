@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::NetworkId;
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::noise::tai64n::Tai64N;
@@ -195,7 +196,7 @@ fn mac1_pool(network: NetworkId, target: &AgentId, size: usize) -> anyhow::Resul
             let (_, datagram) = InitiatorHandshake::start(
                 &mut rng,
                 network,
-                &stranger.noise_secret_key(),
+                &NoiseStatic::new(&stranger.noise_secret_key()),
                 &target.noise_public_key(),
                 index,
                 &payload,

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodeId};
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use agentnet::core::noise::session::Session;
 use agentnet::core::noise::tai64n::Tai64N;
@@ -48,7 +49,6 @@ use agentnet::core::wire::{Datagram, RELAY_HEADER_LEN, TYPE_DATA};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use rand::RngCore;
-use zeroize::Zeroizing;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -161,7 +161,7 @@ fn endpoint(number: u32) -> ClientAddr {
 /// The client side of one simulated agent.
 struct SimAgent {
     id: AgentId,
-    noise_secret: Zeroizing<[u8; 32]>,
+    noise_static: NoiseStatic,
     from: ClientAddr,
     session: Option<Session>,
 }
@@ -195,7 +195,7 @@ impl Bench {
                 let identity = identity(number, 0x5a)?;
                 Ok(SimAgent {
                     id: identity.agent_id(),
-                    noise_secret: identity.noise_secret_key(),
+                    noise_static: NoiseStatic::new(&identity.noise_secret_key()),
                     from: endpoint(number),
                     session: None,
                 })
@@ -256,7 +256,7 @@ impl Bench {
         let (mut handshake, initiation) = InitiatorHandshake::start(
             &mut self.rng,
             network(),
-            &agent.noise_secret,
+            &agent.noise_static,
             &self.server_noise_key,
             local_index,
             &payload,

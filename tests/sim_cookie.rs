@@ -13,6 +13,7 @@ use agentnet::core::noise::cookie::{
     CookieReplyKey, DEFAULT_LOAD_THRESHOLD, InitiatorCookie, SOURCE_BURST, SOURCE_RATE,
 };
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::policy::Policy;
 use agentnet::core::rng::{CoreRng, core_rng};
@@ -44,7 +45,7 @@ fn stranger_initiation(
     InitiatorHandshake::start(
         rng,
         net.network,
-        &stranger.noise_secret_key(),
+        &NoiseStatic::new(&stranger.noise_secret_key()),
         &target.noise_public_key(),
         index,
         &payload,

@@ -14,6 +14,7 @@ use agentnet::core::identity::{AgentId, Identity};
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::session::Session;
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rendezvous::{
     ClientAddr, MAX_MAILBOX_BYTES, MAX_MAILBOXES, MAX_STORED_DATAGRAM_LEN, MAX_STORED_PER_IP,
@@ -84,7 +85,7 @@ impl Client {
         let (handshake, mut datagram) = InitiatorHandshake::start(
             &mut self.rng,
             network(),
-            &self.identity.noise_secret_key(),
+            &NoiseStatic::new(&self.identity.noise_secret_key()),
             &server_key,
             index,
             &payload,
@@ -435,7 +436,7 @@ fn initiation_flood_engages_cookies_and_clients_still_register() {
             InitiatorHandshake::start(
                 &mut rng,
                 network(),
-                &stranger.noise_secret_key(),
+                &NoiseStatic::new(&stranger.noise_secret_key()),
                 &server_id.noise_public_key(),
                 u32::from(i),
                 &payload,

@@ -13,6 +13,7 @@ use agentnet::core::noise::handshake::{
 };
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::noise::session::Session;
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rng::{CoreRng, core_rng};
 use agentnet::core::wire::Datagram;
@@ -117,7 +118,7 @@ impl RemoteAgent {
         let (handshake, mut datagram) = InitiatorHandshake::start(
             &mut self.rng,
             network(),
-            &self.identity.noise_secret_key(),
+            &NoiseStatic::new(&self.identity.noise_secret_key()),
             target,
             index,
             &payload,
@@ -160,7 +161,7 @@ impl RemoteAgent {
                 let received = ReceivedInitiation::read(
                     &mut self.rng,
                     network(),
-                    &self.identity.noise_secret_key(),
+                    &NoiseStatic::new(&self.identity.noise_secret_key()),
                     &Mac1Key::for_responder(network(), &own_key),
                     &initiation,
                 )

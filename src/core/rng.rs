@@ -8,6 +8,8 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
+use crate::core::noise::static_keys::{CachedDh25519, NoiseStatic};
+
 /// The core's random generator.
 pub type CoreRng = ChaCha20Rng;
 
@@ -26,9 +28,12 @@ impl Random for SeededRandom {
 }
 
 /// A snow resolver whose randomness comes from a seed the core chose, with
-/// the default pure-Rust primitives for everything else.
+/// the default pure-Rust primitives for everything else; X25519 takes the
+/// node's shortcuts (its static public key and static-static secrets, see
+/// [`NoiseStatic`]) when given them.
 pub struct SeededResolver {
     seed: [u8; 32],
+    statics: Option<NoiseStatic>,
 }
 
 impl SeededResolver {
@@ -36,7 +41,16 @@ impl SeededResolver {
     pub fn from_rng(rng: &mut CoreRng) -> Self {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
-        Self { seed }
+        Self {
+            seed,
+            statics: None,
+        }
+    }
+
+    /// The same, with the node's static key and its precomputed secrets.
+    pub fn with_statics(mut self, statics: &NoiseStatic) -> Self {
+        self.statics = Some(statics.clone());
+        self
     }
 }
 
@@ -46,7 +60,12 @@ impl CryptoResolver for SeededResolver {
     }
 
     fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        match choice {
+            snow::params::DHChoice::Curve25519 => {
+                Some(Box::new(CachedDh25519::new(self.statics.clone())))
+            }
+            other => DefaultResolver.resolve_dh(other),
+        }
     }
 
     fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {

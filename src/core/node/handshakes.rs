@@ -77,7 +77,7 @@ impl Node {
         let received = match ReceivedInitiation::read(
             &mut ctx.rng,
             ctx.network,
-            &ctx.noise_secret,
+            &ctx.noise_static,
             &ctx.own_mac1,
             initiation,
         ) {

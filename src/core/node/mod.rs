@@ -108,7 +108,9 @@ impl Node {
             own_prefix: NodePrefix::of_agent(config.network, &own_id),
             own_address4: Some(agent_address4(config.network, &own_id)),
             name: config.name.clone(),
-            noise_secret: config.identity.noise_secret_key(),
+            noise_static: crate::core::noise::static_keys::NoiseStatic::new(
+                &config.identity.noise_secret_key(),
+            ),
             own_mac1: Mac1Key::for_responder(config.network, &own_id.noise_public_key()),
             tunnel_mtu: config.tunnel_mtu,
             rng: core_rng(rng_seed),

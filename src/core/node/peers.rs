@@ -115,6 +115,8 @@ impl Node {
             .peers
             .insert(peer.id, |slot| Peer::new(ctx, peer, slot));
         let slot = state.slot();
+        // Its handshakes skip the static-static DH from now on.
+        self.ctx.noise_static.add_peer(state.noise_public());
         self.by_noise_key.insert(*state.noise_public(), slot);
         self.by_prefix.insert(state.prefix(), slot);
         self.peer_order.push(slot);
@@ -131,6 +133,7 @@ impl Node {
         let was_up = peer.has_session();
         peer.clear_sessions(&mut self.ctx);
         self.by_noise_key.remove(peer.noise_public());
+        self.ctx.noise_static.remove_peer(peer.noise_public());
         self.by_prefix.remove(&peer.prefix());
         self.peer_order.retain(|slot| *slot != peer.slot());
         let address4 = peer.address4();

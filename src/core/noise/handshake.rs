@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::core::address::NetworkId;
 use crate::core::noise::mac::Mac1Key;
+use crate::core::noise::static_keys::NoiseStatic;
 use crate::core::noise::tai64n::Tai64N;
 use crate::core::rng::{CoreRng, SeededResolver};
 use crate::core::wire::codec::{Reader, Writer};
@@ -173,12 +174,16 @@ fn prologue(network: NetworkId) -> Vec<u8> {
     prologue
 }
 
-fn builder<'a>(rng: &mut CoreRng, prologue: &'a [u8]) -> Result<snow::Builder<'a>, HandshakeError> {
+fn builder<'a>(
+    rng: &mut CoreRng,
+    prologue: &'a [u8],
+    local: &'a NoiseStatic,
+) -> Result<snow::Builder<'a>, HandshakeError> {
     let params = NOISE_PARAMS.parse().map_err(|_| HandshakeError::Noise)?;
-    Ok(
-        snow::Builder::with_resolver(params, Box::new(SeededResolver::from_rng(rng)))
-            .prologue(prologue)?,
-    )
+    let resolver = SeededResolver::from_rng(rng).with_statics(local);
+    Ok(snow::Builder::with_resolver(params, Box::new(resolver))
+        .prologue(prologue)?
+        .local_private_key(local.secret())?)
 }
 
 /// Wraps a Noise message into a handshake datagram and seals mac1.
@@ -210,18 +215,18 @@ impl std::fmt::Debug for InitiatorHandshake {
 }
 
 impl InitiatorHandshake {
-    /// Builds an initiation datagram to the responder with this Noise key.
+    /// Builds an initiation datagram to the responder with this Noise key,
+    /// from this node's static key `local`.
     pub fn start(
         rng: &mut CoreRng,
         network: NetworkId,
-        local_secret: &[u8; 32],
+        local: &NoiseStatic,
         responder_public: &[u8; 32],
         local_index: u32,
         payload: &InitiationPayload,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let prologue = prologue(network);
-        let mut state = builder(rng, &prologue)?
-            .local_private_key(local_secret)?
+        let mut state = builder(rng, &prologue, local)?
             .remote_public_key(responder_public)?
             .build_initiator()?;
         let mut noise = [0u8; wire::MAX_HANDSHAKE_LEN];
@@ -285,11 +290,12 @@ impl std::fmt::Debug for ReceivedInitiation {
 }
 
 impl ReceivedInitiation {
-    /// Decrypts an initiation after checking its mac1 with our own key.
+    /// Decrypts an initiation after checking its mac1 with our own key
+    /// (`local`: this node's static key).
     pub fn read(
         rng: &mut CoreRng,
         network: NetworkId,
-        local_secret: &[u8; 32],
+        local: &NoiseStatic,
         own_mac1_key: &Mac1Key,
         initiation: &wire::Initiation<'_>,
     ) -> Result<Self, HandshakeError> {
@@ -297,9 +303,7 @@ impl ReceivedInitiation {
             return Err(HandshakeError::BadMac1);
         }
         let prologue = prologue(network);
-        let mut state = builder(rng, &prologue)?
-            .local_private_key(local_secret)?
-            .build_responder()?;
+        let mut state = builder(rng, &prologue, local)?.build_responder()?;
         let mut payload = [0u8; wire::MAX_HANDSHAKE_LEN];
         let len = state.read_message(initiation.noise(), &mut payload)?;
         let payload =
@@ -381,7 +385,7 @@ mod tests {
         InitiatorHandshake::start(
             rng,
             pair.network,
-            &pair.alice.noise_secret_key(),
+            &NoiseStatic::new(&pair.alice.noise_secret_key()),
             &pair.bob.agent_id().noise_public_key(),
             11,
             &payload(),
@@ -402,7 +406,7 @@ mod tests {
         let received = ReceivedInitiation::read(
             &mut rng,
             pair.network,
-            &pair.bob.noise_secret_key(),
+            &NoiseStatic::new(&pair.bob.noise_secret_key()),
             &bob_mac1,
             &parsed,
         )
@@ -463,7 +467,7 @@ mod tests {
             ReceivedInitiation::read(
                 &mut rng,
                 other,
-                &pair.bob.noise_secret_key(),
+                &NoiseStatic::new(&pair.bob.noise_secret_key()),
                 &other_mac1,
                 &parsed
             )
@@ -480,7 +484,7 @@ mod tests {
             ReceivedInitiation::read(
                 &mut rng,
                 other,
-                &pair.bob.noise_secret_key(),
+                &NoiseStatic::new(&pair.bob.noise_secret_key()),
                 &other_mac1,
                 &parsed
             )
@@ -503,7 +507,7 @@ mod tests {
             ReceivedInitiation::read(
                 &mut rng,
                 pair.network,
-                &carol.noise_secret_key(),
+                &NoiseStatic::new(&carol.noise_secret_key()),
                 &carol_mac1,
                 &parsed
             )

@@ -1,10 +1,12 @@
 //! Noise and what guards it: the IK handshake (`handshake`), the transport
 //! sessions with their replay windows (`session`, `replay`), TAI64N labels,
-//! mac1/mac2 (`mac`) and cookies against handshake floods (`cookie`).
+//! mac1/mac2 (`mac`), cookies against handshake floods (`cookie`) and the
+//! node's static key with its precomputed secrets (`static_keys`).
 
 pub mod cookie;
 pub mod handshake;
 pub mod mac;
 pub mod replay;
 pub mod session;
+pub mod static_keys;
 pub mod tai64n;

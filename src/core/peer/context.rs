@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use zeroize::Zeroizing;
 
 use crate::core::address::{NetworkId, NodeId, NodePrefix};
 use crate::core::api::PeerSlot;
@@ -28,7 +27,8 @@ pub struct Context {
     /// This agent's IPv4 address (`None`: IPv4 is off on this node).
     pub own_address4: Option<std::net::Ipv4Addr>,
     pub name: String,
-    pub noise_secret: Zeroizing<[u8; 32]>,
+    /// This node's static key, with its peers' precomputed static-static secrets.
+    pub noise_static: crate::core::noise::static_keys::NoiseStatic,
     pub own_mac1: Mac1Key,
     pub tunnel_mtu: u16,
     pub rng: CoreRng,

@@ -332,7 +332,7 @@ impl Peer {
         match InitiatorHandshake::start(
             &mut ctx.rng,
             ctx.network,
-            &ctx.noise_secret,
+            &ctx.noise_static,
             &self.noise_public,
             local_index,
             &payload,

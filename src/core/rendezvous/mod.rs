@@ -216,7 +216,7 @@ pub struct RendezvousUsage {
 pub struct RendezvousServer {
     config: RendezvousConfig,
     own_mac1: Mac1Key,
-    noise_secret: zeroize::Zeroizing<[u8; 32]>,
+    noise_static: crate::core::noise::static_keys::NoiseStatic,
     rng: CoreRng,
     /// Clients by their Noise static key.
     clients: HashMap<[u8; 32], Client>,
@@ -259,7 +259,9 @@ impl RendezvousServer {
             clients_per_ip: HashMap::new(),
             stored_per_ip: HashMap::new(),
             stored_bytes: 0,
-            noise_secret: config.identity.noise_secret_key(),
+            noise_static: crate::core::noise::static_keys::NoiseStatic::new(
+                &config.identity.noise_secret_key(),
+            ),
             config,
             rng: core_rng(rng_seed),
             clients: HashMap::new(),
@@ -432,7 +434,7 @@ impl RendezvousServer {
         let received = match ReceivedInitiation::read(
             &mut self.rng,
             self.config.network,
-            &self.noise_secret,
+            &self.noise_static,
             &self.own_mac1,
             initiation,
         ) {
