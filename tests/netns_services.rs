@@ -1,8 +1,10 @@
 //! Services advertised among trusted agents (issue 15), end to end in
 //! network namespaces: bravo serves a loopback HTTP server and advertises
-//! it as an MCP service (and an A2A agent); alpha, which trusts bravo and
-//! is trusted fully, finds both with `agentnet services --json` within a
-//! second and fetches the advertised URL by name with curl; delta, allowed
+//! it as an MCP service, and runs the official a2a-sdk's echo agent
+//! (`tests/apps/a2a_server.py`) advertised as an A2A agent; alpha, which
+//! trusts bravo and is trusted fully, finds both with `agentnet services
+//! --json` within a second, fetches the advertised URL by name with curl
+//! and reads the A2A agent's card with `services --cards`; delta, allowed
 //! only `tcp:9999` on bravo, sees only the A2A service; charlie, whom bravo
 //! does not trust, sees nothing; revocation removes the services on either
 //! side.
@@ -12,10 +14,12 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::Identity;
+use support::apps::{Python, apps_dir, path_str};
 use support::http::{self, wait_listening};
 use support::{Agent, Lab, step, wait_until};
 
@@ -25,6 +29,12 @@ const TOOLS: &[&str] = &["ping", "curl", "ss", "python3"];
 const UNDERLAY: [u8; 2] = [76, 0];
 const MCP_PORT: u16 = 8000;
 const A2A_PORT: u16 = 9999;
+/// Where the a2a-sdk serves its Agent Card (the current A2A spec's path).
+const A2A_CARD_PATH: &str = "/.well-known/agent-card.json";
+/// Python modules the A2A agent needs (from the venv).
+const A2A_MODULES: &[&str] = &["a2a", "uvicorn"];
+/// How long the A2A agent may take to listen (Python imports included).
+const A2A_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First contact: the handshake and the first packet.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// What the issue promises for a change to reach a peer.
@@ -32,11 +42,11 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 
 #[test]
 fn trusted_peers_find_advertised_services_by_policy_and_lose_them_on_revocation() {
-    let Some(()) = support::netns_ready!(TOOLS) else {
+    let Some(python) = support::netns_ready!(TOOLS, Python(A2A_MODULES)) else {
         return;
     };
     let lab = Lab::new().expect("lab");
-    if let Err(e) = run(&lab) {
+    if let Err(e) = run(&lab, &python) {
         panic!("{e}");
     }
 }
@@ -81,7 +91,77 @@ fn wait_for_urls(agent: &Agent, want: &[&str], within: Duration) -> Result<Durat
     ))
 }
 
-fn run(lab: &Lab) -> Result<(), String> {
+/// Starts the a2a-sdk echo agent in `agent`'s namespace on its defaults
+/// (uvicorn on 0.0.0.0:[`A2A_PORT`]); returns its spawn ID once it listens.
+fn start_a2a_agent(lab: &Lab, agent: &Agent, python: &Path) -> Result<u32, String> {
+    let script = apps_dir().join("a2a_server.py");
+    let port = A2A_PORT.to_string();
+    let public = format!("http://{}.agent.internal:{port}/", agent.name);
+    let server = lab.spawn(
+        &agent.host.ns,
+        "a2a-server",
+        &[path_str(python), "-u", path_str(&script), &port, &public],
+    )?;
+    let sport = format!(":{port}");
+    let listening = wait_until("the a2a agent listening", A2A_LISTEN_TIMEOUT, || {
+        !lab.spawn_running(server)
+            || lab
+                .exec(&agent.host.ns, &["ss", "-Hltn", "sport", "=", &sport])
+                .is_ok_and(|o| o.stdout.contains("LISTEN"))
+    });
+    if listening.is_err() || !lab.spawn_running(server) {
+        let (out, err) = lab.stop(server);
+        return Err(format!(
+            "the a2a agent did not listen on {port}:\n{out}\n{err}"
+        ));
+    }
+    Ok(server)
+}
+
+/// `agent`'s `services --cards --json` shows bravo's A2A agent card, read
+/// over the overlay at `card_url`: the echo agent's name, description and
+/// skill; the MCP service gets no card. Returns the card.
+fn check_a2a_card(agent: &Agent, card_url: &str) -> Result<Value, String> {
+    let out = agent.cli_ok(&["services", "--cards", "--json"])?;
+    let listed: Vec<Value> = serde_json::from_str(&out.stdout).map_err(|e| {
+        format!(
+            "`services --cards --json` is no JSON array ({e}):\n{}",
+            out.stdout
+        )
+    })?;
+    let of_kind = |kind: &str| {
+        listed
+            .iter()
+            .find(|service| service["from_peer"]["kind"] == kind)
+            .ok_or_else(|| format!("no {kind} service in:\n{}", out.stdout))
+    };
+    let a2a = of_kind("a2a")?;
+    let card = &a2a["card"];
+    let skill = &card["from_peer"]["skills"][0];
+    let want = [
+        (&card["fetched_from"], Value::from(card_url)),
+        (&card["from_peer"]["name"], Value::from("echo")),
+        (
+            &card["from_peer"]["description"],
+            Value::from("Echoes messages over agentnet"),
+        ),
+        (&skill["id"], Value::from("echo")),
+        (&skill["name"], Value::from("echo")),
+        (&skill["description"], Value::from("echoes")),
+    ];
+    if want.iter().any(|(seen, value)| *seen != value) {
+        return Err(format!(
+            "the a2a service's card is not the echo agent's:\n{a2a:#}"
+        ));
+    }
+    let mcp = of_kind("mcp")?;
+    if mcp.get("card").is_some() || mcp.get("card_error").is_some() {
+        return Err(format!("the mcp service got a card entry: {mcp}"));
+    }
+    Ok(card.clone())
+}
+
+fn run(lab: &Lab, python: &Path) -> Result<(), String> {
     step(&format!(
         "lab {}: alpha, bravo, charlie, delta on one bridge",
         lab.prefix()
@@ -173,15 +253,26 @@ fn run(lab: &Lab) -> Result<(), String> {
     step(&format!(
         "alpha lists {mcp} {took:?} after the advertisement"
     ));
-    let a2a = format!("http://bravo.agent.internal:{A2A_PORT}/.well-known/agent.json");
+    // Bravo's A2A agent: the a2a-sdk's server on its defaults, advertised
+    // with the path its card is served at.
+    let a2a_agent = start_a2a_agent(lab, b, python)?;
+    let a2a = format!("http://bravo.agent.internal:{A2A_PORT}{A2A_CARD_PATH}");
     b.cli_ok(&[
         "advertise",
         &format!("a2a:{A2A_PORT}"),
         "--path",
-        "/.well-known/agent.json",
+        A2A_CARD_PATH,
     ])?;
     let took = wait_for_urls(a, &[&mcp, &a2a], PROPAGATION)?;
     step(&format!("alpha lists the a2a service too ({took:?})"));
+    let card = check_a2a_card(a, &a2a)?;
+    step(&format!(
+        "alpha: services --cards --json, the a2a entry's card:\n{card:#}"
+    ));
+    step(&format!(
+        "alpha reads the a2a agent's card over the overlay: agentnet services --cards\n{}",
+        a.cli_ok(&["services", "--cards"])?.stdout
+    ));
     step(&format!(
         "bravo: agentnet advertise --list\n{}",
         b.cli_ok(&["advertise", "--list"])?.stdout
@@ -250,5 +341,6 @@ fn run(lab: &Lab) -> Result<(), String> {
     wait_for_urls(a, &[], Duration::ZERO)?;
     step("alpha revokes bravo: bravo's services are gone at once");
     lab.stop(server);
+    lab.stop(a2a_agent);
     Ok(())
 }

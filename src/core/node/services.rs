@@ -1,7 +1,8 @@
 //! Services among trusted agents (DESIGN.md §8): the set this agent
 //! advertises, offered to each peer as its policy filters it, and what the
 //! peers advertised here. The exchange itself is the peers'
-//! (`core::peer::services`).
+//! (`core::peer::services`); the node keeps the last generation issued,
+//! which the shell saves and restores across restarts.
 
 use std::time::Instant;
 
@@ -30,6 +31,22 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Restores the last generation of a `Services` offer this agent
+    /// issued before it restarted (kept by the shell): every later offer
+    /// gets a higher one, so peers replace what they learned before even
+    /// if the wall clock went back. A lower value than the node's own is
+    /// ignored. Call it before the first session comes up.
+    pub fn restore_services_generation(&mut self, last_issued: u64) {
+        self.ctx.last_services_generation = self.ctx.last_services_generation.max(last_issued);
+    }
+
+    /// The last generation of a `Services` offer issued (0: none yet):
+    /// what the shell keeps for [`Node::restore_services_generation`]
+    /// after a restart. Cheap: compare it on every wake.
+    pub fn last_services_generation(&self) -> u64 {
+        self.ctx.last_services_generation
     }
 
     /// The services this agent advertises.

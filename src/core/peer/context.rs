@@ -78,6 +78,11 @@ pub struct Context {
     /// The services this agent advertises (each peer is offered those its
     /// policy lets it open).
     pub advertised: Vec<crate::core::services::Service>,
+    /// The last generation of a `Services` offer issued to any peer (0:
+    /// none). Node-wide and restored across restarts (the shell keeps it
+    /// in the state directory), so an offer made after a restart replaces
+    /// the earlier ones even when the wall clock went back.
+    pub last_services_generation: u64,
 }
 
 /// A registration not acknowledged within this long means the rendezvous
