@@ -132,6 +132,7 @@ impl Node {
             relay_backlog: Vec::new(),
             register_interval: DEFAULT_REGISTER_INTERVAL,
             advertised: Vec::new(),
+            learned_services_changes: 0,
         };
         Self {
             ctx,
