@@ -22,12 +22,27 @@
 //! a known name, `NXDOMAIN` for unknown names under `agent.internal`, and
 //! `REFUSED` for every other name: the responder is authoritative for its
 //! zone and never forwards. Untrusted names get nothing, in either family.
+//!
+//! The services trusted peers advertised here are answered too, as DNS-SD
+//! (RFC 6763) and SRV (RFC 2782): `dig SRV _mcp._tcp.NAME.agent.internal`,
+//! and browsing from `_services._dns-sd._udp.agent.internal` down (the
+//! record layout is in [`service_records`]). The daemon hands them over
+//! with [`DnsResponder::set_services`], already joined with its trust
+//! store; the responder keeps only those of peers in its [`NameTable`],
+//! so an untrusted peer's `_mcp._tcp.NAME` is NXDOMAIN like its name. SRV
+//! answers carry the target's AAAA (and A where IPv4 reaches it) in the
+//! additional section, instance PTR answers the instances' SRV and TXT
+//! too. Answers are cut to fit one datagram ([`udp_size`]), with TC when
+//! answers had to go.
+//!
+//! The responder does no I/O and reads no clock: bytes in, bytes out.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::core::address::{NetworkId, NodePrefix};
@@ -35,8 +50,14 @@ use crate::core::wire::emit::{self, Route};
 use crate::core::wire::packet::{ICMPV6_ECHO_REQUEST, IpPacket, peek_ipv6_destination};
 
 mod name_table;
+pub mod service_records;
+mod udp_size;
 
 pub use name_table::NameTable;
+pub use service_records::NamedPeerServices;
+
+use name_table::NameAddresses;
+use service_records::ServiceRecords;
 
 /// The zone every peer name lives in.
 pub const DOMAIN: &str = "agent.internal";
@@ -49,8 +70,6 @@ pub const DNS_PORT: u16 = 53;
 pub const ANSWER_TTL: u32 = 10;
 /// TTL of negative answers (the SOA minimum).
 pub const NEGATIVE_TTL: u32 = 10;
-/// Largest UDP answer we advertise with EDNS (the DNS-flag-day value).
-const EDNS_PAYLOAD: u16 = 1232;
 /// Hop limit of the packets the responder writes into the TUN.
 const HOP_LIMIT: u8 = 64;
 
@@ -87,6 +106,10 @@ pub struct DnsResponder {
     zone: Name,
     soa: Record,
     names: NameTable,
+    /// What trusted peers advertised, as the daemon last handed it over.
+    services: Vec<NamedPeerServices>,
+    /// The DNS-SD records of `services` whose peers are in `names`.
+    service_records: ServiceRecords,
 }
 
 impl DnsResponder {
@@ -113,6 +136,8 @@ impl DnsResponder {
             zone,
             soa,
             names: NameTable::default(),
+            services: Vec::new(),
+            service_records: ServiceRecords::default(),
         }
     }
 
@@ -126,9 +151,27 @@ impl DnsResponder {
         &self.names
     }
 
-    /// Replaces the names it answers.
+    /// Replaces the names it answers (the services of peers no longer
+    /// named go with them).
     pub fn set_names(&mut self, names: NameTable) {
         self.names = names;
+        self.rebuild_service_records();
+    }
+
+    /// Replaces the services it answers by DNS-SD: those of the peers in
+    /// its names; the others are kept for when their peer gets a name.
+    pub fn set_services(&mut self, services: Vec<NamedPeerServices>) {
+        self.services = services;
+        self.rebuild_service_records();
+    }
+
+    fn rebuild_service_records(&mut self) {
+        self.service_records = ServiceRecords::build(&self.zone, &self.names, &self.services);
+        tracing::debug!(
+            peers = self.services.len(),
+            records = self.service_records.len(),
+            "names: DNS-SD records rebuilt"
+        );
     }
 
     /// Looks at one packet read from the TUN: a UDP query to the resolver
@@ -188,7 +231,7 @@ impl DnsResponder {
         if query.message_type() != MessageType::Query {
             return None;
         }
-        self.respond(&query).to_vec().ok()
+        udp_size::encode_within(self.respond(&query), udp_size::payload_limit(&query))
     }
 
     fn respond(&self, query: &Message) -> Message {
@@ -198,11 +241,14 @@ impl DnsResponder {
             .set_message_type(MessageType::Response)
             .set_op_code(query.op_code())
             .set_recursion_desired(query.recursion_desired())
-            .set_recursion_available(false)
-            .add_queries(query.queries().iter().cloned());
+            .set_recursion_available(false);
+        if let [question] = query.queries() {
+            // Only one: echoing a stranger's many would not fit the datagram.
+            response.add_query(question.clone());
+        }
         if query.extensions().is_some() {
             let mut edns = Edns::new();
-            edns.set_max_payload(EDNS_PAYLOAD);
+            edns.set_max_payload(udp_size::EDNS_PAYLOAD);
             response.set_edns(edns);
         }
         if query.op_code() != OpCode::Query {
@@ -226,48 +272,115 @@ impl DnsResponder {
 
     fn answer_in_zone(&self, question: &Query, response: &mut Message) {
         let name = question.name();
-        let depth = name.num_labels().saturating_sub(self.zone.num_labels());
-        let addresses = match depth {
-            0 => {
-                // The apex exists (it has an SOA) but holds no address.
-                if question.query_type() == RecordType::SOA {
-                    response.add_answer(self.soa.clone());
-                } else {
-                    response.add_name_server(self.soa.clone());
-                }
-                return;
+        let kind = question.query_type();
+        if name.num_labels() == self.zone.num_labels() {
+            // The apex exists (it has an SOA) but holds no address.
+            if kind == RecordType::SOA {
+                response.add_answer(self.soa.clone());
+            } else {
+                response.add_name_server(self.soa.clone());
             }
-            1 => name
+            return;
+        }
+        let answers = if let Some(addresses) = self.peer_addresses(name) {
+            address_records(addresses, kind)
+        } else if let Some(records) = self.service_records.records(name) {
+            records
                 .iter()
-                .next()
-                .and_then(|label| std::str::from_utf8(label).ok())
-                .and_then(|label| self.names.get(label)),
-            _ => None,
-        };
-        let Some(addresses) = addresses else {
+                .filter(|data| kind == RecordType::ANY || data.record_type() == kind)
+                .cloned()
+                .collect()
+        } else if self.service_records.has_descendants(name) {
+            // An empty non-terminal (`_tcp.NAME.agent.internal`): it exists.
+            Vec::new()
+        } else {
             response.set_response_code(ResponseCode::NXDomain);
             response.add_name_server(self.soa.clone());
             return;
         };
-        let kind = question.query_type();
-        let mut answers = Vec::new();
-        if matches!(kind, RecordType::AAAA | RecordType::ANY) {
-            answers.push(RData::AAAA(AAAA(addresses.address)));
-        }
-        if matches!(kind, RecordType::A | RecordType::ANY)
-            && let Some(address4) = addresses.address4
-        {
-            answers.push(RData::A(A(address4)));
-        }
         if answers.is_empty() {
             // The name exists, with no record of this type (NODATA): an A
             // query too when IPv4 does not reach the peer.
             response.add_name_server(self.soa.clone());
+            return;
         }
         for data in answers {
             response.add_answer(Record::from_rdata(name.clone(), ANSWER_TTL, data));
         }
+        self.add_additionals(response);
     }
+
+    /// The addresses of the trusted peer `name` (`NAME.agent.internal`,
+    /// one label under the zone) stands for.
+    fn peer_addresses(&self, name: &Name) -> Option<&NameAddresses> {
+        if name.num_labels() != self.zone.num_labels() + 1 || !self.zone.zone_of(name) {
+            return None;
+        }
+        let label = name.iter().next()?;
+        self.names.get(std::str::from_utf8(label).ok()?)
+    }
+
+    /// What saves the asker a round trip (RFC 6763 §12): for instance PTR
+    /// answers the instances' SRV and TXT, for every SRV its target's
+    /// addresses.
+    fn add_additionals(&self, response: &mut Message) {
+        let mut instances = BTreeSet::new();
+        let mut targets = BTreeSet::new();
+        let mut additionals = Vec::new();
+        for answer in response.answers() {
+            match answer.data() {
+                RData::PTR(PTR(instance))
+                    if is_instance(instance) && instances.insert(instance.clone()) =>
+                {
+                    for data in self.service_records.records(instance).unwrap_or_default() {
+                        if let RData::SRV(srv) = data {
+                            targets.insert(srv.target().clone());
+                        }
+                        additionals.push(Record::from_rdata(
+                            instance.clone(),
+                            ANSWER_TTL,
+                            data.clone(),
+                        ));
+                    }
+                }
+                RData::SRV(srv) => {
+                    targets.insert(srv.target().clone());
+                }
+                _ => {}
+            }
+        }
+        for target in targets {
+            if let Some(addresses) = self.peer_addresses(&target) {
+                for data in address_records(addresses, RecordType::ANY) {
+                    additionals.push(Record::from_rdata(target.clone(), ANSWER_TTL, data));
+                }
+            }
+        }
+        response.add_additionals(additionals);
+    }
+}
+
+/// The address records of a name for a query of type `kind`.
+fn address_records(addresses: &NameAddresses, kind: RecordType) -> Vec<RData> {
+    let mut records = Vec::new();
+    if matches!(kind, RecordType::AAAA | RecordType::ANY) {
+        records.push(RData::AAAA(AAAA(addresses.address)));
+    }
+    if matches!(kind, RecordType::A | RecordType::ANY)
+        && let Some(address4) = addresses.address4
+    {
+        records.push(RData::A(A(address4)));
+    }
+    records
+}
+
+/// Whether a PTR target is a service instance (`bravo-8000._mcp._tcp...`)
+/// rather than a service type (`_mcp._tcp...`): types start with `_`,
+/// instances with a peer's name.
+fn is_instance(name: &Name) -> bool {
+    name.iter()
+        .next()
+        .is_some_and(|label| !label.starts_with(b"_"))
 }
 
 fn zone_name() -> Name {

@@ -1,4 +1,7 @@
-//! The responder's answers, built and parsed with hickory.
+//! The responder's answers, built and parsed with hickory: names and
+//! addresses here, services in `dnssd`.
+
+mod dnssd;
 
 use std::net::Ipv4Addr;
 
@@ -240,6 +243,25 @@ fn names_outside_the_zone_are_refused_never_forwarded() {
         assert_eq!(reply.response_code(), ResponseCode::Refused, "{name}");
         assert!(reply.answers().is_empty());
     }
+}
+
+#[test]
+fn a_query_with_many_questions_is_a_format_error_echoing_none() {
+    let (responder, _) = responder();
+    let mut query = Message::new();
+    for _ in 0..100 {
+        query.add_query(Query::query(
+            Name::from_ascii("bob.agent.internal.").expect("name"),
+            RecordType::AAAA,
+        ));
+    }
+    let answer = responder
+        .answer(&query.to_vec().expect("encode"))
+        .expect("an answer");
+    assert!(answer.len() <= 512);
+    let reply = Message::from_vec(&answer).expect("decode");
+    assert_eq!(reply.response_code(), ResponseCode::FormErr);
+    assert!(reply.queries().is_empty());
 }
 
 #[test]
