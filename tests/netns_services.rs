@@ -249,9 +249,11 @@ fn run(lab: &Lab) -> Result<(), String> {
     step(&format!(
         "bravo revokes delta: delta forgets bravo's services ({took:?})"
     ));
+    services_gone_by_dns_sd(lab, d, &resolver_of(id_b), "_a2a._tcp.bravo.agent.internal")?;
     a.cli_ok(&["trust", "remove", "bravo"])?;
     wait_for_urls(a, &[], Duration::ZERO)?;
     step("alpha revokes bravo: bravo's services are gone at once");
+    services_gone_by_dns_sd(lab, a, &resolver_of(id_b), "_mcp._tcp.bravo.agent.internal")?;
     lab.stop(server);
     Ok(())
 }
@@ -440,5 +442,19 @@ fn services_by_dns_sd(
     )?;
     wait_for_dig(lab, delta, resolver, mcp, &nxdomain())?;
     step("delta (allowed tcp:9999 only): _a2a._tcp.bravo answers, _mcp._tcp.bravo is NXDOMAIN");
+    Ok(())
+}
+
+/// After a revocation `name` is NXDOMAIN at `agent`'s resolver. (Delta
+/// still trusts bravo: only the node's count of service changes tells
+/// its daemon to rebuild the records.)
+fn services_gone_by_dns_sd(
+    lab: &Lab,
+    agent: &Agent,
+    resolver: &std::net::Ipv6Addr,
+    name: &str,
+) -> Result<(), String> {
+    wait_for_dig(lab, agent, resolver, ("SRV", name), &nxdomain())?;
+    step(&format!("{}: {name} is NXDOMAIN now", agent.name));
     Ok(())
 }
