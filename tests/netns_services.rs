@@ -422,6 +422,7 @@ fn services_by_dns_sd(
             "charlie trusts bravo, its name should resolve: {name:?}"
         ));
     }
+    let mut shown = String::new();
     for kind in ["SRV", "TXT", "PTR"] {
         let (got, stdout) = dig(lab, charlie, resolver, kind, mcp.1)?;
         if got != nxdomain() {
@@ -430,8 +431,14 @@ fn services_by_dns_sd(
                 mcp.1
             ));
         }
+        if shown.is_empty() {
+            shown = stdout;
+        }
     }
-    step("charlie (untrusted by bravo): _mcp._tcp.bravo.agent.internal is NXDOMAIN");
+    step(&format!(
+        "charlie (untrusted by bravo): dig @{resolver} SRV {} is NXDOMAIN\n{shown}",
+        mcp.1
+    ));
 
     wait_for_dig(
         lab,
