@@ -6,19 +6,19 @@
 //!
 //! The event loop calls [`NameService::sync`] with the trust store and the
 //! node after anything that may have changed them; only a change of the
-//! trusted names or of their addresses causes any write.
+//! trusted names or of their addresses causes any write. A name carries
+//! its agent's IPv6 address always, and its IPv4 address when the node
+//! routes IPv4 to it ([`Ipv4Route::Routed`]): with IPv4 off, or for a peer
+//! whose derived IPv4 address another agent keeps, the name answers AAAA
+//! only and hosts files list only the IPv6 line.
 //!
 //! The responder also answers DNS-SD for the services trusted peers
 //! advertised here. The event loop calls [`NameService::sync_services`]
 //! on every wake: it compares the node's O(1) count of changes
 //! ([`Node::learned_services_changes`]) with the one it last applied and
-//! only then walks the peers, joins them with the trust store (trusted
-//! peers, under their names there) and hands the result to the
-//! responder; a change of the names does the same. A name carries
-//! its agent's IPv6 address always, and its IPv4 address when the node
-//! routes IPv4 to it ([`Ipv4Route::Routed`]): with IPv4 off, or for a peer
-//! whose derived IPv4 address another agent keeps, the name answers AAAA
-//! only and hosts files list only the IPv6 line.
+//! only when it moved walks the peers, joins them with the trust store
+//! (trusted peers, under their names there) and hands the result to the
+//! responder; a change of the names does the same.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -54,11 +54,7 @@ pub(crate) fn routed_ipv4(node: &Node, id: &AgentId) -> Option<Ipv4Addr> {
 
 /// What the trusted peers of `trust` advertised to `node`, each under its
 /// name in `trust`; requested-only and unknown peers are left out.
-pub(crate) fn trusted_peer_services(
-    trust: &TrustStore,
-    node: &Node,
-    now: Instant,
-) -> Vec<NamedPeerServices> {
+fn trusted_peer_services(trust: &TrustStore, node: &Node, now: Instant) -> Vec<NamedPeerServices> {
     let trusted: HashMap<&AgentId, &str> = trust
         .peers
         .iter()

@@ -32,7 +32,7 @@
 //! so an untrusted peer's `_mcp._tcp.NAME` is NXDOMAIN like its name. SRV
 //! answers carry the target's AAAA (and A where IPv4 reaches it) in the
 //! additional section, instance PTR answers the instances' SRV and TXT
-//! too. Answers are cut to fit one datagram ([`udp_size`]), with TC when
+//! too. Answers are cut to fit one datagram (`udp_size`), with TC when
 //! answers had to go.
 //!
 //! The responder does no I/O and reads no clock: bytes in, bytes out.
