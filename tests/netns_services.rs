@@ -7,7 +7,9 @@
 //! and reads the A2A agent's card with `services --cards`; delta, allowed
 //! only `tcp:9999` on bravo, sees only the A2A service; charlie, whom bravo
 //! does not trust, sees nothing; revocation removes the services on either
-//! side.
+//! side. The resolver answers DNS-SD for them: `dig SRV
+//! _mcp._tcp.bravo.agent.internal` and browsing on alpha, NXDOMAIN on
+//! charlie, the A2A agent only on delta.
 //!
 //! Needs root (skips with a reason otherwise, unless
 //! `AGENTNET_REQUIRE_NETNS=1`). All traffic stays inside the lab.
@@ -19,20 +21,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::Identity;
-use support::apps::{Python, apps_dir, path_str};
+use support::apps::{Python, agentnet_mcp_session, apps_dir, mcp_success, path_str};
 use support::http::{self, wait_listening};
 use support::{Agent, Lab, step, wait_until};
 
 /// Programs run inside the namespaces.
-const TOOLS: &[&str] = &["ping", "curl", "ss", "python3"];
+const TOOLS: &[&str] = &["ping", "curl", "ss", "python3", "dig"];
 /// Underlay subnet: `10.76.0.0/24`.
 const UNDERLAY: [u8; 2] = [76, 0];
 const MCP_PORT: u16 = 8000;
 const A2A_PORT: u16 = 9999;
 /// Where the a2a-sdk serves its Agent Card (the current A2A spec's path).
 const A2A_CARD_PATH: &str = "/.well-known/agent-card.json";
-/// Python modules the A2A agent needs (from the venv).
-const A2A_MODULES: &[&str] = &["a2a", "uvicorn"];
+/// Python modules the A2A agent and the MCP host need (from the venv).
+const A2A_MODULES: &[&str] = &["a2a", "uvicorn", "mcp"];
 /// How long the A2A agent may take to listen (Python imports included).
 const A2A_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First contact: the handshake and the first packet.
@@ -116,6 +118,23 @@ fn start_a2a_agent(lab: &Lab, agent: &Agent, python: &Path) -> Result<u32, Strin
         ));
     }
     Ok(server)
+}
+
+/// An agent asks `agentnet mcp` (through the official Python SDK) for the
+/// A2A agents its peers offer, with their cards: bravo's echo agent, its
+/// card's text under `from_peer`.
+fn check_a2a_card_through_mcp(lab: &Lab, python: &Path, agent: &Agent) -> Result<(), String> {
+    let calls = serde_json::json!([["services", {"kind": "a2a", "cards": true}]]);
+    let report = agentnet_mcp_session(lab, python, agent, &[], &calls)?;
+    let answer = mcp_success(&report, "services")?;
+    let card = &answer["services"][0]["card"]["from_peer"];
+    if card["name"] != "echo" || card["skills"][0]["id"] != "echo" {
+        return Err(format!("mcp services with cards: {answer:#}"));
+    }
+    step(&format!(
+        "alpha's MCP host: services {{\"kind\":\"a2a\",\"cards\":true}} -> card {card}"
+    ));
+    Ok(())
 }
 
 /// `agent`'s `services --cards --json` shows bravo's A2A agent card, read
@@ -266,6 +285,7 @@ fn run(lab: &Lab, python: &Path) -> Result<(), String> {
     let took = wait_for_urls(a, &[&mcp, &a2a], PROPAGATION)?;
     step(&format!("alpha lists the a2a service too ({took:?})"));
     let card = check_a2a_card(a, &a2a)?;
+    check_a2a_card_through_mcp(lab, python, a)?;
     step(&format!(
         "alpha: services --cards --json, the a2a entry's card:\n{card:#}"
     ));
@@ -273,6 +293,7 @@ fn run(lab: &Lab, python: &Path) -> Result<(), String> {
         "alpha reads the a2a agent's card over the overlay: agentnet services --cards\n{}",
         a.cli_ok(&["services", "--cards"])?.stdout
     ));
+    services_by_dns_sd(lab, a, c, d, &resolver_of(id_b))?;
     step(&format!(
         "bravo: agentnet advertise --list\n{}",
         b.cli_ok(&["advertise", "--list"])?.stdout
@@ -337,10 +358,220 @@ fn run(lab: &Lab, python: &Path) -> Result<(), String> {
     step(&format!(
         "bravo revokes delta: delta forgets bravo's services ({took:?})"
     ));
+    services_gone_by_dns_sd(lab, d, &resolver_of(id_b), "_a2a._tcp.bravo.agent.internal")?;
     a.cli_ok(&["trust", "remove", "bravo"])?;
     wait_for_urls(a, &[], Duration::ZERO)?;
     step("alpha revokes bravo: bravo's services are gone at once");
+    services_gone_by_dns_sd(lab, a, &resolver_of(id_b), "_mcp._tcp.bravo.agent.internal")?;
     lab.stop(server);
     lab.stop(a2a_agent);
+    Ok(())
+}
+
+/// The resolver address `PREFIX::53` of the network `member` is in. (In
+/// the lab's namespaces names go to hosts files, so `dig` is pointed at
+/// the resolver; on a host with systemd-resolved a bare `dig` gets there.)
+fn resolver_of(member: &Identity) -> std::net::Ipv6Addr {
+    let s = member.address.segments();
+    std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0x53)
+}
+
+/// What `dig` got: the status and the data of each answer record.
+#[derive(Debug, PartialEq, Eq)]
+struct Dig {
+    status: String,
+    answers: Vec<String>,
+}
+
+/// `dig @RESOLVER TYPE NAME` in `agent`'s namespace, as a user would ask.
+fn dig(
+    lab: &Lab,
+    agent: &Agent,
+    resolver: &std::net::Ipv6Addr,
+    kind: &str,
+    name: &str,
+) -> Result<(Dig, String), String> {
+    let server = format!("@{resolver}");
+    let out = lab.exec_ok(
+        &agent.host.ns,
+        &[
+            "dig",
+            "+tries=1",
+            "+time=3",
+            "+nocookie",
+            &server,
+            kind,
+            name,
+        ],
+    )?;
+    let status = out
+        .stdout
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .ok_or_else(|| format!("no status in dig's output:\n{}", out.stdout))?
+        .to_string();
+    // `OWNER TTL CLASS TYPE DATA...`: the data of each answer.
+    let answers = out
+        .stdout
+        .split(";; ANSWER SECTION:\n")
+        .nth(1)
+        .map(|section| {
+            section
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(|line| {
+                    line.split_whitespace()
+                        .skip(4)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((Dig { status, answers }, out.stdout))
+}
+
+/// Asks until the answer is `want` (a peer's advertisement may still be
+/// on its way); returns dig's output.
+fn wait_for_dig(
+    lab: &Lab,
+    agent: &Agent,
+    resolver: &std::net::Ipv6Addr,
+    (kind, name): (&str, &str),
+    want: &Dig,
+) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        let (got, stdout) = dig(lab, agent, resolver, kind, name)?;
+        if got == *want {
+            return Ok(stdout);
+        }
+        if start.elapsed() > PROPAGATION * 2 {
+            return Err(format!(
+                "{}: dig {kind} {name}: {got:?}, expected {want:?}\n{stdout}",
+                agent.name
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn answered(answers: &[&str]) -> Dig {
+    Dig {
+        status: "NOERROR".into(),
+        answers: answers.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+fn nxdomain() -> Dig {
+    Dig {
+        status: "NXDOMAIN".into(),
+        answers: Vec::new(),
+    }
+}
+
+/// Bravo's services at each agent's resolver: SRV, TXT and browsing on
+/// alpha; NXDOMAIN on charlie, whom bravo does not trust (charlie trusts
+/// bravo, so bravo's name resolves there, but it learned no services);
+/// on delta, allowed only tcp:9999, the A2A agent and not the MCP server.
+fn services_by_dns_sd(
+    lab: &Lab,
+    alpha: &Agent,
+    charlie: &Agent,
+    delta: &Agent,
+    resolver: &std::net::Ipv6Addr,
+) -> Result<(), String> {
+    let mcp = ("SRV", "_mcp._tcp.bravo.agent.internal");
+    let srv = wait_for_dig(
+        lab,
+        alpha,
+        resolver,
+        mcp,
+        &answered(&[&format!("0 0 {MCP_PORT} bravo.agent.internal.")]),
+    )?;
+    step(&format!(
+        "alpha: dig @{resolver} SRV _mcp._tcp.bravo.agent.internal\n{srv}"
+    ));
+    let txt = wait_for_dig(
+        lab,
+        alpha,
+        resolver,
+        ("TXT", "_mcp._tcp.bravo.agent.internal"),
+        &answered(&[&format!(
+            "\"txtvers=1\" \"port={MCP_PORT}\" \"path=/mcp\" \"name=notes\""
+        )]),
+    )?;
+    step(&format!(
+        "alpha: TXT of _mcp._tcp.bravo has path=/mcp\n{txt}"
+    ));
+    let browse = wait_for_dig(
+        lab,
+        alpha,
+        resolver,
+        ("PTR", "_services._dns-sd._udp.agent.internal"),
+        &answered(&["_a2a._tcp.agent.internal.", "_mcp._tcp.agent.internal."]),
+    )?;
+    step(&format!(
+        "alpha: dig @{resolver} PTR _services._dns-sd._udp.agent.internal\n{browse}"
+    ));
+    let instances = wait_for_dig(
+        lab,
+        alpha,
+        resolver,
+        ("PTR", "_mcp._tcp.agent.internal"),
+        &answered(&["bravo-8000._mcp._tcp.agent.internal."]),
+    )?;
+    step(&format!(
+        "alpha: dig @{resolver} PTR _mcp._tcp.agent.internal\n{instances}"
+    ));
+
+    let (name, _) = dig(lab, charlie, resolver, "AAAA", "bravo.agent.internal")?;
+    if name.status != "NOERROR" || name.answers.len() != 1 {
+        return Err(format!(
+            "charlie trusts bravo, its name should resolve: {name:?}"
+        ));
+    }
+    let mut shown = String::new();
+    for kind in ["SRV", "TXT", "PTR"] {
+        let (got, stdout) = dig(lab, charlie, resolver, kind, mcp.1)?;
+        if got != nxdomain() {
+            return Err(format!(
+                "charlie, untrusted by bravo: {kind} {}: {got:?}\n{stdout}",
+                mcp.1
+            ));
+        }
+        if shown.is_empty() {
+            shown = stdout;
+        }
+    }
+    step(&format!(
+        "charlie (untrusted by bravo): dig @{resolver} SRV {} is NXDOMAIN\n{shown}",
+        mcp.1
+    ));
+
+    wait_for_dig(
+        lab,
+        delta,
+        resolver,
+        ("SRV", "_a2a._tcp.bravo.agent.internal"),
+        &answered(&[&format!("0 0 {A2A_PORT} bravo.agent.internal.")]),
+    )?;
+    wait_for_dig(lab, delta, resolver, mcp, &nxdomain())?;
+    step("delta (allowed tcp:9999 only): _a2a._tcp.bravo answers, _mcp._tcp.bravo is NXDOMAIN");
+    Ok(())
+}
+
+/// After a revocation `name` is NXDOMAIN at `agent`'s resolver. (Delta
+/// still trusts bravo: only the node's count of service changes tells
+/// its daemon to rebuild the records.)
+fn services_gone_by_dns_sd(
+    lab: &Lab,
+    agent: &Agent,
+    resolver: &std::net::Ipv6Addr,
+    name: &str,
+) -> Result<(), String> {
+    wait_for_dig(lab, agent, resolver, ("SRV", name), &nxdomain())?;
+    step(&format!("{}: {name} is NXDOMAIN now", agent.name));
     Ok(())
 }

@@ -310,3 +310,51 @@ fn too_many_again() -> Vec<(String, u16, String, String)> {
         .map(|port| ("x".to_string(), port, String::new(), String::new()))
         .collect()
 }
+
+/// The shell rebuilds its DNS-SD records when this count moves, so it
+/// must move on every change of what a peer advertised here, and only then.
+#[test]
+fn the_change_count_moves_when_learned_services_are_replaced_or_forgotten() {
+    let (mut net, [a, b, p, c]) = world();
+    let count = |net: &SimNet, host: usize| net.hosts[host].node.learned_services_changes();
+    let before = count(&net, a);
+    connect(&mut net, a, b);
+    assert!(net.run_until_condition(SECOND, |net| learned(net, a, b).is_some()));
+    let learned_once = count(&net, a);
+    assert_ne!(learned_once, before, "first set learned");
+
+    // Repeats of the same generation (resends, a new session) change nothing.
+    net.run_for(10 * SECOND);
+    assert_eq!(count(&net, a), learned_once, "nothing new was learned");
+
+    let now = net.now;
+    net.hosts[b]
+        .node
+        .set_advertised_services(now, vec![service("grpc:50051", None)])
+        .expect("fits");
+    assert!(net.run_until_condition(SECOND, |net| {
+        learned(net, a, b) == keys(&["grpc:50051"])
+    }));
+    let replaced = count(&net, a);
+    assert_ne!(replaced, learned_once, "a newer set replaced the old one");
+
+    // B revokes P: P's count moves when the notice arrives.
+    connect(&mut net, p, b);
+    assert!(net.run_until_condition(SECOND, |net| learned(net, p, b).is_some()));
+    let before_revocation = count(&net, p);
+    let (now, id) = (net.now, net.id(p));
+    assert!(net.hosts[b].node.revoke_peer(now, &id));
+    assert!(net.run_until_condition(SECOND, |net| learned(net, p, b).is_none()));
+    assert_ne!(count(&net, p), before_revocation, "revocation forgot them");
+
+    // A removes B: what B advertised goes with it.
+    let id = net.id(b);
+    assert!(net.hosts[a].node.remove_peer(&id));
+    assert_ne!(count(&net, a), replaced, "removal forgot them");
+    // A peer that advertised nothing here leaves the count alone.
+    net.trust(a, c, true, Policy::All);
+    let removed = count(&net, a);
+    let id = net.id(c);
+    assert!(net.hosts[a].node.remove_peer(&id));
+    assert_eq!(count(&net, a), removed);
+}

@@ -486,16 +486,19 @@ impl Daemon {
         if had_events {
             self.sync_names();
         }
+        // What peers advertised may have changed (O(1) when it did not).
+        self.names
+            .sync_services(Instant::now(), &self.trust, &self.node);
         while let Some(packet) = self.names.poll_tun_packet() {
             self.queue_for_tun(&packet).await;
         }
         self.write_tun().await;
     }
 
-    /// Makes the names (resolver, host files, userspace stack) follow the
-    /// trust store.
+    /// Makes the names (resolver, host files, userspace stack) and the
+    /// resolver's DNS-SD records follow the trust store.
     fn sync_names(&mut self) {
-        self.names.sync(&self.trust, &self.node);
+        self.names.sync(Instant::now(), &self.trust, &self.node);
         self.tun.publish_names(self.names.table());
         self.tun.publish_ipv4_routes(&self.node, &self.trust);
     }

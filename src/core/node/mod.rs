@@ -133,6 +133,7 @@ impl Node {
             register_interval: DEFAULT_REGISTER_INTERVAL,
             advertised: Vec::new(),
             last_services_generation: 0,
+            learned_services_changes: 0,
         };
         Self {
             ctx,

@@ -54,6 +54,14 @@ impl Node {
         &self.ctx.advertised
     }
 
+    /// A count that moves whenever what a peer advertised here was
+    /// replaced or forgotten (a newer set, a revocation, the peer
+    /// removed): compared with the value seen last, it says in O(1)
+    /// whether [`Node::peer_services`] has anything new.
+    pub fn learned_services_changes(&self) -> u64 {
+        self.ctx.learned_services_changes
+    }
+
     /// What each peer advertised to this agent (peers that advertised
     /// nothing yet are left out), in the order the peers were added.
     pub fn peer_services(&self, now: Instant) -> Vec<PeerServices> {

@@ -161,6 +161,7 @@ impl Peer {
                     services: entries,
                     received_at: now,
                 }));
+                ctx.note_learned_services_changed();
             }
         }
         let ack = ControlFrame::ServicesAck { generation }.encode();
@@ -181,9 +182,12 @@ impl Peer {
         self.services.learned.as_deref()
     }
 
-    /// Forgets what the peer advertised (it revoked its trust).
-    pub fn forget_learned_services(&mut self) {
-        self.services.learned = None;
+    /// Forgets what the peer advertised (it revoked its trust, or it is
+    /// being removed).
+    pub fn forget_learned_services(&mut self, ctx: &mut Context) {
+        if self.services.learned.take().is_some() {
+            ctx.note_learned_services_changed();
+        }
     }
 
     /// When anything authenticated last came from the peer.
