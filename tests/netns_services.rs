@@ -1,10 +1,12 @@
 //! Services advertised among trusted agents (issue 15), end to end in
-//! network namespaces: bravo serves a loopback HTTP server and advertises
-//! it as an MCP service, and runs the official a2a-sdk's echo agent
-//! (`tests/apps/a2a_server.py`) advertised as an A2A agent; alpha, which
-//! trusts bravo and is trusted fully, finds both with `agentnet services
-//! --json` within a second, fetches the advertised URL by name with curl
-//! and reads the A2A agent's card with `services --cards`; delta, allowed
+//! network namespaces: bravo runs the official `mcp` SDK's server on its
+//! defaults (loopback, Host checks on; `tests/apps/mcp_server.py`), serves
+//! it with `serve --http` and advertises it as an MCP service, and runs the
+//! official a2a-sdk's echo agent (`tests/apps/a2a_server.py`) advertised as
+//! an A2A agent; alpha, which trusts bravo and is trusted fully, finds both
+//! with `agentnet services --json` within a second, uses the advertised
+//! MCP URL by name with the SDK's client, and reads the A2A agent's card
+//! with `services --cards` and through `agentnet mcp`; delta, allowed
 //! only `tcp:9999` on bravo, sees only the A2A service; charlie, whom bravo
 //! does not trust, sees nothing; revocation removes the services on either
 //! side. The resolver answers DNS-SD for them: `dig SRV
@@ -22,21 +24,20 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::agent::Identity;
 use support::apps::{Python, agentnet_mcp_session, apps_dir, mcp_success, path_str};
-use support::http::{self, wait_listening};
 use support::{Agent, Lab, step, wait_until};
 
 /// Programs run inside the namespaces.
-const TOOLS: &[&str] = &["ping", "curl", "ss", "python3", "dig"];
+const TOOLS: &[&str] = &["ping", "ss", "dig"];
 /// Underlay subnet: `10.76.0.0/24`.
 const UNDERLAY: [u8; 2] = [76, 0];
 const MCP_PORT: u16 = 8000;
 const A2A_PORT: u16 = 9999;
 /// Where the a2a-sdk serves its Agent Card (the current A2A spec's path).
 const A2A_CARD_PATH: &str = "/.well-known/agent-card.json";
-/// Python modules the A2A agent and the MCP host need (from the venv).
-const A2A_MODULES: &[&str] = &["a2a", "uvicorn", "mcp"];
-/// How long the A2A agent may take to listen (Python imports included).
-const A2A_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Python modules of the A2A agent, the MCP server and the MCP host (from the venv).
+const APP_MODULES: &[&str] = &["a2a", "uvicorn", "mcp"];
+/// How long an app may take to listen (Python imports included).
+const APP_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First contact: the handshake and the first packet.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// What the issue promises for a change to reach a peer.
@@ -44,7 +45,7 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 
 #[test]
 fn trusted_peers_find_advertised_services_by_policy_and_lose_them_on_revocation() {
-    let Some(python) = support::netns_ready!(TOOLS, Python(A2A_MODULES)) else {
+    let Some(python) = support::netns_ready!(TOOLS, Python(APP_MODULES)) else {
         return;
     };
     let lab = Lab::new().expect("lab");
@@ -96,16 +97,42 @@ fn wait_for_urls(agent: &Agent, want: &[&str], within: Duration) -> Result<Durat
 /// Starts the a2a-sdk echo agent in `agent`'s namespace on its defaults
 /// (uvicorn on 0.0.0.0:[`A2A_PORT`]); returns its spawn ID once it listens.
 fn start_a2a_agent(lab: &Lab, agent: &Agent, python: &Path) -> Result<u32, String> {
-    let script = apps_dir().join("a2a_server.py");
     let port = A2A_PORT.to_string();
     let public = format!("http://{}.agent.internal:{port}/", agent.name);
-    let server = lab.spawn(
-        &agent.host.ns,
-        "a2a-server",
-        &[path_str(python), "-u", path_str(&script), &port, &public],
-    )?;
+    start_app(
+        lab,
+        agent,
+        python,
+        "a2a_server.py",
+        &[&port, &public],
+        A2A_PORT,
+    )
+}
+
+/// Starts the official `mcp` SDK's example server in `agent`'s namespace
+/// on its defaults (Streamable HTTP on 127.0.0.1:[`MCP_PORT`]/mcp, Host
+/// checks on); returns its spawn ID once it listens.
+fn start_mcp_server(lab: &Lab, agent: &Agent, python: &Path) -> Result<u32, String> {
+    let port = MCP_PORT.to_string();
+    start_app(lab, agent, python, "mcp_server.py", &[&port], MCP_PORT)
+}
+
+/// Runs `tests/apps/SCRIPT ARGS` in `agent`'s namespace and waits until it
+/// listens on TCP `port`.
+fn start_app(
+    lab: &Lab,
+    agent: &Agent,
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    port: u16,
+) -> Result<u32, String> {
+    let script = apps_dir().join(script);
+    let mut command = vec![path_str(python), "-u", path_str(&script)];
+    command.extend_from_slice(args);
+    let server = lab.spawn(&agent.host.ns, "app", &command)?;
     let sport = format!(":{port}");
-    let listening = wait_until("the a2a agent listening", A2A_LISTEN_TIMEOUT, || {
+    let listening = wait_until("the app listening", APP_LISTEN_TIMEOUT, || {
         !lab.spawn_running(server)
             || lab
                 .exec(&agent.host.ns, &["ss", "-Hltn", "sport", "=", &sport])
@@ -114,7 +141,8 @@ fn start_a2a_agent(lab: &Lab, agent: &Agent, python: &Path) -> Result<u32, Strin
     if listening.is_err() || !lab.spawn_running(server) {
         let (out, err) = lab.stop(server);
         return Err(format!(
-            "the a2a agent did not listen on {port}:\n{out}\n{err}"
+            "{} did not listen on {port}:\n{out}\n{err}",
+            script.display()
         ));
     }
     Ok(server)
@@ -200,29 +228,11 @@ fn run(lab: &Lab, python: &Path) -> Result<(), String> {
     let ids: Vec<Identity> = agents.iter().map(Agent::id).collect::<Result<_, _>>()?;
     let (id_a, id_b, id_d) = (&ids[0], &ids[1], &ids[3]);
 
-    // Bravo: a plain HTTP server on loopback, on its defaults, published
-    // with `serve` and advertised as an MCP server at /mcp.
-    let site = lab.dir().join("bravo-site");
-    std::fs::create_dir_all(&site).map_err(|e| e.to_string())?;
-    std::fs::write(site.join("mcp"), "hello from bravo's mcp path\n").map_err(|e| e.to_string())?;
-    let site = site.to_string_lossy().into_owned();
+    // Bravo: the MCP SDK's server on its defaults (loopback, Host checks
+    // on), published with `serve --http` and later advertised as MCP at /mcp.
+    let server = start_mcp_server(lab, b, python)?;
     let port = MCP_PORT.to_string();
-    let server = lab.spawn(
-        &b.host.ns,
-        "http-server",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            &site,
-        ],
-    )?;
-    wait_listening(lab, b, MCP_PORT)?;
-    b.cli_ok(&["serve", &port])?;
+    b.cli_ok(&["serve", "--http", &port])?;
 
     a.trust_add(id_b, "bravo", Some(b.endpoint()))?;
     b.trust_add(id_a, "alpha", Some(a.endpoint()))?;
@@ -331,15 +341,17 @@ fn run(lab: &Lab, python: &Path) -> Result<(), String> {
         return Err(format!("addresses and last seen missing: {first}"));
     }
 
-    // The URL works, by name, from alpha.
-    let out = lab.exec_ok(
-        &a.host.ns,
-        &http::as_strs(&http::get_args(&mcp, Duration::from_secs(10), &[])),
-    )?;
-    if out.stdout != "hello from bravo's mcp path\n" {
-        return Err(format!("curl {mcp}: {}", out.describe()));
+    // The URL works, by name, from alpha: the MCP SDK's client lists the
+    // server's tools there and calls one.
+    let client = apps_dir().join("mcp_client.py");
+    let out = lab.exec_ok(&a.host.ns, &[path_str(python), path_str(&client), &mcp])?;
+    if !out.stdout.contains("tools: add") || !out.stdout.contains("add: 42") {
+        return Err(format!("the MCP client at {mcp}: {}", out.describe()));
     }
-    step(&format!("alpha: curl {mcp} -> {}", out.stdout.trim()));
+    step(&format!(
+        "alpha: mcp_client.py {mcp} -> {}",
+        out.stdout.trim().replace('\n', "; ")
+    ));
 
     // Delta may open only tcp:9999 on bravo: it sees the A2A agent only.
     wait_for_urls(d, &[&a2a], PROPAGATION)?;
