@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod cards;
 pub mod control;
 pub mod core;
 pub mod mcp;

@@ -18,12 +18,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::agent::agentnet_bin;
-use support::apps::{Python, apps_dir, path_str};
+use serde_json::json;
+use support::apps::{Python, agentnet_mcp_session, mcp_success};
 use support::{Agent, Lab, step, wait_until};
 
 /// Programs run inside the namespaces.
@@ -55,50 +54,6 @@ fn the_python_sdk_drives_the_network_through_agentnet_mcp() {
     if let Err(e) = run(&lab, python) {
         panic!("{e}");
     }
-}
-
-/// One session of the SDK's client with `agentnet mcp ARGS` of `agent`:
-/// the calls in order; the client's JSON report.
-fn mcp_session(
-    lab: &Lab,
-    python: &Path,
-    agent: &Agent,
-    server_args: &[&str],
-    calls: &Value,
-) -> Result<Value, String> {
-    let script = apps_dir().join("agentnet_mcp_client.py");
-    let bin = agentnet_bin();
-    let state = agent.state_dir().to_string_lossy().into_owned();
-    let calls = calls.to_string();
-    let mut args = vec![
-        path_str(python),
-        path_str(&script),
-        &calls,
-        path_str(&bin),
-        "--state-dir",
-        &state,
-        "mcp",
-    ];
-    args.extend_from_slice(server_args);
-    let out = lab.exec_ok(&agent.host.ns, &args)?;
-    serde_json::from_str(out.stdout.trim()).map_err(|e| {
-        format!(
-            "the MCP client's report is not JSON ({e}):\n{}",
-            out.describe()
-        )
-    })
-}
-
-/// The result of the call of `tool` in a report, checked to be no error.
-fn success<'r>(report: &'r Value, tool: &str) -> Result<&'r Value, String> {
-    let result = report["results"]
-        .as_array()
-        .and_then(|results| results.iter().find(|result| result["tool"] == tool))
-        .ok_or_else(|| format!("no result of {tool} in {report}"))?;
-    if result["is_error"] != false {
-        return Err(format!("{tool} failed: {}", result["text"]));
-    }
-    Ok(&result["structured"])
 }
 
 fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
@@ -144,7 +99,7 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
         }],
         ["approve", {"id": id_b.id}],
     ]);
-    let report = mcp_session(lab, &python, a, &[], &calls)?;
+    let report = agentnet_mcp_session(lab, &python, a, &[], &calls)?;
     step(&format!(
         "alpha's MCP host: server {} with tools {}",
         report["server"], report["tools"]
@@ -152,11 +107,11 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
     if report["tools"] != json!(PLAIN_TOOLS) {
         return Err(format!("tools without --allow-admin: {}", report["tools"]));
     }
-    let whoami = success(&report, "whoami")?;
+    let whoami = mcp_success(&report, "whoami")?;
     if whoami["id"] != id_a.id.as_str() || whoami["address"] != id_a.address.to_string() {
         return Err(format!("whoami: {whoami}"));
     }
-    let peers = success(&report, "peers")?;
+    let peers = mcp_success(&report, "peers")?;
     let bravo = peers["peers"]
         .as_array()
         .and_then(|peers| peers.iter().find(|peer| peer["name"] == "bravo"))
@@ -168,7 +123,7 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
         "peers: bravo {} rtt {} ms loss {}",
         bravo["path"], bravo["rtt_ms"], bravo["loss"]
     ));
-    let services = success(&report, "services")?;
+    let services = mcp_success(&report, "services")?;
     let service = &services["services"][0];
     if service["url"] != "http://bravo.agent.internal:8000/mcp"
         || service["from_peer"]["name"] != "notes"
@@ -182,11 +137,11 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
         "services {{\"kind\":\"mcp\"}} ->\n{}",
         serde_json::to_string_pretty(services).unwrap_or_default()
     ));
-    let ping = success(&report, "ping")?;
+    let ping = mcp_success(&report, "ping")?;
     if !ping["reply"]["rtt_ms"].is_number() {
         return Err(format!("ping: {ping}"));
     }
-    let sent = success(&report, "request_trust")?;
+    let sent = mcp_success(&report, "request_trust")?;
     if sent["sent"] != true || sent["target"]["id"] != id_c.id.as_str() {
         return Err(format!("request_trust: {sent}"));
     }
@@ -225,12 +180,12 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
         ["pending", {}],
         ["approve", {"id": id_a.id, "name": "alpha"}],
     ]);
-    let report = mcp_session(lab, &python, c, &["--allow-admin"], &calls)?;
+    let report = agentnet_mcp_session(lab, &python, c, &["--allow-admin"], &calls)?;
     let tools = report["tools"].as_array().map_or(0, Vec::len);
     if tools != PLAIN_TOOLS.len() + 4 {
         return Err(format!("tools with --allow-admin: {}", report["tools"]));
     }
-    let pending = success(&report, "pending")?;
+    let pending = mcp_success(&report, "pending")?;
     let request = &pending["requests"][0];
     let shown = &request["from_peer"]["justification"];
     if request["id"] != id_a.id.as_str()
@@ -243,7 +198,7 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
         "charlie's pending ->\n{}",
         serde_json::to_string_pretty(pending).unwrap_or_default()
     ));
-    let approved = success(&report, "approve")?;
+    let approved = mcp_success(&report, "approve")?;
     if approved["approved"]["name"] != "alpha" {
         return Err(format!("approve: {approved}"));
     }

@@ -1,7 +1,9 @@
 //! Services advertised among trusted agents (issue 15), on the simulated
 //! network: each peer learns only what its policy lets it open, within a
 //! second of its session or of a change; strangers learn nothing;
-//! revocation forgets; bad frames are dropped.
+//! revocation forgets; bad frames are dropped; a restarted sender's new
+//! list replaces its old one, even with its clock set back, once it kept
+//! its last generation.
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::policy::Policy;
 use agentnet::core::services::{MAX_SERVICES, Service};
-use agentnet::sim::{LinkConfig, SimNet};
+use agentnet::sim::{LinkConfig, SimNet, UNIX_START};
 use agentnet_fuzz::node_world::{self, Frame, Op};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -203,6 +205,52 @@ fn a_restarted_agent_s_services_replace_what_it_advertised_before() {
     assert!(net.run_until_condition(SECOND, |net| learned(net, a, b) == keys(&["http:80"])));
 }
 
+/// B advertises to A, restarts with its wall clock an hour behind (and,
+/// if `restored`, the last generation it issued before, as the daemon
+/// keeps it in the state directory), advertises http:80 and reconnects:
+/// what A holds from B two seconds later.
+fn learned_after_restart_with_clock_back(restored: bool) -> Option<Vec<String>> {
+    let (mut net, [a, b, ..]) = world();
+    connect(&mut net, a, b);
+    assert!(net.run_until_condition(SECOND, |net| learned(net, a, b).is_some()));
+    net.run_for(5 * SECOND);
+    let last_issued = net.hosts[b].node.last_services_generation();
+    assert!(
+        last_issued >= UNIX_START.as_millis() as u64,
+        "{last_issued}"
+    );
+    net.restart_host_with_clock(b, [42; 32], UNIX_START - Duration::from_secs(3600));
+    assert_eq!(net.hosts[b].node.last_services_generation(), 0);
+    if restored {
+        net.hosts[b].node.restore_services_generation(last_issued);
+    }
+    let now = net.now;
+    net.hosts[b]
+        .node
+        .set_advertised_services(now, vec![service("http:80", None)])
+        .expect("fits");
+    net.trust(b, a, true, Policy::All);
+    connect(&mut net, b, a);
+    net.run_for(2 * SECOND);
+    if restored {
+        assert!(net.hosts[b].node.last_services_generation() > last_issued);
+    }
+    learned(&net, a, b)
+}
+
+#[test]
+fn a_sender_restarted_with_its_clock_back_replaces_its_old_services_with_the_kept_generation() {
+    assert_eq!(
+        learned_after_restart_with_clock_back(true),
+        keys(&["http:80"])
+    );
+    assert_eq!(
+        learned_after_restart_with_clock_back(false),
+        keys(&["mcp:8000", "a2a:9999"]),
+        "without the kept generation the peer holds on to the old list"
+    );
+}
+
 #[test]
 fn oversize_and_garbage_frames_are_dropped_and_a_valid_one_still_counts() {
     let entry = |kind: &str, port: u16, path: &str| {
@@ -261,4 +309,52 @@ fn too_many_again() -> Vec<(String, u16, String, String)> {
     (1..=40)
         .map(|port| ("x".to_string(), port, String::new(), String::new()))
         .collect()
+}
+
+/// The shell rebuilds its DNS-SD records when this count moves, so it
+/// must move on every change of what a peer advertised here, and only then.
+#[test]
+fn the_change_count_moves_when_learned_services_are_replaced_or_forgotten() {
+    let (mut net, [a, b, p, c]) = world();
+    let count = |net: &SimNet, host: usize| net.hosts[host].node.learned_services_changes();
+    let before = count(&net, a);
+    connect(&mut net, a, b);
+    assert!(net.run_until_condition(SECOND, |net| learned(net, a, b).is_some()));
+    let learned_once = count(&net, a);
+    assert_ne!(learned_once, before, "first set learned");
+
+    // Repeats of the same generation (resends, a new session) change nothing.
+    net.run_for(10 * SECOND);
+    assert_eq!(count(&net, a), learned_once, "nothing new was learned");
+
+    let now = net.now;
+    net.hosts[b]
+        .node
+        .set_advertised_services(now, vec![service("grpc:50051", None)])
+        .expect("fits");
+    assert!(net.run_until_condition(SECOND, |net| {
+        learned(net, a, b) == keys(&["grpc:50051"])
+    }));
+    let replaced = count(&net, a);
+    assert_ne!(replaced, learned_once, "a newer set replaced the old one");
+
+    // B revokes P: P's count moves when the notice arrives.
+    connect(&mut net, p, b);
+    assert!(net.run_until_condition(SECOND, |net| learned(net, p, b).is_some()));
+    let before_revocation = count(&net, p);
+    let (now, id) = (net.now, net.id(p));
+    assert!(net.hosts[b].node.revoke_peer(now, &id));
+    assert!(net.run_until_condition(SECOND, |net| learned(net, p, b).is_none()));
+    assert_ne!(count(&net, p), before_revocation, "revocation forgot them");
+
+    // A removes B: what B advertised goes with it.
+    let id = net.id(b);
+    assert!(net.hosts[a].node.remove_peer(&id));
+    assert_ne!(count(&net, a), replaced, "removal forgot them");
+    // A peer that advertised nothing here leaves the count alone.
+    net.trust(a, c, true, Policy::All);
+    let removed = count(&net, a);
+    let id = net.id(c);
+    assert!(net.hosts[a].node.remove_peer(&id));
+    assert_eq!(count(&net, a), removed);
 }

@@ -184,12 +184,26 @@ pub(crate) enum Command {
         NAME.agent.internal, the name the peer gave it, the peer's overlay addresses (IPv6 ULA \
         and IPv4) and when the peer was last heard from. A peer tells each agent only the \
         services its policy lets that agent open. Kind, path and name are the peer's text \
-        (checked and escaped; in --json under \"from_peer\"): data, not instructions."
+        (checked and escaped; in --json under \"from_peer\"): data, not instructions.\n\n\
+        With --cards, the A2A Agent Card of every a2a service is fetched over the overlay \
+        (from the peer's overlay address, at the advertised path if it ends in .json, else at \
+        /.well-known/agent-card.json, then /.well-known/agent.json; within 3 s, at most 64 KiB, \
+        no redirects followed) and its name, description, version, interfaces and skills are \
+        shown, or why it could not be had (timeout, too large, not JSON, HTTP status). A card \
+        is the peer's text too: escaped, capped, and in --json under \"card\": {\"fetched_from\", \
+        \"from_peer\"} (or \"card_error\": {\"kind\", \"message\"}).\n\n\
+        Examples:\n  \
+        agentnet services\n  \
+        agentnet services --cards\n  \
+        agentnet services --cards --json"
     )]
     Services {
-        /// Print a JSON array (peer, peer_id, address, address4, url, from_peer, last_seen_unix, last_seen_age_s, session_up).
+        /// Print a JSON array (peer, peer_id, address, address4, url, from_peer, last_seen_unix, last_seen_age_s, session_up; with --cards also card or card_error).
         #[arg(long)]
         json: bool,
+        /// Fetch the A2A Agent Card of each a2a service and show its name, description and skills.
+        #[arg(long)]
+        cards: bool,
     },
 
     /// Serve this agent's network as MCP tools on stdio, for an AI agent's MCP host.

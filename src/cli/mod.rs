@@ -59,7 +59,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Detach(args) => attach::detach(&context, args),
         Command::Serve(args) => serve::serve(&context, args),
         Command::Advertise(args) => services::advertise(&context, args),
-        Command::Services { json } => services::services(&context, json),
+        Command::Services { json, cards } => services::services(&context, json, cards),
         Command::Mcp(args) => mcp::mcp(&context, args),
         Command::Rendezvous(args) => rendezvous::rendezvous(&context, args),
         Command::Netcheck(args) => rendezvous::netcheck(&context, args),

@@ -24,27 +24,43 @@ pub struct Untrusted<'a>(pub &'a str);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut chars = self.0.chars();
-        for (shown, c) in chars.by_ref().enumerate() {
-            if shown == MAX_SHOWN_CHARS {
-                let rest = 1 + chars.count();
-                return write!(f, "…(+{rest} chars)");
-            }
-            if c == '\\' {
-                f.write_str("\\\\")?;
-            } else if needs_escape(c) {
-                write!(f, "{}", c.escape_unicode())?;
-            } else {
-                write!(f, "{c}")?;
-            }
-        }
-        Ok(())
+        write_inert(f, self.0, MAX_SHOWN_CHARS)
     }
+}
+
+/// Writes `text` as [`Untrusted`] shows it, at most `max_chars` of its
+/// characters.
+fn write_inert(out: &mut impl fmt::Write, text: &str, max_chars: usize) -> fmt::Result {
+    let mut chars = text.chars();
+    for (shown, c) in chars.by_ref().enumerate() {
+        if shown == max_chars {
+            let rest = 1 + chars.count();
+            return write!(out, "…(+{rest} chars)");
+        }
+        if c == '\\' {
+            out.write_str("\\\\")?;
+        } else if needs_escape(c) {
+            write!(out, "{}", c.escape_unicode())?;
+        } else {
+            out.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 /// `text` made inert (see [`Untrusted`]).
 pub fn escape_untrusted(text: &str) -> String {
     Untrusted(text).to_string()
+}
+
+/// `text` made inert like [`escape_untrusted`], with at most `max_chars`
+/// of its characters shown (for fields with a tighter bound, such as the
+/// name on another agent's card).
+pub fn escape_untrusted_within(text: &str, max_chars: usize) -> String {
+    let mut shown = String::with_capacity(text.len().min(max_chars));
+    // Writing to a String cannot fail.
+    let _ = write_inert(&mut shown, text, max_chars);
+    shown
 }
 
 /// Whether `text` holds a character [`Untrusted`] would escape (other than
@@ -105,5 +121,8 @@ mod tests {
             escape_untrusted(&"y".repeat(MAX_SHOWN_CHARS)).len(),
             MAX_SHOWN_CHARS
         );
+        assert_eq!(escape_untrusted_within("abcdef", 3), "abc…(+3 chars)");
+        assert_eq!(escape_untrusted_within("a\nb", 3), "a\\u{a}b");
+        assert_eq!(escape_untrusted_within("ab", 3), "ab");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Text another agent chose (the name it claims, its justification, the
 //! kind, path and name of a service it advertises, what its Agent Card
-//! says) goes only into objects named `from_peer`, escaped
+//! says, as `crate::cards` already escaped it) goes only into objects named `from_peer`, escaped
 //! ([`crate::core::text::escape_untrusted`]: control and reordering
 //! characters made visible) and capped in length; every answer holding
 //! such an object carries [`PEER_TEXT_NOTE`]. Local names (the trust
@@ -12,6 +12,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::cards::ServiceWithCard;
 use crate::control::services::PeerService;
 use crate::core::text::escape_untrusted;
 use crate::core::trust::pending::PendingStatus;
@@ -65,27 +66,48 @@ pub fn pending_requests(requests: &[PendingStatus]) -> Value {
 /// The `services` tool's answer: one entry per service of a trusted peer
 /// (kind, path and name are the peer's, under `from_peer`).
 pub fn services(list: &[PeerService]) -> Value {
+    let services: Vec<Value> = list.iter().map(service).collect();
+    json!({ "services": services, "note": PEER_TEXT_NOTE })
+}
+
+/// The same with the Agent Card of every `a2a` service (what the card says
+/// under its own `from_peer`), or why there is none.
+pub fn services_with_cards(list: &[ServiceWithCard]) -> Value {
     let services: Vec<Value> = list
         .iter()
-        .map(|service| {
-            json!({
-                "peer": service.peer,
-                "peer_id": service.peer_id.to_string(),
-                "url": service.url,
-                "address": service.address.to_string(),
-                "address4": service.address4.map(|address| address.to_string()),
-                "session_up": service.session_up,
-                "last_seen_age_s": round_ms(service.last_seen_age_s),
-                "from_peer": {
-                    "kind": peer_text(&service.from_peer.kind, MAX_PEER_NAME_CHARS),
-                    "port": service.from_peer.port,
-                    "path": service.from_peer.path.as_deref().map(|path| peer_text(path, MAX_PEER_PROSE_CHARS)),
-                    "name": service.from_peer.name.as_deref().map(|name| peer_text(name, MAX_PEER_NAME_CHARS)),
-                },
-            })
+        .map(|entry| {
+            let mut shown = service(&entry.service);
+            if let Some(card) = &entry.card {
+                shown["card"] = json!({
+                    "fetched_from": card.fetched_from,
+                    "from_peer": card.from_peer,
+                });
+            }
+            if let Some(error) = &entry.card_error {
+                shown["card_error"] = json!({ "kind": error.kind, "message": error.message });
+            }
+            shown
         })
         .collect();
     json!({ "services": services, "note": PEER_TEXT_NOTE })
+}
+
+fn service(service: &PeerService) -> Value {
+    json!({
+        "peer": service.peer,
+        "peer_id": service.peer_id.to_string(),
+        "url": service.url,
+        "address": service.address.to_string(),
+        "address4": service.address4.map(|address| address.to_string()),
+        "session_up": service.session_up,
+        "last_seen_age_s": round_ms(service.last_seen_age_s),
+        "from_peer": {
+            "kind": peer_text(&service.from_peer.kind, MAX_PEER_NAME_CHARS),
+            "port": service.from_peer.port,
+            "path": service.from_peer.path.as_deref().map(|path| peer_text(path, MAX_PEER_PROSE_CHARS)),
+            "name": service.from_peer.name.as_deref().map(|name| peer_text(name, MAX_PEER_NAME_CHARS)),
+        },
+    })
 }
 
 /// The `peers` tool's answer from the daemon's status: per peer its name

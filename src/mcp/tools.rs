@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{McpOptions, daemon, from_peer};
+use crate::cards::{CardLimits, fetch_cards};
 use crate::control::{Request, Response};
 use crate::core::identity::AgentId;
 use crate::core::policy::Policy;
@@ -54,6 +55,9 @@ pub struct ServicesArgs {
     /// Only services of this kind (`mcp`, `a2a`, `http`, `grpc`, ...).
     #[serde(default)]
     pub kind: Option<String>,
+    /// Also fetch the A2A Agent Card of every `a2a` service (its name, description and skills; at most 3 s and 64 KiB each).
+    #[serde(default)]
+    pub cards: bool,
 }
 
 /// `request_trust`'s arguments.
@@ -218,13 +222,18 @@ impl AgentnetTools {
         description = "The services trusted peers offer this agent: MCP servers, A2A agents, \
             HTTP and gRPC services, each with a URL that works from here \
             (http://NAME.agent.internal:PORT/PATH), the peer, its addresses and whether its \
-            session is up. A peer lists only what its policy lets this agent open."
+            session is up. A peer lists only what its policy lets this agent open. With \
+            cards: true, each A2A agent's card too (name, description, skills)."
     )]
     async fn services(&self, Parameters(args): Parameters<ServicesArgs>) -> CallToolResult {
         match self.ask(Request::Services).await {
             Ok(Response::Services { mut services }) => {
                 if let Some(kind) = &args.kind {
                     services.retain(|service| service.from_peer.kind == *kind);
+                }
+                if args.cards {
+                    let with_cards = fetch_cards(services, CardLimits::default()).await;
+                    return structured(from_peer::services_with_cards(&with_cards));
                 }
                 structured(from_peer::services(&services))
             }

@@ -11,12 +11,21 @@
 //! routes IPv4 to it ([`Ipv4Route::Routed`]): with IPv4 off, or for a peer
 //! whose derived IPv4 address another agent keeps, the name answers AAAA
 //! only and hosts files list only the IPv6 line.
+//!
+//! The responder also answers DNS-SD for the services trusted peers
+//! advertised here. The event loop calls [`NameService::sync_services`]
+//! on every wake: it compares the node's O(1) count of changes
+//! ([`Node::learned_services_changes`]) with the one it last applied and
+//! only when it moved walks the peers, joins them with the trust store
+//! (trusted peers, under their names there) and hands the result to the
+//! responder; a change of the names does the same.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use super::dns::{DnsResponder, NameTable, ResolverPacket};
+use super::dns::{DnsResponder, NameTable, NamedPeerServices, ResolverPacket};
 use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
 use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
 use crate::core::address::{NetworkId, NodePrefix};
@@ -43,6 +52,27 @@ pub(crate) fn routed_ipv4(node: &Node, id: &AgentId) -> Option<Ipv4Addr> {
     }
 }
 
+/// What the trusted peers of `trust` advertised to `node`, each under its
+/// name in `trust`; requested-only and unknown peers are left out.
+fn trusted_peer_services(trust: &TrustStore, node: &Node, now: Instant) -> Vec<NamedPeerServices> {
+    let trusted: HashMap<&AgentId, &str> = trust
+        .peers
+        .iter()
+        .filter(|entry| entry.state == TrustState::Trusted)
+        .map(|entry| (&entry.id, entry.name.as_str()))
+        .collect();
+    node.peer_services(now)
+        .into_iter()
+        .filter_map(|peer| {
+            let name = trusted.get(&peer.id)?;
+            Some(NamedPeerServices {
+                name: (*name).to_string(),
+                services: peer.learned.services,
+            })
+        })
+        .collect()
+}
+
 /// The names of one attached namespace.
 #[derive(Debug)]
 struct AttachedNames {
@@ -65,6 +95,9 @@ pub(crate) struct NameService {
     applied: Option<Vec<AppliedEntry>>,
     /// Whether names were published at least once.
     published: bool,
+    /// The node's count of service changes when the responder last got
+    /// the services (`None`: never, or the names changed since).
+    services_applied: Option<u64>,
     replies: VecDeque<Vec<u8>>,
 }
 
@@ -102,6 +135,7 @@ impl NameService {
             attached: Vec::new(),
             applied: None,
             published: false,
+            services_applied: None,
             replies: VecDeque::new(),
         };
         // A failure is logged; attached namespaces then get names after the next reload.
@@ -188,8 +222,26 @@ impl NameService {
     }
 
     /// Publishes the trusted names of `trust`, with the IPv4 addresses
-    /// `node` routes to them, if they changed since the last call.
-    pub(crate) fn sync(&mut self, trust: &TrustStore, node: &Node) {
+    /// `node` routes to them, if they changed since the last call; then
+    /// the services of the peers so named.
+    pub(crate) fn sync(&mut self, now: Instant, trust: &TrustStore, node: &Node) {
+        self.sync_names(trust, node);
+        self.sync_services(now, trust, node);
+    }
+
+    /// Hands the responder what trusted peers advertised, if it changed
+    /// since the last call (O(1) when it did not).
+    pub(crate) fn sync_services(&mut self, now: Instant, trust: &TrustStore, node: &Node) {
+        let changes = node.learned_services_changes();
+        if self.services_applied == Some(changes) {
+            return;
+        }
+        self.services_applied = Some(changes);
+        self.responder
+            .set_services(trusted_peer_services(trust, node, now));
+    }
+
+    fn sync_names(&mut self, trust: &TrustStore, node: &Node) {
         let routed = |id: &AgentId| routed_ipv4(node, id);
         let unchanged = self.applied.as_ref().is_some_and(|applied| {
             applied.len() == trust.peers.len()
@@ -221,6 +273,8 @@ impl NameService {
         }
         tracing::debug!(names = names.len(), "names: publishing");
         self.responder.set_names(names);
+        // Services go by name: join them with the new names.
+        self.services_applied = None;
         self.publish_all();
         self.published = true;
     }

@@ -266,6 +266,17 @@ impl SimNet {
     /// its randomness seeded by `node_seed`. The caller adds its peers.
     pub fn restart_host(&mut self, host: usize, node_seed: [u8; 32]) {
         let unix_now = super::UNIX_START + self.now.saturating_duration_since(self.start);
+        self.restart_host_with_clock(host, node_seed, unix_now);
+    }
+
+    /// [`SimNet::restart_host`] with the wall clock at `unix_now` (a host
+    /// whose clock was set back, or jumped ahead, across the restart).
+    pub fn restart_host_with_clock(
+        &mut self,
+        host: usize,
+        node_seed: [u8; 32],
+        unix_now: Duration,
+    ) {
         let entry = &mut self.hosts[host];
         entry.node = Node::new(
             crate::core::api::NodeConfig {

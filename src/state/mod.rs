@@ -11,6 +11,7 @@
 //! | `pending.toml` | trust requests waiting for approval, written by the daemon ([`crate::state::pending`]) |
 //! | `served.json` | the local services `agentnet serve` publishes to peers ([`crate::state::served`]), edited under an exclusive `flock` on `served.lock` |
 //! | `advertised.json` | the services `agentnet advertise` declares to trusted peers ([`crate::state::advertised`]), edited under an exclusive `flock` on `advertised.lock` |
+//! | `services_generation.json` | the last generation of a services offer the daemon issued ([`crate::state::services_generation`]), written by the daemon only |
 //! | `attachments.json` | namespaces given addresses of this node by `agentnet attach` ([`attachments`]), edited under an exclusive `flock` on `attachments.lock` |
 //! | `agentnet.pid` | the daemon's PID; the daemon holds an exclusive `flock` on it while it runs ([`instance`]) |
 //! | `agentnet.log` | the detached daemon's stdout and stderr |
@@ -43,6 +44,7 @@ pub mod key;
 pub mod lock;
 pub mod pending;
 pub mod served;
+pub mod services_generation;
 pub mod trust;
 
 use std::fs::{DirBuilder, File};

@@ -1,13 +1,19 @@
 //! The name responder at `PREFIX::53`: arbitrary DNS messages, and arbitrary
-//! packets read from the TUN (the responder looks at every one first).
+//! packets read from the TUN (the responder looks at every one first). The
+//! trusted peers advertised services, so DNS-SD names (`_mcp._tcp.alice…`,
+//! browsing, instances) are answered too; every answer fits a datagram.
 
 use std::sync::OnceLock;
 
 use crate::{identity, network};
 use agentnet::core::address::NodePrefix;
 use agentnet::core::identity::AgentId;
+use agentnet::core::services::Service;
 use agentnet::core::trust::store::{TrustEntry, TrustState, TrustStore};
-use agentnet::names::dns::{DnsResponder, NameTable, ResolverPacket};
+use agentnet::names::dns::{DnsResponder, NameTable, NamedPeerServices, ResolverPacket};
+
+/// The most an answer may take: EDNS's 1232 bytes.
+const MAX_ANSWER: usize = 1232;
 
 /// The node the responder serves (queries from elsewhere are dropped).
 fn local_prefix() -> NodePrefix {
@@ -36,6 +42,26 @@ fn responder() -> &'static DnsResponder {
         }
         let mut responder = DnsResponder::new(network(), local_prefix());
         responder.set_names(NameTable::from_trust(&store, network()));
+        let service = |text: &str, path: Option<&str>| {
+            Service::parse(text, path.map(Into::into), Some("notes".into())).ok()
+        };
+        let advertised = |name: &str, services: Vec<Option<Service>>| NamedPeerServices {
+            name: name.into(),
+            services: services.into_iter().flatten().collect(),
+        };
+        responder.set_services(vec![
+            advertised(
+                "alice",
+                vec![service("mcp:8000", Some("/mcp")), service("a2a:9999", None)],
+            ),
+            advertised(
+                "bob",
+                (1..=32)
+                    .map(|port| service(&format!("http:{port}"), Some("/x")))
+                    .collect(),
+            ),
+            advertised("carol", vec![service("mcp:8000", None)]),
+        ]);
         responder
     })
 }
@@ -43,7 +69,9 @@ fn responder() -> &'static DnsResponder {
 /// Runs the target on one input.
 pub fn run(bytes: &[u8]) {
     let responder = responder();
-    let _ = responder.answer(bytes);
+    if let Some(answer) = responder.answer(bytes) {
+        assert!(answer.len() <= MAX_ANSWER, "{} bytes", answer.len());
+    }
     let _ = responder.handle_tun_packet(bytes);
     // The same bytes as the UDP payload of a query to the resolver, so the
     // DNS parser is reached through the packet path too.

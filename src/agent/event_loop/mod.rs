@@ -115,6 +115,8 @@ pub(crate) struct Daemon {
     services: Option<crate::serve::Services>,
     /// Served connections asking who their caller is.
     caller_queries: Option<mpsc::Receiver<crate::serve::CallerQuery>>,
+    /// The services generation last written to the state directory.
+    saved_services_generation: u64,
 }
 
 impl Daemon {
@@ -122,12 +124,14 @@ impl Daemon {
     pub(crate) fn new(
         options: DaemonOptions,
         config: AgentConfig,
-        node: Node,
+        mut node: Node,
         tun: PacketDevice,
         mtu: u16,
         underlay: Underlay,
         links: RendezvousLinks,
     ) -> Self {
+        node.restore_services_generation(services::kept_services_generation(&options.state));
+        let saved_services_generation = node.last_services_generation();
         let (probes, probe_datagrams) = ProbeSockets::new();
         let network = NetworkId::from_name(&config.network);
         let own_id = node.agent_id();
@@ -169,6 +173,7 @@ impl Daemon {
             tun_out: TunWriteBatch::default(),
             services: None,
             caller_queries: None,
+            saved_services_generation,
         }
     }
 
@@ -416,6 +421,8 @@ impl Daemon {
     /// Drains the node's outputs: events first (acting on one, such as an
     /// auto-approval, may queue datagrams), then datagrams and TUN packets.
     async fn flush(&mut self) {
+        // Before the offers that carry a new generation leave.
+        self.save_services_generation_if_changed();
         let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
             had_events = true;
@@ -479,16 +486,19 @@ impl Daemon {
         if had_events {
             self.sync_names();
         }
+        // What peers advertised may have changed (O(1) when it did not).
+        self.names
+            .sync_services(Instant::now(), &self.trust, &self.node);
         while let Some(packet) = self.names.poll_tun_packet() {
             self.queue_for_tun(&packet).await;
         }
         self.write_tun().await;
     }
 
-    /// Makes the names (resolver, host files, userspace stack) follow the
-    /// trust store.
+    /// Makes the names (resolver, host files, userspace stack) and the
+    /// resolver's DNS-SD records follow the trust store.
     fn sync_names(&mut self) {
-        self.names.sync(&self.trust, &self.node);
+        self.names.sync(Instant::now(), &self.trust, &self.node);
         self.tun.publish_names(self.names.table());
         self.tun.publish_ipv4_routes(&self.node, &self.trust);
     }

@@ -1,7 +1,8 @@
 //! The daemon's side of services: `agentnet serve` (published ports),
 //! `agentnet advertise` (the set trusted peers are told about: declared
 //! services, then served ports) and `agentnet services` (what trusted
-//! peers advertised here).
+//! peers advertised here); and the last services generation the node
+//! issued, kept in the state directory across restarts.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +12,10 @@ use crate::control::{Request, Response, TrustedPeer};
 use crate::core::services::MAX_SERVICES;
 use crate::core::trust::store::TrustState;
 use crate::serve::ServedStore;
+use crate::state::StateDir;
 use crate::state::StateError;
 use crate::state::advertised::{AdvertisedStatus, AdvertisedStore, sent};
+use crate::state::services_generation::ServicesGeneration;
 
 /// Why an `advertise` edit is refused.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +30,42 @@ enum AdvertiseError {
     NotAdvertised(String),
 }
 
+/// The last services generation issued before this start, for the node
+/// (0 when there is none, or when the file is unreadable: the module docs
+/// of `state::services_generation` say why that is safe).
+pub(super) fn kept_services_generation(state: &StateDir) -> u64 {
+    match ServicesGeneration::load(state) {
+        Ok(kept) => kept.last_issued,
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "cannot read the last services generation; starting from the wall clock"
+            );
+            0
+        }
+    }
+}
+
 impl Daemon {
+    /// Writes the node's last services generation to the state directory
+    /// when it changed since the last write: one comparison per wake, a
+    /// write only when the node issued a new generation (a failed write
+    /// is logged and not retried until the next one).
+    pub(super) fn save_services_generation_if_changed(&mut self) {
+        let last_issued = self.node.last_services_generation();
+        if last_issued == self.saved_services_generation {
+            return;
+        }
+        self.saved_services_generation = last_issued;
+        if let Err(error) = (ServicesGeneration { last_issued }).save(&self.options.state) {
+            tracing::warn!(
+                %error,
+                "cannot save the services generation: after a restart with the clock set \
+                 back, peers would keep this agent's old services until the clock passes it"
+            );
+        }
+    }
+
     /// `agentnet serve`: publish, list or withdraw a port (a change is
     /// advertised to peers too).
     pub(super) fn serve(&mut self, request: Request) -> Response {

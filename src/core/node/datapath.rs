@@ -167,7 +167,7 @@ impl Node {
                         tracing::info!(peer = %revoker, "peer revoked its trust; dropping its sessions");
                         let was_up = peer.has_session();
                         peer.clear_sessions(ctx);
-                        peer.forget_learned_services();
+                        peer.forget_learned_services(ctx);
                         if was_up {
                             ctx.events.push_back(Event::PeerDown { id: revoker });
                         }

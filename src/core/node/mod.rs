@@ -134,6 +134,8 @@ impl Node {
             relay_backlog: Vec::new(),
             register_interval: DEFAULT_REGISTER_INTERVAL,
             advertised: Vec::new(),
+            last_services_generation: 0,
+            learned_services_changes: 0,
         };
         Self {
             ctx,

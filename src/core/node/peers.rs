@@ -132,6 +132,7 @@ impl Node {
         self.known_sources.invalidate();
         let was_up = peer.has_session();
         peer.clear_sessions(&mut self.ctx);
+        peer.forget_learned_services(&mut self.ctx);
         self.by_noise_key.remove(peer.noise_public());
         self.ctx.noise_static.remove_peer(peer.noise_public());
         self.by_prefix.remove(&peer.prefix());

@@ -1,7 +1,8 @@
 //! Services among trusted agents (DESIGN.md §8): the set this agent
 //! advertises, offered to each peer as its policy filters it, and what the
 //! peers advertised here. The exchange itself is the peers'
-//! (`core::peer::services`).
+//! (`core::peer::services`); the node keeps the last generation issued,
+//! which the shell saves and restores across restarts.
 
 use std::time::Instant;
 
@@ -32,9 +33,33 @@ impl Node {
         Ok(())
     }
 
+    /// Restores the last generation of a `Services` offer this agent
+    /// issued before it restarted (kept by the shell): every later offer
+    /// gets a higher one, so peers replace what they learned before even
+    /// if the wall clock went back. A lower value than the node's own is
+    /// ignored. Call it before the first session comes up.
+    pub fn restore_services_generation(&mut self, last_issued: u64) {
+        self.ctx.last_services_generation = self.ctx.last_services_generation.max(last_issued);
+    }
+
+    /// The last generation of a `Services` offer issued (0: none yet):
+    /// what the shell keeps for [`Node::restore_services_generation`]
+    /// after a restart. Cheap: compare it on every wake.
+    pub fn last_services_generation(&self) -> u64 {
+        self.ctx.last_services_generation
+    }
+
     /// The services this agent advertises.
     pub fn advertised_services(&self) -> &[Service] {
         &self.ctx.advertised
+    }
+
+    /// A count that moves whenever what a peer advertised here was
+    /// replaced or forgotten (a newer set, a revocation, the peer
+    /// removed): compared with the value seen last, it says in O(1)
+    /// whether [`Node::peer_services`] has anything new.
+    pub fn learned_services_changes(&self) -> u64 {
+        self.ctx.learned_services_changes
     }
 
     /// What each peer advertised to this agent (peers that advertised

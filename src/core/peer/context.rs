@@ -78,6 +78,14 @@ pub struct Context {
     /// The services this agent advertises (each peer is offered those its
     /// policy lets it open).
     pub advertised: Vec<crate::core::services::Service>,
+    /// The last generation of a `Services` offer issued to any peer (0:
+    /// none). Node-wide and restored across restarts (the shell keeps it
+    /// in the state directory), so an offer made after a restart replaces
+    /// the earlier ones even when the wall clock went back.
+    pub last_services_generation: u64,
+    /// Moves whenever what a peer advertised here is replaced or forgotten
+    /// (see [`Context::note_learned_services_changed`]).
+    pub learned_services_changes: u64,
 }
 
 /// A registration not acknowledged within this long means the rendezvous
@@ -192,6 +200,13 @@ const MAX_SPARE_BUFFERS: usize = 256;
 const MAX_SPARE_CAPACITY: usize = 16 * 1024;
 
 impl Context {
+    /// What some peer advertised here changed. The shell compares the
+    /// count on every wake and reads the services again only when it
+    /// moved, instead of walking every peer each time.
+    pub fn note_learned_services_changed(&mut self) {
+        self.learned_services_changes = self.learned_services_changes.wrapping_add(1);
+    }
+
     /// An empty buffer, a spare one when there is one.
     pub fn take_buffer(&mut self) -> Vec<u8> {
         let mut buffer = self.spare_buffers.pop().unwrap_or_default();

@@ -3,6 +3,10 @@
 //! `Services` frame and resent until acknowledged) and what the peer
 //! advertised here (replaced by newer generations only).
 //!
+//! Generations are node-wide: each new one is above every generation the
+//! node issued (restored from the state directory after a restart) and at
+//! least the wall clock in milliseconds.
+//!
 //! An offer goes out on every new session (the peer may have restarted and
 //! forgotten it), at once when the offered set changes (the node's set or
 //! the peer's policy), and again after 1, 2, 4 and 8 s while no
@@ -72,11 +76,15 @@ impl Peer {
         self.send_services(ctx, now);
     }
 
-    /// A generation newer than the last, and at least the wall clock in
-    /// milliseconds, so a restarted agent's offers still replace its old ones.
-    fn new_services_generation(&mut self, ctx: &Context, now: Instant) {
+    /// A generation newer than any this node issued (to any peer, before
+    /// a restart too: see [`Context::last_services_generation`]) and at
+    /// least the wall clock in milliseconds, so a restarted agent's offers
+    /// replace its old ones even when its clock went back.
+    fn new_services_generation(&mut self, ctx: &mut Context, now: Instant) {
         let unix_ms = u64::try_from(ctx.unix_now(now).as_millis()).unwrap_or(u64::MAX);
-        self.services.generation = unix_ms.max(self.services.generation.saturating_add(1));
+        let generation = unix_ms.max(ctx.last_services_generation.saturating_add(1));
+        ctx.last_services_generation = generation;
+        self.services.generation = generation;
         self.services.acknowledged = false;
         self.services.sends = 0;
     }
@@ -153,6 +161,7 @@ impl Peer {
                     services: entries,
                     received_at: now,
                 }));
+                ctx.note_learned_services_changed();
             }
         }
         let ack = ControlFrame::ServicesAck { generation }.encode();
@@ -173,9 +182,12 @@ impl Peer {
         self.services.learned.as_deref()
     }
 
-    /// Forgets what the peer advertised (it revoked its trust).
-    pub fn forget_learned_services(&mut self) {
-        self.services.learned = None;
+    /// Forgets what the peer advertised (it revoked its trust, or it is
+    /// being removed).
+    pub fn forget_learned_services(&mut self, ctx: &mut Context) {
+        if self.services.learned.take().is_some() {
+            ctx.note_learned_services_changed();
+        }
     }
 
     /// When anything authenticated last came from the peer.
