@@ -21,7 +21,8 @@
 #
 # For each: iperf3 TCP A -> B, 1 stream and $PARALLEL streams, $DURATION s
 # each (receiver-side Mbit/s); ping RTT, $PINGS pings at 10 ms (avg, p99
-# nearest rank, loss); tunnel CPU-seconds per GB (utime+stime of both daemons
+# nearest rank, loss), idle and while one iperf3 TCP stream runs (latency
+# under load); tunnel CPU-seconds per GB (utime+stime of both daemons
 # during the iperf3 runs / GB received); peak RSS (VmHWM) of each daemon;
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
@@ -126,17 +127,35 @@ ROWS=()
 DAEMONS=()  # PIDs whose CPU counts as the tunnel's
 SKIPPED=()  # "peer (reason)"
 
-# measure_rtt ROW NS TARGET : RTT avg and p99 (nearest rank) in ms, loss in %.
+# measure_rtt ROW NS TARGET [SUFFIX] : RTT avg and p99 (nearest rank) in ms,
+# loss in %, as R[ROW.rttSUFFIX], R[ROW.p99SUFFIX], R[ROW.lossSUFFIX].
 measure_rtt() {
-    local row=$1 f=$RAW/$1.ping.txt
+    local row=$1 sfx=${4:-} f=$RAW/$1.ping${4:-}.txt
     lab_run "$f" "$f" "$2" ping -n -c "$PINGS" -i 0.01 -W 1 "$3"
-    read -r "R[$row.rtt]" "R[$row.p99]" "R[$row.loss]" < <(
+    read -r "R[$row.rtt$sfx]" "R[$row.p99$sfx]" "R[$row.loss$sfx]" < <(
         grep -oP 'time=\K[0-9.]+' "$f" | sort -n | awk -v n="$PINGS" '
             { a[NR] = $1; s += $1 }
             END { if (NR == 0) { print "NA NA 100"; exit }
                   i = int((99 * NR + 99) / 100); if (i > NR) i = NR
                   printf "%.3f %.3f %.0f\n", s / NR, a[i], 100 * (n - NR) / n }')
-    log "  $row: ping avg ${R[$row.rtt]} ms, p99 ${R[$row.p99]} ms, loss ${R[$row.loss]}%"
+    log "  $row: ping${sfx:+ ($sfx)} avg ${R[$row.rtt$sfx]} ms, p99 ${R[$row.p99$sfx]} ms, loss ${R[$row.loss$sfx]}%"
+}
+
+# measure_rtt_loaded ROW NS TARGET : the same pings while one iperf3 TCP
+# stream runs from NS to TARGET (the server runs already): what an agent's
+# request waits behind a bulk transfer on the same tunnel. Sets
+# R[ROW.rtt_load], R[ROW.p99_load], R[ROW.loss_load].
+measure_rtt_loaded() {
+    local row=$1 ns=$2 target=$3 secs client
+    secs=$(((PINGS + 99) / 100 + 3))
+    lab_bg "$LOGS/iperf3-load-$row.log" "$ns" iperf3 -c "$target" -p "$IPERF_PORT" -t "$secs" -P 1
+    client=$LAB_LAST_PID
+    # The stream is up once its data connection is established.
+    wait_for 5 ip netns exec "$ns" sh -c \
+        "ss -Htn state established 'dport = :$IPERF_PORT' | awk 'END { exit NR < 2 }'" ||
+        log "  $row: the loading iperf3 stream did not start"
+    measure_rtt "$row" "$ns" "$target" _load
+    lab_stop "$client"
 }
 
 # iperf_server ROW NS : an iperf3 server in NS; its PID in IPERF_PID.
@@ -175,11 +194,13 @@ measure_tcp() {
     ((${#DAEMONS[@]})) || R[$row.cpu]=NA
 }
 
-# measure ROW NS_CLIENT NS_SERVER TARGET : RTT, then TCP client -> server.
+# measure ROW NS_CLIENT NS_SERVER TARGET : RTT, then TCP client -> server,
+# then RTT under that load.
 measure() {
     measure_rtt "$1" "$2" "$4"
     iperf_server "$1" "$3"
     measure_tcp "$1" "$2" "$4"
+    measure_rtt_loaded "$1" "$2" "$4"
     lab_stop "$IPERF_PID"
 }
 
@@ -477,24 +498,24 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
     [usup]="agentnet rootless → TUN" [usdown]="agentnet TUN → rootless" [wggo]=wireguard-go
     [boringtun]=boringtun [gotatun]=gotatun [nebula]=nebula [fastd]=fastd)
 {
-    echo "| path | version | TCP 1x Mbit/s | TCP ${PARALLEL}x Mbit/s | RTT avg ms | RTT p99 ms | loss % | tunnel CPU-s/GB | peak RSS MiB A / B | connect ms | MTU |"
-    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    echo "| path | version | TCP 1x Mbit/s | TCP ${PARALLEL}x Mbit/s | RTT avg ms | RTT p99 ms | loss % | RTT under load avg / p99 ms | tunnel CPU-s/GB | peak RSS MiB A / B | connect ms | MTU |"
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     for row in "${ROWS[@]}"; do
         ref=agentnet; [[ $row == agentnet ]] && ref=none # no ratio to itself
         if [[ -n ${R[$row.status]:-} ]]; then
-            printf '| %s | %s | %s | | | | | | | | |\n' "${NAME[$row]}" "${R[$row.version]}" "${R[$row.status]}"
+            printf '| %s | %s | %s | | | | | | | | | |\n' "${NAME[$row]}" "${R[$row.version]}" "${R[$row.status]}"
             continue
         fi
         rss=NA
         [[ -n ${R[$row.rss]:-} ]] && rss="${R[$row.rss_a]} / ${R[$row.rss_b]}${R[$row.rss_rv]:+ +rv ${R[$row.rss_rv]}}"
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s%s | %s | %s |\n' "${NAME[$row]}" "${R[$row.version]}" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s%s | %s | %s |\n' "${NAME[$row]}" "${R[$row.version]}" \
             "$(cell "$row" $ref tcp1)" "$(cell "$row" $ref tcpN)" "$(cell "$row" $ref rtt)" "$(cell "$row" $ref p99)" \
-            "${R[$row.loss]:-NA}" "$(cell "$row" $ref cpugb)" "$rss" "$(ratio "${R[$row.rss]:-}" "${R[$ref.rss]:-}")" \
+            "${R[$row.loss]:-NA}" "$(cell "$row" $ref rtt_load)" "$(cell "$row" $ref p99_load)" "$(cell "$row" $ref cpugb)" "$rss" "$(ratio "${R[$row.rss]:-}" "${R[$ref.rss]:-}")" \
             "$(cell "$row" $ref connect)" "${R[$row.mtu]:-NA}"
     done
     echo
     echo "(×) = this row / the agentnet (TUN, direct) row. iperf3 A -> B, ${DURATION} s per run, receiver-side rate;"
-    echo "RTT over $PINGS pings at 10 ms, p99 nearest rank. Tunnel CPU = utime+stime of both daemons during both"
+    echo "RTT over $PINGS pings at 10 ms, p99 nearest rank; under load: the same pings while one iperf3 TCP stream runs. Tunnel CPU = utime+stime of both daemons during both"
     echo "iperf3 runs / GB received (1 GB = 1e9 B). RSS = VmHWM of each daemon; its ratio compares A + B."
     echo "Connect: B started (A up, both configured) -> first echo reply B -> A (relay and rootless rows: trust"
     echo "added -> first reply)."

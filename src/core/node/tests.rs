@@ -368,3 +368,26 @@ fn sessions_neither_side_initiated_are_rekeyed_before_they_expire() {
         );
     }
 }
+
+#[test]
+fn trusted_peers_get_a_precomputed_static_secret_that_goes_with_them() {
+    let TwoNodes {
+        mut a,
+        mut b,
+        a_at,
+        b_at,
+        now,
+    } = two_nodes();
+    assert_eq!(a.ctx.noise_static.precomputed_peers(), 1);
+    // Handshakes with the precomputed secret complete (the values match
+    // the uncached ones: tested in core::noise::static_keys).
+    let bob = identity(2).agent_id();
+    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
+    let packet = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    a.handle_tun_packet(now, &packet);
+    exchange(&mut a, a_at, &mut b, b_at, now);
+    assert_eq!(b.poll_tun_packet(), Some(packet), "no session");
+    assert!(a.status(now).peers[0].session_established);
+    assert!(a.remove_peer(&bob));
+    assert_eq!(a.ctx.noise_static.precomputed_peers(), 0);
+}
