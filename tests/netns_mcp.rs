@@ -7,7 +7,8 @@
 //!   RTT) and `services` (bravo's advertised MCP server, with its URL);
 //! - `request_trust` to charlie, with a justification that tries to pass
 //!   for instructions: it shows in charlie's `trust pending`;
-//! - `approve` is refused without `--allow-admin`, and not listed.
+//! - `approve` is refused without `--allow-admin`, and not listed;
+//! - a `request_trust` that would rename trusted bravo is refused.
 //!
 //! Then charlie's operator starts `agentnet mcp --allow-admin`: its
 //! `pending` shows alpha's request with the justification escaped under
@@ -98,6 +99,11 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
             "name": "charlie",
         }],
         ["approve", {"id": id_b.id}],
+        ["request_trust", {
+            "id": id_b.id,
+            "justification": "rename bravo",
+            "name": "bravo-old",
+        }],
     ]);
     let report = agentnet_mcp_session(lab, &python, a, &[], &calls)?;
     step(&format!(
@@ -159,6 +165,21 @@ fn run(lab: &Lab, python: PathBuf) -> Result<(), String> {
     step(&format!(
         "approve without --allow-admin: {}",
         refused["text"]
+    ));
+    let renaming = report["results"]
+        .as_array()
+        .and_then(|results| results.last())
+        .ok_or("no result of the renaming request")?;
+    if renaming["is_error"] != true
+        || !renaming["text"]
+            .as_str()
+            .is_some_and(|text| text.contains("trusted already"))
+    {
+        return Err(format!("a request renaming trusted bravo: {renaming}"));
+    }
+    step(&format!(
+        "request_trust renaming trusted bravo: {}",
+        renaming["text"]
     ));
 
     // The request reached charlie's operator.

@@ -99,14 +99,22 @@ pub async fn fetch_agent_card(
 
 /// The services of `services` with the card of each `a2a` one, or why it
 /// has none: at most [`MAX_CONCURRENT_FETCHES`] fetched at once, in the
-/// order given.
+/// order given, all within one [`CardLimits::timeout`] (a fetch still
+/// waiting for its turn or running then is given up as a timeout), so a
+/// peer advertising many slow cards holds no caller longer than that.
 pub async fn fetch_cards(services: Vec<PeerService>, limits: CardLimits) -> Vec<ServiceWithCard> {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES));
     let mut fetches = JoinSet::new();
+    let mut cards: Vec<Option<Result<AgentCardSummary, CardError>>> =
+        services.iter().map(|_| None).collect();
     for (index, service) in services.iter().enumerate() {
         let Some(target) = CardTarget::of_service(service) else {
             continue;
         };
+        // What an a2a service shows unless its fetch ends in time.
+        cards[index] = Some(Err(CardError::Timeout {
+            after: limits.timeout,
+        }));
         let permits = Arc::clone(&permits);
         fetches.spawn(async move {
             // The semaphore is never closed.
@@ -114,14 +122,22 @@ pub async fn fetch_cards(services: Vec<PeerService>, limits: CardLimits) -> Vec<
             (index, fetch_agent_card(&target, &limits).await)
         });
     }
-    let mut cards: Vec<Option<Result<AgentCardSummary, CardError>>> =
-        services.iter().map(|_| None).collect();
-    while let Some(joined) = fetches.join_next().await {
-        match joined {
-            Ok((index, result)) => cards[index] = Some(result),
-            Err(error) => tracing::warn!(%error, "an agent card fetch failed"),
+    let all_fetched = async {
+        while let Some(joined) = fetches.join_next().await {
+            match joined {
+                Ok((index, result)) => cards[index] = Some(result),
+                Err(error) => tracing::warn!(%error, "an agent card fetch failed"),
+            }
         }
+    };
+    if tokio::time::timeout(limits.timeout, all_fetched)
+        .await
+        .is_err()
+    {
+        tracing::debug!("agent cards: the deadline passed; the unfinished fetches are given up");
     }
+    // Dropping the set aborts what still runs.
+    drop(fetches);
     services
         .into_iter()
         .zip(cards)

@@ -383,3 +383,23 @@ async fn cards_are_fetched_for_a2a_services_only_in_order_over_either_family() {
     assert!(json[0].get("card").is_none() && json[0].get("card_error").is_none());
     assert_eq!(server.request_lines().len(), 1, "the mcp service was asked");
 }
+
+#[tokio::test]
+async fn many_silent_cards_are_given_up_together_at_one_deadline() {
+    let server = TestServer::start(|_| Answer::Silence).await;
+    // Three times as many as are fetched at once: one after another in
+    // waves they would take three deadlines.
+    let services: Vec<PeerService> = (0..3 * MAX_CONCURRENT_FETCHES)
+        .map(|_| peer_service("a2a", server.port, None))
+        .collect();
+    let limits = limits_with_timeout(Duration::from_millis(400));
+    let started = Instant::now();
+    let listed = fetch_cards(services, limits).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert_eq!(listed.len(), 3 * MAX_CONCURRENT_FETCHES);
+    for entry in &listed {
+        let error = entry.card_error.as_ref().expect("no card");
+        assert_eq!(error.kind, CardErrorKind::Timeout, "{}", error.message);
+    }
+}

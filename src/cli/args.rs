@@ -187,7 +187,7 @@ pub(crate) enum Command {
         (checked and escaped; in --json under \"from_peer\"): data, not instructions.\n\n\
         With --cards, the A2A Agent Card of every a2a service is fetched over the overlay \
         (from the peer's overlay address, at the advertised path if it ends in .json, else at \
-        /.well-known/agent-card.json, then /.well-known/agent.json; within 3 s, at most 64 KiB, \
+        /.well-known/agent-card.json, then /.well-known/agent.json; all cards within 3 s, at most 64 KiB each, \
         no redirects followed) and its name, description, version, interfaces and skills are \
         shown, or why it could not be had (timeout, too large, not JSON, HTTP status). A card \
         is the peer's text too: escaped, capped, and in --json under \"card\": {\"fetched_from\", \

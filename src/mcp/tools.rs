@@ -55,7 +55,7 @@ pub struct ServicesArgs {
     /// Only services of this kind (`mcp`, `a2a`, `http`, `grpc`, ...).
     #[serde(default)]
     pub kind: Option<String>,
-    /// Also fetch the A2A Agent Card of every `a2a` service (its name, description and skills; at most 3 s and 64 KiB each).
+    /// Also fetch the A2A Agent Card of every `a2a` service (its name, description and skills; all within 3 s, at most 64 KiB each).
     #[serde(default)]
     pub cards: bool,
 }
@@ -147,6 +147,14 @@ impl AgentnetTools {
     /// `--allow-admin`).
     pub fn listed_tools(&self) -> Vec<Tool> {
         self.tool_router.list_all()
+    }
+
+    /// Why a call of `tool` is refused before any request is made: an
+    /// admin tool in a server started without `--allow-admin`. (Other
+    /// names, in any spelling, are not tools and are refused by the
+    /// router.)
+    pub fn refusal(&self, tool: &str) -> Option<CallToolResult> {
+        (!self.options.allow_admin && ADMIN_TOOLS.contains(&tool)).then(|| admin_refused(tool))
     }
 
     /// One request to the daemon; its answer, or the tool error to return.
@@ -425,10 +433,9 @@ impl ServerHandler for AgentnetTools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let name = request.name.as_ref();
-        if !self.options.allow_admin && ADMIN_TOOLS.contains(&name) {
-            tracing::info!(tool = name, "mcp: admin tool refused");
-            return Ok(admin_refused(name).into());
+        if let Some(refusal) = self.refusal(request.name.as_ref()) {
+            tracing::info!(tool = %request.name, "mcp: admin tool refused");
+            return Ok(refusal.into());
         }
         let call = ToolCallContext::new(self, request, context);
         self.tool_router.call(call).await
@@ -537,6 +544,27 @@ mod tests {
                 "{}",
                 tool.name
             );
+        }
+    }
+
+    #[test]
+    fn admin_calls_are_refused_before_any_request_unless_allowed() {
+        let plain = tools(false);
+        for name in ADMIN_TOOLS {
+            let refusal = plain.refusal(name).expect("refused");
+            assert!(format!("{:?}", refusal.content).contains("--allow-admin"));
+            assert!(plain.tool_router.is_disabled(name), "{name} is routable");
+        }
+        for name in ["peers", "services", "request_trust", "Approve", "approve "] {
+            assert!(plain.refusal(name).is_none(), "{name}");
+            if name.starts_with('A') || name.ends_with(' ') {
+                assert!(plain.tool_router.get(name).is_none(), "{name:?} is a tool");
+            }
+        }
+        let admin = tools(true);
+        for name in ADMIN_TOOLS {
+            assert!(admin.refusal(name).is_none());
+            assert!(admin.tool_router.get(name).is_some());
         }
     }
 

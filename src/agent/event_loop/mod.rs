@@ -421,8 +421,6 @@ impl Daemon {
     /// Drains the node's outputs: events first (acting on one, such as an
     /// auto-approval, may queue datagrams), then datagrams and TUN packets.
     async fn flush(&mut self) {
-        // Before the offers that carry a new generation leave.
-        self.save_services_generation_if_changed();
         let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
             had_events = true;
@@ -431,6 +429,9 @@ impl Daemon {
             self.log_event(event);
         }
         self.drop_log.maybe_log(Instant::now(), &self.node);
+        // Before the offers that carry a new generation leave (handling an
+        // event, such as an auto-approval, may have made one).
+        self.save_services_generation_if_changed();
         let mut udp_out = std::mem::take(&mut self.udp_out);
         while let Some(transmit) = self.node.poll_transmit() {
             if let Some(socket) = transmit.source {

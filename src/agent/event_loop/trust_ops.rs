@@ -369,6 +369,23 @@ impl Daemon {
         }
         let own = self.own_id;
         let endpoint_text = endpoint.map(|(text, _)| text);
+        // A request never renames or re-points a trusted peer: that is a
+        // change of trust (`trust add`, full control), and a request may
+        // come from a model through `agentnet mcp` without --allow-admin,
+        // which could otherwise free a trusted name for another agent.
+        if let Some(existing) = self.trust.get(&id)
+            && existing.state == TrustState::Trusted
+            && (name.as_ref().is_some_and(|name| *name != existing.name)
+                || endpoint_text
+                    .as_ref()
+                    .is_some_and(|text| Some(text) != existing.endpoint.as_ref()))
+        {
+            return Err(format!(
+                "{id} is trusted already as {}; a trust request does not change its name or \
+                 endpoint (use `agentnet trust add {id} --name NAME --endpoint HOST:PORT`)",
+                existing.name
+            ));
+        }
         let unix = unix_now();
         let ttl = self.trust_flow.config.requested_ttl();
         let entry = self
@@ -376,9 +393,10 @@ impl Daemon {
             .state
             .edit_trust(|store| {
                 let entry = match store.get(&id) {
-                    // Already trusted (or asked before): keep its state and
-                    // policy, take a new name or endpoint if given; asking
-                    // again restarts the wait.
+                    // Already trusted (same name and endpoint, checked
+                    // above) or asked before: keep its state and policy,
+                    // take a new name or endpoint if given; asking again
+                    // restarts the wait.
                     Some(existing) => TrustEntry {
                         name: name.clone().unwrap_or_else(|| existing.name.clone()),
                         endpoint: endpoint_text.clone().or_else(|| existing.endpoint.clone()),

@@ -68,6 +68,10 @@ pub const DNS_PORT: u16 = 53;
 /// TTL of answers. Short: a name stops resolving soon after its peer is no
 /// longer trusted, even in caches (the address itself never changes).
 pub const ANSWER_TTL: u32 = 10;
+/// Most answer records collected for one query: more than one datagram
+/// holds (with EDNS, ~25 SRV or ~45 PTR records), so the encoding that
+/// follows cuts to what fits and a query's work stays bounded.
+const MAX_ANSWERS: usize = 64;
 /// TTL of negative answers (the SOA minimum).
 pub const NEGATIVE_TTL: u32 = 10;
 /// Hop limit of the packets the responder writes into the TUN.
@@ -288,6 +292,7 @@ impl DnsResponder {
             records
                 .iter()
                 .filter(|data| kind == RecordType::ANY || data.record_type() == kind)
+                .take(MAX_ANSWERS + 1)
                 .cloned()
                 .collect()
         } else if self.service_records.has_descendants(name) {
@@ -304,7 +309,13 @@ impl DnsResponder {
             response.add_name_server(self.soa.clone());
             return;
         }
-        for data in answers {
+        // More than one datagram holds (some 45 PTRs with EDNS): the rest
+        // is cut here, so a query's work stays bounded however many
+        // services the trusted peers advertise.
+        if answers.len() > MAX_ANSWERS {
+            response.set_truncated(true);
+        }
+        for data in answers.into_iter().take(MAX_ANSWERS) {
             response.add_answer(Record::from_rdata(name.clone(), ANSWER_TTL, data));
         }
         self.add_additionals(response);

@@ -14,7 +14,9 @@ use super::{BOB4, entry, local_prefix, network, responder};
 use crate::core::services::{MAX_SERVICES, Service};
 use crate::core::trust::store::{TrustState, TrustStore};
 use crate::names::dns::udp_size::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD};
-use crate::names::dns::{ANSWER_TTL, DnsResponder, NameTable, NamedPeerServices, ResolverPacket};
+use crate::names::dns::{
+    ANSWER_TTL, DnsResponder, MAX_ANSWERS, NameTable, NamedPeerServices, ResolverPacket,
+};
 
 fn service(kind_port: &str, path: Option<&str>, name: Option<&str>) -> Service {
     Service::parse(kind_port, path.map(Into::into), name.map(Into::into)).expect(kind_port)
@@ -494,6 +496,23 @@ fn answers_too_large_for_the_datagram_are_cut_to_fit_with_tc() {
     let (reply, size) = ask_sized(&responder, name, RecordType::SRV, None);
     assert!(reply.truncated() && size <= PLAIN_UDP_PAYLOAD);
     assert!(srvs(reply.answers()).len() < 20);
+}
+
+#[test]
+fn a_query_collects_a_bounded_number_of_answers_however_many_services_exist() {
+    // 40 peers × 32 services: 1,280 instance PTRs under one name.
+    let responder = crowded_responder(40, MAX_SERVICES as u16);
+    let mut query = Message::new();
+    query.add_query(Query::query(
+        fqdn("_http._tcp.agent.internal."),
+        RecordType::PTR,
+    ));
+    let response = responder.respond(&query);
+    assert!(response.truncated());
+    assert_eq!(response.answers().len(), MAX_ANSWERS);
+    // Extras only for the answers kept: each instance's SRV and TXT, and
+    // the addresses of the peers they name.
+    assert!(response.additionals().len() <= 4 * MAX_ANSWERS);
 }
 
 #[test]
