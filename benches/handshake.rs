@@ -149,14 +149,9 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
             let Ok(Datagram::Initiation(initiation)) = Datagram::parse(&initiation) else {
                 panic!("initiation");
             };
-            let received = ReceivedInitiation::read(
-                &mut rng,
-                network,
-                &bob_uncached,
-                &bob_mac1,
-                &initiation,
-            )
-            .expect("responder reads");
+            let received =
+                ReceivedInitiation::read(&mut rng, network, &bob_uncached, &bob_mac1, &initiation)
+                    .expect("responder reads");
             black_box(
                 received
                     .respond(network, 22, &response_payload)

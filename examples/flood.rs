@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::NetworkId;
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::mac::Mac1Key;
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rng::core_rng;
 use agentnet::core::wire::path::NatHint;

@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodeId};
 use agentnet::core::identity::{AgentId, Identity};
-use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use agentnet::core::noise::session::Session;
+use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rendezvous::{ClientAddr, RendezvousConfig, RendezvousServer};
 use agentnet::core::rng::{CoreRng, core_rng};

@@ -218,8 +218,8 @@ impl Dh for CachedDh25519 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snow::resolvers::{CryptoResolver, DefaultResolver};
     use snow::params::DHChoice;
+    use snow::resolvers::{CryptoResolver, DefaultResolver};
 
     fn snow_dh(secret: &[u8; 32], public: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
         let mut dh = DefaultResolver
