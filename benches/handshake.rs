@@ -13,7 +13,8 @@
 //!   initiation costs this much).
 //! - `handshake/node_rekey_complete`: a rekey through two `Node`s, with
 //!   every table, timer and queue they keep (plus one 64-byte packet).
-//! - `x25519/*`: the primitives that bound it.
+//! - `x25519/*`: the primitives that bound it: curve25519-dalek's ladder
+//!   (`dh_ladder`) against AWS-LC's (`dh_aws_lc`, the one handshakes use).
 
 mod support;
 
@@ -215,8 +216,23 @@ fn handshake(c: &mut Criterion<ThreadCpuTime>) {
     group.bench_function("dh_ladder", |b| {
         b.iter(|| black_box(black_box(point).mul_clamped(black_box(scalar))))
     });
-    // Fixed base through the Edwards basepoint table (snow derives every
-    // public key, ephemeral or static, this way).
+    // The same DH with AWS-LC's X25519, which the handshake uses
+    // (core::noise::static_keys).
+    let aws_key =
+        aws_lc_rs::agreement::PrivateKey::from_private_key(&aws_lc_rs::agreement::X25519, &scalar)
+            .expect("key");
+    group.bench_function("dh_aws_lc", |b| {
+        b.iter(|| {
+            let peer = aws_lc_rs::agreement::UnparsedPublicKey::new(
+                &aws_lc_rs::agreement::X25519,
+                black_box(&bob_public),
+            );
+            black_box(aws_lc_rs::agreement::agree(&aws_key, peer, (), |shared| {
+                Ok::<_, ()>(shared[0])
+            }))
+        })
+    });
+    // Fixed base through the Edwards basepoint table (curve25519-dalek).
     group.bench_function("public_key_mul_base", |b| {
         b.iter(|| black_box(MontgomeryPoint::mul_base_clamped(black_box(scalar))))
     });
