@@ -293,26 +293,7 @@ impl<'l> World<'l> {
                 ],
             )?
             .check()?;
-        let status = out
-            .stdout
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .ok_or_else(|| format!("no status in dig's output:\n{}", out.stdout))?
-            .to_string();
-        let answers = out
-            .stdout
-            .split(";; ANSWER SECTION:\n")
-            .nth(1)
-            .map(|section| {
-                section
-                    .lines()
-                    .take_while(|l| !l.trim().is_empty())
-                    .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok((status, answers))
+        support::dig::parse(&out.stdout)
     }
 
     fn names(&self) -> Result<(), String> {

@@ -416,31 +416,7 @@ fn dig(
             name,
         ],
     )?;
-    let status = out
-        .stdout
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .ok_or_else(|| format!("no status in dig's output:\n{}", out.stdout))?
-        .to_string();
-    // `OWNER TTL CLASS TYPE DATA...`: the data of each answer.
-    let answers = out
-        .stdout
-        .split(";; ANSWER SECTION:\n")
-        .nth(1)
-        .map(|section| {
-            section
-                .lines()
-                .take_while(|line| !line.trim().is_empty())
-                .map(|line| {
-                    line.split_whitespace()
-                        .skip(4)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let (status, answers) = support::dig::parse(&out.stdout)?;
     Ok((Dig { status, answers }, out.stdout))
 }
 

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod apps;
 pub mod capture;
+pub mod dig;
 pub mod http;
 pub mod lab;
 pub mod natlab;
