@@ -11,9 +11,10 @@ use zeroize::Zeroizing;
 
 use crate::core::address::NetworkId;
 use crate::core::noise::mac::Mac1Key;
+use crate::core::noise::resolver::SeededResolver;
 use crate::core::noise::static_keys::NoiseStatic;
 use crate::core::noise::tai64n::Tai64N;
-use crate::core::rng::{CoreRng, SeededResolver};
+use crate::core::rng::CoreRng;
 use crate::core::wire::codec::{Reader, Writer};
 use crate::core::wire::path::{MAX_CANDIDATES, NatHint};
 use crate::core::wire::{self, MACS_LEN, TYPE_INITIATION, TYPE_RESPONSE};

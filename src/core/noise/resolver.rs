@@ -1,0 +1,71 @@
+//! The snow resolver of every handshake: randomness from a seed the core
+//! chose (`core::rng`), so a simulation replays exactly; X25519 with the
+//! node's shortcuts ([`super::static_keys`]); snow's default primitives for
+//! the rest.
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+
+use super::static_keys::{CachedDh25519, NoiseStatic};
+use crate::core::rng::CoreRng;
+
+struct SeededRandom(ChaCha20Rng);
+
+impl Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+/// A snow resolver whose randomness comes from a seed the core chose, with
+/// the default pure-Rust primitives for everything else; X25519 takes the
+/// node's shortcuts (its static public key and static-static secrets, see
+/// [`NoiseStatic`]) when given them.
+pub struct SeededResolver {
+    seed: [u8; 32],
+    statics: Option<NoiseStatic>,
+}
+
+impl SeededResolver {
+    /// A resolver drawing its seed from the core's generator.
+    pub fn from_rng(rng: &mut CoreRng) -> Self {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        Self {
+            seed,
+            statics: None,
+        }
+    }
+
+    /// The same, with the node's static key and its precomputed secrets.
+    pub fn with_statics(mut self, statics: &NoiseStatic) -> Self {
+        self.statics = Some(statics.clone());
+        self
+    }
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(self.seed))))
+    }
+
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn Dh>> {
+        match choice {
+            snow::params::DHChoice::Curve25519 => {
+                Some(Box::new(CachedDh25519::new(self.statics.clone())))
+            }
+            other => DefaultResolver.resolve_dh(other),
+        }
+    }
+
+    fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &snow::params::CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
