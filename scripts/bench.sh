@@ -27,6 +27,17 @@
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
 #
+# Handshakes, two figures under the table:
+#   criterion      `cargo bench --bench handshake` responder_only: the
+#                  responder's work for one IK handshake on one core
+#   end to end     one daemon (B) trusting $HS_IDENTITIES generated agents,
+#                  each with its own source address in A; they send real
+#                  initiations (examples/handshake_rate.rs, with the cookie
+#                  the daemon hands out under load, at most 19/s each, the
+#                  per-address limit being 20/s): initiations answered per
+#                  second, the daemon's CPU meanwhile, and so answered per
+#                  CPU-second
+#
 # Usage:   sudo scripts/bench.sh [--install-peers] [--help]
 #   --install-peers   first `apt-get install --no-install-recommends
 #                     wireguard-go wireguard-tools nebula fastd` (apt-get
@@ -35,7 +46,8 @@
 #                     $CARGO_ROOT (niced); what fails to install is skipped
 # Env:     DURATION=10  PARALLEL=4  PINGS=100  CONNECT_TIMEOUT=30
 #          PEERS="wggo boringtun gotatun nebula fastd" (a subset, or "")
-#          RELAY=1  USERSPACE=1 (0: leave those rows out)
+#          RELAY=1  USERSPACE=1  HANDSHAKES=1 (0: leave those out)
+#          HS_IDENTITIES=1024 (up to 1024)  HS_SECONDS=5
 #          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet)
 #          CARGO_ROOT=/tmp/agentnet-bench/cargo-root  BORINGTUN=  GOTATUN=
 #          OUTDIR=/tmp/agentnet-bench/<timestamp>
@@ -74,6 +86,9 @@ CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-30}
 PEERS=${PEERS-$PEERS_ALL}
 RELAY=${RELAY:-1}
 USERSPACE=${USERSPACE:-1}
+HANDSHAKES=${HANDSHAKES:-1}
+HS_IDENTITIES=${HS_IDENTITIES:-1024}
+HS_SECONDS=${HS_SECONDS:-5}
 export OUTDIR=${OUTDIR:-/tmp/agentnet-bench/$(date +%Y%m%d-%H%M%S)}
 NS_A='' NS_B='' IP_A=10.210.0.1 IP_B=10.210.0.2
 TUN_MTU=1420 # every tunnel between A and B: WireGuard's MTU on a 1500 underlay
@@ -100,6 +115,18 @@ if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
         cargo build --release --bin agentnet >"$LOGS/build.log" 2>&1 ||
             { tail -20 "$LOGS/build.log"; fail "cargo build --release"; }
         AGENTNET=$PWD/target/release/agentnet
+    fi
+    if [[ $HANDSHAKES == 1 ]]; then
+        log "building examples/handshake_rate and the criterion handshake bench"
+        cargo build --release --example handshake_rate >>"$LOGS/build.log" 2>&1 ||
+            { tail -20 "$LOGS/build.log"; fail "cargo build --release --example handshake_rate"; }
+        HANDSHAKE_RATE=$PWD/target/release/examples/handshake_rate
+        # criterion's estimate of responder_only (the middle of its interval)
+        cargo bench --bench handshake -- 'handshake/responder_only$' >"$LOGS/criterion-handshake.log" 2>&1 ||
+            log "  the criterion handshake bench failed (logs/criterion-handshake.log)"
+        CRITERION_RESPONDER=$(grep -A2 '^handshake/responder_only$' "$LOGS/criterion-handshake.log" |
+            awk '/time:/ { print $4, $5; exit }')
+        export HANDSHAKE_RATE CRITERION_RESPONDER
     fi
     export AGENTNET BORINGTUN GOTATUN
     exec unshare --mount --propagation private env AGENTNET_BENCH_INNER=1 bash "$SELF" "$@"
@@ -319,6 +346,52 @@ R[veth.mtu]=$(addr_mtu "$NS_A" "$IP_A")
 
 bench_tunnel agentnet
 
+# ===================================================== handshakes ============
+# One daemon in B trusts HS_IDENTITIES generated agents, agent N with the
+# endpoint 10.210.8.1 + N, port 7500 (A's loopback holds those addresses; B
+# routes them via A). examples/handshake_rate.rs sends their initiations
+# to B: R[hs.answered] initiations answered per second, R[hs.cpu] the
+# daemon's share of one core meanwhile.
+HS_BASE=10.210.8.1 HS_PORT=7500
+handshake_bench() {
+    local dir=$WORK/hs out=$RAW/handshake_rate.txt id pid t0 t1 ms0 ms1 i
+    ((HS_IDENTITIES >= 1 && HS_IDENTITIES <= 1024)) || { log "  handshakes: HS_IDENTITIES must be 1..1024"; return; }
+    mkdir "$dir" && "$BIN" --state-dir "$dir" init --name bench-hs >>"$LOGS/cli.log" 2>&1 &&
+        "$HANDSHAKE_RATE" trust --state-dir "$dir" --identities "$HS_IDENTITIES" \
+            --source-base "$HS_BASE" --port "$HS_PORT" >>"$LOGS/cli.log" 2>&1 ||
+        { log "  handshakes: FAILED to prepare (logs/cli.log)"; return; }
+    for ((i = 0; i < HS_IDENTITIES; i++)); do
+        echo "addr add 10.210.$((8 + (1 + i) / 256)).$(((1 + i) % 256))/32 dev lo"
+    done >"$WORK/hs-addresses"
+    ip -n "$NS_A" -batch "$WORK/hs-addresses" && ip -n "$NS_B" route add 10.210.8.0/21 via "$IP_A" ||
+        { log "  handshakes: FAILED to add the source addresses"; return; }
+    lab_bg "$LOGS/agentnet-hs.log" "$NS_B" "$BIN" --state-dir "$dir" up --foreground \
+        --interface anb-hs --port "$PORT"
+    pid=$LAB_LAST_PID
+    id=$("$BIN" --state-dir "$dir" id --json | jq -r .id)
+    wait_for 10 ip netns exec "$NS_B" sh -c "ss -Hlun 'sport = :$PORT' | grep -q ." ||
+        { log "  handshakes: FAILED: the daemon did not open its port"; lab_stop "$pid"; return; }
+    # The generator prepares its initiations first: count from its first send.
+    lab_bg "$out" "$NS_A" "$HANDSHAKE_RATE" run --target "$IP_B:$PORT" --id "$id" \
+        --identities "$HS_IDENTITIES" --source-base "$HS_BASE" --port "$HS_PORT" --seconds "$HS_SECONDS"
+    local generator=$LAB_LAST_PID
+    wait_for 120 grep -q "initiations from" "$out" || log "  handshakes: the generator did not start"
+    t0=$(proc_ticks "$pid") ms0=$(now_ms)
+    wait "$generator" 2>/dev/null
+    t1=$(proc_ticks "$pid") ms1=$(now_ms)
+    lab_stop "$pid"
+    R[hs.answered]=$(grep -oP 'answered/s=\K[0-9]+' "$out")
+    R[hs.sent]=$(grep -oP 'sent/s=\K[0-9]+' "$out")
+    R[hs.cpu]=$(awk -v t=$((t1 - t0)) -v k="$CLK_TCK" -v ms=$((ms1 - ms0)) 'BEGIN { printf "%.2f", t / k / (ms / 1000) }')
+    R[hs.per_core]=$(awk -v a="${R[hs.answered]:-0}" -v c="${R[hs.cpu]}" 'BEGIN { if (c > 0) printf "%.0f", a / c; else print "NA" }')
+    log "  handshakes: ${R[hs.answered]:-NA}/s answered of ${R[hs.sent]:-NA}/s sent; daemon at ${R[hs.cpu]} of a core: ${R[hs.per_core]} per core-second"
+}
+if [[ $HANDSHAKES == 1 && -x ${HANDSHAKE_RATE:-} ]]; then
+    log "== handshakes: $HS_IDENTITIES trusted agents -> one daemon"
+    handshake_bench
+fi
+# ===================================================== end of handshakes =====
+
 # ======================================================= relay path ==========
 # (NAT traversal, issue 4.) The same measurements between two agents that can
 # only reach each other through a rendezvous relay: three namespaces on one
@@ -526,6 +599,10 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
     [[ -n ${R[relay.per_core]:-} ]] && echo "Relay forwarding: ${R[relay.per_core]}."
     [[ " ${ROWS[*]} " == *" usup "* ]] &&
         echo "Rootless: iperf3 through a --forward of an agent in --userspace mode (smoltcp, as nobody); RSS rootless / TUN; RTT the TUN agent pinging the rootless one."
+    if [[ -n ${R[hs.answered]:-} ]]; then
+        echo "Handshakes end to end: ${R[hs.answered]} initiations answered per second by one daemon (${R[hs.sent]}/s sent by $HS_IDENTITIES trusted agents, one source address each, with cookies; the daemon used ${R[hs.cpu]} of a core: ${R[hs.per_core]} handshakes per core-second)."
+    fi
+    [[ -n ${CRITERION_RESPONDER:-} ]] && echo "Handshake, criterion responder_only: $CRITERION_RESPONDER per handshake on one core ($(awk -v t="${CRITERION_RESPONDER% *}" -v u="${CRITERION_RESPONDER#* }" 'BEGIN { s = u == "ms" ? t / 1e3 : u == "ns" ? t / 1e9 : t / 1e6; printf "%.0f", 1 / s }')/s)."
     if ((${#SKIPPED[@]})); then
         printf -v list '%s; ' "${SKIPPED[@]}"
         echo "Skipped, not installed (scripts/bench.sh --install-peers): ${list%; }."
