@@ -168,20 +168,22 @@ measure_rtt() {
     log "  $row: ping${sfx:+ ($sfx)} avg ${R[$row.rtt$sfx]} ms, p99 ${R[$row.p99$sfx]} ms, loss ${R[$row.loss$sfx]}%"
 }
 
-# measure_rtt_loaded ROW NS TARGET : the same pings while one iperf3 TCP
-# stream runs from NS to TARGET (the server runs already): what an agent's
-# request waits behind a bulk transfer on the same tunnel. Sets
-# R[ROW.rtt_load], R[ROW.p99_load], R[ROW.loss_load].
+# measure_rtt_loaded ROW NS TARGET [PING_NS PING_TARGET [IPERF3 ARGS]] : the
+# same pings while one iperf3 TCP stream runs from NS to TARGET (the server
+# runs already): what an agent's request waits behind a bulk transfer on
+# the same tunnel. The pings go from PING_NS to PING_TARGET (default: NS to
+# TARGET). Sets R[ROW.rtt_load], R[ROW.p99_load], R[ROW.loss_load].
 measure_rtt_loaded() {
-    local row=$1 ns=$2 target=$3 secs client
+    local row=$1 ns=$2 target=$3 ping_ns=${4:-$2} ping_target=${5:-$3} secs client
+    shift $(($# < 5 ? $# : 5))
     secs=$(((PINGS + 99) / 100 + 3))
-    lab_bg "$LOGS/iperf3-load-$row.log" "$ns" iperf3 -c "$target" -p "$IPERF_PORT" -t "$secs" -P 1
+    lab_bg "$LOGS/iperf3-load-$row.log" "$ns" iperf3 -c "$target" -p "$IPERF_PORT" -t "$secs" -P 1 "$@"
     client=$LAB_LAST_PID
     # The stream is up once its data connection is established.
     wait_for 5 ip netns exec "$ns" sh -c \
         "ss -Htn state established 'dport = :$IPERF_PORT' | awk 'END { exit NR < 2 }'" ||
         log "  $row: the loading iperf3 stream did not start"
-    measure_rtt "$row" "$ns" "$target" _load
+    measure_rtt "$row" "$ping_ns" "$ping_target" _load
     lab_stop "$client"
 }
 
@@ -526,6 +528,7 @@ userspace_bench() {
         R[$row.mtu]=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" status --json 2>/dev/null | jq -r .mtu)
         args=(); [[ $row == usdown ]] && args=(-R)
         measure_tcp "$row" "$ns_u" 127.0.0.1 "${args[@]}"
+        measure_rtt_loaded "$row" "$ns_u" 127.0.0.1 "$ns_t" "$addr_u" "${args[@]}"
         record_rss "$row" "${DAEMONS[@]}"
     done
     for key in rtt p99 loss connect; do R[usdown.$key]=${R[usup.$key]}; done
@@ -598,7 +601,7 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
         echo "Relay: the direct path blocked; its CPU includes the rendezvous server (RSS +rv)."
     [[ -n ${R[relay.per_core]:-} ]] && echo "Relay forwarding: ${R[relay.per_core]}."
     [[ " ${ROWS[*]} " == *" usup "* ]] &&
-        echo "Rootless: iperf3 through a --forward of an agent in --userspace mode (smoltcp, as nobody); RSS rootless / TUN; RTT the TUN agent pinging the rootless one."
+        echo "Rootless: iperf3 through a --forward of an agent in --userspace mode (smoltcp, as nobody); RSS rootless / TUN; RTT the TUN agent pinging the rootless one (under load: while the row's stream runs)."
     if [[ -n ${R[hs.answered]:-} ]]; then
         echo "Handshakes end to end: ${R[hs.answered]} initiations answered per second by one daemon (${R[hs.sent]}/s sent by $HS_IDENTITIES trusted agents, one source address each, with cookies; the daemon used ${R[hs.cpu]} of a core: ${R[hs.per_core]} handshakes per core-second)."
     fi
