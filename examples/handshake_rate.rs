@@ -249,15 +249,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let warm = start + Duration::from_secs(1);
     let end = start + Duration::from_secs(args.seconds);
     let (mut sent, mut answered, mut cookies, mut errors) = (0u64, 0u64, 0u64, 0u64);
-    let (mut sent_warm, mut answered_warm, mut cookies_warm) = (0u64, 0u64, 0u64);
+    // The counts when the warm-up ended.
+    let mut at_warm: Option<(u64, u64, u64)> = None;
     let mut buffer = [0u8; 2048];
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
-        if now >= warm && sent_warm == 0 {
-            (sent_warm, answered_warm, cookies_warm) = (sent.max(1), answered, cookies);
+        if now >= warm && at_warm.is_none() {
+            at_warm = Some((sent, answered, cookies));
         }
         for (n, initiator) in initiators.iter_mut().enumerate() {
             if now < initiator.next_send {
@@ -319,11 +320,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_micros(200));
     }
     let measured = end.saturating_duration_since(warm).as_secs_f64();
-    let rate = |total: u64, before: u64| (total - before.min(total)) as f64 / measured;
+    let (sent_warm, answered_warm, cookies_warm) = at_warm.unwrap_or_default();
+    let rate = |total: u64, before: u64| total.saturating_sub(before) as f64 / measured;
     println!(
         "handshake_rate: identities={} seconds={measured:.1} sent/s={:.0} answered/s={:.0} cookie_replies/s={:.0} send_errors={errors}",
         initiators.len(),
-        rate(sent, sent_warm.saturating_sub(1)),
+        rate(sent, sent_warm),
         rate(answered, answered_warm),
         rate(cookies, cookies_warm),
     );

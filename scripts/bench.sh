@@ -118,9 +118,9 @@ if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
     fi
     if [[ $HANDSHAKES == 1 ]]; then
         log "building examples/handshake_rate and the criterion handshake bench"
-        cargo build --release --example handshake_rate >>"$LOGS/build.log" 2>&1 ||
-            { tail -20 "$LOGS/build.log"; fail "cargo build --release --example handshake_rate"; }
         HANDSHAKE_RATE=$PWD/target/release/examples/handshake_rate
+        cargo build --release --example handshake_rate >>"$LOGS/build.log" 2>&1 ||
+            { log "  building examples/handshake_rate failed (logs/build.log): no end-to-end figure"; HANDSHAKE_RATE=; }
         # criterion's estimate of responder_only (the middle of its interval)
         cargo bench --bench handshake -- 'handshake/responder_only$' >"$LOGS/criterion-handshake.log" 2>&1 ||
             log "  the criterion handshake bench failed (logs/criterion-handshake.log)"
