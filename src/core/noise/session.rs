@@ -11,7 +11,7 @@
 //! algorithm (it is sized for AES-GCM's key schedule) against 32 bytes of
 //! ChaCha20 key, so a session keeps the raw keys and holds the expanded
 //! form of a direction only while that direction carries traffic (issue 7:
-//! memory per idle peer). See [`KEEP_EXPANDED_KEY_FOR`].
+//! memory per idle peer). See [`KEEP_AFTER_PACKETS`].
 
 use std::time::{Duration, Instant};
 
@@ -30,11 +30,17 @@ pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 /// Never send or accept a counter at or beyond this.
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
-/// A direction's expanded key is kept while packets follow each other
-/// closer than this; a lone packet (keepalive, registration, handshake
-/// confirmation) expands the key on the stack for itself only, and
-/// [`Session::release_idle_keys`] drops a kept key unused this long.
+/// [`Session::release_idle_keys`] drops a direction's kept expanded key
+/// once it has been unused this long.
 pub const KEEP_EXPANDED_KEY_FOR: Duration = Duration::from_secs(10);
+/// A direction keeps its expanded key once this many packets in a row came
+/// closer than [`BURST_GAP`] to each other: a flow of data. A session's
+/// start (confirmation, services offer and acknowledgement), keepalives and
+/// RTT pings (a second apart) expand the key on the stack for each packet
+/// and keep nothing, so an idle peer costs no 544-byte key per direction.
+pub const KEEP_AFTER_PACKETS: u8 = 8;
+/// See [`KEEP_AFTER_PACKETS`].
+pub const BURST_GAP: Duration = Duration::from_millis(100);
 
 /// Why a packet could not be sealed or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +102,8 @@ struct DirectionKey {
     raw: Zeroizing<[u8; 32]>,
     expanded: Option<Box<LessSafeKey>>,
     last_used: Option<Instant>,
+    /// Packets in a row closer than [`BURST_GAP`], while not expanded.
+    burst: u8,
 }
 
 impl DirectionKey {
@@ -104,6 +112,7 @@ impl DirectionKey {
             raw: Zeroizing::new(*raw),
             expanded: None,
             last_used: None,
+            burst: 0,
         }
     }
 
@@ -118,8 +127,8 @@ impl DirectionKey {
         }
     }
 
-    /// [`Self::with`] without an expanded key: expands it, and keeps it if
-    /// the previous use was less than [`KEEP_EXPANDED_KEY_FOR`] ago.
+    /// [`Self::with`] without an expanded key: expands it, and keeps it
+    /// once [`KEEP_AFTER_PACKETS`] packets came in a burst.
     #[cold]
     #[inline(never)]
     fn expand_for<R>(
@@ -129,9 +138,13 @@ impl DirectionKey {
         operation: impl FnOnce(&LessSafeKey) -> R,
     ) -> R {
         let expanded = expand(&self.raw);
-        let busy = previous_use
-            .is_some_and(|at| now.saturating_duration_since(at) < KEEP_EXPANDED_KEY_FOR);
-        if busy {
+        let close = previous_use.is_some_and(|at| now.saturating_duration_since(at) < BURST_GAP);
+        self.burst = if close {
+            self.burst.saturating_add(1)
+        } else {
+            1
+        };
+        if self.burst >= KEEP_AFTER_PACKETS {
             operation(self.expanded.insert(Box::new(expanded)))
         } else {
             operation(&expanded)
@@ -353,25 +366,38 @@ mod tests {
             alice.seal(at, b"payload", &mut datagram).expect("seals");
             assert_eq!(open(bob, at, &datagram), Ok(b"payload".to_vec()));
         };
-        // A lone packet (the handshake confirmation) keeps nothing.
-        exchange(start, &mut alice, &mut bob);
+        // A session's start: a few packets at once keep nothing.
+        for _ in 0..KEEP_AFTER_PACKETS - 1 {
+            exchange(start, &mut alice, &mut bob);
+        }
         assert_eq!(alice.holds_expanded_keys(), (false, false));
         assert_eq!(bob.holds_expanded_keys(), (false, false));
-        // The next one soon after keeps the keys for the data path.
-        let busy = start + KEEP_EXPANDED_KEY_FOR / 2;
-        exchange(busy, &mut alice, &mut bob);
+        // RTT pings a second apart keep nothing either.
+        let mut at = start;
+        for _ in 0..20 {
+            at += Duration::from_secs(1);
+            exchange(at, &mut alice, &mut bob);
+        }
+        assert_eq!(alice.holds_expanded_keys(), (false, false));
+        assert_eq!(bob.holds_expanded_keys(), (false, false));
+        // A flow keeps the keys for the data path.
+        for _ in 0..KEEP_AFTER_PACKETS {
+            at += Duration::from_millis(1);
+            exchange(at, &mut alice, &mut bob);
+        }
         assert_eq!(alice.holds_expanded_keys(), (true, false));
         assert_eq!(bob.holds_expanded_keys(), (false, true));
-        alice.release_idle_keys(busy + KEEP_EXPANDED_KEY_FOR / 2);
+        alice.release_idle_keys(at + KEEP_EXPANDED_KEY_FOR / 2);
         assert_eq!(alice.holds_expanded_keys(), (true, false), "still busy");
-        // Idle: dropped, and rebuilt from the raw keys when traffic resumes.
-        let idle = busy + KEEP_EXPANDED_KEY_FOR;
+        // Idle: dropped, and rebuilt from the raw keys when a flow resumes.
+        let idle = at + KEEP_EXPANDED_KEY_FOR;
         alice.release_idle_keys(idle);
         bob.release_idle_keys(idle);
         assert_eq!(alice.holds_expanded_keys(), (false, false));
         assert_eq!(bob.holds_expanded_keys(), (false, false));
-        exchange(idle, &mut alice, &mut bob);
-        exchange(idle, &mut alice, &mut bob);
+        for _ in 0..KEEP_AFTER_PACKETS {
+            exchange(idle, &mut alice, &mut bob);
+        }
         assert_eq!(alice.holds_expanded_keys(), (true, false));
         assert_eq!(bob.holds_expanded_keys(), (false, true));
     }
