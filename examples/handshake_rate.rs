@@ -302,7 +302,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     .map(u32::from_le_bytes)
             };
             match datagram.first() {
-                Some(&TYPE_RESPONSE) if len >= 12 => answered += 1,
+                // A response to one of ours: its receiver index names an identity.
+                Some(&TYPE_RESPONSE)
+                    if index_at(8)
+                        .is_some_and(|index| ((index >> 16) as usize) < initiators.len()) =>
+                {
+                    answered += 1
+                }
                 Some(&TYPE_COOKIE_REPLY) => {
                     let Some(index) = index_at(4) else { continue };
                     if let Some(initiator) = initiators.get_mut((index >> 16) as usize)

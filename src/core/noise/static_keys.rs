@@ -15,7 +15,7 @@
 //!   ever: at a cost, and after mac1 and the cookie checks.
 //!
 //! [`CachedDh25519`] is the snow `Dh` that uses both; the core's resolver
-//! (`core::rng::SeededResolver`) hands it to every handshake of this node.
+//! ([`super::resolver::SeededResolver`]) hands it to every handshake of this node.
 //! Its X25519 is aws-lc-rs's (AWS-LC, formally verified and with assembly
 //! for x86-64 and aarch64): one ladder takes 28 µs on the project's VM
 //! against 71 µs for curve25519-dalek's, and the ladders are most of a
