@@ -44,7 +44,10 @@ const DIRECT_WITHIN: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The bound for falling back to the relay once the direct path
-/// stops answering (3 s), plus the status polling's own latency.
+/// stops answering (3 s), plus the status polling's own latency. It holds
+/// for both sides: the one whose sends go unanswered first falls back at
+/// 3 s, and the other follows it when its relayed data arrives (a stalled
+/// TCP sender would otherwise start its own 3 s only at its next send).
 const FALLBACK_WITHIN: Duration = Duration::from_millis(3_500);
 
 /// How long a healed direct path may take to be used again (the agent

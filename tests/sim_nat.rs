@@ -235,6 +235,47 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
     println!("fallback after {relayed_at:?}, direct again {back:?} after healing");
 }
 
+/// After a cut, only A sends (B is a TCP sender stalled by its window, or
+/// just quiet). B sends nothing that could go unanswered, yet it follows A
+/// to the relay as soon as A's relayed data arrives, and its next packet
+/// takes the relay at once instead of 3 s of the dead direct path.
+#[test]
+fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
+    let (mut net, a, b) = world(16, Some(NatKind::Easy), Some(NatKind::Easy));
+    time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct first");
+    net.set_cut(0, 1, true);
+    let cut_at = net.now;
+    let (mut a_relayed_at, mut b_relayed_at) = (None, None);
+    let mut tag = 0;
+    while net.now - cut_at < Duration::from_secs(6) && b_relayed_at.is_none() {
+        net.send_tagged(a, b, tag);
+        tag += 1;
+        net.run_for(Duration::from_millis(20));
+        if a_relayed_at.is_none() && net.path(a, b) == "relay" {
+            a_relayed_at = Some(net.now - cut_at);
+        }
+        if b_relayed_at.is_none() && net.path(b, a) == "relay" {
+            b_relayed_at = Some(net.now - cut_at);
+        }
+    }
+    let a_relayed_at = a_relayed_at.expect("A fell back to the relay");
+    let b_relayed_at = b_relayed_at.expect("B followed A to the relay");
+    println!("after the cut: A on the relay after {a_relayed_at:?}, B after {b_relayed_at:?}");
+    assert!(
+        b_relayed_at <= a_relayed_at + Duration::from_millis(100),
+        "B, which sent nothing, followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"
+    );
+    // B's first packet since the cut goes through the relay and arrives.
+    let before = net.delivered_tags(a).len();
+    net.send_tagged(b, a, 50_000);
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(
+        net.delivered_tags(a).len(),
+        before + 1,
+        "B's packet arrived"
+    );
+}
+
 #[test]
 fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
     let mut net = SimNet::new(7, LinkConfig::default(), Instant::now());

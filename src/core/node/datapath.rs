@@ -127,6 +127,9 @@ impl Node {
         // we sent along a path we already use.
         let is_ping = matches!(frame, Some(ControlFrame::PathPing { .. }));
         peer.observe_path(ctx, now, from, !is_ping);
+        if from.is_relay() && !control {
+            peer.note_relayed_data(ctx, now);
+        }
         peer.observe_receive(now, len > 0);
         if peer.wants_rekey_on_receive(now) {
             peer.start_handshake_if_idle(ctx, now);

@@ -342,6 +342,26 @@ impl Peer {
         }
     }
 
+    /// Data (not a control frame: those may go off the path in use) came
+    /// through the relay. The peer routes data there only while its direct
+    /// path is unproven or given up, and it gives one up after its own
+    /// sends went unanswered for [`DIRECT_PATH_TIMEOUT`]. When nothing came
+    /// here directly for as long either, the direct path is dead both ways:
+    /// follow the peer to the relay now, instead of after our next send
+    /// goes unanswered as long. That next send can be late: a TCP sender
+    /// whose window is full sends nothing until its retransmission timer.
+    pub fn note_relayed_data(&mut self, ctx: &mut Context, now: Instant) {
+        let direct_silent = self
+            .observed_ip
+            .is_none_or(|(_, at)| now.saturating_duration_since(at) >= DIRECT_PATH_TIMEOUT);
+        if self.direct_proven() && direct_silent {
+            tracing::debug!(peer = %self.config.id, "the peer moved to the relay and the direct path is silent; following");
+            self.path = PathState::Unproven { probing: None };
+            self.start_probing(now);
+            self.report_path(ctx, now);
+        }
+    }
+
     /// Pings the proven direct path as if traffic on it had gone
     /// unanswered: without an answer it is given up after
     /// [`DIRECT_PATH_TIMEOUT`].
