@@ -258,9 +258,15 @@ fn print_sizes(peers: usize) {
         ("  PeerStats", size_of::<PeerStats>()),
         ("    of which ReceiveStats", size_of::<ReceiveStats>()),
         ("  PeerConfig", size_of::<PeerConfig>()),
-        ("  InitiatorCookie", size_of::<InitiatorCookie>()),
-        ("  ConnectionTracker", size_of::<ConnectionTracker>()),
+        (
+            "  ConnectionTracker (its table boxed, while flows live)",
+            size_of::<ConnectionTracker>(),
+        ),
         ("  PeerCounters", size_of::<PeerCounters>()),
+        (
+            "InitiatorCookie (boxed, from an initiation until a handshake)",
+            size_of::<InitiatorCookie>(),
+        ),
         ("Session (boxed, per session)", size_of::<Session>()),
         ("  of which ReplayWindow", size_of::<ReplayWindow>()),
         (

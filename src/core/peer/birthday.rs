@@ -20,7 +20,7 @@ use crate::core::peer::context::Context;
 use crate::core::wire::control_frame::ControlFrame;
 use crate::core::wire::path::{NatKind, PathAddr};
 
-use super::{BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, MAX_OUTSTANDING_PINGS, OBSERVED_IP_LIFETIME, Peer};
+use super::{BIRTHDAY_PORTS, BIRTHDAY_SOCKETS, OBSERVED_IP_LIFETIME, Peer};
 
 /// Birthday rounds one peer may cause per [`BIRTHDAY_WINDOW`].
 pub const MAX_BIRTHDAY_ROUNDS: u32 = 4;
@@ -132,11 +132,8 @@ impl Peer {
             _ => return,
         }
         tracing::debug!(peer = %self.config.id, ?ours, theirs = ?self.remote_nat, sent, "birthday probing round");
-        if self.pings.len() >= MAX_OUTSTANDING_PINGS {
-            self.pings.pop_front();
-        }
         if let Some(&target) = targets.first() {
-            self.pings.push_back((id, PathAddr::Direct(target), now));
+            self.remember_ping(id, PathAddr::Direct(target), now);
         }
     }
 }

@@ -183,8 +183,9 @@ pub struct Peer {
     /// here, nor when another trusted agent (or this one) holds the address
     /// (`ipv4_conflict` says which).
     ipv4_routed: bool,
-    /// The agent that holds this peer's IPv4 address here, if not it.
-    ipv4_conflict: Option<AgentId>,
+    /// The agent that holds this peer's IPv4 address here, if not it
+    /// (boxed: rare, and 33 bytes inline in every peer).
+    ipv4_conflict: Option<Box<AgentId>>,
     endpoint: Option<SocketAddr>,
     /// The probe socket the direct endpoint is reached through (`None`: the
     /// main socket).
@@ -206,10 +207,18 @@ pub struct Peer {
     previous: Option<Box<Session>>,
     next: Option<Box<Session>>,
     handshake: Option<Box<InitiatorHandshake>>,
-    retry: Option<Retry>,
+    // Cold state is boxed, made when needed: an idle peer holds none of
+    // it, and inline it cost every peer ~150 bytes (issue 16's idle-peer
+    // goal, 2 KiB).
+    retry: Option<Box<Retry>>,
     last_initiation_timestamp: Option<crate::core::noise::tai64n::Tai64N>,
     last_initiation_accepted: Option<Instant>,
-    queue: VecDeque<Vec<u8>>,
+    /// Packets waiting for a session.
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes inline in every peer, not 32"
+    )]
+    queue: Option<Box<VecDeque<Vec<u8>>>>,
     conntrack: ConnectionTracker,
     last_sent: Option<Instant>,
     last_received: Option<Instant>,
@@ -228,7 +237,13 @@ pub struct Peer {
     path: PathState,
     /// Last ping sent to check the path in use (not a hole-punching probe).
     last_ping_sent: Option<Instant>,
-    pings: VecDeque<(u64, PathAddr, Instant)>,
+    /// Pings awaiting their pong (made at the first, dropped when the last
+    /// is answered).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes inline in every peer, not 32"
+    )]
+    pings: Option<Box<VecDeque<(u64, PathAddr, Instant)>>>,
     /// The relay side of the path: where the peer was heard, what failed.
     relay: RelayState,
     /// The rendezvous servers the peer registers with (rendezvous hashing
@@ -239,14 +254,17 @@ pub struct Peer {
     punch: PunchState,
     /// The path last reported in an event.
     reported_path: PathKind,
-    /// Round-trip time of the last answered path ping.
-    last_rtt: Option<Duration>,
+    /// Round-trip time of the last answered path ping, in microseconds
+    /// (saturating; status shows it in milliseconds).
+    last_rtt_us: Option<u32>,
     /// When the path last changed.
     path_changed_at: Option<Instant>,
     /// Measurements for status and metrics: RTT, loss, handshakes, paths.
     stats: PeerStats,
-    /// The cookie this peer gave us under load, and our initiation in flight.
-    cookie: InitiatorCookie,
+    /// The cookie this peer gave us under load, and our initiation in
+    /// flight: made at an initiation, dropped once a handshake completes
+    /// unless a fresh cookie is held.
+    cookie: Option<Box<InitiatorCookie>>,
     /// The services offered to the peer and those it advertised here.
     services: ServicesExchange,
 }
@@ -297,7 +315,7 @@ impl Peer {
             retry: None,
             last_initiation_timestamp: None,
             last_initiation_accepted: None,
-            queue: VecDeque::new(),
+            queue: None,
             conntrack: ConnectionTracker::default(),
             last_sent: None,
             last_received: None,
@@ -309,15 +327,15 @@ impl Peer {
             is_rendezvous: false,
             path: PathState::Unproven { probing: None },
             last_ping_sent: None,
-            pings: VecDeque::new(),
+            pings: None,
             relay: RelayState::default(),
             relay_servers: ctx.servers_of(node_id),
             punch: PunchState::default(),
             reported_path: PathKind::None,
-            last_rtt: None,
+            last_rtt_us: None,
             path_changed_at: None,
             stats: PeerStats::default(),
-            cookie: InitiatorCookie::default(),
+            cookie: None,
             services: ServicesExchange::default(),
         }
     }
@@ -373,14 +391,14 @@ impl Peer {
 
     /// The agent that holds this peer's IPv4 address here, if not it.
     pub fn ipv4_conflict(&self) -> Option<AgentId> {
-        self.ipv4_conflict
+        self.ipv4_conflict.as_deref().copied()
     }
 
     /// Sets whether the peer's IPv4 address is routed to it, and who holds
     /// it when not (the node decides, from the order peers were trusted).
     pub fn set_ipv4_route(&mut self, routed: bool, conflict: Option<AgentId>) {
         self.ipv4_routed = routed;
-        self.ipv4_conflict = conflict;
+        self.ipv4_conflict = conflict.map(Box::new);
     }
 
     /// The peer's node ID (relay envelopes name it).
@@ -506,7 +524,7 @@ impl Peer {
             address: self.prefix.agent_address(),
             address4: self.ipv4_routed.then_some(self.address4),
             derived_address4: self.address4,
-            address4_conflict: self.ipv4_conflict,
+            address4_conflict: self.ipv4_conflict(),
             node_prefix: self.prefix.to_string(),
             endpoint: self.endpoint,
             path: self.path_kind(ctx, now),
@@ -514,7 +532,7 @@ impl Peer {
                 Some(PathAddr::Relay(rendezvous)) if up => Some(rendezvous),
                 _ => None,
             },
-            rtt_ms: self.last_rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+            rtt_ms: self.last_rtt_us.map(|micros| f64::from(micros) / 1000.0),
             candidates: self.remote_candidates.clone(),
             session_established: up,
             last_handshake_age_s: self

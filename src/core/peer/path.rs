@@ -31,16 +31,40 @@ pub(super) struct RelayState {
     heard_via: Option<SocketAddr>,
     /// First relayed send not yet followed by any receive from the peer.
     unanswered_since: Option<Instant>,
-    /// Relays that stopped carrying this peer's traffic, and since when.
-    failed: Vec<(SocketAddr, Instant)>,
+    /// Relays that stopped carrying this peer's traffic, and since when
+    /// (boxed: most peers never see one fail).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes inline in every peer, not 24"
+    )]
+    failed: Option<Box<Vec<(SocketAddr, Instant)>>>,
 }
 
 impl RelayState {
     /// Whether `relay` failed this peer less than [`RELAY_RETRY_AFTER`] ago.
     fn has_failed(&self, now: Instant, relay: SocketAddr) -> bool {
-        self.failed.iter().any(|(failed, since)| {
-            *failed == relay && now.saturating_duration_since(*since) < RELAY_RETRY_AFTER
-        })
+        self.failed
+            .iter()
+            .flat_map(|failed| failed.iter())
+            .any(|(failed, since)| {
+                *failed == relay && now.saturating_duration_since(*since) < RELAY_RETRY_AFTER
+            })
+    }
+
+    /// `relay` carried the peer's traffic: it has not failed.
+    fn forget_failure(&mut self, relay: SocketAddr) {
+        if let Some(failed) = self.failed.as_mut() {
+            failed.retain(|(failed, _)| *failed != relay);
+            if failed.is_empty() {
+                self.failed = None;
+            }
+        }
+    }
+
+    /// `relay` stopped carrying the peer's traffic at `now`.
+    fn note_failure(&mut self, relay: SocketAddr, now: Instant) {
+        self.forget_failure(relay);
+        self.failed.get_or_insert_default().push((relay, now));
     }
 }
 
@@ -95,7 +119,7 @@ impl Peer {
             }
             PathAddr::Relay(rendezvous) => {
                 self.relay.heard_via = Some(rendezvous);
-                self.relay.failed.retain(|(relay, _)| *relay != rendezvous);
+                self.relay.forget_failure(rendezvous);
             }
         }
         self.relay.unanswered_since = None;
@@ -467,8 +491,7 @@ impl Peer {
                 // This relay stopped carrying the peer's traffic (server
                 // gone, or the peer registered elsewhere): try the next.
                 tracing::debug!(peer = %self.config.id, %relay, "relay stopped answering; trying another");
-                self.relay.failed.retain(|(failed, _)| *failed != relay);
-                self.relay.failed.push((relay, now));
+                self.relay.note_failure(relay, now);
                 if self.relay.heard_via == Some(relay) {
                     self.relay.heard_via = None;
                 }

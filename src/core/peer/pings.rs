@@ -24,16 +24,35 @@ impl Peer {
     ) -> Option<u64> {
         let id = ctx.rng.next_u64();
         if self.seal_to(ctx, now, path, &ControlFrame::PathPing { id }.encode()) {
-            if self.pings.len() >= MAX_OUTSTANDING_PINGS {
-                self.pings.pop_front();
-            }
-            self.pings.push_back((id, path, now));
+            self.remember_ping(id, path, now);
             if liveness {
                 self.last_ping_sent = Some(now);
             }
             return Some(id);
         }
         None
+    }
+
+    /// Remembers ping `id` sent along `path` for its pong (the oldest
+    /// unanswered one is forgotten past [`MAX_OUTSTANDING_PINGS`]).
+    pub(super) fn remember_ping(&mut self, id: u64, path: PathAddr, now: Instant) {
+        let pings = self.pings.get_or_insert_default();
+        if pings.len() >= MAX_OUTSTANDING_PINGS {
+            pings.pop_front();
+        }
+        pings.push_back((id, path, now));
+    }
+
+    /// Takes ping `id` (where it went, when) if it is outstanding; the
+    /// table goes once the last outstanding ping is answered.
+    fn take_ping(&mut self, id: u64) -> Option<(PathAddr, Instant)> {
+        let pings = self.pings.as_mut()?;
+        let position = pings.iter().position(|(ping, _, _)| *ping == id)?;
+        let (_, sent_to, sent_at) = pings.remove(position)?;
+        if pings.is_empty() {
+            self.pings = None;
+        }
+        Some((sent_to, sent_at))
     }
 
     /// Answers a path ping on the path it came by (a direct answer is what
@@ -44,14 +63,11 @@ impl Peer {
 
     /// Handles a pong: measures RTT; a direct pong confirms the direct path.
     pub fn handle_pong(&mut self, ctx: &mut Context, now: Instant, id: u64, from: PathAddr) {
-        let Some(position) = self.pings.iter().position(|(ping, _, _)| *ping == id) else {
-            return;
-        };
-        let Some((_, sent_to, sent_at)) = self.pings.remove(position) else {
+        let Some((sent_to, sent_at)) = self.take_ping(id) else {
             return;
         };
         let rtt = now.saturating_duration_since(sent_at);
-        self.last_rtt = Some(rtt);
+        self.last_rtt_us = Some(u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX));
         if self.stats.on_pong(now, id, rtt, from) {
             ctx.events.push_back(Event::PingReply {
                 id: self.config.id,

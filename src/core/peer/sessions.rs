@@ -91,6 +91,15 @@ impl Peer {
             .on_handshake_completed(now, now.saturating_duration_since(started));
         self.current = Some(session);
         self.retry = None;
+        // The handshake is done: the initiation in flight is answered, and
+        // only a cookie still fresh is worth keeping.
+        if self
+            .cookie
+            .as_ref()
+            .is_some_and(|cookie| !cookie.has_fresh_cookie(now))
+        {
+            self.cookie = None;
+        }
         if !was_up {
             ctx.events.push_back(Event::PeerUp { id: self.config.id });
         }
@@ -178,10 +187,11 @@ impl Peer {
         {
             self.seal_and_transmit_on(ctx, now, route, payload);
         } else {
-            if self.queue.len() >= MAX_QUEUED_PACKETS {
-                self.queue.pop_front();
+            let queue = self.queue.get_or_insert_default();
+            if queue.len() >= MAX_QUEUED_PACKETS {
+                queue.pop_front();
             }
-            self.queue.push_back(payload.to_vec());
+            queue.push_back(payload.to_vec());
             self.start_handshake_if_idle(ctx, now);
         }
     }
@@ -254,9 +264,9 @@ impl Peer {
     }
 
     pub(super) fn flush_queue(&mut self, ctx: &mut Context, now: Instant) {
-        let queued = std::mem::take(&mut self.queue);
-        let was_empty = queued.is_empty();
-        for payload in queued {
+        let queued = self.queue.take();
+        let was_empty = queued.as_ref().is_none_or(|queue| queue.is_empty());
+        for payload in queued.into_iter().flat_map(|queue| *queue) {
             self.seal_and_transmit(ctx, now, &payload);
         }
         if was_empty
@@ -283,11 +293,11 @@ impl Peer {
     /// Starts a handshake unless one is in flight.
     pub fn start_handshake_if_idle(&mut self, ctx: &mut Context, now: Instant) {
         if self.retry.is_none() {
-            self.retry = Some(Retry {
+            self.retry = Some(Box::new(Retry {
                 first_attempt: now,
                 attempts: 0,
                 retry_at: now,
-            });
+            }));
             self.send_initiation(ctx, now);
         }
     }
@@ -339,7 +349,9 @@ impl Peer {
         ) {
             Ok((handshake, mut datagram)) => {
                 // mac2 when the peer gave us a cookie (it is under load).
-                self.cookie.stamp(now, local_index, &mut datagram);
+                self.cookie
+                    .get_or_insert_default()
+                    .stamp(now, local_index, &mut datagram);
                 tracing::debug!(peer = %self.config.id, local_index, attempt = self.retry.as_ref().map_or(0, |r| r.attempts), "sending handshake initiation");
                 self.handshake = Some(Box::new(handshake));
                 self.stats.on_initiation_sent();
@@ -366,7 +378,7 @@ impl Peer {
             ctx.release_index(handshake.local_index());
         }
         self.retry = None;
-        self.queue.clear();
+        self.queue = None;
         self.unanswered_since = None;
     }
 
@@ -437,11 +449,11 @@ impl Peer {
                 retry.retry_at = retry.retry_at.min(retry_at);
             }
             None => {
-                self.retry = Some(Retry {
+                self.retry = Some(Box::new(Retry {
                     first_attempt: now,
                     attempts: 0,
                     retry_at,
-                });
+                }));
             }
         }
     }
@@ -483,7 +495,10 @@ impl Peer {
         body: &[u8],
         key: &CookieReplyKey,
     ) -> Result<(), CookieReplyError> {
-        self.cookie.handle_reply(now, local_index, body, key)
+        match self.cookie.as_mut() {
+            Some(cookie) => cookie.handle_reply(now, local_index, body, key),
+            None => Err(CookieReplyError::NotInFlight),
+        }
     }
 
     /// Opens a data packet for session `local_index` in place: the replay

@@ -64,7 +64,7 @@ impl Peer {
                     ctx.release_index(handshake.local_index());
                 }
                 self.retry = None;
-                self.queue.clear();
+                self.queue = None;
             } else {
                 self.send_initiation(ctx, now);
             }
