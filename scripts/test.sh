@@ -28,7 +28,7 @@
 #                              cannot is a failure, not a skip (.ci/run sets it)
 #   AGENTNET_NO_INSTALL=1      install nothing, only report what is missing
 #   AGENTNET_TEST_TIMEOUT=900  seconds allowed for the cargo test step
-#   AGENTNET_FUZZ_SECONDS=20   seconds per fuzz target (0: no fuzzing)
+#   AGENTNET_FUZZ_SECONDS=10   seconds per fuzz target (0: no fuzzing)
 #   AGENTNET_FUZZ_INSTALL=1    install cargo-fuzz when missing (default: 1
 #                              when CI=true, else 0)
 # =============================================================================
@@ -38,7 +38,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REQUIRE_NETNS=${AGENTNET_REQUIRE_NETNS:-0}
 NO_INSTALL=${AGENTNET_NO_INSTALL:-0}
 TEST_TIMEOUT=${AGENTNET_TEST_TIMEOUT:-900}
-FUZZ_SECONDS=${AGENTNET_FUZZ_SECONDS:-20}
+FUZZ_SECONDS=${AGENTNET_FUZZ_SECONDS:-10}
 CARGO_FUZZ_VERSION=0.13.1
 if [[ ${CI:-} == true ]]; then FUZZ_INSTALL=${AGENTNET_FUZZ_INSTALL:-1}; else FUZZ_INSTALL=${AGENTNET_FUZZ_INSTALL:-0}; fi
 REQUIREMENTS=scripts/requirements-test.txt
