@@ -198,12 +198,19 @@ fn agents_behind_the_same_nat_talk_over_local_addresses() {
     );
 }
 
-#[test]
-fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
-    let (mut net, a, b) = world(6, Some(NatKind::Easy), Some(NatKind::Easy));
+/// Easy ↔ easy, direct; then the path between the two NATs is cut.
+/// Returns the world, A, B and when the cut came.
+fn direct_then_cut(seed: u64) -> (SimNet, usize, usize, Instant) {
+    let (mut net, a, b) = world(seed, Some(NatKind::Easy), Some(NatKind::Easy));
     time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct first");
     net.set_cut(0, 1, true);
     let cut_at = net.now;
+    (net, a, b, cut_at)
+}
+
+#[test]
+fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
+    let (mut net, a, b, cut_at) = direct_then_cut(6);
     let mut tag = 0;
     let mut relayed_at = None;
     while net.now - cut_at < Duration::from_secs(6) {
@@ -241,10 +248,7 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
 /// takes the relay at once instead of 3 s of the dead direct path.
 #[test]
 fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
-    let (mut net, a, b) = world(16, Some(NatKind::Easy), Some(NatKind::Easy));
-    time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct first");
-    net.set_cut(0, 1, true);
-    let cut_at = net.now;
+    let (mut net, a, b, cut_at) = direct_then_cut(16);
     let (mut a_relayed_at, mut b_relayed_at) = (None, None);
     let mut tag = 0;
     while net.now - cut_at < Duration::from_secs(6) && b_relayed_at.is_none() {
