@@ -8,7 +8,8 @@
 #      scripts/requirements-test.txt
 #   2. cargo fmt --check
 #   3. cargo clippy --all-targets -- -D warnings
-#   4. cargo test --all-targets, then the doc tests; tests/layout.rs holds
+#   4. cargo test --all-targets (built first, then run under
+#      AGENTNET_TEST_TIMEOUT), then the doc tests; tests/layout.rs holds
 #      the layout rules (sans-IO core, no import cycles, unsafe only in
 #      src/sys/, no file over 800 lines outside its tests)
 #   5. checks that no test left a lab namespace (an-<pid>-<n>-*) behind
@@ -27,7 +28,8 @@
 #   AGENTNET_REQUIRE_NETNS=1   namespace tests must run: a machine where they
 #                              cannot is a failure, not a skip (.ci/run sets it)
 #   AGENTNET_NO_INSTALL=1      install nothing, only report what is missing
-#   AGENTNET_TEST_TIMEOUT=900  seconds allowed for the cargo test step
+#   AGENTNET_TEST_TIMEOUT=900  seconds allowed for running the tests (once
+#                              built: a fresh machine spends minutes compiling)
 #   AGENTNET_FUZZ_SECONDS=10   seconds per fuzz target (0: no fuzzing)
 #   AGENTNET_FUZZ_INSTALL=1    install cargo-fuzz when missing (default: 1
 #                              when CI=true, else 0)
@@ -255,6 +257,7 @@ fi
 step "cargo fmt --check" cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
 LEAKED_BEFORE=$(leaked_lab_namespaces)
+step "build the tests (cargo test --all-targets --no-run)" cargo test --all-targets --no-run
 step "cargo test --all-targets" run_tests
 step "cargo test --doc" cargo test --doc
 if [[ $FUZZ_SECONDS == 0 ]]; then
