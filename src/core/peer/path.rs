@@ -380,8 +380,7 @@ impl Peer {
             .is_none_or(|(_, at)| now.saturating_duration_since(at) >= DIRECT_PATH_TIMEOUT);
         if self.direct_proven() && direct_silent {
             tracing::debug!(peer = %self.config.id, "the peer moved to the relay and the direct path is silent; following");
-            self.path = PathState::Unproven { probing: None };
-            self.start_probing(now);
+            self.forget_direct_path(now);
             self.report_path(ctx, now);
         }
     }
