@@ -22,6 +22,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use agentnet::core::identity::AgentId;
+use agentnet::core::noise::cipher::{CipherSet, TransportCipher};
 use agentnet::core::noise::handshake::{
     InitiationPayload, InitiatorHandshake, ReceivedInitiation, ResponsePayload,
 };
@@ -58,6 +59,7 @@ fn initiation_payload() -> InitiationPayload {
         name: "alice".into(),
         candidates: vec!["192.0.2.1:7400".parse().expect("address")],
         nat: NatHint::default(),
+        ciphers: CipherSet::ALL,
     }
 }
 
@@ -67,6 +69,7 @@ fn response_payload() -> ResponsePayload {
         name: "bob".into(),
         candidates: vec!["198.51.100.1:7400".parse().expect("address")],
         nat: NatHint::default(),
+        cipher: TransportCipher::Aes256Gcm,
     }
 }
 

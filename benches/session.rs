@@ -1,4 +1,4 @@
-//! The transport cipher and the replay window (issue 7): `Session::seal` and
+//! The transport ciphers and the replay window (issues 7 and 16): `Session::seal` and
 //! `Session::open` on batches of data packets, and `ReplayWindow` on
 //! in-order, reordered and duplicate counters.
 
@@ -7,12 +7,15 @@ mod support;
 use std::hint::black_box;
 use std::time::Instant;
 
+use agentnet::core::noise::cipher::TransportCipher;
 use agentnet::core::noise::handshake::SessionKeys;
 use agentnet::core::noise::replay::{ReplayVerdict, ReplayWindow};
 use agentnet::core::noise::session::Session;
 use agentnet::core::wire::{DATA_OVERHEAD, Datagram};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use support::cpu_time::ThreadCpuTime;
 use zeroize::Zeroizing;
 
@@ -22,15 +25,17 @@ const BATCH: usize = 64;
 const COUNTERS: u64 = 1024;
 
 /// A sealing session and the session that opens what it seals.
-fn session_pair(now: Instant) -> (Session, Session) {
+fn session_pair(cipher: TransportCipher, now: Instant) -> (Session, Session) {
     let (forward, backward) = ([1u8; 32], [2u8; 32]);
     let sender = SessionKeys {
         send: Zeroizing::new(forward),
         receive: Zeroizing::new(backward),
+        cipher,
     };
     let receiver = SessionKeys {
         send: Zeroizing::new(backward),
         receive: Zeroizing::new(forward),
+        cipher,
     };
     (
         Session::new(&sender, 1, 2, true, now),
@@ -57,61 +62,110 @@ fn cipher(c: &mut Criterion<ThreadCpuTime>) {
         let mut group = c.benchmark_group(format!("session/{size}B"));
         group.throughput(Throughput::Bytes((BATCH * size) as u64));
 
-        // As the node does: a fresh buffer per datagram, header + payload
-        // encrypted in place + tag.
-        let (mut sender, _) = session_pair(now);
-        group.bench_function("seal_x64", |b| {
-            b.iter(|| black_box(seal_batch(&mut sender, now, black_box(&payload))))
-        });
+        for cipher in [
+            TransportCipher::ChaCha20Poly1305,
+            TransportCipher::Aes256Gcm,
+        ] {
+            session_cipher(&mut group, cipher, now, &payload);
+        }
 
-        // Parse the outer header, check the window, decrypt in place, mark.
-        let (mut sender, mut receiver) = session_pair(now);
-        group.bench_function("open_x64", |b| {
-            b.iter_batched(
-                || seal_batch(&mut sender, now, &payload),
-                |mut batch| {
-                    for datagram in &mut batch {
-                        let counter = match Datagram::parse(datagram) {
-                            Ok(Datagram::Data(data)) => data.counter(),
-                            _ => panic!("sealed a data datagram"),
-                        };
-                        let opened = receiver
-                            .open(now, counter, &mut datagram[16..])
-                            .expect("opens");
-                        black_box(opened);
+        // The AEADs alone, in place on one buffer: what the session adds
+        // is the rest, and which transport cipher is fastest here.
+        for (name, algorithm) in [
+            ("ring_chacha20poly1305", &ring::aead::CHACHA20_POLY1305),
+            ("ring_aes256gcm", &ring::aead::AES_256_GCM),
+        ] {
+            let aead = LessSafeKey::new(UnboundKey::new(algorithm, &[1u8; 32]).expect("32 bytes"));
+            let mut buffer = payload.clone();
+            let mut counter = 0u64;
+            group.bench_function(format!("aead_only_x64/{name}"), |b| {
+                b.iter(|| {
+                    for _ in 0..BATCH {
+                        let mut nonce = [0u8; 12];
+                        nonce[4..].copy_from_slice(&counter.to_le_bytes());
+                        counter += 1;
+                        let tag: Tag = aead
+                            .seal_in_place_separate_tag(
+                                Nonce::assume_unique_for_key(nonce),
+                                Aad::empty(),
+                                &mut buffer,
+                            )
+                            .expect("seals");
+                        black_box(tag.as_ref()[0]);
                     }
-                    batch
-                },
-                BatchSize::LargeInput,
-            )
-        });
-
-        // The AEAD alone (ring's, as `Session` uses), in place on one
-        // buffer: what the session adds is the rest.
-        let aead = LessSafeKey::new(
-            UnboundKey::new(&CHACHA20_POLY1305, &[1u8; 32]).expect("a 32-byte key"),
-        );
-        let mut buffer = payload.clone();
-        let mut counter = 0u64;
-        group.bench_function("aead_only_x64", |b| {
-            b.iter(|| {
-                for _ in 0..BATCH {
-                    let mut nonce = [0u8; 12];
-                    nonce[4..].copy_from_slice(&counter.to_le_bytes());
-                    counter += 1;
-                    let tag: Tag = aead
-                        .seal_in_place_separate_tag(
-                            Nonce::assume_unique_for_key(nonce),
-                            Aad::empty(),
-                            &mut buffer,
-                        )
-                        .expect("seals");
-                    black_box(tag.as_ref()[0]);
-                }
-            })
-        });
+                })
+            });
+        }
+        for (name, algorithm) in [
+            (
+                "awslc_chacha20poly1305",
+                &aws_lc_rs::aead::CHACHA20_POLY1305,
+            ),
+            ("awslc_aes256gcm", &aws_lc_rs::aead::AES_256_GCM),
+        ] {
+            use aws_lc_rs::aead as awslc;
+            let aead = awslc::LessSafeKey::new(
+                awslc::UnboundKey::new(algorithm, &[1u8; 32]).expect("32 bytes"),
+            );
+            let mut buffer = payload.clone();
+            let mut counter = 0u64;
+            group.bench_function(format!("aead_only_x64/{name}"), |b| {
+                b.iter(|| {
+                    for _ in 0..BATCH {
+                        let mut nonce = [0u8; 12];
+                        nonce[4..].copy_from_slice(&counter.to_le_bytes());
+                        counter += 1;
+                        let tag = aead
+                            .seal_in_place_separate_tag(
+                                awslc::Nonce::assume_unique_for_key(nonce),
+                                awslc::Aad::empty(),
+                                &mut buffer,
+                            )
+                            .expect("seals");
+                        black_box(tag.as_ref()[0]);
+                    }
+                })
+            });
+        }
         group.finish();
     }
+}
+
+/// `Session::seal` and `Session::open` under one cipher.
+fn session_cipher(
+    group: &mut BenchmarkGroup<'_, ThreadCpuTime>,
+    cipher: TransportCipher,
+    now: Instant,
+    payload: &[u8],
+) {
+    // As the node does: a fresh buffer per datagram, header + payload
+    // encrypted in place + tag.
+    let (mut sender, _) = session_pair(cipher, now);
+    group.bench_function(format!("seal_x64/{cipher}"), |b| {
+        b.iter(|| black_box(seal_batch(&mut sender, now, black_box(payload))))
+    });
+
+    // Parse the outer header, check the window, decrypt in place, mark.
+    let (mut sender, mut receiver) = session_pair(cipher, now);
+    group.bench_function(format!("open_x64/{cipher}"), |b| {
+        b.iter_batched(
+            || seal_batch(&mut sender, now, payload),
+            |mut batch| {
+                for datagram in &mut batch {
+                    let counter = match Datagram::parse(datagram) {
+                        Ok(Datagram::Data(data)) => data.counter(),
+                        _ => panic!("sealed a data datagram"),
+                    };
+                    let opened = receiver
+                        .open(now, counter, &mut datagram[16..])
+                        .expect("opens");
+                    black_box(opened);
+                }
+                batch
+            },
+            BatchSize::LargeInput,
+        )
+    });
 }
 
 /// Each block of 64 counters in a fixed shuffled order: every packet

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::NetworkId;
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::cipher::CipherSet;
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::noise::static_keys::NoiseStatic;
@@ -191,6 +192,7 @@ fn mac1_pool(network: NetworkId, target: &AgentId, size: usize) -> anyhow::Resul
                 name: format!("flood-{i}"),
                 candidates: Vec::new(),
                 nat: NatHint::default(),
+                ciphers: CipherSet::ALL,
             };
             let index = rng.r#gen();
             let (_, datagram) = InitiatorHandshake::start(

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agentnet::core::address::NetworkId;
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::cipher::CipherSet;
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::mac::Mac1Key;
@@ -185,6 +186,7 @@ fn prepare(
                     name: format!("hs-{n}"),
                     candidates: Vec::new(),
                     nat: NatHint::default(),
+                    ciphers: CipherSet::ALL,
                 };
                 let (_, datagram) =
                     InitiatorHandshake::start(&mut rng, network, &noise, &target_key, 0, &payload)?;

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodeId};
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::cipher::CipherSet;
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake, SUPPORTED_VERSIONS};
 use agentnet::core::noise::session::Session;
 use agentnet::core::noise::static_keys::NoiseStatic;
@@ -251,6 +252,7 @@ impl Bench {
                 SocketAddr::new("2001:db8::1".parse()?, 7400),
             ],
             nat: NatHint::default(),
+            ciphers: CipherSet::ALL,
         };
         let agent = &self.agents[number];
         let (mut handshake, initiation) = InitiatorHandshake::start(

@@ -9,6 +9,11 @@
 //! (`--no-offload`) every system call moves one packet. Both must deliver
 //! every byte, and so must a pair where only one side has offloads.
 //!
+//! The transport cipher is negotiated in the handshake: AES-256-GCM where
+//! both agents offer it (CPUs with AES instructions), ChaCha20-Poly1305
+//! otherwise. The mixed pair also has mixed ciphers (one side `--no-aes`),
+//! so each cipher and the negotiation between them run on real hosts.
+//!
 //! Needs root; skips with a reason otherwise (fails under
 //! `AGENTNET_REQUIRE_NETNS=1`).
 
@@ -16,6 +21,7 @@ mod support;
 
 use std::time::Duration;
 
+use agentnet::core::noise::cipher::{CipherSet, TransportCipher};
 use serde_json::Value;
 use support::agent::Identity;
 use support::{Agent, Lab, step};
@@ -34,14 +40,51 @@ enum Mode {
     Plain,
 }
 
-impl Mode {
-    fn up_args(self) -> &'static [&'static str] {
-        match self {
-            Mode::Offload => &[],
-            Mode::Plain => &["--no-offload"],
-        }
-    }
+/// Whether an agent offers AES-256-GCM (where its CPU runs it fast).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aes {
+    Offered,
+    Off,
+}
 
+fn up_args(mode: Mode, aes: Aes) -> Vec<&'static str> {
+    let mut args = Vec::new();
+    if mode == Mode::Plain {
+        args.push("--no-offload");
+    }
+    if aes == Aes::Off {
+        args.push("--no-aes");
+    }
+    args
+}
+
+/// The cipher two agents must agree on: AES-256-GCM only when both offer it
+/// and this CPU has the instructions the daemons look for.
+fn expected_cipher(a: Aes, b: Aes) -> &'static str {
+    let accelerated = CipherSet::accelerated().contains(TransportCipher::Aes256Gcm);
+    let cipher = if accelerated && a == Aes::Offered && b == Aes::Offered {
+        TransportCipher::Aes256Gcm
+    } else {
+        TransportCipher::ChaCha20Poly1305
+    };
+    cipher.name()
+}
+
+/// Checks that `agent`'s session with its one peer uses `expected`.
+fn expect_cipher(agent: &Agent, expected: &str) -> Result<(), String> {
+    let status = agent.status()?;
+    let cipher = &status["peers"][0]["cipher"];
+    if cipher.as_str() == Some(expected) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: session cipher {cipher}, expected {expected}",
+            agent.name
+        ))
+    }
+}
+
+impl Mode {
     /// What `status --json` must say about the offloads in this mode. The
     /// lab's kernel (and CI's) has all of them: a daemon that silently fell
     /// back would not test the offload path.
@@ -82,14 +125,19 @@ fn large_transfers_are_intact_with_and_without_offloads() {
     b.trust_add(&id_a, "a", None).expect("b trusts a");
 
     let mut failures = Vec::new();
-    for (mode_a, mode_b) in [
-        (Mode::Offload, Mode::Offload),
-        (Mode::Plain, Mode::Plain),
-        (Mode::Offload, Mode::Plain),
+    for ((mode_a, aes_a), (mode_b, aes_b)) in [
+        ((Mode::Offload, Aes::Offered), (Mode::Offload, Aes::Offered)),
+        ((Mode::Plain, Aes::Offered), (Mode::Plain, Aes::Offered)),
+        ((Mode::Offload, Aes::Offered), (Mode::Plain, Aes::Off)),
     ] {
-        let label = format!("a {mode_a:?}, b {mode_b:?}");
+        let label = format!("a {mode_a:?} AES {aes_a:?}, b {mode_b:?} AES {aes_b:?}");
         step(&label);
-        let result = run_mode(&lab, (&a, mode_a), (&b, mode_b), (&id_a, &id_b));
+        let result = run_mode(
+            &lab,
+            (&a, mode_a, aes_a),
+            (&b, mode_b, aes_b),
+            (&id_a, &id_b),
+        );
         match result {
             Ok(report) => step(&format!("{label}: ok, {report}")),
             Err(e) => {
@@ -109,17 +157,32 @@ fn large_transfers_are_intact_with_and_without_offloads() {
 }
 
 /// Brings both agents up in their modes and moves the data: B serves A in
-/// uniform modes; both ways when the modes differ.
+/// uniform modes; both ways when the modes differ. Then both sides' session
+/// must use the cipher the two offers give.
 fn run_mode(
+    lab: &Lab,
+    (a, mode_a, aes_a): (&Agent, Mode, Aes),
+    (b, mode_b, aes_b): (&Agent, Mode, Aes),
+    ids: (&Identity, &Identity),
+) -> Result<String, String> {
+    a.up_with(&up_args(mode_a, aes_a))?;
+    b.up_with(&up_args(mode_b, aes_b))?;
+    mode_a.expect_status(a)?;
+    mode_b.expect_status(b)?;
+    let report = transfer(lab, (a, mode_a), (b, mode_b), ids)?;
+    let cipher = expected_cipher(aes_a, aes_b);
+    expect_cipher(a, cipher)?;
+    expect_cipher(b, cipher)?;
+    Ok(format!("{report}, {cipher}"))
+}
+
+/// The downloads of [`run_mode`].
+fn transfer(
     lab: &Lab,
     (a, mode_a): (&Agent, Mode),
     (b, mode_b): (&Agent, Mode),
     (id_a, id_b): (&Identity, &Identity),
 ) -> Result<String, String> {
-    a.up_with(mode_a.up_args())?;
-    b.up_with(mode_b.up_args())?;
-    mode_a.expect_status(a)?;
-    mode_b.expect_status(b)?;
     let mib = |bytes: usize| bytes >> 20;
     let rate = |bytes: usize, took: Duration| bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
     if mode_a == mode_b {

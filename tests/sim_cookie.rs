@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::cipher::CipherSet;
 use agentnet::core::noise::cookie::{
     CookieReplyKey, DEFAULT_LOAD_THRESHOLD, InitiatorCookie, SOURCE_BURST, SOURCE_RATE,
 };
@@ -41,6 +42,7 @@ fn stranger_initiation(
         name: "stranger".into(),
         candidates: Vec::new(),
         nat: NatHint::default(),
+        ciphers: CipherSet::ALL,
     };
     InitiatorHandshake::start(
         rng,

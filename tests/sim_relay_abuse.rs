@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use agentnet::core::address::{NetworkId, NodeId};
 use agentnet::core::identity::{AgentId, Identity};
+use agentnet::core::noise::cipher::CipherSet;
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
 use agentnet::core::noise::handshake::{InitiationPayload, InitiatorHandshake};
 use agentnet::core::noise::session::Session;
@@ -80,6 +81,7 @@ impl Client {
             name: "client".into(),
             candidates: Vec::new(),
             nat: NatHint::default(),
+            ciphers: CipherSet::ALL,
         };
         let server_key = server.agent_id().noise_public_key();
         let (handshake, mut datagram) = InitiatorHandshake::start(
@@ -432,6 +434,7 @@ fn initiation_flood_engages_cookies_and_clients_still_register() {
                 name: "flood".into(),
                 candidates: Vec::new(),
                 nat: NatHint::default(),
+                ciphers: CipherSet::ALL,
             };
             InitiatorHandshake::start(
                 &mut rng,

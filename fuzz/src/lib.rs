@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentnet::core::identity::Identity;
+use agentnet::core::noise::cipher::CipherSet;
 use agentnet::core::noise::cookie::{CookieReplyKey, InitiatorCookie};
 use agentnet::core::noise::handshake::{
     InitiationPayload, InitiatorHandshake, ReceivedInitiation, ResponsePayload,
@@ -55,6 +56,8 @@ pub struct InitiationShape {
     pub candidates: Vec<([u8; 4], u16)>,
     /// NAT kind byte.
     pub nat: u8,
+    /// Offered transport ciphers byte (the node picks from it).
+    pub ciphers: u8,
 }
 
 /// A remote agent: initiates to and answers a target through the library.
@@ -114,6 +117,7 @@ impl RemoteAgent {
                 kind: nat_kind(shape.nat),
                 reflexive: Vec::new(),
             },
+            ciphers: CipherSet::from_byte(shape.ciphers),
         };
         let (handshake, mut datagram) = InitiatorHandshake::start(
             &mut self.rng,
@@ -174,6 +178,7 @@ impl RemoteAgent {
                     name: "remote".into(),
                     candidates: Vec::new(),
                     nat: NatHint::default(),
+                    cipher: CipherSet::ALL.choose(received.payload.ciphers),
                 };
                 let (answer, keys) = received.respond(network(), index, &payload).ok()?;
                 self.session = Some(Session::new(&keys, index, sender, false, now));

@@ -34,6 +34,7 @@ use crate::control::{ControlClient, ControlError, Request, Response};
 use crate::core::address::{NetworkId, NodePrefix, agent_address4};
 use crate::core::api::NodeConfig;
 use crate::core::node::Node;
+use crate::core::noise::cipher::{CipherSet, TransportCipher};
 use crate::state::{StateDir, StateError};
 use crate::sys::tun::TunError;
 use crate::sys::udp::{Underlay, UnderlayError};
@@ -70,6 +71,9 @@ pub struct DaemonOptions {
     /// Use TUN and UDP offloads (segments of up to 64 KiB through the TUN,
     /// GSO and GRO on the socket) where the kernel has them.
     pub offload: bool,
+    /// Offer AES-256-GCM for sessions where the CPU runs it fast
+    /// (`--no-aes`: ChaCha20-Poly1305 only).
+    pub aes: bool,
     /// Ask the gateway to forward a public port to the UDP socket (PCP,
     /// NAT-PMP, UPnP-IGD) and announce it (`--no-port-mapping` turns it
     /// off).
@@ -217,6 +221,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             // Received packets are decrypted behind the room the TUN's write
             // batch keeps for the virtio-net header (no copy on the way out).
             node.set_tun_headroom(tun_batch::HEADROOM);
+            node.set_transport_ciphers(transport_ciphers(options.aes));
             let rendezvous = resolve_rendezvous(&options, &config)?;
             if let Some(interval) = options.register_interval {
                 node.set_register_interval(interval);
@@ -301,6 +306,22 @@ fn userspace_fronts(options: &mut DaemonOptions) -> Option<crate::serve::Userspa
             Some(crate::serve::UserspaceFronts::default())
         }
     }
+}
+
+/// The transport ciphers this agent offers and accepts: AES-256-GCM too
+/// where the CPU accelerates it, unless `--no-aes`.
+fn transport_ciphers(aes: bool) -> CipherSet {
+    let ciphers = CipherSet::accelerated();
+    let ciphers = if aes {
+        ciphers
+    } else {
+        ciphers.without(TransportCipher::Aes256Gcm)
+    };
+    tracing::info!(
+        aes_256_gcm = ciphers.contains(TransportCipher::Aes256Gcm),
+        "transport ciphers offered"
+    );
+    ciphers
 }
 
 /// Keeps the host's forwarding out of the TUN (TUN mode with IPv4 on):

@@ -38,6 +38,7 @@ struct PeerView {
     relay: Option<String>,
     path: String,
     session_established: bool,
+    cipher: Option<String>,
     last_handshake_age_s: Option<f64>,
     rx_bytes: u64,
     tx_bytes: u64,
@@ -180,6 +181,7 @@ pub(super) fn render_status(status: &StatusView) -> String {
                     peer.last_handshake_age_s
                         .map(|age| format!("{} ago", human_duration(age)))
                         .unwrap_or_else(|| "never".into()),
+                    short_cipher(peer.cipher.as_deref()).to_string(),
                 ]
             })
             .collect();
@@ -195,6 +197,7 @@ pub(super) fn render_status(status: &StatusView) -> String {
                 "RX",
                 "TX",
                 "HANDSHAKE",
+                "CIPHER",
             ],
             &rows,
         ));
@@ -254,6 +257,18 @@ pub(super) fn render_status(status: &StatusView) -> String {
         let _ = writeln!(out, "dropped    {dropped}");
     }
     out
+}
+
+/// The status table's name for a session's transport cipher.
+fn short_cipher(cipher: Option<&str>) -> &str {
+    match cipher {
+        Some("AES-256-GCM") => "aes-gcm",
+        Some("ChaCha20-Poly1305") => "chacha",
+        // A cipher named by a daemon newer than this CLI (the local
+        // daemon's own text, never a peer's).
+        Some(other) => other,
+        None => "-",
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -418,7 +433,7 @@ mod tests {
                 "id": "bobbobbobbobbobbob", "name": "bob", "address": "fd00::2:1",
                 "address4": "100.64.0.2",
                 "endpoint": "192.0.2.7:7400", "path": "direct", "session_established": true,
-                "last_handshake_age_s": 12.5, "rx_bytes": 2048, "tx_bytes": 10,
+                "cipher": "AES-256-GCM", "last_handshake_age_s": 12.5, "rx_bytes": 2048, "tx_bytes": 10,
                 "dropped_policy": 3, "allow": "all", "future_field": 1,
                 "rtt": {"smoothed_ms": 20.04}, "receive": {"loss": 0.051, "reordering": 0.0},
                 "drops": {"policy": 3, "decrypt": 2}
@@ -434,6 +449,11 @@ mod tests {
         assert!(text.contains("bob"), "{text}");
         assert!(text.contains("direct"), "{text}");
         assert!(text.contains("12s ago"), "{text}");
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("bob ") && line.ends_with(" aes-gcm")),
+            "{text}"
+        );
         assert!(text.contains("2.0 KiB"), "{text}");
         assert!(text.contains("dropped decrypt 2, policy 3"), "{text}");
         assert!(text.contains("20.0 ms"), "{text}");

@@ -92,8 +92,15 @@ pub(crate) struct UpArgs {
     pub(crate) no_ipv4: bool,
     /// Move one packet per system call: no TUN segmentation offload, no UDP
     /// GSO/GRO (for kernels or devices where they misbehave; slower).
-    #[arg(long, env = "AGENTNET_NO_OFFLOAD")]
+    #[arg(long, env = "AGENTNET_NO_OFFLOAD", value_parser = clap::builder::FalseyValueParser::new())]
     pub(crate) no_offload: bool,
+    /// Offer only ChaCha20-Poly1305 for the tunnel's packets. By default an
+    /// agent whose CPU has AES instructions also offers AES-256-GCM (about
+    /// 3x faster there), which a session uses when both peers offer it;
+    /// the choice is made inside the encrypted handshake. `agentnet peers`
+    /// shows each session's cipher.
+    #[arg(long, env = "AGENTNET_NO_AES", value_parser = clap::builder::FalseyValueParser::new())]
+    pub(crate) no_aes: bool,
     /// Do not ask the router to forward a public UDP port to this agent.
     /// By default the agent asks the default gateway with PCP, NAT-PMP or
     /// UPnP-IGD (whichever it speaks), announces the mapped endpoint to
@@ -133,6 +140,7 @@ pub(super) fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Res
             userspace: args.rootless.options(),
             user: args.user,
             offload: !args.no_offload,
+            aes: !args.no_aes,
             port_mapping: !args.no_port_mapping,
             ipv4: !args.no_ipv4,
         })?);
@@ -225,6 +233,9 @@ fn daemon_command(
     }
     if args.no_offload {
         command.arg("--no-offload");
+    }
+    if args.no_aes {
+        command.arg("--no-aes");
     }
     if args.no_port_mapping {
         command.arg("--no-port-mapping");
@@ -499,6 +510,7 @@ mod tests {
             "nobody",
             "--no-ipv4",
             "--no-offload",
+            "--no-aes",
             "--no-port-mapping",
             "--userspace",
             "--socks5",

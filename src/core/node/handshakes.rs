@@ -130,6 +130,7 @@ impl Node {
             name: ctx.name.clone(),
             candidates: ctx.local_candidates.clone(),
             nat: ctx.nat_hint(),
+            cipher: ctx.transport_ciphers.choose(received.payload.ciphers),
         };
         let (datagram, keys) = match received.respond(ctx.network, local_index, &payload) {
             Ok(answer) => answer,

@@ -27,6 +27,7 @@ use crate::core::api::{
 };
 use crate::core::identity::{AgentId, Identity};
 use crate::core::node::known_sources::KnownSources;
+use crate::core::noise::cipher::CipherSet;
 use crate::core::noise::cookie::CookieResponder;
 use crate::core::noise::mac::Mac1Key;
 use crate::core::peer::Peer;
@@ -120,6 +121,7 @@ impl Node {
             transmits: VecDeque::new(),
             tun_out: VecDeque::new(),
             tun_headroom: 0,
+            transport_ciphers: CipherSet::ALL,
             spare_buffers: Vec::new(),
             events: VecDeque::new(),
             dropped: DropCounters::default(),
@@ -213,6 +215,14 @@ impl Node {
     /// decrypted where it is written from.
     pub fn set_tun_headroom(&mut self, bytes: usize) {
         self.ctx.tun_headroom = bytes;
+    }
+
+    /// The transport ciphers this node offers when it initiates and
+    /// accepts when it responds (every one by default; the agent gives
+    /// [`CipherSet::accelerated`]). ChaCha20-Poly1305 is always in it.
+    /// Sessions already made keep their cipher.
+    pub fn set_transport_ciphers(&mut self, ciphers: CipherSet) {
+        self.ctx.transport_ciphers = ciphers;
     }
 
     /// Gives a buffer back for reuse (one [`Node::poll_tun_packet`]

@@ -2,14 +2,17 @@
 //!
 //! `Noise_IK_25519_ChaChaPoly_BLAKE2s`, prologue "agentnet v1" ‖ network ID.
 //! Message 1 carries a TAI64N timestamp, the versions the initiator speaks,
-//! its name and candidate endpoints; message 2 the chosen version, the
-//! responder's name and candidates. Transport keys come from the Noise split.
+//! its name, candidate endpoints, NAT hint and the transport ciphers it
+//! offers; message 2 the chosen version, the responder's name, candidates,
+//! NAT hint and the chosen transport cipher (`super::cipher`). Transport
+//! keys come from the Noise split.
 
 use std::net::SocketAddr;
 
 use zeroize::Zeroizing;
 
 use crate::core::address::NetworkId;
+use crate::core::noise::cipher::{CipherSet, TransportCipher};
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::resolver::SeededResolver;
 use crate::core::noise::static_keys::NoiseStatic;
@@ -45,6 +48,9 @@ pub enum HandshakeError {
     /// No protocol version in common.
     #[error("no common protocol version")]
     NoCommonVersion,
+    /// The responder chose a transport cipher the initiator did not offer.
+    #[error("transport cipher not offered")]
+    CipherNotOffered,
 }
 
 impl From<snow::Error> for HandshakeError {
@@ -67,6 +73,9 @@ pub struct InitiationPayload {
     /// What the initiator knows of its NAT and its reflexive endpoints
     /// (trailing, optional on the wire: older peers omit it).
     pub nat: NatHint,
+    /// The transport ciphers the initiator offers (trailing, after the NAT
+    /// hint; a peer that omits it offers ChaCha20-Poly1305 alone).
+    pub ciphers: CipherSet,
 }
 
 impl InitiationPayload {
@@ -80,6 +89,7 @@ impl InitiationPayload {
         out.put_short_str(&self.name);
         out.put_socket_addrs(&self.candidates, MAX_CANDIDATES);
         self.nat.encode_into(&mut out);
+        out.push(self.ciphers.to_byte());
         out
     }
 
@@ -97,12 +107,16 @@ impl InitiationPayload {
         // Trailing fields are optional and further bytes allowed: later
         // versions may append fields.
         let nat = NatHint::decode_from(&mut reader);
+        let ciphers = reader
+            .u8()
+            .map_or(CipherSet::CHACHA_ONLY, CipherSet::from_byte);
         Some(Self {
             timestamp,
             versions,
             name,
             candidates,
             nat,
+            ciphers,
         })
     }
 }
@@ -118,6 +132,9 @@ pub struct ResponsePayload {
     pub candidates: Vec<SocketAddr>,
     /// What the responder knows of its NAT.
     pub nat: NatHint,
+    /// The transport cipher chosen from the initiator's offer (trailing; a
+    /// peer that omits it chose ChaCha20-Poly1305).
+    pub cipher: TransportCipher,
 }
 
 impl ResponsePayload {
@@ -128,21 +145,28 @@ impl ResponsePayload {
         out.put_short_str(&self.name);
         out.put_socket_addrs(&self.candidates, MAX_CANDIDATES);
         self.nat.encode_into(&mut out);
+        out.push(self.cipher.to_byte());
         out
     }
 
-    /// Decodes a payload; `None` if malformed.
+    /// Decodes a payload; `None` if malformed (a cipher this build does
+    /// not know included).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut reader = Reader::new(bytes);
         let version = reader.u8()?;
         let name = reader.short_str()?.to_string();
         let candidates = reader.socket_addrs(MAX_CANDIDATES)?;
         let nat = NatHint::decode_from(&mut reader);
+        let cipher = match reader.u8() {
+            Some(byte) => TransportCipher::from_byte(byte)?,
+            None => TransportCipher::ChaCha20Poly1305,
+        };
         Some(Self {
             version,
             name,
             candidates,
             nat,
+            cipher,
         })
     }
 }
@@ -155,12 +179,14 @@ pub fn choose_version(offered: &[u8]) -> Option<u8> {
         .find(|version| offered.contains(version))
 }
 
-/// The two transport keys a handshake produces.
+/// The two transport keys a handshake produces, and the cipher they key.
 pub struct SessionKeys {
     /// Key for what this side sends.
     pub send: Zeroizing<[u8; 32]>,
     /// Key for what this side receives.
     pub receive: Zeroizing<[u8; 32]>,
+    /// The transport cipher the handshake chose.
+    pub cipher: TransportCipher,
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -205,6 +231,8 @@ fn frame_handshake(message_type: u8, indices: &[u32], noise: &[u8], mac1_key: &M
 pub struct InitiatorHandshake {
     state: snow::HandshakeState,
     local_index: u32,
+    /// The transport ciphers the initiation offered.
+    offered: CipherSet,
 }
 
 impl std::fmt::Debug for InitiatorHandshake {
@@ -234,7 +262,15 @@ impl InitiatorHandshake {
         let len = state.write_message(&payload.encode(), &mut noise)?;
         let mac1_key = Mac1Key::for_responder(network, responder_public);
         let datagram = frame_handshake(TYPE_INITIATION, &[local_index], &noise[..len], &mac1_key);
-        Ok((Self { state, local_index }, datagram))
+        let offered = payload.ciphers;
+        Ok((
+            Self {
+                state,
+                local_index,
+                offered,
+            },
+            datagram,
+        ))
     }
 
     /// The session index this initiation announced.
@@ -258,13 +294,18 @@ impl InitiatorHandshake {
         if !SUPPORTED_VERSIONS.contains(&payload.version) {
             return Err(HandshakeError::NoCommonVersion);
         }
+        if !self.offered.contains(payload.cipher) {
+            return Err(HandshakeError::CipherNotOffered);
+        }
         let (initiator_to_responder, responder_to_initiator) =
             self.state.dangerously_get_raw_split();
+        let cipher = payload.cipher;
         Ok((
             payload,
             SessionKeys {
                 send: Zeroizing::new(initiator_to_responder),
                 receive: Zeroizing::new(responder_to_initiator),
+                cipher,
             },
         ))
     }
@@ -321,7 +362,9 @@ impl ReceivedInitiation {
         })
     }
 
-    /// Answers the initiation: returns the response datagram and the keys.
+    /// Answers the initiation: returns the response datagram and the keys
+    /// (for `payload.cipher`, which the caller chose from
+    /// `self.payload.ciphers`).
     pub fn respond(
         mut self,
         network: NetworkId,
@@ -344,6 +387,7 @@ impl ReceivedInitiation {
             SessionKeys {
                 send: Zeroizing::new(responder_to_initiator),
                 receive: Zeroizing::new(initiator_to_responder),
+                cipher: payload.cipher,
             },
         ))
     }
@@ -365,6 +409,7 @@ mod tests {
             name: "alice".into(),
             candidates: vec!["192.0.2.1:7400".parse().expect("addr")],
             nat: NatHint::default(),
+            ciphers: CipherSet::ALL,
         }
     }
 
@@ -383,15 +428,50 @@ mod tests {
     }
 
     fn initiation(pair: &Pair, rng: &mut CoreRng) -> (InitiatorHandshake, Vec<u8>) {
+        initiation_with(pair, rng, &payload())
+    }
+
+    fn initiation_with(
+        pair: &Pair,
+        rng: &mut CoreRng,
+        payload: &InitiationPayload,
+    ) -> (InitiatorHandshake, Vec<u8>) {
         InitiatorHandshake::start(
             rng,
             pair.network,
             &NoiseStatic::new(&pair.alice.noise_secret_key()),
             &pair.bob.agent_id().noise_public_key(),
             11,
-            &payload(),
+            payload,
         )
         .expect("initiation")
+    }
+
+    /// Bob reads Alice's initiation datagram.
+    fn bob_reads(pair: &Pair, rng: &mut CoreRng, datagram: &[u8]) -> ReceivedInitiation {
+        let Ok(Datagram::Initiation(parsed)) = Datagram::parse(datagram) else {
+            panic!("not an initiation");
+        };
+        let bob_mac1 =
+            Mac1Key::for_responder(pair.network, &pair.bob.agent_id().noise_public_key());
+        ReceivedInitiation::read(
+            rng,
+            pair.network,
+            &NoiseStatic::new(&pair.bob.noise_secret_key()),
+            &bob_mac1,
+            &parsed,
+        )
+        .expect("reads")
+    }
+
+    fn response_payload(cipher: TransportCipher) -> ResponsePayload {
+        ResponsePayload {
+            version: 1,
+            name: "bob".into(),
+            candidates: vec![],
+            nat: NatHint::default(),
+            cipher,
+        }
     }
 
     #[test]
@@ -426,6 +506,7 @@ mod tests {
                 kind: crate::core::wire::path::NatKind::Hard,
                 reflexive: vec!["198.51.100.1:4000".parse().expect("addr")],
             },
+            cipher: TransportCipher::Aes256Gcm,
         };
         let (response, bob_keys) = received
             .respond(pair.network, 22, &response_payload)
@@ -451,6 +532,72 @@ mod tests {
         assert_eq!(*alice_keys.send, *bob_keys.receive);
         assert_eq!(*alice_keys.receive, *bob_keys.send);
         assert_ne!(*alice_keys.send, *alice_keys.receive);
+        assert_eq!(alice_keys.cipher, TransportCipher::Aes256Gcm);
+        assert_eq!(bob_keys.cipher, TransportCipher::Aes256Gcm);
+    }
+
+    #[test]
+    fn a_response_choosing_a_cipher_not_offered_is_refused() {
+        let pair = pair();
+        let mut rng = core_rng([0; 32]);
+        let offer = InitiationPayload {
+            ciphers: CipherSet::CHACHA_ONLY,
+            ..payload()
+        };
+        let (mut initiator, datagram) = initiation_with(&pair, &mut rng, &offer);
+        let received = bob_reads(&pair, &mut rng, &datagram);
+        assert_eq!(received.payload.ciphers, CipherSet::CHACHA_ONLY);
+        // A responder that ignores the offer (a bug, or a peer that wants
+        // AES whatever we run fast) gets no session.
+        let (response, _) = received
+            .respond(
+                pair.network,
+                22,
+                &response_payload(TransportCipher::Aes256Gcm),
+            )
+            .expect("responds");
+        let Ok(Datagram::Response(parsed)) = Datagram::parse(&response) else {
+            panic!("not a response");
+        };
+        assert_eq!(
+            initiator.finish(parsed.noise()).err(),
+            Some(HandshakeError::CipherNotOffered)
+        );
+    }
+
+    #[test]
+    fn the_chacha_only_exchange_keys_chacha_on_both_sides() {
+        let pair = pair();
+        let mut rng = core_rng([0; 32]);
+        let (mut initiator, datagram) = initiation(&pair, &mut rng);
+        let received = bob_reads(&pair, &mut rng, &datagram);
+        let cipher = CipherSet::CHACHA_ONLY.choose(received.payload.ciphers);
+        let (response, bob_keys) = received
+            .respond(pair.network, 22, &response_payload(cipher))
+            .expect("responds");
+        let Ok(Datagram::Response(parsed)) = Datagram::parse(&response) else {
+            panic!("not a response");
+        };
+        let (_, alice_keys) = initiator.finish(parsed.noise()).expect("finishes");
+        assert_eq!(alice_keys.cipher, TransportCipher::ChaCha20Poly1305);
+        assert_eq!(bob_keys.cipher, TransportCipher::ChaCha20Poly1305);
+    }
+
+    #[test]
+    fn payloads_of_older_peers_without_cipher_fields_mean_chacha() {
+        // Older builds end both payloads with the NAT hint.
+        let mut initiation = payload().encode();
+        assert_eq!(initiation.pop(), Some(CipherSet::ALL.to_byte()));
+        let decoded = InitiationPayload::decode(&initiation).expect("decodes");
+        assert_eq!(decoded.ciphers, CipherSet::CHACHA_ONLY);
+        assert_eq!(decoded.nat, payload().nat);
+        let mut response = response_payload(TransportCipher::Aes256Gcm).encode();
+        assert_eq!(response.pop(), Some(TransportCipher::Aes256Gcm.to_byte()));
+        let decoded = ResponsePayload::decode(&response).expect("decodes");
+        assert_eq!(decoded.cipher, TransportCipher::ChaCha20Poly1305);
+        // A cipher this build does not know is a malformed response.
+        response.push(9);
+        assert_eq!(ResponsePayload::decode(&response), None);
     }
 
     #[test]
@@ -538,6 +685,7 @@ mod tests {
                 name,
                 candidates: vec![SocketAddr::from(([10, 0, 0, 1], port))],
                 nat: NatHint::default(),
+                ciphers: CipherSet::from_byte(port as u8),
             };
             prop_assert_eq!(InitiationPayload::decode(&payload.encode()), Some(payload));
         }

@@ -1,23 +1,25 @@
 //! One transport session: the keys of one handshake, an explicit 64-bit
 //! counter as nonce, and a replay window (DESIGN.md §2).
 //!
-//! The AEAD is ChaCha20-Poly1305 with the Noise nonce layout (32 zero bits
-//! then the counter, little-endian) and empty associated data, so it is
-//! exactly Noise's transport encryption; done here in place to avoid copies,
-//! with ring's assembly implementation (about 3x the throughput of the
-//! portable Rust one on the project's machine; the hot path of the tunnel).
+//! The AEAD is the one the handshake chose (`super::cipher`):
+//! ChaCha20-Poly1305 or AES-256-GCM, with Noise's nonce layout for each
+//! (32 zero bits then the counter, little-endian for ChaChaPoly and
+//! big-endian for AESGCM) and empty associated data, so it is exactly
+//! Noise's transport encryption; done here in place to avoid copies, with
+//! ring's assembly implementations (the hot path of the tunnel).
 //!
 //! ring's expanded key (`LessSafeKey`) takes 544 bytes whatever the
 //! algorithm (it is sized for AES-GCM's key schedule) against 32 bytes of
-//! ChaCha20 key, so a session keeps the raw keys and holds the expanded
+//! raw key, so a session keeps the raw keys and holds the expanded
 //! form of a direction only while that direction carries traffic (issue 7:
 //! memory per idle peer). See [`KEEP_AFTER_PACKETS`].
 
 use std::time::{Duration, Instant};
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
+use crate::core::noise::cipher::TransportCipher;
 use crate::core::noise::handshake::SessionKeys;
 use crate::core::noise::replay::{ReplayVerdict, ReplayWindow};
 use crate::core::wire::{self, DATA_HEADER_LEN, TAG_LEN};
@@ -83,16 +85,25 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn nonce(counter: u64) -> Nonce {
+/// Noise's nonce for `counter` under `cipher`: four zero bytes, then the
+/// counter little-endian (ChaChaPoly) or big-endian (AESGCM).
+fn nonce(cipher: TransportCipher, counter: u64) -> Nonce {
     let mut nonce = [0u8; 12];
-    nonce[4..].copy_from_slice(&counter.to_le_bytes());
+    let counter = match cipher {
+        TransportCipher::ChaCha20Poly1305 => counter.to_le_bytes(),
+        TransportCipher::Aes256Gcm => counter.to_be_bytes(),
+    };
+    nonce[4..].copy_from_slice(&counter);
     Nonce::assume_unique_for_key(nonce)
 }
 
-fn expand(bytes: &[u8; 32]) -> LessSafeKey {
-    // Only a key of the wrong length is refused; ours are 32 bytes.
-    let key =
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("ChaCha20-Poly1305 takes a 32-byte key");
+fn expand(cipher: TransportCipher, bytes: &[u8; 32]) -> LessSafeKey {
+    let algorithm = match cipher {
+        TransportCipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        TransportCipher::Aes256Gcm => &AES_256_GCM,
+    };
+    // Only a key of the wrong length is refused; both take 32 bytes.
+    let key = UnboundKey::new(algorithm, bytes).expect("both AEADs take a 32-byte key");
     LessSafeKey::new(key)
 }
 
@@ -104,15 +115,17 @@ struct DirectionKey {
     last_used: Option<Instant>,
     /// Packets in a row closer than [`BURST_GAP`], while not expanded.
     burst: u8,
+    cipher: TransportCipher,
 }
 
 impl DirectionKey {
-    fn new(raw: &[u8; 32]) -> Self {
+    fn new(cipher: TransportCipher, raw: &[u8; 32]) -> Self {
         Self {
             raw: Zeroizing::new(*raw),
             expanded: None,
             last_used: None,
             burst: 0,
+            cipher,
         }
     }
 
@@ -137,7 +150,7 @@ impl DirectionKey {
         previous_use: Option<Instant>,
         operation: impl FnOnce(&LessSafeKey) -> R,
     ) -> R {
-        let expanded = expand(&self.raw);
+        let expanded = expand(self.cipher, &self.raw);
         let close = previous_use.is_some_and(|at| now.saturating_duration_since(at) < BURST_GAP);
         self.burst = if close {
             self.burst.saturating_add(1)
@@ -176,8 +189,8 @@ impl Session {
             remote_index,
             is_initiator,
             created: now,
-            sealing: DirectionKey::new(&keys.send),
-            opening: DirectionKey::new(&keys.receive),
+            sealing: DirectionKey::new(keys.cipher, &keys.send),
+            opening: DirectionKey::new(keys.cipher, &keys.receive),
             next_send_counter: 0,
             replay: ReplayWindow::new(),
         }
@@ -194,6 +207,11 @@ impl Session {
         self.is_initiator
             && (now.saturating_duration_since(self.created) >= REKEY_AFTER_TIME
                 || self.next_send_counter >= REKEY_AFTER_MESSAGES)
+    }
+
+    /// The transport cipher of its packets.
+    pub fn cipher(&self) -> TransportCipher {
+        self.sealing.cipher
     }
 
     /// Messages sent so far.
@@ -218,10 +236,11 @@ impl Session {
         wire::write_data_header(&mut out[start..], self.remote_index, counter);
         out.extend_from_slice(payload);
         let body = &mut out[start + DATA_HEADER_LEN..];
+        let nonce = nonce(self.sealing.cipher, counter);
         let tag = self
             .sealing
             .with(now, |key| {
-                key.seal_in_place_separate_tag(nonce(counter), Aad::empty(), body)
+                key.seal_in_place_separate_tag(nonce, Aad::empty(), body)
             })
             .map_err(|_| SessionError::Expired)?;
         out.extend_from_slice(tag.as_ref());
@@ -255,10 +274,11 @@ impl Session {
         if ciphertext.len() < TAG_LEN {
             return Err(SessionError::Decrypt);
         }
+        let nonce = nonce(self.opening.cipher, counter);
         let payload_len = self
             .opening
             .with(now, |key| {
-                key.open_in_place(nonce(counter), Aad::empty(), ciphertext)
+                key.open_in_place(nonce, Aad::empty(), ciphertext)
                     .map(|payload| payload.len())
             })
             .map_err(|_| SessionError::Decrypt)?;
@@ -297,16 +317,27 @@ mod tests {
     use super::*;
     use crate::core::wire::Datagram;
 
+    const CIPHERS: [TransportCipher; 2] = [
+        TransportCipher::ChaCha20Poly1305,
+        TransportCipher::Aes256Gcm,
+    ];
+
     fn pair(now: Instant) -> (Session, Session) {
+        pair_with(TransportCipher::ChaCha20Poly1305, now)
+    }
+
+    fn pair_with(cipher: TransportCipher, now: Instant) -> (Session, Session) {
         let a_to_b = [1u8; 32];
         let b_to_a = [2u8; 32];
         let a = SessionKeys {
             send: Zeroizing::new(a_to_b),
             receive: Zeroizing::new(b_to_a),
+            cipher,
         };
         let b = SessionKeys {
             send: Zeroizing::new(b_to_a),
             receive: Zeroizing::new(a_to_b),
+            cipher,
         };
         (
             Session::new(&a, 1, 2, true, now),
@@ -326,35 +357,50 @@ mod tests {
 
     #[test]
     fn sealed_packets_open_once_and_in_any_order() {
-        let now = Instant::now();
-        let (mut alice, mut bob) = pair(now);
-        let datagrams: Vec<Vec<u8>> = (0..5u8)
-            .map(|i| {
-                let mut out = Vec::new();
-                alice.seal(now, &[i; 100], &mut out).expect("seals");
-                out
-            })
-            .collect();
-        for i in [3usize, 0, 4, 1, 2] {
-            assert_eq!(open(&mut bob, now, &datagrams[i]), Ok(vec![i as u8; 100]));
+        for cipher in CIPHERS {
+            let now = Instant::now();
+            let (mut alice, mut bob) = pair_with(cipher, now);
+            assert_eq!(alice.cipher(), cipher);
+            let datagrams: Vec<Vec<u8>> = (0..5u8)
+                .map(|i| {
+                    let mut out = Vec::new();
+                    alice.seal(now, &[i; 100], &mut out).expect("seals");
+                    out
+                })
+                .collect();
+            for i in [3usize, 0, 4, 1, 2] {
+                assert_eq!(open(&mut bob, now, &datagrams[i]), Ok(vec![i as u8; 100]));
+            }
+            assert_eq!(
+                open(&mut bob, now, &datagrams[2]),
+                Err(SessionError::Replay)
+            );
         }
-        assert_eq!(
-            open(&mut bob, now, &datagrams[2]),
-            Err(SessionError::Replay)
-        );
     }
 
     #[test]
     fn tampered_packet_fails_and_does_not_burn_its_counter() {
+        for cipher in CIPHERS {
+            let now = Instant::now();
+            let (mut alice, mut bob) = pair_with(cipher, now);
+            let mut datagram = Vec::new();
+            alice.seal(now, b"hello", &mut datagram).expect("seals");
+            let mut tampered = datagram.clone();
+            let last = tampered.len() - 1;
+            tampered[last] ^= 1;
+            assert_eq!(open(&mut bob, now, &tampered), Err(SessionError::Decrypt));
+            assert_eq!(open(&mut bob, now, &datagram), Ok(b"hello".to_vec()));
+        }
+    }
+
+    #[test]
+    fn sessions_of_different_ciphers_cannot_read_each_other() {
         let now = Instant::now();
-        let (mut alice, mut bob) = pair(now);
+        let (mut chacha, _) = pair_with(TransportCipher::ChaCha20Poly1305, now);
+        let (_, mut aes) = pair_with(TransportCipher::Aes256Gcm, now);
         let mut datagram = Vec::new();
-        alice.seal(now, b"hello", &mut datagram).expect("seals");
-        let mut tampered = datagram.clone();
-        let last = tampered.len() - 1;
-        tampered[last] ^= 1;
-        assert_eq!(open(&mut bob, now, &tampered), Err(SessionError::Decrypt));
-        assert_eq!(open(&mut bob, now, &datagram), Ok(b"hello".to_vec()));
+        chacha.seal(now, b"hello", &mut datagram).expect("seals");
+        assert_eq!(open(&mut aes, now, &datagram), Err(SessionError::Decrypt));
     }
 
     #[test]
@@ -417,10 +463,18 @@ mod tests {
 
     #[test]
     fn matches_snow_transport_encryption() {
-        // Our in-place AEAD must be Noise's transport cipher: check against
-        // snow on a real handshake.
-        let params: snow::params::NoiseParams =
-            "Noise_NN_25519_ChaChaPoly_BLAKE2s".parse().expect("params");
+        // Our in-place AEADs must be Noise's transport ciphers (the nonce
+        // layouts differ): check each against snow on a real handshake.
+        for (cipher, noise) in [
+            (TransportCipher::ChaCha20Poly1305, "ChaChaPoly"),
+            (TransportCipher::Aes256Gcm, "AESGCM"),
+        ] {
+            matches_snow(cipher, &format!("Noise_NN_25519_{noise}_BLAKE2s"));
+        }
+    }
+
+    fn matches_snow(cipher: TransportCipher, params: &str) {
+        let params: snow::params::NoiseParams = params.parse().expect("params");
         let mut initiator = snow::Builder::new(params.clone())
             .build_initiator()
             .expect("init");
@@ -442,6 +496,7 @@ mod tests {
         let keys = SessionKeys {
             send: Zeroizing::new(k1),
             receive: Zeroizing::new(k2),
+            cipher,
         };
         let now = Instant::now();
         let mut ours = Session::new(&keys, 1, 2, true, now);

@@ -30,6 +30,8 @@ pub struct Context {
     /// This node's static key, with its peers' precomputed static-static secrets.
     pub noise_static: crate::core::noise::static_keys::NoiseStatic,
     pub own_mac1: Mac1Key,
+    /// Transport ciphers offered as initiator and accepted as responder.
+    pub transport_ciphers: crate::core::noise::cipher::CipherSet,
     pub tunnel_mtu: u16,
     pub rng: CoreRng,
     /// The monotonic instant that corresponds to `unix_at_start`.

@@ -535,6 +535,11 @@ impl Peer {
             rtt_ms: self.last_rtt_us.map(|micros| f64::from(micros) / 1000.0),
             candidates: self.remote_candidates.clone(),
             session_established: up,
+            cipher: self
+                .current
+                .as_ref()
+                .filter(|_| up)
+                .map(|session| session.cipher().name()),
             last_handshake_age_s: self
                 .last_handshake
                 .map(|at| now.saturating_duration_since(at).as_secs_f64()),

@@ -338,6 +338,7 @@ impl Peer {
             name: ctx.name.clone(),
             candidates: ctx.local_candidates.clone(),
             nat: ctx.nat_hint(),
+            ciphers: ctx.transport_ciphers,
         };
         match InitiatorHandshake::start(
             &mut ctx.rng,

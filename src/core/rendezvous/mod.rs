@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::core::address::{NetworkId, NodeId};
 use crate::core::identity::{AgentId, Identity};
 use crate::core::limit::{KeyedLimiter, Rate, address_key};
+use crate::core::noise::cipher::TransportCipher;
 use crate::core::noise::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
 use crate::core::noise::handshake::{ReceivedInitiation, ResponsePayload, choose_version};
 use crate::core::noise::mac::Mac1Key;
@@ -479,6 +480,9 @@ impl RendezvousServer {
             name: "rendezvous".into(),
             candidates: Vec::new(),
             nat: NatHint::default(),
+            // A server's sessions carry control frames only (relayed
+            // traffic passes sealed end to end): the cipher every build has.
+            cipher: TransportCipher::ChaCha20Poly1305,
         };
         let (response, keys) = match received.respond(self.config.network, local_index, &payload) {
             Ok(answer) => answer,

@@ -48,6 +48,9 @@ pub struct PeerStatus {
     pub candidates: Vec<SocketAddr>,
     /// Whether a session with the peer is established.
     pub session_established: bool,
+    /// The transport cipher of the current session (`AES-256-GCM` or
+    /// `ChaCha20-Poly1305`; `None` without one).
+    pub cipher: Option<&'static str>,
     /// Seconds since the last completed handshake.
     pub last_handshake_age_s: Option<f64>,
     /// Inner bytes received from the peer (delivered or not).
