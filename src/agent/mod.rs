@@ -179,6 +179,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
     // Served ports and relays hold sockets by the thousand (rootless mode
     // raises it again when its stack starts; harmless).
     crate::sys::calls::raise_fd_limit();
+    crate::sys::calls::keep_freed_heap();
     let lock = state.lock_instance()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

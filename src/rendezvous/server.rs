@@ -219,6 +219,8 @@ pub fn run(options: RendezvousOptions) -> Result<(), RendezvousError> {
         Some(config) => NetworkId::from_name(&config.network),
         None => NetworkId::from_name(crate::core::address::DEFAULT_NETWORK_NAME),
     };
+    // Relayed traffic churns packet buffers like an agent's data path.
+    crate::sys::calls::keep_freed_heap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
