@@ -97,7 +97,7 @@ pub(crate) struct UpArgs {
     /// Offer only ChaCha20-Poly1305 for the tunnel's packets. By default an
     /// agent whose CPU has AES instructions also offers AES-256-GCM (about
     /// 3x faster there), which a session uses when both peers offer it;
-    /// the choice is made inside the encrypted handshake. `agentnet peers`
+    /// the choice is made inside the encrypted handshake. `agentnet status`
     /// shows each session's cipher.
     #[arg(long, env = "AGENTNET_NO_AES", value_parser = clap::builder::FalseyValueParser::new())]
     pub(crate) no_aes: bool,

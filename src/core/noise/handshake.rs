@@ -106,10 +106,14 @@ impl InitiationPayload {
         let candidates = reader.socket_addrs(MAX_CANDIDATES)?;
         // Trailing fields are optional and further bytes allowed: later
         // versions may append fields.
-        let nat = NatHint::decode_from(&mut reader);
-        let ciphers = reader
-            .u8()
-            .map_or(CipherSet::CHACHA_ONLY, CipherSet::from_byte);
+        let (nat, whole) = NatHint::decode_reporting(&mut reader);
+        // After a hint this build cannot read whole (more candidates than
+        // it allows, say) the offer cannot be found: ChaCha20-Poly1305,
+        // which every initiator accepts.
+        let ciphers = match reader.u8() {
+            Some(byte) if whole => CipherSet::from_byte(byte),
+            _ => CipherSet::CHACHA_ONLY,
+        };
         Some(Self {
             timestamp,
             versions,
@@ -156,8 +160,12 @@ impl ResponsePayload {
         let version = reader.u8()?;
         let name = reader.short_str()?.to_string();
         let candidates = reader.socket_addrs(MAX_CANDIDATES)?;
-        let nat = NatHint::decode_from(&mut reader);
+        let (nat, whole) = NatHint::decode_reporting(&mut reader);
         let cipher = match reader.u8() {
+            // After a hint this build cannot read whole the choice cannot
+            // be found, and guessing could key the session with the wrong
+            // cipher: malformed.
+            Some(_) if !whole => return None,
             Some(byte) => TransportCipher::from_byte(byte)?,
             None => TransportCipher::ChaCha20Poly1305,
         };
@@ -597,6 +605,34 @@ mod tests {
         assert_eq!(decoded.cipher, TransportCipher::ChaCha20Poly1305);
         // A cipher this build does not know is a malformed response.
         response.push(9);
+        assert_eq!(ResponsePayload::decode(&response), None);
+    }
+
+    #[test]
+    fn a_cipher_field_after_a_nat_hint_read_in_part_is_not_guessed() {
+        // A hint with more reflexive endpoints than this build reads (a
+        // later build, say): where it ends, and so the cipher byte, is
+        // unknown.
+        let mut too_many = vec![crate::core::wire::path::NatKind::Hard.to_byte()];
+        too_many.push(u8::try_from(MAX_CANDIDATES + 1).expect("small"));
+        for port in 0..=MAX_CANDIDATES {
+            let port = u16::try_from(port).expect("small");
+            too_many.put_socket_addr(&SocketAddr::from(([192, 0, 2, 1], port)));
+        }
+        let mut initiation = payload().encode();
+        let nat_at = initiation.len() - 3; // kind, empty list, ciphers
+        initiation.truncate(nat_at);
+        initiation.extend_from_slice(&too_many);
+        initiation.push(CipherSet::ALL.to_byte());
+        let decoded = InitiationPayload::decode(&initiation).expect("decodes");
+        assert_eq!(decoded.ciphers, CipherSet::CHACHA_ONLY);
+        // An address family this build does not know: the byte after the
+        // family would read as a valid choice (AES-256-GCM).
+        let unknown_family = [crate::core::wire::path::NatKind::Hard.to_byte(), 1, 9];
+        let mut response = response_payload(TransportCipher::Aes256Gcm).encode();
+        response.truncate(response.len() - 3);
+        response.extend_from_slice(&unknown_family);
+        response.push(TransportCipher::Aes256Gcm.to_byte());
         assert_eq!(ResponsePayload::decode(&response), None);
     }
 

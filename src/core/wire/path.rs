@@ -136,14 +136,22 @@ impl NatHint {
     /// Reads a hint if present; missing or malformed trailing data is
     /// "unknown" (older peers, or fields this build does not know).
     pub fn decode_from(reader: &mut Reader<'_>) -> Self {
+        Self::decode_reporting(reader).0
+    }
+
+    /// [`Self::decode_from`], and whether the hint was absent or read
+    /// whole: only then is the reader where a field after it starts.
+    pub fn decode_reporting(reader: &mut Reader<'_>) -> (Self, bool) {
         let Some(kind) = reader.u8() else {
-            return Self::default();
+            return (Self::default(), true);
         };
-        let reflexive = reader.socket_addrs(MAX_CANDIDATES).unwrap_or_default();
-        Self {
+        let reflexive = reader.socket_addrs(MAX_CANDIDATES);
+        let whole = reflexive.is_some();
+        let hint = Self {
             kind: NatKind::from_byte(kind),
-            reflexive,
-        }
+            reflexive: reflexive.unwrap_or_default(),
+        };
+        (hint, whole)
     }
 }
 
