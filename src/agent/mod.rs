@@ -312,11 +312,10 @@ fn userspace_fronts(options: &mut DaemonOptions) -> Option<crate::serve::Userspa
 /// The transport ciphers this agent offers and accepts: AES-256-GCM too
 /// where the CPU accelerates it, unless `--no-aes`.
 fn transport_ciphers(aes: bool) -> CipherSet {
-    let ciphers = CipherSet::accelerated();
     let ciphers = if aes {
-        ciphers
+        CipherSet::accelerated()
     } else {
-        ciphers.without(TransportCipher::Aes256Gcm)
+        CipherSet::CHACHA_ONLY
     };
     tracing::info!(
         aes_256_gcm = ciphers.contains(TransportCipher::Aes256Gcm),

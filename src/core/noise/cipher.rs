@@ -94,11 +94,6 @@ impl CipherSet {
         self.0 & cipher.bit() != 0
     }
 
-    /// The set without `cipher` (ChaCha20-Poly1305 stays).
-    pub fn without(self, cipher: TransportCipher) -> Self {
-        Self::from_byte(self.0 & !cipher.bit())
-    }
-
     /// What this CPU runs fast: AES-256-GCM only with AES and carry-less
     /// multiply instructions (without them ring's constant-time fallback
     /// is slower than ChaCha20-Poly1305).
@@ -177,14 +172,6 @@ mod tests {
         assert!(future.contains(TransportCipher::ChaCha20Poly1305));
         assert!(future.contains(TransportCipher::Aes256Gcm));
         assert_eq!(CipherSet::from_byte(future.to_byte()), future);
-        assert_eq!(
-            CipherSet::ALL.without(TransportCipher::Aes256Gcm),
-            CipherSet::CHACHA_ONLY
-        );
-        assert_eq!(
-            CipherSet::ALL.without(TransportCipher::ChaCha20Poly1305),
-            CipherSet::ALL
-        );
     }
 
     #[test]
