@@ -33,6 +33,9 @@
 #   AGENTNET_FUZZ_SECONDS=10   seconds per fuzz target (0: no fuzzing)
 #   AGENTNET_FUZZ_INSTALL=1    install cargo-fuzz when missing (default: 1
 #                              when CI=true, else 0)
+#   CARGO_INCREMENTAL          0 by default when CI=true: a one-off build
+#                              gains nothing from incremental state, which
+#                              costs GiBs of disk (a CI machine ran out)
 # =============================================================================
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,6 +46,7 @@ TEST_TIMEOUT=${AGENTNET_TEST_TIMEOUT:-900}
 FUZZ_SECONDS=${AGENTNET_FUZZ_SECONDS:-10}
 CARGO_FUZZ_VERSION=0.13.1
 if [[ ${CI:-} == true ]]; then FUZZ_INSTALL=${AGENTNET_FUZZ_INSTALL:-1}; else FUZZ_INSTALL=${AGENTNET_FUZZ_INSTALL:-0}; fi
+[[ ${CI:-} == true ]] && export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 REQUIREMENTS=scripts/requirements-test.txt
 VENV=.venv
 export AGENTNET_REQUIRE_NETNS=$REQUIRE_NETNS
