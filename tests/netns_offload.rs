@@ -14,12 +14,17 @@
 //! otherwise. The mixed pair also has mixed ciphers (one side `--no-aes`),
 //! so each cipher and the negotiation between them run on real hosts.
 //!
+//! Each daemon busy-polls for a moment after a packet (`--busy-poll`,
+//! on by default); the mixed pair turns it off on one side. Once the
+//! transfers end, both daemons must go back to sleep: an idle daemon that
+//! kept polling would burn a core.
+//!
 //! Needs root; skips with a reason otherwise (fails under
 //! `AGENTNET_REQUIRE_NETNS=1`).
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentnet::core::noise::cipher::{CipherSet, TransportCipher};
 use serde_json::Value;
@@ -47,15 +52,65 @@ enum Aes {
     Off,
 }
 
+/// The mixed pair's plain side also turns busy polling off.
 fn up_args(mode: Mode, aes: Aes) -> Vec<&'static str> {
     let mut args = Vec::new();
     if mode == Mode::Plain {
         args.push("--no-offload");
     }
     if aes == Aes::Off {
-        args.push("--no-aes");
+        args.extend(["--no-aes", "--busy-poll", "0"]);
     }
     args
+}
+
+/// How long the daemons' CPU time is watched once traffic has stopped, and
+/// how much of it they may use: timers and keepalives take microseconds,
+/// a daemon still polling would take the whole interval.
+const IDLE_WATCH: Duration = Duration::from_secs(1);
+const IDLE_CPU_LIMIT: Duration = Duration::from_millis(100);
+
+/// A process's user + system CPU time so far (`/proc/PID/stat`).
+fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // The fields after the command name, which ends at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at 3.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum::<Option<u64>>()
+        .ok_or_else(|| format!("/proc/{pid}/stat has no utime/stime: {stat}"))?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .ok_or("sysconf(CLK_TCK) failed")?;
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// Checks that neither daemon keeps the CPU busy once the traffic is over.
+fn idle_daemons_sleep(agents: [&Agent; 2]) -> Result<(), String> {
+    let pids = [agents[0].daemon_pid()?, agents[1].daemon_pid()?];
+    let before = [cpu_time(pids[0])?, cpu_time(pids[1])?];
+    let started = Instant::now();
+    // Measuring CPU time over an interval: there is no condition to wait on.
+    std::thread::sleep(IDLE_WATCH);
+    let watched = started.elapsed();
+    for ((agent, pid), before) in agents.iter().zip(&pids).zip(before) {
+        let used = cpu_time(*pid)?.saturating_sub(before);
+        if used > IDLE_CPU_LIMIT {
+            return Err(format!(
+                "{}: the idle daemon used {used:?} of CPU in {watched:?} (limit {IDLE_CPU_LIMIT:?}): it did not go back to sleep",
+                agent.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The cipher two agents must agree on: AES-256-GCM only when both offer it
@@ -170,6 +225,7 @@ fn run_mode(
     mode_a.expect_status(a)?;
     mode_b.expect_status(b)?;
     let report = transfer(lab, (a, mode_a), (b, mode_b), ids)?;
+    idle_daemons_sleep([a, b])?;
     let cipher = expected_cipher(aes_a, aes_b);
     expect_cipher(a, cipher)?;
     expect_cipher(b, cipher)?;

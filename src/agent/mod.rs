@@ -74,6 +74,10 @@ pub struct DaemonOptions {
     /// Offer AES-256-GCM for sessions where the CPU runs it fast
     /// (`--no-aes`: ChaCha20-Poly1305 only).
     pub aes: bool,
+    /// How long the loop keeps polling for the next packet after one was
+    /// handled, instead of sleeping (`--busy-poll`; zero: never). See
+    /// [`event_loop`]'s `BusyPoll`.
+    pub busy_poll: std::time::Duration,
     /// Ask the gateway to forward a public port to the UDP socket (PCP,
     /// NAT-PMP, UPnP-IGD) and announce it (`--no-port-mapping` turns it
     /// off).

@@ -26,10 +26,12 @@ use crate::sys::probe_sockets::{ProbeDatagram, ProbeSockets};
 use crate::sys::udp::{Underlay, normalize, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
 
+mod busy_poll;
 mod services;
 mod throttle;
 mod trust_ops;
 
+use self::busy_poll::BusyPoll;
 use self::throttle::Throttle;
 
 /// How many packets (datagrams, or TUN packets) one wake-up takes at most
@@ -250,7 +252,9 @@ impl Daemon {
 
         let mut udp_run = ReceivedRun::default();
         let mut tun_read = TunReadBatch::new(self.mtu, self.tun.offload());
+        let mut busy_poll = BusyPoll::new(self.options.busy_poll);
         while self.stop.is_none() {
+            let polling = busy_poll.is_polling(Instant::now());
             let deadline =
                 trust_ops::earliest(self.node.poll_timeout(), self.trust_flow_deadline());
             let timer = async {
@@ -265,11 +269,14 @@ impl Daemon {
                 received = self.underlay.recv_run(&mut udp_run) => {
                     self.on_udp_run(received, &udp_run);
                     self.drain_underlay(&mut udp_run);
+                    busy_poll.on_packet(Instant::now());
                 }
                 read = self.tun.recv_batch(&mut tun_read) => {
                     self.on_tun_read(read, &tun_read)?;
                     self.drain_tun(&mut tun_read)?;
+                    busy_poll.on_packet(Instant::now());
                 }
+                () = busy_poll::turn(), if polling => {}
                 Some(request) = requests.recv() => {
                     let response = self.on_command(request.command);
                     // Names follow the trust store before the client hears back.
