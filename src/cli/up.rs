@@ -104,7 +104,7 @@ pub(crate) struct UpArgs {
     /// After a packet, keep polling for the next one for this many
     /// microseconds instead of sleeping (0: sleep at once). A reply that
     /// comes back within the window is taken without a wake-up, which on
-    /// a virtual machine costs tens of microseconds per crossing; the
+    /// a virtual machine can cost ~100 µs per crossing; the
     /// price is CPU while packets flow (at most the window per packet,
     /// yielded to any other runnable thread), none when idle.
     #[arg(long, env = "AGENTNET_BUSY_POLL", value_name = "MICROSECONDS", default_value_t = 200,
