@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use agentnet::core::noise::cipher::{CipherSet, TransportCipher};
 use serde_json::Value;
 use support::agent::Identity;
-use support::{Agent, Lab, step};
+use support::{Agent, Lab, cpu_time, step};
 
 const TOOLS: &[&str] = &["curl", "python3", "ss"];
 /// Each transfer.
@@ -69,29 +69,6 @@ fn up_args(mode: Mode, aes: Aes) -> Vec<&'static str> {
 /// a daemon still polling would take the whole interval.
 const IDLE_WATCH: Duration = Duration::from_secs(1);
 const IDLE_CPU_LIMIT: Duration = Duration::from_millis(100);
-
-/// A process's user + system CPU time so far (`/proc/PID/stat`).
-fn cpu_time(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    // The fields after the command name, which ends at the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at 3.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum::<Option<u64>>()
-        .ok_or_else(|| format!("/proc/{pid}/stat has no utime/stime: {stat}"))?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&hz| hz > 0)
-        .ok_or("sysconf(CLK_TCK) failed")?;
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
-}
 
 /// Checks that neither daemon keeps the CPU busy once the traffic is over.
 fn idle_daemons_sleep(agents: [&Agent; 2]) -> Result<(), String> {

@@ -362,16 +362,42 @@ pub fn pids_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The fields of `/proc/PID/stat` after the parenthesised command name
+/// (which may hold spaces), from field 3 (the state) on.
+fn stat_fields(pid: u32) -> Result<Vec<String>, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .ok_or_else(|| format!("/proc/{pid}/stat has no command name: {stat}"))?;
+    Ok(rest.split_whitespace().map(String::from).collect())
+}
+
 /// Whether a process exists and has not exited (zombies count as gone).
 pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state field follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat_fields(pid).is_ok_and(|fields| {
+        fields
+            .first()
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// A process's user + system CPU time so far (`/proc/PID/stat`).
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let fields = stat_fields(pid)?;
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5); `fields`
+    // starts at field 3.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum::<Option<u64>>()
+        .ok_or_else(|| format!("/proc/{pid}/stat has no utime/stime: {fields:?}"))?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .ok_or("sysconf(CLK_TCK) failed")?;
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 /// The short command name of a process (`/proc/PID/comm`).
