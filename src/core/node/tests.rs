@@ -266,6 +266,39 @@ fn a_wake_for_one_packet_looks_at_that_peer_only() {
     assert!(b.peers.deadline_looks() - before <= 2);
 }
 
+#[test]
+fn a_sealed_packet_goes_out_in_a_buffer_the_shell_gave_back() {
+    let TwoNodes {
+        mut a,
+        mut b,
+        a_at,
+        b_at,
+        now,
+    } = two_nodes();
+    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
+    let datagram = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    a.handle_tun_packet(now, &datagram);
+    exchange(&mut a, a_at, &mut b, b_at, now);
+    assert_eq!(b.poll_tun_packet(), Some(datagram.clone()));
+
+    // The shell sent a datagram and hands its buffer back: the next packet
+    // is sealed into that same allocation, not a new one.
+    let mut sent = Vec::with_capacity(2048);
+    sent.resize(1500, 0xa5);
+    let (address, capacity) = (sent.as_ptr(), sent.capacity());
+    a.recycle_buffer(sent);
+    a.handle_tun_packet(now, &datagram);
+    let sealed = a.poll_transmit().expect("sealed");
+    assert_eq!(sealed.payload.as_ptr(), address, "a fresh allocation");
+    assert!(sealed.payload.capacity() >= capacity);
+    b.handle_datagram(now, a_at, &sealed.payload);
+    assert_eq!(
+        b.poll_tun_packet(),
+        Some(datagram),
+        "the reused buffer held stale bytes"
+    );
+}
+
 /// All datagrams `node` wants to send now.
 fn drain_transmits(node: &mut Node) -> Vec<Transmit> {
     std::iter::from_fn(|| node.poll_transmit()).collect()

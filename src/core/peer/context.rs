@@ -445,7 +445,9 @@ impl Context {
         match path {
             PathAddr::Direct(address) => self.transmit(address, datagram),
             PathAddr::Relay(rendezvous) => {
-                self.transmit(rendezvous, relay_envelope(node, &datagram))
+                let envelope = relay_envelope(node, &datagram);
+                self.recycle_buffer(datagram);
+                self.transmit(rendezvous, envelope)
             }
             PathAddr::Probe(socket, address) => self.transmits.push_back(Transmit {
                 destination: address,

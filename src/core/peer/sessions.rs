@@ -207,8 +207,12 @@ impl Peer {
         let Some(session) = self.current.as_mut() else {
             return false;
         };
-        let mut datagram = Vec::with_capacity(payload.len() + crate::core::wire::DATA_OVERHEAD);
+        // A buffer the shell gave back after sending: no allocation per
+        // packet on the way out.
+        let mut datagram = ctx.take_buffer();
+        datagram.reserve(payload.len() + crate::core::wire::DATA_OVERHEAD);
         if session.seal(now, payload, &mut datagram).is_err() {
+            ctx.recycle_buffer(datagram);
             return false;
         }
         let local_index = session.local_index;
