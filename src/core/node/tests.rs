@@ -144,6 +144,24 @@ fn two_nodes() -> TwoNodes {
     }
 }
 
+/// A UDP packet from Alice's IPv4 address to Bob's, sent through the
+/// handshake it starts: the session is up when this returns.
+fn first_packet_through(nodes: &mut TwoNodes) -> Vec<u8> {
+    let TwoNodes {
+        a,
+        b,
+        a_at,
+        b_at,
+        now,
+    } = nodes;
+    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
+    let datagram = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    a.handle_tun_packet(*now, &datagram);
+    exchange(a, *a_at, b, *b_at, *now);
+    assert_eq!(b.poll_tun_packet(), Some(datagram.clone()));
+    datagram
+}
+
 #[test]
 fn ipv4_packets_with_forged_sources_from_a_peer_are_dropped_and_counted() {
     let TwoNodes {
@@ -228,22 +246,19 @@ fn a_delivered_tcp_packet_carries_what_the_check_read_of_its_segment() {
 
 #[test]
 fn a_wake_for_one_packet_looks_at_that_peer_only() {
+    let mut nodes = two_nodes();
+    for number in 0..2_000u32 {
+        let idle = identity(1_000 + number);
+        nodes.b.upsert_peer(nodes.now, peer_config(&idle, None));
+    }
+    let datagram = first_packet_through(&mut nodes);
     let TwoNodes {
         mut a,
         mut b,
         a_at,
-        b_at,
         now,
-    } = two_nodes();
-    for number in 0..2_000u32 {
-        let idle = identity(1_000 + number);
-        b.upsert_peer(now, peer_config(&idle, None));
-    }
-    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
-    let datagram = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
-    a.handle_tun_packet(now, &datagram);
-    exchange(&mut a, a_at, &mut b, b_at, now);
-    assert_eq!(b.poll_tun_packet(), Some(datagram.clone()));
+        ..
+    } = nodes;
     let _ = b.poll_timeout();
     let before = b.peers.deadline_looks();
 
@@ -268,32 +283,23 @@ fn a_wake_for_one_packet_looks_at_that_peer_only() {
 
 #[test]
 fn a_sealed_packet_goes_out_in_a_buffer_the_shell_gave_back() {
-    let TwoNodes {
-        mut a,
-        mut b,
-        a_at,
-        b_at,
-        now,
-    } = two_nodes();
-    let (a4, b4) = (a.address4().expect("on"), b.address4().expect("on"));
-    let datagram = ipv4(a4, b4, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
-    a.handle_tun_packet(now, &datagram);
-    exchange(&mut a, a_at, &mut b, b_at, now);
-    assert_eq!(b.poll_tun_packet(), Some(datagram.clone()));
+    let mut nodes = two_nodes();
+    let datagram = first_packet_through(&mut nodes);
+    let (alice, bob, now) = (&mut nodes.a, &mut nodes.b, nodes.now);
 
     // The shell sent a datagram and hands its buffer back: the next packet
     // is sealed into that same allocation, not a new one.
     let mut sent = Vec::with_capacity(2048);
     sent.resize(1500, 0xa5);
     let (address, capacity) = (sent.as_ptr(), sent.capacity());
-    a.recycle_buffer(sent);
-    a.handle_tun_packet(now, &datagram);
-    let sealed = a.poll_transmit().expect("sealed");
+    alice.recycle_buffer(sent);
+    alice.handle_tun_packet(now, &datagram);
+    let sealed = alice.poll_transmit().expect("sealed");
     assert_eq!(sealed.payload.as_ptr(), address, "a fresh allocation");
     assert!(sealed.payload.capacity() >= capacity);
-    b.handle_datagram(now, a_at, &sealed.payload);
+    bob.handle_datagram(now, nodes.a_at, &sealed.payload);
     assert_eq!(
-        b.poll_tun_packet(),
+        bob.poll_tun_packet(),
         Some(datagram),
         "the reused buffer held stale bytes"
     );
