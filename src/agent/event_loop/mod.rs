@@ -477,10 +477,7 @@ impl Daemon {
                 }
             }
         }
-        // The datagrams' buffers go back to the node for the next ones.
-        udp_out
-            .drain(..)
-            .for_each(|sent| self.node.recycle_buffer(sent.payload));
+        self.node.recycle_sent(&mut udp_out);
         self.udp_out = udp_out;
         self.links.probes_sent();
         // The node decrypted each packet behind the TUN's headroom: it is

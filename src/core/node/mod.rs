@@ -232,6 +232,14 @@ impl Node {
         self.ctx.recycle_buffer(buffer);
     }
 
+    /// Takes back the buffers of datagrams the shell has sent (emptying
+    /// `sent`): the next packets are sealed into them.
+    pub fn recycle_sent(&mut self, sent: &mut Vec<Transmit>) {
+        for transmit in sent.drain(..) {
+            self.ctx.recycle_buffer(transmit.payload);
+        }
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.ctx.events.pop_front()

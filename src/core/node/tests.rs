@@ -289,10 +289,16 @@ fn a_sealed_packet_goes_out_in_a_buffer_the_shell_gave_back() {
 
     // The shell sent a datagram and hands its buffer back: the next packet
     // is sealed into that same allocation, not a new one.
-    let mut sent = Vec::with_capacity(2048);
-    sent.resize(1500, 0xa5);
-    let (address, capacity) = (sent.as_ptr(), sent.capacity());
-    alice.recycle_buffer(sent);
+    let mut payload = Vec::with_capacity(2048);
+    payload.resize(1500, 0xa5);
+    let (address, capacity) = (payload.as_ptr(), payload.capacity());
+    let mut sent = vec![Transmit {
+        destination: nodes.b_at,
+        payload,
+        source: None,
+    }];
+    alice.recycle_sent(&mut sent);
+    assert!(sent.is_empty());
     alice.handle_tun_packet(now, &datagram);
     let sealed = alice.poll_transmit().expect("sealed");
     assert_eq!(sealed.payload.as_ptr(), address, "a fresh allocation");
