@@ -226,7 +226,7 @@ impl Node {
     }
 
     /// Gives a buffer back for reuse (one [`Node::poll_tun_packet`]
-    /// returned, or any other): received packets are decrypted into such
+    /// returned, or any other): packets are decrypted and sealed into such
     /// buffers instead of fresh ones. Large or surplus buffers are dropped.
     pub fn recycle_buffer(&mut self, buffer: Vec<u8>) {
         self.ctx.recycle_buffer(buffer);

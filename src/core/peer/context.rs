@@ -45,8 +45,8 @@ pub struct Context {
     pub tun_out: VecDeque<TunPacket>,
     /// Room kept before every packet for the TUN (the shell's header).
     pub tun_headroom: usize,
-    /// Buffers given back for reuse: receiving takes one instead of
-    /// allocating (bounded, see [`Context::recycle_buffer`]).
+    /// Buffers given back for reuse: receiving and sealing take one instead
+    /// of allocating (bounded, see [`Context::recycle_buffer`]).
     pub spare_buffers: Vec<Vec<u8>>,
     pub events: VecDeque<Event>,
     pub dropped: DropCounters,
