@@ -6,13 +6,13 @@
 //! between costs a wake-up when it comes: on a virtual machine an idle vCPU
 //! halts, and waking it can take ~100 µs (the project's VM: a
 //! `perf bench sched pipe` round trip is 7.4 µs on one vCPU, 215 µs across
-//! two), paid at every crossing of every tunnel. Polling keeps the CPU awake through the window. Each
-//! turn first yields the CPU to any other runnable thread (so a busy
-//! machine loses nothing but a `sched_yield`), then lets the runtime look
-//! at every socket once with a zero timeout, so the loop's other inputs
-//! (the control socket, timers, signals) are served exactly as when it
-//! sleeps. Once the window passes without a packet the loop sleeps again:
-//! an idle daemon spends no CPU.
+//! two), paid at every crossing of every tunnel. Polling keeps the CPU
+//! awake through the window. Each turn first yields the CPU to any other
+//! runnable thread (so a busy machine loses nothing but a `sched_yield`),
+//! then lets the runtime look at every socket once with a zero timeout, so
+//! the loop's other inputs (the control socket, timers, signals) are served
+//! exactly as when it sleeps. Once the window passes without a packet the
+//! loop sleeps again: an idle daemon spends no CPU.
 
 use std::time::{Duration, Instant};
 
