@@ -21,8 +21,9 @@
 #
 # For each: iperf3 TCP A -> B, 1 stream and $PARALLEL streams, $DURATION s
 # each (receiver-side Mbit/s); ping RTT, $PINGS pings at 10 ms (avg, p99
-# nearest rank, loss), idle and while one iperf3 TCP stream runs (latency
-# under load); tunnel CPU-seconds per GB (utime+stime of both daemons
+# nearest rank, loss), idle, idle with ping and the daemons pinned to one
+# CPU (taskset: each crossing's CPU work without waiting for an idle vCPU
+# to wake), and while one iperf3 TCP stream runs (latency under load); tunnel CPU-seconds per GB (utime+stime of both daemons
 # during the iperf3 runs / GB received); peak RSS (VmHWM) of each daemon;
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
@@ -96,7 +97,7 @@ PORT=7400 IPERF_PORT=5201
 
 [[ $EUID -eq 0 ]] || { echo "bench: must run as root" >&2; exit 1; }
 [[ -d $HOME/.cargo/bin && :$PATH: != *":$HOME/.cargo/bin:"* ]] && PATH=$HOME/.cargo/bin:$PATH
-for t in ip iperf3 jq ping awk ss unshare setpriv nft; do
+for t in ip iperf3 jq ping awk ss unshare setpriv nft taskset; do
     command -v "$t" >/dev/null || { echo "bench: missing $t (scripts/test.sh installs it)" >&2; exit 1; }
 done
 
@@ -156,9 +157,11 @@ SKIPPED=()  # "peer (reason)"
 
 # measure_rtt ROW NS TARGET [SUFFIX] : RTT avg and p99 (nearest rank) in ms,
 # loss in %, as R[ROW.rttSUFFIX], R[ROW.p99SUFFIX], R[ROW.lossSUFFIX].
+# PING_WRAP: a command put in front of ping (the one-CPU pings: taskset).
+PING_WRAP=()
 measure_rtt() {
     local row=$1 sfx=${4:-} f=$RAW/$1.ping${4:-}.txt
-    lab_run "$f" "$f" "$2" ping -n -c "$PINGS" -i 0.01 -W 1 "$3"
+    lab_run "$f" "$f" "$2" "${PING_WRAP[@]}" ping -n -c "$PINGS" -i 0.01 -W 1 "$3"
     read -r "R[$row.rtt$sfx]" "R[$row.p99$sfx]" "R[$row.loss$sfx]" < <(
         grep -oP 'time=\K[0-9.]+' "$f" | sort -n | awk -v n="$PINGS" '
             { a[NR] = $1; s += $1 }
@@ -166,6 +169,30 @@ measure_rtt() {
                   i = int((99 * NR + 99) / 100); if (i > NR) i = NR
                   printf "%.3f %.3f %.0f\n", s / NR, a[i], 100 * (n - NR) / n }')
     log "  $row: ping${sfx:+ ($sfx)} avg ${R[$row.rtt$sfx]} ms, p99 ${R[$row.p99$sfx]} ms, loss ${R[$row.loss$sfx]}%"
+}
+
+# pin_daemons CPUS : every thread of the row's daemons on CPUS (taskset).
+pin_daemons() {
+    local pid task
+    for pid in "${DAEMONS[@]}"; do
+        for task in /proc/"$pid"/task/*; do
+            taskset -p -c "$1" "${task##*/}" >/dev/null 2>&1
+        done
+    done
+}
+
+# measure_rtt_one_cpu ROW NS TARGET : the same pings with ping and every
+# thread of the daemons on CPU 0, then the daemons back on all CPUs. On one
+# CPU nothing waits for an idle vCPU to wake or for the scheduler to place a
+# woken task, so the round trip is the CPU work of each crossing (the
+# tunnel's code and the kernel's): the like-for-like comparison of the
+# tunnels' per-packet cost. Sets R[ROW.rtt_cpu0], R[ROW.p99_cpu0].
+measure_rtt_one_cpu() {
+    pin_daemons 0
+    PING_WRAP=(taskset -c 0)
+    measure_rtt "$1" "$2" "$3" _cpu0
+    PING_WRAP=()
+    pin_daemons "0-$(($(nproc) - 1))"
 }
 
 # measure_rtt_loaded ROW NS TARGET [PING_NS PING_TARGET [IPERF3 ARGS]] : the
@@ -227,6 +254,7 @@ measure_tcp() {
 # then RTT under that load.
 measure() {
     measure_rtt "$1" "$2" "$4"
+    measure_rtt_one_cpu "$1" "$2" "$4"
     iperf_server "$1" "$3"
     measure_tcp "$1" "$2" "$4"
     measure_rtt_loaded "$1" "$2" "$4"
@@ -574,24 +602,24 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
     [usup]="agentnet rootless → TUN" [usdown]="agentnet TUN → rootless" [wggo]=wireguard-go
     [boringtun]=boringtun [gotatun]=gotatun [nebula]=nebula [fastd]=fastd)
 {
-    echo "| path | version | TCP 1x Mbit/s | TCP ${PARALLEL}x Mbit/s | RTT avg ms | RTT p99 ms | loss % | RTT under load avg / p99 ms | tunnel CPU-s/GB | peak RSS MiB A / B | connect ms | MTU |"
-    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    echo "| path | version | TCP 1x Mbit/s | TCP ${PARALLEL}x Mbit/s | RTT avg ms | RTT p99 ms | loss % | RTT on one CPU avg / p99 ms | RTT under load avg / p99 ms | tunnel CPU-s/GB | peak RSS MiB A / B | connect ms | MTU |"
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     for row in "${ROWS[@]}"; do
         ref=agentnet; [[ $row == agentnet ]] && ref=none # no ratio to itself
         if [[ -n ${R[$row.status]:-} ]]; then
-            printf '| %s | %s | %s | | | | | | | | | |\n' "${NAME[$row]}" "${R[$row.version]}" "${R[$row.status]}"
+            printf '| %s | %s | %s | | | | | | | | | | |\n' "${NAME[$row]}" "${R[$row.version]}" "${R[$row.status]}"
             continue
         fi
         rss=NA
         [[ -n ${R[$row.rss]:-} ]] && rss="${R[$row.rss_a]} / ${R[$row.rss_b]}${R[$row.rss_rv]:+ +rv ${R[$row.rss_rv]}}"
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s%s | %s | %s |\n' "${NAME[$row]}" "${R[$row.version]}" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s%s | %s | %s |\n' "${NAME[$row]}" "${R[$row.version]}" \
             "$(cell "$row" $ref tcp1)" "$(cell "$row" $ref tcpN)" "$(cell "$row" $ref rtt)" "$(cell "$row" $ref p99)" \
-            "${R[$row.loss]:-NA}" "$(cell "$row" $ref rtt_load)" "$(cell "$row" $ref p99_load)" "$(cell "$row" $ref cpugb)" "$rss" "$(ratio "${R[$row.rss]:-}" "${R[$ref.rss]:-}")" \
+            "${R[$row.loss]:-NA}" "$(cell "$row" $ref rtt_cpu0)" "$(cell "$row" $ref p99_cpu0)" "$(cell "$row" $ref rtt_load)" "$(cell "$row" $ref p99_load)" "$(cell "$row" $ref cpugb)" "$rss" "$(ratio "${R[$row.rss]:-}" "${R[$ref.rss]:-}")" \
             "$(cell "$row" $ref connect)" "${R[$row.mtu]:-NA}"
     done
     echo
     echo "(×) = this row / the agentnet (TUN, direct) row. iperf3 A -> B, ${DURATION} s per run, receiver-side rate;"
-    echo "RTT over $PINGS pings at 10 ms, p99 nearest rank; under load: the same pings while one iperf3 TCP stream runs. Tunnel CPU = utime+stime of both daemons during both"
+    echo "RTT over $PINGS pings at 10 ms, p99 nearest rank; on one CPU: the same pings with ping and the daemons pinned to CPU 0; under load: the same pings while one iperf3 TCP stream runs. Tunnel CPU = utime+stime of both daemons during both"
     echo "iperf3 runs / GB received (1 GB = 1e9 B). RSS = VmHWM of each daemon; its ratio compares A + B."
     echo "Connect: B started (A up, both configured) -> first echo reply B -> A (relay and rootless rows: trust"
     echo "added -> first reply)."
