@@ -109,11 +109,11 @@ impl PacketDevice {
     /// Waits for a read and cuts it into packets.
     pub(crate) async fn recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
         batch.count = 0;
-        let (raw, mut slots, sizes) = batch.parts();
+        let (raw, slots, sizes) = batch.parts();
         let count = match self {
-            Self::Tun(tun) => tun.recv_multiple(raw, &mut slots, sizes, 0).await?,
+            Self::Tun(tun) => tun.recv_multiple(raw, slots, sizes, 0).await?,
             Self::Userspace(_) => {
-                sizes[0] = self.recv(slots[0]).await?;
+                sizes[0] = self.recv(&mut slots[0]).await?;
                 1
             }
         };
@@ -124,11 +124,11 @@ impl PacketDevice {
     /// Takes a read if one is queued (`WouldBlock` if not).
     pub(crate) fn try_recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
         batch.count = 0;
-        let (raw, mut slots, sizes) = batch.parts();
+        let (raw, slots, sizes) = batch.parts();
         let count = match self {
-            Self::Tun(tun) => tun.try_recv_multiple(raw, &mut slots, sizes, 0)?,
+            Self::Tun(tun) => tun.try_recv_multiple(raw, slots, sizes, 0)?,
             Self::Userspace(_) => {
-                sizes[0] = self.try_recv(slots[0])?;
+                sizes[0] = self.try_recv(&mut slots[0])?;
                 1
             }
         };
