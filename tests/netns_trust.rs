@@ -994,3 +994,74 @@ fn trust_request_without_a_daemon_says_it_needs_one() {
     let store = StateDir::new(state.path()).load_trust().expect("store");
     assert!(store.peers.is_empty(), "a failed request changed the store");
 }
+
+/// The daemon's signals reach its loop: SIGHUP applies a trust store
+/// edited on disk while the daemon runs (the peer appears in `status`,
+/// and a ping crosses the tunnel), and SIGTERM stops the daemon cleanly
+/// (it exits and logs why). Issue 16 moved the signals into a task of
+/// their own that forwards them to the loop.
+#[test]
+fn sighup_applies_a_trust_store_edited_on_disk_and_sigterm_stops_the_daemon() {
+    let Some(()) = support::netns_ready!(TOOLS) else {
+        return;
+    };
+    let lab = Lab::new().expect("lab");
+    let Pair { a, b, id_a, id_b } = pair(&lab, [78, 6]);
+    b.trust_add(&id_a, "a", None).expect("b trusts a");
+    let pid_a = a.daemon_pid().unwrap_or_else(|e| panic!("{e}"));
+
+    step("a's trust store gains b on disk, behind the daemon's back");
+    let own_id = id_a.id.parse().expect("a's id");
+    let entry = agentnet::core::trust::store::TrustEntry::trusted(
+        id_b.id.parse().expect("b's id"),
+        "b".into(),
+        Some(b.endpoint().to_string()),
+        agentnet::core::policy::Policy::All,
+        0,
+    );
+    StateDir::new(a.state_dir())
+        .trust_upsert(&own_id, entry)
+        .expect("edit a's trust store");
+    let status = a.status().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        peer_in_status(&status, &id_b.id).is_none(),
+        "the daemon applied the file before SIGHUP: {status}"
+    );
+
+    step("SIGHUP: the daemon applies it");
+    support::signal_pid(pid_a, nix::sys::signal::Signal::SIGHUP);
+    wait_until("b in a's status after SIGHUP", CONNECT_TIMEOUT, || {
+        a.status()
+            .is_ok_and(|status| peer_in_status(&status, &id_b.id).is_some())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_excerpt(20)));
+    let target = id_b.address.to_string();
+    wait_until(
+        "a ping from a to b over the overlay",
+        CONNECT_TIMEOUT,
+        || {
+            lab.exec(&a.host.ns, &["ping", "-c", "1", "-W", "1", &target])
+                .is_ok_and(|out| out.ok())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.log_excerpt(20), b.log_excerpt(20)));
+    assert!(
+        support::pid_alive(pid_a),
+        "SIGHUP stopped the daemon\n{}",
+        a.log_excerpt(20)
+    );
+
+    step("SIGTERM: the daemon stops and says why");
+    support::signal_pid(pid_a, nix::sys::signal::Signal::SIGTERM);
+    wait_until("a's daemon to exit after SIGTERM", CONNECT_TIMEOUT, || {
+        !support::pid_alive(pid_a)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_excerpt(20)));
+    let log = a.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("shutting down") && line.contains("SIGTERM")),
+        "no clean shutdown on SIGTERM in the log\n{}",
+        a.log_excerpt(20)
+    );
+}

@@ -6,7 +6,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::commands::{Command, ControlRequest};
@@ -28,10 +27,13 @@ use crate::sys::udp_batch::ReceivedRun;
 
 mod busy_poll;
 mod services;
+mod signals;
 mod throttle;
 mod trust_ops;
 
 use self::busy_poll::BusyPoll;
+use self::signals::SignalEvent;
+pub(crate) use self::signals::Signals;
 use self::throttle::Throttle;
 
 /// How many packets (datagrams, or TUN packets) one wake-up takes at most
@@ -51,26 +53,6 @@ const CANDIDATE_REFRESH: Duration = Duration::from_secs(30);
 enum Stop {
     Down,
     Signal(&'static str),
-}
-
-/// The signals the daemon handles: SIGTERM and SIGINT stop it, SIGHUP
-/// reloads the trust store. Installed before anything is created, so a
-/// signal during start-up still leads to a clean exit.
-pub(crate) struct Signals {
-    sigterm: Signal,
-    sigint: Signal,
-    sighup: Signal,
-}
-
-impl Signals {
-    /// Installs the handlers (inside the runtime).
-    pub(crate) fn install() -> io::Result<Self> {
-        Ok(Self {
-            sigterm: signal(SignalKind::terminate())?,
-            sigint: signal(SignalKind::interrupt())?,
-            sighup: signal(SignalKind::hangup())?,
-        })
-    }
 }
 
 /// The running daemon: the node and everything around it.
@@ -209,11 +191,7 @@ impl Daemon {
         signals: Signals,
         mut link_events: mpsc::Receiver<TcpLinkEvent>,
     ) -> Result<(), DaemonError> {
-        let Signals {
-            mut sigterm,
-            mut sigint,
-            mut sighup,
-        } = signals;
+        let mut signals = signals.forward();
         self.refresh_candidates();
         self.reload_trust_store(Instant::now());
         self.sync_names();
@@ -319,13 +297,14 @@ impl Daemon {
                         self.node.handle_datagram(now, from, &datagram);
                     }
                 }
-                _ = sigterm.recv() => self.stop = Some(Stop::Signal("SIGTERM")),
-                _ = sigint.recv() => self.stop = Some(Stop::Signal("SIGINT")),
-                _ = sighup.recv() => {
-                    tracing::info!("SIGHUP: reloading the trust store");
-                    self.reload_trust_store(Instant::now());
-                    self.sync_names();
-                }
+                Some(event) = signals.recv() => match event {
+                    SignalEvent::Stop(name) => self.stop = Some(Stop::Signal(name)),
+                    SignalEvent::Reload => {
+                        tracing::info!("SIGHUP: reloading the trust store");
+                        self.reload_trust_store(Instant::now());
+                        self.sync_names();
+                    }
+                },
             }
             self.flush().await;
         }
