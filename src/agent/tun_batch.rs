@@ -31,7 +31,7 @@ const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 pub struct TunReadBatch {
     /// The raw read: virtio-net header and segment (offloads only).
     raw: Vec<u8>,
-    /// One slot of `packet_len` bytes per packet, views of one allocation:
+    /// One slot per packet (the MTU and 256 bytes), views of one allocation:
     /// the allocator maps it lazily, so slots never written cost no memory.
     /// Built once: cutting the slots on every read (and carrying them in
     /// the read's future) was ~18 % of the loop's instructions per packet.
