@@ -23,8 +23,9 @@
 # each (receiver-side Mbit/s); ping RTT, $PINGS pings at 10 ms (avg, p99
 # nearest rank, loss), idle, idle with ping and the daemons pinned to one
 # CPU (taskset: each crossing's CPU work without waiting for an idle vCPU
-# to wake), and while one iperf3 TCP stream runs (latency under load); tunnel CPU-seconds per GB (utime+stime of both daemons
-# during the iperf3 runs / GB received); peak RSS (VmHWM) of each daemon;
+# to wake), and while one iperf3 TCP stream runs (latency under load);
+# tunnel CPU-seconds per GB (utime+stime of both daemons during the iperf3
+# runs / GB received); peak RSS (VmHWM) of each daemon;
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
 #
