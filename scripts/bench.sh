@@ -39,6 +39,9 @@
 #                  per-address limit being 20/s): initiations answered per
 #                  second, the daemon's CPU meanwhile, and so answered per
 #                  CPU-second
+# and the code layout: how many of the functions release builds pack
+# together (platform/linker/agentnet.symbol-order) the binary still has,
+# and whether its linker packed them.
 #
 # Usage:   sudo scripts/bench.sh [--install-peers] [--help]
 #   --install-peers   first `apt-get install --no-install-recommends
@@ -107,6 +110,25 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUTDIR/run.log" >&2; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 fail() { log "FAILED: $*"; exit 1; }
 
+# code_layout BIN : how much of platform/linker/agentnet.symbol-order (the
+# functions release builds pack together, platform/linker/build.rs) BIN still
+# has, and whether its linker applied the list: the first listed function
+# BIN has then starts .text.
+code_layout() {
+    local list=platform/linker/agentnet.symbol-order listed found first text addr applied=no
+    [[ -f $list ]] && command -v nm >/dev/null && command -v readelf >/dev/null || return 0
+    listed=$(grep -vc '^#' "$list")
+    found=$(comm -12 <(grep -v '^#' "$list" | sort -u) <(nm --defined-only "$1" | awk '{ print $3 }' | sort -u) | wc -l)
+    first=$(grep -v '^#' "$list" | grep -m1 -Fxf <(nm --defined-only "$1" | awk '{ print $3 }'))
+    text=$(readelf -SW "$1" | sed -n 's/.*\] \.text  *PROGBITS  *\([0-9a-f]*\) .*/\1/p')
+    addr=$(nm --defined-only "$1" | awk -v n="$first" '$3 == n { print $1; exit }')
+    [[ -n $text && -n $addr ]] && ((16#$text == 16#$addr)) && applied=yes
+    printf 'Code layout: %s of the %s functions in %s are in this binary; ' "$found" "$listed" "$list"
+    if [[ $applied == yes ]]; then echo "packed at the start of .text."; else echo "NOT applied (not a release build linked by LLD?)."; fi
+    ((found * 10 < listed * 9)) && echo "The list is stale: regenerate it with sudo scripts/symbol-order.sh."
+    return 0
+}
+
 # ------------------------------------ outside the mount namespace: set-up ----
 if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
     mkdir -p "$RAW" "$LOGS" "$OUTDIR/run" || exit 1
@@ -130,7 +152,8 @@ if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
             awk '/time:/ { print $4, $5; exit }')
         export HANDSHAKE_RATE CRITERION_RESPONDER
     fi
-    export AGENTNET BORINGTUN GOTATUN
+    CODE_LAYOUT=$(code_layout "$AGENTNET")
+    export AGENTNET BORINGTUN GOTATUN CODE_LAYOUT
     exec unshare --mount --propagation private env AGENTNET_BENCH_INNER=1 bash "$SELF" "$@"
 fi
 mount --bind "$OUTDIR/run" /run || fail "cannot bind-mount $OUTDIR/run over /run"
@@ -639,6 +662,7 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
         printf -v list '%s; ' "${SKIPPED[@]}"
         echo "Skipped, not installed (scripts/bench.sh --install-peers): ${list%; }."
     fi
+    [[ -n ${CODE_LAYOUT:-} ]] && echo "$CODE_LAYOUT"
     echo "$(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1)."
 } | tee "$OUTDIR/table.md"
 log "results: $OUTDIR/table.md (raw: $RAW, logs: $LOGS)"
