@@ -53,7 +53,8 @@
 #          PEERS="wggo boringtun gotatun nebula fastd" (a subset, or "")
 #          RELAY=1  USERSPACE=1  HANDSHAKES=1 (0: leave those out)
 #          HS_IDENTITIES=1024 (up to 1024)  HS_SECONDS=5
-#          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet)
+#          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet,
+#          copied to $OUTDIR/agentnet)
 #          CARGO_ROOT=/tmp/agentnet-bench/cargo-root  BORINGTUN=  GOTATUN=
 #          OUTDIR=/tmp/agentnet-bench/<timestamp>
 # Output:  the markdown table (also $OUTDIR/table.md), run.log, raw/
@@ -138,7 +139,11 @@ if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
         log "building the release binary"
         cargo build --release --bin agentnet >"$LOGS/build.log" 2>&1 ||
             { tail -20 "$LOGS/build.log"; fail "cargo build --release"; }
-        AGENTNET=$PWD/target/release/agentnet
+        # A copy: `cargo bench` below rebuilds target/release/agentnet (with
+        # the dev-dependency's `sim` feature, under the bench profile), and
+        # that is not the binary users build.
+        cp target/release/agentnet "$OUTDIR/agentnet" || fail "cannot copy the release binary"
+        AGENTNET=$OUTDIR/agentnet
     fi
     if [[ $HANDSHAKES == 1 ]]; then
         log "building examples/handshake_rate and the criterion handshake bench"
