@@ -75,13 +75,12 @@ source scripts/lab.sh
 # shellcheck source=scripts/bench/peers.sh
 source scripts/bench/peers.sh
 
-usage() { sed -n '3,/^# ====/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; }
 INSTALL_PEERS=0
 for arg; do
     case $arg in
         --install-peers) INSTALL_PEERS=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "bench: unknown argument $arg" >&2; usage >&2; exit 2 ;;
+        -h | --help) lab_usage; exit 0 ;;
+        *) echo "bench: unknown argument $arg" >&2; lab_usage >&2; exit 2 ;;
     esac
 done
 
@@ -172,9 +171,7 @@ lab_init "anb-$$"
 trap 'lab_cleanup' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-lab_ns a || fail "cannot create namespace a"; NS_A=$LAB_LAST_NS
-lab_ns b || fail "cannot create namespace b"; NS_B=$LAB_LAST_NS
-lab_veth "$NS_A" "$NS_B" "$IP_A/24" "$IP_B/24" 1500 || fail "cannot create the veth pair"
+lab_pair "$IP_A/24" "$IP_B/24" || fail "cannot create the namespaces and their veth pair"
 wait_for 5 ip netns exec "$NS_A" ping -c1 -W1 "$IP_B" || fail "veth does not pass a ping"
 
 # ------------------------------------------------------------- measuring ----

@@ -4,6 +4,9 @@
 #
 # As a library (`source scripts/lab.sh`, used by scripts/bench.sh):
 #   lab_init PREFIX          start a lab; namespaces are PREFIX-<role>
+#   lab_usage / lab_no_args NAME "$@"   a script's usage (its header comment);
+#                            refuse any argument but -h/--help
+#   lab_pair IP_A/LEN IP_B/LEN   namespaces a and b on one veth pair: NS_A, NS_B
 #   lab_ns ROLE              create namespace PREFIX-ROLE (lo up); name in LAB_LAST_NS
 #   lab_veth NS1 NS2 IP1/LEN IP2/LEN [MTU]   veth pair, eth0 on both sides
 #   lab_segment SUBNET ROLE...   bridge in PREFIX-sw + one host per role,
@@ -35,6 +38,29 @@ LAB_LAST_PID=
 LAB_LAST_NS=
 
 lab_init() { LAB_PREFIX=$1; LAB_NAMESPACES=(); LAB_TRACKED=(); LAB_NS=(); }
+
+# A script's usage is its header comment, from line 3 to the closing rule.
+lab_usage() { sed -n '3,/^# ====/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; }
+
+# lab_no_args NAME ARG... : for scripts that take no arguments: -h/--help
+# prints the usage, anything else is refused.
+lab_no_args() {
+    local name=$1 arg; shift
+    for arg; do
+        case $arg in
+            -h | --help) lab_usage; exit 0 ;;
+            *) echo "$name: unknown argument $arg" >&2; lab_usage >&2; exit 2 ;;
+        esac
+    done
+}
+
+# lab_pair IP_A/LEN IP_B/LEN : namespaces PREFIX-a and PREFIX-b (in NS_A and
+# NS_B) joined by a veth pair, eth0 on both sides. Not for $(...).
+lab_pair() {
+    lab_ns a || return 1; NS_A=$LAB_LAST_NS
+    lab_ns b || return 1; NS_B=$LAB_LAST_NS
+    lab_veth "$NS_A" "$NS_B" "$1" "$2" 1500
+}
 
 # Not meant for $(...): the namespace must be recorded in this shell.
 lab_ns() {

@@ -53,13 +53,7 @@ cd "$(dirname "$SELF")/.." || exit 1
 # shellcheck source=scripts/lab.sh
 source scripts/lab.sh
 
-usage() { sed -n '3,/^# ====/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; }
-for arg; do
-    case $arg in
-        -h | --help) usage; exit 0 ;;
-        *) echo "scale: unknown argument $arg" >&2; usage >&2; exit 2 ;;
-    esac
-done
+lab_no_args scale "$@"
 
 N=${N:-50}
 ORDER=${ORDER:-random}

@@ -36,13 +36,7 @@ cd "$(dirname "$SELF")/.." || exit 1
 # shellcheck source=scripts/lab.sh
 source scripts/lab.sh
 
-usage() { sed -n '3,/^# ====/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; }
-for arg; do
-    case $arg in
-        -h | --help) usage; exit 0 ;;
-        *) echo "symbol-order: unknown argument $arg" >&2; usage >&2; exit 2 ;;
-    esac
-done
+lab_no_args symbol-order "$@"
 
 OUT=${OUT:-platform/linker/agentnet.symbol-order}
 IP_A=10.213.0.1 IP_B=10.213.0.2 PORT=7500 IPERF_PORT=5203
@@ -68,9 +62,7 @@ lab_init "ans-$$"
 trap 'lab_cleanup; rm -rf "$WORK"' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-lab_ns a || fail "cannot create namespace a"; NS_A=$LAB_LAST_NS
-lab_ns b || fail "cannot create namespace b"; NS_B=$LAB_LAST_NS
-lab_veth "$NS_A" "$NS_B" "$IP_A/24" "$IP_B/24" 1500 || fail "cannot create the veth pair"
+lab_pair "$IP_A/24" "$IP_B/24" || fail "cannot create the namespaces and their veth pair"
 
 an() { local dir=$WORK/$1; shift; "$BIN" --state-dir "$dir" "$@"; }
 for side in a b; do
