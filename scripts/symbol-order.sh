@@ -3,11 +3,17 @@
 # scripts/symbol-order.sh — regenerate platform/linker/agentnet.symbol-order,
 # the list of functions the linker packs together in release builds (as root).
 #
-# Two agents in two network namespaces joined by a veth pair, both daemons
-# run under valgrind's callgrind for their whole life: start, handshake, 100
-# pings over IPv6 and 100 over IPv4, an iperf3 TCP stream each way (IPv6 and
-# IPv4), `agentnet ping`, `status` queries, SIGTERM. Every function of the binary
-# that either daemon executed is listed, the most instructions first, and
+# Daemons in network namespaces run under valgrind's callgrind for their
+# whole life (start, handshake, traffic, queries, SIGTERM), in three setups:
+#   direct    two TUN agents on a veth pair: 100 pings over IPv6 and 100
+#             over IPv4, iperf3 TCP both ways over each, `agentnet ping`,
+#             `status`
+#   relay     the direct path blocked (nftables): two agents and the
+#             rendezvous server that relays them; pings, iperf3 both ways
+#   rootless  an `up --userspace` agent as nobody with a --forward to a TUN
+#             agent's iperf3 server; pings, iperf3 both ways
+# The functions of the binary the direct setup executed are listed first,
+# the most instructions first, then what only the other two added, and
 # platform/linker/build.rs hands the list to the linker
 # (--symbol-ordering-file): the code a daemon runs then sits in ~2 MB at the
 # start of .text instead of spread over all of it, which is what keeps the
@@ -23,10 +29,10 @@
 # Env:     AGENTNET=<binary> (default: cargo build --release; profile that
 #          exact binary: its symbol names are the ones written)
 #          OUT=platform/linker/agentnet.symbol-order
-# Needs:   valgrind, iperf3, jq, ping, ip (scripts/test.sh installs all but
-#          valgrind: apt-get install valgrind)
+# Needs:   valgrind, iperf3, jq, ping, ip, nft, setpriv (scripts/test.sh
+#          installs all but valgrind: apt-get install valgrind)
 #
-# Traffic stays inside the two namespaces created here. On exit (trap), even
+# Traffic stays inside the namespaces created here. On exit (trap), even
 # on failure, only the processes started here are stopped, by PID, and the
 # namespaces are deleted.
 # =============================================================================
@@ -39,13 +45,13 @@ source scripts/lab.sh
 lab_no_args symbol-order "$@"
 
 OUT=${OUT:-platform/linker/agentnet.symbol-order}
-IP_A=10.213.0.1 IP_B=10.213.0.2 PORT=7500 IPERF_PORT=5203
+IP_A=10.213.0.1 IP_B=10.213.0.2 PORT=7500 IPERF_PORT=5203 RV_PORT=3479
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
 
 [[ $EUID -eq 0 ]] || { echo "symbol-order: must run as root" >&2; exit 1; }
 [[ -d $HOME/.cargo/bin && :$PATH: != *":$HOME/.cargo/bin:"* ]] && PATH=$HOME/.cargo/bin:$PATH
-for t in valgrind iperf3 jq ping ip awk; do
+for t in valgrind iperf3 jq ping ip awk nft setpriv; do
     command -v "$t" >/dev/null || fail "missing $t"
 done
 
@@ -58,59 +64,129 @@ BIN=$(realpath "$AGENTNET")
 [[ -x $BIN ]] || fail "no agentnet binary at $BIN"
 
 WORK=$(mktemp -d /tmp/agentnet-symbol-order.XXXXXX) || exit 1
+chmod 711 "$WORK" # the rootless agent runs as nobody
 lab_init "ans-$$"
 trap 'lab_cleanup; rm -rf "$WORK"' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-lab_pair "$IP_A/24" "$IP_B/24" || fail "cannot create the namespaces and their veth pair"
-
 an() { local dir=$WORK/$1; shift; "$BIN" --state-dir "$dir" "$@"; }
-for side in a b; do
-    mkdir "$WORK/$side" && an "$side" init --name "order-$side" >/dev/null || fail "agentnet init"
-done
-an a trust add "$(an b id --json | jq -r .id)" --name order-b >/dev/null || fail "trust add"
-an b trust add "$(an a id --json | jq -r .id)" --name order-a --endpoint "$IP_A:$PORT" >/dev/null ||
-    fail "trust add"
-ADDR_B=$(an b id --json | jq -r .address) ADDR4_B=$(an b id --json | jq -r .address4)
+as_nobody() { setpriv --reuid nobody --regid nogroup --clear-groups "$@"; }
+init_agent() { mkdir "$WORK/$1" && an "$1" init --name "order-$1" >/dev/null || fail "agentnet init $1"; }
+agent_id() { an "$1" id --json | jq -r ".${2:-id}"; }
 
-declare -A DAEMON=()
+# profiled NAME NS [as_nobody] CMD... : CMD under callgrind in NS (as nobody
+# with as_nobody), profile $WORK/callgrind.NAME
+declare -A PROFILED=()
+profiled() {
+    local name=$1 ns=$2 wrap=(); shift 2
+    if [[ $1 == as_nobody ]]; then
+        shift
+        wrap=(setpriv --reuid nobody --regid nogroup --clear-groups)
+        # callgrind, as nobody, cannot create files in $WORK
+        touch "$WORK/callgrind.$name" && chown nobody:nogroup "$WORK/callgrind.$name" || exit 1
+    fi
+    lab_bg "$WORK/daemon-$name.log" "$ns" "${wrap[@]}" valgrind --tool=callgrind --demangle=no \
+        --callgrind-out-file="$WORK/callgrind.$name" "$@"
+    PROFILED[$name]=$LAB_LAST_PID
+}
+# stop_profiled NAME... : SIGTERM; the daemons shut down and callgrind
+# writes each profile on exit.
+stop_profiled() {
+    local name
+    for name; do kill -TERM "${PROFILED[$name]}"; done
+    for name; do
+        for _ in $(seq 300); do lab_is_our_child "${PROFILED[$name]}" || break; sleep 0.1; done
+        lab_stop "${PROFILED[$name]}"
+        [[ -s $WORK/callgrind.$name ]] || fail "no callgrind profile of $name (see $WORK/daemon-$name.log)"
+    done
+}
+# iperf3_both_ways NS_SERVER NS_CLIENT TARGET : a server in NS_SERVER, then
+# a 3 s stream to TARGET and one back (-R).
+iperf3_both_ways() {
+    local server
+    lab_bg "$WORK/iperf3-server.log" "$1" iperf3 -s -p "$IPERF_PORT"
+    server=$LAB_LAST_PID
+    wait_for 5 ip netns exec "$1" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
+        fail "the iperf3 server did not start"
+    lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 &&
+        lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 -R ||
+        fail "iperf3 to $3 (see $WORK/iperf3.log)"
+    lab_stop "$server"
+}
+
+# --- 1. The direct path between two TUN agents: listed first.
+log "direct path: two daemons under callgrind (slow)"
+lab_pair "$IP_A/24" "$IP_B/24" || fail "cannot create the namespaces and their veth pair"
+init_agent a && init_agent b
+an a trust add "$(agent_id b)" --name order-b >/dev/null || fail "trust add"
+an b trust add "$(agent_id a)" --name order-a --endpoint "$IP_A:$PORT" >/dev/null || fail "trust add"
+ADDR_B=$(agent_id b address) ADDR4_B=$(agent_id b address4)
 for side in b a; do
     ns=NS_${side^^}
-    lab_bg "$WORK/daemon-$side.log" "${!ns}" valgrind --tool=callgrind --demangle=no \
-        --callgrind-out-file="$WORK/callgrind.$side" \
-        "$BIN" --state-dir "$WORK/$side" up --foreground --interface "ans-$side" --port "$PORT"
-    DAEMON[$side]=$LAB_LAST_PID
+    profiled "$side" "${!ns}" "$BIN" --state-dir "$WORK/$side" up --foreground --interface "ans-$side" --port "$PORT"
 done
-log "daemons under callgrind (slow): waiting for the first ping"
 wait_for 120 ip netns exec "$NS_A" ping -c1 -W1 "$ADDR_B" || fail "no ping A -> B (see $WORK/daemon-*.log)"
-
-log "pings over IPv6 and IPv4"
 ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR_B" >/dev/null || fail "IPv6 pings"
 ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR4_B" >/dev/null || fail "IPv4 pings"
-
-log "TCP streams both ways"
-lab_bg "$WORK/iperf3-server.log" "$NS_B" iperf3 -s -p "$IPERF_PORT"
-IPERF=$LAB_LAST_PID
-wait_for 5 ip netns exec "$NS_B" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
-    fail "the iperf3 server did not start"
-lab_run "$WORK/iperf3-1.log" "$WORK/iperf3-1.log" "$NS_A" iperf3 -c "$ADDR_B" -p "$IPERF_PORT" -t 3 ||
-    fail "iperf3 over IPv6"
-lab_run "$WORK/iperf3-2.log" "$WORK/iperf3-2.log" "$NS_A" iperf3 -c "$ADDR4_B" -p "$IPERF_PORT" -t 3 -R ||
-    fail "iperf3 over IPv4"
-lab_stop "$IPERF"
-
+iperf3_both_ways "$NS_B" "$NS_A" "$ADDR_B"
+iperf3_both_ways "$NS_B" "$NS_A" "$ADDR4_B"
 an a ping order-b --count 3 --interval 0.1 >/dev/null || fail "agentnet ping"
 for side in a b; do
     an "$side" status >/dev/null && an "$side" status --json >/dev/null || fail "status"
 done
+stop_profiled a b
 
-# SIGTERM: the daemons shut down, and callgrind writes its profile on exit.
-for side in a b; do kill -TERM "${DAEMON[$side]}"; done
-for side in a b; do
-    for _ in $(seq 300); do lab_is_our_child "${DAEMON[$side]}" || break; sleep 0.1; done
-    lab_stop "${DAEMON[$side]}"
-    [[ -s $WORK/callgrind.$side ]] || fail "no callgrind profile of daemon $side"
+# --- 2. Through a rendezvous relay (the direct path blocked by nftables),
+# the rendezvous server profiled too.
+log "relay path: two daemons and a rendezvous server under callgrind"
+lab_segment 10.214.0 ra rb rr || fail "cannot build the relay segment"
+printf '%s\n' "table ip ordercut {" \
+    "  chain input { type filter hook input priority filter; policy accept; ip saddr 10.214.0.2 drop; }" \
+    "  chain output { type filter hook output priority filter; policy accept; ip daddr 10.214.0.2 drop; }" \
+    "}" | ip netns exec "${LAB_NS[ra]}" nft -f - || fail "nft"
+mkdir "$WORK/rv" || exit 1
+profiled rv "${LAB_NS[rr]}" "$BIN" --state-dir "$WORK/rv" rendezvous --foreground \
+    --listen "10.214.0.3:$RV_PORT" --tcp-listen "10.214.0.3:$RV_PORT"
+wait_for 120 ip netns exec "${LAB_NS[rr]}" sh -c "ss -Hlun 'sport = :$RV_PORT' | grep -q ." ||
+    fail "the rendezvous did not start (see $WORK/daemon-rv.log)"
+RV_ID=$(agent_id rv)
+for side in ra rb; do
+    init_agent "$side"
+    profiled "$side" "${LAB_NS[$side]}" "$BIN" --state-dir "$WORK/$side" up --foreground \
+        --interface "ans-$side" --port "$PORT" --rendezvous "10.214.0.3:$RV_PORT=$RV_ID"
 done
+for side in ra rb; do wait_for 120 an "$side" status || fail "agent $side does not answer"; done
+an ra trust add "$(agent_id rb)" --name order-rb >/dev/null && an rb trust add "$(agent_id ra)" --name order-ra >/dev/null ||
+    fail "trust add"
+ADDR_RB=$(agent_id rb address)
+wait_for 120 ip netns exec "${LAB_NS[ra]}" ping -c1 -W1 "$ADDR_RB" || fail "no ping through the relay"
+ip netns exec "${LAB_NS[ra]}" ping -q -n -c 50 -i 0.02 "$ADDR_RB" >/dev/null || fail "pings through the relay"
+iperf3_both_ways "${LAB_NS[rb]}" "${LAB_NS[ra]}" "$ADDR_RB"
+an ra status >/dev/null || fail "status"
+stop_profiled ra rb rv
+
+# --- 3. Rootless: an agent in `up --userspace` as nobody (smoltcp) with a
+# --forward to a TUN agent's iperf3 server.
+log "rootless: a --userspace agent (as nobody) and a TUN agent under callgrind"
+lab_ns ut && NS_UT=$LAB_LAST_NS && lab_ns uu && NS_UU=$LAB_LAST_NS &&
+    lab_veth "$NS_UT" "$NS_UU" 10.215.0.1/24 10.215.0.2/24 1500 || fail "cannot create the rootless pair"
+init_agent ut
+mkdir "$WORK/uu" && chown nobody:nogroup "$WORK/uu" &&
+    as_nobody "$BIN" --state-dir "$WORK/uu" init --name order-uu >/dev/null || fail "agentnet init uu"
+ID_UU=$(as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
+ADDR_UU=$(as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
+profiled uu "$NS_UU" as_nobody "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
+    --forward "127.0.0.1:$IPERF_PORT:order-ut:$IPERF_PORT"
+profiled ut "$NS_UT" "$BIN" --state-dir "$WORK/ut" up --foreground --interface ans-ut --port "$PORT"
+wait_for 120 an ut status || fail "the TUN agent does not answer"
+wait_for 120 as_nobody "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
+an ut trust add "$ID_UU" --name order-uu >/dev/null &&
+    as_nobody "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
+        --endpoint "10.215.0.1:$PORT" >/dev/null || fail "trust add"
+wait_for 120 ip netns exec "$NS_UT" ping -c1 -W1 "$ADDR_UU" || fail "no ping to the rootless agent"
+ip netns exec "$NS_UT" ping -q -n -c 50 -i 0.02 "$ADDR_UU" >/dev/null || fail "pings to the rootless agent"
+iperf3_both_ways "$NS_UT" "$NS_UU" 127.0.0.1
+stop_profiled uu ut
 
 # Self cost per function of the binary, both daemons summed. Callgrind
 # compresses names: "fn=(12) name" defines 12, "fn=(12)" refers to it; the
@@ -137,12 +213,21 @@ profile_costs() {
     ' "$@"
 }
 
+# The direct path's functions by cost, then what only the relay and rootless
+# runs executed, by cost.
+rank() { profile_costs "$@" | sort -k1,1nr -k2 | awk '!seen[$2]++ { print $2 }'; }
+rank "$WORK/callgrind.a" "$WORK/callgrind.b" >"$WORK/direct.txt" || fail "reading the profiles"
+rank "$WORK"/callgrind.r[abv] "$WORK"/callgrind.u[tu] >"$WORK/more.txt" || fail "reading the profiles"
 {
-    echo "# Functions two agentnet daemons executed over a whole life, most instructions"
-    echo "# first: the linker packs them together (platform/linker/build.rs)."
+    echo "# Functions agentnet daemons executed over a whole life, most instructions first:"
+    echo "# the direct path between two TUN agents, then what only the relay path (with the"
+    echo "# rendezvous server) and rootless mode added. The linker packs them together"
+    echo "# (platform/linker/build.rs)."
     echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
         "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
-    profile_costs "$WORK/callgrind.a" "$WORK/callgrind.b" | sort -k1,1nr -k2 | awk '!seen[$2]++ { print $2 }'
+    cat "$WORK/direct.txt"
+    awk 'NR == FNR { listed[$0] = 1; next } !listed[$0]' "$WORK/direct.txt" "$WORK/more.txt"
 } >"$OUT.tmp" || fail "writing $OUT"
 mv "$OUT.tmp" "$OUT"
-log "wrote $OUT: $(grep -vc '^#' "$OUT") functions"
+log "wrote $OUT: $(wc -l <"$WORK/direct.txt") functions of the direct path," \
+    "$(($(grep -vc '^#' "$OUT") - $(wc -l <"$WORK/direct.txt"))) more from the relay and rootless runs"
