@@ -25,7 +25,9 @@
 # CPU (taskset: each crossing's CPU work without waiting for an idle vCPU
 # to wake), and while one iperf3 TCP stream runs (latency under load);
 # tunnel CPU-seconds per GB (utime+stime of both daemons during the iperf3
-# runs / GB received); peak RSS (VmHWM) of each daemon;
+# runs / GB received); peak RSS (VmHWM) of each daemon, each binary dropped
+# from the page cache and read back before it starts (as after a boot: how
+# a file entered the cache changes how much of it fault-around maps);
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
 #
@@ -470,6 +472,7 @@ relay_bench() {
         "  chain output { type filter hook output priority filter; policy accept; ip daddr $ip_rb drop; }" \
         "}" | ip netns exec "$ns_ra" nft -f - || { row_failed relay "nft failed"; return; }
     mkdir "$WORK/rv" || { row_failed relay "state directory"; return; }
+    from_storage "$BIN"
     lab_bg "$LOGS/rendezvous.log" "$ns_rr" "$BIN" --state-dir "$WORK/rv" rendezvous --foreground \
         --listen "$ip_rr:$RV_PORT" --tcp-listen "$ip_rr:$RV_PORT"
     rv_pid=$LAB_LAST_PID
@@ -551,6 +554,7 @@ userspace_bench() {
     id_u=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
     addr_u=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
     DAEMONS=()
+    from_storage "$BIN"
     lab_bg "$LOGS/agentnet-uu.log" "$ns_u" setpriv --reuid nobody --regid nogroup --clear-groups \
         "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
         --forward "127.0.0.1:$IPERF_PORT:bench-t:$IPERF_PORT"
