@@ -97,7 +97,8 @@ from_storage() {
 start_daemon() {
     local p=$1 side=$2; shift 2
     side_vars "$side"
-    from_storage "$1"
+    # Before A only: B starts from the same binary, within the connect time.
+    [[ $side == a ]] && from_storage "$1"
     lab_bg "$LOGS/$p-$side.log" "$NS" "$@"
     DAEMONS+=("$LAB_LAST_PID")
 }
