@@ -218,6 +218,7 @@ profile_costs() {
 rank() { profile_costs "$@" | sort -k1,1nr -k2 | awk '!seen[$2]++ { print $2 }'; }
 rank "$WORK/callgrind.a" "$WORK/callgrind.b" >"$WORK/direct.txt" || fail "reading the profiles"
 rank "$WORK"/callgrind.r[abv] "$WORK"/callgrind.u[tu] >"$WORK/more.txt" || fail "reading the profiles"
+[[ -s $WORK/direct.txt ]] || fail "the profiles name no function of $BIN"
 {
     echo "# Functions agentnet daemons executed over a whole life, most instructions first:"
     echo "# the direct path between two TUN agents, then what only the relay path (with the"
