@@ -2,14 +2,16 @@
 //! runs sits together.
 //!
 //! `agentnet.symbol-order` (written by `scripts/symbol-order.sh`) lists the
-//! functions a pair of daemons executed over a whole life (start, handshake,
-//! pings, TCP streams, status queries, shutdown), hottest first. Given to
-//! the linker as a symbol ordering file, those ~1.8 MB of code are packed at
-//! the start of `.text` instead of spread over its ~10 MB. The kernel maps
-//! file pages 64 KiB at a time around each page a process touches
+//! functions daemons executed over a whole life (start, handshake, pings,
+//! TCP streams, status queries, shutdown), hottest first: the direct path's
+//! first, then what the relay path and rootless mode add. Given to the
+//! linker as a symbol ordering file, those ~2 MB of code are packed at the
+//! start of `.text` instead of spread over its ~10 MB. The kernel maps file
+//! pages 64 KiB at a time around each page a process touches
 //! (fault-around), so a spread-out working set made most of the text
-//! resident: ordered, a daemon's peak RSS falls by ~5 MiB (12.4 -> 8.0 MiB
-//! in the lab), and the hot path shares fewer pages and TLB entries.
+//! resident: ordered, a daemon's peak RSS falls by 5-6 MiB (14.1-14.9 ->
+//! 8.6-9.1 MiB in the lab), and the hot path shares fewer pages and TLB
+//! entries.
 //!
 //! Only where the linker is known to be LLD, which takes
 //! `--symbol-ordering-file`: release builds for x86_64-unknown-linux-gnu,
