@@ -117,13 +117,14 @@ fail() { log "FAILED: $*"; exit 1; }
 # has, and whether its linker applied the list: the first listed function
 # BIN has then starts .text.
 code_layout() {
-    local list=platform/linker/agentnet.symbol-order listed found first text addr applied=no
+    local list=platform/linker/agentnet.symbol-order symbols listed found first text addr applied=no
     [[ -f $list ]] && command -v nm >/dev/null && command -v readelf >/dev/null || return 0
+    symbols=$(nm --defined-only "$1" | awk '{ print $1, $3 }') # address name
     listed=$(grep -vc '^#' "$list")
-    found=$(comm -12 <(grep -v '^#' "$list" | sort -u) <(nm --defined-only "$1" | awk '{ print $3 }' | sort -u) | wc -l)
-    first=$(grep -v '^#' "$list" | grep -m1 -Fxf <(nm --defined-only "$1" | awk '{ print $3 }'))
+    found=$(comm -12 <(grep -v '^#' "$list" | sort -u) <(cut -d' ' -f2 <<<"$symbols" | sort -u) | wc -l)
+    first=$(grep -v '^#' "$list" | grep -m1 -Fxf <(cut -d' ' -f2 <<<"$symbols"))
     text=$(readelf -SW "$1" | sed -n 's/.*\] \.text  *PROGBITS  *\([0-9a-f]*\) .*/\1/p')
-    addr=$(nm --defined-only "$1" | awk -v n="$first" '$3 == n { print $1; exit }')
+    addr=$(awk -v n="$first" '$2 == n { print $1; exit }' <<<"$symbols")
     [[ -n $text && -n $addr ]] && ((16#$text == 16#$addr)) && applied=yes
     printf 'Code layout: %s of the %s functions in %s are in this binary; ' "$found" "$listed" "$list"
     if [[ $applied == yes ]]; then echo "packed at the start of .text."; else echo "NOT applied (not a release build linked by LLD?)."; fi
@@ -537,7 +538,6 @@ fi
 # measures the other direction ("TUN -> userspace"). RTT: T pings U's agent
 # address (answered by smoltcp). Tunnel CPU and RSS: both daemons (RSS shown
 # rootless / TUN). Connect: trust added -> first reply T -> U.
-us_as_nobody() { setpriv --reuid nobody --regid nogroup --clear-groups "$@"; }
 userspace_bench() {
     local ns_t ns_u t0 id_t id_u addr_u row args
     ROWS+=(usup) # usdown joins once usup is measured
@@ -548,14 +548,14 @@ userspace_bench() {
     mkdir "$WORK/ut" "$WORK/uu" && chown nobody:nogroup "$WORK/uu" && chmod 711 "$WORK" ||
         { row_failed usup "state directories"; return; }
     "$BIN" --state-dir "$WORK/ut" init --name bench-t >>"$LOGS/cli.log" 2>&1 &&
-        us_as_nobody "$BIN" --state-dir "$WORK/uu" init --name bench-u >>"$LOGS/cli.log" 2>&1 ||
+        "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" init --name bench-u >>"$LOGS/cli.log" 2>&1 ||
         { row_failed usup "init (logs/cli.log)"; return; }
     id_t=$("$BIN" --state-dir "$WORK/ut" id --json | jq -r .id)
-    id_u=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
-    addr_u=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
+    id_u=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
+    addr_u=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
     DAEMONS=()
     from_storage "$BIN"
-    lab_bg "$LOGS/agentnet-uu.log" "$ns_u" setpriv --reuid nobody --regid nogroup --clear-groups \
+    lab_bg "$LOGS/agentnet-uu.log" "$ns_u" "${LAB_NOBODY[@]}" \
         "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
         --forward "127.0.0.1:$IPERF_PORT:bench-t:$IPERF_PORT"
     DAEMONS+=("$LAB_LAST_PID")
@@ -568,12 +568,12 @@ userspace_bench() {
     # (the PID lock is taken before the socket is bound).
     wait_for 15 "$BIN" --state-dir "$WORK/ut" status ||
         { row_failed usup "the TUN agent does not answer (logs/agentnet-ut.log)"; return; }
-    wait_for 15 us_as_nobody "$BIN" --state-dir "$WORK/uu" status ||
+    wait_for 15 "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status ||
         { row_failed usup "the rootless agent does not answer (logs/agentnet-uu.log)"; return; }
     # T first, then U with T's endpoint: U's first handshake is answered.
     t0=$(now_ms)
     ip netns exec "$ns_t" "$BIN" --state-dir "$WORK/ut" trust add "$id_u" --name bench-u >>"$LOGS/cli.log" 2>&1 &&
-        ip netns exec "$ns_u" setpriv --reuid nobody --regid nogroup --clear-groups \
+        ip netns exec "$ns_u" "${LAB_NOBODY[@]}" \
             "$BIN" --state-dir "$WORK/uu" trust add "$id_t" --name bench-t --endpoint "10.214.0.1:$PORT" \
             >>"$LOGS/cli.log" 2>&1 || { row_failed usup "trust add (logs/cli.log)"; return; }
     first_reply "$ns_t" "$addr_u" || { row_failed usup "no ping T -> U within ${CONNECT_TIMEOUT}s"; return; }
@@ -583,7 +583,7 @@ userspace_bench() {
     iperf_server userspace "$ns_t"
     for row in usup usdown; do
         [[ $row == usdown ]] && ROWS+=(usdown)
-        R[$row.mtu]=$(us_as_nobody "$BIN" --state-dir "$WORK/uu" status --json 2>/dev/null | jq -r .mtu)
+        R[$row.mtu]=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status --json 2>/dev/null | jq -r .mtu)
         args=(); [[ $row == usdown ]] && args=(-R)
         measure_tcp "$row" "$ns_u" 127.0.0.1 "${args[@]}"
         measure_rtt_loaded "$row" "$ns_u" 127.0.0.1 "$ns_t" "$addr_u" "${args[@]}"

@@ -7,6 +7,7 @@
 #   lab_usage / lab_no_args NAME "$@"   a script's usage (its header comment);
 #                            refuse any argument but -h/--help
 #   lab_pair IP_A/LEN IP_B/LEN   namespaces a and b on one veth pair: NS_A, NS_B
+#   "${LAB_NOBODY[@]}" CMD...   CMD as nobody (setpriv)
 #   lab_ns ROLE              create namespace PREFIX-ROLE (lo up); name in LAB_LAST_NS
 #   lab_veth NS1 NS2 IP1/LEN IP2/LEN [MTU]   veth pair, eth0 on both sides
 #   lab_segment SUBNET ROLE...   bridge in PREFIX-sw + one host per role,
@@ -38,6 +39,10 @@ LAB_LAST_PID=
 LAB_LAST_NS=
 
 lab_init() { LAB_PREFIX=$1; LAB_NAMESPACES=(); LAB_TRACKED=(); LAB_NS=(); }
+
+# As nobody, without groups or capabilities: "${LAB_NOBODY[@]}" CMD... (an
+# array, so that it also goes after `ip netns exec` or lab_bg).
+LAB_NOBODY=(setpriv --reuid nobody --regid nogroup --clear-groups)
 
 # A script's usage is its header comment, from line 3 to the closing rule.
 lab_usage() { sed -n '3,/^# ====/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; }

@@ -70,18 +70,17 @@ trap 'lab_cleanup; rm -rf "$WORK"' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 an() { local dir=$WORK/$1; shift; "$BIN" --state-dir "$dir" "$@"; }
-as_nobody() { setpriv --reuid nobody --regid nogroup --clear-groups "$@"; }
 init_agent() { mkdir "$WORK/$1" && an "$1" init --name "order-$1" >/dev/null || fail "agentnet init $1"; }
 agent_id() { an "$1" id --json | jq -r ".${2:-id}"; }
 
-# profiled NAME NS [as_nobody] CMD... : CMD under callgrind in NS (as nobody
-# with as_nobody), profile $WORK/callgrind.NAME
+# profiled NAME NS [nobody] CMD... : CMD under callgrind in NS (as nobody
+# with `nobody`), profile $WORK/callgrind.NAME
 declare -A PROFILED=()
 profiled() {
     local name=$1 ns=$2 wrap=(); shift 2
-    if [[ $1 == as_nobody ]]; then
+    if [[ $1 == nobody ]]; then
         shift
-        wrap=(setpriv --reuid nobody --regid nogroup --clear-groups)
+        wrap=("${LAB_NOBODY[@]}")
         # callgrind, as nobody, cannot create files in $WORK
         touch "$WORK/callgrind.$name" && chown nobody:nogroup "$WORK/callgrind.$name" || exit 1
     fi
@@ -172,16 +171,16 @@ lab_ns ut && NS_UT=$LAB_LAST_NS && lab_ns uu && NS_UU=$LAB_LAST_NS &&
     lab_veth "$NS_UT" "$NS_UU" 10.215.0.1/24 10.215.0.2/24 1500 || fail "cannot create the rootless pair"
 init_agent ut
 mkdir "$WORK/uu" && chown nobody:nogroup "$WORK/uu" &&
-    as_nobody "$BIN" --state-dir "$WORK/uu" init --name order-uu >/dev/null || fail "agentnet init uu"
-ID_UU=$(as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
-ADDR_UU=$(as_nobody "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
-profiled uu "$NS_UU" as_nobody "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
+    "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" init --name order-uu >/dev/null || fail "agentnet init uu"
+ID_UU=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
+ADDR_UU=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
+profiled uu "$NS_UU" nobody "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
     --forward "127.0.0.1:$IPERF_PORT:order-ut:$IPERF_PORT"
 profiled ut "$NS_UT" "$BIN" --state-dir "$WORK/ut" up --foreground --interface ans-ut --port "$PORT"
 wait_for 120 an ut status || fail "the TUN agent does not answer"
-wait_for 120 as_nobody "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
+wait_for 120 "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
 an ut trust add "$ID_UU" --name order-uu >/dev/null &&
-    as_nobody "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
+    "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
         --endpoint "10.215.0.1:$PORT" >/dev/null || fail "trust add"
 wait_for 120 ip netns exec "$NS_UT" ping -c1 -W1 "$ADDR_UU" || fail "no ping to the rootless agent"
 ip netns exec "$NS_UT" ping -q -n -c 50 -i 0.02 "$ADDR_UU" >/dev/null || fail "pings to the rootless agent"
