@@ -3,11 +3,13 @@
 //! the handshake negotiates for them (`cipher`), TAI64N labels,
 //! mac1/mac2 (`mac`), cookies against handshake floods (`cookie`) and the
 //! node's static key with its precomputed secrets (`static_keys`), and the
-//! snow resolver that uses it with the core's seeded randomness (`resolver`).
+//! snow resolver that uses it with the core's seeded randomness and ring's
+//! ChaChaPoly (`resolver`, `handshake_aead`).
 
 pub mod cipher;
 pub mod cookie;
 pub mod handshake;
+pub mod handshake_aead;
 pub mod mac;
 pub mod replay;
 pub mod resolver;

@@ -1,13 +1,14 @@
 //! The snow resolver of every handshake: randomness from a seed the core
 //! chose (`core::rng`), so a simulation replays exactly; X25519 with the
-//! node's shortcuts ([`super::static_keys`]); snow's default primitives for
-//! the rest.
+//! node's shortcuts ([`super::static_keys`]); ChaChaPoly on ring
+//! ([`super::handshake_aead`]); snow's default BLAKE2s.
 
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
+use super::handshake_aead::RingChaChaPoly;
 use super::static_keys::{CachedDh25519, NoiseStatic};
 use crate::core::rng::CoreRng;
 
@@ -21,7 +22,7 @@ impl Random for SeededRandom {
 }
 
 /// A snow resolver whose randomness comes from a seed the core chose, with
-/// the default pure-Rust primitives for everything else; X25519 takes the
+/// ring's ChaChaPoly and snow's BLAKE2s; X25519 takes the
 /// node's shortcuts (its static public key and static-static secrets, see
 /// [`NoiseStatic`]) when given them.
 pub struct SeededResolver {
@@ -66,6 +67,9 @@ impl CryptoResolver for SeededResolver {
     }
 
     fn resolve_cipher(&self, choice: &snow::params::CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        match choice {
+            snow::params::CipherChoice::ChaChaPoly => Some(Box::new(RingChaChaPoly::default())),
+            other => DefaultResolver.resolve_cipher(other),
+        }
     }
 }
