@@ -10,11 +10,11 @@
 //! algorithm (RFC 8439) with the nonce Noise defines, so the bytes on the
 //! wire are identical: tested against snow's own below.
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use snow::types::Cipher;
 
-/// Noise's AEAD tag length.
-const TAG_LEN: usize = 16;
+use super::cipher::TransportCipher;
+use crate::core::wire::TAG_LEN;
 
 /// snow's `ChaChaPoly` primitive on ring.
 #[derive(Default)]
@@ -23,11 +23,9 @@ pub struct RingChaChaPoly {
     key: Option<LessSafeKey>,
 }
 
-/// Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
+/// Noise's ChaChaPoly nonce, as the transport builds it.
 fn noise_nonce(counter: u64) -> Nonce {
-    let mut bytes = [0u8; NONCE_LEN];
-    bytes[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(bytes)
+    super::session::nonce(TransportCipher::ChaCha20Poly1305, counter)
 }
 
 impl Cipher for RingChaChaPoly {

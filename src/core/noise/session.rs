@@ -86,8 +86,9 @@ impl std::fmt::Debug for Session {
 }
 
 /// Noise's nonce for `counter` under `cipher`: four zero bytes, then the
-/// counter little-endian (ChaChaPoly) or big-endian (AESGCM).
-fn nonce(cipher: TransportCipher, counter: u64) -> Nonce {
+/// counter little-endian (ChaChaPoly) or big-endian (AESGCM). The
+/// handshake's ChaChaPoly uses it too (`handshake_aead`).
+pub(super) fn nonce(cipher: TransportCipher, counter: u64) -> Nonce {
     let mut nonce = [0u8; 12];
     let counter = match cipher {
         TransportCipher::ChaCha20Poly1305 => counter.to_le_bytes(),
