@@ -18,6 +18,8 @@
 
 use std::fmt;
 
+use ring::aead::{NONCE_LEN, Nonce};
+
 /// The AEAD that protects a session's data packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportCipher {
@@ -29,6 +31,19 @@ pub enum TransportCipher {
 }
 
 impl TransportCipher {
+    /// Noise's nonce for `counter`: four zero bytes, then the counter
+    /// little-endian (ChaChaPoly) or big-endian (AESGCM). The transport's
+    /// and the handshake's (`handshake_aead`).
+    pub fn nonce(self, counter: u64) -> Nonce {
+        let counter = match self {
+            Self::ChaCha20Poly1305 => counter.to_le_bytes(),
+            Self::Aes256Gcm => counter.to_be_bytes(),
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[4..].copy_from_slice(&counter);
+        Nonce::assume_unique_for_key(nonce)
+    }
+
     /// Its byte in a handshake response.
     pub fn to_byte(self) -> u8 {
         match self {

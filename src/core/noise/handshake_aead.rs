@@ -25,7 +25,7 @@ pub struct RingChaChaPoly {
 
 /// Noise's ChaChaPoly nonce, as the transport builds it.
 fn noise_nonce(counter: u64) -> Nonce {
-    super::session::nonce(TransportCipher::ChaCha20Poly1305, counter)
+    TransportCipher::ChaCha20Poly1305.nonce(counter)
 }
 
 impl Cipher for RingChaChaPoly {

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::core::noise::cipher::TransportCipher;
@@ -83,19 +83,6 @@ impl std::fmt::Debug for Session {
             .field("sent", &self.next_send_counter)
             .finish_non_exhaustive()
     }
-}
-
-/// Noise's nonce for `counter` under `cipher`: four zero bytes, then the
-/// counter little-endian (ChaChaPoly) or big-endian (AESGCM). The
-/// handshake's ChaChaPoly uses it too (`handshake_aead`).
-pub(super) fn nonce(cipher: TransportCipher, counter: u64) -> Nonce {
-    let mut nonce = [0u8; 12];
-    let counter = match cipher {
-        TransportCipher::ChaCha20Poly1305 => counter.to_le_bytes(),
-        TransportCipher::Aes256Gcm => counter.to_be_bytes(),
-    };
-    nonce[4..].copy_from_slice(&counter);
-    Nonce::assume_unique_for_key(nonce)
 }
 
 fn expand(cipher: TransportCipher, bytes: &[u8; 32]) -> LessSafeKey {
@@ -237,7 +224,7 @@ impl Session {
         wire::write_data_header(&mut out[start..], self.remote_index, counter);
         out.extend_from_slice(payload);
         let body = &mut out[start + DATA_HEADER_LEN..];
-        let nonce = nonce(self.sealing.cipher, counter);
+        let nonce = self.sealing.cipher.nonce(counter);
         let tag = self
             .sealing
             .with(now, |key| {
@@ -275,7 +262,7 @@ impl Session {
         if ciphertext.len() < TAG_LEN {
             return Err(SessionError::Decrypt);
         }
-        let nonce = nonce(self.opening.cipher, counter);
+        let nonce = self.opening.cipher.nonce(counter);
         let payload_len = self
             .opening
             .with(now, |key| {
