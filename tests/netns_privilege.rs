@@ -109,6 +109,12 @@ fn daemon_runs_as_the_given_user_without_capabilities_and_keeps_working() {
     );
     let trust = std::fs::read_to_string(a.state_dir().join("trust.toml")).expect("trust.toml");
     assert!(trust.contains(&id_b.id), "{trust}");
+    // The user database was asked in a child process: no NSS module (such
+    // as libnss_systemd, where `files` has no `agentnet` group) stays
+    // loaded in the daemon after the start, a session and control requests.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let modules: Vec<&str> = maps.lines().filter(|l| l.contains("libnss_")).collect();
+    assert!(modules.is_empty(), "NSS modules in the daemon: {modules:?}");
     let owner = std::os::unix::fs::MetadataExt::uid(
         &std::fs::metadata(a.state_dir().join("trust.toml")).expect("meta"),
     );

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::stat::Mode;
+use nix::unistd::Gid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,15 +38,20 @@ pub(crate) struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds the socket (replacing a stale socket file nobody answers on) and
+    /// Binds the socket (replacing a stale socket file nobody answers on),
+    /// gives it to the `agentnet` group (`control_gid`, if it exists) and
     /// starts accepting. Returns the server and the queue of requests.
-    pub(crate) fn bind(path: &Path) -> io::Result<(Self, mpsc::Receiver<ControlRequest>)> {
+    pub(crate) fn bind(
+        path: &Path,
+        control_gid: Option<Gid>,
+    ) -> io::Result<(Self, mpsc::Receiver<ControlRequest>)> {
         remove_stale_socket(path)?;
         let listener = bind_with_mode(path)?;
-        super::privilege::share_socket_with_group(path);
+        super::privilege::share_socket_with_group(path, control_gid);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, requests, shutdown_rx));
+        let control_gid = control_gid.map(Gid::as_raw);
+        let task = tokio::spawn(accept_loop(listener, requests, shutdown_rx, control_gid));
         let server = Self {
             path: path.to_path_buf(),
             shutdown,
@@ -95,13 +101,20 @@ async fn accept_loop(
     listener: UnixListener,
     requests: mpsc::Sender<ControlRequest>,
     mut shutdown: watch::Receiver<bool>,
+    control_gid: Option<u32>,
 ) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, requests.clone(), shutdown.clone()));
+                    let access = ControlAccess::of_stream(&stream, control_gid);
+                    connections.spawn(serve_connection(
+                        stream,
+                        access,
+                        requests.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -118,13 +131,14 @@ async fn accept_loop(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
+/// Serves one client; `access` (who may change the agent) was decided
+/// once, from its credentials.
 async fn serve_connection(
     stream: UnixStream,
+    access: ControlAccess,
     requests: mpsc::Sender<ControlRequest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Who may change the agent: decided once, from the peer's credentials.
-    let access = ControlAccess::of_stream(&stream);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {

@@ -20,6 +20,7 @@ mod ping;
 pub mod privilege;
 mod tcp_gro;
 mod tun_batch;
+mod user_database;
 
 use std::io;
 use std::path::PathBuf;
@@ -245,12 +246,11 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 None => None,
             };
             // Last: once the socket answers, the interface is ready.
-            let (server, requests) = ControlServer::bind(&options.socket).map_err(|source| {
-                DaemonError::ControlSocket {
+            let (server, requests) = ControlServer::bind(&options.socket, privileges.control_gid())
+                .map_err(|source| DaemonError::ControlSocket {
                     socket: options.socket.clone(),
                     source,
-                }
-            })?;
+                })?;
             let mut daemon =
                 Daemon::new(options.clone(), config, node, device, mtu, underlay, links);
             // Served ports below 1024 need root: bound before the drop.

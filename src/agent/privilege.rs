@@ -46,8 +46,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
 
+use super::user_database::{self, Answers, UserRecord};
 use crate::control::Request;
 use crate::state::{CONFIG_FILE, IDENTITY_FILE, StateDir, TRUST_FILE};
 use crate::sys::capabilities::{self, CAP_NET_ADMIN, CapabilitySets, bit};
@@ -182,11 +183,24 @@ struct TargetUser {
     groups: Vec<Gid>,
 }
 
+impl From<UserRecord> for TargetUser {
+    fn from(user: UserRecord) -> Self {
+        Self {
+            name: user.name,
+            uid: Uid::from_raw(user.uid),
+            gid: Gid::from_raw(user.gid),
+            groups: user.groups.into_iter().map(Gid::from_raw).collect(),
+        }
+    }
+}
+
 /// The decision, taken before anything is created, about which user the
 /// daemon runs as once it is set up. See the module docs.
 #[derive(Debug, Clone)]
 pub struct PrivilegeDrop {
     target: Option<TargetUser>,
+    /// The [`CONTROL_GROUP`] group's ID, if the group existed at the start.
+    control_gid: Option<Gid>,
 }
 
 impl PrivilegeDrop {
@@ -194,13 +208,34 @@ impl PrivilegeDrop {
     /// `0` keeps a root daemon root.
     pub fn choose(requested: Option<&str>) -> Result<Self, PrivilegeError> {
         let euid = nix::unistd::geteuid();
-        let stay = Self { target: None };
+        // One question to the user database for the whole start (see
+        // `user_database`): the user to become and the control group.
+        let asked = requested.or(euid.is_root().then_some(DAEMON_USER));
+        let answers = Answers::ask(asked, CONTROL_GROUP);
+        let control_gid = answers.control_gid.map(Gid::from_raw);
+        let found = |name: &str| {
+            answers
+                .user
+                .clone()
+                .map(|user| user.map(TargetUser::from))
+                .map_err(|code| PrivilegeError::Lookup {
+                    user: name.to_string(),
+                    source: Answers::errno(code),
+                })
+        };
+        let stay = Self {
+            target: None,
+            control_gid,
+        };
         let Some(name) = requested else {
             if !euid.is_root() {
                 return Ok(stay);
             }
-            return match lookup_user(DAEMON_USER)? {
-                Some(user) if !user.uid.is_root() => Ok(Self { target: Some(user) }),
+            return match found(DAEMON_USER)? {
+                Some(user) if !user.uid.is_root() => Ok(Self {
+                    target: Some(user),
+                    control_gid,
+                }),
                 _ => {
                     tracing::info!(
                         "no user `{DAEMON_USER}` on this host: the daemon keeps running as root \
@@ -211,7 +246,7 @@ impl PrivilegeDrop {
                 }
             };
         };
-        let user = lookup_user(name)?.ok_or_else(|| PrivilegeError::UnknownUser(name.into()))?;
+        let user = found(name)?.ok_or_else(|| PrivilegeError::UnknownUser(name.into()))?;
         if user.uid == euid {
             return Ok(stay);
         }
@@ -225,7 +260,16 @@ impl PrivilegeDrop {
             tracing::info!("--user {name}: the daemon keeps running as root");
             return Ok(stay);
         }
-        Ok(Self { target: Some(user) })
+        Ok(Self {
+            target: Some(user),
+            control_gid,
+        })
+    }
+
+    /// The [`CONTROL_GROUP`] group's ID, if the group existed when the
+    /// daemon started.
+    pub(crate) fn control_gid(&self) -> Option<Gid> {
+        self.control_gid
     }
 
     /// Whether the daemon will switch to another user.
@@ -249,55 +293,25 @@ impl PrivilegeDrop {
         } else {
             0
         };
+        let control_gid = self.control_gid;
         match self.target {
-            Some(target) => switch_user(&target, state, socket, keep),
+            Some(target) => switch_user(&target, state, socket, control_gid, keep),
             None if !nix::unistd::geteuid().is_root() => {
                 trim_capabilities(keep);
                 Ok(())
             }
             // Root without a user to become: still no capability beyond
             // CAP_NET_ADMIN (the TUN's knobs, `resolvectl`).
-            None => stay_root_with(state, socket, keep | bit(CAP_NET_ADMIN)),
+            None => stay_root_with(state, socket, control_gid, keep | bit(CAP_NET_ADMIN)),
         }
     }
-}
-
-fn lookup_user(name: &str) -> Result<Option<TargetUser>, PrivilegeError> {
-    let lookup = |source| PrivilegeError::Lookup {
-        user: name.to_string(),
-        source,
-    };
-    let user = match name.parse::<u32>() {
-        Ok(uid) => User::from_uid(Uid::from_raw(uid)).map_err(lookup)?,
-        Err(_) => User::from_name(name).map_err(lookup)?,
-    };
-    let Some(user) = user else {
-        return Ok(None);
-    };
-    let groups = std::ffi::CString::new(user.name.clone())
-        .ok()
-        .and_then(|cname| nix::unistd::getgrouplist(&cname, user.gid).ok())
-        .unwrap_or_else(|| vec![user.gid]);
-    Ok(Some(TargetUser {
-        name: user.name,
-        uid: user.uid,
-        gid: user.gid,
-        groups,
-    }))
-}
-
-/// The `agentnet` group's ID, if the group exists.
-fn control_gid() -> Option<Gid> {
-    Group::from_name(CONTROL_GROUP)
-        .ok()
-        .flatten()
-        .map(|group| group.gid)
 }
 
 fn switch_user(
     target: &TargetUser,
     state: &StateDir,
     socket: &Path,
+    control_gid: Option<Gid>,
     keep: u64,
 ) -> Result<(), PrivilegeError> {
     let failed = |step: &'static str| {
@@ -305,7 +319,8 @@ fn switch_user(
         move |source: io::Error| PrivilegeError::Drop { user, step, source }
     };
     let errno = |errno: nix::errno::Errno| io::Error::from(errno);
-    hand_over_state(target, state, socket).map_err(failed("hand over the state directory"))?;
+    hand_over_state(target, state, socket, control_gid)
+        .map_err(failed("hand over the state directory"))?;
     let threads = fs::read_dir("/proc/self/task").map_or(1, Iterator::count);
     if threads > 1 {
         // set*id reach every thread (glibc), capset only this one: the
@@ -392,7 +407,12 @@ fn shrink_bounding_set(keep: u64) -> io::Result<()> {
 /// `CAP_DAC_OVERRIDE` could not write in it otherwise), then keeps only
 /// `keep` in every capability set, bounding set included, and sets
 /// no_new_privs. A capability still held afterwards stops the start.
-fn stay_root_with(state: &StateDir, socket: &Path, keep: u64) -> Result<(), PrivilegeError> {
+fn stay_root_with(
+    state: &StateDir,
+    socket: &Path,
+    control_gid: Option<Gid>,
+    keep: u64,
+) -> Result<(), PrivilegeError> {
     let failed = |step: &'static str| {
         move |source: io::Error| PrivilegeError::Drop {
             user: "root".into(),
@@ -407,7 +427,8 @@ fn stay_root_with(state: &StateDir, socket: &Path, keep: u64) -> Result<(), Priv
         groups: Vec::new(),
     };
     if state.root().join(IDENTITY_FILE).is_file() {
-        hand_over_state(&root, state, socket).map_err(failed("take the state directory back"))?;
+        hand_over_state(&root, state, socket, control_gid)
+            .map_err(failed("take the state directory back"))?;
     }
     shrink_bounding_set(keep).map_err(failed("shrink the bounding set"))?;
     capabilities::clear_ambient().map_err(failed("clear the ambient set"))?;
@@ -438,7 +459,12 @@ fn stay_root_with(state: &StateDir, socket: &Path, keep: u64) -> Result<(), Priv
 /// user, so the daemon can still write its state, and the control socket to
 /// its group (`agentnet` if it exists). Only plain files and sockets:
 /// symbolic links and subdirectories are left alone.
-fn hand_over_state(target: &TargetUser, state: &StateDir, socket: &Path) -> io::Result<()> {
+fn hand_over_state(
+    target: &TargetUser,
+    state: &StateDir,
+    socket: &Path,
+    control_gid: Option<Gid>,
+) -> io::Result<()> {
     let (uid, gid) = (Some(target.uid.as_raw()), Some(target.gid.as_raw()));
     let root = state.root();
     // A directory without a key is not a state directory: touch nothing.
@@ -461,7 +487,7 @@ fn hand_over_state(target: &TargetUser, state: &StateDir, socket: &Path) -> io::
     // The socket keeps its owner (root): root reaches it even without
     // CAP_DAC_OVERRIDE (a container's `kubectl exec`), the daemon through
     // the group.
-    let socket_gid = control_gid().map_or(gid, |g| Some(g.as_raw()));
+    let socket_gid = control_gid.map_or(gid, |g| Some(g.as_raw()));
     std::os::unix::fs::lchown(socket, None, socket_gid)?;
     Ok(())
 }
@@ -503,10 +529,10 @@ fn describe(set: u64) -> &'static str {
     }
 }
 
-/// Makes the control socket's group `agentnet` (if the group exists), so
-/// that its members can connect (mode 0660). Best effort.
-pub(crate) fn share_socket_with_group(socket: &Path) {
-    let Some(gid) = control_gid() else {
+/// Makes the control socket's group `agentnet` (`control_gid`, if the
+/// group exists), so that its members can connect (mode 0660). Best effort.
+pub(crate) fn share_socket_with_group(socket: &Path, control_gid: Option<Gid>) {
+    let Some(gid) = control_gid else {
         return;
     };
     if let Err(error) = std::os::unix::fs::lchown(socket, None, Some(gid.as_raw())) {
@@ -554,24 +580,21 @@ impl ControlAccess {
         }
     }
 
-    /// The access of the client at the other end of `stream`. Credentials
-    /// that cannot be read give read-only access (fail closed).
-    pub(crate) fn of_stream(stream: &tokio::net::UnixStream) -> Self {
+    /// The access of the client at the other end of `stream`, `control_gid`
+    /// being the `agentnet` group's ID. Credentials that cannot be read give
+    /// read-only access (fail closed).
+    pub(crate) fn of_stream(stream: &tokio::net::UnixStream, control_gid: Option<u32>) -> Self {
         let Ok(cred) = stream.peer_cred() else {
             return ControlAccess::ReadOnly { uid: u32::MAX };
         };
         let groups = capabilities::peer_groups(stream.as_fd())
-            .unwrap_or_else(|_| configured_groups(cred.uid(), cred.gid()));
+            .unwrap_or_else(|_| user_database::configured_groups(cred.uid(), cred.gid()));
         let peer = PeerCredentials {
             uid: cred.uid(),
             gid: cred.gid(),
             groups,
         };
-        Self::decide(
-            &peer,
-            nix::unistd::geteuid().as_raw(),
-            control_gid().map(Gid::as_raw),
-        )
+        Self::decide(&peer, nix::unistd::geteuid().as_raw(), control_gid)
     }
 
     /// Whether this client may make `request`; the error is the answer.
@@ -594,17 +617,6 @@ impl ControlAccess {
             }
         }
     }
-}
-
-/// The groups the user database gives `uid` (when the kernel cannot say).
-fn configured_groups(uid: u32, gid: u32) -> Vec<u32> {
-    User::from_uid(Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .and_then(|user| std::ffi::CString::new(user.name).ok())
-        .and_then(|name| nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).ok())
-        .map(|groups| groups.into_iter().map(Gid::as_raw).collect())
-        .unwrap_or_default()
 }
 
 /// Whether a request changes the agent (trust, attachments, running

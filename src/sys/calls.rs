@@ -111,6 +111,74 @@ pub(crate) fn keep_freed_heap() {
     }
 }
 
+/// Runs `work` in a forked child process and returns the bytes it
+/// produced (at most `limit`). For queries whose side effects the caller
+/// must not keep: glibc loads a user-database module (`libnss_systemd` and
+/// what it links, ~0.7 MiB resident) on the first `getpwnam` that falls
+/// through `files`, and never unloads it.
+///
+/// Only a single-threaded process may fork and go on running arbitrary code
+/// in the child (another thread could hold the allocator's lock), so with
+/// more than one thread this refuses (`Unsupported`) and the caller asks in
+/// process instead. A child that panics, is killed or says more than
+/// `limit` bytes is an error.
+pub(crate) fn run_in_child(work: impl FnOnce() -> Vec<u8>, limit: usize) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{threads} threads: forking would not be safe"),
+        ));
+    }
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the process has a single thread (checked just above, and
+    // nothing here starts one), so the child is a complete copy in which
+    // every lock is free and any code may run. The child never returns
+    // from this function: it leaves through `_exit`, running no destructor
+    // and no `atexit` handler of the parent's state.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(reader);
+            let produced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let code = match produced {
+                Ok(bytes) => i32::from(std::fs::File::from(writer).write_all(&bytes).is_err()),
+                Err(_) => 2,
+            };
+            // SAFETY: `_exit` ends the process at once; no Rust value of
+            // the child is used after it.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(writer);
+            let mut bytes = Vec::new();
+            // The read end closes here: a child with more to say gets
+            // EPIPE instead of blocking the wait below.
+            let read = std::fs::File::from(reader)
+                .take(limit as u64 + 1)
+                .read_to_end(&mut bytes);
+            // Reaped whatever was read, so no zombie is left behind.
+            let status = loop {
+                match nix::sys::wait::waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other?,
+                }
+            };
+            read?;
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) if bytes.len() <= limit => Ok(bytes),
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Err(io::Error::other(format!(
+                    "the child process said more than {limit} bytes"
+                ))),
+                other => Err(io::Error::other(format!(
+                    "the child process failed: {other:?}"
+                ))),
+            }
+        }
+    }
+}
+
 /// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): for
 /// benchmarks on a shared machine, where time spent preempted by other work
 /// must not count.
