@@ -274,6 +274,9 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             if privileges.switches_user() {
                 daemon.hold_name_files();
             }
+            // Start-up is over: the loader's relocation table is not read
+            // again (before the drop: /proc/self/exe stays readable).
+            crate::sys::relocation_table::release();
             privileges.apply(state, &options.socket, daemon.names_use_resolved())?;
             let outcome = daemon.run(requests, signals, link_events).await;
             server.shutdown().await;

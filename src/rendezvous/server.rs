@@ -221,6 +221,8 @@ pub fn run(options: RendezvousOptions) -> Result<(), RendezvousError> {
     };
     // Relayed traffic churns packet buffers like an agent's data path.
     crate::sys::calls::keep_freed_heap();
+    // Nothing reads the loader's relocation table after `main` starts.
+    crate::sys::relocation_table::release();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod netns;
 pub mod nofollow;
 pub mod probe_sockets;
+pub(crate) mod relocation_table;
 pub mod tcp_frames;
 pub mod tun;
 pub mod udp;
