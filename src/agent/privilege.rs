@@ -31,7 +31,8 @@
 //! with capabilities (systemd `AmbientCapabilities=`) trims them the same way.
 //!
 //! The control socket is mode 0660; its group is `agentnet` when that group
-//! exists (else the daemon's group), its owner whoever created it (root,
+//! exists at the start (else the daemon's group; the user database is asked
+//! once, see `user_database`), its owner whoever created it (root,
 //! when the daemon switched users): the file mode decides who may connect.
 //! On each connection the daemon reads the peer's credentials
 //! (`SO_PEERCRED`, `SO_PEERGROUPS`): root, the daemon's own user and members
