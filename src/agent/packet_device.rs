@@ -5,11 +5,12 @@
 //! is the same for both.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::Ipv4Addr;
 
 use tun_rs::AsyncDevice;
 
+use super::tcp_gro::MAX_PIECES;
 use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::core::address::{NetworkId, OverlayAddresses};
@@ -144,8 +145,19 @@ impl PacketDevice {
         match self {
             // With offloads every write starts with a virtio-net header.
             Self::Tun(tun) if tun.tcp_gso() => {
-                for buffer in batch.merged() {
-                    if let Err(error) = tun.send(buffer).await {
+                let (buffers, plan) = batch.merged();
+                let mut slices = [IoSlice::new(&[]); MAX_PIECES];
+                for &head in &plan.heads {
+                    let mut count = 0;
+                    for (slot, piece) in slices.iter_mut().zip(plan.pieces(buffers, head)) {
+                        *slot = IoSlice::new(piece);
+                        count += 1;
+                    }
+                    let sent = match count {
+                        1 => tun.send(&slices[0]).await,
+                        _ => tun.send_vectored(&slices[..count]).await,
+                    };
+                    if let Err(error) = sent {
                         result = Err(error);
                     }
                 }

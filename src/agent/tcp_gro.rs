@@ -16,6 +16,12 @@
 //! virtio-net header the TUN expects in front of each packet; [`coalesce`]
 //! fills it in (all zero for a packet as it came; GSO type, sizes and a
 //! partial checksum for a merged segment).
+//!
+//! Nothing is copied: a merged segment is its first packet's buffer (whose
+//! headers are rewritten for the whole segment) followed by the payloads
+//! of the packets that joined it, in their own buffers, written with one
+//! gather write ([`WritePlan::pieces`]). The kernel copies them once, as it
+//! would have copied one long buffer.
 
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
@@ -36,18 +42,75 @@ const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 /// virtio-net header: a TCP over IPv6 segment to be cut at `gso_size`.
 const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 
-/// A segment being built in the buffer of its first packet.
+/// The most buffers one merged segment is written from (one `iovec`
+/// each): 47 full-sized packets fill 64 KiB, so this only stops segments
+/// of tiny packets early.
+pub const MAX_PIECES: usize = 64;
+/// No next piece.
+const NONE: usize = usize::MAX;
+
+/// A segment being built behind the buffer of its first packet.
 struct OpenSegment {
     head: usize,
+    /// The last packet joined so far (the head while none has).
+    last: usize,
     first: TcpSegmentInfo,
     next_seq: u32,
     merged: usize,
+    /// The merged IP packet's length so far.
+    len: usize,
+}
+
+/// What [`coalesce`] decided: the writes, in order, and what each is made
+/// of.
+#[derive(Debug, Default)]
+pub struct WritePlan {
+    /// The buffer each write starts with (a segment's head, or a packet
+    /// going as it came), in order.
+    pub heads: Vec<usize>,
+    /// For each buffer: the next packet of its segment ([`NONE`]: none).
+    next: Vec<usize>,
+    /// For each packet that joined a segment: where its payload starts.
+    payload_start: Vec<usize>,
+}
+
+impl WritePlan {
+    /// The pieces of the write that starts with `buffers[head]`: the head
+    /// whole (virtio-net header, rewritten headers, its payload), then the
+    /// payload of each packet that joined it.
+    pub fn pieces<'a>(
+        &'a self,
+        buffers: &'a [Vec<u8>],
+        head: usize,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut at = head;
+        let mut first = true;
+        std::iter::from_fn(move || {
+            let buffer = buffers.get(at)?;
+            let piece = if first {
+                first = false;
+                buffer.as_slice()
+            } else {
+                buffer.get(*self.payload_start.get(at)?..)?
+            };
+            at = self.next.get(at).copied().unwrap_or(NONE);
+            Some(piece)
+        })
+    }
+
+    fn reset(&mut self, buffers: usize) {
+        self.heads.clear();
+        self.next.clear();
+        self.next.resize(buffers, NONE);
+        self.payload_start.clear();
+        self.payload_start.resize(buffers, 0);
+    }
 }
 
 /// Merges what can be merged among `buffers` (each a packet behind
 /// [`VIRTIO_NET_HDR_LEN`] bytes of room), fills in every virtio-net header,
-/// and puts into `to_write` the indexes of the buffers to write, in order.
-/// Merged packets are left out: their bytes are in their segment's buffer.
+/// and puts into `plan` the writes, in order: a merged packet is left out
+/// of `plan.heads`, its payload is a piece of its segment's write.
 ///
 /// `segments[i]` describes the TCP segment in `buffers[i]`, as the core
 /// read it when it checked the packet (`None`: not a segment to merge);
@@ -55,16 +118,16 @@ struct OpenSegment {
 pub fn coalesce(
     buffers: &mut [Vec<u8>],
     segments: &[Option<TcpSegmentInfo>],
-    to_write: &mut Vec<usize>,
+    plan: &mut WritePlan,
 ) {
-    to_write.clear();
+    plan.reset(buffers.len());
     let mut open: Vec<OpenSegment> = Vec::new();
     for index in 0..buffers.len() {
         let Some(segment) = segments.get(index).copied().flatten() else {
             if buffers[index].len() >= VIRTIO_NET_HDR_LEN {
                 plain_header(&mut buffers[index]);
             }
-            to_write.push(index);
+            plan.heads.push(index);
             continue;
         };
         let position = open.iter().position(|o| o.first.flow == segment.flow);
@@ -80,18 +143,18 @@ pub fn coalesce(
                 &buffers[index][VIRTIO_NET_HDR_LEN..],
             )
         {
-            let (head, rest) = split_two(buffers, open[position].head, index);
-            let packet = &rest[VIRTIO_NET_HDR_LEN..];
-            if head.capacity() < VIRTIO_NET_HDR_LEN + IPV6_HEADER_LEN + MAX_IPV6_PAYLOAD {
-                head.reserve_exact(
-                    VIRTIO_NET_HDR_LEN + IPV6_HEADER_LEN + MAX_IPV6_PAYLOAD - head.len(),
-                );
-            }
-            head.extend_from_slice(&packet[segment.header_len..]);
+            let entry = &mut open[position];
+            plan.next[entry.last] = index;
+            plan.payload_start[index] = VIRTIO_NET_HDR_LEN + segment.header_len;
+            entry.last = index;
+            entry.len += segment.payload_len;
             let push = segment.flags.intersection(TcpFlags::PSH);
             // The head's headers were checked when it was parsed.
-            let _ = add_tcp_flags(&mut head[VIRTIO_NET_HDR_LEN..], segment.ip_header_len, push);
-            let entry = &mut open[position];
+            let _ = add_tcp_flags(
+                &mut buffers[entry.head][VIRTIO_NET_HDR_LEN..],
+                segment.ip_header_len,
+                push,
+            );
             entry.merged += 1;
             entry.next_seq = entry.next_seq.wrapping_add(segment.payload_len as u32);
             // A shorter packet or a push ends the segment.
@@ -99,7 +162,7 @@ pub fn coalesce(
                 || segment.flags.contains(TcpFlags::PSH)
             {
                 let closed = open.swap_remove(position);
-                finish(&mut buffers[closed.head], &closed);
+                finish(buffers, plan, &closed);
             }
             continue;
         }
@@ -107,47 +170,45 @@ pub fn coalesce(
         // flow's open segment (if any) is complete.
         if let Some(position) = position {
             let closed = open.swap_remove(position);
-            finish(&mut buffers[closed.head], &closed);
+            finish(buffers, plan, &closed);
         }
-        to_write.push(index);
+        plan.heads.push(index);
         if mergeable && !segment.flags.contains(TcpFlags::PSH) {
             open.push(OpenSegment {
                 head: index,
+                last: index,
                 first: segment,
                 next_seq: segment.seq.wrapping_add(segment.payload_len as u32),
                 merged: 0,
+                len: buffers[index].len().saturating_sub(VIRTIO_NET_HDR_LEN),
             });
         } else {
             plain_header(&mut buffers[index]);
         }
     }
     for closed in open {
-        finish(&mut buffers[closed.head], &closed);
+        finish(buffers, plan, &closed);
     }
 }
 
 /// Whether `segment` (in `packet`) may be appended to `open`'s segment
-/// (in `head`, grown so far).
+/// (whose first packet is `head`).
 fn fits(open: &OpenSegment, segment: &TcpSegmentInfo, head: &[u8], packet: &[u8]) -> bool {
     let first = &open.first;
     let within_length_field = match first.flow.version {
-        IpVersion::V4 => head.len() + segment.payload_len <= MAX_IPV4_PACKET,
-        IpVersion::V6 => head.len() - IPV6_HEADER_LEN + segment.payload_len <= MAX_IPV6_PAYLOAD,
+        IpVersion::V4 => open.len + segment.payload_len <= MAX_IPV4_PACKET,
+        IpVersion::V6 => {
+            open.len.saturating_sub(IPV6_HEADER_LEN) + segment.payload_len <= MAX_IPV6_PAYLOAD
+        }
     };
     within_length_field
+        && open.merged + 1 < MAX_PIECES
         && segment.seq == open.next_seq
         && segment.ack == first.ack
         && segment.header_len == first.header_len
         && segment.payload_len <= first.payload_len
         && segment.ip == first.ip
         && first.options(head) == segment.options(packet)
-}
-
-/// Two distinct buffers, mutably: the head and (read only) the packet.
-fn split_two(buffers: &mut [Vec<u8>], head: usize, other: usize) -> (&mut Vec<u8>, &[u8]) {
-    debug_assert!(head < other);
-    let (left, right) = buffers.split_at_mut(other);
-    (&mut left[head], &right[0])
 }
 
 /// Writes the virtio-net header of a packet that goes as it came.
@@ -159,7 +220,8 @@ fn plain_header(buffer: &mut [u8]) {
 /// length (and for IPv4 the header checksum) and the partial checksum (the
 /// pseudo header's sum; the kernel adds the rest, or trusts it for local
 /// delivery), then the GSO header.
-fn finish(buffer: &mut [u8], segment: &OpenSegment) {
+fn finish(buffers: &mut [Vec<u8>], plan: &mut WritePlan, segment: &OpenSegment) {
+    let buffer = &mut buffers[segment.head];
     if segment.merged == 0 {
         plain_header(buffer);
         return;
@@ -168,9 +230,16 @@ fn finish(buffer: &mut [u8], segment: &OpenSegment) {
     let first = &segment.first;
     // `fits` kept the lengths within 16 bits; should that ever fail, the
     // packet goes without offload rather than with wrong lengths.
-    if finish_grown_tcp(packet, first.flow.version, first.ip_header_len).is_none() {
-        tracing::debug!(len = packet.len(), "merged TCP segment cannot be finished");
+    if finish_grown_tcp(packet, segment.len, first.flow.version, first.ip_header_len).is_none() {
+        tracing::debug!(len = segment.len, "merged TCP segment cannot be finished");
+        // Every packet then goes as it came (their buffers are untouched).
         header.fill(0);
+        let mut at = std::mem::replace(&mut plan.next[segment.head], NONE);
+        while let Some(buffer) = buffers.get_mut(at) {
+            plain_header(buffer);
+            plan.heads.push(at);
+            at = std::mem::replace(&mut plan.next[at], NONE);
+        }
         return;
     }
     let gso_type = match first.flow.version {
@@ -193,7 +262,8 @@ mod tests {
     use etherparse::PacketBuilder;
 
     /// Merges `buffers` with the segment facts the core hands over with
-    /// each received packet.
+    /// each received packet, and puts in each written buffer what its
+    /// gather write hands the kernel (the pieces, joined).
     fn coalesce_as_delivered(buffers: &mut [Vec<u8>], to_write: &mut Vec<usize>) {
         let segments: Vec<Option<TcpSegmentInfo>> = buffers
             .iter()
@@ -202,7 +272,21 @@ mod tests {
                 TcpSegmentInfo::of(&packet)
             })
             .collect();
-        coalesce(buffers, &segments, to_write);
+        let mut plan = WritePlan::default();
+        coalesce(buffers, &segments, &mut plan);
+        let written: Vec<Vec<u8>> = plan
+            .heads
+            .iter()
+            .map(|&head| {
+                let pieces: Vec<&[u8]> = plan.pieces(buffers, head).collect();
+                assert!(pieces.len() <= MAX_PIECES, "one iovec per piece");
+                pieces.concat()
+            })
+            .collect();
+        for (&head, bytes) in plan.heads.iter().zip(written) {
+            buffers[head] = bytes;
+        }
+        to_write.clone_from(&plan.heads);
     }
 
     const A: [u8; 16] = [0xfd, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -384,6 +468,28 @@ mod tests {
             total += tcp_of(packet).2.len();
         }
         assert_eq!(total, 80 * 1400);
+    }
+
+    #[test]
+    fn segments_of_tiny_packets_stop_at_the_gather_limit() {
+        let segments: Vec<Segment> = (0..100).map(|i| data(1, 100 + i * 10, 10)).collect();
+        let (mut buffers, to_write) = run(&segments);
+        assert_eq!(to_write, vec![0, MAX_PIECES]);
+        let lengths: Vec<usize> = to_write
+            .iter()
+            .map(|&index| tcp_of(&buffers[index][VIRTIO_NET_HDR_LEN..]).2.len())
+            .collect();
+        assert_eq!(lengths, vec![MAX_PIECES * 10, (100 - MAX_PIECES) * 10]);
+        // Each is a valid segment once the kernel completes the checksum.
+        for &index in &to_write {
+            let packet = &mut buffers[index][VIRTIO_NET_HDR_LEN..];
+            complete_checksum(packet);
+            let (ip, tcp, payload) = tcp_of(packet);
+            assert_eq!(
+                tcp.checksum,
+                tcp.calc_checksum_ipv6(&ip, &payload).expect("checksum")
+            );
+        }
     }
 
     /// An IPv4/TCP packet (DF, no options) as the node hands it over.

@@ -13,6 +13,7 @@ use std::io;
 use bytes::BytesMut;
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use super::tcp_gro::WritePlan;
 use crate::core::api::TunPacket;
 use crate::core::wire::segment::TcpSegmentInfo;
 
@@ -86,8 +87,8 @@ pub struct TunWriteBatch {
     /// What the core read of the TCP segment in each buffer (same index).
     segments: Vec<Option<TcpSegmentInfo>>,
     pub(crate) used: usize,
-    /// Which buffers go out after merging, in order.
-    pub(crate) to_write: Vec<usize>,
+    /// The writes after merging, in order.
+    plan: WritePlan,
 }
 
 impl TunWriteBatch {
@@ -144,16 +145,15 @@ impl TunWriteBatch {
     }
 
     /// For a TUN with offloads: merges TCP packets and writes the virtio-net
-    /// headers; returns the buffers to write whole, header included.
-    pub(crate) fn merged(&mut self) -> impl Iterator<Item = &[u8]> {
+    /// headers; returns the buffers and the plan of the writes (each one
+    /// gather write of [`WritePlan::pieces`], header included).
+    pub(crate) fn merged(&mut self) -> (&[Vec<u8>], &WritePlan) {
         super::tcp_gro::coalesce(
             &mut self.buffers[..self.used],
             &self.segments[..self.used],
-            &mut self.to_write,
+            &mut self.plan,
         );
-        self.to_write
-            .iter()
-            .map(|&index| self.buffers[index].as_slice())
+        (&self.buffers[..self.used], &self.plan)
     }
 
     /// Empties the batch, keeping small buffers for reuse.

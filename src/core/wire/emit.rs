@@ -263,21 +263,28 @@ pub fn add_tcp_flags(packet: &mut [u8], ip_header_len: usize, flags: TcpFlags) -
     Some(())
 }
 
-/// Completes a TCP packet that grew in place (receive offload appended the
-/// payloads of the segments after it) for the kernel to cut again: sets
-/// the IP length to the buffer's (IPv4: and the header checksum), and puts
-/// into the TCP checksum field the folded, not complemented, sum of the
-/// pseudo header: a partial checksum the kernel completes over the TCP
-/// bytes (or trusts for local delivery). `None` when the packet is shorter
-/// than its headers or longer than the 16-bit length fields allow.
-pub fn finish_grown_tcp(packet: &mut [u8], version: IpVersion, ip_header_len: usize) -> Option<()> {
-    let tcp_len = packet.len().checked_sub(ip_header_len)?;
+/// Completes a TCP packet that grew (receive offload joined the payloads
+/// of the segments after it) to `total_len` bytes for the kernel to cut
+/// again. `packet` holds at least its headers (the payloads may follow in
+/// other buffers of the same write). Sets the IP length (IPv4: and the
+/// header checksum), and puts into the TCP checksum field the folded, not
+/// complemented, sum of the pseudo header: a partial checksum the kernel
+/// completes over the TCP bytes (or trusts for local delivery). `None` when
+/// `total_len` is shorter than the headers or longer than the 16-bit length
+/// fields allow.
+pub fn finish_grown_tcp(
+    packet: &mut [u8],
+    total_len: usize,
+    version: IpVersion,
+    ip_header_len: usize,
+) -> Option<()> {
+    let tcp_len = total_len.checked_sub(ip_header_len)?;
     let (source, destination) = match version {
         IpVersion::V4 => {
-            if ip_header_len < IPV4_HEADER_LEN || packet.len() > MAX_IP_LENGTH {
+            if ip_header_len < IPV4_HEADER_LEN || total_len > MAX_IP_LENGTH {
                 return None;
             }
-            let total = u16::try_from(packet.len()).ok()?;
+            let total = u16::try_from(total_len).ok()?;
             write_be16(packet, ipv4_field::TOTAL_LENGTH, total)?;
             write_be16(packet, ipv4_field::CHECKSUM, 0)?;
             let checksum = internet_checksum(packet.get(..ip_header_len)?);
@@ -478,7 +485,8 @@ mod tests {
         ] {
             packet.extend_from_slice(&[7; 999]);
             add_tcp_flags(&mut packet, ip_header_len, TcpFlags::PSH).expect("long enough");
-            finish_grown_tcp(&mut packet, version, ip_header_len).expect("fits");
+            let total_len = packet.len();
+            finish_grown_tcp(&mut packet, total_len, version, ip_header_len).expect("fits");
             let view = IpPacket::new_checked(&packet).expect("lengths set");
             let segment = view.tcp().expect("tcp");
             assert!(segment.flags().contains(TcpFlags::PSH.union(TcpFlags::ACK)));
@@ -495,9 +503,10 @@ mod tests {
             }
         }
         let mut short = vec![0x45; 10];
-        assert!(finish_grown_tcp(&mut short, IpVersion::V4, IPV4_HEADER_LEN).is_none());
+        assert!(finish_grown_tcp(&mut short, 10, IpVersion::V4, IPV4_HEADER_LEN).is_none());
         assert!(add_tcp_flags(&mut short, IPV4_HEADER_LEN, TcpFlags::PSH).is_none());
         let mut huge = vec![0x60; IPV6_HEADER_LEN + 65_536];
-        assert!(finish_grown_tcp(&mut huge, IpVersion::V6, IPV6_HEADER_LEN).is_none());
+        let huge_len = huge.len();
+        assert!(finish_grown_tcp(&mut huge, huge_len, IpVersion::V6, IPV6_HEADER_LEN).is_none());
     }
 }
