@@ -24,6 +24,8 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
+use crate::core::wire::{u32_at, u64_at};
+
 /// `PT_LOAD`, `PT_DYNAMIC`, `PT_PHDR` program header types.
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -196,18 +198,6 @@ pub(crate) fn find(file: &mut (impl Read + Seek)) -> io::Result<Option<Table>> {
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(word)
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
 }
 
 #[cfg(test)]
