@@ -221,7 +221,7 @@ impl PrivilegeDrop {
                 .map(|user| user.map(TargetUser::from))
                 .map_err(|code| PrivilegeError::Lookup {
                     user: name.to_string(),
-                    source: Answers::errno(code),
+                    source: nix::errno::Errno::from_raw(code),
                 })
         };
         let stay = Self {
@@ -322,7 +322,7 @@ fn switch_user(
     let errno = |errno: nix::errno::Errno| io::Error::from(errno);
     hand_over_state(target, state, socket, control_gid)
         .map_err(failed("hand over the state directory"))?;
-    let threads = fs::read_dir("/proc/self/task").map_or(1, Iterator::count);
+    let threads = crate::sys::calls::thread_count().unwrap_or(1);
     if threads > 1 {
         // set*id reach every thread (glibc), capset only this one: the
         // others end with no capability at all.

@@ -71,11 +71,6 @@ impl Answers {
                 .map(|group| group.gid.as_raw()),
         }
     }
-
-    /// The user lookup's error, as the OS gave it.
-    pub(crate) fn errno(code: i32) -> Errno {
-        Errno::from_raw(code)
-    }
 }
 
 /// The user named `name`, or with UID `name` when it is a number.
@@ -154,6 +149,5 @@ mod tests {
             serde_json::from_slice(&serde_json::to_vec(&failed).expect("serialize"))
                 .expect("parse");
         assert_eq!(back, failed);
-        assert_eq!(Answers::errno(libc::EIO), Errno::EIO);
     }
 }

@@ -125,7 +125,7 @@ pub(crate) fn keep_freed_heap() {
 pub(crate) fn run_in_child(work: impl FnOnce() -> Vec<u8>, limit: usize) -> io::Result<Vec<u8>> {
     use std::io::{Read, Write};
 
-    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    let threads = thread_count()?;
     if threads != 1 {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -158,7 +158,7 @@ pub(crate) fn run_in_child(work: impl FnOnce() -> Vec<u8>, limit: usize) -> io::
             let read = std::fs::File::from(reader)
                 .take(limit as u64 + 1)
                 .read_to_end(&mut bytes);
-            // Reaped whatever was read, so no zombie is left behind.
+            // Reaped whatever the read gave, so no zombie is left behind.
             let status = loop {
                 match nix::sys::wait::waitpid(child, None) {
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -177,6 +177,11 @@ pub(crate) fn run_in_child(work: impl FnOnce() -> Vec<u8>, limit: usize) -> io::
             }
         }
     }
+}
+
+/// How many threads this process has (`/proc/self/task`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
 /// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): for

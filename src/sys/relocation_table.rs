@@ -53,13 +53,13 @@ struct Segment {
 
 /// Where the relocation table sits, relative to the load address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Table {
+struct Table {
     /// Its virtual address in the file's layout.
-    pub(crate) vaddr: u64,
+    vaddr: u64,
     /// Its length in bytes.
-    pub(crate) len: u64,
+    len: u64,
     /// The `PT_PHDR` address in the file's layout (to find the load bias).
-    pub(crate) program_headers_vaddr: u64,
+    program_headers_vaddr: u64,
 }
 
 /// Releases the relocation table's whole pages (`MADV_DONTNEED`). Best
@@ -96,13 +96,12 @@ fn give_back(table: Table) -> usize {
         .and_then(|size| u64::try_from(size).ok())
         .filter(|size| size.is_power_of_two())
         .unwrap_or(4096);
+    // Whole pages only: round the start up and the end down.
+    let table_start = bias.checked_add(table.vaddr);
+    let table_end = table_start.and_then(|start| start.checked_add(table.len));
     let (Some(start), Some(end)) = (
-        bias.checked_add(table.vaddr)
-            .and_then(|start| start.checked_add(page - 1))
-            .map(|start| start & !(page - 1)),
-        bias.checked_add(table.vaddr)
-            .and_then(|start| start.checked_add(table.len))
-            .map(|end| end & !(page - 1)),
+        table_start.and_then(|start| start.checked_next_multiple_of(page)),
+        table_end.map(|end| end & !(page - 1)),
     ) else {
         return 0;
     };
@@ -127,7 +126,7 @@ fn give_back(table: Table) -> usize {
 
 /// Reads the executable `file` and says where its `RELA` relocation table
 /// is, if it has one inside a read-only loaded segment.
-pub(crate) fn find(file: &mut (impl Read + Seek)) -> io::Result<Option<Table>> {
+fn find(file: &mut (impl Read + Seek)) -> io::Result<Option<Table>> {
     let mut header = [0u8; 64];
     file.read_exact(&mut header)?;
     // 64-bit, little-endian ELF only (the targets agentnet builds for).
