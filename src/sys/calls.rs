@@ -80,9 +80,21 @@ pub(crate) fn raise_fd_limit() {
 /// this much is free (glibc's default, 128 KiB, returns it after every
 /// burst).
 const KEEP_FREED_HEAP: libc::c_int = 4 << 20;
-/// Blocks up to this size come from the heap rather than from a mapping of
-/// their own (glibc's default starts at 128 KiB).
-const HEAP_BLOCKS_UP_TO: libc::c_int = 1 << 20;
+/// Blocks of this size and more get a mapping of their own; smaller ones
+/// come from the heap. glibc's default starts at 128 KiB and rises to the
+/// size of each mapped block freed, which let the data path's batches move
+/// in and out of mappings. Fixed at the userspace stack's 256 KiB socket
+/// rings, which then start as untouched zero pages: a ring holds only the
+/// pages its connection wrote, and a closed one is unmapped instead of left
+/// dirty in the heap (where glibc clears the whole block again for the
+/// next connection). Nothing on the data path asks for that much.
+const MAPPED_FROM: libc::c_int = 256 << 10;
+/// Heaps (arenas) shared by all threads. glibc gives a second thread that
+/// allocates a heap of its own, which keeps its own freed memory: rootless
+/// mode's stack thread hands packets to the daemon's thread and back, so
+/// two heaps each held a burst's worth. The daemon's threads are few and
+/// rarely allocate at the same time.
+const HEAPS: libc::c_int = 1;
 
 /// Makes glibc's allocator keep freed memory instead of returning it to
 /// the kernel at once (`mallopt`). A wake of the data path holds a batch of
@@ -91,19 +103,17 @@ const HEAP_BLOCKS_UP_TO: libc::c_int = 1 << 20;
 /// it again and faulted its pages back in: about 860 `brk` calls a second
 /// per daemon under one TCP stream, and a tenth of the throughput (issue
 /// 16). With these settings there are none. The memory kept is bounded by
-/// [`KEEP_FREED_HEAP`]; peak RSS does not change. Other C libraries: no-op.
+/// [`KEEP_FREED_HEAP`], in one heap ([`HEAPS`]); large blocks are mapped
+/// apart ([`MAPPED_FROM`]). Other C libraries: no-op.
 pub(crate) fn keep_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     for (parameter, value, name) in [
         (libc::M_TRIM_THRESHOLD, KEEP_FREED_HEAP, "M_TRIM_THRESHOLD"),
-        (
-            libc::M_MMAP_THRESHOLD,
-            HEAP_BLOCKS_UP_TO,
-            "M_MMAP_THRESHOLD",
-        ),
+        (libc::M_MMAP_THRESHOLD, MAPPED_FROM, "M_MMAP_THRESHOLD"),
+        (libc::M_ARENA_MAX, HEAPS, "M_ARENA_MAX"),
     ] {
         // SAFETY: `mallopt` only sets allocator parameters, under the
-        // allocator's own lock; both are documented glibc parameters and
+        // allocator's own lock; all are documented glibc parameters and
         // the values are in their range.
         if unsafe { libc::mallopt(parameter, value) } != 1 {
             tracing::debug!(parameter = name, value, "glibc refused a malloc setting");
