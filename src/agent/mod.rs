@@ -274,9 +274,9 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             if privileges.switches_user() {
                 daemon.hold_name_files();
             }
-            // Start-up is over: the loader's relocation table is not read
-            // again (before the drop: /proc/self/exe stays readable).
-            crate::sys::relocation_table::release();
+            // Start-up is over: the code and constants only it used (and
+            // the loader's relocation table) need not stay resident.
+            crate::sys::file_pages::release();
             privileges.apply(state, &options.socket, daemon.names_use_resolved())?;
             let outcome = daemon.run(requests, signals, link_events).await;
             server.shutdown().await;

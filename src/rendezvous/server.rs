@@ -221,8 +221,6 @@ pub fn run(options: RendezvousOptions) -> Result<(), RendezvousError> {
     };
     // Relayed traffic churns packet buffers like an agent's data path.
     crate::sys::calls::keep_freed_heap();
-    // Nothing reads the loader's relocation table after `main` starts.
-    crate::sys::relocation_table::release();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -280,6 +278,9 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate()).map_err(RendezvousError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RendezvousError::Runtime)?;
     let mut tcp_clients: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    // Set up: the code and constants only start-up used (and the loader's
+    // relocation table) need not stay resident.
+    crate::sys::file_pages::release();
     tracing::info!(%id, udp = %options.listen, tcp = ?options.tcp_listen, "rendezvous is up");
     println!(
         "rendezvous {id} listening on {} (udp){}",

@@ -6,10 +6,10 @@
 
 pub mod calls;
 pub mod capabilities;
+pub(crate) mod file_pages;
 pub mod netns;
 pub mod nofollow;
 pub mod probe_sockets;
-pub(crate) mod relocation_table;
 pub mod tcp_frames;
 pub mod tun;
 pub mod udp;

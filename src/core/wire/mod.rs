@@ -62,14 +62,14 @@ pub enum WireError {
 }
 
 /// The little-endian `u32` at `offset` (the caller checked the length).
-pub(crate) fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     let mut field = [0u8; 4];
     field.copy_from_slice(&bytes[offset..offset + 4]);
     u32::from_le_bytes(field)
 }
 
 /// The little-endian `u64` at `offset` (the caller checked the length).
-pub(crate) fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
     let mut field = [0u8; 8];
     field.copy_from_slice(&bytes[offset..offset + 8]);
     u64::from_le_bytes(field)
