@@ -4,7 +4,9 @@
 # the list of functions the linker packs together in release builds (as root).
 #
 # Daemons in network namespaces run under valgrind's callgrind for their
-# whole life (start, handshake, traffic, queries, SIGTERM), in three setups:
+# whole life, counted in two parts: start-up (up to the moment a daemon
+# gives back its start-up pages, src/sys/file_pages.rs) and the rest
+# (handshake, traffic, queries, SIGTERM), in three setups:
 #   direct    two TUN agents on a veth pair: 100 pings over IPv6 and 100
 #             over IPv4, iperf3 TCP both ways over each, `agentnet ping`,
 #             `status`
@@ -12,13 +14,15 @@
 #             rendezvous server that relays them; pings, iperf3 both ways
 #   rootless  an `up --userspace` agent as nobody with a --forward to a TUN
 #             agent's iperf3 server; pings, iperf3 both ways
-# The functions of the binary the direct setup executed are listed first,
-# the most instructions first, then what only the other two added, and
-# platform/linker/build.rs hands the list to the linker
-# (--symbol-ordering-file): the code a daemon runs then sits in ~2 MB at the
-# start of .text instead of spread over all of it, which is what keeps the
-# daemon's resident text small (the kernel maps 64 KiB around every page
-# touched).
+# The functions of the binary the running daemons executed are listed
+# first, the most instructions first: the direct setup's, then what only
+# the other two added; then what only start-up executed. platform/linker/
+# build.rs hands the list to the linker (--symbol-ordering-file): the code a
+# running daemon uses then sits together at the start of .text instead of
+# spread over all of it, which is what keeps the daemon's resident text
+# small (the kernel maps 64 KiB around every page touched), and start-up's
+# code sits after it, in pages the daemon gives back once it is set up
+# (src/sys/file_pages.rs) and does not touch again.
 #
 # The names are the binary's own mangled symbols, so the list follows the
 # code: regenerate it after a toolchain or dependency update or a larger
@@ -74,7 +78,8 @@ init_agent() { mkdir "$WORK/$1" && an "$1" init --name "order-$1" >/dev/null || 
 agent_id() { an "$1" id --json | jq -r ".${2:-id}"; }
 
 # profiled NAME NS [nobody] CMD... : CMD under callgrind in NS (as nobody
-# with `nobody`), profile $WORK/callgrind.NAME
+# with `nobody`): start-up's profile in $WORK/callgrind.NAME.1 (written as
+# file_pages::release returns), the rest's in $WORK/callgrind.NAME
 declare -A PROFILED=()
 profiled() {
     local name=$1 ns=$2 wrap=(); shift 2
@@ -82,10 +87,11 @@ profiled() {
         shift
         wrap=("${LAB_NOBODY[@]}")
         # callgrind, as nobody, cannot create files in $WORK
-        touch "$WORK/callgrind.$name" && chown nobody:nogroup "$WORK/callgrind.$name" || exit 1
+        touch "$WORK/callgrind.$name" "$WORK/callgrind.$name.1" &&
+            chown nobody:nogroup "$WORK/callgrind.$name" "$WORK/callgrind.$name.1" || exit 1
     fi
     lab_bg "$WORK/daemon-$name.log" "$ns" "${wrap[@]}" valgrind --tool=callgrind --demangle=no \
-        --callgrind-out-file="$WORK/callgrind.$name" "$@"
+        --dump-after='*file_pages7release*' --callgrind-out-file="$WORK/callgrind.$name" "$@"
     PROFILED[$name]=$LAB_LAST_PID
 }
 # stop_profiled NAME... : SIGTERM; the daemons shut down and callgrind
@@ -212,22 +218,28 @@ profile_costs() {
     ' "$@"
 }
 
-# The direct path's functions by cost, then what only the relay and rootless
-# runs executed, by cost.
+# What the running daemons of the direct path executed, by cost; then what
+# only the running relay and rootless daemons added; then what only
+# start-up executed (any setup), by cost.
 rank() { profile_costs "$@" | sort -k1,1nr -k2 | awk '!seen[$2]++ { print $2 }'; }
+# not_in LIST... : the lines of stdin that no LIST holds, in order.
+not_in() { grep -vxF -f <(cat "$@") || [[ $? == 1 ]]; }
 rank "$WORK/callgrind.a" "$WORK/callgrind.b" >"$WORK/direct.txt" || fail "reading the profiles"
-rank "$WORK"/callgrind.r[abv] "$WORK"/callgrind.u[tu] >"$WORK/more.txt" || fail "reading the profiles"
-[[ -s $WORK/direct.txt ]] || fail "the profiles name no function of $BIN"
+rank "$WORK"/callgrind.r[abv] "$WORK"/callgrind.u[tu] | not_in "$WORK/direct.txt" >"$WORK/more.txt" ||
+    fail "reading the profiles"
+rank "$WORK"/callgrind.*.1 | not_in "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/start-up.txt" ||
+    fail "reading the start-up profiles"
+[[ -s $WORK/direct.txt && -s $WORK/start-up.txt ]] || fail "the profiles name no function of $BIN"
 {
-    echo "# Functions agentnet daemons executed over a whole life, most instructions first:"
-    echo "# the direct path between two TUN agents, then what only the relay path (with the"
-    echo "# rendezvous server) and rootless mode added. The linker packs them together"
-    echo "# (platform/linker/build.rs)."
+    echo "# Functions agentnet daemons executed, most instructions first: once running, the"
+    echo "# direct path between two TUN agents, then what only the relay path (with the"
+    echo "# rendezvous server) and rootless mode added; then what only start-up ran. The"
+    echo "# linker packs them together in this order (platform/linker/build.rs)."
     echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
         "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
-    cat "$WORK/direct.txt"
-    awk 'NR == FNR { listed[$0] = 1; next } !listed[$0]' "$WORK/direct.txt" "$WORK/more.txt"
+    cat "$WORK/direct.txt" "$WORK/more.txt" "$WORK/start-up.txt"
 } >"$OUT.tmp" || fail "writing $OUT"
 mv "$OUT.tmp" "$OUT"
-log "wrote $OUT: $(wc -l <"$WORK/direct.txt") functions of the direct path," \
-    "$(($(grep -vc '^#' "$OUT") - $(wc -l <"$WORK/direct.txt"))) more from the relay and rootless runs"
+log "wrote $OUT: $(wc -l <"$WORK/direct.txt") functions of the running direct path," \
+    "$(wc -l <"$WORK/more.txt") more from the running relay and rootless daemons," \
+    "$(wc -l <"$WORK/start-up.txt") from start-up only"
