@@ -2,9 +2,11 @@
 //! runs sits together.
 //!
 //! `agentnet.symbol-order` (written by `scripts/symbol-order.sh`) lists the
-//! functions daemons executed over a whole life (start, handshake, pings,
-//! TCP streams, status queries, shutdown), hottest first: the direct path's
-//! first, then what the relay path and rootless mode add. Given to the
+//! functions daemons executed over a whole life, hottest first: once
+//! running (handshake, pings, TCP streams, status queries, shutdown) the
+//! direct path's, then what the relay path and rootless mode add; then what
+//! only start-up ran, whose pages a daemon gives back once it is set up
+//! (`src/sys/file_pages.rs`). Given to the
 //! linker as a symbol ordering file, those ~2 MB of code are packed at the
 //! start of `.text` instead of spread over its ~10 MB. The kernel maps file
 //! pages 64 KiB at a time around each page a process touches
