@@ -65,26 +65,30 @@ pub(crate) fn release() -> usize {
 }
 
 /// The clean read-only file mappings in `smaps` (the text of
-/// `/proc/self/smaps`), each with its resident bytes.
+/// `/proc/self/smaps`), each with its resident bytes. A mapping counts as
+/// clean only when its `Anonymous:` line says 0 (no such line: not clean)
+/// and nothing of it is locked or a huge page.
 fn clean_mappings(smaps: &str) -> Vec<(CleanMapping, usize)> {
     let mut found = Vec::new();
     let mut current: Option<(CleanMapping, bool)> = None;
     let mut resident = 0usize;
-    let mut clean = true;
-    let mut finish = |current: Option<(CleanMapping, bool)>, resident: usize, clean: bool| {
-        if let Some((mapping, eligible)) = current
-            && eligible
-            && clean
-        {
-            found.push((mapping, resident));
-        }
-    };
+    // `None` until the mapping's `Anonymous:` line is read.
+    let mut clean: Option<bool> = None;
+    let mut finish =
+        |current: Option<(CleanMapping, bool)>, resident: usize, clean: Option<bool>| {
+            if let Some((mapping, eligible)) = current
+                && eligible
+                && clean == Some(true)
+            {
+                found.push((mapping, resident));
+            }
+        };
     for line in smaps.lines() {
         if let Some(header) = parse_header(line) {
             finish(current.take(), resident, clean);
             current = Some(header);
             resident = 0;
-            clean = true;
+            clean = None;
             continue;
         }
         let mut fields = line.split_whitespace();
@@ -94,9 +98,8 @@ fn clean_mappings(smaps: &str) -> Vec<(CleanMapping, usize)> {
         let kib = value.parse::<usize>().ok();
         match key {
             "Rss:" => resident = kib.unwrap_or(0).saturating_mul(1024),
-            "Anonymous:" | "Locked:" | "AnonHugePages:" => {
-                clean &= kib == Some(0);
-            }
+            "Anonymous:" => clean = Some(clean.unwrap_or(true) && kib == Some(0)),
+            "Locked:" | "AnonHugePages:" if kib != Some(0) => clean = Some(false),
             _ => {}
         }
     }
@@ -206,9 +209,14 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_anonymous_count_is_not_taken_for_clean() {
-        let smaps = "1000-2000 r-xp 00000000 fd:00 1 /bin/x\nRss: 4 kB\nAnonymous: many kB\n";
-        assert!(clean_mappings(smaps).is_empty());
+    fn a_missing_or_unreadable_anonymous_count_is_not_taken_for_clean() {
+        let unreadable = "1000-2000 r-xp 00000000 fd:00 1 /bin/x\nRss: 4 kB\nAnonymous: many kB\n";
+        assert!(clean_mappings(unreadable).is_empty());
+        let missing = "1000-2000 r-xp 00000000 fd:00 1 /bin/x\nRss: 4 kB\nLocked: 0 kB\n";
+        assert!(clean_mappings(missing).is_empty());
+        // Locked before Anonymous still counts.
+        let locked = "1000-2000 r-xp 00000000 fd:00 1 /bin/x\nLocked: 4 kB\nAnonymous: 0 kB\n";
+        assert!(clean_mappings(locked).is_empty());
     }
 
     #[test]
