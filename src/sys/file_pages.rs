@@ -30,6 +30,31 @@ use std::io;
 struct CleanMapping {
     start: usize,
     end: usize,
+    /// Bytes of it resident (`Rss:`).
+    resident: usize,
+}
+
+/// A mapping of `/proc/self/smaps` while its lines are read.
+#[derive(Debug)]
+struct Entry {
+    start: usize,
+    end: usize,
+    /// Read-only, private and backed by a file.
+    read_only_file: bool,
+    resident: usize,
+    /// `None` until the `Anonymous:` line is read.
+    clean: Option<bool>,
+}
+
+impl Entry {
+    /// The mapping, if it may be given back.
+    fn finish(self) -> Option<CleanMapping> {
+        (self.read_only_file && self.clean == Some(true)).then_some(CleanMapping {
+            start: self.start,
+            end: self.end,
+            resident: self.resident,
+        })
+    }
 }
 
 /// Drops the resident pages of every clean read-only file mapping
@@ -44,7 +69,11 @@ pub(crate) fn release() -> usize {
         }
     };
     let mut released = 0;
-    for (mapping, resident) in clean_mappings(&smaps) {
+    // Nothing resident, nothing to give back.
+    for mapping in clean_mappings(&smaps)
+        .into_iter()
+        .filter(|mapping| mapping.resident > 0)
+    {
         let len = mapping.end - mapping.start;
         // SAFETY: [start, end) is one whole mapping the kernel listed as
         // read-only, private, backed by a file and holding no anonymous
@@ -55,7 +84,7 @@ pub(crate) fn release() -> usize {
         let rc =
             unsafe { libc::madvise(mapping.start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
         if rc == 0 {
-            released += resident;
+            released += mapping.resident;
         } else {
             tracing::debug!(error = %io::Error::last_os_error(), "file pages: madvise refused");
         }
@@ -65,52 +94,39 @@ pub(crate) fn release() -> usize {
 }
 
 /// The clean read-only file mappings in `smaps` (the text of
-/// `/proc/self/smaps`), each with its resident bytes. A mapping counts as
-/// clean only when its `Anonymous:` line says 0 (no such line: not clean)
-/// and nothing of it is locked or a huge page.
-fn clean_mappings(smaps: &str) -> Vec<(CleanMapping, usize)> {
+/// `/proc/self/smaps`). A mapping counts as clean only when its
+/// `Anonymous:` line says 0 (no such line: not clean) and nothing of it is
+/// locked or a huge page.
+fn clean_mappings(smaps: &str) -> Vec<CleanMapping> {
     let mut found = Vec::new();
-    let mut current: Option<(CleanMapping, bool)> = None;
-    let mut resident = 0usize;
-    // `None` until the mapping's `Anonymous:` line is read.
-    let mut clean: Option<bool> = None;
-    let mut finish =
-        |current: Option<(CleanMapping, bool)>, resident: usize, clean: Option<bool>| {
-            if let Some((mapping, eligible)) = current
-                && eligible
-                && clean == Some(true)
-            {
-                found.push((mapping, resident));
-            }
-        };
+    let mut current: Option<Entry> = None;
     for line in smaps.lines() {
-        if let Some(header) = parse_header(line) {
-            finish(current.take(), resident, clean);
-            current = Some(header);
-            resident = 0;
-            clean = None;
+        if let Some(entry) = parse_header(line) {
+            found.extend(current.replace(entry).and_then(Entry::finish));
             continue;
         }
+        let Some(entry) = current.as_mut() else {
+            continue;
+        };
         let mut fields = line.split_whitespace();
         let (Some(key), Some(value)) = (fields.next(), fields.next()) else {
             continue;
         };
         let kib = value.parse::<usize>().ok();
         match key {
-            "Rss:" => resident = kib.unwrap_or(0).saturating_mul(1024),
-            "Anonymous:" => clean = Some(clean.unwrap_or(true) && kib == Some(0)),
-            "Locked:" | "AnonHugePages:" if kib != Some(0) => clean = Some(false),
+            "Rss:" => entry.resident = kib.unwrap_or(0).saturating_mul(1024),
+            "Anonymous:" => entry.clean = Some(entry.clean.unwrap_or(true) && kib == Some(0)),
+            "Locked:" | "AnonHugePages:" if kib != Some(0) => entry.clean = Some(false),
             _ => {}
         }
     }
-    finish(current, resident, clean);
+    found.extend(current.and_then(Entry::finish));
     found
 }
 
-/// A mapping's header line (`start-end perms offset dev inode [path]`):
-/// the mapping, and whether it is a read-only private file mapping.
+/// A mapping's header line (`start-end perms offset dev inode [path]`);
 /// `None` for any other line.
-fn parse_header(line: &str) -> Option<(CleanMapping, bool)> {
+fn parse_header(line: &str) -> Option<Entry> {
     let mut fields = line.split_whitespace();
     let range = fields.next()?;
     let (start, end) = range.split_once('-')?;
@@ -123,8 +139,13 @@ fn parse_header(line: &str) -> Option<(CleanMapping, bool)> {
     let _device = fields.next()?;
     let _inode = fields.next()?;
     let path = fields.next().unwrap_or("");
-    let eligible = end > start && matches!(perms, "r--p" | "r-xp") && path.starts_with('/');
-    Some((CleanMapping { start, end }, eligible))
+    Some(Entry {
+        start,
+        end,
+        read_only_file: end > start && matches!(perms, "r--p" | "r-xp") && path.starts_with('/'),
+        resident: 0,
+        clean: None,
+    })
 }
 
 #[cfg(test)]
@@ -170,27 +191,21 @@ mod tests {
         assert_eq!(
             clean_mappings(&smaps),
             vec![
-                (
-                    CleanMapping {
-                        start: 0x1000,
-                        end: 0x3000
-                    },
-                    8192
-                ),
-                (
-                    CleanMapping {
-                        start: 0x3000,
-                        end: 0x9000
-                    },
-                    24576
-                ),
-                (
-                    CleanMapping {
-                        start: 0xf000,
-                        end: 0x10000
-                    },
-                    0
-                ),
+                CleanMapping {
+                    start: 0x1000,
+                    end: 0x3000,
+                    resident: 8192
+                },
+                CleanMapping {
+                    start: 0x3000,
+                    end: 0x9000,
+                    resident: 24576
+                },
+                CleanMapping {
+                    start: 0xf000,
+                    end: 0x10000,
+                    resident: 0
+                },
             ]
         );
     }
@@ -252,7 +267,7 @@ mod tests {
         fn headers_with_any_range_never_panic(start in any::<u64>(), end in any::<u64>(), perms in "[r-][w-][x-][ps]") {
             let smaps = entry(&format!("{start:x}-{end:x}"), &perms, "/x", 4, 0, 0);
             let found = clean_mappings(&smaps);
-            prop_assert!(found.iter().all(|(mapping, _)| mapping.end > mapping.start));
+            prop_assert!(found.iter().all(|mapping| mapping.end > mapping.start));
         }
     }
 }
