@@ -215,8 +215,8 @@ async fn start_pair() -> Pair {
         runtime.block_on(async move {
             loop {
                 tokio::select! {
-                    Some(packet) = alice.recv() => { let _ = bob.send(&packet); }
-                    Some(packet) = bob.recv() => { let _ = alice.send(&packet); }
+                    Some(packet) = alice.recv() => { let _ = bob.send(packet); }
+                    Some(packet) = bob.recv() => { let _ = alice.send(packet); }
                     else => break,
                 }
             }

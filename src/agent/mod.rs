@@ -224,9 +224,10 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             };
             let mut node = Node::new(node_config, *seed, Instant::now(), unix_now);
             node.set_ipv4(ipv4_guarded);
-            // Received packets are decrypted behind the room the TUN's write
-            // batch keeps for the virtio-net header (no copy on the way out).
-            node.set_tun_headroom(tun_batch::HEADROOM);
+            // Received packets are decrypted behind the room the device's
+            // write batch keeps (the TUN's virtio-net header; nothing for the
+            // userspace stack): no copy on the way out.
+            node.set_tun_headroom(device.headroom());
             node.set_transport_ciphers(transport_ciphers(options.aes));
             let rendezvous = resolve_rendezvous(&options, &config)?;
             if let Some(interval) = options.register_interval {

@@ -87,15 +87,14 @@ impl PacketDevice {
         }
     }
 
-    /// Writes a packet. The userspace stack never makes the loop wait: a
-    /// packet it has no room for is dropped, as a full TUN queue drops.
-    pub(crate) async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+    /// Bytes the node leaves before each packet it decrypts for this
+    /// device (`Node::set_tun_headroom`), so that the packet is written
+    /// from its own buffer: room for the virtio-net header on a TUN; none
+    /// for the userspace stack, which takes the buffer itself.
+    pub(crate) fn headroom(&self) -> usize {
         match self {
-            Self::Tun(tun) => tun.send(packet).await,
-            Self::Userspace(stack) => {
-                stack.send(packet).map_err(|_| stopped())?;
-                Ok(packet.len())
-            }
+            Self::Tun(_) => HEADROOM,
+            Self::Userspace(_) => 0,
         }
     }
 
@@ -162,10 +161,26 @@ impl PacketDevice {
                     }
                 }
             }
-            _ => {
+            Self::Tun(tun) => {
+                let headroom = batch.headroom();
                 for buffer in batch.queued() {
-                    if let Err(error) = self.send(&buffer[HEADROOM..]).await {
+                    if let Err(error) = tun.send(&buffer[headroom..]).await {
                         result = Err(error);
+                    }
+                }
+            }
+            // The stack takes each buffer as it is (no headroom, no copy);
+            // it never makes the loop wait: a packet it has no room for is
+            // dropped, as a full TUN queue drops.
+            Self::Userspace(stack) => {
+                let headroom = batch.headroom();
+                for buffer in batch.queued() {
+                    let mut packet = std::mem::take(buffer);
+                    if headroom > 0 {
+                        packet.drain(..headroom);
+                    }
+                    if stack.send(packet).is_err() {
+                        result = Err(stopped());
                     }
                 }
             }

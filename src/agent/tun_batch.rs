@@ -80,9 +80,11 @@ impl TunReadBatch {
     }
 }
 
-/// Packets waiting to be written to the TUN, each behind [`HEADROOM`].
-#[derive(Default)]
+/// Packets waiting to be written to the packet device, each behind the
+/// device's headroom: [`HEADROOM`] for a TUN, none for the userspace stack.
 pub struct TunWriteBatch {
+    /// Bytes before each packet.
+    headroom: usize,
     pub(crate) buffers: Vec<Vec<u8>>,
     /// What the core read of the TCP segment in each buffer (same index).
     segments: Vec<Option<TcpSegmentInfo>>,
@@ -91,32 +93,58 @@ pub struct TunWriteBatch {
     plan: WritePlan,
 }
 
+impl Default for TunWriteBatch {
+    /// A batch for a TUN.
+    fn default() -> Self {
+        Self::new(HEADROOM)
+    }
+}
+
 impl TunWriteBatch {
+    /// An empty batch whose packets sit behind `headroom` bytes.
+    pub fn new(headroom: usize) -> Self {
+        Self {
+            headroom,
+            buffers: Vec::new(),
+            segments: Vec::new(),
+            used: 0,
+            plan: WritePlan::default(),
+        }
+    }
+
+    /// Bytes before each queued packet.
+    pub fn headroom(&self) -> usize {
+        self.headroom
+    }
+
     /// Queues a copy of `packet`.
     pub fn push(&mut self, packet: &[u8]) {
         if self.used == self.buffers.len() {
             self.buffers
-                .push(Vec::with_capacity(HEADROOM + packet.len()));
+                .push(Vec::with_capacity(self.headroom + packet.len()));
             self.segments.push(None);
         }
         self.segments[self.used] = None;
         let buffer = &mut self.buffers[self.used];
         buffer.clear();
-        buffer.resize(HEADROOM, 0);
+        buffer.resize(self.headroom, 0);
         buffer.extend_from_slice(packet);
         self.used += 1;
     }
 
     /// Queues a packet the node delivered, whose buffer already holds it
-    /// behind [`HEADROOM`] bytes (the node decrypts into such buffers, see
-    /// `Node::set_tun_headroom`), without copying it. Returns a spare
-    /// buffer for the caller to reuse.
+    /// behind the batch's headroom (the node decrypts into such buffers,
+    /// see `Node::set_tun_headroom`), without copying it. Returns a spare
+    /// buffer for the caller to reuse (empty if there is none).
     pub fn push_with_headroom(&mut self, packet: TunPacket) -> Vec<u8> {
         let TunPacket {
             buffer,
             tcp_segment,
         } = packet;
-        debug_assert!(buffer.len() >= HEADROOM, "a packet behind its headroom");
+        debug_assert!(
+            buffer.len() >= self.headroom,
+            "a packet behind its headroom"
+        );
         let spare = if self.used == self.buffers.len() {
             self.buffers.push(buffer);
             self.segments.push(tcp_segment);
@@ -222,6 +250,23 @@ mod tests {
         let spare = batch.push_with_headroom(delivered(vec![0u8; HEADROOM]));
         assert_eq!(spare.capacity(), 0, "nothing to give back past the end");
         assert_eq!(batch.queued().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_without_headroom_holds_bare_packets() {
+        // The userspace stack's batch: it takes each buffer as it is.
+        let mut batch = TunWriteBatch::new(0);
+        assert_eq!(batch.headroom(), 0);
+        batch.push(&[6, 1, 2]);
+        let spare = batch.push_with_headroom(delivered(vec![6, 7]));
+        assert_eq!(spare.capacity(), 0);
+        let queued = batch.queued();
+        assert_eq!(queued, [vec![6, 1, 2], vec![6, 7]]);
+        let taken = std::mem::take(&mut queued[1]);
+        assert_eq!(taken, [6, 7]);
+        batch.clear();
+        batch.push(&[4, 5]);
+        assert_eq!(batch.queued()[0], [4, 5]);
     }
 
     #[test]

@@ -288,10 +288,11 @@ impl Userspace {
         }
     }
 
-    /// Hands a packet from the overlay to the stack without waiting: when
-    /// the stack is behind, the packet is dropped and counted.
-    pub fn send(&self, packet: &[u8]) -> Result<(), StackStopped> {
-        match self.to_stack.try_send(packet.to_vec()) {
+    /// Hands a packet from the overlay to the stack without waiting (its
+    /// buffer, without a copy): when the stack is behind, the packet is
+    /// dropped and counted.
+    pub fn send(&self, packet: Vec<u8>) -> Result<(), StackStopped> {
+        match self.to_stack.try_send(packet) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);

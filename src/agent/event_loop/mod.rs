@@ -120,6 +120,7 @@ impl Daemon {
         let network = NetworkId::from_name(&config.network);
         let own_id = node.agent_id();
         let interface = tun.name().unwrap_or_else(|_| options.interface.clone());
+        let tun_out = TunWriteBatch::new(tun.headroom());
         let portmap = crate::portmap::PortMapper::new(options.port_mapping, underlay.port());
         let names = NameService::start(
             network,
@@ -154,7 +155,7 @@ impl Daemon {
             probes,
             probe_datagrams: Some(probe_datagrams),
             udp_out: Vec::new(),
-            tun_out: TunWriteBatch::default(),
+            tun_out,
             services: None,
             caller_queries: None,
             saved_services_generation,
