@@ -29,6 +29,8 @@ const DEAD_PORT: u16 = 8081;
 const FIREHOSE_PORT: u16 = 8082;
 /// Exposed UDP echo.
 const UDP_PORT: u16 = 5353;
+/// Exposed: a server that says goodbye and closes at once.
+const CLOSER_PORT: u16 = 8083;
 /// Not exposed: bob's stack answers with a reset.
 const CLOSED_PORT: u16 = 9999;
 /// Limit for any one step.
@@ -90,6 +92,7 @@ struct Services {
     /// Bytes the firehose managed to write so far.
     firehose_written: Arc<AtomicU64>,
     udp_echo: SocketAddr,
+    closer: SocketAddr,
 }
 
 const FIREHOSE_BYTES: u64 = 48 << 20;
@@ -132,6 +135,15 @@ async fn start_services() -> Services {
             });
         }
     });
+    let closer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closer_addr = closer.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = closer.accept().await {
+            // A FIN after the goodbye; what arrives later is answered
+            // with a reset by the kernel.
+            let _ = stream.write_all(b"bye").await;
+        }
+    });
     let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let udp_addr = udp.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -146,6 +158,7 @@ async fn start_services() -> Services {
         firehose: firehose_addr,
         firehose_written: written,
         udp_echo: udp_addr,
+        closer: closer_addr,
     }
 }
 
@@ -187,6 +200,7 @@ async fn start_pair() -> Pair {
             expose(DEAD_PORT, services.dead, "tcp"),
             expose(FIREHOSE_PORT, services.firehose, "tcp"),
             expose(UDP_PORT, services.udp_echo, "udp"),
+            expose(CLOSER_PORT, services.closer, "tcp"),
         ],
         served_sources: None,
     };
@@ -569,6 +583,43 @@ async fn a_stalled_reader_stops_the_remote_writer() {
     })
     .await;
     assert_eq!(total, FIREHOSE_BYTES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_the_peers_fin_reaches_the_local_writer() {
+    // The remote service closes (FIN), the local client keeps writing,
+    // the remote end answers with a reset. The client must learn of it:
+    // smoltcp keeps reporting only the FIN, and a relay waiting for the
+    // client's close kept the connection (and its buffers) forever.
+    let pair = start_pair().await;
+    let proxy = pair.alice.socks5.expect("socks5");
+    let mut stream = within(
+        "connect",
+        socks_connect(proxy, Target::Name("bob"), CLOSER_PORT),
+    )
+    .await
+    .expect("connected");
+    let mut greeting = Vec::new();
+    within("the goodbye and the FIN", stream.read_to_end(&mut greeting))
+        .await
+        .expect("read");
+    assert_eq!(greeting, b"bye");
+    let chunk = vec![0x42u8; 64 * 1024];
+    let error = within("the write to fail", async {
+        loop {
+            if let Err(error) = stream.write_all(&chunk).await {
+                return error;
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "the client's writes end with a reset, not {error:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,6 +257,14 @@ impl TcpRelay {
         {
             return Step::Closed;
         }
+        if !self.local_eof && !socket.is_open() {
+            // The overlay side ended (a reset or a timeout) before the
+            // local side did. After the peer's FIN smoltcp answers every
+            // receive with `Finished` and nothing may be sent, so neither
+            // direction above notices: without this the relay, its rings
+            // and the local connection would wait forever.
+            return Step::Reset;
+        }
         Step::Continue
     }
 
