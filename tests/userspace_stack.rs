@@ -328,6 +328,14 @@ async fn socks_connect_bound(
     }
 }
 
+/// A connection through alice's SOCKS5 proxy to bob's `port`, by name.
+async fn socks_to_bob(pair: &Pair, port: u16) -> TcpStream {
+    let proxy = pair.alice.socks5.expect("socks5");
+    within("connect", socks_connect(proxy, Target::Name("bob"), port))
+        .await
+        .expect("connected")
+}
+
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(STEP, future)
         .await
@@ -543,13 +551,7 @@ async fn a_thousand_concurrent_connections_all_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_stops_the_remote_writer() {
     let pair = start_pair().await;
-    let proxy = pair.alice.socks5.expect("socks5");
-    let mut stream = within(
-        "connect",
-        socks_connect(proxy, Target::Name("bob"), FIREHOSE_PORT),
-    )
-    .await
-    .expect("connected");
+    let mut stream = socks_to_bob(&pair, FIREHOSE_PORT).await;
     // Read nothing: every buffer on the way fills, then the writer stops.
     let written = &pair.services.firehose_written;
     let mut last = u64::MAX;
@@ -592,13 +594,7 @@ async fn a_reset_after_the_peers_fin_reaches_the_local_writer() {
     // smoltcp keeps reporting only the FIN, and a relay waiting for the
     // client's close kept the connection (and its buffers) forever.
     let pair = start_pair().await;
-    let proxy = pair.alice.socks5.expect("socks5");
-    let mut stream = within(
-        "connect",
-        socks_connect(proxy, Target::Name("bob"), CLOSER_PORT),
-    )
-    .await
-    .expect("connected");
+    let mut stream = socks_to_bob(&pair, CLOSER_PORT).await;
     let mut greeting = Vec::new();
     within("the goodbye and the FIN", stream.read_to_end(&mut greeting))
         .await
