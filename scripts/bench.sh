@@ -117,7 +117,7 @@ fail() { log "FAILED: $*"; exit 1; }
 # has, and whether its linker applied the list: the first listed function
 # BIN has then starts .text.
 code_layout() {
-    local list=platform/linker/agentnet.symbol-order symbols listed found first text addr applied=no
+    local list=platform/linker/agentnet.symbol-order symbols listed found first text addr hot applied=no
     [[ -f $list ]] && command -v nm >/dev/null && command -v readelf >/dev/null || return 0
     symbols=$(nm --defined-only "$1" | awk '{ print $1, $3 }') # address name
     listed=$(grep -vc '^#' "$list")
@@ -129,6 +129,13 @@ code_layout() {
     printf 'Code layout: %s of the %s functions in %s are in this binary; ' "$found" "$listed" "$list"
     if [[ $applied == yes ]]; then echo "packed at the start of .text."; else echo "NOT applied (not a release build linked by LLD?)."; fi
     ((found * 10 < listed * 9)) && echo "The list is stale: regenerate it with sudo scripts/symbol-order.sh."
+    # The constants that code uses (platform/linker/agentnet.rodata-order).
+    hot=$(readelf -SW "$1" | sed -n 's/.*\] \.rodata\.hot  *PROGBITS  *[0-9a-f]*  *[0-9a-f]*  *\([0-9a-f]*\) .*/\1/p')
+    if [[ -n $hot ]]; then
+        echo "Data layout: $((16#$hot / 1024)) KiB of constants gathered in .rodata.hot."
+    else
+        echo "Data layout: no .rodata.hot (platform/linker/agentnet.rodata-order not applied)."
+    fi
     return 0
 }
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # =============================================================================
 # scripts/symbol-order.sh — regenerate platform/linker/agentnet.symbol-order,
-# the list of functions the linker packs together in release builds (as root).
+# the list of functions the linker packs together in release builds, and
+# platform/linker/agentnet.rodata-order, the constants they use (as root).
 #
 # Daemons in network namespaces run under valgrind's callgrind for their
-# whole life, counted in two parts: start-up (up to the moment a daemon
-# gives back its start-up pages, src/sys/file_pages.rs) and the rest
-# (handshake, traffic, queries, SIGTERM), in three setups:
+# whole life, counted in three parts: start-up (up to the moment a daemon
+# gives back its start-up pages, src/sys/file_pages.rs), running
+# (handshakes, traffic, queries; up to the moment an agent's shutdown takes
+# back its names, NameService::shutdown, or the rendezvous server drops its
+# state) and shutdown, in three setups:
 #   direct    two TUN agents on a veth pair: 100 pings over IPv6 and 100
 #             over IPv4, iperf3 TCP both ways over each, `agentnet ping`,
 #             `status`
@@ -16,13 +19,23 @@
 #             agent's iperf3 server; pings, iperf3 both ways
 # The functions of the binary the running daemons executed are listed
 # first, the most instructions first: the direct setup's, then what only
-# the other two added; then what only start-up executed. platform/linker/
+# the other two added; then what only start-up executed, then what only
+# shutdown did (once, at the end: kept out of the running code's pages). platform/linker/
 # build.rs hands the list to the linker (--symbol-ordering-file): the code a
 # running daemon uses then sits together at the start of .text instead of
 # spread over all of it, which is what keeps the daemon's resident text
 # small (the kernel maps 64 KiB around every page touched), and start-up's
 # code sits after it, in pages the daemon gives back once it is set up
-# (src/sys/file_pages.rs) and does not touch again.
+# (src/sys/file_pages.rs) and does not touch again. Valgrind's virtual CPU
+# lacks VAES, AVX-512 and ADX, so the crypto libraries take other paths
+# there than on a current CPU: each such function is listed with the
+# variant a real CPU runs (scripts/link-order.py, SIBLINGS).
+#
+# The read-only data those functions refer to (jump tables, lookup tables,
+# strings; found in their instructions with objdump and named by input
+# section from the binary's link map, since most constants have no symbol)
+# is listed the same way, the running daemons' first; build.rs gathers it
+# into .rodata.hot ahead of .rodata.
 #
 # The names are the binary's own mangled symbols, so the list follows the
 # code: regenerate it after a toolchain or dependency update or a larger
@@ -30,11 +43,15 @@
 # binary it measures still matches). A stale list never breaks a build.
 #
 # Usage:   sudo scripts/symbol-order.sh [--help]
-# Env:     AGENTNET=<binary> (default: cargo build --release; profile that
-#          exact binary: its symbol names are the ones written)
+# Env:     AGENTNET=<binary> (default: cargo rustc --release, linked with a
+#          map; profile that exact binary: its symbol names are the ones
+#          written), AGENTNET_MAP=<its link map> (-Wl,-Map=; without it,
+#          with AGENTNET, the data list is left as it is)
 #          OUT=platform/linker/agentnet.symbol-order
-# Needs:   valgrind, iperf3, jq, ping, ip, nft, setpriv (scripts/test.sh
-#          installs all but valgrind: apt-get install valgrind)
+#          OUT_RODATA=platform/linker/agentnet.rodata-order
+# Needs:   valgrind, iperf3, jq, ping, ip, nft, setpriv, objdump, nm,
+#          python3 (scripts/test.sh installs all but valgrind and binutils:
+#          apt-get install valgrind binutils)
 #
 # Traffic stays inside the namespaces created here. On exit (trap), even
 # on failure, only the processes started here are stopped, by PID, and the
@@ -49,25 +66,29 @@ source scripts/lab.sh
 lab_no_args symbol-order "$@"
 
 OUT=${OUT:-platform/linker/agentnet.symbol-order}
+OUT_RODATA=${OUT_RODATA:-platform/linker/agentnet.rodata-order}
 IP_A=10.213.0.1 IP_B=10.213.0.2 PORT=7500 IPERF_PORT=5203 RV_PORT=3479
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
 
 [[ $EUID -eq 0 ]] || { echo "symbol-order: must run as root" >&2; exit 1; }
 [[ -d $HOME/.cargo/bin && :$PATH: != *":$HOME/.cargo/bin:"* ]] && PATH=$HOME/.cargo/bin:$PATH
-for t in valgrind iperf3 jq ping ip awk nft setpriv; do
+for t in valgrind iperf3 jq ping ip awk nft setpriv objdump nm python3; do
     command -v "$t" >/dev/null || fail "missing $t"
 done
 
+WORK=$(mktemp -d /tmp/agentnet-symbol-order.XXXXXX) || exit 1
 if [[ -z ${AGENTNET:-} ]]; then
-    log "building the release binary"
-    cargo build --release --bin agentnet >&2 || fail "cargo build --release"
+    log "building the release binary (with a link map)"
+    AGENTNET_MAP=$WORK/agentnet.map
+    cargo rustc --release --bin agentnet -- -C "link-arg=-Wl,-Map=$AGENTNET_MAP" >&2 ||
+        { rm -rf "$WORK"; fail "cargo rustc --release"; }
     AGENTNET=$PWD/target/release/agentnet
 fi
 BIN=$(realpath "$AGENTNET")
-[[ -x $BIN ]] || fail "no agentnet binary at $BIN"
-
-WORK=$(mktemp -d /tmp/agentnet-symbol-order.XXXXXX) || exit 1
+[[ -x $BIN ]] || { rm -rf "$WORK"; fail "no agentnet binary at $BIN"; }
+MAP=${AGENTNET_MAP:-}
+[[ -z $MAP || -s $MAP ]] || { rm -rf "$WORK"; fail "no link map at $MAP"; }
 chmod 711 "$WORK" # the rootless agent runs as nobody
 lab_init "ans-$$"
 trap 'lab_cleanup; rm -rf "$WORK"' EXIT
@@ -79,7 +100,8 @@ agent_id() { an "$1" id --json | jq -r ".${2:-id}"; }
 
 # profiled NAME NS [nobody] CMD... : CMD under callgrind in NS (as nobody
 # with `nobody`): start-up's profile in $WORK/callgrind.NAME.1 (written as
-# file_pages::release returns), the rest's in $WORK/callgrind.NAME
+# file_pages::release returns), the running daemon's in .2 (written as its
+# shutdown begins), the rest's in $WORK/callgrind.NAME
 declare -A PROFILED=()
 profiled() {
     local name=$1 ns=$2 wrap=(); shift 2
@@ -87,11 +109,12 @@ profiled() {
         shift
         wrap=("${LAB_NOBODY[@]}")
         # callgrind, as nobody, cannot create files in $WORK
-        touch "$WORK/callgrind.$name" "$WORK/callgrind.$name.1" &&
-            chown nobody:nogroup "$WORK/callgrind.$name" "$WORK/callgrind.$name.1" || exit 1
+        touch "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} &&
+            chown nobody:nogroup "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} || exit 1
     fi
     lab_bg "$WORK/daemon-$name.log" "$ns" "${wrap[@]}" valgrind --tool=callgrind --demangle=no \
-        --dump-after='*file_pages7release*' --callgrind-out-file="$WORK/callgrind.$name" "$@"
+        --dump-after='*file_pages7release*' --dump-before='*NameService8shutdown*' \
+        --dump-before='*drop_in_place$LT$agentnet..core..rendezvous..RendezvousServer$GT$*' --callgrind-out-file="$WORK/callgrind.$name" "$@"
     PROFILED[$name]=$LAB_LAST_PID
 }
 # stop_profiled NAME... : SIGTERM; the daemons shut down and callgrind
@@ -102,7 +125,8 @@ stop_profiled() {
     for name; do
         for _ in $(seq 300); do lab_is_our_child "${PROFILED[$name]}" || break; sleep 0.1; done
         lab_stop "${PROFILED[$name]}"
-        [[ -s $WORK/callgrind.$name ]] || fail "no callgrind profile of $name (see $WORK/daemon-$name.log)"
+        [[ -s $WORK/callgrind.$name && -s $WORK/callgrind.$name.2 ]] ||
+            fail "no callgrind profile of $name (see $WORK/daemon-$name.log)"
     done
 }
 # iperf3_both_ways NS_SERVER NS_CLIENT TARGET : a server in NS_SERVER, then
@@ -220,26 +244,54 @@ profile_costs() {
 
 # What the running daemons of the direct path executed, by cost; then what
 # only the running relay and rootless daemons added; then what only
-# start-up executed (any setup), by cost.
-rank() { profile_costs "$@" | sort -k1,1nr -k2 | awk '!seen[$2]++ { print $2 }'; }
+# start-up executed (any setup), by cost. Each name is followed by the
+# variants other CPUs run in its place.
+rank() {
+    profile_costs "$@" | sort -k1,1nr -k2 | awk '!seen[$2]++ { print $2 }' |
+        python3 scripts/link-order.py siblings "$BIN"
+}
 # not_in LIST... : the lines of stdin that no LIST holds, in order.
 not_in() { grep -vxF -f <(cat "$@") || [[ $? == 1 ]]; }
-rank "$WORK/callgrind.a" "$WORK/callgrind.b" >"$WORK/direct.txt" || fail "reading the profiles"
-rank "$WORK"/callgrind.r[abv] "$WORK"/callgrind.u[tu] | not_in "$WORK/direct.txt" >"$WORK/more.txt" ||
+rank "$WORK/callgrind.a.2" "$WORK/callgrind.b.2" >"$WORK/direct.txt" || fail "reading the profiles"
+rank "$WORK"/callgrind.r[abv].2 "$WORK"/callgrind.u[tu].2 | not_in "$WORK/direct.txt" >"$WORK/more.txt" ||
     fail "reading the profiles"
 rank "$WORK"/callgrind.*.1 | not_in "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/start-up.txt" ||
     fail "reading the start-up profiles"
+SHUTDOWN_PARTS=()
+for part in "$WORK"/callgrind.{a,b,ra,rb,rv,ut,uu} "$WORK"/callgrind.{a,b,ra,rb,rv,ut,uu}.[3-9]; do
+    [[ -s $part ]] && SHUTDOWN_PARTS+=("$part")
+done
+rank "${SHUTDOWN_PARTS[@]}" |
+    not_in "$WORK/direct.txt" "$WORK/more.txt" "$WORK/start-up.txt" >"$WORK/shutdown.txt" ||
+    fail "reading the shutdown profiles"
 [[ -s $WORK/direct.txt && -s $WORK/start-up.txt ]] || fail "the profiles name no function of $BIN"
 {
     echo "# Functions agentnet daemons executed, most instructions first: once running, the"
     echo "# direct path between two TUN agents, then what only the relay path (with the"
-    echo "# rendezvous server) and rootless mode added; then what only start-up ran. The"
-    echo "# linker packs them together in this order (platform/linker/build.rs)."
+    echo "# rendezvous server) and rootless mode added; then what only start-up ran, then"
+    echo "# what only shutdown ran. The linker packs them together in this order"
+    echo "# (platform/linker/build.rs)."
     echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
         "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
-    cat "$WORK/direct.txt" "$WORK/more.txt" "$WORK/start-up.txt"
+    cat "$WORK/direct.txt" "$WORK/more.txt" "$WORK/start-up.txt" "$WORK/shutdown.txt"
 } >"$OUT.tmp" || fail "writing $OUT"
 mv "$OUT.tmp" "$OUT"
 log "wrote $OUT: $(wc -l <"$WORK/direct.txt") functions of the running direct path," \
     "$(wc -l <"$WORK/more.txt") more from the running relay and rootless daemons," \
-    "$(wc -l <"$WORK/start-up.txt") from start-up only"
+    "$(wc -l <"$WORK/start-up.txt") from start-up only, $(wc -l <"$WORK/shutdown.txt") from shutdown only"
+
+if [[ -z $MAP ]]; then
+    log "no link map (AGENTNET_MAP): $OUT_RODATA left as it is"
+    exit 0
+fi
+cat "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/running.txt" || exit 1
+{
+    echo "# Input sections of read-only data the functions of agentnet.symbol-order refer"
+    echo "# to: the running daemons' first, then start-up's. build.rs gathers them into"
+    echo "# .rodata.hot, ahead of .rodata."
+    echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
+        "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
+    python3 scripts/link-order.py rodata "$BIN" "$MAP" "$WORK/running.txt" "$WORK/start-up.txt"
+} >"$OUT_RODATA.tmp" || fail "writing $OUT_RODATA"
+mv "$OUT_RODATA.tmp" "$OUT_RODATA"
+log "wrote $OUT_RODATA: $(grep -vc '^#' "$OUT_RODATA") sections"

@@ -15,6 +15,15 @@
 //! 8.6-9.1 MiB in the lab), and the hot path shares fewer pages and TLB
 //! entries.
 //!
+//! `agentnet.rodata-order` (written by the same script) lists the
+//! read-only data that code refers to (jump tables, lookup tables,
+//! strings), by input section, since most constants have no symbol an
+//! ordering file could name. This script wraps the list in a linker script
+//! that gathers those sections in an output section of their own,
+//! `.rodata.hot`, just ahead of `.rodata` (`INSERT BEFORE`, so the default
+//! layout stays as it is): a daemon's constants then share a few pages
+//! instead of one 64 KiB fault-around block each across 1.5 MB.
+//!
 //! Only where the linker is known to be LLD, which takes
 //! `--symbol-ordering-file`: release builds for x86_64-unknown-linux-gnu,
 //! where rustc (>= 1.90; `rust-version` asks for more) links with its own
@@ -31,7 +40,9 @@ use std::path::Path;
 fn main() {
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
     let order_file = Path::new(&manifest_dir).join("platform/linker/agentnet.symbol-order");
+    let rodata_file = Path::new(&manifest_dir).join("platform/linker/agentnet.rodata-order");
     println!("cargo:rerun-if-changed={}", order_file.display());
+    println!("cargo:rerun-if-changed={}", rodata_file.display());
     println!("cargo:rerun-if-env-changed=AGENTNET_SYMBOL_ORDER");
 
     let var = |name: &str| env::var(name).unwrap_or_default();
@@ -47,4 +58,64 @@ fn main() {
         order_file.display()
     );
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+
+    let Ok(list) = std::fs::read_to_string(&rodata_file) else {
+        return;
+    };
+    let Some(script) = hot_rodata_script(&list) else {
+        return;
+    };
+    let script_file = Path::new(&var("OUT_DIR")).join("hot-rodata.ld");
+    if std::fs::write(&script_file, script).is_ok() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script_file.display());
+    }
+}
+
+/// The linker script that gathers the listed sections into `.rodata.hot`,
+/// or `None` when the list names none. A line that is not one of the two
+/// shapes `scripts/link-order.py` writes (a quoted section name, or a C
+/// object's whole `.rodata` inside a crate's archive) is skipped, so that
+/// an edited or damaged list cannot break the link.
+fn hot_rodata_script(list: &str) -> Option<String> {
+    let patterns: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|line| is_section_name(line) || is_archive_member(line))
+        .collect();
+    if patterns.is_empty() {
+        return None;
+    }
+    let mut script = String::from("SECTIONS {\n  .rodata.hot : {\n");
+    for pattern in patterns {
+        script.push_str("    ");
+        script.push_str(pattern);
+        script.push('\n');
+    }
+    script.push_str("  }\n}\nINSERT BEFORE .rodata;\n");
+    Some(script)
+}
+
+/// `*(".rodata.NAME")`, NAME of letters, digits and `_.$`.
+fn is_section_name(line: &str) -> bool {
+    line.strip_prefix("*(\".rodata")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .is_some_and(|name| {
+            name.bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"_.$".contains(&byte))
+        })
+}
+
+/// `*libCRATE-*.rlib:*-MEMBER.o(.rodata)`.
+fn is_archive_member(line: &str) -> bool {
+    line.strip_prefix("*lib")
+        .and_then(|rest| rest.strip_suffix(".o(.rodata)"))
+        .and_then(|rest| rest.split_once("-*.rlib:*-"))
+        .is_some_and(|(krate, member)| {
+            [krate, member].iter().all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"_.".contains(&byte))
+            })
+        })
 }
