@@ -2,7 +2,7 @@
 """Helpers of scripts/symbol-order.sh (standard library only).
 
   link-order.py siblings BINARY < NAMES > NAMES
-      Copies the list of function names, each followed by the variants of it
+      Copies the list of function names, each preceded by the variants of it
       the binary holds for other CPUs. The profiles are taken under valgrind,
       whose virtual CPU has no VAES, AVX-512 or ADX: there the crypto
       libraries pick their AES-NI GCM and s2n-bignum's `_alt` X25519, while a
@@ -19,7 +19,8 @@
       which a symbol ordering file cannot move. A function's references are
       the addresses its instructions name (objdump's `# address` notes):
       jump tables, lookup tables, strings. What the running daemons' code
-      refers to comes first, then what start-up's code adds.
+      refers to comes first, then what start-up's code adds, then what only
+      the functions valgrind ran in place of a variant refer to.
 """
 
 import bisect

@@ -20,10 +20,11 @@
 # The functions of the binary the running daemons executed are listed
 # first, the most instructions first: the direct setup's, then what only
 # the other two added; then what only start-up executed, then what only
-# shutdown did (once, at the end: kept out of the running code's pages). platform/linker/
-# build.rs hands the list to the linker (--symbol-ordering-file): the code a
-# running daemon uses then sits together at the start of .text instead of
-# spread over all of it, which is what keeps the daemon's resident text
+# shutdown did (once, at the end: kept out of the running code's pages).
+# platform/linker/build.rs hands the list to the linker
+# (--symbol-ordering-file): the code a running daemon uses then sits
+# together at the start of .text instead of spread over all of it, which
+# is what keeps the daemon's resident text
 # small (the kernel maps 64 KiB around every page touched), and start-up's
 # code sits after it, in pages the daemon gives back once it is set up
 # (src/sys/file_pages.rs) and does not touch again. Valgrind's virtual CPU
@@ -114,7 +115,8 @@ profiled() {
     fi
     lab_bg "$WORK/daemon-$name.log" "$ns" "${wrap[@]}" valgrind --tool=callgrind --demangle=no \
         --dump-after='*file_pages7release*' --dump-before='*NameService8shutdown*' \
-        --dump-before='*drop_in_place$LT$agentnet..core..rendezvous..RendezvousServer$GT$*' --callgrind-out-file="$WORK/callgrind.$name" "$@"
+        --dump-before='*drop_in_place$LT$agentnet..core..rendezvous..RendezvousServer$GT$*' \
+        --callgrind-out-file="$WORK/callgrind.$name" "$@"
     PROFILED[$name]=$LAB_LAST_PID
 }
 # stop_profiled NAME... : SIGTERM; the daemons shut down and callgrind
