@@ -13,7 +13,7 @@
   link-order.py rodata BINARY MAP RUNNING STARTUP > PATTERNS
       The read-only data the listed functions refer to, as input section
       patterns of a linker script (platform/linker/build.rs puts them in an
-      output section of their own, `.rodata.hot`, ahead of `.rodata`). MAP is
+      output section of their own, `.rodata.hot`, after `.rodata`). MAP is
       the binary's link map (`-Wl,-Map=`): it names every input section, also
       those of constants without a symbol (`.rodata..Lanon.*`, jump tables),
       which a symbol ordering file cannot move. A function's references are

@@ -36,7 +36,7 @@
 # strings; found in their instructions with objdump and named by input
 # section from the binary's link map, since most constants have no symbol)
 # is listed the same way, the running daemons' first; build.rs gathers it
-# into .rodata.hot ahead of .rodata.
+# into .rodata.hot after .rodata.
 #
 # The names are the binary's own mangled symbols, so the list follows the
 # code: regenerate it after a toolchain or dependency update or a larger
@@ -290,7 +290,7 @@ cat "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/running.txt" || exit 1
 {
     echo "# Input sections of read-only data the functions of agentnet.symbol-order refer"
     echo "# to: the running daemons' first, then start-up's. build.rs gathers them into"
-    echo "# .rodata.hot, ahead of .rodata."
+    echo "# .rodata.hot, after .rodata."
     echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
         "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
     python3 scripts/link-order.py rodata "$BIN" "$MAP" "$WORK/running.txt" "$WORK/start-up.txt"
