@@ -67,7 +67,9 @@ def siblings(binary):
         name = line.strip()
         # The variant first: it is what runs outside valgrind.
         candidates = [
-            pattern.sub(replacement, name) for pattern, replacement in SIBLINGS if pattern.match(name)
+            valgrind_path.sub(variant, name)
+            for valgrind_path, variant in SIBLINGS
+            if valgrind_path.match(name)
         ] + [name]
         for candidate in candidates:
             if candidate not in seen and (candidate == name or candidate in present):
@@ -125,8 +127,8 @@ def rodata(binary, map_path, running_path, startup_path):
     # What valgrind ran in place of a listed variant comes last: outside
     # valgrind its data is not read.
     for name in list(rank):
-        if any(pattern.match(name) and pattern.sub(replacement, name) in rank
-               for pattern, replacement in SIBLINGS):
+        if any(valgrind_path.match(name) and valgrind_path.sub(variant, name) in rank
+               for valgrind_path, variant in SIBLINGS):
             rank[name] += len(rank)
     low, high = sections[0][0], sections[-1][0] + sections[-1][1]
 
