@@ -93,13 +93,6 @@ pub struct TunWriteBatch {
     plan: WritePlan,
 }
 
-impl Default for TunWriteBatch {
-    /// A batch for a TUN.
-    fn default() -> Self {
-        Self::new(HEADROOM)
-    }
-}
-
 impl TunWriteBatch {
     /// An empty batch whose packets sit behind `headroom` bytes.
     pub fn new(headroom: usize) -> Self {
@@ -211,7 +204,7 @@ mod tests {
 
     #[test]
     fn write_batch_keeps_headroom_and_reuses_buffers() {
-        let mut batch = TunWriteBatch::default();
+        let mut batch = TunWriteBatch::new(HEADROOM);
         assert!(batch.is_empty());
         batch.push(&[6, 1, 2]);
         batch.push(&[6, 3]);
@@ -235,7 +228,7 @@ mod tests {
 
     #[test]
     fn buffers_with_headroom_are_queued_without_a_copy() {
-        let mut batch = TunWriteBatch::default();
+        let mut batch = TunWriteBatch::new(HEADROOM);
         batch.push(&[6, 1]);
         batch.clear();
         let mut owned = vec![0u8; HEADROOM];
@@ -271,7 +264,7 @@ mod tests {
 
     #[test]
     fn grown_buffers_are_given_back() {
-        let mut batch = TunWriteBatch::default();
+        let mut batch = TunWriteBatch::new(HEADROOM);
         batch.push(&vec![0u8; 60_000]);
         batch.clear();
         assert!(batch.buffers[0].capacity() <= KEEP_WRITE_BUFFER);
