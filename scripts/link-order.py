@@ -10,7 +10,7 @@
       instead. Listing both keeps whichever runs beside the rest of the hot
       code.
 
-  link-order.py rodata BINARY MAP RUNNING STARTUP > PATTERNS
+  link-order.py rodata BINARY MAP RUNNING STARTUP [PERF_SCRIPT...] > PATTERNS
       The read-only data the listed functions refer to, as input section
       patterns of a linker script (platform/linker/build.rs puts them in an
       output section of their own, `.rodata.hot`, after `.rodata`). MAP is
@@ -19,11 +19,28 @@
       which a symbol ordering file cannot move. A function's references are
       the addresses its instructions name (objdump's `# address` notes):
       jump tables, lookup tables, strings. What the running daemons' code
-      refers to comes first, then what start-up's code adds, then what only
-      the functions valgrind ran in place of a variant refer to.
+      refers to comes first, then the data page faults of native runs
+      touched once set up (PERF_SCRIPT, as for `faults`: constants reached
+      through code the profile did not run), then what start-up's code
+      adds, then what only the functions valgrind ran in place of a
+      variant refer to.
+
+  link-order.py faults BINARY [--keep LIST] PERF_SCRIPT... > NAMES
+      The functions of BINARY whose code page faults first brought in once
+      each daemon had given back its start-up pages, in the order of the
+      faults, from `perf script --show-mmap-events -F pid,event,addr,ip`
+      of `perf record -c 1 -d -e page-faults -e syscalls:sys_exit_madvise`
+      (the madvise calls of src/sys/file_pages.rs mark the end of start-up).
+      A fault maps the cached pages around it as well, so each names the
+      first function touched in a block: functions a native run reaches
+      and the profile under valgrind did not. With --keep, the names an
+      earlier list (agentnet.symbol-order) has under its "Running, reached
+      only natively" comment come first, those the binary still has: once
+      packed with the running code they fault no more on their own.
 """
 
 import bisect
+import os
 import re
 import subprocess
 import sys
@@ -116,7 +133,7 @@ def read_names(path):
         return [line.strip() for line in names if line.strip() and not line.startswith("#")]
 
 
-def rodata(binary, map_path, running_path, startup_path):
+def rodata(binary, map_path, running_path, startup_path, perf_scripts=()):
     sections = rodata_sections(map_path)
     if not sections:
         sys.exit(f"link-order: no .rodata input sections in {map_path}")
@@ -155,6 +172,15 @@ def rodata(binary, map_path, running_path, startup_path):
                 first_reference[index] = min(first_reference.get(index, current), current)
     if dump.wait() != 0:
         sys.exit("link-order: objdump failed")
+    # Data the native runs read once set up: right after the running
+    # code's (the rank between running and start-up).
+    running = len(set(read_names(running_path))) - 0.5
+    for address in running_faults(binary, perf_scripts):
+        index = bisect.bisect_right(starts, address) - 1
+        if low <= address < high and index >= 0:
+            start, size, _, _ = sections[index]
+            if start <= address < start + size:
+                first_reference[index] = min(first_reference.get(index, running), running)
 
     written = set()
     for index in sorted(first_reference, key=lambda index: (first_reference[index], index)):
@@ -165,11 +191,118 @@ def rodata(binary, map_path, running_path, startup_path):
             print(line)
 
 
+# `PERF_RECORD_MMAP2 pid/tid: [0xSTART(0xLEN) @ OFFSET ...]: PROT PATH`
+MMAP = re.compile(r"PERF_RECORD_MMAP2 (\d+)/\d+: \[0x([0-9a-f]+)\(0x[0-9a-f]+\) @ (0x[0-9a-f]+|0) .*\]: \S+ (\S+)$")
+# `PID EVENT: ADDR IP ...` (perf prints the data address before the ip)
+EVENT = re.compile(r"^\s*(\d+)\s+(page-faults|syscalls:sys_exit_madvise):\s+([0-9a-f]+)")
+# The release's madvise calls come one per clean file mapping, a few page
+# faults apart at most; later ones (a thread giving back its stack) are
+# not part of it.
+RELEASE_GAP = 8
+
+
+def functions(binary):
+    """(start, end, name) of every function symbol, by address."""
+    out = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split(None, 3)
+        if len(fields) == 4 and fields[2] in "tTwW":
+            start, size = int(fields[0], 16), int(fields[1], 16)
+            if size:
+                found.append((start, start + size, fields[3]))
+    found.sort()
+    return found
+
+
+def release_ends(events):
+    """For each process, the index in `events` of the last madvise of its
+    release: the first madvise and those following it a few events apart."""
+    ends = {}
+    for index, (pid, kind, _) in enumerate(events):
+        if kind == "page-faults":
+            continue
+        end = ends.get(pid)
+        if end is None or (end[1] and index - end[0] <= RELEASE_GAP + 1):
+            ends[pid] = (index, True)
+        else:
+            ends[pid] = (end[0], False)  # the release is over
+    return {pid: index for pid, (index, _) in ends.items()}
+
+
+def running_faults(binary, paths):
+    """The addresses in BINARY (as linked) that page faults touched once
+    each daemon had given back its start-up pages, in the order of the
+    faults, from `perf script` texts."""
+    path = os.path.realpath(binary)
+    for perf_script in paths:
+        base, events = {}, []
+        with open(perf_script, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                mapping = MMAP.search(line)
+                if mapping:
+                    if mapping.group(4) == path and int(mapping.group(3), 16) == 0:
+                        base.setdefault(int(mapping.group(1)), int(mapping.group(2), 16))
+                    continue
+                event = EVENT.match(line)
+                if event:
+                    events.append((int(event.group(1)), event.group(2), int(event.group(3), 16)))
+        ends = release_ends(events)
+        for index, (pid, kind, address) in enumerate(events):
+            if kind == "page-faults" and pid in base and index > ends.get(pid, len(events)):
+                yield address - base[pid]
+
+
+def faults(binary, paths, keep=None):
+    table = functions(binary)
+    starts = [start for start, _, _ in table]
+    seen = set()
+    if keep:
+        # A function packed with the running code no longer faults on its
+        # own, so what earlier runs found stays listed while the binary has it.
+        present = {name for _, _, name in table}
+        for name in previous_native(keep):
+            if name in present and name not in seen:
+                seen.add(name)
+                print(name)
+    for address in running_faults(binary, paths):
+        function = bisect.bisect_right(starts, address) - 1
+        if function >= 0 and address < table[function][1]:
+            name = table[function][2]
+            if name not in seen:
+                seen.add(name)
+                print(name)
+
+
+# The comment line of agentnet.symbol-order above the functions found by
+# `faults` (scripts/symbol-order.sh writes it).
+NATIVE_MARK = "# Running, reached only natively"
+
+
+def previous_native(list_path):
+    """The names under NATIVE_MARK in an earlier list, if any."""
+    try:
+        lines = open(list_path, encoding="utf-8").read().splitlines()
+    except OSError:
+        return []
+    names, inside = [], False
+    for line in lines:
+        if line.startswith("#"):
+            inside = line.startswith(NATIVE_MARK)
+        elif inside and line.strip():
+            names.append(line.strip())
+    return names
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "siblings":
         siblings(argv[2])
-    elif len(argv) == 6 and argv[1] == "rodata":
-        rodata(*argv[2:])
+    elif len(argv) >= 6 and argv[1] == "rodata":
+        rodata(*argv[2:6], perf_scripts=argv[6:])
+    elif len(argv) >= 6 and argv[1] == "faults" and argv[3] == "--keep":
+        faults(argv[2], argv[5:], keep=argv[4])
+    elif len(argv) >= 4 and argv[1] == "faults":
+        faults(argv[2], argv[3:])
     else:
         sys.exit(__doc__)
 

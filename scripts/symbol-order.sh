@@ -17,10 +17,16 @@
 #             rendezvous server that relays them; pings, iperf3 both ways
 #   rootless  an `up --userspace` agent as nobody with a --forward to a TUN
 #             agent's iperf3 server; pings, iperf3 both ways
+# Then each setup runs again natively under `perf record`, which notes
+# every page fault: once a daemon is set up, a fault in the binary's code
+# names the first function run in a block the kernel had not mapped yet,
+# which finds what a real CPU's run reaches and callgrind's did not (other
+# timings, TCP loss and recovery, threads ending).
 # The functions of the binary the running daemons executed are listed
 # first, the most instructions first: the direct setup's, then what only
-# the other two added; then what only start-up executed, then what only
-# shutdown did (once, at the end: kept out of the running code's pages).
+# the other two added, then what only the native runs touched; then what
+# only start-up executed, then what only shutdown did (once, at the end:
+# kept out of the running code's pages).
 # platform/linker/build.rs hands the list to the linker
 # (--symbol-ordering-file): the code a running daemon uses then sits
 # together at the start of .text instead of spread over all of it, which
@@ -50,9 +56,9 @@
 #          with AGENTNET, the data list is left as it is)
 #          OUT=platform/linker/agentnet.symbol-order
 #          OUT_RODATA=platform/linker/agentnet.rodata-order
-# Needs:   valgrind, iperf3, jq, ping, ip, nft, setpriv, objdump, nm,
-#          python3 (scripts/test.sh installs all but valgrind and binutils:
-#          apt-get install valgrind binutils)
+# Needs:   valgrind, perf, iperf3, jq, ping, ip, nft, setpriv, objdump,
+#          nm, python3 (scripts/test.sh installs all but valgrind, perf and
+#          binutils: apt-get install valgrind linux-perf binutils)
 #
 # Traffic stays inside the namespaces created here. On exit (trap), even
 # on failure, only the processes started here are stopped, by PID, and the
@@ -74,7 +80,7 @@ fail() { log "FAILED: $*"; exit 1; }
 
 [[ $EUID -eq 0 ]] || { echo "symbol-order: must run as root" >&2; exit 1; }
 [[ -d $HOME/.cargo/bin && :$PATH: != *":$HOME/.cargo/bin:"* ]] && PATH=$HOME/.cargo/bin:$PATH
-for t in valgrind iperf3 jq ping ip awk nft setpriv objdump nm python3; do
+for t in valgrind perf iperf3 jq ping ip awk nft setpriv objdump nm python3 mkfifo timeout; do
     command -v "$t" >/dev/null || fail "missing $t"
 done
 
@@ -99,10 +105,15 @@ an() { local dir=$WORK/$1; shift; "$BIN" --state-dir "$dir" "$@"; }
 init_agent() { mkdir "$WORK/$1" && an "$1" init --name "order-$1" >/dev/null || fail "agentnet init $1"; }
 agent_id() { an "$1" id --json | jq -r ".${2:-id}"; }
 
-# profiled NAME NS [nobody] CMD... : CMD under callgrind in NS (as nobody
-# with `nobody`): start-up's profile in $WORK/callgrind.NAME.1 (written as
-# file_pages::release returns), the running daemon's in .2 (written as its
-# shutdown begins), the rest's in $WORK/callgrind.NAME
+# profiled NAME NS [nobody] CMD... : CMD in NS (as nobody with `nobody`),
+# watched as $PASS says:
+#   callgrind  under valgrind: start-up's profile in $WORK/callgrind.NAME.1
+#              (written as file_pages::release returns), the running
+#              daemon's in .2 (written as its shutdown begins), the rest's
+#              in $WORK/callgrind.NAME
+#   faults     natively, under `perf record`: every page fault and every
+#              madvise of its life in $WORK/faults.NAME
+PASS=callgrind
 declare -A PROFILED=()
 profiled() {
     local name=$1 ns=$2 wrap=(); shift 2
@@ -110,39 +121,71 @@ profiled() {
         shift
         wrap=("${LAB_NOBODY[@]}")
         # callgrind, as nobody, cannot create files in $WORK
-        touch "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} &&
-            chown nobody:nogroup "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} || exit 1
+        [[ $PASS == faults ]] || { touch "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} &&
+            chown nobody:nogroup "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2}; } || exit 1
     fi
-    lab_bg "$WORK/daemon-$name.log" "$ns" "${wrap[@]}" valgrind --tool=callgrind --demangle=no \
-        --dump-after='*file_pages7release*' --dump-before='*NameService8shutdown*' \
-        --dump-before='*drop_in_place$LT$agentnet..core..rendezvous..RendezvousServer$GT$*' \
-        --callgrind-out-file="$WORK/callgrind.$name" "$@"
+    if [[ $PASS == faults ]]; then
+        # perf stays root; on SIGTERM it ends the daemon with SIGTERM too.
+        # Its control FIFO stops the record before the daemon shuts down.
+        mkfifo "$WORK/faults.$name".{ctl,ack} || exit 1
+        lab_bg "$WORK/daemon-$name.log" "$ns" perf record -q -c 1 -d -e page-faults \
+            -e syscalls:sys_exit_madvise -o "$WORK/faults.$name" \
+            --control "fifo:$WORK/faults.$name.ctl,$WORK/faults.$name.ack" -- "${wrap[@]}" "$@"
+    else
+        lab_bg "$WORK/daemon-$name.log" "$ns" "${wrap[@]}" valgrind --tool=callgrind --demangle=no \
+            --dump-after='*file_pages7release*' --dump-before='*NameService8shutdown*' \
+            --dump-before='*drop_in_place$LT$agentnet..core..rendezvous..RendezvousServer$GT$*' \
+            --callgrind-out-file="$WORK/callgrind.$name" "$@"
+    fi
     PROFILED[$name]=$LAB_LAST_PID
 }
 # stop_profiled NAME... : SIGTERM; the daemons shut down and callgrind
-# writes each profile on exit.
+# writes each profile on exit (perf its record).
 stop_profiled() {
     local name
+    if [[ $PASS == faults ]]; then
+        for name; do
+            timeout 10 sh -c 'echo disable >"$1" && read -r _ <"$2"' sh \
+                "$WORK/faults.$name".{ctl,ack} || fail "perf record of $name does not answer"
+        done
+    fi
     for name; do kill -TERM "${PROFILED[$name]}"; done
     for name; do
         for _ in $(seq 300); do lab_is_our_child "${PROFILED[$name]}" || break; sleep 0.1; done
         lab_stop "${PROFILED[$name]}"
-        [[ -s $WORK/callgrind.$name && -s $WORK/callgrind.$name.2 ]] ||
-            fail "no callgrind profile of $name (see $WORK/daemon-$name.log)"
+        if [[ $PASS == faults ]]; then
+            [[ -s $WORK/faults.$name ]] || fail "no perf record of $name (see $WORK/daemon-$name.log)"
+        else
+            [[ -s $WORK/callgrind.$name && -s $WORK/callgrind.$name.2 ]] ||
+                fail "no callgrind profile of $name (see $WORK/daemon-$name.log)"
+        fi
     done
 }
 # iperf3_both_ways NS_SERVER NS_CLIENT TARGET : a server in NS_SERVER, then
-# a 3 s stream to TARGET and one back (-R).
+# a 3 s stream to TARGET and one back (-R); natively also four streams
+# each way.
 iperf3_both_ways() {
-    local server
+    local server args runs=("-P1" "-P1 -R")
+    [[ $PASS == faults ]] && runs+=("-P4" "-P4 -R")
     lab_bg "$WORK/iperf3-server.log" "$1" iperf3 -s -p "$IPERF_PORT"
     server=$LAB_LAST_PID
     wait_for 5 ip netns exec "$1" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
         fail "the iperf3 server did not start"
-    lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 &&
-        lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 -R ||
-        fail "iperf3 to $3 (see $WORK/iperf3.log)"
+    for args in "${runs[@]}"; do
+        # shellcheck disable=SC2086 # $args holds separate options
+        lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 $args ||
+            fail "iperf3 $args to $3 (see $WORK/iperf3.log)"
+    done
     lab_stop "$server"
+}
+# Each setup runs twice: under callgrind (the profile that ranks), then
+# natively under perf (what the running daemons touch on a real CPU that
+# callgrind's run did not; see `faults` in scripts/link-order.py).
+# both_passes FUNCTION : FUNCTION under callgrind, then natively.
+both_passes() {
+    PASS=callgrind "$1"
+    log "  the same natively, its page faults recorded"
+    PASS=faults "$1"
 }
 
 # --- 1. The direct path between two TUN agents: listed first.
@@ -152,20 +195,23 @@ init_agent a && init_agent b
 an a trust add "$(agent_id b)" --name order-b >/dev/null || fail "trust add"
 an b trust add "$(agent_id a)" --name order-a --endpoint "$IP_A:$PORT" >/dev/null || fail "trust add"
 ADDR_B=$(agent_id b address) ADDR4_B=$(agent_id b address4)
-for side in b a; do
-    ns=NS_${side^^}
-    profiled "$side" "${!ns}" "$BIN" --state-dir "$WORK/$side" up --foreground --interface "ans-$side" --port "$PORT"
-done
-wait_for 120 ip netns exec "$NS_A" ping -c1 -W1 "$ADDR_B" || fail "no ping A -> B (see $WORK/daemon-*.log)"
-ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR_B" >/dev/null || fail "IPv6 pings"
-ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR4_B" >/dev/null || fail "IPv4 pings"
-iperf3_both_ways "$NS_B" "$NS_A" "$ADDR_B"
-iperf3_both_ways "$NS_B" "$NS_A" "$ADDR4_B"
-an a ping order-b --count 3 --interval 0.1 >/dev/null || fail "agentnet ping"
-for side in a b; do
-    an "$side" status >/dev/null && an "$side" status --json >/dev/null || fail "status"
-done
-stop_profiled a b
+direct() {
+    for side in b a; do
+        ns=NS_${side^^}
+        profiled "$side" "${!ns}" "$BIN" --state-dir "$WORK/$side" up --foreground --interface "ans-$side" --port "$PORT"
+    done
+    wait_for 120 ip netns exec "$NS_A" ping -c1 -W1 "$ADDR_B" || fail "no ping A -> B (see $WORK/daemon-*.log)"
+    ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR_B" >/dev/null || fail "IPv6 pings"
+    ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR4_B" >/dev/null || fail "IPv4 pings"
+    iperf3_both_ways "$NS_B" "$NS_A" "$ADDR_B"
+    iperf3_both_ways "$NS_B" "$NS_A" "$ADDR4_B"
+    an a ping order-b --count 3 --interval 0.1 >/dev/null || fail "agentnet ping"
+    for side in a b; do
+        an "$side" status >/dev/null && an "$side" status --json >/dev/null || fail "status"
+    done
+    stop_profiled a b
+}
+both_passes direct
 
 # --- 2. Through a rendezvous relay (the direct path blocked by nftables),
 # the rendezvous server profiled too.
@@ -176,25 +222,30 @@ printf '%s\n' "table ip ordercut {" \
     "  chain output { type filter hook output priority filter; policy accept; ip daddr 10.214.0.2 drop; }" \
     "}" | ip netns exec "${LAB_NS[ra]}" nft -f - || fail "nft"
 mkdir "$WORK/rv" || exit 1
-profiled rv "${LAB_NS[rr]}" "$BIN" --state-dir "$WORK/rv" rendezvous --foreground \
-    --listen "10.214.0.3:$RV_PORT" --tcp-listen "10.214.0.3:$RV_PORT"
-wait_for 120 ip netns exec "${LAB_NS[rr]}" sh -c "ss -Hlun 'sport = :$RV_PORT' | grep -q ." ||
-    fail "the rendezvous did not start (see $WORK/daemon-rv.log)"
-RV_ID=$(agent_id rv)
-for side in ra rb; do
-    init_agent "$side"
-    profiled "$side" "${LAB_NS[$side]}" "$BIN" --state-dir "$WORK/$side" up --foreground \
-        --interface "ans-$side" --port "$PORT" --rendezvous "10.214.0.3:$RV_PORT=$RV_ID"
-done
-for side in ra rb; do wait_for 120 an "$side" status || fail "agent $side does not answer"; done
-an ra trust add "$(agent_id rb)" --name order-rb >/dev/null && an rb trust add "$(agent_id ra)" --name order-ra >/dev/null ||
-    fail "trust add"
-ADDR_RB=$(agent_id rb address)
-wait_for 120 ip netns exec "${LAB_NS[ra]}" ping -c1 -W1 "$ADDR_RB" || fail "no ping through the relay"
-ip netns exec "${LAB_NS[ra]}" ping -q -n -c 50 -i 0.02 "$ADDR_RB" >/dev/null || fail "pings through the relay"
-iperf3_both_ways "${LAB_NS[rb]}" "${LAB_NS[ra]}" "$ADDR_RB"
-an ra status >/dev/null || fail "status"
-stop_profiled ra rb rv
+init_agent ra && init_agent rb
+relay() {
+    profiled rv "${LAB_NS[rr]}" "$BIN" --state-dir "$WORK/rv" rendezvous --foreground \
+        --listen "10.214.0.3:$RV_PORT" --tcp-listen "10.214.0.3:$RV_PORT"
+    wait_for 120 ip netns exec "${LAB_NS[rr]}" sh -c "ss -Hlun 'sport = :$RV_PORT' | grep -q ." ||
+        fail "the rendezvous did not start (see $WORK/daemon-rv.log)"
+    RV_ID=$(agent_id rv)
+    for side in ra rb; do
+        profiled "$side" "${LAB_NS[$side]}" "$BIN" --state-dir "$WORK/$side" up --foreground \
+            --interface "ans-$side" --port "$PORT" --rendezvous "10.214.0.3:$RV_PORT=$RV_ID"
+    done
+    for side in ra rb; do wait_for 120 an "$side" status || fail "agent $side does not answer"; done
+    if [[ $PASS == callgrind ]]; then
+        an ra trust add "$(agent_id rb)" --name order-rb >/dev/null &&
+            an rb trust add "$(agent_id ra)" --name order-ra >/dev/null || fail "trust add"
+    fi
+    ADDR_RB=$(agent_id rb address)
+    wait_for 120 ip netns exec "${LAB_NS[ra]}" ping -c1 -W1 "$ADDR_RB" || fail "no ping through the relay"
+    ip netns exec "${LAB_NS[ra]}" ping -q -n -c 50 -i 0.02 "$ADDR_RB" >/dev/null || fail "pings through the relay"
+    iperf3_both_ways "${LAB_NS[rb]}" "${LAB_NS[ra]}" "$ADDR_RB"
+    an ra status >/dev/null || fail "status"
+    stop_profiled ra rb rv
+}
+both_passes relay
 
 # --- 3. Rootless: an agent in `up --userspace` as nobody (smoltcp) with a
 # --forward to a TUN agent's iperf3 server.
@@ -206,18 +257,23 @@ mkdir "$WORK/uu" && chown nobody:nogroup "$WORK/uu" &&
     "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" init --name order-uu >/dev/null || fail "agentnet init uu"
 ID_UU=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
 ADDR_UU=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
-profiled uu "$NS_UU" nobody "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
-    --forward "127.0.0.1:$IPERF_PORT:order-ut:$IPERF_PORT"
-profiled ut "$NS_UT" "$BIN" --state-dir "$WORK/ut" up --foreground --interface ans-ut --port "$PORT"
-wait_for 120 an ut status || fail "the TUN agent does not answer"
-wait_for 120 "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
-an ut trust add "$ID_UU" --name order-uu >/dev/null &&
-    "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
-        --endpoint "10.215.0.1:$PORT" >/dev/null || fail "trust add"
-wait_for 120 ip netns exec "$NS_UT" ping -c1 -W1 "$ADDR_UU" || fail "no ping to the rootless agent"
-ip netns exec "$NS_UT" ping -q -n -c 50 -i 0.02 "$ADDR_UU" >/dev/null || fail "pings to the rootless agent"
-iperf3_both_ways "$NS_UT" "$NS_UU" 127.0.0.1
-stop_profiled uu ut
+rootless() {
+    profiled uu "$NS_UU" nobody "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
+        --forward "127.0.0.1:$IPERF_PORT:order-ut:$IPERF_PORT"
+    profiled ut "$NS_UT" "$BIN" --state-dir "$WORK/ut" up --foreground --interface ans-ut --port "$PORT"
+    wait_for 120 an ut status || fail "the TUN agent does not answer"
+    wait_for 120 "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
+    if [[ $PASS == callgrind ]]; then
+        an ut trust add "$ID_UU" --name order-uu >/dev/null &&
+            "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
+                --endpoint "10.215.0.1:$PORT" >/dev/null || fail "trust add"
+    fi
+    wait_for 120 ip netns exec "$NS_UT" ping -c1 -W1 "$ADDR_UU" || fail "no ping to the rootless agent"
+    ip netns exec "$NS_UT" ping -q -n -c 50 -i 0.02 "$ADDR_UU" >/dev/null || fail "pings to the rootless agent"
+    iperf3_both_ways "$NS_UT" "$NS_UU" 127.0.0.1
+    stop_profiled uu ut
+}
+both_passes rootless
 
 # Self cost per function of the binary, both daemons summed. Callgrind
 # compresses names: "fn=(12) name" defines 12, "fn=(12)" refers to it; the
@@ -257,43 +313,64 @@ not_in() { grep -vxF -f <(cat "$@") || [[ $? == 1 ]]; }
 rank "$WORK/callgrind.a.2" "$WORK/callgrind.b.2" >"$WORK/direct.txt" || fail "reading the profiles"
 rank "$WORK"/callgrind.r[abv].2 "$WORK"/callgrind.u[tu].2 | not_in "$WORK/direct.txt" >"$WORK/more.txt" ||
     fail "reading the profiles"
-rank "$WORK"/callgrind.*.1 | not_in "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/start-up.txt" ||
+# What the native runs first touched once set up and the profiles did not
+# name (in the order of the faults).
+for name in a b ra rb rv ut uu; do
+    perf script -i "$WORK/faults.$name" --show-mmap-events -F pid,event,addr,ip >"$WORK/faults.$name.txt" 2>/dev/null ||
+        fail "perf script of $name"
+done
+python3 scripts/link-order.py faults "$BIN" --keep "$OUT" "$WORK"/faults.{a,b,ra,rb,rv,ut,uu}.txt |
+    not_in "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/native.txt" || fail "reading the page faults"
+rank "$WORK"/callgrind.*.1 | not_in "$WORK/direct.txt" "$WORK/more.txt" "$WORK/native.txt" >"$WORK/start-up.txt" ||
     fail "reading the start-up profiles"
 SHUTDOWN_PARTS=()
 for part in "$WORK"/callgrind.{a,b,ra,rb,rv,ut,uu} "$WORK"/callgrind.{a,b,ra,rb,rv,ut,uu}.[3-9]; do
     [[ -s $part ]] && SHUTDOWN_PARTS+=("$part")
 done
 rank "${SHUTDOWN_PARTS[@]}" |
-    not_in "$WORK/direct.txt" "$WORK/more.txt" "$WORK/start-up.txt" >"$WORK/shutdown.txt" ||
+    not_in "$WORK/direct.txt" "$WORK/more.txt" "$WORK/native.txt" "$WORK/start-up.txt" >"$WORK/shutdown.txt" ||
     fail "reading the shutdown profiles"
 [[ -s $WORK/direct.txt && -s $WORK/start-up.txt ]] || fail "the profiles name no function of $BIN"
 {
     echo "# Functions agentnet daemons executed, most instructions first: once running, the"
     echo "# direct path between two TUN agents, then what only the relay path (with the"
-    echo "# rendezvous server) and rootless mode added; then what only start-up ran, then"
-    echo "# what only shutdown ran. The linker packs them together in this order"
+    echo "# rendezvous server) and rootless mode added, then what the same runs reached"
+    echo "# only natively (page faults); then what only start-up ran, then what only"
+    echo "# shutdown ran. The linker packs them together in this order"
     echo "# (platform/linker/build.rs)."
     echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
         "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
-    cat "$WORK/direct.txt" "$WORK/more.txt" "$WORK/start-up.txt" "$WORK/shutdown.txt"
+    echo "# Running: the direct path"
+    cat "$WORK/direct.txt"
+    echo "# Running: what the relay path and rootless mode add"
+    cat "$WORK/more.txt"
+    # link-order.py faults --keep reads this block back.
+    echo "# Running, reached only natively (page faults; kept while the binary has them)"
+    cat "$WORK/native.txt"
+    echo "# Start-up only"
+    cat "$WORK/start-up.txt"
+    echo "# Shutdown only"
+    cat "$WORK/shutdown.txt"
 } >"$OUT.tmp" || fail "writing $OUT"
 mv "$OUT.tmp" "$OUT"
 log "wrote $OUT: $(wc -l <"$WORK/direct.txt") functions of the running direct path," \
     "$(wc -l <"$WORK/more.txt") more from the running relay and rootless daemons," \
+    "$(wc -l <"$WORK/native.txt") first touched only in the native runs," \
     "$(wc -l <"$WORK/start-up.txt") from start-up only, $(wc -l <"$WORK/shutdown.txt") from shutdown only"
 
 if [[ -z $MAP ]]; then
     log "no link map (AGENTNET_MAP): $OUT_RODATA left as it is"
     exit 0
 fi
-cat "$WORK/direct.txt" "$WORK/more.txt" >"$WORK/running.txt" || exit 1
+cat "$WORK/direct.txt" "$WORK/more.txt" "$WORK/native.txt" >"$WORK/running.txt" || exit 1
 {
     echo "# Input sections of read-only data the functions of agentnet.symbol-order refer"
-    echo "# to: the running daemons' first, then start-up's. build.rs gathers them into"
-    echo "# .rodata.hot, after .rodata."
+    echo "# to: the running daemons' first, then what the native runs read (page faults),"
+    echo "# then start-up's. build.rs gathers them into .rodata.hot, after .rodata."
     echo "# Written by scripts/symbol-order.sh from $("$BIN" --version | head -1)" \
         "($(git describe --always --dirty 2>/dev/null || echo unknown)); do not edit."
-    python3 scripts/link-order.py rodata "$BIN" "$MAP" "$WORK/running.txt" "$WORK/start-up.txt"
+    python3 scripts/link-order.py rodata "$BIN" "$MAP" "$WORK/running.txt" "$WORK/start-up.txt" \
+        "$WORK"/faults.{a,b,ra,rb,rv,ut,uu}.txt
 } >"$OUT_RODATA.tmp" || fail "writing $OUT_RODATA"
 mv "$OUT_RODATA.tmp" "$OUT_RODATA"
 log "wrote $OUT_RODATA: $(grep -vc '^#' "$OUT_RODATA") sections"
