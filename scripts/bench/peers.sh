@@ -80,16 +80,18 @@ peers_install() {
 # side_vars SIDE : NS and TIP (namespace, tunnel address) of node a or b.
 side_vars() { if [[ $1 == a ]]; then NS=$NS_A TIP=$TUN_IP_A; else NS=$NS_B TIP=$TUN_IP_B; fi; }
 
-# from_storage EXE : drop EXE from the page cache and read it back, as after
-# a boot. How a file entered the cache (just written, or read) decides how
-# much of it the kernel maps around each page a process touches
-# (fault-around), and so a daemon's RSS by up to ~1 MiB: every tunnel's
-# binary starts from the same state.
+# from_storage EXE : drop EXE from the page cache, as after a boot: the
+# daemon's own page faults read it back. How a file entered the cache
+# decides how much of it the kernel maps around each page a process
+# touches, and so a daemon's RSS by up to ~1 MiB: read by read(2) (`cat`,
+# or just written by `cp`) it is held in large folios, and Linux 6.18 maps
+# a whole large folio on a fault (256 KiB here) where pages faulted in
+# one by one get the 64 KiB fault-around. Every tunnel's binary starts
+# from the same state.
 from_storage() {
     local f
     f=$(command -v "$1") && [[ -f $f ]] || return 0
     dd if="$f" iflag=nocache count=0 status=none 2>/dev/null
-    cat "$f" >/dev/null
 }
 
 # start_daemon P SIDE CMD... : start CMD as node SIDE of peer P, logging to
