@@ -299,7 +299,7 @@ def main(argv):
         siblings(argv[2])
     elif len(argv) >= 6 and argv[1] == "rodata":
         rodata(*argv[2:6], perf_scripts=argv[6:])
-    elif len(argv) >= 6 and argv[1] == "faults" and argv[3] == "--keep":
+    elif len(argv) >= 5 and argv[1] == "faults" and argv[3] == "--keep":
         faults(argv[2], argv[5:], keep=argv[4])
     elif len(argv) >= 4 and argv[1] == "faults":
         faults(argv[2], argv[3:])

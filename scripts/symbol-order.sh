@@ -18,10 +18,12 @@
 #   rootless  an `up --userspace` agent as nobody with a --forward to a TUN
 #             agent's iperf3 server; pings, iperf3 both ways
 # Then each setup runs again natively under `perf record`, which notes
-# every page fault: once a daemon is set up, a fault in the binary's code
-# names the first function run in a block the kernel had not mapped yet,
-# which finds what a real CPU's run reaches and callgrind's did not (other
-# timings, TCP loss and recovery, threads ending).
+# every page fault (with four iperf3 streams each way as well, and 15 s
+# idle before the daemons stop): once a daemon is set up, a fault in the
+# binary's code names the first function run in a block the kernel had
+# not mapped yet, which finds what a real CPU's run reaches and
+# callgrind's did not (other timings, TCP loss and recovery, idle timers,
+# threads ending).
 # The functions of the binary the running daemons executed are listed
 # first, the most instructions first: the direct setup's, then what only
 # the other two added, then what only the native runs touched; then what
@@ -178,6 +180,14 @@ iperf3_both_ways() {
     done
     lab_stop "$server"
 }
+# idle_if_native : natively, 15 s without traffic before the daemons stop.
+# What a daemon runs once traffic stops (keepalives, idle session keys and
+# buffers given back, a thread of tokio's blocking pool ending after its
+# 10 s keep-alive) runs in any long-lived daemon: it is running code too.
+idle_if_native() {
+    [[ $PASS == faults ]] && sleep 15
+    return 0
+}
 # Each setup runs twice: under callgrind (the profile that ranks), then
 # natively under perf (what the running daemons touch on a real CPU that
 # callgrind's run did not; see `faults` in scripts/link-order.py).
@@ -209,6 +219,7 @@ direct() {
     for side in a b; do
         an "$side" status >/dev/null && an "$side" status --json >/dev/null || fail "status"
     done
+    idle_if_native
     stop_profiled a b
 }
 both_passes direct
@@ -243,6 +254,7 @@ relay() {
     ip netns exec "${LAB_NS[ra]}" ping -q -n -c 50 -i 0.02 "$ADDR_RB" >/dev/null || fail "pings through the relay"
     iperf3_both_ways "${LAB_NS[rb]}" "${LAB_NS[ra]}" "$ADDR_RB"
     an ra status >/dev/null || fail "status"
+    idle_if_native
     stop_profiled ra rb rv
 }
 both_passes relay
@@ -271,6 +283,7 @@ rootless() {
     wait_for 120 ip netns exec "$NS_UT" ping -c1 -W1 "$ADDR_UU" || fail "no ping to the rootless agent"
     ip netns exec "$NS_UT" ping -q -n -c 50 -i 0.02 "$ADDR_UU" >/dev/null || fail "pings to the rootless agent"
     iperf3_both_ways "$NS_UT" "$NS_UU" 127.0.0.1
+    idle_if_native
     stop_profiled uu ut
 }
 both_passes rootless
