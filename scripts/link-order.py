@@ -139,7 +139,12 @@ def rodata(binary, map_path, running_path, startup_path, perf_scripts=()):
         sys.exit(f"link-order: no .rodata input sections in {map_path}")
     starts = [start for start, _, _, _ in sections]
     rank = {}
-    for name in read_names(running_path) + read_names(startup_path):
+    for name in read_names(running_path):
+        rank.setdefault(name, len(rank))
+    # Data the native runs read once set up ranks right after the running
+    # code's, before start-up's.
+    native_data = len(rank) - 0.5
+    for name in read_names(startup_path):
         rank.setdefault(name, len(rank))
     # What valgrind ran in place of a listed variant comes last: outside
     # valgrind its data is not read.
@@ -151,6 +156,15 @@ def rodata(binary, map_path, running_path, startup_path, perf_scripts=()):
 
     # The first rank of a function that refers into each section.
     first_reference = {}
+
+    def refer(address, by_rank):
+        if not low <= address < high:
+            return
+        index = bisect.bisect_right(starts, address) - 1
+        start, size, _, _ = sections[index]
+        if start <= address < start + size:
+            first_reference[index] = min(first_reference.get(index, by_rank), by_rank)
+
     current = None
     dump = subprocess.Popen(
         ["objdump", "-d", "--no-show-raw-insn", binary], stdout=subprocess.PIPE, text=True
@@ -163,24 +177,11 @@ def rodata(binary, map_path, running_path, startup_path, perf_scripts=()):
         if current is None or "#" not in line:
             continue
         for target in TARGET.findall(line):
-            address = int(target, 16)
-            if not low <= address < high:
-                continue
-            index = bisect.bisect_right(starts, address) - 1
-            start, size, _, _ = sections[index]
-            if start <= address < start + size:
-                first_reference[index] = min(first_reference.get(index, current), current)
+            refer(int(target, 16), current)
     if dump.wait() != 0:
         sys.exit("link-order: objdump failed")
-    # Data the native runs read once set up: right after the running
-    # code's (the rank between running and start-up).
-    running = len(set(read_names(running_path))) - 0.5
     for address in running_faults(binary, perf_scripts):
-        index = bisect.bisect_right(starts, address) - 1
-        if low <= address < high and index >= 0:
-            start, size, _, _ = sections[index]
-            if start <= address < start + size:
-                first_reference[index] = min(first_reference.get(index, running), running)
+        refer(address, native_data)
 
     written = set()
     for index in sorted(first_reference, key=lambda index: (first_reference[index], index)):
