@@ -26,8 +26,9 @@
 # to wake), and while one iperf3 TCP stream runs (latency under load);
 # tunnel CPU-seconds per GB (utime+stime of both daemons during the iperf3
 # runs / GB received); peak RSS (VmHWM) of each daemon, each binary dropped
-# from the page cache and read back before it starts (as after a boot: how
-# a file entered the cache changes how much of it fault-around maps);
+# from the page cache before it starts and faulted in by its daemons, as
+# after a boot (a file read or just written sits in large folios, which the
+# kernel maps whole on a fault: more RSS for the same code);
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
 #
