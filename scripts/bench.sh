@@ -32,6 +32,10 @@
 # connect time. Every figure comes with its ratio to the agentnet row, e.g.
 # "460 (0.21×)".
 #
+# Idle round trips again, interleaved, in a second table: agentnet and every
+# peer up at once, RTT_ROUNDS rounds of $PINGS / RTT_ROUNDS pings through
+# each in turn, so that the machine's drift over minutes falls on all alike.
+#
 # Handshakes, two figures under the table:
 #   criterion      `cargo bench --bench handshake` responder_only: the
 #                  responder's work for one IK handshake on one core
@@ -55,6 +59,7 @@
 # Env:     DURATION=10  PARALLEL=4  PINGS=100  CONNECT_TIMEOUT=30
 #          PEERS="wggo boringtun gotatun nebula fastd" (a subset, or "")
 #          RELAY=1  USERSPACE=1  HANDSHAKES=1 (0: leave those out)
+#          RTT_ROUNDS=10 (0: no interleaved round trips)
 #          HS_IDENTITIES=1024 (up to 1024)  HS_SECONDS=5
 #          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet,
 #          copied to $OUTDIR/agentnet)
@@ -97,11 +102,16 @@ USERSPACE=${USERSPACE:-1}
 HANDSHAKES=${HANDSHAKES:-1}
 HS_IDENTITIES=${HS_IDENTITIES:-1024}
 HS_SECONDS=${HS_SECONDS:-5}
+RTT_ROUNDS=${RTT_ROUNDS:-10}
 export OUTDIR=${OUTDIR:-/tmp/agentnet-bench/$(date +%Y%m%d-%H%M%S)}
 NS_A='' NS_B='' IP_A=10.210.0.1 IP_B=10.210.0.2
 TUN_MTU=1420 # every tunnel between A and B: WireGuard's MTU on a 1500 underlay
 PORT=7400 IPERF_PORT=5201
 
+for n in DURATION PARALLEL PINGS CONNECT_TIMEOUT RTT_ROUNDS; do
+    [[ ${!n} =~ ^[0-9]+$ ]] || { echo "bench: $n must be a whole number, not '${!n}'" >&2; exit 2; }
+done
+((PINGS > 0)) || { echo "bench: PINGS must be at least 1" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "bench: must run as root" >&2; exit 1; }
 [[ -d $HOME/.cargo/bin && :$PATH: != *":$HOME/.cargo/bin:"* ]] && PATH=$HOME/.cargo/bin:$PATH
 for t in ip iperf3 jq ping awk ss unshare setpriv nft taskset; do
@@ -199,8 +209,16 @@ PING_WRAP=()
 measure_rtt() {
     local row=$1 sfx=${4:-} f=$RAW/$1.ping${4:-}.txt
     lab_run "$f" "$f" "$2" "${PING_WRAP[@]}" ping -n -c "$PINGS" -i 0.01 -W 1 "$3"
+    rtt_stats "$row" "$sfx" "$f" "$PINGS"
+}
+
+# rtt_stats ROW SUFFIX FILE SENT : avg, p99 (nearest rank) and loss of the
+# replies ping logged in FILE, as R[ROW.rttSUFFIX], R[ROW.p99SUFFIX],
+# R[ROW.lossSUFFIX].
+rtt_stats() {
+    local row=$1 sfx=$2
     read -r "R[$row.rtt$sfx]" "R[$row.p99$sfx]" "R[$row.loss$sfx]" < <(
-        grep -oP 'time=\K[0-9.]+' "$f" | sort -n | awk -v n="$PINGS" '
+        grep -oP 'time=\K[0-9.]+' "$3" | sort -n | awk -v n="$4" '
             { a[NR] = $1; s += $1 }
             END { if (NR == 0) { print "NA NA 100"; exit }
                   i = int((99 * NR + 99) / 100); if (i > NR) i = NR
@@ -394,6 +412,7 @@ bench_tunnel() {
     first_reply "$NS_B" "$TUN_IP_A" || { row_failed "$p" "no ping B -> A within ${CONNECT_TIMEOUT}s"; return; }
     R[$p.connect]=$((REPLY_MS - t0))
     R[$p.mtu]=$(addr_mtu "$NS_A" "$TUN_IP_A")
+    R[$p.tip_a]=$TUN_IP_A R[$p.tip_b]=$TUN_IP_B # for the interleaved round trips
     log "  $p: first reply ${R[$p.connect]} ms after starting B; $TUN_IP_A <-> $TUN_IP_B, MTU ${R[$p.mtu]}"
     measure "$p" "$NS_A" "$NS_B" "$TUN_IP_B"
     [[ $(type -t "${p}_extra") == function ]] && "${p}_extra"
@@ -619,6 +638,47 @@ for p in $PEERS; do
     fi
 done
 
+# ------------------------------------------- round trips, interleaved ----
+# Idle round trips on this VM drift over minutes by more than the tunnels
+# differ (in a lab pair the same tunnel's average went from 0.15 to 0.30 ms
+# over five rounds), so rows measured minutes apart compare the moments as
+# much as the tunnels. Here agentnet and every peer whose row passed run
+# again, all at once (each has its own interface, subnet and port), and
+# RTT_ROUNDS rounds send $PINGS / RTT_ROUNDS pings through each tunnel in
+# turn, the order rotated by one every round: every tunnel is measured
+# over the same stretch of time. Sets R[ROW.rtt_mix], R[ROW.p99_mix].
+MIXED=()
+interleaved_rtt() {
+    local p round i per=$(((PINGS + RTT_ROUNDS - 1) / RTT_ROUNDS)) tmp=$RAW/ping-mix.tmp
+    DAEMONS=()
+    for p in agentnet $PEERS; do
+        [[ -n ${R[$p.tip_b]:-} && -z ${R[$p.status]:-} ]] || continue
+        TUN_IP_A=${R[$p.tip_a]} TUN_IP_B=${R[$p.tip_b]}
+        if "${p}_start" a && "${p}_start" b && first_reply "$NS_B" "$TUN_IP_A"; then
+            MIXED+=("$p")
+            : >"$RAW/$p.ping_mix.txt"
+        else
+            log "  $p: did not come up again; left out"
+        fi
+    done
+    for ((round = 0; round < RTT_ROUNDS; round++)); do
+        for ((i = 0; i < ${#MIXED[@]}; i++)); do
+            p=${MIXED[$(((round + i) % ${#MIXED[@]}))]}
+            lab_run "$tmp" "$tmp" "$NS_A" ping -n -c "$per" -i 0.01 -W 1 "${R[$p.tip_b]}"
+            cat "$tmp" >>"$RAW/$p.ping_mix.txt"
+        done
+    done
+    rm -f "$tmp"
+    for p in "${MIXED[@]}"; do
+        rtt_stats "$p" _mix "$RAW/$p.ping_mix.txt" $((per * RTT_ROUNDS))
+    done
+    stop_daemons
+}
+if ((RTT_ROUNDS > 0)); then
+    log "== idle round trips, interleaved: $RTT_ROUNDS rounds through every tunnel in turn"
+    interleaved_rtt
+fi
+
 # ----------------------------------------------------------------- table ----
 # ratio X REF : " (X/REF×)", or nothing where either is not a number.
 ratio() {
@@ -675,6 +735,17 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
     if ((${#SKIPPED[@]})); then
         printf -v list '%s; ' "${SKIPPED[@]}"
         echo "Skipped, not installed (scripts/bench.sh --install-peers): ${list%; }."
+    fi
+    if ((${#MIXED[@]} > 1)); then
+        echo
+        echo "| idle RTT, interleaved | avg ms | p99 ms |"
+        echo "|---|--:|--:|"
+        for row in "${MIXED[@]}"; do
+            ref=agentnet; [[ $row == agentnet ]] && ref=none
+            printf '| %s | %s | %s |\n' "${NAME[$row]}" "$(cell "$row" $ref rtt_mix)" "$(cell "$row" $ref p99_mix)"
+        done
+        echo
+        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $(((PINGS + RTT_ROUNDS - 1) / RTT_ROUNDS)) pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; the table's RTT columns measure each tunnel at its own time."
     fi
     [[ -n ${CODE_LAYOUT:-} ]] && echo "$CODE_LAYOUT"
     echo "$(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1)."
