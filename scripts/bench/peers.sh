@@ -131,6 +131,9 @@ wg_prepare() {
 # wg_start P SIDE DAEMON-CMD... (the interface name is appended)
 wg_start() {
     local p=$1 side=$2 ifname=an$1-$2 NS TIP; shift 2
+    # A socket left by an earlier run of this node would pass the wait below
+    # before the new daemon has its device.
+    rm -f "/run/wireguard/$ifname.sock"
     start_daemon "$p" "$side" "$@" "$ifname"
     # the daemon creates its UAPI socket once the TUN device exists
     wait_for 10 test -S "/run/wireguard/$ifname.sock" || return 1
