@@ -247,15 +247,30 @@ impl Daemon {
             tokio::select! {
                 received = self.underlay.recv_run(&mut udp_run) => {
                     self.on_udp_run(received, &udp_run);
-                    self.drain_underlay(&mut udp_run);
+                    let taken = udp_run.count();
+                    self.drain_underlay(&mut udp_run, taken);
                     busy_poll.on_packet(Instant::now());
                 }
                 read = self.tun.recv_batch(&mut tun_read) => {
                     self.on_tun_read(read, &tun_read)?;
-                    self.drain_tun(&mut tun_read)?;
+                    let taken = tun_read.packets().count();
+                    self.drain_tun(&mut tun_read, taken)?;
                     busy_poll.on_packet(Instant::now());
                 }
-                () = busy_poll::turn(), if polling => {}
+                () = busy_poll::turn(), if polling => {
+                    // The I/O driver has just looked at every socket. What
+                    // it found ready is taken now (the `select!`, whose
+                    // order is random, may have picked this branch first),
+                    // one input per turn as in the branches above; only
+                    // with nothing to do does the CPU go to another thread.
+                    let took = self.drain_underlay(&mut udp_run, 0) > 0
+                        || self.drain_tun(&mut tun_read, 0)? > 0;
+                    if took {
+                        busy_poll.on_packet(Instant::now());
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
                 Some(request) = requests.recv() => {
                     let response = self.on_command(request.command);
                     // Names follow the trust store before the client hears back.
@@ -350,17 +365,22 @@ impl Daemon {
         }
     }
 
-    fn drain_underlay(&mut self, run: &mut ReceivedRun) {
-        let mut taken = run.count();
+    /// Takes queued runs until the socket has none or `taken` (the
+    /// datagrams this wake has taken so far) reaches [`PACKETS_PER_WAKE`].
+    /// Returns how many runs it took.
+    fn drain_underlay(&mut self, run: &mut ReceivedRun, mut taken: usize) -> usize {
+        let mut runs = 0;
         while taken < PACKETS_PER_WAKE {
             match self.underlay.try_recv_run(run) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 received => {
                     self.on_udp_run(received, run);
                     taken += run.count().max(1);
+                    runs += 1;
                 }
             }
         }
+        runs
     }
 
     fn on_tun_read(
@@ -391,18 +411,26 @@ impl Daemon {
         }
     }
 
-    fn drain_tun(&mut self, batch: &mut TunReadBatch) -> Result<(), DaemonError> {
-        let mut taken = batch.packets().count();
+    /// Takes queued reads until the TUN has none or `taken` (the packets
+    /// this wake has taken so far) reaches [`PACKETS_PER_WAKE`]. Returns
+    /// how many reads it took.
+    fn drain_tun(
+        &mut self,
+        batch: &mut TunReadBatch,
+        mut taken: usize,
+    ) -> Result<usize, DaemonError> {
+        let mut reads = 0;
         while taken < PACKETS_PER_WAKE {
             match self.tun.try_recv_batch(batch) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 read => {
                     self.on_tun_read(read, batch)?;
                     taken += batch.packets().count().max(1);
+                    reads += 1;
                 }
             }
         }
-        Ok(())
+        Ok(reads)
     }
 
     /// Drains the node's outputs: events first (acting on one, such as an
