@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::commands::{Command, ControlRequest};
 use super::packet_device::PacketDevice;
-use super::tun_batch::{self, TunReadBatch, TunWriteBatch};
+use super::tun_batch::{TunReadBatch, TunWriteBatch};
 use super::{DaemonError, DaemonOptions};
 use crate::control::{DaemonInfo, Response, TrustedPeer};
 use crate::core::address::{NetworkId, NodePrefix};
@@ -22,10 +22,11 @@ use crate::names::service::NameService;
 use crate::rendezvous::link::{RendezvousLinks, TcpLinkEvent};
 use crate::state::AgentConfig;
 use crate::sys::probe_sockets::{ProbeDatagram, ProbeSockets};
-use crate::sys::udp::{Underlay, normalize, resolve_endpoint};
+use crate::sys::udp::{Underlay, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
 
 mod busy_poll;
+mod inputs;
 mod services;
 mod signals;
 mod throttle;
@@ -344,93 +345,6 @@ impl Daemon {
             self.candidates = candidates.clone();
             self.node.set_local_candidates(candidates);
         }
-    }
-
-    fn on_udp_run(&mut self, received: io::Result<()>, run: &ReceivedRun) {
-        match received {
-            Ok(()) => {
-                // A source the socket cannot name cannot be answered either.
-                let Some(from) = run.source().map(normalize) else {
-                    return;
-                };
-                let now = Instant::now();
-                self.links
-                    .handle_udp_run(now, from, run.datagrams(), &mut self.node);
-            }
-            Err(error) => {
-                if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {
-                    tracing::warn!(%error, suppressed, "UDP receive failed");
-                }
-            }
-        }
-    }
-
-    /// Takes queued runs until the socket has none or `taken` (the
-    /// datagrams this wake has taken so far) reaches [`PACKETS_PER_WAKE`].
-    /// Returns how many runs it took.
-    fn drain_underlay(&mut self, run: &mut ReceivedRun, mut taken: usize) -> usize {
-        let mut runs = 0;
-        while taken < PACKETS_PER_WAKE {
-            match self.underlay.try_recv_run(run) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                received => {
-                    self.on_udp_run(received, run);
-                    taken += run.count().max(1);
-                    runs += 1;
-                }
-            }
-        }
-        runs
-    }
-
-    fn on_tun_read(
-        &mut self,
-        read: io::Result<()>,
-        batch: &TunReadBatch,
-    ) -> Result<(), DaemonError> {
-        match read {
-            Ok(()) => {
-                let now = Instant::now();
-                for packet in batch.packets() {
-                    // The resolver's (`PREFIX::53`), or the node's.
-                    if !self.names.handle_tun_packet(packet) {
-                        self.node.handle_tun_packet(now, packet);
-                    }
-                }
-                Ok(())
-            }
-            Err(error) if is_transient(&error) => Ok(()),
-            Err(error) if tun_batch::is_bad_packet(&error) => {
-                tracing::debug!(%error, "dropped a TUN read that could not be cut into packets");
-                Ok(())
-            }
-            Err(source) => Err(DaemonError::TunIo {
-                interface: self.interface.clone(),
-                source,
-            }),
-        }
-    }
-
-    /// Takes queued reads until the TUN has none or `taken` (the packets
-    /// this wake has taken so far) reaches [`PACKETS_PER_WAKE`]. Returns
-    /// how many reads it took.
-    fn drain_tun(
-        &mut self,
-        batch: &mut TunReadBatch,
-        mut taken: usize,
-    ) -> Result<usize, DaemonError> {
-        let mut reads = 0;
-        while taken < PACKETS_PER_WAKE {
-            match self.tun.try_recv_batch(batch) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                read => {
-                    self.on_tun_read(read, batch)?;
-                    taken += batch.packets().count().max(1);
-                    reads += 1;
-                }
-            }
-        }
-        Ok(reads)
     }
 
     /// Drains the node's outputs: events first (acting on one, such as an
@@ -796,11 +710,4 @@ impl Daemon {
         self.trust = store;
         self.refresh_advertised(now);
     }
-}
-
-fn is_transient(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
