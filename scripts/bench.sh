@@ -648,8 +648,10 @@ done
 # turn, the order rotated by one every round: every tunnel is measured
 # over the same stretch of time. Sets R[ROW.rtt_mix], R[ROW.p99_mix].
 MIXED=()
+MIX_PER=0 # pings per tunnel per round
 interleaved_rtt() {
-    local p round i per=$(((PINGS + RTT_ROUNDS - 1) / RTT_ROUNDS)) tmp=$RAW/ping-mix.tmp
+    local p round i tmp=$RAW/ping-mix.tmp
+    MIX_PER=$(((PINGS + RTT_ROUNDS - 1) / RTT_ROUNDS))
     DAEMONS=()
     for p in agentnet $PEERS; do
         [[ -n ${R[$p.tip_b]:-} && -z ${R[$p.status]:-} ]] || continue
@@ -664,13 +666,13 @@ interleaved_rtt() {
     for ((round = 0; round < RTT_ROUNDS; round++)); do
         for ((i = 0; i < ${#MIXED[@]}; i++)); do
             p=${MIXED[$(((round + i) % ${#MIXED[@]}))]}
-            lab_run "$tmp" "$tmp" "$NS_A" ping -n -c "$per" -i 0.01 -W 1 "${R[$p.tip_b]}"
+            lab_run "$tmp" "$tmp" "$NS_A" ping -n -c "$MIX_PER" -i 0.01 -W 1 "${R[$p.tip_b]}"
             cat "$tmp" >>"$RAW/$p.ping_mix.txt"
         done
     done
     rm -f "$tmp"
     for p in "${MIXED[@]}"; do
-        rtt_stats "$p" _mix "$RAW/$p.ping_mix.txt" $((per * RTT_ROUNDS))
+        rtt_stats "$p" _mix "$RAW/$p.ping_mix.txt" $((MIX_PER * RTT_ROUNDS))
     done
     stop_daemons
 }
@@ -745,7 +747,7 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
             printf '| %s | %s | %s |\n' "${NAME[$row]}" "$(cell "$row" $ref rtt_mix)" "$(cell "$row" $ref p99_mix)"
         done
         echo
-        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $(((PINGS + RTT_ROUNDS - 1) / RTT_ROUNDS)) pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; the table's RTT columns measure each tunnel at its own time."
+        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $MIX_PER pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; the table's RTT columns measure each tunnel at its own time."
     fi
     [[ -n ${CODE_LAYOUT:-} ]] && echo "$CODE_LAYOUT"
     echo "$(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1)."
