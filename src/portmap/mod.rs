@@ -230,7 +230,7 @@ pub struct PortMapper {
     /// Tells the task to delete the mapping and end (`None`: no task).
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    /// The endpoint last reported by [`PortMapper::changed`].
+    /// The endpoint last reported by [`PortMapper::take_change`].
     reported: Option<SocketAddr>,
 }
 
@@ -273,20 +273,21 @@ impl PortMapper {
         self.state.borrow().clone()
     }
 
-    /// Waits until the mapped public endpoint changes (appears, moves or
-    /// goes) and returns the new one. Never returns when mapping is off.
-    /// Cancel-safe: use it in `select!`.
-    pub async fn changed(&mut self) -> Option<SocketAddr> {
-        loop {
-            if self.stop.is_none() || self.state.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            let external = self.state.borrow_and_update().external();
-            if external != self.reported {
-                self.reported = external;
-                return external;
-            }
-        }
+    /// A receiver that sees each change of state, for waiting on them
+    /// elsewhere (`None` when mapping is off: there will be none). Then
+    /// [`PortMapper::take_change`] says whether the endpoint moved.
+    pub fn watch(&self) -> Option<watch::Receiver<PortMapState>> {
+        self.stop.is_some().then(|| self.state.clone())
+    }
+
+    /// The mapped public endpoint if it changed (appeared, moved or went)
+    /// since the last call, else `None`.
+    pub fn take_change(&mut self) -> Option<Option<SocketAddr>> {
+        let external = self.state.borrow().external();
+        (external != self.reported).then(|| {
+            self.reported = external;
+            external
+        })
     }
 
     /// Deletes the mapping on the gateway (waiting at most a few seconds)
@@ -612,8 +613,15 @@ mod tests {
     async fn an_off_mapper_never_reports_and_stops_at_once() {
         let mut mapper = PortMapper::off();
         assert_eq!(mapper.state(), PortMapState::Off);
-        let waited = tokio::time::timeout(Duration::from_millis(50), mapper.changed()).await;
-        assert!(waited.is_err(), "an off mapper reported a change");
+        assert!(
+            mapper.watch().is_none(),
+            "an off mapper has nothing to watch"
+        );
+        assert_eq!(
+            mapper.take_change(),
+            None,
+            "an off mapper reported a change"
+        );
         mapper.shutdown().await;
     }
 }

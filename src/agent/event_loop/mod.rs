@@ -26,13 +26,17 @@ use crate::sys::udp::{Underlay, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
 
 mod busy_poll;
+mod chores;
 mod inputs;
+mod quiet_inputs;
 mod services;
 mod signals;
 mod throttle;
 mod trust_ops;
 
 use self::busy_poll::BusyPoll;
+use self::chores::Chores;
+use self::quiet_inputs::{QuietChannels, QuietInput};
 use self::signals::SignalEvent;
 pub(crate) use self::signals::Signals;
 use self::throttle::Throttle;
@@ -42,13 +46,6 @@ use self::throttle::Throttle;
 /// other inputs, and bounds what waits in the queues (with offloads one read
 /// brings up to 64 packets, so a count of reads would not).
 const PACKETS_PER_WAKE: usize = 256;
-/// How often the transports to rendezvous servers are reconsidered and
-/// idle probe sockets closed.
-const LINK_TICK: Duration = Duration::from_secs(1);
-/// How often the local addresses announced to peers are re-read (addresses
-/// come and go with DHCP, roaming and interfaces).
-const CANDIDATE_REFRESH: Duration = Duration::from_secs(30);
-
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -189,31 +186,31 @@ impl Daemon {
     /// Loads the trust store into the node, then serves until told to stop.
     pub(crate) async fn run(
         &mut self,
-        mut requests: mpsc::Receiver<ControlRequest>,
+        requests: mpsc::Receiver<ControlRequest>,
         signals: Signals,
-        mut link_events: mpsc::Receiver<TcpLinkEvent>,
+        link_events: mpsc::Receiver<TcpLinkEvent>,
     ) -> Result<(), DaemonError> {
-        let mut signals = signals.forward();
+        let signals = signals.forward();
         self.refresh_candidates();
         self.reload_trust_store(Instant::now());
         self.sync_names();
         self.start_trust_flow(Instant::now())?;
         self.flush().await;
-        let mut candidate_refresh = tokio::time::interval_at(
-            tokio::time::Instant::now() + CANDIDATE_REFRESH,
-            CANDIDATE_REFRESH,
-        );
-        candidate_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probe_datagrams =
+        let probe_datagrams =
             self.probe_datagrams
                 .take()
                 .ok_or(DaemonError::Runtime(io::Error::other(
                     "the event loop runs only once",
                 )))?;
-        let (_idle_queries, idle) = mpsc::channel(1);
-        let mut caller_queries = self.caller_queries.take().unwrap_or(idle);
-        let mut link_tick = tokio::time::interval(LINK_TICK);
-        link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quiet = QuietChannels {
+            requests,
+            caller_queries: self.caller_queries.take(),
+            probe_datagrams,
+            link_events,
+            signals,
+            port_map: self.portmap.watch(),
+        }
+        .merge();
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
         tracing::info!(
             id = %self.own_id,
@@ -233,29 +230,45 @@ impl Daemon {
         let mut udp_run = ReceivedRun::default();
         let mut tun_read = TunReadBatch::new(self.mtu, self.tun.offload());
         let mut busy_poll = BusyPoll::new(self.options.busy_poll);
+        let mut chores = Chores::new(Instant::now());
+        // One timer for the whole run (the node's deadline, the trust
+        // flow's and the chores'), moved only when the earliest moves: a new
+        // one each turn would be put in the runtime's timer wheel and taken
+        // out again at every packet. `armed`: the deadline it is set to,
+        // `None` once it fired.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         while self.stop.is_none() {
             let polling = busy_poll.is_polling(Instant::now());
-            let deadline =
-                trust_ops::earliest(self.node.poll_timeout(), self.trust_flow_deadline());
-            let timer = async {
-                match deadline {
-                    Some(deadline) => {
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline = [self.node.poll_timeout(), self.trust_flow_deadline()]
+                .into_iter()
+                .flatten()
+                .fold(chores.next(self.links_need_ticks()), Instant::min);
+            if armed != Some(deadline) {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+                armed = Some(deadline);
+            }
             tokio::select! {
                 received = self.underlay.recv_run(&mut udp_run) => {
                     self.on_udp_run(received, &udp_run);
                     let taken = udp_run.count();
-                    self.drain_underlay(&mut udp_run, taken);
+                    // A lone datagram (a ping, a request, an ACK) goes out
+                    // before the socket is read again: the read that finds
+                    // it empty comes after the flush, off the round trip.
+                    if taken > 1 {
+                        self.drain_underlay(&mut udp_run, taken);
+                    }
                     busy_poll.on_packet(Instant::now());
                 }
                 read = self.tun.recv_batch(&mut tun_read) => {
                     self.on_tun_read(read, &tun_read)?;
                     let taken = tun_read.packets().count();
-                    self.drain_tun(&mut tun_read, taken)?;
+                    if taken > 1 {
+                        self.drain_tun(&mut tun_read, taken)?;
+                    }
                     busy_poll.on_packet(Instant::now());
                 }
                 () = busy_poll::turn(), if polling => {
@@ -272,56 +285,24 @@ impl Daemon {
                         std::thread::yield_now();
                     }
                 }
-                Some(request) = requests.recv() => {
-                    let response = self.on_command(request.command);
-                    // Names follow the trust store before the client hears back.
-                    self.sync_names();
-                    // The client may have gone; its answer is then moot.
-                    let _ = request.reply.send(response);
-                }
-                () = timer => {
+                () = &mut timer => {
+                    // Fired: re-armed on the next turn, even at the same
+                    // deadline.
+                    armed = None;
                     let now = Instant::now();
                     self.node.handle_timeout(now);
                     self.on_trust_flow_timer(now);
-                }
-                Some(query) = caller_queries.recv() => {
-                    let caller = self
-                        .node
-                        .peer_of_address(query.address)
-                        .map(|id| (id, self.peer_name(&id).to_string()));
-                    // The connection may have gone; its answer is then moot.
-                    let _ = query.reply.send(caller);
-                }
-                _ = candidate_refresh.tick() => self.refresh_candidates(),
-                mapped = self.portmap.changed() => {
-                    self.node.set_mapped_candidate(Instant::now(), mapped);
-                }
-                // Only while there is something to look after: an idle
-                // daemon without rendezvous or probe sockets sleeps.
-                _ = link_tick.tick(), if !self.links.is_empty() || !self.probes.is_empty() => {
-                    let now = Instant::now();
-                    self.links.tick(now, &mut self.node);
-                    self.probes.sweep(now);
-                }
-                Some((socket, from, datagram)) = probe_datagrams.recv() => {
-                    let now = Instant::now();
-                    self.probes.touch(now, socket);
-                    self.node.handle_datagram_on_probe(now, socket, from, &datagram);
-                }
-                Some(event) = link_events.recv() => {
-                    let now = Instant::now();
-                    if let Some((from, datagram)) = self.links.on_event(now, event, &mut self.node) {
-                        self.node.handle_datagram(now, from, &datagram);
+                    if chores.candidates_due(now) {
+                        self.refresh_candidates();
+                    }
+                    // Only while there is something to look after: an idle
+                    // daemon without rendezvous or probe sockets sleeps.
+                    if chores.links_due(now, self.links_need_ticks()) {
+                        self.links.tick(now, &mut self.node);
+                        self.probes.sweep(now);
                     }
                 }
-                Some(event) = signals.recv() => match event {
-                    SignalEvent::Stop(name) => self.stop = Some(Stop::Signal(name)),
-                    SignalEvent::Reload => {
-                        tracing::info!("SIGHUP: reloading the trust store");
-                        self.reload_trust_store(Instant::now());
-                        self.sync_names();
-                    }
-                },
+                Some(input) = quiet.recv() => self.on_quiet_input(input),
             }
             self.flush().await;
         }
@@ -333,6 +314,55 @@ impl Daemon {
             _ => tracing::info!("shutting down on request"),
         }
         Ok(())
+    }
+
+    /// Whether the rendezvous links or the probe sockets need the periodic
+    /// tick.
+    fn links_need_ticks(&self) -> bool {
+        !self.links.is_empty() || !self.probes.is_empty()
+    }
+
+    fn on_quiet_input(&mut self, input: QuietInput) {
+        match input {
+            QuietInput::Request(request) => {
+                let response = self.on_command(request.command);
+                // Names follow the trust store before the client hears back.
+                self.sync_names();
+                // The client may have gone; its answer is then moot.
+                let _ = request.reply.send(response);
+            }
+            QuietInput::CallerQuery(query) => {
+                let caller = self
+                    .node
+                    .peer_of_address(query.address)
+                    .map(|id| (id, self.peer_name(&id).to_string()));
+                // The connection may have gone; its answer is then moot.
+                let _ = query.reply.send(caller);
+            }
+            QuietInput::ProbeDatagram((socket, from, datagram)) => {
+                let now = Instant::now();
+                self.probes.touch(now, socket);
+                self.node
+                    .handle_datagram_on_probe(now, socket, from, &datagram);
+            }
+            QuietInput::Link(event) => {
+                let now = Instant::now();
+                if let Some((from, datagram)) = self.links.on_event(now, event, &mut self.node) {
+                    self.node.handle_datagram(now, from, &datagram);
+                }
+            }
+            QuietInput::Signal(SignalEvent::Stop(name)) => self.stop = Some(Stop::Signal(name)),
+            QuietInput::Signal(SignalEvent::Reload) => {
+                tracing::info!("SIGHUP: reloading the trust store");
+                self.reload_trust_store(Instant::now());
+                self.sync_names();
+            }
+            QuietInput::PortMap => {
+                if let Some(mapped) = self.portmap.take_change() {
+                    self.node.set_mapped_candidate(Instant::now(), mapped);
+                }
+            }
+        }
     }
 
     /// Tells the node the endpoints it may announce, when they changed.
