@@ -166,6 +166,9 @@ impl BatchedSocket {
 #[derive(Debug)]
 pub struct ReceivedRun {
     buffer: Vec<u8>,
+    /// Room for the GRO segment size the kernel passes up: made once, not
+    /// allocated (and freed) at every receive.
+    control: Vec<u8>,
     len: usize,
     segment: usize,
     source: Option<SocketAddr>,
@@ -175,6 +178,7 @@ impl Default for ReceivedRun {
     fn default() -> Self {
         Self {
             buffer: vec![0; RECEIVE_BUFFER_LEN],
+            control: nix::cmsg_space!(i32),
             len: 0,
             segment: 0,
             source: None,
@@ -206,12 +210,11 @@ impl ReceivedRun {
 
     /// Reads one run from `socket` (non-blocking: `WouldBlock` if none).
     pub fn receive(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
-        let mut cmsg_space = nix::cmsg_space!(i32);
         let mut iov = [IoSliceMut::new(&mut self.buffer)];
         let message = socket::recvmsg::<SockaddrStorage>(
             socket.as_raw_fd(),
             &mut iov,
-            Some(&mut cmsg_space),
+            Some(&mut self.control),
             MsgFlags::MSG_DONTWAIT,
         )
         .map_err(io::Error::from)?;
