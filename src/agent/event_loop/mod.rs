@@ -255,20 +255,13 @@ impl Daemon {
                 received = self.underlay.recv_run(&mut udp_run) => {
                     self.on_udp_run(received, &udp_run);
                     let taken = udp_run.count();
-                    // A lone datagram (a ping, a request, an ACK) goes out
-                    // before the socket is read again: the read that finds
-                    // it empty comes after the flush, off the round trip.
-                    if taken > 1 {
-                        self.drain_underlay(&mut udp_run, taken);
-                    }
+                    self.drain_underlay(&mut udp_run, taken);
                     busy_poll.on_packet(Instant::now());
                 }
                 read = self.tun.recv_batch(&mut tun_read) => {
                     self.on_tun_read(read, &tun_read)?;
                     let taken = tun_read.packets().count();
-                    if taken > 1 {
-                        self.drain_tun(&mut tun_read, taken)?;
-                    }
+                    self.drain_tun(&mut tun_read, taken)?;
                     busy_poll.on_packet(Instant::now());
                 }
                 () = busy_poll::turn(), if polling => {
