@@ -152,17 +152,20 @@ mod tests {
 
     #[tokio::test]
     async fn one_closed_channel_leaves_the_others_forwarded() {
-        let (channels, requests, signals, _probes, _links) = channels();
+        let (channels, requests, _signals, probes, _links) = channels();
         let mut merged = channels.merge();
         drop(requests);
-        signals
-            .send(SignalEvent::Reload)
+        let from: std::net::SocketAddr = "192.0.2.7:7400".parse().expect("address");
+        probes
+            .send((3, from, vec![1, 2, 3]))
             .await
             .expect("the forwarder holds the receiver");
-        assert!(matches!(
-            merged.recv().await,
-            Some(QuietInput::Signal(SignalEvent::Reload))
-        ));
+        match merged.recv().await {
+            Some(QuietInput::ProbeDatagram((socket, source, datagram))) => {
+                assert_eq!((socket, source, datagram), (3, from, vec![1, 2, 3]));
+            }
+            _ => panic!("the probe datagram was not forwarded"),
+        }
     }
 
     #[tokio::test]
