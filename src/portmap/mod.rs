@@ -275,7 +275,9 @@ impl PortMapper {
 
     /// A receiver that sees each change of state, for waiting on them
     /// elsewhere (`None` when mapping is off: there will be none). Then
-    /// [`PortMapper::take_change`] says whether the endpoint moved.
+    /// [`PortMapper::take_change`] says whether the endpoint moved. The
+    /// receiver starts where this mapper's own does, which never marks a
+    /// change seen: one made before it was taken is still reported.
     pub fn watch(&self) -> Option<watch::Receiver<PortMapState>> {
         self.stop.is_some().then(|| self.state.clone())
     }
@@ -607,6 +609,40 @@ mod tests {
         );
         assert_eq!(PortMapState::Off.to_json(now)["state"], "off");
         assert_eq!(PortMapState::Searching.external(), None);
+    }
+
+    #[tokio::test]
+    async fn a_mapping_made_before_the_watch_was_taken_is_reported_once() {
+        let (sender, state) = watch::channel(PortMapState::Searching);
+        let (stop, _stopped) = oneshot::channel();
+        let mut mapper = PortMapper {
+            state,
+            stop: Some(stop),
+            task: None,
+            reported: None,
+        };
+        assert_eq!(mapper.take_change(), None, "nothing mapped yet");
+        let now = Instant::now();
+        let external: SocketAddr = "198.51.100.7:7400".parse().expect("endpoint");
+        let mapped = PortMapState::Mapped {
+            protocol: Protocol::Pcp,
+            external,
+            internal: "10.77.1.2:7400".parse().expect("endpoint"),
+            gateway: Ipv4Addr::new(10, 77, 1, 1),
+            expires: Some(now + Duration::from_secs(7200)),
+            renew_at: now + Duration::from_secs(3600),
+        };
+        sender
+            .send(mapped.clone())
+            .expect("the mapper holds a receiver");
+        let mut watch = mapper.watch().expect("mapping is on");
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the change made before the watch was taken is seen")
+            .expect("the sender is alive");
+        assert_eq!(mapper.take_change(), Some(Some(external)));
+        sender.send(mapped).expect("the mapper holds a receiver");
+        assert_eq!(mapper.take_change(), None, "a renewal at the same endpoint");
     }
 
     #[tokio::test]

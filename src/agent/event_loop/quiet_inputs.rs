@@ -2,14 +2,14 @@
 //!
 //! Control requests, served connections' caller queries, datagrams on the
 //! hole-punching probe sockets, rendezvous TCP link events, signals and
-//! the port mapping's changes arrive rarely next to packets. Each is a channel; waited on in the
-//! loop's `select!`, every one of them would be polled (its channel state
-//! read, the task's waker registered) on every turn of the loop, twice per
-//! packet at idle: once to find the ready input, once more before the loop
-//! sleeps. After an idle gap those are cold cache lines, paid at every
-//! crossing of every tunnel. The forwarding task here is polled only when
-//! one of its own inputs woke it, and the loop polls a single channel in
-//! their place.
+//! the port mapping's changes arrive rarely next to packets. Each is a
+//! channel; waited on in the loop's `select!`, every one of them would be
+//! polled (its channel state read, the task's waker registered) on every
+//! turn of the loop, twice per packet at idle: once to find the ready
+//! input, once more before the loop sleeps. After an idle gap those are
+//! cold cache lines, paid at every crossing of every tunnel. The
+//! forwarding task here is polled only when one of its own inputs woke it,
+//! and the loop polls a single channel in their place.
 
 use tokio::sync::{mpsc, watch};
 
