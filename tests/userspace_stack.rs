@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use agentnet::core::trust::store::{TrustEntry, TrustState, TrustStore};
 use agentnet::names::dns::NameTable;
 use agentnet::userspace::spec::{ExposeSpec, ForwardSpec};
 use agentnet::userspace::{Userspace, UserspaceOptions};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -220,21 +222,26 @@ async fn start_pair() -> Pair {
     )]));
     let alice_bound = alice.options().clone();
     // The wire between the two stacks: what the daemons and their session
-    // would carry, with the daemons' drop-when-full behaviour.
+    // would carry, with the daemons' drop-when-full behaviour, woken as the
+    // daemon's datapath is (armed, then a last look, then the wait).
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            loop {
-                tokio::select! {
-                    Some(packet) = alice.recv() => { let _ = bob.send(packet); }
-                    Some(packet) = bob.recv() => { let _ = alice.send(packet); }
-                    else => break,
-                }
+        loop {
+            alice.wake().arm();
+            bob.wake().arm();
+            let Some(moved) = carry(&mut alice, &bob).zip(carry(&mut bob, &alice)) else {
+                return;
+            };
+            let moved = moved.0 || moved.1;
+            if !moved {
+                let mut wakes = [
+                    PollFd::new(alice.wake().as_fd(), PollFlags::POLLIN),
+                    PollFd::new(bob.wake().as_fd(), PollFlags::POLLIN),
+                ];
+                poll(&mut wakes, PollTimeout::NONE).expect("poll");
+                alice.wake().reset();
+                bob.wake().reset();
             }
-        });
+        }
     });
     Pair {
         alice: alice_bound,
@@ -242,6 +249,22 @@ async fn start_pair() -> Pair {
         bob_address: address_of(&bob_id),
         bob_address4: bob4,
         services,
+    }
+}
+
+/// Moves what `from` queued to `to`: whether it moved any, `None` once
+/// `from` has stopped.
+fn carry(from: &mut Userspace, to: &Userspace) -> Option<bool> {
+    let mut moved = false;
+    loop {
+        match from.try_recv() {
+            Ok(Some(packet)) => {
+                let _ = to.send(packet);
+                moved = true;
+            }
+            Ok(None) => return Some(moved),
+            Err(_) => return None,
+        }
     }
 }
 

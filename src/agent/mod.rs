@@ -279,10 +279,10 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
             // the loader's relocation table) need not stay resident.
             crate::sys::file_pages::release();
             privileges.apply(state, &options.socket, daemon.names_use_resolved())?;
+            // Consumes the daemon: closing the TUN descriptor at its end
+            // removes the interface.
             let outcome = daemon.run(requests, signals, link_events).await;
             server.shutdown().await;
-            // Closing the TUN descriptor removes the interface.
-            drop(daemon);
             outcome
         })
     });

@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice};
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 
-use tun_rs::AsyncDevice;
+use tun_rs::SyncDevice;
 
 use super::tcp_gro::MAX_PIECES;
 use super::tun_batch::{HEADROOM, TunReadBatch, TunWriteBatch};
@@ -18,6 +19,7 @@ use crate::core::api::Ipv4Route;
 use crate::core::node::Node;
 use crate::core::trust::store::{TrustState, TrustStore};
 use crate::names::dns::NameTable;
+use crate::sys::poller::{Poller, Source};
 use crate::userspace::{Userspace, UserspaceStatus};
 
 /// The name `status` and `up` show for the userspace stack's "interface".
@@ -25,8 +27,8 @@ pub const USERSPACE_INTERFACE: &str = "userspace";
 
 /// The daemon's packet device.
 pub(crate) enum PacketDevice {
-    /// A kernel TUN interface.
-    Tun(AsyncDevice),
+    /// A kernel TUN interface (non-blocking).
+    Tun(SyncDevice),
     /// The userspace stack (no TUN, no privileges).
     Userspace(Box<Userspace>),
 }
@@ -64,26 +66,50 @@ impl PacketDevice {
         }
     }
 
-    /// Waits for a packet.
-    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Tun(tun) => tun.recv(buf).await,
-            Self::Userspace(stack) => {
-                let packet = stack.recv().await.ok_or_else(stopped)?;
-                copy_packet(&packet, buf)
-            }
-        }
-    }
-
     /// Takes a packet if one is queued (`WouldBlock` if not).
     pub(crate) fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Self::Tun(tun) => tun.try_recv(buf),
+            Self::Tun(tun) => tun.recv(buf),
             Self::Userspace(stack) => match stack.try_recv() {
                 Ok(Some(packet)) => copy_packet(&packet, buf),
                 Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
                 Err(_) => Err(stopped()),
             },
+        }
+    }
+
+    /// Has the datapath's `poller` watch this device's input: the TUN's
+    /// descriptor, or the wake the userspace stack's thread writes.
+    pub(crate) fn watch(&self, poller: &Poller) -> io::Result<()> {
+        match self {
+            Self::Tun(tun) => poller.watch(tun.as_fd(), Source::Tun),
+            Self::Userspace(stack) => poller.watch(stack.wake().as_fd(), Source::Tun),
+        }
+    }
+
+    /// Whether packets wait that no descriptor shows: those the userspace
+    /// stack queued while the datapath was awake (its wake was not armed).
+    /// Always `false` for a TUN, whose descriptor says it.
+    pub(crate) fn has_queued(&self) -> bool {
+        match self {
+            Self::Tun(_) => false,
+            Self::Userspace(stack) => stack.has_queued(),
+        }
+    }
+
+    /// Before the datapath sleeps: has the userspace stack wake it for the
+    /// next packet. The caller checks [`PacketDevice::has_queued`] after.
+    pub(crate) fn arm_wake(&self) {
+        if let Self::Userspace(stack) = self {
+            stack.wake().arm();
+        }
+    }
+
+    /// After the poller reported the device readable: empties the userspace
+    /// stack's wake (a TUN has none).
+    pub(crate) fn reset_wake(&self) {
+        if let Self::Userspace(stack) = self {
+            stack.wake().reset();
         }
     }
 
@@ -106,27 +132,12 @@ impl PacketDevice {
         }
     }
 
-    /// Waits for a read and cuts it into packets.
-    pub(crate) async fn recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
-        batch.count = 0;
-        let (raw, slots, sizes) = batch.parts();
-        let count = match self {
-            Self::Tun(tun) => tun.recv_multiple(raw, slots, sizes, 0).await?,
-            Self::Userspace(_) => {
-                sizes[0] = self.recv(&mut slots[0]).await?;
-                1
-            }
-        };
-        batch.count = count;
-        Ok(())
-    }
-
     /// Takes a read if one is queued (`WouldBlock` if not).
     pub(crate) fn try_recv_batch(&mut self, batch: &mut TunReadBatch) -> io::Result<()> {
         batch.count = 0;
         let (raw, slots, sizes) = batch.parts();
         let count = match self {
-            Self::Tun(tun) => tun.try_recv_multiple(raw, slots, sizes, 0)?,
+            Self::Tun(tun) => tun.recv_multiple(raw, slots, sizes, 0)?,
             Self::Userspace(_) => {
                 sizes[0] = self.try_recv(&mut slots[0])?;
                 1
@@ -139,7 +150,7 @@ impl PacketDevice {
     /// Writes the queued packets (merged where offloads allow) and empties
     /// the batch. A packet the device refuses is dropped; the error returned
     /// is the last one.
-    pub(crate) async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+    pub(crate) fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
         let mut result = Ok(());
         match self {
             // With offloads every write starts with a virtio-net header.
@@ -153,8 +164,8 @@ impl PacketDevice {
                         count += 1;
                     }
                     let sent = match count {
-                        1 => tun.send(&slices[0]).await,
-                        _ => tun.send_vectored(&slices[..count]).await,
+                        1 => tun.send(&slices[0]),
+                        _ => tun.send_vectored(&slices[..count]),
                     };
                     if let Err(error) = sent {
                         result = Err(error);
@@ -164,7 +175,7 @@ impl PacketDevice {
             Self::Tun(tun) => {
                 let headroom = batch.headroom();
                 for buffer in batch.queued() {
-                    if let Err(error) = tun.send(&buffer[headroom..]).await {
+                    if let Err(error) = tun.send(&buffer[headroom..]) {
                         result = Err(error);
                     }
                 }

@@ -408,8 +408,10 @@ pub(super) fn down(context: &Instance) -> Result<()> {
     Ok(())
 }
 
-/// Whether a process exists and is not a zombie (a zombie has released its
-/// interface and sockets already).
+/// Whether a process exists and has a thread that is not a zombie. A
+/// process whose threads all exited has released its interface and
+/// sockets; its main thread alone can be a zombie while the datapath thread
+/// still holds them.
 fn process_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
@@ -421,12 +423,17 @@ fn process_alive(pid: u32) -> bool {
         Ok(()) | Err(nix::errno::Errno::EPERM) => {}
         Err(_) => return false,
     }
-    // /proc/PID/stat: "pid (comm) STATE ..."; comm may hold spaces and ')'.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
+    // /proc/PID/task/TID/stat: "tid (comm) STATE ..."; comm may hold
+    // spaces and ')'.
+    let running = |stat: &str| {
+        stat.rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
+            .is_none_or(|state| state != "Z" && state != "X")
+    };
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.filter_map(Result::ok).any(|task| {
+            fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| running(&stat))
+        }),
         Err(_) => false,
     }
 }

@@ -337,7 +337,7 @@ async fn serve(
                 .map(|(address, datagram)| (*address, datagram.as_slice()))
                 .collect();
             // The socket's own family takes plain IPv4 destinations too.
-            for (address, error) in udp.send_batch(&datagrams, Ok).await {
+            for (address, error) in udp.send_batch(&datagrams, Ok) {
                 tracing::debug!(%error, %address, "UDP send failed");
             }
             udp_out.clear();

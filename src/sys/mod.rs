@@ -1,16 +1,19 @@
 //! Every system call of the shell and the only `unsafe` code of the crate:
 //! the UDP socket with GSO/GRO batching, the TUN device and its offload
-//! batches, probe sockets, capabilities, network namespaces, opening state
-//! files without following links, and datagram framing over TCP. Each
-//! `unsafe` block says why it is sound.
+//! batches, the datapath's `epoll` and its wake-ups, probe sockets,
+//! capabilities, network namespaces, opening state files without following
+//! links, and datagram framing over TCP. Each `unsafe` block says why it is
+//! sound.
 
 pub mod calls;
 pub mod capabilities;
 pub(crate) mod file_pages;
 pub mod netns;
 pub mod nofollow;
+pub mod poller;
 pub mod probe_sockets;
 pub mod tcp_frames;
 pub mod tun;
 pub mod udp;
 pub mod udp_batch;
+pub mod wake;

@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{self, MsgFlags, SockaddrIn6};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -95,8 +97,9 @@ impl ProbeSockets {
             .ok_or_else(|| io::Error::other("probe socket vanished"))
     }
 
-    /// Sends from probe socket `index`, opening it if needed.
-    pub async fn send(
+    /// Sends from probe socket `index`, opening it if needed. Never waits:
+    /// a probe the socket has no room for is lost, as on the path.
+    pub fn send(
         &mut self,
         now: Instant,
         index: u16,
@@ -106,12 +109,17 @@ impl ProbeSockets {
         let probe = self.open(index, now)?;
         probe.last_used = now;
         let destination = match destination {
-            SocketAddr::V4(v4) => {
-                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-            }
-            v6 => v6,
+            SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+            SocketAddr::V6(v6) => v6,
         };
-        probe.socket.send_to(payload, destination).await.map(|_| ())
+        socket::sendto(
+            probe.socket.as_raw_fd(),
+            payload,
+            &SockaddrIn6::from(destination),
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
     }
 
     /// Notes traffic received on a probe socket (keeps it open).

@@ -7,7 +7,7 @@ use std::io;
 
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::{DeviceBuilder, SyncDevice};
 
 use super::calls;
 use crate::core::address::OverlayAddresses;
@@ -130,7 +130,7 @@ pub(crate) fn create(
     addresses: OverlayAddresses,
     mtu: u16,
     offload: bool,
-) -> Result<AsyncDevice, TunError> {
+) -> Result<SyncDevice, TunError> {
     validate_interface_name(name)?;
     let classify = |source: io::Error| {
         let interface = name.to_string();
@@ -163,7 +163,7 @@ pub(crate) fn create(
             // Up only after the IPv6 knobs below are set, so the kernel never
             // starts router solicitation on an overlay that has no routers.
             .enable(false)
-            .build_async()
+            .build_sync()
     };
     let device = match build(offload) {
         Ok(device) => device,
@@ -173,6 +173,9 @@ pub(crate) fn create(
         }
         Err(error) => return Err(classify(error)),
     };
+    // Read and written by the datapath thread, which waits in its own
+    // `epoll`: a read finds the queue empty rather than blocking.
+    device.set_nonblocking(true).map_err(classify)?;
     quiet_ipv6_autoconf(name);
     device.enabled(true).map_err(classify)?;
     Ok(device)

@@ -5,9 +5,9 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use super::udp_batch::{BatchedSocket, ReceivedRun, UdpOffload};
+use super::udp_batch::{ReceivedRun, UdpOffload, send_in_runs, send_run_waiting};
 use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
@@ -43,10 +43,12 @@ pub enum UnderlayError {
     },
 }
 
-/// The bound underlay socket.
+/// The bound underlay socket: a plain non-blocking socket, waited on by
+/// the datapath thread's own `epoll` ([`super::poller`]), not by a runtime.
 #[derive(Debug)]
 pub struct Underlay {
-    socket: BatchedSocket,
+    socket: std::net::UdpSocket,
+    offload: UdpOffload,
     dual_stack: bool,
     port: u16,
 }
@@ -54,8 +56,7 @@ pub struct Underlay {
 impl Underlay {
     /// Binds `[::]:port` dual-stack, or `0.0.0.0:port` where the host has no
     /// IPv6. Port 0 picks a free port (see [`Underlay::port`]). With
-    /// `offload`, UDP GSO and GRO are used where the kernel has them. Must
-    /// be called inside a tokio runtime.
+    /// `offload`, UDP GSO and GRO are used where the kernel has them.
     pub fn bind(port: u16, offload: bool) -> Result<Self, UnderlayError> {
         let bind_error = |source: io::Error| UnderlayError::Bind { port, source };
         let (std_socket, dual_stack) = match bind_dual_stack(port) {
@@ -70,10 +71,11 @@ impl Underlay {
             Err(errno) => return Err(bind_error(io::Error::from(errno))),
         };
         enlarge_buffers(&std_socket);
-        let socket = BatchedSocket::new(std_socket, offload).map_err(bind_error)?;
-        let port = socket.local_addr().map_err(bind_error)?.port();
+        let offload = UdpOffload::enable(&std_socket, offload);
+        let port = std_socket.local_addr().map_err(bind_error)?.port();
         Ok(Self {
-            socket,
+            socket: std_socket,
+            offload,
             dual_stack,
             port,
         })
@@ -86,31 +88,29 @@ impl Underlay {
 
     /// The offloads in use.
     pub fn offload(&self) -> UdpOffload {
-        self.socket.offload()
-    }
-
-    /// Waits for a run of datagrams (one, without GRO).
-    pub async fn recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
-        self.socket.recv_run(run).await
+        self.offload
     }
 
     /// Takes a run of datagrams if one is queued (`WouldBlock` if not).
     pub fn try_recv_run(&self, run: &mut ReceivedRun) -> io::Result<()> {
-        self.socket.try_recv_run(run)
+        run.receive(&self.socket)
     }
 
-    /// Sends datagrams to normalized addresses (see
-    /// [`BatchedSocket::send_batch`]). Returns the failures (usually none).
-    pub async fn send_batch(
+    /// Sends datagrams to normalized addresses (see [`send_in_runs`]),
+    /// waiting briefly while the socket buffer is full. Returns the failures
+    /// (usually none).
+    pub fn send_batch(
         &mut self,
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<(SocketAddr, io::Error)> {
         let dual_stack = self.dual_stack;
-        self.socket
-            .send_batch(datagrams, |destination| {
-                socket_address(destination, dual_stack)
-            })
-            .await
+        let socket = &self.socket;
+        send_in_runs(
+            datagrams,
+            &mut self.offload,
+            |destination| socket_address(destination, dual_stack),
+            |to, parts, segment| send_run_waiting(socket, to, parts, segment),
+        )
     }
 
     /// The addresses peers may reach this socket at directly: every address
@@ -146,6 +146,12 @@ impl Underlay {
         candidates.sort();
         candidates.dedup();
         candidates
+    }
+}
+
+impl AsFd for Underlay {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 
@@ -260,6 +266,7 @@ pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, UnderlayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
     #[test]
     fn v4_mapped_sources_become_plain_ipv4() {
@@ -325,8 +332,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn dual_stack_socket_talks_to_ipv4_and_ipv6_peers() {
+    #[test]
+    fn dual_stack_socket_talks_to_ipv4_and_ipv6_peers() {
         let mut underlay = Underlay::bind(0, true).expect("bind");
         let port = underlay.port();
         for (peer_bind, target) in [
@@ -339,11 +346,13 @@ mod tests {
             let peer_address = peer.local_addr().expect("addr");
             peer.send_to(b"ping", target).expect("send");
             let mut run = ReceivedRun::default();
-            underlay.recv_run(&mut run).await.expect("recv");
+            let mut readable = [PollFd::new(underlay.as_fd(), PollFlags::POLLIN)];
+            poll(&mut readable, PollTimeout::from(5_000u16)).expect("a datagram within 5 s");
+            underlay.try_recv_run(&mut run).expect("recv");
             let from = run.source().map(normalize).expect("a source");
             assert_eq!(run.datagrams().collect::<Vec<_>>(), vec![b"ping"]);
             assert_eq!(from, peer_address, "source must be normalized");
-            let failures = underlay.send_batch(&[(from, b"pong")]).await;
+            let failures = underlay.send_batch(&[(from, b"pong")]);
             assert!(failures.is_empty(), "{failures:?}");
             let mut buf = [0u8; 16];
             let (len, _) = peer.recv_from(&mut buf).expect("reply");

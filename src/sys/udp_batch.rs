@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, setsockopt, sockopt,
 };
@@ -97,68 +98,22 @@ impl BatchedSocket {
             .try_io(Interest::READABLE, || run.receive(&self.socket))
     }
 
-    /// Sends datagrams, in as few system calls as GSO allows, waiting while
-    /// the socket buffer is full; `address` gives the socket address for a
-    /// destination (or why there is none). Returns the failures (usually
-    /// none).
-    pub async fn send_batch(
+    /// Sends datagrams (see [`send_in_runs`]), waiting briefly while the
+    /// socket buffer is full ([`send_run_waiting`]); `address` gives the
+    /// socket address for a destination (or why there is none). Returns the
+    /// failures (usually none).
+    pub fn send_batch(
         &mut self,
         datagrams: &[(SocketAddr, &[u8])],
         address: impl Fn(SocketAddr) -> io::Result<SocketAddr>,
     ) -> Vec<(SocketAddr, io::Error)> {
-        let mut failures = Vec::new();
-        let lengths: Vec<(SocketAddr, usize)> = datagrams
-            .iter()
-            .map(|(destination, payload)| (*destination, payload.len()))
-            .collect();
-        for run in runs(&lengths, self.offload.gso) {
-            let destination = datagrams[run.start].0;
-            let socket_address = match address(destination) {
-                Ok(socket_address) => socket_address,
-                Err(error) => {
-                    failures.push((destination, error));
-                    continue;
-                }
-            };
-            let parts: Vec<IoSlice<'_>> = datagrams[run.start..run.end]
-                .iter()
-                .map(|(_, payload)| IoSlice::new(payload))
-                .collect();
-            let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
-            match self.send_run(socket_address, &parts, segment).await {
-                Ok(_) => {}
-                Err(error) if parts.len() > 1 => {
-                    if gso_unsupported(&error) {
-                        tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
-                        self.offload.gso = false;
-                    }
-                    // Each on its own, so one bad datagram costs only itself.
-                    for part in &parts {
-                        if let Err(error) = self
-                            .send_run(socket_address, std::slice::from_ref(part), 0)
-                            .await
-                        {
-                            failures.push((destination, error));
-                        }
-                    }
-                }
-                Err(error) => failures.push((destination, error)),
-            }
-        }
-        failures
-    }
-
-    async fn send_run(
-        &self,
-        address: SocketAddr,
-        parts: &[IoSlice<'_>],
-        segment: u16,
-    ) -> io::Result<usize> {
-        self.socket
-            .async_io(Interest::WRITABLE, || {
-                send_run(&self.socket, address, parts, segment)
-            })
-            .await
+        let socket = &self.socket;
+        send_in_runs(
+            datagrams,
+            &mut self.offload,
+            address,
+            |to, parts, segment| send_run_waiting(socket, to, parts, segment),
+        )
     }
 }
 
@@ -295,6 +250,86 @@ pub fn runs(datagrams: &[(SocketAddr, usize)], gso: bool) -> Vec<Run> {
         start = end;
     }
     runs
+}
+
+/// How long a send waits for room in a full socket buffer before the
+/// datagram is given up (as a full queue on the path would drop it).
+const SEND_WAIT_MS: u16 = 100;
+
+/// Sends datagrams in as few calls of `send` as GSO allows (see [`runs`]):
+/// `address` gives the socket address for a destination (or why there is
+/// none), `send` sends one run. A run that fails is sent again one datagram
+/// per call, so one bad datagram costs only itself; a device that cannot
+/// segment turns GSO off in `offload` for good. Returns the failures
+/// (usually none).
+pub fn send_in_runs(
+    datagrams: &[(SocketAddr, &[u8])],
+    offload: &mut UdpOffload,
+    address: impl Fn(SocketAddr) -> io::Result<SocketAddr>,
+    mut send: impl FnMut(SocketAddr, &[IoSlice<'_>], u16) -> io::Result<usize>,
+) -> Vec<(SocketAddr, io::Error)> {
+    let mut failures = Vec::new();
+    let lengths: Vec<(SocketAddr, usize)> = datagrams
+        .iter()
+        .map(|(destination, payload)| (*destination, payload.len()))
+        .collect();
+    for run in runs(&lengths, offload.gso) {
+        let destination = datagrams[run.start].0;
+        let socket_address = match address(destination) {
+            Ok(socket_address) => socket_address,
+            Err(error) => {
+                failures.push((destination, error));
+                continue;
+            }
+        };
+        let parts: Vec<IoSlice<'_>> = datagrams[run.start..run.end]
+            .iter()
+            .map(|(_, payload)| IoSlice::new(payload))
+            .collect();
+        let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
+        match send(socket_address, &parts, segment) {
+            Ok(_) => {}
+            Err(error) if parts.len() > 1 => {
+                if gso_unsupported(&error) {
+                    tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
+                    offload.gso = false;
+                }
+                for part in &parts {
+                    if let Err(error) = send(socket_address, std::slice::from_ref(part), 0) {
+                        failures.push((destination, error));
+                    }
+                }
+            }
+            Err(error) => failures.push((destination, error)),
+        }
+    }
+    failures
+}
+
+/// Sends one run as [`send_run`] does, waiting up to [`SEND_WAIT_MS`] while
+/// the socket buffer is full: the back-pressure of a blocking socket for a
+/// thread that has nothing else to wait on, without hanging it on a socket
+/// that never drains.
+pub fn send_run_waiting(
+    socket: &impl AsFd,
+    destination: SocketAddr,
+    parts: &[IoSlice<'_>],
+    segment: u16,
+) -> io::Result<usize> {
+    loop {
+        match send_run(&socket.as_fd(), destination, parts, segment) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(SEND_WAIT_MS)) {
+                    Ok(0) => return Err(error),
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(errno) => return Err(errno.into()),
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            sent => return sent,
+        }
+    }
 }
 
 /// Sends one run (non-blocking): `parts` are its datagrams, `segment` their

@@ -45,6 +45,7 @@ use self::stack::{Stack, StackConfig};
 use crate::core::address::NetworkId;
 use crate::core::address::OverlayAddresses;
 use crate::names::dns::NameTable;
+use crate::sys::wake::Wake;
 
 /// Packets queued between the daemon and the stack, each way.
 const CHANNEL_PACKETS: usize = 1024;
@@ -155,6 +156,9 @@ pub struct UserspaceStatus {
 pub struct Userspace {
     to_stack: mpsc::Sender<Vec<u8>>,
     from_stack: mpsc::Receiver<Vec<u8>>,
+    /// Written by the stack's thread after it queued packets for the
+    /// daemon, while the daemon's datapath sleeps.
+    wake: Arc<Wake>,
     peers: watch::Sender<OverlayPeers>,
     stats: Arc<Stats>,
     options: UserspaceOptions,
@@ -195,6 +199,8 @@ impl Userspace {
             .map_err(UserspaceError::Thread)?;
         let (to_stack, packets_in) = mpsc::channel(CHANNEL_PACKETS);
         let (packets_out, from_stack) = mpsc::channel(CHANNEL_PACKETS);
+        let wake = Arc::new(Wake::new().map_err(UserspaceError::Thread)?);
+        let stack_wake = wake.clone();
         let (peers, peers_rx) = watch::channel(OverlayPeers::default());
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
         let stats = Arc::new(Stats::default());
@@ -221,7 +227,7 @@ impl Userspace {
                                 }
                             };
                         tokio::select! {
-                            () = stack.run(packets_in, packets_out, requests) => {}
+                            () = stack.run(packets_in, packets_out, &stack_wake, requests) => {}
                             _ = stop_rx => {}
                         }
                     });
@@ -236,6 +242,7 @@ impl Userspace {
         Ok(Self {
             to_stack,
             from_stack,
+            wake,
             peers,
             stats,
             options,
@@ -270,15 +277,19 @@ impl Userspace {
         &self.options
     }
 
-    /// The next packet the stack sends to the overlay; `None` once the
-    /// stack has stopped. The first call starts the stack's thread.
-    pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        self.launch().ok()?;
-        self.from_stack.recv().await
+    /// What the stack's thread writes after it queued packets for the
+    /// daemon (see [`Wake`]).
+    pub fn wake(&self) -> &Wake {
+        &self.wake
+    }
+
+    /// Whether packets from the stack are queued for the daemon.
+    pub fn has_queued(&self) -> bool {
+        !self.from_stack.is_empty()
     }
 
     /// A packet if one is queued: `Ok(None)` if not, `Err` once the stack
-    /// has stopped.
+    /// has stopped. The first call starts the stack's thread.
     pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>, StackStopped> {
         self.launch()?;
         match self.from_stack.try_recv() {

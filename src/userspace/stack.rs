@@ -32,6 +32,7 @@ use super::socks5::{OverlayPeers, Reply};
 use super::udp::{UdpContext, UdpRelays};
 use crate::core::address::OverlayAddresses;
 use crate::core::address::{IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId};
+use crate::sys::wake::Wake;
 
 /// Receive buffer of each TCP socket: the window the remote sender sees.
 pub(crate) const TCP_RX_BUFFER: usize = 256 * 1024;
@@ -183,6 +184,7 @@ impl Stack {
         mut self,
         mut packets_in: mpsc::Receiver<Vec<u8>>,
         packets_out: mpsc::Sender<Vec<u8>>,
+        daemon_wake: &Wake,
         mut requests: mpsc::Receiver<StackRequest>,
     ) {
         loop {
@@ -193,7 +195,9 @@ impl Stack {
             tokio::task::yield_now().await;
             let now = Instant::now();
             self.turn(now);
-            self.send_out(&packets_out);
+            if self.send_out(&packets_out) {
+                daemon_wake.notify();
+            }
             let wake = self.next_wake(now);
             let relays = &self.relays;
             let udp = &self.udp;
@@ -222,6 +226,7 @@ impl Stack {
                     if let Some(packet) = self.device.pop_tx() {
                         self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                         permit.send(packet);
+                        daemon_wake.notify();
                     }
                 }
                 () = local_ready => {}
@@ -356,11 +361,14 @@ impl Stack {
     }
 
     /// Hands packets smoltcp wrote to the daemon while its channel has room.
-    fn send_out(&mut self, packets_out: &mpsc::Sender<Vec<u8>>) {
+    /// Returns whether it handed any.
+    fn send_out(&mut self, packets_out: &mpsc::Sender<Vec<u8>>) -> bool {
+        let mut sent = false;
         while let Some(packet) = self.device.pop_tx() {
             match packets_out.try_send(packet) {
                 Ok(()) => {
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                    sent = true;
                 }
                 Err(mpsc::error::TrySendError::Full(packet)) => {
                     self.device.unpop_tx(packet);
@@ -369,6 +377,7 @@ impl Stack {
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
+        sent
     }
 
     /// The earliest of smoltcp's deadline, the set-up deadlines and the

@@ -374,11 +374,20 @@ fn stat_fields(pid: u32) -> Result<Vec<String>, String> {
 }
 
 /// Whether a process exists and has not exited (zombies count as gone).
+/// Every thread counts: a killed daemon's main thread turns zombie before
+/// its other threads have exited, and the process holds its descriptors
+/// (its instance lock, its sockets) until the last one has.
 pub fn pid_alive(pid: u32) -> bool {
-    stat_fields(pid).is_ok_and(|fields| {
-        fields
-            .first()
+    let running = |stat: &str| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X")
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| running(&stat))
     })
 }
 

@@ -7,13 +7,12 @@
 //! halts, and waking it can take ~100 µs (the project's VM: a
 //! `perf bench sched pipe` round trip is 7.4 µs on one vCPU, 215 µs across
 //! two), paid at every crossing of every tunnel. Polling keeps the CPU
-//! awake through the window. Each turn lets the runtime look at every
-//! socket once with a zero timeout, so the loop's other inputs (the control
-//! socket, timers, signals) are served exactly as when it sleeps; then,
-//! only if no packet was waiting, it yields the CPU to any other runnable
-//! thread (so a busy machine loses nothing but a `sched_yield`). Once the
-//! window passes without a packet the loop sleeps again: an idle daemon
-//! spends no CPU.
+//! awake through the window. Each turn waits on the loop's `epoll` with a
+//! zero timeout, so its other inputs (the quiet inputs, timers) are served
+//! exactly as when it sleeps; then, only if nothing was waiting, it yields
+//! the CPU to any other runnable thread (so a busy machine loses nothing
+//! but a `sched_yield`). Once the window passes without a packet the loop
+//! sleeps again: an idle daemon spends no CPU.
 
 use std::time::{Duration, Instant};
 
@@ -51,17 +50,6 @@ impl BusyPoll {
             }
         }
     }
-}
-
-/// One turn of polling: the runtime polls its sockets and timers without
-/// sleeping (tokio runs a task that yielded after its I/O driver, with a
-/// zero timeout). The loop then takes what the driver found ready and, only
-/// if there was nothing, yields the CPU to any other runnable thread
-/// (`sched_yield`) before it goes round again. Yielding here, before the
-/// driver looked, gave the CPU away with packets waiting whenever the
-/// `select!` polled this branch before a ready one.
-pub(super) async fn turn() {
-    tokio::task::yield_now().await;
 }
 
 #[cfg(test)]

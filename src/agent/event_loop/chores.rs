@@ -1,6 +1,5 @@
-//! The loop's periodic chores, kept as deadlines beside the node's own on
-//! the loop's one timer (an `Interval` each would be one more future polled
-//! at every packet).
+//! The loop's periodic chores, kept as deadlines beside the node's own:
+//! the earliest of them all is the loop's one wait timeout.
 
 use std::time::{Duration, Instant};
 

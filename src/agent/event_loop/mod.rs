@@ -1,9 +1,12 @@
-//! The event loop: one task owns the node and feeds it from the UDP socket,
-//! the TUN, the control socket and its timer, then drains its outputs (the
-//! call order documented on [`Node`]).
+//! The event loop: the datapath thread owns the node and feeds it from the
+//! UDP socket, the TUN, the quiet inputs the runtime's thread forwards and
+//! its deadlines, waiting on them in one `epoll`, then drains the node's
+//! outputs (the call order documented on [`Node`]).
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -21,9 +24,11 @@ use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
 use crate::names::service::NameService;
 use crate::rendezvous::link::{RendezvousLinks, TcpLinkEvent};
 use crate::state::AgentConfig;
+use crate::sys::poller::{Poller, Source};
 use crate::sys::probe_sockets::{ProbeDatagram, ProbeSockets};
 use crate::sys::udp::{Underlay, resolve_endpoint};
 use crate::sys::udp_batch::ReceivedRun;
+use crate::sys::wake::Wake;
 
 mod busy_poll;
 mod chores;
@@ -46,6 +51,10 @@ use self::throttle::Throttle;
 /// other inputs, and bounds what waits in the queues (with offloads one read
 /// brings up to 64 packets, so a count of reads would not).
 const PACKETS_PER_WAKE: usize = 256;
+/// Most quiet inputs (control requests, link events…) one turn takes: the
+/// forwarder refills their channel from another thread as the loop drains
+/// it.
+const QUIET_INPUTS_PER_WAKE: usize = 64;
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -183,34 +192,77 @@ impl Daemon {
         self.names.uses_resolved()
     }
 
-    /// Loads the trust store into the node, then serves until told to stop.
+    /// Loads the trust store into the node, then runs the datapath on a
+    /// thread of its own until told to stop, while this task's runtime
+    /// serves everything else (control connections, served ports, signals,
+    /// rendezvous links, the port mapping). Dropping the daemon at the end
+    /// closes the TUN.
     pub(crate) async fn run(
-        &mut self,
+        mut self,
         requests: mpsc::Receiver<ControlRequest>,
         signals: Signals,
         link_events: mpsc::Receiver<TcpLinkEvent>,
     ) -> Result<(), DaemonError> {
-        let signals = signals.forward();
-        self.refresh_candidates();
-        self.reload_trust_store(Instant::now());
-        self.sync_names();
-        self.start_trust_flow(Instant::now())?;
-        self.flush().await;
+        let wake = Arc::new(Wake::new().map_err(DaemonError::Runtime)?);
         let probe_datagrams =
             self.probe_datagrams
                 .take()
                 .ok_or(DaemonError::Runtime(io::Error::other(
                     "the event loop runs only once",
                 )))?;
-        let mut quiet = QuietChannels {
+        let quiet = QuietChannels {
             requests,
             caller_queries: self.caller_queries.take(),
             probe_datagrams,
             link_events,
-            signals,
+            signals: signals.forward(),
             port_map: self.portmap.watch(),
         }
-        .merge();
+        .merge(wake.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let (finished, datapath_finished) = tokio::sync::oneshot::channel();
+        let datapath = std::thread::Builder::new()
+            .name("agentnet-datapath".into())
+            .spawn(move || {
+                // Served ports, probe sockets and the trust flow spawn tasks
+                // and make sockets: on the runtime, from this thread.
+                let _runtime = runtime.enter();
+                let outcome = self.run_datapath(quiet, &wake);
+                // The runtime's side may have gone only if it failed itself.
+                let _ = finished.send((self, outcome));
+            })
+            .map_err(DaemonError::Runtime)?;
+        let finished = datapath_finished.await;
+        // It has sent its last word; the join only collects the thread.
+        if datapath.join().is_err() {
+            tracing::error!("the datapath thread panicked");
+        }
+        let (mut daemon, outcome) = finished.map_err(|_| {
+            DaemonError::Runtime(io::Error::other("the datapath thread ended without a word"))
+        })?;
+        daemon.portmap.shutdown().await;
+        outcome
+    }
+
+    /// The datapath: waits on the UDP socket, the TUN (or the userspace
+    /// stack) and the wake-ups from the runtime's thread in one `epoll`,
+    /// feeds the node and drains its outputs, until a stop.
+    fn run_datapath(
+        &mut self,
+        mut quiet: mpsc::Receiver<QuietInput>,
+        wake: &Wake,
+    ) -> Result<(), DaemonError> {
+        let mut poller = Poller::new().map_err(DaemonError::Runtime)?;
+        poller
+            .watch(self.underlay.as_fd(), Source::Udp)
+            .and_then(|()| self.tun.watch(&poller))
+            .and_then(|()| poller.watch(wake.as_fd(), Source::Wake))
+            .map_err(DaemonError::Runtime)?;
+        self.refresh_candidates();
+        self.reload_trust_store(Instant::now());
+        self.sync_names();
+        self.start_trust_flow(Instant::now())?;
+        self.flush();
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
         tracing::info!(
             id = %self.own_id,
@@ -231,76 +283,74 @@ impl Daemon {
         let mut tun_read = TunReadBatch::new(self.mtu, self.tun.offload());
         let mut busy_poll = BusyPoll::new(self.options.busy_poll);
         let mut chores = Chores::new(Instant::now());
-        // One timer for the whole run (the node's deadline, the trust
-        // flow's and the chores'), moved only when the earliest moves: a new
-        // one each turn would be put in the runtime's timer wheel and taken
-        // out again at every packet. `armed`: the deadline it is set to,
-        // `None` once it fired.
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let mut armed: Option<Instant> = None;
+        // What was queued before the loop (this also starts the userspace
+        // stack's thread).
+        self.drain_tun(&mut tun_read, 0)?;
         while self.stop.is_none() {
-            let polling = busy_poll.is_polling(Instant::now());
+            let now = Instant::now();
+            let polling = busy_poll.is_polling(now);
             let deadline = [self.node.poll_timeout(), self.trust_flow_deadline()]
                 .into_iter()
                 .flatten()
                 .fold(chores.next(self.links_need_ticks()), Instant::min);
-            if armed != Some(deadline) {
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(deadline));
-                armed = Some(deadline);
+            let mut timeout = if polling {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            if !timeout.is_zero() {
+                // About to sleep: from here on the other threads write the
+                // wakes; what they queued before is looked at now.
+                wake.arm();
+                self.tun.arm_wake();
+                if !quiet.is_empty() || self.tun.has_queued() {
+                    timeout = Duration::ZERO;
+                }
             }
-            tokio::select! {
-                received = self.underlay.recv_run(&mut udp_run) => {
-                    self.on_udp_run(received, &udp_run);
-                    let taken = udp_run.count();
-                    self.drain_underlay(&mut udp_run, taken);
-                    busy_poll.on_packet(Instant::now());
-                }
-                read = self.tun.recv_batch(&mut tun_read) => {
-                    self.on_tun_read(read, &tun_read)?;
-                    let taken = tun_read.packets().count();
-                    self.drain_tun(&mut tun_read, taken)?;
-                    busy_poll.on_packet(Instant::now());
-                }
-                () = busy_poll::turn(), if polling => {
-                    // The I/O driver has just looked at every socket. What
-                    // it found ready is taken now (the `select!`, whose
-                    // order is random, may have picked this branch first),
-                    // one input per turn as in the branches above; only
-                    // with nothing to do does the CPU go to another thread.
-                    let took = self.drain_underlay(&mut udp_run, 0) > 0
-                        || self.drain_tun(&mut tun_read, 0)? > 0;
-                    if took {
-                        busy_poll.on_packet(Instant::now());
-                    } else {
-                        std::thread::yield_now();
-                    }
-                }
-                () = &mut timer => {
-                    // Fired: re-armed on the next turn, even at the same
-                    // deadline.
-                    armed = None;
-                    let now = Instant::now();
-                    self.node.handle_timeout(now);
-                    self.on_trust_flow_timer(now);
-                    if chores.candidates_due(now) {
-                        self.refresh_candidates();
-                    }
-                    // Only while there is something to look after: an idle
-                    // daemon without rendezvous or probe sockets sleeps.
-                    if chores.links_due(now, self.links_need_ticks()) {
-                        self.links.tick(now, &mut self.node);
-                        self.probes.sweep(now);
-                    }
-                }
-                Some(input) = quiet.recv() => self.on_quiet_input(input),
+            let ready = poller.wait(Some(timeout)).map_err(DaemonError::Runtime)?;
+            let mut took = false;
+            if ready.udp {
+                took |= self.drain_underlay(&mut udp_run, 0) > 0;
             }
-            self.flush().await;
+            if ready.tun || self.tun.has_queued() {
+                self.tun.reset_wake();
+                took |= self.drain_tun(&mut tun_read, 0)? > 0;
+            }
+            if ready.wake {
+                wake.reset();
+            }
+            if ready.wake || !quiet.is_empty() {
+                // Bounded: the forwarder refills the channel as it drains.
+                for _ in 0..QUIET_INPUTS_PER_WAKE {
+                    let Ok(input) = quiet.try_recv() else { break };
+                    self.on_quiet_input(input);
+                }
+            }
+            let now = Instant::now();
+            if took {
+                busy_poll.on_packet(now);
+            } else if polling && !ready.wake {
+                // Nothing this turn: the CPU goes to any other runnable
+                // thread before the next look (a busy machine loses only a
+                // `sched_yield`).
+                std::thread::yield_now();
+            }
+            if now >= deadline {
+                self.node.handle_timeout(now);
+                self.on_trust_flow_timer(now);
+                if chores.candidates_due(now) {
+                    self.refresh_candidates();
+                }
+                // Only while there is something to look after: an idle
+                // daemon without rendezvous or probe sockets sleeps.
+                if chores.links_due(now, self.links_need_ticks()) {
+                    self.links.tick(now, &mut self.node);
+                    self.probes.sweep(now);
+                }
+            }
+            self.flush();
         }
         self.save_pending_if_changed();
-        self.portmap.shutdown().await;
         self.names.shutdown();
         match self.stop {
             Some(Stop::Signal(name)) => tracing::info!(signal = name, "shutting down"),
@@ -372,7 +422,7 @@ impl Daemon {
 
     /// Drains the node's outputs: events first (acting on one, such as an
     /// auto-approval, may queue datagrams), then datagrams and TUN packets.
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
             had_events = true;
@@ -387,16 +437,12 @@ impl Daemon {
         let mut udp_out = std::mem::take(&mut self.udp_out);
         while let Some(transmit) = self.node.poll_transmit() {
             if let Some(socket) = transmit.source {
-                if let Err(error) = self
-                    .probes
-                    .send(
-                        Instant::now(),
-                        socket,
-                        &transmit.payload,
-                        transmit.destination,
-                    )
-                    .await
-                {
+                if let Err(error) = self.probes.send(
+                    Instant::now(),
+                    socket,
+                    &transmit.payload,
+                    transmit.destination,
+                ) {
                     tracing::debug!(%error, socket, "probe socket send failed");
                 }
                 continue;
@@ -416,7 +462,7 @@ impl Daemon {
                 .iter()
                 .map(|transmit| (transmit.destination, transmit.payload.as_slice()))
                 .collect();
-            for (destination, error) in self.underlay.send_batch(&datagrams).await {
+            for (destination, error) in self.underlay.send_batch(&datagrams) {
                 if let Some(suppressed) = self.udp_send_warnings.allow(Instant::now()) {
                     tracing::warn!(%error, %destination, suppressed, "UDP send failed");
                 }
@@ -431,7 +477,7 @@ impl Daemon {
             let spare = self.tun_out.push_with_headroom(packet);
             self.node.recycle_buffer(spare);
             if self.tun_out.is_full() {
-                self.write_tun().await;
+                self.write_tun();
             }
         }
         // Events may have changed the trust store (comparing it on every
@@ -443,9 +489,9 @@ impl Daemon {
         self.names
             .sync_services(Instant::now(), &self.trust, &self.node);
         while let Some(packet) = self.names.poll_tun_packet() {
-            self.queue_for_tun(&packet).await;
+            self.queue_for_tun(&packet);
         }
-        self.write_tun().await;
+        self.write_tun();
     }
 
     /// Makes the names (resolver, host files, userspace stack) and the
@@ -457,19 +503,19 @@ impl Daemon {
     }
 
     /// Queues a packet for the TUN, writing the batch when it is full.
-    async fn queue_for_tun(&mut self, packet: &[u8]) {
+    fn queue_for_tun(&mut self, packet: &[u8]) {
         self.tun_out.push(packet);
         if self.tun_out.is_full() {
-            self.write_tun().await;
+            self.write_tun();
         }
     }
 
     /// Writes the queued packets to the TUN.
-    async fn write_tun(&mut self) {
+    fn write_tun(&mut self) {
         if self.tun_out.is_empty() {
             return;
         }
-        if let Err(error) = self.tun.send_batch(&mut self.tun_out).await
+        if let Err(error) = self.tun.send_batch(&mut self.tun_out)
             && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
         {
             tracing::warn!(%error, suppressed, "TUN write failed");

@@ -2,14 +2,16 @@
 //!
 //! Control requests, served connections' caller queries, datagrams on the
 //! hole-punching probe sockets, rendezvous TCP link events, signals and
-//! the port mapping's changes arrive rarely next to packets. Each is a
-//! channel; waited on in the loop's `select!`, every one of them would be
-//! polled (its channel state read, the task's waker registered) on every
-//! turn of the loop, twice per packet at idle: once to find the ready
-//! input, once more before the loop sleeps. After an idle gap those are
-//! cold cache lines, paid at every crossing of every tunnel. The
-//! forwarding task here is polled only when one of its own inputs woke it,
-//! and the loop polls a single channel in their place.
+//! the port mapping's changes arrive rarely next to packets, and all of
+//! them are tokio channels, served by the runtime's thread. A task of
+//! their own there forwards them onto one channel, which the datapath
+//! thread checks when its `epoll` reports the [`Wake`] the forwarder writes
+//! (or, while it polls, at each turn). The datapath never touches the other
+//! channels: when the loop was a task waiting in a `select!` on each of
+//! them, every one was polled (its state read, a waker registered) twice
+//! per packet at idle, cold cache lines paid at every crossing.
+
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
@@ -19,6 +21,7 @@ use crate::portmap::PortMapState;
 use crate::rendezvous::link::TcpLinkEvent;
 use crate::serve::CallerQuery;
 use crate::sys::probe_sockets::ProbeDatagram;
+use crate::sys::wake::Wake;
 
 /// Inputs in flight between the forwarding task and the loop: a small
 /// queue that still lets a burst of relayed datagrams (link events) through
@@ -50,15 +53,16 @@ pub(super) struct QuietChannels {
 
 impl QuietChannels {
     /// Spawns the task that forwards every input, in the order each channel
-    /// gave them, to the returned receiver. The task ends when the loop drops
-    /// that receiver, or when every channel has closed.
-    pub(super) fn merge(self) -> mpsc::Receiver<QuietInput> {
+    /// gave them, to the returned receiver, notifying `wake` after each. The
+    /// task ends when the loop drops that receiver, or when every channel
+    /// has closed.
+    pub(super) fn merge(self, wake: Arc<Wake>) -> mpsc::Receiver<QuietInput> {
         let (inputs, merged) = mpsc::channel(QUEUED_INPUTS);
-        tokio::spawn(self.forward_to(inputs));
+        tokio::spawn(self.forward_to(inputs, wake));
         merged
     }
 
-    async fn forward_to(mut self, inputs: mpsc::Sender<QuietInput>) {
+    async fn forward_to(mut self, inputs: mpsc::Sender<QuietInput>, wake: Arc<Wake>) {
         loop {
             let input = tokio::select! {
                 Some(request) = self.requests.recv() => QuietInput::Request(request),
@@ -72,6 +76,7 @@ impl QuietChannels {
             if inputs.send(input).await.is_err() {
                 return;
             }
+            wake.notify();
         }
     }
 }
@@ -100,6 +105,8 @@ async fn changed_some<T>(watch: &mut Option<watch::Receiver<T>>) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
 
     fn channels() -> (
         QuietChannels,
@@ -123,10 +130,17 @@ mod tests {
         (channels, request_tx, signal_tx, probe_tx, link_tx)
     }
 
+    fn wake() -> Arc<Wake> {
+        Arc::new(Wake::new().expect("eventfd"))
+    }
+
     #[tokio::test]
     async fn forwards_each_input_and_ends_when_every_channel_closed() {
         let (channels, requests, signals, probes, links) = channels();
-        let mut merged = channels.merge();
+        let wake = wake();
+        // The datapath is asleep: the forward must wake it.
+        wake.arm();
+        let mut merged = channels.merge(wake.clone());
         signals
             .send(SignalEvent::Reload)
             .await
@@ -135,6 +149,9 @@ mod tests {
             merged.recv().await,
             Some(QuietInput::Signal(SignalEvent::Reload))
         ));
+        let mut readable = [PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        let woken = poll(&mut readable, PollTimeout::from(5_000u16)).expect("poll");
+        assert_eq!(woken, 1, "the forwarder wrote the armed wake");
         signals
             .send(SignalEvent::Stop("SIGTERM"))
             .await
@@ -153,7 +170,7 @@ mod tests {
     #[tokio::test]
     async fn one_closed_channel_leaves_the_others_forwarded() {
         let (channels, requests, _signals, probes, _links) = channels();
-        let mut merged = channels.merge();
+        let mut merged = channels.merge(wake());
         drop(requests);
         let from: std::net::SocketAddr = "192.0.2.7:7400".parse().expect("address");
         probes
@@ -171,7 +188,7 @@ mod tests {
     #[tokio::test]
     async fn ends_when_the_loop_is_gone() {
         let (channels, _requests, signals, _probes, _links) = channels();
-        let merged = channels.merge();
+        let merged = channels.merge(wake());
         drop(merged);
         // The forwarder notices on its next send and drops its receivers.
         let _ = signals.send(SignalEvent::Reload).await;

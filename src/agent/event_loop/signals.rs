@@ -4,12 +4,12 @@
 //! handlers are installed before anything else is created, so a signal
 //! during start-up still leads to a clean exit.
 //!
-//! The loop does not poll the three tokio `Signal`s itself: its `select!`
-//! polls every branch on every turn, and a `Signal`'s receive future (a
-//! boxed `watch` future per signal) cost ~15 % of the loop's instructions
-//! per packet under `callgrind` (issue 16, the idle round trip). A task of
-//! its own waits for them and forwards each as a [`SignalEvent`]; the loop
-//! polls one channel.
+//! The loop does not wait for the three tokio `Signal`s itself: the
+//! datapath thread has no runtime to poll them on (and when the loop was a
+//! task, its `select!` polled every branch on every turn: a `Signal`'s
+//! receive future cost ~15 % of its instructions per packet under
+//! `callgrind`, issue 16). A task of its own on the runtime's thread waits
+//! for them and forwards each as a [`SignalEvent`], onto the quiet inputs.
 
 use std::io;
 
