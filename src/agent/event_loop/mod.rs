@@ -219,6 +219,8 @@ impl Daemon {
             port_map: self.portmap.watch(),
         }
         .merge(wake.clone());
+        // The caller dropped privileges already: that must happen while the
+        // process has a single thread.
         let runtime = tokio::runtime::Handle::current();
         let (finished, datapath_finished) = tokio::sync::oneshot::channel();
         let datapath = std::thread::Builder::new()
