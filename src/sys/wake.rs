@@ -12,6 +12,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
@@ -43,6 +44,13 @@ impl Wake {
         }
     }
 
+    /// Writes whether armed or not: for what the datapath must see even
+    /// while awake and not looking (a sender that stopped for good).
+    pub fn notify_now(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+        let _ = self.fd.write(1);
+    }
+
     /// The datapath's side, before it checks its channels a last time and
     /// sleeps.
     pub fn arm(&self) {
@@ -55,6 +63,18 @@ impl Wake {
             Ok(_) | Err(Errno::EAGAIN) => {}
             Err(error) => tracing::debug!(%error, "eventfd read failed"),
         }
+    }
+}
+
+/// Calls [`Wake::notify_now`] when dropped: held by a sender's thread, so
+/// that its end (a return or a panic) wakes the datapath, which then finds
+/// the channel closed.
+#[derive(Debug)]
+pub struct WakeWhenGone(pub Arc<Wake>);
+
+impl Drop for WakeWhenGone {
+    fn drop(&mut self) {
+        self.0.notify_now();
     }
 }
 
@@ -90,8 +110,20 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_ends_wakes_the_datapath_even_awake() {
+        let wake = Arc::new(Wake::new().expect("eventfd"));
+        let guard = WakeWhenGone(wake.clone());
+        let thread = std::thread::spawn(move || {
+            let _guard = guard;
+            // The sender's work would be here; it returns.
+        });
+        thread.join().expect("the sender's thread");
+        assert!(readable(&wake), "written although never armed");
+    }
+
+    #[test]
     fn a_notify_from_another_thread_wakes_a_sleeper() {
-        let wake = std::sync::Arc::new(Wake::new().expect("eventfd"));
+        let wake = Arc::new(Wake::new().expect("eventfd"));
         wake.arm();
         let sender = wake.clone();
         let thread = std::thread::spawn(move || sender.notify());

@@ -45,7 +45,7 @@ use self::stack::{Stack, StackConfig};
 use crate::core::address::NetworkId;
 use crate::core::address::OverlayAddresses;
 use crate::names::dns::NameTable;
-use crate::sys::wake::Wake;
+use crate::sys::wake::{Wake, WakeWhenGone};
 
 /// Packets queued between the daemon and the stack, each way.
 const CHANNEL_PACKETS: usize = 1024;
@@ -217,6 +217,8 @@ impl Userspace {
             std::thread::Builder::new()
                 .name("agentnet-userspace".into())
                 .spawn(move || {
+                    // However the stack ends, the daemon hears it.
+                    let _gone = WakeWhenGone(stack_wake.clone());
                     runtime.block_on(async move {
                         let (stack, requests) =
                             match listeners.start(config, exposes, peers_rx, thread_stats) {
