@@ -1,5 +1,6 @@
-//! The I/O shell around [`crate::core::node::Node`]: TUN, UDP, control
-//! socket and signals on one tokio task.
+//! The I/O shell around [`crate::core::node::Node`]: the TUN and the UDP
+//! socket on the datapath thread, the control socket, signals and the
+//! other tasks on one current-thread tokio runtime.
 //!
 //! [`run`] sets everything up in this order: state directory and identity,
 //! instance lock (PID file), TUN interface, UDP socket, node and trust store,

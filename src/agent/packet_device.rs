@@ -105,6 +105,14 @@ impl PacketDevice {
         }
     }
 
+    /// Once the datapath is awake: the userspace stack need not write its
+    /// wake any more.
+    pub(crate) fn disarm_wake(&self) {
+        if let Self::Userspace(stack) = self {
+            stack.wake().disarm();
+        }
+    }
+
     /// After the poller reported the device readable: empties the userspace
     /// stack's wake (a TUN has none).
     pub(crate) fn reset_wake(&self) {

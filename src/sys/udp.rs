@@ -6,8 +6,9 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Instant;
 
-use super::udp_batch::{ReceivedRun, UdpOffload, send_in_runs, send_run_waiting};
+use super::udp_batch::{ReceivedRun, SEND_WAIT, UdpOffload, send_in_runs, send_run_waiting};
 use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
@@ -97,19 +98,20 @@ impl Underlay {
     }
 
     /// Sends datagrams to normalized addresses (see [`send_in_runs`]),
-    /// waiting briefly while the socket buffer is full. Returns the failures
-    /// (usually none).
+    /// waiting while the socket buffer is full, at most [`SEND_WAIT`] for
+    /// the whole batch. Returns the failures (usually none).
     pub fn send_batch(
         &mut self,
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<(SocketAddr, io::Error)> {
         let dual_stack = self.dual_stack;
         let socket = &self.socket;
+        let deadline = Instant::now() + SEND_WAIT;
         send_in_runs(
             datagrams,
             &mut self.offload,
             |destination| socket_address(destination, dual_stack),
-            |to, parts, segment| send_run_waiting(socket, to, parts, segment),
+            |to, parts, segment| send_run_waiting(socket, to, parts, segment, deadline),
         )
     }
 

@@ -16,6 +16,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -98,10 +99,11 @@ impl BatchedSocket {
             .try_io(Interest::READABLE, || run.receive(&self.socket))
     }
 
-    /// Sends datagrams (see [`send_in_runs`]), waiting briefly while the
-    /// socket buffer is full ([`send_run_waiting`]); `address` gives the
-    /// socket address for a destination (or why there is none). Returns the
-    /// failures (usually none).
+    /// Sends datagrams (see [`send_in_runs`]) without waiting: one the
+    /// socket buffer has no room for is dropped, as a router's full queue
+    /// drops, and the task never holds up the runtime's other tasks;
+    /// `address` gives the socket address for a destination (or why there
+    /// is none). Returns the failures (usually none).
     pub fn send_batch(
         &mut self,
         datagrams: &[(SocketAddr, &[u8])],
@@ -112,7 +114,7 @@ impl BatchedSocket {
             datagrams,
             &mut self.offload,
             address,
-            |to, parts, segment| send_run_waiting(socket, to, parts, segment),
+            |to, parts, segment| send_run(socket, to, parts, segment),
         )
     }
 }
@@ -252,16 +254,18 @@ pub fn runs(datagrams: &[(SocketAddr, usize)], gso: bool) -> Vec<Run> {
     runs
 }
 
-/// How long a send waits for room in a full socket buffer before the
-/// datagram is given up (as a full queue on the path would drop it).
-const SEND_WAIT_MS: u16 = 100;
+/// How long one batch of sends may wait, in all, for room in a full socket
+/// buffer before what is left of it is given up (as a full queue on the
+/// path would drop it).
+pub const SEND_WAIT: Duration = Duration::from_millis(100);
 
 /// Sends datagrams in as few calls of `send` as GSO allows (see [`runs`]):
 /// `address` gives the socket address for a destination (or why there is
 /// none), `send` sends one run. A run that fails is sent again one datagram
-/// per call, so one bad datagram costs only itself; a device that cannot
-/// segment turns GSO off in `offload` for good. Returns the failures
-/// (usually none).
+/// per call, so one bad datagram costs only itself, unless it failed for
+/// want of room (`WouldBlock`: the others would find none either); a device
+/// that cannot segment turns GSO off in `offload` for good. Returns the
+/// failures (usually none).
 pub fn send_in_runs(
     datagrams: &[(SocketAddr, &[u8])],
     offload: &mut UdpOffload,
@@ -289,7 +293,7 @@ pub fn send_in_runs(
         let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
         match send(socket_address, &parts, segment) {
             Ok(_) => {}
-            Err(error) if parts.len() > 1 => {
+            Err(error) if parts.len() > 1 && error.kind() != io::ErrorKind::WouldBlock => {
                 if gso_unsupported(&error) {
                     tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
                     offload.gso = false;
@@ -306,21 +310,29 @@ pub fn send_in_runs(
     failures
 }
 
-/// Sends one run as [`send_run`] does, waiting up to [`SEND_WAIT_MS`] while
-/// the socket buffer is full: the back-pressure of a blocking socket for a
-/// thread that has nothing else to wait on, without hanging it on a socket
-/// that never drains.
+/// Sends one run as [`send_run`] does, waiting while the socket buffer is
+/// full until `deadline` (then `WouldBlock`): the back-pressure of a
+/// blocking socket for a thread that has nothing else to wait on, without
+/// hanging it on a socket that never drains. One deadline for a whole
+/// batch ([`SEND_WAIT`] from its start) bounds the batch, however many
+/// runs find the buffer full.
 pub fn send_run_waiting(
     socket: &impl AsFd,
     destination: SocketAddr,
     parts: &[IoSlice<'_>],
     segment: u16,
+    deadline: Instant,
 ) -> io::Result<usize> {
     loop {
         match send_run(&socket.as_fd(), destination, parts, segment) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(error);
+                }
+                let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
                 let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
-                match poll(&mut fds, PollTimeout::from(SEND_WAIT_MS)) {
+                match poll(&mut fds, PollTimeout::from(millis)) {
                     Ok(0) => return Err(error),
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(errno) => return Err(errno.into()),
@@ -425,6 +437,28 @@ mod tests {
                 .all(|run| (run.end - run.start) * 1500 <= MAX_RUN_BYTES)
         );
         assert_eq!(got.iter().map(|run| run.end - run.start).sum::<usize>(), 64);
+    }
+
+    #[test]
+    fn a_failed_run_is_retried_per_datagram_unless_the_buffer_was_full() {
+        let payload = [0u8; 100];
+        let datagrams = vec![(at(1), &payload[..]); 3];
+        for (kind, calls_wanted, failures_wanted) in [
+            (io::ErrorKind::WouldBlock, 1, 1),
+            (io::ErrorKind::InvalidInput, 4, 3),
+        ] {
+            let mut offload = UdpOffload {
+                gso: true,
+                gro: false,
+            };
+            let mut calls = 0;
+            let failures = send_in_runs(&datagrams, &mut offload, Ok, |_, _, _| {
+                calls += 1;
+                Err(io::Error::from(kind))
+            });
+            assert_eq!(calls, calls_wanted, "{kind:?}");
+            assert_eq!(failures.len(), failures_wanted, "{kind:?}");
+        }
     }
 
     #[test]

@@ -5,15 +5,18 @@
 //! userspace stack on its own) push onto a channel, then call
 //! [`Wake::notify`]. The datapath arms the wake before it checks its
 //! channels and sleeps; a sender that finds it armed disarms it and writes
-//! the `eventfd` once. While the datapath is awake (busy, or polling) no
-//! sender makes a system call: it finds what was pushed when it next
-//! checks. Sequentially consistent on both sides: a push the datapath's
-//! check missed comes from a sender that saw the wake armed.
+//! the `eventfd` once. The datapath disarms it again once awake, so while
+//! it is awake (busy, or polling) no sender makes a system call: it finds
+//! what was pushed when it next checks. Each side puts a sequentially
+//! consistent fence between its store and its load (the datapath: arming,
+//! then reading the channel; the sender: pushing, then reading the flag),
+//! so at least one of them sees the other's: a push the datapath's check
+//! missed comes from a sender that saw the wake armed.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -38,6 +41,8 @@ impl Wake {
     /// The sender's side, after it pushed: wakes the datapath if it is
     /// (about to be) asleep.
     pub fn notify(&self) {
+        // The push (the channel's own release store) before the flag's load.
+        fence(Ordering::SeqCst);
         if self.armed.swap(false, Ordering::SeqCst) {
             // A full counter (2^64 - 2 wakes unread) is still readable.
             let _ = self.fd.write(1);
@@ -55,6 +60,13 @@ impl Wake {
     /// sleeps.
     pub fn arm(&self) {
         self.armed.store(true, Ordering::SeqCst);
+        // The flag's store before the channel's (acquire) loads.
+        fence(Ordering::SeqCst);
+    }
+
+    /// The datapath's side, once awake: senders need not write any more.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
     }
 
     /// Empties the `eventfd` after it woke the datapath.

@@ -182,7 +182,7 @@ impl Userspace {
     /// Binds the local listeners (errors such as a port in use come back
     /// here) and prepares the stack with the agent's `addresses` in
     /// `network` and the tunnel `mtu`; its thread starts at the first
-    /// receive (see [`Userspace::recv`]).
+    /// receive (see [`Userspace::try_recv`]).
     pub fn start(
         options: &UserspaceOptions,
         addresses: OverlayAddresses,

@@ -47,7 +47,7 @@ pub(crate) use self::signals::Signals;
 use self::throttle::Throttle;
 
 /// How many packets (datagrams, or TUN packets) one wake-up takes at most
-/// before the outputs are drained: amortizes the loop without starving the
+/// from each input before the outputs are drained: amortizes the loop without starving the
 /// other inputs, and bounds what waits in the queues (with offloads one read
 /// brings up to 64 packets, so a count of reads would not).
 const PACKETS_PER_WAKE: usize = 256;
@@ -310,6 +310,8 @@ impl Daemon {
                 }
             }
             let ready = poller.wait(Some(timeout)).map_err(DaemonError::Runtime)?;
+            wake.disarm();
+            self.tun.disarm_wake();
             let mut took = false;
             if ready.udp {
                 took |= self.drain_underlay(&mut udp_run, 0) > 0;
@@ -323,9 +325,14 @@ impl Daemon {
             }
             if ready.wake || !quiet.is_empty() {
                 // Bounded: the forwarder refills the channel as it drains.
+                // A `down` or a stop signal ends the turn: what came after it
+                // is not answered, as the process is going.
                 for _ in 0..QUIET_INPUTS_PER_WAKE {
                     let Ok(input) = quiet.try_recv() else { break };
                     self.on_quiet_input(input);
+                    if self.stop.is_some() {
+                        break;
+                    }
                 }
             }
             let now = Instant::now();
