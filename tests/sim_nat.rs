@@ -280,6 +280,33 @@ fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
     );
 }
 
+/// After a cut, A sends one packet and then nothing (a TCP receiver whose
+/// window updates stopped, say), and B nothing at all. When A gives the
+/// direct path up, 3 s after that send, it says so through the relay: B
+/// follows at once, with no data of A's to carry the news.
+#[test]
+fn a_fallback_is_announced_to_a_quiet_peer_through_the_relay() {
+    let (mut net, a, b, cut_at) = direct_then_cut(17);
+    net.send_tagged(a, b, 1);
+    let (mut a_relayed_at, mut b_relayed_at) = (None, None);
+    while net.now - cut_at < Duration::from_secs(6) && b_relayed_at.is_none() {
+        net.run_for(Duration::from_millis(10));
+        if a_relayed_at.is_none() && net.path(a, b) == "relay" {
+            a_relayed_at = Some(net.now - cut_at);
+        }
+        if b_relayed_at.is_none() && net.path(b, a) == "relay" {
+            b_relayed_at = Some(net.now - cut_at);
+        }
+    }
+    let a_relayed_at = a_relayed_at.expect("A fell back to the relay");
+    let b_relayed_at = b_relayed_at.expect("B followed A to the relay");
+    println!("after the cut: A on the relay after {a_relayed_at:?}, B after {b_relayed_at:?}");
+    assert!(
+        b_relayed_at <= a_relayed_at + Duration::from_millis(100),
+        "B followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"
+    );
+}
+
 #[test]
 fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
     let mut net = SimNet::new(7, LinkConfig::default(), Instant::now());

@@ -1,6 +1,6 @@
 //! The datapath thread: [`Daemon::run`] starts it and waits for it on the
-//! runtime's thread; [`Daemon::run_datapath`] is its loop, one level-
-//! triggered `epoll` over the UDP socket, the TUN (or the userspace
+//! runtime's thread; [`Daemon::run_datapath`] is its loop: one
+//! level-triggered `epoll` over the UDP socket, the TUN (or the userspace
 //! stack's wake) and the quiet inputs' wake, with the earliest deadline as
 //! its timeout.
 

@@ -467,6 +467,12 @@ impl Peer {
                 tracing::debug!(peer = %self.config.id, "direct path stopped answering; using the relay");
                 self.path = PathState::Unproven { probing: None };
                 self.start_probing(now);
+                // Tell the peer at once: a keepalive through the relay makes
+                // it follow (`note_relayed_data`) when the direct path is
+                // silent its way too, instead of waiting until a send of its
+                // own has gone unanswered as long (a stalled TCP sender's
+                // next send can come a retransmission timeout later).
+                self.seal_and_transmit(ctx, now, &[]);
             } else if silent >= DIRECT_PROBE_AFTER
                 && self.last_ping_sent.is_none_or(|ping| ping < since)
                 && let Some(direct) = self.direct_path()
