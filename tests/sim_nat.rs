@@ -242,19 +242,19 @@ fn cut_direct_path_falls_back_to_relay_within_3_s_and_returns() {
     println!("fallback after {relayed_at:?}, direct again {back:?} after healing");
 }
 
-/// After a cut, only A sends (B is a TCP sender stalled by its window, or
-/// just quiet). B sends nothing that could go unanswered, yet it follows A
-/// to the relay as soon as A's relayed data arrives, and its next packet
-/// takes the relay at once instead of 3 s of the dead direct path.
-#[test]
-fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
-    let (mut net, a, b, cut_at) = direct_then_cut(16);
+/// Runs `turn` until B uses the relay towards A (at most 6 s after the
+/// cut), and returns when A and B first did, counted from the cut. Panics
+/// if either never did.
+fn both_on_the_relay(
+    net: &mut SimNet,
+    a: usize,
+    b: usize,
+    cut_at: Instant,
+    mut turn: impl FnMut(&mut SimNet),
+) -> (Duration, Duration) {
     let (mut a_relayed_at, mut b_relayed_at) = (None, None);
-    let mut tag = 0;
     while net.now - cut_at < Duration::from_secs(6) && b_relayed_at.is_none() {
-        net.send_tagged(a, b, tag);
-        tag += 1;
-        net.run_for(Duration::from_millis(20));
+        turn(net);
         if a_relayed_at.is_none() && net.path(a, b) == "relay" {
             a_relayed_at = Some(net.now - cut_at);
         }
@@ -265,6 +265,22 @@ fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
     let a_relayed_at = a_relayed_at.expect("A fell back to the relay");
     let b_relayed_at = b_relayed_at.expect("B followed A to the relay");
     println!("after the cut: A on the relay after {a_relayed_at:?}, B after {b_relayed_at:?}");
+    (a_relayed_at, b_relayed_at)
+}
+
+/// After a cut, only A sends (B is a TCP sender stalled by its window, or
+/// just quiet). B sends nothing that could go unanswered, yet it follows A
+/// to the relay as soon as A's relayed data arrives, and its next packet
+/// takes the relay at once instead of 3 s of the dead direct path.
+#[test]
+fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
+    let (mut net, a, b, cut_at) = direct_then_cut(16);
+    let mut tag = 0;
+    let (a_relayed_at, b_relayed_at) = both_on_the_relay(&mut net, a, b, cut_at, |net| {
+        net.send_tagged(a, b, tag);
+        tag += 1;
+        net.run_for(Duration::from_millis(20));
+    });
     assert!(
         b_relayed_at <= a_relayed_at + Duration::from_millis(100),
         "B, which sent nothing, followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"
@@ -288,19 +304,9 @@ fn a_quiet_side_follows_its_peer_to_the_relay_after_a_cut() {
 fn a_fallback_is_announced_to_a_quiet_peer_through_the_relay() {
     let (mut net, a, b, cut_at) = direct_then_cut(17);
     net.send_tagged(a, b, 1);
-    let (mut a_relayed_at, mut b_relayed_at) = (None, None);
-    while net.now - cut_at < Duration::from_secs(6) && b_relayed_at.is_none() {
+    let (a_relayed_at, b_relayed_at) = both_on_the_relay(&mut net, a, b, cut_at, |net| {
         net.run_for(Duration::from_millis(10));
-        if a_relayed_at.is_none() && net.path(a, b) == "relay" {
-            a_relayed_at = Some(net.now - cut_at);
-        }
-        if b_relayed_at.is_none() && net.path(b, a) == "relay" {
-            b_relayed_at = Some(net.now - cut_at);
-        }
-    }
-    let a_relayed_at = a_relayed_at.expect("A fell back to the relay");
-    let b_relayed_at = b_relayed_at.expect("B followed A to the relay");
-    println!("after the cut: A on the relay after {a_relayed_at:?}, B after {b_relayed_at:?}");
+    });
     assert!(
         b_relayed_at <= a_relayed_at + Duration::from_millis(100),
         "B followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"

@@ -66,18 +66,6 @@ impl PacketDevice {
         }
     }
 
-    /// Takes a packet if one is queued (`WouldBlock` if not).
-    pub(crate) fn try_recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Tun(tun) => tun.recv(buf),
-            Self::Userspace(stack) => match stack.try_recv() {
-                Ok(Some(packet)) => copy_packet(&packet, buf),
-                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(_) => Err(stopped()),
-            },
-        }
-    }
-
     /// Has the datapath's `poller` watch this device's input: the TUN's
     /// descriptor, or the wake the userspace stack's thread writes.
     pub(crate) fn watch(&self, poller: &Poller) -> io::Result<()> {
@@ -146,8 +134,13 @@ impl PacketDevice {
         let (raw, slots, sizes) = batch.parts();
         let count = match self {
             Self::Tun(tun) => tun.recv_multiple(raw, slots, sizes, 0)?,
-            Self::Userspace(_) => {
-                sizes[0] = self.try_recv(&mut slots[0])?;
+            // The stack hands over one packet at a time.
+            Self::Userspace(stack) => {
+                sizes[0] = match stack.try_recv() {
+                    Ok(Some(packet)) => copy_packet(&packet, &mut slots[0])?,
+                    Ok(None) => return Err(io::ErrorKind::WouldBlock.into()),
+                    Err(_) => return Err(stopped()),
+                };
                 1
             }
         };

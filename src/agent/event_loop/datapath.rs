@@ -139,7 +139,8 @@ impl Daemon {
             } else {
                 deadline.saturating_duration_since(now)
             };
-            if !timeout.is_zero() {
+            let armed = !timeout.is_zero();
+            if armed {
                 // About to sleep: from here on the other threads write the
                 // wakes; what they queued before is looked at now.
                 wake.arm();
@@ -149,8 +150,10 @@ impl Daemon {
                 }
             }
             let ready = poller.wait(Some(timeout)).map_err(DaemonError::Runtime)?;
-            wake.disarm();
-            self.tun.disarm_wake();
+            if armed {
+                wake.disarm();
+                self.tun.disarm_wake();
+            }
             let mut took = false;
             if ready.udp {
                 took |= self.drain_underlay(&mut udp_run, 0) > 0;
