@@ -332,12 +332,8 @@ async fn serve(
             }
         }
         if !udp_out.is_empty() {
-            let datagrams: Vec<(SocketAddr, &[u8])> = udp_out
-                .iter()
-                .map(|(address, datagram)| (*address, datagram.as_slice()))
-                .collect();
             // The socket's own family takes plain IPv4 destinations too.
-            for (address, error) in udp.send_batch(&datagrams, Ok) {
+            for (address, error) in udp.send_batch(&udp_out, Ok) {
                 tracing::debug!(%error, %address, "UDP send failed");
             }
             udp_out.clear();

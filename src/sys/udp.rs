@@ -6,15 +6,15 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::time::Instant;
 
-use super::udp_batch::{ReceivedRun, SEND_WAIT, UdpOffload, send_in_runs, send_run_waiting};
+use super::udp_batch::{OutgoingDatagram, ReceivedRun, UdpOffload, send_in_runs, send_run_waiting};
 use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn6, setsockopt, sockopt};
 
 use crate::core::address::NetworkId;
+use crate::core::api::Transmit;
 
 /// Socket buffer size asked for (the kernel caps it at `net.core.*mem_max`).
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
@@ -98,20 +98,22 @@ impl Underlay {
     }
 
     /// Sends datagrams to normalized addresses (see [`send_in_runs`]),
-    /// waiting while the socket buffer is full, at most [`SEND_WAIT`] for
+    /// waiting while the socket buffer is full, at most
+    /// [`SEND_WAIT`](super::udp_batch::SEND_WAIT) for
     /// the whole batch. Returns the failures (usually none).
-    pub fn send_batch(
+    pub fn send_batch<D: OutgoingDatagram>(
         &mut self,
-        datagrams: &[(SocketAddr, &[u8])],
+        datagrams: &[D],
     ) -> Vec<(SocketAddr, io::Error)> {
         let dual_stack = self.dual_stack;
         let socket = &self.socket;
-        let deadline = Instant::now() + SEND_WAIT;
+        // Set when the buffer is first found full (no clock read otherwise).
+        let mut deadline = None;
         send_in_runs(
             datagrams,
             &mut self.offload,
             |destination| socket_address(destination, dual_stack),
-            |to, parts, segment| send_run_waiting(socket, to, parts, segment, deadline),
+            |to, parts, segment| send_run_waiting(socket, to, parts, segment, &mut deadline),
         )
     }
 
@@ -265,6 +267,17 @@ pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, UnderlayError> {
         .ok_or_else(|| unresolved("no addresses".to_string()))
 }
 
+/// The node's datagrams go out as they are, without a copy or a list of
+/// their own.
+impl OutgoingDatagram for Transmit {
+    fn destination(&self) -> SocketAddr {
+        self.destination
+    }
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +367,7 @@ mod tests {
             let from = run.source().map(normalize).expect("a source");
             assert_eq!(run.datagrams().collect::<Vec<_>>(), vec![b"ping"]);
             assert_eq!(from, peer_address, "source must be normalized");
-            let failures = underlay.send_batch(&[(from, b"pong")]);
+            let failures = underlay.send_batch(&[(from, &b"pong"[..])]);
             assert!(failures.is_empty(), "{failures:?}");
             let mut buf = [0u8; 16];
             let (len, _) = peer.recv_from(&mut buf).expect("reply");

@@ -104,9 +104,9 @@ impl BatchedSocket {
     /// drops, and the task never holds up the runtime's other tasks;
     /// `address` gives the socket address for a destination (or why there
     /// is none). Returns the failures (usually none).
-    pub fn send_batch(
+    pub fn send_batch<D: OutgoingDatagram>(
         &mut self,
-        datagrams: &[(SocketAddr, &[u8])],
+        datagrams: &[D],
         address: impl Fn(SocketAddr) -> io::Result<SocketAddr>,
     ) -> Vec<(SocketAddr, io::Error)> {
         let socket = &self.socket;
@@ -206,6 +206,32 @@ fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
     }
 }
 
+/// A datagram to send: where to, and its bytes.
+pub trait OutgoingDatagram {
+    /// Where it goes.
+    fn destination(&self) -> SocketAddr;
+    /// The UDP payload.
+    fn payload(&self) -> &[u8];
+}
+
+impl OutgoingDatagram for (SocketAddr, &[u8]) {
+    fn destination(&self) -> SocketAddr {
+        self.0
+    }
+    fn payload(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl OutgoingDatagram for (SocketAddr, Vec<u8>) {
+    fn destination(&self) -> SocketAddr {
+        self.0
+    }
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+}
+
 /// A run of datagrams one GSO send can carry: indexes `start..end` into the
 /// caller's list, all `segment` bytes long but the last, which may be
 /// shorter.
@@ -216,21 +242,24 @@ pub struct Run {
     pub segment: usize,
 }
 
-/// Cuts a list of (destination, length) into the longest runs GSO allows:
-/// same destination, same length but a shorter last one, at most
+/// Cuts a list of datagrams into the longest runs GSO allows: same
+/// destination, same length but a shorter last one, at most
 /// [`MAX_SEGMENTS`] and [`MAX_RUN_BYTES`]. Without `gso` every datagram is
-/// a run of its own.
-pub fn runs(datagrams: &[(SocketAddr, usize)], gso: bool) -> Vec<Run> {
-    let mut runs = Vec::new();
+/// a run of its own. Lazily, without allocating: this is on every packet's
+/// path.
+pub fn runs<D: OutgoingDatagram>(datagrams: &[D], gso: bool) -> impl Iterator<Item = Run> + '_ {
     let mut start = 0;
-    while start < datagrams.len() {
-        let (destination, segment) = datagrams[start];
+    std::iter::from_fn(move || {
+        let first = datagrams.get(start)?;
+        let destination = first.destination();
+        let segment = first.payload().len();
         let mut end = start + 1;
         let mut bytes = segment;
         if gso && segment > 0 {
             while end < datagrams.len() && end - start < MAX_SEGMENTS {
-                let (next_destination, len) = datagrams[end];
-                if next_destination != destination
+                let next = &datagrams[end];
+                let len = next.payload().len();
+                if next.destination() != destination
                     || len > segment
                     || len == 0
                     || bytes + len > MAX_RUN_BYTES
@@ -244,14 +273,14 @@ pub fn runs(datagrams: &[(SocketAddr, usize)], gso: bool) -> Vec<Run> {
                 }
             }
         }
-        runs.push(Run {
+        let run = Run {
             start,
             end,
             segment,
-        });
+        };
         start = end;
-    }
-    runs
+        Some(run)
+    })
 }
 
 /// How long one batch of sends may wait, in all, for room in a full socket
@@ -266,19 +295,17 @@ pub const SEND_WAIT: Duration = Duration::from_millis(100);
 /// want of room (`WouldBlock`: the others would find none either); a device
 /// that cannot segment turns GSO off in `offload` for good. Returns the
 /// failures (usually none).
-pub fn send_in_runs(
-    datagrams: &[(SocketAddr, &[u8])],
+pub fn send_in_runs<D: OutgoingDatagram>(
+    datagrams: &[D],
     offload: &mut UdpOffload,
     address: impl Fn(SocketAddr) -> io::Result<SocketAddr>,
     mut send: impl FnMut(SocketAddr, &[IoSlice<'_>], u16) -> io::Result<usize>,
 ) -> Vec<(SocketAddr, io::Error)> {
     let mut failures = Vec::new();
-    let lengths: Vec<(SocketAddr, usize)> = datagrams
-        .iter()
-        .map(|(destination, payload)| (*destination, payload.len()))
-        .collect();
-    for run in runs(&lengths, offload.gso) {
-        let destination = datagrams[run.start].0;
+    // One run's gather list, on the stack: no allocation per send.
+    let mut gather = [IoSlice::new(&[]); MAX_SEGMENTS];
+    for run in runs(datagrams, offload.gso) {
+        let destination = datagrams[run.start].destination();
         let socket_address = match address(destination) {
             Ok(socket_address) => socket_address,
             Err(error) => {
@@ -286,19 +313,20 @@ pub fn send_in_runs(
                 continue;
             }
         };
-        let parts: Vec<IoSlice<'_>> = datagrams[run.start..run.end]
-            .iter()
-            .map(|(_, payload)| IoSlice::new(payload))
-            .collect();
+        let count = run.end - run.start;
+        for (slot, datagram) in gather.iter_mut().zip(&datagrams[run.start..run.end]) {
+            *slot = IoSlice::new(datagram.payload());
+        }
+        let parts = &gather[..count];
         let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
-        match send(socket_address, &parts, segment) {
+        match send(socket_address, parts, segment) {
             Ok(_) => {}
             Err(error) if parts.len() > 1 && error.kind() != io::ErrorKind::WouldBlock => {
                 if gso_unsupported(&error) {
                     tracing::warn!(%error, "UDP segmentation offload fails here; sending one datagram per call");
                     offload.gso = false;
                 }
-                for part in &parts {
+                for part in parts {
                     if let Err(error) = send(socket_address, std::slice::from_ref(part), 0) {
                         failures.push((destination, error));
                     }
@@ -314,19 +342,22 @@ pub fn send_in_runs(
 /// full until `deadline` (then `WouldBlock`): the back-pressure of a
 /// blocking socket for a thread that has nothing else to wait on, without
 /// hanging it on a socket that never drains. One deadline for a whole
-/// batch ([`SEND_WAIT`] from its start) bounds the batch, however many
-/// runs find the buffer full.
+/// batch ([`SEND_WAIT`] from the first time its buffer was full, set in
+/// `deadline` then) bounds the batch, however many runs find the buffer
+/// full.
 pub fn send_run_waiting(
     socket: &impl AsFd,
     destination: SocketAddr,
     parts: &[IoSlice<'_>],
     segment: u16,
-    deadline: Instant,
+    deadline: &mut Option<Instant>,
 ) -> io::Result<usize> {
     loop {
         match send_run(&socket.as_fd(), destination, parts, segment) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let now = Instant::now();
+                let deadline = *deadline.get_or_insert(now + SEND_WAIT);
+                let left = deadline.saturating_duration_since(now);
                 if left.is_zero() {
                     return Err(error);
                 }
@@ -379,17 +410,24 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    const BYTES: [u8; 1500] = [0; 1500];
+
+    /// A datagram of `len` bytes to `destination`.
+    fn datagram(destination: SocketAddr, len: usize) -> (SocketAddr, &'static [u8]) {
+        (destination, &BYTES[..len])
+    }
+
     #[test]
     fn runs_group_equal_sizes_to_one_destination() {
         let list = [
-            (at(1), 100),
-            (at(1), 100),
-            (at(1), 60), // shorter: ends the run
-            (at(1), 100),
-            (at(2), 100), // other destination
-            (at(2), 120), // longer: a new run
+            datagram(at(1), 100),
+            datagram(at(1), 100),
+            datagram(at(1), 60), // shorter: ends the run
+            datagram(at(1), 100),
+            datagram(at(2), 100), // other destination
+            datagram(at(2), 120), // longer: a new run
         ];
-        let got = runs(&list, true);
+        let got: Vec<Run> = runs(&list, true).collect();
         assert_eq!(
             got,
             vec![
@@ -415,23 +453,23 @@ mod tests {
                 },
             ]
         );
-        let single = runs(&list, false);
+        let single: Vec<Run> = runs(&list, false).collect();
         assert_eq!(single.len(), list.len());
         assert!(single.iter().all(|run| run.end == run.start + 1));
     }
 
     #[test]
     fn runs_respect_the_segment_and_byte_limits() {
-        let many = vec![(at(1), 100); 150];
-        let got = runs(&many, true);
+        let many = vec![datagram(at(1), 100); 150];
+        let got: Vec<Run> = runs(&many, true).collect();
         assert_eq!(
             got.iter()
                 .map(|run| run.end - run.start)
                 .collect::<Vec<_>>(),
             vec![64, 64, 22]
         );
-        let big = vec![(at(1), 1500); 64];
-        let got = runs(&big, true);
+        let big = vec![datagram(at(1), 1500); 64];
+        let got: Vec<Run> = runs(&big, true).collect();
         assert!(
             got.iter()
                 .all(|run| (run.end - run.start) * 1500 <= MAX_RUN_BYTES)

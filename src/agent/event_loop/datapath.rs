@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::busy_poll::BusyPoll;
 use super::chores::Chores;
+use super::inputs::{Drained, ReadAhead};
 use super::quiet_inputs::{QuietChannels, QuietInput};
 use super::signals::SignalEvent;
 use super::{Daemon, Signals, Stop};
@@ -103,7 +104,7 @@ impl Daemon {
         self.reload_trust_store(Instant::now());
         self.sync_names();
         self.start_trust_flow(Instant::now())?;
-        self.flush();
+        self.flush(Instant::now());
         let address = NodePrefix::of_agent(self.network, &self.own_id).agent_address();
         tracing::info!(
             id = %self.own_id,
@@ -126,7 +127,9 @@ impl Daemon {
         let mut chores = Chores::new(Instant::now());
         // What was queued before the loop (this also starts the userspace
         // stack's thread).
-        self.drain_tun(&mut tun_read, 0)?;
+        self.drain_tun(Instant::now(), &mut tun_read, usize::MAX)?;
+        let mut udp_ahead = ReadAhead::default();
+        let mut tun_ahead = ReadAhead::default();
         while self.stop.is_none() {
             let now = Instant::now();
             let polling = busy_poll.is_polling(now);
@@ -154,14 +157,21 @@ impl Daemon {
                 wake.disarm();
                 self.tun.disarm_wake();
             }
-            let mut took = false;
+            // The clock once for what the wake brought: its packets, the
+            // timers and the flush all take this reading.
+            let now = Instant::now();
+            let mut from_udp = Drained::default();
             if ready.udp {
-                took |= self.drain_underlay(&mut udp_run, 0) > 0;
+                from_udp = self.drain_underlay(now, &mut udp_run, udp_ahead.max_reads());
             }
+            udp_ahead.record(from_udp);
+            let mut from_tun = Drained::default();
             if ready.tun || self.tun.has_queued() {
                 self.tun.reset_wake();
-                took |= self.drain_tun(&mut tun_read, 0)? > 0;
+                from_tun = self.drain_tun(now, &mut tun_read, tun_ahead.max_reads())?;
             }
+            tun_ahead.record(from_tun);
+            let took = from_udp.reads + from_tun.reads > 0;
             if ready.wake {
                 wake.reset();
             }
@@ -177,7 +187,6 @@ impl Daemon {
                     }
                 }
             }
-            let now = Instant::now();
             if took {
                 busy_poll.on_packet(now);
             } else if polling && !ready.wake {
@@ -199,7 +208,7 @@ impl Daemon {
                     self.probes.sweep(now);
                 }
             }
-            self.flush();
+            self.flush(now);
         }
         self.save_pending_if_changed();
         self.names.shutdown();

@@ -1,6 +1,7 @@
 //! The loop's two packet inputs, the UDP socket and the TUN: a wake-up
 //! takes what is queued on one of them, up to [`PACKETS_PER_WAKE`], and
-//! hands each packet to the node (or the name service).
+//! hands each packet to the node (or the name service). How far a wake
+//! reads is [`ReadAhead`]'s call.
 
 use std::io;
 use std::time::Instant;
@@ -11,52 +12,102 @@ use crate::agent::tun_batch::{self, TunReadBatch};
 use crate::sys::udp::normalize;
 use crate::sys::udp_batch::ReceivedRun;
 
+/// How many reads a wake makes on one input.
+///
+/// Reading until the queue is empty batches the node's sends under load,
+/// but at idle each wake brings one packet and the read after it only
+/// learns that nothing followed: a system call per crossing, on the path
+/// of every round trip. So an input that was quiet takes one read per
+/// wake, and the level-triggered `epoll` reports at the next turn anything
+/// left behind. An input is busy, and drained, when it is ready again right
+/// after a read or its last drain found more than one packet (more than
+/// one read's worth, or a read the kernel had coalesced).
+#[derive(Debug, Default)]
+pub(super) struct ReadAhead {
+    /// The last drain took more than one packet.
+    busy: bool,
+    /// The previous turn read from this input.
+    read_last_turn: bool,
+}
+
+impl ReadAhead {
+    /// The most reads this turn's drain makes.
+    pub(super) fn max_reads(&self) -> usize {
+        if self.busy || self.read_last_turn {
+            usize::MAX
+        } else {
+            1
+        }
+    }
+
+    /// What this turn's drain took (nothing if the input was not ready).
+    pub(super) fn record(&mut self, drained: Drained) {
+        if drained.reads > 0 {
+            self.busy = drained.packets > 1;
+        }
+        self.read_last_turn = drained.reads > 0;
+    }
+}
+
+/// What one drain of an input took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Drained {
+    /// Successful reads (a failed one counts: it was an answer).
+    pub(super) reads: usize,
+    /// Packets they brought (at least one per read).
+    pub(super) packets: usize,
+}
+
 impl Daemon {
-    pub(super) fn on_udp_run(&mut self, received: io::Result<()>, run: &ReceivedRun) {
+    pub(super) fn on_udp_run(&mut self, now: Instant, received: io::Result<()>, run: &ReceivedRun) {
         match received {
             Ok(()) => {
                 // A source the socket cannot name cannot be answered either.
                 let Some(from) = run.source().map(normalize) else {
                     return;
                 };
-                let now = Instant::now();
                 self.links
                     .handle_udp_run(now, from, run.datagrams(), &mut self.node);
             }
             Err(error) => {
-                if let Some(suppressed) = self.udp_recv_warnings.allow(Instant::now()) {
+                if let Some(suppressed) = self.udp_recv_warnings.allow(now) {
                     tracing::warn!(%error, suppressed, "UDP receive failed");
                 }
             }
         }
     }
 
-    /// Takes queued runs until the socket has none or `taken` (the
-    /// datagrams this wake has taken so far) reaches [`PACKETS_PER_WAKE`].
-    /// Returns how many runs it took.
-    pub(super) fn drain_underlay(&mut self, run: &mut ReceivedRun, mut taken: usize) -> usize {
-        let mut runs = 0;
-        while taken < PACKETS_PER_WAKE {
+    /// Takes queued runs until the socket has none, `max_reads` runs were
+    /// taken or the datagrams taken reach [`PACKETS_PER_WAKE`]; `now` is
+    /// when the wake began.
+    pub(super) fn drain_underlay(
+        &mut self,
+        now: Instant,
+        run: &mut ReceivedRun,
+        max_reads: usize,
+    ) -> Drained {
+        let mut drained = Drained::default();
+        while drained.packets < PACKETS_PER_WAKE && drained.reads < max_reads {
             match self.underlay.try_recv_run(run) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 received => {
-                    self.on_udp_run(received, run);
-                    taken += run.count().max(1);
-                    runs += 1;
+                    self.on_udp_run(now, received, run);
+                    drained.packets += run.count().max(1);
+                    drained.reads += 1;
                 }
             }
         }
-        runs
+        drained
     }
 
     pub(super) fn on_tun_read(
         &mut self,
+        now: Instant,
         read: io::Result<()>,
         batch: &TunReadBatch,
     ) -> Result<(), DaemonError> {
         match read {
             Ok(()) => {
-                let now = Instant::now();
                 for packet in batch.packets() {
                     // The resolver's (`PREFIX::53`), or the node's.
                     if !self.names.handle_tun_packet(packet) {
@@ -77,26 +128,27 @@ impl Daemon {
         }
     }
 
-    /// Takes queued reads until the TUN has none or `taken` (the packets
-    /// this wake has taken so far) reaches [`PACKETS_PER_WAKE`]. Returns
-    /// how many reads it took.
+    /// Takes queued reads until the TUN has none, `max_reads` reads were
+    /// made or the packets taken reach [`PACKETS_PER_WAKE`]; `now` is when
+    /// the wake began.
     pub(super) fn drain_tun(
         &mut self,
+        now: Instant,
         batch: &mut TunReadBatch,
-        mut taken: usize,
-    ) -> Result<usize, DaemonError> {
-        let mut reads = 0;
-        while taken < PACKETS_PER_WAKE {
+        max_reads: usize,
+    ) -> Result<Drained, DaemonError> {
+        let mut drained = Drained::default();
+        while drained.packets < PACKETS_PER_WAKE && drained.reads < max_reads {
             match self.tun.try_recv_batch(batch) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 read => {
-                    self.on_tun_read(read, batch)?;
-                    taken += batch.packets().count().max(1);
-                    reads += 1;
+                    self.on_tun_read(now, read, batch)?;
+                    drained.packets += batch.packets().count().max(1);
+                    drained.reads += 1;
                 }
             }
         }
-        Ok(reads)
+        Ok(drained)
     }
 }
 
@@ -105,4 +157,46 @@ fn is_transient(error: &io::Error) -> bool {
         error.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Drained, ReadAhead};
+
+    fn took(reads: usize, packets: usize) -> Drained {
+        Drained { reads, packets }
+    }
+
+    #[test]
+    fn a_quiet_input_takes_one_read_per_wake() {
+        let mut ahead = ReadAhead::default();
+        for _ in 0..3 {
+            assert_eq!(ahead.max_reads(), 1);
+            ahead.record(took(1, 1));
+            // The next turns find it not ready: the packet came alone.
+            ahead.record(Drained::default());
+        }
+        assert_eq!(ahead.max_reads(), 1);
+    }
+
+    #[test]
+    fn an_input_ready_again_is_drained_until_it_quiets() {
+        let mut ahead = ReadAhead::default();
+        ahead.record(took(1, 1));
+        assert_eq!(ahead.max_reads(), usize::MAX, "ready right after a read");
+        ahead.record(took(5, 5));
+        ahead.record(Drained::default());
+        assert_eq!(ahead.max_reads(), usize::MAX, "the last drain was busy");
+        ahead.record(took(1, 1));
+        ahead.record(Drained::default());
+        assert_eq!(ahead.max_reads(), 1, "one packet was all there was");
+    }
+
+    #[test]
+    fn a_coalesced_read_makes_the_input_busy() {
+        let mut ahead = ReadAhead::default();
+        ahead.record(took(1, 40));
+        ahead.record(Drained::default());
+        assert_eq!(ahead.max_reads(), usize::MAX);
+    }
 }

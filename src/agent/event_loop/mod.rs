@@ -193,7 +193,9 @@ impl Daemon {
 
     /// Drains the node's outputs: events first (acting on one, such as an
     /// auto-approval, may queue datagrams), then datagrams and TUN packets.
-    fn flush(&mut self) {
+    /// `now` is the turn's (read once per wake: the clock is on every
+    /// packet's path).
+    fn flush(&mut self, now: Instant) {
         let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
             had_events = true;
@@ -201,7 +203,7 @@ impl Daemon {
             self.pings.on_event(&event);
             self.log_event(event);
         }
-        self.drop_log.maybe_log(Instant::now(), &self.node);
+        self.drop_log.maybe_log(now, &self.node);
         // Before the offers that carry a new generation leave (handling an
         // event, such as an auto-approval, may have made one).
         self.save_services_generation_if_changed();
@@ -229,11 +231,7 @@ impl Daemon {
             udp_out.push(transmit);
         }
         if !udp_out.is_empty() {
-            let datagrams: Vec<(SocketAddr, &[u8])> = udp_out
-                .iter()
-                .map(|transmit| (transmit.destination, transmit.payload.as_slice()))
-                .collect();
-            for (destination, error) in self.underlay.send_batch(&datagrams) {
+            for (destination, error) in self.underlay.send_batch(&udp_out) {
                 if let Some(suppressed) = self.udp_send_warnings.allow(Instant::now()) {
                     tracing::warn!(%error, %destination, suppressed, "UDP send failed");
                 }
@@ -257,8 +255,7 @@ impl Daemon {
             self.sync_names();
         }
         // What peers advertised may have changed (O(1) when it did not).
-        self.names
-            .sync_services(Instant::now(), &self.trust, &self.node);
+        self.names.sync_services(now, &self.trust, &self.node);
         while let Some(packet) = self.names.poll_tun_packet() {
             self.queue_for_tun(&packet);
         }
