@@ -394,6 +394,7 @@ agentnet_extra() {
         return
     fi
     R[agentnet4.mtu]=$(addr_mtu "$NS_A" "$TUN_IP4_A")
+    R[agentnet4.tip_b]=$TUN_IP4_B # interleaved: the peers' inner packets are IPv4 too
     measure agentnet4 "$NS_A" "$NS_B" "$TUN_IP4_B"
 }
 
@@ -646,7 +647,8 @@ done
 # again, all at once (each has its own interface, subnet and port), and
 # RTT_ROUNDS rounds send $PINGS / RTT_ROUNDS pings through each tunnel in
 # turn, the order rotated by one every round: every tunnel is measured
-# over the same stretch of time. Sets R[ROW.rtt_mix], R[ROW.p99_mix].
+# over the same stretch of time; agentnet takes two turns, its IPv6 and its
+# IPv4 addresses (the peers carry IPv4). Sets R[ROW.rtt_mix], R[ROW.p99_mix].
 MIXED=()
 MIX_PER=0 # pings per tunnel per round
 interleaved_rtt() {
@@ -659,6 +661,11 @@ interleaved_rtt() {
         if "${p}_start" a && "${p}_start" b && first_reply "$NS_B" "$TUN_IP_A"; then
             MIXED+=("$p")
             : >"$RAW/$p.ping_mix.txt"
+            # The same daemons pinged at their IPv4 addresses: a turn of its own.
+            if [[ $p == agentnet && -n ${R[agentnet4.tip_b]:-} && -z ${R[agentnet4.status]:-} ]]; then
+                MIXED+=(agentnet4)
+                : >"$RAW/agentnet4.ping_mix.txt"
+            fi
         else
             log "  $p: did not come up again; left out"
         fi
@@ -747,7 +754,7 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
             printf '| %s | %s | %s |\n' "${NAME[$row]}" "$(cell "$row" $ref rtt_mix)" "$(cell "$row" $ref p99_mix)"
         done
         echo
-        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $MIX_PER pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; the table's RTT columns measure each tunnel at its own time."
+        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $MIX_PER pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; agentnet over IPv4 is the same daemons pinged at their IPv4 addresses (the peers carry IPv4 inside); the table's RTT columns measure each tunnel at its own time."
     fi
     [[ -n ${CODE_LAYOUT:-} ]] && echo "$CODE_LAYOUT"
     echo "$(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1)."
