@@ -314,6 +314,7 @@ pub fn send_in_runs<D: OutgoingDatagram>(
             }
         };
         let count = run.end - run.start;
+        debug_assert!(count <= MAX_SEGMENTS, "runs() caps a run");
         for (slot, datagram) in gather.iter_mut().zip(&datagrams[run.start..run.end]) {
             *slot = IoSlice::new(datagram.payload());
         }

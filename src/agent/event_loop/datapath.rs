@@ -130,8 +130,13 @@ impl Daemon {
         self.drain_tun(Instant::now(), &mut tun_read, usize::MAX)?;
         let mut udp_ahead = ReadAhead::default();
         let mut tun_ahead = ReadAhead::default();
+        let mut took_last_turn = false;
         while self.stop.is_none() {
             let now = Instant::now();
+            if took_last_turn {
+                // The window opens once the packets' replies have left.
+                busy_poll.on_packet(now);
+            }
             let polling = busy_poll.is_polling(now);
             let deadline = [self.node.poll_timeout(), self.trust_flow_deadline()]
                 .into_iter()
@@ -158,7 +163,8 @@ impl Daemon {
                 self.tun.disarm_wake();
             }
             // The clock once for what the wake brought: its packets, the
-            // timers and the flush all take this reading.
+            // timers and the flush take this reading (a quiet input, rare,
+            // reads its own, and then the turn reads it again after it).
             let now = Instant::now();
             let mut from_udp = Drained::default();
             if ready.udp {
@@ -175,6 +181,7 @@ impl Daemon {
             if ready.wake {
                 wake.reset();
             }
+            let mut now = now;
             if ready.wake || !quiet.is_empty() {
                 // Bounded: the forwarder refills the channel as it drains.
                 // A `down` or a stop signal ends the turn: what came after it
@@ -186,10 +193,11 @@ impl Daemon {
                         break;
                     }
                 }
+                // The node's clock never goes back.
+                now = Instant::now();
             }
-            if took {
-                busy_poll.on_packet(now);
-            } else if polling && !ready.wake {
+            took_last_turn = took;
+            if !took && polling && !ready.wake {
                 // Nothing this turn: the CPU goes to any other runnable
                 // thread before the next look (a busy machine loses only a
                 // `sched_yield`).

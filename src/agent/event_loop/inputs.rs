@@ -19,21 +19,23 @@ use crate::sys::udp_batch::ReceivedRun;
 /// learns that nothing followed: a system call per crossing, on the path
 /// of every round trip. So an input that was quiet takes one read per
 /// wake, and the level-triggered `epoll` reports at the next turn anything
-/// left behind. An input is busy, and drained, when it is ready again right
-/// after a read or its last drain found more than one packet (more than
-/// one read's worth, or a read the kernel had coalesced).
+/// left behind. An input is busy, and drained, when its last drain took
+/// more than one packet (more than one read's worth, or a read the kernel
+/// had coalesced), or when the last turn stopped at one read without
+/// learning whether more was queued and it is ready again.
 #[derive(Debug, Default)]
 pub(super) struct ReadAhead {
     /// The last drain took more than one packet.
     busy: bool,
-    /// The previous turn read from this input.
-    read_last_turn: bool,
+    /// The previous turn read from this input and stopped before finding
+    /// it empty.
+    left_behind: bool,
 }
 
 impl ReadAhead {
     /// The most reads this turn's drain makes.
     pub(super) fn max_reads(&self) -> usize {
-        if self.busy || self.read_last_turn {
+        if self.busy || self.left_behind {
             usize::MAX
         } else {
             1
@@ -45,17 +47,19 @@ impl ReadAhead {
         if drained.reads > 0 {
             self.busy = drained.packets > 1;
         }
-        self.read_last_turn = drained.reads > 0;
+        self.left_behind = drained.reads > 0 && !drained.emptied;
     }
 }
 
 /// What one drain of an input took.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Drained {
-    /// Successful reads (a failed one counts: it was an answer).
+    /// Reads that answered (with data or an error, not `WouldBlock`).
     pub(super) reads: usize,
     /// Packets they brought (at least one per read).
     pub(super) packets: usize,
+    /// The drain ended on `WouldBlock`: nothing was left queued.
+    pub(super) emptied: bool,
 }
 
 impl Daemon {
@@ -89,7 +93,10 @@ impl Daemon {
         let mut drained = Drained::default();
         while drained.packets < PACKETS_PER_WAKE && drained.reads < max_reads {
             match self.underlay.try_recv_run(run) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    drained.emptied = true;
+                    break;
+                }
                 received => {
                     self.on_udp_run(now, received, run);
                     drained.packets += run.count().max(1);
@@ -140,7 +147,10 @@ impl Daemon {
         let mut drained = Drained::default();
         while drained.packets < PACKETS_PER_WAKE && drained.reads < max_reads {
             match self.tun.try_recv_batch(batch) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    drained.emptied = true;
+                    break;
+                }
                 read => {
                     self.on_tun_read(now, read, batch)?;
                     drained.packets += batch.packets().count().max(1);
@@ -163,8 +173,14 @@ fn is_transient(error: &io::Error) -> bool {
 mod tests {
     use super::{Drained, ReadAhead};
 
-    fn took(reads: usize, packets: usize) -> Drained {
-        Drained { reads, packets }
+    /// A drain that stopped at its cap (`emptied` false) or on an empty
+    /// queue.
+    fn took(reads: usize, packets: usize, emptied: bool) -> Drained {
+        Drained {
+            reads,
+            packets,
+            emptied,
+        }
     }
 
     #[test]
@@ -172,7 +188,7 @@ mod tests {
         let mut ahead = ReadAhead::default();
         for _ in 0..3 {
             assert_eq!(ahead.max_reads(), 1);
-            ahead.record(took(1, 1));
+            ahead.record(took(1, 1, false));
             // The next turns find it not ready: the packet came alone.
             ahead.record(Drained::default());
         }
@@ -180,22 +196,25 @@ mod tests {
     }
 
     #[test]
-    fn an_input_ready_again_is_drained_until_it_quiets() {
+    fn an_input_ready_again_after_one_read_is_drained_until_it_quiets() {
         let mut ahead = ReadAhead::default();
-        ahead.record(took(1, 1));
+        ahead.record(took(1, 1, false));
         assert_eq!(ahead.max_reads(), usize::MAX, "ready right after a read");
-        ahead.record(took(5, 5));
+        ahead.record(took(5, 5, true));
         ahead.record(Drained::default());
         assert_eq!(ahead.max_reads(), usize::MAX, "the last drain was busy");
-        ahead.record(took(1, 1));
-        ahead.record(Drained::default());
-        assert_eq!(ahead.max_reads(), 1, "one packet was all there was");
+        ahead.record(took(1, 1, true));
+        assert_eq!(
+            ahead.max_reads(),
+            1,
+            "one packet was all there was: what is ready next is new"
+        );
     }
 
     #[test]
     fn a_coalesced_read_makes_the_input_busy() {
         let mut ahead = ReadAhead::default();
-        ahead.record(took(1, 40));
+        ahead.record(took(1, 40, false));
         ahead.record(Drained::default());
         assert_eq!(ahead.max_reads(), usize::MAX);
     }
