@@ -99,8 +99,8 @@ impl Underlay {
 
     /// Sends datagrams to normalized addresses (see [`send_in_runs`]),
     /// waiting while the socket buffer is full, at most
-    /// [`SEND_WAIT`](super::udp_batch::SEND_WAIT) for
-    /// the whole batch. Returns the failures (usually none).
+    /// [`SEND_WAIT`](super::udp_batch::SEND_WAIT) for the whole batch.
+    /// Returns the failures (usually none).
     pub fn send_batch<D: OutgoingDatagram>(
         &mut self,
         datagrams: &[D],
