@@ -436,3 +436,42 @@ fn trusted_peers_get_a_precomputed_static_secret_that_goes_with_them() {
     assert!(a.remove_peer(&bob));
     assert_eq!(a.ctx.noise_static.precomputed_peers(), 0);
 }
+
+/// Packets from the proven endpoint take a short way through the path
+/// bookkeeping (no route lookups); it must not hide what the full one sees:
+/// the same endpoint changes nothing, a new one is followed at once.
+#[test]
+fn packets_from_the_proven_endpoint_change_nothing_and_a_new_endpoint_is_followed() {
+    let mut nodes = two_nodes();
+    let datagram = first_packet_through(&mut nodes);
+    let (alice, bob, now) = (&mut nodes.a, &mut nodes.b, nodes.now);
+    while bob.poll_event().is_some() {}
+
+    alice.handle_tun_packet(now, &datagram);
+    let sealed = alice.poll_transmit().expect("sealed");
+    bob.handle_datagram(now, nodes.a_at, &sealed.payload);
+    assert_eq!(bob.poll_tun_packet(), Some(datagram.clone()));
+    assert!(bob.poll_event().is_none(), "the same endpoint is no news");
+
+    let roamed: SocketAddr = "10.0.0.3:7400".parse().expect("addr");
+    alice.handle_tun_packet(now, &datagram);
+    let sealed = alice.poll_transmit().expect("sealed");
+    bob.handle_datagram(now, roamed, &sealed.payload);
+    assert_eq!(bob.poll_tun_packet(), Some(datagram.clone()));
+    let events: Vec<Event> = std::iter::from_fn(|| bob.poll_event()).collect();
+    let alice_id = alice.agent_id();
+    assert!(
+        events.iter().any(|event| matches!(
+            event,
+            Event::EndpointChanged { id, endpoint } if *id == alice_id && *endpoint == roamed
+        )),
+        "the roam was not reported: {events:?}"
+    );
+    let (a4, b4) = (alice.address4().expect("on"), bob.address4().expect("on"));
+    bob.handle_tun_packet(now, &ipv4(b4, a4, PROTO_UDP, &[0, 2, 0, 1, 0, 8, 0, 0]));
+    let reply = bob.poll_transmit().expect("a reply");
+    assert_eq!(
+        reply.destination, roamed,
+        "the reply goes to the new endpoint"
+    );
+}

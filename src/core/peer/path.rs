@@ -90,6 +90,9 @@ impl Peer {
         from: PathAddr,
         proves_round_trip: bool,
     ) {
+        if self.observe_on_proven_path(now, from, proves_round_trip) {
+            return;
+        }
         match from {
             PathAddr::Direct(address) | PathAddr::Probe(_, address) => {
                 let socket = match from {
@@ -124,6 +127,43 @@ impl Peer {
         }
         self.relay.unanswered_since = None;
         self.report_path(ctx, now);
+    }
+
+    /// The common case of [`Peer::observe_path`], without its route
+    /// lookups: a packet from the proven endpoint, on the main socket,
+    /// while the direct path is reported and stays in use. It leaves the
+    /// state exactly as the full observation would (the endpoint stays, the
+    /// path is proven and answered, the relay is not awaited, the reported
+    /// path does not change) and returns whether it applied.
+    fn observe_on_proven_path(
+        &mut self,
+        now: Instant,
+        from: PathAddr,
+        proves_round_trip: bool,
+    ) -> bool {
+        let PathAddr::Direct(address) = from else {
+            return false;
+        };
+        let PathState::Direct { unanswered_since } = self.path else {
+            return false;
+        };
+        // An unanswered direct path is answered only by a round trip; the
+        // full observation decides the rest.
+        let stays_alive = unanswered_since.is_none() || proves_round_trip;
+        if self.endpoint != Some(address)
+            || self.endpoint_socket.is_some()
+            || !stays_alive
+            || self.reported_path != PathKind::Direct
+            || !self.is_up(now)
+        {
+            return false;
+        }
+        self.observed_ip = Some((address.ip(), now));
+        self.path = PathState::Direct {
+            unanswered_since: None,
+        };
+        self.relay.unanswered_since = None;
+        true
     }
 
     /// Whether a round trip proved the direct path (and it was not given
