@@ -11,6 +11,7 @@ pub mod identity;
 pub mod limit;
 pub mod node;
 pub mod noise;
+pub mod packet_map;
 pub mod peer;
 pub mod policy;
 pub mod rendezvous;

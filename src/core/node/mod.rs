@@ -30,6 +30,7 @@ use crate::core::node::known_sources::KnownSources;
 use crate::core::noise::cipher::CipherSet;
 use crate::core::noise::cookie::CookieResponder;
 use crate::core::noise::mac::Mac1Key;
+use crate::core::packet_map::PacketMap;
 use crate::core::peer::Peer;
 use crate::core::peer::context::{Context, REGISTER_TIMEOUT};
 use crate::core::peer::table::PeerTable;
@@ -54,10 +55,10 @@ pub struct Node {
     /// Reused list of the peers whose timers are due.
     due_scratch: Vec<PeerSlot>,
     by_noise_key: HashMap<[u8; 32], PeerSlot>,
-    by_prefix: HashMap<NodePrefix, PeerSlot>,
+    by_prefix: PacketMap<NodePrefix, PeerSlot>,
     /// IPv4 cryptokey routing: each routed peer's derived IPv4 address. On
     /// a collision the peer trusted first keeps it (see `route_ipv4`).
-    by_address4: HashMap<Ipv4Addr, PeerSlot>,
+    by_address4: PacketMap<Ipv4Addr, PeerSlot>,
     next_housekeeping: Instant,
     /// When the on-demand rendezvous links are looked at next.
     next_link_sweep: Instant,
@@ -81,7 +82,7 @@ impl std::fmt::Debug for Node {
 /// The peer that local session index `index` was given to (which must
 /// still be asked whether it holds that session: see [`PeerSlot`]).
 fn peer_by_index<'a>(
-    by_index: &HashMap<u32, PeerSlot>,
+    by_index: &PacketMap<u32, PeerSlot>,
     peers: &'a mut PeerTable,
     index: u32,
 ) -> Option<&'a mut Peer> {
@@ -117,7 +118,7 @@ impl Node {
             rng: core_rng(rng_seed),
             started: now,
             unix_at_start: unix_now,
-            by_index: HashMap::new(),
+            by_index: PacketMap::default(),
             transmits: VecDeque::new(),
             tun_out: VecDeque::new(),
             tun_headroom: 0,
@@ -146,8 +147,8 @@ impl Node {
             peer_order: Vec::new(),
             due_scratch: Vec::new(),
             by_noise_key: HashMap::new(),
-            by_prefix: HashMap::new(),
-            by_address4: HashMap::new(),
+            by_prefix: PacketMap::default(),
+            by_address4: PacketMap::default(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             next_link_sweep: now + registration::LINK_SWEEP_INTERVAL,
             pending: PendingRequests::default(),

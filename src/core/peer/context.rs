@@ -2,7 +2,7 @@
 //! table and the output queues. Kept apart from the peer table so a peer can
 //! be borrowed mutably together with it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use crate::core::api::{Event, Transmit, TunPacket};
 use crate::core::identity::AgentId;
 use crate::core::noise::mac::Mac1Key;
 use crate::core::noise::tai64n::Tai64N;
+use crate::core::packet_map::PacketMap;
 use crate::core::rendezvous::choice::{SERVERS_PER_AGENT, servers_for};
 use crate::core::rng::CoreRng;
 use crate::core::stats::status::DropCounters;
@@ -39,7 +40,7 @@ pub struct Context {
     /// Wall-clock time when the node started, for TAI64N timestamps.
     pub unix_at_start: Duration,
     /// Local session index → the slot of the peer it was given to.
-    pub by_index: HashMap<u32, PeerSlot>,
+    pub by_index: PacketMap<u32, PeerSlot>,
     pub transmits: VecDeque<Transmit>,
     /// IP packets for the TUN, each behind `tun_headroom` bytes.
     pub tun_out: VecDeque<TunPacket>,
