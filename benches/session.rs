@@ -72,7 +72,8 @@ fn cipher(c: &mut Criterion<ThreadCpuTime>) {
         // The AEADs alone, in place on one buffer: what the session adds
         // is the rest, and which transport cipher is fastest here (ring's
         // beat AWS-LC's here too: 41 / 14 against 35 / 15 Gbit/s for
-        // AES-256-GCM / ChaCha20-Poly1305 on 1,420 bytes, 2026-12-03).
+        // AES-256-GCM / ChaCha20-Poly1305 on 1,420 bytes, 2026-12-03; on
+        // 64 bytes 81 against 88 ns per AES-256-GCM seal, 2026-12-05).
         for (name, algorithm) in [
             ("ring_chacha20poly1305", &ring::aead::CHACHA20_POLY1305),
             ("ring_aes256gcm", &ring::aead::AES_256_GCM),
