@@ -8,8 +8,8 @@
 //! trusted. A stranger only looks keys up, which costs one probe sequence
 //! whatever the key. So these tables need no defence against crafted
 //! collisions and take foldhash (randomly seeded, a few instructions
-//! for a `u32`) instead of the standard SipHash-1-3, which cost ~250
-//! instructions of the ~8,500 a daemon spent per ping (callgrind).
+//! for a `u32`) instead of the standard SipHash-1-3, which cost ~330
+//! instructions of the ~8,100 a daemon spent per ping (callgrind).
 //! Tables a stranger can grow keep the standard hasher or a
 //! [`crate::core::limit::KeyedLimiter`].
 
