@@ -28,7 +28,8 @@
 # over ROUNDS rounds that visit the tunnels in turn (the order rotated each
 # round, so that the machine's drift falls on all alike). Tracing costs
 # about a microsecond per system call of every process, so every figure is
-# a little high; compare tunnels within one run.
+# a little high; compare tunnels within one run, on an otherwise idle
+# machine (any other ping would be traced as well).
 #
 # Usage:   sudo scripts/rtt-stages.sh [--help]
 # Env:     AGENTNET=<binary> (default target/release/agentnet)
