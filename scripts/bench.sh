@@ -361,28 +361,7 @@ row_failed() {
 }
 
 # ------------------------------------------------- tunnels between A and B ----
-# agentnet as a peer (scripts/bench/peers.sh): both trust each other, only B
-# knows A's endpoint.
-agentnet_version() { "$BIN" --version 2>/dev/null | head -1; }
-agentnet_prepare() {
-    local side
-    for side in a b; do
-        mkdir "$WORK/$side" && "$BIN" --state-dir "$WORK/$side" init --name "bench-$side" || return 1
-    done
-    TUN_IP_A=$("$BIN" --state-dir "$WORK/a" id --json | jq -r .address)
-    TUN_IP_B=$("$BIN" --state-dir "$WORK/b" id --json | jq -r .address)
-    TUN_IP4_A=$("$BIN" --state-dir "$WORK/a" id --json | jq -r .address4)
-    TUN_IP4_B=$("$BIN" --state-dir "$WORK/b" id --json | jq -r .address4)
-    "$BIN" --state-dir "$WORK/a" trust add "$("$BIN" --state-dir "$WORK/b" id --json | jq -r .id)" \
-        --name bench-b || return 1
-    "$BIN" --state-dir "$WORK/b" trust add "$("$BIN" --state-dir "$WORK/a" id --json | jq -r .id)" \
-        --name bench-a --endpoint "$IP_A:$PORT"
-}
-agentnet_start() {
-    # --foreground keeps the daemon a child of this shell: its PID is known
-    start_node agentnet "$1" "anb-$1" "$BIN" --state-dir "$WORK/$1" up --foreground \
-        --interface "anb-$1" --port "$PORT" --mtu "$TUN_MTU"
-}
+# agentnet itself: agentnet_version, _prepare and _start in scripts/bench/peers.sh.
 
 # agentnet_extra : while both agents run, the same measurements over IPv4
 # (row agentnet4: inner IPv4 packets on the same sessions).

@@ -59,7 +59,7 @@ for tool in bpftrace ip ping jq awk; do
 done
 AGENTNET=${AGENTNET:-target/release/agentnet}
 [[ -x $AGENTNET ]] || { echo "rtt-stages: no $AGENTNET (cargo build --release, or AGENTNET=)" >&2; exit 1; }
-AGENTNET=$(realpath "$AGENTNET")
+BIN=$(realpath "$AGENTNET") # what peers.sh's agentnet_* run
 IP_BIN=$(realpath "$(command -v ip)") # bpftrace -c wants one path, not a name
 PEERS=${PEERS-fastd boringtun}
 ROUNDS=${ROUNDS:-5}
@@ -96,27 +96,6 @@ EOF
 declare -A NSA PIDA PIDB TGT
 LABELS=()
 
-# start_agentnet : two agents in the current pair, B knowing A's endpoint.
-start_agentnet() {
-    local s ns ida idb
-    for s in a b; do
-        mkdir -p "$WORK/agentnet/$s"
-        "$AGENTNET" --state-dir "$WORK/agentnet/$s" init --name "rs-$s" >/dev/null || return 1
-    done
-    ida=$("$AGENTNET" --state-dir "$WORK/agentnet/a" id --json) || return 1
-    idb=$("$AGENTNET" --state-dir "$WORK/agentnet/b" id --json) || return 1
-    "$AGENTNET" --state-dir "$WORK/agentnet/a" trust add "$(jq -r .id <<<"$idb")" --name rs-b >/dev/null || return 1
-    "$AGENTNET" --state-dir "$WORK/agentnet/b" trust add "$(jq -r .id <<<"$ida")" --name rs-a \
-        --endpoint "$IP_A:$PORT" >/dev/null || return 1
-    TUN_IP_A=$(jq -r .address4 <<<"$ida") TUN_IP_B=$(jq -r .address4 <<<"$idb")
-    for s in a b; do
-        ns=$NS_A; [[ $s == b ]] && ns=$NS_B
-        lab_bg "$LOGS/agentnet-$s.log" "$ns" "$AGENTNET" --state-dir "$WORK/agentnet/$s" up --foreground \
-            --interface "anrs-$s" --port "$PORT" --mtu "$TUN_MTU"
-        DAEMONS+=("$LAB_LAST_PID")
-    done
-}
-
 for tunnel in agentnet $PEERS; do
     if [[ $tunnel != agentnet ]]; then
         [[ -n ${PEER_TOOLS[$tunnel]:-} ]] || { echo "rtt-stages: unknown peer $tunnel" >&2; exit 2; }
@@ -126,15 +105,13 @@ for tunnel in agentnet $PEERS; do
     lab_ns "a-$tunnel"; NS_A=$LAB_LAST_NS
     lab_ns "b-$tunnel"; NS_B=$LAB_LAST_NS
     lab_veth "$NS_A" "$NS_B" "$IP_A/24" "$IP_B/24" 1500
-    if [[ $tunnel == agentnet ]]; then
-        start_agentnet || { echo "agentnet: could not start" >&2; exit 1; }
-    else
-        "${tunnel}_prepare" >"$LOGS/$tunnel-prepare.log" 2>&1 || { echo "$tunnel: prepare failed" >&2; exit 1; }
-        if ! "${tunnel}_start" a || ! "${tunnel}_start" b; then
-            echo "$tunnel: could not start" >&2
-            exit 1
-        fi
+    "${tunnel}_prepare" >"$LOGS/$tunnel-prepare.log" 2>&1 || { echo "$tunnel: prepare failed" >&2; exit 1; }
+    if ! "${tunnel}_start" a || ! "${tunnel}_start" b; then
+        echo "$tunnel: could not start" >&2
+        exit 1
     fi
+    # agentnet pinged at its IPv4 addresses: the peers carry IPv4 too
+    [[ $tunnel == agentnet ]] && TUN_IP_A=$TUN_IP4_A TUN_IP_B=$TUN_IP4_B
     PIDA[$tunnel]=${DAEMONS[-2]} PIDB[$tunnel]=${DAEMONS[-1]}
     NSA[$tunnel]=$NS_A TGT[$tunnel]=$TUN_IP_B
     # Only B knows A's underlay address: B's first packet opens the tunnel.

@@ -19,7 +19,8 @@
 # initiates, as the agentnet row's B does. Every tunnel gets MTU $TUN_MTU and
 # the subnet 10.210.N.0/24 (N = 1..5) inside the two namespaces.
 #
-# From bench.sh: NS_A NS_B IP_A IP_B TUN_MTU WORK LOGS DAEMONS log; from
+# From bench.sh: NS_A NS_B IP_A IP_B TUN_MTU WORK LOGS DAEMONS log (and for
+# agentnet BIN and PORT); from
 # scripts/lab.sh: lab_bg LAB_LAST_PID wait_for has_addr.
 # =============================================================================
 
@@ -110,6 +111,30 @@ start_node() {
     local p=$1 side=$2 ifname=$3 NS TIP; shift 3
     start_daemon "$p" "$side" "$@"
     wait_for 10 has_addr "$NS" "$ifname" "$TIP"
+}
+
+# ---- agentnet itself ($BIN, UDP $PORT): both trust each other, only B knows
+# A's endpoint; TUN_IP4_A/B are the agents' IPv4 overlay addresses -------------
+agentnet_version() { "$BIN" --version 2>/dev/null | head -1; }
+agentnet_prepare() {
+    local side
+    for side in a b; do
+        mkdir "$WORK/$side" && "$BIN" --state-dir "$WORK/$side" init --name "bench-$side" || return 1
+    done
+    TUN_IP_A=$("$BIN" --state-dir "$WORK/a" id --json | jq -r .address)
+    TUN_IP_B=$("$BIN" --state-dir "$WORK/b" id --json | jq -r .address)
+    TUN_IP4_A=$("$BIN" --state-dir "$WORK/a" id --json | jq -r .address4)
+    TUN_IP4_B=$("$BIN" --state-dir "$WORK/b" id --json | jq -r .address4)
+    "$BIN" --state-dir "$WORK/a" trust add "$("$BIN" --state-dir "$WORK/b" id --json | jq -r .id)" \
+        --name bench-b || return 1
+    # shellcheck disable=SC2153 # PORT is the caller's, as BIN is
+    "$BIN" --state-dir "$WORK/b" trust add "$("$BIN" --state-dir "$WORK/a" id --json | jq -r .id)" \
+        --name bench-a --endpoint "$IP_A:$PORT"
+}
+agentnet_start() {
+    # --foreground keeps the daemon a child of this shell: its PID is known
+    start_node agentnet "$1" "anb-$1" "$BIN" --state-dir "$WORK/$1" up --foreground \
+        --interface "anb-$1" --port "$PORT" --mtu "$TUN_MTU"
 }
 
 # ---- WireGuard: wireguard-go, boringtun and gotatun share keys/config --------
