@@ -1,6 +1,7 @@
 //! Every system call of the shell and the only `unsafe` code of the crate:
 //! the UDP socket with GSO/GRO batching, the TUN device and its offload
-//! batches, the datapath's `epoll` and its wake-ups, probe sockets,
+//! batches, the datapath's `epoll`, its wake-ups and its clock after one
+//! (the CPU's time-stamp counter), probe sockets,
 //! capabilities, network namespaces, opening state files without following
 //! links, and datagram framing over TCP. Each `unsafe` block says why it is
 //! sound.
@@ -17,3 +18,4 @@ pub mod tun;
 pub mod udp;
 pub mod udp_batch;
 pub mod wake;
+pub mod wake_clock;

@@ -25,6 +25,7 @@ use crate::rendezvous::link::TcpLinkEvent;
 use crate::sys::poller::{Poller, Source};
 use crate::sys::udp_batch::ReceivedRun;
 use crate::sys::wake::Wake;
+use crate::sys::wake_clock::WakeClock;
 
 /// Most quiet inputs (control requests, link events…) one turn takes: the
 /// forwarder refills their channel from another thread as the loop drains
@@ -131,8 +132,10 @@ impl Daemon {
         let mut udp_ahead = ReadAhead::default();
         let mut tun_ahead = ReadAhead::default();
         let mut took_last_turn = false;
+        let mut wake_clock = WakeClock::new();
         while self.stop.is_none() {
             let now = Instant::now();
+            wake_clock.anchor(now);
             if took_last_turn {
                 // The window opens once the packets' replies have left.
                 busy_poll.on_packet(now);
@@ -165,7 +168,9 @@ impl Daemon {
             // The clock once for what the wake brought: its packets, the
             // timers and the flush take this reading (a quiet input, rare,
             // reads its own, and then the turn reads it again after it).
-            let now = Instant::now();
+            // (After a sleep the system clock's first reading is cold, ~2 µs:
+            // the counter bridges the sleep, see `WakeClock`.)
+            let now = wake_clock.now();
             let mut from_udp = Drained::default();
             if ready.udp {
                 from_udp = self.drain_underlay(now, &mut udp_run, udp_ahead.max_reads());
@@ -194,7 +199,7 @@ impl Daemon {
                     }
                 }
                 // The node's clock never goes back.
-                now = Instant::now();
+                now = Instant::now().max(now);
             }
             took_last_turn = took;
             if !took && polling && !ready.wake {
