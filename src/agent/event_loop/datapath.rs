@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::busy_poll::BusyPoll;
 use super::chores::Chores;
-use super::inputs::{Drained, ReadAhead};
+use super::inputs::{Drained, ReadAhead, reads_answer};
 use super::quiet_inputs::{QuietChannels, QuietInput};
 use super::signals::SignalEvent;
 use super::{Daemon, Signals, Stop};
@@ -221,7 +221,20 @@ impl Daemon {
                     self.probes.sweep(now);
                 }
             }
+            let tun_batches = self.tun_batches_written;
             self.flush(now);
+            // What the kernel answered within the TUN write leaves now.
+            let wrote_tun = self.tun_batches_written != tun_batches;
+            if reads_answer(
+                from_udp,
+                from_tun,
+                wrote_tun,
+                self.tun.answers_within_write(),
+            ) && self.read_answer(now, &mut tun_read)?
+            {
+                took_last_turn = true;
+                self.flush(now);
+            }
         }
         self.save_pending_if_changed();
         self.names.shutdown();

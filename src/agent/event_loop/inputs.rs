@@ -1,7 +1,8 @@
 //! The loop's two packet inputs, the UDP socket and the TUN: a wake-up
 //! takes what is queued on one of them, up to [`PACKETS_PER_WAKE`], and
 //! hands each packet to the node (or the name service). How far a wake
-//! reads is [`ReadAhead`]'s call.
+//! reads is [`ReadAhead`]'s call; whether a turn reads the TUN once more
+//! right after writing to it, [`reads_answer`]'s.
 
 use std::io;
 use std::time::Instant;
@@ -11,6 +12,29 @@ use crate::agent::DaemonError;
 use crate::agent::tun_batch::{self, TunReadBatch};
 use crate::sys::udp::normalize;
 use crate::sys::udp_batch::ReceivedRun;
+
+/// Whether a turn reads the TUN once more right after its flush wrote to
+/// it: when the turn took one packet in all (`from_udp`, `from_tun`), it
+/// wrote to the TUN and the device answers within the write.
+///
+/// The kernel handles a packet written to a TUN inside the `write`: an
+/// echo request is answered there, a TCP segment may be acknowledged or
+/// let more data leave, and the answer is queued on the TUN before the
+/// call returns. Reading it at once sends it without the next turn's
+/// bookkeeping and `epoll_wait` (the peer daemon B of an idle ping: 8.0 →
+/// 4.1 µs from its `write` to the answer's `read`, traced). When nothing
+/// was answered the read finds the queue empty after the packet has left,
+/// off its path. Only after a one-packet turn, the idle round trip's: read
+/// after every write, a bulk transfer lost 3–5 % (the answers to a batch
+/// are better taken as one batch at the next turn).
+pub(super) fn reads_answer(
+    from_udp: Drained,
+    from_tun: Drained,
+    wrote_tun: bool,
+    device_answers_within_write: bool,
+) -> bool {
+    from_udp.packets + from_tun.packets == 1 && wrote_tun && device_answers_within_write
+}
 
 /// How many reads a wake makes on one input.
 ///
@@ -135,6 +159,16 @@ impl Daemon {
         }
     }
 
+    /// One read of the TUN for what the kernel answered within the turn's
+    /// write (see [`reads_answer`]): whether it brought a packet.
+    pub(super) fn read_answer(
+        &mut self,
+        now: Instant,
+        batch: &mut TunReadBatch,
+    ) -> Result<bool, DaemonError> {
+        Ok(self.drain_tun(now, batch, 1)?.reads > 0)
+    }
+
     /// Takes queued reads until the TUN has none, `max_reads` reads were
     /// made or the packets taken reach [`PACKETS_PER_WAKE`]; `now` is when
     /// the wake began.
@@ -171,7 +205,7 @@ fn is_transient(error: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Drained, ReadAhead};
+    use super::{Drained, ReadAhead, reads_answer};
 
     /// A drain that stopped at its cap (`emptied` false) or on an empty
     /// queue.
@@ -217,5 +251,30 @@ mod tests {
         ahead.record(took(1, 40, false));
         ahead.record(Drained::default());
         assert_eq!(ahead.max_reads(), usize::MAX);
+    }
+
+    #[test]
+    fn only_a_one_packet_turn_that_wrote_to_a_tun_reads_its_answer() {
+        let one = took(1, 1, false);
+        let none = Drained::default();
+        assert!(
+            reads_answer(one, none, true, true),
+            "a packet from a peer, delivered"
+        );
+        assert!(
+            reads_answer(none, one, true, true),
+            "a packet of ours, answered by the names"
+        );
+        assert!(!reads_answer(one, none, false, true), "nothing was written");
+        assert!(
+            !reads_answer(one, none, true, false),
+            "the userspace stack answers later"
+        );
+        assert!(
+            !reads_answer(took(1, 40, false), none, true, true),
+            "a batch: next turn"
+        );
+        assert!(!reads_answer(one, one, true, true), "two packets");
+        assert!(!reads_answer(none, none, true, true), "a timer's packet");
     }
 }

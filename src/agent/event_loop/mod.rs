@@ -89,6 +89,8 @@ pub(crate) struct Daemon {
     udp_out: Vec<crate::core::api::Transmit>,
     /// Packets on their way to the TUN.
     tun_out: TunWriteBatch,
+    /// Batches written to the TUN so far (whether a turn wrote one).
+    tun_batches_written: u64,
     /// `agentnet serve`: the published ports (`None`: not available).
     services: Option<crate::serve::Services>,
     /// Served connections asking who their caller is.
@@ -150,6 +152,7 @@ impl Daemon {
             probe_datagrams: Some(probe_datagrams),
             udp_out: Vec::new(),
             tun_out,
+            tun_batches_written: 0,
             services: None,
             caller_queries: None,
             saved_services_generation,
@@ -283,6 +286,7 @@ impl Daemon {
         if self.tun_out.is_empty() {
             return;
         }
+        self.tun_batches_written = self.tun_batches_written.wrapping_add(1);
         if let Err(error) = self.tun.send_batch(&mut self.tun_out)
             && let Some(suppressed) = self.tun_send_warnings.allow(Instant::now())
         {
