@@ -13,14 +13,35 @@
 //! the CPU to any other runnable thread (so a busy machine loses nothing
 //! but a `sched_yield`). Once the window passes without a packet the loop
 //! sleeps again: an idle daemon spends no CPU.
+//!
+//! While packets flow, a turn that follows one which took packets skips
+//! the loop's upkeep (a system clock reading and a fresh look at every
+//! deadline) and looks again at once: on a machine where both ends of a
+//! round trip share a CPU, the peer's reply is usually waiting by then
+//! (the send woke the peer, which ran and answered before this loop got
+//! the CPU back), and the upkeep, cold after a sleep, cost ~10 µs in front
+//! of it. The upkeep then comes at the first turn that takes nothing, after
+//! timers ran or a quiet input came, and at least every
+//! [`UPKEEP_INTERVAL`] under sustained load, so a deadline that packets
+//! moved earlier is seen at most that late (a sleeping loop's `epoll`
+//! timeout has millisecond granularity too).
 
 use std::time::{Duration, Instant};
 
-/// The window after the last packet in which the loop polls.
+/// The longest run of turns without the loop's upkeep.
+pub(super) const UPKEEP_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The window after the last packet in which the loop polls, and the runs
+/// of turns that skip the upkeep.
 #[derive(Debug)]
 pub(super) struct BusyPoll {
     window: Duration,
     until: Option<Instant>,
+    /// When the current run of turns without upkeep started.
+    skipping_since: Option<Instant>,
+    /// Something the deadlines depend on changed: the next turn does the
+    /// upkeep.
+    upkeep_due: bool,
 }
 
 impl BusyPoll {
@@ -29,7 +50,37 @@ impl BusyPoll {
         Self {
             window,
             until: None,
+            skipping_since: None,
+            upkeep_due: false,
         }
+    }
+
+    /// Whether the turn starting at `now` (after one that took packets)
+    /// skips the upkeep and polls at once: the loop polls, no upkeep is
+    /// due, and the run of such turns is younger than [`UPKEEP_INTERVAL`].
+    /// If so, the window stays open from `now`.
+    pub(super) fn skips_upkeep(&mut self, now: Instant) -> bool {
+        if self.window.is_zero() || std::mem::take(&mut self.upkeep_due) {
+            return false;
+        }
+        let since = *self.skipping_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= UPKEEP_INTERVAL {
+            return false;
+        }
+        self.on_packet(now);
+        true
+    }
+
+    /// The upkeep was done: a new run of turns may skip it.
+    pub(super) fn upkept(&mut self) {
+        self.skipping_since = None;
+        self.upkeep_due = false;
+    }
+
+    /// The deadlines may have moved (timers ran, a quiet input came): the
+    /// next turn does the upkeep.
+    pub(super) fn upkeep_now(&mut self) {
+        self.upkeep_due = true;
     }
 
     /// A packet was handled at `now`: poll until `now + window`.
@@ -78,5 +129,38 @@ mod tests {
         let mut busy = BusyPoll::new(Duration::ZERO);
         busy.on_packet(now);
         assert!(!busy.is_polling(now));
+        assert!(!busy.skips_upkeep(now), "nor skips the upkeep");
+    }
+
+    #[test]
+    fn turns_skip_the_upkeep_for_at_most_the_interval() {
+        let start = Instant::now();
+        let micros = |n| start + Duration::from_micros(n);
+        let mut busy = BusyPoll::new(Duration::from_micros(200));
+        busy.on_packet(start);
+        assert!(busy.skips_upkeep(micros(10)), "the run starts");
+        assert!(busy.skips_upkeep(micros(999 + 10)));
+        assert!(
+            busy.is_polling(micros(999 + 10 + 199)),
+            "a skipping turn keeps the window open"
+        );
+        assert!(
+            !busy.skips_upkeep(micros(1_000 + 10)),
+            "a run as old as the interval does the upkeep"
+        );
+        busy.upkept();
+        assert!(busy.skips_upkeep(micros(1_020)), "a new run starts");
+    }
+
+    #[test]
+    fn an_upkeep_asked_for_comes_at_the_next_turn() {
+        let start = Instant::now();
+        let mut busy = BusyPoll::new(Duration::from_micros(200));
+        busy.on_packet(start);
+        assert!(busy.skips_upkeep(start));
+        busy.upkeep_now();
+        assert!(!busy.skips_upkeep(start), "the upkeep is due");
+        busy.upkept();
+        assert!(busy.skips_upkeep(start), "and then done");
     }
 }

@@ -133,23 +133,32 @@ impl Daemon {
         let mut tun_ahead = ReadAhead::default();
         let mut took_last_turn = false;
         let mut wake_clock = WakeClock::new();
+        let mut deadline = Instant::now();
         while self.stop.is_none() {
-            let now = Instant::now();
-            wake_clock.anchor(now);
-            if took_last_turn {
-                // The window opens once the packets' replies have left.
-                busy_poll.on_packet(now);
-            }
-            let polling = busy_poll.is_polling(now);
-            let deadline = [self.node.poll_timeout(), self.trust_flow_deadline()]
-                .into_iter()
-                .flatten()
-                .fold(chores.next(self.links_need_ticks()), Instant::min);
-            let mut timeout = if polling {
-                Duration::ZERO
-            } else {
-                deadline.saturating_duration_since(now)
-            };
+            // After a turn that took packets the loop looks again at once,
+            // with the deadline it had (see `BusyPoll::skips_upkeep`);
+            // otherwise it reads the system clock and the deadlines.
+            let (polling, mut timeout) =
+                if took_last_turn && busy_poll.skips_upkeep(wake_clock.now()) {
+                    (true, Duration::ZERO)
+                } else {
+                    let now = Instant::now();
+                    wake_clock.anchor(now);
+                    if took_last_turn {
+                        // The window opens once the packets' replies have left.
+                        busy_poll.on_packet(now);
+                    }
+                    deadline = [self.node.poll_timeout(), self.trust_flow_deadline()]
+                        .into_iter()
+                        .flatten()
+                        .fold(chores.next(self.links_need_ticks()), Instant::min);
+                    busy_poll.upkept();
+                    if busy_poll.is_polling(now) {
+                        (true, Duration::ZERO)
+                    } else {
+                        (false, deadline.saturating_duration_since(now))
+                    }
+                };
             let armed = !timeout.is_zero();
             if armed {
                 // About to sleep: from here on the other threads write the
@@ -200,6 +209,7 @@ impl Daemon {
                 }
                 // The node's clock never goes back.
                 now = Instant::now().max(now);
+                busy_poll.upkeep_now();
             }
             took_last_turn = took;
             if !took && polling && !ready.wake {
@@ -209,6 +219,7 @@ impl Daemon {
                 std::thread::yield_now();
             }
             if now >= deadline {
+                busy_poll.upkeep_now();
                 self.node.handle_timeout(now);
                 self.on_trust_flow_timer(now);
                 if chores.candidates_due(now) {
