@@ -164,16 +164,27 @@ impl PacketDevice {
             // With offloads every write starts with a virtio-net header.
             Self::Tun(tun) if tun.tcp_gso() => {
                 let (buffers, plan) = batch.merged();
-                let mut slices = [IoSlice::new(&[]); MAX_PIECES];
+                // The gather list is made only for a segment of more than
+                // one piece (1 KiB to clear, in front of every lone
+                // packet's write otherwise).
+                let mut slices: Option<[IoSlice<'_>; MAX_PIECES]> = None;
                 for &head in &plan.heads {
-                    let mut count = 0;
-                    for (slot, piece) in slices.iter_mut().zip(plan.pieces(buffers, head)) {
-                        *slot = IoSlice::new(piece);
-                        count += 1;
-                    }
-                    let sent = match count {
-                        1 => tun.send(&slices[0]),
-                        _ => tun.send_vectored(&slices[..count]),
+                    let mut pieces = plan.pieces(buffers, head);
+                    let Some(first) = pieces.next() else { continue };
+                    let sent = match pieces.next() {
+                        None => tun.send(first),
+                        Some(second) => {
+                            let slices =
+                                slices.get_or_insert_with(|| [IoSlice::new(&[]); MAX_PIECES]);
+                            slices[0] = IoSlice::new(first);
+                            slices[1] = IoSlice::new(second);
+                            let mut count = 2;
+                            for (slot, piece) in slices[2..].iter_mut().zip(pieces) {
+                                *slot = IoSlice::new(piece);
+                                count += 1;
+                            }
+                            tun.send_vectored(&slices[..count])
+                        }
                     };
                     if let Err(error) = sent {
                         result = Err(error);

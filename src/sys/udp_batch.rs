@@ -302,8 +302,10 @@ pub fn send_in_runs<D: OutgoingDatagram>(
     mut send: impl FnMut(SocketAddr, &[IoSlice<'_>], u16) -> io::Result<usize>,
 ) -> Vec<(SocketAddr, io::Error)> {
     let mut failures = Vec::new();
-    // One run's gather list, on the stack: no allocation per send.
-    let mut gather = [IoSlice::new(&[]); MAX_SEGMENTS];
+    // One run's gather list, on the stack: no allocation per send, and
+    // made only for a run of more than one datagram (1 KiB to clear, in
+    // front of every lone datagram's send otherwise).
+    let mut gather: Option<[IoSlice<'_>; MAX_SEGMENTS]> = None;
     for run in runs(datagrams, offload.gso) {
         let destination = datagrams[run.start].destination();
         let socket_address = match address(destination) {
@@ -315,10 +317,17 @@ pub fn send_in_runs<D: OutgoingDatagram>(
         };
         let count = run.end - run.start;
         debug_assert!(count <= MAX_SEGMENTS, "runs() caps a run");
-        for (slot, datagram) in gather.iter_mut().zip(&datagrams[run.start..run.end]) {
-            *slot = IoSlice::new(datagram.payload());
-        }
-        let parts = &gather[..count];
+        let lone;
+        let parts: &[IoSlice<'_>] = if count == 1 {
+            lone = [IoSlice::new(datagrams[run.start].payload())];
+            &lone
+        } else {
+            let gather = gather.get_or_insert_with(|| [IoSlice::new(&[]); MAX_SEGMENTS]);
+            for (slot, datagram) in gather.iter_mut().zip(&datagrams[run.start..run.end]) {
+                *slot = IoSlice::new(datagram.payload());
+            }
+            &gather[..count]
+        };
         let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
         match send(socket_address, parts, segment) {
             Ok(_) => {}
