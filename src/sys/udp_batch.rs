@@ -510,6 +510,42 @@ mod tests {
     }
 
     #[test]
+    fn each_run_goes_out_with_exactly_its_datagrams() {
+        let bytes: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 100]).collect();
+        let to = [at(1), at(1), at(1), at(2), at(1), at(1)];
+        let datagrams: Vec<(SocketAddr, &[u8])> = to
+            .iter()
+            .zip(&bytes)
+            .map(|(&destination, payload)| (destination, payload.as_slice()))
+            .collect();
+        let mut offload = UdpOffload {
+            gso: true,
+            gro: false,
+        };
+        let mut sent: Vec<(SocketAddr, Vec<u8>, u16)> = Vec::new();
+        let failures = send_in_runs(
+            &datagrams,
+            &mut offload,
+            Ok,
+            |destination, parts, segment| {
+                let firsts = parts.iter().map(|part| part[0]).collect();
+                sent.push((destination, firsts, segment));
+                Ok(parts.iter().map(|part| part.len()).sum())
+            },
+        );
+        assert!(failures.is_empty());
+        assert_eq!(
+            sent,
+            vec![
+                (at(1), vec![0, 1, 2], 100),
+                (at(2), vec![3], 100),
+                (at(1), vec![4, 5], 100),
+            ],
+            "runs of three, one (a lone datagram) and two, each datagram once"
+        );
+    }
+
+    #[test]
     fn a_received_run_splits_into_its_datagrams() {
         let mut run = ReceivedRun::default();
         run.buffer[..250].fill(7);
