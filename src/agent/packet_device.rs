@@ -75,9 +75,6 @@ impl PacketDevice {
         }
     }
 
-    /// Whether packets wait that no descriptor shows: those the userspace
-    /// stack queued while the datapath was awake (its wake was not armed).
-    /// Always `false` for a TUN, whose descriptor says it.
     /// Whether a write can bring an answer at once, within the write: a
     /// TUN, where the kernel answers in the writer's system call; not the
     /// userspace stack, which answers on its own thread.
@@ -85,6 +82,9 @@ impl PacketDevice {
         matches!(self, Self::Tun(_))
     }
 
+    /// Whether packets wait that no descriptor shows: those the userspace
+    /// stack queued while the datapath was awake (its wake was not armed).
+    /// Always `false` for a TUN, whose descriptor says it.
     pub(crate) fn has_queued(&self) -> bool {
         match self {
             Self::Tun(_) => false,
