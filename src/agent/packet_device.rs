@@ -5,7 +5,7 @@
 //! is the same for both.
 
 use std::collections::BTreeMap;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
@@ -19,6 +19,7 @@ use crate::core::api::Ipv4Route;
 use crate::core::node::Node;
 use crate::core::trust::store::{TrustState, TrustStore};
 use crate::names::dns::NameTable;
+use crate::sys::gather_list::GatherList;
 use crate::sys::poller::{Poller, Source};
 use crate::userspace::{Userspace, UserspaceStatus};
 
@@ -164,27 +165,12 @@ impl PacketDevice {
             // With offloads every write starts with a virtio-net header.
             Self::Tun(tun) if tun.tcp_gso() => {
                 let (buffers, plan) = batch.merged();
-                // The gather list is made only for a segment of more than
-                // one piece (1 KiB to clear, in front of every lone
-                // packet's write otherwise).
-                let mut slices: Option<[IoSlice<'_>; MAX_PIECES]> = None;
+                let mut gather = GatherList::<MAX_PIECES>::new();
                 for &head in &plan.heads {
-                    let mut pieces = plan.pieces(buffers, head);
-                    let Some(first) = pieces.next() else { continue };
-                    let sent = match pieces.next() {
-                        None => tun.send(first),
-                        Some(second) => {
-                            let slices =
-                                slices.get_or_insert_with(|| [IoSlice::new(&[]); MAX_PIECES]);
-                            slices[0] = IoSlice::new(first);
-                            slices[1] = IoSlice::new(second);
-                            let mut count = 2;
-                            for (slot, piece) in slices[2..].iter_mut().zip(pieces) {
-                                *slot = IoSlice::new(piece);
-                                count += 1;
-                            }
-                            tun.send_vectored(&slices[..count])
-                        }
+                    let sent = match gather.of(plan.pieces(buffers, head)) {
+                        [] => continue,
+                        [lone] => tun.send(lone),
+                        pieces => tun.send_vectored(pieces),
                     };
                     if let Err(error) = sent {
                         result = Err(error);

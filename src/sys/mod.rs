@@ -9,6 +9,7 @@
 pub mod calls;
 pub mod capabilities;
 pub(crate) mod file_pages;
+pub mod gather_list;
 pub mod netns;
 pub mod nofollow;
 pub mod poller;

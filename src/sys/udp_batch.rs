@@ -26,6 +26,8 @@ use nix::sys::socket::{
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::gather_list::GatherList;
+
 /// Most datagrams the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
 pub const MAX_SEGMENTS: usize = 64;
 /// Most payload bytes of one GSO send: what fits one UDP/IP datagram
@@ -302,10 +304,8 @@ pub fn send_in_runs<D: OutgoingDatagram>(
     mut send: impl FnMut(SocketAddr, &[IoSlice<'_>], u16) -> io::Result<usize>,
 ) -> Vec<(SocketAddr, io::Error)> {
     let mut failures = Vec::new();
-    // One run's gather list, on the stack: no allocation per send, and
-    // made only for a run of more than one datagram (1 KiB to clear, in
-    // front of every lone datagram's send otherwise).
-    let mut gather: Option<[IoSlice<'_>; MAX_SEGMENTS]> = None;
+    // One run's gather list, on the stack: no allocation per send.
+    let mut gather = GatherList::<MAX_SEGMENTS>::new();
     for run in runs(datagrams, offload.gso) {
         let destination = datagrams[run.start].destination();
         let socket_address = match address(destination) {
@@ -315,19 +315,8 @@ pub fn send_in_runs<D: OutgoingDatagram>(
                 continue;
             }
         };
-        let count = run.end - run.start;
-        debug_assert!(count <= MAX_SEGMENTS, "runs() caps a run");
-        let lone;
-        let parts: &[IoSlice<'_>] = if count == 1 {
-            lone = [IoSlice::new(datagrams[run.start].payload())];
-            &lone
-        } else {
-            let gather = gather.get_or_insert_with(|| [IoSlice::new(&[]); MAX_SEGMENTS]);
-            for (slot, datagram) in gather.iter_mut().zip(&datagrams[run.start..run.end]) {
-                *slot = IoSlice::new(datagram.payload());
-            }
-            &gather[..count]
-        };
+        debug_assert!(run.end - run.start <= MAX_SEGMENTS, "runs() caps a run");
+        let parts = gather.of(datagrams[run.start..run.end].iter().map(D::payload));
         let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
         match send(socket_address, parts, segment) {
             Ok(_) => {}
