@@ -1,7 +1,8 @@
 //! The snow resolver of every handshake: randomness from a seed the core
 //! chose (`core::rng`), so a simulation replays exactly; X25519 with the
 //! node's shortcuts ([`super::static_keys`]); ChaChaPoly on ring
-//! ([`super::handshake_aead`]); snow's default BLAKE2s.
+//! ([`super::handshake_aead`]); BLAKE2s with SIMD compression and keyed
+//! HKDF outputs ([`super::handshake_hash`]).
 
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -9,6 +10,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
 use super::handshake_aead::RingChaChaPoly;
+use super::handshake_hash::Blake2sHash;
 use super::static_keys::{CachedDh25519, NoiseStatic};
 use crate::core::rng::CoreRng;
 
@@ -22,7 +24,7 @@ impl Random for SeededRandom {
 }
 
 /// A snow resolver whose randomness comes from a seed the core chose, with
-/// ring's ChaChaPoly and snow's BLAKE2s; X25519 takes the
+/// ring's ChaChaPoly and the faster BLAKE2s; X25519 takes the
 /// node's shortcuts (its static public key and static-static secrets, see
 /// [`NoiseStatic`]) when given them.
 pub struct SeededResolver {
@@ -63,7 +65,10 @@ impl CryptoResolver for SeededResolver {
     }
 
     fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {
-        DefaultResolver.resolve_hash(choice)
+        match choice {
+            snow::params::HashChoice::Blake2s => Some(Box::new(Blake2sHash::default())),
+            other => DefaultResolver.resolve_hash(other),
+        }
     }
 
     fn resolve_cipher(&self, choice: &snow::params::CipherChoice) -> Option<Box<dyn Cipher>> {
@@ -71,5 +76,71 @@ impl CryptoResolver for SeededResolver {
             snow::params::CipherChoice::ChaChaPoly => Some(Box::new(RingChaChaPoly::default())),
             other => DefaultResolver.resolve_cipher(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::noise::handshake::NOISE_PARAMS;
+    use crate::core::rng::core_rng;
+
+    /// An IK handshake and one transport message each way between `ours`
+    /// (true: this resolver) and snow's defaults, in both roles.
+    fn handshake_with_snow(our_side_initiates: bool) {
+        let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
+        let builder = |ours: bool| {
+            let builder = snow::Builder::new(params.clone());
+            if ours {
+                let resolver = SeededResolver::from_rng(&mut core_rng([4; 32]));
+                snow::Builder::with_resolver(params.clone(), Box::new(resolver))
+            } else {
+                builder
+            }
+        };
+        let initiator_keys = builder(false).generate_keypair().expect("keys");
+        let responder_keys = builder(false).generate_keypair().expect("keys");
+        let mut initiator = builder(our_side_initiates)
+            .local_private_key(&initiator_keys.private)
+            .and_then(|b| b.remote_public_key(&responder_keys.public))
+            .and_then(|b| b.prologue(b"agentnet test"))
+            .and_then(|b| b.build_initiator())
+            .expect("initiator");
+        let mut responder = builder(!our_side_initiates)
+            .local_private_key(&responder_keys.private)
+            .and_then(|b| b.prologue(b"agentnet test"))
+            .and_then(|b| b.build_responder())
+            .expect("responder");
+        let (mut message, mut payload) = ([0u8; 300], [0u8; 300]);
+        let len = initiator.write_message(b"hello", &mut message).expect("m1");
+        let read = responder
+            .read_message(&message[..len], &mut payload)
+            .expect("m1 reads");
+        assert_eq!(&payload[..read], b"hello");
+        let len = responder.write_message(b"hi", &mut message).expect("m2");
+        let read = initiator
+            .read_message(&message[..len], &mut payload)
+            .expect("m2 reads");
+        assert_eq!(&payload[..read], b"hi");
+        let (mut initiator, mut responder) = (
+            initiator.into_transport_mode().expect("transport"),
+            responder.into_transport_mode().expect("transport"),
+        );
+        let len = initiator.write_message(b"ping", &mut message).expect("t1");
+        let read = responder
+            .read_message(&message[..len], &mut payload)
+            .expect("t1 reads");
+        assert_eq!(&payload[..read], b"ping");
+        let len = responder.write_message(b"pong", &mut message).expect("t2");
+        let read = initiator
+            .read_message(&message[..len], &mut payload)
+            .expect("t2 reads");
+        assert_eq!(&payload[..read], b"pong");
+    }
+
+    #[test]
+    fn handshakes_with_snows_defaults_in_both_roles() {
+        handshake_with_snow(true);
+        handshake_with_snow(false);
     }
 }
