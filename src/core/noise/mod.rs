@@ -10,7 +10,6 @@ pub mod cipher;
 pub mod cookie;
 pub mod handshake;
 pub mod handshake_aead;
-pub mod handshake_hash;
 pub mod mac;
 pub mod replay;
 pub mod resolver;

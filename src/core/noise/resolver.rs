@@ -1,8 +1,7 @@
 //! The snow resolver of every handshake: randomness from a seed the core
 //! chose (`core::rng`), so a simulation replays exactly; X25519 with the
 //! node's shortcuts ([`super::static_keys`]); ChaChaPoly on ring
-//! ([`super::handshake_aead`]); BLAKE2s with SIMD compression and keyed
-//! HKDF outputs ([`super::handshake_hash`]).
+//! ([`super::handshake_aead`]); snow's default BLAKE2s.
 
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -10,7 +9,6 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
 use super::handshake_aead::RingChaChaPoly;
-use super::handshake_hash::Blake2sHash;
 use super::static_keys::{CachedDh25519, NoiseStatic};
 use crate::core::rng::CoreRng;
 
@@ -24,7 +22,7 @@ impl Random for SeededRandom {
 }
 
 /// A snow resolver whose randomness comes from a seed the core chose, with
-/// ring's ChaChaPoly and the faster BLAKE2s; X25519 takes the
+/// ring's ChaChaPoly and snow's BLAKE2s; X25519 takes the
 /// node's shortcuts (its static public key and static-static secrets, see
 /// [`NoiseStatic`]) when given them.
 pub struct SeededResolver {
@@ -65,10 +63,7 @@ impl CryptoResolver for SeededResolver {
     }
 
     fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {
-        match choice {
-            snow::params::HashChoice::Blake2s => Some(Box::new(Blake2sHash::default())),
-            other => DefaultResolver.resolve_hash(other),
-        }
+        DefaultResolver.resolve_hash(choice)
     }
 
     fn resolve_cipher(&self, choice: &snow::params::CipherChoice) -> Option<Box<dyn Cipher>> {
