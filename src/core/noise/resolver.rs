@@ -80,8 +80,9 @@ mod tests {
     use crate::core::noise::handshake::NOISE_PARAMS;
     use crate::core::rng::core_rng;
 
-    /// An IK handshake and one transport message each way between `ours`
-    /// (true: this resolver) and snow's defaults, in both roles.
+    /// An IK handshake and one transport message each way between this
+    /// resolver and snow's defaults: this resolver initiates when
+    /// `our_side_initiates`, else it responds.
     fn handshake_with_snow(our_side_initiates: bool) {
         let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
         let builder = |ours: bool| {
