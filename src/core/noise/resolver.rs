@@ -107,31 +107,26 @@ mod tests {
             .and_then(|b| b.prologue(b"agentnet test"))
             .and_then(|b| b.build_responder())
             .expect("responder");
-        let (mut message, mut payload) = ([0u8; 300], [0u8; 300]);
-        let len = initiator.write_message(b"hello", &mut message).expect("m1");
-        let read = responder
-            .read_message(&message[..len], &mut payload)
-            .expect("m1 reads");
-        assert_eq!(&payload[..read], b"hello");
-        let len = responder.write_message(b"hi", &mut message).expect("m2");
-        let read = initiator
-            .read_message(&message[..len], &mut payload)
-            .expect("m2 reads");
-        assert_eq!(&payload[..read], b"hi");
+        // One message from `from` to `to` (handshake or transport), read
+        // back as it was sent.
+        macro_rules! deliver {
+            ($from:expr, $to:expr, $text:expr) => {{
+                let (mut message, mut payload) = ([0u8; 300], [0u8; 300]);
+                let len = $from.write_message($text, &mut message).expect("writes");
+                let read = $to
+                    .read_message(&message[..len], &mut payload)
+                    .expect("reads");
+                assert_eq!(&payload[..read], $text);
+            }};
+        }
+        deliver!(initiator, responder, b"hello");
+        deliver!(responder, initiator, b"hi");
         let (mut initiator, mut responder) = (
             initiator.into_transport_mode().expect("transport"),
             responder.into_transport_mode().expect("transport"),
         );
-        let len = initiator.write_message(b"ping", &mut message).expect("t1");
-        let read = responder
-            .read_message(&message[..len], &mut payload)
-            .expect("t1 reads");
-        assert_eq!(&payload[..read], b"ping");
-        let len = responder.write_message(b"pong", &mut message).expect("t2");
-        let read = initiator
-            .read_message(&message[..len], &mut payload)
-            .expect("t2 reads");
-        assert_eq!(&payload[..read], b"pong");
+        deliver!(initiator, responder, b"ping");
+        deliver!(responder, initiator, b"pong");
     }
 
     #[test]
