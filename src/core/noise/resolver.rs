@@ -81,28 +81,34 @@ mod tests {
     use crate::core::rng::core_rng;
 
     /// An IK handshake and one transport message each way between this
-    /// resolver and snow's defaults: this resolver initiates when
-    /// `our_side_initiates`, else it responds.
+    /// resolver, as a node uses it (its static key with the peer's
+    /// static-static secret precomputed), and snow's defaults: this
+    /// resolver initiates when `our_side_initiates`, else it responds.
     fn handshake_with_snow(our_side_initiates: bool) {
         let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("params");
-        let builder = |ours: bool| {
-            let builder = snow::Builder::new(params.clone());
-            if ours {
-                let resolver = SeededResolver::from_rng(&mut core_rng([4; 32]));
-                snow::Builder::with_resolver(params.clone(), Box::new(resolver))
-            } else {
-                builder
+        let initiator_keys = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .expect("keys");
+        let responder_keys = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .expect("keys");
+        let builder = |ours: bool, own: &snow::Keypair, peer: &snow::Keypair| {
+            if !ours {
+                return snow::Builder::new(params.clone());
             }
+            let secret: [u8; 32] = own.private.as_slice().try_into().expect("32 bytes");
+            let statics = NoiseStatic::new(&secret);
+            statics.add_peer(&peer.public.as_slice().try_into().expect("32 bytes"));
+            let resolver = SeededResolver::from_rng(&mut core_rng([4; 32])).with_statics(&statics);
+            snow::Builder::with_resolver(params.clone(), Box::new(resolver))
         };
-        let initiator_keys = builder(false).generate_keypair().expect("keys");
-        let responder_keys = builder(false).generate_keypair().expect("keys");
-        let mut initiator = builder(our_side_initiates)
+        let mut initiator = builder(our_side_initiates, &initiator_keys, &responder_keys)
             .local_private_key(&initiator_keys.private)
             .and_then(|b| b.remote_public_key(&responder_keys.public))
             .and_then(|b| b.prologue(b"agentnet test"))
             .and_then(|b| b.build_initiator())
             .expect("initiator");
-        let mut responder = builder(!our_side_initiates)
+        let mut responder = builder(!our_side_initiates, &responder_keys, &initiator_keys)
             .local_private_key(&responder_keys.private)
             .and_then(|b| b.prologue(b"agentnet test"))
             .and_then(|b| b.build_responder())
