@@ -25,6 +25,18 @@
 //! [`UPKEEP_INTERVAL`] under sustained load, so a deadline that packets
 //! moved earlier is seen at most that late (a sleeping loop's `epoll`
 //! timeout has millisecond granularity too).
+//!
+//! A turn that delivered one packet to the TUN and sent the answer the
+//! kernel gave within that write (an echo reply, an ACK: `reads_answer`)
+//! opens no window: the packet is answered, and what comes next is the
+//! peer's next request, after its application has run. Polling then only
+//! keeps this CPU busy, and a busy CPU is where the scheduler does not
+//! wake anyone: with both daemons of a round trip on one machine, the
+//! reader of the reply (woken by the other daemon's TUN write on the same
+//! vCPU) went to the halted one instead. Interleaved with fastd, 15 rounds
+//! of 100 pings at 10 ms: from user to user (`ping -U`) 0.228 and 0.231 ms
+//! against 0.326 and 0.308 with the window (fastd 0.283 and 0.266); ping's
+//! own round trip as before (0.198 / 0.246 against 0.206 / 0.242).
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +102,14 @@ impl BusyPoll {
         }
     }
 
+    /// The turn sent the kernel's answer to the one packet it delivered:
+    /// the window closes, and the next turn does the upkeep and sleeps
+    /// until a packet or a deadline.
+    pub(super) fn answered(&mut self) {
+        self.until = None;
+        self.upkeep_due = true;
+    }
+
     /// Whether the loop polls rather than sleeps at `now`. Closes the
     /// window once it has passed.
     pub(super) fn is_polling(&mut self, now: Instant) -> bool {
@@ -150,6 +170,29 @@ mod tests {
         );
         busy.upkept();
         assert!(busy.skips_upkeep(micros(1_020)), "a new run starts");
+    }
+
+    #[test]
+    fn an_answered_turn_closes_the_window_and_skips_no_upkeep() {
+        let start = Instant::now();
+        let mut busy = BusyPoll::new(Duration::from_micros(200));
+        busy.on_packet(start);
+        assert!(busy.skips_upkeep(start + Duration::from_micros(10)));
+        busy.answered();
+        assert!(
+            !busy.skips_upkeep(start + Duration::from_micros(20)),
+            "the turn after an answer does the upkeep"
+        );
+        busy.upkept();
+        assert!(
+            !busy.is_polling(start + Duration::from_micros(30)),
+            "and sleeps: the window is closed"
+        );
+        busy.on_packet(start + Duration::from_micros(40));
+        assert!(
+            busy.is_polling(start + Duration::from_micros(41)),
+            "the next packet opens it again"
+        );
     }
 
     #[test]

@@ -243,8 +243,12 @@ impl Daemon {
                 self.tun.answers_within_write(),
             ) && self.read_answer(now, &mut tun_read)?
             {
-                took_last_turn = true;
                 self.flush(now);
+                // The kernel's answer has left, and nothing more is owed
+                // for the packet it answered: sleep rather than poll (see
+                // `BusyPoll::answered`).
+                busy_poll.answered();
+                took_last_turn = false;
             }
         }
         self.save_pending_if_changed();
