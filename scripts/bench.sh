@@ -36,7 +36,10 @@
 # peer up at once, RTT_ROUNDS rounds of $PINGS / RTT_ROUNDS pings through
 # each in turn, so that the machine's drift over minutes falls on all alike;
 # agentnet takes two turns, at its IPv6 and at its IPv4 addresses (the
-# peers carry IPv4).
+# peers carry IPv4). Each turn pings twice: ping's own round trip (the
+# kernel's timestamps: until the reply reaches ping's socket) and, with
+# `ping -U`, from user to user (until ping has woken and read it: what a
+# program waiting for an answer sees).
 #
 # Handshakes, two figures under the table:
 #   criterion      `cargo bench --bench handshake` responder_only: the
@@ -630,7 +633,11 @@ done
 # RTT_ROUNDS rounds send $PINGS / RTT_ROUNDS pings through each tunnel in
 # turn, the order rotated by one every round: every tunnel is measured
 # over the same stretch of time; agentnet takes two turns, its IPv6 and its
-# IPv4 addresses (the peers carry IPv4). Sets R[ROW.rtt_mix], R[ROW.p99_mix].
+# IPv4 addresses (the peers carry IPv4). Each turn pings twice, for ping's
+# own round trip and then (`ping -U`) from user to user, which adds the
+# reader's wake-up: a daemon that keeps a CPU busy can make the scheduler
+# wake the reader on another, idle one. Sets R[ROW.rtt_mix], R[ROW.p99_mix],
+# R[ROW.rtt_mixu], R[ROW.p99_mixu].
 MIXED=()
 MIX_PER=0 # pings per tunnel per round
 interleaved_rtt() {
@@ -643,11 +650,13 @@ interleaved_rtt() {
         if "${p}_start" a && "${p}_start" b && first_reply "$NS_B" "$TUN_IP_A"; then
             MIXED+=("$p")
             : >"$RAW/$p.ping_mix.txt"
+            : >"$RAW/$p.ping_mixu.txt"
             # The same daemons pinged at their IPv4 addresses: a turn of its own.
             if [[ $p == agentnet && -n ${R[agentnet4.tip_b]:-} && -z ${R[agentnet4.status]:-} ]]; then
                 if first_reply "$NS_B" "${R[agentnet4.tip_a]}"; then
                     MIXED+=(agentnet4)
                     : >"$RAW/agentnet4.ping_mix.txt"
+                    : >"$RAW/agentnet4.ping_mixu.txt"
                 else
                     log "  agentnet4: no IPv4 reply after the restart; left out"
                 fi
@@ -661,11 +670,14 @@ interleaved_rtt() {
             p=${MIXED[$(((round + i) % ${#MIXED[@]}))]}
             lab_run "$tmp" "$tmp" "$NS_A" ping -n -c "$MIX_PER" -i 0.01 -W 1 "${R[$p.tip_b]}"
             cat "$tmp" >>"$RAW/$p.ping_mix.txt"
+            lab_run "$tmp" "$tmp" "$NS_A" ping -U -n -c "$MIX_PER" -i 0.01 -W 1 "${R[$p.tip_b]}"
+            cat "$tmp" >>"$RAW/$p.ping_mixu.txt"
         done
     done
     rm -f "$tmp"
     for p in "${MIXED[@]}"; do
         rtt_stats "$p" _mix "$RAW/$p.ping_mix.txt" $((MIX_PER * RTT_ROUNDS))
+        rtt_stats "$p" _mixu "$RAW/$p.ping_mixu.txt" $((MIX_PER * RTT_ROUNDS))
     done
     stop_daemons
 }
@@ -733,14 +745,16 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
     fi
     if ((${#MIXED[@]} > 1)); then
         echo
-        echo "| idle RTT, interleaved | avg ms | p99 ms |"
-        echo "|---|--:|--:|"
+        echo "| idle RTT, interleaved | avg ms | p99 ms | user to user avg ms | user to user p99 ms |"
+        echo "|---|--:|--:|--:|--:|"
         for row in "${MIXED[@]}"; do
             ref=agentnet; [[ $row == agentnet ]] && ref=none
-            printf '| %s | %s | %s |\n' "${NAME[$row]}" "$(cell "$row" $ref rtt_mix)" "$(cell "$row" $ref p99_mix)"
+            printf '| %s | %s | %s | %s | %s |\n' "${NAME[$row]}" "$(cell "$row" $ref rtt_mix)" "$(cell "$row" $ref p99_mix)" \
+                "$(cell "$row" $ref rtt_mixu)" "$(cell "$row" $ref p99_mixu)"
         done
         echo
         echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $MIX_PER pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; agentnet over IPv4 is the same daemons pinged at their IPv4 addresses (the peers carry IPv4 inside); the table's RTT columns measure each tunnel at its own time."
+        echo "Each turn pings twice: ping's own round trip (kernel timestamps: until the reply reaches ping's socket), then \`ping -U\` (user to user: until ping has woken and read it, what a program waiting for the answer sees)."
     fi
     [[ -n ${CODE_LAYOUT:-} ]] && echo "$CODE_LAYOUT"
     echo "$(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1)."
