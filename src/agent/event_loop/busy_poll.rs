@@ -30,13 +30,14 @@
 //! kernel gave within that write (an echo reply, an ACK: `reads_answer`)
 //! opens no window: the packet is answered, and what comes next is the
 //! peer's next request, after its application has run. Polling then only
-//! keeps this CPU busy, and a busy CPU is where the scheduler does not
-//! wake anyone: with both daemons of a round trip on one machine, the
-//! reader of the reply (woken by the other daemon's TUN write on the same
-//! vCPU) went to the halted one instead. Interleaved with fastd, 15 rounds
-//! of 100 pings at 10 ms: from user to user (`ping -U`) 0.228 and 0.231 ms
-//! against 0.326 and 0.308 with the window (fastd 0.283 and 0.266); ping's
-//! own round trip as before (0.198 / 0.246 against 0.206 / 0.242).
+//! keeps this CPU busy, and the scheduler wakes a thread on a busy CPU
+//! only when no other is idle: with both daemons of a round trip on one
+//! machine, the reader of the reply (woken by the other daemon's TUN write
+//! on the vCPU both polled on) went to the halted one instead. Interleaved
+//! with the build before and fastd, 15 rounds of 100 pings at 10 ms, two
+//! runs: from user to user (`ping -U`) 0.232 and 0.249 ms against 0.304
+//! and 0.324 with the window (fastd 0.258 and 0.281); ping's own round
+//! trip as before (0.231 / 0.226 against 0.238 / 0.216).
 
 use std::time::{Duration, Instant};
 
