@@ -55,6 +55,9 @@ pub(super) struct BusyPoll {
     /// Something the deadlines depend on changed: the next turn does the
     /// upkeep.
     upkeep_due: bool,
+    /// A turn inside the current window delivered packets to the TUN: a
+    /// TUN packet polled up next is a local program's reply to them.
+    delivered: bool,
 }
 
 impl BusyPoll {
@@ -65,6 +68,7 @@ impl BusyPoll {
             until: None,
             skipping_since: None,
             upkeep_due: false,
+            delivered: false,
         }
     }
 
@@ -109,6 +113,24 @@ impl BusyPoll {
     pub(super) fn answered(&mut self) {
         self.until = None;
         self.upkeep_due = true;
+        self.delivered = false;
+    }
+
+    /// The turn delivered packets from the peer to the TUN.
+    pub(super) fn delivered(&mut self) {
+        self.delivered = true;
+    }
+
+    /// The turn polled up TUN packets and nothing from the peer: whether
+    /// they are a local program's reply to packets delivered inside this
+    /// window, after which nothing more is owed (the window closes, as
+    /// after the kernel's answer: [`BusyPoll::answered`]).
+    pub(super) fn replied(&mut self) -> bool {
+        let replied = self.delivered && self.until.is_some();
+        if replied {
+            self.answered();
+        }
+        replied
     }
 
     /// Whether the loop polls rather than sleeps at `now`. Closes the
@@ -118,6 +140,7 @@ impl BusyPoll {
             Some(until) if now < until => true,
             _ => {
                 self.until = None;
+                self.delivered = false;
                 false
             }
         }
@@ -194,6 +217,35 @@ mod tests {
             busy.is_polling(start + Duration::from_micros(41)),
             "the next packet opens it again"
         );
+    }
+
+    #[test]
+    fn a_reply_to_what_the_window_delivered_closes_it() {
+        let start = Instant::now();
+        let micros = |n| start + Duration::from_micros(n);
+        let mut busy = BusyPoll::new(Duration::from_micros(200));
+        busy.on_packet(start);
+        assert!(!busy.replied(), "nothing was delivered");
+        assert!(busy.is_polling(micros(1)));
+        busy.delivered();
+        assert!(busy.replied(), "the local program's reply");
+        assert!(!busy.is_polling(micros(2)), "closes the window");
+        assert!(!busy.replied(), "once");
+    }
+
+    #[test]
+    fn a_delivery_is_forgotten_once_the_window_has_passed() {
+        let start = Instant::now();
+        let mut busy = BusyPoll::new(Duration::from_micros(200));
+        busy.on_packet(start);
+        busy.delivered();
+        assert!(!busy.is_polling(start + Duration::from_micros(200)));
+        busy.on_packet(start + Duration::from_millis(10));
+        assert!(
+            !busy.replied(),
+            "a TUN packet after a sleep asks, it does not reply"
+        );
+        assert!(busy.is_polling(start + Duration::from_millis(10)));
     }
 
     #[test]

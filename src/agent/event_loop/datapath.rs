@@ -236,6 +236,17 @@ impl Daemon {
             self.flush(now);
             // What the kernel answered within the TUN write leaves now.
             let wrote_tun = self.tun_batches_written != tun_batches;
+            if from_udp.packets > 0 && wrote_tun {
+                busy_poll.delivered();
+            } else if polling
+                && from_udp.packets == 0
+                && from_tun.packets > 0
+                && busy_poll.replied()
+            {
+                // A local program's reply to what this window delivered
+                // has left: sleep rather than poll (see `BusyPoll::replied`).
+                took_last_turn = false;
+            }
             if reads_answer(
                 from_udp,
                 from_tun,
