@@ -107,8 +107,9 @@ pub(crate) struct UpArgs {
     /// a virtual machine can cost ~100 µs per crossing; the
     /// price is CPU while packets flow (at most the window per packet,
     /// yielded to any other runnable thread), none when idle. No window
-    /// opens after the daemon has sent the kernel's own answer to a packet
-    /// it delivered (an echo reply, an ACK): nothing more is owed for it.
+    /// opens after the daemon has sent the answer to packets it delivered,
+    /// the kernel's own (an echo reply, an ACK) or a local program's
+    /// within the window: nothing more is owed for them.
     #[arg(long, env = "AGENTNET_BUSY_POLL", value_name = "MICROSECONDS", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub(crate) busy_poll: u32,

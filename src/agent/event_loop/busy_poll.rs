@@ -38,6 +38,15 @@
 //! runs: from user to user (`ping -U`) 0.232 and 0.249 ms against 0.304
 //! and 0.324 with the window (fastd 0.258 and 0.281); ping's own round
 //! trip as before (0.231 / 0.226 against 0.238 / 0.216).
+//!
+//! Likewise after a local program's reply: a turn that polled up only TUN
+//! packets after a turn inside the same window delivered the peer's
+//! packets to the TUN (a server answering a request) closes the window
+//! once they have left. A TCP request/response (a 1-byte Python echo, 10
+//! ms apart), interleaved: 0.412–0.424 ms against 0.475–0.488 with the
+//! window (fastd 0.483–0.495). A client that sends its next request
+//! within the window after a response then sleeps until that one's
+//! answer.
 
 use std::time::{Duration, Instant};
 
