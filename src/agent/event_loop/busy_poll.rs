@@ -125,17 +125,18 @@ impl BusyPoll {
         self.delivered = false;
     }
 
-    /// The turn delivered packets from the peer to the TUN.
-    pub(super) fn delivered(&mut self) {
-        self.delivered = true;
-    }
-
-    /// The turn polled up TUN packets and nothing from the peer: whether
-    /// they are a local program's reply to packets delivered inside this
-    /// window, after which nothing more is owed (the window closes, as
-    /// after the kernel's answer: [`BusyPoll::answered`]).
-    pub(super) fn replied(&mut self) -> bool {
-        let replied = self.delivered && self.until.is_some();
+    /// After a turn's flush, what it moved: packets from the peer written
+    /// to the TUN (`delivered`), or, in a polling turn, TUN packets and
+    /// nothing from the peer (`polled_up_tun_only`). Returns whether the
+    /// window closed: TUN packets right after a delivery inside this
+    /// window are a local program's reply to it, after which nothing more
+    /// is owed (as after the kernel's answer: [`BusyPoll::answered`]).
+    pub(super) fn after_flush(&mut self, delivered: bool, polled_up_tun_only: bool) -> bool {
+        if delivered {
+            self.delivered = true;
+            return false;
+        }
+        let replied = polled_up_tun_only && self.delivered && self.until.is_some();
         if replied {
             self.answered();
         }
@@ -234,12 +235,16 @@ mod tests {
         let micros = |n| start + Duration::from_micros(n);
         let mut busy = BusyPoll::new(Duration::from_micros(200));
         busy.on_packet(start);
-        assert!(!busy.replied(), "nothing was delivered");
+        assert!(!busy.after_flush(false, true), "nothing was delivered");
         assert!(busy.is_polling(micros(1)));
-        busy.delivered();
-        assert!(busy.replied(), "the local program's reply");
+        assert!(!busy.after_flush(true, false), "a delivery keeps it open");
+        assert!(
+            !busy.after_flush(false, false),
+            "a turn that took nothing from the TUN is no reply"
+        );
+        assert!(busy.after_flush(false, true), "the local program's reply");
         assert!(!busy.is_polling(micros(2)), "closes the window");
-        assert!(!busy.replied(), "once");
+        assert!(!busy.after_flush(false, true), "once");
     }
 
     #[test]
@@ -247,11 +252,11 @@ mod tests {
         let start = Instant::now();
         let mut busy = BusyPoll::new(Duration::from_micros(200));
         busy.on_packet(start);
-        busy.delivered();
+        assert!(!busy.after_flush(true, false));
         assert!(!busy.is_polling(start + Duration::from_micros(200)));
         busy.on_packet(start + Duration::from_millis(10));
         assert!(
-            !busy.replied(),
+            !busy.after_flush(false, true),
             "a TUN packet after a sleep asks, it does not reply"
         );
         assert!(busy.is_polling(start + Duration::from_millis(10)));

@@ -236,15 +236,13 @@ impl Daemon {
             self.flush(now);
             // What the kernel answered within the TUN write leaves now.
             let wrote_tun = self.tun_batches_written != tun_batches;
-            if from_udp.packets > 0 && wrote_tun {
-                busy_poll.delivered();
-            } else if polling
-                && from_udp.packets == 0
-                && from_tun.packets > 0
-                && busy_poll.replied()
-            {
+            if busy_poll.after_flush(
+                from_udp.packets > 0 && wrote_tun,
+                polling && from_udp.packets == 0 && from_tun.packets > 0,
+            ) {
                 // A local program's reply to what this window delivered
-                // has left: sleep rather than poll (see `BusyPoll::replied`).
+                // has left: sleep rather than poll (see
+                // `BusyPoll::after_flush`).
                 took_last_turn = false;
             }
             if reads_answer(
