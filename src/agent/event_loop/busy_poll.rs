@@ -177,6 +177,13 @@ mod tests {
         assert!(busy.is_polling(start + Duration::from_millis(10)));
     }
 
+    /// A 200 µs window, opened by a packet at `start`.
+    fn window_opened_at(start: Instant) -> BusyPoll {
+        let mut busy = BusyPoll::new(Duration::from_micros(200));
+        busy.on_packet(start);
+        busy
+    }
+
     #[test]
     fn a_zero_window_never_polls() {
         let now = Instant::now();
@@ -190,8 +197,7 @@ mod tests {
     fn turns_skip_the_upkeep_for_at_most_the_interval() {
         let start = Instant::now();
         let micros = |n| start + Duration::from_micros(n);
-        let mut busy = BusyPoll::new(Duration::from_micros(200));
-        busy.on_packet(start);
+        let mut busy = window_opened_at(start);
         assert!(busy.skips_upkeep(micros(10)), "the run starts");
         assert!(busy.skips_upkeep(micros(999 + 10)));
         assert!(
@@ -209,8 +215,7 @@ mod tests {
     #[test]
     fn an_answered_turn_closes_the_window_and_skips_no_upkeep() {
         let start = Instant::now();
-        let mut busy = BusyPoll::new(Duration::from_micros(200));
-        busy.on_packet(start);
+        let mut busy = window_opened_at(start);
         assert!(busy.skips_upkeep(start + Duration::from_micros(10)));
         busy.answered();
         assert!(
@@ -233,8 +238,7 @@ mod tests {
     fn a_reply_to_what_the_window_delivered_closes_it() {
         let start = Instant::now();
         let micros = |n| start + Duration::from_micros(n);
-        let mut busy = BusyPoll::new(Duration::from_micros(200));
-        busy.on_packet(start);
+        let mut busy = window_opened_at(start);
         assert!(!busy.after_flush(false, true), "nothing was delivered");
         assert!(busy.is_polling(micros(1)));
         assert!(!busy.after_flush(true, false), "a delivery keeps it open");
@@ -250,8 +254,7 @@ mod tests {
     #[test]
     fn a_delivery_is_forgotten_once_the_window_has_passed() {
         let start = Instant::now();
-        let mut busy = BusyPoll::new(Duration::from_micros(200));
-        busy.on_packet(start);
+        let mut busy = window_opened_at(start);
         assert!(!busy.after_flush(true, false));
         assert!(!busy.is_polling(start + Duration::from_micros(200)));
         busy.on_packet(start + Duration::from_millis(10));
@@ -265,8 +268,7 @@ mod tests {
     #[test]
     fn an_upkeep_asked_for_comes_at_the_next_turn() {
         let start = Instant::now();
-        let mut busy = BusyPoll::new(Duration::from_micros(200));
-        busy.on_packet(start);
+        let mut busy = window_opened_at(start);
         assert!(busy.skips_upkeep(start));
         busy.upkeep_now();
         assert!(!busy.skips_upkeep(start), "the upkeep is due");
