@@ -173,6 +173,8 @@ impl Daemon {
             if armed {
                 wake.disarm();
                 self.tun.disarm_wake();
+                udp_ahead.slept();
+                tun_ahead.slept();
             }
             // The clock once for what the wake brought: its packets, the
             // timers and the flush take this reading (a quiet input, rare,
@@ -248,7 +250,7 @@ impl Daemon {
             if reads_answer(
                 from_udp,
                 from_tun,
-                wrote_tun,
+                wrote_tun && self.queued_answerable,
                 self.tun.answers_within_write(),
             ) && self.read_answer(now, &mut tun_read)?
             {

@@ -15,7 +15,10 @@ use crate::sys::udp_batch::ReceivedRun;
 
 /// Whether a turn reads the TUN once more right after its flush wrote to
 /// it: when the turn took one packet in all (`from_udp`, `from_tun`), it
-/// wrote to the TUN and the device answers within the write.
+/// wrote to the TUN a packet the kernel may answer
+/// (`wrote_answerable`: not an echo reply, not UDP, see
+/// `IpPacket::may_be_answered_on_delivery`) and the device answers within
+/// the write.
 ///
 /// The kernel handles a packet written to a TUN inside the `write`: an
 /// echo request is answered there, a TCP segment may be acknowledged or
@@ -26,14 +29,16 @@ use crate::sys::udp_batch::ReceivedRun;
 /// was answered the read finds the queue empty after the packet has left,
 /// off its path. Only after a one-packet turn, the idle round trip's: read
 /// after every write, a bulk transfer lost 3–5 % (the answers to a batch
-/// are better taken as one batch at the next turn).
+/// are better taken as one batch at the next turn). After an echo reply
+/// or a UDP datagram the read would find nothing, every time: the side of
+/// an idle ping that delivers the reply made one empty read per round trip.
 pub(super) fn reads_answer(
     from_udp: Drained,
     from_tun: Drained,
-    wrote_tun: bool,
+    wrote_answerable: bool,
     device_answers_within_write: bool,
 ) -> bool {
-    from_udp.packets + from_tun.packets == 1 && wrote_tun && device_answers_within_write
+    from_udp.packets + from_tun.packets == 1 && wrote_answerable && device_answers_within_write
 }
 
 /// How many reads a wake makes on one input.
@@ -46,7 +51,8 @@ pub(super) fn reads_answer(
 /// left behind. An input is busy, and drained, when its last drain took
 /// more than one packet (more than one read's worth, or a read the kernel
 /// had coalesced), or when the last turn stopped at one read without
-/// learning whether more was queued and it is ready again.
+/// learning whether more was queued and it is ready again without the loop
+/// having slept in between.
 #[derive(Debug, Default)]
 pub(super) struct ReadAhead {
     /// The last drain took more than one packet.
@@ -64,6 +70,17 @@ impl ReadAhead {
         } else {
             1
         }
+    }
+
+    /// The loop slept since this input's last drain. A level-triggered
+    /// `epoll` does not sleep while anything is left on an input, so what
+    /// wakes the loop is new: a quiet input takes one read again instead of
+    /// a second that finds the queue empty (the side of an idle ping that
+    /// answers it made one every other round trip). Had something been
+    /// left after all (the wait returned at once), that one read stops
+    /// short of the queue's end again, and the next turn drains it.
+    pub(super) fn slept(&mut self) {
+        self.left_behind = false;
     }
 
     /// What this turn's drain took (nothing if the input was not ready).
@@ -246,6 +263,23 @@ mod tests {
     }
 
     #[test]
+    fn a_sleep_in_between_makes_the_next_wake_quiet() {
+        let mut ahead = ReadAhead::default();
+        ahead.record(took(1, 1, false));
+        ahead.slept();
+        assert_eq!(ahead.max_reads(), 1, "the loop slept: the queue was empty");
+        // A wait that returned at once because a packet was left: the one
+        // read stops short again, and the turn after drains.
+        ahead.record(took(1, 1, false));
+        assert_eq!(ahead.max_reads(), usize::MAX);
+        // A busy input stays busy across a sleep: a burst's next wake
+        // brings a batch.
+        ahead.record(took(3, 90, true));
+        ahead.slept();
+        assert_eq!(ahead.max_reads(), usize::MAX);
+    }
+
+    #[test]
     fn a_coalesced_read_makes_the_input_busy() {
         let mut ahead = ReadAhead::default();
         ahead.record(took(1, 40, false));
@@ -265,7 +299,10 @@ mod tests {
             reads_answer(none, one, true, true),
             "a packet of ours, answered by the names"
         );
-        assert!(!reads_answer(one, none, false, true), "nothing was written");
+        assert!(
+            !reads_answer(one, none, false, true),
+            "nothing was written, or only what is never answered at once"
+        );
         assert!(
             !reads_answer(one, none, true, false),
             "the userspace stack answers later"

@@ -18,6 +18,7 @@ use crate::core::api::{Event, Ipv4Route, PeerConfig};
 use crate::core::identity::AgentId;
 use crate::core::node::Node;
 use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
+use crate::core::wire::packet::IpPacket;
 use crate::names::service::NameService;
 use crate::rendezvous::link::RendezvousLinks;
 use crate::state::AgentConfig;
@@ -91,6 +92,9 @@ pub(crate) struct Daemon {
     tun_out: TunWriteBatch,
     /// Batches written to the TUN so far (whether a turn wrote one).
     tun_batches_written: u64,
+    /// Whether the last flush queued for the TUN a packet its kernel may
+    /// answer within the write (see [`IpPacket::may_be_answered_on_delivery`]).
+    queued_answerable: bool,
     /// `agentnet serve`: the published ports (`None`: not available).
     services: Option<crate::serve::Services>,
     /// Served connections asking who their caller is.
@@ -153,6 +157,7 @@ impl Daemon {
             udp_out: Vec::new(),
             tun_out,
             tun_batches_written: 0,
+            queued_answerable: false,
             services: None,
             caller_queries: None,
             saved_services_generation,
@@ -199,6 +204,7 @@ impl Daemon {
     /// `now` is the turn's (read once per wake: the clock is on every
     /// packet's path).
     fn flush(&mut self, now: Instant) {
+        self.queued_answerable = false;
         let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
             had_events = true;
@@ -246,6 +252,9 @@ impl Daemon {
         // The node decrypted each packet behind the TUN's headroom: it is
         // queued as it is, and the buffer it replaces goes back to the node.
         while let Some(packet) = self.node.poll_tun_delivery() {
+            if let Some(ip) = packet.buffer.get(self.tun_out.headroom()..) {
+                self.note_queued(ip);
+            }
             let spare = self.tun_out.push_with_headroom(packet);
             self.node.recycle_buffer(spare);
             if self.tun_out.is_full() {
@@ -273,8 +282,18 @@ impl Daemon {
         self.tun.publish_ipv4_routes(&self.node, &self.trust);
     }
 
+    /// Notes whether `packet`, queued for the TUN, may be answered within
+    /// its write (only the first such packet is looked at: one is enough).
+    fn note_queued(&mut self, packet: &[u8]) {
+        if !self.queued_answerable {
+            self.queued_answerable =
+                IpPacket::new_checked(packet).is_none_or(|ip| ip.may_be_answered_on_delivery());
+        }
+    }
+
     /// Queues a packet for the TUN, writing the batch when it is full.
     fn queue_for_tun(&mut self, packet: &[u8]) {
+        self.note_queued(packet);
         self.tun_out.push(packet);
         if self.tun_out.is_full() {
             self.write_tun();

@@ -364,6 +364,24 @@ impl<'a> IpPacket<'a> {
         IcmpMessage::new_checked(self.payload())
     }
 
+    /// Whether the stack this packet is delivered to may send a packet back
+    /// within the call that delivers it: an echo request is answered there,
+    /// a TCP segment acknowledged, an ACK may let queued data leave. Not an
+    /// echo reply, which ends its exchange, nor UDP, which a program answers
+    /// later if at all (an error the kernel sends instead is read at the
+    /// next look).
+    pub fn may_be_answered_on_delivery(&self) -> bool {
+        let (icmp, echo_reply) = match self.version {
+            IpVersion::V6 => (PROTO_ICMPV6, ICMPV6_ECHO_REPLY),
+            IpVersion::V4 => (PROTO_ICMPV4, ICMPV4_ECHO_REPLY),
+        };
+        match self.protocol() {
+            PROTO_UDP => false,
+            protocol if protocol == icmp => self.payload().first() != Some(&echo_reply),
+            _ => true,
+        }
+    }
+
     /// Ports or ICMP type of the packet. TCP and UDP ports are read from any
     /// fixed header (lengths inside it unchecked), as the policy judges them.
     pub fn transport(&self) -> Transport {
@@ -524,6 +542,51 @@ pub(crate) mod tests {
         bytes[6] |= 0x20;
         let fragment = IpPacket::new_checked(&bytes).expect("valid");
         assert!(fragment.is_fragment() && fragment.udp().is_none());
+    }
+
+    #[test]
+    fn only_echo_replies_and_udp_are_never_answered_on_delivery() {
+        let a: Ipv6Addr = "fd00::1".parse().expect("addr");
+        let b: Ipv6Addr = "fd00::2".parse().expect("addr");
+        let a4 = Ipv4Addr::new(100, 64, 0, 1);
+        let b4 = Ipv4Addr::new(100, 64, 0, 2);
+        let echo = |kind: u8| vec![kind, 0, 0, 0, 0, 7, 0, 1];
+        let answered = |bytes: Vec<u8>| {
+            IpPacket::new_checked(&bytes)
+                .expect("valid")
+                .may_be_answered_on_delivery()
+        };
+        assert!(
+            answered(ipv4(a4, b4, PROTO_ICMPV4, &echo(8))),
+            "echo request"
+        );
+        assert!(
+            !answered(ipv4(a4, b4, PROTO_ICMPV4, &echo(0))),
+            "echo reply"
+        );
+        assert!(
+            answered(ipv6(a, b, PROTO_ICMPV6, &echo(128))),
+            "echo request"
+        );
+        assert!(
+            !answered(ipv6(a, b, PROTO_ICMPV6, &echo(129))),
+            "echo reply"
+        );
+        // The ICMPv4 echo reply's type in ICMPv6 is another message.
+        assert!(answered(ipv6(a, b, PROTO_ICMPV6, &echo(0))));
+        assert!(
+            answered(ipv4(a4, b4, PROTO_TCP, &tcp(1234, 80, 0x10))),
+            "an ACK"
+        );
+        assert!(
+            answered(ipv6(a, b, PROTO_TCP, &tcp(1234, 80, 0x18))),
+            "data"
+        );
+        let udp = [0, 53, 0, 54, 0, 9, 0, 0, b'x'];
+        assert!(!answered(ipv4(a4, b4, PROTO_UDP, &udp)));
+        assert!(!answered(ipv6(a, b, PROTO_UDP, &udp)));
+        // An ICMP header cut short is not known to be a reply.
+        assert!(answered(ipv4(a4, b4, PROTO_ICMPV4, &[])));
     }
 
     #[test]
