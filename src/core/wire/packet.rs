@@ -551,42 +551,49 @@ pub(crate) mod tests {
         let a4 = Ipv4Addr::new(100, 64, 0, 1);
         let b4 = Ipv4Addr::new(100, 64, 0, 2);
         let echo = |kind: u8| vec![kind, 0, 0, 0, 0, 7, 0, 1];
-        let answered = |bytes: Vec<u8>| {
-            IpPacket::new_checked(&bytes)
-                .expect("valid")
-                .may_be_answered_on_delivery()
-        };
-        assert!(
-            answered(ipv4(a4, b4, PROTO_ICMPV4, &echo(8))),
-            "echo request"
-        );
-        assert!(
-            !answered(ipv4(a4, b4, PROTO_ICMPV4, &echo(0))),
-            "echo reply"
-        );
-        assert!(
-            answered(ipv6(a, b, PROTO_ICMPV6, &echo(128))),
-            "echo request"
-        );
-        assert!(
-            !answered(ipv6(a, b, PROTO_ICMPV6, &echo(129))),
-            "echo reply"
-        );
-        // The ICMPv4 echo reply's type in ICMPv6 is another message.
-        assert!(answered(ipv6(a, b, PROTO_ICMPV6, &echo(0))));
-        assert!(
-            answered(ipv4(a4, b4, PROTO_TCP, &tcp(1234, 80, 0x10))),
-            "an ACK"
-        );
-        assert!(
-            answered(ipv6(a, b, PROTO_TCP, &tcp(1234, 80, 0x18))),
-            "data"
-        );
         let udp = [0, 53, 0, 54, 0, 9, 0, 0, b'x'];
-        assert!(!answered(ipv4(a4, b4, PROTO_UDP, &udp)));
-        assert!(!answered(ipv6(a, b, PROTO_UDP, &udp)));
-        // An ICMP header cut short is not known to be a reply.
-        assert!(answered(ipv4(a4, b4, PROTO_ICMPV4, &[])));
+        let cases = [
+            (
+                ipv4(a4, b4, PROTO_ICMPV4, &echo(8)),
+                true,
+                "ICMPv4 echo request",
+            ),
+            (
+                ipv4(a4, b4, PROTO_ICMPV4, &echo(0)),
+                false,
+                "ICMPv4 echo reply",
+            ),
+            (
+                ipv6(a, b, PROTO_ICMPV6, &echo(128)),
+                true,
+                "ICMPv6 echo request",
+            ),
+            (
+                ipv6(a, b, PROTO_ICMPV6, &echo(129)),
+                false,
+                "ICMPv6 echo reply",
+            ),
+            // The ICMPv4 echo reply's type is another message in ICMPv6.
+            (ipv6(a, b, PROTO_ICMPV6, &echo(0)), true, "ICMPv6 type 0"),
+            (
+                ipv4(a4, b4, PROTO_TCP, &tcp(1234, 80, 0x10)),
+                true,
+                "a TCP ACK",
+            ),
+            (
+                ipv6(a, b, PROTO_TCP, &tcp(1234, 80, 0x18)),
+                true,
+                "TCP data",
+            ),
+            (ipv4(a4, b4, PROTO_UDP, &udp), false, "UDP over IPv4"),
+            (ipv6(a, b, PROTO_UDP, &udp), false, "UDP over IPv6"),
+            // An ICMP header cut short is not known to be a reply.
+            (ipv4(a4, b4, PROTO_ICMPV4, &[]), true, "an empty ICMPv4"),
+        ];
+        for (bytes, answerable, what) in cases {
+            let packet = IpPacket::new_checked(&bytes).expect("valid");
+            assert_eq!(packet.may_be_answered_on_delivery(), answerable, "{what}");
+        }
     }
 
     #[test]
