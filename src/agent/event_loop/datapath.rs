@@ -250,7 +250,7 @@ impl Daemon {
             if reads_answer(
                 from_udp,
                 from_tun,
-                wrote_tun && self.queued_answerable,
+                wrote_tun && self.wrote_answerable(),
                 self.tun.answers_within_write(),
             ) && self.read_answer(now, &mut tun_read)?
             {

@@ -92,9 +92,10 @@ pub(crate) struct Daemon {
     tun_out: TunWriteBatch,
     /// Batches written to the TUN so far (whether a turn wrote one).
     tun_batches_written: u64,
-    /// Whether the last flush queued for the TUN a packet its kernel may
-    /// answer within the write (see [`IpPacket::may_be_answered_on_delivery`]).
-    queued_answerable: bool,
+    /// Whether the first packet the last flush queued for the TUN is one
+    /// its kernel may answer within the write (see
+    /// [`IpPacket::may_be_answered_on_delivery`]); `None`: none was queued.
+    first_queued_answerable: Option<bool>,
     /// `agentnet serve`: the published ports (`None`: not available).
     services: Option<crate::serve::Services>,
     /// Served connections asking who their caller is.
@@ -157,7 +158,7 @@ impl Daemon {
             udp_out: Vec::new(),
             tun_out,
             tun_batches_written: 0,
-            queued_answerable: false,
+            first_queued_answerable: None,
             services: None,
             caller_queries: None,
             saved_services_generation,
@@ -204,7 +205,7 @@ impl Daemon {
     /// `now` is the turn's (read once per wake: the clock is on every
     /// packet's path).
     fn flush(&mut self, now: Instant) {
-        self.queued_answerable = false;
+        self.first_queued_answerable = None;
         let mut had_events = false;
         while let Some(event) = self.node.poll_event() {
             had_events = true;
@@ -283,12 +284,21 @@ impl Daemon {
     }
 
     /// Notes whether `packet`, queued for the TUN, may be answered within
-    /// its write (only the first such packet is looked at: one is enough).
+    /// its write, if it is the flush's first: the answer is read only after
+    /// a turn that took one packet (`reads_answer`), so a batch's others
+    /// are not looked at.
     fn note_queued(&mut self, packet: &[u8]) {
-        if !self.queued_answerable {
-            self.queued_answerable =
-                IpPacket::new_checked(packet).is_none_or(|ip| ip.may_be_answered_on_delivery());
+        if self.first_queued_answerable.is_none() {
+            self.first_queued_answerable = Some(
+                IpPacket::new_checked(packet).is_none_or(|ip| ip.may_be_answered_on_delivery()),
+            );
         }
+    }
+
+    /// Whether the last flush wrote to the TUN a first packet its kernel
+    /// may answer within the write.
+    fn wrote_answerable(&self) -> bool {
+        self.first_queued_answerable == Some(true)
     }
 
     /// Queues a packet for the TUN, writing the batch when it is full.
