@@ -371,15 +371,14 @@ impl<'a> IpPacket<'a> {
     /// later if at all (an error the kernel sends instead is read at the
     /// next look).
     pub fn may_be_answered_on_delivery(&self) -> bool {
-        let (icmp, echo_reply) = match self.version {
-            IpVersion::V6 => (PROTO_ICMPV6, ICMPV6_ECHO_REPLY),
-            IpVersion::V4 => (PROTO_ICMPV4, ICMPV4_ECHO_REPLY),
-        };
-        match self.protocol() {
-            PROTO_UDP => false,
-            protocol if protocol == icmp => self.payload().first() != Some(&echo_reply),
-            _ => true,
-        }
+        !matches!(
+            self.transport(),
+            Transport::Udp { .. }
+                | Transport::Icmp {
+                    kind: IcmpKind::EchoReply,
+                    ..
+                }
+        )
     }
 
     /// Ports or ICMP type of the packet. TCP and UDP ports are read from any
