@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # =============================================================================
-# scripts/symbol-order.sh — regenerate platform/linker/agentnet.symbol-order,
-# the list of functions the linker packs together in release builds, and
-# platform/linker/agentnet.rodata-order, the constants they use (as root).
+# scripts/symbol-order.sh — regenerate the release build's code layout (as
+# root): platform/pgo/agentnet.profdata, the profile LLVM optimizes by
+# (profile-guided optimization), then platform/linker/agentnet.symbol-order,
+# the list of functions the linker packs together, and
+# platform/linker/agentnet.rodata-order, the constants they use.
+#
+# First an instrumented release build (-Cprofile-generate) runs the three
+# setups below natively, then two more: idle round trips (2,000 pings over
+# IPv4 and 500 over IPv6 between two TUN agents, weighted 20 times in the
+# profile so that a lone packet's path is laid out as the hot one it is for
+# latency) and handshakes (examples/handshake_rate: 64 trusted agents
+# flooding one daemon for 3 s). llvm-profdata (`rustup component add
+# llvm-tools`) merges what they wrote; the release build is then made anew
+# with it (platform/pgo/rustc-wrapper.sh hands it to rustc) and profiled
+# as follows for the two lists.
 #
 # Daemons in network namespaces run under valgrind's callgrind for their
 # whole life, counted in three parts: start-up (up to the moment a daemon
@@ -54,13 +66,17 @@
 # Usage:   sudo scripts/symbol-order.sh [--help]
 # Env:     AGENTNET=<binary> (default: cargo rustc --release, linked with a
 #          map; profile that exact binary: its symbol names are the ones
-#          written), AGENTNET_MAP=<its link map> (-Wl,-Map=; without it,
-#          with AGENTNET, the data list is left as it is)
+#          written; given, the PGO profile is left as it is),
+#          AGENTNET_MAP=<its link map> (-Wl,-Map=; without it, with
+#          AGENTNET, the data list is left as it is)
+#          PGO=0 (keep the PGO profile as it is)
+#          OUT_PROFILE=platform/pgo/agentnet.profdata
 #          OUT=platform/linker/agentnet.symbol-order
 #          OUT_RODATA=platform/linker/agentnet.rodata-order
 # Needs:   valgrind, perf, iperf3, jq, ping, ip, nft, setpriv, objdump,
 #          nm, python3 (scripts/test.sh installs all but valgrind, perf and
-#          binutils: apt-get install valgrind linux-perf binutils)
+#          binutils: apt-get install valgrind linux-perf binutils), and for
+#          the profile rustup's llvm-tools
 #
 # Traffic stays inside the namespaces created here. On exit (trap), even
 # on failure, only the processes started here are stopped, by PID, and the
@@ -87,21 +103,52 @@ for t in valgrind perf iperf3 jq ping ip awk nft setpriv objdump nm python3 mkfi
 done
 
 WORK=$(mktemp -d /tmp/agentnet-symbol-order.XXXXXX) || exit 1
-if [[ -z ${AGENTNET:-} ]]; then
-    log "building the release binary (with a link map)"
-    AGENTNET_MAP=$WORK/agentnet.map
-    cargo rustc --release --bin agentnet -- -C "link-arg=-Wl,-Map=$AGENTNET_MAP" >&2 ||
-        { rm -rf "$WORK"; fail "cargo rustc --release"; }
-    AGENTNET=$PWD/target/release/agentnet
-fi
-BIN=$(realpath "$AGENTNET")
-[[ -x $BIN ]] || { rm -rf "$WORK"; fail "no agentnet binary at $BIN"; }
-MAP=${AGENTNET_MAP:-}
-[[ -z $MAP || -s $MAP ]] || { rm -rf "$WORK"; fail "no link map at $MAP"; }
 chmod 711 "$WORK" # the rootless agent runs as nobody
 lab_init "ans-$$"
 trap 'lab_cleanup; rm -rf "$WORK"' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
+
+# final_binary : the binary the lists are written for, in BIN (and its link
+# map in MAP): AGENTNET, or a release build made now with the profile.
+final_binary() {
+    if [[ -z ${AGENTNET:-} ]]; then
+        log "building the release binary (with a link map)"
+        AGENTNET_MAP=$WORK/agentnet.map
+        cargo rustc --release --bin agentnet -- -C "link-arg=-Wl,-Map=$AGENTNET_MAP" >&2 ||
+            fail "cargo rustc --release"
+        AGENTNET=$PWD/target/release/agentnet
+    fi
+    BIN=$(realpath "$AGENTNET")
+    [[ -x $BIN ]] || fail "no agentnet binary at $BIN"
+    MAP=${AGENTNET_MAP:-}
+    [[ -z $MAP || -s $MAP ]] || fail "no link map at $MAP"
+}
+
+PGO=${PGO:-1}
+[[ -n ${AGENTNET:-} ]] && PGO=0
+PROFILE_OUT=${OUT_PROFILE:-platform/pgo/agentnet.profdata}
+if [[ $PGO == 1 ]]; then
+    PROFDATA=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata
+    [[ -x $PROFDATA ]] || fail "no $PROFDATA: rustup component add llvm-tools (or PGO=0)"
+    log "building an instrumented release binary and examples/handshake_rate"
+    mkdir -m 1777 "$WORK/pgo-raw" || exit 1 # the rootless agent writes its profile as nobody
+    # Two builds: the example's dev-dependencies turn on the crate's `sim`
+    # feature, and a library built with it has other symbol names than the
+    # shipped binary's, which would match no function of the profile.
+    for what in "--bin agentnet" "--example handshake_rate"; do
+        # shellcheck disable=SC2086 # $what holds an option and its value
+        RUSTFLAGS="-Cprofile-generate=$WORK/pgo-raw" cargo build --release $what \
+            --target-dir "$WORK/pgo-target" >&2 || fail "the instrumented build ($what)"
+    done
+    BIN=$WORK/pgo-target/release/agentnet
+    # The build's own scripts and macros were instrumented too and wrote
+    # counts there; only the runs below count. A process of ours writes its
+    # own file (as root or as nobody).
+    find "$WORK/pgo-raw" -mindepth 1 -delete || exit 1
+    export LLVM_PROFILE_FILE=$WORK/pgo-raw/cli-%p.profraw
+else
+    final_binary
+fi
 
 an() { local dir=$WORK/$1; shift; "$BIN" --state-dir "$dir" "$@"; }
 init_agent() { mkdir "$WORK/$1" && an "$1" init --name "order-$1" >/dev/null || fail "agentnet init $1"; }
@@ -115,7 +162,9 @@ agent_id() { an "$1" id --json | jq -r ".${2:-id}"; }
 #              in $WORK/callgrind.NAME
 #   faults     natively, under `perf record`: every page fault and every
 #              madvise of its life in $WORK/faults.NAME
-PASS=callgrind
+#   pgo        natively, instrumented: its counts in
+#              $WORK/pgo-raw/$PGO_TAG-NAME-PID.profraw, written as it exits
+PASS=callgrind PGO_TAG=run
 declare -A PROFILED=()
 profiled() {
     local name=$1 ns=$2 wrap=(); shift 2
@@ -123,10 +172,13 @@ profiled() {
         shift
         wrap=("${LAB_NOBODY[@]}")
         # callgrind, as nobody, cannot create files in $WORK
-        [[ $PASS == faults ]] || { touch "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} &&
+        [[ $PASS != callgrind ]] || { touch "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2} &&
             chown nobody:nogroup "$WORK/callgrind.$name" "$WORK/callgrind.$name".{1,2}; } || exit 1
     fi
-    if [[ $PASS == faults ]]; then
+    if [[ $PASS == pgo ]]; then
+        lab_bg "$WORK/daemon-$name.log" "$ns" env "LLVM_PROFILE_FILE=$WORK/pgo-raw/$PGO_TAG-$name-%p.profraw" \
+            "${wrap[@]}" "$@"
+    elif [[ $PASS == faults ]]; then
         # perf stays root; on SIGTERM it ends the daemon with SIGTERM too.
         # Its control FIFO stops the record before the daemon shuts down.
         mkfifo "$WORK/faults.$name".{ctl,ack} || exit 1
@@ -142,7 +194,8 @@ profiled() {
     PROFILED[$name]=$LAB_LAST_PID
 }
 # stop_profiled NAME... : SIGTERM; the daemons shut down and callgrind
-# writes each profile on exit (perf its record).
+# writes each profile on exit (perf its record, an instrumented daemon its
+# counts).
 stop_profiled() {
     local name
     if [[ $PASS == faults ]]; then
@@ -155,7 +208,10 @@ stop_profiled() {
     for name; do
         for _ in $(seq 300); do lab_is_our_child "${PROFILED[$name]}" || break; sleep 0.1; done
         lab_stop "${PROFILED[$name]}"
-        if [[ $PASS == faults ]]; then
+        if [[ $PASS == pgo ]]; then
+            compgen -G "$WORK/pgo-raw/$PGO_TAG-$name-*.profraw" >/dev/null ||
+                fail "no profile counts from $name (see $WORK/daemon-$name.log)"
+        elif [[ $PASS == faults ]]; then
             [[ -s $WORK/faults.$name ]] || fail "no perf record of $name (see $WORK/daemon-$name.log)"
         else
             [[ -s $WORK/callgrind.$name && -s $WORK/callgrind.$name.2 ]] ||
@@ -168,7 +224,7 @@ stop_profiled() {
 # each way.
 iperf3_both_ways() {
     local server args runs=("-P1" "-P1 -R")
-    [[ $PASS == faults ]] && runs+=("-P4" "-P4 -R")
+    [[ $PASS != callgrind ]] && runs+=("-P4" "-P4 -R")
     lab_bg "$WORK/iperf3-server.log" "$1" iperf3 -s -p "$IPERF_PORT"
     server=$LAB_LAST_PID
     wait_for 5 ip netns exec "$1" sh -c "ss -Hltn 'sport = :$IPERF_PORT' | grep -q LISTEN" ||
@@ -188,29 +244,37 @@ idle_if_native() {
     [[ $PASS == faults ]] && sleep 15
     return 0
 }
-# Each setup runs twice: under callgrind (the profile that ranks), then
-# natively under perf (what the running daemons touch on a real CPU that
-# callgrind's run did not; see `faults` in scripts/link-order.py).
+# Each setup runs twice for the lists: under callgrind (the profile that
+# ranks), then natively under perf (what the running daemons touch on a
+# real CPU that callgrind's run did not; see `faults` in
+# scripts/link-order.py); before both, instrumented for the PGO profile.
 # both_passes FUNCTION : FUNCTION under callgrind, then natively.
 both_passes() {
     PASS=callgrind "$1"
     log "  the same natively, its page faults recorded"
     PASS=faults "$1"
 }
+# first_time KEY : true the first time only (what the setups' first run
+# sets up, such as trust, stays for the runs after it).
+declare -A SET_UP=()
+first_time() { [[ -z ${SET_UP[$1]:-} ]] && SET_UP[$1]=1; }
 
 # --- 1. The direct path between two TUN agents: listed first.
-log "direct path: two daemons under callgrind (slow)"
 lab_pair "$IP_A/24" "$IP_B/24" || fail "cannot create the namespaces and their veth pair"
 init_agent a && init_agent b
 an a trust add "$(agent_id b)" --name order-b >/dev/null || fail "trust add"
 an b trust add "$(agent_id a)" --name order-a --endpoint "$IP_A:$PORT" >/dev/null || fail "trust add"
 ADDR_B=$(agent_id b address) ADDR4_B=$(agent_id b address4)
-direct() {
+# start_direct : the direct path's two daemons, profiled, once they answer.
+start_direct() {
     for side in b a; do
         ns=NS_${side^^}
         profiled "$side" "${!ns}" "$BIN" --state-dir "$WORK/$side" up --foreground --interface "ans-$side" --port "$PORT"
     done
     wait_for 120 ip netns exec "$NS_A" ping -c1 -W1 "$ADDR_B" || fail "no ping A -> B (see $WORK/daemon-*.log)"
+}
+direct() {
+    start_direct
     ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR_B" >/dev/null || fail "IPv6 pings"
     ip netns exec "$NS_A" ping -q -n -c 100 -i 0.02 "$ADDR4_B" >/dev/null || fail "IPv4 pings"
     iperf3_both_ways "$NS_B" "$NS_A" "$ADDR_B"
@@ -222,11 +286,34 @@ direct() {
     idle_if_native
     stop_profiled a b
 }
-both_passes direct
+# round_trips : (PGO) the lone packet's path, idle round trips between the
+# direct path's agents; what a single ping runs there is what sets latency.
+round_trips() {
+    start_direct
+    ip netns exec "$NS_A" ping -q -n -c 2000 -i 0.002 "$ADDR4_B" >/dev/null || fail "IPv4 pings"
+    ip netns exec "$NS_A" ping -q -n -c 500 -i 0.002 "$ADDR_B" >/dev/null || fail "IPv6 pings"
+    stop_profiled a b
+}
+# handshakes : (PGO) a responder's path: examples/handshake_rate's 64
+# trusted agents, each from its own address, flood one daemon for 3 s.
+handshakes() {
+    local gen=$WORK/pgo-target/release/examples/handshake_rate i
+    local flood=(--identities 64 --source-base 10.213.8.1 --port 7501)
+    init_agent hs && "$gen" trust --state-dir "$WORK/hs" "${flood[@]}" >/dev/null ||
+        fail "handshake_rate trust"
+    for ((i = 1; i <= 64; i++)); do echo "addr add 10.213.8.$i/32 dev lo"; done | ip -n "$NS_A" -batch - &&
+        ip -n "$NS_B" route add 10.213.8.0/24 via "$IP_A" || fail "the flood's source addresses"
+    profiled hs "$NS_B" "$BIN" --state-dir "$WORK/hs" up --foreground --interface ans-hs --port "$PORT"
+    wait_for 120 ip netns exec "$NS_B" sh -c "ss -Hlun 'sport = :$PORT' | grep -q ." ||
+        fail "the flooded daemon did not open its port (see $WORK/daemon-hs.log)"
+    lab_run "$WORK/handshake_rate.txt" "$WORK/handshake_rate.txt" "$NS_A" "$gen" run \
+        --target "$IP_B:$PORT" --id "$(agent_id hs)" "${flood[@]}" --seconds 3 ||
+        fail "handshake_rate run (see $WORK/handshake_rate.txt)"
+    stop_profiled hs
+}
 
 # --- 2. Through a rendezvous relay (the direct path blocked by nftables),
 # the rendezvous server profiled too.
-log "relay path: two daemons and a rendezvous server under callgrind"
 lab_segment 10.214.0 ra rb rr || fail "cannot build the relay segment"
 printf '%s\n' "table ip ordercut {" \
     "  chain input { type filter hook input priority filter; policy accept; ip saddr 10.214.0.2 drop; }" \
@@ -245,7 +332,7 @@ relay() {
             --interface "ans-$side" --port "$PORT" --rendezvous "10.214.0.3:$RV_PORT=$RV_ID"
     done
     for side in ra rb; do wait_for 120 an "$side" status || fail "agent $side does not answer"; done
-    if [[ $PASS == callgrind ]]; then
+    if first_time trust-relay; then
         an ra trust add "$(agent_id rb)" --name order-rb >/dev/null &&
             an rb trust add "$(agent_id ra)" --name order-ra >/dev/null || fail "trust add"
     fi
@@ -257,11 +344,9 @@ relay() {
     idle_if_native
     stop_profiled ra rb rv
 }
-both_passes relay
 
 # --- 3. Rootless: an agent in `up --userspace` as nobody (smoltcp) with a
 # --forward to a TUN agent's iperf3 server.
-log "rootless: a --userspace agent (as nobody) and a TUN agent under callgrind"
 lab_ns ut && NS_UT=$LAB_LAST_NS && lab_ns uu && NS_UU=$LAB_LAST_NS &&
     lab_veth "$NS_UT" "$NS_UU" 10.215.0.1/24 10.215.0.2/24 1500 || fail "cannot create the rootless pair"
 init_agent ut
@@ -275,7 +360,7 @@ rootless() {
     profiled ut "$NS_UT" "$BIN" --state-dir "$WORK/ut" up --foreground --interface ans-ut --port "$PORT"
     wait_for 120 an ut status || fail "the TUN agent does not answer"
     wait_for 120 "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
-    if [[ $PASS == callgrind ]]; then
+    if first_time trust-rootless; then
         an ut trust add "$ID_UU" --name order-uu >/dev/null &&
             "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
                 --endpoint "10.215.0.1:$PORT" >/dev/null || fail "trust add"
@@ -286,7 +371,32 @@ rootless() {
     idle_if_native
     stop_profiled uu ut
 }
-both_passes rootless
+
+if [[ $PGO == 1 ]]; then
+    for setup in direct relay rootless round_trips handshakes; do
+        log "PGO: $setup, natively and instrumented"
+        tag=run
+        [[ $setup == round_trips ]] && tag=rt
+        PASS=pgo PGO_TAG=$tag "$setup"
+    done
+    # The idle round trips weigh 20 times their count: a bulk transfer's
+    # millions of packets would otherwise make a lone packet's branches
+    # look cold next to a batch's.
+    mapfile -t counts < <(find "$WORK/pgo-raw" -name '*.profraw' ! -name 'rt-*')
+    "$PROFDATA" merge --sparse -o "$WORK/rt.profdata" "$WORK"/pgo-raw/rt-*.profraw &&
+        "$PROFDATA" merge --sparse -o "$WORK/run.profdata" "${counts[@]}" &&
+        "$PROFDATA" merge --sparse -o "$PROFILE_OUT.tmp" -weighted-input=20,"$WORK/rt.profdata" \
+            "$WORK/run.profdata" && mv "$PROFILE_OUT.tmp" "$PROFILE_OUT" || fail "merging the PGO profile"
+    log "wrote $PROFILE_OUT from ${#counts[@]} processes and the round trips' two"
+    unset LLVM_PROFILE_FILE
+    # Every crate is built again with it (cargo does not see the profile).
+    cargo clean --release >&2 || fail "cargo clean --release"
+    final_binary
+fi
+for setup in direct relay rootless; do
+    log "$setup: under callgrind (slow)"
+    both_passes "$setup"
+done
 
 # Self cost per function of the binary, both daemons summed. Callgrind
 # compresses names: "fn=(12) name" defines 12, "fn=(12)" refers to it; the

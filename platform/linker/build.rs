@@ -47,6 +47,12 @@ fn main() {
     println!("cargo:rerun-if-changed={}", order_file.display());
     println!("cargo:rerun-if-changed={}", rodata_file.display());
     println!("cargo:rerun-if-env-changed=AGENTNET_SYMBOL_ORDER");
+    // The PGO profile platform/pgo/rustc-wrapper.sh hands release builds:
+    // cargo does not see it, so a new one (or switching it off) reruns this
+    // script, and the crate is compiled again with it.
+    let profile = Path::new(&manifest_dir).join("platform/pgo/agentnet.profdata");
+    println!("cargo:rerun-if-changed={}", profile.display());
+    println!("cargo:rerun-if-env-changed=AGENTNET_PGO");
 
     let var = |name: &str| env::var(name).unwrap_or_default();
     let linker_is_rust_lld = var("TARGET") == "x86_64-unknown-linux-gnu"
