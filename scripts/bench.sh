@@ -35,8 +35,10 @@
 # Idle round trips again, interleaved, in a second table: agentnet and every
 # peer up at once, RTT_ROUNDS rounds of $PINGS / RTT_ROUNDS pings through
 # each in turn, so that the machine's drift over minutes falls on all alike;
-# agentnet takes two turns, at its IPv6 and at its IPv4 addresses (the
-# peers carry IPv4). Each turn pings twice: ping's own round trip (the
+# agentnet takes two turns, at its IPv6 and at its IPv4 addresses, and so
+# does every peer that carries IPv6 too (all but nebula): an echo inside
+# IPv6 takes the kernels longer than inside IPv4, whatever the tunnel, so
+# each family is compared with its own. Each turn pings twice: ping's own round trip (the
 # kernel's timestamps: until the reply reaches ping's socket) and, with
 # `ping -U`, from user to user (until ping has woken and read it: what a
 # program waiting for an answer sees).
@@ -169,6 +171,7 @@ if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
         # that is not the binary users build.
         cp target/release/agentnet "$OUTDIR/agentnet" || fail "cannot copy the release binary"
         AGENTNET=$OUTDIR/agentnet
+        BUILT_RELEASE=1
     fi
     if [[ $HANDSHAKES == 1 ]]; then
         log "building examples/handshake_rate and the criterion handshake bench"
@@ -180,6 +183,14 @@ if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
             log "  the criterion handshake bench failed (logs/criterion-handshake.log)"
         CRITERION_RESPONDER=$(grep -A2 '^handshake/responder_only$' "$LOGS/criterion-handshake.log" |
             awk '/time:/ { print $4, $5; exit }')
+        # Put the release binary back in target/release (cargo keeps both
+        # builds, so this only links it again): left as `cargo bench` made
+        # it, `sudo target/release/agentnet up` would run the `sim` build,
+        # compiled without the profile's layout.
+        if ((${BUILT_RELEASE:-0})); then
+            cargo build --release --bin agentnet >>"$LOGS/build.log" 2>&1 ||
+                log "  could not restore target/release/agentnet (logs/build.log)"
+        fi
         export HANDSHAKE_RATE CRITERION_RESPONDER
     fi
     CODE_LAYOUT=$(code_layout "$AGENTNET")
@@ -389,7 +400,7 @@ bench_tunnel() {
     ROWS+=("$p")
     R[$p.version]=$("${p}_version")
     log "== $p (${R[$p.version]})"
-    DAEMONS=() TUN_IP_A='' TUN_IP_B=''
+    DAEMONS=() TUN_IP_A='' TUN_IP_B='' TUN_IP6_A='' TUN_IP6_B=''
     "${p}_prepare" >>"$LOGS/$p-prepare.log" 2>&1 ||
         { row_failed "$p" "prepare: $(tail -n1 "$LOGS/$p-prepare.log")"; return; }
     "${p}_start" a || { row_failed "$p" "node A did not come up (logs/$p-a.log)"; return; }
@@ -398,7 +409,8 @@ bench_tunnel() {
     first_reply "$NS_B" "$TUN_IP_A" || { row_failed "$p" "no ping B -> A within ${CONNECT_TIMEOUT}s"; return; }
     R[$p.connect]=$((REPLY_MS - t0))
     R[$p.mtu]=$(addr_mtu "$NS_A" "$TUN_IP_A")
-    R[$p.tip_a]=$TUN_IP_A R[$p.tip_b]=$TUN_IP_B # for the interleaved round trips
+    # for the interleaved round trips
+    R[$p.tip_a]=$TUN_IP_A R[$p.tip_b]=$TUN_IP_B R[$p.tip6_a]=$TUN_IP6_A R[$p.tip6_b]=$TUN_IP6_B
     log "  $p: first reply ${R[$p.connect]} ms after starting B; $TUN_IP_A <-> $TUN_IP_B, MTU ${R[$p.mtu]}"
     measure "$p" "$NS_A" "$NS_B" "$TUN_IP_B"
     [[ $(type -t "${p}_extra") == function ]] && "${p}_extra"
@@ -521,7 +533,8 @@ relay_bench() {
         jq -r --arg id "${id[rb]}" '.peers[] | select(.id == $id) | "\(.path) \(.relay)"')
     log "  relay: first reply ${R[relay.connect]} ms after trust add; A's path to B: $path"
     [[ $path == relay* ]] || { row_failed relay "the path is not the relay ($path)"; return; }
-    local rv_ticks=$(proc_ticks "$rv_pid")
+    local rv_ticks
+    rv_ticks=$(proc_ticks "$rv_pid")
     measure relay "$ns_ra" "$ns_rb" "${addr[rb]}"
     rv_ticks=$(($(proc_ticks "$rv_pid") - rv_ticks))
     # What one rendezvous core forwards: relayed bits per second of its CPU.
@@ -632,8 +645,9 @@ done
 # again, all at once (each has its own interface, subnet and port), and
 # RTT_ROUNDS rounds send $PINGS / RTT_ROUNDS pings through each tunnel in
 # turn, the order rotated by one every round: every tunnel is measured
-# over the same stretch of time; agentnet takes two turns, its IPv6 and its
-# IPv4 addresses (the peers carry IPv4). Each turn pings twice, for ping's
+# over the same stretch of time. agentnet takes two turns, at its IPv6 and
+# its IPv4 addresses, and a peer that carries IPv6 too takes a second turn
+# at its IPv6 addresses (row P6). Each turn pings twice, for ping's
 # own round trip and then (`ping -U`) from user to user, which adds the
 # reader's wake-up: a daemon that keeps a CPU busy can make the scheduler
 # wake the reader on another, idle one. Sets R[ROW.rtt_mix], R[ROW.p99_mix],
@@ -647,6 +661,7 @@ interleaved_rtt() {
     for p in agentnet $PEERS; do
         [[ -n ${R[$p.tip_b]:-} && -z ${R[$p.status]:-} ]] || continue
         TUN_IP_A=${R[$p.tip_a]} TUN_IP_B=${R[$p.tip_b]}
+        TUN_IP6_A=${R[$p.tip6_a]:-} TUN_IP6_B=${R[$p.tip6_b]:-}
         if "${p}_start" a && "${p}_start" b && first_reply "$NS_B" "$TUN_IP_A"; then
             MIXED+=("$p")
             : >"$RAW/$p.ping_mix.txt"
@@ -659,6 +674,17 @@ interleaved_rtt() {
                     : >"$RAW/agentnet4.ping_mixu.txt"
                 else
                     log "  agentnet4: no IPv4 reply after the restart; left out"
+                fi
+            fi
+            # A peer's daemons pinged at their IPv6 addresses: row P6.
+            if [[ -n $TUN_IP6_B ]]; then
+                if first_reply "$NS_B" "$TUN_IP6_A"; then
+                    MIXED+=("${p}6")
+                    R[${p}6.tip_b]=$TUN_IP6_B
+                    : >"$RAW/${p}6.ping_mix.txt"
+                    : >"$RAW/${p}6.ping_mixu.txt"
+                else
+                    log "  $p: no IPv6 reply; its IPv6 turn left out"
                 fi
             fi
         else
@@ -705,7 +731,9 @@ done
 declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet4]="agentnet over IPv4"
     [relay]="agentnet via relay"
     [usup]="agentnet rootless → TUN" [usdown]="agentnet TUN → rootless" [wggo]=wireguard-go
-    [boringtun]=boringtun [gotatun]=gotatun [nebula]=nebula [fastd]=fastd)
+    [boringtun]=boringtun [gotatun]=gotatun [nebula]=nebula [fastd]=fastd
+    [wggo6]="wireguard-go over IPv6" [boringtun6]="boringtun over IPv6" [gotatun6]="gotatun over IPv6"
+    [fastd6]="fastd over IPv6")
 {
     echo "| path | version | TCP 1x Mbit/s | TCP ${PARALLEL}x Mbit/s | RTT avg ms | RTT p99 ms | loss % | RTT on one CPU avg / p99 ms | RTT under load avg / p99 ms | tunnel CPU-s/GB | peak RSS MiB A / B | connect ms | MTU |"
     echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
@@ -747,13 +775,19 @@ declare -A NAME=([veth]="raw veth" [agentnet]="agentnet (TUN, direct)" [agentnet
         echo
         echo "| idle RTT, interleaved | avg ms | p99 ms | user to user avg ms | user to user p99 ms |"
         echo "|---|--:|--:|--:|--:|"
+        # each row against agentnet's of the same inner family
         for row in "${MIXED[@]}"; do
-            ref=agentnet; [[ $row == agentnet ]] && ref=none
+            case $row in
+            agentnet | agentnet4) ref=none ;;
+            *6) ref=agentnet ;;
+            *) ref=agentnet4 ;;
+            esac
             printf '| %s | %s | %s | %s | %s |\n' "${NAME[$row]}" "$(cell "$row" $ref rtt_mix)" "$(cell "$row" $ref p99_mix)" \
                 "$(cell "$row" $ref rtt_mixu)" "$(cell "$row" $ref p99_mixu)"
         done
         echo
-        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $MIX_PER pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; agentnet over IPv4 is the same daemons pinged at their IPv4 addresses (the peers carry IPv4 inside); the table's RTT columns measure each tunnel at its own time."
+        echo "Interleaved: the tunnels above up at once, $RTT_ROUNDS rounds of $MIX_PER pings at 10 ms through each in turn (order rotated every round), so each figure spans the same minutes; agentnet over IPv4 is the same daemons pinged at their IPv4 addresses, a peer over IPv6 the same daemons of that peer at IPv6 addresses inside (nebula 1.6 carries IPv4 only); the table's RTT columns measure each tunnel at its own time."
+        echo "(×) = this row / agentnet's row of the same inner family: agentnet (TUN, direct) for IPv6, agentnet over IPv4 for IPv4."
         echo "Each turn pings twice: ping's own round trip (kernel timestamps: until the reply reaches ping's socket), then \`ping -U\` (user to user: until ping has woken and read it, what a program waiting for the answer sees)."
     fi
     [[ -n ${CODE_LAYOUT:-} ]] && echo "$CODE_LAYOUT"

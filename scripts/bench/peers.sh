@@ -11,13 +11,16 @@
 #
 # Every peer P provides
 #   P_version     one line
-#   P_prepare     keys and configs under $WORK/P; sets TUN_IP_A and TUN_IP_B
+#   P_prepare     keys and configs under $WORK/P; sets TUN_IP_A and TUN_IP_B,
+#                 and TUN_IP6_A and TUN_IP6_B when the tunnel carries IPv6
+#                 too (empty otherwise)
 #   P_start a|b   starts that node with lab_bg, appends its PID to DAEMONS and
 #                 returns once it is configured (B: not necessarily connected)
 # and PEER_TOOLS[P] lists the commands it needs (peer_missing tells which of
 # them are not installed). Only node B knows A's underlay address, so B
 # initiates, as the agentnet row's B does. Every tunnel gets MTU $TUN_MTU and
-# the subnet 10.210.N.0/24 (N = 1..5) inside the two namespaces.
+# the subnet 10.210.N.0/24 (N = 1..5) inside the two namespaces, and those
+# that carry IPv6 also fd0a:210:N::/64 (nebula 1.6's overlay is IPv4 only).
 #
 # From bench.sh: NS_A NS_B IP_A IP_B TUN_MTU WORK LOGS DAEMONS log (and for
 # agentnet BIN and PORT); from
@@ -79,7 +82,9 @@ peers_install() {
 }
 
 # side_vars SIDE : NS and TIP (namespace, tunnel address) of node a or b.
-side_vars() { if [[ $1 == a ]]; then NS=$NS_A TIP=$TUN_IP_A; else NS=$NS_B TIP=$TUN_IP_B; fi; }
+side_vars() {
+    if [[ $1 == a ]]; then NS=$NS_A TIP=$TUN_IP_A TIP6=${TUN_IP6_A:-}; else NS=$NS_B TIP=$TUN_IP_B TIP6=${TUN_IP6_B:-}; fi
+}
 
 # from_storage EXE : drop EXE from the page cache, as after a boot: the
 # daemon's own page faults read it back. How a file entered the cache
@@ -108,7 +113,7 @@ start_daemon() {
 # start_node P SIDE IFNAME CMD... : start_daemon, then wait until IFNAME holds
 # the node's tunnel address (the daemon or its up-hook sets it).
 start_node() {
-    local p=$1 side=$2 ifname=$3 NS TIP; shift 3
+    local p=$1 side=$2 ifname=$3 NS TIP TIP6; shift 3
     start_daemon "$p" "$side" "$@"
     wait_for 10 has_addr "$NS" "$ifname" "$TIP"
 }
@@ -140,22 +145,24 @@ agentnet_start() {
 # ---- WireGuard: wireguard-go, boringtun and gotatun share keys/config --------
 # wg_prepare P SUBNET PORT : keys and wg(8) configs; A has no Endpoint for B.
 wg_prepare() {
-    local d=$WORK/$1 net=$2 port=$3 side other
+    local d=$WORK/$1 net=$2 port=$3 side other net6
     local -A host=([a]=1 [b]=2)
+    net6=fd0a:210:${net##*.}:
     mkdir -p "$d" || return 1
     for side in a b; do wg genkey >"$d/$side.key" && wg pubkey <"$d/$side.key" >"$d/$side.pub" || return 1; done
-    TUN_IP_A=$net.1 TUN_IP_B=$net.2
+    TUN_IP_A=$net.1 TUN_IP_B=$net.2 TUN_IP6_A=$net6:1 TUN_IP6_B=$net6:2
     for side in a b; do
         other=b; [[ $side == b ]] && other=a
-        printf '[Interface]\nPrivateKey = %s\nListenPort = %s\n\n[Peer]\nPublicKey = %s\nAllowedIPs = %s/32\n' \
-            "$(cat "$d/$side.key")" "$port" "$(cat "$d/$other.pub")" "$net.${host[$other]}" >"$d/$side.conf"
+        printf '[Interface]\nPrivateKey = %s\nListenPort = %s\n\n[Peer]\nPublicKey = %s\nAllowedIPs = %s/32, %s/128\n' \
+            "$(cat "$d/$side.key")" "$port" "$(cat "$d/$other.pub")" "$net.${host[$other]}" \
+            "$net6:${host[$other]}" >"$d/$side.conf"
         [[ $side == b ]] && echo "Endpoint = $IP_A:$port" >>"$d/$side.conf"
     done
     return 0
 }
 # wg_start P SIDE DAEMON-CMD... (the interface name is appended)
 wg_start() {
-    local p=$1 side=$2 ifname=an$1-$2 NS TIP; shift 2
+    local p=$1 side=$2 ifname=an$1-$2 NS TIP TIP6; shift 2
     # A socket left by an earlier run of this node would pass the wait below
     # before the new daemon has its device.
     rm -f "/run/wireguard/$ifname.sock"
@@ -164,6 +171,7 @@ wg_start() {
     wait_for 10 test -S "/run/wireguard/$ifname.sock" || return 1
     ip netns exec "$NS" wg setconf "$ifname" "$WORK/$p/$side.conf" || return 1
     ip -n "$NS" addr add "$TIP/24" dev "$ifname" || return 1
+    [[ -z $TIP6 ]] || ip -n "$NS" addr add "$TIP6/64" dev "$ifname" nodad || return 1
     ip -n "$NS" link set "$ifname" mtu "$TUN_MTU" up
 }
 
@@ -182,9 +190,9 @@ gotatun_start() { wg_start gotatun "$1" "$GOTATUN" --foreground --disable-drop-p
 # ---- nebula: own CA, A is the lighthouse, B finds A by static_host_map -------
 nebula_version() { echo "nebula $(nebula -version 2>/dev/null | awk '{ print $2 }')"; }
 nebula_prepare() {
-    local d=$WORK/nebula side NS TIP lighthouse
+    local d=$WORK/nebula side NS TIP TIP6 lighthouse
     mkdir -p "$d" || return 1
-    TUN_IP_A=10.210.4.1 TUN_IP_B=10.210.4.2
+    TUN_IP_A=10.210.4.1 TUN_IP_B=10.210.4.2 TUN_IP6_A='' TUN_IP6_B=
     nebula-cert ca -name agentnet-bench-ca -out-crt "$d/ca.crt" -out-key "$d/ca.key" || return 1
     for side in a b; do
         side_vars "$side"
@@ -242,9 +250,9 @@ nebula_start() { start_node nebula "$1" "anneb-$1" nebula -config "$WORK/nebula/
 # ---- fastd: tun mode, salsa2012+umac; only B has a remote for its peer ------
 fastd_version() { fastd --version 2>/dev/null | head -1; }
 fastd_prepare() {
-    local d=$WORK/fastd side other NS TIP remote
+    local d=$WORK/fastd side other NS TIP TIP6 remote
     mkdir -p "$d" || return 1
-    TUN_IP_A=10.210.5.1 TUN_IP_B=10.210.5.2
+    TUN_IP_A=10.210.5.1 TUN_IP_B=10.210.5.2 TUN_IP6_A=fd0a:210:5::1 TUN_IP6_B=fd0a:210:5::2
     for side in a b; do
         fastd --generate-key --machine-readable >"$d/$side.secret" || return 1
         printf 'secret "%s";\n' "$(cat "$d/$side.secret")" >"$d/$side.secret.conf"
@@ -261,7 +269,7 @@ bind any:10000;
 method "salsa2012+umac";
 secret "$(cat "$d/$side.secret")";
 mtu $TUN_MTU;
-on up sync "ip addr add $TIP/24 dev \$INTERFACE && ip link set \$INTERFACE up";
+on up sync "ip addr add $TIP/24 dev \$INTERFACE && ip addr add $TIP6/64 dev \$INTERFACE nodad && ip link set \$INTERFACE up";
 peer "$other" {
     key "$(cat "$d/$other.pub")";
     $remote
