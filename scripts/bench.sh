@@ -38,10 +38,10 @@
 # agentnet takes two turns, at its IPv6 and at its IPv4 addresses, and so
 # does every peer that carries IPv6 too (all but nebula): an echo inside
 # IPv6 takes the kernels longer than inside IPv4, whatever the tunnel, so
-# each family is compared with its own. Each turn pings twice: ping's own round trip (the
-# kernel's timestamps: until the reply reaches ping's socket) and, with
-# `ping -U`, from user to user (until ping has woken and read it: what a
-# program waiting for an answer sees).
+# each family is compared with its own. Each turn pings twice: ping's own
+# round trip (the kernel's timestamps: until the reply reaches ping's
+# socket) and, with `ping -U`, from user to user (until ping has woken and
+# read it: what a program waiting for an answer sees).
 #
 # Handshakes, two figures under the table:
 #   criterion      `cargo bench --bench handshake` responder_only: the

@@ -81,7 +81,8 @@ peers_install() {
     peers_find_bins
 }
 
-# side_vars SIDE : NS and TIP (namespace, tunnel address) of node a or b.
+# side_vars SIDE : NS, TIP and TIP6 (namespace, tunnel address, tunnel IPv6
+# address or empty) of node a or b.
 side_vars() {
     if [[ $1 == a ]]; then NS=$NS_A TIP=$TUN_IP_A TIP6=${TUN_IP6_A:-}; else NS=$NS_B TIP=$TUN_IP_B TIP6=${TUN_IP6_B:-}; fi
 }
