@@ -654,6 +654,15 @@ done
 # R[ROW.rtt_mixu], R[ROW.p99_mixu].
 MIXED=()
 MIX_PER=0 # pings per tunnel per round
+# add_turn ROW TIP_A TIP_B : once B reaches TIP_A, ROW takes turns pinging
+# TIP_B from A (its ping logs emptied).
+add_turn() {
+    first_reply "$NS_B" "$2" || return 1
+    MIXED+=("$1")
+    R[$1.tip_b]=$3
+    : >"$RAW/$1.ping_mix.txt"
+    : >"$RAW/$1.ping_mixu.txt"
+}
 interleaved_rtt() {
     local p round i tmp=$RAW/ping-mix.tmp
     MIX_PER=$(((PINGS + RTT_ROUNDS - 1) / RTT_ROUNDS))
@@ -662,33 +671,18 @@ interleaved_rtt() {
         [[ -n ${R[$p.tip_b]:-} && -z ${R[$p.status]:-} ]] || continue
         TUN_IP_A=${R[$p.tip_a]} TUN_IP_B=${R[$p.tip_b]}
         TUN_IP6_A=${R[$p.tip6_a]:-} TUN_IP6_B=${R[$p.tip6_b]:-}
-        if "${p}_start" a && "${p}_start" b && first_reply "$NS_B" "$TUN_IP_A"; then
-            MIXED+=("$p")
-            : >"$RAW/$p.ping_mix.txt"
-            : >"$RAW/$p.ping_mixu.txt"
-            # The same daemons pinged at their IPv4 addresses: a turn of its own.
-            if [[ $p == agentnet && -n ${R[agentnet4.tip_b]:-} && -z ${R[agentnet4.status]:-} ]]; then
-                if first_reply "$NS_B" "${R[agentnet4.tip_a]}"; then
-                    MIXED+=(agentnet4)
-                    : >"$RAW/agentnet4.ping_mix.txt"
-                    : >"$RAW/agentnet4.ping_mixu.txt"
-                else
-                    log "  agentnet4: no IPv4 reply after the restart; left out"
-                fi
-            fi
-            # A peer's daemons pinged at their IPv6 addresses: row P6.
-            if [[ -n $TUN_IP6_B ]]; then
-                if first_reply "$NS_B" "$TUN_IP6_A"; then
-                    MIXED+=("${p}6")
-                    R[${p}6.tip_b]=$TUN_IP6_B
-                    : >"$RAW/${p}6.ping_mix.txt"
-                    : >"$RAW/${p}6.ping_mixu.txt"
-                else
-                    log "  $p: no IPv6 reply; its IPv6 turn left out"
-                fi
-            fi
-        else
+        if ! { "${p}_start" a && "${p}_start" b && add_turn "$p" "$TUN_IP_A" "$TUN_IP_B"; }; then
             log "  $p: did not come up again; left out"
+            continue
+        fi
+        # The same daemons pinged at their IPv4 addresses: a turn of its own.
+        if [[ $p == agentnet && -n ${R[agentnet4.tip_b]:-} && -z ${R[agentnet4.status]:-} ]]; then
+            add_turn agentnet4 "${R[agentnet4.tip_a]}" "${R[agentnet4.tip_b]}" ||
+                log "  agentnet4: no IPv4 reply after the restart; left out"
+        fi
+        # A peer's daemons pinged at their IPv6 addresses: row P6.
+        if [[ -n $TUN_IP6_B ]]; then
+            add_turn "${p}6" "$TUN_IP6_A" "$TUN_IP6_B" || log "  $p: no IPv6 reply; its IPv6 turn left out"
         fi
     done
     for ((round = 0; round < RTT_ROUNDS; round++)); do
