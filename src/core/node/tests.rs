@@ -11,6 +11,7 @@ use crate::core::api::PeerConfig;
 use crate::core::policy::Policy;
 use crate::core::wire::packet::tests::ipv4;
 use crate::core::wire::packet::{PROTO_TCP, PROTO_UDP};
+use crate::core::wire::{TYPE_INITIATION, TYPE_RESPONSE};
 use std::net::IpAddr;
 
 const MTU: u16 = 1408;
@@ -473,5 +474,77 @@ fn packets_from_the_proven_endpoint_change_nothing_and_a_new_endpoint_is_followe
     assert_eq!(
         reply.destination, roamed,
         "the reply goes to the new endpoint"
+    );
+}
+
+/// A peer that initiates again and again (its answers lost on the way, or
+/// a flood) gets every initiation answered, but no initiation of ours while
+/// it keeps going: it is handshaking on its own. Once it stops, our retry
+/// comes within a first retry, to heal a lost confirmation as before.
+#[test]
+fn a_peer_that_keeps_initiating_gets_answers_and_no_initiation_of_ours_until_it_stops() {
+    let (alice, bob) = (identity(1), identity(2));
+    let (alice_at, bob_at): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:7400".parse().expect("addr"),
+        "10.0.0.2:7400".parse().expect("addr"),
+    );
+    let start = Instant::now();
+    let mut bob_node = node(&bob, start);
+    bob_node.upsert_peer(start, peer_config(&alice, Some(alice_at)));
+    let kind = |transmit: &Transmit| transmit.payload.first().copied();
+    let since_epoch = Duration::from_secs(1_700_000_000);
+
+    // Alice restarts every 200 ms (a fresh node, a newer timestamp), and
+    // each start sends an initiation; none of Bob's answers reach her.
+    let mut now = start;
+    let mut last_initiation = start;
+    for restart in 0..15u8 {
+        now = start + Duration::from_millis(200) * u32::from(restart);
+        let config = NodeConfig {
+            identity: alice.clone(),
+            network: network(),
+            name: "alice".into(),
+            tunnel_mtu: MTU,
+        };
+        let mut alice_node = Node::new(config, [restart; 32], now, since_epoch + (now - start));
+        alice_node.upsert_peer(now, peer_config(&bob, Some(bob_at)));
+        alice_node.connect(now, &bob.agent_id());
+        let initiations: Vec<Transmit> = drain_transmits(&mut alice_node)
+            .into_iter()
+            .filter(|t| kind(t) == Some(TYPE_INITIATION))
+            .collect();
+        assert_eq!(initiations.len(), 1, "restart {restart}");
+        bob_node.handle_timeout(now);
+        let before: Vec<Option<u8>> = drain_transmits(&mut bob_node).iter().map(kind).collect();
+        assert!(
+            !before.contains(&Some(TYPE_INITIATION)),
+            "Bob initiated while Alice kept initiating (restart {restart})"
+        );
+        bob_node.handle_datagram(now, alice_at, &initiations[0].payload);
+        let answers: Vec<Option<u8>> = drain_transmits(&mut bob_node).iter().map(kind).collect();
+        assert_eq!(answers, [Some(TYPE_RESPONSE)], "restart {restart}");
+        last_initiation = now;
+    }
+    assert!(
+        now - start >= Duration::from_secs(2),
+        "longer than a first retry"
+    );
+
+    // Alice stops: Bob's own handshake follows within a first retry.
+    let mut bob_initiated_at = None;
+    while now < last_initiation + Duration::from_secs(2) && bob_initiated_at.is_none() {
+        now += Duration::from_millis(50);
+        bob_node.handle_timeout(now);
+        if drain_transmits(&mut bob_node)
+            .iter()
+            .any(|t| kind(t) == Some(TYPE_INITIATION))
+        {
+            bob_initiated_at = Some(now);
+        }
+    }
+    let waited = bob_initiated_at.expect("Bob never retried once Alice stopped") - last_initiation;
+    assert!(
+        waited >= Duration::from_millis(750) && waited <= Duration::from_millis(1250),
+        "Bob retried {waited:?} after Alice's last initiation"
     );
 }

@@ -43,6 +43,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 /// First retry of an unanswered initiation.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Initiations from one peer closer together than this (accepted ones)
+/// mean it is retrying on its own, faster than our first retry (a
+/// well-behaved peer retries after ≥ 0.8 s): our own retry waits for it to
+/// stop ([`Peer::accept_initiation`]).
+const PEER_KEEPS_INITIATING: Duration = Duration::from_millis(500);
 /// Longest wait between retries (backoff cap).
 const MAX_RETRY: Duration = Duration::from_secs(8);
 /// Stop retrying a handshake after this long; new traffic starts again.
