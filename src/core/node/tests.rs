@@ -20,14 +20,23 @@ fn network() -> NetworkId {
     NetworkId::from_name("agentnet")
 }
 
+/// The wall clock (since the Unix epoch) of the nodes' start.
+const STARTED_AT: Duration = Duration::from_secs(1_700_000_000);
+
 fn node(identity: &Identity, now: Instant) -> Node {
+    seeded_node(identity, [7; 32], now, STARTED_AT)
+}
+
+/// A node with its own randomness, started at `since_epoch` (a restarted
+/// agent stamps its initiations later).
+fn seeded_node(identity: &Identity, seed: [u8; 32], now: Instant, since_epoch: Duration) -> Node {
     let config = NodeConfig {
         identity: identity.clone(),
         network: network(),
         name: "node".into(),
         tunnel_mtu: MTU,
     };
-    Node::new(config, [7; 32], now, Duration::from_secs(1_700_000_000))
+    Node::new(config, seed, now, since_epoch)
 }
 
 fn peer_config(identity: &Identity, endpoint: Option<SocketAddr>) -> PeerConfig {
@@ -492,7 +501,6 @@ fn a_peer_that_keeps_initiating_gets_answers_and_no_initiation_of_ours_until_it_
     let mut bob_node = node(&bob, start);
     bob_node.upsert_peer(start, peer_config(&alice, Some(alice_at)));
     let kind = |transmit: &Transmit| transmit.payload.first().copied();
-    let since_epoch = Duration::from_secs(1_700_000_000);
 
     // Alice restarts every 200 ms (a fresh node, a newer timestamp), and
     // each start sends an initiation; none of Bob's answers reach her.
@@ -500,13 +508,7 @@ fn a_peer_that_keeps_initiating_gets_answers_and_no_initiation_of_ours_until_it_
     let mut last_initiation = start;
     for restart in 0..15u8 {
         now = start + Duration::from_millis(200) * u32::from(restart);
-        let config = NodeConfig {
-            identity: alice.clone(),
-            network: network(),
-            name: "alice".into(),
-            tunnel_mtu: MTU,
-        };
-        let mut alice_node = Node::new(config, [restart; 32], now, since_epoch + (now - start));
+        let mut alice_node = seeded_node(&alice, [restart; 32], now, STARTED_AT + (now - start));
         alice_node.upsert_peer(now, peer_config(&bob, Some(bob_at)));
         alice_node.connect(now, &bob.agent_id());
         let initiations: Vec<Transmit> = drain_transmits(&mut alice_node)
