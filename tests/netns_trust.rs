@@ -393,6 +393,27 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
     let fetched = curl(&lab, &b, id_a.address, REQUESTER_PORT, &["--max-time", "5"]);
     assert!(fetched.ok(), "b could not reach a: {}", fetched.describe());
     assert_eq!(fetched.stdout, "served by a\n");
+
+    step("b renames a: the policy and the endpoint stay, port 22 stays shut");
+    let before = trust_entry(&b, &id_a).expect("b trusts a");
+    ok(&b, &["trust", "add", &id_a.id, "--name", "renamed-a"]);
+    let after = trust_entry(&b, &id_a).expect("b still trusts a");
+    assert_eq!(after["name"], "renamed-a");
+    assert_eq!(after["allow"], "tcp:8080", "a rename changed the policy: {after}");
+    assert_eq!(after["endpoint"], before["endpoint"], "a rename changed the endpoint");
+    let denied = curl(
+        &lab,
+        &a,
+        id_b.address,
+        DENIED_PORT,
+        &["--connect-timeout", "3"],
+    );
+    assert_eq!(
+        denied.status.code(),
+        Some(28),
+        "after a rename, a port the policy denies must still time out: {}",
+        denied.describe()
+    );
 }
 
 fn policy_drops(agent: &Agent, peer: &Identity) -> u64 {

@@ -10,7 +10,7 @@ use crate::control::{Request, Response};
 use crate::core::identity::AgentId;
 use crate::core::policy::Policy;
 use crate::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN};
-use crate::core::trust::store::{TrustEntry, validate_name};
+use crate::core::trust::store::{TrustUpdate, validate_name};
 use crate::state::fleet::parse_endorsement_token;
 use crate::sys::udp::resolve_endpoint;
 
@@ -23,9 +23,9 @@ pub(crate) enum Command {
     Status,
     /// See [`Request::TrustAdd`].
     TrustAdd {
-        /// The entry to store (`added_unix` filled in by the store).
-        entry: TrustEntry,
-        /// The entry's endpoint, resolved.
+        /// What to store (merged into the stored entry, if any).
+        update: TrustUpdate,
+        /// The endpoint the request named, resolved.
         endpoint: Option<SocketAddr>,
     },
     /// See [`Request::TrustList`].

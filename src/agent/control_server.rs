@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::commands::{Command, ControlRequest, trust_op_of};
 use super::privilege::ControlAccess;
 use crate::control::{MAX_REQUEST_LEN, Request, Response};
-use crate::core::trust::store::{TrustEntry, validate_name};
+use crate::core::trust::store::{TrustUpdate, validate_name};
 use crate::sys::udp::resolve_endpoint;
 
 /// Permission bits of the control socket: owner and group may control the
@@ -259,7 +259,12 @@ async fn command_of(request: Request) -> Result<Command, String> {
                 None => None,
             };
             Command::TrustAdd {
-                entry: TrustEntry::trusted(id, name, endpoint, allow, 0),
+                update: TrustUpdate {
+                    id,
+                    name,
+                    endpoint,
+                    allow,
+                },
                 endpoint: resolved,
             }
         }

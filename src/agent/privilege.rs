@@ -658,7 +658,7 @@ mod tests {
                 .agent_id(),
             name: "bob".into(),
             endpoint: None,
-            allow: Policy::All,
+            allow: Some(Policy::All),
         }
     }
 

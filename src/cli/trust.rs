@@ -15,7 +15,7 @@ use agentnet::core::policy::Policy;
 use agentnet::core::text::escape_untrusted;
 use agentnet::core::trust::pending::PendingStatus;
 use agentnet::core::trust::request::MAX_JUSTIFICATION_LEN;
-use agentnet::core::trust::store::{TrustEntry, TrustState, validate_name};
+use agentnet::core::trust::store::{TrustEntry, TrustState, TrustUpdate, validate_name};
 use agentnet::state::fleet::parse_endorsement_token;
 use agentnet::state::{TrustChange, unix_now};
 use agentnet::sys::udp::resolve_endpoint;
@@ -53,7 +53,11 @@ pub(crate) enum TrustCommand {
         long_about = "Trust an agent, or update the entry of one already trusted.\n\n\
         A session forms only when both agents trust each other. With the daemon running the \
         change applies at once (and a handshake starts if an endpoint is known); otherwise \
-        it is written to STATE_DIR/trust.toml for the next `up`."
+        it is written to STATE_DIR/trust.toml for the next `up`.\n\n\
+        An update sets the name and what else it names: without --endpoint or --allow the \
+        stored endpoint and policy stay as they are (renaming a peer never widens what it \
+        may open). An entry of an agent this agent asked for trust becomes an ordinary \
+        trusted one, still with policy `none` unless --allow says otherwise."
     )]
     Add {
         /// The agent's ID (from its `agentnet id`).
@@ -62,13 +66,15 @@ pub(crate) enum TrustCommand {
         /// Local name for it (a DNS label), reachable as NAME.agent.internal.
         #[arg(long, value_name = "NAME")]
         name: String,
-        /// Where to reach it on the underlay, e.g. 192.0.2.7:7400 or [2001:db8::7]:7400.
+        /// Where to reach it on the underlay, e.g. 192.0.2.7:7400 or [2001:db8::7]:7400
+        /// (an update without it keeps the stored endpoint).
         #[arg(long, value_name = "HOST:PORT")]
         endpoint: Option<String>,
         /// What it may open towards this agent: `all`, or a list such as
-        /// `tcp:22,tcp:8000-8100,udp:53,icmp`.
-        #[arg(long, value_name = "POLICY", default_value = "all")]
-        allow: Policy,
+        /// `tcp:22,tcp:8000-8100,udp:53,icmp`, or `none` [default for a new
+        /// agent: all; an update without it keeps the stored policy].
+        #[arg(long, value_name = "POLICY")]
+        allow: Option<Policy>,
     },
     /// List the trusted agents.
     List {
@@ -182,7 +188,7 @@ fn add(
     id: AgentId,
     name: String,
     endpoint: Option<String>,
-    allow: Policy,
+    allow: Option<Policy>,
 ) -> Result<()> {
     validate_name(&name)?;
     let running = context.daemon()?;
@@ -202,9 +208,14 @@ fn add(
             }
             let own = context.state.load_identity()?.agent_id();
             let (_, network) = context.network()?;
-            let entry = TrustEntry::trusted(id, name, endpoint, allow, 0);
+            let update = TrustUpdate {
+                id,
+                name,
+                endpoint,
+                allow,
+            };
             let (config, _) = context.network()?;
-            let (stored, change) = context.state.trust_upsert(&own, entry)?;
+            let (stored, change) = context.state.trust_update(&own, update)?;
             let store = context.state.load_trust()?;
             let peer = TrustedPeer::list_offline(store.peers, network, &own, config.ipv4)
                 .into_iter()
@@ -571,7 +582,7 @@ mod tests {
         else {
             panic!("not trust add");
         };
-        assert_eq!(allow.to_string(), "tcp:80,icmp");
+        assert_eq!(allow.map(|policy| policy.to_string()).as_deref(), Some("tcp:80,icmp"));
         assert_eq!(endpoint, None);
         assert!(
             Cli::try_parse_from(["agentnet", "trust", "add", "nope", "--name", "bob"]).is_err()
@@ -581,6 +592,6 @@ mod tests {
         let Command::Trust(TrustCommand::Add { allow, .. }) = default.command else {
             panic!("not trust add");
         };
-        assert_eq!(allow, Policy::All);
+        assert_eq!(allow, None, "no --allow: a new entry gets `all`, an update keeps its own");
     }
 }

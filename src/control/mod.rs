@@ -101,12 +101,14 @@ pub enum Request {
         id: AgentId,
         /// Its local name.
         name: String,
-        /// Optional underlay endpoint, `HOST:PORT`.
+        /// Optional underlay endpoint, `HOST:PORT` (an update without one
+        /// keeps the stored endpoint).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         endpoint: Option<String>,
-        /// What it may open towards this agent.
-        #[serde(default)]
-        allow: Policy,
+        /// What it may open towards this agent (a new peer without one may
+        /// open anything, an update without one keeps the stored policy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allow: Option<Policy>,
     },
     /// The trust store's peers. Answered with [`Response::TrustList`].
     TrustList,
@@ -546,7 +548,7 @@ mod tests {
                 id: id(),
                 name: "bob".into(),
                 endpoint: None,
-                allow: Policy::All
+                allow: None
             }
         );
     }

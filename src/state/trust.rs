@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::lock::LockedFile;
 use super::{StateDir, StateError, TRUST_FILE, TRUST_LOCK_FILE, unix_now};
 use crate::core::identity::AgentId;
-use crate::core::trust::store::{TrustEntry, TrustStore};
+use crate::core::trust::store::{TrustEntry, TrustStore, TrustUpdate};
 
 /// The comment at the top of `trust.toml`.
 const TRUST_FILE_HEADER: &str = "# agentnet trust store: the agents this agent will talk to.\n\
@@ -77,6 +77,25 @@ impl StateDir {
         })
     }
 
+    /// Applies `trust add`: a new peer, or the named fields of an existing
+    /// one (see [`TrustUpdate::apply_to`]). Returns the stored entry.
+    pub fn trust_update(
+        &self,
+        own_id: &AgentId,
+        update: TrustUpdate,
+    ) -> Result<(TrustEntry, TrustChange), StateError> {
+        self.edit_trust(|store| {
+            let existing = store.get(&update.id);
+            let change = match existing {
+                Some(_) => TrustChange::Updated,
+                None => TrustChange::Added,
+            };
+            let entry = update.apply_to(existing, unix_now());
+            store.upsert(own_id, entry.clone())?;
+            Ok((entry, change))
+        })
+    }
+
     /// Removes a peer, named by agent ID or by local name. Returns its entry.
     pub fn trust_remove(&self, peer: &str) -> Result<TrustEntry, StateError> {
         self.edit_trust(|store| {
@@ -122,6 +141,31 @@ mod tests {
         });
         assert!(result.is_err());
         assert_eq!(fs::read(state.trust_path()).expect("read"), before);
+    }
+
+    #[test]
+    fn trust_update_of_a_name_keeps_the_stored_endpoint_and_policy() {
+        let (_temp, state) = state();
+        let me = Identity::from_secret_bytes(&[0; 32])
+            .expect("key")
+            .agent_id();
+        let mut bob = peer(1, "bob");
+        bob.endpoint = Some("192.0.2.7:7400".into());
+        bob.allow = "tcp:8080".parse().expect("policy");
+        state.trust_upsert(&me, bob.clone()).expect("added");
+        let rename = TrustUpdate {
+            id: bob.id,
+            name: "robert".into(),
+            endpoint: None,
+            allow: None,
+        };
+        let (stored, change) = state.trust_update(&me, rename).expect("updated");
+        assert_eq!(change, TrustChange::Updated);
+        let on_disk = state.load_trust().expect("load");
+        assert_eq!(on_disk.peers, vec![stored.clone()]);
+        assert_eq!(stored.name, "robert");
+        assert_eq!(stored.endpoint, bob.endpoint);
+        assert_eq!(stored.allow, bob.allow);
     }
 
     #[test]

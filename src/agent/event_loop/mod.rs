@@ -17,7 +17,7 @@ use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::api::{Event, Ipv4Route, PeerConfig};
 use crate::core::identity::AgentId;
 use crate::core::node::Node;
-use crate::core::trust::store::{TrustEntry, TrustState, TrustStore};
+use crate::core::trust::store::{TrustEntry, TrustState, TrustStore, TrustUpdate};
 use crate::core::wire::packet::IpPacket;
 use crate::names::service::NameService;
 use crate::rendezvous::link::RendezvousLinks;
@@ -372,7 +372,7 @@ impl Daemon {
                 },
                 Err(error) => Response::Error(error.to_string()),
             },
-            Command::TrustAdd { entry, endpoint } => self.trust_add(now, entry, endpoint),
+            Command::TrustAdd { update, endpoint } => self.trust_add(now, update, endpoint),
             Command::TrustRemove { peer } => self.trust_remove(&peer),
             Command::TrustOp(op) => self.trust_op(now, op),
             Command::Ping { peer, pong } => {
@@ -462,13 +462,17 @@ impl Daemon {
     fn trust_add(
         &mut self,
         now: Instant,
-        entry: TrustEntry,
+        update: TrustUpdate,
         endpoint: Option<SocketAddr>,
     ) -> Response {
-        let (stored, change) = match self.options.state.trust_upsert(&self.own_id, entry) {
+        let (stored, change) = match self.options.state.trust_update(&self.own_id, update) {
             Ok(result) => result,
             Err(error) => return Response::Error(error.to_string()),
         };
+        // An update that named no endpoint keeps the stored one. A literal
+        // address is handed on; a host name is not looked up here (the loop
+        // does not block on DNS), and the node keeps the endpoint it has.
+        let endpoint = endpoint.or_else(|| stored.endpoint.as_deref()?.parse().ok());
         self.apply_entry(now, &stored, endpoint, true);
         tracing::info!(peer = %stored.name, id = %stored.id, allow = %stored.allow, ?change, "trusted");
         self.remember(stored.clone());

@@ -152,6 +152,45 @@ impl TrustEntry {
     }
 }
 
+/// What `trust add` asks: the name always, the endpoint and the policy only
+/// when given. An update keeps what it does not name: renaming a peer must
+/// neither forget where it is nor widen what it may open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustUpdate {
+    /// The peer's agent ID.
+    pub id: AgentId,
+    /// Its local name.
+    pub name: String,
+    /// Its underlay endpoint, if the request names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// What it may open, if the request says; a new entry without one may
+    /// open anything (`all`), an existing one keeps its policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Policy>,
+}
+
+impl TrustUpdate {
+    /// The entry this update makes: `existing` with the name and whatever
+    /// else was given (trusted from now on, no longer expiring), or a new
+    /// trusted entry added at `added_unix`.
+    pub fn apply_to(self, existing: Option<&TrustEntry>, added_unix: u64) -> TrustEntry {
+        let Some(existing) = existing else {
+            let allow = self.allow.unwrap_or(Policy::All);
+            return TrustEntry::trusted(self.id, self.name, self.endpoint, allow, added_unix);
+        };
+        TrustEntry {
+            id: self.id,
+            name: self.name,
+            endpoint: self.endpoint.or_else(|| existing.endpoint.clone()),
+            allow: self.allow.unwrap_or_else(|| existing.allow.clone()),
+            state: TrustState::Trusted,
+            added_unix: existing.added_unix,
+            expires_unix: None,
+        }
+    }
+}
+
 /// The whole trust store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustStore {
@@ -248,6 +287,46 @@ mod tests {
             added_unix: 0,
             expires_unix: None,
         }
+    }
+
+    #[test]
+    fn an_update_keeps_the_endpoint_and_policy_it_does_not_name() {
+        let narrow: Policy = "tcp:8080,icmp".parse().expect("policy");
+        let mut requested = TrustEntry::requested(
+            id(1),
+            "bob".into(),
+            Some("192.0.2.7:7400".into()),
+            100,
+            DEFAULT_REQUESTED_TTL,
+        );
+        requested.allow = narrow.clone();
+        let rename = TrustUpdate {
+            id: id(1),
+            name: "robert".into(),
+            endpoint: None,
+            allow: None,
+        };
+        let renamed = rename.clone().apply_to(Some(&requested), 999);
+        assert_eq!(renamed.name, "robert");
+        assert_eq!(renamed.endpoint.as_deref(), Some("192.0.2.7:7400"));
+        assert_eq!(renamed.allow, narrow, "a rename must not widen the policy");
+        assert_eq!(renamed.state, TrustState::Trusted);
+        assert_eq!(renamed.expires_unix, None);
+        assert_eq!(renamed.added_unix, 100);
+
+        let changed = TrustUpdate {
+            endpoint: Some("198.51.100.1:7400".into()),
+            allow: Some(Policy::none()),
+            ..rename.clone()
+        }
+        .apply_to(Some(&renamed), 999);
+        assert_eq!(changed.endpoint.as_deref(), Some("198.51.100.1:7400"));
+        assert_eq!(changed.allow, Policy::none());
+
+        let new = rename.apply_to(None, 999);
+        assert_eq!(new.allow, Policy::All, "a new entry without --allow may open anything");
+        assert_eq!(new.endpoint, None);
+        assert_eq!(new.added_unix, 999);
     }
 
     #[test]
