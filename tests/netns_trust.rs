@@ -399,8 +399,14 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
     ok(&b, &["trust", "add", &id_a.id, "--name", "renamed-a"]);
     let after = trust_entry(&b, &id_a).expect("b still trusts a");
     assert_eq!(after["name"], "renamed-a");
-    assert_eq!(after["allow"], "tcp:8080", "a rename changed the policy: {after}");
-    assert_eq!(after["endpoint"], before["endpoint"], "a rename changed the endpoint");
+    assert_eq!(
+        after["allow"], "tcp:8080",
+        "a rename changed the policy: {after}"
+    );
+    assert_eq!(
+        after["endpoint"], before["endpoint"],
+        "a rename changed the endpoint"
+    );
     let denied = curl(
         &lab,
         &a,
@@ -1072,6 +1078,21 @@ fn sighup_applies_a_trust_store_edited_on_disk_and_sigterm_stops_the_daemon() {
         a.log_excerpt(20)
     );
 
+    step("a broken trust.toml and SIGHUP: the daemon keeps the peers it has");
+    let trust_file = a.state_dir().join("trust.toml");
+    let good_store = std::fs::read(&trust_file).expect("read a's trust.toml");
+    std::fs::write(&trust_file, "[[peer]] nonsense\n").expect("break a's trust.toml");
+    support::signal_pid(pid_a, nix::sys::signal::Signal::SIGHUP);
+    wait_until("the reload's complaint in a's log", CONNECT_TIMEOUT, || {
+        a.log().contains("cannot load the trust store")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_excerpt(20)));
+    let status = a.status().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        peer_in_status(&status, &id_b.id).is_some(),
+        "a broken file on SIGHUP dropped b: {status}"
+    );
+
     step("SIGTERM: the daemon stops and says why");
     support::signal_pid(pid_a, nix::sys::signal::Signal::SIGTERM);
     wait_until("a's daemon to exit after SIGTERM", CONNECT_TIMEOUT, || {
@@ -1084,5 +1105,29 @@ fn sighup_applies_a_trust_store_edited_on_disk_and_sigterm_stops_the_daemon() {
             .any(|line| line.contains("shutting down") && line.contains("SIGTERM")),
         "no clean shutdown on SIGTERM in the log\n{}",
         a.log_excerpt(20)
+    );
+
+    step("up refuses the broken trust.toml instead of starting with no peers");
+    let port = a.port.to_string();
+    let refused = a
+        .cli(&["up", "--interface", &a.iface, "--port", &port])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !refused.ok(),
+        "up started on a broken trust.toml: {}",
+        refused.describe()
+    );
+    assert!(
+        refused.stderr.contains("trust.toml"),
+        "the error does not name the file: {}",
+        refused.describe()
+    );
+    assert!(a.status().is_err(), "a daemon answers after the refused up");
+    std::fs::write(&trust_file, good_store).expect("restore a's trust.toml");
+    a.up().unwrap_or_else(|e| panic!("{e}"));
+    let status = a.status().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        peer_in_status(&status, &id_b.id).is_some(),
+        "b missing after up: {status}"
     );
 }

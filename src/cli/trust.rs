@@ -582,7 +582,10 @@ mod tests {
         else {
             panic!("not trust add");
         };
-        assert_eq!(allow.map(|policy| policy.to_string()).as_deref(), Some("tcp:80,icmp"));
+        assert_eq!(
+            allow.map(|policy| policy.to_string()).as_deref(),
+            Some("tcp:80,icmp")
+        );
         assert_eq!(endpoint, None);
         assert!(
             Cli::try_parse_from(["agentnet", "trust", "add", "nope", "--name", "bob"]).is_err()
@@ -592,6 +595,9 @@ mod tests {
         let Command::Trust(TrustCommand::Add { allow, .. }) = default.command else {
             panic!("not trust add");
         };
-        assert_eq!(allow, None, "no --allow: a new entry gets `all`, an update keeps its own");
+        assert_eq!(
+            allow, None,
+            "no --allow: a new entry gets `all`, an update keeps its own"
+        );
     }
 }

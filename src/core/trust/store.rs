@@ -324,7 +324,11 @@ mod tests {
         assert_eq!(changed.allow, Policy::none());
 
         let new = rename.apply_to(None, 999);
-        assert_eq!(new.allow, Policy::All, "a new entry without --allow may open anything");
+        assert_eq!(
+            new.allow,
+            Policy::All,
+            "a new entry without --allow may open anything"
+        );
         assert_eq!(new.endpoint, None);
         assert_eq!(new.added_unix, 999);
     }
