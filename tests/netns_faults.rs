@@ -1,7 +1,8 @@
 //! Faults on real hosts (issue 9): the daemon killed with SIGKILL and
 //! started again, a rendezvous server restarted under running sessions, an
-//! agent's underlay address changing in the middle of a download, and the
-//! state directory on a full file system.
+//! agent's underlay address changing in the middle of a download, the
+//! state directory on a full file system, and a foreground daemon whose log
+//! reader went away.
 //!
 //! They need root (namespaces, TUN, mounts). Without it they say why and
 //! pass as skipped, unless `AGENTNET_REQUIRE_NETNS=1` (CI). All traffic
@@ -509,4 +510,95 @@ fn check_store(dir: &Path, before: &[u8], one: &Identity) {
         .filter(|name| name.contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+/// A foreground daemon whose stderr reader went away (`up --foreground
+/// 2>&1 | head -1`) keeps running: the log lines it can no longer write
+/// are lost, not fatal.
+#[test]
+fn a_foreground_daemon_survives_its_log_reader_going_away() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let Some(()) = support::netns_ready!(&tools()) else {
+        return;
+    };
+    let lab = Lab::new().expect("lab");
+    let hosts: Vec<Host> = must(lab.bridge_segment([79, 9], &["a", "b"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let b = must(Agent::new(&lab, &hosts[1], "bravo"));
+    must(a.init());
+    must(b.init());
+    let id_b = must(b.id());
+    let bin = support::agent::agentnet_bin();
+    let state = a.state_dir().to_string_lossy().into_owned();
+    let port = a.port.to_string();
+    let args = [
+        bin.to_str().expect("utf-8 path"),
+        "--state-dir",
+        &state,
+        "up",
+        "--foreground",
+        "--names",
+        "off",
+        "--interface",
+        &a.iface,
+        "--port",
+        &port,
+    ];
+    let child = lab
+        .command(&a.host.ns, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = KillOnDrop(child);
+
+    step("read the first log line, then close the pipe");
+    let stderr = daemon.0.stderr.take().expect("piped stderr");
+    let mut first = String::new();
+    BufReader::new(stderr)
+        .read_line(&mut first)
+        .expect("a first log line");
+    assert!(!first.is_empty(), "the daemon wrote no log line");
+    must(wait_until(
+        "the daemon to answer",
+        Duration::from_secs(15),
+        || a.status().is_ok(),
+    ));
+
+    step("make it log: a trust change, then a status");
+    must(a.trust_add(&id_b, "bravo", Some(b.endpoint())));
+    let status = must(a.status());
+    assert!(
+        peer_in_status(&status, &id_b.id).is_some(),
+        "the trust change did not apply: {status}"
+    );
+    assert!(
+        matches!(daemon.0.try_wait(), Ok(None)),
+        "the daemon died when its log reader went away: {:?}",
+        daemon.0.try_wait()
+    );
+
+    step("down stops it cleanly");
+    must(a.down());
+    let exit = must(wait_for(
+        "the daemon to exit",
+        Duration::from_secs(15),
+        || daemon.0.try_wait().ok().flatten(),
+    ));
+    assert!(exit.success(), "the daemon exited with {exit}");
+}
+
+/// A child the test started: killed and reaped if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }

@@ -78,10 +78,15 @@ pub(crate) fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| default.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A log line that cannot be written is lost, and nothing else happens:
+    // by default the subscriber reports it with `eprintln!`, which panics
+    // when stderr is a pipe nobody reads any more (a foreground daemon
+    // piped into `head`), and the daemon would die with it.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
