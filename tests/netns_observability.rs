@@ -233,9 +233,22 @@ fn ping_five(a: &Agent, b: &Agent) -> Result<(), String> {
     {
         return Err(format!("no summary with the loss:\n{}", out.stdout));
     }
-    // By address too, and a name nobody has is an error, not lost pings.
-    let address = b.id()?.address.to_string();
+    // By either address too, and a name nobody has is an error, not lost
+    // pings.
+    let id_b = b.id()?;
+    let address = id_b.address.to_string();
     a.cli_ok(&["ping", "-c", "1", &address])?;
+    let address4 = id_b.json["address4"]
+        .as_str()
+        .ok_or_else(|| format!("no address4 in b's id: {}", id_b.json))?;
+    let by_ipv4 = a.cli_ok(&["ping", "-c", "1", address4])?;
+    if !by_ipv4.stdout.contains("reply from bob: seq=") {
+        return Err(format!(
+            "no reply pinging {address4}:
+{}",
+            by_ipv4.stdout
+        ));
+    }
     let unknown = a.cli(&["ping", "-c", "1", "carol"])?;
     if unknown.ok() || !unknown.stderr.contains("no trusted peer") {
         return Err(format!("pinging an unknown name: {}", unknown.describe()));

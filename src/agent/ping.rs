@@ -53,7 +53,8 @@ impl PendingPings {
         text: &str,
         reply: oneshot::Sender<PingReply>,
     ) -> Response {
-        let Some(entry) = find_peer(trust, network, text) else {
+        let ipv4_holder = |address| node.peer_of_address(std::net::IpAddr::V4(address));
+        let Some(entry) = find_peer(trust, network, text, ipv4_holder) else {
             return Response::Error(format!(
                 "no trusted peer is called {text:?} (a local name, agent ID or overlay address)"
             ));

@@ -23,7 +23,8 @@ const WAIT_STEP: Duration = Duration::from_millis(20);
 /// Arguments of `ping`.
 #[derive(Debug, Args)]
 pub(crate) struct PingArgs {
-    /// The peer: its local name (or NAME.agent.internal), agent ID or overlay address.
+    /// The peer: its local name (or NAME.agent.internal), agent ID, or overlay
+    /// address (IPv6, or the IPv4 address routed to it).
     #[arg(value_name = "PEER")]
     pub(crate) peer: String,
     /// Stop after N pings [default: until interrupted].
@@ -122,13 +123,21 @@ pub(crate) fn ping(context: &Instance, args: PingArgs) -> Result<()> {
         Response::Hello(info) => NetworkId::from_name(&info.network),
         other => bail!("unexpected answer to `hello`: {other:?}"),
     };
-    let trust = match client.request(&Request::TrustList)? {
-        Response::TrustList { peers } => TrustStore {
-            peers: peers.into_iter().map(|peer| peer.entry).collect(),
-        },
+    let peers = match client.request(&Request::TrustList)? {
+        Response::TrustList { peers } => peers,
         other => bail!("unexpected answer to `trust list`: {other:?}"),
     };
-    let entry = find_peer(&trust, network, &args.peer).ok_or_else(|| {
+    // The daemon's list says which peer each IPv4 address is routed to.
+    let ipv4_holder = |address| {
+        peers
+            .iter()
+            .find(|peer| peer.address4 == Some(address))
+            .map(|peer| peer.entry.id)
+    };
+    let trust = TrustStore {
+        peers: peers.iter().map(|peer| peer.entry.clone()).collect(),
+    };
+    let entry = find_peer(&trust, network, &args.peer, ipv4_holder).ok_or_else(|| {
         anyhow!(
             "no trusted peer is called {:?}; see `agentnet trust list`",
             args.peer

@@ -6,7 +6,7 @@
 //! along the path the peer's traffic takes now; the pong says which way it
 //! came back (direct or through a relay).
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -82,11 +82,14 @@ pub struct PingOutcome {
 }
 
 /// Finds the trusted peer a command line names: a local name (optionally
-/// with `.agent.internal`), an agent ID, or an address in its node prefix.
+/// with `.agent.internal`), an agent ID, an address in its node prefix, or
+/// the IPv4 address routed to it (`ipv4_holder` says to whom: two agents
+/// may derive the same one, and only one holds it).
 pub fn find_peer<'a>(
     trust: &'a TrustStore,
     network: NetworkId,
     text: &str,
+    ipv4_holder: impl FnOnce(Ipv4Addr) -> Option<AgentId>,
 ) -> Option<&'a TrustEntry> {
     let text = text.trim().trim_end_matches('.');
     if let Ok(id) = text.parse::<AgentId>() {
@@ -97,6 +100,9 @@ pub fn find_peer<'a>(
             .peers
             .iter()
             .find(|entry| NodePrefix::of_agent(network, &entry.id).contains(&address));
+    }
+    if let Ok(address) = text.parse::<Ipv4Addr>() {
+        return trust.get(&ipv4_holder(address)?);
     }
     let lower = text.to_ascii_lowercase();
     let name = lower.strip_suffix(NAME_ZONE).unwrap_or(&lower);
@@ -128,21 +134,28 @@ mod tests {
             }],
         };
         let address = NodePrefix::of_agent(network, &id).agent_address();
+        let address4: Ipv4Addr = "100.64.0.9".parse().expect("address");
+        let holder = |asked: Ipv4Addr| (asked == address4).then_some(id);
         for text in [
             "bob".to_string(),
             "Bob.agent.internal.".to_string(),
             id.to_string(),
             address.to_string(),
             NodePrefix::of_agent(network, &id).address(7).to_string(),
+            address4.to_string(),
         ] {
             assert_eq!(
-                find_peer(&trust, network, &text).map(|e| e.id),
+                find_peer(&trust, network, &text, holder).map(|e| e.id),
                 Some(id),
                 "{text}"
             );
         }
-        assert!(find_peer(&trust, network, "carol").is_none());
-        assert!(find_peer(&trust, network, "fd00::1").is_none());
+        for unknown in ["carol", "fd00::1", "100.64.0.10"] {
+            assert!(
+                find_peer(&trust, network, unknown, holder).is_none(),
+                "{unknown}"
+            );
+        }
     }
 
     #[test]
