@@ -591,6 +591,39 @@ fn a_foreground_daemon_survives_its_log_reader_going_away() {
     assert!(exit.success(), "the daemon exited with {exit}");
 }
 
+/// A second agent of the same network in one namespace is refused, naming
+/// the interface that holds the network: both would route it, and the
+/// kernel would send every overlay packet to one of them.
+#[test]
+fn a_second_agent_of_the_network_in_one_namespace_is_refused() {
+    let Some(()) = support::netns_ready!(&tools()) else {
+        return;
+    };
+    let lab = Lab::new().expect("lab");
+    let hosts: Vec<Host> = must(lab.bridge_segment([79, 10], &["a", "b"]));
+    let a = must(Agent::new(&lab, &hosts[0], "alpha"));
+    let c = must(Agent::new(&lab, &hosts[0], "carol"));
+    must(a.init());
+    must(c.init());
+    must(a.up());
+    // The lab names a host's interface once; carol's gets a suffix.
+    let iface_c = format!("{}c", c.iface);
+    let refused = must(c.cli(&["up", "--interface", &iface_c, "--port", "7402"]));
+    assert!(
+        !refused.ok(),
+        "a second agent started: {}",
+        refused.describe()
+    );
+    assert!(
+        refused.stderr.contains(&a.iface)
+            && refused.stderr.contains("another agent of this network"),
+        "the refusal does not say why: {}",
+        refused.describe()
+    );
+    assert!(c.status().is_err(), "the refused agent answers");
+    must(a.status());
+}
+
 /// A child the test started: killed and reaped if the test ends early.
 struct KillOnDrop(std::process::Child);
 

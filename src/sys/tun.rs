@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::net::Ipv6Addr;
 
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
@@ -71,6 +72,20 @@ pub enum TunError {
     /// The name is not a valid interface name.
     #[error("bad interface name `{0}`: use 1-15 characters, no `/`, spaces or `:`")]
     BadName(String),
+    /// Another interface of this namespace already routes the network.
+    #[error(
+        "cannot set up TUN interface {interface}: {other} already holds {address} in this network's {network}, so another agent of this network runs in this network namespace; the kernel would send every overlay packet to one of the two. Run this agent in a namespace of its own (see Containers in the README), as `up --userspace`, or stop the other (`agentnet down` with its --state-dir)"
+    )]
+    NetworkInUse {
+        /// The interface name asked for.
+        interface: String,
+        /// The interface that holds an address of the network.
+        other: String,
+        /// That address.
+        address: std::net::Ipv6Addr,
+        /// The network's prefix.
+        network: String,
+    },
 }
 
 /// Checks an interface name (Linux: 1-15 bytes, no `/`, whitespace or `:`).
@@ -132,6 +147,7 @@ pub(crate) fn create(
     offload: bool,
 ) -> Result<SyncDevice, TunError> {
     validate_interface_name(name)?;
+    refuse_a_second_agent(name, addresses.v6)?;
     let classify = |source: io::Error| {
         let interface = name.to_string();
         match source.raw_os_error() {
@@ -181,6 +197,48 @@ pub(crate) fn create(
     Ok(device)
 }
 
+/// Refuses when another interface of this namespace holds an address in the
+/// network of `agent_address` (its `/48`): two agents of one network in one
+/// namespace would both route the network, and the kernel sends every
+/// overlay packet to the interface it finds first.
+fn refuse_a_second_agent(interface: &str, agent_address: Ipv6Addr) -> Result<(), TunError> {
+    let Ok(addresses) = getifaddrs() else {
+        return Ok(());
+    };
+    let holders = addresses.filter_map(|ifa| {
+        let address = ifa.address?.as_sockaddr_in6()?.ip();
+        Some((ifa.interface_name, address))
+    });
+    match other_holder(interface, agent_address, holders) {
+        Some((other, address)) => Err(TunError::NetworkInUse {
+            interface: interface.to_string(),
+            other,
+            address,
+            network: format!("{}/{NETWORK_PREFIX_LEN}", network_of(agent_address)),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first of `holders` (interface, address) other than `interface` whose
+/// address is in the network of `agent_address`.
+fn other_holder(
+    interface: &str,
+    agent_address: Ipv6Addr,
+    holders: impl IntoIterator<Item = (String, Ipv6Addr)>,
+) -> Option<(String, Ipv6Addr)> {
+    let network = network_of(agent_address);
+    holders
+        .into_iter()
+        .find(|(name, address)| name != interface && network_of(*address) == network)
+}
+
+/// The first 48 bits of an address.
+fn network_of(address: Ipv6Addr) -> Ipv6Addr {
+    let kept = u128::MAX << (128 - u32::from(NETWORK_PREFIX_LEN));
+    Ipv6Addr::from(u128::from(address) & kept)
+}
+
 /// Whether IPv6 is switched off in this network namespace (then assigning
 /// the overlay address fails with a permission error that would mislead).
 fn ipv6_disabled() -> bool {
@@ -222,6 +280,26 @@ mod tests {
     #[test]
     fn underlay_mtu_is_at_least_plausible() {
         assert!(underlay_mtu() >= 576);
+    }
+
+    #[test]
+    fn a_second_interface_in_the_same_network_is_found() {
+        let ours: Ipv6Addr = "fd40:37b1:4f8d:d534:750b:79a6:3554:1".parse().expect("ip");
+        let other_agent: Ipv6Addr = "fd40:37b1:4f8d:11:22:33:44:1".parse().expect("ip");
+        let other_network: Ipv6Addr = "fd40:37b1:4f8e::1".parse().expect("ip");
+        let holders = |list: &[(&str, Ipv6Addr)]| {
+            list.iter()
+                .map(|(name, address)| (name.to_string(), *address))
+                .collect::<Vec<_>>()
+        };
+        // Our own interface (a restart's leftover) and other networks pass.
+        let clear = holders(&[("an-b", ours), ("eth0", other_network)]);
+        assert_eq!(other_holder("an-b", ours, clear), None);
+        let taken = holders(&[("eth0", other_network), ("an-a", other_agent)]);
+        assert_eq!(
+            other_holder("an-b", ours, taken),
+            Some(("an-a".to_string(), other_agent))
+        );
     }
 
     #[test]
