@@ -1018,6 +1018,17 @@ fn trust_request_without_a_daemon_says_it_needs_one() {
         "{}",
         out.describe()
     );
+    let blank = run(&["trust", "request", &target, "--justification", " "]);
+    assert!(
+        !blank.ok(),
+        "a blank justification was taken: {}",
+        blank.describe()
+    );
+    assert!(
+        blank.stderr.contains("the justification is empty"),
+        "{}",
+        blank.describe()
+    );
     let store = StateDir::new(state.path()).load_trust().expect("store");
     assert!(store.peers.is_empty(), "a failed request changed the store");
 }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::control::{Request, Response};
 use crate::core::identity::AgentId;
 use crate::core::policy::Policy;
-use crate::core::trust::request::{Endorsement, MAX_JUSTIFICATION_LEN};
+use crate::core::trust::request::{Endorsement, check_justification};
 use crate::core::trust::store::{TrustUpdate, validate_name};
 use crate::state::fleet::parse_endorsement_token;
 use crate::sys::udp::resolve_endpoint;
@@ -122,12 +122,7 @@ pub(crate) async fn trust_op_of(request: Request) -> Result<TrustOp, String> {
             if let Some(name) = &name {
                 validate_name(name).map_err(|e| e.to_string())?;
             }
-            if justification.len() > MAX_JUSTIFICATION_LEN {
-                return Err(format!(
-                    "the justification is {} bytes; at most {MAX_JUSTIFICATION_LEN} are sent",
-                    justification.len()
-                ));
-            }
+            check_justification(&justification).map_err(|e| e.to_string())?;
             let endorsement = endorsement
                 .map(|token| parse_endorsement_token(&token))
                 .transpose()

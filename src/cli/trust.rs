@@ -14,7 +14,7 @@ use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
 use agentnet::core::text::escape_untrusted;
 use agentnet::core::trust::pending::PendingStatus;
-use agentnet::core::trust::request::MAX_JUSTIFICATION_LEN;
+use agentnet::core::trust::request::check_justification;
 use agentnet::core::trust::store::{TrustEntry, TrustState, TrustUpdate, validate_name};
 use agentnet::state::fleet::parse_endorsement_token;
 use agentnet::state::{TrustChange, unix_now};
@@ -110,7 +110,7 @@ pub(crate) enum TrustCommand {
     /// List the trust requests waiting for approval.
     Pending {
         /// Print a JSON array: id, name (claimed), justification, requested, age_s,
-        /// from, endorsed_by.
+        /// from, via_relay, endorsed_by.
         #[arg(long)]
         json: bool,
     },
@@ -372,12 +372,7 @@ fn request(context: &Instance, args: RequestArgs) -> Result<()> {
     if let Some(name) = &args.name {
         validate_name(name)?;
     }
-    if args.justification.len() > MAX_JUSTIFICATION_LEN {
-        bail!(
-            "the justification is {} bytes; at most {MAX_JUSTIFICATION_LEN} are sent",
-            args.justification.len()
-        );
-    }
+    check_justification(&args.justification)?;
     if let Some(token) = &args.endorsement {
         parse_endorsement_token(token)?;
     }

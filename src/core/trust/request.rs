@@ -39,6 +39,31 @@ const ENDORSEMENT_LABEL: &[u8] = b"agentnet fleet endorsement v2";
 const ENDORSEMENT_FLAG: u8 = 2;
 /// Longest justification accepted.
 pub const MAX_JUSTIFICATION_LEN: usize = 1024;
+
+/// Why a justification an operator typed cannot be sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JustificationError {
+    /// Nothing but white space.
+    #[error(
+        "the justification is empty: say why this agent asks (the target's operator reads it before approving)"
+    )]
+    Empty,
+    /// Over [`MAX_JUSTIFICATION_LEN`] bytes.
+    #[error("the justification is {0} bytes; at most {MAX_JUSTIFICATION_LEN} are sent")]
+    TooLong(usize),
+}
+
+/// Checks a justification before a request is sealed: not blank, and at
+/// most [`MAX_JUSTIFICATION_LEN`] bytes.
+pub fn check_justification(text: &str) -> Result<(), JustificationError> {
+    if text.trim().is_empty() {
+        return Err(JustificationError::Empty);
+    }
+    if text.len() > MAX_JUSTIFICATION_LEN {
+        return Err(JustificationError::TooLong(text.len()));
+    }
+    Ok(())
+}
 /// Largest sealed-request datagram accepted.
 pub const MAX_REQUEST_DATAGRAM_LEN: usize = 2048;
 /// Largest clock difference accepted between requester and target.
@@ -398,6 +423,18 @@ fn prologue(network: NetworkId) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn blank_and_oversized_justifications_are_refused() {
+        assert_eq!(check_justification("nightly log summaries"), Ok(()));
+        assert_eq!(check_justification(" \t\n"), Err(JustificationError::Empty));
+        assert_eq!(check_justification(""), Err(JustificationError::Empty));
+        let long = "x".repeat(MAX_JUSTIFICATION_LEN + 1);
+        assert_eq!(
+            check_justification(&long),
+            Err(JustificationError::TooLong(MAX_JUSTIFICATION_LEN + 1))
+        );
+    }
+
     use super::*;
     use crate::core::rng::core_rng;
     use proptest::prelude::*;
