@@ -163,7 +163,38 @@ fn killed_daemon_restarts_with_stale_files_and_reconnects_within_5_s() {
         .matches(&format!("# BEGIN agentnet {}", id_a.id))
         .count();
     assert_eq!(blocks, 1, "one names block for A, not two:\n{hosts}");
-    must(a.down());
+
+    // Killed again, A cannot say goodbye: B's session to it looks alive for
+    // minutes. Once B's traffic has gone unanswered past 15 s, B's status
+    // says A is silent instead of showing the path it last answered on.
+    let pid = must(a.daemon_pid());
+    signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    must(wait_until(
+        "B to report the killed A silent",
+        Duration::from_secs(30),
+        || {
+            overlay_ping(&lab, &b, &id_a);
+            b.status().ok().is_some_and(|status| {
+                peer_in_status(&status, &id_a.id).is_some_and(|p| p["silent_s"].is_number())
+            })
+        },
+    ));
+    say(&format!(
+        "faults | A killed again: B reports it silent after {}",
+        secs(killed.elapsed())
+    ));
+    let text = must(b.cli_ok(&["status"])).stdout;
+    let row = text
+        .lines()
+        .find(|line| line.starts_with("alpha "))
+        .unwrap_or_else(|| panic!("no row for alpha:\n{text}"));
+    assert!(
+        row.contains(" silent ") && !row.contains(" direct "),
+        "{text}"
+    );
+    assert!(text.contains("alpha ("), "{text}");
+    assert!(text.contains("): no answer for "), "{text}");
     must(b.down());
 }
 

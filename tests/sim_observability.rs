@@ -279,6 +279,39 @@ fn rtt_pings_run_only_while_traffic_flows() {
 }
 
 #[test]
+fn a_peer_that_stops_answering_is_reported_silent_until_it_answers_again() {
+    let (mut net, a, b) = connected_pair(9, LinkConfig::default());
+    // One-way traffic to a live peer is answered (pongs, keepalives).
+    stream(&mut net, a, b, Duration::from_secs(40), 100 * MS);
+    let live = peer_status(&net, a, b);
+    assert_eq!(live.silent_s, None, "a live peer answers: {live:?}");
+    assert_eq!(live.path, PathKind::Direct);
+
+    net.stop_host(b);
+    stream(&mut net, a, b, Duration::from_secs(10), 100 * MS);
+    assert_eq!(
+        peer_status(&net, a, b).silent_s,
+        None,
+        "10 s is within a live peer's keepalive"
+    );
+    stream(&mut net, a, b, Duration::from_secs(10), 100 * MS);
+    let stopped = peer_status(&net, a, b);
+    let silent = stopped
+        .silent_s
+        .expect("silent after 20 s without an answer");
+    assert!((19.0..=21.0).contains(&silent), "silent for {silent} s");
+    // The session has not expired: only `silent_s` tells the peer is gone.
+    assert!(stopped.session_established, "{stopped:?}");
+
+    net.restart_host(b, [7; 32]);
+    net.trust(b, a, true, Policy::All);
+    stream(&mut net, a, b, Duration::from_secs(10), 100 * MS);
+    let back = peer_status(&net, a, b);
+    assert!(back.session_established, "{back:?}");
+    assert_eq!(back.silent_s, None, "answered again: {back:?}");
+}
+
+#[test]
 fn ping_reports_the_rtt_and_the_path_of_each_reply() {
     let link = LinkConfig {
         delay: 15 * MS,

@@ -37,6 +37,7 @@ struct PeerView {
     endpoint: Option<String>,
     relay: Option<String>,
     path: String,
+    silent_s: Option<f64>,
     session_established: bool,
     cipher: Option<String>,
     last_handshake_age_s: Option<f64>,
@@ -161,11 +162,16 @@ pub(super) fn render_status(status: &StatusView) -> String {
             .peers
             .iter()
             .map(|peer| {
-                let (path, via) = match peer.path.as_str() {
+                let (mut path, via) = match peer.path.as_str() {
                     "relay" => ("relay", peer.relay.clone()),
                     "direct" => ("direct", peer.endpoint.clone()),
                     _ => ("-", peer.endpoint.clone()),
                 };
+                // The path and RTT it last answered on are not a path now.
+                let silent = peer.silent_s.is_some();
+                if silent {
+                    path = "silent";
+                }
                 vec![
                     peer.name.clone(),
                     peer.address4.clone().unwrap_or_else(|| "-".into()),
@@ -173,6 +179,7 @@ pub(super) fn render_status(status: &StatusView) -> String {
                     via.unwrap_or_else(|| "-".into()),
                     peer.rtt
                         .as_ref()
+                        .filter(|_| !silent)
                         .map_or_else(|| "-".into(), |rtt| human_ms(rtt.smoothed_ms)),
                     percent(peer.receive.loss),
                     percent(peer.receive.reordering),
@@ -214,6 +221,15 @@ pub(super) fn render_status(status: &StatusView) -> String {
                 drops.insert(reason.as_str(), *count);
             }
             drops.insert("duplicates (10 s)", peer.receive.window.duplicates);
+            if let Some(silent) = peer.silent_s {
+                let _ = writeln!(
+                    out,
+                    "  {} ({}…): no answer for {} to what this agent sent (it stopped, its network changed, or it no longer trusts this agent)",
+                    peer.name,
+                    short(&peer.id),
+                    human_duration(silent)
+                );
+            }
             if let Some(holder) = &peer.address4_conflict {
                 let holder_name = if *holder == status.id {
                     "this agent".to_string()
@@ -416,6 +432,37 @@ mod tests {
             permanent.line().ends_with("renews in 1m00s, permanent)"),
             "{}",
             permanent.line()
+        );
+    }
+
+    #[test]
+    fn a_silent_peer_shows_no_path_or_rtt_and_says_for_how_long() {
+        let value = json!({
+            "id": "abc", "address": "fd00::1", "node_prefix": "fd00::/112", "mtu": 1408,
+            "interface": "agentnet0", "port": 7400, "pid": 9, "name": "alice",
+            "network": "agentnet", "uptime_s": 65,
+            "peers": [{
+                "id": "bobbobbobbobbobbob", "name": "bob", "address": "fd00::2:1",
+                "endpoint": "192.0.2.7:7400", "path": "direct", "silent_s": 42.4,
+                "session_established": true, "rtt": {"smoothed_ms": 20.04}
+            }],
+            "dropped": {}
+        });
+        let view: StatusView = serde_json::from_value(value).expect("parses");
+        let text = render_status(&view);
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("bob "))
+            .expect("a row for bob");
+        assert!(row.contains(" silent "), "{text}");
+        assert!(
+            !row.contains("direct") && !row.contains("20.0 ms"),
+            "{text}"
+        );
+        assert!(row.contains("192.0.2.7:7400"), "{text}");
+        assert!(
+            text.contains("bob (bobbobbobbob…): no answer for 42s to what this agent sent"),
+            "{text}"
         );
     }
 

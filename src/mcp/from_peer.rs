@@ -131,6 +131,7 @@ pub fn peers(status: &Value) -> Value {
                 "endpoint",
                 "relay",
                 "rtt_ms",
+                "silent_s",
                 "session_established",
                 "last_handshake_age_s",
                 "allow",
@@ -216,7 +217,7 @@ mod tests {
             "peers": [{
                 "name": "bravo", "id": "bravo-id", "path": "direct", "rtt_ms": 0.4,
                 "receive": {"loss": 0.01}, "pings": {"loss": 0.0}, "rtt": {"smoothed_ms": 0.5},
-                "session_established": true
+                "session_established": true, "silent_s": 17.5
             }]
         });
         let shown = peers(&status);
@@ -225,6 +226,7 @@ mod tests {
         assert_eq!(bravo["path"], "direct");
         assert_eq!(bravo["loss"], 0.01);
         assert_eq!(bravo["rtt"]["smoothed_ms"], 0.5);
+        assert_eq!(bravo["silent_s"], 17.5);
         assert_eq!(peers(&json!({}))["peers"], json!([]));
     }
 }

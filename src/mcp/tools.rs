@@ -195,8 +195,9 @@ impl AgentnetTools {
     #[tool(
         description = "The trusted peers and how they are reached: name (NAME.agent.internal), \
             agent ID, overlay addresses, path (direct, relay or none), underlay endpoint, round-trip \
-            time (last and smoothed, ms), packet loss (0-1), whether a session is up, and the \
-            ports each may open here."
+            time (last and smoothed, ms), packet loss (0-1), whether a session is up, silent_s \
+            (seconds what this agent sent has gone unanswered, past 15 s: the peer is gone; null \
+            while it answers), and the ports each may open here."
     )]
     async fn peers(&self) -> CallToolResult {
         match self.ask(Request::Status).await {

@@ -41,6 +41,11 @@ use services::ServicesExchange;
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Base of the wait before a handshake is retried.
 pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Traffic to a live peer is answered within this long (its keepalive
+/// comes [`KEEPALIVE_TIMEOUT`] after our data at the latest): a peer
+/// silent for longer has stopped, moved or dropped this agent, and
+/// `status` says so instead of showing the last path it answered on.
+pub const SILENT_AFTER: Duration = KEEPALIVE_TIMEOUT.saturating_add(REKEY_TIMEOUT);
 /// First retry of an unanswered initiation.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Initiations from one peer closer together than this (accepted ones)
@@ -228,6 +233,9 @@ pub struct Peer {
     last_sent: Option<Instant>,
     last_received: Option<Instant>,
     unanswered_since: Option<Instant>,
+    /// Since when data we sent has gone without any answer (kept across
+    /// the handshake retries that `unanswered_since` starts).
+    silent_since: Option<Instant>,
     last_handshake: Option<Instant>,
     remote_name: Option<String>,
     remote_candidates: Vec<SocketAddr>,
@@ -325,6 +333,7 @@ impl Peer {
             last_sent: None,
             last_received: None,
             unanswered_since: None,
+            silent_since: None,
             last_handshake: None,
             remote_name: None,
             remote_candidates: Vec::new(),
@@ -538,6 +547,11 @@ impl Peer {
                 _ => None,
             },
             rtt_ms: self.last_rtt_us.map(|micros| f64::from(micros) / 1000.0),
+            silent_s: self
+                .silent_since
+                .map(|since| now.saturating_duration_since(since))
+                .filter(|silent| *silent >= SILENT_AFTER)
+                .map(|silent| silent.as_secs_f64()),
             candidates: self.remote_candidates.clone(),
             session_established: up,
             cipher: self

@@ -167,6 +167,7 @@ impl Peer {
             self.last_received = Some(now);
         }
         self.unanswered_since = None;
+        self.silent_since = None;
     }
 
     /// Whether we should start a handshake after receiving on the current
@@ -260,6 +261,7 @@ impl Peer {
             if self.unanswered_since.is_none() {
                 self.unanswered_since = Some(now);
             }
+            self.silent_since.get_or_insert(now);
             self.note_sent_on(now, route);
         }
         if wants_rekey {
@@ -385,6 +387,7 @@ impl Peer {
         self.retry = None;
         self.queue = None;
         self.unanswered_since = None;
+        self.silent_since = None;
     }
 
     /// Frees what only traffic needs once it stopped: the expanded AEAD

@@ -44,6 +44,11 @@ pub struct PeerStatus {
     pub relay: Option<SocketAddr>,
     /// Round-trip time of the last answered path ping, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// Seconds that data sent to the peer has gone without any answer,
+    /// once longer than [`crate::core::peer::SILENT_AFTER`] (a live peer
+    /// answers within it): the path and RTT are the last ones it answered
+    /// on. `None` while it answers (or nothing was sent).
+    pub silent_s: Option<f64>,
     /// Endpoints the peer announced (local and reflexive).
     pub candidates: Vec<SocketAddr>,
     /// Whether a session with the peer is established.
