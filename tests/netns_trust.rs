@@ -158,6 +158,18 @@ fn curl(lab: &Lab, agent: &Agent, address: Ipv6Addr, port: u16, limit: &[&str]) 
     lab.exec(&agent.host.ns, &args).expect("curl runs")
 }
 
+/// A connection from `agent` to `address`:`port` gets no answer at all:
+/// curl's exit status 28 is a timeout, 7 would be a refusal (an answer).
+fn assert_times_out(lab: &Lab, agent: &Agent, address: Ipv6Addr, port: u16, what: &str) {
+    let attempt = curl(lab, agent, address, port, &["--connect-timeout", "3"]);
+    assert_eq!(
+        attempt.status.code(),
+        Some(28),
+        "{what} must time out: {}",
+        attempt.describe()
+    );
+}
+
 /// A requests trust from B with a justification and `--allow tcp:8080`; B
 /// sees it in `trust pending --json` with everything the operator needs;
 /// approving with a wider policy is refused; approving connects at once, and
@@ -304,35 +316,22 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
     );
     let capture = TunCapture::start(&lab, &a.host.ns, &a.iface, &filter).expect("capture");
     let policy_drops_before = policy_drops(&b, &id_a);
-    let denied = curl(
+    assert_times_out(
         &lab,
         &a,
         id_b.address,
         DENIED_PORT,
-        &["--connect-timeout", "3"],
-    );
-    // curl's exit status 28 is a timeout; 7 would be a refusal (an answer).
-    assert_eq!(
-        denied.status.code(),
-        Some(28),
-        "the connection to a port the policy denies must time out: {}",
-        denied.describe()
+        "the connection to a port the policy denies",
     );
 
     step("b -> a:9090 times out: a asked b for access, b may open nothing on a");
     let reverse_drops_before = policy_drops(&a, &id_b);
-    let reverse = curl(
+    assert_times_out(
         &lab,
         &b,
         id_a.address,
         REQUESTER_PORT,
-        &["--connect-timeout", "3"],
-    );
-    assert_eq!(
-        reverse.status.code(),
-        Some(28),
-        "the agent a asked opened a connection on a: {}",
-        reverse.describe()
+        "a connection from the agent a asked",
     );
     let reverse_drops_after = policy_drops(&a, &id_b);
     assert!(
@@ -407,18 +406,12 @@ fn approved_port_policy_lets_8080_through_drops_22_silently_and_the_target_opens
         after["endpoint"], before["endpoint"],
         "a rename changed the endpoint"
     );
-    let denied = curl(
+    assert_times_out(
         &lab,
         &a,
         id_b.address,
         DENIED_PORT,
-        &["--connect-timeout", "3"],
-    );
-    assert_eq!(
-        denied.status.code(),
-        Some(28),
-        "after a rename, a port the policy denies must still time out: {}",
-        denied.describe()
+        "after a rename, a connection to a port the policy denies",
     );
 }
 
