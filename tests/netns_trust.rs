@@ -1043,15 +1043,14 @@ fn sighup_applies_a_trust_store_edited_on_disk_and_sigterm_stops_the_daemon() {
 
     step("a's trust store gains b on disk, behind the daemon's back");
     let own_id = id_a.id.parse().expect("a's id");
-    let entry = agentnet::core::trust::store::TrustEntry::trusted(
-        id_b.id.parse().expect("b's id"),
-        "b".into(),
-        Some(b.endpoint().to_string()),
-        agentnet::core::policy::Policy::All,
-        0,
-    );
+    let update = agentnet::core::trust::store::TrustUpdate {
+        id: id_b.id.parse().expect("b's id"),
+        name: "b".into(),
+        endpoint: Some(b.endpoint().to_string()),
+        allow: Some(agentnet::core::policy::Policy::All),
+    };
     StateDir::new(a.state_dir())
-        .trust_upsert(&own_id, entry)
+        .trust_update(&own_id, update)
         .expect("edit a's trust store");
     let status = a.status().unwrap_or_else(|e| panic!("{e}"));
     assert!(

@@ -162,16 +162,14 @@ pub(super) fn render_status(status: &StatusView) -> String {
             .peers
             .iter()
             .map(|peer| {
-                let (mut path, via) = match peer.path.as_str() {
+                let (path, via) = match peer.path.as_str() {
                     "relay" => ("relay", peer.relay.clone()),
                     "direct" => ("direct", peer.endpoint.clone()),
                     _ => ("-", peer.endpoint.clone()),
                 };
                 // The path and RTT it last answered on are not a path now.
                 let silent = peer.silent_s.is_some();
-                if silent {
-                    path = "silent";
-                }
+                let path = if silent { "silent" } else { path };
                 vec![
                     peer.name.clone(),
                     peer.address4.clone().unwrap_or_else(|| "-".into()),

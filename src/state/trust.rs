@@ -52,31 +52,6 @@ impl StateDir {
         self.edit_locked(edit)
     }
 
-    /// Adds or updates a trusted peer. An update keeps the original
-    /// `added_unix`; a new entry with `added_unix == 0` gets the current time.
-    pub fn trust_upsert(
-        &self,
-        own_id: &AgentId,
-        mut entry: TrustEntry,
-    ) -> Result<(TrustEntry, TrustChange), StateError> {
-        self.edit_trust(|store| {
-            let change = match store.get(&entry.id) {
-                Some(existing) => {
-                    entry.added_unix = existing.added_unix;
-                    TrustChange::Updated
-                }
-                None => {
-                    if entry.added_unix == 0 {
-                        entry.added_unix = unix_now();
-                    }
-                    TrustChange::Added
-                }
-            };
-            store.upsert(own_id, entry.clone())?;
-            Ok((entry, change))
-        })
-    }
-
     /// Applies `trust add`: a new peer, or the named fields of an existing
     /// one (see [`TrustUpdate::apply_to`]). Returns the stored entry.
     pub fn trust_update(
@@ -86,9 +61,10 @@ impl StateDir {
     ) -> Result<(TrustEntry, TrustChange), StateError> {
         self.edit_trust(|store| {
             let existing = store.get(&update.id);
-            let change = match existing {
-                Some(_) => TrustChange::Updated,
-                None => TrustChange::Added,
+            let change = if existing.is_some() {
+                TrustChange::Updated
+            } else {
+                TrustChange::Added
             };
             let entry = update.apply_to(existing, unix_now());
             store.upsert(own_id, entry.clone())?;
@@ -127,13 +103,24 @@ mod tests {
     use crate::core::identity::Identity;
     use crate::state::test_support::{mode_of, peer, state};
 
+    /// `trust add` naming every field of `entry`.
+    fn add(state: &StateDir, me: &AgentId, entry: &TrustEntry) -> (TrustEntry, TrustChange) {
+        let update = TrustUpdate {
+            id: entry.id,
+            name: entry.name.clone(),
+            endpoint: entry.endpoint.clone(),
+            allow: Some(entry.allow.clone()),
+        };
+        state.trust_update(me, update).expect("trust add")
+    }
+
     #[test]
     fn failed_edit_leaves_trust_store_untouched() {
         let (_temp, state) = state();
         let me = Identity::from_secret_bytes(&[0; 32])
             .expect("key")
             .agent_id();
-        state.trust_upsert(&me, peer(1, "bob")).expect("added");
+        add(&state, &me, &peer(1, "bob"));
         let before = fs::read(state.trust_path()).expect("read");
         let result: Result<(), _> = state.edit_trust(|store| {
             store.peers.clear();
@@ -152,7 +139,7 @@ mod tests {
         let mut bob = peer(1, "bob");
         bob.endpoint = Some("192.0.2.7:7400".into());
         bob.allow = "tcp:8080".parse().expect("policy");
-        state.trust_upsert(&me, bob.clone()).expect("added");
+        add(&state, &me, &bob);
         let rename = TrustUpdate {
             id: bob.id,
             name: "robert".into(),
@@ -169,17 +156,15 @@ mod tests {
     }
 
     #[test]
-    fn trust_upsert_reports_added_then_updated_and_keeps_added_time() {
+    fn trust_update_reports_added_then_updated_and_keeps_added_time() {
         let (_temp, state) = state();
         let me = Identity::from_secret_bytes(&[0; 32])
             .expect("key")
             .agent_id();
-        let (first, change) = state.trust_upsert(&me, peer(1, "bob")).expect("added");
+        let (first, change) = add(&state, &me, &peer(1, "bob"));
         assert_eq!(change, TrustChange::Added);
         assert!(first.added_unix > 0);
-        let mut renamed = peer(1, "robert");
-        renamed.added_unix = 5;
-        let (second, change) = state.trust_upsert(&me, renamed).expect("updated");
+        let (second, change) = add(&state, &me, &peer(1, "robert"));
         assert_eq!(change, TrustChange::Updated);
         assert_eq!(second.added_unix, first.added_unix);
         let store = state.load_trust().expect("load");
@@ -196,8 +181,8 @@ mod tests {
             .agent_id();
         let bob = peer(1, "bob");
         let carol = peer(2, "carol");
-        state.trust_upsert(&me, bob.clone()).expect("bob");
-        state.trust_upsert(&me, carol.clone()).expect("carol");
+        add(&state, &me, &bob);
+        add(&state, &me, &carol);
         assert_eq!(state.trust_remove("carol").expect("by name").id, carol.id);
         assert_eq!(
             state.trust_remove(&bob.id.to_string()).expect("by id").id,

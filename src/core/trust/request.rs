@@ -423,6 +423,10 @@ fn prologue(network: NetworkId) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::core::rng::core_rng;
+    use proptest::prelude::*;
+
     #[test]
     fn blank_and_oversized_justifications_are_refused() {
         assert_eq!(check_justification("nightly log summaries"), Ok(()));
@@ -434,10 +438,6 @@ mod tests {
             Err(JustificationError::TooLong(MAX_JUSTIFICATION_LEN + 1))
         );
     }
-
-    use super::*;
-    use crate::core::rng::core_rng;
-    use proptest::prelude::*;
 
     const NOW: Duration = Duration::from_secs(1_800_000_000);
 
