@@ -163,7 +163,7 @@ wait_for() {
 
 has_addr() { ip -n "$1" -o addr show dev "$2" 2>/dev/null | grep -qF " $3/"; }
 proc_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/${1:-0}/stat" 2>/dev/null || echo 0; }
-peak_rss_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/${1:-0}/status" 2>/dev/null || echo NA; }
+peak_rss_mib() { awk '/^VmHWM:/ { printf "%.2f", $2 / 1024 }' "/proc/${1:-0}/status" 2>/dev/null || echo NA; }
 
 # ------------------------------------------------------------ the command ----
 lab_shell() {
