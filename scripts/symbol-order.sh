@@ -26,9 +26,11 @@
 #             over IPv4, iperf3 TCP both ways over each, `agentnet ping`,
 #             `status`
 #   relay     the direct path blocked (nftables): two agents and the
-#             rendezvous server that relays them; pings, iperf3 both ways
+#             rendezvous server that relays them; trust added while they
+#             run, pings, iperf3 both ways
 #   rootless  an `up --userspace` agent as nobody with a --forward to a TUN
-#             agent's iperf3 server; pings, iperf3 both ways
+#             agent's iperf3 server; trust added while they run, pings,
+#             iperf3 both ways
 # Then each setup runs again natively under `perf record`, which notes
 # every page fault (with four iperf3 streams each way as well, and 15 s
 # idle before the daemons stop): once a daemon is set up, a fault in the
