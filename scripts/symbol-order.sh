@@ -353,27 +353,28 @@ relay() {
 lab_ns ut && NS_UT=$LAB_LAST_NS && lab_ns uu && NS_UU=$LAB_LAST_NS &&
     lab_veth "$NS_UT" "$NS_UU" 10.215.0.1/24 10.215.0.2/24 1500 || fail "cannot create the rootless pair"
 init_agent ut
+# uu ARGS... : the CLI on the rootless agent's state, as nobody (its owner).
+uu() { "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" "$@"; }
 mkdir "$WORK/uu" && chown nobody:nogroup "$WORK/uu" &&
-    "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" init --name order-uu >/dev/null || fail "agentnet init uu"
-ID_UU=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .id)
-ADDR_UU=$("${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" id --json | jq -r .address)
+    uu init --name order-uu >/dev/null || fail "agentnet init uu"
+ID_UU=$(uu id --json | jq -r .id)
+ADDR_UU=$(uu id --json | jq -r .address)
 rootless() {
     profiled uu "$NS_UU" nobody "$BIN" --state-dir "$WORK/uu" up --foreground --userspace --port "$PORT" \
         --forward "127.0.0.1:$IPERF_PORT:order-ut:$IPERF_PORT"
     profiled ut "$NS_UT" "$BIN" --state-dir "$WORK/ut" up --foreground --interface ans-ut --port "$PORT"
     wait_for 120 an ut status || fail "the TUN agent does not answer"
-    wait_for 120 "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" status || fail "the rootless agent does not answer"
+    wait_for 120 uu status || fail "the rootless agent does not answer"
     an ut trust add "$ID_UU" --name order-uu >/dev/null &&
-        "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" trust add "$(agent_id ut)" --name order-ut \
-            --endpoint "10.215.0.1:$PORT" >/dev/null || fail "trust add"
+        uu trust add "$(agent_id ut)" --name order-ut --endpoint "10.215.0.1:$PORT" >/dev/null ||
+        fail "trust add"
     wait_for 120 ip netns exec "$NS_UT" ping -c1 -W1 "$ADDR_UU" || fail "no ping to the rootless agent"
     ip netns exec "$NS_UT" ping -q -n -c 50 -i 0.02 "$ADDR_UU" >/dev/null || fail "pings to the rootless agent"
     iperf3_both_ways "$NS_UT" "$NS_UU" 127.0.0.1
     idle_if_native
     stop_profiled uu ut
     an ut trust remove "$ID_UU" >/dev/null &&
-        "${LAB_NOBODY[@]}" "$BIN" --state-dir "$WORK/uu" trust remove "$(agent_id ut)" >/dev/null ||
-        fail "trust remove"
+        uu trust remove "$(agent_id ut)" >/dev/null || fail "trust remove"
 }
 
 if [[ $PGO == 1 ]]; then
