@@ -468,8 +468,9 @@ fn pending(context: &Instance, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One pending request for a terminal. Everything the requester wrote is
-/// escaped: it must not drive the operator's terminal.
+/// One pending request for a terminal. Everything the requester wrote
+/// came escaped from the daemon (`PendingStatus`): it cannot drive the
+/// operator's terminal.
 fn render_pending(request: &PendingStatus) -> String {
     let from = if request.via_relay {
         format!("via rendezvous {}", request.from)
@@ -478,11 +479,11 @@ fn render_pending(request: &PendingStatus) -> String {
     };
     let mut text = format!(
         "{} asks for {}  ({} ago, {from})\n  id             {}\n  justification  {}\n",
-        escape_untrusted(&request.name),
+        request.name,
         request.requested,
         human_duration(request.age_s),
         request.id,
-        escape_untrusted(&request.justification)
+        request.justification
     );
     if let Some(fleet) = &request.endorsed_by {
         text.push_str(&format!("  endorsed by    fleet {fleet}\n"));

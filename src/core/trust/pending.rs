@@ -31,11 +31,18 @@ use serde::{Deserialize, Serialize};
 use crate::core::address::NodeId;
 use crate::core::identity::AgentId;
 use crate::core::limit::{KeyedLimiter, Rate, TokenBucket, address_key};
+use crate::core::text::escape_untrusted;
 use crate::core::trust::request::{MAX_CLOCK_SKEW, TrustRequest};
 use crate::core::wire::path::PathAddr;
 
 /// Most requests waiting at once; the oldest goes first.
 pub const MAX_PENDING: usize = 256;
+/// Most pending requests from one origin (the source address, IPv4 or the
+/// /64 of IPv6; for requests through a rendezvous, that rendezvous): keys
+/// cost nothing, and through a rendezvous each new key is a new sender,
+/// so without it one flooder could push every other request out of the
+/// list within seconds. A request past it replaces its origin's oldest.
+pub const MAX_PENDING_PER_ORIGIN: usize = MAX_PENDING / 4;
 /// How long a request waits before it expires.
 pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Requests accepted per requester key or sender per minute (and at once).
@@ -77,14 +84,17 @@ pub struct PendingRequest {
     pub received: Instant,
 }
 
-/// A pending request as shown to the operator.
+/// A pending request as shown to the operator. What the requester wrote
+/// (`name`, `justification`) is escaped already
+/// ([`crate::core::text::escape_untrusted`]): the control socket hands it
+/// to terminals, JSON readers and language models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingStatus {
     /// Requester's agent ID.
     pub id: AgentId,
-    /// Name the requester claims.
+    /// Name the requester claims, escaped.
     pub name: String,
-    /// Why it asks.
+    /// Why it asks, escaped.
     pub justification: String,
     /// Ports it asks for.
     pub requested: String,
@@ -310,7 +320,8 @@ impl PendingRequests {
     }
 
     /// Queues a verified request, replacing an older one from the same
-    /// requester and evicting the oldest when full.
+    /// requester, then its origin's oldest when the origin holds
+    /// [`MAX_PENDING_PER_ORIGIN`], else the oldest of all when full.
     pub fn insert(
         &mut self,
         now: Instant,
@@ -321,7 +332,20 @@ impl PendingRequests {
         self.expire(now);
         self.requests
             .retain(|pending| pending.request.requester != request.requester);
-        if self.requests.len() >= MAX_PENDING {
+        // At most MAX_PENDING entries, after a verified request (whose
+        // rate the global budget bounds): the scan is cheap beside it.
+        let origin = address_key(from.ip());
+        let mut from_origin = self
+            .requests
+            .iter()
+            .enumerate()
+            .filter(|(_, pending)| address_key(pending.from.ip()) == origin);
+        let oldest_of_origin = from_origin.next().map(|(position, _)| position);
+        if let Some(oldest) = oldest_of_origin
+            && 1 + from_origin.count() >= MAX_PENDING_PER_ORIGIN
+        {
+            self.requests.remove(oldest);
+        } else if self.requests.len() >= MAX_PENDING {
             self.requests.remove(0);
         }
         self.requests.push(PendingRequest {
@@ -388,8 +412,8 @@ impl PendingRequests {
             .filter(|pending| now.saturating_duration_since(pending.received) < PENDING_TTL)
             .map(|pending| PendingStatus {
                 id: pending.request.requester,
-                name: pending.request.name.clone(),
-                justification: pending.request.justification.clone(),
+                name: escape_untrusted(&pending.request.name),
+                justification: escape_untrusted(&pending.request.justification),
                 requested: pending.request.requested.to_string(),
                 age_s: now
                     .saturating_duration_since(pending.received)
@@ -436,6 +460,80 @@ mod tests {
             candidates: Vec::new(),
             endorsement: None,
         }
+    }
+
+    #[test]
+    fn one_origin_cannot_push_the_others_requests_out() {
+        let mut pending = PendingRequests::default();
+        let t0 = Instant::now();
+        let operator_waits_for: SocketAddr = "198.51.100.7:7400".parse().expect("addr");
+        pending.insert(t0, request(1, 1), operator_waits_for, false);
+        // A rendezvous relays requests from 10,000 fresh keys.
+        let rendezvous: SocketAddr = "192.0.2.1:7400".parse().expect("addr");
+        for i in 0..10_000u32 {
+            let mut flood = request(2, 1);
+            flood.requester = Identity::from_secret_bytes(&[
+                (i >> 8) as u8,
+                i as u8,
+                3,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ])
+            .expect("key")
+            .agent_id();
+            pending.insert(
+                t0 + Duration::from_millis(u64::from(i)),
+                flood,
+                rendezvous,
+                true,
+            );
+        }
+        let listed = pending.list(t0 + Duration::from_secs(10));
+        assert_eq!(listed.len(), 1 + MAX_PENDING_PER_ORIGIN);
+        assert_eq!(listed[0].from, operator_waits_for, "still there");
+        assert!(listed[1..].iter().all(|status| status.from == rendezvous));
+    }
+
+    #[test]
+    fn the_list_escapes_what_the_requester_wrote() {
+        let mut pending = PendingRequests::default();
+        let t0 = Instant::now();
+        let mut hostile = request(2, 1);
+        hostile.justification = "nightly logs\n\u{1b}[2J\u{9b}31m\u{202e}".into();
+        pending.insert(t0, hostile, "192.0.2.1:7400".parse().expect("addr"), false);
+        let listed = pending.list(t0);
+        assert_eq!(
+            listed[0].justification,
+            "nightly logs\\u{a}\\u{1b}[2J\\u{9b}31m\\u{202e}"
+        );
+        assert_eq!(listed[0].name, "r");
     }
 
     #[test]
