@@ -48,9 +48,9 @@ pub enum ServiceError {
     #[error("expected KIND:PORT, e.g. mcp:8000 or a2a:9999, not {0:?}")]
     NotKindPort(String),
     /// The path does not start with `/`, is too long or holds characters
-    /// other than printable ASCII without spaces.
+    /// a URL cannot hold as they are.
     #[error(
-        "bad path {0:?}: it starts with /, has at most {MAX_PATH_LEN} printable ASCII characters and no spaces"
+        "bad path {0:?}: it starts with /, has at most {MAX_PATH_LEN} characters and only those a URL holds as they are (printable ASCII without spaces or any of \"<>\\^`{{|}})"
     )]
     BadPath(String),
     /// The name is empty, too long or holds control characters.
@@ -204,10 +204,17 @@ pub fn parse_kind_port(text: &str) -> Result<(ServiceKind, u16), ServiceError> {
     Ok((kind, port))
 }
 
+/// A path is the part of a URL after `host:port` (RFC 3986's characters:
+/// printable ASCII except the space, `"`, `<`, `>`, `\`, `^`, the
+/// backtick, `{`, `|` and `}`), so that the URL built
+/// from it is one, and escaping it for a terminal (a backslash doubled)
+/// changes nothing: what `services` shows is what a client asks for.
 fn check_path(path: &str) -> Result<(), ServiceError> {
     let valid = path.starts_with('/')
         && path.len() <= MAX_PATH_LEN
-        && path.bytes().all(|b| b.is_ascii_graphic());
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
     if valid {
         Ok(())
     } else {
@@ -335,6 +342,9 @@ mod tests {
             "mcp",
             "/a b",
             "/\n",
+            "/a\\b",
+            "/<script>",
+            "/a{b}",
             &format!("/{}", "x".repeat(MAX_PATH_LEN)),
         ] {
             assert!(matches!(

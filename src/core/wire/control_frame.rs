@@ -377,7 +377,8 @@ mod tests {
         (
             "[a-z0-9-]{1,15}",
             1u16..,
-            proptest::option::of("/[!-~]{0,40}"),
+            // A URL's characters (`check_path`).
+            proptest::option::of("/[!#-;=?-\\[\\]_a-z~]{0,40}"),
             proptest::option::of("[ -~]{1,48}"),
         )
             .prop_map(|(kind, port, path, name)| {
