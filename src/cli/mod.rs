@@ -15,12 +15,41 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 /// Prints a line on stdout. A closed stdout (`agentnet status | head -1`)
-/// is not an error worth a panic: the reader has what it wanted.
+/// is not an error worth a panic: the reader has what it wanted. Any other
+/// failure (a full disk under `agentnet fleet endorse … > token`) is kept,
+/// and the command fails with it once it has run ([`output::failure`]).
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        $crate::cli::output::note(writeln!(std::io::stdout().lock(), $($arg)*));
     }};
+}
+
+pub(crate) mod output {
+    //! What became of the lines `say!` wrote.
+
+    use std::io::ErrorKind;
+    use std::sync::Mutex;
+
+    /// The first write to stdout that failed other than on a closed pipe.
+    static FAILED: Mutex<Option<std::io::Error>> = Mutex::new(None);
+
+    /// Keeps the first failure of a write to stdout (a closed pipe is
+    /// none: the reader stopped reading).
+    pub(crate) fn note(written: std::io::Result<()>) {
+        if let Err(error) = written
+            && error.kind() != ErrorKind::BrokenPipe
+            && let Ok(mut failed) = FAILED.lock()
+        {
+            failed.get_or_insert(error);
+        }
+    }
+
+    /// The error a command ends with when its output was not written.
+    pub(crate) fn failure() -> Option<anyhow::Error> {
+        let failed = FAILED.lock().ok()?.take()?;
+        Some(anyhow::Error::new(failed).context("cannot write the output to stdout"))
+    }
 }
 
 // After `say!`, which they use.
@@ -64,6 +93,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rendezvous(args) => rendezvous::rendezvous(&context, args),
         Command::Netcheck(args) => rendezvous::netcheck(&context, args),
     }?;
+    if let Some(error) = output::failure() {
+        return Err(error);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
