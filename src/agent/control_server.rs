@@ -28,6 +28,11 @@ pub(crate) const SOCKET_MODE: u32 = 0o660;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many requests may wait for the event loop at once.
 const QUEUE_DEPTH: usize = 64;
+/// How many clients may be connected at once. Each holds a task, a socket
+/// and up to [`MAX_REQUEST_LEN`] of buffered request: a local user who
+/// opens connections and never closes them gets refused ones past this
+/// bound, not a daemon out of file descriptors or memory.
+const MAX_CONNECTIONS: usize = 64;
 
 /// The listening control socket and its connections.
 #[derive(Debug)]
@@ -107,6 +112,9 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    refuse_connection(&stream);
+                }
                 Ok((stream, _)) => {
                     let access = ControlAccess::of_stream(&stream, control_gid);
                     connections.spawn(serve_connection(
@@ -129,6 +137,22 @@ async fn accept_loop(
     drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+}
+
+/// Tells a client past [`MAX_CONNECTIONS`] why it is closed, if its socket
+/// takes the line at once (the accept loop does not wait for it).
+fn refuse_connection(stream: &UnixStream) {
+    let refusal = Response::Error(format!(
+        "too many control connections ({MAX_CONNECTIONS}) are open; try again when one closes"
+    ));
+    if let Ok(mut line) = serde_json::to_vec(&refusal) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
+    }
+    tracing::warn!(
+        limit = MAX_CONNECTIONS,
+        "control socket: a connection was refused, too many are open"
+    );
 }
 
 /// Serves one client; `access` (who may change the agent) was decided
@@ -274,6 +298,61 @@ async fn command_of(request: Request) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_past_the_bound_are_refused_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("agentnet-ctl-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("control.sock");
+        let listener = UnixListener::bind(&path).expect("bound");
+        let (requests, _queue) = mpsc::channel(QUEUE_DEPTH);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let server = tokio::spawn(accept_loop(listener, requests, shutdown_rx, None));
+        let ask = async |stream: UnixStream| {
+            let (read, mut write) = stream.into_split();
+            write.write_all(b"\n").await.expect("sent");
+            let mut line = String::new();
+            BufReader::new(read)
+                .read_line(&mut line)
+                .await
+                .expect("read");
+            line
+        };
+        // Idle clients hold every slot; each was accepted (a blank line is
+        // read and skipped, so the server is not answering it).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(UnixStream::connect(&path).await.expect("connected"));
+        }
+        let refused = ask(UnixStream::connect(&path).await.expect("connected")).await;
+        assert!(
+            refused.contains("too many control connections"),
+            "{refused:?}"
+        );
+        // One closes: the next client is served again (a bad request gets
+        // its error, not the refusal).
+        drop(idle.pop());
+        let served = loop {
+            let stream = UnixStream::connect(&path).await.expect("connected");
+            let (read, mut write) = stream.into_split();
+            write.write_all(b"{}\n").await.expect("sent");
+            let mut line = String::new();
+            BufReader::new(read)
+                .read_line(&mut line)
+                .await
+                .expect("read");
+            if !line.contains("too many") {
+                break line;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(served.contains("bad request"), "{served:?}");
+        let _ = shutdown.send(true);
+        drop(idle);
+        server.await.expect("joined");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn an_advertisement_the_state_file_would_refuse_is_refused_at_once() {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
 use super::Instance;
-use agentnet::control::ping::{PingOutcome, find_peer};
+use agentnet::control::ping::{MAX_PING_TIMEOUT, PingOutcome, find_peer};
 use agentnet::control::{ControlError, Request, Response};
 use agentnet::core::address::{NetworkId, NodePrefix};
 use agentnet::core::stats::status::PathKind;
@@ -114,8 +114,9 @@ pub(crate) fn ping(context: &Instance, args: PingArgs) -> Result<()> {
     if !(MIN_INTERVAL..=3600.0).contains(&args.interval) {
         bail!("the interval must be between {MIN_INTERVAL} and 3600 seconds");
     }
-    if !(0.001..=30.0).contains(&args.timeout) {
-        bail!("the timeout must be between 0.001 and 30 seconds");
+    let max_timeout = MAX_PING_TIMEOUT.as_secs_f64();
+    if !(0.001..=max_timeout).contains(&args.timeout) {
+        bail!("the timeout must be between 0.001 and {max_timeout} seconds");
     }
     let mut client = context.require_daemon()?;
     // Check the name here, so a typo fails at once instead of as lost pings.

@@ -84,12 +84,15 @@ use crate::state::TrustChange;
 pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 /// Longest response line the client accepts (a status with many peers).
 pub const MAX_RESPONSE_LEN: usize = 16 * 1024 * 1024;
-/// How long the client waits for a response.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client waits for a response: longer than the longest
+/// wait a request asks the daemon for ([`ping::MAX_PING_TIMEOUT`]), so a
+/// ping that gets no reply is answered "no reply", not taken for a daemon
+/// that hangs.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// A request from the CLI to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Is the daemon up, and who is it? Answered with [`Response::Hello`].
     Hello,
@@ -550,6 +553,24 @@ mod tests {
                 endpoint: None,
                 allow: None
             }
+        );
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_not_left_at_its_default() {
+        // `alow` for `allow`: read as "no policy given", it would trust the
+        // peer on every port.
+        let text = format!(
+            r#"{{"cmd":"trust_add","id":"{}","name":"bob","alow":"tcp:22"}}"#,
+            id()
+        );
+        let error = serde_json::from_str::<Request>(&text).expect_err("refused");
+        assert!(error.to_string().contains("alow"), "{error}");
+        let text = format!(r#"{{"cmd":"trust_approve","id":"{}","allw":"icmp"}}"#, id());
+        assert!(serde_json::from_str::<Request>(&text).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).expect("parses"),
+            Request::Status
         );
     }
 
