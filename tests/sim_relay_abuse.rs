@@ -306,6 +306,68 @@ fn one_source_cannot_take_the_client_table() {
 }
 
 #[test]
+fn one_ipv6_slash_64_is_one_source_for_the_client_table() {
+    // A host holding a /64 picks a new address for every made-up key: the
+    // per-IP cap counts the /64, not each address in it.
+    let t0 = Instant::now();
+    let per_ip = 8;
+    let mut server = server(t0, |config| config.max_clients_per_ip = per_ip);
+    server.set_handshake_load_threshold(u32::MAX); // the limit alone
+    let mut accepted = 0;
+    for i in 0..per_ip + 8 {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(i as u64 + 2000).to_le_bytes());
+        let addr = format!("[2001:db8:66:1:{:x}::1]:7400", i + 1);
+        if Client::new(key, &addr).try_handshake(&mut server, t0) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, per_ip);
+    // Neighbouring /64s are other sources, each with its own share.
+    for i in 0..per_ip {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(i as u64 + 3000).to_le_bytes());
+        let addr = format!("[2001:db8:66:{:x}::1]:7400", i + 2);
+        assert!(Client::new(key, &addr).try_handshake(&mut server, t0));
+    }
+    assert_eq!(server.usage().clients, 2 * per_ip);
+}
+
+#[test]
+fn one_ipv6_slash_64_is_one_source_for_the_mailbox() {
+    let t0 = Instant::now();
+    let mut server = server(t0, |_| {});
+    let mut first = Client::new([1; 32], "[2001:db8:66:1::1]:7400");
+    let mut second = Client::new([2; 32], "[2001:db8:66:1::2]:7400");
+    let mut alice = Client::new([3; 32], "[2001:db8:66:2::1]:7400");
+    for client in [&mut first, &mut second, &mut alice] {
+        client.register(&mut server, t0);
+    }
+    // Two addresses of one /64, each storing requests for up to the whole
+    // per-IP share: together they get one share.
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    for sender in [&first, &second] {
+        for i in 0..MAX_STORED_PER_IP {
+            sender.relay(
+                &mut server,
+                t0,
+                NodeId(rng.r#gen()),
+                &inner_request(600, i as u8),
+            );
+        }
+    }
+    assert_eq!(server.usage().stored_requests, MAX_STORED_PER_IP);
+    // The next /64 still stores its request.
+    alice.relay(
+        &mut server,
+        t0,
+        NodeId(rng.r#gen()),
+        &inner_request(600, 0xa1),
+    );
+    assert_eq!(server.usage().stored_requests, MAX_STORED_PER_IP + 1);
+}
+
+#[test]
 fn mailbox_flood_keeps_other_senders_requests_and_memory_bounded() {
     let t0 = Instant::now();
     let mut server = server(t0, |_| {});
@@ -540,4 +602,69 @@ fn a_session_registers_only_its_own_key_refreshes_included() {
     // And alice's own key still refreshes.
     alice.send_sealed(&mut server, now, &own);
     assert_eq!(server.counters().registrations, 3);
+}
+
+#[test]
+fn an_expired_registration_leaves_the_agent_now_at_its_address_registered() {
+    // Alice registers and goes away; the NAT hands her endpoint to Bob,
+    // who registers from it. Alice's registration expiring must not
+    // unregister Bob's address.
+    let t0 = Instant::now();
+    let mut server = server(t0, |config| {
+        config.registration_lifetime = Duration::from_secs(90);
+    });
+    let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
+    let mut bob = Client::new([0xb1; 32], "10.9.0.1:4000");
+    let mut carol = Client::new([0xc1; 32], "10.9.0.3:4000");
+    alice.register(&mut server, t0);
+    let t1 = t0 + Duration::from_secs(60);
+    bob.register(&mut server, t1);
+    carol.register(&mut server, t1);
+    let t2 = t0 + Duration::from_secs(95);
+    server.handle_timeout(t2);
+    bob.relay(&mut server, t2, carol.node(), &inner_data(1));
+    let forwarded = drain_to(&mut server, carol.addr);
+    assert_eq!(forwarded.len(), 1, "{:?}", server.counters());
+    assert_eq!(relayed_from(&forwarded[0]), Some(bob.node()));
+    assert_eq!(server.counters().dropped_unregistered, 0);
+    assert_eq!(server.usage().registrations, 2);
+}
+
+#[test]
+fn an_agent_whose_address_was_taken_is_not_reached_there() {
+    // Once Bob registers from Alice's old endpoint, Alice's registration
+    // no longer names it: what is sent to Alice waits in her mailbox
+    // instead of going to Bob, and she gets it from her new address.
+    let t0 = Instant::now();
+    let mut server = server(t0, |_| {});
+    let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
+    let mut bob = Client::new([0xb1; 32], "10.9.0.1:4000");
+    let mut carol = Client::new([0xc1; 32], "10.9.0.3:4000");
+    alice.register(&mut server, t0);
+    let t1 = t0 + Duration::from_secs(10);
+    bob.register(&mut server, t1);
+    carol.register(&mut server, t1);
+    carol.relay(&mut server, t1, alice.node(), &inner_data(1));
+    carol.relay(&mut server, t1, alice.node(), &inner_request(600, 0xc1));
+    assert!(
+        drain_to(&mut server, bob.addr).is_empty(),
+        "Bob got Alice's"
+    );
+    let counters = server.counters();
+    assert_eq!(counters.dropped_unknown_destination, 1);
+    assert_eq!(counters.mailbox_stored, 1);
+    assert_eq!(server.usage().registrations, 2);
+    // Bob's envelopes are his.
+    bob.relay(&mut server, t1, carol.node(), &inner_data(2));
+    let forwarded = drain_to(&mut server, carol.addr);
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(relayed_from(&forwarded[0]), Some(bob.node()));
+    // Alice comes back from elsewhere and gets her mail; Bob keeps his.
+    alice.addr = ClientAddr::Udp("10.9.0.7:4000".parse().expect("addr"));
+    let mail = register_and_collect_mail(&mut alice, &mut server, t1);
+    assert_eq!(mail.len(), 1);
+    assert_eq!(relayed_from(&mail[0]), Some(carol.node()));
+    bob.relay(&mut server, t1, carol.node(), &inner_data(3));
+    assert_eq!(drain_to(&mut server, carol.addr).len(), 1);
+    assert_eq!(server.counters().dropped_unregistered, 0);
 }

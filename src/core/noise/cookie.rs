@@ -51,7 +51,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::core::address::{NetworkId, NodeId};
-use crate::core::limit::{KeyedLimiter, Rate};
+use crate::core::limit::{KeyedLimiter, Rate, address_key};
 use crate::core::noise::mac::{constant_time_eq, responder_key};
 use crate::core::wire::path::PathAddr;
 use crate::core::wire::{self, COOKIE_REPLY_LEN, MAC_LEN, MACS_LEN, TAG_LEN, TYPE_COOKIE_REPLY};
@@ -159,8 +159,9 @@ pub enum HandshakeSource {
     },
 }
 
-/// What the per-source limiter counts: an IP address (ports are free to
-/// choose), or a relayed node (the relay already limits its source IPs).
+/// What the per-source limiter counts: an IP address as [`address_key`]
+/// folds it (ports are free to choose, and so are the addresses in one's
+/// IPv6 /64), or a relayed node (the relay already limits its source IPs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum LimiterKey {
     Ip(IpAddr),
@@ -209,10 +210,7 @@ impl HandshakeSource {
 
     fn limiter_key(&self) -> LimiterKey {
         match self {
-            HandshakeSource::Direct(address) => LimiterKey::Ip(match address.ip() {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                ip => ip,
-            }),
+            HandshakeSource::Direct(address) => LimiterKey::Ip(address_key(address.ip())),
             HandshakeSource::Relayed { node, .. } => LimiterKey::Node(*node),
         }
     }
@@ -860,9 +858,10 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_mapped_sources_share_a_limiter_entry() {
-        let v4 = HandshakeSource::Direct("192.0.2.1:1".parse().expect("addr"));
-        let mapped = HandshakeSource::Direct("[::ffff:192.0.2.1]:2".parse().expect("addr"));
-        assert_eq!(v4.limiter_key(), mapped.limiter_key());
+    fn ipv4_mapped_sources_and_one_ipv6_slash_64_share_a_limiter_entry() {
+        let key = |at: &str| HandshakeSource::Direct(at.parse().expect("addr")).limiter_key();
+        assert_eq!(key("192.0.2.1:1"), key("[::ffff:192.0.2.1]:2"));
+        assert_eq!(key("[2001:db8:0:1::1]:1"), key("[2001:db8:0:1:ab::2]:2"));
+        assert_ne!(key("[2001:db8:0:1::1]:1"), key("[2001:db8:0:2::1]:1"));
     }
 }

@@ -75,9 +75,10 @@ pub struct RendezvousConfig {
     pub mailbox_per_target: usize,
     /// How long a stored trust request waits.
     pub mailbox_ttl: Duration,
-    /// Most clients created from one source IP address: one host (or one
-    /// NAT) cannot take the client table from everyone else by making up
-    /// keys.
+    /// Most clients created from one source IP address (an IPv6 /64 counts
+    /// as one, as [`address_key`] folds it): one host (or one NAT) cannot
+    /// take the client table from everyone else by making up keys, nor by
+    /// picking a new address in its /64 for each.
     pub max_clients_per_ip: usize,
 }
 
@@ -104,8 +105,9 @@ pub const MAX_CLIENTS: usize = 200_000;
 pub const DEFAULT_MAX_CLIENTS_PER_IP: usize = 1024;
 /// Most mailboxes (offline targets with stored requests).
 pub const MAX_MAILBOXES: usize = 20_000;
-/// Most trust requests stored on behalf of one source IP address, over all
-/// mailboxes: one flooder cannot take the mailboxes from everyone else.
+/// Most trust requests stored on behalf of one source IP address (an IPv6
+/// /64 counts as one, as [`address_key`] folds it), over all mailboxes: one
+/// flooder cannot take the mailboxes from everyone else.
 pub const MAX_STORED_PER_IP: usize = 256;
 /// Most bytes of stored trust requests in all mailboxes together.
 pub const MAX_MAILBOX_BYTES: usize = 64 << 20;
@@ -159,8 +161,8 @@ struct Client {
     last_initiation: Option<Instant>,
     addr: ClientAddr,
     last_seen: Instant,
-    /// The source IP the client was created from (counted against
-    /// `max_clients_per_ip` until it is forgotten).
+    /// The source the client was created from, as [`address_key`] folds
+    /// its IP (counted against `max_clients_per_ip` until it is forgotten).
     created_from: IpAddr,
     /// The Ed25519 key this client last registered (checked against its
     /// Noise key then) and its node ID: a refresh naming the same key
@@ -175,8 +177,9 @@ struct Registration {
 
 struct StoredRequest {
     from_node: NodeId,
-    /// The source IP that relayed it (counted against [`MAX_STORED_PER_IP`]).
-    from_ip: IpAddr,
+    /// The source that relayed it, as [`address_key`] folds its IP (counted
+    /// against [`MAX_STORED_PER_IP`]).
+    source: IpAddr,
     datagram: Vec<u8>,
     stored: Instant,
 }
@@ -223,6 +226,10 @@ pub struct RendezvousServer {
     clients: HashMap<[u8; 32], Client>,
     by_index: HashMap<u32, [u8; 32]>,
     registrations: HashMap<NodeId, Registration>,
+    /// The node registered from each address: the reverse of
+    /// `registrations`, one node per address. An entry is removed only by
+    /// the node it names, since the address may have passed to another
+    /// node since (a NAT reuses a mapping).
     by_addr: HashMap<ClientAddr, NodeId>,
     mailbox: HashMap<NodeId, VecDeque<StoredRequest>>,
     /// Relay rate per source IP (fixed hashed buckets: O(1) per datagram).
@@ -230,9 +237,10 @@ pub struct RendezvousServer {
     transmits: VecDeque<(ClientAddr, Vec<u8>)>,
     counters: RelayCounters,
     next_sweep: Instant,
-    /// Clients per source IP they were created from.
+    /// Clients per source they were created from ([`address_key`]).
     clients_per_ip: HashMap<IpAddr, usize>,
-    /// Stored requests per source IP, and their bytes in total.
+    /// Stored requests per source ([`address_key`]), and their bytes in
+    /// total.
     stored_per_ip: HashMap<IpAddr, usize>,
     stored_bytes: usize,
     /// Load detection and cookie replies for initiations (type 3).
@@ -339,10 +347,10 @@ impl RendezvousServer {
         }
         self.next_sweep = now + SWEEP_INTERVAL;
         let by_addr = &mut self.by_addr;
-        self.registrations.retain(|_, registration| {
+        self.registrations.retain(|node, registration| {
             let live = registration.expires > now;
             if !live {
-                by_addr.remove(&registration.addr);
+                unmap_addr(by_addr, registration.addr, *node);
             }
             live
         });
@@ -367,7 +375,7 @@ impl RendezvousServer {
                 let live = now.saturating_duration_since(stored.stored) < ttl;
                 if !live {
                     dropped += 1;
-                    release_count(stored_per_ip, stored.from_ip);
+                    release_count(stored_per_ip, stored.source);
                     *stored_bytes -= stored.datagram.len();
                 }
                 live
@@ -462,7 +470,7 @@ impl RendezvousServer {
         } else if self.clients.len() >= MAX_CLIENTS
             || self
                 .clients_per_ip
-                .get(&from.socket_addr().ip())
+                .get(&address_key(from.socket_addr().ip()))
                 .is_some_and(|count| *count >= self.config.max_clients_per_ip)
         {
             self.counters.rejected += 1;
@@ -495,14 +503,15 @@ impl RendezvousServer {
         let session = Session::new(&keys, local_index, sender_index, false, now);
         let clients_per_ip = &mut self.clients_per_ip;
         let client = self.clients.entry(agent).or_insert_with(|| {
-            *clients_per_ip.entry(from.socket_addr().ip()).or_default() += 1;
+            let source = address_key(from.socket_addr().ip());
+            *clients_per_ip.entry(source).or_default() += 1;
             Client {
                 sessions: [None, None],
                 last_timestamp: None,
                 last_initiation: None,
                 addr: from,
                 last_seen: now,
-                created_from: from.socket_addr().ip(),
+                created_from: source,
                 registered_as: None,
             }
         });
@@ -585,17 +594,7 @@ impl RendezvousServer {
             return;
         }
         self.transmits.push_back((from, sealed));
-        if let Some(previous) = self.registrations.insert(
-            node,
-            Registration {
-                addr: from,
-                expires: now + lifetime,
-            },
-        ) && previous.addr != from
-        {
-            self.by_addr.remove(&previous.addr);
-        }
-        self.by_addr.insert(from, node);
+        self.register(now + lifetime, node, from);
         self.counters.registrations += 1;
         if let Some(mail) = self.mailbox.remove(&node) {
             for stored in &mail {
@@ -610,8 +609,37 @@ impl RendezvousServer {
         }
     }
 
+    /// Records `node` as registered from `from` until `expires`, keeping
+    /// `by_addr` its exact reverse. The node's previous address is
+    /// forgotten if it still names the node. A node registered from `from`
+    /// before loses its registration: the address is another node's now
+    /// (its NAT mapping was reused), so what is relayed to the old node
+    /// must not go there, and trust requests for it wait in its mailbox
+    /// until it registers from wherever it is now.
+    fn register(&mut self, expires: Instant, node: NodeId, from: ClientAddr) {
+        let registration = Registration {
+            addr: from,
+            expires,
+        };
+        if let Some(previous) = self.registrations.insert(node, registration)
+            && previous.addr != from
+        {
+            unmap_addr(&mut self.by_addr, previous.addr, node);
+        }
+        if let Some(displaced) = self.by_addr.insert(from, node)
+            && displaced != node
+            && self
+                .registrations
+                .get(&displaced)
+                .is_some_and(|registration| registration.addr == from)
+        {
+            self.registrations.remove(&displaced);
+        }
+    }
+
+    /// `source`: the sender's IP as [`address_key`] folds it.
     fn take_token(&mut self, now: Instant, source: IpAddr) -> bool {
-        self.buckets.take(now, &address_key(source), &mut self.rng)
+        self.buckets.take(now, &source, &mut self.rng)
     }
 
     fn handle_relay(&mut self, now: Instant, from: ClientAddr, datagram: &[u8]) {
@@ -619,7 +647,8 @@ impl RendezvousServer {
             self.counters.dropped_unregistered += 1;
             return;
         };
-        if !self.take_token(now, from.socket_addr().ip()) {
+        let source = address_key(from.socket_addr().ip());
+        if !self.take_token(now, source) {
             self.counters.dropped_rate_limited += 1;
             return;
         }
@@ -638,29 +667,26 @@ impl RendezvousServer {
                 let to = registration.addr;
                 self.transmits.push_back((to, forwarded));
             }
-            _ if is_trust_request => self.store_request(
-                now,
-                destination,
-                source_node,
-                from.socket_addr().ip(),
-                datagram,
-            ),
+            _ if is_trust_request => {
+                self.store_request(now, destination, source_node, source, datagram);
+            }
             _ => self.counters.dropped_unknown_destination += 1,
         }
     }
 
-    /// Keeps a trust request for an offline target. Fair to every source:
-    /// a source IP holds at most [`MAX_STORED_PER_IP`] requests, a newer
-    /// request from the same node to the same target replaces the older
-    /// one, and a full mailbox makes room by dropping a request of the
-    /// source that holds the most of it (the sender's own when that is it),
-    /// so a flooder only ever pushes out its own requests.
+    /// Keeps a trust request for an offline target. Fair to every source
+    /// (`source`: the sender's IP as [`address_key`] folds it, so one IPv6
+    /// /64 is one source): a source holds at most [`MAX_STORED_PER_IP`]
+    /// requests, a newer request from the same node to the same target
+    /// replaces the older one, and a full mailbox makes room by dropping a
+    /// request of the source that holds the most of it (the sender's own
+    /// when that is it), so a flooder only ever pushes out its own requests.
     fn store_request(
         &mut self,
         now: Instant,
         target: NodeId,
         from_node: NodeId,
-        from_ip: IpAddr,
+        source: IpAddr,
         datagram: &[u8],
     ) {
         if datagram.len() > MAX_STORED_DATAGRAM_LEN {
@@ -678,7 +704,7 @@ impl RendezvousServer {
         if let Some(old) = replaced {
             self.release_stored(&old);
         }
-        let holds = self.stored_per_ip.get(&from_ip).copied().unwrap_or(0);
+        let holds = self.stored_per_ip.get(&source).copied().unwrap_or(0);
         if holds >= MAX_STORED_PER_IP
             || self.stored_bytes + datagram.len() > MAX_MAILBOX_BYTES
             || (!self.mailbox.contains_key(&target) && self.mailbox.len() >= MAX_MAILBOXES)
@@ -693,17 +719,21 @@ impl RendezvousServer {
         let queue = self.mailbox.entry(target).or_default();
         let mut evicted = None;
         if queue.len() >= per_target {
-            let count_of = |ip: IpAddr| queue.iter().filter(|stored| stored.from_ip == ip).count();
-            let own = count_of(from_ip);
-            let (biggest_ip, biggest) = queue
+            let count_of = |of: IpAddr| queue.iter().filter(|stored| stored.source == of).count();
+            let own = count_of(source);
+            let (biggest_source, biggest) = queue
                 .iter()
-                .map(|stored| (stored.from_ip, count_of(stored.from_ip)))
+                .map(|stored| (stored.source, count_of(stored.source)))
                 .max_by_key(|(_, count)| *count)
-                .unwrap_or((from_ip, 0));
-            let victim_ip = if own >= biggest { from_ip } else { biggest_ip };
+                .unwrap_or((source, 0));
+            let victim = if own >= biggest {
+                source
+            } else {
+                biggest_source
+            };
             evicted = queue
                 .iter()
-                .position(|stored| stored.from_ip == victim_ip)
+                .position(|stored| stored.source == victim)
                 .and_then(|position| queue.remove(position));
             if evicted.is_none() {
                 // The sender holds nothing here and everyone holds one:
@@ -713,7 +743,7 @@ impl RendezvousServer {
         }
         queue.push_back(StoredRequest {
             from_node,
-            from_ip,
+            source,
             datagram: datagram.to_vec(),
             stored: now,
         });
@@ -721,19 +751,27 @@ impl RendezvousServer {
             self.counters.mailbox_dropped += 1;
             self.release_stored(&old);
         }
-        *self.stored_per_ip.entry(from_ip).or_default() += 1;
+        *self.stored_per_ip.entry(source).or_default() += 1;
         self.stored_bytes += datagram.len();
         self.counters.mailbox_stored += 1;
     }
 
     /// Un-counts a stored request that leaves its mailbox.
     fn release_stored(&mut self, stored: &StoredRequest) {
-        release_count(&mut self.stored_per_ip, stored.from_ip);
+        release_count(&mut self.stored_per_ip, stored.source);
         self.stored_bytes -= stored.datagram.len();
     }
 }
 
-/// Decrements a per-IP count, forgetting the IP at zero.
+/// Forgets `addr` as `node`'s address, unless it names another node now:
+/// a node that registered from the address since keeps it.
+fn unmap_addr(by_addr: &mut HashMap<ClientAddr, NodeId>, addr: ClientAddr, node: NodeId) {
+    if by_addr.get(&addr) == Some(&node) {
+        by_addr.remove(&addr);
+    }
+}
+
+/// Decrements a per-source count, forgetting the source at zero.
 fn release_count(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
     if let Some(count) = counts.get_mut(&ip) {
         *count = count.saturating_sub(1);
