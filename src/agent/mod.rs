@@ -184,7 +184,7 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
     // A trust store that cannot be read would start a daemon that trusts no
     // one while every `trust` command fails: refuse, as for config.toml.
     // (A reload on SIGHUP keeps the peers it has instead.)
-    state.load_trust()?;
+    state.load_trust_of(&identity.agent_id())?;
     refuse_if_socket_answers(&options)?;
     // Served ports and relays hold sockets by the thousand (rootless mode
     // raises it again when its stack starts; harmless).

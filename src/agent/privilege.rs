@@ -53,6 +53,7 @@ use super::user_database::{self, Answers, UserRecord};
 use crate::control::Request;
 use crate::state::{CONFIG_FILE, IDENTITY_FILE, StateDir, TRUST_FILE};
 use crate::sys::capabilities::{self, CAP_NET_ADMIN, CapabilitySets, bit};
+use crate::sys::nofollow::{self, NoFollowError};
 
 /// The user the daemon switches to when `--user` is not given (if it exists).
 pub const DAEMON_USER: &str = "agentnet";
@@ -458,8 +459,9 @@ fn stay_root_with(
 
 /// Gives the state directory and the files directly in it to the target
 /// user, so the daemon can still write its state, and the control socket to
-/// its group (`agentnet` if it exists). Only plain files and sockets:
-/// symbolic links and subdirectories are left alone.
+/// its group (`agentnet` if it exists). Only plain files and sockets with a
+/// single link: symbolic links, subdirectories and hard links (which may be
+/// `/etc/shadow` in disguise, planted by that user) are left alone.
 fn hand_over_state(
     target: &TargetUser,
     state: &StateDir,
@@ -482,14 +484,19 @@ fn hand_over_state(
         if (kind.is_file() || std::os::unix::fs::FileTypeExt::is_socket(&kind))
             && entry.path() != socket
         {
-            std::os::unix::fs::lchown(entry.path(), uid, gid)?;
+            match nofollow::chown_no_follow(&entry.path(), uid, gid) {
+                Ok(()) => {}
+                Err(error) if error.is_not_found() => {}
+                Err(NoFollowError::Io { source, .. }) => return Err(source),
+                Err(error) => tracing::warn!(%error, "not handed to the daemon's user"),
+            }
         }
     }
     // The socket keeps its owner (root): root reaches it even without
     // CAP_DAC_OVERRIDE (a container's `kubectl exec`), the daemon through
     // the group.
     let socket_gid = control_gid.map_or(gid, |g| Some(g.as_raw()));
-    std::os::unix::fs::lchown(socket, None, socket_gid)?;
+    nofollow::chown_no_follow(socket, None, socket_gid)?;
     Ok(())
 }
 

@@ -175,7 +175,7 @@ pub(super) fn up(context: &Instance, log_format: LogFormat, args: UpArgs) -> Res
     if state.load_config()?.is_none() {
         state.write_config(&AgentConfig::default_for_host())?;
     }
-    state.load_trust()?;
+    state.load_trust_of(&identity.agent_id())?;
     agentnet::sys::tun::validate_interface_name(&args.interface)?;
     refuse_second_instance(context)?;
 

@@ -76,10 +76,14 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, StateE
 }
 
 /// A file root writes into a directory that belongs to another user (a
-/// daemon that dropped its privileges, see `agent::privilege`) is given to
-/// that user, so the daemon can still replace it. That user owns the
-/// directory and could replace the file anyway: nothing is given away.
-fn follow_directory_owner(file: &File, dir: &Path) -> io::Result<()> {
+/// daemon that dropped its privileges, see `agent::privilege`, or one that
+/// systemd starts as that user) is given to that user, so the daemon can
+/// still replace it, or open it (lock files, see
+/// [`super::StateDir::open_file`]). That user owns the directory and could
+/// replace the file anyway: nothing is given away. `file` must have been
+/// opened without following a link, with one link (see
+/// [`crate::sys::nofollow`]) or created here.
+pub(super) fn follow_directory_owner(file: &File, dir: &Path) -> io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }

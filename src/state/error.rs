@@ -114,6 +114,49 @@ pub enum StateError {
     /// in the trust store.
     #[error("`{0}` is neither an agent ID nor the name of a trusted peer")]
     UnknownPeer(String),
+    /// A state file is larger than any agentnet writes
+    /// ([`super::MAX_STATE_FILE_BYTES`]); it was not read.
+    #[error(
+        "{} is {size} bytes, more than the {limit} bytes a state file may have; agentnet \
+         never writes one this large: move it away and restore it from a backup",
+        path.display()
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (at least; it may still grow).
+        size: u64,
+        /// The most that is read.
+        limit: u64,
+    },
+    /// `trust.toml` breaks a rule every edit keeps (unique agent IDs and
+    /// names, valid names, not this agent itself); it was not used.
+    #[error("{}: {problem}", path.display())]
+    BadTrustStore {
+        /// The trust store file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// A lock file belongs to another user, who alone may open it (root
+    /// created it with an earlier version while the daemon's user owns the
+    /// directory).
+    #[error(
+        "cannot open {}: it belongs to uid {owner}, and this process (uid {me}) may not open \
+         it; run `sudo chown --reference={} {}` (or any `sudo agentnet` command that edits \
+         the state, which fixes it too)",
+        path.display(),
+        parent_dir(path).display(),
+        path.display()
+    )]
+    ForeignLock {
+        /// The lock file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective UID.
+        me: u32,
+    },
     /// Taking a file lock failed.
     #[error("cannot lock {}: {source}", path.display())]
     Lock {

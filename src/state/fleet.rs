@@ -25,7 +25,7 @@
 //! fleet_keys = ["<fleet id>"]    # requests endorsed by these keys are approved
 //! ```
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -76,6 +76,15 @@ pub enum FleetError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The key path names a directory, a FIFO, a device…
+    #[error(
+        "{} is not a regular file; pass the key file made by `agentnet fleet keygen`",
+        path.display()
+    )]
+    NotRegular {
+        /// The path given as the key file.
+        path: PathBuf,
     },
     /// The key file does not hold a key.
     #[error("{} does not hold a fleet key (64 hex digits)", path.display())]
@@ -171,15 +180,27 @@ pub fn create_fleet_key(path: &Path) -> Result<Identity, FleetError> {
     Ok(key)
 }
 
-/// Loads a fleet key, refusing a file others may access.
+/// Loads a fleet key, refusing a file others may access and anything but a
+/// regular file. The path is the operator's (a link there is followed), but
+/// what it names is checked before its mode: a directory such as `/tmp`
+/// would otherwise be reported as a key "accessible by others", and the
+/// open does not wait (`O_NONBLOCK`) so a FIFO cannot hang the command.
 pub fn load_fleet_key(path: &Path) -> Result<Identity, FleetError> {
     let io_error = |action, source| FleetError::from(StateError::io(action, path, source));
-    let mut file = File::open(path).map_err(|source| io_error("open", source))?;
-    let mode = file
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| io_error("open", source))?;
+    let metadata = file
         .metadata()
-        .map_err(|source| io_error("inspect", source))?
-        .mode()
-        & 0o7777;
+        .map_err(|source| io_error("inspect", source))?;
+    if !metadata.is_file() {
+        return Err(FleetError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = metadata.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(FleetError::KeyFileTooOpen {
             path: path.to_path_buf(),
@@ -317,6 +338,28 @@ mod tests {
             load_fleet_key(&path),
             Err(FleetError::KeyFileTooOpen { mode: 0o644, .. })
         ));
+    }
+
+    #[test]
+    fn fleet_key_that_is_no_regular_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("private");
+        fs::create_dir(&private).expect("dir");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        for path in [&private, &fifo] {
+            let error = load_fleet_key(path).expect_err("not a key file");
+            assert!(
+                matches!(error, FleetError::NotRegular { .. }),
+                "{}: {error}",
+                path.display()
+            );
+            assert!(
+                error.to_string().contains("is not a regular file"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use self::atomic::atomic_write;
+use self::atomic::follow_directory_owner;
 pub use self::config::{
     AgentConfig, MAX_NETWORK_NAME_LEN, default_agent_name, sanitize_label, validate_network_name,
 };
@@ -80,6 +81,12 @@ pub const PID_FILE: &str = "agentnet.pid";
 pub const LOG_FILE: &str = "agentnet.log";
 /// File name of the control socket inside the state directory.
 pub const SOCKET_FILE: &str = "agentnet.sock";
+/// The largest state file read ([`StateDir::read_file`]), 16 MiB. The files
+/// agentnet writes stay far below it (a trust store of 10 000 peers is
+/// about 2 MiB); without a bound, the daemon's user, who owns the
+/// directory, could make root's `up`, `trust list` or `detach` read a huge
+/// sparse file into memory.
+pub const MAX_STATE_FILE_BYTES: u64 = 16 << 20;
 /// The state directory of one agent instance. See the module docs for its
 /// layout.
 #[derive(Debug, Clone)]
@@ -137,25 +144,57 @@ impl StateDir {
     /// there (see [`crate::sys::nofollow`]): after `up` the directory belongs to
     /// the daemon's user, who must not be able to aim root's opens at
     /// another file.
+    ///
+    /// A file opened for writing (lock, PID and log files) by root in a
+    /// directory of another user is given to that user, whether root just
+    /// created it or an earlier version left it root's: the daemon, running
+    /// as that user, must still be able to open it (a root-owned `trust.lock`
+    /// made every edit of the daemon fail).
     pub fn open_file(&self, name: &str, how: OpenFor) -> Result<File, StateError> {
-        open_in_dir(&self.root, name, how).map_err(|e| {
-            let path = self.root.join(name);
-            StateError::io("open", &path, io::Error::from(e))
-        })
+        let path = self.root.join(name);
+        let file = open_in_dir(&self.root, name, how)
+            .map_err(|e| StateError::io("open", &path, io::Error::from(e)))?;
+        if how != OpenFor::Read {
+            follow_directory_owner(&file, &self.root)
+                .map_err(|e| StateError::io("give to the directory's owner", &path, e))?;
+        }
+        Ok(file)
     }
 
     /// Reads the file `name` as text (not following a link), or `None` if
-    /// there is none.
+    /// there is none. A file larger than [`MAX_STATE_FILE_BYTES`] is
+    /// refused ([`StateError::TooLarge`]).
     pub fn read_file(&self, name: &str) -> Result<Option<String>, StateError> {
         let path = self.root.join(name);
-        let mut file = match open_in_dir(&self.root, name, OpenFor::Read) {
+        let file = match open_in_dir(&self.root, name, OpenFor::Read) {
             Ok(file) => file,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(StateError::io("open", &path, io::Error::from(e))),
         };
-        let mut text = String::new();
-        file.read_to_string(&mut text)
+        let size = file
+            .metadata()
+            .map_err(|e| StateError::io("inspect", &path, e))?
+            .len();
+        let too_large = |size| StateError::TooLarge {
+            path: path.clone(),
+            size,
+            limit: MAX_STATE_FILE_BYTES,
+        };
+        if size > MAX_STATE_FILE_BYTES {
+            return Err(too_large(size));
+        }
+        // The size may grow after the check: read one byte past the limit at
+        // most, so a growing file is refused too instead of read whole.
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| StateError::io("read", &path, e))?;
+        if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
+            return Err(too_large(bytes.len() as u64));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            StateError::io("read", &path, io::Error::new(io::ErrorKind::InvalidData, e))
+        })?;
         Ok(Some(text))
     }
 
@@ -226,6 +265,32 @@ mod tests {
         let (_temp, state) = state();
         state.create().expect("created");
         assert_eq!(mode_of(state.root()), 0o700);
+    }
+
+    #[test]
+    fn state_files_larger_than_the_limit_are_refused_unread() {
+        let (_temp, state) = state();
+        state.create().expect("create");
+        let path = state.root().join(CONFIG_FILE);
+        let huge = fs::File::create(&path).expect("create");
+        // Sparse: no disk space, but a read would take 16 MiB of memory.
+        huge.set_len(MAX_STATE_FILE_BYTES + 1).expect("grow");
+        let error = state.read_file(CONFIG_FILE).expect_err("too large");
+        assert!(
+            matches!(error, StateError::TooLarge { size, .. } if size == MAX_STATE_FILE_BYTES + 1),
+            "{error}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("config.toml") && text.contains(&(MAX_STATE_FILE_BYTES + 1).to_string()),
+            "{text}"
+        );
+        assert!(state.load_config().is_err());
+        huge.set_len(5).expect("shrink");
+        assert_eq!(
+            state.read_file(CONFIG_FILE).expect("small").as_deref(),
+            Some("\0\0\0\0\0")
+        );
     }
 
     #[test]

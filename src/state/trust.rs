@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::lock::LockedFile;
 use super::{StateDir, StateError, TRUST_FILE, TRUST_LOCK_FILE, unix_now};
 use crate::core::identity::AgentId;
-use crate::core::trust::store::{TrustEntry, TrustStore, TrustUpdate};
+use crate::core::trust::store::{TrustEntry, TrustStore, TrustUpdate, validate_name};
 
 /// The comment at the top of `trust.toml`.
 const TRUST_FILE_HEADER: &str = "# agentnet trust store: the agents this agent will talk to.\n\
@@ -37,9 +37,27 @@ impl LockedFile for TrustStore {
 
 impl StateDir {
     /// Reads the trust store (empty if there is no file). Needs no lock:
-    /// writers replace the file atomically.
+    /// writers replace the file atomically. A file that breaks a rule every
+    /// edit keeps (unique agent IDs and names, valid names) is refused: a hand edit with
+    /// one agent twice would be listed twice, applied last-wins by the
+    /// daemon, and `trust remove` would leave the second entry in place.
     pub fn load_trust(&self) -> Result<TrustStore, StateError> {
-        Ok(self.read_toml(TRUST_FILE)?.unwrap_or_default())
+        self.load_trust_checked(None)
+    }
+
+    /// [`StateDir::load_trust`] that also refuses an entry for `own_id`,
+    /// this agent itself, for callers that know it.
+    pub fn load_trust_of(&self, own_id: &AgentId) -> Result<TrustStore, StateError> {
+        self.load_trust_checked(Some(own_id))
+    }
+
+    fn load_trust_checked(&self, own_id: Option<&AgentId>) -> Result<TrustStore, StateError> {
+        let store = self.read_toml(TRUST_FILE)?.unwrap_or_default();
+        check_trust_store(&store, own_id).map_err(|problem| StateError::BadTrustStore {
+            path: self.trust_path(),
+            problem,
+        })?;
+        Ok(store)
     }
 
     /// Edits the trust store under the exclusive trust lock: reads it, runs
@@ -60,6 +78,12 @@ impl StateDir {
         update: TrustUpdate,
     ) -> Result<(TrustEntry, TrustChange), StateError> {
         self.edit_trust(|store| {
+            check_trust_store(store, Some(own_id)).map_err(|problem| {
+                StateError::BadTrustStore {
+                    path: self.trust_path(),
+                    problem,
+                }
+            })?;
             let existing = store.get(&update.id);
             let change = if existing.is_some() {
                 TrustChange::Updated
@@ -79,6 +103,44 @@ impl StateDir {
             Ok(store.remove(&id)?)
         })
     }
+}
+
+/// Checks what [`TrustStore::upsert`] keeps true of every edit: each agent
+/// and each local name at most once, names valid, and (if `own_id` is
+/// known) no entry for this agent itself. The problem names the entries
+/// (counted from 1, in file order) and the fix.
+fn check_trust_store(store: &TrustStore, own_id: Option<&AgentId>) -> Result<(), String> {
+    for (index, entry) in store.peers.iter().enumerate() {
+        let number = index + 1;
+        if own_id == Some(&entry.id) {
+            return Err(format!(
+                "entry {number} is this agent's own ID {} (an agent cannot trust itself); \
+                 remove it",
+                entry.id
+            ));
+        }
+        validate_name(&entry.name)
+            .map_err(|error| format!("entry {number} (agent {}): {error}", entry.id))?;
+        let earlier = &store.peers[..index];
+        if let Some(first) = earlier.iter().position(|other| other.id == entry.id) {
+            return Err(format!(
+                "agent ID {} appears twice (entries {} and {number}); remove one",
+                entry.id,
+                first + 1
+            ));
+        }
+        if let Some(first) = earlier.iter().position(|other| other.name == entry.name) {
+            return Err(format!(
+                "the name `{}` is used twice (entries {} and {number}, agents {} and {}); \
+                 rename or remove one",
+                entry.name,
+                first + 1,
+                earlier[first].id,
+                entry.id
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Finds the peer a command names: an agent ID, or a local name.
@@ -190,6 +252,106 @@ mod tests {
         );
         assert!(state.trust_remove("bob").is_err());
         assert!(state.load_trust().expect("load").peers.is_empty());
+    }
+
+    /// A `[[peer]]` table of `trust.toml`.
+    fn peer_table(entry: &TrustEntry, allow: &str) -> String {
+        format!(
+            "[[peer]]\nid = \"{}\"\nname = \"{}\"\nallow = \"{allow}\"\n\n",
+            entry.id, entry.name
+        )
+    }
+
+    /// Writes `tables` as `trust.toml` and returns the refusal of loading it.
+    fn refused(state: &StateDir, tables: &[String]) -> String {
+        state.create().expect("dir");
+        fs::write(state.trust_path(), tables.concat()).expect("write");
+        let error = state.load_trust().expect_err("refused");
+        assert!(matches!(error, StateError::BadTrustStore { .. }), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("trust.toml"), "{text}");
+        text
+    }
+
+    #[test]
+    fn trust_store_with_one_agent_twice_is_refused_and_left_alone() {
+        let (_temp, state) = state();
+        let bob = peer(1, "bob");
+        let mut robert = bob.clone();
+        robert.name = "robert".into();
+        let text = refused(
+            &state,
+            &[peer_table(&bob, "tcp:22"), peer_table(&robert, "all")],
+        );
+        let expected = format!(
+            "agent ID {} appears twice (entries 1 and 2); remove one",
+            bob.id
+        );
+        assert!(text.contains(&expected), "{text}");
+        // `trust remove` must not claim to have removed it.
+        assert!(state.trust_remove("bob").is_err());
+        assert!(
+            fs::read_to_string(state.trust_path())
+                .expect("read")
+                .contains("all")
+        );
+    }
+
+    #[test]
+    fn trust_store_with_one_name_twice_is_refused() {
+        let (_temp, state) = state();
+        let text = refused(
+            &state,
+            &[
+                peer_table(&peer(1, "bob"), "all"),
+                peer_table(&peer(2, "carol"), "all"),
+                peer_table(&peer(3, "bob"), "all"),
+            ],
+        );
+        assert!(
+            text.contains("the name `bob` is used twice (entries 1 and 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn trust_store_with_an_invalid_name_is_refused() {
+        let (_temp, state) = state();
+        let bad = peer(1, "Bob.example");
+        let text = refused(&state, &[peer_table(&bad, "all")]);
+        assert!(
+            text.contains(&format!(
+                "entry 1 (agent {}): bad name `Bob.example`",
+                bad.id
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn trust_store_with_the_own_id_is_refused_where_it_is_known() {
+        let (_temp, state) = state();
+        let me = peer(0, "me");
+        state.create().expect("dir");
+        fs::write(state.trust_path(), peer_table(&me, "all")).expect("write");
+        assert_eq!(state.load_trust().expect("own ID unknown").peers.len(), 1);
+        let error = state.load_trust_of(&me.id).expect_err("own ID");
+        assert!(
+            error.to_string().contains("entry 1 is this agent's own ID"),
+            "{error}"
+        );
+        let error = state
+            .trust_update(
+                &me.id,
+                TrustUpdate {
+                    id: peer(1, "bob").id,
+                    name: "bob".into(),
+                    endpoint: None,
+                    allow: None,
+                },
+            )
+            .expect_err("edit of a store holding the own ID");
+        assert!(matches!(error, StateError::BadTrustStore { .. }), "{error}");
     }
 
     #[test]

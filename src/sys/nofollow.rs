@@ -8,11 +8,16 @@
 //! file with a single link (a hard link to `/etc/shadow` is refused), owned
 //! by root, by the caller or by the directory's owner. The directory itself
 //! is trusted: its parent belongs to root.
+//!
+//! Handing such a file to another user ([`chown_no_follow`]) follows the
+//! same rules: the name is opened with `O_PATH | O_NOFOLLOW`, checked, and
+//! the opened file changed (`fchownat` with `AT_EMPTY_PATH`), so a name
+//! swapped after the check changes nothing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// How a file is opened.
@@ -133,6 +138,56 @@ pub fn open_in_dir(dir: &Path, name: &str, how: OpenFor) -> Result<File, NoFollo
     Ok(file)
 }
 
+/// Gives `path` to `owner` and `group` (`None` keeps one) if it is a regular
+/// file or a socket with a single link, without following a link at its
+/// last component. A hard link is refused: it may be another file in
+/// disguise (`/etc/shadow`, linked in by whoever may write the directory
+/// where `fs.protected_hardlinks` is off), and giving that away would hand
+/// over the other file. The directories above `path` are trusted.
+pub fn chown_no_follow(
+    path: &Path,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> Result<(), NoFollowError> {
+    let io_error = |source| NoFollowError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // O_PATH opens what the name is (a symbolic link itself, with
+    // O_NOFOLLOW) without reading it: no FIFO can block, no device opens.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_error)?;
+    let meta = file.metadata().map_err(io_error)?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err(NoFollowError::SymbolicLink {
+            path: path.to_path_buf(),
+        });
+    }
+    if !kind.is_file() && !kind.is_socket() {
+        return Err(NoFollowError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.nlink() > 1 {
+        return Err(NoFollowError::HardLinked {
+            path: path.to_path_buf(),
+            links: meta.nlink(),
+        });
+    }
+    nix::unistd::fchownat(
+        Some(file.as_raw_fd()),
+        "",
+        owner.map(nix::unistd::Uid::from_raw),
+        group.map(nix::unistd::Gid::from_raw),
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|errno| io_error(io::Error::from(errno)))
+}
+
 fn check_opened(file: &File, dir: &Path, path: PathBuf) -> Result<(), NoFollowError> {
     let meta = file.metadata().map_err(|source| NoFollowError::Io {
         path: path.clone(),
@@ -227,5 +282,53 @@ mod tests {
         assert_eq!(text, "one\n");
         let error = open_in_dir(temp.path(), "missing", OpenFor::Read).expect_err("missing");
         assert!(error.is_not_found(), "{error}");
+    }
+
+    #[test]
+    fn chown_no_follow_gives_away_single_files_only() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED chown_no_follow_gives_away_single_files_only: not running as root");
+            return;
+        }
+        const NOBODY: u32 = 65534;
+        let temp = tempfile::tempdir().expect("temp");
+        let dir = temp.path().join("state");
+        fs::create_dir(&dir).expect("dir");
+        let canary = temp.path().join("canary");
+        fs::write(&canary, "secret\n").expect("canary");
+        fs::write(dir.join("trust.toml"), "").expect("file");
+        fs::hard_link(&canary, dir.join("agentnet.log")).expect("hard link");
+        std::os::unix::fs::symlink(&canary, dir.join("trust.lock")).expect("symlink");
+        nix::unistd::mkfifo(
+            &dir.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("fifo");
+        let listener =
+            std::os::unix::net::UnixListener::bind(dir.join("agentnet.sock")).expect("socket");
+
+        for name in ["trust.toml", "agentnet.sock"] {
+            chown_no_follow(&dir.join(name), Some(NOBODY), Some(NOBODY)).expect(name);
+            let meta = fs::symlink_metadata(dir.join(name)).expect("stat");
+            assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOBODY), "{name}");
+        }
+        let error =
+            chown_no_follow(&dir.join("agentnet.log"), Some(NOBODY), None).expect_err("hard link");
+        assert!(
+            matches!(error, NoFollowError::HardLinked { links: 2, .. }),
+            "{error}"
+        );
+        let error =
+            chown_no_follow(&dir.join("trust.lock"), Some(NOBODY), None).expect_err("symlink");
+        assert!(
+            matches!(error, NoFollowError::SymbolicLink { .. }),
+            "{error}"
+        );
+        let error = chown_no_follow(&dir.join("fifo"), Some(NOBODY), None).expect_err("fifo");
+        assert!(matches!(error, NoFollowError::NotRegular { .. }), "{error}");
+        let link = fs::symlink_metadata(dir.join("trust.lock")).expect("stat");
+        assert_eq!(link.uid(), 0, "the link itself is not changed either");
+        assert_eq!(fs::metadata(&canary).expect("stat").uid(), 0);
+        drop(listener);
     }
 }
