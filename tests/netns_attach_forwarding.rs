@@ -201,6 +201,9 @@ fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overl
         "the LAN neighbour reached the attachment through a"
     );
 
+    step("detach refuses a record rewritten to name a's eth0");
+    detach_refuses_tampered_records(&lab, &a, &ctr);
+
     step("the last detach leaves a filter that forwards nothing into the TUN");
     let veth = attached_veth(&table.stdout);
     must(a.cli_ok(&["detach", "--netns", &ctr]));
@@ -212,6 +215,43 @@ fn attached_namespace_cannot_spoof_and_lan_neighbour_cannot_route_into_the_overl
     );
     must(a.down());
     must(b.down());
+}
+
+/// `detach` run as root refuses `attachments.json` rewritten (as the
+/// daemon's user could) to name the lab's `eth0` as the attachment's veth,
+/// then as the TUN: it fails naming the file, and eth0 and the attachment's
+/// veth both stay. The genuine record is put back afterwards.
+fn detach_refuses_tampered_records(lab: &Lab, agent: &Agent, ns: &str) {
+    let file = agent.state_dir().join("attachments.json");
+    let genuine = std::fs::read_to_string(&file).expect("attachments.json");
+    let record: serde_json::Value = serde_json::from_str(&genuine).expect("json");
+    let veth = record["attached"][0]["host_interface"]
+        .as_str()
+        .expect("host_interface")
+        .to_string();
+    let exists = |name: &str| {
+        lab.exec(&agent.host.ns, &["ip", "link", "show", "dev", name])
+            .is_ok_and(|o| o.ok())
+    };
+    for field in ["host_interface", "tun_interface"] {
+        let mut tampered = record.clone();
+        match field {
+            "host_interface" => tampered["attached"][0][field] = "eth0".into(),
+            _ => tampered[field] = "eth0".into(),
+        }
+        let text = serde_json::to_vec_pretty(&tampered).expect("json");
+        std::fs::write(&file, text).expect("tamper");
+        let out = must(agent.cli(&["detach", "--netns", ns]));
+        say(&format!("tamper {field} | {}", out.stderr.trim_end()));
+        assert!(
+            !out.ok() && out.stderr.contains("attachments.json") && out.stderr.contains("eth0"),
+            "detach with {field} = eth0 was not refused naming the file:\n{}",
+            out.describe()
+        );
+        assert!(exists("eth0"), "detach removed eth0 ({field} tampered)");
+        assert!(exists(&veth), "detach removed {veth} ({field} tampered)");
+    }
+    std::fs::write(&file, genuine).expect("restore the record");
 }
 
 /// The host side of the (one) attachment veth a filter names.

@@ -138,7 +138,9 @@ pub fn remove() -> Result<(), FilterError> {
     nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
 }
 
-fn check_name(name: &str) -> Result<(), FilterError> {
+/// Refuses a name that is not plain enough to put in a rule (or on an `ip`
+/// command line) as is.
+pub(super) fn check_name(name: &str) -> Result<(), FilterError> {
     let plain = !name.is_empty()
         && name.len() < 16
         && name

@@ -47,11 +47,14 @@
 //! address as source.
 //! What is attached is recorded in `STATE_DIR/attachments.json`
 //! ([`crate::state::attachments`]), which the daemon reads to keep names in
-//! the attached namespaces up to date.
+//! the attached namespaces up to date. The daemon's user can rewrite that
+//! file, so root checks every name and switch in it against the naming
+//! scheme and the kernel before acting on it ([`crate::attach::verify`]).
 
 #![forbid(unsafe_code)]
 
 pub mod filter;
+pub mod verify;
 
 use std::fs::File;
 use std::io;
@@ -63,6 +66,7 @@ use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
 use self::filter::{FilterError, FilteredVeth};
+pub use self::verify::Expected;
 use crate::core::address::{
     IPV4_NETWORK, IPV4_PREFIX_LEN, NETWORK_PREFIX_LEN, NetworkId, NodePrefix,
 };
@@ -82,6 +86,9 @@ pub const LAST_ATTACHMENT_ID: u16 = 0xfffe;
 const FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 /// The IPv4 forwarding switch of the daemon's namespace.
 const FORWARDING4_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Every sysctl `detach` may turn back off: the record says only which of
+/// these `attach` turned on (two booleans), never a path.
+pub const FORWARDING_SWITCHES: [&str; 2] = [FORWARDING_SYSCTL, FORWARDING4_SYSCTL];
 /// The block attachments' IPv4 addresses come from (see the module docs).
 pub const IPV4_BLOCK: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
 /// Its prefix length: 253 attachments with IPv4 per host.
@@ -144,6 +151,33 @@ pub enum AttachError {
     /// Nothing matches what `detach` was given.
     #[error("nothing is attached as {0}")]
     NotAttached(String),
+    /// An entry of `attachments.json` names an interface agentnet did not
+    /// make (the daemon's user can rewrite the file; see [`verify`]).
+    #[error(
+        "{}: {entry}: {problem}; refusing to act on it. The daemon's user can rewrite this \
+         file: check what changed, correct or remove the entry (compare `ip -d link`), \
+         then run the command again",
+        file.display()
+    )]
+    Untrusted {
+        /// The record.
+        file: PathBuf,
+        /// Which entry.
+        entry: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The running daemon reports a TUN that is not this agent's.
+    #[error(
+        "the daemon reports {interface} as its TUN, but {problem}; refusing to route \
+         attachments through it (restart it: `agentnet down`, then `sudo agentnet up`)"
+    )]
+    NotOurTun {
+        /// The interface it reports.
+        interface: String,
+        /// Why it is not this agent's TUN.
+        problem: String,
+    },
     /// An `ip` command failed.
     #[error("`{command}` failed: {message}")]
     Command {
@@ -209,44 +243,77 @@ impl Attachment {
 /// the forwarding filter and free addresses.
 impl Attachments {
     /// Installs the forwarding filter for these attachments on `tun` (the
-    /// daemon at `up`: from then on nothing forwarded by the host, such as
-    /// a Docker bridge masqueraded by Docker's own rules, reaches the TUN
-    /// except from an attachment).
+    /// daemon at `up`, still root, on the TUN it made: from then on nothing
+    /// forwarded by the host, such as a Docker bridge masqueraded by
+    /// Docker's own rules, reaches the TUN except from an attachment).
+    /// Entries that fail [`verify::verify_entry`] for the agent address on
+    /// `tun` are left out with a warning rather than failing: without the
+    /// filter the TUN would take whatever the host forwards.
     pub fn install_filter_on(&self, tun: &str) -> Result<(), AttachError> {
-        Ok(filter::install(tun, &self.filtered_veths())?)
+        let prefix = verify::prefix_of_tun(tun)?;
+        let veths: Vec<FilteredVeth> = match prefix {
+            None => {
+                if !self.attached.is_empty() {
+                    tracing::warn!(tun, "no agent address on the TUN: attachments left out");
+                }
+                Vec::new()
+            }
+            Some(prefix) => {
+                let expected = Expected {
+                    file: PathBuf::from(ATTACHMENTS_FILE),
+                    prefix,
+                    daemon_tun: None,
+                };
+                (0..self.attached.len())
+                    .filter_map(|index| match self.filtered_veth(&expected, index) {
+                        Ok(veth) => Some(veth),
+                        Err(error) => {
+                            tracing::warn!(%error, "attachment left out of the forwarding filter");
+                            None
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Ok(filter::install(tun, &veths)?)
     }
 
-    /// The attachments as the filter sees them.
-    fn filtered_veths(&self) -> Vec<FilteredVeth> {
-        self.attached
-            .iter()
-            .map(|a| FilteredVeth {
-                host_interface: a.host_interface.clone(),
-                address: a.address,
-                address4: a.address4,
-            })
-            .collect()
+    /// Entry `index` as the filter sees it, once checked.
+    fn filtered_veth(
+        &self,
+        expected: &Expected,
+        index: usize,
+    ) -> Result<FilteredVeth, AttachError> {
+        let a = &self.attached[index];
+        verify::verify_entry(expected, index, a)?;
+        Ok(FilteredVeth {
+            host_interface: a.host_interface.clone(),
+            address: a.address,
+            address4: a.address4,
+        })
     }
 
     /// Installs the forwarding filter for these attachments and `planned`
     /// (one about to be made), or, with none left and `forwarding_off`
     /// (this record turned forwarding on and the last detach turns it
-    /// off), removes it. See [`crate::attach::filter`].
+    /// off), removes it. See [`crate::attach::filter`]. The TUN and every
+    /// entry are checked first ([`verify`]): a rule naming another
+    /// interface would let it forward into the overlay.
     pub fn apply_filter(
         &self,
+        expected: &Expected,
         planned: Option<FilteredVeth>,
         forwarding_off: bool,
     ) -> Result<(), AttachError> {
-        let mut veths = self.filtered_veths();
-        veths.extend(planned);
-        if veths.is_empty() && forwarding_off {
+        if self.attached.is_empty() && planned.is_none() && forwarding_off {
             return Ok(filter::remove()?);
         }
-        let tun = self
-            .tun_interface
-            .as_deref()
-            .unwrap_or(crate::sys::tun::DEFAULT_INTERFACE);
-        Ok(filter::install(tun, &veths)?)
+        let tun = verify::verify_tun(expected, self.tun_interface.as_deref())?;
+        let mut veths = (0..self.attached.len())
+            .map(|index| self.filtered_veth(expected, index))
+            .collect::<Result<Vec<_>, _>>()?;
+        veths.extend(planned);
+        Ok(filter::install(&tun, &veths)?)
     }
 
     /// The lowest free interface ID.
@@ -437,10 +504,16 @@ fn configure(plan: &AttachPlan, attachment: &Attachment) -> Result<EnabledForwar
     Ok(enabled)
 }
 
-/// Removes an attachment's veth pair (and so its addresses and routes).
-/// A pair that is gone already (its namespace was deleted) is no error.
-pub fn detach(attachment: &Attachment) -> Result<(), AttachError> {
-    if !link_exists(&attachment.host_interface) {
+/// Removes the veth pair of entry `index` of the record (and so its
+/// addresses and routes), once [`verify::verify_entry`] showed it is one
+/// `attach` made. A pair that is gone already (its namespace was deleted)
+/// is no error.
+pub fn detach(
+    expected: &Expected,
+    index: usize,
+    attachment: &Attachment,
+) -> Result<(), AttachError> {
+    if !verify::verify_entry(expected, index, attachment)? {
         return Ok(());
     }
     ip(&["link", "del", &attachment.host_interface]).map(drop)
@@ -477,14 +550,19 @@ pub fn forwarding_on() -> bool {
         .any(|sysctl| std::fs::read_to_string(sysctl).is_ok_and(|value| value.trim() != "0"))
 }
 
+/// The switches of [`FORWARDING_SWITCHES`] that `enabled` says `attach`
+/// turned on.
+pub fn forwarding_switches(enabled: EnabledForwarding) -> impl Iterator<Item = &'static str> {
+    [enabled.ipv6, enabled.ipv4]
+        .into_iter()
+        .zip(FORWARDING_SWITCHES)
+        .filter_map(|(on, sysctl)| on.then_some(sysctl))
+}
+
 /// Turns forwarding off again (after the last attachment that needed it),
 /// for the families `enabled` says `attach` turned on.
 pub fn restore_forwarding(enabled: EnabledForwarding) -> Result<(), AttachError> {
-    let switches = [
-        (enabled.ipv6, FORWARDING_SYSCTL),
-        (enabled.ipv4, FORWARDING4_SYSCTL),
-    ];
-    for (_, sysctl) in switches.into_iter().filter(|(on, _)| *on) {
+    for sysctl in forwarding_switches(enabled) {
         std::fs::write(sysctl, "0").map_err(|source| AttachError::Io {
             action: format!("disable forwarding ({sysctl})"),
             source,

@@ -12,7 +12,8 @@ use super::Instance;
 use super::render::table;
 use agentnet::attach::filter::FilteredVeth;
 use agentnet::attach::{
-    self, AttachPlan, AttachTarget, Attachment, AttachmentNames, Attachments, DEFAULT_INTERFACE,
+    self, ATTACHMENTS_FILE, AttachPlan, AttachTarget, Attachment, AttachmentNames, Attachments,
+    DEFAULT_INTERFACE, Expected,
 };
 use agentnet::control::{Request, Response};
 use agentnet::core::address::{NetworkId, NodePrefix};
@@ -92,8 +93,25 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
     if netns == own {
         return Err(attach::AttachError::OwnNamespace(target.to_string()).into());
     }
-    let prefix = NodePrefix::of_address(&info.address);
     let network = NetworkId::from_name(&info.network);
+    let prefix = own_prefix(context, network)?;
+    if info.address != prefix.agent_address() {
+        bail!(
+            "the daemon answering on {} has address {}, not this agent's {} (from {}): \
+             refusing to attach through it",
+            context.socket.display(),
+            info.address,
+            prefix.agent_address(),
+            context.state.root().display()
+        );
+    }
+    // The daemon runs as the user who can rewrite the record: its TUN and
+    // the record are checked against the kernel before root acts on them.
+    let expected = Expected {
+        file: context.state.root().join(ATTACHMENTS_FILE),
+        prefix,
+        daemon_tun: Some(info.interface.clone()),
+    };
     let ipv4 = daemon_ipv4(&mut client)?.is_some();
     let attachment = Attachments::edit(&context.state, |record| {
         // A namespace that was deleted took its veth pair along.
@@ -128,7 +146,7 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
             address,
             address4,
         };
-        record.apply_filter(Some(planned), false)?;
+        record.apply_filter(&expected, Some(planned), false)?;
         let made = attach::attach(&AttachPlan {
             target: target.clone(),
             netns,
@@ -141,7 +159,7 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
         let (attachment, enabled_forwarding) = match made {
             Ok(made) => made,
             Err(error) => {
-                if let Err(filter) = record.apply_filter(None, false) {
+                if let Err(filter) = record.apply_filter(&expected, None, false) {
                     tracing::warn!(%filter, "cannot restore the forwarding filter");
                 }
                 return Err(error);
@@ -170,6 +188,13 @@ fn say_attached(attachment: &Attachment, tun: &str) {
         attachment.interface,
         attachment.host_interface,
     );
+}
+
+/// This agent's node prefix in `network`, from the key in the state
+/// directory.
+fn own_prefix(context: &Instance, network: NetworkId) -> Result<NodePrefix> {
+    let own = context.state.load_identity()?.agent_id();
+    Ok(NodePrefix::of_agent(network, &own))
 }
 
 /// The daemon's IPv4 overlay address, if IPv4 is on.
@@ -212,16 +237,21 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
             info.pid
         );
     }
+    let (_, network) = context.network()?;
+    let prefix = own_prefix(context, network)?;
     let address = match &args.address {
-        Some(text) => {
-            let (_, network) = context.network()?;
-            let own = context.state.load_identity()?.agent_id();
-            Some(attach::parse_address(
-                text,
-                NodePrefix::of_agent(network, &own),
-            )?)
-        }
+        Some(text) => Some(attach::parse_address(text, prefix)?),
         None => None,
+    };
+    // The record is the daemon's user's to rewrite: every name in it is
+    // checked against the naming scheme and the kernel before root acts on
+    // it (`attach::verify`). Its TUN is checked as is (a TUN carrying this
+    // agent's address), also while a daemon runs: the daemon may be one
+    // without a TUN (`--userspace`), and detach must still work.
+    let expected = Expected {
+        file: context.state.root().join(ATTACHMENTS_FILE),
+        prefix,
+        daemon_tun: None,
     };
     // The namespace may be gone already: then only its name or PID matches.
     let target = match (&args.netns, args.pid) {
@@ -246,7 +276,11 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
                         || netns.is_some_and(|id| id == a.netns)
                 })
                 .ok_or_else(|| attach::AttachError::NotAttached(description.clone()))?;
-            attach::detach(&record.attached[index])?;
+            // The TUN the filter is rebuilt on is checked before anything
+            // is removed: a record that names another interface changes
+            // nothing.
+            attach::verify::verify_tun(&expected, record.tun_interface.as_deref())?;
+            attach::detach(&expected, index, &record.attached[index])?;
             let removed = record.attached.remove(index);
             let last = record.attached.is_empty();
             let restore = attach::EnabledForwarding {
@@ -260,7 +294,7 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
                 record.enabled_forwarding4 = false;
             }
             if !restore.ipv6 {
-                record.apply_filter(None, false)?;
+                record.apply_filter(&expected, None, false)?;
             }
             Ok((removed, restore))
         })?;
@@ -271,9 +305,9 @@ pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
         // attachments: it keeps the TUN out of whatever the host forwards
         // (a running daemon installed it at `up` for that; see
         // `daemon::guard_tun_forwarding`).
-        Attachments::load(&context.state)?.apply_filter(None, true)?;
+        Attachments::load(&context.state)?.apply_filter(&expected, None, true)?;
     } else if restore.ipv6 || restore.ipv4 {
-        Attachments::load(&context.state)?.apply_filter(None, false)?;
+        Attachments::load(&context.state)?.apply_filter(&expected, None, false)?;
     }
     if let Some(client) = &mut client {
         reload(client)?;
