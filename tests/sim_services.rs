@@ -358,3 +358,43 @@ fn the_change_count_moves_when_learned_services_are_replaced_or_forgotten() {
     assert!(net.hosts[a].node.remove_peer(&id));
     assert_eq!(count(&net, a), removed);
 }
+
+/// A revocation notice costs an Ed25519 verification: a peer's notices are
+/// checked at most once a second, so one that sends false ones in every
+/// datagram costs one verification a second; its true notice counts once
+/// that second has passed.
+#[test]
+fn a_peers_revocation_notices_are_checked_at_most_once_a_second() {
+    let revoked = |valid| Op::PeerFrame {
+        relayed: false,
+        frame: Frame::Revoked { valid },
+    };
+    let session_up = |ops: Vec<Op>| {
+        let world = node_world::run(ops);
+        world.node().status(world.now()).peers[0].session_established
+    };
+    let flood = || {
+        let mut ops = vec![Op::PeerInitiate {
+            relayed: false,
+            shape: Default::default(),
+        }];
+        ops.extend((0..50).map(|_| revoked(false)));
+        ops
+    };
+    assert!(session_up(flood()), "false notices end nothing");
+    let mut ops = flood();
+    ops.push(revoked(true));
+    assert!(
+        session_up(ops),
+        "checked within the second of the last check"
+    );
+    let later = || {
+        let mut ops = flood();
+        ops.push(Op::Advance { millis: 1_000 });
+        ops
+    };
+    assert!(session_up(later()), "a second alone ends nothing");
+    let mut ops = later();
+    ops.push(revoked(true));
+    assert!(!session_up(ops), "a second later the true notice ends it");
+}

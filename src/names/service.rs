@@ -18,12 +18,16 @@
 //! ([`Node::learned_services_changes`]) with the one it last applied and
 //! only when it moved walks the peers, joins them with the trust store
 //! (trusted peers, under their names there) and hands the result to the
-//! responder; a change of the names does the same.
+//! responder; a change of the names does the same. That walk is
+//! O(peers × services), and a trusted peer can move the count with every
+//! datagram (a new generation each): what peers advertised is applied at
+//! most once per [`SERVICES_REBUILD_INTERVAL`], and the loop wakes for
+//! the rest ([`NameService::services_deadline`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::dns::{DnsResponder, NameTable, NamedPeerServices, ResolverPacket};
 use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
@@ -81,6 +85,56 @@ struct AttachedNames {
     hosts: Result<HostsFile, String>,
 }
 
+/// Shortest time between two rebuilds of the DNS-SD records for what peers
+/// advertised (see the module docs).
+pub(crate) const SERVICES_REBUILD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// When the responder gets what peers advertised again: once the node's
+/// count of changes moved, at most once per [`SERVICES_REBUILD_INTERVAL`],
+/// and at once after the names changed.
+#[derive(Debug, Default)]
+struct ServicesPacer {
+    /// The node's count of service changes when the responder last got
+    /// the services (`None`: never, or the names changed since).
+    applied: Option<u64>,
+    /// When the responder last got them.
+    rebuilt_at: Option<Instant>,
+}
+
+impl ServicesPacer {
+    /// Whether the services are to be rebuilt at `now`, with the node's
+    /// count at `changes`; if so, that is recorded as done.
+    fn rebuild_now(&mut self, now: Instant, changes: u64) -> bool {
+        if self.applied == Some(changes) {
+            return false;
+        }
+        let paced = self.applied.is_some()
+            && self
+                .rebuilt_at
+                .is_some_and(|at| now < at + SERVICES_REBUILD_INTERVAL);
+        if paced {
+            return false;
+        }
+        self.applied = Some(changes);
+        self.rebuilt_at = Some(now);
+        true
+    }
+
+    /// When a rebuild that waits is due (`None`: none waits).
+    fn deadline(&self, changes: u64) -> Option<Instant> {
+        if self.applied == Some(changes) {
+            return None;
+        }
+        self.rebuilt_at.map(|at| at + SERVICES_REBUILD_INTERVAL)
+    }
+
+    /// Services go by name: after a change of the names they are rebuilt
+    /// at the next call.
+    fn names_changed(&mut self) {
+        self.applied = None;
+    }
+}
+
 /// Names for trusted peers: responder, host resolver, attached namespaces.
 #[derive(Debug)]
 pub(crate) struct NameService {
@@ -95,9 +149,8 @@ pub(crate) struct NameService {
     applied: Option<Vec<AppliedEntry>>,
     /// Whether names were published at least once.
     published: bool,
-    /// The node's count of service changes when the responder last got
-    /// the services (`None`: never, or the names changed since).
-    services_applied: Option<u64>,
+    /// When the responder gets the services again.
+    services: ServicesPacer,
     replies: VecDeque<Vec<u8>>,
 }
 
@@ -135,7 +188,7 @@ impl NameService {
             attached: Vec::new(),
             applied: None,
             published: false,
-            services_applied: None,
+            services: ServicesPacer::default(),
             replies: VecDeque::new(),
         };
         // A failure is logged; attached namespaces then get names after the next reload.
@@ -231,14 +284,24 @@ impl NameService {
 
     /// Hands the responder what trusted peers advertised, if it changed
     /// since the last call (O(1) when it did not).
+    /// What peers advertised waits while the last rebuild is younger than
+    /// [`SERVICES_REBUILD_INTERVAL`]; a change of the names (this agent's
+    /// own doing) does not.
     pub(crate) fn sync_services(&mut self, now: Instant, trust: &TrustStore, node: &Node) {
-        let changes = node.learned_services_changes();
-        if self.services_applied == Some(changes) {
+        if !self
+            .services
+            .rebuild_now(now, node.learned_services_changes())
+        {
             return;
         }
-        self.services_applied = Some(changes);
         self.responder
             .set_services(trusted_peer_services(trust, node, now));
+    }
+
+    /// When [`NameService::sync_services`] will apply what peers advertised
+    /// since its last call, if that waits.
+    pub(crate) fn services_deadline(&self, node: &Node) -> Option<Instant> {
+        self.services.deadline(node.learned_services_changes())
     }
 
     fn sync_names(&mut self, trust: &TrustStore, node: &Node) {
@@ -274,7 +337,7 @@ impl NameService {
         tracing::debug!(names = names.len(), "names: publishing");
         self.responder.set_names(names);
         // Services go by name: join them with the new names.
-        self.services_applied = None;
+        self.services.names_changed();
         self.publish_all();
         self.published = true;
     }
@@ -535,6 +598,29 @@ mod tests {
         let names = table(&store, &node);
         assert_eq!(names.lookup4("twin"), None);
         assert!(names.lookup("twin").is_some());
+    }
+
+    #[test]
+    fn what_peers_advertised_is_applied_at_most_once_per_interval() {
+        let start = Instant::now();
+        let mut pacer = ServicesPacer::default();
+        assert!(pacer.rebuild_now(start, 0), "the first time");
+        assert!(!pacer.rebuild_now(start, 0), "nothing changed");
+        assert_eq!(pacer.deadline(0), None);
+        // A peer moves the count in every datagram: one rebuild per interval.
+        let rebuilds = (1..=1_000u64)
+            .filter(|i| pacer.rebuild_now(start + Duration::from_millis(*i), *i))
+            .count();
+        assert_eq!(rebuilds, 4, "at 250, 500, 750 and 1000 ms");
+        // The last change waits: the loop wakes for it.
+        let waiting = pacer.deadline(1_001).expect("a rebuild waits");
+        assert_eq!(waiting, start + Duration::from_millis(1_250));
+        assert!(!pacer.rebuild_now(waiting - Duration::from_millis(1), 1_001));
+        assert!(pacer.rebuild_now(waiting, 1_001));
+        assert_eq!(pacer.deadline(1_001), None);
+        // New names: the services are joined with them at once.
+        pacer.names_changed();
+        assert!(pacer.rebuild_now(waiting + Duration::from_millis(1), 1_001));
     }
 
     #[test]

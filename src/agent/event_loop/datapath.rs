@@ -148,10 +148,14 @@ impl Daemon {
                         // The window opens once the packets' replies have left.
                         busy_poll.on_packet(now);
                     }
-                    deadline = [self.node.poll_timeout(), self.trust_flow_deadline()]
-                        .into_iter()
-                        .flatten()
-                        .fold(chores.next(self.links_need_ticks()), Instant::min);
+                    deadline = [
+                        self.node.poll_timeout(),
+                        self.trust_flow_deadline(),
+                        self.names.services_deadline(&self.node),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .fold(chores.next(self.links_need_ticks()), Instant::min);
                     busy_poll.upkept();
                     if busy_poll.is_polling(now) {
                         (true, Duration::ZERO)

@@ -166,7 +166,9 @@ impl Node {
                 }
                 ControlFrame::Revoked { signature } => {
                     let revoker = peer.id();
-                    if revoker.verify(&revocation_context(&revoker, &ctx.own_id), &signature) {
+                    if peer.may_check_revocation(now)
+                        && revoker.verify(&revocation_context(&revoker, &ctx.own_id), &signature)
+                    {
                         tracing::info!(peer = %revoker, "peer revoked its trust; dropping its sessions");
                         let was_up = peer.has_session();
                         peer.clear_sessions(ctx);

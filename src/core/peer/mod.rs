@@ -211,6 +211,9 @@ pub struct Peer {
     /// bursts may aim at.
     observed_ip: Option<(IpAddr, Instant)>,
     last_ping_back: Option<Instant>,
+    /// When a revocation notice of this peer's was last checked (see
+    /// [`Peer::may_check_revocation`]).
+    last_revocation_check: Option<Instant>,
     // The session slots and the handshake in flight are boxed: empty most
     // of the time, and inline they made every peer ~5 KiB (issue 7).
     current: Option<Box<Session>>,
@@ -300,7 +303,26 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// Shortest time between two checks of a peer's revocation notices: each
+/// costs an Ed25519 verification, ~50 times an ordinary packet's work, and
+/// a peer could send a false one in every datagram. A true notice ends the
+/// session it came on, so a peer that revokes needs only one.
+const REVOCATION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Peer {
+    /// Whether a revocation notice that came at `now` is checked: at most
+    /// one per [`REVOCATION_CHECK_INTERVAL`]; the others are dropped.
+    pub fn may_check_revocation(&mut self, now: Instant) -> bool {
+        if self
+            .last_revocation_check
+            .is_some_and(|at| now.saturating_duration_since(at) < REVOCATION_CHECK_INTERVAL)
+        {
+            return false;
+        }
+        self.last_revocation_check = Some(now);
+        true
+    }
+
     /// A peer with no session yet, kept in `slot` of the node's table.
     pub fn new(ctx: &Context, config: PeerConfig, slot: PeerSlot) -> Self {
         let noise_public = config.id.noise_public_key();
@@ -319,6 +341,7 @@ impl Peer {
             birthday_budget: BurstBudget::default(),
             observed_ip: None,
             last_ping_back: None,
+            last_revocation_check: None,
             noise_public,
             config,
             current: None,
