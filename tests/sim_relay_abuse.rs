@@ -276,22 +276,34 @@ fn relay_flooder_gets_only_its_own_rate_and_others_are_not_starved() {
     assert_eq!(drain_to(&mut server, bob.addr).len(), 1);
 }
 
+/// How many of `count` clients with made-up keys (numbered from
+/// `first_key`), the `i`-th at `address(i)`, finish a handshake at `now`.
+fn sybils_accepted(
+    server: &mut RendezvousServer,
+    now: Instant,
+    count: usize,
+    first_key: u64,
+    address: impl Fn(usize) -> String,
+) -> usize {
+    (0..count)
+        .filter(|&i| {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64 + first_key).to_le_bytes());
+            Client::new(key, &address(i)).try_handshake(server, now)
+        })
+        .count()
+}
+
 #[test]
 fn one_source_cannot_take_the_client_table() {
     let t0 = Instant::now();
     let per_ip = 40;
     let mut server = server(t0, |config| config.max_clients_per_ip = per_ip);
     server.set_handshake_load_threshold(u32::MAX); // the limit alone
-    let mut accepted = 0;
-    for i in 0..per_ip + 20 {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&(i as u64 + 1000).to_le_bytes());
-        // Same IP, a new port and a new key each time.
-        let mut sybil = Client::new(key, &format!("10.0.0.66:{}", 20_000 + i));
-        if sybil.try_handshake(&mut server, t0) {
-            accepted += 1;
-        }
-    }
+    // Same IP, a new port and a new key each time.
+    let accepted = sybils_accepted(&mut server, t0, per_ip + 20, 1000, |i| {
+        format!("10.0.0.66:{}", 20_000 + i)
+    });
     assert_eq!(accepted, per_ip);
     assert_eq!(server.usage().clients, per_ip);
     // Another source registers as usual.
@@ -313,23 +325,15 @@ fn one_ipv6_slash_64_is_one_source_for_the_client_table() {
     let per_ip = 8;
     let mut server = server(t0, |config| config.max_clients_per_ip = per_ip);
     server.set_handshake_load_threshold(u32::MAX); // the limit alone
-    let mut accepted = 0;
-    for i in 0..per_ip + 8 {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&(i as u64 + 2000).to_le_bytes());
-        let addr = format!("[2001:db8:66:1:{:x}::1]:7400", i + 1);
-        if Client::new(key, &addr).try_handshake(&mut server, t0) {
-            accepted += 1;
-        }
-    }
+    let accepted = sybils_accepted(&mut server, t0, per_ip + 8, 2000, |i| {
+        format!("[2001:db8:66:1:{:x}::1]:7400", i + 1)
+    });
     assert_eq!(accepted, per_ip);
     // Neighbouring /64s are other sources, each with its own share.
-    for i in 0..per_ip {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&(i as u64 + 3000).to_le_bytes());
-        let addr = format!("[2001:db8:66:{:x}::1]:7400", i + 2);
-        assert!(Client::new(key, &addr).try_handshake(&mut server, t0));
-    }
+    let accepted = sybils_accepted(&mut server, t0, per_ip, 3000, |i| {
+        format!("[2001:db8:66:{:x}::1]:7400", i + 2)
+    });
+    assert_eq!(accepted, per_ip);
     assert_eq!(server.usage().clients, 2 * per_ip);
 }
 

@@ -3,6 +3,7 @@
 //! the node) and writes back the loop's answer. See [`crate::control`] for
 //! the protocol.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,11 +29,29 @@ pub(crate) const SOCKET_MODE: u32 = 0o660;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many requests may wait for the event loop at once.
 const QUEUE_DEPTH: usize = 64;
-/// How many clients may be connected at once. Each holds a task, a socket
-/// and up to [`MAX_REQUEST_LEN`] of buffered request: a local user who
-/// opens connections and never closes them gets refused ones past this
-/// bound, not a daemon out of file descriptors or memory.
-const MAX_CONNECTIONS: usize = 64;
+/// How many connections one user may hold at once (root and the daemon's
+/// own user excepted: see [`ConnectionLimits`]).
+const MAX_CONNECTIONS_PER_USER: usize = 16;
+
+/// Who may hold how many connections. Each holds a task, a socket and up
+/// to [`MAX_REQUEST_LEN`] of buffered request: a local user who opens
+/// connections and never closes them gets refused ones past its share,
+/// not a daemon out of file descriptors or memory, and cannot take the
+/// socket from root or the daemon's user, who have no bound.
+#[derive(Debug, Clone)]
+struct ConnectionLimits {
+    per_user: usize,
+    unbounded_uids: Vec<u32>,
+}
+
+impl ConnectionLimits {
+    fn for_daemon() -> Self {
+        Self {
+            per_user: MAX_CONNECTIONS_PER_USER,
+            unbounded_uids: vec![0, nix::unistd::geteuid().as_raw()],
+        }
+    }
+}
 
 /// The listening control socket and its connections.
 #[derive(Debug)]
@@ -56,7 +75,14 @@ impl ControlServer {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let control_gid = control_gid.map(Gid::as_raw);
-        let task = tokio::spawn(accept_loop(listener, requests, shutdown_rx, control_gid));
+        let limits = ConnectionLimits::for_daemon();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            requests,
+            shutdown_rx,
+            control_gid,
+            limits,
+        ));
         let server = Self {
             path: path.to_path_buf(),
             shutdown,
@@ -107,22 +133,30 @@ async fn accept_loop(
     requests: mpsc::Sender<ControlRequest>,
     mut shutdown: watch::Receiver<bool>,
     control_gid: Option<u32>,
+    limits: ConnectionLimits,
 ) {
+    // Each connection's task returns its user's ID; the count per user
+    // goes down when it does.
     let mut connections = JoinSet::new();
+    let mut per_user: HashMap<u32, usize> = HashMap::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
-                    refuse_connection(&stream);
-                }
                 Ok((stream, _)) => {
+                    // Unknown credentials share one count.
+                    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+                    let held = per_user.entry(uid).or_default();
+                    if *held >= limits.per_user && !limits.unbounded_uids.contains(&uid) {
+                        refuse_connection(&stream, uid, limits.per_user);
+                        continue;
+                    }
+                    *held += 1;
                     let access = ControlAccess::of_stream(&stream, control_gid);
-                    connections.spawn(serve_connection(
-                        stream,
-                        access,
-                        requests.clone(),
-                        shutdown.clone(),
-                    ));
+                    let served = serve_connection(stream, access, requests.clone(), shutdown.clone());
+                    connections.spawn(async move {
+                        served.await;
+                        uid
+                    });
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -130,7 +164,16 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(uid) = done
+                    && let Some(held) = per_user.get_mut(&uid)
+                {
+                    *held = held.saturating_sub(1);
+                    if *held == 0 {
+                        per_user.remove(&uid);
+                    }
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }
@@ -139,19 +182,20 @@ async fn accept_loop(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
-/// Tells a client past [`MAX_CONNECTIONS`] why it is closed, if its socket
+/// Tells a client past its user's share why it is closed, if its socket
 /// takes the line at once (the accept loop does not wait for it).
-fn refuse_connection(stream: &UnixStream) {
+fn refuse_connection(stream: &UnixStream, uid: u32, limit: usize) {
     let refusal = Response::Error(format!(
-        "too many control connections ({MAX_CONNECTIONS}) are open; try again when one closes"
+        "too many control connections: user {uid} holds {limit} already; try again when one closes"
     ));
     if let Ok(mut line) = serde_json::to_vec(&refusal) {
         line.push(b'\n');
         let _ = stream.try_write(&line);
     }
     tracing::warn!(
-        limit = MAX_CONNECTIONS,
-        "control socket: a connection was refused, too many are open"
+        uid,
+        limit,
+        "control socket: a connection was refused, its user holds too many"
     );
 }
 
@@ -299,59 +343,102 @@ async fn command_of(request: Request) -> Result<Command, String> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn connections_past_the_bound_are_refused_with_the_reason() {
-        let dir = std::env::temp_dir().join(format!("agentnet-ctl-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("control.sock");
-        let listener = UnixListener::bind(&path).expect("bound");
-        let (requests, _queue) = mpsc::channel(QUEUE_DEPTH);
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let server = tokio::spawn(accept_loop(listener, requests, shutdown_rx, None));
-        let ask = async |stream: UnixStream| {
-            let (read, mut write) = stream.into_split();
-            write.write_all(b"\n").await.expect("sent");
+    /// An accept loop with `limits` on a socket of its own; dropping the
+    /// returned guard stops it and removes the socket.
+    struct TestServer {
+        dir: PathBuf,
+        path: PathBuf,
+        shutdown: watch::Sender<bool>,
+        _queue: mpsc::Receiver<ControlRequest>,
+    }
+
+    impl TestServer {
+        fn start(label: &str, limits: ConnectionLimits) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("agentnet-ctl-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join("control.sock");
+            let listener = UnixListener::bind(&path).expect("bound");
+            let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+            let (shutdown, shutdown_rx) = watch::channel(false);
+            tokio::spawn(accept_loop(listener, requests, shutdown_rx, None, limits));
+            Self {
+                dir,
+                path,
+                shutdown,
+                _queue: queue,
+            }
+        }
+
+        /// A connection that sent nothing (so nothing is answered on it).
+        async fn idle(&self) -> UnixStream {
+            UnixStream::connect(&self.path).await.expect("connected")
+        }
+
+        /// The answer to a request on a new connection.
+        async fn ask(&self, request: &[u8]) -> String {
+            let (read, mut write) = self.idle().await.into_split();
+            write.write_all(request).await.expect("sent");
             let mut line = String::new();
             BufReader::new(read)
                 .read_line(&mut line)
                 .await
                 .expect("read");
             line
-        };
-        // Idle clients hold every slot; each was accepted (a blank line is
-        // read and skipped, so the server is not answering it).
-        let mut idle = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
-            idle.push(UnixStream::connect(&path).await.expect("connected"));
         }
-        let refused = ask(UnixStream::connect(&path).await.expect("connected")).await;
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            let _ = self.shutdown.send(true);
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_past_a_users_share_are_refused_with_the_reason() {
+        // The test's own user (root in CI) has a bound here.
+        let limits = ConnectionLimits {
+            per_user: 4,
+            unbounded_uids: Vec::new(),
+        };
+        let server = TestServer::start("bounded", limits.clone());
+        let mut idle = Vec::new();
+        for _ in 0..limits.per_user {
+            idle.push(server.idle().await);
+        }
+        let refused = server.ask(b"{}\n").await;
         assert!(
             refused.contains("too many control connections"),
             "{refused:?}"
         );
         // One closes: the next client is served again (a bad request gets
-        // its error, not the refusal).
+        // its error, not the refusal) once the loop saw it close.
         drop(idle.pop());
         let served = loop {
-            let stream = UnixStream::connect(&path).await.expect("connected");
-            let (read, mut write) = stream.into_split();
-            write.write_all(b"{}\n").await.expect("sent");
-            let mut line = String::new();
-            BufReader::new(read)
-                .read_line(&mut line)
-                .await
-                .expect("read");
-            if !line.contains("too many") {
-                break line;
+            let answer = server.ask(b"{}\n").await;
+            if !answer.contains("too many") {
+                break answer;
             }
             tokio::task::yield_now().await;
         };
         assert!(served.contains("bad request"), "{served:?}");
-        let _ = shutdown.send(true);
-        drop(idle);
-        server.await.expect("joined");
-        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn root_and_the_daemons_user_are_never_refused() {
+        let limits = ConnectionLimits {
+            per_user: 1,
+            unbounded_uids: vec![nix::unistd::geteuid().as_raw()],
+        };
+        let server = TestServer::start("unbounded", limits);
+        let mut idle = Vec::new();
+        for _ in 0..8 {
+            idle.push(server.idle().await);
+        }
+        let served = server.ask(b"{}\n").await;
+        assert!(served.contains("bad request"), "{served:?}");
     }
 
     #[tokio::test]

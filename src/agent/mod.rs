@@ -214,7 +214,12 @@ pub fn run(mut options: DaemonOptions) -> Result<(), DaemonError> {
                 network,
                 mtu,
             )?;
-            let ipv4_guarded = address4.is_some() && guard_tun_forwarding(&options, &device);
+            let ipv4_guarded = address4.is_some()
+                && guard_tun_forwarding(
+                    &options,
+                    &device,
+                    NodePrefix::of_agent(network, &identity.agent_id()),
+                );
             let underlay = Underlay::bind(options.port, options.offload)?;
             let mut seed = Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut_slice());
@@ -345,7 +350,11 @@ fn transport_ciphers(aes: bool) -> CipherSet {
 /// the TUN as this agent's own address. Returns whether IPv4 may be on:
 /// not when the filter cannot be installed and the host forwards; then
 /// IPv4 stays off (IPv6 works) and the log says why.
-fn guard_tun_forwarding(options: &DaemonOptions, device: &packet_device::PacketDevice) -> bool {
+fn guard_tun_forwarding(
+    options: &DaemonOptions,
+    device: &packet_device::PacketDevice,
+    prefix: NodePrefix,
+) -> bool {
     if options.userspace.is_some() {
         return true;
     }
@@ -354,7 +363,7 @@ fn guard_tun_forwarding(options: &DaemonOptions, device: &packet_device::PacketD
         .map_err(|error| error.to_string())
         .and_then(|record| {
             record
-                .install_filter_on(&interface)
+                .install_filter_on(&interface, prefix)
                 .map_err(|error| error.to_string())
         });
     match installed {

@@ -243,38 +243,28 @@ impl Attachment {
 /// the forwarding filter and free addresses.
 impl Attachments {
     /// Installs the forwarding filter for these attachments on `tun` (the
-    /// daemon at `up`, still root, on the TUN it made: from then on nothing
-    /// forwarded by the host, such as a Docker bridge masqueraded by
-    /// Docker's own rules, reaches the TUN except from an attachment).
-    /// Entries that fail [`verify::verify_entry`] for the agent address on
-    /// `tun` are left out with a warning rather than failing: without the
-    /// filter the TUN would take whatever the host forwards.
-    pub fn install_filter_on(&self, tun: &str) -> Result<(), AttachError> {
-        let prefix = verify::prefix_of_tun(tun)?;
-        let veths: Vec<FilteredVeth> = match prefix {
-            None => {
-                if !self.attached.is_empty() {
-                    tracing::warn!(tun, "no agent address on the TUN: attachments left out");
-                }
-                Vec::new()
-            }
-            Some(prefix) => {
-                let expected = Expected {
-                    file: PathBuf::from(ATTACHMENTS_FILE),
-                    prefix,
-                    daemon_tun: None,
-                };
-                (0..self.attached.len())
-                    .filter_map(|index| match self.filtered_veth(&expected, index) {
-                        Ok(veth) => Some(veth),
-                        Err(error) => {
-                            tracing::warn!(%error, "attachment left out of the forwarding filter");
-                            None
-                        }
-                    })
-                    .collect()
-            }
+    /// daemon at `up`, still root, on the TUN it made for the agent of
+    /// `prefix`: from then on nothing forwarded by the host, such as a
+    /// Docker bridge masqueraded by Docker's own rules, reaches the TUN
+    /// except from an attachment). Entries that fail
+    /// [`verify::verify_entry`] for that agent are left out with a warning
+    /// rather than failing: without the filter the TUN would take whatever
+    /// the host forwards.
+    pub fn install_filter_on(&self, tun: &str, prefix: NodePrefix) -> Result<(), AttachError> {
+        let expected = Expected {
+            file: PathBuf::from(ATTACHMENTS_FILE),
+            prefix,
+            daemon_tun: None,
         };
+        let veths: Vec<FilteredVeth> = (0..self.attached.len())
+            .filter_map(|index| match self.filtered_veth(&expected, index) {
+                Ok(veth) => Some(veth),
+                Err(error) => {
+                    tracing::warn!(%error, "attachment left out of the forwarding filter");
+                    None
+                }
+            })
+            .collect();
         Ok(filter::install(tun, &veths)?)
     }
 
@@ -646,7 +636,8 @@ mod tests {
     use super::*;
     use crate::core::identity::Identity;
 
-    fn prefix() -> NodePrefix {
+    /// The node prefix the attachment tests use.
+    pub(super) fn prefix() -> NodePrefix {
         let id = Identity::from_secret_bytes(&[5; 32])
             .expect("key")
             .agent_id();

@@ -273,7 +273,10 @@ pub fn verify_tun(expected: &Expected, recorded: Option<&str>) -> Result<String,
         let problem = match filter::check_name(name) {
             Err(error) => Some(error.to_string()),
             Ok(()) => match show_link(name)? {
-                None => Some(format!("there is no interface {name}")),
+                None => Some(format!(
+                    "there is no interface {name} (a daemon started with --userspace has no \
+                     TUN, and attach needs one)"
+                )),
                 Some(link) => check_tun_link(&link, expected.prefix).err(),
             },
         };
@@ -298,35 +301,14 @@ pub fn verify_tun(expected: &Expected, recorded: Option<&str>) -> Result<String,
     Ok(name.to_string())
 }
 
-/// The node prefix of the agent whose TUN is `tun` (the daemon at `up`,
-/// still root, on the TUN it just made): from the agent address on it.
-pub(super) fn prefix_of_tun(tun: &str) -> Result<Option<NodePrefix>, AttachError> {
-    let Some(link) = show_link(tun)? else {
-        return Ok(None);
-    };
-    Ok(link.addresses().find_map(|address| match address {
-        IpAddr::V6(v6) => {
-            let prefix = NodePrefix::of_address(&v6);
-            (prefix.agent_address() == v6).then_some(prefix)
-        }
-        IpAddr::V4(_) => None,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attach::tests::prefix;
     use crate::attach::{AttachTarget, Attachments, DEFAULT_INTERFACE, EnabledForwarding};
     use crate::core::address::NetworkId;
     use crate::core::identity::Identity;
     use crate::sys::netns::NetnsId;
-
-    fn prefix() -> NodePrefix {
-        let id = Identity::from_secret_bytes(&[5; 32])
-            .expect("key")
-            .agent_id();
-        NodePrefix::of_agent(NetworkId::from_name("agentnet"), &id)
-    }
 
     fn entry(id: u16) -> Attachment {
         let address = prefix().address(id);

@@ -135,17 +135,17 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
         state.root().join("rendezvous.pid"),
         format!("{}\n", child.id()),
     )?;
-    println!("rendezvous is up (pid {})", child.id());
-    println!("  id       {}", identity.agent_id());
-    println!("  udp      {}", args.listen);
+    say!("rendezvous is up (pid {})", child.id());
+    say!("  id       {}", identity.agent_id());
+    say!("  udp      {}", args.listen);
     if let Some(tcp) = args.tcp_listen {
-        println!("  tcp      {tcp}");
+        say!("  tcp      {tcp}");
     }
     if let Some(address) = args.metrics {
-        println!("  metrics  http://{address}/metrics");
+        say!("  metrics  http://{address}/metrics");
     }
-    println!("  log      {}", log_path.display());
-    println!(
+    say!("  log      {}", log_path.display());
+    say!(
         "agents use it with: agentnet up --rendezvous HOST:{}={}",
         args.listen.port(),
         identity.agent_id()
@@ -194,10 +194,10 @@ pub(crate) fn netcheck(context: &Instance, args: NetcheckArgs) -> Result<()> {
         &local,
     ));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!(
+    say!(
         "udp      {}",
         if report.udp {
             "works"
@@ -205,7 +205,7 @@ pub(crate) fn netcheck(context: &Instance, args: NetcheckArgs) -> Result<()> {
             "blocked (no answer)"
         }
     );
-    println!(
+    say!(
         "tcp      {}",
         if report.tcp {
             "works (fallback available)"
@@ -213,7 +213,7 @@ pub(crate) fn netcheck(context: &Instance, args: NetcheckArgs) -> Result<()> {
             "no answer"
         }
     );
-    println!(
+    say!(
         "nat      {}",
         match report.nat.as_str() {
             "none" => "none (public address)",
@@ -226,7 +226,7 @@ pub(crate) fn netcheck(context: &Instance, args: NetcheckArgs) -> Result<()> {
         let reflexive = check
             .reflexive
             .map_or("-".to_string(), |address| address.to_string());
-        println!(
+        say!(
             "  {}  reflexive {reflexive}  tcp {}",
             check.endpoint,
             if check.tcp { "ok" } else { "-" }

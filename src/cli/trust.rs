@@ -12,7 +12,7 @@ use agentnet::control::{Request, Response, TrustedPeer};
 use agentnet::core::address::agent_address4;
 use agentnet::core::identity::AgentId;
 use agentnet::core::policy::Policy;
-use agentnet::core::text::escape_untrusted;
+use agentnet::core::text::{escape_untrusted, keep_inert};
 use agentnet::core::trust::pending::PendingStatus;
 use agentnet::core::trust::request::check_justification;
 use agentnet::core::trust::store::{TrustEntry, TrustState, TrustUpdate, validate_name};
@@ -469,8 +469,9 @@ fn pending(context: &Instance, json: bool) -> Result<()> {
 }
 
 /// One pending request for a terminal. Everything the requester wrote
-/// came escaped from the daemon (`PendingStatus`): it cannot drive the
-/// operator's terminal.
+/// came escaped from the daemon (`PendingStatus`; `keep_inert` for an
+/// older daemon that sent it raw): it cannot drive the operator's
+/// terminal.
 fn render_pending(request: &PendingStatus) -> String {
     let from = if request.via_relay {
         format!("via rendezvous {}", request.from)
@@ -479,11 +480,11 @@ fn render_pending(request: &PendingStatus) -> String {
     };
     let mut text = format!(
         "{} asks for {}  ({} ago, {from})\n  id             {}\n  justification  {}\n",
-        request.name,
+        keep_inert(&request.name),
         request.requested,
         human_duration(request.age_s),
         request.id,
-        request.justification
+        keep_inert(&request.justification)
     );
     if let Some(fleet) = &request.endorsed_by {
         text.push_str(&format!("  endorsed by    fleet {fleet}\n"));

@@ -63,6 +63,25 @@ pub fn escape_untrusted_within(text: &str, max_chars: usize) -> String {
     shown
 }
 
+/// `text` that another program escaped already (a daemon's answer), with
+/// any character [`Untrusted`] escapes shown as it shows it, backslashes
+/// left as they are: nothing changes on escaped text, and an answer from
+/// an older daemon that did not escape is made inert all the same.
+pub fn keep_inert(text: &str) -> std::borrow::Cow<'_, str> {
+    if !has_control_chars(text) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 /// Whether `text` holds a character [`Untrusted`] would escape (other than
 /// a backslash): such names are refused where they enter.
 pub fn has_control_chars(text: &str) -> bool {
@@ -150,6 +169,16 @@ mod tests {
             shown.ends_with("\\u{ad}\\u{fe0f}\\u{e0100}\\u{3164}\\u{180e}"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn escaped_text_is_kept_and_raw_text_made_inert() {
+        let raw = "approve\n\u{1b}[2J\u{202e}\\";
+        let escaped = escape_untrusted(raw);
+        assert_eq!(keep_inert(&escaped), escaped, "nothing to do");
+        let kept = keep_inert(raw);
+        assert!(!has_control_chars(&kept), "{kept}");
+        assert_eq!(kept, "approve\\u{a}\\u{1b}[2J\\u{202e}\\");
     }
 
     #[test]

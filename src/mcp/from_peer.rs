@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cards::ServiceWithCard;
 use crate::control::services::PeerService;
+use crate::core::text::keep_inert;
 use crate::core::trust::pending::PendingStatus;
 
 /// Said next to every `from_peer` object.
@@ -48,8 +49,8 @@ pub fn pending_requests(requests: &[PendingStatus]) -> Value {
                 "via_relay": request.via_relay,
                 "endorsed_by": request.endorsed_by.map(|key| key.to_string()),
                 "from_peer": {
-                    "claimed_name": capped(&request.name, MAX_PEER_NAME_CHARS),
-                    "justification": capped(&request.justification, MAX_PEER_PROSE_CHARS),
+                    "claimed_name": capped(&keep_inert(&request.name), MAX_PEER_NAME_CHARS),
+                    "justification": capped(&keep_inert(&request.justification), MAX_PEER_PROSE_CHARS),
                 },
             })
         })

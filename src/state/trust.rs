@@ -2,6 +2,8 @@
 //! exclusive `flock` on `trust.lock` ([`StateDir::edit_locked`]) and
 //! replaced atomically.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::lock::LockedFile;
@@ -110,6 +112,9 @@ impl StateDir {
 /// known) no entry for this agent itself. The problem names the entries
 /// (counted from 1, in file order) and the fix.
 fn check_trust_store(store: &TrustStore, own_id: Option<&AgentId>) -> Result<(), String> {
+    // Where each ID and name was first seen: one pass, whatever the size.
+    let mut ids: HashMap<&AgentId, usize> = HashMap::with_capacity(store.peers.len());
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(store.peers.len());
     for (index, entry) in store.peers.iter().enumerate() {
         let number = index + 1;
         if own_id == Some(&entry.id) {
@@ -121,21 +126,20 @@ fn check_trust_store(store: &TrustStore, own_id: Option<&AgentId>) -> Result<(),
         }
         validate_name(&entry.name)
             .map_err(|error| format!("entry {number} (agent {}): {error}", entry.id))?;
-        let earlier = &store.peers[..index];
-        if let Some(first) = earlier.iter().position(|other| other.id == entry.id) {
+        if let Some(first) = ids.insert(&entry.id, index) {
             return Err(format!(
                 "agent ID {} appears twice (entries {} and {number}); remove one",
                 entry.id,
                 first + 1
             ));
         }
-        if let Some(first) = earlier.iter().position(|other| other.name == entry.name) {
+        if let Some(first) = names.insert(&entry.name, index) {
             return Err(format!(
                 "the name `{}` is used twice (entries {} and {number}, agents {} and {}); \
                  rename or remove one",
                 entry.name,
                 first + 1,
-                earlier[first].id,
+                store.peers[first].id,
                 entry.id
             ));
         }
