@@ -24,20 +24,34 @@ pub struct Untrusted<'a>(pub &'a str);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_inert(f, self.0, MAX_SHOWN_CHARS)
+        write_inert(f, self.0, MAX_SHOWN_CHARS, Backslashes::Double)
     }
+}
+
+/// What [`write_inert`] does with a backslash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backslashes {
+    /// Doubled, so that the text cannot forge an escape ([`Untrusted`]).
+    Double,
+    /// Kept: the text was escaped already ([`keep_inert`]).
+    Keep,
 }
 
 /// Writes `text` as [`Untrusted`] shows it, at most `max_chars` of its
 /// characters.
-fn write_inert(out: &mut impl fmt::Write, text: &str, max_chars: usize) -> fmt::Result {
+fn write_inert(
+    out: &mut impl fmt::Write,
+    text: &str,
+    max_chars: usize,
+    backslashes: Backslashes,
+) -> fmt::Result {
     let mut chars = text.chars();
     for (shown, c) in chars.by_ref().enumerate() {
         if shown == max_chars {
             let rest = 1 + chars.count();
             return write!(out, "…(+{rest} chars)");
         }
-        if c == '\\' {
+        if c == '\\' && backslashes == Backslashes::Double {
             out.write_str("\\\\")?;
         } else if needs_escape(c) {
             write!(out, "{}", c.escape_unicode())?;
@@ -59,7 +73,7 @@ pub fn escape_untrusted(text: &str) -> String {
 pub fn escape_untrusted_within(text: &str, max_chars: usize) -> String {
     let mut shown = String::with_capacity(text.len().min(max_chars));
     // Writing to a String cannot fail.
-    let _ = write_inert(&mut shown, text, max_chars);
+    let _ = write_inert(&mut shown, text, max_chars, Backslashes::Double);
     shown
 }
 
@@ -72,13 +86,8 @@ pub fn keep_inert(text: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut shown = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if needs_escape(c) {
-            shown.extend(c.escape_unicode());
-        } else {
-            shown.push(c);
-        }
-    }
+    // Writing to a String cannot fail.
+    let _ = write_inert(&mut shown, text, usize::MAX, Backslashes::Keep);
     std::borrow::Cow::Owned(shown)
 }
 

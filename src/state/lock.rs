@@ -118,10 +118,7 @@ mod tests {
 
     #[test]
     fn lock_files_root_takes_belong_to_the_directory_owner() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!(
-                "SKIPPED lock_files_root_takes_belong_to_the_directory_owner: not running as root"
-            );
+        if !crate::sys::root_for_test("lock_files_root_takes_belong_to_the_directory_owner") {
             return;
         }
         let (_temp, state) = state();

@@ -20,3 +20,19 @@ pub mod udp;
 pub mod udp_batch;
 pub mod wake;
 pub mod wake_clock;
+
+/// Whether a unit test that needs root runs: as root it does; otherwise it
+/// is skipped with the reason printed, unless `AGENTNET_REQUIRE_NETNS=1`
+/// (CI) forbids skipping, as for the namespace tests.
+#[cfg(test)]
+pub(crate) fn root_for_test(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("AGENTNET_REQUIRE_NETNS").as_deref() != Ok("1"),
+        "{test} needs root, and AGENTNET_REQUIRE_NETNS=1 forbids skipping"
+    );
+    eprintln!("SKIPPED {test}: not running as root");
+    false
+}

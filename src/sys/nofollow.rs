@@ -286,8 +286,7 @@ mod tests {
 
     #[test]
     fn chown_no_follow_gives_away_single_files_only() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED chown_no_follow_gives_away_single_files_only: not running as root");
+        if !crate::sys::root_for_test("chown_no_follow_gives_away_single_files_only") {
             return;
         }
         const NOBODY: u32 = 65534;
