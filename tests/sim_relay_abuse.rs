@@ -18,8 +18,8 @@ use agentnet::core::noise::session::Session;
 use agentnet::core::noise::static_keys::NoiseStatic;
 use agentnet::core::noise::tai64n::Tai64N;
 use agentnet::core::rendezvous::{
-    ClientAddr, MAX_MAILBOX_BYTES, MAX_MAILBOXES, MAX_STORED_DATAGRAM_LEN, MAX_STORED_PER_IP,
-    RendezvousConfig, RendezvousServer,
+    ADDRESS_HOLD, ClientAddr, MAX_MAILBOX_BYTES, MAX_MAILBOXES, MAX_STORED_DATAGRAM_LEN,
+    MAX_STORED_PER_IP, RendezvousConfig, RendezvousServer,
 };
 use agentnet::core::rng::{CoreRng, core_rng};
 use agentnet::core::wire::control_frame::ControlFrame;
@@ -645,7 +645,9 @@ fn an_agent_whose_address_was_taken_is_not_reached_there() {
     let mut bob = Client::new([0xb1; 32], "10.9.0.1:4000");
     let mut carol = Client::new([0xc1; 32], "10.9.0.3:4000");
     alice.register(&mut server, t0);
-    let t1 = t0 + Duration::from_secs(10);
+    // The NAT gives Alice's mapping to Bob after it saw nothing from her
+    // for longer than any NAT's timeout.
+    let t1 = t0 + ADDRESS_HOLD + Duration::from_secs(10);
     bob.register(&mut server, t1);
     carol.register(&mut server, t1);
     carol.relay(&mut server, t1, alice.node(), &inner_data(1));
@@ -671,4 +673,72 @@ fn an_agent_whose_address_was_taken_is_not_reached_there() {
     bob.relay(&mut server, t1, carol.node(), &inner_data(3));
     assert_eq!(drain_to(&mut server, carol.addr).len(), 1);
     assert_eq!(server.counters().dropped_unregistered, 0);
+}
+
+#[test]
+fn a_register_from_a_spoofed_source_does_not_take_a_live_agents_address() {
+    // Mallory has a session of her own and sends `Register` with Alice's
+    // endpoint as its source, while Alice refreshes as agents do. Alice
+    // stays registered there and keeps her envelopes; Mallory gets no
+    // answer. Only once nothing came from Alice for ADDRESS_HOLD can the
+    // address pass to another agent (a NAT reusing the mapping).
+    let t0 = Instant::now();
+    let mut server = server(t0, |_| {});
+    let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
+    let mut carol = Client::new([0xc1; 32], "10.9.0.3:4000");
+    let mut mallory = Client::new([0x66; 32], "10.9.0.6:4000");
+    alice.register(&mut server, t0);
+    carol.register(&mut server, t0);
+    mallory.register(&mut server, t0);
+    let register = ControlFrame::Register {
+        agent: mallory.identity.agent_id(),
+    }
+    .encode();
+    let spoof_at = t0 + ADDRESS_HOLD - Duration::from_secs(1);
+    mallory.addr = alice.addr;
+    mallory.send_sealed(&mut server, spoof_at, &register);
+    assert!(
+        drain_to(&mut server, alice.addr).is_empty(),
+        "the spoofed Register was answered"
+    );
+    assert_eq!(server.counters().address_claims_refused, 1);
+    carol.relay(&mut server, spoof_at, alice.node(), &inner_data(1));
+    let forwarded = drain_to(&mut server, alice.addr);
+    assert_eq!(forwarded.len(), 1, "{:?}", server.counters());
+    assert_eq!(relayed_from(&forwarded[0]), Some(carol.node()));
+    alice.relay(&mut server, spoof_at, carol.node(), &inner_data(2));
+    let forwarded = drain_to(&mut server, carol.addr);
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(relayed_from(&forwarded[0]), Some(alice.node()));
+    // Alice refreshes; the spoof keeps failing for as long as she does.
+    let refreshed = t0 + Duration::from_secs(25);
+    alice.send_sealed(
+        &mut server,
+        refreshed,
+        &ControlFrame::Register {
+            agent: alice.identity.agent_id(),
+        }
+        .encode(),
+    );
+    assert_eq!(
+        drain_to(&mut server, alice.addr).len(),
+        1,
+        "Alice's refresh"
+    );
+    let later = refreshed + ADDRESS_HOLD - Duration::from_secs(1);
+    mallory.send_sealed(&mut server, later, &register);
+    assert!(drain_to(&mut server, alice.addr).is_empty());
+    assert_eq!(server.counters().address_claims_refused, 2);
+    // Alice gone quiet past the hold: the address is given up to the
+    // agent registering from it now.
+    let gone = refreshed + ADDRESS_HOLD + Duration::from_secs(1);
+    mallory.send_sealed(&mut server, gone, &register);
+    assert_eq!(
+        drain_to(&mut server, alice.addr).len(),
+        1,
+        "the new holder's answer"
+    );
+    carol.relay(&mut server, gone, alice.node(), &inner_data(3));
+    assert!(drain_to(&mut server, alice.addr).is_empty());
+    assert_eq!(server.counters().address_claims_refused, 2);
 }

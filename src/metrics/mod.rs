@@ -487,12 +487,13 @@ pub fn rendezvous_metrics(id: &str, counters: &RelayCounters, uptime: Duration) 
         ("rate_limited", counters.dropped_rate_limited),
         ("unknown_destination", counters.dropped_unknown_destination),
         ("rejected", counters.rejected),
+        ("address_claimed", counters.address_claims_refused),
     ];
     for (reason, value) in drops {
         m.add(
             "agentnet_rendezvous_dropped_packets_total",
             Counter,
-            "Datagrams dropped without an answer, by reason (rate_limited: over a source's relay rate).",
+            "Datagrams dropped without an answer, by reason (rate_limited: over a source's relay rate; address_claimed: a Register from an address another agent registered from within 30 s).",
             &[("reason", reason)],
             value as f64,
         );

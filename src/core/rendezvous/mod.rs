@@ -17,8 +17,11 @@
 //! hashing by node ID).
 
 pub mod choice;
+mod mailbox;
 
 use std::collections::{HashMap, VecDeque};
+
+use mailbox::StoredRequest;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -123,6 +126,14 @@ const CLIENT_IDLE: Duration = Duration::from_secs(200);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Initiations from one client closer than this are dropped.
 const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(20);
+/// A node that registered from its address this recently keeps it against
+/// another node's claim. A NAT gives a mapping to another host only after
+/// nothing crossed it for its timeout (30 s at the least in practice; RFC
+/// 4787 asks for 2 min), and agents refresh every 25 s, so such a claim is
+/// a spoofed source: a client with a session of its own sending `Register`
+/// from an address it does not hold. It is refused without an answer; a
+/// real new holder registers at its next refresh.
+pub const ADDRESS_HOLD: Duration = Duration::from_secs(30);
 
 /// Counters of the server, for status and metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -135,6 +146,9 @@ pub struct RelayCounters {
     pub relayed_packets: u64,
     /// Bytes forwarded.
     pub relayed_bytes: u64,
+    /// `Register` frames refused because another node registered from the
+    /// same address within [`ADDRESS_HOLD`] (a spoofed source).
+    pub address_claims_refused: u64,
     /// Relay envelopes from sources that are not registered.
     pub dropped_unregistered: u64,
     /// Relay envelopes over the source's rate.
@@ -173,15 +187,6 @@ struct Client {
 struct Registration {
     addr: ClientAddr,
     expires: Instant,
-}
-
-struct StoredRequest {
-    from_node: NodeId,
-    /// The source that relayed it, as [`address_key`] folds its IP (counted
-    /// against [`MAX_STORED_PER_IP`]).
-    source: IpAddr,
-    datagram: Vec<u8>,
-    stored: Instant,
 }
 
 /// How much of its bounded tables the server uses, for tests and status.
@@ -584,6 +589,15 @@ impl RendezvousServer {
             }
         };
         let lifetime = self.config.registration_lifetime;
+        if address_held_by_another(
+            &self.by_addr,
+            &self.registrations,
+            lifetime,
+            (now, from, node),
+        ) {
+            self.counters.address_claims_refused += 1;
+            return;
+        }
         let answer = ControlFrame::Registered {
             reflexive: from.socket_addr(),
             lifetime_s: u16::try_from(lifetime.as_secs()).unwrap_or(u16::MAX),
@@ -612,8 +626,10 @@ impl RendezvousServer {
     /// Records `node` as registered from `from` until `expires`, keeping
     /// `by_addr` its exact reverse. The node's previous address is
     /// forgotten if it still names the node. A node registered from `from`
-    /// before loses its registration: the address is another node's now
-    /// (its NAT mapping was reused), so what is relayed to the old node
+    /// before (longer than [`ADDRESS_HOLD`] ago, see
+    /// [`address_held_by_another`]) loses its registration: the
+    /// address is another node's now (its NAT mapping was reused), so
+    /// what is relayed to the old node
     /// must not go there, and trust requests for it wait in its mailbox
     /// until it registers from wherever it is now.
     fn register(&mut self, expires: Instant, node: NodeId, from: ClientAddr) {
@@ -673,94 +689,27 @@ impl RendezvousServer {
             _ => self.counters.dropped_unknown_destination += 1,
         }
     }
+}
 
-    /// Keeps a trust request for an offline target. Fair to every source
-    /// (`source`: the sender's IP as [`address_key`] folds it, so one IPv6
-    /// /64 is one source): a source holds at most [`MAX_STORED_PER_IP`]
-    /// requests, a newer request from the same node to the same target
-    /// replaces the older one, and a full mailbox makes room by dropping a
-    /// request of the source that holds the most of it (the sender's own
-    /// when that is it), so a flooder only ever pushes out its own requests.
-    fn store_request(
-        &mut self,
-        now: Instant,
-        target: NodeId,
-        from_node: NodeId,
-        source: IpAddr,
-        datagram: &[u8],
-    ) {
-        if datagram.len() > MAX_STORED_DATAGRAM_LEN {
-            // The target would drop it as oversized anyway.
-            self.counters.mailbox_dropped += 1;
-            return;
-        }
-        // A retry from the same node replaces its older copy.
-        let replaced = self.mailbox.get_mut(&target).and_then(|queue| {
-            let position = queue
-                .iter()
-                .position(|stored| stored.from_node == from_node)?;
-            queue.remove(position)
-        });
-        if let Some(old) = replaced {
-            self.release_stored(&old);
-        }
-        let holds = self.stored_per_ip.get(&source).copied().unwrap_or(0);
-        if holds >= MAX_STORED_PER_IP
-            || self.stored_bytes + datagram.len() > MAX_MAILBOX_BYTES
-            || (!self.mailbox.contains_key(&target) && self.mailbox.len() >= MAX_MAILBOXES)
-        {
-            self.counters.mailbox_dropped += 1;
-            if self.mailbox.get(&target).is_some_and(VecDeque::is_empty) {
-                self.mailbox.remove(&target);
-            }
-            return;
-        }
-        let per_target = self.config.mailbox_per_target.max(1);
-        let queue = self.mailbox.entry(target).or_default();
-        let mut evicted = None;
-        if queue.len() >= per_target {
-            let count_of = |of: IpAddr| queue.iter().filter(|stored| stored.source == of).count();
-            let own = count_of(source);
-            let (biggest_source, biggest) = queue
-                .iter()
-                .map(|stored| (stored.source, count_of(stored.source)))
-                .max_by_key(|(_, count)| *count)
-                .unwrap_or((source, 0));
-            let victim = if own >= biggest {
-                source
-            } else {
-                biggest_source
-            };
-            evicted = queue
-                .iter()
-                .position(|stored| stored.source == victim)
-                .and_then(|position| queue.remove(position));
-            if evicted.is_none() {
-                // The sender holds nothing here and everyone holds one:
-                // the oldest goes.
-                evicted = queue.pop_front();
-            }
-        }
-        queue.push_back(StoredRequest {
-            from_node,
-            source,
-            datagram: datagram.to_vec(),
-            stored: now,
-        });
-        if let Some(old) = evicted {
-            self.counters.mailbox_dropped += 1;
-            self.release_stored(&old);
-        }
-        *self.stored_per_ip.entry(source).or_default() += 1;
-        self.stored_bytes += datagram.len();
-        self.counters.mailbox_stored += 1;
-    }
-
-    /// Un-counts a stored request that leaves its mailbox.
-    fn release_stored(&mut self, stored: &StoredRequest) {
-        release_count(&mut self.stored_per_ip, stored.source);
-        self.stored_bytes -= stored.datagram.len();
-    }
+/// Whether a node other than `node` registered from `from` within
+/// [`ADDRESS_HOLD`] before `now` (its registration's expiry minus the
+/// `lifetime` every registration is given): O(1), two lookups.
+fn address_held_by_another(
+    by_addr: &HashMap<ClientAddr, NodeId>,
+    registrations: &HashMap<NodeId, Registration>,
+    lifetime: Duration,
+    (now, from, node): (Instant, ClientAddr, NodeId),
+) -> bool {
+    let Some(holder) = by_addr.get(&from).filter(|holder| **holder != node) else {
+        return false;
+    };
+    registrations.get(holder).is_some_and(|registration| {
+        let registered_at = registration
+            .expires
+            .checked_sub(lifetime)
+            .unwrap_or(registration.expires);
+        registration.addr == from && now.saturating_duration_since(registered_at) < ADDRESS_HOLD
+    })
 }
 
 /// Forgets `addr` as `node`'s address, unless it names another node now:
