@@ -742,3 +742,56 @@ fn a_register_from_a_spoofed_source_does_not_take_a_live_agents_address() {
     assert!(drain_to(&mut server, alice.addr).is_empty());
     assert_eq!(server.counters().address_claims_refused, 2);
 }
+
+#[test]
+fn relayed_trust_requests_carry_a_tag_of_their_source_only_to_agents_that_read_it() {
+    // Two senders at one address and one at another ask Alice (who reads
+    // source tags) and Dave (an older agent: his Register has no flags
+    // byte, and his parser refuses nonzero spare bytes).
+    let t0 = Instant::now();
+    let mut server = server(t0, |_| {});
+    let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
+    let mut dave = Client::new([0xd1; 32], "10.9.0.4:4000");
+    let mut sender_1 = Client::new([0x51; 32], "10.9.0.5:4000");
+    let mut sender_2 = Client::new([0x52; 32], "10.9.0.5:4001");
+    let mut sender_3 = Client::new([0x53; 32], "10.9.0.6:4000");
+    alice.register(&mut server, t0);
+    assert!(dave.try_handshake(&mut server, t0));
+    let mut legacy = ControlFrame::Register {
+        agent: dave.identity.agent_id(),
+    }
+    .encode();
+    legacy.truncate(1 + 32);
+    dave.send_sealed(&mut server, t0, &legacy);
+    assert_eq!(drain_to(&mut server, dave.addr).len(), 1, "Dave registered");
+    for sender in [&mut sender_1, &mut sender_2, &mut sender_3] {
+        sender.register(&mut server, t0);
+    }
+    for to in [&alice, &dave] {
+        for sender in [&sender_1, &sender_2, &sender_3] {
+            // A sender's own tag is overwritten.
+            let mut envelope = relay_envelope(to.node(), &inner_request(300, 1));
+            envelope[1..4].copy_from_slice(&[0xee; 3]);
+            server.handle_datagram(t0, sender.addr, &envelope);
+        }
+        sender_1.relay(&mut server, t0, to.node(), &inner_data(1));
+    }
+    let mut out = drain_all(&mut server);
+    let mut tags = |to: &Client| -> Vec<u32> {
+        out.remove(&to.addr)
+            .unwrap_or_default()
+            .iter()
+            .map(|datagram| match Datagram::parse(datagram) {
+                Ok(Datagram::Relay(relay)) => relay.source_tag(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let to_alice = tags(&alice);
+    assert_eq!(to_alice.len(), 4);
+    assert_ne!(to_alice[0], 0);
+    assert_eq!(to_alice[0], to_alice[1], "one address, one tag");
+    assert_ne!(to_alice[0], to_alice[2], "another address, another tag");
+    assert_eq!(to_alice[3], 0, "only trust requests are tagged");
+    assert_eq!(tags(&dave), vec![0; 4]);
+}

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use agentnet::core::address::NodeId;
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::policy::Policy;
+use agentnet::core::trust::pending::MAX_PENDING_PER_ORIGIN;
 use agentnet::core::wire::{TYPE_RELAY, TYPE_TRUST_REQUEST};
-use agentnet::sim::{LinkConfig, SimNet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet};
 
 /// Sends a trust request from `requester` to `target` through the
 /// rendezvous only (no endpoint hint).
@@ -94,5 +95,40 @@ fn garbage_relayed_by_one_sender_does_not_block_others_through_that_rendezvous()
     assert!(
         dropped.trust_requests_rejected + dropped.malformed >= 10,
         "{dropped:?}"
+    );
+}
+
+#[test]
+fn a_flood_from_one_address_through_a_rendezvous_leaves_others_requests_pending() {
+    // Seventy agents behind one NAT (one address, as one flooder making up
+    // keys would be) each ask the target through the rendezvous, after an
+    // honest requester elsewhere did. The rendezvous tags each relayed
+    // request with its source address' tag, so the flood fills only its
+    // own origin's share of the target's list.
+    let mut net = SimNet::new(23, LinkConfig::default(), Instant::now());
+    net.add_rendezvous(100);
+    let target = net.add_host(2);
+    let honest = net.add_host(4);
+    let nat = net.add_nat(NatKind::Easy);
+    let flood: Vec<usize> = (30..100)
+        .map(|seed| net.add_host_behind(seed, nat))
+        .collect();
+    for &host in [target, honest].iter().chain(&flood) {
+        net.use_rendezvous(host);
+    }
+    net.run_for(Duration::from_secs(1));
+    request_via_rendezvous(&mut net, honest, target, "honest");
+    net.run_for(Duration::from_millis(200));
+    for (n, &host) in flood.iter().enumerate() {
+        request_via_rendezvous(&mut net, host, target, &format!("flood {n}"));
+    }
+    net.run_for(Duration::from_secs(2));
+    let pending = net.hosts[target].node.pending_requests(net.now);
+    let dropped = net.hosts[target].node.status(net.now).dropped;
+    assert_eq!(pending.len(), 1 + MAX_PENDING_PER_ORIGIN, "{dropped:?}");
+    let honest_id = net.id(honest);
+    assert!(
+        pending.iter().any(|request| request.id == honest_id),
+        "the honest request was pushed out"
     );
 }

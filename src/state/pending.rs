@@ -182,6 +182,9 @@ pub struct PendingRecord {
     /// Whether it came through a rendezvous (`from` is the rendezvous).
     #[serde(default)]
     pub via_relay: bool,
+    /// The rendezvous' tag of the requester's address (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub source_tag: u32,
     /// When it arrived (seconds since the Unix epoch).
     pub received_unix: u64,
     /// The requester's timestamp in the request.
@@ -209,6 +212,7 @@ impl PendingRecord {
             requested: request.requested.clone(),
             from: pending.from,
             via_relay: pending.via_relay,
+            source_tag: pending.source_tag,
             received_unix: unix_now.saturating_sub(age).as_secs(),
             sent_unix: request.unix_time,
             nonce: encode_nonce(&request.nonce),
@@ -249,6 +253,7 @@ impl PendingRecord {
             },
             from: self.from,
             via_relay: self.via_relay,
+            source_tag: self.source_tag,
             received: now.checked_sub(age).unwrap_or(now),
         })
     }
@@ -289,6 +294,10 @@ impl SeenNonceRecord {
             remaining: remaining.min(NONCE_LIFETIME),
         })
     }
+}
+
+fn is_zero(tag: &u32) -> bool {
+    *tag == 0
 }
 
 fn encode_nonce(nonce: &[u8; 16]) -> String {
@@ -501,7 +510,8 @@ mod tests {
                 )),
             },
             from: "10.0.0.1:7400".parse().expect("addr"),
-            via_relay: false,
+            via_relay: true,
+            source_tag: 0x00ab_cdef,
             received: now,
         }
     }
@@ -543,7 +553,7 @@ mod tests {
     #[test]
     fn approved_request_replayed_after_a_restart_is_still_a_replay() {
         use crate::core::rng::core_rng;
-        use crate::core::trust::pending::{Admission, PendingRequests};
+        use crate::core::trust::pending::{Admission, PendingRequests, RequestOrigin};
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path().join("state"));
         let mut rng = core_rng([1; 32]);
@@ -552,12 +562,8 @@ mod tests {
         let request = pending(start).request;
         let mut before = PendingRequests::default();
         assert_eq!(before.check(start, &request, &mut rng), Admission::Queued);
-        before.insert(
-            start,
-            request.clone(),
-            "10.0.0.1:7400".parse().expect("addr"),
-            false,
-        );
+        let from = "10.0.0.1:7400".parse().expect("addr");
+        before.insert(start, request.clone(), RequestOrigin::direct(from));
         // Approved: it leaves the queue; the daemon saves what is left.
         assert!(before.take(&request.requester).is_some());
         let seen: Vec<SeenNonceRecord> = before

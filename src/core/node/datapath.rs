@@ -25,6 +25,12 @@ impl Node {
                 let source = NodeId(relay.destination());
                 match Datagram::parse(relay.inner()) {
                     Ok(Datagram::Relay(_)) | Err(_) => self.ctx.dropped.malformed += 1,
+                    Ok(Datagram::TrustRequest(bytes)) => self.handle_trust_request(
+                        now,
+                        PathAddr::Relay(from),
+                        Some((source, relay.source_tag())),
+                        bytes,
+                    ),
                     Ok(inner) => self.dispatch(now, PathAddr::Relay(from), Some(source), inner),
                 }
             }
@@ -72,7 +78,7 @@ impl Node {
             Datagram::Response(response) => self.handle_response(now, from, relayed_by, &response),
             Datagram::Data(data) => self.handle_data(now, from, relayed_by, &data),
             Datagram::TrustRequest(bytes) => {
-                self.handle_trust_request(now, from, relayed_by, bytes)
+                self.handle_trust_request(now, from, relayed_by.map(|node| (node, 0)), bytes)
             }
             Datagram::CookieReply(reply) => self.handle_cookie_reply(now, relayed_by, &reply),
             Datagram::Relay(_) => self.ctx.dropped.malformed += 1,

@@ -9,7 +9,7 @@ use crate::core::api::{AutoApprove, Event};
 use crate::core::identity::AgentId;
 use crate::core::policy::Policy;
 use crate::core::trust::pending::{
-    Admission, PendingRequest, PendingStatus, RequestSender, SeenNonce,
+    Admission, PendingRequest, PendingStatus, RequestOrigin, RequestSender, SeenNonce,
 };
 use crate::core::trust::request::{Endorsement, TrustRequest, TrustRequestError};
 use crate::core::wire::path::PathAddr;
@@ -103,13 +103,17 @@ impl Node {
         self.pending.restore_seen_nonce(now, seen);
     }
 
+    /// `relayed`: the node a rendezvous named as the sender, and the tag it
+    /// gave the sender's address ([`crate::core::wire::Relay::source_tag`]).
     pub(super) fn handle_trust_request(
         &mut self,
         now: Instant,
         path: PathAddr,
-        relayed_by: Option<NodeId>,
+        relayed: Option<(NodeId, u32)>,
         datagram: &[u8],
     ) {
+        let relayed_by = relayed.map(|(node, _)| node);
+        let source_tag = relayed.map_or(0, |(_, tag)| tag);
         let from = path.underlay();
         let unix_now = self.ctx.unix_now(now);
         // Cheap checks first (no table is touched for garbage), then the
@@ -166,7 +170,12 @@ impl Node {
                     self.auto_approve
                         .approves(&request, self.ctx.network, unix_now.as_secs());
                 tracing::info!(requester = %id, name = %crate::core::text::Untrusted(&request.name), %from, auto_approve, "trust request received");
-                self.pending.insert(now, request, from, path.is_relay());
+                let origin = RequestOrigin {
+                    from,
+                    via_relay: path.is_relay(),
+                    source_tag,
+                };
+                self.pending.insert(now, request, origin);
                 self.ctx
                     .events
                     .push_back(Event::TrustRequested { id, auto_approve });

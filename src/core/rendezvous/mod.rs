@@ -39,7 +39,7 @@ use crate::core::noise::tai64n::Tai64N;
 use crate::core::rng::{CoreRng, core_rng};
 use crate::core::trust::request::MAX_REQUEST_DATAGRAM_LEN;
 use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
-use crate::core::wire::path::{NatHint, rewrite_relay_node};
+use crate::core::wire::path::{NatHint, rewrite_relay_node, set_relay_source_tag};
 use crate::core::wire::{self, Datagram, RELAY_HEADER_LEN, TYPE_TRUST_REQUEST};
 use rand::RngCore;
 
@@ -187,6 +187,9 @@ struct Client {
 struct Registration {
     addr: ClientAddr,
     expires: Instant,
+    /// The agent reads source tags in relayed trust requests (its
+    /// `Register` said so); others get envelopes without one.
+    reads_source_tags: bool,
 }
 
 /// How much of its bounded tables the server uses, for tests and status.
@@ -250,6 +253,9 @@ pub struct RendezvousServer {
     stored_bytes: usize,
     /// Load detection and cookie replies for initiations (type 3).
     cookies: CookieResponder,
+    /// Secret of the source tags written into relayed trust requests
+    /// ([`source_tag`]).
+    source_tag_secret: [u8; 16],
 }
 
 impl std::fmt::Debug for RendezvousServer {
@@ -267,7 +273,11 @@ impl RendezvousServer {
     pub fn new(config: RendezvousConfig, rng_seed: [u8; 32], now: Instant) -> Self {
         let id = config.identity.agent_id();
         let relay_rate = Rate::per_second(config.relay_packets_per_second, config.relay_burst);
+        let mut rng = core_rng(rng_seed);
+        let mut source_tag_secret = [0u8; 16];
+        rng.fill_bytes(&mut source_tag_secret);
         Self {
+            source_tag_secret,
             own_mac1: Mac1Key::for_responder(config.network, &id.noise_public_key()),
             cookies: CookieResponder::new(config.network, &id.noise_public_key()),
             clients_per_ip: HashMap::new(),
@@ -277,7 +287,7 @@ impl RendezvousServer {
                 &config.identity.noise_secret_key(),
             ),
             config,
-            rng: core_rng(rng_seed),
+            rng,
             clients: HashMap::new(),
             by_index: HashMap::new(),
             registrations: HashMap::new(),
@@ -608,7 +618,15 @@ impl RendezvousServer {
             return;
         }
         self.transmits.push_back((from, sealed));
-        self.register(now + lifetime, node, from);
+        let reads_source_tags = ControlFrame::register_reads_source_tags(&buffer);
+        self.register(
+            node,
+            Registration {
+                addr: from,
+                expires: now + lifetime,
+                reads_source_tags,
+            },
+        );
         self.counters.registrations += 1;
         if let Some(mail) = self.mailbox.remove(&node) {
             for stored in &mail {
@@ -617,13 +635,17 @@ impl RendezvousServer {
             for stored in mail {
                 let mut datagram = stored.datagram;
                 rewrite_relay_node(&mut datagram, stored.from_node);
+                if reads_source_tags {
+                    let tag = source_tag(&self.source_tag_secret, stored.source);
+                    set_relay_source_tag(&mut datagram, tag);
+                }
                 self.counters.mailbox_delivered += 1;
                 self.transmits.push_back((from, datagram));
             }
         }
     }
 
-    /// Records `node` as registered from `from` until `expires`, keeping
+    /// Records `node` as registered from `registration.addr` until it expires, keeping
     /// `by_addr` its exact reverse. The node's previous address is
     /// forgotten if it still names the node. A node registered from `from`
     /// before (longer than [`ADDRESS_HOLD`] ago, see
@@ -632,11 +654,8 @@ impl RendezvousServer {
     /// what is relayed to the old node
     /// must not go there, and trust requests for it wait in its mailbox
     /// until it registers from wherever it is now.
-    fn register(&mut self, expires: Instant, node: NodeId, from: ClientAddr) {
-        let registration = Registration {
-            addr: from,
-            expires,
-        };
+    fn register(&mut self, node: NodeId, registration: Registration) {
+        let from = registration.addr;
         if let Some(previous) = self.registrations.insert(node, registration)
             && previous.addr != from
         {
@@ -678,6 +697,13 @@ impl RendezvousServer {
             Some(registration) if registration.expires > now => {
                 let mut forwarded = datagram.to_vec();
                 rewrite_relay_node(&mut forwarded, source_node);
+                // Whatever the sender wrote there, the tag is the server's.
+                let tag = if is_trust_request && registration.reads_source_tags {
+                    source_tag(&self.source_tag_secret, source)
+                } else {
+                    0
+                };
+                set_relay_source_tag(&mut forwarded, tag);
                 self.counters.relayed_packets += 1;
                 self.counters.relayed_bytes += forwarded.len() as u64;
                 let to = registration.addr;
@@ -710,6 +736,20 @@ fn address_held_by_another(
             .unwrap_or(registration.expires);
         registration.addr == from && now.saturating_duration_since(registered_at) < ADDRESS_HOLD
     })
+}
+
+/// The tag of a source (its IP as [`address_key`] folds it) in the relay
+/// envelopes of the trust requests it sends: 24 bits of a hash keyed with
+/// the server's secret, never 0 (no tag). An agent sees which requests
+/// came from one source, not the source.
+fn source_tag(secret: &[u8; 16], source: IpAddr) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut hasher);
+    source.hash(&mut hasher);
+    // 24 bits: the tag fills the envelope's three spare bytes.
+    let tag = (hasher.finish() & 0x00ff_ffff) as u32;
+    tag.max(1)
 }
 
 /// Forgets `addr` as `node`'s address, unless it names another node now:

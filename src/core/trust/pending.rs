@@ -38,10 +38,11 @@ use crate::core::wire::path::PathAddr;
 /// Most requests waiting at once; the oldest goes first.
 pub const MAX_PENDING: usize = 256;
 /// Most pending requests from one origin (the source address, IPv4 or the
-/// /64 of IPv6; for requests through a rendezvous, that rendezvous): keys
-/// cost nothing, and through a rendezvous each new key is a new sender,
-/// so without it one flooder could push every other request out of the
-/// list within seconds. A request past it replaces its origin's oldest.
+/// /64 of IPv6; for requests through a rendezvous, that rendezvous and the
+/// tag it gave the requester's address): keys cost nothing, and through a
+/// rendezvous each new key is a new sender, so without it one flooder
+/// could push every other request out of the list within seconds. A
+/// request past it replaces its origin's oldest.
 pub const MAX_PENDING_PER_ORIGIN: usize = MAX_PENDING / 4;
 /// How long a request waits before it expires.
 pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -80,8 +81,52 @@ pub struct PendingRequest {
     /// Whether it came through a rendezvous (then `from` is not the
     /// requester's endpoint).
     pub via_relay: bool,
+    /// The tag the rendezvous gave the requester's address
+    /// ([`crate::core::wire::Relay::source_tag`]; 0 when direct, or from a
+    /// server that tags none).
+    pub source_tag: u32,
     /// When it arrived.
     pub received: Instant,
+}
+
+impl PendingRequest {
+    /// Where it came from.
+    pub fn origin(&self) -> RequestOrigin {
+        RequestOrigin {
+            from: self.from,
+            via_relay: self.via_relay,
+            source_tag: self.source_tag,
+        }
+    }
+}
+
+/// Where a request came from, as [`PendingRequests::insert`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestOrigin {
+    /// The datagram's source (a rendezvous when `via_relay`).
+    pub from: SocketAddr,
+    /// Whether it came through a rendezvous.
+    pub via_relay: bool,
+    /// The rendezvous' tag of the requester's address (0: none).
+    pub source_tag: u32,
+}
+
+impl RequestOrigin {
+    /// Straight from `from`.
+    pub fn direct(from: SocketAddr) -> Self {
+        Self {
+            from,
+            via_relay: false,
+            source_tag: 0,
+        }
+    }
+
+    /// What the per-origin cap counts: the source address (IPv4, or the
+    /// /64 of IPv6) and, through a rendezvous, the tag it gave the
+    /// requester's own address.
+    fn key(&self) -> (IpAddr, u32) {
+        (address_key(self.from.ip()), self.source_tag)
+    }
 }
 
 /// A pending request as shown to the operator. What the requester wrote
@@ -322,24 +367,18 @@ impl PendingRequests {
     /// Queues a verified request, replacing an older one from the same
     /// requester, then its origin's oldest when the origin holds
     /// [`MAX_PENDING_PER_ORIGIN`], else the oldest of all when full.
-    pub fn insert(
-        &mut self,
-        now: Instant,
-        request: TrustRequest,
-        from: SocketAddr,
-        via_relay: bool,
-    ) {
+    pub fn insert(&mut self, now: Instant, request: TrustRequest, origin: RequestOrigin) {
         self.expire(now);
         self.requests
             .retain(|pending| pending.request.requester != request.requester);
         // At most MAX_PENDING entries, after a verified request (whose
         // rate the global budget bounds): the scan is cheap beside it.
-        let origin = address_key(from.ip());
+        let key = origin.key();
         let mut from_origin = self
             .requests
             .iter()
             .enumerate()
-            .filter(|(_, pending)| address_key(pending.from.ip()) == origin);
+            .filter(|(_, pending)| pending.origin().key() == key);
         let oldest_of_origin = from_origin.next().map(|(position, _)| position);
         if let Some(oldest) = oldest_of_origin
             && 1 + from_origin.count() >= MAX_PENDING_PER_ORIGIN
@@ -350,8 +389,9 @@ impl PendingRequests {
         }
         self.requests.push(PendingRequest {
             request,
-            from,
-            via_relay,
+            from: origin.from,
+            via_relay: origin.via_relay,
+            source_tag: origin.source_tag,
             received: now,
         });
     }
@@ -467,58 +507,34 @@ mod tests {
         let mut pending = PendingRequests::default();
         let t0 = Instant::now();
         let operator_waits_for: SocketAddr = "198.51.100.7:7400".parse().expect("addr");
-        pending.insert(t0, request(1, 1), operator_waits_for, false);
-        // A rendezvous relays requests from 10,000 fresh keys.
+        pending.insert(t0, request(1, 1), RequestOrigin::direct(operator_waits_for));
+        // Someone else's request through the same rendezvous as the flood,
+        // from another address (another tag).
         let rendezvous: SocketAddr = "192.0.2.1:7400".parse().expect("addr");
+        let relayed = |source_tag| RequestOrigin {
+            from: rendezvous,
+            via_relay: true,
+            source_tag,
+        };
+        let other = request(4, 1);
+        let other_requester = other.requester;
+        pending.insert(t0, other, relayed(0x0a_0b0c));
+        // The rendezvous relays requests from 10,000 fresh keys at one
+        // address.
         for i in 0..10_000u32 {
             let mut flood = request(2, 1);
-            flood.requester = Identity::from_secret_bytes(&[
-                (i >> 8) as u8,
-                i as u8,
-                3,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ])
-            .expect("key")
-            .agent_id();
-            pending.insert(
-                t0 + Duration::from_millis(u64::from(i)),
-                flood,
-                rendezvous,
-                true,
-            );
+            let mut key = [0u8; 32];
+            key[..2].copy_from_slice(&(i as u16).to_be_bytes());
+            key[2] = 3;
+            flood.requester = Identity::from_secret_bytes(&key).expect("key").agent_id();
+            let at = t0 + Duration::from_millis(u64::from(i));
+            pending.insert(at, flood, relayed(0x66_6666));
         }
         let listed = pending.list(t0 + Duration::from_secs(10));
-        assert_eq!(listed.len(), 1 + MAX_PENDING_PER_ORIGIN);
+        assert_eq!(listed.len(), 2 + MAX_PENDING_PER_ORIGIN);
         assert_eq!(listed[0].from, operator_waits_for, "still there");
-        assert!(listed[1..].iter().all(|status| status.from == rendezvous));
+        assert_eq!(listed[1].id, other_requester, "still there");
+        assert!(listed[2..].iter().all(|status| status.from == rendezvous));
     }
 
     #[test]
@@ -527,7 +543,8 @@ mod tests {
         let t0 = Instant::now();
         let mut hostile = request(2, 1);
         hostile.justification = "nightly logs\n\u{1b}[2J\u{9b}31m\u{202e}".into();
-        pending.insert(t0, hostile, "192.0.2.1:7400".parse().expect("addr"), false);
+        let from = "192.0.2.1:7400".parse().expect("addr");
+        pending.insert(t0, hostile, RequestOrigin::direct(from));
         let listed = pending.list(t0);
         assert_eq!(
             listed[0].justification,

@@ -32,6 +32,8 @@ pub const SERVICES_VERSION: u8 = 1;
 const FRAME_REGISTER: u8 = 0x10;
 /// First byte of a rendezvous's answer to a registration.
 const FRAME_REGISTERED: u8 = 0x11;
+/// Flag of a `Register` frame's flags byte: the agent reads source tags.
+const REGISTER_READS_SOURCE_TAGS: u8 = 1;
 /// Payloads starting below this are control frames.
 pub const CONTROL_FRAME_LIMIT: u8 = 0x40;
 
@@ -167,6 +169,9 @@ impl ControlFrame {
             ControlFrame::Register { agent } => {
                 out.push(FRAME_REGISTER);
                 out.extend_from_slice(agent.as_bytes());
+                // What this version understands; a server that predates the
+                // byte ignores it, as `decode` does.
+                out.push(REGISTER_READS_SOURCE_TAGS);
             }
             ControlFrame::Registered {
                 reflexive,
@@ -188,6 +193,17 @@ impl ControlFrame {
         let mut reader = Reader::new(bytes);
         (reader.u8()? == FRAME_REGISTER).then_some(())?;
         reader.array()
+    }
+
+    /// Whether a `Register` frame says its agent reads the source tags of
+    /// relayed trust requests ([`crate::core::wire::Relay::source_tag`]):
+    /// the flags byte after the key, which agents that predate it do not
+    /// send (their parser refuses an envelope with a tag).
+    pub fn register_reads_source_tags(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&FRAME_REGISTER)
+            && bytes
+                .get(1 + 32)
+                .is_some_and(|flags| flags & REGISTER_READS_SOURCE_TAGS != 0)
     }
 
     /// Decodes a frame; `None` for unknown or malformed frames (ignored, so

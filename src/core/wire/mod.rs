@@ -1,5 +1,6 @@
 //! Outer datagram formats (DESIGN.md §2). Every datagram starts with a 1-byte
-//! type and 3 reserved bytes; fields after it are little-endian. Each view is
+//! type and 3 reserved bytes (zero, except a relay envelope's source tag);
+//! fields after it are little-endian. Each view is
 //! built with `parse`, the only constructor used on untrusted bytes, which
 //! checks the length so the accessors cannot go out of bounds.
 
@@ -104,7 +105,9 @@ impl<'a> Datagram<'a> {
         if bytes.len() < HEADER_LEN {
             return Err(WireError::BadLength);
         }
-        if bytes[1..4] != [0, 0, 0] {
+        // Spare bytes are zero, except in a relay envelope, where a
+        // rendezvous may write a source tag (`Relay::source_tag`).
+        if bytes[0] != TYPE_RELAY && bytes[1..4] != [0, 0, 0] {
             return Err(WireError::UnknownType);
         }
         match bytes[0] {
@@ -279,6 +282,16 @@ impl<'a> Relay<'a> {
     pub fn inner(&self) -> &'a [u8] {
         &self.bytes[RELAY_HEADER_LEN..]
     }
+
+    /// The source tag a rendezvous wrote into the three bytes after the
+    /// type (0: none). It is the same for every trust request the server
+    /// relays from one source address (an IPv6 /64), and tells nothing
+    /// else: a keyed hash the server draws anew at each start. The agent
+    /// counts its pending requests per tag, so that one flooder behind a
+    /// rendezvous cannot push out what others sent through it.
+    pub fn source_tag(&self) -> u32 {
+        u32::from_be_bytes([0, self.bytes[1], self.bytes[2], self.bytes[3]])
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +322,30 @@ mod tests {
             Datagram::parse(&[1; 2000]).err(),
             Some(WireError::UnknownType),
             "reserved bytes are checked first"
+        );
+    }
+
+    #[test]
+    fn only_a_relay_envelope_carries_a_source_tag() {
+        let node = crate::core::address::NodeId([7; 8]);
+        let mut envelope = crate::core::wire::path::relay_envelope(node, &[4; 40]);
+        crate::core::wire::path::set_relay_source_tag(&mut envelope, 0x00ab_cdef);
+        assert_eq!(&envelope[..4], &[TYPE_RELAY, 0xab, 0xcd, 0xef]);
+        match Datagram::parse(&envelope) {
+            Ok(Datagram::Relay(relay)) => {
+                assert_eq!(relay.source_tag(), 0x00ab_cdef);
+                assert_eq!(relay.destination(), [7; 8]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut data = envelope.clone();
+        data[0] = TYPE_DATA;
+        assert_eq!(Datagram::parse(&data).err(), Some(WireError::UnknownType));
+        crate::core::wire::path::set_relay_source_tag(&mut data, 0);
+        assert_eq!(
+            &data[1..4],
+            &[0xab, 0xcd, 0xef],
+            "not an envelope: untouched"
         );
     }
 

@@ -114,6 +114,15 @@ pub fn rewrite_relay_node(datagram: &mut [u8], node: NodeId) {
     }
 }
 
+/// Writes the source tag of a relay envelope in place: the three bytes
+/// after its type, where a rendezvous says which of its sources a relayed
+/// trust request came from (see [`wire::Relay::source_tag`]); 0 clears it.
+pub fn set_relay_source_tag(datagram: &mut [u8], tag: u32) {
+    if datagram.len() >= RELAY_HEADER_LEN && datagram[0] == TYPE_RELAY {
+        datagram[1..wire::HEADER_LEN].copy_from_slice(&tag.to_be_bytes()[1..]);
+    }
+}
+
 /// Most candidate endpoints carried in a handshake or a control frame.
 pub const MAX_CANDIDATES: usize = 8;
 
