@@ -645,9 +645,9 @@ fn an_agent_whose_address_was_taken_is_not_reached_there() {
     let mut bob = Client::new([0xb1; 32], "10.9.0.1:4000");
     let mut carol = Client::new([0xc1; 32], "10.9.0.3:4000");
     alice.register(&mut server, t0);
-    // The NAT gives Alice's mapping to Bob after it saw nothing from her
-    // for longer than any NAT's timeout.
-    let t1 = t0 + ADDRESS_HOLD + Duration::from_secs(10);
+    // Bob's handshake comes from the address: the NAT gave him Alice's
+    // mapping, and he takes it at once, whenever Alice last refreshed.
+    let t1 = t0 + Duration::from_secs(10);
     bob.register(&mut server, t1);
     carol.register(&mut server, t1);
     carol.relay(&mut server, t1, alice.node(), &inner_data(1));
@@ -675,13 +675,21 @@ fn an_agent_whose_address_was_taken_is_not_reached_there() {
     assert_eq!(server.counters().dropped_unregistered, 0);
 }
 
+/// Sends `client`'s `Register` over its session and returns whether the
+/// server answered.
+fn refresh(client: &mut Client, server: &mut RendezvousServer, now: Instant) -> bool {
+    let register = ControlFrame::Register {
+        agent: client.identity.agent_id(),
+    }
+    .encode();
+    client.send_sealed(server, now, &register);
+    !drain_to(server, client.addr).is_empty()
+}
+
 #[test]
 fn a_register_from_a_spoofed_source_does_not_take_a_live_agents_address() {
-    // Mallory has a session of her own and sends `Register` with Alice's
-    // endpoint as its source, while Alice refreshes as agents do. Alice
-    // stays registered there and keeps her envelopes; Mallory gets no
-    // answer. Only once nothing came from Alice for ADDRESS_HOLD can the
-    // address pass to another agent (a NAT reusing the mapping).
+    // Mallory has a session of her own (made from her address) and sends
+    // `Register` with Alice's endpoint as its source.
     let t0 = Instant::now();
     let mut server = server(t0, |_| {});
     let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
@@ -690,17 +698,11 @@ fn a_register_from_a_spoofed_source_does_not_take_a_live_agents_address() {
     alice.register(&mut server, t0);
     carol.register(&mut server, t0);
     mallory.register(&mut server, t0);
-    let register = ControlFrame::Register {
-        agent: mallory.identity.agent_id(),
-    }
-    .encode();
-    let spoof_at = t0 + ADDRESS_HOLD - Duration::from_secs(1);
     mallory.addr = alice.addr;
-    mallory.send_sealed(&mut server, spoof_at, &register);
-    assert!(
-        drain_to(&mut server, alice.addr).is_empty(),
-        "the spoofed Register was answered"
-    );
+    // While Alice refreshes as agents do, the spoof gets no answer and
+    // takes nothing: Alice is reached there, and her envelopes are hers.
+    let spoof_at = t0 + ADDRESS_HOLD - Duration::from_secs(1);
+    assert!(!refresh(&mut mallory, &mut server, spoof_at), "answered");
     assert_eq!(server.counters().address_claims_refused, 1);
     carol.relay(&mut server, spoof_at, alice.node(), &inner_data(1));
     let forwarded = drain_to(&mut server, alice.addr);
@@ -710,37 +712,32 @@ fn a_register_from_a_spoofed_source_does_not_take_a_live_agents_address() {
     let forwarded = drain_to(&mut server, carol.addr);
     assert_eq!(forwarded.len(), 1);
     assert_eq!(relayed_from(&forwarded[0]), Some(alice.node()));
-    // Alice refreshes; the spoof keeps failing for as long as she does.
-    let refreshed = t0 + Duration::from_secs(25);
-    alice.send_sealed(
-        &mut server,
-        refreshed,
-        &ControlFrame::Register {
-            agent: alice.identity.agent_id(),
-        }
-        .encode(),
-    );
-    assert_eq!(
-        drain_to(&mut server, alice.addr).len(),
-        1,
-        "Alice's refresh"
-    );
+    let refreshed = t0 + ADDRESS_HOLD;
+    assert!(refresh(&mut alice, &mut server, refreshed));
     let later = refreshed + ADDRESS_HOLD - Duration::from_secs(1);
-    mallory.send_sealed(&mut server, later, &register);
-    assert!(drain_to(&mut server, alice.addr).is_empty());
+    assert!(!refresh(&mut mallory, &mut server, later));
     assert_eq!(server.counters().address_claims_refused, 2);
-    // Alice gone quiet past the hold: the address is given up to the
-    // agent registering from it now.
-    let gone = refreshed + ADDRESS_HOLD + Duration::from_secs(1);
-    mallory.send_sealed(&mut server, gone, &register);
-    assert_eq!(
-        drain_to(&mut server, alice.addr).len(),
-        1,
-        "the new holder's answer"
+    // A gap in Alice's refreshes (a lost Register, a sleeping laptop) lets
+    // the spoof in; Alice's next refresh, over a session made from her
+    // address, takes it back at once, and the spoof is refused again.
+    let gap = refreshed + ADDRESS_HOLD + Duration::from_secs(1);
+    assert!(refresh(&mut mallory, &mut server, gap), "past the hold");
+    let back = gap + Duration::from_secs(5);
+    assert!(
+        refresh(&mut alice, &mut server, back),
+        "Alice was locked out"
     );
-    carol.relay(&mut server, gone, alice.node(), &inner_data(3));
-    assert!(drain_to(&mut server, alice.addr).is_empty());
-    assert_eq!(server.counters().address_claims_refused, 2);
+    assert!(!refresh(
+        &mut mallory,
+        &mut server,
+        back + Duration::from_secs(1)
+    ));
+    carol.relay(&mut server, back, alice.node(), &inner_data(3));
+    let forwarded = drain_to(&mut server, alice.addr);
+    assert_eq!(forwarded.len(), 1);
+    alice.relay(&mut server, back, carol.node(), &inner_data(4));
+    let forwarded = drain_to(&mut server, carol.addr);
+    assert_eq!(relayed_from(&forwarded[0]), Some(alice.node()));
 }
 
 #[test]
@@ -794,4 +791,44 @@ fn relayed_trust_requests_carry_a_tag_of_their_source_only_to_agents_that_read_i
     assert_ne!(to_alice[0], to_alice[2], "another address, another tag");
     assert_eq!(to_alice[3], 0, "only trust requests are tagged");
     assert_eq!(tags(&dave), vec![0; 4]);
+}
+
+#[test]
+fn stored_requests_carry_the_servers_tag_or_none() {
+    // Requests wait for Alice (who reads tags) and Dave (who does not);
+    // their senders wrote bytes of their own into the spare bytes.
+    let t0 = Instant::now();
+    let mut server = server(t0, |_| {});
+    let mut alice = Client::new([0xa1; 32], "10.9.0.1:4000");
+    let mut dave = Client::new([0xd1; 32], "10.9.0.4:4000");
+    let mut sender = Client::new([0x51; 32], "10.9.0.5:4000");
+    sender.register(&mut server, t0);
+    for to in [&alice, &dave] {
+        let mut envelope = relay_envelope(to.node(), &inner_request(300, 1));
+        envelope[1..4].copy_from_slice(&[0xee; 3]);
+        server.handle_datagram(t0, sender.addr, &envelope);
+    }
+    assert_eq!(server.counters().mailbox_stored, 2);
+    let tag_of = |mail: &[Vec<u8>]| match Datagram::parse(&mail[0]) {
+        Ok(Datagram::Relay(relay)) => relay.source_tag(),
+        other => panic!("{other:?}"),
+    };
+    let mail = register_and_collect_mail(&mut alice, &mut server, t0);
+    assert_eq!(mail.len(), 1);
+    let tag = tag_of(&mail);
+    assert!(tag != 0 && tag != 0x00ee_eeee, "{tag:x}");
+    assert!(dave.try_handshake(&mut server, t0));
+    let mut legacy = ControlFrame::Register {
+        agent: dave.identity.agent_id(),
+    }
+    .encode();
+    legacy.truncate(1 + 32);
+    dave.send_sealed(&mut server, t0, &legacy);
+    let mail: Vec<Vec<u8>> = drain_to(&mut server, dave.addr)
+        .into_iter()
+        .filter(|datagram| datagram.first() == Some(&TYPE_RELAY))
+        .collect();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(tag_of(&mail), 0);
+    assert!(Datagram::parse(&mail[0]).is_ok());
 }

@@ -537,6 +537,7 @@ mod tests {
             .expect("restored");
         assert_eq!(restored.request, original.request);
         assert_eq!(restored.from, original.from);
+        assert_eq!(restored.origin(), original.origin(), "relay and tag");
         let age = restart.saturating_duration_since(restored.received);
         assert!(age == Duration::from_secs(3600) || restored.received == restart);
         // Past the TTL it is gone.

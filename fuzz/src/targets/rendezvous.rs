@@ -36,6 +36,10 @@ enum Op {
     Register {
         client: u8,
         as_other: bool,
+        /// Sent from the next client's address (a spoofed source).
+        from_other: bool,
+        /// Without the flags byte, as agents that predate it send it.
+        legacy: bool,
     },
     Relay {
         client: u8,
@@ -147,18 +151,24 @@ pub fn run(data: &[u8]) {
                         world.deliver(addr, &datagram);
                     }
                 }
-                Op::Register { client, as_other } => {
+                Op::Register {
+                    client,
+                    as_other,
+                    from_other,
+                    legacy,
+                } => {
                     let index = usize::from(client) % CLIENTS;
-                    let named = if as_other {
-                        (index + 1) % CLIENTS
-                    } else {
-                        index
-                    };
+                    let other = (index + 1) % CLIENTS;
+                    let named = if as_other { other } else { index };
                     let agent = world.clients[named].0.identity.agent_id();
-                    let frame = ControlFrame::Register { agent }.encode();
+                    let mut frame = ControlFrame::Register { agent }.encode();
+                    if legacy {
+                        frame.truncate(1 + 32);
+                    }
                     let now = world.now;
+                    let spoofed = world.clients[other].1;
                     let (agent, addr) = &mut world.clients[index];
-                    let addr = *addr;
+                    let addr = if from_other { spoofed } else { *addr };
                     if let Some(datagram) = agent.seal(now, &frame) {
                         world.deliver(addr, &datagram);
                     }

@@ -127,12 +127,16 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Initiations from one client closer than this are dropped.
 const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(20);
 /// A node that registered from its address this recently keeps it against
-/// another node's claim. A NAT gives a mapping to another host only after
-/// nothing crossed it for its timeout (30 s at the least in practice; RFC
-/// 4787 asks for 2 min), and agents refresh every 25 s, so such a claim is
-/// a spoofed source: a client with a session of its own sending `Register`
-/// from an address it does not hold. It is refused without an answer; a
-/// real new holder registers at its next refresh.
+/// another node's claim made over a session whose handshake came from
+/// elsewhere: a client with a session of its own that sends `Register`
+/// from a spoofed source (an address it does not hold). It is refused
+/// without an answer. A claim over a session made from the address
+/// itself (which a spoofed source cannot complete: the response goes
+/// there) takes it at once: a NAT gave the mapping to that client, or the
+/// holder itself came back. Past the hold, any claim takes it (a client
+/// whose NAT moved it mid-session to a mapping another host left; a NAT
+/// gives a mapping away only after nothing crossed it for its timeout,
+/// and agents refresh every 25 s).
 pub const ADDRESS_HOLD: Duration = Duration::from_secs(30);
 
 /// Counters of the server, for status and metrics.
@@ -171,6 +175,10 @@ pub struct RelayCounters {
 
 struct Client {
     sessions: [Option<Session>; 2],
+    /// Where each session's initiation came from (the response went
+    /// there): a session whose handshake came from an address proves its
+    /// client receives there, which a spoofed source cannot.
+    handshake_from: [Option<ClientAddr>; 2],
     last_timestamp: Option<Tai64N>,
     last_initiation: Option<Instant>,
     addr: ClientAddr,
@@ -522,6 +530,7 @@ impl RendezvousServer {
             *clients_per_ip.entry(source).or_default() += 1;
             Client {
                 sessions: [None, None],
+                handshake_from: [None, None],
                 last_timestamp: None,
                 last_initiation: None,
                 addr: from,
@@ -535,6 +544,7 @@ impl RendezvousServer {
         }
         client.sessions[1] = client.sessions[0].take();
         client.sessions[0] = Some(session);
+        client.handshake_from = [Some(from), client.handshake_from[0]];
         client.last_timestamp = Some(timestamp);
         client.last_initiation = Some(now);
         client.addr = from;
@@ -562,6 +572,7 @@ impl RendezvousServer {
             return;
         };
         let mut buffer = data.ciphertext().to_vec();
+        let handshake_from = client.handshake_from[slot];
         let Some(session) = client.sessions[slot].as_mut() else {
             return;
         };
@@ -599,12 +610,14 @@ impl RendezvousServer {
             }
         };
         let lifetime = self.config.registration_lifetime;
-        if address_held_by_another(
-            &self.by_addr,
-            &self.registrations,
-            lifetime,
-            (now, from, node),
-        ) {
+        if handshake_from != Some(from)
+            && address_held_by_another(
+                &self.by_addr,
+                &self.registrations,
+                lifetime,
+                (now, from, node),
+            )
+        {
             self.counters.address_claims_refused += 1;
             return;
         }
@@ -635,10 +648,13 @@ impl RendezvousServer {
             for stored in mail {
                 let mut datagram = stored.datagram;
                 rewrite_relay_node(&mut datagram, stored.from_node);
-                if reads_source_tags {
-                    let tag = source_tag(&self.source_tag_secret, stored.source);
-                    set_relay_source_tag(&mut datagram, tag);
-                }
+                // Kept as the sender sent it: the tag is the server's.
+                let tag = if reads_source_tags {
+                    source_tag(&self.source_tag_secret, stored.source)
+                } else {
+                    0
+                };
+                set_relay_source_tag(&mut datagram, tag);
                 self.counters.mailbox_delivered += 1;
                 self.transmits.push_back((from, datagram));
             }

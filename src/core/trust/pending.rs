@@ -44,6 +44,11 @@ pub const MAX_PENDING: usize = 256;
 /// could push every other request out of the list within seconds. A
 /// request past it replaces its origin's oldest.
 pub const MAX_PENDING_PER_ORIGIN: usize = MAX_PENDING / 4;
+/// Most pending requests from one address whatever their tags: through
+/// one rendezvous. A tag is only as good as the server that wrote it and
+/// the source address it came from (which a stranger can spoof), so
+/// made-up tags take at most this share, never the direct requests'.
+pub const MAX_PENDING_PER_ADDRESS: usize = MAX_PENDING / 2;
 /// How long a request waits before it expires.
 pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Requests accepted per requester key or sender per minute (and at once).
@@ -365,27 +370,52 @@ impl PendingRequests {
     }
 
     /// Queues a verified request, replacing an older one from the same
-    /// requester, then its origin's oldest when the origin holds
-    /// [`MAX_PENDING_PER_ORIGIN`], else the oldest of all when full.
+    /// requester. Room is made by dropping the oldest of its origin when
+    /// that holds [`MAX_PENDING_PER_ORIGIN`], else, when its address holds
+    /// [`MAX_PENDING_PER_ADDRESS`] (a rendezvous, over all its tags), the
+    /// oldest of that address' largest origin, else the oldest of all
+    /// when full.
     pub fn insert(&mut self, now: Instant, request: TrustRequest, origin: RequestOrigin) {
         self.expire(now);
         self.requests
             .retain(|pending| pending.request.requester != request.requester);
         // At most MAX_PENDING entries, after a verified request (whose
-        // rate the global budget bounds): the scan is cheap beside it.
+        // rate the global budget bounds): the scans are cheap beside it.
         let key = origin.key();
-        let mut from_origin = self
+        let of_address: Vec<(usize, (IpAddr, u32))> = self
             .requests
             .iter()
             .enumerate()
-            .filter(|(_, pending)| pending.origin().key() == key);
-        let oldest_of_origin = from_origin.next().map(|(position, _)| position);
-        if let Some(oldest) = oldest_of_origin
-            && 1 + from_origin.count() >= MAX_PENDING_PER_ORIGIN
-        {
-            self.requests.remove(oldest);
+            .map(|(position, pending)| (position, pending.origin().key()))
+            .filter(|(_, other)| other.0 == key.0)
+            .collect();
+        let count_of = |wanted: (IpAddr, u32)| {
+            of_address
+                .iter()
+                .filter(|(_, other)| *other == wanted)
+                .count()
+        };
+        let oldest_of = |wanted: (IpAddr, u32)| {
+            of_address
+                .iter()
+                .find(|(_, other)| *other == wanted)
+                .map(|(position, _)| *position)
+        };
+        let victim = if count_of(key) >= MAX_PENDING_PER_ORIGIN {
+            oldest_of(key)
+        } else if of_address.len() >= MAX_PENDING_PER_ADDRESS {
+            let largest = of_address
+                .iter()
+                .map(|(_, other)| *other)
+                .max_by_key(|other| count_of(*other));
+            largest.and_then(oldest_of)
         } else if self.requests.len() >= MAX_PENDING {
-            self.requests.remove(0);
+            Some(0)
+        } else {
+            None
+        };
+        if let Some(position) = victim {
+            self.requests.remove(position);
         }
         self.requests.push(PendingRequest {
             request,
@@ -535,6 +565,53 @@ mod tests {
         assert_eq!(listed[0].from, operator_waits_for, "still there");
         assert_eq!(listed[1].id, other_requester, "still there");
         assert!(listed[2..].iter().all(|status| status.from == rendezvous));
+    }
+
+    #[test]
+    fn made_up_tags_take_at_most_one_addresss_share() {
+        // A stranger spoofing a rendezvous' address, or a bad rendezvous,
+        // writes a new tag on each request: together they hold at most
+        // MAX_PENDING_PER_ADDRESS, and the direct requests stay.
+        let mut pending = PendingRequests::default();
+        let t0 = Instant::now();
+        let direct: Vec<SocketAddr> = (1..=100u8)
+            .map(|i| SocketAddr::from(([198, 51, 100, i], 7400)))
+            .collect();
+        for (i, from) in direct.iter().enumerate() {
+            let mut key = [0u8; 32];
+            key[..2].copy_from_slice(&(i as u16).to_be_bytes());
+            key[2] = 5;
+            let mut asks = request(2, 1);
+            asks.requester = Identity::from_secret_bytes(&key).expect("key").agent_id();
+            pending.insert(t0, asks, RequestOrigin::direct(*from));
+        }
+        let rendezvous: SocketAddr = "192.0.2.1:7400".parse().expect("addr");
+        for i in 0..10_000u32 {
+            let mut key = [0u8; 32];
+            key[..2].copy_from_slice(&(i as u16).to_be_bytes());
+            key[2] = 6;
+            let mut flood = request(2, 1);
+            flood.requester = Identity::from_secret_bytes(&key).expect("key").agent_id();
+            let origin = RequestOrigin {
+                from: rendezvous,
+                via_relay: true,
+                source_tag: i + 1,
+            };
+            pending.insert(t0 + Duration::from_millis(u64::from(i)), flood, origin);
+        }
+        let listed = pending.list(t0 + Duration::from_secs(10));
+        let relayed = listed
+            .iter()
+            .filter(|status| status.from == rendezvous)
+            .count();
+        assert_eq!(relayed, MAX_PENDING_PER_ADDRESS);
+        assert_eq!(listed.len(), direct.len() + MAX_PENDING_PER_ADDRESS);
+        for from in &direct {
+            assert!(
+                listed.iter().any(|status| status.from == *from),
+                "{from} pushed out"
+            );
+        }
     }
 
     #[test]
