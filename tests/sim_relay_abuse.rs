@@ -153,6 +153,19 @@ impl Client {
         assert!(registered, "the server did not confirm the registration");
     }
 
+    /// Handshake and a `Register` without the flags byte, as an agent that
+    /// predates source tags sends it; what the server sent back.
+    fn register_legacy(&mut self, server: &mut RendezvousServer, now: Instant) -> Vec<Vec<u8>> {
+        assert!(self.try_handshake(server, now));
+        let mut legacy = ControlFrame::Register {
+            agent: self.identity.agent_id(),
+        }
+        .encode();
+        legacy.truncate(1 + 32);
+        self.send_sealed(server, now, &legacy);
+        drain_to(server, self.addr)
+    }
+
     fn send_sealed(&mut self, server: &mut RendezvousServer, now: Instant, payload: &[u8]) {
         let mut datagram = Vec::new();
         self.session
@@ -717,6 +730,14 @@ fn a_register_from_a_spoofed_source_does_not_take_a_live_agents_address() {
     let later = refreshed + ADDRESS_HOLD - Duration::from_secs(1);
     assert!(!refresh(&mut mallory, &mut server, later));
     assert_eq!(server.counters().address_claims_refused, 2);
+    // An initiation from Alice's address makes a session whose response
+    // went to Alice: it vouches neither for itself (Mallory cannot use
+    // it) nor for Mallory's older session.
+    let older = mallory.session.take();
+    assert!(mallory.try_handshake(&mut server, later));
+    mallory.session = older;
+    assert!(!refresh(&mut mallory, &mut server, later));
+    assert_eq!(server.counters().address_claims_refused, 3);
     // A gap in Alice's refreshes (a lost Register, a sleeping laptop) lets
     // the spoof in; Alice's next refresh, over a session made from her
     // address, takes it back at once, and the spoof is refused again.
@@ -753,14 +774,11 @@ fn relayed_trust_requests_carry_a_tag_of_their_source_only_to_agents_that_read_i
     let mut sender_2 = Client::new([0x52; 32], "10.9.0.5:4001");
     let mut sender_3 = Client::new([0x53; 32], "10.9.0.6:4000");
     alice.register(&mut server, t0);
-    assert!(dave.try_handshake(&mut server, t0));
-    let mut legacy = ControlFrame::Register {
-        agent: dave.identity.agent_id(),
-    }
-    .encode();
-    legacy.truncate(1 + 32);
-    dave.send_sealed(&mut server, t0, &legacy);
-    assert_eq!(drain_to(&mut server, dave.addr).len(), 1, "Dave registered");
+    assert_eq!(
+        dave.register_legacy(&mut server, t0).len(),
+        1,
+        "Dave registered"
+    );
     for sender in [&mut sender_1, &mut sender_2, &mut sender_3] {
         sender.register(&mut server, t0);
     }
@@ -817,14 +835,8 @@ fn stored_requests_carry_the_servers_tag_or_none() {
     assert_eq!(mail.len(), 1);
     let tag = tag_of(&mail);
     assert!(tag != 0 && tag != 0x00ee_eeee, "{tag:x}");
-    assert!(dave.try_handshake(&mut server, t0));
-    let mut legacy = ControlFrame::Register {
-        agent: dave.identity.agent_id(),
-    }
-    .encode();
-    legacy.truncate(1 + 32);
-    dave.send_sealed(&mut server, t0, &legacy);
-    let mail: Vec<Vec<u8>> = drain_to(&mut server, dave.addr)
+    let mail: Vec<Vec<u8>> = dave
+        .register_legacy(&mut server, t0)
         .into_iter()
         .filter(|datagram| datagram.first() == Some(&TYPE_RELAY))
         .collect();

@@ -493,7 +493,7 @@ pub fn rendezvous_metrics(id: &str, counters: &RelayCounters, uptime: Duration) 
         m.add(
             "agentnet_rendezvous_dropped_packets_total",
             Counter,
-            "Datagrams dropped without an answer, by reason (rate_limited: over a source's relay rate; address_claimed: a Register from an address another agent registered from within 30 s).",
+            "Datagrams dropped without an answer, by reason (rate_limited: over a source's relay rate; address_claimed: a Register, over a session made elsewhere, from an address another agent registered from within 30 s).",
             &[("reason", reason)],
             value as f64,
         );

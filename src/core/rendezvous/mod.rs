@@ -20,8 +20,6 @@ pub mod choice;
 mod mailbox;
 
 use std::collections::{HashMap, VecDeque};
-
-use mailbox::StoredRequest;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -41,6 +39,7 @@ use crate::core::trust::request::MAX_REQUEST_DATAGRAM_LEN;
 use crate::core::wire::control_frame::{CONTROL_FRAME_LIMIT, ControlFrame};
 use crate::core::wire::path::{NatHint, rewrite_relay_node, set_relay_source_tag};
 use crate::core::wire::{self, Datagram, RELAY_HEADER_LEN, TYPE_TRUST_REQUEST};
+use mailbox::StoredRequest;
 use rand::RngCore;
 
 /// Where a client is reached: a UDP endpoint or a TCP connection.
@@ -151,7 +150,8 @@ pub struct RelayCounters {
     /// Bytes forwarded.
     pub relayed_bytes: u64,
     /// `Register` frames refused because another node registered from the
-    /// same address within [`ADDRESS_HOLD`] (a spoofed source).
+    /// same address within [`ADDRESS_HOLD`] and the session was made
+    /// elsewhere (a spoofed source).
     pub address_claims_refused: u64,
     /// Relay envelopes from sources that are not registered.
     pub dropped_unregistered: u64,
@@ -175,10 +175,13 @@ pub struct RelayCounters {
 
 struct Client {
     sessions: [Option<Session>; 2],
-    /// Where each session's initiation came from (the response went
-    /// there): a session whose handshake came from an address proves its
-    /// client receives there, which a spoofed source cannot.
-    handshake_from: [Option<ClientAddr>; 2],
+    /// Where the current session's initiation came from (the response
+    /// went there): a session whose handshake came from an address proves
+    /// its client receives there, which a spoofed source cannot. Kept for
+    /// the current session only (`sessions[0]`): clients send on their
+    /// newest session, and a spoofed initiation, which makes a new current
+    /// one nobody can use, must not vouch for the previous one.
+    handshake_from: Option<ClientAddr>,
     last_timestamp: Option<Tai64N>,
     last_initiation: Option<Instant>,
     addr: ClientAddr,
@@ -226,12 +229,12 @@ pub struct RendezvousUsage {
 ///
 /// Scale (`examples/rendezvous_load.rs`, release, one core of the
 /// project's 2-core VM, 100,000 agents registered with two sessions each
-/// as after a rekey): 983 bytes of heap per registered agent (94 MiB in
-/// all, hash-table slack included), 3–4 µs of CPU per registration refresh
-/// (a refresh naming the key its session already registered skips the
-/// Ed25519 point check; 16 µs before), 340–410 µs per handshake and
-/// registration, 0.4–0.7 M relayed 1400-byte datagrams per CPU-second
-/// (4.7–7.8 Gbit/s) among 2,000 relaying pairs, and 4–5 ms per soft-state
+/// as after a rekey): 1,088 bytes of heap per registered agent (104 MiB
+/// in all, hash-table slack included), 2 µs of CPU per registration
+/// refresh (a refresh naming the key its session already registered skips
+/// the Ed25519 point check; 16 µs before), 110–115 µs per handshake and
+/// registration, 1.8 M relayed 1400-byte datagrams per CPU-second
+/// (20 Gbit/s) among 2,000 relaying pairs, and 6–11 ms per soft-state
 /// sweep (every 5 s).
 pub struct RendezvousServer {
     config: RendezvousConfig,
@@ -530,7 +533,7 @@ impl RendezvousServer {
             *clients_per_ip.entry(source).or_default() += 1;
             Client {
                 sessions: [None, None],
-                handshake_from: [None, None],
+                handshake_from: None,
                 last_timestamp: None,
                 last_initiation: None,
                 addr: from,
@@ -544,7 +547,7 @@ impl RendezvousServer {
         }
         client.sessions[1] = client.sessions[0].take();
         client.sessions[0] = Some(session);
-        client.handshake_from = [Some(from), client.handshake_from[0]];
+        client.handshake_from = Some(from);
         client.last_timestamp = Some(timestamp);
         client.last_initiation = Some(now);
         client.addr = from;
@@ -572,7 +575,7 @@ impl RendezvousServer {
             return;
         };
         let mut buffer = data.ciphertext().to_vec();
-        let handshake_from = client.handshake_from[slot];
+        let made_here = slot == 0 && client.handshake_from == Some(from);
         let Some(session) = client.sessions[slot].as_mut() else {
             return;
         };
@@ -610,7 +613,7 @@ impl RendezvousServer {
             }
         };
         let lifetime = self.config.registration_lifetime;
-        if handshake_from != Some(from)
+        if !made_here
             && address_held_by_another(
                 &self.by_addr,
                 &self.registrations,
@@ -661,13 +664,12 @@ impl RendezvousServer {
         }
     }
 
-    /// Records `node` as registered from `registration.addr` until it expires, keeping
-    /// `by_addr` its exact reverse. The node's previous address is
-    /// forgotten if it still names the node. A node registered from `from`
-    /// before (longer than [`ADDRESS_HOLD`] ago, see
-    /// [`address_held_by_another`]) loses its registration: the
-    /// address is another node's now (its NAT mapping was reused), so
-    /// what is relayed to the old node
+    /// Records `node` as registered from `registration.addr` until it
+    /// expires, keeping `by_addr` its exact reverse. The node's previous
+    /// address is forgotten if it still names the node. A node registered
+    /// from that address before loses its registration (the caller checked
+    /// the claim: see [`ADDRESS_HOLD`]): the address is another node's now
+    /// (its NAT mapping was reused), so what is relayed to the old node
     /// must not go there, and trust requests for it wait in its mailbox
     /// until it registers from wherever it is now.
     fn register(&mut self, node: NodeId, registration: Registration) {
