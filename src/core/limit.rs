@@ -223,16 +223,21 @@ impl KeyedLimiter {
     }
 }
 
-/// The bucket of `key`: a hash of the secret and the key. The secret goes
-/// first, so the whole computation depends on it (SipHash over secret ‖
-/// key), and the bucket of a key cannot be predicted without it.
-fn bucket_of<K: Hash + ?Sized>(secret: &[u8; 16], key: &K, count: usize) -> usize {
+/// A hash of `key` keyed with `secret`. The secret goes first, so the
+/// whole computation depends on it (SipHash over secret ‖ key), and the
+/// hash of a key cannot be predicted without it.
+pub fn keyed_hash<K: Hash + ?Sized>(secret: &[u8; 16], key: &K) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     secret.hash(&mut hasher);
     key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The bucket of `key`: its [`keyed_hash`], modulo `count`.
+fn bucket_of<K: Hash + ?Sized>(secret: &[u8; 16], key: &K, count: usize) -> usize {
     // `count` fits in u64 on every supported target, and the remainder is
     // below `count`.
-    (hasher.finish() % count as u64) as usize
+    (keyed_hash(secret, key) % count as u64) as usize
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use super::{
 /// A trust request waiting in a mailbox.
 pub(super) struct StoredRequest {
     pub(super) from_node: NodeId,
-    /// The source that relayed it, as [`address_key`](crate::core::limit::address_key) folds its IP (counted
-    /// against [`MAX_STORED_PER_IP`]).
+    /// The source that relayed it, as
+    /// [`address_key`](crate::core::limit::address_key) folds its IP
+    /// (counted against [`MAX_STORED_PER_IP`]).
     pub(super) source: IpAddr,
     pub(super) datagram: Vec<u8>,
     pub(super) stored: Instant,
@@ -24,8 +25,9 @@ pub(super) struct StoredRequest {
 
 impl RendezvousServer {
     /// Keeps a trust request for an offline target. Fair to every source
-    /// (`source`: the sender's IP as [`address_key`](crate::core::limit::address_key) folds it, so one IPv6
-    /// /64 is one source): a source holds at most [`MAX_STORED_PER_IP`]
+    /// (`source`: the sender's IP as
+    /// [`address_key`](crate::core::limit::address_key) folds it, so one
+    /// IPv6 /64 is one source): a source holds at most [`MAX_STORED_PER_IP`]
     /// requests, a newer request from the same node to the same target
     /// replaces the older one, and a full mailbox makes room by dropping a
     /// request of the source that holds the most of it (the sender's own

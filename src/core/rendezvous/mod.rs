@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::core::address::{NetworkId, NodeId};
 use crate::core::identity::{AgentId, Identity};
-use crate::core::limit::{KeyedLimiter, Rate, address_key};
+use crate::core::limit::{KeyedLimiter, Rate, address_key, keyed_hash};
 use crate::core::noise::cipher::TransportCipher;
 use crate::core::noise::cookie::{CookieResponder, HandshakeSource, InitiationVerdict};
 use crate::core::noise::handshake::{ReceivedInitiation, ResponsePayload, choose_version};
@@ -652,11 +652,7 @@ impl RendezvousServer {
                 let mut datagram = stored.datagram;
                 rewrite_relay_node(&mut datagram, stored.from_node);
                 // Kept as the sender sent it: the tag is the server's.
-                let tag = if reads_source_tags {
-                    source_tag(&self.source_tag_secret, stored.source)
-                } else {
-                    0
-                };
+                let tag = source_tag(&self.source_tag_secret, stored.source, reads_source_tags);
                 set_relay_source_tag(&mut datagram, tag);
                 self.counters.mailbox_delivered += 1;
                 self.transmits.push_back((from, datagram));
@@ -716,11 +712,8 @@ impl RendezvousServer {
                 let mut forwarded = datagram.to_vec();
                 rewrite_relay_node(&mut forwarded, source_node);
                 // Whatever the sender wrote there, the tag is the server's.
-                let tag = if is_trust_request && registration.reads_source_tags {
-                    source_tag(&self.source_tag_secret, source)
-                } else {
-                    0
-                };
+                let reads = is_trust_request && registration.reads_source_tags;
+                let tag = source_tag(&self.source_tag_secret, source, reads);
                 set_relay_source_tag(&mut forwarded, tag);
                 self.counters.relayed_packets += 1;
                 self.counters.relayed_bytes += forwarded.len() as u64;
@@ -757,16 +750,16 @@ fn address_held_by_another(
 }
 
 /// The tag of a source (its IP as [`address_key`] folds it) in the relay
-/// envelopes of the trust requests it sends: 24 bits of a hash keyed with
-/// the server's secret, never 0 (no tag). An agent sees which requests
-/// came from one source, not the source.
-fn source_tag(secret: &[u8; 16], source: IpAddr) -> u32 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    secret.hash(&mut hasher);
-    source.hash(&mut hasher);
+/// envelopes of the trust requests it sends to an agent that `reads` tags:
+/// 24 bits of a hash keyed with the server's secret, never 0 (no tag); 0
+/// for an agent that does not. An agent sees which requests came from one
+/// source, not the source.
+fn source_tag(secret: &[u8; 16], source: IpAddr, reads: bool) -> u32 {
+    if !reads {
+        return 0;
+    }
     // 24 bits: the tag fills the envelope's three spare bytes.
-    let tag = (hasher.finish() & 0x00ff_ffff) as u32;
+    let tag = (keyed_hash(secret, &source) & 0x00ff_ffff) as u32;
     tag.max(1)
 }
 

@@ -380,35 +380,31 @@ impl PendingRequests {
         self.requests
             .retain(|pending| pending.request.requester != request.requester);
         // At most MAX_PENDING entries, after a verified request (whose
-        // rate the global budget bounds): the scans are cheap beside it.
+        // rate the global budget bounds): one scan, cheap beside it.
         let key = origin.key();
-        let of_address: Vec<(usize, (IpAddr, u32))> = self
-            .requests
-            .iter()
-            .enumerate()
-            .map(|(position, pending)| (position, pending.origin().key()))
-            .filter(|(_, other)| other.0 == key.0)
-            .collect();
-        let count_of = |wanted: (IpAddr, u32)| {
-            of_address
-                .iter()
-                .filter(|(_, other)| *other == wanted)
-                .count()
-        };
-        let oldest_of = |wanted: (IpAddr, u32)| {
-            of_address
-                .iter()
-                .find(|(_, other)| *other == wanted)
-                .map(|(position, _)| *position)
-        };
-        let victim = if count_of(key) >= MAX_PENDING_PER_ORIGIN {
-            oldest_of(key)
-        } else if of_address.len() >= MAX_PENDING_PER_ADDRESS {
-            let largest = of_address
-                .iter()
-                .map(|(_, other)| *other)
-                .max_by_key(|other| count_of(*other));
-            largest.and_then(oldest_of)
+        // The origins of this request's address: each with its count and
+        // the positions of its oldest and newest requests.
+        let mut origins: HashMap<(IpAddr, u32), (usize, usize, usize)> = HashMap::new();
+        let mut of_address = 0;
+        for (position, pending) in self.requests.iter().enumerate() {
+            let other = pending.origin().key();
+            if other.0 == key.0 {
+                of_address += 1;
+                let (count, _, newest) = origins.entry(other).or_insert((0, position, position));
+                *count += 1;
+                *newest = position;
+            }
+        }
+        let victim = if let Some((count, oldest, _)) = origins.get(&key)
+            && *count >= MAX_PENDING_PER_ORIGIN
+        {
+            Some(*oldest)
+        } else if of_address >= MAX_PENDING_PER_ADDRESS {
+            // The largest origin; of equal ones, that of the newest request.
+            origins
+                .values()
+                .max_by_key(|(count, _, newest)| (*count, *newest))
+                .map(|(_, oldest, _)| *oldest)
         } else if self.requests.len() >= MAX_PENDING {
             Some(0)
         } else {
