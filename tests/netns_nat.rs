@@ -55,9 +55,10 @@ const FALLBACK_WITHIN: Duration = Duration::from_millis(3_500);
 const BACK_TO_DIRECT_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Easy ↔ hard needs birthday-paradox probing to go direct. The agent does
-/// it (the first round 1.5 s after the session is up, then at 3.5 s: direct
-/// after ~1.7 s in the lab, 3.7 s when the first round misses). `false`
-/// would accept a working relay with a printed note instead.
+/// it in the punching rounds 0.5 s, 1.5 s and 3.5 s after the first one
+/// (direct after ~0.6 s in the lab; a round misses with probability
+/// ~1.7 %, so all three miss once in ~200,000 runs). `false` would accept
+/// a working relay with a printed note instead.
 const EASY_HARD_MUST_BE_DIRECT: bool = true;
 
 /// Bare masquerade ↔ bare masquerade: the first punch (timed through the

@@ -384,29 +384,40 @@ fn trust_request_reaches_an_offline_agent_when_it_registers() {
 
 #[test]
 fn easy_to_hard_goes_direct_with_birthday_probing() {
-    let mut successes = 0;
-    for seed in 0..10 {
+    // One birthday round (256 mappings of the hard side against 1,024
+    // random probes of the easy side, from 64,512 ports) misses with
+    // probability ~1.7 %; three rounds fall within 5 s.
+    const SEEDS: u64 = 200;
+    let mut first_round = 0;
+    for seed in 0..SEEDS {
         let (mut net, a, b) = world_with(seed, 2, Some(NatKind::Easy), Some(NatKind::Hard));
         let kinds: Vec<String> = [a, b]
             .iter()
             .map(|&host| format!("{:?}", net.hosts[host].node.status(net.now).nat))
             .collect();
         assert_eq!(kinds, ["Easy", "Hard"], "agents classify their NATs");
-        match time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)) {
-            Some(took) => {
-                successes += 1;
-                println!("seed {seed}: easy <-> hard direct after {took:?}");
-                // Traffic flows on the punched path both ways.
-                let before = net.delivered_tags(a).len();
-                net.send_tagged(b, a, 77);
-                net.run_for(Duration::from_millis(100));
-                assert_eq!(net.delivered_tags(a).len(), before + 1);
-            }
-            None => println!("seed {seed}: still relayed after 5 s"),
+        let took = time_to_path(&mut net, a, b, "direct", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("seed {seed}: easy <-> hard still relayed after 5 s"));
+        // The first birthday round goes out 0.5 s after the first punch.
+        if took < Duration::from_millis(1_500) {
+            first_round += 1;
+        } else {
+            println!("seed {seed}: easy <-> hard direct after {took:?} (a later round)");
+        }
+        if seed < 5 {
+            // Traffic flows on the punched path both ways.
+            let before = net.delivered_tags(a).len();
+            net.send_tagged(b, a, 77);
+            net.run_for(Duration::from_millis(100));
+            assert_eq!(net.delivered_tags(a).len(), before + 1);
         }
     }
-    // Two rounds of 256 x 512 probes hit with ~98% probability.
-    assert!(successes >= 8, "only {successes} of 10 runs went direct");
+    println!("easy <-> hard: {first_round} of {SEEDS} went direct in the first birthday round");
+    // ~98 % expected; 512 probes a round gave ~87 %.
+    assert!(
+        first_round * 100 >= SEEDS * 95,
+        "only {first_round} of {SEEDS} went direct in the first birthday round"
+    );
 }
 
 #[test]

@@ -90,8 +90,12 @@ const RELAY_RETRY_AFTER: Duration = Duration::from_secs(30);
 const PING_BACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Probe sockets a hard-NAT side punches from in one birthday round.
 pub const BIRTHDAY_SOCKETS: u16 = 256;
-/// Random ports an easy-NAT side probes in one birthday round.
-const BIRTHDAY_PORTS: usize = 512;
+/// Random ports an easy-NAT side probes in one birthday round. Against
+/// the [`BIRTHDAY_SOCKETS`] mappings of a NAT that picks from 64,512 ports,
+/// a round misses with probability (1 - 256/64512)^1024 ≈ 1.7 % (it was
+/// ~13 % with 512 probes, measured 10 % in the NAT lab); three rounds fall
+/// within the first 5 s (`PROBE_SCHEDULE`).
+const BIRTHDAY_PORTS: usize = 1024;
 /// How long the address a peer was last seen at directly bounds where its
 /// birthday bursts go (after that, a peer that moved behind another NAT is
 /// punched at the one address it claims).
