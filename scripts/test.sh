@@ -196,6 +196,29 @@ run_tests() {
     return "$rc"
 }
 
+# The start of each failed test's panic message, repeated in the summary:
+# a reader that sees only the head and the tail of a long log (as some CI
+# views do) still learns what failed. At most 10 panics, 6 lines of each,
+# 400 characters a line.
+failure_digest() {
+    local log=$LOGDIR/cargo-test.log
+    grep -q 'panicked at' "$log" 2>/dev/null || return 0
+    say "what failed (the start of each panic message; the whole output is above):"
+    awk '
+        /panicked at/ {
+            if (++panics > 10) exit
+            printf "  %s\n", substr($0, 1, 400)
+            left = 6
+            next
+        }
+        left > 0 {
+            if ($0 ~ /^(stack backtrace:|note: run with|---- |$)/) { left = 0; next }
+            printf "    %s\n", substr($0, 1, 400)
+            left--
+        }
+    ' "$log"
+}
+
 # cargo-fuzz at the pinned version, when it is missing and installing is on.
 install_cargo_fuzz() {
     if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
@@ -296,6 +319,7 @@ read -r PASSED_TOTAL FAILED_TOTAL < <(
         awk '{ p += $4; f += $6 } END { print p + 0, f + 0 }'
 )
 if ((${#FAILED[@]})); then
+    failure_digest
     say "FAILED: ${FAILED[*]}"
     say "tests: ${PASSED_TOTAL} passed, ${FAILED_TOTAL} failed"
     exit 1
