@@ -237,7 +237,7 @@ fn retransmission_timeout(lab: &Lab, ns: &str, port: u16) -> Result<Duration, St
     text.split_whitespace()
         .filter_map(|word| word.strip_prefix("rto:")?.parse::<f64>().ok())
         .reduce(f64::max)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
         .ok_or_else(|| format!("no TCP connection from port {port} in {ns}: {text}"))
 }
 
