@@ -147,7 +147,7 @@ pub(crate) async fn trust_op_of(request: Request) -> Result<TrustOp, String> {
                 endorsement,
             }))
         }
-        Request::TrustPending => TrustOp::Pending,
+        Request::TrustPending {} => TrustOp::Pending,
         Request::TrustApprove { id, name, allow } => {
             if let Some(name) = &name {
                 validate_name(name).map_err(|e| e.to_string())?;

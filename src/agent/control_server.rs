@@ -284,13 +284,13 @@ async fn answer(
 /// loop.
 async fn command_of(request: Request) -> Result<Command, String> {
     Ok(match request {
-        Request::Hello => Command::Hello,
-        Request::Status => Command::Status,
-        Request::TrustList => Command::TrustList,
+        Request::Hello {} => Command::Hello,
+        Request::Status {} => Command::Status,
+        Request::TrustList {} => Command::TrustList,
         Request::TrustRemove { peer } => Command::TrustRemove { peer },
-        Request::Down => Command::Down,
-        Request::ReloadAttachments => Command::ReloadAttachments,
-        request @ (Request::ServeAdd(_) | Request::ServeList | Request::ServeOff { .. }) => {
+        Request::Down {} => Command::Down,
+        Request::ReloadAttachments {} => Command::ReloadAttachments,
+        request @ (Request::ServeAdd(_) | Request::ServeList {} | Request::ServeOff { .. }) => {
             Command::Serve(request)
         }
         // Checked here: the client may not be our CLI, and an entry that
@@ -299,13 +299,13 @@ async fn command_of(request: Request) -> Result<Command, String> {
             service.validate().map_err(|e| e.to_string())?;
             Command::Advertise(Request::AdvertiseAdd(service))
         }
-        request @ (Request::AdvertiseList | Request::AdvertiseOff { .. }) => {
+        request @ (Request::AdvertiseList {} | Request::AdvertiseOff { .. }) => {
             Command::Advertise(request)
         }
-        Request::Services => Command::Services,
+        Request::Services {} => Command::Services,
         Request::Ping { .. } => return Err("ping requests are served by ping::answer".to_string()),
         request @ (Request::TrustRequest { .. }
-        | Request::TrustPending
+        | Request::TrustPending {}
         | Request::TrustApprove { .. }
         | Request::TrustDeny { .. }) => Command::TrustOp(trust_op_of(request).await?),
         Request::TrustAdd {

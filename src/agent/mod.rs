@@ -407,7 +407,7 @@ fn resolve_rendezvous(
 }
 
 fn refuse_if_socket_answers(options: &DaemonOptions) -> Result<(), DaemonError> {
-    match ControlClient::call(&options.socket, &Request::Hello) {
+    match ControlClient::call(&options.socket, &Request::Hello {}) {
         Ok(Response::Hello(info)) => Err(DaemonError::SocketInUse {
             socket: options.socket.clone(),
             pid: info.pid,

@@ -633,14 +633,14 @@ impl ControlAccess {
 pub(crate) fn changes_state(request: &Request) -> bool {
     !matches!(
         request,
-        Request::Hello
-            | Request::Status
-            | Request::TrustList
-            | Request::TrustPending
+        Request::Hello {}
+            | Request::Status {}
+            | Request::TrustList {}
+            | Request::TrustPending {}
             | Request::Ping { .. }
-            | Request::ServeList
-            | Request::AdvertiseList
-            | Request::Services
+            | Request::ServeList {}
+            | Request::AdvertiseList {}
+            | Request::Services {}
     )
 }
 
@@ -707,24 +707,24 @@ mod tests {
     fn read_only_clients_may_read_but_not_change_trust() {
         let reader = ControlAccess::ReadOnly { uid: 65534 };
         for request in [
-            Request::Hello,
-            Request::Status,
-            Request::TrustList,
-            Request::TrustPending,
+            Request::Hello {},
+            Request::Status {},
+            Request::TrustList {},
+            Request::TrustPending {},
             Request::Ping {
                 peer: "bob".into(),
                 timeout_ms: None,
             },
-            Request::AdvertiseList,
-            Request::Services,
+            Request::AdvertiseList {},
+            Request::Services {},
         ] {
             assert!(reader.check(&request).is_ok(), "{request:?}");
         }
         for request in [
             trust_add(),
             Request::TrustRemove { peer: "bob".into() },
-            Request::Down,
-            Request::ReloadAttachments,
+            Request::Down {},
+            Request::ReloadAttachments {},
             Request::AdvertiseAdd(
                 crate::core::services::Service::parse("mcp:8000", None, None).expect("service"),
             ),

@@ -75,7 +75,7 @@ pub(crate) fn attach(context: &Instance, args: AttachArgs) -> Result<()> {
         (None, None) => bail!("give --netns NAME or --pid PID"),
     };
     let mut client = context.require_daemon()?;
-    let info = match client.request(&Request::Hello)? {
+    let info = match client.request(&Request::Hello {})? {
         Response::Hello(info) => info,
         other => bail!("unexpected answer to `hello`: {other:?}"),
     };
@@ -199,7 +199,7 @@ fn own_prefix(context: &Instance, network: NetworkId) -> Result<NodePrefix> {
 
 /// The daemon's IPv4 overlay address, if IPv4 is on.
 fn daemon_ipv4(client: &mut agentnet::control::ControlClient) -> Result<Option<Ipv4Addr>> {
-    match client.request(&Request::Status)? {
+    match client.request(&Request::Status {})? {
         Response::Status(value) => Ok(value["address4"].as_str().and_then(|a| a.parse().ok())),
         other => bail!("unexpected answer to `status`: {other:?}"),
     }
@@ -219,7 +219,7 @@ fn say_names(names: &[AttachmentNames], attachment: &Attachment) {
 }
 
 fn reload(client: &mut agentnet::control::ControlClient) -> Result<Vec<AttachmentNames>> {
-    match client.request(&Request::ReloadAttachments)? {
+    match client.request(&Request::ReloadAttachments {})? {
         Response::AttachmentsReloaded { attachments } => Ok(attachments),
         other => bail!("unexpected answer to `reload_attachments`: {other:?}"),
     }
@@ -229,7 +229,7 @@ fn reload(client: &mut agentnet::control::ControlClient) -> Result<Vec<Attachmen
 pub(crate) fn detach(context: &Instance, args: DetachArgs) -> Result<()> {
     let mut client = context.daemon()?;
     if let Some(client) = &mut client
-        && let Response::Hello(info) = client.request(&Request::Hello)?
+        && let Response::Hello(info) = client.request(&Request::Hello {})?
         && NetnsId::of_pid(info.pid).ok() != NetnsId::current().ok()
     {
         bail!(

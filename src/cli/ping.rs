@@ -120,11 +120,11 @@ pub(crate) fn ping(context: &Instance, args: PingArgs) -> Result<()> {
     }
     let mut client = context.require_daemon()?;
     // Check the name here, so a typo fails at once instead of as lost pings.
-    let network = match client.request(&Request::Hello)? {
+    let network = match client.request(&Request::Hello {})? {
         Response::Hello(info) => NetworkId::from_name(&info.network),
         other => bail!("unexpected answer to `hello`: {other:?}"),
     };
-    let peers = match client.request(&Request::TrustList)? {
+    let peers = match client.request(&Request::TrustList {})? {
         Response::TrustList { peers } => peers,
         other => bail!("unexpected answer to `trust list`: {other:?}"),
     };

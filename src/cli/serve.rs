@@ -122,7 +122,7 @@ pub(crate) fn serve(context: &Instance, args: ServeArgs) -> Result<()> {
 
 fn list(context: &Instance, json: bool) -> Result<()> {
     let (services, running) = match context.daemon()? {
-        Some(mut client) => match client.request(&Request::ServeList)? {
+        Some(mut client) => match client.request(&Request::ServeList {})? {
             Response::ServeList { services } => (services, true),
             other => bail!("unexpected answer to `serve --list`: {other:?}"),
         },

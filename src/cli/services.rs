@@ -121,7 +121,7 @@ fn describe(service: &Service) -> String {
 
 fn list(context: &Instance, json: bool) -> Result<()> {
     let (set, running) = match context.daemon()? {
-        Some(mut client) => match client.request(&Request::AdvertiseList)? {
+        Some(mut client) => match client.request(&Request::AdvertiseList {})? {
             Response::AdvertiseList { services } => (services, true),
             other => bail!("unexpected answer to `advertise --list`: {other:?}"),
         },
@@ -206,7 +206,7 @@ fn off(context: &Instance, key: &str) -> Result<()> {
 /// `agentnet services` (`--cards`: with the A2A Agent Cards).
 pub(crate) fn services(context: &Instance, json: bool, cards: bool) -> Result<()> {
     let mut client = context.require_daemon()?;
-    let services: Vec<PeerService> = match client.request(&Request::Services)? {
+    let services: Vec<PeerService> = match client.request(&Request::Services {})? {
         Response::Services { services } => services,
         other => bail!("unexpected answer to `services`: {other:?}"),
     };

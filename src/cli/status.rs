@@ -42,7 +42,7 @@ pub(super) fn status(context: &Instance, json: bool, watch: Option<f64>) -> Resu
 }
 
 fn show_status(client: &mut ControlClient, json: bool) -> Result<()> {
-    let value = match client.request(&Request::Status)? {
+    let value = match client.request(&Request::Status {})? {
         Response::Status(value) => value,
         other => bail!("unexpected answer to `status`: {other:?}"),
     };

@@ -263,7 +263,7 @@ fn add(
 /// `agentnet trust list`.
 fn list(context: &Instance, json: bool) -> Result<()> {
     let peers = match context.daemon()? {
-        Some(mut client) => match client.request(&Request::TrustList)? {
+        Some(mut client) => match client.request(&Request::TrustList {})? {
             Response::TrustList { peers } => peers,
             other => bail!("unexpected answer to `trust list`: {other:?}"),
         },
@@ -446,7 +446,7 @@ fn expiry_note(entry: &TrustEntry, now_unix: u64) -> String {
 /// `agentnet trust pending`.
 fn pending(context: &Instance, json: bool) -> Result<()> {
     let mut client = context.require_daemon()?;
-    let answer = client.request(&Request::TrustPending)?;
+    let answer = client.request(&Request::TrustPending {})?;
     let Response::TrustPending { requests } = answer else {
         bail!("unexpected answer to `trust pending`: {answer:?}");
     };

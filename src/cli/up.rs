@@ -280,7 +280,7 @@ fn detach_from_terminal() {
 }
 
 fn refuse_second_instance(context: &Instance) -> Result<()> {
-    match ControlClient::call(&context.socket, &Request::Hello) {
+    match ControlClient::call(&context.socket, &Request::Hello {}) {
         Ok(Response::Hello(info)) => bail!(
             "agentnet is already running for {} (pid {}, interface {}, control socket {}); \
              stop it with `agentnet down`",
@@ -334,7 +334,8 @@ fn wait_until_ready(
                 log_tail(log_path, log_start)
             );
         }
-        if let Ok(Response::Hello(info)) = ControlClient::call(&context.socket, &Request::Hello) {
+        if let Ok(Response::Hello(info)) = ControlClient::call(&context.socket, &Request::Hello {})
+        {
             if info.pid == child.id() {
                 return Ok(info);
             }
@@ -385,7 +386,7 @@ fn log_tail(path: &Path, start: u64) -> String {
 /// `agentnet down`.
 pub(super) fn down(context: &Instance) -> Result<()> {
     let mut client = context.require_daemon()?;
-    let pid = match client.request(&Request::Down) {
+    let pid = match client.request(&Request::Down {}) {
         Ok(Response::Stopping { pid }) => pid,
         Ok(other) => bail!("unexpected answer to `down`: {other:?}"),
         // It may have gone before it could answer.

@@ -93,7 +93,7 @@ impl UserspaceArgs {
 /// Prints what the userspace stack serves (with the ports the OS chose),
 /// from the daemon's status.
 pub(crate) fn say_listeners(socket: &Path) {
-    let status = match ControlClient::call(socket, &Request::Status) {
+    let status = match ControlClient::call(socket, &Request::Status {}) {
         Ok(Response::Status(status)) => status,
         _ => return,
     };

@@ -95,9 +95,9 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(35);
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Is the daemon up, and who is it? Answered with [`Response::Hello`].
-    Hello,
+    Hello {},
     /// The node's full state. Answered with [`Response::Status`].
-    Status,
+    Status {},
     /// Trust a peer (or update it): store it and apply it to the node.
     TrustAdd {
         /// The peer's agent ID.
@@ -114,7 +114,7 @@ pub enum Request {
         allow: Option<Policy>,
     },
     /// The trust store's peers. Answered with [`Response::TrustList`].
-    TrustList,
+    TrustList {},
     /// Stop trusting a peer, named by agent ID or local name.
     TrustRemove {
         /// Agent ID or local name.
@@ -143,7 +143,7 @@ pub enum Request {
     },
     /// Trust requests waiting for approval. Answered with
     /// [`Response::TrustPending`].
-    TrustPending,
+    TrustPending {},
     /// Approve a pending request: trust the requester and connect to it.
     /// Answered with [`Response::TrustApproved`].
     TrustApprove {
@@ -165,7 +165,7 @@ pub enum Request {
     /// Re-read `attachments.json` (after `attach`/`detach`) and update the
     /// names in the attached namespaces. Answered with
     /// [`Response::AttachmentsReloaded`].
-    ReloadAttachments,
+    ReloadAttachments {},
     /// Send one overlay-level path ping to a peer along its current path.
     /// Answered with [`Response::Ping`] when the pong arrives or the timeout
     /// passes (`reply` is then null).
@@ -180,7 +180,7 @@ pub enum Request {
     /// Answered with [`Response::Serving`].
     ServeAdd(crate::serve::ServeSpec),
     /// The served ports. Answered with [`Response::ServeList`].
-    ServeList,
+    ServeList {},
     /// Stop serving a port. Answered with [`Response::ServeOff`].
     ServeOff {
         /// The overlay port.
@@ -192,7 +192,7 @@ pub enum Request {
     AdvertiseAdd(crate::core::services::Service),
     /// The advertised set (declared and served). Answered with
     /// [`Response::AdvertiseList`].
-    AdvertiseList,
+    AdvertiseList {},
     /// Stop advertising `KIND:PORT`. Answered with [`Response::AdvertiseOff`].
     AdvertiseOff {
         /// The service's kind.
@@ -202,9 +202,9 @@ pub enum Request {
     },
     /// The services trusted peers advertised here. Answered with
     /// [`Response::Services`].
-    Services,
+    Services {},
     /// Stop the daemon. Answered with [`Response::Stopping`] before it exits.
-    Down,
+    Down {},
 }
 
 /// The daemon's answer to one [`Request`].
@@ -540,7 +540,7 @@ mod tests {
     #[test]
     fn requests_use_a_cmd_tag() {
         assert_eq!(
-            serde_json::to_string(&Request::Status).expect("json"),
+            serde_json::to_string(&Request::Status {}).expect("json"),
             r#"{"cmd":"status"}"#
         );
         let text = format!(r#"{{"cmd":"trust_add","id":"{}","name":"bob"}}"#, id());
@@ -570,8 +570,30 @@ mod tests {
         assert!(serde_json::from_str::<Request>(&text).is_err());
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).expect("parses"),
-            Request::Status
+            Request::Status {}
         );
+        // Commands without arguments too: serde ignores unknown fields of
+        // a unit variant, so they are empty struct variants.
+        for cmd in [
+            "hello",
+            "status",
+            "trust_list",
+            "trust_pending",
+            "reload_attachments",
+            "serve_list",
+            "advertise_list",
+            "services",
+            "down",
+        ] {
+            let bare = format!(r#"{{"cmd":"{cmd}"}}"#);
+            assert!(serde_json::from_str::<Request>(&bare).is_ok(), "{cmd}");
+            let text = format!(r#"{{"cmd":"{cmd}","force":true}}"#);
+            let error = serde_json::from_str::<Request>(&text).expect_err(cmd);
+            assert!(error.to_string().contains("force"), "{cmd}: {error}");
+        }
+        let text =
+            r#"{"cmd":"serve_add","port":8000,"mode":"http","target":"127.0.0.1:8000","x":1}"#;
+        assert!(serde_json::from_str::<Request>(text).is_err());
     }
 
     #[test]
@@ -603,7 +625,7 @@ mod tests {
             }
         );
         assert_eq!(
-            serde_json::to_string(&Request::TrustPending).expect("json"),
+            serde_json::to_string(&Request::TrustPending {}).expect("json"),
             r#"{"cmd":"trust_pending"}"#
         );
     }

@@ -174,7 +174,7 @@ impl AgentnetTools {
             addresses, the network and the daemon's version."
     )]
     async fn whoami(&self) -> CallToolResult {
-        match self.ask(Request::Hello).await {
+        match self.ask(Request::Hello {}).await {
             Ok(Response::Hello(info)) => structured(json!({
                 "id": info.id.to_string(),
                 "name": info.name,
@@ -200,7 +200,7 @@ impl AgentnetTools {
             while it answers), and the ports each may open here."
     )]
     async fn peers(&self) -> CallToolResult {
-        match self.ask(Request::Status).await {
+        match self.ask(Request::Status {}).await {
             Ok(Response::Status(status)) => structured(from_peer::peers(&status)),
             other => unexpected(other),
         }
@@ -235,7 +235,7 @@ impl AgentnetTools {
             cards: true, each A2A agent's card too (name, description, skills)."
     )]
     async fn services(&self, Parameters(args): Parameters<ServicesArgs>) -> CallToolResult {
-        match self.ask(Request::Services).await {
+        match self.ask(Request::Services {}).await {
             Ok(Response::Services { mut services }) => {
                 if let Some(kind) = &args.kind {
                     services.retain(|service| service.from_peer.kind == *kind);
@@ -305,7 +305,7 @@ impl AgentnetTools {
             under from_peer the name it claims and its justification (its own words)."
     )]
     async fn pending(&self) -> CallToolResult {
-        match self.ask(Request::TrustPending).await {
+        match self.ask(Request::TrustPending {}).await {
             Ok(Response::TrustPending { requests }) => {
                 structured(from_peer::pending_requests(&requests))
             }

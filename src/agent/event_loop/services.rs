@@ -74,7 +74,7 @@ impl Daemon {
         };
         let answer = match request {
             Request::ServeAdd(spec) => services.add(spec).map(Response::Serving),
-            Request::ServeList => {
+            Request::ServeList {} => {
                 return Response::ServeList {
                     services: services.list(),
                 };
@@ -113,7 +113,7 @@ impl Daemon {
                     )
                 })
             }
-            Request::AdvertiseList => Ok(Response::AdvertiseList {
+            Request::AdvertiseList {} => Ok(Response::AdvertiseList {
                 services: self.refresh_advertised(Instant::now()),
             }),
             Request::AdvertiseOff { kind, port } => AdvertisedStore::edit(state, |store| {
