@@ -313,6 +313,50 @@ fn a_fallback_is_announced_to_a_quiet_peer_through_the_relay() {
     );
 }
 
+/// A pong answers its ping, not what was sent after the ping. A pings B,
+/// sends B a packet before the pong is back, and the pong is the last
+/// thing through before a cut; then neither side sends. The packet went
+/// unanswered: A gives the direct path up 3 s after it, and B follows.
+/// (Taken as an answer to everything, the pong left A awaiting nothing,
+/// on the dead path until its next send.)
+#[test]
+fn a_pong_does_not_answer_what_was_sent_after_its_ping() {
+    let (mut net, a, b) = world(18, Some(NatKind::Easy), Some(NatKind::Easy));
+    time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct first");
+    // A round trip of data leaves nothing unanswered either way.
+    net.send_tagged(a, b, 1);
+    net.run_for(Duration::from_millis(50));
+    net.send_tagged(b, a, 2);
+    net.run_for(Duration::from_millis(50));
+    let id_b = net.id(b);
+    let now = net.now;
+    net.hosts[a].node.ping(now, &id_b).expect("ping sent");
+    // The ping takes 10 ms each way; the packet leaves 5 ms after it.
+    net.run_for(Duration::from_millis(5));
+    net.send_tagged(a, b, 3);
+    let sent_at = net.now;
+    net.run_for(Duration::from_millis(16));
+    assert!(
+        net.hosts[a]
+            .events
+            .iter()
+            .any(|event| matches!(event, agentnet::core::api::Event::PingReply { .. })),
+        "the pong arrived before the cut"
+    );
+    net.set_cut(0, 1, true);
+    let (a_relayed_at, b_relayed_at) = both_on_the_relay(&mut net, a, b, sent_at, |net| {
+        net.run_for(Duration::from_millis(10));
+    });
+    assert!(
+        a_relayed_at <= Duration::from_millis(3_100),
+        "A gave the path up {a_relayed_at:?} after its unanswered packet"
+    );
+    assert!(
+        b_relayed_at <= a_relayed_at + Duration::from_millis(100),
+        "B followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"
+    );
+}
+
 #[test]
 fn losing_one_of_two_rendezvous_keeps_sessions_and_new_pairs_connect() {
     let mut net = SimNet::new(7, LinkConfig::default(), Instant::now());

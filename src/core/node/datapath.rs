@@ -129,10 +129,15 @@ impl Node {
             }
             _ => None,
         };
-        // A ping only proves the way here; anything else answers something
-        // we sent along a path we already use.
-        let is_ping = matches!(frame, Some(ControlFrame::PathPing { .. }));
-        peer.observe_path(ctx, now, from, !is_ping);
+        // A ping only proves the way here; a pong answers only its ping
+        // (`Peer::handle_pong` notes the path with what that proves);
+        // anything else answers something we sent along a path we already
+        // use.
+        match frame {
+            Some(ControlFrame::PathPong { .. }) => {}
+            Some(ControlFrame::PathPing { .. }) => peer.observe_path(ctx, now, from, false),
+            _ => peer.observe_path(ctx, now, from, true),
+        }
         if from.is_relay() && !control {
             peer.note_relayed_data(ctx, now);
         }

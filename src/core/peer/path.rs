@@ -172,6 +172,34 @@ impl Peer {
         matches!(self.path, PathState::Direct { .. })
     }
 
+    /// When the direct path at `from` has sends unanswered since after
+    /// `ping_sent_at`, since when: a pong to that ping proves the path as
+    /// it was when the ping left, and answers none of them. (A pong that
+    /// was queued behind a stream, then the last packet through before a
+    /// cut, would otherwise leave nothing awaited and the dead path in use
+    /// until the next send.)
+    pub(super) fn unanswered_since_after(
+        &self,
+        ping_sent_at: Instant,
+        from: PathAddr,
+    ) -> Option<Instant> {
+        match self.path {
+            PathState::Direct {
+                unanswered_since: Some(since),
+            } if since > ping_sent_at && self.direct_path() == Some(from) => Some(since),
+            _ => None,
+        }
+    }
+
+    /// Puts back what [`Peer::unanswered_since_after`] found, once
+    /// the pong's observation has cleared it, if the same direct path is
+    /// still in use.
+    pub(super) fn restore_unanswered_since(&mut self, since: Instant) {
+        if let PathState::Direct { unanswered_since } = &mut self.path {
+            *unanswered_since = Some(since);
+        }
+    }
+
     /// The rendezvous to relay through. First the one we last heard the
     /// peer through, if its link is live (the peer is registered there: a
     /// server relays only for registered agents). Else the peer's own

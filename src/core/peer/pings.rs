@@ -61,9 +61,17 @@ impl Peer {
         self.seal_to(ctx, now, from, &ControlFrame::PathPong { id }.encode());
     }
 
-    /// Handles a pong: measures RTT; a direct pong confirms the direct path.
+    /// Handles a pong: measures RTT, and notes the path it came by as
+    /// proven by a round trip. It answers its ping, not what we sent after
+    /// the ping left: sends since then stay awaited. (A pong queued behind
+    /// a stream, the last packet through before a cut, would otherwise
+    /// leave nothing awaited and the dead path in use until the next
+    /// send.)
     pub fn handle_pong(&mut self, ctx: &mut Context, now: Instant, id: u64, from: PathAddr) {
-        let Some((sent_to, sent_at)) = self.take_ping(id) else {
+        let Some((_, sent_at)) = self.take_ping(id) else {
+            // Not one we remember (a duplicate, or a birthday round's
+            // second hit): still a round trip through `from`.
+            self.observe_path(ctx, now, from, true);
             return;
         };
         let rtt = now.saturating_duration_since(sent_at);
@@ -76,14 +84,15 @@ impl Peer {
                 path: from,
             });
         }
-        let _ = sent_to;
         if from.is_relay() {
             self.note_relay_rtt(now, rtt);
         }
         // The answer may come from another address than the one probed (a
         // NAT rewrote it); where it came from is what works.
-        if from.direct_endpoint().is_some() {
-            self.observe_path(ctx, now, from, true);
+        let later_sends = self.unanswered_since_after(sent_at, from);
+        self.observe_path(ctx, now, from, true);
+        if let Some(since) = later_sends {
+            self.restore_unanswered_since(since);
         }
     }
 
