@@ -172,12 +172,9 @@ impl Peer {
         matches!(self.path, PathState::Direct { .. })
     }
 
-    /// When the direct path at `from` has sends unanswered since after
-    /// `ping_sent_at`, since when: a pong to that ping proves the path as
-    /// it was when the ping left, and answers none of them. (A pong that
-    /// was queued behind a stream, then the last packet through before a
-    /// cut, would otherwise leave nothing awaited and the dead path in use
-    /// until the next send.)
+    /// Since when sends on the direct path `from` have gone unanswered, if
+    /// that began after `ping_sent_at`: a pong to that ping proves the path
+    /// as it was when the ping left, and answers none of those sends.
     pub(super) fn unanswered_since_after(
         &self,
         ping_sent_at: Instant,
@@ -191,9 +188,9 @@ impl Peer {
         }
     }
 
-    /// Puts back what [`Peer::unanswered_since_after`] found, once
-    /// the pong's observation has cleared it, if the same direct path is
-    /// still in use.
+    /// Puts back what [`Peer::unanswered_since_after`] found once the
+    /// pong's observation has cleared it (the direct path is still in use:
+    /// the pong came along it).
     pub(super) fn restore_unanswered_since(&mut self, since: Instant) {
         if let PathState::Direct { unanswered_since } = &mut self.path {
             *unanswered_since = Some(since);
