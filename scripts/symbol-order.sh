@@ -233,8 +233,11 @@ iperf3_both_ways() {
         fail "the iperf3 server did not start"
     for args in "${runs[@]}"; do
         # shellcheck disable=SC2086 # $args holds separate options
-        lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 $args ||
-            fail "iperf3 $args to $3 (see $WORK/iperf3.log)"
+        if ! lab_run "$WORK/iperf3.log" "$WORK/iperf3.log" "$2" iperf3 -c "$3" -p "$IPERF_PORT" -t 3 $args; then
+            # The work directory goes at exit: show what failed first.
+            tail -n 20 "$WORK/iperf3.log" >&2
+            fail "iperf3 $args to $3"
+        fi
     done
     lab_stop "$server"
 }
