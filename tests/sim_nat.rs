@@ -313,27 +313,29 @@ fn a_fallback_is_announced_to_a_quiet_peer_through_the_relay() {
     );
 }
 
-/// A pong answers its ping, not what was sent after the ping. A pings B,
-/// sends B a packet before the pong is back, and the pong is the last
-/// thing through before a cut; then neither side sends. The packet went
-/// unanswered: A gives the direct path up 3 s after it, and B follows.
-/// (Taken as an answer to everything, the pong left A awaiting nothing,
-/// on the dead path until its next send.)
-#[test]
-fn a_pong_does_not_answer_what_was_sent_after_its_ping() {
-    let (mut net, a, b) = world(18, Some(NatKind::Easy), Some(NatKind::Easy));
+/// A pings B, sends B a packet before the pong is back, and the pong is
+/// the last thing through before a cut; then neither side sends. With
+/// `waiting_before_ping`, a packet of A's was already waiting for an
+/// answer when the ping left (as when a liveness ping goes out). Returns
+/// when A and B gave the direct path up, counted from A's last packet.
+fn fallback_after_a_pong_then_a_cut(seed: u64, waiting_before_ping: bool) -> (Duration, Duration) {
+    let (mut net, a, b) = world(seed, Some(NatKind::Easy), Some(NatKind::Easy));
     time_to_path(&mut net, a, b, "direct", Duration::from_secs(5)).expect("direct first");
     // A round trip of data leaves nothing unanswered either way.
     net.send_tagged(a, b, 1);
     net.run_for(Duration::from_millis(50));
     net.send_tagged(b, a, 2);
     net.run_for(Duration::from_millis(50));
+    if waiting_before_ping {
+        net.send_tagged(a, b, 3);
+        net.run_for(Duration::from_millis(5));
+    }
     let id_b = net.id(b);
     let now = net.now;
     net.hosts[a].node.ping(now, &id_b).expect("ping sent");
     // The ping takes 10 ms each way; the packet leaves 5 ms after it.
     net.run_for(Duration::from_millis(5));
-    net.send_tagged(a, b, 3);
+    net.send_tagged(a, b, 4);
     let sent_at = net.now;
     net.run_for(Duration::from_millis(16));
     assert!(
@@ -344,17 +346,30 @@ fn a_pong_does_not_answer_what_was_sent_after_its_ping() {
         "the pong arrived before the cut"
     );
     net.set_cut(0, 1, true);
-    let (a_relayed_at, b_relayed_at) = both_on_the_relay(&mut net, a, b, sent_at, |net| {
+    both_on_the_relay(&mut net, a, b, sent_at, |net| {
         net.run_for(Duration::from_millis(10));
-    });
-    assert!(
-        a_relayed_at <= Duration::from_millis(3_100),
-        "A gave the path up {a_relayed_at:?} after its unanswered packet"
-    );
-    assert!(
-        b_relayed_at <= a_relayed_at + Duration::from_millis(100),
-        "B followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"
-    );
+    })
+}
+
+/// A pong answers its ping, not what was sent after the ping: A's packet
+/// sent after its ping went unanswered, and A gives the direct path up
+/// 3 s after it; B follows. (Taken as an answer to everything, the pong
+/// left A awaiting nothing, on the dead path until its next send.)
+#[test]
+fn a_pong_does_not_answer_what_was_sent_after_its_ping() {
+    for waiting_before_ping in [false, true] {
+        let (a_relayed_at, b_relayed_at) =
+            fallback_after_a_pong_then_a_cut(18, waiting_before_ping);
+        assert!(
+            a_relayed_at <= Duration::from_millis(3_100),
+            "A gave the path up {a_relayed_at:?} after its unanswered packet \
+             (a packet waiting before the ping: {waiting_before_ping})"
+        );
+        assert!(
+            b_relayed_at <= a_relayed_at + Duration::from_millis(100),
+            "B followed A ({a_relayed_at:?}) only after {b_relayed_at:?}"
+        );
+    }
 }
 
 #[test]

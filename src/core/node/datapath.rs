@@ -129,12 +129,11 @@ impl Node {
             }
             _ => None,
         };
-        // A ping only proves the way here; a pong answers only its ping
-        // (`Peer::handle_pong` notes the path with what that proves);
+        // A ping only proves the way here; a pong answers only its ping;
         // anything else answers something we sent along a path we already
         // use.
         match frame {
-            Some(ControlFrame::PathPong { .. }) => {}
+            Some(ControlFrame::PathPong { id }) => peer.observe_pong_path(ctx, now, id, from),
             Some(ControlFrame::PathPing { .. }) => peer.observe_path(ctx, now, from, false),
             _ => peer.observe_path(ctx, now, from, true),
         }

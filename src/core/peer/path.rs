@@ -172,28 +172,39 @@ impl Peer {
         matches!(self.path, PathState::Direct { .. })
     }
 
-    /// Since when sends on the direct path `from` have gone unanswered, if
-    /// that began after `ping_sent_at`: a pong to that ping proves the path
-    /// as it was when the ping left, and answers none of those sends.
-    pub(super) fn unanswered_since_after(
-        &self,
-        ping_sent_at: Instant,
-        from: PathAddr,
-    ) -> Option<Instant> {
-        match self.path {
-            PathState::Direct {
-                unanswered_since: Some(since),
-            } if since > ping_sent_at && self.direct_path() == Some(from) => Some(since),
-            _ => None,
+    /// Notes the path a pong to ping `id` came by, as proven by a round
+    /// trip. The pong answers its ping, not what we sent after the ping
+    /// left (nor anything, when the ping is not one we remember): sends on
+    /// that direct path since then stay awaited. (A pong queued behind a
+    /// stream, the last packet through before a cut, would otherwise leave
+    /// nothing awaited and the dead path in use until the next send.)
+    pub fn observe_pong_path(&mut self, ctx: &mut Context, now: Instant, id: u64, from: PathAddr) {
+        let awaited = self.awaited_after_pong(self.ping_sent_at(id), from);
+        self.observe_path(ctx, now, from, true);
+        if let (Some(since), PathState::Direct { unanswered_since }) = (awaited, &mut self.path) {
+            *unanswered_since = Some(since);
         }
     }
 
-    /// Puts back what [`Peer::unanswered_since_after`] found once the
-    /// pong's observation has cleared it (the direct path is still in use:
-    /// the pong came along it).
-    pub(super) fn restore_unanswered_since(&mut self, since: Instant) {
-        if let PathState::Direct { unanswered_since } = &mut self.path {
-            *unanswered_since = Some(since);
+    /// Since when sends on the direct path `from` stay unanswered after a
+    /// pong to a ping sent at `ping_sent_at` (`None`: not known). Sends
+    /// unanswered since before the ping are answered up to the ping; of
+    /// those after it only the last one's time is known (`last_sent`),
+    /// which counts the path's silence late, never early.
+    fn awaited_after_pong(&self, ping_sent_at: Option<Instant>, from: PathAddr) -> Option<Instant> {
+        let PathState::Direct {
+            unanswered_since: Some(since),
+        } = self.path
+        else {
+            return None;
+        };
+        if self.direct_path() != Some(from) {
+            return None;
+        }
+        match ping_sent_at {
+            None => Some(since),
+            Some(sent_at) if since > sent_at => Some(since),
+            Some(sent_at) => self.last_sent.filter(|last| *last > sent_at),
         }
     }
 

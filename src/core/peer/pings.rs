@@ -61,17 +61,10 @@ impl Peer {
         self.seal_to(ctx, now, from, &ControlFrame::PathPong { id }.encode());
     }
 
-    /// Handles a pong: measures RTT, and notes the path it came by as
-    /// proven by a round trip. It answers its ping, not what we sent after
-    /// the ping left: sends since then stay awaited. (A pong queued behind
-    /// a stream, the last packet through before a cut, would otherwise
-    /// leave nothing awaited and the dead path in use until the next
-    /// send.)
+    /// Handles a pong: measures RTT (its path was noted on arrival:
+    /// [`Peer::observe_pong_path`]).
     pub fn handle_pong(&mut self, ctx: &mut Context, now: Instant, id: u64, from: PathAddr) {
         let Some((_, sent_at)) = self.take_ping(id) else {
-            // Not one we remember (a duplicate, or a birthday round's
-            // second hit): still a round trip through `from`.
-            self.observe_path(ctx, now, from, true);
             return;
         };
         let rtt = now.saturating_duration_since(sent_at);
@@ -87,13 +80,15 @@ impl Peer {
         if from.is_relay() {
             self.note_relay_rtt(now, rtt);
         }
-        // The answer may come from another address than the one probed (a
-        // NAT rewrote it); where it came from is what works.
-        let later_sends = self.unanswered_since_after(sent_at, from);
-        self.observe_path(ctx, now, from, true);
-        if let Some(since) = later_sends {
-            self.restore_unanswered_since(since);
-        }
+    }
+
+    /// When ping `id` left, if it is outstanding.
+    pub(super) fn ping_sent_at(&self, id: u64) -> Option<Instant> {
+        self.pings
+            .as_ref()?
+            .iter()
+            .find(|(ping, _, _)| *ping == id)
+            .map(|(_, _, sent_at)| *sent_at)
     }
 
     /// A ping arrived on a direct path we have not confirmed: ping back on
