@@ -63,3 +63,20 @@ fn output_that_cannot_be_written_fails_the_command() {
     let status = closed.wait().expect("waited");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn trust_revoke_help_names_the_command_typed() {
+    let state = StateDir::new("revoke-help");
+    for command in ["remove", "revoke"] {
+        let help = agentnet(&state)
+            .args(["trust", command, "--help"])
+            .output()
+            .expect("runs");
+        assert!(help.status.success(), "{help:?}");
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains(&format!("agentnet trust {command} <ID>")),
+            "`trust {command} --help` shows its own usage:\n{text}"
+        );
+    }
+}

@@ -85,6 +85,7 @@ pub(crate) enum TrustCommand {
     /// Stop trusting an agent: its sessions and keys are destroyed at once.
     #[command(
         visible_alias = "revoke",
+        override_usage = "agentnet trust remove <ID>\n       agentnet trust revoke <ID>",
         long_about = "Stop trusting an agent (`trust revoke` is the same command).\n\n\
         With the daemon running, the peer's sessions and keys are destroyed before the \
         command returns, the peer gets a signed revocation notice over its session, and no \
