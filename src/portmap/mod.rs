@@ -532,8 +532,10 @@ async fn keep(
                 }
                 Err(error) => {
                     let now = Instant::now();
+                    // A permanent lease does not lapse: retry as for a
+                    // fresh grant of the lifetime it stands for.
                     let remaining =
-                        expires.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
+                        expires.map_or(held.lifetime(), |at| at.saturating_duration_since(now));
                     match schedule::renew_retry_after(remaining) {
                         Some(wait) => {
                             tracing::warn!(error = %error.shown(), retry_in_s = wait.as_secs(), "port mapping renewal failed");

@@ -34,10 +34,11 @@ pub fn retry_after(failures: u32) -> Duration {
 }
 
 /// After a failed renewal with `remaining` left of the mapping: when to
-/// try again (half of what remains, at least [`MIN_RENEW_RETRY`]), or
-/// `None` when the mapping would be gone by then (start over).
+/// try again (half of what remains, at least [`MIN_RENEW_RETRY`], at most
+/// [`MAX_RENEW_AFTER`]), or `None` when the mapping would be gone by then
+/// (start over).
 pub fn renew_retry_after(remaining: Duration) -> Option<Duration> {
-    let wait = (remaining / 2).max(MIN_RENEW_RETRY);
+    let wait = (remaining / 2).clamp(MIN_RENEW_RETRY, MAX_RENEW_AFTER);
     (wait < remaining).then_some(wait)
 }
 
@@ -70,6 +71,15 @@ mod tests {
         assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600]);
         assert_eq!(retry_after(0), FIRST_RETRY);
         assert_eq!(retry_after(u32::MAX), MAX_RETRY);
+    }
+
+    #[test]
+    fn a_failed_renewal_of_an_endless_mapping_retries_within_a_day() {
+        // A lease without an end (Duration::MAX left) once made the retry
+        // ~2^63 s away, and adding it to the clock panicked.
+        let wait = renew_retry_after(Duration::MAX).expect("retries");
+        assert_eq!(wait, MAX_RENEW_AFTER);
+        assert!(std::time::Instant::now().checked_add(wait).is_some());
     }
 
     #[test]
