@@ -53,6 +53,14 @@ pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
     }
 }
 
+/// When an entry expiring at `expires_unix` is due, on the monotonic
+/// clock that reads `now` at `unix`; `None` when that lies beyond what the
+/// clock can count (a TTL of billions of years in config.toml, or a
+/// hand-edited `expires_unix`): never, in practice.
+fn expiry_deadline(now: Instant, unix: u64, expires_unix: u64) -> Option<Instant> {
+    now.checked_add(Duration::from_secs(expires_unix.saturating_sub(unix)))
+}
+
 fn unix_clock() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -186,7 +194,7 @@ impl Daemon {
         let next = self
             .trust
             .next_expiry()
-            .map(|expires| now + Duration::from_secs(expires.saturating_sub(unix)));
+            .and_then(|expires| expiry_deadline(now, unix, expires));
         self.trust_flow.next_expiry_sweep = earliest(next, Some(now + EXPIRY_SWEEP_INTERVAL));
     }
 
@@ -531,5 +539,23 @@ impl Daemon {
             id,
             name: pending.request.name,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_beyond_the_clock_is_never_due() {
+        let now = Instant::now();
+        assert_eq!(
+            expiry_deadline(now, 1_000, 1_060),
+            Some(now + Duration::from_secs(60))
+        );
+        assert_eq!(expiry_deadline(now, 1_000, 10), Some(now));
+        // A TTL of u64::MAX seconds once overflowed the clock and panicked
+        // the event loop.
+        assert_eq!(expiry_deadline(now, 1_000, u64::MAX), None);
     }
 }
