@@ -71,7 +71,8 @@
 #          AGENTNET=<binary> (default: cargo build --release, target/release/agentnet,
 #          copied to $OUTDIR/agentnet)
 #          CARGO_ROOT=/tmp/agentnet-bench/cargo-root  BORINGTUN=  GOTATUN=
-#          OUTDIR=/tmp/agentnet-bench/<timestamp>
+#          OUTDIR=/tmp/agentnet-bench/<timestamp> (refused when anyone but root
+#          can change it or a directory above it: lab_owned_path)
 # Output:  the markdown table (also $OUTDIR/table.md), run.log, raw/
 #          (iperf3 JSON, ping logs), logs/ (daemons, install, build)
 #
@@ -159,6 +160,7 @@ code_layout() {
 
 # ------------------------------------ outside the mount namespace: set-up ----
 if [[ -z ${AGENTNET_BENCH_INNER:-} ]]; then
+    lab_private_dir "$OUTDIR" || exit 1
     mkdir -p "$RAW" "$LOGS" "$OUTDIR/run" || exit 1
     trap 'log "interrupted"; exit 130' INT TERM
     ((INSTALL_PEERS)) && peers_install "$LOGS/install.log"

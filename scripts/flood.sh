@@ -55,6 +55,7 @@ for t in ip iperf3 jq ping awk; do
 done
 
 LOGS=$OUTDIR/logs WORK=$OUTDIR/work RAW=$OUTDIR/raw
+lab_private_dir "$OUTDIR" || exit 1
 mkdir -p "$LOGS" "$RAW" || exit 1
 mkdir -m 700 "$WORK" || exit 1
 CLK_TCK=$(getconf CLK_TCK)

@@ -17,6 +17,9 @@
 #   lab_stop PID             TERM, wait up to 5 s, KILL (only our own children)
 #   lab_cleanup              stop everything started here, delete the namespaces
 #   wait_for SECONDS CMD...  poll CMD every 10 ms until it succeeds
+#   lab_private_dir DIR      create DIR; refuse it unless only root or we can
+#                            change it or any directory above it
+#   lab_owned_path PATH      the same check, without creating anything
 #   proc_ticks PID / peak_rss_mib PID   CPU ticks (utime+stime) / VmHWM in MiB
 #
 # As a command:
@@ -151,6 +154,41 @@ lab_cleanup() {
         ip netns del "$ns" 2>/dev/null
     done
     LAB_NAMESPACES=()
+}
+
+# lab_owned_path PATH : succeeds when PATH and every directory above it
+# are no symbolic links, belong to root or to us, and no other user can
+# write to them (a directory others may write counts only with the sticky
+# bit, as /tmp, and never as PATH itself). Root runs binaries from and
+# bind-mounts directories under /tmp: a local user who made
+# /tmp/agentnet-bench first must not be able to swap what is in it.
+lab_owned_path() {
+    local path=$1 p uid mode
+    [[ $path == /* ]] || path=$PWD/$path
+    p=$path
+    while :; do
+        if [[ -L $p ]]; then
+            echo "$path: $p is a symbolic link; refusing it as root" >&2
+            return 1
+        fi
+        read -r uid mode < <(stat -c '%u %a' -- "$p") || return 1
+        if [[ $uid != 0 && $uid != "$EUID" ]]; then
+            echo "$path: $p belongs to uid $uid; refusing it as root" >&2
+            return 1
+        fi
+        if ((8#$mode & 8#022)) && { [[ $p == "$path" ]] || ((!(8#$mode & 8#1000))); }; then
+            echo "$path: others may write to $p (mode $mode); refusing it as root" >&2
+            return 1
+        fi
+        [[ $p == / ]] && return 0
+        p=$(dirname -- "$p")
+    done
+}
+
+# lab_private_dir DIR : creates DIR (and what is missing above it, mode
+# 755) and checks it with lab_owned_path.
+lab_private_dir() {
+    (umask 022 && mkdir -p -- "$1") && lab_owned_path "$1"
 }
 
 wait_for() {

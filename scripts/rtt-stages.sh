@@ -66,6 +66,7 @@ ROUNDS=${ROUNDS:-5}
 PER=${PER:-100}
 OUTDIR=${OUTDIR:-/tmp/agentnet-rtt-stages/$(date +%Y%m%d-%H%M%S)}
 LOGS=$OUTDIR/logs WORK=$OUTDIR/work RAW=$OUTDIR/raw
+lab_private_dir "$OUTDIR" || exit 1
 mkdir -p "$LOGS" "$WORK" "$RAW" || exit 1
 IP_A=10.210.0.1 IP_B=10.210.0.2 TUN_MTU=1420 PORT=7400
 DAEMONS=()

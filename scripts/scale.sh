@@ -80,6 +80,7 @@ fail() { log "FAILED: $*"; exit 1; }
 
 # ------------------------------------ outside the mount namespace: set-up ----
 if [[ -z ${AGENTNET_SCALE_INNER:-} ]]; then
+    lab_private_dir "$OUTDIR" || exit 1
     mkdir -p "$LOGS" "$PINGS" "$OUTDIR/run" || exit 1
     trap 'log "interrupted"; exit 130' INT TERM
     if [[ -z ${AGENTNET:-} ]]; then

@@ -33,11 +33,13 @@ PEERS_APT=(wireguard-go wireguard-tools nebula fastd)
 PEERS_CRATES=(boringtun-cli gotatun-cli)
 CARGO_ROOT=${CARGO_ROOT:-/tmp/agentnet-bench/cargo-root}
 
-# cargo_bin NAME : NAME on the PATH, else in $CARGO_ROOT/bin or ~/.cargo/bin.
+# cargo_bin NAME : NAME on the PATH, else in $CARGO_ROOT/bin or ~/.cargo/bin
+# (there only when no one but root or we can change it: lab_owned_path).
 cargo_bin() {
     local c
-    for c in "$(command -v "$1")" "$CARGO_ROOT/bin/$1" "$HOME/.cargo/bin/$1"; do
-        [[ -n $c && -x $c ]] && { echo "$c"; return; }
+    c=$(command -v "$1") && [[ -x $c ]] && { echo "$c"; return; }
+    for c in "$CARGO_ROOT/bin/$1" "$HOME/.cargo/bin/$1"; do
+        [[ -x $c ]] && lab_owned_path "$c" && { echo "$c"; return; }
     done
     echo "$1"
 }
@@ -70,6 +72,10 @@ peers_install() {
         log "  apt-get install failed; its peers will be skipped (see $out)"
     if ! command -v cargo >/dev/null; then
         log "  no cargo on the PATH: ${PEERS_CRATES[*]} not installed"
+        return
+    fi
+    if ! lab_private_dir "$CARGO_ROOT"; then
+        log "  $CARGO_ROOT is not root's alone: ${PEERS_CRATES[*]} not installed"
         return
     fi
     for crate in "${PEERS_CRATES[@]}"; do
