@@ -112,7 +112,7 @@ pub enum StateError {
     Trust(#[from] TrustError),
     /// A command named a peer that is neither an agent ID nor a local name
     /// in the trust store.
-    #[error("`{0}` is neither an agent ID nor the name of a trusted peer")]
+    #[error("{0:?} is neither an agent ID nor the name of a trusted peer")]
     UnknownPeer(String),
     /// A state file is larger than any agentnet writes
     /// ([`super::MAX_STATE_FILE_BYTES`]); it was not read.

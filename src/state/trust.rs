@@ -325,7 +325,7 @@ mod tests {
         let text = refused(&state, &[peer_table(&bad, "all")]);
         assert!(
             text.contains(&format!(
-                "entry 1 (agent {}): bad name `Bob.example`",
+                "entry 1 (agent {}): bad name \"Bob.example\"",
                 bad.id
             )),
             "{text}"

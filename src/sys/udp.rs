@@ -32,10 +32,10 @@ pub enum UnderlayError {
         source: io::Error,
     },
     /// An endpoint is not `HOST:PORT`.
-    #[error("bad endpoint `{0}`: expected HOST:PORT, e.g. 192.0.2.7:7400 or [2001:db8::7]:7400")]
+    #[error("bad endpoint {0:?}: expected HOST:PORT, e.g. 192.0.2.7:7400 or [2001:db8::7]:7400")]
     BadEndpoint(String),
     /// An endpoint's host name does not resolve.
-    #[error("cannot resolve endpoint `{endpoint}`: {reason}")]
+    #[error("cannot resolve endpoint {endpoint:?}: {reason}")]
     Unresolved {
         /// The endpoint text.
         endpoint: String,
@@ -243,10 +243,23 @@ pub fn normalize(address: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Longest endpoint text: a 253-character DNS name, a colon and a port.
+const MAX_ENDPOINT_LEN: usize = 260;
+
 /// Resolves an endpoint `HOST:PORT` (blocking DNS for names) to the first
-/// address, normalized.
+/// address, normalized. The text may hold only what a host name, an IP
+/// address (IPv6 in brackets) and a port are made of: it comes
+/// from commands an agent's model may fill in, and is stored, logged and
+/// printed.
 pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, UnderlayError> {
     let endpoint = endpoint.trim();
+    let inert = endpoint.len() <= MAX_ENDPOINT_LEN
+        && endpoint
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c));
+    if !inert {
+        return Err(UnderlayError::BadEndpoint(endpoint.to_string()));
+    }
     let (host, port) = endpoint
         .rsplit_once(':')
         .ok_or_else(|| UnderlayError::BadEndpoint(endpoint.to_string()))?;
@@ -313,6 +326,29 @@ mod tests {
             resolve_endpoint(":7400"),
             Err(UnderlayError::BadEndpoint(_))
         ));
+    }
+
+    #[test]
+    fn endpoint_text_beyond_host_and_port_is_refused_and_shown_escaped() {
+        for text in [
+            "evil.example\n2026-01-01 INFO forged:7400",
+            "x\u{202e}gro.elpmaxe:7400",
+            "\u{1b}[31mred:7400",
+            "a b:7400",
+        ] {
+            let error = resolve_endpoint(text).expect_err(text);
+            assert!(matches!(error, UnderlayError::BadEndpoint(_)), "{text:?}");
+            let shown = error.to_string();
+            assert!(
+                !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{shown:?}"
+            );
+        }
+        assert!(matches!(
+            resolve_endpoint(&format!("{}:7400", "a".repeat(300))),
+            Err(UnderlayError::BadEndpoint(_))
+        ));
+        assert!(resolve_endpoint("localhost:7400").is_ok());
     }
 
     #[test]

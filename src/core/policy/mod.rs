@@ -14,10 +14,10 @@ pub enum PolicyError {
     #[error("empty policy: use `all`, `none` or a list such as tcp:80,udp:53,icmp")]
     Empty,
     /// An item does not name tcp, udp or icmp.
-    #[error("unknown protocol in `{0}`: expected tcp:PORT[-PORT], udp:PORT[-PORT] or icmp")]
+    #[error("unknown protocol in {0:?}: expected tcp:PORT[-PORT], udp:PORT[-PORT] or icmp")]
     UnknownProtocol(String),
     /// A port or range is not a number from 1 to 65535, or is reversed.
-    #[error("bad port range in `{0}`: ports are 1-65535 and a range is LOW-HIGH")]
+    #[error("bad port range in {0:?}: ports are 1-65535 and a range is LOW-HIGH")]
     BadPorts(String),
 }
 

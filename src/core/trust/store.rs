@@ -23,7 +23,7 @@ pub const DEFAULT_REQUESTED_TTL: Duration = crate::core::trust::pending::PENDING
 pub enum TrustError {
     /// The local name is not a DNS label.
     #[error(
-        "bad name `{0}`: use 1-63 characters a-z, 0-9 and `-`, not starting or ending with `-`"
+        "bad name {0:?}: use 1-63 characters a-z, 0-9 and `-`, not starting or ending with `-`"
     )]
     BadName(String),
     /// Another peer already has this local name.
