@@ -21,9 +21,10 @@
 //! stays root and logs why; a daemon that stays root still keeps no
 //! capability but `CAP_NET_ADMIN`, bounding set included, with
 //! `no_new_privs`, and takes back a state directory an earlier run gave
-//! away). Before switching it hands the state directory
-//! to that user and opens the hosts files it keeps editing (they are edited
-//! in place through the open descriptors), then keeps no capability at all
+//! away). Before switching it hands the state directory to that user
+//! (agentnet's files only, and only a directory that no one but root could
+//! swap for a link) and opens the hosts files it keeps editing (they are
+//! edited in place through the open descriptors), then keeps no capability at all
 //! — except `CAP_NET_ADMIN` (effective, permitted and ambient, for
 //! `resolvectl`) when the host's names go through systemd-resolved. Every
 //! other capability leaves the bounding set, `no_new_privs` is set, and a
@@ -44,14 +45,17 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid};
 
 use super::user_database::{self, Answers, UserRecord};
 use crate::control::Request;
-use crate::state::{CONFIG_FILE, IDENTITY_FILE, StateDir, TRUST_FILE};
+use crate::state::pending::PENDING_FILE;
+use crate::state::{
+    CONFIG_FILE, IDENTITY_FILE, STATE_FILES, StateDir, TRUST_FILE, is_state_file_name,
+};
 use crate::sys::capabilities::{self, CAP_NET_ADMIN, CapabilitySets, bit};
 use crate::sys::nofollow::{self, NoFollowError};
 
@@ -60,7 +64,7 @@ pub const DAEMON_USER: &str = "agentnet";
 /// The group whose members may change the daemon through its control socket.
 pub const CONTROL_GROUP: &str = "agentnet";
 /// Files of the state directory that must never be writable by everyone.
-const GUARDED_FILES: &[&str] = &[IDENTITY_FILE, CONFIG_FILE, TRUST_FILE, "pending.toml"];
+const GUARDED_FILES: &[&str] = &[IDENTITY_FILE, CONFIG_FILE, TRUST_FILE, PENDING_FILE];
 
 /// Why the daemon refuses to start, or could not drop its privileges.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,42 @@ pub enum PrivilegeError {
         mode: u32,
         /// What an attacker could replace through it.
         what: &'static str,
+    },
+    /// A directory that leads to the state directory may be written by
+    /// someone other than root, who could swap the state directory for a
+    /// link once the daemon's user owns it.
+    #[error(
+        "{} {problem}: whoever may write it could replace {} with a link once `{user}` owns \
+         it, and root would then write where the link points; use a state directory whose \
+         parents only root may write (the default is /var/lib/agentnet)",
+        path.display(),
+        state.display()
+    )]
+    UnsafeParent {
+        /// The directory above the state directory.
+        path: PathBuf,
+        /// The state directory.
+        state: PathBuf,
+        /// The user the daemon switches to.
+        user: String,
+        /// Who may write it.
+        problem: String,
+    },
+    /// The state directory holds a file agentnet did not make: its new
+    /// owner could replace that file.
+    #[error(
+        "{} holds `{name}`, which is not agentnet's: `{user}` would own the directory and \
+         could replace it; give agentnet a directory of its own (the default is \
+         /var/lib/agentnet)",
+        dir.display()
+    )]
+    ForeignFile {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file's name.
+        name: String,
+        /// The user the daemon switches to.
+        user: String,
     },
     /// The state directory could not be inspected.
     #[error("cannot inspect {}: {source}", path.display())]
@@ -321,6 +361,8 @@ fn switch_user(
         move |source: io::Error| PrivilegeError::Drop { user, step, source }
     };
     let errno = |errno: nix::errno::Errno| io::Error::from(errno);
+    check_parents(state.root(), &target.name, 0)?;
+    check_contents(state.root(), socket, target)?;
     hand_over_state(target, state, socket, control_gid)
         .map_err(failed("hand over the state directory"))?;
     let threads = crate::sys::calls::thread_count().unwrap_or(1);
@@ -457,11 +499,77 @@ fn stay_root_with(
     Ok(())
 }
 
-/// Gives the state directory and the files directly in it to the target
-/// user, so the daemon can still write its state, and the control socket to
-/// its group (`agentnet` if it exists). Only plain files and sockets with a
-/// single link: symbolic links, subdirectories and hard links (which may be
-/// `/etc/shadow` in disguise, planted by that user) are left alone.
+/// Refuses a state directory that anyone but root could swap for a link
+/// once `user` owns it: root's later opens there (`trust add`, `down`, the
+/// next `up`) go by path, so every directory on the way, links resolved or
+/// not, must be root's and writable by root only. Above the parent a
+/// sticky directory (`/tmp`) will do, since others cannot rename root's
+/// entry in it; the parent will hold the daemon user's entry. `root` is
+/// root's UID (the test's own in tests).
+fn check_parents(state: &Path, user: &str, root: u32) -> Result<(), PrivilegeError> {
+    let inspect = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PrivilegeError::Inspect { path, source }
+    };
+    let paths = [
+        std::path::absolute(state).map_err(inspect(state))?,
+        fs::canonicalize(state).map_err(inspect(state))?,
+    ];
+    for path in &paths {
+        for (depth, dir) in path.ancestors().skip(1).enumerate() {
+            let meta = fs::metadata(dir).map_err(inspect(dir))?;
+            let mode = meta.mode() & 0o7777;
+            let problem = if meta.uid() != 0 && meta.uid() != root {
+                format!("belongs to uid {}", meta.uid())
+            } else if mode & 0o022 != 0 && (depth == 0 || mode & 0o1000 == 0) {
+                format!("may be written by its group or by everyone (mode {mode:04o})")
+            } else {
+                continue;
+            };
+            return Err(PrivilegeError::UnsafeParent {
+                path: dir.to_path_buf(),
+                state: state.to_path_buf(),
+                user: user.to_string(),
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to give `target` a state directory that holds files agentnet
+/// did not make (but the control socket): the owner of a directory may
+/// rename and replace what is in it, so `--state-dir /etc` would give
+/// `/etc/shadow` away. A directory that is the user's already is theirs.
+fn check_contents(state: &Path, socket: &Path, target: &TargetUser) -> Result<(), PrivilegeError> {
+    let inspect = |source| PrivilegeError::Inspect {
+        path: state.to_path_buf(),
+        source,
+    };
+    if fs::metadata(state).map_err(inspect)?.uid() == target.uid.as_raw() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(state).map_err(inspect)? {
+        let path = entry.map_err(inspect)?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !is_state_file_name(&name) && path != socket {
+            return Err(PrivilegeError::ForeignFile {
+                dir: state.to_path_buf(),
+                name: name.into_owned(),
+                user: target.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gives the state directory and agentnet's files in it ([`STATE_FILES`])
+/// to the target user, so the daemon can still write its state, and the
+/// control socket to its group (`agentnet` if it exists). Only plain files
+/// and sockets with a single link: symbolic links, subdirectories and hard
+/// links (which may be `/etc/shadow` in disguise, planted by that user) are
+/// left alone. A switch to another user checks the directory first
+/// ([`check_parents`], [`check_contents`]).
 fn hand_over_state(
     target: &TargetUser,
     state: &StateDir,
@@ -478,18 +586,16 @@ fn hand_over_state(
         )));
     }
     std::os::unix::fs::lchown(root, uid, gid)?;
-    for entry in fs::read_dir(root)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if (kind.is_file() || std::os::unix::fs::FileTypeExt::is_socket(&kind))
-            && entry.path() != socket
-        {
-            match nofollow::chown_no_follow(&entry.path(), uid, gid) {
-                Ok(()) => {}
-                Err(error) if error.is_not_found() => {}
-                Err(NoFollowError::Io { source, .. }) => return Err(source),
-                Err(error) => tracing::warn!(%error, "not handed to the daemon's user"),
-            }
+    for name in STATE_FILES {
+        let path = root.join(name);
+        if path == socket {
+            continue;
+        }
+        match nofollow::chown_no_follow(&path, uid, gid) {
+            Ok(()) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(NoFollowError::Io { source, .. }) => return Err(source),
+            Err(error) => tracing::warn!(%error, "not handed to the daemon's user"),
         }
     }
     // The socket keeps its owner (root): root reaches it even without
@@ -776,6 +882,154 @@ mod tests {
         let temp = tempfile::tempdir().expect("temp");
         let state = StateDir::new(temp.path().join("none"));
         check_state_permissions(&state).expect("nothing to check yet");
+    }
+
+    /// A private temp directory, or `None` (the test is skipped) where the
+    /// temp directory's own parents fail [`check_parents`].
+    fn private_temp(test: &str) -> Option<tempfile::TempDir> {
+        let temp = tempfile::tempdir().expect("temp");
+        let me = nix::unistd::geteuid().as_raw();
+        let probe = temp.path().join("probe");
+        fs::create_dir(&probe).expect("dir");
+        if let Err(error) = check_parents(&probe, "nobody", me) {
+            eprintln!("SKIPPED {test}: {error}");
+            return None;
+        }
+        Some(temp)
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_state_directory_others_could_swap_for_a_link_is_not_handed_over() {
+        let Some(temp) =
+            private_temp("a_state_directory_others_could_swap_for_a_link_is_not_handed_over")
+        else {
+            return;
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        let base = temp.path();
+        let refused = |state: &Path| match check_parents(state, "nobody", me) {
+            Err(PrivilegeError::UnsafeParent { path, .. }) => path,
+            other => panic!("{}: {other:?}", state.display()),
+        };
+        let state = base.join("state");
+        fs::create_dir(&state).expect("dir");
+        check_parents(&state, "nobody", me).expect("a private parent");
+        for mode in [0o770, 0o757, 0o1777] {
+            chmod(base, mode);
+            assert_eq!(refused(&state), base, "{mode:o}");
+        }
+        chmod(base, 0o755);
+        let missing = check_parents(&base.join("shared/state"), "nobody", me);
+        assert!(matches!(missing, Err(PrivilegeError::Inspect { .. })));
+
+        // Higher up, a sticky directory keeps others from renaming the
+        // private directory in it; a plain writable one does not.
+        let leaf = base.join("shared/private");
+        fs::create_dir_all(leaf.join("state")).expect("dirs");
+        chmod(&base.join("shared"), 0o1777);
+        check_parents(&leaf.join("state"), "nobody", me).expect("sticky above the parent");
+        chmod(&base.join("shared"), 0o777);
+        let error = check_parents(&leaf.join("state"), "nobody", me).expect_err("writable");
+        assert!(
+            error.to_string().contains("everyone (mode 0777)")
+                && error.to_string().contains("replace"),
+            "{error}"
+        );
+        // A link to it is resolved: the directories behind it count too.
+        std::os::unix::fs::symlink(&leaf, base.join("link")).expect("symlink");
+        assert_eq!(refused(&base.join("link/state")), base.join("shared"));
+        chmod(&base.join("shared"), 0o755);
+        check_parents(&base.join("link/state"), "nobody", me).expect("safe again");
+
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(base, Some(Uid::from_raw(65534)), None).expect("chown");
+            let error = check_parents(&state, "nobody", 0).expect_err("not root's");
+            assert!(
+                error.to_string().contains("belongs to uid 65534"),
+                "{error}"
+            );
+            nix::unistd::chown(base, Some(Uid::from_raw(0)), None).expect("chown back");
+        }
+    }
+
+    #[test]
+    fn a_state_directory_with_other_files_is_not_handed_over() {
+        let temp = tempfile::tempdir().expect("temp");
+        let state = temp.path().join("state");
+        fs::create_dir(&state).expect("dir");
+        for name in [
+            IDENTITY_FILE,
+            TRUST_FILE,
+            ".trust.toml.tmp-7-0badcafe",
+            "ctl.sock",
+        ] {
+            fs::write(state.join(name), "").expect("file");
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        let mut other = TargetUser {
+            name: "alice".into(),
+            uid: Uid::from_raw(me.wrapping_add(4242)),
+            gid: Gid::from_raw(4242),
+            groups: Vec::new(),
+        };
+        let socket = state.join("ctl.sock");
+        check_contents(&state, &socket, &other).expect("agentnet's files only");
+        fs::write(state.join("shadow"), "root:x:\n").expect("file");
+        let error = check_contents(&state, &socket, &other).expect_err("foreign file");
+        assert!(
+            matches!(&error, PrivilegeError::ForeignFile { name, .. } if name == "shadow"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("`alice` would own"), "{error}");
+        // Already the user's: whatever is in it, they could have put there.
+        other.uid = Uid::from_raw(me);
+        check_contents(&state, &socket, &other).expect("theirs already");
+    }
+
+    #[test]
+    fn handing_over_gives_away_agentnets_files_only() {
+        if !crate::sys::root_for_test("handing_over_gives_away_agentnets_files_only") {
+            return;
+        }
+        const NOBODY: u32 = 65534;
+        let temp = tempfile::tempdir().expect("temp");
+        let state = StateDir::new(temp.path().join("state"));
+        state.create().expect("dir");
+        let root = state.root();
+        for name in [
+            IDENTITY_FILE,
+            TRUST_FILE,
+            crate::state::RENDEZVOUS_LOG_FILE,
+            "shadow",
+        ] {
+            fs::write(root.join(name), "").expect("file");
+        }
+        let socket = root.join(crate::state::SOCKET_FILE);
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("socket");
+        let canary = temp.path().join("canary");
+        fs::write(&canary, "").expect("canary");
+        std::os::unix::fs::symlink(&canary, root.join("link.sock")).expect("symlink");
+        let nobody = TargetUser {
+            name: "nobody".into(),
+            uid: Uid::from_raw(NOBODY),
+            gid: Gid::from_raw(NOBODY),
+            groups: Vec::new(),
+        };
+        hand_over_state(&nobody, &state, &socket, None).expect("handed over");
+        let owner = |name: &str| {
+            let meta = fs::symlink_metadata(root.join(name)).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(owner(""), (NOBODY, NOBODY));
+        for name in [IDENTITY_FILE, TRUST_FILE, crate::state::RENDEZVOUS_LOG_FILE] {
+            assert_eq!(owner(name), (NOBODY, NOBODY), "{name}");
+        }
+        assert_eq!(owner("shadow"), (0, 0), "not agentnet's");
+        assert_eq!(owner(crate::state::SOCKET_FILE), (0, NOBODY));
     }
 
     #[test]

@@ -43,7 +43,8 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, StateE
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(
-        ".{file_name}.tmp-{}-{:08x}",
+        "{}{}-{:08x}",
+        temp_prefix(&file_name),
         std::process::id(),
         rand::random::<u32>()
     ));
@@ -73,6 +74,11 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, StateE
             Err(StateError::io("write", &temp, e))
         }
     }
+}
+
+/// How the name of a temporary file for `file_name` starts.
+pub(super) fn temp_prefix(file_name: &str) -> String {
+    format!(".{file_name}.tmp-")
 }
 
 /// A file root writes into a directory that belongs to another user (a

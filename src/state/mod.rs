@@ -14,8 +14,12 @@
 //! | `services_generation.json` | the last generation of a services offer the daemon issued ([`crate::state::services_generation`]), written by the daemon only |
 //! | `attachments.json` | namespaces given addresses of this node by `agentnet attach` ([`attachments`]), edited under an exclusive `flock` on `attachments.lock` |
 //! | `agentnet.pid` | the daemon's PID; the daemon holds an exclusive `flock` on it while it runs ([`instance`]) |
-//! | `agentnet.log` | the detached daemon's stdout and stderr |
+//! | `agentnet.log` | the detached daemon's stdout and stderr (`agentnet.log.old` once it grew past 8 MiB) |
 //! | `agentnet.sock` | the daemon's control socket (default path) |
+//! | `rendezvous.pid`, `rendezvous.log` | the detached rendezvous server's PID and output |
+//!
+//! [`STATE_FILES`] lists these names: `up` hands those files to the daemon's
+//! user and no other (the directory may hold someone else's files).
 //!
 //! After `up` the directory belongs to the daemon's user, so root never
 //! follows a name in it: files are opened through [`StateDir::open_file`]
@@ -81,6 +85,36 @@ pub const PID_FILE: &str = "agentnet.pid";
 pub const LOG_FILE: &str = "agentnet.log";
 /// File name of the control socket inside the state directory.
 pub const SOCKET_FILE: &str = "agentnet.sock";
+/// File name `up` moves a detached daemon's log to once it grew too large.
+pub const OLD_LOG_FILE: &str = "agentnet.log.old";
+/// File name of the detached rendezvous server's PID file.
+pub const RENDEZVOUS_PID_FILE: &str = "rendezvous.pid";
+/// File name of the detached rendezvous server's log.
+pub const RENDEZVOUS_LOG_FILE: &str = "rendezvous.log";
+/// Every name agentnet gives a file in the state directory: `up` hands
+/// these to the daemon's user, and nothing else there (`--state-dir /etc`
+/// must not give away `/etc/shadow`). A new state file belongs here, or a
+/// daemon that switched users cannot open it.
+pub const STATE_FILES: &[&str] = &[
+    IDENTITY_FILE,
+    CONFIG_FILE,
+    TRUST_FILE,
+    TRUST_LOCK_FILE,
+    pending::PENDING_FILE,
+    served::SERVED_FILE,
+    <served::ServedStore as LockedFile>::LOCK_FILE,
+    advertised::ADVERTISED_FILE,
+    <advertised::AdvertisedStore as LockedFile>::LOCK_FILE,
+    attachments::ATTACHMENTS_FILE,
+    <attachments::Attachments as LockedFile>::LOCK_FILE,
+    services_generation::SERVICES_GENERATION_FILE,
+    PID_FILE,
+    LOG_FILE,
+    OLD_LOG_FILE,
+    SOCKET_FILE,
+    RENDEZVOUS_PID_FILE,
+    RENDEZVOUS_LOG_FILE,
+];
 /// The largest state file read ([`StateDir::read_file`]), 16 MiB. The files
 /// agentnet writes stay far below it (a trust store of 10 000 peers is
 /// about 2 MiB); without a bound, the daemon's user, who owns the
@@ -211,6 +245,17 @@ impl StateDir {
     }
 }
 
+/// Whether `name` is one of [`STATE_FILES`] or the temporary file an
+/// atomic replacement of one writes before renaming it into place.
+pub fn is_state_file_name(name: &str) -> bool {
+    STATE_FILES.iter().any(|file| {
+        name == *file
+            || name
+                .strip_prefix(&atomic::temp_prefix(file))
+                .is_some_and(|rest| !rest.is_empty())
+    })
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -316,5 +361,68 @@ mod tests {
             fs::read_to_string(&canary).expect("canary"),
             "root's file\n"
         );
+    }
+
+    /// Writes `F` and takes its lock, as the CLI and the daemon do.
+    fn write_locked<F: LockedFile + Default>(state: &StateDir) {
+        state
+            .edit_locked::<F, (), StateError>(|_| Ok(()))
+            .expect("lock");
+        F::default().save(state).expect("save");
+    }
+
+    #[test]
+    fn every_file_agentnet_writes_in_the_state_directory_is_a_state_file() {
+        let (_temp, state) = state();
+        state.load_or_create_identity().expect("identity");
+        state
+            .write_config(&AgentConfig::default_for_host())
+            .expect("config");
+        write_locked::<crate::core::trust::store::TrustStore>(&state);
+        write_locked::<served::ServedStore>(&state);
+        write_locked::<advertised::AdvertisedStore>(&state);
+        write_locked::<attachments::Attachments>(&state);
+        pending::save_pending(&state, Vec::new(), Vec::new()).expect("pending");
+        services_generation::ServicesGeneration::default()
+            .save(&state)
+            .expect("generation");
+        let _instance = state.lock_instance().expect("pid file");
+        drop(
+            state
+                .open_file(LOG_FILE, OpenFor::Append(0o600))
+                .expect("log"),
+        );
+        let mut names: Vec<String> = fs::read_dir(state.root())
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
+            .collect();
+        names.sort();
+        // Each writer above left its files: the check below checks them all.
+        assert_eq!(names.len(), 14, "{names:?}");
+        for name in &names {
+            assert!(STATE_FILES.contains(&name.as_str()), "{name} is not listed");
+        }
+    }
+
+    #[test]
+    fn temporary_files_of_state_files_are_recognised_and_nothing_else() {
+        assert!(is_state_file_name(TRUST_FILE));
+        assert!(is_state_file_name(".trust.toml.tmp-42-0000abcd"));
+        assert!(is_state_file_name(RENDEZVOUS_PID_FILE));
+        for name in [
+            "shadow",
+            ".shadow.tmp-1-2",
+            ".trust.toml.tmp-",
+            "trust.toml.old",
+            "",
+        ] {
+            assert!(!is_state_file_name(name), "{name}");
+        }
     }
 }
