@@ -645,11 +645,12 @@ fn describe(set: u64) -> &'static str {
 
 /// Makes the control socket's group `agentnet` (`control_gid`, if the
 /// group exists), so that its members can connect (mode 0660). Best effort.
+/// Not through a link: the socket's directory may be the daemon user's.
 pub(crate) fn share_socket_with_group(socket: &Path, control_gid: Option<Gid>) {
     let Some(gid) = control_gid else {
         return;
     };
-    if let Err(error) = std::os::unix::fs::lchown(socket, None, Some(gid.as_raw())) {
+    if let Err(error) = nofollow::chown_no_follow(socket, None, Some(gid.as_raw())) {
         tracing::debug!(%error, "cannot give the control socket to group {CONTROL_GROUP}");
     }
 }
@@ -1030,6 +1031,10 @@ mod tests {
         }
         assert_eq!(owner("shadow"), (0, 0), "not agentnet's");
         assert_eq!(owner(crate::state::SOCKET_FILE), (0, NOBODY));
+
+        // The socket's group is not set through a link planted in its place.
+        share_socket_with_group(&root.join("link.sock"), Some(Gid::from_raw(NOBODY)));
+        assert_eq!(fs::metadata(&canary).expect("stat").gid(), 0);
     }
 
     #[test]
