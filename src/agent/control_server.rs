@@ -41,15 +41,23 @@ const MAX_CONNECTIONS_PER_USER: usize = 16;
 #[derive(Debug, Clone)]
 struct ConnectionLimits {
     per_user: usize,
-    unbounded_uids: Vec<u32>,
+    /// Whether root and the daemon's user are exempt (tests bound them).
+    exempt_root_and_daemon: bool,
 }
 
 impl ConnectionLimits {
     fn for_daemon() -> Self {
         Self {
             per_user: MAX_CONNECTIONS_PER_USER,
-            unbounded_uids: vec![0, nix::unistd::geteuid().as_raw()],
+            exempt_root_and_daemon: true,
         }
+    }
+
+    /// Whether `uid` has a bound, `daemon_uid` being the user the daemon
+    /// runs as when the connection arrives: the socket is bound before the
+    /// daemon drops its privileges, so its user is only known then.
+    fn bounds(&self, uid: u32, daemon_uid: u32) -> bool {
+        !(self.exempt_root_and_daemon && (uid == 0 || uid == daemon_uid))
     }
 }
 
@@ -146,7 +154,8 @@ async fn accept_loop(
                     // Unknown credentials share one count.
                     let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
                     let held = per_user.entry(uid).or_default();
-                    if *held >= limits.per_user && !limits.unbounded_uids.contains(&uid) {
+                    let daemon_uid = nix::unistd::geteuid().as_raw();
+                    if *held >= limits.per_user && limits.bounds(uid, daemon_uid) {
                         refuse_connection(&stream, uid, limits.per_user);
                         continue;
                     }
@@ -401,7 +410,7 @@ mod tests {
         // The test's own user (root in CI) has a bound here.
         let limits = ConnectionLimits {
             per_user: 4,
-            unbounded_uids: Vec::new(),
+            exempt_root_and_daemon: false,
         };
         let server = TestServer::start("bounded", limits.clone());
         let mut idle = Vec::new();
@@ -430,7 +439,7 @@ mod tests {
     async fn root_and_the_daemons_user_are_never_refused() {
         let limits = ConnectionLimits {
             per_user: 1,
-            unbounded_uids: vec![nix::unistd::geteuid().as_raw()],
+            exempt_root_and_daemon: true,
         };
         let server = TestServer::start("unbounded", limits);
         let mut idle = Vec::new();
@@ -439,6 +448,17 @@ mod tests {
         }
         let served = server.ask(b"{}\n").await;
         assert!(served.contains("bad request"), "{served:?}");
+    }
+
+    #[test]
+    fn the_daemons_user_is_the_one_it_runs_as_when_a_client_connects() {
+        // Bound as root, running as 990 after the drop: 990's scraper and
+        // root are exempt, another user is not.
+        let limits = ConnectionLimits::for_daemon();
+        assert!(!limits.bounds(990, 990));
+        assert!(!limits.bounds(0, 990));
+        assert!(limits.bounds(1000, 990));
+        assert!(limits.bounds(990, 0), "a daemon that stayed root");
     }
 
     #[tokio::test]
