@@ -1,8 +1,9 @@
 //! `agentnet rendezvous` (the rendezvous/relay server) and `agentnet
 //! netcheck` (what the network to the rendezvous servers allows).
 
-use std::fs;
+use std::fs::File;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,14 @@ use agentnet::core::address::NetworkId;
 use agentnet::metrics::MetricsListen;
 use agentnet::rendezvous::link::RendezvousSpec;
 use agentnet::rendezvous::server::{self, RendezvousOptions};
+use agentnet::state::{RENDEZVOUS_LOG_FILE, RENDEZVOUS_PID_FILE, StateDir, atomic_write};
+use agentnet::sys::nofollow::OpenFor;
 use agentnet::sys::udp::resolve_endpoint;
 
 /// How long a detaching `rendezvous` waits for the server to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of its log a starting rendezvous server is read for.
+const START_LOG_LIMIT: usize = 64 * 1024;
 
 /// Arguments of `rendezvous`.
 #[derive(Debug, Args)]
@@ -76,13 +81,16 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
             tcp_limits: server::TcpLimits::default(),
         })?);
     }
-    let log_path = state.root().join("rendezvous.log");
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    // The directory may belong to the daemon's user (after an `up`): its
+    // files are opened without following links, and read back through the
+    // descriptor opened here.
+    let log_path = state.root().join(RENDEZVOUS_LOG_FILE);
+    let log = state.open_file(RENDEZVOUS_LOG_FILE, OpenFor::Append(0o600))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let reader = state.open_file(RENDEZVOUS_LOG_FILE, OpenFor::Read)?;
+    if !same_file(&log, &reader)? {
+        bail!("{} was replaced while it was opened", log_path.display());
+    }
     let mut command = Process::new(std::env::current_exe().context("cannot find own executable")?);
     command.arg("--state-dir").arg(state.root()).args([
         "rendezvous",
@@ -110,10 +118,7 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
         .context("cannot start the rendezvous server")?;
     let started = Instant::now();
     loop {
-        let text = fs::read_to_string(&log_path).unwrap_or_default();
-        let fresh = text
-            .get(usize::try_from(log_start).unwrap_or(0)..)
-            .unwrap_or("");
+        let fresh = read_from(&reader, log_start);
         if fresh.contains("listening on") {
             break;
         }
@@ -131,10 +136,7 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    fs::write(
-        state.root().join("rendezvous.pid"),
-        format!("{}\n", child.id()),
-    )?;
+    write_pid_file(state, child.id())?;
     say!("rendezvous is up (pid {})", child.id());
     say!("  id       {}", identity.agent_id());
     say!("  udp      {}", args.listen);
@@ -151,6 +153,34 @@ pub(crate) fn rendezvous(context: &Instance, args: RendezvousArgs) -> Result<()>
         identity.agent_id()
     );
     Ok(())
+}
+
+/// Writes the detached server's PID file: replaced, never written through
+/// a link planted at its name.
+fn write_pid_file(state: &StateDir, pid: u32) -> Result<()> {
+    let path = state.root().join(RENDEZVOUS_PID_FILE);
+    Ok(atomic_write(&path, format!("{pid}\n").as_bytes(), 0o644)?)
+}
+
+/// Whether `a` and `b` are open on the same file.
+fn same_file(a: &File, b: &File) -> Result<bool> {
+    let (a, b) = (a.metadata()?, b.metadata()?);
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+}
+
+/// What `log` holds from `start` on, read up to [`START_LOG_LIMIT`] bytes
+/// (the server writes a few lines before it listens).
+fn read_from(log: &File, start: u64) -> String {
+    let mut bytes = vec![0; START_LOG_LIMIT];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match log.read_at(&mut bytes[filled..], start + filled as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => filled += read,
+        }
+    }
+    bytes.truncate(filled);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Checks UDP, TCP and the NAT's behaviour towards the rendezvous servers.
@@ -250,4 +280,52 @@ fn local_addresses() -> Vec<SocketAddr> {
                 .map(|v6| SocketAddr::from((v6.ip(), 0)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_planted_at_the_rendezvous_files_are_not_followed() {
+        let temp = tempfile::tempdir().expect("temp");
+        let canary = temp.path().join("canary");
+        std::fs::write(&canary, "root's file\n").expect("canary");
+        let context = Instance {
+            state: StateDir::new(temp.path().join("state")),
+            socket: temp.path().join("agentnet.sock"),
+        };
+        let root = context.state.root();
+        context.state.create().expect("state");
+        for name in [RENDEZVOUS_LOG_FILE, RENDEZVOUS_PID_FILE] {
+            std::os::unix::fs::symlink(&canary, root.join(name)).expect("symlink");
+        }
+        let args = RendezvousArgs {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            tcp_listen: None,
+            foreground: false,
+            metrics: None,
+            metrics_allow_remote: false,
+        };
+        let error = rendezvous(&context, args).expect_err("the log is a link");
+        assert!(format!("{error:#}").contains("symbolic link"), "{error:#}");
+        write_pid_file(&context.state, 4242).expect("pid file");
+        let pid_file = root.join(RENDEZVOUS_PID_FILE);
+        assert!(!pid_file.is_symlink(), "the link is replaced");
+        assert_eq!(std::fs::read_to_string(pid_file).expect("pid"), "4242\n");
+        assert_eq!(
+            std::fs::read_to_string(&canary).expect("canary"),
+            "root's file\n"
+        );
+    }
+
+    #[test]
+    fn the_start_log_is_read_from_where_this_start_began() {
+        let temp = tempfile::tempdir().expect("temp");
+        let path = temp.path().join("log");
+        std::fs::write(&path, "old run listening on\nnew run\n").expect("log");
+        let log = File::open(&path).expect("open");
+        assert_eq!(read_from(&log, 21), "new run\n");
+        assert_eq!(read_from(&log, 100), "");
+    }
 }
