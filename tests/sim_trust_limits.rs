@@ -1,16 +1,23 @@
 //! The abuse limits of trust requests that arrive through a rendezvous
 //! (issue #17 item 9): keyed by the sending node the rendezvous names, not by
 //! the rendezvous' address, so one sender's garbage cannot block everyone
-//! else's requests, and a mailbox delivered in one burst lands whole.
+//! else's requests, and a mailbox delivered in one burst lands whole; and of
+//! direct ones from forged sources, which fill only their own share of the
+//! pending list.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentnet::core::address::NodeId;
+use agentnet::core::identity::Identity;
 use agentnet::core::noise::mac::Mac1Key;
 use agentnet::core::policy::Policy;
-use agentnet::core::trust::pending::MAX_PENDING_PER_ORIGIN;
+use agentnet::core::rng::{CoreRng, core_rng};
+use agentnet::core::trust::pending::{MAX_PENDING_DIRECT, MAX_PENDING_PER_ORIGIN};
+use agentnet::core::trust::request::TrustRequest;
 use agentnet::core::wire::{TYPE_RELAY, TYPE_TRUST_REQUEST};
-use agentnet::sim::{LinkConfig, NatKind, SimNet};
+use agentnet::sim::{LinkConfig, NatKind, SimNet, UNIX_START};
+use rand::RngCore;
 
 /// Sends a trust request from `requester` to `target` through the
 /// rendezvous only (no endpoint hint).
@@ -130,5 +137,115 @@ fn a_flood_from_one_address_through_a_rendezvous_leaves_others_requests_pending(
     assert!(
         pending.iter().any(|request| request.id == honest_id),
         "the honest request was pushed out"
+    );
+}
+
+/// A request from a fresh key to `target`, sealed as that key's agent
+/// would, at the clock of a simulator started at `start`.
+fn forged_request(
+    net: &SimNet,
+    start: Instant,
+    key: u32,
+    target: usize,
+    rng: &mut CoreRng,
+) -> Vec<u8> {
+    let mut secret = [7u8; 32];
+    secret[..4].copy_from_slice(&key.to_be_bytes());
+    let requester = Identity::from_secret_bytes(&secret).expect("key");
+    let mut nonce = [0u8; 16];
+    rng.fill_bytes(&mut nonce);
+    let unix_time = (UNIX_START + net.now.saturating_duration_since(start)).as_secs();
+    TrustRequest {
+        requester: requester.agent_id(),
+        target: net.id(target),
+        unix_time,
+        nonce,
+        name: format!("flood{key}"),
+        justification: String::new(),
+        requested: Policy::All,
+        candidates: Vec::new(),
+        endorsement: None,
+    }
+    .seal(rng, net.network, &requester)
+    .expect("seals")
+}
+
+#[test]
+fn a_flood_of_direct_requests_from_forged_sources_leaves_an_earlier_request_pending() {
+    // Direct requests are one-way UDP: a flooder forges a new source (each
+    // in a network of its own) and a new key for each, so no per-sender,
+    // per-origin or per-network limit applies and up to 200 a second
+    // reach the list. An honest request waits from before.
+    let start = Instant::now();
+    let mut net = SimNet::new(24, LinkConfig::default(), start);
+    net.add_rendezvous(100);
+    let target = net.add_host(2);
+    let honest = net.add_host(4);
+    let late = net.add_host(5);
+    for host in [target, late] {
+        net.use_rendezvous(host);
+    }
+    net.run_for(Duration::from_secs(1));
+    let (target_id, target_address) = (net.id(target), net.hosts[target].address);
+    net.trust(honest, target, false, Policy::All);
+    let now = net.now;
+    net.hosts[honest]
+        .node
+        .send_trust_request(
+            now,
+            target_id,
+            "honest",
+            Policy::All,
+            Some(target_address),
+            None,
+        )
+        .expect("seals");
+    net.run_for(Duration::from_millis(100));
+    let mut rng = core_rng([24; 32]);
+    const FLOOD: u32 = 600;
+    // 100 a second, under the verification budget: each is verified.
+    for key in 0..FLOOD {
+        let source = SocketAddr::from(([11, (key >> 8) as u8, key as u8, 1], 7400));
+        let datagram = forged_request(&net, start, key, target, &mut rng);
+        net.inject(source, target_address, datagram);
+        net.run_for(Duration::from_millis(10));
+    }
+    // Another requester asks now, straight and through the rendezvous:
+    // the direct copy finds the direct share full, the relayed one queues.
+    net.trust(late, target, false, Policy::All);
+    let now = net.now;
+    net.hosts[late]
+        .node
+        .send_trust_request(
+            now,
+            target_id,
+            "late",
+            Policy::All,
+            Some(target_address),
+            None,
+        )
+        .expect("seals");
+    net.run_for(Duration::from_secs(1));
+    let pending = net.hosts[target].node.pending_requests(net.now);
+    let dropped = net.hosts[target].node.status(net.now).dropped;
+    let (honest_id, late_id) = (net.id(honest), net.id(late));
+    assert!(
+        pending.iter().any(|request| request.id == honest_id),
+        "the honest request was pushed out ({} pending, {dropped:?})",
+        pending.len()
+    );
+    assert!(
+        pending
+            .iter()
+            .any(|request| request.id == late_id && request.via_relay),
+        "the late request's relayed copy was lost ({dropped:?})"
+    );
+    let flood_kept = MAX_PENDING_DIRECT - 1;
+    assert_eq!(pending.len(), 1 + flood_kept + 1, "{dropped:?}");
+    // Every flood request past the share, and the late direct copy.
+    assert_eq!(
+        dropped.trust_requests_crowded_out,
+        u64::from(FLOOD) - flood_kept as u64 + 1,
+        "{dropped:?}"
     );
 }

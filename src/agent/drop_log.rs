@@ -1,7 +1,9 @@
 //! One log line a minute about the traffic dropped before a peer was
 //! identified (untrusted handshakes, bad mac1, junk, rejected trust
 //! requests): each such datagram is counted and never answered, and logging
-//! each one would let anyone fill the log.
+//! each one would let anyone fill the log. Likewise one line a minute for
+//! the trust requests queued: anyone can send them, with a forged source
+//! and a fresh key each, up to the verification budget.
 
 use std::time::{Duration, Instant};
 
@@ -18,16 +20,31 @@ const INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) struct DropLog {
     last: DropCounters,
     next: Option<Instant>,
+    /// Trust requests queued since the last line.
+    trust_requests: u64,
 }
 
 impl DropLog {
-    /// Logs what was dropped since the last line, at most once per
-    /// [`INTERVAL`] and only when something was.
+    /// Counts a trust request queued for the operator.
+    pub(crate) fn note_trust_request(&mut self) {
+        self.trust_requests = self.trust_requests.saturating_add(1);
+    }
+
+    /// Logs what was dropped, and how many trust requests were queued,
+    /// since the last line, at most once per [`INTERVAL`] and only when
+    /// there was any.
     pub(crate) fn maybe_log(&mut self, now: Instant, node: &Node) {
         if self.next.is_some_and(|next| now < next) {
             return;
         }
         self.next = Some(now + INTERVAL);
+        let queued = std::mem::take(&mut self.trust_requests);
+        if queued > 0 {
+            tracing::info!(
+                queued,
+                "trust requests received in the last minute (`trust pending` lists them)"
+            );
+        }
         let current = node.drop_counters();
         let (reasons, total) = increases(&self.last, &current);
         self.last = current;

@@ -327,7 +327,7 @@ impl Daemon {
         self.trust.get(id).map_or("?", |entry| entry.name.as_str())
     }
 
-    fn log_event(&self, event: Event) {
+    fn log_event(&mut self, event: Event) {
         match event {
             Event::PeerUp { id } => {
                 tracing::info!(peer = %self.peer_name(&id), %id, "session established");
@@ -336,8 +336,11 @@ impl Daemon {
                 tracing::info!(peer = %self.peer_name(&id), %id, "session closed");
             }
             Event::TrustRequested { id, auto_approve } => {
-                // Acted on (saved, auto-approved) by `on_trust_event`.
-                tracing::info!(%id, auto_approve, "trust request received");
+                // Acted on (saved, auto-approved) by `on_trust_event`. One
+                // line each at debug level (anyone can send 200 a second),
+                // and a count a minute.
+                self.drop_log.note_trust_request();
+                tracing::debug!(%id, auto_approve, "trust request received");
             }
             Event::EndpointChanged { id, endpoint } => {
                 tracing::info!(peer = %self.peer_name(&id), %id, %endpoint, "endpoint changed");

@@ -164,18 +164,31 @@ impl Node {
         match self.pending.check(now, &request, &mut self.ctx.rng) {
             Admission::Replayed => dropped.trust_requests_replayed += 1,
             Admission::RateLimited => dropped.trust_requests_rate_limited += 1,
+            Admission::Crowded => dropped.trust_requests_crowded_out += 1,
             Admission::Queued => {
                 let id = request.requester;
                 let auto_approve =
                     self.auto_approve
                         .approves(&request, self.ctx.network, unix_now.as_secs());
-                tracing::info!(requester = %id, name = %crate::core::text::Untrusted(&request.name), %from, auto_approve, "trust request received");
+                // At debug level: a flood of them (a forged source and a
+                // fresh key each) would fill the log. The agent logs how
+                // many arrived once a minute.
+                tracing::debug!(requester = %id, name = %crate::core::text::Untrusted(&request.name), %from, auto_approve, "trust request received");
                 let origin = RequestOrigin {
                     from,
                     via_relay: path.is_relay(),
                     source_tag,
                 };
-                self.pending.insert(now, request, origin);
+                let admission = if auto_approve {
+                    self.pending.insert_approved(now, request, origin)
+                } else {
+                    self.pending.insert(now, request, origin)
+                };
+                if admission == Admission::Crowded {
+                    tracing::debug!(requester = %id, %from, "trust request dropped: the direct requests' share is full");
+                    self.ctx.dropped.trust_requests_crowded_out += 1;
+                    return;
+                }
                 self.ctx
                     .events
                     .push_back(Event::TrustRequested { id, auto_approve });

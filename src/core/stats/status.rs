@@ -114,6 +114,10 @@ pub struct DropCounters {
     pub trust_requests_replayed: u64,
     /// Trust requests over the per-source or per-requester rate.
     pub trust_requests_rate_limited: u64,
+    /// Direct trust requests refused because the direct share of the
+    /// pending list was full (a flood from forged sources; what waited
+    /// before stays).
+    pub trust_requests_crowded_out: u64,
     /// Initiations under load without a valid mac2: not processed, a cookie
     /// reply went back instead (type 3).
     pub needs_cookie: u64,

@@ -16,10 +16,18 @@
 //!    addresses costs at most a few percent of a core.
 //! 3. After the request verified: the **replay set** of nonces, then **per
 //!    requester key**.
+//! 4. **Room in the list** ([`PendingRequests::insert`]): per origin, per
+//!    network, and a share for direct requests, so that a flood from forged
+//!    sources and fresh keys (which passes every limit above but the
+//!    budget) cannot push out what waits already.
 //!
 //! Every limiter is a [`KeyedLimiter`] (fixed hashed buckets, O(1) per
 //! datagram); the replay set is a bounded FIFO swept a few entries per
-//! insertion. No datagram does work that grows with the number of sources.
+//! insertion; the list keeps its counts as entries come and go
+//! ([`list::WaitingList`]). No datagram does work that grows with the
+//! number of sources or of waiting requests.
+
+mod list;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -34,8 +42,9 @@ use crate::core::limit::{KeyedLimiter, Rate, TokenBucket, address_key};
 use crate::core::text::escape_untrusted;
 use crate::core::trust::request::{MAX_CLOCK_SKEW, TrustRequest};
 use crate::core::wire::path::PathAddr;
+use list::{NetworkKey, OriginKey, Share};
 
-/// Most requests waiting at once; the oldest goes first.
+/// Most requests waiting at once.
 pub const MAX_PENDING: usize = 256;
 /// Most pending requests from one origin (the source address, IPv4 or the
 /// /64 of IPv6; for requests through a rendezvous, that rendezvous and the
@@ -49,6 +58,19 @@ pub const MAX_PENDING_PER_ORIGIN: usize = MAX_PENDING / 4;
 /// the source address it came from (which a stranger can spoof), so
 /// made-up tags take at most this share, never the direct requests'.
 pub const MAX_PENDING_PER_ADDRESS: usize = MAX_PENDING / 2;
+/// Most direct requests from one network (an IPv4 /24, an IPv6 /48, the
+/// usual site, whose 65,536 /64s one host may use without forging
+/// anything): past it a request replaces the oldest of its network's
+/// largest origin, so a flooder at one site fills a quarter of the direct
+/// share at most.
+pub const MAX_PENDING_PER_NETWORK: usize = MAX_PENDING / 8;
+/// Most direct requests the auto-approval rules do not approve, waiting at
+/// once: half the list. Their source is one-way UDP, forged at will, so a
+/// flood with a new source and key each time passes every cap above; past
+/// this share such a request is refused (`trust_requests_crowded_out`)
+/// instead of pushing out one that waits, and requests through a
+/// rendezvous and approved ones keep the other half.
+pub const MAX_PENDING_DIRECT: usize = MAX_PENDING / 2;
 /// How long a request waits before it expires.
 pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Requests accepted per requester key or sender per minute (and at once).
@@ -125,13 +147,6 @@ impl RequestOrigin {
             source_tag: 0,
         }
     }
-
-    /// What the per-origin cap counts: the source address (IPv4, or the
-    /// /64 of IPv6) and, through a rendezvous, the tag it gave the
-    /// requester's own address.
-    fn key(&self) -> (IpAddr, u32) {
-        (address_key(self.from.ip()), self.source_tag)
-    }
 }
 
 /// A pending request as shown to the operator. What the requester wrote
@@ -202,6 +217,9 @@ pub enum Admission {
     Replayed,
     /// The requester is over its rate (or the replay set is full).
     RateLimited,
+    /// No room: the direct share ([`MAX_PENDING_DIRECT`]) is full and the
+    /// request's origin and network are under their caps.
+    Crowded,
 }
 
 /// A nonce of a request seen recently, as the shell saves it.
@@ -247,6 +265,16 @@ impl SeenNonces {
         }
     }
 
+    /// Forgets `key` if it is the nonce remembered last (a request just
+    /// checked and then refused for want of room: its copy through a
+    /// rendezvous, with the same nonce, may still queue).
+    fn forget_last(&mut self, key: &NonceKey) {
+        if self.order.back().is_some_and(|(last, _)| last == key) {
+            self.order.pop_back();
+            self.expiry.remove(key);
+        }
+    }
+
     /// Remembers `key` until `expires`. A full set forgets its oldest
     /// nonce: a flood of validly signed requests from fresh keys then
     /// shortens how long a nonce is remembered (a replay of a request older
@@ -281,7 +309,7 @@ impl SeenNonces {
 /// Pending requests and their limits.
 #[derive(Debug)]
 pub struct PendingRequests {
-    requests: Vec<PendingRequest>,
+    requests: list::WaitingList,
     by_sender: KeyedLimiter,
     verifications: TokenBucket,
     by_requester: KeyedLimiter,
@@ -291,7 +319,7 @@ pub struct PendingRequests {
 impl Default for PendingRequests {
     fn default() -> Self {
         Self {
-            requests: Vec::new(),
+            requests: list::WaitingList::default(),
             by_sender: KeyedLimiter::new(REQUEST_RATE, LIMITER_BUCKETS),
             verifications: TokenBucket::new(Rate::per_second(
                 VERIFICATIONS_PER_SECOND,
@@ -370,69 +398,103 @@ impl PendingRequests {
     }
 
     /// Queues a verified request, replacing an older one from the same
-    /// requester. Room is made by dropping the oldest of its origin when
-    /// that holds [`MAX_PENDING_PER_ORIGIN`], else, when its address holds
-    /// [`MAX_PENDING_PER_ADDRESS`] (a rendezvous, over all its tags), the
-    /// oldest of that address' largest origin, else the oldest of all
-    /// when full.
-    pub fn insert(&mut self, now: Instant, request: TrustRequest, origin: RequestOrigin) {
+    /// requester. Room is made by dropping, in this order: the oldest of
+    /// its origin when that holds [`MAX_PENDING_PER_ORIGIN`]; the oldest of
+    /// its network's largest origin when the network (a rendezvous' address
+    /// over all its tags, or a direct source's /24 or /48) holds
+    /// [`MAX_PENDING_PER_ADDRESS`] or [`MAX_PENDING_PER_NETWORK`]; none
+    /// when it is direct and the direct share holds [`MAX_PENDING_DIRECT`]:
+    /// then this request is refused ([`Admission::Crowded`]) and its nonce
+    /// forgotten; else, when the list is full, the oldest outside the direct
+    /// share. A flood from forged direct sources therefore replaces only
+    /// itself or nothing, never what waited before it.
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        request: TrustRequest,
+        origin: RequestOrigin,
+    ) -> Admission {
+        let share = if origin.via_relay {
+            Share::Other
+        } else {
+            Share::Direct
+        };
+        self.queue(now, request, origin, share)
+    }
+
+    /// Queues a verified request that the auto-approval rules approve, as
+    /// [`Self::insert`] but outside the direct share, so that a flood of
+    /// direct requests never crowds it out.
+    pub fn insert_approved(
+        &mut self,
+        now: Instant,
+        request: TrustRequest,
+        origin: RequestOrigin,
+    ) -> Admission {
+        self.queue(now, request, origin, Share::Other)
+    }
+
+    fn queue(
+        &mut self,
+        now: Instant,
+        request: TrustRequest,
+        origin: RequestOrigin,
+        share: Share,
+    ) -> Admission {
         self.expire(now);
-        self.requests
-            .retain(|pending| pending.request.requester != request.requester);
-        // At most MAX_PENDING entries, after a verified request (whose
-        // rate the global budget bounds): one scan, cheap beside it.
-        let key = origin.key();
-        // The origins of this request's address: each with its count and
-        // the positions of its oldest and newest requests.
-        let mut origins: HashMap<(IpAddr, u32), (usize, usize, usize)> = HashMap::new();
-        let mut of_address = 0;
-        for (position, pending) in self.requests.iter().enumerate() {
-            let other = pending.origin().key();
-            if other.0 == key.0 {
-                of_address += 1;
-                let (count, _, newest) = origins.entry(other).or_insert((0, position, position));
-                *count += 1;
-                *newest = position;
-            }
+        if let Some(earlier) = self.requests.slot_of(&request.requester) {
+            self.requests.remove(earlier);
         }
-        let victim = if let Some((count, oldest, _)) = origins.get(&key)
-            && *count >= MAX_PENDING_PER_ORIGIN
-        {
-            Some(*oldest)
-        } else if of_address >= MAX_PENDING_PER_ADDRESS {
-            // The largest origin; of equal ones, that of the newest request.
-            origins
-                .values()
-                .max_by_key(|(count, _, newest)| (*count, *newest))
-                .map(|(_, oldest, _)| *oldest)
+        let key = OriginKey::of(&origin);
+        let network = key.network();
+        let network_cap = match network {
+            NetworkKey::Rendezvous(_) => MAX_PENDING_PER_ADDRESS,
+            NetworkKey::Prefix(_) => MAX_PENDING_PER_NETWORK,
+        };
+        let victim = if self.requests.origin_len(&key) >= MAX_PENDING_PER_ORIGIN {
+            self.requests.oldest_of_origin(&key)
+        } else if self.requests.network_len(&network) >= network_cap {
+            self.requests.oldest_of_largest_origin(&network)
+        } else if share == Share::Direct && self.requests.direct_len() >= MAX_PENDING_DIRECT {
+            self.nonces.forget_last(&(request.requester, request.nonce));
+            return Admission::Crowded;
         } else if self.requests.len() >= MAX_PENDING {
-            Some(0)
+            self.requests
+                .oldest_other()
+                .or_else(|| self.requests.oldest())
         } else {
             None
         };
-        if let Some(position) = victim {
-            self.requests.remove(position);
+        if let Some(slot) = victim {
+            self.requests.remove(slot);
         }
-        self.requests.push(PendingRequest {
+        let pending = PendingRequest {
             request,
             from: origin.from,
             via_relay: origin.via_relay,
             source_tag: origin.source_tag,
             received: now,
-        });
+        };
+        self.requests.push(pending, share);
+        Admission::Queued
     }
 
     /// Drops requests older than the TTL and forgets expired nonces
-    /// (housekeeping; each nonce is swept once, so this is O(1) amortised).
+    /// (housekeeping; each request and nonce is dropped once, from the
+    /// front, so this is O(1) amortised).
     pub fn expire(&mut self, now: Instant) {
-        self.requests
-            .retain(|pending| now.saturating_duration_since(pending.received) < PENDING_TTL);
+        while let Some(oldest) = self.requests.oldest()
+            && now.saturating_duration_since(oldest.0) >= PENDING_TTL
+        {
+            self.requests.remove(oldest);
+        }
         self.nonces.sweep(now, MAX_NONCES);
     }
 
     /// Puts back a request saved before a restart (it was verified when it
-    /// arrived). Its nonce joins the replay set; the bound and the TTL apply
-    /// as to a new one.
+    /// arrived), in its place by arrival. Its nonce joins the replay set;
+    /// the bound and the TTL apply as to a new one (the oldest goes when
+    /// the list is full).
     pub fn restore(&mut self, now: Instant, pending: PendingRequest) {
         if now.saturating_duration_since(pending.received) >= PENDING_TTL {
             return;
@@ -446,15 +508,20 @@ impl PendingRequests {
                 nonce_expires,
             );
         }
-        self.requests
-            .retain(|queued| queued.request.requester != pending.request.requester);
-        if self.requests.len() >= MAX_PENDING {
-            self.requests.remove(0);
+        if let Some(earlier) = self.requests.slot_of(&pending.request.requester) {
+            self.requests.remove(earlier);
         }
-        let position = self
-            .requests
-            .partition_point(|queued| queued.received <= pending.received);
-        self.requests.insert(position, pending);
+        if self.requests.len() >= MAX_PENDING
+            && let Some(oldest) = self.requests.oldest()
+        {
+            self.requests.remove(oldest);
+        }
+        let share = if pending.via_relay {
+            Share::Other
+        } else {
+            Share::Direct
+        };
+        self.requests.push(pending, share);
     }
 
     /// The waiting requests with all they carry, oldest first.
@@ -464,11 +531,8 @@ impl PendingRequests {
 
     /// Removes and returns the request of `requester`.
     pub fn take(&mut self, requester: &AgentId) -> Option<PendingRequest> {
-        let position = self
-            .requests
-            .iter()
-            .position(|pending| pending.request.requester == *requester)?;
-        Some(self.requests.remove(position))
+        let slot = self.requests.slot_of(requester)?;
+        self.requests.remove(slot)
     }
 
     /// The waiting requests, oldest first.
@@ -570,8 +634,9 @@ mod tests {
         // MAX_PENDING_PER_ADDRESS, and the direct requests stay.
         let mut pending = PendingRequests::default();
         let t0 = Instant::now();
+        // From 100 networks (one network takes MAX_PENDING_PER_NETWORK).
         let direct: Vec<SocketAddr> = (1..=100u8)
-            .map(|i| SocketAddr::from(([198, 51, 100, i], 7400)))
+            .map(|i| SocketAddr::from(([198, 51, i, 7], 7400)))
             .collect();
         for (i, from) in direct.iter().enumerate() {
             let mut key = [0u8; 32];
@@ -608,6 +673,184 @@ mod tests {
                 "{from} pushed out"
             );
         }
+    }
+
+    /// A verified request from the `n`th fresh key (`kind` keeps sets of
+    /// keys apart).
+    fn fresh(kind: u8, n: u32) -> TrustRequest {
+        let mut key = [kind; 32];
+        key[..4].copy_from_slice(&n.to_be_bytes());
+        let mut request = request(2, 1);
+        request.requester = Identity::from_secret_bytes(&key).expect("key").agent_id();
+        request.nonce[..4].copy_from_slice(&n.to_be_bytes());
+        request
+    }
+
+    /// A direct source in the `n`th network (IPv4 /24).
+    fn forged(n: u32) -> RequestOrigin {
+        let [_, a, b, c] = n.to_be_bytes();
+        RequestOrigin::direct(SocketAddr::from(([a.wrapping_add(11), b, c, 1], 7400)))
+    }
+
+    #[test]
+    fn a_flood_from_forged_direct_sources_leaves_what_waited_before() {
+        let mut pending = PendingRequests::default();
+        let t0 = Instant::now();
+        let honest = request(1, 1);
+        let honest_id = honest.requester;
+        let honest_from: SocketAddr = "198.51.100.7:7400".parse().expect("addr");
+        let queued = pending.insert(t0, honest, RequestOrigin::direct(honest_from));
+        assert_eq!(queued, Admission::Queued);
+        // 10,000 requests, each with a fresh key from a forged source in a
+        // network of its own: no per-origin or per-network cap applies.
+        let flood = 10_000u32;
+        let mut crowded = 0;
+        for n in 0..flood {
+            let at = t0 + Duration::from_millis(u64::from(n) * 5);
+            if pending.insert(at, fresh(3, n), forged(n)) == Admission::Crowded {
+                crowded += 1;
+            }
+        }
+        let later = t0 + Duration::from_secs(60);
+        let listed = pending.list(later);
+        assert_eq!(listed.len(), MAX_PENDING_DIRECT);
+        assert_eq!(listed[0].id, honest_id, "the honest request was pushed out");
+        assert_eq!(crowded, flood as usize - (MAX_PENDING_DIRECT - 1));
+        // The other half stays open: through a rendezvous, and approved.
+        let rendezvous: SocketAddr = "192.0.2.1:7400".parse().expect("addr");
+        let relayed = RequestOrigin {
+            from: rendezvous,
+            via_relay: true,
+            source_tag: 7,
+        };
+        assert_eq!(
+            pending.insert(later, request(4, 1), relayed),
+            Admission::Queued
+        );
+        assert_eq!(
+            pending.insert_approved(later, request(5, 1), forged(flood)),
+            Admission::Queued
+        );
+        assert_eq!(
+            pending.insert(later, request(6, 1), forged(flood + 1)),
+            Admission::Crowded
+        );
+        assert_eq!(pending.list(later).len(), MAX_PENDING_DIRECT + 2);
+    }
+
+    #[test]
+    fn a_request_crowded_out_leaves_its_nonce_to_its_copy_through_a_rendezvous() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([1; 32]);
+        let t0 = Instant::now();
+        for n in 0..MAX_PENDING_DIRECT as u32 {
+            pending.insert(t0, fresh(3, n), forged(n));
+        }
+        let honest = request(1, 1);
+        let direct_copy = RequestOrigin::direct("198.51.100.7:7400".parse().expect("addr"));
+        assert_eq!(pending.check(t0, &honest, &mut rng), Admission::Queued);
+        assert_eq!(
+            pending.insert(t0, honest.clone(), direct_copy),
+            Admission::Crowded
+        );
+        // The same request, relayed by the target's rendezvous.
+        let relayed_copy = RequestOrigin {
+            from: "192.0.2.1:7400".parse().expect("addr"),
+            via_relay: true,
+            source_tag: 7,
+        };
+        assert_eq!(pending.check(t0, &honest, &mut rng), Admission::Queued);
+        assert_eq!(
+            pending.insert(t0, honest.clone(), relayed_copy),
+            Admission::Queued
+        );
+        // Queued now: a third copy is a replay.
+        assert_eq!(pending.check(t0, &honest, &mut rng), Admission::Replayed);
+    }
+
+    #[test]
+    fn one_network_takes_at_most_its_share_of_the_direct_requests() {
+        // One site floods without forging anything: from 10,000 addresses
+        // of its IPv4 /24, or 10,000 /64s of its IPv6 /48.
+        for (site, address) in [
+            (
+                "203.0.113.0/24",
+                (|n: u32| SocketAddr::from(([203, 0, 113, n as u8], 7400)))
+                    as fn(u32) -> SocketAddr,
+            ),
+            ("2001:db8:1::/48", |n: u32| {
+                let [_, _, a, b] = n.to_be_bytes();
+                let ip = std::net::Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    1,
+                    u16::from_be_bytes([a, b]),
+                    0,
+                    0,
+                    0,
+                    1,
+                );
+                SocketAddr::from((ip, 7400))
+            }),
+        ] {
+            let mut pending = PendingRequests::default();
+            let t0 = Instant::now();
+            let honest = request(1, 1);
+            let honest_id = honest.requester;
+            pending.insert(t0, honest, forged(1_000_000));
+            for n in 0..10_000u32 {
+                let at = t0 + Duration::from_millis(u64::from(n));
+                let queued = pending.insert(at, fresh(3, n), RequestOrigin::direct(address(n)));
+                assert_eq!(queued, Admission::Queued, "{site}: replaces its own");
+            }
+            let later = t0 + Duration::from_secs(60);
+            let listed = pending.list(later);
+            assert_eq!(listed.len(), 1 + MAX_PENDING_PER_NETWORK, "{site}");
+            assert_eq!(listed[0].id, honest_id, "{site}");
+            // Others still find room.
+            assert_eq!(
+                pending.insert(later, request(4, 1), forged(2_000_000)),
+                Admission::Queued,
+                "{site}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lists_counts_follow_any_mix_of_arrivals_and_removals() {
+        let mut pending = PendingRequests::default();
+        let mut rng = core_rng([9; 32]);
+        let t0 = Instant::now();
+        let rendezvous: SocketAddr = "192.0.2.1:7400".parse().expect("addr");
+        let (mut crowded, mut full) = (0, false);
+        for step in 0..3_000u32 {
+            let now = t0 + Duration::from_secs(u64::from(step) * 300);
+            // Few keys, origins and networks, so every rule gets its turn
+            // (and the TTL too: the clock moves 5 minutes a step).
+            let key = rng.next_u32() % 400;
+            let origin = match rng.next_u32() % 4 {
+                0 => RequestOrigin {
+                    from: rendezvous,
+                    via_relay: true,
+                    source_tag: rng.next_u32() % 80,
+                },
+                1 => forged(rng.next_u32() % 300),
+                _ => forged(rng.next_u32() % 8 * 256 + rng.next_u32() % 4),
+            };
+            let admission = match rng.next_u32() % 8 {
+                0 => {
+                    pending.take(&fresh(4, key).requester);
+                    Admission::Queued
+                }
+                1 => pending.insert_approved(now, fresh(4, key), origin),
+                _ => pending.insert(now, fresh(4, key), origin),
+            };
+            crowded += usize::from(admission == Admission::Crowded);
+            pending.requests.assert_counts();
+            assert!(pending.requests.len() <= MAX_PENDING);
+            full |= pending.requests.len() == MAX_PENDING;
+        }
+        assert!(full && crowded > 0, "{crowded}");
     }
 
     #[test]
