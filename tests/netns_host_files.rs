@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::net::Ipv6Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -181,6 +182,43 @@ fn links_planted_by_the_daemon_user_are_not_followed_by_root() {
     canary.assert_untouched("trust add with a trust.lock link");
     unplant(&state, "trust.lock");
     must(a.trust_add(&id_b, "bravo", None));
+
+    step("a forged attachments.json: `up` makes no hosts file in a namespace never attached");
+    // nobody wrote an entry for a namespace it never attached, consistent
+    // in every field a file can be: the namespace's identity (anyone may
+    // stat /run/netns/NAME), an attachment address of the agent's prefix
+    // and the veth name attach would give it. Only the veth is missing.
+    let hosts_file = Path::new("/etc/netns").join(&attached).join("hosts");
+    assert!(!hosts_file.exists(), "{} before up", hosts_file.display());
+    let namespace = std::fs::metadata(Path::new("/run/netns").join(&attached)).expect("netns");
+    let mut segments = must(a.id()).address.segments();
+    segments[7] = 2; // the first attachment's address: PREFIX::2
+    let address = Ipv6Addr::from(segments);
+    let record = serde_json::json!({
+        "attached": [{
+            "target": {"netns": attached},
+            "netns": {"dev": namespace.dev(), "ino": namespace.ino()},
+            "address": address.to_string(),
+            "host_interface": format!("an{:04x}{:04x}-2", segments[3], segments[4]),
+            "interface": "eth1",
+        }],
+        "enabled_forwarding": false,
+    });
+    let record_path = state.join("attachments.json");
+    std::fs::write(&record_path, record.to_string()).expect("forged record");
+    std::os::unix::fs::chown(&record_path, Some(NOBODY), Some(NOBODY)).expect("nobody's");
+    must(a.up_with(&["--user", "nobody"]));
+    assert!(
+        !hosts_file.exists(),
+        "up made {} for a namespace nobody attached",
+        hosts_file.display()
+    );
+    assert!(
+        a.log_excerpt(200).contains("veth is gone"),
+        "the daemon says why: {}",
+        a.log_excerpt(30)
+    );
+    must(a.down());
     canary.assert_untouched("the end");
 }
 

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use super::dns::{DnsResponder, NameTable, NamedPeerServices, ResolverPacket};
 use super::resolver_config::{ETC_HOSTS, HostResolver, HostResolverMode, HostsFile};
-use crate::attach::{AttachTarget, Attachment, AttachmentNames, Attachments};
+use crate::attach::verify::{Expected, verify_entry};
+use crate::attach::{ATTACHMENTS_FILE, AttachTarget, Attachment, AttachmentNames, Attachments};
 use crate::core::address::{NetworkId, NodePrefix};
 use crate::core::api::Ipv4Route;
 use crate::core::identity::AgentId;
@@ -139,6 +140,8 @@ impl ServicesPacer {
 #[derive(Debug)]
 pub(crate) struct NameService {
     network: NetworkId,
+    /// This agent's node prefix: attachments are checked against it.
+    prefix: NodePrefix,
     owner: String,
     state: StateDir,
     responder: DnsResponder,
@@ -165,7 +168,8 @@ impl NameService {
         state: StateDir,
         mode: HostResolverMode,
     ) -> Self {
-        let responder = DnsResponder::new(network, NodePrefix::of_agent(network, &owner));
+        let prefix = NodePrefix::of_agent(network, &owner);
+        let responder = DnsResponder::new(network, prefix);
         let owner = owner.to_string();
         let host = match HostResolver::configure(mode, &owner, interface, responder.address()) {
             Ok(host) => host,
@@ -181,6 +185,7 @@ impl NameService {
         );
         let mut service = Self {
             network,
+            prefix,
             owner,
             state,
             responder,
@@ -192,7 +197,7 @@ impl NameService {
             replies: VecDeque::new(),
         };
         // A failure is logged; attached namespaces then get names after the next reload.
-        let _ = service.load_attachments();
+        let _ = service.load_attachments(nix::unistd::geteuid().is_root());
         service.mark_unwritable_attachments();
         service
     }
@@ -359,7 +364,7 @@ impl NameService {
     /// Returns where each attachment's names go.
     pub(crate) fn reload_attachments(&mut self) -> Result<Vec<AttachmentNames>, String> {
         let before: Vec<AttachedNames> = std::mem::take(&mut self.attached);
-        let loaded = self.load_attachments();
+        let loaded = self.load_attachments(false);
         // Files held open across a privilege drop stay held.
         for now in &mut self.attached {
             if let (Ok(file), Some(Ok(old))) = (
@@ -405,7 +410,9 @@ impl NameService {
             .collect()
     }
 
-    fn load_attachments(&mut self) -> Result<(), String> {
+    /// Reads the record; with `verify` (at start-up, as root with every
+    /// capability) each entry is checked first ([`attachment_verified`]).
+    fn load_attachments(&mut self, verify: bool) -> Result<(), String> {
         let record = match Attachments::load(&self.state) {
             Ok(record) => record,
             Err(error) => {
@@ -417,10 +424,25 @@ impl NameService {
             Some(HostResolver::Hosts(file)) => Some(file.path().to_path_buf()),
             _ => None,
         };
+        // The daemon's user can rewrite the record: at start-up, as root,
+        // an entry gets a hosts file only once the kernel shows its veth
+        // in that namespace, as `attach` made it. A reload follows
+        // `attach`, which checked the entries; and a daemon that switched
+        // users can open no namespace's file but those it held since
+        // start-up (one that stays root has a record only root writes).
+        let expected = Expected {
+            file: self.state.root().join(ATTACHMENTS_FILE),
+            prefix: self.prefix,
+            daemon_tun: None,
+        };
         self.attached = record
             .attached
             .into_iter()
-            .map(|attachment| {
+            .enumerate()
+            .filter(|(index, attachment)| {
+                !verify || attachment_verified(&expected, *index, attachment)
+            })
+            .map(|(_, attachment)| {
                 let hosts = attachment_hosts(
                     &attachment,
                     &self.owner,
@@ -475,6 +497,22 @@ fn publish_attached(attached: &AttachedNames, names: &NameTable) {
 /// Where the names of an attached namespace go: `/etc/netns/NAME/hosts`
 /// for a named namespace (read by `ip netns exec`), the container's own
 /// `/etc/hosts` for one attached by PID — unless that is this host's file.
+/// Whether entry `index` of the record is an attachment `attach` made
+/// and that still exists ([`verify_entry`]); a warning says why not.
+fn attachment_verified(expected: &Expected, index: usize, attachment: &Attachment) -> bool {
+    match verify_entry(expected, index, attachment) {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::info!(target = %attachment.target, interface = %attachment.host_interface, "names: the attachment's veth is gone; no names there");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "names: attachment left out");
+            false
+        }
+    }
+}
+
 fn attachment_hosts(
     attachment: &Attachment,
     owner: &str,

@@ -1,6 +1,7 @@
 //! Drives one `agentnet` instance through its CLI inside a lab host.
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,29 +43,41 @@ pub struct Agent<'l> {
     pub iface: String,
     /// Its UDP port.
     pub port: u16,
-    state: tempfile::TempDir,
+    /// The root-owned directory (mode 755) that holds the state
+    /// directory, as /var/lib holds /var/lib/agentnet: `up --user` refuses
+    /// a state directory right in /tmp, where others may write.
+    _parent: tempfile::TempDir,
+    state: PathBuf,
 }
 
 impl<'l> Agent<'l> {
     /// An agent for `host`, not initialised yet.
     pub fn new(lab: &'l Lab, host: &Host, name: &str) -> Result<Self, String> {
-        let state = tempfile::Builder::new()
+        let parent = tempfile::Builder::new()
             .prefix("an-state-")
             .tempdir()
             .map_err(|e| format!("state tempdir: {e}"))?;
+        std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("state tempdir mode: {e}"))?;
+        let state = parent.path().join("state");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .map_err(|e| format!("state directory: {e}"))?;
         Ok(Self {
             lab,
             host: host.clone(),
             name: name.to_string(),
             iface: lab.iface_name(&host.role),
             port: AGENT_PORT,
+            _parent: parent,
             state,
         })
     }
 
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
-        self.state.path()
+        &self.state
     }
 
     /// The underlay endpoint its daemon listens on.
