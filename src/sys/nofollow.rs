@@ -7,7 +7,8 @@
 //! hang the opener) and `O_CLOEXEC`; what was opened must then be a regular
 //! file with a single link (a hard link to `/etc/shadow` is refused), owned
 //! by root, by the caller or by the directory's owner. The directory itself
-//! is trusted: its parent belongs to root.
+//! is trusted: `up` hands it over only when no one but root may write any
+//! directory above it (`agent::privilege::check_parents`).
 //!
 //! Handing such a file to another user ([`chown_no_follow`]) follows the
 //! same rules: the name is opened with `O_PATH | O_NOFOLLOW`, checked, and
