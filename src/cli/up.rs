@@ -312,7 +312,7 @@ fn refuse_second_instance(context: &Instance) -> Result<()> {
 fn open_log(state: &StateDir) -> Result<(File, u64)> {
     let path = state.log_path();
     if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() > LOG_ROTATE_BYTES) {
-        let _ = fs::rename(&path, path.with_extension("log.old"));
+        let _ = fs::rename(&path, state.root().join(agentnet::state::OLD_LOG_FILE));
     }
     let log = state.open_file(agentnet::state::LOG_FILE, OpenFor::Append(0o600))?;
     let start = log.metadata().map(|m| m.len()).unwrap_or(0);
