@@ -39,7 +39,9 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use crate::sys::programs::system_program;
 
 /// The nftables table (family `inet`) agentnet owns.
 pub const TABLE: &str = "agentnet";
@@ -154,7 +156,7 @@ pub(super) fn check_name(name: &str) -> Result<(), FilterError> {
 }
 
 fn nft(script: &str) -> Result<(), FilterError> {
-    let mut child = Command::new("nft")
+    let mut child = system_program("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -60,7 +60,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,7 @@ use crate::core::address::{
 use crate::state::StateError;
 pub use crate::state::attachments::{ATTACHMENTS_FILE, AttachTarget, Attachment, Attachments};
 use crate::sys::netns::NetnsId;
+use crate::sys::programs::system_program;
 
 /// Default name of the interface inside the attached namespace.
 pub const DEFAULT_INTERFACE: &str = "agentnet0";
@@ -613,7 +614,7 @@ fn in_netns<T: Send>(
 /// Runs `ip ARGS` and requires success.
 fn ip(args: &[&str]) -> Result<String, AttachError> {
     let command = format!("ip {}", args.join(" "));
-    let output = Command::new("ip")
+    let output = system_program("ip")
         .args(args)
         .stdin(Stdio::null())
         .output()

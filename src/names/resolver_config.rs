@@ -30,12 +30,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use nix::fcntl::{Flock, FlockArg};
 
 use super::dns::{DOMAIN, NameTable};
 use crate::sys::netns;
+use crate::sys::programs::system_program;
 
 /// The host's own hosts file.
 pub const ETC_HOSTS: &str = "/etc/hosts";
@@ -233,7 +234,7 @@ fn resolvectl(args: &[&str]) -> Result<(), ResolverConfigError> {
         args: args.join(" "),
         message,
     };
-    let output = Command::new("resolvectl")
+    let output = system_program("resolvectl")
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -2,7 +2,7 @@
 //! the UDP socket with GSO/GRO batching, the TUN device and its offload
 //! batches, the datapath's `epoll`, its wake-ups and its clock after one
 //! (the CPU's time-stamp counter), probe sockets,
-//! capabilities, network namespaces, opening state files without following
+//! capabilities, the system programs run as root, network namespaces, opening state files without following
 //! links, and datagram framing over TCP. Each `unsafe` block says why it is
 //! sound.
 
@@ -14,6 +14,7 @@ pub mod netns;
 pub mod nofollow;
 pub mod poller;
 pub mod probe_sockets;
+pub mod programs;
 pub mod tcp_frames;
 pub mod tun;
 pub mod udp;
