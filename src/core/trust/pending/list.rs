@@ -161,6 +161,11 @@ impl WaitingList {
         self.oldest_of_origin(origin)
     }
 
+    /// The share of the entry at `slot`.
+    pub(super) fn share_of(&self, slot: Slot) -> Option<Share> {
+        self.entries.get(&slot).map(|entry| entry.share)
+    }
+
     /// The entry of `requester`.
     pub(super) fn slot_of(&self, requester: &AgentId) -> Option<Slot> {
         self.by_requester.get(requester).copied()

@@ -442,9 +442,12 @@ impl PendingRequests {
         share: Share,
     ) -> Admission {
         self.expire(now);
-        if let Some(earlier) = self.requests.slot_of(&request.requester) {
-            self.requests.remove(earlier);
-        }
+        // The requester's earlier request goes, unless this one is
+        // crowded out: then the earlier one keeps waiting.
+        let earlier = self.requests.slot_of(&request.requester).and_then(|slot| {
+            let share = self.requests.share_of(slot)?;
+            Some((self.requests.remove(slot)?, share))
+        });
         let key = OriginKey::of(&origin);
         let network = key.network();
         let network_cap = match network {
@@ -457,6 +460,10 @@ impl PendingRequests {
             self.requests.oldest_of_largest_origin(&network)
         } else if share == Share::Direct && self.requests.direct_len() >= MAX_PENDING_DIRECT {
             self.nonces.forget_last(&(request.requester, request.nonce));
+            if let Some((pending, share)) = earlier {
+                // Back in its place: its slot is its arrival time.
+                self.requests.push(pending, share);
+            }
             return Admission::Crowded;
         } else if self.requests.len() >= MAX_PENDING {
             self.requests
@@ -766,6 +773,40 @@ mod tests {
         );
         // Queued now: a third copy is a replay.
         assert_eq!(pending.check(t0, &honest, &mut rng), Admission::Replayed);
+    }
+
+    #[test]
+    fn a_crowded_out_request_leaves_its_requesters_earlier_one_waiting() {
+        let mut pending = PendingRequests::default();
+        let t0 = Instant::now();
+        let relayed = RequestOrigin {
+            from: "192.0.2.1:7400".parse().expect("addr"),
+            via_relay: true,
+            source_tag: 7,
+        };
+        assert_eq!(
+            pending.insert(t0, request(1, 1), relayed),
+            Admission::Queued
+        );
+        for n in 0..MAX_PENDING_DIRECT as u32 {
+            pending.insert(t0, fresh(3, n), forged(n));
+        }
+        // The same requester asks again, straight, with a new nonce: the
+        // direct share is full, so the new request is refused, and the one
+        // that came through the rendezvous still waits.
+        let again = RequestOrigin::direct("198.51.100.7:7400".parse().expect("addr"));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(pending.insert(t1, request(1, 2), again), Admission::Crowded);
+        let listed = pending.list(t1);
+        assert_eq!(listed.len(), MAX_PENDING_DIRECT + 1);
+        let requester = request(1, 1).requester;
+        assert!(
+            listed
+                .iter()
+                .any(|waiting| waiting.id == requester && waiting.via_relay),
+            "the relayed request waits"
+        );
+        pending.requests.assert_counts();
     }
 
     #[test]
