@@ -1,9 +1,9 @@
 //! Every system call of the shell and the only `unsafe` code of the crate:
 //! the UDP socket with GSO/GRO batching, the TUN device and its offload
 //! batches, the datapath's `epoll`, its wake-ups and its clock after one
-//! (the CPU's time-stamp counter), probe sockets,
-//! capabilities, the system programs run as root, network namespaces, opening state files without following
-//! links, and datagram framing over TCP. Each `unsafe` block says why it is
+//! (the CPU's time-stamp counter), probe sockets, capabilities, the
+//! system programs the daemon runs, network namespaces, opening state
+//! files without following links, and datagram framing over TCP. Each `unsafe` block says why it is
 //! sound.
 
 pub mod calls;
