@@ -494,9 +494,6 @@ fn publish_attached(attached: &AttachedNames, names: &NameTable) {
     }
 }
 
-/// Where the names of an attached namespace go: `/etc/netns/NAME/hosts`
-/// for a named namespace (read by `ip netns exec`), the container's own
-/// `/etc/hosts` for one attached by PID — unless that is this host's file.
 /// Whether entry `index` of the record is an attachment `attach` made
 /// and that still exists ([`verify_entry`]); a warning says why not.
 fn attachment_verified(expected: &Expected, index: usize, attachment: &Attachment) -> bool {
@@ -513,6 +510,9 @@ fn attachment_verified(expected: &Expected, index: usize, attachment: &Attachmen
     }
 }
 
+/// Where the names of an attached namespace go: `/etc/netns/NAME/hosts`
+/// for a named namespace (read by `ip netns exec`), the container's own
+/// `/etc/hosts` for one attached by PID — unless that is this host's file.
 fn attachment_hosts(
     attachment: &Attachment,
     owner: &str,

@@ -248,15 +248,15 @@ const MAX_ENDPOINT_LEN: usize = 260;
 
 /// Resolves an endpoint `HOST:PORT` (blocking DNS for names) to the first
 /// address, normalized. The text may hold only what a host name, an IP
-/// address (IPv6 in brackets) and a port are made of: it comes
-/// from commands an agent's model may fill in, and is stored, logged and
-/// printed.
+/// address (IPv6 in brackets, with a numeric zone) and a port are made
+/// of: it comes from commands an agent's model may fill in, and is
+/// stored, logged and printed.
 pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, UnderlayError> {
     let endpoint = endpoint.trim();
     let inert = endpoint.len() <= MAX_ENDPOINT_LEN
         && endpoint
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "-._:[]%".contains(c));
     if !inert {
         return Err(UnderlayError::BadEndpoint(endpoint.to_string()));
     }
@@ -349,6 +349,7 @@ mod tests {
             Err(UnderlayError::BadEndpoint(_))
         ));
         assert!(resolve_endpoint("localhost:7400").is_ok());
+        assert!(resolve_endpoint("[fe80::1%1]:7400").is_ok(), "a zone");
     }
 
     #[test]
