@@ -588,11 +588,17 @@ fn down_everywhere(lab: &Lab, agents: &[Agent]) -> Result<(), String> {
 /// happen, and say why, before the daemon would need any privilege.
 #[test]
 fn up_refuses_key_file_readable_by_others() {
-    let state = tempfile::Builder::new()
+    // In a parent only its owner may write, as /var/lib: where an
+    // `agentnet` user exists, `up` switches to it and refuses a state
+    // directory right in /tmp.
+    let parent = tempfile::Builder::new()
         .prefix("an-state-")
         .tempdir()
         .expect("tempdir");
-    let state_dir = state.path();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("parent mode");
+    let state = parent.path().join("state");
+    let state_dir = state.as_path();
     let init = agentnet(state_dir, &["init", "--name", "perm"], None).expect("init");
     assert!(init.ok(), "{}", init.describe());
 

@@ -1032,9 +1032,17 @@ mod tests {
         assert_eq!(owner("shadow"), (0, 0), "not agentnet's");
         assert_eq!(owner(crate::state::SOCKET_FILE), (0, NOBODY));
 
-        // The socket's group is not set through a link planted in its place.
+        // In the same file system: a hard link, which lchown by path would
+        // have followed.
+        let hard_canary = root.join("hard-canary");
+        fs::write(&hard_canary, "").expect("hard canary");
+        fs::hard_link(&hard_canary, root.join("hard.sock")).expect("hard link");
+        // The socket's group is not set through a link planted in its
+        // place, symbolic or hard.
         share_socket_with_group(&root.join("link.sock"), Some(Gid::from_raw(NOBODY)));
         assert_eq!(fs::metadata(&canary).expect("stat").gid(), 0);
+        share_socket_with_group(&root.join("hard.sock"), Some(Gid::from_raw(NOBODY)));
+        assert_eq!(fs::metadata(&hard_canary).expect("stat").gid(), 0);
     }
 
     #[test]
